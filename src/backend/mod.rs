@@ -1,0 +1,832 @@
+//! Storage and the primitive op set, implemented once per backend.
+//!
+//! `Storage` is the enum the rest of the crate holds; every primitive is a method of
+//! [`BackendStorage`], implemented by `cpu::CpuStorage` (the reference) and
+//! `cuda::CudaStorage`. The backend never sees a `Tensor` or the tape: it works on flat
+//! contiguous row-major buffers plus the dimension sizes passed in each call. Forward and
+//! backward of each primitive are both here, so the autograd layer (`ops/`) only orders
+//! them.
+//!
+//! Conventions shared by both backends:
+//! - Float ops accept F32 and F64 on the CPU and F32 and F16 on CUDA; reductions
+//!   (norms, softmax, losses) accumulate in f32 (f64 for F64). Auxiliary outputs that
+//!   backward needs (mean, rstd, lse) are always F32 (F64 for F64 inputs).
+//! - Token ids, labels and masks are I32. Labels equal to `ignore_index` (-100) are
+//!   skipped by the loss.
+//! - Attention tensors are laid out `[B, L, H, D]` — exactly the output of a linear
+//!   layer `[B*L, H*D]` — so no transpose is needed around the kernel. The saved
+//!   log-sum-exp is `[B, H, Lq]` F32. A row whose keys are all masked yields zeros and
+//!   lse = -inf, and contributes nothing in backward.
+//! - Dropout masks come from a counter-based hash of (seed, element index), so the CPU
+//!   and CUDA backends draw the same mask and backward re-derives it from the seed.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::{Error, Result};
+use crate::shape::{DType, Device};
+
+pub use cpu::CpuStorage;
+pub use cuda::CudaStorage;
+
+/// Is a usable CUDA driver with at least one device present? Never panics.
+pub fn cuda_available() -> bool {
+    cuda::is_available()
+}
+
+/// Elementwise binary ops on two same-sized buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Elementwise activations (forward `f(x)`, backward `dy * f'(x)` from the saved input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Relu,
+    /// Exact erf GELU (BERT, DistilBERT).
+    Gelu,
+    /// Tanh-approximated GELU, HF's `gelu_new` (flan-t5's gated-gelu).
+    GeluNew,
+    Tanh,
+    Neg,
+    Exp,
+    Sqr,
+}
+
+/// `C[b] = op(A[b]) · op(B[b])` with `op(A)` of size `m×k`, `op(B)` of size `k×n`, `C`
+/// `m×n`. A stride of 0 broadcasts that operand over the batch. `trans_*` means the
+/// stored matrix is the transpose (A stored `k×m`, B stored `n×k`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulSpec {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// Elements between consecutive batch entries of A (0 = broadcast).
+    pub stride_a: usize,
+    /// Elements between consecutive batch entries of B (0 = broadcast).
+    pub stride_b: usize,
+}
+
+impl MatmulSpec {
+    /// A plain (unbatched) `m×k · k×n` product.
+    pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
+        MatmulSpec {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            stride_a: m * k,
+            stride_b: k * n,
+        }
+    }
+}
+
+/// Shape and options of one attention call. q is `[b, lq, h, d]`, k and v `[b, lk, h, d]`,
+/// the output `[b, lq, h, d]`, lse `[b, h, lq]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnSpec {
+    pub b: usize,
+    pub h: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub d: usize,
+    /// Multiplies q·kᵀ before the bias is added: 1/√d for BERT, 1.0 for T5.
+    pub scale: f32,
+    /// Query i sees keys j ≤ i + (lk − lq) (aligned at the end, as for a KV cache).
+    pub causal: bool,
+}
+
+/// One QA span candidate from [`BackendStorage::span_search`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpanCandidate {
+    /// Row (window) index.
+    pub row: usize,
+    pub start: usize,
+    pub end: usize,
+    /// p_start · p_end with the softmax over the whole row (masked logits excluded).
+    pub score: f32,
+    /// Raw start_logit + end_logit, as HF's run_qa post-processing ranks spans.
+    pub logit_sum: f32,
+}
+
+/// Hyper-parameters of one AdamW step (torch semantics: decoupled weight decay,
+/// bias correction, eps outside the sqrt).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+    /// Gradients are multiplied by this before use (1/loss_scale; 1.0 without scaling).
+    pub grad_scale: f32,
+}
+
+/// The primitive op set. All buffers are contiguous; sizes come in as arguments.
+/// Methods returning several buffers return them in the documented order.
+pub trait BackendStorage: Sized + Send + Sync {
+    fn device(&self) -> Device;
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // ---- creation and transfer --------------------------------------------------
+    /// A new buffer of `len` zeros of `dtype` on the same device as `self`.
+    fn zeros_like_dev(&self, len: usize, dtype: DType) -> Result<Self>;
+    /// A new buffer on the same device filled with `value`.
+    fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Result<Self>;
+    /// Copy out as f32 (any float dtype; I32 converts too).
+    fn to_vec_f32(&self) -> Result<Vec<f32>>;
+    fn to_vec_f64(&self) -> Result<Vec<f64>>;
+    fn to_vec_i32(&self) -> Result<Vec<i32>>;
+    /// Copy to the CPU backend keeping the dtype.
+    fn to_cpu(&self) -> Result<CpuStorage>;
+    fn cast(&self, dtype: DType) -> Result<Self>;
+    /// A copy (same device, same dtype).
+    fn duplicate(&self) -> Result<Self>;
+
+    // ---- elementwise --------------------------------------------------------------
+    fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self>;
+    /// `self * mul + add`.
+    fn affine(&self, mul: f64, add: f64) -> Result<Self>;
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+    /// `dy * f'(x)` where `self` is the saved input x.
+    fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Result<Self>;
+    /// `act(gate) * lin` (T5 v1.1 gated feed-forward).
+    fn gated(&self, lin: &Self, act: UnaryOp) -> Result<Self>;
+    /// Backward of [`gated`]: returns (d_gate, d_lin). `self` is the gate input.
+    fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> Result<(Self, Self)>;
+    /// Inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p). The
+    /// mask of element i depends only on (seed, i): applying this to dy with the same
+    /// seed is the backward.
+    fn dropout(&self, p: f32, seed: u64) -> Result<Self>;
+    /// `x[r, c] + bias[c]` with `cols` columns.
+    fn add_bias(&self, bias: &Self, cols: usize) -> Result<Self>;
+    /// Column sums of a `[rows, cols]` buffer: the bias gradient. Result `[cols]`.
+    fn sum_rows(&self, cols: usize) -> Result<Self>;
+    /// Sum of all elements, as a 1-element buffer.
+    fn sum_all(&self) -> Result<Self>;
+    /// Sum of squares of all elements in f32/f64, as a 1-element buffer (grad norms).
+    fn sum_sq(&self) -> Result<Self>;
+    /// Permute a rank ≤ 4 tensor of `dims` by `perm` (out dim i = in dim perm[i]).
+    fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self>;
+    /// Slice `[start, start+len)` along `dim` of a tensor of `dims`.
+    fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Self>;
+    /// Concatenate along `dim`; `dims[i]` is the shape of `parts[i]`.
+    fn cat(parts: &[&Self], dims: &[Vec<usize>], dim: usize) -> Result<Self>;
+    /// Rows `ids[i]` of a `[n, cols]` buffer (embedding lookup, beam reordering).
+    /// Ids out of range are an error.
+    fn index_select(&self, ids: &Self, cols: usize) -> Result<Self>;
+    /// Backward of [`index_select`]: scatter-add `dy` rows into a `[n, cols]` zero buffer.
+    fn index_add(&self /*dy*/, ids: &Self, n: usize, cols: usize) -> Result<Self>;
+
+    // ---- in place (optimizer, gradient accumulation) ---------------------------------
+    /// `self += alpha * x`.
+    fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()>;
+    /// `self *= alpha`.
+    fn scale_(&mut self, alpha: f64) -> Result<()>;
+    /// Overwrite with the values of `src` (same len; casts between float dtypes).
+    fn copy_from_(&mut self, src: &Self) -> Result<()>;
+    /// One AdamW step on a master parameter (F32/F64) with its moments `m`, `v` (same
+    /// dtype as the master). `grad` may be F16 on CUDA. If `working` is given, it receives
+    /// the updated parameter cast to its dtype. Returns `true` (and changes nothing) if
+    /// the scaled gradient holds an inf or NaN.
+    fn adamw_(
+        &mut self,
+        grad: &Self,
+        m: &mut Self,
+        v: &mut Self,
+        working: Option<&mut Self>,
+        hp: &AdamWStep,
+    ) -> Result<bool>;
+    /// True if any element is inf or NaN.
+    fn has_non_finite(&self) -> Result<bool>;
+
+    // ---- matrix products --------------------------------------------------------
+    fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self>;
+
+    // ---- normalisation -------------------------------------------------------------
+    /// LayerNorm over the last `cols`: returns (y, mean [rows], rstd [rows]).
+    fn layer_norm(
+        &self,
+        gamma: &Self,
+        beta: &Self,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Self, Self, Self)>;
+    /// Returns (dx, dgamma, dbeta).
+    fn layer_norm_backward(
+        &self, /*x*/
+        gamma: &Self,
+        mean: &Self,
+        rstd: &Self,
+        dy: &Self,
+        cols: usize,
+    ) -> Result<(Self, Self, Self)>;
+    /// T5 RMSNorm (no mean, no bias; variance in f32): returns (y, rstd [rows]).
+    fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)>;
+    /// Returns (dx, dgamma).
+    fn rms_norm_backward(
+        &self, /*x*/
+        gamma: &Self,
+        rstd: &Self,
+        dy: &Self,
+        cols: usize,
+    ) -> Result<(Self, Self)>;
+
+    // ---- softmax and loss ---------------------------------------------------------
+    /// Softmax over the last `cols`.
+    fn softmax(&self, cols: usize) -> Result<Self>;
+    /// `self` is the softmax output y: dx = y ⊙ (dy − Σ dy⊙y).
+    fn softmax_backward(&self, dy: &Self, cols: usize) -> Result<Self>;
+    /// Log-softmax over the last `cols` (inference: beam search scores).
+    fn log_softmax(&self, cols: usize) -> Result<Self>;
+    /// Mean cross-entropy of `[rows, cols]` logits against I32 `targets [rows]`,
+    /// skipping `ignore_index`. Returns (loss [1], lse [rows]); loss is 0 when every
+    /// target is ignored.
+    fn cross_entropy(&self, targets: &Self, cols: usize, ignore_index: i32)
+        -> Result<(Self, Self)>;
+    /// d logits, given the upstream gradient `dloss` of the mean loss (1 element).
+    fn cross_entropy_backward(
+        &self, /*logits*/
+        targets: &Self,
+        lse: &Self,
+        dloss: &Self,
+        cols: usize,
+        ignore_index: i32,
+    ) -> Result<Self>;
+    /// Index of the maximum of each row of `[rows, cols]` (inference only), as I32.
+    fn argmax_last(&self, cols: usize) -> Result<Self>;
+
+    // ---- attention ------------------------------------------------------------------
+    /// softmax(scale·q·kᵀ + bias + masks)·v. `key_mask` is I32 `[b, lk]` (nonzero = keep);
+    /// `bias` is `[h, lq, lk]`, broadcast over the batch. Returns (out, lse).
+    fn attention(
+        &self, /*q*/
+        k: &Self,
+        v: &Self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Self)>;
+    /// Returns (dq, dk, dv, dbias) — dbias `[h, lq, lk]` summed over the batch, present
+    /// when `bias` was given.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self, /*q*/
+        k: &Self,
+        v: &Self,
+        out: &Self,
+        lse: &Self,
+        dout: &Self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Self, Self, Option<Self>)>;
+
+    // ---- QA decoding (inference only) ------------------------------------------------
+    /// For each of `rows` windows of `cols` tokens: softmax over start and end logits
+    /// (positions with `allowed` = 0 excluded, except that the CLS position 0 stays in the
+    /// softmax's denominator), then the `top_k` spans start ≤ end < start + max_len over
+    /// allowed positions, by p_start·p_end. `allowed` is I32 `[rows, cols]`.
+    fn span_search(
+        &self, /*start logits*/
+        end_logits: &Self,
+        allowed: &Self,
+        cols: usize,
+        max_len: usize,
+        top_k: usize,
+    ) -> Result<Vec<SpanCandidate>>;
+}
+
+/// A buffer on one backend. This is what `Tensor` holds.
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+fn mismatch(op: &'static str, a: Device, b: Device) -> Error {
+    Error::DeviceMismatch { op, a, b }
+}
+
+/// Dispatch a method with storage arguments to the backend both sides live on.
+macro_rules! dispatch2 {
+    ($op:literal, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => $body.map(Storage::Cpu),
+            (Storage::Cuda($x), Storage::Cuda($y)) => $body.map(Storage::Cuda),
+            (a, b) => Err(mismatch($op, a.device(), b.device())),
+        }
+    };
+}
+
+macro_rules! dispatch1 {
+    ($a:expr, |$x:ident| $body:expr) => {
+        match $a {
+            Storage::Cpu($x) => $body.map(Storage::Cpu),
+            Storage::Cuda($x) => $body.map(Storage::Cuda),
+        }
+    };
+}
+
+/// Unwrap an optional storage argument to the backend `$variant`, or fail.
+macro_rules! opt_as {
+    ($op:literal, $variant:ident, $opt:expr, $dev:expr) => {
+        match $opt {
+            None => None,
+            Some(Storage::$variant(s)) => Some(s),
+            Some(other) => return Err(mismatch($op, $dev, other.device())),
+        }
+    };
+}
+
+macro_rules! as_variant {
+    ($op:literal, $variant:ident, $s:expr, $dev:expr) => {
+        match $s {
+            Storage::$variant(s) => s,
+            other => return Err(mismatch($op, $dev, other.device())),
+        }
+    };
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(s) => s.device(),
+            Storage::Cuda(s) => s.device(),
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Move or copy to `device` (`Auto` resolved first).
+    pub fn to_device(&self, device: Device) -> Result<Storage> {
+        let device = device.resolve();
+        match (self, device) {
+            (Storage::Cpu(s), Device::Cpu) => Ok(Storage::Cpu(s.duplicate()?)),
+            (Storage::Cuda(s), Device::Cpu) => Ok(Storage::Cpu(s.to_cpu()?)),
+            (Storage::Cpu(s), Device::Cuda(n)) => Ok(Storage::Cuda(CudaStorage::from_cpu(s, n)?)),
+            (Storage::Cuda(s), Device::Cuda(n)) => {
+                if s.device() == Device::Cuda(n) {
+                    Ok(Storage::Cuda(s.duplicate()?))
+                } else {
+                    Ok(Storage::Cuda(CudaStorage::from_cpu(&s.to_cpu()?, n)?))
+                }
+            }
+            (_, Device::Auto) => unreachable!("resolved above"),
+        }
+    }
+
+    pub fn zeros_like_dev(&self, len: usize, dtype: DType) -> Result<Storage> {
+        dispatch1!(self, |s| s.zeros_like_dev(len, dtype))
+    }
+    pub fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Result<Storage> {
+        dispatch1!(self, |s| s.full_like_dev(len, dtype, value))
+    }
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(s) => s.to_vec_f32(),
+            Storage::Cuda(s) => s.to_vec_f32(),
+        }
+    }
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        match self {
+            Storage::Cpu(s) => s.to_vec_f64(),
+            Storage::Cuda(s) => s.to_vec_f64(),
+        }
+    }
+    pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
+        match self {
+            Storage::Cpu(s) => s.to_vec_i32(),
+            Storage::Cuda(s) => s.to_vec_i32(),
+        }
+    }
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        match self {
+            Storage::Cpu(s) => s.to_cpu(),
+            Storage::Cuda(s) => s.to_cpu(),
+        }
+    }
+    pub fn cast(&self, dtype: DType) -> Result<Storage> {
+        dispatch1!(self, |s| s.cast(dtype))
+    }
+    pub fn duplicate(&self) -> Result<Storage> {
+        dispatch1!(self, |s| s.duplicate())
+    }
+    pub fn binary(&self, rhs: &Storage, op: BinaryOp) -> Result<Storage> {
+        dispatch2!("binary", self, rhs, |a, b| a.binary(b, op))
+    }
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Storage> {
+        dispatch1!(self, |s| s.affine(mul, add))
+    }
+    pub fn unary(&self, op: UnaryOp) -> Result<Storage> {
+        dispatch1!(self, |s| s.unary(op))
+    }
+    pub fn unary_backward(&self, dy: &Storage, op: UnaryOp) -> Result<Storage> {
+        dispatch2!("unary_backward", self, dy, |x, g| x.unary_backward(g, op))
+    }
+    pub fn gated(&self, lin: &Storage, act: UnaryOp) -> Result<Storage> {
+        dispatch2!("gated", self, lin, |g, l| g.gated(l, act))
+    }
+    pub fn gated_backward(
+        &self,
+        lin: &Storage,
+        dy: &Storage,
+        act: UnaryOp,
+    ) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(g) => {
+                let l = as_variant!("gated_backward", Cpu, lin, dev);
+                let d = as_variant!("gated_backward", Cpu, dy, dev);
+                let (a, b) = g.gated_backward(l, d, act)?;
+                Ok((Storage::Cpu(a), Storage::Cpu(b)))
+            }
+            Storage::Cuda(g) => {
+                let l = as_variant!("gated_backward", Cuda, lin, dev);
+                let d = as_variant!("gated_backward", Cuda, dy, dev);
+                let (a, b) = g.gated_backward(l, d, act)?;
+                Ok((Storage::Cuda(a), Storage::Cuda(b)))
+            }
+        }
+    }
+    pub fn dropout(&self, p: f32, seed: u64) -> Result<Storage> {
+        dispatch1!(self, |s| s.dropout(p, seed))
+    }
+    pub fn add_bias(&self, bias: &Storage, cols: usize) -> Result<Storage> {
+        dispatch2!("add_bias", self, bias, |x, b| x.add_bias(b, cols))
+    }
+    pub fn sum_rows(&self, cols: usize) -> Result<Storage> {
+        dispatch1!(self, |s| s.sum_rows(cols))
+    }
+    pub fn sum_all(&self) -> Result<Storage> {
+        dispatch1!(self, |s| s.sum_all())
+    }
+    pub fn sum_sq(&self) -> Result<Storage> {
+        dispatch1!(self, |s| s.sum_sq())
+    }
+    pub fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Storage> {
+        dispatch1!(self, |s| s.permute(dims, perm))
+    }
+    pub fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Storage> {
+        dispatch1!(self, |s| s.narrow(dims, dim, start, len))
+    }
+    pub fn cat(parts: &[&Storage], dims: &[Vec<usize>], dim: usize) -> Result<Storage> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::msg("cat: no tensors to concatenate"))?;
+        let dev = first.device();
+        match first {
+            Storage::Cpu(_) => {
+                let mut v = Vec::with_capacity(parts.len());
+                for p in parts {
+                    v.push(as_variant!("cat", Cpu, p, dev));
+                }
+                CpuStorage::cat(&v, dims, dim).map(Storage::Cpu)
+            }
+            Storage::Cuda(_) => {
+                let mut v = Vec::with_capacity(parts.len());
+                for p in parts {
+                    v.push(as_variant!("cat", Cuda, p, dev));
+                }
+                CudaStorage::cat(&v, dims, dim).map(Storage::Cuda)
+            }
+        }
+    }
+    pub fn index_select(&self, ids: &Storage, cols: usize) -> Result<Storage> {
+        dispatch2!("index_select", self, ids, |t, i| t.index_select(i, cols))
+    }
+    pub fn index_add(&self, ids: &Storage, n: usize, cols: usize) -> Result<Storage> {
+        dispatch2!("index_add", self, ids, |d, i| d.index_add(i, n, cols))
+    }
+    pub fn axpy_(&mut self, x: &Storage, alpha: f64) -> Result<()> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(s) => s.axpy_(as_variant!("axpy_", Cpu, x, dev), alpha),
+            Storage::Cuda(s) => s.axpy_(as_variant!("axpy_", Cuda, x, dev), alpha),
+        }
+    }
+    pub fn scale_(&mut self, alpha: f64) -> Result<()> {
+        match self {
+            Storage::Cpu(s) => s.scale_(alpha),
+            Storage::Cuda(s) => s.scale_(alpha),
+        }
+    }
+    pub fn copy_from_(&mut self, src: &Storage) -> Result<()> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(s) => s.copy_from_(as_variant!("copy_from_", Cpu, src, dev)),
+            Storage::Cuda(s) => s.copy_from_(as_variant!("copy_from_", Cuda, src, dev)),
+        }
+    }
+    pub fn adamw_(
+        &mut self,
+        grad: &Storage,
+        m: &mut Storage,
+        v: &mut Storage,
+        working: Option<&mut Storage>,
+        hp: &AdamWStep,
+    ) -> Result<bool> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(p) => {
+                let g = as_variant!("adamw_", Cpu, grad, dev);
+                let m = as_variant!("adamw_", Cpu, m, dev);
+                let v = as_variant!("adamw_", Cpu, v, dev);
+                let w = opt_as!("adamw_", Cpu, working, dev);
+                p.adamw_(g, m, v, w, hp)
+            }
+            Storage::Cuda(p) => {
+                let g = as_variant!("adamw_", Cuda, grad, dev);
+                let m = as_variant!("adamw_", Cuda, m, dev);
+                let v = as_variant!("adamw_", Cuda, v, dev);
+                let w = opt_as!("adamw_", Cuda, working, dev);
+                p.adamw_(g, m, v, w, hp)
+            }
+        }
+    }
+    pub fn has_non_finite(&self) -> Result<bool> {
+        match self {
+            Storage::Cpu(s) => s.has_non_finite(),
+            Storage::Cuda(s) => s.has_non_finite(),
+        }
+    }
+    pub fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
+        dispatch2!("matmul", self, rhs, |a, b| a.matmul(b, spec))
+    }
+    pub fn layer_norm(
+        &self,
+        gamma: &Storage,
+        beta: &Storage,
+        cols: usize,
+        eps: f64,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let g = as_variant!("layer_norm", Cpu, gamma, dev);
+                let b = as_variant!("layer_norm", Cpu, beta, dev);
+                let (y, m, r) = x.layer_norm(g, b, cols, eps)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
+            }
+            Storage::Cuda(x) => {
+                let g = as_variant!("layer_norm", Cuda, gamma, dev);
+                let b = as_variant!("layer_norm", Cuda, beta, dev);
+                let (y, m, r) = x.layer_norm(g, b, cols, eps)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
+            }
+        }
+    }
+    pub fn layer_norm_backward(
+        &self,
+        gamma: &Storage,
+        mean: &Storage,
+        rstd: &Storage,
+        dy: &Storage,
+        cols: usize,
+    ) -> Result<(Storage, Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let g = as_variant!("layer_norm_backward", Cpu, gamma, dev);
+                let m = as_variant!("layer_norm_backward", Cpu, mean, dev);
+                let r = as_variant!("layer_norm_backward", Cpu, rstd, dev);
+                let d = as_variant!("layer_norm_backward", Cpu, dy, dev);
+                let (a, b, c) = x.layer_norm_backward(g, m, r, d, cols)?;
+                Ok((Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)))
+            }
+            Storage::Cuda(x) => {
+                let g = as_variant!("layer_norm_backward", Cuda, gamma, dev);
+                let m = as_variant!("layer_norm_backward", Cuda, mean, dev);
+                let r = as_variant!("layer_norm_backward", Cuda, rstd, dev);
+                let d = as_variant!("layer_norm_backward", Cuda, dy, dev);
+                let (a, b, c) = x.layer_norm_backward(g, m, r, d, cols)?;
+                Ok((Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)))
+            }
+        }
+    }
+    pub fn rms_norm(&self, gamma: &Storage, cols: usize, eps: f64) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let g = as_variant!("rms_norm", Cpu, gamma, dev);
+                let (y, r) = x.rms_norm(g, cols, eps)?;
+                Ok((Storage::Cpu(y), Storage::Cpu(r)))
+            }
+            Storage::Cuda(x) => {
+                let g = as_variant!("rms_norm", Cuda, gamma, dev);
+                let (y, r) = x.rms_norm(g, cols, eps)?;
+                Ok((Storage::Cuda(y), Storage::Cuda(r)))
+            }
+        }
+    }
+    pub fn rms_norm_backward(
+        &self,
+        gamma: &Storage,
+        rstd: &Storage,
+        dy: &Storage,
+        cols: usize,
+    ) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let g = as_variant!("rms_norm_backward", Cpu, gamma, dev);
+                let r = as_variant!("rms_norm_backward", Cpu, rstd, dev);
+                let d = as_variant!("rms_norm_backward", Cpu, dy, dev);
+                let (a, b) = x.rms_norm_backward(g, r, d, cols)?;
+                Ok((Storage::Cpu(a), Storage::Cpu(b)))
+            }
+            Storage::Cuda(x) => {
+                let g = as_variant!("rms_norm_backward", Cuda, gamma, dev);
+                let r = as_variant!("rms_norm_backward", Cuda, rstd, dev);
+                let d = as_variant!("rms_norm_backward", Cuda, dy, dev);
+                let (a, b) = x.rms_norm_backward(g, r, d, cols)?;
+                Ok((Storage::Cuda(a), Storage::Cuda(b)))
+            }
+        }
+    }
+    pub fn softmax(&self, cols: usize) -> Result<Storage> {
+        dispatch1!(self, |s| s.softmax(cols))
+    }
+    pub fn softmax_backward(&self, dy: &Storage, cols: usize) -> Result<Storage> {
+        dispatch2!("softmax_backward", self, dy, |y, d| y
+            .softmax_backward(d, cols))
+    }
+    pub fn log_softmax(&self, cols: usize) -> Result<Storage> {
+        dispatch1!(self, |s| s.log_softmax(cols))
+    }
+    pub fn cross_entropy(
+        &self,
+        targets: &Storage,
+        cols: usize,
+        ignore_index: i32,
+    ) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let t = as_variant!("cross_entropy", Cpu, targets, dev);
+                let (l, s) = x.cross_entropy(t, cols, ignore_index)?;
+                Ok((Storage::Cpu(l), Storage::Cpu(s)))
+            }
+            Storage::Cuda(x) => {
+                let t = as_variant!("cross_entropy", Cuda, targets, dev);
+                let (l, s) = x.cross_entropy(t, cols, ignore_index)?;
+                Ok((Storage::Cuda(l), Storage::Cuda(s)))
+            }
+        }
+    }
+    pub fn cross_entropy_backward(
+        &self,
+        targets: &Storage,
+        lse: &Storage,
+        dloss: &Storage,
+        cols: usize,
+        ignore_index: i32,
+    ) -> Result<Storage> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let t = as_variant!("cross_entropy_backward", Cpu, targets, dev);
+                let l = as_variant!("cross_entropy_backward", Cpu, lse, dev);
+                let d = as_variant!("cross_entropy_backward", Cpu, dloss, dev);
+                x.cross_entropy_backward(t, l, d, cols, ignore_index)
+                    .map(Storage::Cpu)
+            }
+            Storage::Cuda(x) => {
+                let t = as_variant!("cross_entropy_backward", Cuda, targets, dev);
+                let l = as_variant!("cross_entropy_backward", Cuda, lse, dev);
+                let d = as_variant!("cross_entropy_backward", Cuda, dloss, dev);
+                x.cross_entropy_backward(t, l, d, cols, ignore_index)
+                    .map(Storage::Cuda)
+            }
+        }
+    }
+    pub fn argmax_last(&self, cols: usize) -> Result<Storage> {
+        dispatch1!(self, |s| s.argmax_last(cols))
+    }
+    pub fn attention(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        key_mask: Option<&Storage>,
+        bias: Option<&Storage>,
+        spec: &AttnSpec,
+    ) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(q) => {
+                let k = as_variant!("attention", Cpu, k, dev);
+                let v = as_variant!("attention", Cpu, v, dev);
+                let m = opt_as!("attention", Cpu, key_mask, dev);
+                let b = opt_as!("attention", Cpu, bias, dev);
+                let (o, l) = q.attention(k, v, m, b, spec)?;
+                Ok((Storage::Cpu(o), Storage::Cpu(l)))
+            }
+            Storage::Cuda(q) => {
+                let k = as_variant!("attention", Cuda, k, dev);
+                let v = as_variant!("attention", Cuda, v, dev);
+                let m = opt_as!("attention", Cuda, key_mask, dev);
+                let b = opt_as!("attention", Cuda, bias, dev);
+                let (o, l) = q.attention(k, v, m, b, spec)?;
+                Ok((Storage::Cuda(o), Storage::Cuda(l)))
+            }
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        out: &Storage,
+        lse: &Storage,
+        dout: &Storage,
+        key_mask: Option<&Storage>,
+        bias: Option<&Storage>,
+        spec: &AttnSpec,
+    ) -> Result<(Storage, Storage, Storage, Option<Storage>)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(q) => {
+                let k = as_variant!("attention_backward", Cpu, k, dev);
+                let v = as_variant!("attention_backward", Cpu, v, dev);
+                let o = as_variant!("attention_backward", Cpu, out, dev);
+                let l = as_variant!("attention_backward", Cpu, lse, dev);
+                let d = as_variant!("attention_backward", Cpu, dout, dev);
+                let m = opt_as!("attention_backward", Cpu, key_mask, dev);
+                let b = opt_as!("attention_backward", Cpu, bias, dev);
+                let (dq, dk, dv, db) = q.attention_backward(k, v, o, l, d, m, b, spec)?;
+                Ok((
+                    Storage::Cpu(dq),
+                    Storage::Cpu(dk),
+                    Storage::Cpu(dv),
+                    db.map(Storage::Cpu),
+                ))
+            }
+            Storage::Cuda(q) => {
+                let k = as_variant!("attention_backward", Cuda, k, dev);
+                let v = as_variant!("attention_backward", Cuda, v, dev);
+                let o = as_variant!("attention_backward", Cuda, out, dev);
+                let l = as_variant!("attention_backward", Cuda, lse, dev);
+                let d = as_variant!("attention_backward", Cuda, dout, dev);
+                let m = opt_as!("attention_backward", Cuda, key_mask, dev);
+                let b = opt_as!("attention_backward", Cuda, bias, dev);
+                let (dq, dk, dv, db) = q.attention_backward(k, v, o, l, d, m, b, spec)?;
+                Ok((
+                    Storage::Cuda(dq),
+                    Storage::Cuda(dk),
+                    Storage::Cuda(dv),
+                    db.map(Storage::Cuda),
+                ))
+            }
+        }
+    }
+    pub fn span_search(
+        &self,
+        end_logits: &Storage,
+        allowed: &Storage,
+        cols: usize,
+        max_len: usize,
+        top_k: usize,
+    ) -> Result<Vec<SpanCandidate>> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(s) => {
+                let e = as_variant!("span_search", Cpu, end_logits, dev);
+                let a = as_variant!("span_search", Cpu, allowed, dev);
+                s.span_search(e, a, cols, max_len, top_k)
+            }
+            Storage::Cuda(s) => {
+                let e = as_variant!("span_search", Cuda, end_logits, dev);
+                let a = as_variant!("span_search", Cuda, allowed, dev);
+                s.span_search(e, a, cols, max_len, top_k)
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
+pub mod backend;
+pub mod error;
+pub mod memory;
+pub mod shape;
+
+pub use error::{Error, Result};
+pub use shape::{DType, Device, Shape};

@@ -1,0 +1,2 @@
+//! Memory accounting (tracker) and, later, the VRAM planner (budget).
+pub mod tracker;

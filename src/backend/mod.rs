@@ -830,3 +830,15 @@ impl Storage {
         }
     }
 }
+
+/// The dropout mask both backends draw: element `i` is kept when this returns true.
+/// A splitmix64 finaliser of `seed + (i + 1)·φ`, its top 24 bits as a uniform in [0, 1),
+/// compared with `p`. kernels/elementwise.cu computes the same expression.
+pub fn dropout_keep(seed: u64, i: u64, p: f32) -> bool {
+    let mut x = seed.wrapping_add((i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let u = (x >> 40) as f32 / 16_777_216.0;
+    u >= p
+}

@@ -6,3 +6,8 @@ pub mod shape;
 
 pub use error::{Error, Result};
 pub use shape::{DType, Device, Shape};
+pub mod autograd;
+pub mod ops;
+pub mod tensor;
+
+pub use tensor::Tensor;

@@ -146,7 +146,10 @@ pub fn backward(loss: &Tensor) -> Result<Grads> {
     }
     let nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    grads.insert(loss.id(), loss.full_on_same(loss.shape().clone(), loss.dtype(), 1.0)?);
+    grads.insert(
+        loss.id(),
+        loss.full_on_same(loss.shape().clone(), loss.dtype(), 1.0)?,
+    );
     let mut produced = std::collections::HashSet::new();
     for node in nodes.iter() {
         produced.insert(node.out);
@@ -194,7 +197,9 @@ fn add_grads(acc: Tensor, g: &Tensor) -> Result<Tensor> {
         }
         Ok(acc)
     } else {
-        let s = acc.storage().binary(&g.storage(), crate::backend::BinaryOp::Add)?;
+        let s = acc
+            .storage()
+            .binary(&g.storage(), crate::backend::BinaryOp::Add)?;
         Ok(Tensor::wrap(s, acc.shape().clone(), false))
     }
 }

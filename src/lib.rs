@@ -11,3 +11,6 @@ pub mod ops;
 pub mod tensor;
 
 pub use tensor::Tensor;
+pub mod nn;
+pub mod optim;
+pub mod rng;

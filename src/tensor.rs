@@ -131,7 +131,12 @@ impl Tensor {
         Tensor::full(shape, dtype, device, 0.0)
     }
 
-    pub fn full(shape: impl Into<Shape>, dtype: DType, device: Device, value: f64) -> Result<Tensor> {
+    pub fn full(
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: Device,
+        value: f64,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let n = shape.elem_count();
         let cpu = match dtype {
@@ -150,9 +155,16 @@ impl Tensor {
         Ok(Tensor::wrap(s, shape, false))
     }
 
-    pub fn full_on_same(&self, shape: impl Into<Shape>, dtype: DType, value: f64) -> Result<Tensor> {
+    pub fn full_on_same(
+        &self,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        value: f64,
+    ) -> Result<Tensor> {
         let shape = shape.into();
-        let s = self.storage().full_like_dev(shape.elem_count(), dtype, value)?;
+        let s = self
+            .storage()
+            .full_like_dev(shape.elem_count(), dtype, value)?;
         Ok(Tensor::wrap(s, shape, false))
     }
 
@@ -183,10 +195,7 @@ impl Tensor {
     pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         // A poisoned lock only means another thread panicked mid-op; the data is a plain
         // buffer, so reading it stays sound.
-        self.inner
-            .storage
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.storage.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Write access, for in-place updates (optimizer, gradient accumulation).

@@ -26,7 +26,12 @@ impl Tensor {
     /// `self` is q `[B, Lq, H, D]`; k, v `[B, Lk, H, D]`. Returns `[B, Lq, H, D]`.
     pub fn attention(&self, k: &Tensor, v: &Tensor, opt: AttnOptions<'_>) -> Result<Tensor> {
         self.expect_rank("attention (q)", 4)?;
-        let [b, lq, h, d] = [self.dims()[0], self.dims()[1], self.dims()[2], self.dims()[3]];
+        let [b, lq, h, d] = [
+            self.dims()[0],
+            self.dims()[1],
+            self.dims()[2],
+            self.dims()[3],
+        ];
         k.expect_rank("attention (k)", 4)?;
         let lk = k.dims()[1];
         k.expect_shape("attention (k)", &[b, lk, h, d])?;

@@ -40,10 +40,7 @@ impl Tensor {
                 let shape = g.shape().clone();
                 let gs = g.storage();
                 let (da, db) = match op {
-                    BinaryOp::Add => (
-                        when(ta, || Ok(g.clone()))?,
-                        when(tb, || Ok(g.clone()))?,
-                    ),
+                    BinaryOp::Add => (when(ta, || Ok(g.clone()))?, when(tb, || Ok(g.clone()))?),
                     BinaryOp::Sub => (
                         when(ta, || Ok(g.clone()))?,
                         when(tb, || Ok(fresh(gs.affine(-1.0, 0.0)?, shape.clone())))?,
@@ -51,19 +48,34 @@ impl Tensor {
                     BinaryOp::Mul => {
                         let (a, b) = saved.as_ref().expect("saved for mul");
                         (
-                            when(ta, || Ok(fresh(gs.binary(&b.storage(), BinaryOp::Mul)?, shape.clone())))?,
-                            when(tb, || Ok(fresh(gs.binary(&a.storage(), BinaryOp::Mul)?, shape.clone())))?,
+                            when(ta, || {
+                                Ok(fresh(
+                                    gs.binary(&b.storage(), BinaryOp::Mul)?,
+                                    shape.clone(),
+                                ))
+                            })?,
+                            when(tb, || {
+                                Ok(fresh(
+                                    gs.binary(&a.storage(), BinaryOp::Mul)?,
+                                    shape.clone(),
+                                ))
+                            })?,
                         )
                     }
                     BinaryOp::Div => {
                         let (a, b) = saved.as_ref().expect("saved for div");
                         let bs = b.storage();
-                        let da = when(ta, || Ok(fresh(gs.binary(&bs, BinaryOp::Div)?, shape.clone())))?;
+                        let da = when(ta, || {
+                            Ok(fresh(gs.binary(&bs, BinaryOp::Div)?, shape.clone()))
+                        })?;
                         let db = when(tb, || {
                             // d(a/b)/db = -a/b²
                             let q = a.storage().binary(&bs, BinaryOp::Div)?;
                             let q = q.binary(&bs, BinaryOp::Div)?;
-                            Ok(fresh(gs.binary(&q, BinaryOp::Mul)?.affine(-1.0, 0.0)?, shape.clone()))
+                            Ok(fresh(
+                                gs.binary(&q, BinaryOp::Mul)?.affine(-1.0, 0.0)?,
+                                shape.clone(),
+                            ))
                         })?;
                         (da, db)
                     }
@@ -93,7 +105,10 @@ impl Tensor {
             &[self],
             out,
             Box::new(move |g| {
-                Ok(vec![Some(fresh(g.storage().affine(mul, 0.0)?, g.shape().clone()))])
+                Ok(vec![Some(fresh(
+                    g.storage().affine(mul, 0.0)?,
+                    g.shape().clone(),
+                ))])
             }),
         ))
     }
@@ -133,7 +148,10 @@ impl Tensor {
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
     pub fn gated(&self, lin: &Tensor, act: UnaryOp) -> Result<Tensor> {
         same_shape("gated", self, lin)?;
-        let out = fresh(self.storage().gated(&lin.storage(), act)?, self.shape().clone());
+        let out = fresh(
+            self.storage().gated(&lin.storage(), act)?,
+            self.shape().clone(),
+        );
         if !needs_grad(&[self, lin]) {
             return Ok(out);
         }
@@ -143,10 +161,16 @@ impl Tensor {
             &[self, lin],
             out,
             Box::new(move |g| {
-                let (dg, dl) = gate.storage().gated_backward(&l.storage(), &g.storage(), act)?;
+                let (dg, dl) = gate
+                    .storage()
+                    .gated_backward(&l.storage(), &g.storage(), act)?;
                 let shape = g.shape().clone();
                 Ok(vec![
-                    if tg { Some(fresh(dg, shape.clone())) } else { None },
+                    if tg {
+                        Some(fresh(dg, shape.clone()))
+                    } else {
+                        None
+                    },
                     if tl { Some(fresh(dl, shape)) } else { None },
                 ])
             }),
@@ -166,7 +190,10 @@ impl Tensor {
             &[self],
             out,
             Box::new(move |g| {
-                Ok(vec![Some(fresh(g.storage().dropout(p, seed)?, g.shape().clone()))])
+                Ok(vec![Some(fresh(
+                    g.storage().dropout(p, seed)?,
+                    g.shape().clone(),
+                ))])
             }),
         ))
     }
@@ -208,5 +235,21 @@ impl Tensor {
     pub fn mean_all(&self) -> Result<Tensor> {
         let n = self.elem_count().max(1) as f64;
         self.sum_all()?.affine(1.0 / n, 0.0)
+    }
+}
+
+impl Tensor {
+    /// Cast to `dtype`; the gradient is cast back to the input's dtype.
+    pub fn to_dtype(&self, dtype: crate::shape::DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let out = fresh(self.storage().cast(dtype)?, self.shape().clone());
+        let src = self.dtype();
+        Ok(record(
+            &[self],
+            out,
+            Box::new(move |g| Ok(vec![Some(fresh(g.storage().cast(src)?, g.shape().clone()))])),
+        ))
     }
 }

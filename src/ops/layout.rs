@@ -34,7 +34,11 @@ impl Tensor {
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let dims = self.dims().to_vec();
         let mut seen = vec![false; dims.len()];
-        if perm.len() != dims.len() || perm.iter().any(|&p| p >= dims.len() || std::mem::replace(&mut seen[p], true)) {
+        if perm.len() != dims.len()
+            || perm
+                .iter()
+                .any(|&p| p >= dims.len() || std::mem::replace(&mut seen[p], true))
+        {
             return Err(Error::msg(format!(
                 "permute: {perm:?} is not a permutation of the {} dims of {}",
                 dims.len(),
@@ -81,7 +85,10 @@ impl Tensor {
         }
         let mut out_dims = dims.clone();
         out_dims[dim] = len;
-        let out = fresh(self.storage().narrow(&dims, dim, start, len)?, out_dims.clone());
+        let out = fresh(
+            self.storage().narrow(&dims, dim, start, len)?,
+            out_dims.clone(),
+        );
         Ok(record(
             &[self],
             out,

@@ -20,7 +20,10 @@ pub(crate) fn fresh(s: Storage, shape: impl Into<Shape>) -> Tensor {
 }
 
 /// `Some(g)` when the input tracks gradients.
-pub(crate) fn when<T>(cond: bool, f: impl FnOnce() -> crate::Result<T>) -> crate::Result<Option<T>> {
+pub(crate) fn when<T>(
+    cond: bool,
+    f: impl FnOnce() -> crate::Result<T>,
+) -> crate::Result<Option<T>> {
     if cond {
         f().map(Some)
     } else {

@@ -11,9 +11,9 @@ impl Tensor {
         let cols = self.shape().last();
         gamma.expect_shape("layer_norm (weight)", &[cols])?;
         beta.expect_shape("layer_norm (bias)", &[cols])?;
-        let (y, mean, rstd) = self
-            .storage()
-            .layer_norm(&gamma.storage(), &beta.storage(), cols, eps)?;
+        let (y, mean, rstd) =
+            self.storage()
+                .layer_norm(&gamma.storage(), &beta.storage(), cols, eps)?;
         let out = fresh(y, self.shape().clone());
         if !needs_grad(&[self, gamma, beta]) {
             return Ok(out);
@@ -59,9 +59,12 @@ impl Tensor {
             &[self, gamma],
             out,
             Box::new(move |g| {
-                let (dx, dg) =
-                    x.storage()
-                        .rms_norm_backward(&g_.storage(), &rstd.storage(), &g.storage(), cols)?;
+                let (dx, dg) = x.storage().rms_norm_backward(
+                    &g_.storage(),
+                    &rstd.storage(),
+                    &g.storage(),
+                    cols,
+                )?;
                 Ok(vec![
                     t[0].then(|| fresh(dx, x.shape().clone())),
                     t[1].then(|| fresh(dg, [cols])),

@@ -37,7 +37,10 @@ impl Tensor {
             ));
         }
         let cols = self.shape().last();
-        Ok(fresh(self.storage().log_softmax(cols)?, self.shape().clone()))
+        Ok(fresh(
+            self.storage().log_softmax(cols)?,
+            self.shape().clone(),
+        ))
     }
 
     /// Index of each row's maximum (inference only), I32 of shape `dims[..-1]`.

@@ -9,6 +9,13 @@ use fusebox::ops::softmax::IGNORE_INDEX;
 use fusebox::rng::Rng;
 use fusebox::{Device, Result, Tensor};
 
+/// Tests here share the global memory tracker: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn randn(rng: &mut Rng, shape: &[usize], std: f64) -> Tensor {
     let n = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.normal() * std).collect();
@@ -43,6 +50,7 @@ fn set_param(p: &Tensor, vals: Vec<f64>) {
 
 #[test]
 fn composed_network_matches_finite_differences() {
+    let _s = serial();
     let mut rng = Rng::new(7);
     let (v, d) = (11, 6);
     let net = Net {
@@ -103,6 +111,7 @@ fn composed_network_matches_finite_differences() {
 
 #[test]
 fn tied_parameter_gradients_are_summed() {
+    let _s = serial();
     // y = sum(w·x) + sum(w·w): dy/dw = x + 2w — w is used three times.
     let w = Tensor::var(&Tensor::from_f64(vec![1.0, -2.0, 3.0], [3], Device::Cpu).unwrap());
     let x = Tensor::from_f64(vec![0.5, 0.25, -1.0], [3], Device::Cpu).unwrap();
@@ -126,6 +135,7 @@ fn tied_parameter_gradients_are_summed() {
 
 #[test]
 fn accumulation_over_micro_batches_equals_one_big_batch() {
+    let _s = serial();
     let mut rng = Rng::new(3);
     let w = Tensor::var(&randn(&mut rng, &[4, 5], 1.0));
     let x = randn(&mut rng, &[6, 5], 1.0);
@@ -171,6 +181,7 @@ fn accumulation_over_micro_batches_equals_one_big_batch() {
 
 #[test]
 fn no_grad_records_nothing_and_backward_releases_saved_tensors() {
+    let _s = serial();
     clear_tape();
     let mut rng = Rng::new(5);
     let w = Tensor::var(&randn(&mut rng, &[64, 64], 1.0));

@@ -7,6 +7,7 @@ pub mod shape;
 pub use error::{Error, Result};
 pub use shape::{DType, Device, Shape};
 pub mod autograd;
+pub mod hub;
 pub mod ops;
 pub mod tensor;
 
@@ -14,3 +15,4 @@ pub use tensor::Tensor;
 pub mod nn;
 pub mod optim;
 pub mod rng;
+pub mod synth;

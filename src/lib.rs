@@ -10,6 +10,7 @@ pub mod autograd;
 pub mod hub;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use tensor::Tensor;
 pub mod nn;

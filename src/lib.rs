@@ -15,5 +15,6 @@ pub mod train;
 pub use tensor::Tensor;
 pub mod nn;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod synth;

@@ -10,11 +10,14 @@ use std::time::Instant;
 
 use crate::shape::Device;
 
+/// (op name, is backward) → (calls, seconds).
+type OpStats = BTreeMap<(&'static str, bool), (u64, f64)>;
+
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(false) };
     static TRACE: Cell<bool> = const { Cell::new(false) };
     static DEPTH: Cell<usize> = const { Cell::new(0) };
-    static STATS: RefCell<BTreeMap<(&'static str, bool), (u64, f64)>> = const { RefCell::new(BTreeMap::new()) };
+    static STATS: RefCell<OpStats> = const { RefCell::new(BTreeMap::new()) };
     static EVENTS: RefCell<Vec<TraceEvent>> = const { RefCell::new(Vec::new()) };
     static EPOCH: RefCell<Option<Instant>> = const { RefCell::new(None) };
 }

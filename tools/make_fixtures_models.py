@@ -1,0 +1,1 @@
+def models_fixture(save, root): pass

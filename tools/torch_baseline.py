@@ -157,6 +157,9 @@ def run(args, precision, compiled):
             # Process-wide high-water mark (Linux reports KiB), not per run.
             rec["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         rec["tokens_per_step"] = tokens
+        if scaler is not None:
+            # Scale < 2^16 means overflowing steps were skipped (cheaper, so faster).
+            rec["final_loss_scale"] = scaler.get_scale()
         rec["final_loss"] = float(loss.detach())
         rec["torch"] = torch.__version__
     except Exception as e:  # noqa: BLE001 - one failed mode must not stop the others

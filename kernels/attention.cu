@@ -1,0 +1,520 @@
+// Fused attention (FlashAttention-2 style) forward and backward for fp16 on Turing (sm_75),
+// also run unchanged on sm_80 / sm_90. One kernel family serves DistilBERT/BERT self-attention
+// (scaled, key padding mask) and all three T5 attentions (unscaled, additive per-head bias
+// with its gradient, causal decoder, cross-attention), so neither the B·H·Lq·Lk score matrix
+// nor the probabilities are ever stored: forward keeps only out and the row log-sum-exp,
+// backward recomputes P from them.
+//
+// Why it is built this way:
+// - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA; m16n8k16 is
+//   sm_80+). Its accumulator fragment equals its A-operand fragment, so P (or dS) goes from
+//   the S accumulators straight into the next MMA with no shuffle. Fragments are loaded from
+//   shared memory with plain 32-bit / 16-bit loads (no ldmatrix, no cp.async): simple to
+//   check by hand, and nothing sm_80-only is used.
+// - Softmax is "online" with a finite sentinel (-1e30) instead of -inf inside the kernels, so
+//   fully masked rows never compute inf - inf; they produce out = 0, lse = -inf and add
+//   nothing to any gradient. Bias values of -inf / -FLT_MAX are also handled.
+// - Backward = rowsum(dO∘O) kernel, then one kernel per key tile that keeps dK/dV in
+//   registers while walking the query tiles, and adds dQ (fp32 atomics into dq_accum) and
+//   dBias (fp32 atomics into dbias). dBias = dS summed over the batch; the atomics cost one
+//   RED per nonzero (b, h, i, j), i.e. B·H·Lq·Lk fp32 atomics (T5-small B=16 512²: 33.5 M),
+//   spread over H·Lq·Lk addresses so contention is only B-way. dq_accum costs
+//   B·Lq·H·D·ceil(Lk/64) atomics. A last kernel casts dq_accum to fp16.
+// - Dropout on the probabilities is left out: FlashAttention-style dropout must regenerate
+//   the same mask in backward from (seed, b, h, i, j), which needs the shared counter hash
+//   (backend::dropout_keep) inlined into both kernels and tests of its own. Plan: fine-tune
+//   with attention dropout 0 through this kernel (HF's 0.1 is a regulariser, not a
+//   correctness requirement), or fall back to the unfused path when attention dropout > 0;
+//   adding it later means one extra `keep(seed, ((b*H+h)*Lq+i)*Lk+j)` test on P in both
+//   kernels (scale kept P by 1/(1-p) for PV and dV, and use the dropped P in dS).
+// - Do not compile with --use_fast_math (not needed; __expf is used explicitly).
+//
+// ---------------------------------------------------------------------------------------
+// Tensor layout (all row-major, contiguous, device pointers 16-byte aligned):
+//   q, out, dout, dq : fp16 [B, Lq, H, D]        (the [B*Lq, H*D] output of a linear layer)
+//   k, v, dk, dv     : fp16 [B, Lk, H, D]
+//   lse, delta       : fp32 [B, H, Lq]
+//   key_mask         : int32 [B, Lk], nonzero = keep; may be NULL (all keys kept)
+//   bias             : fp32 [H, Lq, Lk], added after scaling, broadcast over B; may be NULL
+//   dbias            : fp32 [H, Lq, Lk], sum over the batch of dS; may be NULL (no bias grad)
+//   dq_accum         : fp32 [B, Lq, H, D] workspace
+// score(b,h,i,j) = scale * q_i·k_j + bias[h,i,j], j allowed iff key_mask[b,j] != 0 and
+// (causal == 0 or j <= i + (Lk - Lq)). Rows with no allowed key: out = 0, lse = -inf.
+//
+// Kernels (all: int = int32, float = fp32, pointers are device addresses; D is the head dim).
+// "_d32" / "_d128" variants have exactly the same arguments and launch shape as the D = 64
+// kernel without suffix. All shared memory is static (under 48 KB): shared_mem_bytes = 0
+// and no cudaFuncSetAttribute is needed.
+//
+// 1. fb_attn_fwd_f16 (D=64), fb_attn_fwd_f16_d32, fb_attn_fwd_f16_d128
+//    (const half* q, const half* k, const half* v, const int* key_mask, const float* bias,
+//     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal)
+//    grid = (ceil(Lq / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 2. fb_attn_bwd_preprocess_f16
+//    (const half* out, const half* dout, float* delta, float* dq_accum, float* dbias,
+//     int B, int H, int Lq, int Lk, int D)
+//    delta = rowsum(dout ∘ out); also zero-fills dq_accum (B·Lq·H·D floats) and, if dbias
+//    is not NULL, dbias (H·Lq·Lk floats), so the caller need not memset them.
+//    grid = (ceil(B·H·Lq / 4), 1, 1), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 3. fb_attn_bwd_f16 (D=64), fb_attn_bwd_f16_d32, fb_attn_bwd_f16_d128
+//    (const half* q, const half* k, const half* v, const half* dout, const float* lse,
+//     const float* delta, const int* key_mask, const float* bias, half* dk, half* dv,
+//     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal)
+//    Writes dk, dv; adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
+//    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 4. fb_attn_dq_cast_f16 (const float* dq_accum, half* dq, int n)   n = B·Lq·H·D
+//    grid = (ceil(n / 256), 1, 1), block = (256, 1, 1), shared_mem_bytes = 0.
+//
+// Order on one stream: fwd; later preprocess → bwd → dq_cast.
+// Workspace: lse and delta B·H·Lq·4 bytes each, dq_accum B·Lq·H·D·4, dbias H·Lq·Lk·4.
+// ---------------------------------------------------------------------------------------
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace fbattn {
+
+constexpr int kThreads = 128;  // 4 warps; each warp owns 16 query rows (fwd) or 16 keys (bwd)
+constexpr int kBr = 64;        // forward: query rows per block
+constexpr int kBc = 64;        // key rows per tile (forward loop, backward block)
+constexpr float kNeg = -1.0e30f;      // "masked" score; finite so no inf - inf ever happens
+constexpr float kNegThresh = -1.0e29f;  // a running max at or below this means "no key yet"
+
+// D += A·B for one 16x8x8 tile. A: a0 = {A[g][2t], A[g][2t+1]}, a1 = {A[g+8][2t], ..};
+// B: b0 = {B[2t][g], B[2t+1][g]}; C: c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
+// (g = lane / 4, t = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k8").
+__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  float d0, d1, d2, d3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%7,%8,%9,%10};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a0), "r"(a1), "r"(b0), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  c[0] = d0;
+  c[1] = d1;
+  c[2] = d2;
+  c[3] = d3;
+}
+
+// Two adjacent halves p[0] (low 16 bits) and p[1] (high).
+__device__ __forceinline__ uint32_t ld_row2(const __half* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// Two halves one row apart: p[0] (low) and p[stride] (high) — a B fragment read from a
+// row-major [k][n] tile.
+__device__ __forceinline__ uint32_t ld_col2(const __half* p, int stride) {
+  const uint32_t lo = __half_as_ushort(p[0]);
+  const uint32_t hi = __half_as_ushort(p[stride]);
+  return lo | (hi << 16);
+}
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// rows [row0, row0 + ROWS) of a [L, ld] fp16 matrix (columns 0..D-1 from g) into a
+// [ROWS][D + 8] shared tile; rows past L are zero so no garbage reaches an MMA.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, int L,
+                                          long long ld) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int col = (c % kChunks) * 8;
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (row0 + r < L) val = *reinterpret_cast<const uint4*>(g + (long long)(row0 + r) * ld + col);
+    *reinterpret_cast<uint4*>(s + r * (D + 8) + col) = val;
+  }
+}
+
+// keep flags of keys [k0, k0 + kBc) for batch b.
+__device__ __forceinline__ void load_keep(int* keep_s, const int* key_mask, int b, int k0,
+                                          int Lk) {
+  if (threadIdx.x < kBc) {
+    const int j = k0 + threadIdx.x;
+    int keep = j < Lk;
+    if (keep && key_mask != nullptr) keep = key_mask[(long long)b * Lk + j] != 0;
+    keep_s[threadIdx.x] = keep;
+  }
+}
+
+template <int D>
+__device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
+                                         const __half* __restrict__ k,
+                                         const __half* __restrict__ v,
+                                         const int* __restrict__ key_mask,
+                                         const float* __restrict__ bias, __half* __restrict__ out,
+                                         float* __restrict__ lse, int B, int H, int Lq, int Lk,
+                                         float scale, int causal) {
+  constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
+  __shared__ __align__(16) __half k_s[kBc * S];  // holds the Q tile first
+  __shared__ __align__(16) __half v_s[kBc * S];
+  __shared__ int keep_s[kBc];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = blockIdx.x * kBr;
+  const long long ld = (long long)H * D;
+  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
+  const int off = Lk - Lq;  // causal: row i sees keys j <= i + off
+  const int wr = warp * 16;
+  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
+
+  static_assert(kBr == kBc, "Q tile reuses the K buffer");
+  load_tile<kBr, D>(k_s, qb, q0, Lq, ld);
+  __syncthreads();
+  uint32_t qf[D / 8][2];
+#pragma unroll
+  for (int ks = 0; ks < D / 8; ++ks) {
+    qf[ks][0] = ld_row2(&k_s[(wr + g) * S + ks * 8 + 2 * t]);
+    qf[ks][1] = ld_row2(&k_s[(wr + g + 8) * S + ks * 8 + 2 * t]);
+  }
+  __syncthreads();
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {kNeg, kNeg};
+  float l[2] = {0.f, 0.f};
+
+  int kend = Lk;
+  if (causal) kend = min(Lk, max(0, q0 + kBr + off));  // last row of the tile sees < this
+  for (int k0 = 0; k0 < kend; k0 += kBc) {
+    load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
+    load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+    load_keep(keep_s, key_mask, b, k0, Lk);
+    __syncthreads();
+
+    float s[kBc / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 8; ++ks) {
+#pragma unroll
+      for (int nt = 0; nt < kBc / 8; ++nt) {
+        // B[kk][n] = K[key n][d kk]: contiguous along d.
+        const uint32_t b0 = ld_row2(&k_s[(nt * 8 + g) * S + ks * 8 + 2 * t]);
+        mma16816(s[nt], qf[ks][0], qf[ks][1], b0);
+      }
+    }
+
+    float mx[2] = {kNeg, kNeg};
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = rows[e >> 1];
+        const int jl = nt * 8 + 2 * t + (e & 1);
+        const int j = k0 + jl;
+        const bool ok = keep_s[jl] && r < Lq && (!causal || j <= r + off);
+        float val = kNeg;
+        if (ok) {
+          val = s[nt][e] * scale;
+          if (biash) val += biash[(long long)r * Lk + j];
+          val = fmaxf(val, kNeg);  // a -inf bias behaves like a mask
+        }
+        s[nt][e] = val;
+        mx[e >> 1] = fmaxf(mx[e >> 1], val);
+      }
+    }
+    float mu[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float mn = fmaxf(m[i], mx[i]);
+      mu[i] = mn <= kNegThresh ? 0.f : mn;  // no key yet: any finite reference works
+      const float alpha = __expf(m[i] - mu[i]);
+      m[i] = mn;
+      l[i] *= alpha;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][2 * i] *= alpha;
+        o[dn][2 * i + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = __expf(s[nt][e] - mu[e >> 1]);
+        s[nt][e] = p;
+        l[e >> 1] += p;
+      }
+    }
+    // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+      const uint32_t a0 = pack2(s[nt][0], s[nt][1]);
+      const uint32_t a1 = pack2(s[nt][2], s[nt][3]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        // B[kk][n] = V[key kk][d n]: one row apart per half.
+        const uint32_t b0 = ld_col2(&v_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S);
+        mma16816(o[dn], a0, a1, b0);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int r = rows[i];
+    if (r >= Lq) continue;
+    const bool any = m[i] > kNegThresh && l[i] > 0.f;
+    const float inv = any ? 1.f / l[i] : 0.f;
+    __half* orow = out + ((long long)b * Lq + r) * ld + (long long)h * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<__half2*>(orow + dn * 8 + 2 * t) =
+          __floats2half2_rn(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
+    }
+    if (t == 0) lse[((long long)b * H + h) * Lq + r] = any ? m[i] + logf(l[i]) : -INFINITY;
+  }
+}
+
+// Backward for one key tile of kBc keys (warp w owns keys w*16..w*16+15), walking query
+// tiles of BR rows. BR is smaller for large D so the static shared memory stays < 48 KB.
+template <int D, int BR>
+__device__ __forceinline__ void attn_bwd(
+    const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+    const __half* __restrict__ dout, const float* __restrict__ lse,
+    const float* __restrict__ delta, const int* __restrict__ key_mask,
+    const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
+    float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
+    float scale, int causal) {
+  constexpr int S = D + 8;
+  constexpr int SD = kBc + 8;  // dS tile row stride (halves)
+  constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
+  constexpr int CS = 4 / RG;   // ... and column slices, RG * CS = 4 warps
+  constexpr int NC = D / CS;   // dQ columns per warp
+  static_assert(RG * CS == 4 && NC % 8 == 0, "dQ work split");
+  __shared__ __align__(16) __half k_s[kBc * S];
+  __shared__ __align__(16) __half v_s[kBc * S];
+  __shared__ __align__(16) __half q_s[BR * S];
+  __shared__ __align__(16) __half do_s[BR * S];
+  __shared__ __align__(16) __half ds_s[BR * SD];  // dS as [query][key]
+  __shared__ float lse_s[BR];
+  __shared__ float di_s[BR];
+  __shared__ int keep_s[kBc];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int k0 = blockIdx.x * kBc;
+  const long long ld = (long long)H * D;
+  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
+  const __half* dob = dout + (long long)b * Lq * ld + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const float* lseb = lse + ((long long)b * H + h) * Lq;
+  const float* deltab = delta + ((long long)b * H + h) * Lq;
+  const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
+  float* dbiash = dbias ? dbias + (long long)h * Lq * Lk : nullptr;
+  const int off = Lk - Lq;
+  const int kw = warp * 16;  // this warp's keys in the tile: kw + g and kw + g + 8
+
+  load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
+  load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+  load_keep(keep_s, key_mask, b, k0, Lk);
+
+  float dkacc[D / 8][4], dvacc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    dkacc[i][0] = dkacc[i][1] = dkacc[i][2] = dkacc[i][3] = 0.f;
+    dvacc[i][0] = dvacc[i][1] = dvacc[i][2] = dvacc[i][3] = 0.f;
+  }
+
+  int qbeg = 0;
+  if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
+  for (int q0 = qbeg; q0 < Lq; q0 += BR) {
+    load_tile<BR, D>(q_s, qb, q0, Lq, ld);
+    load_tile<BR, D>(do_s, dob, q0, Lq, ld);
+    if (threadIdx.x < BR) {
+      const int r = q0 + threadIdx.x;
+      lse_s[threadIdx.x] = r < Lq ? lseb[r] : -INFINITY;
+      di_s[threadIdx.x] = r < Lq ? deltab[r] : 0.f;
+    }
+    __syncthreads();
+
+    // S^T = K·Q^T and dP^T = V·dO^T (16 keys x BR queries per warp).
+    float st[BR / 8][4], dpt[BR / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt) {
+      st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
+      dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < D / 8; ++ks) {
+      const uint32_t ka0 = ld_row2(&k_s[(kw + g) * S + ks * 8 + 2 * t]);
+      const uint32_t ka1 = ld_row2(&k_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
+      const uint32_t va0 = ld_row2(&v_s[(kw + g) * S + ks * 8 + 2 * t]);
+      const uint32_t va1 = ld_row2(&v_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
+#pragma unroll
+      for (int nt = 0; nt < BR / 8; ++nt) {
+        // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
+        mma16816(st[nt], ka0, ka1, ld_row2(&q_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
+        mma16816(dpt[nt], va0, va1, ld_row2(&do_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
+      }
+    }
+
+    // P^T = exp(score - lse) and dS^T = P^T ∘ (dP^T - delta), in place.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int keyl = kw + g + ((e >> 1) << 3);
+        const int ql = nt * 8 + 2 * t + (e & 1);
+        const int j = k0 + keyl;
+        const int r = q0 + ql;
+        const float lrow = lse_s[ql];
+        const bool ok = keep_s[keyl] && r < Lq && (!causal || j <= r + off) && lrow > kNegThresh;
+        float p = 0.f;
+        if (ok) {
+          float sc = st[nt][e] * scale;
+          if (biash) sc += biash[(long long)r * Lk + j];
+          p = __expf(fmaxf(sc, kNeg) - lrow);
+        }
+        const float ds = p * (dpt[nt][e] - di_s[ql]);
+        st[nt][e] = p;
+        dpt[nt][e] = ds;
+        if (dbiash && ds != 0.f) atomicAdd(&dbiash[(long long)r * Lk + j], ds);
+        ds_s[ql * SD + keyl] = __float2half_rn(ds);
+      }
+    }
+
+    // dV += P^T·dO and dK += dS^T·Q (scale applied at the end); accumulator fragments of
+    // P^T / dS^T for queries nt*8.. are the A fragments of k-step nt.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt) {
+      const uint32_t pa0 = pack2(st[nt][0], st[nt][1]);
+      const uint32_t pa1 = pack2(st[nt][2], st[nt][3]);
+      const uint32_t sa0 = pack2(dpt[nt][0], dpt[nt][1]);
+      const uint32_t sa1 = pack2(dpt[nt][2], dpt[nt][3]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        // B[kk][n] = dO[query kk][d n] (resp. Q): one row apart per half.
+        mma16816(dvacc[dn], pa0, pa1, ld_col2(&do_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
+        mma16816(dkacc[dn], sa0, sa1, ld_col2(&q_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
+      }
+    }
+    __syncthreads();  // ds_s complete
+
+    // dQ[BR x D] += scale · dS[BR x kBc] · K[kBc x D]; warp = (row group, column slice).
+    {
+      const int rg = warp % RG, cs = warp / RG;
+      float dq[NC / 8][4];
+#pragma unroll
+      for (int i = 0; i < NC / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kBc / 8; ++ks) {
+        const uint32_t a0 = ld_row2(&ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t]);
+        const uint32_t a1 = ld_row2(&ds_s[(rg * 16 + g + 8) * SD + ks * 8 + 2 * t]);
+#pragma unroll
+        for (int dn = 0; dn < NC / 8; ++dn) {
+          // B[kk][n] = K[key kk][d n]
+          const uint32_t b0 = ld_col2(&k_s[(ks * 8 + 2 * t) * S + cs * NC + dn * 8 + g], S);
+          mma16816(dq[dn], a0, a1, b0);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = q0 + rg * 16 + g + 8 * i;
+        if (r >= Lq) continue;
+        float* dqrow = dq_accum + ((long long)b * Lq + r) * ld + (long long)h * D + cs * NC;
+#pragma unroll
+        for (int dn = 0; dn < NC / 8; ++dn) {
+          atomicAdd(dqrow + dn * 8 + 2 * t, scale * dq[dn][2 * i]);
+          atomicAdd(dqrow + dn * 8 + 2 * t + 1, scale * dq[dn][2 * i + 1]);
+        }
+      }
+    }
+    __syncthreads();  // before the next tile overwrites q_s, do_s, ds_s
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int j = k0 + kw + g + 8 * i;
+    if (j >= Lk) continue;
+    const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) =
+          __floats2half2_rn(scale * dkacc[dn][2 * i], scale * dkacc[dn][2 * i + 1]);
+      *reinterpret_cast<__half2*>(dv + base + dn * 8 + 2 * t) =
+          __floats2half2_rn(dvacc[dn][2 * i], dvacc[dn][2 * i + 1]);
+    }
+  }
+}
+
+}  // namespace fbattn
+
+#define FB_ATTN_FWD(NAME, D)                                                                  \
+  extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                       \
+      const __half* q, const __half* k, const __half* v, const int* key_mask,                \
+      const float* bias, __half* out, float* lse, int B, int H, int Lq, int Lk, float scale, \
+      int causal) {                                                                           \
+    fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal);     \
+  }
+
+#define FB_ATTN_BWD(NAME, D, BR)                                                               \
+  extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                        \
+      const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
+      const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
+      float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal) {  \
+    fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
+                            dbias, B, H, Lq, Lk, scale, causal);                              \
+  }
+
+FB_ATTN_FWD(fb_attn_fwd_f16, 64)
+FB_ATTN_FWD(fb_attn_fwd_f16_d32, 32)
+FB_ATTN_FWD(fb_attn_fwd_f16_d128, 128)
+FB_ATTN_BWD(fb_attn_bwd_f16, 64, 64)
+FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64)
+FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16)
+
+// delta[b,h,i] = Σ_d dout·out (one warp per row), plus zero-fill of the atomic targets.
+extern "C" __global__ void __launch_bounds__(128)
+    fb_attn_bwd_preprocess_f16(const __half* out, const __half* dout, float* delta,
+                               float* dq_accum, float* dbias, int B, int H, int Lq, int Lk,
+                               int D) {
+  const long long nthreads = (long long)gridDim.x * blockDim.x;
+  const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long ndq = (long long)B * Lq * H * D;
+  for (long long i = tid; i < ndq; i += nthreads) dq_accum[i] = 0.f;
+  if (dbias) {
+    const long long nb = (long long)H * Lq * Lk;
+    for (long long i = tid; i < nb; i += nthreads) dbias[i] = 0.f;
+  }
+  const long long row = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= (long long)B * H * Lq) return;
+  const int i = (int)(row % Lq);
+  const int h = (int)((row / Lq) % H);
+  const long long b = row / ((long long)Lq * H);
+  const long long base = ((b * Lq + i) * H + h) * D;
+  float acc = 0.f;
+  for (int d = lane; d < D; d += 32) {
+    acc += __half2float(out[base + d]) * __half2float(dout[base + d]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) delta[row] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    fb_attn_dq_cast_f16(const float* dq_accum, __half* dq, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dq[i] = __float2half_rn(dq_accum[i]);
+}

@@ -72,7 +72,11 @@
 // Workspace: lse and delta B·H·Lq·4 bytes each, dq_accum B·Lq·H·D·4, dbias H·Lq·Lk·4.
 // ---------------------------------------------------------------------------------------
 
+// FB_ATTN_EMULATE: tools/attn_check/emu_check.cpp runs these kernels on the CPU (threads +
+// barriers, MMA evaluated from the PTX fragment tables) and supplies the CUDA names itself.
+#ifndef FB_ATTN_EMULATE
 #include <cuda_fp16.h>
+#endif
 #include <stdint.h>
 
 namespace fbattn {
@@ -86,7 +90,10 @@ constexpr float kNegThresh = -1.0e29f;  // a running max at or below this means 
 // D += A·B for one 16x8x8 tile. A: a0 = {A[g][2t], A[g][2t+1]}, a1 = {A[g+8][2t], ..};
 // B: b0 = {B[2t][g], B[2t+1][g]}; C: c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
 // (g = lane / 4, t = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k8").
-__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+__device__ __forceinline__ void mma_m16n8k8(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+#ifdef FB_ATTN_EMULATE
+  fb_emu_mma(c, a0, a1, b0);
+#else
   float d0, d1, d2, d3;
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
@@ -97,6 +104,7 @@ __device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, u
   c[1] = d1;
   c[2] = d2;
   c[3] = d3;
+#endif
 }
 
 // Two adjacent halves p[0] (low 16 bits) and p[1] (high).
@@ -203,7 +211,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
       for (int nt = 0; nt < kBc / 8; ++nt) {
         // B[kk][n] = K[key n][d kk]: contiguous along d.
         const uint32_t b0 = ld_row2(&k_s[(nt * 8 + g) * S + ks * 8 + 2 * t]);
-        mma16816(s[nt], qf[ks][0], qf[ks][1], b0);
+        mma_m16n8k8(s[nt], qf[ks][0], qf[ks][1], b0);
       }
     }
 
@@ -260,7 +268,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
       for (int dn = 0; dn < D / 8; ++dn) {
         // B[kk][n] = V[key kk][d n]: one row apart per half.
         const uint32_t b0 = ld_col2(&v_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S);
-        mma16816(o[dn], a0, a1, b0);
+        mma_m16n8k8(o[dn], a0, a1, b0);
       }
     }
     __syncthreads();
@@ -364,8 +372,8 @@ __device__ __forceinline__ void attn_bwd(
 #pragma unroll
       for (int nt = 0; nt < BR / 8; ++nt) {
         // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
-        mma16816(st[nt], ka0, ka1, ld_row2(&q_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
-        mma16816(dpt[nt], va0, va1, ld_row2(&do_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
+        mma_m16n8k8(st[nt], ka0, ka1, ld_row2(&q_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
+        mma_m16n8k8(dpt[nt], va0, va1, ld_row2(&do_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
       }
     }
 
@@ -405,8 +413,8 @@ __device__ __forceinline__ void attn_bwd(
 #pragma unroll
       for (int dn = 0; dn < D / 8; ++dn) {
         // B[kk][n] = dO[query kk][d n] (resp. Q): one row apart per half.
-        mma16816(dvacc[dn], pa0, pa1, ld_col2(&do_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
-        mma16816(dkacc[dn], sa0, sa1, ld_col2(&q_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
+        mma_m16n8k8(dvacc[dn], pa0, pa1, ld_col2(&do_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
+        mma_m16n8k8(dkacc[dn], sa0, sa1, ld_col2(&q_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
       }
     }
     __syncthreads();  // ds_s complete
@@ -425,7 +433,7 @@ __device__ __forceinline__ void attn_bwd(
         for (int dn = 0; dn < NC / 8; ++dn) {
           // B[kk][n] = K[key kk][d n]
           const uint32_t b0 = ld_col2(&k_s[(ks * 8 + 2 * t) * S + cs * NC + dn * 8 + g], S);
-          mma16816(dq[dn], a0, a1, b0);
+          mma_m16n8k8(dq[dn], a0, a1, b0);
         }
       }
 #pragma unroll

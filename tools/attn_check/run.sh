@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds tools/attn_check/attn_check.cu with the machine's nvcc and runs it: correctness
+# cases (ATTNCHECK lines), then timings (ATTNBENCH lines), then compute-sanitizer memcheck
+# and racecheck on the two tiny cases, then the PyTorch baselines (TORCHATTN lines).
+# Each step has its own timeout; the whole script stays under ~3 minutes on an H100.
+# Env: ATTN_ARCH=sm_XX (default: from nvidia-smi, else sm_90), ATTN_SKIP_TORCH=1,
+# ATTN_SKIP_SANITIZER=1. Logs go to $OUT (if set) or $TMPDIR. Extra arguments go to attn_check (e.g. --quick, --only NAME).
+set -u
+cd "$(dirname "$0")"
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+ARCH=${ATTN_ARCH:-}
+if [ -z "$ARCH" ]; then
+  CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+  ARCH=sm_${CC:-90}
+fi
+BIN=${TMPDIR:-/tmp}/attn_check_bin
+LOG=${OUT:-${TMPDIR:-/tmp}}
+mkdir -p "$LOG"
+echo "== nvcc: $NVCC ($($NVCC --version 2>&1 | tail -1)), arch $ARCH"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null
+
+echo "== build"
+timeout 180 "$NVCC" -O3 -std=c++17 -arch="$ARCH" -lineinfo -Xptxas -v attn_check.cu -o "$BIN" \
+  > "$LOG/attn_build.log" 2>&1
+BRC=$?
+grep -E "error|warning|Compiling entry|registers|spill" "$LOG/attn_build.log" | grep -v "init_rand" | head -60
+if [ $BRC -ne 0 ]; then
+  echo "BUILD FAILED rc=$BRC"; tail -40 "$LOG/attn_build.log"; exit 1
+fi
+
+echo "== run"
+timeout 150 "$BIN" "$@" 2>&1 | tee "$LOG/attn_check.log"
+RRC=${PIPESTATUS[0]}
+echo "attn_check exit code: $RRC"
+
+if [ "${ATTN_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  echo "== compute-sanitizer memcheck (tiny cases)"
+  timeout 90 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --quick --only tiny 2>&1 | tail -25
+  echo "== compute-sanitizer racecheck (tiny cases)"
+  timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --quick --only tiny_causal 2>&1 | tail -25
+fi
+
+if [ "${ATTN_SKIP_TORCH:-0}" != 1 ]; then
+  echo "== torch baselines"
+  timeout 150 python3 torch_attn.py 2>&1 | tee "$LOG/torch_attn.log"
+  echo "torch_attn exit code: ${PIPESTATUS[0]}"
+fi
+exit $RRC

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""PyTorch baselines for the shapes attn_check.cu times, on the same GPU.
+
+Why: fusebox's fused attention is meant to beat what a PyTorch user would run. For each
+shape this times forward and forward+backward of
+  - sdpa_efficient: F.scaled_dot_product_attention restricted to the memory-efficient
+    backend (what SDPA runs on a T4), bias + padding mask + causal folded into one additive
+    float16 attn_mask [B, H, Lq, Lk] that requires grad when there is a bias (T5);
+  - sdpa_flash: the flash backend, only where it applies (no bias; no padding mask since
+    flash takes none, so it is timed without one; is_causal for the decoder);
+  - sdpa_auto: SDPA with whatever backend PyTorch picks for the sdpa_efficient inputs;
+  - eager_t5: HF T5-style eager attention: matmul, + bias/mask, softmax in fp32, matmul.
+Inputs are fp16 [B, H, L, D] (the transposes HF does are not timed). Each impl runs in its
+own try/except so one failure does not stop the rest. Prints one line per (case, impl):
+  TORCHATTN case=.. impl=.. fwd_ms=.. fwdbwd_ms=.. peak_mb=..
+peak_mb is the peak allocated memory of one forward+backward above what was allocated
+before it (inputs excluded).
+"""
+import sys
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+CASES = [
+    dict(name="distilbert_b32_384", B=32, H=12, Lq=384, Lk=384, D=64, scale=0.125,
+         causal=False, bias=False, mask=True),
+    dict(name="t5_enc_b16_512_bias", B=16, H=8, Lq=512, Lk=512, D=64, scale=1.0,
+         causal=False, bias=True, mask=True),
+    dict(name="t5_dec_b16_128_causal_bias", B=16, H=8, Lq=128, Lk=128, D=64, scale=1.0,
+         causal=True, bias=True, mask=False),
+    dict(name="t5_cross_b16_128x512", B=16, H=8, Lq=128, Lk=512, D=64, scale=1.0,
+         causal=False, bias=False, mask=True),
+]
+REPS = 20
+WARMUP = 3
+
+
+def median_ms(fn, reps=REPS):
+    times = []
+    for it in range(reps + WARMUP):
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        if it >= WARMUP:
+            times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def make_inputs(c, dev):
+    g = torch.Generator(device=dev).manual_seed(0)
+    shp_q = (c["B"], c["H"], c["Lq"], c["D"])
+    shp_k = (c["B"], c["H"], c["Lk"], c["D"])
+
+    def rnd(shape):
+        return (torch.rand(shape, generator=g, device=dev) * 2 - 1).half().requires_grad_(True)
+
+    q, k, v = rnd(shp_q), rnd(shp_k), rnd(shp_k)
+    dout = (torch.rand(shp_q, generator=g, device=dev) * 2 - 1).half()
+    bias = None
+    if c["bias"]:
+        bias = ((torch.rand((1, c["H"], c["Lq"], c["Lk"]), generator=g, device=dev) * 4 - 2)
+                .half().requires_grad_(True))
+    neg = torch.finfo(torch.float16).min
+    # Constant part of the additive mask: key padding (all keys kept here, as in the
+    # attn_check benchmark, but still applied) and the causal triangle.
+    const = torch.zeros((c["B"], 1, c["Lq"], c["Lk"]), device=dev, dtype=torch.float16)
+    if c["causal"]:
+        tri = torch.ones((c["Lq"], c["Lk"]), device=dev, dtype=torch.bool).triu(
+            c["Lk"] - c["Lq"] + 1)
+        const = const.masked_fill(tri, neg)
+    has_mask = c["mask"] or c["causal"] or c["bias"]
+    return q, k, v, dout, bias, const, has_mask
+
+
+def additive_mask(bias, const):
+    # T5 / HF: position_bias + extended mask, materialised as [B, H, Lq, Lk].
+    return const if bias is None else bias + const
+
+
+def impl_sdpa(backend):
+    def run(c, q, k, v, bias, const, has_mask):
+        from torch.nn.attention import sdpa_kernel
+        am = additive_mask(bias, const) if has_mask else None
+        if backend is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, scale=c["scale"])
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, scale=c["scale"])
+    return run
+
+
+def impl_flash(c, q, k, v, bias, const, has_mask):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if bias is not None:
+        raise RuntimeError("not applicable: flash takes no additive bias")
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], scale=c["scale"])
+
+
+def impl_eager(c, q, k, v, bias, const, has_mask):
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if c["scale"] != 1.0:
+        scores = scores * c["scale"]
+    if has_mask:
+        scores = scores + additive_mask(bias, const)
+    attn = F.softmax(scores.float(), dim=-1).type_as(scores)
+    return torch.matmul(attn, v)
+
+
+def bench_one(c, name, fn, dev):
+    q, k, v, dout, bias, const, has_mask = make_inputs(c, dev)
+    params = [t for t in (q, k, v, bias) if t is not None]
+
+    def fwd():
+        return fn(c, q, k, v, bias, const, has_mask)
+
+    def fwdbwd():
+        for t in params:
+            t.grad = None
+        fwd().backward(dout)
+
+    fwd_ms = median_ms(fwd)
+    fwdbwd_ms = median_ms(fwdbwd)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwdbwd()
+    torch.cuda.synchronize()
+    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    print(f"TORCHATTN case={c['name']} impl={name} fwd_ms={fwd_ms:.4f} "
+          f"fwdbwd_ms={fwdbwd_ms:.4f} peak_mb={peak_mb:.1f}", flush=True)
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("TORCHATTN error=no_cuda_device")
+        return 1
+    dev = torch.device("cuda")
+    print(f"torch {torch.__version__} device {torch.cuda.get_device_name(0)}", flush=True)
+    impls = []
+    try:
+        from torch.nn.attention import SDPBackend
+        impls.append(("sdpa_efficient", impl_sdpa(SDPBackend.EFFICIENT_ATTENTION)))
+        impls.append(("sdpa_flash", impl_flash))
+    except Exception as e:  # older torch: no torch.nn.attention
+        print(f"TORCHATTN impl=sdpa_efficient error=import:{e!r}", flush=True)
+    impls.append(("sdpa_auto", impl_sdpa(None)))
+    impls.append(("eager_t5", impl_eager))
+    only = sys.argv[1] if len(sys.argv) > 1 else None
+    for c in CASES:
+        if only and only not in c["name"]:
+            continue
+        for name, fn in impls:
+            try:
+                bench_one(c, name, fn, dev)
+            except Exception as e:
+                msg = str(e).splitlines()[0][:200] if str(e) else repr(e)
+                print(f"TORCHATTN case={c['name']} impl={name} error={msg!r}", flush=True)
+                if "not applicable" not in msg:
+                    traceback.print_exc(limit=2)
+            finally:
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

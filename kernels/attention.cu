@@ -8,9 +8,10 @@
 // Why it is built this way:
 // - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA; m16n8k16 is
 //   sm_80+). Its accumulator fragment equals its A-operand fragment, so P (or dS) goes from
-//   the S accumulators straight into the next MMA with no shuffle. Fragments are loaded from
-//   shared memory with plain 32-bit / 16-bit loads (no ldmatrix, no cp.async): simple to
-//   check by hand, and nothing sm_80-only is used.
+//   the S accumulators straight into the next MMA with no shuffle. Row-major fragments are
+//   plain 32-bit shared loads; transposed B fragments (V, dO, Q, K read along the key or
+//   query axis) come from ldmatrix.x4.trans (sm_75+). No cp.async: global loads go through
+//   registers in 16-byte vectors. Nothing sm_80-only is used.
 // - Softmax is "online" with a finite sentinel (-1e30) instead of -inf inside the kernels, so
 //   fully masked rows never compute inf - inf; they produce out = 0, lse = -inf and add
 //   nothing to any gradient. Bias values of -inf / -FLT_MAX are also handled.
@@ -112,12 +113,19 @@ __device__ __forceinline__ uint32_t ld_row2(const __half* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
-// Two halves one row apart: p[0] (low) and p[stride] (high) — a B fragment read from a
-// row-major [k][n] tile.
-__device__ __forceinline__ uint32_t ld_col2(const __half* p, int stride) {
-  const uint32_t lo = __half_as_ushort(p[0]);
-  const uint32_t hi = __half_as_ushort(p[stride]);
-  return lo | (hi << 16);
+// B fragments of four adjacent 8x8 blocks of a row-major [k][n] shared tile, i.e. for each
+// block i: r[i] = {T[k0 + 2t][n0 + 8i + g], T[k0 + 2t + 1][n0 + 8i + g]}, via ldmatrix.trans
+// (sm_75+). `row` must point at T[k0 + (lane & 7)][n0 + 8 * (lane >> 3)] (16-byte aligned):
+// lane 8i + r supplies row r of block i, and .trans hands lane 4g + t the column g pair.
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const __half* row) {
+#ifdef FB_ATTN_EMULATE
+  fb_emu_ldsm_x4_trans(r, row);
+#else
+  const uint32_t addr = (uint32_t)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
@@ -265,10 +273,12 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
       const uint32_t a0 = pack2(s[nt][0], s[nt][1]);
       const uint32_t a1 = pack2(s[nt][2], s[nt][3]);
 #pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        // B[kk][n] = V[key kk][d n]: one row apart per half.
-        const uint32_t b0 = ld_col2(&v_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S);
-        mma_m16n8k8(o[dn], a0, a1, b0);
+      for (int dn = 0; dn < D / 8; dn += 4) {
+        // B[kk][n] = V[key kk][d n]: transposed load of four 8x8 blocks.
+        uint32_t bf[4];
+        ldsm_x4_trans(bf, &v_s[(nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mma_m16n8k8(o[dn + i], a0, a1, bf[i]);
       }
     }
     __syncthreads();
@@ -307,7 +317,7 @@ __device__ __forceinline__ void attn_bwd(
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
   constexpr int CS = 4 / RG;   // ... and column slices, RG * CS = 4 warps
   constexpr int NC = D / CS;   // dQ columns per warp
-  static_assert(RG * CS == 4 && NC % 8 == 0, "dQ work split");
+  static_assert(RG * CS == 4 && NC % 32 == 0 && D % 32 == 0, "dQ split, ldmatrix x4");
   __shared__ __align__(16) __half k_s[kBc * S];
   __shared__ __align__(16) __half v_s[kBc * S];
   __shared__ __align__(16) __half q_s[BR * S];
@@ -411,10 +421,17 @@ __device__ __forceinline__ void attn_bwd(
       const uint32_t sa0 = pack2(dpt[nt][0], dpt[nt][1]);
       const uint32_t sa1 = pack2(dpt[nt][2], dpt[nt][3]);
 #pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        // B[kk][n] = dO[query kk][d n] (resp. Q): one row apart per half.
-        mma_m16n8k8(dvacc[dn], pa0, pa1, ld_col2(&do_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
-        mma_m16n8k8(dkacc[dn], sa0, sa1, ld_col2(&q_s[(nt * 8 + 2 * t) * S + dn * 8 + g], S));
+      for (int dn = 0; dn < D / 8; dn += 4) {
+        // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads.
+        const int off_s = (nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8;
+        uint32_t bo[4], bq[4];
+        ldsm_x4_trans(bo, &do_s[off_s]);
+        ldsm_x4_trans(bq, &q_s[off_s]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          mma_m16n8k8(dvacc[dn + i], pa0, pa1, bo[i]);
+          mma_m16n8k8(dkacc[dn + i], sa0, sa1, bq[i]);
+        }
       }
     }
     __syncthreads();  // ds_s complete
@@ -430,10 +447,12 @@ __device__ __forceinline__ void attn_bwd(
         const uint32_t a0 = ld_row2(&ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t]);
         const uint32_t a1 = ld_row2(&ds_s[(rg * 16 + g + 8) * SD + ks * 8 + 2 * t]);
 #pragma unroll
-        for (int dn = 0; dn < NC / 8; ++dn) {
-          // B[kk][n] = K[key kk][d n]
-          const uint32_t b0 = ld_col2(&k_s[(ks * 8 + 2 * t) * S + cs * NC + dn * 8 + g], S);
-          mma_m16n8k8(dq[dn], a0, a1, b0);
+        for (int dn = 0; dn < NC / 8; dn += 4) {
+          // B[kk][n] = K[key kk][d n]: transposed load.
+          uint32_t bk[4];
+          ldsm_x4_trans(bk, &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mma_m16n8k8(dq[dn + i], a0, a1, bk[i]);
         }
       }
 #pragma unroll

@@ -72,6 +72,7 @@ struct WarpCtx {
   std::barrier<> bar{32};
   float xf[32];
   uint32_t a0[32], a1[32], b0[32];
+  const __half* rowp[32];
   float c[32][4];
 };
 thread_local WarpCtx* tw = nullptr;
@@ -130,6 +131,23 @@ static void fb_emu_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
     float acc = C[rr[i]][cc[i]];
     for (int kk = 0; kk < 8; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
     c[i] = acc;
+  }
+  w.bar.arrive_and_wait();
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lane 8i + r supplies the address of row r
+// of matrix i (8 contiguous halves). Without .trans lane 4r + w would receive row r's halves
+// 2w, 2w+1; with .trans the matrix is transposed first, so lane 4r + w receives
+// M_i[2w][r] (low) and M_i[2w+1][r] (high).
+static void fb_emu_ldsm_x4_trans(uint32_t r[4], const __half* row) {
+  WarpCtx& w = *tw;
+  w.rowp[tlane] = row;
+  w.bar.arrive_and_wait();
+  const int rr = tlane >> 2, ww = tlane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t lo = w.rowp[8 * i + 2 * ww][rr].bits;
+    const uint32_t hi = w.rowp[8 * i + 2 * ww + 1][rr].bits;
+    r[i] = lo | (hi << 16);
   }
   w.bar.arrive_and_wait();
 }

@@ -21,13 +21,12 @@
 //   RED per nonzero (b, h, i, j), i.e. B·H·Lq·Lk fp32 atomics (T5-small B=16 512²: 33.5 M),
 //   spread over H·Lq·Lk addresses so contention is only B-way. dq_accum costs
 //   B·Lq·H·D·ceil(Lk/64) atomics. A last kernel casts dq_accum to fp16.
-// - Dropout on the probabilities is left out: FlashAttention-style dropout must regenerate
-//   the same mask in backward from (seed, b, h, i, j), which needs the shared counter hash
-//   (backend::dropout_keep) inlined into both kernels and tests of its own. Plan: fine-tune
-//   with attention dropout 0 through this kernel (HF's 0.1 is a regulariser, not a
-//   correctness requirement), or fall back to the unfused path when attention dropout > 0;
-//   adding it later means one extra `keep(seed, ((b*H+h)*Lq+i)*Lk+j)` test on P in both
-//   kernels (scale kept P by 1/(1-p) for PV and dV, and use the dropped P in dS).
+// - Dropout on the probabilities (HF's attention dropout) is fused: keep(b,h,i,j) is
+//   backend::dropout_keep(seed, ((b*H + h)*Lq + i)*Lk + j, p) — the same splitmix64 hash as
+//   the unfused dropout over a [B, H, Lq, Lk] probability tensor — so backward regenerates
+//   the mask instead of storing it. out = (P∘Z)·V with Z = keep/(1-p); lse is the softmax's
+//   (before dropout); dS = P∘(Z∘dP' − delta) with dP' = dO·Vᵀ and delta = rowsum(dO∘O).
+//   dropout_p = 0 skips the hash entirely.
 // - Do not compile with --use_fast_math (not needed; __expf is used explicitly).
 //
 // ---------------------------------------------------------------------------------------
@@ -41,6 +40,8 @@
 //   dq_accum         : fp32 [B, Lq, H, D] workspace
 // score(b,h,i,j) = scale * q_i·k_j + bias[h,i,j], j allowed iff key_mask[b,j] != 0 and
 // (causal == 0 or j <= i + (Lk - Lq)). Rows with no allowed key: out = 0, lse = -inf.
+// dropout_p in [0, 1) (float), seed (unsigned long long = u64): see above; pass the same pair
+// to forward and backward of one attention call.
 //
 // Kernels (all: int = int32, float = fp32, pointers are device addresses; D is the head dim).
 // "_d32" / "_d128" variants have exactly the same arguments and launch shape as the D = 64
@@ -49,7 +50,8 @@
 //
 // 1. fb_attn_fwd_f16 (D=64), fb_attn_fwd_f16_d32, fb_attn_fwd_f16_d128
 //    (const half* q, const half* k, const half* v, const int* key_mask, const float* bias,
-//     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal)
+//     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal,
+//     float dropout_p, unsigned long long seed)
 //    grid = (ceil(Lq / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
 // 2. fb_attn_bwd_preprocess_f16
@@ -62,7 +64,8 @@
 // 3. fb_attn_bwd_f16 (D=64), fb_attn_bwd_f16_d32, fb_attn_bwd_f16_d128
 //    (const half* q, const half* k, const half* v, const half* dout, const float* lse,
 //     const float* delta, const int* key_mask, const float* bias, half* dk, half* dv,
-//     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal)
+//     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,
+//     float dropout_p, unsigned long long seed)
 //    Writes dk, dv; adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
 //    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
@@ -133,6 +136,17 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64 finaliser of
+// seed + (i + 1)·φ, top 24 bits as a uniform in [0, 1), kept when >= p.
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long i,
+                                             float p) {
+  unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return (float)(x >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
 // rows [row0, row0 + ROWS) of a [L, ld] fp16 matrix (columns 0..D-1 from g) into a
 // [ROWS][D + 8] shared tile; rows past L are zero so no garbage reaches an MMA.
 template <int ROWS, int D>
@@ -166,7 +180,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
                                          const int* __restrict__ key_mask,
                                          const float* __restrict__ bias, __half* __restrict__ out,
                                          float* __restrict__ lse, int B, int H, int Lq, int Lk,
-                                         float scale, int causal) {
+                                         float scale, int causal, float dropout_p,
+                                         unsigned long long seed) {
   constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
   __shared__ __align__(16) __half k_s[kBc * S];  // holds the Q tile first
   __shared__ __align__(16) __half v_s[kBc * S];
@@ -184,6 +199,9 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   const int off = Lk - Lq;  // causal: row i sees keys j <= i + off
   const int wr = warp * 16;
   const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
+  const bool drop = dropout_p > 0.f;
+  const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
+  const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
   static_assert(kBr == kBc, "Q tile reuses the K buffer");
   load_tile<kBr, D>(k_s, qb, q0, Lq, ld);
@@ -262,9 +280,14 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     for (int nt = 0; nt < kBc / 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float p = __expf(s[nt][e] - mu[e >> 1]);
+        float p = __expf(s[nt][e] - mu[e >> 1]);
+        l[e >> 1] += p;  // the softmax normaliser counts dropped probabilities too
+        if (drop) {
+          const unsigned long long idx =
+              (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
+          p = dropout_keep(seed, idx, dropout_p) ? p * rkeep : 0.f;
+        }
         s[nt][e] = p;
-        l[e >> 1] += p;
       }
     }
     // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
@@ -311,7 +334,7 @@ __device__ __forceinline__ void attn_bwd(
     const float* __restrict__ delta, const int* __restrict__ key_mask,
     const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
     float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
-    float scale, int causal) {
+    float scale, int causal, float dropout_p, unsigned long long seed) {
   constexpr int S = D + 8;
   constexpr int SD = kBc + 8;  // dS tile row stride (halves)
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
@@ -342,6 +365,9 @@ __device__ __forceinline__ void attn_bwd(
   float* dbiash = dbias ? dbias + (long long)h * Lq * Lk : nullptr;
   const int off = Lk - Lq;
   const int kw = warp * 16;  // this warp's keys in the tile: kw + g and kw + g + 8
+  const bool drop = dropout_p > 0.f;
+  const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
+  const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
   load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
   load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
@@ -387,7 +413,7 @@ __device__ __forceinline__ void attn_bwd(
       }
     }
 
-    // P^T = exp(score - lse) and dS^T = P^T ∘ (dP^T - delta), in place.
+    // P^T = exp(score - lse), dS^T = P^T ∘ (Z ∘ dP^T - delta) in place, and P^T ∘ Z for dV.
 #pragma unroll
     for (int nt = 0; nt < BR / 8; ++nt) {
 #pragma unroll
@@ -404,8 +430,10 @@ __device__ __forceinline__ void attn_bwd(
           if (biash) sc += biash[(long long)r * Lk + j];
           p = __expf(fmaxf(sc, kNeg) - lrow);
         }
-        const float ds = p * (dpt[nt][e] - di_s[ql]);
-        st[nt][e] = p;
+        float z = 1.f;
+        if (drop && ok) z = dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) ? rkeep : 0.f;
+        const float ds = p * (z * dpt[nt][e] - di_s[ql]);
+        st[nt][e] = p * z;
         dpt[nt][e] = ds;
         if (dbiash && ds != 0.f) atomicAdd(&dbiash[(long long)r * Lk + j], ds);
         ds_s[ql * SD + keyl] = __float2half_rn(ds);
@@ -491,17 +519,19 @@ __device__ __forceinline__ void attn_bwd(
   extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                       \
       const __half* q, const __half* k, const __half* v, const int* key_mask,                \
       const float* bias, __half* out, float* lse, int B, int H, int Lq, int Lk, float scale, \
-      int causal) {                                                                           \
-    fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal);     \
+      int causal, float dropout_p, unsigned long long seed) {                                 \
+    fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal,      \
+                        dropout_p, seed);                                                     \
   }
 
 #define FB_ATTN_BWD(NAME, D, BR)                                                               \
   extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                        \
       const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
       const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
-      float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal) {  \
+      float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,   \
+      float dropout_p, unsigned long long seed) {                                              \
     fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
-                            dbias, B, H, Lq, Lk, scale, causal);                              \
+                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, seed);             \
   }
 
 FB_ATTN_FWD(fb_attn_fwd_f16, 64)

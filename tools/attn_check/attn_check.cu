@@ -85,7 +85,8 @@ static unsigned cdiv(long long a, long long b) { return (unsigned)((a + b - 1) /
 static void launch_fwd(const Dev& d, const Case& c) {
   dim3 grid(cdiv(c.Lq, 64), c.H, c.B), block(128);
   const int causal = c.causal ? 1 : 0;
-#define FWD_ARGS d.q, d.k, d.v, d.mask, d.bias, d.out, d.lse, c.B, c.H, c.Lq, c.Lk, c.scale, causal
+#define FWD_ARGS \
+  d.q, d.k, d.v, d.mask, d.bias, d.out, d.lse, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, c.seed
   switch (c.D) {
     case 32: fb_attn_fwd_f16_d32<<<grid, block>>>(FWD_ARGS); break;
     case 64: fb_attn_fwd_f16<<<grid, block>>>(FWD_ARGS); break;
@@ -105,7 +106,7 @@ static void launch_bwd(const Dev& d, const Case& c) {
   const int causal = c.causal ? 1 : 0;
 #define BWD_ARGS                                                                          \
   d.q, d.k, d.v, d.dout, d.lse, d.delta, d.mask, d.bias, d.dk, d.dv, d.dq_acc, d.dbias, c.B, \
-      c.H, c.Lq, c.Lk, c.scale, causal
+      c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, c.seed
   switch (c.D) {
     case 32: fb_attn_bwd_f16_d32<<<grid, block>>>(BWD_ARGS); break;
     case 64: fb_attn_bwd_f16<<<grid, block>>>(BWD_ARGS); break;
@@ -199,10 +200,11 @@ static bool run_check(const Case& c, unsigned seed) {
   else
     snprintf(dbs, sizeof dbs, "n/a");
   printf(
-      "ATTNCHECK case=%s B=%d H=%d Lq=%d Lk=%d D=%d causal=%d bias=%d mask=%d out_err=%.3e "
+      "ATTNCHECK case=%s B=%d H=%d Lq=%d Lk=%d D=%d causal=%d bias=%d mask=%d dropout=%.2f "
+      "out_err=%.3e "
       "lse_err=%.3e dq_err=%.3e dk_err=%.3e dv_err=%.3e dbias_err=%s pass=%s\n",
       c.name.c_str(), c.B, c.H, c.Lq, c.Lk, c.D, (int)c.causal, (int)c.bias,
-      (int)!c.lens.empty(), e_out, e_lse, e_dq, e_dk, e_dv, dbs, pass ? "true" : "false");
+      (int)!c.lens.empty(), c.dropout, e_out, e_lse, e_dq, e_dk, e_dv, dbs, pass ? "true" : "false");
   fflush(stdout);
   release(d);
   return pass;
@@ -320,6 +322,9 @@ int main(int argc, char** argv) {
       {"d32_causal_129", 1, 2, 129, 129, 32, 1.f, true, false, {}},
       {"d128_150x200_causal", 2, 4, 150, 200, 128, s128, true, true, {200, 177}},
       {"d128_200x150", 2, 2, 200, 150, 128, 1.f, false, false, {150, 90}},
+      {"dropout_t5_enc_256_bias", 2, 4, 256, 256, 64, 1.f, false, true, {256, 190}, 0.1f, 42ull},
+      {"dropout_distilbert_129", 2, 3, 129, 129, 64, s64, false, false, {129, 77}, 0.1f, 7ull},
+      {"dropout_causal_d32_100", 1, 2, 100, 100, 32, 1.f, true, true, {}, 0.3f, 1234567ull},
   };
   int failed = 0, run = 0;
   if (!bench_only) {
@@ -340,6 +345,10 @@ int main(int argc, char** argv) {
         {"t5_enc_b16_512_bias", 16, 8, 512, 512, 64, 1.f, false, true, full512},
         {"t5_dec_b16_128_causal_bias", 16, 8, 128, 128, 64, 1.f, true, true, {}},
         {"t5_cross_b16_128x512", 16, 8, 128, 512, 64, 1.f, false, false, full512},
+        {"distilbert_b32_384_dropout0.1", 32, 12, 384, 384, 64, s64, false, false, full384, 0.1f,
+         99ull},
+        {"t5_enc_b16_512_bias_dropout0.1", 16, 8, 512, 512, 64, 1.f, false, true, full512, 0.1f,
+         99ull},
     };
     for (const Case& c : bench) {
       if (!only.empty() && c.name.find(only) == std::string::npos) continue;

@@ -14,7 +14,27 @@ struct Case {
   float scale;
   bool causal, bias;
   std::vector<int> lens;  // valid key length per batch element; empty = no mask
+  float dropout = 0.f;    // attention-probability dropout
+  unsigned long long seed = 0;
 };
+
+// src/backend/mod.rs dropout_keep, transcribed: splitmix64 finaliser of seed + (i+1)·φ,
+// top 24 bits as a uniform in [0, 1), kept when >= p.
+static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, float p) {
+  unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  const float u = (float)(x >> 40) / 16777216.0f;
+  return u >= p;
+}
+
+// Dropout multiplier Z for probability (b, h, i, j): 0 or 1/(1-p).
+static double ref_z(const Case& c, int b, int h, int i, int j) {
+  if (c.dropout <= 0.f) return 1.0;
+  const unsigned long long idx = (((unsigned long long)b * c.H + h) * c.Lq + i) * c.Lk + j;
+  return ref_dropout_keep(c.seed, idx, c.dropout) ? 1.0 / (1.0 - (double)c.dropout) : 0.0;
+}
 
 static size_t nq(const Case& c) { return (size_t)c.B * c.Lq * c.H * c.D; }
 static size_t nk(const Case& c) { return (size_t)c.B * c.Lk * c.H * c.D; }
@@ -79,9 +99,10 @@ static Ref reference(const Case& c, const std::vector<float>& q, const std::vect
         r.lse[((size_t)b * H + h) * Lq + i] = m + std::log(sum);
         for (int j = 0; j < Lk; ++j) {
           p[j] /= sum;
-          if (p[j] == 0) continue;
+          const double pz = p[j] * ref_z(c, b, h, i, j);
+          if (pz == 0) continue;
           const float* vv = &v[kj(b, j, h)];
-          for (int d = 0; d < D; ++d) o[d] += p[j] * vv[d];
+          for (int d = 0; d < D; ++d) o[d] += pz * vv[d];
         }
       }
       // backward
@@ -99,9 +120,10 @@ static Ref reference(const Case& c, const std::vector<float>& q, const std::vect
           const float* vv = &v[kj(b, j, h)];
           double dp = 0;
           for (int d = 0; d < D; ++d) dp += (double)go[d] * vv[d];
-          dS[(size_t)i * Lk + j] = pij * (dp - di);
+          const double z = ref_z(c, b, h, i, j);
+          dS[(size_t)i * Lk + j] = pij * (z * dp - di);
           double* gv = &r.dv[kj(b, j, h)];
-          for (int d = 0; d < D; ++d) gv[d] += pij * go[d];
+          for (int d = 0; d < D; ++d) gv[d] += pij * z * go[d];
         }
       }
       for (int i = 0; i < Lq; ++i) {

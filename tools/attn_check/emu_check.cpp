@@ -229,7 +229,7 @@ static bool run_case(const Case& c, unsigned seed) {
   auto bwd = c.D == 32 ? fb_attn_bwd_f16_d32 : c.D == 128 ? fb_attn_bwd_f16_d128 : fb_attn_bwd_f16;
   launch(Dim3{cdiv(c.Lq, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
     fwd(hq.data(), hk.data(), hv.data(), mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk,
-        c.scale, causal);
+        c.scale, causal, c.dropout, c.seed);
   });
   launch(Dim3{cdiv((long long)nrow(c), 4), 1, 1}, 128, [&] {
     fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbp, c.B, c.H,
@@ -237,7 +237,8 @@ static bool run_case(const Case& c, unsigned seed) {
   });
   launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
     bwd(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(), mp, bp,
-        dk.data(), dv.data(), dqa.data(), dbp, c.B, c.H, c.Lq, c.Lk, c.scale, causal);
+        dk.data(), dv.data(), dqa.data(), dbp, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout,
+        c.seed);
   });
   const int n = (int)nq(c);
   launch(Dim3{cdiv(n, 256), 1, 1}, 256, [&] { fb_attn_dq_cast_f16(dqa.data(), dq.data(), n); });
@@ -269,6 +270,8 @@ int main(int argc, char** argv) {
       {"d32_40x70", 1, 2, 40, 70, 32, 0.17677669f, false, true, {70}},
       {"d128_70x40_causal", 1, 1, 70, 40, 128, 0.08838835f, true, true, {}},
       {"d128_33x130_mask", 1, 1, 33, 130, 128, 1.f, false, false, {100}},
+      {"dropout_pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}, 0.1f, 42ull},
+      {"dropout_causal_d32_40", 1, 2, 40, 40, 32, 1.f, true, false, {}, 0.5f, 77ull},
   };
   int failed = 0, run = 0;
   unsigned seed = 99;

@@ -39,6 +39,7 @@ int main() {
       {"mask_bias", 2, 2, 3, 5, 4, 0.5f, false, true, {5, 2}},
       {"causal_lq_gt_lk", 1, 2, 4, 3, 4, 1.f, true, true, {}},
       {"masked_batch", 2, 1, 3, 4, 8, 1.f, false, true, {4, 0}},
+      {"dropout", 2, 2, 4, 6, 4, 0.7f, false, true, {6, 3}, 0.4f, 5ull},
   };
   int bad = 0;
   std::mt19937 rng(7);

@@ -228,6 +228,20 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     load_keep(keep_s, key_mask, b, k0, Lk);
     __syncthreads();
 
+    // Dropout keep bits of this thread's 32 scores, drawn before the MMAs while few
+    // registers are live (the 64-bit hash interleaved with the softmax costs spills).
+    uint32_t kbits = 0xffffffffu;
+    if (drop) {
+      kbits = 0u;
+#pragma unroll
+      for (int bit = 0; bit < kBc / 2; ++bit) {
+        const int nt = bit >> 2, e = bit & 3;
+        const unsigned long long idx =
+            (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
+        kbits |= (uint32_t)dropout_keep(seed, idx, dropout_p) << bit;
+      }
+    }
+
     float s[kBc / 8][4];
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
@@ -282,11 +296,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
       for (int e = 0; e < 4; ++e) {
         float p = __expf(s[nt][e] - mu[e >> 1]);
         l[e >> 1] += p;  // the softmax normaliser counts dropped probabilities too
-        if (drop) {
-          const unsigned long long idx =
-              (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
-          p = dropout_keep(seed, idx, dropout_p) ? p * rkeep : 0.f;
-        }
+        if (drop) p = ((kbits >> (nt * 4 + e)) & 1u) ? p * rkeep : 0.f;
         s[nt][e] = p;
       }
     }
@@ -340,7 +350,8 @@ __device__ __forceinline__ void attn_bwd(
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
   constexpr int CS = 4 / RG;   // ... and column slices, RG * CS = 4 warps
   constexpr int NC = D / CS;   // dQ columns per warp
-  static_assert(RG * CS == 4 && NC % 32 == 0 && D % 32 == 0, "dQ split, ldmatrix x4");
+  static_assert(RG * CS == 4 && NC % 32 == 0 && D % 32 == 0 && BR <= 64,
+                "dQ split, ldmatrix x4, 32 dropout bits");
   __shared__ __align__(16) __half k_s[kBc * S];
   __shared__ __align__(16) __half v_s[kBc * S];
   __shared__ __align__(16) __half q_s[BR * S];
@@ -392,6 +403,19 @@ __device__ __forceinline__ void attn_bwd(
     }
     __syncthreads();
 
+    // Dropout keep bits of this thread's BR/2 scores (see the forward kernel).
+    uint32_t kbits = 0xffffffffu;
+    if (drop) {
+      kbits = 0u;
+#pragma unroll
+      for (int bit = 0; bit < BR / 2; ++bit) {
+        const int nt = bit >> 2, e = bit & 3;
+        const int j = k0 + kw + g + ((e >> 1) << 3);
+        const int r = q0 + nt * 8 + 2 * t + (e & 1);
+        kbits |= (uint32_t)dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) << bit;
+      }
+    }
+
     // S^T = K·Q^T and dP^T = V·dO^T (16 keys x BR queries per warp).
     float st[BR / 8][4], dpt[BR / 8][4];
 #pragma unroll
@@ -431,7 +455,7 @@ __device__ __forceinline__ void attn_bwd(
           p = __expf(fmaxf(sc, kNeg) - lrow);
         }
         float z = 1.f;
-        if (drop && ok) z = dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) ? rkeep : 0.f;
+        if (drop) z = ((kbits >> (nt * 4 + e)) & 1u) ? rkeep : 0.f;
         const float ds = p * (z * dpt[nt][e] - di_s[ql]);
         st[nt][e] = p * z;
         dpt[nt][e] = ds;

@@ -325,6 +325,7 @@ int main(int argc, char** argv) {
       {"dropout_t5_enc_256_bias", 2, 4, 256, 256, 64, 1.f, false, true, {256, 190}, 0.1f, 42ull},
       {"dropout_distilbert_129", 2, 3, 129, 129, 64, s64, false, false, {129, 77}, 0.1f, 7ull},
       {"dropout_causal_d32_100", 1, 2, 100, 100, 32, 1.f, true, true, {}, 0.3f, 1234567ull},
+      {"dropout_d128_100x150", 2, 2, 100, 150, 128, s128, false, true, {150, 111}, 0.2f, 5ull},
   };
   int failed = 0, run = 0;
   if (!bench_only) {

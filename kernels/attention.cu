@@ -336,7 +336,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 }
 
 // Backward for one key tile of kBc keys (warp w owns keys w*16..w*16+15), walking query
-// tiles of BR rows. BR is smaller for large D so the static shared memory stays < 48 KB.
+// tiles of BR rows. BR sets the shared memory: D=64 uses BR=32 for exactly 32 KB, so two
+// blocks (8 warps) fit in a Turing SM's 64 KB; D=128 uses BR=16 to stay under 48 KB static.
 template <int D, int BR>
 __device__ __forceinline__ void attn_bwd(
     const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
@@ -359,7 +360,6 @@ __device__ __forceinline__ void attn_bwd(
   __shared__ __align__(16) __half ds_s[BR * SD];  // dS as [query][key]
   __shared__ float lse_s[BR];
   __shared__ float di_s[BR];
-  __shared__ int keep_s[kBc];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -382,7 +382,13 @@ __device__ __forceinline__ void attn_bwd(
 
   load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
   load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
-  load_keep(keep_s, key_mask, b, k0, Lk);
+  // This thread's two keys are fixed for the whole kernel: keep flags live in registers.
+  bool keepk[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int j = k0 + kw + g + 8 * i;
+    keepk[i] = j < Lk && (key_mask == nullptr || key_mask[(long long)b * Lk + j] != 0);
+  }
 
   float dkacc[D / 8][4], dvacc[D / 8][4];
 #pragma unroll
@@ -447,7 +453,7 @@ __device__ __forceinline__ void attn_bwd(
         const int j = k0 + keyl;
         const int r = q0 + ql;
         const float lrow = lse_s[ql];
-        const bool ok = keep_s[keyl] && r < Lq && (!causal || j <= r + off) && lrow > kNegThresh;
+        const bool ok = keepk[e >> 1] && r < Lq && (!causal || j <= r + off) && lrow > kNegThresh;
         float p = 0.f;
         if (ok) {
           float sc = st[nt][e] * scale;
@@ -561,7 +567,7 @@ __device__ __forceinline__ void attn_bwd(
 FB_ATTN_FWD(fb_attn_fwd_f16, 64)
 FB_ATTN_FWD(fb_attn_fwd_f16_d32, 32)
 FB_ATTN_FWD(fb_attn_fwd_f16_d128, 128)
-FB_ATTN_BWD(fb_attn_bwd_f16, 64, 64)
+FB_ATTN_BWD(fb_attn_bwd_f16, 64, 32)
 FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64)
 FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16)
 

@@ -147,6 +147,16 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned l
   return (float)(x >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
+// (head, batch) of this block. Launch order runs blockIdx.y fastest after x; reading the
+// linear (y, z) index with the batch fastest instead makes consecutive blocks share a head,
+// so the bias slice [h] (read once per batch element) is reused while still in L2 — T5's
+// 8 MB bias does not fit a T4's 4 MB L2 otherwise.
+__device__ __forceinline__ void head_batch(int B, int H, int& h, int& b) {
+  const int bh = blockIdx.y + blockIdx.z * H;  // gridDim = (.., H, B)
+  h = bh / B;
+  b = bh % B;
+}
+
 // rows [row0, row0 + ROWS) of a [L, ld] fp16 matrix (columns 0..D-1 from g) into a
 // [ROWS][D + 8] shared tile; rows past L are zero so no garbage reaches an MMA.
 template <int ROWS, int D>
@@ -189,7 +199,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int h = blockIdx.y, b = blockIdx.z;
+  int h, b;
+  head_batch(B, H, h, b);
   const int q0 = blockIdx.x * kBr;
   const long long ld = (long long)H * D;
   const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
@@ -363,7 +374,8 @@ __device__ __forceinline__ void attn_bwd(
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int h = blockIdx.y, b = blockIdx.z;
+  int h, b;
+  head_batch(B, H, h, b);
   const int k0 = blockIdx.x * kBc;
   const long long ld = (long long)H * D;
   const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;

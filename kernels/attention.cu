@@ -172,15 +172,17 @@ __device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, 
   }
 }
 
-// keep flags of keys [k0, k0 + kBc) for batch b.
-__device__ __forceinline__ void load_keep(int* keep_s, const int* key_mask, int b, int k0,
-                                          int Lk) {
+// keep flags of keys [k0, k0 + kBc) for batch b; returns this thread's flag (0 past kBc).
+__device__ __forceinline__ int load_keep(int* keep_s, const int* key_mask, int b, int k0,
+                                         int Lk) {
+  int keep = 0;
   if (threadIdx.x < kBc) {
     const int j = k0 + threadIdx.x;
-    int keep = j < Lk;
+    keep = j < Lk;
     if (keep && key_mask != nullptr) keep = key_mask[(long long)b * Lk + j] != 0;
     keep_s[threadIdx.x] = keep;
   }
+  return keep;
 }
 
 template <int D>
@@ -236,8 +238,10 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   for (int k0 = 0; k0 < kend; k0 += kBc) {
     load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
     load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
-    load_keep(keep_s, key_mask, b, k0, Lk);
-    __syncthreads();
+    const int mykeep = load_keep(keep_s, key_mask, b, k0, Lk);
+    // A tile whose keys are all padding adds nothing: skip it (uniform across the block, and
+    // nothing reads k_s / v_s / keep_s before the next iteration's barrier).
+    if (!__syncthreads_or(mykeep)) continue;
 
     // Dropout keep bits of this thread's 32 scores, drawn before the MMAs while few
     // registers are live (the 64-bit hash interleaved with the softmax costs spills).
@@ -400,6 +404,20 @@ __device__ __forceinline__ void attn_bwd(
   for (int i = 0; i < 2; ++i) {
     const int j = k0 + kw + g + 8 * i;
     keepk[i] = j < Lk && (key_mask == nullptr || key_mask[(long long)b * Lk + j] != 0);
+  }
+  if (!__syncthreads_or(keepk[0] || keepk[1])) {  // all keys of the tile are padding
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int j = k0 + kw + g + 8 * i;
+      if (j >= Lk) continue;
+      const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) = __floats2half2_rn(0.f, 0.f);
+        *reinterpret_cast<__half2*>(dv + base + dn * 8 + 2 * t) = __floats2half2_rn(0.f, 0.f);
+      }
+    }
+    return;
   }
 
   float dkacc[D / 8][4], dvacc[D / 8][4];

@@ -9,6 +9,7 @@
 // __expf is exact expf here, so errors are a bit smaller than on the GPU.
 //
 // Build: g++ -std=c++20 -O1 -pthread emu_check.cpp -o emu_check   (tiny shapes only: slow)
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -81,6 +82,16 @@ std::barrier<>* g_block_bar = nullptr;
 std::mutex g_atomic_mu;
 
 static inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+std::atomic<int> g_or_flag{0};
+static inline int __syncthreads_or(int pred) {
+  if (pred) g_or_flag.store(1);
+  g_block_bar->arrive_and_wait();
+  const int r = g_or_flag.load();
+  g_block_bar->arrive_and_wait();
+  if (threadIdx.x == 0) g_or_flag.store(0);
+  g_block_bar->arrive_and_wait();
+  return r;
+}
 static inline float __shfl_xor_sync(unsigned, float v, int o) {
   tw->xf[tlane] = v;
   tw->bar.arrive_and_wait();

@@ -340,12 +340,15 @@ int main(int argc, char** argv) {
     printf("ATTNCHECK summary: %d/%d passed\n", run - failed, run);
   }
   if (!quick) {
-    std::vector<int> full384(32, 384), full512(16, 512);
+    std::vector<int> full384(32, 384), full512(16, 512), var384(32);
+    // SQuAD-like padding to 384: lengths 150..384 (torch_attn.py uses the same formula).
+    for (int b = 0; b < 32; ++b) var384[b] = 150 + (b * 37) % 235;
     std::vector<Case> bench = {
         {"distilbert_b32_384", 32, 12, 384, 384, 64, s64, false, false, full384},
         {"t5_enc_b16_512_bias", 16, 8, 512, 512, 64, 1.f, false, true, full512},
         {"t5_dec_b16_128_causal_bias", 16, 8, 128, 128, 64, 1.f, true, true, {}},
         {"t5_cross_b16_128x512", 16, 8, 128, 512, 64, 1.f, false, false, full512},
+        {"distilbert_b32_384_varlen", 32, 12, 384, 384, 64, s64, false, false, var384},
         {"distilbert_b32_384_dropout0.1", 32, 12, 384, 384, 64, s64, false, false, full384, 0.1f,
          99ull},
         {"t5_enc_b16_512_bias_dropout0.1", 16, 8, 512, 512, 64, 1.f, false, true, full512, 0.1f,

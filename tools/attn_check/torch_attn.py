@@ -31,6 +31,9 @@ CASES = [
          causal=True, bias=True, mask=False),
     dict(name="t5_cross_b16_128x512", B=16, H=8, Lq=128, Lk=512, D=64, scale=1.0,
          causal=False, bias=False, mask=True),
+    # SQuAD-like padding to 384, lengths 150 + (b*37) % 235 as in attn_check.cu.
+    dict(name="distilbert_b32_384_varlen", B=32, H=12, Lq=384, Lk=384, D=64, scale=0.125,
+         causal=False, bias=False, mask=True, lens=[150 + (b * 37) % 235 for b in range(32)]),
 ]
 REPS = 20
 WARMUP = 3
@@ -69,6 +72,8 @@ def make_inputs(c, dev):
     # Constant part of the additive mask: key padding (all keys kept here, as in the
     # attn_check benchmark, but still applied) and the causal triangle.
     const = torch.zeros((c["B"], 1, c["Lq"], c["Lk"]), device=dev, dtype=torch.float16)
+    for b, n in enumerate(c.get("lens", [])):
+        const[b, :, :, n:] = neg
     if c["causal"]:
         tri = torch.ones((c["Lq"], c["Lk"]), device=dev, dtype=torch.bool).triu(
             c["Lk"] - c["Lq"] + 1)
@@ -97,6 +102,8 @@ def impl_flash(c, q, k, v, bias, const, has_mask):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     if bias is not None:
         raise RuntimeError("not applicable: flash takes no additive bias")
+    if c.get("lens"):
+        raise RuntimeError("not applicable: flash takes no padding mask")
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], scale=c["scale"])
 

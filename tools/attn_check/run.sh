@@ -23,7 +23,12 @@ echo "== build"
 timeout 180 "$NVCC" -O3 -std=c++17 -arch="$ARCH" -lineinfo -Xptxas -v attn_check.cu -o "$BIN" \
   > "$LOG/attn_build.log" 2>&1
 BRC=$?
-grep -E "error|warning|Compiling entry|registers|spill" "$LOG/attn_build.log" | grep -v "init_rand" | head -60
+# one line per kernel: name, arch, registers, smem, spills
+awk -F"'" '/Compiling entry function/ {name=$2; arch=$4}
+  /spill stores/ {sp=$0; sub(/^ */, "", sp)}
+  /Used [0-9]+ registers/ {u=$0; sub(/.*Used /, "", u); sub(/, [0-9]+ bytes cmem.*/, "", u);
+    if (name ~ /fb_attn/) print "  " name, arch, u, "|", sp}' "$LOG/attn_build.log"
+grep -E "error|warning" "$LOG/attn_build.log" | head -20
 if [ $BRC -ne 0 ]; then
   echo "BUILD FAILED rc=$BRC"; tail -40 "$LOG/attn_build.log"; exit 1
 fi
@@ -34,8 +39,13 @@ RRC=${PIPESTATUS[0]}
 echo "attn_check exit code: $RRC"
 
 if [ "${ATTN_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
-  echo "== compute-sanitizer memcheck (tiny cases)"
-  timeout 90 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --quick --only tiny 2>&1 | tail -25
+  if [ $RRC -eq 0 ]; then
+    echo "== compute-sanitizer memcheck (tiny cases)"
+    timeout 90 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --quick --only tiny 2>&1 | tail -25
+  else  # something failed: memcheck every small case to locate it (-lineinfo gives lines)
+    echo "== compute-sanitizer memcheck (all --quick cases, after a failure)"
+    timeout 180 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --quick 2>&1 | tail -40
+  fi
   echo "== compute-sanitizer racecheck (tiny cases)"
   timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --quick --only tiny_causal 2>&1 | tail -25
 fi
@@ -45,4 +55,9 @@ if [ "${ATTN_SKIP_TORCH:-0}" != 1 ]; then
   timeout 150 python3 torch_attn.py 2>&1 | tee "$LOG/torch_attn.log"
   echo "torch_attn exit code: ${PIPESTATUS[0]}"
 fi
+echo "== summary (full logs in $LOG)"
+grep -E "^device:" "$LOG/attn_check.log"
+grep -E "^ATTNCHECK" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+ causal=[01] bias=[01] mask=[01] dropout=[0-9.]+//'
+grep -E "^ATTNBENCH" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
+[ -f "$LOG/torch_attn.log" ] && grep -E "^TORCHATTN" "$LOG/torch_attn.log" | grep -v "not applicable"
 exit $RRC

@@ -283,6 +283,8 @@ int main(int argc, char** argv) {
       {"d128_33x130_mask", 1, 1, 33, 130, 128, 1.f, false, false, {100}},
       {"dropout_pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}, 0.1f, 42ull},
       {"dropout_causal_d32_40", 1, 2, 40, 40, 32, 1.f, true, false, {}, 0.5f, 77ull},
+      {"big_all_features_150x200", 2, 2, 150, 200, 64, 0.125f, true, true, {200, 131}, 0.15f,
+       9ull},
       {"dropout_d128_40x70_bias", 1, 1, 40, 70, 128, 0.08838835f, false, true, {60}, 0.2f, 5ull},
   };
   int failed = 0, run = 0;

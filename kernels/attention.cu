@@ -93,10 +93,11 @@
 
 // FB_ATTN_EMULATE: tools/attn_check/emu_check.cpp runs these kernels on the CPU (threads +
 // barriers, MMA evaluated from the PTX fragment tables) and supplies the CUDA names itself.
+// Only cuda_fp16.h is included: NVRTC (the run-time compile path) ships no <stdint.h> or
+// <math.h>, hence `unsigned int` for fragments and a bit pattern for -inf.
 #ifndef FB_ATTN_EMULATE
 #include <cuda_fp16.h>
 #endif
-#include <stdint.h>
 
 namespace fbattn {
 
@@ -106,10 +107,12 @@ constexpr int kBc = 64;        // key rows per tile (forward loop, backward bloc
 constexpr float kNeg = -1.0e30f;      // "masked" score; finite so no inf - inf ever happens
 constexpr float kNegThresh = -1.0e29f;  // a running max at or below this means "no key yet"
 
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
 // D += A·B for one 16x8x8 tile. A: a0 = {A[g][2t], A[g][2t+1]}, a1 = {A[g+8][2t], ..};
 // B: b0 = {B[2t][g], B[2t+1][g]}; C: c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
 // (g = lane / 4, t = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k8").
-__device__ __forceinline__ void mma_m16n8k8(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+__device__ __forceinline__ void mma_m16n8k8(float c[4], unsigned int a0, unsigned int a1, unsigned int b0) {
 #ifdef FB_ATTN_EMULATE
   fb_emu_mma(c, a0, a1, b0);
 #else
@@ -127,28 +130,28 @@ __device__ __forceinline__ void mma_m16n8k8(float c[4], uint32_t a0, uint32_t a1
 }
 
 // Two adjacent halves p[0] (low 16 bits) and p[1] (high).
-__device__ __forceinline__ uint32_t ld_row2(const __half* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+__device__ __forceinline__ unsigned int ld_row2(const __half* p) {
+  return *reinterpret_cast<const unsigned int*>(p);
 }
 
 // B fragments of four adjacent 8x8 blocks of a row-major [k][n] shared tile, i.e. for each
 // block i: r[i] = {T[k0 + 2t][n0 + 8i + g], T[k0 + 2t + 1][n0 + 8i + g]}, via ldmatrix.trans
 // (sm_75+). `row` must point at T[k0 + (lane & 7)][n0 + 8 * (lane >> 3)] (16-byte aligned):
 // lane 8i + r supplies row r of block i, and .trans hands lane 4g + t the column g pair.
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const __half* row) {
+__device__ __forceinline__ void ldsm_x4_trans(unsigned int r[4], const __half* row) {
 #ifdef FB_ATTN_EMULATE
   fb_emu_ldsm_x4_trans(r, row);
 #else
-  const uint32_t addr = (uint32_t)__cvta_generic_to_shared(row);
+  const unsigned int addr = (unsigned int)__cvta_generic_to_shared(row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
 #endif
 }
 
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+__device__ __forceinline__ unsigned int pack2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
+  return *reinterpret_cast<unsigned int*>(&h);
 }
 
 // backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64 finaliser of
@@ -234,7 +237,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   static_assert(kBr == kBc, "Q tile reuses the K buffer");
   load_tile<kBr, D>(k_s, qb, q0, Lq, ld);
   __syncthreads();
-  uint32_t qf[D / 8][2];
+  unsigned int qf[D / 8][2];
 #pragma unroll
   for (int ks = 0; ks < D / 8; ++ks) {
     qf[ks][0] = ld_row2(&k_s[(wr + g) * S + ks * 8 + 2 * t]);
@@ -260,7 +263,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 
     // Dropout keep bits of this thread's 32 scores, drawn before the MMAs while few
     // registers are live (the 64-bit hash interleaved with the softmax costs spills).
-    uint32_t kbits = 0xffffffffu;
+    unsigned int kbits = 0xffffffffu;
     if (drop) {
       kbits = 0u;
 #pragma unroll
@@ -268,7 +271,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
         const int nt = bit >> 2, e = bit & 3;
         const unsigned long long idx =
             (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
-        kbits |= (uint32_t)dropout_keep(seed, idx, dropout_p) << bit;
+        kbits |= (unsigned int)dropout_keep(seed, idx, dropout_p) << bit;
       }
     }
 
@@ -280,7 +283,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 #pragma unroll
       for (int nt = 0; nt < kBc / 8; ++nt) {
         // B[kk][n] = K[key n][d kk]: contiguous along d.
-        const uint32_t b0 = ld_row2(&k_s[(nt * 8 + g) * S + ks * 8 + 2 * t]);
+        const unsigned int b0 = ld_row2(&k_s[(nt * 8 + g) * S + ks * 8 + 2 * t]);
         mma_m16n8k8(s[nt], qf[ks][0], qf[ks][1], b0);
       }
     }
@@ -333,12 +336,12 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) {
-      const uint32_t a0 = pack2(s[nt][0], s[nt][1]);
-      const uint32_t a1 = pack2(s[nt][2], s[nt][3]);
+      const unsigned int a0 = pack2(s[nt][0], s[nt][1]);
+      const unsigned int a1 = pack2(s[nt][2], s[nt][3]);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
         // B[kk][n] = V[key kk][d n]: transposed load of four 8x8 blocks.
-        uint32_t bf[4];
+        unsigned int bf[4];
         ldsm_x4_trans(bf, &v_s[(nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) mma_m16n8k8(o[dn + i], a0, a1, bf[i]);
@@ -361,7 +364,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
       *reinterpret_cast<__half2*>(orow + dn * 8 + 2 * t) =
           __floats2half2_rn(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
     }
-    if (t == 0) lse[((long long)b * H + h) * Lq + r] = any ? m[i] + logf(l[i]) : -INFINITY;
+    if (t == 0) lse[((long long)b * H + h) * Lq + r] = any ? m[i] + logf(l[i]) : neg_inf();
   }
 }
 
@@ -449,13 +452,13 @@ __device__ __forceinline__ void attn_bwd(
     load_tile<BR, D>(do_s, dob, q0, Lq, ld);
     if (threadIdx.x < BR) {
       const int r = q0 + threadIdx.x;
-      lse_s[threadIdx.x] = r < Lq ? lseb[r] : -INFINITY;
+      lse_s[threadIdx.x] = r < Lq ? lseb[r] : neg_inf();
       di_s[threadIdx.x] = r < Lq ? deltab[r] : 0.f;
     }
     __syncthreads();
 
     // Dropout keep bits of this thread's BR/2 scores (see the forward kernel).
-    uint32_t kbits = 0xffffffffu;
+    unsigned int kbits = 0xffffffffu;
     if (drop) {
       kbits = 0u;
 #pragma unroll
@@ -463,7 +466,7 @@ __device__ __forceinline__ void attn_bwd(
         const int nt = bit >> 2, e = bit & 3;
         const int j = k0 + kw + g + ((e >> 1) << 3);
         const int r = q0 + nt * 8 + 2 * t + (e & 1);
-        kbits |= (uint32_t)dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) << bit;
+        kbits |= (unsigned int)dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) << bit;
       }
     }
 
@@ -476,10 +479,10 @@ __device__ __forceinline__ void attn_bwd(
     }
 #pragma unroll
     for (int ks = 0; ks < D / 8; ++ks) {
-      const uint32_t ka0 = ld_row2(&k_s[(kw + g) * S + ks * 8 + 2 * t]);
-      const uint32_t ka1 = ld_row2(&k_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
-      const uint32_t va0 = ld_row2(&v_s[(kw + g) * S + ks * 8 + 2 * t]);
-      const uint32_t va1 = ld_row2(&v_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
+      const unsigned int ka0 = ld_row2(&k_s[(kw + g) * S + ks * 8 + 2 * t]);
+      const unsigned int ka1 = ld_row2(&k_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
+      const unsigned int va0 = ld_row2(&v_s[(kw + g) * S + ks * 8 + 2 * t]);
+      const unsigned int va1 = ld_row2(&v_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
 #pragma unroll
       for (int nt = 0; nt < BR / 8; ++nt) {
         // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
@@ -519,15 +522,15 @@ __device__ __forceinline__ void attn_bwd(
     // P^T / dS^T for queries nt*8.. are the A fragments of k-step nt.
 #pragma unroll
     for (int nt = 0; nt < BR / 8; ++nt) {
-      const uint32_t pa0 = pack2(st[nt][0], st[nt][1]);
-      const uint32_t pa1 = pack2(st[nt][2], st[nt][3]);
-      const uint32_t sa0 = pack2(dpt[nt][0], dpt[nt][1]);
-      const uint32_t sa1 = pack2(dpt[nt][2], dpt[nt][3]);
+      const unsigned int pa0 = pack2(st[nt][0], st[nt][1]);
+      const unsigned int pa1 = pack2(st[nt][2], st[nt][3]);
+      const unsigned int sa0 = pack2(dpt[nt][0], dpt[nt][1]);
+      const unsigned int sa1 = pack2(dpt[nt][2], dpt[nt][3]);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
         // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads.
         const int off_s = (nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8;
-        uint32_t bo[4], bq[4];
+        unsigned int bo[4], bq[4];
         ldsm_x4_trans(bo, &do_s[off_s]);
         ldsm_x4_trans(bq, &q_s[off_s]);
 #pragma unroll
@@ -547,12 +550,12 @@ __device__ __forceinline__ void attn_bwd(
       for (int i = 0; i < NC / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < kBc / 8; ++ks) {
-        const uint32_t a0 = ld_row2(&ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t]);
-        const uint32_t a1 = ld_row2(&ds_s[(rg * 16 + g + 8) * SD + ks * 8 + 2 * t]);
+        const unsigned int a0 = ld_row2(&ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t]);
+        const unsigned int a1 = ld_row2(&ds_s[(rg * 16 + g + 8) * SD + ks * 8 + 2 * t]);
 #pragma unroll
         for (int dn = 0; dn < NC / 8; dn += 4) {
           // B[kk][n] = K[key kk][d n]: transposed load.
-          uint32_t bk[4];
+          unsigned int bk[4];
           ldsm_x4_trans(bk, &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8]);
 #pragma unroll
           for (int i = 0; i < 4; ++i) mma_m16n8k8(dq[dn + i], a0, a1, bk[i]);

@@ -58,6 +58,11 @@ static inline unsigned short __half_as_ushort(__half h) { return h.bits; }
 static inline __half2 __floats2half2_rn(float a, float b) {
   return {__float2half_rn(a), __float2half_rn(b)};
 }
+static inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
 static inline float fb_emu_expf(float x) { return std::exp(x); }
 #define __expf fb_emu_expf
 using std::max;

@@ -6,9 +6,10 @@
 // backward recomputes P from them.
 //
 // Why it is built this way:
-// - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA; m16n8k16 is
-//   sm_80+). Its accumulator fragment equals its A-operand fragment, so P (or dS) goes from
-//   the S accumulators straight into the next MMA with no shuffle. Row-major fragments are
+// - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA). Its
+//   accumulator fragment equals its A-operand fragment, so P (or dS) goes from the S
+//   accumulators straight into the next MMA with no shuffle. Work is expressed as k16 steps:
+//   compiled for sm_80+ each is one m16n8k16 (same registers), for sm_75 two m16n8k8. Row-major fragments are
 //   plain 32-bit shared loads; transposed B fragments (V, dO, Q, K read along the key or
 //   query axis) come from ldmatrix.x4.trans (sm_75+). No cp.async: global loads go through
 //   registers in 16-byte vectors. Nothing sm_80-only is used.
@@ -126,6 +127,33 @@ __device__ __forceinline__ void mma_m16n8k8(float c[4], unsigned int a0, unsigne
   c[1] = d1;
   c[2] = d2;
   c[3] = d3;
+#endif
+}
+
+// c += A·B with A 16x16 and B 16x8 given as two k8 halves: (a0, a1, b0) are the m16n8k8
+// fragments of k = 0..7 and (a2, a3, b1) those of k = 8..15. That is exactly the register
+// layout of mma.m16n8k16 (A regs: rows g / g+8 at cols 2t, then rows g / g+8 at cols 2t+8;
+// B regs: rows 2t and 2t+8), so sm_80+ issues one k16 MMA; sm_75 issues the two k8 halves.
+__device__ __forceinline__ void mma_k16(float c[4], unsigned int a0, unsigned int a1,
+                                        unsigned int a2, unsigned int a3, unsigned int b0,
+                                        unsigned int b1) {
+#if defined(FB_ATTN_EMULATE) && defined(FB_ATTN_EMU_K16)
+  fb_emu_mma_k16(c, a0, a1, a2, a3, b0, b1);
+#elif !defined(FB_ATTN_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float d0, d1, d2, d3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+  c[0] = d0;
+  c[1] = d1;
+  c[2] = d2;
+  c[3] = d3;
+#else
+  mma_m16n8k8(c, a0, a1, b0);
+  mma_m16n8k8(c, a2, a3, b1);
 #endif
 }
 
@@ -279,12 +307,13 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
-    for (int ks = 0; ks < D / 8; ++ks) {
+    for (int ks = 0; ks < D / 8; ks += 2) {
 #pragma unroll
       for (int nt = 0; nt < kBc / 8; ++nt) {
         // B[kk][n] = K[key n][d kk]: contiguous along d.
-        const unsigned int b0 = ld_row2(&k_s[(nt * 8 + g) * S + ks * 8 + 2 * t]);
-        mma_m16n8k8(s[nt], qf[ks][0], qf[ks][1], b0);
+        const __half* kr = &k_s[(nt * 8 + g) * S + ks * 8 + 2 * t];
+        mma_k16(s[nt], qf[ks][0], qf[ks][1], qf[ks + 1][0], qf[ks + 1][1], ld_row2(kr),
+                ld_row2(kr + 8));
       }
     }
 
@@ -335,16 +364,20 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     }
     // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
 #pragma unroll
-    for (int nt = 0; nt < kBc / 8; ++nt) {
+    for (int nt = 0; nt < kBc / 8; nt += 2) {
       const unsigned int a0 = pack2(s[nt][0], s[nt][1]);
       const unsigned int a1 = pack2(s[nt][2], s[nt][3]);
+      const unsigned int a2 = pack2(s[nt + 1][0], s[nt + 1][1]);
+      const unsigned int a3 = pack2(s[nt + 1][2], s[nt + 1][3]);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
-        // B[kk][n] = V[key kk][d n]: transposed load of four 8x8 blocks.
-        unsigned int bf[4];
-        ldsm_x4_trans(bf, &v_s[(nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8]);
+        // B[kk][n] = V[key kk][d n]: transposed loads of 8x8 blocks, keys nt*8.. and +8.
+        const __half* vr = &v_s[(nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8];
+        unsigned int blo[4], bhi[4];
+        ldsm_x4_trans(blo, vr);
+        ldsm_x4_trans(bhi, vr + 8 * S);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) mma_m16n8k8(o[dn + i], a0, a1, bf[i]);
+        for (int i = 0; i < 4; ++i) mma_k16(o[dn + i], a0, a1, a2, a3, blo[i], bhi[i]);
       }
     }
     __syncthreads();
@@ -478,16 +511,23 @@ __device__ __forceinline__ void attn_bwd(
       dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
     }
 #pragma unroll
-    for (int ks = 0; ks < D / 8; ++ks) {
-      const unsigned int ka0 = ld_row2(&k_s[(kw + g) * S + ks * 8 + 2 * t]);
-      const unsigned int ka1 = ld_row2(&k_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
-      const unsigned int va0 = ld_row2(&v_s[(kw + g) * S + ks * 8 + 2 * t]);
-      const unsigned int va1 = ld_row2(&v_s[(kw + g + 8) * S + ks * 8 + 2 * t]);
+    for (int ks = 0; ks < D / 8; ks += 2) {
+      const int c0 = ks * 8 + 2 * t;
+      const unsigned int ka0 = ld_row2(&k_s[(kw + g) * S + c0]);
+      const unsigned int ka1 = ld_row2(&k_s[(kw + g + 8) * S + c0]);
+      const unsigned int ka2 = ld_row2(&k_s[(kw + g) * S + c0 + 8]);
+      const unsigned int ka3 = ld_row2(&k_s[(kw + g + 8) * S + c0 + 8]);
+      const unsigned int va0 = ld_row2(&v_s[(kw + g) * S + c0]);
+      const unsigned int va1 = ld_row2(&v_s[(kw + g + 8) * S + c0]);
+      const unsigned int va2 = ld_row2(&v_s[(kw + g) * S + c0 + 8]);
+      const unsigned int va3 = ld_row2(&v_s[(kw + g + 8) * S + c0 + 8]);
 #pragma unroll
       for (int nt = 0; nt < BR / 8; ++nt) {
         // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
-        mma_m16n8k8(st[nt], ka0, ka1, ld_row2(&q_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
-        mma_m16n8k8(dpt[nt], va0, va1, ld_row2(&do_s[(nt * 8 + g) * S + ks * 8 + 2 * t]));
+        const __half* qr = &q_s[(nt * 8 + g) * S + c0];
+        const __half* dr = &do_s[(nt * 8 + g) * S + c0];
+        mma_k16(st[nt], ka0, ka1, ka2, ka3, ld_row2(qr), ld_row2(qr + 8));
+        mma_k16(dpt[nt], va0, va1, va2, va3, ld_row2(dr), ld_row2(dr + 8));
       }
     }
 
@@ -521,22 +561,28 @@ __device__ __forceinline__ void attn_bwd(
     // dV += P^T·dO and dK += dS^T·Q (scale applied at the end); accumulator fragments of
     // P^T / dS^T for queries nt*8.. are the A fragments of k-step nt.
 #pragma unroll
-    for (int nt = 0; nt < BR / 8; ++nt) {
+    for (int nt = 0; nt < BR / 8; nt += 2) {
       const unsigned int pa0 = pack2(st[nt][0], st[nt][1]);
       const unsigned int pa1 = pack2(st[nt][2], st[nt][3]);
+      const unsigned int pa2 = pack2(st[nt + 1][0], st[nt + 1][1]);
+      const unsigned int pa3 = pack2(st[nt + 1][2], st[nt + 1][3]);
       const unsigned int sa0 = pack2(dpt[nt][0], dpt[nt][1]);
       const unsigned int sa1 = pack2(dpt[nt][2], dpt[nt][3]);
+      const unsigned int sa2 = pack2(dpt[nt + 1][0], dpt[nt + 1][1]);
+      const unsigned int sa3 = pack2(dpt[nt + 1][2], dpt[nt + 1][3]);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
-        // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads.
+        // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads, queries nt*8.. and +8.
         const int off_s = (nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8;
-        unsigned int bo[4], bq[4];
+        unsigned int bo[4], bo2[4], bq[4], bq2[4];
         ldsm_x4_trans(bo, &do_s[off_s]);
+        ldsm_x4_trans(bo2, &do_s[off_s + 8 * S]);
         ldsm_x4_trans(bq, &q_s[off_s]);
+        ldsm_x4_trans(bq2, &q_s[off_s + 8 * S]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          mma_m16n8k8(dvacc[dn + i], pa0, pa1, bo[i]);
-          mma_m16n8k8(dkacc[dn + i], sa0, sa1, bq[i]);
+          mma_k16(dvacc[dn + i], pa0, pa1, pa2, pa3, bo[i], bo2[i]);
+          mma_k16(dkacc[dn + i], sa0, sa1, sa2, sa3, bq[i], bq2[i]);
         }
       }
     }
@@ -549,16 +595,20 @@ __device__ __forceinline__ void attn_bwd(
 #pragma unroll
       for (int i = 0; i < NC / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
-      for (int ks = 0; ks < kBc / 8; ++ks) {
-        const unsigned int a0 = ld_row2(&ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t]);
-        const unsigned int a1 = ld_row2(&ds_s[(rg * 16 + g + 8) * SD + ks * 8 + 2 * t]);
+      for (int ks = 0; ks < kBc / 8; ks += 2) {
+        const __half* r0 = &ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t];
+        const __half* r8 = r0 + 8 * SD;
+        const unsigned int a0 = ld_row2(r0), a1 = ld_row2(r8);
+        const unsigned int a2 = ld_row2(r0 + 8), a3 = ld_row2(r8 + 8);
 #pragma unroll
         for (int dn = 0; dn < NC / 8; dn += 4) {
-          // B[kk][n] = K[key kk][d n]: transposed load.
-          unsigned int bk[4];
-          ldsm_x4_trans(bk, &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8]);
+          // B[kk][n] = K[key kk][d n]: transposed loads, keys ks*8.. and +8.
+          const __half* kr = &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8];
+          unsigned int bk[4], bk2[4];
+          ldsm_x4_trans(bk, kr);
+          ldsm_x4_trans(bk2, kr + 8 * S);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) mma_m16n8k8(dq[dn + i], a0, a1, bk[i]);
+          for (int i = 0; i < 4; ++i) mma_k16(dq[dn + i], a0, a1, a2, a3, bk[i], bk2[i]);
         }
       }
 #pragma unroll

@@ -7,7 +7,7 @@
 // elements with their decoded indices so a layout bug can be told from a masking bug.
 // Then it times forward and forward+backward (cudaEvent, median) at the model shapes.
 //
-// Usage: attn_check [--quick] [--only SUBSTR] [--bench-only] [--reps N]
+// Usage: attn_check [--quick] [--only SUBSTR] [--bench-only] [--no-bench] [--reps N]
 #include "../../kernels/attention.cu"
 #include "attn_ref.h"
 
@@ -232,6 +232,14 @@ __global__ void init_rand_float(float* p, size_t n, unsigned seed, float amp) {
   }
 }
 
+// Which code path the kernels were compiled for (a compute_75 PTX build JIT-compiled on an
+// sm_90 card reports 750: the Turing m16n8k8 path).
+__global__ void report_arch(int* out) {
+#ifdef __CUDA_ARCH__
+  *out = __CUDA_ARCH__;
+#endif
+}
+
 static double median(std::vector<float> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
@@ -291,19 +299,29 @@ static void run_bench(const Case& c, int reps) {
 }
 
 int main(int argc, char** argv) {
-  bool quick = false, bench_only = false;
+  bool quick = false, bench_only = false, no_bench = false;
   std::string only;
   int reps = 20;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--quick")) quick = true;
     else if (!strcmp(argv[i], "--bench-only")) bench_only = true;
+    else if (!strcmp(argv[i], "--no-bench")) no_bench = true;
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
   }
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
-  printf("device: %s sm_%d%d SMs=%d\n", prop.name, prop.major, prop.minor,
-         prop.multiProcessorCount);
+  int* d_arch = nullptr;
+  int arch = 0;
+  CK(cudaMalloc(&d_arch, sizeof(int)));
+  CK(cudaMemset(d_arch, 0, sizeof(int)));
+  report_arch<<<1, 1>>>(d_arch);
+  CK(cudaGetLastError());
+  CK(cudaMemcpy(&arch, d_arch, sizeof(int), cudaMemcpyDeviceToHost));
+  CK(cudaFree(d_arch));
+  printf("device: %s sm_%d%d SMs=%d kernel_code_path=__CUDA_ARCH__%d (%s)\n", prop.name,
+         prop.major, prop.minor, prop.multiProcessorCount, arch,
+         arch >= 800 ? "mma m16n8k16" : "Turing mma m16n8k8");
   const float s64 = 0.125f, s32 = 0.17677669f, s128 = 0.08838835f;
   std::vector<Case> cases = {
       {"tiny_64x64", 1, 1, 64, 64, 64, s64, false, false, {}},
@@ -339,7 +357,7 @@ int main(int argc, char** argv) {
     }
     printf("ATTNCHECK summary: %d/%d passed\n", run - failed, run);
   }
-  if (!quick) {
+  if (!quick && !no_bench) {
     std::vector<int> full384(32, 384), full512(16, 512), var384(32);
     // SQuAD-like padding to 384: lengths 150..384 (torch_attn.py uses the same formula).
     for (int b = 0; b < 32; ++b) var384[b] = 150 + (b * 37) % 235;

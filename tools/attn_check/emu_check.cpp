@@ -9,6 +9,8 @@
 // __expf is exact expf here, so errors are a bit smaller than on the GPU.
 //
 // Build: g++ -std=c++20 -O1 -pthread emu_check.cpp -o emu_check   (tiny shapes only: slow)
+// That emulates the sm_75 code (pairs of m16n8k8); add -DFB_ATTN_EMU_K16 for the sm_80+
+// code (one m16n8k16 per k16 step).
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -77,7 +79,7 @@ Dim3 gridDim, blockDim;
 struct WarpCtx {
   std::barrier<> bar{32};
   float xf[32];
-  uint32_t a0[32], a1[32], b0[32];
+  uint32_t a0[32], a1[32], a2[32], a3[32], b0[32], b1[32];
   const __half* rowp[32];
   float c[32][4];
 };
@@ -146,6 +148,53 @@ static void fb_emu_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
   for (int i = 0; i < 4; ++i) {
     float acc = C[rr[i]][cc[i]];
     for (int kk = 0; kk < 8; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
+    c[i] = acc;
+  }
+  w.bar.arrive_and_wait();
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (the sm_80+ path, built with
+// -DFB_ATTN_EMU_K16), from the PTX ISA's m16n8k16 tables:
+// A (16x16): a0,a1 -> row g, cols 2t+{0,1}; a2,a3 -> row g+8, same cols;
+//            a4,a5 -> row g, cols 2t+8+{0,1}; a6,a7 -> row g+8, cols 2t+8+{0,1}.
+// B (16x8):  b0,b1 -> rows 2t+{0,1}, col g; b2,b3 -> rows 2t+8+{0,1}, col g.  C as k8.
+static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                           uint32_t b0, uint32_t b1) {
+  WarpCtx& w = *tw;
+  w.a0[tlane] = a0;
+  w.a1[tlane] = a1;
+  w.a2[tlane] = a2;
+  w.a3[tlane] = a3;
+  w.b0[tlane] = b0;
+  w.b1[tlane] = b1;
+  for (int i = 0; i < 4; ++i) w.c[tlane][i] = c[i];
+  w.bar.arrive_and_wait();
+  float A[16][16], B[16][8], C[16][8];
+  for (int L = 0; L < 32; ++L) {
+    const int g = L >> 2, t = L & 3;
+    A[g][2 * t] = lo_h(w.a0[L]);
+    A[g][2 * t + 1] = hi_h(w.a0[L]);
+    A[g + 8][2 * t] = lo_h(w.a1[L]);
+    A[g + 8][2 * t + 1] = hi_h(w.a1[L]);
+    A[g][2 * t + 8] = lo_h(w.a2[L]);
+    A[g][2 * t + 9] = hi_h(w.a2[L]);
+    A[g + 8][2 * t + 8] = lo_h(w.a3[L]);
+    A[g + 8][2 * t + 9] = hi_h(w.a3[L]);
+    B[2 * t][g] = lo_h(w.b0[L]);
+    B[2 * t + 1][g] = hi_h(w.b0[L]);
+    B[2 * t + 8][g] = lo_h(w.b1[L]);
+    B[2 * t + 9][g] = hi_h(w.b1[L]);
+    C[g][2 * t] = w.c[L][0];
+    C[g][2 * t + 1] = w.c[L][1];
+    C[g + 8][2 * t] = w.c[L][2];
+    C[g + 8][2 * t + 1] = w.c[L][3];
+  }
+  const int g = tlane >> 2, t = tlane & 3;
+  const int rr[4] = {g, g, g + 8, g + 8};
+  const int cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int i = 0; i < 4; ++i) {
+    float acc = C[rr[i]][cc[i]];
+    for (int kk = 0; kk < 16; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
     c[i] = acc;
   }
   w.bar.arrive_and_wait();
@@ -300,6 +349,11 @@ int main(int argc, char** argv) {
     ++run;
     if (!run_case(c, seed)) ++failed;
   }
-  printf("EMUCHECK summary: %d/%d passed\n", run - failed, run);
+#ifdef FB_ATTN_EMU_K16
+  const char* path = "sm80+ (m16n8k16)";
+#else
+  const char* path = "sm75 (m16n8k8)";
+#endif
+  printf("EMUCHECK summary [%s]: %d/%d passed\n", path, run - failed, run);
   return failed ? 1 : 0;
 }

@@ -142,7 +142,39 @@ def bench_one(c, name, fn, dev):
           f"fwdbwd_ms={fwdbwd_ms:.4f} peak_mb={peak_mb:.1f}", flush=True)
 
 
+def smoke():
+    """--smoke: tiny shapes on the CPU (no timing); every impl's output and input grads
+    are compared with eager_t5's, which checks the mask/bias/scale plumbing anywhere."""
+    dev = torch.device("cpu")
+    bad = 0
+    for c0 in CASES:
+        c = dict(c0, B=2, H=2, Lq=min(c0["Lq"], 24), Lk=min(c0["Lk"], 40), D=16)
+        if "lens" in c0:
+            c["lens"] = [40, 17]
+        results = {}
+        for name, fn in [("eager_t5", impl_eager), ("sdpa_auto", impl_sdpa(None))]:
+            q, k, v, dout, bias, const, has_mask = make_inputs(c, dev)
+            q, k, v, dout = (t.detach().float().requires_grad_(t.requires_grad)
+                             for t in (q, k, v, dout))
+            if bias is not None:
+                bias = bias.detach().float().requires_grad_(True)
+            const = const.float()
+            out = fn(c, q, k, v, bias, const, has_mask)
+            out.backward(dout)
+            grads = [t.grad for t in (q, k, v, bias) if t is not None]
+            results[name] = [out] + grads
+        diff = max((a - b).abs().max().item()
+                   for a, b in zip(results["eager_t5"], results["sdpa_auto"]))
+        ok = diff < 1e-4 and all(torch.isfinite(t).all() for t in results["eager_t5"])
+        bad += not ok
+        print(f"TORCHSMOKE case={c['name']} max_diff_sdpa_vs_eager={diff:.2e} "
+              f"pass={'true' if ok else 'false'}", flush=True)
+    return 1 if bad else 0
+
+
 def main():
+    if "--smoke" in sys.argv:
+        return smoke()
     if not torch.cuda.is_available():
         print("TORCHATTN error=no_cuda_device")
         return 1
@@ -157,7 +189,8 @@ def main():
         print(f"TORCHATTN impl=sdpa_efficient error=import:{e!r}", flush=True)
     impls.append(("sdpa_auto", impl_sdpa(None)))
     impls.append(("eager_t5", impl_eager))
-    only = sys.argv[1] if len(sys.argv) > 1 else None
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    only = args[0] if args else None
     for c in CASES:
         if only and only not in c["name"]:
             continue

@@ -81,12 +81,12 @@
 //
 // Resources (nvcc 13.0 -O3 -Xptxas -v; no spills on any arch; static smem):
 //   kernel          regs sm_75/80/90   smem B   blocks/SM on T4 (64 KB smem, 64 K regs)
-//   fwd D=64        166 / 136 / 128    18688    3 (registers)
-//   fwd D=32        126 / 126 / 102    10496    4
-//   fwd D=128       254 / 254 / 181    35072    1
-//   bwd D=64        184 / 171 / 173    32512    2 (BR=32: sized for this)
-//   bwd D=32        214 / 182 / 184    30208    2
-//   bwd D=128       214 / 241 / 242    45952    1 (BR=16)
+//   fwd D=64        166 / 154 / 142    18688    3 (registers)
+//   fwd D=32        126 / 126 / 106    10496    4
+//   fwd D=128       254 / 254 / 174    35072    1
+//   bwd D=64        184 / 165 / 168    32512    2 (BR=32: sized for this)
+//   bwd D=32        212 / 164 / 184    30208    2
+//   bwd D=128       216 / 234 / 235    45952    1 (BR=16)
 //   preprocess 46/30/30, dq_cast 10/8/10, no smem.
 // (Turing reserves no shared memory per block as far as we know; if it did, bwd D=64
 // would drop to one block per SM.)

@@ -8,11 +8,16 @@
 // Why it is built this way:
 // - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA). Its
 //   accumulator fragment equals its A-operand fragment, so P (or dS) goes from the S
-//   accumulators straight into the next MMA with no shuffle. Work is expressed as k16 steps:
-//   compiled for sm_80+ each is one m16n8k16 (same registers), for sm_75 two m16n8k8. Row-major fragments are
-//   plain 32-bit shared loads; transposed B fragments (V, dO, Q, K read along the key or
-//   query axis) come from ldmatrix.x4.trans (sm_75+). No cp.async: global loads go through
-//   registers in 16-byte vectors. Nothing sm_80-only is used.
+//   accumulators straight into the next MMA with no shuffle. Work is written as k16 steps:
+//   for sm_75 each is two m16n8k8; for sm_80+ (__CUDA_ARCH__ >= 800 only) one m16n8k16
+//   on the same registers. Row-major fragments are plain 32-bit shared loads; transposed B
+//   fragments (V, dO, Q, K read along the key or query axis) come from ldmatrix.x4.trans
+//   (sm_75+). No cp.async: global loads go through registers in 16-byte vectors. Nothing
+//   sm_80-only is on the sm_75 path.
+// - Tiles: 4 warps; forward 64 query rows x 64-key tiles (16 rows per warp); backward one
+//   64-key tile per block (16 keys per warp) walking 32-row query tiles (16 for D=128).
+//   Key tiles that are all padding are skipped. Blocks are ordered batch-fastest so the
+//   bias of one head is reused from L2.
 // - Softmax is "online" with a finite sentinel (-1e30) instead of -inf inside the kernels, so
 //   fully masked rows never compute inf - inf; they produce out = 0, lse = -inf and add
 //   nothing to any gradient. Bias values of -inf / -FLT_MAX are also handled.

@@ -9,7 +9,9 @@ shape this times forward and forward+backward of
   - sdpa_flash: the flash backend, only where it applies (no bias; no padding mask since
     flash takes none, so it is timed without one; is_causal for the decoder);
   - sdpa_auto: SDPA with whatever backend PyTorch picks for the sdpa_efficient inputs;
-  - eager_t5: HF T5-style eager attention: matmul, + bias/mask, softmax in fp32, matmul.
+  - eager_t5: HF T5-style eager attention: matmul, + bias/mask, softmax in fp32,
+    (dropout,) matmul.
+Cases named *_dropout0.1 apply dropout 0.1 to the probabilities in every impl.
 Inputs are fp16 [B, H, L, D] (the transposes HF does are not timed). Each impl runs in its
 own try/except so one failure does not stop the rest. Prints one line per (case, impl):
   TORCHATTN case=.. impl=.. fwd_ms=.. fwdbwd_ms=.. peak_mb=..
@@ -34,6 +36,11 @@ CASES = [
     # SQuAD-like padding to 384, lengths 150 + (b*37) % 235 as in attn_check.cu.
     dict(name="distilbert_b32_384_varlen", B=32, H=12, Lq=384, Lk=384, D=64, scale=0.125,
          causal=False, bias=False, mask=True, lens=[150 + (b * 37) % 235 for b in range(32)]),
+    # attention-probability dropout 0.1 (HF's fine-tuning default), as in attn_check.cu
+    dict(name="distilbert_b32_384_dropout0.1", B=32, H=12, Lq=384, Lk=384, D=64, scale=0.125,
+         causal=False, bias=False, mask=True, dropout=0.1),
+    dict(name="t5_enc_b16_512_bias_dropout0.1", B=16, H=8, Lq=512, Lk=512, D=64, scale=1.0,
+         causal=False, bias=True, mask=True, dropout=0.1),
 ]
 REPS = 20
 WARMUP = 3
@@ -91,10 +98,13 @@ def impl_sdpa(backend):
     def run(c, q, k, v, bias, const, has_mask):
         from torch.nn.attention import sdpa_kernel
         am = additive_mask(bias, const) if has_mask else None
+        p = c.get("dropout", 0.0)
         if backend is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, scale=c["scale"])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, dropout_p=p,
+                                                  scale=c["scale"])
         with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, scale=c["scale"])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=am, dropout_p=p,
+                                                  scale=c["scale"])
     return run
 
 
@@ -105,7 +115,8 @@ def impl_flash(c, q, k, v, bias, const, has_mask):
     if c.get("lens"):
         raise RuntimeError("not applicable: flash takes no padding mask")
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], scale=c["scale"])
+        return F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"],
+                                              dropout_p=c.get("dropout", 0.0), scale=c["scale"])
 
 
 def impl_eager(c, q, k, v, bias, const, has_mask):
@@ -115,6 +126,8 @@ def impl_eager(c, q, k, v, bias, const, has_mask):
     if has_mask:
         scores = scores + additive_mask(bias, const)
     attn = F.softmax(scores.float(), dim=-1).type_as(scores)
+    if c.get("dropout", 0.0) > 0:
+        attn = F.dropout(attn, p=c["dropout"], training=True)
     return torch.matmul(attn, v)
 
 
@@ -148,7 +161,7 @@ def smoke():
     dev = torch.device("cpu")
     bad = 0
     for c0 in CASES:
-        c = dict(c0, B=2, H=2, Lq=min(c0["Lq"], 24), Lk=min(c0["Lk"], 40), D=16)
+        c = dict(c0, B=2, H=2, Lq=min(c0["Lq"], 24), Lk=min(c0["Lk"], 40), D=16, dropout=0.0)
         if "lens" in c0:
             c["lens"] = [40, 17]
         results = {}

@@ -2,6 +2,7 @@
 pub mod backend;
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod shape;
 
 pub use error::{Error, Result};

@@ -180,7 +180,9 @@ fn squad_matches_official_scripts() {
         let stdout = match s(&c["script"]).as_str() {
             "v1.1" => {
                 assert_eq!(gold.version, squad::SquadVersion::V1, "{name}");
-                squad::evaluate_v1(&gold.questions, &preds).expect("v1").official_stdout()
+                let r = squad::evaluate_v1(&gold.questions, &preds).expect("v1");
+                assert_eq!(r.official_stderr(), s(&c["stderr"]), "case {name} stderr");
+                r.official_stdout()
             }
             _ => {
                 assert_eq!(gold.version, squad::SquadVersion::V2, "{name}");
@@ -197,6 +199,18 @@ fn squad_matches_official_scripts() {
             }
         };
         assert_eq!(stdout, s(&c["stdout"]), "case {name}");
+    }
+}
+
+#[test]
+fn squad_normalize_matches_official() {
+    let fx = fixture("squad_official_outputs.json");
+    for script in ["evaluate-v1.1.py", "evaluate-v2.0.py"] {
+        let cases = fx["normalize_answer"][script].as_object().expect("map");
+        assert!(cases.len() > 20);
+        for (input, want) in cases {
+            assert_eq!(squad::normalize_answer(input), s(want), "{script} on {input:?}");
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use unicode_categories::UnicodeCategories;
+
 
 use super::{py_float_repr, py_split};
 use crate::error::{Error, Result};
@@ -63,11 +65,12 @@ fn is_py_punct(c: char) -> bool {
     c.is_ascii_punctuation() // exactly Python's string.punctuation
 }
 
-/// Python `re` `\w` for str patterns: `str.isalnum()` or underscore. Rust's
-/// `is_alphanumeric` also counts Other_Alphabetic combining marks; that only matters for an
-/// article glued to such a mark, which we accept.
+/// Python `re` `\w` for str patterns: `str.isalnum()` (letters L*, numerics) or `_`.
+/// Rust's `is_alphabetic` also admits Other_Alphabetic marks (Indic vowel signs) and
+/// symbols (circled letters), which Python does not; those are taken out again, so
+/// "केa the" loses its "a" exactly as the official script does.
 fn is_word(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
+    c == '_' || c.is_numeric() || (c.is_alphabetic() && !c.is_mark() && !c.is_symbol())
 }
 
 /// `re.sub(r'\b(a|an|the)\b', ' ', text)`: leftmost match, alternatives tried in order,
@@ -201,26 +204,25 @@ impl<V> OrderedMap<V> {
 pub struct V1Result {
     pub exact_match: f64,
     pub f1: f64,
-    /// Questions with no prediction (scored 0, as the official script does).
-    pub unanswered: usize,
+    /// Ids with no prediction (scored 0; the official script names them on stderr).
+    pub unanswered: Vec<String>,
 }
 
 impl V1Result {
     /// Exactly what `evaluate-v1.1.py` writes to stdout.
     pub fn official_stdout(&self) -> String {
-        let mut s = String::new();
-        if self.unanswered > 0 {
-            s.push_str(&format!(
-                "There are {} unanswered question(s)\n",
-                self.unanswered
-            ));
-        }
-        s.push_str(&format!(
+        format!(
             "{{\"exact_match\": {}, \"f1\": {}}}\n",
             py_float_repr(self.exact_match),
             py_float_repr(self.f1)
-        ));
-        s
+        )
+    }
+    /// What it writes to stderr about missing predictions.
+    pub fn official_stderr(&self) -> String {
+        self.unanswered
+            .iter()
+            .map(|id| format!("Unanswered question {id} will receive score 0.\n"))
+            .collect()
     }
 }
 
@@ -230,10 +232,10 @@ pub fn evaluate_v1(gold: &[GoldQuestion], preds: &HashMap<String, String>) -> Re
     if total == 0 {
         return Err(Error::msg("SQuAD v1.1 evaluation: the dataset has no questions"));
     }
-    let (mut em, mut f1, mut unanswered) = (0.0f64, 0.0f64, 0usize);
+    let (mut em, mut f1, mut unanswered) = (0.0f64, 0.0f64, Vec::new());
     for q in gold {
         let Some(pred) = preds.get(&q.id) else {
-            unanswered += 1;
+            unanswered.push(q.id.clone());
             continue;
         };
         let best_em = max_over(q.answers.iter().map(|g| f64::from(u8::from(exact_match(pred, g)))));

@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("json")
 }
 
@@ -19,7 +21,10 @@ fn assets() -> Option<PathBuf> {
     if p.join("qa").is_dir() {
         Some(p)
     } else {
-        eprintln!("skipping: assets not found at {} (set FUSEBOX_ASSETS)", p.display());
+        eprintln!(
+            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
+            p.display()
+        );
         None
     }
 }
@@ -33,7 +38,10 @@ fn tmp(name: &str, body: &str) -> PathBuf {
 }
 
 fn eval(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_eval")).args(args).output().expect("run eval")
+    Command::new(env!("CARGO_BIN_EXE_eval"))
+        .args(args)
+        .output()
+        .expect("run eval")
 }
 
 fn stdout(o: &Output) -> String {
@@ -81,7 +89,11 @@ fn squad_cli_prints_what_the_official_scripts_print() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = eval(&args);
         assert_eq!(stdout(&o), c["stdout"].as_str().expect("stdout"), "{name}");
-        assert_eq!(String::from_utf8_lossy(&o.stderr), c["stderr"].as_str().expect("stderr"), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr),
+            c["stderr"].as_str().expect("stderr"),
+            "{name}"
+        );
     }
 }
 
@@ -93,7 +105,10 @@ fn squad_cli_errors_are_clear() {
     let o = eval(&["squad", p(&data), p(&preds)]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("missing prediction for 56ddde6b9a695914005b9629"), "{err}");
+    assert!(
+        err.contains("missing prediction for 56ddde6b9a695914005b9629"),
+        "{err}"
+    );
 
     let bad = tmp("bad.json", "[1, 2]");
     let o = eval(&["squad", p(&data), p(&bad)]);
@@ -107,7 +122,10 @@ fn rouge_pair_mean(fx: &Value, stem: bool, kind: &str) -> [f64; 3] {
     for c in fx["rouge_pairs"].as_array().expect("pairs") {
         let name = c["name"].as_str().expect("name");
         if name.starts_with("asset_pair_") && c["stemmer"].as_bool() == Some(stem) {
-            for (a, v) in acc.iter_mut().zip(c["scores"][kind].as_array().expect("prf")) {
+            for (a, v) in acc
+                .iter_mut()
+                .zip(c["scores"][kind].as_array().expect("prf"))
+            {
                 *a += v.as_f64().expect("f");
             }
             n += 1.0;
@@ -133,7 +151,11 @@ fn rouge_cli_means_match_rouge_score() {
             let want = rouge_pair_mean(&fx, stem, kind);
             for (i, field) in ["precision", "recall", "fmeasure"].iter().enumerate() {
                 let got = out[kind][field].as_f64().expect("number");
-                assert!((got - want[i]).abs() <= 1e-6, "{kind} {field}: {got} vs {}", want[i]);
+                assert!(
+                    (got - want[i]).abs() <= 1e-6,
+                    "{kind} {field}: {got} vs {}",
+                    want[i]
+                );
             }
         }
     }
@@ -149,7 +171,12 @@ fn bleu_cli_matches_sacrebleu() {
     for c in fx["bleu_corpus"].as_array().expect("cases") {
         let name = c["name"].as_str().expect("name");
         let lines = |v: &Value| {
-            let s: Vec<&str> = v.as_array().expect("a").iter().map(|x| x.as_str().expect("s")).collect();
+            let s: Vec<&str> = v
+                .as_array()
+                .expect("a")
+                .iter()
+                .map(|x| x.as_str().expect("s"))
+                .collect();
             s.join("\n") + "\n"
         };
         let hyp = tmp(&format!("{name}.hyp"), &lines(&c["hyps"]));
@@ -166,7 +193,10 @@ fn bleu_cli_matches_sacrebleu() {
         let out: Value = serde_json::from_str(&stdout(&eval(&args))).expect("json out");
         let want = &c["result"];
         let got = out["score"].as_f64().expect("score");
-        assert!((got - want["score"].as_f64().expect("f")).abs() <= 1e-4, "{name}: {got}");
+        assert!(
+            (got - want["score"].as_f64().expect("f")).abs() <= 1e-4,
+            "{name}: {got}"
+        );
         for k in ["counts", "totals", "sys_len", "ref_len"] {
             assert_eq!(out[k], want[k], "{name} {k}");
         }

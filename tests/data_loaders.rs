@@ -15,7 +15,10 @@ fn assets() -> Option<PathBuf> {
     if p.join("qa").is_dir() && p.join("seq2seq").is_dir() {
         Some(p)
     } else {
-        eprintln!("skipping: assets not found at {} (set FUSEBOX_ASSETS)", p.display());
+        eprintln!(
+            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
+            p.display()
+        );
         None
     }
 }
@@ -39,7 +42,11 @@ fn every_qa_file_loads_with_checked_offsets() {
     let mut seen = 0;
     for entry in std::fs::read_dir(a.join("qa")).expect("qa dir") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
         let Some(&(_, nq, na, ni, layout)) = expect.iter().find(|e| e.0 == name) else {
             panic!("new QA asset {name}: add its expected counts here");
         };
@@ -55,8 +62,12 @@ fn every_qa_file_loads_with_checked_offsets() {
         for ex in &load.examples {
             for ans in &ex.answers {
                 assert_eq!(&ex.context[ans.byte_range()], ans.text, "{name} {}", ex.id);
-                let by_chars: String =
-                    ex.context.chars().skip(ans.answer_start).take(chars(&ans.text)).collect();
+                let by_chars: String = ex
+                    .context
+                    .chars()
+                    .skip(ans.answer_start)
+                    .take(chars(&ans.text))
+                    .collect();
                 assert_eq!(by_chars, ans.text);
             }
         }
@@ -68,8 +79,11 @@ fn every_qa_file_loads_with_checked_offsets() {
 #[test]
 fn tydi_indonesian_offsets_are_characters_not_bytes() {
     let Some(a) = assets() else { return };
-    let load = squad::load_squad(a.join("qa/tydiqa-goldp-dev-id.json"), SquadOptions::default())
-        .expect("load");
+    let load = squad::load_squad(
+        a.join("qa/tydiqa-goldp-dev-id.json"),
+        SquadOptions::default(),
+    )
+    .expect("load");
     // 161 answers sit after non-ASCII text, where char and byte starts differ (Python count).
     let shifted = load
         .examples
@@ -87,10 +101,16 @@ fn tydi_indonesian_offsets_are_characters_not_bytes() {
 #[test]
 fn flat_and_nested_v2_fixtures_agree() {
     let Some(a) = assets() else { return };
-    let nested = squad::load_squad(a.join("qa/hf-fixture-dev-v2.0.json"), SquadOptions::default())
-        .expect("nested");
-    let flat = squad::load_squad(a.join("qa/hf-fixture-sample-flat.json"), SquadOptions::default())
-        .expect("flat");
+    let nested = squad::load_squad(
+        a.join("qa/hf-fixture-dev-v2.0.json"),
+        SquadOptions::default(),
+    )
+    .expect("nested");
+    let flat = squad::load_squad(
+        a.join("qa/hf-fixture-sample-flat.json"),
+        SquadOptions::default(),
+    )
+    .expect("flat");
     let ids = |l: &squad::SquadLoad| l.examples.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&nested), ids(&flat));
     for (n, f) in nested.examples.iter().zip(&flat.examples) {
@@ -115,9 +135,17 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
                 {"id": "bad", "question": "q?", "answers": [{"text": "au lait", "answer_start": 6}]},
                 {"id": "past-end", "question": "q?", "answers": [{"text": "plaît.x", "answer_start": 24}]}]}]}]}"#;
     let p = tmp("mismatch.json", body);
-    let e = squad::load_squad(&p, SquadOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("mismatch.json") && e.contains("question bad"), "{e}");
-    assert!(e.contains("\"au lait\"") && e.contains("\"u lait,\""), "{e}");
+    let e = squad::load_squad(&p, SquadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mismatch.json") && e.contains("question bad"),
+        "{e}"
+    );
+    assert!(
+        e.contains("\"au lait\"") && e.contains("\"u lait,\""),
+        "{e}"
+    );
     let load = squad::load_squad(&p, SquadOptions { skip_bad: true }).expect("skip_bad");
     assert_eq!(load.examples.len(), 1);
     assert_eq!(load.examples[0].answers[0].byte_start, 6);
@@ -131,17 +159,28 @@ fn malformed_squad_names_file_field_and_expectation() {
     let cases = [
         ("not json {", "not valid JSON"),
         (r#"{"data": 3}"#, "data: expected a top-level array"),
-        (r#"{"data": [{"paragraphs": [{"context": "x", "qas": [{"id": 7, "question": "q", "answers": []}]}]}]}"#,
-         "data[0].paragraphs[0].qas[0].id: expected a string"),
-        (r#"{"data": [{"paragraphs": [{"context": "x", "qas": [{"id": "a", "question": "q", "answers": [{"text": "x", "answer_start": -1}]}]}]}]}"#,
-         "answers[0].answer_start: expected a non-negative integer"),
-        (r#"{"data": [{"id": "a", "question": "q", "context": "x", "answers": {"text": ["x"], "answer_start": []}}]}"#,
-         "data[0].answers: expected as many answer_start values as texts"),
+        (
+            r#"{"data": [{"paragraphs": [{"context": "x", "qas": [{"id": 7, "question": "q", "answers": []}]}]}]}"#,
+            "data[0].paragraphs[0].qas[0].id: expected a string",
+        ),
+        (
+            r#"{"data": [{"paragraphs": [{"context": "x", "qas": [{"id": "a", "question": "q", "answers": [{"text": "x", "answer_start": -1}]}]}]}]}"#,
+            "answers[0].answer_start: expected a non-negative integer",
+        ),
+        (
+            r#"{"data": [{"id": "a", "question": "q", "context": "x", "answers": {"text": ["x"], "answer_start": []}}]}"#,
+            "data[0].answers: expected as many answer_start values as texts",
+        ),
     ];
     for (i, (body, want)) in cases.iter().enumerate() {
         let p = tmp(&format!("bad{i}.json"), body);
-        let e = squad::load_squad(&p, SquadOptions::default()).unwrap_err().to_string();
-        assert!(e.contains(&format!("bad{i}.json")) && e.contains(want), "case {i}: {e}");
+        let e = squad::load_squad(&p, SquadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("bad{i}.json")) && e.contains(want),
+            "case {i}: {e}"
+        );
     }
 }
 
@@ -157,7 +196,9 @@ fn cnn_stories_follow_hf_cnn_dailymail() {
     }
     // First file (sorted): 017d27d0... three highlights, none ending in a period, so HF
     // appends " ." to each and joins them with newlines.
-    assert!(ex[0].source.starts_with("summarize: WASHINGTON (CNN) -- As he awaits"));
+    assert!(ex[0]
+        .source
+        .starts_with("summarize: WASHINGTON (CNN) -- As he awaits"));
     let lines: Vec<&str> = ex[0].target.split('\n').collect();
     assert_eq!(
         lines,
@@ -219,13 +260,17 @@ fn jsonl_with_dotted_paths() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("test.jsonl:1") && e.contains("`translation.de` not found"), "{e}");
+    assert!(
+        e.contains("test.jsonl:1") && e.contains("`translation.de` not found"),
+        "{e}"
+    );
 }
 
 #[test]
 fn nusax_csv_with_quoted_commas() {
     let Some(a) = assets() else { return };
-    let opts = Seq2SeqOptions::new("english", "indonesian").with_prefix("translate English to Indonesian: ");
+    let opts = Seq2SeqOptions::new("english", "indonesian")
+        .with_prefix("translate English to Indonesian: ");
     // (file, rows, chars in english, chars in indonesian) from Python's csv.DictReader.
     for (f, n, en, id) in [
         ("train", 500, 80830, 76650),
@@ -236,8 +281,16 @@ fn nusax_csv_with_quoted_commas() {
             .expect("nusax");
         assert_eq!(ex.len(), n, "{f}");
         let p = chars(&opts.prefix);
-        assert_eq!(ex.iter().map(|e| chars(&e.source) - p).sum::<usize>(), en, "{f}");
-        assert_eq!(ex.iter().map(|e| chars(&e.target)).sum::<usize>(), id, "{f}");
+        assert_eq!(
+            ex.iter().map(|e| chars(&e.source) - p).sum::<usize>(),
+            en,
+            "{f}"
+        );
+        assert_eq!(
+            ex.iter().map(|e| chars(&e.target)).sum::<usize>(),
+            id,
+            "{f}"
+        );
     }
     let e = seq2seq::load_seq2seq(
         a.join("seq2seq/nusax-mt-en-id/valid.csv"),
@@ -245,13 +298,20 @@ fn nusax_csv_with_quoted_commas() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("column `french` not in header") && e.contains("english"), "{e}");
+    assert!(
+        e.contains("column `french` not in header") && e.contains("english"),
+        "{e}"
+    );
 }
 
 #[test]
 fn delimited_reader_edge_cases() {
-    let rows = seq2seq::split_delimited("a,b\r\n\"x, \"\"y\"\"\",\"multi\nline\"\n\nlast,row", ',', "t")
-        .expect("csv");
+    let rows = seq2seq::split_delimited(
+        "a,b\r\n\"x, \"\"y\"\"\",\"multi\nline\"\n\nlast,row",
+        ',',
+        "t",
+    )
+    .expect("csv");
     assert_eq!(
         rows,
         vec![
@@ -260,9 +320,14 @@ fn delimited_reader_edge_cases() {
             vec!["last".into(), "row".into()],
         ]
     );
-    let p = tmp("pairs.tsv", "src\ttgt\nhello\tbonjour\n\"tab\tinside\"\tx\n");
+    let p = tmp(
+        "pairs.tsv",
+        "src\ttgt\nhello\tbonjour\n\"tab\tinside\"\tx\n",
+    );
     let ex = seq2seq::load_seq2seq(&p, &Seq2SeqOptions::new("src", "tgt")).expect("tsv");
     assert_eq!(ex[1].source, "tab\tinside");
-    let e = seq2seq::split_delimited("a,\"open", ',', "f.csv").unwrap_err().to_string();
+    let e = seq2seq::split_delimited("a,\"open", ',', "f.csv")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("f.csv:1: quoted field never closed"), "{e}");
 }

@@ -50,7 +50,10 @@ fn check_score(what: &str, got: rouge::Score, want: &Value) {
         ("recall", got.recall, f(&w[1])),
         ("fmeasure", got.fmeasure, f(&w[2])),
     ] {
-        assert!((g - x).abs() <= 1e-6, "{what} {name}: got {g}, rouge-score {x}");
+        assert!(
+            (g - x).abs() <= 1e-6,
+            "{what} {name}: got {g}, rouge-score {x}"
+        );
     }
 }
 
@@ -87,7 +90,10 @@ fn rouge_means_match() {
 #[test]
 fn rouge_length_mismatch_is_an_error() {
     let e = rouge::mean_scores(&["a".into()], &[], false).unwrap_err();
-    assert!(e.to_string().contains("1 references but 0 predictions"), "{e}");
+    assert!(
+        e.to_string().contains("1 references but 0 predictions"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -102,7 +108,12 @@ fn porter_matches_nltk_on_thousands_of_words() {
             (got != s(want)).then(|| format!("{w}: got {got}, nltk {want}"))
         })
         .collect();
-    assert!(bad.is_empty(), "{} mismatches: {:?}", bad.len(), &bad[..bad.len().min(20)]);
+    assert!(
+        bad.is_empty(),
+        "{} mismatches: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(20)]
+    );
 }
 
 fn check_bleu(what: &str, got: &bleu::BleuScore, want: &Value) {
@@ -121,10 +132,22 @@ fn check_bleu(what: &str, got: &bleu::BleuScore, want: &Value) {
     };
     assert_eq!(got.counts.to_vec(), ints(&want["counts"]), "{what} counts");
     assert_eq!(got.totals.to_vec(), ints(&want["totals"]), "{what} totals");
-    assert_eq!(got.sys_len as u64, want["sys_len"].as_u64().expect("int"), "{what}");
-    assert_eq!(got.ref_len as u64, want["ref_len"].as_u64().expect("int"), "{what}");
+    assert_eq!(
+        got.sys_len as u64,
+        want["sys_len"].as_u64().expect("int"),
+        "{what}"
+    );
+    assert_eq!(
+        got.ref_len as u64,
+        want["ref_len"].as_u64().expect("int"),
+        "{what}"
+    );
     assert!((got.bp - f(&want["bp"])).abs() <= 1e-9, "{what} bp");
-    for (g, w) in got.precisions.iter().zip(want["precisions"].as_array().expect("p")) {
+    for (g, w) in got
+        .precisions
+        .iter()
+        .zip(want["precisions"].as_array().expect("p"))
+    {
         assert!((g - f(w)).abs() <= 1e-9, "{what} precision {g} vs {w}");
     }
 }
@@ -133,7 +156,12 @@ fn check_bleu(what: &str, got: &bleu::BleuScore, want: &Value) {
 fn corpus_bleu_matches_sacrebleu() {
     let fx = fixture("metrics_reference.json");
     for c in fx["bleu_corpus"].as_array().expect("cases") {
-        let refs: Vec<Vec<String>> = c["refs"].as_array().expect("streams").iter().map(strings).collect();
+        let refs: Vec<Vec<String>> = c["refs"]
+            .as_array()
+            .expect("streams")
+            .iter()
+            .map(strings)
+            .collect();
         let got = bleu::corpus_bleu(&strings(&c["hyps"]), &refs, &bleu::BleuOptions::default())
             .expect("bleu");
         check_bleu(&s(&c["name"]), &got, &c["result"]);
@@ -155,15 +183,26 @@ fn sentence_bleu_matches_sacrebleu() {
 fn tokenizer_13a_matches_sacrebleu() {
     let fx = fixture("metrics_reference.json");
     for (input, want) in fx["tokenize_13a"].as_object().expect("map") {
-        assert_eq!(bleu::tokenize_13a(input.trim_end()), s(want), "input {input:?}");
+        assert_eq!(
+            bleu::tokenize_13a(input.trim_end()),
+            s(want),
+            "input {input:?}"
+        );
     }
 }
 
 #[test]
 fn bleu_rejects_misaligned_streams() {
-    let e = bleu::corpus_bleu(&["a".into(), "b".into()], &[vec!["a".into()]], &Default::default())
-        .unwrap_err();
-    assert!(e.to_string().contains("1 lines but there are 2 hypotheses"), "{e}");
+    let e = bleu::corpus_bleu(
+        &["a".into(), "b".into()],
+        &[vec!["a".into()]],
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("1 lines but there are 2 hypotheses"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -209,7 +248,11 @@ fn squad_normalize_matches_official() {
         let cases = fx["normalize_answer"][script].as_object().expect("map");
         assert!(cases.len() > 20);
         for (input, want) in cases {
-            assert_eq!(squad::normalize_answer(input), s(want), "{script} on {input:?}");
+            assert_eq!(
+                squad::normalize_answer(input),
+                s(want),
+                "{script} on {input:?}"
+            );
         }
     }
 }
@@ -217,7 +260,10 @@ fn squad_normalize_matches_official() {
 #[test]
 fn squad_normalization_details() {
     // Articles only as whole words; punctuation is removed first, so "a-team" -> "ateam".
-    assert_eq!(squad::normalize_answer("The  A-Team's   an apple!"), "ateams apple");
+    assert_eq!(
+        squad::normalize_answer("The  A-Team's   an apple!"),
+        "ateams apple"
+    );
     assert_eq!(squad::normalize_answer("Theater a_b"), "theater ab");
     assert_eq!(squad::f1_v1("", ""), 0.0);
     assert_eq!(squad::f1_v2("", ""), 1.0);

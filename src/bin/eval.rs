@@ -11,7 +11,10 @@ use clap::{Parser, Subcommand};
 use fusebox::metrics::{bleu, py_float_repr, rouge, squad};
 
 #[derive(Parser)]
-#[command(name = "eval", about = "SQuAD EM/F1, ROUGE and BLEU matching the reference Python tools")]
+#[command(
+    name = "eval",
+    about = "SQuAD EM/F1, ROUGE and BLEU matching the reference Python tools"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,7 +61,8 @@ enum Cmd {
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().map(str::to_string).collect())
 }
 
@@ -97,7 +101,10 @@ fn run(cli: Cli) -> Result<()> {
             match gold.version {
                 squad::SquadVersion::V1 => {
                     if na_prob_file.is_some() {
-                        bail!("{}: --na-prob-file needs a SQuAD v2.0 dataset", data.display());
+                        bail!(
+                            "{}: --na-prob-file needs a SQuAD v2.0 dataset",
+                            data.display()
+                        );
                     }
                     let r = squad::evaluate_v1(&gold.questions, &preds)?;
                     eprint!("{}", r.official_stderr());
@@ -109,7 +116,10 @@ fn run(cli: Cli) -> Result<()> {
                         na_probs,
                         na_prob_thresh,
                     };
-                    print!("{}", squad::evaluate_v2(&gold.questions, &preds, &opts)?.official_stdout());
+                    print!(
+                        "{}",
+                        squad::evaluate_v2(&gold.questions, &preds, &opts)?.official_stdout()
+                    );
                 }
             }
         }

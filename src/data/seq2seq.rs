@@ -94,13 +94,21 @@ fn short(v: &Value) -> String {
 
 fn pair(row: &Value, opts: &Seq2SeqOptions, whr: &str) -> Result<Seq2SeqExample> {
     Ok(Seq2SeqExample {
-        source: format!("{}{}", opts.prefix, field_text(row, &opts.source_field, whr)?),
+        source: format!(
+            "{}{}",
+            opts.prefix,
+            field_text(row, &opts.source_field, whr)?
+        ),
         target: field_text(row, &opts.target_field, whr)?,
     })
 }
 
 /// JSON Lines (one object per non-empty line), or a whole-file JSON array / `{"data": [...]}`.
-pub fn parse_json_rows(text: &str, source: &str, opts: &Seq2SeqOptions) -> Result<Vec<Seq2SeqExample>> {
+pub fn parse_json_rows(
+    text: &str,
+    source: &str,
+    opts: &Seq2SeqOptions,
+) -> Result<Vec<Seq2SeqExample>> {
     // A whole-file array or {"data": [...]} parses in one go; JSON Lines with more than
     // one row does not (trailing characters), and a single-row file is one object.
     if let Ok(v) = serde_json::from_str::<Value>(text) {
@@ -201,7 +209,9 @@ pub fn parse_delimited(
 ) -> Result<Vec<Seq2SeqExample>> {
     let rows = split_delimited(text, delim, source)?;
     let Some((header, body)) = rows.split_first() else {
-        return Err(Error::msg(format!("{source}: empty file (expected a header row)")));
+        return Err(Error::msg(format!(
+            "{source}: empty file (expected a header row)"
+        )));
     };
     let col = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {

@@ -216,7 +216,9 @@ fn nested_article(b: &mut Builder, art: &Value, ai: usize) -> Result<()> {
             for (i, a) in arr.iter().enumerate() {
                 let af = format!("{qf}.answers[{i}]");
                 let text = b.ctx.str_at(a, "text", &af)?.to_string();
-                let start = b.ctx.start(a.get("answer_start"), &format!("{af}.answer_start"))?;
+                let start = b
+                    .ctx
+                    .start(a.get("answer_start"), &format!("{af}.answer_start"))?;
                 raw.push((text, start));
             }
             let imp = impossible_flag(&b.ctx, qa, &qf)?;
@@ -235,7 +237,12 @@ fn flat_row(b: &mut Builder, row: &Value, i: usize) -> Result<()> {
     let ans = row
         .get("answers")
         .filter(|a| a.is_object())
-        .ok_or_else(|| b.ctx.err(&format!("{f}.answers"), "an object {text: [...], answer_start: [...]}"))?;
+        .ok_or_else(|| {
+            b.ctx.err(
+                &format!("{f}.answers"),
+                "an object {text: [...], answer_start: [...]}",
+            )
+        })?;
     let list = |key: &str| -> Result<&Vec<Value>> {
         ans.get(key)
             .and_then(Value::as_array)
@@ -257,7 +264,9 @@ fn flat_row(b: &mut Builder, row: &Value, i: usize) -> Result<()> {
         let text = t
             .as_str()
             .ok_or_else(|| b.ctx.err(&format!("{f}.answers.text[{k}]"), "a string"))?;
-        let start = b.ctx.start(Some(s), &format!("{f}.answers.answer_start[{k}]"))?;
+        let start = b
+            .ctx
+            .start(Some(s), &format!("{f}.answers.answer_start[{k}]"))?;
         raw.push((text.to_string(), start));
     }
     let imp = impossible_flag(&b.ctx, row, &f)?;

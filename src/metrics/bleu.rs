@@ -69,7 +69,10 @@ fn sub2(s: &str, a: impl Fn(char) -> bool, b: impl Fn(char) -> bool, pre: bool) 
 
 /// sacrebleu's `Tokenizer13a` (mteval-v13a).
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut line = line
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
@@ -253,7 +256,13 @@ pub fn corpus_bleu(
     let mut totals = [0; MAX_NGRAM_ORDER];
     counts.copy_from_slice(&sum[2..2 + MAX_NGRAM_ORDER]);
     totals.copy_from_slice(&sum[2 + MAX_NGRAM_ORDER..]);
-    Ok(compute_bleu(counts, totals, sum[0], sum[1], opts.effective_order))
+    Ok(compute_bleu(
+        counts,
+        totals,
+        sum[0],
+        sum[1],
+        opts.effective_order,
+    ))
 }
 
 /// `sacrebleu.sentence_bleu(hypothesis, references)`: exp smoothing with effective order.

@@ -60,13 +60,21 @@ fn apply_rules(word: &[u8], rules: &[(&[u8], &[u8], Cond)]) -> Vec<u8> {
         if suffix == b"*d" {
             if ends_double_cons(word) {
                 let stem = &word[..word.len() - 2];
-                return if ok(stem) { cat(stem, repl) } else { word.to_vec() };
+                return if ok(stem) {
+                    cat(stem, repl)
+                } else {
+                    word.to_vec()
+                };
             }
             continue;
         }
         if word.ends_with(suffix) {
             let stem = &word[..word.len() - suffix.len()];
-            return if ok(stem) { cat(stem, repl) } else { word.to_vec() };
+            return if ok(stem) {
+                cat(stem, repl)
+            } else {
+                word.to_vec()
+            };
         }
     }
     word.to_vec()
@@ -86,7 +94,12 @@ fn step1a(w: &[u8]) -> Vec<u8> {
     }
     apply_rules(
         w,
-        &[(b"sses", b"ss", None), (b"ies", b"i", None), (b"ss", b"ss", None), (b"s", b"", None)],
+        &[
+            (b"sses", b"ss", None),
+            (b"ies", b"i", None),
+            (b"ss", b"ss", None),
+            (b"s", b"", None),
+        ],
     )
 }
 
@@ -97,7 +110,11 @@ fn step1b(w: &[u8]) -> Vec<u8> {
     }
     if w.ends_with(b"eed") {
         let stem = &w[..w.len() - 3];
-        return if measure(stem) > 0 { cat(stem, b"ee") } else { w.to_vec() };
+        return if measure(stem) > 0 {
+            cat(stem, b"ee")
+        } else {
+            w.to_vec()
+        };
     }
     let mut inter: Option<&[u8]> = None;
     for suffix in [&b"ed"[..], b"ing"] {
@@ -109,7 +126,9 @@ fn step1b(w: &[u8]) -> Vec<u8> {
             }
         }
     }
-    let Some(inter) = inter else { return w.to_vec() };
+    let Some(inter) = inter else {
+        return w.to_vec();
+    };
     let last = [inter[inter.len() - 1]];
     let not_lsz = |_: &[u8]| !matches!(last[0], b'l' | b's' | b'z');
     let add_e = |s: &[u8]| measure(s) == 1 && ends_cvc(s);

@@ -70,7 +70,11 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
                 t.to_string()
             }
         })
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .filter(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         .collect()
 }
 
@@ -88,10 +92,16 @@ fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], usize> {
 pub fn rouge_n(target: &[String], prediction: &[String], n: usize) -> Score {
     let t = ngrams(target, n);
     let p = ngrams(prediction, n);
-    let inter: usize = t.iter().map(|(g, c)| (*c).min(p.get(g).copied().unwrap_or(0))).sum();
+    let inter: usize = t
+        .iter()
+        .map(|(g, c)| (*c).min(p.get(g).copied().unwrap_or(0)))
+        .sum();
     let tc: usize = t.values().sum();
     let pc: usize = p.values().sum();
-    Score::new(inter as f64 / pc.max(1) as f64, inter as f64 / tc.max(1) as f64)
+    Score::new(
+        inter as f64 / pc.max(1) as f64,
+        inter as f64 / tc.max(1) as f64,
+    )
 }
 
 fn lcs_table(r: &[String], c: &[String]) -> Vec<Vec<usize>> {
@@ -202,7 +212,11 @@ pub fn score(target: &str, prediction: &str, use_stemmer: bool) -> RougeScores {
 
 /// Mean of each precision/recall/F over pairs (a plain left-to-right mean, not the
 /// bootstrap "mid" of `BootstrapAggregator`).
-pub fn mean_scores(targets: &[String], predictions: &[String], use_stemmer: bool) -> Result<RougeScores> {
+pub fn mean_scores(
+    targets: &[String],
+    predictions: &[String],
+    use_stemmer: bool,
+) -> Result<RougeScores> {
     if targets.len() != predictions.len() {
         return Err(Error::msg(format!(
             "rouge: {} references but {} predictions; they must pair up one to one",

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 
 use unicode_categories::UnicodeCategories;
 
-
 use super::{py_float_repr, py_split};
 use crate::error::{Error, Result};
 
@@ -166,7 +165,9 @@ pub fn f1_v2(gold: &str, prediction: &str) -> f64 {
 
 fn max_over(scores: impl Iterator<Item = f64>) -> Option<f64> {
     // Python's max keeps the first of equal values; for numbers that is invisible.
-    scores.fold(None, |m, s| Some(m.map_or(s, |m: f64| if s > m { s } else { m })))
+    scores.fold(None, |m, s| {
+        Some(m.map_or(s, |m: f64| if s > m { s } else { m }))
+    })
 }
 
 /// Python-dict-like map: a repeated key keeps its first position, takes the last value.
@@ -230,7 +231,9 @@ impl V1Result {
 pub fn evaluate_v1(gold: &[GoldQuestion], preds: &HashMap<String, String>) -> Result<V1Result> {
     let total = gold.len();
     if total == 0 {
-        return Err(Error::msg("SQuAD v1.1 evaluation: the dataset has no questions"));
+        return Err(Error::msg(
+            "SQuAD v1.1 evaluation: the dataset has no questions",
+        ));
     }
     let (mut em, mut f1, mut unanswered) = (0.0f64, 0.0f64, Vec::new());
     for q in gold {
@@ -238,7 +241,11 @@ pub fn evaluate_v1(gold: &[GoldQuestion], preds: &HashMap<String, String>) -> Re
             unanswered.push(q.id.clone());
             continue;
         };
-        let best_em = max_over(q.answers.iter().map(|g| f64::from(u8::from(exact_match(pred, g)))));
+        let best_em = max_over(
+            q.answers
+                .iter()
+                .map(|g| f64::from(u8::from(exact_match(pred, g)))),
+        );
         let best_f1 = max_over(q.answers.iter().map(|g| f1_v1(pred, g)));
         match (best_em, best_f1) {
             (Some(e), Some(f)) => {
@@ -287,7 +294,10 @@ pub struct V2Result {
 
 impl V2Result {
     pub fn get(&self, key: &str) -> Option<f64> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.value())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.value())
     }
     /// Exactly what `evaluate-v2.0.py` prints: `json.dumps(out_eval, indent=2)`.
     pub fn official_stdout(&self) -> String {
@@ -383,8 +393,16 @@ pub fn evaluate_v2(
     for q in gold {
         has_ans.insert(&q.id, !q.answers.is_empty());
     }
-    let has_ids: Vec<String> = has_ans.iter().filter(|(_, v)| **v).map(|(k, _)| k.to_string()).collect();
-    let no_ids: Vec<String> = has_ans.iter().filter(|(_, v)| !**v).map(|(k, _)| k.to_string()).collect();
+    let has_ids: Vec<String> = has_ans
+        .iter()
+        .filter(|(_, v)| **v)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let no_ids: Vec<String> = has_ans
+        .iter()
+        .filter(|(_, v)| !**v)
+        .map(|(k, _)| k.to_string())
+        .collect();
 
     let (mut exact_raw, mut f1_raw) = (OrderedMap::default(), OrderedMap::default());
     for q in gold {
@@ -399,9 +417,16 @@ pub fn evaluate_v2(
         }
         let Some(pred) = preds.get(&q.id) else {
             // The official script prints this and then dies on a KeyError; we stop here.
-            return Err(Error::msg(format!("SQuAD v2.0: missing prediction for {}", q.id)));
+            return Err(Error::msg(format!(
+                "SQuAD v2.0: missing prediction for {}",
+                q.id
+            )));
         };
-        let em = max_over(golds.iter().map(|g| f64::from(u8::from(exact_match(g, pred)))));
+        let em = max_over(
+            golds
+                .iter()
+                .map(|g| f64::from(u8::from(exact_match(g, pred)))),
+        );
         let f1 = max_over(golds.iter().map(|g| f1_v2(g, pred)));
         exact_raw.insert(&q.id, em.unwrap_or(0.0));
         f1_raw.insert(&q.id, f1.unwrap_or(0.0));

@@ -83,15 +83,19 @@ impl SquadGold {
                     .and_then(|a| a.get("text"))
                     .and_then(Value::as_array)
                     .ok_or_else(|| {
-                        err(source, &format!("{f}.answers.text"), "an array (or use `paragraphs`)")
+                        err(
+                            source,
+                            &format!("{f}.answers.text"),
+                            "an array (or use `paragraphs`)",
+                        )
                     })?;
                 let answers = texts
                     .iter()
                     .enumerate()
                     .map(|(i, t)| {
-                        t.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| err(source, &format!("{f}.answers.text[{i}]"), "a string"))
+                        t.as_str().map(str::to_string).ok_or_else(|| {
+                            err(source, &format!("{f}.answers.text[{i}]"), "a string")
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 saw_impossible |= art.get("is_impossible").is_some();
@@ -127,7 +131,9 @@ impl SquadGold {
 /// Predictions `{question id: answer text}`; a repeated id keeps the last text.
 pub fn parse_predictions(text: &str, source: &str) -> Result<HashMap<String, String>> {
     let raw: HashMap<String, Value> = serde_json::from_str(text).map_err(|e| {
-        Error::msg(format!("{source}: expected a JSON object {{id: answer text}}: {e}"))
+        Error::msg(format!(
+            "{source}: expected a JSON object {{id: answer text}}: {e}"
+        ))
     })?;
     raw.into_iter()
         .map(|(k, v)| match v {

@@ -269,3 +269,51 @@ fn squad_normalization_details() {
     assert_eq!(squad::f1_v2("", ""), 1.0);
     assert_eq!(squad::f1_v2("the", "x"), 0.0);
 }
+
+#[test]
+fn fuzzed_texts_match_rouge_score_and_sacrebleu() {
+    // 150 seeded random pairs mixing unicode, punctuation, numbers, articles and newlines.
+    let fx = fixture("metrics_reference.json");
+    let fz = &fx["fuzz"];
+    let rouge_cases = fz["rouge"].as_array().expect("rouge");
+    assert_eq!(rouge_cases.len(), 300);
+    for (i, c) in rouge_cases.iter().enumerate() {
+        let stem = c["stemmer"].as_bool().expect("bool");
+        let got = rouge::score(&s(&c["target"]), &s(&c["prediction"]), stem);
+        check_all(&format!("fuzz {i} (stemmer={stem})"), &got, &c["scores"]);
+    }
+    let sent = fz["bleu_sentence"].as_array().expect("sentence");
+    assert_eq!(sent.len(), 150);
+    for (i, c) in sent.iter().enumerate() {
+        let got = bleu::sentence_bleu(&s(&c["hyp"]), &strings(&c["refs"])).expect("bleu");
+        check_bleu(&format!("fuzz sentence {i}"), &got, &c["result"]);
+    }
+    let c = &fz["bleu_corpus"];
+    let refs: Vec<Vec<String>> = c["refs"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(strings)
+        .collect();
+    let got = bleu::corpus_bleu(&strings(&c["hyps"]), &refs, &Default::default()).expect("bleu");
+    check_bleu("fuzz corpus", &got, &c["result"]);
+}
+
+#[test]
+fn squad_scores_match_official_functions_on_random_pairs() {
+    // 300 seeded random (prediction, gold) pairs scored by the official functions.
+    let fx = fixture("squad_official_outputs.json");
+    let pairs = fx["score_pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 300);
+    for c in pairs {
+        let (pred, gold) = (s(&c["pred"]), s(&c["gold"]));
+        let what = format!("pred {pred:?} gold {gold:?}");
+        assert_eq!(
+            squad::exact_match(&pred, &gold),
+            c["v1_exact"].as_bool().expect("b"),
+            "{what}"
+        );
+        assert_eq!(squad::f1_v1(&pred, &gold), f(&c["v1_f1"]), "v1 f1 {what}");
+        assert_eq!(squad::f1_v2(&gold, &pred), f(&c["v2_f1"]), "v2 f1 {what}");
+    }
+}

@@ -188,6 +188,46 @@ def bleu_cases():
     return corpus, sentence, tokenized
 
 
+FUZZ_VOCAB = ("the a an The A running runner runs ran generalization relational hopping "
+              "happily sky skies dying news cat cats dog's dogs' 2019 3.5 1,000 3-4 12km "
+              "caf\u00e9 na\u00efve \u0130stanbul \u212aelvin \u00fcber \u65e5\u672c \u0915\u0947 "
+              "-- ( ) [ ] { } & &amp; &quot; < > , . ! ? ; : ' \" ` ~ @ # $ % ^ * _ + = / \\ | "
+              "\u2014 \u2019 \u201c \u201d \u00ab \u00bb \u3002 \u00a0 \t U.S. e.g. x,y a.b "
+              "connection connections connected investigations revealed police arrested").split(" ")
+
+
+def fuzz_texts(rng, n):
+    out = []
+    for _ in range(n):
+        words = [rng.choice(FUZZ_VOCAB) for _ in range(rng.randint(0, 25))]
+        text = ""
+        for w in words:
+            text += w + rng.choice([" ", " ", " ", "", "\n"])
+        out.append(text)
+    return out
+
+
+def fuzz_cases(scorers):
+    import random
+    rng = random.Random(1234)
+    tg, pr = fuzz_texts(rng, 150), fuzz_texts(rng, 150)
+    # make some pairs overlap heavily
+    for i in range(0, 150, 3):
+        pr[i] = " ".join(tg[i].split(" ")[: max(1, len(tg[i].split(" ")) - 2)]) + " extra"
+    rouge = []
+    for t, p in zip(tg, pr):
+        for stem in (False, True):
+            s = scorers[stem].score(t, p)
+            rouge.append({"target": t, "prediction": p, "stemmer": stem,
+                          "scores": {k: [s[k].precision, s[k].recall, s[k].fmeasure] for k in TYPES}})
+    sent = [{"hyp": p, "refs": [t], "result": bleu_dict(sacrebleu.sentence_bleu(p, [t]))}
+            for t, p in zip(tg, pr)]
+    hyps = [p.replace("\n", " ") for p in pr]
+    refs = [t.replace("\n", " ") for t in tg]
+    corpus = {"hyps": hyps, "refs": [refs], "result": bleu_dict(sacrebleu.corpus_bleu(hyps, [refs]))}
+    return {"rouge": rouge, "bleu_sentence": sent, "bleu_corpus": corpus}
+
+
 def main():
     scorers = {s: rouge_scorer.RougeScorer(TYPES, use_stemmer=s) for s in (False, True)}
     corpus, sentence, tokenized = bleu_cases()
@@ -200,6 +240,7 @@ def main():
         "bleu_corpus": corpus,
         "bleu_sentence": sentence,
         "tokenize_13a": tokenized,
+        "fuzz": fuzz_cases(scorers),
     }
     path = os.path.join(ROOT, "tests", "fixtures", "metrics_reference.json")
     with open(path, "w", encoding="utf-8") as f:

@@ -159,14 +159,36 @@ def main():
 
     import importlib.util
     norm = {}
+    mods = {}
     for script in ("evaluate-v1.1.py", "evaluate-v2.0.py"):
         spec = importlib.util.spec_from_file_location("official", os.path.join(OFFICIAL, script))
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         norm[script] = {t: mod.normalize_answer(t) for t in NORMALIZE_CASES}
+        mods[script] = mod
+
+    import random
+    rng = random.Random(99)
+    vocab = ("the a an The A An THE Paris paris 1,000 3.5 U.S. e.g. _x caf\u00e9 "
+             "\u0130stanbul \u0915\u0947a \u00fcber - -- ' \" . , ! ? ( ) \u2014 \u00a0 "
+             "theater another an_apple \u00bd x y z").split(" ")
+    pairs = []
+    for _ in range(300):
+        def txt():
+            return "".join(rng.choice(vocab) + rng.choice([" ", " ", "", "  "])
+                           for _ in range(rng.randint(0, 8)))
+        pred, gold = txt(), txt()
+        if rng.random() < 0.3:
+            gold = pred.upper()
+        v1, v2 = mods["evaluate-v1.1.py"], mods["evaluate-v2.0.py"]
+        pairs.append({"pred": pred, "gold": gold,
+                      "v1_exact": bool(v1.exact_match_score(pred, gold)),
+                      "v1_f1": float(v1.f1_score(pred, gold)),
+                      "v2_exact": int(v2.compute_exact(gold, pred)),
+                      "v2_f1": float(v2.compute_f1(gold, pred))})
 
     out = {"generated_by": "tools/squad_eval/make_squad_fixtures.py",
-           "normalize_answer": norm,
+           "normalize_answer": norm, "score_pairs": pairs,
            "official_scripts": "see tools/squad_eval/README.md",
            "python": sys.version.split()[0], "cases": cases}
     path = os.path.join(ROOT, "tests", "fixtures", "squad_official_outputs.json")

@@ -133,7 +133,8 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
     let body = r#"{"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Café au lait, s'il vous plaît.",
         "qas": [{"id": "good", "question": "q?", "answers": [{"text": "au lait", "answer_start": 5}]},
                 {"id": "bad", "question": "q?", "answers": [{"text": "au lait", "answer_start": 6}]},
-                {"id": "past-end", "question": "q?", "answers": [{"text": "plaît.x", "answer_start": 24}]}]}]}]}"#;
+                {"id": "past-end", "question": "q?", "answers": [{"text": "plaît.x", "answer_start": 24}]},
+                {"id": "huge", "question": "q?", "answers": [{"text": "x", "answer_start": 18446744073709551615}]}]}]}]}"#;
     let p = tmp("mismatch.json", body);
     let e = squad::load_squad(&p, SquadOptions::default())
         .unwrap_err()
@@ -150,7 +151,7 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
     assert_eq!(load.examples.len(), 1);
     assert_eq!(load.examples[0].answers[0].byte_start, 6);
     let skipped: Vec<&str> = load.skipped.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(skipped, ["bad", "past-end"]);
+    assert_eq!(skipped, ["bad", "past-end", "huge"]);
     assert!(load.skipped[1].reason.contains("past the end"));
 }
 

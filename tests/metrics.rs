@@ -317,3 +317,38 @@ fn squad_scores_match_official_functions_on_random_pairs() {
         assert_eq!(squad::f1_v2(&gold, &pred), f(&c["v2_f1"]), "v2 f1 {what}");
     }
 }
+
+#[test]
+fn rouge_asset_pairs_match_sources_md() {
+    // The values shared/assets/SOURCES.md lists for metrics/rouge (rouge-score 0.1.2, no
+    // stemmer), rounded there to 5 digits.
+    let Some(a) = assets() else { return };
+    let read = |n: &str| -> Vec<String> {
+        std::fs::read_to_string(a.join("metrics/rouge").join(n))
+            .expect("rouge asset")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let (t, p) = (read("target.txt"), read("prediction.txt"));
+    let want = [
+        [
+            [0.6875, 0.40741, 0.51163],
+            [0.53333, 0.30769, 0.39024],
+            [0.6875, 0.40741, 0.51163],
+        ],
+        [
+            [0.65385, 0.40476, 0.5],
+            [0.48, 0.29268, 0.36364],
+            [0.65385, 0.40476, 0.5],
+        ],
+    ];
+    for (i, w) in want.iter().enumerate() {
+        let got = rouge::score(&t[i], &p[i], false);
+        for (sc, wv) in [got.rouge1, got.rouge2, got.rouge_l].iter().zip(w) {
+            for (g, x) in [sc.precision, sc.recall, sc.fmeasure].iter().zip(wv) {
+                assert!((g - x).abs() < 5e-6, "pair {}: {g} vs {x}", i + 1);
+            }
+        }
+    }
+}

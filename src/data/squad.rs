@@ -112,7 +112,7 @@ fn char_starts(context: &str) -> Vec<usize> {
 /// Checks one answer; `Err(reason)` describes the mismatch.
 fn locate(context: &str, starts: &[usize], text: &str, start: usize) -> Result<usize, String> {
     let n = text.chars().count();
-    let end = start.checked_add(n).unwrap_or(usize::MAX);
+    let end = start.saturating_add(n);
     let (Some(&b0), Some(&b1)) = (starts.get(start), starts.get(end)) else {
         return Err(format!(
             "answer {text:?} at char {start} runs past the end of the context ({} chars)",

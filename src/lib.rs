@@ -1,7 +1,9 @@
 //! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod shape;
 
 pub use error::{Error, Result};

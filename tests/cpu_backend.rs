@@ -516,6 +516,24 @@ fn attention_forward() {
         .unwrap();
     close("attention plain out", &vals(&o), &ro, 1e-12);
     close("attention plain lse", &vals(&l), &rl, 1e-12);
+    // Causal with lq > lk: queries 0..=3 see no key at all (j <= i - 4).
+    let tall = AttnSpec {
+        b: 1,
+        h: 2,
+        lq: 7,
+        lk: 3,
+        d: 5,
+        scale: 1.0,
+        causal: true,
+    };
+    let (q2, k2, v2) = (rng.vec(70, 1.0), rng.vec(30, 1.0), rng.vec(30, 1.0));
+    let (ro, rl) = naive_attention(&q2, &k2, &v2, &[1; 3], &[0.0; 42], &tall);
+    let (o, l) = f64s(&q2)
+        .attention(&f64s(&k2), &f64s(&v2), None, None, &tall)
+        .unwrap();
+    close("attention tall causal out", &vals(&o), &ro, 1e-12);
+    close("attention tall causal lse", &vals(&l), &rl, 1e-12);
+    assert_eq!(vals(&l).iter().filter(|x| x.is_infinite()).count(), 8);
     assert!(f64s(&q)
         .attention(&f64s(&k), &f64s(&v), Some(&ids(&mask[..7])), None, &s)
         .is_err());

@@ -390,6 +390,9 @@ fn attention_q_k_v_bias() {
     for g in [&dq, &dk, &dv, &db] {
         assert!(vals(g).iter().all(|v| v.is_finite()), "non-finite gradient");
     }
+    // The fully masked query (b 1, i 0) gets no gradient, in any head.
+    let row = s.lq * s.h * s.d;
+    assert!(vals(&dq)[row..row + s.h * s.d].iter().all(|&x| x == 0.0));
 }
 
 /// Without mask, bias or causal, and with lq > lk, to cover the plain BERT path.

@@ -768,3 +768,52 @@ fn span_search_matches_brute_force() {
         .span_search(&f64s(&e[1..]), &ids(&allowed), cols, max_len, top_k)
         .is_err());
 }
+
+#[test]
+fn empty_and_degenerate_shapes_do_not_panic() {
+    let e = f64s(&[]);
+    let g = f64s(&[1.0; 7]);
+    assert_eq!(e.softmax(7).unwrap().len(), 0);
+    assert_eq!(e.softmax(0).unwrap().len(), 0);
+    assert!(f64s(&[1.0]).softmax(0).is_err());
+    assert_eq!(e.layer_norm(&g, &g, 7, 1e-5).unwrap().0.len(), 0);
+    assert_eq!(e.rms_norm(&g, 7, 1e-5).unwrap().1.len(), 0);
+    assert_eq!(e.index_add(&ids(&[]), 3, 0).unwrap().len(), 0);
+    assert_eq!(e.index_add(&ids(&[]), 3, 2).unwrap().len(), 6);
+    assert_eq!(e.index_select(&ids(&[]), 4).unwrap().len(), 0);
+    let s = MatmulSpec {
+        batch: 0,
+        ..MatmulSpec::plain(2, 3, 4)
+    };
+    assert_eq!(e.matmul(&e, &s).unwrap().len(), 0);
+    assert_eq!(e.permute(&[0, 3], &[1, 0]).unwrap().len(), 0);
+    assert_eq!(e.sum_all().unwrap().to_vec_f64().unwrap(), vec![0.0]);
+    let (loss, _) = e.cross_entropy(&ids(&[]), 7, -100).unwrap();
+    assert_eq!(loss.to_vec_f64().unwrap(), vec![0.0]);
+    assert!(e.argmax_last(0).is_err());
+    let a = AttnSpec {
+        b: 0,
+        h: 2,
+        lq: 3,
+        lk: 4,
+        d: 5,
+        scale: 1.0,
+        causal: true,
+    };
+    let (o, l) = e.attention(&e, &e, None, None, &a).unwrap();
+    assert_eq!((o.len(), l.len()), (0, 0));
+    let a = AttnSpec {
+        b: 1,
+        h: 1,
+        lq: 2,
+        lk: 0,
+        d: 3,
+        scale: 1.0,
+        causal: false,
+    };
+    let (o, l) = f64s(&[1.0; 6]).attention(&e, &e, None, None, &a).unwrap();
+    assert_eq!(vals(&o), vec![0.0; 6]);
+    assert!(vals(&l).iter().all(|x| *x == f64::NEG_INFINITY));
+    let sp = e.span_search(&e, &ids(&[]), 0, 15, 5).unwrap();
+    assert!(sp.is_empty());
+}

@@ -482,6 +482,8 @@ fn attention_forward() {
         d: 4,
         scale: 0.5,
         causal: true,
+        dropout: 0.0,
+        seed: 0,
     };
     let (nq, nk) = (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d);
     let (q, k, v) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0));
@@ -525,6 +527,8 @@ fn attention_forward() {
         d: 5,
         scale: 1.0,
         causal: true,
+        dropout: 0.0,
+        seed: 0,
     };
     let (q2, k2, v2) = (rng.vec(70, 1.0), rng.vec(30, 1.0), rng.vec(30, 1.0));
     let (ro, rl) = naive_attention(&q2, &k2, &v2, &[1; 3], &[0.0; 42], &tall);
@@ -798,6 +802,8 @@ fn empty_and_degenerate_shapes_do_not_panic() {
         d: 5,
         scale: 1.0,
         causal: true,
+        dropout: 0.0,
+        seed: 0,
     };
     let (o, l) = e.attention(&e, &e, None, None, &a).unwrap();
     assert_eq!((o.len(), l.len()), (0, 0));
@@ -809,6 +815,8 @@ fn empty_and_degenerate_shapes_do_not_panic() {
         d: 3,
         scale: 1.0,
         causal: false,
+        dropout: 0.0,
+        seed: 0,
     };
     let (o, l) = f64s(&[1.0; 6]).attention(&e, &e, None, None, &a).unwrap();
     assert_eq!(vals(&o), vec![0.0; 6]);

@@ -153,6 +153,27 @@ fn scatter<T: Real>(dst: &mut [T], src: &[T], b: usize, h: usize, l: usize, s: &
     }
 }
 
+/// The dropout multipliers Z (0 or 1/(1−p)) of one (b, h) pair as an `lq×lk` block, or
+/// None without dropout. Same index as kernels/attention.cu.
+fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> {
+    if s.dropout <= 0.0 {
+        return None;
+    }
+    let keep_scale = T::of(1.0 / (1.0 - s.dropout as f64));
+    let base = ((bi * s.h + hi) * s.lq * s.lk) as u64;
+    Some(
+        (0..(s.lq * s.lk) as u64)
+            .map(|i| {
+                if crate::backend::dropout_keep(s.seed, base + i, s.dropout) {
+                    keep_scale
+                } else {
+                    T::zero()
+                }
+            })
+            .collect(),
+    )
+}
+
 pub(super) fn attention<T: Real>(
     q: &CpuStorage,
     k: &CpuStorage,
@@ -191,6 +212,9 @@ pub(super) fn attention<T: Real>(
                     let inv = T::one() / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                     l[i] = m + sum.ln();
+                }
+                if let Some(z) = dropout_scale::<T>(spec, bi, hi) {
+                    p.iter_mut().zip(&z).for_each(|(x, z)| *x *= *z);
                 }
                 let mut o = vec![T::zero(); lq * d];
                 gemm_strided(
@@ -283,6 +307,12 @@ pub(super) fn attention_backward<T: Real>(
                     false,
                     Parallelism::None,
                 )?;
+                // With dropout Z: O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
+                // dV = (P∘Z)ᵀ·dO.
+                let z = dropout_scale::<T>(spec, bi, hi);
+                if let Some(z) = &z {
+                    ds.iter_mut().zip(z).for_each(|(x, z)| *x *= *z);
+                }
                 for i in 0..lq {
                     let r = (bi * lq + i) * hd + hi * d;
                     let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
@@ -291,6 +321,15 @@ pub(super) fn attention_backward<T: Real>(
                         ds[x] = p[x] * (ds[x] - di);
                     }
                 }
+                let pz: std::borrow::Cow<[T]> = match &z {
+                    Some(z) => p
+                        .iter()
+                        .zip(z)
+                        .map(|(p, z)| *p * *z)
+                        .collect::<Vec<T>>()
+                        .into(),
+                    None => (&p[..]).into(),
+                };
                 let mut gq = vec![T::zero(); lq * d];
                 let mut gk = vec![T::zero(); lk * d];
                 let mut gv = vec![T::zero(); lk * d];
@@ -335,7 +374,7 @@ pub(super) fn attention_backward<T: Real>(
                     (lk, d, lq),
                     &mut gv,
                     out_rows,
-                    &p,
+                    &pz,
                     ds_t,
                     dout,
                     q_rows,

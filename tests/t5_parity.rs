@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::{backward, Grads};
-use fusebox::models::t5::{DecoderCache, Mode, T5ForConditionalGeneration};
+use fusebox::models::t5::{DecoderCache, Dropout, Mode, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
@@ -74,12 +74,14 @@ fn tol_for(n: usize) -> f64 {
     }
 }
 
-#[test]
-fn forward_loss_and_gradients_match_transformers() {
+/// Logits, loss and every gradient against the fixture, with attention fused (the
+/// attention op) or unfused (HF's eager formula, the path training with dropout takes).
+fn check_forward_backward(unfused: bool) {
     for name in MODELS {
         let Some((model, io)) = load(name) else {
             continue;
         };
+        let name = &format!("{name} (unfused attention: {unfused})");
         let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
         // _shift_right
         let dec_in = model.shift_right(labels).unwrap();
@@ -88,7 +90,20 @@ fn forward_loss_and_gradients_match_transformers() {
             io["decoder_input_ids"].to_vec_i32().unwrap(),
             "{name}: shift_right"
         );
-        let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
+        let (loss, logits) = if unfused {
+            let drop = Dropout::off().with_unfused_attention();
+            let enc = model.encode(ids, Some(mask), &drop).unwrap();
+            let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
+            let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
+            let loss = logits
+                .reshape([b * l, v])
+                .unwrap()
+                .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
+                .unwrap();
+            (loss, logits)
+        } else {
+            model.loss(ids, Some(mask), labels, Mode::Eval).unwrap()
+        };
         assert_eq!(logits.dims(), io["logits"].dims(), "{name}: logits shape");
         assert_close(
             &format!("{name}: logits"),
@@ -97,16 +112,22 @@ fn forward_loss_and_gradients_match_transformers() {
             1e-5,
             0.0,
         );
-        assert_close(&format!("{name}: loss"), &f32s(&loss), &f32s(&io["loss"]), 1e-5, 0.0);
+        assert_close(
+            &format!("{name}: loss"),
+            &f32s(&loss),
+            &f32s(&io["loss"]),
+            1e-5,
+            0.0,
+        );
 
         let grads = backward(&loss).unwrap();
         let params = model.trainable();
         let ours: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let theirs: Vec<&str> = io
-            .keys()
-            .filter_map(|k| k.strip_prefix("grad."))
-            .collect();
-        assert_eq!(ours, theirs, "{name}: parameter names (ours vs named_parameters)");
+        let theirs: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
+        assert_eq!(
+            ours, theirs,
+            "{name}: parameter names (ours vs named_parameters)"
+        );
         for (pname, p) in &params {
             let g = grads
                 .get(p)
@@ -122,6 +143,16 @@ fn forward_loss_and_gradients_match_transformers() {
             );
         }
     }
+}
+
+#[test]
+fn forward_loss_and_gradients_match_transformers() {
+    check_forward_backward(false);
+}
+
+#[test]
+fn unfused_attention_matches_transformers() {
+    check_forward_backward(true);
 }
 
 #[test]
@@ -182,7 +213,11 @@ fn greedy_and_beam_generate_match_transformers() {
                 .collect()
         };
         let greedy = generate(&model, ids, Some(mask), &gen_cfg(&model, 1)).unwrap();
-        assert_eq!(greedy.sequences, rows(&io["generate.greedy"]), "{name}: greedy");
+        assert_eq!(
+            greedy.sequences,
+            rows(&io["generate.greedy"]),
+            "{name}: greedy"
+        );
         let beam = generate(&model, ids, Some(mask), &gen_cfg(&model, 3)).unwrap();
         assert_eq!(beam.sequences, rows(&io["generate.beam"]), "{name}: beam");
         let scores = beam.scores.expect("beam search returns scores");
@@ -240,11 +275,15 @@ fn save_and_reload_round_trip() {
         };
         let dir = std::env::temp_dir().join(format!("fusebox_t5_{}_{name}", std::process::id()));
         model.save(&dir).unwrap();
-        let names: Vec<String> = safetensors_io::load(&dir.join("model.safetensors"), DType::F32, Device::Cpu)
-            .unwrap()
-            .into_keys()
-            .collect();
-        assert!(!names.iter().any(|n| n.contains("embed_tokens")), "{name}: aliases saved");
+        let names: Vec<String> =
+            safetensors_io::load(&dir.join("model.safetensors"), DType::F32, Device::Cpu)
+                .unwrap()
+                .into_keys()
+                .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("embed_tokens")),
+            "{name}: aliases saved"
+        );
         assert_eq!(
             names.contains(&"lm_head.weight".to_string()),
             !model.lm_head_is_tied(),
@@ -312,7 +351,10 @@ fn unsupported_feed_forward_is_a_clear_error() {
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
     std::fs::write(
         dir.join("config.json"),
-        cfg.replace("\"feed_forward_proj\": \"relu\"", "\"feed_forward_proj\": \"gated-silu\""),
+        cfg.replace(
+            "\"feed_forward_proj\": \"relu\"",
+            "\"feed_forward_proj\": \"gated-silu\"",
+        ),
     )
     .unwrap();
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
@@ -321,7 +363,9 @@ fn unsupported_feed_forward_is_a_clear_error() {
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("config.json") && err.contains("feed_forward_proj") && err.contains("gated-silu"),
+        err.contains("config.json")
+            && err.contains("feed_forward_proj")
+            && err.contains("gated-silu"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
@@ -409,7 +453,10 @@ fn t5_small_tokenizer_matches_transformers() {
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
     let path = assets.join("tokenizers/t5-small/tokenizer.json");
     if !path.exists() {
-        eprintln!("skipping: {} not found (set FUSEBOX_ASSETS)", path.display());
+        eprintln!(
+            "skipping: {} not found (set FUSEBOX_ASSETS)",
+            path.display()
+        );
         return;
     }
     let tok = tokenizers::Tokenizer::from_file(&path).unwrap();

@@ -175,7 +175,7 @@ impl T5Config {
                 self.dropout_rate
             )));
         }
-        if !(self.layer_norm_epsilon >= 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon < 0.0 {
             return Err(Error::msg(format!(
                 "{origin}: field `layer_norm_epsilon` is {}; expected a non-negative number",
                 self.layer_norm_epsilon

@@ -10,7 +10,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-use super::layers::Dropout;
+use super::layers::{t5_opts, Dropout};
 use super::T5ForConditionalGeneration;
 
 /// Encoder output of a batch, with every decoder layer's cross-attention K/V.
@@ -174,7 +174,13 @@ impl T5ForConditionalGeneration {
                     Tensor::cat(&[v_old, &v_new], 1)?,
                 )
             };
-            let out = a.attend(&x, &k, &v, true, None, Some(&bias))?;
+            let out = a.attend(
+                &x,
+                &k,
+                &v,
+                t5_opts(true, None, Some(&bias)),
+                &Dropout::off(),
+            )?;
             if first {
                 cache.kv.push((k, v));
             } else {
@@ -187,7 +193,8 @@ impl T5ForConditionalGeneration {
                 .ok_or_else(|| Error::msg("T5: a decoder block has no cross-attention"))?;
             let (ck, cv) = &enc.cross_kv[i];
             let x = norm.forward(&h)?;
-            h = h.add(&cross.attend(&x, ck, cv, false, enc.mask.as_ref(), None)?)?;
+            let opt = t5_opts(false, enc.mask.as_ref(), None);
+            h = h.add(&cross.attend(&x, ck, cv, opt, &Dropout::off())?)?;
             h = blk.ff_residual(&h, &Dropout::off())?;
         }
         cache.len += 1;

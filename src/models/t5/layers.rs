@@ -75,6 +75,7 @@ pub struct Dropout {
     p: f32,
     seed: Option<u64>,
     counter: Cell<u64>,
+    force_unfused: bool,
 }
 
 impl Dropout {
@@ -83,7 +84,19 @@ impl Dropout {
             p: p as f32,
             seed,
             counter: Cell::new(0),
+            force_unfused: false,
         }
+    }
+    /// Take the unfused attention path even without dropout (to test it against the
+    /// fused op).
+    pub fn with_unfused_attention(mut self) -> Dropout {
+        self.force_unfused = true;
+        self
+    }
+    /// HF also drops attention probabilities in training; the fused attention op has no
+    /// dropout, so then attention runs unfused (scores materialised, as HF's eager path).
+    pub fn unfused_attention(&self) -> bool {
+        self.force_unfused || self.active()
     }
     pub fn off() -> Dropout {
         Dropout::new(0.0, None)
@@ -155,23 +168,16 @@ impl T5Attention {
         x: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        causal: bool,
-        key_mask: Option<&Tensor>,
-        bias: Option<&Tensor>,
+        opt: AttnOptions<'_>,
+        drop: &Dropout,
     ) -> Result<Tensor> {
         let (b, lq) = (x.dims()[0], x.dims()[1]);
         let q = self.project(x, &self.q)?;
-        // T5 folds 1/√d into the initialisation of q, so the scores are unscaled.
-        let ctx = q.attention(
-            k,
-            v,
-            AttnOptions {
-                scale: 1.0,
-                causal,
-                key_mask,
-                bias,
-            },
-        )?;
+        let ctx = if drop.unfused_attention() {
+            attention_unfused(&q, k, v, opt, drop)?
+        } else {
+            q.attention(k, v, opt)?
+        };
         ctx.reshape([b, lq, self.heads * self.d_kv])?
             .linear(&self.o, None)
     }
@@ -181,14 +187,82 @@ impl T5Attention {
         &self,
         x: &Tensor,
         kv_src: &Tensor,
-        causal: bool,
-        key_mask: Option<&Tensor>,
-        bias: Option<&Tensor>,
+        opt: AttnOptions<'_>,
+        drop: &Dropout,
     ) -> Result<Tensor> {
         let k = self.project(kv_src, &self.k)?;
         let v = self.project(kv_src, &self.v)?;
-        self.attend(x, &k, &v, causal, key_mask, bias)
+        self.attend(x, &k, &v, opt, drop)
     }
+}
+
+/// T5's attention options: no 1/√d (T5 folds it into the initialisation of `q`).
+pub fn t5_opts<'a>(
+    causal: bool,
+    key_mask: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+) -> AttnOptions<'a> {
+    AttnOptions {
+        scale: 1.0,
+        causal,
+        key_mask,
+        bias,
+    }
+}
+
+/// HF's eager attention, op by op, with dropout on the probabilities:
+/// softmax(q·kᵀ + bias + mask) → dropout → ·v, with q, k, v `[B, L, H, D]`. Masked
+/// scores get `f32::MIN` added (HF adds `finfo.min`); the causal mask is end-aligned
+/// like the fused op's. Costs `[B, H, Lq, Lk]` activations, so it runs only in training
+/// with dropout.
+pub fn attention_unfused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opt: AttnOptions<'_>,
+    drop: &Dropout,
+) -> Result<Tensor> {
+    let (causal, key_mask, bias) = (opt.causal, opt.key_mask, opt.bias);
+    let (b, lq, h) = (q.dims()[0], q.dims()[1], q.dims()[2]);
+    let lk = k.dims()[1];
+    let qh = q.permute(&[0, 2, 1, 3])?; // [B, H, Lq, D]
+    let kt = k.permute(&[0, 2, 3, 1])?; // [B, H, D, Lk]
+    let mut scores = qh.matmul(&kt)?; // [B, H, Lq, Lk]
+    if opt.scale != 1.0 {
+        scores = scores.scale(opt.scale as f64)?;
+    }
+    if let Some(bias) = bias {
+        bias.expect_shape("T5 attention (bias)", &[h, lq, lk])?;
+        let one = bias.reshape([1, h * lq * lk])?;
+        let rep: Vec<&Tensor> = std::iter::repeat_n(&one, b).collect();
+        scores = scores.add(&Tensor::cat(&rep, 0)?.reshape([b, h, lq, lk])?)?;
+    }
+    if causal || key_mask.is_some() {
+        let keep = match key_mask {
+            Some(m) => m.to_vec_i32()?,
+            None => vec![1; b * lk],
+        };
+        let mut add = vec![0f32; b * h * lq * lk];
+        for bi in 0..b {
+            for hi in 0..h {
+                for i in 0..lq {
+                    let row = ((bi * h + hi) * lq + i) * lk;
+                    for j in 0..lk {
+                        if keep[bi * lk + j] == 0 || (causal && j > i + lk - lq) {
+                            add[row + j] = f32::MIN;
+                        }
+                    }
+                }
+            }
+        }
+        let add =
+            Tensor::from_f32(add, [b, h, lq, lk], scores.device())?.to_dtype(scores.dtype())?;
+        scores = scores.add(&add)?;
+    }
+    let probs = drop.apply(&scores.softmax()?)?;
+    probs
+        .matmul(&v.permute(&[0, 2, 1, 3])?)? // [B, H, Lq, D]
+        .permute(&[0, 2, 1, 3])
 }
 
 /// `DenseReluDense` in either variant.
@@ -339,13 +413,16 @@ impl T5Stack {
         let mut h = drop.apply(x)?;
         for blk in &self.blocks {
             let n = blk.self_norm.forward(&h)?;
-            let a = blk
-                .self_attn
-                .forward(&n, &n, self.is_decoder, self_mask, Some(&bias))?;
+            let a = blk.self_attn.forward(
+                &n,
+                &n,
+                t5_opts(self.is_decoder, self_mask, Some(&bias)),
+                drop,
+            )?;
             h = h.add(&drop.apply(&a)?)?;
             if let (Some((attn, norm)), Some(c)) = (&blk.cross, cross) {
                 let n = norm.forward(&h)?;
-                let a = attn.forward(&n, c.hidden, false, c.mask, None)?;
+                let a = attn.forward(&n, c.hidden, t5_opts(false, c.mask, None), drop)?;
                 h = h.add(&drop.apply(&a)?)?;
             }
             h = blk.ff_residual(&h, drop)?;

@@ -317,17 +317,17 @@ fn dropout_is_seeded_and_training_only() {
     };
     model.config.dropout_rate = 0.2;
     let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
-    let run = |mode: Mode| -> f64 {
+    let run = |model: &T5ForConditionalGeneration, mode: Mode| -> f64 {
         let (loss, _) = model.loss(ids, Some(mask), labels, mode).unwrap();
         let v = loss.to_scalar().unwrap();
         fusebox::autograd::clear_tape();
         v
     };
-    let eval = run(Mode::Eval);
+    let eval = run(&model, Mode::Eval);
     let (a, b, c) = (
-        run(Mode::Train { seed: 1 }),
-        run(Mode::Train { seed: 1 }),
-        run(Mode::Train { seed: 2 }),
+        run(&model, Mode::Train { seed: 1 }),
+        run(&model, Mode::Train { seed: 1 }),
+        run(&model, Mode::Train { seed: 2 }),
     );
     assert!((eval - io["loss"].to_scalar().unwrap()).abs() < 1e-5 * eval.abs());
     assert_eq!(a, b, "same seed, same loss");
@@ -338,6 +338,11 @@ fn dropout_is_seeded_and_training_only() {
         .unwrap();
     let grads = backward(&loss).unwrap();
     assert_eq!(grads.len(), model.trainable().len());
+    // Without dropout on attention probabilities the fused op runs: another loss.
+    model.attention_dropout = false;
+    let d = run(&model, Mode::Train { seed: 1 });
+    assert_ne!(d, a, "attention-probability dropout toggled");
+    assert_ne!(d, eval);
 }
 
 #[test]

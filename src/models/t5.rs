@@ -52,6 +52,9 @@ pub struct T5ForConditionalGeneration {
     tied_lm_head: bool,
     /// config.json as read, so a save keeps the fields we do not model.
     raw_config: Option<serde_json::Value>,
+    /// Drop attention probabilities in training, as HF does (default). This runs
+    /// attention unfused (scores materialised); `false` keeps the fused kernel.
+    pub attention_dropout: bool,
 }
 
 impl T5ForConditionalGeneration {
@@ -133,6 +136,7 @@ impl T5ForConditionalGeneration {
             lm_head,
             tied_lm_head,
             raw_config,
+            attention_dropout: true,
         })
     }
 
@@ -153,7 +157,14 @@ impl T5ForConditionalGeneration {
     fn dropout(&self, mode: Mode) -> Dropout {
         match mode {
             Mode::Eval => Dropout::off(),
-            Mode::Train { seed } => Dropout::new(self.config.dropout_rate, Some(seed)),
+            Mode::Train { seed } => {
+                let d = Dropout::new(self.config.dropout_rate, Some(seed));
+                if self.attention_dropout {
+                    d
+                } else {
+                    d.without_attention_dropout()
+                }
+            }
         }
     }
 

@@ -7,13 +7,13 @@
 //! forward (embedding lookup + permute, both on the tape) and hands it to every layer's
 //! attention, so its gradient reaches the block-0 weight summed over all layers.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use crate::backend::UnaryOp;
 use crate::error::Result;
 use crate::nn::{Init, RmsNorm, VarBuilder};
 use crate::ops::attention::AttnOptions;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorId};
 
 use super::config::{FeedForward, T5Config};
 
@@ -69,13 +69,19 @@ pub fn bucket_ids(
     ids
 }
 
+/// Identifies an additive score tensor (bias + masks) built once per forward.
+type ExtraKey = (Option<TensorId>, Option<TensorId>, bool, [usize; 4]);
+
 /// Where dropout is on: HF's `model.train()` with a seed for our hashed masks. Each call
-/// site draws the next seed, so no two sites share a mask.
+/// site draws the next seed, so no two sites share a mask. One `Dropout` lives for one
+/// forward pass, so it also caches what the unfused attention shares across layers.
 pub struct Dropout {
     p: f32,
     seed: Option<u64>,
     counter: Cell<u64>,
     force_unfused: bool,
+    attention_probs: bool,
+    extra: RefCell<Vec<(ExtraKey, Tensor)>>,
 }
 
 impl Dropout {
@@ -85,7 +91,15 @@ impl Dropout {
             seed,
             counter: Cell::new(0),
             force_unfused: false,
+            attention_probs: true,
+            extra: RefCell::new(Vec::new()),
         }
+    }
+    /// Skip dropout on attention probabilities, keeping the fused attention op in
+    /// training (faster; a small departure from HF's regularisation).
+    pub fn without_attention_dropout(mut self) -> Dropout {
+        self.attention_probs = false;
+        self
     }
     /// Take the unfused attention path even without dropout (to test it against the
     /// fused op).
@@ -96,7 +110,27 @@ impl Dropout {
     /// HF also drops attention probabilities in training; the fused attention op has no
     /// dropout, so then attention runs unfused (scores materialised, as HF's eager path).
     pub fn unfused_attention(&self) -> bool {
-        self.force_unfused || self.active()
+        self.force_unfused || (self.active() && self.attention_probs)
+    }
+    /// Dropout on attention probabilities (identity unless they are dropped).
+    fn apply_attention(&self, probs: &Tensor) -> Result<Tensor> {
+        if self.attention_probs {
+            self.apply(probs)
+        } else {
+            Ok(probs.clone())
+        }
+    }
+    fn cached_extra(
+        &self,
+        key: ExtraKey,
+        build: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        if let Some((_, t)) = self.extra.borrow().iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = build()?;
+        self.extra.borrow_mut().push((key, t.clone()));
+        Ok(t)
     }
     pub fn off() -> Dropout {
         Dropout::new(0.0, None)
@@ -231,11 +265,34 @@ pub fn attention_unfused(
     if opt.scale != 1.0 {
         scores = scores.scale(opt.scale as f64)?;
     }
+    if bias.is_some() || key_mask.is_some() || causal {
+        let key = (
+            bias.map(|t| t.id()),
+            key_mask.map(|t| t.id()),
+            causal,
+            [b, h, lq, lk],
+        );
+        let extra = drop.cached_extra(key, || additive_scores(opt, [b, h, lq, lk], &scores))?;
+        scores = scores.add(&extra)?;
+    }
+    let probs = drop.apply_attention(&scores.softmax()?)?;
+    probs
+        .matmul(&v.permute(&[0, 2, 1, 3])?)? // [B, H, Lq, D]
+        .permute(&[0, 2, 1, 3])
+}
+
+/// `[B, H, Lq, Lk]` added to the scores: the bias repeated over the batch, plus
+/// `f32::MIN` at masked keys (padding, or future positions when causal). Built once per
+/// forward and shared by every layer; the bias keeps its tape link.
+fn additive_scores(opt: AttnOptions<'_>, dims: [usize; 4], like: &Tensor) -> Result<Tensor> {
+    let [b, h, lq, lk] = dims;
+    let (causal, key_mask, bias) = (opt.causal, opt.key_mask, opt.bias);
+    let mut out: Option<Tensor> = None;
     if let Some(bias) = bias {
         bias.expect_shape("T5 attention (bias)", &[h, lq, lk])?;
         let one = bias.reshape([1, h * lq * lk])?;
         let rep: Vec<&Tensor> = std::iter::repeat_n(&one, b).collect();
-        scores = scores.add(&Tensor::cat(&rep, 0)?.reshape([b, h, lq, lk])?)?;
+        out = Some(Tensor::cat(&rep, 0)?.reshape([b, h, lq, lk])?);
     }
     if causal || key_mask.is_some() {
         let keep = match key_mask {
@@ -248,21 +305,20 @@ pub fn attention_unfused(
                 for i in 0..lq {
                     let row = ((bi * h + hi) * lq + i) * lk;
                     for j in 0..lk {
-                        if keep[bi * lk + j] == 0 || (causal && j > i + lk - lq) {
+                        if keep[bi * lk + j] == 0 || (causal && j + lq > i + lk) {
                             add[row + j] = f32::MIN;
                         }
                     }
                 }
             }
         }
-        let add =
-            Tensor::from_f32(add, [b, h, lq, lk], scores.device())?.to_dtype(scores.dtype())?;
-        scores = scores.add(&add)?;
+        let add = Tensor::from_f32(add, [b, h, lq, lk], like.device())?.to_dtype(like.dtype())?;
+        out = Some(match out {
+            Some(o) => o.add(&add)?,
+            None => add,
+        });
     }
-    let probs = drop.apply(&scores.softmax()?)?;
-    probs
-        .matmul(&v.permute(&[0, 2, 1, 3])?)? // [B, H, Lq, D]
-        .permute(&[0, 2, 1, 3])
+    out.ok_or_else(|| crate::error::Error::msg("T5 attention: nothing to add to the scores"))
 }
 
 /// `DenseReluDense` in either variant.

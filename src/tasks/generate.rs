@@ -14,6 +14,7 @@
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::models::t5::{DecoderCache, T5Config, T5ForConditionalGeneration};
+use crate::shape::DType;
 use crate::tensor::Tensor;
 
 /// HF's `early_stopping`: `True`, `False` (default) or `"never"`.
@@ -85,6 +86,15 @@ pub fn generate(
 ) -> Result<Generated> {
     let _g = no_grad();
     input_ids.expect_rank("generate (input_ids)", 2)?;
+    if input_ids.dims()[0] == 0 {
+        return Ok(Generated {
+            sequences: Vec::new(),
+            scores: (cfg.num_beams > 1).then(Vec::new),
+        });
+    }
+    if input_ids.dims()[1] == 0 {
+        return Err(Error::msg("generate: input_ids has no tokens"));
+    }
     if cfg.num_beams == 0 {
         return Err(Error::msg("generate: num_beams must be at least 1"));
     }
@@ -289,7 +299,11 @@ fn beam_search(
             .flat_map(|s| s.running.iter().map(|h| h.seq[h.seq.len() - 1]))
             .collect();
         let logits = model.decode_step(&last, &enc, &mut cache)?;
-        let logp = logits.log_softmax_infer()?.to_vec_f32()?;
+        // HF casts the step's logits to f32 before log_softmax.
+        let logp = logits
+            .to_dtype(DType::F32)?
+            .log_softmax_infer()?
+            .to_vec_f32()?;
         let mut parents = Vec::with_capacity(b * nb);
         let mut all_hit = true;
         for (bi, st) in states.iter_mut().enumerate() {

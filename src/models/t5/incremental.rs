@@ -156,6 +156,17 @@ impl T5ForConditionalGeneration {
                 enc.batch()
             )));
         }
+        if enc.cross_kv.len() != self.decoder.blocks.len()
+            || (!cache.kv.is_empty() && cache.kv.len() != self.decoder.blocks.len())
+        {
+            return Err(Error::msg(format!(
+                "T5 decode_step: encoder state / cache built for another model \
+                 ({} / {} layers, this decoder has {})",
+                enc.cross_kv.len(),
+                cache.kv.len(),
+                self.decoder.blocks.len()
+            )));
+        }
         let pos = cache.len;
         let ids = Tensor::from_i32(tokens.to_vec(), [n, 1], self.shared.device())?;
         let mut h = self.shared.embedding(&ids)?;

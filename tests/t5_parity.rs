@@ -529,3 +529,102 @@ fn random_model_trains_saves_and_reloads() {
     assert_eq!(eval_loss(&back), after);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// ‖a − b‖ / ‖b‖ (DESIGN.md's measure for the GPU-vs-reference comparisons).
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// On a CUDA device: the same fixtures in f32 (fused and unfused attention, gradients,
+/// greedy and beam tokens) and an f16 forward. Skips without a GPU.
+#[test]
+fn gpu_matches_transformers() {
+    if !fusebox::backend::cuda_available() {
+        eprintln!("skipping gpu_matches_transformers: no CUDA device");
+        return;
+    }
+    let dev = Device::Cuda(0);
+    for name in MODELS {
+        let Some((_, io)) = load(name) else {
+            continue;
+        };
+        let dir = fixtures().join("models").join(name);
+        let on = |k: &str| io[k].to_device(dev).unwrap();
+        let (ids, mask, labels) = (on("input_ids"), on("attention_mask"), on("labels"));
+        let model = T5ForConditionalGeneration::load(&dir, dev, DType::F32).unwrap();
+        for unfused in [false, true] {
+            let what = format!("{name} on {dev:?} (unfused attention: {unfused})");
+            let drop = if unfused {
+                Dropout::off().with_unfused_attention()
+            } else {
+                Dropout::off()
+            };
+            let dec_in = model.shift_right(&labels).unwrap();
+            let enc = model.encode(&ids, Some(&mask), &drop).unwrap();
+            let logits = model.decode(&dec_in, &enc, Some(&mask), &drop).unwrap();
+            let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
+            let loss = logits
+                .reshape([b * l, v])
+                .unwrap()
+                .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
+                .unwrap();
+            let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
+            assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
+            let r = rel_l2(&f32s(&loss), &f32s(&io["loss"]));
+            assert!(r < 1e-5, "{what}: loss rel {r:e}");
+            let grads = backward(&loss).unwrap();
+            for (pname, p) in model.trainable() {
+                let g = grads
+                    .get(&p)
+                    .unwrap_or_else(|| panic!("{what}: no grad {pname}"));
+                let want = f32s(&io[&format!("grad.{pname}")]);
+                let got = f32s(g);
+                let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                if scale == 0.0 {
+                    assert!(got.iter().all(|x| x.abs() < 1e-6), "{what}: grad {pname}");
+                } else {
+                    let r = rel_l2(&got, &want);
+                    assert!(r < 1e-4, "{what}: grad {pname} rel L2 {r:e}");
+                }
+            }
+        }
+        let greedy = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 1)).unwrap();
+        let beam = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 3)).unwrap();
+        let rows = |t: &Tensor| -> Vec<Vec<i32>> {
+            let w = t.dims()[1];
+            t.to_vec_i32()
+                .unwrap()
+                .chunks(w)
+                .map(|c| c.to_vec())
+                .collect()
+        };
+        assert_eq!(
+            greedy.sequences,
+            rows(&io["generate.greedy"]),
+            "{name}: greedy on GPU"
+        );
+        assert_eq!(
+            beam.sequences,
+            rows(&io["generate.beam"]),
+            "{name}: beam on GPU"
+        );
+
+        let half = T5ForConditionalGeneration::load(&dir, dev, DType::F16).unwrap();
+        let _g = fusebox::autograd::no_grad();
+        let logits = half
+            .forward(
+                &ids,
+                Some(&mask),
+                &half.shift_right(&labels).unwrap(),
+                Mode::Eval,
+            )
+            .unwrap();
+        let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
+        assert!(r < 1e-2, "{name}: f16 logits rel L2 {r:e}");
+    }
+}

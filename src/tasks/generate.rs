@@ -59,6 +59,92 @@ impl GenerateConfig {
         }
     }
 
+    /// Overlay the generation fields of an HF `generation_config.json` (or a
+    /// config.json's `task_specific_params` entry) on `self`; `origin` names the source
+    /// in errors. Unknown fields are ignored, as sampling options we do not implement.
+    pub fn overlay_json(mut self, v: &serde_json::Value, origin: &str) -> Result<Self> {
+        let bad = |field: &str, want: &str| {
+            Error::msg(format!("{origin}: field `{field}`: expected {want}"))
+        };
+        let uint = |field: &str| -> Result<Option<usize>> {
+            match v.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| bad(field, "a non-negative integer")),
+            }
+        };
+        if let Some(n) = uint("max_new_tokens")? {
+            self.max_new_tokens = Some(n);
+        }
+        if let Some(n) = uint("max_length")? {
+            self.max_length = n;
+        }
+        if let Some(n) = uint("min_length")? {
+            self.min_length = n;
+        }
+        if let Some(n) = uint("num_beams")? {
+            self.num_beams = n;
+        }
+        if let Some(n) = uint("no_repeat_ngram_size")? {
+            self.no_repeat_ngram_size = n;
+        }
+        if let Some(x) = v.get("length_penalty").filter(|x| !x.is_null()) {
+            self.length_penalty = x
+                .as_f64()
+                .ok_or_else(|| bad("length_penalty", "a number"))?;
+        }
+        match v.get("early_stopping") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Bool(true)) => self.early_stopping = EarlyStopping::True,
+            Some(serde_json::Value::Bool(false)) => self.early_stopping = EarlyStopping::False,
+            Some(serde_json::Value::String(s)) if s == "never" => {
+                self.early_stopping = EarlyStopping::Never
+            }
+            Some(_) => return Err(bad("early_stopping", "true, false or \"never\"")),
+        }
+        let int = |x: &serde_json::Value, field: &str| -> Result<i32> {
+            x.as_i64()
+                .map(|n| n as i32)
+                .ok_or_else(|| bad(field, "an integer token id"))
+        };
+        match v.get("eos_token_id") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Array(a)) => {
+                self.eos_token_id = a
+                    .iter()
+                    .map(|x| int(x, "eos_token_id"))
+                    .collect::<Result<_>>()?
+            }
+            Some(x) => self.eos_token_id = vec![int(x, "eos_token_id")?],
+        }
+        if let Some(x) = v.get("pad_token_id").filter(|x| !x.is_null()) {
+            self.pad_token_id = Some(int(x, "pad_token_id")?);
+        }
+        if let Some(x) = v.get("decoder_start_token_id").filter(|x| !x.is_null()) {
+            self.decoder_start_token_id = int(x, "decoder_start_token_id")?;
+        }
+        if v.get("do_sample").and_then(|x| x.as_bool()) == Some(true) {
+            return Err(bad("do_sample", "false (sampling is not implemented)"));
+        }
+        Ok(self)
+    }
+
+    /// `for_model` overlaid with `dir/generation_config.json` when the file exists.
+    pub fn from_model_dir(cfg: &T5Config, dir: &std::path::Path) -> Result<Self> {
+        let base = GenerateConfig::for_model(cfg);
+        let p = dir.join("generation_config.json");
+        if !p.exists() {
+            return Ok(base);
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let origin = p.display().to_string();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::msg(format!("{origin}: invalid JSON: {e}")))?;
+        base.overlay_json(&v, &origin)
+    }
+
     fn total_max_length(&self) -> usize {
         match self.max_new_tokens {
             Some(n) => 1 + n,
@@ -453,6 +539,29 @@ mod tests {
         let mut s = vec![0.0f32; 4];
         process(&mut s, &[0, 2, 3], &c);
         assert!(s.iter().all(|x| *x == 0.0));
+    }
+
+    #[test]
+    fn overlay_reads_hf_generation_fields() {
+        let v = serde_json::json!({
+            "num_beams": 4, "length_penalty": 2.0, "max_length": 200, "min_length": 30,
+            "no_repeat_ngram_size": 3, "early_stopping": true, "eos_token_id": [1, 5],
+            "prefix": "summarize: "
+        });
+        let c = cfg().overlay_json(&v, "t").unwrap();
+        assert_eq!((c.num_beams, c.max_length, c.min_length), (4, 200, 30));
+        assert_eq!((c.no_repeat_ngram_size, c.length_penalty), (3, 2.0));
+        assert_eq!(c.early_stopping, EarlyStopping::True);
+        assert_eq!(c.eos_token_id, vec![1, 5]);
+        let never = cfg()
+            .overlay_json(&serde_json::json!({"early_stopping": "never"}), "t")
+            .unwrap();
+        assert_eq!(never.early_stopping, EarlyStopping::Never);
+        let e = cfg()
+            .overlay_json(&serde_json::json!({"num_beams": "four"}), "gen.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gen.json") && e.contains("num_beams"), "{e}");
     }
 
     #[test]

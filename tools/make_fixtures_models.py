@@ -216,8 +216,10 @@ def _t5(save, root, name, gated):
                          "attention_mask of this file", model_dtype="float32",
                          cache="EncoderDecoderCache(DynamicCache(), DynamicCache()) "
                          "(num_decoder_layers != num_layers crashes the default cache)",
-                         outputs="sequences incl. decoder start 0, finished rows padded "
-                         "with 0; beam_scores = sequences_scores"),
+                         outputs="sequences incl. decoder start 0; greedy pads finished "
+                         "rows with pad 0, HF 5.24 beam search with `pad_token_id or "
+                         "eos_token_id` (= eos 1 when pad is 0); beam_scores = "
+                         "sequences_scores"),
         "attn_implementation": "eager",
     }
     save(f"{name}_io.safetensors", tensors, meta)

@@ -295,47 +295,50 @@ pub(super) fn attention_backward<T: Real>(
                 let mut gk = vec![T::zero(); lk * d];
                 let mut gv = vec![T::zero(); lk * d];
                 let none = Parallelism::None;
-                let (sr, st) = (
-                    View::row_major(0, lk),
-                    View {
-                        off: 0,
-                        rs: 1,
-                        cs: lk,
-                    },
-                );
-                let (dv_rows, dv_d) = (View::row_major(0, d), (lk, d, lq));
+                // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
+                let ds_view = View::row_major(0, lk);
+                let ds_t = View {
+                    off: 0,
+                    rs: 1,
+                    cs: lk,
+                };
+                let out_rows = View::row_major(0, d);
+                // dq = scale · dS · k
+                let (q_rows, k_rows) = (a.rows(bi, hi, lq), a.rows(bi, hi, lk));
                 gemm_strided(
                     (lq, d, lk),
                     &mut gq,
-                    View::row_major(0, d),
+                    out_rows,
                     &ds,
-                    sr,
+                    ds_view,
                     a.k,
-                    a.rows(bi, hi, lk),
+                    k_rows,
                     a.scale,
                     false,
                     none,
                 )?;
+                // dk = scale · dSᵀ · q
                 gemm_strided(
-                    dv_d,
+                    (lk, d, lq),
                     &mut gk,
-                    dv_rows,
+                    out_rows,
                     &ds,
-                    st,
+                    ds_t,
                     a.q,
-                    a.rows(bi, hi, lq),
+                    q_rows,
                     a.scale,
                     false,
                     none,
                 )?;
+                // dv = Pᵀ · dO
                 gemm_strided(
-                    dv_d,
+                    (lk, d, lq),
                     &mut gv,
-                    dv_rows,
+                    out_rows,
                     &p,
-                    st,
+                    ds_t,
                     dout,
-                    a.rows(bi, hi, lq),
+                    q_rows,
                     T::one(),
                     false,
                     none,

@@ -15,8 +15,10 @@ pub mod tensor;
 pub mod train;
 
 pub use tensor::Tensor;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod profile;
 pub mod rng;
 pub mod synth;
+pub mod tasks;

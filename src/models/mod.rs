@@ -1,0 +1,4 @@
+//! Model families built on the ops layer, each a plain struct constructed from a
+//! name-prefixed view of its Hugging Face checkpoint.
+
+pub mod t5;

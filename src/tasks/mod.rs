@@ -1,0 +1,3 @@
+//! Task-level algorithms on top of the models (generation).
+
+pub mod generate;

@@ -75,7 +75,7 @@ fn tol_for(n: usize) -> f64 {
 }
 
 /// Logits, loss and every gradient against the fixture, with attention fused (the
-/// attention op) or unfused (HF's eager formula, the path training with dropout takes).
+/// attention op) or unfused (HF's eager formula, op by op).
 fn check_forward_backward(unfused: bool) {
     for name in MODELS {
         let Some((model, io)) = load(name) else {
@@ -627,4 +627,72 @@ fn gpu_matches_transformers() {
         let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
         assert!(r < 1e-2, "{name}: f16 logits rel L2 {r:e}");
     }
+}
+
+/// Training with dropout: the fused attention op (probability dropout inside the op)
+/// and the op-by-op path (softmax → dropout → ·v) draw the same masks from the same
+/// seeds, so loss and gradients agree.
+#[test]
+fn fused_attention_dropout_equals_unfused_path() {
+    let Some((model, io)) = load("t5_gated_untied") else {
+        return;
+    };
+    let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
+    let dec_in = model.shift_right(labels).unwrap();
+    let run = |unfused: bool| {
+        let drop = Dropout::new(0.2, Some(1234));
+        let drop = if unfused {
+            drop.with_unfused_attention()
+        } else {
+            drop
+        };
+        let enc = model.encode(ids, Some(mask), &drop).unwrap();
+        let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
+        let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
+        let loss = logits
+            .reshape([b * l, v])
+            .unwrap()
+            .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
+            .unwrap();
+        let g = backward(&loss).unwrap();
+        let q = model
+            .trainable()
+            .into_iter()
+            .find(|(n, _)| n.ends_with("SelfAttention.q.weight"))
+            .unwrap()
+            .1;
+        (loss.to_scalar().unwrap(), f32s(g.get(&q).unwrap()))
+    };
+    let (lf, gf) = run(false);
+    let (lu, gu) = run(true);
+    let (l0, _) = {
+        let drop = Dropout::off();
+        let enc = model.encode(ids, Some(mask), &drop).unwrap();
+        let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
+        let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
+        let loss = logits
+            .reshape([b * l, v])
+            .unwrap()
+            .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
+            .unwrap();
+        fusebox::autograd::clear_tape();
+        (loss.to_scalar().unwrap(), ())
+    };
+    assert!(
+        (lf - l0).abs() > 1e-4,
+        "dropout must change the loss ({lf} vs {l0})"
+    );
+    assert!(
+        (lf - lu).abs() <= 1e-5 * lu.abs().max(1.0),
+        "fused {lf} vs unfused {lu}"
+    );
+    let m = gu.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let e = gf
+        .iter()
+        .zip(&gu)
+        .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+    assert!(
+        e <= 1e-5 * m.max(1e-6),
+        "q grad: fused vs unfused max error {e} (max {m})"
+    );
 }

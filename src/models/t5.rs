@@ -52,8 +52,8 @@ pub struct T5ForConditionalGeneration {
     tied_lm_head: bool,
     /// config.json as read, so a save keeps the fields we do not model.
     raw_config: Option<serde_json::Value>,
-    /// Drop attention probabilities in training, as HF does (default). This runs
-    /// attention unfused (scores materialised); `false` keeps the fused kernel.
+    /// Drop attention probabilities in training, as HF does (default; fused into the
+    /// attention op). `false` skips that dropout.
     pub attention_dropout: bool,
 }
 

@@ -107,17 +107,31 @@ impl Dropout {
         self.force_unfused = true;
         self
     }
-    /// HF also drops attention probabilities in training; the fused attention op has no
-    /// dropout, so then attention runs unfused (scores materialised, as HF's eager path).
+    /// Take the op-by-op path (scores materialised, as HF's eager attention): only when
+    /// forced, for tests. Dropout on the probabilities is fused into the attention op.
     pub fn unfused_attention(&self) -> bool {
-        self.force_unfused || (self.active() && self.attention_probs)
+        self.force_unfused
+    }
+    /// (p, seed) for the next attention call's probability dropout, or None. Draws the
+    /// site seed exactly as `apply` does, so the fused op and the unfused path drop the
+    /// same (b, h, i, j) entries.
+    pub fn attention_dropout(&self) -> Option<(f32, u64)> {
+        if !self.attention_probs {
+            return None;
+        }
+        let seed = self.seed.filter(|_| self.p > 0.0)?;
+        Some((self.p, self.next_site_seed(seed)))
+    }
+    fn next_site_seed(&self, seed: u64) -> u64 {
+        let k = self.counter.get();
+        self.counter.set(k + 1);
+        crate::rng::Rng::new(seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
     }
     /// Dropout on attention probabilities (identity unless they are dropped).
     fn apply_attention(&self, probs: &Tensor) -> Result<Tensor> {
-        if self.attention_probs {
-            self.apply(probs)
-        } else {
-            Ok(probs.clone())
+        match self.attention_dropout() {
+            Some((p, seed)) => probs.dropout(p, seed),
+            None => Ok(probs.clone()),
         }
     }
     fn cached_extra(
@@ -142,11 +156,7 @@ impl Dropout {
         let Some(seed) = self.seed.filter(|_| self.p > 0.0) else {
             return Ok(x.clone());
         };
-        let k = self.counter.get();
-        self.counter.set(k + 1);
-        let site_seed =
-            crate::rng::Rng::new(seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64();
-        x.dropout(self.p, site_seed)
+        x.dropout(self.p, self.next_site_seed(seed))
     }
 }
 
@@ -210,6 +220,11 @@ impl T5Attention {
         let ctx = if drop.unfused_attention() {
             attention_unfused(&q, k, v, opt, drop)?
         } else {
+            let mut opt = opt;
+            if let Some((p, seed)) = drop.attention_dropout() {
+                opt.dropout = p;
+                opt.seed = seed;
+            }
             q.attention(k, v, opt)?
         };
         ctx.reshape([b, lq, self.heads * self.d_kv])?
@@ -241,6 +256,7 @@ pub fn t5_opts<'a>(
         causal,
         key_mask,
         bias,
+        ..Default::default()
     }
 }
 

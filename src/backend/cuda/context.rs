@@ -298,6 +298,48 @@ fn load_kernels(ctx: &Arc<CudaContext>, arch: (i32, i32)) -> Result<(Kernels, St
     Ok((Kernels::Nvrtc(mods), origin))
 }
 
+/// Compile every embedded kernel file with NVRTC for `arch` (no device needed, no
+/// cache): the check that the run-time path works where nvcc never ran. Returns
+/// (file, cubin bytes) per file.
+pub fn nvrtc_compile_all(arch: (i32, i32)) -> Result<Vec<(String, usize)>> {
+    if !libs::nvrtc_present() {
+        return Err(Error::Cuda(format!(
+            "NVRTC could not be loaded ({})",
+            libs::preload_report()
+        )));
+    }
+    let headers: Vec<(&str, &str)> = embed::SOURCES
+        .iter()
+        .copied()
+        .filter(|(n, _)| n.ends_with(".cuh"))
+        .collect();
+    let opts = nvrtc_options(arch);
+    let mut out = Vec::new();
+    for (file, src) in embed::SOURCES.iter().filter(|(n, _)| n.ends_with(".cu")) {
+        let bin = guarded("NVRTC compile", || {
+            nvrtc_compile(file, src, &headers, &opts)
+        })?;
+        out.push((file.to_string(), bin.len()));
+    }
+    Ok(out)
+}
+
+/// The NVRTC version, if the library loads.
+pub fn nvrtc_version_checked() -> Result<(i32, i32)> {
+    if !libs::nvrtc_present() {
+        return Err(Error::Cuda("NVRTC could not be loaded".into()));
+    }
+    nvrtc_version()
+}
+
+/// Was a fatbin built into this binary, and by what.
+pub fn build_info() -> String {
+    match embed::FATBIN {
+        Some(b) => format!("fatbin of {} bytes ({})", b.len(), embed::NVCC_INFO),
+        None => format!("no fatbin ({}); NVRTC at run time", embed::NVCC_INFO),
+    }
+}
+
 fn nvrtc_version() -> Result<(i32, i32)> {
     let (mut a, mut b): (c_int, c_int) = (0, 0);
     guarded("nvrtcVersion", || {

@@ -49,7 +49,7 @@ pub fn availability_report() -> String {
     let libs = libs::preload_report();
     match context::device(0) {
         Ok(d) => format!("{d:?}; kernels: {}; libraries: {libs}", d.kernel_origin()),
-        Err(e) => format!("CUDA unavailable: {e}; libraries: {libs}"),
+        Err(e) => format!("CUDA unavailable: {e}"),
     }
 }
 

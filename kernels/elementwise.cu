@@ -136,6 +136,14 @@ extern "C" __global__ void fb_cast_i32_f32(float* out, const int* x, i64 n) {
 extern "C" __global__ void fb_cast_i32_f16(fb_half* out, const int* x, i64 n) {
     FB_GRID_STRIDE(i, n) out[i] = fb_f2h((float)x[i]);
 }
+// Truncation toward zero, saturating, NaN -> 0 (PTX cvt.rzi.s32.f32), which is what
+// Rust's `as i32` does on the CPU backend.
+extern "C" __global__ void fb_cast_f32_i32(int* out, const float* x, i64 n) {
+    FB_GRID_STRIDE(i, n) out[i] = (int)x[i];
+}
+extern "C" __global__ void fb_cast_f16_i32(int* out, const fb_half* x, i64 n) {
+    FB_GRID_STRIDE(i, n) out[i] = (int)fb_h2f(x[i]);
+}
 extern "C" __global__ void fb_fill_i32(int* y, i64 n, int value) {
     FB_GRID_STRIDE(i, n) y[i] = value;
 }

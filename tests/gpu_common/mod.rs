@@ -66,6 +66,15 @@ pub fn setup(test: &str) -> Option<Rng> {
     Some(Rng(seed))
 }
 
+/// Under FUSEBOX_TEST_SMALL=1 (compute-sanitizer runs, 10-100x slower) only cases of
+/// at most 50k elements run.
+pub fn keep(elements: usize) -> bool {
+    elements <= 50_000
+        || std::env::var("FUSEBOX_TEST_SMALL")
+            .map(|v| v != "1")
+            .unwrap_or(true)
+}
+
 pub fn ok<T>(r: Result<T>) -> T {
     match r {
         Ok(v) => v,

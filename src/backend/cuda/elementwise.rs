@@ -233,10 +233,12 @@ fn cast_into(dst: &CudaStorage, src: &CudaStorage) -> Result<()> {
         (DType::F16, DType::F16) => "fb_cast_f16_f16",
         (DType::I32, DType::F32) => "fb_cast_i32_f32",
         (DType::I32, DType::F16) => "fb_cast_i32_f16",
+        (DType::F32, DType::I32) => "fb_cast_f32_i32",
+        (DType::F16, DType::I32) => "fb_cast_f16_i32",
         (from, to) => {
             return Err(Error::DType {
                 op: "cast",
-                expected: "f32<->f16 or i32->f32/f16 on CUDA",
+                expected: "f32, f16 or i32 (f64 is CPU-only)",
                 got: if from == DType::I32 { to } else { from },
             })
         }

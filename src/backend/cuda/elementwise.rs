@@ -204,7 +204,7 @@ pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
 pub fn add_bias(x: &CudaStorage, bias: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     same_dtype(x, bias, "add_bias")?;
     let s = sfx("add_bias", x.dtype())?;
-    if cols == 0 || bias.len() != cols || x.len() % cols != 0 {
+    if cols == 0 || bias.len() != cols || !x.len().is_multiple_of(cols) {
         return Err(len_err("add_bias", cols, bias.len()));
     }
     let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;

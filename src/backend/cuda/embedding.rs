@@ -35,7 +35,7 @@ fn check_ids(ids: &CudaStorage, op: &'static str) -> Result<()> {
 pub fn index_select(table: &CudaStorage, ids: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     let op = "index_select";
     check_ids(ids, op)?;
-    if cols == 0 || table.len() % cols != 0 {
+    if cols == 0 || !table.len().is_multiple_of(cols) {
         return Err(len_err(op, cols, table.len()));
     }
     let width = match table.dtype() {

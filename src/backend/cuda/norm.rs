@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::shape::DType;
 
 fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(len_err(op, cols, x.len()));
     }
     Ok(x.len() / cols)

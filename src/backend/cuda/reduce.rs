@@ -13,7 +13,7 @@ use crate::shape::DType;
 
 pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     let s = sfx("sum_rows", x.dtype())?;
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(len_err("sum_rows", cols, x.len()));
     }
     let rows = x.len() / cols;

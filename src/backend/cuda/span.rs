@@ -40,7 +40,7 @@ pub fn span_search(
             got: allowed.dtype(),
         });
     }
-    if cols == 0 || start.len() % cols != 0 {
+    if cols == 0 || !start.len().is_multiple_of(cols) {
         return Err(len_err(op, cols, start.len()));
     }
     if top_k > MAX_TOP_K {

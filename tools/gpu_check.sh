@@ -205,10 +205,17 @@ run() {
     mkdir -p "$WORK" || WORK="$(mktemp -d)"
     RESULTS="$WORK/steps.txt"
     : >"$RESULTS"
-    local logfile="$WORK/gpu_check.log"
-    [ -n "${OUT:-}" ] && mkdir -p "$OUT" && logfile="$OUT/gpu_check.log"
-    exec > >(tee -a "$logfile") 2>&1
-    log "repo: $ROOT; budget ${BUDGET}s; log: $logfile"
+    LOGFILE="$WORK/gpu_check.log"
+    [ -n "${OUT:-}" ] && mkdir -p "$OUT" && LOGFILE="$OUT/gpu_check.log"
+    # A pipeline (not exec > >(tee)) so tee has flushed everything when we return.
+    run_body 2>&1 | tee -a "$LOGFILE"
+    local rc=${PIPESTATUS[0]}
+    [ -n "${OUT:-}" ] && table >"$OUT/gpu_check_table.txt" 2>&1
+    return "$rc"
+}
+
+run_body() {
+    log "repo: $ROOT; budget ${BUDGET}s; log: $LOGFILE"
     [ -f "$GPU_DIR/MANIFEST.txt" ] && cat "$GPU_DIR/MANIFEST.txt"
     if [ ! -d "$GPU_DIR/tests" ]; then
         log "ERROR: $GPU_DIR/tests is missing: run 'tools/gpu_check.sh prepare' first and carry .gpu"
@@ -236,14 +243,6 @@ run() {
     else
         log "ERROR: $kt not found: the kernel tests were not prepared"
     fi
-    local t name
-    for t in "$GPU_DIR"/tests/*; do
-        name=$(basename "$t")
-        [ "$name" = gpu_kernels ] && continue
-        case "$name" in run-*) continue ;; esac
-        [ -x "$t" ] || continue
-        run_step "$name" 90 "$WORK/$name.out" "$t" --nocapture --test-threads=1
-    done
     local cs
     cs="$(command -v compute-sanitizer 2>/dev/null || true)"
     [ -z "$cs" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && cs=/usr/local/cuda/bin/compute-sanitizer
@@ -254,6 +253,14 @@ run() {
     else
         log "compute-sanitizer not found; memcheck skipped"
     fi
+    local t name
+    for t in "$GPU_DIR"/tests/*; do
+        name=$(basename "$t")
+        [ "$name" = gpu_kernels ] && continue
+        case "$name" in run-*) continue ;; esac
+        [ -x "$t" ] || continue
+        run_step "$name" 60 "$WORK/$name.out" "$t" --nocapture --test-threads=1
+    done
     echo
     log "steps:"
     cat "$RESULTS"

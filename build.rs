@@ -76,7 +76,7 @@ fn main() {
         None => fail_or_warn(
             require,
             "nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin, \
-             $PATH): kernels will be compiled at run time with NVRTC",
+             $PATH)",
         ),
         Some(nvcc) if !cu_files.is_empty() => {
             nvcc_info = format!("nvcc {}", nvcc.display());
@@ -116,9 +116,9 @@ fn main() {
 
 fn fail_or_warn(require: bool, msg: &str) {
     if require {
-        panic!("FUSEBOX_REQUIRE_KERNELS=1: {msg}");
+        panic!("FUSEBOX_REQUIRE_KERNELS=1 and {msg}");
     }
-    println!("cargo:warning=fusebox: {msg}");
+    println!("cargo:warning=fusebox: {msg}; kernels will be compiled at run time with NVRTC");
 }
 
 fn is_file(p: &Path) -> bool {
@@ -217,7 +217,7 @@ fn compile_fatbin(
         fail_or_warn(
             require,
             &format!(
-                "nvcc failed ({}); kernels will be compiled at run time with NVRTC. First errors: {}",
+                "nvcc failed ({}). First errors: {}",
                 output.status,
                 tail.join(" | ")
             ),

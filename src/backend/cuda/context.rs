@@ -418,10 +418,14 @@ fn compile_cached(
 }
 
 fn nvrtc_options(arch: (i32, i32)) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
-        "--std=c++14".to_string(),
-    ]
+        "--std=c++17".to_string(),
+    ];
+    for d in libs::cuda_include_dirs() {
+        o.push(format!("-I{}", d.display()));
+    }
+    o
 }
 
 fn nvrtc_compile(

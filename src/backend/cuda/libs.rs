@@ -74,6 +74,28 @@ fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Directories with cuda_fp16.h, for NVRTC: our kernels need none (common.cuh defines
+/// its own f16 conversions), but a kernel file that includes CUDA headers still compiles
+/// where a toolkit or the nvidia-cuda-runtime wheel is installed.
+pub fn cuda_include_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            dirs.push(PathBuf::from(v).join("include"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/include"));
+    for lib in search_dirs() {
+        // site-packages/nvidia/<pkg>/lib -> site-packages/nvidia/<pkg>/include
+        if let Some(parent) = lib.parent() {
+            dirs.push(parent.join("include"));
+        }
+    }
+    dirs.retain(|d| d.join("cuda_fp16.h").is_file());
+    dirs.dedup();
+    dirs
+}
+
 /// `<lib>/python3*/{site,dist}-packages` under `lib`.
 fn python_site_dirs(lib: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

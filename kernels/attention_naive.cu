@@ -3,7 +3,8 @@
 //
 // Why it is built this way: it is the reference the fused flash kernel (attention.cu) is
 // checked against on the device and the fallback for shapes that kernel does not take.
-// Scores are kept in fp32 ([B, H, Lq, Lk]), one block per query row, so it is exact to
+// Scores are kept in fp32 ([B, H, Lq, Lk]), one block per query row (up to 1024
+// threads, hence __launch_bounds__(1024)), so it is exact to
 // fp32 rounding at the price of O(L^2) memory. Masking follows the backend contract: key
 // padding mask [B, Lk] (nonzero = keep), causal aligned at the end (j <= i + Lk - Lq),
 // additive bias [H, Lq, Lk] broadcast over the batch, scale applied to q.k^T before the
@@ -19,7 +20,7 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
 }
 
 #define FB_ATTN(S, T)                                                                         \
-    extern "C" __global__ void fb_attn_softmax_##S(T* p, float* lse, const float* s,          \
+    extern "C" __global__ void __launch_bounds__(1024) fb_attn_softmax_##S(T* p, float* lse, const float* s,          \
                                                    const T* bias, const int* key_mask, i64 nb, \
                                                    i64 nh, i64 lq, i64 lk, float scale,       \
                                                    int causal) {                              \
@@ -53,7 +54,7 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
     /* Given S (fp32), dP = dO.V^T (fp32) and lse: P = exp(scale*S + bias - lse),        */  \
     /* dS = P * (dP - sum_j P*dP). Writes dS and P in T for the GEMMs, and adds dS into   */  \
     /* dbias (fp32 [H, Lq, Lk]) when it is given.                                         */  \
-    extern "C" __global__ void fb_attn_softmax_bwd_##S(T* ds, T* p_out, float* dbias,         \
+    extern "C" __global__ void __launch_bounds__(1024) fb_attn_softmax_bwd_##S(T* ds, T* p_out, float* dbias,         \
                                                        const float* s, const float* dp,       \
                                                        const float* lse, const T* bias,       \
                                                        const int* key_mask, i64 nb, i64 nh,   \

@@ -1,8 +1,9 @@
 // LayerNorm (BERT, DistilBERT) and RMSNorm (T5), forward and backward.
 //
-// Why it is built this way: one block per row, rows are at most a few thousand wide, so
-// the row is read from global memory (it stays in L1/L2) in a few passes rather than
-// staged in shared memory; that keeps one kernel correct for any width. The mean and
+// Why it is built this way: one block per row (up to 1024 threads, hence
+// __launch_bounds__(1024): at most 64 registers, whatever compiler builds it); rows are
+// at most a few thousand wide, so the row is read from global memory (it stays in
+// L1/L2) in a few passes rather than staged in shared memory; that keeps one kernel correct for any width. The mean and
 // variance use two passes (mean first, then squared deviations) in fp32: the same
 // arithmetic as the CPU reference, no catastrophic cancellation on f16 activations.
 // mean/rstd are saved in fp32 for backward. dgamma/dbeta are column reductions over all
@@ -13,7 +14,7 @@
 #define FB_NORM_COLS_Y 8
 
 #define FB_NORM(S, T)                                                                         \
-    extern "C" __global__ void fb_layer_norm_fwd_##S(T* y, float* mean_out, float* rstd_out,  \
+    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_fwd_##S(T* y, float* mean_out, float* rstd_out,  \
                                                      const T* x, const T* gamma, const T* beta, \
                                                      i64 rows, i64 cols, float eps) {         \
         __shared__ float scratch[32];                                                         \
@@ -36,7 +37,7 @@
             rstd_out[r] = rstd;                                                               \
         }                                                                                     \
     }                                                                                         \
-    extern "C" __global__ void fb_layer_norm_bwd_##S(T* dx, const T* x, const T* gamma,       \
+    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_bwd_##S(T* dx, const T* x, const T* gamma,       \
                                                      const float* mean, const float* rstd,    \
                                                      const T* dy, i64 rows, i64 cols) {       \
         __shared__ float scratch[32];                                                         \
@@ -61,7 +62,7 @@
     }                                                                                         \
     /* dgamma[c] = sum_r dy * xhat ; dbeta[c] = sum_r dy. dbeta may be null (RMSNorm). */     \
     /* For RMSNorm pass mean = null: xhat = x * rstd. */                                      \
-    extern "C" __global__ void fb_norm_dgamma_##S(T* dgamma, T* dbeta, const T* x,            \
+    extern "C" __global__ void __launch_bounds__(1024) fb_norm_dgamma_##S(T* dgamma, T* dbeta, const T* x,            \
                                                   const float* mean, const float* rstd,       \
                                                   const T* dy, i64 rows, i64 cols) {          \
         __shared__ float accg[FB_NORM_COLS_Y][FB_NORM_COLS_X + 1];                            \
@@ -88,7 +89,7 @@
             if (dbeta) fb_st(dbeta, c, tb);                                                   \
         }                                                                                     \
     }                                                                                         \
-    extern "C" __global__ void fb_rms_norm_fwd_##S(T* y, float* rstd_out, const T* x,         \
+    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_fwd_##S(T* y, float* rstd_out, const T* x,         \
                                                    const T* gamma, i64 rows, i64 cols,        \
                                                    float eps) {                               \
         __shared__ float scratch[32];                                                         \
@@ -104,7 +105,7 @@
             fb_st(y + r * cols, c, fb_ld(xr, c) * rstd * fb_ld(gamma, c));                    \
         if (threadIdx.x == 0) rstd_out[r] = rstd;                                             \
     }                                                                                         \
-    extern "C" __global__ void fb_rms_norm_bwd_##S(T* dx, const T* x, const T* gamma,         \
+    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_bwd_##S(T* dx, const T* x, const T* gamma,         \
                                                    const float* rstd, const T* dy, i64 rows,  \
                                                    i64 cols) {                                \
         __shared__ float scratch[32];                                                         \

@@ -1,7 +1,8 @@
 // Softmax, its backward, log-softmax, fused cross-entropy (forward + backward) and
 // argmax over the last dimension.
 //
-// Why it is built this way: one block per row, fp32 max/sum reductions. Cross-entropy
+// Why it is built this way: one block per row (up to 1024 threads: __launch_bounds__
+// caps registers at 64 under nvcc and NVRTC alike), fp32 max/sum reductions. Cross-entropy
 // never writes normalised probabilities: forward saves only the per-row log-sum-exp
 // (fp32) and the per-row loss; backward recomputes exp(x - lse) on the fly while it
 // writes d logits, so a [tokens, 32k vocab] logits tensor is read twice and written
@@ -10,7 +11,7 @@
 #include "common.cuh"
 
 #define FB_SM(S, T)                                                                           \
-    extern "C" __global__ void fb_softmax_fwd_##S(T* y, const T* x, i64 rows, i64 cols,       \
+    extern "C" __global__ void __launch_bounds__(1024) fb_softmax_fwd_##S(T* y, const T* x, i64 rows, i64 cols,       \
                                                   int log_out) {                              \
         __shared__ float scratch[32];                                                         \
         i64 r = blockIdx.x;                                                                   \
@@ -27,7 +28,7 @@
             fb_st(y + r * cols, c, log_out ? v - ls : expf(v) / s);                           \
         }                                                                                     \
     }                                                                                         \
-    extern "C" __global__ void fb_softmax_bwd_##S(T* dx, const T* y, const T* dy, i64 rows,   \
+    extern "C" __global__ void __launch_bounds__(1024) fb_softmax_bwd_##S(T* dx, const T* y, const T* dy, i64 rows,   \
                                                   i64 cols) {                                 \
         __shared__ float scratch[32];                                                         \
         i64 r = blockIdx.x;                                                                   \
@@ -40,7 +41,7 @@
             fb_st(dx + r * cols, c, fb_ld(yr, c) * (fb_ld(dyr, c) - d));                      \
     }                                                                                         \
     /* Per row: lse and loss = lse - x[target] (0 for ignored rows). */                       \
-    extern "C" __global__ void fb_ce_fwd_##S(float* row_loss, float* lse_out, const T* x,     \
+    extern "C" __global__ void __launch_bounds__(1024) fb_ce_fwd_##S(float* row_loss, float* lse_out, const T* x,     \
                                              const int* targets, i64 rows, i64 cols,          \
                                              int ignore_index, int* bad_target) {             \
         __shared__ float scratch[32];                                                         \
@@ -68,7 +69,7 @@
         }                                                                                     \
     }                                                                                         \
     /* Mean over non-ignored rows, one block, fixed order. count_out gets the count. */       \
-    extern "C" __global__ void fb_ce_mean_##S(T* loss, float* count_out, const float* row_loss, \
+    extern "C" __global__ void __launch_bounds__(1024) fb_ce_mean_##S(T* loss, float* count_out, const float* row_loss, \
                                               const int* targets, i64 rows, int ignore_index) { \
         __shared__ float scratch[32];                                                         \
         float s = 0.0f, n = 0.0f;                                                             \
@@ -86,7 +87,7 @@
         }                                                                                     \
     }                                                                                         \
     /* d logits = dloss / count * (softmax(x) - onehot(target)); ignored rows get 0. */       \
-    extern "C" __global__ void fb_ce_bwd_##S(T* dx, const T* x, const int* targets,           \
+    extern "C" __global__ void __launch_bounds__(1024) fb_ce_bwd_##S(T* dx, const T* x, const int* targets,           \
                                              const float* lse, const T* dloss,                \
                                              const float* count, i64 rows, i64 cols,          \
                                              int ignore_index) {                              \
@@ -102,7 +103,7 @@
         }                                                                                     \
     }                                                                                         \
     /* First index of the maximum (NaN counts as the maximum, like torch.argmax). */          \
-    extern "C" __global__ void fb_argmax_##S(int* out, const T* x, i64 rows, i64 cols) {      \
+    extern "C" __global__ void __launch_bounds__(1024) fb_argmax_##S(int* out, const T* x, i64 rows, i64 cols) {      \
         __shared__ float sv[32];                                                              \
         __shared__ long long si[32];                                                          \
         i64 r = blockIdx.x;                                                                   \

@@ -221,6 +221,7 @@ run_body() {
         log "ERROR: $GPU_DIR/tests is missing: run 'tools/gpu_check.sh prepare' first and carry .gpu"
         return 2
     fi
+    chmod +x "$GPU_DIR"/tests/* "$GPU_DIR"/bin/* 2>/dev/null
     export RUST_BACKTRACE=1
     export FUSEBOX_KERNEL_CACHE="${FUSEBOX_KERNEL_CACHE:-$WORK/kernel-cache}"
     if [ -z "${FUSEBOX_ASSETS:-}" ]; then
@@ -239,7 +240,7 @@ run_body() {
         run_step gpu_kernels 180 "$WORK/gpu_kernels.out" "$kt" --nocapture --test-threads=1
         # The run-time path: the same kernels compiled by NVRTC for this GPU, small cases.
         run_step nvrtc 90 "$WORK/nvrtc.out" env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 \
-            "$kt" --nocapture --test-threads=1 elementwise norms softmax attention nvrtc
+            "$kt" --nocapture --test-threads=1 elementwise norms softmax attention
     else
         log "ERROR: $kt not found: the kernel tests were not prepared"
     fi

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use fusebox::backend::cuda::{self, CudaStorage};
@@ -38,9 +39,31 @@ impl Rng {
     }
 }
 
-/// None (after printing why) when there is no GPU; otherwise a seeded generator, with
-/// allocation poisoning on.
-pub fn setup(test: &str) -> Option<Rng> {
+/// One GPU test at a time in this binary (the memory tracker is process-wide and timings
+/// should not overlap), plus the seeded generator.
+pub struct Gpu {
+    rng: Rng,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = Rng;
+    fn deref(&self) -> &Rng {
+        &self.rng
+    }
+}
+
+impl std::ops::DerefMut for Gpu {
+    fn deref_mut(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// None (after printing why) when there is no GPU; otherwise the serialised test context
+/// with a seeded generator, and allocation poisoning on.
+pub fn setup(test: &str) -> Option<Gpu> {
     if !fusebox::backend::cuda_available() {
         println!(
             "SKIP {test}: no usable CUDA device ({})",
@@ -48,6 +71,7 @@ pub fn setup(test: &str) -> Option<Rng> {
         );
         return None;
     }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     cuda::set_poison(true);
     let seed = std::env::var("FUSEBOX_TEST_SEED")
         .ok()
@@ -63,7 +87,10 @@ pub fn setup(test: &str) -> Option<Rng> {
         "{test}: seed {seed} (FUSEBOX_TEST_SEED={seed} replays); {}",
         cuda::availability_report()
     );
-    Some(Rng(seed))
+    Some(Gpu {
+        rng: Rng(seed),
+        _serial: serial,
+    })
 }
 
 /// Under FUSEBOX_TEST_SMALL=1 (compute-sanitizer runs, 10-100x slower) only cases of

@@ -197,6 +197,18 @@ fn casts_fills_and_in_place() {
             t,
         );
         let t = Instant::now();
+        let mut h2 = ok(g32.zeros_like_dev(n, DType::F16));
+        ok(h2.copy_from_(&g32));
+        check_vec(
+            "copy_from_cast_f32_f16",
+            &[n],
+            DType::F16,
+            &ok(h2.to_vec_f32()),
+            &want,
+            0.0,
+            t,
+        );
+        let t = Instant::now();
         let gi = ok(ok(g32.cast(DType::I32)).to_vec_i32());
         let wi = ok(ok(CpuStorage::from_f32(x.clone()).cast(DType::I32)).to_vec_i32());
         let same = gi == wi;
@@ -234,6 +246,9 @@ fn casts_fills_and_in_place() {
                 0.0,
                 t,
             );
+            let t = Instant::now();
+            let dup = ok(gy.duplicate());
+            check("duplicate", &[n], dt, &dup, &cy, t);
             let mut d = ok(gy.zeros_like_dev(n, dt));
             let t = Instant::now();
             ok(d.copy_from_(&gy));

@@ -17,6 +17,7 @@ typedef long long i64;
 
 #define FB_FULL_MASK 0xffffffffu
 
+#ifndef FB_HOST_EMU  // kernels/emu/ compiles these files for the CPU with its own cvt
 __device__ __forceinline__ float fb_h2f(fb_half h) {
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
@@ -28,6 +29,7 @@ __device__ __forceinline__ fb_half fb_f2h(float f) {
     asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // Typed load/store so one template body serves f32 and f16 storage.
 __device__ __forceinline__ float fb_ld(const float* p, i64 i) { return p[i]; }

@@ -59,6 +59,83 @@ fn data_type(d: DType) -> Result<cudaDataType_t> {
     }
 }
 
+/// The column-major cuBLAS call a row-major [`Gemm`] becomes: Cᵀ (n×m) = op(B)ᵀ·op(A)ᵀ,
+/// i.e. the operands swap places and m swaps with n; leading dimensions and strides are
+/// unchanged. Pure, so the mapping is unit-tested on the host (see `tests` below).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ColMajor {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub stride_a: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub stride_b: usize,
+    pub c: u64,
+    pub ldc: usize,
+    pub stride_c: usize,
+    pub batch: usize,
+}
+
+pub(crate) fn col_major(g: &Gemm) -> ColMajor {
+    ColMajor {
+        trans_a: g.trans_b,
+        trans_b: g.trans_a,
+        m: g.n,
+        n: g.m,
+        k: g.k,
+        a: g.b,
+        lda: g.ldb,
+        stride_a: g.stride_b,
+        b: g.a,
+        ldb: g.lda,
+        stride_b: g.stride_a,
+        c: g.c,
+        ldc: g.ldc,
+        stride_c: g.stride_c,
+        batch: g.batch,
+    }
+}
+
+/// The row-major product `matmul` launches for `spec` on buffers a, b, c.
+pub(crate) fn matmul_desc(spec: &MatmulSpec, a: u64, b: u64, c: u64, dtype: DType) -> Gemm {
+    let MatmulSpec {
+        batch,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        stride_a,
+        stride_b,
+    } = *spec;
+    Gemm {
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+        a,
+        lda: if trans_a { m } else { k },
+        stride_a,
+        b,
+        ldb: if trans_b { k } else { n },
+        stride_b,
+        c,
+        ldc: n,
+        stride_c: m * n,
+        batch,
+        alpha: 1.0,
+        beta: 0.0,
+        ab: dtype,
+        c_type: dtype,
+    }
+}
+
 fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| Error::Cuda(format!("gemm: {what} = {v} exceeds cuBLAS's 32-bit range")))
@@ -98,32 +175,32 @@ pub(crate) fn gemm(dev: &Dev, g: &Gemm) -> Result<()> {
     let (ab, ct) = (data_type(g.ab)?, data_type(g.c_type)?);
     let (alpha, beta) = (g.alpha, g.beta);
     cu(dev.ctx.bind_to_thread(), "bind context")?;
-    // Column-major view: Cᵀ (n×m) = op(B)ᵀ (n×k) · op(A)ᵀ (k×m).
+    let c = col_major(g);
     // SAFETY: pointers and strides describe buffers the callers sized for these dims;
     // alpha/beta are host f32 (CUBLAS_COMPUTE_32F with the default host pointer mode).
     let r = unsafe {
         cudarc::cublas::result::gemm_strided_batched_ex(
             handle,
-            op(g.trans_b),
-            op(g.trans_a),
-            int(g.n, "n")?,
-            int(g.m, "m")?,
-            int(g.k, "k")?,
+            op(c.trans_a),
+            op(c.trans_b),
+            int(c.m, "n")?,
+            int(c.n, "m")?,
+            int(c.k, "k")?,
             &alpha as *const f32 as *const c_void,
-            g.b as *const c_void,
+            c.a as *const c_void,
             ab,
-            int(g.ldb, "ldb")?,
-            g.stride_b as i64,
-            g.a as *const c_void,
+            int(c.lda, "ldb")?,
+            c.stride_a as i64,
+            c.b as *const c_void,
             ab,
-            int(g.lda, "lda")?,
-            g.stride_a as i64,
+            int(c.ldb, "lda")?,
+            c.stride_b as i64,
             &beta as *const f32 as *const c_void,
-            g.c as *mut c_void,
+            c.c as *mut c_void,
             ct,
-            int(g.ldc, "ldc")?,
-            g.stride_c as i64,
-            int(g.batch, "batch")?,
+            int(c.ldc, "ldc")?,
+            c.stride_c as i64,
+            int(c.batch, "batch")?,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
         )
@@ -153,10 +230,9 @@ pub fn matmul(a: &CudaStorage, b: &CudaStorage, spec: &MatmulSpec) -> Result<Cud
         m,
         n,
         k,
-        trans_a,
-        trans_b,
         stride_a,
         stride_b,
+        ..
     } = *spec;
     let need = |stride: usize, size: usize| {
         if batch == 0 {
@@ -179,27 +255,126 @@ pub fn matmul(a: &CudaStorage, b: &CudaStorage, spec: &MatmulSpec) -> Result<Cud
     }
     gemm(
         a.dev(),
-        &Gemm {
-            trans_a,
-            trans_b,
-            m,
-            n,
-            k,
-            a: a.ptr(),
-            lda: if trans_a { m } else { k },
-            stride_a,
-            b: b.ptr(),
-            ldb: if trans_b { k } else { n },
-            stride_b,
-            c: out.ptr(),
-            ldc: n,
-            stride_c: m * n,
-            batch,
-            alpha: 1.0,
-            beta: 0.0,
-            ab: a.dtype(),
-            c_type: a.dtype(),
-        },
+        &matmul_desc(spec, a.ptr(), b.ptr(), out.ptr(), a.dtype()),
     )?;
     Ok(out)
+}
+
+/// Host model of cuBLAS for the unit tests: pointers are `(buffer << 40) | byte offset`
+/// into f32 host buffers, so descriptors built for the device can be run and checked
+/// against the CPU backend without a GPU.
+#[cfg(test)]
+pub(crate) mod host {
+    use super::{col_major, Gemm};
+
+    pub fn ptr(buffer: usize, elem: usize) -> u64 {
+        ((buffer as u64) << 40) | (elem as u64 * 4)
+    }
+
+    fn at(p: u64) -> (usize, usize) {
+        ((p >> 40) as usize, ((p & ((1 << 40) - 1)) / 4) as usize)
+    }
+
+    /// Column-major strided-batched GEMM exactly as cuBLAS defines it.
+    pub fn gemm(g: &Gemm, bufs: &mut [Vec<f32>]) {
+        let c = col_major(g);
+        for i in 0..c.batch {
+            let (ba, oa) = at(c.a);
+            let (bb, ob) = at(c.b);
+            let (bc, oc) = at(c.c);
+            let (oa, ob, oc) = (
+                oa + i * c.stride_a,
+                ob + i * c.stride_b,
+                oc + i * c.stride_c,
+            );
+            for col in 0..c.n {
+                for row in 0..c.m {
+                    let mut acc = 0.0f64;
+                    for l in 0..c.k {
+                        let av = if c.trans_a {
+                            bufs[ba][oa + l + row * c.lda]
+                        } else {
+                            bufs[ba][oa + row + l * c.lda]
+                        };
+                        let bv = if c.trans_b {
+                            bufs[bb][ob + col + l * c.ldb]
+                        } else {
+                            bufs[bb][ob + l + col * c.ldb]
+                        };
+                        acc += av as f64 * bv as f64;
+                    }
+                    let dst = &mut bufs[bc][oc + row + col * c.ldc];
+                    *dst = (g.alpha as f64 * acc + g.beta as f64 * *dst as f64) as f32;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{host, matmul_desc};
+    use crate::backend::{BackendStorage, CpuStorage, MatmulSpec};
+    use crate::shape::DType;
+
+    fn vals(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u64 + 1) * (seed * 2 + 1) * 0x9E37_79B9) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// The row-major -> column-major mapping gives the CPU backend's matmul for every
+    /// transpose combination, batching and broadcast.
+    #[test]
+    fn matmul_descriptor_matches_cpu() {
+        for &(batch, m, k, n) in &[
+            (1usize, 1usize, 1usize, 1usize),
+            (2, 3, 5, 7),
+            (3, 8, 1, 4),
+            (2, 6, 9, 5),
+        ] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    for bcast in [false, true] {
+                        let spec = MatmulSpec {
+                            batch,
+                            m,
+                            n,
+                            k,
+                            trans_a: ta,
+                            trans_b: tb,
+                            stride_a: m * k,
+                            stride_b: if bcast { 0 } else { k * n },
+                        };
+                        let a = vals(batch * m * k, 1);
+                        let b = vals(if bcast { k * n } else { batch * k * n }, 2);
+                        let want = CpuStorage::from_f32(a.clone())
+                            .matmul(&CpuStorage::from_f32(b.clone()), &spec)
+                            .and_then(|c| c.to_vec_f32())
+                            .unwrap_or_default();
+                        let mut bufs = vec![a, b, vec![f32::NAN; batch * m * n]];
+                        host::gemm(
+                            &matmul_desc(
+                                &spec,
+                                host::ptr(0, 0),
+                                host::ptr(1, 0),
+                                host::ptr(2, 0),
+                                DType::F32,
+                            ),
+                            &mut bufs,
+                        );
+                        let err: f32 = bufs[2]
+                            .iter()
+                            .zip(&want)
+                            .map(|(g, w)| (g - w).abs())
+                            .fold(0.0, f32::max);
+                        assert!(
+                            want.len() == bufs[2].len() && err < 1e-5,
+                            "{spec:?}: max error {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -64,38 +64,52 @@ fn check(
     Ok(s)
 }
 
-/// Per batch entry, batched over heads: C[h] = alpha · op(A[h]) · op(B[h]).
-#[allow(clippy::too_many_arguments)]
-fn per_batch(
-    dev: &Dev,
-    sp: &AttnSpec,
-    base: Gemm,
-    a: (u64, usize),
-    b: (u64, usize),
-    c: (u64, usize),
-    esz: (usize, usize),
-) -> Result<()> {
-    // a, b, c: (pointer, elements between batch entries); esz: (A/B elem size, C elem size)
-    for bi in 0..sp.b {
-        let mut g = base;
-        g.a = a.0 + (bi * a.1 * esz.0) as u64;
-        g.b = b.0 + (bi * b.1 * esz.0) as u64;
-        g.c = c.0 + (bi * c.1 * esz.1) as u64;
-        g.batch = sp.h;
-        gemm(dev, &g)?;
-    }
-    Ok(())
+/// A per-head operand: base address and element size in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub ptr: u64,
+    pub esz: usize,
 }
 
-/// S = q·kᵀ in f32, [B, H, Lq, Lk].
-fn scores(q: &CudaStorage, k: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage> {
-    let (hd, esz) = (sp.h * sp.d, q.dtype().size_in_bytes());
-    let s = CudaStorage::alloc(q.dev(), sp.b * sp.h * sp.lq * sp.lk, DType::F32)?;
+/// One descriptor per batch entry, each batched over the H heads (head stride D in the
+/// [B, L, H, D] tensors, L·L' in the [B, H, L, L'] score tensors).
+fn per_batch(
+    sp: &AttnSpec,
+    base: Gemm,
+    a: (Mat, usize),
+    b: (Mat, usize),
+    c: (Mat, usize),
+) -> Vec<Gemm> {
+    (0..sp.b)
+        .map(|bi| Gemm {
+            a: a.0.ptr + (bi * a.1 * a.0.esz) as u64,
+            b: b.0.ptr + (bi * b.1 * b.0.esz) as u64,
+            c: c.0.ptr + (bi * c.1 * c.0.esz) as u64,
+            batch: sp.h,
+            ..base
+        })
+        .collect()
+}
+
+/// S[b, h] = X[b, :, h, :] · Y[b, :, h, :]ᵀ with X [B, lx, H, D], Y [B, ly, H, D] and
+/// S [B, H, lx, ly] of `c_type` (q·kᵀ, and dO·vᵀ in backward).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemms_xyt(
+    sp: &AttnSpec,
+    lx: usize,
+    ly: usize,
+    x: Mat,
+    y: Mat,
+    s: Mat,
+    ab: DType,
+    c_type: DType,
+) -> Vec<Gemm> {
+    let hd = sp.h * sp.d;
     let base = Gemm {
         trans_a: false,
         trans_b: true,
-        m: sp.lq,
-        n: sp.lk,
+        m: lx,
+        n: ly,
         k: sp.d,
         a: 0,
         lda: hd,
@@ -104,28 +118,145 @@ fn scores(q: &CudaStorage, k: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage
         ldb: hd,
         stride_b: sp.d,
         c: 0,
-        ldc: sp.lk,
-        stride_c: sp.lq * sp.lk,
+        ldc: ly,
+        stride_c: lx * ly,
         batch: sp.h,
         alpha: 1.0,
         beta: 0.0,
-        ab: q.dtype(),
-        c_type: DType::F32,
+        ab,
+        c_type,
     };
-    per_batch(
-        q.dev(),
-        sp,
-        base,
-        (q.ptr(), sp.lq * hd),
-        (k.ptr(), sp.lk * hd),
-        (s.ptr(), sp.h * sp.lq * sp.lk),
-        (esz, 4),
+    per_batch(sp, base, (x, lx * hd), (y, ly * hd), (s, sp.h * lx * ly))
+}
+
+/// O[b, :, h, :] = alpha · P[b, h] · Y[b, :, h, :] with P [B, H, lx, ly], Y [B, ly, H, D],
+/// O [B, lx, H, D] (P·v, and dS·k for dq).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemms_py(
+    sp: &AttnSpec,
+    lx: usize,
+    ly: usize,
+    p: Mat,
+    y: Mat,
+    o: Mat,
+    ab: DType,
+    alpha: f32,
+) -> Vec<Gemm> {
+    let hd = sp.h * sp.d;
+    let base = Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: lx,
+        n: sp.d,
+        k: ly,
+        a: 0,
+        lda: ly,
+        stride_a: lx * ly,
+        b: 0,
+        ldb: hd,
+        stride_b: sp.d,
+        c: 0,
+        ldc: hd,
+        stride_c: sp.d,
+        batch: sp.h,
+        alpha,
+        beta: 0.0,
+        ab,
+        c_type: ab,
+    };
+    per_batch(sp, base, (p, sp.h * lx * ly), (y, ly * hd), (o, lx * hd))
+}
+
+/// O[b, :, h, :] = alpha · P[b, h]ᵀ · Y[b, :, h, :] with P stored [B, H, ly, lx], Y
+/// [B, ly, H, D], O [B, lx, H, D] (dSᵀ·q for dk, Pᵀ·dO for dv).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemms_pty(
+    sp: &AttnSpec,
+    lx: usize,
+    ly: usize,
+    p: Mat,
+    y: Mat,
+    o: Mat,
+    ab: DType,
+    alpha: f32,
+) -> Vec<Gemm> {
+    let hd = sp.h * sp.d;
+    let base = Gemm {
+        trans_a: true,
+        trans_b: false,
+        m: lx,
+        n: sp.d,
+        k: ly,
+        a: 0,
+        lda: lx,
+        stride_a: lx * ly,
+        b: 0,
+        ldb: hd,
+        stride_b: sp.d,
+        c: 0,
+        ldc: hd,
+        stride_c: sp.d,
+        batch: sp.h,
+        alpha,
+        beta: 0.0,
+        ab,
+        c_type: ab,
+    };
+    per_batch(sp, base, (p, sp.h * lx * ly), (y, ly * hd), (o, lx * hd))
+}
+
+fn run(dev: &Dev, gemms: Vec<Gemm>) -> Result<()> {
+    for g in &gemms {
+        gemm(dev, g)?;
+    }
+    Ok(())
+}
+
+fn mat(t: &CudaStorage) -> Mat {
+    Mat {
+        ptr: t.ptr(),
+        esz: t.dtype().size_in_bytes(),
+    }
+}
+
+/// S = q·kᵀ in f32, [B, H, Lq, Lk].
+fn scores(x: &CudaStorage, y: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage> {
+    let s = CudaStorage::alloc(x.dev(), sp.b * sp.h * sp.lq * sp.lk, DType::F32)?;
+    run(
+        x.dev(),
+        gemms_xyt(
+            sp,
+            sp.lq,
+            sp.lk,
+            mat(x),
+            mat(y),
+            mat(&s),
+            x.dtype(),
+            DType::F32,
+        ),
     )?;
     Ok(s)
 }
 
 fn opt_ptr(t: Option<&CudaStorage>) -> u64 {
     t.map(|t| t.ptr()).unwrap_or(0)
+}
+
+fn softmax_args(
+    sp: &AttnSpec,
+    bias: Option<&CudaStorage>,
+    key_mask: Option<&CudaStorage>,
+) -> [Arg; 8] {
+    [
+        Arg::Ptr(opt_ptr(bias)),
+        Arg::Ptr(opt_ptr(key_mask)),
+        Arg::I64(sp.b as i64),
+        Arg::I64(sp.h as i64),
+        Arg::I64(sp.lq as i64),
+        Arg::I64(sp.lk as i64),
+        Arg::F32(sp.scale),
+        Arg::I32(sp.causal as i32),
+    ]
 }
 
 pub fn attention(
@@ -138,7 +269,6 @@ pub fn attention(
 ) -> Result<(CudaStorage, CudaStorage)> {
     let sx = check(q, k, v, key_mask, bias, sp)?;
     let dev = q.dev();
-    let (hd, esz) = (sp.h * sp.d, q.dtype().size_in_bytes());
     let rows = sp.b * sp.h * sp.lq;
     let out = CudaStorage::alloc(dev, q.len(), q.dtype())?;
     let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
@@ -152,52 +282,16 @@ pub fn attention(
     }
     let s = scores(q, k, sp)?;
     let p = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
+    let mut args = vec![Arg::Ptr(p.ptr()), Arg::Ptr(lse.ptr()), Arg::Ptr(s.ptr())];
+    args.extend(softmax_args(sp, bias, key_mask));
     dev.launch(
         &format!("fb_attn_softmax_{sx}"),
         cfg_rows(rows, sp.lk),
-        &[
-            Arg::Ptr(p.ptr()),
-            Arg::Ptr(lse.ptr()),
-            Arg::Ptr(s.ptr()),
-            Arg::Ptr(opt_ptr(bias)),
-            Arg::Ptr(opt_ptr(key_mask)),
-            Arg::I64(sp.b as i64),
-            Arg::I64(sp.h as i64),
-            Arg::I64(sp.lq as i64),
-            Arg::I64(sp.lk as i64),
-            Arg::F32(sp.scale),
-            Arg::I32(sp.causal as i32),
-        ],
+        &args,
     )?;
-    let base = Gemm {
-        trans_a: false,
-        trans_b: false,
-        m: sp.lq,
-        n: sp.d,
-        k: sp.lk,
-        a: 0,
-        lda: sp.lk,
-        stride_a: sp.lq * sp.lk,
-        b: 0,
-        ldb: hd,
-        stride_b: sp.d,
-        c: 0,
-        ldc: hd,
-        stride_c: sp.d,
-        batch: sp.h,
-        alpha: 1.0,
-        beta: 0.0,
-        ab: q.dtype(),
-        c_type: q.dtype(),
-    };
-    per_batch(
+    run(
         dev,
-        sp,
-        base,
-        (p.ptr(), sp.h * sp.lq * sp.lk),
-        (v.ptr(), sp.lk * hd),
-        (out.ptr(), sp.lq * hd),
-        (esz, esz),
+        gemms_py(sp, sp.lq, sp.lk, mat(&p), mat(v), mat(&out), q.dtype(), 1.0),
     )?;
     Ok((out, lse))
 }
@@ -227,147 +321,66 @@ pub fn attention_backward(
         ));
     }
     let dev = q.dev();
-    let (hd, esz) = (sp.h * sp.d, q.dtype().size_in_bytes());
-    let dq = q.zeros_like_dev(q.len(), q.dtype())?;
-    let dk = q.zeros_like_dev(k.len(), q.dtype())?;
-    let dv = q.zeros_like_dev(v.len(), q.dtype())?;
+    let dt = q.dtype();
+    let dq = q.zeros_like_dev(q.len(), dt)?;
+    let dk = q.zeros_like_dev(k.len(), dt)?;
+    let dv = q.zeros_like_dev(v.len(), dt)?;
     let dbias32 = match bias {
         Some(_) => Some(q.zeros_like_dev(sp.h * sp.lq * sp.lk, DType::F32)?),
         None => None,
     };
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
         let s = scores(q, k, sp)?;
-        // dP = dO · Vᵀ (f32)
         let dp = CudaStorage::alloc(dev, rows * sp.lk, DType::F32)?;
-        let base = Gemm {
-            trans_a: false,
-            trans_b: true,
-            m: sp.lq,
-            n: sp.lk,
-            k: sp.d,
-            a: 0,
-            lda: hd,
-            stride_a: sp.d,
-            b: 0,
-            ldb: hd,
-            stride_b: sp.d,
-            c: 0,
-            ldc: sp.lk,
-            stride_c: sp.lq * sp.lk,
-            batch: sp.h,
-            alpha: 1.0,
-            beta: 0.0,
-            ab: q.dtype(),
-            c_type: DType::F32,
-        };
-        let sc = sp.h * sp.lq * sp.lk;
-        per_batch(
+        run(
             dev,
-            sp,
-            base,
-            (dout.ptr(), sp.lq * hd),
-            (v.ptr(), sp.lk * hd),
-            (dp.ptr(), sc),
-            (esz, 4),
+            gemms_xyt(
+                sp,
+                sp.lq,
+                sp.lk,
+                mat(dout),
+                mat(v),
+                mat(&dp),
+                dt,
+                DType::F32,
+            ),
         )?;
-        let ds = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
-        let p = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
+        let ds = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
+        let p = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
+        let mut args = vec![
+            Arg::Ptr(ds.ptr()),
+            Arg::Ptr(p.ptr()),
+            Arg::Ptr(opt_ptr(dbias32.as_ref())),
+            Arg::Ptr(s.ptr()),
+            Arg::Ptr(dp.ptr()),
+            Arg::Ptr(lse.ptr()),
+        ];
+        args.extend(softmax_args(sp, bias, key_mask));
         dev.launch(
             &format!("fb_attn_softmax_bwd_{sx}"),
             cfg_rows(rows, sp.lk),
-            &[
-                Arg::Ptr(ds.ptr()),
-                Arg::Ptr(p.ptr()),
-                Arg::Ptr(opt_ptr(dbias32.as_ref())),
-                Arg::Ptr(s.ptr()),
-                Arg::Ptr(dp.ptr()),
-                Arg::Ptr(lse.ptr()),
-                Arg::Ptr(opt_ptr(bias)),
-                Arg::Ptr(opt_ptr(key_mask)),
-                Arg::I64(sp.b as i64),
-                Arg::I64(sp.h as i64),
-                Arg::I64(sp.lq as i64),
-                Arg::I64(sp.lk as i64),
-                Arg::F32(sp.scale),
-                Arg::I32(sp.causal as i32),
-            ],
+            &args,
         )?;
-        // dQ = scale · dS · K
-        let g = Gemm {
-            trans_a: false,
-            trans_b: false,
-            m: sp.lq,
-            n: sp.d,
-            k: sp.lk,
-            a: 0,
-            lda: sp.lk,
-            stride_a: sp.lq * sp.lk,
-            b: 0,
-            ldb: hd,
-            stride_b: sp.d,
-            c: 0,
-            ldc: hd,
-            stride_c: sp.d,
-            batch: sp.h,
-            alpha: sp.scale,
-            beta: 0.0,
-            ab: q.dtype(),
-            c_type: q.dtype(),
-        };
-        per_batch(
+        run(
             dev,
-            sp,
-            g,
-            (ds.ptr(), sc),
-            (k.ptr(), sp.lk * hd),
-            (dq.ptr(), sp.lq * hd),
-            (esz, esz),
+            gemms_py(sp, sp.lq, sp.lk, mat(&ds), mat(k), mat(&dq), dt, sp.scale),
         )?;
-        // dK = scale · dSᵀ · Q ; dV = Pᵀ · dO
-        let g = Gemm {
-            trans_a: true,
-            trans_b: false,
-            m: sp.lk,
-            n: sp.d,
-            k: sp.lq,
-            a: 0,
-            lda: sp.lk,
-            stride_a: sp.lq * sp.lk,
-            b: 0,
-            ldb: hd,
-            stride_b: sp.d,
-            c: 0,
-            ldc: hd,
-            stride_c: sp.d,
-            batch: sp.h,
-            alpha: sp.scale,
-            beta: 0.0,
-            ab: q.dtype(),
-            c_type: q.dtype(),
-        };
-        per_batch(
+        run(
             dev,
-            sp,
-            g,
-            (ds.ptr(), sc),
-            (q.ptr(), sp.lq * hd),
-            (dk.ptr(), sp.lk * hd),
-            (esz, esz),
+            gemms_pty(sp, sp.lk, sp.lq, mat(&ds), mat(q), mat(&dk), dt, sp.scale),
         )?;
-        let g = Gemm { alpha: 1.0, ..g };
-        per_batch(
+        run(
             dev,
-            sp,
-            g,
-            (p.ptr(), sc),
-            (dout.ptr(), sp.lq * hd),
-            (dv.ptr(), sp.lk * hd),
-            (esz, esz),
+            gemms_pty(sp, sp.lk, sp.lq, mat(&p), mat(dout), mat(&dv), dt, 1.0),
         )?;
     }
     let dbias = match dbias32 {
-        Some(d) if q.dtype() == DType::F16 => Some(cast(&d, DType::F16)?),
+        Some(d) if dt == DType::F16 => Some(cast(&d, DType::F16)?),
         other => other,
     };
     Ok((dq, dk, dv, dbias))
 }
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

@@ -12,7 +12,7 @@
 mod adamw;
 pub mod alloc;
 mod attention;
-mod blas;
+pub(crate) mod blas;
 pub mod context;
 mod elementwise;
 mod embedding;

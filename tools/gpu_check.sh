@@ -51,7 +51,8 @@ prepare() {
     else
         log "WARNING: no nvcc found; the binaries will compile kernels with NVRTC on the GPU machine"
     fi
-    local json="$ROOT/.gpu-build.json"
+    local json
+    json="$(mktemp "${TMPDIR:-/tmp}/fusebox-gpu-build.XXXXXX")"
     log "building test binaries (cargo test --release --no-run)"
     if ! cargo test --release --no-run --message-format=json >"$json" 2>"$json.err"; then
         log "ERROR: cargo test --no-run failed:"

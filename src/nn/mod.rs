@@ -1,0 +1,11 @@
+//! Parameters and the layers built from them. `ParamStore` holds named parameters under
+//! their Hugging Face names and loads/saves safetensors; `VarBuilder` is a name-prefixed
+//! view of it (candle's `vb.pp("encoder.layer.0")`), so HF checkpoints load with no
+//! renaming table.
+
+pub mod layers;
+pub mod params;
+pub mod safetensors_io;
+
+pub use layers::{Embedding, LayerNorm, Linear, RmsNorm};
+pub use params::{Init, ParamStore, VarBuilder};

@@ -1,0 +1,130 @@
+//! Scaled dot-product attention as one op: softmax(scale·q·kᵀ + bias + masks)·v with
+//! q, k, v in `[B, L, H, D]` (the linear layers' own layout). On CUDA this is the fused
+//! kernel; on the CPU the reference. Backward returns dq, dk, dv and the gradient of
+//! the additive bias (T5's relative positions) summed over the batch.
+
+use crate::autograd::{needs_grad, record};
+use crate::backend::AttnSpec;
+use crate::error::{Error, Result};
+use crate::ops::fresh;
+use crate::shape::DType;
+use crate::tensor::Tensor;
+
+/// Options of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnOptions<'a> {
+    /// Multiplies q·kᵀ: `1/√d` for BERT, `1.0` for T5.
+    pub scale: f32,
+    pub causal: bool,
+    /// I32 `[B, Lk]`, nonzero = attend.
+    pub key_mask: Option<&'a Tensor>,
+    /// `[H, Lq, Lk]`, added to the scores of every batch entry.
+    pub bias: Option<&'a Tensor>,
+}
+
+impl Tensor {
+    /// `self` is q `[B, Lq, H, D]`; k, v `[B, Lk, H, D]`. Returns `[B, Lq, H, D]`.
+    pub fn attention(&self, k: &Tensor, v: &Tensor, opt: AttnOptions<'_>) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("attention", self.device());
+        self.expect_rank("attention (q)", 4)?;
+        let [b, lq, h, d] = [
+            self.dims()[0],
+            self.dims()[1],
+            self.dims()[2],
+            self.dims()[3],
+        ];
+        k.expect_rank("attention (k)", 4)?;
+        let lk = k.dims()[1];
+        k.expect_shape("attention (k)", &[b, lk, h, d])?;
+        v.expect_shape("attention (v)", &[b, lk, h, d])?;
+        if let Some(m) = opt.key_mask {
+            m.expect_shape("attention (key mask)", &[b, lk])?;
+            if m.dtype() != DType::I32 {
+                return Err(Error::DType {
+                    op: "attention (key mask)",
+                    expected: "i32",
+                    got: m.dtype(),
+                });
+            }
+        }
+        if let Some(bias) = opt.bias {
+            bias.expect_shape("attention (bias)", &[h, lq, lk])?;
+        }
+        let spec = AttnSpec {
+            b,
+            h,
+            lq,
+            lk,
+            d,
+            scale: opt.scale,
+            causal: opt.causal,
+        };
+        let mask_s = opt.key_mask.map(|m| m.storage());
+        let bias_s = opt.bias.map(|t| t.storage());
+        let (o, lse) = self.storage().attention(
+            &k.storage(),
+            &v.storage(),
+            mask_s.as_deref(),
+            bias_s.as_deref(),
+            &spec,
+        )?;
+        drop((mask_s, bias_s));
+        let out = fresh(o, self.shape().clone());
+        let mut inputs = vec![self, k, v];
+        if let Some(bias) = opt.bias {
+            inputs.push(bias);
+        }
+        if !needs_grad(&inputs) {
+            return Ok(out);
+        }
+        let t = [
+            self.tracks(),
+            k.tracks(),
+            v.tracks(),
+            opt.bias.map(|x| x.tracks()).unwrap_or(false),
+        ];
+        let has_bias = opt.bias.is_some();
+        let (q, k, v) = (self.detach(), k.detach(), v.detach());
+        let mask = opt.key_mask.map(|m| m.detach());
+        let bias = opt.bias.map(|m| m.detach());
+        let o = out.detach();
+        let lse = fresh(lse, [b, h, lq]);
+        Ok(record(
+            "attention",
+            &inputs,
+            out,
+            Box::new(move |g| {
+                let mask_s = mask.as_ref().map(|m| m.storage());
+                let bias_s = bias.as_ref().map(|m| m.storage());
+                let (dq, dk, dv, db) = q.storage().attention_backward(
+                    &k.storage(),
+                    &v.storage(),
+                    &o.storage(),
+                    &lse.storage(),
+                    &g.storage(),
+                    mask_s.as_deref(),
+                    bias_s.as_deref(),
+                    &spec,
+                )?;
+                let mut res = vec![
+                    t[0].then(|| fresh(dq, q.shape().clone())),
+                    t[1].then(|| fresh(dk, k.shape().clone())),
+                    t[2].then(|| fresh(dv, v.shape().clone())),
+                ];
+                if has_bias {
+                    let db = match (t[3], db) {
+                        (true, Some(db)) => Some(fresh(db, [h, lq, lk])),
+                        (true, None) => {
+                            return Err(Error::msg(
+                                "attention backward: the backend returned no bias gradient",
+                            ))
+                        }
+                        (false, _) => None,
+                    };
+                    res.push(db);
+                }
+                Ok(res)
+            }),
+        ))
+    }
+}

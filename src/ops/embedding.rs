@@ -1,0 +1,46 @@
+//! Embedding lookup (row gather) and its backward (scatter-add into the table's
+//! gradient). The same op reorders beams during generation.
+
+use crate::autograd::{needs_grad, record};
+use crate::error::{Error, Result};
+use crate::ops::fresh;
+use crate::shape::DType;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// Rows of `self [n, cols]` picked by I32 `ids [..]`: result `[.., cols]`.
+    pub fn index_select(&self, ids: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("index_select", self.device());
+        self.expect_rank("index_select (table)", 2)?;
+        if ids.dtype() != DType::I32 {
+            return Err(Error::DType {
+                op: "index_select (ids)",
+                expected: "i32",
+                got: ids.dtype(),
+            });
+        }
+        let (n, cols) = (self.dims()[0], self.dims()[1]);
+        let mut out_dims = ids.dims().to_vec();
+        out_dims.push(cols);
+        let out = fresh(self.storage().index_select(&ids.storage(), cols)?, out_dims);
+        if !needs_grad(&[self]) {
+            return Ok(out);
+        }
+        let ids = ids.detach();
+        Ok(record(
+            "index_select",
+            &[self, &ids.clone()],
+            out,
+            Box::new(move |g| {
+                let d = g.storage().index_add(&ids.storage(), n, cols)?;
+                Ok(vec![Some(fresh(d, [n, cols])), None])
+            }),
+        ))
+    }
+
+    /// `nn.Embedding` forward: the table is `self`.
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("embedding", self.device());
+        self.index_select(ids)
+    }
+}

@@ -1,0 +1,191 @@
+//! Matrix products: `linear` (x·Wᵀ + b, the shape of every HF projection) and batched
+//! `matmul`. Both backward products are GEMMs too, so on CUDA all three go to cuBLAS.
+
+use crate::autograd::{needs_grad, record};
+use crate::backend::MatmulSpec;
+use crate::error::{Error, Result};
+use crate::ops::{fresh, when};
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// `self [.., in] · weightᵀ [in, out] + bias [out]` with `weight` stored `[out, in]`
+    /// as in PyTorch's `nn.Linear`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("linear", self.device());
+        weight.expect_rank("linear (weight)", 2)?;
+        let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
+        if self.shape().last() != in_f {
+            return Err(Error::Shape {
+                op: "linear",
+                expected: format!("[.., {in_f}] to match weight {}", weight.shape()),
+                got: self.shape().clone(),
+            });
+        }
+        let rows = self.shape().rows();
+        let mut out_dims = self.dims().to_vec();
+        if let Some(l) = out_dims.last_mut() {
+            *l = out_f;
+        }
+        let spec = MatmulSpec {
+            batch: 1,
+            m: rows,
+            n: out_f,
+            k: in_f,
+            trans_a: false,
+            trans_b: true,
+            stride_a: 0,
+            stride_b: 0,
+        };
+        let y = self.storage().matmul(&weight.storage(), &spec)?;
+        let y = match bias {
+            Some(b) => {
+                b.expect_shape("linear (bias)", &[out_f])?;
+                y.add_bias(&b.storage(), out_f)?
+            }
+            None => y,
+        };
+        let out = fresh(y, out_dims);
+        let mut inputs = vec![self, weight];
+        if let Some(b) = bias {
+            inputs.push(b);
+        }
+        if !needs_grad(&inputs) {
+            return Ok(out);
+        }
+        let (tx, tw, tb) = (
+            self.tracks(),
+            weight.tracks(),
+            bias.map(|b| b.tracks()).unwrap_or(false),
+        );
+        let has_bias = bias.is_some();
+        let x = self.detach();
+        let w = weight.detach();
+        Ok(record(
+            "linear",
+            &inputs,
+            out,
+            Box::new(move |g| {
+                let gs = g.storage();
+                // dx [rows, in] = dy [rows, out] · W [out, in]
+                let dx = when(tx, || {
+                    let s = gs.matmul(&w.storage(), &MatmulSpec::plain(rows, out_f, in_f))?;
+                    Ok(fresh(s, x.shape().clone()))
+                })?;
+                // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
+                let dw = when(tw, || {
+                    let spec = MatmulSpec {
+                        batch: 1,
+                        m: out_f,
+                        n: in_f,
+                        k: rows,
+                        trans_a: true,
+                        trans_b: false,
+                        stride_a: 0,
+                        stride_b: 0,
+                    };
+                    Ok(fresh(gs.matmul(&x.storage(), &spec)?, [out_f, in_f]))
+                })?;
+                let mut v = vec![dx, dw];
+                if has_bias {
+                    v.push(when(tb, || Ok(fresh(gs.sum_rows(out_f)?, [out_f])))?);
+                }
+                Ok(v)
+            }),
+        ))
+    }
+
+    /// Batched `self [.., m, k] · rhs [.., k, n]`; `rhs` of rank 2 is broadcast over the
+    /// batch. Leading dimensions must otherwise be equal.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("matmul", self.device());
+        let (ad, bd) = (self.dims(), rhs.dims());
+        if ad.len() < 2 || bd.len() < 2 {
+            return Err(Error::msg(format!(
+                "matmul: both operands need rank >= 2, got {} and {}",
+                self.shape(),
+                rhs.shape()
+            )));
+        }
+        let (m, k) = (ad[ad.len() - 2], ad[ad.len() - 1]);
+        let (k2, n) = (bd[bd.len() - 2], bd[bd.len() - 1]);
+        let batch: usize = ad[..ad.len() - 2].iter().product();
+        let b_batch: usize = bd[..bd.len() - 2].iter().product();
+        let broadcast = bd.len() == 2;
+        if k != k2 || (!broadcast && (ad[..ad.len() - 2] != bd[..bd.len() - 2])) {
+            return Err(Error::Shape {
+                op: "matmul",
+                expected: format!("[.., {k}, n] with the batch of {}", self.shape()),
+                got: rhs.shape().clone(),
+            });
+        }
+        debug_assert!(broadcast || b_batch == batch);
+        let spec = MatmulSpec {
+            batch,
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            stride_a: m * k,
+            stride_b: if broadcast { 0 } else { k * n },
+        };
+        let mut out_dims = ad[..ad.len() - 2].to_vec();
+        out_dims.extend([m, n]);
+        let out = fresh(self.storage().matmul(&rhs.storage(), &spec)?, out_dims);
+        if !needs_grad(&[self, rhs]) {
+            return Ok(out);
+        }
+        let (ta, tb) = (self.tracks(), rhs.tracks());
+        let (a, b) = (self.detach(), rhs.detach());
+        Ok(record(
+            "matmul",
+            &[self, rhs],
+            out,
+            Box::new(move |g| {
+                let gs = g.storage();
+                // dA [b, m, k] = dC [b, m, n] · Bᵀ
+                let da = when(ta, || {
+                    let spec = MatmulSpec {
+                        batch,
+                        m,
+                        n: k,
+                        k: n,
+                        trans_a: false,
+                        trans_b: true,
+                        stride_a: m * n,
+                        stride_b: if broadcast { 0 } else { k * n },
+                    };
+                    Ok(fresh(gs.matmul(&b.storage(), &spec)?, a.shape().clone()))
+                })?;
+                // dB = Aᵀ · dC, summed over the batch when B was broadcast.
+                let db = when(tb, || {
+                    let spec = if broadcast {
+                        MatmulSpec {
+                            batch: 1,
+                            m: k,
+                            n,
+                            k: batch * m,
+                            trans_a: true,
+                            trans_b: false,
+                            stride_a: 0,
+                            stride_b: 0,
+                        }
+                    } else {
+                        MatmulSpec {
+                            batch,
+                            m: k,
+                            n,
+                            k: m,
+                            trans_a: true,
+                            trans_b: false,
+                            stride_a: m * k,
+                            stride_b: m * n,
+                        }
+                    };
+                    Ok(fresh(a.storage().matmul(&gs, &spec)?, b.shape().clone()))
+                })?;
+                Ok(vec![da, db])
+            }),
+        ))
+    }
+}

@@ -1,0 +1,32 @@
+//! Differentiable ops on `Tensor`: each runs the backend forward, and records a backward
+//! closure on the tape when an input tracks gradients. Backend-agnostic: the same code
+//! drives the CPU reference and the CUDA kernels.
+
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod layout;
+pub mod matmul;
+pub mod norm;
+pub mod softmax;
+
+use crate::backend::Storage;
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+/// A fresh untracked result tensor; `autograd::record` marks it tracked when needed.
+pub(crate) fn fresh(s: Storage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::wrap(s, shape.into(), false)
+}
+
+/// `Some(g)` when the input tracks gradients.
+pub(crate) fn when<T>(
+    cond: bool,
+    f: impl FnOnce() -> crate::Result<T>,
+) -> crate::Result<Option<T>> {
+    if cond {
+        f().map(Some)
+    } else {
+        Ok(None)
+    }
+}

@@ -1,0 +1,218 @@
+//! The tape through composed ops: gradients of a small network (linear → layer_norm →
+//! gelu → tied output projection → cross-entropy) against central finite differences in
+//! f64; gradient summing for a tied parameter; accumulation across micro-batches;
+//! `no_grad`; the tape emptied and saved tensors released by backward.
+
+use fusebox::autograd::{backward, clear_tape, no_grad, tape_len};
+use fusebox::memory::tracker;
+use fusebox::ops::softmax::IGNORE_INDEX;
+use fusebox::rng::Rng;
+use fusebox::{Device, Result, Tensor};
+
+/// Tests here share the global memory tracker: run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn randn(rng: &mut Rng, shape: &[usize], std: f64) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.normal() * std).collect();
+    Tensor::from_f64(v, shape, Device::Cpu).unwrap()
+}
+
+struct Net {
+    emb: Tensor, // [V, D], tied with the output projection
+    w1: Tensor,  // [D, D]
+    b1: Tensor,
+    g: Tensor,
+    beta: Tensor,
+}
+
+fn loss_of(net: &Net, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let x = net.emb.embedding(ids)?; // [N, D]
+    let h = x.linear(&net.w1, Some(&net.b1))?;
+    let h = h.layer_norm(&net.g, &net.beta, 1e-5)?.gelu()?;
+    let h = h.add(&x)?; // residual: emb used twice more
+    let logits = h.linear(&net.emb, None)?; // tied output projection [N, V]
+    logits.cross_entropy(targets, IGNORE_INDEX)
+}
+
+fn params(net: &Net) -> Vec<&Tensor> {
+    vec![&net.emb, &net.w1, &net.b1, &net.g, &net.beta]
+}
+
+fn set_param(p: &Tensor, vals: Vec<f64>) {
+    let new = Tensor::from_f64(vals, p.dims(), Device::Cpu).unwrap();
+    p.storage_mut().copy_from_(&new.storage()).unwrap();
+}
+
+#[test]
+fn composed_network_matches_finite_differences() {
+    let _s = serial();
+    let mut rng = Rng::new(7);
+    let (v, d) = (11, 6);
+    let net = Net {
+        emb: Tensor::var(&randn(&mut rng, &[v, d], 0.5)),
+        w1: Tensor::var(&randn(&mut rng, &[d, d], 0.5)),
+        b1: Tensor::var(&randn(&mut rng, &[d], 0.1)),
+        g: Tensor::var(&randn(&mut rng, &[d], 1.0)),
+        beta: Tensor::var(&randn(&mut rng, &[d], 0.1)),
+    };
+    let ids = Tensor::from_i32(vec![1, 4, 4, 9, 0, 10, 3], [7], Device::Cpu).unwrap();
+    let targets = Tensor::from_i32(
+        vec![2, IGNORE_INDEX, 5, 5, 0, IGNORE_INDEX, 7],
+        [7],
+        Device::Cpu,
+    )
+    .unwrap();
+
+    let loss = loss_of(&net, &ids, &targets).unwrap();
+    let grads = backward(&loss).unwrap();
+    assert_eq!(tape_len(), 0, "backward must consume the tape");
+
+    let eps = 1e-6;
+    for (pi, p) in params(&net).into_iter().enumerate() {
+        let g = grads
+            .get(p)
+            .unwrap_or_else(|| panic!("param {pi} got no gradient"))
+            .to_vec_f64()
+            .unwrap();
+        let base = p.to_vec_f64().unwrap();
+        let mut max_err = 0.0f64;
+        let mut max_g = 0.0f64;
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            plus[i] += eps;
+            set_param(p, plus);
+            let lp = {
+                let _ng = no_grad();
+                loss_of(&net, &ids, &targets).unwrap().to_scalar().unwrap()
+            };
+            let mut minus = base.clone();
+            minus[i] -= eps;
+            set_param(p, minus);
+            let lm = {
+                let _ng = no_grad();
+                loss_of(&net, &ids, &targets).unwrap().to_scalar().unwrap()
+            };
+            set_param(p, base.clone());
+            let num = (lp - lm) / (2.0 * eps);
+            max_err = max_err.max((num - g[i]).abs());
+            max_g = max_g.max(num.abs());
+        }
+        assert!(
+            max_err <= 1e-6 * max_g.max(1.0),
+            "param {pi}: max |numeric - analytic| = {max_err:e} (max grad {max_g:e})"
+        );
+    }
+}
+
+#[test]
+fn tied_parameter_gradients_are_summed() {
+    let _s = serial();
+    // y = sum(w·x) + sum(w·w): dy/dw = x + 2w — w is used three times.
+    let w = Tensor::var(&Tensor::from_f64(vec![1.0, -2.0, 3.0], [3], Device::Cpu).unwrap());
+    let x = Tensor::from_f64(vec![0.5, 0.25, -1.0], [3], Device::Cpu).unwrap();
+    let y = w
+        .mul(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .add(&w.mul(&w).unwrap().sum_all().unwrap())
+        .unwrap();
+    let g = backward(&y).unwrap();
+    assert_eq!(
+        g.get(&w).unwrap().to_vec_f64().unwrap(),
+        vec![2.5, -3.75, 5.0]
+    );
+    assert!(
+        g.get(&x).is_none(),
+        "an input without requires_grad gets no gradient"
+    );
+}
+
+#[test]
+fn accumulation_over_micro_batches_equals_one_big_batch() {
+    let _s = serial();
+    let mut rng = Rng::new(3);
+    let w = Tensor::var(&randn(&mut rng, &[4, 5], 1.0));
+    let x = randn(&mut rng, &[6, 5], 1.0);
+    let t = Tensor::from_i32(vec![0, 1, 2, 3, 1, 0], [6], Device::Cpu).unwrap();
+    // Whole batch: mean over 6 rows.
+    let full = backward(
+        &x.linear(&w, None)
+            .unwrap()
+            .cross_entropy(&t, IGNORE_INDEX)
+            .unwrap(),
+    )
+    .unwrap();
+    // Two micro-batches of 3, each loss scaled by 1/2 (as a trainer does), accumulated.
+    let mut acc = backward(
+        &x.narrow(0, 0, 3)
+            .unwrap()
+            .linear(&w, None)
+            .unwrap()
+            .cross_entropy(&t.narrow(0, 0, 3).unwrap(), IGNORE_INDEX)
+            .unwrap()
+            .scale(0.5)
+            .unwrap(),
+    )
+    .unwrap();
+    let second = backward(
+        &x.narrow(0, 3, 3)
+            .unwrap()
+            .linear(&w, None)
+            .unwrap()
+            .cross_entropy(&t.narrow(0, 3, 3).unwrap(), IGNORE_INDEX)
+            .unwrap()
+            .scale(0.5)
+            .unwrap(),
+    )
+    .unwrap();
+    acc.accumulate(second).unwrap();
+    let a = acc.get(&w).unwrap().to_vec_f64().unwrap();
+    let f = full.get(&w).unwrap().to_vec_f64().unwrap();
+    for (a, f) in a.iter().zip(&f) {
+        assert!((a - f).abs() < 1e-12, "{a} vs {f}");
+    }
+}
+
+#[test]
+fn no_grad_records_nothing_and_backward_releases_saved_tensors() {
+    let _s = serial();
+    clear_tape();
+    let mut rng = Rng::new(5);
+    let w = Tensor::var(&randn(&mut rng, &[64, 64], 1.0));
+    let x = randn(&mut rng, &[32, 64], 1.0);
+    {
+        let _g = no_grad();
+        let y = x.linear(&w, None).unwrap().gelu().unwrap();
+        assert!(!y.tracks());
+        assert_eq!(tape_len(), 0);
+    }
+    let before = tracker::live_bytes(Device::Cpu);
+    let y = x
+        .linear(&w, None)
+        .unwrap()
+        .gelu()
+        .unwrap()
+        .gelu()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert!(tape_len() >= 4);
+    let held = tracker::live_bytes(Device::Cpu);
+    assert!(held > before, "forward must hold saved activations");
+    let g = backward(&y).unwrap();
+    drop(y);
+    assert_eq!(tape_len(), 0);
+    // What is left is the gradient of w (64·64 f64) and nothing from the forward.
+    let after = tracker::live_bytes(Device::Cpu);
+    let grad_bytes = g.get(&w).unwrap().elem_count() * 8;
+    assert!(
+        after <= before + grad_bytes + 1024,
+        "saved tensors leaked: before {before}, after {after}, grad {grad_bytes}"
+    );
+}

@@ -258,20 +258,21 @@ static void check_elementwise_adamw() {
     auto p = randn(m), g = randn(m, 100.0f), mm = randn(m, 0.01f), vv = randn(m, 0.01f);
     for (auto& v : vv) v = v * v;
     std::vector<double> rp(m), rm(m), rv(m);
-    float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, gs = 0.01f;
-    double bc1 = 1 - std::pow(0.9, 4), bc2 = 1 - std::pow(0.999, 4);
+    double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01, gs = 0.01;
+    double bc1 = 1 - std::pow(b1, 4), bc2 = 1 - std::pow(b2, 4);
     for (i64 i = 0; i < m; ++i) {
         double gi = (double)g[i] * gs;
-        double pi = p[i] * (1 - (double)lr * wd);
-        rm[i] = b1 * (double)mm[i] + (1 - (double)b1) * gi;
-        rv[i] = b2 * (double)vv[i] + (1 - (double)b2) * gi * gi;
+        double pi = p[i] * (1 - lr * wd);
+        rm[i] = b1 * (double)mm[i] + (1 - b1) * gi;
+        rv[i] = b2 * (double)vv[i] + (1 - b2) * gi * gi;
         rp[i] = pi - lr / bc1 * rm[i] / (std::sqrt(rv[i]) / std::sqrt(bc2) + eps);
     }
+    auto F = [](double x) { return (float)x; };
     int flag = 0;
     std::vector<fb_half> work(m);
-    emu_launch(fb_adamw_check_f32, D(2), D(256), g.data(), m, gs, &flag);
-    emu_launch(fb_adamw_step_f32, D(2), D(256), p.data(), g.data(), mm.data(), vv.data(), (void*)work.data(), 1, m, lr, b1, b2, eps, wd,
-               (float)(lr / bc1), (float)std::sqrt(bc2), gs, (const int*)&flag);
+    emu_launch(fb_adamw_check_f32, D(2), D(256), g.data(), m, F(gs), &flag);
+    emu_launch(fb_adamw_step_f32, D(2), D(256), p.data(), g.data(), mm.data(), vv.data(), (void*)work.data(), 1, m, F(1 - lr * wd), F(b1),
+               F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1), F(1 / std::sqrt(bc2)), F(gs), (const int*)&flag);
     report("adamw_param", rel(p, rp), 1e-5);
     report("adamw_m", rel(mm, rm), 1e-5);
     report("adamw_v", rel(vv, rv), 1e-5);
@@ -281,9 +282,9 @@ static void check_elementwise_adamw() {
     auto before = p;
     g[100] = INFINITY;
     flag = 0;
-    emu_launch(fb_adamw_check_f32, D(2), D(256), g.data(), m, gs, &flag);
-    emu_launch(fb_adamw_step_f32, D(2), D(256), p.data(), g.data(), mm.data(), vv.data(), (void*)nullptr, 0, m, lr, b1, b2, eps, wd,
-               (float)(lr / bc1), (float)std::sqrt(bc2), gs, (const int*)&flag);
+    emu_launch(fb_adamw_check_f32, D(2), D(256), g.data(), m, F(gs), &flag);
+    emu_launch(fb_adamw_step_f32, D(2), D(256), p.data(), g.data(), mm.data(), vv.data(), (void*)nullptr, 0, m, F(1 - lr * wd), F(b1),
+               F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1), F(1 / std::sqrt(bc2)), F(gs), (const int*)&flag);
     report("adamw_overflow_skips", (flag == 1 && p == before) ? 0 : 1, 0);
 }
 

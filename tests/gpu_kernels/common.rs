@@ -177,7 +177,7 @@ fn shape_str(shape: &[usize]) -> String {
 
 /// Print the machine-readable line gpu_check.sh tabulates.
 pub fn gpucheck(name: &str, shape: &[usize], dt: DType, err: f64, pass: bool, t: Instant) {
-    let _ = cuda::synchronize(0);
+    let _ = cuda::synchronize(fusebox::Device::Cuda(0));
     let ms = t.elapsed().as_secs_f64() * 1e3;
     println!(
         "GPUCHECK kernel={} shape={} dtype={} err={:.3e} pass={} ms={:.3}",
@@ -219,7 +219,7 @@ pub fn check(
     want: &CpuStorage,
     t: Instant,
 ) {
-    let _ = cuda::synchronize(0);
+    let _ = cuda::synchronize(fusebox::Device::Cuda(0));
     let elapsed = t;
     let g = ok(got.to_vec_f32());
     let w = ok(want.to_vec_f32());

@@ -80,14 +80,15 @@ pub fn adamw_(
         &[
             Arg::Ptr(grad.ptr()),
             n,
-            Arg::F32(hp.grad_scale),
+            Arg::F32(hp.grad_scale as f32),
             Arg::Ptr(flag.ptr()),
         ],
     )?;
-    let bc1 = 1.0 - (hp.beta1 as f64).powf(hp.step as f64);
-    let bc2 = 1.0 - (hp.beta2 as f64).powf(hp.step as f64);
-    let step_size = (hp.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
+    // Every scalar formed in f64 and rounded once, exactly as the CPU backend does.
+    let t = hp.step.min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - hp.beta1.powi(t);
+    let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+    let f = |x: f64| Arg::F32(x as f32);
     dev.launch(
         &format!("fb_adamw_step_{gs}"),
         cfg_1d(p.len()),
@@ -99,14 +100,15 @@ pub fn adamw_(
             Arg::Ptr(wptr),
             Arg::I32(wkind),
             n,
-            Arg::F32(hp.lr),
-            Arg::F32(hp.beta1),
-            Arg::F32(hp.beta2),
-            Arg::F32(hp.eps),
-            Arg::F32(hp.weight_decay),
-            Arg::F32(step_size),
-            Arg::F32(bc2_sqrt),
-            Arg::F32(hp.grad_scale),
+            f(1.0 - hp.lr * hp.weight_decay),
+            f(hp.beta1),
+            f(1.0 - hp.beta1),
+            f(hp.beta2),
+            f(1.0 - hp.beta2),
+            f(hp.eps),
+            f(hp.lr / bc1),
+            f(1.0 / bc2_sqrt),
+            f(hp.grad_scale),
             Arg::Ptr(flag.ptr()),
         ],
     )?;

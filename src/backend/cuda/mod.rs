@@ -85,9 +85,12 @@ pub fn empty_cache(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
-/// Wait for all queued work on `cuda:ordinal`.
-pub fn synchronize(ordinal: usize) -> Result<()> {
-    context::device(ordinal)?.sync()
+/// Wait for all work queued on `device` (profiling, timing); a no-op off CUDA.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(n) => context::device(n)?.sync(),
+        _ => Ok(()),
+    }
 }
 
 /// (free, total) device memory in bytes as the driver reports it.
@@ -529,9 +532,4 @@ impl BackendStorage for CudaStorage {
     ) -> Result<Vec<SpanCandidate>> {
         span::span_search(self, end_logits, allowed, cols, max_len, top_k)
     }
-}
-
-/// Wait for all work queued on `device` (profiling, timing).
-pub fn synchronize(_device: Device) -> Result<()> {
-    Ok(())
 }

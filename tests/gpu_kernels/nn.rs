@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use fusebox::backend::cuda;
 use fusebox::backend::{AdamWStep, AttnSpec, BackendStorage, CpuStorage};
 use fusebox::DType;
 
@@ -186,8 +187,8 @@ fn adamw_mixed_precision() {
 }
 
 #[test]
-fn attention_naive_forward_backward() {
-    let Some(mut rng) = setup("attention_naive_forward_backward") else {
+fn attention_forward_backward() {
+    let Some(mut rng) = setup("attention_forward_backward") else {
         return;
     };
     // (b, h, lq, lk, d, causal, mask, bias, scale)
@@ -199,6 +200,8 @@ fn attention_naive_forward_backward() {
         (2, 4, 33, 33, 64, true, true, false, 0.125),
         (1, 2, 17, 40, 64, true, false, true, 1.0),
         (3, 12, 128, 128, 64, false, true, false, 0.125),
+        (2, 2, 9, 70, 32, false, true, true, 1.0),
+        (1, 2, 65, 31, 128, true, true, true, 0.088),
     ];
     for &(b, h, lq, lk, d, causal, mask, bias, scale) in
         cases.iter().filter(|c| keep(c.0 * c.1 * c.2 * c.3))
@@ -232,10 +235,6 @@ fn attention_naive_forward_backward() {
                 (None, None)
             };
             let (wo, wl) = ok(cq.attention(&ck, &cv, cmask.as_ref(), cb.as_ref(), &sp));
-            let t = Instant::now();
-            let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
-            check("attn_naive_fwd_out", &shape, dt, &o, &wo, t);
-            check_lse("attn_naive_fwd_lse", &shape, dt, &l, &wl, t);
             let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(
                 &ck,
                 &cv,
@@ -246,21 +245,51 @@ fn attention_naive_forward_backward() {
                 cb.as_ref(),
                 &sp,
             ));
-            let t = Instant::now();
-            let (dq, dk, dv, db) =
-                ok(gq.attention_backward(&gk, &gv, &o, &l, &gdo, gmask.as_ref(), gb.as_ref(), &sp));
-            check("attn_naive_bwd_dq", &shape, dt, &dq, &wdq, t);
-            check("attn_naive_bwd_dk", &shape, dt, &dk, &wdk, t);
-            check("attn_naive_bwd_dv", &shape, dt, &dv, &wdv, t);
-            match (db, wdb) {
-                (Some(g), Some(w)) => check("attn_naive_bwd_dbias", &shape, dt, &g, &w, t),
-                (None, None) => {}
-                (g, w) => panic!(
-                    "dbias presence differs: gpu {} cpu {}",
-                    g.is_some(),
-                    w.is_some()
-                ),
+            // The fused kernels take f16 with head dim 32/64/128: run both paths there.
+            let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
+            let impls: &[cuda::AttnImpl] = if fused {
+                &[cuda::AttnImpl::Naive, cuda::AttnImpl::Fused]
+            } else {
+                &[cuda::AttnImpl::Naive]
+            };
+            for &which in impls {
+                cuda::set_attention_impl(which);
+                let tag = if which == cuda::AttnImpl::Fused {
+                    "fused"
+                } else {
+                    "naive"
+                };
+                let t = Instant::now();
+                let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
+                check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
+                check_lse(&format!("attn_{tag}_fwd_lse"), &shape, dt, &l, &wl, t);
+                let t = Instant::now();
+                let (dq, dk, dv, db) = ok(gq.attention_backward(
+                    &gk,
+                    &gv,
+                    &o,
+                    &l,
+                    &gdo,
+                    gmask.as_ref(),
+                    gb.as_ref(),
+                    &sp,
+                ));
+                check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
+                check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
+                check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
+                match (db, wdb.as_ref()) {
+                    (Some(g), Some(w)) => {
+                        check(&format!("attn_{tag}_bwd_dbias"), &shape, dt, &g, w, t)
+                    }
+                    (None, None) => {}
+                    (g, w) => panic!(
+                        "dbias presence differs: gpu {} cpu {}",
+                        g.is_some(),
+                        w.is_some()
+                    ),
+                }
             }
+            cuda::set_attention_impl(cuda::AttnImpl::Auto);
         }
     }
 }

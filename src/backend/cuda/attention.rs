@@ -1,15 +1,16 @@
-//! Attention on CUDA. For now the naive path: cuBLAS strided-batched GEMMs for q·kᵀ,
+//! Attention on CUDA: the naive path (cuBLAS strided-batched GEMMs for q·kᵀ,
 //! P·v and their gradients around the masked/biased/causal softmax kernels of
 //! kernels/attention_naive.cu, with fp32 scores ([B, H, Lq, Lk] scratch).
 //!
 //! Why it is built this way: it is simple enough to be obviously right, so it serves as
-//! the device-side reference and the fallback for the fused flash kernel
-//! (kernels/attention.cu, entry points fb_attn_fwd_f16 / fb_attn_bwd_f16, written
-//! separately). `attention`/`attention_backward` are the switch point: when the fused
-//! kernel lands it is chosen there for the shapes it supports. q/k/v are [B, L, H, D],
+//! the device-side reference and the fallback for the fused flash kernels
+//! (kernels/attention.cu, host side in attention_fused.rs). `attention` and
+//! `attention_backward` are the switch point: `attention_fused::choose` picks the fused
+//! kernels for the shapes they take unless FUSEBOX_ATTN=naive. q/k/v are [B, L, H, D],
 //! so head h of batch b is a strided matrix with row stride H·D; each GEMM batches over
 //! the heads of one batch entry (stride D) and loops over B.
 
+use super::attention_fused;
 use super::blas::{gemm, Gemm};
 use super::context::{cfg_rows, Arg, Dev};
 use super::elementwise::cast;
@@ -280,6 +281,10 @@ pub fn attention(
         let l = lse.full_like_dev(rows, DType::F32, f64::NEG_INFINITY)?;
         return Ok((z, l));
     }
+    if let Some(suffix) = attention_fused::choose(dev, q.dtype(), sp)? {
+        attention_fused::forward(suffix, q, k, v, key_mask, bias, sp, &out, &lse)?;
+        return Ok((out, lse));
+    }
     let s = scores(q, k, sp)?;
     let p = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
     let mut args = vec![Arg::Ptr(p.ptr()), Arg::Ptr(lse.ptr()), Arg::Ptr(s.ptr())];
@@ -322,6 +327,11 @@ pub fn attention_backward(
     }
     let dev = q.dev();
     let dt = q.dtype();
+    if rows > 0 && sp.lk > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
+            return attention_fused::backward(suffix, q, k, v, out, lse, dout, key_mask, bias, sp);
+        }
+    }
     let dq = q.zeros_like_dev(q.len(), dt)?;
     let dk = q.zeros_like_dev(k.len(), dt)?;
     let dv = q.zeros_like_dev(v.len(), dt)?;

@@ -12,6 +12,7 @@
 mod adamw;
 pub mod alloc;
 mod attention;
+mod attention_fused;
 pub(crate) mod blas;
 pub mod context;
 mod elementwise;
@@ -35,6 +36,7 @@ use crate::memory::tracker;
 use crate::shape::{DType, Device, Shape};
 
 pub use alloc::AllocStats;
+pub use attention_fused::{attention_impl, set_attention_impl, AttnImpl};
 use context::{cu, lock, Dev};
 
 /// Is a CUDA driver loadable and a device present? Never panics; the answer is cached.

@@ -99,6 +99,11 @@ PY
             cp "$path" "$GPU_DIR/$kind/$name"
         fi
         chmod +x "$GPU_DIR/$kind/$name"
+        # CLI tests find binaries through CARGO_BIN_EXE_* (absolute paths of this machine).
+        [ "$kind" = bin ] && printf '%s\t%s\n' "$name" "$path" >>"$GPU_DIR/bin_paths.txt"
+        # Every binary embeds the ~5 MB fatbin; gzip (3x here) keeps many of them under the
+        # device tool's 64 MiB carry limit. `run` unpacks them.
+        gzip -9 -f "$GPU_DIR/$kind/$name"
         n=$((n + 1))
     done <"$GPU_DIR/.list"
     # The ptxas report of the fatbin that went into these binaries.
@@ -229,7 +234,33 @@ run_body() {
         log "ERROR: $GPU_DIR/tests is missing: run 'tools/gpu_check.sh prepare' first and carry .gpu"
         return 2
     fi
-    chmod +x "$GPU_DIR"/tests/* "$GPU_DIR"/bin/* 2>/dev/null
+    # Unpack the (gzipped) binaries into this run's folder.
+    TESTS="$WORK/tests"
+    mkdir -p "$TESTS" "$WORK/bin"
+    local f base dest
+    for f in "$GPU_DIR"/tests/* "$GPU_DIR"/bin/*; do
+        [ -f "$f" ] || continue
+        base=$(basename "$f" .gz)
+        case "$f" in
+            */tests/*) dest="$TESTS/$base" ;;
+            *) dest="$WORK/bin/$base" ;;
+        esac
+        if [ "${f%.gz}" != "$f" ]; then
+            gzip -dc "$f" >"$dest" || log "ERROR: cannot unpack $f"
+        else
+            cp "$f" "$dest"
+        fi
+        chmod +x "$dest" 2>/dev/null
+    done
+    # Put the crate's binaries where the CLI tests were told they are (CARGO_BIN_EXE_*).
+    if [ -f "$GPU_DIR/bin_paths.txt" ]; then
+        local bname bpath
+        while IFS=$'\t' read -r bname bpath; do
+            [ -e "$bpath" ] && continue
+            mkdir -p "$(dirname "$bpath")" 2>/dev/null && cp "$WORK/bin/$bname" "$bpath" 2>/dev/null \
+                && log "placed $bname at $bpath" || log "cannot place $bname at $bpath (CLI tests may fail)"
+        done <"$GPU_DIR/bin_paths.txt"
+    fi
     export RUST_BACKTRACE=1
     export FUSEBOX_KERNEL_CACHE="${FUSEBOX_KERNEL_CACHE:-$WORK/kernel-cache}"
     if [ -z "${FUSEBOX_ASSETS:-}" ]; then
@@ -243,7 +274,7 @@ run_body() {
     timeout 10 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm --format=csv 2>&1 || true
     ls -l /usr/local/cuda/lib64/libcublas.so* /usr/local/cuda/lib64/libnvrtc.so* 2>/dev/null | head -n 6
 
-    local kt="$GPU_DIR/tests/gpu_kernels"
+    local kt="$TESTS/gpu_kernels"
     if [ -x "$kt" ]; then
         run_step gpu_kernels 180 "$WORK/gpu_kernels.out" "$kt" --nocapture --test-threads=1
         # The run-time path: the same kernels compiled by NVRTC for this GPU, small cases.
@@ -263,10 +294,9 @@ run_body() {
         log "compute-sanitizer not found; memcheck skipped"
     fi
     local t name
-    for t in "$GPU_DIR"/tests/*; do
+    for t in "$TESTS"/*; do
         name=$(basename "$t")
         [ "$name" = gpu_kernels ] && continue
-        case "$name" in run-*) continue ;; esac
         [ -x "$t" ] || continue
         run_step "$name" 60 "$WORK/$name.out" "$t" --nocapture --test-threads=1
     done

@@ -214,8 +214,9 @@ table() {
 }
 
 run() {
-    WORK="${GPU_DIR}/run-$(date -u +%H%M%S)"
-    mkdir -p "$WORK" || WORK="$(mktemp -d)"
+    # Outside .gpu, so .gpu stays exactly what prepare made (and what gets carried).
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")" || WORK="$GPU_DIR/run-$$"
+    mkdir -p "$WORK"
     RESULTS="$WORK/steps.txt"
     : >"$RESULTS"
     LOGFILE="$WORK/gpu_check.log"

@@ -19,11 +19,20 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
     return true;
 }
 
+// Probability dropout multiplier Z of flat [B, H, Lq, Lk] index `idx` (the same index the
+// fused kernel and the CPU reference use): 0 or 1/(1-p); 1 when p = 0. With dropout,
+// O = (P*Z).V, so backward uses delta = sum_j P*Z*dP, dS = P*(Z*dP - delta), dV = (P*Z)^T.dO.
+__device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, i64 idx) {
+    if (p <= 0.0f) return 1.0f;
+    return fb_dropout_keep(seed, (unsigned long long)idx, p) ? 1.0f / (1.0f - p) : 0.0f;
+}
+
 #define FB_ATTN(S, T)                                                                         \
     extern "C" __global__ void __launch_bounds__(1024) fb_attn_softmax_##S(T* p, float* lse, const float* s,          \
                                                    const T* bias, const int* key_mask, i64 nb, \
                                                    i64 nh, i64 lq, i64 lk, float scale,       \
-                                                   int causal) {                              \
+                                                   int causal, float drop_p,                  \
+                                                   unsigned long long seed) {                 \
         __shared__ float scratch[32];                                                         \
         i64 row = blockIdx.x;                                                                 \
         i64 i = row % lq;                                                                     \
@@ -47,6 +56,7 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
             float v = 0.0f;                                                                   \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
                 v = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - m) / z;                 \
+            v *= fb_attn_drop(drop_p, seed, row * lk + j);                                    \
             fb_st(p + row * lk, j, v);                                                        \
         }                                                                                     \
         if (threadIdx.x == 0) lse[row] = empty ? -fb_inf() : m + logf(z);                     \
@@ -59,7 +69,8 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
                                                        const float* lse, const T* bias,       \
                                                        const int* key_mask, i64 nb, i64 nh,   \
                                                        i64 lq, i64 lk, float scale,           \
-                                                       int causal) {                          \
+                                                       int causal, float drop_p,              \
+                                                       unsigned long long seed) {             \
         __shared__ float scratch[32];                                                         \
         i64 row = blockIdx.x;                                                                 \
         i64 i = row % lq;                                                                     \
@@ -74,15 +85,17 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
         if (!empty)                                                                           \
             for (i64 j = threadIdx.x; j < lk; j += blockDim.x)                                \
                 if (fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                          \
-                    d += expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l) * dpr[j];       \
+                    d += expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l) * dpr[j] *      \
+                         fb_attn_drop(drop_p, seed, row * lk + j);                            \
         d = fb_block_sum(d, scratch);                                                         \
         for (i64 j = threadIdx.x; j < lk; j += blockDim.x) {                                  \
             float pj = 0.0f;                                                                  \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
                 pj = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l);                    \
-            float g = pj * (dpr[j] - d);                                                      \
+            float zj = fb_attn_drop(drop_p, seed, row * lk + j);                              \
+            float g = pj * (zj * dpr[j] - d);                                                 \
             fb_st(ds + row * lk, j, g);                                                       \
-            fb_st(p_out + row * lk, j, pj);                                                   \
+            fb_st(p_out + row * lk, j, pj * zj);                                              \
             if (dbias && g != 0.0f) atomicAdd(dbias + (h * lq + i) * lk + j, g);              \
         }                                                                                     \
     }

@@ -31,7 +31,12 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Train a WordPiece vocabulary of at most `vocab_size` on `texts` and save it to `dir`.
-pub fn train_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool, dir: &Path) -> Result<()> {
+pub fn train_wordpiece(
+    texts: &[String],
+    vocab_size: usize,
+    lowercase: bool,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let mut tok = Tokenizer::new(WordPiece::default());
@@ -42,11 +47,20 @@ pub fn train_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool, dir
         .vocab_size(vocab_size)
         .min_frequency(1)
         .show_progress(false)
-        .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
         .build()
         .into();
-    tok.train(&mut trainer, texts.iter()).map_err(|e| terr(dir, e))?;
-    let id = |t: &str| tok.token_to_id(t).ok_or_else(|| terr(dir, format!("{t} missing after training")));
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| terr(dir, e))?;
+    let id = |t: &str| {
+        tok.token_to_id(t)
+            .ok_or_else(|| terr(dir, format!("{t} missing after training")))
+    };
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     if id("[PAD]")? != 0 {
         return Err(terr(dir, "[PAD] must be id 0"));
@@ -60,7 +74,8 @@ pub fn train_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool, dir
         .map_err(|e| terr(dir, e))?;
     tok.with_post_processor(Some(post));
     tok.with_decoder(Some(WordPieceDecoder::default()));
-    tok.save(dir.join("tokenizer.json"), false).map_err(|e| terr(dir, e))?;
+    tok.save(dir.join("tokenizer.json"), false)
+        .map_err(|e| terr(dir, e))?;
     // vocab.txt: one token per line, by id.
     let mut vocab: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
     vocab.sort_by_key(|(_, i)| *i);
@@ -73,7 +88,10 @@ pub fn train_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool, dir
         "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
         "sep_token": "[SEP]", "mask_token": "[MASK]",
     });
-    write(&dir.join("tokenizer_config.json"), &serde_json::to_string_pretty(&cfg).unwrap_or_default())
+    write(
+        &dir.join("tokenizer_config.json"),
+        &serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )
 }
 
 /// Train a word-level vocabulary for a T5-style model and save it to `dir`.
@@ -90,11 +108,17 @@ pub fn train_wordlevel_t5(texts: &[String], vocab_size: usize, dir: &Path) -> Re
         .vocab_size(vocab_size)
         .min_frequency(1)
         .show_progress(false)
-        .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
         .build()
         .map_err(|e| terr(dir, e))?
         .into();
-    tok.train(&mut trainer, texts.iter()).map_err(|e| terr(dir, e))?;
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| terr(dir, e))?;
     for (i, s) in specials.iter().enumerate() {
         if tok.token_to_id(s) != Some(i as u32) {
             return Err(terr(dir, format!("{s} must be id {i}")));
@@ -108,13 +132,17 @@ pub fn train_wordlevel_t5(texts: &[String], vocab_size: usize, dir: &Path) -> Re
         .build()
         .map_err(|e| terr(dir, e))?;
     tok.with_post_processor(Some(post));
-    tok.save(dir.join("tokenizer.json"), false).map_err(|e| terr(dir, e))?;
+    tok.save(dir.join("tokenizer.json"), false)
+        .map_err(|e| terr(dir, e))?;
     let cfg = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": 512,
         "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
     });
-    write(&dir.join("tokenizer_config.json"), &serde_json::to_string_pretty(&cfg).unwrap_or_default())
+    write(
+        &dir.join("tokenizer_config.json"),
+        &serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -143,7 +171,9 @@ mod tests {
             .collect();
         train_wordpiece(&ctx, 400, false, &base.join("wp")).unwrap();
         let t = Tokenizer::from_file(base.join("wp/tokenizer.json")).unwrap();
-        let enc = t.encode(("Where was Alice born?", ctx[0].as_str()), true).unwrap();
+        let enc = t
+            .encode(("Where was Alice born?", ctx[0].as_str()), true)
+            .unwrap();
         assert_eq!(enc.get_ids()[0], t.token_to_id("[CLS]").unwrap());
         assert!(enc.get_type_ids().contains(&1));
         let vocab = std::fs::read_to_string(base.join("wp/vocab.txt")).unwrap();

@@ -333,8 +333,8 @@ static void check_attention() {
     for (i64 j = 0; j < lk; ++j) mask[0 * lk + j] = j >= 3;
     for (int causal = 0; causal < 2; ++causal) {
         std::vector<float> p(b * h * lq * lk), lse(b * h * lq), ds(p.size()), p2(p.size()), db(h * lq * lk, 0.0f);
-        emu_launch(fb_attn_softmax_f32, D(b * h * lq), D(128), p.data(), lse.data(), s.data(), bias.data(), mask.data(), b, h, lq, lk, scale, causal);
-        emu_launch(fb_attn_softmax_bwd_f32, D(b * h * lq), D(128), ds.data(), p2.data(), db.data(), s.data(), dp.data(), lse.data(), bias.data(), mask.data(), b, h, lq, lk, scale, causal);
+        emu_launch(fb_attn_softmax_f32, D(b * h * lq), D(128), p.data(), lse.data(), s.data(), bias.data(), mask.data(), b, h, lq, lk, scale, causal, 0.0f, 0ull);
+        emu_launch(fb_attn_softmax_bwd_f32, D(b * h * lq), D(128), ds.data(), p2.data(), db.data(), s.data(), dp.data(), lse.data(), bias.data(), mask.data(), b, h, lq, lk, scale, causal, 0.0f, 0ull);
         std::vector<double> rp(p.size()), rl(lse.size()), rds(p.size()), rdb(db.size(), 0);
         for (i64 bb = 0; bb < b; ++bb) for (i64 hh = 0; hh < h; ++hh) for (i64 i = 0; i < lq; ++i) {
             i64 row = (bb * h + hh) * lq + i;

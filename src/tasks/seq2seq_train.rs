@@ -41,7 +41,6 @@ pub struct Seq2SeqTask {
     kind: Seq2SeqKind,
     pub generation: GenerateConfig,
     max_source: usize,
-    max_target: usize,
     eval_batch: usize,
     device: Device,
     pad: i32,
@@ -120,7 +119,6 @@ impl Seq2SeqTask {
             kind,
             generation,
             max_source,
-            max_target,
             eval_batch: 16,
             device,
             pad,
@@ -135,7 +133,15 @@ impl Seq2SeqTask {
         for chunk in sources.chunks(self.eval_batch.max(1)) {
             let enc: Vec<Vec<i32>> = chunk
                 .iter()
-                .map(|s| encode(&self.tokenizer, &self.tokenizer_dir, s, self.max_source, eos))
+                .map(|s| {
+                    encode(
+                        &self.tokenizer,
+                        &self.tokenizer_dir,
+                        s,
+                        self.max_source,
+                        eos,
+                    )
+                })
                 .collect::<Result<_>>()?;
             let rows: Vec<&[i32]> = enc.iter().map(|v| v.as_slice()).collect();
             let (ids, mask) = pad_rows(&rows, self.pad, self.device)?;
@@ -183,7 +189,12 @@ impl Task for Seq2SeqTask {
     fn loss(&mut self, idx: &[usize], seed: u64) -> Result<(Tensor, usize)> {
         let srcs: Vec<&[i32]> = idx.iter().map(|&i| self.train[i].src.as_slice()).collect();
         let (ids, mask) = pad_rows(&srcs, self.pad, self.device)?;
-        let tl = idx.iter().map(|&i| self.train[i].tgt.len()).max().unwrap_or(1).max(1);
+        let tl = idx
+            .iter()
+            .map(|&i| self.train[i].tgt.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let mut labels = Vec::with_capacity(idx.len() * tl);
         let mut tokens = 0;
         for &i in idx {
@@ -193,7 +204,9 @@ impl Task for Seq2SeqTask {
             tokens += t.len() + self.train[i].src.len();
         }
         let labels = Tensor::from_i32(labels, [idx.len(), tl], self.device)?;
-        let (loss, _) = self.model.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
+        let (loss, _) = self
+            .model
+            .loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
         Ok((loss, tokens))
     }
 
@@ -209,7 +222,12 @@ impl Task for Seq2SeqTask {
 
     fn save(&self, dir: &Path) -> Result<()> {
         self.model.save(dir)?;
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"] {
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "spiece.model",
+        ] {
             let src = self.tokenizer_dir.join(f);
             let dst = dir.join(f);
             if src.is_file() && src != dst {

@@ -203,8 +203,11 @@ fn attention_forward_backward() {
         (2, 2, 9, 70, 32, false, true, true, 1.0),
         (1, 2, 65, 31, 128, true, true, true, 0.088),
     ];
-    for &(b, h, lq, lk, d, causal, mask, bias, scale) in
-        cases.iter().filter(|c| keep(c.0 * c.1 * c.2 * c.3))
+    // Every case also runs with probability dropout (the CPU reference draws the same
+    // mask from the same seed).
+    let with_dropout = cases.iter().flat_map(|c| [(*c, 0.0f32), (*c, 0.15f32)]);
+    for ((b, h, lq, lk, d, causal, mask, bias, scale), dropout) in
+        with_dropout.filter(|(c, _)| keep(c.0 * c.1 * c.2 * c.3))
     {
         for dt in DTS {
             let sp = AttnSpec {
@@ -215,6 +218,8 @@ fn attention_forward_backward() {
                 d,
                 scale,
                 causal,
+                dropout,
+                seed: 4242,
             };
             let shape = [b, h, lq, lk, d];
             let (cq, gq) = pair(&rng.normal(b * lq * h * d, 1.0), dt);
@@ -254,10 +259,11 @@ fn attention_forward_backward() {
             };
             for &which in impls {
                 cuda::set_attention_impl(which);
-                let tag = if which == cuda::AttnImpl::Fused {
-                    "fused"
-                } else {
-                    "naive"
+                let tag = match (which == cuda::AttnImpl::Fused, dropout > 0.0) {
+                    (true, false) => "fused",
+                    (true, true) => "fused_dropout",
+                    (false, false) => "naive",
+                    (false, true) => "naive_dropout",
                 };
                 let t = Instant::now();
                 let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));

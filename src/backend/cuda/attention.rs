@@ -247,7 +247,7 @@ fn softmax_args(
     sp: &AttnSpec,
     bias: Option<&CudaStorage>,
     key_mask: Option<&CudaStorage>,
-) -> [Arg; 8] {
+) -> [Arg; 10] {
     [
         Arg::Ptr(opt_ptr(bias)),
         Arg::Ptr(opt_ptr(key_mask)),
@@ -257,6 +257,8 @@ fn softmax_args(
         Arg::I64(sp.lk as i64),
         Arg::F32(sp.scale),
         Arg::I32(sp.causal as i32),
+        Arg::F32(sp.dropout),
+        Arg::U64(sp.seed),
     ]
 }
 

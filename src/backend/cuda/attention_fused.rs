@@ -8,8 +8,9 @@
 //! FUSEBOX_ATTN=auto) picks the fused kernels whenever they apply and were loaded (an
 //! NVRTC build without CUDA headers cannot compile attention.cu; then Auto falls back);
 //! FUSEBOX_ATTN=naive|fused or [`set_attention_impl`] force one (forcing `fused` where it
-//! does not apply is an error, so tests cannot silently test the wrong path). The backend
-//! contract has no attention dropout, so dropout_p = 0 is passed.
+//! does not apply is an error, so tests cannot silently test the wrong path). Probability
+//! dropout (AttnSpec.dropout/seed) is passed through: the kernels draw the same mask
+//! index as the CPU reference.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -109,8 +110,8 @@ fn tail(sp: &AttnSpec) -> [Arg; 4] {
     [
         Arg::F32(sp.scale),
         Arg::I32(sp.causal as i32),
-        Arg::F32(0.0),
-        Arg::U64(0),
+        Arg::F32(sp.dropout),
+        Arg::U64(sp.seed),
     ]
 }
 

@@ -71,6 +71,8 @@ fn attention_descriptors_match_cpu() {
             d,
             scale,
             causal,
+            dropout: 0.0,
+            seed: 0,
         };
         let (q, k, v, dout) = (
             vals(b * lq * h * d, 1),

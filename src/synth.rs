@@ -12,8 +12,9 @@
 //!   questions are paraphrased several ways.
 //! - Summarize: a paragraph of event sentences with distractors; the target is the one
 //!   sentence about the winner, rewritten as a headline.
-//! - Translate: English → a made-up language with its own lexicon, adjective–noun
-//!   reordering and a plural marker, so it is more than word substitution.
+//! - Translate: English → a made-up language with its own lexicon, subject–object–verb
+//!   order, noun–adjective order and a plural particle, so it is more than word
+//!   substitution.
 
 use serde_json::{json, Value};
 
@@ -360,8 +361,8 @@ fn lex(w: &str) -> &'static str {
         .unwrap_or("?")
 }
 
-/// Noun phrase: English "the big dog(s)" → target "ko basu-i gor" (noun before adjective,
-/// plural suffix -i).
+/// Noun phrase: English "the big dog(s)" → target "ko basu ri gor" (noun before adjective,
+/// plural particle `ri` after the noun).
 fn noun_phrase(rng: &mut Rng) -> (String, String) {
     let det = if rng.below(2) == 0 { "the" } else { "a" };
     let noun = pick(rng, NOUNS);
@@ -445,6 +446,6 @@ mod tests {
             assert!(doc.contains(name), "{sum} not grounded in {doc}");
         }
         let t = translate_dataset(4, 50);
-        assert!(t.iter().any(|(_, tg)| tg.contains("-i")), "plurals appear");
+        assert!(t.iter().any(|(_, tg)| tg.contains(" ri ")), "plurals appear");
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod generate;
 pub mod seq2seq_train;
+pub mod seq2seq_default;

@@ -11,6 +11,9 @@ pub mod ops;
 pub mod tensor;
 
 pub use tensor::Tensor;
+pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod rng;
+pub mod tasks;
+pub mod tokenize;

@@ -1,0 +1,3 @@
+pub mod bert;
+pub mod distilbert;
+pub mod encoder;

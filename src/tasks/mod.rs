@@ -1,1 +1,2 @@
 pub mod qa;
+pub mod qa_post;

@@ -1,0 +1,363 @@
+//! Attention, forward and backward, for both model families (mirrors
+//! kernels/attention.cu): softmax(scale·q·kᵀ + bias + masks)·v with a key padding mask,
+//! an end-aligned causal mask and T5's additive per-head bias.
+//!
+//! q, k, v stay in the `[B, L, H, D]` layout the projections produce: each (batch, head)
+//! slice is a strided matrix (row stride H·D), so the two products per head go straight
+//! to gemm with strides and nothing is transposed or copied. Work is split over
+//! (batch, head) pairs; each pair materialises its `Lq × Lk` score matrix, which is fine
+//! on a CPU (the CUDA kernel tiles it instead). Backward recomputes the probabilities
+//! from the saved log-sum-exp rather than keeping them. Batches are processed in waves
+//! so the per-pair buffers (and dbias partials) stay bounded for long batches.
+//!
+//! A row whose keys are all masked has lse = -inf and probability 0 everywhere, so it
+//! outputs zeros and passes no gradient (never NaN).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::matmul::{gemm_strided, View};
+use super::{check_len, CpuStorage, Real};
+use crate::backend::AttnSpec;
+use crate::error::{Error, Result};
+
+struct Inputs<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    mask: Option<&'a [i32]>,
+    bias: Option<&'a [T]>,
+    s: AttnSpec,
+    scale: T,
+}
+
+fn inputs<'a, T: Real>(
+    op: &'static str,
+    q: &'a CpuStorage,
+    k: &'a CpuStorage,
+    v: &'a CpuStorage,
+    key_mask: Option<&'a CpuStorage>,
+    bias: Option<&'a CpuStorage>,
+    s: &AttnSpec,
+) -> Result<Inputs<'a, T>> {
+    let (q, k, v) = (q.floats::<T>(op)?, k.floats::<T>(op)?, v.floats::<T>(op)?);
+    check_len(op, "q [b, lq, h, d]", s.b * s.lq * s.h * s.d, q.len())?;
+    check_len(op, "k [b, lk, h, d]", s.b * s.lk * s.h * s.d, k.len())?;
+    check_len(op, "v [b, lk, h, d]", s.b * s.lk * s.h * s.d, v.len())?;
+    let mask = match key_mask {
+        Some(m) => {
+            let m = m.ints(op)?;
+            check_len(op, "key_mask [b, lk]", s.b * s.lk, m.len())?;
+            Some(m)
+        }
+        None => None,
+    };
+    let bias = match bias {
+        Some(b) => {
+            let b = b.floats::<T>(op)?;
+            check_len(op, "bias [h, lq, lk]", s.h * s.lq * s.lk, b.len())?;
+            Some(b)
+        }
+        None => None,
+    };
+    if !s.scale.is_finite() {
+        return Err(Error::msg(format!("{op}: scale {} is not finite", s.scale)));
+    }
+    Ok(Inputs {
+        q,
+        k,
+        v,
+        mask,
+        bias,
+        s: *s,
+        scale: T::of(s.scale as f64),
+    })
+}
+
+impl<T: Real> Inputs<'_, T> {
+    /// Row-major view of the (b, h) slice of a `[B, L, H, D]` buffer: `L × D`.
+    fn rows(&self, b: usize, h: usize, l: usize) -> View {
+        let hd = self.s.h * self.s.d;
+        View::row_major(b * l * hd + h * self.s.d, hd)
+    }
+    /// The same slice transposed: `D × L`.
+    fn cols(&self, b: usize, h: usize, l: usize) -> View {
+        let hd = self.s.h * self.s.d;
+        View {
+            off: b * l * hd + h * self.s.d,
+            rs: 1,
+            cs: hd,
+        }
+    }
+
+    /// `scale·q·kᵀ + bias` with masked positions at -inf, `lq × lk` row-major.
+    fn scores(&self, b: usize, h: usize) -> Result<Vec<T>> {
+        let AttnSpec { lq, lk, d, .. } = self.s;
+        let mut sc = vec![T::zero(); lq * lk];
+        gemm_strided(
+            (lq, lk, d),
+            &mut sc,
+            View::row_major(0, lk),
+            self.q,
+            self.rows(b, h, lq),
+            self.k,
+            self.cols(b, h, lk),
+            self.scale,
+            false,
+            Parallelism::None,
+        )?;
+        for i in 0..lq {
+            let row = &mut sc[i * lk..(i + 1) * lk];
+            if let Some(bias) = self.bias {
+                for (x, &bv) in row
+                    .iter_mut()
+                    .zip(&bias[(h * lq + i) * lk..(h * lq + i + 1) * lk])
+                {
+                    *x += bv;
+                }
+            }
+            if let Some(mask) = self.mask {
+                for (x, &m) in row.iter_mut().zip(&mask[b * lk..(b + 1) * lk]) {
+                    if m == 0 {
+                        *x = T::neg_infinity();
+                    }
+                }
+            }
+            if self.s.causal {
+                // Query i sees keys j <= i + lk - lq.
+                let last = i as isize + lk as isize - lq as isize;
+                for (j, x) in row.iter_mut().enumerate() {
+                    if j as isize > last {
+                        *x = T::neg_infinity();
+                    }
+                }
+            }
+        }
+        Ok(sc)
+    }
+
+    /// Batches per wave: enough (b, h) pairs to keep every thread busy, no more.
+    fn wave(&self) -> usize {
+        (2 * rayon::current_num_threads())
+            .div_ceil(self.s.h.max(1))
+            .max(1)
+    }
+}
+
+/// Write an `l × d` per-(b, h) block back into a `[B, L, H, D]` buffer.
+fn scatter<T: Real>(dst: &mut [T], src: &[T], b: usize, h: usize, l: usize, s: &AttnSpec) {
+    let hd = s.h * s.d;
+    for i in 0..l {
+        let o = (b * l + i) * hd + h * s.d;
+        dst[o..o + s.d].copy_from_slice(&src[i * s.d..(i + 1) * s.d]);
+    }
+}
+
+pub(super) fn attention<T: Real>(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    key_mask: Option<&CpuStorage>,
+    bias: Option<&CpuStorage>,
+    spec: &AttnSpec,
+) -> Result<(CpuStorage, CpuStorage)> {
+    let a = inputs::<T>("attention", q, k, v, key_mask, bias, spec)?;
+    let AttnSpec {
+        b, h, lq, lk, d, ..
+    } = *spec;
+    let mut out = vec![T::zero(); b * lq * h * d];
+    let mut lse = vec![T::zero(); b * h * lq];
+    let wave = a.wave();
+    for b0 in (0..b).step_by(wave) {
+        let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
+            .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
+            .collect();
+        let res: Vec<(Vec<T>, Vec<T>)> = pairs
+            .par_iter()
+            .map(|&(bi, hi)| {
+                let mut p = a.scores(bi, hi)?;
+                let mut l = vec![T::neg_infinity(); lq];
+                for (i, row) in p.chunks_mut(lk.max(1)).take(lq).enumerate() {
+                    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+                    if m == T::neg_infinity() {
+                        row.iter_mut().for_each(|x| *x = T::zero());
+                        continue;
+                    }
+                    let mut sum = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - m).exp();
+                        sum += *x;
+                    }
+                    let inv = T::one() / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                    l[i] = m + sum.ln();
+                }
+                let mut o = vec![T::zero(); lq * d];
+                gemm_strided(
+                    (lq, d, lk),
+                    &mut o,
+                    View::row_major(0, d),
+                    &p,
+                    View::row_major(0, lk),
+                    a.v,
+                    a.rows(bi, hi, lk),
+                    T::one(),
+                    false,
+                    Parallelism::None,
+                )?;
+                Ok((o, l))
+            })
+            .collect::<Result<_>>()?;
+        for (&(bi, hi), (o, l)) in pairs.iter().zip(res) {
+            scatter(&mut out, &o, bi, hi, lq, spec);
+            lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq].copy_from_slice(&l);
+        }
+    }
+    Ok((CpuStorage::from_real(out), CpuStorage::from_real(lse)))
+}
+
+/// Per-(b, h) gradients: dq `lq×d`, dk `lk×d`, dv `lk×d`, dscores `lq×lk`.
+type PairGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_backward<T: Real>(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    out: &CpuStorage,
+    lse: &CpuStorage,
+    dout: &CpuStorage,
+    key_mask: Option<&CpuStorage>,
+    bias: Option<&CpuStorage>,
+    spec: &AttnSpec,
+) -> Result<(CpuStorage, CpuStorage, CpuStorage, Option<CpuStorage>)> {
+    const OP: &str = "attention_backward";
+    let a = inputs::<T>(OP, q, k, v, key_mask, bias, spec)?;
+    let AttnSpec {
+        b, h, lq, lk, d, ..
+    } = *spec;
+    let (o, lse, dout) = (
+        out.floats::<T>(OP)?,
+        lse.floats::<T>(OP)?,
+        dout.floats::<T>(OP)?,
+    );
+    check_len(OP, "out [b, lq, h, d]", a.q.len(), o.len())?;
+    check_len(OP, "dout [b, lq, h, d]", a.q.len(), dout.len())?;
+    check_len(OP, "lse [b, h, lq]", b * h * lq, lse.len())?;
+    let mut dq = vec![T::zero(); a.q.len()];
+    let mut dk = vec![T::zero(); a.k.len()];
+    let mut dv = vec![T::zero(); a.v.len()];
+    let mut dbias = a.bias.map(|_| vec![T::zero(); h * lq * lk]);
+    let hd = h * d;
+    let wave = a.wave();
+    for b0 in (0..b).step_by(wave) {
+        let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
+            .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
+            .collect();
+        let res: Vec<PairGrads<T>> = pairs
+            .par_iter()
+            .map(|&(bi, hi)| {
+                // P from the saved lse; masked entries are exp(-inf) = 0.
+                let mut p = a.scores(bi, hi)?;
+                for i in 0..lq {
+                    let l = lse[(bi * h + hi) * lq + i];
+                    for x in &mut p[i * lk..(i + 1) * lk] {
+                        *x = if l == T::neg_infinity() {
+                            T::zero()
+                        } else {
+                            (*x - l).exp()
+                        };
+                    }
+                }
+                // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)).
+                let mut ds = vec![T::zero(); lq * lk];
+                gemm_strided(
+                    (lq, lk, d),
+                    &mut ds,
+                    View::row_major(0, lk),
+                    dout,
+                    a.rows(bi, hi, lq),
+                    a.v,
+                    a.cols(bi, hi, lk),
+                    T::one(),
+                    false,
+                    Parallelism::None,
+                )?;
+                for i in 0..lq {
+                    let r = (bi * lq + i) * hd + hi * d;
+                    let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
+                    for j in 0..lk {
+                        let x = i * lk + j;
+                        ds[x] = p[x] * (ds[x] - di);
+                    }
+                }
+                let mut gq = vec![T::zero(); lq * d];
+                let mut gk = vec![T::zero(); lk * d];
+                let mut gv = vec![T::zero(); lk * d];
+                let none = Parallelism::None;
+                let (sr, st) = (
+                    View::row_major(0, lk),
+                    View {
+                        off: 0,
+                        rs: 1,
+                        cs: lk,
+                    },
+                );
+                let (dv_rows, dv_d) = (View::row_major(0, d), (lk, d, lq));
+                gemm_strided(
+                    (lq, d, lk),
+                    &mut gq,
+                    View::row_major(0, d),
+                    &ds,
+                    sr,
+                    a.k,
+                    a.rows(bi, hi, lk),
+                    a.scale,
+                    false,
+                    none,
+                )?;
+                gemm_strided(
+                    dv_d,
+                    &mut gk,
+                    dv_rows,
+                    &ds,
+                    st,
+                    a.q,
+                    a.rows(bi, hi, lq),
+                    a.scale,
+                    false,
+                    none,
+                )?;
+                gemm_strided(
+                    dv_d,
+                    &mut gv,
+                    dv_rows,
+                    &p,
+                    st,
+                    dout,
+                    a.rows(bi, hi, lq),
+                    T::one(),
+                    false,
+                    none,
+                )?;
+                Ok((gq, gk, gv, ds))
+            })
+            .collect::<Result<_>>()?;
+        for (&(bi, hi), (gq, gk, gv, ds)) in pairs.iter().zip(res) {
+            scatter(&mut dq, &gq, bi, hi, lq, spec);
+            scatter(&mut dk, &gk, bi, hi, lk, spec);
+            scatter(&mut dv, &gv, bi, hi, lk, spec);
+            if let Some(db) = dbias.as_mut() {
+                for (x, &g) in db[hi * lq * lk..(hi + 1) * lq * lk].iter_mut().zip(&ds) {
+                    *x += g;
+                }
+            }
+        }
+    }
+    Ok((
+        CpuStorage::from_real(dq),
+        CpuStorage::from_real(dk),
+        CpuStorage::from_real(dv),
+        dbias.map(CpuStorage::from_real),
+    ))
+}

@@ -1,0 +1,752 @@
+//! Forward of every CPU backend op against a naive, obviously-correct reference written
+//! here with plain loops, at odd shapes; plus the error paths (bad shapes, bad ids,
+//! F16 compute) and AdamW against hand-computed values. Gradients are covered by
+//! tests/gradcheck.rs.
+
+use fusebox::backend::{
+    AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, UnaryOp,
+};
+use fusebox::{DType, Error};
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+fn f64s(v: &[f64]) -> CpuStorage {
+    CpuStorage::from_f64(v.to_vec())
+}
+fn f32s(v: &[f64]) -> CpuStorage {
+    CpuStorage::from_f32(v.iter().map(|&x| x as f32).collect())
+}
+fn ids(v: &[i32]) -> CpuStorage {
+    CpuStorage::from_i32(v.to_vec())
+}
+fn vals(s: &CpuStorage) -> Vec<f64> {
+    s.to_vec_f64().expect("values")
+}
+
+/// max |a - b| <= tol · max(1, max |b|), NaN never passes; -inf must match exactly.
+fn close(name: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{name}: length");
+    let scale = b
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if y.is_infinite() {
+            assert_eq!(x, y, "{name}[{i}]");
+            continue;
+        }
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{name}[{i}]: got {x}, expected {y}"
+        );
+    }
+}
+
+/// Both dtypes: F64 tight, F32 at f32 precision.
+fn both(
+    name: &str,
+    input: impl Fn(&dyn Fn(&[f64]) -> CpuStorage) -> CpuStorage,
+    reference: &[f64],
+) {
+    close(
+        &format!("{name} f64"),
+        &vals(&input(&f64s)),
+        reference,
+        1e-12,
+    );
+    close(
+        &format!("{name} f32"),
+        &vals(&input(&f32s)),
+        reference,
+        2e-5,
+    );
+}
+
+#[test]
+fn elementwise_forward() {
+    let mut rng = Rng::new(1);
+    let (rows, cols) = (3, 7);
+    let n = rows * cols;
+    let (a, b) = (rng.vec(n, 2.0), rng.vec(n, 2.0));
+    let b_nz: Vec<f64> = b.iter().map(|v| v + 3.0).collect();
+    for (op, f) in [
+        (BinaryOp::Add, (|x, y| x + y) as fn(f64, f64) -> f64),
+        (BinaryOp::Sub, |x, y| x - y),
+        (BinaryOp::Mul, |x, y| x * y),
+        (BinaryOp::Div, |x, y| x / y),
+    ] {
+        let r: Vec<f64> = a.iter().zip(&b_nz).map(|(&x, &y)| f(x, y)).collect();
+        both(
+            &format!("{op:?}"),
+            |s| s(&a).binary(&s(&b_nz), op).unwrap(),
+            &r,
+        );
+    }
+    let r: Vec<f64> = a.iter().map(|x| x * 1.5 - 0.25).collect();
+    both("affine", |s| s(&a).affine(1.5, -0.25).unwrap(), &r);
+
+    // Known values (Python math.erf / math.tanh) pin the two GELUs.
+    let x = [1.0, -0.5, 2.5];
+    both(
+        "gelu",
+        |s| s(&x).unary(UnaryOp::Gelu).unwrap(),
+        &[0.8413447460685429, -0.15426876936299344, 2.4844758366855597],
+    );
+    let gn = [0.8411919906082768, -0.15428599017485606, 2.484915733910001];
+    both("gelu_new", |s| s(&x).unary(UnaryOp::GeluNew).unwrap(), &gn);
+    for (op, f) in [
+        (UnaryOp::Relu, (|x: f64| x.max(0.0)) as fn(f64) -> f64),
+        (UnaryOp::Tanh, f64::tanh),
+        (UnaryOp::Neg, |x| -x),
+        (UnaryOp::Exp, f64::exp),
+        (UnaryOp::Sqr, |x| x * x),
+    ] {
+        let r: Vec<f64> = a.iter().map(|&v| f(v)).collect();
+        both(&format!("{op:?}"), |s| s(&a).unary(op).unwrap(), &r);
+    }
+    // gated = act(gate) * lin.
+    let r: Vec<f64> = a.iter().zip(&b).map(|(&g, &l)| g.max(0.0) * l).collect();
+    both(
+        "gated relu",
+        |s| s(&a).gated(&s(&b), UnaryOp::Relu).unwrap(),
+        &r,
+    );
+
+    let bias = rng.vec(cols, 1.0);
+    let r: Vec<f64> = (0..n).map(|i| a[i] + bias[i % cols]).collect();
+    both("add_bias", |s| s(&a).add_bias(&s(&bias), cols).unwrap(), &r);
+    let r: Vec<f64> = (0..cols)
+        .map(|c| (0..rows).map(|r| a[r * cols + c]).sum())
+        .collect();
+    both("sum_rows", |s| s(&a).sum_rows(cols).unwrap(), &r);
+    both("sum_all", |s| s(&a).sum_all().unwrap(), &[a.iter().sum()]);
+    both(
+        "sum_sq",
+        |s| s(&a).sum_sq().unwrap(),
+        &[a.iter().map(|v| v * v).sum()],
+    );
+
+    // Big enough to take the parallel path, odd so the chunks do not divide evenly.
+    let big = rng.vec(70_001, 1.0);
+    let r: Vec<f64> = big.iter().map(|x| x * x).collect();
+    both("sqr parallel", |s| s(&big).unary(UnaryOp::Sqr).unwrap(), &r);
+    both(
+        "sum_all parallel",
+        |s| s(&big).sum_all().unwrap(),
+        &[big.iter().sum()],
+    );
+}
+
+#[test]
+fn dropout_matches_shared_mask() {
+    let x = vec![1.0; 10_007];
+    let (p, seed) = (0.25f32, 99);
+    let y = vals(&f64s(&x).dropout(p, seed).unwrap());
+    for (i, &v) in y.iter().enumerate() {
+        let keep = fusebox::backend::dropout_keep(seed, i as u64, p);
+        assert_eq!(v, if keep { 1.0 / 0.75 } else { 0.0 }, "element {i}");
+    }
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
+    assert!((kept - 0.75).abs() < 0.02, "kept fraction {kept}");
+    assert!(vals(&f64s(&x).dropout(1.0, 1).unwrap())
+        .iter()
+        .all(|&v| v == 0.0));
+    assert!(f64s(&x).dropout(1.5, 1).is_err());
+}
+
+#[test]
+fn casts_inplace_and_f16_storage() {
+    let v = [1.5, -2.25, 65504.0, 0.1];
+    let h = f64s(&v).cast(DType::F16).unwrap();
+    assert_eq!(h.dtype(), DType::F16);
+    let back = h.cast(DType::F32).unwrap().to_vec_f32().unwrap();
+    assert_eq!(&back[..3], &[1.5, -2.25, 65504.0]);
+    assert!((back[3] - 0.1).abs() < 1e-4);
+    assert_eq!(
+        f64s(&[2.7, -2.7])
+            .cast(DType::I32)
+            .unwrap()
+            .to_vec_i32()
+            .unwrap(),
+        vec![2, -2]
+    );
+    assert_eq!(ids(&[3, -4]).to_vec_f32().unwrap(), vec![3.0, -4.0]);
+    assert!(f64s(&v).to_vec_i32().is_err());
+    let z = h.zeros_like_dev(5, DType::F16).unwrap();
+    assert_eq!((z.dtype(), z.len()), (DType::F16, 5));
+    assert_eq!(
+        h.full_like_dev(2, DType::F64, 3.5)
+            .unwrap()
+            .to_vec_f64()
+            .unwrap(),
+        vec![3.5, 3.5]
+    );
+
+    // F16 compute is a clear dtype error, not a panic.
+    match h.unary(UnaryOp::Relu) {
+        Err(Error::DType {
+            op: "unary",
+            got: DType::F16,
+            ..
+        }) => {}
+        other => panic!("expected a dtype error, got {other:?}"),
+    }
+    assert!(h.matmul(&h, &MatmulSpec::plain(2, 1, 2)).is_err());
+    assert!(
+        f64s(&v).binary(&f32s(&v), BinaryOp::Add).is_err(),
+        "mixed dtypes"
+    );
+
+    let mut y = f64s(&[1.0, 2.0, 3.0]);
+    y.axpy_(&f64s(&[1.0, 1.0, 1.0]), 0.5).unwrap();
+    y.scale_(2.0).unwrap();
+    assert_eq!(vals(&y), vec![3.0, 5.0, 7.0]);
+    assert!(y.axpy_(&f64s(&[1.0]), 1.0).is_err());
+    let mut w = f32s(&[0.0, 0.0, 0.0]).cast(DType::F16).unwrap();
+    w.copy_from_(&y).unwrap();
+    assert_eq!(
+        (w.dtype(), w.to_vec_f64().unwrap()),
+        (DType::F16, vec![3.0, 5.0, 7.0])
+    );
+    assert!(w.copy_from_(&ids(&[1, 2, 3])).is_err());
+
+    assert!(!f64s(&v).has_non_finite().unwrap());
+    assert!(f64s(&[1.0, f64::NAN]).has_non_finite().unwrap());
+    assert!(f32s(&[f64::INFINITY])
+        .cast(DType::F16)
+        .unwrap()
+        .has_non_finite()
+        .unwrap());
+}
+
+fn naive_mm(a: &[f64], b: &[f64], s: &MatmulSpec) -> Vec<f64> {
+    let mut c = vec![0.0; s.batch * s.m * s.n];
+    for bi in 0..s.batch {
+        let (oa, ob) = (bi * s.stride_a, bi * s.stride_b);
+        for i in 0..s.m {
+            for j in 0..s.n {
+                let mut acc = 0.0;
+                for p in 0..s.k {
+                    let x = if s.trans_a {
+                        a[oa + p * s.m + i]
+                    } else {
+                        a[oa + i * s.k + p]
+                    };
+                    let y = if s.trans_b {
+                        b[ob + j * s.k + p]
+                    } else {
+                        b[ob + p * s.n + j]
+                    };
+                    acc += x * y;
+                }
+                c[(bi * s.m + i) * s.n + j] = acc;
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn matmul_forward() {
+    let mut rng = Rng::new(2);
+    for (batch, m, k, n) in [
+        (1, 5, 3, 7),
+        (3, 5, 3, 7),
+        (2, 67, 130, 71),
+        (9, 4, 1, 6),
+        (2, 3, 0, 2),
+    ] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                for (ba, bb) in [(false, false), (true, false), (false, true)] {
+                    let s = MatmulSpec {
+                        batch,
+                        m,
+                        n,
+                        k,
+                        trans_a: ta,
+                        trans_b: tb,
+                        stride_a: if ba { 0 } else { m * k },
+                        stride_b: if bb { 0 } else { k * n },
+                    };
+                    let a = rng.vec(if ba { m * k } else { batch * m * k }, 1.0);
+                    let b = rng.vec(if bb { k * n } else { batch * k * n }, 1.0);
+                    let r = naive_mm(&a, &b, &s);
+                    let name = format!("matmul {s:?}");
+                    close(
+                        &name,
+                        &vals(&f64s(&a).matmul(&f64s(&b), &s).unwrap()),
+                        &r,
+                        1e-12,
+                    );
+                    close(
+                        &name,
+                        &vals(&f32s(&a).matmul(&f32s(&b), &s).unwrap()),
+                        &r,
+                        1e-5 * (k as f64).sqrt().max(1.0),
+                    );
+                }
+            }
+        }
+    }
+    // Too-short operands are a shape error.
+    let s = MatmulSpec::plain(5, 3, 7);
+    assert!(matches!(
+        f64s(&[0.0; 14]).matmul(&f64s(&[0.0; 21]), &s),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn norms_forward() {
+    let mut rng = Rng::new(3);
+    let (rows, cols, eps) = (3, 7, 1e-5);
+    let x = rng.vec(rows * cols, 2.0);
+    let (g, b) = (rng.vec(cols, 1.0), rng.vec(cols, 1.0));
+    let (mut y, mut mean, mut rstd) = (vec![], vec![], vec![]);
+    let (mut ry, mut rr) = (vec![], vec![]);
+    for r in 0..rows {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let m = xr.iter().sum::<f64>() / cols as f64;
+        let var = xr.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / cols as f64;
+        let s = 1.0 / (var + eps).sqrt();
+        y.extend((0..cols).map(|c| (xr[c] - m) * s * g[c] + b[c]));
+        mean.push(m);
+        rstd.push(s);
+        let ms = xr.iter().map(|v| v * v).sum::<f64>() / cols as f64;
+        let s2 = 1.0 / (ms + eps).sqrt();
+        ry.extend((0..cols).map(|c| g[c] * xr[c] * s2));
+        rr.push(s2);
+    }
+    both(
+        "layer_norm y",
+        |s| s(&x).layer_norm(&s(&g), &s(&b), cols, eps).unwrap().0,
+        &y,
+    );
+    both(
+        "layer_norm mean",
+        |s| s(&x).layer_norm(&s(&g), &s(&b), cols, eps).unwrap().1,
+        &mean,
+    );
+    both(
+        "layer_norm rstd",
+        |s| s(&x).layer_norm(&s(&g), &s(&b), cols, eps).unwrap().2,
+        &rstd,
+    );
+    both(
+        "rms_norm y",
+        |s| s(&x).rms_norm(&s(&g), cols, eps).unwrap().0,
+        &ry,
+    );
+    both(
+        "rms_norm rstd",
+        |s| s(&x).rms_norm(&s(&g), cols, eps).unwrap().1,
+        &rr,
+    );
+    assert!(matches!(
+        f64s(&x).layer_norm(&f64s(&g), &f64s(&b), 8, eps),
+        Err(Error::Shape { .. })
+    ));
+    assert!(f64s(&x).rms_norm(&f64s(&g[..6]), cols, eps).is_err());
+}
+
+#[test]
+fn softmax_loss_argmax_forward() {
+    let mut rng = Rng::new(4);
+    let (rows, cols) = (5, 7);
+    let mut x = rng.vec(rows * cols, 4.0);
+    x[3] = 50.0; // a large logit must not overflow
+    let lse: Vec<f64> = (0..rows)
+        .map(|r| {
+            x[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|v| v.exp())
+                .sum::<f64>()
+                .ln()
+        })
+        .collect();
+    let sm: Vec<f64> = (0..rows * cols)
+        .map(|i| (x[i] - lse[i / cols]).exp())
+        .collect();
+    let ls: Vec<f64> = (0..rows * cols).map(|i| x[i] - lse[i / cols]).collect();
+    both("softmax", |s| s(&x).softmax(cols).unwrap(), &sm);
+    both("log_softmax", |s| s(&x).log_softmax(cols).unwrap(), &ls);
+
+    let t = [2, -100, 6, 0, -100];
+    let loss = [0usize, 2, 3]
+        .iter()
+        .map(|&r| lse[r] - x[r * cols + t[r] as usize])
+        .sum::<f64>()
+        / 3.0;
+    both(
+        "cross_entropy loss",
+        |s| s(&x).cross_entropy(&ids(&t), cols, -100).unwrap().0,
+        &[loss],
+    );
+    both(
+        "cross_entropy lse",
+        |s| s(&x).cross_entropy(&ids(&t), cols, -100).unwrap().1,
+        &lse,
+    );
+    let all_ignored = f64s(&x)
+        .cross_entropy(&ids(&[-100; 5]), cols, -100)
+        .unwrap()
+        .0;
+    assert_eq!(vals(&all_ignored), vec![0.0]);
+    let bad = f64s(&x).cross_entropy(&ids(&[0, 1, 7, 0, 0]), cols, -100);
+    assert!(bad.unwrap_err().to_string().contains("target 7"));
+
+    let am: Vec<i32> = (0..rows)
+        .map(|r| {
+            let row = &x[r * cols..(r + 1) * cols];
+            (0..cols).fold(0, |b, c| if row[c] > row[b] { c } else { b }) as i32
+        })
+        .collect();
+    assert_eq!(
+        f32s(&x).argmax_last(cols).unwrap().to_vec_i32().unwrap(),
+        am
+    );
+    assert_eq!(am[0], 3);
+}
+
+/// Straightforward attention: per (b, h, i) a masked softmax over keys, in f64.
+fn naive_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[i32],
+    bias: &[f64],
+    s: &AttnSpec,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; s.b * s.lq * s.h * s.d];
+    let mut lse = vec![0.0; s.b * s.h * s.lq];
+    let qi = |b: usize, i: usize, h: usize, c: usize| ((b * s.lq + i) * s.h + h) * s.d + c;
+    let ki = |b: usize, j: usize, h: usize, c: usize| ((b * s.lk + j) * s.h + h) * s.d + c;
+    for b in 0..s.b {
+        for h in 0..s.h {
+            for i in 0..s.lq {
+                let scores: Vec<Option<f64>> = (0..s.lk)
+                    .map(|j| {
+                        let visible = mask[b * s.lk + j] != 0
+                            && (!s.causal || j as i64 <= i as i64 + s.lk as i64 - s.lq as i64);
+                        visible.then(|| {
+                            let dotp: f64 = (0..s.d)
+                                .map(|c| q[qi(b, i, h, c)] * k[ki(b, j, h, c)])
+                                .sum();
+                            dotp * s.scale as f64 + bias[(h * s.lq + i) * s.lk + j]
+                        })
+                    })
+                    .collect();
+                let sum: f64 = scores.iter().flatten().map(|x| x.exp()).sum();
+                lse[(b * s.h + h) * s.lq + i] = sum.ln(); // ln 0 = -inf for a masked row
+                for (j, sc) in scores.iter().enumerate() {
+                    if let Some(sc) = sc {
+                        let p = sc.exp() / sum;
+                        for c in 0..s.d {
+                            out[qi(b, i, h, c)] += p * v[ki(b, j, h, c)];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+#[test]
+fn attention_forward() {
+    let mut rng = Rng::new(5);
+    let s = AttnSpec {
+        b: 2,
+        h: 3,
+        lq: 5,
+        lk: 7,
+        d: 4,
+        scale: 0.5,
+        causal: true,
+    };
+    let (nq, nk) = (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d);
+    let (q, k, v) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0));
+    let bias = rng.vec(s.h * s.lq * s.lk, 1.0);
+    // Batch 1 masks keys 0..=2, so its query 0 (causal: keys <= 2) sees nothing.
+    let mask = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1];
+    let (ro, rl) = naive_attention(&q, &k, &v, &mask, &bias, &s);
+    assert_eq!(rl[s.h * s.lq], f64::NEG_INFINITY);
+    let run = |st: &dyn Fn(&[f64]) -> CpuStorage| {
+        st(&q)
+            .attention(&st(&k), &st(&v), Some(&ids(&mask)), Some(&st(&bias)), &s)
+            .unwrap()
+    };
+    both("attention out", |st| run(st).0, &ro);
+    both("attention lse", |st| run(st).1, &rl);
+    let o = vals(&run(&f64s).0);
+    let row0 = (s.lq * s.h) * s.d; // b = 1, i = 0
+    assert!(
+        o[row0..row0 + s.h * s.d].iter().all(|&x| x == 0.0),
+        "masked row must be zero"
+    );
+
+    // No mask, no bias, not causal.
+    let plain = AttnSpec {
+        causal: false,
+        scale: 1.0,
+        ..s
+    };
+    let (ro, rl) = naive_attention(&q, &k, &v, &[1; 14], &vec![0.0; bias.len()], &plain);
+    let (o, l) = f64s(&q)
+        .attention(&f64s(&k), &f64s(&v), None, None, &plain)
+        .unwrap();
+    close("attention plain out", &vals(&o), &ro, 1e-12);
+    close("attention plain lse", &vals(&l), &rl, 1e-12);
+    assert!(f64s(&q)
+        .attention(&f64s(&k), &f64s(&v), Some(&ids(&mask[..7])), None, &s)
+        .is_err());
+    assert!(f64s(&q[1..])
+        .attention(&f64s(&k), &f64s(&v), None, None, &s)
+        .is_err());
+}
+
+#[test]
+fn embedding_and_layout_forward() {
+    let mut rng = Rng::new(6);
+    let (n, cols) = (5, 3);
+    let table = rng.vec(n * cols, 1.0);
+    let id = [4, 0, 4, 2];
+    let r: Vec<f64> = id
+        .iter()
+        .flat_map(|&i| table[i * cols..(i + 1) * cols].to_vec())
+        .collect();
+    both(
+        "index_select",
+        |s| {
+            s(&table)
+                .index_select(&ids(&id.map(|i| i as i32)), cols)
+                .unwrap()
+        },
+        &r,
+    );
+    let e = f64s(&table)
+        .index_select(&ids(&[1, 5]), cols)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("id 5") && e.contains("5 rows"), "{e}");
+    assert!(f64s(&table).index_select(&ids(&[-1]), cols).is_err());
+    assert_eq!(
+        ids(&[7, 8, 9, 10])
+            .index_select(&ids(&[1, 0]), 2)
+            .unwrap()
+            .to_vec_i32()
+            .unwrap(),
+        vec![9, 10, 7, 8]
+    );
+    let dy = rng.vec(id.len() * cols, 1.0);
+    let mut r = vec![0.0; n * cols];
+    for (p, &i) in id.iter().enumerate() {
+        for c in 0..cols {
+            r[i * cols + c] += dy[p * cols + c];
+        }
+    }
+    both(
+        "index_add",
+        |s| {
+            s(&dy)
+                .index_add(&ids(&id.map(|i| i as i32)), n, cols)
+                .unwrap()
+        },
+        &r,
+    );
+
+    let dims = [2usize, 3, 5, 7];
+    let x = rng.vec(210, 1.0);
+    let at = |i: [usize; 4]| x[((i[0] * 3 + i[1]) * 5 + i[2]) * 7 + i[3]];
+    let perm = [2usize, 0, 3, 1];
+    let od: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+    let mut r = vec![];
+    for a in 0..od[0] {
+        for b in 0..od[1] {
+            for c in 0..od[2] {
+                for d in 0..od[3] {
+                    let mut src = [0; 4];
+                    for (o, &p) in [a, b, c, d].iter().zip(&perm) {
+                        src[p] = *o;
+                    }
+                    r.push(at(src));
+                }
+            }
+        }
+    }
+    both("permute", |s| s(&x).permute(&dims, &perm).unwrap(), &r);
+    let r2: Vec<f64> = (0..15).map(|i| x[(i % 5) * 3 + i / 5]).collect();
+    close(
+        "permute rank 2",
+        &vals(&f64s(&x[..15]).permute(&[5, 3], &[1, 0]).unwrap()),
+        &r2,
+        0.0,
+    );
+    assert!(f64s(&x).permute(&dims, &[0, 1, 1, 2]).is_err());
+    assert!(f64s(&x).permute(&[2, 3, 5, 8], &[0, 1, 2, 3]).is_err());
+
+    let mut r = vec![];
+    for a in 0..2 {
+        for b in 0..3 {
+            for c in 1..4 {
+                for d in 0..7 {
+                    r.push(at([a, b, c, d]));
+                }
+            }
+        }
+    }
+    both("narrow", |s| s(&x).narrow(&dims, 2, 1, 3).unwrap(), &r);
+    assert!(f64s(&x).narrow(&dims, 2, 3, 3).is_err());
+    assert!(f64s(&x).narrow(&dims, 4, 0, 1).is_err());
+
+    let y = rng.vec(2 * 2 * 5 * 7, 1.0);
+    let mut r = vec![];
+    for a in 0..2 {
+        r.extend_from_slice(&x[a * 105..(a + 1) * 105]);
+        r.extend_from_slice(&y[a * 70..(a + 1) * 70]);
+    }
+    let cd = vec![dims.to_vec(), vec![2, 2, 5, 7]];
+    let c = CpuStorage::cat(&[&f64s(&x), &f64s(&y)], &cd, 1).unwrap();
+    close("cat", &vals(&c), &r, 0.0);
+    assert!(CpuStorage::cat(
+        &[&f64s(&x), &f64s(&y)],
+        &[dims.to_vec(), vec![2, 2, 5, 6]],
+        1
+    )
+    .is_err());
+    assert!(CpuStorage::cat(&[&f64s(&x), &f32s(&y)], &cd, 1).is_err());
+}
+
+fn hp(step: u64, grad_scale: f32) -> AdamWStep {
+    AdamWStep {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-6,
+        weight_decay: 0.1,
+        step,
+        grad_scale,
+    }
+}
+
+#[test]
+fn adamw_step() {
+    // Third step with non-zero moments; expected values from torch's formula by hand
+    // (p·(1−lr·wd), m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g², bias-corrected update),
+    // evaluated in f64 with the hyper-parameters rounded to f32 as `AdamWStep` holds
+    // them (with exact decimals p would be 0.9930380085626146: a 3.5e-9 difference).
+    let mut p = f64s(&[1.0, 1.0]);
+    let mut m = f64s(&[0.1, 0.1]);
+    let mut v = f64s(&[0.02, 0.02]);
+    // Second element: raw grad 1.0 with grad_scale 0.5 is the same scaled grad 0.5.
+    let g = f64s(&[1.0, 1.0]);
+    let mut w = f32s(&[0.0, 0.0]).cast(DType::F16).unwrap();
+    let skipped = p
+        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(3, 0.5))
+        .unwrap();
+    assert!(!skipped);
+    close("adamw p", &vals(&p), &[0.9930380120929402; 2], 1e-15);
+    close("adamw m", &vals(&m), &[0.1400000095367432; 2], 1e-15);
+    close("adamw v", &vals(&v), &[0.022299997806549073; 2], 1e-15);
+    assert!((w.to_vec_f64().unwrap()[0] - 0.993038).abs() < 1e-3);
+
+    // F32 path agrees.
+    let mut p32 = f32s(&[1.0]);
+    let (mut m32, mut v32) = (f32s(&[0.1]), f32s(&[0.02]));
+    p32.adamw_(&f32s(&[0.5]), &mut m32, &mut v32, None, &hp(3, 1.0))
+        .unwrap();
+    close("adamw p f32", &vals(&p32), &[0.9930380120929402], 1e-6);
+
+    // An inf (after scaling) anywhere: report it and change nothing.
+    let g = f64s(&[0.5, f64::INFINITY]);
+    let before = (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap());
+    assert!(p
+        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(4, 1.0))
+        .unwrap());
+    assert_eq!(
+        (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap()),
+        before
+    );
+    let g = f64s(&[0.5, f64::NAN]);
+    assert!(p.adamw_(&g, &mut m, &mut v, None, &hp(4, 1.0)).unwrap());
+    assert_eq!(vals(&p), before.0);
+    // Finite grad that overflows only once scaled.
+    let g = f32s(&[3e38, 1.0]);
+    let (mut p32, mut m32, mut v32) = (f32s(&[1.0, 1.0]), f32s(&[0.0; 2]), f32s(&[0.0; 2]));
+    assert!(p32
+        .adamw_(&g, &mut m32, &mut v32, None, &hp(1, 4.0))
+        .unwrap());
+    assert_eq!(vals(&p32), vec![1.0, 1.0]);
+
+    assert!(p
+        .adamw_(&f64s(&[0.5]), &mut m, &mut v, None, &hp(4, 1.0))
+        .is_err());
+    assert!(p
+        .adamw_(&f64s(&[0.5, 0.5]), &mut m, &mut v, None, &hp(0, 1.0))
+        .is_err());
+}
+
+#[test]
+fn span_search_matches_brute_force() {
+    let mut rng = Rng::new(7);
+    let (rows, cols, max_len, top_k) = (2, 11, 4, 5);
+    let s = rng.vec(rows * cols, 3.0);
+    let e = rng.vec(rows * cols, 3.0);
+    // Position 0 (CLS) and a question block are not allowed; CLS stays in the softmax.
+    let allowed: Vec<i32> = (0..rows * cols)
+        .map(|i| i32::from(i % cols >= 3 && i % cols != 8))
+        .collect();
+    let got = f64s(&s)
+        .span_search(&f64s(&e), &ids(&allowed), cols, max_len, top_k)
+        .unwrap();
+    assert_eq!(got.len(), rows * top_k);
+    for r in 0..rows {
+        let keep = |i: usize| i == 0 || allowed[r * cols + i] != 0;
+        let z = |x: &[f64]| {
+            (0..cols)
+                .filter(|&i| keep(i))
+                .map(|i| x[r * cols + i].exp())
+                .sum::<f64>()
+        };
+        let (zs, ze) = (z(&s), z(&e));
+        let mut all = vec![];
+        for i in 0..cols {
+            for j in i..cols.min(i + max_len) {
+                if allowed[r * cols + i] != 0 && allowed[r * cols + j] != 0 {
+                    let sc = s[r * cols + i].exp() / zs * e[r * cols + j].exp() / ze;
+                    all.push((sc, i, j));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mine: Vec<_> = got.iter().filter(|c| c.row == r).collect();
+        for (c, want) in mine.iter().zip(&all) {
+            assert_eq!((c.start, c.end), (want.1, want.2), "row {r}");
+            assert!((c.score as f64 - want.0).abs() < 1e-6);
+            let ls = s[r * cols + c.start] + e[r * cols + c.end];
+            assert!((c.logit_sum as f64 - ls).abs() < 1e-5);
+        }
+    }
+    assert!(f64s(&s)
+        .span_search(&f64s(&e[1..]), &ids(&allowed), cols, max_len, top_k)
+        .is_err());
+}

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::encoder::{
-    adopt_checkpoint, check_complete, check_ids, position_ids, read_config, save_hf, weights_path,
-    Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead, QaModel,
+    adopt_checkpoint, check_complete, check_ids, embed_padding_idx, position_ids, read_config,
+    save_hf, weights_path, Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead,
+    QaModel,
 };
 use crate::nn::{Embedding, LayerNorm, ParamStore};
 use crate::shape::{DType, Device};
@@ -235,9 +236,7 @@ impl BertForQa {
         let (b, l) = (input_ids.dims()[0], input_ids.dims()[1]);
         let dev = input_ids.device();
         let pos = position_ids(b, l, self.config.max_position_embeddings, dev)?;
-        let mut x = self
-            .word
-            .forward(input_ids)?
+        let mut x = embed_padding_idx(&self.word.weight, input_ids, self.config.pad_token_id)?
             .add(&self.position.forward(&pos)?)?;
         if let Some(tt) = &self.token_type {
             let ids = match token_type_ids {

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::encoder::{
-    adopt_checkpoint, check_complete, check_ids, position_ids, read_config, save_hf, weights_path,
-    Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead, QaModel,
-    LAYER_NORM_EPS,
+    adopt_checkpoint, check_complete, check_ids, embed_padding_idx, position_ids, read_config,
+    save_hf, weights_path, Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead,
+    QaModel, LAYER_NORM_EPS,
 };
 use crate::nn::{Embedding, LayerNorm, ParamStore};
 use crate::shape::{DType, Device};
@@ -228,9 +228,7 @@ impl DistilBertForQa {
             self.config.max_position_embeddings,
             input_ids.device(),
         )?;
-        let x = self
-            .word
-            .forward(input_ids)?
+        let x = embed_padding_idx(&self.word.weight, input_ids, self.config.pad_token_id)?
             .add(&self.position.forward(&pos)?)?;
         let mut x = self
             .emb_norm

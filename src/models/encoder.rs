@@ -493,6 +493,29 @@ pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `nn.Embedding(padding_idx=pad)` lookup: the `pad` row is read like any other but
+/// receives no gradient (BERT and DistilBERT word embeddings are built that way). The
+/// pad positions' rows are taken from a detached copy of the table and blended in with a
+/// 0/1 mask, which only costs anything when the batch holds a pad id.
+pub(crate) fn embed_padding_idx(table: &Tensor, ids: &Tensor, pad: u32) -> Result<Tensor> {
+    let v = ids.to_vec_i32()?;
+    let out = table.embedding(ids)?;
+    if !out.tracks() || !v.contains(&(pad as i32)) {
+        return Ok(out);
+    }
+    let cols = table.dims()[1];
+    let keep: Vec<f32> = v
+        .iter()
+        .flat_map(|&i| std::iter::repeat_n(if i == pad as i32 { 0.0 } else { 1.0 }, cols))
+        .collect();
+    let drop: Vec<f32> = keep.iter().map(|k| 1.0 - k).collect();
+    let dims = out.dims().to_vec();
+    let keep = Tensor::from_f32(keep, dims.clone(), out.device())?.to_dtype(out.dtype())?;
+    let drop = Tensor::from_f32(drop, dims, out.device())?.to_dtype(out.dtype())?;
+    let frozen = table.detach().embedding(ids)?;
+    out.mul(&keep)?.add(&frozen.mul(&drop)?)
+}
+
 /// Position ids `0..L` for every row, I32 `[B, L]`, after checking L fits the table.
 pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Result<Tensor> {
     if l > max {

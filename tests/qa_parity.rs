@@ -1,0 +1,286 @@
+//! Parity of the BERT/DistilBERT QA models with transformers, f32 on the CPU.
+//!
+//! - Tiny random `DistilBertForQuestionAnswering` / `BertForQuestionAnswering` fixtures
+//!   (tools/make_fixtures.py: tests/fixtures/models/<name>/ + <name>_io.safetensors):
+//!   start/end logits, loss, every parameter gradient, and one AdamW step fed the
+//!   *stored* gradients (lr 1e-3, wd 0.01, no groups).
+//! - A real pretrained encoder, all-MiniLM-L6-v2: last hidden states for 3 padded
+//!   sentences against tests/fixtures/minilm_hidden.safetensors (tools/make_minilm_ref.py).
+//! - Save in HF layout and load back.
+//!
+//! Absent assets or fixtures skip with a message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fusebox::autograd::{backward, no_grad, Grads};
+use fusebox::models::bert::BertForQa;
+use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
+use fusebox::nn::safetensors_io;
+use fusebox::optim::adamw::{AdamW, AdamWConfig};
+use fusebox::{DType, Device, Tensor};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn assets() -> Option<PathBuf> {
+    let p = match std::env::var("FUSEBOX_ASSETS") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => manifest().join("../shared/assets"),
+    };
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: assets not found at {} (set FUSEBOX_ASSETS)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn load(path: &Path) -> BTreeMap<String, Tensor> {
+    safetensors_io::load(path, DType::F32, Device::Cpu).expect("fixture")
+}
+
+/// max |a − b| / max(|b|_max, floor); returns (error, scale).
+fn rel_err(a: &Tensor, b: &Tensor, what: &str) -> (f64, f64) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shape");
+    let (x, y) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
+    let scale = y.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = x
+        .iter()
+        .zip(&y)
+        .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+    assert!(x.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    (err, scale)
+}
+
+/// ~1e-5 of the tensor's largest value; tensors that are (structurally) zero in the
+/// reference get an absolute 1e-6.
+fn assert_close(a: &Tensor, b: &Tensor, rel: f64, what: &str) {
+    let (err, scale) = rel_err(a, b, what);
+    let tol = if scale < 1e-6 { 1e-6 } else { rel * scale };
+    assert!(
+        err <= tol,
+        "{what}: max abs error {err:.3e} > {tol:.3e} (reference max {scale:.3e})"
+    );
+}
+
+/// (model dir, io file) of each QA fixture found.
+fn qa_fixtures() -> Vec<(String, PathBuf, PathBuf)> {
+    let root = match std::env::var("FUSEBOX_QA_FIXTURES") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => manifest().join("tests/fixtures"),
+    };
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root.join("models")) else {
+        return out;
+    };
+    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    for dir in dirs {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let io = root.join(format!("{name}_io.safetensors"));
+        let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+        let qa = cfg.contains("\"distilbert\"") || cfg.contains("\"bert\"");
+        if qa && io.exists() {
+            out.push((name, dir, io));
+        }
+    }
+    out
+}
+
+fn batch_from(io: &BTreeMap<String, Tensor>) -> QaBatch {
+    let ids = io["input_ids"].clone();
+    let mask = io.get("attention_mask").cloned().unwrap_or_else(|| {
+        ids.full_on_same(ids.shape().clone(), DType::I32, 1.0)
+            .expect("mask")
+    });
+    QaBatch {
+        input_ids: ids,
+        attention_mask: mask,
+        token_type_ids: io.get("token_type_ids").cloned(),
+        start_positions: io.get("start_positions").cloned(),
+        end_positions: io.get("end_positions").cloned(),
+    }
+}
+
+#[test]
+fn qa_fixtures_match_transformers() {
+    let fixtures = qa_fixtures();
+    if fixtures.is_empty() {
+        eprintln!("skipped: no BERT/DistilBERT QA fixtures under tests/fixtures/models (tools/make_fixtures.py)");
+        return;
+    }
+    for (name, dir, io_path) in fixtures {
+        let io = load(&io_path);
+        let model = load_qa_model(&dir, Device::Cpu, DType::F32, 0).expect("model");
+        let batch = batch_from(&io);
+        let (start, end) = model.forward(&batch, Mode::eval()).expect("forward");
+        assert_close(
+            &start,
+            &io["start_logits"],
+            1e-5,
+            &format!("{name} start_logits"),
+        );
+        assert_close(&end, &io["end_logits"], 1e-5, &format!("{name} end_logits"));
+        let loss = model.loss(&start, &end, &batch).expect("loss");
+        assert_close(
+            &loss,
+            &io["loss"].reshape([1]).expect("loss"),
+            1e-5,
+            &format!("{name} loss"),
+        );
+
+        let grads = backward(&loss).expect("backward");
+        let params = model.params().trainable();
+        let mut checked = 0;
+        for (pname, p) in &params {
+            let Some(want) = io.get(&format!("grad.{pname}")) else {
+                panic!("{name}: fixture has no grad.{pname}");
+            };
+            let got = grads
+                .get(p)
+                .unwrap_or_else(|| panic!("{name}: no gradient reached {pname}"));
+            assert_close(got, want, 1e-5, &format!("{name} grad.{pname}"));
+            checked += 1;
+        }
+        let n_ref = io.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(
+            checked, n_ref,
+            "{name}: every reference gradient has a parameter"
+        );
+        drop(grads);
+
+        // One AdamW step from the stored gradients (torch.optim.AdamW, no groups).
+        let mut stored = Grads::default();
+        for (pname, p) in &params {
+            stored.insert(p, io[&format!("grad.{pname}")].clone());
+        }
+        let cfg = AdamWConfig {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(&params, cfg, false).expect("adamw");
+        let out = opt.step(&stored, 1e-3, 1.0, None).expect("step");
+        assert!(!out.skipped);
+        for (pname, p) in &params {
+            let want = &io[&format!("param_after.{pname}")];
+            assert_close(p, want, 1e-5, &format!("{name} param_after.{pname}"));
+        }
+        eprintln!("{name}: logits, loss, {checked} gradients and the AdamW step match");
+    }
+}
+
+#[test]
+fn minilm_hidden_states_match_transformers() {
+    let Some(a) = assets() else { return };
+    let dir = a.join("models/all-minilm-l6-v2");
+    let fx = load(&manifest().join("tests/fixtures/minilm_hidden.safetensors"));
+    let model = BertForQa::load(&dir, Device::Cpu, DType::F32, 0).expect("MiniLM loads");
+    let _g = no_grad();
+    let h = model
+        .encode(
+            &fx["input_ids"],
+            &fx["attention_mask"],
+            Some(&fx["token_type_ids"]),
+            Mode::eval(),
+        )
+        .expect("encode");
+    let (err, scale) = rel_err(&h, &fx["last_hidden_state"], "minilm hidden");
+    assert!(
+        err <= 1e-4 * scale.max(1.0),
+        "MiniLM hidden states: max error {err:.3e} (max {scale:.3e})"
+    );
+    // The padded rows of the batch must not have changed the real tokens: the second
+    // sentence alone gives the same hidden states on its real tokens.
+    let mask = fx["attention_mask"].to_vec_i32().expect("mask");
+    let l = fx["input_ids"].dims()[1];
+    let n = mask[l..2 * l].iter().filter(|&&m| m != 0).count();
+    assert!(n < l, "sentence 2 is padded in the batch");
+    let ids = fx["input_ids"].to_vec_i32().expect("ids")[l..l + n].to_vec();
+    let one = Tensor::from_i32(ids, [1, n], Device::Cpu).expect("ids");
+    let ones = Tensor::from_i32(vec![1; n], [1, n], Device::Cpu).expect("mask");
+    let h1 = model
+        .encode(&one, &ones, None, Mode::eval())
+        .expect("encode one");
+    let hb = h
+        .narrow(0, 1, 1)
+        .expect("row")
+        .narrow(1, 0, n)
+        .expect("real");
+    assert_close(&h1, &hb, 1e-5, "padding does not leak into real tokens");
+}
+
+#[test]
+fn save_in_hf_layout_and_load_back() {
+    let Some(a) = assets() else { return };
+    let dir = a.join("models/all-minilm-l6-v2");
+    let model = BertForQa::load(&dir, Device::Cpu, DType::F32, 7).expect("load");
+    let names: Vec<String> = model.params().named().into_iter().map(|(n, _)| n).collect();
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("bert.") || n.starts_with("qa_outputs.")));
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("pooler") || n.contains("position_ids")));
+    let out = std::env::temp_dir().join(format!("fusebox-qa-save-{}", std::process::id()));
+    model.save(&out).expect("save");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("cfg"))
+            .expect("json");
+    assert_eq!(cfg["architectures"][0], "BertForQuestionAnswering");
+    assert_eq!(cfg["model_type"], "bert");
+    assert_eq!(cfg["hidden_size"], 384);
+    let back = load_qa_model(&out, Device::Cpu, DType::F32, 99).expect("reload");
+    assert_eq!(back.hf_class(), "BertForQuestionAnswering");
+    let ids =
+        Tensor::from_i32(vec![101, 7592, 1010, 2026, 3899, 102], [1, 6], Device::Cpu).expect("ids");
+    let batch = QaBatch {
+        attention_mask: Tensor::from_i32(vec![1; 6], [1, 6], Device::Cpu).expect("m"),
+        input_ids: ids,
+        token_type_ids: None,
+        start_positions: None,
+        end_positions: None,
+    };
+    let _g = no_grad();
+    let (s0, e0) = model.forward(&batch, Mode::eval()).expect("fwd");
+    let (s1, e1) = back.forward(&batch, Mode::eval()).expect("fwd back");
+    assert_eq!(s0.to_vec_f32().expect("s"), s1.to_vec_f32().expect("s"));
+    assert_eq!(e0.to_vec_f32().expect("e"), e1.to_vec_f32().expect("e"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn unsupported_configs_are_clear_errors() {
+    let tmp = std::env::temp_dir().join(format!("fusebox-qa-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let cases = [
+        (
+            r#"{"model_type": "distilbert", "sinusoidal_pos_embds": true}"#,
+            "sinusoidal_pos_embds",
+        ),
+        (
+            r#"{"model_type": "bert", "position_embedding_type": "relative_key"}"#,
+            "position_embedding_type",
+        ),
+        (
+            r#"{"model_type": "bert", "hidden_act": "swish"}"#,
+            "hidden_act",
+        ),
+        (r#"{"model_type": "t5"}"#, "model_type"),
+    ];
+    for (cfg, field) in cases {
+        std::fs::write(tmp.join("config.json"), cfg).expect("write");
+        let err = load_qa_model(&tmp, Device::Cpu, DType::F32, 0)
+            .err()
+            .unwrap_or_else(|| panic!("{cfg} should fail"));
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -284,3 +284,103 @@ fn unsupported_configs_are_clear_errors() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+fn tiny_distilbert(
+    dropout: f32,
+    attention_dropout: f32,
+) -> fusebox::models::distilbert::DistilBertForQa {
+    use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
+    let cfg: DistilBertConfig = serde_json::from_value(serde_json::json!({
+        "model_type": "distilbert", "vocab_size": 50, "dim": 16, "n_layers": 2, "n_heads": 2,
+        "hidden_dim": 32, "max_position_embeddings": 16, "dropout": dropout,
+        "attention_dropout": attention_dropout, "qa_dropout": dropout
+    }))
+    .expect("config");
+    DistilBertForQa::new(cfg, Device::Cpu, DType::F32, 3).expect("model")
+}
+
+fn tiny_batch() -> QaBatch {
+    let ids: Vec<i32> = (0..20).map(|i| 1 + (i * 7) % 49).collect();
+    let mut mask = vec![1; 20];
+    mask[17..].iter_mut().for_each(|m| *m = 0);
+    QaBatch {
+        input_ids: Tensor::from_i32(ids, [2, 10], Device::Cpu).expect("ids"),
+        attention_mask: Tensor::from_i32(mask, [2, 10], Device::Cpu).expect("mask"),
+        token_type_ids: None,
+        start_positions: Some(Tensor::from_i32(vec![2, 0], [2], Device::Cpu).expect("s")),
+        end_positions: Some(Tensor::from_i32(vec![4, 0], [2], Device::Cpu).expect("e")),
+    }
+}
+
+#[test]
+fn dropout_is_seeded_and_off_in_eval() {
+    let model = tiny_distilbert(0.3, 0.0);
+    let b = tiny_batch();
+    let _g = no_grad();
+    let run = |m: Mode| {
+        model
+            .forward(&b, m)
+            .expect("fwd")
+            .0
+            .to_vec_f32()
+            .expect("v")
+    };
+    let (e1, e2) = (run(Mode::eval()), run(Mode::eval()));
+    assert_eq!(e1, e2);
+    let (t1, t1b, t2) = (
+        run(Mode::train(1)),
+        run(Mode::train(1)),
+        run(Mode::train(2)),
+    );
+    assert_eq!(t1, t1b, "same seed, same masks");
+    assert_ne!(t1, t2, "another seed, other masks");
+    assert_ne!(t1, e1, "dropout is on in training");
+}
+
+#[test]
+fn exact_attention_path_matches_fused() {
+    // Without dropout the unfused (HF eager) attention and the fused op must agree in
+    // values and gradients; with it, the unfused path is the one that drops probabilities.
+    let model = tiny_distilbert(0.0, 0.0);
+    let b = tiny_batch();
+    let grads_of = |m: Mode| {
+        let (s, e) = model.forward(&b, m).expect("fwd");
+        let loss = model.loss(&s, &e, &b).expect("loss");
+        let g = backward(&loss).expect("backward");
+        let v: Vec<(String, Tensor)> = model
+            .params()
+            .trainable()
+            .into_iter()
+            .map(|(n, p)| (n, g.get(&p).expect("grad").clone()))
+            .collect();
+        (s, v)
+    };
+    let fused = grads_of(Mode::train(5));
+    let exact = grads_of(Mode {
+        exact_attention_dropout: true,
+        ..Mode::train(5)
+    });
+    assert_close(&exact.0, &fused.0, 1e-5, "logits");
+    for ((n, a), (_, b)) in exact.1.iter().zip(&fused.1) {
+        assert_close(a, b, 1e-4, n);
+    }
+    let with_drop = tiny_distilbert(0.0, 0.5);
+    let _g = no_grad();
+    let m = Mode {
+        exact_attention_dropout: true,
+        ..Mode::train(5)
+    };
+    let a = with_drop
+        .forward(&b, m)
+        .expect("fwd")
+        .0
+        .to_vec_f32()
+        .expect("v");
+    let c = with_drop
+        .forward(&b, Mode::train(5))
+        .expect("fwd")
+        .0
+        .to_vec_f32()
+        .expect("v");
+    assert_ne!(a, c, "attention dropout applied on the exact path only");
+}

@@ -164,7 +164,7 @@ impl EncoderLayer {
         let v = split(self.value.forward(x)?)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let p_attn = mode.p(d.attention_dropout);
-        let ctx = if p_attn > 0.0 && mode.exact_attention_dropout {
+        let ctx = if mode.train && mode.exact_attention_dropout {
             unfused_attention(&q, &k, &v, mask, scale, p_attn, mode.seed_for(site * 8))?
         } else {
             q.attention(

@@ -101,7 +101,7 @@ impl DistilBertConfig {
                 file.display()
             )));
         }
-        if self.n_heads == 0 || self.dim % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return Err(Error::msg(format!(
                 "{}: dim {} is not divisible by n_heads {}",
                 file.display(),

@@ -371,3 +371,87 @@ fn postprocessing_recovers_the_answer() {
     assert_eq!(top3.len(), 3);
     assert!(top3.windows(2).all(|p| p[0].score >= p[1].score));
 }
+
+/// pipeline_decode against transformers 4.57.6's pipeline("question-answering") on the
+/// same per-window logits (tests/fixtures/qa_pipeline_hf.json, written by
+/// tools/make_pipeline_ref.py): windows, answer texts, character spans and scores.
+#[test]
+fn pipeline_decode_matches_transformers_pipeline() {
+    let Some(a) = assets() else { return };
+    let tok = minilm(&a);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qa_pipeline_hf.json");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json");
+    let cfg = FeatureConfig {
+        max_length: r["max_seq_len"].as_u64().expect("len") as usize,
+        stride: r["doc_stride"].as_u64().expect("stride") as usize,
+        pad_to_max_length: false,
+    };
+    let pre = QaPreprocessor::new(&tok, cfg).expect("pre");
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 9);
+    for (ci, c) in cases.iter().enumerate() {
+        let ex = QaExample {
+            id: c["id"].as_str().expect("id").into(),
+            question: c["question"].as_str().expect("q").into(),
+            context: c["context"].as_str().expect("c").into(),
+            answers: vec![],
+        };
+        let feats = pre
+            .eval_features(std::slice::from_ref(&ex))
+            .expect("features");
+        let windows = c["windows"].as_array().expect("windows");
+        assert_eq!(feats.len(), windows.len(), "case {ci}: window count");
+        let floats = |v: &Value| -> Vec<f32> {
+            v.as_array()
+                .expect("logits")
+                .iter()
+                .map(|x| x.as_f64().expect("f") as f32)
+                .collect()
+        };
+        for (f, w) in feats.iter().zip(windows) {
+            assert_eq!(
+                f.input_ids,
+                u32s(&w["input_ids"]),
+                "case {ci}: window tokens"
+            );
+        }
+        let st: Vec<Vec<f32>> = windows.iter().map(|w| floats(&w["start"])).collect();
+        let en: Vec<Vec<f32>> = windows.iter().map(|w| floats(&w["end"])).collect();
+        let s = &c["settings"];
+        let mut pc = PipelineConfig::default();
+        if let Some(k) = s["top_k"].as_u64() {
+            pc.top_k = k as usize;
+        }
+        if let Some(h) = s["handle_impossible_answer"].as_bool() {
+            pc.handle_impossible_answer = h;
+        }
+        if let Some(al) = s["align_to_words"].as_bool() {
+            pc.align_to_words = al;
+        }
+        if let Some(m) = s["max_answer_len"].as_u64() {
+            pc.max_answer_len = m as usize;
+        }
+        let refs: Vec<&QaFeature> = feats.iter().collect();
+        let got = pipeline_decode(&ex, &refs, &st, &en, &pc).expect("decode");
+        let want = c["answers"].as_array().expect("answers");
+        assert_eq!(got.len(), want.len(), "case {ci}: number of answers");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.answer, w["answer"].as_str().expect("a"), "case {ci}");
+            assert_eq!(
+                (g.start as u64, g.end as u64),
+                (
+                    w["start"].as_u64().expect("s"),
+                    w["end"].as_u64().expect("e")
+                ),
+                "case {ci}"
+            );
+            let ws = w["score"].as_f64().expect("score");
+            assert!(
+                (g.score as f64 - ws).abs() <= 1e-5 * ws.abs().max(1e-3),
+                "case {ci}: score {} vs {ws}",
+                g.score
+            );
+        }
+    }
+}

@@ -17,6 +17,8 @@ use crate::tensor::{Tensor, TensorId};
 pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
+    name: &'static str,
+    device: crate::shape::Device,
     out: TensorId,
     inputs: Vec<Option<TensorId>>,
     backward: BackwardFn,
@@ -56,12 +58,14 @@ pub fn needs_grad(inputs: &[&Tensor]) -> bool {
 
 /// Record an op. `out` must be the freshly produced (untracked) result; the returned
 /// tensor is the same value marked as tracked, with the node keyed by its id.
-pub fn record(inputs: &[&Tensor], out: Tensor, backward: BackwardFn) -> Tensor {
+pub fn record(name: &'static str, inputs: &[&Tensor], out: Tensor, backward: BackwardFn) -> Tensor {
     if !needs_grad(inputs) {
         return out;
     }
     let tracked = out.share(out.shape().clone(), true);
     let node = Node {
+        name,
+        device: tracked.device(),
         out: tracked.id(),
         inputs: inputs
             .iter()
@@ -158,7 +162,10 @@ pub fn backward(loss: &Tensor) -> Result<Grads> {
         let Some(g) = grads.remove(&node.out) else {
             continue;
         };
-        let in_grads = (node.backward)(&g)?;
+        let in_grads = {
+            let _span = crate::profile::Span::backward(node.name, node.device);
+            (node.backward)(&g)?
+        };
         drop(g);
         if in_grads.len() != node.inputs.len() {
             return Err(Error::msg(format!(

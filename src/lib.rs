@@ -1,19 +1,25 @@
 //! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod memory;
+pub mod metrics;
 pub mod shape;
 
 pub use error::{Error, Result};
 pub use shape::{DType, Device, Shape};
 pub mod autograd;
+pub mod hub;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use tensor::Tensor;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod profile;
 pub mod rng;
+pub mod synth;
 pub mod tasks;
 pub mod tokenize;

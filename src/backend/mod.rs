@@ -119,18 +119,19 @@ pub struct SpanCandidate {
 }
 
 /// Hyper-parameters of one AdamW step (torch semantics: decoupled weight decay,
-/// bias correction, eps outside the sqrt).
+/// bias correction, eps outside the sqrt). f64 like torch's Python floats: derived
+/// constants such as `1 - beta2` are formed in double and rounded once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     /// 1-based step count, for bias correction.
     pub step: u64,
     /// Gradients are multiplied by this before use (1/loss_scale; 1.0 without scaling).
-    pub grad_scale: f32,
+    pub grad_scale: f64,
 }
 
 /// The primitive op set. All buffers are contiguous; sizes come in as arguments.

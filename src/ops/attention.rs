@@ -25,6 +25,7 @@ pub struct AttnOptions<'a> {
 impl Tensor {
     /// `self` is q `[B, Lq, H, D]`; k, v `[B, Lk, H, D]`. Returns `[B, Lq, H, D]`.
     pub fn attention(&self, k: &Tensor, v: &Tensor, opt: AttnOptions<'_>) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("attention", self.device());
         self.expect_rank("attention (q)", 4)?;
         let [b, lq, h, d] = [
             self.dims()[0],
@@ -89,6 +90,7 @@ impl Tensor {
         let o = out.detach();
         let lse = fresh(lse, [b, h, lq]);
         Ok(record(
+            "attention",
             &inputs,
             out,
             Box::new(move |g| {

@@ -20,6 +20,7 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
+        let _span = crate::profile::Span::new(name, self.device());
         same_shape(name, self, rhs)?;
         let out = fresh(
             self.storage().binary(&rhs.storage(), op)?,
@@ -34,6 +35,7 @@ impl Tensor {
             _ => None,
         };
         Ok(record(
+            name,
             &[self, rhs],
             out,
             Box::new(move |g| {
@@ -86,22 +88,28 @@ impl Tensor {
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("add", self.device());
         self.binary_op(rhs, BinaryOp::Add, "add")
     }
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("sub", self.device());
         self.binary_op(rhs, BinaryOp::Sub, "sub")
     }
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("mul", self.device());
         self.binary_op(rhs, BinaryOp::Mul, "mul")
     }
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("div", self.device());
         self.binary_op(rhs, BinaryOp::Div, "div")
     }
 
     /// `self * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("affine", self.device());
         let out = fresh(self.storage().affine(mul, add)?, self.shape().clone());
         Ok(record(
+            "affine",
             &[self],
             out,
             Box::new(move |g| {
@@ -114,16 +122,19 @@ impl Tensor {
     }
 
     pub fn scale(&self, s: f64) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("scale", self.device());
         self.affine(s, 0.0)
     }
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("unary", self.device());
         let out = fresh(self.storage().unary(op)?, self.shape().clone());
         if !needs_grad(&[self]) {
             return Ok(out);
         }
         let x = self.detach();
         Ok(record(
+            "unary",
             &[self],
             out,
             Box::new(move |g| {
@@ -134,19 +145,23 @@ impl Tensor {
     }
 
     pub fn relu(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("relu", self.device());
         self.unary(UnaryOp::Relu)
     }
     /// Exact (erf) GELU, as BERT and DistilBERT use.
     pub fn gelu(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("gelu", self.device());
         self.unary(UnaryOp::Gelu)
     }
     /// Tanh-approximated GELU (HF `gelu_new`).
     pub fn gelu_new(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("gelu_new", self.device());
         self.unary(UnaryOp::GeluNew)
     }
 
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
     pub fn gated(&self, lin: &Tensor, act: UnaryOp) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("gated", self.device());
         same_shape("gated", self, lin)?;
         let out = fresh(
             self.storage().gated(&lin.storage(), act)?,
@@ -158,6 +173,7 @@ impl Tensor {
         let (gate, l) = (self.detach(), lin.detach());
         let (tg, tl) = (self.tracks(), lin.tracks());
         Ok(record(
+            "gated",
             &[self, lin],
             out,
             Box::new(move |g| {
@@ -179,6 +195,7 @@ impl Tensor {
 
     /// Inverted dropout with a seeded, index-hashed mask; identity when `p == 0`.
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("dropout", self.device());
         if p <= 0.0 {
             return Ok(self.clone());
         }
@@ -187,6 +204,7 @@ impl Tensor {
         }
         let out = fresh(self.storage().dropout(p, seed)?, self.shape().clone());
         Ok(record(
+            "dropout",
             &[self],
             out,
             Box::new(move |g| {
@@ -200,6 +218,7 @@ impl Tensor {
 
     /// `self[.., c] + bias[c]`.
     pub fn add_bias(&self, bias: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("add_bias", self.device());
         let cols = self.shape().last();
         bias.expect_shape("add_bias", &[cols])?;
         let out = fresh(
@@ -208,6 +227,7 @@ impl Tensor {
         );
         let (tx, tb) = (self.tracks(), bias.tracks());
         Ok(record(
+            "add_bias",
             &[self, bias],
             out,
             Box::new(move |g| {
@@ -219,9 +239,11 @@ impl Tensor {
 
     /// Sum of all elements, shape `[1]`.
     pub fn sum_all(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("sum_all", self.device());
         let out = fresh(self.storage().sum_all()?, [1]);
         let (shape, dtype) = (self.shape().clone(), self.dtype());
         Ok(record(
+            "sum_all",
             &[self],
             out,
             Box::new(move |g| {
@@ -233,6 +255,7 @@ impl Tensor {
 
     /// Mean of all elements, shape `[1]`.
     pub fn mean_all(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("mean_all", self.device());
         let n = self.elem_count().max(1) as f64;
         self.sum_all()?.affine(1.0 / n, 0.0)
     }
@@ -241,12 +264,14 @@ impl Tensor {
 impl Tensor {
     /// Cast to `dtype`; the gradient is cast back to the input's dtype.
     pub fn to_dtype(&self, dtype: crate::shape::DType) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("to_dtype", self.device());
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
         let out = fresh(self.storage().cast(dtype)?, self.shape().clone());
         let src = self.dtype();
         Ok(record(
+            "to_dtype",
             &[self],
             out,
             Box::new(move |g| Ok(vec![Some(fresh(g.storage().cast(src)?, g.shape().clone()))])),

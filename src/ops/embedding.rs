@@ -10,6 +10,7 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// Rows of `self [n, cols]` picked by I32 `ids [..]`: result `[.., cols]`.
     pub fn index_select(&self, ids: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("index_select", self.device());
         self.expect_rank("index_select (table)", 2)?;
         if ids.dtype() != DType::I32 {
             return Err(Error::DType {
@@ -27,6 +28,7 @@ impl Tensor {
         }
         let ids = ids.detach();
         Ok(record(
+            "index_select",
             &[self, &ids.clone()],
             out,
             Box::new(move |g| {
@@ -38,6 +40,7 @@ impl Tensor {
 
     /// `nn.Embedding` forward: the table is `self`.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("embedding", self.device());
         self.index_select(ids)
     }
 }

@@ -10,6 +10,7 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// Same data, new shape (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("reshape", self.device());
         let shape = shape.into();
         if shape.elem_count() != self.elem_count() {
             return Err(Error::Shape {
@@ -24,6 +25,7 @@ impl Tensor {
         let orig = self.shape().clone();
         let out = self.share(shape, false);
         Ok(record(
+            "reshape",
             &[self],
             out,
             Box::new(move |g| Ok(vec![Some(g.share(orig, false))])),
@@ -32,6 +34,7 @@ impl Tensor {
 
     /// Out dim i = in dim `perm[i]` (rank ≤ 4).
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("permute", self.device());
         let dims = self.dims().to_vec();
         let mut seen = vec![false; dims.len()];
         if perm.len() != dims.len()
@@ -52,6 +55,7 @@ impl Tensor {
             inv[p] = i;
         }
         Ok(record(
+            "permute",
             &[self],
             out,
             Box::new(move |g| {
@@ -63,6 +67,7 @@ impl Tensor {
 
     /// Swap the last two dimensions.
     pub fn transpose_last2(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("transpose_last2", self.device());
         let r = self.shape().rank();
         if r < 2 {
             return Err(Error::msg(format!("transpose_last2: rank {r} < 2")));
@@ -74,6 +79,7 @@ impl Tensor {
 
     /// `[start, start+len)` along `dim`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("narrow", self.device());
         let dims = self.dims().to_vec();
         let size = self.shape().dim(dim)?;
         if start + len > size {
@@ -90,6 +96,7 @@ impl Tensor {
             out_dims.clone(),
         );
         Ok(record(
+            "narrow",
             &[self],
             out,
             Box::new(move |g| {
@@ -170,6 +177,7 @@ impl Tensor {
         let sizes: Vec<usize> = parts.iter().map(|p| p.dims()[dim]).collect();
         let tracks: Vec<bool> = parts.iter().map(|p| p.tracks()).collect();
         Ok(record(
+            "cat",
             parts,
             out,
             Box::new(move |g| {

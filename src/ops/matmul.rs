@@ -11,6 +11,7 @@ impl Tensor {
     /// `self [.., in] · weightᵀ [in, out] + bias [out]` with `weight` stored `[out, in]`
     /// as in PyTorch's `nn.Linear`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("linear", self.device());
         weight.expect_rank("linear (weight)", 2)?;
         let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
         if self.shape().last() != in_f {
@@ -60,6 +61,7 @@ impl Tensor {
         let x = self.detach();
         let w = weight.detach();
         Ok(record(
+            "linear",
             &inputs,
             out,
             Box::new(move |g| {
@@ -95,6 +97,7 @@ impl Tensor {
     /// Batched `self [.., m, k] · rhs [.., k, n]`; `rhs` of rank 2 is broadcast over the
     /// batch. Leading dimensions must otherwise be equal.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("matmul", self.device());
         let (ad, bd) = (self.dims(), rhs.dims());
         if ad.len() < 2 || bd.len() < 2 {
             return Err(Error::msg(format!(
@@ -135,6 +138,7 @@ impl Tensor {
         let (ta, tb) = (self.tracks(), rhs.tracks());
         let (a, b) = (self.detach(), rhs.detach());
         Ok(record(
+            "matmul",
             &[self, rhs],
             out,
             Box::new(move |g| {

@@ -8,6 +8,7 @@ use crate::tensor::Tensor;
 
 impl Tensor {
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("layer_norm", self.device());
         let cols = self.shape().last();
         gamma.expect_shape("layer_norm (weight)", &[cols])?;
         beta.expect_shape("layer_norm (bias)", &[cols])?;
@@ -23,6 +24,7 @@ impl Tensor {
         let (mean, rstd) = (fresh(mean, [rows]), fresh(rstd, [rows]));
         let t = [self.tracks(), gamma.tracks(), beta.tracks()];
         Ok(record(
+            "layer_norm",
             &[self, gamma, beta],
             out,
             Box::new(move |g| {
@@ -44,6 +46,7 @@ impl Tensor {
 
     /// T5LayerNorm: `x / sqrt(mean(x²) + eps) * gamma`, no mean, no bias.
     pub fn rms_norm(&self, gamma: &Tensor, eps: f64) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("rms_norm", self.device());
         let cols = self.shape().last();
         gamma.expect_shape("rms_norm (weight)", &[cols])?;
         let (y, rstd) = self.storage().rms_norm(&gamma.storage(), cols, eps)?;
@@ -56,6 +59,7 @@ impl Tensor {
         let rstd = fresh(rstd, [rows]);
         let t = [self.tracks(), gamma.tracks()];
         Ok(record(
+            "rms_norm",
             &[self, gamma],
             out,
             Box::new(move |g| {

@@ -12,6 +12,7 @@ pub const IGNORE_INDEX: i32 = -100;
 
 impl Tensor {
     pub fn softmax(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("softmax", self.device());
         let cols = self.shape().last();
         let out = fresh(self.storage().softmax(cols)?, self.shape().clone());
         if !needs_grad(&[self]) {
@@ -19,6 +20,7 @@ impl Tensor {
         }
         let y = out.detach();
         Ok(record(
+            "softmax",
             &[self],
             out,
             Box::new(move |g| {
@@ -31,6 +33,7 @@ impl Tensor {
     /// Log-softmax for scoring during generation. Inference only: it records no backward,
     /// and refuses a tracked input rather than silently cutting the graph.
     pub fn log_softmax_infer(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("log_softmax_infer", self.device());
         if needs_grad(&[self]) {
             return Err(Error::msg(
                 "log_softmax_infer is inference-only: call it under autograd::no_grad()",
@@ -45,6 +48,7 @@ impl Tensor {
 
     /// Index of each row's maximum (inference only), I32 of shape `dims[..-1]`.
     pub fn argmax_last(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("argmax_last", self.device());
         let cols = self.shape().last();
         let dims = self.dims();
         let out_dims = dims[..dims.len().saturating_sub(1)].to_vec();
@@ -54,6 +58,7 @@ impl Tensor {
     /// Mean cross-entropy of `self [.., V]` logits against I32 `targets [..]`, skipping
     /// `ignore_index`. Returns a `[1]` loss (0 when every target is ignored).
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i32) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("cross_entropy", self.device());
         let cols = self.shape().last();
         let rows = self.shape().rows();
         if targets.dtype() != DType::I32 {
@@ -80,6 +85,7 @@ impl Tensor {
         let (x, t) = (self.detach(), targets.detach());
         let lse = fresh(lse, [rows]);
         Ok(record(
+            "cross_entropy",
             &[self, targets],
             out,
             Box::new(move |g| {

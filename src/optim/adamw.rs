@@ -77,6 +77,15 @@ impl AdamW {
         config: AdamWConfig,
         use_groups: bool,
     ) -> Result<AdamW> {
+        AdamW::with_decay_rule(params, config, |name| !use_groups || decays(name))
+    }
+
+    /// Like [`AdamW::new`] with an explicit rule for which names get weight decay.
+    pub fn with_decay_rule(
+        params: &[(String, Tensor)],
+        config: AdamWConfig,
+        decay: impl Fn(&str) -> bool,
+    ) -> Result<AdamW> {
         let mut slots = Vec::with_capacity(params.len());
         for (name, p) in params {
             let master = if p.dtype() == DType::F16 {
@@ -87,7 +96,7 @@ impl AdamW {
             let state_dtype = master.as_ref().map(|m| m.dtype()).unwrap_or(p.dtype());
             let m = p.zeros_on_same(p.shape().clone(), state_dtype)?;
             let v = p.zeros_on_same(p.shape().clone(), state_dtype)?;
-            let wd = if !use_groups || decays(name) {
+            let wd = if decay(name) {
                 config.weight_decay
             } else {
                 0.0
@@ -173,13 +182,13 @@ impl AdamW {
                 continue;
             };
             let hp = AdamWStep {
-                lr: lr as f32,
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                eps: c.eps as f32,
-                weight_decay: s.weight_decay as f32,
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: s.weight_decay,
                 step: self.steps,
-                grad_scale: (grad_scale * clip) as f32,
+                grad_scale: grad_scale * clip,
             };
             let gs = g.storage();
             let mut m = s.m.storage_mut();

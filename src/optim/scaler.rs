@@ -31,6 +31,11 @@ impl LossScaler {
         }
     }
 
+    /// Clean steps since the last change (torch's `_growth_tracker`).
+    pub fn growth_tracker(&self) -> u64 {
+        self.growth_tracker
+    }
+
     /// The multiplier to apply to gradients before the update.
     pub fn inv_scale(&self) -> f64 {
         1.0 / self.scale
@@ -45,7 +50,11 @@ impl LossScaler {
         } else {
             self.growth_tracker += 1;
             if self.growth_tracker == self.growth_interval {
-                self.scale *= self.growth_factor;
+                // torch keeps the scale when growing would overflow f32.
+                let grown = self.scale * self.growth_factor;
+                if (grown as f32).is_finite() {
+                    self.scale = grown;
+                }
                 self.growth_tracker = 0;
             }
         }

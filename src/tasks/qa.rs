@@ -41,6 +41,29 @@ pub struct QaExample {
     pub answers: Vec<QaAnswer>,
 }
 
+impl From<&crate::data::squad::QaExample> for QaExample {
+    /// A loaded SQuAD question; `is_impossible` ones get no answers (run_qa.py reads
+    /// only `answers`, which SQuAD v2 leaves empty for them).
+    fn from(e: &crate::data::squad::QaExample) -> QaExample {
+        QaExample {
+            id: e.id.clone(),
+            question: e.question.clone(),
+            context: e.context.clone(),
+            answers: if e.is_impossible {
+                Vec::new()
+            } else {
+                e.answers
+                    .iter()
+                    .map(|a| QaAnswer {
+                        text: a.text.clone(),
+                        start: a.answer_start,
+                    })
+                    .collect()
+            },
+        }
+    }
+}
+
 /// run_qa.py's defaults: `max_seq_length` 384, `doc_stride` 128, `pad_to_max_length`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FeatureConfig {

@@ -37,23 +37,23 @@ pub(super) fn adamw_<T: Real>(
             return Err(dtype_err(OP, "a float working copy", DType::I32));
         }
     }
-    let gs = T::of(hp.grad_scale as f64);
+    let gs = T::of(hp.grad_scale);
     if g.par_iter()
         .with_min_len(PAR_MIN)
         .any(|&x| !(x * gs).is_finite())
     {
         return Ok(true);
     }
-    let (b1, b2) = (hp.beta1 as f64, hp.beta2 as f64);
+    let (b1, b2) = (hp.beta1, hp.beta2);
     let t = hp.step.min(i32::MAX as u64) as i32;
     let bc1 = 1.0 - b1.powi(t);
     let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-    let decay = T::of(1.0 - hp.lr as f64 * hp.weight_decay as f64);
-    let step_size = T::of(hp.lr as f64 / bc1);
+    let decay = T::of(1.0 - hp.lr * hp.weight_decay);
+    let step_size = T::of(hp.lr / bc1);
     let inv_bc2 = T::of(1.0 / bc2_sqrt);
     let (tb1, tb2) = (T::of(b1), T::of(b2));
     let (ob1, ob2) = (T::of(1.0 - b1), T::of(1.0 - b2));
-    let eps = T::of(hp.eps as f64);
+    let eps = T::of(hp.eps);
     let (mm, vv) = (m.floats_mut::<T>(OP)?, v.floats_mut::<T>(OP)?);
     let pp = p.floats_mut::<T>(OP)?;
     pp.par_iter_mut()

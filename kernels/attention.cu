@@ -1,0 +1,719 @@
+// Fused attention (FlashAttention-2 style) forward and backward for fp16 on Turing (sm_75),
+// also run unchanged on sm_80 / sm_90. One kernel family serves DistilBERT/BERT self-attention
+// (scaled, key padding mask) and all three T5 attentions (unscaled, additive per-head bias
+// with its gradient, causal decoder, cross-attention), so neither the B·H·Lq·Lk score matrix
+// nor the probabilities are ever stored: forward keeps only out and the row log-sum-exp,
+// backward recomputes P from them.
+//
+// Why it is built this way:
+// - Tensor cores via `mma.sync.m16n8k8.row.col.f32.f16.f16.f32` (the Turing MMA). Its
+//   accumulator fragment equals its A-operand fragment, so P (or dS) goes from the S
+//   accumulators straight into the next MMA with no shuffle. Work is written as k16 steps:
+//   for sm_75 each is two m16n8k8; for sm_80+ (__CUDA_ARCH__ >= 800 only) one m16n8k16
+//   on the same registers. Row-major fragments are plain 32-bit shared loads; transposed B
+//   fragments (V, dO, Q, K read along the key or query axis) come from ldmatrix.x4.trans
+//   (sm_75+). No cp.async: global loads go through registers in 16-byte vectors. Nothing
+//   sm_80-only is on the sm_75 path.
+// - Tiles: 4 warps; forward 64 query rows x 64-key tiles (16 rows per warp); backward one
+//   64-key tile per block (16 keys per warp) walking 32-row query tiles (16 for D=128).
+//   Key tiles that are all padding are skipped. Blocks are ordered batch-fastest so the
+//   bias of one head is reused from L2.
+// - Softmax is "online" with a finite sentinel (-1e30) instead of -inf inside the kernels, so
+//   fully masked rows never compute inf - inf; they produce out = 0, lse = -inf and add
+//   nothing to any gradient. Bias values of -inf / -FLT_MAX are also handled.
+// - Backward = rowsum(dO∘O) kernel, then one kernel per key tile that keeps dK/dV in
+//   registers while walking the query tiles, and adds dQ (fp32 atomics into dq_accum) and
+//   dBias (fp32 atomics into dbias). dBias = dS summed over the batch; the atomics cost one
+//   RED per nonzero (b, h, i, j), i.e. B·H·Lq·Lk fp32 atomics (T5-small B=16 512²: 33.5 M),
+//   spread over H·Lq·Lk addresses so contention is only B-way. dq_accum costs
+//   B·Lq·H·D·ceil(Lk/64) atomics. A last kernel casts dq_accum to fp16.
+// - Dropout on the probabilities (HF's attention dropout) is fused: keep(b,h,i,j) is
+//   backend::dropout_keep(seed, ((b*H + h)*Lq + i)*Lk + j, p) — the same splitmix64 hash as
+//   the unfused dropout over a [B, H, Lq, Lk] probability tensor — so backward regenerates
+//   the mask instead of storing it. out = (P∘Z)·V with Z = keep/(1-p); lse is the softmax's
+//   (before dropout); dS = P∘(Z∘dP' − delta) with dP' = dO·Vᵀ and delta = rowsum(dO∘O).
+//   dropout_p = 0 skips the hash entirely.
+// - Do not compile with --use_fast_math (not needed; __expf is used explicitly).
+//
+// ---------------------------------------------------------------------------------------
+// Tensor layout (all row-major, contiguous, device pointers 16-byte aligned):
+//   q, out, dout, dq : fp16 [B, Lq, H, D]        (the [B*Lq, H*D] output of a linear layer)
+//   k, v, dk, dv     : fp16 [B, Lk, H, D]
+//   lse, delta       : fp32 [B, H, Lq]
+//   key_mask         : int32 [B, Lk], nonzero = keep; may be NULL (all keys kept)
+//   bias             : fp32 [H, Lq, Lk], added after scaling, broadcast over B; may be NULL
+//   dbias            : fp32 [H, Lq, Lk], sum over the batch of dS; may be NULL (no bias grad)
+//   dq_accum         : fp32 [B, Lq, H, D] workspace
+// score(b,h,i,j) = scale * q_i·k_j + bias[h,i,j], j allowed iff key_mask[b,j] != 0 and
+// (causal == 0 or j <= i + (Lk - Lq)). Rows with no allowed key: out = 0, lse = -inf.
+// dropout_p in [0, 1) (float), seed (unsigned long long = u64): see above; pass the same pair
+// to forward and backward of one attention call.
+//
+// Kernels (all: int = int32, float = fp32, pointers are device addresses; D is the head dim).
+// "_d32" / "_d128" variants have exactly the same arguments and launch shape as the D = 64
+// kernel without suffix. All shared memory is static (under 48 KB): shared_mem_bytes = 0
+// and no cudaFuncSetAttribute is needed.
+//
+// 1. fb_attn_fwd_f16 (D=64), fb_attn_fwd_f16_d32, fb_attn_fwd_f16_d128
+//    (const half* q, const half* k, const half* v, const int* key_mask, const float* bias,
+//     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal,
+//     float dropout_p, unsigned long long seed)
+//    grid = (ceil(Lq / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 2. fb_attn_bwd_preprocess_f16
+//    (const half* out, const half* dout, float* delta, float* dq_accum, float* dbias,
+//     int B, int H, int Lq, int Lk, int D)
+//    delta = rowsum(dout ∘ out); also zero-fills dq_accum (B·Lq·H·D floats) and, if dbias
+//    is not NULL, dbias (H·Lq·Lk floats), so the caller need not memset them.
+//    grid = (ceil(B·H·Lq / 4), 1, 1), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 3. fb_attn_bwd_f16 (D=64), fb_attn_bwd_f16_d32, fb_attn_bwd_f16_d128
+//    (const half* q, const half* k, const half* v, const half* dout, const float* lse,
+//     const float* delta, const int* key_mask, const float* bias, half* dk, half* dv,
+//     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,
+//     float dropout_p, unsigned long long seed)
+//    Writes dk, dv; adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
+//    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
+//
+// 4. fb_attn_dq_cast_f16 (const float* dq_accum, half* dq, int n)   n = B·Lq·H·D
+//    grid = (ceil(n / 256), 1, 1), block = (256, 1, 1), shared_mem_bytes = 0.
+//
+// Order on one stream: fwd; later preprocess → bwd → dq_cast. preprocess must get the `out`
+// the forward wrote (with dropout, the dropped output). Needs B, H, Lq, Lk >= 1 (a zero
+// grid dimension is a launch error: skip empty calls) and B·Lq·H·D < 2^31.
+// Workspace: lse and delta B·H·Lq·4 bytes each, dq_accum B·Lq·H·D·4, dbias H·Lq·Lk·4.
+// dq and dbias are sums of fp32 atomics: not bitwise reproducible run to run (~1e-7 rel).
+//
+// Resources (nvcc 13.0 -O3 -Xptxas -v; no spills on any arch; static smem):
+//   kernel          regs sm_75/80/90   smem B   blocks/SM on T4 (64 KB smem, 64 K regs)
+//   fwd D=64        128 / 154 / 142    18688    4 (capped at 128 regs on sm_75 only)
+//   fwd D=32        128 / 126 / 106    10496    4
+//   fwd D=128       254 / 254 / 174    35072    1
+//   bwd D=64        184 / 165 / 168    32512    2 (BR=32: sized for this)
+//   bwd D=32        212 / 164 / 184    30208    2
+//   bwd D=128       216 / 234 / 235    45952    1 (BR=16)
+//   preprocess 46/30/30, dq_cast 10/8/10, no smem.
+// (Turing reserves no shared memory per block as far as we know; if it did, bwd D=64
+// would drop to one block per SM.)
+// ---------------------------------------------------------------------------------------
+
+// FB_ATTN_EMULATE: tools/attn_check/emu_check.cpp runs these kernels on the CPU (threads +
+// barriers, MMA evaluated from the PTX fragment tables) and supplies the CUDA names itself.
+// Only cuda_fp16.h is included: NVRTC (the run-time compile path) ships no <stdint.h> or
+// <math.h>, hence `unsigned int` for fragments and a bit pattern for -inf.
+#ifndef FB_ATTN_EMULATE
+#include <cuda_fp16.h>
+#endif
+
+namespace fbattn {
+
+constexpr int kThreads = 128;  // 4 warps; each warp owns 16 query rows (fwd) or 16 keys (bwd)
+constexpr int kBr = 64;        // forward: query rows per block
+constexpr int kBc = 64;        // key rows per tile (forward loop, backward block)
+constexpr float kNeg = -1.0e30f;      // "masked" score; finite so no inf - inf ever happens
+constexpr float kNegThresh = -1.0e29f;  // a running max at or below this means "no key yet"
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// D += A·B for one 16x8x8 tile. A: a0 = {A[g][2t], A[g][2t+1]}, a1 = {A[g+8][2t], ..};
+// B: b0 = {B[2t][g], B[2t+1][g]}; C: c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
+// (g = lane / 4, t = lane % 4; PTX ISA "Matrix Fragments for mma.m16n8k8").
+__device__ __forceinline__ void mma_m16n8k8(float c[4], unsigned int a0, unsigned int a1, unsigned int b0) {
+#ifdef FB_ATTN_EMULATE
+  fb_emu_mma(c, a0, a1, b0);
+#else
+  float d0, d1, d2, d3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%7,%8,%9,%10};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a0), "r"(a1), "r"(b0), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  c[0] = d0;
+  c[1] = d1;
+  c[2] = d2;
+  c[3] = d3;
+#endif
+}
+
+// c += A·B with A 16x16 and B 16x8 given as two k8 halves: (a0, a1, b0) are the m16n8k8
+// fragments of k = 0..7 and (a2, a3, b1) those of k = 8..15. That is exactly the register
+// layout of mma.m16n8k16 (A regs: rows g / g+8 at cols 2t, then rows g / g+8 at cols 2t+8;
+// B regs: rows 2t and 2t+8), so sm_80+ issues one k16 MMA; sm_75 issues the two k8 halves.
+__device__ __forceinline__ void mma_k16(float c[4], unsigned int a0, unsigned int a1,
+                                        unsigned int a2, unsigned int a3, unsigned int b0,
+                                        unsigned int b1) {
+#if defined(FB_ATTN_EMULATE) && defined(FB_ATTN_EMU_K16)
+  fb_emu_mma_k16(c, a0, a1, a2, a3, b0, b1);
+#elif !defined(FB_ATTN_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float d0, d1, d2, d3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+  c[0] = d0;
+  c[1] = d1;
+  c[2] = d2;
+  c[3] = d3;
+#else
+  mma_m16n8k8(c, a0, a1, b0);
+  mma_m16n8k8(c, a2, a3, b1);
+#endif
+}
+
+// Two adjacent halves p[0] (low 16 bits) and p[1] (high).
+__device__ __forceinline__ unsigned int ld_row2(const __half* p) {
+  return *reinterpret_cast<const unsigned int*>(p);
+}
+
+// B fragments of four adjacent 8x8 blocks of a row-major [k][n] shared tile, i.e. for each
+// block i: r[i] = {T[k0 + 2t][n0 + 8i + g], T[k0 + 2t + 1][n0 + 8i + g]}, via ldmatrix.trans
+// (sm_75+). `row` must point at T[k0 + (lane & 7)][n0 + 8 * (lane >> 3)] (16-byte aligned):
+// lane 8i + r supplies row r of block i, and .trans hands lane 4g + t the column g pair.
+__device__ __forceinline__ void ldsm_x4_trans(unsigned int r[4], const __half* row) {
+#ifdef FB_ATTN_EMULATE
+  fb_emu_ldsm_x4_trans(r, row);
+#else
+  const unsigned int addr = (unsigned int)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+
+__device__ __forceinline__ unsigned int pack2(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<unsigned int*>(&h);
+}
+
+// backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64 finaliser of
+// seed + (i + 1)·φ, top 24 bits as a uniform in [0, 1), kept when >= p.
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long i,
+                                             float p) {
+  unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return (float)(x >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+// (head, batch) of this block. Launch order runs blockIdx.y fastest after x; reading the
+// linear (y, z) index with the batch fastest instead makes consecutive blocks share a head,
+// so the bias slice [h] (read once per batch element) is reused while still in L2 — T5's
+// 8 MB bias does not fit a T4's 4 MB L2 otherwise.
+__device__ __forceinline__ void head_batch(int B, int H, int& h, int& b) {
+  const int bh = blockIdx.y + blockIdx.z * H;  // gridDim = (.., H, B)
+  h = bh / B;
+  b = bh % B;
+}
+
+// rows [row0, row0 + ROWS) of a [L, ld] fp16 matrix (columns 0..D-1 from g) into a
+// [ROWS][D + 8] shared tile; rows past L are zero so no garbage reaches an MMA.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, int L,
+                                          long long ld) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int col = (c % kChunks) * 8;
+    uint4 val = make_uint4(0u, 0u, 0u, 0u);
+    if (row0 + r < L) val = *reinterpret_cast<const uint4*>(g + (long long)(row0 + r) * ld + col);
+    *reinterpret_cast<uint4*>(s + r * (D + 8) + col) = val;
+  }
+}
+
+// keep flags of keys [k0, k0 + kBc) for batch b; returns this thread's flag (0 past kBc).
+__device__ __forceinline__ int load_keep(int* keep_s, const int* key_mask, int b, int k0,
+                                         int Lk) {
+  int keep = 0;
+  if (threadIdx.x < kBc) {
+    const int j = k0 + threadIdx.x;
+    keep = j < Lk;
+    if (keep && key_mask != nullptr) keep = key_mask[(long long)b * Lk + j] != 0;
+    keep_s[threadIdx.x] = keep;
+  }
+  return keep;
+}
+
+template <int D>
+__device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
+                                         const __half* __restrict__ k,
+                                         const __half* __restrict__ v,
+                                         const int* __restrict__ key_mask,
+                                         const float* __restrict__ bias, __half* __restrict__ out,
+                                         float* __restrict__ lse, int B, int H, int Lq, int Lk,
+                                         float scale, int causal, float dropout_p,
+                                         unsigned long long seed) {
+  constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
+  __shared__ __align__(16) __half k_s[kBc * S];  // holds the Q tile first
+  __shared__ __align__(16) __half v_s[kBc * S];
+  __shared__ int keep_s[kBc];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  int h, b;
+  head_batch(B, H, h, b);
+  const int q0 = blockIdx.x * kBr;
+  const long long ld = (long long)H * D;
+  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
+  const int off = Lk - Lq;  // causal: row i sees keys j <= i + off
+  const int wr = warp * 16;
+  const int rows[2] = {q0 + wr + g, q0 + wr + g + 8};
+  const bool drop = dropout_p > 0.f;
+  const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
+  const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
+
+  static_assert(kBr == kBc, "Q tile reuses the K buffer");
+  load_tile<kBr, D>(k_s, qb, q0, Lq, ld);
+  __syncthreads();
+  unsigned int qf[D / 8][2];
+#pragma unroll
+  for (int ks = 0; ks < D / 8; ++ks) {
+    qf[ks][0] = ld_row2(&k_s[(wr + g) * S + ks * 8 + 2 * t]);
+    qf[ks][1] = ld_row2(&k_s[(wr + g + 8) * S + ks * 8 + 2 * t]);
+  }
+  __syncthreads();
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {kNeg, kNeg};
+  float l[2] = {0.f, 0.f};
+
+  int kend = Lk;
+  if (causal) kend = min(Lk, max(0, q0 + kBr + off));  // last row of the tile sees < this
+  for (int k0 = 0; k0 < kend; k0 += kBc) {
+    load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
+    load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+    const int mykeep = load_keep(keep_s, key_mask, b, k0, Lk);
+    // A tile whose keys are all padding adds nothing: skip it (uniform across the block, and
+    // nothing reads k_s / v_s / keep_s before the next iteration's barrier).
+    if (!__syncthreads_or(mykeep)) continue;
+
+    // Dropout keep bits of this thread's 32 scores, drawn before the MMAs while few
+    // registers are live (the 64-bit hash interleaved with the softmax costs spills).
+    unsigned int kbits = 0xffffffffu;
+    if (drop) {
+      kbits = 0u;
+#pragma unroll
+      for (int bit = 0; bit < kBc / 2; ++bit) {
+        const int nt = bit >> 2, e = bit & 3;
+        const unsigned long long idx =
+            (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
+        kbits |= (unsigned int)dropout_keep(seed, idx, dropout_p) << bit;
+      }
+    }
+
+    float s[kBc / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 8; ks += 2) {
+#pragma unroll
+      for (int nt = 0; nt < kBc / 8; ++nt) {
+        // B[kk][n] = K[key n][d kk]: contiguous along d.
+        const __half* kr = &k_s[(nt * 8 + g) * S + ks * 8 + 2 * t];
+        mma_k16(s[nt], qf[ks][0], qf[ks][1], qf[ks + 1][0], qf[ks + 1][1], ld_row2(kr),
+                ld_row2(kr + 8));
+      }
+    }
+
+    float mx[2] = {kNeg, kNeg};
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = rows[e >> 1];
+        const int jl = nt * 8 + 2 * t + (e & 1);
+        const int j = k0 + jl;
+        const bool ok = keep_s[jl] && r < Lq && (!causal || j <= r + off);
+        float val = kNeg;
+        if (ok) {
+          val = s[nt][e] * scale;
+          if (biash) val += biash[(long long)r * Lk + j];
+          val = fmaxf(val, kNeg);  // a -inf bias behaves like a mask
+        }
+        s[nt][e] = val;
+        mx[e >> 1] = fmaxf(mx[e >> 1], val);
+      }
+    }
+    float mu[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float mn = fmaxf(m[i], mx[i]);
+      mu[i] = mn <= kNegThresh ? 0.f : mn;  // no key yet: any finite reference works
+      const float alpha = __expf(m[i] - mu[i]);
+      m[i] = mn;
+      l[i] *= alpha;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][2 * i] *= alpha;
+        o[dn][2 * i + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float p = __expf(s[nt][e] - mu[e >> 1]);
+        l[e >> 1] += p;  // the softmax normaliser counts dropped probabilities too
+        if (drop) p = ((kbits >> (nt * 4 + e)) & 1u) ? p * rkeep : 0.f;
+        s[nt][e] = p;
+      }
+    }
+    // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
+#pragma unroll
+    for (int nt = 0; nt < kBc / 8; nt += 2) {
+      const unsigned int a0 = pack2(s[nt][0], s[nt][1]);
+      const unsigned int a1 = pack2(s[nt][2], s[nt][3]);
+      const unsigned int a2 = pack2(s[nt + 1][0], s[nt + 1][1]);
+      const unsigned int a3 = pack2(s[nt + 1][2], s[nt + 1][3]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; dn += 4) {
+        // B[kk][n] = V[key kk][d n]: transposed loads of 8x8 blocks, keys nt*8.. and +8.
+        const __half* vr = &v_s[(nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8];
+        unsigned int blo[4], bhi[4];
+        ldsm_x4_trans(blo, vr);
+        ldsm_x4_trans(bhi, vr + 8 * S);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) mma_k16(o[dn + i], a0, a1, a2, a3, blo[i], bhi[i]);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+    const int r = rows[i];
+    if (r >= Lq) continue;
+    const bool any = m[i] > kNegThresh && l[i] > 0.f;
+    const float inv = any ? 1.f / l[i] : 0.f;
+    __half* orow = out + ((long long)b * Lq + r) * ld + (long long)h * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<__half2*>(orow + dn * 8 + 2 * t) =
+          __floats2half2_rn(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
+    }
+    if (t == 0) lse[((long long)b * H + h) * Lq + r] = any ? m[i] + logf(l[i]) : neg_inf();
+  }
+}
+
+// Backward for one key tile of kBc keys (warp w owns keys w*16..w*16+15), walking query
+// tiles of BR rows. BR sets the shared memory: D=64 uses BR=32 for exactly 32 KB, so two
+// blocks (8 warps) fit in a Turing SM's 64 KB; D=128 uses BR=16 to stay under 48 KB static.
+template <int D, int BR>
+__device__ __forceinline__ void attn_bwd(
+    const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
+    const __half* __restrict__ dout, const float* __restrict__ lse,
+    const float* __restrict__ delta, const int* __restrict__ key_mask,
+    const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
+    float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
+    float scale, int causal, float dropout_p, unsigned long long seed) {
+  constexpr int S = D + 8;
+  constexpr int SD = kBc + 8;  // dS tile row stride (halves)
+  constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
+  constexpr int CS = 4 / RG;   // ... and column slices, RG * CS = 4 warps
+  constexpr int NC = D / CS;   // dQ columns per warp
+  static_assert(RG * CS == 4 && NC % 32 == 0 && D % 32 == 0 && BR <= 64,
+                "dQ split, ldmatrix x4, 32 dropout bits");
+  __shared__ __align__(16) __half k_s[kBc * S];
+  __shared__ __align__(16) __half v_s[kBc * S];
+  __shared__ __align__(16) __half q_s[BR * S];
+  __shared__ __align__(16) __half do_s[BR * S];
+  __shared__ __align__(16) __half ds_s[BR * SD];  // dS as [query][key]
+  __shared__ float lse_s[BR];
+  __shared__ float di_s[BR];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  int h, b;
+  head_batch(B, H, h, b);
+  const int k0 = blockIdx.x * kBc;
+  const long long ld = (long long)H * D;
+  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
+  const __half* dob = dout + (long long)b * Lq * ld + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const float* lseb = lse + ((long long)b * H + h) * Lq;
+  const float* deltab = delta + ((long long)b * H + h) * Lq;
+  const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
+  float* dbiash = dbias ? dbias + (long long)h * Lq * Lk : nullptr;
+  const int off = Lk - Lq;
+  const int kw = warp * 16;  // this warp's keys in the tile: kw + g and kw + g + 8
+  const bool drop = dropout_p > 0.f;
+  const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
+  const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
+
+  load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
+  load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+  // This thread's two keys are fixed for the whole kernel: keep flags live in registers.
+  bool keepk[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int j = k0 + kw + g + 8 * i;
+    keepk[i] = j < Lk && (key_mask == nullptr || key_mask[(long long)b * Lk + j] != 0);
+  }
+  if (!__syncthreads_or(keepk[0] || keepk[1])) {  // all keys of the tile are padding
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int j = k0 + kw + g + 8 * i;
+      if (j >= Lk) continue;
+      const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) = __floats2half2_rn(0.f, 0.f);
+        *reinterpret_cast<__half2*>(dv + base + dn * 8 + 2 * t) = __floats2half2_rn(0.f, 0.f);
+      }
+    }
+    return;
+  }
+
+  float dkacc[D / 8][4], dvacc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    dkacc[i][0] = dkacc[i][1] = dkacc[i][2] = dkacc[i][3] = 0.f;
+    dvacc[i][0] = dvacc[i][1] = dvacc[i][2] = dvacc[i][3] = 0.f;
+  }
+
+  int qbeg = 0;
+  if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
+  for (int q0 = qbeg; q0 < Lq; q0 += BR) {
+    load_tile<BR, D>(q_s, qb, q0, Lq, ld);
+    load_tile<BR, D>(do_s, dob, q0, Lq, ld);
+    if (threadIdx.x < BR) {
+      const int r = q0 + threadIdx.x;
+      lse_s[threadIdx.x] = r < Lq ? lseb[r] : neg_inf();
+      di_s[threadIdx.x] = r < Lq ? deltab[r] : 0.f;
+    }
+    __syncthreads();
+
+    // Dropout keep bits of this thread's BR/2 scores (see the forward kernel).
+    unsigned int kbits = 0xffffffffu;
+    if (drop) {
+      kbits = 0u;
+#pragma unroll
+      for (int bit = 0; bit < BR / 2; ++bit) {
+        const int nt = bit >> 2, e = bit & 3;
+        const int j = k0 + kw + g + ((e >> 1) << 3);
+        const int r = q0 + nt * 8 + 2 * t + (e & 1);
+        kbits |= (unsigned int)dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) << bit;
+      }
+    }
+
+    // S^T = K·Q^T and dP^T = V·dO^T (16 keys x BR queries per warp).
+    float st[BR / 8][4], dpt[BR / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt) {
+      st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.f;
+      dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < D / 8; ks += 2) {
+      const int c0 = ks * 8 + 2 * t;
+      const unsigned int ka0 = ld_row2(&k_s[(kw + g) * S + c0]);
+      const unsigned int ka1 = ld_row2(&k_s[(kw + g + 8) * S + c0]);
+      const unsigned int ka2 = ld_row2(&k_s[(kw + g) * S + c0 + 8]);
+      const unsigned int ka3 = ld_row2(&k_s[(kw + g + 8) * S + c0 + 8]);
+      const unsigned int va0 = ld_row2(&v_s[(kw + g) * S + c0]);
+      const unsigned int va1 = ld_row2(&v_s[(kw + g + 8) * S + c0]);
+      const unsigned int va2 = ld_row2(&v_s[(kw + g) * S + c0 + 8]);
+      const unsigned int va3 = ld_row2(&v_s[(kw + g + 8) * S + c0 + 8]);
+#pragma unroll
+      for (int nt = 0; nt < BR / 8; ++nt) {
+        // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
+        const __half* qr = &q_s[(nt * 8 + g) * S + c0];
+        const __half* dr = &do_s[(nt * 8 + g) * S + c0];
+        mma_k16(st[nt], ka0, ka1, ka2, ka3, ld_row2(qr), ld_row2(qr + 8));
+        mma_k16(dpt[nt], va0, va1, va2, va3, ld_row2(dr), ld_row2(dr + 8));
+      }
+    }
+
+    // P^T = exp(score - lse), dS^T = P^T ∘ (Z ∘ dP^T - delta) in place, and P^T ∘ Z for dV.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int keyl = kw + g + ((e >> 1) << 3);
+        const int ql = nt * 8 + 2 * t + (e & 1);
+        const int j = k0 + keyl;
+        const int r = q0 + ql;
+        const float lrow = lse_s[ql];
+        const bool ok = keepk[e >> 1] && r < Lq && (!causal || j <= r + off) && lrow > kNegThresh;
+        float p = 0.f;
+        if (ok) {
+          float sc = st[nt][e] * scale;
+          if (biash) sc += biash[(long long)r * Lk + j];
+          p = __expf(fmaxf(sc, kNeg) - lrow);
+        }
+        float z = 1.f;
+        if (drop) z = ((kbits >> (nt * 4 + e)) & 1u) ? rkeep : 0.f;
+        const float ds = p * (z * dpt[nt][e] - di_s[ql]);
+        st[nt][e] = p * z;
+        dpt[nt][e] = ds;
+        if (dbiash && ds != 0.f) atomicAdd(&dbiash[(long long)r * Lk + j], ds);
+        ds_s[ql * SD + keyl] = __float2half_rn(ds);
+      }
+    }
+
+    // dV += P^T·dO and dK += dS^T·Q (scale applied at the end); accumulator fragments of
+    // P^T / dS^T for queries nt*8.. are the A fragments of k-step nt.
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; nt += 2) {
+      const unsigned int pa0 = pack2(st[nt][0], st[nt][1]);
+      const unsigned int pa1 = pack2(st[nt][2], st[nt][3]);
+      const unsigned int pa2 = pack2(st[nt + 1][0], st[nt + 1][1]);
+      const unsigned int pa3 = pack2(st[nt + 1][2], st[nt + 1][3]);
+      const unsigned int sa0 = pack2(dpt[nt][0], dpt[nt][1]);
+      const unsigned int sa1 = pack2(dpt[nt][2], dpt[nt][3]);
+      const unsigned int sa2 = pack2(dpt[nt + 1][0], dpt[nt + 1][1]);
+      const unsigned int sa3 = pack2(dpt[nt + 1][2], dpt[nt + 1][3]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; dn += 4) {
+        // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads, queries nt*8.. and +8.
+        const int off_s = (nt * 8 + (lane & 7)) * S + (dn + (lane >> 3)) * 8;
+        unsigned int bo[4], bo2[4], bq[4], bq2[4];
+        ldsm_x4_trans(bo, &do_s[off_s]);
+        ldsm_x4_trans(bo2, &do_s[off_s + 8 * S]);
+        ldsm_x4_trans(bq, &q_s[off_s]);
+        ldsm_x4_trans(bq2, &q_s[off_s + 8 * S]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          mma_k16(dvacc[dn + i], pa0, pa1, pa2, pa3, bo[i], bo2[i]);
+          mma_k16(dkacc[dn + i], sa0, sa1, sa2, sa3, bq[i], bq2[i]);
+        }
+      }
+    }
+    __syncthreads();  // ds_s complete
+
+    // dQ[BR x D] += scale · dS[BR x kBc] · K[kBc x D]; warp = (row group, column slice).
+    {
+      const int rg = warp % RG, cs = warp / RG;
+      float dq[NC / 8][4];
+#pragma unroll
+      for (int i = 0; i < NC / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kBc / 8; ks += 2) {
+        const __half* r0 = &ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t];
+        const __half* r8 = r0 + 8 * SD;
+        const unsigned int a0 = ld_row2(r0), a1 = ld_row2(r8);
+        const unsigned int a2 = ld_row2(r0 + 8), a3 = ld_row2(r8 + 8);
+#pragma unroll
+        for (int dn = 0; dn < NC / 8; dn += 4) {
+          // B[kk][n] = K[key kk][d n]: transposed loads, keys ks*8.. and +8.
+          const __half* kr = &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8];
+          unsigned int bk[4], bk2[4];
+          ldsm_x4_trans(bk, kr);
+          ldsm_x4_trans(bk2, kr + 8 * S);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mma_k16(dq[dn + i], a0, a1, a2, a3, bk[i], bk2[i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = q0 + rg * 16 + g + 8 * i;
+        if (r >= Lq) continue;
+        float* dqrow = dq_accum + ((long long)b * Lq + r) * ld + (long long)h * D + cs * NC;
+#pragma unroll
+        for (int dn = 0; dn < NC / 8; ++dn) {
+          atomicAdd(dqrow + dn * 8 + 2 * t, scale * dq[dn][2 * i]);
+          atomicAdd(dqrow + dn * 8 + 2 * t + 1, scale * dq[dn][2 * i + 1]);
+        }
+      }
+    }
+    __syncthreads();  // before the next tile overwrites q_s, do_s, ds_s
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int j = k0 + kw + g + 8 * i;
+    if (j >= Lk) continue;
+    const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) =
+          __floats2half2_rn(scale * dkacc[dn][2 * i], scale * dkacc[dn][2 * i + 1]);
+      *reinterpret_cast<__half2*>(dv + base + dn * 8 + 2 * t) =
+          __floats2half2_rn(dvacc[dn][2 * i], dvacc[dn][2 * i + 1]);
+    }
+  }
+}
+
+}  // namespace fbattn
+
+// Turing only: the D <= 64 forward fits 128 registers with no spills there, which gives 4
+// blocks (16 warps) per T4 SM instead of 3; sm_80+ would spill at 128, so no cap there.
+// (An explicit minimum of 1 is not the same as none: ptxas then takes far more registers.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define FB_FWD_BOUNDS_SMALL_D __launch_bounds__(fbattn::kThreads, 4)
+#else
+#define FB_FWD_BOUNDS_SMALL_D __launch_bounds__(fbattn::kThreads)
+#endif
+
+#define FB_ATTN_FWD(NAME, D, BOUNDS)                                                          \
+  extern "C" __global__ void BOUNDS NAME(                                                     \
+      const __half* q, const __half* k, const __half* v, const int* key_mask,                \
+      const float* bias, __half* out, float* lse, int B, int H, int Lq, int Lk, float scale, \
+      int causal, float dropout_p, unsigned long long seed) {                                 \
+    fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal,      \
+                        dropout_p, seed);                                                     \
+  }
+
+#define FB_ATTN_BWD(NAME, D, BR)                                                               \
+  extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                        \
+      const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
+      const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
+      float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,   \
+      float dropout_p, unsigned long long seed) {                                              \
+    fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
+                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, seed);             \
+  }
+
+FB_ATTN_FWD(fb_attn_fwd_f16, 64, FB_FWD_BOUNDS_SMALL_D)
+FB_ATTN_FWD(fb_attn_fwd_f16_d32, 32, FB_FWD_BOUNDS_SMALL_D)
+FB_ATTN_FWD(fb_attn_fwd_f16_d128, 128, __launch_bounds__(fbattn::kThreads))
+FB_ATTN_BWD(fb_attn_bwd_f16, 64, 32)
+FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64)
+FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16)
+
+// delta[b,h,i] = Σ_d dout·out (one warp per row), plus zero-fill of the atomic targets.
+extern "C" __global__ void __launch_bounds__(128)
+    fb_attn_bwd_preprocess_f16(const __half* out, const __half* dout, float* delta,
+                               float* dq_accum, float* dbias, int B, int H, int Lq, int Lk,
+                               int D) {
+  const long long nthreads = (long long)gridDim.x * blockDim.x;
+  const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long ndq = (long long)B * Lq * H * D;
+  for (long long i = tid; i < ndq; i += nthreads) dq_accum[i] = 0.f;
+  if (dbias) {
+    const long long nb = (long long)H * Lq * Lk;
+    for (long long i = tid; i < nb; i += nthreads) dbias[i] = 0.f;
+  }
+  const long long row = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= (long long)B * H * Lq) return;
+  const int i = (int)(row % Lq);
+  const int h = (int)((row / Lq) % H);
+  const long long b = row / ((long long)Lq * H);
+  const long long base = ((b * Lq + i) * H + h) * D;
+  float acc = 0.f;
+  for (int d = lane; d < D; d += 32) {
+    acc += __half2float(out[base + d]) * __half2float(dout[base + d]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) delta[row] = acc;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    fb_attn_dq_cast_f16(const float* dq_accum, __half* dq, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dq[i] = __float2half_rn(dq_accum[i]);
+}

@@ -1,0 +1,5 @@
+//! Dataset readers: SQuAD-style extractive QA and seq2seq pairs, turned into plain Rust
+//! structs with every offset checked, so tokenization and batching never see bad rows.
+
+pub mod seq2seq;
+pub mod squad;

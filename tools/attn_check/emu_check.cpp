@@ -1,0 +1,359 @@
+// CPU emulation of kernels/attention.cu, for machines without a GPU.
+// Why: the kernels depend on warp-level details (mma fragment layouts, shuffles, barriers)
+// that a desk check can miss, and the GPU is lent for one short try. Here every CUDA thread
+// is a std::thread, __syncthreads is a block-wide std::barrier, shuffles and the
+// mma.m16n8k8 go through a per-warp exchange, and the MMA is evaluated from the PTX ISA's
+// fragment tables (written out independently below), so a fragment or indexing bug shows up
+// as a wrong result against the double reference, exactly as attn_check.cu would on a GPU.
+// fp16 rounding uses _Float16 (round-to-nearest-even, like the GPU's __float2half_rn);
+// __expf is exact expf here, so errors are a bit smaller than on the GPU.
+//
+// Build: g++ -std=c++20 -O1 -pthread emu_check.cpp -o emu_check   (tiny shapes only: slow)
+// That emulates the sm_75 code (pairs of m16n8k8); add -DFB_ATTN_EMU_K16 for the sm_80+
+// code (one m16n8k16 per k16 step).
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+// ---- the CUDA names attention.cu uses
+#define FB_ATTN_EMULATE 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+struct __half {
+  uint16_t bits;
+};
+struct __half2 {
+  __half x, y;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
+  return {x, y, z, w};
+}
+static inline __half __float2half_rn(float f) {
+  _Float16 h = (_Float16)f;
+  __half r;
+  std::memcpy(&r.bits, &h, 2);
+  return r;
+}
+static inline __half __float2half(float f) { return __float2half_rn(f); }
+static inline float __half2float(__half h) {
+  _Float16 v;
+  std::memcpy(&v, &h.bits, 2);
+  return (float)v;
+}
+static inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+static inline __half2 __floats2half2_rn(float a, float b) {
+  return {__float2half_rn(a), __float2half_rn(b)};
+}
+static inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+static inline float fb_emu_expf(float x) { return std::exp(x); }
+#define __expf fb_emu_expf
+using std::max;
+using std::min;
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+thread_local Dim3 threadIdx, blockIdx;
+Dim3 gridDim, blockDim;
+
+struct WarpCtx {
+  std::barrier<> bar{32};
+  float xf[32];
+  uint32_t a0[32], a1[32], a2[32], a3[32], b0[32], b1[32];
+  const __half* rowp[32];
+  float c[32][4];
+};
+thread_local WarpCtx* tw = nullptr;
+thread_local int tlane = 0;
+std::barrier<>* g_block_bar = nullptr;
+std::mutex g_atomic_mu;
+
+static inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+std::atomic<int> g_or_flag{0};
+static inline int __syncthreads_or(int pred) {
+  if (pred) g_or_flag.store(1);
+  g_block_bar->arrive_and_wait();
+  const int r = g_or_flag.load();
+  g_block_bar->arrive_and_wait();
+  if (threadIdx.x == 0) g_or_flag.store(0);
+  g_block_bar->arrive_and_wait();
+  return r;
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) {
+  tw->xf[tlane] = v;
+  tw->bar.arrive_and_wait();
+  const float r = tw->xf[tlane ^ o];
+  tw->bar.arrive_and_wait();
+  return r;
+}
+static inline float atomicAdd(float* p, float v) {
+  std::lock_guard<std::mutex> lk(g_atomic_mu);
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+
+static inline float lo_h(uint32_t r) { return __half2float(__half{(uint16_t)(r & 0xFFFF)}); }
+static inline float hi_h(uint32_t r) { return __half2float(__half{(uint16_t)(r >> 16)}); }
+
+// mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32, fragments per the PTX ISA:
+// groupID = lane >> 2, tig = lane % 4;
+// A (16x8): a0,a1 -> row groupID, cols tig*2 + {0,1}; a2,a3 -> row groupID+8 (reg 1).
+// B (8x8):  b0,b1 -> rows tig*2 + {0,1}, col groupID.
+// C (16x8): c0,c1 -> row groupID, cols tig*2 + {0,1}; c2,c3 -> row groupID+8.
+static void fb_emu_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  WarpCtx& w = *tw;
+  w.a0[tlane] = a0;
+  w.a1[tlane] = a1;
+  w.b0[tlane] = b0;
+  for (int i = 0; i < 4; ++i) w.c[tlane][i] = c[i];
+  w.bar.arrive_and_wait();
+  float A[16][8], B[8][8], C[16][8];
+  for (int L = 0; L < 32; ++L) {
+    const int g = L >> 2, t = L & 3;
+    A[g][2 * t] = lo_h(w.a0[L]);
+    A[g][2 * t + 1] = hi_h(w.a0[L]);
+    A[g + 8][2 * t] = lo_h(w.a1[L]);
+    A[g + 8][2 * t + 1] = hi_h(w.a1[L]);
+    B[2 * t][g] = lo_h(w.b0[L]);
+    B[2 * t + 1][g] = hi_h(w.b0[L]);
+    C[g][2 * t] = w.c[L][0];
+    C[g][2 * t + 1] = w.c[L][1];
+    C[g + 8][2 * t] = w.c[L][2];
+    C[g + 8][2 * t + 1] = w.c[L][3];
+  }
+  const int g = tlane >> 2, t = tlane & 3;
+  const int rr[4] = {g, g, g + 8, g + 8};
+  const int cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int i = 0; i < 4; ++i) {
+    float acc = C[rr[i]][cc[i]];
+    for (int kk = 0; kk < 8; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
+    c[i] = acc;
+  }
+  w.bar.arrive_and_wait();
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (the sm_80+ path, built with
+// -DFB_ATTN_EMU_K16), from the PTX ISA's m16n8k16 tables:
+// A (16x16): a0,a1 -> row g, cols 2t+{0,1}; a2,a3 -> row g+8, same cols;
+//            a4,a5 -> row g, cols 2t+8+{0,1}; a6,a7 -> row g+8, cols 2t+8+{0,1}.
+// B (16x8):  b0,b1 -> rows 2t+{0,1}, col g; b2,b3 -> rows 2t+8+{0,1}, col g.  C as k8.
+static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                           uint32_t b0, uint32_t b1) {
+  WarpCtx& w = *tw;
+  w.a0[tlane] = a0;
+  w.a1[tlane] = a1;
+  w.a2[tlane] = a2;
+  w.a3[tlane] = a3;
+  w.b0[tlane] = b0;
+  w.b1[tlane] = b1;
+  for (int i = 0; i < 4; ++i) w.c[tlane][i] = c[i];
+  w.bar.arrive_and_wait();
+  float A[16][16], B[16][8], C[16][8];
+  for (int L = 0; L < 32; ++L) {
+    const int g = L >> 2, t = L & 3;
+    A[g][2 * t] = lo_h(w.a0[L]);
+    A[g][2 * t + 1] = hi_h(w.a0[L]);
+    A[g + 8][2 * t] = lo_h(w.a1[L]);
+    A[g + 8][2 * t + 1] = hi_h(w.a1[L]);
+    A[g][2 * t + 8] = lo_h(w.a2[L]);
+    A[g][2 * t + 9] = hi_h(w.a2[L]);
+    A[g + 8][2 * t + 8] = lo_h(w.a3[L]);
+    A[g + 8][2 * t + 9] = hi_h(w.a3[L]);
+    B[2 * t][g] = lo_h(w.b0[L]);
+    B[2 * t + 1][g] = hi_h(w.b0[L]);
+    B[2 * t + 8][g] = lo_h(w.b1[L]);
+    B[2 * t + 9][g] = hi_h(w.b1[L]);
+    C[g][2 * t] = w.c[L][0];
+    C[g][2 * t + 1] = w.c[L][1];
+    C[g + 8][2 * t] = w.c[L][2];
+    C[g + 8][2 * t + 1] = w.c[L][3];
+  }
+  const int g = tlane >> 2, t = tlane & 3;
+  const int rr[4] = {g, g, g + 8, g + 8};
+  const int cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int i = 0; i < 4; ++i) {
+    float acc = C[rr[i]][cc[i]];
+    for (int kk = 0; kk < 16; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
+    c[i] = acc;
+  }
+  w.bar.arrive_and_wait();
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lane 8i + r supplies the address of row r
+// of matrix i (8 contiguous halves). Without .trans lane 4r + w would receive row r's halves
+// 2w, 2w+1; with .trans the matrix is transposed first, so lane 4r + w receives
+// M_i[2w][r] (low) and M_i[2w+1][r] (high).
+static void fb_emu_ldsm_x4_trans(uint32_t r[4], const __half* row) {
+  WarpCtx& w = *tw;
+  w.rowp[tlane] = row;
+  w.bar.arrive_and_wait();
+  const int rr = tlane >> 2, ww = tlane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t lo = w.rowp[8 * i + 2 * ww][rr].bits;
+    const uint32_t hi = w.rowp[8 * i + 2 * ww + 1][rr].bits;
+    r[i] = lo | (hi << 16);
+  }
+  w.bar.arrive_and_wait();
+}
+
+#include "../../kernels/attention.cu"
+#include "attn_ref.h"
+
+template <class F>
+static void launch(Dim3 grid, unsigned nthreads, F f) {
+  gridDim = grid;
+  blockDim = Dim3{nthreads, 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::barrier<> bb((std::ptrdiff_t)nthreads);
+        g_block_bar = &bb;
+        const unsigned nw = (nthreads + 31) / 32;
+        std::vector<std::unique_ptr<WarpCtx>> warps;
+        for (unsigned i = 0; i < nw; ++i) warps.emplace_back(new WarpCtx());
+        std::vector<std::thread> ths;
+        for (unsigned i = 0; i < nthreads; ++i) {
+          ths.emplace_back([&, i] {
+            threadIdx = Dim3{i, 0, 0};
+            blockIdx = Dim3{x, y, z};
+            tw = warps[i / 32].get();
+            tlane = (int)(i % 32);
+            f();
+          });
+        }
+        for (auto& th : ths) th.join();
+      }
+}
+
+static unsigned cdiv(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
+
+static std::vector<__half> to_half(const std::vector<float>& f) {
+  std::vector<__half> h(f.size());
+  for (size_t i = 0; i < f.size(); ++i) h[i] = __float2half_rn(f[i]);
+  return h;
+}
+static std::vector<float> to_float(const std::vector<__half>& h) {
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); ++i) f[i] = __half2float(h[i]);
+  return f;
+}
+static std::vector<float> rand_f16(size_t n, std::mt19937& rng, float amp) {
+  std::uniform_real_distribution<float> u(-amp, amp);
+  std::vector<float> f(n);
+  for (auto& x : f) x = __half2float(__float2half_rn(u(rng)));
+  return f;
+}
+
+static bool run_case(const Case& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  auto q = rand_f16(nq(c), rng, 1.f), k = rand_f16(nk(c), rng, 1.f);
+  auto v = rand_f16(nk(c), rng, 1.f), dout = rand_f16(nq(c), rng, 1.f);
+  std::vector<float> bias;
+  if (c.bias) {
+    std::uniform_real_distribution<float> u(-2.f, 2.f);
+    bias.resize(nbias(c));
+    for (auto& x : bias) x = u(rng);
+  }
+  std::vector<int> mask;
+  if (!c.lens.empty()) {
+    mask.resize((size_t)c.B * c.Lk);
+    for (int b = 0; b < c.B; ++b)
+      for (int j = 0; j < c.Lk; ++j) mask[(size_t)b * c.Lk + j] = j < c.lens[b];
+  }
+  auto hq = to_half(q), hk = to_half(k), hv = to_half(v), hdo = to_half(dout);
+  const __half nanh = __half{0xFFFF};
+  std::vector<__half> out(nq(c), nanh), dq(nq(c), nanh), dk(nk(c), nanh), dv(nk(c), nanh);
+  std::vector<float> lse(nrow(c), NAN), delta(nrow(c), NAN), dqa(nq(c), NAN);
+  std::vector<float> dbias(c.bias ? nbias(c) : 0, NAN);
+  const float* bp = c.bias ? bias.data() : nullptr;
+  float* dbp = c.bias ? dbias.data() : nullptr;
+  const int* mp = mask.empty() ? nullptr : mask.data();
+  const int causal = c.causal;
+  auto fwd = c.D == 32 ? fb_attn_fwd_f16_d32 : c.D == 128 ? fb_attn_fwd_f16_d128 : fb_attn_fwd_f16;
+  auto bwd = c.D == 32 ? fb_attn_bwd_f16_d32 : c.D == 128 ? fb_attn_bwd_f16_d128 : fb_attn_bwd_f16;
+  launch(Dim3{cdiv(c.Lq, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
+    fwd(hq.data(), hk.data(), hv.data(), mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk,
+        c.scale, causal, c.dropout, c.seed);
+  });
+  launch(Dim3{cdiv((long long)nrow(c), 4), 1, 1}, 128, [&] {
+    fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbp, c.B, c.H,
+                               c.Lq, c.Lk, c.D);
+  });
+  launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
+    bwd(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(), mp, bp,
+        dk.data(), dv.data(), dqa.data(), dbp, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout,
+        c.seed);
+  });
+  const int n = (int)nq(c);
+  launch(Dim3{cdiv(n, 256), 1, 1}, 256, [&] { fb_attn_dq_cast_f16(dqa.data(), dq.data(), n); });
+
+  const Ref r = reference(c, q, k, v, dout, bias);
+  std::vector<int> qd = {c.B, c.Lq, c.H, c.D}, kd = {c.B, c.Lk, c.H, c.D};
+  const double eo = compare("out", to_float(out), r.out, qd, "b,i,h,d", true);
+  const double el = compare("lse", lse, r.lse, {c.B, c.H, c.Lq}, "b,h,i", true);
+  const double eq = compare("dq", to_float(dq), r.dq, qd, "b,i,h,d", true);
+  const double ek = compare("dk", to_float(dk), r.dk, kd, "b,j,h,d", true);
+  const double ev = compare("dv", to_float(dv), r.dv, kd, "b,j,h,d", true);
+  const double eb = c.bias ? compare("dbias", dbias, r.dbias, {c.H, c.Lq, c.Lk}, "h,i,j", true) : 0;
+  const bool pass = eo <= 1e-2 && el <= 1e-2 && eq <= 1e-2 && ek <= 1e-2 && ev <= 1e-2 && eb <= 1e-2;
+  printf("EMUCHECK case=%s D=%d out_err=%.3e lse_err=%.3e dq_err=%.3e dk_err=%.3e dv_err=%.3e "
+         "dbias_err=%.3e pass=%s\n",
+         c.name.c_str(), c.D, eo, el, eq, ek, ev, eb, pass ? "true" : "false");
+  fflush(stdout);
+  return pass;
+}
+
+int main(int argc, char** argv) {
+  const char* only = argc > 1 ? argv[1] : nullptr;
+  const std::vector<Case> cases = {
+      {"tiny_64x64", 1, 1, 64, 64, 64, 0.125f, false, false, {}},
+      {"pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}},
+      {"causal_bias_67", 1, 2, 67, 67, 64, 1.f, true, true, {}},
+      {"causal_lq_gt_lk_masked_batch", 2, 1, 9, 5, 64, 1.f, true, true, {5, 0}},
+      {"decode_1x7_causal", 2, 1, 1, 7, 64, 1.f, true, true, {7, 4}},
+      {"d32_40x70", 1, 2, 40, 70, 32, 0.17677669f, false, true, {70}},
+      {"d128_70x40_causal", 1, 1, 70, 40, 128, 0.08838835f, true, true, {}},
+      {"d128_33x130_mask", 1, 1, 33, 130, 128, 1.f, false, false, {100}},
+      {"dropout_pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}, 0.1f, 42ull},
+      {"dropout_causal_d32_40", 1, 2, 40, 40, 32, 1.f, true, false, {}, 0.5f, 77ull},
+      {"big_all_features_150x200", 2, 2, 150, 200, 64, 0.125f, true, true, {200, 131}, 0.15f,
+       9ull},
+      {"dropout_d128_40x70_bias", 1, 1, 40, 70, 128, 0.08838835f, false, true, {60}, 0.2f, 5ull},
+  };
+  int failed = 0, run = 0;
+  unsigned seed = 99;
+  for (const Case& c : cases) {
+    ++seed;
+    if (only && c.name.find(only) == std::string::npos) continue;
+    ++run;
+    if (!run_case(c, seed)) ++failed;
+  }
+#ifdef FB_ATTN_EMU_K16
+  const char* path = "sm80+ (m16n8k16)";
+#else
+  const char* path = "sm75 (m16n8k8)";
+#endif
+  printf("EMUCHECK summary [%s]: %d/%d passed\n", path, run - failed, run);
+  return failed ? 1 : 0;
+}

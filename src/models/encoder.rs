@@ -494,26 +494,24 @@ pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
 }
 
 /// `nn.Embedding(padding_idx=pad)` lookup: the `pad` row is read like any other but
-/// receives no gradient (BERT and DistilBERT word embeddings are built that way). The
-/// pad positions' rows are taken from a detached copy of the table and blended in with a
-/// 0/1 mask, which only costs anything when the batch holds a pad id.
+/// receives no gradient (BERT's and DistilBERT's word embeddings are built that way).
+/// The lookup reads a table whose pad row is a detached copy, spliced in with
+/// narrow/cat on the device, so no per-batch mask travels from the host.
 pub(crate) fn embed_padding_idx(table: &Tensor, ids: &Tensor, pad: u32) -> Result<Tensor> {
-    let v = ids.to_vec_i32()?;
-    let out = table.embedding(ids)?;
-    if !out.tracks() || !v.contains(&(pad as i32)) {
-        return Ok(out);
+    let (n, p) = (table.dims()[0], pad as usize);
+    if !table.tracks() || p >= n || !crate::autograd::grad_enabled() {
+        return table.embedding(ids);
     }
-    let cols = table.dims()[1];
-    let keep: Vec<f32> = v
-        .iter()
-        .flat_map(|&i| std::iter::repeat_n(if i == pad as i32 { 0.0 } else { 1.0 }, cols))
-        .collect();
-    let drop: Vec<f32> = keep.iter().map(|k| 1.0 - k).collect();
-    let dims = out.dims().to_vec();
-    let keep = Tensor::from_f32(keep, dims.clone(), out.device())?.to_dtype(out.dtype())?;
-    let drop = Tensor::from_f32(drop, dims, out.device())?.to_dtype(out.dtype())?;
-    let frozen = table.detach().embedding(ids)?;
-    out.mul(&keep)?.add(&frozen.mul(&drop)?)
+    let mut parts = Vec::with_capacity(3);
+    if p > 0 {
+        parts.push(table.narrow(0, 0, p)?);
+    }
+    parts.push(table.detach().narrow(0, p, 1)?);
+    if p + 1 < n {
+        parts.push(table.narrow(0, p + 1, n - p - 1)?);
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    Tensor::cat(&refs, 0)?.embedding(ids)
 }
 
 /// Position ids `0..L` for every row, I32 `[B, L]`, after checking L fits the table.

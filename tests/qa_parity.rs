@@ -384,3 +384,81 @@ fn exact_attention_path_matches_fused() {
         .expect("v");
     assert_ne!(a, c, "attention dropout applied on the exact path only");
 }
+
+/// Relative error ‖a − b‖ / ‖b‖ (DESIGN.md's GPU-vs-CPU measure).
+fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let (x, y) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
+    assert_eq!(x.len(), y.len());
+    let num: f64 = x.iter().zip(&y).map(|(p, q)| (p - q) * (p - q)).sum();
+    let den: f64 = y.iter().map(|q| q * q).sum();
+    if x.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// The same models on the GPU: MiniLM hidden states (f32 and f16) against transformers,
+/// and a training step's logits and every gradient of a tiny DistilBERT against the CPU.
+#[test]
+fn gpu_matches_cpu_and_transformers() {
+    if !fusebox::backend::cuda_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let gpu = Device::Cuda(0);
+    if let Some(a) = assets() {
+        let fx = load(&manifest().join("tests/fixtures/minilm_hidden.safetensors"));
+        let dir = a.join("models/all-minilm-l6-v2");
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 1e-2)] {
+            let model = BertForQa::load(&dir, gpu, dtype, 0).expect("MiniLM on the GPU");
+            let _g = no_grad();
+            let on = |t: &Tensor| t.to_device(gpu).expect("to gpu");
+            let h = model
+                .encode(
+                    &on(&fx["input_ids"]),
+                    &on(&fx["attention_mask"]),
+                    Some(&on(&fx["token_type_ids"])),
+                    Mode::eval(),
+                )
+                .expect("encode")
+                .to_dtype(DType::F32)
+                .expect("f32")
+                .to_device(Device::Cpu)
+                .expect("host");
+            let err = norm_rel(&h, &fx["last_hidden_state"]);
+            eprintln!("MiniLM on CUDA {dtype}: relative error {err:.3e}");
+            assert!(err <= tol, "MiniLM {dtype} on CUDA: {err:.3e} > {tol:.1e}");
+        }
+    }
+    let cpu = tiny_distilbert(0.0, 0.0);
+    let b = tiny_batch();
+    let (s, e) = cpu.forward(&b, Mode::train(1)).expect("cpu fwd");
+    let loss = cpu.loss(&s, &e, &b).expect("loss");
+    let g_cpu = backward(&loss).expect("cpu backward");
+    let dir = std::env::temp_dir().join(format!("fusebox-gpu-tiny-{}", std::process::id()));
+    cpu.save(&dir).expect("save");
+    let model = load_qa_model(&dir, gpu, DType::F32, 0).expect("tiny on GPU");
+    let on = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_device(gpu).expect("gpu"));
+    let bg = QaBatch {
+        input_ids: b.input_ids.to_device(gpu).expect("gpu"),
+        attention_mask: b.attention_mask.to_device(gpu).expect("gpu"),
+        token_type_ids: None,
+        start_positions: on(&b.start_positions),
+        end_positions: on(&b.end_positions),
+    };
+    let (sg, eg) = model.forward(&bg, Mode::train(1)).expect("gpu fwd");
+    let lg = model.loss(&sg, &eg, &bg).expect("gpu loss");
+    let g_gpu = backward(&lg).expect("gpu backward");
+    let host = |t: &Tensor| t.to_device(Device::Cpu).expect("host");
+    assert!(norm_rel(&host(&sg), &s) <= 1e-5, "start logits");
+    assert!(norm_rel(&host(&lg), &loss) <= 1e-5, "loss");
+    let gpu_params: BTreeMap<String, Tensor> = model.params().trainable().into_iter().collect();
+    for (name, p) in cpu.params().trainable() {
+        let want = g_cpu.get(&p).expect("cpu grad");
+        let got = host(g_gpu.get(&gpu_params[&name]).expect("gpu grad"));
+        let (err, scale) = rel_err(&got, want, &name);
+        let tol = if scale < 1e-6 { 1e-6 } else { 1e-4 * scale };
+        assert!(err <= tol, "{name}: GPU grad error {err:.3e} > {tol:.3e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -462,3 +462,60 @@ fn gpu_matches_cpu_and_transformers() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A bare base-model checkpoint (no `distilbert.` prefix, no QA head, TF-era
+/// `LayerNorm.gamma/beta` names, an integer `position_ids` buffer) loads into the same
+/// encoder.
+#[test]
+fn bare_and_legacy_checkpoint_names_load() {
+    let model = tiny_distilbert(0.0, 0.0);
+    let dir = std::env::temp_dir().join(format!("fusebox-bare-{}", std::process::id()));
+    model.save(&dir).expect("save");
+    let file = dir.join("model.safetensors");
+    let mut renamed = BTreeMap::new();
+    for (name, t) in load(&file) {
+        if name.starts_with("qa_outputs") {
+            continue;
+        }
+        let name = name.trim_start_matches("distilbert.").to_string();
+        let name = name
+            .replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta");
+        renamed.insert(name, t);
+    }
+    renamed.insert(
+        "embeddings.position_ids".into(),
+        Tensor::from_i32((0..16).collect(), [1, 16], Device::Cpu).expect("ids"),
+    );
+    safetensors_io::save(&file, &renamed, None).expect("rewrite");
+    let back = load_qa_model(&dir, Device::Cpu, DType::F32, 0).expect("bare loads");
+    let mut names: Vec<String> = back.params().named().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    let mut want: Vec<String> = model.params().named().into_iter().map(|(n, _)| n).collect();
+    want.sort();
+    assert_eq!(names, want, "same parameter names after adoption");
+    let b = tiny_batch();
+    let _g = no_grad();
+    let h0 = model
+        .encode(&b.input_ids, &b.attention_mask, Mode::eval())
+        .expect("h0");
+    let enc = fusebox::models::distilbert::DistilBertForQa::load(&dir, Device::Cpu, DType::F32, 0)
+        .expect("load");
+    let h1 = enc
+        .encode(&b.input_ids, &b.attention_mask, Mode::eval())
+        .expect("h1");
+    assert_eq!(h0.to_vec_f32().expect("h0"), h1.to_vec_f32().expect("h1"));
+    // A checkpoint missing an encoder tensor is an error naming it, not a random layer.
+    let mut partial = renamed.clone();
+    partial.remove("transformer.layer.1.ffn.lin2.weight");
+    safetensors_io::save(&file, &partial, None).expect("rewrite");
+    let err = load_qa_model(&dir, Device::Cpu, DType::F32, 0)
+        .err()
+        .expect("missing tensor must fail");
+    assert!(
+        err.to_string()
+            .contains("transformer.layer.1.ffn.lin2.weight"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -394,7 +394,8 @@ pub fn load_qa_model(
 }
 
 /// Bring a checkpoint's names to the QA model's layout: bare base-model names
-/// (`embeddings.*`, `encoder.*`/`transformer.*`) gain `prefix.`; tensors the QA model
+/// (`embeddings.*`, `encoder.*`/`transformer.*`) gain `prefix.`, `LayerNorm.gamma/beta`
+/// become `weight/bias`; tensors the QA model
 /// does not use (pooler, pre-training heads, integer buffers such as `position_ids`) are
 /// dropped with one log line, as transformers reports unused weights.
 pub(crate) fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&str]) {
@@ -409,6 +410,15 @@ pub(crate) fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&
             dropped.push(name.clone());
             store.remove(&name);
             continue;
+        };
+        // Old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta;
+        // transformers renames them on load, and so do we.
+        let target = match target.strip_suffix(".gamma") {
+            Some(base) => format!("{base}.weight"),
+            None => match target.strip_suffix(".beta") {
+                Some(base) => format!("{base}.bias"),
+                None => target,
+            },
         };
         let unused = !t.dtype().is_float() || target.starts_with(&format!("{prefix}.pooler."));
         if unused {

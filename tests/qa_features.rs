@@ -455,3 +455,48 @@ fn pipeline_decode_matches_transformers_pipeline() {
         }
     }
 }
+
+/// Every question of real SQuAD-format files (TyDi QA English, the allennlp SQuAD v2
+/// sample with unanswerables) through the data loader and the train/eval features:
+/// no errors, every answer token span covers its answer text (HF's token boundaries
+/// may widen it, never cut it), unanswerables and windows without the answer at CLS.
+#[test]
+fn real_squad_files_through_features() {
+    use fusebox::data::squad::{load_squad, SquadOptions};
+    let Some(a) = assets() else { return };
+    let tok = cased(&a);
+    let pre = QaPreprocessor::new(&tok, FeatureConfig::default()).expect("pre");
+    for file in ["qa/tydiqa-goldp-dev-en.json", "qa/allennlp-squad-v2.json"] {
+        let load = load_squad(a.join(file), SquadOptions { skip_bad: true }).expect("load");
+        let examples: Vec<QaExample> = load.examples.iter().map(QaExample::from).collect();
+        let train = pre.train_features(&examples).expect("train features");
+        let eval = pre.eval_features(&examples).expect("eval features");
+        assert_eq!(train.len(), eval.len(), "{file}");
+        assert!(train.len() >= examples.len());
+        let (mut spans, mut cls) = (0, 0);
+        for (t, e) in train.iter().zip(&eval) {
+            assert_eq!(t.input_ids, e.input_ids);
+            let ex = &examples[t.example_index];
+            let (s, en) = t.positions.expect("positions");
+            if (s, en) == (t.cls_index, t.cls_index) {
+                cls += 1;
+                continue;
+            }
+            spans += 1;
+            let (cs, ce) = (e.offsets[s].expect("ctx").0, e.offsets[en].expect("ctx").1);
+            let text: String = ex.context.chars().skip(cs).take(ce - cs).collect();
+            let ans = &ex.answers[0].text;
+            assert!(
+                text.contains(ans.trim()),
+                "{file} {}: span {text:?} vs {ans:?}",
+                ex.id
+            );
+        }
+        eprintln!(
+            "{file}: {} questions, {} windows, {spans} answer spans, {cls} at CLS",
+            examples.len(),
+            train.len()
+        );
+        assert!(spans > 0 && cls > 0, "{file}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod autograd;
 pub mod hub;
 pub mod ops;
 pub mod tensor;
+pub mod tokenizer_train;
 pub mod train;
 
 pub use tensor::Tensor;

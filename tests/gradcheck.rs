@@ -341,6 +341,17 @@ fn permute_narrow_cat() {
 /// keys are all masked (batch 1, query 0: causal allows keys 0..=2, the mask drops them).
 #[test]
 fn attention_q_k_v_bias() {
+    attention_all_features(0.0);
+}
+
+/// The same with dropout on the probabilities: the mask is re-derived from the seed in
+/// backward, so the gradient is that of the same dropped function.
+#[test]
+fn attention_q_k_v_bias_with_dropout() {
+    attention_all_features(0.3);
+}
+
+fn attention_all_features(dropout: f32) {
     let mut rng = Rng::new(9);
     let s = AttnSpec {
         b: 2,
@@ -350,6 +361,8 @@ fn attention_q_k_v_bias() {
         d: 4,
         scale: 0.5,
         causal: true,
+        dropout,
+        seed: 77,
     };
     let nq = s.b * s.lq * s.h * s.d;
     let nk = s.b * s.lk * s.h * s.d;
@@ -390,6 +403,9 @@ fn attention_q_k_v_bias() {
     for g in [&dq, &dk, &dv, &db] {
         assert!(vals(g).iter().all(|v| v.is_finite()), "non-finite gradient");
     }
+    // The fully masked query (b 1, i 0) gets no gradient, in any head.
+    let row = s.lq * s.h * s.d;
+    assert!(vals(&dq)[row..row + s.h * s.d].iter().all(|&x| x == 0.0));
 }
 
 /// Without mask, bias or causal, and with lq > lk, to cover the plain BERT path.
@@ -404,6 +420,8 @@ fn attention_plain() {
         d: 5,
         scale: 1.0 / 5f32.sqrt(),
         causal: false,
+        dropout: 0.0,
+        seed: 0,
     };
     let nq = s.b * s.lq * s.h * s.d;
     let nk = s.b * s.lk * s.h * s.d;

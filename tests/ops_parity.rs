@@ -172,6 +172,7 @@ fn attention_cases_match_torch() {
                     causal,
                     key_mask: Some(get(&f, &format!("{c}.mask"))),
                     bias: bias.as_ref(),
+                    ..Default::default()
                 },
             )
             .unwrap();

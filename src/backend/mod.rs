@@ -103,6 +103,12 @@ pub struct AttnSpec {
     pub scale: f32,
     /// Query i sees keys j ≤ i + (lk − lq) (aligned at the end, as for a KV cache).
     pub causal: bool,
+    /// Dropout on the probabilities (HF's attention dropout), 0 for none. The mask of
+    /// (b, h, i, j) is `dropout_keep(seed, ((b·h_count + h)·lq + i)·lk + j, p)`, so
+    /// backward re-derives it and the CPU and CUDA backends draw the same one. lse is
+    /// the softmax's, before dropout.
+    pub dropout: f32,
+    pub seed: u64,
 }
 
 /// One QA span candidate from [`BackendStorage::span_search`].

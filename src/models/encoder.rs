@@ -5,10 +5,9 @@
 //!
 //! The two HF implementations compute the same layer under different parameter names
 //! (`attention.q_lin` vs `attention.self.query`, ...), so the layer is built from a
-//! [`LayerNames`] table and loads either checkpoint with no renaming. Attention goes
-//! through the fused `attention` op (key padding mask, scale 1/√d); HF's dropout on the
-//! attention probabilities has no place in a fused kernel, so it is taken only when a
-//! caller asks for the exact (unfused) path, see [`Mode::exact_attention_dropout`].
+//! [`LayerNames`] table and loads either checkpoint with no renaming. Attention is the
+//! fused `attention` op: key padding mask, scale 1/√d, and HF's dropout on the attention
+//! probabilities fused into the kernel (its mask re-derived from the seed in backward).
 
 use std::path::Path;
 
@@ -28,9 +27,6 @@ pub struct Mode {
     pub train: bool,
     /// Base seed of this step's dropout masks; each dropout site derives its own.
     pub seed: u64,
-    /// Apply HF's dropout on attention probabilities through an unfused attention (slow,
-    /// memory-hungry). Off by default: the fused kernel has no dropout on probabilities.
-    pub exact_attention_dropout: bool,
 }
 
 impl Mode {
@@ -38,15 +34,10 @@ impl Mode {
         Mode {
             train: false,
             seed: 0,
-            exact_attention_dropout: false,
         }
     }
     pub fn train(seed: u64) -> Mode {
-        Mode {
-            train: true,
-            seed,
-            exact_attention_dropout: false,
-        }
+        Mode { train: true, seed }
     }
     /// The dropout probability actually applied (0 in evaluation).
     pub fn p(&self, p: f32) -> f32 {
@@ -118,7 +109,7 @@ pub struct LayerDims {
     /// ... and after the attention output projection (BERT only; 0 for DistilBERT,
     /// whose `TransformerBlock` has none there).
     pub attn_out_dropout: f32,
-    /// On the attention probabilities (see [`Mode::exact_attention_dropout`]).
+    /// On the attention probabilities (fused into the attention op).
     pub attention_dropout: f32,
     pub activation: Activation,
 }
@@ -163,21 +154,18 @@ impl EncoderLayer {
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let p_attn = mode.p(d.attention_dropout);
-        let ctx = if mode.train && mode.exact_attention_dropout {
-            unfused_attention(&q, &k, &v, mask, scale, p_attn, mode.seed_for(site * 8))?
-        } else {
-            q.attention(
-                &k,
-                &v,
-                AttnOptions {
-                    scale,
-                    causal: false,
-                    key_mask: Some(mask),
-                    bias: None,
-                },
-            )?
-        };
+        let ctx = q.attention(
+            &k,
+            &v,
+            AttnOptions {
+                scale,
+                causal: false,
+                key_mask: Some(mask),
+                bias: None,
+                dropout: mode.p(d.attention_dropout),
+                seed: mode.seed_for(site * 8),
+            },
+        )?;
         let ctx = ctx.reshape([b, l, d.hidden])?;
         let a = self
             .attn_out
@@ -191,43 +179,6 @@ impl EncoderLayer {
             .dropout(mode.p(d.hidden_dropout), mode.seed_for(site * 8 + 2))?;
         self.out_norm.forward(&f.add(&h)?)
     }
-}
-
-/// softmax(scale·q·kᵀ + mask) with dropout on the probabilities, then ·v: what HF's eager
-/// attention computes in training. Returns `[B, L, H, D]` like the fused op.
-fn unfused_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    scale: f32,
-    p: f32,
-    seed: u64,
-) -> Result<Tensor> {
-    let [b, l, h, _] = [q.dims()[0], q.dims()[1], q.dims()[2], q.dims()[3]];
-    let qh = q.permute(&[0, 2, 1, 3])?; // [B, H, L, D]
-    let kt = k.permute(&[0, 2, 3, 1])?; // [B, H, D, L]
-    let vh = v.permute(&[0, 2, 1, 3])?;
-    let scores = qh.matmul(&kt)?.scale(scale as f64)?;
-    // HF fills masked keys with the dtype's most negative value; -1e4 in f16 keeps the
-    // sum finite and still gives exp() == 0.
-    let neg = if q.dtype() == DType::F16 { -1e4 } else { -1e30 };
-    let keep = mask.to_vec_i32()?;
-    let mut add = vec![0f32; b * h * l * l];
-    for bi in 0..b {
-        for j in 0..l {
-            if keep[bi * l + j] == 0 {
-                for hi in 0..h {
-                    for i in 0..l {
-                        add[((bi * h + hi) * l + i) * l + j] = neg;
-                    }
-                }
-            }
-        }
-    }
-    let add = Tensor::from_f32(add, [b, h, l, l], q.device())?.to_dtype(q.dtype())?;
-    let probs = scores.add(&add)?.softmax()?.dropout(p, seed)?;
-    probs.matmul(&vh)?.permute(&[0, 2, 1, 3])
 }
 
 /// `qa_outputs`: hidden → (start, end) logits, each `[B, L]`.

@@ -20,6 +20,23 @@ pub struct AttnOptions<'a> {
     pub key_mask: Option<&'a Tensor>,
     /// `[H, Lq, Lk]`, added to the scores of every batch entry.
     pub bias: Option<&'a Tensor>,
+    /// Dropout on the probabilities (0 = none) and its seed; fused into the kernel, the
+    /// mask re-derived in backward from the seed.
+    pub dropout: f32,
+    pub seed: u64,
+}
+
+impl Default for AttnOptions<'_> {
+    fn default() -> Self {
+        AttnOptions {
+            scale: 1.0,
+            causal: false,
+            key_mask: None,
+            bias: None,
+            dropout: 0.0,
+            seed: 0,
+        }
+    }
 }
 
 impl Tensor {
@@ -58,7 +75,15 @@ impl Tensor {
             d,
             scale: opt.scale,
             causal: opt.causal,
+            dropout: opt.dropout,
+            seed: opt.seed,
         };
+        if !(0.0..1.0).contains(&opt.dropout) {
+            return Err(Error::msg(format!(
+                "attention: dropout must be in [0, 1), got {}",
+                opt.dropout
+            )));
+        }
         let mask_s = opt.key_mask.map(|m| m.storage());
         let bias_s = opt.bias.map(|t| t.storage());
         let (o, lse) = self.storage().attention(

@@ -1,2 +1,6 @@
+//! Task-level algorithms on top of the models (QA features and decoding, generation).
+
+pub mod generate;
 pub mod qa;
 pub mod qa_post;
+pub mod seq2seq_train;

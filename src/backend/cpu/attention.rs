@@ -153,6 +153,27 @@ fn scatter<T: Real>(dst: &mut [T], src: &[T], b: usize, h: usize, l: usize, s: &
     }
 }
 
+/// The dropout multipliers Z (0 or 1/(1−p)) of one (b, h) pair as an `lq×lk` block, or
+/// None without dropout. Same index as kernels/attention.cu.
+fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> {
+    if s.dropout <= 0.0 {
+        return None;
+    }
+    let keep_scale = T::of(1.0 / (1.0 - s.dropout as f64));
+    let base = ((bi * s.h + hi) * s.lq * s.lk) as u64;
+    Some(
+        (0..(s.lq * s.lk) as u64)
+            .map(|i| {
+                if crate::backend::dropout_keep(s.seed, base + i, s.dropout) {
+                    keep_scale
+                } else {
+                    T::zero()
+                }
+            })
+            .collect(),
+    )
+}
+
 pub(super) fn attention<T: Real>(
     q: &CpuStorage,
     k: &CpuStorage,
@@ -191,6 +212,9 @@ pub(super) fn attention<T: Real>(
                     let inv = T::one() / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                     l[i] = m + sum.ln();
+                }
+                if let Some(z) = dropout_scale::<T>(spec, bi, hi) {
+                    p.iter_mut().zip(&z).for_each(|(x, z)| *x *= *z);
                 }
                 let mut o = vec![T::zero(); lq * d];
                 gemm_strided(
@@ -283,6 +307,12 @@ pub(super) fn attention_backward<T: Real>(
                     false,
                     Parallelism::None,
                 )?;
+                // With dropout Z: O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
+                // dV = (P∘Z)ᵀ·dO.
+                let z = dropout_scale::<T>(spec, bi, hi);
+                if let Some(z) = &z {
+                    ds.iter_mut().zip(z).for_each(|(x, z)| *x *= *z);
+                }
                 for i in 0..lq {
                     let r = (bi * lq + i) * hd + hi * d;
                     let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
@@ -291,51 +321,63 @@ pub(super) fn attention_backward<T: Real>(
                         ds[x] = p[x] * (ds[x] - di);
                     }
                 }
+                let pz: std::borrow::Cow<[T]> = match &z {
+                    Some(z) => p
+                        .iter()
+                        .zip(z)
+                        .map(|(p, z)| *p * *z)
+                        .collect::<Vec<T>>()
+                        .into(),
+                    None => (&p[..]).into(),
+                };
                 let mut gq = vec![T::zero(); lq * d];
                 let mut gk = vec![T::zero(); lk * d];
                 let mut gv = vec![T::zero(); lk * d];
                 let none = Parallelism::None;
-                let (sr, st) = (
-                    View::row_major(0, lk),
-                    View {
-                        off: 0,
-                        rs: 1,
-                        cs: lk,
-                    },
-                );
-                let (dv_rows, dv_d) = (View::row_major(0, d), (lk, d, lq));
+                // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
+                let ds_view = View::row_major(0, lk);
+                let ds_t = View {
+                    off: 0,
+                    rs: 1,
+                    cs: lk,
+                };
+                let out_rows = View::row_major(0, d);
+                // dq = scale · dS · k
+                let (q_rows, k_rows) = (a.rows(bi, hi, lq), a.rows(bi, hi, lk));
                 gemm_strided(
                     (lq, d, lk),
                     &mut gq,
-                    View::row_major(0, d),
+                    out_rows,
                     &ds,
-                    sr,
+                    ds_view,
                     a.k,
-                    a.rows(bi, hi, lk),
+                    k_rows,
                     a.scale,
                     false,
                     none,
                 )?;
+                // dk = scale · dSᵀ · q
                 gemm_strided(
-                    dv_d,
+                    (lk, d, lq),
                     &mut gk,
-                    dv_rows,
+                    out_rows,
                     &ds,
-                    st,
+                    ds_t,
                     a.q,
-                    a.rows(bi, hi, lq),
+                    q_rows,
                     a.scale,
                     false,
                     none,
                 )?;
+                // dv = Pᵀ · dO
                 gemm_strided(
-                    dv_d,
+                    (lk, d, lq),
                     &mut gv,
-                    dv_rows,
-                    &p,
-                    st,
+                    out_rows,
+                    &pz,
+                    ds_t,
                     dout,
-                    a.rows(bi, hi, lq),
+                    q_rows,
                     T::one(),
                     false,
                     none,

@@ -258,26 +258,17 @@ pub(super) fn add_bias<T: Real>(
 pub(super) fn sum_rows<T: Real>(a: &CpuStorage, cols: usize) -> Result<CpuStorage> {
     let x = a.floats::<T>("sum_rows")?;
     let rows = rows_of("sum_rows", x.len(), cols)?;
-    Ok(CpuStorage::from_real(col_sums(x, rows, cols, |v| v)))
-}
-
-/// Column sums of `f(x)` over `rows` rows: per-thread partial sums over row blocks, then
-/// added together, so the result does not depend on how rayon splits the work beyond
-/// the fixed block size.
-pub(super) fn col_sums<T: Real>(
-    x: &[T],
-    rows: usize,
-    cols: usize,
-    f: impl Fn(T) -> T + Sync,
-) -> Vec<T> {
-    col_sums_with(rows, cols, |r, acc| {
+    let sums = col_sums_with::<T>(rows, cols, |r, acc| {
         for (a, &v) in acc.iter_mut().zip(&x[r * cols..(r + 1) * cols]) {
-            *a += f(v);
+            *a += v;
         }
-    })
+    });
+    Ok(CpuStorage::from_real(sums))
 }
 
-/// Generic column reduction: `add_row(r, acc)` adds row r's contribution into acc.
+/// Column reduction: `add_row(r, acc)` adds row r's contribution into acc. Partial sums
+/// over fixed blocks of 64 rows run in parallel and are added in block order, so the
+/// result does not depend on how rayon schedules the work.
 pub(super) fn col_sums_with<T: Real>(
     rows: usize,
     cols: usize,
@@ -306,7 +297,8 @@ pub(super) fn col_sums_with<T: Real>(
 
 pub(super) fn sum_all<T: Real>(a: &CpuStorage, squares: bool) -> Result<CpuStorage> {
     let x = a.floats::<T>(if squares { "sum_sq" } else { "sum_all" })?;
-    let s: f64 = x
+    // Fixed chunks summed in order: the same input always gives the same bits.
+    let partial: Vec<f64> = x
         .par_chunks(4096)
         .map(|c| {
             c.iter()
@@ -320,7 +312,8 @@ pub(super) fn sum_all<T: Real>(a: &CpuStorage, squares: bool) -> Result<CpuStora
                 })
                 .sum::<f64>()
         })
-        .sum();
+        .collect();
+    let s: f64 = partial.iter().sum();
     Ok(CpuStorage::from_real(vec![T::of(s)]))
 }
 

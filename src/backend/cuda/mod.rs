@@ -1,43 +1,321 @@
 //! The CUDA backend: context and stream, kernel registry (fatbin or NVRTC), cuBLAS,
 //! caching allocator feeding `memory::tracker`. Loaded dynamically: a machine without a
 //! driver builds and runs everything else, and `Device::Auto` falls back to the CPU.
+//!
+//! A `CudaStorage` is a raw device block from the caching allocator plus dtype and
+//! length; every op allocates its outputs and launches on the device's single stream.
+//! The op families live in sibling files named like their kernels (elementwise, reduce,
+//! norm, softmax, embedding, layout, adamw, span, attention) so that kernels/norm.cu,
+//! backend/cuda/norm.rs and backend/cpu/norm.rs are found together. F32 and F16 are the
+//! float dtypes here (fp32 math throughout); F64 is CPU-only and gets a DType error.
 
+mod adamw;
+pub mod alloc;
+mod attention;
+mod attention_fused;
+pub(crate) mod blas;
+pub mod context;
+mod elementwise;
+mod embedding;
+mod layout;
+pub mod libs;
+mod norm;
+mod reduce;
+mod softmax;
+mod span;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::backend::cpu::CpuData;
 use crate::backend::{
     AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
-use crate::shape::{DType, Device};
+use crate::memory::tracker;
+use crate::shape::{DType, Device, Shape};
 
-/// Is a CUDA driver loadable and a device present? Never panics.
+pub use alloc::AllocStats;
+pub use attention_fused::{attention_impl, set_attention_impl, AttnImpl};
+use context::{cu, lock, Dev};
+
+/// Is a CUDA driver loadable and a device present? Never panics; the answer is cached.
 pub fn is_available() -> bool {
-    false
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE
+        .get_or_init(|| std::panic::catch_unwind(|| context::device_count() > 0).unwrap_or(false))
+}
+
+/// Why CUDA is or is not usable, for skip messages and `--device` errors.
+pub fn availability_report() -> String {
+    let libs = libs::preload_report();
+    match context::device(0) {
+        Ok(d) => format!("{d:?}; kernels: {}; libraries: {libs}", d.kernel_origin()),
+        Err(e) => format!("CUDA unavailable: {e}"),
+    }
+}
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Fill every new output buffer with 0xFF bytes (NaN in f32 and f16, -1 in i32) before
+/// the kernel writes it, so an element a kernel forgets to write fails the GPU tests.
+/// Also enabled by FUSEBOX_POISON_ALLOC=1.
+pub fn set_poison(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+fn poison_on() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    POISON.load(Ordering::Relaxed)
+        || *ENV.get_or_init(|| {
+            std::env::var("FUSEBOX_POISON_ALLOC")
+                .map(|v| v == "1")
+                .unwrap_or(false)
+        })
+}
+
+/// Allocator figures for `cuda:ordinal`.
+pub fn mem_stats(ordinal: usize) -> Result<AllocStats> {
+    Ok(lock(&context::device(ordinal)?.alloc).stats())
+}
+
+/// Return all cached blocks of `cuda:ordinal` to the driver.
+pub fn empty_cache(ordinal: usize) -> Result<()> {
+    let d = context::device(ordinal)?;
+    d.sync()?;
+    lock(&d.alloc).empty_cache();
+    Ok(())
+}
+
+/// Wait for all work queued on `device` (profiling, timing); a no-op off CUDA.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(n) => context::device(n)?.sync(),
+        _ => Ok(()),
+    }
+}
+
+/// (free, total) device memory in bytes as the driver reports it.
+pub fn mem_info(ordinal: usize) -> Result<(usize, usize)> {
+    cu(context::device(ordinal)?.ctx.mem_get_info(), "cuMemGetInfo")
 }
 
 /// A device buffer.
-#[derive(Debug)]
 pub struct CudaStorage {
-    ordinal: usize,
+    dev: Arc<Dev>,
+    ptr: u64,
+    block: usize,
     dtype: DType,
     len: usize,
 }
 
-impl CudaStorage {
-    /// Upload a host buffer to device `ordinal`.
-    pub fn from_cpu(_src: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
-        Err(Error::Cuda(format!(
-            "cuda:{ordinal}: the CUDA backend is not built yet"
-        )))
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaStorage({:?}, {} x {})",
+            self.dev, self.len, self.dtype
+        )
     }
 }
 
-fn unimpl(op: &str) -> Error {
-    Error::Cuda(format!("{op} is not implemented yet"))
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        tracker::on_free(
+            Device::Cuda(self.dev.ordinal),
+            self.len * self.dtype.size_in_bytes(),
+        );
+        lock(&self.dev.alloc).release(self.ptr, self.block);
+    }
 }
 
-#[allow(unused_variables)]
+/// Kernel-name suffix of a float dtype.
+pub(crate) fn sfx(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::F16 => Ok("f16"),
+        got => Err(Error::DType {
+            op,
+            expected: "f32 or f16 on CUDA",
+            got,
+        }),
+    }
+}
+
+pub(crate) fn len_err(op: &'static str, expected: usize, got: usize) -> Error {
+    Error::Shape {
+        op,
+        expected: format!("{expected} elements"),
+        got: Shape::new(&[got]),
+    }
+}
+
+impl CudaStorage {
+    /// An uninitialised buffer (poisoned when poisoning is on).
+    pub(crate) fn alloc(dev: &Arc<Dev>, len: usize, dtype: DType) -> Result<CudaStorage> {
+        if dtype == DType::F64 {
+            return Err(Error::DType {
+                op: "cuda alloc",
+                expected: "f32, f16 or i32",
+                got: dtype,
+            });
+        }
+        cu(dev.ctx.bind_to_thread(), "bind context")?;
+        let bytes = len * dtype.size_in_bytes();
+        let (ptr, block) = lock(&dev.alloc).alloc(bytes)?;
+        tracker::on_alloc(Device::Cuda(dev.ordinal), bytes);
+        let s = CudaStorage {
+            dev: dev.clone(),
+            ptr,
+            block,
+            dtype,
+            len,
+        };
+        if poison_on() && bytes > 0 {
+            // SAFETY: ptr holds at least `bytes` bytes.
+            cu(
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        ptr,
+                        0xFF,
+                        bytes,
+                        dev.stream.cu_stream(),
+                    )
+                },
+                "poison",
+            )?;
+        }
+        Ok(s)
+    }
+
+    /// A buffer of zero bytes (0.0 in every float dtype, 0 in i32).
+    pub(crate) fn zeroed(dev: &Arc<Dev>, len: usize, dtype: DType) -> Result<CudaStorage> {
+        let s = Self::alloc(dev, len, dtype)?;
+        if len > 0 {
+            // SAFETY: s.ptr holds len * size bytes.
+            cu(
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        s.ptr,
+                        0,
+                        len * dtype.size_in_bytes(),
+                        dev.stream.cu_stream(),
+                    )
+                },
+                "memset",
+            )?;
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn dev(&self) -> &Arc<Dev> {
+        &self.dev
+    }
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub(crate) fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+
+    /// Same device and same length as `self`, or an error naming `op`.
+    pub(crate) fn check_pair(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+        if self.dev.ordinal != other.dev.ordinal {
+            return Err(Error::DeviceMismatch {
+                op,
+                a: self.device(),
+                b: other.device(),
+            });
+        }
+        if other.len != self.len {
+            return Err(len_err(op, self.len, other.len));
+        }
+        Ok(())
+    }
+
+    /// Upload a host buffer to device `ordinal`.
+    pub fn from_cpu(src: &CpuStorage, ordinal: usize) -> Result<CudaStorage> {
+        let dev = context::device(ordinal)?;
+        let dtype = src.dtype();
+        if dtype == DType::F64 {
+            return Err(Error::DType {
+                op: "to cuda",
+                expected: "f32, f16 or i32 (f64 is CPU-only)",
+                got: dtype,
+            });
+        }
+        let s = Self::alloc(&dev, src.len(), dtype)?;
+        let bytes = src.as_bytes();
+        if !bytes.is_empty() {
+            // SAFETY: s holds bytes.len() bytes; we synchronise before `bytes` can go away.
+            cu(
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(s.ptr, bytes, dev.stream.cu_stream())
+                },
+                "copy host to device",
+            )?;
+            dev.sync()?;
+        }
+        Ok(s)
+    }
+
+    /// Download the raw bytes.
+    fn to_host_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.bytes()];
+        if !out.is_empty() {
+            cu(self.dev.ctx.bind_to_thread(), "bind context")?;
+            // SAFETY: self.ptr holds out.len() bytes; synchronised before returning.
+            cu(
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(
+                        &mut out,
+                        self.ptr,
+                        self.dev.stream.cu_stream(),
+                    )
+                },
+                "copy device to host",
+            )?;
+        }
+        self.dev.sync()?;
+        Ok(out)
+    }
+
+    /// Device-to-device copy of all bytes of `src` into `self` (same byte size).
+    pub(crate) fn copy_bytes_from(&mut self, src: &CudaStorage) -> Result<()> {
+        if self.bytes() != src.bytes() {
+            return Err(len_err("copy", self.len, src.len));
+        }
+        if self.bytes() > 0 {
+            // SAFETY: both blocks hold self.bytes() bytes; same stream.
+            cu(
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(
+                        self.ptr,
+                        src.ptr,
+                        self.bytes(),
+                        self.dev.stream.cu_stream(),
+                    )
+                },
+                "copy device to device",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Read a device int flag (one i32) and report whether it is nonzero.
+    pub(crate) fn flag_set(&self) -> Result<bool> {
+        Ok(self.to_vec_i32()?.first().copied().unwrap_or(0) != 0)
+    }
+
+    /// Where this device's kernels came from (fatbin or NVRTC), for reports.
+    pub fn kernel_origin(&self) -> String {
+        self.dev.kernel_origin().to_string()
+    }
+}
+
 impl BackendStorage for CudaStorage {
     fn device(&self) -> Device {
-        Device::Cuda(self.ordinal)
+        Device::Cuda(self.dev.ordinal)
     }
     fn dtype(&self) -> DType {
         self.dtype
@@ -46,85 +324,105 @@ impl BackendStorage for CudaStorage {
         self.len
     }
     fn zeros_like_dev(&self, len: usize, dtype: DType) -> Result<Self> {
-        Err(unimpl("zeros_like_dev"))
+        Self::zeroed(&self.dev, len, dtype)
     }
     fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Result<Self> {
-        Err(unimpl("full_like_dev"))
+        elementwise::full(&self.dev, len, dtype, value)
     }
     fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        Err(unimpl("to_vec_f32"))
+        Ok(match self.to_cpu()?.data() {
+            CpuData::F32(v) => v.clone(),
+            CpuData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            CpuData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            CpuData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        })
     }
     fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        Err(unimpl("to_vec_f64"))
+        Ok(self.to_vec_f32()?.into_iter().map(f64::from).collect())
     }
     fn to_vec_i32(&self) -> Result<Vec<i32>> {
-        Err(unimpl("to_vec_i32"))
+        match self.to_cpu()?.data() {
+            CpuData::I32(v) => Ok(v.clone()),
+            _ => Err(Error::DType {
+                op: "to_vec_i32",
+                expected: "i32",
+                got: self.dtype,
+            }),
+        }
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        Err(unimpl("to_cpu"))
+        let bytes = self.to_host_bytes()?;
+        Ok(match self.dtype {
+            DType::F32 => CpuStorage::from_f32(bytemuck::pod_collect_to_vec(&bytes)),
+            DType::F16 => CpuStorage::from_f16(bytemuck::pod_collect_to_vec(&bytes)),
+            DType::I32 => CpuStorage::from_i32(bytemuck::pod_collect_to_vec(&bytes)),
+            DType::F64 => CpuStorage::from_f64(bytemuck::pod_collect_to_vec(&bytes)),
+        })
     }
     fn cast(&self, dtype: DType) -> Result<Self> {
-        Err(unimpl("cast"))
+        elementwise::cast(self, dtype)
     }
     fn duplicate(&self) -> Result<Self> {
-        Err(unimpl("duplicate"))
+        let mut out = Self::alloc(&self.dev, self.len, self.dtype)?;
+        out.copy_bytes_from(self)?;
+        Ok(out)
     }
     fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
-        Err(unimpl("binary"))
+        elementwise::binary(self, rhs, op)
     }
     fn affine(&self, mul: f64, add: f64) -> Result<Self> {
-        Err(unimpl("affine"))
+        elementwise::affine(self, mul, add)
     }
     fn unary(&self, op: UnaryOp) -> Result<Self> {
-        Err(unimpl("unary"))
+        elementwise::unary(self, op)
     }
     fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Result<Self> {
-        Err(unimpl("unary_backward"))
+        elementwise::unary_backward(self, dy, op)
     }
     fn gated(&self, lin: &Self, act: UnaryOp) -> Result<Self> {
-        Err(unimpl("gated"))
+        elementwise::gated(self, lin, act)
     }
     fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> Result<(Self, Self)> {
-        Err(unimpl("gated_backward"))
+        elementwise::gated_backward(self, lin, dy, act)
     }
     fn dropout(&self, p: f32, seed: u64) -> Result<Self> {
-        Err(unimpl("dropout"))
+        elementwise::dropout(self, p, seed)
     }
     fn add_bias(&self, bias: &Self, cols: usize) -> Result<Self> {
-        Err(unimpl("add_bias"))
+        elementwise::add_bias(self, bias, cols)
     }
     fn sum_rows(&self, cols: usize) -> Result<Self> {
-        Err(unimpl("sum_rows"))
+        reduce::sum_rows(self, cols)
     }
     fn sum_all(&self) -> Result<Self> {
-        Err(unimpl("sum_all"))
+        reduce::sum_all(self, false)
     }
     fn sum_sq(&self) -> Result<Self> {
-        Err(unimpl("sum_sq"))
+        reduce::sum_all(self, true)
     }
     fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self> {
-        Err(unimpl("permute"))
+        layout::permute(self, dims, perm)
     }
     fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Self> {
-        Err(unimpl("narrow"))
+        layout::narrow(self, dims, dim, start, len)
     }
     fn cat(parts: &[&Self], dims: &[Vec<usize>], dim: usize) -> Result<Self> {
-        Err(unimpl("cat"))
+        layout::cat(parts, dims, dim)
     }
     fn index_select(&self, ids: &Self, cols: usize) -> Result<Self> {
-        Err(unimpl("index_select"))
+        embedding::index_select(self, ids, cols)
     }
-    fn index_add(&self /*dy*/, ids: &Self, n: usize, cols: usize) -> Result<Self> {
-        Err(unimpl("index_add"))
+    fn index_add(&self, ids: &Self, n: usize, cols: usize) -> Result<Self> {
+        embedding::index_add(self, ids, n, cols)
     }
     fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
-        Err(unimpl("axpy_"))
+        elementwise::axpy_(self, x, alpha)
     }
     fn scale_(&mut self, alpha: f64) -> Result<()> {
-        Err(unimpl("scale_"))
+        elementwise::scale_(self, alpha)
     }
     fn copy_from_(&mut self, src: &Self) -> Result<()> {
-        Err(unimpl("copy_from_"))
+        elementwise::copy_from_(self, src)
     }
     fn adamw_(
         &mut self,
@@ -134,13 +432,13 @@ impl BackendStorage for CudaStorage {
         working: Option<&mut Self>,
         hp: &AdamWStep,
     ) -> Result<bool> {
-        Err(unimpl("adamw_"))
+        adamw::adamw_(self, grad, m, v, working, hp)
     }
     fn has_non_finite(&self) -> Result<bool> {
-        Err(unimpl("has_non_finite"))
+        elementwise::has_non_finite(self)
     }
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
-        Err(unimpl("matmul"))
+        blas::matmul(self, rhs, spec)
     }
     fn layer_norm(
         &self,
@@ -149,38 +447,38 @@ impl BackendStorage for CudaStorage {
         cols: usize,
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
-        Err(unimpl("layer_norm"))
+        norm::layer_norm(self, gamma, beta, cols, eps)
     }
     fn layer_norm_backward(
-        &self, /*x*/
+        &self,
         gamma: &Self,
         mean: &Self,
         rstd: &Self,
         dy: &Self,
         cols: usize,
     ) -> Result<(Self, Self, Self)> {
-        Err(unimpl("layer_norm_backward"))
+        norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols)
     }
     fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)> {
-        Err(unimpl("rms_norm"))
+        norm::rms_norm(self, gamma, cols, eps)
     }
     fn rms_norm_backward(
-        &self, /*x*/
+        &self,
         gamma: &Self,
         rstd: &Self,
         dy: &Self,
         cols: usize,
     ) -> Result<(Self, Self)> {
-        Err(unimpl("rms_norm_backward"))
+        norm::rms_norm_backward(self, gamma, rstd, dy, cols)
     }
     fn softmax(&self, cols: usize) -> Result<Self> {
-        Err(unimpl("softmax"))
+        softmax::softmax(self, cols, false)
     }
     fn softmax_backward(&self, dy: &Self, cols: usize) -> Result<Self> {
-        Err(unimpl("softmax_backward"))
+        softmax::softmax_backward(self, dy, cols)
     }
     fn log_softmax(&self, cols: usize) -> Result<Self> {
-        Err(unimpl("log_softmax"))
+        softmax::softmax(self, cols, true)
     }
     fn cross_entropy(
         &self,
@@ -188,34 +486,33 @@ impl BackendStorage for CudaStorage {
         cols: usize,
         ignore_index: i32,
     ) -> Result<(Self, Self)> {
-        Err(unimpl("cross_entropy"))
+        softmax::cross_entropy(self, targets, cols, ignore_index)
     }
     fn cross_entropy_backward(
-        &self, /*logits*/
+        &self,
         targets: &Self,
         lse: &Self,
         dloss: &Self,
         cols: usize,
         ignore_index: i32,
     ) -> Result<Self> {
-        Err(unimpl("cross_entropy_backward"))
+        softmax::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index)
     }
     fn argmax_last(&self, cols: usize) -> Result<Self> {
-        Err(unimpl("argmax_last"))
+        softmax::argmax_last(self, cols)
     }
     fn attention(
-        &self, /*q*/
+        &self,
         k: &Self,
         v: &Self,
         key_mask: Option<&Self>,
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self)> {
-        Err(unimpl("attention"))
+        attention::attention(self, k, v, key_mask, bias, spec)
     }
-    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
-        &self, /*q*/
+        &self,
         k: &Self,
         v: &Self,
         out: &Self,
@@ -225,21 +522,16 @@ impl BackendStorage for CudaStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        Err(unimpl("attention_backward"))
+        attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
     }
     fn span_search(
-        &self, /*start logits*/
+        &self,
         end_logits: &Self,
         allowed: &Self,
         cols: usize,
         max_len: usize,
         top_k: usize,
     ) -> Result<Vec<SpanCandidate>> {
-        Err(unimpl("span_search"))
+        span::span_search(self, end_logits, allowed, cols, max_len, top_k)
     }
-}
-
-/// Wait for all work queued on `device` (profiling, timing).
-pub fn synchronize(_device: Device) -> Result<()> {
-    Ok(())
 }

@@ -1,0 +1,99 @@
+// Shared device helpers for every fusebox kernel file.
+//
+// Why it is built this way:
+// - No system or CUDA headers at all (not even cuda_fp16.h): the same text must compile
+//   under nvcc at build time and under NVRTC at run time on a machine that has only the
+//   driver and libnvrtc, where no include directory can be assumed. f16 is therefore
+//   stored as a raw 16-bit pattern (`fb_half`) and converted with the PTX `cvt`
+//   instructions, which exist on every architecture we target (sm_75 and up).
+// - All arithmetic is fp32; f16 is storage only. Reductions accumulate in fp32.
+// - The dropout hash is bit-for-bit the one in crate::backend::dropout_keep, so the CPU
+//   and CUDA backends draw the same mask and backward can re-derive it from the seed.
+// - Nothing here needs sm_80+: warp shuffles and float atomicAdd exist on sm_75.
+#pragma once
+
+typedef unsigned short fb_half;
+typedef long long i64;
+
+#define FB_FULL_MASK 0xffffffffu
+
+#ifndef FB_HOST_EMU  // kernels/emu/ compiles these files for the CPU with its own cvt
+__device__ __forceinline__ float fb_h2f(fb_half h) {
+    float f;
+    asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ fb_half fb_f2h(float f) {
+    fb_half h;
+    asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
+    return h;
+}
+#endif
+
+// Typed load/store so one template body serves f32 and f16 storage.
+__device__ __forceinline__ float fb_ld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float fb_ld(const fb_half* p, i64 i) { return fb_h2f(p[i]); }
+__device__ __forceinline__ void fb_st(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void fb_st(fb_half* p, i64 i, float v) { p[i] = fb_f2h(v); }
+
+__device__ __forceinline__ float fb_inf() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float fb_nan() { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ bool fb_finite(float x) {
+    return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+__device__ __forceinline__ float fb_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FB_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float fb_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FB_FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide sum/max; every thread gets the result. blockDim.x must be a multiple of
+// 32 and at most 1024. `scratch` is 32 floats of shared memory; the trailing barrier
+// lets callers reuse it immediately.
+__device__ __forceinline__ float fb_block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int nw = (blockDim.x + 31) >> 5;
+    v = fb_warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = (lane < nw) ? scratch[lane] : 0.0f;
+    r = fb_warp_sum(r);
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ float fb_block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int nw = (blockDim.x + 31) >> 5;
+    v = fb_warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = (lane < nw) ? scratch[lane] : -fb_inf();
+    r = fb_warp_max(r);
+    __syncthreads();
+    return r;
+}
+
+// splitmix64 finaliser of seed + (i + 1) * phi; top 24 bits as a uniform in [0, 1).
+// Must stay identical to crate::backend::dropout_keep.
+__device__ __forceinline__ bool fb_dropout_keep(unsigned long long seed, unsigned long long i,
+                                                float p) {
+    unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    float u = (float)(x >> 40) / 16777216.0f;
+    return u >= p;
+}
+
+#define FB_GRID_STRIDE(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// Instantiate an extern "C" entry point for each storage type: NAME_f32 and NAME_f16.
+#define FB_BOTH(MACRO) MACRO(f32, float) MACRO(f16, fb_half)

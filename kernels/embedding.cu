@@ -1,0 +1,40 @@
+// Row gather (embedding lookup, beam reordering) and its backward, the scatter-add.
+//
+// Why it is built this way: a gather is a pure copy, so it works on 32-bit or 16-bit
+// words whatever the dtype (f32 and i32 share one kernel). One block row per id keeps
+// reads and writes coalesced along the row. Out-of-range ids set a device flag that the
+// host reads once after the launch (the contract says bad ids are an error, and a silent
+// out-of-bounds read would be garbage). The backward scatters with fp32 atomicAdd into an
+// fp32 buffer (repeated ids collide; atomics on f16 would lose precision), which the host
+// casts to f16 when the gradient is f16.
+#include "common.cuh"
+
+#define FB_GATHER(S, W)                                                                       \
+    extern "C" __global__ void fb_index_select_##S(W* out, const W* table, const int* ids,    \
+                                                   i64 n_ids, i64 n_rows, i64 cols,           \
+                                                   int* bad) {                                \
+        for (i64 k = blockIdx.x; k < n_ids; k += gridDim.x) {                                 \
+            int id = ids[k];                                                                  \
+            bool ok = id >= 0 && (i64)id < n_rows;                                            \
+            if (!ok && threadIdx.x == 0) atomicOr(bad, 1);                                    \
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                              \
+                out[k * cols + c] = ok ? table[(i64)id * cols + c] : (W)0;                    \
+        }                                                                                     \
+    }
+FB_GATHER(b32, unsigned int)
+FB_GATHER(b16, unsigned short)
+
+#define FB_SCATTER(S, T)                                                                      \
+    extern "C" __global__ void fb_index_add_##S(float* out, const T* dy, const int* ids,      \
+                                                i64 n_ids, i64 n_rows, i64 cols, int* bad) {  \
+        for (i64 k = blockIdx.x; k < n_ids; k += gridDim.x) {                                 \
+            int id = ids[k];                                                                  \
+            if (id < 0 || (i64)id >= n_rows) {                                                \
+                if (threadIdx.x == 0) atomicOr(bad, 1);                                       \
+                continue;                                                                     \
+            }                                                                                 \
+            for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                              \
+                atomicAdd(out + (i64)id * cols + c, fb_ld(dy, k * cols + c));                 \
+        }                                                                                     \
+    }
+FB_BOTH(FB_SCATTER)

@@ -1,0 +1,116 @@
+//! Host side of kernels/adamw.cu: one mixed-precision AdamW step on one parameter.
+//!
+//! Two launches share a device flag: `check` marks a non-finite unscaled gradient,
+//! `step` reads the flag and leaves everything untouched when it is set. The host reads
+//! the flag (4 bytes) to return whether the step was skipped, as the trait requires.
+
+use super::context::{cfg_1d, Arg};
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::{AdamWStep, BackendStorage};
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+fn need(v: &CudaStorage, p: &CudaStorage, dtype: Option<DType>, what: &'static str) -> Result<()> {
+    p.check_pair(v, what)?;
+    if let Some(d) = dtype {
+        if v.dtype() != d {
+            return Err(Error::DType {
+                op: what,
+                expected: d.as_str(),
+                got: v.dtype(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn adamw_(
+    p: &mut CudaStorage,
+    grad: &CudaStorage,
+    m: &mut CudaStorage,
+    v: &mut CudaStorage,
+    working: Option<&mut CudaStorage>,
+    hp: &AdamWStep,
+) -> Result<bool> {
+    let op = "adamw_";
+    if p.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            expected: "f32 master weights on CUDA",
+            got: p.dtype(),
+        });
+    }
+    need(grad, p, None, op)?;
+    let gs = sfx(op, grad.dtype())?;
+    need(m, p, Some(DType::F32), op)?;
+    need(v, p, Some(DType::F32), op)?;
+    if hp.step == 0 {
+        return Err(Error::msg(
+            "adamw_: step is 1-based (bias correction divides by 1 - beta^step)",
+        ));
+    }
+    let (wptr, wkind) = match working {
+        None => (0u64, 0i32),
+        Some(w) => {
+            if w.len() != p.len() {
+                return Err(len_err(op, p.len(), w.len()));
+            }
+            match w.dtype() {
+                DType::F16 => (w.ptr(), 1),
+                DType::F32 => (w.ptr(), 2),
+                got => {
+                    return Err(Error::DType {
+                        op,
+                        expected: "f16 or f32 working copy",
+                        got,
+                    })
+                }
+            }
+        }
+    };
+    if p.is_empty() {
+        return Ok(false);
+    }
+    let dev = p.dev().clone();
+    let flag = CudaStorage::zeroed(&dev, 1, DType::I32)?;
+    let n = Arg::I64(p.len() as i64);
+    dev.launch(
+        &format!("fb_adamw_check_{gs}"),
+        cfg_1d(p.len()),
+        &[
+            Arg::Ptr(grad.ptr()),
+            n,
+            Arg::F32(hp.grad_scale as f32),
+            Arg::Ptr(flag.ptr()),
+        ],
+    )?;
+    // Every scalar formed in f64 and rounded once, exactly as the CPU backend does.
+    let t = hp.step.min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - hp.beta1.powi(t);
+    let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+    let f = |x: f64| Arg::F32(x as f32);
+    dev.launch(
+        &format!("fb_adamw_step_{gs}"),
+        cfg_1d(p.len()),
+        &[
+            Arg::Ptr(p.ptr()),
+            Arg::Ptr(grad.ptr()),
+            Arg::Ptr(m.ptr()),
+            Arg::Ptr(v.ptr()),
+            Arg::Ptr(wptr),
+            Arg::I32(wkind),
+            n,
+            f(1.0 - hp.lr * hp.weight_decay),
+            f(hp.beta1),
+            f(1.0 - hp.beta1),
+            f(hp.beta2),
+            f(1.0 - hp.beta2),
+            f(hp.eps),
+            f(hp.lr / bc1),
+            f(1.0 / bc2_sqrt),
+            f(hp.grad_scale),
+            Arg::Ptr(flag.ptr()),
+        ],
+    )?;
+    flag.flag_set()
+}

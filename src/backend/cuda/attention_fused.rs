@@ -1,0 +1,242 @@
+//! Host side of the fused flash-attention kernels (kernels/attention.cu: fb_attn_fwd_f16,
+//! fb_attn_bwd_preprocess_f16, fb_attn_bwd_f16, fb_attn_dq_cast_f16, with _d32/_d128
+//! variants), and the switch between them and the naive cuBLAS path.
+//!
+//! Why it is built this way: the fused kernels take f16 q/k/v with head dim 32, 64 or 128
+//! and an fp32 bias; everything else (f32, other head dims) stays on the naive path, which
+//! is also the reference they are tested against. `AttnImpl::Auto` (the default, or
+//! FUSEBOX_ATTN=auto) picks the fused kernels whenever they apply and were loaded (an
+//! NVRTC build without CUDA headers cannot compile attention.cu; then Auto falls back);
+//! FUSEBOX_ATTN=naive|fused or [`set_attention_impl`] force one (forcing `fused` where it
+//! does not apply is an error, so tests cannot silently test the wrong path). Probability
+//! dropout (AttnSpec.dropout/seed) is passed through: the kernels draw the same mask
+//! index as the CPU reference.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use cudarc::driver::LaunchConfig;
+
+use super::context::{Arg, Dev};
+use super::elementwise::cast;
+use super::CudaStorage;
+use crate::backend::{AttnSpec, BackendStorage};
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+/// Which attention implementation CUDA calls use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnImpl {
+    /// Fused kernels where they apply, else naive.
+    Auto,
+    Naive,
+    Fused,
+}
+
+/// 0 = not set (read FUSEBOX_ATTN), 1 auto, 2 naive, 3 fused.
+static IMPL: AtomicU8 = AtomicU8::new(0);
+
+/// Override FUSEBOX_ATTN for this process.
+pub fn set_attention_impl(i: AttnImpl) {
+    IMPL.store(
+        match i {
+            AttnImpl::Auto => 1,
+            AttnImpl::Naive => 2,
+            AttnImpl::Fused => 3,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+pub fn attention_impl() -> AttnImpl {
+    static ENV: OnceLock<AttnImpl> = OnceLock::new();
+    match IMPL.load(Ordering::Relaxed) {
+        1 => AttnImpl::Auto,
+        2 => AttnImpl::Naive,
+        3 => AttnImpl::Fused,
+        _ => *ENV.get_or_init(|| match std::env::var("FUSEBOX_ATTN").as_deref() {
+            Ok("naive") => AttnImpl::Naive,
+            Ok("fused") => AttnImpl::Fused,
+            _ => AttnImpl::Auto,
+        }),
+    }
+}
+
+/// Kernel-name suffix of the fused variant for this call, or None for the naive path.
+pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'static str>> {
+    let which = attention_impl();
+    if which == AttnImpl::Naive {
+        return Ok(None);
+    }
+    let suffix = match sp.d {
+        64 => Some(""),
+        32 => Some("_d32"),
+        128 => Some("_d128"),
+        _ => None,
+    };
+    let fits = dtype == DType::F16
+        && sp.b.min(sp.h).min(sp.lq).min(sp.lk) >= 1
+        && sp.b * sp.lq * sp.h * sp.d < (1 << 31)
+        && sp.b.max(sp.h).max(sp.lq).max(sp.lk) < (1 << 31);
+    let (Some(suffix), true) = (suffix, fits) else {
+        return match which {
+            AttnImpl::Fused => Err(Error::Cuda(format!(
+                "FUSEBOX_ATTN=fused: the fused kernels take f16 with head dim 32/64/128, got {dtype} {sp:?}"
+            ))),
+            _ => Ok(None),
+        };
+    };
+    match dev.func(&format!("fb_attn_fwd_f16{suffix}")) {
+        Ok(_) => Ok(Some(suffix)),
+        Err(e) if which == AttnImpl::Fused => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+fn ptr(t: Option<&CudaStorage>) -> u64 {
+    t.map(|t| t.ptr()).unwrap_or(0)
+}
+
+fn dims(sp: &AttnSpec) -> [Arg; 4] {
+    [
+        Arg::I32(sp.b as i32),
+        Arg::I32(sp.h as i32),
+        Arg::I32(sp.lq as i32),
+        Arg::I32(sp.lk as i32),
+    ]
+}
+
+fn tail(sp: &AttnSpec) -> [Arg; 4] {
+    [
+        Arg::F32(sp.scale),
+        Arg::I32(sp.causal as i32),
+        Arg::F32(sp.dropout),
+        Arg::U64(sp.seed),
+    ]
+}
+
+fn cfg(grid: (usize, usize, usize), threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The kernels take an fp32 bias; the contract's bias has q's dtype (f16 here).
+fn bias_f32(bias: Option<&CudaStorage>) -> Result<Option<CudaStorage>> {
+    match bias {
+        Some(b) if b.dtype() != DType::F32 => Ok(Some(cast(b, DType::F32)?)),
+        Some(b) => Ok(Some(b.duplicate()?)),
+        None => Ok(None),
+    }
+}
+
+/// Forward into `out` and `lse` (allocated by the caller).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    suffix: &str,
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+) -> Result<()> {
+    let b32 = bias_f32(bias)?;
+    let mut args = vec![
+        Arg::Ptr(q.ptr()),
+        Arg::Ptr(k.ptr()),
+        Arg::Ptr(v.ptr()),
+        Arg::Ptr(ptr(key_mask)),
+        Arg::Ptr(ptr(b32.as_ref())),
+        Arg::Ptr(out.ptr()),
+        Arg::Ptr(lse.ptr()),
+    ];
+    args.extend(dims(sp));
+    args.extend(tail(sp));
+    q.dev().launch(
+        &format!("fb_attn_fwd_f16{suffix}"),
+        cfg((sp.lq.div_ceil(64), sp.h, sp.b), 128),
+        &args,
+    )
+}
+
+/// Backward: returns (dq, dk, dv, dbias in q's dtype when a bias was given).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    suffix: &str,
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+    dout: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>)> {
+    let dev = q.dev();
+    let rows = sp.b * sp.h * sp.lq;
+    let b32 = bias_f32(bias)?;
+    let delta = CudaStorage::alloc(dev, rows, DType::F32)?;
+    let dq_acc = CudaStorage::alloc(dev, q.len(), DType::F32)?;
+    let dbias = match bias {
+        Some(_) => Some(CudaStorage::alloc(dev, sp.h * sp.lq * sp.lk, DType::F32)?),
+        None => None,
+    };
+    let mut args = vec![
+        Arg::Ptr(out.ptr()),
+        Arg::Ptr(dout.ptr()),
+        Arg::Ptr(delta.ptr()),
+        Arg::Ptr(dq_acc.ptr()),
+        Arg::Ptr(ptr(dbias.as_ref())),
+    ];
+    args.extend(dims(sp));
+    args.push(Arg::I32(sp.d as i32));
+    dev.launch(
+        "fb_attn_bwd_preprocess_f16",
+        cfg((rows.div_ceil(4), 1, 1), 128),
+        &args,
+    )?;
+    let dk = CudaStorage::alloc(dev, k.len(), DType::F16)?;
+    let dv = CudaStorage::alloc(dev, v.len(), DType::F16)?;
+    let mut args = vec![
+        Arg::Ptr(q.ptr()),
+        Arg::Ptr(k.ptr()),
+        Arg::Ptr(v.ptr()),
+        Arg::Ptr(dout.ptr()),
+        Arg::Ptr(lse.ptr()),
+        Arg::Ptr(delta.ptr()),
+        Arg::Ptr(ptr(key_mask)),
+        Arg::Ptr(ptr(b32.as_ref())),
+        Arg::Ptr(dk.ptr()),
+        Arg::Ptr(dv.ptr()),
+        Arg::Ptr(dq_acc.ptr()),
+        Arg::Ptr(ptr(dbias.as_ref())),
+    ];
+    args.extend(dims(sp));
+    args.extend(tail(sp));
+    dev.launch(
+        &format!("fb_attn_bwd_f16{suffix}"),
+        cfg((sp.lk.div_ceil(64), sp.h, sp.b), 128),
+        &args,
+    )?;
+    let dq = CudaStorage::alloc(dev, q.len(), DType::F16)?;
+    dev.launch(
+        "fb_attn_dq_cast_f16",
+        cfg((q.len().div_ceil(256), 1, 1), 256),
+        &[
+            Arg::Ptr(dq_acc.ptr()),
+            Arg::Ptr(dq.ptr()),
+            Arg::I32(q.len() as i32),
+        ],
+    )?;
+    let dbias = match dbias {
+        Some(d) => Some(cast(&d, DType::F16)?),
+        None => None,
+    };
+    Ok((dq, dk, dv, dbias))
+}

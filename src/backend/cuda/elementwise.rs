@@ -1,0 +1,334 @@
+//! Host side of kernels/elementwise.cu: argument checks, output allocation, launches.
+//!
+//! Each op checks dtypes and lengths before launching (a kernel cannot report a shape
+//! error), allocates its output on the input's device, and queues one grid-stride
+//! kernel on the device stream without synchronising.
+
+use std::sync::Arc;
+
+use super::context::{cfg_1d, Arg, Dev};
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::{BackendStorage, BinaryOp, UnaryOp};
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+pub(crate) fn binary_code(op: BinaryOp) -> i32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+    }
+}
+
+pub(crate) fn unary_code(op: UnaryOp) -> i32 {
+    match op {
+        UnaryOp::Relu => 0,
+        UnaryOp::Gelu => 1,
+        UnaryOp::GeluNew => 2,
+        UnaryOp::Tanh => 3,
+        UnaryOp::Neg => 4,
+        UnaryOp::Exp => 5,
+        UnaryOp::Sqr => 6,
+    }
+}
+
+fn same_dtype(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::DType {
+            op,
+            expected: a.dtype().as_str(),
+            got: b.dtype(),
+        });
+    }
+    Ok(())
+}
+
+/// Check a same-length, same-dtype float pair and return the kernel suffix.
+fn pair(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<&'static str> {
+    a.check_pair(b, op)?;
+    same_dtype(a, b, op)?;
+    sfx(op, a.dtype())
+}
+
+fn n64(n: usize) -> Arg {
+    Arg::I64(n as i64)
+}
+
+pub fn binary(a: &CudaStorage, b: &CudaStorage, op: BinaryOp) -> Result<CudaStorage> {
+    let s = pair(a, b, "binary")?;
+    let out = CudaStorage::alloc(a.dev(), a.len(), a.dtype())?;
+    if a.len() > 0 {
+        a.dev().launch(
+            &format!("fb_binary_{s}"),
+            cfg_1d(a.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(a.ptr()),
+                Arg::Ptr(b.ptr()),
+                n64(a.len()),
+                Arg::I32(binary_code(op)),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn affine(x: &CudaStorage, mul: f64, add: f64) -> Result<CudaStorage> {
+    let s = sfx("affine", x.dtype())?;
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if x.len() > 0 {
+        x.dev().launch(
+            &format!("fb_affine_{s}"),
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                n64(x.len()),
+                Arg::F32(mul as f32),
+                Arg::F32(add as f32),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
+    let s = sfx("unary", x.dtype())?;
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if x.len() > 0 {
+        x.dev().launch(
+            &format!("fb_unary_{s}"),
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                n64(x.len()),
+                Arg::I32(unary_code(op)),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn unary_backward(x: &CudaStorage, dy: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
+    let s = pair(x, dy, "unary_backward")?;
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if x.len() > 0 {
+        x.dev().launch(
+            &format!("fb_unary_bwd_{s}"),
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(dy.ptr()),
+                n64(x.len()),
+                Arg::I32(unary_code(op)),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn gated(gate: &CudaStorage, lin: &CudaStorage, act: UnaryOp) -> Result<CudaStorage> {
+    let s = pair(gate, lin, "gated")?;
+    let out = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
+    if gate.len() > 0 {
+        gate.dev().launch(
+            &format!("fb_gated_{s}"),
+            cfg_1d(gate.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(gate.ptr()),
+                Arg::Ptr(lin.ptr()),
+                n64(gate.len()),
+                Arg::I32(unary_code(act)),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn gated_backward(
+    gate: &CudaStorage,
+    lin: &CudaStorage,
+    dy: &CudaStorage,
+    act: UnaryOp,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let s = pair(gate, lin, "gated_backward")?;
+    pair(gate, dy, "gated_backward")?;
+    let dg = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
+    let dl = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
+    if gate.len() > 0 {
+        gate.dev().launch(
+            &format!("fb_gated_bwd_{s}"),
+            cfg_1d(gate.len()),
+            &[
+                Arg::Ptr(dg.ptr()),
+                Arg::Ptr(dl.ptr()),
+                Arg::Ptr(gate.ptr()),
+                Arg::Ptr(lin.ptr()),
+                Arg::Ptr(dy.ptr()),
+                n64(gate.len()),
+                Arg::I32(unary_code(act)),
+            ],
+        )?;
+    }
+    Ok((dg, dl))
+}
+
+pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
+    let s = sfx("dropout", x.dtype())?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::msg(format!("dropout: p must be in [0, 1], got {p}")));
+    }
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if x.len() > 0 {
+        let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+        x.dev().launch(
+            &format!("fb_dropout_{s}"),
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                n64(x.len()),
+                Arg::F32(p),
+                Arg::F32(scale),
+                Arg::U64(seed),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+pub fn add_bias(x: &CudaStorage, bias: &CudaStorage, cols: usize) -> Result<CudaStorage> {
+    same_dtype(x, bias, "add_bias")?;
+    let s = sfx("add_bias", x.dtype())?;
+    if cols == 0 || bias.len() != cols || !x.len().is_multiple_of(cols) {
+        return Err(len_err("add_bias", cols, bias.len()));
+    }
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if x.len() > 0 {
+        x.dev().launch(
+            &format!("fb_add_bias_{s}"),
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(bias.ptr()),
+                n64(x.len()),
+                n64(cols),
+            ],
+        )?;
+    }
+    Ok(out)
+}
+
+/// Launch the cast kernel from `src` into the existing buffer `dst` (same length).
+fn cast_into(dst: &CudaStorage, src: &CudaStorage) -> Result<()> {
+    let name = match (src.dtype(), dst.dtype()) {
+        (DType::F32, DType::F16) => "fb_cast_f32_f16",
+        (DType::F16, DType::F32) => "fb_cast_f16_f32",
+        (DType::F32, DType::F32) => "fb_cast_f32_f32",
+        (DType::F16, DType::F16) => "fb_cast_f16_f16",
+        (DType::I32, DType::F32) => "fb_cast_i32_f32",
+        (DType::I32, DType::F16) => "fb_cast_i32_f16",
+        (DType::F32, DType::I32) => "fb_cast_f32_i32",
+        (DType::F16, DType::I32) => "fb_cast_f16_i32",
+        (from, to) => {
+            return Err(Error::DType {
+                op: "cast",
+                expected: "f32, f16 or i32 (f64 is CPU-only)",
+                got: if from == DType::I32 { to } else { from },
+            })
+        }
+    };
+    if src.len() > 0 {
+        src.dev().launch(
+            name,
+            cfg_1d(src.len()),
+            &[Arg::Ptr(dst.ptr()), Arg::Ptr(src.ptr()), n64(src.len())],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn cast(x: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
+    if dtype == x.dtype() {
+        return x.duplicate();
+    }
+    let out = CudaStorage::alloc(x.dev(), x.len(), dtype)?;
+    cast_into(&out, x)?;
+    Ok(out)
+}
+
+pub fn full(dev: &Arc<Dev>, len: usize, dtype: DType, value: f64) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(dev, len, dtype)?;
+    if len > 0 {
+        let (name, v) = match dtype {
+            DType::I32 => ("fb_fill_i32".to_string(), Arg::I32(value as i32)),
+            d => (
+                format!("fb_fill_{}", sfx("full", d)?),
+                Arg::F32(value as f32),
+            ),
+        };
+        dev.launch(&name, cfg_1d(len), &[Arg::Ptr(out.ptr()), n64(len), v])?;
+    }
+    Ok(out)
+}
+
+pub fn axpy_(y: &mut CudaStorage, x: &CudaStorage, alpha: f64) -> Result<()> {
+    y.check_pair(x, "axpy_")?;
+    let name = format!(
+        "fb_axpy_{}_{}",
+        sfx("axpy_", y.dtype())?,
+        sfx("axpy_", x.dtype())?
+    );
+    if y.len() > 0 {
+        y.dev().launch(
+            &name,
+            cfg_1d(y.len()),
+            &[
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(x.ptr()),
+                n64(y.len()),
+                Arg::F32(alpha as f32),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn scale_(y: &mut CudaStorage, alpha: f64) -> Result<()> {
+    let s = sfx("scale_", y.dtype())?;
+    if y.len() > 0 {
+        y.dev().launch(
+            &format!("fb_scale_{s}"),
+            cfg_1d(y.len()),
+            &[Arg::Ptr(y.ptr()), n64(y.len()), Arg::F32(alpha as f32)],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn copy_from_(dst: &mut CudaStorage, src: &CudaStorage) -> Result<()> {
+    dst.check_pair(src, "copy_from_")?;
+    if dst.dtype() == src.dtype() {
+        return dst.copy_bytes_from(src);
+    }
+    cast_into(dst, src)
+}
+
+pub fn has_non_finite(x: &CudaStorage) -> Result<bool> {
+    let s = sfx("has_non_finite", x.dtype())?;
+    if x.is_empty() {
+        return Ok(false);
+    }
+    let flag = CudaStorage::zeroed(x.dev(), 1, DType::I32)?;
+    x.dev().launch(
+        &format!("fb_has_non_finite_{s}"),
+        cfg_1d(x.len()),
+        &[Arg::Ptr(x.ptr()), n64(x.len()), Arg::Ptr(flag.ptr())],
+    )?;
+    flag.flag_set()
+}

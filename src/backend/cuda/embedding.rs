@@ -1,0 +1,114 @@
+//! Host side of kernels/embedding.cu: row gather and its scatter-add backward.
+//!
+//! Out-of-range ids are an error: the kernels flag them on the device and the host
+//! checks the flag after the launch (one 4-byte read).
+
+use cudarc::driver::LaunchConfig;
+
+use super::context::Arg;
+use super::elementwise::cast;
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+fn cfg_ids(n_ids: usize, cols: usize) -> LaunchConfig {
+    let threads = (cols.div_ceil(32).clamp(1, 8) * 32) as u32;
+    LaunchConfig {
+        grid_dim: (n_ids.clamp(1, 16384) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_ids(ids: &CudaStorage, op: &'static str) -> Result<()> {
+    if ids.dtype() != DType::I32 {
+        return Err(Error::DType {
+            op,
+            expected: "i32 ids",
+            got: ids.dtype(),
+        });
+    }
+    Ok(())
+}
+
+pub fn index_select(table: &CudaStorage, ids: &CudaStorage, cols: usize) -> Result<CudaStorage> {
+    let op = "index_select";
+    check_ids(ids, op)?;
+    if cols == 0 || !table.len().is_multiple_of(cols) {
+        return Err(len_err(op, cols, table.len()));
+    }
+    let width = match table.dtype() {
+        DType::F32 | DType::I32 => "b32",
+        DType::F16 => "b16",
+        got => {
+            return Err(Error::DType {
+                op,
+                expected: "f32, f16 or i32",
+                got,
+            })
+        }
+    };
+    let n_rows = table.len() / cols;
+    let out = CudaStorage::alloc(table.dev(), ids.len() * cols, table.dtype())?;
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let bad = CudaStorage::zeroed(table.dev(), 1, DType::I32)?;
+    table.dev().launch(
+        &format!("fb_index_select_{width}"),
+        cfg_ids(ids.len(), cols),
+        &[
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(table.ptr()),
+            Arg::Ptr(ids.ptr()),
+            Arg::I64(ids.len() as i64),
+            Arg::I64(n_rows as i64),
+            Arg::I64(cols as i64),
+            Arg::Ptr(bad.ptr()),
+        ],
+    )?;
+    if bad.flag_set()? {
+        return Err(Error::msg(format!("{op}: an id is outside [0, {n_rows})")));
+    }
+    Ok(out)
+}
+
+pub fn index_add(
+    dy: &CudaStorage,
+    ids: &CudaStorage,
+    n: usize,
+    cols: usize,
+) -> Result<CudaStorage> {
+    let op = "index_add";
+    check_ids(ids, op)?;
+    let s = sfx(op, dy.dtype())?;
+    if dy.len() != ids.len() * cols {
+        return Err(len_err(op, ids.len() * cols, dy.len()));
+    }
+    let acc = CudaStorage::zeroed(dy.dev(), n * cols, DType::F32)?;
+    if !ids.is_empty() && cols > 0 {
+        let bad = CudaStorage::zeroed(dy.dev(), 1, DType::I32)?;
+        dy.dev().launch(
+            &format!("fb_index_add_{s}"),
+            cfg_ids(ids.len(), cols),
+            &[
+                Arg::Ptr(acc.ptr()),
+                Arg::Ptr(dy.ptr()),
+                Arg::Ptr(ids.ptr()),
+                Arg::I64(ids.len() as i64),
+                Arg::I64(n as i64),
+                Arg::I64(cols as i64),
+                Arg::Ptr(bad.ptr()),
+            ],
+        )?;
+        if bad.flag_set()? {
+            return Err(Error::msg(format!("{op}: an id is outside [0, {n})")));
+        }
+    }
+    if dy.dtype() == DType::F32 {
+        Ok(acc)
+    } else {
+        cast(&acc, dy.dtype())
+    }
+}

@@ -1,0 +1,224 @@
+//! Host side of kernels/norm.cu: LayerNorm and RMSNorm, forward and backward.
+//!
+//! Row statistics (mean, rstd) are F32 whatever the activation dtype; gamma/beta share
+//! the activation dtype (the f16 working copy in mixed precision). The parameter
+//! gradients are column reductions done by a second kernel with a fixed order.
+
+use cudarc::driver::LaunchConfig;
+
+use super::context::{cfg_rows, Arg};
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(len_err(op, cols, x.len()));
+    }
+    Ok(x.len() / cols)
+}
+
+fn check_vec(
+    v: &CudaStorage,
+    x: &CudaStorage,
+    len: usize,
+    dtype: DType,
+    op: &'static str,
+) -> Result<()> {
+    if v.len() != len {
+        return Err(len_err(op, len, v.len()));
+    }
+    if v.dtype() != dtype {
+        return Err(Error::DType {
+            op,
+            expected: dtype.as_str(),
+            got: v.dtype(),
+        });
+    }
+    if v.device() != x.device() {
+        return Err(Error::DeviceMismatch {
+            op,
+            a: x.device(),
+            b: v.device(),
+        });
+    }
+    Ok(())
+}
+
+fn cfg_cols(cols: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (cols.div_ceil(32).max(1) as u32, 1, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub fn layer_norm(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    cols: usize,
+    eps: f64,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let op = "layer_norm";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    check_vec(gamma, x, cols, x.dtype(), op)?;
+    check_vec(beta, x, cols, x.dtype(), op)?;
+    let dev = x.dev();
+    let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
+    let mean = CudaStorage::alloc(dev, rows, DType::F32)?;
+    let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_layer_norm_fwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(mean.ptr()),
+                Arg::Ptr(rstd.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(gamma.ptr()),
+                Arg::Ptr(beta.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+                Arg::F32(eps as f32),
+            ],
+        )?;
+    }
+    Ok((y, mean, rstd))
+}
+
+pub fn layer_norm_backward(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    mean: &CudaStorage,
+    rstd: &CudaStorage,
+    dy: &CudaStorage,
+    cols: usize,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let op = "layer_norm_backward";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    check_vec(gamma, x, cols, x.dtype(), op)?;
+    check_vec(mean, x, rows, DType::F32, op)?;
+    check_vec(rstd, x, rows, DType::F32, op)?;
+    check_vec(dy, x, x.len(), x.dtype(), op)?;
+    let dev = x.dev();
+    let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
+    let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
+    let dbeta = CudaStorage::alloc(dev, cols, x.dtype())?;
+    let (r, c) = (Arg::I64(rows as i64), Arg::I64(cols as i64));
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_layer_norm_bwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(dx.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(gamma.ptr()),
+                Arg::Ptr(mean.ptr()),
+                Arg::Ptr(rstd.ptr()),
+                Arg::Ptr(dy.ptr()),
+                r,
+                c,
+            ],
+        )?;
+    }
+    dev.launch(
+        &format!("fb_norm_dgamma_{s}"),
+        cfg_cols(cols),
+        &[
+            Arg::Ptr(dgamma.ptr()),
+            Arg::Ptr(dbeta.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(mean.ptr()),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(dy.ptr()),
+            r,
+            c,
+        ],
+    )?;
+    Ok((dx, dgamma, dbeta))
+}
+
+pub fn rms_norm(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    cols: usize,
+    eps: f64,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let op = "rms_norm";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    check_vec(gamma, x, cols, x.dtype(), op)?;
+    let dev = x.dev();
+    let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
+    let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_rms_norm_fwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(rstd.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(gamma.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+                Arg::F32(eps as f32),
+            ],
+        )?;
+    }
+    Ok((y, rstd))
+}
+
+pub fn rms_norm_backward(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    rstd: &CudaStorage,
+    dy: &CudaStorage,
+    cols: usize,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let op = "rms_norm_backward";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    check_vec(gamma, x, cols, x.dtype(), op)?;
+    check_vec(rstd, x, rows, DType::F32, op)?;
+    check_vec(dy, x, x.len(), x.dtype(), op)?;
+    let dev = x.dev();
+    let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
+    let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
+    let (r, c) = (Arg::I64(rows as i64), Arg::I64(cols as i64));
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_rms_norm_bwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(dx.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(gamma.ptr()),
+                Arg::Ptr(rstd.ptr()),
+                Arg::Ptr(dy.ptr()),
+                r,
+                c,
+            ],
+        )?;
+    }
+    dev.launch(
+        &format!("fb_norm_dgamma_{s}"),
+        cfg_cols(cols),
+        &[
+            Arg::Ptr(dgamma.ptr()),
+            Arg::Ptr(0),
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(0),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(dy.ptr()),
+            r,
+            c,
+        ],
+    )?;
+    Ok((dx, dgamma))
+}

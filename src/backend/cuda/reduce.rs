@@ -1,0 +1,75 @@
+//! Host side of kernels/reduce.cu: column sums (bias gradients) and whole-buffer sums.
+//!
+//! Whole-buffer sums run as a fixed grid of partial sums followed by one block that
+//! adds them in order, so the result does not depend on scheduling.
+
+use cudarc::driver::LaunchConfig;
+
+use super::context::Arg;
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::BackendStorage;
+use crate::error::Result;
+use crate::shape::DType;
+
+pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
+    let s = sfx("sum_rows", x.dtype())?;
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(len_err("sum_rows", cols, x.len()));
+    }
+    let rows = x.len() / cols;
+    let out = CudaStorage::alloc(x.dev(), cols, x.dtype())?;
+    let cfg = LaunchConfig {
+        grid_dim: (cols.div_ceil(32) as u32, 1, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    x.dev().launch(
+        &format!("fb_sum_rows_{s}"),
+        cfg,
+        &[
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::I64(rows as i64),
+            Arg::I64(cols as i64),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Sum (or sum of squares) of every element. The sum keeps the input dtype; the sum
+/// of squares is always F32 (it feeds gradient-norm clipping, where f16 overflows).
+pub fn sum_all(x: &CudaStorage, square: bool) -> Result<CudaStorage> {
+    let s = sfx(if square { "sum_sq" } else { "sum_all" }, x.dtype())?;
+    let blocks = x.len().div_ceil(256).clamp(1, 1024);
+    let partials = CudaStorage::alloc(x.dev(), blocks, DType::F32)?;
+    x.dev().launch(
+        &format!("fb_partial_sum_{s}"),
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        &[
+            Arg::Ptr(partials.ptr()),
+            Arg::Ptr(x.ptr()),
+            Arg::I64(x.len() as i64),
+            Arg::I32(square as i32),
+        ],
+    )?;
+    let out_dtype = if square { DType::F32 } else { x.dtype() };
+    let out = CudaStorage::alloc(x.dev(), 1, out_dtype)?;
+    x.dev().launch(
+        &format!("fb_final_sum_{}", sfx("sum_all", out_dtype)?),
+        LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        &[
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(partials.ptr()),
+            Arg::I32(blocks as i32),
+        ],
+    )?;
+    Ok(out)
+}

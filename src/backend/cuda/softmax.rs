@@ -1,0 +1,207 @@
+//! Host side of kernels/softmax.cu: softmax, log-softmax, fused cross-entropy, argmax.
+//!
+//! Cross-entropy keeps only the per-row lse (F32) between forward and backward; the
+//! backward recomputes probabilities from it. Targets outside [0, cols) that are not
+//! ignore_index are reported as an error after the forward (one 4-byte read).
+
+use cudarc::driver::LaunchConfig;
+
+use super::context::{cfg_rows, Arg};
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(len_err(op, cols, x.len()));
+    }
+    Ok(x.len() / cols)
+}
+
+fn expect(v: &CudaStorage, len: usize, dtype: DType, op: &'static str) -> Result<()> {
+    if v.len() != len {
+        return Err(len_err(op, len, v.len()));
+    }
+    if v.dtype() != dtype {
+        return Err(Error::DType {
+            op,
+            expected: dtype.as_str(),
+            got: v.dtype(),
+        });
+    }
+    Ok(())
+}
+
+pub fn softmax(x: &CudaStorage, cols: usize, log: bool) -> Result<CudaStorage> {
+    let op = if log { "log_softmax" } else { "softmax" };
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    let y = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    if rows > 0 {
+        x.dev().launch(
+            &format!("fb_softmax_fwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+                Arg::I32(log as i32),
+            ],
+        )?;
+    }
+    Ok(y)
+}
+
+pub fn softmax_backward(y: &CudaStorage, dy: &CudaStorage, cols: usize) -> Result<CudaStorage> {
+    let op = "softmax_backward";
+    let s = sfx(op, y.dtype())?;
+    let rows = rows_of(y, cols, op)?;
+    y.check_pair(dy, op)?;
+    expect(dy, y.len(), y.dtype(), op)?;
+    let dx = CudaStorage::alloc(y.dev(), y.len(), y.dtype())?;
+    if rows > 0 {
+        y.dev().launch(
+            &format!("fb_softmax_bwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(dx.ptr()),
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(dy.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+            ],
+        )?;
+    }
+    Ok(dx)
+}
+
+/// Mean over non-ignored rows of `row_loss` into `loss` (dtype of the logits) and the
+/// non-ignored count into `count` (F32, 1 element).
+fn ce_mean(
+    x: &CudaStorage,
+    s: &str,
+    row_loss: &CudaStorage,
+    targets: &CudaStorage,
+    rows: usize,
+    ignore_index: i32,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let loss = CudaStorage::alloc(x.dev(), 1, x.dtype())?;
+    let count = CudaStorage::alloc(x.dev(), 1, DType::F32)?;
+    x.dev().launch(
+        &format!("fb_ce_mean_{s}"),
+        LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        &[
+            Arg::Ptr(loss.ptr()),
+            Arg::Ptr(count.ptr()),
+            Arg::Ptr(row_loss.ptr()),
+            Arg::Ptr(targets.ptr()),
+            Arg::I64(rows as i64),
+            Arg::I32(ignore_index),
+        ],
+    )?;
+    Ok((loss, count))
+}
+
+pub fn cross_entropy(
+    x: &CudaStorage,
+    targets: &CudaStorage,
+    cols: usize,
+    ignore_index: i32,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let op = "cross_entropy";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    expect(targets, rows, DType::I32, op)?;
+    let dev = x.dev();
+    let row_loss = CudaStorage::alloc(dev, rows, DType::F32)?;
+    let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
+    let bad = CudaStorage::zeroed(dev, 1, DType::I32)?;
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_ce_fwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(row_loss.ptr()),
+                Arg::Ptr(lse.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(targets.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+                Arg::I32(ignore_index),
+                Arg::Ptr(bad.ptr()),
+            ],
+        )?;
+    }
+    let (loss, _count) = ce_mean(x, s, &row_loss, targets, rows, ignore_index)?;
+    if bad.flag_set()? {
+        return Err(Error::msg(format!(
+            "cross_entropy: a target is outside [0, {cols}) and is not ignore_index {ignore_index}"
+        )));
+    }
+    Ok((loss, lse))
+}
+
+pub fn cross_entropy_backward(
+    x: &CudaStorage,
+    targets: &CudaStorage,
+    lse: &CudaStorage,
+    dloss: &CudaStorage,
+    cols: usize,
+    ignore_index: i32,
+) -> Result<CudaStorage> {
+    let op = "cross_entropy_backward";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    expect(targets, rows, DType::I32, op)?;
+    expect(lse, rows, DType::F32, op)?;
+    expect(dloss, 1, x.dtype(), op)?;
+    let dev = x.dev();
+    // The count of non-ignored rows, by the same fixed-order kernel as the forward.
+    let zeros = CudaStorage::zeroed(dev, rows, DType::F32)?;
+    let (_unused, count) = ce_mean(x, s, &zeros, targets, rows, ignore_index)?;
+    let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
+    if rows > 0 {
+        dev.launch(
+            &format!("fb_ce_bwd_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(dx.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(targets.ptr()),
+                Arg::Ptr(lse.ptr()),
+                Arg::Ptr(dloss.ptr()),
+                Arg::Ptr(count.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+                Arg::I32(ignore_index),
+            ],
+        )?;
+    }
+    Ok(dx)
+}
+
+pub fn argmax_last(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
+    let op = "argmax_last";
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    let out = CudaStorage::alloc(x.dev(), rows, DType::I32)?;
+    if rows > 0 {
+        x.dev().launch(
+            &format!("fb_argmax_{s}"),
+            cfg_rows(rows, cols),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                Arg::I64(rows as i64),
+                Arg::I64(cols as i64),
+            ],
+        )?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,255 @@
+//! Text-to-text training for T5 (summarization and translation): tokenized pairs,
+//! DataCollatorForSeq2Seq-style batches (inputs padded with pad, labels with -100),
+//! teacher-forced loss, and per-epoch evaluation by generating and scoring with ROUGE
+//! (rouge-score semantics) or BLEU (sacrebleu semantics).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use tokenizers::Tokenizer;
+
+use crate::autograd::no_grad;
+use crate::data::seq2seq::Seq2SeqExample;
+use crate::error::{Error, Result};
+use crate::metrics::{bleu, rouge};
+use crate::models::t5::{Mode, T5ForConditionalGeneration};
+use crate::ops::softmax::IGNORE_INDEX;
+use crate::shape::Device;
+use crate::tasks::generate::{generate, GenerateConfig};
+use crate::tensor::Tensor;
+use crate::train::Task;
+
+/// Which metric evaluation reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seq2SeqKind {
+    Summarize,
+    Translate,
+}
+
+/// Tokenized training pair.
+struct Pair {
+    src: Vec<i32>,
+    tgt: Vec<i32>,
+}
+
+pub struct Seq2SeqTask {
+    pub model: T5ForConditionalGeneration,
+    tokenizer: Tokenizer,
+    tokenizer_dir: PathBuf,
+    train: Vec<Pair>,
+    eval: Vec<Seq2SeqExample>,
+    kind: Seq2SeqKind,
+    pub generation: GenerateConfig,
+    max_source: usize,
+    eval_batch: usize,
+    device: Device,
+    pad: i32,
+}
+
+fn tok_err(dir: &Path, e: impl std::fmt::Display) -> Error {
+    Error::msg(format!("{}: tokenizer: {e}", dir.display()))
+}
+
+/// Token ids of `text` (with the tokenizer's own `</s>`), cut to `max` keeping eos last.
+pub fn encode(tok: &Tokenizer, dir: &Path, text: &str, max: usize, eos: i32) -> Result<Vec<i32>> {
+    let enc = tok.encode(text, true).map_err(|e| tok_err(dir, e))?;
+    let mut ids: Vec<i32> = enc.get_ids().iter().map(|&x| x as i32).collect();
+    if ids.len() > max {
+        ids.truncate(max.saturating_sub(1));
+        ids.push(eos);
+    }
+    Ok(ids)
+}
+
+/// Pad rows to one length: ids with `pad`, and a 1/0 mask.
+fn pad_rows(rows: &[&[i32]], pad: i32, device: Device) -> Result<(Tensor, Tensor)> {
+    let l = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * l);
+    let mut mask = Vec::with_capacity(rows.len() * l);
+    for r in rows {
+        ids.extend_from_slice(r);
+        mask.extend(std::iter::repeat_n(1, r.len()));
+        ids.extend(std::iter::repeat_n(pad, l - r.len()));
+        mask.extend(std::iter::repeat_n(0, l - r.len()));
+    }
+    Ok((
+        Tensor::from_i32(ids, [rows.len(), l], device)?,
+        Tensor::from_i32(mask, [rows.len(), l], device)?,
+    ))
+}
+
+impl Seq2SeqTask {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: T5ForConditionalGeneration,
+        tokenizer_dir: &Path,
+        train: &[Seq2SeqExample],
+        eval: Vec<Seq2SeqExample>,
+        kind: Seq2SeqKind,
+        generation: GenerateConfig,
+        max_source: usize,
+        max_target: usize,
+        device: Device,
+    ) -> Result<Seq2SeqTask> {
+        let path = tokenizer_dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| tok_err(&path, e))?;
+        let pad = generation.pad_token_id.unwrap_or(0);
+        let eos = generation.eos_token_id.first().copied().unwrap_or(1);
+        let vocab = tokenizer.get_vocab_size(true);
+        let model_vocab = model.config.vocab_size;
+        if vocab > model_vocab {
+            return Err(Error::msg(format!(
+                "{}: the tokenizer has {vocab} tokens but the model's embedding has {model_vocab} rows (config.json vocab_size)",
+                path.display()
+            )));
+        }
+        let mut pairs = Vec::with_capacity(train.len());
+        for ex in train {
+            pairs.push(Pair {
+                src: encode(&tokenizer, tokenizer_dir, &ex.source, max_source, eos)?,
+                tgt: encode(&tokenizer, tokenizer_dir, &ex.target, max_target, eos)?,
+            });
+        }
+        Ok(Seq2SeqTask {
+            model,
+            tokenizer,
+            tokenizer_dir: tokenizer_dir.to_path_buf(),
+            train: pairs,
+            eval,
+            kind,
+            generation,
+            max_source,
+            eval_batch: 16,
+            device,
+            pad,
+        })
+    }
+
+    /// Generate for `sources` (greedy or beam per `self.generation`) and decode.
+    pub fn predict(&self, sources: &[String]) -> Result<Vec<String>> {
+        let _g = no_grad();
+        let eos = self.generation.eos_token_id.first().copied().unwrap_or(1);
+        let mut out = Vec::with_capacity(sources.len());
+        for chunk in sources.chunks(self.eval_batch.max(1)) {
+            let enc: Vec<Vec<i32>> = chunk
+                .iter()
+                .map(|s| {
+                    encode(
+                        &self.tokenizer,
+                        &self.tokenizer_dir,
+                        s,
+                        self.max_source,
+                        eos,
+                    )
+                })
+                .collect::<Result<_>>()?;
+            let rows: Vec<&[i32]> = enc.iter().map(|v| v.as_slice()).collect();
+            let (ids, mask) = pad_rows(&rows, self.pad, self.device)?;
+            let g = generate(&self.model, &ids, Some(&mask), &self.generation)?;
+            for seq in g.sequences {
+                let ids: Vec<u32> = seq.iter().filter(|&&t| t >= 0).map(|&t| t as u32).collect();
+                let text = self
+                    .tokenizer
+                    .decode(&ids, true)
+                    .map_err(|e| tok_err(&self.tokenizer_dir, e))?;
+                out.push(text.trim().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// ROUGE (×100, F-measures) or BLEU of generated outputs on the eval set.
+    pub fn score(&self, predictions: &[String]) -> Result<Map<String, Value>> {
+        let refs: Vec<String> = self.eval.iter().map(|e| e.target.clone()).collect();
+        let mut m = Map::new();
+        match self.kind {
+            Seq2SeqKind::Summarize => {
+                let r = rouge::mean_scores(&refs, predictions, true)?;
+                for (name, s) in r.named() {
+                    m.insert(name.to_string(), json!(s.fmeasure * 100.0));
+                }
+            }
+            Seq2SeqKind::Translate => {
+                let b = bleu::corpus_bleu(predictions, &[refs], &bleu::BleuOptions::default())?;
+                m.insert("bleu".into(), json!(b.score));
+                m.insert("bleu_bp".into(), json!(b.bp));
+                m.insert("bleu_precisions".into(), json!(b.precisions));
+            }
+        }
+        m.insert("eval_examples".into(), json!(predictions.len()));
+        Ok(m)
+    }
+}
+
+impl Task for Seq2SeqTask {
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&mut self, idx: &[usize], seed: u64) -> Result<(Tensor, usize)> {
+        let srcs: Vec<&[i32]> = idx.iter().map(|&i| self.train[i].src.as_slice()).collect();
+        let (ids, mask) = pad_rows(&srcs, self.pad, self.device)?;
+        let tl = idx
+            .iter()
+            .map(|&i| self.train[i].tgt.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut labels = Vec::with_capacity(idx.len() * tl);
+        let mut tokens = 0;
+        for &i in idx {
+            let t = &self.train[i].tgt;
+            labels.extend_from_slice(t);
+            labels.extend(std::iter::repeat_n(IGNORE_INDEX, tl - t.len()));
+            tokens += t.len() + self.train[i].src.len();
+        }
+        let labels = Tensor::from_i32(labels, [idx.len(), tl], self.device)?;
+        let (loss, _) = self
+            .model
+            .loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
+        Ok((loss, tokens))
+    }
+
+    fn evaluate(&mut self) -> Result<Map<String, Value>> {
+        let sources: Vec<String> = self.eval.iter().map(|e| e.source.clone()).collect();
+        let preds = self.predict(&sources)?;
+        self.score(&preds)
+    }
+
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.model.trainable()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        self.model.save(dir)?;
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "spiece.model",
+        ] {
+            let src = self.tokenizer_dir.join(f);
+            let dst = dir.join(f);
+            if src.is_file() && src != dst {
+                std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            }
+        }
+        let gen = json!({
+            "decoder_start_token_id": self.generation.decoder_start_token_id,
+            "eos_token_id": self.generation.eos_token_id.first(),
+            "pad_token_id": self.generation.pad_token_id,
+            "max_new_tokens": self.generation.max_new_tokens,
+            "num_beams": self.generation.num_beams,
+        });
+        let p = dir.join("generation_config.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&gen).unwrap_or_default())
+            .map_err(|e| Error::io(&p, e))
+    }
+
+    fn headline_metric(&self) -> &'static str {
+        match self.kind {
+            Seq2SeqKind::Summarize => "rougeL",
+            Seq2SeqKind::Translate => "bleu",
+        }
+    }
+}

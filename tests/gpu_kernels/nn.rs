@@ -1,0 +1,355 @@
+//! Norms, softmax/cross-entropy, AdamW, attention and span search against the CPU backend.
+
+use std::time::Instant;
+
+use fusebox::backend::cuda;
+use fusebox::backend::{AdamWStep, AttnSpec, BackendStorage, CpuStorage};
+use fusebox::DType;
+
+use crate::common::*;
+
+#[test]
+fn norms_forward_backward() {
+    let Some(mut rng) = setup("norms_forward_backward") else {
+        return;
+    };
+    for &(rows, cols) in [(1usize, 1usize), (5, 7), (64, 768), (257, 1000), (8, 4100)]
+        .iter()
+        .filter(|s| keep(s.0 * s.1))
+    {
+        for dt in DTS {
+            let n = rows * cols;
+            let (cx, gx) = pair(
+                &rng.normal(n, 3.0)
+                    .iter()
+                    .map(|v| v + 1.0)
+                    .collect::<Vec<_>>(),
+                dt,
+            );
+            let (cg, gg) = pair(&rng.normal(cols, 1.0), dt);
+            let (cb, gb) = pair(&rng.normal(cols, 1.0), dt);
+            let (cd, gd) = pair(&rng.normal(n, 1.0), dt);
+            let (wy, wm, wr) = ok(cx.layer_norm(&cg, &cb, cols, 1e-12));
+            let t = Instant::now();
+            let (y, m, r) = ok(gx.layer_norm(&gg, &gb, cols, 1e-12));
+            let s = [rows, cols];
+            check("layer_norm", &s, dt, &y, &wy, t);
+            check("layer_norm_mean", &s, dt, &m, &wm, t);
+            check("layer_norm_rstd", &s, dt, &r, &wr, t);
+            let (wdx, wdg, wdb) = ok(cx.layer_norm_backward(&cg, &wm, &wr, &cd, cols));
+            let t = Instant::now();
+            let (dx, dg, db) = ok(gx.layer_norm_backward(&gg, &m, &r, &gd, cols));
+            check("layer_norm_bwd_dx", &s, dt, &dx, &wdx, t);
+            check("layer_norm_bwd_dgamma", &s, dt, &dg, &wdg, t);
+            check("layer_norm_bwd_dbeta", &s, dt, &db, &wdb, t);
+            let (wy, wr) = ok(cx.rms_norm(&cg, cols, 1e-6));
+            let t = Instant::now();
+            let (y, r) = ok(gx.rms_norm(&gg, cols, 1e-6));
+            check("rms_norm", &s, dt, &y, &wy, t);
+            check("rms_norm_rstd", &s, dt, &r, &wr, t);
+            let (wdx, wdg) = ok(cx.rms_norm_backward(&cg, &wr, &cd, cols));
+            let t = Instant::now();
+            let (dx, dg) = ok(gx.rms_norm_backward(&gg, &r, &gd, cols));
+            check("rms_norm_bwd_dx", &s, dt, &dx, &wdx, t);
+            check("rms_norm_bwd_dgamma", &s, dt, &dg, &wdg, t);
+        }
+    }
+}
+
+#[test]
+fn softmax_family_and_cross_entropy() {
+    let Some(mut rng) = setup("softmax_family_and_cross_entropy") else {
+        return;
+    };
+    for &(rows, cols) in [(1usize, 1usize), (3, 5), (64, 384), (37, 32_128)]
+        .iter()
+        .filter(|s| keep(s.0 * s.1))
+    {
+        for dt in DTS {
+            let n = rows * cols;
+            let s = [rows, cols];
+            let (cx, gx) = pair(&rng.normal(n, 4.0), dt);
+            let (cd, gd) = pair(&rng.normal(n, 1.0), dt);
+            let wy = ok(cx.softmax(cols));
+            let t = Instant::now();
+            let y = ok(gx.softmax(cols));
+            check("softmax", &s, dt, &y, &wy, t);
+            let want = ok(wy.softmax_backward(&cd, cols));
+            let t = Instant::now();
+            let got = ok(y.softmax_backward(&gd, cols));
+            check("softmax_bwd", &s, dt, &got, &want, t);
+            let want = ok(cx.log_softmax(cols));
+            let t = Instant::now();
+            let got = ok(gx.log_softmax(cols));
+            check("log_softmax", &s, dt, &got, &want, t);
+            let tg: Vec<i32> = (0..rows)
+                .map(|r| {
+                    if r % 4 == 3 {
+                        -100
+                    } else {
+                        (rng.next_u64() % cols as u64) as i32
+                    }
+                })
+                .collect();
+            let ct = CpuStorage::from_i32(tg.clone());
+            let gt = up(&ct);
+            let (wl, wlse) = ok(cx.cross_entropy(&ct, cols, -100));
+            let t = Instant::now();
+            let (l, lse) = ok(gx.cross_entropy(&gt, cols, -100));
+            check("cross_entropy_loss", &s, dt, &l, &wl, t);
+            check("cross_entropy_lse", &s, dt, &lse, &wlse, t);
+            let (cdl, gdl) = pair(&[0.7], dt);
+            let want = ok(cx.cross_entropy_backward(&ct, &wlse, &cdl, cols, -100));
+            let t = Instant::now();
+            let got = ok(gx.cross_entropy_backward(&gt, &lse, &gdl, cols, -100));
+            check("cross_entropy_bwd", &s, dt, &got, &want, t);
+            let want = ok(ok(cx.argmax_last(cols)).to_vec_i32());
+            let t = Instant::now();
+            let got = ok(ok(gx.argmax_last(cols)).to_vec_i32());
+            let same = got == want;
+            gpucheck("argmax_last", &s, dt, if same { 0.0 } else { 1.0 }, same, t);
+            assert!(same, "argmax_last differs: {got:?} vs {want:?}");
+        }
+        // All targets ignored: loss 0, zero gradient.
+        let (cx, gx) = pair(&rng.normal(rows * cols, 1.0), DType::F32);
+        let ig = CpuStorage::from_i32(vec![-100; rows]);
+        let (wl, _) = ok(cx.cross_entropy(&ig, cols, -100));
+        let t = Instant::now();
+        let (l, _) = ok(gx.cross_entropy(&up(&ig), cols, -100));
+        check(
+            "cross_entropy_all_ignored",
+            &[rows, cols],
+            DType::F32,
+            &l,
+            &wl,
+            t,
+        );
+    }
+}
+
+#[test]
+fn adamw_mixed_precision() {
+    let Some(mut rng) = setup("adamw_mixed_precision") else {
+        return;
+    };
+    for &n in [1usize, 1001, 590_000].iter().filter(|&&n| keep(n)) {
+        for gdt in DTS {
+            let hp = AdamWStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                step: 3,
+                grad_scale: 1.0 / 1024.0,
+            };
+            let p0 = rng.normal(n, 1.0);
+            let g = rng.normal(n, 1024.0);
+            let m0 = rng.normal(n, 0.01);
+            let v0: Vec<f32> = rng.normal(n, 0.01).iter().map(|x| x * x).collect();
+            let (mut cp, mut gp) = pair(&p0, DType::F32);
+            let (mut cm, mut gm) = pair(&m0, DType::F32);
+            let (mut cv, mut gv) = pair(&v0, DType::F32);
+            let (cg, gg) = pair(&g, gdt);
+            let mut work = ok(gp.zeros_like_dev(n, DType::F16));
+            assert!(!ok(cp.adamw_(&cg, &mut cm, &mut cv, None, &hp)));
+            let t = Instant::now();
+            let skipped = ok(gp.adamw_(&gg, &mut gm, &mut gv, Some(&mut work), &hp));
+            assert!(!skipped, "a finite gradient must not skip the step");
+            check("adamw_param", &[n], gdt, &gp, &cp, t);
+            check("adamw_m", &[n], gdt, &gm, &cm, t);
+            check("adamw_v", &[n], gdt, &gv, &cv, t);
+            check("adamw_working_f16", &[n], DType::F16, &work, &cp, t);
+            // An inf in the scaled gradient: nothing changes, and the skip is reported.
+            let mut gbad = g.clone();
+            gbad[n - 1] = f32::INFINITY;
+            let gb = up(&host(&gbad, gdt));
+            let before = ok(gp.to_vec_f32());
+            let t = Instant::now();
+            let skipped = ok(gp.adamw_(&gb, &mut gm, &mut gv, Some(&mut work), &hp));
+            let after = ok(gp.to_vec_f32());
+            let pass = skipped && before == after;
+            gpucheck(
+                "adamw_overflow_skip",
+                &[n],
+                gdt,
+                if pass { 0.0 } else { 1.0 },
+                pass,
+                t,
+            );
+            assert!(
+                pass,
+                "overflowing step: skipped={skipped}, params unchanged={}",
+                before == after
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_forward_backward() {
+    let Some(mut rng) = setup("attention_forward_backward") else {
+        return;
+    };
+    // (b, h, lq, lk, d, causal, mask, bias, scale)
+    let cases = [
+        (
+            1usize, 1usize, 1usize, 1usize, 8usize, false, false, false, 1.0f32,
+        ),
+        (2, 3, 5, 7, 16, false, true, true, 1.0),
+        (2, 4, 33, 33, 64, true, true, false, 0.125),
+        (1, 2, 17, 40, 64, true, false, true, 1.0),
+        (3, 12, 128, 128, 64, false, true, false, 0.125),
+        (2, 2, 9, 70, 32, false, true, true, 1.0),
+        (1, 2, 65, 31, 128, true, true, true, 0.088),
+    ];
+    // Every case also runs with probability dropout (the CPU reference draws the same
+    // mask from the same seed).
+    let with_dropout = cases.iter().flat_map(|c| [(*c, 0.0f32), (*c, 0.15f32)]);
+    for ((b, h, lq, lk, d, causal, mask, bias, scale), dropout) in
+        with_dropout.filter(|(c, _)| keep(c.0 * c.1 * c.2 * c.3))
+    {
+        for dt in DTS {
+            let sp = AttnSpec {
+                b,
+                h,
+                lq,
+                lk,
+                d,
+                scale,
+                causal,
+                dropout,
+                seed: 4242,
+            };
+            let shape = [b, h, lq, lk, d];
+            let (cq, gq) = pair(&rng.normal(b * lq * h * d, 1.0), dt);
+            let (ck, gk) = pair(&rng.normal(b * lk * h * d, 1.0), dt);
+            let (cv, gv) = pair(&rng.normal(b * lk * h * d, 1.0), dt);
+            let (cdo, gdo) = pair(&rng.normal(b * lq * h * d, 1.0), dt);
+            // Mask out a tail of keys per batch; batch 0 of the 2nd case loses all keys.
+            let mvec: Vec<i32> = (0..b * lk)
+                .map(|i| ((i % lk) < lk - (i / lk) % 3 && !(lq == 5 && i < lk)) as i32)
+                .collect();
+            let cmask = mask.then(|| CpuStorage::from_i32(mvec.clone()));
+            let gmask = cmask.as_ref().map(up);
+            let bvec = rng.normal(h * lq * lk, 1.0);
+            let (cb, gb) = pair(&bvec, dt);
+            let (cb, gb) = if bias {
+                (Some(cb), Some(gb))
+            } else {
+                (None, None)
+            };
+            let (wo, wl) = ok(cq.attention(&ck, &cv, cmask.as_ref(), cb.as_ref(), &sp));
+            let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(
+                &ck,
+                &cv,
+                &wo,
+                &wl,
+                &cdo,
+                cmask.as_ref(),
+                cb.as_ref(),
+                &sp,
+            ));
+            // The fused kernels take f16 with head dim 32/64/128: run both paths there.
+            let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
+            let impls: &[cuda::AttnImpl] = if fused {
+                &[cuda::AttnImpl::Naive, cuda::AttnImpl::Fused]
+            } else {
+                &[cuda::AttnImpl::Naive]
+            };
+            for &which in impls {
+                cuda::set_attention_impl(which);
+                let tag = match (which == cuda::AttnImpl::Fused, dropout > 0.0) {
+                    (true, false) => "fused",
+                    (true, true) => "fused_dropout",
+                    (false, false) => "naive",
+                    (false, true) => "naive_dropout",
+                };
+                let t = Instant::now();
+                let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
+                check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
+                check_lse(&format!("attn_{tag}_fwd_lse"), &shape, dt, &l, &wl, t);
+                let t = Instant::now();
+                let (dq, dk, dv, db) = ok(gq.attention_backward(
+                    &gk,
+                    &gv,
+                    &o,
+                    &l,
+                    &gdo,
+                    gmask.as_ref(),
+                    gb.as_ref(),
+                    &sp,
+                ));
+                check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
+                check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
+                check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
+                match (db, wdb.as_ref()) {
+                    (Some(g), Some(w)) => {
+                        check(&format!("attn_{tag}_bwd_dbias"), &shape, dt, &g, w, t)
+                    }
+                    (None, None) => {}
+                    (g, w) => panic!(
+                        "dbias presence differs: gpu {} cpu {}",
+                        g.is_some(),
+                        w.is_some()
+                    ),
+                }
+            }
+            cuda::set_attention_impl(cuda::AttnImpl::Auto);
+        }
+    }
+}
+
+#[test]
+fn span_search_top_k() {
+    let Some(mut rng) = setup("span_search_top_k") else {
+        return;
+    };
+    for &(rows, cols, max_len, top_k) in &[
+        (1usize, 8usize, 3usize, 5usize),
+        (4, 384, 30, 20),
+        (3, 77, 100, 32),
+    ] {
+        for dt in DTS {
+            let n = rows * cols;
+            let (cs, gs) = pair(&rng.normal(n, 3.0), dt);
+            let (ce, ge) = pair(&rng.normal(n, 3.0), dt);
+            // Question tokens and padding are not allowed; CLS (0) is not a span either.
+            let allowed: Vec<i32> = (0..n)
+                .map(|i| (i % cols > cols / 5 && i % cols < cols - cols / 7) as i32)
+                .collect();
+            let ca = CpuStorage::from_i32(allowed);
+            let ga = up(&ca);
+            let want = ok(cs.span_search(&ce, &ca, cols, max_len, top_k));
+            let t = Instant::now();
+            let got = ok(gs.span_search(&ge, &ga, cols, max_len, top_k));
+            let tol = tol_of(dt);
+            let same_spans = got.len() == want.len()
+                && got.iter().zip(&want).all(|(g, w)| {
+                    g.row == w.row
+                        && ((g.start, g.end) == (w.start, w.end)
+                            || (g.score - w.score).abs() <= tol * w.score.abs())
+                });
+            let gs_: Vec<f32> = got.iter().map(|c| c.score).collect();
+            let ws_: Vec<f32> = want.iter().map(|c| c.score).collect();
+            let err = if gs_.len() == ws_.len() {
+                rel_err(&gs_, &ws_)
+            } else {
+                f64::INFINITY
+            };
+            let pass = same_spans && err <= tol as f64;
+            gpucheck(
+                "span_search",
+                &[rows, cols, max_len, top_k],
+                dt,
+                err,
+                pass,
+                t,
+            );
+            assert!(
+                pass,
+                "span_search differs (err {err}):\n gpu {got:?}\n cpu {want:?}"
+            );
+        }
+    }
+}

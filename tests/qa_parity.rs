@@ -94,18 +94,29 @@ fn qa_fixtures() -> Vec<(String, PathBuf, PathBuf)> {
     out
 }
 
-fn batch_from(io: &BTreeMap<String, Tensor>) -> QaBatch {
-    let ids = io["input_ids"].clone();
-    let mask = io.get("attention_mask").cloned().unwrap_or_else(|| {
+/// A fixture tensor by name, bare or under an `inputs.`/`outputs.` style prefix.
+fn pick<'a>(io: &'a BTreeMap<String, Tensor>, name: &str) -> Option<&'a Tensor> {
+    ["", "inputs.", "input.", "outputs.", "output."]
+        .iter()
+        .find_map(|p| io.get(&format!("{p}{name}")))
+}
+
+fn need<'a>(io: &'a BTreeMap<String, Tensor>, name: &str, fixture: &str) -> &'a Tensor {
+    pick(io, name).unwrap_or_else(|| panic!("{fixture}: no tensor {name:?}"))
+}
+
+fn batch_from(io: &BTreeMap<String, Tensor>, fixture: &str) -> QaBatch {
+    let ids = need(io, "input_ids", fixture).clone();
+    let mask = pick(io, "attention_mask").cloned().unwrap_or_else(|| {
         ids.full_on_same(ids.shape().clone(), DType::I32, 1.0)
             .expect("mask")
     });
     QaBatch {
         input_ids: ids,
         attention_mask: mask,
-        token_type_ids: io.get("token_type_ids").cloned(),
-        start_positions: io.get("start_positions").cloned(),
-        end_positions: io.get("end_positions").cloned(),
+        token_type_ids: pick(io, "token_type_ids").cloned(),
+        start_positions: Some(need(io, "start_positions", fixture).clone()),
+        end_positions: Some(need(io, "end_positions", fixture).clone()),
     }
 }
 
@@ -119,19 +130,24 @@ fn qa_fixtures_match_transformers() {
     for (name, dir, io_path) in fixtures {
         let io = load(&io_path);
         let model = load_qa_model(&dir, Device::Cpu, DType::F32, 0).expect("model");
-        let batch = batch_from(&io);
+        let batch = batch_from(&io, &name);
         let (start, end) = model.forward(&batch, Mode::eval()).expect("forward");
         assert_close(
             &start,
-            &io["start_logits"],
+            need(&io, "start_logits", &name),
             1e-5,
             &format!("{name} start_logits"),
         );
-        assert_close(&end, &io["end_logits"], 1e-5, &format!("{name} end_logits"));
+        assert_close(
+            &end,
+            need(&io, "end_logits", &name),
+            1e-5,
+            &format!("{name} end_logits"),
+        );
         let loss = model.loss(&start, &end, &batch).expect("loss");
         assert_close(
             &loss,
-            &io["loss"].reshape([1]).expect("loss"),
+            &need(&io, "loss", &name).reshape([1]).expect("loss"),
             1e-5,
             &format!("{name} loss"),
         );

@@ -32,6 +32,8 @@ pub struct TextTokenizer {
     pub cls_id: Option<u32>,
     pub sep_id: Option<u32>,
     source: PathBuf,
+    /// Set when built from a vocab.txt (written back on save when no config says it).
+    lowercase: Option<bool>,
 }
 
 /// The parts of tokenizer_config.json we read.
@@ -141,7 +143,9 @@ impl TextTokenizer {
         inner
             .add_special_tokens(specials)
             .map_err(|e| tok_err(vocab.display(), e))?;
-        TextTokenizer::finish(inner, vocab, &TokConfig::default())
+        let mut t = TextTokenizer::finish(inner, vocab, &TokConfig::default())?;
+        t.lowercase = Some(lowercase);
+        Ok(t)
     }
 
     fn finish(inner: Tokenizer, path: &Path, cfg: &TokConfig) -> Result<TextTokenizer> {
@@ -157,6 +161,7 @@ impl TextTokenizer {
             sep_id: find(token_name(&cfg.sep_token), "[SEP]"),
             inner,
             source: path.to_path_buf(),
+            lowercase: None,
         })
     }
 
@@ -207,6 +212,39 @@ impl TextTokenizer {
             .get_post_processor()
             .map(|p| p.added_tokens(true))
             .unwrap_or(0)
+    }
+
+    /// Copy the tokenizer's files (tokenizer.json or vocab.txt, plus the
+    /// tokenizer_config.json and special_tokens_map.json beside them) into `dir`, so a
+    /// saved checkpoint carries its tokenizer as transformers expects.
+    pub fn save_to(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let src_dir = self.source.parent().unwrap_or(Path::new("."));
+        let mut files = vec![self.source.clone()];
+        for extra in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let p = src_dir.join(extra);
+            if p.exists() {
+                files.push(p);
+            }
+        }
+        if let (Some(lower), false) = (
+            self.lowercase,
+            src_dir.join("tokenizer_config.json").exists(),
+        ) {
+            // transformers' BertTokenizer lower-cases unless told otherwise.
+            let cfg =
+                serde_json::json!({"tokenizer_class": "BertTokenizer", "do_lower_case": lower});
+            let p = dir.join("tokenizer_config.json");
+            std::fs::write(&p, cfg.to_string()).map_err(|e| Error::io(&p, e))?;
+        }
+        for f in files {
+            let name = f.file_name().unwrap_or_default();
+            let to = dir.join(name);
+            if to != f {
+                std::fs::copy(&f, &to).map_err(|e| Error::io(&f, e))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,4 +3,5 @@
 pub mod generate;
 pub mod qa;
 pub mod qa_post;
+pub mod qa_train;
 pub mod seq2seq_train;

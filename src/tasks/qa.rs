@@ -352,11 +352,19 @@ pub fn slice_chars<'a>(text: &'a str, map: &[usize], start: usize, end: usize) -
     &text[map[start]..map[end]]
 }
 
-/// Stack features into a model batch (positions included when every feature has them).
-pub fn make_batch(features: &[&QaFeature], device: Device) -> Result<QaBatch> {
-    let ids: Vec<Vec<u32>> = features.iter().map(|f| f.input_ids.clone()).collect();
-    let mask: Vec<Vec<u32>> = features.iter().map(|f| f.attention_mask.clone()).collect();
-    let tt: Vec<Vec<u32>> = features.iter().map(|f| f.token_type_ids.clone()).collect();
+/// Stack features into a model batch, right-padding each row to the longest in the
+/// batch with `pad_id` (no-op for features already padded to `max_length`); positions
+/// are included when every feature has them.
+pub fn make_batch(features: &[&QaFeature], pad_id: u32, device: Device) -> Result<QaBatch> {
+    let l = features.iter().map(|f| f.len()).max().unwrap_or(0);
+    let pad = |v: &[u32], with: u32| -> Vec<u32> {
+        let mut r = v.to_vec();
+        r.resize(l, with);
+        r
+    };
+    let ids: Vec<Vec<u32>> = features.iter().map(|f| pad(&f.input_ids, pad_id)).collect();
+    let mask: Vec<Vec<u32>> = features.iter().map(|f| pad(&f.attention_mask, 0)).collect();
+    let tt: Vec<Vec<u32>> = features.iter().map(|f| pad(&f.token_type_ids, 0)).collect();
     let pos: Option<Vec<(usize, usize)>> = features.iter().map(|f| f.positions).collect();
     let (s, e): (Vec<usize>, Vec<usize>) = pos.clone().unwrap_or_default().into_iter().unzip();
     QaBatch::from_rows(

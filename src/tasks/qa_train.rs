@@ -22,6 +22,9 @@ use crate::tensor::Tensor;
 use crate::tokenize::TextTokenizer;
 use crate::train::Task;
 
+/// Per-window rows of logits.
+pub type Rows = Vec<Vec<f32>>;
+
 pub struct QaTask {
     pub model: Box<dyn QaModel>,
     tokenizer: TextTokenizer,
@@ -79,7 +82,7 @@ impl QaTask {
     }
 
     /// Start/end logits of every eval window (each row cut to its window's length).
-    pub fn eval_logits(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn eval_logits(&self) -> Result<(Rows, Rows)> {
         let _g = no_grad();
         let (mut st, mut en) = (Vec::new(), Vec::new());
         let pad = self.model.pad_token_id();

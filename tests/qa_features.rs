@@ -500,3 +500,80 @@ fn real_squad_files_through_features() {
         assert!(spans > 0 && cls > 0, "{file}");
     }
 }
+
+/// postprocess_qa_predictions against utils_qa.py run on the same random logits over
+/// the same windows (tests/fixtures/qa_features_hf.json "postprocess"): answers, n-best
+/// texts, logits and probabilities, v2 null-score differences.
+#[test]
+fn postprocess_matches_utils_qa() {
+    let Some(a) = assets() else { return };
+    let r = reference();
+    let cfg = FeatureConfig {
+        max_length: r["max_length"].as_u64().expect("max") as usize,
+        stride: r["stride"].as_u64().expect("stride") as usize,
+        pad_to_max_length: true,
+    };
+    let examples = examples_of(&r);
+    let eval = QaPreprocessor::new(&cased(&a), cfg)
+        .expect("pre")
+        .eval_features(&examples)
+        .expect("eval");
+    let pp = &r["postprocess"];
+    let rows = |v: &Value| -> Vec<Vec<f32>> {
+        v.as_array()
+            .expect("rows")
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|x| x.as_f64().expect("f") as f32)
+                    .collect()
+            })
+            .collect()
+    };
+    let (st, en) = (rows(&pp["start_logits"]), rows(&pp["end_logits"]));
+    let mut nulls = 0;
+    for (key, v2) in [("v1", false), ("v2", true)] {
+        let pc = PostprocessConfig {
+            version_2_with_negative: v2,
+            ..Default::default()
+        };
+        let preds = postprocess_qa_predictions(&examples, &eval, &st, &en, &pc).expect("post");
+        let want = &pp[key];
+        for p in &preds {
+            assert_eq!(
+                p.text,
+                want["predictions"][&p.id].as_str().expect("t"),
+                "{key} {}",
+                p.id
+            );
+            let nb = want["nbest"][&p.id].as_array().expect("nbest");
+            assert_eq!(p.nbest.len(), nb.len(), "{key} {}", p.id);
+            for (g, w) in p.nbest.iter().zip(nb) {
+                assert_eq!(g.text, w["text"].as_str().expect("t"), "{key} {}", p.id);
+                for (x, y) in [
+                    (g.start_logit, &w["start_logit"]),
+                    (g.end_logit, &w["end_logit"]),
+                    (g.probability, &w["probability"]),
+                ] {
+                    let y = y.as_f64().expect("f");
+                    assert!(
+                        (x as f64 - y).abs() <= 1e-5 * y.abs().max(1.0),
+                        "{key} {x} {y}"
+                    );
+                }
+            }
+            if v2 {
+                let d = want["null_diff"][&p.id].as_f64().expect("diff");
+                let got = p.null_score_diff.expect("diff") as f64;
+                assert!((got - d).abs() <= 1e-4 * d.abs().max(1.0), "{got} vs {d}");
+                nulls += p.text.is_empty() as usize;
+            }
+        }
+    }
+    assert!(
+        nulls > 0 && nulls < examples.len(),
+        "v2 answers both ways: {nulls}"
+    );
+}

@@ -13,6 +13,9 @@ the result as JSON, so the Rust test compares against HF without Python in CI.
 import json
 import os
 
+import collections
+
+import numpy as np
 import transformers
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
@@ -97,6 +100,96 @@ def eval_features(tok, examples):
             "input_ids": list(t["input_ids"])}
 
 
+def postprocess_qa_predictions(examples, features, predictions, version_2_with_negative,
+                               n_best_size=20, max_answer_length=30,
+                               null_score_diff_threshold=0.0):
+    """utils_qa.py's postprocess_qa_predictions (transformers examples/pytorch/
+    question-answering), minus logging and file output; returns predictions, n-best
+    lists and the v2 score differences."""
+    all_start_logits, all_end_logits = predictions
+    example_id_to_index = {k: i for i, k in enumerate(examples["id"])}
+    features_per_example = collections.defaultdict(list)
+    for i, feature in enumerate(features):
+        features_per_example[example_id_to_index[feature["example_id"]]].append(i)
+    all_predictions, all_nbest, scores_diff = {}, {}, {}
+    for example_index, example_id in enumerate(examples["id"]):
+        min_null_prediction = None
+        prelim = []
+        for fi in features_per_example[example_index]:
+            start_logits, end_logits = all_start_logits[fi], all_end_logits[fi]
+            offset_mapping = features[fi]["offset_mapping"]
+            feature_null_score = start_logits[0] + end_logits[0]
+            if min_null_prediction is None or min_null_prediction["score"] > feature_null_score:
+                min_null_prediction = {"offsets": (0, 0), "score": feature_null_score,
+                                       "start_logit": start_logits[0],
+                                       "end_logit": end_logits[0]}
+            start_indexes = np.argsort(start_logits)[-1: -n_best_size - 1: -1].tolist()
+            end_indexes = np.argsort(end_logits)[-1: -n_best_size - 1: -1].tolist()
+            for s in start_indexes:
+                for e in end_indexes:
+                    if (s >= len(offset_mapping) or e >= len(offset_mapping)
+                            or offset_mapping[s] is None or offset_mapping[e] is None):
+                        continue
+                    if e < s or e - s + 1 > max_answer_length:
+                        continue
+                    prelim.append({"offsets": (offset_mapping[s][0], offset_mapping[e][1]),
+                                   "score": start_logits[s] + end_logits[e],
+                                   "start_logit": start_logits[s], "end_logit": end_logits[e]})
+        if version_2_with_negative:
+            prelim.append(min_null_prediction)
+            null_score = min_null_prediction["score"]
+        preds = sorted(prelim, key=lambda x: x["score"], reverse=True)[:n_best_size]
+        if version_2_with_negative and not any(p["offsets"] == (0, 0) for p in preds):
+            preds.append(min_null_prediction)
+        context = examples["context"][example_index]
+        for p in preds:
+            o = p.pop("offsets")
+            p["text"] = context[o[0]: o[1]]
+        if len(preds) == 0 or (len(preds) == 1 and preds[0]["text"] == ""):
+            preds.insert(0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0})
+        scores = np.array([p.pop("score") for p in preds])
+        exp_scores = np.exp(scores - np.max(scores))
+        probs = exp_scores / exp_scores.sum()
+        for prob, p in zip(probs, preds):
+            p["probability"] = float(prob)
+            p["start_logit"] = float(p["start_logit"])
+            p["end_logit"] = float(p["end_logit"])
+        if not version_2_with_negative:
+            all_predictions[example_id] = preds[0]["text"]
+        else:
+            i = 0
+            while preds[i]["text"] == "":
+                i += 1
+            best = preds[i]
+            diff = null_score - best["start_logit"] - best["end_logit"]
+            scores_diff[example_id] = float(diff)
+            all_predictions[example_id] = "" if diff > null_score_diff_threshold else best["text"]
+        all_nbest[example_id] = preds
+    return all_predictions, all_nbest, scores_diff
+
+
+def postprocess_cases(ex, eval_feats):
+    """Random float32 logits for every eval window (a CLS bias for half the examples,
+    so v2 answers both ways), and utils_qa's outputs for v1 and v2."""
+    rng = np.random.default_rng(7)
+    n = len(eval_feats["input_ids"])
+    start = (rng.standard_normal((n, MAX_LEN)) * 3).astype(np.float32)
+    end = (rng.standard_normal((n, MAX_LEN)) * 3).astype(np.float32)
+    # Every window of every other example strongly prefers CLS (a null answer in v2).
+    ids = sorted(set(eval_feats["example_id"]))
+    for i, eid in enumerate(eval_feats["example_id"]):
+        if ids.index(eid) % 2 == 0:
+            start[i, 0] += 15.0
+            end[i, 0] += 15.0
+    feats = [{"example_id": eval_feats["example_id"][i],
+              "offset_mapping": eval_feats["offset_mapping"][i]} for i in range(n)]
+    out = {"start_logits": start.tolist(), "end_logits": end.tolist()}
+    for v2 in (False, True):
+        p, nb, d = postprocess_qa_predictions(ex, feats, (start, end), v2)
+        out["v2" if v2 else "v1"] = {"predictions": p, "nbest": nb, "null_diff": d}
+    return out
+
+
 def main():
     ex = examples()
     cased = BertTokenizerFast(
@@ -110,6 +203,7 @@ def main():
     for name, tok in (("bert-base-cased", cased), ("all-minilm-l6-v2", minilm)):
         out[name] = {"train": train_features(tok, ex), "eval": eval_features(tok, ex)}
         print(name, len(out[name]["train"]["input_ids"]), "windows")
+    out["postprocess"] = postprocess_cases(ex, out["bert-base-cased"]["eval"])
     with open(OUT, "w") as f:
         json.dump(out, f, separators=(",", ":"))
     print("wrote", OUT, os.path.getsize(OUT), "bytes")

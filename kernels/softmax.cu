@@ -69,7 +69,7 @@
         }                                                                                     \
     }                                                                                         \
     /* Mean over non-ignored rows, one block, fixed order. count_out gets the count. */       \
-    extern "C" __global__ void __launch_bounds__(1024) fb_ce_mean_##S(T* loss, float* count_out, const float* row_loss, \
+    extern "C" __global__ void __launch_bounds__(1024) fb_ce_mean_##S(float* loss, float* count_out, const float* row_loss, \
                                               const int* targets, i64 rows, int ignore_index) { \
         __shared__ float scratch[32];                                                         \
         float s = 0.0f, n = 0.0f;                                                             \
@@ -82,20 +82,20 @@
         s = fb_block_sum(s, scratch);                                                         \
         n = fb_block_sum(n, scratch);                                                         \
         if (threadIdx.x == 0) {                                                               \
-            fb_st(loss, 0, n > 0.0f ? s / n : 0.0f);                                          \
+            loss[0] = n > 0.0f ? s / n : 0.0f;                                                \
             count_out[0] = n;                                                                 \
         }                                                                                     \
     }                                                                                         \
     /* d logits = dloss / count * (softmax(x) - onehot(target)); ignored rows get 0. */       \
     extern "C" __global__ void __launch_bounds__(1024) fb_ce_bwd_##S(T* dx, const T* x, const int* targets,           \
-                                             const float* lse, const T* dloss,                \
+                                             const float* lse, const float* dloss,            \
                                              const float* count, i64 rows, i64 cols,          \
                                              int ignore_index) {                              \
         i64 r = blockIdx.x;                                                                   \
         int t = targets[r];                                                                   \
         float n = count[0];                                                                   \
         bool skip = (t == ignore_index) || n <= 0.0f;                                         \
-        float g = skip ? 0.0f : fb_ld(dloss, 0) / n;                                          \
+        float g = skip ? 0.0f : dloss[0] / n;                                                 \
         float l = lse[r];                                                                     \
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
             float p = skip ? 0.0f : expf(fb_ld(x, r * cols + c) - l);                         \

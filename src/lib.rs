@@ -1,5 +1,6 @@
 //! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod memory;

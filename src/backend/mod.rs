@@ -264,7 +264,8 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn log_softmax(&self, cols: usize) -> Result<Self>;
     /// Mean cross-entropy of `[rows, cols]` logits against I32 `targets [rows]`,
     /// skipping `ignore_index`. Returns (loss [1], lse [rows]); loss is 0 when every
-    /// target is ignored.
+    /// target is ignored. The loss (and `dloss` in backward) is F32 for F16 logits, so
+    /// a loss-scaled fp16 run does not overflow f16 at the loss.
     fn cross_entropy(&self, targets: &Self, cols: usize, ignore_index: i32)
         -> Result<(Self, Self)>;
     /// d logits, given the upstream gradient `dloss` of the mean loss (1 element).

@@ -148,6 +148,12 @@ impl AdamW {
         grad_scale: f64,
         max_grad_norm: Option<f64>,
     ) -> Result<StepOutcome> {
+        let device = self
+            .slots
+            .first()
+            .map(|s| s.param.device())
+            .unwrap_or(crate::shape::Device::Cpu);
+        let _span = crate::profile::Span::new("adamw", device);
         // Check for inf/NaN before touching anything, so a skipped step changes nothing.
         let mut sumsq = 0.0f64;
         for s in &self.slots {

@@ -111,4 +111,9 @@ impl Allocator {
     pub fn stats(&self) -> AllocStats {
         self.stats
     }
+
+    /// Start a new `peak_reserved` measurement from what is reserved now.
+    pub fn reset_peak(&mut self) {
+        self.stats.peak_reserved = self.stats.reserved;
+    }
 }

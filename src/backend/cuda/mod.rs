@@ -79,6 +79,12 @@ pub fn mem_stats(ordinal: usize) -> Result<AllocStats> {
     Ok(lock(&context::device(ordinal)?.alloc).stats())
 }
 
+/// Start a new allocator peak measurement on `cuda:ordinal`.
+pub fn alloc_reset_peak(ordinal: usize) -> Result<()> {
+    lock(&context::device(ordinal)?.alloc).reset_peak();
+    Ok(())
+}
+
 /// Return all cached blocks of `cuda:ordinal` to the driver.
 pub fn empty_cache(ordinal: usize) -> Result<()> {
     let d = context::device(ordinal)?;

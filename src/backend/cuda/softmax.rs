@@ -87,7 +87,9 @@ fn ce_mean(
     rows: usize,
     ignore_index: i32,
 ) -> Result<(CudaStorage, CudaStorage)> {
-    let loss = CudaStorage::alloc(x.dev(), 1, x.dtype())?;
+    // The mean loss is f32 whatever the logits' dtype: a loss scaled by 2^16 for fp16
+    // training must not overflow f16 (max 65504), as in torch where autocast's loss is f32.
+    let loss = CudaStorage::alloc(x.dev(), 1, DType::F32)?;
     let count = CudaStorage::alloc(x.dev(), 1, DType::F32)?;
     x.dev().launch(
         &format!("fb_ce_mean_{s}"),
@@ -160,7 +162,7 @@ pub fn cross_entropy_backward(
     let rows = rows_of(x, cols, op)?;
     expect(targets, rows, DType::I32, op)?;
     expect(lse, rows, DType::F32, op)?;
-    expect(dloss, 1, x.dtype(), op)?;
+    expect(dloss, 1, DType::F32, op)?;
     let dev = x.dev();
     // The count of non-ignored rows, by the same fixed-order kernel as the forward.
     let zeros = CudaStorage::zeroed(dev, rows, DType::F32)?;

@@ -1,0 +1,342 @@
+//! The workloads behind the `bench` binary: one fixed random batch, timed training steps
+//! (forward, backward, clip, AdamW — the same step as tools/torch_baseline.py) or
+//! inference forwards, with tokens/s, ms/step (median, p90), peak memory, a per-op time
+//! table (profile.rs) and MFU against the card's fp16 tensor peak.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::autograd::{backward, no_grad};
+use crate::error::{Error, Result};
+use crate::memory::tracker;
+use crate::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use crate::optim::{AdamW, AdamWConfig, LossScaler};
+use crate::profile;
+use crate::rng::Rng;
+use crate::shape::{DType, Device};
+use crate::tensor::Tensor;
+
+/// A model with a fixed random batch, ready to time.
+pub trait BenchModel {
+    fn describe(&self) -> String;
+    fn params(&self) -> Vec<(String, Tensor)>;
+    /// Training loss on the batch (dropout drawn from `seed`).
+    fn train_loss(&self, seed: u64) -> Result<Tensor>;
+    /// One inference forward on the batch.
+    fn infer(&self) -> Result<()>;
+    /// Tokens one step processes (inputs, plus targets for seq2seq), as torch_baseline counts.
+    fn tokens_per_step(&self) -> usize;
+    /// Model FLOPs of one step (see [`train_flops`]).
+    fn flops_per_step(&self, train: bool) -> f64;
+}
+
+/// 6·N per token for forward + backward of the dense weights plus the attention score
+/// and value products (4·L²·d per layer forward, ×3 with backward), the accounting of
+/// PaLM's MFU (Chowdhery et al. 2022, appendix B). Inference is a third of it.
+pub fn train_flops(dense_params_times_tokens: f64, attn_flops_fwd: f64, train: bool) -> f64 {
+    let fwd = 2.0 * dense_params_times_tokens + attn_flops_fwd;
+    if train {
+        3.0 * fwd
+    } else {
+        fwd
+    }
+}
+
+fn random_ids(rng: &mut Rng, n: usize, lo: usize, hi: usize) -> Vec<i32> {
+    (0..n).map(|_| (lo + rng.below(hi - lo)) as i32).collect()
+}
+
+/// T5 (t5-small by default) with a random `[batch, seq] → [batch, tgt]` batch.
+pub struct T5Bench {
+    model: T5ForConditionalGeneration,
+    ids: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+    batch: usize,
+    seq: usize,
+    tgt: usize,
+}
+
+impl T5Bench {
+    pub fn new(
+        dir: Option<&Path>,
+        batch: usize,
+        seq: usize,
+        tgt: usize,
+        device: Device,
+        dtype: DType,
+    ) -> Result<T5Bench> {
+        let model = match dir {
+            Some(d) => T5ForConditionalGeneration::load(d, device, dtype)?,
+            None => T5ForConditionalGeneration::new_random(T5Config::default(), device, dtype, 0)?,
+        };
+        let vocab = model.config.vocab_size;
+        let mut rng = Rng::new(1);
+        let lo = 1000.min(vocab / 2);
+        let ids = Tensor::from_i32(
+            random_ids(&mut rng, batch * seq, lo, vocab),
+            [batch, seq],
+            device,
+        )?;
+        let mask = Tensor::full([batch, seq], DType::I32, device, 1.0)?;
+        let labels = Tensor::from_i32(
+            random_ids(&mut rng, batch * tgt, 2, vocab),
+            [batch, tgt],
+            device,
+        )?;
+        Ok(T5Bench {
+            model,
+            ids,
+            mask,
+            labels,
+            batch,
+            seq,
+            tgt,
+        })
+    }
+}
+
+impl BenchModel for T5Bench {
+    fn describe(&self) -> String {
+        let c = &self.model.config;
+        format!(
+            "T5 d_model {} ff {} heads {} layers {}+{} vocab {} ({:.1} M params), batch {} x {} -> {}",
+            c.d_model,
+            c.d_ff,
+            c.num_heads,
+            c.num_layers,
+            c.num_decoder_layers.unwrap_or(c.num_layers),
+            c.vocab_size,
+            self.model.store().num_params() as f64 / 1e6,
+            self.batch,
+            self.seq,
+            self.tgt
+        )
+    }
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.model.trainable()
+    }
+    fn train_loss(&self, seed: u64) -> Result<Tensor> {
+        Ok(self
+            .model
+            .loss(
+                &self.ids,
+                Some(&self.mask),
+                &self.labels,
+                T5Mode::Train { seed },
+            )?
+            .0)
+    }
+    fn infer(&self) -> Result<()> {
+        let _g = no_grad();
+        self.model
+            .loss(&self.ids, Some(&self.mask), &self.labels, T5Mode::Eval)?;
+        Ok(())
+    }
+    fn tokens_per_step(&self) -> usize {
+        self.batch * (self.seq + self.tgt)
+    }
+    fn flops_per_step(&self, train: bool) -> f64 {
+        let c = &self.model.config;
+        let (d, ff, inner) = (
+            c.d_model as f64,
+            c.d_ff as f64,
+            (c.num_heads * c.d_kv) as f64,
+        );
+        let ff_mats = if c.feed_forward_proj.contains("gated") {
+            3.0
+        } else {
+            2.0
+        };
+        let enc_layer = 4.0 * d * inner + ff_mats * d * ff;
+        let dec_layer = 8.0 * d * inner + ff_mats * d * ff;
+        let (le, ld) = (
+            c.num_layers as f64,
+            c.num_decoder_layers.unwrap_or(c.num_layers) as f64,
+        );
+        let (b, s, t) = (self.batch as f64, self.seq as f64, self.tgt as f64);
+        let dense =
+            enc_layer * le * b * s + dec_layer * ld * b * t + d * c.vocab_size as f64 * b * t;
+        let attn = 4.0 * inner * b * (le * s * s + ld * (t * t + t * s));
+        train_flops(dense, attn, train)
+    }
+}
+
+/// Settings of one bench run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub steps: usize,
+    pub warmup: usize,
+    pub train: bool,
+    pub fp16: bool,
+    pub device: Device,
+    /// Steps run again under the profiler for the per-op table (not in the timings).
+    pub profile_steps: usize,
+    pub trace: bool,
+}
+
+/// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md).
+pub fn fp16_peak_tflops(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    [
+        ("T4", 65.0),
+        ("A100", 312.0),
+        ("H100", 989.0),
+        ("H200", 989.0),
+        ("A10", 125.0),
+        ("L4", 121.0),
+        ("V100", 125.0),
+    ]
+    .iter()
+    .find(|(k, _)| n.contains(k))
+    .map(|(_, v)| *v)
+}
+
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => crate::backend::cuda::context::device(n)
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|e| format!("cuda:{n} ({e})")),
+        _ => format!("cpu ({} threads)", rayon::current_num_threads()),
+    }
+}
+
+fn sync(device: Device) -> Result<()> {
+    if device.is_cuda() {
+        crate::backend::cuda::synchronize(device)?;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+/// Run the benchmark; returns the report as JSON (same field names as torch_baseline.py).
+pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
+    let dev = cfg.device;
+    let params = m.params();
+    let mut opt = AdamW::new(
+        &params,
+        AdamWConfig {
+            lr: 5e-5,
+            weight_decay: 0.01,
+            ..AdamWConfig::default()
+        },
+        true,
+    )?;
+    let mut scaler = (cfg.train && cfg.fp16).then(LossScaler::default);
+    let mut losses = Vec::new();
+    let mut step = |i: u64| -> Result<()> {
+        if !cfg.train {
+            return m.infer();
+        }
+        let loss = m.train_loss(i)?;
+        let scaled = match &scaler {
+            Some(s) => loss.scale(s.scale)?,
+            None => loss.clone(),
+        };
+        let grads = backward(&scaled)?;
+        let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
+        let out = opt.step(&grads, 5e-5, inv, Some(1.0))?;
+        if let Some(s) = scaler.as_mut() {
+            s.update(out.skipped);
+        }
+        losses.push(loss.to_scalar()?);
+        Ok(())
+    };
+    let t0 = Instant::now();
+    for i in 0..cfg.warmup {
+        step(i as u64)?;
+    }
+    sync(dev)?;
+    let warmup_s = t0.elapsed().as_secs_f64();
+    tracker::reset_peak(dev);
+    if let Device::Cuda(n) = dev {
+        crate::backend::cuda::alloc_reset_peak(n)?;
+    }
+    let mut times = Vec::with_capacity(cfg.steps);
+    for i in 0..cfg.steps {
+        sync(dev)?;
+        let t = Instant::now();
+        step((cfg.warmup + i) as u64)?;
+        sync(dev)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let peak = tracker::peak_bytes(dev);
+    let ops = if cfg.profile_steps > 0 {
+        profile::enable(cfg.trace);
+        for i in 0..cfg.profile_steps {
+            step((cfg.warmup + cfg.steps + i) as u64)?;
+        }
+        sync(dev)?;
+        profile::disable();
+        profile::summary()
+    } else {
+        Vec::new()
+    };
+    drop(step);
+    let total: f64 = times.iter().sum();
+    let mut ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let tokens = m.tokens_per_step();
+    let name = device_name(dev);
+    let flops = m.flops_per_step(cfg.train);
+    let achieved = flops * times.len() as f64 / total.max(1e-12);
+    let mfu = fp16_peak_tflops(&name).map(|p| achieved / (p * 1e12));
+    let mut rec = json!({
+        "impl": "fusebox",
+        "mode": if cfg.train { "train" } else { "infer" },
+        "model": m.describe(),
+        "device": name,
+        "precision": if cfg.fp16 { "fp16" } else { "fp32" },
+        "steps": cfg.steps,
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens as f64 * times.len() as f64 / total.max(1e-12),
+        "ms_per_step_median": percentile(&ms, 0.5),
+        "ms_per_step_p90": percentile(&ms, 0.9),
+        "warmup_s": warmup_s,
+        "peak_mem_bytes": peak,
+        "predicted_peak_bytes": Value::Null,
+        "model_tflops_per_s": achieved / 1e12,
+        "mfu_vs_fp16_peak": mfu,
+        "first_loss": losses.first(),
+        "final_loss": losses.last(),
+        "ops": ops.iter().map(|(n, c, s)| json!({"op": n, "calls": c, "ms": s * 1e3})).collect::<Vec<_>>(),
+    });
+    if let Some(s) = &scaler {
+        rec["skipped_steps"] = json!(s.skipped);
+        rec["final_loss_scale"] = json!(s.scale);
+    }
+    if let Device::Cuda(n) = dev {
+        let st = crate::backend::cuda::mem_stats(n)?;
+        rec["allocator_peak_reserved_bytes"] = json!(st.peak_reserved);
+        if let Ok((free, total)) = crate::backend::cuda::mem_info(n) {
+            rec["device_used_bytes"] = json!(total - free);
+        }
+    }
+    if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
+        return Err(Error::msg(format!(
+            "bench: non-finite loss in fp32 training: {losses:?}"
+        )));
+    }
+    Ok(rec)
+}
+
+/// DistilBERT/BERT QA benchmark; wired to the QA models when they are part of the build.
+pub fn distilbert_bench(
+    _dir: Option<&Path>,
+    _batch: usize,
+    _seq: usize,
+    _device: Device,
+    _dtype: DType,
+) -> Result<Box<dyn BenchModel>> {
+    Err(Error::msg(
+        "bench: the DistilBERT/BERT QA models are not merged into this build yet; use --model t5-small",
+    ))
+}

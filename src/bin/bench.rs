@@ -1,0 +1,192 @@
+//! `bench`: time training steps (or inference) of DistilBERT-QA or T5 on any device and
+//! print tokens/s, ms/step (median, p90), peak memory, a per-op table and MFU. Same
+//! workload and JSON fields as tools/torch_baseline.py, for side-by-side comparisons.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use fusebox::bench::{self, BenchConfig, BenchModel, T5Bench};
+use fusebox::{DType, Device};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Precision {
+    Fp32,
+    Fp16,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Mode {
+    Train,
+    Infer,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Benchmark fusebox training/inference steps (tokens/s, ms/step, memory, per-op time)"
+)]
+struct Args {
+    /// `distilbert-qa`, `t5-small` (random-init, HF base sizes) or a model directory.
+    #[arg(long, default_value = "t5-small")]
+    model: String,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Input length.
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Target length (T5).
+    #[arg(long, default_value_t = 16)]
+    tgt_seq: usize,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, value_enum, default_value = "train")]
+    mode: Mode,
+    /// Extra steps run under the per-op profiler (not part of the timings).
+    #[arg(long, default_value_t = 1)]
+    profile_steps: usize,
+    /// Print only one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Write the profiled steps' per-op timeline as a Chrome trace (open in Perfetto).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
+fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
+    let m = args.model.as_str();
+    match m {
+        "t5-small" => Ok(Box::new(T5Bench::new(
+            None,
+            args.batch,
+            args.seq,
+            args.tgt_seq,
+            device,
+            dtype,
+        )?)),
+        "distilbert-qa" => Ok(bench::distilbert_bench(
+            None, args.batch, args.seq, device, dtype,
+        )?),
+        dir => {
+            let p = PathBuf::from(dir);
+            let cfg = p.join("config.json");
+            let text = std::fs::read_to_string(&cfg)
+                .with_context(|| format!("--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", cfg.display()))?;
+            match v.get("model_type").and_then(|x| x.as_str()) {
+                Some("t5") => Ok(Box::new(T5Bench::new(
+                    Some(&p),
+                    args.batch,
+                    args.seq,
+                    args.tgt_seq,
+                    device,
+                    dtype,
+                )?)),
+                Some("distilbert") | Some("bert") => Ok(bench::distilbert_bench(
+                    Some(&p),
+                    args.batch,
+                    args.seq,
+                    device,
+                    dtype,
+                )?),
+                other => bail!(
+                    "{}: model_type {other:?}: bench supports t5, distilbert and bert",
+                    cfg.display()
+                ),
+            }
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = Device::parse(&args.device)?.resolve();
+    let fp16 = args.precision == Precision::Fp16;
+    if fp16 && !device.is_cuda() {
+        bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
+    }
+    let dtype = if fp16 { DType::F16 } else { DType::F32 };
+    let model = build(&args, device, dtype)?;
+    let cfg = BenchConfig {
+        steps: args.steps.max(1),
+        warmup: args.warmup,
+        train: args.mode == Mode::Train,
+        fp16,
+        device,
+        profile_steps: args.profile_steps,
+        trace: args.trace.is_some(),
+    };
+    let rec = bench::run(model.as_ref(), &cfg)?;
+    if let Some(path) = &args.trace {
+        let doc = fusebox::profile::chrome_trace();
+        std::fs::write(path, serde_json::to_string(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !args.json {
+        println!("device        {}", rec["device"].as_str().unwrap_or("?"));
+        println!("model         {}", rec["model"].as_str().unwrap_or("?"));
+        println!(
+            "mode          {} {}",
+            rec["mode"].as_str().unwrap_or("?"),
+            rec["precision"].as_str().unwrap_or("?")
+        );
+        println!(
+            "tokens/s      {:.1}",
+            rec["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "ms/step       median {:.2}  p90 {:.2}",
+            rec["ms_per_step_median"].as_f64().unwrap_or(f64::NAN),
+            rec["ms_per_step_p90"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "peak memory   measured {:.1} MiB (tracker), predicted: not available yet",
+            rec["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        match rec["mfu_vs_fp16_peak"].as_f64() {
+            Some(m) => println!(
+                "MFU           {:.1} % of the card's fp16 tensor peak ({:.2} TFLOP/s)",
+                m * 100.0,
+                rec["model_tflops_per_s"].as_f64().unwrap_or(0.0)
+            ),
+            None => println!(
+                "model TFLOP/s {:.3} (no fp16 peak known for this device)",
+                rec["model_tflops_per_s"].as_f64().unwrap_or(0.0)
+            ),
+        }
+        if let Some(ops) = rec["ops"].as_array() {
+            let total: f64 = ops.iter().filter_map(|o| o["ms"].as_f64()).sum();
+            println!(
+                "\nper-op time over {} profiled step(s):",
+                args.profile_steps
+            );
+            println!("{:<28} {:>8} {:>10} {:>7}", "op", "calls", "ms", "%");
+            for o in ops.iter().take(30) {
+                let ms = o["ms"].as_f64().unwrap_or(0.0);
+                println!(
+                    "{:<28} {:>8} {:>10.2} {:>6.1}%",
+                    o["op"].as_str().unwrap_or("?"),
+                    o["calls"].as_u64().unwrap_or(0),
+                    ms,
+                    100.0 * ms / total.max(1e-12)
+                );
+            }
+        }
+    }
+    let mut line = rec.clone();
+    if args.json {
+        println!("{line}");
+    } else if let Some(o) = line.as_object_mut() {
+        o.remove("ops");
+        println!("\n{}", serde_json::Value::Object(o.clone()));
+    }
+    Ok(())
+}

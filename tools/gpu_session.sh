@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# tools/gpu_session.sh — the one command a lent GPU runs, in priority order, within a
+# fixed time budget, ending with one summary table.
+#
+#   here:   tools/gpu_check.sh prepare        (builds .gpu/: test binaries + bench/train/...)
+#   there:  bash tools/gpu_session.sh          (device tool: carry [".gpu"], timeout ~560 s)
+#
+# Why it is built this way: a session gets ~15 minutes of device time in all, start-up
+# included, so there is one run and it must not stop at the first failure. Steps run
+# most-important first (kernel tests, fused attention checks and timings, model benches
+# against PyTorch on the same card, then memcheck, the NVRTC path and the other test
+# binaries) and each has its own timeout; whatever the budget leaves out is reported as
+# skipped. The device tool brings back at most 8 files from $OUT, so every log goes into
+# one archive and the summary into summary.txt.
+#
+# Env: SESSION_BUDGET (seconds, default 520), SESSION_SKIP_TORCH=1.
+
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 2
+START=$(date +%s)
+BUDGET="${SESSION_BUDGET:-520}"
+W="$(mktemp -d "${TMPDIR:-/tmp}/gpu_session.XXXXXX")"
+FINAL="${OUT:-$W/out}"
+mkdir -p "$FINAL" "$W/tests" "$W/bin"
+RESULTS="$W/steps.txt"
+: >"$RESULTS"
+
+log() { printf '[gpu_session %s +%ss] %s\n' "$(date -u +%H:%M:%S)" "$(( $(date +%s) - START ))" "$*"; }
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# step NAME CAP cmd...: run with min(CAP, budget left), output to $W/NAME.out, never abort.
+step() {
+    local name=$1 cap=$2 rc t0 l
+    shift 2
+    l=$(left)
+    if [ "$l" -lt 15 ]; then
+        log "SKIPPED $name (budget used up)"
+        echo "STEP $name rc=skipped" >>"$RESULTS"
+        return 0
+    fi
+    [ "$cap" -gt "$l" ] && cap=$l
+    log "=== $name (timeout ${cap}s)"
+    t0=$(date +%s)
+    timeout -k 5 "$cap" "$@" >"$W/$name.out" 2>&1
+    rc=$?
+    tail -n 25 "$W/$name.out"
+    log "--- $name rc=$rc in $(( $(date +%s) - t0 ))s"
+    echo "STEP $name rc=$rc s=$(( $(date +%s) - t0 ))" >>"$RESULTS"
+}
+
+log "budget ${BUDGET}s, work dir $W"
+cat .gpu/MANIFEST.txt 2>/dev/null
+nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$W/nvidia-smi.out"
+for f in .gpu/tests/* .gpu/bin/*; do
+    [ -f "$f" ] || continue
+    case "$f" in */tests/*) d="$W/tests" ;; *) d="$W/bin" ;; esac
+    b=$(basename "$f" .gz)
+    if [ "${f%.gz}" != "$f" ]; then gzip -dc "$f" >"$d/$b"; else cp "$f" "$d/$b"; fi
+    chmod +x "$d/$b"
+done
+if [ -f .gpu/bin_paths.txt ]; then
+    while IFS=$'\t' read -r bname bpath; do
+        [ -e "$bpath" ] || { mkdir -p "$(dirname "$bpath")" 2>/dev/null && cp "$W/bin/$bname" "$bpath" 2>/dev/null; }
+    done <.gpu/bin_paths.txt
+fi
+export RUST_BACKTRACE=1 FUSEBOX_KERNEL_CACHE="$W/kernel-cache"
+for a in "$ROOT/shared/assets" "$ROOT/../shared/assets"; do [ -d "$a" ] && export FUSEBOX_ASSETS="$a" && break; done
+
+KT="$W/tests/gpu_kernels"
+BENCH="$W/bin/bench"
+PY=python3
+
+# 1. Every CUDA kernel against the CPU reference (fatbin path).
+step gpu_kernels 150 "$KT" --nocapture --test-threads=1
+# 2. Fused attention: correctness (native and Turing PTX path) and timings, PyTorch baselines.
+step attn_check 200 env OUT="$W/attn" ATTN_SKIP_SANITIZER=1 bash tools/attn_check/run.sh
+# 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
+step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
+step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
+    step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
+    step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
+fi
+step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
+# 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
+CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+[ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc
+step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture --test-threads=1 elementwise norms softmax attention
+for t in t5_parity qa_parity; do
+    [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
+done
+
+# ------------------------------------------------------------------------------ summary
+{
+    echo "== card"
+    cat "$W/nvidia-smi.out"
+    echo
+    echo "== steps"
+    cat "$RESULTS"
+    echo
+    echo "== kernel checks (GPUCHECK; failures listed, counts per run)"
+    for f in "$W"/gpu_kernels.out "$W"/nvrtc.out "$W"/memcheck.out; do
+        [ -f "$f" ] || continue
+        tag=$(basename "$f" .out)
+        n=$(grep -c '^GPUCHECK ' "$f")
+        bad=$(grep '^GPUCHECK ' "$f" | grep -vc 'pass=true')
+        echo "$tag: $n checks, $bad failed"
+        grep '^GPUCHECK ' "$f" | grep -v 'pass=true' | head -n 30
+    done
+    grep -h "ERROR SUMMARY" "$W/memcheck.out" 2>/dev/null
+    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/t5_parity.out "$W"/qa_parity.out 2>/dev/null | head -n 20
+    echo
+    echo "== fused attention"
+    grep -h "^ATTNCHECK" "$W/attn_check.out" | awk '{print}' | head -n 60
+    grep -h "^ATTNBENCH\|^TORCHATTN" "$W/attn_check.out" | head -n 60
+    grep -h "exit code" "$W/attn_check.out"
+    echo
+    echo "== model training steps (same card, same batch)"
+    for f in bench_t5_fp16 torch_t5 bench_distilbert_fp16 torch_distilbert bench_t5_fp32; do
+        [ -f "$W/$f.out" ] || continue
+        line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
+        echo "$f: ${line:0:600}"
+        grep -h "Error\|error" "$W/$f.out" | head -n 3
+    done
+    echo
+    echo "== per-op time, fusebox t5-small fp16 (profiled step)"
+    grep -h '^{' "$W/bench_t5_fp16.out" 2>/dev/null | tail -n 1 | $PY -c '
+import json, sys
+try:
+    r = json.loads(sys.stdin.read())
+    tot = sum(o["ms"] for o in r.get("ops", [])) or 1
+    for o in r.get("ops", [])[:25]:
+        print(f"{o[\"op\"]:<24} {o[\"calls\"]:>6} {o[\"ms\"]:>10.2f} ms {100*o[\"ms\"]/tot:5.1f}%")
+except Exception as e:
+    print("no per-op table:", e)'
+    echo
+    log "done"
+} >"$W/summary.txt" 2>&1
+cp "$W/summary.txt" "$FINAL/summary.txt"
+tar -C "$W" -czf "$FINAL/logs.tgz" --exclude=tests --exclude=bin --exclude=kernel-cache . 2>/dev/null
+cat "$W/summary.txt"

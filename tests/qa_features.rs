@@ -14,9 +14,11 @@ use fusebox::tokenize::TextTokenizer;
 use serde_json::Value;
 
 fn assets() -> Option<PathBuf> {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
     let p = match std::env::var("FUSEBOX_ASSETS") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"),
+        Err(_) if built.exists() => built,
+        Err(_) => PathBuf::from("shared/assets"),
     };
     if p.exists() {
         Some(p)
@@ -26,6 +28,16 @@ fn assets() -> Option<PathBuf> {
             p.display()
         );
         None
+    }
+}
+
+/// The repository root: where the test was built, else the working directory.
+fn root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures").exists() {
+        built
+    } else {
+        PathBuf::from(".")
     }
 }
 
@@ -39,7 +51,7 @@ fn minilm(a: &std::path::Path) -> TextTokenizer {
 
 /// The examples the reference script used (the sample + one unanswerable copy).
 fn reference() -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qa_features_hf.json");
+    let p = root().join("tests/fixtures/qa_features_hf.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json")
 }
 
@@ -379,7 +391,7 @@ fn postprocessing_recovers_the_answer() {
 fn pipeline_decode_matches_transformers_pipeline() {
     let Some(a) = assets() else { return };
     let tok = minilm(&a);
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qa_pipeline_hf.json");
+    let p = root().join("tests/fixtures/qa_pipeline_hf.json");
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json");
     let cfg = FeatureConfig {

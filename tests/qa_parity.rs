@@ -20,14 +20,23 @@ use fusebox::nn::safetensors_io;
 use fusebox::optim::adamw::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
 
+/// The repository root: where the test was built, else the working directory (a test
+/// binary copied to another machine and run from the repository root).
 fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures").exists() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
 }
 
 fn assets() -> Option<PathBuf> {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
     let p = match std::env::var("FUSEBOX_ASSETS") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => manifest().join("../shared/assets"),
+        Err(_) if built.exists() => built,
+        Err(_) => PathBuf::from("shared/assets"),
     };
     if p.exists() {
         Some(p)

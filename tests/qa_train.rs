@@ -16,9 +16,11 @@ use fusebox::train::{run, Task, TrainConfig};
 use fusebox::{DType, Device};
 
 fn assets() -> Option<PathBuf> {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
     let p = match std::env::var("FUSEBOX_ASSETS") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"),
+        Err(_) if built.exists() => built,
+        Err(_) => PathBuf::from("shared/assets"),
     };
     if p.exists() {
         Some(p)

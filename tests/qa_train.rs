@@ -9,8 +9,9 @@ use fusebox::autograd::no_grad;
 use fusebox::data::squad::{load_squad, SquadOptions};
 use fusebox::models::bert::{BertConfig, BertForQa};
 use fusebox::models::encoder::load_qa_model;
+use fusebox::tasks::qa::PipelineConfig;
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
-use fusebox::tasks::qa_train::QaTask;
+use fusebox::tasks::qa_train::{answer_question, QaTask};
 use fusebox::tokenize::TextTokenizer;
 use fusebox::train::{run, Task, TrainConfig};
 use fusebox::{DType, Device};
@@ -127,5 +128,24 @@ fn qa_task_trains_evaluates_and_saves() {
         .score(&again.predict().expect("predict"))
         .expect("score");
     assert_eq!(m["f1"].as_f64(), Some(f1_1));
+    // Pipeline-style answering of a question the model was fit to.
+    let ex = examples
+        .iter()
+        .find(|e| !e.answers.is_empty())
+        .expect("answerable");
+    let ans = answer_question(
+        again.model.as_ref(),
+        &TextTokenizer::from_dir(&out).expect("tok"),
+        &ex.question,
+        &ex.context,
+        features,
+        &PipelineConfig::default(),
+        Device::Cpu,
+    )
+    .expect("answer");
+    eprintln!("pipeline: {:?} (gold {:?})", ans, ex.answers[0].text);
+    assert_eq!(ans.len(), 1);
+    assert!(ans[0].score > 0.0 && ans[0].score <= 1.0);
+    assert_eq!(ans[0].answer, ex.answers[0].text, "the fitted answer");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -15,8 +15,8 @@ use crate::metrics::squad::{evaluate_v1, evaluate_v2, GoldQuestion, V2Options};
 use crate::models::encoder::{Mode, QaModel};
 use crate::shape::Device;
 use crate::tasks::qa::{
-    make_batch, postprocess_qa_predictions, FeatureConfig, PostprocessConfig, Prediction,
-    QaExample, QaFeature, QaPreprocessor,
+    make_batch, pipeline_decode, postprocess_qa_predictions, FeatureConfig, PipelineAnswer,
+    PipelineConfig, PostprocessConfig, Prediction, QaExample, QaFeature, QaPreprocessor,
 };
 use crate::tensor::Tensor;
 use crate::tokenize::TextTokenizer;
@@ -141,6 +141,42 @@ impl QaTask {
         m.insert("eval_windows".into(), json!(self.eval_features.len()));
         Ok(m)
     }
+}
+
+/// `pipeline("question-answering")(question=..., context=...)`: windows of `features`
+/// (the pipeline's defaults are max_length 384, stride 128, no padding), one forward in
+/// evaluation mode, and the pipeline's decoding.
+pub fn answer_question(
+    model: &dyn QaModel,
+    tokenizer: &TextTokenizer,
+    question: &str,
+    context: &str,
+    features: FeatureConfig,
+    decode: &PipelineConfig,
+    device: Device,
+) -> Result<Vec<PipelineAnswer>> {
+    let _g = no_grad();
+    let ex = QaExample {
+        id: String::new(),
+        question: question.to_string(),
+        context: context.to_string(),
+        answers: Vec::new(),
+    };
+    let feats =
+        QaPreprocessor::new(tokenizer, features)?.eval_features(std::slice::from_ref(&ex))?;
+    let refs: Vec<&QaFeature> = feats.iter().collect();
+    let batch = make_batch(&refs, model.pad_token_id(), device)?;
+    let (s, e) = model.forward(&batch, Mode::eval())?;
+    let l = s.dims()[1];
+    let (s, e) = (s.to_vec_f32()?, e.to_vec_f32()?);
+    let rows = |v: &[f32]| -> Rows {
+        feats
+            .iter()
+            .enumerate()
+            .map(|(i, f)| v[i * l..i * l + f.len()].to_vec())
+            .collect()
+    };
+    pipeline_decode(&ex, &refs, &rows(&s), &rows(&e), decode)
 }
 
 impl Task for QaTask {

@@ -24,3 +24,4 @@ pub mod profile;
 pub mod rng;
 pub mod synth;
 pub mod tasks;
+pub mod tokenize;

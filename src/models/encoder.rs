@@ -1,0 +1,487 @@
+//! The pieces BERT (Devlin et al. 2019, arXiv:1810.04805) and DistilBERT (Sanh et al.
+//! 2019, arXiv:1910.01108) share: one post-LayerNorm transformer layer, the QA head and
+//! loss of `BertForQuestionAnswering` / `DistilBertForQuestionAnswering`, and the
+//! `QaModel` trait that lets training code drive either model the same way.
+//!
+//! The two HF implementations compute the same layer under different parameter names
+//! (`attention.q_lin` vs `attention.self.query`, ...), so the layer is built from a
+//! [`LayerNames`] table and loads either checkpoint with no renaming. Attention is the
+//! fused `attention` op: key padding mask, scale 1/√d, and HF's dropout on the attention
+//! probabilities fused into the kernel (its mask re-derived from the seed in backward).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::nn::{LayerNorm, Linear, ParamStore, VarBuilder};
+use crate::ops::attention::AttnOptions;
+use crate::rng::Rng;
+use crate::shape::{DType, Device};
+use crate::tensor::Tensor;
+
+/// HF's LayerNorm eps for DistilBERT (hard-coded there) and BERT's default.
+pub const LAYER_NORM_EPS: f64 = 1e-12;
+
+/// Training or evaluation, and where dropout masks come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mode {
+    pub train: bool,
+    /// Base seed of this step's dropout masks; each dropout site derives its own.
+    pub seed: u64,
+}
+
+impl Mode {
+    pub fn eval() -> Mode {
+        Mode {
+            train: false,
+            seed: 0,
+        }
+    }
+    pub fn train(seed: u64) -> Mode {
+        Mode { train: true, seed }
+    }
+    /// The dropout probability actually applied (0 in evaluation).
+    pub fn p(&self, p: f32) -> f32 {
+        if self.train {
+            p
+        } else {
+            0.0
+        }
+    }
+    /// A distinct, reproducible seed for dropout site `site` of this step.
+    pub fn seed_for(&self, site: u64) -> u64 {
+        Rng::new(self.seed ^ site.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+    }
+}
+
+/// Activation of the feed-forward block (HF `ACT2FN` names we support).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact erf GELU: HF's "gelu".
+    Gelu,
+    /// Tanh approximation: HF's "gelu_new".
+    GeluNew,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str, file: &Path, field: &str) -> Result<Activation> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" => Ok(Activation::GeluNew),
+            "relu" => Ok(Activation::Relu),
+            other => Err(Error::msg(format!(
+                "{}: {field} = {other:?} is not supported (expected \"gelu\", \"gelu_new\" or \"relu\")",
+                file.display()
+            ))),
+        }
+    }
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu(),
+            Activation::GeluNew => x.gelu_new(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// Where one layer's parameters live, relative to the layer's prefix.
+pub struct LayerNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub out_norm: &'static str,
+}
+
+/// Sizes and rates of one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerDims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub init_std: f64,
+    /// Dropout after the FFN (both models) ...
+    pub hidden_dropout: f32,
+    /// ... and after the attention output projection (BERT only; 0 for DistilBERT,
+    /// whose `TransformerBlock` has none there).
+    pub attn_out_dropout: f32,
+    /// On the attention probabilities (fused into the attention op).
+    pub attention_dropout: f32,
+    pub activation: Activation,
+}
+
+/// One post-LN transformer layer: `LN(x + Drop(Attn(x)))`, then `LN(h + Drop(FFN(h)))`.
+pub struct EncoderLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    out_norm: LayerNorm,
+    dims: LayerDims,
+}
+
+impl EncoderLayer {
+    pub fn new(vb: &VarBuilder, names: &LayerNames, dims: LayerDims) -> Result<EncoderLayer> {
+        let (h, i, std) = (dims.hidden, dims.intermediate, dims.init_std);
+        Ok(EncoderLayer {
+            query: Linear::new(&vb.pp(names.query), h, h, true, std)?,
+            key: Linear::new(&vb.pp(names.key), h, h, true, std)?,
+            value: Linear::new(&vb.pp(names.value), h, h, true, std)?,
+            attn_out: Linear::new(&vb.pp(names.attn_out), h, h, true, std)?,
+            attn_norm: LayerNorm::new(&vb.pp(names.attn_norm), h, dims.eps)?,
+            ffn_in: Linear::new(&vb.pp(names.ffn_in), h, i, true, std)?,
+            ffn_out: Linear::new(&vb.pp(names.ffn_out), i, h, true, std)?,
+            out_norm: LayerNorm::new(&vb.pp(names.out_norm), h, dims.eps)?,
+            dims,
+        })
+    }
+
+    /// `x [B, L, hidden]`, `mask` I32 `[B, L]` (nonzero = real token). `site` numbers
+    /// this layer's dropout sites so that every mask of a step is distinct.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode, site: u64) -> Result<Tensor> {
+        let d = &self.dims;
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        let head_dim = d.hidden / d.heads;
+        let split = |t: Tensor| t.reshape([b, l, d.heads, head_dim]);
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let ctx = q.attention(
+            &k,
+            &v,
+            AttnOptions {
+                scale,
+                causal: false,
+                key_mask: Some(mask),
+                bias: None,
+                dropout: mode.p(d.attention_dropout),
+                seed: mode.seed_for(site * 8),
+            },
+        )?;
+        let ctx = ctx.reshape([b, l, d.hidden])?;
+        let a = self
+            .attn_out
+            .forward(&ctx)?
+            .dropout(mode.p(d.attn_out_dropout), mode.seed_for(site * 8 + 1))?;
+        let h = self.attn_norm.forward(&a.add(x)?)?;
+        let f = d.activation.apply(&self.ffn_in.forward(&h)?)?;
+        let f = self
+            .ffn_out
+            .forward(&f)?
+            .dropout(mode.p(d.hidden_dropout), mode.seed_for(site * 8 + 2))?;
+        self.out_norm.forward(&f.add(&h)?)
+    }
+}
+
+/// `qa_outputs`: hidden → (start, end) logits, each `[B, L]`.
+pub struct QaHead {
+    pub linear: Linear,
+}
+
+impl QaHead {
+    /// Load `qa_outputs`, or create it as HF does for a base checkpoint (normal(0, std)
+    /// weight, zero bias), saying so.
+    pub fn new(vb: &VarBuilder, hidden: usize, std: f64) -> Result<QaHead> {
+        let vb = vb.pp("qa_outputs");
+        if !vb.contains("weight") {
+            eprintln!(
+                "fusebox: the checkpoint has no QA head: qa_outputs (weight [2, {hidden}], bias [2]) \
+                 initialised fresh (normal(0, {std}), zero bias), as transformers does"
+            );
+        }
+        Ok(QaHead {
+            linear: Linear::new(&vb, hidden, 2, true, std)?,
+        })
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, l) = (hidden.dims()[0], hidden.dims()[1]);
+        let logits = self.linear.forward(hidden)?; // [B, L, 2]
+        let start = logits.narrow(2, 0, 1)?.reshape([b, l])?;
+        let end = logits.narrow(2, 1, 1)?.reshape([b, l])?;
+        Ok((start, end))
+    }
+}
+
+/// The QA loss as HF computes it (BertForQuestionAnswering.forward,
+/// DistilBertForQuestionAnswering.forward): positions clamped to [0, S] with S = the
+/// sequence length, S ignored, loss = (CE(start) + CE(end)) / 2.
+pub fn qa_loss(
+    start_logits: &Tensor,
+    end_logits: &Tensor,
+    start_positions: &Tensor,
+    end_positions: &Tensor,
+) -> Result<Tensor> {
+    start_logits.expect_rank("qa_loss (start logits)", 2)?;
+    let s = start_logits.dims()[1];
+    let clamp = |t: &Tensor| -> Result<Tensor> {
+        let v: Vec<i32> = t
+            .to_vec_i32()?
+            .into_iter()
+            .map(|p| p.clamp(0, s as i32))
+            .collect();
+        Tensor::from_i32(v, t.shape().clone(), start_logits.device())
+    };
+    let ls = start_logits.cross_entropy(&clamp(start_positions)?, s as i32)?;
+    let le = end_logits.cross_entropy(&clamp(end_positions)?, s as i32)?;
+    ls.add(&le)?.scale(0.5)
+}
+
+/// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
+#[derive(Clone, Debug)]
+pub struct QaBatch {
+    pub input_ids: Tensor,
+    /// 1 = real token, 0 = padding.
+    pub attention_mask: Tensor,
+    /// Segment ids (BERT only; DistilBERT ignores them).
+    pub token_type_ids: Option<Tensor>,
+    pub start_positions: Option<Tensor>,
+    pub end_positions: Option<Tensor>,
+}
+
+impl QaBatch {
+    /// Build from host rows (each `len` long), as produced by `tasks::qa` features.
+    pub fn from_rows(
+        input_ids: &[Vec<u32>],
+        attention_mask: &[Vec<u32>],
+        token_type_ids: Option<&[Vec<u32>]>,
+        positions: Option<(&[usize], &[usize])>,
+        device: Device,
+    ) -> Result<QaBatch> {
+        let b = input_ids.len();
+        let l = input_ids.first().map(|r| r.len()).unwrap_or(0);
+        let flat = |rows: &[Vec<u32>], what: &str| -> Result<Tensor> {
+            if rows.len() != b || rows.iter().any(|r| r.len() != l) {
+                return Err(Error::msg(format!(
+                    "QaBatch: {what} must be {b} rows of {l} tokens (pad the windows first)"
+                )));
+            }
+            let v: Vec<i32> = rows.iter().flatten().map(|&x| x as i32).collect();
+            Tensor::from_i32(v, [b, l], device)
+        };
+        let pos = |p: &[usize]| -> Result<Tensor> {
+            if p.len() != b {
+                return Err(Error::msg(format!(
+                    "QaBatch: {} positions for {b} windows",
+                    p.len()
+                )));
+            }
+            Tensor::from_i32(p.iter().map(|&x| x as i32).collect(), [b], device)
+        };
+        Ok(QaBatch {
+            input_ids: flat(input_ids, "input_ids")?,
+            attention_mask: flat(attention_mask, "attention_mask")?,
+            token_type_ids: token_type_ids
+                .map(|t| flat(t, "token_type_ids"))
+                .transpose()?,
+            start_positions: positions.map(|(s, _)| pos(s)).transpose()?,
+            end_positions: positions.map(|(_, e)| pos(e)).transpose()?,
+        })
+    }
+}
+
+/// What training and evaluation need from an extractive QA model.
+pub trait QaModel {
+    /// Start and end logits, each `[B, L]`.
+    fn forward(&self, batch: &QaBatch, mode: Mode) -> Result<(Tensor, Tensor)>;
+
+    /// HF's QA loss of these logits against the batch's positions.
+    fn loss(&self, start: &Tensor, end: &Tensor, batch: &QaBatch) -> Result<Tensor> {
+        match (&batch.start_positions, &batch.end_positions) {
+            (Some(s), Some(e)) => qa_loss(start, end, s, e),
+            _ => Err(Error::msg(
+                "QA loss: the batch has no start/end positions (validation features?)",
+            )),
+        }
+    }
+
+    /// The parameters under their HF names (what the optimizer and `save` see).
+    fn params(&self) -> &ParamStore;
+
+    /// Write `config.json` + `model.safetensors` (f32) that transformers loads back.
+    fn save(&self, dir: &Path) -> Result<()>;
+
+    /// The HF class this model matches, e.g. "DistilBertForQuestionAnswering".
+    fn hf_class(&self) -> &'static str;
+    fn vocab_size(&self) -> usize;
+    fn max_positions(&self) -> usize;
+    fn pad_token_id(&self) -> u32;
+    /// Whether the model reads `token_type_ids` (BERT does, DistilBERT does not).
+    fn uses_token_type_ids(&self) -> bool;
+}
+
+/// Load a BERT or DistilBERT QA model from an HF model directory, by the `model_type` of
+/// its config.json.
+pub fn load_qa_model(
+    dir: &Path,
+    device: Device,
+    dtype: DType,
+    seed: u64,
+) -> Result<Box<dyn QaModel>> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+    match v.get("model_type").and_then(|m| m.as_str()) {
+        Some("distilbert") => Ok(Box::new(crate::models::distilbert::DistilBertForQa::load(
+            dir, device, dtype, seed,
+        )?)),
+        Some("bert") => Ok(Box::new(crate::models::bert::BertForQa::load(
+            dir, device, dtype, seed,
+        )?)),
+        other => Err(Error::msg(format!(
+            "{}: model_type {other:?} is not a QA encoder fusebox supports (expected \"distilbert\" or \"bert\")",
+            cfg_path.display()
+        ))),
+    }
+}
+
+/// Bring a checkpoint's names to the QA model's layout: bare base-model names
+/// (`embeddings.*`, `encoder.*`/`transformer.*`) gain `prefix.`, `LayerNorm.gamma/beta`
+/// become `weight/bias`; tensors the QA model
+/// does not use (pooler, pre-training heads, integer buffers such as `position_ids`) are
+/// dropped with one log line, as transformers reports unused weights.
+pub(crate) fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&str]) {
+    let mut dropped = Vec::new();
+    for (name, t) in store.named() {
+        let root = name.split('.').next().unwrap_or("");
+        let target = if name.starts_with(&format!("{prefix}.")) || root == "qa_outputs" {
+            name.clone()
+        } else if bare_roots.contains(&root) {
+            format!("{prefix}.{name}")
+        } else {
+            dropped.push(name.clone());
+            store.remove(&name);
+            continue;
+        };
+        // Old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta;
+        // transformers renames them on load, and so do we.
+        let target = match target.strip_suffix(".gamma") {
+            Some(base) => format!("{base}.weight"),
+            None => match target.strip_suffix(".beta") {
+                Some(base) => format!("{base}.bias"),
+                None => target,
+            },
+        };
+        let unused = !t.dtype().is_float() || target.starts_with(&format!("{prefix}.pooler."));
+        if unused {
+            dropped.push(name.clone());
+            store.remove(&name);
+        } else if target != name {
+            // `alias` cannot fail here: `name` was just listed.
+            if store.alias(&target, &name).is_ok() {
+                store.remove(&name);
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        eprintln!(
+            "fusebox: {} checkpoint tensors unused by the QA model were dropped: {}",
+            dropped.len(),
+            dropped.join(", ")
+        );
+    }
+}
+
+/// Read and parse a config.json into `T`, naming the file on error.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
+}
+
+/// The weights file of an HF model directory (single-file safetensors only).
+pub(crate) fn weights_path(dir: &Path) -> Result<std::path::PathBuf> {
+    let p = dir.join("model.safetensors");
+    if p.exists() {
+        return Ok(p);
+    }
+    Err(Error::msg(format!(
+        "{}: no model.safetensors (sharded checkpoints and pytorch_model.bin are not supported; \
+         convert with transformers' save_pretrained(safe_serialization=True))",
+        dir.display()
+    )))
+}
+
+/// Fail when loading a checkpoint created any parameter other than the QA head: a
+/// missing encoder weight means the names did not match, and a half-random model would
+/// be silent garbage.
+pub(crate) fn check_complete(store: &ParamStore, path: &Path) -> Result<()> {
+    let missing: Vec<String> = store
+        .initialised()
+        .into_iter()
+        .filter(|n| !n.starts_with("qa_outputs."))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(Error::msg(format!(
+            "{}: missing tensor {first:?} ({} missing in all: {})",
+            path.display(),
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Write `config` as config.json and the store as model.safetensors (f32) in `dir`.
+pub(crate) fn save_hf(dir: &Path, config: &serde_json::Value, store: &ParamStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config)
+        .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+    std::fs::write(&cfg_path, text + "\n").map_err(|e| Error::io(&cfg_path, e))?;
+    store.save(&dir.join("model.safetensors"), &[], DType::F32)
+}
+
+/// Refuse ids outside `[0, limit)` (e.g. a tokenizer whose vocab does not match the
+/// embedding table) instead of reading past the table.
+pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+    let v = ids.to_vec_i32()?;
+    if let Some(bad) = v.iter().find(|&&x| x < 0 || x as usize >= limit) {
+        return Err(Error::msg(format!(
+            "{what} {bad} is outside the embedding table of {limit} rows \
+             (does the tokenizer match the model?)"
+        )));
+    }
+    Ok(())
+}
+
+/// `nn.Embedding(padding_idx=pad)` lookup: the `pad` row is read like any other but
+/// receives no gradient (BERT's and DistilBERT's word embeddings are built that way).
+/// The lookup reads a table whose pad row is a detached copy, spliced in with
+/// narrow/cat on the device, so no per-batch mask travels from the host.
+pub(crate) fn embed_padding_idx(table: &Tensor, ids: &Tensor, pad: u32) -> Result<Tensor> {
+    let (n, p) = (table.dims()[0], pad as usize);
+    if !table.tracks() || p >= n || !crate::autograd::grad_enabled() {
+        return table.embedding(ids);
+    }
+    let mut parts = Vec::with_capacity(3);
+    if p > 0 {
+        parts.push(table.narrow(0, 0, p)?);
+    }
+    parts.push(table.detach().narrow(0, p, 1)?);
+    if p + 1 < n {
+        parts.push(table.narrow(0, p + 1, n - p - 1)?);
+    }
+    let refs: Vec<&Tensor> = parts.iter().collect();
+    Tensor::cat(&refs, 0)?.embedding(ids)
+}
+
+/// Position ids `0..L` for every row, I32 `[B, L]`, after checking L fits the table.
+pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Result<Tensor> {
+    if l > max {
+        return Err(Error::msg(format!(
+            "sequence length {l} exceeds max_position_embeddings {max}"
+        )));
+    }
+    let v: Vec<i32> = (0..b).flat_map(|_| 0..l as i32).collect();
+    Tensor::from_i32(v, [b, l], device)
+}

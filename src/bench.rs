@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use crate::autograd::{backward, no_grad};
 use crate::error::{Error, Result};
 use crate::memory::tracker;
+use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
+use crate::models::encoder::{load_qa_model, Mode as QaMode, QaBatch, QaModel};
 use crate::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
 use crate::optim::{AdamW, AdamWConfig, LossScaler};
 use crate::profile;
@@ -280,7 +282,6 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     } else {
         Vec::new()
     };
-    drop(step);
     let total: f64 = times.iter().sum();
     let mut ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
     ms.sort_by(f64::total_cmp);
@@ -328,15 +329,115 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     Ok(rec)
 }
 
-/// DistilBERT/BERT QA benchmark; wired to the QA models when they are part of the build.
+/// DistilBERT (distilbert-base-uncased sizes by default) or BERT QA with a random
+/// `[batch, seq]` batch and random answer spans, as torch_baseline.py builds it.
+pub struct QaBench {
+    model: Box<dyn QaModel>,
+    batch_data: QaBatch,
+    batch: usize,
+    seq: usize,
+}
+
 pub fn distilbert_bench(
-    _dir: Option<&Path>,
-    _batch: usize,
-    _seq: usize,
-    _device: Device,
-    _dtype: DType,
+    dir: Option<&Path>,
+    batch: usize,
+    seq: usize,
+    device: Device,
+    dtype: DType,
 ) -> Result<Box<dyn BenchModel>> {
-    Err(Error::msg(
-        "bench: the DistilBERT/BERT QA models are not merged into this build yet; use --model t5-small",
-    ))
+    let model: Box<dyn QaModel> = match dir {
+        Some(d) => load_qa_model(d, device, dtype, 0)?,
+        None => {
+            let cfg: DistilBertConfig = serde_json::from_str("{}")
+                .map_err(|e| Error::msg(format!("default DistilBERT config: {e}")))?;
+            Box::new(DistilBertForQa::new(cfg, device, dtype, 0)?)
+        }
+    };
+    if seq > model.max_positions() {
+        return Err(Error::msg(format!(
+            "--seq {seq} exceeds the model's max_position_embeddings {}",
+            model.max_positions()
+        )));
+    }
+    let vocab = model.vocab_size();
+    let mut rng = Rng::new(1);
+    let lo = 1000.min(vocab / 2);
+    let ids: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            (0..seq)
+                .map(|_| (lo + rng.below(vocab - lo)) as u32)
+                .collect()
+        })
+        .collect();
+    let mask = vec![vec![1u32; seq]; batch];
+    let starts: Vec<usize> = (0..batch).map(|_| rng.below(seq)).collect();
+    let ends: Vec<usize> = starts
+        .iter()
+        .map(|&s| (s + rng.below(30)).min(seq - 1))
+        .collect();
+    let types = model
+        .uses_token_type_ids()
+        .then(|| vec![vec![0u32; seq]; batch]);
+    let batch_data = QaBatch::from_rows(
+        &ids,
+        &mask,
+        types.as_deref(),
+        Some((&starts, &ends)),
+        device,
+    )?;
+    Ok(Box::new(QaBench {
+        model,
+        batch_data,
+        batch,
+        seq,
+    }))
+}
+
+impl BenchModel for QaBench {
+    fn describe(&self) -> String {
+        format!(
+            "{} vocab {} ({:.1} M params), batch {} x {}",
+            self.model.hf_class(),
+            self.model.vocab_size(),
+            self.model.params().num_params() as f64 / 1e6,
+            self.batch,
+            self.seq
+        )
+    }
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.model.params().trainable()
+    }
+    fn train_loss(&self, seed: u64) -> Result<Tensor> {
+        let (s, e) = self.model.forward(&self.batch_data, QaMode::train(seed))?;
+        self.model.loss(&s, &e, &self.batch_data)
+    }
+    fn infer(&self) -> Result<()> {
+        let _g = no_grad();
+        self.model.forward(&self.batch_data, QaMode::eval())?;
+        Ok(())
+    }
+    fn tokens_per_step(&self) -> usize {
+        self.batch * self.seq
+    }
+    fn flops_per_step(&self, train: bool) -> f64 {
+        // Dense weights touched per token: everything but the embedding tables.
+        let p = self.model.params();
+        let dense: usize = p
+            .trainable()
+            .iter()
+            .filter(|(n, t)| !n.contains("embeddings") && t.shape().rank() == 2)
+            .map(|(_, t)| t.elem_count())
+            .sum();
+        let (b, s) = (self.batch as f64, self.seq as f64);
+        // Attention: hidden = (q weight rows) per layer; 4·S²·hidden per layer forward.
+        let attn: f64 = p
+            .trainable()
+            .iter()
+            .filter(|(n, _)| {
+                n.ends_with("q_lin.weight") || n.ends_with("attention.self.query.weight")
+            })
+            .map(|(_, t)| 4.0 * s * s * t.dims()[0] as f64 * b)
+            .sum();
+        train_flops(dense as f64 * b * s, attn, train)
+    }
 }

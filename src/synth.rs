@@ -446,6 +446,9 @@ mod tests {
             assert!(doc.contains(name), "{sum} not grounded in {doc}");
         }
         let t = translate_dataset(4, 50);
-        assert!(t.iter().any(|(_, tg)| tg.contains(" ri ")), "plurals appear");
+        assert!(
+            t.iter().any(|(_, tg)| tg.contains(" ri ")),
+            "plurals appear"
+        );
     }
 }

@@ -106,7 +106,10 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     let device = Device::parse(&a.device)?.resolve();
     let fp16 = a.precision == Precision::Fp16;
     if fp16 && !device.is_cuda() {
-        bail!("--precision fp16 needs a CUDA device; got --device {}", a.device);
+        bail!(
+            "--precision fp16 needs a CUDA device; got --device {}",
+            a.device
+        );
     }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
     let task_name = match kind {
@@ -114,7 +117,12 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         Seq2SeqKind::Translate => "translate",
     };
     let builtin = a.train.is_none();
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("out/{task_name}{}", if builtin { "-default" } else { "" })));
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "out/{task_name}{}",
+            if builtin { "-default" } else { "" }
+        ))
+    });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let (model, tok_dir, train_rows, mut eval_rows) = if builtin {
         if a.eval.is_some() {
@@ -124,9 +132,13 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             Seq2SeqKind::Summarize => (3000, 100),
             Seq2SeqKind::Translate => (4000, 200),
         };
-        let (train_rows, eval_rows) = seq2seq_default::dataset(kind, a.seed, n_train, n_eval, &out)?;
+        let (train_rows, eval_rows) =
+            seq2seq_default::dataset(kind, a.seed, n_train, n_eval, &out)?;
         let tok_dir = out.join("tokenizer");
-        let texts: Vec<String> = train_rows.iter().flat_map(|r| [r.source.clone(), r.target.clone()]).collect();
+        let texts: Vec<String> = train_rows
+            .iter()
+            .flat_map(|r| [r.source.clone(), r.target.clone()])
+            .collect();
         tokenizer_train::train_wordlevel_t5(&texts, 4000, &tok_dir)?;
         let vocab = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", tok_dir.display()))?
@@ -141,7 +153,12 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             cfg.num_layers,
             cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
         );
-        (T5ForConditionalGeneration::new_random(cfg, device, dtype, a.seed)?, tok_dir, train_rows, eval_rows)
+        (
+            T5ForConditionalGeneration::new_random(cfg, device, dtype, a.seed)?,
+            tok_dir,
+            train_rows,
+            eval_rows,
+        )
     } else {
         let spec = a.model.clone().unwrap_or_else(|| "t5-small".to_string());
         let dir = hub::resolve_model(&spec)?;
@@ -152,16 +169,28 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         let opts = Seq2SeqOptions::new(&a.source, &a.target).with_prefix(&prefix);
         let train_path = a.train.as_ref().context("--train")?;
         let train_rows = load_seq2seq(train_path, &opts)?;
-        let eval_path = a.eval.as_ref().context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
+        let eval_path = a
+            .eval
+            .as_ref()
+            .context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
         let eval_rows = load_seq2seq(eval_path, &opts)?;
-        (T5ForConditionalGeneration::load(&dir, device, dtype)?, dir, train_rows, eval_rows)
+        (
+            T5ForConditionalGeneration::load(&dir, device, dtype)?,
+            dir,
+            train_rows,
+            eval_rows,
+        )
     };
     if let Some(n) = a.eval_limit {
         eval_rows.truncate(n);
     }
     let mut gen = GenerateConfig::for_model(&model.config);
     gen.num_beams = a.num_beams;
-    gen.max_new_tokens = Some(a.max_new_tokens.unwrap_or(if builtin { 24 } else { a.max_target_length }));
+    gen.max_new_tokens =
+        Some(
+            a.max_new_tokens
+                .unwrap_or(if builtin { 24 } else { a.max_target_length }),
+        );
     let mut task = Seq2SeqTask::new(
         model,
         &tok_dir,
@@ -180,7 +209,11 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         grad_accum: a.grad_accum.unwrap_or(if builtin { 1 } else { 4 }),
         lr: a.lr.unwrap_or(if builtin { 2e-3 } else { 3e-5 }),
         weight_decay: a.weight_decay,
-        warmup_ratio: if builtin && a.warmup_ratio == 0.0 { 0.05 } else { a.warmup_ratio },
+        warmup_ratio: if builtin && a.warmup_ratio == 0.0 {
+            0.05
+        } else {
+            a.warmup_ratio
+        },
         max_grad_norm: Some(1.0),
         seed: a.seed,
         out_dir: out.clone(),
@@ -189,9 +222,15 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         max_steps: a.max_steps,
         quiet: a.quiet,
     };
-    eprintln!("untrained model: {}", serde_json::Value::Object(train::Task::evaluate(&mut task)?));
+    eprintln!(
+        "untrained model: {}",
+        serde_json::Value::Object(train::Task::evaluate(&mut task)?)
+    );
     let fin = train::run(&mut task, &cfg)?;
-    eprintln!("checkpoint, metrics.jsonl and curves.svg in {}", out.display());
+    eprintln!(
+        "checkpoint, metrics.jsonl and curves.svg in {}",
+        out.display()
+    );
     println!("{fin}");
     Ok(())
 }

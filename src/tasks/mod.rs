@@ -4,5 +4,5 @@ pub mod generate;
 pub mod qa;
 pub mod qa_post;
 pub mod qa_train;
-pub mod seq2seq_train;
 pub mod seq2seq_default;
+pub mod seq2seq_train;

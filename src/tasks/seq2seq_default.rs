@@ -11,7 +11,13 @@ use crate::synth;
 use crate::tasks::seq2seq_train::Seq2SeqKind;
 
 /// Train/eval rows of the built-in task, also written to `dir/data/{train,eval}.jsonl`.
-pub fn dataset(kind: Seq2SeqKind, seed: u64, n_train: usize, n_eval: usize, dir: &Path) -> Result<(Vec<Seq2SeqExample>, Vec<Seq2SeqExample>)> {
+pub fn dataset(
+    kind: Seq2SeqKind,
+    seed: u64,
+    n_train: usize,
+    n_eval: usize,
+    dir: &Path,
+) -> Result<(Vec<Seq2SeqExample>, Vec<Seq2SeqExample>)> {
     let (prefix, make): (&str, fn(u64, usize) -> Vec<(String, String)>) = match kind {
         Seq2SeqKind::Summarize => ("summarize: ", synth::summarize_dataset),
         Seq2SeqKind::Translate => ("translate English to Toy: ", synth::translate_dataset),

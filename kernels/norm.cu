@@ -7,7 +7,7 @@
 // variance use two passes (mean first, then squared deviations) in fp32: the same
 // arithmetic as the CPU reference, no catastrophic cancellation on f16 activations.
 // mean/rstd are saved in fp32 for backward. dgamma/dbeta are column reductions over all
-// rows done by a separate kernel with fixed order (no atomics), like sum_rows.
+// rows: per-chunk partials then a fixed-order finish (no atomics), like sum_rows.
 #include "common.cuh"
 
 #define FB_NORM_COLS_X 32
@@ -60,17 +60,20 @@
             fb_st(dx + r * cols, c, rs * (g - c1 - xh * c2));                                 \
         }                                                                                     \
     }                                                                                         \
-    /* dgamma[c] = sum_r dy * xhat ; dbeta[c] = sum_r dy. dbeta may be null (RMSNorm). */     \
-    /* For RMSNorm pass mean = null: xhat = x * rstd. */                                      \
-    extern "C" __global__ void __launch_bounds__(1024) fb_norm_dgamma_##S(T* dgamma, T* dbeta, const T* x,            \
+    /* dgamma[c] = sum_r dy * xhat ; dbeta[c] = sum_r dy, over rows [blockIdx.y*chunk,    */  \
+    /* +chunk) into float partials [chunks, cols] (pb may be null: RMSNorm); reduce.cu's    */  \
+    /* fb_col_finish adds the chunks in order. For RMSNorm pass mean = null.                */  \
+    extern "C" __global__ void __launch_bounds__(1024) fb_norm_dgamma_##S(float* pg, float* pb, const T* x,          \
                                                   const float* mean, const float* rstd,       \
-                                                  const T* dy, i64 rows, i64 cols) {          \
+                                                  const T* dy, i64 rows, i64 cols, i64 chunk) { \
         __shared__ float accg[FB_NORM_COLS_Y][FB_NORM_COLS_X + 1];                            \
         __shared__ float accb[FB_NORM_COLS_Y][FB_NORM_COLS_X + 1];                            \
         i64 c = (i64)blockIdx.x * FB_NORM_COLS_X + threadIdx.x;                               \
+        i64 r0 = (i64)blockIdx.y * chunk;                                                     \
+        i64 r1 = r0 + chunk < rows ? r0 + chunk : rows;                                       \
         float sg = 0.0f, sb = 0.0f;                                                           \
         if (c < cols)                                                                         \
-            for (i64 r = threadIdx.y; r < rows; r += FB_NORM_COLS_Y) {                        \
+            for (i64 r = r0 + threadIdx.y; r < r1; r += FB_NORM_COLS_Y) {                     \
                 float d = fb_ld(dy, r * cols + c);                                            \
                 float mu = mean ? mean[r] : 0.0f;                                             \
                 sg += d * (fb_ld(x, r * cols + c) - mu) * rstd[r];                            \
@@ -85,8 +88,8 @@
                 tg += accg[k][threadIdx.x];                                                   \
                 tb += accb[k][threadIdx.x];                                                   \
             }                                                                                 \
-            fb_st(dgamma, c, tg);                                                             \
-            if (dbeta) fb_st(dbeta, c, tb);                                                   \
+            pg[(i64)blockIdx.y * cols + c] = tg;                                              \
+            if (pb) pb[(i64)blockIdx.y * cols + c] = tb;                                      \
         }                                                                                     \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_fwd_##S(T* y, float* rstd_out, const T* x,         \

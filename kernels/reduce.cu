@@ -11,17 +11,31 @@
 #define FB_COLS_Y 8
 
 #define FB_RED(S, T)                                                                          \
-    extern "C" __global__ void fb_sum_rows_##S(T* out, const T* x, i64 rows, i64 cols) {      \
+    /* Column sums of rows [blockIdx.y*chunk, +chunk) into float part[blockIdx.y, cols];  */  \
+    /* fb_col_finish adds the chunks in order. Two stages so a [12288, 768] bias grad     */  \
+    /* spreads over ~1000 blocks instead of 24 (fixed order: deterministic).              */  \
+    extern "C" __global__ void fb_sum_rows_##S(float* part, const T* x, i64 rows, i64 cols,  \
+                                               i64 chunk) {                                   \
         __shared__ float acc[FB_COLS_Y][FB_COLS_X + 1];                                       \
         i64 c = (i64)blockIdx.x * FB_COLS_X + threadIdx.x;                                    \
+        i64 r0 = (i64)blockIdx.y * chunk;                                                     \
+        i64 r1 = r0 + chunk < rows ? r0 + chunk : rows;                                       \
         float s = 0.0f;                                                                       \
         if (c < cols)                                                                         \
-            for (i64 r = threadIdx.y; r < rows; r += FB_COLS_Y) s += fb_ld(x, r * cols + c);  \
+            for (i64 r = r0 + threadIdx.y; r < r1; r += FB_COLS_Y) s += fb_ld(x, r * cols + c); \
         acc[threadIdx.y][threadIdx.x] = s;                                                    \
         __syncthreads();                                                                      \
         if (threadIdx.y == 0 && c < cols) {                                                   \
             float t = 0.0f;                                                                   \
             for (int k = 0; k < FB_COLS_Y; ++k) t += acc[k][threadIdx.x];                     \
+            part[(i64)blockIdx.y * cols + c] = t;                                             \
+        }                                                                                     \
+    }                                                                                         \
+    extern "C" __global__ void fb_col_finish_##S(T* out, const float* part, i64 chunks,      \
+                                                 i64 cols) {                                  \
+        FB_GRID_STRIDE(c, cols) {                                                             \
+            float t = 0.0f;                                                                   \
+            for (i64 k = 0; k < chunks; ++k) t += part[k * cols + c];                         \
             fb_st(out, c, t);                                                                 \
         }                                                                                     \
     }                                                                                         \

@@ -667,6 +667,7 @@ fn hp(step: u64, grad_scale: f64) -> AdamWStep {
         weight_decay: 0.1,
         step,
         grad_scale,
+        check_finite: true,
     }
 }
 

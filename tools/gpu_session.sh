@@ -13,7 +13,8 @@
 # skipped. The device tool brings back at most 8 files from $OUT, so every log goes into
 # one archive and the summary into summary.txt.
 #
-# Env: SESSION_BUDGET (seconds, default 520), SESSION_SKIP_TORCH=1.
+# Env: SESSION_BUDGET (seconds, default 520), SESSION_SKIP_TORCH=1, SESSION_SKIP_ATTN=1,
+# SESSION_COMPILE=1 (also torch.compile baselines; compiling takes minutes).
 
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,13 +75,17 @@ PY=python3
 # 1. Every CUDA kernel against the CPU reference (fatbin path).
 step gpu_kernels 150 "$KT" --nocapture --test-threads=1
 # 2. Fused attention: correctness (native and Turing PTX path) and timings, PyTorch baselines.
-step attn_check 200 env OUT="$W/attn" ATTN_SKIP_SANITIZER=1 bash tools/attn_check/run.sh
+[ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 200 env OUT="$W/attn" ATTN_SKIP_SANITIZER=1 bash tools/attn_check/run.sh
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
     step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
+    if [ "${SESSION_COMPILE:-0}" = 1 ]; then
+        step torch_compile_distilbert 150 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --compile --batch 32 --seq 384 --steps 8 --warmup 3
+        step torch_compile_t5 150 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --compile --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
+    fi
 fi
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
@@ -117,7 +122,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 bench_distilbert_fp16 torch_distilbert bench_t5_fp32; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 torch_distilbert torch_compile_distilbert bench_t5_fp32; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"
@@ -125,15 +130,10 @@ done
     done
     echo
     echo "== per-op time, fusebox t5-small fp16 (profiled step)"
-    grep -h '^{' "$W/bench_t5_fp16.out" 2>/dev/null | tail -n 1 | $PY -c '
-import json, sys
-try:
-    r = json.loads(sys.stdin.read())
-    tot = sum(o["ms"] for o in r.get("ops", [])) or 1
-    for o in r.get("ops", [])[:25]:
-        print(f"{o[\"op\"]:<24} {o[\"calls\"]:>6} {o[\"ms\"]:>10.2f} ms {100*o[\"ms\"]/tot:5.1f}%")
-except Exception as e:
-    print("no per-op table:", e)'
+    for f in bench_t5_fp16 bench_distilbert_fp16; do
+        echo "-- $f"
+        grep -h '^{' "$W/$f.out" 2>/dev/null | tail -n 1 | $PY tools/ops_table.py
+    done
     echo
     log "done"
 } >"$W/summary.txt" 2>&1

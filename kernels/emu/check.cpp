@@ -87,7 +87,7 @@ static void check_norms() {
     report("layer_norm_fwd", rel(y, ry), 1e-5);
     emu_launch(fb_layer_norm_bwd_f32, D(rows), D(128), dx.data(), x.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, cols);
     report("layer_norm_bwd_dx", rel(dx, rdx), 1e-5);
-    emu_launch(fb_norm_dgamma_f32, D((cols + 31) / 32), D(32, 8), dg.data(), db.data(), x.data(), mean.data(), rstd.data(), dy.data(), rows, cols);
+    emu_launch(fb_norm_dgamma_f32, D((cols + 31) / 32), D(32, 8), dg.data(), db.data(), x.data(), mean.data(), rstd.data(), dy.data(), rows, cols, (i64)rows);
     report("layer_norm_dgamma", rel(dg, rdg), 1e-5);
     report("layer_norm_dbeta", rel(db, rdb), 1e-5);
     // f16 storage through the same kernel.
@@ -117,7 +117,7 @@ static void check_norms() {
     report("rms_norm_fwd", rel(y, ryr), 1e-5);
     emu_launch(fb_rms_norm_bwd_f32, D(rows), D(96), dx.data(), x.data(), g.data(), rstd.data(), dy.data(), rows, cols);
     report("rms_norm_bwd_dx", rel(dx, rdxr), 1e-5);
-    emu_launch(fb_norm_dgamma_f32, D((cols + 31) / 32), D(32, 8), dg.data(), (float*)nullptr, x.data(), (const float*)nullptr, rstd.data(), dy.data(), rows, cols);
+    emu_launch(fb_norm_dgamma_f32, D((cols + 31) / 32), D(32, 8), dg.data(), (float*)nullptr, x.data(), (const float*)nullptr, rstd.data(), dy.data(), rows, cols, (i64)rows);
     report("rms_norm_dgamma", rel(dg, rdgr), 1e-5);
 }
 
@@ -184,7 +184,7 @@ static void check_reduce_layout_embed() {
     double tot = 0, sq = 0;
     for (i64 r = 0; r < rows; ++r)
         for (i64 c = 0; c < cols; ++c) rs[c] += x[r * cols + c], tot += x[r * cols + c], sq += (double)x[r * cols + c] * x[r * cols + c];
-    emu_launch(fb_sum_rows_f32, D((cols + 31) / 32), D(32, 8), s.data(), x.data(), rows, cols);
+    emu_launch(fb_sum_rows_f32, D((cols + 31) / 32), D(32, 8), s.data(), x.data(), rows, cols, (i64)rows);
     report("sum_rows", rel(s, rs), 1e-5);
     std::vector<float> part(7), out(1);
     emu_launch(fb_partial_sum_f32, D(7), D(256), part.data(), x.data(), rows * cols, 0);

@@ -138,6 +138,10 @@ pub struct AdamWStep {
     pub step: u64,
     /// Gradients are multiplied by this before use (1/loss_scale; 1.0 without scaling).
     pub grad_scale: f64,
+    /// Check the scaled gradient for inf/NaN first (and report it). `false` when the
+    /// caller has already checked every gradient at once: then no per-tensor check runs
+    /// and, on CUDA, no per-tensor flag is read back (no device sync per parameter).
+    pub check_finite: bool,
 }
 
 /// The primitive op set. All buffers are contiguous; sizes come in as arguments.

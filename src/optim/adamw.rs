@@ -154,20 +154,29 @@ impl AdamW {
             .map(|s| s.param.device())
             .unwrap_or(crate::shape::Device::Cpu);
         let _span = crate::profile::Span::new("adamw", device);
-        // Check for inf/NaN before touching anything, so a skipped step changes nothing.
-        let mut sumsq = 0.0f64;
+        // One sum of squares over every gradient, accumulated on the device and read
+        // back once: it is the global norm, and it is non-finite exactly when some
+        // gradient holds inf/NaN (squares of f16 values cannot overflow the f32 sum), so
+        // a skipped step is decided before anything is touched, with one sync.
+        let mut total: Option<crate::backend::Storage> = None;
         for s in &self.slots {
             if let Some(g) = grads.get(&s.param) {
-                let gs = g.storage();
-                if gs.has_non_finite()? {
-                    return Ok(StepOutcome {
-                        skipped: true,
-                        grad_norm: f64::INFINITY,
-                    });
-                }
-                sumsq +=
-                    crate::tensor::Tensor::wrap(gs.sum_sq()?, [1].into(), false).to_scalar()?;
+                let sq = g.storage().sum_sq()?;
+                total = Some(match total {
+                    None => sq,
+                    Some(t) => t.binary(&sq, crate::backend::BinaryOp::Add)?,
+                });
             }
+        }
+        let sumsq = match total {
+            Some(t) => t.to_vec_f64()?.first().copied().unwrap_or(0.0),
+            None => 0.0,
+        };
+        if !sumsq.is_finite() {
+            return Ok(StepOutcome {
+                skipped: true,
+                grad_norm: f64::INFINITY,
+            });
         }
         let grad_norm = sumsq.sqrt() * grad_scale;
         if !grad_norm.is_finite() {
@@ -195,6 +204,7 @@ impl AdamW {
                 weight_decay: s.weight_decay,
                 step: self.steps,
                 grad_scale: grad_scale * clip,
+                check_finite: false,
             };
             let gs = g.storage();
             let mut m = s.m.storage_mut();

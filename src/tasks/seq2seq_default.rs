@@ -10,6 +10,9 @@ use crate::models::t5::T5Config;
 use crate::synth;
 use crate::tasks::seq2seq_train::Seq2SeqKind;
 
+/// A generator of (source, target) rows from (seed, count).
+type Generator = fn(u64, usize) -> Vec<(String, String)>;
+
 /// Train/eval rows of the built-in task, also written to `dir/data/{train,eval}.jsonl`.
 pub fn dataset(
     kind: Seq2SeqKind,
@@ -18,7 +21,7 @@ pub fn dataset(
     n_eval: usize,
     dir: &Path,
 ) -> Result<(Vec<Seq2SeqExample>, Vec<Seq2SeqExample>)> {
-    let (prefix, make): (&str, fn(u64, usize) -> Vec<(String, String)>) = match kind {
+    let (prefix, make): (&str, Generator) = match kind {
         Seq2SeqKind::Summarize => ("summarize: ", synth::summarize_dataset),
         Seq2SeqKind::Translate => ("translate English to Toy: ", synth::translate_dataset),
     };
@@ -48,17 +51,18 @@ pub fn dataset(
 
 /// A small T5 v1.0 (ReLU, tied head) for the built-in tasks.
 pub fn small_config(vocab: usize) -> T5Config {
-    let mut c = T5Config::default();
-    c.vocab_size = vocab;
-    c.d_model = 128;
-    c.d_kv = 32;
-    c.num_heads = 4;
-    c.d_ff = 256;
-    c.num_layers = 2;
-    c.num_decoder_layers = Some(2);
-    c.relative_attention_num_buckets = 16;
-    c.relative_attention_max_distance = 64;
-    c.dropout_rate = 0.0;
-    c.decoder_start_token_id = Some(0);
-    c
+    T5Config {
+        vocab_size: vocab,
+        d_model: 128,
+        d_kv: 32,
+        num_heads: 4,
+        d_ff: 256,
+        num_layers: 2,
+        num_decoder_layers: Some(2),
+        relative_attention_num_buckets: 16,
+        relative_attention_max_distance: 64,
+        dropout_rate: 0.0,
+        decoder_start_token_id: Some(0),
+        ..T5Config::default()
+    }
 }

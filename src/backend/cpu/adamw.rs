@@ -38,9 +38,10 @@ pub(super) fn adamw_<T: Real>(
         }
     }
     let gs = T::of(hp.grad_scale);
-    if g.par_iter()
-        .with_min_len(PAR_MIN)
-        .any(|&x| !(x * gs).is_finite())
+    if hp.check_finite
+        && g.par_iter()
+            .with_min_len(PAR_MIN)
+            .any(|&x| !(x * gs).is_finite())
     {
         return Ok(true);
     }

@@ -21,7 +21,10 @@ pub(super) fn logsumexp<T: Real>(xr: &[T]) -> T {
     if m == T::neg_infinity() {
         return m;
     }
-    m + xr.iter().map(|&v| (v - m).exp()).sum::<T>().ln()
+    // The sum runs in f64: a reference over a 32k vocabulary must not carry the
+    // √n·ε rounding of a long f32 sum (the CUDA kernel sums in a tree, more accurately).
+    let s: f64 = xr.iter().map(|&v| (v - m).exp().f64()).sum();
+    m + T::of(s.ln())
 }
 
 pub(super) fn softmax<T: Real>(x: &CpuStorage, cols: usize, log: bool) -> Result<CpuStorage> {

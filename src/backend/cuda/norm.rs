@@ -4,9 +4,8 @@
 //! the activation dtype (the f16 working copy in mixed precision). The parameter
 //! gradients are column reductions done by a second kernel with a fixed order.
 
-use cudarc::driver::LaunchConfig;
-
 use super::context::{cfg_rows, Arg};
+use super::reduce::{cfg_col_chunks, col_chunk, col_finish};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -44,14 +43,6 @@ fn check_vec(
         });
     }
     Ok(())
-}
-
-fn cfg_cols(cols: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (cols.div_ceil(32).max(1) as u32, 1, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 pub fn layer_norm(
@@ -126,20 +117,26 @@ pub fn layer_norm_backward(
             ],
         )?;
     }
+    let (chunk, chunks) = col_chunk(rows);
+    let pg = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
+    let pb = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
     dev.launch(
         &format!("fb_norm_dgamma_{s}"),
-        cfg_cols(cols),
+        cfg_col_chunks(cols, chunks),
         &[
-            Arg::Ptr(dgamma.ptr()),
-            Arg::Ptr(dbeta.ptr()),
+            Arg::Ptr(pg.ptr()),
+            Arg::Ptr(pb.ptr()),
             Arg::Ptr(x.ptr()),
             Arg::Ptr(mean.ptr()),
             Arg::Ptr(rstd.ptr()),
             Arg::Ptr(dy.ptr()),
             r,
             c,
+            Arg::I64(chunk as i64),
         ],
     )?;
+    col_finish(&dgamma, &pg, chunks, cols)?;
+    col_finish(&dbeta, &pb, chunks, cols)?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -206,11 +203,13 @@ pub fn rms_norm_backward(
             ],
         )?;
     }
+    let (chunk, chunks) = col_chunk(rows);
+    let pg = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
     dev.launch(
         &format!("fb_norm_dgamma_{s}"),
-        cfg_cols(cols),
+        cfg_col_chunks(cols, chunks),
         &[
-            Arg::Ptr(dgamma.ptr()),
+            Arg::Ptr(pg.ptr()),
             Arg::Ptr(0),
             Arg::Ptr(x.ptr()),
             Arg::Ptr(0),
@@ -218,7 +217,9 @@ pub fn rms_norm_backward(
             Arg::Ptr(dy.ptr()),
             r,
             c,
+            Arg::I64(chunk as i64),
         ],
     )?;
+    col_finish(&dgamma, &pg, chunks, cols)?;
     Ok((dx, dgamma))
 }

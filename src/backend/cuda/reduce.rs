@@ -11,6 +11,42 @@ use crate::backend::BackendStorage;
 use crate::error::Result;
 use crate::shape::DType;
 
+/// Rows per chunk of a two-stage column reduction over `rows`: enough chunks to fill the
+/// GPU (a [12288, 768] reduction gets 48 × 24 blocks), each at least 64 rows.
+pub(crate) fn col_chunk(rows: usize) -> (usize, usize) {
+    let chunk = rows.div_ceil(64).max(64).min(rows.max(1));
+    (chunk, rows.div_ceil(chunk).max(1))
+}
+
+/// Launch config of a chunked column reduction: 32 columns × 8 row lanes per block.
+pub(crate) fn cfg_col_chunks(cols: usize, chunks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (cols.div_ceil(32).max(1) as u32, chunks as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `out[c] = Σ_k part[k, c]` in fixed order, cast to `out`'s dtype.
+pub(crate) fn col_finish(
+    out: &CudaStorage,
+    part: &CudaStorage,
+    chunks: usize,
+    cols: usize,
+) -> Result<()> {
+    let s = sfx("col_finish", out.dtype())?;
+    out.dev().launch(
+        &format!("fb_col_finish_{s}"),
+        super::context::cfg_1d(cols),
+        &[
+            Arg::Ptr(out.ptr()),
+            Arg::Ptr(part.ptr()),
+            Arg::I64(chunks as i64),
+            Arg::I64(cols as i64),
+        ],
+    )
+}
+
 pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     let s = sfx("sum_rows", x.dtype())?;
     if cols == 0 || !x.len().is_multiple_of(cols) {
@@ -18,21 +54,20 @@ pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     }
     let rows = x.len() / cols;
     let out = CudaStorage::alloc(x.dev(), cols, x.dtype())?;
-    let cfg = LaunchConfig {
-        grid_dim: (cols.div_ceil(32) as u32, 1, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
+    let (chunk, chunks) = col_chunk(rows);
+    let part = CudaStorage::alloc(x.dev(), chunks * cols, DType::F32)?;
     x.dev().launch(
         &format!("fb_sum_rows_{s}"),
-        cfg,
+        cfg_col_chunks(cols, chunks),
         &[
-            Arg::Ptr(out.ptr()),
+            Arg::Ptr(part.ptr()),
             Arg::Ptr(x.ptr()),
             Arg::I64(rows as i64),
             Arg::I64(cols as i64),
+            Arg::I64(chunk as i64),
         ],
     )?;
+    col_finish(&out, &part, chunks, cols)?;
     Ok(out)
 }
 

@@ -2,6 +2,8 @@
 //! byte for byte (tests/fixtures/squad_official_outputs.json), ROUGE/BLEU must equal the
 //! rouge-score / sacrebleu values in tests/fixtures/metrics_reference.json.
 
+mod common;
+use common::assets;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,21 +14,6 @@ fn fixture(name: &str) -> Value {
         .join("tests/fixtures")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("json")
-}
-
-fn assets() -> Option<PathBuf> {
-    let p = std::env::var_os("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
-    if p.join("qa").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
-    }
 }
 
 fn tmp(name: &str, body: &str) -> PathBuf {

@@ -3,25 +3,12 @@
 //! counts and character totals were measured with Python's json/csv modules (code-point
 //! lengths, as `len()` reports them).
 
+mod common;
+use common::assets;
 use std::path::PathBuf;
 
 use fusebox::data::seq2seq::{self, Seq2SeqOptions};
 use fusebox::data::squad::{self, SquadLayout, SquadOptions};
-
-fn assets() -> Option<PathBuf> {
-    let p = std::env::var_os("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
-    if p.join("qa").is_dir() && p.join("seq2seq").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn chars(s: &str) -> usize {
     s.chars().count()

@@ -2,6 +2,8 @@
 //! tools/make_metric_refs.py and tools/squad_eval/) against fusebox's metrics.
 //! ROUGE to 1e-6, BLEU score to 1e-4 (counts/lengths exactly), SQuAD stdout byte-exact.
 
+mod common;
+use common::assets;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -14,21 +16,6 @@ fn fixture(name: &str) -> Value {
         .join(name);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
-}
-
-fn assets() -> Option<PathBuf> {
-    let p = std::env::var_os("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
-    if p.join("qa").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
-    }
 }
 
 fn f(v: &Value) -> f64 {

@@ -4,6 +4,8 @@
 //! written by tools/make_qa_features_ref.py with transformers' fast tokenizers.
 //! Tests skip with a message when /work/shared/assets (or FUSEBOX_ASSETS) is absent.
 
+mod common;
+use common::assets;
 use std::path::PathBuf;
 
 use fusebox::tasks::qa::{
@@ -12,24 +14,6 @@ use fusebox::tasks::qa::{
 };
 use fusebox::tokenize::TextTokenizer;
 use serde_json::Value;
-
-fn assets() -> Option<PathBuf> {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
-    let p = match std::env::var("FUSEBOX_ASSETS") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) if built.exists() => built,
-        Err(_) => PathBuf::from("shared/assets"),
-    };
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
-    }
-}
 
 /// The repository root: where the test was built, else the working directory.
 fn root() -> PathBuf {

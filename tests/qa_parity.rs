@@ -10,6 +10,8 @@
 //!
 //! Absent assets or fixtures skip with a message.
 
+mod common;
+use common::assets;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -28,24 +30,6 @@ fn manifest() -> PathBuf {
         built
     } else {
         PathBuf::from(".")
-    }
-}
-
-fn assets() -> Option<PathBuf> {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
-    let p = match std::env::var("FUSEBOX_ASSETS") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) if built.exists() => built,
-        Err(_) => PathBuf::from("shared/assets"),
-    };
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
     }
 }
 

@@ -3,7 +3,8 @@
 //! each epoch, HF checkpoint), then the checkpoint reloaded and scored again. The
 //! model must fit its 14 training questions: loss falls and F1 rises.
 
-use std::path::PathBuf;
+mod common;
+use common::assets;
 
 use fusebox::autograd::no_grad;
 use fusebox::data::squad::{load_squad, SquadOptions};
@@ -15,24 +16,6 @@ use fusebox::tasks::qa_train::{answer_question, QaTask};
 use fusebox::tokenize::TextTokenizer;
 use fusebox::train::{run, Task, TrainConfig};
 use fusebox::{DType, Device};
-
-fn assets() -> Option<PathBuf> {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
-    let p = match std::env::var("FUSEBOX_ASSETS") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) if built.exists() => built,
-        Err(_) => PathBuf::from("shared/assets"),
-    };
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: assets not found at {} (set FUSEBOX_ASSETS)",
-            p.display()
-        );
-        None
-    }
-}
 
 fn mean_loss(task: &mut QaTask) -> f64 {
     let _g = no_grad();

@@ -51,3 +51,24 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
         "{what}: max error {e:e} relative to max > {tol:e}"
     );
 }
+
+/// The shared real-data assets: env FUSEBOX_ASSETS, else ../shared/assets beside the
+/// crate, else ./shared/assets (the GPU machine's copy). None, with the reason printed,
+/// when absent: tests that need them skip.
+pub fn assets() -> Option<PathBuf> {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
+    let p = match std::env::var("FUSEBOX_ASSETS") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) if built.exists() => built,
+        Err(_) => PathBuf::from("shared/assets"),
+    };
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
+            p.display()
+        );
+        None
+    }
+}

@@ -44,8 +44,8 @@ enum Task {
 
 #[derive(ClapArgs, Debug)]
 struct Seq2SeqArgs {
-    /// Model directory, HF cache entry or hub id (default t5-small; from scratch for the
-    /// built-in task).
+    /// Model directory, HF cache entry or hub id (default t5-small), or `scratch`: a small
+    /// T5 and a word-level tokenizer trained on --train (the built-in task always is).
     #[arg(long)]
     model: Option<String>,
     /// Training file (.jsonl/.json/.csv/.tsv/.story or a directory of stories). Without
@@ -124,7 +124,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let (model, tok_dir, train_rows, mut eval_rows) = if builtin {
+    let (train_rows, mut eval_rows) = if builtin {
         if a.eval.is_some() {
             bail!("--eval without --train: give both, or neither for the built-in task");
         }
@@ -132,23 +132,45 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             Seq2SeqKind::Summarize => (3000, 100),
             Seq2SeqKind::Translate => (4000, 200),
         };
-        let (train_rows, eval_rows) =
-            seq2seq_default::dataset(kind, a.seed, n_train, n_eval, &out)?;
+        let rows = seq2seq_default::dataset(kind, a.seed, n_train, n_eval, &out)?;
+        eprintln!(
+            "built-in {task_name} task: {} train / {} held-out rows written to {}",
+            rows.0.len(),
+            rows.1.len(),
+            out.join("data").display()
+        );
+        rows
+    } else {
+        let prefix = a.prefix.clone().unwrap_or_else(|| match kind {
+            Seq2SeqKind::Summarize => "summarize: ".to_string(),
+            Seq2SeqKind::Translate => String::new(),
+        });
+        let opts = Seq2SeqOptions::new(&a.source, &a.target).with_prefix(&prefix);
+        let train_path = a.train.as_ref().context("--train")?;
+        let eval_path = a
+            .eval
+            .as_ref()
+            .context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
+        (
+            load_seq2seq(train_path, &opts)?,
+            load_seq2seq(eval_path, &opts)?,
+        )
+    };
+    // From scratch: the built-in task, or `--model scratch` on the user's files.
+    let scratch = builtin || a.model.as_deref() == Some("scratch");
+    let (model, tok_dir) = if scratch {
         let tok_dir = out.join("tokenizer");
         let texts: Vec<String> = train_rows
             .iter()
             .flat_map(|r| [r.source.clone(), r.target.clone()])
             .collect();
-        tokenizer_train::train_wordlevel_t5(&texts, 4000, &tok_dir)?;
+        tokenizer_train::train_wordlevel_t5(&texts, 16000, &tok_dir)?;
         let vocab = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", tok_dir.display()))?
             .get_vocab_size(true);
         let cfg = seq2seq_default::small_config(vocab);
         eprintln!(
-            "built-in {task_name} task: {} train / {} held-out rows in {}, word-level tokenizer ({vocab} tokens), T5 from scratch (d_model {}, {}+{} layers)",
-            train_rows.len(),
-            eval_rows.len(),
-            out.join("data").display(),
+            "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, T5 d_model {} with {}+{} layers",
             cfg.d_model,
             cfg.num_layers,
             cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
@@ -156,30 +178,11 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         (
             T5ForConditionalGeneration::new_random(cfg, device, dtype, a.seed)?,
             tok_dir,
-            train_rows,
-            eval_rows,
         )
     } else {
         let spec = a.model.clone().unwrap_or_else(|| "t5-small".to_string());
         let dir = hub::resolve_model(&spec)?;
-        let prefix = a.prefix.clone().unwrap_or_else(|| match kind {
-            Seq2SeqKind::Summarize => "summarize: ".to_string(),
-            Seq2SeqKind::Translate => String::new(),
-        });
-        let opts = Seq2SeqOptions::new(&a.source, &a.target).with_prefix(&prefix);
-        let train_path = a.train.as_ref().context("--train")?;
-        let train_rows = load_seq2seq(train_path, &opts)?;
-        let eval_path = a
-            .eval
-            .as_ref()
-            .context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
-        let eval_rows = load_seq2seq(eval_path, &opts)?;
-        (
-            T5ForConditionalGeneration::load(&dir, device, dtype)?,
-            dir,
-            train_rows,
-            eval_rows,
-        )
+        (T5ForConditionalGeneration::load(&dir, device, dtype)?, dir)
     };
     if let Some(n) = a.eval_limit {
         eval_rows.truncate(n);
@@ -204,12 +207,12 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     )?;
     // Defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
     let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(if builtin { 8 } else { 3 }),
-        batch: a.batch.unwrap_or(if builtin { 32 } else { 8 }),
-        grad_accum: a.grad_accum.unwrap_or(if builtin { 1 } else { 4 }),
-        lr: a.lr.unwrap_or(if builtin { 2e-3 } else { 3e-5 }),
+        epochs: a.epochs.unwrap_or(if scratch { 8 } else { 3 }),
+        batch: a.batch.unwrap_or(if scratch { 32 } else { 8 }),
+        grad_accum: a.grad_accum.unwrap_or(if scratch { 1 } else { 4 }),
+        lr: a.lr.unwrap_or(if scratch { 2e-3 } else { 3e-5 }),
         weight_decay: a.weight_decay,
-        warmup_ratio: if builtin && a.warmup_ratio == 0.0 {
+        warmup_ratio: if scratch && a.warmup_ratio == 0.0 {
             0.05
         } else {
             a.warmup_ratio

@@ -29,7 +29,7 @@
                                                  float beta2, float ob2, float eps,           \
                                                  float step_size, float inv_bc2,              \
                                                  float grad_scale, const int* flag) {         \
-        if (*flag) return;                                                                    \
+        if (flag && *flag) return; /* null: the caller checked all gradients at once */      \
         FB_GRID_STRIDE(i, n) {                                                                \
             float gi = fb_ld(g, i) * grad_scale;                                              \
             float pi = p[i] * decay;                                                          \

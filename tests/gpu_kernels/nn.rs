@@ -171,6 +171,22 @@ fn adamw_mixed_precision() {
             check("adamw_m", &[n], gdt, &gm, &cm, t);
             check("adamw_v", &[n], gdt, &gv, &cv, t);
             check("adamw_working_f16", &[n], DType::F16, &work, &cp, t);
+            // The unchecked path (the optimizer checked every gradient at once): the same
+            // update, from fresh copies of the same state.
+            {
+                let unchecked = AdamWStep {
+                    check_finite: false,
+                    ..hp
+                };
+                let (mut cp2, mut gp2) = pair(&p0, DType::F32);
+                let (mut cm2, mut gm2) = pair(&m0, DType::F32);
+                let (mut cv2, mut gv2) = pair(&v0, DType::F32);
+                assert!(!ok(cp2.adamw_(&cg, &mut cm2, &mut cv2, None, &unchecked)));
+                let t = Instant::now();
+                assert!(!ok(gp2.adamw_(&gg, &mut gm2, &mut gv2, None, &unchecked)));
+                check("adamw_unchecked_param", &[n], gdt, &gp2, &cp2, t);
+                check("adamw_unchecked_v", &[n], gdt, &gv2, &cv2, t);
+            }
             // An inf in the scaled gradient: nothing changes, and the skip is reported.
             let mut gbad = g.clone();
             gbad[n - 1] = f32::INFINITY;

@@ -74,7 +74,13 @@ pub fn adamw_(
         return Ok(false);
     }
     let dev = p.dev().clone();
-    let flag = CudaStorage::zeroed(&dev, 1, DType::I32)?;
+    // Without a per-tensor check there is no flag: the kernel takes a null pointer.
+    let flag = if hp.check_finite {
+        Some(CudaStorage::zeroed(&dev, 1, DType::I32)?)
+    } else {
+        None
+    };
+    let flag_ptr = flag.as_ref().map(|f| f.ptr()).unwrap_or(0);
     let n = Arg::I64(p.len() as i64);
     if hp.check_finite {
         dev.launch(
@@ -84,7 +90,7 @@ pub fn adamw_(
                 Arg::Ptr(grad.ptr()),
                 n,
                 Arg::F32(hp.grad_scale as f32),
-                Arg::Ptr(flag.ptr()),
+                Arg::Ptr(flag_ptr),
             ],
         )?;
     }
@@ -113,13 +119,12 @@ pub fn adamw_(
             f(hp.lr / bc1),
             f(1.0 / bc2_sqrt),
             f(hp.grad_scale),
-            Arg::Ptr(flag.ptr()),
+            Arg::Ptr(flag_ptr),
         ],
     )?;
-    if hp.check_finite {
-        flag.flag_set()
-    } else {
-        // The caller checked every gradient at once; the flag stays 0 (no readback).
-        Ok(false)
+    match flag {
+        Some(f) => f.flag_set(),
+        // The caller checked every gradient at once: nothing to read back.
+        None => Ok(false),
     }
 }

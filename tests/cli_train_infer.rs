@@ -140,7 +140,10 @@ fn train_qa_builtin_then_infer_qa() {
     let list = last_json_line(&o);
     let list = list.as_array().expect("a list for top_k > 1");
     assert_eq!(list.len(), 3);
-    let scores: Vec<f64> = list.iter().map(|a| a["score"].as_f64().expect("s")).collect();
+    let scores: Vec<f64> = list
+        .iter()
+        .map(|a| a["score"].as_f64().expect("s"))
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
     // A SQuAD file: one answer per question id.
@@ -161,10 +164,9 @@ fn train_qa_builtin_then_infer_qa() {
     );
     let preds: Value =
         serde_json::from_str(&std::fs::read_to_string(&preds).expect("preds")).expect("json");
-    let eval: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("data/eval.json")).expect("eval"),
-    )
-    .expect("json");
+    let eval: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data/eval.json")).expect("eval"))
+            .expect("json");
     let ids: Vec<&str> = eval["data"][0]["paragraphs"]
         .as_array()
         .expect("paragraphs")
@@ -184,7 +186,10 @@ fn train_qa_builtin_then_infer_qa() {
         .expect("spawn");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("config.json") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("config.json") && !err.contains("panicked"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -231,6 +236,9 @@ fn train_translate_then_infer_generate() {
     assert!(v["text"].is_string(), "{v}");
     let toks = v["tokens"].as_array().expect("tokens");
     assert!(!toks.is_empty() && toks.len() <= 6, "{v}");
-    assert!(v["score"].as_f64().is_some(), "beam search reports a score: {v}");
+    assert!(
+        v["score"].as_f64().is_some(),
+        "beam search reports a score: {v}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -311,7 +311,11 @@ fn qa(a: QaArgs) -> Result<()> {
         set_model_max_length(&tok_dir, features.max_length)?;
         let tokenizer = TextTokenizer::from_dir(&tok_dir)?;
         let dim = a.dim.unwrap_or(b.dim);
-        let heads = if dim % b.heads == 0 { b.heads } else { 1 };
+        let heads = if dim.is_multiple_of(b.heads) {
+            b.heads
+        } else {
+            1
+        };
         let cfg: DistilBertConfig = serde_json::from_value(serde_json::json!({
             "model_type": "distilbert",
             "vocab_size": tokenizer.vocab_size(),
@@ -380,7 +384,7 @@ fn qa(a: QaArgs) -> Result<()> {
     )?;
     // Defaults: the seed's (distilbert-base-cased on SQuAD) unless built-in from scratch.
     let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(if builtin { 3 } else { 3 }),
+        epochs: a.epochs.unwrap_or(3),
         batch: a.batch.unwrap_or(if builtin { 32 } else { 16 }),
         grad_accum: a.grad_accum.unwrap_or(1),
         lr: a.lr.unwrap_or(if builtin { 1e-3 } else { 2e-5 }),

@@ -1,0 +1,325 @@
+//! `infer`: use a checkpoint from the command line. Thin over the library:
+//!
+//!   infer qa --model DIR --question Q --context C [--top-k K] [--json]
+//!   infer qa --model DIR --file SQUAD.json --out PREDS.json [--version-2-with-negative]
+//!   infer generate --model DIR (--input TEXT | --file F) [--num-beams N] [--json]
+//!
+//! One question is answered as `pipeline("question-answering")` does (its defaults:
+//! max_seq_len min(model_max_length, 384), doc_stride min(max_seq_len/2, 128),
+//! max_answer_len 15, top_k 1), a SQuAD file as run_qa.py predicts it (batched windows,
+//! utils_qa post-processing, {id: answer} JSON the official scripts read). `generate`
+//! runs T5 with the model's generation_config.json overlaid by the flags given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde_json::json;
+
+use fusebox::data::squad::{load_squad, SquadOptions};
+use fusebox::models::encoder::{load_qa_model, QaModel};
+use fusebox::models::t5::T5ForConditionalGeneration;
+use fusebox::tasks::generate::{generate, GenerateConfig};
+use fusebox::tasks::qa::{FeatureConfig, PipelineConfig, PostprocessConfig, QaExample};
+use fusebox::tasks::qa_train::{answer_question, QaTask};
+use fusebox::tasks::seq2seq_train::encode;
+use fusebox::tensor::Tensor;
+use fusebox::tokenize::TextTokenizer;
+use fusebox::{DType, Device};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "infer",
+    about = "Answer questions or generate text with a fusebox / HF checkpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Extractive QA with a BERT/DistilBERT QA checkpoint.
+    Qa(QaArgs),
+    /// T5 text-to-text generation (greedy or beam search).
+    Generate(GenArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct QaArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, requires = "context", conflicts_with = "file")]
+    question: Option<String>,
+    #[arg(long, requires = "question")]
+    context: Option<String>,
+    /// Answers to return for --question (the pipeline's top_k).
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// SQuAD JSON (either layout) to predict every question of.
+    #[arg(long, requires = "out")]
+    file: Option<PathBuf>,
+    /// With --file: where the {id: answer} predictions go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --file: allow empty answers and write a null-odds file beside --out.
+    #[arg(long)]
+    version_2_with_negative: bool,
+    /// Window length (default as the pipeline: min(model_max_length, 384)).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Context tokens shared by consecutive windows (default min(max_length/2, 128)).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Longest answer in tokens (default 15 for --question as the pipeline, 30 for
+    /// --file as run_qa.py).
+    #[arg(long)]
+    max_answer_length: Option<usize>,
+    /// Print the --question answers as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(ClapArgs, Debug)]
+struct GenArgs {
+    /// T5 model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// One input text.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    input: Option<String>,
+    /// One input per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Prepended to every input (e.g. "summarize: ").
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[arg(long)]
+    num_beams: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    length_penalty: Option<f64>,
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+    /// Inputs longer than this many tokens are cut (eos kept).
+    #[arg(long, default_value_t = 512)]
+    max_source_length: usize,
+    /// One JSON object per input: {"text", "tokens"} (and "score" with beams).
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// `model_max_length` from the tokenizer_config.json beside the model, if given.
+fn model_max_length(dir: &Path) -> Result<Option<usize>> {
+    let p = dir.join("tokenizer_config.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+    // transformers writes a huge sentinel when the length is unknown; treat it as absent.
+    Ok(v.get("model_max_length")
+        .and_then(|x| x.as_u64())
+        .filter(|&n| n < 1_000_000)
+        .map(|n| n as usize))
+}
+
+/// The pipeline's window settings, kept inside the model's position table.
+fn windows(a: &QaArgs, model: &dyn QaModel) -> Result<FeatureConfig> {
+    let positions = model.max_positions();
+    let max_length = match a.max_length {
+        Some(n) if n > positions => bail!(
+            "--max-length {n} exceeds the model's max_position_embeddings {positions} ({})",
+            a.model.join("config.json").display()
+        ),
+        Some(n) => n,
+        None => model_max_length(&a.model)?
+            .unwrap_or(384)
+            .min(384)
+            .min(positions),
+    };
+    let stride = a.stride.unwrap_or((max_length / 2).min(128));
+    if stride >= max_length {
+        bail!("--stride {stride} must be smaller than the window length {max_length}");
+    }
+    Ok(FeatureConfig {
+        max_length,
+        stride,
+        pad_to_max_length: false,
+    })
+}
+
+fn qa(a: QaArgs) -> Result<()> {
+    let device = Device::parse(&a.device)?.resolve();
+    let model = load_qa_model(&a.model, device, DType::F32, 0)?;
+    let tok = TextTokenizer::from_dir(&a.model)?;
+    let features = windows(&a, model.as_ref())?;
+    if let (Some(q), Some(c)) = (&a.question, &a.context) {
+        if a.top_k == 0 {
+            bail!("--top-k must be at least 1");
+        }
+        let decode = PipelineConfig {
+            top_k: a.top_k,
+            max_answer_len: a.max_answer_length.unwrap_or(15),
+            ..PipelineConfig::default()
+        };
+        let answers = answer_question(model.as_ref(), &tok, q, c, features, &decode, device)?;
+        if a.json {
+            let rows: Vec<_> = answers
+                .iter()
+                .map(|x| json!({"score": x.score, "start": x.start, "end": x.end, "answer": x.answer}))
+                .collect();
+            // One answer prints as an object, several as a list (as the pipeline returns).
+            match rows.as_slice() {
+                [one] => println!("{one}"),
+                _ => println!("{}", serde_json::Value::Array(rows)),
+            }
+        } else {
+            for x in &answers {
+                println!(
+                    "answer: {}\nscore: {:.4}\nstart: {}\nend: {}",
+                    x.answer, x.score, x.start, x.end
+                );
+            }
+        }
+        return Ok(());
+    }
+    let (Some(file), Some(out)) = (&a.file, &a.out) else {
+        bail!("give --question and --context, or --file SQUAD.json --out PREDS.json");
+    };
+    let load = load_squad(file, SquadOptions { skip_bad: true })?;
+    let examples: Vec<QaExample> = load.examples.iter().map(QaExample::from).collect();
+    if examples.is_empty() {
+        bail!("{}: no questions", file.display());
+    }
+    let post = PostprocessConfig {
+        max_answer_length: a.max_answer_length.unwrap_or(30),
+        version_2_with_negative: a.version_2_with_negative,
+        ..PostprocessConfig::default()
+    };
+    let task = QaTask::new(model, tok, &[], examples, features, post, device)?;
+    let preds = task.predict()?;
+    let answers: BTreeMap<&str, &str> = preds
+        .iter()
+        .map(|p| (p.id.as_str(), p.text.as_str()))
+        .collect();
+    write_json(out, &json!(answers))?;
+    eprintln!(
+        "{} predictions ({} windows) written to {}",
+        preds.len(),
+        task.eval_features().len(),
+        out.display()
+    );
+    if a.version_2_with_negative {
+        // run_qa.py's null_odds.json: null score minus best span score per question.
+        let odds: BTreeMap<&str, f32> = preds
+            .iter()
+            .map(|p| (p.id.as_str(), p.null_score_diff.unwrap_or(0.0)))
+            .collect();
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "predictions".into());
+        let na = out.with_file_name(format!("{stem}_null_odds.json"));
+        write_json(&na, &json!(odds))?;
+        eprintln!("no-answer odds written to {}", na.display());
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn gen(a: GenArgs) -> Result<()> {
+    let device = Device::parse(&a.device)?.resolve();
+    let model = T5ForConditionalGeneration::load(&a.model, device, DType::F32)?;
+    let tok_path = a.model.join("tokenizer.json");
+    let tok = tokenizers::Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    let mut cfg = GenerateConfig::from_model_dir(&model.config, &a.model)?;
+    if let Some(n) = a.num_beams {
+        cfg.num_beams = n;
+    }
+    if let Some(n) = a.max_new_tokens {
+        cfg.max_new_tokens = Some(n);
+    }
+    if let Some(x) = a.length_penalty {
+        cfg.length_penalty = x;
+    }
+    if let Some(n) = a.no_repeat_ngram_size {
+        cfg.no_repeat_ngram_size = n;
+    }
+    if cfg.num_beams == 0 {
+        bail!("--num-beams must be at least 1");
+    }
+    let inputs: Vec<String> = match (&a.input, &a.file) {
+        (Some(t), _) => vec![t.clone()],
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        (None, None) => bail!("give --input TEXT or --file F"),
+    };
+    let eos = cfg.eos_token_id.first().copied().unwrap_or(1);
+    let pad = cfg.pad_token_id.unwrap_or(0);
+    for text in &inputs {
+        let src = format!("{}{text}", a.prefix);
+        let ids = encode(&tok, &a.model, &src, a.max_source_length, eos)?;
+        let n = ids.len();
+        let input = Tensor::from_i32(ids, [1, n], device)?;
+        let g = generate(&model, &input, None, &cfg)?;
+        let seq = g
+            .sequences
+            .first()
+            .context("generate returned no sequence")?;
+        // Drop the decoder start token; stop after the first eos (the rest is padding).
+        let mut tokens: Vec<i32> = Vec::new();
+        for &t in seq.iter().skip(1) {
+            tokens.push(t);
+            if cfg.eos_token_id.contains(&t) {
+                break;
+            }
+        }
+        let plain: Vec<u32> = tokens
+            .iter()
+            .filter(|&&t| t >= 0 && t != pad)
+            .map(|&t| t as u32)
+            .collect();
+        let out = tok
+            .decode(&plain, true)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        let out = out.trim();
+        if a.json {
+            let mut v = json!({"text": out, "tokens": tokens});
+            if let Some(s) = g.scores.as_ref().and_then(|s| s.first()) {
+                v["score"] = json!(s);
+            }
+            println!("{v}");
+        } else {
+            println!("{out}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Qa(a) => qa(a),
+        Cmd::Generate(a) => gen(a),
+    }
+}

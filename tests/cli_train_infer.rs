@@ -1,0 +1,244 @@
+//! Runs the `train` and `infer` binaries end to end on tiny settings (seconds on a CPU):
+//! `train qa` built-in (a few steps of a tiny model) must print a final JSON line with
+//! the official metric keys and leave an HF checkpoint with its tokenizer, which
+//! `infer qa` then answers from (an answer whose offsets point at itself in the
+//! context), and `infer qa --file` turns into an {id: answer} file; `train translate`
+//! for a few steps leaves a T5 checkpoint that `infer generate --json` decodes from.
+//! Accuracy is not asserted here (tests/qa_train.rs checks that QA training learns);
+//! these check the command-line contract.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fusebox-cli-ti-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    let o = Command::new(bin).args(args).output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{bin} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn p(x: &Path) -> &str {
+    x.to_str().expect("utf8 path")
+}
+
+fn last_json_line(o: &Output) -> Value {
+    let out = String::from_utf8(o.stdout.clone()).expect("utf8");
+    let line = out.lines().last().expect("a final line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("final line {line:?}: {e}"))
+}
+
+#[test]
+fn train_qa_builtin_then_infer_qa() {
+    let out = tmp("qa");
+    let train = env!("CARGO_BIN_EXE_train");
+    let o = run(
+        train,
+        &[
+            "qa",
+            "--contexts",
+            "40",
+            "--dim",
+            "32",
+            "--layers",
+            "1",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            p(&out),
+        ],
+    );
+    let fin = last_json_line(&o);
+    for k in ["exact_match", "f1"] {
+        let v = fin[k].as_f64().unwrap_or_else(|| panic!("{k} in {fin}"));
+        assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+    }
+    assert_eq!(fin["train_steps"].as_u64(), Some(3), "{fin}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("untrained model: {"), "{stderr}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metrics.jsonl",
+        "curves.svg",
+        "data/train.json",
+        "data/eval.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} written");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("config"))
+            .expect("config json");
+    assert_eq!(cfg["model_type"], "distilbert");
+    assert_eq!(cfg["dim"].as_u64(), Some(32));
+
+    // One question, pipeline-style: the answer must be the context's own characters.
+    let infer = env!("CARGO_BIN_EXE_infer");
+    let context = "Alice Novak was born in Lisbon in 1950. Alice works as a pilot.";
+    let o = run(
+        infer,
+        &[
+            "qa",
+            "--model",
+            p(&out),
+            "--question",
+            "Where was Alice Novak born?",
+            "--context",
+            context,
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let ans = last_json_line(&o);
+    let (s, e) = (
+        ans["start"].as_u64().expect("start") as usize,
+        ans["end"].as_u64().expect("end") as usize,
+    );
+    let text = ans["answer"].as_str().expect("answer");
+    assert!(s < e && e <= context.chars().count(), "{ans}");
+    let span: String = context.chars().skip(s).take(e - s).collect();
+    assert_eq!(span, text, "offsets point at the answer: {ans}");
+    let score = ans["score"].as_f64().expect("score");
+    assert!(score > 0.0 && score <= 1.0, "{ans}");
+
+    // --top-k 3 gives three distinct answers, best first.
+    let o = run(
+        infer,
+        &[
+            "qa",
+            "--model",
+            p(&out),
+            "--question",
+            "Where was Alice Novak born?",
+            "--context",
+            context,
+            "--top-k",
+            "3",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let list = last_json_line(&o);
+    let list = list.as_array().expect("a list for top_k > 1");
+    assert_eq!(list.len(), 3);
+    let scores: Vec<f64> = list
+        .iter()
+        .map(|a| a["score"].as_f64().expect("s"))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // A SQuAD file: one answer per question id.
+    let preds = out.join("preds.json");
+    run(
+        infer,
+        &[
+            "qa",
+            "--model",
+            p(&out),
+            "--file",
+            p(&out.join("data/eval.json")),
+            "--out",
+            p(&preds),
+            "--device",
+            "cpu",
+        ],
+    );
+    let preds: Value =
+        serde_json::from_str(&std::fs::read_to_string(&preds).expect("preds")).expect("json");
+    let eval: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("data/eval.json")).expect("eval"))
+            .expect("json");
+    let ids: Vec<&str> = eval["data"][0]["paragraphs"]
+        .as_array()
+        .expect("paragraphs")
+        .iter()
+        .flat_map(|pa| pa["qas"].as_array().expect("qas").iter())
+        .map(|q| q["id"].as_str().expect("id"))
+        .collect();
+    let preds = preds.as_object().expect("object");
+    assert_eq!(preds.len(), ids.len());
+    assert!(ids.iter().all(|id| preds.contains_key(*id)));
+
+    // User errors are reported, not panicked on.
+    let o = Command::new(infer)
+        .args(["qa", "--model", p(&out.join("missing")), "--question", "q"])
+        .args(["--context", "c", "--device", "cpu"])
+        .output()
+        .expect("spawn");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("config.json") && !err.contains("panicked"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn train_translate_then_infer_generate() {
+    let out = tmp("tr");
+    run(
+        env!("CARGO_BIN_EXE_train"),
+        &[
+            "translate",
+            "--max-steps",
+            "5",
+            "--epochs",
+            "1",
+            "--eval-limit",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            p(&out),
+        ],
+    );
+    let o = run(
+        env!("CARGO_BIN_EXE_infer"),
+        &[
+            "generate",
+            "--model",
+            p(&out),
+            "--input",
+            "the small dog sees a red bird",
+            "--prefix",
+            "translate English to Toy: ",
+            "--num-beams",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let v = last_json_line(&o);
+    assert!(v["text"].is_string(), "{v}");
+    let toks = v["tokens"].as_array().expect("tokens");
+    assert!(!toks.is_empty() && toks.len() <= 6, "{v}");
+    assert!(
+        v["score"].as_f64().is_some(),
+        "beam search reports a score: {v}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -245,6 +245,20 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 
 fn gen(a: GenArgs) -> Result<()> {
     let device = Device::parse(&a.device)?.resolve();
+    // A clear refusal of other architectures, before the weights loader lists every
+    // missing T5 tensor.
+    let cfg_path = a.model.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+    match raw.get("model_type").and_then(|m| m.as_str()) {
+        Some("t5") | None => {}
+        Some(other) => bail!(
+            "{}: model_type {other:?}; `infer generate` runs T5 checkpoints (use `infer qa` for QA models)",
+            cfg_path.display()
+        ),
+    }
     let model = T5ForConditionalGeneration::load(&a.model, device, DType::F32)?;
     let tok_path = a.model.join("tokenizer.json");
     let tok = tokenizers::Tokenizer::from_file(&tok_path)

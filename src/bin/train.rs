@@ -108,6 +108,9 @@ struct QaArgs {
     /// Built-in task only: transformer layers.
     #[arg(long)]
     layers: Option<usize>,
+    /// Built-in task only: attention heads (must divide --dim).
+    #[arg(long)]
+    heads: Option<usize>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long)]
@@ -184,8 +187,12 @@ struct Seq2SeqArgs {
     quiet: bool,
 }
 
-/// Sizes of the built-in QA run (tuned to reach EM >= 80 on the held-out set in a few
-/// minutes on two CPU cores; see `qa`).
+/// Sizes of the built-in QA run, chosen to finish in about three minutes on two loaded
+/// CPU cores. Measured there, it reaches held-out EM ~40: the model learns which slot a
+/// question asks for (city, year, job, ...) but within that budget not yet which of the
+/// 2-4 people in the context it is about (chance among same-type candidates is ~36%).
+/// Tried within the same budget, without doing better: lr 2e-3/3e-3, batch 32, 3
+/// layers, dim 64; 8 heads did slightly better than 4.
 struct QaBuiltin {
     contexts: usize,
     eval_contexts: usize,
@@ -205,7 +212,7 @@ const QA_BUILTIN: QaBuiltin = QaBuiltin {
     vocab: 2000,
     dim: 128,
     layers: 2,
-    heads: 4,
+    heads: 8,
     max_length: 128,
     stride: 48,
 };
@@ -226,7 +233,9 @@ fn set_model_max_length(dir: &std::path::Path, n: usize) -> Result<()> {
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
-    v["model_max_length"] = serde_json::json!(n);
+    v.as_object_mut()
+        .with_context(|| format!("{}: expected a JSON object", p.display()))?
+        .insert("model_max_length".into(), serde_json::json!(n));
     std::fs::write(&p, serde_json::to_string_pretty(&v)?)
         .with_context(|| format!("writing {}", p.display()))
 }
@@ -311,10 +320,10 @@ fn qa(a: QaArgs) -> Result<()> {
         set_model_max_length(&tok_dir, features.max_length)?;
         let tokenizer = TextTokenizer::from_dir(&tok_dir)?;
         let dim = a.dim.unwrap_or(b.dim);
-        let heads = if dim.is_multiple_of(b.heads) {
-            b.heads
-        } else {
-            1
+        let heads = match a.heads {
+            Some(h) => h,
+            None if dim.is_multiple_of(b.heads) => b.heads,
+            None => 1,
         };
         let cfg: DistilBertConfig = serde_json::from_value(serde_json::json!({
             "model_type": "distilbert",
@@ -385,7 +394,7 @@ fn qa(a: QaArgs) -> Result<()> {
     // Defaults: the seed's (distilbert-base-cased on SQuAD) unless built-in from scratch.
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(3),
-        batch: a.batch.unwrap_or(if builtin { 32 } else { 16 }),
+        batch: a.batch.unwrap_or(16),
         grad_accum: a.grad_accum.unwrap_or(1),
         lr: a.lr.unwrap_or(if builtin { 1e-3 } else { 2e-5 }),
         weight_decay: a.weight_decay,

@@ -151,7 +151,9 @@ fn person(rng: &mut Rng, used: &mut Vec<String>) -> Person {
 
 /// One sentence per fact, in a varied order and wording.
 fn facts(rng: &mut Rng, p: &Person) -> Vec<(String, Vec<(&'static str, String)>)> {
-    let first = p.name.split(' ').next().unwrap_or(&p.name).to_string();
+    // The full name in every sentence and question: the model must bind each question
+    // to the right person among the distractors by name.
+    let who = p.name.clone();
     let born = match rng.below(3) {
         0 => format!("{} was born in {} in {}.", p.name, p.city, p.year),
         1 => format!(
@@ -161,17 +163,17 @@ fn facts(rng: &mut Rng, p: &Person) -> Vec<(String, Vec<(&'static str, String)>)
         _ => format!("In {}, {} was born in {}.", p.year, p.name, p.city),
     };
     let job = match rng.below(3) {
-        0 => format!("{first} works as a {}.", p.job),
+        0 => format!("{who} works as a {}.", p.job),
         1 => format!("By trade, {} is a {}.", p.name, p.job),
-        _ => format!("{first} earns a living as a {}.", p.job),
+        _ => format!("{who} earns a living as a {}.", p.job),
     };
     let pet = match rng.below(2) {
-        0 => format!("{first} keeps a {} at home.", p.pet),
+        0 => format!("{who} keeps a {} at home.", p.pet),
         _ => format!("At home, {} looks after a {}.", p.name, p.pet),
     };
     let color = match rng.below(2) {
-        0 => format!("The favourite colour of {first} is {}.", p.color),
-        _ => format!("{first} likes {} more than any other colour.", p.color),
+        0 => format!("The favourite colour of {who} is {}.", p.color),
+        _ => format!("{who} likes {} more than any other colour.", p.color),
     };
     vec![
         (
@@ -185,7 +187,7 @@ fn facts(rng: &mut Rng, p: &Person) -> Vec<(String, Vec<(&'static str, String)>)
 }
 
 fn question(rng: &mut Rng, slot: &str, name: &str) -> String {
-    let first = name.split(' ').next().unwrap_or(name);
+    let who = name;
     let opts: Vec<String> = match slot {
         "city" => vec![
             format!("Where was {name} born?"),
@@ -195,19 +197,19 @@ fn question(rng: &mut Rng, slot: &str, name: &str) -> String {
         "year" => vec![
             format!("When was {name} born?"),
             format!("In what year was {name} born?"),
-            format!("What year was {first} born in?"),
+            format!("What year was {who} born in?"),
         ],
         "job" => vec![
-            format!("What does {first} do for a living?"),
+            format!("What does {who} do for a living?"),
             format!("What is the job of {name}?"),
             format!("What is {name}'s profession?"),
         ],
         "pet" => vec![
-            format!("What animal does {first} keep?"),
+            format!("What animal does {who} keep?"),
             format!("Which pet does {name} have?"),
         ],
         _ => vec![
-            format!("What is the favourite colour of {first}?"),
+            format!("What is the favourite colour of {who}?"),
             format!("Which colour does {name} like best?"),
         ],
     };

@@ -21,7 +21,7 @@ def qa(out, question, context):
 
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForQuestionAnswering.from_pretrained(out).eval()
-    enc = tok(question, context, return_tensors="pt", truncation="only_second", max_length=384,
+    enc = tok(question, context, return_tensors="pt", truncation="only_second", max_length=min(384, tok.model_max_length),
               return_offsets_mapping=True)
     offsets = enc.pop("offset_mapping")[0]
     seq_ids = enc.sequence_ids(0)

@@ -56,6 +56,82 @@ enum Task {
     Translate(Seq2SeqArgs),
 }
 
+/// Settings every task shares (HF TrainingArguments names where they exist). Unset
+/// optional values take the task's defaults: the seed recipe's when fine-tuning, larger
+/// steps when training a small model from scratch.
+#[derive(ClapArgs, Debug)]
+struct RunArgs {
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Effective batch per optimizer step.
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A task's defaults for the optional [`RunArgs`].
+struct RunDefaults {
+    epochs: usize,
+    batch: usize,
+    grad_accum: usize,
+    lr: f64,
+    warmup_ratio: f64,
+}
+
+impl RunArgs {
+    /// The resolved device, the parameter dtype, and whether training is fp16.
+    fn device_dtype(&self) -> Result<(Device, DType, bool)> {
+        let device = Device::parse(&self.device)?.resolve();
+        let fp16 = self.precision == Precision::Fp16;
+        if fp16 && !device.is_cuda() {
+            bail!(
+                "--precision fp16 needs a CUDA device; got --device {}",
+                self.device
+            );
+        }
+        Ok((device, if fp16 { DType::F16 } else { DType::F32 }, fp16))
+    }
+
+    fn train_config(&self, d: RunDefaults, out: PathBuf, fp16: bool) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch: self.batch.unwrap_or(d.batch),
+            grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
+            lr: self.lr.unwrap_or(d.lr),
+            weight_decay: self.weight_decay,
+            warmup_ratio: self.warmup_ratio.unwrap_or(d.warmup_ratio),
+            max_grad_norm: Some(1.0),
+            seed: self.seed,
+            out_dir: out,
+            loss_scaling: fp16,
+            log_every: 10,
+            max_steps: self.max_steps,
+            quiet: self.quiet,
+        }
+    }
+}
+
 #[derive(ClapArgs, Debug)]
 struct QaArgs {
     /// Model directory, HF cache entry or hub id (default distilbert-base-cased; a small
@@ -68,18 +144,6 @@ struct QaArgs {
     train: Option<PathBuf>,
     #[arg(long)]
     eval: Option<PathBuf>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch: Option<usize>,
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long, default_value_t = 0.01)]
-    weight_decay: f64,
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
     /// Tokens per window (question + context slice + specials).
     #[arg(long)]
     max_length: Option<usize>,
@@ -111,20 +175,8 @@ struct QaArgs {
     /// Built-in task only: attention heads (must divide --dim).
     #[arg(long)]
     heads: Option<usize>,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: Precision,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -148,18 +200,6 @@ struct Seq2SeqArgs {
     /// per task.
     #[arg(long)]
     prefix: Option<String>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch: Option<usize>,
-    #[arg(long)]
-    grad_accum: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long, default_value_t = 0.01)]
-    weight_decay: f64,
-    #[arg(long, default_value_t = 0.0)]
-    warmup_ratio: f64,
     #[arg(long, default_value_t = 512)]
     max_source_length: usize,
     #[arg(long, default_value_t = 128)]
@@ -171,20 +211,8 @@ struct Seq2SeqArgs {
     /// Evaluate on at most this many rows (generation is the slow part).
     #[arg(long)]
     eval_limit: Option<usize>,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, value_enum, default_value = "fp32")]
-    precision: Precision,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// Sizes of the built-in QA run, chosen to finish in about three minutes on two loaded
@@ -258,17 +286,10 @@ fn load_qa_file(path: &std::path::Path, skip_bad: bool) -> Result<Vec<QaExample>
 }
 
 fn qa(a: QaArgs) -> Result<()> {
-    let device = Device::parse(&a.device)?.resolve();
-    let fp16 = a.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() {
-        bail!(
-            "--precision fp16 needs a CUDA device; got --device {}",
-            a.device
-        );
-    }
-    let dtype = if fp16 { DType::F16 } else { DType::F32 };
+    let (device, dtype, fp16) = a.run.device_dtype()?;
     let builtin = a.train.is_none();
     let out = a
+        .run
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(if builtin { "out/qa-default" } else { "out/qa" }));
@@ -294,13 +315,13 @@ fn qa(a: QaArgs) -> Result<()> {
         let n = a.contexts.unwrap_or(b.contexts);
         let train_rows = write_squad(
             &data.join("train.json"),
-            &synth::qa_dataset(a.seed, n, b.questions, "synth-train"),
+            &synth::qa_dataset(a.run.seed, n, b.questions, "synth-train"),
         )?;
         // A different seed: held-out contexts, not a slice of the training stream.
         let eval_rows = write_squad(
             &data.join("eval.json"),
             &synth::qa_dataset(
-                a.seed.wrapping_add(1_000_003),
+                a.run.seed.wrapping_add(1_000_003),
                 b.eval_contexts,
                 b.questions,
                 "synth-eval",
@@ -349,7 +370,7 @@ fn qa(a: QaArgs) -> Result<()> {
             features.max_length,
             features.stride,
         );
-        let model = DistilBertForQa::new(cfg, device, dtype, a.seed)?;
+        let model = DistilBertForQa::new(cfg, device, dtype, a.run.seed)?;
         (
             Box::new(model) as Box<dyn QaModel>,
             tokenizer,
@@ -370,7 +391,7 @@ fn qa(a: QaArgs) -> Result<()> {
         let train_rows = load_qa_file(train_path, a.skip_bad_answers)?;
         let eval_rows = load_qa_file(eval_path, a.skip_bad_answers)?;
         (
-            load_qa_model(&dir, device, dtype, a.seed)?,
+            load_qa_model(&dir, device, dtype, a.run.seed)?,
             TextTokenizer::from_dir(&dir)?,
             train_rows,
             eval_rows,
@@ -392,21 +413,17 @@ fn qa(a: QaArgs) -> Result<()> {
         device,
     )?;
     // Defaults: the seed's (distilbert-base-cased on SQuAD) unless built-in from scratch.
-    let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(3),
-        batch: a.batch.unwrap_or(16),
-        grad_accum: a.grad_accum.unwrap_or(1),
-        lr: a.lr.unwrap_or(if builtin { 1e-3 } else { 2e-5 }),
-        weight_decay: a.weight_decay,
-        warmup_ratio: a.warmup_ratio.unwrap_or(if builtin { 0.1 } else { 0.0 }),
-        max_grad_norm: Some(1.0),
-        seed: a.seed,
-        out_dir: out.clone(),
-        loss_scaling: fp16,
-        log_every: 10,
-        max_steps: a.max_steps,
-        quiet: a.quiet,
-    };
+    let cfg = a.run.train_config(
+        RunDefaults {
+            epochs: 3,
+            batch: 16,
+            grad_accum: 1,
+            lr: if builtin { 1e-3 } else { 2e-5 },
+            warmup_ratio: if builtin { 0.1 } else { 0.0 },
+        },
+        out.clone(),
+        fp16,
+    );
     eprintln!(
         "{} train windows from {} questions",
         train::Task::train_len(&task),
@@ -426,21 +443,13 @@ fn qa(a: QaArgs) -> Result<()> {
 }
 
 fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
-    let device = Device::parse(&a.device)?.resolve();
-    let fp16 = a.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() {
-        bail!(
-            "--precision fp16 needs a CUDA device; got --device {}",
-            a.device
-        );
-    }
-    let dtype = if fp16 { DType::F16 } else { DType::F32 };
+    let (device, dtype, fp16) = a.run.device_dtype()?;
     let task_name = match kind {
         Seq2SeqKind::Summarize => "summarize",
         Seq2SeqKind::Translate => "translate",
     };
     let builtin = a.train.is_none();
-    let out = a.out.clone().unwrap_or_else(|| {
+    let out = a.run.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "out/{task_name}{}",
             if builtin { "-default" } else { "" }
@@ -455,7 +464,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             Seq2SeqKind::Summarize => (3000, 100),
             Seq2SeqKind::Translate => (4000, 200),
         };
-        let rows = seq2seq_default::dataset(kind, a.seed, n_train, n_eval, &out)?;
+        let rows = seq2seq_default::dataset(kind, a.run.seed, n_train, n_eval, &out)?;
         eprintln!(
             "built-in {task_name} task: {} train / {} held-out rows written to {}",
             rows.0.len(),
@@ -499,7 +508,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
         );
         (
-            T5ForConditionalGeneration::new_random(cfg, device, dtype, a.seed)?,
+            T5ForConditionalGeneration::new_random(cfg, device, dtype, a.run.seed)?,
             tok_dir,
         )
     } else {
@@ -529,25 +538,17 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         device,
     )?;
     // Defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
-    let cfg = TrainConfig {
-        epochs: a.epochs.unwrap_or(if scratch { 8 } else { 3 }),
-        batch: a.batch.unwrap_or(if scratch { 32 } else { 8 }),
-        grad_accum: a.grad_accum.unwrap_or(if scratch { 1 } else { 4 }),
-        lr: a.lr.unwrap_or(if scratch { 2e-3 } else { 3e-5 }),
-        weight_decay: a.weight_decay,
-        warmup_ratio: if scratch && a.warmup_ratio == 0.0 {
-            0.05
-        } else {
-            a.warmup_ratio
+    let cfg = a.run.train_config(
+        RunDefaults {
+            epochs: if scratch { 8 } else { 3 },
+            batch: if scratch { 32 } else { 8 },
+            grad_accum: if scratch { 1 } else { 4 },
+            lr: if scratch { 2e-3 } else { 3e-5 },
+            warmup_ratio: if scratch { 0.05 } else { 0.0 },
         },
-        max_grad_norm: Some(1.0),
-        seed: a.seed,
-        out_dir: out.clone(),
-        loss_scaling: fp16,
-        log_every: 10,
-        max_steps: a.max_steps,
-        quiet: a.quiet,
-    };
+        out.clone(),
+        fp16,
+    );
     eprintln!(
         "untrained model: {}",
         serde_json::Value::Object(train::Task::evaluate(&mut task)?)

@@ -148,6 +148,42 @@ pub(crate) fn sfx(op: &'static str, dtype: DType) -> Result<&'static str> {
     }
 }
 
+/// Rows of a `[rows, cols]` buffer, or an error naming `op`.
+pub(crate) fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(len_err(op, cols, x.len()));
+    }
+    Ok(x.len() / cols)
+}
+
+/// `v` must hold `len` elements of `dtype` on the device of `like`.
+pub(crate) fn expect_buf(
+    v: &CudaStorage,
+    like: &CudaStorage,
+    len: usize,
+    dtype: DType,
+    op: &'static str,
+) -> Result<()> {
+    if v.len() != len {
+        return Err(len_err(op, len, v.len()));
+    }
+    if v.dtype() != dtype {
+        return Err(Error::DType {
+            op,
+            expected: dtype.as_str(),
+            got: v.dtype(),
+        });
+    }
+    if v.device() != like.device() {
+        return Err(Error::DeviceMismatch {
+            op,
+            a: like.device(),
+            b: v.device(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn len_err(op: &'static str, expected: usize, got: usize) -> Error {
     Error::Shape {
         op,

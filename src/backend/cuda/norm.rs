@@ -6,44 +6,10 @@
 
 use super::context::{cfg_rows, Arg};
 use super::reduce::{cfg_col_chunks, col_chunk, col_finish};
-use super::{len_err, sfx, CudaStorage};
+use super::{expect_buf, rows_of, sfx, CudaStorage};
 use crate::backend::BackendStorage;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::shape::DType;
-
-fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
-    if cols == 0 || !x.len().is_multiple_of(cols) {
-        return Err(len_err(op, cols, x.len()));
-    }
-    Ok(x.len() / cols)
-}
-
-fn check_vec(
-    v: &CudaStorage,
-    x: &CudaStorage,
-    len: usize,
-    dtype: DType,
-    op: &'static str,
-) -> Result<()> {
-    if v.len() != len {
-        return Err(len_err(op, len, v.len()));
-    }
-    if v.dtype() != dtype {
-        return Err(Error::DType {
-            op,
-            expected: dtype.as_str(),
-            got: v.dtype(),
-        });
-    }
-    if v.device() != x.device() {
-        return Err(Error::DeviceMismatch {
-            op,
-            a: x.device(),
-            b: v.device(),
-        });
-    }
-    Ok(())
-}
 
 pub fn layer_norm(
     x: &CudaStorage,
@@ -55,8 +21,8 @@ pub fn layer_norm(
     let op = "layer_norm";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    check_vec(gamma, x, cols, x.dtype(), op)?;
-    check_vec(beta, x, cols, x.dtype(), op)?;
+    expect_buf(gamma, x, cols, x.dtype(), op)?;
+    expect_buf(beta, x, cols, x.dtype(), op)?;
     let dev = x.dev();
     let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     let mean = CudaStorage::alloc(dev, rows, DType::F32)?;
@@ -92,10 +58,10 @@ pub fn layer_norm_backward(
     let op = "layer_norm_backward";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    check_vec(gamma, x, cols, x.dtype(), op)?;
-    check_vec(mean, x, rows, DType::F32, op)?;
-    check_vec(rstd, x, rows, DType::F32, op)?;
-    check_vec(dy, x, x.len(), x.dtype(), op)?;
+    expect_buf(gamma, x, cols, x.dtype(), op)?;
+    expect_buf(mean, x, rows, DType::F32, op)?;
+    expect_buf(rstd, x, rows, DType::F32, op)?;
+    expect_buf(dy, x, x.len(), x.dtype(), op)?;
     let dev = x.dev();
     let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
@@ -149,7 +115,7 @@ pub fn rms_norm(
     let op = "rms_norm";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    check_vec(gamma, x, cols, x.dtype(), op)?;
+    expect_buf(gamma, x, cols, x.dtype(), op)?;
     let dev = x.dev();
     let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
@@ -181,9 +147,9 @@ pub fn rms_norm_backward(
     let op = "rms_norm_backward";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    check_vec(gamma, x, cols, x.dtype(), op)?;
-    check_vec(rstd, x, rows, DType::F32, op)?;
-    check_vec(dy, x, x.len(), x.dtype(), op)?;
+    expect_buf(gamma, x, cols, x.dtype(), op)?;
+    expect_buf(rstd, x, rows, DType::F32, op)?;
+    expect_buf(dy, x, x.len(), x.dtype(), op)?;
     let dev = x.dev();
     let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;

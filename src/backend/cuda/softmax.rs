@@ -7,31 +7,10 @@
 use cudarc::driver::LaunchConfig;
 
 use super::context::{cfg_rows, Arg};
-use super::{len_err, sfx, CudaStorage};
+use super::{expect_buf, rows_of, sfx, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::shape::DType;
-
-fn rows_of(x: &CudaStorage, cols: usize, op: &'static str) -> Result<usize> {
-    if cols == 0 || !x.len().is_multiple_of(cols) {
-        return Err(len_err(op, cols, x.len()));
-    }
-    Ok(x.len() / cols)
-}
-
-fn expect(v: &CudaStorage, len: usize, dtype: DType, op: &'static str) -> Result<()> {
-    if v.len() != len {
-        return Err(len_err(op, len, v.len()));
-    }
-    if v.dtype() != dtype {
-        return Err(Error::DType {
-            op,
-            expected: dtype.as_str(),
-            got: v.dtype(),
-        });
-    }
-    Ok(())
-}
 
 pub fn softmax(x: &CudaStorage, cols: usize, log: bool) -> Result<CudaStorage> {
     let op = if log { "log_softmax" } else { "softmax" };
@@ -59,7 +38,7 @@ pub fn softmax_backward(y: &CudaStorage, dy: &CudaStorage, cols: usize) -> Resul
     let s = sfx(op, y.dtype())?;
     let rows = rows_of(y, cols, op)?;
     y.check_pair(dy, op)?;
-    expect(dy, y.len(), y.dtype(), op)?;
+    expect_buf(dy, y, y.len(), y.dtype(), op)?;
     let dx = CudaStorage::alloc(y.dev(), y.len(), y.dtype())?;
     if rows > 0 {
         y.dev().launch(
@@ -119,7 +98,7 @@ pub fn cross_entropy(
     let op = "cross_entropy";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    expect(targets, rows, DType::I32, op)?;
+    expect_buf(targets, x, rows, DType::I32, op)?;
     let dev = x.dev();
     let row_loss = CudaStorage::alloc(dev, rows, DType::F32)?;
     let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
@@ -160,9 +139,9 @@ pub fn cross_entropy_backward(
     let op = "cross_entropy_backward";
     let s = sfx(op, x.dtype())?;
     let rows = rows_of(x, cols, op)?;
-    expect(targets, rows, DType::I32, op)?;
-    expect(lse, rows, DType::F32, op)?;
-    expect(dloss, 1, DType::F32, op)?;
+    expect_buf(targets, x, rows, DType::I32, op)?;
+    expect_buf(lse, x, rows, DType::F32, op)?;
+    expect_buf(dloss, x, 1, DType::F32, op)?;
     let dev = x.dev();
     // The count of non-ignored rows, by the same fixed-order kernel as the forward.
     let zeros = CudaStorage::zeroed(dev, rows, DType::F32)?;

@@ -51,6 +51,13 @@ pub fn no_grad() -> NoGradGuard {
     NoGradGuard { prev }
 }
 
+/// While alive, ops record again (the recompute inside a checkpointed backward, which
+/// may run under an outer `no_grad`).
+pub fn enable_grad() -> NoGradGuard {
+    let prev = GRAD_ENABLED.with(|g| g.replace(true));
+    NoGradGuard { prev }
+}
+
 /// Should an op with these inputs record itself?
 pub fn needs_grad(inputs: &[&Tensor]) -> bool {
     grad_enabled() && inputs.iter().any(|t| t.tracks())
@@ -148,12 +155,16 @@ pub fn backward(loss: &Tensor) -> Result<Grads> {
             "backward: the loss does not depend on any tensor that tracks gradients",
         ));
     }
+    let seed = loss.full_on_same(loss.shape().clone(), loss.dtype(), 1.0)?;
+    backward_from(loss, seed)
+}
+
+/// Replay the whole tape in reverse from `root` with gradient `seed` (same shape), and
+/// return the gradients of the tracked leaves reached.
+fn backward_from(root: &Tensor, seed: Tensor) -> Result<Grads> {
     let nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-    grads.insert(
-        loss.id(),
-        loss.full_on_same(loss.shape().clone(), loss.dtype(), 1.0)?,
-    );
+    grads.insert(root.id(), seed);
     let mut produced = std::collections::HashSet::new();
     for node in nodes.iter() {
         produced.insert(node.out);
@@ -209,4 +220,99 @@ fn add_grads(acc: Tensor, g: &Tensor) -> Result<Tensor> {
             .binary(&g.storage(), crate::backend::BinaryOp::Add)?;
         Ok(Tensor::wrap(s, acc.shape().clone(), false))
     }
+}
+
+/// Puts a set-aside tape back when dropped, so a failed recompute cannot leave the
+/// outer tape missing.
+struct TapeRestore(Option<Vec<Node>>);
+
+impl Drop for TapeRestore {
+    fn drop(&mut self) {
+        if let Some(nodes) = self.0.take() {
+            TAPE.with(|t| {
+                let mut tape = t.borrow_mut();
+                let inner = std::mem::replace(&mut *tape, nodes);
+                drop(tape);
+                drop(inner);
+            });
+        }
+    }
+}
+
+/// Activation checkpointing (Chen et al. 2016, arXiv:1604.06174; torch.utils.checkpoint
+/// with `use_reentrant=False` semantics): run `f` over `inputs` without recording, keep
+/// only the inputs, and record one node whose backward reruns `f` with recording on over
+/// detached copies of the inputs and back-propagates the output gradient through that
+/// fresh graph. Memory between forward and backward is the inputs instead of every
+/// activation inside `f`, for one extra forward of `f` in backward.
+///
+/// `params` are the tracked tensors `f` reads besides its inputs (the layer's weights):
+/// they are the node's extra inputs, so their gradients from the recompute flow into
+/// the outer backward like any op's input gradients. A tracked tensor that `f` reads but
+/// that is listed in neither is an error at backward time, not a silently lost gradient.
+/// `f` must be deterministic (dropout here is a hash of its seed, so it recomputes the
+/// same masks).
+pub fn checkpoint<F>(
+    name: &'static str,
+    inputs: &[&Tensor],
+    params: &[Tensor],
+    f: F,
+) -> Result<Tensor>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor> + 'static,
+{
+    let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    let mut all: Vec<&Tensor> = inputs.to_vec();
+    all.extend(params.iter());
+    if !needs_grad(&all) {
+        return f(&owned);
+    }
+    let out = {
+        let _g = no_grad();
+        f(&owned)?
+    };
+    drop(owned);
+    let saved: Vec<(Tensor, bool)> = inputs.iter().map(|t| (t.detach(), t.tracks())).collect();
+    let params_saved: Vec<Tensor> = params.to_vec();
+    let backward: BackwardFn = Box::new(move |g| {
+        // The outer backward has taken its nodes off the tape already; set aside anything
+        // else so the inner backward replays exactly the recompute.
+        let outer = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let _restore = TapeRestore(Some(outer));
+        let _grad = enable_grad();
+        let vars: Vec<Tensor> = saved
+            .iter()
+            .map(|(t, tracks)| if *tracks { Tensor::var(t) } else { t.clone() })
+            .collect();
+        let y = f(&vars)?;
+        let n_in = vars.len() + params_saved.len();
+        if !y.tracks() {
+            return Ok(vec![None; n_in]);
+        }
+        if y.shape() != g.shape() {
+            return Err(Error::Shape {
+                op: "checkpoint (recomputed output)",
+                expected: format!("{}", g.shape()),
+                got: y.shape().clone(),
+            });
+        }
+        let mut inner = backward_from(&y, g.clone())?;
+        drop(y);
+        let mut res = Vec::with_capacity(n_in);
+        for (v, (_, tracks)) in vars.iter().zip(&saved) {
+            res.push(if *tracks { inner.remove(v) } else { None });
+        }
+        for p in &params_saved {
+            res.push(if p.tracks() { inner.remove(p) } else { None });
+        }
+        if !inner.is_empty() {
+            return Err(Error::msg(format!(
+                "checkpoint ({name}): the recomputed function read {} tracked tensor(s) \
+                 passed neither as inputs nor as parameters; their gradients would be lost",
+                inner.len()
+            )));
+        }
+        Ok(res)
+    });
+    Ok(record(name, &all, out, backward))
 }

@@ -164,6 +164,8 @@ pub struct BertForQa {
     layers: Vec<EncoderLayer>,
     head: QaHead,
     store: ParamStore,
+    /// Per-layer activation checkpointing in training (see `QaModel::set_checkpointing`).
+    checkpointing: bool,
 }
 
 impl BertForQa {
@@ -221,6 +223,7 @@ impl BertForQa {
             layers,
             head,
             store,
+            checkpointing: false,
         })
     }
 
@@ -253,7 +256,12 @@ impl BertForQa {
             .forward(&x)?
             .dropout(mode.p(self.config.hidden_dropout_prob), mode.seed_for(1))?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, attention_mask, mode, 2 + i as u64)?;
+            let site = 2 + i as u64;
+            x = if self.checkpointing && mode.train {
+                layer.forward_checkpointed(&x, attention_mask, mode, site)?
+            } else {
+                layer.forward(&x, attention_mask, mode, site)?
+            };
         }
         Ok(x)
     }
@@ -284,6 +292,12 @@ impl QaModel for BertForQa {
     }
     fn params(&self) -> &ParamStore {
         &self.store
+    }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+    fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
     fn save(&self, dir: &Path) -> Result<()> {
         save_hf(dir, &self.hf_config()?, &self.store)

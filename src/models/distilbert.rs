@@ -152,6 +152,8 @@ pub struct DistilBertForQa {
     layers: Vec<EncoderLayer>,
     head: QaHead,
     store: ParamStore,
+    /// Per-layer activation checkpointing in training (see `QaModel::set_checkpointing`).
+    checkpointing: bool,
 }
 
 impl DistilBertForQa {
@@ -209,6 +211,7 @@ impl DistilBertForQa {
             layers,
             head,
             store,
+            checkpointing: false,
         })
     }
 
@@ -235,7 +238,12 @@ impl DistilBertForQa {
             .forward(&x)?
             .dropout(mode.p(self.config.dropout), mode.seed_for(1))?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, attention_mask, mode, 2 + i as u64)?;
+            let site = 2 + i as u64;
+            x = if self.checkpointing && mode.train {
+                layer.forward_checkpointed(&x, attention_mask, mode, site)?
+            } else {
+                layer.forward(&x, attention_mask, mode, site)?
+            };
         }
         Ok(x)
     }
@@ -262,6 +270,12 @@ impl QaModel for DistilBertForQa {
     }
     fn params(&self) -> &ParamStore {
         &self.store
+    }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+    fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
     fn save(&self, dir: &Path) -> Result<()> {
         save_hf(dir, &self.hf_config()?, &self.store)

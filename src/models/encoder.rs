@@ -115,6 +115,8 @@ pub struct LayerDims {
 }
 
 /// One post-LN transformer layer: `LN(x + Drop(Attn(x)))`, then `LN(h + Drop(FFN(h)))`.
+/// Cloning shares the parameters (a checkpointed layer's recompute owns a clone).
+#[derive(Clone)]
 pub struct EncoderLayer {
     query: Linear,
     key: Linear,
@@ -140,6 +142,43 @@ impl EncoderLayer {
             ffn_out: Linear::new(&vb.pp(names.ffn_out), i, h, true, std)?,
             out_norm: LayerNorm::new(&vb.pp(names.out_norm), h, dims.eps)?,
             dims,
+        })
+    }
+
+    /// Every parameter of the layer (what a checkpointed recompute differentiates).
+    pub fn params(&self) -> Vec<Tensor> {
+        let mut v = Vec::with_capacity(16);
+        for l in [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attn_out,
+            &self.ffn_in,
+            &self.ffn_out,
+        ] {
+            v.push(l.weight.clone());
+            v.extend(l.bias.clone());
+        }
+        for n in [&self.attn_norm, &self.out_norm] {
+            v.push(n.weight.clone());
+            v.push(n.bias.clone());
+        }
+        v
+    }
+
+    /// [`EncoderLayer::forward`] under activation checkpointing: only `x` is kept for
+    /// backward, which recomputes the layer (same dropout masks: they hash the seed).
+    pub fn forward_checkpointed(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mode: Mode,
+        site: u64,
+    ) -> Result<Tensor> {
+        let layer = self.clone();
+        let params = layer.params();
+        crate::autograd::checkpoint("encoder_layer", &[x, mask], &params, move |t| {
+            layer.forward(&t[0], &t[1], mode, site)
         })
     }
 
@@ -305,6 +344,11 @@ pub trait QaModel {
 
     /// The parameters under their HF names (what the optimizer and `save` see).
     fn params(&self) -> &ParamStore;
+
+    /// Recompute each layer's forward in backward instead of keeping its activations
+    /// (activation checkpointing; `memory::budget` turns it on when a budget needs it).
+    fn set_checkpointing(&mut self, on: bool);
+    fn checkpointing(&self) -> bool;
 
     /// Write `config.json` + `model.safetensors` (f32) that transformers loads back.
     fn save(&self, dir: &Path) -> Result<()>;

@@ -25,7 +25,7 @@ use crate::tensor::Tensor;
 pub use config::{EosTokenId, FeedForward, T5Config};
 pub use incremental::{DecoderCache, EncoderState};
 pub use layers::{bucket_ids, relative_position_bucket, Dropout};
-use layers::{CrossInput, T5Stack};
+use layers::{BlockInputs, CrossInput, T5Block, T5Stack};
 
 /// Keys HF skips on load (`_keys_to_ignore_on_load_unexpected`) or re-ties to
 /// `shared.weight` (`_tied_weights_keys`): dropped so they neither train nor get saved.
@@ -142,6 +142,16 @@ impl T5ForConditionalGeneration {
 
     pub fn store(&self) -> &ParamStore {
         &self.store
+    }
+
+    /// Recompute each encoder and decoder block's forward in backward instead of keeping
+    /// its activations (activation checkpointing).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.encoder.checkpointing = on;
+        self.decoder.checkpointing = on;
+    }
+    pub fn checkpointing(&self) -> bool {
+        self.encoder.checkpointing
     }
 
     /// Is the LM head the shared embedding?
@@ -318,4 +328,53 @@ impl T5ForConditionalGeneration {
         self.store
             .save(&dir.join("model.safetensors"), &[], DType::F32)
     }
+}
+
+/// One block under activation checkpointing: its inputs (hidden states, position bias,
+/// masks, encoder states) are kept, its activations are not. The forward and the
+/// recompute in backward each run on a fork of `drop` taken at the block's start, so
+/// both draw the same dropout masks; `drop` then continues after the block's sites.
+fn checkpoint_block(
+    blk: &T5Block,
+    h: &Tensor,
+    ctx: &BlockInputs<'_>,
+    drop: &Dropout,
+) -> Result<Tensor> {
+    let mut inputs: Vec<&Tensor> = vec![h, ctx.bias];
+    let self_mask = ctx.self_mask.map(|m| {
+        inputs.push(m);
+        inputs.len() - 1
+    });
+    let cross_hidden = ctx.cross.map(|c| {
+        inputs.push(c.hidden);
+        inputs.len() - 1
+    });
+    let cross_mask = ctx.cross.and_then(|c| c.mask).map(|m| {
+        inputs.push(m);
+        inputs.len() - 1
+    });
+    let is_decoder = ctx.is_decoder;
+    let blk = blk.clone();
+    let params = blk.params();
+    let start = drop.fork();
+    let drawn = std::rc::Rc::new(std::cell::Cell::new(start.sites_drawn()));
+    let drawn_in = drawn.clone();
+    let out = crate::autograd::checkpoint("t5_block", &inputs, &params, move |t| {
+        let d = start.fork();
+        let cross = cross_hidden.map(|i| CrossInput {
+            hidden: &t[i],
+            mask: cross_mask.map(|j| &t[j]),
+        });
+        let ctx = BlockInputs {
+            is_decoder,
+            self_mask: self_mask.map(|i| &t[i]),
+            bias: &t[1],
+            cross: cross.as_ref(),
+        };
+        let y = blk.forward(&t[0], &ctx, &d)?;
+        drawn_in.set(d.sites_drawn());
+        Ok(y)
+    })?;
+    drop.resume_at(drawn.get());
+    Ok(out)
 }

@@ -146,6 +146,27 @@ impl Dropout {
         self.extra.borrow_mut().push((key, t.clone()));
         Ok(t)
     }
+    /// A copy that draws the same site seeds from here on, with its own cache: a
+    /// checkpointed block's forward and its recompute in backward each run on a fork
+    /// taken at the block's start, so both draw identical masks.
+    pub fn fork(&self) -> Dropout {
+        Dropout {
+            p: self.p,
+            seed: self.seed,
+            counter: Cell::new(self.counter.get()),
+            force_unfused: self.force_unfused,
+            attention_probs: self.attention_probs,
+            extra: RefCell::new(Vec::new()),
+        }
+    }
+    /// Sites drawn so far (to continue after a fork).
+    pub fn sites_drawn(&self) -> u64 {
+        self.counter.get()
+    }
+    /// Continue drawing from site `k` (after a fork drew the sites before it).
+    pub fn resume_at(&self, k: u64) {
+        self.counter.set(k);
+    }
     pub fn off() -> Dropout {
         Dropout::new(0.0, None)
     }
@@ -177,6 +198,7 @@ pub fn rms(vb: &VarBuilder, name: &str, cfg: &T5Config) -> Result<RmsNorm> {
 }
 
 /// One attention module (`SelfAttention` or `EncDecAttention`).
+#[derive(Clone)]
 pub struct T5Attention {
     pub q: Tensor,
     pub k: Tensor,
@@ -338,6 +360,7 @@ fn additive_scores(opt: AttnOptions<'_>, dims: [usize; 4], like: &Tensor) -> Res
 }
 
 /// `DenseReluDense` in either variant.
+#[derive(Clone)]
 pub enum T5FeedForward {
     Relu {
         wi: Tensor,
@@ -380,7 +403,9 @@ impl T5FeedForward {
 }
 
 /// One `T5Block`: self-attention, (decoder) cross-attention, feed-forward; each
-/// pre-normed (`layer_norm`) with a dropped-out residual.
+/// pre-normed (`layer_norm`) with a dropped-out residual. Cloning shares the parameters
+/// (a checkpointed block's recompute owns a clone).
+#[derive(Clone)]
 pub struct T5Block {
     pub self_attn: T5Attention,
     pub self_norm: RmsNorm,
@@ -412,6 +437,47 @@ impl T5Block {
         })
     }
 
+    /// The block's full-sequence forward (self-attention, cross-attention in the
+    /// decoder, feed-forward), each residual added to `h`.
+    pub fn forward(&self, h: &Tensor, ctx: &BlockInputs<'_>, drop: &Dropout) -> Result<Tensor> {
+        let n = self.self_norm.forward(h)?;
+        let a = self.self_attn.forward(
+            &n,
+            &n,
+            t5_opts(ctx.is_decoder, ctx.self_mask, Some(ctx.bias)),
+            drop,
+        )?;
+        let mut h = h.add(&drop.apply(&a)?)?;
+        if let (Some((attn, norm)), Some(c)) = (&self.cross, ctx.cross) {
+            let n = norm.forward(&h)?;
+            let a = attn.forward(&n, c.hidden, t5_opts(false, c.mask, None), drop)?;
+            h = h.add(&drop.apply(&a)?)?;
+        }
+        self.ff_residual(&h, drop)
+    }
+
+    /// Every parameter of the block (what a checkpointed recompute differentiates).
+    pub fn params(&self) -> Vec<Tensor> {
+        let mut v = Vec::with_capacity(16);
+        let attn = |a: &T5Attention, v: &mut Vec<Tensor>| {
+            v.extend([a.q.clone(), a.k.clone(), a.v.clone(), a.o.clone()]);
+        };
+        attn(&self.self_attn, &mut v);
+        v.push(self.self_norm.weight.clone());
+        if let Some((a, n)) = &self.cross {
+            attn(a, &mut v);
+            v.push(n.weight.clone());
+        }
+        match &self.ff {
+            T5FeedForward::Relu { wi, wo } => v.extend([wi.clone(), wo.clone()]),
+            T5FeedForward::GatedGelu { wi_0, wi_1, wo } => {
+                v.extend([wi_0.clone(), wi_1.clone(), wo.clone()])
+            }
+        }
+        v.push(self.ff_norm.weight.clone());
+        v
+    }
+
     pub fn ff_residual(&self, h: &Tensor, drop: &Dropout) -> Result<Tensor> {
         let y = self.ff.forward(&self.ff_norm.forward(h)?, drop)?;
         h.add(&drop.apply(&y)?)
@@ -425,12 +491,23 @@ pub struct T5Stack {
     pub rel_bias: Tensor,
     pub final_norm: RmsNorm,
     pub is_decoder: bool,
+    /// Recompute each block in backward instead of keeping its activations.
+    pub checkpointing: bool,
 }
 
 /// Inputs a decoder stack attends to.
 pub struct CrossInput<'a> {
     pub hidden: &'a Tensor,
     pub mask: Option<&'a Tensor>,
+}
+
+/// What every block of a stack reads besides the hidden states.
+pub struct BlockInputs<'a> {
+    pub is_decoder: bool,
+    pub self_mask: Option<&'a Tensor>,
+    /// `position_bias [H, L, L]`, shared by every block.
+    pub bias: &'a Tensor,
+    pub cross: Option<&'a CrossInput<'a>>,
 }
 
 impl T5Stack {
@@ -454,6 +531,7 @@ impl T5Stack {
             rel_bias,
             final_norm: rms(vb, "final_layer_norm", cfg)?,
             is_decoder,
+            checkpointing: false,
         })
     }
 
@@ -484,20 +562,17 @@ impl T5Stack {
         let bias = self.position_bias(cfg, l, l, 0)?;
         let mut h = drop.apply(x)?;
         for blk in &self.blocks {
-            let n = blk.self_norm.forward(&h)?;
-            let a = blk.self_attn.forward(
-                &n,
-                &n,
-                t5_opts(self.is_decoder, self_mask, Some(&bias)),
-                drop,
-            )?;
-            h = h.add(&drop.apply(&a)?)?;
-            if let (Some((attn, norm)), Some(c)) = (&blk.cross, cross) {
-                let n = norm.forward(&h)?;
-                let a = attn.forward(&n, c.hidden, t5_opts(false, c.mask, None), drop)?;
-                h = h.add(&drop.apply(&a)?)?;
-            }
-            h = blk.ff_residual(&h, drop)?;
+            let ctx = BlockInputs {
+                is_decoder: self.is_decoder,
+                self_mask,
+                bias: &bias,
+                cross,
+            };
+            h = if self.checkpointing {
+                super::checkpoint_block(blk, &h, &ctx, drop)?
+            } else {
+                blk.forward(&h, &ctx, drop)?
+            };
         }
         drop.apply(&self.final_norm.forward(&h)?)
     }

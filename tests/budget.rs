@@ -9,6 +9,7 @@ use fusebox::memory::tracker;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
 use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::memory::budget::{predict, ModelSpec, Target, Workload};
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::shape::{DType, Device};
 use fusebox::tensor::Tensor;
@@ -155,5 +156,89 @@ fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
             peak_ckpt < peak_plain,
             "gated {gated}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
         );
+    }
+}
+
+fn cpu_work(b: usize, l: usize, lt: usize, ckpt: bool) -> Workload {
+    Workload {
+        micro_batch: b,
+        grad_accum: 1,
+        seq_len: l,
+        tgt_len: lt,
+        dtype: DType::F32,
+        checkpointing: ckpt,
+        target: Target::Cpu,
+    }
+}
+
+/// Peak bytes of: build the optimizer's state, then one step (batch, forward, loss,
+/// backward, AdamW), above what was live before the model existed.
+fn measure_step(
+    params: Vec<(String, Tensor)>,
+    base: usize,
+    step: impl FnOnce() -> fusebox::autograd::Grads,
+) -> usize {
+    let mut opt = AdamW::new(&params, AdamWConfig::default(), true).expect("adamw");
+    tracker::reset_peak(Device::Cpu);
+    let grads = step();
+    opt.step(&grads, 1e-3, 1.0, Some(1.0)).expect("step");
+    drop(grads);
+    tracker::peak_bytes(Device::Cpu) - base
+}
+
+fn check(what: &str, predicted: usize, measured: usize) {
+    let err = (predicted as f64 - measured as f64).abs() / measured as f64;
+    eprintln!("{what}: predicted {predicted} measured {measured} ({:+.2} %)", 100.0 * (predicted as f64 / measured as f64 - 1.0));
+    assert!(err <= 0.05, "{what}: predicted {predicted}, measured {measured}");
+}
+
+#[test]
+fn distilbert_prediction_matches_the_tracker() {
+    let _l = lock();
+    let (b, l, vocab) = (4, 128, 1000);
+    for ckpt in [false, true] {
+        let cfg = distilbert_cfg(128, 2, vocab);
+        let spec = ModelSpec::distilbert(&cfg);
+        let base = tracker::live_bytes(Device::Cpu);
+        let mut model = DistilBertForQa::new(cfg, Device::Cpu, DType::F32, 1).expect("model");
+        model.set_checkpointing(ckpt);
+        let params = model.params().trainable();
+        let measured = measure_step(params, base, || {
+            let batch = qa_batch(b, l, vocab);
+            let (s, e) = model.forward(&batch, QaMode::train(9)).expect("fwd");
+            let loss = model.loss(&s, &e, &batch).expect("loss");
+            drop((s, e));
+            backward(&loss.scale(1.0).expect("scale")).expect("bwd")
+        });
+        drop(model);
+        let plan = predict(&spec, &cpu_work(b, l, 0, ckpt), b).expect("plan");
+        check(&format!("distilbert ckpt={ckpt}"), plan.tensor_peak, measured);
+    }
+}
+
+#[test]
+fn t5_prediction_matches_the_tracker() {
+    let _l = lock();
+    let (b, ls, lt, vocab) = (4, 64, 16, 512);
+    for gated in [false, true] {
+        for ckpt in [false, true] {
+            let cfg = t5_cfg(vocab, 64, 2, gated);
+            let spec = ModelSpec::t5(&cfg, true);
+            let base = tracker::live_bytes(Device::Cpu);
+            let mut model =
+                T5ForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 2).expect("t5");
+            model.set_checkpointing(ckpt);
+            let params = model.trainable();
+            let measured = measure_step(params, base, || {
+                let batch = t5_batch(b, ls, lt, vocab);
+                let (loss, _) = model
+                    .loss(&batch.ids, Some(&batch.mask), &batch.labels, T5Mode::Train { seed: 4 })
+                    .expect("loss");
+                backward(&loss.scale(1.0).expect("scale")).expect("bwd")
+            });
+            drop(model);
+            let plan = predict(&spec, &cpu_work(b, ls, lt, ckpt), b).expect("plan");
+            check(&format!("t5 gated={gated} ckpt={ckpt}"), plan.tensor_peak, measured);
+        }
     }
 }

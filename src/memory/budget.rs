@@ -1,0 +1,423 @@
+//! The VRAM planner: the peak device memory of one training step, by component, for a
+//! model config × micro-batch × sequence lengths × precision × activation checkpointing
+//! × backend, and `fit`, which turns a memory budget into a micro-batch, a number of
+//! gradient-accumulation steps and a checkpointing choice.
+//!
+//! How the prediction is made. Static memory is counted from the parameter count:
+//! working weights (f32, or f16 with an f32 master copy in AdamW) and AdamW's m and v
+//! (f32, allocated when the optimizer is built). The step itself (forward, loss,
+//! backward) is replayed op by op on a byte simulator of the tape (`sim.rs`, `walk.rs`)
+//! that allocates, saves and frees what the real ops do, so saved activations, the
+//! gradients as they accumulate and the backward's transients all come from the code
+//! paths rather than a formula; on the CPU backend the result is the tracker's count
+//! (tests/budget.rs holds it to 5 %). With gradient accumulation, the previous
+//! micro-batches' gradients stay alive through the next backward and are added. The
+//! optimizer step itself allocates only one-element norm partials.
+//!
+//! What only CUDA adds, as documented estimates rather than simulation: the cuBLAS
+//! workspace (cuBLAS allocates its own, 32 MiB on Hopper by NVIDIA's docs, less on older
+//! cards), the CUDA context with its kernel images (about 450 MiB of NVML-used memory on
+//! current drivers), and allocator slack: the caching allocator rounds blocks up (512 B
+//! below 1 MiB, 2 MiB above) and keeps freed blocks cached for reuse, which costs about
+//! 10 % over the tensor peak (PyTorch's reserved/allocated ratio on transformer training
+//! is typically 1.05-1.2).
+
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+use super::sim::{Env, Sim};
+use super::walk::{qa_step, t5_step, EncoderSpec, T5Spec};
+
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+/// cuBLAS's own workspace (NVIDIA cuBLAS docs: 32 MiB on Hopper, 4 MiB before).
+pub const CUBLAS_WORKSPACE: usize = 32 * MIB;
+/// CUDA context, kernel images and driver reservations, as NVML counts them.
+pub const CUDA_CONTEXT: usize = 450 * MIB;
+/// Caching-allocator overhead as a fraction of the tensor peak.
+pub const ALLOCATOR_SLACK: f64 = 0.10;
+
+/// Which model the plan is for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ModelSpec {
+    /// DistilBERT or BERT for extractive QA.
+    Encoder(EncoderSpec),
+    T5(T5Spec),
+}
+
+impl ModelSpec {
+    /// From a DistilBERT config (training: dropout as configured).
+    pub fn distilbert(c: &crate::models::distilbert::DistilBertConfig) -> ModelSpec {
+        ModelSpec::Encoder(EncoderSpec {
+            vocab: c.vocab_size,
+            max_pos: c.max_position_embeddings,
+            type_vocab: 0,
+            hidden: c.dim,
+            intermediate: c.hidden_dim,
+            layers: c.n_layers,
+            heads: c.n_heads,
+            pad_id: c.pad_token_id as usize,
+            hidden_dropout: c.dropout > 0.0,
+            attn_out_dropout: false,
+            qa_dropout: c.qa_dropout > 0.0,
+        })
+    }
+
+    pub fn bert(c: &crate::models::bert::BertConfig) -> ModelSpec {
+        ModelSpec::Encoder(EncoderSpec {
+            vocab: c.vocab_size,
+            max_pos: c.max_position_embeddings,
+            type_vocab: c.type_vocab_size,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            layers: c.num_hidden_layers,
+            heads: c.num_attention_heads,
+            pad_id: c.pad_token_id as usize,
+            hidden_dropout: c.hidden_dropout_prob > 0.0,
+            attn_out_dropout: c.hidden_dropout_prob > 0.0,
+            qa_dropout: false,
+        })
+    }
+
+    /// From a T5 config; `tied` is whether the LM head is `shared.weight`.
+    pub fn t5(c: &crate::models::t5::T5Config, tied: bool) -> ModelSpec {
+        ModelSpec::T5(T5Spec {
+            vocab: c.vocab_size,
+            d_model: c.d_model,
+            d_kv: c.d_kv,
+            heads: c.num_heads,
+            d_ff: c.d_ff,
+            enc_layers: c.num_layers,
+            dec_layers: c.decoder_layers(),
+            buckets: c.relative_attention_num_buckets,
+            gated: c.feed_forward_proj.starts_with("gated"),
+            dropout: c.dropout_rate > 0.0,
+            tied,
+            scale_out: c.scales_decoder_outputs(),
+        })
+    }
+
+    /// Read `dir/config.json` and pick the family by its `model_type`.
+    pub fn from_dir(dir: &std::path::Path) -> Result<ModelSpec> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
+        let bad = |e: serde_json::Error| Error::msg(format!("{}: {e}", path.display()));
+        match v.get("model_type").and_then(|m| m.as_str()) {
+            Some("distilbert") => Ok(ModelSpec::distilbert(
+                &serde_json::from_value(v).map_err(bad)?,
+            )),
+            Some("bert") => Ok(ModelSpec::bert(&serde_json::from_value(v).map_err(bad)?)),
+            Some("t5") => {
+                let c = crate::models::t5::T5Config::from_json_str(&text, &path.display().to_string())?;
+                let tied = c.tie_word_embeddings.unwrap_or(true);
+                Ok(ModelSpec::t5(&c, tied))
+            }
+            other => Err(Error::msg(format!(
+                "{}: model_type {other:?} has no memory model (expected distilbert, bert or t5)",
+                path.display()
+            ))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            ModelSpec::Encoder(e) if e.type_vocab > 0 => "BERT-QA",
+            ModelSpec::Encoder(_) => "DistilBERT-QA",
+            ModelSpec::T5(_) => "T5",
+        }
+    }
+}
+
+/// The backend the step runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Cpu,
+    Cuda,
+}
+
+/// Everything a prediction depends on besides the model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Workload {
+    /// Rows per micro-batch.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Tokens per row (QA window; T5 source).
+    pub seq_len: usize,
+    /// T5 target length (ignored for QA).
+    pub tgt_len: usize,
+    pub dtype: DType,
+    pub checkpointing: bool,
+    pub target: Target,
+}
+
+/// A predicted step: the components and their sum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub model: &'static str,
+    pub work: Workload,
+    /// The batch the user asked for (micro_batch × grad_accum ≥ this).
+    pub requested_batch: usize,
+    pub params: usize,
+    /// (what, bytes); `peak_bytes` is their sum.
+    pub components: Vec<(String, usize)>,
+    /// Predicted peak of bytes held by tensors (what `memory::tracker` measures).
+    pub tensor_peak: usize,
+    /// Predicted peak of device memory in use (tensor peak + CUDA-only terms).
+    pub peak_bytes: usize,
+    /// Saved activations at the end of the forward, by the op that allocated them.
+    pub saved_by_op: Vec<(&'static str, usize)>,
+    pub budget: Option<usize>,
+}
+
+/// Predict one optimizer step of `model` under `work`.
+pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Result<Plan> {
+    if work.micro_batch == 0 || work.seq_len == 0 {
+        return Err(Error::msg("memory plan: batch and sequence length must be at least 1"));
+    }
+    let act = match work.dtype {
+        DType::F32 => 4,
+        DType::F16 => 2,
+        d => return Err(Error::msg(format!("memory plan: training in {d} is not supported"))),
+    };
+    let cuda = work.target == Target::Cuda;
+    let env = Env {
+        act,
+        stat: if cuda { 4 } else { act },
+        cuda,
+    };
+    let mut sim = Sim::new(env);
+    let b = work.micro_batch;
+    let ps = match model {
+        ModelSpec::Encoder(s) => qa_step(&mut sim, s, b, work.seq_len, work.checkpointing),
+        ModelSpec::T5(s) => t5_step(
+            &mut sim,
+            s,
+            b,
+            work.seq_len,
+            work.tgt_len.max(1),
+            work.checkpointing,
+        ),
+    };
+    let n = ps.elems;
+    let grads = n * act;
+    let mut c: Vec<(String, usize)> = Vec::new();
+    if act == 2 {
+        c.push(("weights (fp16 working copy)".into(), n * 2));
+        c.push(("fp32 master weights (AdamW)".into(), n * 4));
+    } else {
+        c.push(("weights (fp32)".into(), n * 4));
+    }
+    c.push(("AdamW m and v (fp32)".into(), 2 * n * 4));
+    let saved = sim.saved_at_end_of_forward();
+    let step = sim.peak();
+    let accum = work.grad_accum.max(1);
+    if accum > 1 {
+        c.push(("gradients of earlier micro-batches".into(), grads));
+    }
+    c.push((
+        format!(
+            "forward + backward peak (saved activations {}, gradients {} as they fill, transients)",
+            human(saved),
+            human(grads)
+        ),
+        step,
+    ));
+    let tensor_peak: usize = c.iter().map(|x| x.1).sum();
+    if cuda {
+        c.push((
+            format!("allocator slack ({:.0} % of tensors)", ALLOCATOR_SLACK * 100.0),
+            (tensor_peak as f64 * ALLOCATOR_SLACK) as usize,
+        ));
+        c.push(("cuBLAS workspace".into(), CUBLAS_WORKSPACE));
+        c.push(("CUDA context and kernels".into(), CUDA_CONTEXT));
+    }
+    let peak_bytes = c.iter().map(|x| x.1).sum();
+    Ok(Plan {
+        model: model.name(),
+        work: *work,
+        requested_batch,
+        params: n,
+        components: c,
+        tensor_peak,
+        peak_bytes,
+        saved_by_op: sim.saved_by_op(),
+        budget: None,
+    })
+}
+
+/// Pick the largest micro-batch ≤ `requested_batch` whose step fits `budget` bytes, the
+/// accumulation steps that keep the requested batch (`ceil(requested / micro)`), and
+/// activation checkpointing only when even micro-batch 1 does not fit without it (or
+/// always, when `force_checkpointing`). Refuses with the micro-batch-1 breakdown when
+/// nothing fits.
+pub fn fit(
+    model: &ModelSpec,
+    budget: usize,
+    requested_batch: usize,
+    base: &Workload,
+    force_checkpointing: bool,
+) -> Result<Plan> {
+    let requested = requested_batch.max(1);
+    let choices: &[bool] = if force_checkpointing {
+        &[true]
+    } else {
+        &[false, true]
+    };
+    let plan_at = |micro: usize, ckpt: bool| {
+        let w = Workload {
+            micro_batch: micro,
+            grad_accum: requested.div_ceil(micro),
+            checkpointing: ckpt,
+            ..*base
+        };
+        predict(model, &w, requested)
+    };
+    for &ckpt in choices {
+        // The peak grows with the micro-batch: binary search the largest that fits.
+        let first = plan_at(1, ckpt)?;
+        if first.peak_bytes > budget {
+            continue;
+        }
+        let (mut lo, mut hi) = (1, requested);
+        let mut best = first;
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let p = plan_at(mid, ckpt)?;
+            if p.peak_bytes <= budget {
+                lo = mid;
+                best = p;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        // Fewer accumulation steps for the same micro-batch count would not fit
+        // better; but a smaller micro-batch with the same accumulation count wastes
+        // nothing, so keep the largest.
+        best.budget = Some(budget);
+        return Ok(best);
+    }
+    let mut p = plan_at(1, true)?;
+    p.budget = Some(budget);
+    Err(Error::msg(format!(
+        "the memory budget {} is too small: micro-batch 1 with activation checkpointing needs {}\n{}",
+        human(budget),
+        human(p.peak_bytes),
+        p.table()
+    )))
+}
+
+impl Plan {
+    /// The plan as a table for people.
+    pub fn table(&self) -> String {
+        let w = &self.work;
+        let mut s = format!(
+            "memory plan: {} ({} parameters), {:?} {}, micro-batch {} x {} accumulation step(s) \
+             (batch {} requested), length {}{}, activation checkpointing {}\n",
+            self.model,
+            self.params,
+            w.target,
+            w.dtype,
+            w.micro_batch,
+            w.grad_accum,
+            self.requested_batch,
+            w.seq_len,
+            if matches!(self.model, "T5") {
+                format!(" -> {}", w.tgt_len)
+            } else {
+                String::new()
+            },
+            if w.checkpointing { "on" } else { "off" },
+        );
+        for (what, bytes) in &self.components {
+            s += &format!("  {:>12}  {what}\n", human(*bytes));
+        }
+        s += &format!("  {:>12}  predicted peak\n", human(self.peak_bytes));
+        if let Some(b) = self.budget {
+            s += &format!("  {:>12}  budget\n", human(b));
+        }
+        if !self.saved_by_op.is_empty() {
+            let list: Vec<String> = self
+                .saved_by_op
+                .iter()
+                .map(|(op, b)| format!("{op} {}", human(*b)))
+                .collect();
+            s += &format!("  saved activations by op: {}\n", list.join(", "));
+        }
+        s
+    }
+}
+
+/// Bytes for people: KiB / MiB / GiB with one decimal.
+pub fn human(b: usize) -> String {
+    let f = b as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", f / GIB as f64)
+    } else if b >= MIB {
+        format!("{:.1} MiB", f / MIB as f64)
+    } else if b >= 1024 {
+        format!("{:.1} KiB", f / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Parse a size: plain bytes ("16000000000") or a number with a unit, decimal (KB, MB,
+/// GB, TB) or binary (KiB, MiB, GiB, TiB), case-insensitive, e.g. "15GiB", "16GB",
+/// "12000MiB", "1.5 GiB".
+pub fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    let bad = || {
+        Error::msg(format!(
+            "{s:?} is not a memory size: expected a number of bytes or a number with a unit \
+             (KB MB GB TB = powers of 1000; KiB MiB GiB TiB = powers of 1024), e.g. 15GiB"
+        ))
+    };
+    let x: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => MIB as f64,
+        "gib" => GIB as f64,
+        "tib" => GIB as f64 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = x * mult;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e18 {
+        return Err(bad());
+    }
+    Ok(bytes as usize)
+}
+
+/// Memory of a named card as `nvidia-smi` reports its total (the CUDA context is a
+/// separate component of the plan): t4 15360 MiB (16 GB card), a100 40960 MiB (40 GB),
+/// a100-80 81920 MiB, h100 81559 MiB (80 GB HBM3).
+pub fn gpu_memory(name: &str) -> Result<usize> {
+    match name.to_ascii_lowercase().as_str() {
+        "t4" => Ok(15360 * MIB),
+        "a100" | "a100-40" => Ok(40960 * MIB),
+        "a100-80" => Ok(81920 * MIB),
+        "h100" => Ok(81559 * MIB),
+        other => Err(Error::msg(format!(
+            "--gpu {other:?}: expected t4, a100 (40 GB), a100-80 or h100"
+        ))),
+    }
+}
+
+/// Device memory in use as NVML reports it (whole device, every process), or None
+/// where there is no NVML (no driver, CPU machines).
+pub fn nvml_used_bytes(ordinal: usize) -> Option<u64> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let dev = nvml.device_by_index(ordinal as u32).ok()?;
+    dev.memory_info().ok().map(|m| m.used)
+}

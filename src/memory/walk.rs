@@ -1,0 +1,501 @@
+//! The models' training steps replayed on the byte simulator (`sim.rs`), op for op in
+//! the order `models/` runs them: DistilBERT / BERT QA (`encoder.rs`, `distilbert.rs`,
+//! `bert.rs`) and T5 (`t5.rs`, `t5/layers.rs`). Each function follows its model function
+//! line by line, including when a Rust local drops (end of statement for temporaries,
+//! end of scope for `let`s, reassignment for `x = f(x)`), because that decides which
+//! buffers coexist. A change to a model's forward that adds, saves or keeps a tensor
+//! must be mirrored here; `tests/budget.rs` checks the two against the tracker.
+
+use super::sim::{Sim, V};
+
+/// Shapes and switches of an encoder QA model (DistilBERT or BERT).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncoderSpec {
+    pub vocab: usize,
+    pub max_pos: usize,
+    /// BERT's segment embeddings (0 = none, DistilBERT).
+    pub type_vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub pad_id: usize,
+    /// Dropout after the embeddings and the FFN (training with p > 0).
+    pub hidden_dropout: bool,
+    /// Dropout after the attention output projection (BERT only).
+    pub attn_out_dropout: bool,
+    /// DistilBERT's `qa_dropout` before the head.
+    pub qa_dropout: bool,
+}
+
+/// Shapes and switches of a T5 model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct T5Spec {
+    pub vocab: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub heads: usize,
+    pub d_ff: usize,
+    pub enc_layers: usize,
+    pub dec_layers: usize,
+    pub buckets: usize,
+    pub gated: bool,
+    pub dropout: bool,
+    pub tied: bool,
+    /// T5 v1.0's d_model^-0.5 rescale of the decoder output.
+    pub scale_out: bool,
+}
+
+/// Parameters as simulated leaves, and their element count (static memory).
+#[derive(Default)]
+pub struct Params {
+    pub elems: usize,
+    pub tensors: usize,
+}
+
+impl Params {
+    fn p(&mut self, sim: &mut Sim, n: usize) -> V {
+        self.elems += n;
+        self.tensors += 1;
+        sim.param()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Lin {
+    w: V,
+    b: Option<V>,
+}
+
+#[derive(Clone, Copy)]
+struct EncLayerP {
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    o: Lin,
+    n1: (V, V),
+    f1: Lin,
+    f2: Lin,
+    n2: (V, V),
+}
+
+impl EncLayerP {
+    fn all(&self) -> Vec<V> {
+        let mut v = Vec::new();
+        for l in [self.q, self.k, self.v, self.o, self.f1, self.f2] {
+            v.push(l.w);
+            v.extend(l.b);
+        }
+        v.extend([self.n1.0, self.n1.1, self.n2.0, self.n2.1]);
+        v
+    }
+}
+
+fn lin(ps: &mut Params, sim: &mut Sim, fin: usize, fout: usize, bias: bool) -> Lin {
+    Lin {
+        w: ps.p(sim, fin * fout),
+        b: bias.then(|| ps.p(sim, fout)),
+    }
+}
+
+/// `EncoderLayer::forward`.
+fn encoder_layer(sim: &mut Sim, s: &EncoderSpec, p: &EncLayerP, x: V, mask: V, b: usize, l: usize) -> V {
+    let (d, r) = (s.hidden, b * l);
+    let n = r * d;
+    let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
+    let k = sim.linear(x, r, d, d, p.k.w, p.k.b);
+    let v = sim.linear(x, r, d, d, p.v.w, p.v.b);
+    let ctx = sim.attention(q, k, v, Some(mask), None, [b, s.heads, l, l, d / s.heads]);
+    let a0 = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
+    let a = sim.dropout(a0, n, s.attn_out_dropout);
+    sim.release(a0);
+    let s1 = sim.add(a, x, n);
+    let h = sim.layer_norm(s1, r, d, p.n1.0, p.n1.1);
+    sim.release(s1);
+    let f0 = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
+    let f = sim.unary(f0, r * s.intermediate);
+    sim.release(f0);
+    let f1 = sim.linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
+    let f2 = sim.dropout(f1, n, s.hidden_dropout);
+    sim.release(f1);
+    let s2 = sim.add(f2, h, n);
+    let out = sim.layer_norm(s2, r, d, p.n2.0, p.n2.1);
+    sim.release(s2);
+    for t in [q, k, v, ctx, a, h, f, f2] {
+        sim.release(t);
+    }
+    out
+}
+
+/// One training micro-step of a QA encoder (forward, loss, backward) at batch `b` ×
+/// length `l`. Returns the parameter count; the simulator holds the dynamic peak.
+pub fn qa_step(sim: &mut Sim, s: &EncoderSpec, b: usize, l: usize, checkpointing: bool) -> Params {
+    let mut ps = Params::default();
+    let d = s.hidden;
+    let word = ps.p(sim, s.vocab * d);
+    let pos_t = ps.p(sim, s.max_pos * d);
+    let tt_t = (s.type_vocab > 0).then(|| ps.p(sim, s.type_vocab * d));
+    let emb_n = (ps.p(sim, d), ps.p(sim, d));
+    let layers: Vec<EncLayerP> = (0..s.layers)
+        .map(|_| EncLayerP {
+            q: lin(&mut ps, sim, d, d, true),
+            k: lin(&mut ps, sim, d, d, true),
+            v: lin(&mut ps, sim, d, d, true),
+            o: lin(&mut ps, sim, d, d, true),
+            n1: (ps.p(sim, d), ps.p(sim, d)),
+            f1: lin(&mut ps, sim, d, s.intermediate, true),
+            f2: lin(&mut ps, sim, s.intermediate, d, true),
+            n2: (ps.p(sim, d), ps.p(sim, d)),
+        })
+        .collect();
+    let head = lin(&mut ps, sim, d, 2, true);
+
+    let (r, n) = (b * l, b * l * d);
+    // The batch (QaBatch: ids, mask, token types for BERT, positions).
+    let ids = sim.ints(r);
+    let mask = sim.ints(r);
+    let tt_ids = tt_t.map(|_| sim.ints(r));
+    let (sp, ep) = (sim.ints(b), sim.ints(b));
+
+    // encode(): position ids, embed_padding_idx (the table rebuilt around a detached pad
+    // row so that row gets no gradient), + positions (+ token types), LN, dropout.
+    let pos = sim.ints(r);
+    let (v, p) = (s.vocab, s.pad_id.min(s.vocab.saturating_sub(1)));
+    let mut parts = Vec::new();
+    let mut sizes = Vec::new();
+    if p > 0 {
+        parts.push(sim.narrow(word, v * d, p * d));
+        sizes.push(p * d);
+    }
+    parts.push(sim.alloc(d * sim.env.act));
+    sizes.push(d);
+    if p + 1 < v {
+        parts.push(sim.narrow(word, v * d, (v - p - 1) * d));
+        sizes.push((v - p - 1) * d);
+    }
+    let table = sim.cat(&parts, &sizes);
+    let we = sim.embedding(table, ids, r, v, d);
+    sim.release(table);
+    for t in parts {
+        sim.release(t);
+    }
+    let pe = sim.embedding(pos_t, pos, r, s.max_pos, d);
+    let mut x0 = sim.add(we, pe, n);
+    sim.release(we);
+    sim.release(pe);
+    if let (Some(tt), Some(tt_ids)) = (tt_t, tt_ids) {
+        let te = sim.embedding(tt, tt_ids, r, s.type_vocab, d);
+        let x1 = sim.add(x0, te, n);
+        sim.release(te);
+        sim.release(x0);
+        x0 = x1;
+    }
+    let y = sim.layer_norm(x0, r, d, emb_n.0, emb_n.1);
+    let mut x = sim.dropout(y, n, s.hidden_dropout);
+    sim.release(y);
+    for lp in &layers {
+        let next = if checkpointing {
+            let (spec, lp2) = (*s, *lp);
+            sim.checkpoint(
+                &[x, mask],
+                &lp.all(),
+                Box::new(move |sim, t| encoder_layer(sim, &spec, &lp2, t[0], t[1], b, l)),
+            )
+        } else {
+            encoder_layer(sim, s, lp, x, mask, b, l)
+        };
+        sim.release(x);
+        x = next;
+    }
+    sim.release(x0);
+    sim.release(pos);
+
+    // QA head: (DistilBERT's qa_dropout), linear to 2, narrow start / end.
+    let h = if tt_t.is_none() {
+        sim.dropout(x, n, s.qa_dropout)
+    } else {
+        sim.hold(x)
+    };
+    let logits = sim.linear(h, r, d, 2, head.w, head.b);
+    let start = sim.narrow(logits, 2 * r, r);
+    let end = sim.narrow(logits, 2 * r, r);
+    sim.release(logits);
+    sim.release(h);
+    sim.release(x);
+
+    // qa_loss: clamped positions, two cross-entropies, (ls + le) / 2; the loop scales it.
+    let (cs, ce) = (sim.ints(b), sim.ints(b));
+    let ls = sim.cross_entropy(start, cs, b, l);
+    let le = sim.cross_entropy(end, ce, b, l);
+    sim.release(cs);
+    sim.release(ce);
+    let sum = sim.add(ls, le, 1);
+    let loss = sim.scale(sum, 1);
+    for t in [ls, le, sum, start, end] {
+        sim.release(t);
+    }
+    let scaled = sim.scale(loss, 1);
+    let loss_bytes = if sim.env.cuda { 4 } else { sim.env.act };
+    let grads = sim.backward(scaled, loss_bytes);
+    let _ = grads;
+    for t in [scaled, loss, ids, mask, sp, ep] {
+        sim.release(t);
+    }
+    if let Some(t) = tt_ids {
+        sim.release(t);
+    }
+    ps
+}
+
+#[derive(Clone, Copy)]
+struct AttnP {
+    q: V,
+    k: V,
+    v: V,
+    o: V,
+}
+
+#[derive(Clone, Copy)]
+struct BlockP {
+    self_attn: AttnP,
+    self_norm: V,
+    cross: Option<(AttnP, V)>,
+    /// wi (or wi_0), wi_1 when gated, wo.
+    wi: V,
+    wi_1: Option<V>,
+    wo: V,
+    ff_norm: V,
+}
+
+impl BlockP {
+    fn all(&self) -> Vec<V> {
+        let a = |a: &AttnP| [a.q, a.k, a.v, a.o];
+        let mut v: Vec<V> = a(&self.self_attn).to_vec();
+        v.push(self.self_norm);
+        if let Some((c, n)) = &self.cross {
+            v.extend(a(c));
+            v.push(*n);
+        }
+        v.push(self.wi);
+        v.extend(self.wi_1);
+        v.extend([self.wo, self.ff_norm]);
+        v
+    }
+}
+
+/// What a T5 block reads besides its hidden states.
+#[derive(Clone, Copy)]
+struct BlockCtx {
+    b: usize,
+    l: usize,
+    mask: Option<V>,
+    bias: V,
+    /// Encoder states, their mask and length (decoder blocks).
+    cross: Option<(V, Option<V>, usize)>,
+}
+
+/// `T5Attention::forward` of `x [b, lq]` over `kv [b, lk]`.
+fn t5_attention(sim: &mut Sim, s: &T5Spec, a: &AttnP, x: V, kv: V, mask: Option<V>, bias: Option<V>, b: usize, lq: usize, lk: usize) -> V {
+    let inner = s.heads * s.d_kv;
+    let k = sim.linear(kv, b * lk, s.d_model, inner, a.k, None);
+    let v = sim.linear(kv, b * lk, s.d_model, inner, a.v, None);
+    let q = sim.linear(x, b * lq, s.d_model, inner, a.q, None);
+    let ctx = sim.attention(q, k, v, mask, bias, [b, s.heads, lq, lk, s.d_kv]);
+    let o = sim.linear(ctx, b * lq, inner, s.d_model, a.o, None);
+    for t in [q, ctx, k, v] {
+        sim.release(t);
+    }
+    o
+}
+
+/// `T5Block::forward`.
+fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
+    let (r, dm) = (c.b * c.l, s.d_model);
+    let n = r * dm;
+    let nx = sim.rms_norm(h, r, dm, p.self_norm);
+    let a = t5_attention(sim, s, &p.self_attn, nx, nx, c.mask, Some(c.bias), c.b, c.l, c.l);
+    let da = sim.dropout(a, n, s.dropout);
+    let mut h1 = sim.add(h, da, n);
+    sim.release(da);
+    sim.release(a);
+    sim.release(nx);
+    if let (Some((attn, norm)), Some((enc, emask, ls))) = (&p.cross, c.cross) {
+        let n2 = sim.rms_norm(h1, r, dm, *norm);
+        let a2 = t5_attention(sim, s, attn, n2, enc, emask, None, c.b, c.l, ls);
+        let d2 = sim.dropout(a2, n, s.dropout);
+        let h2 = sim.add(h1, d2, n);
+        sim.release(d2);
+        sim.release(h1);
+        h1 = h2;
+        sim.release(a2);
+        sim.release(n2);
+    }
+    // ff_residual: DenseReluDense over the normed states, dropped out, added.
+    let fx = sim.rms_norm(h1, r, dm, p.ff_norm);
+    let act = match p.wi_1 {
+        None => {
+            let t = sim.linear(fx, r, dm, s.d_ff, p.wi, None);
+            let a = sim.unary(t, r * s.d_ff);
+            sim.release(t);
+            a
+        }
+        Some(wi_1) => {
+            let gate = sim.linear(fx, r, dm, s.d_ff, p.wi, None);
+            let lin = sim.linear(fx, r, dm, s.d_ff, wi_1, None);
+            let g = sim.gated(gate, lin, r * s.d_ff);
+            sim.release(lin);
+            sim.release(gate);
+            g
+        }
+    };
+    let dd = sim.dropout(act, r * s.d_ff, s.dropout);
+    let y = sim.linear(dd, r, s.d_ff, dm, p.wo, None);
+    sim.release(dd);
+    sim.release(act);
+    sim.release(fx);
+    let dy = sim.dropout(y, n, s.dropout);
+    let out = sim.add(h1, dy, n);
+    sim.release(dy);
+    sim.release(y);
+    sim.release(h1);
+    out
+}
+
+/// `T5Stack::forward` of embedded `x [b, l]`.
+#[allow(clippy::too_many_arguments)]
+fn t5_stack(sim: &mut Sim, s: &T5Spec, blocks: &[BlockP], rel: V, norm: V, x: V, b: usize, l: usize, mask: Option<V>, cross: Option<(V, Option<V>, usize)>, ckpt: bool) -> V {
+    let dm = s.d_model;
+    let bucket_ids = sim.ints(l * l);
+    let e = sim.embedding(rel, bucket_ids, l * l, s.buckets, s.heads);
+    let bias = sim.permute(e, s.heads * l * l);
+    sim.release(e);
+    sim.release(bucket_ids);
+    let mut h = sim.dropout(x, b * l * dm, s.dropout);
+    for p in blocks {
+        let c = BlockCtx {
+            b,
+            l,
+            mask,
+            bias,
+            cross,
+        };
+        let next = if ckpt {
+            let mut inputs = vec![h, bias];
+            inputs.extend(mask);
+            if let Some((enc, emask, _)) = cross {
+                inputs.push(enc);
+                inputs.extend(emask);
+            }
+            let (spec, p2) = (*s, *p);
+            let has_mask = mask.is_some();
+            let f = move |sim: &mut Sim, t: &[V]| {
+                let mut rest = t[2..].iter().copied();
+                let mask = if has_mask { rest.next() } else { None };
+                let cross = c.cross.and_then(|(_, em, ls)| {
+                    let enc = rest.next()?;
+                    let m = if em.is_some() { rest.next() } else { None };
+                    Some((enc, m, ls))
+                });
+                let c2 = BlockCtx {
+                    b,
+                    l,
+                    mask,
+                    bias: t[1],
+                    cross,
+                };
+                t5_block(sim, &spec, &p2, t[0], &c2)
+            };
+            sim.checkpoint(&inputs, &p.all(), Box::new(f))
+        } else {
+            t5_block(sim, s, p, h, &c)
+        };
+        sim.release(h);
+        h = next;
+    }
+    let y = sim.rms_norm(h, b * l, dm, norm);
+    let out = sim.dropout(y, b * l * dm, s.dropout);
+    sim.release(y);
+    sim.release(h);
+    sim.release(bias);
+    out
+}
+
+fn t5_blocks(ps: &mut Params, sim: &mut Sim, s: &T5Spec, n: usize, decoder: bool) -> Vec<BlockP> {
+    let inner = s.heads * s.d_kv;
+    let dm = s.d_model;
+    let attn = |ps: &mut Params, sim: &mut Sim| AttnP {
+        q: ps.p(sim, inner * dm),
+        k: ps.p(sim, inner * dm),
+        v: ps.p(sim, inner * dm),
+        o: ps.p(sim, inner * dm),
+    };
+    (0..n)
+        .map(|_| {
+            let self_attn = attn(ps, sim);
+            let self_norm = ps.p(sim, dm);
+            let cross = decoder.then(|| {
+                let a = attn(ps, sim);
+                (a, ps.p(sim, dm))
+            });
+            let wi = ps.p(sim, dm * s.d_ff);
+            let wi_1 = s.gated.then(|| ps.p(sim, dm * s.d_ff));
+            BlockP {
+                self_attn,
+                self_norm,
+                cross,
+                wi,
+                wi_1,
+                wo: ps.p(sim, dm * s.d_ff),
+                ff_norm: ps.p(sim, dm),
+            }
+        })
+        .collect()
+}
+
+/// One training micro-step of T5 (`loss`: shift right, encode, decode, LM head,
+/// cross-entropy; then backward) at batch `b`, source `ls`, target `lt`.
+pub fn t5_step(sim: &mut Sim, s: &T5Spec, b: usize, ls: usize, lt: usize, checkpointing: bool) -> Params {
+    let mut ps = Params::default();
+    let dm = s.d_model;
+    let shared = ps.p(sim, s.vocab * dm);
+    let enc_blocks = t5_blocks(&mut ps, sim, s, s.enc_layers, false);
+    let enc_rel = ps.p(sim, s.buckets * s.heads);
+    let enc_norm = ps.p(sim, dm);
+    let dec_blocks = t5_blocks(&mut ps, sim, s, s.dec_layers, true);
+    let dec_rel = ps.p(sim, s.buckets * s.heads);
+    let dec_norm = ps.p(sim, dm);
+    let lm_head = if s.tied { shared } else { ps.p(sim, s.vocab * dm) };
+
+    let ids = sim.ints(b * ls);
+    let mask = sim.ints(b * ls);
+    let labels = sim.ints(b * lt);
+    let dec_in = sim.ints(b * lt);
+    // encode
+    let x = sim.embedding(shared, ids, b * ls, s.vocab, dm);
+    let enc = t5_stack(sim, s, &enc_blocks, enc_rel, enc_norm, x, b, ls, Some(mask), None, checkpointing);
+    sim.release(x);
+    // decode + lm_logits
+    let y = sim.embedding(shared, dec_in, b * lt, s.vocab, dm);
+    let h = t5_stack(sim, s, &dec_blocks, dec_rel, dec_norm, y, b, lt, None, Some((enc, Some(mask), ls)), checkpointing);
+    let hs = if s.scale_out {
+        sim.scale(h, b * lt * dm)
+    } else {
+        sim.hold(h)
+    };
+    let logits = sim.linear(hs, b * lt, dm, s.vocab, lm_head, None);
+    sim.release(hs);
+    sim.release(h);
+    sim.release(y);
+    sim.release(enc);
+    let loss = sim.cross_entropy(logits, labels, b * lt, s.vocab);
+    sim.release(logits);
+    sim.release(dec_in);
+    let scaled = sim.scale(loss, 1);
+    let loss_bytes = if sim.env.cuda { 4 } else { sim.env.act };
+    let grads = sim.backward(scaled, loss_bytes);
+    let _ = grads;
+    for t in [scaled, loss, ids, mask, labels] {
+        sim.release(t);
+    }
+    ps
+}

@@ -32,6 +32,8 @@ pub trait BenchModel {
     fn tokens_per_step(&self) -> usize;
     /// Model FLOPs of one step (see [`train_flops`]).
     fn flops_per_step(&self, train: bool) -> f64;
+    /// Per-layer activation checkpointing on or off.
+    fn set_checkpointing(&mut self, on: bool);
 }
 
 /// 6·N per token for forward + backward of the dense weights plus the attention score
@@ -137,6 +139,9 @@ impl BenchModel for T5Bench {
             .loss(&self.ids, Some(&self.mask), &self.labels, T5Mode::Eval)?;
         Ok(())
     }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.model.set_checkpointing(on);
+    }
     fn tokens_per_step(&self) -> usize {
         self.batch * (self.seq + self.tgt)
     }
@@ -166,6 +171,25 @@ impl BenchModel for T5Bench {
     }
 }
 
+/// The memory model of a `bench --model` value: `t5-small` and `distilbert-qa` are the
+/// HF default configs the bench builds, anything else a model directory.
+pub fn memory_spec(model: &str) -> Result<crate::memory::budget::ModelSpec> {
+    use crate::memory::budget::ModelSpec;
+    match model {
+        "t5-small" => {
+            let c = T5Config::default();
+            let tied = c.tie_word_embeddings.unwrap_or(true);
+            Ok(ModelSpec::t5(&c, tied))
+        }
+        "distilbert-qa" => {
+            let c: DistilBertConfig = serde_json::from_str("{}")
+                .map_err(|e| Error::msg(format!("default DistilBERT config: {e}")))?;
+            Ok(ModelSpec::distilbert(&c))
+        }
+        dir => ModelSpec::from_dir(Path::new(dir)),
+    }
+}
+
 /// Settings of one bench run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -177,6 +201,8 @@ pub struct BenchConfig {
     /// Steps run again under the profiler for the per-op table (not in the timings).
     pub profile_steps: usize,
     pub trace: bool,
+    /// The VRAM planner's plan, reported beside the measured peak.
+    pub memory_plan: Option<crate::memory::budget::Plan>,
 }
 
 /// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md).
@@ -303,7 +329,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         "ms_per_step_p90": percentile(&ms, 0.9),
         "warmup_s": warmup_s,
         "peak_mem_bytes": peak,
-        "predicted_peak_bytes": Value::Null,
+        "predicted_peak_bytes": cfg.memory_plan.as_ref().map(|p| p.tensor_peak),
         "model_tflops_per_s": achieved / 1e12,
         "mfu_vs_fp16_peak": mfu,
         "first_loss": losses.first(),
@@ -319,6 +345,12 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         rec["allocator_peak_reserved_bytes"] = json!(st.peak_reserved);
         if let Ok((free, total)) = crate::backend::cuda::mem_info(n) {
             rec["device_used_bytes"] = json!(total - free);
+        }
+        if let Some(used) = crate::memory::budget::nvml_used_bytes(n) {
+            rec["nvml_used_bytes"] = json!(used);
+        }
+        if let Some(p) = &cfg.memory_plan {
+            rec["device_predicted_bytes"] = json!(p.peak_bytes);
         }
     }
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
@@ -418,6 +450,9 @@ impl BenchModel for QaBench {
     }
     fn tokens_per_step(&self) -> usize {
         self.batch * self.seq
+    }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.model.set_checkpointing(on);
     }
     fn flops_per_step(&self, train: bool) -> f64 {
         // Dense weights touched per token: everything but the embedding tables.

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// Hide the progress bar (tests, non-interactive logs).
     pub quiet: bool,
+    /// The VRAM planner's plan for this run (`memory::budget`), reported beside the
+    /// measured peak at the end.
+    pub memory_plan: Option<crate::memory::budget::Plan>,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +59,7 @@ impl Default for TrainConfig {
             log_every: 10,
             max_steps: None,
             quiet: false,
+            memory_plan: None,
         }
     }
 }
@@ -203,6 +207,15 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
         true,
     )?;
     let mut scaler = cfg.loss_scaling.then(LossScaler::default);
+    // Measure from here: weights and optimizer state are live, the steps are next.
+    let device = params
+        .first()
+        .map(|(_, t)| t.device())
+        .unwrap_or(crate::shape::Device::Cpu);
+    crate::memory::tracker::reset_peak(device);
+    if let crate::shape::Device::Cuda(n) = device {
+        crate::backend::cuda::alloc_reset_peak(n)?;
+    }
     let mut log = MetricsLog::create(&cfg.out_dir)?;
     let mut rng = Rng::new(cfg.seed);
     let pb = progress(total as u64, cfg.quiet);
@@ -302,6 +315,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     if let Some(s) = &scaler {
         fin.insert("skipped_steps".into(), json!(s.skipped));
     }
+    report_memory(&mut fin, device, cfg.memory_plan.as_ref());
     Ok(Value::Object(fin))
 }
 
@@ -322,4 +336,40 @@ fn evaluate_and_log<T: Task>(
     ));
     log.write(&json!({"step": step, "epoch": epoch, "eval": m}))?;
     Ok(m)
+}
+
+/// Add the measured peak (tracker; on CUDA also the allocator's reserved peak and NVML's
+/// device-wide used bytes) beside the planner's prediction to `fin`, and say it on
+/// stderr. Reading NVML is best-effort: without it the field is absent.
+fn report_memory(
+    fin: &mut Map<String, Value>,
+    device: crate::shape::Device,
+    plan: Option<&crate::memory::budget::Plan>,
+) {
+    use crate::memory::budget::human;
+    let measured = crate::memory::tracker::peak_bytes(device);
+    fin.insert("peak_memory_bytes".into(), json!(measured));
+    fin.insert(
+        "peak_memory_predicted_bytes".into(),
+        json!(plan.map(|p| p.tensor_peak)),
+    );
+    let mut line = format!("peak memory: tensors measured {}", human(measured));
+    if let Some(p) = plan {
+        line += &format!(" / predicted {}", human(p.tensor_peak));
+        if device.is_cuda() {
+            fin.insert("device_predicted_bytes".into(), json!(p.peak_bytes));
+            line += &format!("; device predicted {}", human(p.peak_bytes));
+        }
+    }
+    if let crate::shape::Device::Cuda(n) = device {
+        if let Ok(st) = crate::backend::cuda::mem_stats(n) {
+            fin.insert("allocator_peak_reserved_bytes".into(), json!(st.peak_reserved));
+            line += &format!(", allocator reserved peak {}", human(st.peak_reserved));
+        }
+        if let Some(used) = crate::memory::budget::nvml_used_bytes(n) {
+            fin.insert("nvml_used_bytes".into(), json!(used));
+            line += &format!(", NVML used now {}", human(used as usize));
+        }
+    }
+    eprintln!("{line}");
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use fusebox::bench::{self, BenchConfig, BenchModel, T5Bench};
+use fusebox::memory::budget::{self, human, Target, Workload};
 use fusebox::{DType, Device};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -58,6 +59,19 @@ struct Args {
     /// Write the profiled steps' per-op timeline as a Chrome trace (open in Perfetto).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Activation checkpointing: recompute each layer's forward in backward.
+    #[arg(long)]
+    checkpointing: bool,
+    /// Fit the step into this much device memory (15GiB, 16GB, 12000MiB or bytes): the
+    /// largest micro-batch ≤ --batch that fits is benched (checkpointing if it must).
+    #[arg(long, value_name = "SIZE", conflicts_with = "gpu")]
+    vram_budget: Option<String>,
+    /// Fit the step into a card's memory: t4 (16 GB), a100 (40 GB), a100-80 or h100.
+    #[arg(long, value_name = "CARD")]
+    gpu: Option<String>,
+    /// Print the memory plan (predicted peak by component) and exit.
+    #[arg(long)]
+    plan: bool,
 }
 
 fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
@@ -110,11 +124,44 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::parse(&args.device)?.resolve();
     let fp16 = args.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() {
+    if fp16 && !device.is_cuda() && !args.plan {
         bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
     }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
-    let model = build(&args, device, dtype)?;
+    let spec = bench::memory_spec(&args.model)?;
+    let work = Workload {
+        micro_batch: args.batch.max(1),
+        grad_accum: 1,
+        seq_len: args.seq,
+        tgt_len: args.tgt_seq,
+        dtype,
+        checkpointing: args.checkpointing,
+        target: if device.is_cuda() || args.gpu.is_some() {
+            Target::Cuda
+        } else {
+            Target::Cpu
+        },
+    };
+    let budget_bytes = match (&args.vram_budget, &args.gpu) {
+        (Some(s), _) => Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?),
+        (None, Some(g)) => Some(budget::gpu_memory(g)?),
+        (None, None) => None,
+    };
+    let plan = match budget_bytes {
+        Some(b) => budget::fit(&spec, b, args.batch, &work, args.checkpointing)?,
+        None => budget::predict(&spec, &work, args.batch)?,
+    };
+    if args.plan {
+        print!("{}", plan.table());
+        return Ok(());
+    }
+    if budget_bytes.is_some() {
+        eprint!("{}", plan.table());
+    }
+    let mut args = args;
+    args.batch = plan.work.micro_batch;
+    let mut model = build(&args, device, dtype)?;
+    model.set_checkpointing(plan.work.checkpointing);
     let cfg = BenchConfig {
         steps: args.steps.max(1),
         warmup: args.warmup,
@@ -123,6 +170,7 @@ fn main() -> Result<()> {
         device,
         profile_steps: args.profile_steps,
         trace: args.trace.is_some(),
+        memory_plan: Some(plan.clone()),
     };
     let rec = bench::run(model.as_ref(), &cfg)?;
     if let Some(path) = &args.trace {
@@ -148,9 +196,21 @@ fn main() -> Result<()> {
             rec["ms_per_step_p90"].as_f64().unwrap_or(f64::NAN)
         );
         println!(
-            "peak memory   measured {:.1} MiB (tracker), predicted: not available yet",
-            rec["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            "peak memory predicted and measured: tensors predicted {} / measured {} (tracker)",
+            human(plan.tensor_peak),
+            human(rec["peak_mem_bytes"].as_u64().unwrap_or(0) as usize),
         );
+        if device.is_cuda() {
+            println!(
+                "              device predicted {} / allocator reserved peak {} / NVML used {}",
+                human(plan.peak_bytes),
+                human(rec["allocator_peak_reserved_bytes"].as_u64().unwrap_or(0) as usize),
+                rec["nvml_used_bytes"]
+                    .as_u64()
+                    .map(|b| human(b as usize))
+                    .unwrap_or_else(|| "n/a".into()),
+            );
+        }
         match rec["mfu_vs_fp16_peak"].as_f64() {
             Some(m) => println!(
                 "MFU           {:.1} % of the card's fp16 tensor peak ({:.2} TFLOP/s)",

@@ -19,6 +19,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use fusebox::data::seq2seq::{load_seq2seq, Seq2SeqOptions};
 use fusebox::data::squad::{load_squad, SquadOptions};
 use fusebox::hub;
+use fusebox::memory::budget::{self, ModelSpec, Plan, Target, Workload};
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{load_qa_model, QaModel};
 use fusebox::models::t5::T5ForConditionalGeneration;
@@ -88,6 +89,22 @@ struct RunArgs {
     max_steps: Option<usize>,
     #[arg(long)]
     quiet: bool,
+    /// Activation checkpointing: recompute each layer's forward in backward instead of
+    /// keeping its activations (less memory, about a third more compute).
+    #[arg(long)]
+    checkpointing: bool,
+    /// Fit the run into this much device memory (15GiB, 16GB, 12000MiB or bytes): the
+    /// largest micro-batch that fits, the accumulation steps that keep --batch, and
+    /// checkpointing if even micro-batch 1 needs it; refuses with the breakdown when
+    /// nothing fits.
+    #[arg(long, value_name = "SIZE", conflicts_with = "gpu")]
+    vram_budget: Option<String>,
+    /// Fit the run into a card's memory: t4 (16 GB), a100 (40 GB), a100-80 or h100.
+    #[arg(long, value_name = "CARD")]
+    gpu: Option<String>,
+    /// Print the memory plan (predicted peak by component) and exit.
+    #[arg(long)]
+    plan: bool,
 }
 
 /// A task's defaults for the optional [`RunArgs`].
@@ -105,12 +122,70 @@ impl RunArgs {
         let device = Device::parse(&self.device)?.resolve();
         let fp16 = self.precision == Precision::Fp16;
         if fp16 && !device.is_cuda() {
+            if self.plan {
+                // Only the plan is wanted: build the model in f32 here, plan for fp16.
+                return Ok((device, DType::F32, true));
+            }
             bail!(
                 "--precision fp16 needs a CUDA device; got --device {}",
                 self.device
             );
         }
         Ok((device, if fp16 { DType::F16 } else { DType::F32 }, fp16))
+    }
+
+    /// The memory plan for `spec` at lengths `seq` (→ `tgt` for T5), fitted to
+    /// --vram-budget / --gpu when given (which rewrites the batch split in `cfg`).
+    /// Plans for the longest batch the length settings allow.
+    fn memory_plan(
+        &self,
+        spec: &ModelSpec,
+        cfg: &mut TrainConfig,
+        (seq, tgt): (usize, usize),
+        device: Device,
+    ) -> Result<Plan> {
+        let dtype = match self.precision {
+            Precision::Fp16 => DType::F16,
+            Precision::Fp32 => DType::F32,
+        };
+        let budget = match (&self.vram_budget, &self.gpu) {
+            (Some(s), _) => {
+                Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?)
+            }
+            (None, Some(g)) => Some(budget::gpu_memory(g)?),
+            (None, None) => None,
+        };
+        let accum = cfg.grad_accum.max(1);
+        let base = Workload {
+            micro_batch: (cfg.batch / accum).max(1),
+            grad_accum: accum,
+            seq_len: seq,
+            tgt_len: tgt,
+            dtype,
+            checkpointing: self.checkpointing,
+            target: if device.is_cuda() || self.gpu.is_some() {
+                Target::Cuda
+            } else {
+                Target::Cpu
+            },
+        };
+        let plan = match budget {
+            Some(b) => {
+                let p = budget::fit(spec, b, cfg.batch, &base, self.checkpointing)?;
+                cfg.grad_accum = p.work.grad_accum;
+                cfg.batch = p.work.micro_batch * p.work.grad_accum;
+                if !self.plan {
+                    eprint!("{}", p.table());
+                }
+                p
+            }
+            None => budget::predict(spec, &base, cfg.batch)?,
+        };
+        if self.plan {
+            print!("{}", plan.table());
+        }
+        cfg.memory_plan = Some(plan.clone());
+        Ok(plan)
     }
 
     fn train_config(&self, d: RunDefaults, out: PathBuf, fp16: bool) -> TrainConfig {
@@ -128,6 +203,7 @@ impl RunArgs {
             log_every: 10,
             max_steps: self.max_steps,
             quiet: self.quiet,
+            memory_plan: None,
         }
     }
 }
@@ -303,7 +379,7 @@ fn qa(a: QaArgs) -> Result<()> {
         // Dynamic padding: the same logits as run_qa.py's pad_to_max_length, less work.
         pad_to_max_length: false,
     };
-    let (model, tokenizer, train_rows, eval_rows): (Box<dyn QaModel>, _, _, _) = if builtin {
+    let (spec, model, tokenizer, train_rows, eval_rows): (_, Box<dyn QaModel>, _, _, _) = if builtin {
         if a.eval.is_some() {
             bail!("--eval without --train: give both, or neither for the built-in task");
         }
@@ -370,8 +446,10 @@ fn qa(a: QaArgs) -> Result<()> {
             features.max_length,
             features.stride,
         );
+        let spec = ModelSpec::distilbert(&cfg);
         let model = DistilBertForQa::new(cfg, device, dtype, a.run.seed)?;
         (
+            spec,
             Box::new(model) as Box<dyn QaModel>,
             tokenizer,
             train_rows,
@@ -391,6 +469,7 @@ fn qa(a: QaArgs) -> Result<()> {
         let train_rows = load_qa_file(train_path, a.skip_bad_answers)?;
         let eval_rows = load_qa_file(eval_path, a.skip_bad_answers)?;
         (
+            ModelSpec::from_dir(&dir)?,
             load_qa_model(&dir, device, dtype, a.run.seed)?,
             TextTokenizer::from_dir(&dir)?,
             train_rows,
@@ -413,7 +492,7 @@ fn qa(a: QaArgs) -> Result<()> {
         device,
     )?;
     // Defaults: the seed's (distilbert-base-cased on SQuAD) unless built-in from scratch.
-    let cfg = a.run.train_config(
+    let mut cfg = a.run.train_config(
         RunDefaults {
             epochs: 3,
             batch: 16,
@@ -424,6 +503,13 @@ fn qa(a: QaArgs) -> Result<()> {
         out.clone(),
         fp16,
     );
+    let plan = a
+        .run
+        .memory_plan(&spec, &mut cfg, (features.max_length, 0), device)?;
+    if a.run.plan {
+        return Ok(());
+    }
+    task.model.set_checkpointing(plan.work.checkpointing);
     eprintln!(
         "{} train windows from {} questions",
         train::Task::train_len(&task),
@@ -538,7 +624,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         device,
     )?;
     // Defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
-    let cfg = a.run.train_config(
+    let mut cfg = a.run.train_config(
         RunDefaults {
             epochs: if scratch { 8 } else { 3 },
             batch: if scratch { 32 } else { 8 },
@@ -549,6 +635,15 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         out.clone(),
         fp16,
     );
+    let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
+    let lengths = (a.max_source_length, a.max_target_length);
+    let plan = a
+        .run
+        .memory_plan(&spec, &mut cfg, lengths, device)?;
+    if a.run.plan {
+        return Ok(());
+    }
+    task.model.set_checkpointing(plan.work.checkpointing);
     eprintln!(
         "untrained model: {}",
         serde_json::Value::Object(train::Task::evaluate(&mut task)?)

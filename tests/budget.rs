@@ -456,3 +456,77 @@ fn train_plan_prints_the_plan_and_exits() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--vram-budget"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// On a GPU: the same comparison on the CUDA backend (fp32 takes the naive attention
+/// path, fp16 with head dim 64 the fused kernels), tensor bytes only (the tracker does
+/// not see cuBLAS's workspace or the context). Skips without a CUDA device.
+#[test]
+fn cuda_prediction_matches_the_tracker() {
+    if !fusebox::backend::cuda::is_available() {
+        eprintln!("skipping: no CUDA device");
+        return;
+    }
+    let _l = lock();
+    let dev = Device::Cuda(0);
+    let measure = |params: Vec<(String, Tensor)>, base: usize, step: &dyn Fn() -> fusebox::autograd::Grads| {
+        let mut opt = AdamW::new(&params, AdamWConfig::default(), true).expect("adamw");
+        let fixed = tracker::live_bytes(dev) - base;
+        tracker::reset_peak(dev);
+        let grads = step();
+        opt.step(&grads, 1e-3, 1.0, Some(1.0)).expect("step");
+        drop(grads);
+        (fixed, tracker::peak_bytes(dev) - base)
+    };
+    let (b, l, vocab) = (4, 128, 1000);
+    for dtype in [DType::F32, DType::F16] {
+        for ckpt in [false, true] {
+            let work = Workload {
+                dtype,
+                target: Target::Cuda,
+                ..cpu_work(b, l, 32, ckpt)
+            };
+            let cfg = distilbert_cfg(128, 2, vocab);
+            let spec = ModelSpec::distilbert(&cfg);
+            let base = tracker::live_bytes(dev);
+            let mut model = DistilBertForQa::new(cfg, dev, dtype, 1).expect("model");
+            model.set_checkpointing(ckpt);
+            let got = measure(model.params().trainable(), base, &|| {
+                let mut batch = qa_batch(b, l, vocab);
+                for t in [&mut batch.input_ids, &mut batch.attention_mask] {
+                    *t = t.to_device(dev).expect("to device");
+                }
+                for t in [batch.start_positions.as_mut(), batch.end_positions.as_mut()].into_iter().flatten() {
+                    *t = t.to_device(dev).expect("to device");
+                }
+                let (s, e) = model.forward(&batch, QaMode::train(9)).expect("fwd");
+                let loss = model.loss(&s, &e, &batch).expect("loss");
+                drop((s, e));
+                backward(&loss.scale(1.0).expect("scale")).expect("bwd")
+            });
+            drop(model);
+            let plan = predict(&spec, &work, b).expect("plan");
+            check(&format!("cuda distilbert {dtype} ckpt={ckpt}"), &plan, got);
+
+            let cfg = t5_cfg(vocab, 256, 2, true);
+            let spec = ModelSpec::t5(&cfg, true);
+            let base = tracker::live_bytes(dev);
+            let mut model = T5ForConditionalGeneration::new_random(cfg, dev, dtype, 2).expect("t5");
+            model.set_checkpointing(ckpt);
+            let got = measure(model.trainable(), base, &|| {
+                let bt = t5_batch(b, l, 32, vocab);
+                let (ids, mask, labels) = (
+                    bt.ids.to_device(dev).expect("ids"),
+                    bt.mask.to_device(dev).expect("mask"),
+                    bt.labels.to_device(dev).expect("labels"),
+                );
+                let (loss, _) = model
+                    .loss(&ids, Some(&mask), &labels, T5Mode::Train { seed: 4 })
+                    .expect("loss");
+                backward(&loss.scale(1.0).expect("scale")).expect("bwd")
+            });
+            drop(model);
+            let plan = predict(&spec, &work, b).expect("plan");
+            check(&format!("cuda t5 {dtype} ckpt={ckpt}"), &plan, got);
+        }
+    }
+}

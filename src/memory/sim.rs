@@ -31,6 +31,16 @@ pub struct Env {
 }
 
 impl Env {
+    /// f32 bytes of the per-chunk partial sums a CUDA column reduction over `rows` keeps
+    /// for `cols` columns (backend/cuda/reduce.rs `col_chunk`: at most 64 chunks).
+    fn col_partials(&self, rows: usize, cols: usize) -> usize {
+        if !self.cuda {
+            return 0;
+        }
+        let chunk = rows.div_ceil(64).max(64).min(rows.max(1));
+        4 * rows.div_ceil(chunk).max(1) * cols
+    }
+
     /// Does CUDA attention with head dim `d` take the fused kernels (f16, d 32/64/128)?
     /// Otherwise it materialises scores (see backend/cuda/attention.rs).
     fn fused_attention(&self, d: usize) -> bool {
@@ -378,11 +388,13 @@ impl Sim {
         let temp = if b.is_some() { out } else { 0 };
         let mut ins = vec![x, w];
         let mut gs = vec![G::New(rows * fin * es), G::New(fout * fin * es)];
+        let mut scratch = 0;
         if let Some(b) = b {
             ins.push(b);
             gs.push(G::New(fout * es));
+            scratch = self.env.col_partials(rows, fout);
         }
-        self.op(&ins, out, temp, &[x, w], &gs, 0)
+        self.op(&ins, out, temp, &[x, w], &gs, scratch)
     }
 
     /// The attention op: output and lse (saved, with q, k, v and the output); CUDA adds
@@ -409,7 +421,9 @@ impl Sim {
         } else if self.env.fused_attention(d) {
             (4 * bias_n, 8 * bias_n + 4 * b * h * lq + 4 * b * lq * h * d)
         } else {
-            (scores * (4 + es), 4 * bias_n + scores * (8 + 2 * es))
+            // The f32 bias gradient is the output itself in f32, a scratch cast in f16.
+            let db32 = if es == 4 { 0 } else { 4 * bias_n };
+            (scores * (4 + es), db32 + scores * (8 + 2 * es))
         };
         self.scratch(out + lse + fwd_scratch);
         let y = self.alloc(out);
@@ -444,7 +458,8 @@ impl Sim {
         let (mean, rstd) = (self.alloc(st), self.alloc(st));
         if self.needs(&[x, g, b]) {
             let gs = [G::New(rows * cols * es), G::New(cols * es), G::New(cols * es)];
-            self.record(y, &[x, g, b], &[x, g, mean, rstd], &gs, 0);
+            let scratch = 2 * self.env.col_partials(rows, cols);
+            self.record(y, &[x, g, b], &[x, g, mean, rstd], &gs, scratch);
         }
         self.release(mean);
         self.release(rstd);
@@ -461,7 +476,8 @@ impl Sim {
         let rstd = self.alloc(st);
         if self.needs(&[x, g]) {
             let gs = [G::New(rows * cols * es), G::New(cols * es)];
-            self.record(y, &[x, g], &[x, g, rstd], &gs, 0);
+            let scratch = self.env.col_partials(rows, cols);
+            self.record(y, &[x, g], &[x, g, rstd], &gs, scratch);
         }
         self.release(rstd);
         y
@@ -550,16 +566,19 @@ impl Sim {
         self.cur = "cross_entropy";
         let es = self.es();
         let st = self.env.stat;
-        let (loss_b, temp) = if self.env.cuda {
-            (4, 4 + 4 * rows)
+        // CUDA: f32 loss, and a count, per-row losses and an error flag while it runs;
+        // its backward zeroes a per-row buffer.
+        let (loss_b, temp, bwd) = if self.env.cuda {
+            (4, 8 + 4 * rows, 4 * rows)
         } else {
-            (es, 0)
+            (es, 0, 0)
         };
         self.scratch(loss_b + rows * st + temp);
         let y = self.alloc(loss_b);
         let lse = self.alloc(rows * st);
         if self.needs(&[x]) {
-            self.record(y, &[x, t], &[x, t, lse], &[G::New(rows * cols * es), G::None], 0);
+            let gs = [G::New(rows * cols * es), G::None];
+            self.record(y, &[x, t], &[x, t, lse], &gs, bwd);
         }
         self.release(lse);
         y

@@ -363,7 +363,10 @@ fn report_memory(
     }
     if let crate::shape::Device::Cuda(n) = device {
         if let Ok(st) = crate::backend::cuda::mem_stats(n) {
-            fin.insert("allocator_peak_reserved_bytes".into(), json!(st.peak_reserved));
+            fin.insert(
+                "allocator_peak_reserved_bytes".into(),
+                json!(st.peak_reserved),
+            );
             line += &format!(", allocator reserved peak {}", human(st.peak_reserved));
         }
         if let Some(used) = crate::memory::budget::nvml_used_bytes(n) {

@@ -5,11 +5,11 @@
 use std::sync::Mutex;
 
 use fusebox::autograd::backward;
+use fusebox::memory::budget::{fit, predict, ModelSpec, Target, Workload};
 use fusebox::memory::tracker;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
 use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
-use fusebox::memory::budget::{fit, predict, ModelSpec, Target, Workload};
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::shape::{DType, Device};
 use fusebox::tensor::Tensor;
@@ -30,7 +30,9 @@ fn distilbert_cfg(dim: usize, layers: usize, vocab: usize) -> DistilBertConfig {
 }
 
 fn qa_batch(b: usize, l: usize, vocab: usize) -> QaBatch {
-    let ids: Vec<i32> = (0..b * l).map(|i| 1 + (i * 7 % (vocab - 1)) as i32).collect();
+    let ids: Vec<i32> = (0..b * l)
+        .map(|i| 1 + (i * 7 % (vocab - 1)) as i32)
+        .collect();
     let mut mask = vec![1; b * l];
     mask[b * l - l / 4..].iter_mut().for_each(|m| *m = 0);
     let starts: Vec<i32> = (0..b).map(|i| (i * 3 % l) as i32).collect();
@@ -66,10 +68,14 @@ struct T5Batch {
 }
 
 fn t5_batch(b: usize, ls: usize, lt: usize, vocab: usize) -> T5Batch {
-    let ids: Vec<i32> = (0..b * ls).map(|i| 2 + (i * 7 % (vocab - 2)) as i32).collect();
+    let ids: Vec<i32> = (0..b * ls)
+        .map(|i| 2 + (i * 7 % (vocab - 2)) as i32)
+        .collect();
     let mut mask = vec![1i32; b * ls];
     mask[b * ls - ls / 5..].iter_mut().for_each(|m| *m = 0);
-    let mut labels: Vec<i32> = (0..b * lt).map(|i| 2 + (i * 5 % (vocab - 2)) as i32).collect();
+    let mut labels: Vec<i32> = (0..b * lt)
+        .map(|i| 2 + (i * 5 % (vocab - 2)) as i32)
+        .collect();
     labels[b * lt - 3..].iter_mut().for_each(|l| *l = -100);
     T5Batch {
         ids: Tensor::from_i32(ids, [b, ls], Device::Cpu).expect("ids"),
@@ -132,9 +138,13 @@ fn checkpointing_keeps_distilbert_gradients_and_lowers_the_peak() {
 fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
     let _l = lock();
     for gated in [false, true] {
-        let mut model =
-            T5ForConditionalGeneration::new_random(t5_cfg(40, 16, 2, gated), Device::Cpu, DType::F32, 7)
-                .expect("t5");
+        let mut model = T5ForConditionalGeneration::new_random(
+            t5_cfg(40, 16, 2, gated),
+            Device::Cpu,
+            DType::F32,
+            7,
+        )
+        .expect("t5");
         let batch = t5_batch(2, 30, 12, 40);
         let params = model.trainable();
         let mut run = |ckpt: bool| {
@@ -142,7 +152,12 @@ fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
             tracker::reset_peak(Device::Cpu);
             let base = tracker::live_bytes(Device::Cpu);
             let (loss, _) = model
-                .loss(&batch.ids, Some(&batch.mask), &batch.labels, T5Mode::Train { seed: 3 })
+                .loss(
+                    &batch.ids,
+                    Some(&batch.mask),
+                    &batch.labels,
+                    T5Mode::Train { seed: 3 },
+                )
                 .expect("loss");
             let g = backward(&loss).expect("bwd");
             (g, tracker::peak_bytes(Device::Cpu) - base)
@@ -203,8 +218,14 @@ fn check(what: &str, plan: &fusebox::memory::budget::Plan, (fixed, measured): (u
     );
     assert_eq!(static_pred, fixed, "{what}: weights + optimizer state");
     let rel = |a: usize, b: usize| (a as f64 - b as f64).abs() / b as f64;
-    assert!(rel(predicted, measured) <= 0.05, "{what}: peak predicted {predicted}, measured {measured}");
-    assert!(rel(dp, dm) <= 0.05, "{what}: step part predicted {dp}, measured {dm}");
+    assert!(
+        rel(predicted, measured) <= 0.05,
+        "{what}: peak predicted {predicted}, measured {measured}"
+    );
+    assert!(
+        rel(dp, dm) <= 0.05,
+        "{what}: step part predicted {dp}, measured {dm}"
+    );
 }
 
 #[test]
@@ -272,14 +293,19 @@ fn t5_prediction_matches_the_tracker() {
             let cfg = t5_cfg(vocab, 64, 2, gated);
             let spec = ModelSpec::t5(&cfg, true);
             let base = tracker::live_bytes(Device::Cpu);
-            let mut model =
-                T5ForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 2).expect("t5");
+            let mut model = T5ForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 2)
+                .expect("t5");
             model.set_checkpointing(ckpt);
             let params = model.trainable();
             let measured = measure_step(params, base, || {
                 let batch = t5_batch(b, ls, lt, vocab);
                 let (loss, _) = model
-                    .loss(&batch.ids, Some(&batch.mask), &batch.labels, T5Mode::Train { seed: 4 })
+                    .loss(
+                        &batch.ids,
+                        Some(&batch.mask),
+                        &batch.labels,
+                        T5Mode::Train { seed: 4 },
+                    )
                     .expect("loss");
                 backward(&loss.scale(1.0).expect("scale")).expect("bwd")
             });
@@ -378,7 +404,10 @@ fn fit_turns_on_checkpointing_only_when_it_must_and_refuses_with_the_breakdown()
         .expect_err("too small")
         .to_string();
     assert!(err.contains("too small"), "{err}");
-    assert!(err.contains("AdamW m and v") && err.contains("predicted peak"), "{err}");
+    assert!(
+        err.contains("AdamW m and v") && err.contains("predicted peak"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -401,11 +430,20 @@ fn cuda_fp16_plans_carry_the_cuda_terms() {
     };
     assert!(has(&p16, "cuBLAS") && has(&p16, "CUDA context") && has(&p16, "master"));
     assert!(!has(&p32, "master"));
-    let saved = |p: &fusebox::memory::budget::Plan| p.saved_by_op.iter().map(|x| x.1).sum::<usize>();
+    let saved =
+        |p: &fusebox::memory::budget::Plan| p.saved_by_op.iter().map(|x| x.1).sum::<usize>();
     // fp16 halves the activations; the norm statistics and lse stay f32.
     assert!(saved(&p16) * 2 > saved(&p32) && saved(&p16) * 2 < saved(&p32) * 11 / 10 * 2);
     assert!(saved(&p16) < saved(&p32) * 6 / 10);
-    let cpu = predict(&spec, &Workload { target: Target::Cpu, ..w32 }, 8).expect("cpu");
+    let cpu = predict(
+        &spec,
+        &Workload {
+            target: Target::Cpu,
+            ..w32
+        },
+        8,
+    )
+    .expect("cpu");
     assert_eq!(cpu.peak_bytes, cpu.tensor_peak, "no CUDA terms on the CPU");
 }
 
@@ -431,7 +469,15 @@ fn sizes_parse_with_units_and_refuse_garbage() {
 fn train_plan_prints_the_plan_and_exits() {
     let out = std::env::temp_dir().join(format!("fusebox-budget-cli-{}", std::process::id()));
     let run = |extra: &[&str]| {
-        let mut args = vec!["qa", "--plan", "--device", "cpu", "--contexts", "20", "--quiet"];
+        let mut args = vec![
+            "qa",
+            "--plan",
+            "--device",
+            "cpu",
+            "--contexts",
+            "20",
+            "--quiet",
+        ];
         args.extend_from_slice(extra);
         std::process::Command::new(env!("CARGO_BIN_EXE_train"))
             .args(&args)
@@ -442,7 +488,11 @@ fn train_plan_prints_the_plan_and_exits() {
     };
     let ok = run(&["--gpu", "t4", "--precision", "fp16", "--batch", "64"]);
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout.contains("memory plan: DistilBERT-QA"), "{stdout}");
     assert!(stdout.contains("micro-batch 64 x 1"), "{stdout}");
     assert!(stdout.contains("CUDA context"), "{stdout}");
@@ -450,7 +500,10 @@ fn train_plan_prints_the_plan_and_exits() {
     let small = run(&["--vram-budget", "100KB"]);
     assert!(!small.status.success());
     let err = String::from_utf8_lossy(&small.stderr);
-    assert!(err.contains("too small") && err.contains("predicted peak"), "{err}");
+    assert!(
+        err.contains("too small") && err.contains("predicted peak"),
+        "{err}"
+    );
     let bad = run(&["--vram-budget", "15 gigs"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--vram-budget"));
@@ -468,7 +521,9 @@ fn cuda_prediction_matches_the_tracker() {
     }
     let _l = lock();
     let dev = Device::Cuda(0);
-    let measure = |params: Vec<(String, Tensor)>, base: usize, step: &dyn Fn() -> fusebox::autograd::Grads| {
+    let measure = |params: Vec<(String, Tensor)>,
+                   base: usize,
+                   step: &dyn Fn() -> fusebox::autograd::Grads| {
         let mut opt = AdamW::new(&params, AdamWConfig::default(), true).expect("adamw");
         let fixed = tracker::live_bytes(dev) - base;
         tracker::reset_peak(dev);
@@ -495,7 +550,10 @@ fn cuda_prediction_matches_the_tracker() {
                 for t in [&mut batch.input_ids, &mut batch.attention_mask] {
                     *t = t.to_device(dev).expect("to device");
                 }
-                for t in [batch.start_positions.as_mut(), batch.end_positions.as_mut()].into_iter().flatten() {
+                for t in [batch.start_positions.as_mut(), batch.end_positions.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
                     *t = t.to_device(dev).expect("to device");
                 }
                 let (s, e) = model.forward(&batch, QaMode::train(9)).expect("fwd");

@@ -143,7 +143,9 @@ fn main() -> Result<()> {
         },
     };
     let budget_bytes = match (&args.vram_budget, &args.gpu) {
-        (Some(s), _) => Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?),
+        (Some(s), _) => {
+            Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?)
+        }
         (None, Some(g)) => Some(budget::gpu_memory(g)?),
         (None, None) => None,
     };

@@ -379,7 +379,8 @@ fn qa(a: QaArgs) -> Result<()> {
         // Dynamic padding: the same logits as run_qa.py's pad_to_max_length, less work.
         pad_to_max_length: false,
     };
-    let (spec, model, tokenizer, train_rows, eval_rows): (_, Box<dyn QaModel>, _, _, _) = if builtin {
+    let (spec, model, tokenizer, train_rows, eval_rows): (_, Box<dyn QaModel>, _, _, _) = if builtin
+    {
         if a.eval.is_some() {
             bail!("--eval without --train: give both, or neither for the built-in task");
         }
@@ -637,9 +638,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     );
     let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
     let lengths = (a.max_source_length, a.max_target_length);
-    let plan = a
-        .run
-        .memory_plan(&spec, &mut cfg, lengths, device)?;
+    let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
     if a.run.plan {
         return Ok(());
     }

@@ -110,7 +110,8 @@ impl ModelSpec {
             )),
             Some("bert") => Ok(ModelSpec::bert(&serde_json::from_value(v).map_err(bad)?)),
             Some("t5") => {
-                let c = crate::models::t5::T5Config::from_json_str(&text, &path.display().to_string())?;
+                let c =
+                    crate::models::t5::T5Config::from_json_str(&text, &path.display().to_string())?;
                 let tied = c.tie_word_embeddings.unwrap_or(true);
                 Ok(ModelSpec::t5(&c, tied))
             }
@@ -175,12 +176,18 @@ pub struct Plan {
 /// Predict one optimizer step of `model` under `work`.
 pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Result<Plan> {
     if work.micro_batch == 0 || work.seq_len == 0 {
-        return Err(Error::msg("memory plan: batch and sequence length must be at least 1"));
+        return Err(Error::msg(
+            "memory plan: batch and sequence length must be at least 1",
+        ));
     }
     let act = match work.dtype {
         DType::F32 => 4,
         DType::F16 => 2,
-        d => return Err(Error::msg(format!("memory plan: training in {d} is not supported"))),
+        d => {
+            return Err(Error::msg(format!(
+                "memory plan: training in {d} is not supported"
+            )))
+        }
     };
     let cuda = work.target == Target::Cuda;
     let env = Env {
@@ -228,7 +235,10 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
     let tensor_peak: usize = c.iter().map(|x| x.1).sum();
     if cuda {
         c.push((
-            format!("allocator slack ({:.0} % of tensors)", ALLOCATOR_SLACK * 100.0),
+            format!(
+                "allocator slack ({:.0} % of tensors)",
+                ALLOCATOR_SLACK * 100.0
+            ),
             (tensor_peak as f64 * ALLOCATOR_SLACK) as usize,
         ));
         c.push(("cuBLAS workspace".into(), CUBLAS_WORKSPACE));
@@ -393,7 +403,7 @@ pub fn parse_size(s: &str) -> Result<usize> {
         _ => return Err(bad()),
     };
     let bytes = x * mult;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e18 {
+    if !bytes.is_finite() || !(1.0..=1e18).contains(&bytes) {
         return Err(bad());
     }
     Ok(bytes as usize)

@@ -265,7 +265,7 @@ impl Sim {
                 }
             }
         }
-        by.sort_by(|a, b| b.1.cmp(&a.1));
+        by.sort_by_key(|b| std::cmp::Reverse(b.1));
         self.at_backward = Some(by);
         self.cur = "gradients";
         let seed = self.alloc(root_bytes);
@@ -457,7 +457,11 @@ impl Sim {
         let y = self.alloc(rows * cols * es);
         let (mean, rstd) = (self.alloc(st), self.alloc(st));
         if self.needs(&[x, g, b]) {
-            let gs = [G::New(rows * cols * es), G::New(cols * es), G::New(cols * es)];
+            let gs = [
+                G::New(rows * cols * es),
+                G::New(cols * es),
+                G::New(cols * es),
+            ];
             let scratch = 2 * self.env.col_partials(rows, cols);
             self.record(y, &[x, g, b], &[x, g, mean, rstd], &gs, scratch);
         }

@@ -99,7 +99,15 @@ fn lin(ps: &mut Params, sim: &mut Sim, fin: usize, fout: usize, bias: bool) -> L
 }
 
 /// `EncoderLayer::forward`.
-fn encoder_layer(sim: &mut Sim, s: &EncoderSpec, p: &EncLayerP, x: V, mask: V, b: usize, l: usize) -> V {
+fn encoder_layer(
+    sim: &mut Sim,
+    s: &EncoderSpec,
+    p: &EncLayerP,
+    x: V,
+    mask: V,
+    b: usize,
+    l: usize,
+) -> V {
     let (d, r) = (s.hidden, b * l);
     let n = r * d;
     let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
@@ -295,7 +303,19 @@ struct BlockCtx {
 }
 
 /// `T5Attention::forward` of `x [b, lq]` over `kv [b, lk]`.
-fn t5_attention(sim: &mut Sim, s: &T5Spec, a: &AttnP, x: V, kv: V, mask: Option<V>, bias: Option<V>, b: usize, lq: usize, lk: usize) -> V {
+#[allow(clippy::too_many_arguments)]
+fn t5_attention(
+    sim: &mut Sim,
+    s: &T5Spec,
+    a: &AttnP,
+    x: V,
+    kv: V,
+    mask: Option<V>,
+    bias: Option<V>,
+    b: usize,
+    lq: usize,
+    lk: usize,
+) -> V {
     let inner = s.heads * s.d_kv;
     let k = sim.linear(kv, b * lk, s.d_model, inner, a.k, None);
     let v = sim.linear(kv, b * lk, s.d_model, inner, a.v, None);
@@ -313,7 +333,18 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
     let (r, dm) = (c.b * c.l, s.d_model);
     let n = r * dm;
     let nx = sim.rms_norm(h, r, dm, p.self_norm);
-    let a = t5_attention(sim, s, &p.self_attn, nx, nx, c.mask, Some(c.bias), c.b, c.l, c.l);
+    let a = t5_attention(
+        sim,
+        s,
+        &p.self_attn,
+        nx,
+        nx,
+        c.mask,
+        Some(c.bias),
+        c.b,
+        c.l,
+        c.l,
+    );
     let da = sim.dropout(a, n, s.dropout);
     let mut h1 = sim.add(h, da, n);
     sim.release(da);
@@ -363,7 +394,19 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
 
 /// `T5Stack::forward` of embedded `x [b, l]`.
 #[allow(clippy::too_many_arguments)]
-fn t5_stack(sim: &mut Sim, s: &T5Spec, blocks: &[BlockP], rel: V, norm: V, x: V, b: usize, l: usize, mask: Option<V>, cross: Option<(V, Option<V>, usize)>, ckpt: bool) -> V {
+fn t5_stack(
+    sim: &mut Sim,
+    s: &T5Spec,
+    blocks: &[BlockP],
+    rel: V,
+    norm: V,
+    x: V,
+    b: usize,
+    l: usize,
+    mask: Option<V>,
+    cross: Option<(V, Option<V>, usize)>,
+    ckpt: bool,
+) -> V {
     let dm = s.d_model;
     let bucket_ids = sim.ints(l * l);
     let e = sim.embedding(rel, bucket_ids, l * l, s.buckets, s.heads);
@@ -454,7 +497,14 @@ fn t5_blocks(ps: &mut Params, sim: &mut Sim, s: &T5Spec, n: usize, decoder: bool
 
 /// One training micro-step of T5 (`loss`: shift right, encode, decode, LM head,
 /// cross-entropy; then backward) at batch `b`, source `ls`, target `lt`.
-pub fn t5_step(sim: &mut Sim, s: &T5Spec, b: usize, ls: usize, lt: usize, checkpointing: bool) -> Params {
+pub fn t5_step(
+    sim: &mut Sim,
+    s: &T5Spec,
+    b: usize,
+    ls: usize,
+    lt: usize,
+    checkpointing: bool,
+) -> Params {
     let mut ps = Params::default();
     let dm = s.d_model;
     let shared = ps.p(sim, s.vocab * dm);
@@ -464,7 +514,11 @@ pub fn t5_step(sim: &mut Sim, s: &T5Spec, b: usize, ls: usize, lt: usize, checkp
     let dec_blocks = t5_blocks(&mut ps, sim, s, s.dec_layers, true);
     let dec_rel = ps.p(sim, s.buckets * s.heads);
     let dec_norm = ps.p(sim, dm);
-    let lm_head = if s.tied { shared } else { ps.p(sim, s.vocab * dm) };
+    let lm_head = if s.tied {
+        shared
+    } else {
+        ps.p(sim, s.vocab * dm)
+    };
 
     let ids = sim.ints(b * ls);
     let mask = sim.ints(b * ls);
@@ -472,11 +526,35 @@ pub fn t5_step(sim: &mut Sim, s: &T5Spec, b: usize, ls: usize, lt: usize, checkp
     let dec_in = sim.ints(b * lt);
     // encode
     let x = sim.embedding(shared, ids, b * ls, s.vocab, dm);
-    let enc = t5_stack(sim, s, &enc_blocks, enc_rel, enc_norm, x, b, ls, Some(mask), None, checkpointing);
+    let enc = t5_stack(
+        sim,
+        s,
+        &enc_blocks,
+        enc_rel,
+        enc_norm,
+        x,
+        b,
+        ls,
+        Some(mask),
+        None,
+        checkpointing,
+    );
     sim.release(x);
     // decode + lm_logits
     let y = sim.embedding(shared, dec_in, b * lt, s.vocab, dm);
-    let h = t5_stack(sim, s, &dec_blocks, dec_rel, dec_norm, y, b, lt, None, Some((enc, Some(mask), ls)), checkpointing);
+    let h = t5_stack(
+        sim,
+        s,
+        &dec_blocks,
+        dec_rel,
+        dec_norm,
+        y,
+        b,
+        lt,
+        None,
+        Some((enc, Some(mask), ls)),
+        checkpointing,
+    );
     let hs = if s.scale_out {
         sim.scale(h, b * lt * dm)
     } else {

@@ -142,17 +142,8 @@ fn main() -> Result<()> {
             Target::Cpu
         },
     };
-    let budget_bytes = match (&args.vram_budget, &args.gpu) {
-        (Some(s), _) => {
-            Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?)
-        }
-        (None, Some(g)) => Some(budget::gpu_memory(g)?),
-        (None, None) => None,
-    };
-    let plan = match budget_bytes {
-        Some(b) => budget::fit(&spec, b, args.batch, &work, args.checkpointing)?,
-        None => budget::predict(&spec, &work, args.batch)?,
-    };
+    let budget_bytes = budget::budget_from_flags(args.vram_budget.as_deref(), args.gpu.as_deref())?;
+    let plan = budget::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;
     if args.plan {
         print!("{}", plan.table());
         return Ok(());

@@ -148,13 +148,7 @@ impl RunArgs {
             Precision::Fp16 => DType::F16,
             Precision::Fp32 => DType::F32,
         };
-        let budget = match (&self.vram_budget, &self.gpu) {
-            (Some(s), _) => {
-                Some(budget::parse_size(s).map_err(|e| anyhow::anyhow!("--vram-budget: {e}"))?)
-            }
-            (None, Some(g)) => Some(budget::gpu_memory(g)?),
-            (None, None) => None,
-        };
+        let budget = budget::budget_from_flags(self.vram_budget.as_deref(), self.gpu.as_deref())?;
         let accum = cfg.grad_accum.max(1);
         let base = Workload {
             micro_batch: (cfg.batch / accum).max(1),
@@ -169,18 +163,14 @@ impl RunArgs {
                 Target::Cpu
             },
         };
-        let plan = match budget {
-            Some(b) => {
-                let p = budget::fit(spec, b, cfg.batch, &base, self.checkpointing)?;
-                cfg.grad_accum = p.work.grad_accum;
-                cfg.batch = p.work.micro_batch * p.work.grad_accum;
-                if !self.plan {
-                    eprint!("{}", p.table());
-                }
-                p
+        let plan = budget::plan_or_fit(spec, budget, cfg.batch, &base)?;
+        if budget.is_some() {
+            cfg.grad_accum = plan.work.grad_accum;
+            cfg.batch = plan.work.micro_batch * plan.work.grad_accum;
+            if !self.plan {
+                eprint!("{}", plan.table());
             }
-            None => budget::predict(spec, &base, cfg.batch)?,
-        };
+        }
         if self.plan {
             print!("{}", plan.table());
         }

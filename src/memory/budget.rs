@@ -319,6 +319,31 @@ pub fn fit(
     )))
 }
 
+/// The budget the command-line flags name: `--vram-budget SIZE` or `--gpu CARD` (the
+/// binaries make them exclusive), or None.
+pub fn budget_from_flags(vram_budget: Option<&str>, gpu: Option<&str>) -> Result<Option<usize>> {
+    match (vram_budget, gpu) {
+        (Some(s), _) => parse_size(s)
+            .map(Some)
+            .map_err(|e| Error::msg(format!("--vram-budget: {e}"))),
+        (None, Some(g)) => gpu_memory(g).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// [`fit`] when there is a budget, else [`predict`] of `base` as it stands.
+pub fn plan_or_fit(
+    model: &ModelSpec,
+    budget: Option<usize>,
+    requested_batch: usize,
+    base: &Workload,
+) -> Result<Plan> {
+    match budget {
+        Some(b) => fit(model, b, requested_batch, base, base.checkpointing),
+        None => predict(model, base, requested_batch),
+    }
+}
+
 impl Plan {
     /// The plan as a table for people.
     pub fn table(&self) -> String {

@@ -25,7 +25,7 @@ use crate::tensor::Tensor;
 pub use config::{EosTokenId, FeedForward, T5Config};
 pub use incremental::{DecoderCache, EncoderState};
 pub use layers::{bucket_ids, relative_position_bucket, Dropout};
-use layers::{BlockInputs, CrossInput, T5Block, T5Stack};
+use layers::{BlockInputs, CrossInput, T5Attention, T5Block, T5FeedForward, T5Stack};
 
 /// Keys HF skips on load (`_keys_to_ignore_on_load_unexpected`) or re-ties to
 /// `shared.weight` (`_tied_weights_keys`): dropped so they neither train nor get saved.
@@ -355,7 +355,7 @@ fn checkpoint_block(
     });
     let is_decoder = ctx.is_decoder;
     let blk = blk.clone();
-    let params = blk.params();
+    let params = block_params(&blk);
     let start = drop.fork();
     let drawn = std::rc::Rc::new(std::cell::Cell::new(start.sites_drawn()));
     let drawn_in = drawn.clone();
@@ -377,4 +377,26 @@ fn checkpoint_block(
     })?;
     drop.resume_at(drawn.get());
     Ok(out)
+}
+
+/// Every parameter of a block (what its checkpointed recompute differentiates).
+fn block_params(blk: &T5Block) -> Vec<Tensor> {
+    let mut v = Vec::with_capacity(16);
+    let attn = |a: &T5Attention, v: &mut Vec<Tensor>| {
+        v.extend([a.q.clone(), a.k.clone(), a.v.clone(), a.o.clone()]);
+    };
+    attn(&blk.self_attn, &mut v);
+    v.push(blk.self_norm.weight.clone());
+    if let Some((a, n)) = &blk.cross {
+        attn(a, &mut v);
+        v.push(n.weight.clone());
+    }
+    match &blk.ff {
+        T5FeedForward::Relu { wi, wo } => v.extend([wi.clone(), wo.clone()]),
+        T5FeedForward::GatedGelu { wi_0, wi_1, wo } => {
+            v.extend([wi_0.clone(), wi_1.clone(), wo.clone()])
+        }
+    }
+    v.push(blk.ff_norm.weight.clone());
+    v
 }

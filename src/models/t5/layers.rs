@@ -456,28 +456,6 @@ impl T5Block {
         self.ff_residual(&h, drop)
     }
 
-    /// Every parameter of the block (what a checkpointed recompute differentiates).
-    pub fn params(&self) -> Vec<Tensor> {
-        let mut v = Vec::with_capacity(16);
-        let attn = |a: &T5Attention, v: &mut Vec<Tensor>| {
-            v.extend([a.q.clone(), a.k.clone(), a.v.clone(), a.o.clone()]);
-        };
-        attn(&self.self_attn, &mut v);
-        v.push(self.self_norm.weight.clone());
-        if let Some((a, n)) = &self.cross {
-            attn(a, &mut v);
-            v.push(n.weight.clone());
-        }
-        match &self.ff {
-            T5FeedForward::Relu { wi, wo } => v.extend([wi.clone(), wo.clone()]),
-            T5FeedForward::GatedGelu { wi_0, wi_1, wo } => {
-                v.extend([wi_0.clone(), wi_1.clone(), wo.clone()])
-            }
-        }
-        v.push(self.ff_norm.weight.clone());
-        v
-    }
-
     pub fn ff_residual(&self, h: &Tensor, drop: &Dropout) -> Result<Tensor> {
         let y = self.ff.forward(&self.ff_norm.forward(h)?, drop)?;
         h.add(&drop.apply(&y)?)

@@ -216,6 +216,9 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     if let crate::shape::Device::Cuda(n) = device {
         crate::backend::cuda::alloc_reset_peak(n)?;
     }
+    // The peak of the training steps; evaluation (no gradients, its own batch size) is
+    // left out, as the plan does.
+    let mut train_peak = 0usize;
     let mut log = MetricsLog::create(&cfg.out_dir)?;
     let mut rng = Rng::new(cfg.seed);
     let pb = progress(total as u64, cfg.quiet);
@@ -288,12 +291,16 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 window_n = 0;
             }
         }
+        train_peak = train_peak.max(crate::memory::tracker::peak_bytes(device));
         last_eval = evaluate_and_log(task, &mut log, step, epoch + 1, &pb)?;
+        crate::memory::tracker::reset_peak(device);
         last_eval_step = Some(step);
     }
     if last_eval_step != Some(step) {
         // Stopped mid-epoch by max_steps: evaluate the final weights too.
+        train_peak = train_peak.max(crate::memory::tracker::peak_bytes(device));
         last_eval = evaluate_and_log(task, &mut log, step, cfg.epochs, &pb)?;
+        crate::memory::tracker::reset_peak(device);
     }
     pb.finish_and_clear();
     let metric = task.headline_metric();
@@ -315,7 +322,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     if let Some(s) = &scaler {
         fin.insert("skipped_steps".into(), json!(s.skipped));
     }
-    report_memory(&mut fin, device, cfg.memory_plan.as_ref());
+    report_memory(&mut fin, device, train_peak, cfg.memory_plan.as_ref());
     Ok(Value::Object(fin))
 }
 
@@ -338,16 +345,16 @@ fn evaluate_and_log<T: Task>(
     Ok(m)
 }
 
-/// Add the measured peak (tracker; on CUDA also the allocator's reserved peak and NVML's
-/// device-wide used bytes) beside the planner's prediction to `fin`, and say it on
+/// Add the measured peak of the training steps (tracker; on CUDA also the allocator's
+/// reserved peak, evaluation included, and NVML's device-wide used bytes now) beside the planner's prediction to `fin`, and say it on
 /// stderr. Reading NVML is best-effort: without it the field is absent.
 fn report_memory(
     fin: &mut Map<String, Value>,
     device: crate::shape::Device,
+    measured: usize,
     plan: Option<&crate::memory::budget::Plan>,
 ) {
     use crate::memory::budget::human;
-    let measured = crate::memory::tracker::peak_bytes(device);
     fin.insert("peak_memory_bytes".into(), json!(measured));
     fin.insert(
         "peak_memory_predicted_bytes".into(),

@@ -354,6 +354,17 @@ fn fit_picks_the_largest_micro_batch_that_fits() {
     assert!(!p.work.checkpointing);
     assert!(p.peak_bytes <= budget);
     assert_eq!(p.budget, Some(budget));
+    // Room for 27 of 64 rows: 3 steps, evened out to 22 rows each (not 27 x 3 = 81).
+    let at64 = |m: usize| {
+        let w = Workload {
+            micro_batch: m,
+            grad_accum: 64usize.div_ceil(m),
+            ..t4_work(false)
+        };
+        predict(&spec, &w, 64).expect("plan").peak_bytes
+    };
+    let p = fit(&spec, (at64(27) + at64(28)) / 2, 64, &t4_work(false), false).expect("fits");
+    assert_eq!((p.work.micro_batch, p.work.grad_accum), (22, 3));
     // A budget for everything: the requested batch in one step.
     let p = fit(&spec, 1 << 40, 32, &t4_work(false), false).expect("fits");
     assert_eq!((p.work.micro_batch, p.work.grad_accum), (32, 1));

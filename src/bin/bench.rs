@@ -136,7 +136,8 @@ fn main() -> Result<()> {
         tgt_len: args.tgt_seq,
         dtype,
         checkpointing: args.checkpointing,
-        target: if device.is_cuda() || args.gpu.is_some() {
+        // fp16 and a named card both mean CUDA, even when only planning here.
+        target: if device.is_cuda() || args.gpu.is_some() || fp16 {
             Target::Cuda
         } else {
             Target::Cpu

@@ -157,7 +157,8 @@ impl RunArgs {
             tgt_len: tgt,
             dtype,
             checkpointing: self.checkpointing,
-            target: if device.is_cuda() || self.gpu.is_some() {
+            // fp16 training and a named card both mean CUDA, even when only planning here.
+            target: if device.is_cuda() || self.gpu.is_some() || dtype == DType::F16 {
                 Target::Cuda
             } else {
                 Target::Cpu

@@ -259,7 +259,8 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
 }
 
 /// Pick the largest micro-batch ≤ `requested_batch` whose step fits `budget` bytes, the
-/// accumulation steps that keep the requested batch (`ceil(requested / micro)`), and
+/// accumulation steps that keep the requested batch (`ceil(requested / micro)`, the
+/// micro-batch then evened out to `ceil(requested / steps)`), and
 /// activation checkpointing only when even micro-batch 1 does not fit without it (or
 /// always, when `force_checkpointing`). Refuses with the micro-batch-1 breakdown when
 /// nothing fits.
@@ -303,9 +304,15 @@ pub fn fit(
                 hi = mid - 1;
             }
         }
-        // Fewer accumulation steps for the same micro-batch count would not fit
-        // better; but a smaller micro-batch with the same accumulation count wastes
-        // nothing, so keep the largest.
+        // The accumulation steps the largest micro-batch needs, then the smallest
+        // micro-batch that still covers the request in that many steps: the same number
+        // of sequential steps, and the effective batch overshoots the request by fewer
+        // than `grad_accum` rows (64 with room for 27 runs 22 x 3, not 27 x 3).
+        let accum = requested.div_ceil(best.work.micro_batch);
+        let micro = requested.div_ceil(accum);
+        if micro != best.work.micro_batch {
+            best = plan_at(micro, ckpt)?;
+        }
         best.budget = Some(budget);
         return Ok(best);
     }

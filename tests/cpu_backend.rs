@@ -1,6 +1,6 @@
 //! Forward of every CPU backend op against a naive, obviously-correct reference written
 //! here with plain loops, at odd shapes; plus the error paths (bad shapes, bad ids,
-//! F16 compute) and AdamW against hand-computed values. Gradients are covered by
+//! mixed f16/f32 operands) and AdamW against hand-computed values. Gradients are covered by
 //! tests/gradcheck.rs.
 
 use fusebox::backend::{
@@ -200,16 +200,22 @@ fn casts_inplace_and_f16_storage() {
         vec![3.5, 3.5]
     );
 
-    // F16 compute is a clear dtype error, not a panic.
-    match h.unary(UnaryOp::Relu) {
+    // F16 computes (the emulation of CUDA's fp16: f32 math, f16 result); an f32 operand
+    // in an f16 op is a clear dtype error, not a panic, as on CUDA.
+    let r = h.unary(UnaryOp::Relu).unwrap();
+    assert_eq!(r.dtype(), DType::F16);
+    assert_eq!(&r.to_vec_f32().unwrap()[..3], &[1.5, 0.0, 65504.0]);
+    match h.binary(&f32s(&v), BinaryOp::Add) {
         Err(Error::DType {
-            op: "unary",
-            got: DType::F16,
+            op: "binary",
+            got: DType::F32,
             ..
         }) => {}
         other => panic!("expected a dtype error, got {other:?}"),
     }
-    assert!(h.matmul(&h, &MatmulSpec::plain(2, 1, 2)).is_err());
+    assert!(h
+        .matmul(&f32s(&[1.0, 2.0]), &MatmulSpec::plain(2, 2, 1))
+        .is_err());
     assert!(
         f64s(&v).binary(&f32s(&v), BinaryOp::Add).is_err(),
         "mixed dtypes"

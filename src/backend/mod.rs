@@ -8,7 +8,8 @@
 //! them.
 //!
 //! Conventions shared by both backends:
-//! - Float ops accept F32 and F64 on the CPU and F32 and F16 on CUDA; reductions
+//! - Float ops accept F32, F64 and F16 on the CPU (F16 as an emulation of CUDA's fp16:
+//!   f32 math, f16 stores) and F32 and F16 on CUDA; reductions
 //!   (norms, softmax, losses) accumulate in f32 (f64 for F64). Auxiliary outputs that
 //!   backward needs (mean, rstd, lse) are always F32 (F64 for F64 inputs).
 //! - Token ids, labels and masks are I32. Labels equal to `ignore_index` (-100) are
@@ -229,6 +230,12 @@ pub trait BackendStorage: Sized + Send + Sync {
 
     // ---- matrix products --------------------------------------------------------
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self>;
+
+    /// [`matmul`](Self::matmul) with the product stored in `out`: F16 operands with an
+    /// F32 result (f32 accumulation, C never rounded to f16) keep an fp16 GEMM's speed
+    /// where the product may pass 65504 (T5's output projections in fp16). `out` equal
+    /// to the operands' dtype is `matmul`; any other pair is a dtype error.
+    fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self>;
 
     // ---- normalisation -------------------------------------------------------------
     /// LayerNorm over the last `cols`: returns (y, mean [rows], rstd [rows]).
@@ -592,6 +599,9 @@ impl Storage {
     }
     pub fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         dispatch2!("matmul", self, rhs, |a, b| a.matmul(b, spec))
+    }
+    pub fn matmul_out(&self, rhs: &Storage, spec: &MatmulSpec, out: DType) -> Result<Storage> {
+        dispatch2!("matmul_out", self, rhs, |a, b| a.matmul_out(b, spec, out))
     }
     pub fn layer_norm(
         &self,

@@ -9,8 +9,10 @@
 //! decoder embed with `shared.weight` directly (HF's `embed_tokens` aliases are never
 //! materialised), so a tied model holds exactly one embedding tensor and the tape sums
 //! its three gradients. Incremental decoding for generation is in `t5/incremental.rs`.
+//! In fp16 the residual stream stays f32 (`t5/fp16.rs`): T5 overflows fp16 otherwise.
 
 mod config;
+mod fp16;
 mod incremental;
 mod layers;
 
@@ -23,6 +25,7 @@ use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
 pub use config::{EosTokenId, FeedForward, T5Config};
+pub use fp16::Fp16Safety;
 pub use incremental::{DecoderCache, EncoderState};
 pub use layers::{bucket_ids, relative_position_bucket, Dropout};
 use layers::{BlockInputs, CrossInput, T5Attention, T5Block, T5FeedForward, T5Stack};
@@ -55,6 +58,8 @@ pub struct T5ForConditionalGeneration {
     /// Drop attention probabilities in training, as HF does (default; fused into the
     /// attention op). `false` skips that dropout.
     pub attention_dropout: bool,
+    /// The fp16 overflow guard (f32 residual stream); ignored for f32 weights.
+    pub fp16_safety: Fp16Safety,
 }
 
 impl T5ForConditionalGeneration {
@@ -137,6 +142,7 @@ impl T5ForConditionalGeneration {
             tied_lm_head,
             raw_config,
             attention_dropout: true,
+            fp16_safety: Fp16Safety::default(),
         })
     }
 
@@ -178,6 +184,12 @@ impl T5ForConditionalGeneration {
         }
     }
 
+    /// Embedded tokens → the residual stream's dtype (f32 for f16 weights under
+    /// `Fp16Safety::Fp32Residual`; otherwise unchanged).
+    fn residual(&self, x: Tensor) -> Result<Tensor> {
+        x.to_dtype(self.fp16_safety.residual_dtype(x.dtype()))
+    }
+
     /// Encoder hidden states `[B, Ls, d_model]` for I32 `input_ids [B, Ls]` and an
     /// optional I32 `attention_mask [B, Ls]` (1 = token, 0 = padding).
     pub fn encode(
@@ -187,7 +199,7 @@ impl T5ForConditionalGeneration {
         drop: &Dropout,
     ) -> Result<Tensor> {
         input_ids.expect_rank("T5 encoder (input_ids)", 2)?;
-        let x = self.shared.embedding(input_ids)?;
+        let x = self.residual(self.shared.embedding(input_ids)?)?;
         self.encoder
             .forward(&self.config, &x, attention_mask, None, drop)
     }
@@ -201,7 +213,7 @@ impl T5ForConditionalGeneration {
         drop: &Dropout,
     ) -> Result<Tensor> {
         decoder_input_ids.expect_rank("T5 decoder (decoder_input_ids)", 2)?;
-        let x = self.shared.embedding(decoder_input_ids)?;
+        let x = self.residual(self.shared.embedding(decoder_input_ids)?)?;
         let cross = CrossInput {
             hidden: encoder_hidden,
             mask: encoder_mask,

@@ -1,25 +1,26 @@
 //! The CPU reference backend: every primitive, forward and backward, in plain Rust with
 //! rayon for parallel rows and the `gemm` crate for matrix products. F32 is the working
 //! type; F64 exists so gradchecks can use central differences without f32 noise; F16
-//! is storage only (load, save, cast, pure data movement).
+//! runs as an emulation of the CUDA backend's fp16 path (`emulate.rs`: widen to f32, run
+//! the f32 body, round each output CUDA stores as f16), so fp16 models, and their
+//! overflows, can be tested without a GPU.
 //!
 //! The math lives in one file per op family (same names as the CUDA kernels), written
 //! once, generic over [`Real`] (f32 and f64); this file only owns the storage type and
-//! routes each trait method to the family function for the buffer's dtype.
+//! routes each trait method to the family function for the buffer's dtype, or for F16 to
+//! the f32 function through the emulation's `up`/`down`.
 
 mod adamw;
 mod attention;
 mod elementwise;
 mod embedding;
+mod emulate;
 mod layout;
 mod matmul;
 mod norm;
+mod real;
 mod softmax;
 mod span;
-
-use std::fmt::Debug;
-use std::iter::Sum;
-use std::ops::{AddAssign, MulAssign, SubAssign};
 
 use half::f16;
 
@@ -29,6 +30,8 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::memory::tracker;
 use crate::shape::{DType, Device, Shape};
+use emulate::{down, down2, in_place, up, up_opt, widen};
+pub(crate) use real::Real;
 
 /// The typed buffer inside a [`CpuStorage`].
 #[derive(Clone, Debug)]
@@ -111,85 +114,6 @@ impl Drop for CpuStorage {
     }
 }
 
-/// The float types the CPU backend computes in. One generic body per op keeps the f32
-/// path (what users train on) and the f64 path (what gradchecks use) identical.
-pub(crate) trait Real:
-    num_traits::Float
-    + Send
-    + Sync
-    + Debug
-    + Default
-    + Sum
-    + AddAssign
-    + SubAssign
-    + MulAssign
-    + 'static
-{
-    const DTYPE: DType;
-    fn of(x: f64) -> Self;
-    fn f64(self) -> f64;
-    fn erf(self) -> Self;
-    fn slice(d: &CpuData) -> Option<&[Self]>;
-    fn slice_mut(d: &mut CpuData) -> Option<&mut [Self]>;
-    fn wrap(v: Vec<Self>) -> CpuData;
-}
-
-impl Real for f32 {
-    const DTYPE: DType = DType::F32;
-    fn of(x: f64) -> f32 {
-        x as f32
-    }
-    fn f64(self) -> f64 {
-        self as f64
-    }
-    fn erf(self) -> f32 {
-        libm::erff(self)
-    }
-    fn slice(d: &CpuData) -> Option<&[f32]> {
-        match d {
-            CpuData::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn slice_mut(d: &mut CpuData) -> Option<&mut [f32]> {
-        match d {
-            CpuData::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f32>) -> CpuData {
-        CpuData::F32(v)
-    }
-}
-
-impl Real for f64 {
-    const DTYPE: DType = DType::F64;
-    fn of(x: f64) -> f64 {
-        x
-    }
-    fn f64(self) -> f64 {
-        self
-    }
-    fn erf(self) -> f64 {
-        libm::erf(self)
-    }
-    fn slice(d: &CpuData) -> Option<&[f64]> {
-        match d {
-            CpuData::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn slice_mut(d: &mut CpuData) -> Option<&mut [f64]> {
-        match d {
-            CpuData::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f64>) -> CpuData {
-        CpuData::F64(v)
-    }
-}
-
 /// Below this many elements an elementwise loop is not worth splitting across threads.
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
@@ -255,14 +179,16 @@ impl CpuStorage {
     }
 }
 
-/// Run the generic family function for the dtype of `$dt` (F32 or F64); any other
-/// dtype is a clear error naming the op.
+/// Run the generic family function for the dtype of `$dt`: F32 or F64 directly, F16 by
+/// the `f16 => ..` emulation (the f32 function on widened operands); any other dtype is
+/// a clear error naming the op.
 macro_rules! float_op {
-    ($op:literal, $dt:expr, $($f:ident)::+ ( $($arg:expr),* $(,)? )) => {
+    ($op:expr, $dt:expr, $($f:ident)::+ ( $($arg:expr),* $(,)? ), f16 => $emu:expr) => {
         match $dt {
             DType::F32 => $($f)::+::<f32>($($arg),*),
             DType::F64 => $($f)::+::<f64>($($arg),*),
-            d => Err(dtype_err($op, "f32 or f64 (f16 is storage-only on the CPU)", d)),
+            DType::F16 => $emu,
+            d => Err(dtype_err($op, "f32, f64 or f16", d)),
         }
     };
 }
@@ -302,49 +228,56 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::new(self.data.clone()))
     }
     fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
-        float_op!("binary", self.dtype(), elementwise::binary(self, rhs, op))
+        const OP: &str = "binary";
+        float_op!(OP, self.dtype(), elementwise::binary(self, rhs, op),
+            f16 => Ok(down(elementwise::binary::<f32>(&up(OP, self)?, &up(OP, rhs)?, op)?)))
     }
     fn affine(&self, mul: f64, add: f64) -> Result<Self> {
-        float_op!("affine", self.dtype(), elementwise::affine(self, mul, add))
+        float_op!("affine", self.dtype(), elementwise::affine(self, mul, add),
+            f16 => Ok(down(elementwise::affine::<f32>(&up("affine", self)?, mul, add)?)))
     }
     fn unary(&self, op: UnaryOp) -> Result<Self> {
-        float_op!("unary", self.dtype(), elementwise::unary(self, op))
+        float_op!("unary", self.dtype(), elementwise::unary(self, op),
+            f16 => Ok(down(elementwise::unary::<f32>(&up("unary", self)?, op)?)))
     }
     fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Result<Self> {
-        float_op!(
-            "unary_backward",
-            self.dtype(),
-            elementwise::unary_backward(self, dy, op)
-        )
+        const OP: &str = "unary_backward";
+        float_op!(OP, self.dtype(), elementwise::unary_backward(self, dy, op),
+            f16 => Ok(down(elementwise::unary_backward::<f32>(&up(OP, self)?, &up(OP, dy)?, op)?)))
     }
     fn gated(&self, lin: &Self, act: UnaryOp) -> Result<Self> {
-        float_op!("gated", self.dtype(), elementwise::gated(self, lin, act))
+        const OP: &str = "gated";
+        float_op!(OP, self.dtype(), elementwise::gated(self, lin, act),
+            f16 => Ok(down(elementwise::gated::<f32>(&up(OP, self)?, &up(OP, lin)?, act)?)))
     }
     fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> Result<(Self, Self)> {
-        float_op!(
-            "gated_backward",
-            self.dtype(),
-            elementwise::gated_backward(self, lin, dy, act)
-        )
+        const OP: &str = "gated_backward";
+        float_op!(OP, self.dtype(), elementwise::gated_backward(self, lin, dy, act),
+            f16 => elementwise::gated_backward::<f32>(&up(OP, self)?, &up(OP, lin)?, &up(OP, dy)?, act)
+                .map(down2))
     }
     fn dropout(&self, p: f32, seed: u64) -> Result<Self> {
-        float_op!("dropout", self.dtype(), elementwise::dropout(self, p, seed))
+        float_op!("dropout", self.dtype(), elementwise::dropout(self, p, seed),
+            f16 => Ok(down(elementwise::dropout::<f32>(&up("dropout", self)?, p, seed)?)))
     }
     fn add_bias(&self, bias: &Self, cols: usize) -> Result<Self> {
-        float_op!(
-            "add_bias",
-            self.dtype(),
-            elementwise::add_bias(self, bias, cols)
-        )
+        const OP: &str = "add_bias";
+        float_op!(OP, self.dtype(), elementwise::add_bias(self, bias, cols),
+            f16 => Ok(down(elementwise::add_bias::<f32>(&up(OP, self)?, &up(OP, bias)?, cols)?)))
     }
     fn sum_rows(&self, cols: usize) -> Result<Self> {
-        float_op!("sum_rows", self.dtype(), elementwise::sum_rows(self, cols))
+        float_op!("sum_rows", self.dtype(), elementwise::sum_rows(self, cols),
+            f16 => Ok(down(elementwise::sum_rows::<f32>(&up("sum_rows", self)?, cols)?)))
     }
     fn sum_all(&self) -> Result<Self> {
-        float_op!("sum_all", self.dtype(), elementwise::sum_all(self, false))
+        // CUDA keeps the sum in the input's dtype.
+        float_op!("sum_all", self.dtype(), elementwise::sum_all(self, false),
+            f16 => Ok(down(elementwise::sum_all::<f32>(&up("sum_all", self)?, false)?)))
     }
     fn sum_sq(&self) -> Result<Self> {
-        float_op!("sum_sq", self.dtype(), elementwise::sum_all(self, true))
+        // Always f32 on CUDA: it feeds gradient-norm clipping, where f16 overflows.
+        float_op!("sum_sq", self.dtype(), elementwise::sum_all(self, true),
+            f16 => elementwise::sum_all::<f32>(&up("sum_sq", self)?, true))
     }
     fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self> {
         layout::permute(self, dims, perm)
@@ -359,17 +292,23 @@ impl BackendStorage for CpuStorage {
         embedding::index_select(self, ids, cols)
     }
     fn index_add(&self /*dy*/, ids: &Self, n: usize, cols: usize) -> Result<Self> {
-        float_op!(
-            "index_add",
-            self.dtype(),
-            embedding::index_add(self, ids, n, cols)
-        )
+        float_op!("index_add", self.dtype(), embedding::index_add(self, ids, n, cols),
+            f16 => Ok(down(embedding::index_add::<f32>(&up("index_add", self)?, ids, n, cols)?)))
     }
     fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
-        float_op!("axpy_", self.dtype(), elementwise::axpy_(self, x, alpha))
+        // CUDA has every (y, x) pair of f32 and f16: f16 gradients accumulate into f32.
+        if x.is_f16() && self.dtype() == DType::F32 {
+            return elementwise::axpy_::<f32>(self, &widen(x), alpha);
+        }
+        float_op!("axpy_", self.dtype(), elementwise::axpy_(self, x, alpha),
+        f16 => {
+            let x = widen(x);
+            in_place(self, |y| elementwise::axpy_::<f32>(y, &x, alpha))
+        })
     }
     fn scale_(&mut self, alpha: f64) -> Result<()> {
-        float_op!("scale_", self.dtype(), elementwise::scale_(self, alpha))
+        float_op!("scale_", self.dtype(), elementwise::scale_(self, alpha),
+            f16 => in_place(self, |y| elementwise::scale_::<f32>(y, alpha)))
     }
     fn copy_from_(&mut self, src: &Self) -> Result<()> {
         elementwise::copy_from_(self, src)
@@ -382,17 +321,37 @@ impl BackendStorage for CpuStorage {
         working: Option<&mut Self>,
         hp: &AdamWStep,
     ) -> Result<bool> {
-        float_op!(
-            "adamw_",
-            self.dtype(),
-            adamw::adamw_(self, grad, m, v, working, hp)
-        )
+        // As on CUDA: the master (and moments) are never f16; an f16 gradient is read as
+        // f32 (exact), and `working` may be the f16 copy the model computes with.
+        let wide;
+        let grad = if grad.is_f16() {
+            wide = widen(grad);
+            &wide
+        } else {
+            grad
+        };
+        float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, m, v, working, hp),
+            f16 => Err(dtype_err("adamw_", "f32 or f64 master weights", DType::F16)))
     }
     fn has_non_finite(&self) -> Result<bool> {
         Ok(elementwise::has_non_finite(&self.data))
     }
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
-        float_op!("matmul", self.dtype(), matmul::matmul(self, rhs, spec))
+        float_op!("matmul", self.dtype(), matmul::matmul(self, rhs, spec),
+            f16 => Ok(down(matmul::matmul::<f32>(&up("matmul", self)?, &up("matmul", rhs)?, spec)?)))
+    }
+    fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
+        const OP: &str = "matmul_out";
+        match (self.dtype(), out) {
+            (a, o) if a == o => self.matmul(rhs, spec),
+            // cuBLAS GemmEx: f16 A and B, f32 C, f32 accumulation: no f16 rounding of C.
+            (DType::F16, DType::F32) => matmul::matmul::<f32>(&up(OP, self)?, &up(OP, rhs)?, spec),
+            (_, o) => Err(dtype_err(
+                OP,
+                "the operands' dtype, or f32 for f16 operands",
+                o,
+            )),
+        }
     }
     fn layer_norm(
         &self,
@@ -401,11 +360,13 @@ impl BackendStorage for CpuStorage {
         cols: usize,
         eps: f64,
     ) -> Result<(Self, Self, Self)> {
-        float_op!(
-            "layer_norm",
-            self.dtype(),
-            norm::layer_norm(self, gamma, beta, cols, eps)
-        )
+        const OP: &str = "layer_norm";
+        float_op!(OP, self.dtype(), norm::layer_norm(self, gamma, beta, cols, eps),
+        f16 => {
+            let (y, mean, rstd) =
+                norm::layer_norm::<f32>(&up(OP, self)?, &up(OP, gamma)?, &up(OP, beta)?, cols, eps)?;
+            Ok((down(y), mean, rstd))
+        })
     }
     fn layer_norm_backward(
         &self, /*x*/
@@ -415,18 +376,21 @@ impl BackendStorage for CpuStorage {
         dy: &Self,
         cols: usize,
     ) -> Result<(Self, Self, Self)> {
-        float_op!(
-            "layer_norm_backward",
-            self.dtype(),
-            norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols)
-        )
+        const OP: &str = "layer_norm_backward";
+        float_op!(OP, self.dtype(), norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols),
+        f16 => {
+            let (dx, dg, db) = norm::layer_norm_backward::<f32>(
+                &up(OP, self)?, &up(OP, gamma)?, mean, rstd, &up(OP, dy)?, cols)?;
+            Ok((down(dx), down(dg), down(db)))
+        })
     }
     fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)> {
-        float_op!(
-            "rms_norm",
-            self.dtype(),
-            norm::rms_norm(self, gamma, cols, eps)
-        )
+        const OP: &str = "rms_norm";
+        float_op!(OP, self.dtype(), norm::rms_norm(self, gamma, cols, eps),
+        f16 => {
+            let (y, rstd) = norm::rms_norm::<f32>(&up(OP, self)?, &up(OP, gamma)?, cols, eps)?;
+            Ok((down(y), rstd))
+        })
     }
     fn rms_norm_backward(
         &self, /*x*/
@@ -435,28 +399,23 @@ impl BackendStorage for CpuStorage {
         dy: &Self,
         cols: usize,
     ) -> Result<(Self, Self)> {
-        float_op!(
-            "rms_norm_backward",
-            self.dtype(),
-            norm::rms_norm_backward(self, gamma, rstd, dy, cols)
-        )
+        const OP: &str = "rms_norm_backward";
+        float_op!(OP, self.dtype(), norm::rms_norm_backward(self, gamma, rstd, dy, cols),
+            f16 => norm::rms_norm_backward::<f32>(&up(OP, self)?, &up(OP, gamma)?, rstd, &up(OP, dy)?, cols)
+                .map(down2))
     }
     fn softmax(&self, cols: usize) -> Result<Self> {
-        float_op!("softmax", self.dtype(), softmax::softmax(self, cols, false))
+        float_op!("softmax", self.dtype(), softmax::softmax(self, cols, false),
+            f16 => Ok(down(softmax::softmax::<f32>(&up("softmax", self)?, cols, false)?)))
     }
     fn softmax_backward(&self, dy: &Self, cols: usize) -> Result<Self> {
-        float_op!(
-            "softmax_backward",
-            self.dtype(),
-            softmax::softmax_backward(self, dy, cols)
-        )
+        const OP: &str = "softmax_backward";
+        float_op!(OP, self.dtype(), softmax::softmax_backward(self, dy, cols),
+            f16 => Ok(down(softmax::softmax_backward::<f32>(&up(OP, self)?, &up(OP, dy)?, cols)?)))
     }
     fn log_softmax(&self, cols: usize) -> Result<Self> {
-        float_op!(
-            "log_softmax",
-            self.dtype(),
-            softmax::softmax(self, cols, true)
-        )
+        float_op!("log_softmax", self.dtype(), softmax::softmax(self, cols, true),
+            f16 => Ok(down(softmax::softmax::<f32>(&up("log_softmax", self)?, cols, true)?)))
     }
     fn cross_entropy(
         &self,
@@ -464,11 +423,10 @@ impl BackendStorage for CpuStorage {
         cols: usize,
         ignore_index: i32,
     ) -> Result<(Self, Self)> {
-        float_op!(
-            "cross_entropy",
-            self.dtype(),
-            softmax::cross_entropy(self, targets, cols, ignore_index)
-        )
+        // Loss and lse stay f32 for f16 logits, as on CUDA (a scaled loss fits in f32).
+        float_op!("cross_entropy", self.dtype(),
+            softmax::cross_entropy(self, targets, cols, ignore_index),
+            f16 => softmax::cross_entropy::<f32>(&up("cross_entropy", self)?, targets, cols, ignore_index))
     }
     fn cross_entropy_backward(
         &self, /*logits*/
@@ -478,18 +436,15 @@ impl BackendStorage for CpuStorage {
         cols: usize,
         ignore_index: i32,
     ) -> Result<Self> {
-        float_op!(
-            "cross_entropy_backward",
-            self.dtype(),
-            softmax::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index)
-        )
+        const OP: &str = "cross_entropy_backward";
+        float_op!(OP, self.dtype(),
+            softmax::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index),
+            f16 => Ok(down(softmax::cross_entropy_backward::<f32>(
+                &up(OP, self)?, targets, lse, dloss, cols, ignore_index)?)))
     }
     fn argmax_last(&self, cols: usize) -> Result<Self> {
-        float_op!(
-            "argmax_last",
-            self.dtype(),
-            softmax::argmax_last(self, cols)
-        )
+        float_op!("argmax_last", self.dtype(), softmax::argmax_last(self, cols),
+            f16 => softmax::argmax_last::<f32>(&up("argmax_last", self)?, cols))
     }
     fn attention(
         &self, /*q*/
@@ -499,11 +454,14 @@ impl BackendStorage for CpuStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self)> {
-        float_op!(
-            "attention",
-            self.dtype(),
-            attention::attention(self, k, v, key_mask, bias, spec)
-        )
+        const OP: &str = "attention";
+        float_op!(OP, self.dtype(), attention::attention(self, k, v, key_mask, bias, spec),
+        f16 => {
+            let bias = up_opt(OP, bias)?;
+            let (out, lse) = attention::attention::<f32>(
+                &up(OP, self)?, &up(OP, k)?, &up(OP, v)?, key_mask, bias.as_ref(), spec)?;
+            Ok((down(out), lse))
+        })
     }
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
@@ -517,11 +475,16 @@ impl BackendStorage for CpuStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        float_op!(
-            "attention_backward",
-            self.dtype(),
-            attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
-        )
+        const OP: &str = "attention_backward";
+        float_op!(OP, self.dtype(),
+        attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec),
+        f16 => {
+            let bias = up_opt(OP, bias)?;
+            let (dq, dk, dv, db) = attention::attention_backward::<f32>(
+                &up(OP, self)?, &up(OP, k)?, &up(OP, v)?, &up(OP, out)?, lse,
+                &up(OP, dout)?, key_mask, bias.as_ref(), spec)?;
+            Ok((down(dq), down(dk), down(dv), db.map(down)))
+        })
     }
     fn span_search(
         &self, /*start logits*/
@@ -531,10 +494,10 @@ impl BackendStorage for CpuStorage {
         max_len: usize,
         top_k: usize,
     ) -> Result<Vec<SpanCandidate>> {
-        float_op!(
-            "span_search",
-            self.dtype(),
-            span::span_search(self, end_logits, allowed, cols, max_len, top_k)
-        )
+        const OP: &str = "span_search";
+        float_op!(OP, self.dtype(),
+            span::span_search(self, end_logits, allowed, cols, max_len, top_k),
+            f16 => span::span_search::<f32>(
+                &up(OP, self)?, &up(OP, end_logits)?, allowed, cols, max_len, top_k))
     }
 }

@@ -209,8 +209,26 @@ pub(crate) fn gemm(dev: &Dev, g: &Gemm) -> Result<()> {
 }
 
 pub fn matmul(a: &CudaStorage, b: &CudaStorage, spec: &MatmulSpec) -> Result<CudaStorage> {
+    matmul_out(a, b, spec, a.dtype())
+}
+
+/// `matmul` with C stored in `out`: the operands' dtype, or F32 for F16 operands (GemmEx
+/// with CUDA_R_16F A/B and CUDA_R_32F C: the fp16 tensor-core GEMM, never rounded to f16).
+pub fn matmul_out(
+    a: &CudaStorage,
+    b: &CudaStorage,
+    spec: &MatmulSpec,
+    out: DType,
+) -> Result<CudaStorage> {
     let op = "matmul";
     sfx(op, a.dtype())?;
+    if out != a.dtype() && !(a.dtype() == DType::F16 && out == DType::F32) {
+        return Err(Error::DType {
+            op: "matmul_out",
+            expected: "the operands' dtype, or f32 for f16 operands",
+            got: out,
+        });
+    }
     if a.dtype() != b.dtype() {
         return Err(Error::DType {
             op,
@@ -248,16 +266,15 @@ pub fn matmul(a: &CudaStorage, b: &CudaStorage, spec: &MatmulSpec) -> Result<Cud
             b.len()
         )));
     }
-    let out = CudaStorage::alloc(a.dev(), batch * m * n, a.dtype())?;
+    let c = CudaStorage::alloc(a.dev(), batch * m * n, out)?;
     if k == 0 {
         // An empty sum: C = 0 (cuBLAS with k = 0 would leave C as it was).
-        return out.zeros_like_dev(batch * m * n, a.dtype());
+        return c.zeros_like_dev(batch * m * n, out);
     }
-    gemm(
-        a.dev(),
-        &matmul_desc(spec, a.ptr(), b.ptr(), out.ptr(), a.dtype()),
-    )?;
-    Ok(out)
+    let mut desc = matmul_desc(spec, a.ptr(), b.ptr(), c.ptr(), a.dtype());
+    desc.c_type = out;
+    gemm(a.dev(), &desc)?;
+    Ok(c)
 }
 
 /// Host model of cuBLAS for the unit tests: pointers are `(buffer << 40) | byte offset`

@@ -482,6 +482,9 @@ impl BackendStorage for CudaStorage {
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         blas::matmul(self, rhs, spec)
     }
+    fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
+        blas::matmul_out(self, rhs, spec, out)
+    }
     fn layer_norm(
         &self,
         gamma: &Self,

@@ -10,6 +10,7 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+use super::fp16::pre_norm;
 use super::layers::{t5_opts, Dropout};
 use super::T5ForConditionalGeneration;
 
@@ -169,12 +170,12 @@ impl T5ForConditionalGeneration {
         }
         let pos = cache.len;
         let ids = Tensor::from_i32(tokens.to_vec(), [n, 1], self.shared.device())?;
-        let mut h = self.shared.embedding(&ids)?;
+        let mut h = self.residual(self.shared.embedding(&ids)?)?;
         let bias = self.decoder.position_bias(&self.config, 1, pos + 1, pos)?;
         let first = cache.kv.is_empty();
         for (i, blk) in self.decoder.blocks.iter().enumerate() {
             let a = &blk.self_attn;
-            let x = blk.self_norm.forward(&h)?;
+            let x = pre_norm(&blk.self_norm, &h)?;
             let (k_new, v_new) = (a.project(&x, &a.k)?, a.project(&x, &a.v)?);
             let (k, v) = if first {
                 (k_new, v_new)
@@ -185,13 +186,8 @@ impl T5ForConditionalGeneration {
                     Tensor::cat(&[v_old, &v_new], 1)?,
                 )
             };
-            let out = a.attend(
-                &x,
-                &k,
-                &v,
-                t5_opts(true, None, Some(&bias)),
-                &Dropout::off(),
-            )?;
+            let opt = t5_opts(true, None, Some(&bias));
+            let out = a.attend(&x, &k, &v, opt, &Dropout::off(), h.dtype())?;
             if first {
                 cache.kv.push((k, v));
             } else {
@@ -203,13 +199,13 @@ impl T5ForConditionalGeneration {
                 .as_ref()
                 .ok_or_else(|| Error::msg("T5: a decoder block has no cross-attention"))?;
             let (ck, cv) = &enc.cross_kv[i];
-            let x = norm.forward(&h)?;
+            let x = pre_norm(norm, &h)?;
             let opt = t5_opts(false, enc.mask.as_ref(), None);
-            h = h.add(&cross.attend(&x, ck, cv, opt, &Dropout::off())?)?;
+            h = h.add(&cross.attend(&x, ck, cv, opt, &Dropout::off(), h.dtype())?)?;
             h = blk.ff_residual(&h, &Dropout::off())?;
         }
         cache.len += 1;
-        let h = self.decoder.final_norm.forward(&h)?;
+        let h = pre_norm(&self.decoder.final_norm, &h)?;
         let v = self.config.vocab_size;
         self.lm_logits(&h)?.reshape([n, v])
     }

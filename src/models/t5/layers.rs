@@ -6,6 +6,10 @@
 //! every layer of that stack; here the stack computes `position_bias [H, Lq, Lk]` once per
 //! forward (embedding lookup + permute, both on the tape) and hands it to every layer's
 //! attention, so its gradient reaches the block-0 weight summed over all layers.
+//!
+//! The residual stream `h` may be wider than the weights (f32 with f16 weights: the fp16
+//! overflow guard in `fp16.rs`): each sublayer reads it through `pre_norm` and writes its
+//! last projection in `h`'s dtype. With equal dtypes both are the plain ops.
 
 use std::cell::{Cell, RefCell};
 
@@ -13,9 +17,11 @@ use crate::backend::UnaryOp;
 use crate::error::Result;
 use crate::nn::{Init, RmsNorm, VarBuilder};
 use crate::ops::attention::AttnOptions;
+use crate::shape::DType;
 use crate::tensor::{Tensor, TensorId};
 
 use super::config::{FeedForward, T5Config};
+use super::fp16::{linear_into, pre_norm};
 
 /// HF `T5Attention._relative_position_bucket`, bit for bit: the log-spaced part is
 /// computed in f32 as torch does it (`log(rp.float() / max_exact) / math.log(..)`), which
@@ -228,7 +234,8 @@ impl T5Attention {
         x.linear(w, None)?.reshape([b, l, self.heads, self.d_kv])
     }
 
-    /// Attention of `x [B, Lq, d_model]` over precomputed `k`, `v [B, Lk, H, D]`.
+    /// Attention of `x [B, Lq, d_model]` over precomputed `k`, `v [B, Lk, H, D]`, the
+    /// `o` projection stored in `out` (the residual stream's dtype).
     pub fn attend(
         &self,
         x: &Tensor,
@@ -236,6 +243,7 @@ impl T5Attention {
         v: &Tensor,
         opt: AttnOptions<'_>,
         drop: &Dropout,
+        out: DType,
     ) -> Result<Tensor> {
         let (b, lq) = (x.dims()[0], x.dims()[1]);
         let q = self.project(x, &self.q)?;
@@ -249,21 +257,22 @@ impl T5Attention {
             }
             q.attention(k, v, opt)?
         };
-        ctx.reshape([b, lq, self.heads * self.d_kv])?
-            .linear(&self.o, None)
+        linear_into(&ctx.reshape([b, lq, self.heads * self.d_kv])?, &self.o, out)
     }
 
-    /// Full attention of `x` over `kv_src` (itself for self-attention).
+    /// Full attention of `x` over `kv_src` (itself for self-attention), the output in
+    /// `out`.
     pub fn forward(
         &self,
         x: &Tensor,
         kv_src: &Tensor,
         opt: AttnOptions<'_>,
         drop: &Dropout,
+        out: DType,
     ) -> Result<Tensor> {
         let k = self.project(kv_src, &self.k)?;
         let v = self.project(kv_src, &self.v)?;
-        self.attend(x, &k, &v, opt, drop)
+        self.attend(x, &k, &v, opt, drop, out)
     }
 }
 
@@ -390,7 +399,9 @@ impl T5FeedForward {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, drop: &Dropout) -> Result<Tensor> {
+    /// The feed-forward of the normed `x`, its `wo` product stored in `out` (the
+    /// residual's dtype: f32 keeps T5's large `wo` outputs out of f16).
+    pub fn forward(&self, x: &Tensor, drop: &Dropout, out: DType) -> Result<Tensor> {
         let (h, wo) = match self {
             T5FeedForward::Relu { wi, wo } => (x.linear(wi, None)?.relu()?, wo),
             T5FeedForward::GatedGelu { wi_0, wi_1, wo } => {
@@ -398,7 +409,7 @@ impl T5FeedForward {
                 (gate.gated(&x.linear(wi_1, None)?, UnaryOp::GeluNew)?, wo)
             }
         };
-        drop.apply(&h)?.linear(wo, None)
+        linear_into(&drop.apply(&h)?, wo, out)
     }
 }
 
@@ -438,26 +449,31 @@ impl T5Block {
     }
 
     /// The block's full-sequence forward (self-attention, cross-attention in the
-    /// decoder, feed-forward), each residual added to `h`.
+    /// decoder, feed-forward), each residual added to `h` in `h`'s dtype.
     pub fn forward(&self, h: &Tensor, ctx: &BlockInputs<'_>, drop: &Dropout) -> Result<Tensor> {
-        let n = self.self_norm.forward(h)?;
+        let n = pre_norm(&self.self_norm, h)?;
         let a = self.self_attn.forward(
             &n,
             &n,
             t5_opts(ctx.is_decoder, ctx.self_mask, Some(ctx.bias)),
             drop,
+            h.dtype(),
         )?;
         let mut h = h.add(&drop.apply(&a)?)?;
         if let (Some((attn, norm)), Some(c)) = (&self.cross, ctx.cross) {
-            let n = norm.forward(&h)?;
-            let a = attn.forward(&n, c.hidden, t5_opts(false, c.mask, None), drop)?;
+            let n = pre_norm(norm, &h)?;
+            let opt = t5_opts(false, c.mask, None);
+            let a = attn.forward(&n, c.hidden, opt, drop, h.dtype())?;
             h = h.add(&drop.apply(&a)?)?;
         }
         self.ff_residual(&h, drop)
     }
 
+    /// `h + dropout(FF(norm(h)))`, in `h`'s dtype.
     pub fn ff_residual(&self, h: &Tensor, drop: &Dropout) -> Result<Tensor> {
-        let y = self.ff.forward(&self.ff_norm.forward(h)?, drop)?;
+        let y = self
+            .ff
+            .forward(&pre_norm(&self.ff_norm, h)?, drop, h.dtype())?;
         h.add(&drop.apply(&y)?)
     }
 }
@@ -527,7 +543,8 @@ impl T5Stack {
         self.rel_bias.embedding(&ids)?.permute(&[2, 0, 1])
     }
 
-    /// Full-sequence forward of embedded inputs `x [B, L, d_model]`.
+    /// Full-sequence forward of embedded inputs `x [B, L, d_model]`; `x`'s dtype is the
+    /// residual stream's. The output is in the weights' dtype.
     pub fn forward(
         &self,
         cfg: &T5Config,
@@ -552,7 +569,7 @@ impl T5Stack {
                 blk.forward(&h, &ctx, drop)?
             };
         }
-        drop.apply(&self.final_norm.forward(&h)?)
+        drop.apply(&pre_norm(&self.final_norm, &h)?)
     }
 }
 

@@ -94,6 +94,8 @@ impl ModelSpec {
             dropout: c.dropout_rate > 0.0,
             tied,
             scale_out: c.scales_decoder_outputs(),
+            // The model's default `Fp16Safety::Fp32Residual`.
+            f32_residual: true,
         })
     }
 

@@ -518,6 +518,48 @@ impl Sim {
         self.op(&[a, b], bytes, 0, &[], &[G::Pass, G::Pass], 0)
     }
 
+    /// Switch the activation element size (T5's f32 residual stream around f16
+    /// sublayers); returns the previous one.
+    pub fn set_act(&mut self, es: usize) -> usize {
+        std::mem::replace(&mut self.env.act, es)
+    }
+
+    /// `to_dtype` of `n` elements from `from` to `to` bytes each: saves nothing, casts
+    /// the gradient back.
+    pub fn to_dtype(&mut self, x: V, n: usize, from: usize, to: usize) -> V {
+        self.cur = "to_dtype";
+        self.op(&[x], n * to, 0, &[], &[G::New(n * from)], 0)
+    }
+
+    /// `linear_into` (t5/fp16.rs): `x · Wᵀ` in the activation dtype with the product
+    /// stored with `out_es` bytes per element; backward casts the gradient to the
+    /// activation dtype (held while it runs) for the two GEMMs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_into(
+        &mut self,
+        x: V,
+        rows: usize,
+        fin: usize,
+        fout: usize,
+        w: V,
+        out_es: usize,
+    ) -> V {
+        self.cur = "linear";
+        let es = self.es();
+        if out_es == es {
+            return self.linear(x, rows, fin, fout, w, None);
+        }
+        let gs = [G::New(rows * fin * es), G::New(fout * fin * es)];
+        self.op(
+            &[x, w],
+            rows * fout * out_es,
+            0,
+            &[x, w],
+            &gs,
+            rows * fout * es,
+        )
+    }
+
     /// `x * s` (affine): saves nothing.
     pub fn scale(&mut self, x: V, n: usize) -> V {
         self.cur = "scale";

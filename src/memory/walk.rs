@@ -44,6 +44,36 @@ pub struct T5Spec {
     pub tied: bool,
     /// T5 v1.0's d_model^-0.5 rescale of the decoder output.
     pub scale_out: bool,
+    /// In fp16, the residual stream stays f32 (`Fp16Safety::Fp32Residual`, t5/fp16.rs).
+    pub f32_residual: bool,
+}
+
+impl T5Spec {
+    /// Bytes per element of the residual stream for activations of `act` bytes.
+    fn res(&self, act: usize) -> usize {
+        if self.f32_residual && act == 2 {
+            4
+        } else {
+            act
+        }
+    }
+}
+
+/// `fp16::pre_norm`: the RMSNorm of the residual `h` (`res` bytes per element) in its
+/// dtype, emitted in the activation dtype; the plain `rms_norm` when they agree.
+fn pre_norm(sim: &mut Sim, h: V, rows: usize, dm: usize, w: V, res: usize) -> V {
+    let act = sim.env.act;
+    if res == act {
+        return sim.rms_norm(h, rows, dm, w);
+    }
+    let gw = sim.to_dtype(w, dm, act, res);
+    sim.set_act(res);
+    let y = sim.rms_norm(h, rows, dm, gw);
+    sim.set_act(act);
+    let n = sim.to_dtype(y, rows * dm, res, act);
+    sim.release(y);
+    sim.release(gw);
+    n
 }
 
 /// Parameters as simulated leaves, and their element count (static memory).
@@ -321,18 +351,22 @@ fn t5_attention(
     let v = sim.linear(kv, b * lk, s.d_model, inner, a.v, None);
     let q = sim.linear(x, b * lq, s.d_model, inner, a.q, None);
     let ctx = sim.attention(q, k, v, mask, bias, [b, s.heads, lq, lk, s.d_kv]);
-    let o = sim.linear(ctx, b * lq, inner, s.d_model, a.o, None);
+    let res = s.res(sim.env.act);
+    let o = sim.linear_into(ctx, b * lq, inner, s.d_model, a.o, res);
     for t in [q, ctx, k, v] {
         sim.release(t);
     }
     o
 }
 
-/// `T5Block::forward`.
+/// `T5Block::forward`: sublayers in the activation dtype, the residual stream in
+/// `res` bytes per element.
 fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
     let (r, dm) = (c.b * c.l, s.d_model);
     let n = r * dm;
-    let nx = sim.rms_norm(h, r, dm, p.self_norm);
+    let act = sim.env.act;
+    let res = s.res(act);
+    let nx = pre_norm(sim, h, r, dm, p.self_norm, res);
     let a = t5_attention(
         sim,
         s,
@@ -345,25 +379,30 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
         c.l,
         c.l,
     );
+    sim.set_act(res);
     let da = sim.dropout(a, n, s.dropout);
     let mut h1 = sim.add(h, da, n);
+    sim.set_act(act);
     sim.release(da);
     sim.release(a);
     sim.release(nx);
     if let (Some((attn, norm)), Some((enc, emask, ls))) = (&p.cross, c.cross) {
-        let n2 = sim.rms_norm(h1, r, dm, *norm);
+        let n2 = pre_norm(sim, h1, r, dm, *norm, res);
         let a2 = t5_attention(sim, s, attn, n2, enc, emask, None, c.b, c.l, ls);
+        sim.set_act(res);
         let d2 = sim.dropout(a2, n, s.dropout);
         let h2 = sim.add(h1, d2, n);
+        sim.set_act(act);
         sim.release(d2);
         sim.release(h1);
         h1 = h2;
         sim.release(a2);
         sim.release(n2);
     }
-    // ff_residual: DenseReluDense over the normed states, dropped out, added.
-    let fx = sim.rms_norm(h1, r, dm, p.ff_norm);
-    let act = match p.wi_1 {
+    // ff_residual: DenseReluDense over the normed states, `wo` into the residual dtype,
+    // dropped out, added.
+    let fx = pre_norm(sim, h1, r, dm, p.ff_norm, res);
+    let act_out = match p.wi_1 {
         None => {
             let t = sim.linear(fx, r, dm, s.d_ff, p.wi, None);
             let a = sim.unary(t, r * s.d_ff);
@@ -379,13 +418,15 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
             g
         }
     };
-    let dd = sim.dropout(act, r * s.d_ff, s.dropout);
-    let y = sim.linear(dd, r, s.d_ff, dm, p.wo, None);
+    let dd = sim.dropout(act_out, r * s.d_ff, s.dropout);
+    let y = sim.linear_into(dd, r, s.d_ff, dm, p.wo, res);
     sim.release(dd);
-    sim.release(act);
+    sim.release(act_out);
     sim.release(fx);
+    sim.set_act(res);
     let dy = sim.dropout(y, n, s.dropout);
     let out = sim.add(h1, dy, n);
+    sim.set_act(act);
     sim.release(dy);
     sim.release(y);
     sim.release(h1);
@@ -413,7 +454,11 @@ fn t5_stack(
     let bias = sim.permute(e, s.heads * l * l);
     sim.release(e);
     sim.release(bucket_ids);
+    let act = sim.env.act;
+    let res = s.res(act);
+    sim.set_act(res);
     let mut h = sim.dropout(x, b * l * dm, s.dropout);
+    sim.set_act(act);
     for p in blocks {
         let c = BlockCtx {
             b,
@@ -455,7 +500,7 @@ fn t5_stack(
         sim.release(h);
         h = next;
     }
-    let y = sim.rms_norm(h, b * l, dm, norm);
+    let y = pre_norm(sim, h, b * l, dm, norm, res);
     let out = sim.dropout(y, b * l * dm, s.dropout);
     sim.release(y);
     sim.release(h);
@@ -524,8 +569,17 @@ pub fn t5_step(
     let mask = sim.ints(b * ls);
     let labels = sim.ints(b * lt);
     let dec_in = sim.ints(b * lt);
-    // encode
-    let x = sim.embedding(shared, ids, b * ls, s.vocab, dm);
+    // encode: embedding, then the residual stream's dtype (`T5::residual`)
+    let act = sim.env.act;
+    let res = s.res(act);
+    let e = sim.embedding(shared, ids, b * ls, s.vocab, dm);
+    let x = if res != act {
+        let x = sim.to_dtype(e, b * ls * dm, act, res);
+        sim.release(e);
+        x
+    } else {
+        e
+    };
     let enc = t5_stack(
         sim,
         s,
@@ -541,7 +595,14 @@ pub fn t5_step(
     );
     sim.release(x);
     // decode + lm_logits
-    let y = sim.embedding(shared, dec_in, b * lt, s.vocab, dm);
+    let e = sim.embedding(shared, dec_in, b * lt, s.vocab, dm);
+    let y = if res != act {
+        let y = sim.to_dtype(e, b * lt * dm, act, res);
+        sim.release(e);
+        y
+    } else {
+        e
+    };
     let h = t5_stack(
         sim,
         s,

@@ -9,8 +9,10 @@
 //! backward) is replayed op by op on a byte simulator of the tape (`sim.rs`, `walk.rs`)
 //! that allocates, saves and frees what the real ops do, so saved activations, the
 //! gradients as they accumulate and the backward's transients all come from the code
-//! paths rather than a formula; on the CPU backend the result is the tracker's count
-//! (tests/budget.rs holds it to 5 %). With gradient accumulation, the previous
+//! paths rather than a formula; on the CPU backend in f32 the result is the tracker's
+//! count (tests/budget.rs holds it to 5 %; it is exact to the byte today). The CPU's fp16
+//! emulation also counts the f32 copies it widens operands into, which CUDA does not
+//! make, so fp16 plans are CUDA plans. With gradient accumulation, the previous
 //! micro-batches' gradients stay alive through the next backward and are added. The
 //! optimizer step itself allocates only one-element norm partials.
 //!

@@ -456,6 +456,27 @@ fn cuda_fp16_plans_carry_the_cuda_terms() {
     )
     .expect("cpu");
     assert_eq!(cpu.peak_bytes, cpu.tensor_peak, "no CUDA terms on the CPU");
+    // T5 in fp16 keeps its residual stream in f32: more than half of the f32 model's
+    // activations, less than all; checkpointing lowers the step either way.
+    let t5 = ModelSpec::t5(&fusebox::models::t5::T5Config::default(), true);
+    let plan = |dtype: DType, ckpt: bool| {
+        let w = Workload {
+            micro_batch: 8,
+            seq_len: 512,
+            tgt_len: 128,
+            dtype,
+            ..t4_work(ckpt)
+        };
+        predict(&t5, &w, 8).expect("t5")
+    };
+    let (a16, a32) = (
+        saved(&plan(DType::F16, false)),
+        saved(&plan(DType::F32, false)),
+    );
+    assert!(a16 * 2 > a32 && a16 < a32, "fp16 {a16} vs fp32 {a32}");
+    for dtype in [DType::F16, DType::F32] {
+        assert!(plan(dtype, true).tensor_peak < plan(dtype, false).tensor_peak);
+    }
 }
 
 #[test]

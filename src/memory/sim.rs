@@ -163,6 +163,11 @@ impl Sim {
 
     /// Drop one handle on `v`; the buffer is freed with its last handle.
     pub fn release(&mut self, v: V) {
+        // A walk that releases a handle twice is a bug in walk.rs; never wrap around.
+        debug_assert!(self.refs[v] > 0, "buffer {v} released once too often");
+        if self.refs[v] == 0 {
+            return;
+        }
         self.refs[v] -= 1;
         if self.refs[v] == 0 {
             self.live -= self.bytes[v];

@@ -876,10 +876,7 @@ pub fn adamw_multi(
     tensors: &mut [AdamWTensor<'_>],
     hp: &AdamWMultiStep,
 ) -> Result<Option<AdamWMultiOutcome>> {
-    if tensors
-        .iter()
-        .all(|t| matches!(&*t.param, Storage::Cpu(_)))
-    {
+    if tensors.iter().all(|t| matches!(&*t.param, Storage::Cpu(_))) {
         return Ok(None);
     }
     let mut list = Vec::with_capacity(tensors.len());

@@ -124,7 +124,8 @@ impl AdamW {
             slots,
             config,
             steps: 0,
-            multi_tensor: true,
+            // FUSEBOX_ADAMW_PER_TENSOR=1 selects the per-tensor path (A/B timing).
+            multi_tensor: std::env::var("FUSEBOX_ADAMW_PER_TENSOR").map_or(true, |v| v != "1"),
             distinct: None,
         })
     }
@@ -346,10 +347,10 @@ impl AdamW {
             .enumerate()
         {
             list.push(crate::backend::AdamWTensor {
-                param: &mut **p,
+                param: p,
                 grad: &grad_guards[grad_of[k]],
-                m: &mut **m,
-                v: &mut **v,
+                m,
+                v,
                 working: w.as_mut().map(|w| &mut **w),
                 weight_decay: s.weight_decay,
             });

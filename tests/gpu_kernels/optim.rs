@@ -54,7 +54,10 @@ fn host_vec(t: &Tensor) -> Vec<f32> {
 }
 
 fn same_outcome(a: &StepOutcome, b: &StepOutcome, what: &str) {
-    assert_eq!(a.skipped, b.skipped, "{what}: skipped differs: {a:?} vs {b:?}");
+    assert_eq!(
+        a.skipped, b.skipped,
+        "{what}: skipped differs: {a:?} vs {b:?}"
+    );
     if a.grad_norm.is_finite() || b.grad_norm.is_finite() {
         let rel = (a.grad_norm - b.grad_norm).abs() / b.grad_norm.abs().max(1e-30);
         assert!(rel < 1e-5, "{what}: grad norm {a:?} vs {b:?}");
@@ -68,7 +71,11 @@ fn adamw_multi_tensor_matches_per_tensor_and_cpu() {
     };
     let gpu = Device::Cuda(0);
     let init: Vec<Vec<f32>> = PARAMS.iter().map(|p| rng.normal(p.1, 0.5)).collect();
-    let (pm, pp, pc) = (params(&init, gpu), params(&init, gpu), params(&init, Device::Cpu));
+    let (pm, pp, pc) = (
+        params(&init, gpu),
+        params(&init, gpu),
+        params(&init, Device::Cpu),
+    );
     let cfg = AdamWConfig {
         lr: 1e-3,
         weight_decay: 0.01,
@@ -166,9 +173,20 @@ fn bad_ids_are_reported_with_op_and_range() {
     // CUDA: the launch is queued without a sync; the next read names op, id and range.
     let t = Instant::now();
     let out = ok(gt.index_select(&up(&bad), cols));
-    let err = out.to_vec_f32().err().map(|e| e.to_string()).unwrap_or_default();
+    let err = out
+        .to_vec_f32()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     let pass = err.contains("index_select") && err.contains("50") && err.contains("[0, 50)");
-    gpucheck("deferred_error_index_select", &[3, cols], DType::F16, 0.0, pass, t);
+    gpucheck(
+        "deferred_error_index_select",
+        &[3, cols],
+        DType::F16,
+        0.0,
+        pass,
+        t,
+    );
     assert!(pass, "index_select error: {err:?}");
     // The record is cleared: the same buffers work again, and a clean read passes.
     let good = up(&CpuStorage::from_i32(vec![3, 49, 0]));
@@ -180,7 +198,14 @@ fn bad_ids_are_reported_with_op_and_range() {
     let r = dy.index_add(&neg, rows, cols).and_then(|o| o.to_vec_f32());
     let err = r.err().map(|e| e.to_string()).unwrap_or_default();
     let pass = err.contains("index_add") && err.contains("-2") && err.contains("[0, 50)");
-    gpucheck("deferred_error_index_add", &[3, cols], DType::F32, 0.0, pass, t);
+    gpucheck(
+        "deferred_error_index_add",
+        &[3, cols],
+        DType::F32,
+        0.0,
+        pass,
+        t,
+    );
     assert!(pass, "index_add error: {err:?}");
     // cross_entropy: a target past the vocabulary that is not ignore_index, reported by
     // the explicit check (what a caller uses when it reads nothing back).
@@ -193,7 +218,14 @@ fn bad_ids_are_reported_with_op_and_range() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     let pass = err.contains("cross_entropy") && err.contains("target 9") && err.contains("[0, 9)");
-    gpucheck("deferred_error_cross_entropy", &[4, 9], DType::F16, 0.0, pass, t);
+    gpucheck(
+        "deferred_error_cross_entropy",
+        &[4, 9],
+        DType::F16,
+        0.0,
+        pass,
+        t,
+    );
     assert!(pass, "cross_entropy error: {err:?}");
     // CPU cross_entropy errors at once, as before.
     let cl = CpuStorage::from_f32(rng.normal(4 * 9, 1.0));

@@ -149,8 +149,14 @@ impl Dev {
         cu(ctx.bind_to_thread(), "bind context")?;
         // SAFETY: a fresh 16-byte device allocation, zeroed before any kernel can see it.
         let err = unsafe {
-            let p = cu(cudarc::driver::result::malloc_sync(16), "allocate error record")?;
-            cu(cudarc::driver::result::memset_d8_sync(p, 0, 16), "zero error record")?;
+            let p = cu(
+                cudarc::driver::result::malloc_sync(16),
+                "allocate error record",
+            )?;
+            cu(
+                cudarc::driver::result::memset_d8_sync(p, 0, 16),
+                "zero error record",
+            )?;
             p
         };
         Ok(Dev {

@@ -142,6 +142,52 @@ fn launch_table(
     cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
 }
 
+/// One live tensor as the kernel sees it.
+#[derive(Clone, Copy, Debug)]
+struct Desc {
+    p: u64,
+    g: u64,
+    m: u64,
+    v: u64,
+    w: u64,
+    n: usize,
+    decay: f32,
+    kind: i32,
+}
+
+/// Tables of up to MT_MAX tensors, with per table the grid and where its partials go
+/// (`partial_base`), and the total partial count.
+fn build_tables(descs: &[Desc]) -> Result<(Vec<MtTable>, Vec<usize>, usize)> {
+    let too_many = || Error::msg("adamw_multi: too many chunks in one launch");
+    let mut tables = Vec::new();
+    let mut grids = Vec::new();
+    let mut nparts = 0usize;
+    for group in descs.chunks(MT_MAX) {
+        let mut tab = MtTable::empty();
+        let mut chunks = 0usize;
+        for (k, d) in group.iter().enumerate() {
+            tab.p[k] = d.p;
+            tab.g[k] = d.g;
+            tab.m[k] = d.m;
+            tab.v[k] = d.v;
+            tab.w[k] = d.w;
+            tab.n[k] = d.n as i64;
+            tab.decay[k] = d.decay;
+            tab.kind[k] = d.kind;
+            tab.chunk_start[k] = i32::try_from(chunks).map_err(|_| too_many())?;
+            chunks += d.n.div_ceil(MT_CHUNK);
+        }
+        tab.chunk_start[group.len()] = i32::try_from(chunks).map_err(|_| too_many())?;
+        tab.count = group.len() as i32;
+        tab.partial_base = i32::try_from(nparts).map_err(|_| too_many())?;
+        let grid = chunks.clamp(1, MT_GRID);
+        nparts += grid;
+        tables.push(tab);
+        grids.push(grid);
+    }
+    Ok((tables, grids, nparts))
+}
+
 /// One AdamW step over `tensors` (all on one device). Nothing is touched when some
 /// gradient holds inf/NaN; the returned outcome says whether that happened. Costs
 /// 2·⌈tensors/64⌉ + 1 launches and one 16-byte read.
@@ -216,37 +262,23 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             live.push((i, g16 | (wkind << 1), wptr));
         }
     }
-    // Tables of up to MT_MAX tensors; per table, the grid and where its partials go.
-    let mut tables = Vec::new();
-    let mut grids = Vec::new();
-    let mut nparts = 0usize;
-    for group in live.chunks(MT_MAX) {
-        let mut tab = MtTable::empty();
-        let mut chunks = 0usize;
-        for (k, &(i, kind, wptr)) in group.iter().enumerate() {
+    let descs: Vec<Desc> = live
+        .iter()
+        .map(|&(i, kind, w)| {
             let t = &tensors[i];
-            let n = t.param.len();
-            tab.p[k] = t.param.ptr();
-            tab.g[k] = t.grad.ptr();
-            tab.m[k] = t.m.ptr();
-            tab.v[k] = t.v.ptr();
-            tab.w[k] = wptr;
-            tab.n[k] = n as i64;
-            tab.decay[k] = (1.0 - hp.lr * t.weight_decay) as f32;
-            tab.kind[k] = kind;
-            tab.chunk_start[k] = i32::try_from(chunks)
-                .map_err(|_| Error::msg("adamw_multi: too many chunks in one launch"))?;
-            chunks += n.div_ceil(MT_CHUNK);
-        }
-        tab.chunk_start[group.len()] = i32::try_from(chunks)
-            .map_err(|_| Error::msg("adamw_multi: too many chunks in one launch"))?;
-        tab.count = group.len() as i32;
-        tab.partial_base = nparts as i32;
-        let grid = chunks.clamp(1, MT_GRID);
-        nparts += grid;
-        tables.push(tab);
-        grids.push(grid);
-    }
+            Desc {
+                p: t.param.ptr(),
+                g: t.grad.ptr(),
+                m: t.m.ptr(),
+                v: t.v.ptr(),
+                w,
+                n: t.param.len(),
+                decay: (1.0 - hp.lr * t.weight_decay) as f32,
+                kind,
+            }
+        })
+        .collect();
+    let (tables, grids, nparts) = build_tables(&descs)?;
     if tables.is_empty() {
         return Ok(MultiOutcome {
             skipped: false,
@@ -317,4 +349,67 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
         skipped: skip,
         sum_sq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(i: u64, n: usize) -> Desc {
+        Desc {
+            p: 1000 + i,
+            g: 2000 + i,
+            m: 3000 + i,
+            v: 4000 + i,
+            w: 0,
+            n,
+            decay: 1.0,
+            kind: (i % 2) as i32,
+        }
+    }
+
+    #[test]
+    fn tables_split_at_64_with_chunk_prefix_sums_and_partial_offsets() {
+        // 150 tensors: sizes 1 .. several chunks, including exactly one chunk.
+        let sizes: Vec<usize> = (0..150)
+            .map(|i| match i {
+                0 => 3 * MT_CHUNK + 5,
+                1 => MT_CHUNK,
+                70 => 200 * MT_CHUNK,
+                _ => 1 + (i * 37) % 997,
+            })
+            .collect();
+        let descs: Vec<Desc> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| desc(i as u64, n))
+            .collect();
+        let (tables, grids, nparts) = build_tables(&descs).expect("tables");
+        assert_eq!(tables.len(), 3);
+        assert_eq!(
+            tables.iter().map(|t| t.count).collect::<Vec<_>>(),
+            vec![64, 64, 22]
+        );
+        let mut base = 0;
+        let mut seen = 0;
+        for (tab, &grid) in tables.iter().zip(&grids) {
+            assert_eq!(tab.partial_base as usize, base);
+            let c = tab.count as usize;
+            let mut total = 0;
+            for k in 0..c {
+                let d = &descs[seen + k];
+                assert_eq!((tab.p[k], tab.g[k], tab.n[k]), (d.p, d.g, d.n as i64));
+                assert_eq!(tab.chunk_start[k] as usize, total);
+                total += d.n.div_ceil(MT_CHUNK);
+            }
+            assert_eq!(tab.chunk_start[c] as usize, total);
+            assert_eq!(grid, total.clamp(1, MT_GRID));
+            base += grid;
+            seen += c;
+        }
+        assert_eq!(nparts, base);
+        // First table: 4 + 1 + 62 one-chunk tensors; the second holds the 200-chunk one.
+        assert_eq!(tables[0].chunk_start[64], 4 + 1 + 62);
+        assert_eq!(tables[1].chunk_start[64], 63 + 200);
+    }
 }

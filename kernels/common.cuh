@@ -92,6 +92,22 @@ __device__ __forceinline__ bool fb_dropout_keep(unsigned long long seed, unsigne
     return u >= p;
 }
 
+// Deferred error record for bad ids/targets, an int[4] that lives on the device for the
+// whole process (src/backend/cuda/context.rs, `Dev::err`): {op code, bad value, bound,
+// extra}. The first failing thread wins the record; the host reads it at its next
+// device-to-host copy instead of syncing after every embedding or loss launch. Codes must
+// match `ErrCode` in src/backend/cuda/context.rs.
+#define FB_ERR_INDEX_SELECT 1
+#define FB_ERR_INDEX_ADD 2
+#define FB_ERR_CROSS_ENTROPY 3
+__device__ __forceinline__ void fb_report(int* err, int code, int value, i64 bound, int extra) {
+    if (atomicCAS(err, 0, code) == 0) {
+        err[1] = value;
+        err[2] = bound > 0x7fffffff ? 0x7fffffff : (int)bound;
+        err[3] = extra;
+    }
+}
+
 #define FB_GRID_STRIDE(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 

@@ -2,9 +2,11 @@
 //
 // Why it is built this way: a gather is a pure copy, so it works on 32-bit or 16-bit
 // words whatever the dtype (f32 and i32 share one kernel). One block row per id keeps
-// reads and writes coalesced along the row. Out-of-range ids set a device flag that the
-// host reads once after the launch (the contract says bad ids are an error, and a silent
-// out-of-bounds read would be garbage). The backward scatters with fp32 atomicAdd into an
+// reads and writes coalesced along the row. Out-of-range ids are never read (the row is
+// zeros, or skipped in backward) and are recorded in the device error record
+// (common.cuh, fb_report) that the host checks at its next device-to-host copy: the
+// contract says bad ids are an error, a silent out-of-bounds read would be garbage, and
+// a 4-byte readback after every lookup would be a device sync per embedding call. The backward scatters with fp32 atomicAdd into an
 // fp32 buffer (repeated ids collide; atomics on f16 would lose precision), which the host
 // casts to f16 when the gradient is f16.
 #include "common.cuh"
@@ -12,11 +14,11 @@
 #define FB_GATHER(S, W)                                                                       \
     extern "C" __global__ void fb_index_select_##S(W* out, const W* table, const int* ids,    \
                                                    i64 n_ids, i64 n_rows, i64 cols,           \
-                                                   int* bad) {                                \
+                                                   int* err) {                                \
         for (i64 k = blockIdx.x; k < n_ids; k += gridDim.x) {                                 \
             int id = ids[k];                                                                  \
             bool ok = id >= 0 && (i64)id < n_rows;                                            \
-            if (!ok && threadIdx.x == 0) atomicOr(bad, 1);                                    \
+            if (!ok && threadIdx.x == 0) fb_report(err, FB_ERR_INDEX_SELECT, id, n_rows, 0);  \
             for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                              \
                 out[k * cols + c] = ok ? table[(i64)id * cols + c] : (W)0;                    \
         }                                                                                     \
@@ -26,11 +28,11 @@ FB_GATHER(b16, unsigned short)
 
 #define FB_SCATTER(S, T)                                                                      \
     extern "C" __global__ void fb_index_add_##S(float* out, const T* dy, const int* ids,      \
-                                                i64 n_ids, i64 n_rows, i64 cols, int* bad) {  \
+                                                i64 n_ids, i64 n_rows, i64 cols, int* err) {  \
         for (i64 k = blockIdx.x; k < n_ids; k += gridDim.x) {                                 \
             int id = ids[k];                                                                  \
             if (id < 0 || (i64)id >= n_rows) {                                                \
-                if (threadIdx.x == 0) atomicOr(bad, 1);                                       \
+                if (threadIdx.x == 0) fb_report(err, FB_ERR_INDEX_ADD, id, n_rows, 0);        \
                 continue;                                                                     \
             }                                                                                 \
             for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                              \

@@ -60,7 +60,7 @@
             float l = 0.0f;                                                                   \
             if (t != ignore_index) {                                                          \
                 if (t < 0 || (i64)t >= cols) {                                                \
-                    atomicOr(bad_target, 1);                                                  \
+                    fb_report(bad_target, FB_ERR_CROSS_ENTROPY, t, cols, ignore_index);       \
                 } else {                                                                      \
                     l = lse - fb_ld(xr, t);                                                   \
                 }                                                                             \

@@ -277,7 +277,10 @@ run_body() {
 
     local kt="$TESTS/gpu_kernels"
     if [ -x "$kt" ]; then
-        run_step gpu_kernels 180 "$WORK/gpu_kernels.out" "$kt" --nocapture --test-threads=1
+        run_step gpu_kernels 180 "$WORK/gpu_kernels.out" "$kt" --nocapture --test-threads=1 --skip stability
+        # 500 fp16 training steps each of DistilBERT-QA and T5-small (~15-20 s on an H100).
+        run_step stability 150 "$WORK/stability.out" "$kt" --nocapture --test-threads=1 stability
+        grep -h "^STABILITY" "$WORK/stability.out"
         # The run-time path: the same kernels compiled by NVRTC for this GPU, small cases.
         run_step nvrtc 90 "$WORK/nvrtc.out" env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 \
             "$kt" --nocapture --test-threads=1 elementwise norms softmax attention
@@ -289,7 +292,7 @@ run_body() {
     [ -z "$cs" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && cs=/usr/local/cuda/bin/compute-sanitizer
     if [ -n "$cs" ] && [ -x "$kt" ]; then
         run_step memcheck 120 "$WORK/memcheck.out" env FUSEBOX_TEST_SMALL=1 "$cs" --tool memcheck \
-            --leak-check no --error-exitcode 99 "$kt" --test-threads=1 --skip nvrtc
+            --leak-check no --error-exitcode 99 "$kt" --test-threads=1 --skip nvrtc --skip stability
         grep -E "ERROR SUMMARY|Invalid|out of bounds" "$WORK/memcheck.out" | head -n 20
     else
         log "compute-sanitizer not found; memcheck skipped"

@@ -73,12 +73,15 @@ BENCH="$W/bin/bench"
 PY=python3
 
 # 1. Every CUDA kernel against the CPU reference (fatbin path).
-step gpu_kernels 150 "$KT" --nocapture --test-threads=1
+# (fp16 stability runs 500 training steps per model: its own step below, not in here.)
+step gpu_kernels 150 "$KT" --nocapture --test-threads=1 --skip stability
 # 2. Fused attention: correctness (native and Turing PTX path) and timings, PyTorch baselines.
 [ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 200 env OUT="$W/attn" ATTN_SKIP_SANITIZER=1 bash tools/attn_check/run.sh
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+# 3b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale).
+step stability 120 "$KT" --nocapture --test-threads=1 stability
 if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
     step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
@@ -87,10 +90,12 @@ if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
         step torch_compile_t5 150 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --compile --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     fi
 fi
+# The same DistilBERT step with the old per-tensor AdamW: the multi-tensor path's gain.
+step bench_distilbert_fp16_per_tensor_adamw 60 env FUSEBOX_ADAMW_PER_TENSOR=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
-[ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc
+[ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc --skip stability
 step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture --test-threads=1 elementwise norms softmax attention
 for t in t5_parity qa_parity; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
@@ -114,7 +119,10 @@ done
         grep '^GPUCHECK ' "$f" | grep -v 'pass=true' | head -n 30
     done
     grep -h "ERROR SUMMARY" "$W/memcheck.out" 2>/dev/null
-    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/t5_parity.out "$W"/qa_parity.out 2>/dev/null | head -n 20
+    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out 2>/dev/null | head -n 20
+    echo
+    echo "== fp16 training stability (500 steps, random init, random tokens)"
+    grep -h "^STABILITY\|^SKIP\|panicked" "$W/stability.out" 2>/dev/null | head -n 10
     echo
     echo "== fused attention"
     grep -h "^ATTNCHECK" "$W/attn_check.out" | awk '{print}' | head -n 60
@@ -122,7 +130,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 torch_distilbert torch_compile_distilbert bench_t5_fp32; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_per_tensor_adamw torch_distilbert torch_compile_distilbert bench_t5_fp32; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"

@@ -148,21 +148,20 @@ static void check_softmax_ce() {
     report("log_softmax", rel(ly, rly), 1e-5);
     report("softmax_bwd", rel(dx, rdx), 1e-5);
     std::vector<float> row_loss(rows), glse(rows), gl(1), count(1), dl = {0.7f};
-    int bad = 0;
-    emu_launch(fb_ce_fwd_f32, D(rows), D(128), row_loss.data(), glse.data(), x.data(), tg.data(), rows, cols, -100, &bad);
+    int bad[4] = {0, 0, 0, 0};
+    emu_launch(fb_ce_fwd_f32, D(rows), D(128), row_loss.data(), glse.data(), x.data(), tg.data(), rows, cols, -100, bad);
     emu_launch(fb_ce_mean_f32, D(1), D(512), gl.data(), count.data(), row_loss.data(), tg.data(), rows, -100);
     report("ce_lse", rel(glse, lse), 1e-5);
     report("ce_loss", rel(gl, std::vector<double>{loss / cnt}), 1e-5);
-    report("ce_bad_target_flag", bad == 0 ? 0 : 1, 0);
+    report("ce_bad_target_flag", bad[0] == 0 ? 0 : 1, 0);
     emu_launch(fb_ce_bwd_f32, D(rows), D(128), dx.data(), x.data(), tg.data(), glse.data(), dl.data(), count.data(), rows, cols, -100);
     for (i64 r = 0; r < rows; ++r)
         for (i64 c = 0; c < cols; ++c)
             rdx[r * cols + c] = tg[r] == -100 ? 0.0 : 0.7 / cnt * (ry[r * cols + c] - (c == tg[r] ? 1.0 : 0.0));
     report("ce_bwd", rel(dx, rdx), 1e-5);
     std::vector<int> bt = {0, 0, 0, 0, 0, 131};
-    bad = 0;
-    emu_launch(fb_ce_fwd_f32, D(rows), D(128), row_loss.data(), glse.data(), x.data(), bt.data(), rows, cols, -100, &bad);
-    report("ce_out_of_range_flagged", bad == 1 ? 0 : 1, 0);
+    emu_launch(fb_ce_fwd_f32, D(rows), D(128), row_loss.data(), glse.data(), x.data(), bt.data(), rows, cols, -100, bad);
+    report("ce_out_of_range_recorded", (bad[0] == FB_ERR_CROSS_ENTROPY && bad[1] == 131 && bad[2] == cols && bad[3] == -100) ? 0 : 1, 0);
     // argmax: ties (first wins), NaN wins, all -inf.
     std::vector<float> a(rows * cols, 1.0f);
     a[0 * cols + 50] = 5.0f; a[0 * cols + 90] = 5.0f;
@@ -224,15 +223,22 @@ static void check_reduce_layout_embed() {
     std::vector<int> ids = {3, 0, 8, 3, 3, 1};
     std::vector<float> g(ids.size() * c2), acc(n * c2, 0.0f);
     std::vector<double> rg(ids.size() * c2), racc(n * c2, 0);
-    int bad = 0;
-    emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, &bad);
+    int bad[4] = {0, 0, 0, 0};
+    emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
     for (size_t k = 0; k < ids.size(); ++k) for (i64 c = 0; c < c2; ++c) rg[k * c2 + c] = tab[ids[k] * c2 + c], racc[ids[k] * c2 + c] += tab[k * c2 + c];
-    report("index_select", rel(g, rg) + bad, 0);
-    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, &bad);
-    report("index_add", rel(acc, racc) + bad, 1e-6);
+    report("index_select", rel(g, rg) + bad[0], 0);
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
+    report("index_add", rel(acc, racc) + bad[0], 1e-6);
     ids[2] = 9;
-    emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, &bad);
-    report("index_select_bad_flag", bad == 1 ? 0 : 1, 0);
+    emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
+    report("index_select_bad_recorded", (bad[0] == FB_ERR_INDEX_SELECT && bad[1] == 9 && bad[2] == n) ? 0 : 1, 0);
+    // The first record wins: a later bad id in another op leaves it alone.
+    ids[2] = -4;
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
+    report("error_record_first_wins", (bad[0] == FB_ERR_INDEX_SELECT && bad[1] == 9) ? 0 : 1, 0);
+    int bad2[4] = {0, 0, 0, 0};
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad2);
+    report("index_add_bad_recorded", (bad2[0] == FB_ERR_INDEX_ADD && bad2[1] == -4 && bad2[2] == n) ? 0 : 1, 0);
 }
 
 static void check_elementwise_adamw() {
@@ -286,6 +292,99 @@ static void check_elementwise_adamw() {
     emu_launch(fb_adamw_step_f32, D(2), D(256), p.data(), g.data(), mm.data(), vv.data(), (void*)nullptr, 0, m, F(1 - lr * wd), F(b1),
                F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1), F(1 / std::sqrt(bc2)), F(gs), (const int*)&flag);
     report("adamw_overflow_skips", (flag == 1 && p == before) ? 0 : 1, 0);
+}
+
+// Multi-tensor AdamW: three tensors (f16 grad + f16 working copy over several chunks,
+// f32 grad without working copy and without decay, f32 grad + f32 working copy of exactly
+// one chunk) split over two tables, grids smaller than the chunk count, against a double
+// reference of clip_grad_norm_ + the per-tensor update; then an inf gradient in the
+// second table must leave every tensor of both tables untouched.
+static void check_adamw_multi() {
+    const i64 ns[3] = {40000, 301, FB_MT_CHUNK};
+    const double wds[3] = {0.01, 0.0, 0.01};
+    std::vector<float> p[3], m[3], v[3], g32[3], gref[3];
+    std::vector<fb_half> g16, w16(ns[0]);
+    std::vector<float> w32(ns[2]);
+    for (int t = 0; t < 3; ++t) {
+        p[t] = randn(ns[t]), m[t] = randn(ns[t], 0.01f), v[t] = randn(ns[t], 0.01f);
+        for (auto& x : v[t]) x = x * x;
+        g32[t] = randn(ns[t], 300.0f);
+        gref[t] = g32[t];
+    }
+    for (auto x : g32[0]) g16.push_back(fb_f2h(x));
+    for (i64 i = 0; i < ns[0]; ++i) gref[0][i] = fb_h2f(g16[i]);
+    double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, gs = 1.0 / 1024, maxn = 1.0;
+    int step = 3;
+    double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+    double ss = 0;
+    for (int t = 0; t < 3; ++t) for (float x : gref[t]) ss += (double)x * x;
+    double norm = std::sqrt(ss) * gs, clip = std::min(maxn / (norm + 1e-6), 1.0);
+    std::vector<double> rp[3], rm[3], rv[3];
+    for (int t = 0; t < 3; ++t) {
+        rp[t].resize(ns[t]), rm[t].resize(ns[t]), rv[t].resize(ns[t]);
+        for (i64 i = 0; i < ns[t]; ++i) {
+            double gi = (double)gref[t][i] * gs * clip;
+            double pi = p[t][i] * (1 - lr * wds[t]);
+            rm[t][i] = b1 * (double)m[t][i] + (1 - b1) * gi;
+            rv[t][i] = b2 * (double)v[t][i] + (1 - b2) * gi * gi;
+            rp[t][i] = pi - lr / bc1 * rm[t][i] / (std::sqrt(rv[t][i]) / std::sqrt(bc2) + eps);
+        }
+    }
+    auto F = [](double x) { return (float)x; };
+    auto table = [&](std::initializer_list<int> ts, int base) {
+        fb_mt_table tab;
+        std::memset(&tab, 0, sizeof tab);
+        int k = 0, chunks = 0;
+        for (int t : ts) {
+            tab.p[k] = (unsigned long long)p[t].data();
+            tab.g[k] = t == 0 ? (unsigned long long)g16.data() : (unsigned long long)g32[t].data();
+            tab.m[k] = (unsigned long long)m[t].data();
+            tab.v[k] = (unsigned long long)v[t].data();
+            tab.w[k] = t == 0 ? (unsigned long long)w16.data() : t == 2 ? (unsigned long long)w32.data() : 0;
+            tab.n[k] = ns[t];
+            tab.decay[k] = F(1 - lr * wds[t]);
+            tab.kind[k] = t == 0 ? (1 | (1 << 1)) : t == 2 ? (2 << 1) : 0;
+            tab.chunk_start[k] = chunks;
+            chunks += (int)((ns[t] + FB_MT_CHUNK - 1) / FB_MT_CHUNK);
+            ++k;
+        }
+        tab.chunk_start[k] = chunks;
+        tab.count = k;
+        tab.partial_base = base;
+        return tab;
+    };
+    fb_mt_table t1 = table({0, 1}, 0), t2 = table({2}, 2);
+    std::vector<float> partials(3, NAN), dec(4, NAN);
+    auto run = [&]() {
+        emu_launch(fb_mt_sumsq, D(2), D(256), t1, partials.data());
+        emu_launch(fb_mt_sumsq, D(1), D(256), t2, partials.data());
+        emu_launch(fb_mt_finalize, D(1), D(512), dec.data(), (const float*)partials.data(), 3, gs, maxn, 1);
+        emu_launch(fb_mt_adamw, D(2), D(256), t1, (const float*)dec.data(), F(b1), F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1),
+                   F(1 / std::sqrt(bc2)));
+        emu_launch(fb_mt_adamw, D(1), D(256), t2, (const float*)dec.data(), F(b1), F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1),
+                   F(1 / std::sqrt(bc2)));
+    };
+    run();
+    report("adamw_multi_sumsq", std::fabs(dec[0] - ss) / ss, 1e-5);
+    report("adamw_multi_not_skipped", dec[1] == 0.0f ? 0 : 1, 0);
+    report("adamw_multi_clip", std::fabs(dec[2] - clip) / clip, 1e-5);
+    for (int t = 0; t < 3; ++t) {
+        char name[40];
+        std::snprintf(name, sizeof name, "adamw_multi_param%d", t);
+        report(name, rel(p[t], rp[t]), 1e-5);
+        std::snprintf(name, sizeof name, "adamw_multi_m%d", t);
+        report(name, rel(m[t], rm[t]), 1e-5);
+        std::snprintf(name, sizeof name, "adamw_multi_v%d", t);
+        report(name, rel(v[t], rv[t]), 1e-5);
+    }
+    std::vector<float> wf(ns[0]);
+    for (i64 i = 0; i < ns[0]; ++i) wf[i] = fb_h2f(w16[i]);
+    report("adamw_multi_working_f16", rel(wf, rp[0]), 1e-3);
+    report("adamw_multi_working_f32", rel(w32, rp[2]), 1e-5);
+    auto p0 = p[0], p1 = p[1], p2 = p[2], m0 = m[0], v2 = v[2];
+    g32[2][777] = INFINITY;
+    run();
+    report("adamw_multi_inf_skips", (dec[1] == 1.0f && p[0] == p0 && p[1] == p1 && p[2] == p2 && m[0] == m0 && v[2] == v2) ? 0 : 1, 0);
 }
 
 static void check_span() {
@@ -365,6 +464,7 @@ int main() {
     check_softmax_ce();
     check_reduce_layout_embed();
     check_elementwise_adamw();
+    check_adamw_multi();
     check_span();
     check_attention();
     std::printf("%s: %d failed\n", g_fail ? "FAIL" : "PASS", g_fail);

@@ -75,6 +75,13 @@ inline int atomicOr(int* p, int v) {
     return o;
 }
 
+inline int atomicCAS(int* p, int cmp, int v) {
+    std::lock_guard<std::mutex> g(g_atomic_mu);
+    int o = *p;
+    if (o == cmp) *p = v;
+    return o;
+}
+
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);

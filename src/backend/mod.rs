@@ -853,6 +853,52 @@ impl Storage {
     }
 }
 
+/// One parameter of [`adamw_multi`]: the master weights (or the parameter itself when it
+/// is f32), its gradient, the moments, the optional working copy that receives the
+/// updated value, and its weight decay.
+pub struct AdamWTensor<'a> {
+    pub param: &'a mut Storage,
+    pub grad: &'a Storage,
+    pub m: &'a mut Storage,
+    pub v: &'a mut Storage,
+    pub working: Option<&'a mut Storage>,
+    pub weight_decay: f64,
+}
+
+pub use cuda::{MultiOutcome as AdamWMultiOutcome, MultiStep as AdamWMultiStep};
+
+/// A whole AdamW step over many parameters at once (global-norm clip and the inf/NaN
+/// skip decided on the device, a constant number of launches, one small read). Same
+/// semantics as [`BackendStorage::adamw_`] applied per tensor with the clip folded into
+/// `grad_scale`. `Ok(None)` when the tensors live on the CPU, which has no such path:
+/// the caller then steps each tensor itself.
+pub fn adamw_multi(
+    tensors: &mut [AdamWTensor<'_>],
+    hp: &AdamWMultiStep,
+) -> Result<Option<AdamWMultiOutcome>> {
+    if tensors.iter().all(|t| matches!(&*t.param, Storage::Cpu(_))) {
+        return Ok(None);
+    }
+    let mut list = Vec::with_capacity(tensors.len());
+    for t in tensors.iter_mut() {
+        let dev = t.param.device();
+        let param = as_variant!("adamw_multi", Cuda, &mut *t.param, dev);
+        let grad = as_variant!("adamw_multi", Cuda, t.grad, dev);
+        let m = as_variant!("adamw_multi", Cuda, &mut *t.m, dev);
+        let v = as_variant!("adamw_multi", Cuda, &mut *t.v, dev);
+        let working = opt_as!("adamw_multi", Cuda, t.working.as_deref_mut(), dev);
+        list.push(cuda::MultiTensor {
+            param,
+            grad,
+            m,
+            v,
+            working,
+            weight_decay: t.weight_decay,
+        });
+    }
+    cuda::adamw_multi(&mut list, hp).map(Some)
+}
+
 /// The dropout mask both backends draw: element `i` is kept when this returns true.
 /// A splitmix64 finaliser of `seed + (i + 1)·φ`, its top 24 bits as a uniform in [0, 1),
 /// compared with `p`. kernels/elementwise.cu computes the same expression.

@@ -3,6 +3,12 @@
 //! rule for which parameters decay. Clipping and loss-scale unscaling fold into one
 //! gradient multiplier passed to the backend's fused step, so gradients are never
 //! rewritten in place (two parameters may share one gradient buffer).
+//!
+//! On CUDA the whole step goes to the backend's multi-tensor AdamW
+//! (`backend::adamw_multi`): a constant number of launches for all parameters, with the
+//! global norm, the clip coefficient and the inf/NaN skip decided on the device and read
+//! back once. The per-tensor path below stays as the CPU implementation and the fallback
+//! (and can be forced with [`AdamW::set_multi_tensor`] for A/B checks).
 
 use crate::autograd::Grads;
 use crate::backend::AdamWStep;
@@ -67,6 +73,10 @@ pub struct AdamW {
     slots: Vec<Slot>,
     pub config: AdamWConfig,
     steps: u64,
+    multi_tensor: bool,
+    /// Whether every parameter, master and moment buffer is a distinct storage (checked
+    /// once; a shared buffer would need two write locks in the multi-tensor path).
+    distinct: Option<bool>,
 }
 
 impl AdamW {
@@ -114,7 +124,16 @@ impl AdamW {
             slots,
             config,
             steps: 0,
+            // FUSEBOX_ADAMW_PER_TENSOR=1 selects the per-tensor path (A/B timing).
+            multi_tensor: std::env::var("FUSEBOX_ADAMW_PER_TENSOR").map_or(true, |v| v != "1"),
+            distinct: None,
         })
+    }
+
+    /// Use the backend's multi-tensor step where it has one (default: on). Off forces
+    /// the per-tensor path everywhere, for A/B checks of the two.
+    pub fn set_multi_tensor(&mut self, on: bool) {
+        self.multi_tensor = on;
     }
 
     /// Number of updates applied (skipped steps not counted).
@@ -154,6 +173,11 @@ impl AdamW {
             .map(|s| s.param.device())
             .unwrap_or(crate::shape::Device::Cpu);
         let _span = crate::profile::Span::new("adamw", device);
+        if self.multi_tensor && device.is_cuda() {
+            if let Some(out) = self.step_multi(grads, lr, grad_scale, max_grad_norm)? {
+                return Ok(out);
+            }
+        }
         // One sum of squares over every gradient, accumulated on the device and read
         // back once: it is the global norm, and it is non-finite exactly when some
         // gradient holds inf/NaN (squares of f16 values cannot overflow the f32 sum), so
@@ -233,6 +257,130 @@ impl AdamW {
             skipped: false,
             grad_norm,
         })
+    }
+}
+
+impl AdamW {
+    fn all_distinct(&mut self) -> bool {
+        if let Some(d) = self.distinct {
+            return d;
+        }
+        let mut bufs: Vec<&Tensor> = Vec::new();
+        for s in &self.slots {
+            bufs.extend([&s.param, &s.m, &s.v]);
+            bufs.extend(s.master.iter());
+        }
+        let d = bufs
+            .iter()
+            .enumerate()
+            .all(|(i, a)| bufs[..i].iter().all(|b| !a.same_storage(b)));
+        self.distinct = Some(d);
+        d
+    }
+
+    /// The step through `backend::adamw_multi`; `None` when the backend has no such path
+    /// or the buffers cannot be locked together (then the per-tensor path runs).
+    fn step_multi(
+        &mut self,
+        grads: &Grads,
+        lr: f64,
+        grad_scale: f64,
+        max_grad_norm: Option<f64>,
+    ) -> Result<Option<StepOutcome>> {
+        if !self.all_distinct() {
+            return Ok(None);
+        }
+        let live: Vec<(&Slot, &Tensor)> = self
+            .slots
+            .iter()
+            .filter_map(|s| grads.get(&s.param).map(|g| (s, g)))
+            .collect();
+        // A gradient that shares a buffer with a parameter-side tensor cannot be read
+        // while that tensor is written; two parameters sharing one gradient buffer read
+        // it through one lock.
+        let mut grad_bufs: Vec<&Tensor> = Vec::new();
+        let mut grad_of = Vec::with_capacity(live.len());
+        for (_, g) in &live {
+            let clash = live.iter().any(|(o, _)| {
+                g.same_storage(&o.param)
+                    || g.same_storage(&o.m)
+                    || g.same_storage(&o.v)
+                    || o.master.as_ref().is_some_and(|m| g.same_storage(m))
+            });
+            if clash {
+                return Ok(None);
+            }
+            match grad_bufs.iter().position(|b| b.same_storage(g)) {
+                Some(i) => grad_of.push(i),
+                None => {
+                    grad_of.push(grad_bufs.len());
+                    grad_bufs.push(g);
+                }
+            }
+        }
+        let grad_guards: Vec<_> = grad_bufs.iter().map(|g| g.storage()).collect();
+        let mut main = Vec::with_capacity(live.len());
+        let mut work = Vec::with_capacity(live.len());
+        let mut ms = Vec::with_capacity(live.len());
+        let mut vs = Vec::with_capacity(live.len());
+        for (s, _) in &live {
+            match &s.master {
+                Some(master) => {
+                    main.push(master.storage_mut());
+                    work.push(Some(s.param.storage_mut()));
+                }
+                None => {
+                    main.push(s.param.storage_mut());
+                    work.push(None);
+                }
+            }
+            ms.push(s.m.storage_mut());
+            vs.push(s.v.storage_mut());
+        }
+        let mut list = Vec::with_capacity(live.len());
+        for (k, ((((p, w), m), v), (s, _))) in main
+            .iter_mut()
+            .zip(work.iter_mut())
+            .zip(ms.iter_mut())
+            .zip(vs.iter_mut())
+            .zip(&live)
+            .enumerate()
+        {
+            list.push(crate::backend::AdamWTensor {
+                param: p,
+                grad: &grad_guards[grad_of[k]],
+                m,
+                v,
+                working: w.as_mut().map(|w| &mut **w),
+                weight_decay: s.weight_decay,
+            });
+        }
+        let c = self.config;
+        let hp = crate::backend::AdamWMultiStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step: self.steps + 1,
+            grad_scale,
+            max_grad_norm,
+        };
+        let Some(out) = crate::backend::adamw_multi(&mut list, &hp)? else {
+            return Ok(None);
+        };
+        // Same reporting as the per-tensor path: inf when the sum itself overflowed.
+        let grad_norm = if out.sum_sq.is_finite() {
+            out.sum_sq.sqrt() * grad_scale
+        } else {
+            f64::INFINITY
+        };
+        if !out.skipped {
+            self.steps += 1;
+        }
+        Ok(Some(StepOutcome {
+            skipped: out.skipped,
+            grad_norm,
+        }))
     }
 }
 

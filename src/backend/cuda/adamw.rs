@@ -5,6 +5,9 @@
 //! the flag (4 bytes) to return whether the step was skipped, as the trait requires;
 //! with `check_finite = false` (the optimizer checked all gradients at once) neither the
 //! check nor the readback happens, so a step over ~100 tensors costs no sync per tensor.
+//! `AdamW::step` on CUDA normally takes the multi-tensor path instead (adamw_multi.rs:
+//! a constant number of launches for all tensors); this one stays as the fallback and
+//! the per-tensor reference it is tested against.
 
 use super::context::{cfg_1d, Arg};
 use super::{len_err, sfx, CudaStorage};

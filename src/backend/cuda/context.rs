@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{
@@ -71,6 +72,22 @@ pub struct Dev {
     funcs: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
     pub(crate) alloc: Mutex<Allocator>,
+    /// The device error record of kernels/common.cuh (`fb_report`): int[4], allocated
+    /// once outside the caching allocator (it lives as long as the process).
+    err: u64,
+    /// Set when a kernel that may write `err` was queued since the last check, so a
+    /// device-to-host copy reads the record only when it can hold something.
+    err_pending: AtomicBool,
+}
+
+/// Op codes of the device error record; must match FB_ERR_* in kernels/common.cuh.
+fn err_op(code: i32) -> &'static str {
+    match code {
+        1 => "index_select",
+        2 => "index_add",
+        3 => "cross_entropy",
+        _ => "unknown kernel",
+    }
 }
 
 impl std::fmt::Debug for Dev {
@@ -129,6 +146,19 @@ impl Dev {
         let arch = cu(ctx.compute_capability(), "compute capability")?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_string());
         let (kernels, kernel_origin) = load_kernels(&ctx, arch)?;
+        cu(ctx.bind_to_thread(), "bind context")?;
+        // SAFETY: a fresh 16-byte device allocation, zeroed before any kernel can see it.
+        let err = unsafe {
+            let p = cu(
+                cudarc::driver::result::malloc_sync(16),
+                "allocate error record",
+            )?;
+            cu(
+                cudarc::driver::result::memset_d8_sync(p, 0, 16),
+                "zero error record",
+            )?;
+            p
+        };
         Ok(Dev {
             ordinal,
             ctx,
@@ -140,7 +170,62 @@ impl Dev {
             funcs: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             alloc: Mutex::new(Allocator::new(ordinal)),
+            err,
+            err_pending: AtomicBool::new(false),
         })
+    }
+
+    /// The device error record for a kernel about to be queued that may report a bad id
+    /// or target; the next device-to-host copy (or [`Dev::check_errors`]) reads it.
+    pub(crate) fn err_record(&self) -> u64 {
+        self.err_pending.store(true, Ordering::Release);
+        self.err
+    }
+
+    /// Wait for the stream and turn a recorded bad id/target into an error naming the op
+    /// and the valid range; the record is cleared so later work can go on. Reads the
+    /// record (one 16-byte copy) only when a reporting kernel ran since the last check.
+    pub(crate) fn check_errors(&self) -> Result<()> {
+        if !self.err_pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut rec = [0i32; 4];
+        cu(self.ctx.bind_to_thread(), "bind context")?;
+        // SAFETY: `err` holds 16 bytes; synchronised before `rec` is read.
+        cu(
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(
+                    &mut rec,
+                    self.err,
+                    self.stream.cu_stream(),
+                )
+            },
+            "read device error record",
+        )?;
+        self.sync()?;
+        if rec[0] == 0 {
+            return Ok(());
+        }
+        // SAFETY: `err` holds 16 bytes; stream order puts the reset before later kernels.
+        cu(
+            unsafe {
+                cudarc::driver::result::memset_d8_async(self.err, 0, 16, self.stream.cu_stream())
+            },
+            "clear device error record",
+        )?;
+        let op = err_op(rec[0]);
+        let what = if rec[0] == 3 {
+            format!(
+                "target {} is outside [0, {}) and is not ignore_index {}",
+                rec[1], rec[2], rec[3]
+            )
+        } else {
+            format!("id {} is outside [0, {})", rec[1], rec[2])
+        };
+        Err(Error::msg(format!(
+            "{op}: {what} (found on the device by an earlier {op} launch, reported at the \
+             next read from the device)"
+        )))
     }
 
     /// Human-readable origin of the kernels ("fatbin (nvcc …)" or "nvrtc …").
@@ -192,6 +277,7 @@ impl Dev {
                 Arg::I64(v) => b.arg(v),
                 Arg::I32(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
+                Arg::F64(v) => b.arg(v),
             };
         }
         // SAFETY: argument lists are built by the typed wrappers in this module's
@@ -212,6 +298,7 @@ pub enum Arg {
     I64(i64),
     I32(i32),
     F32(f32),
+    F64(f64),
 }
 
 /// Grid-stride launch for `n` elements: 256 threads, at most 4096 blocks.

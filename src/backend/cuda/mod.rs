@@ -10,6 +10,7 @@
 //! float dtypes here (fp32 math throughout); F64 is CPU-only and gets a DType error.
 
 mod adamw;
+mod adamw_multi;
 pub mod alloc;
 mod attention;
 mod attention_fused;
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::memory::tracker;
 use crate::shape::{DType, Device, Shape};
 
+pub use adamw_multi::{adamw_multi, MultiOutcome, MultiStep, MultiTensor};
 pub use alloc::AllocStats;
 pub use attention_fused::{attention_impl, set_attention_impl, AttnImpl};
 use context::{cu, lock, Dev};
@@ -97,6 +99,20 @@ pub fn empty_cache(ordinal: usize) -> Result<()> {
 pub fn synchronize(device: Device) -> Result<()> {
     match device {
         Device::Cuda(n) => context::device(n)?.sync(),
+        _ => Ok(()),
+    }
+}
+
+/// Wait for `device` and report any bad id or target that an embedding or loss kernel
+/// recorded since the last check (they are otherwise reported at the next read from the
+/// device); a no-op off CUDA.
+pub fn check_errors(device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(n) => {
+            let d = context::device(n)?;
+            d.sync()?;
+            d.check_errors()
+        }
         _ => Ok(()),
     }
 }
@@ -319,6 +335,9 @@ impl CudaStorage {
             )?;
         }
         self.dev.sync()?;
+        // A bad id/target found by an earlier kernel surfaces here, at the first read from
+        // the device after it, instead of costing a sync per embedding or loss launch.
+        self.dev.check_errors()?;
         Ok(out)
     }
 

@@ -1,0 +1,415 @@
+//! Host side of the multi-tensor AdamW in kernels/adamw.cu: one optimizer step over every
+//! parameter in a constant number of launches, with the global-norm clip and the
+//! inf/NaN skip decided on the device.
+//!
+//! Why it is built this way: the per-tensor path (adamw.rs) costs ~3 launches and some
+//! host work per parameter tensor, ~300 launches for DistilBERT. Here up to `MT_MAX`
+//! tensors travel by value in one kernel parameter (`MtTable`, laid out exactly as
+//! `fb_mt_table`; the size is asserted on both sides), so nothing is uploaded and nothing
+//! waits: sum of squares per table, one finalize launch, the update per table, then a
+//! single 16-byte read of the decision. The step count and all scalar constants are
+//! formed in f64 on the host exactly as the per-tensor path forms them.
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::context::{cu, Arg};
+use super::{len_err, CudaStorage};
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+/// Tensors per launch; must match FB_MT_MAX.
+const MT_MAX: usize = 64;
+/// Elements per chunk; must match FB_MT_CHUNK.
+const MT_CHUNK: usize = 16384;
+/// Blocks per launch at most (256 threads each): ~8 per SM on an H100.
+const MT_GRID: usize = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MtTable {
+    p: [u64; MT_MAX],
+    g: [u64; MT_MAX],
+    m: [u64; MT_MAX],
+    v: [u64; MT_MAX],
+    w: [u64; MT_MAX],
+    n: [i64; MT_MAX],
+    decay: [f32; MT_MAX],
+    kind: [i32; MT_MAX],
+    chunk_start: [i32; MT_MAX + 1],
+    count: i32,
+    partial_base: i32,
+}
+
+// The kernel's static_assert checks the same number.
+const _: () = assert!(std::mem::size_of::<MtTable>() == 3856);
+
+// SAFETY: a #[repr(C)] struct of plain integers and floats, the layout of fb_mt_table.
+unsafe impl DeviceRepr for MtTable {}
+
+impl MtTable {
+    fn empty() -> MtTable {
+        MtTable {
+            p: [0; MT_MAX],
+            g: [0; MT_MAX],
+            m: [0; MT_MAX],
+            v: [0; MT_MAX],
+            w: [0; MT_MAX],
+            n: [0; MT_MAX],
+            decay: [0.0; MT_MAX],
+            kind: [0; MT_MAX],
+            chunk_start: [0; MT_MAX + 1],
+            count: 0,
+            partial_base: 0,
+        }
+    }
+}
+
+/// One parameter of a multi-tensor step: the f32 master (or f32 parameter), its gradient
+/// (f32 or f16), the f32 moments and an optional working copy (f16 or f32) that receives
+/// the updated value.
+pub struct MultiTensor<'a> {
+    pub param: &'a mut CudaStorage,
+    pub grad: &'a CudaStorage,
+    pub m: &'a mut CudaStorage,
+    pub v: &'a mut CudaStorage,
+    pub working: Option<&'a mut CudaStorage>,
+    pub weight_decay: f64,
+}
+
+/// Step-wide hyper-parameters (torch AdamW + clip_grad_norm_ + GradScaler unscale).
+#[derive(Clone, Copy, Debug)]
+pub struct MultiStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 1-based step count this update would have.
+    pub step: u64,
+    pub grad_scale: f64,
+    pub max_grad_norm: Option<f64>,
+}
+
+/// What the device decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MultiOutcome {
+    pub skipped: bool,
+    /// Sum of squares of the (scaled) gradients, as the per-tensor path computes it.
+    pub sum_sq: f64,
+}
+
+fn check_f32(s: &CudaStorage, len: usize, op: &'static str, what: &'static str) -> Result<()> {
+    if s.len() != len {
+        return Err(len_err(op, len, s.len()));
+    }
+    if s.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            expected: what,
+            got: s.dtype(),
+        });
+    }
+    Ok(())
+}
+
+fn launch_table(
+    p: &CudaStorage,
+    name: &str,
+    grid: usize,
+    table: &MtTable,
+    rest: &[Arg],
+) -> Result<()> {
+    let dev = p.dev();
+    let f = dev.func(name)?;
+    let mut b = dev.stream.launch_builder(&f);
+    b.arg(table);
+    for a in rest {
+        match a {
+            Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::I32(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+            Arg::F64(v) => b.arg(v),
+        };
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the table holds live buffers checked by `adamw_multi` (lengths, dtypes,
+    // device); the argument list matches the kernel's signature.
+    cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
+}
+
+/// One live tensor as the kernel sees it.
+#[derive(Clone, Copy, Debug)]
+struct Desc {
+    p: u64,
+    g: u64,
+    m: u64,
+    v: u64,
+    w: u64,
+    n: usize,
+    decay: f32,
+    kind: i32,
+}
+
+/// Tables of up to MT_MAX tensors, with per table the grid and where its partials go
+/// (`partial_base`), and the total partial count.
+fn build_tables(descs: &[Desc]) -> Result<(Vec<MtTable>, Vec<usize>, usize)> {
+    let too_many = || Error::msg("adamw_multi: too many chunks in one launch");
+    let mut tables = Vec::new();
+    let mut grids = Vec::new();
+    let mut nparts = 0usize;
+    for group in descs.chunks(MT_MAX) {
+        let mut tab = MtTable::empty();
+        let mut chunks = 0usize;
+        for (k, d) in group.iter().enumerate() {
+            tab.p[k] = d.p;
+            tab.g[k] = d.g;
+            tab.m[k] = d.m;
+            tab.v[k] = d.v;
+            tab.w[k] = d.w;
+            tab.n[k] = d.n as i64;
+            tab.decay[k] = d.decay;
+            tab.kind[k] = d.kind;
+            tab.chunk_start[k] = i32::try_from(chunks).map_err(|_| too_many())?;
+            chunks += d.n.div_ceil(MT_CHUNK);
+        }
+        tab.chunk_start[group.len()] = i32::try_from(chunks).map_err(|_| too_many())?;
+        tab.count = group.len() as i32;
+        tab.partial_base = i32::try_from(nparts).map_err(|_| too_many())?;
+        let grid = chunks.clamp(1, MT_GRID);
+        nparts += grid;
+        tables.push(tab);
+        grids.push(grid);
+    }
+    Ok((tables, grids, nparts))
+}
+
+/// One AdamW step over `tensors` (all on one device). Nothing is touched when some
+/// gradient holds inf/NaN; the returned outcome says whether that happened. Costs
+/// 2·⌈tensors/64⌉ + 1 launches and one 16-byte read.
+pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<MultiOutcome> {
+    let op = "adamw_multi";
+    if hp.step == 0 {
+        return Err(Error::msg(
+            "adamw_multi: step is 1-based (bias correction divides by 1 - beta^step)",
+        ));
+    }
+    let Some(first) = tensors.first() else {
+        return Ok(MultiOutcome {
+            skipped: false,
+            sum_sq: 0.0,
+        });
+    };
+    let dev = first.param.dev().clone();
+    // Validate everything before queueing anything.
+    let mut live = Vec::with_capacity(tensors.len());
+    for (i, t) in tensors.iter().enumerate() {
+        let n = t.param.len();
+        check_f32(t.param, n, op, "f32 master weights on CUDA")?;
+        check_f32(t.m, n, op, "f32 moments")?;
+        check_f32(t.v, n, op, "f32 moments")?;
+        if t.grad.len() != n {
+            return Err(len_err(op, n, t.grad.len()));
+        }
+        let g16 = match t.grad.dtype() {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            got => {
+                return Err(Error::DType {
+                    op,
+                    expected: "f32 or f16 gradients",
+                    got,
+                })
+            }
+        };
+        let (wptr, wkind) = match &t.working {
+            None => (0u64, 0),
+            Some(w) => {
+                if w.len() != n {
+                    return Err(len_err(op, n, w.len()));
+                }
+                match w.dtype() {
+                    DType::F16 => (w.ptr(), 1),
+                    DType::F32 => (w.ptr(), 2),
+                    got => {
+                        return Err(Error::DType {
+                            op,
+                            expected: "f16 or f32 working copy",
+                            got,
+                        })
+                    }
+                }
+            }
+        };
+        let mut bufs = vec![&*t.param, t.grad, &*t.m, &*t.v];
+        if let Some(w) = &t.working {
+            bufs.push(w);
+        }
+        for b in bufs {
+            if b.dev().ordinal != dev.ordinal {
+                return Err(Error::DeviceMismatch {
+                    op,
+                    a: first.param.device(),
+                    b: b.device(),
+                });
+            }
+        }
+        if n > 0 {
+            live.push((i, g16 | (wkind << 1), wptr));
+        }
+    }
+    let descs: Vec<Desc> = live
+        .iter()
+        .map(|&(i, kind, w)| {
+            let t = &tensors[i];
+            Desc {
+                p: t.param.ptr(),
+                g: t.grad.ptr(),
+                m: t.m.ptr(),
+                v: t.v.ptr(),
+                w,
+                n: t.param.len(),
+                decay: (1.0 - hp.lr * t.weight_decay) as f32,
+                kind,
+            }
+        })
+        .collect();
+    let (tables, grids, nparts) = build_tables(&descs)?;
+    if tables.is_empty() {
+        return Ok(MultiOutcome {
+            skipped: false,
+            sum_sq: 0.0,
+        });
+    }
+    let decision = CudaStorage::alloc(&dev, 4, DType::F32)?;
+    let anchor = &*tensors[live[0].0].param;
+    let partials = CudaStorage::alloc(&dev, nparts, DType::F32)?;
+    for (tab, &grid) in tables.iter().zip(&grids) {
+        launch_table(
+            anchor,
+            "fb_mt_sumsq",
+            grid,
+            tab,
+            &[Arg::Ptr(partials.ptr())],
+        )?;
+    }
+    let (has_clip, max_norm) = match hp.max_grad_norm {
+        Some(m) => (1, m),
+        None => (0, 0.0),
+    };
+    dev.launch(
+        "fb_mt_finalize",
+        LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        &[
+            Arg::Ptr(decision.ptr()),
+            Arg::Ptr(partials.ptr()),
+            Arg::I32(nparts as i32),
+            Arg::F64(hp.grad_scale),
+            Arg::F64(max_norm),
+            Arg::I32(has_clip),
+        ],
+    )?;
+    // Every scalar formed in f64 and rounded once, as adamw.rs (and the CPU backend) do.
+    let t = hp.step.min(i32::MAX as u64) as i32;
+    let bc1 = 1.0 - hp.beta1.powi(t);
+    let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+    let f = |x: f64| Arg::F32(x as f32);
+    for (tab, &grid) in tables.iter().zip(&grids) {
+        launch_table(
+            anchor,
+            "fb_mt_adamw",
+            grid,
+            tab,
+            &[
+                Arg::Ptr(decision.ptr()),
+                f(hp.beta1),
+                f(1.0 - hp.beta1),
+                f(hp.beta2),
+                f(1.0 - hp.beta2),
+                f(hp.eps),
+                f(hp.lr / bc1),
+                f(1.0 / bc2_sqrt),
+            ],
+        )?;
+    }
+    let d = decision.to_vec_f32()?;
+    let (sum_sq, skip) = match d.as_slice() {
+        [s, k, ..] => (*s as f64, *k != 0.0),
+        _ => return Err(Error::msg("adamw_multi: short decision buffer")),
+    };
+    Ok(MultiOutcome {
+        skipped: skip,
+        sum_sq,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(i: u64, n: usize) -> Desc {
+        Desc {
+            p: 1000 + i,
+            g: 2000 + i,
+            m: 3000 + i,
+            v: 4000 + i,
+            w: 0,
+            n,
+            decay: 1.0,
+            kind: (i % 2) as i32,
+        }
+    }
+
+    #[test]
+    fn tables_split_at_64_with_chunk_prefix_sums_and_partial_offsets() {
+        // 150 tensors: sizes 1 .. several chunks, including exactly one chunk.
+        let sizes: Vec<usize> = (0..150)
+            .map(|i| match i {
+                0 => 3 * MT_CHUNK + 5,
+                1 => MT_CHUNK,
+                70 => 200 * MT_CHUNK,
+                _ => 1 + (i * 37) % 997,
+            })
+            .collect();
+        let descs: Vec<Desc> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| desc(i as u64, n))
+            .collect();
+        let (tables, grids, nparts) = build_tables(&descs).expect("tables");
+        assert_eq!(tables.len(), 3);
+        assert_eq!(
+            tables.iter().map(|t| t.count).collect::<Vec<_>>(),
+            vec![64, 64, 22]
+        );
+        let mut base = 0;
+        let mut seen = 0;
+        for (tab, &grid) in tables.iter().zip(&grids) {
+            assert_eq!(tab.partial_base as usize, base);
+            let c = tab.count as usize;
+            let mut total = 0;
+            for k in 0..c {
+                let d = &descs[seen + k];
+                assert_eq!((tab.p[k], tab.g[k], tab.n[k]), (d.p, d.g, d.n as i64));
+                assert_eq!(tab.chunk_start[k] as usize, total);
+                total += d.n.div_ceil(MT_CHUNK);
+            }
+            assert_eq!(tab.chunk_start[c] as usize, total);
+            assert_eq!(grid, total.clamp(1, MT_GRID));
+            base += grid;
+            seen += c;
+        }
+        assert_eq!(nparts, base);
+        // First table: 4 + 1 + 62 one-chunk tensors; the second holds the 200-chunk one.
+        assert_eq!(tables[0].chunk_start[64], 4 + 1 + 62);
+        assert_eq!(tables[1].chunk_start[64], 63 + 200);
+    }
+}

@@ -1,0 +1,272 @@
+//! The optimizer on the GPU: the multi-tensor AdamW step (backend::adamw_multi, what
+//! `AdamW::step` uses on CUDA) against the per-tensor CUDA path and the CPU reference,
+//! over a mixed parameter set; and the deferred device errors for bad ids and targets.
+
+use std::time::Instant;
+
+use fusebox::autograd::Grads;
+use fusebox::backend::cuda;
+use fusebox::backend::{BackendStorage, CpuStorage};
+use fusebox::optim::{AdamW, AdamWConfig, StepOutcome};
+use fusebox::{DType, Device, Tensor};
+use half::f16;
+
+use crate::common::*;
+
+/// (name, elements, dtype): odd sizes, one exactly one kernel chunk (16384), several
+/// spanning many chunks, f16 parameters (f32 master inside AdamW) and f32 ones, names
+/// that decay and names that do not (biases, LayerNorm); then 140 small tensors so the
+/// step needs three launch tables of 64 (each with its own grid and partials).
+fn param_specs() -> Vec<(String, usize, DType)> {
+    let mut v: Vec<(String, usize, DType)> = [
+        ("embeddings.word_embeddings.weight", 70_001, DType::F16),
+        ("layer.0.attention.q_lin.weight", 16_384, DType::F16),
+        ("layer.0.attention.q_lin.bias", 301, DType::F16),
+        ("layer.0.output_layer_norm.weight", 1, DType::F16),
+        ("qa_outputs.weight", 40_000, DType::F32),
+        ("qa_outputs.bias", 2, DType::F32),
+        ("layer.1.ffn.lin1.weight", 33_333, DType::F16),
+    ]
+    .iter()
+    .map(|&(n, k, d)| (n.to_string(), k, d))
+    .collect();
+    for i in 0..140 {
+        let dt = if i % 3 == 0 { DType::F32 } else { DType::F16 };
+        let name = if i % 2 == 0 {
+            format!("extra.{i}.weight")
+        } else {
+            format!("extra.{i}.bias")
+        };
+        v.push((name, 1 + (i * 37) % 997, dt));
+    }
+    v
+}
+
+fn tensor(v: &[f32], n: usize, dt: DType, dev: Device) -> Tensor {
+    ok(match dt {
+        DType::F16 => Tensor::from_f16(v.iter().map(|&x| f16::from_f32(x)).collect(), [n], dev),
+        _ => Tensor::from_f32(v.to_vec(), [n], dev),
+    })
+}
+
+fn params(
+    specs: &[(String, usize, DType)],
+    init: &[Vec<f32>],
+    dev: Device,
+) -> Vec<(String, Tensor)> {
+    specs
+        .iter()
+        .zip(init)
+        .map(|((name, n, dt), v)| (name.clone(), Tensor::var(&tensor(v, *n, *dt, dev))))
+        .collect()
+}
+
+fn grads(ps: &[(String, Tensor)], g: &[Vec<f32>], dev: Device) -> Grads {
+    let mut out = Grads::default();
+    for ((_, p), v) in ps.iter().zip(g) {
+        out.insert(p, tensor(v, p.elem_count(), p.dtype(), dev));
+    }
+    out
+}
+
+/// ‖got − want‖ / max(‖want‖, 0.05·√n): relative, except that a tensor of a few tiny
+/// values is not judged by the rounding of a near-zero element. NaN is infinite.
+fn err_floor(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() || got.iter().chain(want).any(|x| x.is_nan()) {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    num.sqrt() / den.sqrt().max(0.05 * (got.len() as f64).sqrt())
+}
+
+fn host_vec(t: &Tensor) -> Vec<f32> {
+    ok(t.to_vec_f32())
+}
+
+fn same_outcome(a: &StepOutcome, b: &StepOutcome, what: &str) {
+    assert_eq!(
+        a.skipped, b.skipped,
+        "{what}: skipped differs: {a:?} vs {b:?}"
+    );
+    if a.grad_norm.is_finite() || b.grad_norm.is_finite() {
+        let rel = (a.grad_norm - b.grad_norm).abs() / b.grad_norm.abs().max(1e-30);
+        assert!(rel < 1e-5, "{what}: grad norm {a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn adamw_multi_tensor_matches_per_tensor_and_cpu() {
+    let Some(mut rng) = setup("adamw_multi_tensor_matches_per_tensor_and_cpu") else {
+        return;
+    };
+    let gpu = Device::Cuda(0);
+    let specs = param_specs();
+    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
+    let (pm, pp, pc) = (
+        params(&specs, &init, gpu),
+        params(&specs, &init, gpu),
+        params(&specs, &init, Device::Cpu),
+    );
+    let cfg = AdamWConfig {
+        lr: 1e-3,
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let mut multi = ok(AdamW::new(&pm, cfg, true));
+    let mut per = ok(AdamW::new(&pp, cfg, true));
+    per.set_multi_tensor(false);
+    let mut cpu = ok(AdamW::new(&pc, cfg, true));
+    // Loss scale 2^10 with a clip of 1.0 (active: the unscaled norm is ~250): step 2 has
+    // an inf gradient and must change nothing (weights, moments, step count).
+    let scale = 1024.0f64;
+    for step in 0..5 {
+        let mut g: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|p| rng.normal(p.1, 0.5 * scale as f32))
+            .collect();
+        if step == 2 {
+            g[4][123] = f32::INFINITY;
+        }
+        let before: Vec<Vec<f32>> = pm.iter().map(|(_, t)| host_vec(t)).collect();
+        let t = Instant::now();
+        let om = ok(multi.step(&grads(&pm, &g, gpu), 1e-3, 1.0 / scale, Some(1.0)));
+        let op = ok(per.step(&grads(&pp, &g, gpu), 1e-3, 1.0 / scale, Some(1.0)));
+        let oc = ok(cpu.step(&grads(&pc, &g, Device::Cpu), 1e-3, 1.0 / scale, Some(1.0)));
+        same_outcome(&om, &op, "multi vs per-tensor");
+        same_outcome(&om, &oc, "multi vs cpu");
+        assert_eq!(om.skipped, step == 2, "step {step}: {om:?}");
+        assert_eq!(multi.steps(), per.steps());
+        assert_eq!(multi.steps(), cpu.steps());
+        // Worst per-tensor error of each comparison (one GPUCHECK line each, not ~600).
+        let mut worst = [0.0f64; 6];
+        for (k, (name, p)) in pm.iter().enumerate() {
+            let got = host_vec(p);
+            if step == 2 {
+                assert!(
+                    got == before[k],
+                    "{name}: a skipped step changed the weights"
+                );
+            }
+            let f16 = p.dtype() == DType::F16;
+            let (gm, gv) = multi.moments(name).expect("moments");
+            let (cm, cv) = cpu.moments(name).expect("moments");
+            let errs = [
+                (0, err_floor(&got, &host_vec(&pp[k].1))),
+                (1, err_floor(&got, &host_vec(&pc[k].1))),
+                (2, err_floor(&host_vec(gm), &host_vec(cm))),
+                (3, err_floor(&host_vec(gv), &host_vec(cv))),
+            ];
+            for (i, e) in errs {
+                // Slots 0/1 split by dtype: f16 working copies may differ by one f16 ulp
+                // (~1e-3) where the f32 masters differ in their last bits.
+                let slot = if i < 2 && f16 { i + 4 } else { i };
+                worst[slot] = worst[slot].max(e);
+                let tol = if slot >= 4 { 2e-3 } else { 1e-5 };
+                assert!(
+                    e <= tol,
+                    "step {step} {name} ({}): comparison {i} error {e:.3e} > {tol:.0e}",
+                    p.dtype()
+                );
+            }
+        }
+        let names = [
+            ("adamw_multi_vs_per_tensor_f32", DType::F32, 1e-5),
+            ("adamw_multi_vs_cpu_f32", DType::F32, 1e-5),
+            ("adamw_multi_m_vs_cpu", DType::F32, 1e-5),
+            ("adamw_multi_v_vs_cpu", DType::F32, 1e-5),
+            ("adamw_multi_vs_per_tensor_f16", DType::F16, 2e-3),
+            ("adamw_multi_vs_cpu_f16", DType::F16, 2e-3),
+        ];
+        for ((name, dt, tol), e) in names.iter().zip(worst) {
+            gpucheck(
+                &format!("{name}_step{step}"),
+                &[pm.len()],
+                *dt,
+                e,
+                e <= *tol,
+                t,
+            );
+        }
+    }
+    assert_eq!(multi.steps(), 4, "four applied steps, one skipped");
+}
+
+#[test]
+fn bad_ids_are_reported_with_op_and_range() {
+    let Some(mut rng) = setup("bad_ids_are_reported_with_op_and_range") else {
+        return;
+    };
+    let (rows, cols) = (50usize, 33usize);
+    let (ct, gt) = pair(&rng.normal(rows * cols, 1.0), DType::F16);
+    let bad = CpuStorage::from_i32(vec![3, 50, 7]);
+    // CPU: an immediate error.
+    assert!(ct.index_select(&bad, cols).is_err());
+    // CUDA: the launch is queued without a sync; the next read names op, id and range.
+    let t = Instant::now();
+    let out = ok(gt.index_select(&up(&bad), cols));
+    let err = out
+        .to_vec_f32()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let pass = err.contains("index_select") && err.contains("50") && err.contains("[0, 50)");
+    gpucheck(
+        "deferred_error_index_select",
+        &[3, cols],
+        DType::F16,
+        0.0,
+        pass,
+        t,
+    );
+    assert!(pass, "index_select error: {err:?}");
+    // The record is cleared: the same buffers work again, and a clean read passes.
+    let good = up(&CpuStorage::from_i32(vec![3, 49, 0]));
+    ok(ok(gt.index_select(&good, cols)).to_vec_f32());
+    // index_add (embedding backward) with a negative id.
+    let dy = up(&host(&rng.normal(3 * cols, 1.0), DType::F32));
+    let neg = up(&CpuStorage::from_i32(vec![1, -2, 0]));
+    let t = Instant::now();
+    let r = dy.index_add(&neg, rows, cols).and_then(|o| o.to_vec_f32());
+    let err = r.err().map(|e| e.to_string()).unwrap_or_default();
+    let pass = err.contains("index_add") && err.contains("-2") && err.contains("[0, 50)");
+    gpucheck(
+        "deferred_error_index_add",
+        &[3, cols],
+        DType::F32,
+        0.0,
+        pass,
+        t,
+    );
+    assert!(pass, "index_add error: {err:?}");
+    // cross_entropy: a target past the vocabulary that is not ignore_index, reported by
+    // the explicit check (what a caller uses when it reads nothing back).
+    let logits = up(&host(&rng.normal(4 * 9, 1.0), DType::F16));
+    let targets = up(&CpuStorage::from_i32(vec![0, -100, 9, 2]));
+    let t = Instant::now();
+    let _queued = ok(logits.cross_entropy(&targets, 9, -100));
+    let err = cuda::check_errors(Device::Cuda(0))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let pass = err.contains("cross_entropy") && err.contains("target 9") && err.contains("[0, 9)");
+    gpucheck(
+        "deferred_error_cross_entropy",
+        &[4, 9],
+        DType::F16,
+        0.0,
+        pass,
+        t,
+    );
+    assert!(pass, "cross_entropy error: {err:?}");
+    // CPU cross_entropy errors at once, as before.
+    let cl = CpuStorage::from_f32(rng.normal(4 * 9, 1.0));
+    assert!(cl
+        .cross_entropy(&CpuStorage::from_i32(vec![0, -100, 9, 2]), 9, -100)
+        .is_err());
+    // Nothing pending: the check passes.
+    ok(cuda::check_errors(Device::Cuda(0)));
+}

@@ -17,7 +17,7 @@ use crate::models::encoder::{
     save_hf, weights_path, Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead,
     QaModel, LAYER_NORM_EPS,
 };
-use crate::nn::{Embedding, LayerNorm, ParamStore};
+use crate::nn::{Embedding, Init, LayerNorm, ParamStore};
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
@@ -95,12 +95,6 @@ impl DistilBertConfig {
     }
 
     pub fn validate(&self, file: &Path) -> Result<()> {
-        if self.sinusoidal_pos_embds {
-            return Err(Error::msg(format!(
-                "{}: sinusoidal_pos_embds = true is not supported (only learned position embeddings)",
-                file.display()
-            )));
-        }
         if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
             return Err(Error::msg(format!(
                 "{}: dim {} is not divisible by n_heads {}",
@@ -191,12 +185,26 @@ impl DistilBertForQa {
             config.dim,
             std,
         )?;
-        let position = Embedding::new(
-            &emb.pp("position_embeddings"),
-            config.max_position_embeddings,
-            config.dim,
-            std,
-        )?;
+        let position = if config.sinusoidal_pos_embds {
+            // Fixed, as in the original DistilBERT (and transformers before v5): the
+            // sine/cosine table when the checkpoint has none, and never trained.
+            let pvb = emb.pp("position_embeddings");
+            pvb.get_or_init(
+                "weight",
+                &[config.max_position_embeddings, config.dim],
+                Init::Sinusoidal,
+            )?;
+            Embedding {
+                weight: pvb.freeze("weight")?,
+            }
+        } else {
+            Embedding::new(
+                &emb.pp("position_embeddings"),
+                config.max_position_embeddings,
+                config.dim,
+                std,
+            )?
+        };
         let emb_norm = LayerNorm::new(&emb.pp("LayerNorm"), config.dim, LAYER_NORM_EPS)?;
         let dims = config.layer_dims()?;
         let layers = (0..config.n_layers)
@@ -294,5 +302,38 @@ impl QaModel for DistilBertForQa {
     }
     fn uses_token_type_ids(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sinusoidal_pos_embds: true`: the position table is HF's sine/cosine table and
+    /// is not trained (the optimizer never sees it), but it is still saved.
+    #[test]
+    fn sinusoidal_position_table_is_fixed() -> Result<()> {
+        let cfg: DistilBertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 10, "max_position_embeddings": 6, "n_layers": 1, "n_heads": 2,
+            "dim": 4, "hidden_dim": 8, "sinusoidal_pos_embds": true,
+        }))
+        .map_err(|e| Error::msg(e.to_string()))?;
+        let m = DistilBertForQa::new(cfg, Device::Cpu, DType::F32, 0)?;
+        let w = m.position.weight.to_vec_f32()?;
+        for pos in 0..6 {
+            for j in 0..4 {
+                let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / 4.0);
+                let want = if j % 2 == 0 { angle.sin() } else { angle.cos() };
+                assert!(
+                    (w[pos * 4 + j] as f64 - want).abs() < 1e-6,
+                    "pos {pos} col {j}"
+                );
+            }
+        }
+        assert!(!m.position.weight.tracks());
+        let name = "distilbert.embeddings.position_embeddings.weight";
+        assert!(m.store.trainable().iter().all(|(n, _)| n != name));
+        assert!(m.store.contains(name));
+        Ok(())
     }
 }

@@ -19,6 +19,22 @@ pub enum Init {
     Ones,
     /// Normal(0, std).
     Normal(f64),
+    /// The fixed sine/cosine table of a `[positions, dim]` embedding (HF
+    /// `create_sinusoidal_embeddings`: sin on even columns, cos on odd ones, angle
+    /// pos / 10000^(2*(j/2)/dim)).
+    Sinusoidal,
+}
+
+fn sinusoidal(shape: &[usize]) -> Vec<f64> {
+    let (n, dim) = (shape[0], shape.iter().skip(1).product::<usize>());
+    let mut v = Vec::with_capacity(n * dim);
+    for pos in 0..n {
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            v.push(if j % 2 == 0 { angle.sin() } else { angle.cos() });
+        }
+    }
+    v
 }
 
 struct StoreInner {
@@ -125,6 +141,13 @@ impl ParamStore {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| inner.rng.normal() * std).collect(),
+            Init::Sinusoidal if shape.len() == 2 => sinusoidal(shape),
+            Init::Sinusoidal => {
+                return Err(Error::msg(format!(
+                    "{}: a sinusoidal table must be 2-D, {name:?} is {shape:?}",
+                    self.where_()
+                )))
+            }
         };
         let t = match self.dtype {
             DType::F64 => Tensor::from_f64(vals, shape, self.device)?,
@@ -141,6 +164,18 @@ impl ParamStore {
         inner.params.insert(name.to_string(), t.clone());
         inner.initialised.push(name.to_string());
         Ok(t)
+    }
+
+    /// Stop training `name`: it stays in the store (and in saved checkpoints) but no
+    /// longer tracks gradients, so the optimizer never sees it.
+    pub fn freeze(&self, name: &str) -> Result<Tensor> {
+        let mut inner = self.lock();
+        let t = inner.params.get(name).cloned().ok_or_else(|| {
+            Error::msg(format!("{}: cannot freeze missing {name:?}", self.where_()))
+        })?;
+        let frozen = t.detach();
+        inner.params.insert(name.to_string(), frozen.clone());
+        Ok(frozen)
     }
 
     /// Bind `alias` to the same tensor as `name` (weight tying).
@@ -249,6 +284,9 @@ impl VarBuilder {
     }
     pub fn get_or_init(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         self.store.get_or_init(&self.name(leaf), shape, init)
+    }
+    pub fn freeze(&self, leaf: &str) -> Result<Tensor> {
+        self.store.freeze(&self.name(leaf))
     }
     pub fn contains(&self, leaf: &str) -> bool {
         self.store.contains(&self.name(leaf))

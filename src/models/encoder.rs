@@ -253,6 +253,12 @@ impl QaHead {
 /// The QA loss as HF computes it (BertForQuestionAnswering.forward,
 /// DistilBertForQuestionAnswering.forward): positions clamped to [0, S] with S = the
 /// sequence length, S ignored, loss = (CE(start) + CE(end)) / 2.
+///
+/// The clamp happens on the host when the batch is built ([`QaBatch::from_rows`]), so
+/// the loss never copies positions back from the device mid-step. Positions on the CPU
+/// are still clamped here (free there), for batches built by hand; on CUDA a hand-built
+/// position outside [0, S] is reported by the cross-entropy's deferred device error
+/// (op, value, range) at the next read from the device, not clamped.
 pub fn qa_loss(
     start_logits: &Tensor,
     end_logits: &Tensor,
@@ -261,17 +267,23 @@ pub fn qa_loss(
 ) -> Result<Tensor> {
     start_logits.expect_rank("qa_loss (start logits)", 2)?;
     let s = start_logits.dims()[1];
-    let clamp = |t: &Tensor| -> Result<Tensor> {
-        let v: Vec<i32> = t
-            .to_vec_i32()?
-            .into_iter()
-            .map(|p| p.clamp(0, s as i32))
-            .collect();
-        Tensor::from_i32(v, t.shape().clone(), start_logits.device())
-    };
-    let ls = start_logits.cross_entropy(&clamp(start_positions)?, s as i32)?;
-    let le = end_logits.cross_entropy(&clamp(end_positions)?, s as i32)?;
+    let ls = start_logits.cross_entropy(&clamp_on_cpu(start_positions, s)?, s as i32)?;
+    let le = end_logits.cross_entropy(&clamp_on_cpu(end_positions, s)?, s as i32)?;
     ls.add(&le)?.scale(0.5)
+}
+
+/// `t` clamped to [0, s] when it lives on the CPU and some value is outside (a copy
+/// then); otherwise `t` itself, so in-range batches allocate nothing here.
+fn clamp_on_cpu(t: &Tensor, s: usize) -> Result<Tensor> {
+    if t.device().is_cuda() {
+        return Ok(t.clone());
+    }
+    let v = t.to_vec_i32()?;
+    if v.iter().all(|&p| (0..=s as i32).contains(&p)) {
+        return Ok(t.clone());
+    }
+    let v: Vec<i32> = v.into_iter().map(|p| p.clamp(0, s as i32)).collect();
+    Tensor::from_i32(v, t.shape().clone(), t.device())
 }
 
 /// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
@@ -306,6 +318,8 @@ impl QaBatch {
             let v: Vec<i32> = rows.iter().flatten().map(|&x| x as i32).collect();
             Tensor::from_i32(v, [b, l], device)
         };
+        // HF's clamp to [0, L] (L = this batch's length, the ignored class), done here
+        // on the host so that `qa_loss` never reads positions back from the device.
         let pos = |p: &[usize]| -> Result<Tensor> {
             if p.len() != b {
                 return Err(Error::msg(format!(
@@ -313,7 +327,8 @@ impl QaBatch {
                     p.len()
                 )));
             }
-            Tensor::from_i32(p.iter().map(|&x| x as i32).collect(), [b], device)
+            let v = p.iter().map(|&x| x.min(l).min(i32::MAX as usize) as i32);
+            Tensor::from_i32(v.collect(), [b], device)
         };
         Ok(QaBatch {
             input_ids: flat(input_ids, "input_ids")?,

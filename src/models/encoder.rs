@@ -544,3 +544,53 @@ pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Re
     let v: Vec<i32> = (0..b).flat_map(|_| 0..l as i32).collect();
     Tensor::from_i32(v, [b, l], device)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(b: usize, l: usize) -> Vec<Vec<u32>> {
+        (0..b)
+            .map(|i| (0..l).map(|j| (i * l + j) as u32).collect())
+            .collect()
+    }
+
+    #[test]
+    fn batch_positions_are_clamped_to_the_batch_length() {
+        let (ids, mask) = (rows(4, 6), rows(4, 6));
+        let (s, e) = ([0usize, 5, 6, 900], [6usize, 7, 2, usize::MAX]);
+        let b = QaBatch::from_rows(&ids, &mask, None, Some((&s, &e)), Device::Cpu).expect("batch");
+        let got = |t: &Option<Tensor>| t.as_ref().expect("positions").to_vec_i32().expect("v");
+        assert_eq!(got(&b.start_positions), vec![0, 5, 6, 6]);
+        assert_eq!(got(&b.end_positions), vec![6, 6, 2, 6]);
+    }
+
+    #[test]
+    fn qa_loss_still_clamps_hand_built_cpu_positions() {
+        // Logits [2, 3]; position 3 (= S) and 7 (clamped to S) are both ignored, so the
+        // loss of the second row's start is left out either way.
+        let logits = Tensor::from_f32(vec![0.1, 0.7, -0.3, 1.0, 0.2, 0.4], [2, 3], Device::Cpu)
+            .expect("logits");
+        let pos = |v: Vec<i32>| Tensor::from_i32(v, [2], Device::Cpu).expect("pos");
+        let clamped = qa_loss(&logits, &logits, &pos(vec![1, 3]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        let wide = qa_loss(&logits, &logits, &pos(vec![1, 7]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        assert_eq!(clamped, wide);
+        let ce = |row: [f64; 3], t: usize| {
+            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            lse - row[t]
+        };
+        let (r0, r1) = ([0.1, 0.7, -0.3], [1.0, 0.2, 0.4]);
+        let want = (ce(r0, 1) + (ce(r0, 2) + ce(r1, 0)) / 2.0) / 2.0;
+        assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
+        // In-range positions are used as they are: no copy is made.
+        let p = pos(vec![1, 2]);
+        let same = clamp_on_cpu(&p, 3).expect("clamp");
+        assert!(same.same_storage(&p));
+    }
+}

@@ -12,7 +12,8 @@
 //!
 //! Layout: common.rs (skip logic, inputs, checks), elementwise.rs, data.rs, nn.rs,
 //! optim.rs (multi-tensor AdamW vs per-tensor and CPU; deferred bad-id errors),
-//! stability.rs (500 fp16 training steps of DistilBERT-QA and T5-small).
+//! stability.rs (500 fp16 training steps of DistilBERT-QA and T5-small), sync.rs (uploads
+//! without a stream sync, host-clamped QA positions, losses read after the step).
 
 mod common;
 mod data;
@@ -20,3 +21,4 @@ mod elementwise;
 mod nn;
 mod optim;
 mod stability;
+mod sync;

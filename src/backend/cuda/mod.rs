@@ -15,6 +15,7 @@ pub mod alloc;
 mod attention;
 mod attention_fused;
 pub(crate) mod blas;
+pub mod blaslt;
 pub mod context;
 mod elementwise;
 mod embedding;

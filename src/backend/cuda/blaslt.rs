@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::shape::DType;
 
 const WORKSPACE: usize = 4 << 20;
+/// Cached plans per device before the cache is emptied.
+const MAX_PLANS: usize = 512;
 
 /// One cached GEMM configuration.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -271,6 +273,20 @@ fn prepare(dev: &Dev, key: &Key) -> Result<bool> {
         return Ok(false);
     };
     if !st.plans.contains_key(key) {
+        if st.plans.len() >= MAX_PLANS {
+            // Evaluation with ragged batches can bring many row counts; start over
+            // rather than grow without bound (descriptors are small, but not free).
+            for plan in st.plans.drain().filter_map(|(_, p)| p) {
+                // SAFETY: no call is using them (we hold the lock) and they are dropped
+                // from the cache here.
+                unsafe {
+                    let _ = lt::destroy_matrix_layout(plan.a);
+                    let _ = lt::destroy_matrix_layout(plan.b);
+                    let _ = lt::destroy_matrix_layout(plan.d);
+                    let _ = lt::destroy_matmul_desc(plan.desc);
+                }
+            }
+        }
         let handle = st.handle;
         let ws = st.workspace;
         let plan = guarded("cublasLt plan", || build(handle, key, ws))?;

@@ -1,7 +1,8 @@
 //! `linear` with a bias on CUDA through the cuBLASLt epilogues (backend/cuda/blaslt.rs:
 //! BIAS forward, BGRADB for the bias gradient in the weight-gradient GEMM) against the
 //! CPU composition (GEMM + add_bias, GEMM + sum_rows), forward and all three gradients,
-//! in f32 and f16, at odd shapes, the QA head's 2 outputs and DistilBERT's FFN sizes.
+//! in f32 and f16, at odd shapes, the QA head's 2 outputs and DistilBERT's FFN sizes
+//! (and one row, which the fused path declines: the fallback is checked there too).
 //! The check also requires that the fused path actually ran (its call counter moved),
 //! so a silent fallback to the old kernels cannot pass for it.
 

@@ -9,7 +9,8 @@
 //! keep the models' semantics and only they are used. Row-major buffers are read as
 //! column-major transposes, as in blas.rs: a row-major [r, c] buffer is a column-major
 //! c × r matrix with leading dimension c. Every call may decline (`Ok(None)`): no
-//! cuBLASLt, no algorithm for the shape, or FUSEBOX_NO_LT=1; the caller then runs the
+//! cuBLASLt, a size outside PyTorch's limits for the same path, no algorithm for the
+//! shape, or FUSEBOX_NO_LT=1; the caller then runs the
 //! cuBLAS GEMM and the bias kernels, so this path only ever replaces work it can do.
 //! Plans (descriptor, layouts, the heuristic's algorithm) are cached per shape since the
 //! same few shapes repeat every step; only the bias pointer is set per call. The
@@ -354,6 +355,13 @@ pub fn fused_calls() -> usize {
 /// allocation (the driver aligns those to at least 256 bytes); plans assume that.
 const OUT_ALIGN: u32 = 256;
 
+/// The sizes PyTorch also restricts its cuBLASLt bias path to (`addmm`'s
+/// `useLtInterface`): every dimension above 1 and below 65535 × 32, where cuBLASLt has
+/// had failures; other shapes take the GEMM + kernel path.
+fn sizes_ok(dims: &[usize]) -> bool {
+    dims.iter().all(|&d| d > 1 && d < 65535 * 32)
+}
+
 fn same(x: &CudaStorage, others: &[&CudaStorage], op: &'static str) -> Result<bool> {
     for o in others {
         if o.dev().ordinal != x.dev().ordinal {
@@ -381,7 +389,7 @@ pub fn linear_bias(
     in_f: usize,
 ) -> Result<Option<CudaStorage>> {
     let op = "linear (cuBLASLt)";
-    if disabled() || rows == 0 || out_f == 0 || in_f == 0 || !same(x, &[w, bias], op)? {
+    if disabled() || !sizes_ok(&[rows, out_f, in_f]) || !same(x, &[w, bias], op)? {
         return Ok(None);
     }
     // Buffers that are not exactly these shapes go the general way.
@@ -425,7 +433,7 @@ pub fn linear_wgrad_bgrad(
     in_f: usize,
 ) -> Result<Option<(CudaStorage, CudaStorage)>> {
     let op = "linear backward (cuBLASLt)";
-    if disabled() || rows == 0 || out_f == 0 || in_f == 0 || !same(dy, &[x], op)? {
+    if disabled() || !sizes_ok(&[rows, out_f, in_f]) || !same(dy, &[x], op)? {
         return Ok(None);
     }
     if dy.len() != rows * out_f || x.len() != rows * in_f {
@@ -457,7 +465,15 @@ pub fn linear_wgrad_bgrad(
 
 #[cfg(test)]
 mod tests {
-    use super::align_of;
+    use super::{align_of, sizes_ok};
+
+    #[test]
+    fn sizes_outside_pytorchs_lt_limits_decline() {
+        assert!(sizes_ok(&[12288, 768, 3072]));
+        assert!(sizes_ok(&[2, 768, 2]));
+        assert!(!sizes_ok(&[1, 768, 3072]));
+        assert!(!sizes_ok(&[65535 * 32, 8, 8]));
+    }
 
     #[test]
     fn alignment_is_the_largest_power_of_two_up_to_256() {

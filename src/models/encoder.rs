@@ -502,7 +502,16 @@ pub(crate) fn save_hf(dir: &Path, config: &serde_json::Value, store: &ParamStore
 
 /// Refuse ids outside `[0, limit)` (e.g. a tokenizer whose vocab does not match the
 /// embedding table) instead of reading past the table.
+///
+/// On CUDA this reads nothing back: copying the ids to the host would wait for the
+/// device at every forward (with gradient accumulation, for the previous micro-batch's
+/// backward). The embedding kernels check every id themselves and record a bad one in
+/// the device error record, reported (op, id, valid range) at the next read from the
+/// device, e.g. the optimizer's gradient-norm read (backend/cuda/embedding.rs).
 pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+    if ids.device().is_cuda() {
+        return Ok(());
+    }
     let v = ids.to_vec_i32()?;
     if let Some(bad) = v.iter().find(|&&x| x < 0 || x as usize >= limit) {
         return Err(Error::msg(format!(

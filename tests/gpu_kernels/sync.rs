@@ -275,3 +275,39 @@ fn train_loop_reads_losses_after_the_step() {
         "logged loss / grad norm differ: CPU {c:?} vs CUDA {g:?}"
     );
 }
+
+#[test]
+fn bad_token_ids_are_reported_without_a_host_check() {
+    let Some(_gpu) = setup("bad_token_ids_are_reported_without_a_host_check") else {
+        return;
+    };
+    let t = Instant::now();
+    let task = TinyQa::new(Device::Cuda(0), 3);
+    // vocab_size is 97: id 97 is one past the table.
+    let mut ids = task.ids[..2].to_vec();
+    ids[1][5] = 97;
+    let batch = ok(QaBatch::from_rows(
+        &ids,
+        &task.mask[..2],
+        None,
+        None,
+        Device::Cuda(0),
+    ));
+    // The forward queues without reading anything back; the id surfaces at the check.
+    let _out = ok(task.model.forward(&batch, Mode::eval()));
+    let err = cuda::check_errors(Device::Cuda(0))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    let pass = err.contains("97") && err.contains("[0, 97)");
+    gpucheck(
+        "deferred_error_token_id",
+        &[2, 24],
+        DType::I32,
+        0.0,
+        pass,
+        t,
+    );
+    assert!(pass, "bad token id error: {err:?}");
+    ok(cuda::check_errors(Device::Cuda(0)));
+}

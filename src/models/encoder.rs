@@ -256,9 +256,10 @@ impl QaHead {
 ///
 /// The clamp happens on the host when the batch is built ([`QaBatch::from_rows`]), so
 /// the loss never copies positions back from the device mid-step. Positions on the CPU
-/// are still clamped here (free there), for batches built by hand; on CUDA a hand-built
-/// position outside [0, S] is reported by the cross-entropy's deferred device error
-/// (op, value, range) at the next read from the device, not clamped.
+/// are still clamped here (free there; moved to the logits' device if need be), for
+/// batches built by hand; on CUDA a hand-built position outside [0, S] is reported by the
+/// cross-entropy's deferred device error (op, value, range) at the next read from the
+/// device, not clamped.
 pub fn qa_loss(
     start_logits: &Tensor,
     end_logits: &Tensor,
@@ -267,23 +268,27 @@ pub fn qa_loss(
 ) -> Result<Tensor> {
     start_logits.expect_rank("qa_loss (start logits)", 2)?;
     let s = start_logits.dims()[1];
-    let ls = start_logits.cross_entropy(&clamp_on_cpu(start_positions, s)?, s as i32)?;
-    let le = end_logits.cross_entropy(&clamp_on_cpu(end_positions, s)?, s as i32)?;
+    let dev = start_logits.device();
+    let ls = start_logits.cross_entropy(&clamp_positions(start_positions, s, dev)?, s as i32)?;
+    let le = end_logits.cross_entropy(&clamp_positions(end_positions, s, dev)?, s as i32)?;
     ls.add(&le)?.scale(0.5)
 }
 
-/// `t` clamped to [0, s] when it lives on the CPU and some value is outside (a copy
-/// then); otherwise `t` itself, so in-range batches allocate nothing here.
-fn clamp_on_cpu(t: &Tensor, s: usize) -> Result<Tensor> {
-    if t.device().is_cuda() {
+/// `t` as the cross-entropy targets on `device` (the logits' device). Positions already
+/// on that CUDA device are used as they are; otherwise (the CPU, where reading them is
+/// free, or positions on another device than the logits) they are clamped to [0, s] on
+/// the host and placed on `device`, as before; in-range CPU positions for CPU logits
+/// are `t` itself, so they allocate nothing here.
+fn clamp_positions(t: &Tensor, s: usize, device: Device) -> Result<Tensor> {
+    if t.device().is_cuda() && t.device() == device {
         return Ok(t.clone());
     }
     let v = t.to_vec_i32()?;
-    if v.iter().all(|&p| (0..=s as i32).contains(&p)) {
+    if t.device() == device && v.iter().all(|&p| (0..=s as i32).contains(&p)) {
         return Ok(t.clone());
     }
     let v: Vec<i32> = v.into_iter().map(|p| p.clamp(0, s as i32)).collect();
-    Tensor::from_i32(v, t.shape().clone(), t.device())
+    Tensor::from_i32(v, t.shape().clone(), device)
 }
 
 /// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
@@ -599,7 +604,7 @@ mod tests {
         assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
         // In-range positions are used as they are: no copy is made.
         let p = pos(vec![1, 2]);
-        let same = clamp_on_cpu(&p, 3).expect("clamp");
+        let same = clamp_positions(&p, 3, Device::Cpu).expect("clamp");
         assert!(same.same_storage(&p));
     }
 }

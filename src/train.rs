@@ -238,13 +238,16 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             }
             let lr = sched.lr_at(step as u64);
             let mut grads: Option<crate::autograd::Grads> = None;
-            let mut step_loss = 0.0;
+            // Each micro-batch's loss stays on the device (detached: its value, not its
+            // graph) and is read once after the optimizer step, so nothing in the step
+            // waits for the device between forward and backward.
+            let mut losses: Vec<(Tensor, f64)> = Vec::with_capacity(accum);
             let mut step_tokens = 0;
             for mb in chunk.chunks(micro) {
                 let (loss, toks) = task.loss(mb, rng.next_u64())?;
                 // HF divides each micro-batch loss by the accumulation steps.
                 let frac = mb.len() as f64 / chunk.len() as f64;
-                step_loss += loss.to_scalar()? * frac;
+                losses.push((loss.detach(), frac));
                 step_tokens += toks;
                 let mut scaled = loss.scale(frac)?;
                 if let Some(s) = &scaler {
@@ -259,6 +262,13 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             let grads = grads.ok_or_else(|| Error::msg("train: empty optimizer step"))?;
             let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
             let out = opt.step(&grads, lr, inv, cfg.max_grad_norm)?;
+            // The step's one host read of the losses (the optimizer already waited for
+            // the gradients' norm); summed in micro-batch order, as before.
+            let mut step_loss = 0.0;
+            for (loss, frac) in &losses {
+                step_loss += loss.to_scalar()? * frac;
+            }
+            drop(losses);
             if let Some(s) = scaler.as_mut() {
                 s.update(out.skipped);
             } else if out.skipped {

@@ -910,3 +910,41 @@ pub fn dropout_keep(seed: u64, i: u64, p: f32) -> bool {
     let u = (x >> 40) as f32 / 16_777_216.0;
     u >= p
 }
+
+/// `x [rows, in] · wᵀ + bias` in one GEMM with the bias added by its epilogue (CUDA,
+/// cuBLASLt). `Ok(None)` when there is no such path for these operands (the CPU, or
+/// cuBLASLt declines): the caller then runs `matmul` + `add_bias`.
+pub fn linear_bias_fused(
+    x: &Storage,
+    w: &Storage,
+    bias: &Storage,
+    rows: usize,
+    out_f: usize,
+    in_f: usize,
+) -> Result<Option<Storage>> {
+    match (x, w, bias) {
+        (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
+            Ok(cuda::blaslt::linear_bias(x, w, b, rows, out_f, in_f)?.map(Storage::Cuda))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A linear layer's weight and bias gradients, `dW [out, in] = dyᵀ · x` and
+/// `db [out] = Σ_rows dy`, from one GEMM whose epilogue reduces the bias gradient
+/// (CUDA, cuBLASLt). `Ok(None)` when there is no such path (see [`linear_bias_fused`]).
+pub fn linear_wgrad_bgrad_fused(
+    dy: &Storage,
+    x: &Storage,
+    rows: usize,
+    out_f: usize,
+    in_f: usize,
+) -> Result<Option<(Storage, Storage)>> {
+    match (dy, x) {
+        (Storage::Cuda(dy), Storage::Cuda(x)) => {
+            Ok(cuda::blaslt::linear_wgrad_bgrad(dy, x, rows, out_f, in_f)?
+                .map(|(w, b)| (Storage::Cuda(w), Storage::Cuda(b))))
+        }
+        _ => Ok(None),
+    }
+}

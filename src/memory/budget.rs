@@ -13,7 +13,8 @@
 //! count (tests/budget.rs holds it to 5 %; it is exact to the byte today). The CPU's fp16
 //! emulation also counts the f32 copies it widens operands into, which CUDA does not
 //! make, so fp16 plans are CUDA plans. With gradient accumulation, the previous
-//! micro-batches' gradients stay alive through the next backward and are added. The
+//! micro-batches' gradients (and their one-element losses, which the loop reads only
+//! after the optimizer step) stay alive through the next backward and are added. The
 //! optimizer step itself allocates only one-element norm partials.
 //!
 //! What only CUDA adds, as documented estimates rather than simulation: the cuBLAS
@@ -227,6 +228,13 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
     let accum = work.grad_accum.max(1);
     if accum > 1 {
         c.push(("gradients of earlier micro-batches".into(), grads));
+        // train.rs keeps each micro-batch's loss (f32 on CUDA, the activation dtype on
+        // the CPU) on the device until it reads them all after the optimizer step.
+        let loss_bytes = if cuda { 4 } else { act };
+        c.push((
+            "losses of earlier micro-batches (read after the step)".into(),
+            (accum - 1) * loss_bytes,
+        ));
     }
     c.push((
         format!(

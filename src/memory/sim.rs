@@ -41,6 +41,13 @@ impl Env {
         4 * rows.div_ceil(chunk).max(1) * cols
     }
 
+    /// Does a CUDA linear layer with a bias take the cuBLASLt epilogue path (bias added
+    /// by the GEMM, bias gradient from the weight-gradient GEMM: no separate output or
+    /// column partials)? Yes unless FUSEBOX_NO_LT=1 (backend/cuda/blaslt.rs).
+    fn lt_bias(&self) -> bool {
+        self.cuda && !std::env::var("FUSEBOX_NO_LT").is_ok_and(|v| v == "1")
+    }
+
     /// Does CUDA attention with head dim `d` take the fused kernels (f16, d 32/64/128)?
     /// Otherwise it materialises scores (see backend/cuda/attention.rs).
     fn fused_attention(&self, d: usize) -> bool {
@@ -390,14 +397,17 @@ impl Sim {
         self.cur = "linear";
         let es = self.es();
         let out = rows * fout * es;
-        let temp = if b.is_some() { out } else { 0 };
+        let fused = b.is_some() && self.env.lt_bias();
+        let temp = if b.is_some() && !fused { out } else { 0 };
         let mut ins = vec![x, w];
         let mut gs = vec![G::New(rows * fin * es), G::New(fout * fin * es)];
         let mut scratch = 0;
         if let Some(b) = b {
             ins.push(b);
             gs.push(G::New(fout * es));
-            scratch = self.env.col_partials(rows, fout);
+            if !fused {
+                scratch = self.env.col_partials(rows, fout);
+            }
         }
         self.op(&ins, out, temp, &[x, w], &gs, scratch)
     }

@@ -253,6 +253,13 @@ impl QaHead {
 /// The QA loss as HF computes it (BertForQuestionAnswering.forward,
 /// DistilBertForQuestionAnswering.forward): positions clamped to [0, S] with S = the
 /// sequence length, S ignored, loss = (CE(start) + CE(end)) / 2.
+///
+/// The clamp happens on the host when the batch is built ([`QaBatch::from_rows`]), so
+/// the loss never copies positions back from the device mid-step. Positions on the CPU
+/// are still clamped here (free there; moved to the logits' device if need be), for
+/// batches built by hand; on CUDA a hand-built position outside [0, S] is reported by the
+/// cross-entropy's deferred device error (op, value, range) at the next read from the
+/// device, not clamped.
 pub fn qa_loss(
     start_logits: &Tensor,
     end_logits: &Tensor,
@@ -261,17 +268,27 @@ pub fn qa_loss(
 ) -> Result<Tensor> {
     start_logits.expect_rank("qa_loss (start logits)", 2)?;
     let s = start_logits.dims()[1];
-    let clamp = |t: &Tensor| -> Result<Tensor> {
-        let v: Vec<i32> = t
-            .to_vec_i32()?
-            .into_iter()
-            .map(|p| p.clamp(0, s as i32))
-            .collect();
-        Tensor::from_i32(v, t.shape().clone(), start_logits.device())
-    };
-    let ls = start_logits.cross_entropy(&clamp(start_positions)?, s as i32)?;
-    let le = end_logits.cross_entropy(&clamp(end_positions)?, s as i32)?;
+    let dev = start_logits.device();
+    let ls = start_logits.cross_entropy(&clamp_positions(start_positions, s, dev)?, s as i32)?;
+    let le = end_logits.cross_entropy(&clamp_positions(end_positions, s, dev)?, s as i32)?;
     ls.add(&le)?.scale(0.5)
+}
+
+/// `t` as the cross-entropy targets on `device` (the logits' device). Positions already
+/// on that CUDA device are used as they are; otherwise (the CPU, where reading them is
+/// free, or positions on another device than the logits) they are clamped to [0, s] on
+/// the host and placed on `device`, as before; in-range CPU positions for CPU logits
+/// are `t` itself, so they allocate nothing here.
+fn clamp_positions(t: &Tensor, s: usize, device: Device) -> Result<Tensor> {
+    if t.device().is_cuda() && t.device() == device {
+        return Ok(t.clone());
+    }
+    let v = t.to_vec_i32()?;
+    if t.device() == device && v.iter().all(|&p| (0..=s as i32).contains(&p)) {
+        return Ok(t.clone());
+    }
+    let v: Vec<i32> = v.into_iter().map(|p| p.clamp(0, s as i32)).collect();
+    Tensor::from_i32(v, t.shape().clone(), device)
 }
 
 /// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
@@ -306,6 +323,8 @@ impl QaBatch {
             let v: Vec<i32> = rows.iter().flatten().map(|&x| x as i32).collect();
             Tensor::from_i32(v, [b, l], device)
         };
+        // HF's clamp to [0, L] (L = this batch's length, the ignored class), done here
+        // on the host so that `qa_loss` never reads positions back from the device.
         let pos = |p: &[usize]| -> Result<Tensor> {
             if p.len() != b {
                 return Err(Error::msg(format!(
@@ -313,7 +332,8 @@ impl QaBatch {
                     p.len()
                 )));
             }
-            Tensor::from_i32(p.iter().map(|&x| x as i32).collect(), [b], device)
+            let v = p.iter().map(|&x| x.min(l).min(i32::MAX as usize) as i32);
+            Tensor::from_i32(v.collect(), [b], device)
         };
         Ok(QaBatch {
             input_ids: flat(input_ids, "input_ids")?,
@@ -487,7 +507,16 @@ pub(crate) fn save_hf(dir: &Path, config: &serde_json::Value, store: &ParamStore
 
 /// Refuse ids outside `[0, limit)` (e.g. a tokenizer whose vocab does not match the
 /// embedding table) instead of reading past the table.
+///
+/// On CUDA this reads nothing back: copying the ids to the host would wait for the
+/// device at every forward (with gradient accumulation, for the previous micro-batch's
+/// backward). The embedding kernels check every id themselves and record a bad one in
+/// the device error record, reported (op, id, valid range) at the next read from the
+/// device, e.g. the optimizer's gradient-norm read (backend/cuda/embedding.rs).
 pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+    if ids.device().is_cuda() {
+        return Ok(());
+    }
     let v = ids.to_vec_i32()?;
     if let Some(bad) = v.iter().find(|&&x| x < 0 || x as usize >= limit) {
         return Err(Error::msg(format!(
@@ -528,4 +557,54 @@ pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Re
     }
     let v: Vec<i32> = (0..b).flat_map(|_| 0..l as i32).collect();
     Tensor::from_i32(v, [b, l], device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(b: usize, l: usize) -> Vec<Vec<u32>> {
+        (0..b)
+            .map(|i| (0..l).map(|j| (i * l + j) as u32).collect())
+            .collect()
+    }
+
+    #[test]
+    fn batch_positions_are_clamped_to_the_batch_length() {
+        let (ids, mask) = (rows(4, 6), rows(4, 6));
+        let (s, e) = ([0usize, 5, 6, 900], [6usize, 7, 2, usize::MAX]);
+        let b = QaBatch::from_rows(&ids, &mask, None, Some((&s, &e)), Device::Cpu).expect("batch");
+        let got = |t: &Option<Tensor>| t.as_ref().expect("positions").to_vec_i32().expect("v");
+        assert_eq!(got(&b.start_positions), vec![0, 5, 6, 6]);
+        assert_eq!(got(&b.end_positions), vec![6, 6, 2, 6]);
+    }
+
+    #[test]
+    fn qa_loss_still_clamps_hand_built_cpu_positions() {
+        // Logits [2, 3]; position 3 (= S) and 7 (clamped to S) are both ignored, so the
+        // loss of the second row's start is left out either way.
+        let logits = Tensor::from_f32(vec![0.1, 0.7, -0.3, 1.0, 0.2, 0.4], [2, 3], Device::Cpu)
+            .expect("logits");
+        let pos = |v: Vec<i32>| Tensor::from_i32(v, [2], Device::Cpu).expect("pos");
+        let clamped = qa_loss(&logits, &logits, &pos(vec![1, 3]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        let wide = qa_loss(&logits, &logits, &pos(vec![1, 7]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        assert_eq!(clamped, wide);
+        let ce = |row: [f64; 3], t: usize| {
+            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            lse - row[t]
+        };
+        let (r0, r1) = ([0.1, 0.7, -0.3], [1.0, 0.2, 0.4]);
+        let want = (ce(r0, 1) + (ce(r0, 2) + ce(r1, 0)) / 2.0) / 2.0;
+        assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
+        // In-range positions are used as they are: no copy is made.
+        let p = pos(vec![1, 2]);
+        let same = clamp_positions(&p, 3, Device::Cpu).expect("clamp");
+        assert!(same.same_storage(&p));
+    }
 }

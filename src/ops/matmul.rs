@@ -1,5 +1,8 @@
 //! Matrix products: `linear` (x·Wᵀ + b, the shape of every HF projection) and batched
 //! `matmul`. Both backward products are GEMMs too, so on CUDA all three go to cuBLAS.
+//! On CUDA a linear layer with a bias adds it in the GEMM's epilogue and gets its bias
+//! gradient from the weight-gradient GEMM's epilogue (cuBLASLt, backend/cuda/blaslt.rs);
+//! where that path declines, and on the CPU, it is GEMM + `add_bias` / `sum_rows`.
 
 use crate::autograd::{needs_grad, record};
 use crate::backend::MatmulSpec;
@@ -36,13 +39,17 @@ impl Tensor {
             stride_a: 0,
             stride_b: 0,
         };
-        let y = self.storage().matmul(&weight.storage(), &spec)?;
         let y = match bias {
             Some(b) => {
                 b.expect_shape("linear (bias)", &[out_f])?;
-                y.add_bias(&b.storage(), out_f)?
+                let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
+                // CUDA: the bias added by the GEMM's epilogue (cuBLASLt), when it can.
+                match crate::backend::linear_bias_fused(&xs, &ws, &bs, rows, out_f, in_f)? {
+                    Some(y) => y,
+                    None => xs.matmul(&ws, &spec)?.add_bias(&bs, out_f)?,
+                }
             }
-            None => y,
+            None => self.storage().matmul(&weight.storage(), &spec)?,
         };
         let out = fresh(y, out_dims);
         let mut inputs = vec![self, weight];
@@ -71,6 +78,23 @@ impl Tensor {
                     let s = gs.matmul(&w.storage(), &MatmulSpec::plain(rows, out_f, in_f))?;
                     Ok(fresh(s, x.shape().clone()))
                 })?;
+                // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
+                if has_bias && tw && tb {
+                    let fused = crate::backend::linear_wgrad_bgrad_fused(
+                        &gs,
+                        &x.storage(),
+                        rows,
+                        out_f,
+                        in_f,
+                    )?;
+                    if let Some((dw, db)) = fused {
+                        return Ok(vec![
+                            dx,
+                            Some(fresh(dw, [out_f, in_f])),
+                            Some(fresh(db, [out_f])),
+                        ]);
+                    }
+                }
                 // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
                 let dw = when(tw, || {
                     let spec = MatmulSpec {

@@ -354,7 +354,8 @@ pub fn slice_chars<'a>(text: &'a str, map: &[usize], start: usize, end: usize) -
 
 /// Stack features into a model batch, right-padding each row to the longest in the
 /// batch with `pad_id` (no-op for features already padded to `max_length`); positions
-/// are included when every feature has them.
+/// are included when every feature has them, clamped on the host to [0, L] with L the
+/// padded length (HF's clamp; `QaBatch::from_rows`), so the loss reads nothing back.
 pub fn make_batch(features: &[&QaFeature], pad_id: u32, device: Device) -> Result<QaBatch> {
     let l = features.iter().map(|f| f.len()).max().unwrap_or(0);
     let pad = |v: &[u32], with: u32| -> Vec<u32> {

@@ -11,12 +11,16 @@
 //! FUSEBOX_TEST_SEED=<n> replays one.
 //!
 //! Layout: common.rs (skip logic, inputs, checks), elementwise.rs, data.rs, nn.rs,
-//! optim.rs (multi-tensor AdamW vs per-tensor and CPU; deferred bad-id errors),
-//! stability.rs (500 fp16 training steps of DistilBERT-QA and T5-small).
+//! linear_lt.rs (linear with bias through the cuBLASLt epilogues), optim.rs (multi-tensor
+//! AdamW vs per-tensor and CPU; deferred bad-id errors),
+//! stability.rs (500 fp16 training steps of DistilBERT-QA and T5-small), sync.rs (uploads
+//! without a stream sync, host-clamped QA positions, losses read after the step).
 
 mod common;
 mod data;
 mod elementwise;
+mod linear_lt;
 mod nn;
 mod optim;
 mod stability;
+mod sync;

@@ -15,6 +15,7 @@ pub mod alloc;
 mod attention;
 mod attention_fused;
 pub(crate) mod blas;
+pub mod blaslt;
 pub mod context;
 mod elementwise;
 mod embedding;
@@ -305,14 +306,24 @@ impl CudaStorage {
         let s = Self::alloc(&dev, src.len(), dtype)?;
         let bytes = src.as_bytes();
         if !bytes.is_empty() {
-            // SAFETY: s holds bytes.len() bytes; we synchronise before `bytes` can go away.
+            // No stream sync after the copy (it used to drain the queue at every batch
+            // upload, mid-step). `bytes` is ordinary pageable memory (a Vec we never
+            // register or pin), and for a pageable source the driver reads it into its
+            // own staging memory before cuMemcpyHtoDAsync returns (CUDA driver API,
+            // "API synchronization behavior"): only the DMA from staging to `s` is left
+            // queued, ordered on this stream before any kernel that reads `s`. So the
+            // caller may free or reuse the host buffer as soon as this returns; cudarc's
+            // own safe `memcpy_htod` relies on the same rule (no sync for `&[T]`/`Vec`).
+            // Stream order also covers reuse of `s`'s block: the allocator hands blocks
+            // out on this one stream.
+            // SAFETY: s holds bytes.len() bytes; `bytes` is valid for the call and is
+            // consumed (staged) by the driver before it returns, as above.
             cu(
                 unsafe {
                     cudarc::driver::result::memcpy_htod_async(s.ptr, bytes, dev.stream.cu_stream())
                 },
                 "copy host to device",
             )?;
-            dev.sync()?;
         }
         Ok(s)
     }

@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(enc.get_ids().last(), Some(&1), "ends with </s>");
         assert!(!enc.get_ids().contains(&2), "no <unk> on training text");
 
-        let qa = crate::synth::qa_dataset(1, 30, 2, "t");
+        let qa = crate::synth::qa_dataset(1, 30, 5, 2, "t");
         let ctx: Vec<String> = qa["data"][0]["paragraphs"]
             .as_array()
             .unwrap()

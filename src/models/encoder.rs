@@ -230,10 +230,13 @@ impl QaHead {
     /// weight, zero bias), saying so.
     pub fn new(vb: &VarBuilder, hidden: usize, std: f64) -> Result<QaHead> {
         let vb = vb.pp("qa_outputs");
-        if !vb.contains("weight") {
+        // Only a loaded checkpoint can lack the head; a model built from scratch has
+        // nothing to report.
+        if let (Some(file), false) = (vb.store().source(), vb.contains("weight")) {
             eprintln!(
-                "fusebox: the checkpoint has no QA head: qa_outputs (weight [2, {hidden}], bias [2]) \
-                 initialised fresh (normal(0, {std}), zero bias), as transformers does"
+                "fusebox: {} has no QA head: qa_outputs (weight [2, {hidden}], bias [2]) \
+                 initialised fresh (normal(0, {std}), zero bias), as transformers does",
+                file.display()
             );
         }
         Ok(QaHead {

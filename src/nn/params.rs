@@ -97,6 +97,10 @@ impl ParamStore {
     pub fn device(&self) -> Device {
         self.device
     }
+    /// The checkpoint file the store was loaded from (None for a fresh model).
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -82,6 +82,12 @@ step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 -
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 # 3b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale).
 step stability 120 "$KT" --nocapture --test-threads=1 stability
+# 3c. T5 fp16 overflow safety and DistilBERT fp16 on the card; the memory planner's
+# prediction against the tracker on CUDA (fp32 naive attention, fp16 fused, checkpointing).
+for t in t5_fp16 distilbert_fp16; do
+    [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
+done
+[ -x "$W/tests/budget" ] && step budget_cuda 60 "$W/tests/budget" --nocapture --test-threads=1 cuda
 if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
     step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
@@ -92,6 +98,11 @@ if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
 fi
 # The same DistilBERT step with the old per-tensor AdamW: the multi-tensor path's gain.
 step bench_distilbert_fp16_per_tensor_adamw 60 env FUSEBOX_ADAMW_PER_TENSOR=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+# The same DistilBERT step without the cuBLASLt bias epilogues (their gain), the linear
+# tests on the fallback path, and T5 with activation checkpointing (memory vs time).
+step bench_distilbert_fp16_no_lt 60 env FUSEBOX_NO_LT=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+step linear_lt_off 40 env FUSEBOX_NO_LT=1 "$KT" --nocapture --test-threads=1 linear_lt
+step bench_t5_fp16_ckpt 60 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --checkpointing --json
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
@@ -119,7 +130,7 @@ done
         grep '^GPUCHECK ' "$f" | grep -v 'pass=true' | head -n 30
     done
     grep -h "ERROR SUMMARY" "$W/memcheck.out" 2>/dev/null
-    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out 2>/dev/null | head -n 20
+    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out "$W"/t5_fp16.out "$W"/distilbert_fp16.out "$W"/budget_cuda.out "$W"/linear_lt_off.out 2>/dev/null | head -n 30
     echo
     echo "== fp16 training stability (500 steps, random init, random tokens)"
     grep -h "^STABILITY\|^SKIP\|panicked" "$W/stability.out" 2>/dev/null | head -n 10
@@ -130,7 +141,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_per_tensor_adamw torch_distilbert torch_compile_distilbert bench_t5_fp32; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"

@@ -59,19 +59,8 @@ struct Args {
     /// Write the profiled steps' per-op timeline as a Chrome trace (open in Perfetto).
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Activation checkpointing: recompute each layer's forward in backward.
-    #[arg(long)]
-    checkpointing: bool,
-    /// Fit the step into this much device memory (15GiB, 16GB, 12000MiB or bytes): the
-    /// largest micro-batch ≤ --batch that fits is benched (checkpointing if it must).
-    #[arg(long, value_name = "SIZE", conflicts_with = "gpu")]
-    vram_budget: Option<String>,
-    /// Fit the step into a card's memory: t4 (16 GB), a100 (40 GB), a100-80 or h100.
-    #[arg(long, value_name = "CARD")]
-    gpu: Option<String>,
-    /// Print the memory plan (predicted peak by component) and exit.
-    #[arg(long)]
-    plan: bool,
+    #[command(flatten)]
+    mem: budget::MemoryArgs,
 }
 
 fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
@@ -124,7 +113,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::parse(&args.device)?.resolve();
     let fp16 = args.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() && !args.plan {
+    if fp16 && !device.is_cuda() && !args.mem.plan {
         bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
     }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
@@ -135,17 +124,17 @@ fn main() -> Result<()> {
         seq_len: args.seq,
         tgt_len: args.tgt_seq,
         dtype,
-        checkpointing: args.checkpointing,
+        checkpointing: args.mem.checkpointing,
         // fp16 and a named card both mean CUDA, even when only planning here.
-        target: if device.is_cuda() || args.gpu.is_some() || fp16 {
+        target: if device.is_cuda() || args.mem.gpu.is_some() || fp16 {
             Target::Cuda
         } else {
             Target::Cpu
         },
     };
-    let budget_bytes = budget::budget_from_flags(args.vram_budget.as_deref(), args.gpu.as_deref())?;
+    let budget_bytes = args.mem.budget()?;
     let plan = budget::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;
-    if args.plan {
+    if args.mem.plan {
         print!("{}", plan.table());
         return Ok(());
     }

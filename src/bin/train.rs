@@ -89,22 +89,8 @@ struct RunArgs {
     max_steps: Option<usize>,
     #[arg(long)]
     quiet: bool,
-    /// Activation checkpointing: recompute each layer's forward in backward instead of
-    /// keeping its activations (less memory, about a third more compute).
-    #[arg(long)]
-    checkpointing: bool,
-    /// Fit the run into this much device memory (15GiB, 16GB, 12000MiB or bytes): the
-    /// largest micro-batch that fits, the accumulation steps that keep --batch, and
-    /// checkpointing if even micro-batch 1 needs it; refuses with the breakdown when
-    /// nothing fits.
-    #[arg(long, value_name = "SIZE", conflicts_with = "gpu")]
-    vram_budget: Option<String>,
-    /// Fit the run into a card's memory: t4 (16 GB), a100 (40 GB), a100-80 or h100.
-    #[arg(long, value_name = "CARD")]
-    gpu: Option<String>,
-    /// Print the memory plan (predicted peak by component) and exit.
-    #[arg(long)]
-    plan: bool,
+    #[command(flatten)]
+    mem: budget::MemoryArgs,
 }
 
 /// A task's defaults for the optional [`RunArgs`].
@@ -122,7 +108,7 @@ impl RunArgs {
         let device = Device::parse(&self.device)?.resolve();
         let fp16 = self.precision == Precision::Fp16;
         if fp16 && !device.is_cuda() {
-            if self.plan {
+            if self.mem.plan {
                 // Only the plan is wanted: build the model in f32 here, plan for fp16.
                 return Ok((device, DType::F32, true));
             }
@@ -148,7 +134,7 @@ impl RunArgs {
             Precision::Fp16 => DType::F16,
             Precision::Fp32 => DType::F32,
         };
-        let budget = budget::budget_from_flags(self.vram_budget.as_deref(), self.gpu.as_deref())?;
+        let budget = self.mem.budget()?;
         let accum = cfg.grad_accum.max(1);
         let base = Workload {
             micro_batch: (cfg.batch / accum).max(1),
@@ -156,9 +142,9 @@ impl RunArgs {
             seq_len: seq,
             tgt_len: tgt,
             dtype,
-            checkpointing: self.checkpointing,
+            checkpointing: self.mem.checkpointing,
             // fp16 training and a named card both mean CUDA, even when only planning here.
-            target: if device.is_cuda() || self.gpu.is_some() || dtype == DType::F16 {
+            target: if device.is_cuda() || self.mem.gpu.is_some() || dtype == DType::F16 {
                 Target::Cuda
             } else {
                 Target::Cpu
@@ -168,11 +154,11 @@ impl RunArgs {
         if budget.is_some() {
             cfg.grad_accum = plan.work.grad_accum;
             cfg.batch = plan.work.micro_batch * plan.work.grad_accum;
-            if !self.plan {
+            if !self.mem.plan {
                 eprint!("{}", plan.table());
             }
         }
-        if self.plan {
+        if self.mem.plan {
             print!("{}", plan.table());
         }
         cfg.memory_plan = Some(plan.clone());
@@ -515,7 +501,7 @@ fn qa(a: QaArgs) -> Result<()> {
     let plan = a
         .run
         .memory_plan(&spec, &mut cfg, (features.max_length, 0), device)?;
-    if a.run.plan {
+    if a.run.mem.plan {
         return Ok(());
     }
     task.model.set_checkpointing(plan.work.checkpointing);
@@ -647,7 +633,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
     let lengths = (a.max_source_length, a.max_target_length);
     let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
-    if a.run.plan {
+    if a.run.mem.plan {
         return Ok(());
     }
     task.model.set_checkpointing(plan.work.checkpointing);

@@ -15,6 +15,30 @@ use crate::backend::{AdamWStep, BackendStorage};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
+/// The kernels' (pointer, kind) for an optional working copy of `n` elements: kind 0 =
+/// none (null pointer), 1 = f16, 2 = f32. Shared by the per-tensor and multi-tensor steps.
+pub(super) fn working_arg(
+    working: Option<&CudaStorage>,
+    n: usize,
+    op: &'static str,
+) -> Result<(u64, i32)> {
+    let Some(w) = working else {
+        return Ok((0, 0));
+    };
+    if w.len() != n {
+        return Err(len_err(op, n, w.len()));
+    }
+    match w.dtype() {
+        DType::F16 => Ok((w.ptr(), 1)),
+        DType::F32 => Ok((w.ptr(), 2)),
+        got => Err(Error::DType {
+            op,
+            expected: "f16 or f32 working copy",
+            got,
+        }),
+    }
+}
+
 fn need(v: &CudaStorage, p: &CudaStorage, dtype: Option<DType>, what: &'static str) -> Result<()> {
     p.check_pair(v, what)?;
     if let Some(d) = dtype {
@@ -54,25 +78,7 @@ pub fn adamw_(
             "adamw_: step is 1-based (bias correction divides by 1 - beta^step)",
         ));
     }
-    let (wptr, wkind) = match working {
-        None => (0u64, 0i32),
-        Some(w) => {
-            if w.len() != p.len() {
-                return Err(len_err(op, p.len(), w.len()));
-            }
-            match w.dtype() {
-                DType::F16 => (w.ptr(), 1),
-                DType::F32 => (w.ptr(), 2),
-                got => {
-                    return Err(Error::DType {
-                        op,
-                        expected: "f16 or f32 working copy",
-                        got,
-                    })
-                }
-            }
-        }
-    };
+    let (wptr, wkind) = working_arg(working.as_deref(), p.len(), op)?;
     if p.is_empty() {
         return Ok(false);
     }

@@ -226,25 +226,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
                 })
             }
         };
-        let (wptr, wkind) = match &t.working {
-            None => (0u64, 0),
-            Some(w) => {
-                if w.len() != n {
-                    return Err(len_err(op, n, w.len()));
-                }
-                match w.dtype() {
-                    DType::F16 => (w.ptr(), 1),
-                    DType::F32 => (w.ptr(), 2),
-                    got => {
-                        return Err(Error::DType {
-                            op,
-                            expected: "f16 or f32 working copy",
-                            got,
-                        })
-                    }
-                }
-            }
-        };
+        let (wptr, wkind) = super::adamw::working_arg(t.working.as_deref(), n, op)?;
         let mut bufs = vec![&*t.param, t.grad, &*t.m, &*t.v];
         if let Some(w) = &t.working {
             bufs.push(w);

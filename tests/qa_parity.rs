@@ -279,8 +279,8 @@ fn unsupported_configs_are_clear_errors() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let cases = [
         (
-            r#"{"model_type": "distilbert", "sinusoidal_pos_embds": true}"#,
-            "sinusoidal_pos_embds",
+            r#"{"model_type": "distilbert", "activation": "swish"}"#,
+            "activation",
         ),
         (
             r#"{"model_type": "bert", "position_embedding_type": "relative_key"}"#,

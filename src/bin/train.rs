@@ -122,7 +122,7 @@ impl RunArgs {
 
     /// The memory plan for `spec` at lengths `seq` (→ `tgt` for T5), fitted to
     /// --vram-budget / --gpu when given (which rewrites the batch split in `cfg`).
-    /// Plans for the longest batch the length settings allow.
+    /// Plans for the longest batch the training data makes (dynamic padding).
     fn memory_plan(
         &self,
         spec: &ModelSpec,
@@ -500,7 +500,7 @@ fn qa(a: QaArgs) -> Result<()> {
     );
     let plan = a
         .run
-        .memory_plan(&spec, &mut cfg, (features.max_length, 0), device)?;
+        .memory_plan(&spec, &mut cfg, (task.longest_train_window(), 0), device)?;
     if a.run.mem.plan {
         return Ok(());
     }
@@ -631,7 +631,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         fp16,
     );
     let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
-    let lengths = (a.max_source_length, a.max_target_length);
+    let lengths = task.longest_train_lengths();
     let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
     if a.run.mem.plan {
         return Ok(());

@@ -77,6 +77,16 @@ impl QaTask {
         })
     }
 
+    /// Tokens in the longest training window: with dynamic padding no batch is longer,
+    /// so the memory plan uses it instead of `max_length`.
+    pub fn longest_train_window(&self) -> usize {
+        self.train
+            .iter()
+            .map(|f| f.input_ids.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn eval_features(&self) -> &[QaFeature] {
         &self.eval_features
     }

@@ -79,6 +79,14 @@ fn pad_rows(rows: &[&[i32]], pad: i32, device: Device) -> Result<(Tensor, Tensor
 }
 
 impl Seq2SeqTask {
+    /// The longest training source and target (after truncation): batches are padded
+    /// to their own longest row, so the memory plan uses these instead of the limits.
+    pub fn longest_train_lengths(&self) -> (usize, usize) {
+        self.train
+            .iter()
+            .fold((0, 0), |(s, t), p| (s.max(p.src.len()), t.max(p.tgt.len())))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: T5ForConditionalGeneration,

@@ -570,14 +570,17 @@ pub fn t5_step(
     // encode: embedding, then the residual stream's dtype (`T5::residual`)
     let act = sim.env.act;
     let res = s.res(act);
-    let e = sim.embedding(shared, ids, b * ls, s.vocab, dm);
-    let x = if res != act {
-        let x = sim.to_dtype(e, b * ls * dm, act, res);
+    // An embedding lookup cast to the residual stream's dtype when that differs.
+    let embed = |sim: &mut Sim, ids, rows: usize| {
+        let e = sim.embedding(shared, ids, rows, s.vocab, dm);
+        if res == act {
+            return e;
+        }
+        let x = sim.to_dtype(e, rows * dm, act, res);
         sim.release(e);
         x
-    } else {
-        e
     };
+    let x = embed(sim, ids, b * ls);
     let enc = t5_stack(
         sim,
         s,
@@ -593,14 +596,7 @@ pub fn t5_step(
     );
     sim.release(x);
     // decode + lm_logits
-    let e = sim.embedding(shared, dec_in, b * lt, s.vocab, dm);
-    let y = if res != act {
-        let y = sim.to_dtype(e, b * lt * dm, act, res);
-        sim.release(e);
-        y
-    } else {
-        e
-    };
+    let y = embed(sim, dec_in, b * lt);
     let h = t5_stack(
         sim,
         s,

@@ -216,3 +216,48 @@ fn no_grad_records_nothing_and_backward_releases_saved_tensors() {
         "saved tensors leaked: before {before}, after {after}, grad {grad_bytes}"
     );
 }
+
+/// `act_linear` (the FFN's act(lin1)·lin2 keeping only lin1's output) gives exactly the
+/// value and gradients of `unary` then `linear`, for every activation, and holds less
+/// between forward and backward: the activated tensor is recomputed, not saved.
+#[test]
+fn act_linear_equals_unary_then_linear_and_saves_less() -> Result<()> {
+    use fusebox::backend::UnaryOp;
+    let _s = serial();
+    let mut rng = Rng::new(11);
+    let (rows, fin, fout) = (7, 24, 5);
+    let x = Tensor::var(&randn(&mut rng, &[rows, fin], 1.0).to_dtype(fusebox::DType::F32)?);
+    let w = Tensor::var(&randn(&mut rng, &[fout, fin], 0.3).to_dtype(fusebox::DType::F32)?);
+    let b = Tensor::var(&randn(&mut rng, &[fout], 0.1).to_dtype(fusebox::DType::F32)?);
+    let up = randn(&mut rng, &[rows, fout], 1.0).to_dtype(fusebox::DType::F32)?;
+    for act in [UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Relu] {
+        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
+            let live = tracker::live_bytes(Device::Cpu);
+            let y = if fused {
+                x.act_linear(act, &w, Some(&b))?
+            } else {
+                x.unary(act)?.linear(&w, Some(&b))?
+            };
+            let held = tracker::live_bytes(Device::Cpu) - live;
+            let loss = y.mul(&up)?.sum_all()?;
+            let g = backward(&loss)?;
+            let grads = [&x, &w, &b]
+                .iter()
+                .map(|t| g.get(t).expect("gradient").to_vec_f32())
+                .collect::<Result<Vec<_>>>()?;
+            Ok((y.to_vec_f32()?, grads, held))
+        };
+        let (y0, g0, held0) = run(false)?;
+        let (y1, g1, held1) = run(true)?;
+        assert_eq!(y0, y1, "{act:?}: value");
+        assert_eq!(g0, g1, "{act:?}: gradients of x, w, b");
+        // Plain: act(x) is kept for lin2's backward; fused: only y.
+        assert_eq!(
+            held0 - held1,
+            rows * fin * 4,
+            "{act:?}: bytes held after forward"
+        );
+        assert_eq!(tape_len(), 0);
+    }
+    Ok(())
+}

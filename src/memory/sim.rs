@@ -412,6 +412,37 @@ impl Sim {
         self.op(&ins, out, temp, &[x, w], &gs, scratch)
     }
 
+    /// `Tensor::act_linear`: `act(x)` is a forward transient (and recomputed as a
+    /// backward transient beside the input gradient's first half, `dh`); saves only `x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_linear(
+        &mut self,
+        x: V,
+        rows: usize,
+        fin: usize,
+        fout: usize,
+        w: V,
+        b: Option<V>,
+    ) -> V {
+        self.cur = "act_linear";
+        let es = self.es();
+        let out = rows * fout * es;
+        let h = rows * fin * es;
+        let fused = b.is_some() && self.env.lt_bias();
+        let temp = h + if b.is_some() && !fused { out } else { 0 };
+        let mut ins = vec![x, w];
+        let mut gs = vec![G::New(h), G::New(fout * fin * es)];
+        let mut scratch = h;
+        if let Some(b) = b {
+            ins.push(b);
+            gs.push(G::New(fout * es));
+            if !fused {
+                scratch += self.env.col_partials(rows, fout);
+            }
+        }
+        self.op(&ins, out, temp, &[x, w], &gs, scratch)
+    }
+
     /// The attention op: output and lse (saved, with q, k, v and the output); CUDA adds
     /// its kernels' scratch (fused: f32 bias copy, delta, dq accumulator, f32 bias
     /// gradient; naive: f32 scores and probabilities).

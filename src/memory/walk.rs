@@ -150,10 +150,8 @@ fn encoder_layer(
     let s1 = sim.add(a, x, n);
     let h = sim.layer_norm(s1, r, d, p.n1.0, p.n1.1);
     sim.release(s1);
-    let f0 = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
-    let f = sim.unary(f0, r * s.intermediate);
-    sim.release(f0);
-    let f1 = sim.linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
+    let f = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
+    let f1 = sim.act_linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
     let f2 = sim.dropout(f1, n, s.hidden_dropout);
     sim.release(f1);
     let s2 = sim.add(f2, h, n);

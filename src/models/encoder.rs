@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use crate::backend::UnaryOp;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear, ParamStore, VarBuilder};
 use crate::ops::attention::AttnOptions;
@@ -75,11 +76,11 @@ impl Activation {
             ))),
         }
     }
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
+    fn op(self) -> UnaryOp {
         match self {
-            Activation::Gelu => x.gelu(),
-            Activation::GeluNew => x.gelu_new(),
-            Activation::Relu => x.relu(),
+            Activation::Gelu => UnaryOp::Gelu,
+            Activation::GeluNew => UnaryOp::GeluNew,
+            Activation::Relu => UnaryOp::Relu,
         }
     }
 }
@@ -211,10 +212,15 @@ impl EncoderLayer {
             .forward(&ctx)?
             .dropout(mode.p(d.attn_out_dropout), mode.seed_for(site * 8 + 1))?;
         let h = self.attn_norm.forward(&a.add(x)?)?;
-        let f = d.activation.apply(&self.ffn_in.forward(&h)?)?;
+        // act(lin1) · lin2 with only lin1's output kept for backward (Tensor::act_linear).
         let f = self
-            .ffn_out
-            .forward(&f)?
+            .ffn_in
+            .forward(&h)?
+            .act_linear(
+                d.activation.op(),
+                &self.ffn_out.weight,
+                self.ffn_out.bias.as_ref(),
+            )?
             .dropout(mode.p(d.hidden_dropout), mode.seed_for(site * 8 + 2))?;
         self.out_norm.forward(&f.add(&h)?)
     }

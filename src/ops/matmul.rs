@@ -5,7 +5,7 @@
 //! where that path declines, and on the CPU, it is GEMM + `add_bias` / `sum_rows`.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::MatmulSpec;
+use crate::backend::{MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
 use crate::ops::{fresh, when};
 use crate::tensor::Tensor;
@@ -59,61 +59,68 @@ impl Tensor {
         if !needs_grad(&inputs) {
             return Ok(out);
         }
-        let (tx, tw, tb) = (
-            self.tracks(),
-            weight.tracks(),
-            bias.map(|b| b.tracks()).unwrap_or(false),
-        );
-        let has_bias = bias.is_some();
+        let flags = LinearFlags {
+            tx: self.tracks(),
+            tw: weight.tracks(),
+            tb: bias.map(|b| b.tracks()).unwrap_or(false),
+            has_bias: bias.is_some(),
+        };
         let x = self.detach();
         let w = weight.detach();
         Ok(record(
             "linear",
             &inputs,
             out,
+            Box::new(move |g| linear_grads(g, &x, &w, [rows, out_f, in_f], flags)),
+        ))
+    }
+
+    /// `act(self).linear(weight, bias)` that keeps only `self` (the pre-activation) for
+    /// backward and recomputes `act(self)` there: the FFN's hidden activation (4× the
+    /// model width, the largest tensor a BERT layer saves) is not held from forward to
+    /// backward, for one more elementwise pass in backward; the GEMMs are unchanged.
+    pub fn act_linear(
+        &self,
+        act: UnaryOp,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("act_linear", self.device());
+        let out = {
+            let _g = crate::autograd::no_grad();
+            self.unary(act)?.linear(weight, bias)?
+        };
+        let mut inputs = vec![self, weight];
+        if let Some(b) = bias {
+            inputs.push(b);
+        }
+        if !needs_grad(&inputs) {
+            return Ok(out);
+        }
+        let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
+        let rows = self.shape().rows();
+        let flags = LinearFlags {
+            tx: self.tracks(),
+            tw: weight.tracks(),
+            tb: bias.map(|b| b.tracks()).unwrap_or(false),
+            has_bias: bias.is_some(),
+        };
+        let x = self.detach();
+        let w = weight.detach();
+        Ok(record(
+            "act_linear",
+            &inputs,
+            out,
             Box::new(move |g| {
-                let gs = g.storage();
-                // dx [rows, in] = dy [rows, out] · W [out, in]
-                let dx = when(tx, || {
-                    let s = gs.matmul(&w.storage(), &MatmulSpec::plain(rows, out_f, in_f))?;
-                    Ok(fresh(s, x.shape().clone()))
-                })?;
-                // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
-                if has_bias && tw && tb {
-                    let fused = crate::backend::linear_wgrad_bgrad_fused(
-                        &gs,
-                        &x.storage(),
-                        rows,
-                        out_f,
-                        in_f,
-                    )?;
-                    if let Some((dw, db)) = fused {
-                        return Ok(vec![
-                            dx,
-                            Some(fresh(dw, [out_f, in_f])),
-                            Some(fresh(db, [out_f])),
-                        ]);
-                    }
+                let h = fresh(x.storage().unary(act)?, x.shape().clone());
+                let mut grads = linear_grads(g, &h, &w, [rows, out_f, in_f], flags)?;
+                drop(h);
+                if let Some(dh) = grads[0].take() {
+                    let dx = x.storage().unary_backward(&dh.storage(), act)?;
+                    drop(dh);
+                    grads[0] = Some(fresh(dx, x.shape().clone()));
                 }
-                // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
-                let dw = when(tw, || {
-                    let spec = MatmulSpec {
-                        batch: 1,
-                        m: out_f,
-                        n: in_f,
-                        k: rows,
-                        trans_a: true,
-                        trans_b: false,
-                        stride_a: 0,
-                        stride_b: 0,
-                    };
-                    Ok(fresh(gs.matmul(&x.storage(), &spec)?, [out_f, in_f]))
-                })?;
-                let mut v = vec![dx, dw];
-                if has_bias {
-                    v.push(when(tb, || Ok(fresh(gs.sum_rows(out_f)?, [out_f])))?);
-                }
-                Ok(v)
+                Ok(grads)
             }),
         ))
     }
@@ -212,4 +219,65 @@ impl Tensor {
             }),
         ))
     }
+}
+
+/// Which of a linear's inputs want gradients.
+#[derive(Clone, Copy)]
+struct LinearFlags {
+    tx: bool,
+    tw: bool,
+    tb: bool,
+    has_bias: bool,
+}
+
+/// The gradients of `x · wᵀ + b` for output gradient `g`: [dx, dW, (db)].
+fn linear_grads(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    [rows, out_f, in_f]: [usize; 3],
+    flags: LinearFlags,
+) -> Result<Vec<Option<Tensor>>> {
+    let LinearFlags {
+        tx,
+        tw,
+        tb,
+        has_bias,
+    } = flags;
+    let gs = g.storage();
+    // dx [rows, in] = dy [rows, out] · W [out, in]
+    let dx = when(tx, || {
+        let s = gs.matmul(&w.storage(), &MatmulSpec::plain(rows, out_f, in_f))?;
+        Ok(fresh(s, x.shape().clone()))
+    })?;
+    // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
+    if has_bias && tw && tb {
+        let fused = crate::backend::linear_wgrad_bgrad_fused(&gs, &x.storage(), rows, out_f, in_f)?;
+        if let Some((dw, db)) = fused {
+            return Ok(vec![
+                dx,
+                Some(fresh(dw, [out_f, in_f])),
+                Some(fresh(db, [out_f])),
+            ]);
+        }
+    }
+    // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
+    let dw = when(tw, || {
+        let spec = MatmulSpec {
+            batch: 1,
+            m: out_f,
+            n: in_f,
+            k: rows,
+            trans_a: true,
+            trans_b: false,
+            stride_a: 0,
+            stride_b: 0,
+        };
+        Ok(fresh(gs.matmul(&x.storage(), &spec)?, [out_f, in_f]))
+    })?;
+    let mut v = vec![dx, dw];
+    if has_bias {
+        v.push(when(tb, || Ok(fresh(gs.sum_rows(out_f)?, [out_f])))?);
+    }
+    Ok(v)
 }

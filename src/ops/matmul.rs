@@ -52,19 +52,11 @@ impl Tensor {
             None => self.storage().matmul(&weight.storage(), &spec)?,
         };
         let out = fresh(y, out_dims);
-        let mut inputs = vec![self, weight];
-        if let Some(b) = bias {
-            inputs.push(b);
-        }
+        let inputs = linear_inputs(self, weight, bias);
         if !needs_grad(&inputs) {
             return Ok(out);
         }
-        let flags = LinearFlags {
-            tx: self.tracks(),
-            tw: weight.tracks(),
-            tb: bias.map(|b| b.tracks()).unwrap_or(false),
-            has_bias: bias.is_some(),
-        };
+        let flags = LinearFlags::of(self, weight, bias);
         let x = self.detach();
         let w = weight.detach();
         Ok(record(
@@ -90,21 +82,13 @@ impl Tensor {
             let _g = crate::autograd::no_grad();
             self.unary(act)?.linear(weight, bias)?
         };
-        let mut inputs = vec![self, weight];
-        if let Some(b) = bias {
-            inputs.push(b);
-        }
+        let inputs = linear_inputs(self, weight, bias);
         if !needs_grad(&inputs) {
             return Ok(out);
         }
         let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
         let rows = self.shape().rows();
-        let flags = LinearFlags {
-            tx: self.tracks(),
-            tw: weight.tracks(),
-            tb: bias.map(|b| b.tracks()).unwrap_or(false),
-            has_bias: bias.is_some(),
-        };
+        let flags = LinearFlags::of(self, weight, bias);
         let x = self.detach();
         let w = weight.detach();
         Ok(record(
@@ -228,6 +212,24 @@ struct LinearFlags {
     tw: bool,
     tb: bool,
     has_bias: bool,
+}
+
+impl LinearFlags {
+    fn of(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> LinearFlags {
+        LinearFlags {
+            tx: x.tracks(),
+            tw: w.tracks(),
+            tb: b.is_some_and(|b| b.tracks()),
+            has_bias: b.is_some(),
+        }
+    }
+}
+
+/// A linear's inputs in tape order: x, weight, (bias).
+fn linear_inputs<'a>(x: &'a Tensor, w: &'a Tensor, b: Option<&'a Tensor>) -> Vec<&'a Tensor> {
+    let mut v = vec![x, w];
+    v.extend(b);
+    v
 }
 
 /// The gradients of `x · wᵀ + b` for output gradient `g`: [dx, dW, (db)].

@@ -314,6 +314,22 @@ const QA_BUILTIN: QaBuiltin = QaBuiltin {
     stride: 48,
 };
 
+/// The common end of every task: evaluate the untrained model, train, say where the
+/// checkpoint went, and print the final metrics as the last line (one JSON object).
+fn evaluate_train_report<T: train::Task>(task: &mut T, cfg: &TrainConfig) -> Result<()> {
+    eprintln!(
+        "untrained model: {}",
+        serde_json::Value::Object(task.evaluate()?)
+    );
+    let fin = train::run(task, cfg)?;
+    eprintln!(
+        "checkpoint (with tokenizer), metrics.jsonl and curves.svg in {}",
+        cfg.out_dir.display()
+    );
+    println!("{fin}");
+    Ok(())
+}
+
 /// Write one SQuAD document and read it back through the loader, so the built-in run
 /// trains on exactly what the file on disk says.
 fn write_squad(path: &std::path::Path, doc: &serde_json::Value) -> Result<Vec<QaExample>> {
@@ -510,17 +526,7 @@ fn qa(a: QaArgs) -> Result<()> {
         train::Task::train_len(&task),
         train_rows.len()
     );
-    eprintln!(
-        "untrained model: {}",
-        serde_json::Value::Object(train::Task::evaluate(&mut task)?)
-    );
-    let fin = train::run(&mut task, &cfg)?;
-    eprintln!(
-        "checkpoint (with tokenizer), metrics.jsonl and curves.svg in {}",
-        out.display()
-    );
-    println!("{fin}");
-    Ok(())
+    evaluate_train_report(&mut task, &cfg)
 }
 
 fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
@@ -637,17 +643,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         return Ok(());
     }
     task.model.set_checkpointing(plan.work.checkpointing);
-    eprintln!(
-        "untrained model: {}",
-        serde_json::Value::Object(train::Task::evaluate(&mut task)?)
-    );
-    let fin = train::run(&mut task, &cfg)?;
-    eprintln!(
-        "checkpoint, metrics.jsonl and curves.svg in {}",
-        out.display()
-    );
-    println!("{fin}");
-    Ok(())
+    evaluate_train_report(&mut task, &cfg)
 }
 
 fn main() -> Result<()> {

@@ -356,8 +356,9 @@ fn evaluate_and_log<T: Task>(
 }
 
 /// Add the measured peak of the training steps (tracker; on CUDA also the allocator's
-/// reserved peak, evaluation included, and NVML's device-wide used bytes now) beside the planner's prediction to `fin`, and say it on
-/// stderr. Reading NVML is best-effort: without it the field is absent.
+/// reserved peak, evaluation included, and NVML's device-wide used bytes now) beside the
+/// planner's prediction to `fin`, and say it on stderr. Reading NVML is best-effort:
+/// without it the field is absent.
 fn report_memory(
     fin: &mut Map<String, Value>,
     device: crate::shape::Device,

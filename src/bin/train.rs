@@ -271,9 +271,10 @@ struct Seq2SeqArgs {
 /// Sizes of the built-in QA run: one-person biographies of four sentences (two fact
 /// pairs, so every answer has a same-type distractor in another role), 10 000 training
 /// questions, 10 epochs, a 2-layer DistilBERT of width 128. Measured on this 2-core
-/// machine (2026-11-27): held-out EM 90.5 in 2 min 49 s; with 5 pairs (ten sentences)
-/// EM was ~61 after 3750 steps, with 3 pairs ~64 — long contexts slow the learning of
-/// which relation sits next to a value more than they add.
+/// machine (2026-11-27): held-out EM 91.25 in 2 min 59 s (90.5 in another run). Longer
+/// biographies learned slower: all five pairs (ten sentences, earlier templates whose
+/// relation words sat further from the values) EM 61 after 3750 steps; three pairs EM
+/// 64.5 at best within 7 epochs.
 ///
 /// The first design (biographies of 2-4 people, so a question must be bound to the right
 /// person among same-type distractors) plateaued at EM ~40 (chance ~36) whatever was

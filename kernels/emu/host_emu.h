@@ -25,6 +25,8 @@
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __restrict__
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -91,6 +93,11 @@ inline unsigned __float_as_uint(float f) {
     unsigned u;
     std::memcpy(&u, &f, 4);
     return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

@@ -120,7 +120,7 @@ __device__ __forceinline__ void fb_report(int* err, int code, int value, i64 bou
 // views at an odd offset stay correct, just scalar) and the chunk is whole; the tail
 // chunk and unaligned calls use the same body through scalar loads, so there is one
 // arithmetic path and results are identical either way.
-struct __align__(16) fb_u4 {
+struct alignas(16) fb_u4 {
     unsigned int x, y, z, w;
 };
 

@@ -1,64 +1,223 @@
-// LayerNorm (BERT, DistilBERT) and RMSNorm (T5), forward and backward.
+// LayerNorm (BERT, DistilBERT) and RMSNorm (T5), forward and backward, and the fused
+// "dropout + residual add + LayerNorm" of a post-norm encoder layer.
 //
-// Why it is built this way: one block per row (up to 1024 threads, hence
-// __launch_bounds__(1024): at most 64 registers, whatever compiler builds it); rows are
-// at most a few thousand wide, so the row is read from global memory (it stays in
-// L1/L2) in a few passes rather than staged in shared memory; that keeps one kernel correct for any width. The mean and
-// variance use two passes (mean first, then squared deviations) in fp32: the same
-// arithmetic as the CPU reference, no catastrophic cancellation on f16 activations.
-// mean/rstd are saved in fp32 for backward. dgamma/dbeta are column reductions over all
-// rows: per-chunk partials then a fixed-order finish (no atomics), like sum_rows.
+// Why it is built this way: one block per row; rows are at most a few thousand wide, so
+// the row is read from global memory (it stays in L1/L2) in a few passes rather than
+// staged in shared memory; that keeps one kernel correct for any width. Each thread walks
+// 8-element chunks (common.cuh: one 16-byte load per chunk when the row width is a
+// multiple of 8 and every pointer is 16-byte aligned, scalar loads otherwise; the host
+// launches about cols / 8 threads per row). The mean and variance use two passes (mean
+// first, then squared deviations) in fp32: no catastrophic cancellation on f16
+// activations. mean/rstd are saved in fp32 for backward. dgamma/dbeta are column
+// reductions over all rows: per-chunk partials then a fixed-order finish (no atomics),
+// like sum_rows.
+//
+// The fused op (DistilBERT/BERT: LN(dropout(sublayer) + residual)) reads the sublayer
+// output and the residual once and writes the sum s (LayerNorm's saved input) and y: the
+// unfused dropout, add and LayerNorm launches moved those tensors through DRAM three
+// times. Backward writes ds (the residual's gradient) and, with dropout, the sublayer's
+// gradient keep * ds / (1 - p) in the same pass. Every intermediate is rounded to the
+// storage type exactly where the unfused ops stored it, so the fused results equal
+// dropout -> add -> layer_norm (and their backward) bit for bit, and the dropout mask is
+// the same function of (seed, element index).
 #include "common.cuh"
 
 #define FB_NORM_COLS_X 32
 #define FB_NORM_COLS_Y 8
 
+
+// The value a store of `v` into T would hold.
+__device__ __forceinline__ float fb_round(const float*, float v) { return v; }
+__device__ __forceinline__ float fb_round(const fb_half*, float v) { return fb_h2f(fb_f2h(v)); }
+
+// Row r of y = LN(s) with s = x (a == nullptr) or s = dropout(a) + x, stored to s_out.
+template <class T>
+__device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, float* rstd_out,
+                                              const T* x, const T* a, const T* gamma,
+                                              const T* beta, i64 r, i64 cols, float eps,
+                                              float p, float scale, unsigned long long seed) {
+    __shared__ float scratch[32];
+    const i64 o = r * cols;
+    bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma) && fb_al16(beta);
+    if (a) vec = vec && fb_al16(a) && fb_al16(s_out);
+    const T* src = a ? s_out : x;  // what passes 2 and 3 read
+    float sum = 0.0f;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float v[FB_VEC];
+        fb_ldv(x, o + c, m, vec, v);
+        if (a) {
+            float d[FB_VEC];
+            fb_ldv(a, o + c, m, vec, d);
+#pragma unroll
+            for (int k = 0; k < FB_VEC; ++k) {
+                float dk = d[k];
+                if (p > 0.0f)
+                    dk = fb_dropout_keep(seed, (unsigned long long)(o + c + k), p) ? fb_round(y, dk * scale) : 0.0f;
+                v[k] = fb_round(y, dk + v[k]);
+            }
+            fb_stv(s_out, o + c, m, vec, v);
+        }
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) sum += k < m ? v[k] : 0.0f;
+    }
+    float mean = fb_block_sum(sum, scratch) / (float)cols;
+    float q = 0.0f;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float v[FB_VEC];
+        fb_ldv(src, o + c, m, vec, v);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) {
+            float d = v[k] - mean;
+            q += k < m ? d * d : 0.0f;
+        }
+    }
+    float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float v[FB_VEC], g[FB_VEC], b[FB_VEC];
+        fb_ldv(src, o + c, m, vec, v);
+        fb_ldv(gamma, c, m, vec, g);
+        fb_ldv(beta, c, m, vec, b);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) v[k] = (v[k] - mean) * rstd * g[k] + b[k];
+        fb_stv(y, o + c, m, vec, v);
+    }
+    if (threadIdx.x == 0) {
+        mean_out[r] = mean;
+        rstd_out[r] = rstd;
+    }
+}
+
+// Row r of LayerNorm's dx (stored to dx) and, if da != nullptr, dropout's backward of it.
+template <class T>
+__device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T* gamma,
+                                              const float* mean, const float* rstd, const T* dy,
+                                              i64 r, i64 cols, float p, float scale,
+                                              unsigned long long seed) {
+    __shared__ float scratch[32];
+    const i64 o = r * cols;
+    bool vec = cols % FB_VEC == 0 && fb_al16(dx) && fb_al16(x) && fb_al16(gamma) && fb_al16(dy);
+    if (da) vec = vec && fb_al16(da);
+    float mu = mean[r], rs = rstd[r];
+    float a = 0.0f, b = 0.0f;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
+        fb_ldv(x, o + c, m, vec, xv);
+        fb_ldv(dy, o + c, m, vec, d);
+        fb_ldv(gamma, c, m, vec, g);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) {
+            float gk = d[k] * g[k];  // lanes >= m are 0
+            a += gk;
+            b += gk * (xv[k] - mu) * rs;
+        }
+    }
+    float c1 = fb_block_sum(a, scratch) / (float)cols;
+    float c2 = fb_block_sum(b, scratch) / (float)cols;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
+        fb_ldv(x, o + c, m, vec, xv);
+        fb_ldv(dy, o + c, m, vec, d);
+        fb_ldv(gamma, c, m, vec, g);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) xv[k] = rs * (d[k] * g[k] - c1 - (xv[k] - mu) * rs * c2);
+        fb_stv(dx, o + c, m, vec, xv);
+        if (da) {
+#pragma unroll
+            for (int k = 0; k < FB_VEC; ++k)
+                xv[k] = fb_dropout_keep(seed, (unsigned long long)(o + c + k), p) ? fb_round(dx, xv[k]) * scale : 0.0f;
+            fb_stv(da, o + c, m, vec, xv);
+        }
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void fb_rms_fwd_row(T* y, float* rstd_out, const T* x, const T* gamma,
+                                               i64 r, i64 cols, float eps) {
+    __shared__ float scratch[32];
+    const i64 o = r * cols;
+    bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma);
+    float q = 0.0f;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float v[FB_VEC];
+        fb_ldv(x, o + c, m, vec, v);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) q += v[k] * v[k];
+    }
+    float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float v[FB_VEC], g[FB_VEC];
+        fb_ldv(x, o + c, m, vec, v);
+        fb_ldv(gamma, c, m, vec, g);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) v[k] = v[k] * rstd * g[k];
+        fb_stv(y, o + c, m, vec, v);
+    }
+    if (threadIdx.x == 0) rstd_out[r] = rstd;
+}
+
+template <class T>
+__device__ __forceinline__ void fb_rms_bwd_row(T* dx, const T* x, const T* gamma, const float* rstd,
+                                               const T* dy, i64 r, i64 cols) {
+    __shared__ float scratch[32];
+    const i64 o = r * cols;
+    bool vec = cols % FB_VEC == 0 && fb_al16(dx) && fb_al16(x) && fb_al16(gamma) && fb_al16(dy);
+    float rs = rstd[r];
+    float b = 0.0f;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
+        fb_ldv(x, o + c, m, vec, xv);
+        fb_ldv(dy, o + c, m, vec, d);
+        fb_ldv(gamma, c, m, vec, g);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) b += d[k] * g[k] * xv[k] * rs;
+    }
+    float c2 = fb_block_sum(b, scratch) / (float)cols;
+    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+        int m = fb_chunk_len(c, cols);
+        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
+        fb_ldv(x, o + c, m, vec, xv);
+        fb_ldv(dy, o + c, m, vec, d);
+        fb_ldv(gamma, c, m, vec, g);
+#pragma unroll
+        for (int k = 0; k < FB_VEC; ++k) xv[k] = rs * (d[k] * g[k] - xv[k] * rs * c2);
+        fb_stv(dx, o + c, m, vec, xv);
+    }
+}
+
 #define FB_NORM(S, T)                                                                         \
-    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_fwd_##S(T* y, float* mean_out, float* rstd_out,  \
-                                                     const T* x, const T* gamma, const T* beta, \
-                                                     i64 rows, i64 cols, float eps) {         \
-        __shared__ float scratch[32];                                                         \
-        i64 r = blockIdx.x;                                                                   \
-        const T* xr = x + r * cols;                                                           \
-        float s = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += fb_ld(xr, c);               \
-        float mean = fb_block_sum(s, scratch) / (float)cols;                                  \
-        float q = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
-            float d = fb_ld(xr, c) - mean;                                                    \
-            q += d * d;                                                                       \
-        }                                                                                     \
-        float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);                    \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                                  \
-            fb_st(y + r * cols, c,                                                            \
-                  (fb_ld(xr, c) - mean) * rstd * fb_ld(gamma, c) + fb_ld(beta, c));           \
-        if (threadIdx.x == 0) {                                                               \
-            mean_out[r] = mean;                                                               \
-            rstd_out[r] = rstd;                                                               \
-        }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_fwd_##S(                  \
+        T* y, float* mean_out, float* rstd_out, const T* x, const T* gamma, const T* beta,   \
+        i64 rows, i64 cols, float eps) {                                                      \
+        fb_ln_fwd_row<T>(y, nullptr, mean_out, rstd_out, x, nullptr, gamma, beta, blockIdx.x, \
+                         cols, eps, 0.0f, 1.0f, 0ull);                                        \
     }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_bwd_##S(T* dx, const T* x, const T* gamma,       \
-                                                     const float* mean, const float* rstd,    \
-                                                     const T* dy, i64 rows, i64 cols) {       \
-        __shared__ float scratch[32];                                                         \
-        i64 r = blockIdx.x;                                                                   \
-        const T* xr = x + r * cols;                                                           \
-        const T* dyr = dy + r * cols;                                                         \
-        float mu = mean[r], rs = rstd[r];                                                     \
-        float a = 0.0f, b = 0.0f;                                                             \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
-            float g = fb_ld(dyr, c) * fb_ld(gamma, c);                                        \
-            float xh = (fb_ld(xr, c) - mu) * rs;                                              \
-            a += g;                                                                           \
-            b += g * xh;                                                                      \
-        }                                                                                     \
-        float c1 = fb_block_sum(a, scratch) / (float)cols;                                    \
-        float c2 = fb_block_sum(b, scratch) / (float)cols;                                    \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
-            float g = fb_ld(dyr, c) * fb_ld(gamma, c);                                        \
-            float xh = (fb_ld(xr, c) - mu) * rs;                                              \
-            fb_st(dx + r * cols, c, rs * (g - c1 - xh * c2));                                 \
-        }                                                                                     \
+    /* y = LN(s), s = dropout(a, p, seed) + res (p = 0: a + res); s is stored too. */         \
+    extern "C" __global__ void __launch_bounds__(1024) fb_add_layer_norm_fwd_##S(              \
+        T* y, T* s, float* mean_out, float* rstd_out, const T* a, const T* res,              \
+        const T* gamma, const T* beta, i64 rows, i64 cols, float eps, float p, float scale,   \
+        unsigned long long seed) {                                                            \
+        fb_ln_fwd_row<T>(y, s, mean_out, rstd_out, res, a, gamma, beta, blockIdx.x, cols,     \
+                         eps, p, scale, seed);                                                \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_bwd_##S(                  \
+        T* dx, const T* x, const T* gamma, const float* mean, const float* rstd, const T* dy, \
+        i64 rows, i64 cols) {                                                                 \
+        fb_ln_bwd_row<T>(dx, nullptr, x, gamma, mean, rstd, dy, blockIdx.x, cols, 0.0f, 1.0f, \
+                         0ull);                                                               \
+    }                                                                                         \
+    /* ds = LayerNorm's dx; da = dropout backward of ds (keep * ds * scale). p > 0. */        \
+    extern "C" __global__ void __launch_bounds__(1024) fb_add_layer_norm_bwd_##S(              \
+        T* ds, T* da, const T* s, const T* gamma, const float* mean, const float* rstd,       \
+        const T* dy, i64 rows, i64 cols, float p, float scale, unsigned long long seed) {     \
+        fb_ln_bwd_row<T>(ds, da, s, gamma, mean, rstd, dy, blockIdx.x, cols, p, scale, seed); \
     }                                                                                         \
     /* dgamma[c] = sum_r dy * xhat ; dbeta[c] = sum_r dy, over rows [blockIdx.y*chunk,    */  \
     /* +chunk) into float partials [chunks, cols] (pb may be null: RMSNorm); reduce.cu's    */  \
@@ -92,38 +251,13 @@
             if (pb) pb[(i64)blockIdx.y * cols + c] = tb;                                      \
         }                                                                                     \
     }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_fwd_##S(T* y, float* rstd_out, const T* x,         \
-                                                   const T* gamma, i64 rows, i64 cols,        \
-                                                   float eps) {                               \
-        __shared__ float scratch[32];                                                         \
-        i64 r = blockIdx.x;                                                                   \
-        const T* xr = x + r * cols;                                                           \
-        float q = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
-            float v = fb_ld(xr, c);                                                           \
-            q += v * v;                                                                       \
-        }                                                                                     \
-        float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);                    \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                                  \
-            fb_st(y + r * cols, c, fb_ld(xr, c) * rstd * fb_ld(gamma, c));                    \
-        if (threadIdx.x == 0) rstd_out[r] = rstd;                                             \
+    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_fwd_##S(                    \
+        T* y, float* rstd_out, const T* x, const T* gamma, i64 rows, i64 cols, float eps) {   \
+        fb_rms_fwd_row<T>(y, rstd_out, x, gamma, blockIdx.x, cols, eps);                      \
     }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_bwd_##S(T* dx, const T* x, const T* gamma,         \
-                                                   const float* rstd, const T* dy, i64 rows,  \
-                                                   i64 cols) {                                \
-        __shared__ float scratch[32];                                                         \
-        i64 r = blockIdx.x;                                                                   \
-        const T* xr = x + r * cols;                                                           \
-        const T* dyr = dy + r * cols;                                                         \
-        float rs = rstd[r];                                                                   \
-        float b = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x)                                  \
-            b += fb_ld(dyr, c) * fb_ld(gamma, c) * fb_ld(xr, c) * rs;                         \
-        float c2 = fb_block_sum(b, scratch) / (float)cols;                                    \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
-            float g = fb_ld(dyr, c) * fb_ld(gamma, c);                                        \
-            float xh = fb_ld(xr, c) * rs;                                                     \
-            fb_st(dx + r * cols, c, rs * (g - xh * c2));                                      \
-        }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_bwd_##S(                    \
+        T* dx, const T* x, const T* gamma, const float* rstd, const T* dy, i64 rows,          \
+        i64 cols) {                                                                           \
+        fb_rms_bwd_row<T>(dx, x, gamma, rstd, dy, blockIdx.x, cols);                          \
     }
 FB_BOTH(FB_NORM)

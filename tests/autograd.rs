@@ -261,3 +261,62 @@ fn act_linear_equals_unary_then_linear_and_saves_less() -> Result<()> {
     }
     Ok(())
 }
+
+/// `dropout_add_layer_norm` (the encoder's residual block as one op) gives exactly the
+/// value and gradients of `dropout`, `add` and `layer_norm` in sequence, with and without
+/// dropout, and holds the same bytes between forward and backward (the sum).
+#[test]
+fn dropout_add_layer_norm_equals_the_three_ops() -> Result<()> {
+    let _s = serial();
+    let mut rng = Rng::new(12);
+    let (rows, cols) = (6, 20);
+    let f32_var = |rng: &mut Rng, dims: &[usize], s: f64| -> Result<Tensor> {
+        Ok(Tensor::var(
+            &randn(rng, dims, s).to_dtype(fusebox::DType::F32)?,
+        ))
+    };
+    let a = f32_var(&mut rng, &[rows, cols], 2.0)?;
+    let res = f32_var(&mut rng, &[rows, cols], 1.0)?;
+    let g = f32_var(&mut rng, &[cols], 1.0)?;
+    let b = f32_var(&mut rng, &[cols], 0.5)?;
+    let up = randn(&mut rng, &[rows, cols], 1.0).to_dtype(fusebox::DType::F32)?;
+    for p in [0.0f32, 0.25] {
+        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
+            let live = tracker::live_bytes(Device::Cpu);
+            let y = if fused {
+                a.dropout_add_layer_norm(&res, p, 99, &g, &b, 1e-12)?
+            } else {
+                a.dropout(p, 99)?.add(&res)?.layer_norm(&g, &b, 1e-12)?
+            };
+            let held = tracker::live_bytes(Device::Cpu) - live;
+            let loss = y.mul(&up)?.sum_all()?;
+            let grads = backward(&loss)?;
+            let grads = [&a, &res, &g, &b]
+                .iter()
+                .map(|t| grads.get(t).expect("gradient").to_vec_f32())
+                .collect::<Result<Vec<_>>>()?;
+            Ok((y.to_vec_f32()?, grads, held))
+        };
+        let (y0, g0, held0) = run(false)?;
+        let (y1, g1, held1) = run(true)?;
+        assert_eq!(y0, y1, "p={p}: value");
+        assert_eq!(g0, g1, "p={p}: gradients of a, residual, gamma, beta");
+        assert_eq!(held0, held1, "p={p}: bytes held after forward");
+        if p > 0.0 {
+            // Dropout really acted: some of a's gradient is zero, the residual's is not.
+            assert!(g1[0].contains(&0.0) && g1[1].iter().all(|&v| v != 0.0));
+        } else {
+            assert_eq!(
+                g1[0], g1[1],
+                "without dropout a and the residual get one gradient"
+            );
+        }
+        assert_eq!(tape_len(), 0);
+    }
+    // Bad p and a residual of another shape are errors, not panics.
+    assert!(a
+        .dropout_add_layer_norm(&res, 1.0, 0, &g, &b, 1e-12)
+        .is_err());
+    assert!(a.dropout_add_layer_norm(&g, 0.1, 0, &g, &b, 1e-12).is_err());
+    Ok(())
+}

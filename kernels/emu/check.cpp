@@ -121,6 +121,105 @@ static void check_norms() {
     report("rms_norm_dgamma", rel(dg, rdgr), 1e-5);
 }
 
+// ---- fused dropout + add + LayerNorm (norm.cu) against the unfused kernels, bit for bit
+template <class T>
+static std::vector<float> to_f(const std::vector<T>& v) {
+    std::vector<float> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+        if constexpr (sizeof(T) == 2) o[i] = fb_h2f(v[i]); else o[i] = v[i];
+    }
+    return o;
+}
+template <class T>
+static std::vector<T> from_f(const std::vector<float>& v) {
+    std::vector<T> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+        if constexpr (sizeof(T) == 2) o[i] = fb_f2h(v[i]); else o[i] = v[i];
+    }
+    return o;
+}
+template <class T>
+static double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b, size_t off = 0) {
+    auto fa = to_f(a), fb = to_f(b);
+    double m = 0;
+    for (size_t i = off; i < fa.size(); ++i) m = std::max(m, (double)std::fabs(fa[i] - fb[i]));
+    return m;
+}
+
+// `shift` = 1 runs the a/residual operands one element off 16-byte alignment (scalar path).
+template <class T, class FWD, class BWD, class LN, class LNB, class DROP, class BIN>
+static void check_fused_ln_case(const char* tag, i64 rows, i64 cols, float p, int shift, FWD fwd,
+                                BWD bwd, LN ln, LNB lnb, DROP drop, BIN bin) {
+    const i64 n = rows * cols;
+    auto af = randn(n + shift, 3.0f), rf = randn(n + shift), gf = randn(cols), bf = randn(cols), dyf = randn(n);
+    auto a = from_f<T>(af), res = from_f<T>(rf), g = from_f<T>(gf), b = from_f<T>(bf), dy = from_f<T>(dyf);
+    const float scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const unsigned long long seed = 0x1234abcdull;
+    const T* ap = a.data() + shift;
+    const T* rp = res.data() + shift;
+    // Unfused: d = dropout(a); s = d + res; y = LN(s); ds = LN'(dy); da = dropout(ds).
+    std::vector<T> d(n), s(n), y(n), ds(n), da(n), dg(cols);
+    std::vector<float> mean(rows), rstd(rows), mean2(rows), rstd2(rows);
+    if (p > 0) emu_launch(drop, D(2), D(64), d.data(), ap, n, p, scale, seed);
+    else std::copy(ap, ap + n, d.begin());
+    emu_launch(bin, D(2), D(64), s.data(), (const T*)d.data(), rp, n, 0);
+    emu_launch(ln, D(rows), D(64), y.data(), mean.data(), rstd.data(), (const T*)s.data(), (const T*)g.data(), (const T*)b.data(), rows, cols, 1e-5f);
+    emu_launch(lnb, D(rows), D(64), ds.data(), (const T*)s.data(), (const T*)g.data(), (const float*)mean.data(), (const float*)rstd.data(), (const T*)dy.data(), rows, cols);
+    if (p > 0) emu_launch(drop, D(2), D(64), da.data(), (const T*)ds.data(), n, p, scale, seed);
+    // Fused.
+    std::vector<T> y2(n), s2(n), ds2(n), da2(n);
+    emu_launch(fwd, D(rows), D(64), y2.data(), s2.data(), mean2.data(), rstd2.data(), ap, rp, (const T*)g.data(), (const T*)b.data(), rows, cols, 1e-5f, p, scale, seed);
+    char name[64];
+    std::snprintf(name, sizeof name, "fused_ln_fwd_%s", tag);
+    report(name, std::max({max_abs_diff(y2, y), max_abs_diff(s2, s), (double)std::fabs(mean2[rows - 1] - mean[rows - 1]), (double)std::fabs(rstd2[0] - rstd[0])}), 0.0);
+    if (p > 0) {
+        emu_launch(bwd, D(rows), D(64), ds2.data(), da2.data(), (const T*)s2.data(), (const T*)g.data(), (const float*)mean2.data(), (const float*)rstd2.data(), (const T*)dy.data(), rows, cols, p, scale, seed);
+        std::snprintf(name, sizeof name, "fused_ln_bwd_%s", tag);
+        report(name, std::max(max_abs_diff(ds2, ds), max_abs_diff(da2, da)), 0.0);
+    }
+    (void)dg;
+}
+
+static void check_fused_norm() {
+    // Vector path (width a multiple of 8, aligned), scalar tail, unaligned operands; f32 and f16.
+    check_fused_ln_case<float>("f32_vec", 3, 48, 0.3f, 0, fb_add_layer_norm_fwd_f32, fb_add_layer_norm_bwd_f32, fb_layer_norm_fwd_f32, fb_layer_norm_bwd_f32, fb_dropout_f32, fb_binary_f32);
+    check_fused_ln_case<float>("f32_tail", 3, 45, 0.3f, 0, fb_add_layer_norm_fwd_f32, fb_add_layer_norm_bwd_f32, fb_layer_norm_fwd_f32, fb_layer_norm_bwd_f32, fb_dropout_f32, fb_binary_f32);
+    check_fused_ln_case<fb_half>("f16_vec", 3, 1040, 0.1f, 0, fb_add_layer_norm_fwd_f16, fb_add_layer_norm_bwd_f16, fb_layer_norm_fwd_f16, fb_layer_norm_bwd_f16, fb_dropout_f16, fb_binary_f16);
+    check_fused_ln_case<fb_half>("f16_unaligned", 3, 48, 0.5f, 1, fb_add_layer_norm_fwd_f16, fb_add_layer_norm_bwd_f16, fb_layer_norm_fwd_f16, fb_layer_norm_bwd_f16, fb_dropout_f16, fb_binary_f16);
+    check_fused_ln_case<fb_half>("f16_p0", 2, 64, 0.0f, 0, fb_add_layer_norm_fwd_f16, fb_add_layer_norm_bwd_f16, fb_layer_norm_fwd_f16, fb_layer_norm_bwd_f16, fb_dropout_f16, fb_binary_f16);
+    // The vector path of plain LayerNorm / RMSNorm against the double reference.
+    const i64 rows = 3, cols = 96;
+    auto x = randn(rows * cols, 2.0f), g = randn(cols), b = randn(cols), dy = randn(rows * cols);
+    std::vector<float> y(rows * cols), mean(rows), rstd(rows), dx(rows * cols);
+    std::vector<double> ry(rows * cols), rdx(rows * cols), ryr(rows * cols), rdxr(rows * cols);
+    for (i64 r = 0; r < rows; ++r) {
+        double m = 0, v = 0, q = 0;
+        for (i64 c = 0; c < cols; ++c) m += x[r * cols + c], q += (double)x[r * cols + c] * x[r * cols + c];
+        m /= cols;
+        for (i64 c = 0; c < cols; ++c) v += (x[r * cols + c] - m) * (x[r * cols + c] - m);
+        double rs = 1.0 / std::sqrt(v / cols + 1e-5), rq = 1.0 / std::sqrt(q / cols + 1e-6), a = 0, bb = 0, bq = 0;
+        for (i64 c = 0; c < cols; ++c) {
+            double xh = (x[r * cols + c] - m) * rs, gg = dy[r * cols + c] * g[c];
+            ry[r * cols + c] = xh * g[c] + b[c];
+            ryr[r * cols + c] = x[r * cols + c] * rq * g[c];
+            a += gg, bb += gg * xh, bq += gg * x[r * cols + c] * rq;
+        }
+        for (i64 c = 0; c < cols; ++c) {
+            double xh = (x[r * cols + c] - m) * rs;
+            rdx[r * cols + c] = rs * (dy[r * cols + c] * g[c] - a / cols - xh * bb / cols);
+            rdxr[r * cols + c] = rq * (dy[r * cols + c] * g[c] - x[r * cols + c] * rq * bq / cols);
+        }
+    }
+    emu_launch(fb_layer_norm_fwd_f32, D(rows), D(32), y.data(), mean.data(), rstd.data(), x.data(), g.data(), b.data(), rows, cols, 1e-5f);
+    report("layer_norm_fwd_vec", rel(y, ry), 1e-5);
+    emu_launch(fb_layer_norm_bwd_f32, D(rows), D(32), dx.data(), x.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, cols);
+    report("layer_norm_bwd_vec", rel(dx, rdx), 1e-5);
+    emu_launch(fb_rms_norm_fwd_f32, D(rows), D(32), y.data(), rstd.data(), x.data(), g.data(), rows, cols, 1e-6f);
+    report("rms_norm_fwd_vec", rel(y, ryr), 1e-5);
+    emu_launch(fb_rms_norm_bwd_f32, D(rows), D(32), dx.data(), x.data(), g.data(), rstd.data(), dy.data(), rows, cols);
+    report("rms_norm_bwd_vec", rel(dx, rdxr), 1e-5);
+}
+
 static void check_softmax_ce() {
     const i64 rows = 6, cols = 131;
     auto x = randn(rows * cols, 3.0f), dy = randn(rows * cols);
@@ -461,6 +560,7 @@ static void check_attention() {
 
 int main() {
     check_norms();
+    check_fused_norm();
     check_softmax_ce();
     check_reduce_layout_embed();
     check_elementwise_adamw();

@@ -654,6 +654,78 @@ impl Storage {
             }
         }
     }
+    /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual
+    /// block): returns (y, s, mean, rstd) with `s` the normalised sum. One kernel on
+    /// CUDA; on the CPU the same three ops in sequence (the results are equal bit for
+    /// bit: the kernel rounds where the unfused ops store).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm(
+        &self,
+        res: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        cols: usize,
+        eps: f64,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Storage, Storage, Storage, Storage)> {
+        let dev = self.device();
+        if let Storage::Cuda(a) = self {
+            let r = as_variant!("dropout_add_layer_norm", Cuda, res, dev);
+            let g = as_variant!("dropout_add_layer_norm", Cuda, gamma, dev);
+            let b = as_variant!("dropout_add_layer_norm", Cuda, beta, dev);
+            let (y, s, m, rs) = a.dropout_add_layer_norm(r, g, b, cols, eps, p, seed)?;
+            return Ok((
+                Storage::Cuda(y),
+                Storage::Cuda(s),
+                Storage::Cuda(m),
+                Storage::Cuda(rs),
+            ));
+        }
+        let s = if p > 0.0 {
+            self.dropout(p, seed)?.binary(res, BinaryOp::Add)?
+        } else {
+            self.binary(res, BinaryOp::Add)?
+        };
+        let (y, m, rs) = s.layer_norm(gamma, beta, cols, eps)?;
+        Ok((y, s, m, rs))
+    }
+
+    /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
+    /// saved sum `self`: (ds, da, dgamma, dbeta); `da` is `None` when p = 0 (it is ds).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm_backward(
+        &self,
+        gamma: &Storage,
+        mean: &Storage,
+        rstd: &Storage,
+        dy: &Storage,
+        cols: usize,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Storage, Option<Storage>, Storage, Storage)> {
+        let dev = self.device();
+        if let Storage::Cuda(s) = self {
+            let g = as_variant!("dropout_add_layer_norm_backward", Cuda, gamma, dev);
+            let m = as_variant!("dropout_add_layer_norm_backward", Cuda, mean, dev);
+            let r = as_variant!("dropout_add_layer_norm_backward", Cuda, rstd, dev);
+            let d = as_variant!("dropout_add_layer_norm_backward", Cuda, dy, dev);
+            let (ds, da, dg, db) = s.dropout_add_layer_norm_backward(g, m, r, d, cols, p, seed)?;
+            return Ok((
+                Storage::Cuda(ds),
+                da.map(Storage::Cuda),
+                Storage::Cuda(dg),
+                Storage::Cuda(db),
+            ));
+        }
+        let (ds, dg, db) = self.layer_norm_backward(gamma, mean, rstd, dy, cols)?;
+        let da = if p > 0.0 {
+            Some(ds.dropout(p, seed)?)
+        } else {
+            None
+        };
+        Ok((ds, da, dg, db))
+    }
     pub fn rms_norm(&self, gamma: &Storage, cols: usize, eps: f64) -> Result<(Storage, Storage)> {
         let dev = self.device();
         match self {

@@ -64,6 +64,9 @@ pub enum G {
     Pass,
     /// No gradient (input does not track).
     None,
+    /// Another handle on input `.0`'s gradient buffer (a fused add whose two inputs get
+    /// the same gradient); `.1` bytes of its own if input `.0` has none.
+    Shared(usize, usize),
 }
 
 use std::collections::{HashMap, HashSet};
@@ -303,13 +306,23 @@ impl Sim {
                         .map(|x| if let G::New(b) = x { *b } else { 0 })
                         .sum();
                     self.scratch(news + scratch);
-                    gs.iter()
+                    let mut out: Vec<Option<V>> = gs
+                        .iter()
                         .map(|x| match x {
                             G::New(b) => Some(self.alloc(*b)),
                             G::Pass => Some(self.hold(g)),
-                            G::None => None,
+                            G::None | G::Shared(..) => None,
                         })
-                        .collect()
+                        .collect();
+                    for (i, x) in gs.iter().enumerate() {
+                        if let G::Shared(j, b) = *x {
+                            out[i] = Some(match out.get(j).copied().flatten() {
+                                Some(v) => self.hold(v),
+                                None => self.alloc(b),
+                            });
+                        }
+                    }
+                    out
                 }
                 Bwd::Checkpoint { f, inputs, params } => self.recompute(f, inputs, params, g),
             };
@@ -513,6 +526,41 @@ impl Sim {
         }
         self.release(mean);
         self.release(rstd);
+        y
+    }
+
+    /// `LayerNorm(dropout(a) + res)` as one op (Tensor::dropout_add_layer_norm): the sum
+    /// s (saved, LayerNorm's input), y and the statistics. On the CPU it runs as
+    /// dropout, add, layer_norm, so dropout's output lives until the sum exists.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm(
+        &mut self,
+        a: V,
+        res: V,
+        rows: usize,
+        cols: usize,
+        g: V,
+        b: V,
+        dropout: bool,
+    ) -> V {
+        self.cur = "dropout_add_layer_norm";
+        let es = self.es();
+        let (n, st) = (rows * cols * es, rows * self.env.stat);
+        if dropout && !self.env.cuda {
+            self.scratch(2 * n);
+        }
+        let s = self.alloc(n);
+        let y = self.alloc(n);
+        let (mean, rstd) = (self.alloc(st), self.alloc(st));
+        if self.needs(&[a, res, g, b]) {
+            let da = if dropout { G::New(n) } else { G::Shared(1, n) };
+            let gs = [da, G::New(n), G::New(cols * es), G::New(cols * es)];
+            let scratch = 2 * self.env.col_partials(rows, cols);
+            self.record(y, &[a, res, g, b], &[s, g, mean, rstd], &gs, scratch);
+        }
+        for t in [s, mean, rstd] {
+            self.release(t);
+        }
         y
     }
 

@@ -139,25 +139,17 @@ fn encoder_layer(
     l: usize,
 ) -> V {
     let (d, r) = (s.hidden, b * l);
-    let n = r * d;
     let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
     let k = sim.linear(x, r, d, d, p.k.w, p.k.b);
     let v = sim.linear(x, r, d, d, p.v.w, p.v.b);
     let ctx = sim.attention(q, k, v, Some(mask), None, [b, s.heads, l, l, d / s.heads]);
-    let a0 = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
-    let a = sim.dropout(a0, n, s.attn_out_dropout);
-    sim.release(a0);
-    let s1 = sim.add(a, x, n);
-    let h = sim.layer_norm(s1, r, d, p.n1.0, p.n1.1);
-    sim.release(s1);
+    let a = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
+    let (n1, n2) = (p.n1, p.n2);
+    let h = sim.dropout_add_layer_norm(a, x, r, d, n1.0, n1.1, s.attn_out_dropout);
     let f = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
     let f1 = sim.act_linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
-    let f2 = sim.dropout(f1, n, s.hidden_dropout);
-    sim.release(f1);
-    let s2 = sim.add(f2, h, n);
-    let out = sim.layer_norm(s2, r, d, p.n2.0, p.n2.1);
-    sim.release(s2);
-    for t in [q, k, v, ctx, a, h, f, f2] {
+    let out = sim.dropout_add_layer_norm(f1, h, r, d, n2.0, n2.1, s.hidden_dropout);
+    for t in [q, k, v, ctx, a, h, f, f1] {
         sim.release(t);
     }
     out

@@ -207,22 +207,26 @@ impl EncoderLayer {
             },
         )?;
         let ctx = ctx.reshape([b, l, d.hidden])?;
-        let a = self
-            .attn_out
-            .forward(&ctx)?
-            .dropout(mode.p(d.attn_out_dropout), mode.seed_for(site * 8 + 1))?;
-        let h = self.attn_norm.forward(&a.add(x)?)?;
+        // LayerNorm(dropout(o(ctx)) + x) as one op (one kernel each way on CUDA).
+        let a = self.attn_out.forward(&ctx)?;
+        let h = self.attn_norm.forward_residual(
+            &a,
+            x,
+            mode.p(d.attn_out_dropout),
+            mode.seed_for(site * 8 + 1),
+        )?;
         // act(lin1) · lin2 with only lin1's output kept for backward (Tensor::act_linear).
-        let f = self
-            .ffn_in
-            .forward(&h)?
-            .act_linear(
-                d.activation.op(),
-                &self.ffn_out.weight,
-                self.ffn_out.bias.as_ref(),
-            )?
-            .dropout(mode.p(d.hidden_dropout), mode.seed_for(site * 8 + 2))?;
-        self.out_norm.forward(&f.add(&h)?)
+        let f = self.ffn_in.forward(&h)?.act_linear(
+            d.activation.op(),
+            &self.ffn_out.weight,
+            self.ffn_out.bias.as_ref(),
+        )?;
+        self.out_norm.forward_residual(
+            &f,
+            &h,
+            mode.p(d.hidden_dropout),
+            mode.seed_for(site * 8 + 2),
+        )
     }
 }
 

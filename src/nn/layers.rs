@@ -47,6 +47,17 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.weight, &self.bias, self.eps)
     }
+    /// `LayerNorm(dropout(a, p, seed) + residual)` as one op
+    /// ([`Tensor::dropout_add_layer_norm`]).
+    pub fn forward_residual(
+        &self,
+        a: &Tensor,
+        residual: &Tensor,
+        p: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
+        a.dropout_add_layer_norm(residual, p, seed, &self.weight, &self.bias, self.eps)
+    }
 }
 
 /// T5's `T5LayerNorm` (RMS, no bias).

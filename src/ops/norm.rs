@@ -1,8 +1,9 @@
-//! LayerNorm (BERT/DistilBERT) and T5's RMSNorm over the last dimension. The saved
-//! statistics (mean, rstd) are f32 buffers, as the kernels keep them.
+//! LayerNorm (BERT/DistilBERT) and T5's RMSNorm over the last dimension, and the fused
+//! `LayerNorm(dropout(a) + residual)` of a post-norm encoder layer. The saved statistics
+//! (mean, rstd) are f32 buffers, as the kernels keep them.
 
 use crate::autograd::{needs_grad, record};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::fresh;
 use crate::tensor::Tensor;
 
@@ -39,6 +40,83 @@ impl Tensor {
                     t[0].then(|| fresh(dx, x.shape().clone())),
                     t[1].then(|| fresh(dg, [cols])),
                     t[2].then(|| fresh(db, [cols])),
+                ])
+            }),
+        ))
+    }
+
+    /// `LayerNorm(dropout(self, p, seed) + residual)`: the residual block of BERT and
+    /// DistilBERT layers as one op. Values and gradients equal `dropout`, `add` and
+    /// `layer_norm` in sequence (tests/autograd.rs, tests/gpu_kernels); on CUDA it is one
+    /// kernel each way instead of three, and it keeps what `layer_norm` kept (the sum).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm(
+        &self,
+        residual: &Tensor,
+        p: f32,
+        seed: u64,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("dropout_add_layer_norm", self.device());
+        let op = "dropout_add_layer_norm";
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::msg(format!("{op}: p must be in [0, 1), got {p}")));
+        }
+        residual.expect_shape("dropout_add_layer_norm (residual)", self.dims())?;
+        let cols = self.shape().last();
+        gamma.expect_shape("dropout_add_layer_norm (weight)", &[cols])?;
+        beta.expect_shape("dropout_add_layer_norm (bias)", &[cols])?;
+        let (y, sum, mean, rstd) = self.storage().dropout_add_layer_norm(
+            &residual.storage(),
+            &gamma.storage(),
+            &beta.storage(),
+            cols,
+            eps,
+            p,
+            seed,
+        )?;
+        let out = fresh(y, self.shape().clone());
+        if !needs_grad(&[self, residual, gamma, beta]) {
+            return Ok(out);
+        }
+        let rows = self.shape().rows();
+        let shape = self.shape().clone();
+        let sum = fresh(sum, shape.clone());
+        let g_ = gamma.detach();
+        let (mean, rstd) = (fresh(mean, [rows]), fresh(rstd, [rows]));
+        let t = [
+            self.tracks(),
+            residual.tracks(),
+            gamma.tracks(),
+            beta.tracks(),
+        ];
+        Ok(record(
+            op,
+            &[self, residual, gamma, beta],
+            out,
+            Box::new(move |g| {
+                let (ds, da, dg, db) = sum.storage().dropout_add_layer_norm_backward(
+                    &g_.storage(),
+                    &mean.storage(),
+                    &rstd.storage(),
+                    &g.storage(),
+                    cols,
+                    p,
+                    seed,
+                )?;
+                let ds = fresh(ds, shape.clone());
+                // Without dropout both inputs get ds itself (one buffer, as `add` does).
+                let da = match da {
+                    Some(da) => fresh(da, shape.clone()),
+                    None => ds.clone(),
+                };
+                Ok(vec![
+                    t[0].then_some(da),
+                    t[1].then_some(ds),
+                    t[2].then(|| fresh(dg, [cols])),
+                    t[3].then(|| fresh(db, [cols])),
                 ])
             }),
         ))

@@ -65,6 +65,63 @@ fn norms_forward_backward() {
     }
 }
 
+/// The fused `LayerNorm(dropout(a) + res)` kernels against the CPU running dropout, add
+/// and LayerNorm in sequence (what the op is defined as), with and without dropout, at a
+/// width with a scalar tail and at vector widths.
+#[test]
+fn dropout_add_layer_norm_matches_the_unfused_ops() {
+    let Some(mut rng) = setup("dropout_add_layer_norm_matches_the_unfused_ops") else {
+        return;
+    };
+    use fusebox::backend::BinaryOp;
+    for &(rows, cols) in [(5usize, 7usize), (64, 768), (37, 1000), (3, 4104)]
+        .iter()
+        .filter(|s| keep(s.0 * s.1))
+    {
+        for dt in DTS {
+            for p in [0.0f32, 0.1] {
+                let n = rows * cols;
+                let sh = [rows, cols];
+                let seed = 0x5eed_0000 + rows as u64;
+                let (ca, ga) = pair(&rng.normal(n, 2.0), dt);
+                let (cr, gr) = pair(&rng.normal(n, 1.0), dt);
+                let (cg, gg) = pair(&rng.normal(cols, 1.0), dt);
+                let (cb, gb) = pair(&rng.normal(cols, 1.0), dt);
+                let (cd, gd) = pair(&rng.normal(n, 1.0), dt);
+                let cdrop = if p > 0.0 {
+                    ok(ca.dropout(p, seed))
+                } else {
+                    ok(ca.duplicate())
+                };
+                let ws = ok(cdrop.binary(&cr, BinaryOp::Add));
+                let (wy, wm, wr) = ok(ws.layer_norm(&cg, &cb, cols, 1e-12));
+                let t = Instant::now();
+                let (y, s, m, r) =
+                    ok(ga.dropout_add_layer_norm(&gr, &gg, &gb, cols, 1e-12, p, seed));
+                let name = if p > 0.0 { "dropout_add_ln" } else { "add_ln" };
+                check(&format!("{name}_sum"), &sh, dt, &s, &ws, t);
+                check(&format!("{name}_y"), &sh, dt, &y, &wy, t);
+                check(&format!("{name}_mean"), &sh, dt, &m, &wm, t);
+                check(&format!("{name}_rstd"), &sh, dt, &r, &wr, t);
+                let (wds, wdg, wdb) = ok(ws.layer_norm_backward(&cg, &wm, &wr, &cd, cols));
+                let t = Instant::now();
+                let (ds, da, dg, db) =
+                    ok(s.dropout_add_layer_norm_backward(&gg, &m, &r, &gd, cols, p, seed));
+                check(&format!("{name}_bwd_ds"), &sh, dt, &ds, &wds, t);
+                match da {
+                    Some(da) => {
+                        let wda = ok(wds.dropout(p, seed));
+                        check(&format!("{name}_bwd_da"), &sh, dt, &da, &wda, t);
+                    }
+                    None => assert_eq!(p, 0.0, "{name}: no separate da only without dropout"),
+                }
+                check(&format!("{name}_bwd_dgamma"), &sh, dt, &dg, &wdg, t);
+                check(&format!("{name}_bwd_dbeta"), &sh, dt, &db, &wdb, t);
+            }
+        }
+    }
+}
+
 #[test]
 fn softmax_family_and_cross_entropy() {
     let Some(mut rng) = setup("softmax_family_and_cross_entropy") else {

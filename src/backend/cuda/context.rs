@@ -314,6 +314,17 @@ pub fn cfg_1d(n: usize) -> LaunchConfig {
     }
 }
 
+/// One block per row for the norm kernels (kernels/norm.cu), which walk a row in 8-element
+/// chunks: about one thread per chunk, a whole number of warps, at most 1024.
+pub fn cfg_norm_rows(rows: usize, cols: usize) -> LaunchConfig {
+    let t = cols.div_ceil(8).div_ceil(32).clamp(1, 32) * 32;
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (t as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// One block per row; threads scale with the row width (a multiple of 32, ≤ 1024).
 pub fn cfg_rows(rows: usize, cols: usize) -> LaunchConfig {
     let t = cols.div_ceil(32).clamp(1, 8) * 32;

@@ -270,6 +270,36 @@ impl CudaStorage {
     pub(crate) fn dev(&self) -> &Arc<Dev> {
         &self.dev
     }
+
+    /// Fused dropout + residual add + LayerNorm (kernels/norm.cu): (y, s, mean, rstd).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm(
+        &self,
+        res: &Self,
+        gamma: &Self,
+        beta: &Self,
+        cols: usize,
+        eps: f64,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        norm::add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
+    }
+
+    /// Its backward from the saved sum `self`: (ds, da or None when p = 0, dgamma, dbeta).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout_add_layer_norm_backward(
+        &self,
+        gamma: &Self,
+        mean: &Self,
+        rstd: &Self,
+        dy: &Self,
+        cols: usize,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Option<Self>, Self, Self)> {
+        norm::add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
+    }
     pub(crate) fn ptr(&self) -> u64 {
         self.ptr
     }

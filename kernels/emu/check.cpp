@@ -459,6 +459,9 @@ static void check_attention() {
     }
 }
 
+// 8-wide chunked elementwise kernels: all paths against scalar loops.
+#include "check_vec.inc"
+
 int main() {
     check_norms();
     check_softmax_ce();
@@ -467,6 +470,7 @@ int main() {
     check_adamw_multi();
     check_span();
     check_attention();
+    check_vec_elementwise();
     std::printf("%s: %d failed\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }

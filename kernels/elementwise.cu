@@ -2,7 +2,9 @@
 // dropout, bias add, casts, in-place axpy/scale/fill and the non-finite check.
 //
 // Why it is built this way: these ops are memory-bound, so each is one grid-stride pass
-// that reads each input once and writes once, with fp32 math on f32 or f16 storage. The
+// that reads each input once and writes once, with fp32 math on f32 or f16 storage, and
+// each thread moves 8 elements per step (16-byte vectors when aligned) so enough bytes
+// are in flight to approach DRAM bandwidth (see the 8-wide helpers in common.cuh). The
 // op is a runtime switch rather than one kernel per op: the branch is warp-uniform and
 // costs nothing next to the memory traffic, and it keeps the entry-point count (and
 // the fatbin) small. Activations follow HF exactly: `gelu` is the erf form (BERT,
@@ -62,50 +64,154 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
     }
 }
 
+// Every lane of a chunk, unrolled so the 8 values stay in registers. Lanes past the
+// chunk's end hold 0 and are computed but never stored.
+#define FB_LANES(k) _Pragma("unroll") for (int k = 0; k < FB_VEC; ++k)
+
+// The streaming kernels below all take the same shape: `vec` says whether every pointer
+// of the call is 16-byte aligned (then whole chunks move as 16-byte vectors, see
+// common.cuh), each thread handles 8 consecutive elements per step, and the arithmetic
+// per element is exactly the scalar formula, so the vector, tail and unaligned paths
+// give bit-identical results. Launch with cfg_chunks(n) (about n / 8 threads).
 #define FB_EW(S, T)                                                                          \
     extern "C" __global__ void fb_binary_##S(T* out, const T* a, const T* b, i64 n, int op) { \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_binary_op(fb_ld(a, i), fb_ld(b, i), op));     \
+        bool vec = fb_al16(out) && fb_al16(a) && fb_al16(b);                                 \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float va[FB_VEC], vb[FB_VEC];                                                    \
+            fb_ldv(a, c, m, vec, va);                                                        \
+            fb_ldv(b, c, m, vec, vb);                                                        \
+            FB_LANES(k) va[k] = fb_binary_op(va[k], vb[k], op);                              \
+            fb_stv(out, c, m, vec, va);                                                      \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_affine_##S(T* out, const T* x, i64 n, float mul, float add) { \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_ld(x, i) * mul + add);                         \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(x, c, m, vec, v);                                                         \
+            FB_LANES(k) v[k] = v[k] * mul + add;                                             \
+            fb_stv(out, c, m, vec, v);                                                       \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_unary_##S(T* out, const T* x, i64 n, int op) {             \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_unary_fwd(fb_ld(x, i), op));                   \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(x, c, m, vec, v);                                                         \
+            FB_LANES(k) v[k] = fb_unary_fwd(v[k], op);                                       \
+            fb_stv(out, c, m, vec, v);                                                       \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_unary_bwd_##S(T* dx, const T* x, const T* dy, i64 n, int op) { \
-        FB_GRID_STRIDE(i, n) fb_st(dx, i, fb_ld(dy, i) * fb_unary_grad(fb_ld(x, i), op));    \
+        bool vec = fb_al16(dx) && fb_al16(x) && fb_al16(dy);                                 \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float vx[FB_VEC], vd[FB_VEC];                                                    \
+            fb_ldv(x, c, m, vec, vx);                                                        \
+            fb_ldv(dy, c, m, vec, vd);                                                       \
+            FB_LANES(k) vd[k] = vd[k] * fb_unary_grad(vx[k], op);                            \
+            fb_stv(dx, c, m, vec, vd);                                                       \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_gated_##S(T* out, const T* gate, const T* lin, i64 n, int op) { \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_unary_fwd(fb_ld(gate, i), op) * fb_ld(lin, i)); \
+        bool vec = fb_al16(out) && fb_al16(gate) && fb_al16(lin);                            \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float vg[FB_VEC], vl[FB_VEC];                                                    \
+            fb_ldv(gate, c, m, vec, vg);                                                     \
+            fb_ldv(lin, c, m, vec, vl);                                                      \
+            FB_LANES(k) vg[k] = fb_unary_fwd(vg[k], op) * vl[k];                             \
+            fb_stv(out, c, m, vec, vg);                                                      \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_gated_bwd_##S(T* dgate, T* dlin, const T* gate, const T* lin, \
                                                 const T* dy, i64 n, int op) {                \
-        FB_GRID_STRIDE(i, n) {                                                               \
-            float g = fb_ld(gate, i), l = fb_ld(lin, i), d = fb_ld(dy, i);                   \
-            fb_st(dgate, i, d * l * fb_unary_grad(g, op));                                   \
-            fb_st(dlin, i, d * fb_unary_fwd(g, op));                                         \
+        bool vec = fb_al16(dgate) && fb_al16(dlin) && fb_al16(gate) && fb_al16(lin) &&       \
+                   fb_al16(dy);                                                              \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float vg[FB_VEC], vl[FB_VEC], vd[FB_VEC];                                        \
+            fb_ldv(gate, c, m, vec, vg);                                                     \
+            fb_ldv(lin, c, m, vec, vl);                                                      \
+            fb_ldv(dy, c, m, vec, vd);                                                       \
+            FB_LANES(k) {                                                                    \
+                float g = vg[k], l = vl[k], d = vd[k];                                       \
+                vg[k] = d * l * fb_unary_grad(g, op);                                        \
+                vl[k] = d * fb_unary_fwd(g, op);                                             \
+            }                                                                                \
+            fb_stv(dgate, c, m, vec, vg);                                                    \
+            fb_stv(dlin, c, m, vec, vl);                                                     \
         }                                                                                    \
     }                                                                                        \
+    /* The mask is drawn per ELEMENT index c + k, so it is the same whatever the chunking \
+       and stays bit-identical to crate::backend::dropout_keep. */                           \
     extern "C" __global__ void fb_dropout_##S(T* out, const T* x, i64 n, float p, float scale, \
                                               unsigned long long seed) {                     \
-        FB_GRID_STRIDE(i, n) {                                                               \
-            bool keep = fb_dropout_keep(seed, (unsigned long long)i, p);                     \
-            fb_st(out, i, keep ? fb_ld(x, i) * scale : 0.0f);                                \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(x, c, m, vec, v);                                                         \
+            FB_LANES(k) {                                                                    \
+                bool keep = fb_dropout_keep(seed, (unsigned long long)(c + k), p);           \
+                v[k] = keep ? v[k] * scale : 0.0f;                                           \
+            }                                                                                \
+            fb_stv(out, c, m, vec, v);                                                       \
         }                                                                                    \
     }                                                                                        \
+    /* One 64-bit modulo per chunk, then the bias column steps with wrap-around (correct \
+       for any cols >= 1). The bias moves as a vector only when each chunk's 8 columns are \
+       contiguous and aligned: cols % 8 == 0 and an aligned bias. */                         \
     extern "C" __global__ void fb_add_bias_##S(T* out, const T* x, const T* bias, i64 n,     \
                                                i64 cols) {                                   \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_ld(x, i) + fb_ld(bias, i % cols));             \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        bool vbias = vec && fb_al16(bias) && (cols % FB_VEC) == 0;                           \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC], vb[FB_VEC];                                                     \
+            fb_ldv(x, c, m, vec, v);                                                         \
+            i64 j = c % cols;                                                                \
+            if (vbias) {                                                                     \
+                fb_ldv(bias, j, m, true, vb);                                                \
+            } else {                                                                         \
+                FB_LANES(k) {                                                                \
+                    vb[k] = k < m ? fb_ld(bias, j) : 0.0f;                                   \
+                    if (++j == cols) j = 0;                                                  \
+                }                                                                            \
+            }                                                                                \
+            FB_LANES(k) v[k] = v[k] + vb[k];                                                 \
+            fb_stv(out, c, m, vec, v);                                                       \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_scale_##S(T* y, i64 n, float alpha) {                      \
-        FB_GRID_STRIDE(i, n) fb_st(y, i, fb_ld(y, i) * alpha);                               \
+        bool vec = fb_al16(y);                                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(y, c, m, vec, v);                                                         \
+            FB_LANES(k) v[k] = v[k] * alpha;                                                 \
+            fb_stv(y, c, m, vec, v);                                                         \
+        }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_fill_##S(T* y, i64 n, float value) {                       \
-        FB_GRID_STRIDE(i, n) fb_st(y, i, value);                                             \
+        bool vec = fb_al16(y);                                                               \
+        float v[FB_VEC];                                                                     \
+        FB_LANES(k) v[k] = value;                                                            \
+        FB_CHUNK_STRIDE(c, n) fb_stv(y, c, fb_chunk_len(c, n), vec, v);                      \
     }                                                                                        \
+    /* No early exit: every thread of the warp must reach the __any_sync. Lanes past the \
+       end read 0, which is finite. */                                                       \
     extern "C" __global__ void fb_has_non_finite_##S(const T* x, i64 n, int* flag) {         \
+        bool vec = fb_al16(x);                                                               \
         bool bad = false;                                                                    \
-        FB_GRID_STRIDE(i, n) bad |= !fb_finite(fb_ld(x, i));                                 \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(x, c, fb_chunk_len(c, n), vec, v);                                        \
+            FB_LANES(k) bad |= !fb_finite(v[k]);                                             \
+        }                                                                                    \
         if (__any_sync(FB_FULL_MASK, bad) && (threadIdx.x & 31) == 0) atomicOr(flag, 1);     \
     }
 FB_BOTH(FB_EW)
@@ -113,23 +219,40 @@ FB_BOTH(FB_EW)
 // y += alpha * x, for every (y, x) storage pair: f16 gradients accumulate into f32.
 #define FB_AXPY(SY, TY, SX, TX)                                                              \
     extern "C" __global__ void fb_axpy_##SY##_##SX(TY* y, const TX* x, i64 n, float alpha) { \
-        FB_GRID_STRIDE(i, n) fb_st(y, i, fb_ld(y, i) + alpha * fb_ld(x, i));                 \
+        bool vec = fb_al16(y) && fb_al16(x);                                                 \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float vy[FB_VEC], vx[FB_VEC];                                                    \
+            fb_ldv(y, c, m, vec, vy);                                                        \
+            fb_ldv(x, c, m, vec, vx);                                                        \
+            FB_LANES(k) vy[k] = vy[k] + alpha * vx[k];                                       \
+            fb_stv(y, c, m, vec, vy);                                                        \
+        }                                                                                    \
     }
 FB_AXPY(f32, float, f32, float)
 FB_AXPY(f32, float, f16, fb_half)
 FB_AXPY(f16, fb_half, f16, fb_half)
 FB_AXPY(f16, fb_half, f32, float)
 
-// Casts. f32 -> f16 rounds to nearest even and saturates to inf like torch's .half().
+// Casts between float storages. f32 -> f16 rounds to nearest even and saturates to inf
+// like torch's .half().
 #define FB_CAST(SO, TO, SI, TI)                                                              \
     extern "C" __global__ void fb_cast_##SI##_##SO(TO* out, const TI* x, i64 n) {            \
-        FB_GRID_STRIDE(i, n) fb_st(out, i, fb_ld(x, i));                                     \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float v[FB_VEC];                                                                 \
+            fb_ldv(x, c, m, vec, v);                                                         \
+            fb_stv(out, c, m, vec, v);                                                       \
+        }                                                                                    \
     }
 FB_CAST(f16, fb_half, f32, float)
 FB_CAST(f32, float, f16, fb_half)
 FB_CAST(f32, float, f32, float)
 FB_CAST(f16, fb_half, f16, fb_half)
 
+// The i32 casts and fill stay scalar grid-stride loops (launch with cfg_1d(n)): they run
+// on ids and masks, never in the training step's hot path.
 extern "C" __global__ void fb_cast_i32_f32(float* out, const int* x, i64 n) {
     FB_GRID_STRIDE(i, n) out[i] = (float)x[i];
 }

@@ -558,6 +558,9 @@ static void check_attention() {
     }
 }
 
+// 8-wide chunked elementwise kernels: all paths against scalar loops.
+#include "check_vec.inc"
+
 int main() {
     check_norms();
     check_fused_norm();
@@ -567,6 +570,7 @@ int main() {
     check_adamw_multi();
     check_span();
     check_attention();
+    check_vec_elementwise();
     std::printf("%s: %d failed\n", g_fail ? "FAIL" : "PASS", g_fail);
     return g_fail ? 1 : 0;
 }

@@ -1,4 +1,11 @@
 //! Elementwise ops, reductions, casts and in-place updates against the CPU backend.
+//!
+//! The elementwise kernels move 8-element chunks per thread (16-byte vectors), so the
+//! sizes cover a multiple of 8 (whole vector chunks only), a tail chunk of 1..7
+//! elements, and one case past 4096 blocks x 256 threads x 8 = 8_388_608 elements so
+//! the chunk-stride loop turns over. Every CudaStorage is its own allocation (no
+//! element-offset views), so the unaligned scalar path cannot be reached from here; the
+//! emulator check (kernels/emu/check_vec.inc) covers it.
 
 use std::time::Instant;
 
@@ -13,7 +20,10 @@ fn elementwise_binary_affine() {
     let Some(mut rng) = setup("elementwise_binary_affine") else {
         return;
     };
-    for &n in [1usize, 1000, 4097, 65_537].iter().filter(|&&n| keep(n)) {
+    for &n in [1usize, 1000, 1005, 4097, 65_537, 8_388_621]
+        .iter()
+        .filter(|&&n| keep(n))
+    {
         for dt in DTS {
             let a = rng.normal(n, 1.0);
             let b = rng
@@ -51,7 +61,7 @@ fn activations_forward_backward() {
         UnaryOp::Exp,
         UnaryOp::Sqr,
     ];
-    for &n in [3usize, 4096, 30_001].iter().filter(|&&n| keep(n)) {
+    for &n in [3usize, 1005, 4096, 30_001].iter().filter(|&&n| keep(n)) {
         for dt in DTS {
             let x = rng.normal(n, 2.0);
             let dy = rng.normal(n, 1.0);
@@ -88,7 +98,10 @@ fn dropout_matches_cpu_mask() {
     let Some(mut rng) = setup("dropout_matches_cpu_mask") else {
         return;
     };
-    for &n in [17usize, 100_003].iter().filter(|&&n| keep(n)) {
+    for &n in [17usize, 4096, 100_003, 8_388_613]
+        .iter()
+        .filter(|&&n| keep(n))
+    {
         for dt in DTS {
             let x = rng.normal(n, 1.0);
             let (cx, gx) = pair(&x, dt);
@@ -122,7 +135,7 @@ fn bias_and_reductions() {
     let Some(mut rng) = setup("bias_and_reductions") else {
         return;
     };
-    for &(rows, cols) in [(1usize, 1usize), (7, 13), (128, 768), (333, 97)]
+    for &(rows, cols) in [(1usize, 1usize), (7, 13), (16, 6), (128, 768), (333, 97)]
         .iter()
         .filter(|s| keep(s.0 * s.1))
     {
@@ -172,7 +185,7 @@ fn casts_fills_and_in_place() {
     let Some(mut rng) = setup("casts_fills_and_in_place") else {
         return;
     };
-    for &n in [1usize, 999, 262_147].iter().filter(|&&n| keep(n)) {
+    for &n in [1usize, 999, 4096, 262_147].iter().filter(|&&n| keep(n)) {
         let x = rng.normal(n, 100.0);
         let g32 = up(&CpuStorage::from_f32(x.clone()));
         // f32 -> f16 -> f32 against the half crate (round to nearest even).
@@ -263,7 +276,11 @@ fn casts_fills_and_in_place() {
             let bad = ok(up(&host(&v, dt)).has_non_finite());
             v[n / 2] = f32::NAN;
             let bad_nan = ok(up(&host(&v, dt)).has_non_finite());
-            let pass = !clean && bad && bad_nan;
+            // The last element sits in the tail chunk when n % 8 != 0.
+            v[n / 2] = 0.0;
+            v[n - 1] = f32::INFINITY;
+            let bad_last = ok(up(&host(&v, dt)).has_non_finite());
+            let pass = !clean && bad && bad_nan && bad_last;
             gpucheck(
                 "has_non_finite",
                 &[n],
@@ -274,7 +291,7 @@ fn casts_fills_and_in_place() {
             );
             assert!(
                 pass,
-                "has_non_finite: clean={clean} inf={bad} nan={bad_nan}"
+                "has_non_finite: clean={clean} inf={bad} nan={bad_nan} last={bad_last}"
             );
         }
         // Mixed-precision accumulation: f32 += f16.

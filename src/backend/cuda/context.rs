@@ -325,6 +325,13 @@ pub fn cfg_norm_rows(rows: usize, cols: usize) -> LaunchConfig {
     }
 }
 
+/// Launch for the chunked kernels (FB_CHUNK_STRIDE in kernels/common.cuh), where each
+/// thread moves 8 consecutive elements per step: one thread per chunk so no thread sits
+/// idle, with the same 4096-block cap as `cfg_1d` (larger inputs grid-stride).
+pub fn cfg_chunks(n: usize) -> LaunchConfig {
+    cfg_1d(n.div_ceil(8))
+}
+
 /// One block per row; threads scale with the row width (a multiple of 32, ≤ 1024).
 pub fn cfg_rows(rows: usize, cols: usize) -> LaunchConfig {
     let t = cols.div_ceil(32).clamp(1, 8) * 32;

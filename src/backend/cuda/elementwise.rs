@@ -2,11 +2,13 @@
 //!
 //! Each op checks dtypes and lengths before launching (a kernel cannot report a shape
 //! error), allocates its output on the input's device, and queues one grid-stride
-//! kernel on the device stream without synchronising.
+//! kernel on the device stream without synchronising. The float kernels move 8-element
+//! chunks per thread (kernels/common.cuh) and launch with `cfg_chunks`; only the i32
+//! casts and fill are scalar and launch with `cfg_1d`.
 
 use std::sync::Arc;
 
-use super::context::{cfg_1d, Arg, Dev};
+use super::context::{cfg_1d, cfg_chunks, Arg, Dev};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::{BackendStorage, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
@@ -61,7 +63,7 @@ pub fn binary(a: &CudaStorage, b: &CudaStorage, op: BinaryOp) -> Result<CudaStor
     if a.len() > 0 {
         a.dev().launch(
             &format!("fb_binary_{s}"),
-            cfg_1d(a.len()),
+            cfg_chunks(a.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(a.ptr()),
@@ -80,7 +82,7 @@ pub fn affine(x: &CudaStorage, mul: f64, add: f64) -> Result<CudaStorage> {
     if x.len() > 0 {
         x.dev().launch(
             &format!("fb_affine_{s}"),
-            cfg_1d(x.len()),
+            cfg_chunks(x.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -99,7 +101,7 @@ pub fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
     if x.len() > 0 {
         x.dev().launch(
             &format!("fb_unary_{s}"),
-            cfg_1d(x.len()),
+            cfg_chunks(x.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -117,7 +119,7 @@ pub fn unary_backward(x: &CudaStorage, dy: &CudaStorage, op: UnaryOp) -> Result<
     if x.len() > 0 {
         x.dev().launch(
             &format!("fb_unary_bwd_{s}"),
-            cfg_1d(x.len()),
+            cfg_chunks(x.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -136,7 +138,7 @@ pub fn gated(gate: &CudaStorage, lin: &CudaStorage, act: UnaryOp) -> Result<Cuda
     if gate.len() > 0 {
         gate.dev().launch(
             &format!("fb_gated_{s}"),
-            cfg_1d(gate.len()),
+            cfg_chunks(gate.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(gate.ptr()),
@@ -162,7 +164,7 @@ pub fn gated_backward(
     if gate.len() > 0 {
         gate.dev().launch(
             &format!("fb_gated_bwd_{s}"),
-            cfg_1d(gate.len()),
+            cfg_chunks(gate.len()),
             &[
                 Arg::Ptr(dg.ptr()),
                 Arg::Ptr(dl.ptr()),
@@ -187,7 +189,7 @@ pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
         let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
         x.dev().launch(
             &format!("fb_dropout_{s}"),
-            cfg_1d(x.len()),
+            cfg_chunks(x.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -211,7 +213,7 @@ pub fn add_bias(x: &CudaStorage, bias: &CudaStorage, cols: usize) -> Result<Cuda
     if x.len() > 0 {
         x.dev().launch(
             &format!("fb_add_bias_{s}"),
-            cfg_1d(x.len()),
+            cfg_chunks(x.len()),
             &[
                 Arg::Ptr(out.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -243,10 +245,17 @@ fn cast_into(dst: &CudaStorage, src: &CudaStorage) -> Result<()> {
             })
         }
     };
+    // The float-to-float casts move 8-element chunks; the i32 ones are scalar loops.
+    let chunked = src.dtype() != DType::I32 && dst.dtype() != DType::I32;
+    let cfg = if chunked {
+        cfg_chunks(src.len())
+    } else {
+        cfg_1d(src.len())
+    };
     if src.len() > 0 {
         src.dev().launch(
             name,
-            cfg_1d(src.len()),
+            cfg,
             &[Arg::Ptr(dst.ptr()), Arg::Ptr(src.ptr()), n64(src.len())],
         )?;
     }
@@ -265,14 +274,20 @@ pub fn cast(x: &CudaStorage, dtype: DType) -> Result<CudaStorage> {
 pub fn full(dev: &Arc<Dev>, len: usize, dtype: DType, value: f64) -> Result<CudaStorage> {
     let out = CudaStorage::alloc(dev, len, dtype)?;
     if len > 0 {
-        let (name, v) = match dtype {
-            DType::I32 => ("fb_fill_i32".to_string(), Arg::I32(value as i32)),
+        // fb_fill_i32 is a scalar loop; the float fills move 8-element chunks.
+        let (name, v, cfg) = match dtype {
+            DType::I32 => (
+                "fb_fill_i32".to_string(),
+                Arg::I32(value as i32),
+                cfg_1d(len),
+            ),
             d => (
                 format!("fb_fill_{}", sfx("full", d)?),
                 Arg::F32(value as f32),
+                cfg_chunks(len),
             ),
         };
-        dev.launch(&name, cfg_1d(len), &[Arg::Ptr(out.ptr()), n64(len), v])?;
+        dev.launch(&name, cfg, &[Arg::Ptr(out.ptr()), n64(len), v])?;
     }
     Ok(out)
 }
@@ -287,7 +302,7 @@ pub fn axpy_(y: &mut CudaStorage, x: &CudaStorage, alpha: f64) -> Result<()> {
     if y.len() > 0 {
         y.dev().launch(
             &name,
-            cfg_1d(y.len()),
+            cfg_chunks(y.len()),
             &[
                 Arg::Ptr(y.ptr()),
                 Arg::Ptr(x.ptr()),
@@ -304,7 +319,7 @@ pub fn scale_(y: &mut CudaStorage, alpha: f64) -> Result<()> {
     if y.len() > 0 {
         y.dev().launch(
             &format!("fb_scale_{s}"),
-            cfg_1d(y.len()),
+            cfg_chunks(y.len()),
             &[Arg::Ptr(y.ptr()), n64(y.len()), Arg::F32(alpha as f32)],
         )?;
     }
@@ -327,7 +342,7 @@ pub fn has_non_finite(x: &CudaStorage) -> Result<bool> {
     let flag = CudaStorage::zeroed(x.dev(), 1, DType::I32)?;
     x.dev().launch(
         &format!("fb_has_non_finite_{s}"),
-        cfg_1d(x.len()),
+        cfg_chunks(x.len()),
         &[Arg::Ptr(x.ptr()), n64(x.len()), Arg::Ptr(flag.ptr())],
     )?;
     flag.flag_set()

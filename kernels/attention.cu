@@ -223,6 +223,32 @@ __device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, 
   }
 }
 
+// load_tile split in two so the next tile's global loads are in flight while this tile
+// is computed: fetch_tile reads this thread's 16-byte chunks into registers (N of them,
+// ceil(ROWS * D/8 / kThreads)), put_tile writes them to the shared tile. Same layout and
+// zero rows past L as load_tile.
+template <int ROWS, int D, int N>
+__device__ __forceinline__ void fetch_tile(uint4 (&r)[N], const __half* g, int row0, int L,
+                                           long long ld) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    r[i] = make_uint4(0u, 0u, 0u, 0u);
+    if (c < ROWS * kChunks && row0 + c / kChunks < L)
+      r[i] = *reinterpret_cast<const uint4*>(g + (long long)(row0 + c / kChunks) * ld + (c % kChunks) * 8);
+  }
+}
+template <int ROWS, int D, int N>
+__device__ __forceinline__ void put_tile(__half* s, const uint4 (&r)[N]) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c < ROWS * kChunks) *reinterpret_cast<uint4*>(s + (c / kChunks) * (D + 8) + (c % kChunks) * 8) = r[i];
+  }
+}
+
 // keep flags of keys [k0, k0 + kBc) for batch b; returns this thread's flag (0 past kBc).
 __device__ __forceinline__ int load_keep(int* keep_s, const int* key_mask, int b, int k0,
                                          int Lk) {
@@ -454,6 +480,14 @@ __device__ __forceinline__ void attn_bwd(
 
   load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
   load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+  int qbeg = 0;
+  if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
+  // The first query tile's loads start now; each iteration starts the next one's before
+  // its MMAs (software pipelining: the walk over query tiles is latency-bound otherwise).
+  constexpr int PR = (BR * (D / 8) + kThreads - 1) / kThreads;
+  uint4 pq[PR], pdo[PR];
+  fetch_tile<BR, D, PR>(pq, qb, qbeg, Lq, ld);
+  fetch_tile<BR, D, PR>(pdo, dob, qbeg, Lq, ld);
   // This thread's two keys are fixed for the whole kernel: keep flags live in registers.
   bool keepk[2];
 #pragma unroll
@@ -483,17 +517,19 @@ __device__ __forceinline__ void attn_bwd(
     dvacc[i][0] = dvacc[i][1] = dvacc[i][2] = dvacc[i][3] = 0.f;
   }
 
-  int qbeg = 0;
-  if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
   for (int q0 = qbeg; q0 < Lq; q0 += BR) {
-    load_tile<BR, D>(q_s, qb, q0, Lq, ld);
-    load_tile<BR, D>(do_s, dob, q0, Lq, ld);
+    put_tile<BR, D, PR>(q_s, pq);
+    put_tile<BR, D, PR>(do_s, pdo);
     if (threadIdx.x < BR) {
       const int r = q0 + threadIdx.x;
       lse_s[threadIdx.x] = r < Lq ? lseb[r] : neg_inf();
       di_s[threadIdx.x] = r < Lq ? deltab[r] : 0.f;
     }
     __syncthreads();
+    if (q0 + BR < Lq) {  // next tile's loads in flight during this tile's work
+      fetch_tile<BR, D, PR>(pq, qb, q0 + BR, Lq, ld);
+      fetch_tile<BR, D, PR>(pdo, dob, q0 + BR, Lq, ld);
+    }
 
     // Dropout keep bits of this thread's BR/2 scores (see the forward kernel).
     unsigned int kbits = 0xffffffffu;

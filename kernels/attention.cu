@@ -12,8 +12,8 @@
 //   for sm_75 each is two m16n8k8; for sm_80+ (__CUDA_ARCH__ >= 800 only) one m16n8k16
 //   on the same registers. Row-major fragments are plain 32-bit shared loads; transposed B
 //   fragments (V, dO, Q, K read along the key or query axis) come from ldmatrix.x4.trans
-//   (sm_75+). No cp.async: global loads go through registers in 16-byte vectors. Nothing
-//   sm_80-only is on the sm_75 path.
+//   (sm_75+). Global loads go through registers in 16-byte vectors, except the sm_80/90
+//   forward's cp.async K/V pipeline. Nothing sm_80-only is on the sm_75 path.
 // - Tiles: 4 warps; forward 64 query rows x 64-key tiles (16 rows per warp); backward one
 //   64-key tile per block (16 keys per warp) walking 32-row query tiles (16 for D=128).
 //   Key tiles that are all padding are skipped. Blocks are ordered batch-fastest so the
@@ -85,14 +85,17 @@
 // dq and dbias are sums of fp32 atomics: not bitwise reproducible run to run (~1e-7 rel).
 //
 // Resources (nvcc 13.0 -O3 -Xptxas -v; no spills on any arch; static smem):
-//   kernel          regs sm_75/80/90   smem B   blocks/SM on T4 (64 KB smem, 64 K regs)
-//   fwd D=64        128 / 154 / 142    18688    4 (capped at 128 regs on sm_75 only)
-//   fwd D=32        128 / 126 / 106    10496    4
-//   fwd D=128       254 / 254 / 174    35072    1
-//   bwd D=64        184 / 165 / 168    32512    2 (BR=32: sized for this)
-//   bwd D=32        212 / 164 / 184    30208    2
-//   bwd D=128       216 / 234 / 235    45952    1 (BR=16)
+//   kernel          regs sm_75/80/86/90    smem B (sm_75, 86 | 80, 90)   blocks/SM on T4
+//   fwd D=64        128 / 154 / 134 / 135  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
+//   fwd D=32        128 / 128 / 104 / 126  10496 | 20736                 4
+//   fwd D=128       254 / 254 / 254 / 174  35072                         1
+//   bwd D=64        202 / 166 / 166 / 168  32512                         2 (BR=32: sized for this)
+//   bwd D=32        230 / 168 / 168 / 191  30208                         2
+//   bwd D=128       234 / 252 / 252 / 243  45952                         1 (BR=16)
 //   preprocess 46/30/30, dq_cast 10/8/10, no smem.
+// Latency hiding: backward issues the next query tile's Q/dO loads (into registers) before
+// the current tile's MMAs; forward on sm_80 / sm_90 double-buffers K/V with cp.async
+// (sm_86/89 and Turing load each tile synchronously: see FB_ATTN_ASYNC).
 // (Turing reserves no shared memory per block as far as we know; if it did, bwd D=64
 // would drop to one block per SM.)
 // ---------------------------------------------------------------------------------------
@@ -223,6 +226,54 @@ __device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, 
   }
 }
 
+// sm_80 and sm_90+ (and the emulation): the forward double-buffers K/V tiles with
+// cp.async, so the next tile streams into shared memory while this one is computed, at no
+// register cost there (ptxas, D=64: 154 / 135 registers, as before). Not sm_86/sm_89:
+// ptxas takes 236 registers for the same code there (134 without), which would cost a
+// third of the blocks per SM. Turing has no cp.async: it keeps the synchronous load_tile.
+#if (!defined(FB_ATTN_EMULATE) && defined(__CUDA_ARCH__) &&                         \
+     (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ >= 900)) ||                             \
+    (defined(FB_ATTN_EMULATE) && defined(FB_ATTN_EMU_K16))
+#define FB_ATTN_ASYNC 1
+#endif
+
+#ifdef FB_ATTN_ASYNC
+// 16 bytes global -> shared without going through registers; src_bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async16(__half* s, const __half* g, bool valid) {
+#ifdef FB_ATTN_EMULATE
+  fb_emu_cp_async16(s, g, valid);
+#else
+  const unsigned int addr = (unsigned int)__cvta_generic_to_shared(s);
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(g), "r"(n));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef FB_ATTN_EMULATE
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef FB_ATTN_EMULATE
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+// load_tile's layout (rows past L zero-filled), issued asynchronously.
+template <int ROWS, int D>
+__device__ __forceinline__ void async_tile(__half* s, const __half* g, int row0, int L,
+                                           long long ld) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int col = (c % kChunks) * 8;
+    const bool valid = row0 + r < L;
+    cp_async16(s + r * (D + 8) + col, valid ? g + (long long)(row0 + r) * ld + col : g, valid);
+  }
+}
+#endif
+
 // load_tile split in two so the next tile's global loads are in flight while this tile
 // is computed: fetch_tile reads this thread's 16-byte chunks into registers (N of them,
 // ceil(ROWS * D/8 / kThreads)), put_tile writes them to the shared tile. Same layout and
@@ -272,8 +323,13 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
                                          float scale, int causal, float dropout_p,
                                          unsigned long long seed) {
   constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
-  __shared__ __align__(16) __half k_s[kBc * S];  // holds the Q tile first
-  __shared__ __align__(16) __half v_s[kBc * S];
+#ifdef FB_ATTN_ASYNC
+  constexpr int NB = D <= 64 ? 2 : 1;  // K/V buffers: two fit the 48 KB static limit to D=64
+#else
+  constexpr int NB = 1;
+#endif
+  __shared__ __align__(16) __half k_sb[NB][kBc * S];  // k_sb[0] holds the Q tile first
+  __shared__ __align__(16) __half v_sb[NB][kBc * S];
   __shared__ int keep_s[kBc];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -294,13 +350,13 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
   static_assert(kBr == kBc, "Q tile reuses the K buffer");
-  load_tile<kBr, D>(k_s, qb, q0, Lq, ld);
+  load_tile<kBr, D>(k_sb[0], qb, q0, Lq, ld);
   __syncthreads();
   unsigned int qf[D / 8][2];
 #pragma unroll
   for (int ks = 0; ks < D / 8; ++ks) {
-    qf[ks][0] = ld_row2(&k_s[(wr + g) * S + ks * 8 + 2 * t]);
-    qf[ks][1] = ld_row2(&k_s[(wr + g + 8) * S + ks * 8 + 2 * t]);
+    qf[ks][0] = ld_row2(&k_sb[0][(wr + g) * S + ks * 8 + 2 * t]);
+    qf[ks][1] = ld_row2(&k_sb[0][(wr + g + 8) * S + ks * 8 + 2 * t]);
   }
   __syncthreads();
 
@@ -312,13 +368,41 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 
   int kend = Lk;
   if (causal) kend = min(Lk, max(0, q0 + kBr + off));  // last row of the tile sees < this
-  for (int k0 = 0; k0 < kend; k0 += kBc) {
-    load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
-    load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+#ifdef FB_ATTN_ASYNC
+  if (NB == 2 && kend > 0) {
+    async_tile<kBc, D>(k_sb[0], kb, 0, Lk, ld);
+    async_tile<kBc, D>(v_sb[0], vb, 0, Lk, ld);
+    cp_async_commit();
+  }
+#endif
+  int buf = 0;
+  for (int k0 = 0; k0 < kend; k0 += kBc, buf ^= NB - 1) {
+    __half* k_s = k_sb[buf];
+    __half* v_s = v_sb[buf];
+#ifdef FB_ATTN_ASYNC
+    if (NB == 2) {
+      // The other buffer was last read before the previous iteration's closing barrier.
+      if (k0 + kBc < kend) {
+        async_tile<kBc, D>(k_sb[buf ^ 1], kb, k0 + kBc, Lk, ld);
+        async_tile<kBc, D>(v_sb[buf ^ 1], vb, k0 + kBc, Lk, ld);
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's group is done, the next one may still fly
+      } else {
+        cp_async_wait<0>();
+      }
+    } else
+#endif
+    {
+      load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
+      load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+    }
     const int mykeep = load_keep(keep_s, key_mask, b, k0, Lk);
-    // A tile whose keys are all padding adds nothing: skip it (uniform across the block, and
-    // nothing reads k_s / v_s / keep_s before the next iteration's barrier).
-    if (!__syncthreads_or(mykeep)) continue;
+    // A tile whose keys are all padding adds nothing: skip it (uniform across the block).
+    // The barrier also makes every thread's copies of this tile visible.
+    if (!__syncthreads_or(mykeep)) {
+      __syncthreads();  // keep_s and the buffers are rewritten next iteration
+      continue;
+    }
 
     // Dropout keep bits of this thread's 32 scores, drawn before the MMAs while few
     // registers are live (the 64-bit hash interleaved with the softmax costs spills).

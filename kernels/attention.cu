@@ -28,7 +28,7 @@
 //   spread over H·Lq·Lk addresses so contention is only B-way. dq_accum costs
 //   B·Lq·H·D·ceil(Lk/64) atomics. A last kernel casts dq_accum to fp16.
 // - Dropout on the probabilities (HF's attention dropout) is fused: keep(b,h,i,j) is
-//   backend::dropout_keep(seed, ((b*H + h)*Lq + i)*Lk + j, p) — the same splitmix64 hash as
+//   backend::dropout_keep(seed, ((b*H + h)*Lq + i)*Lk + j, p) — the same hash as
 //   the unfused dropout over a [B, H, Lq, Lk] probability tensor — so backward regenerates
 //   the mask instead of storing it. out = (P∘Z)·V with Z = keep/(1-p); lse is the softmax's
 //   (before dropout); dS = P∘(Z∘dP' − delta) with dP' = dO·Vᵀ and delta = rowsum(dO∘O).
@@ -190,15 +190,23 @@ __device__ __forceinline__ unsigned int pack2(float lo, float hi) {
   return *reinterpret_cast<unsigned int*>(&h);
 }
 
-// backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64 finaliser of
-// seed + (i + 1)·φ, top 24 bits as a uniform in [0, 1), kept when >= p.
+// backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64(seed) -> (odd m, a),
+// hoisted out of the loops by the compiler; per score lowbias32(fold32(i) * m + a), top 24
+// bits as a uniform in [0, 1), kept when >= p (32-bit multiplies only per score).
 __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long i,
                                              float p) {
-  unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  x ^= x >> 31;
-  return (float)(x >> 40) * (1.0f / 16777216.0f) >= p;
+  unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const unsigned int m = (unsigned int)z | 1u, a = (unsigned int)(z >> 32);
+  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * m + a;
+  h ^= h >> 16;
+  h *= 0x7FEB352Du;
+  h ^= h >> 15;
+  h *= 0x846CA68Bu;
+  h ^= h >> 16;
+  return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
 }
 
 // (head, batch) of this block. Launch order runs blockIdx.y fastest after x; reading the

@@ -7,7 +7,7 @@
 //   stored as a raw 16-bit pattern (`fb_half`) and converted with the PTX `cvt`
 //   instructions, which exist on every architecture we target (sm_75 and up).
 // - All arithmetic is fp32; f16 is storage only. Reductions accumulate in fp32.
-// - The dropout hash is bit-for-bit the one in crate::backend::dropout_keep, so the CPU
+// - The dropout hash is bit-for-bit crate::backend::dropout_keep, so the CPU
 //   and CUDA backends draw the same mask and backward can re-derive it from the seed.
 // - Nothing here needs sm_80+: warp shuffles and float atomicAdd exist on sm_75.
 #pragma once
@@ -80,16 +80,24 @@ __device__ __forceinline__ float fb_block_max(float v, float* scratch) {
     return r;
 }
 
-// splitmix64 finaliser of seed + (i + 1) * phi; top 24 bits as a uniform in [0, 1).
-// Must stay identical to crate::backend::dropout_keep.
+// crate::backend::dropout_keep, bit for bit (see its comment): the seed mixed by splitmix64
+// into (odd multiplier m, offset a) — loop-invariant, so the compiler hoists it — then
+// lowbias32(fold32(i) * m + a), top 24 bits as a uniform in [0, 1), kept when >= p. All
+// per-element arithmetic is 32-bit: a 64-bit multiply is several instructions on a GPU.
 __device__ __forceinline__ bool fb_dropout_keep(unsigned long long seed, unsigned long long i,
                                                 float p) {
-    unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    x ^= x >> 31;
-    float u = (float)(x >> 40) / 16777216.0f;
-    return u >= p;
+    unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const unsigned int m = (unsigned int)z | 1u, a = (unsigned int)(z >> 32);
+    unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * m + a;
+    h ^= h >> 16;
+    h *= 0x7FEB352Du;
+    h ^= h >> 15;
+    h *= 0x846CA68Bu;
+    h ^= h >> 16;
+    return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
 }
 
 // Deferred error record for bad ids/targets, an int[4] that lives on the device for the

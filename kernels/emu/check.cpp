@@ -180,6 +180,20 @@ static void check_fused_ln_case(const char* tag, i64 rows, i64 cols, float p, in
     (void)dg;
 }
 
+// fb_dropout_keep against the words src/backend/mod.rs (dropout_tests::GOLDEN) asserts for
+// the Rust copy: both come from an independent transcription of the hash.
+static void check_dropout_golden() {
+    const unsigned long long base[2] = {0ull, (1ull << 32) | 5ull};
+    const unsigned long long want[2] = {0x108f841ec86e69aeull, 0x15fc12c89560c12full};
+    double bad = 0;
+    for (int w = 0; w < 2; ++w) {
+        unsigned long long got = 0;
+        for (int k = 0; k < 64; ++k) got |= (unsigned long long)fb_dropout_keep(12345ull, base[w] + k, 0.5f) << k;
+        bad += got != want[w];
+    }
+    report("dropout_keep_golden", bad, 0.0);
+}
+
 static void check_fused_norm() {
     // Vector path (width a multiple of 8, aligned), scalar tail, unaligned operands; f32 and f16.
     check_fused_ln_case<float>("f32_vec", 3, 48, 0.3f, 0, fb_add_layer_norm_fwd_f32, fb_add_layer_norm_bwd_f32, fb_layer_norm_fwd_f32, fb_layer_norm_bwd_f32, fb_dropout_f32, fb_binary_f32);
@@ -564,6 +578,7 @@ static void check_attention() {
 int main() {
     check_norms();
     check_fused_norm();
+    check_dropout_golden();
     check_softmax_ce();
     check_reduce_layout_embed();
     check_elementwise_adamw();

@@ -18,15 +18,21 @@ struct Case {
   unsigned long long seed = 0;
 };
 
-// src/backend/mod.rs dropout_keep, transcribed: splitmix64 finaliser of seed + (i+1)·φ,
-// top 24 bits as a uniform in [0, 1), kept when >= p.
+// src/backend/mod.rs dropout_keep, transcribed: splitmix64(seed) -> (odd m, a), then
+// lowbias32(fold32(i) * m + a), top 24 bits as a uniform in [0, 1), kept when >= p.
 static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, float p) {
-  unsigned long long x = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  x ^= x >> 31;
-  const float u = (float)(x >> 40) / 16777216.0f;
-  return u >= p;
+  unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const unsigned int m = (unsigned int)z | 1u, a = (unsigned int)(z >> 32);
+  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * m + a;
+  h ^= h >> 16;
+  h *= 0x7FEB352Du;
+  h ^= h >> 15;
+  h *= 0x846CA68Bu;
+  h ^= h >> 16;
+  return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
 }
 
 // Dropout multiplier Z for probability (b, h, i, j): 0 or 1/(1-p).

@@ -332,8 +332,27 @@ static bool run_case(const Case& c, unsigned seed) {
   return pass;
 }
 
+// The kernel's and the reference's dropout hash against the words the Rust copy asserts
+// (src/backend/mod.rs dropout_tests::GOLDEN, from an independent transcription).
+static bool dropout_golden() {
+  const unsigned long long base[2] = {0ull, (1ull << 32) | 5ull};
+  const unsigned long long want[2] = {0x108f841ec86e69aeull, 0x15fc12c89560c12full};
+  bool ok = true;
+  for (int w = 0; w < 2; ++w) {
+    unsigned long long a = 0, r = 0;
+    for (int k = 0; k < 64; ++k) {
+      a |= (unsigned long long)fbattn::dropout_keep(12345ull, base[w] + k, 0.5f) << k;
+      r |= (unsigned long long)ref_dropout_keep(12345ull, base[w] + k, 0.5f) << k;
+    }
+    ok = ok && a == want[w] && r == want[w];
+  }
+  std::printf("EMUCHECK dropout_golden pass=%s\n", ok ? "true" : "false");
+  return ok;
+}
+
 int main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : nullptr;
+  const bool golden_ok = dropout_golden();
   const std::vector<Case> cases = {
       {"tiny_64x64", 1, 1, 64, 64, 64, 0.125f, false, false, {}},
       {"pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}},
@@ -363,5 +382,5 @@ int main(int argc, char** argv) {
   const char* path = "sm75 (m16n8k8)";
 #endif
   printf("EMUCHECK summary [%s]: %d/%d passed\n", path, run - failed, run);
-  return failed ? 1 : 0;
+  return failed || !golden_ok ? 1 : 0;
 }

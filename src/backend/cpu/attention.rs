@@ -161,10 +161,11 @@ fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> 
     }
     let keep_scale = T::of(1.0 / (1.0 - s.dropout as f64));
     let base = ((bi * s.h + hi) * s.lq * s.lk) as u64;
+    let key = crate::backend::dropout_key(s.seed);
     Some(
         (0..(s.lq * s.lk) as u64)
             .map(|i| {
-                if crate::backend::dropout_keep(s.seed, base + i, s.dropout) {
+                if crate::backend::dropout_keep_keyed(key, base + i, s.dropout) {
                     keep_scale
                 } else {
                     T::zero()

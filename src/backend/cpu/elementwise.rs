@@ -10,7 +10,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::{check_len, dtype_err, rows_of, CpuData, CpuStorage, Real, PAR_MIN};
-use crate::backend::{dropout_keep, BinaryOp, UnaryOp};
+use crate::backend::{dropout_keep_keyed, dropout_key, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -235,8 +235,9 @@ pub(super) fn dropout<T: Real>(a: &CpuStorage, p: f32, seed: u64) -> Result<CpuS
     } else {
         T::zero()
     };
+    let key = dropout_key(seed);
     Ok(CpuStorage::from_real(map_idx(x, |i, v| {
-        if dropout_keep(seed, i as u64, p) {
+        if dropout_keep_keyed(key, i as u64, p) {
             v * scale
         } else {
             T::zero()

@@ -46,8 +46,8 @@
 //   dq_accum         : fp32 [B, Lq, H, D] workspace
 // score(b,h,i,j) = scale * q_i·k_j + bias[h,i,j], j allowed iff key_mask[b,j] != 0 and
 // (causal == 0 or j <= i + (Lk - Lq)). Rows with no allowed key: out = 0, lse = -inf.
-// dropout_p in [0, 1) (float), seed (unsigned long long = u64): see above; pass the same pair
-// to forward and backward of one attention call.
+// dropout_p in [0, 1) (float), key (unsigned long long = u64) = backend::dropout_key_packed(
+// seed): see dropout_keep below; pass the same pair to forward and backward of one call.
 //
 // Kernels (all: int = int32, float = fp32, pointers are device addresses; D is the head dim).
 // "_d32" / "_d128" variants have exactly the same arguments and launch shape as the D = 64
@@ -57,7 +57,7 @@
 // 1. fb_attn_fwd_f16 (D=64), fb_attn_fwd_f16_d32, fb_attn_fwd_f16_d128
 //    (const half* q, const half* k, const half* v, const int* key_mask, const float* bias,
 //     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal,
-//     float dropout_p, unsigned long long seed)
+//     float dropout_p, unsigned long long key)
 //    grid = (ceil(Lq / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
 // 2. fb_attn_bwd_preprocess_f16
@@ -71,7 +71,7 @@
 //    (const half* q, const half* k, const half* v, const half* dout, const float* lse,
 //     const float* delta, const int* key_mask, const float* bias, half* dk, half* dv,
 //     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,
-//     float dropout_p, unsigned long long seed)
+//     float dropout_p, unsigned long long key)
 //    Writes dk, dv; adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
 //    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
@@ -84,14 +84,15 @@
 // Workspace: lse and delta B·H·Lq·4 bytes each, dq_accum B·Lq·H·D·4, dbias H·Lq·Lk·4.
 // dq and dbias are sums of fp32 atomics: not bitwise reproducible run to run (~1e-7 rel).
 //
-// Resources (nvcc 13.0 -O3 -Xptxas -v; no spills on any arch; static smem):
+// Resources (nvcc 13.0 -O3 -Xptxas -v; static smem; no spills except bwd D=32 on sm_90,
+// where ptxas keeps 168 registers and spills 4 bytes rather than drop to 2 blocks/SM):
 //   kernel          regs sm_75/80/86/90    smem B (sm_75, 86 | 80, 90)   blocks/SM on T4
-//   fwd D=64        128 / 154 / 134 / 135  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
-//   fwd D=32        128 / 128 / 104 / 126  10496 | 20736                 4
-//   fwd D=128       254 / 254 / 254 / 174  35072                         1
-//   bwd D=64        202 / 166 / 166 / 168  32512                         2 (BR=32: sized for this)
-//   bwd D=32        230 / 168 / 168 / 191  30208                         2
-//   bwd D=128       234 / 252 / 252 / 243  45952                         1 (BR=16)
+//   fwd D=64        128 / 136 / 127 / 141  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
+//   fwd D=32        127 / 125 / 110 / 126  10496 | 20736                 4
+//   fwd D=128       216 / 202 / 218 / 172  35072                         1
+//   bwd D=64        184 / 165 / 165 / 168  32512                         2 (BR=32: sized for this)
+//   bwd D=32        196 / 166 / 168 / 168  30208                         2
+//   bwd D=128       229 / 242 / 242 / 241  45952                         1 (BR=16)
 //   preprocess 46/30/30, dq_cast 10/8/10, no smem.
 // Latency hiding: backward issues the next query tile's Q/dO loads (into registers) before
 // the current tile's MMAs; forward on sm_80 / sm_90 double-buffers K/V with cp.async
@@ -190,17 +191,15 @@ __device__ __forceinline__ unsigned int pack2(float lo, float hi) {
   return *reinterpret_cast<unsigned int*>(&h);
 }
 
-// backend::dropout_keep (src/backend/mod.rs), bit for bit: splitmix64(seed) -> (odd m, a),
-// hoisted out of the loops by the compiler; per score lowbias32(fold32(i) * m + a), top 24
-// bits as a uniform in [0, 1), kept when >= p (32-bit multiplies only per score).
-__device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long i,
+// backend::dropout_keep (src/backend/mod.rs), bit for bit, from the dropout key
+// (backend::dropout_key_packed(seed) = odd m | a << 32, made on the host): per score
+// lowbias32(fold32(i) * m + a), top 24 bits as a uniform in [0, 1), kept when >= p. m and a
+// come straight from the kernel parameters: 32-bit multiplies only, no extra registers.
+__device__ __forceinline__ bool dropout_keep(unsigned long long key, unsigned long long i,
                                              float p) {
-  unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  const unsigned int m = (unsigned int)z | 1u, a = (unsigned int)(z >> 32);
-  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * m + a;
+  unsigned int h =
+      ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * (unsigned int)key +
+      (unsigned int)(key >> 32);
   h ^= h >> 16;
   h *= 0x7FEB352Du;
   h ^= h >> 15;
@@ -329,7 +328,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
                                          const float* __restrict__ bias, __half* __restrict__ out,
                                          float* __restrict__ lse, int B, int H, int Lq, int Lk,
                                          float scale, int causal, float dropout_p,
-                                         unsigned long long seed) {
+                                         unsigned long long key) {
   constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
 #ifdef FB_ATTN_ASYNC
   constexpr int NB = D <= 64 ? 2 : 1;  // K/V buffers: two fit the 48 KB static limit to D=64
@@ -422,7 +421,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
         const int nt = bit >> 2, e = bit & 3;
         const unsigned long long idx =
             (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
-        kbits |= (unsigned int)dropout_keep(seed, idx, dropout_p) << bit;
+        kbits |= (unsigned int)dropout_keep(key, idx, dropout_p) << bit;
       }
     }
 
@@ -534,7 +533,7 @@ __device__ __forceinline__ void attn_bwd(
     const float* __restrict__ delta, const int* __restrict__ key_mask,
     const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
     float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
-    float scale, int causal, float dropout_p, unsigned long long seed) {
+    float scale, int causal, float dropout_p, unsigned long long key) {
   constexpr int S = D + 8;
   constexpr int SD = kBc + 8;  // dS tile row stride (halves)
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
@@ -632,7 +631,7 @@ __device__ __forceinline__ void attn_bwd(
         const int nt = bit >> 2, e = bit & 3;
         const int j = k0 + kw + g + ((e >> 1) << 3);
         const int r = q0 + nt * 8 + 2 * t + (e & 1);
-        kbits |= (unsigned int)dropout_keep(seed, (drop_base + r) * Lk + j, dropout_p) << bit;
+        kbits |= (unsigned int)dropout_keep(key, (drop_base + r) * Lk + j, dropout_p) << bit;
       }
     }
 
@@ -789,9 +788,9 @@ __device__ __forceinline__ void attn_bwd(
   extern "C" __global__ void BOUNDS NAME(                                                     \
       const __half* q, const __half* k, const __half* v, const int* key_mask,                \
       const float* bias, __half* out, float* lse, int B, int H, int Lq, int Lk, float scale, \
-      int causal, float dropout_p, unsigned long long seed) {                                 \
+      int causal, float dropout_p, unsigned long long key) {                                 \
     fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal,      \
-                        dropout_p, seed);                                                     \
+                        dropout_p, key);                                                     \
   }
 
 #define FB_ATTN_BWD(NAME, D, BR)                                                               \
@@ -799,9 +798,9 @@ __device__ __forceinline__ void attn_bwd(
       const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
       const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
       float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,   \
-      float dropout_p, unsigned long long seed) {                                              \
+      float dropout_p, unsigned long long key) {                                              \
     fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
-                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, seed);             \
+                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, key);             \
   }
 
 FB_ATTN_FWD(fb_attn_fwd_f16, 64, FB_FWD_BOUNDS_SMALL_D)

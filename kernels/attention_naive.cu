@@ -22,9 +22,9 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
 // Probability dropout multiplier Z of flat [B, H, Lq, Lk] index `idx` (the same index the
 // fused kernel and the CPU reference use): 0 or 1/(1-p); 1 when p = 0. With dropout,
 // O = (P*Z).V, so backward uses delta = sum_j P*Z*dP, dS = P*(Z*dP - delta), dV = (P*Z)^T.dO.
-__device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, i64 idx) {
+__device__ __forceinline__ float fb_attn_drop(float p, unsigned long long key, i64 idx) {
     if (p <= 0.0f) return 1.0f;
-    return fb_dropout_keep(seed, (unsigned long long)idx, p) ? 1.0f / (1.0f - p) : 0.0f;
+    return fb_dropout_keep_k(key, (unsigned long long)idx, p) ? 1.0f / (1.0f - p) : 0.0f;
 }
 
 #define FB_ATTN(S, T)                                                                         \
@@ -32,7 +32,7 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, 
                                                    const T* bias, const int* key_mask, i64 nb, \
                                                    i64 nh, i64 lq, i64 lk, float scale,       \
                                                    int causal, float drop_p,                  \
-                                                   unsigned long long seed) {                 \
+                                                   unsigned long long key) {                 \
         __shared__ float scratch[32];                                                         \
         i64 row = blockIdx.x;                                                                 \
         i64 i = row % lq;                                                                     \
@@ -56,7 +56,7 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, 
             float v = 0.0f;                                                                   \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
                 v = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - m) / z;                 \
-            v *= fb_attn_drop(drop_p, seed, row * lk + j);                                    \
+            v *= fb_attn_drop(drop_p, key, row * lk + j);                                    \
             fb_st(p + row * lk, j, v);                                                        \
         }                                                                                     \
         if (threadIdx.x == 0) lse[row] = empty ? -fb_inf() : m + logf(z);                     \
@@ -70,7 +70,7 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, 
                                                        const int* key_mask, i64 nb, i64 nh,   \
                                                        i64 lq, i64 lk, float scale,           \
                                                        int causal, float drop_p,              \
-                                                       unsigned long long seed) {             \
+                                                       unsigned long long key) {             \
         __shared__ float scratch[32];                                                         \
         i64 row = blockIdx.x;                                                                 \
         i64 i = row % lq;                                                                     \
@@ -86,13 +86,13 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long seed, 
             for (i64 j = threadIdx.x; j < lk; j += blockDim.x)                                \
                 if (fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                          \
                     d += expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l) * dpr[j] *      \
-                         fb_attn_drop(drop_p, seed, row * lk + j);                            \
+                         fb_attn_drop(drop_p, key, row * lk + j);                            \
         d = fb_block_sum(d, scratch);                                                         \
         for (i64 j = threadIdx.x; j < lk; j += blockDim.x) {                                  \
             float pj = 0.0f;                                                                  \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
                 pj = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l);                    \
-            float zj = fb_attn_drop(drop_p, seed, row * lk + j);                              \
+            float zj = fb_attn_drop(drop_p, key, row * lk + j);                              \
             float g = pj * (zj * dpr[j] - d);                                                 \
             fb_st(ds + row * lk, j, g);                                                       \
             fb_st(p_out + row * lk, j, pj * zj);                                              \

@@ -149,14 +149,14 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
     /* The mask is drawn per ELEMENT index c + k, so it is the same whatever the chunking \
        and stays bit-identical to crate::backend::dropout_keep. */                           \
     extern "C" __global__ void fb_dropout_##S(T* out, const T* x, i64 n, float p, float scale, \
-                                              unsigned long long seed) {                     \
+                                              unsigned long long key) {                     \
         bool vec = fb_al16(out) && fb_al16(x);                                               \
         FB_CHUNK_STRIDE(c, n) {                                                              \
             int m = fb_chunk_len(c, n);                                                      \
             float v[FB_VEC];                                                                 \
             fb_ldv(x, c, m, vec, v);                                                         \
             FB_LANES(k) {                                                                    \
-                bool keep = fb_dropout_keep(seed, (unsigned long long)(c + k), p);           \
+                bool keep = fb_dropout_keep_k(key, (unsigned long long)(c + k), p);           \
                 v[k] = keep ? v[k] * scale : 0.0f;                                           \
             }                                                                                \
             fb_stv(out, c, m, vec, v);                                                       \

@@ -19,7 +19,7 @@
 // gradient keep * ds / (1 - p) in the same pass. Every intermediate is rounded to the
 // storage type exactly where the unfused ops stored it, so the fused results equal
 // dropout -> add -> layer_norm (and their backward) bit for bit, and the dropout mask is
-// the same function of (seed, element index).
+// the same function of (dropout key, element index).
 #include "common.cuh"
 
 #define FB_NORM_COLS_X 32
@@ -35,7 +35,7 @@ template <class T>
 __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, float* rstd_out,
                                               const T* x, const T* a, const T* gamma,
                                               const T* beta, i64 r, i64 cols, float eps,
-                                              float p, float scale, unsigned long long seed) {
+                                              float p, float scale, unsigned long long key) {
     __shared__ float scratch[32];
     const i64 o = r * cols;
     bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma) && fb_al16(beta);
@@ -53,7 +53,7 @@ __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, f
             for (int k = 0; k < FB_VEC; ++k) {
                 float dk = d[k];
                 if (p > 0.0f)
-                    dk = fb_dropout_keep(seed, (unsigned long long)(o + c + k), p) ? fb_round(y, dk * scale) : 0.0f;
+                    dk = fb_dropout_keep_k(key, (unsigned long long)(o + c + k), p) ? fb_round(y, dk * scale) : 0.0f;
                 v[k] = fb_round(y, dk + v[k]);
             }
             fb_stv(s_out, o + c, m, vec, v);
@@ -95,7 +95,7 @@ template <class T>
 __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T* gamma,
                                               const float* mean, const float* rstd, const T* dy,
                                               i64 r, i64 cols, float p, float scale,
-                                              unsigned long long seed) {
+                                              unsigned long long key) {
     __shared__ float scratch[32];
     const i64 o = r * cols;
     bool vec = cols % FB_VEC == 0 && fb_al16(dx) && fb_al16(x) && fb_al16(gamma) && fb_al16(dy);
@@ -129,7 +129,7 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
         if (da) {
 #pragma unroll
             for (int k = 0; k < FB_VEC; ++k)
-                xv[k] = fb_dropout_keep(seed, (unsigned long long)(o + c + k), p) ? fb_round(dx, xv[k]) * scale : 0.0f;
+                xv[k] = fb_dropout_keep_k(key, (unsigned long long)(o + c + k), p) ? fb_round(dx, xv[k]) * scale : 0.0f;
             fb_stv(da, o + c, m, vec, xv);
         }
     }
@@ -199,13 +199,13 @@ __device__ __forceinline__ void fb_rms_bwd_row(T* dx, const T* x, const T* gamma
         fb_ln_fwd_row<T>(y, nullptr, mean_out, rstd_out, x, nullptr, gamma, beta, blockIdx.x, \
                          cols, eps, 0.0f, 1.0f, 0ull);                                        \
     }                                                                                         \
-    /* y = LN(s), s = dropout(a, p, seed) + res (p = 0: a + res); s is stored too. */         \
+    /* y = LN(s), s = dropout(a, p, key) + res (p = 0: a + res); s is stored too. */         \
     extern "C" __global__ void __launch_bounds__(1024) fb_add_layer_norm_fwd_##S(              \
         T* y, T* s, float* mean_out, float* rstd_out, const T* a, const T* res,              \
         const T* gamma, const T* beta, i64 rows, i64 cols, float eps, float p, float scale,   \
-        unsigned long long seed) {                                                            \
+        unsigned long long key) {                                                             \
         fb_ln_fwd_row<T>(y, s, mean_out, rstd_out, res, a, gamma, beta, blockIdx.x, cols,     \
-                         eps, p, scale, seed);                                                \
+                         eps, p, scale, key);                                                \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(1024) fb_layer_norm_bwd_##S(                  \
         T* dx, const T* x, const T* gamma, const float* mean, const float* rstd, const T* dy, \
@@ -216,8 +216,8 @@ __device__ __forceinline__ void fb_rms_bwd_row(T* dx, const T* x, const T* gamma
     /* ds = LayerNorm's dx; da = dropout backward of ds (keep * ds * scale). p > 0. */        \
     extern "C" __global__ void __launch_bounds__(1024) fb_add_layer_norm_bwd_##S(              \
         T* ds, T* da, const T* s, const T* gamma, const float* mean, const float* rstd,       \
-        const T* dy, i64 rows, i64 cols, float p, float scale, unsigned long long seed) {     \
-        fb_ln_bwd_row<T>(ds, da, s, gamma, mean, rstd, dy, blockIdx.x, cols, p, scale, seed); \
+        const T* dy, i64 rows, i64 cols, float p, float scale, unsigned long long key) {      \
+        fb_ln_bwd_row<T>(ds, da, s, gamma, mean, rstd, dy, blockIdx.x, cols, p, scale, key);  \
     }                                                                                         \
     /* dgamma[c] = sum_r dy * xhat ; dbeta[c] = sum_r dy, over rows [blockIdx.y*chunk,    */  \
     /* +chunk) into float partials [chunks, cols] (pb may be null: RMSNorm); reduce.cu's    */  \

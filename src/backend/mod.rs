@@ -994,6 +994,13 @@ pub fn dropout_key(seed: u64) -> (u32, u32) {
     ((z as u32) | 1, (z >> 32) as u32)
 }
 
+/// [`dropout_key`] as the CUDA kernels take it: `m | a << 32` in their `key` argument
+/// (mixed once on the host, so a kernel reads m and a from its parameters).
+pub fn dropout_key_packed(seed: u64) -> u64 {
+    let (m, a) = dropout_key(seed);
+    m as u64 | (a as u64) << 32
+}
+
 /// [`dropout_keep`] with the seed already mixed by [`dropout_key`].
 #[inline]
 pub fn dropout_keep_keyed(key: (u32, u32), i: u64, p: f32) -> bool {
@@ -1005,6 +1012,44 @@ pub fn dropout_keep_keyed(key: (u32, u32), i: u64, p: f32) -> bool {
     h = h.wrapping_mul(0x846C_A68B);
     h ^= h >> 16;
     ((h >> 8) as f32) * (1.0 / 16_777_216.0) >= p
+}
+
+/// `x [rows, in] · wᵀ + bias` in one GEMM with the bias added by its epilogue (CUDA,
+/// cuBLASLt). `Ok(None)` when there is no such path for these operands (the CPU, or
+/// cuBLASLt declines): the caller then runs `matmul` + `add_bias`.
+pub fn linear_bias_fused(
+    x: &Storage,
+    w: &Storage,
+    bias: &Storage,
+    rows: usize,
+    out_f: usize,
+    in_f: usize,
+) -> Result<Option<Storage>> {
+    match (x, w, bias) {
+        (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
+            Ok(cuda::blaslt::linear_bias(x, w, b, rows, out_f, in_f)?.map(Storage::Cuda))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A linear layer's weight and bias gradients, `dW [out, in] = dyᵀ · x` and
+/// `db [out] = Σ_rows dy`, from one GEMM whose epilogue reduces the bias gradient
+/// (CUDA, cuBLASLt). `Ok(None)` when there is no such path (see [`linear_bias_fused`]).
+pub fn linear_wgrad_bgrad_fused(
+    dy: &Storage,
+    x: &Storage,
+    rows: usize,
+    out_f: usize,
+    in_f: usize,
+) -> Result<Option<(Storage, Storage)>> {
+    match (dy, x) {
+        (Storage::Cuda(dy), Storage::Cuda(x)) => {
+            Ok(cuda::blaslt::linear_wgrad_bgrad(dy, x, rows, out_f, in_f)?
+                .map(|(w, b)| (Storage::Cuda(w), Storage::Cuda(b))))
+        }
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -1051,6 +1096,13 @@ mod dropout_tests {
         assert!(close(hi, 100_000, 0.5, 5.0), "{hi}");
     }
 
+    #[test]
+    fn packed_key_holds_both_halves() {
+        let (m, a) = dropout_key(9);
+        assert_eq!(super::dropout_key_packed(9), m as u64 | (a as u64) << 32);
+        assert_eq!(m & 1, 1, "the multiplier is odd (a bijection of the index)");
+    }
+
     /// The first 64 decisions of seed 12345 at p = 0.5 (bit k = element base + k), from an
     /// independent Python transcription of the hash; kernels/emu/check.cpp asserts the same
     /// words for fb_dropout_keep, which ties the CUDA copy to this one without a GPU.
@@ -1077,43 +1129,5 @@ mod dropout_tests {
             assert!(dropout_keep(42, i, 0.0), "p = 0 keeps everything");
             assert!(!dropout_keep(42, i, 1.0), "p = 1 keeps nothing");
         }
-    }
-}
-
-/// `x [rows, in] · wᵀ + bias` in one GEMM with the bias added by its epilogue (CUDA,
-/// cuBLASLt). `Ok(None)` when there is no such path for these operands (the CPU, or
-/// cuBLASLt declines): the caller then runs `matmul` + `add_bias`.
-pub fn linear_bias_fused(
-    x: &Storage,
-    w: &Storage,
-    bias: &Storage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
-) -> Result<Option<Storage>> {
-    match (x, w, bias) {
-        (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
-            Ok(cuda::blaslt::linear_bias(x, w, b, rows, out_f, in_f)?.map(Storage::Cuda))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// A linear layer's weight and bias gradients, `dW [out, in] = dyᵀ · x` and
-/// `db [out] = Σ_rows dy`, from one GEMM whose epilogue reduces the bias gradient
-/// (CUDA, cuBLASLt). `Ok(None)` when there is no such path (see [`linear_bias_fused`]).
-pub fn linear_wgrad_bgrad_fused(
-    dy: &Storage,
-    x: &Storage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
-) -> Result<Option<(Storage, Storage)>> {
-    match (dy, x) {
-        (Storage::Cuda(dy), Storage::Cuda(x)) => {
-            Ok(cuda::blaslt::linear_wgrad_bgrad(dy, x, rows, out_f, in_f)?
-                .map(|(w, b)| (Storage::Cuda(w), Storage::Cuda(b))))
-        }
-        _ => Ok(None),
     }
 }

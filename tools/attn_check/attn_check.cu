@@ -86,7 +86,7 @@ static void launch_fwd(const Dev& d, const Case& c) {
   dim3 grid(cdiv(c.Lq, 64), c.H, c.B), block(128);
   const int causal = c.causal ? 1 : 0;
 #define FWD_ARGS \
-  d.q, d.k, d.v, d.mask, d.bias, d.out, d.lse, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, c.seed
+  d.q, d.k, d.v, d.mask, d.bias, d.out, d.lse, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
   switch (c.D) {
     case 32: fb_attn_fwd_f16_d32<<<grid, block>>>(FWD_ARGS); break;
     case 64: fb_attn_fwd_f16<<<grid, block>>>(FWD_ARGS); break;
@@ -106,7 +106,7 @@ static void launch_bwd(const Dev& d, const Case& c) {
   const int causal = c.causal ? 1 : 0;
 #define BWD_ARGS                                                                          \
   d.q, d.k, d.v, d.dout, d.lse, d.delta, d.mask, d.bias, d.dk, d.dv, d.dq_acc, d.dbias, c.B, \
-      c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, c.seed
+      c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
   switch (c.D) {
     case 32: fb_attn_bwd_f16_d32<<<grid, block>>>(BWD_ARGS); break;
     case 64: fb_attn_bwd_f16<<<grid, block>>>(BWD_ARGS); break;

@@ -18,15 +18,20 @@ struct Case {
   unsigned long long seed = 0;
 };
 
-// src/backend/mod.rs dropout_keep, transcribed: splitmix64(seed) -> (odd m, a), then
-// lowbias32(fold32(i) * m + a), top 24 bits as a uniform in [0, 1), kept when >= p.
-static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, float p) {
+// src/backend/mod.rs dropout_key_packed / dropout_keep, transcribed: splitmix64(seed) ->
+// key = odd m | a << 32 (what the kernels take), then lowbias32(fold32(i) * m + a), top
+// 24 bits as a uniform in [0, 1), kept when >= p.
+static unsigned long long ref_dropout_key(unsigned long long seed) {
   unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
-  const unsigned int m = (unsigned int)z | 1u, a = (unsigned int)(z >> 32);
-  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * m + a;
+  return z | 1ull;
+}
+static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, float p) {
+  const unsigned long long key = ref_dropout_key(seed);
+  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * (unsigned int)key +
+                   (unsigned int)(key >> 32);
   h ^= h >> 16;
   h *= 0x7FEB352Du;
   h ^= h >> 15;

@@ -302,7 +302,7 @@ static bool run_case(const Case& c, unsigned seed) {
   auto bwd = c.D == 32 ? fb_attn_bwd_f16_d32 : c.D == 128 ? fb_attn_bwd_f16_d128 : fb_attn_bwd_f16;
   launch(Dim3{cdiv(c.Lq, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
     fwd(hq.data(), hk.data(), hv.data(), mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk,
-        c.scale, causal, c.dropout, c.seed);
+        c.scale, causal, c.dropout, ref_dropout_key(c.seed));
   });
   launch(Dim3{cdiv((long long)nrow(c), 4), 1, 1}, 128, [&] {
     fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbp, c.B, c.H,
@@ -311,7 +311,7 @@ static bool run_case(const Case& c, unsigned seed) {
   launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
     bwd(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(), mp, bp,
         dk.data(), dv.data(), dqa.data(), dbp, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout,
-        c.seed);
+        ref_dropout_key(c.seed));
   });
   const int n = (int)nq(c);
   launch(Dim3{cdiv(n, 256), 1, 1}, 256, [&] { fb_attn_dq_cast_f16(dqa.data(), dq.data(), n); });
@@ -341,7 +341,7 @@ static bool dropout_golden() {
   for (int w = 0; w < 2; ++w) {
     unsigned long long a = 0, r = 0;
     for (int k = 0; k < 64; ++k) {
-      a |= (unsigned long long)fbattn::dropout_keep(12345ull, base[w] + k, 0.5f) << k;
+      a |= (unsigned long long)fbattn::dropout_keep(ref_dropout_key(12345ull), base[w] + k, 0.5f) << k;
       r |= (unsigned long long)ref_dropout_keep(12345ull, base[w] + k, 0.5f) << k;
     }
     ok = ok && a == want[w] && r == want[w];

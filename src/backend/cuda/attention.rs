@@ -258,7 +258,7 @@ fn softmax_args(
         Arg::F32(sp.scale),
         Arg::I32(sp.causal as i32),
         Arg::F32(sp.dropout),
-        Arg::U64(sp.seed),
+        Arg::U64(crate::backend::dropout_key_packed(sp.seed)),
     ]
 }
 

@@ -9,7 +9,7 @@
 //! NVRTC build without CUDA headers cannot compile attention.cu; then Auto falls back);
 //! FUSEBOX_ATTN=naive|fused or [`set_attention_impl`] force one (forcing `fused` where it
 //! does not apply is an error, so tests cannot silently test the wrong path). Probability
-//! dropout (AttnSpec.dropout/seed) is passed through: the kernels draw the same mask
+//! dropout (AttnSpec.dropout, the seed as its packed key) is passed through: the kernels draw the same mask
 //! index as the CPU reference.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -111,7 +111,7 @@ fn tail(sp: &AttnSpec) -> [Arg; 4] {
         Arg::F32(sp.scale),
         Arg::I32(sp.causal as i32),
         Arg::F32(sp.dropout),
-        Arg::U64(sp.seed),
+        Arg::U64(crate::backend::dropout_key_packed(sp.seed)),
     ]
 }
 

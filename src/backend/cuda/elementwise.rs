@@ -196,7 +196,7 @@ pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
                 n64(x.len()),
                 Arg::F32(p),
                 Arg::F32(scale),
-                Arg::U64(seed),
+                Arg::U64(crate::backend::dropout_key_packed(seed)),
             ],
         )?;
     }

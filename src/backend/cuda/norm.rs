@@ -178,7 +178,7 @@ pub fn add_layer_norm(
                 Arg::F32(eps as f32),
                 Arg::F32(p),
                 Arg::F32(scale),
-                Arg::U64(seed),
+                Arg::U64(crate::backend::dropout_key_packed(seed)),
             ],
         )?;
     }
@@ -230,7 +230,7 @@ pub fn add_layer_norm_backward(
                 Arg::I64(cols as i64),
                 Arg::F32(p),
                 Arg::F32(scale),
-                Arg::U64(seed),
+                Arg::U64(crate::backend::dropout_key_packed(seed)),
             ],
         )?;
     }

@@ -21,10 +21,15 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn distilbert_cfg(dim: usize, layers: usize, vocab: usize) -> DistilBertConfig {
+    distilbert_cfg_pos(dim, layers, vocab, false)
+}
+
+fn distilbert_cfg_pos(dim: usize, layers: usize, vocab: usize, sinus: bool) -> DistilBertConfig {
     serde_json::from_value(serde_json::json!({
         "model_type": "distilbert", "vocab_size": vocab, "dim": dim, "n_layers": layers,
         "n_heads": 2, "hidden_dim": 4 * dim, "max_position_embeddings": 512,
-        "dropout": 0.1, "attention_dropout": 0.1, "qa_dropout": 0.1
+        "dropout": 0.1, "attention_dropout": 0.1, "qa_dropout": 0.1,
+        "sinusoidal_pos_embds": sinus
     }))
     .expect("config")
 }
@@ -232,8 +237,9 @@ fn check(what: &str, plan: &fusebox::memory::budget::Plan, (fixed, measured): (u
 fn distilbert_prediction_matches_the_tracker() {
     let _l = lock();
     let (b, l, vocab) = (4, 128, 1000);
-    for ckpt in [false, true] {
-        let cfg = distilbert_cfg(128, 2, vocab);
+    // The fixed (sinusoidal) position table: weights held, no gradient or AdamW state.
+    for (ckpt, sinus) in [(false, false), (true, false), (false, true)] {
+        let cfg = distilbert_cfg_pos(128, 2, vocab, sinus);
         let spec = ModelSpec::distilbert(&cfg);
         let base = tracker::live_bytes(Device::Cpu);
         let mut model = DistilBertForQa::new(cfg, Device::Cpu, DType::F32, 1).expect("model");
@@ -248,7 +254,11 @@ fn distilbert_prediction_matches_the_tracker() {
         });
         drop(model);
         let plan = predict(&spec, &cpu_work(b, l, 0, ckpt), b).expect("plan");
-        check(&format!("distilbert ckpt={ckpt}"), &plan, measured);
+        check(
+            &format!("distilbert ckpt={ckpt} sinusoidal={sinus}"),
+            &plan,
+            measured,
+        );
     }
 }
 

@@ -63,6 +63,7 @@ impl ModelSpec {
             hidden_dropout: c.dropout > 0.0,
             attn_out_dropout: false,
             qa_dropout: c.qa_dropout > 0.0,
+            frozen_positions: c.sinusoidal_pos_embds,
         })
     }
 
@@ -79,6 +80,7 @@ impl ModelSpec {
             hidden_dropout: c.hidden_dropout_prob > 0.0,
             attn_out_dropout: c.hidden_dropout_prob > 0.0,
             qa_dropout: false,
+            frozen_positions: false,
         })
     }
 
@@ -216,11 +218,13 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
     let n = ps.elems;
     let grads = n * act;
     let mut c: Vec<(String, usize)> = Vec::new();
+    // Frozen parameters (a fixed position table) hold their weights and nothing else.
+    let all = n + ps.frozen;
     if act == 2 {
-        c.push(("weights (fp16 working copy)".into(), n * 2));
+        c.push(("weights (fp16 working copy)".into(), all * 2));
         c.push(("fp32 master weights (AdamW)".into(), n * 4));
     } else {
-        c.push(("weights (fp32)".into(), n * 4));
+        c.push(("weights (fp32)".into(), all * 4));
     }
     c.push(("AdamW m and v (fp32)".into(), 2 * n * 4));
     let saved = sim.saved_at_end_of_forward();

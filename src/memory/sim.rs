@@ -160,6 +160,11 @@ impl Sim {
         self.push(0, false, true)
     }
 
+    /// A frozen parameter: static like `param`, but untracked (no gradient).
+    pub fn constant(&mut self) -> V {
+        self.push(0, false, false)
+    }
+
     /// Scratch that lives only while an op runs.
     pub fn scratch(&mut self, bytes: usize) {
         self.peak = self.peak.max(self.live + bytes);

@@ -26,6 +26,9 @@ pub struct EncoderSpec {
     pub attn_out_dropout: bool,
     /// DistilBERT's `qa_dropout` before the head.
     pub qa_dropout: bool,
+    /// DistilBERT's `sinusoidal_pos_embds`: the position table is fixed (no gradient,
+    /// no optimizer state), only its weights are held.
+    pub frozen_positions: bool,
 }
 
 /// Shapes and switches of a T5 model.
@@ -79,8 +82,11 @@ fn pre_norm(sim: &mut Sim, h: V, rows: usize, dm: usize, w: V, res: usize) -> V 
 /// Parameters as simulated leaves, and their element count (static memory).
 #[derive(Default)]
 pub struct Params {
+    /// Trainable elements (weights, gradients, optimizer state) and tensors.
     pub elems: usize,
     pub tensors: usize,
+    /// Frozen elements: weights only.
+    pub frozen: usize,
 }
 
 impl Params {
@@ -88,6 +94,11 @@ impl Params {
         self.elems += n;
         self.tensors += 1;
         sim.param()
+    }
+    /// A frozen parameter (ParamStore::freeze): no gradient flows into it.
+    fn frozen(&mut self, sim: &mut Sim, n: usize) -> V {
+        self.frozen += n;
+        sim.constant()
     }
 }
 
@@ -161,7 +172,11 @@ pub fn qa_step(sim: &mut Sim, s: &EncoderSpec, b: usize, l: usize, checkpointing
     let mut ps = Params::default();
     let d = s.hidden;
     let word = ps.p(sim, s.vocab * d);
-    let pos_t = ps.p(sim, s.max_pos * d);
+    let pos_t = if s.frozen_positions {
+        ps.frozen(sim, s.max_pos * d)
+    } else {
+        ps.p(sim, s.max_pos * d)
+    };
     let tt_t = (s.type_vocab > 0).then(|| ps.p(sim, s.type_vocab * d));
     let emb_n = (ps.p(sim, d), ps.p(sim, d));
     let layers: Vec<EncLayerP> = (0..s.layers)

@@ -270,3 +270,7 @@ extern "C" __global__ void fb_cast_f16_i32(int* out, const fb_half* x, i64 n) {
 extern "C" __global__ void fb_fill_i32(int* y, i64 n, int value) {
     FB_GRID_STRIDE(i, n) y[i] = value;
 }
+// QA positions clamped to [lo, hi] = [0, S] on the device (HF clamps them; S is ignored).
+extern "C" __global__ void fb_clamp_i32(int* out, const int* x, i64 n, int lo, int hi) {
+    FB_GRID_STRIDE(i, n) out[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+}

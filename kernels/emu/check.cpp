@@ -194,6 +194,14 @@ static void check_dropout_golden() {
     report("dropout_keep_golden", bad, 0.0);
 }
 
+static void check_clamp_i32() {
+    std::vector<int> x = {-7, -1, 0, 3, 4, 5, 99, 2}, y(x.size());
+    emu_launch(fb_clamp_i32, D(1), D(32), y.data(), (const int*)x.data(), (i64)x.size(), 0, 4);
+    double bad = 0;
+    for (size_t i = 0; i < x.size(); ++i) bad += y[i] != std::clamp(x[i], 0, 4);
+    report("clamp_i32", bad, 0.0);
+}
+
 static void check_fused_norm() {
     // Vector path (width a multiple of 8, aligned), scalar tail, unaligned operands; f32 and f16.
     check_fused_ln_case<float>("f32_vec", 3, 48, 0.3f, 0, fb_add_layer_norm_fwd_f32, fb_add_layer_norm_bwd_f32, fb_layer_norm_fwd_f32, fb_layer_norm_bwd_f32, fb_dropout_f32, fb_binary_f32);
@@ -579,6 +587,7 @@ int main() {
     check_norms();
     check_fused_norm();
     check_dropout_golden();
+    check_clamp_i32();
     check_softmax_ce();
     check_reduce_layout_embed();
     check_elementwise_adamw();

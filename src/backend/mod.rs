@@ -227,6 +227,8 @@ pub trait BackendStorage: Sized + Send + Sync {
     ) -> Result<bool>;
     /// True if any element is inf or NaN.
     fn has_non_finite(&self) -> Result<bool>;
+    /// An I32 buffer with every value clamped to [lo, hi] (QA positions to [0, S]).
+    fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Self>;
 
     // ---- matrix products --------------------------------------------------------
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self>;
@@ -596,6 +598,9 @@ impl Storage {
             Storage::Cpu(s) => s.has_non_finite(),
             Storage::Cuda(s) => s.has_non_finite(),
         }
+    }
+    pub fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Storage> {
+        dispatch1!(self, |s| s.clamp_i32(lo, hi))
     }
     pub fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
         dispatch2!("matmul", self, rhs, |a, b| a.matmul(b, spec))

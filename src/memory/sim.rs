@@ -707,6 +707,12 @@ impl Sim {
 
     /// Mean cross-entropy of `[rows, cols]` logits: a one-element loss and the per-row
     /// lse (saved with the logits); backward is one logits-sized gradient.
+    /// `clamp_i32` of `n` I32 values: a new buffer (QA positions clamped on the device).
+    pub fn clamp_i32(&mut self, n: usize) -> V {
+        self.cur = "clamp_i32";
+        self.alloc(4 * n)
+    }
+
     pub fn cross_entropy(&mut self, x: V, t: V, rows: usize, cols: usize) -> V {
         self.cur = "cross_entropy";
         let es = self.es();

@@ -266,10 +266,15 @@ pub fn qa_step(sim: &mut Sim, s: &EncoderSpec, b: usize, l: usize, checkpointing
     sim.release(h);
     sim.release(x);
 
-    // qa_loss: two cross-entropies on the batch's positions (clamped on the host when
-    // the batch was built), (ls + le) / 2; the loop scales it.
-    let ls = sim.cross_entropy(start, sp, b, l);
-    let le = sim.cross_entropy(end, ep, b, l);
+    // qa_loss: each position vector clamped to [0, S] on the device (a temporary the
+    // cross-entropy keeps as its targets), two cross-entropies, (ls + le) / 2; the loop
+    // scales it.
+    let spc = sim.clamp_i32(b);
+    let ls = sim.cross_entropy(start, spc, b, l);
+    sim.release(spc);
+    let epc = sim.clamp_i32(b);
+    let le = sim.cross_entropy(end, epc, b, l);
+    sim.release(epc);
     let sum = sim.add(ls, le, 1);
     let loss = sim.scale(sum, 1);
     for t in [ls, le, sum, start, end] {

@@ -267,12 +267,9 @@ impl QaHead {
 /// DistilBertForQuestionAnswering.forward): positions clamped to [0, S] with S = the
 /// sequence length, S ignored, loss = (CE(start) + CE(end)) / 2.
 ///
-/// The clamp happens on the host when the batch is built ([`QaBatch::from_rows`]), so
-/// the loss never copies positions back from the device mid-step. Positions on the CPU
-/// are still clamped here (free there; moved to the logits' device if need be), for
-/// batches built by hand; on CUDA a hand-built position outside [0, S] is reported by the
-/// cross-entropy's deferred device error (op, value, range) at the next read from the
-/// device, not clamped.
+/// The clamp runs on the logits' device (`clamp_i32`: a kernel on CUDA), so the loss
+/// never reads positions back from the device mid-step, and hand-built positions are
+/// clamped the same way on every backend.
 pub fn qa_loss(
     start_logits: &Tensor,
     end_logits: &Tensor,
@@ -282,26 +279,10 @@ pub fn qa_loss(
     start_logits.expect_rank("qa_loss (start logits)", 2)?;
     let s = start_logits.dims()[1];
     let dev = start_logits.device();
-    let ls = start_logits.cross_entropy(&clamp_positions(start_positions, s, dev)?, s as i32)?;
-    let le = end_logits.cross_entropy(&clamp_positions(end_positions, s, dev)?, s as i32)?;
+    let clamp = |p: &Tensor| p.to_device(dev)?.clamp_i32(0, s as i32);
+    let ls = start_logits.cross_entropy(&clamp(start_positions)?, s as i32)?;
+    let le = end_logits.cross_entropy(&clamp(end_positions)?, s as i32)?;
     ls.add(&le)?.scale(0.5)
-}
-
-/// `t` as the cross-entropy targets on `device` (the logits' device). Positions already
-/// on that CUDA device are used as they are; otherwise (the CPU, where reading them is
-/// free, or positions on another device than the logits) they are clamped to [0, s] on
-/// the host and placed on `device`, as before; in-range CPU positions for CPU logits
-/// are `t` itself, so they allocate nothing here.
-fn clamp_positions(t: &Tensor, s: usize, device: Device) -> Result<Tensor> {
-    if t.device().is_cuda() && t.device() == device {
-        return Ok(t.clone());
-    }
-    let v = t.to_vec_i32()?;
-    if t.device() == device && v.iter().all(|&p| (0..=s as i32).contains(&p)) {
-        return Ok(t.clone());
-    }
-    let v: Vec<i32> = v.into_iter().map(|p| p.clamp(0, s as i32)).collect();
-    Tensor::from_i32(v, t.shape().clone(), device)
 }
 
 /// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
@@ -593,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn qa_loss_still_clamps_hand_built_cpu_positions() {
+    fn qa_loss_clamps_hand_built_positions() {
         // Logits [2, 3]; position 3 (= S) and 7 (clamped to S) are both ignored, so the
         // loss of the second row's start is left out either way.
         let logits = Tensor::from_f32(vec![0.1, 0.7, -0.3, 1.0, 0.2, 0.4], [2, 3], Device::Cpu)
@@ -615,9 +596,19 @@ mod tests {
         let (r0, r1) = ([0.1, 0.7, -0.3], [1.0, 0.2, 0.4]);
         let want = (ce(r0, 1) + (ce(r0, 2) + ce(r1, 0)) / 2.0) / 2.0;
         assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
-        // In-range positions are used as they are: no copy is made.
-        let p = pos(vec![1, 2]);
-        let same = clamp_positions(&p, 3, Device::Cpu).expect("clamp");
-        assert!(same.same_storage(&p));
+        // Below zero clamps to 0 (a real class), as torch's clamp does.
+        let neg = qa_loss(&logits, &logits, &pos(vec![-4, 3]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        let zero = qa_loss(&logits, &logits, &pos(vec![0, 3]), &pos(vec![2, 0]))
+            .expect("loss")
+            .to_scalar()
+            .expect("v");
+        assert_eq!(neg, zero);
+        assert!(
+            logits.clamp_i32(0, 3).is_err(),
+            "clamp_i32 of floats is a dtype error"
+        );
     }
 }

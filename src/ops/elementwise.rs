@@ -216,6 +216,15 @@ impl Tensor {
         ))
     }
 
+    /// An I32 tensor with every value clamped to [lo, hi] (no gradient: integers).
+    pub fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("clamp_i32", self.device());
+        Ok(fresh(
+            self.storage().clamp_i32(lo, hi)?,
+            self.shape().clone(),
+        ))
+    }
+
     /// `self[.., c] + bias[c]`.
     pub fn add_bias(&self, bias: &Tensor) -> Result<Tensor> {
         let _span = crate::profile::Span::new("add_bias", self.device());

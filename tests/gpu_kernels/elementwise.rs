@@ -237,6 +237,22 @@ fn casts_fills_and_in_place() {
             t,
         );
         assert!(same, "cast f32 -> i32 differs from the CPU");
+        // clamp_i32 (QA positions to [0, S] on the device) on the same ints.
+        let t = Instant::now();
+        let ci = ok(CpuStorage::from_f32(x.clone()).cast(DType::I32));
+        let gi = ok(g32.cast(DType::I32));
+        let got = ok(ok(gi.clamp_i32(-1, 1)).to_vec_i32());
+        let want = ok(ok(ci.clamp_i32(-1, 1)).to_vec_i32());
+        let same = got == want && want.iter().all(|v| (-1..=1).contains(v));
+        gpucheck(
+            "clamp_i32",
+            &[n],
+            DType::I32,
+            if same { 0.0 } else { 1.0 },
+            same,
+            t,
+        );
+        assert!(same, "clamp_i32 differs from the CPU");
         for dt in DTS {
             let (cy, gy) = pair(&rng.normal(n, 1.0), dt);
             let (cxx, gxx) = pair(&rng.normal(n, 1.0), dt);

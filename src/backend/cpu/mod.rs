@@ -336,6 +336,14 @@ impl BackendStorage for CpuStorage {
     fn has_non_finite(&self) -> Result<bool> {
         Ok(elementwise::has_non_finite(&self.data))
     }
+    fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Self> {
+        match &self.data {
+            CpuData::I32(v) => Ok(CpuStorage::new(CpuData::I32(
+                v.iter().map(|&x| x.clamp(lo, hi)).collect(),
+            ))),
+            _ => Err(dtype_err("clamp_i32", "i32", self.dtype())),
+        }
+    }
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         float_op!("matmul", self.dtype(), matmul::matmul(self, rhs, spec),
             f16 => Ok(down(matmul::matmul::<f32>(&up("matmul", self)?, &up("matmul", rhs)?, spec)?)))

@@ -347,3 +347,29 @@ pub fn has_non_finite(x: &CudaStorage) -> Result<bool> {
     )?;
     flag.flag_set()
 }
+
+/// I32 values clamped to [lo, hi] (QA positions to [0, S] on the device, no host read).
+pub fn clamp_i32(x: &CudaStorage, lo: i32, hi: i32) -> Result<CudaStorage> {
+    if x.dtype() != DType::I32 {
+        return Err(Error::DType {
+            op: "clamp_i32",
+            expected: "i32",
+            got: x.dtype(),
+        });
+    }
+    let out = CudaStorage::alloc(x.dev(), x.len(), DType::I32)?;
+    if !x.is_empty() {
+        x.dev().launch(
+            "fb_clamp_i32",
+            cfg_1d(x.len()),
+            &[
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(x.ptr()),
+                n64(x.len()),
+                Arg::I32(lo),
+                Arg::I32(hi),
+            ],
+        )?;
+    }
+    Ok(out)
+}

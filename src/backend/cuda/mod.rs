@@ -539,6 +539,9 @@ impl BackendStorage for CudaStorage {
     fn has_non_finite(&self) -> Result<bool> {
         elementwise::has_non_finite(self)
     }
+    fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Self> {
+        elementwise::clamp_i32(self, lo, hi)
+    }
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         blas::matmul(self, rhs, spec)
     }

@@ -122,11 +122,17 @@ print(d)
 PY
 )"
     [ -n "$out_dir" ] && [ -f "$out_dir/ptxas.txt" ] && cp "$out_dir/ptxas.txt" "$GPU_DIR/ptxas.txt"
+    # The attention kernels as of ATTN_PREV_REV (default: the last commit before the
+    # session-3 changes), for an A/B timing on the card (tools/attn_check/run.sh).
+    local prev_rev="${ATTN_PREV_REV:-90f5fcd}"
+    git -C "$ROOT" show "$prev_rev:kernels/attention.cu" >"$GPU_DIR/attention_prev.cu" 2>/dev/null ||
+        { log "note: no attention.cu at $prev_rev (no A/B timing)"; rm -f "$GPU_DIR/attention_prev.cu"; }
     {
         echo "prepared: $(date -u +%FT%TZ)"
         echo "git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l) uncommitted"
         echo "nvcc: ${NVCC:-none (NVRTC at run time)}"
         echo "fatbin: $([ -n "$out_dir" ] && ls -l "$out_dir/kernels.fatbin" 2>/dev/null | awk '{print $5" bytes"}')"
+        [ -f "$GPU_DIR/attention_prev.cu" ] && echo "attention A/B baseline: kernels/attention.cu at ${ATTN_PREV_REV:-90f5fcd}"
     } >"$GPU_DIR/MANIFEST.txt"
     rm -f "$json" "$json.err" "$GPU_DIR/.list"
     local bytes

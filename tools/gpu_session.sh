@@ -76,7 +76,11 @@ PY=python3
 # (fp16 stability runs 500 training steps per model: its own step below, not in here.)
 step gpu_kernels 150 "$KT" --nocapture --test-threads=1 --skip stability
 # 2. Fused attention: correctness (native and Turing PTX path) and timings, PyTorch baselines.
-[ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 200 env OUT="$W/attn" ATTN_SKIP_SANITIZER=1 bash tools/attn_check/run.sh
+# A/B against the kernels before session 3 (.gpu/attention_prev.cu, same card, same call),
+# memcheck + racecheck on tiny cases (the cp.async pipeline is new); PyTorch attention
+# baselines only with SESSION_ATTN_TORCH=1 (run 1 has them for these shapes).
+[ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 220 env OUT="$W/attn" ATTN_PREV_SRC="$ROOT/.gpu/attention_prev.cu" \
+    ATTN_SKIP_TORCH=$([ "${SESSION_ATTN_TORCH:-0}" = 1 ] && echo 0 || echo 1) bash tools/attn_check/run.sh
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
@@ -138,6 +142,7 @@ done
     echo "== fused attention"
     grep -h "^ATTNCHECK" "$W/attn_check.out" | awk '{print}' | head -n 60
     grep -h "^ATTNBENCH\|^TORCHATTN" "$W/attn_check.out" | head -n 60
+    grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$W/attn_check.out" | head -n 4
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"

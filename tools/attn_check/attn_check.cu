@@ -8,7 +8,12 @@
 // Then it times forward and forward+backward (cudaEvent, median) at the model shapes.
 //
 // Usage: attn_check [--quick] [--only SUBSTR] [--bench-only] [--no-bench] [--reps N]
-#include "../../kernels/attention.cu"
+// FB_ATTN_SRC: another copy of the kernels (run.sh's ATTN_PREV_SRC A/B timing of an
+// earlier version; its correctness lines are not meaningful if its interface differed).
+#ifndef FB_ATTN_SRC
+#define FB_ATTN_SRC "../../kernels/attention.cu"
+#endif
+#include FB_ATTN_SRC
 #include "attn_ref.h"
 
 #include <cuda_runtime.h>

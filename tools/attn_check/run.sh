@@ -5,7 +5,8 @@
 # and racecheck on the two tiny cases, then the PyTorch baselines (TORCHATTN lines).
 # Each step has its own timeout; the whole script stays under ~3 minutes on an H100.
 # Env: ATTN_ARCH=sm_XX (default: from nvidia-smi, else sm_90), ATTN_SKIP_TORCH=1,
-# ATTN_SKIP_SANITIZER=1. Logs go to $OUT (if set) or $TMPDIR. Extra arguments go to attn_check (e.g. --quick, --only NAME).
+# ATTN_SKIP_SANITIZER=1, ATTN_PREV_SRC=FILE (an earlier attention.cu: built beside the
+# current one and timed in the same call, ATTNBENCH_PREV lines; an A/B on the same card). Logs go to $OUT (if set) or $TMPDIR. Extra arguments go to attn_check (e.g. --quick, --only NAME).
 set -u
 cd "$(dirname "$0")"
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
@@ -27,6 +28,14 @@ BIN75=${BIN}_sm75ptx
 ( timeout 180 "$NVCC" -O3 -std=c++17 -gencode arch=compute_75,code=compute_75 -lineinfo \
     attn_check.cu -o "$BIN75" > "$LOG/attn_build_sm75ptx.log" 2>&1; echo $? > "$LOG/.b75rc" ) &
 B75PID=$!
+BINPREV=""
+if [ -n "${ATTN_PREV_SRC:-}" ] && [ -f "$ATTN_PREV_SRC" ]; then
+  BINPREV=${BIN}_prev
+  PREV_ABS=$(cd "$(dirname "$ATTN_PREV_SRC")" && pwd)/$(basename "$ATTN_PREV_SRC")
+  ( timeout 180 "$NVCC" -O3 -std=c++17 -arch="$ARCH" -DFB_ATTN_SRC="\"$PREV_ABS\"" \
+      attn_check.cu -o "$BINPREV" > "$LOG/attn_build_prev.log" 2>&1; echo $? > "$LOG/.bprc" ) &
+  BPREVPID=$!
+fi
 
 echo "== build"
 timeout 180 "$NVCC" -O3 -std=c++17 -arch="$ARCH" -lineinfo -Xptxas -v attn_check.cu -o "$BIN" \
@@ -60,6 +69,17 @@ if [ -n "$BIN75" ]; then
   echo "attn_check (sm75 path) exit code: $R75"
 fi
 
+if [ -n "$BINPREV" ]; then
+  wait $BPREVPID
+  if [ "$(cat "$LOG/.bprc" 2>/dev/null)" = 0 ]; then
+    echo "== earlier kernels ($ATTN_PREV_SRC): timings only, same card, same call"
+    timeout 90 "$BINPREV" --bench-only 2>&1 | sed 's/^ATTNBENCH/ATTNBENCH_PREV/' | tee "$LOG/attn_check_prev.log"
+  else
+    echo "earlier-kernel build failed:"; tail -20 "$LOG/attn_build_prev.log"
+  fi
+  rm -f "$LOG/.bprc"
+fi
+
 if [ "${ATTN_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   if [ $RRC -eq 0 ]; then
     echo "== compute-sanitizer memcheck (tiny cases)"
@@ -84,6 +104,7 @@ grep -E "^ATTNCHECK" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-
 echo "-- Turing code path (compute_75 PTX): exit $R75"
 [ -f "$LOG/attn_check_sm75ptx.log" ] && grep -E "^device:|ATTNCHECK summary|pass=false" "$LOG/attn_check_sm75ptx.log"
 grep -E "^ATTNBENCH" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
+[ -f "$LOG/attn_check_prev.log" ] && grep -E "^ATTNBENCH_PREV" "$LOG/attn_check_prev.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
 [ -f "$LOG/torch_attn.log" ] && grep -E "^TORCHATTN" "$LOG/torch_attn.log" | grep -v "not applicable"
 [ "$RRC" -eq 0 ] && { [ "$R75" = 0 ] || [ "$R75" = skipped ]; } && exit 0
 exit 1

@@ -31,6 +31,7 @@ __device__ __forceinline__ float fb_round(const float*, float v) { return v; }
 __device__ __forceinline__ float fb_round(const fb_half*, float v) { return fb_h2f(fb_f2h(v)); }
 
 // Row r of y = LN(s) with s = x (a == nullptr) or s = dropout(a) + x, stored to s_out.
+// RMSNorm is the same row without the mean (mean_out == nullptr) and without beta.
 template <class T>
 __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, float* rstd_out,
                                               const T* x, const T* a, const T* gamma,
@@ -38,11 +39,13 @@ __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, f
                                               float p, float scale, unsigned long long key) {
     __shared__ float scratch[32];
     const i64 o = r * cols;
-    bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma) && fb_al16(beta);
+    const bool centered = mean_out != nullptr;  // LayerNorm; RMSNorm has no mean
+    bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma);
+    if (beta) vec = vec && fb_al16(beta);
     if (a) vec = vec && fb_al16(a) && fb_al16(s_out);
     const T* src = a ? s_out : x;  // what passes 2 and 3 read
     float sum = 0.0f;
-    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
+    for (i64 c = threadIdx.x * FB_VEC; (centered || a) && c < cols; c += (i64)blockDim.x * FB_VEC) {
         int m = fb_chunk_len(c, cols);
         float v[FB_VEC];
         fb_ldv(x, o + c, m, vec, v);
@@ -61,7 +64,7 @@ __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, f
 #pragma unroll
         for (int k = 0; k < FB_VEC; ++k) sum += k < m ? v[k] : 0.0f;
     }
-    float mean = fb_block_sum(sum, scratch) / (float)cols;
+    const float mean = centered ? fb_block_sum(sum, scratch) / (float)cols : 0.0f;
     float q = 0.0f;
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
         int m = fb_chunk_len(c, cols);
@@ -76,21 +79,22 @@ __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, f
     float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
         int m = fb_chunk_len(c, cols);
-        float v[FB_VEC], g[FB_VEC], b[FB_VEC];
+        float v[FB_VEC], g[FB_VEC], b[FB_VEC] = {};
         fb_ldv(src, o + c, m, vec, v);
         fb_ldv(gamma, c, m, vec, g);
-        fb_ldv(beta, c, m, vec, b);
+        if (beta) fb_ldv(beta, c, m, vec, b);
 #pragma unroll
         for (int k = 0; k < FB_VEC; ++k) v[k] = (v[k] - mean) * rstd * g[k] + b[k];
         fb_stv(y, o + c, m, vec, v);
     }
     if (threadIdx.x == 0) {
-        mean_out[r] = mean;
+        if (centered) mean_out[r] = mean;
         rstd_out[r] = rstd;
     }
 }
 
 // Row r of LayerNorm's dx (stored to dx) and, if da != nullptr, dropout's backward of it.
+// RMSNorm's dx is the same row with mean == nullptr: no mean, and no mean(dy * gamma) term.
 template <class T>
 __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T* gamma,
                                               const float* mean, const float* rstd, const T* dy,
@@ -100,7 +104,7 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
     const i64 o = r * cols;
     bool vec = cols % FB_VEC == 0 && fb_al16(dx) && fb_al16(x) && fb_al16(gamma) && fb_al16(dy);
     if (da) vec = vec && fb_al16(da);
-    float mu = mean[r], rs = rstd[r];
+    const float mu = mean ? mean[r] : 0.0f, rs = rstd[r];
     float a = 0.0f, b = 0.0f;
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
         int m = fb_chunk_len(c, cols);
@@ -115,8 +119,8 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
             b += gk * (xv[k] - mu) * rs;
         }
     }
-    float c1 = fb_block_sum(a, scratch) / (float)cols;
-    float c2 = fb_block_sum(b, scratch) / (float)cols;
+    const float c1 = mean ? fb_block_sum(a, scratch) / (float)cols : 0.0f;
+    const float c2 = fb_block_sum(b, scratch) / (float)cols;
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
         int m = fb_chunk_len(c, cols);
         float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
@@ -132,63 +136,6 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
                 xv[k] = fb_dropout_keep_k(key, (unsigned long long)(o + c + k), p) ? fb_round(dx, xv[k]) * scale : 0.0f;
             fb_stv(da, o + c, m, vec, xv);
         }
-    }
-}
-
-template <class T>
-__device__ __forceinline__ void fb_rms_fwd_row(T* y, float* rstd_out, const T* x, const T* gamma,
-                                               i64 r, i64 cols, float eps) {
-    __shared__ float scratch[32];
-    const i64 o = r * cols;
-    bool vec = cols % FB_VEC == 0 && fb_al16(x) && fb_al16(y) && fb_al16(gamma);
-    float q = 0.0f;
-    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
-        float v[FB_VEC];
-        fb_ldv(x, o + c, m, vec, v);
-#pragma unroll
-        for (int k = 0; k < FB_VEC; ++k) q += v[k] * v[k];
-    }
-    float rstd = rsqrtf(fb_block_sum(q, scratch) / (float)cols + eps);
-    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
-        float v[FB_VEC], g[FB_VEC];
-        fb_ldv(x, o + c, m, vec, v);
-        fb_ldv(gamma, c, m, vec, g);
-#pragma unroll
-        for (int k = 0; k < FB_VEC; ++k) v[k] = v[k] * rstd * g[k];
-        fb_stv(y, o + c, m, vec, v);
-    }
-    if (threadIdx.x == 0) rstd_out[r] = rstd;
-}
-
-template <class T>
-__device__ __forceinline__ void fb_rms_bwd_row(T* dx, const T* x, const T* gamma, const float* rstd,
-                                               const T* dy, i64 r, i64 cols) {
-    __shared__ float scratch[32];
-    const i64 o = r * cols;
-    bool vec = cols % FB_VEC == 0 && fb_al16(dx) && fb_al16(x) && fb_al16(gamma) && fb_al16(dy);
-    float rs = rstd[r];
-    float b = 0.0f;
-    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
-        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
-        fb_ldv(x, o + c, m, vec, xv);
-        fb_ldv(dy, o + c, m, vec, d);
-        fb_ldv(gamma, c, m, vec, g);
-#pragma unroll
-        for (int k = 0; k < FB_VEC; ++k) b += d[k] * g[k] * xv[k] * rs;
-    }
-    float c2 = fb_block_sum(b, scratch) / (float)cols;
-    for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
-        float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
-        fb_ldv(x, o + c, m, vec, xv);
-        fb_ldv(dy, o + c, m, vec, d);
-        fb_ldv(gamma, c, m, vec, g);
-#pragma unroll
-        for (int k = 0; k < FB_VEC; ++k) xv[k] = rs * (d[k] * g[k] - xv[k] * rs * c2);
-        fb_stv(dx, o + c, m, vec, xv);
     }
 }
 
@@ -253,11 +200,13 @@ __device__ __forceinline__ void fb_rms_bwd_row(T* dx, const T* x, const T* gamma
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_fwd_##S(                    \
         T* y, float* rstd_out, const T* x, const T* gamma, i64 rows, i64 cols, float eps) {   \
-        fb_rms_fwd_row<T>(y, rstd_out, x, gamma, blockIdx.x, cols, eps);                      \
+        fb_ln_fwd_row<T>(y, nullptr, nullptr, rstd_out, x, nullptr, gamma, nullptr,          \
+                         blockIdx.x, cols, eps, 0.0f, 1.0f, 0ull);                            \
     }                                                                                         \
     extern "C" __global__ void __launch_bounds__(1024) fb_rms_norm_bwd_##S(                    \
         T* dx, const T* x, const T* gamma, const float* rstd, const T* dy, i64 rows,          \
         i64 cols) {                                                                           \
-        fb_rms_bwd_row<T>(dx, x, gamma, rstd, dy, blockIdx.x, cols);                          \
+        fb_ln_bwd_row<T>(dx, nullptr, x, gamma, nullptr, rstd, dy, blockIdx.x, cols, 0.0f,    \
+                         1.0f, 0ull);                                                         \
     }
 FB_BOTH(FB_NORM)

@@ -6,21 +6,52 @@
 //!   normaliser and pre-tokenizer, `[CLS] A [SEP] B [SEP]` with type ids) for QA.
 //! - T5-style word-level (`<pad>` = 0, `</s>` = 1, `<unk>` = 2, `</s>` appended) for the
 //!   seq2seq tasks, whose closed vocabularies need no sub-words.
+//!
+//! Both are deterministic: the same texts give the same files in every run, so a seed
+//! gives the same model. The `tokenizers` trainers are not (their hash maps are keyed at
+//! random per process: the WordPiece trainer's merges break ties in that order, so even
+//! the token set varied, and both hand out ids in that order). So the vocabularies are
+//! built here: the words of the normalised, pre-tokenized texts by count (ties by text),
+//! for WordPiece plus each character alone and as a `##` continuation so unseen words
+//! still split into pieces; ids in a canonical order (special tokens first, then every
+//! other token sorted; WordPiece and WordLevel look tokens up by text, so the order
+//! changes no tokenization).
 
 use std::path::Path;
 
 use serde_json::json;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
-use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
-use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{
+    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, Tokenizer,
+};
 
 use crate::error::{Error, Result};
+
+/// `vocab` renumbered: `specials` first, in their order, then the rest sorted.
+fn canonical_vocab(
+    vocab: std::collections::HashMap<String, u32>,
+    specials: &[&str],
+) -> ahash::AHashMap<String, u32> {
+    let mut rest: Vec<String> = vocab
+        .into_keys()
+        .filter(|t| !specials.contains(&t.as_str()))
+        .collect();
+    rest.sort();
+    specials
+        .iter()
+        .map(|s| s.to_string())
+        .chain(rest)
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect()
+}
 
 fn terr(dir: &Path, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{}: tokenizer training: {e}", dir.display()))
@@ -31,6 +62,55 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Train a WordPiece vocabulary of at most `vocab_size` on `texts` and save it to `dir`.
+/// Words of `texts` after `norm` (if any) and `pre`, with their counts.
+fn count_words(
+    texts: &[String],
+    norm: Option<&dyn Normalizer>,
+    pre: &dyn PreTokenizer,
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut words: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in texts {
+        let mut n = NormalizedString::from(t.as_str());
+        if let Some(norm) = norm {
+            norm.normalize(&mut n).map_err(|e| terr(dir, e))?;
+        }
+        let mut p = PreTokenizedString::from(n);
+        pre.pre_tokenize(&mut p).map_err(|e| terr(dir, e))?;
+        for (w, _, _) in p.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(w.to_string()).or_default() += 1;
+        }
+    }
+    Ok(words)
+}
+
+/// `vocab` followed by the words by count (ties by text), skipping any already in it,
+/// while the total stays within `size`; then ids in canonical order.
+fn with_ranked_words(
+    mut vocab: Vec<String>,
+    words: &std::collections::BTreeMap<String, u64>,
+    size: usize,
+    specials: &[&str],
+) -> ahash::AHashMap<String, u32> {
+    let mut have: std::collections::HashSet<String> = vocab.iter().cloned().collect();
+    let mut ranked: Vec<(&String, &u64)> = words.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    for (w, _) in ranked {
+        if vocab.len() >= size {
+            break;
+        }
+        if have.insert(w.clone()) {
+            vocab.push(w.clone());
+        }
+    }
+    let ids = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
+    canonical_vocab(ids, specials)
+}
+
 pub fn train_wordpiece(
     texts: &[String],
     vocab_size: usize,
@@ -40,23 +120,31 @@ pub fn train_wordpiece(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let mut tok = Tokenizer::new(WordPiece::default());
-    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
-        .map_err(|e| terr(dir, e))?;
+    let norm = BertNormalizer::new(true, true, None, lowercase);
+    tok.with_normalizer(Some(norm)).map_err(|e| terr(dir, e))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
-        .vocab_size(vocab_size)
-        .min_frequency(1)
-        .show_progress(false)
-        .special_tokens(
-            specials
-                .iter()
-                .map(|s| AddedToken::from(*s, true))
-                .collect(),
-        )
+    // Specials, every character alone and as `##c` (so unseen words split into
+    // pieces), then whole words.
+    let words = count_words(texts, Some(&norm), &BertPreTokenizer, dir)?;
+    let chars: std::collections::BTreeSet<char> = words.keys().flat_map(|w| w.chars()).collect();
+    let mut base: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    for c in chars {
+        base.push(c.to_string());
+        base.push(format!("##{c}"));
+    }
+    let model = WordPiece::builder()
+        .vocab(with_ranked_words(base, &words, vocab_size, &specials))
+        .unk_token("[UNK]".into())
         .build()
-        .into();
-    tok.train(&mut trainer, texts.iter())
         .map_err(|e| terr(dir, e))?;
+    tok.with_model(model);
+    tok.add_special_tokens(
+        specials
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| terr(dir, e))?;
     let id = |t: &str| {
         tok.token_to_id(t)
             .ok_or_else(|| terr(dir, format!("{t} missing after training")))
@@ -98,27 +186,23 @@ pub fn train_wordpiece(
 pub fn train_wordlevel_t5(texts: &[String], vocab_size: usize, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let specials = ["<pad>", "</s>", "<unk>"];
+    // What WordLevelTrainer keeps (words by count up to the size), in a fixed order.
+    let words = count_words(texts, None, &Whitespace {}, dir)?;
+    let base = specials.iter().map(|s| s.to_string()).collect();
     let model = WordLevel::builder()
+        .vocab(with_ranked_words(base, &words, vocab_size, &specials))
         .unk_token("<unk>".into())
         .build()
         .map_err(|e| terr(dir, e))?;
     let mut tok = Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(Whitespace {}));
-    let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
-        .vocab_size(vocab_size)
-        .min_frequency(1)
-        .show_progress(false)
-        .special_tokens(
-            specials
-                .iter()
-                .map(|s| AddedToken::from(*s, true))
-                .collect(),
-        )
-        .build()
-        .map_err(|e| terr(dir, e))?
-        .into();
-    tok.train(&mut trainer, texts.iter())
-        .map_err(|e| terr(dir, e))?;
+    tok.add_special_tokens(
+        specials
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| terr(dir, e))?;
     for (i, s) in specials.iter().enumerate() {
         if tok.token_to_id(s) != Some(i as u32) {
             return Err(terr(dir, format!("{s} must be id {i}")));
@@ -178,6 +262,46 @@ mod tests {
         assert!(enc.get_type_ids().contains(&1));
         let vocab = std::fs::read_to_string(base.join("wp/vocab.txt")).unwrap();
         assert_eq!(vocab.lines().next(), Some("[PAD]"));
+        std::fs::remove_dir_all(&base).ok();
+    }
+
+    /// The same texts give the same ids in every run (the trainers' own id order is
+    /// hash-map order, different each time), and the files match byte for byte.
+    #[test]
+    fn training_twice_gives_the_same_ids() {
+        let base = std::env::temp_dir().join(format!("fusebox-tokdet-{}", std::process::id()));
+        let qa = crate::synth::qa_dataset(3, 60, 2, 2, "t");
+        let mut texts: Vec<String> = Vec::new();
+        for p in qa["data"][0]["paragraphs"].as_array().unwrap() {
+            texts.push(p["context"].as_str().unwrap().to_string());
+            for q in p["qas"].as_array().unwrap() {
+                texts.push(q["question"].as_str().unwrap().to_string());
+            }
+        }
+        let read = |d: &str, f: &str| std::fs::read_to_string(base.join(d).join(f)).unwrap();
+        for run in ["a", "b", "c"] {
+            train_wordpiece(&texts, 5000, false, &base.join(format!("wp{run}"))).unwrap();
+            train_wordlevel_t5(&texts, 5000, &base.join(format!("wl{run}"))).unwrap();
+        }
+        for run in ["b", "c"] {
+            for f in ["vocab.txt", "tokenizer.json"] {
+                assert_eq!(
+                    read("wpa", f),
+                    read(&format!("wp{run}"), f),
+                    "wordpiece {f}"
+                );
+            }
+            let wl = read(&format!("wl{run}"), "tokenizer.json");
+            assert_eq!(read("wla", "tokenizer.json"), wl, "wordlevel");
+        }
+        let t = Tokenizer::from_file(base.join("wpa/tokenizer.json")).unwrap();
+        assert_eq!(t.token_to_id("[PAD]"), Some(0));
+        assert!(t
+            .encode(texts[0].as_str(), false)
+            .unwrap()
+            .get_ids()
+            .iter()
+            .all(|&i| i != 1));
         std::fs::remove_dir_all(&base).ok();
     }
 }

@@ -271,8 +271,9 @@ struct Seq2SeqArgs {
 /// Sizes of the built-in QA run: one-person biographies of four sentences (two fact
 /// pairs, so every answer has a same-type distractor in another role), 10 000 training
 /// questions, 10 epochs, a 2-layer DistilBERT of width 128. Measured on this 2-core
-/// machine (2026-11-27): held-out EM 91.25 in 2 min 59 s (90.5 in another run; with the
-/// session-3 dropout hash, 92.25 in 3 min 15 s and 90.0 beside a compile). Longer
+/// machine (2026-11-27): held-out EM 90.25 in 3 min 11 s, the same in a second run (the
+/// tokenizer is deterministic now; with the trainer's run-to-run vocabularies EM was
+/// 90.5-92.25). Longer
 /// biographies learned slower: all five pairs (ten sentences, earlier templates whose
 /// relation words sat further from the values) EM 61 after 3750 steps; three pairs EM
 /// 64.5 at best within 7 epochs.

@@ -317,8 +317,9 @@ impl QaBatch {
             let v: Vec<i32> = rows.iter().flatten().map(|&x| x as i32).collect();
             Tensor::from_i32(v, [b, l], device)
         };
-        // HF's clamp to [0, L] (L = this batch's length, the ignored class), done here
-        // on the host so that `qa_loss` never reads positions back from the device.
+        // HF's clamp to [0, L] (L = this batch's length, the ignored class); positions
+        // past i32 would not fit the tensor. `qa_loss` clamps again on the device (a
+        // no-op for these), which covers batches built by hand.
         let pos = |p: &[usize]| -> Result<Tensor> {
             if p.len() != b {
                 return Err(Error::msg(format!(

@@ -93,6 +93,18 @@ __device__ __forceinline__ void fb_ln_fwd_row(T* y, T* s_out, float* mean_out, f
     }
 }
 
+// Chunk c of row offset o: x and dy of the row, gamma of the columns; returns its length.
+template <class T>
+__device__ __forceinline__ int fb_ld_bwd_chunk(const T* x, const T* dy, const T* gamma, i64 o,
+                                               i64 c, i64 cols, bool vec, float xv[FB_VEC],
+                                               float d[FB_VEC], float g[FB_VEC]) {
+    const int m = fb_chunk_len(c, cols);
+    fb_ldv(x, o + c, m, vec, xv);
+    fb_ldv(dy, o + c, m, vec, d);
+    fb_ldv(gamma, c, m, vec, g);
+    return m;
+}
+
 // Row r of LayerNorm's dx (stored to dx) and, if da != nullptr, dropout's backward of it.
 // RMSNorm's dx is the same row with mean == nullptr: no mean, and no mean(dy * gamma) term.
 template <class T>
@@ -107,11 +119,8 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
     const float mu = mean ? mean[r] : 0.0f, rs = rstd[r];
     float a = 0.0f, b = 0.0f;
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
         float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
-        fb_ldv(x, o + c, m, vec, xv);
-        fb_ldv(dy, o + c, m, vec, d);
-        fb_ldv(gamma, c, m, vec, g);
+        fb_ld_bwd_chunk(x, dy, gamma, o, c, cols, vec, xv, d, g);
 #pragma unroll
         for (int k = 0; k < FB_VEC; ++k) {
             float gk = d[k] * g[k];  // lanes >= m are 0
@@ -122,11 +131,8 @@ __device__ __forceinline__ void fb_ln_bwd_row(T* dx, T* da, const T* x, const T*
     const float c1 = mean ? fb_block_sum(a, scratch) / (float)cols : 0.0f;
     const float c2 = fb_block_sum(b, scratch) / (float)cols;
     for (i64 c = threadIdx.x * FB_VEC; c < cols; c += (i64)blockDim.x * FB_VEC) {
-        int m = fb_chunk_len(c, cols);
         float xv[FB_VEC], d[FB_VEC], g[FB_VEC];
-        fb_ldv(x, o + c, m, vec, xv);
-        fb_ldv(dy, o + c, m, vec, d);
-        fb_ldv(gamma, c, m, vec, g);
+        const int m = fb_ld_bwd_chunk(x, dy, gamma, o, c, cols, vec, xv, d, g);
 #pragma unroll
         for (int k = 0; k < FB_VEC; ++k) xv[k] = rs * (d[k] * g[k] - c1 - (xv[k] - mu) * rs * c2);
         fb_stv(dx, o + c, m, vec, xv);

@@ -62,6 +62,16 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Train a WordPiece vocabulary of at most `vocab_size` on `texts` and save it to `dir`.
+/// Register `specials` as special tokens (already ids 0.. in the model's vocabulary).
+fn add_specials(tok: &mut Tokenizer, specials: &[&str], dir: &Path) -> Result<()> {
+    let added: Vec<AddedToken> = specials
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
+    tok.add_special_tokens(added).map_err(|e| terr(dir, e))?;
+    Ok(())
+}
+
 /// Words of `texts` after `norm` (if any) and `pre`, with their counts.
 fn count_words(
     texts: &[String],
@@ -138,13 +148,7 @@ pub fn train_wordpiece(
         .build()
         .map_err(|e| terr(dir, e))?;
     tok.with_model(model);
-    tok.add_special_tokens(
-        specials
-            .iter()
-            .map(|s| AddedToken::from(*s, true))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| terr(dir, e))?;
+    add_specials(&mut tok, &specials, dir)?;
     let id = |t: &str| {
         tok.token_to_id(t)
             .ok_or_else(|| terr(dir, format!("{t} missing after training")))
@@ -196,13 +200,7 @@ pub fn train_wordlevel_t5(texts: &[String], vocab_size: usize, dir: &Path) -> Re
         .map_err(|e| terr(dir, e))?;
     let mut tok = Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(Whitespace {}));
-    tok.add_special_tokens(
-        specials
-            .iter()
-            .map(|s| AddedToken::from(*s, true))
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| terr(dir, e))?;
+    add_specials(&mut tok, &specials, dir)?;
     for (i, s) in specials.iter().enumerate() {
         if tok.token_to_id(s) != Some(i as u32) {
             return Err(terr(dir, format!("{s} must be id {i}")));

@@ -145,6 +145,21 @@ pub struct AdamWStep {
     pub check_finite: bool,
 }
 
+impl AdamWStep {
+    /// [`adamw_bias_corrections`] of this step.
+    pub fn bias_corrections(&self) -> (f64, f64) {
+        adamw_bias_corrections(self.beta1, self.beta2, self.step)
+    }
+}
+
+/// AdamW's bias corrections `(1 - beta1^t, sqrt(1 - beta2^t))` in f64: the one
+/// derivation every backend and the multi-tensor step round from (t saturates at
+/// i32::MAX).
+pub fn adamw_bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
+    let t = step.min(i32::MAX as u64) as i32;
+    (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt())
+}
+
 /// The primitive op set. All buffers are contiguous; sizes come in as arguments.
 /// Methods returning several buffers return them in the documented order.
 pub trait BackendStorage: Sized + Send + Sync {

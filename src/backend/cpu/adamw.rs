@@ -46,9 +46,7 @@ pub(super) fn adamw_<T: Real>(
         return Ok(true);
     }
     let (b1, b2) = (hp.beta1, hp.beta2);
-    let t = hp.step.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - b1.powi(t);
-    let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+    let (bc1, bc2_sqrt) = hp.bias_corrections();
     let decay = T::of(1.0 - hp.lr * hp.weight_decay);
     let step_size = T::of(hp.lr / bc1);
     let inv_bc2 = T::of(1.0 / bc2_sqrt);

@@ -104,9 +104,7 @@ pub fn adamw_(
         )?;
     }
     // Every scalar formed in f64 and rounded once, exactly as the CPU backend does.
-    let t = hp.step.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - hp.beta1.powi(t);
-    let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+    let (bc1, bc2_sqrt) = hp.bias_corrections();
     let f = |x: f64| Arg::F32(x as f32);
     dev.launch(
         &format!("fb_adamw_step_{gs}"),

@@ -12,7 +12,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::context::{cu, Arg};
+use super::context::{cu, push_args, Arg};
 use super::{len_err, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -123,15 +123,7 @@ fn launch_table(
     let f = dev.func(name)?;
     let mut b = dev.stream.launch_builder(&f);
     b.arg(table);
-    for a in rest {
-        match a {
-            Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
-            Arg::I64(v) => b.arg(v),
-            Arg::I32(v) => b.arg(v),
-            Arg::F32(v) => b.arg(v),
-            Arg::F64(v) => b.arg(v),
-        };
-    }
+    push_args(&mut b, rest);
     let cfg = LaunchConfig {
         grid_dim: (grid.max(1) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -300,9 +292,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
         ],
     )?;
     // Every scalar formed in f64 and rounded once, as adamw.rs (and the CPU backend) do.
-    let t = hp.step.min(i32::MAX as u64) as i32;
-    let bc1 = 1.0 - hp.beta1.powi(t);
-    let bc2_sqrt = (1.0 - hp.beta2.powi(t)).sqrt();
+    let (bc1, bc2_sqrt) = crate::backend::adamw_bias_corrections(hp.beta1, hp.beta2, hp.step);
     let f = |x: f64| Arg::F32(x as f32);
     for (tab, &grid) in tables.iter().zip(&grids) {
         launch_table(

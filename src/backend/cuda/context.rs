@@ -274,15 +274,7 @@ impl Dev {
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.func(name)?;
         let mut b = self.stream.launch_builder(&f);
-        for a in args {
-            match a {
-                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
-                Arg::I64(v) => b.arg(v),
-                Arg::I32(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-                Arg::F64(v) => b.arg(v),
-            };
-        }
+        push_args(&mut b, args);
         // SAFETY: argument lists are built by the typed wrappers in this module's
         // siblings, one per kernel signature; buffers are sized by the caller.
         cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
@@ -302,6 +294,19 @@ pub enum Arg {
     I32(i32),
     F32(f32),
     F64(f64),
+}
+
+/// Append `args` to a kernel launch, each as its typed value.
+pub(crate) fn push_args<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, args: &'a [Arg]) {
+    for a in args {
+        match a {
+            Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::I32(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+            Arg::F64(v) => b.arg(v),
+        };
+    }
 }
 
 /// Grid-stride launch for `n` elements: 256 threads, at most 4096 blocks.

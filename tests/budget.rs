@@ -89,6 +89,19 @@ fn t5_batch(b: usize, ls: usize, lt: usize, vocab: usize) -> T5Batch {
     }
 }
 
+/// The training loss of `batch` (dropout seeded by `seed`).
+fn t5_train_loss(model: &T5ForConditionalGeneration, batch: &T5Batch, seed: u64) -> Tensor {
+    let (loss, _) = model
+        .loss(
+            &batch.ids,
+            Some(&batch.mask),
+            &batch.labels,
+            T5Mode::Train { seed },
+        )
+        .expect("loss");
+    loss
+}
+
 /// Largest |a - b| over every named gradient, asserting both runs reached the same set.
 fn max_grad_diff(
     params: &[(String, Tensor)],
@@ -156,14 +169,7 @@ fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
             model.set_checkpointing(ckpt);
             tracker::reset_peak(Device::Cpu);
             let base = tracker::live_bytes(Device::Cpu);
-            let (loss, _) = model
-                .loss(
-                    &batch.ids,
-                    Some(&batch.mask),
-                    &batch.labels,
-                    T5Mode::Train { seed: 3 },
-                )
-                .expect("loss");
+            let loss = t5_train_loss(&model, &batch, 3);
             let g = backward(&loss).expect("bwd");
             (g, tracker::peak_bytes(Device::Cpu) - base)
         };
@@ -309,14 +315,7 @@ fn t5_prediction_matches_the_tracker() {
             let params = model.trainable();
             let measured = measure_step(params, base, || {
                 let batch = t5_batch(b, ls, lt, vocab);
-                let (loss, _) = model
-                    .loss(
-                        &batch.ids,
-                        Some(&batch.mask),
-                        &batch.labels,
-                        T5Mode::Train { seed: 4 },
-                    )
-                    .expect("loss");
+                let loss = t5_train_loss(&model, &batch, 4);
                 backward(&loss.scale(1.0).expect("scale")).expect("bwd")
             });
             drop(model);

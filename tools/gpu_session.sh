@@ -84,6 +84,8 @@ step gpu_kernels 150 "$KT" --nocapture --test-threads=1 --skip stability
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+# The same step with three q/k/v projections (the layout before the fused QKV GEMM).
+step bench_distilbert_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 0 --json
 # 3b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale).
 step stability 120 "$KT" --nocapture --test-threads=1 stability
 # 3c. T5 fp16 overflow safety and DistilBERT fp16 on the card; the memory planner's
@@ -146,7 +148,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"

@@ -333,6 +333,26 @@ pub trait BackendStorage: Sized + Send + Sync {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self, Self, Option<Self>)>;
+    /// [`attention`](Self::attention) with q, k and v the columns of one fused QKV
+    /// projection: `self` is `[b, l, 3, h, d]` (q, k, v per token, `spec.lq == spec.lk`).
+    /// Returns (out `[b, l, h, d]`, lse).
+    fn attention_qkv(
+        &self, /*qkv*/
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Self)>;
+    /// Backward of [`attention_qkv`](Self::attention_qkv): (dqkv in the same packed
+    /// layout, so one GEMM gives the input gradient; dbias as in `attention_backward`).
+    fn attention_qkv_backward(
+        &self, /*qkv*/
+        out: &Self,
+        lse: &Self,
+        dout: &Self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Option<Self>)>;
 
     // ---- QA decoding (inference only) ------------------------------------------------
     /// For each of `rows` windows of `cols` tokens: softmax over start and end logits
@@ -918,6 +938,60 @@ impl Storage {
                     Storage::Cuda(dv),
                     db.map(Storage::Cuda),
                 ))
+            }
+        }
+    }
+    pub fn attention_qkv(
+        &self,
+        key_mask: Option<&Storage>,
+        bias: Option<&Storage>,
+        spec: &AttnSpec,
+    ) -> Result<(Storage, Storage)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let m = opt_as!("attention_qkv", Cpu, key_mask, dev);
+                let b = opt_as!("attention_qkv", Cpu, bias, dev);
+                let (o, l) = x.attention_qkv(m, b, spec)?;
+                Ok((Storage::Cpu(o), Storage::Cpu(l)))
+            }
+            Storage::Cuda(x) => {
+                let m = opt_as!("attention_qkv", Cuda, key_mask, dev);
+                let b = opt_as!("attention_qkv", Cuda, bias, dev);
+                let (o, l) = x.attention_qkv(m, b, spec)?;
+                Ok((Storage::Cuda(o), Storage::Cuda(l)))
+            }
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_qkv_backward(
+        &self,
+        out: &Storage,
+        lse: &Storage,
+        dout: &Storage,
+        key_mask: Option<&Storage>,
+        bias: Option<&Storage>,
+        spec: &AttnSpec,
+    ) -> Result<(Storage, Option<Storage>)> {
+        let dev = self.device();
+        match self {
+            Storage::Cpu(x) => {
+                let o = as_variant!("attention_qkv_backward", Cpu, out, dev);
+                let l = as_variant!("attention_qkv_backward", Cpu, lse, dev);
+                let d = as_variant!("attention_qkv_backward", Cpu, dout, dev);
+                let m = opt_as!("attention_qkv_backward", Cpu, key_mask, dev);
+                let b = opt_as!("attention_qkv_backward", Cpu, bias, dev);
+                let (g, db) = x.attention_qkv_backward(o, l, d, m, b, spec)?;
+                Ok((Storage::Cpu(g), db.map(Storage::Cpu)))
+            }
+            Storage::Cuda(x) => {
+                let o = as_variant!("attention_qkv_backward", Cuda, out, dev);
+                let l = as_variant!("attention_qkv_backward", Cuda, lse, dev);
+                let d = as_variant!("attention_qkv_backward", Cuda, dout, dev);
+                let m = opt_as!("attention_qkv_backward", Cuda, key_mask, dev);
+                let b = opt_as!("attention_qkv_backward", Cuda, bias, dev);
+                let (g, db) = x.attention_qkv_backward(o, l, d, m, b, spec)?;
+                Ok((Storage::Cuda(g), db.map(Storage::Cuda)))
             }
         }
     }

@@ -462,9 +462,8 @@ impl Sim {
     }
 
     /// The attention op: output and lse (saved, with q, k, v and the output); CUDA adds
-    /// its kernels' scratch (fused: f32 bias copy, delta, dq accumulator, f32 bias
-    /// gradient; naive: f32 scores and probabilities).
-    #[allow(clippy::too_many_arguments)]
+    /// the kernels' scratch (fused: dq accumulator, delta, f32 bias and its gradient;
+    /// naive: the score matrices).
     pub fn attention(
         &mut self,
         q: V,
@@ -472,7 +471,45 @@ impl Sim {
         v: V,
         mask: Option<V>,
         bias: Option<V>,
+        dims: [usize; 5],
+    ) -> V {
+        let [b, h, lq, lk, d] = dims;
+        let es = self.es();
+        let gs = vec![
+            G::New(b * lq * h * d * es),
+            G::New(b * lk * h * d * es),
+            G::New(b * lk * h * d * es),
+        ];
+        self.attention_node(&[q, k, v], gs, mask, bias, dims, (0, 0))
+    }
+
+    /// `Tensor::attention_qkv` over one packed `[b, l, 3, h, d]` projection: saves it
+    /// once, and its gradient is one packed buffer. The CUDA naive path (no fused
+    /// kernel) copies q, k, v out (3 slices, forward and backward) and concatenates dq,
+    /// dk, dv.
+    pub fn attention_qkv(&mut self, qkv: V, mask: Option<V>, dims: [usize; 5]) -> V {
+        let [b, h, l, _, d] = dims;
+        let es = self.es();
+        let part = b * l * h * d * es;
+        let copies = if self.env.cuda && !self.env.fused_attention(d) {
+            (3 * part, 6 * part)
+        } else {
+            (0, 0)
+        };
+        let gs = vec![G::New(3 * part)];
+        self.attention_node(&[qkv], gs, mask, None, dims, copies)
+    }
+
+    /// The shared body of both attention ops; `extra` is (forward, backward) scratch on
+    /// top of the kernels'.
+    fn attention_node(
+        &mut self,
+        qkv: &[V],
+        mut gs: Vec<G>,
+        mask: Option<V>,
+        bias: Option<V>,
         [b, h, lq, lk, d]: [usize; 5],
+        extra: (usize, usize),
     ) -> V {
         self.cur = "attention";
         let es = self.es();
@@ -489,24 +526,20 @@ impl Sim {
             let db32 = if es == 4 { 0 } else { 4 * bias_n };
             (scores * (4 + es), db32 + scores * (8 + 2 * es))
         };
-        self.scratch(out + lse + fwd_scratch);
+        self.scratch(out + lse + fwd_scratch + extra.0);
         let y = self.alloc(out);
         let l = self.alloc(lse);
-        let mut ins = vec![q, k, v];
-        let mut gs = vec![
-            G::New(b * lq * h * d * es),
-            G::New(b * lk * h * d * es),
-            G::New(b * lk * h * d * es),
-        ];
+        let mut ins = qkv.to_vec();
         if let Some(bias) = bias {
             ins.push(bias);
             gs.push(G::New(bias_n * es));
         }
         if self.needs(&ins) {
-            let mut saved = vec![q, k, v, y, l];
+            let mut saved = qkv.to_vec();
+            saved.extend([y, l]);
             saved.extend(mask);
             saved.extend(bias);
-            self.record(y, &ins, &saved, &gs, bwd_scratch);
+            self.record(y, &ins, &saved, &gs, bwd_scratch + extra.1);
         }
         self.release(l);
         y

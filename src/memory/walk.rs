@@ -150,17 +150,33 @@ fn encoder_layer(
     l: usize,
 ) -> V {
     let (d, r) = (s.hidden, b * l);
-    let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
-    let k = sim.linear(x, r, d, d, p.k.w, p.k.b);
-    let v = sim.linear(x, r, d, d, p.v.w, p.v.b);
-    let ctx = sim.attention(q, k, v, Some(mask), None, [b, s.heads, l, l, d / s.heads]);
+    let dims = [b, s.heads, l, l, d / s.heads];
+    // Buffers the layer's locals hold to its end.
+    let mut held = Vec::new();
+    let ctx = if std::env::var("FUSEBOX_SEPARATE_QKV").is_ok_and(|v| v == "1") {
+        let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
+        let k = sim.linear(x, r, d, d, p.k.w, p.k.b);
+        let v = sim.linear(x, r, d, d, p.v.w, p.v.b);
+        held.extend([q, k, v]);
+        sim.attention(q, k, v, Some(mask), None, dims)
+    } else {
+        // One QKV GEMM over the concatenated weights (EncoderLayer::qkv_params).
+        let w = sim.cat(&[p.q.w, p.k.w, p.v.w], &[d * d; 3]);
+        let bias = match (p.q.b, p.k.b, p.v.b) {
+            (Some(bq), Some(bk), Some(bv)) => Some(sim.cat(&[bq, bk, bv], &[d; 3])),
+            _ => None,
+        };
+        let qkv = sim.linear(x, r, d, 3 * d, w, bias);
+        held.extend([w, qkv].into_iter().chain(bias));
+        sim.attention_qkv(qkv, Some(mask), dims)
+    };
     let a = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
     let (n1, n2) = (p.n1, p.n2);
     let h = sim.dropout_add_layer_norm(a, x, r, d, n1.0, n1.1, s.attn_out_dropout);
     let f = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
     let f1 = sim.act_linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
     let out = sim.dropout_add_layer_norm(f1, h, r, d, n2.0, n2.1, s.hidden_dropout);
-    for t in [q, k, v, ctx, a, h, f, f1] {
+    for t in held.into_iter().chain([ctx, a, h, f, f1]) {
         sim.release(t);
     }
     out

@@ -167,6 +167,22 @@ impl EncoderLayer {
         v
     }
 
+    /// `[Wq; Wk; Wv]` `[3·hidden, hidden]` and the biases likewise (all three or none).
+    fn qkv_params(&self) -> Result<(Tensor, Option<Tensor>)> {
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
+        let bias = match (&q.bias, &k.bias, &v.bias) {
+            (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)?),
+            (None, None, None) => None,
+            _ => {
+                return Err(Error::msg(
+                    "encoder layer: query, key and value must all have a bias or none",
+                ))
+            }
+        };
+        Ok((w, bias))
+    }
+
     /// [`EncoderLayer::forward`] under activation checkpointing: only `x` is kept for
     /// backward, which recomputes the layer (same dropout masks: they hash the seed).
     pub fn forward_checkpointed(
@@ -189,23 +205,30 @@ impl EncoderLayer {
         let d = &self.dims;
         let (b, l) = (x.dims()[0], x.dims()[1]);
         let head_dim = d.hidden / d.heads;
-        let split = |t: Tensor| t.reshape([b, l, d.heads, head_dim]);
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let ctx = q.attention(
-            &k,
-            &v,
-            AttnOptions {
-                scale,
-                causal: false,
-                key_mask: Some(mask),
-                bias: None,
-                dropout: mode.p(d.attention_dropout),
-                seed: mode.seed_for(site * 8),
-            },
-        )?;
+        let opt = AttnOptions {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            causal: false,
+            key_mask: Some(mask),
+            bias: None,
+            dropout: mode.p(d.attention_dropout),
+            seed: mode.seed_for(site * 8),
+        };
+        let ctx = if separate_qkv() {
+            let split = |t: Tensor| t.reshape([b, l, d.heads, head_dim]);
+            let q = split(self.query.forward(x)?)?;
+            let k = split(self.key.forward(x)?)?;
+            let v = split(self.value.forward(x)?)?;
+            q.attention(&k, &v, opt)?
+        } else {
+            // q, k and v from one GEMM over [Wq; Wk; Wv] (concatenated per step: the
+            // checkpoint keeps HF's three layers); the attention reads them in place
+            // and hands back one packed gradient, so backward is one GEMM too.
+            let (w, bias) = self.qkv_params()?;
+            let qkv = x
+                .linear(&w, bias.as_ref())?
+                .reshape([b, l, 3, d.heads, head_dim])?;
+            qkv.attention_qkv(opt)?
+        };
         let ctx = ctx.reshape([b, l, d.hidden])?;
         // LayerNorm(dropout(o(ctx)) + x) as one op (one kernel each way on CUDA).
         let a = self.attn_out.forward(&ctx)?;
@@ -228,6 +251,13 @@ impl EncoderLayer {
             mode.seed_for(site * 8 + 2),
         )
     }
+}
+
+/// FUSEBOX_SEPARATE_QKV=1: three q/k/v projections and attention on three tensors (the
+/// layout before the fused QKV projection), for A/B timing; the default is one GEMM.
+pub fn separate_qkv() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FUSEBOX_SEPARATE_QKV").is_ok_and(|v| v == "1"))
 }
 
 /// `qa_outputs`: hidden → (start, end) logits, each `[B, L]`.

@@ -384,6 +384,97 @@ fn attention_forward_backward() {
     }
 }
 
+/// Attention over one packed `[b, l, 3, h, d]` QKV buffer (the fused projection's
+/// output): the fused kernels read q/k/v with row stride 3·H·D and write dq/dk/dv into
+/// one packed gradient; the naive path copies. Against the CPU's packed attention
+/// (itself checked against the separate call in tests/gradcheck.rs).
+#[test]
+fn attention_packed_qkv_forward_backward() {
+    let Some(mut rng) = setup("attention_packed_qkv_forward_backward") else {
+        return;
+    };
+    // (b, h, l, d, causal, mask, bias, scale)
+    let cases = [
+        (
+            2usize, 12usize, 128usize, 64usize, false, true, false, 0.125f32,
+        ),
+        (3, 2, 33, 64, true, true, true, 1.0),
+        (1, 3, 70, 32, false, true, true, 0.17),
+        (2, 2, 65, 128, true, false, false, 0.088),
+        (1, 1, 1, 64, false, false, false, 1.0),
+    ];
+    let with_dropout = cases.iter().flat_map(|c| [(*c, 0.0f32), (*c, 0.15f32)]);
+    for ((b, h, l, d, causal, mask, bias, scale), dropout) in
+        with_dropout.filter(|(c, _)| keep(c.0 * c.1 * c.2 * c.2))
+    {
+        for dt in DTS {
+            let sp = AttnSpec {
+                b,
+                h,
+                lq: l,
+                lk: l,
+                d,
+                scale,
+                causal,
+                dropout,
+                seed: 99,
+            };
+            let shape = [b, h, l, l, d];
+            let (cx, gx) = pair(&rng.normal(b * l * 3 * h * d, 1.0), dt);
+            let (cdo, gdo) = pair(&rng.normal(b * l * h * d, 1.0), dt);
+            let mvec: Vec<i32> = (0..b * l)
+                .map(|i| ((i % l) < l - (i / l) % 3) as i32)
+                .collect();
+            let cmask = mask.then(|| CpuStorage::from_i32(mvec.clone()));
+            let gmask = cmask.as_ref().map(up);
+            let (cb, gb) = pair(&rng.normal(h * l * l, 1.0), dt);
+            let (cb, gb) = if bias {
+                (Some(cb), Some(gb))
+            } else {
+                (None, None)
+            };
+            let (wo, wl) = ok(cx.attention_qkv(cmask.as_ref(), cb.as_ref(), &sp));
+            let (wd, wdb) =
+                ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
+            let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
+            let impls: &[cuda::AttnImpl] = if fused {
+                &[cuda::AttnImpl::Naive, cuda::AttnImpl::Fused]
+            } else {
+                &[cuda::AttnImpl::Naive]
+            };
+            for &which in impls {
+                cuda::set_attention_impl(which);
+                let tag = match (which == cuda::AttnImpl::Fused, dropout > 0.0) {
+                    (true, false) => "fused",
+                    (true, true) => "fused_dropout",
+                    (false, false) => "naive",
+                    (false, true) => "naive_dropout",
+                };
+                let t = Instant::now();
+                let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
+                check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
+                check_lse(&format!("attn_qkv_{tag}_fwd_lse"), &shape, dt, &lse, &wl, t);
+                let t = Instant::now();
+                let (dx, db) =
+                    ok(gx.attention_qkv_backward(&o, &lse, &gdo, gmask.as_ref(), gb.as_ref(), &sp));
+                check(&format!("attn_qkv_{tag}_bwd_dqkv"), &shape, dt, &dx, &wd, t);
+                match (db, wdb.as_ref()) {
+                    (Some(g), Some(w)) => {
+                        check(&format!("attn_qkv_{tag}_bwd_dbias"), &shape, dt, &g, w, t)
+                    }
+                    (None, None) => {}
+                    (g, w) => panic!(
+                        "dbias presence differs: gpu {} cpu {}",
+                        g.is_some(),
+                        w.is_some()
+                    ),
+                }
+            }
+            cuda::set_attention_impl(cuda::AttnImpl::Auto);
+        }
+    }
+}
+
 #[test]
 fn span_search_top_k() {
     let Some(mut rng) = setup("span_search_top_k") else {

@@ -3,8 +3,10 @@
 //! an end-aligned causal mask and T5's additive per-head bias.
 //!
 //! q, k, v stay in the `[B, L, H, D]` layout the projections produce: each (batch, head)
-//! slice is a strided matrix (row stride H·D), so the two products per head go straight
-//! to gemm with strides and nothing is transposed or copied. Work is split over
+//! slice is a strided matrix (row stride H·D, or 3·H·D when q, k and v are the columns of
+//! one fused QKV projection `[B, L, 3, H, D]`), so the two products per head go straight
+//! to gemm with strides and nothing is transposed or copied; the packed layout's
+//! gradients land in one packed buffer, as the CUDA kernels write them. Work is split over
 //! (batch, head) pairs; each pair materialises its `Lq × Lk` score matrix, which is fine
 //! on a CPU (the CUDA kernel tiles it instead). Backward recomputes the probabilities
 //! from the saved log-sum-exp rather than keeping them. Batches are processed in waves
@@ -21,6 +23,44 @@ use super::{check_len, CpuStorage, Real};
 use crate::backend::AttnSpec;
 use crate::error::{Error, Result};
 
+/// Where q, k and v sit in their buffers: row strides (elements per token) and column
+/// offsets. Separate `[B, L, H, D]` buffers, or the one packed `[B, L, 3, H, D]` buffer
+/// of a fused QKV projection (the same layout then holds dq, dk and dv).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Layout {
+    ldq: usize,
+    ldkv: usize,
+    q_off: usize,
+    k_off: usize,
+    v_off: usize,
+}
+
+impl Layout {
+    pub(super) fn separate(s: &AttnSpec) -> Layout {
+        let hd = s.h * s.d;
+        Layout {
+            ldq: hd,
+            ldkv: hd,
+            q_off: 0,
+            k_off: 0,
+            v_off: 0,
+        }
+    }
+    pub(super) fn packed(s: &AttnSpec) -> Layout {
+        let hd = s.h * s.d;
+        Layout {
+            ldq: 3 * hd,
+            ldkv: 3 * hd,
+            q_off: 0,
+            k_off: hd,
+            v_off: 2 * hd,
+        }
+    }
+    fn is_packed(&self) -> bool {
+        self.k_off != 0
+    }
+}
+
 struct Inputs<'a, T> {
     q: &'a [T],
     k: &'a [T],
@@ -28,22 +68,44 @@ struct Inputs<'a, T> {
     mask: Option<&'a [i32]>,
     bias: Option<&'a [T]>,
     s: AttnSpec,
+    lay: Layout,
     scale: T,
+}
+
+/// q, k, v of a call: three buffers, or (packed) the one `qkv` buffer three times.
+pub(super) struct Qkv<'a> {
+    pub q: &'a CpuStorage,
+    pub k: &'a CpuStorage,
+    pub v: &'a CpuStorage,
+    pub lay: Layout,
 }
 
 fn inputs<'a, T: Real>(
     op: &'static str,
-    q: &'a CpuStorage,
-    k: &'a CpuStorage,
-    v: &'a CpuStorage,
+    qkv: &Qkv<'a>,
     key_mask: Option<&'a CpuStorage>,
     bias: Option<&'a CpuStorage>,
     s: &AttnSpec,
 ) -> Result<Inputs<'a, T>> {
-    let (q, k, v) = (q.floats::<T>(op)?, k.floats::<T>(op)?, v.floats::<T>(op)?);
-    check_len(op, "q [b, lq, h, d]", s.b * s.lq * s.h * s.d, q.len())?;
-    check_len(op, "k [b, lk, h, d]", s.b * s.lk * s.h * s.d, k.len())?;
-    check_len(op, "v [b, lk, h, d]", s.b * s.lk * s.h * s.d, v.len())?;
+    let lay = qkv.lay;
+    let (q, k, v) = (
+        qkv.q.floats::<T>(op)?,
+        qkv.k.floats::<T>(op)?,
+        qkv.v.floats::<T>(op)?,
+    );
+    if lay.is_packed() {
+        if s.lq != s.lk {
+            return Err(Error::msg(format!(
+                "{op}: packed q/k/v need lq == lk, got {} and {}",
+                s.lq, s.lk
+            )));
+        }
+        check_len(op, "qkv [b, l, 3, h, d]", s.b * s.lq * lay.ldq, q.len())?;
+    } else {
+        check_len(op, "q [b, lq, h, d]", s.b * s.lq * s.h * s.d, q.len())?;
+        check_len(op, "k [b, lk, h, d]", s.b * s.lk * s.h * s.d, k.len())?;
+        check_len(op, "v [b, lk, h, d]", s.b * s.lk * s.h * s.d, v.len())?;
+    }
     let mask = match key_mask {
         Some(m) => {
             let m = m.ints(op)?;
@@ -70,24 +132,45 @@ fn inputs<'a, T: Real>(
         mask,
         bias,
         s: *s,
+        lay,
         scale: T::of(s.scale as f64),
     })
 }
 
-impl<T: Real> Inputs<'_, T> {
-    /// Row-major view of the (b, h) slice of a `[B, L, H, D]` buffer: `L × D`.
-    fn rows(&self, b: usize, h: usize, l: usize) -> View {
-        let hd = self.s.h * self.s.d;
-        View::row_major(b * l * hd + h * self.s.d, hd)
+/// Row-major view of the (b, h) slice of a `[B, L, H, D]` tensor stored with rows of
+/// `ld` elements from column `off`: `L × D`.
+fn rows(s: &AttnSpec, b: usize, h: usize, l: usize, ld: usize, off: usize) -> View {
+    View::row_major(b * l * ld + off + h * s.d, ld)
+}
+/// The same slice transposed: `D × L`.
+fn cols(s: &AttnSpec, b: usize, h: usize, l: usize, ld: usize, off: usize) -> View {
+    View {
+        off: b * l * ld + off + h * s.d,
+        rs: 1,
+        cs: ld,
     }
-    /// The same slice transposed: `D × L`.
-    fn cols(&self, b: usize, h: usize, l: usize) -> View {
+}
+
+impl<T: Real> Inputs<'_, T> {
+    fn q_rows(&self, b: usize, h: usize) -> View {
+        rows(&self.s, b, h, self.s.lq, self.lay.ldq, self.lay.q_off)
+    }
+    fn k_rows(&self, b: usize, h: usize) -> View {
+        rows(&self.s, b, h, self.s.lk, self.lay.ldkv, self.lay.k_off)
+    }
+    fn v_rows(&self, b: usize, h: usize) -> View {
+        rows(&self.s, b, h, self.s.lk, self.lay.ldkv, self.lay.v_off)
+    }
+    fn k_cols(&self, b: usize, h: usize) -> View {
+        cols(&self.s, b, h, self.s.lk, self.lay.ldkv, self.lay.k_off)
+    }
+    fn v_cols(&self, b: usize, h: usize) -> View {
+        cols(&self.s, b, h, self.s.lk, self.lay.ldkv, self.lay.v_off)
+    }
+    /// out and dout: contiguous `[B, Lq, H, D]`.
+    fn o_rows(&self, b: usize, h: usize) -> View {
         let hd = self.s.h * self.s.d;
-        View {
-            off: b * l * hd + h * self.s.d,
-            rs: 1,
-            cs: hd,
-        }
+        rows(&self.s, b, h, self.s.lq, hd, 0)
     }
 
     /// `scale·q·kᵀ + bias` with masked positions at -inf, `lq × lk` row-major.
@@ -99,9 +182,9 @@ impl<T: Real> Inputs<'_, T> {
             &mut sc,
             View::row_major(0, lk),
             self.q,
-            self.rows(b, h, lq),
+            self.q_rows(b, h),
             self.k,
-            self.cols(b, h, lk),
+            self.k_cols(b, h),
             self.scale,
             false,
             Parallelism::None,
@@ -144,11 +227,21 @@ impl<T: Real> Inputs<'_, T> {
     }
 }
 
-/// Write an `l × d` per-(b, h) block back into a `[B, L, H, D]` buffer.
-fn scatter<T: Real>(dst: &mut [T], src: &[T], b: usize, h: usize, l: usize, s: &AttnSpec) {
-    let hd = s.h * s.d;
+/// Write an `l × d` per-(b, h) block back into a `[B, L, H, D]` tensor stored with rows
+/// of `ld` elements from column `off`.
+#[allow(clippy::too_many_arguments)]
+fn scatter<T: Real>(
+    dst: &mut [T],
+    src: &[T],
+    b: usize,
+    h: usize,
+    l: usize,
+    s: &AttnSpec,
+    ld: usize,
+    off: usize,
+) {
     for i in 0..l {
-        let o = (b * l + i) * hd + h * s.d;
+        let o = (b * l + i) * ld + off + h * s.d;
         dst[o..o + s.d].copy_from_slice(&src[i * s.d..(i + 1) * s.d]);
     }
 }
@@ -176,14 +269,12 @@ fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> 
 }
 
 pub(super) fn attention<T: Real>(
-    q: &CpuStorage,
-    k: &CpuStorage,
-    v: &CpuStorage,
+    qkv: &Qkv<'_>,
     key_mask: Option<&CpuStorage>,
     bias: Option<&CpuStorage>,
     spec: &AttnSpec,
 ) -> Result<(CpuStorage, CpuStorage)> {
-    let a = inputs::<T>("attention", q, k, v, key_mask, bias, spec)?;
+    let a = inputs::<T>("attention", qkv, key_mask, bias, spec)?;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
@@ -225,7 +316,7 @@ pub(super) fn attention<T: Real>(
                     &p,
                     View::row_major(0, lk),
                     a.v,
-                    a.rows(bi, hi, lk),
+                    a.v_rows(bi, hi),
                     T::one(),
                     false,
                     Parallelism::None,
@@ -234,7 +325,7 @@ pub(super) fn attention<T: Real>(
             })
             .collect::<Result<_>>()?;
         for (&(bi, hi), (o, l)) in pairs.iter().zip(res) {
-            scatter(&mut out, &o, bi, hi, lq, spec);
+            scatter(&mut out, &o, bi, hi, lq, spec, h * d, 0);
             lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq].copy_from_slice(&l);
         }
     }
@@ -244,34 +335,43 @@ pub(super) fn attention<T: Real>(
 /// Per-(b, h) gradients: dq `lq×d`, dk `lk×d`, dv `lk×d`, dscores `lq×lk`.
 type PairGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>);
 
+/// Gradients of q, k, v: three buffers, or one packed buffer in the layout of the input.
+pub(super) enum QkvGrads {
+    Separate(CpuStorage, CpuStorage, CpuStorage),
+    Packed(CpuStorage),
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_backward<T: Real>(
-    q: &CpuStorage,
-    k: &CpuStorage,
-    v: &CpuStorage,
+    qkv: &Qkv<'_>,
     out: &CpuStorage,
     lse: &CpuStorage,
     dout: &CpuStorage,
     key_mask: Option<&CpuStorage>,
     bias: Option<&CpuStorage>,
     spec: &AttnSpec,
-) -> Result<(CpuStorage, CpuStorage, CpuStorage, Option<CpuStorage>)> {
+) -> Result<(QkvGrads, Option<CpuStorage>)> {
     const OP: &str = "attention_backward";
-    let a = inputs::<T>(OP, q, k, v, key_mask, bias, spec)?;
+    let a = inputs::<T>(OP, qkv, key_mask, bias, spec)?;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
+    let lay = a.lay;
     let (o, lse, dout) = (
         out.floats::<T>(OP)?,
         lse.floats::<T>(OP)?,
         dout.floats::<T>(OP)?,
     );
-    check_len(OP, "out [b, lq, h, d]", a.q.len(), o.len())?;
-    check_len(OP, "dout [b, lq, h, d]", a.q.len(), dout.len())?;
+    check_len(OP, "out [b, lq, h, d]", b * lq * h * d, o.len())?;
+    check_len(OP, "dout [b, lq, h, d]", b * lq * h * d, dout.len())?;
     check_len(OP, "lse [b, h, lq]", b * h * lq, lse.len())?;
+    // Packed: dq, dk and dv are the one buffer `dq` (dk and dv stay empty).
     let mut dq = vec![T::zero(); a.q.len()];
-    let mut dk = vec![T::zero(); a.k.len()];
-    let mut dv = vec![T::zero(); a.v.len()];
+    let (mut dk, mut dv) = if lay.is_packed() {
+        (Vec::new(), Vec::new())
+    } else {
+        (vec![T::zero(); a.k.len()], vec![T::zero(); a.v.len()])
+    };
     let mut dbias = a.bias.map(|_| vec![T::zero(); h * lq * lk]);
     let hd = h * d;
     let wave = a.wave();
@@ -301,9 +401,9 @@ pub(super) fn attention_backward<T: Real>(
                     &mut ds,
                     View::row_major(0, lk),
                     dout,
-                    a.rows(bi, hi, lq),
+                    a.o_rows(bi, hi),
                     a.v,
-                    a.cols(bi, hi, lk),
+                    a.v_cols(bi, hi),
                     T::one(),
                     false,
                     Parallelism::None,
@@ -344,7 +444,7 @@ pub(super) fn attention_backward<T: Real>(
                 };
                 let out_rows = View::row_major(0, d);
                 // dq = scale · dS · k
-                let (q_rows, k_rows) = (a.rows(bi, hi, lq), a.rows(bi, hi, lk));
+                let (q_rows, k_rows) = (a.q_rows(bi, hi), a.k_rows(bi, hi));
                 gemm_strided(
                     (lq, d, lk),
                     &mut gq,
@@ -378,7 +478,7 @@ pub(super) fn attention_backward<T: Real>(
                     &pz,
                     ds_t,
                     dout,
-                    q_rows,
+                    a.o_rows(bi, hi),
                     T::one(),
                     false,
                     none,
@@ -387,9 +487,14 @@ pub(super) fn attention_backward<T: Real>(
             })
             .collect::<Result<_>>()?;
         for (&(bi, hi), (gq, gk, gv, ds)) in pairs.iter().zip(res) {
-            scatter(&mut dq, &gq, bi, hi, lq, spec);
-            scatter(&mut dk, &gk, bi, hi, lk, spec);
-            scatter(&mut dv, &gv, bi, hi, lk, spec);
+            scatter(&mut dq, &gq, bi, hi, lq, spec, lay.ldq, lay.q_off);
+            if lay.is_packed() {
+                scatter(&mut dq, &gk, bi, hi, lk, spec, lay.ldkv, lay.k_off);
+                scatter(&mut dq, &gv, bi, hi, lk, spec, lay.ldkv, lay.v_off);
+            } else {
+                scatter(&mut dk, &gk, bi, hi, lk, spec, lay.ldkv, lay.k_off);
+                scatter(&mut dv, &gv, bi, hi, lk, spec, lay.ldkv, lay.v_off);
+            }
             if let Some(db) = dbias.as_mut() {
                 for (x, &g) in db[hi * lq * lk..(hi + 1) * lq * lk].iter_mut().zip(&ds) {
                     *x += g;
@@ -397,10 +502,14 @@ pub(super) fn attention_backward<T: Real>(
             }
         }
     }
-    Ok((
-        CpuStorage::from_real(dq),
-        CpuStorage::from_real(dk),
-        CpuStorage::from_real(dv),
-        dbias.map(CpuStorage::from_real),
-    ))
+    let grads = if lay.is_packed() {
+        QkvGrads::Packed(CpuStorage::from_real(dq))
+    } else {
+        QkvGrads::Separate(
+            CpuStorage::from_real(dq),
+            CpuStorage::from_real(dk),
+            CpuStorage::from_real(dv),
+        )
+    };
+    Ok((grads, dbias.map(CpuStorage::from_real)))
 }

@@ -193,6 +193,62 @@ macro_rules! float_op {
     };
 }
 
+/// Attention forward for either q/k/v layout, in the storage's float type (f16 runs in f32).
+fn attention_any(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    lay: attention::Layout,
+    key_mask: Option<&CpuStorage>,
+    bias: Option<&CpuStorage>,
+    spec: &AttnSpec,
+) -> Result<(CpuStorage, CpuStorage)> {
+    const OP: &str = "attention";
+    let qkv = attention::Qkv { q, k, v, lay };
+    float_op!(OP, q.dtype(), attention::attention(&qkv, key_mask, bias, spec),
+    f16 => {
+        let bias = up_opt(OP, bias)?;
+        let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
+        let qkv = attention::Qkv { q: &q, k: &k, v: &v, lay };
+        let (out, lse) = attention::attention::<f32>(&qkv, key_mask, bias.as_ref(), spec)?;
+        Ok((down(out), lse))
+    })
+}
+
+/// Attention backward for either layout (f16 runs in f32).
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_any(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    lay: attention::Layout,
+    out: &CpuStorage,
+    lse: &CpuStorage,
+    dout: &CpuStorage,
+    key_mask: Option<&CpuStorage>,
+    bias: Option<&CpuStorage>,
+    spec: &AttnSpec,
+) -> Result<(attention::QkvGrads, Option<CpuStorage>)> {
+    const OP: &str = "attention_backward";
+    let qkv = attention::Qkv { q, k, v, lay };
+    float_op!(OP, q.dtype(),
+    attention::attention_backward(&qkv, out, lse, dout, key_mask, bias, spec),
+    f16 => {
+        let bias = up_opt(OP, bias)?;
+        let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
+        let qkv = attention::Qkv { q: &q, k: &k, v: &v, lay };
+        let (grads, db) = attention::attention_backward::<f32>(
+            &qkv, &up(OP, out)?, lse, &up(OP, dout)?, key_mask, bias.as_ref(), spec)?;
+        let grads = match grads {
+            attention::QkvGrads::Separate(dq, dk, dv) => {
+                attention::QkvGrads::Separate(down(dq), down(dk), down(dv))
+            }
+            attention::QkvGrads::Packed(d) => attention::QkvGrads::Packed(down(d)),
+        };
+        Ok((grads, db.map(down)))
+    })
+}
+
 impl BackendStorage for CpuStorage {
     fn device(&self) -> Device {
         Device::Cpu
@@ -462,14 +518,8 @@ impl BackendStorage for CpuStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self)> {
-        const OP: &str = "attention";
-        float_op!(OP, self.dtype(), attention::attention(self, k, v, key_mask, bias, spec),
-        f16 => {
-            let bias = up_opt(OP, bias)?;
-            let (out, lse) = attention::attention::<f32>(
-                &up(OP, self)?, &up(OP, k)?, &up(OP, v)?, key_mask, bias.as_ref(), spec)?;
-            Ok((down(out), lse))
-        })
+        let lay = attention::Layout::separate(spec);
+        attention_any(self, k, v, lay, key_mask, bias, spec)
     }
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
@@ -483,16 +533,39 @@ impl BackendStorage for CpuStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        const OP: &str = "attention_backward";
-        float_op!(OP, self.dtype(),
-        attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec),
-        f16 => {
-            let bias = up_opt(OP, bias)?;
-            let (dq, dk, dv, db) = attention::attention_backward::<f32>(
-                &up(OP, self)?, &up(OP, k)?, &up(OP, v)?, &up(OP, out)?, lse,
-                &up(OP, dout)?, key_mask, bias.as_ref(), spec)?;
-            Ok((down(dq), down(dk), down(dv), db.map(down)))
-        })
+        let lay = attention::Layout::separate(spec);
+        match attention_backward_any(self, k, v, lay, out, lse, dout, key_mask, bias, spec)? {
+            (attention::QkvGrads::Separate(dq, dk, dv), db) => Ok((dq, dk, dv, db)),
+            (attention::QkvGrads::Packed(_), _) => Err(Error::msg(
+                "attention_backward: packed gradients for separate q, k, v",
+            )),
+        }
+    }
+    fn attention_qkv(
+        &self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Self)> {
+        let lay = attention::Layout::packed(spec);
+        attention_any(self, self, self, lay, key_mask, bias, spec)
+    }
+    fn attention_qkv_backward(
+        &self,
+        out: &Self,
+        lse: &Self,
+        dout: &Self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        let lay = attention::Layout::packed(spec);
+        match attention_backward_any(self, self, self, lay, out, lse, dout, key_mask, bias, spec)? {
+            (attention::QkvGrads::Packed(dqkv), db) => Ok((dqkv, db)),
+            (attention::QkvGrads::Separate(..), _) => Err(Error::msg(
+                "attention_qkv_backward: separate gradients for packed q, k, v",
+            )),
+        }
     }
     fn span_search(
         &self, /*start logits*/

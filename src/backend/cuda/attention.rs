@@ -10,7 +10,7 @@
 //! so head h of batch b is a strided matrix with row stride H·D; each GEMM batches over
 //! the heads of one batch entry (stride D) and loops over B.
 
-use super::attention_fused;
+use super::attention_fused::{self, QkvPtrs};
 use super::blas::{gemm, Gemm};
 use super::context::{cfg_rows, Arg, Dev};
 use super::elementwise::cast;
@@ -44,6 +44,16 @@ fn check(
             });
         }
     }
+    check_mask_bias(q.dtype(), key_mask, bias, sp)?;
+    Ok(s)
+}
+
+fn check_mask_bias(
+    dt: DType,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<()> {
     if let Some(m) = key_mask {
         if m.dtype() != DType::I32 || m.len() != sp.b * sp.lk {
             return Err(len_err(
@@ -54,7 +64,7 @@ fn check(
         }
     }
     if let Some(b) = bias {
-        if b.dtype() != q.dtype() || b.len() != sp.h * sp.lq * sp.lk {
+        if b.dtype() != dt || b.len() != sp.h * sp.lq * sp.lk {
             return Err(len_err(
                 "attention bias ([h, lq, lk], dtype of q)",
                 sp.h * sp.lq * sp.lk,
@@ -62,7 +72,7 @@ fn check(
             ));
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 /// A per-head operand: base address and element size in bytes.
@@ -284,7 +294,8 @@ pub fn attention(
         return Ok((z, l));
     }
     if let Some(suffix) = attention_fused::choose(dev, q.dtype(), sp)? {
-        attention_fused::forward(suffix, q, k, v, key_mask, bias, sp, &out, &lse)?;
+        let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
+        attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
         return Ok((out, lse));
     }
     let s = scores(q, k, sp)?;
@@ -331,7 +342,15 @@ pub fn attention_backward(
     let dt = q.dtype();
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
         if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
-            return attention_fused::backward(suffix, q, k, v, out, lse, dout, key_mask, bias, sp);
+            let dq = CudaStorage::alloc(dev, q.len(), dt)?;
+            let dk = CudaStorage::alloc(dev, k.len(), dt)?;
+            let dv = CudaStorage::alloc(dev, v.len(), dt)?;
+            let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
+            let grads = QkvPtrs::separate(dq.ptr(), dk.ptr(), dv.ptr(), sp);
+            let db = attention_fused::backward(
+                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
+            )?;
+            return Ok((dq, dk, dv, db));
         }
     }
     let dq = q.zeros_like_dev(q.len(), dt)?;
@@ -391,6 +410,104 @@ pub fn attention_backward(
         other => other,
     };
     Ok((dq, dk, dv, dbias))
+}
+
+/// `[b·l, 3, h·d]` → one of q, k, v as a `[b, l, h, d]` copy (the naive path's inputs).
+fn unpack(qkv: &CudaStorage, sp: &AttnSpec, which: usize) -> Result<CudaStorage> {
+    qkv.narrow(&[sp.b * sp.lq, 3, sp.h * sp.d], 1, which, 1)
+}
+
+fn check_packed(op: &'static str, qkv: &CudaStorage, sp: &AttnSpec) -> Result<()> {
+    if sp.lq != sp.lk {
+        return Err(Error::msg(format!(
+            "{op}: packed q/k/v need lq == lk, got {} and {}",
+            sp.lq, sp.lk
+        )));
+    }
+    let n = 3 * sp.b * sp.lq * sp.h * sp.d;
+    if qkv.len() != n {
+        return Err(len_err(op, n, qkv.len()));
+    }
+    Ok(())
+}
+
+/// Attention over the packed output of a fused QKV projection: the fused kernels read
+/// q, k and v in place (row stride 3·H·D); the naive path takes copies.
+pub fn attention_qkv(
+    qkv: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, CudaStorage)> {
+    check_packed("attention_qkv", qkv, sp)?;
+    let dev = qkv.dev();
+    if sp.b * sp.h * sp.lq > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, qkv.dtype(), sp)? {
+            // Same checks as the separate path (dtypes, mask, bias) on a q-shaped view.
+            let rows = sp.b * sp.h * sp.lq;
+            let out = CudaStorage::alloc(dev, sp.b * sp.lq * sp.h * sp.d, qkv.dtype())?;
+            let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
+            check_mask_bias(qkv.dtype(), key_mask, bias, sp)?;
+            let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
+            attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
+            return Ok((out, lse));
+        }
+    }
+    let (q, k, v) = (
+        unpack(qkv, sp, 0)?,
+        unpack(qkv, sp, 1)?,
+        unpack(qkv, sp, 2)?,
+    );
+    attention(&q, &k, &v, key_mask, bias, sp)
+}
+
+/// Backward of [`attention_qkv`]: dq, dk and dv in one packed buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_qkv_backward(
+    qkv: &CudaStorage,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+    dout: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    check_packed("attention_qkv_backward", qkv, sp)?;
+    let dev = qkv.dev();
+    let dt = qkv.dtype();
+    let n = sp.b * sp.lq * sp.h * sp.d;
+    let rows = sp.b * sp.h * sp.lq;
+    if rows > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
+            check_mask_bias(dt, key_mask, bias, sp)?;
+            if out.len() != n || dout.len() != n || dout.dtype() != dt {
+                return Err(len_err("attention_qkv_backward dout", n, dout.len()));
+            }
+            if lse.len() != rows || lse.dtype() != DType::F32 {
+                return Err(len_err(
+                    "attention_qkv_backward lse (f32 [b, h, lq])",
+                    rows,
+                    lse.len(),
+                ));
+            }
+            let dqkv = CudaStorage::alloc(dev, 3 * n, dt)?;
+            let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
+            let grads = QkvPtrs::packed(dqkv.ptr(), sp);
+            let db = attention_fused::backward(
+                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
+            )?;
+            return Ok((dqkv, db));
+        }
+    }
+    let (q, k, v) = (
+        unpack(qkv, sp, 0)?,
+        unpack(qkv, sp, 1)?,
+        unpack(qkv, sp, 2)?,
+    );
+    let (dq, dk, dv, db) = attention_backward(&q, &k, &v, out, lse, dout, key_mask, bias, sp)?;
+    let part = vec![sp.b * sp.lq, 1, sp.h * sp.d];
+    let dqkv = CudaStorage::cat(&[&dq, &dk, &dv], &[part.clone(), part.clone(), part], 1)?;
+    Ok((dqkv, db))
 }
 
 #[cfg(test)]

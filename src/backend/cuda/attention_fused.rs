@@ -13,7 +13,7 @@
 //! index as the CPU reference.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::LaunchConfig;
 
@@ -132,13 +132,52 @@ fn bias_f32(bias: Option<&CudaStorage>) -> Result<Option<CudaStorage>> {
     }
 }
 
+/// Device addresses of q, k and v (or of their gradients) and their row strides in
+/// elements: three [B, L, H, D] buffers (strides H·D), or the columns of one packed
+/// [B, L, 3, H, D] buffer (strides 3·H·D).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QkvPtrs {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub ldq: usize,
+    pub ldkv: usize,
+}
+
+impl QkvPtrs {
+    pub(crate) fn separate(q: u64, k: u64, v: u64, sp: &AttnSpec) -> QkvPtrs {
+        let hd = sp.h * sp.d;
+        QkvPtrs {
+            q,
+            k,
+            v,
+            ldq: hd,
+            ldkv: hd,
+        }
+    }
+    /// The packed layout of an f16 buffer at `base`.
+    pub(crate) fn packed(base: u64, sp: &AttnSpec) -> QkvPtrs {
+        let hd = sp.h * sp.d;
+        let col = (hd * DType::F16.size_in_bytes()) as u64;
+        QkvPtrs {
+            q: base,
+            k: base + col,
+            v: base + 2 * col,
+            ldq: 3 * hd,
+            ldkv: 3 * hd,
+        }
+    }
+    fn strides(&self) -> [Arg; 2] {
+        [Arg::I32(self.ldq as i32), Arg::I32(self.ldkv as i32)]
+    }
+}
+
 /// Forward into `out` and `lse` (allocated by the caller).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     suffix: &str,
-    q: &CudaStorage,
-    k: &CudaStorage,
-    v: &CudaStorage,
+    dev: &Arc<Dev>,
+    qkv: &QkvPtrs,
     key_mask: Option<&CudaStorage>,
     bias: Option<&CudaStorage>,
     sp: &AttnSpec,
@@ -147,9 +186,9 @@ pub(crate) fn forward(
 ) -> Result<()> {
     let b32 = bias_f32(bias)?;
     let mut args = vec![
-        Arg::Ptr(q.ptr()),
-        Arg::Ptr(k.ptr()),
-        Arg::Ptr(v.ptr()),
+        Arg::Ptr(qkv.q),
+        Arg::Ptr(qkv.k),
+        Arg::Ptr(qkv.v),
         Arg::Ptr(ptr(key_mask)),
         Arg::Ptr(ptr(b32.as_ref())),
         Arg::Ptr(out.ptr()),
@@ -157,32 +196,41 @@ pub(crate) fn forward(
     ];
     args.extend(dims(sp));
     args.extend(tail(sp));
-    q.dev().launch(
+    args.extend(qkv.strides());
+    dev.launch(
         &format!("fb_attn_fwd_f16{suffix}"),
         cfg((sp.lq.div_ceil(64), sp.h, sp.b), 128),
         &args,
     )
 }
 
-/// Backward: returns (dq, dk, dv, dbias in q's dtype when a bias was given).
+/// Backward: writes dq, dk, dv at `grads` (allocated by the caller, in the layout of
+/// `qkv`); returns dbias in q's dtype when a bias was given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     suffix: &str,
-    q: &CudaStorage,
-    k: &CudaStorage,
-    v: &CudaStorage,
+    dev: &Arc<Dev>,
+    qkv: &QkvPtrs,
+    grads: &QkvPtrs,
     out: &CudaStorage,
     lse: &CudaStorage,
     dout: &CudaStorage,
     key_mask: Option<&CudaStorage>,
     bias: Option<&CudaStorage>,
     sp: &AttnSpec,
-) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>)> {
-    let dev = q.dev();
+) -> Result<Option<CudaStorage>> {
+    if (grads.ldq, grads.ldkv) != (qkv.ldq, qkv.ldkv) {
+        return Err(Error::Cuda(format!(
+            "fused attention backward: gradients with strides {:?} for inputs with {:?}",
+            (grads.ldq, grads.ldkv),
+            (qkv.ldq, qkv.ldkv)
+        )));
+    }
     let rows = sp.b * sp.h * sp.lq;
+    let n_q = sp.b * sp.lq * sp.h * sp.d;
     let b32 = bias_f32(bias)?;
     let delta = CudaStorage::alloc(dev, rows, DType::F32)?;
-    let dq_acc = CudaStorage::alloc(dev, q.len(), DType::F32)?;
+    let dq_acc = CudaStorage::alloc(dev, n_q, DType::F32)?;
     let dbias = match bias {
         Some(_) => Some(CudaStorage::alloc(dev, sp.h * sp.lq * sp.lk, DType::F32)?),
         None => None,
@@ -201,42 +249,41 @@ pub(crate) fn backward(
         cfg((rows.div_ceil(4), 1, 1), 128),
         &args,
     )?;
-    let dk = CudaStorage::alloc(dev, k.len(), DType::F16)?;
-    let dv = CudaStorage::alloc(dev, v.len(), DType::F16)?;
     let mut args = vec![
-        Arg::Ptr(q.ptr()),
-        Arg::Ptr(k.ptr()),
-        Arg::Ptr(v.ptr()),
+        Arg::Ptr(qkv.q),
+        Arg::Ptr(qkv.k),
+        Arg::Ptr(qkv.v),
         Arg::Ptr(dout.ptr()),
         Arg::Ptr(lse.ptr()),
         Arg::Ptr(delta.ptr()),
         Arg::Ptr(ptr(key_mask)),
         Arg::Ptr(ptr(b32.as_ref())),
-        Arg::Ptr(dk.ptr()),
-        Arg::Ptr(dv.ptr()),
+        Arg::Ptr(grads.k),
+        Arg::Ptr(grads.v),
         Arg::Ptr(dq_acc.ptr()),
         Arg::Ptr(ptr(dbias.as_ref())),
     ];
     args.extend(dims(sp));
     args.extend(tail(sp));
+    args.extend(qkv.strides());
     dev.launch(
         &format!("fb_attn_bwd_f16{suffix}"),
         cfg((sp.lk.div_ceil(64), sp.h, sp.b), 128),
         &args,
     )?;
-    let dq = CudaStorage::alloc(dev, q.len(), DType::F16)?;
     dev.launch(
         "fb_attn_dq_cast_f16",
-        cfg((q.len().div_ceil(256), 1, 1), 256),
+        cfg((n_q.div_ceil(256), 1, 1), 256),
         &[
             Arg::Ptr(dq_acc.ptr()),
-            Arg::Ptr(dq.ptr()),
-            Arg::I32(q.len() as i32),
+            Arg::Ptr(grads.q),
+            Arg::I32(n_q as i32),
+            Arg::I32((sp.h * sp.d) as i32),
+            Arg::I32(grads.ldq as i32),
         ],
     )?;
-    let dbias = match dbias {
-        Some(d) => Some(cast(&d, DType::F16)?),
-        None => None,
-    };
-    Ok((dq, dk, dv, dbias))
+    match dbias {
+        Some(d) => Ok(Some(cast(&d, DType::F16)?)),
+        None => Ok(None),
+    }
 }

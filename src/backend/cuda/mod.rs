@@ -632,6 +632,25 @@ impl BackendStorage for CudaStorage {
     ) -> Result<(Self, Self, Self, Option<Self>)> {
         attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
     }
+    fn attention_qkv(
+        &self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Self)> {
+        attention::attention_qkv(self, key_mask, bias, spec)
+    }
+    fn attention_qkv_backward(
+        &self,
+        out: &Self,
+        lse: &Self,
+        dout: &Self,
+        key_mask: Option<&Self>,
+        bias: Option<&Self>,
+        spec: &AttnSpec,
+    ) -> Result<(Self, Option<Self>)> {
+        attention::attention_qkv_backward(self, out, lse, dout, key_mask, bias, spec)
+    }
     fn span_search(
         &self,
         end_logits: &Self,

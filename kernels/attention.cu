@@ -36,9 +36,14 @@
 // - Do not compile with --use_fast_math (not needed; __expf is used explicitly).
 //
 // ---------------------------------------------------------------------------------------
-// Tensor layout (all row-major, contiguous, device pointers 16-byte aligned):
-//   q, out, dout, dq : fp16 [B, Lq, H, D]        (the [B*Lq, H*D] output of a linear layer)
-//   k, v, dk, dv     : fp16 [B, Lk, H, D]
+// Tensor layout (all row-major, device pointers 16-byte aligned):
+//   q, dq            : fp16 [B, Lq, H, D] rows of ldq halves   (ldq >= H*D, ldq % 8 == 0)
+//   k, v, dk, dv     : fp16 [B, Lk, H, D] rows of ldkv halves  (ldkv >= H*D, ldkv % 8 == 0)
+//   out, dout        : fp16 [B, Lq, H, D], contiguous (rows of H*D)
+//   With ldq = ldkv = H*D these are the [B*L, H*D] outputs of three linear layers; with
+//   ldq = ldkv = 3*H*D and k = q + H*D, v = q + 2*H*D they are the columns of one fused
+//   QKV projection [B*L, 3*H*D], and dq/dk/dv land in the same packed layout (one GEMM
+//   then gives the input gradient). The gaps between rows are neither read nor written.
 //   lse, delta       : fp32 [B, H, Lq]
 //   key_mask         : int32 [B, Lk], nonzero = keep; may be NULL (all keys kept)
 //   bias             : fp32 [H, Lq, Lk], added after scaling, broadcast over B; may be NULL
@@ -57,7 +62,7 @@
 // 1. fb_attn_fwd_f16 (D=64), fb_attn_fwd_f16_d32, fb_attn_fwd_f16_d128
 //    (const half* q, const half* k, const half* v, const int* key_mask, const float* bias,
 //     half* out, float* lse, int B, int H, int Lq, int Lk, float scale, int causal,
-//     float dropout_p, unsigned long long key)
+//     float dropout_p, unsigned long long key, int ldq, int ldkv)
 //    grid = (ceil(Lq / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
 // 2. fb_attn_bwd_preprocess_f16
@@ -71,11 +76,12 @@
 //    (const half* q, const half* k, const half* v, const half* dout, const float* lse,
 //     const float* delta, const int* key_mask, const float* bias, half* dk, half* dv,
 //     float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,
-//     float dropout_p, unsigned long long key)
-//    Writes dk, dv; adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
+//     float dropout_p, unsigned long long key, int ldq, int ldkv)
+//    Writes dk, dv (rows of ldkv); adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
 //    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
-// 4. fb_attn_dq_cast_f16 (const float* dq_accum, half* dq, int n)   n = B·Lq·H·D
+// 4. fb_attn_dq_cast_f16 (const float* dq_accum, half* dq, int n, int hd, int ldq)
+//    n = B·Lq·H·D, hd = H·D: dq[(i / hd)·ldq + i % hd] = dq_accum[i] (dq_accum is contiguous).
 //    grid = (ceil(n / 256), 1, 1), block = (256, 1, 1), shared_mem_bytes = 0.
 //
 // Order on one stream: fwd; later preprocess → bwd → dq_cast. preprocess must get the `out`
@@ -328,7 +334,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
                                          const float* __restrict__ bias, __half* __restrict__ out,
                                          float* __restrict__ lse, int B, int H, int Lq, int Lk,
                                          float scale, int causal, float dropout_p,
-                                         unsigned long long key) {
+                                         unsigned long long key, int ldq, int ldkv) {
   constexpr int S = D + 8;  // smem row stride (halves); +8 spreads rows over banks
 #ifdef FB_ATTN_ASYNC
   constexpr int NB = D <= 64 ? 2 : 1;  // K/V buffers: two fit the 48 KB static limit to D=64
@@ -344,10 +350,10 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   int h, b;
   head_batch(B, H, h, b);
   const int q0 = blockIdx.x * kBr;
-  const long long ld = (long long)H * D;
-  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
-  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
-  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const long long ld = (long long)H * D;  // out
+  const __half* qb = q + (long long)b * Lq * ldq + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ldkv + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ldkv + (long long)h * D;
   const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
   const int off = Lk - Lq;  // causal: row i sees keys j <= i + off
   const int wr = warp * 16;
@@ -357,7 +363,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
   static_assert(kBr == kBc, "Q tile reuses the K buffer");
-  load_tile<kBr, D>(k_sb[0], qb, q0, Lq, ld);
+  load_tile<kBr, D>(k_sb[0], qb, q0, Lq, ldq);
   __syncthreads();
   unsigned int qf[D / 8][2];
 #pragma unroll
@@ -377,8 +383,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   if (causal) kend = min(Lk, max(0, q0 + kBr + off));  // last row of the tile sees < this
 #ifdef FB_ATTN_ASYNC
   if (NB == 2 && kend > 0) {
-    async_tile<kBc, D>(k_sb[0], kb, 0, Lk, ld);
-    async_tile<kBc, D>(v_sb[0], vb, 0, Lk, ld);
+    async_tile<kBc, D>(k_sb[0], kb, 0, Lk, ldkv);
+    async_tile<kBc, D>(v_sb[0], vb, 0, Lk, ldkv);
     cp_async_commit();
   }
 #endif
@@ -390,8 +396,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     if (NB == 2) {
       // The other buffer was last read before the previous iteration's closing barrier.
       if (k0 + kBc < kend) {
-        async_tile<kBc, D>(k_sb[buf ^ 1], kb, k0 + kBc, Lk, ld);
-        async_tile<kBc, D>(v_sb[buf ^ 1], vb, k0 + kBc, Lk, ld);
+        async_tile<kBc, D>(k_sb[buf ^ 1], kb, k0 + kBc, Lk, ldkv);
+        async_tile<kBc, D>(v_sb[buf ^ 1], vb, k0 + kBc, Lk, ldkv);
         cp_async_commit();
         cp_async_wait<1>();  // this tile's group is done, the next one may still fly
       } else {
@@ -400,8 +406,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     } else
 #endif
     {
-      load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
-      load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+      load_tile<kBc, D>(k_s, kb, k0, Lk, ldkv);
+      load_tile<kBc, D>(v_s, vb, k0, Lk, ldkv);
     }
     const int mykeep = load_keep(keep_s, key_mask, b, k0, Lk);
     // A tile whose keys are all padding adds nothing: skip it (uniform across the block).
@@ -533,7 +539,7 @@ __device__ __forceinline__ void attn_bwd(
     const float* __restrict__ delta, const int* __restrict__ key_mask,
     const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
     float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
-    float scale, int causal, float dropout_p, unsigned long long key) {
+    float scale, int causal, float dropout_p, unsigned long long key, int ldq, int ldkv) {
   constexpr int S = D + 8;
   constexpr int SD = kBc + 8;  // dS tile row stride (halves)
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
@@ -554,11 +560,11 @@ __device__ __forceinline__ void attn_bwd(
   int h, b;
   head_batch(B, H, h, b);
   const int k0 = blockIdx.x * kBc;
-  const long long ld = (long long)H * D;
-  const __half* qb = q + (long long)b * Lq * ld + (long long)h * D;
+  const long long ld = (long long)H * D;  // dout, dq_accum
+  const __half* qb = q + (long long)b * Lq * ldq + (long long)h * D;
   const __half* dob = dout + (long long)b * Lq * ld + (long long)h * D;
-  const __half* kb = k + (long long)b * Lk * ld + (long long)h * D;
-  const __half* vb = v + (long long)b * Lk * ld + (long long)h * D;
+  const __half* kb = k + (long long)b * Lk * ldkv + (long long)h * D;
+  const __half* vb = v + (long long)b * Lk * ldkv + (long long)h * D;
   const float* lseb = lse + ((long long)b * H + h) * Lq;
   const float* deltab = delta + ((long long)b * H + h) * Lq;
   const float* biash = bias ? bias + (long long)h * Lq * Lk : nullptr;
@@ -569,15 +575,15 @@ __device__ __forceinline__ void attn_bwd(
   const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
   const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
-  load_tile<kBc, D>(k_s, kb, k0, Lk, ld);
-  load_tile<kBc, D>(v_s, vb, k0, Lk, ld);
+  load_tile<kBc, D>(k_s, kb, k0, Lk, ldkv);
+  load_tile<kBc, D>(v_s, vb, k0, Lk, ldkv);
   int qbeg = 0;
   if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
   // The first query tile's loads start now; each iteration starts the next one's before
   // its MMAs (software pipelining: the walk over query tiles is latency-bound otherwise).
   constexpr int PR = (BR * (D / 8) + kThreads - 1) / kThreads;
   uint4 pq[PR], pdo[PR];
-  fetch_tile<BR, D, PR>(pq, qb, qbeg, Lq, ld);
+  fetch_tile<BR, D, PR>(pq, qb, qbeg, Lq, ldq);
   fetch_tile<BR, D, PR>(pdo, dob, qbeg, Lq, ld);
   // This thread's two keys are fixed for the whole kernel: keep flags live in registers.
   bool keepk[2];
@@ -591,7 +597,7 @@ __device__ __forceinline__ void attn_bwd(
     for (int i = 0; i < 2; ++i) {
       const int j = k0 + kw + g + 8 * i;
       if (j >= Lk) continue;
-      const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+      const long long base = ((long long)b * Lk + j) * ldkv + (long long)h * D;
 #pragma unroll
       for (int dn = 0; dn < D / 8; ++dn) {
         *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) = __floats2half2_rn(0.f, 0.f);
@@ -618,7 +624,7 @@ __device__ __forceinline__ void attn_bwd(
     }
     __syncthreads();
     if (q0 + BR < Lq) {  // next tile's loads in flight during this tile's work
-      fetch_tile<BR, D, PR>(pq, qb, q0 + BR, Lq, ld);
+      fetch_tile<BR, D, PR>(pq, qb, q0 + BR, Lq, ldq);
       fetch_tile<BR, D, PR>(pdo, dob, q0 + BR, Lq, ld);
     }
 
@@ -762,7 +768,7 @@ __device__ __forceinline__ void attn_bwd(
   for (int i = 0; i < 2; ++i) {
     const int j = k0 + kw + g + 8 * i;
     if (j >= Lk) continue;
-    const long long base = ((long long)b * Lk + j) * ld + (long long)h * D;
+    const long long base = ((long long)b * Lk + j) * ldkv + (long long)h * D;
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn) {
       *reinterpret_cast<__half2*>(dk + base + dn * 8 + 2 * t) =
@@ -788,9 +794,9 @@ __device__ __forceinline__ void attn_bwd(
   extern "C" __global__ void BOUNDS NAME(                                                     \
       const __half* q, const __half* k, const __half* v, const int* key_mask,                \
       const float* bias, __half* out, float* lse, int B, int H, int Lq, int Lk, float scale, \
-      int causal, float dropout_p, unsigned long long key) {                                 \
+      int causal, float dropout_p, unsigned long long key, int ldq, int ldkv) {              \
     fbattn::attn_fwd<D>(q, k, v, key_mask, bias, out, lse, B, H, Lq, Lk, scale, causal,      \
-                        dropout_p, key);                                                     \
+                        dropout_p, key, ldq, ldkv);                                          \
   }
 
 #define FB_ATTN_BWD(NAME, D, BR)                                                               \
@@ -798,9 +804,9 @@ __device__ __forceinline__ void attn_bwd(
       const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
       const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
       float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,   \
-      float dropout_p, unsigned long long key) {                                              \
+      float dropout_p, unsigned long long key, int ldq, int ldkv) {                           \
     fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
-                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, key);             \
+                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, key, ldq, ldkv);  \
   }
 
 FB_ATTN_FWD(fb_attn_fwd_f16, 64, FB_FWD_BOUNDS_SMALL_D)
@@ -840,7 +846,7 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    fb_attn_dq_cast_f16(const float* dq_accum, __half* dq, int n) {
+    fb_attn_dq_cast_f16(const float* dq_accum, __half* dq, int n, int hd, int ldq) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) dq[i] = __float2half_rn(dq_accum[i]);
+  if (i < n) dq[(long long)(i / hd) * ldq + i % hd] = __float2half_rn(dq_accum[i]);
 }

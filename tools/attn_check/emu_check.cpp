@@ -385,9 +385,38 @@ static bool dropout_golden() {
   return ok;
 }
 
+// attn_check.cu checks its B=32 case on three batch elements, each as a one-batch case
+// (attn_ref.h batch_case: b_offset keeps the dropout hash indices). Each slice's
+// reference must equal that batch element of the whole case's reference.
+static bool ref_batch_slices() {
+  const Case c = {"slices", 3, 2, 20, 24, 32, 0.5f, true, false, {24, 9, 17}, 0.3f, 4ull};
+  std::mt19937 rng(5);
+  auto q = rand_f16(nq(c), rng, 1.f), k = rand_f16(nk(c), rng, 1.f);
+  auto v = rand_f16(nk(c), rng, 1.f), dout = rand_f16(nq(c), rng, 1.f);
+  const Ref whole = reference(c, q, k, v, dout, {});
+  double worst = 0;
+  for (int b = 0; b < c.B; ++b) {
+    const Ref r = reference(batch_case(c, b), batch_slice(q, c.B, b), batch_slice(k, c.B, b),
+                            batch_slice(v, c.B, b), batch_slice(dout, c.B, b), {});
+    const std::vector<double>* pairs[5][2] = {{&r.out, &whole.out}, {&r.lse, &whole.lse},
+                                              {&r.dq, &whole.dq}, {&r.dk, &whole.dk},
+                                              {&r.dv, &whole.dv}};
+    for (auto& p : pairs) {
+      const auto w = batch_slice(*p[1], c.B, b);
+      for (size_t i = 0; i < w.size(); ++i)
+        worst = std::max(worst, w[i] == (*p[0])[i] ? 0.0 : std::fabs(w[i] - (*p[0])[i]));
+    }
+  }
+  const bool ok = worst == 0;
+  std::printf("EMUCHECK ref_batch_slices golden max_diff=%.3e pass=%s\n", worst,
+              ok ? "true" : "false");
+  return ok;
+}
+
 int main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : nullptr;
-  const bool golden_ok = dropout_golden();
+  const bool drop_ok = dropout_golden(), slices_ok = ref_batch_slices();
+  const bool golden_ok = drop_ok && slices_ok;
   const std::vector<Case> cases = {
       {"tiny_64x64", 1, 1, 64, 64, 64, 0.125f, false, false, {}},
       {"pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}},

@@ -436,7 +436,7 @@ int main(int argc, char** argv) {
       as_packed({"packed_mask_70", 2, 2, 70, 70, 64, 0.125f, false, false, {70, 33}}),
       as_packed({"packed_dropout_d32_h3_67", 2, 3, 67, 67, 32, 0.17677669f, false, false,
                  {67, 40}, 0.2f, 31ull}),
-      as_packed({"packed_causal_bias_d128_40", 1, 2, 40, 40, 128, 0.08838835f, true, true, {}}),
+      as_packed({"packed_causal_bias_d128_40", 2, 2, 40, 40, 128, 0.08838835f, true, true, {}}),
       // Gaps after each row (poisoned: NaN in the inputs, a sentinel in the gradients), with
       // ldq != ldkv and Lq != Lk so that a swapped or dropped stride shows.
       with_gaps({"gaps_cross_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}}, 16,

@@ -6,10 +6,15 @@
 // with NaN (0xFF bytes) before launch and any NaN fails. On failure it prints the worst
 // elements with their decoded indices so a layout bug can be told from a masking bug.
 // Then it times forward and forward+backward (cudaEvent, median) at the model shapes.
+// q/k/v live in one device buffer and dq/dk/dv in another (attn_ref.h qkv_layout), so the
+// same code runs the plain layout (row stride H*D), rows with gaps and the packed QKV
+// layout of a fused projection; gradient gaps hold a sentinel that must survive.
 //
 // Usage: attn_check [--quick] [--only SUBSTR] [--bench-only] [--no-bench] [--reps N]
 // FB_ATTN_SRC: another copy of the kernels (run.sh's ATTN_PREV_SRC A/B timing of an
-// earlier version; its correctness lines are not meaningful if its interface differed).
+// earlier version). A copy from before the row strides (git 90f5fcd: no ldq/ldkv, 3-argument
+// dq_cast) is recognised by its kernels' arity: it is called the old way and the cases that
+// need strides are skipped.
 #ifndef FB_ATTN_SRC
 #define FB_ATTN_SRC "../../kernels/attention.cu"
 #endif
@@ -37,7 +42,27 @@
     }                                                                                \
   } while (0)
 
+// The kernels' ABI: with row strides, fwd/bwd end in (..., key, ldq, ldkv) and dq_cast is
+// (dq_accum, dq, n, hd, ldq); before them (an FB_ATTN_SRC from git 90f5fcd) neither.
+template <class... P>
+constexpr int kernel_arity(void (*)(P...)) {
+  return sizeof...(P);
+}
+constexpr bool kRowStrides = kernel_arity(fb_attn_dq_cast_f16) == 5;
+
+// Launches kern with args, plus the two trailing stride arguments when it takes them.
+template <class... P, class... A>
+static void launch_strided(void (*kern)(P...), dim3 grid, dim3 block, int s0, int s1,
+                           A... args) {
+  if constexpr (sizeof...(P) == sizeof...(A) + 2)
+    kern<<<grid, block>>>(args..., s0, s1);
+  else
+    kern<<<grid, block>>>(args...);
+}
+
 struct Dev {
+  QkvLayout lay{};
+  __half *in = nullptr, *grad = nullptr;  // q/k/v and dq/dk/dv arenas (lay)
   __half *q = nullptr, *k = nullptr, *v = nullptr, *out = nullptr, *dout = nullptr;
   __half *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *lse = nullptr, *delta = nullptr, *dq_acc = nullptr, *bias = nullptr, *dbias = nullptr;
@@ -46,14 +71,17 @@ struct Dev {
 };
 
 static void alloc(Dev& d, const Case& c) {
-  CK(cudaMalloc(&d.q, nq(c) * 2));
+  d.lay = qkv_layout(c);
+  CK(cudaMalloc(&d.in, d.lay.size * 2));
+  CK(cudaMalloc(&d.grad, d.lay.size * 2));
+  d.q = d.in + d.lay.off_q;
+  d.k = d.in + d.lay.off_k;
+  d.v = d.in + d.lay.off_v;
+  d.dq = d.grad + d.lay.off_q;
+  d.dk = d.grad + d.lay.off_k;
+  d.dv = d.grad + d.lay.off_v;
   CK(cudaMalloc(&d.out, nq(c) * 2));
   CK(cudaMalloc(&d.dout, nq(c) * 2));
-  CK(cudaMalloc(&d.dq, nq(c) * 2));
-  CK(cudaMalloc(&d.k, nk(c) * 2));
-  CK(cudaMalloc(&d.v, nk(c) * 2));
-  CK(cudaMalloc(&d.dk, nk(c) * 2));
-  CK(cudaMalloc(&d.dv, nk(c) * 2));
   CK(cudaMalloc(&d.lse, nrow(c) * 4));
   CK(cudaMalloc(&d.delta, nrow(c) * 4));
   CK(cudaMalloc(&d.dq_acc, nq(c) * 4));
@@ -67,18 +95,16 @@ static void alloc(Dev& d, const Case& c) {
 }
 
 static void release(Dev& d) {
-  void* ps[] = {d.q, d.k, d.v, d.out, d.dout, d.dq, d.dk, d.dv, d.lse, d.delta, d.dq_acc,
-                d.bias, d.dbias, d.mask};
+  void* ps[] = {d.in, d.grad, d.out, d.dout, d.lse, d.delta, d.dq_acc, d.bias, d.dbias, d.mask};
   for (void* p : ps)
     if (p) CK(cudaFree(p));
   d = Dev();
 }
 
-static void poison(Dev& d, const Case& c) {
+// grad: the gradient arena's bits, from grad_poison (NaN under dq/dk/dv, sentinel in gaps).
+static void poison(Dev& d, const Case& c, const std::vector<uint16_t>& grad) {
   CK(cudaMemset(d.out, 0xFF, nq(c) * 2));
-  CK(cudaMemset(d.dq, 0xFF, nq(c) * 2));
-  CK(cudaMemset(d.dk, 0xFF, nk(c) * 2));
-  CK(cudaMemset(d.dv, 0xFF, nk(c) * 2));
+  CK(cudaMemcpy(d.grad, grad.data(), grad.size() * 2, cudaMemcpyHostToDevice));
   CK(cudaMemset(d.lse, 0xFF, nrow(c) * 4));
   CK(cudaMemset(d.delta, 0xFF, nrow(c) * 4));
   CK(cudaMemset(d.dq_acc, 0xFF, nq(c) * 4));
@@ -90,12 +116,14 @@ static unsigned cdiv(long long a, long long b) { return (unsigned)((a + b - 1) /
 static void launch_fwd(const Dev& d, const Case& c) {
   dim3 grid(cdiv(c.Lq, 64), c.H, c.B), block(128);
   const int causal = c.causal ? 1 : 0;
-#define FWD_ARGS \
-  d.q, d.k, d.v, d.mask, d.bias, d.out, d.lse, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
+#define FWD_ARGS                                                                         \
+  grid, block, d.lay.ldq, d.lay.ldkv, (const __half*)d.q, (const __half*)d.k,             \
+      (const __half*)d.v, (const int*)d.mask, (const float*)d.bias, d.out, d.lse, c.B, c.H, \
+      c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
   switch (c.D) {
-    case 32: fb_attn_fwd_f16_d32<<<grid, block>>>(FWD_ARGS); break;
-    case 64: fb_attn_fwd_f16<<<grid, block>>>(FWD_ARGS); break;
-    case 128: fb_attn_fwd_f16_d128<<<grid, block>>>(FWD_ARGS); break;
+    case 32: launch_strided(fb_attn_fwd_f16_d32, FWD_ARGS); break;
+    case 64: launch_strided(fb_attn_fwd_f16, FWD_ARGS); break;
+    case 128: launch_strided(fb_attn_fwd_f16_d128, FWD_ARGS); break;
     default: fprintf(stderr, "unsupported D=%d\n", c.D); exit(2);
   }
 #undef FWD_ARGS
@@ -109,19 +137,22 @@ static void launch_bwd(const Dev& d, const Case& c) {
   CK(cudaGetLastError());
   dim3 grid(cdiv(c.Lk, 64), c.H, c.B), block(128);
   const int causal = c.causal ? 1 : 0;
-#define BWD_ARGS                                                                          \
-  d.q, d.k, d.v, d.dout, d.lse, d.delta, d.mask, d.bias, d.dk, d.dv, d.dq_acc, d.dbias, c.B, \
-      c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
+#define BWD_ARGS                                                                            \
+  grid, block, d.lay.ldq, d.lay.ldkv, (const __half*)d.q, (const __half*)d.k,                \
+      (const __half*)d.v, (const __half*)d.dout, (const float*)d.lse, (const float*)d.delta, \
+      (const int*)d.mask, (const float*)d.bias, d.dk, d.dv, d.dq_acc, d.dbias, c.B, c.H, c.Lq, \
+      c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
   switch (c.D) {
-    case 32: fb_attn_bwd_f16_d32<<<grid, block>>>(BWD_ARGS); break;
-    case 64: fb_attn_bwd_f16<<<grid, block>>>(BWD_ARGS); break;
-    case 128: fb_attn_bwd_f16_d128<<<grid, block>>>(BWD_ARGS); break;
+    case 32: launch_strided(fb_attn_bwd_f16_d32, BWD_ARGS); break;
+    case 64: launch_strided(fb_attn_bwd_f16, BWD_ARGS); break;
+    case 128: launch_strided(fb_attn_bwd_f16_d128, BWD_ARGS); break;
     default: fprintf(stderr, "unsupported D=%d\n", c.D); exit(2);
   }
 #undef BWD_ARGS
   CK(cudaGetLastError());
   const int n = (int)nq(c);
-  fb_attn_dq_cast_f16<<<cdiv(n, 256), 256>>>(d.dq_acc, d.dq, n);
+  launch_strided(fb_attn_dq_cast_f16, dim3(cdiv(n, 256)), dim3(256), c.H * c.D, d.lay.ldq,
+                 (const float*)d.dq_acc, d.dq, n);
   CK(cudaGetLastError());
 }
 
@@ -139,16 +170,27 @@ static std::vector<float> to_host_float(const float* d, size_t n) {
   return f;
 }
 
-// fp16-rounded random values, returned as float (what the reference sees) and uploaded.
-static std::vector<float> upload_rand(__half* d, size_t n, std::mt19937& rng, float amp) {
+static uint16_t half_bits(__half h) {
+  uint16_t b;
+  memcpy(&b, &h, 2);
+  return b;
+}
+static float bits_half(uint16_t b) {
+  __half h;
+  memcpy(&h, &b, 2);
+  return __half2float(h);
+}
+
+// fp16-rounded random values: as float (what the reference sees) and as fp16 bits.
+static std::vector<float> rand_half(size_t n, std::mt19937& rng, float amp,
+                                    std::vector<uint16_t>& bits) {
   std::uniform_real_distribution<float> u(-amp, amp);
-  std::vector<__half> h(n);
   std::vector<float> f(n);
+  bits.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    h[i] = __float2half(u(rng));
-    f[i] = __half2float(h[i]);
+    bits[i] = half_bits(__float2half(u(rng)));
+    f[i] = bits_half(bits[i]);
   }
-  CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
   return f;
 }
 
@@ -160,14 +202,54 @@ static void upload_mask(const Dev& d, const Case& c) {
   CK(cudaMemcpy(d.mask, m.data(), m.size() * 4, cudaMemcpyHostToDevice));
 }
 
+// Relative errors of one case against the reference, worst over the batches compared.
+struct Errs {
+  double out = 0, lse = 0, dq = 0, dk = 0, dv = 0, dbias = 0;
+};
+static void compare_all(Errs& e, const Case& c, const Ref& r, const std::vector<float>& out,
+                        const std::vector<float>& lse, const std::vector<float>& dq,
+                        const std::vector<float>& dk, const std::vector<float>& dv,
+                        const std::vector<float>& dbias) {
+  const char* qn = "b,i,h,d";
+  const char* kn = "b,j,h,d";
+  std::vector<int> qd = {c.B, c.Lq, c.H, c.D}, kd = {c.B, c.Lk, c.H, c.D};
+  e.out = std::max(e.out, compare("out", out, r.out, qd, qn, true));
+  e.lse = std::max(e.lse, compare("lse", lse, r.lse, {c.B, c.H, c.Lq}, "b,h,i", true));
+  e.dq = std::max(e.dq, compare("dq", dq, r.dq, qd, qn, true));
+  e.dk = std::max(e.dk, compare("dk", dk, r.dk, kd, kn, true));
+  e.dv = std::max(e.dv, compare("dv", dv, r.dv, kd, kn, true));
+  if (c.bias)
+    e.dbias = std::max(e.dbias, compare("dbias", dbias, r.dbias, {c.H, c.Lq, c.Lk}, "h,i,j", true));
+}
+
+static size_t count_nonfinite(const std::vector<float>& x) {
+  size_t n = 0;
+  for (float v : x) n += !std::isfinite(v);
+  return n;
+}
+
 static bool run_check(const Case& c, unsigned seed) {
+  if (!kRowStrides && has_strides(c)) {
+    printf("ATTNCHECK case=%s skipped (kernels without row strides)\n", c.name.c_str());
+    return true;
+  }
   std::mt19937 rng(seed);
   Dev d;
   alloc(d, c);
-  auto q = upload_rand(d.q, nq(c), rng, 1.f);
-  auto k = upload_rand(d.k, nk(c), rng, 1.f);
-  auto v = upload_rand(d.v, nk(c), rng, 1.f);
-  auto dout = upload_rand(d.dout, nq(c), rng, 1.f);
+  const int hd = c.H * c.D;
+  std::vector<uint16_t> qb, kb, vb, dob;
+  auto q = rand_half(nq(c), rng, 1.f, qb);
+  auto k = rand_half(nk(c), rng, 1.f, kb);
+  auto v = rand_half(nk(c), rng, 1.f, vb);
+  auto dout = rand_half(nq(c), rng, 1.f, dob);
+  {
+    std::vector<uint16_t> in(d.lay.size, 0xFFFF);  // gaps: NaN, a read of one poisons
+    scatter_rows(in, d.lay.off_q, d.lay.ldq, qb, hd);
+    scatter_rows(in, d.lay.off_k, d.lay.ldkv, kb, hd);
+    scatter_rows(in, d.lay.off_v, d.lay.ldkv, vb, hd);
+    CK(cudaMemcpy(d.in, in.data(), in.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d.dout, dob.data(), dob.size() * 2, cudaMemcpyHostToDevice));
+  }
   std::vector<float> bias;
   if (c.bias) {
     std::uniform_real_distribution<float> u(-2.f, 2.f);
@@ -176,40 +258,68 @@ static bool run_check(const Case& c, unsigned seed) {
     CK(cudaMemcpy(d.bias, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice));
   }
   upload_mask(d, c);
-  poison(d, c);
+  const std::vector<uint8_t> cov = qkv_coverage(c, d.lay);
+  poison(d, c, grad_poison(cov));
   launch_fwd(d, c);
   CK(cudaDeviceSynchronize());
   launch_bwd(d, c);
   CK(cudaDeviceSynchronize());
 
-  const Ref r = reference(c, q, k, v, dout, bias);
-  const char* qn = "b,i,h,d";
-  const char* kn = "b,j,h,d";
-  std::vector<int> qd = {c.B, c.Lq, c.H, c.D}, kd = {c.B, c.Lk, c.H, c.D};
-  const double e_out = compare("out", to_host_half(d.out, nq(c)), r.out, qd, qn, true);
-  const double e_lse =
-      compare("lse", to_host_float(d.lse, nrow(c)), r.lse, {c.B, c.H, c.Lq}, "b,h,i", true);
-  const double e_dq = compare("dq", to_host_half(d.dq, nq(c)), r.dq, qd, qn, true);
-  const double e_dk = compare("dk", to_host_half(d.dk, nk(c)), r.dk, kd, kn, true);
-  const double e_dv = compare("dv", to_host_half(d.dv, nk(c)), r.dv, kd, kn, true);
-  double e_db = 0;
-  if (c.bias)
-    e_db = compare("dbias", to_host_float(d.dbias, nbias(c)), r.dbias, {c.H, c.Lq, c.Lk},
-                   "h,i,j", true);
+  std::vector<uint16_t> grad(d.lay.size);
+  CK(cudaMemcpy(grad.data(), d.grad, grad.size() * 2, cudaMemcpyDeviceToHost));
+  const size_t gw = gap_writes(grad, cov);
+  auto to_f = [](const std::vector<uint16_t>& b) {
+    std::vector<float> f(b.size());
+    for (size_t i = 0; i < b.size(); ++i) f[i] = bits_half(b[i]);
+    return f;
+  };
+  const size_t qrows = (size_t)c.B * c.Lq, krows = (size_t)c.B * c.Lk;
+  const auto gq = to_f(gather_rows(grad, d.lay.off_q, d.lay.ldq, qrows, hd));
+  const auto gk = to_f(gather_rows(grad, d.lay.off_k, d.lay.ldkv, krows, hd));
+  const auto gv = to_f(gather_rows(grad, d.lay.off_v, d.lay.ldkv, krows, hd));
+  const auto gout = to_host_half(d.out, nq(c));
+  const auto glse = to_host_float(d.lse, nrow(c));
+  const auto gdb = c.bias ? to_host_float(d.dbias, nbias(c)) : std::vector<float>();
+
+  // The double reference is too slow for B=32 on one core: a big case without bias (dbias
+  // sums over the batch) is compared on its first, middle and last batch element, and
+  // every element of out/dq/dk/dv must be finite (the NaN poison shows what was not written).
+  Errs e;
+  char sub[64] = "";
+  size_t nonfinite = 0;
+  if (c.B > 4 && !c.bias) {
+    const int sel[3] = {0, c.B / 2, c.B - 1};
+    for (int b : sel) {
+      const Case cb = batch_case(c, b);
+      const Ref r = reference(cb, batch_slice(q, c.B, b), batch_slice(k, c.B, b),
+                              batch_slice(v, c.B, b), batch_slice(dout, c.B, b), bias);
+      compare_all(e, cb, r, batch_slice(gout, c.B, b), batch_slice(glse, c.B, b),
+                  batch_slice(gq, c.B, b), batch_slice(gk, c.B, b), batch_slice(gv, c.B, b), gdb);
+    }
+    nonfinite = count_nonfinite(gout) + count_nonfinite(gq) + count_nonfinite(gk) +
+                count_nonfinite(gv);
+    for (float x : glse) nonfinite += std::isnan(x);
+    snprintf(sub, sizeof sub, " ref_batches=%d,%d,%d nonfinite=%zu", sel[0], sel[1], sel[2],
+             nonfinite);
+  } else {
+    const Ref r = reference(c, q, k, v, dout, bias);
+    compare_all(e, c, r, gout, glse, gq, gk, gv, gdb);
+  }
   const double tol = 1e-2;
-  const bool pass = e_out <= tol && e_lse <= tol && e_dq <= tol && e_dk <= tol &&
-                    e_dv <= tol && (!c.bias || e_db <= tol);
+  const bool pass = e.out <= tol && e.lse <= tol && e.dq <= tol && e.dk <= tol &&
+                    e.dv <= tol && (!c.bias || e.dbias <= tol) && gw == 0 && nonfinite == 0;
   char dbs[32];
   if (c.bias)
-    snprintf(dbs, sizeof dbs, "%.3e", e_db);
+    snprintf(dbs, sizeof dbs, "%.3e", e.dbias);
   else
     snprintf(dbs, sizeof dbs, "n/a");
   printf(
       "ATTNCHECK case=%s B=%d H=%d Lq=%d Lk=%d D=%d causal=%d bias=%d mask=%d dropout=%.2f "
-      "out_err=%.3e "
-      "lse_err=%.3e dq_err=%.3e dk_err=%.3e dv_err=%.3e dbias_err=%s pass=%s\n",
+      "ldq=%d ldkv=%d%s out_err=%.3e lse_err=%.3e dq_err=%.3e dk_err=%.3e dv_err=%.3e "
+      "dbias_err=%s gap_writes=%zu%s pass=%s\n",
       c.name.c_str(), c.B, c.H, c.Lq, c.Lk, c.D, (int)c.causal, (int)c.bias,
-      (int)!c.lens.empty(), c.dropout, e_out, e_lse, e_dq, e_dk, e_dv, dbs, pass ? "true" : "false");
+      (int)!c.lens.empty(), c.dropout, d.lay.ldq, d.lay.ldkv, c.packed ? " packed" : "", e.out,
+      e.lse, e.dq, e.dk, e.dv, dbs, gw, sub, pass ? "true" : "false");
   fflush(stdout);
   release(d);
   return pass;
@@ -251,11 +361,10 @@ static double median(std::vector<float> v) {
 }
 
 static void run_bench(const Case& c, int reps) {
+  if (!kRowStrides && has_strides(c)) return;  // an earlier kernel copy: no such layout
   Dev d;
   alloc(d, c);
-  init_rand_half<<<1024, 256>>>(d.q, nq(c), 1u, 1.f);
-  init_rand_half<<<1024, 256>>>(d.k, nk(c), 2u, 1.f);
-  init_rand_half<<<1024, 256>>>(d.v, nk(c), 3u, 1.f);
+  init_rand_half<<<1024, 256>>>(d.in, d.lay.size, 1u, 1.f);  // q, k, v (and any gaps)
   init_rand_half<<<1024, 256>>>(d.dout, nq(c), 4u, 1.f);
   if (d.bias) init_rand_float<<<1024, 256>>>(d.bias, nbias(c), 5u, 2.f);
   CK(cudaGetLastError());
@@ -285,7 +394,11 @@ static void run_bench(const Case& c, int reps) {
   }
   // The timed outputs must be finite too: a fast kernel writing NaN is not a result.
   auto lse = to_host_float(d.lse, nrow(c));
-  auto dq = to_host_half(d.dq, nq(c));
+  std::vector<uint16_t> grad(d.lay.size);
+  CK(cudaMemcpy(grad.data(), d.grad, grad.size() * 2, cudaMemcpyDeviceToHost));
+  const auto dqb = gather_rows(grad, d.lay.off_q, d.lay.ldq, (size_t)c.B * c.Lq, c.H * c.D);
+  std::vector<float> dq(dqb.size());
+  for (size_t i = 0; i < dqb.size(); ++i) dq[i] = bits_half(dqb[i]);
   size_t bad = 0;
   for (float x : lse) bad += std::isnan(x);
   for (float x : dq) bad += !std::isfinite(x);
@@ -328,6 +441,9 @@ int main(int argc, char** argv) {
          prop.major, prop.minor, prop.multiProcessorCount, arch,
          arch >= 800 ? "mma m16n8k16" : "Turing mma m16n8k8");
   const float s64 = 0.125f, s32 = 0.17677669f, s128 = 0.08838835f;
+  std::vector<int> var384(32);
+  // SQuAD-like padding to 384: lengths 150..384 (torch_attn.py uses the same formula).
+  for (int b = 0; b < 32; ++b) var384[b] = 150 + (b * 37) % 235;
   std::vector<Case> cases = {
       {"tiny_64x64", 1, 1, 64, 64, 64, s64, false, false, {}},
       {"tiny_causal_bias_64", 1, 2, 64, 64, 64, 1.f, true, true, {}},
@@ -349,6 +465,19 @@ int main(int argc, char** argv) {
       {"dropout_distilbert_129", 2, 3, 129, 129, 64, s64, false, false, {129, 77}, 0.1f, 7ull},
       {"dropout_causal_d32_100", 1, 2, 100, 100, 32, 1.f, true, true, {}, 0.3f, 1234567ull},
       {"dropout_d128_100x150", 2, 2, 100, 150, 128, s128, false, true, {150, 111}, 0.2f, 5ull},
+      // Row strides: packed = q, k, v the column blocks of one [B, L, 3, H, D] buffer (fused
+      // QKV projection), dq, dk, dv written into one such gradient buffer; gaps = unused
+      // halves after each row (NaN in the inputs, a sentinel in the gradients that must stay).
+      as_packed({"packed_distilbert_b32_384_mask", 32, 12, 384, 384, 64, s64, false, false,
+                 var384}),
+      as_packed({"packed_odd_129_dropout", 2, 3, 129, 129, 64, s64, false, false, {129, 77},
+                 0.1f, 11ull}),
+      as_packed({"packed_gap16_d128_causal_bias_150", 2, 2, 150, 150, 128, s128, true, true, {}},
+                16),
+      as_packed({"packed_gap8_d32_200_mask", 2, 4, 200, 200, 32, s32, false, false, {200, 61}},
+                8),
+      with_gaps({"gaps_cross_129x383_bias", 2, 3, 129, 383, 64, 1.f, false, true, {383, 200}},
+                16, 40),
   };
   int failed = 0, run = 0;
   if (!bench_only) {
@@ -363,15 +492,16 @@ int main(int argc, char** argv) {
     printf("ATTNCHECK summary: %d/%d passed\n", run - failed, run);
   }
   if (!quick && !no_bench) {
-    std::vector<int> full384(32, 384), full512(16, 512), var384(32);
-    // SQuAD-like padding to 384: lengths 150..384 (torch_attn.py uses the same formula).
-    for (int b = 0; b < 32; ++b) var384[b] = 150 + (b * 37) % 235;
+    std::vector<int> full384(32, 384), full512(16, 512);
     std::vector<Case> bench = {
         {"distilbert_b32_384", 32, 12, 384, 384, 64, s64, false, false, full384},
         {"t5_enc_b16_512_bias", 16, 8, 512, 512, 64, 1.f, false, true, full512},
         {"t5_dec_b16_128_causal_bias", 16, 8, 128, 128, 64, 1.f, true, true, {}},
         {"t5_cross_b16_128x512", 16, 8, 128, 512, 64, 1.f, false, false, full512},
         {"distilbert_b32_384_varlen", 32, 12, 384, 384, 64, s64, false, false, var384},
+        // The same as distilbert_b32_384, q/k/v/dq/dk/dv in the packed [B, L, 3, H, D] layout.
+        as_packed({"distilbert_b32_384_packed", 32, 12, 384, 384, 64, s64, false, false,
+                   full384}),
         {"distilbert_b32_384_dropout0.1", 32, 12, 384, 384, 64, s64, false, false, full384, 0.1f,
          99ull},
         {"t5_enc_b16_512_bias_dropout0.1", 16, 8, 512, 512, 64, 1.f, false, true, full512, 0.1f,

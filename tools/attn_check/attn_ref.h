@@ -1,9 +1,11 @@
 // Shared by attn_check.cu (GPU run) and emu_check.cpp (CPU emulation of the same kernels):
-// the test cases' shape type, a plain double-precision attention forward + backward, and
-// the ‖x−ref‖/‖ref‖ comparison that prints the worst elements when a tensor fails.
+// the test cases' shape type, where q/k/v (and dq/dk/dv) sit in memory (row strides, the
+// packed QKV layout), a plain double-precision attention forward + backward, and the
+// ‖x−ref‖/‖ref‖ comparison that prints the worst elements when a tensor fails.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -16,7 +18,27 @@ struct Case {
   std::vector<int> lens;  // valid key length per batch element; empty = no mask
   float dropout = 0.f;    // attention-probability dropout
   unsigned long long seed = 0;
+  // Memory layout of q/k/v and dq/dk/dv (set with as_packed() / with_gaps() below): packed =
+  // one [B, L, 3, H, D] buffer (a fused QKV projection, Lq == Lk); gap_q / gap_kv = unused
+  // halves at the end of each row (ld = H*D + gap, or 3*H*D + gap_q when packed).
+  bool packed = false;
+  int gap_q = 0, gap_kv = 0;
+  // The reference and the dropout hash see batch element b as b + b_offset: a one-batch
+  // slice of a big case is checked on its own (the double reference is too slow for B=32).
+  int b_offset = 0;
 };
+
+static Case as_packed(Case c, int gap = 0) {
+  c.packed = true;
+  c.gap_q = c.gap_kv = gap;
+  return c;
+}
+static Case with_gaps(Case c, int gap_q, int gap_kv) {
+  c.gap_q = gap_q;
+  c.gap_kv = gap_kv;
+  return c;
+}
+static bool has_strides(const Case& c) { return c.packed || c.gap_q || c.gap_kv; }
 
 // src/backend/mod.rs dropout_key_packed / dropout_keep, transcribed: splitmix64(seed) ->
 // key = odd m | a << 32 (what the kernels take), then lowbias32(fold32(i) * m + a), top
@@ -43,7 +65,8 @@ static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, floa
 // Dropout multiplier Z for probability (b, h, i, j): 0 or 1/(1-p).
 static double ref_z(const Case& c, int b, int h, int i, int j) {
   if (c.dropout <= 0.f) return 1.0;
-  const unsigned long long idx = (((unsigned long long)b * c.H + h) * c.Lq + i) * c.Lk + j;
+  const unsigned long long idx =
+      (((unsigned long long)(b + c.b_offset) * c.H + h) * c.Lq + i) * c.Lk + j;
   return ref_dropout_keep(c.seed, idx, c.dropout) ? 1.0 / (1.0 - (double)c.dropout) : 0.0;
 }
 
@@ -51,6 +74,88 @@ static size_t nq(const Case& c) { return (size_t)c.B * c.Lq * c.H * c.D; }
 static size_t nk(const Case& c) { return (size_t)c.B * c.Lk * c.H * c.D; }
 static size_t nrow(const Case& c) { return (size_t)c.B * c.H * c.Lq; }
 static size_t nbias(const Case& c) { return (size_t)c.H * c.Lq * c.Lk; }
+
+// ---------------------------------------------------------------- strided q/k/v layout
+// q, k, v live in one buffer of halves ("arena"), and dq, dk, dv in a second one laid out
+// the same way, so what the kernels must never touch (the gaps) is everything the three
+// tensors do not cover. Separate: q, then k, then v, each rows of its own ld. Packed: the
+// columns [0, HD), [HD, 2HD), [2HD, 3HD) of rows of ld = 3HD + gap.
+struct QkvLayout {
+  int ldq, ldkv;
+  size_t off_q, off_k, off_v, size;
+};
+static QkvLayout qkv_layout(const Case& c) {
+  const int hd = c.H * c.D;
+  QkvLayout l;
+  if (c.packed) {
+    l.ldq = l.ldkv = 3 * hd + c.gap_q;
+    l.off_q = 0;
+    l.off_k = (size_t)hd;
+    l.off_v = 2 * (size_t)hd;
+    l.size = (size_t)c.B * c.Lq * l.ldq;
+  } else {
+    l.ldq = hd + c.gap_q;
+    l.ldkv = hd + c.gap_kv;
+    l.off_q = 0;
+    l.off_k = (size_t)c.B * c.Lq * l.ldq;
+    l.off_v = l.off_k + (size_t)c.B * c.Lk * l.ldkv;
+    l.size = l.off_v + (size_t)c.B * c.Lk * l.ldkv;
+  }
+  return l;
+}
+// A contiguous [rows, hd] tensor into / out of the arena at off with row stride ld.
+template <class T>
+static void scatter_rows(std::vector<T>& arena, size_t off, int ld, const std::vector<T>& src,
+                         int hd) {
+  const size_t rows = src.size() / hd;
+  for (size_t r = 0; r < rows; ++r)
+    std::copy(src.begin() + r * hd, src.begin() + (r + 1) * hd, arena.begin() + off + r * ld);
+}
+template <class T>
+static std::vector<T> gather_rows(const std::vector<T>& arena, size_t off, int ld, size_t rows,
+                                  int hd) {
+  std::vector<T> out(rows * hd);
+  for (size_t r = 0; r < rows; ++r)
+    std::copy(arena.begin() + off + r * ld, arena.begin() + off + r * ld + hd,
+              out.begin() + r * hd);
+  return out;
+}
+// 1 where q/k/v (or dq/dk/dv) live, 0 in the gaps.
+static std::vector<uint8_t> qkv_coverage(const Case& c, const QkvLayout& l) {
+  std::vector<uint8_t> cov(l.size, 0);
+  const int hd = c.H * c.D;
+  const std::vector<uint8_t> qs((size_t)c.B * c.Lq * hd, 1), ks((size_t)c.B * c.Lk * hd, 1);
+  scatter_rows(cov, l.off_q, l.ldq, qs, hd);
+  scatter_rows(cov, l.off_k, l.ldkv, ks, hd);
+  scatter_rows(cov, l.off_v, l.ldkv, ks, hd);
+  return cov;
+}
+// Gradient-arena bits before a run: NaN (0xFFFF) where dq/dk/dv go (an element left
+// unwritten fails the comparison), kGapSentinel in the gaps (checked unchanged after).
+static const uint16_t kGapSentinel = 0x7E5A;  // a quiet NaN too: a read of it poisons
+static std::vector<uint16_t> grad_poison(const std::vector<uint8_t>& cov) {
+  std::vector<uint16_t> g(cov.size());
+  for (size_t i = 0; i < cov.size(); ++i) g[i] = cov[i] ? 0xFFFF : kGapSentinel;
+  return g;
+}
+static size_t gap_writes(const std::vector<uint16_t>& grad, const std::vector<uint8_t>& cov) {
+  size_t n = 0;
+  for (size_t i = 0; i < cov.size(); ++i) n += !cov[i] && grad[i] != kGapSentinel;
+  return n;
+}
+// Batch element b of a batch-major tensor ([B, ...]), and the one-batch case it is.
+template <class T>
+static std::vector<T> batch_slice(const std::vector<T>& x, int B, int b) {
+  const size_t per = x.size() / B;
+  return std::vector<T>(x.begin() + b * per, x.begin() + (b + 1) * per);
+}
+static Case batch_case(const Case& c, int b) {
+  Case s = c;
+  s.B = 1;
+  s.b_offset = c.b_offset + b;
+  if (!c.lens.empty()) s.lens = {c.lens[b]};
+  return s;
+}
 
 // ---------------------------------------------------------------- CPU reference (double)
 struct Ref {

@@ -273,6 +273,20 @@ static std::vector<float> rand_f16(size_t n, std::mt19937& rng, float amp) {
   return f;
 }
 
+static std::vector<uint16_t> to_bits(const std::vector<float>& f) {
+  std::vector<uint16_t> b(f.size());
+  for (size_t i = 0; i < f.size(); ++i) b[i] = __float2half_rn(f[i]).bits;
+  return b;
+}
+static std::vector<float> bits_to_float(const std::vector<uint16_t>& b) {
+  std::vector<float> f(b.size());
+  for (size_t i = 0; i < b.size(); ++i) f[i] = __half2float(__half{b[i]});
+  return f;
+}
+
+// q, k, v sit in one input arena and dq, dk, dv in one gradient arena (attn_ref.h
+// qkv_layout: separate tensors, rows with gaps, or the packed QKV layout); the input gaps
+// hold NaN, the gradient gaps a sentinel that must survive the run.
 static bool run_case(const Case& c, unsigned seed) {
   std::mt19937 rng(seed);
   auto q = rand_f16(nq(c), rng, 1.f), k = rand_f16(nk(c), rng, 1.f);
@@ -289,9 +303,23 @@ static bool run_case(const Case& c, unsigned seed) {
     for (int b = 0; b < c.B; ++b)
       for (int j = 0; j < c.Lk; ++j) mask[(size_t)b * c.Lk + j] = j < c.lens[b];
   }
-  auto hq = to_half(q), hk = to_half(k), hv = to_half(v), hdo = to_half(dout);
+  const int hd = c.H * c.D;
+  const QkvLayout lay = qkv_layout(c);
+  const std::vector<uint8_t> cov = qkv_coverage(c, lay);
+  std::vector<uint16_t> in(lay.size, 0xFFFF);
+  scatter_rows(in, lay.off_q, lay.ldq, to_bits(q), hd);
+  scatter_rows(in, lay.off_k, lay.ldkv, to_bits(k), hd);
+  scatter_rows(in, lay.off_v, lay.ldkv, to_bits(v), hd);
+  std::vector<uint16_t> grad = grad_poison(cov);
+  const __half* hq = reinterpret_cast<const __half*>(in.data()) + lay.off_q;
+  const __half* hk = reinterpret_cast<const __half*>(in.data()) + lay.off_k;
+  const __half* hv = reinterpret_cast<const __half*>(in.data()) + lay.off_v;
+  __half* dq = reinterpret_cast<__half*>(grad.data()) + lay.off_q;
+  __half* dk = reinterpret_cast<__half*>(grad.data()) + lay.off_k;
+  __half* dv = reinterpret_cast<__half*>(grad.data()) + lay.off_v;
+  auto hdo = to_half(dout);
   const __half nanh = __half{0xFFFF};
-  std::vector<__half> out(nq(c), nanh), dq(nq(c), nanh), dk(nk(c), nanh), dv(nk(c), nanh);
+  std::vector<__half> out(nq(c), nanh);
   std::vector<float> lse(nrow(c), NAN), delta(nrow(c), NAN), dqa(nq(c), NAN);
   std::vector<float> dbias(c.bias ? nbias(c) : 0, NAN);
   const float* bp = c.bias ? bias.data() : nullptr;
@@ -301,33 +329,40 @@ static bool run_case(const Case& c, unsigned seed) {
   auto fwd = c.D == 32 ? fb_attn_fwd_f16_d32 : c.D == 128 ? fb_attn_fwd_f16_d128 : fb_attn_fwd_f16;
   auto bwd = c.D == 32 ? fb_attn_bwd_f16_d32 : c.D == 128 ? fb_attn_bwd_f16_d128 : fb_attn_bwd_f16;
   launch(Dim3{cdiv(c.Lq, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
-    fwd(hq.data(), hk.data(), hv.data(), mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk,
-        c.scale, causal, c.dropout, ref_dropout_key(c.seed));
+    fwd(hq, hk, hv, mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk, c.scale, causal,
+        c.dropout, ref_dropout_key(c.seed), lay.ldq, lay.ldkv);
   });
   launch(Dim3{cdiv((long long)nrow(c), 4), 1, 1}, 128, [&] {
     fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbp, c.B, c.H,
                                c.Lq, c.Lk, c.D);
   });
   launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
-    bwd(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(), mp, bp,
-        dk.data(), dv.data(), dqa.data(), dbp, c.B, c.H, c.Lq, c.Lk, c.scale, causal, c.dropout,
-        ref_dropout_key(c.seed));
+    bwd(hq, hk, hv, hdo.data(), lse.data(), delta.data(), mp, bp, dk, dv, dqa.data(), dbp, c.B,
+        c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed), lay.ldq, lay.ldkv);
   });
   const int n = (int)nq(c);
-  launch(Dim3{cdiv(n, 256), 1, 1}, 256, [&] { fb_attn_dq_cast_f16(dqa.data(), dq.data(), n); });
+  launch(Dim3{cdiv(n, 256), 1, 1}, 256,
+         [&] { fb_attn_dq_cast_f16(dqa.data(), dq, n, hd, lay.ldq); });
 
   const Ref r = reference(c, q, k, v, dout, bias);
   std::vector<int> qd = {c.B, c.Lq, c.H, c.D}, kd = {c.B, c.Lk, c.H, c.D};
+  const size_t qrows = (size_t)c.B * c.Lq, krows = (size_t)c.B * c.Lk;
+  const auto gq = bits_to_float(gather_rows(grad, lay.off_q, lay.ldq, qrows, hd));
+  const auto gk = bits_to_float(gather_rows(grad, lay.off_k, lay.ldkv, krows, hd));
+  const auto gv = bits_to_float(gather_rows(grad, lay.off_v, lay.ldkv, krows, hd));
   const double eo = compare("out", to_float(out), r.out, qd, "b,i,h,d", true);
   const double el = compare("lse", lse, r.lse, {c.B, c.H, c.Lq}, "b,h,i", true);
-  const double eq = compare("dq", to_float(dq), r.dq, qd, "b,i,h,d", true);
-  const double ek = compare("dk", to_float(dk), r.dk, kd, "b,j,h,d", true);
-  const double ev = compare("dv", to_float(dv), r.dv, kd, "b,j,h,d", true);
+  const double eq = compare("dq", gq, r.dq, qd, "b,i,h,d", true);
+  const double ek = compare("dk", gk, r.dk, kd, "b,j,h,d", true);
+  const double ev = compare("dv", gv, r.dv, kd, "b,j,h,d", true);
   const double eb = c.bias ? compare("dbias", dbias, r.dbias, {c.H, c.Lq, c.Lk}, "h,i,j", true) : 0;
-  const bool pass = eo <= 1e-2 && el <= 1e-2 && eq <= 1e-2 && ek <= 1e-2 && ev <= 1e-2 && eb <= 1e-2;
-  printf("EMUCHECK case=%s D=%d out_err=%.3e lse_err=%.3e dq_err=%.3e dk_err=%.3e dv_err=%.3e "
-         "dbias_err=%.3e pass=%s\n",
-         c.name.c_str(), c.D, eo, el, eq, ek, ev, eb, pass ? "true" : "false");
+  const size_t gw = gap_writes(grad, cov);
+  const bool pass = eo <= 1e-2 && el <= 1e-2 && eq <= 1e-2 && ek <= 1e-2 && ev <= 1e-2 &&
+                    eb <= 1e-2 && gw == 0;
+  printf("EMUCHECK case=%s D=%d ldq=%d ldkv=%d%s out_err=%.3e lse_err=%.3e dq_err=%.3e "
+         "dk_err=%.3e dv_err=%.3e dbias_err=%.3e gap_writes=%zu pass=%s\n",
+         c.name.c_str(), c.D, lay.ldq, lay.ldkv, c.packed ? " packed" : "", eo, el, eq, ek, ev,
+         eb, gw, pass ? "true" : "false");
   fflush(stdout);
   return pass;
 }
@@ -350,9 +385,38 @@ static bool dropout_golden() {
   return ok;
 }
 
+// attn_check.cu checks its B=32 case on three batch elements, each as a one-batch case
+// (attn_ref.h batch_case: b_offset keeps the dropout hash indices). Each slice's
+// reference must equal that batch element of the whole case's reference.
+static bool ref_batch_slices() {
+  const Case c = {"slices", 3, 2, 20, 24, 32, 0.5f, true, false, {24, 9, 17}, 0.3f, 4ull};
+  std::mt19937 rng(5);
+  auto q = rand_f16(nq(c), rng, 1.f), k = rand_f16(nk(c), rng, 1.f);
+  auto v = rand_f16(nk(c), rng, 1.f), dout = rand_f16(nq(c), rng, 1.f);
+  const Ref whole = reference(c, q, k, v, dout, {});
+  double worst = 0;
+  for (int b = 0; b < c.B; ++b) {
+    const Ref r = reference(batch_case(c, b), batch_slice(q, c.B, b), batch_slice(k, c.B, b),
+                            batch_slice(v, c.B, b), batch_slice(dout, c.B, b), {});
+    const std::vector<double>* pairs[5][2] = {{&r.out, &whole.out}, {&r.lse, &whole.lse},
+                                              {&r.dq, &whole.dq}, {&r.dk, &whole.dk},
+                                              {&r.dv, &whole.dv}};
+    for (auto& p : pairs) {
+      const auto w = batch_slice(*p[1], c.B, b);
+      for (size_t i = 0; i < w.size(); ++i)
+        worst = std::max(worst, w[i] == (*p[0])[i] ? 0.0 : std::fabs(w[i] - (*p[0])[i]));
+    }
+  }
+  const bool ok = worst == 0;
+  std::printf("EMUCHECK ref_batch_slices golden max_diff=%.3e pass=%s\n", worst,
+              ok ? "true" : "false");
+  return ok;
+}
+
 int main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : nullptr;
-  const bool golden_ok = dropout_golden();
+  const bool drop_ok = dropout_golden(), slices_ok = ref_batch_slices();
+  const bool golden_ok = drop_ok && slices_ok;
   const std::vector<Case> cases = {
       {"tiny_64x64", 1, 1, 64, 64, 64, 0.125f, false, false, {}},
       {"pad_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}},
@@ -367,6 +431,19 @@ int main(int argc, char** argv) {
       {"big_all_features_150x200", 2, 2, 150, 200, 64, 0.125f, true, true, {200, 131}, 0.15f,
        9ull},
       {"dropout_d128_40x70_bias", 1, 1, 40, 70, 128, 0.08838835f, false, true, {60}, 0.2f, 5ull},
+      // Row strides. Packed: q, k, v are the column blocks of one [B, L, 3, H, D] buffer (a
+      // fused QKV projection) and dq, dk, dv land in one such gradient buffer.
+      as_packed({"packed_mask_70", 2, 2, 70, 70, 64, 0.125f, false, false, {70, 33}}),
+      as_packed({"packed_dropout_d32_h3_67", 2, 3, 67, 67, 32, 0.17677669f, false, false,
+                 {67, 40}, 0.2f, 31ull}),
+      as_packed({"packed_causal_bias_d128_40", 2, 2, 40, 40, 128, 0.08838835f, true, true, {}}),
+      // Gaps after each row (poisoned: NaN in the inputs, a sentinel in the gradients), with
+      // ldq != ldkv and Lq != Lk so that a swapped or dropped stride shows.
+      with_gaps({"gaps_cross_bias_70x67", 2, 2, 70, 67, 64, 0.125f, false, true, {67, 30}}, 16,
+                40),
+      as_packed({"packed_gap16_dropout_bias_70", 2, 1, 70, 70, 64, 0.125f, false, true,
+                 {70, 51}, 0.1f, 8ull},
+                16),
   };
   int failed = 0, run = 0;
   unsigned seed = 99;

@@ -26,7 +26,8 @@
 //   dBias (fp32 atomics into dbias). dBias = dS summed over the batch; the atomics cost one
 //   RED per nonzero (b, h, i, j), i.e. B·H·Lq·Lk fp32 atomics (T5-small B=16 512²: 33.5 M),
 //   spread over H·Lq·Lk addresses so contention is only B-way. dq_accum costs
-//   B·Lq·H·D·ceil(Lk/64) atomics. A last kernel casts dq_accum to fp16.
+//   B·Lq·H·D·ceil(Lk/64) fp32 additions (sm_90: in float2 atomics, half as many
+//   instructions). A last kernel casts dq_accum to fp16.
 // - Dropout on the probabilities (HF's attention dropout) is fused: keep(b,h,i,j) is
 //   backend::dropout_keep(seed, ((b*H + h)*Lq + i)*Lk + j, p) — the same hash as
 //   the unfused dropout over a [B, H, Lq, Lk] probability tensor — so backward regenerates
@@ -96,9 +97,9 @@
 //   fwd D=64        128 / 136 / 127 / 130  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
 //   fwd D=32        128 / 125 / 110 / 127  10496 | 20736                 4
 //   fwd D=128       216 / 202 / 218 / 172  35072                         1
-//   bwd D=64        187 / 165 / 165 / 168  32512                         2 (BR=32: sized for this)
-//   bwd D=32        200 / 166 / 168 / 186  30208                         2
-//   bwd D=128       232 / 238 / 238 / 248  45952                         1 (BR=16)
+//   bwd D=64        186 / 164 / 164 / 166  32512                         2 (BR=32: sized for this)
+//   bwd D=32        200 / 166 / 166 / 187  30208                         2
+//   bwd D=128       234 / 240 / 240 / 248  45952                         1 (BR=16)
 //   preprocess 46/30/30, dq_cast 14 (all targets), no smem.
 // Latency hiding: backward issues the next query tile's Q/dO loads (into registers) before
 // the current tile's MMAs; forward on sm_80 / sm_90 double-buffers K/V with cp.async
@@ -189,6 +190,18 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned int r[4], const __half* r
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#endif
+}
+
+// p[0] += a and p[1] += b (p 8-byte aligned). sm_90 has a vector float atomic
+// (atomicAdd on float2, red.global.add.v2.f32): half as many dQ atomics; everything else
+// (and the emulation) issues two scalar ones.
+__device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if !defined(FB_ATTN_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
 #endif
 }
 
@@ -759,8 +772,7 @@ __device__ __forceinline__ void attn_bwd(
         float* dqrow = dq_accum + ((long long)b * Lq + r) * ld + (long long)h * D + cs * NC;
 #pragma unroll
         for (int dn = 0; dn < NC / 8; ++dn) {
-          atomicAdd(dqrow + dn * 8 + 2 * t, scale * dq[dn][2 * i]);
-          atomicAdd(dqrow + dn * 8 + 2 * t + 1, scale * dq[dn][2 * i + 1]);
+          atomic_add2(dqrow + dn * 8 + 2 * t, scale * dq[dn][2 * i], scale * dq[dn][2 * i + 1]);
         }
       }
     }

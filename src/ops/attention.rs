@@ -4,7 +4,7 @@
 //! the additive bias (T5's relative positions) summed over the batch.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::{AttnSpec, Storage};
+use crate::backend::AttnSpec;
 use crate::error::{Error, Result};
 use crate::ops::fresh;
 use crate::shape::DType;
@@ -74,6 +74,99 @@ fn checked_spec(opt: &AttnOptions<'_>, [b, h, lq, lk, d]: [usize; 5]) -> Result<
     })
 }
 
+/// The q, k, v operands of a call: three tensors, or one packed `[B, L, 3, H, D]`.
+enum Qkv<'a> {
+    Separate(&'a Tensor, &'a Tensor, &'a Tensor),
+    Packed(&'a Tensor),
+}
+
+impl Qkv<'_> {
+    fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            Qkv::Separate(q, k, v) => vec![q, k, v],
+            Qkv::Packed(x) => vec![x],
+        }
+    }
+}
+
+/// The attention op for either operand layout: forward on the backend, and a tape node
+/// whose backward returns one gradient per q/k/v tensor (plus the bias's).
+fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Tensor> {
+    let AttnSpec {
+        b, h, lq, lk, d, ..
+    } = spec;
+    let mask_s = opt.key_mask.map(|m| m.storage());
+    let bias_s = opt.bias.map(|t| t.storage());
+    let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
+    let (o, lse) = match qkv {
+        Qkv::Separate(q, k, v) => {
+            q.storage()
+                .attention(&k.storage(), &v.storage(), mask_s, bias_s, &spec)?
+        }
+        Qkv::Packed(x) => x.storage().attention_qkv(mask_s, bias_s, &spec)?,
+    };
+    let out = fresh(o, [b, lq, h, d]);
+    let mut inputs = qkv.tensors();
+    inputs.extend(opt.bias);
+    if !needs_grad(&inputs) {
+        return Ok(out);
+    }
+    let tracks: Vec<bool> = inputs.iter().map(|t| t.tracks()).collect();
+    let saved: Vec<Tensor> = qkv.tensors().iter().map(|t| t.detach()).collect();
+    let packed = matches!(qkv, Qkv::Packed(_));
+    let mask = opt.key_mask.map(|m| m.detach());
+    let bias = opt.bias.map(|m| m.detach());
+    let o = out.detach();
+    let lse = fresh(lse, [b, h, lq]);
+    Ok(record(
+        "attention",
+        &inputs,
+        out,
+        Box::new(move |g| {
+            let mask_s = mask.as_ref().map(|m| m.storage());
+            let bias_s = bias.as_ref().map(|m| m.storage());
+            let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
+            let (o, lse, g) = (o.storage(), lse.storage(), g.storage());
+            let (grads, db) = if packed {
+                let (dqkv, db) = saved[0]
+                    .storage()
+                    .attention_qkv_backward(&o, &lse, &g, mask_s, bias_s, &spec)?;
+                (vec![dqkv], db)
+            } else {
+                let (dq, dk, dv, db) = saved[0].storage().attention_backward(
+                    &saved[1].storage(),
+                    &saved[2].storage(),
+                    &o,
+                    &lse,
+                    &g,
+                    mask_s,
+                    bias_s,
+                    &spec,
+                )?;
+                (vec![dq, dk, dv], db)
+            };
+            let mut res: Vec<Option<Tensor>> = grads
+                .into_iter()
+                .zip(&saved)
+                .zip(&tracks)
+                .map(|((gs, x), &t)| t.then(|| fresh(gs, x.shape().clone())))
+                .collect();
+            if bias.is_some() {
+                res.push(match (tracks[saved.len()], db) {
+                    (true, Some(db)) => Some(fresh(db, [h, lq, lk])),
+                    (true, None) => {
+                        return Err(Error::msg(
+                            "attention backward: the backend returned no bias gradient",
+                        ))
+                    }
+                    (false, _) => None,
+                });
+            }
+            Ok(res)
+        }),
+    ))
+}
+
 impl Tensor {
     /// `self` is q `[B, Lq, H, D]`; k, v `[B, Lk, H, D]`. Returns `[B, Lq, H, D]`.
     pub fn attention(&self, k: &Tensor, v: &Tensor, opt: AttnOptions<'_>) -> Result<Tensor> {
@@ -90,64 +183,7 @@ impl Tensor {
         k.expect_shape("attention (k)", &[b, lk, h, d])?;
         v.expect_shape("attention (v)", &[b, lk, h, d])?;
         let spec = checked_spec(&opt, [b, h, lq, lk, d])?;
-        let mask_s = opt.key_mask.map(|m| m.storage());
-        let bias_s = opt.bias.map(|t| t.storage());
-        let (o, lse) = self.storage().attention(
-            &k.storage(),
-            &v.storage(),
-            mask_s.as_deref(),
-            bias_s.as_deref(),
-            &spec,
-        )?;
-        drop((mask_s, bias_s));
-        let out = fresh(o, self.shape().clone());
-        let mut inputs = vec![self, k, v];
-        if let Some(bias) = opt.bias {
-            inputs.push(bias);
-        }
-        if !needs_grad(&inputs) {
-            return Ok(out);
-        }
-        let t = [
-            self.tracks(),
-            k.tracks(),
-            v.tracks(),
-            opt.bias.map(|x| x.tracks()).unwrap_or(false),
-        ];
-        let has_bias = opt.bias.is_some();
-        let (q, k, v) = (self.detach(), k.detach(), v.detach());
-        let mask = opt.key_mask.map(|m| m.detach());
-        let bias = opt.bias.map(|m| m.detach());
-        let o = out.detach();
-        let lse = fresh(lse, [b, h, lq]);
-        Ok(record(
-            "attention",
-            &inputs,
-            out,
-            Box::new(move |g| {
-                let mask_s = mask.as_ref().map(|m| m.storage());
-                let bias_s = bias.as_ref().map(|m| m.storage());
-                let (dq, dk, dv, db) = q.storage().attention_backward(
-                    &k.storage(),
-                    &v.storage(),
-                    &o.storage(),
-                    &lse.storage(),
-                    &g.storage(),
-                    mask_s.as_deref(),
-                    bias_s.as_deref(),
-                    &spec,
-                )?;
-                let mut res = vec![
-                    t[0].then(|| fresh(dq, q.shape().clone())),
-                    t[1].then(|| fresh(dk, k.shape().clone())),
-                    t[2].then(|| fresh(dv, v.shape().clone())),
-                ];
-                if has_bias {
-                    res.push(bias_grad(t[3], db, [h, lq, lk])?);
-                }
-                Ok(res)
-            }),
-        ))
+        attention_op(Qkv::Separate(self, k, v), opt, spec)
     }
 
     /// Self-attention over the output of one fused QKV projection: `self` is
@@ -168,59 +204,6 @@ impl Tensor {
             });
         }
         let spec = checked_spec(&opt, [b, h, l, l, d])?;
-        let mask_s = opt.key_mask.map(|m| m.storage());
-        let bias_s = opt.bias.map(|t| t.storage());
-        let (o, lse) = self
-            .storage()
-            .attention_qkv(mask_s.as_deref(), bias_s.as_deref(), &spec)?;
-        drop((mask_s, bias_s));
-        let out = fresh(o, [b, l, h, d]);
-        let mut inputs = vec![self];
-        if let Some(bias) = opt.bias {
-            inputs.push(bias);
-        }
-        if !needs_grad(&inputs) {
-            return Ok(out);
-        }
-        let t = [self.tracks(), opt.bias.map(|x| x.tracks()).unwrap_or(false)];
-        let has_bias = opt.bias.is_some();
-        let qkv = self.detach();
-        let mask = opt.key_mask.map(|m| m.detach());
-        let bias = opt.bias.map(|m| m.detach());
-        let o = out.detach();
-        let lse = fresh(lse, [b, h, l]);
-        Ok(record(
-            "attention",
-            &inputs,
-            out,
-            Box::new(move |g| {
-                let mask_s = mask.as_ref().map(|m| m.storage());
-                let bias_s = bias.as_ref().map(|m| m.storage());
-                let (dqkv, db) = qkv.storage().attention_qkv_backward(
-                    &o.storage(),
-                    &lse.storage(),
-                    &g.storage(),
-                    mask_s.as_deref(),
-                    bias_s.as_deref(),
-                    &spec,
-                )?;
-                let mut res = vec![t[0].then(|| fresh(dqkv, qkv.shape().clone()))];
-                if has_bias {
-                    res.push(bias_grad(t[1], db, [h, l, l])?);
-                }
-                Ok(res)
-            }),
-        ))
-    }
-}
-
-/// The bias gradient of a backward call: required when the bias tracks.
-fn bias_grad(tracks: bool, db: Option<Storage>, shape: [usize; 3]) -> Result<Option<Tensor>> {
-    match (tracks, db) {
-        (true, Some(db)) => Ok(Some(fresh(db, shape))),
-        (true, None) => Err(Error::msg(
-            "attention backward: the backend returned no bias gradient",
-        )),
-        (false, _) => Ok(None),
+        attention_op(Qkv::Packed(self), opt, spec)
     }
 }

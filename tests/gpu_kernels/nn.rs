@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use fusebox::backend::cuda;
+use fusebox::backend::cuda::{self, CudaStorage};
 use fusebox::backend::{AdamWStep, AttnSpec, BackendStorage, CpuStorage};
 use fusebox::DType;
 
@@ -270,6 +270,51 @@ fn adamw_mixed_precision() {
     }
 }
 
+/// The CUDA attention paths to run for a case, with their check-name tags: the fused
+/// kernels take f16 with head dim 32/64/128, so both paths run there, the naive elsewhere.
+fn attn_impls(dt: DType, d: usize, dropout: f32) -> Vec<(cuda::AttnImpl, String)> {
+    let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
+    let mut v = vec![cuda::AttnImpl::Naive];
+    if fused {
+        v.push(cuda::AttnImpl::Fused);
+    }
+    v.into_iter()
+        .map(|w| {
+            let name = if w == cuda::AttnImpl::Fused {
+                "fused"
+            } else {
+                "naive"
+            };
+            let tag = if dropout > 0.0 {
+                format!("{name}_dropout")
+            } else {
+                name.to_string()
+            };
+            (w, tag)
+        })
+        .collect()
+}
+
+/// The bias gradient: present on both sides (and close) or on neither.
+fn check_dbias(
+    name: &str,
+    shape: &[usize],
+    dt: DType,
+    got: Option<CudaStorage>,
+    want: Option<&CpuStorage>,
+    t: Instant,
+) {
+    match (got, want) {
+        (Some(g), Some(w)) => check(name, shape, dt, &g, w, t),
+        (None, None) => {}
+        (g, w) => panic!(
+            "{name}: dbias presence differs: gpu {} cpu {}",
+            g.is_some(),
+            w.is_some()
+        ),
+    }
+}
+
 #[test]
 fn attention_forward_backward() {
     let Some(mut rng) = setup("attention_forward_backward") else {
@@ -334,21 +379,8 @@ fn attention_forward_backward() {
                 cb.as_ref(),
                 &sp,
             ));
-            // The fused kernels take f16 with head dim 32/64/128: run both paths there.
-            let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
-            let impls: &[cuda::AttnImpl] = if fused {
-                &[cuda::AttnImpl::Naive, cuda::AttnImpl::Fused]
-            } else {
-                &[cuda::AttnImpl::Naive]
-            };
-            for &which in impls {
+            for (which, tag) in attn_impls(dt, d, dropout) {
                 cuda::set_attention_impl(which);
-                let tag = match (which == cuda::AttnImpl::Fused, dropout > 0.0) {
-                    (true, false) => "fused",
-                    (true, true) => "fused_dropout",
-                    (false, false) => "naive",
-                    (false, true) => "naive_dropout",
-                };
                 let t = Instant::now();
                 let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -367,17 +399,14 @@ fn attention_forward_backward() {
                 check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
                 check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
                 check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
-                match (db, wdb.as_ref()) {
-                    (Some(g), Some(w)) => {
-                        check(&format!("attn_{tag}_bwd_dbias"), &shape, dt, &g, w, t)
-                    }
-                    (None, None) => {}
-                    (g, w) => panic!(
-                        "dbias presence differs: gpu {} cpu {}",
-                        g.is_some(),
-                        w.is_some()
-                    ),
-                }
+                check_dbias(
+                    &format!("attn_{tag}_bwd_dbias"),
+                    &shape,
+                    dt,
+                    db,
+                    wdb.as_ref(),
+                    t,
+                );
             }
             cuda::set_attention_impl(cuda::AttnImpl::Auto);
         }
@@ -436,20 +465,8 @@ fn attention_packed_qkv_forward_backward() {
             let (wo, wl) = ok(cx.attention_qkv(cmask.as_ref(), cb.as_ref(), &sp));
             let (wd, wdb) =
                 ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
-            let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
-            let impls: &[cuda::AttnImpl] = if fused {
-                &[cuda::AttnImpl::Naive, cuda::AttnImpl::Fused]
-            } else {
-                &[cuda::AttnImpl::Naive]
-            };
-            for &which in impls {
+            for (which, tag) in attn_impls(dt, d, dropout) {
                 cuda::set_attention_impl(which);
-                let tag = match (which == cuda::AttnImpl::Fused, dropout > 0.0) {
-                    (true, false) => "fused",
-                    (true, true) => "fused_dropout",
-                    (false, false) => "naive",
-                    (false, true) => "naive_dropout",
-                };
                 let t = Instant::now();
                 let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -458,17 +475,14 @@ fn attention_packed_qkv_forward_backward() {
                 let (dx, db) =
                     ok(gx.attention_qkv_backward(&o, &lse, &gdo, gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_qkv_{tag}_bwd_dqkv"), &shape, dt, &dx, &wd, t);
-                match (db, wdb.as_ref()) {
-                    (Some(g), Some(w)) => {
-                        check(&format!("attn_qkv_{tag}_bwd_dbias"), &shape, dt, &g, w, t)
-                    }
-                    (None, None) => {}
-                    (g, w) => panic!(
-                        "dbias presence differs: gpu {} cpu {}",
-                        g.is_some(),
-                        w.is_some()
-                    ),
-                }
+                check_dbias(
+                    &format!("attn_qkv_{tag}_bwd_dbias"),
+                    &shape,
+                    dt,
+                    db,
+                    wdb.as_ref(),
+                    t,
+                );
             }
             cuda::set_attention_impl(cuda::AttnImpl::Auto);
         }

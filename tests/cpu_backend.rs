@@ -596,10 +596,23 @@ fn embedding_and_layout_forward() {
         "index_add",
         |s| {
             s(&dy)
-                .index_add(&ids(&id.map(|i| i as i32)), n, cols)
+                .index_add(&ids(&id.map(|i| i as i32)), n, cols, None)
                 .unwrap()
         },
         &r,
+    );
+    // padding_idx: the skipped row stays zero, every other row as before.
+    let skip = id[0];
+    let mut r_skip = r.clone();
+    r_skip[skip * cols..(skip + 1) * cols].fill(0.0);
+    both(
+        "index_add (skip)",
+        |s| {
+            s(&dy)
+                .index_add(&ids(&id.map(|i| i as i32)), n, cols, Some(skip))
+                .unwrap()
+        },
+        &r_skip,
     );
 
     let dims = [2usize, 3, 5, 7];
@@ -788,8 +801,8 @@ fn empty_and_degenerate_shapes_do_not_panic() {
     assert!(f64s(&[1.0]).softmax(0).is_err());
     assert_eq!(e.layer_norm(&g, &g, 7, 1e-5).unwrap().0.len(), 0);
     assert_eq!(e.rms_norm(&g, 7, 1e-5).unwrap().1.len(), 0);
-    assert_eq!(e.index_add(&ids(&[]), 3, 0).unwrap().len(), 0);
-    assert_eq!(e.index_add(&ids(&[]), 3, 2).unwrap().len(), 6);
+    assert_eq!(e.index_add(&ids(&[]), 3, 0, None).unwrap().len(), 0);
+    assert_eq!(e.index_add(&ids(&[]), 3, 2, None).unwrap().len(), 6);
     assert_eq!(e.index_select(&ids(&[]), 4).unwrap().len(), 0);
     let s = MatmulSpec {
         batch: 0,

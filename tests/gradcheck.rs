@@ -284,7 +284,7 @@ fn index_select_table_grad() {
     let (n, cols) = (5, 3);
     let id = [4, 0, 4, 2, 4, 1, 0];
     let (table, w) = (rng.vec(n * cols, 1.0), rng.vec(id.len() * cols, 1.0));
-    let dt = vals(&st(&w).index_add(&ids(&id), n, cols).unwrap());
+    let dt = vals(&st(&w).index_add(&ids(&id), n, cols, None).unwrap());
     gradcheck("index_select table", &table, &dt, |v| {
         dot(&w, &st(v).index_select(&ids(&id), cols).unwrap())
     });

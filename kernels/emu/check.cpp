@@ -348,17 +348,23 @@ static void check_reduce_layout_embed() {
     emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
     for (size_t k = 0; k < ids.size(); ++k) for (i64 c = 0; c < c2; ++c) rg[k * c2 + c] = tab[ids[k] * c2 + c], racc[ids[k] * c2 + c] += tab[k * c2 + c];
     report("index_select", rel(g, rg) + bad[0], 0);
-    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, (i64)-1, bad);
     report("index_add", rel(acc, racc) + bad[0], 1e-6);
+    // padding_idx: row 3 (three of the six positions) gets nothing, the others as before.
+    std::vector<float> acc_skip(n * c2, 0.0f);
+    std::vector<double> rskip(racc);
+    for (i64 c = 0; c < c2; ++c) rskip[3 * c2 + c] = 0;
+    emu_launch(fb_index_add_f32, D(4), D(32), acc_skip.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, (i64)3, bad);
+    report("index_add_skip_row", rel(acc_skip, rskip) + bad[0], 1e-6);
     ids[2] = 9;
     emu_launch(fb_index_select_b32, D(4), D(32), (unsigned*)g.data(), (const unsigned*)tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
     report("index_select_bad_recorded", (bad[0] == FB_ERR_INDEX_SELECT && bad[1] == 9 && bad[2] == n) ? 0 : 1, 0);
     // The first record wins: a later bad id in another op leaves it alone.
     ids[2] = -4;
-    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad);
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, (i64)-1, bad);
     report("error_record_first_wins", (bad[0] == FB_ERR_INDEX_SELECT && bad[1] == 9) ? 0 : 1, 0);
     int bad2[4] = {0, 0, 0, 0};
-    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, bad2);
+    emu_launch(fb_index_add_f32, D(4), D(32), acc.data(), tab.data(), ids.data(), (i64)ids.size(), n, c2, (i64)-1, bad2);
     report("index_add_bad_recorded", (bad2[0] == FB_ERR_INDEX_ADD && bad2[1] == -4 && bad2[2] == n) ? 0 : 1, 0);
 }
 

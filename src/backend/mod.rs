@@ -219,7 +219,15 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Ids out of range are an error.
     fn index_select(&self, ids: &Self, cols: usize) -> Result<Self>;
     /// Backward of [`index_select`]: scatter-add `dy` rows into a `[n, cols]` zero buffer.
-    fn index_add(&self /*dy*/, ids: &Self, n: usize, cols: usize) -> Result<Self>;
+    /// Positions whose id is `skip` add nothing (`nn.Embedding`'s `padding_idx`: that row
+    /// of the table gets no gradient); out-of-range ids are still an error.
+    fn index_add(
+        &self, /*dy*/
+        ids: &Self,
+        n: usize,
+        cols: usize,
+        skip: Option<usize>,
+    ) -> Result<Self>;
 
     // ---- in place (optimizer, gradient accumulation) ---------------------------------
     /// `self += alpha * x`.
@@ -579,8 +587,14 @@ impl Storage {
     pub fn index_select(&self, ids: &Storage, cols: usize) -> Result<Storage> {
         dispatch2!("index_select", self, ids, |t, i| t.index_select(i, cols))
     }
-    pub fn index_add(&self, ids: &Storage, n: usize, cols: usize) -> Result<Storage> {
-        dispatch2!("index_add", self, ids, |d, i| d.index_add(i, n, cols))
+    pub fn index_add(
+        &self,
+        ids: &Storage,
+        n: usize,
+        cols: usize,
+        skip: Option<usize>,
+    ) -> Result<Storage> {
+        dispatch2!("index_add", self, ids, |d, i| d.index_add(i, n, cols, skip))
     }
     pub fn axpy_(&mut self, x: &Storage, alpha: f64) -> Result<()> {
         let dev = self.device();

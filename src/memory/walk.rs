@@ -19,7 +19,6 @@ pub struct EncoderSpec {
     pub intermediate: usize,
     pub layers: usize,
     pub heads: usize,
-    pub pad_id: usize,
     /// Dropout after the embeddings and the FFN (training with p > 0).
     pub hidden_dropout: bool,
     /// Dropout after the attention output projection (BERT only).
@@ -216,28 +215,10 @@ pub fn qa_step(sim: &mut Sim, s: &EncoderSpec, b: usize, l: usize, checkpointing
     let tt_ids = tt_t.map(|_| sim.ints(r));
     let (sp, ep) = (sim.ints(b), sim.ints(b));
 
-    // encode(): position ids, embed_padding_idx (the table rebuilt around a detached pad
-    // row so that row gets no gradient), + positions (+ token types), LN, dropout.
+    // encode(): position ids, the word embedding (padding_idx: its backward skips the pad
+    // row, no table copies), + positions (+ token types), LN, dropout.
     let pos = sim.ints(r);
-    let (v, p) = (s.vocab, s.pad_id.min(s.vocab.saturating_sub(1)));
-    let mut parts = Vec::new();
-    let mut sizes = Vec::new();
-    if p > 0 {
-        parts.push(sim.narrow(word, v * d, p * d));
-        sizes.push(p * d);
-    }
-    parts.push(sim.alloc(d * sim.env.act));
-    sizes.push(d);
-    if p + 1 < v {
-        parts.push(sim.narrow(word, v * d, (v - p - 1) * d));
-        sizes.push((v - p - 1) * d);
-    }
-    let table = sim.cat(&parts, &sizes);
-    let we = sim.embedding(table, ids, r, v, d);
-    sim.release(table);
-    for t in parts {
-        sim.release(t);
-    }
+    let we = sim.embedding(word, ids, r, s.vocab, d);
     let pe = sim.embedding(pos_t, pos, r, s.max_pos, d);
     let mut x0 = sim.add(we, pe, n);
     sim.release(we);

@@ -554,23 +554,8 @@ pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
 
 /// `nn.Embedding(padding_idx=pad)` lookup: the `pad` row is read like any other but
 /// receives no gradient (BERT's and DistilBERT's word embeddings are built that way).
-/// The lookup reads a table whose pad row is a detached copy, spliced in with
-/// narrow/cat on the device, so no per-batch mask travels from the host.
 pub(crate) fn embed_padding_idx(table: &Tensor, ids: &Tensor, pad: u32) -> Result<Tensor> {
-    let (n, p) = (table.dims()[0], pad as usize);
-    if !table.tracks() || p >= n || !crate::autograd::grad_enabled() {
-        return table.embedding(ids);
-    }
-    let mut parts = Vec::with_capacity(3);
-    if p > 0 {
-        parts.push(table.narrow(0, 0, p)?);
-    }
-    parts.push(table.detach().narrow(0, p, 1)?);
-    if p + 1 < n {
-        parts.push(table.narrow(0, p + 1, n - p - 1)?);
-    }
-    let refs: Vec<&Tensor> = parts.iter().collect();
-    Tensor::cat(&refs, 0)?.embedding(ids)
+    table.embedding_padded(ids, pad as usize)
 }
 
 /// Position ids `0..L` for every row, I32 `[B, L]`, after checking L fits the table.

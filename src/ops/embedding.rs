@@ -11,6 +11,12 @@ impl Tensor {
     /// Rows of `self [n, cols]` picked by I32 `ids [..]`: result `[.., cols]`.
     pub fn index_select(&self, ids: &Tensor) -> Result<Tensor> {
         let _span = crate::profile::Span::new("index_select", self.device());
+        self.gather_rows(ids, None)
+    }
+
+    /// The lookup; in backward, positions whose id is `skip` add nothing to the table's
+    /// gradient.
+    fn gather_rows(&self, ids: &Tensor, skip: Option<usize>) -> Result<Tensor> {
         self.expect_rank("index_select (table)", 2)?;
         if ids.dtype() != DType::I32 {
             return Err(Error::DType {
@@ -32,7 +38,7 @@ impl Tensor {
             &[self, &ids.clone()],
             out,
             Box::new(move |g| {
-                let d = g.storage().index_add(&ids.storage(), n, cols)?;
+                let d = g.storage().index_add(&ids.storage(), n, cols, skip)?;
                 Ok(vec![Some(fresh(d, [n, cols])), None])
             }),
         ))
@@ -42,5 +48,13 @@ impl Tensor {
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         let _span = crate::profile::Span::new("embedding", self.device());
         self.index_select(ids)
+    }
+
+    /// `nn.Embedding(padding_idx=pad)`: the lookup reads the `pad` row like any other,
+    /// but the row gets no gradient (the scatter-add skips it, as PyTorch's
+    /// `embedding_dense_backward` does), so the table is neither copied nor masked.
+    pub fn embedding_padded(&self, ids: &Tensor, pad: usize) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("embedding", self.device());
+        self.gather_rows(ids, Some(pad))
     }
 }

@@ -73,10 +73,15 @@ fn embedding_gather_scatter() {
             let got = ok(gt.index_select(&gids, cols));
             check("index_select", &[n_ids, cols], dt, &got, &want, t);
             let (cd, gd) = pair(&rng.normal(n_ids * cols, 1.0), dt);
-            let want = ok(cd.index_add(&cids, rows, cols));
+            let want = ok(cd.index_add(&cids, rows, cols, None));
             let t = Instant::now();
-            let got = ok(gd.index_add(&gids, rows, cols));
+            let got = ok(gd.index_add(&gids, rows, cols, None));
             check("index_add", &[rows, cols], dt, &got, &want, t);
+            // padding_idx: id 0 (a fifth of the positions and random hits) adds nothing.
+            let want = ok(cd.index_add(&cids, rows, cols, Some(0)));
+            let t = Instant::now();
+            let got = ok(gd.index_add(&gids, rows, cols, Some(0)));
+            check("index_add_skip", &[rows, cols], dt, &got, &want, t);
             // Bad ids are reported at the next read from the device (no sync per call).
             let bad = up(&CpuStorage::from_i32(vec![0, rows as i32]));
             let r = gt.index_select(&bad, cols).and_then(|o| o.to_vec_f32());

@@ -230,7 +230,9 @@ fn bad_ids_are_reported_with_op_and_range() {
     let dy = up(&host(&rng.normal(3 * cols, 1.0), DType::F32));
     let neg = up(&CpuStorage::from_i32(vec![1, -2, 0]));
     let t = Instant::now();
-    let r = dy.index_add(&neg, rows, cols).and_then(|o| o.to_vec_f32());
+    let r = dy
+        .index_add(&neg, rows, cols, None)
+        .and_then(|o| o.to_vec_f32());
     let err = r.err().map(|e| e.to_string()).unwrap_or_default();
     let pass = err.contains("index_add") && err.contains("-2") && err.contains("[0, 50)");
     gpucheck(

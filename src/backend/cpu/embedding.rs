@@ -56,6 +56,7 @@ pub(super) fn index_add<T: Real>(
     ids: &CpuStorage,
     n: usize,
     cols: usize,
+    skip: Option<usize>,
 ) -> Result<CpuStorage> {
     const OP: &str = "index_add";
     let (dy, ids) = (dy.floats::<T>(OP)?, ids.ints(OP)?);
@@ -92,6 +93,9 @@ pub(super) fn index_add<T: Real>(
         .enumerate()
         .with_min_len((4096 / cols).max(1))
         .for_each(|(r, row)| {
+            if Some(r) == skip {
+                return;
+            }
             for &pos in &order[start[r]..start[r + 1]] {
                 for (a, &g) in row.iter_mut().zip(&dy[pos * cols..(pos + 1) * cols]) {
                     *a += g;

@@ -347,9 +347,16 @@ impl BackendStorage for CpuStorage {
     fn index_select(&self, ids: &Self, cols: usize) -> Result<Self> {
         embedding::index_select(self, ids, cols)
     }
-    fn index_add(&self /*dy*/, ids: &Self, n: usize, cols: usize) -> Result<Self> {
-        float_op!("index_add", self.dtype(), embedding::index_add(self, ids, n, cols),
-            f16 => Ok(down(embedding::index_add::<f32>(&up("index_add", self)?, ids, n, cols)?)))
+    fn index_add(
+        &self, /*dy*/
+        ids: &Self,
+        n: usize,
+        cols: usize,
+        skip: Option<usize>,
+    ) -> Result<Self> {
+        float_op!("index_add", self.dtype(), embedding::index_add(self, ids, n, cols, skip),
+            f16 => Ok(down(embedding::index_add::<f32>(
+                &up("index_add", self)?, ids, n, cols, skip)?)))
     }
     fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
         // CUDA has every (y, x) pair of f32 and f16: f16 gradients accumulate into f32.

@@ -78,6 +78,7 @@ pub fn index_add(
     ids: &CudaStorage,
     n: usize,
     cols: usize,
+    skip: Option<usize>,
 ) -> Result<CudaStorage> {
     let op = "index_add";
     check_ids(ids, op)?;
@@ -98,6 +99,7 @@ pub fn index_add(
                 Arg::I64(ids.len() as i64),
                 Arg::I64(n as i64),
                 Arg::I64(cols as i64),
+                Arg::I64(skip.map_or(-1, |s| s as i64)),
                 Arg::Ptr(err),
             ],
         )?;

@@ -514,8 +514,8 @@ impl BackendStorage for CudaStorage {
     fn index_select(&self, ids: &Self, cols: usize) -> Result<Self> {
         embedding::index_select(self, ids, cols)
     }
-    fn index_add(&self, ids: &Self, n: usize, cols: usize) -> Result<Self> {
-        embedding::index_add(self, ids, n, cols)
+    fn index_add(&self, ids: &Self, n: usize, cols: usize, skip: Option<usize>) -> Result<Self> {
+        embedding::index_add(self, ids, n, cols, skip)
     }
     fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
         elementwise::axpy_(self, x, alpha)

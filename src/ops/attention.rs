@@ -95,15 +95,18 @@ fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Te
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = spec;
-    let mask_s = opt.key_mask.map(|m| m.storage());
-    let bias_s = opt.bias.map(|t| t.storage());
-    let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
-    let (o, lse) = match qkv {
-        Qkv::Separate(q, k, v) => {
-            q.storage()
-                .attention(&k.storage(), &v.storage(), mask_s, bias_s, &spec)?
+    let (o, lse) = {
+        // Storage guards end with this block, before the tape node is recorded.
+        let mask_s = opt.key_mask.map(|m| m.storage());
+        let bias_s = opt.bias.map(|t| t.storage());
+        let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
+        match qkv {
+            Qkv::Separate(q, k, v) => {
+                q.storage()
+                    .attention(&k.storage(), &v.storage(), mask_s, bias_s, &spec)?
+            }
+            Qkv::Packed(x) => x.storage().attention_qkv(mask_s, bias_s, &spec)?,
         }
-        Qkv::Packed(x) => x.storage().attention_qkv(mask_s, bias_s, &spec)?,
     };
     let out = fresh(o, [b, lq, h, d]);
     let mut inputs = qkv.tensors();

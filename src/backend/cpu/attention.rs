@@ -33,6 +33,8 @@ pub(super) struct Layout {
     q_off: usize,
     k_off: usize,
     v_off: usize,
+    /// q, k, v (and their gradients) share one buffer.
+    packed: bool,
 }
 
 impl Layout {
@@ -44,6 +46,7 @@ impl Layout {
             q_off: 0,
             k_off: 0,
             v_off: 0,
+            packed: false,
         }
     }
     pub(super) fn packed(s: &AttnSpec) -> Layout {
@@ -54,10 +57,11 @@ impl Layout {
             q_off: 0,
             k_off: hd,
             v_off: 2 * hd,
+            packed: true,
         }
     }
     fn is_packed(&self) -> bool {
-        self.k_off != 0
+        self.packed
     }
 }
 

@@ -443,11 +443,10 @@ pub fn attention_qkv(
     let dev = qkv.dev();
     if sp.b * sp.h * sp.lq > 0 && sp.d > 0 {
         if let Some(suffix) = attention_fused::choose(dev, qkv.dtype(), sp)? {
-            // Same checks as the separate path (dtypes, mask, bias) on a q-shaped view.
+            check_mask_bias(qkv.dtype(), key_mask, bias, sp)?;
             let rows = sp.b * sp.h * sp.lq;
             let out = CudaStorage::alloc(dev, sp.b * sp.lq * sp.h * sp.d, qkv.dtype())?;
             let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
-            check_mask_bias(qkv.dtype(), key_mask, bias, sp)?;
             let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
             attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
             return Ok((out, lse));

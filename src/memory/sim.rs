@@ -487,7 +487,13 @@ impl Sim {
     /// once, and its gradient is one packed buffer. The CUDA naive path (no fused
     /// kernel) copies q, k, v out (3 slices, forward and backward) and concatenates dq,
     /// dk, dv.
-    pub fn attention_qkv(&mut self, qkv: V, mask: Option<V>, dims: [usize; 5]) -> V {
+    pub fn attention_qkv(
+        &mut self,
+        qkv: V,
+        mask: Option<V>,
+        bias: Option<V>,
+        dims: [usize; 5],
+    ) -> V {
         let [b, h, l, _, d] = dims;
         let es = self.es();
         let part = b * l * h * d * es;
@@ -497,7 +503,7 @@ impl Sim {
             (0, 0)
         };
         let gs = vec![G::New(3 * part)];
-        self.attention_node(&[qkv], gs, mask, None, dims, copies)
+        self.attention_node(&[qkv], gs, mask, bias, dims, copies)
     }
 
     /// The shared body of both attention ops; `extra` is (forward, backward) scratch on

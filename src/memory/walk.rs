@@ -7,6 +7,7 @@
 //! must be mirrored here; `tests/budget.rs` checks the two against the tracker.
 
 use super::sim::{Sim, V};
+use crate::models::separate_qkv;
 
 /// Shapes and switches of an encoder QA model (DistilBERT or BERT).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,7 +153,7 @@ fn encoder_layer(
     let dims = [b, s.heads, l, l, d / s.heads];
     // Buffers the layer's locals hold to its end.
     let mut held = Vec::new();
-    let ctx = if std::env::var("FUSEBOX_SEPARATE_QKV").is_ok_and(|v| v == "1") {
+    let ctx = if separate_qkv() {
         let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
         let k = sim.linear(x, r, d, d, p.k.w, p.k.b);
         let v = sim.linear(x, r, d, d, p.v.w, p.v.b);
@@ -167,7 +168,7 @@ fn encoder_layer(
         };
         let qkv = sim.linear(x, r, d, 3 * d, w, bias);
         held.extend([w, qkv].into_iter().chain(bias));
-        sim.attention_qkv(qkv, Some(mask), dims)
+        sim.attention_qkv(qkv, Some(mask), None, dims)
     };
     let a = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
     let (n1, n2) = (p.n1, p.n2);
@@ -352,13 +353,24 @@ fn t5_attention(
     lk: usize,
 ) -> V {
     let inner = s.heads * s.d_kv;
-    let k = sim.linear(kv, b * lk, s.d_model, inner, a.k, None);
-    let v = sim.linear(kv, b * lk, s.d_model, inner, a.v, None);
-    let q = sim.linear(x, b * lq, s.d_model, inner, a.q, None);
-    let ctx = sim.attention(q, k, v, mask, bias, [b, s.heads, lq, lk, s.d_kv]);
+    let dims = [b, s.heads, lq, lk, s.d_kv];
+    let mut held = Vec::new();
+    let ctx = if x == kv && !separate_qkv() {
+        // T5Attention::self_attention: one GEMM over [Wq; Wk; Wv], packed attention.
+        let w = sim.cat(&[a.q, a.k, a.v], &[inner * s.d_model; 3]);
+        let qkv = sim.linear(x, b * lq, s.d_model, 3 * inner, w, None);
+        held.extend([w, qkv]);
+        sim.attention_qkv(qkv, mask, bias, dims)
+    } else {
+        let k = sim.linear(kv, b * lk, s.d_model, inner, a.k, None);
+        let v = sim.linear(kv, b * lk, s.d_model, inner, a.v, None);
+        let q = sim.linear(x, b * lq, s.d_model, inner, a.q, None);
+        held.extend([q, k, v]);
+        sim.attention(q, k, v, mask, bias, dims)
+    };
     let res = s.res(sim.env.act);
     let o = sim.linear_into(ctx, b * lq, inner, s.d_model, a.o, res);
-    for t in [q, ctx, k, v] {
+    for t in [ctx].into_iter().chain(held) {
         sim.release(t);
     }
     o

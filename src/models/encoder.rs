@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use super::separate_qkv;
 use crate::backend::UnaryOp;
 use crate::error::{Error, Result};
 use crate::nn::{LayerNorm, Linear, ParamStore, VarBuilder};
@@ -251,13 +252,6 @@ impl EncoderLayer {
             mode.seed_for(site * 8 + 2),
         )
     }
-}
-
-/// FUSEBOX_SEPARATE_QKV=1: three q/k/v projections and attention on three tensors (the
-/// layout before the fused QKV projection), for A/B timing; the default is one GEMM.
-pub fn separate_qkv() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FUSEBOX_SEPARATE_QKV").is_ok_and(|v| v == "1"))
 }
 
 /// `qa_outputs`: hidden → (start, end) logits, each `[B, L]`.

@@ -250,14 +250,31 @@ impl T5Attention {
         let ctx = if drop.unfused_attention() {
             attention_unfused(&q, k, v, opt, drop)?
         } else {
-            let mut opt = opt;
-            if let Some((p, seed)) = drop.attention_dropout() {
-                opt.dropout = p;
-                opt.seed = seed;
-            }
-            q.attention(k, v, opt)?
+            q.attention(k, v, fused_opts(opt, drop))?
         };
         linear_into(&ctx.reshape([b, lq, self.heads * self.d_kv])?, &self.o, out)
+    }
+
+    /// Self-attention of `x` (keys and values from `x` too): one GEMM over `[Wq; Wk; Wv]`
+    /// and the packed attention op, whose gradient is one buffer (as in the BERT layers),
+    /// unless the attention runs unfused or FUSEBOX_SEPARATE_QKV=1.
+    pub fn self_attention(
+        &self,
+        x: &Tensor,
+        opt: AttnOptions<'_>,
+        drop: &Dropout,
+        out: DType,
+    ) -> Result<Tensor> {
+        if drop.unfused_attention() || crate::models::separate_qkv() {
+            return self.forward(x, x, opt, drop, out);
+        }
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        let w = Tensor::cat(&[&self.q, &self.k, &self.v], 0)?;
+        let qkv = x
+            .linear(&w, None)?
+            .reshape([b, l, 3, self.heads, self.d_kv])?;
+        let ctx = qkv.attention_qkv(fused_opts(opt, drop))?;
+        linear_into(&ctx.reshape([b, l, self.heads * self.d_kv])?, &self.o, out)
     }
 
     /// Full attention of `x` over `kv_src` (itself for self-attention), the output in
@@ -274,6 +291,15 @@ impl T5Attention {
         let v = self.project(kv_src, &self.v)?;
         self.attend(x, &k, &v, opt, drop, out)
     }
+}
+
+/// `opt` with the training dropout on the probabilities, for the fused attention ops.
+fn fused_opts<'a>(mut opt: AttnOptions<'a>, drop: &Dropout) -> AttnOptions<'a> {
+    if let Some((p, seed)) = drop.attention_dropout() {
+        opt.dropout = p;
+        opt.seed = seed;
+    }
+    opt
 }
 
 /// T5's attention options: no 1/√d (T5 folds it into the initialisation of `q`).
@@ -452,8 +478,7 @@ impl T5Block {
     /// decoder, feed-forward), each residual added to `h` in `h`'s dtype.
     pub fn forward(&self, h: &Tensor, ctx: &BlockInputs<'_>, drop: &Dropout) -> Result<Tensor> {
         let n = pre_norm(&self.self_norm, h)?;
-        let a = self.self_attn.forward(
-            &n,
+        let a = self.self_attn.self_attention(
             &n,
             t5_opts(ctx.is_decoder, ctx.self_mask, Some(ctx.bias)),
             drop,

@@ -110,6 +110,7 @@ step bench_distilbert_fp16_no_lt 60 env FUSEBOX_NO_LT=1 "$BENCH" --model distilb
 step linear_lt_off 40 env FUSEBOX_NO_LT=1 "$KT" --nocapture --test-threads=1 linear_lt
 step bench_t5_fp16_ckpt 60 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --checkpointing --json
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
+step bench_t5_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 [ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc --skip stability
@@ -148,7 +149,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32 bench_t5_fp16_separate_qkv; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"

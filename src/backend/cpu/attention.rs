@@ -60,7 +60,7 @@ impl Layout {
             packed: true,
         }
     }
-    fn is_packed(&self) -> bool {
+    pub(super) fn is_packed(&self) -> bool {
         self.packed
     }
 }

@@ -193,6 +193,21 @@ macro_rules! float_op {
     };
 }
 
+/// f16 q, k, v widened to f32 for the emulation: the packed buffer once, else all three.
+fn up_qkv(
+    op: &'static str,
+    q: &CpuStorage,
+    k: &CpuStorage,
+    v: &CpuStorage,
+    lay: attention::Layout,
+) -> Result<Vec<CpuStorage>> {
+    if lay.is_packed() {
+        Ok(vec![up(op, q)?])
+    } else {
+        Ok(vec![up(op, q)?, up(op, k)?, up(op, v)?])
+    }
+}
+
 /// Attention forward for either q/k/v layout, in the storage's float type (f16 runs in f32).
 fn attention_any(
     q: &CpuStorage,
@@ -208,8 +223,9 @@ fn attention_any(
     float_op!(OP, q.dtype(), attention::attention(&qkv, key_mask, bias, spec),
     f16 => {
         let bias = up_opt(OP, bias)?;
-        let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
-        let qkv = attention::Qkv { q: &q, k: &k, v: &v, lay };
+        let up3 = up_qkv(OP, q, k, v, lay)?;
+        let qkv = attention::Qkv { q: &up3[0], k: up3.get(1).unwrap_or(&up3[0]),
+            v: up3.get(2).unwrap_or(&up3[0]), lay };
         let (out, lse) = attention::attention::<f32>(&qkv, key_mask, bias.as_ref(), spec)?;
         Ok((down(out), lse))
     })
@@ -235,8 +251,9 @@ fn attention_backward_any(
     attention::attention_backward(&qkv, out, lse, dout, key_mask, bias, spec),
     f16 => {
         let bias = up_opt(OP, bias)?;
-        let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
-        let qkv = attention::Qkv { q: &q, k: &k, v: &v, lay };
+        let up3 = up_qkv(OP, q, k, v, lay)?;
+        let qkv = attention::Qkv { q: &up3[0], k: up3.get(1).unwrap_or(&up3[0]),
+            v: up3.get(2).unwrap_or(&up3[0]), lay };
         let (grads, db) = attention::attention_backward::<f32>(
             &qkv, &up(OP, out)?, lse, &up(OP, dout)?, key_mask, bias.as_ref(), spec)?;
         let grads = match grads {

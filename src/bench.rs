@@ -248,16 +248,21 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Run the benchmark; returns the report as JSON (same field names as torch_baseline.py).
 pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let dev = cfg.device;
-    let params = m.params();
-    let mut opt = AdamW::new(
-        &params,
-        AdamWConfig {
-            lr: 5e-5,
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        },
-        true,
-    )?;
+    // Inference holds no optimizer state (no fp32 masters, no moments): only training
+    // builds AdamW, so `--mode infer` measures what an inference process holds.
+    let mut opt = if cfg.train {
+        Some(AdamW::new(
+            &m.params(),
+            AdamWConfig {
+                lr: 5e-5,
+                weight_decay: 0.01,
+                ..AdamWConfig::default()
+            },
+            true,
+        )?)
+    } else {
+        None
+    };
     let mut scaler = (cfg.train && cfg.fp16).then(LossScaler::default);
     let mut losses = Vec::new();
     let mut step = |i: u64| -> Result<()> {
@@ -271,6 +276,9 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         };
         let grads = backward(&scaled)?;
         let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
+        let opt = opt
+            .as_mut()
+            .ok_or_else(|| Error::msg("bench: training step without an optimizer"))?;
         let out = opt.step(&grads, 5e-5, inv, Some(1.0))?;
         if let Some(s) = scaler.as_mut() {
             s.update(out.skipped);

@@ -194,6 +194,7 @@ fn cpu_work(b: usize, l: usize, lt: usize, ckpt: bool) -> Workload {
         dtype: DType::F32,
         checkpointing: ckpt,
         target: Target::Cpu,
+        infer: false,
     }
 }
 
@@ -334,6 +335,7 @@ fn t4_work(ckpt: bool) -> Workload {
         dtype: DType::F16,
         checkpointing: ckpt,
         target: Target::Cuda,
+        infer: false,
     }
 }
 
@@ -627,5 +629,74 @@ fn cuda_prediction_matches_the_tracker() {
             let plan = predict(&spec, &work, b).expect("plan");
             check(&format!("cuda t5 {dtype} ckpt={ckpt}"), &plan, got);
         }
+    }
+}
+
+/// Inference (`bench --mode infer`: the forward under no_grad, T5 with its loss): weights
+/// and the forward's transients only, predicted to the byte (so the planner's release
+/// points follow the models' locals, which no tape hides here).
+#[test]
+fn inference_prediction_matches_the_tracker() {
+    let _l = lock();
+    let infer = |b, l, lt, ckpt| Workload {
+        infer: true,
+        ..cpu_work(b, l, lt, ckpt)
+    };
+    let exact = |what: &str, plan: &fusebox::memory::budget::Plan, measured: usize| {
+        eprintln!("{what}: predicted {} measured {measured}", plan.tensor_peak);
+        assert_eq!(plan.tensor_peak, measured, "{what}");
+    };
+    // Small widths hide a local held too long behind a bigger transient elsewhere, so
+    // the base DistilBERT sizes too (2 layers, batch 2 × 96: still well under a second).
+    let base_cfg = |layers: usize| -> DistilBertConfig {
+        serde_json::from_value(serde_json::json!({ "n_layers": layers })).expect("config")
+    };
+    let cases = [
+        (distilbert_cfg(128, 2, 1000), 4, 128, false),
+        (distilbert_cfg(128, 2, 1000), 4, 128, true),
+        (base_cfg(2), 2, 96, false),
+    ];
+    for (cfg, b, l, ckpt) in cases {
+        let vocab = cfg.vocab_size;
+        let spec = ModelSpec::distilbert(&cfg);
+        let base = tracker::live_bytes(Device::Cpu);
+        let mut model = DistilBertForQa::new(cfg, Device::Cpu, DType::F32, 1).expect("model");
+        model.set_checkpointing(ckpt);
+        tracker::reset_peak(Device::Cpu);
+        {
+            let _g = fusebox::autograd::no_grad();
+            let batch = qa_batch(b, l, vocab);
+            let out = model.forward(&batch, QaMode::eval()).expect("fwd");
+            drop(out);
+        }
+        let measured = tracker::peak_bytes(Device::Cpu) - base;
+        drop(model);
+        let plan = predict(&spec, &infer(b, l, 0, ckpt), b).expect("plan");
+        exact(&format!("distilbert infer ckpt={ckpt}"), &plan, measured);
+    }
+    let (b, ls, lt, vocab) = (4, 64, 16, 512);
+    for gated in [false, true] {
+        let cfg = t5_cfg(vocab, 64, 2, gated);
+        let spec = ModelSpec::t5(&cfg, true);
+        let base = tracker::live_bytes(Device::Cpu);
+        let model =
+            T5ForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 2).expect("t5");
+        tracker::reset_peak(Device::Cpu);
+        {
+            let _g = fusebox::autograd::no_grad();
+            let batch = t5_batch(b, ls, lt, vocab);
+            let out = model
+                .loss(&batch.ids, Some(&batch.mask), &batch.labels, T5Mode::Eval)
+                .expect("loss");
+            drop(out);
+        }
+        let measured = tracker::peak_bytes(Device::Cpu) - base;
+        drop(model);
+        let plan = predict(&spec, &infer(b, ls, lt, false), b).expect("plan");
+        exact(&format!("t5 infer gated={gated}"), &plan, measured);
+        assert!(
+            !plan.components.iter().any(|c| c.0.contains("AdamW")),
+            "no optimizer state in an inference plan"
+        );
     }
 }

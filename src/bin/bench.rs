@@ -125,6 +125,7 @@ fn main() -> Result<()> {
         tgt_len: args.tgt_seq,
         dtype,
         checkpointing: args.mem.checkpointing,
+        infer: args.mode == Mode::Infer,
         // fp16 and a named card both mean CUDA, even when only planning here.
         target: if device.is_cuda() || args.mem.gpu.is_some() || fp16 {
             Target::Cuda

@@ -143,6 +143,7 @@ impl RunArgs {
             tgt_len: tgt,
             dtype,
             checkpointing: self.mem.checkpointing,
+            infer: false,
             // fp16 training and a named card both mean CUDA, even when only planning here.
             target: if device.is_cuda() || self.mem.gpu.is_some() || dtype == DType::F16 {
                 Target::Cuda

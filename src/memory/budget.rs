@@ -157,6 +157,9 @@ pub struct Workload {
     pub dtype: DType,
     pub checkpointing: bool,
     pub target: Target,
+    /// An inference step (`bench --mode infer`): the forward under no_grad with dropout
+    /// off (T5 also computes its loss), no gradients and no optimizer state.
+    pub infer: bool,
 }
 
 /// A predicted step: the components and their sum.
@@ -201,30 +204,48 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
         cuda,
     };
     let mut sim = Sim::new(env);
+    sim.set_grad_enabled(!work.infer);
     let b = work.micro_batch;
     let ps = match model {
-        ModelSpec::Encoder(s) => qa_step(&mut sim, s, b, work.seq_len, work.checkpointing),
-        ModelSpec::T5(s) => t5_step(
-            &mut sim,
-            s,
-            b,
-            work.seq_len,
-            work.tgt_len.max(1),
-            work.checkpointing,
-        ),
+        ModelSpec::Encoder(s) => {
+            let mut s = *s;
+            if work.infer {
+                (s.hidden_dropout, s.attn_out_dropout, s.qa_dropout) = (false, false, false);
+            }
+            qa_step(&mut sim, &s, b, work.seq_len, work.checkpointing)
+        }
+        ModelSpec::T5(s) => {
+            let mut s = *s;
+            s.dropout &= !work.infer;
+            t5_step(
+                &mut sim,
+                &s,
+                b,
+                work.seq_len,
+                work.tgt_len.max(1),
+                work.checkpointing,
+            )
+        }
     };
     let n = ps.elems;
     let grads = n * act;
     let mut c: Vec<(String, usize)> = Vec::new();
     // Frozen parameters (a fixed position table) hold their weights and nothing else.
     let all = n + ps.frozen;
-    if act == 2 {
+    if work.infer {
+        c.push((
+            format!("weights ({})", if act == 2 { "fp16" } else { "fp32" }),
+            all * act,
+        ));
+    } else if act == 2 {
         c.push(("weights (fp16 working copy)".into(), all * 2));
         c.push(("fp32 master weights (AdamW)".into(), n * 4));
     } else {
         c.push(("weights (fp32)".into(), all * 4));
     }
-    c.push(("AdamW m and v (fp32)".into(), 2 * n * 4));
+    if !work.infer {
+        c.push(("AdamW m and v (fp32)".into(), 2 * n * 4));
+    }
     let saved = sim.saved_at_end_of_forward();
     let step = sim.peak();
     let accum = work.grad_accum.max(1);
@@ -238,14 +259,16 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
             (accum - 1) * loss_bytes,
         ));
     }
-    c.push((
+    let what = if work.infer {
+        "forward peak (inference: nothing saved, transients only)".to_string()
+    } else {
         format!(
             "forward + backward peak (saved activations {}, gradients {} as they fill, transients)",
             human(saved),
             human(grads)
-        ),
-        step,
-    ));
+        )
+    };
+    c.push((what, step));
     let tensor_peak: usize = c.iter().map(|x| x.1).sum();
     if cuda {
         c.push((

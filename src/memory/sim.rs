@@ -125,6 +125,14 @@ impl Sim {
         }
     }
 
+    /// `autograd::no_grad` for the whole step (inference): nothing is recorded or saved.
+    pub fn set_grad_enabled(&mut self, on: bool) {
+        self.grad_enabled = on;
+    }
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
     pub fn live(&self) -> usize {
         self.live
     }

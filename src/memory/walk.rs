@@ -151,7 +151,7 @@ fn encoder_layer(
 ) -> V {
     let (d, r) = (s.hidden, b * l);
     let dims = [b, s.heads, l, l, d / s.heads];
-    // Buffers the layer's locals hold to its end.
+    // Buffers the projection block's locals hold until it ends.
     let mut held = Vec::new();
     let ctx = if separate_qkv() {
         let q = sim.linear(x, r, d, d, p.q.w, p.q.b);
@@ -170,13 +170,20 @@ fn encoder_layer(
         held.extend([w, qkv].into_iter().chain(bias));
         sim.attention_qkv(qkv, Some(mask), None, dims)
     };
+    // The projections' locals end with their block (EncoderLayer::forward), which only
+    // shows without a tape to keep them (inference).
+    for t in held {
+        sim.release(t);
+    }
     let a = sim.linear(ctx, r, d, d, p.o.w, p.o.b);
     let (n1, n2) = (p.n1, p.n2);
     let h = sim.dropout_add_layer_norm(a, x, r, d, n1.0, n1.1, s.attn_out_dropout);
+    // ffn_in's output is a temporary of the act_linear statement.
     let f = sim.linear(h, r, d, s.intermediate, p.f1.w, p.f1.b);
     let f1 = sim.act_linear(f, r, s.intermediate, d, p.f2.w, p.f2.b);
+    sim.release(f);
     let out = sim.dropout_add_layer_norm(f1, h, r, d, n2.0, n2.1, s.hidden_dropout);
-    for t in held.into_iter().chain([ctx, a, h, f, f1]) {
+    for t in [ctx, a, h, f1] {
         sim.release(t);
     }
     out
@@ -263,6 +270,13 @@ pub fn qa_step(sim: &mut Sim, s: &EncoderSpec, b: usize, l: usize, checkpointing
     sim.release(logits);
     sim.release(h);
     sim.release(x);
+    if !sim.grad_enabled() {
+        // Inference (`forward` under no_grad): the logits are the result, no loss.
+        for t in [start, end, ids, mask, sp, ep].into_iter().chain(tt_ids) {
+            sim.release(t);
+        }
+        return ps;
+    }
 
     // qa_loss: each position vector clamped to [0, S] on the device (a temporary the
     // cross-entropy keeps as its targets), two cross-entropies, (ls + le) / 2; the loop
@@ -401,8 +415,6 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
     let mut h1 = sim.add(h, da, n);
     sim.set_act(act);
     sim.release(da);
-    sim.release(a);
-    sim.release(nx);
     if let (Some((attn, norm)), Some((enc, emask, ls))) = (&p.cross, c.cross) {
         let n2 = pre_norm(sim, h1, r, dm, *norm, res);
         let a2 = t5_attention(sim, s, attn, n2, enc, emask, None, c.b, c.l, ls);
@@ -447,6 +459,10 @@ fn t5_block(sim: &mut Sim, s: &T5Spec, p: &BlockP, h: V, c: &BlockCtx) -> V {
     sim.release(dy);
     sim.release(y);
     sim.release(h1);
+    // The self-attention's normed input and output are locals of T5Block::forward: they
+    // end with it (which shows in inference, where no tape holds them).
+    sim.release(a);
+    sim.release(nx);
     out
 }
 
@@ -642,6 +658,13 @@ pub fn t5_step(
     let loss = sim.cross_entropy(logits, labels, b * lt, s.vocab);
     sim.release(logits);
     sim.release(dec_in);
+    if !sim.grad_enabled() {
+        // Inference (`loss` under no_grad, as `bench --mode infer` runs it): no backward.
+        for t in [loss, ids, mask, labels] {
+            sim.release(t);
+        }
+        return ps;
+    }
     let scaled = sim.scale(loss, 1);
     let loss_bytes = if sim.env.cuda { 4 } else { sim.env.act };
     let grads = sim.backward(scaled, loss_bytes);

@@ -249,7 +249,8 @@ pub fn predict(model: &ModelSpec, work: &Workload, requested_batch: usize) -> Re
     let saved = sim.saved_at_end_of_forward();
     let step = sim.peak();
     let accum = work.grad_accum.max(1);
-    if accum > 1 {
+    // Inference accumulates nothing between micro-batches.
+    if accum > 1 && !work.infer {
         c.push(("gradients of earlier micro-batches".into(), grads));
         // train.rs keeps each micro-batch's loss (f32 on CUDA, the activation dtype on
         // the CPU) on the device until it reads them all after the optimizer step.

@@ -139,6 +139,28 @@ fn lin(ps: &mut Params, sim: &mut Sim, fin: usize, fout: usize, bias: bool) -> L
     }
 }
 
+/// `nn::packed_qkv`: the three weights (and biases) concatenated, one linear of `rows`
+/// from `fin` to 3 × `part`; the concatenations are its locals and end with it (the
+/// linear's node keeps the weights backward needs).
+fn packed_qkv(
+    sim: &mut Sim,
+    x: V,
+    rows: usize,
+    fin: usize,
+    part: usize,
+    w: [V; 3],
+    bias: Option<[V; 3]>,
+) -> V {
+    let wc = sim.cat(&w, &[part * fin; 3]);
+    let bc = bias.map(|b| sim.cat(&b, &[part; 3]));
+    let qkv = sim.linear(x, rows, fin, 3 * part, wc, bc);
+    sim.release(wc);
+    if let Some(bc) = bc {
+        sim.release(bc);
+    }
+    qkv
+}
+
 /// `EncoderLayer::forward`.
 fn encoder_layer(
     sim: &mut Sim,
@@ -160,14 +182,12 @@ fn encoder_layer(
         held.extend([q, k, v]);
         sim.attention(q, k, v, Some(mask), None, dims)
     } else {
-        // One QKV GEMM over the concatenated weights (EncoderLayer::qkv_params).
-        let w = sim.cat(&[p.q.w, p.k.w, p.v.w], &[d * d; 3]);
         let bias = match (p.q.b, p.k.b, p.v.b) {
-            (Some(bq), Some(bk), Some(bv)) => Some(sim.cat(&[bq, bk, bv], &[d; 3])),
+            (Some(bq), Some(bk), Some(bv)) => Some([bq, bk, bv]),
             _ => None,
         };
-        let qkv = sim.linear(x, r, d, 3 * d, w, bias);
-        held.extend([w, qkv].into_iter().chain(bias));
+        let qkv = packed_qkv(sim, x, r, d, d, [p.q.w, p.k.w, p.v.w], bias);
+        held.push(qkv);
         sim.attention_qkv(qkv, Some(mask), None, dims)
     };
     // The projections' locals end with their block (EncoderLayer::forward), which only
@@ -371,9 +391,8 @@ fn t5_attention(
     let mut held = Vec::new();
     let ctx = if x == kv && !separate_qkv() {
         // T5Attention::self_attention: one GEMM over [Wq; Wk; Wv], packed attention.
-        let w = sim.cat(&[a.q, a.k, a.v], &[inner * s.d_model; 3]);
-        let qkv = sim.linear(x, b * lq, s.d_model, 3 * inner, w, None);
-        held.extend([w, qkv]);
+        let qkv = packed_qkv(sim, x, b * lq, s.d_model, inner, [a.q, a.k, a.v], None);
+        held.push(qkv);
         sim.attention_qkv(qkv, mask, bias, dims)
     } else {
         let k = sim.linear(kv, b * lk, s.d_model, inner, a.k, None);

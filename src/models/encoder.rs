@@ -14,7 +14,7 @@ use std::path::Path;
 use super::separate_qkv;
 use crate::backend::UnaryOp;
 use crate::error::{Error, Result};
-use crate::nn::{LayerNorm, Linear, ParamStore, VarBuilder};
+use crate::nn::{packed_qkv, LayerNorm, Linear, ParamStore, VarBuilder};
 use crate::ops::attention::AttnOptions;
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
@@ -168,20 +168,15 @@ impl EncoderLayer {
         v
     }
 
-    /// `[Wq; Wk; Wv]` `[3·hidden, hidden]` and the biases likewise (all three or none).
-    fn qkv_params(&self) -> Result<(Tensor, Option<Tensor>)> {
-        let (q, k, v) = (&self.query, &self.key, &self.value);
-        let w = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
-        let bias = match (&q.bias, &k.bias, &v.bias) {
-            (Some(bq), Some(bk), Some(bv)) => Some(Tensor::cat(&[bq, bk, bv], 0)?),
-            (None, None, None) => None,
-            _ => {
-                return Err(Error::msg(
-                    "encoder layer: query, key and value must all have a bias or none",
-                ))
-            }
-        };
-        Ok((w, bias))
+    /// The three projections' biases, all or none.
+    fn qkv_biases(&self) -> Result<Option<[&Tensor; 3]>> {
+        match (&self.query.bias, &self.key.bias, &self.value.bias) {
+            (Some(bq), Some(bk), Some(bv)) => Ok(Some([bq, bk, bv])),
+            (None, None, None) => Ok(None),
+            _ => Err(Error::msg(
+                "encoder layer: query, key and value must all have a bias or none",
+            )),
+        }
     }
 
     /// [`EncoderLayer::forward`] under activation checkpointing: only `x` is kept for
@@ -221,13 +216,8 @@ impl EncoderLayer {
             let v = split(self.value.forward(x)?)?;
             q.attention(&k, &v, opt)?
         } else {
-            // q, k and v from one GEMM over [Wq; Wk; Wv] (concatenated per step: the
-            // checkpoint keeps HF's three layers); the attention reads them in place
-            // and hands back one packed gradient, so backward is one GEMM too.
-            let (w, bias) = self.qkv_params()?;
-            let qkv = x
-                .linear(&w, bias.as_ref())?
-                .reshape([b, l, 3, d.heads, head_dim])?;
+            let w = [&self.query.weight, &self.key.weight, &self.value.weight];
+            let qkv = packed_qkv(x, w, self.qkv_biases()?, d.heads, head_dim)?;
             qkv.attention_qkv(opt)?
         };
         let ctx = ctx.reshape([b, l, d.hidden])?;

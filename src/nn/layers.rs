@@ -5,6 +5,24 @@ use crate::error::Result;
 use crate::nn::params::{Init, VarBuilder};
 use crate::tensor::Tensor;
 
+/// Self-attention's q, k and v from one GEMM: `x [B, L, in]` through `[Wq; Wk; Wv]`
+/// (and the biases likewise), concatenated per call so the checkpoint keeps its three
+/// layers. The result `[B, L, 3, heads, head_dim]` is what `Tensor::attention_qkv` reads
+/// in place; its gradient comes back packed, so the input gradient is one GEMM too.
+pub fn packed_qkv(
+    x: &Tensor,
+    weights: [&Tensor; 3],
+    biases: Option<[&Tensor; 3]>,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    let (b, l) = (x.dims()[0], x.dims()[1]);
+    let w = Tensor::cat(&weights, 0)?;
+    let bias = biases.map(|bs| Tensor::cat(&bs, 0)).transpose()?;
+    x.linear(&w, bias.as_ref())?
+        .reshape([b, l, 3, heads, head_dim])
+}
+
 /// `nn.Linear`: weight `[out, in]`, optional bias `[out]`.
 #[derive(Clone, Debug)]
 pub struct Linear {

@@ -7,5 +7,5 @@ pub mod layers;
 pub mod params;
 pub mod safetensors_io;
 
-pub use layers::{Embedding, LayerNorm, Linear, RmsNorm};
+pub use layers::{packed_qkv, Embedding, LayerNorm, Linear, RmsNorm};
 pub use params::{Init, ParamStore, VarBuilder};

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 
 use crate::backend::UnaryOp;
 use crate::error::Result;
-use crate::nn::{Init, RmsNorm, VarBuilder};
+use crate::nn::{packed_qkv, Init, RmsNorm, VarBuilder};
 use crate::ops::attention::AttnOptions;
 use crate::shape::DType;
 use crate::tensor::{Tensor, TensorId};
@@ -269,10 +269,7 @@ impl T5Attention {
             return self.forward(x, x, opt, drop, out);
         }
         let (b, l) = (x.dims()[0], x.dims()[1]);
-        let w = Tensor::cat(&[&self.q, &self.k, &self.v], 0)?;
-        let qkv = x
-            .linear(&w, None)?
-            .reshape([b, l, 3, self.heads, self.d_kv])?;
+        let qkv = packed_qkv(x, [&self.q, &self.k, &self.v], None, self.heads, self.d_kv)?;
         let ctx = qkv.attention_qkv(fused_opts(opt, drop))?;
         linear_into(&ctx.reshape([b, l, self.heads * self.d_kv])?, &self.o, out)
     }

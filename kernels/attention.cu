@@ -15,7 +15,9 @@
 //   (sm_75+). Global loads go through registers in 16-byte vectors, except the sm_80/90
 //   forward's cp.async K/V pipeline. Nothing sm_80-only is on the sm_75 path.
 // - Tiles: 4 warps; forward 64 query rows x 64-key tiles (16 rows per warp); backward one
-//   64-key tile per block (16 keys per warp) walking 32-row query tiles (16 for D=128).
+//   64-key tile per block (16 keys per warp) walking 32-row query tiles (16 for D=128);
+//   for D=64 also a 128-key, 8-warp backward (fb_attn_bwd_f16_k128, chosen by the host:
+//   FUSEBOX_ATTN_BWD=k128) that halves the dQ atomics per FLOP, until a card decides.
 //   Key tiles that are all padding are skipped. Blocks are ordered batch-fastest so the
 //   bias of one head is reused from L2.
 // - Softmax is "online" with a finite sentinel (-1e30) instead of -inf inside the kernels, so
@@ -81,6 +83,9 @@
 //    Writes dk, dv (rows of ldkv); adds into dq_accum and (if not NULL) dbias, which kernel 2 zeroed.
 //    grid = (ceil(Lk / 64), H, B), block = (128, 1, 1), shared_mem_bytes = 0.
 //
+//    fb_attn_bwd_f16_k128: D=64 only, the same arguments as fb_attn_bwd_f16, 128-key tiles
+//    of 8 warps: grid = (ceil(Lk / 128), H, B), block = (256, 1, 1), shared_mem_bytes = 0.
+//
 // 4. fb_attn_dq_cast_f16 (const float* dq_accum, half* dq, int n, int hd, int ldq)
 //    n = B·Lq·H·D, hd = H·D: dq[(i / hd)·ldq + i % hd] = dq_accum[i] (dq_accum is contiguous).
 //    grid = (ceil(n / 256), 1, 1), block = (256, 1, 1), shared_mem_bytes = 0.
@@ -97,9 +102,10 @@
 //   fwd D=64        128 / 136 / 127 / 130  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
 //   fwd D=32        128 / 125 / 110 / 127  10496 | 20736                 4
 //   fwd D=128       216 / 202 / 218 / 172  35072                         1
-//   bwd D=64        186 / 164 / 164 / 166  32512                         2 (BR=32: sized for this)
-//   bwd D=32        200 / 166 / 166 / 187  30208                         2
-//   bwd D=128       234 / 240 / 240 / 248  45952                         1 (BR=16)
+//   bwd D=64        189 / 164 / 164 / 168  32512                         2 (BR=32: sized for this)
+//   bwd D=32        202 / 165 / 165 / 168  30208                         2
+//   bwd D=128       233 / 240 / 240 / 247  45952                         1 (BR=16)
+//   bwd D=64 k128   171 / 170 / 170 / 172  46336 (dS over Q/dO)         1 (8 warps)
 //   preprocess 46/30/30, dq_cast 14 (all targets), no smem.
 // Latency hiding: backward issues the next query tile's Q/dO loads (into registers) before
 // the current tile's MMAs; forward on sm_80 / sm_90 double-buffers K/V with cp.async
@@ -239,11 +245,11 @@ __device__ __forceinline__ void head_batch(int B, int H, int& h, int& b) {
 
 // rows [row0, row0 + ROWS) of a [L, ld] fp16 matrix (columns 0..D-1 from g) into a
 // [ROWS][D + 8] shared tile; rows past L are zero so no garbage reaches an MMA.
-template <int ROWS, int D>
+template <int ROWS, int D, int NT = kThreads>
 __device__ __forceinline__ void load_tile(__half* s, const __half* g, int row0, int L,
                                           long long ld) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += NT) {
     const int r = c / kChunks;
     const int col = (c % kChunks) * 8;
     uint4 val = make_uint4(0u, 0u, 0u, 0u);
@@ -302,26 +308,26 @@ __device__ __forceinline__ void async_tile(__half* s, const __half* g, int row0,
 
 // load_tile split in two so the next tile's global loads are in flight while this tile
 // is computed: fetch_tile reads this thread's 16-byte chunks into registers (N of them,
-// ceil(ROWS * D/8 / kThreads)), put_tile writes them to the shared tile. Same layout and
-// zero rows past L as load_tile.
-template <int ROWS, int D, int N>
+// ceil(ROWS * D/8 / NT) for NT threads), put_tile writes them to the shared tile. Same
+// layout and zero rows past L as load_tile.
+template <int ROWS, int D, int N, int NT = kThreads>
 __device__ __forceinline__ void fetch_tile(uint4 (&r)[N], const __half* g, int row0, int L,
                                            long long ld) {
   constexpr int kChunks = D / 8;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
-    const int c = threadIdx.x + i * kThreads;
+    const int c = threadIdx.x + i * NT;
     r[i] = make_uint4(0u, 0u, 0u, 0u);
     if (c < ROWS * kChunks && row0 + c / kChunks < L)
       r[i] = *reinterpret_cast<const uint4*>(g + (long long)(row0 + c / kChunks) * ld + (c % kChunks) * 8);
   }
 }
-template <int ROWS, int D, int N>
+template <int ROWS, int D, int N, int NT = kThreads>
 __device__ __forceinline__ void put_tile(__half* s, const uint4 (&r)[N]) {
   constexpr int kChunks = D / 8;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
-    const int c = threadIdx.x + i * kThreads;
+    const int c = threadIdx.x + i * NT;
     if (c < ROWS * kChunks) *reinterpret_cast<uint4*>(s + (c / kChunks) * (D + 8) + (c % kChunks) * 8) = r[i];
   }
 }
@@ -542,10 +548,17 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
   }
 }
 
-// Backward for one key tile of kBc keys (warp w owns keys w*16..w*16+15), walking query
-// tiles of BR rows. BR sets the shared memory: D=64 uses BR=32 for exactly 32 KB, so two
-// blocks (8 warps) fit in a Turing SM's 64 KB; D=128 uses BR=16 to stay under 48 KB static.
-template <int D, int BR>
+// Backward for one key tile of KB = 16·NW keys (NW warps; warp w owns keys w*16..w*16+15),
+// walking query tiles of BR rows. BR sets the shared memory: D=64 uses BR=32 for exactly
+// 32 KB, so two blocks (8 warps) fit in a Turing SM's 64 KB; D=128 uses BR=16 to stay under
+// 48 KB static.
+// NW = 8 (D=64 only, the "_k128" kernel): 128-key tiles as in FlashAttention-2's backward.
+// Per FLOP it halves the dQ atomics and the Q/dO tile loads (each query tile is walked by
+// Lk/128 blocks instead of Lk/64) for the same per-warp registers; the price is one 46 KB
+// block of 8 warps per SM on Turing (two of 4 warps now) and one more barrier per query
+// tile, because the dS tile then lives in the Q/dO buffers (kAlias) to stay under 48 KB
+// static: it is written only after every warp's dK/dV MMAs have read them.
+template <int D, int BR, int NW = 4>
 __device__ __forceinline__ void attn_bwd(
     const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
     const __half* __restrict__ dout, const float* __restrict__ lse,
@@ -553,18 +566,25 @@ __device__ __forceinline__ void attn_bwd(
     const float* __restrict__ bias, __half* __restrict__ dk, __half* __restrict__ dv,
     float* __restrict__ dq_accum, float* __restrict__ dbias, int B, int H, int Lq, int Lk,
     float scale, int causal, float dropout_p, unsigned long long key, int ldq, int ldkv) {
+  constexpr int NT = NW * 32;  // threads
+  constexpr int KB = NW * 16;  // keys per block
   constexpr int S = D + 8;
-  constexpr int SD = kBc + 8;  // dS tile row stride (halves)
+  constexpr int SD = KB + 8;   // dS tile row stride (halves)
   constexpr int RG = BR / 16;  // dQ phase: 16-row groups per query tile ...
-  constexpr int CS = 4 / RG;   // ... and column slices, RG * CS = 4 warps
+  constexpr int CS = NW / RG;  // ... and column slices, RG * CS = NW warps
   constexpr int NC = D / CS;   // dQ columns per warp
-  static_assert(RG * CS == 4 && NC % 32 == 0 && D % 32 == 0 && BR <= 64,
+  static_assert(RG * CS == NW && (NC % 32 == 0 || NC == 16) && D % 32 == 0 && BR <= 64,
                 "dQ split, ldmatrix x4, 32 dropout bits");
-  __shared__ __align__(16) __half k_s[kBc * S];
-  __shared__ __align__(16) __half v_s[kBc * S];
-  __shared__ __align__(16) __half q_s[BR * S];
-  __shared__ __align__(16) __half do_s[BR * S];
-  __shared__ __align__(16) __half ds_s[BR * SD];  // dS as [query][key]
+  // Separate buffers if they fit the 48 KB of static shared memory, else dS over Q/dO.
+  constexpr int kBytes = 2 * (2 * KB * S + 2 * BR * S + BR * SD) + 8 * BR;
+  constexpr bool kAlias = kBytes > 48 * 1024;
+  static_assert(!kAlias || BR * SD <= 2 * BR * S, "dS tile must fit in the Q/dO buffers");
+  __shared__ __align__(16) __half k_s[KB * S];
+  __shared__ __align__(16) __half v_s[KB * S];
+  __shared__ __align__(16) __half qds_s[2 * BR * S + (kAlias ? 0 : BR * SD)];
+  __half* const q_s = qds_s;
+  __half* const do_s = qds_s + BR * S;
+  __half* const ds_s = kAlias ? qds_s : qds_s + 2 * BR * S;  // dS as [query][key]
   __shared__ float lse_s[BR];
   __shared__ float di_s[BR];
 
@@ -572,7 +592,7 @@ __device__ __forceinline__ void attn_bwd(
   const int g = lane >> 2, t = lane & 3;
   int h, b;
   head_batch(B, H, h, b);
-  const int k0 = blockIdx.x * kBc;
+  const int k0 = blockIdx.x * KB;
   const long long ld = (long long)H * D;  // dout, dq_accum
   const __half* qb = q + (long long)b * Lq * ldq + (long long)h * D;
   const __half* dob = dout + (long long)b * Lq * ld + (long long)h * D;
@@ -588,16 +608,16 @@ __device__ __forceinline__ void attn_bwd(
   const float rkeep = drop ? 1.f / (1.f - dropout_p) : 1.f;
   const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
-  load_tile<kBc, D>(k_s, kb, k0, Lk, ldkv);
-  load_tile<kBc, D>(v_s, vb, k0, Lk, ldkv);
+  load_tile<KB, D, NT>(k_s, kb, k0, Lk, ldkv);
+  load_tile<KB, D, NT>(v_s, vb, k0, Lk, ldkv);
   int qbeg = 0;
   if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
   // The first query tile's loads start now; each iteration starts the next one's before
   // its MMAs (software pipelining: the walk over query tiles is latency-bound otherwise).
-  constexpr int PR = (BR * (D / 8) + kThreads - 1) / kThreads;
+  constexpr int PR = (BR * (D / 8) + NT - 1) / NT;
   uint4 pq[PR], pdo[PR];
-  fetch_tile<BR, D, PR>(pq, qb, qbeg, Lq, ldq);
-  fetch_tile<BR, D, PR>(pdo, dob, qbeg, Lq, ld);
+  fetch_tile<BR, D, PR, NT>(pq, qb, qbeg, Lq, ldq);
+  fetch_tile<BR, D, PR, NT>(pdo, dob, qbeg, Lq, ld);
   // This thread's two keys are fixed for the whole kernel: keep flags live in registers.
   bool keepk[2];
 #pragma unroll
@@ -628,8 +648,8 @@ __device__ __forceinline__ void attn_bwd(
   }
 
   for (int q0 = qbeg; q0 < Lq; q0 += BR) {
-    put_tile<BR, D, PR>(q_s, pq);
-    put_tile<BR, D, PR>(do_s, pdo);
+    put_tile<BR, D, PR, NT>(q_s, pq);
+    put_tile<BR, D, PR, NT>(do_s, pdo);
     if (threadIdx.x < BR) {
       const int r = q0 + threadIdx.x;
       lse_s[threadIdx.x] = r < Lq ? lseb[r] : neg_inf();
@@ -637,8 +657,8 @@ __device__ __forceinline__ void attn_bwd(
     }
     __syncthreads();
     if (q0 + BR < Lq) {  // next tile's loads in flight during this tile's work
-      fetch_tile<BR, D, PR>(pq, qb, q0 + BR, Lq, ldq);
-      fetch_tile<BR, D, PR>(pdo, dob, q0 + BR, Lq, ld);
+      fetch_tile<BR, D, PR, NT>(pq, qb, q0 + BR, Lq, ldq);
+      fetch_tile<BR, D, PR, NT>(pdo, dob, q0 + BR, Lq, ld);
     }
 
     // Dropout keep bits of this thread's BR/2 scores (see the forward kernel).
@@ -708,7 +728,7 @@ __device__ __forceinline__ void attn_bwd(
         st[nt][e] = p * z;
         dpt[nt][e] = ds;
         if (dbiash && ds != 0.f) atomicAdd(&dbiash[(long long)r * Lk + j], ds);
-        ds_s[ql * SD + keyl] = __float2half_rn(ds);
+        if (!kAlias) ds_s[ql * SD + keyl] = __float2half_rn(ds);
       }
     }
 
@@ -740,22 +760,43 @@ __device__ __forceinline__ void attn_bwd(
         }
       }
     }
+    if (kAlias) {
+      __syncthreads();  // every warp has read q_s / do_s: dS may overwrite them
+#pragma unroll
+      for (int nt = 0; nt < BR / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          ds_s[(nt * 8 + 2 * t + (e & 1)) * SD + kw + g + ((e >> 1) << 3)] =
+              __float2half_rn(dpt[nt][e]);
+        }
+      }
+    }
     __syncthreads();  // ds_s complete
 
-    // dQ[BR x D] += scale · dS[BR x kBc] · K[kBc x D]; warp = (row group, column slice).
+    // dQ[BR x D] += scale · dS[BR x KB] · K[KB x D]; warp = (row group, column slice).
     {
       const int rg = warp % RG, cs = warp / RG;
       float dq[NC / 8][4];
 #pragma unroll
       for (int i = 0; i < NC / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
 #pragma unroll
-      for (int ks = 0; ks < kBc / 8; ks += 2) {
+      for (int ks = 0; ks < KB / 8; ks += 2) {
         const __half* r0 = &ds_s[(rg * 16 + g) * SD + ks * 8 + 2 * t];
         const __half* r8 = r0 + 8 * SD;
         const unsigned int a0 = ld_row2(r0), a1 = ld_row2(r8);
         const unsigned int a2 = ld_row2(r0 + 8), a3 = ld_row2(r8 + 8);
+        if (NC == 16) {
+          // One x4 load: blocks (keys ks*8.., cols 0-7), (.., cols 8-15), then keys +8.
+          const __half* kr = &k_s[(ks * 8 + (lane & 7) + ((lane >> 4) << 3)) * S + cs * NC +
+                                  ((lane >> 3) & 1) * 8];
+          unsigned int bk[4];
+          ldsm_x4_trans(bk, kr);
+          mma_k16(dq[0], a0, a1, a2, a3, bk[0], bk[2]);
+          mma_k16(dq[1], a0, a1, a2, a3, bk[1], bk[3]);
+        }
+        constexpr int kDn = NC % 32 == 0 ? NC / 8 : 0;  // x4 loads of four column blocks
 #pragma unroll
-        for (int dn = 0; dn < NC / 8; dn += 4) {
+        for (int dn = 0; dn < kDn; dn += 4) {
           // B[kk][n] = K[key kk][d n]: transposed loads, keys ks*8.. and +8.
           const __half* kr = &k_s[(ks * 8 + (lane & 7)) * S + cs * NC + (dn + (lane >> 3)) * 8];
           unsigned int bk[4], bk2[4];
@@ -814,22 +855,25 @@ __device__ __forceinline__ void attn_bwd(
                         dropout_p, key, ldq, ldkv);                                          \
   }
 
-#define FB_ATTN_BWD(NAME, D, BR)                                                               \
-  extern "C" __global__ void __launch_bounds__(fbattn::kThreads) NAME(                        \
+#define FB_ATTN_BWD(NAME, D, BR, NW)                                                          \
+  extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                 \
       const __half* q, const __half* k, const __half* v, const __half* dout, const float* lse, \
       const float* delta, const int* key_mask, const float* bias, __half* dk, __half* dv,     \
       float* dq_accum, float* dbias, int B, int H, int Lq, int Lk, float scale, int causal,   \
       float dropout_p, unsigned long long key, int ldq, int ldkv) {                           \
-    fbattn::attn_bwd<D, BR>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,      \
-                            dbias, B, H, Lq, Lk, scale, causal, dropout_p, key, ldq, ldkv);  \
+    fbattn::attn_bwd<D, BR, NW>(q, k, v, dout, lse, delta, key_mask, bias, dk, dv, dq_accum,  \
+                                dbias, B, H, Lq, Lk, scale, causal, dropout_p, key, ldq,      \
+                                ldkv);                                                        \
   }
 
 FB_ATTN_FWD(fb_attn_fwd_f16, 64, FB_FWD_BOUNDS_SMALL_D)
 FB_ATTN_FWD(fb_attn_fwd_f16_d32, 32, FB_FWD_BOUNDS_SMALL_D)
 FB_ATTN_FWD(fb_attn_fwd_f16_d128, 128, __launch_bounds__(fbattn::kThreads))
-FB_ATTN_BWD(fb_attn_bwd_f16, 64, 32)
-FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64)
-FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16)
+FB_ATTN_BWD(fb_attn_bwd_f16, 64, 32, 4)
+FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64, 4)
+FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16, 4)
+FB_ATTN_BWD(fb_attn_bwd_f16_k128, 64, 32, 8)
+#define FB_ATTN_HAS_BWD_K128 1  // tools/attn_check: earlier kernel copies lack it
 
 // delta[b,h,i] = Σ_d dout·out (one warp per row), plus zero-fill of the atomic targets.
 extern "C" __global__ void __launch_bounds__(128)

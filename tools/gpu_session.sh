@@ -79,11 +79,14 @@ step gpu_kernels 150 "$KT" --nocapture --test-threads=1 --skip stability
 # A/B against the kernels before session 3 (.gpu/attention_prev.cu, same card, same call),
 # memcheck + racecheck on tiny cases (the cp.async pipeline is new); PyTorch attention
 # baselines only with SESSION_ATTN_TORCH=1 (run 1 has them for these shapes).
-[ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 220 env OUT="$W/attn" ATTN_PREV_SRC="$ROOT/.gpu/attention_prev.cu" \
+[ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 260 env OUT="$W/attn" ATTN_PREV_SRC="$ROOT/.gpu/attention_prev.cu" \
     ATTN_SKIP_TORCH=$([ "${SESSION_ATTN_TORCH:-0}" = 1 ] && echo 0 || echo 1) bash tools/attn_check/run.sh
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
+# The same step with the 128-key attention backward (fb_attn_bwd_f16_k128): if it is the
+# faster one, it becomes the default (src/backend/cuda/attention_fused.rs BwdTile).
+step bench_distilbert_fp16_k128 60 env FUSEBOX_ATTN_BWD=k128 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 # The same step with three q/k/v projections (the layout before the fused QKV GEMM).
 step bench_distilbert_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 0 --json
 # 3b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale).
@@ -110,6 +113,7 @@ step bench_distilbert_fp16_no_lt 60 env FUSEBOX_NO_LT=1 "$BENCH" --model distilb
 step linear_lt_off 40 env FUSEBOX_NO_LT=1 "$KT" --nocapture --test-threads=1 linear_lt
 step bench_t5_fp16_ckpt 60 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --checkpointing --json
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
+step bench_t5_fp16_k128 60 env FUSEBOX_ATTN_BWD=k128 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
 step bench_t5_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
@@ -149,7 +153,7 @@ done
     grep -h "exit code" "$W/attn_check.out"
     echo
     echo "== model training steps (same card, same batch)"
-    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32 bench_t5_fp16_separate_qkv; do
+    for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_k128 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32 bench_t5_fp16_k128 bench_t5_fp16_separate_qkv; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
         echo "$f: ${line:0:600}"
@@ -157,7 +161,7 @@ done
     done
     echo
     echo "== per-op time, fusebox t5-small fp16 (profiled step)"
-    for f in bench_t5_fp16 bench_distilbert_fp16; do
+    for f in bench_t5_fp16 bench_distilbert_fp16 bench_distilbert_fp16_k128; do
         echo "-- $f"
         grep -h '^{' "$W/$f.out" 2>/dev/null | tail -n 1 | $PY tools/ops_table.py
     done

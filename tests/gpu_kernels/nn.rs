@@ -271,28 +271,34 @@ fn adamw_mixed_precision() {
 }
 
 /// The CUDA attention paths to run for a case, with their check-name tags: the fused
-/// kernels take f16 with head dim 32/64/128, so both paths run there, the naive elsewhere.
-fn attn_impls(dt: DType, d: usize, dropout: f32) -> Vec<(cuda::AttnImpl, String)> {
+/// kernels take f16 with head dim 32/64/128, so both paths run there, the naive elsewhere;
+/// head dim 64 also runs the 128-key backward (fb_attn_bwd_f16_k128).
+fn attn_impls(dt: DType, d: usize, dropout: f32) -> Vec<(cuda::AttnImpl, cuda::BwdTile, String)> {
+    use cuda::{AttnImpl, BwdTile};
     let fused = dt == DType::F16 && matches!(d, 32 | 64 | 128);
-    let mut v = vec![cuda::AttnImpl::Naive];
+    let mut v = vec![(AttnImpl::Naive, BwdTile::K64, "naive")];
     if fused {
-        v.push(cuda::AttnImpl::Fused);
+        v.push((AttnImpl::Fused, BwdTile::K64, "fused"));
+    }
+    if fused && d == 64 {
+        v.push((AttnImpl::Fused, BwdTile::K128, "fused_k128"));
     }
     v.into_iter()
-        .map(|w| {
-            let name = if w == cuda::AttnImpl::Fused {
-                "fused"
-            } else {
-                "naive"
-            };
+        .map(|(w, tile, name)| {
             let tag = if dropout > 0.0 {
                 format!("{name}_dropout")
             } else {
                 name.to_string()
             };
-            (w, tag)
+            (w, tile, tag)
         })
         .collect()
+}
+
+/// Selects one attention path for the CUDA calls that follow.
+fn use_attn(which: cuda::AttnImpl, tile: cuda::BwdTile) {
+    cuda::set_attention_impl(which);
+    cuda::set_backward_tile(tile);
 }
 
 /// The bias gradient: present on both sides (and close) or on neither.
@@ -329,6 +335,8 @@ fn attention_forward_backward() {
         (2, 4, 33, 33, 64, true, true, false, 0.125),
         (1, 2, 17, 40, 64, true, false, true, 1.0),
         (3, 12, 128, 128, 64, false, true, false, 0.125),
+        // Two 128-key tiles, the second partial, for the _k128 backward.
+        (2, 1, 70, 200, 64, false, true, true, 0.125),
         (2, 2, 9, 70, 32, false, true, true, 1.0),
         (1, 2, 65, 31, 128, true, true, true, 0.088),
     ];
@@ -379,8 +387,8 @@ fn attention_forward_backward() {
                 cb.as_ref(),
                 &sp,
             ));
-            for (which, tag) in attn_impls(dt, d, dropout) {
-                cuda::set_attention_impl(which);
+            for (which, tile, tag) in attn_impls(dt, d, dropout) {
+                use_attn(which, tile);
                 let t = Instant::now();
                 let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -408,7 +416,7 @@ fn attention_forward_backward() {
                     t,
                 );
             }
-            cuda::set_attention_impl(cuda::AttnImpl::Auto);
+            use_attn(cuda::AttnImpl::Auto, cuda::BwdTile::K64);
         }
     }
 }
@@ -465,8 +473,8 @@ fn attention_packed_qkv_forward_backward() {
             let (wo, wl) = ok(cx.attention_qkv(cmask.as_ref(), cb.as_ref(), &sp));
             let (wd, wdb) =
                 ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
-            for (which, tag) in attn_impls(dt, d, dropout) {
-                cuda::set_attention_impl(which);
+            for (which, tile, tag) in attn_impls(dt, d, dropout) {
+                use_attn(which, tile);
                 let t = Instant::now();
                 let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -484,7 +492,7 @@ fn attention_packed_qkv_forward_backward() {
                     t,
                 );
             }
-            cuda::set_attention_impl(cuda::AttnImpl::Auto);
+            use_attn(cuda::AttnImpl::Auto, cuda::BwdTile::K64);
         }
     }
 }

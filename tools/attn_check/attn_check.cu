@@ -11,6 +11,7 @@
 // layout of a fused projection; gradient gaps hold a sentinel that must survive.
 //
 // Usage: attn_check [--quick] [--only SUBSTR] [--bench-only] [--no-bench] [--reps N]
+//                   [--bwd-k128]   (D=64 backward: fb_attn_bwd_f16_k128, 128-key tiles)
 // FB_ATTN_SRC: another copy of the kernels (run.sh's ATTN_PREV_SRC A/B timing of an
 // earlier version). A copy from before the row strides (git 90f5fcd: no ldq/ldkv, 3-argument
 // dq_cast) is recognised by its kernels' arity: it is called the old way and the cases that
@@ -113,6 +114,8 @@ static void poison(Dev& d, const Case& c, const std::vector<uint16_t>& grad) {
 
 static unsigned cdiv(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
 
+static bool g_bwd_k128 = false;  // --bwd-k128
+
 static void launch_fwd(const Dev& d, const Case& c) {
   dim3 grid(cdiv(c.Lq, 64), c.H, c.B), block(128);
   const int causal = c.causal ? 1 : 0;
@@ -135,7 +138,8 @@ static void launch_bwd(const Dev& d, const Case& c) {
   fb_attn_bwd_preprocess_f16<<<cdiv(rows, 4), 128>>>(d.out, d.dout, d.delta, d.dq_acc, d.dbias,
                                                      c.B, c.H, c.Lq, c.Lk, c.D);
   CK(cudaGetLastError());
-  dim3 grid(cdiv(c.Lk, 64), c.H, c.B), block(128);
+  const bool k128 = g_bwd_k128 && c.D == 64;
+  dim3 grid(cdiv(c.Lk, k128 ? 128 : 64), c.H, c.B), block(k128 ? 256 : 128);
   const int causal = c.causal ? 1 : 0;
 #define BWD_ARGS                                                                            \
   grid, block, d.lay.ldq, d.lay.ldkv, (const __half*)d.q, (const __half*)d.k,                \
@@ -144,7 +148,15 @@ static void launch_bwd(const Dev& d, const Case& c) {
       c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
   switch (c.D) {
     case 32: launch_strided(fb_attn_bwd_f16_d32, BWD_ARGS); break;
-    case 64: launch_strided(fb_attn_bwd_f16, BWD_ARGS); break;
+    case 64:
+#ifdef FB_ATTN_HAS_BWD_K128
+      if (k128) {
+        launch_strided(fb_attn_bwd_f16_k128, BWD_ARGS);
+        break;
+      }
+#endif
+      launch_strided(fb_attn_bwd_f16, BWD_ARGS);
+      break;
     case 128: launch_strided(fb_attn_bwd_f16_d128, BWD_ARGS); break;
     default: fprintf(stderr, "unsupported D=%d\n", c.D); exit(2);
   }
@@ -426,7 +438,14 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--no-bench")) no_bench = true;
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--bwd-k128")) g_bwd_k128 = true;
   }
+#ifndef FB_ATTN_HAS_BWD_K128
+  if (g_bwd_k128) {
+    fprintf(stderr, "--bwd-k128: these kernels have no fb_attn_bwd_f16_k128\n");
+    return 2;
+  }
+#endif
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   int* d_arch = nullptr;

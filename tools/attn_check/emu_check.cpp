@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -284,6 +285,23 @@ static std::vector<float> bits_to_float(const std::vector<uint16_t>& b) {
   return f;
 }
 
+// FB_EMU_BWD_K128=1: the D=64 backward runs as fb_attn_bwd_f16_k128 (8 warps, 128-key
+// tiles, dS aliased on the Q/dO buffers) instead of fb_attn_bwd_f16 (4 warps, 64 keys).
+static bool bwd_k128() {
+  const char* e = std::getenv("FB_EMU_BWD_K128");
+  return e != nullptr && e[0] == '1';
+}
+struct BwdKernel {
+  decltype(&fb_attn_bwd_f16) f;
+  unsigned keys, threads;  // keys per block, threads per block
+};
+static BwdKernel bwd_kernel(int D) {
+  if (D == 32) return {fb_attn_bwd_f16_d32, 64, 128};
+  if (D == 128) return {fb_attn_bwd_f16_d128, 64, 128};
+  if (bwd_k128()) return {fb_attn_bwd_f16_k128, 128, 256};
+  return {fb_attn_bwd_f16, 64, 128};
+}
+
 // q, k, v sit in one input arena and dq, dk, dv in one gradient arena (attn_ref.h
 // qkv_layout: separate tensors, rows with gaps, or the packed QKV layout); the input gaps
 // hold NaN, the gradient gaps a sentinel that must survive the run.
@@ -327,7 +345,7 @@ static bool run_case(const Case& c, unsigned seed) {
   const int* mp = mask.empty() ? nullptr : mask.data();
   const int causal = c.causal;
   auto fwd = c.D == 32 ? fb_attn_fwd_f16_d32 : c.D == 128 ? fb_attn_fwd_f16_d128 : fb_attn_fwd_f16;
-  auto bwd = c.D == 32 ? fb_attn_bwd_f16_d32 : c.D == 128 ? fb_attn_bwd_f16_d128 : fb_attn_bwd_f16;
+  const BwdKernel bwd = bwd_kernel(c.D);
   launch(Dim3{cdiv(c.Lq, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
     fwd(hq, hk, hv, mp, bp, out.data(), lse.data(), c.B, c.H, c.Lq, c.Lk, c.scale, causal,
         c.dropout, ref_dropout_key(c.seed), lay.ldq, lay.ldkv);
@@ -336,8 +354,8 @@ static bool run_case(const Case& c, unsigned seed) {
     fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbp, c.B, c.H,
                                c.Lq, c.Lk, c.D);
   });
-  launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
-    bwd(hq, hk, hv, hdo.data(), lse.data(), delta.data(), mp, bp, dk, dv, dqa.data(), dbp, c.B,
+  launch(Dim3{cdiv(c.Lk, bwd.keys), (unsigned)c.H, (unsigned)c.B}, bwd.threads, [&] {
+    bwd.f(hq, hk, hv, hdo.data(), lse.data(), delta.data(), mp, bp, dk, dv, dqa.data(), dbp, c.B,
         c.H, c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed), lay.ldq, lay.ldkv);
   });
   const int n = (int)nq(c);
@@ -440,8 +458,9 @@ static bool nan_dout_keeps_dbias_in_range() {
     fb_attn_bwd_preprocess_f16(out.data(), hdo.data(), delta.data(), dqa.data(), dbias.data(),
                                c.B, c.H, c.Lq, c.Lk, c.D);
   });
-  launch(Dim3{cdiv(c.Lk, 64), (unsigned)c.H, (unsigned)c.B}, 128, [&] {
-    fb_attn_bwd_f16(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(),
+  const BwdKernel bwd = bwd_kernel(c.D);
+  launch(Dim3{cdiv(c.Lk, bwd.keys), (unsigned)c.H, (unsigned)c.B}, bwd.threads, [&] {
+    bwd.f(hq.data(), hk.data(), hv.data(), hdo.data(), lse.data(), delta.data(),
                     nullptr, bias.data(), dk.data(), dv.data(), dqa.data(), dbias.data(), c.B,
                     c.H, c.Lq, c.Lk, c.scale, 0, 0.f, 0ull, hd, hd);
   });
@@ -498,6 +517,7 @@ int main(int argc, char** argv) {
 #else
   const char* path = "sm75 (m16n8k8)";
 #endif
-  printf("EMUCHECK summary [%s]: %d/%d passed\n", path, run - failed, run);
+  printf("EMUCHECK summary [%s%s]: %d/%d passed\n", path,
+         bwd_k128() ? ", D=64 backward: _k128" : "", run - failed, run);
   return failed || !golden_ok ? 1 : 0;
 }

@@ -5,7 +5,7 @@
 # and racecheck on the two tiny cases, then the PyTorch baselines (TORCHATTN lines).
 # Each step has its own timeout; the whole script stays under ~3 minutes on an H100.
 # Env: ATTN_ARCH=sm_XX (default: from nvidia-smi, else sm_90), ATTN_SKIP_TORCH=1,
-# ATTN_SKIP_SANITIZER=1, ATTN_PREV_SRC=FILE (an earlier attention.cu: built beside the
+# ATTN_SKIP_SANITIZER=1, ATTN_SKIP_K128=1 (no --bwd-k128 checks/timings), ATTN_PREV_SRC=FILE (an earlier attention.cu: built beside the
 # current one and timed in the same call, ATTNBENCH_PREV lines; an A/B on the same card). Logs go to $OUT (if set) or $TMPDIR. Extra arguments go to attn_check (e.g. --quick, --only NAME).
 set -u
 cd "$(dirname "$0")"
@@ -69,6 +69,21 @@ if [ -n "$BIN75" ]; then
   echo "attn_check (sm75 path) exit code: $R75"
 fi
 
+# The 128-key D=64 backward (fb_attn_bwd_f16_k128): checks (--quick sizes) on both code
+# paths, then the same timings as ATTNBENCH_K128 lines: the A/B that picks its default.
+RK=skipped
+if [ "${ATTN_SKIP_K128:-0}" != 1 ]; then
+  echo "== 128-key backward (--bwd-k128)"
+  timeout 120 "$BIN" --bwd-k128 --quick 2>&1 | sed 's/^ATTNCHECK/ATTNCHECK_K128/' | tee "$LOG/attn_check_k128.log"
+  RK=${PIPESTATUS[0]}
+  if [ -n "$BIN75" ]; then
+    timeout 90 "$BIN75" --bwd-k128 --quick --no-bench 2>&1 | sed 's/^ATTNCHECK/ATTNCHECK_K128_SM75/' | tee -a "$LOG/attn_check_k128.log"
+    r=${PIPESTATUS[0]}; [ "$r" -ne 0 ] && RK=$r
+  fi
+  timeout 90 "$BIN" --bwd-k128 --bench-only 2>&1 | sed 's/^ATTNBENCH/ATTNBENCH_K128/' | tee -a "$LOG/attn_check_k128.log"
+  echo "attn_check --bwd-k128 exit code: $RK"
+fi
+
 if [ -n "$BINPREV" ]; then
   wait $BPREVPID
   if [ "$(cat "$LOG/.bprc" 2>/dev/null)" = 0 ]; then
@@ -90,6 +105,11 @@ if [ "${ATTN_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/nu
   fi
   echo "== compute-sanitizer racecheck (tiny cases)"
   timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --quick --only tiny_causal 2>&1 | tail -25
+  if [ "$RK" != skipped ]; then  # dS shares the Q/dO buffers there: one more barrier to check
+    echo "== compute-sanitizer racecheck + memcheck (tiny cases, --bwd-k128)"
+    timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --bwd-k128 --quick --only tiny 2>&1 | tail -12
+    timeout 90 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --bwd-k128 --quick --only odd 2>&1 | tail -12
+  fi
 fi
 
 if [ "${ATTN_SKIP_TORCH:-0}" != 1 ]; then
@@ -104,7 +124,8 @@ grep -E "^ATTNCHECK" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-
 echo "-- Turing code path (compute_75 PTX): exit $R75"
 [ -f "$LOG/attn_check_sm75ptx.log" ] && grep -E "^device:|ATTNCHECK summary|pass=false" "$LOG/attn_check_sm75ptx.log"
 grep -E "^ATTNBENCH" "$LOG/attn_check.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
+[ -f "$LOG/attn_check_k128.log" ] && grep -E "^ATTNCHECK_K128.*(summary|pass=false)|^ATTNBENCH_K128" "$LOG/attn_check_k128.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
 [ -f "$LOG/attn_check_prev.log" ] && grep -E "^ATTNBENCH_PREV" "$LOG/attn_check_prev.log" | sed -E 's/ B=[0-9]+ H=[0-9]+ Lq=[0-9]+ Lk=[0-9]+ D=[0-9]+//'
 [ -f "$LOG/torch_attn.log" ] && grep -E "^TORCHATTN" "$LOG/torch_attn.log" | grep -v "not applicable"
-[ "$RRC" -eq 0 ] && { [ "$R75" = 0 ] || [ "$R75" = skipped ]; } && exit 0
+[ "$RRC" -eq 0 ] && { [ "$R75" = 0 ] || [ "$R75" = skipped ]; } && { [ "$RK" = 0 ] || [ "$RK" = skipped ]; } && exit 0
 exit 1

@@ -1,6 +1,7 @@
 //! Host side of the fused flash-attention kernels (kernels/attention.cu: fb_attn_fwd_f16,
 //! fb_attn_bwd_preprocess_f16, fb_attn_bwd_f16, fb_attn_dq_cast_f16, with _d32/_d128
-//! variants), and the switch between them and the naive cuBLAS path.
+//! variants and the 128-key fb_attn_bwd_f16_k128), and the switch between them and the
+//! naive cuBLAS path.
 //!
 //! Why it is built this way: the fused kernels take f16 q/k/v with head dim 32, 64 or 128
 //! and an fp32 bias; everything else (f32, other head dims) stays on the naive path, which
@@ -59,6 +60,55 @@ pub fn attention_impl() -> AttnImpl {
             Ok("fused") => AttnImpl::Fused,
             _ => AttnImpl::Auto,
         }),
+    }
+}
+
+/// Key tile of the head-dim-64 fused backward. `K64` (the default): fb_attn_bwd_f16, 4
+/// warps per 64 keys, measured on cards since run 1. `K128` (FUSEBOX_ATTN_BWD=k128):
+/// fb_attn_bwd_f16_k128, 8 warps per 128 keys, half the dQ atomics and Q/dO tile loads per
+/// FLOP at the same warps per SM; correct in the kernel emulator, its speed still to be
+/// measured on a card against K64 (tools/gpu_session.sh runs both), which decides the
+/// default. Head dims 32 and 128 have one backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BwdTile {
+    K64,
+    K128,
+}
+
+/// 0 = not set (read FUSEBOX_ATTN_BWD), 1 K64, 2 K128.
+static TILE: AtomicU8 = AtomicU8::new(0);
+
+/// Override FUSEBOX_ATTN_BWD for this process.
+pub fn set_backward_tile(t: BwdTile) {
+    TILE.store(
+        match t {
+            BwdTile::K64 => 1,
+            BwdTile::K128 => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The backward tile in force; an unknown FUSEBOX_ATTN_BWD value is an error.
+pub fn backward_tile() -> Result<BwdTile> {
+    static ENV: OnceLock<std::result::Result<BwdTile, String>> = OnceLock::new();
+    match TILE.load(Ordering::Relaxed) {
+        1 => Ok(BwdTile::K64),
+        2 => Ok(BwdTile::K128),
+        _ => ENV
+            .get_or_init(|| parse_tile(std::env::var("FUSEBOX_ATTN_BWD").ok().as_deref()))
+            .clone()
+            .map_err(Error::Cuda),
+    }
+}
+
+fn parse_tile(v: Option<&str>) -> std::result::Result<BwdTile, String> {
+    match v {
+        None | Some("") | Some("k64") => Ok(BwdTile::K64),
+        Some("k128") => Ok(BwdTile::K128),
+        Some(other) => Err(format!(
+            "FUSEBOX_ATTN_BWD={other:?}: expected \"k64\" or \"k128\""
+        )),
     }
 }
 
@@ -226,6 +276,11 @@ pub(crate) fn backward(
             (qkv.ldq, qkv.ldkv)
         )));
     }
+    // (kernel, keys per block, threads per block)
+    let (kernel, keys, threads) = match (suffix, backward_tile()?) {
+        ("", BwdTile::K128) => ("fb_attn_bwd_f16_k128".to_string(), 128, 256),
+        _ => (format!("fb_attn_bwd_f16{suffix}"), 64, 128),
+    };
     let rows = sp.b * sp.h * sp.lq;
     let n_q = sp.b * sp.lq * sp.h * sp.d;
     let b32 = bias_f32(bias)?;
@@ -267,8 +322,8 @@ pub(crate) fn backward(
     args.extend(tail(sp));
     args.extend(qkv.strides());
     dev.launch(
-        &format!("fb_attn_bwd_f16{suffix}"),
-        cfg((sp.lk.div_ceil(64), sp.h, sp.b), 128),
+        &kernel,
+        cfg((sp.lk.div_ceil(keys), sp.h, sp.b), threads),
         &args,
     )?;
     dev.launch(
@@ -285,5 +340,22 @@ pub(crate) fn backward(
     match dbias {
         Some(d) => Ok(Some(cast(&d, DType::F16)?)),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backward_tile_setting() {
+        assert_eq!(parse_tile(None), Ok(BwdTile::K64));
+        assert_eq!(parse_tile(Some("k64")), Ok(BwdTile::K64));
+        assert_eq!(parse_tile(Some("k128")), Ok(BwdTile::K128));
+        let e = parse_tile(Some("128")).unwrap_err();
+        assert!(
+            e.contains("FUSEBOX_ATTN_BWD=\"128\"") && e.contains("k128"),
+            "{e}"
+        );
     }
 }

@@ -39,7 +39,9 @@ use crate::shape::{DType, Device, Shape};
 
 pub use adamw_multi::{adamw_multi, MultiOutcome, MultiStep, MultiTensor};
 pub use alloc::AllocStats;
-pub use attention_fused::{attention_impl, set_attention_impl, AttnImpl};
+pub use attention_fused::{
+    attention_impl, backward_tile, set_attention_impl, set_backward_tile, AttnImpl, BwdTile,
+};
 use context::{cu, lock, Dev};
 
 /// Is a CUDA driver loadable and a device present? Never panics; the answer is cached.

@@ -20,6 +20,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod ptx_params {
+    include!("src/backend/cuda/ptx_params.rs");
+}
+
 const ARCHS: &[&str] = &["75", "80", "86", "89", "90"];
 const PTX_ARCH: &str = "75";
 
@@ -72,6 +76,7 @@ fn main() {
     let fatbin_path = out_dir.join("kernels.fatbin");
     let _ = fs::remove_file(&fatbin_path);
     let mut nvcc_info = String::from("no nvcc found at build time");
+    let mut signatures: Vec<(String, String)> = Vec::new();
     match find_nvcc() {
         None => fail_or_warn(
             require,
@@ -81,6 +86,9 @@ fn main() {
         Some(nvcc) if !cu_files.is_empty() => {
             nvcc_info = format!("nvcc {}", nvcc.display());
             compile_fatbin(&nvcc, &cu_files, &out_dir, &fatbin_path, require);
+            if fatbin_path.exists() {
+                signatures = kernel_signatures(&nvcc, &cu_files, &out_dir, require);
+            }
         }
         Some(_) => fail_or_warn(require, "no kernels/*.cu files to compile"),
     }
@@ -98,6 +106,12 @@ fn main() {
     } else {
         gen.push_str("pub const FATBIN: Option<&[u8]> = None;\n");
     }
+    // (kernel, parameter types): what `Dev::launch` checks argument lists against.
+    gen.push_str("pub const SIGNATURES: &[(&str, &str)] = &[\n");
+    for (name, params) in &signatures {
+        let _ = writeln!(gen, "    ({name:?}, {params:?}),");
+    }
+    gen.push_str("];\n");
     gen.push_str("pub const SOURCES: &[(&str, &str)] = &[\n");
     for p in &sources {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("?");
@@ -225,6 +239,54 @@ fn compile_fatbin(
         return;
     }
     report_spills(&log);
+}
+
+/// Each kernel's parameter types, from a compute_75 PTX build of the same translation
+/// unit (a few seconds: no ptxas), for the launch-argument check.
+fn kernel_signatures(
+    nvcc: &Path,
+    cu_files: &[&PathBuf],
+    out_dir: &Path,
+    require: bool,
+) -> Vec<(String, String)> {
+    let ptx = out_dir.join("fusebox_kernels.ptx");
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("-ptx")
+        .arg(format!("-arch=compute_{PTX_ARCH}"))
+        .arg("-o")
+        .arg(&ptx);
+    if let Some(dir) = cu_files.first().and_then(|f| f.parent()) {
+        cmd.arg("-I").arg(dir);
+    }
+    cmd.arg(out_dir.join("fusebox_kernels.cu"));
+    let problem = match cmd.output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "nvcc -ptx failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        Err(e) => Some(format!("cannot run {}: {e}", nvcc.display())),
+    };
+    let text = fs::read_to_string(&ptx).unwrap_or_default();
+    let _ = fs::remove_file(&ptx);
+    let sigs = ptx_params::parse_entries(&text);
+    let problem = problem.or_else(|| {
+        sigs.is_empty()
+            .then(|| "no .entry found in the kernels' PTX".to_string())
+    });
+    if let Some(p) = problem {
+        if require {
+            panic!("FUSEBOX_REQUIRE_KERNELS=1 and {p}");
+        }
+        println!("cargo:warning=fusebox: {p}; kernel launch arguments will not be checked");
+        return Vec::new();
+    }
+    sigs
 }
 
 /// Warn for every kernel whose ptxas report shows spill stores or loads.

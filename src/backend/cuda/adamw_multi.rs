@@ -12,7 +12,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::context::{cu, push_args, Arg};
+use super::context::{check_launch_args, cu, push_args, Arg};
 use super::{len_err, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -119,6 +119,7 @@ fn launch_table(
     table: &MtTable,
     rest: &[Arg],
 ) -> Result<()> {
+    check_launch_args(name, rest, &[std::mem::size_of::<MtTable>()])?;
     let dev = p.dev();
     let f = dev.func(name)?;
     let mut b = dev.stream.launch_builder(&f);
@@ -337,6 +338,18 @@ mod tests {
             n,
             decay: 1.0,
             kind: (i % 2) as i32,
+        }
+    }
+
+    /// The launch table goes to the kernels by value: its size must be the C struct's.
+    #[test]
+    fn table_struct_matches_the_compiled_kernels() {
+        let bytes = format!("b{}", std::mem::size_of::<MtTable>());
+        for k in ["fb_mt_sumsq", "fb_mt_adamw"] {
+            match crate::backend::cuda::context::kernel_signature(k) {
+                Some(sig) => assert_eq!(sig.split(' ').next(), Some(bytes.as_str()), "{k}: {sig}"),
+                None => eprintln!("SKIP {k}: no signature table (built without nvcc)"),
+            }
         }
     }
 

@@ -112,6 +112,16 @@ fn parse_tile(v: Option<&str>) -> std::result::Result<BwdTile, String> {
     }
 }
 
+/// The fused kernels' limits besides the head dim: f16, non-empty, int32 indexing, and
+/// H and B as grid y and z (at most 65535 each).
+fn fused_fits(dtype: DType, sp: &AttnSpec) -> bool {
+    dtype == DType::F16
+        && sp.b.min(sp.h).min(sp.lq).min(sp.lk) >= 1
+        && sp.b * sp.lq * sp.h * sp.d < (1 << 31)
+        && sp.lq.max(sp.lk) < (1 << 31)
+        && sp.b.max(sp.h) <= 65535
+}
+
 /// Kernel-name suffix of the fused variant for this call, or None for the naive path.
 pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'static str>> {
     let which = attention_impl();
@@ -124,14 +134,11 @@ pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'
         128 => Some("_d128"),
         _ => None,
     };
-    let fits = dtype == DType::F16
-        && sp.b.min(sp.h).min(sp.lq).min(sp.lk) >= 1
-        && sp.b * sp.lq * sp.h * sp.d < (1 << 31)
-        && sp.b.max(sp.h).max(sp.lq).max(sp.lk) < (1 << 31);
-    let (Some(suffix), true) = (suffix, fits) else {
+    let (Some(suffix), true) = (suffix, fused_fits(dtype, sp)) else {
         return match which {
             AttnImpl::Fused => Err(Error::Cuda(format!(
-                "FUSEBOX_ATTN=fused: the fused kernels take f16 with head dim 32/64/128, got {dtype} {sp:?}"
+                "FUSEBOX_ATTN=fused: the fused kernels take f16 with head dim 32/64/128, \
+                 B and H at most 65535 and B·Lq·H·D < 2^31, got {dtype} {sp:?}"
             ))),
             _ => Ok(None),
         };
@@ -357,5 +364,29 @@ mod tests {
             e.contains("FUSEBOX_ATTN_BWD=\"128\"") && e.contains("k128"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn fused_limits() {
+        let sp = |b, h, l| AttnSpec {
+            b,
+            h,
+            lq: l,
+            lk: l,
+            d: 64,
+            scale: 1.0,
+            causal: false,
+            dropout: 0.0,
+            seed: 0,
+        };
+        assert!(fused_fits(DType::F16, &sp(32, 12, 384)));
+        assert!(!fused_fits(DType::F32, &sp(32, 12, 384)));
+        assert!(!fused_fits(DType::F16, &sp(0, 12, 384)));
+        assert!(fused_fits(DType::F16, &sp(65535, 1, 8)));
+        // Grid z = B: 70000 would be a launch error, so the naive path takes it.
+        assert!(!fused_fits(DType::F16, &sp(70000, 1, 8)));
+        assert!(!fused_fits(DType::F16, &sp(1, 70000, 8)));
+        // B·Lq·H·D past int32.
+        assert!(!fused_fits(DType::F16, &sp(1024, 16, 2048)));
     }
 }

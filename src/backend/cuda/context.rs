@@ -272,6 +272,7 @@ impl Dev {
 
     /// Launch `name` on this device's stream with `args`.
     pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        check_launch_args(name, args, &[])?;
         let f = self.func(name)?;
         let mut b = self.stream.launch_builder(&f);
         push_args(&mut b, args);
@@ -294,6 +295,66 @@ pub enum Arg {
     I32(i32),
     F32(f32),
     F64(f64),
+}
+
+/// The parameter types of `name` as compiled (build.rs reads them off the PTX), or None
+/// in a build without nvcc (the NVRTC path), which then launches unchecked.
+pub fn kernel_signature(name: &str) -> Option<&'static str> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| embed::SIGNATURES.iter().copied().collect())
+        .get(name)
+        .copied()
+}
+
+/// Refuse a launch whose arguments do not match the kernel's parameters: by-value structs
+/// first (their sizes in `structs`), then `args`. A mismatch would otherwise reach the
+/// driver as misplaced bytes.
+pub(crate) fn check_launch_args(name: &str, args: &[Arg], structs: &[usize]) -> Result<()> {
+    match kernel_signature(name) {
+        Some(sig) => check_against(name, sig, args, structs),
+        None => Ok(()),
+    }
+}
+
+fn check_against(name: &str, sig: &str, args: &[Arg], structs: &[usize]) -> Result<()> {
+    let want: Vec<&str> = sig.split_whitespace().collect();
+    let given = structs.len() + args.len();
+    if want.len() != given {
+        return Err(Error::Cuda(format!(
+            "launch {name}: {given} arguments given, the kernel takes {} ({sig})",
+            want.len()
+        )));
+    }
+    let got = structs
+        .iter()
+        .map(|n| format!("b{n}"))
+        .chain(args.iter().map(|a| a.ptx_kind().to_string()));
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        let fits = match g.as_str() {
+            "b64" => matches!(*w, "u64" | "s64" | "b64"),
+            "b32" => matches!(*w, "u32" | "s32" | "b32"),
+            other => other == *w,
+        };
+        if !fits {
+            return Err(Error::Cuda(format!(
+                "launch {name}: argument {i} is {g}, the kernel's parameter {i} is {w} ({sig})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Arg {
+    /// The PTX parameter type this argument fills: 64-bit and 32-bit integers, floats.
+    fn ptx_kind(&self) -> &'static str {
+        match self {
+            Arg::Ptr(_) | Arg::U64(_) | Arg::I64(_) => "b64",
+            Arg::I32(_) => "b32",
+            Arg::F32(_) => "f32",
+            Arg::F64(_) => "f64",
+        }
+    }
 }
 
 /// Append `args` to a kernel launch, each as its typed value.
@@ -604,5 +665,74 @@ fn nvrtc_compile(
         };
         let _ = cudarc::nvrtc::result::destroy_program(prog);
         out
+    }
+}
+
+#[cfg(test)]
+mod launch_arg_tests {
+    use super::*;
+
+    #[test]
+    fn launch_arguments_are_checked_against_the_signature() {
+        let sig = "u64 u32 f32";
+        let ok = [Arg::Ptr(1), Arg::I32(2), Arg::F32(3.0)];
+        assert!(check_against("k", sig, &ok, &[]).is_ok());
+        let e = check_against("k", sig, &ok[..2], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("launch k: 2 arguments given, the kernel takes 3"),
+            "{e}"
+        );
+        let swapped = [Arg::Ptr(1), Arg::I64(2), Arg::F32(3.0)];
+        let e = check_against("k", sig, &swapped, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("argument 1 is b64, the kernel's parameter 1 is u32"),
+            "{e}"
+        );
+        let e = check_against("k", sig, &[Arg::Ptr(1), Arg::I32(2), Arg::F64(3.0)], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("argument 2 is f64"), "{e}");
+        // A by-value struct of the wrong size.
+        assert!(check_against("t", "b16 u64", &[Arg::Ptr(0)], &[16]).is_ok());
+        let e = check_against("t", "b16 u64", &[Arg::Ptr(0)], &[24])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("argument 0 is b24, the kernel's parameter 0 is b16"),
+            "{e}"
+        );
+    }
+
+    /// With nvcc at build time the table holds every kernel, as compiled.
+    #[test]
+    fn compiled_signatures_are_embedded() {
+        if embed::FATBIN.is_none() {
+            eprintln!(
+                "SKIP: built without nvcc, no signature table ({})",
+                embed::NVCC_INFO
+            );
+            return;
+        }
+        assert!(
+            embed::SIGNATURES.len() >= 100,
+            "{}",
+            embed::SIGNATURES.len()
+        );
+        assert_eq!(
+            kernel_signature("fb_attn_dq_cast_f16"),
+            Some("u64 u64 u32 u32 u32")
+        );
+        // 12 pointers, B H Lq Lk, scale causal dropout key, ldq ldkv.
+        let bwd = kernel_signature("fb_attn_bwd_f16");
+        assert_eq!(
+            bwd,
+            Some("u64 u64 u64 u64 u64 u64 u64 u64 u64 u64 u64 u64 u32 u32 u32 u32 f32 u32 f32 u64 u32 u32")
+        );
+        assert_eq!(kernel_signature("fb_attn_bwd_f16_k128"), bwd);
+        assert_eq!(kernel_signature("no_such_kernel"), None);
     }
 }

@@ -22,6 +22,9 @@ mod embedding;
 mod layout;
 pub mod libs;
 mod norm;
+// Used by build.rs (include!); compiled here only for its tests.
+#[cfg(test)]
+mod ptx_params;
 mod reduce;
 mod softmax;
 mod span;

@@ -13,6 +13,7 @@
 # skipped. The device tool brings back at most 8 files from $OUT, so every log goes into
 # one archive and the summary into summary.txt.
 #
+# After the PyTorch baselines: Nsight Compute on the attention backward (both key tiles).
 # Env: SESSION_BUDGET (seconds, default 520), SESSION_SKIP_TORCH=1, SESSION_SKIP_ATTN=1,
 # SESSION_COMPILE=1 (also torch.compile baselines; compiling takes minutes).
 
@@ -105,6 +106,18 @@ if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
         step torch_compile_t5 150 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --compile --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     fi
 fi
+# Why the attention backward is slow: Nsight Compute on one backward
+# launch at the DistilBERT shape, both key tiles, from the harness that step 2 built.
+NCU="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
+AB="${TMPDIR:-/tmp}/attn_check_bin"
+if [ -x "$NCU" ] && [ -x "$AB" ]; then
+    for v in k64 k128; do
+        extra=""; [ "$v" = k128 ] && extra="--bwd-k128"
+        step "ncu_attn_bwd_$v" 60 "$NCU" -k regex:fb_attn_bwd_f16 -c 1 --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+            --section MemoryWorkloadAnalysis "$AB" --bench-only --only distilbert_b32_384 --reps 1 $extra
+    done
+fi
 # The same DistilBERT step with the old per-tensor AdamW: the multi-tensor path's gain.
 step bench_distilbert_fp16_per_tensor_adamw 60 env FUSEBOX_ADAMW_PER_TENSOR=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 # The same DistilBERT step without the cuBLASLt bias epilogues (their gain), the linear
@@ -122,7 +135,6 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
 for t in t5_parity qa_parity; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
-
 # ------------------------------------------------------------------------------ summary
 {
     echo "== card"
@@ -164,6 +176,13 @@ done
     for f in bench_t5_fp16 bench_distilbert_fp16 bench_distilbert_fp16_k128; do
         echo "-- $f"
         grep -h '^{' "$W/$f.out" 2>/dev/null | tail -n 1 | $PY tools/ops_table.py
+    done
+    echo
+    echo "== Nsight Compute, attention backward at 32 x 12 x 384 x 384 (one launch each)"
+    for v in k64 k128; do
+        [ -f "$W/ncu_attn_bwd_$v.out" ] || continue
+        echo "-- $v"
+        grep -E "fb_attn_bwd|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall|stalled|ERR_|==ERROR==" "$W/ncu_attn_bwd_$v.out" | head -n 30
     done
     echo
     log "done"

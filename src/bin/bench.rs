@@ -31,6 +31,8 @@ struct Args {
     /// `distilbert-qa`, `t5-small` (random-init, HF base sizes) or a model directory.
     #[arg(long, default_value = "t5-small")]
     model: String,
+    /// Sequences per step (with --vram-budget / --gpu: the batch to keep, split into
+    /// micro-batches that fit).
     #[arg(long, default_value_t = 2)]
     batch: usize,
     /// Input length.
@@ -39,15 +41,20 @@ struct Args {
     /// Target length (T5).
     #[arg(long, default_value_t = 16)]
     tgt_seq: usize,
+    /// fp16: fp16 weights and activations, fp32 master weights, dynamic loss scaling
+    /// (CUDA; on the CPU only with --plan).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
+    /// Timed steps (median and p90 reported).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Untimed steps first (allocator, cuBLAS heuristics and kernel loading warm up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// train: forward, backward and AdamW; infer: the forward alone, without gradients.
     #[arg(long, value_enum, default_value = "train")]
     mode: Mode,
     /// Extra steps run under the per-op profiler (not part of the timings).

@@ -62,31 +62,41 @@ enum Task {
 /// steps when training a small model from scratch.
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
+    /// Passes over the training data.
     #[arg(long)]
     epochs: Option<usize>,
     /// Effective batch per optimizer step.
     #[arg(long)]
     batch: Option<usize>,
+    /// Micro-batches per optimizer step (--batch is split into this many).
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Peak learning rate of AdamW (linear warmup, then linear decay to 0).
     #[arg(long)]
     lr: Option<f64>,
+    /// AdamW weight decay (not applied to biases and LayerNorm weights).
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
+    /// Fraction of the optimizer steps spent warming the learning rate up.
     #[arg(long)]
     warmup_ratio: Option<f64>,
+    /// Seeds initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Output directory: checkpoint (HF layout), metrics.jsonl, curves.svg.
     #[arg(long)]
     out: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// fp16: fp16 weights and activations with fp32 master weights and dynamic loss
+    /// scaling (CUDA only).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
     /// Stop after this many optimizer steps.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// No progress bar (the metrics still go to metrics.jsonl).
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
@@ -196,6 +206,7 @@ struct QaArgs {
     /// generated task is trained from scratch.
     #[arg(long)]
     train: Option<PathBuf>,
+    /// Evaluation set in the same format, needed with --train (EM/F1 after each epoch).
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Tokens per window (question + context slice + specials).
@@ -204,13 +215,16 @@ struct QaArgs {
     /// Context tokens shared by consecutive windows.
     #[arg(long)]
     stride: Option<usize>,
+    /// Longest answer span considered, in tokens.
     #[arg(long, default_value_t = 30)]
     max_answer_length: usize,
+    /// Start and end candidates per window in the span search.
     #[arg(long, default_value_t = 20)]
     n_best: usize,
     /// SQuAD v2: unanswerable questions allowed; the v2 metric is reported.
     #[arg(long)]
     version_2_with_negative: bool,
+    /// SQuAD v2: answer "" when the null score beats the best span by more than this.
     #[arg(long, default_value_t = 0.0)]
     null_score_diff_threshold: f32,
     /// Drop (and count) questions whose answer text does not match the context at
@@ -243,23 +257,31 @@ struct Seq2SeqArgs {
     /// it, the built-in generated task is trained from scratch.
     #[arg(long)]
     train: Option<PathBuf>,
+    /// Evaluation file in the same format, needed with --train (ROUGE or BLEU after each
+    /// epoch).
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Source field (dotted JSON path or CSV column), e.g. document, translation.en, english.
     #[arg(long, default_value = "source")]
     source: String,
+    /// Target field, as --source.
     #[arg(long, default_value = "target")]
     target: String,
     /// Task prefix; default "summarize: " or "translate English to Romanian: "-style,
     /// per task.
     #[arg(long)]
     prefix: Option<String>,
+    /// Source tokens kept (longer inputs are truncated).
     #[arg(long, default_value_t = 512)]
     max_source_length: usize,
+    /// Target tokens kept for training (labels past it are truncated).
     #[arg(long, default_value_t = 128)]
     max_target_length: usize,
+    /// Beams in evaluation generation (1 = greedy).
     #[arg(long, default_value_t = 1)]
     num_beams: usize,
+    /// Tokens generated per evaluation row at most (default: --max-target-length; 24 for
+    /// the built-in task).
     #[arg(long)]
     max_new_tokens: Option<usize>,
     /// Evaluate on at most this many rows (generation is the slow part).
@@ -274,7 +296,8 @@ struct Seq2SeqArgs {
 /// questions, 10 epochs, a 2-layer DistilBERT of width 128. Measured on this 2-core
 /// machine (2026-11-27): held-out EM 90.25 in 3 min 11 s, the same in a second run (the
 /// tokenizer is deterministic now; with the trainer's run-to-run vocabularies EM was
-/// 90.5-92.25). Longer
+/// 90.5-92.25); with the fused QKV projection (same math, another summation order, so
+/// another trajectory) EM 88.75, twice. Longer
 /// biographies learned slower: all five pairs (ten sentences, earlier templates whose
 /// relation words sat further from the values) EM 61 after 3750 steps; three pairs EM
 /// 64.5 at best within 7 epochs.

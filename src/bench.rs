@@ -360,7 +360,12 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         if let Some(p) = &cfg.memory_plan {
             rec["device_predicted_bytes"] = json!(p.peak_bytes);
         }
+        for (k, v) in crate::backend::cuda::switches(n) {
+            rec["switches"][k] = json!(v);
+        }
     }
+    rec["switches"]["separate_qkv"] = json!(crate::models::separate_qkv());
+    rec["switches"]["adamw_multi_tensor"] = json!(crate::optim::adamw::multi_tensor_default());
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
         return Err(Error::msg(format!(
             "bench: non-finite loss in fp32 training: {losses:?}"

@@ -168,7 +168,9 @@ done
     for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_k128 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32 bench_t5_fp16_k128 bench_t5_fp16_separate_qkv; do
         [ -f "$W/$f.out" ] || continue
         line=$(grep -h '^{' "$W/$f.out" | tail -n 1)
-        echo "$f: ${line:0:600}"
+        # everything but the per-op list (printed below for the profiled runs)
+        short=$(printf '%s' "$line" | $PY -c 'import json,sys; r=json.loads(sys.stdin.read()); r.pop("ops",None); print(json.dumps(r,separators=(",",":")))' 2>/dev/null || printf '%s' "${line:0:600}")
+        echo "$f: ${short:0:1200}"
         grep -h "Error\|error" "$W/$f.out" | head -n 3
     done
     echo

@@ -79,6 +79,12 @@ pub struct AdamW {
     distinct: Option<bool>,
 }
 
+/// Whether new optimizers take the backend's multi-tensor step: yes unless
+/// FUSEBOX_ADAMW_PER_TENSOR=1 (the per-tensor path, for A/B timing).
+pub fn multi_tensor_default() -> bool {
+    std::env::var("FUSEBOX_ADAMW_PER_TENSOR").map_or(true, |v| v != "1")
+}
+
 impl AdamW {
     /// One state per trainable tensor; decay per [`decays`] (or for all when
     /// `use_groups` is false, as plain `torch.optim.AdamW(model.parameters())`).
@@ -124,8 +130,7 @@ impl AdamW {
             slots,
             config,
             steps: 0,
-            // FUSEBOX_ADAMW_PER_TENSOR=1 selects the per-tensor path (A/B timing).
-            multi_tensor: std::env::var("FUSEBOX_ADAMW_PER_TENSOR").map_or(true, |v| v != "1"),
+            multi_tensor: multi_tensor_default(),
             distinct: None,
         })
     }

@@ -10,8 +10,9 @@
 //! column-major transposes, as in blas.rs: a row-major [r, c] buffer is a column-major
 //! c × r matrix with leading dimension c. Every call may decline (`Ok(None)`): no
 //! cuBLASLt, a size outside PyTorch's limits for the same path, no algorithm for the
-//! shape, or FUSEBOX_NO_LT=1; the caller then runs the
-//! cuBLAS GEMM and the bias kernels, so this path only ever replaces work it can do.
+//! shape, a cuBLASLt call that fails (the shape is then declined for the rest of the
+//! run), or FUSEBOX_NO_LT=1; the caller then runs the cuBLAS GEMM and the bias kernels,
+//! so this path only ever replaces work it can do.
 //! Plans (descriptor, layouts, the heuristic's algorithm) are cached per shape since the
 //! same few shapes repeat every step; only the bias pointer is set per call. The
 //! workspace (4 MiB) is allocated once per device outside the caching allocator, like
@@ -56,6 +57,46 @@ struct Plan {
     algo: sys::cublasLtMatmulAlgo_t,
 }
 
+impl Plan {
+    /// Destroy the descriptors (no call may be using them).
+    fn destroy(self) {
+        let mut parts = Parts {
+            desc: Some(self.desc),
+            layouts: [Some(self.a), Some(self.b), Some(self.d)],
+        };
+        parts.destroy();
+    }
+}
+
+/// What `build` has created so far: destroyed on every way out but a finished plan, so
+/// a failing attribute call leaks nothing.
+#[derive(Default)]
+struct Parts {
+    desc: Option<sys::cublasLtMatmulDesc_t>,
+    layouts: [Option<sys::cublasLtMatrixLayout_t>; 3],
+}
+
+impl Parts {
+    fn destroy(&mut self) {
+        // SAFETY: each handle was created by cuBLASLt, is destroyed once (taken out of its
+        // Option), and nothing uses it afterwards.
+        unsafe {
+            for l in self.layouts.iter_mut().filter_map(Option::take) {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+            if let Some(d) = self.desc.take() {
+                let _ = lt::destroy_matmul_desc(d);
+            }
+        }
+    }
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
 /// The per-device cuBLASLt state; lives as long as the device (the process).
 pub(crate) struct Lt {
     handle: sys::cublasLtHandle_t,
@@ -84,7 +125,7 @@ fn lt_err(what: &str, e: lt::CublasError) -> Error {
 }
 
 /// FUSEBOX_NO_LT=1 turns the path off (read once: it is checked on every linear).
-fn disabled() -> bool {
+pub fn disabled() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OFF.get_or_init(|| std::env::var("FUSEBOX_NO_LT").is_ok_and(|v| v == "1"))
 }
@@ -136,11 +177,13 @@ fn build(handle: sys::cublasLtHandle_t, key: &Key, workspace_ptr: u64) -> Result
     let workspace = WORKSPACE;
     let (m, n, k, f16) = (key.m, key.n, key.k, key.f16);
     let (trans_a, trans_b): (i32, i32) = if key.grad { (0, 1) } else { (1, 0) };
+    let mut parts = Parts::default();
     let desc = lt::create_matmul_desc(
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
         sys::cudaDataType_t::CUDA_R_32F,
     )
     .map_err(|e| lt_err("cublasLtMatmulDescCreate", e))?;
+    parts.desc = Some(desc);
     let epilogue = if key.grad {
         sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB
     } else {
@@ -162,13 +205,45 @@ fn build(handle: sys::cublasLtHandle_t, key: &Key, workspace_ptr: u64) -> Result
     }
     // Stored shapes of A and B (before their op): forward A = W (k × m), B = x (k × n);
     // backward A = x (m × k), B = dy (n × k).
-    let (a, b) = if key.grad {
-        (layout(f16, m, k, m)?, layout(f16, n, k, n)?)
+    let shapes = if key.grad {
+        [(m, k, m), (n, k, n), (m, n, m)]
     } else {
-        (layout(f16, k, m, k)?, layout(f16, k, n, k)?)
+        [(k, m, k), (k, n, k), (m, n, m)]
     };
-    let d = layout(f16, m, n, m)?;
+    for (slot, (r, c, ld)) in parts.layouts.iter_mut().zip(shapes) {
+        *slot = Some(layout(f16, r, c, ld)?);
+    }
+    let [Some(a), Some(b), Some(d)] = parts.layouts else {
+        return Ok(None);
+    };
     let pref = lt::create_matmul_pref().map_err(|e| lt_err("cublasLtMatmulPreferenceCreate", e))?;
+    let pref_result = set_prefs(pref, key, workspace).map(|()| {
+        // SAFETY: every descriptor is live; D doubles as C (beta = 0).
+        unsafe { lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref) }
+    });
+    // SAFETY: `pref` is not used again.
+    let _ = unsafe { lt::destroy_matmul_pref(pref) };
+    match pref_result? {
+        Ok(h) if h.workspaceSize <= workspace => {
+            // The plan owns the descriptors now.
+            parts.desc = None;
+            parts.layouts = [None, None, None];
+            Ok(Some(Plan {
+                desc,
+                a,
+                b,
+                d,
+                algo: h.algo,
+            }))
+        }
+        // No algorithm (NOT_SUPPORTED) or one needing more workspace: decline; `parts`
+        // destroys the descriptors.
+        _ => Ok(None),
+    }
+}
+
+/// The heuristic's limits: the workspace we have and the operands' alignments.
+fn set_prefs(pref: sys::cublasLtMatmulPreference_t, key: &Key, workspace: usize) -> Result<()> {
     use sys::cublasLtMatmulPreferenceAttributes_t as P;
     let prefs: [(P, u64); 5] = [
         (
@@ -208,30 +283,7 @@ fn build(handle: sys::cublasLtHandle_t, key: &Key, workspace_ptr: u64) -> Result
         };
         r.map_err(|e| lt_err("cublasLtMatmulPreferenceSetAttribute", e))?;
     }
-    // SAFETY: every descriptor is live; D doubles as C (beta = 0).
-    let found = unsafe { lt::get_matmul_algo_heuristic(handle, desc, a, b, d, d, pref) };
-    // SAFETY: `pref` is not used again.
-    let _ = unsafe { lt::destroy_matmul_pref(pref) };
-    match found {
-        Ok(h) if h.workspaceSize <= workspace => Ok(Some(Plan {
-            desc,
-            a,
-            b,
-            d,
-            algo: h.algo,
-        })),
-        _ => {
-            // No algorithm (NOT_SUPPORTED) or one needing more workspace: decline.
-            // SAFETY: none of these is used again.
-            unsafe {
-                let _ = lt::destroy_matrix_layout(a);
-                let _ = lt::destroy_matrix_layout(b);
-                let _ = lt::destroy_matrix_layout(d);
-                let _ = lt::destroy_matmul_desc(desc);
-            }
-            Ok(None)
-        }
-    }
+    Ok(())
 }
 
 /// Create the handle and workspace on first use; `None` when cuBLASLt is unavailable.
@@ -241,7 +293,10 @@ fn state(dev: &Dev, slot: &mut LtSlot) -> Result<bool> {
         if !libs::cublas_present() {
             return Ok(false);
         }
-        cu(dev.ctx.bind_to_thread(), "bind context")?;
+        // Anything failing here leaves the slot Unavailable: the plain GEMM path runs.
+        if dev.ctx.bind_to_thread().is_err() {
+            return Ok(false);
+        }
         // cudarc panics when a symbol is missing: treat that as "no cuBLASLt".
         let handle = match guarded("cublasLtCreate", || {
             lt::create_handle().map_err(|e| lt_err("cublasLtCreate", e))
@@ -250,10 +305,11 @@ fn state(dev: &Dev, slot: &mut LtSlot) -> Result<bool> {
             Err(_) => return Ok(false),
         };
         // SAFETY: a fresh allocation owned by this state for the life of the process.
-        let workspace = cu(
-            unsafe { cudarc::driver::result::malloc_sync(WORKSPACE) },
-            "allocate cuBLASLt workspace",
-        )?;
+        let Ok(workspace) = (unsafe { cudarc::driver::result::malloc_sync(WORKSPACE) }) else {
+            // SAFETY: the handle was just created and is not used again.
+            let _ = unsafe { lt::destroy_handle(handle) };
+            return Ok(false);
+        };
         *slot = LtSlot::Ready(Box::new(Lt {
             handle,
             workspace,
@@ -277,26 +333,37 @@ fn prepare(dev: &Dev, key: &Key) -> Result<bool> {
         if st.plans.len() >= MAX_PLANS {
             // Evaluation with ragged batches can bring many row counts; start over
             // rather than grow without bound (descriptors are small, but not free).
-            for plan in st.plans.drain().filter_map(|(_, p)| p) {
-                // SAFETY: no call is using them (we hold the lock) and they are dropped
-                // from the cache here.
-                unsafe {
-                    let _ = lt::destroy_matrix_layout(plan.a);
-                    let _ = lt::destroy_matrix_layout(plan.b);
-                    let _ = lt::destroy_matrix_layout(plan.d);
-                    let _ = lt::destroy_matmul_desc(plan.desc);
-                }
-            }
+            // No call is using them: we hold the lock.
+            st.plans
+                .drain()
+                .filter_map(|(_, p)| p)
+                .for_each(Plan::destroy);
         }
         let handle = st.handle;
         let ws = st.workspace;
-        let plan = guarded("cublasLt plan", || build(handle, key, ws))?;
+        // A failing descriptor call declines this shape like a missing algorithm does.
+        let plan = guarded("cublasLt plan", || build(handle, key, ws)).unwrap_or(None);
         st.plans.insert(*key, plan);
     }
     Ok(matches!(st.plans.get(key), Some(Some(_))))
 }
 
-/// Queue the prepared plan for `key` on the device's stream.
+/// Queue the prepared plan for `key` on the device's stream; `false` (and the shape is
+/// declined from now on) when cuBLASLt refuses the call, e.g. NOT_SUPPORTED for this
+/// device, so the caller runs the plain GEMM and bias kernels instead.
+fn run(dev: &Dev, key: &Key, a: u64, b: u64, d: u64, bias: u64) -> bool {
+    if launch(dev, key, a, b, d, bias).is_ok() {
+        return true;
+    }
+    let mut slot = lock(&dev.lt);
+    if let LtSlot::Ready(st) = &mut *slot {
+        if let Some(Some(plan)) = st.plans.insert(*key, None) {
+            plan.destroy();
+        }
+    }
+    false
+}
+
 fn launch(dev: &Dev, key: &Key, a: u64, b: u64, d: u64, bias: u64) -> Result<()> {
     let slot = lock(&dev.lt);
     let LtSlot::Ready(st) = &*slot else {
@@ -419,7 +486,9 @@ pub fn linear_bias(
             y.ptr()
         )));
     }
-    launch(x.dev(), &key, w.ptr(), x.ptr(), y.ptr(), bias.ptr())?;
+    if !run(x.dev(), &key, w.ptr(), x.ptr(), y.ptr(), bias.ptr()) {
+        return Ok(None);
+    }
     Ok(Some(y))
 }
 
@@ -459,7 +528,9 @@ pub fn linear_wgrad_bgrad(
             )));
         }
     }
-    launch(dy.dev(), &key, x.ptr(), dy.ptr(), dw.ptr(), db.ptr())?;
+    if !run(dy.dev(), &key, x.ptr(), dy.ptr(), dw.ptr(), db.ptr()) {
+        return Ok(None);
+    }
     Ok(Some((dw, db)))
 }
 

@@ -54,6 +54,32 @@ pub fn is_available() -> bool {
         .get_or_init(|| std::panic::catch_unwind(|| context::device_count() > 0).unwrap_or(false))
 }
 
+/// The A/B switches in force on device `ordinal` (attention path, attention backward tile,
+/// cuBLASLt epilogues, where the kernels came from), for benchmark records.
+pub fn switches(ordinal: usize) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "attention",
+            format!("{:?}", attention_impl()).to_lowercase(),
+        ),
+        (
+            "attention_bwd",
+            match backward_tile() {
+                Ok(BwdTile::K64) => "k64".to_string(),
+                Ok(BwdTile::K128) => "k128".to_string(),
+                Err(e) => e.to_string(),
+            },
+        ),
+        ("cublaslt_epilogues", (!blaslt::disabled()).to_string()),
+        (
+            "kernels",
+            context::device(ordinal)
+                .map(|d| d.kernel_origin().to_string())
+                .unwrap_or_else(|e| e.to_string()),
+        ),
+    ]
+}
+
 /// Why CUDA is or is not usable, for skip messages and `--device` errors.
 pub fn availability_report() -> String {
     let libs = libs::preload_report();

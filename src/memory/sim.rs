@@ -43,9 +43,12 @@ impl Env {
 
     /// Does a CUDA linear layer with a bias take the cuBLASLt epilogue path (bias added
     /// by the GEMM, bias gradient from the weight-gradient GEMM: no separate output or
-    /// column partials)? Yes unless FUSEBOX_NO_LT=1 (backend/cuda/blaslt.rs).
-    fn lt_bias(&self) -> bool {
-        self.cuda && !std::env::var("FUSEBOX_NO_LT").is_ok_and(|v| v == "1")
+    /// column partials)? Yes unless FUSEBOX_NO_LT=1 or a size outside the path's limits
+    /// (backend/cuda/blaslt.rs); a shape cuBLASLt finds no algorithm for on the card
+    /// cannot be known here.
+    fn lt_bias(&self, rows: usize, fin: usize, fout: usize) -> bool {
+        use crate::backend::cuda::blaslt;
+        self.cuda && !blaslt::disabled() && blaslt::sizes_ok(&[rows, fout, fin])
     }
 
     /// Does CUDA attention with head dim `d` take the fused kernels (f16, d 32/64/128)?
@@ -423,7 +426,7 @@ impl Sim {
         self.cur = "linear";
         let es = self.es();
         let out = rows * fout * es;
-        let fused = b.is_some() && self.env.lt_bias();
+        let fused = b.is_some() && self.env.lt_bias(rows, fin, fout);
         let temp = if b.is_some() && !fused { out } else { 0 };
         let mut ins = vec![x, w];
         let mut gs = vec![G::New(rows * fin * es), G::New(fout * fin * es)];
@@ -454,7 +457,7 @@ impl Sim {
         let es = self.es();
         let out = rows * fout * es;
         let h = rows * fin * es;
-        let fused = b.is_some() && self.env.lt_bias();
+        let fused = b.is_some() && self.env.lt_bias(rows, fin, fout);
         let temp = h + if b.is_some() && !fused { out } else { 0 };
         let mut ins = vec![x, w];
         let mut gs = vec![G::New(h), G::New(fout * fin * es)];

@@ -425,7 +425,7 @@ const OUT_ALIGN: u32 = 256;
 /// The sizes PyTorch also restricts its cuBLASLt bias path to (`addmm`'s
 /// `useLtInterface`): every dimension above 1 and below 65535 × 32, where cuBLASLt has
 /// had failures; other shapes take the GEMM + kernel path.
-fn sizes_ok(dims: &[usize]) -> bool {
+pub fn sizes_ok(dims: &[usize]) -> bool {
     dims.iter().all(|&d| d > 1 && d < 65535 * 32)
 }
 

@@ -554,10 +554,11 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 // 48 KB static.
 // NW = 8 (D=64 only, the "_k128" kernel): 128-key tiles as in FlashAttention-2's backward.
 // Per FLOP it halves the dQ atomics and the Q/dO tile loads (each query tile is walked by
-// Lk/128 blocks instead of Lk/64) for the same per-warp registers; the price is one 46 KB
-// block of 8 warps per SM on Turing (two of 4 warps now) and one more barrier per query
-// tile, because the dS tile then lives in the Q/dO buffers (kAlias) to stay under 48 KB
-// static: it is written only after every warp's dK/dV MMAs have read them.
+// Lk/128 blocks instead of Lk/64). Its warps keep their K and V rows in registers as MMA
+// A fragments (kKvRegs: 32 registers more, no V tile and 8 fewer shared loads per 16
+// columns of each query tile), which keeps the block at 36.6 KB of static shared memory;
+// the registers (194-225) make it one block of 8 warps per SM, the same warps per SM as
+// two blocks of the 4-warp kernel.
 template <int D, int BR, int NW = 4>
 __device__ __forceinline__ void attn_bwd(
     const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,
@@ -575,16 +576,16 @@ __device__ __forceinline__ void attn_bwd(
   constexpr int NC = D / CS;   // dQ columns per warp
   static_assert(RG * CS == NW && (NC % 32 == 0 || NC == 16) && D % 32 == 0 && BR <= 64,
                 "dQ split, ldmatrix x4, 32 dropout bits");
-  // Separate buffers if they fit the 48 KB of static shared memory, else dS over Q/dO.
-  constexpr int kBytes = 2 * (2 * KB * S + 2 * BR * S + BR * SD) + 8 * BR;
-  constexpr bool kAlias = kBytes > 48 * 1024;
-  static_assert(!kAlias || BR * SD <= 2 * BR * S, "dS tile must fit in the Q/dO buffers");
+  // NW = 8: each warp keeps its 16 K and V rows as MMA A fragments in registers for the
+  // whole kernel (no V tile in shared memory; K stays there for the dQ phase).
+  constexpr bool kKvRegs = NW == 8;
+  static_assert(2 * ((kKvRegs ? 1 : 2) * KB * S + 2 * BR * S + BR * SD) + 8 * BR <= 48 * 1024,
+                "static shared memory");
   __shared__ __align__(16) __half k_s[KB * S];
-  __shared__ __align__(16) __half v_s[KB * S];
-  __shared__ __align__(16) __half qds_s[2 * BR * S + (kAlias ? 0 : BR * SD)];
-  __half* const q_s = qds_s;
-  __half* const do_s = qds_s + BR * S;
-  __half* const ds_s = kAlias ? qds_s : qds_s + 2 * BR * S;  // dS as [query][key]
+  __shared__ __align__(16) __half v_s[kKvRegs ? 8 : KB * S];
+  __shared__ __align__(16) __half q_s[BR * S];
+  __shared__ __align__(16) __half do_s[BR * S];
+  __shared__ __align__(16) __half ds_s[BR * SD];  // dS as [query][key]
   __shared__ float lse_s[BR];
   __shared__ float di_s[BR];
 
@@ -609,7 +610,7 @@ __device__ __forceinline__ void attn_bwd(
   const unsigned long long drop_base = ((unsigned long long)b * H + h) * Lq;
 
   load_tile<KB, D, NT>(k_s, kb, k0, Lk, ldkv);
-  load_tile<KB, D, NT>(v_s, vb, k0, Lk, ldkv);
+  if (!kKvRegs) load_tile<KB, D, NT>(v_s, vb, k0, Lk, ldkv);
   int qbeg = 0;
   if (causal) qbeg = (max(0, k0 - off) / BR) * BR;  // earlier rows see none of these keys
   // The first query tile's loads start now; each iteration starts the next one's before
@@ -638,6 +639,23 @@ __device__ __forceinline__ void attn_bwd(
       }
     }
     return;
+  }
+
+  // kKvRegs: A fragments of this warp's K and V rows, straight from global memory (rows
+  // past Lk are zero, as load_tile makes them): [k16 step][a0..a3] as in the loop below.
+  unsigned int kfr[kKvRegs ? D / 16 : 1][4], vfr[kKvRegs ? D / 16 : 1][4];
+  if (kKvRegs) {
+#pragma unroll
+    for (int s2 = 0; s2 < (kKvRegs ? D / 16 : 1); ++s2) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = k0 + kw + g + ((e & 1) << 3);
+        const int c = s2 * 16 + 2 * t + ((e >> 1) << 3);
+        const bool in = j < Lk;
+        kfr[s2][e] = in ? ld_row2(kb + (long long)j * ldkv + c) : 0u;
+        vfr[s2][e] = in ? ld_row2(vb + (long long)j * ldkv + c) : 0u;
+      }
+    }
   }
 
   float dkacc[D / 8][4], dvacc[D / 8][4];
@@ -684,14 +702,15 @@ __device__ __forceinline__ void attn_bwd(
 #pragma unroll
     for (int ks = 0; ks < D / 8; ks += 2) {
       const int c0 = ks * 8 + 2 * t;
-      const unsigned int ka0 = ld_row2(&k_s[(kw + g) * S + c0]);
-      const unsigned int ka1 = ld_row2(&k_s[(kw + g + 8) * S + c0]);
-      const unsigned int ka2 = ld_row2(&k_s[(kw + g) * S + c0 + 8]);
-      const unsigned int ka3 = ld_row2(&k_s[(kw + g + 8) * S + c0 + 8]);
-      const unsigned int va0 = ld_row2(&v_s[(kw + g) * S + c0]);
-      const unsigned int va1 = ld_row2(&v_s[(kw + g + 8) * S + c0]);
-      const unsigned int va2 = ld_row2(&v_s[(kw + g) * S + c0 + 8]);
-      const unsigned int va3 = ld_row2(&v_s[(kw + g + 8) * S + c0 + 8]);
+      const int f = kKvRegs ? ks / 2 : 0;
+      const unsigned int ka0 = kKvRegs ? kfr[f][0] : ld_row2(&k_s[(kw + g) * S + c0]);
+      const unsigned int ka1 = kKvRegs ? kfr[f][1] : ld_row2(&k_s[(kw + g + 8) * S + c0]);
+      const unsigned int ka2 = kKvRegs ? kfr[f][2] : ld_row2(&k_s[(kw + g) * S + c0 + 8]);
+      const unsigned int ka3 = kKvRegs ? kfr[f][3] : ld_row2(&k_s[(kw + g + 8) * S + c0 + 8]);
+      const unsigned int va0 = kKvRegs ? vfr[f][0] : ld_row2(&v_s[(kw + g) * S + c0]);
+      const unsigned int va1 = kKvRegs ? vfr[f][1] : ld_row2(&v_s[(kw + g + 8) * S + c0]);
+      const unsigned int va2 = kKvRegs ? vfr[f][2] : ld_row2(&v_s[(kw + g) * S + c0 + 8]);
+      const unsigned int va3 = kKvRegs ? vfr[f][3] : ld_row2(&v_s[(kw + g + 8) * S + c0 + 8]);
 #pragma unroll
       for (int nt = 0; nt < BR / 8; ++nt) {
         // B[kk][n] = Q[query n][d kk] (resp. dO): contiguous along d.
@@ -728,7 +747,7 @@ __device__ __forceinline__ void attn_bwd(
         st[nt][e] = p * z;
         dpt[nt][e] = ds;
         if (dbiash && ds != 0.f) atomicAdd(&dbiash[(long long)r * Lk + j], ds);
-        if (!kAlias) ds_s[ql * SD + keyl] = __float2half_rn(ds);
+        ds_s[ql * SD + keyl] = __float2half_rn(ds);
       }
     }
 
@@ -757,17 +776,6 @@ __device__ __forceinline__ void attn_bwd(
         for (int i = 0; i < 4; ++i) {
           mma_k16(dvacc[dn + i], pa0, pa1, pa2, pa3, bo[i], bo2[i]);
           mma_k16(dkacc[dn + i], sa0, sa1, sa2, sa3, bq[i], bq2[i]);
-        }
-      }
-    }
-    if (kAlias) {
-      __syncthreads();  // every warp has read q_s / do_s: dS may overwrite them
-#pragma unroll
-      for (int nt = 0; nt < BR / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          ds_s[(nt * 8 + 2 * t + (e & 1)) * SD + kw + g + ((e >> 1) << 3)] =
-              __float2half_rn(dpt[nt][e]);
         }
       }
     }

@@ -115,8 +115,12 @@ extern "C" __global__ void fb_mt_sumsq(fb_mt_table tab, float* partials) {
 // step is skipped, out[2] = clip coefficient, out[3] = grad_scale * clip rounded to f32.
 // The norm and the clip are formed in double from the f32 sum, exactly as the host does
 // on the per-tensor path (torch: clip_coef = max_norm / (total_norm + 1e-6), capped at 1).
+// err: the device error record (common.cuh fb_report) or NULL; a bad id or target
+// recorded earlier in the step skips it too, so the host, which learns of the error only
+// at its one read after the update kernels, finds the weights as they were.
 extern "C" __global__ void fb_mt_finalize(float* out, const float* partials, int nparts,
-                                          double grad_scale, double max_norm, int has_clip) {
+                                          double grad_scale, double max_norm, int has_clip,
+                                          const int* err) {
     __shared__ float scratch[32];
     float s = 0.0f;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += partials[i];
@@ -124,7 +128,8 @@ extern "C" __global__ void fb_mt_finalize(float* out, const float* partials, int
     if (threadIdx.x == 0) {
         double norm = sqrt((double)s) * grad_scale;
         // NaN fails both comparisons.
-        bool skip = !fb_finite(s) || !(norm >= 0.0 && norm <= 1.7976931348623157e308);
+        bool skip = !fb_finite(s) || !(norm >= 0.0 && norm <= 1.7976931348623157e308) ||
+                    (err != nullptr && err[0] != 0);
         double clip = 1.0;
         if (has_clip && !skip) {
             clip = max_norm / (norm + 1e-6);

@@ -224,6 +224,10 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     let pb = progress(total as u64, cfg.quiet);
     let start = Instant::now();
     let mut step = 0usize;
+    // Optimizer steps actually applied: the schedule follows these, as HF Trainer steps
+    // its scheduler only when the optimizer ran (an fp16 overflow step does not move the
+    // learning rate), while `step` (HF's global_step) counts every step.
+    let mut applied = 0usize;
     let mut tokens_total = 0usize;
     let mut window_loss = 0.0;
     let mut window_n = 0usize;
@@ -236,7 +240,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             if step >= total {
                 break 'epochs;
             }
-            let lr = sched.lr_at(step as u64);
+            let lr = sched.lr_at(applied as u64);
             let mut grads: Option<crate::autograd::Grads> = None;
             // Each micro-batch's loss stays on the device (detached: its value, not its
             // graph) and is read once after the optimizer step, so nothing in the step
@@ -278,6 +282,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             }
             drop(grads);
             step += 1;
+            applied += usize::from(!out.skipped);
             tokens_total += step_tokens;
             window_loss += step_loss;
             window_n += 1;

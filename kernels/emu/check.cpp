@@ -482,10 +482,12 @@ static void check_adamw_multi() {
     };
     fb_mt_table t1 = table({0, 1}, 0), t2 = table({2}, 2);
     std::vector<float> partials(3, NAN), dec(4, NAN);
+    int err[4] = {0, 0, 0, 0};
     auto run = [&]() {
         emu_launch(fb_mt_sumsq, D(2), D(256), t1, partials.data());
         emu_launch(fb_mt_sumsq, D(1), D(256), t2, partials.data());
-        emu_launch(fb_mt_finalize, D(1), D(512), dec.data(), (const float*)partials.data(), 3, gs, maxn, 1);
+        emu_launch(fb_mt_finalize, D(1), D(512), dec.data(), (const float*)partials.data(), 3, gs, maxn, 1,
+                   (const int*)err);
         emu_launch(fb_mt_adamw, D(2), D(256), t1, (const float*)dec.data(), F(b1), F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1),
                    F(1 / std::sqrt(bc2)));
         emu_launch(fb_mt_adamw, D(1), D(256), t2, (const float*)dec.data(), F(b1), F(1 - b1), F(b2), F(1 - b2), F(eps), F(lr / bc1),
@@ -512,6 +514,15 @@ static void check_adamw_multi() {
     g32[2][777] = INFINITY;
     run();
     report("adamw_multi_inf_skips", (dec[1] == 1.0f && p[0] == p0 && p[1] == p1 && p[2] == p2 && m[0] == m0 && v[2] == v2) ? 0 : 1, 0);
+    // Finite gradients, but a bad id recorded earlier in the step: skipped as well.
+    g32[2][777] = 0.5f;
+    err[0] = 1;
+    run();
+    report("adamw_multi_error_record_skips",
+           (dec[1] == 1.0f && p[0] == p0 && p[1] == p1 && p[2] == p2 && m[0] == m0 && v[2] == v2) ? 0 : 1, 0);
+    err[0] = 0;
+    run();
+    report("adamw_multi_runs_after_reset", (dec[1] == 0.0f && p[0] != p0) ? 0 : 1, 0);
 }
 
 static void check_span() {

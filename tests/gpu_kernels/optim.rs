@@ -272,3 +272,45 @@ fn bad_ids_are_reported_with_op_and_range() {
     // Nothing pending: the check passes.
     ok(cuda::check_errors(Device::Cuda(0)));
 }
+
+/// A bad id queued in the same step as the multi-tensor AdamW: the host hears of it only
+/// at the step's one read, after the update kernels, so the update itself must have
+/// skipped (the finalize kernel reads the error record): the step fails naming the op,
+/// the weights, moments and step count are as before, and the next step runs.
+#[test]
+fn a_bad_id_in_the_step_leaves_the_weights_untouched() {
+    let Some(mut rng) = setup("a_bad_id_in_the_step_leaves_the_weights_untouched") else {
+        return;
+    };
+    let gpu = Device::Cuda(0);
+    let specs: Vec<(String, usize, DType)> = param_specs().into_iter().take(7).collect();
+    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
+    let ps = params(&specs, &init, gpu);
+    let mut opt = ok(AdamW::new(&ps, AdamWConfig::default(), true));
+    let g: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
+    let before: Vec<Vec<f32>> = ps.iter().map(|(_, t)| host_vec(t)).collect();
+    let (_, table) = pair(&rng.normal(50 * 8, 1.0), DType::F16);
+    let t = Instant::now();
+    // Queued, not read: the error stays on the device until the optimizer's read.
+    let _rows = ok(table.index_select(&up(&CpuStorage::from_i32(vec![1, 50])), 8));
+    let r = opt.step(&grads(&ps, &g, gpu), 1e-3, 1.0, Some(1.0));
+    let err = r.err().map(|e| e.to_string()).unwrap_or_default();
+    let unchanged = ps.iter().zip(&before).all(|((_, p), b)| host_vec(p) == *b);
+    let pass = err.contains("index_select") && unchanged && opt.steps() == 0;
+    gpucheck(
+        "adamw_multi_skips_on_error_record",
+        &[specs.len()],
+        DType::F16,
+        0.0,
+        pass,
+        t,
+    );
+    assert!(
+        pass,
+        "error {err:?}, weights unchanged {unchanged}, steps {}",
+        opt.steps()
+    );
+    let out = ok(opt.step(&grads(&ps, &g, gpu), 1e-3, 1.0, Some(1.0)));
+    assert!(!out.skipped && opt.steps() == 1, "{out:?}");
+    assert!(host_vec(&ps[0].1) != before[0], "the next step updates");
+}

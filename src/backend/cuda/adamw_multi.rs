@@ -290,6 +290,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             Arg::F64(hp.grad_scale),
             Arg::F64(max_norm),
             Arg::I32(has_clip),
+            Arg::Ptr(dev.err_ptr()),
         ],
     )?;
     // Every scalar formed in f64 and rounded once, as adamw.rs (and the CPU backend) do.

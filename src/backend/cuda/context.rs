@@ -185,6 +185,12 @@ impl Dev {
         self.err
     }
 
+    /// The device error record's address for a kernel that only reads it (the
+    /// multi-tensor AdamW skips a step with a recorded error).
+    pub(crate) fn err_ptr(&self) -> u64 {
+        self.err
+    }
+
     /// Wait for the stream and turn a recorded bad id/target into an error naming the op
     /// and the valid range; the record is cleared so later work can go on. Reads the
     /// record (one 16-byte copy) only when a reporting kernel ran since the last check.

@@ -369,16 +369,19 @@ impl CudaStorage {
         if !bytes.is_empty() {
             // No stream sync after the copy (it used to drain the queue at every batch
             // upload, mid-step). `bytes` is ordinary pageable memory (a Vec we never
-            // register or pin), and for a pageable source the driver reads it into its
-            // own staging memory before cuMemcpyHtoDAsync returns (CUDA driver API,
-            // "API synchronization behavior"): only the DMA from staging to `s` is left
-            // queued, ordered on this stream before any kernel that reads `s`. So the
-            // caller may free or reuse the host buffer as soon as this returns; cudarc's
-            // own safe `memcpy_htod` relies on the same rule (no sync for `&[T]`/`Vec`).
-            // Stream order also covers reuse of `s`'s block: the allocator hands blocks
-            // out on this one stream.
+            // register or pin). The driver API's "API synchronization behavior" page
+            // promises staging before return only for the synchronous copies; for the
+            // async ones it says a pageable transfer "might be synchronous with respect
+            // to host" and that the driver "may synchronize with the stream and stage
+            // the copy". What we rely on is that practice: the driver copies a pageable
+            // source into its own pinned staging memory before cuMemcpyHtoDAsync
+            // returns, so the caller may free or reuse the host buffer at once. cudarc's
+            // safe `memcpy_htod` relies on the same (no sync for `&[T]`/`Vec` sources),
+            // as does PyTorch's non_blocking copy from pageable memory. Stream order
+            // covers the rest: the DMA is queued before any kernel that reads `s`, and
+            // the allocator hands blocks out on this one stream.
             // SAFETY: s holds bytes.len() bytes; `bytes` is valid for the call and is
-            // consumed (staged) by the driver before it returns, as above.
+            // staged by the driver before it returns, as above.
             cu(
                 unsafe {
                     cudarc::driver::result::memcpy_htod_async(s.ptr, bytes, dev.stream.cu_stream())

@@ -102,10 +102,10 @@
 //   fwd D=64        128 / 136 / 127 / 130  18688 | 37120 (2 K/V bufs)    4 (128-reg cap, sm_75 only)
 //   fwd D=32        128 / 125 / 110 / 127  10496 | 20736                 4
 //   fwd D=128       216 / 202 / 218 / 172  35072                         1
-//   bwd D=64        189 / 164 / 164 / 168  32512                         2 (BR=32: sized for this)
-//   bwd D=32        202 / 165 / 165 / 168  30208                         2
-//   bwd D=128       233 / 240 / 240 / 247  45952                         1 (BR=16)
-//   bwd D=64 k128   171 / 170 / 170 / 172  46336 (dS over Q/dO)         1 (8 warps)
+//   bwd D=64        186 / 164 / 164 / 166  32512                         2 (BR=32: sized for this)
+//   bwd D=32        200 / 166 / 166 / 187  30208                         2
+//   bwd D=128       234 / 240 / 240 / 248  45952                         1 (BR=16)
+//   bwd D=64 k128   199 / 194 / 194 / 224  36608 (no V tile)             1 (8 warps)
 //   preprocess 46/30/30, dq_cast 14 (all targets), no smem.
 // Latency hiding: backward issues the next query tile's Q/dO loads (into registers) before
 // the current tile's MMAs; forward on sm_80 / sm_90 double-buffers K/V with cp.async
@@ -555,10 +555,10 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
 // NW = 8 (D=64 only, the "_k128" kernel): 128-key tiles as in FlashAttention-2's backward.
 // Per FLOP it halves the dQ atomics and the Q/dO tile loads (each query tile is walked by
 // Lk/128 blocks instead of Lk/64). Its warps keep their K and V rows in registers as MMA
-// A fragments (kKvRegs: 32 registers more, no V tile and 8 fewer shared loads per 16
-// columns of each query tile), which keeps the block at 36.6 KB of static shared memory;
-// the registers (194-225) make it one block of 8 warps per SM, the same warps per SM as
-// two blocks of the 4-warp kernel.
+// A fragments (kKvRegs: about 30 registers more, no V tile, and no K/V shared loads in the
+// S/dP products), which keeps the block at 36.6 KB of static shared memory (with a V tile
+// it would need 54 KB); the registers (194-224) make it one block of 8 warps per SM, the
+// same warps per SM as two blocks of the 4-warp kernel.
 template <int D, int BR, int NW = 4>
 __device__ __forceinline__ void attn_bwd(
     const __half* __restrict__ q, const __half* __restrict__ k, const __half* __restrict__ v,

@@ -514,8 +514,25 @@ static void check_adamw_multi() {
     g32[2][777] = INFINITY;
     run();
     report("adamw_multi_inf_skips", (dec[1] == 1.0f && p[0] == p0 && p[1] == p1 && p[2] == p2 && m[0] == m0 && v[2] == v2) ? 0 : 1, 0);
-    // Finite gradients, but a bad id recorded earlier in the step: skipped as well.
+    // A NaN (f32, first table) and an f16 inf (the loss-scale overflow case): skipped,
+    // with the working copies untouched too.
     g32[2][777] = 0.5f;
+    const auto w16_0 = w16;
+    const auto w32_0 = w32;
+    auto untouched = [&]() {
+        return dec[1] == 1.0f && p[0] == p0 && p[1] == p1 && p[2] == p2 && m[0] == m0 && v[2] == v2 &&
+               w16 == w16_0 && w32 == w32_0;
+    };
+    g32[1][5] = NAN;
+    run();
+    report("adamw_multi_nan_skips", untouched() ? 0 : 1, 0);
+    g32[1][5] = 0.5f;
+    const fb_half keep = g16[7];
+    g16[7] = fb_f2h(INFINITY);
+    run();
+    report("adamw_multi_f16_inf_skips", untouched() ? 0 : 1, 0);
+    g16[7] = keep;
+    // Finite gradients, but a bad id recorded earlier in the step: skipped as well.
     err[0] = 1;
     run();
     report("adamw_multi_error_record_skips",

@@ -216,14 +216,19 @@ fn measure_step(
 
 /// The whole peak within 5 %, and the step's own part (peak above the static bytes,
 /// where all the modelling is) within 5 % too; the static part is a parameter count
-/// and must be exact.
+/// and must be exact. The step part is the plan's "forward + backward peak" component
+/// (CUDA plans list slack, cuBLAS workspace and context after it, outside the tensor
+/// peak).
 fn check(what: &str, plan: &fusebox::memory::budget::Plan, (fixed, measured): (usize, usize)) {
     let predicted = plan.tensor_peak;
-    let static_pred: usize = plan.components[..plan.components.len() - 1]
+    let dp = plan
+        .components
         .iter()
+        .find(|c| c.0.starts_with("forward + backward peak"))
         .map(|c| c.1)
-        .sum();
-    let (dp, dm) = (predicted - static_pred, measured - fixed);
+        .unwrap_or_else(|| panic!("{what}: no step component in {:?}", plan.components));
+    let static_pred = predicted - dp;
+    let dm = measured.saturating_sub(fixed);
     eprintln!(
         "{what}: peak predicted {predicted} measured {measured}; step part predicted {dp} measured {dm} ({:+.3} %)",
         100.0 * (dp as f64 / dm as f64 - 1.0)

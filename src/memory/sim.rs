@@ -51,10 +51,16 @@ impl Env {
         self.cuda && !blaslt::disabled() && blaslt::sizes_ok(&[rows, fout, fin])
     }
 
-    /// Does CUDA attention with head dim `d` take the fused kernels (f16, d 32/64/128)?
-    /// Otherwise it materialises scores (see backend/cuda/attention.rs).
+    /// Does CUDA attention with head dim `d` take the fused kernels (f16, d 32/64/128,
+    /// not FUSEBOX_ATTN=naive)? Otherwise it materialises scores (see
+    /// backend/cuda/attention.rs). A kernel build that failed at run time (NVRTC) also
+    /// falls back, which no plan can know: the bench prints the kernels' origin.
     fn fused_attention(&self, d: usize) -> bool {
-        self.cuda && self.act == 2 && matches!(d, 32 | 64 | 128)
+        use crate::backend::cuda::{attention_impl, AttnImpl};
+        self.cuda
+            && self.act == 2
+            && matches!(d, 32 | 64 | 128)
+            && attention_impl() != AttnImpl::Naive
     }
 }
 
@@ -491,7 +497,7 @@ impl Sim {
             G::New(b * lk * h * d * es),
             G::New(b * lk * h * d * es),
         ];
-        self.attention_node(&[q, k, v], gs, mask, bias, dims, (0, 0))
+        self.attention_node(&[q, k, v], gs, mask, bias, dims, false)
     }
 
     /// `Tensor::attention_qkv` over one packed `[b, l, 3, h, d]` projection: saves it
@@ -508,17 +514,14 @@ impl Sim {
         let [b, h, l, _, d] = dims;
         let es = self.es();
         let part = b * l * h * d * es;
-        let copies = if self.env.cuda && !self.env.fused_attention(d) {
-            (3 * part, 6 * part)
-        } else {
-            (0, 0)
-        };
         let gs = vec![G::New(3 * part)];
-        self.attention_node(&[qkv], gs, mask, bias, dims, copies)
+        let copied = self.env.cuda && !self.env.fused_attention(d);
+        self.attention_node(&[qkv], gs, mask, bias, dims, copied)
     }
 
-    /// The shared body of both attention ops; `extra` is (forward, backward) scratch on
-    /// top of the kernels'.
+    /// The shared body of both attention ops. `packed_copies`: the CUDA naive path of
+    /// the packed op, which copies q, k, v out of the packed input (forward and
+    /// backward) and concatenates dq, dk, dv into the packed gradient at the end.
     fn attention_node(
         &mut self,
         qkv: &[V],
@@ -526,7 +529,7 @@ impl Sim {
         mask: Option<V>,
         bias: Option<V>,
         [b, h, lq, lk, d]: [usize; 5],
-        extra: (usize, usize),
+        packed_copies: bool,
     ) -> V {
         self.cur = "attention";
         let es = self.es();
@@ -534,16 +537,41 @@ impl Sim {
         let lse = b * h * lq * self.env.stat;
         let scores = b * h * lq * lk;
         let bias_n = if bias.is_some() { h * lq * lk } else { 0 };
+        // Bytes of the q, k, v gradients the node returns (before the bias's is added).
+        let g_qkv: usize = gs
+            .iter()
+            .map(|g| if let G::New(n) = g { *n } else { 0 })
+            .sum();
         let (fwd_scratch, bwd_scratch) = if !self.env.cuda {
             (0, 0)
         } else if self.env.fused_attention(d) {
             (4 * bias_n, 8 * bias_n + 4 * b * h * lq + 4 * b * lq * h * d)
         } else {
-            // The f32 bias gradient is the output itself in f32, a scratch cast in f16.
-            let db32 = if es == 4 { 0 } else { 4 * bias_n };
-            (scores * (4 + es), db32 + scores * (8 + 2 * es))
+            // backend/cuda/attention.rs, in order: dq, dk, dv (for the packed op beside
+            // the q, k, v copies), the f32 bias gradient, then the scores (f32 s and dP,
+            // ds and p in the dtype); the scores go before the f16 cast of the bias
+            // gradient and before the packed op concatenates dq, dk, dv. The node's
+            // gradients (`news` below) count from the start, so the scratch is the
+            // highest of those phases less them.
+            let held = if packed_copies { 2 * g_qkv } else { g_qkv };
+            let scores_phase = held + 4 * bias_n + scores * (8 + 2 * es);
+            let cast_phase = if es == 2 { held + 6 * bias_n } else { 0 };
+            let cat_phase = if packed_copies {
+                held + g_qkv + es * bias_n
+            } else {
+                0
+            };
+            let news = g_qkv + es * bias_n;
+            let fwd_copies = if packed_copies { g_qkv } else { 0 };
+            (
+                scores * (4 + es) + fwd_copies,
+                scores_phase
+                    .max(cast_phase)
+                    .max(cat_phase)
+                    .saturating_sub(news),
+            )
         };
-        self.scratch(out + lse + fwd_scratch + extra.0);
+        self.scratch(out + lse + fwd_scratch);
         let y = self.alloc(out);
         let l = self.alloc(lse);
         let mut ins = qkv.to_vec();
@@ -556,7 +584,7 @@ impl Sim {
             saved.extend([y, l]);
             saved.extend(mask);
             saved.extend(bias);
-            self.record(y, &ins, &saved, &gs, bwd_scratch + extra.1);
+            self.record(y, &ins, &saved, &gs, bwd_scratch);
         }
         self.release(l);
         y

@@ -205,9 +205,15 @@ pub struct BenchConfig {
     pub memory_plan: Option<crate::memory::budget::Plan>,
 }
 
-/// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md).
+/// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md), matched on
+/// a whole word of the device name ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "Tesla T4",
+/// "NVIDIA A100-SXM4-80GB"). The H100/H200 figure is the SXM part's: PCIe and NVL
+/// variants peak lower, so they get no figure (MFU null) rather than a wrong one; so
+/// does any card not listed (an L40S is not an L4).
 pub fn fp16_peak_tflops(name: &str) -> Option<f64> {
     let n = name.to_ascii_uppercase();
+    let words: Vec<&str> = n.split(|c: char| !c.is_ascii_alphanumeric()).collect();
+    let hopper_variant = words.iter().any(|w| matches!(*w, "PCIE" | "NVL"));
     [
         ("T4", 65.0),
         ("A100", 312.0),
@@ -218,7 +224,7 @@ pub fn fp16_peak_tflops(name: &str) -> Option<f64> {
         ("V100", 125.0),
     ]
     .iter()
-    .find(|(k, _)| n.contains(k))
+    .find(|(k, _)| words.contains(k) && !(k.starts_with('H') && hopper_variant))
     .map(|(_, v)| *v)
 }
 
@@ -487,5 +493,28 @@ impl BenchModel for QaBench {
             .map(|(_, t)| 4.0 * s * s * t.dims()[0] as f64 * b)
             .sum();
         train_flops(dense as f64 * b * s, attn, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fp16_peak_tflops;
+
+    #[test]
+    fn card_peaks_by_name() {
+        for (name, want) in [
+            ("NVIDIA H200", Some(989.0)),
+            ("NVIDIA H100 80GB HBM3", Some(989.0)),
+            ("NVIDIA H100 PCIe", None),
+            ("NVIDIA H100 NVL", None),
+            ("Tesla T4", Some(65.0)),
+            ("NVIDIA A100-SXM4-80GB", Some(312.0)),
+            ("NVIDIA A10", Some(125.0)),
+            ("NVIDIA L4", Some(121.0)),
+            ("NVIDIA L40S", None),
+            ("cpu (2 threads)", None),
+        ] {
+            assert_eq!(fp16_peak_tflops(name), want, "{name}");
+        }
     }
 }

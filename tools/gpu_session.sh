@@ -76,6 +76,9 @@ PY=python3
 # 1. Every CUDA kernel against the CPU reference (fatbin path).
 # (fp16 stability runs 500 training steps per model: its own step below, not in here.)
 step gpu_kernels 150 "$KT" --nocapture --test-threads=1 --skip stability
+# 1b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale):
+# ~30 s, a goal of its own, so before the attention A/B and the benches.
+step stability 120 "$KT" --nocapture --test-threads=1 stability
 # 2. Fused attention: correctness (native and Turing PTX path) and timings, PyTorch baselines.
 # A/B against the kernels before session 3 (.gpu/attention_prev.cu, same card, same call),
 # memcheck + racecheck on tiny cases (the cp.async pipeline is new); PyTorch attention
@@ -90,8 +93,6 @@ step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --pre
 step bench_distilbert_fp16_k128 60 env FUSEBOX_ATTN_BWD=k128 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json
 # The same step with three q/k/v projections (the layout before the fused QKV GEMM).
 step bench_distilbert_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 0 --json
-# 3b. 500 fp16 training steps of DistilBERT-QA and T5-small (loss finite, skips, scale).
-step stability 120 "$KT" --nocapture --test-threads=1 stability
 # 3c. T5 fp16 overflow safety and DistilBERT fp16 on the card; the memory planner's
 # prediction against the tracker on CUDA (fp32 naive attention, fp16 fused, checkpointing).
 for t in t5_fp16 distilbert_fp16; do

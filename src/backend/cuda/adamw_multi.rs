@@ -345,7 +345,7 @@ mod tests {
     /// The launch table goes to the kernels by value: its size must be the C struct's.
     #[test]
     fn table_struct_matches_the_compiled_kernels() {
-        let bytes = format!("b{}", std::mem::size_of::<MtTable>());
+        let bytes = format!("bytes{}", std::mem::size_of::<MtTable>());
         for k in ["fb_mt_sumsq", "fb_mt_adamw"] {
             match crate::backend::cuda::context::kernel_signature(k) {
                 Some(sig) => assert_eq!(sig.split(' ').next(), Some(bytes.as_str()), "{k}: {sig}"),

@@ -323,28 +323,32 @@ pub(crate) fn check_launch_args(name: &str, args: &[Arg], structs: &[usize]) -> 
     }
 }
 
+/// Every launch goes through this, so it allocates nothing unless it fails.
 fn check_against(name: &str, sig: &str, args: &[Arg], structs: &[usize]) -> Result<()> {
-    let want: Vec<&str> = sig.split_whitespace().collect();
+    let n = sig.split_whitespace().count();
     let given = structs.len() + args.len();
-    if want.len() != given {
+    if n != given {
         return Err(Error::Cuda(format!(
-            "launch {name}: {given} arguments given, the kernel takes {} ({sig})",
-            want.len()
+            "launch {name}: {given} arguments given, the kernel takes {n} ({sig})"
         )));
     }
-    let got = structs
-        .iter()
-        .map(|n| format!("b{n}"))
-        .chain(args.iter().map(|a| a.ptx_kind().to_string()));
-    for (i, (w, g)) in want.iter().zip(got).enumerate() {
-        let fits = match g.as_str() {
-            "b64" => matches!(*w, "u64" | "s64" | "b64"),
-            "b32" => matches!(*w, "u32" | "s32" | "b32"),
-            other => other == *w,
+    for (i, w) in sig.split_whitespace().enumerate() {
+        let fits = match i.checked_sub(structs.len()) {
+            None => w.strip_prefix("bytes").and_then(|b| b.parse().ok()) == Some(structs[i]),
+            Some(j) => match args[j] {
+                Arg::Ptr(_) | Arg::U64(_) | Arg::I64(_) => matches!(w, "u64" | "s64" | "b64"),
+                Arg::I32(_) => matches!(w, "u32" | "s32" | "b32"),
+                Arg::F32(_) => w == "f32",
+                Arg::F64(_) => w == "f64",
+            },
         };
         if !fits {
+            let got = match i.checked_sub(structs.len()) {
+                None => format!("a {}-byte struct", structs[i]),
+                Some(j) => args[j].kind().to_string(),
+            };
             return Err(Error::Cuda(format!(
-                "launch {name}: argument {i} is {g}, the kernel's parameter {i} is {w} ({sig})"
+                "launch {name}: argument {i} is {got}, the kernel's parameter {i} is {w} ({sig})"
             )));
         }
     }
@@ -352,13 +356,15 @@ fn check_against(name: &str, sig: &str, args: &[Arg], structs: &[usize]) -> Resu
 }
 
 impl Arg {
-    /// The PTX parameter type this argument fills: 64-bit and 32-bit integers, floats.
-    fn ptx_kind(&self) -> &'static str {
+    /// What this argument passes, for error messages.
+    fn kind(&self) -> &'static str {
         match self {
-            Arg::Ptr(_) | Arg::U64(_) | Arg::I64(_) => "b64",
-            Arg::I32(_) => "b32",
-            Arg::F32(_) => "f32",
-            Arg::F64(_) => "f64",
+            Arg::Ptr(_) => "a pointer",
+            Arg::U64(_) => "a u64",
+            Arg::I64(_) => "an i64",
+            Arg::I32(_) => "an i32",
+            Arg::F32(_) => "an f32",
+            Arg::F64(_) => "an f64",
         }
     }
 }
@@ -695,22 +701,23 @@ mod launch_arg_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("argument 1 is b64, the kernel's parameter 1 is u32"),
+            e.contains("argument 1 is an i64, the kernel's parameter 1 is u32"),
             "{e}"
         );
         let e = check_against("k", sig, &[Arg::Ptr(1), Arg::I32(2), Arg::F64(3.0)], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("argument 2 is f64"), "{e}");
-        // A by-value struct of the wrong size.
-        assert!(check_against("t", "b16 u64", &[Arg::Ptr(0)], &[16]).is_ok());
-        let e = check_against("t", "b16 u64", &[Arg::Ptr(0)], &[24])
+        assert!(e.contains("argument 2 is an f64"), "{e}");
+        // A by-value struct of the wrong size, and a struct where a scalar is expected.
+        assert!(check_against("t", "bytes16 u64", &[Arg::Ptr(0)], &[16]).is_ok());
+        let e = check_against("t", "bytes16 u64", &[Arg::Ptr(0)], &[24])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("argument 0 is b24, the kernel's parameter 0 is b16"),
+            e.contains("argument 0 is a 24-byte struct, the kernel's parameter 0 is bytes16"),
             "{e}"
         );
+        assert!(check_against("t", "b64 u64", &[Arg::Ptr(0)], &[64]).is_err());
     }
 
     /// With nvcc at build time the table holds every kernel, as compiled.

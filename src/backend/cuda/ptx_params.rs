@@ -9,8 +9,8 @@
 // This file has no crate dependencies because build.rs `include!`s it as well.
 
 /// (kernel name, parameter types separated by spaces) for each `.entry` in `ptx`.
-/// Scalars keep their PTX type (`u64`, `u32`, `f32`, ...). A by-value struct becomes
-/// `b<bytes>`, e.g. `b3856` for `.param .align 8 .b8 name[3856]`.
+/// Scalars keep their PTX type (`u64`, `u32`, `f32`, `b64`, ...). A by-value struct
+/// becomes `bytes<n>`, e.g. `bytes3856` for `.param .align 8 .b8 name[3856]`.
 #[allow(dead_code)]
 pub fn parse_entries(ptx: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -36,7 +36,7 @@ pub fn parse_entries(ptx: &str) -> Vec<(String, String)> {
                 n.trim_end_matches(']').parse::<usize>().ok()
             });
             match (bytes, words.get(1)) {
-                (Some(n), _) => types.push(format!("b{n}")),
+                (Some(n), _) => types.push(format!("bytes{n}")),
                 (None, Some(t)) => types.push(t.trim_start_matches('.').to_string()),
                 (None, None) => {}
             }
@@ -80,7 +80,7 @@ mod tests {
             parse_entries(ptx),
             vec![
                 ("fb_a".to_string(), "u64 u32 f32".to_string()),
-                ("fb_b".to_string(), "b3856 f64".to_string()),
+                ("fb_b".to_string(), "bytes3856 f64".to_string()),
                 ("fb_c".to_string(), String::new()),
             ]
         );

@@ -139,8 +139,9 @@ pub fn tol_of(dt: DType) -> f32 {
     }
 }
 
-/// ‖got − want‖ / ‖want‖ (absolute when want is all zeros); NaN or a length mismatch is
-/// infinite.
+/// ‖got − want‖ / ‖want‖ (absolute when want is all zeros) over the finite elements;
+/// an infinity must be matched exactly and stays out of the sums (in the denominator it
+/// would hide every other error); NaN or a length mismatch is infinite.
 pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     if got.len() != want.len() {
         return f64::INFINITY;
@@ -149,6 +150,12 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     for (&g, &w) in got.iter().zip(want) {
         if g.is_nan() || w.is_nan() {
             return f64::INFINITY;
+        }
+        if g.is_infinite() || w.is_infinite() {
+            if g != w {
+                return f64::INFINITY;
+            }
+            continue;
         }
         if g == w {
             den += (w as f64) * (w as f64);
@@ -236,8 +243,9 @@ pub fn check(
     check_vec(name, shape, dt, &g, &w, 0.0, elapsed);
 }
 
-/// Like [`check`] for log-sum-exp vectors, where -inf marks a fully masked row: the
-/// -inf positions must agree exactly and the finite ones within tolerance.
+/// Like [`check`] for log-sum-exp vectors, where -inf marks a fully masked row: every
+/// value must be finite or -inf (a NaN or +inf fails), the -inf positions must agree
+/// exactly and the finite ones be within tolerance.
 pub fn check_lse(
     name: &str,
     shape: &[usize],
@@ -248,14 +256,14 @@ pub fn check_lse(
 ) {
     let g = ok(got.to_vec_f32());
     let w = ok(want.to_vec_f32());
+    let neg_inf = |x: &f32| x.is_infinite() && *x < 0.0;
     let same_inf = g.len() == w.len()
-        && g.iter()
-            .zip(&w)
-            .all(|(a, b)| (a.is_infinite() && *a < 0.0) == (b.is_infinite() && *b < 0.0));
+        && g.iter().all(|a| a.is_finite() || neg_inf(a))
+        && g.iter().zip(&w).all(|(a, b)| neg_inf(a) == neg_inf(b));
     let (gf, wf): (Vec<f32>, Vec<f32>) = g
         .iter()
         .zip(&w)
-        .filter(|(a, _)| a.is_finite())
+        .filter(|(_, b)| b.is_finite())
         .map(|(a, b)| (*a, *b))
         .unzip();
     let err = if same_inf {
@@ -269,4 +277,21 @@ pub fn check_lse(
         pass,
         "{name} {shape:?} {dt}: error {err:.3e} (-inf rows agree: {same_inf})"
     );
+}
+
+/// The comparison itself, on the CPU (no GPU needed).
+#[test]
+fn rel_err_rules() {
+    assert_eq!(rel_err(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+    assert!((rel_err(&[1.0, 2.0], &[1.0, 2.5]) - 0.5 / 7.25f64.sqrt()).abs() < 1e-9);
+    // A matched infinity neither hides nor causes an error (0.5 here, from the finite
+    // pair); an unmatched one fails.
+    assert!((rel_err(&[f32::INFINITY, 1.0], &[f32::INFINITY, 2.0]) - 0.5).abs() < 1e-9);
+    assert_eq!(
+        rel_err(&[f32::NEG_INFINITY, 1.0], &[f32::NEG_INFINITY, 1.0]),
+        0.0
+    );
+    assert_eq!(rel_err(&[f32::INFINITY], &[3.0]), f64::INFINITY);
+    assert_eq!(rel_err(&[f32::NAN], &[f32::NAN]), f64::INFINITY);
+    assert_eq!(rel_err(&[1.0], &[1.0, 2.0]), f64::INFINITY);
 }

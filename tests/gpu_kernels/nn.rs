@@ -295,10 +295,22 @@ fn attn_impls(dt: DType, d: usize, dropout: f32) -> Vec<(cuda::AttnImpl, cuda::B
         .collect()
 }
 
-/// Selects one attention path for the CUDA calls that follow.
-fn use_attn(which: cuda::AttnImpl, tile: cuda::BwdTile) {
+/// Selects one attention path for the CUDA calls that follow, until the returned guard
+/// drops (also when a check panics: later tests must not inherit a forced path).
+#[must_use]
+fn use_attn(which: cuda::AttnImpl, tile: cuda::BwdTile) -> AttnGuard {
     cuda::set_attention_impl(which);
     cuda::set_backward_tile(tile);
+    AttnGuard
+}
+
+struct AttnGuard;
+
+impl Drop for AttnGuard {
+    fn drop(&mut self) {
+        cuda::set_attention_impl(cuda::AttnImpl::Auto);
+        cuda::set_backward_tile(cuda::BwdTile::K64);
+    }
 }
 
 /// The bias gradient: present on both sides (and close) or on neither.
@@ -388,7 +400,7 @@ fn attention_forward_backward() {
                 &sp,
             ));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
-                use_attn(which, tile);
+                let _path = use_attn(which, tile);
                 let t = Instant::now();
                 let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -416,7 +428,6 @@ fn attention_forward_backward() {
                     t,
                 );
             }
-            use_attn(cuda::AttnImpl::Auto, cuda::BwdTile::K64);
         }
     }
 }
@@ -474,7 +485,7 @@ fn attention_packed_qkv_forward_backward() {
             let (wd, wdb) =
                 ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
-                use_attn(which, tile);
+                let _path = use_attn(which, tile);
                 let t = Instant::now();
                 let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
                 check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
@@ -492,7 +503,6 @@ fn attention_packed_qkv_forward_backward() {
                     t,
                 );
             }
-            use_attn(cuda::AttnImpl::Auto, cuda::BwdTile::K64);
         }
     }
 }

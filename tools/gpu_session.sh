@@ -99,6 +99,11 @@ for t in t5_fp16 distilbert_fp16; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
 [ -x "$W/tests/budget" ] && step budget_cuda 60 "$W/tests/budget" --nocapture --test-threads=1 cuda
+# HF parity of both models on the card (outputs and gradients against transformers'
+# fixtures): before the PyTorch baselines and the older A/Bs, which the budget may cut.
+for t in t5_parity qa_parity; do
+    [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
+done
 if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
     step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
@@ -133,9 +138,6 @@ step bench_t5_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model t
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 [ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc --skip stability
 step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture --test-threads=1 elementwise norms softmax attention
-for t in t5_parity qa_parity; do
-    [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
-done
 # ------------------------------------------------------------------------------ summary
 {
     echo "== card"

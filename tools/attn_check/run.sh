@@ -105,7 +105,7 @@ if [ "${ATTN_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/nu
   fi
   echo "== compute-sanitizer racecheck (tiny cases)"
   timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --quick --only tiny_causal 2>&1 | tail -25
-  if [ "$RK" != skipped ]; then  # dS shares the Q/dO buffers there: one more barrier to check
+  if [ "$RK" != skipped ]; then  # a new block shape (8 warps, K/V in registers): its barriers too
     echo "== compute-sanitizer racecheck + memcheck (tiny cases, --bwd-k128)"
     timeout 120 compute-sanitizer --tool racecheck --print-limit 20 "$BIN" --bwd-k128 --quick --only tiny 2>&1 | tail -12
     timeout 90 compute-sanitizer --tool memcheck --print-limit 20 "$BIN" --bwd-k128 --quick --only odd 2>&1 | tail -12

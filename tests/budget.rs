@@ -510,6 +510,7 @@ fn sizes_parse_with_units_and_refuse_garbage() {
     }
     assert_eq!(gpu_memory("T4").unwrap(), 15360 << 20);
     assert!(gpu_memory("h100").unwrap() > gpu_memory("a100").unwrap());
+    assert_eq!(gpu_memory("H200").unwrap(), 143771 << 20);
     assert!(gpu_memory("v100").is_err());
 }
 

@@ -379,7 +379,7 @@ pub struct MemoryArgs {
     /// nothing fits.
     #[arg(long, value_name = "SIZE", conflicts_with = "gpu")]
     pub vram_budget: Option<String>,
-    /// Fit into a card's memory: t4 (16 GB), a100 (40 GB), a100-80 or h100.
+    /// Fit into a card's memory: t4 (16 GB), a100 (40 GB), a100-80, h100 or h200.
     #[arg(long, value_name = "CARD")]
     pub gpu: Option<String>,
     /// Print the memory plan (predicted peak by component) and exit.
@@ -511,15 +511,17 @@ pub fn parse_size(s: &str) -> Result<usize> {
 
 /// Memory of a named card as `nvidia-smi` reports its total (the CUDA context is a
 /// separate component of the plan): t4 15360 MiB (16 GB card), a100 40960 MiB (40 GB),
-/// a100-80 81920 MiB, h100 81559 MiB (80 GB HBM3).
+/// a100-80 81920 MiB, h100 81559 MiB (80 GB HBM3), h200 143771 MiB (what `nvidia-smi`
+/// printed on the lent H200, benches/RESULTS.md).
 pub fn gpu_memory(name: &str) -> Result<usize> {
     match name.to_ascii_lowercase().as_str() {
         "t4" => Ok(15360 * MIB),
         "a100" | "a100-40" => Ok(40960 * MIB),
         "a100-80" => Ok(81920 * MIB),
         "h100" => Ok(81559 * MIB),
+        "h200" => Ok(143771 * MIB),
         other => Err(Error::msg(format!(
-            "--gpu {other:?}: expected t4, a100 (40 GB), a100-80 or h100"
+            "--gpu {other:?}: expected t4, a100 (40 GB), a100-80, h100 or h200"
         ))),
     }
 }

@@ -339,3 +339,14 @@ fn rouge_asset_pairs_match_sources_md() {
         }
     }
 }
+
+#[test]
+fn squad_na_probs_refuse_nan_naming_file_and_question() {
+    // The official script has no defined order for NaN keys; Infinity still parses.
+    let e = squad::parse_na_probs(r#"{"q1": 0.5, "q2": NaN}"#, "null_odds.json")
+        .expect_err("NaN")
+        .to_string();
+    assert!(e.contains("null_odds.json") && e.contains("q2"), "{e}");
+    let ok = squad::parse_na_probs(r#"{"q1": Infinity, "q2": -0.0}"#, "x").expect("parse");
+    assert_eq!(ok.len(), 2);
+}

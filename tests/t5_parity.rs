@@ -696,3 +696,31 @@ fn fused_attention_dropout_equals_unfused_path() {
         "q grad: fused vs unfused max error {e} (max {m})"
     );
 }
+
+/// Special token ids outside the vocabulary (a mixed-up config or generation_config) are
+/// refused by name before any decoding, not found later as an embedding lookup error.
+#[test]
+fn generation_refuses_special_ids_outside_the_vocabulary() {
+    let cfg = T5Config::from_json_str(
+        r#"{"vocab_size": 50, "d_model": 16, "d_kv": 4, "d_ff": 24, "num_layers": 1,
+            "num_heads": 4}"#,
+        "test config",
+    )
+    .unwrap();
+    let model = T5ForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 3).unwrap();
+    let ids = Tensor::from_i32(vec![5, 6, 7, 1], [1, 4], Device::Cpu).unwrap();
+    let ok = generate(&model, &ids, None, &gen_cfg(&model, 1)).unwrap();
+    assert_eq!(ok.sequences.len(), 1);
+    for (field, mut g) in [
+        ("decoder_start_token_id", gen_cfg(&model, 1)),
+        ("pad_token_id", gen_cfg(&model, 2)),
+    ] {
+        if field == "pad_token_id" {
+            g.pad_token_id = Some(50);
+        } else {
+            g.decoder_start_token_id = -1;
+        }
+        let e = generate(&model, &ids, None, &g).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains("vocab_size 50"), "{e}");
+    }
+}

@@ -360,11 +360,8 @@ fn find_best_thresh(
     let mut best = cur;
     let mut best_thresh = PyNum::Float(0.0);
     let mut order: Vec<&(String, PyNum)> = na_probs.iter().collect();
-    order.sort_by(|a, b| {
-        a.1.value()
-            .partial_cmp(&b.1.value())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    // Stable, as Python's sorted; the loader refuses NaN, and `+ 0.0` keeps -0 == +0.
+    order.sort_by(|a, b| (a.1.value() + 0.0).total_cmp(&(b.1.value() + 0.0)));
     for (qid, p) in order {
         let Some(&s) = scores.get(qid) else { continue };
         let diff = if has_ans.get(qid).copied().unwrap_or(false) {

@@ -189,6 +189,31 @@ pub fn generate(
             "generate: max_length must leave room for one new token (max_new_tokens >= 1)",
         ));
     }
+    // Fed back as decoder inputs: out-of-table ids would fail deep in an embedding
+    // lookup (or, on CUDA, at a later read) instead of here, naming the field.
+    let vocab = model.config.vocab_size;
+    let pad = cfg.pad_token_id;
+    for (field, id) in [
+        ("decoder_start_token_id", Some(cfg.decoder_start_token_id)),
+        ("pad_token_id", pad),
+    ] {
+        if let Some(id) = id.filter(|&i| i < 0 || i as usize >= vocab) {
+            return Err(Error::msg(format!(
+                "generate: {field} {id} is not a token of the model (vocab_size {vocab}); \
+                 check config.json / generation_config.json"
+            )));
+        }
+    }
+    if pad.is_none() {
+        if let Some(&e) = cfg.eos_token_id.first() {
+            if e < 0 || e as usize >= vocab {
+                return Err(Error::msg(format!(
+                    "generate: eos_token_id {e} (used as padding: no pad_token_id) is not a \
+                     token of the model (vocab_size {vocab})"
+                )));
+            }
+        }
+    }
     let derived;
     let mask = match attention_mask {
         Some(m) => Some(m),
@@ -304,9 +329,11 @@ fn topk(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
     let k = k.min(idx.len());
     let cmp = |a: &usize, b: &usize| {
-        scores[*b]
-            .partial_cmp(&scores[*a])
-            .unwrap_or(std::cmp::Ordering::Equal)
+        // total_cmp: a total order even with NaN scores (fp16 overflow), which sort_by
+        // needs; NaN ranks above +inf, as in torch.topk. `+ 0.0` makes -0 equal to +0,
+        // so that tie still goes to the lower index.
+        (scores[*b] + 0.0)
+            .total_cmp(&(scores[*a] + 0.0))
             .then(a.cmp(b))
     };
     if k < idx.len() {
@@ -568,5 +595,19 @@ mod tests {
     fn topk_is_descending_and_stable() {
         assert_eq!(topk(&[1.0, 3.0, 3.0, -1.0, 2.0], 3), vec![1, 2, 4]);
         assert_eq!(argmax_first(&[1.0, 3.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn topk_takes_nan_scores_without_panicking() {
+        // An fp16 overflow can put NaN among the scores; sort_by needs a total order.
+        let mut s: Vec<f32> = (0..64).map(|i| (i % 7) as f32 - 3.0).collect();
+        for i in [3, 17, 40] {
+            s[i] = f32::NAN;
+        }
+        let k = topk(&s, 8);
+        // NaN first (torch.topk's rule), lowest index first among equals.
+        assert_eq!(&k[..3], &[3, 17, 40]);
+        assert_eq!(&k[3..], &[6, 13, 20, 27, 34]);
+        assert_eq!(topk(&[-0.0, 0.0, -1.0], 2), vec![0, 1], "-0 ties with +0");
     }
 }

@@ -254,6 +254,12 @@ pub fn parse_na_probs(text: &str, source: &str) -> Result<Vec<(String, PyNum)>> 
                 return Err(c.fail("`:`"));
             }
             let v = c.number()?;
+            if v.value().is_nan() {
+                // The official script's sort has no defined order with NaN keys.
+                return Err(Error::msg(format!(
+                    "{source}: question {k:?}: the no-answer probability is NaN; expected a number"
+                )));
+            }
             match index.get(&k) {
                 Some(&i) => out[i].1 = v,
                 None => {

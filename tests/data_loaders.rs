@@ -134,12 +134,33 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
         e.contains("\"au lait\"") && e.contains("\"u lait,\""),
         "{e}"
     );
-    let load = squad::load_squad(&p, SquadOptions { skip_bad: true }).expect("skip_bad");
+    let load = squad::load_squad(
+        &p,
+        SquadOptions {
+            skip_bad: true,
+            ..Default::default()
+        },
+    )
+    .expect("skip_bad");
     assert_eq!(load.examples.len(), 1);
     assert_eq!(load.examples[0].answers[0].byte_start, 6);
     let skipped: Vec<&str> = load.skipped.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(skipped, ["bad", "past-end", "huge"]);
     assert!(load.skipped[1].reason.contains("past the end"));
+    // For prediction: every question kept, only the answers that do not match dropped.
+    let keep = squad::load_squad(
+        &p,
+        SquadOptions {
+            keep_questions: true,
+            ..Default::default()
+        },
+    )
+    .expect("keep_questions");
+    let ids: Vec<&str> = keep.examples.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["good", "bad", "past-end", "huge"]);
+    let answers: Vec<usize> = keep.examples.iter().map(|e| e.answers.len()).collect();
+    assert_eq!(answers, [1, 0, 0, 0]);
+    assert_eq!(keep.skipped.len(), 3);
 }
 
 #[test]

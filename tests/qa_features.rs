@@ -463,7 +463,14 @@ fn real_squad_files_through_features() {
     let tok = cased(&a);
     let pre = QaPreprocessor::new(&tok, FeatureConfig::default()).expect("pre");
     for file in ["qa/tydiqa-goldp-dev-en.json", "qa/allennlp-squad-v2.json"] {
-        let load = load_squad(a.join(file), SquadOptions { skip_bad: true }).expect("load");
+        let load = load_squad(
+            a.join(file),
+            SquadOptions {
+                skip_bad: true,
+                ..Default::default()
+            },
+        )
+        .expect("load");
         let examples: Vec<QaExample> = load.examples.iter().map(QaExample::from).collect();
         let train = pre.train_features(&examples).expect("train features");
         let eval = pre.eval_features(&examples).expect("eval features");

@@ -161,6 +161,14 @@ fn qa(a: QaArgs) -> Result<()> {
     let device = Device::parse(&a.device)?.resolve();
     let model = load_qa_model(&a.model, device, DType::F32, 0)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
+    let (tv, mv) = (tok.vocab_size(), model.vocab_size());
+    if tv > mv {
+        bail!(
+            "{}: the tokenizer has {tv} tokens but the model's embedding has {mv} rows ({} vocab_size)",
+            tok.source().display(),
+            a.model.join("config.json").display()
+        );
+    }
     let features = windows(&a, model.as_ref())?;
     if let (Some(q), Some(c)) = (&a.question, &a.context) {
         if a.top_k == 0 {
@@ -195,7 +203,24 @@ fn qa(a: QaArgs) -> Result<()> {
     let (Some(file), Some(out)) = (&a.file, &a.out) else {
         bail!("give --question and --context, or --file SQUAD.json --out PREDS.json");
     };
-    let load = load_squad(file, SquadOptions { skip_bad: true })?;
+    // Prediction never reads the gold answers: a question whose answer does not line up
+    // with its context is still answered (a dropped one would score 0 in `eval squad`).
+    let load = load_squad(
+        file,
+        SquadOptions {
+            keep_questions: true,
+            ..Default::default()
+        },
+    )?;
+    if let Some(first) = load.skipped.first() {
+        eprintln!(
+            "{}: {} gold answers do not match their context (first: question {} — {}); their questions are answered all the same",
+            file.display(),
+            load.skipped.len(),
+            first.id,
+            first.reason
+        );
+    }
     let examples: Vec<QaExample> = load.examples.iter().map(QaExample::from).collect();
     if examples.is_empty() {
         bail!("{}: no questions", file.display());
@@ -263,6 +288,15 @@ fn gen(a: GenArgs) -> Result<()> {
     let tok_path = a.model.join("tokenizer.json");
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    let vocab = tok.get_vocab_size(true);
+    if vocab > model.config.vocab_size {
+        bail!(
+            "{} has {vocab} tokens but {} says vocab_size {}: the tokenizer does not belong to this model",
+            tok_path.display(),
+            cfg_path.display(),
+            model.config.vocab_size
+        );
+    }
     let mut cfg = GenerateConfig::from_model_dir(&model.config, &a.model)?;
     if let Some(n) = a.num_beams {
         cfg.num_beams = n;
@@ -284,7 +318,6 @@ fn gen(a: GenArgs) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f)
             .with_context(|| format!("reading {}", f.display()))?
             .lines()
-            .filter(|l| !l.trim().is_empty())
             .map(str::to_string)
             .collect(),
         (None, None) => bail!("give --input TEXT or --file F"),
@@ -292,6 +325,15 @@ fn gen(a: GenArgs) -> Result<()> {
     let eos = cfg.eos_token_id.first().copied().unwrap_or(1);
     let pad = cfg.pad_token_id.unwrap_or(0);
     for text in &inputs {
+        if text.trim().is_empty() {
+            // One output line per input line, so outputs still pair up with references.
+            if a.json {
+                println!("{}", json!({"text": "", "tokens": []}));
+            } else {
+                println!();
+            }
+            continue;
+        }
         let src = format!("{}{text}", a.prefix);
         let ids = encode(&tok, &a.model, &src, a.max_source_length, eos)?;
         let n = ids.len();

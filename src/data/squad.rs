@@ -73,6 +73,9 @@ pub struct SquadLoad {
 pub struct SquadOptions {
     /// Drop (and count) questions whose answer text does not match the context.
     pub skip_bad: bool,
+    /// Keep such a question, without the answers that do not match (still reported in
+    /// `skipped`): for prediction, which never reads the gold answers.
+    pub keep_questions: bool,
 }
 
 struct Ctx<'a> {
@@ -158,6 +161,13 @@ impl Builder<'_> {
                 }),
                 Err(reason) => {
                     let reason = format!("answer {i}: {reason}");
+                    if self.opts.keep_questions {
+                        self.skipped.push(SkippedRow {
+                            id: id.clone(),
+                            reason,
+                        });
+                        continue;
+                    }
                     if self.opts.skip_bad {
                         self.skipped.push(SkippedRow { id, reason });
                         return Ok(());

@@ -186,6 +186,9 @@ pub fn memory_spec(model: &str) -> Result<crate::memory::budget::ModelSpec> {
                 .map_err(|e| Error::msg(format!("default DistilBERT config: {e}")))?;
             Ok(ModelSpec::distilbert(&c))
         }
+        dir if !Path::new(dir).join("config.json").is_file() => Err(Error::msg(format!(
+            "--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"
+        ))),
         dir => ModelSpec::from_dir(Path::new(dir)),
     }
 }

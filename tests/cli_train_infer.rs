@@ -12,6 +12,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fusebox-cli-ti-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -240,5 +242,158 @@ fn train_translate_then_infer_generate() {
         v["score"].as_f64().is_some(),
         "beam search reports a score: {v}"
     );
+    // --file: one output line per input line, a blank input line giving a blank output,
+    // so the outputs still pair up with a reference file.
+    let inputs = out.join("inputs.txt");
+    std::fs::write(&inputs, "the small dog\n\na red bird\n").expect("write");
+    let o = run(
+        env!("CARGO_BIN_EXE_infer"),
+        &[
+            "generate",
+            "--model",
+            p(&out),
+            "--file",
+            p(&inputs),
+            "--max-new-tokens",
+            "4",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1]["text"], "", "{lines:?}");
+    assert!(!lines[0]["tokens"].as_array().expect("tokens").is_empty());
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Runs `bin args`, which must fail before any training, with every needle in its
+/// stderr and no panic.
+fn refused(bin: &str, args: &[&str], needles: &[&str]) {
+    let o = Command::new(bin).args(args).output().expect("spawn");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{bin} {args:?} succeeded:\n{err}");
+    assert!(!err.contains("panicked"), "{bin} {args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{bin} {args:?}: no {n:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_flag_or_file() {
+    let train = env!("CARGO_BIN_EXE_train");
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let cpu = ["--device", "cpu", "--quiet"];
+        extra.iter().copied().chain(cpu).collect()
+    }
+    refused(
+        train,
+        &with(&["qa", "--batch", "10", "--grad-accum", "4"]),
+        &["--batch 10", "--grad-accum 4"],
+    );
+    refused(train, &with(&["qa", "--batch", "0"]), &["--batch"]);
+    refused(train, &with(&["qa", "--lr=-1"]), &["--lr"]);
+    refused(
+        train,
+        &with(&["qa", "--warmup-ratio", "2"]),
+        &["--warmup-ratio"],
+    );
+    refused(
+        train,
+        &with(&["qa", "--heads", "3"]),
+        &["--heads 3", "--dim 128"],
+    );
+    refused(
+        train,
+        &with(&["qa", "--model", "distilbert-base-cased"]),
+        &["--model distilbert-base-cased", "--train"],
+    );
+    refused(
+        train,
+        &with(&["summarize", "--eval-limit", "0"]),
+        &["--eval-limit"],
+    );
+    let dir = tmp("refusals");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // A JSON Lines file with no rows, and a pretty-printed object that is no dataset.
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "\n").expect("write");
+    refused(
+        train,
+        &with(&[
+            "summarize",
+            "--model",
+            "scratch",
+            "--train",
+            p(&empty),
+            "--eval",
+            p(&empty),
+        ]),
+        &[p(&empty), "no rows", "--source"],
+    );
+    let obj = dir.join("obj.json");
+    std::fs::write(&obj, "{\n  \"rows\": []\n}\n").expect("write");
+    refused(
+        train,
+        &with(&[
+            "summarize",
+            "--model",
+            "scratch",
+            "--train",
+            p(&obj),
+            "--eval",
+            p(&obj),
+        ]),
+        &[p(&obj), "JSON Lines", "rows"],
+    );
+    refused(
+        env!("CARGO_BIN_EXE_bench"),
+        &["--model", "distilbert", "--device", "cpu"],
+        &[
+            "--model distilbert",
+            "distilbert-qa, t5-small or a model directory",
+        ],
+    );
+    // Extra BLEU references must pair up with the hypotheses, and the error names the file.
+    let (hyp, r1, r2) = (dir.join("hyp"), dir.join("r1"), dir.join("r2"));
+    std::fs::write(&hyp, "a b c\nd e f\n").expect("write");
+    std::fs::write(&r1, "a b c\nd e f\n").expect("write");
+    std::fs::write(&r2, "a b c\n").expect("write");
+    refused(
+        env!("CARGO_BIN_EXE_eval"),
+        &["bleu", p(&r1), p(&hyp), "--extra-references", p(&r2)],
+        &[p(&r2), "1 lines", "2"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SQuAD v2.0 data without --version-2-with-negative fails at once, naming the file and
+/// the flag (before, the whole eval set was predicted first and the v1 metric then
+/// failed on a question with no answer).
+#[test]
+fn squad_v2_data_needs_its_flag() {
+    let Some(assets) = common::assets() else {
+        return;
+    };
+    let data = assets.join("qa/hf-fixture-dev-v2.0.json");
+    let model = assets.join("models/all-minilm-l6-v2");
+    refused(
+        env!("CARGO_BIN_EXE_train"),
+        &[
+            "qa",
+            "--model",
+            p(&model),
+            "--train",
+            p(&data),
+            "--eval",
+            p(&data),
+            "--device",
+            "cpu",
+        ],
+        &[p(&data), "--version-2-with-negative", "no answer"],
+    );
 }

@@ -116,10 +116,15 @@ fn run(cli: Cli) -> Result<()> {
                         na_probs,
                         na_prob_thresh,
                     };
-                    print!(
-                        "{}",
-                        squad::evaluate_v2(&gold.questions, &preds, &opts)?.official_stdout()
-                    );
+                    let r =
+                        squad::evaluate_v2(&gold.questions, &preds, &opts).with_context(|| {
+                            format!(
+                                "scoring {} against {}",
+                                predictions.display(),
+                                data.display()
+                            )
+                        })?;
+                    print!("{}", r.official_stdout());
                 }
             }
         }
@@ -153,7 +158,17 @@ fn run(cli: Cli) -> Result<()> {
             let (refs, hyps) = paired(&references, &hypotheses)?;
             let mut streams = vec![refs];
             for p in &extra_references {
-                streams.push(read_lines(p)?);
+                let lines = read_lines(p)?;
+                if lines.len() != hyps.len() {
+                    bail!(
+                        "{} has {} lines but {} has {}; every reference file must pair up with the hypotheses line by line",
+                        p.display(),
+                        lines.len(),
+                        hypotheses.display(),
+                        hyps.len()
+                    );
+                }
+                streams.push(lines);
             }
             let opts = bleu::BleuOptions {
                 lowercase,

@@ -176,14 +176,56 @@ impl RunArgs {
         Ok(plan)
     }
 
-    fn train_config(&self, d: RunDefaults, out: PathBuf, fp16: bool) -> TrainConfig {
-        TrainConfig {
+    /// Refuse flags no task default can make right, before any data is read.
+    fn check_flags(&self) -> Result<()> {
+        if self.batch == Some(0) || self.grad_accum == Some(0) {
+            bail!("--batch and --grad-accum must be at least 1");
+        }
+        if let (Some(b), Some(g)) = (self.batch, self.grad_accum) {
+            if !b.is_multiple_of(g) {
+                bail!("--batch {b} does not split into --grad-accum {g} equal micro-batches");
+            }
+        }
+        if self.epochs == Some(0) || self.max_steps == Some(0) {
+            bail!("--epochs and --max-steps must be at least 1");
+        }
+        if let Some(lr) = self.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            bail!("--lr must be a positive number, got {lr}");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "--weight-decay must be 0 or more, got {}",
+                self.weight_decay
+            );
+        }
+        if let Some(w) = self.warmup_ratio.filter(|w| !(0.0..=1.0).contains(w)) {
+            bail!("--warmup-ratio must be in [0, 1], got {w}");
+        }
+        Ok(())
+    }
+
+    /// The run's settings: the flags (checked by `check_flags`) over the task's defaults,
+    /// with a batch that splits evenly into the micro-batches.
+    fn train_config(&self, d: RunDefaults, out: PathBuf, fp16: bool) -> Result<TrainConfig> {
+        let batch = self.batch.unwrap_or(d.batch).max(1);
+        let grad_accum = match self.grad_accum {
+            Some(g) if !batch.is_multiple_of(g) => {
+                bail!("--batch {batch} does not split into --grad-accum {g} equal micro-batches")
+            }
+            Some(g) => g,
+            // The task's default split where it divides the batch, else the largest
+            // split that does (both keep the batch the user asked for).
+            None => gcd(batch, d.grad_accum.max(1)),
+        };
+        let lr = self.lr.unwrap_or(d.lr);
+        let warmup_ratio = self.warmup_ratio.unwrap_or(d.warmup_ratio);
+        Ok(TrainConfig {
             epochs: self.epochs.unwrap_or(d.epochs),
-            batch: self.batch.unwrap_or(d.batch),
-            grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
-            lr: self.lr.unwrap_or(d.lr),
+            batch,
+            grad_accum,
+            lr,
             weight_decay: self.weight_decay,
-            warmup_ratio: self.warmup_ratio.unwrap_or(d.warmup_ratio),
+            warmup_ratio,
             max_grad_norm: Some(1.0),
             seed: self.seed,
             out_dir: out,
@@ -192,7 +234,15 @@ impl RunArgs {
             max_steps: self.max_steps,
             quiet: self.quiet,
             memory_plan: None,
-        }
+        })
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -381,7 +431,13 @@ fn set_model_max_length(dir: &std::path::Path, n: usize) -> Result<()> {
 }
 
 fn load_qa_file(path: &std::path::Path, skip_bad: bool) -> Result<Vec<QaExample>> {
-    let load = load_squad(path, SquadOptions { skip_bad })?;
+    let load = load_squad(
+        path,
+        SquadOptions {
+            skip_bad,
+            ..Default::default()
+        },
+    )?;
     if !load.skipped.is_empty() {
         eprintln!(
             "{}: skipped {} questions whose answer does not match the context (first: {} — {})",
@@ -398,6 +454,10 @@ fn load_qa_file(path: &std::path::Path, skip_bad: bool) -> Result<Vec<QaExample>
 }
 
 fn qa(a: QaArgs) -> Result<()> {
+    a.run.check_flags()?;
+    if a.n_best == 0 || a.max_answer_length == 0 {
+        bail!("--n-best and --max-answer-length must be at least 1");
+    }
     let (device, dtype, fp16) = a.run.device_dtype()?;
     let builtin = a.train.is_none();
     let out = a
@@ -422,6 +482,24 @@ fn qa(a: QaArgs) -> Result<()> {
         }
         if a.version_2_with_negative {
             bail!("--version-2-with-negative needs --train/--eval files (the built-in task is SQuAD v1.1)");
+        }
+        if let Some(m) = &a.model {
+            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small DistilBERT from scratch)");
+        }
+        if a.contexts == Some(0) {
+            bail!("--contexts must be at least 1");
+        }
+        match (a.dim, a.heads) {
+            (Some(0), _) => bail!("--dim must be at least 1"),
+            (_, Some(0)) => bail!("--heads must be at least 1"),
+            (d, Some(h)) if !d.unwrap_or(b.dim).is_multiple_of(h) => bail!(
+                "--heads {h} must divide the model width (--dim {})",
+                d.unwrap_or(b.dim)
+            ),
+            _ => {}
+        }
+        if a.layers == Some(0) {
+            bail!("--layers must be at least 1");
         }
         let data = out.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -494,6 +572,16 @@ fn qa(a: QaArgs) -> Result<()> {
             eval_rows,
         )
     } else {
+        for (set, flag) in [
+            (a.contexts.is_some(), "--contexts"),
+            (a.dim.is_some(), "--dim"),
+            (a.layers.is_some(), "--layers"),
+            (a.heads.is_some(), "--heads"),
+        ] {
+            if set {
+                bail!("{flag} is for the built-in task only; with --train the model comes from --model");
+            }
+        }
         let spec = a
             .model
             .clone()
@@ -506,6 +594,25 @@ fn qa(a: QaArgs) -> Result<()> {
             .context("--eval FILE is needed with --train (EM/F1 after each epoch)")?;
         let train_rows = load_qa_file(train_path, a.skip_bad_answers)?;
         let eval_rows = load_qa_file(eval_path, a.skip_bad_answers)?;
+        if !a.version_2_with_negative {
+            let unanswerable =
+                |rows: &[QaExample]| rows.iter().filter(|e| e.answers.is_empty()).count();
+            let n = unanswerable(&eval_rows);
+            if n > 0 {
+                bail!(
+                    "{}: {n} of {} questions have no answer (SQuAD v2.0 data); pass --version-2-with-negative to train and score with unanswerable questions",
+                    eval_path.display(),
+                    eval_rows.len()
+                );
+            }
+            let n = unanswerable(&train_rows);
+            if n > 0 {
+                eprintln!(
+                    "{}: {n} questions have no answer; they train toward the [CLS] span, as run_qa.py does, but without --version-2-with-negative the model is never asked to answer \"\"",
+                    train_path.display()
+                );
+            }
+        }
         (
             ModelSpec::from_dir(&dir)?,
             load_qa_model(&dir, device, dtype, a.run.seed)?,
@@ -540,7 +647,7 @@ fn qa(a: QaArgs) -> Result<()> {
         },
         out.clone(),
         fp16,
-    );
+    )?;
     let plan = a
         .run
         .memory_plan(&spec, &mut cfg, (task.longest_train_window(), 0), device)?;
@@ -557,6 +664,13 @@ fn qa(a: QaArgs) -> Result<()> {
 }
 
 fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
+    a.run.check_flags()?;
+    if a.max_source_length == 0 || a.max_target_length == 0 {
+        bail!("--max-source-length and --max-target-length must be at least 1");
+    }
+    if a.eval_limit == Some(0) {
+        bail!("--eval-limit must be at least 1 (the metrics need rows to score)");
+    }
     let (device, dtype, fp16) = a.run.device_dtype()?;
     let task_name = match kind {
         Seq2SeqKind::Summarize => "summarize",
@@ -573,6 +687,9 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     let (train_rows, mut eval_rows) = if builtin {
         if a.eval.is_some() {
             bail!("--eval without --train: give both, or neither for the built-in task");
+        }
+        if let Some(m) = a.model.as_deref().filter(|m| *m != "scratch") {
+            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small T5 from scratch)");
         }
         let (n_train, n_eval) = match kind {
             Seq2SeqKind::Summarize => (3000, 100),
@@ -597,10 +714,19 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             .eval
             .as_ref()
             .context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
-        (
-            load_seq2seq(train_path, &opts)?,
-            load_seq2seq(eval_path, &opts)?,
-        )
+        let load = |path: &PathBuf| -> Result<_> {
+            let rows = load_seq2seq(path, &opts)?;
+            if rows.is_empty() {
+                bail!(
+                    "{}: no rows (expected records with the fields --source {:?} and --target {:?})",
+                    path.display(),
+                    a.source,
+                    a.target
+                );
+            }
+            Ok(rows)
+        };
+        (load(train_path)?, load(eval_path)?)
     };
     // From scratch: the built-in task, or `--model scratch` on the user's files.
     let scratch = builtin || a.model.as_deref() == Some("scratch");
@@ -662,7 +788,7 @@ fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         },
         out.clone(),
         fp16,
-    );
+    )?;
     let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
     let lengths = task.longest_train_lengths();
     let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;

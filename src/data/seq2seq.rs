@@ -124,6 +124,16 @@ pub fn parse_json_rows(
                 .map(|(i, r)| pair(r, opts, &format!("{source}: row {i}")))
                 .collect();
         }
+        // One object over several lines is neither JSON Lines nor a dataset.
+        if let Value::Object(o) = &v {
+            if text.lines().filter(|l| !l.trim().is_empty()).count() > 1 {
+                let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+                return Err(Error::msg(format!(
+                    "{source}: expected a JSON array of rows, {{\"data\": [...]}} or JSON Lines \
+                     (one object per line); found one object with the keys {keys:?}"
+                )));
+            }
+        }
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

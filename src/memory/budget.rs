@@ -112,10 +112,17 @@ impl ModelSpec {
             .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
         let bad = |e: serde_json::Error| Error::msg(format!("{}: {e}", path.display()));
         match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("distilbert") => Ok(ModelSpec::distilbert(
-                &serde_json::from_value(v).map_err(bad)?,
-            )),
-            Some("bert") => Ok(ModelSpec::bert(&serde_json::from_value(v).map_err(bad)?)),
+            Some("distilbert") => {
+                let c: crate::models::distilbert::DistilBertConfig =
+                    serde_json::from_value(v).map_err(bad)?;
+                c.validate(&path)?;
+                Ok(ModelSpec::distilbert(&c))
+            }
+            Some("bert") => {
+                let c: crate::models::bert::BertConfig = serde_json::from_value(v).map_err(bad)?;
+                c.validate(&path)?;
+                Ok(ModelSpec::bert(&c))
+            }
             Some("t5") => {
                 let c =
                     crate::models::t5::T5Config::from_json_str(&text, &path.display().to_string())?;

@@ -163,7 +163,7 @@ impl QaPreprocessor {
         if q.len() + ctx.len() + self.added > self.cfg.max_length && budget <= self.cfg.stride {
             return Err(Error::msg(format!(
                 "example {:?}: the question has {} tokens, leaving {budget} context tokens per \
-                 window of {}, not more than the stride {} (shorten the question or raise max_length)",
+                 window of {}, not more than the stride {} (shorten the question, raise --max-length or lower --stride)",
                 ex.id,
                 q.len(),
                 self.cfg.max_length,

@@ -58,6 +58,12 @@ pub fn attention_impl() -> AttnImpl {
         _ => *ENV.get_or_init(|| match std::env::var("FUSEBOX_ATTN").as_deref() {
             Ok("naive") => AttnImpl::Naive,
             Ok("fused") => AttnImpl::Fused,
+            Ok(other) if !other.is_empty() && other != "auto" => {
+                eprintln!(
+                    "fusebox: FUSEBOX_ATTN={other:?} is not auto, naive or fused; using auto"
+                );
+                AttnImpl::Auto
+            }
             _ => AttnImpl::Auto,
         }),
     }

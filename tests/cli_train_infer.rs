@@ -320,36 +320,23 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
     let dir = tmp("refusals");
     std::fs::create_dir_all(&dir).expect("mkdir");
     // A JSON Lines file with no rows, and a pretty-printed object that is no dataset.
-    let empty = dir.join("empty.jsonl");
-    std::fs::write(&empty, "\n").expect("write");
-    refused(
-        train,
-        &with(&[
+    for (name, body, says) in [
+        ("empty.jsonl", "\n", ["no rows", "--source"]),
+        ("obj.json", "{\n  \"rows\": []\n}\n", ["JSON Lines", "rows"]),
+    ] {
+        let f = dir.join(name);
+        std::fs::write(&f, body).expect("write");
+        let args = [
             "summarize",
             "--model",
             "scratch",
             "--train",
-            p(&empty),
+            p(&f),
             "--eval",
-            p(&empty),
-        ]),
-        &[p(&empty), "no rows", "--source"],
-    );
-    let obj = dir.join("obj.json");
-    std::fs::write(&obj, "{\n  \"rows\": []\n}\n").expect("write");
-    refused(
-        train,
-        &with(&[
-            "summarize",
-            "--model",
-            "scratch",
-            "--train",
-            p(&obj),
-            "--eval",
-            p(&obj),
-        ]),
-        &[p(&obj), "JSON Lines", "rows"],
-    );
+            p(&f),
+        ];
+        refused(train, &with(&args), &[p(&f), says[0], says[1]]);
+    }
     refused(
         env!("CARGO_BIN_EXE_bench"),
         &["--model", "distilbert", "--device", "cpu"],

@@ -533,10 +533,19 @@ pub fn gpu_memory(name: &str) -> Result<usize> {
     }
 }
 
-/// Device memory in use as NVML reports it (whole device, every process), or None
-/// where there is no NVML (no driver, CPU machines).
+/// Device memory in use on `cuda:ordinal` as NVML reports it (whole device, every
+/// process), or None where there is no NVML (no driver, CPU machines). The device is
+/// found by its PCI address, since NVML's indices ignore CUDA_VISIBLE_DEVICES; by index
+/// only where NVML sees a single GPU, so the figure can never be another card's.
 pub fn nvml_used_bytes(ordinal: usize) -> Option<u64> {
     let nvml = nvml_wrapper::Nvml::init().ok()?;
-    let dev = nvml.device_by_index(ordinal as u32).ok()?;
+    let by_address = crate::backend::cuda::pci_bus_id(ordinal)
+        .ok()
+        .and_then(|id| nvml.device_by_pci_bus_id(id).ok());
+    let dev = match by_address {
+        Some(d) => d,
+        None if nvml.device_count().ok()? == 1 => nvml.device_by_index(0).ok()?,
+        None => return None,
+    };
     dev.memory_info().ok().map(|m| m.used)
 }

@@ -176,6 +176,24 @@ fn allocator_counts_bytes() {
     );
 }
 
+/// NVML finds cuda:0 by its PCI address (NVML indices ignore CUDA_VISIBLE_DEVICES), and
+/// what it reports in use covers at least what this process's allocator holds.
+#[test]
+fn nvml_finds_the_cuda_device() {
+    let Some(_rng) = setup("nvml_finds_the_cuda_device") else {
+        return;
+    };
+    let t = Instant::now();
+    let id = ok(cuda::pci_bus_id(0));
+    let a = up(&CpuStorage::from_f32(vec![1.0; 1 << 20]));
+    let held = ok(cuda::mem_stats(0)).reserved;
+    let used = fusebox::memory::budget::nvml_used_bytes(0);
+    drop(a);
+    let pass = used.is_some_and(|u| u as usize >= held);
+    gpucheck("nvml_by_pci_address", &[1], DType::F32, 0.0, pass, t);
+    assert!(pass, "PCI {id}: NVML used {used:?}, allocator holds {held}");
+}
+
 /// The run-time compile path (no nvcc at build time) must build every kernel file. Needs
 /// only libnvrtc, not a GPU, so it also runs on CI machines with the NVRTC wheel.
 #[test]

@@ -154,6 +154,19 @@ pub fn mem_info(ordinal: usize) -> Result<(usize, usize)> {
     cu(context::device(ordinal)?.ctx.mem_get_info(), "cuMemGetInfo")
 }
 
+/// The PCI address of `cuda:ordinal` as NVML takes it (`domain:bus:device.function`,
+/// hex). CUDA ordinals follow CUDA_VISIBLE_DEVICES and NVML indices do not, so NVML is
+/// asked by address.
+pub fn pci_bus_id(ordinal: usize) -> Result<String> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let ctx = &context::device(ordinal)?.ctx;
+    let part = |a| cu(ctx.attribute(a), "cuDeviceGetAttribute (PCI)");
+    let domain = part(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?;
+    let bus = part(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)?;
+    let dev = part(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)?;
+    Ok(format!("{domain:08X}:{bus:02X}:{dev:02X}.0"))
+}
+
 /// A device buffer.
 pub struct CudaStorage {
     dev: Arc<Dev>,

@@ -14,7 +14,7 @@
 //!   read the relation; sentences shuffled, questions paraphrased several ways.
 //!   (Several people per context — binding a question to the right person among 2–4 —
 //!   plateaued at EM ~40 here, and in PyTorch + transformers alike: see QA_BUILTIN in
-//!   src/bin/train.rs.)
+//!   src/bin/train/qa.rs.)
 //! - Summarize: a paragraph of event sentences with distractors; the target is the one
 //!   sentence about the winner, rewritten as a headline.
 //! - Translate: English → a made-up language with its own lexicon, subject–object–verb

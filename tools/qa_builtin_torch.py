@@ -4,7 +4,7 @@
 # wd 0.01, 10% warmup then linear decay, clip 1.0, batch 16). Written to tell whether a
 # plateau of the built-in task is ours or the recipe's: on the first design (2-4 people
 # per context, the data of commit f7ca493's `train qa`) it reached EM 42.0 after 3 epochs
-# where fusebox reached 40.75 (see QA_BUILTIN in src/bin/train.rs).
+# where fusebox reached 40.75 (see QA_BUILTIN in src/bin/train/qa.rs).
 # Usage: python tools/qa_builtin_torch.py OUT EPOCHS
 # with env LR, LAYERS, HEADS, DIM, INIT, B, WARM to vary the recipe. CPU, one thread.
 # One window of up to 192 tokens per question (the generated contexts fit), where `train qa`

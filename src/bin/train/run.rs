@@ -1,0 +1,207 @@
+//! The settings every `train` task shares (`RunArgs`): their checks, the task defaults
+//! they override, and the memory plan they ask for.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+
+use fusebox::memory::budget::{self, ModelSpec, Plan, Target, Workload};
+use fusebox::train::TrainConfig;
+use fusebox::{DType, Device};
+
+use crate::Precision;
+
+/// Settings every task shares (HF TrainingArguments names where they exist). Unset
+/// optional values take the task's defaults: the seed recipe's when fine-tuning, larger
+/// steps when training a small model from scratch.
+#[derive(ClapArgs, Debug)]
+pub(crate) struct RunArgs {
+    /// Passes over the training data.
+    #[arg(long)]
+    pub(crate) epochs: Option<usize>,
+    /// Effective batch per optimizer step.
+    #[arg(long)]
+    pub(crate) batch: Option<usize>,
+    /// Micro-batches per optimizer step (--batch is split into this many).
+    #[arg(long)]
+    pub(crate) grad_accum: Option<usize>,
+    /// Peak learning rate of AdamW (linear warmup, then linear decay to 0).
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// AdamW weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) weight_decay: f64,
+    /// Fraction of the optimizer steps spent warming the learning rate up.
+    #[arg(long)]
+    pub(crate) warmup_ratio: Option<f64>,
+    /// Seeds initialisation, shuffling and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Output directory: checkpoint (HF layout), metrics.jsonl, curves.svg.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: String,
+    /// fp16: fp16 weights and activations with fp32 master weights and dynamic loss
+    /// scaling (CUDA only).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub(crate) precision: Precision,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub(crate) max_steps: Option<usize>,
+    /// No progress bar (the metrics still go to metrics.jsonl).
+    #[arg(long)]
+    pub(crate) quiet: bool,
+    #[command(flatten)]
+    pub(crate) mem: budget::MemoryArgs,
+}
+
+/// A task's defaults for the optional [`RunArgs`].
+pub(crate) struct RunDefaults {
+    pub(crate) epochs: usize,
+    pub(crate) batch: usize,
+    pub(crate) grad_accum: usize,
+    pub(crate) lr: f64,
+    pub(crate) warmup_ratio: f64,
+}
+
+impl RunArgs {
+    /// The resolved device, the parameter dtype, and whether training is fp16.
+    pub(crate) fn device_dtype(&self) -> Result<(Device, DType, bool)> {
+        let device = Device::parse(&self.device)?.resolve();
+        let fp16 = self.precision == Precision::Fp16;
+        if fp16 && !device.is_cuda() {
+            if self.mem.plan {
+                // Only the plan is wanted: build the model in f32 here, plan for fp16.
+                return Ok((device, DType::F32, true));
+            }
+            bail!(
+                "--precision fp16 needs a CUDA device; got --device {}",
+                self.device
+            );
+        }
+        Ok((device, if fp16 { DType::F16 } else { DType::F32 }, fp16))
+    }
+
+    /// The memory plan for `spec` at lengths `seq` (→ `tgt` for T5), fitted to
+    /// --vram-budget / --gpu when given (which rewrites the batch split in `cfg`).
+    /// Plans for the longest batch the training data makes (dynamic padding).
+    pub(crate) fn memory_plan(
+        &self,
+        spec: &ModelSpec,
+        cfg: &mut TrainConfig,
+        (seq, tgt): (usize, usize),
+        device: Device,
+    ) -> Result<Plan> {
+        let dtype = match self.precision {
+            Precision::Fp16 => DType::F16,
+            Precision::Fp32 => DType::F32,
+        };
+        let budget = self.mem.budget()?;
+        let accum = cfg.grad_accum.max(1);
+        let base = Workload {
+            micro_batch: (cfg.batch / accum).max(1),
+            grad_accum: accum,
+            seq_len: seq,
+            tgt_len: tgt,
+            dtype,
+            checkpointing: self.mem.checkpointing,
+            infer: false,
+            // fp16 training and a named card both mean CUDA, even when only planning here.
+            target: if device.is_cuda() || self.mem.gpu.is_some() || dtype == DType::F16 {
+                Target::Cuda
+            } else {
+                Target::Cpu
+            },
+        };
+        let plan = budget::plan_or_fit(spec, budget, cfg.batch, &base)?;
+        if budget.is_some() {
+            cfg.grad_accum = plan.work.grad_accum;
+            cfg.batch = plan.work.micro_batch * plan.work.grad_accum;
+            if !self.mem.plan {
+                eprint!("{}", plan.table());
+            }
+        }
+        if self.mem.plan {
+            print!("{}", plan.table());
+        }
+        cfg.memory_plan = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Refuse flags no task default can make right, before any data is read.
+    pub(crate) fn check_flags(&self) -> Result<()> {
+        if self.batch == Some(0) || self.grad_accum == Some(0) {
+            bail!("--batch and --grad-accum must be at least 1");
+        }
+        if let (Some(b), Some(g)) = (self.batch, self.grad_accum) {
+            if !b.is_multiple_of(g) {
+                bail!("--batch {b} does not split into --grad-accum {g} equal micro-batches");
+            }
+        }
+        if self.epochs == Some(0) || self.max_steps == Some(0) {
+            bail!("--epochs and --max-steps must be at least 1");
+        }
+        if let Some(lr) = self.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            bail!("--lr must be a positive number, got {lr}");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "--weight-decay must be 0 or more, got {}",
+                self.weight_decay
+            );
+        }
+        if let Some(w) = self.warmup_ratio.filter(|w| !(0.0..=1.0).contains(w)) {
+            bail!("--warmup-ratio must be in [0, 1], got {w}");
+        }
+        Ok(())
+    }
+
+    /// The run's settings: the flags (checked by `check_flags`) over the task's defaults,
+    /// with a batch that splits evenly into the micro-batches.
+    pub(crate) fn train_config(
+        &self,
+        d: RunDefaults,
+        out: PathBuf,
+        fp16: bool,
+    ) -> Result<TrainConfig> {
+        let batch = self.batch.unwrap_or(d.batch).max(1);
+        let grad_accum = match self.grad_accum {
+            Some(g) if !batch.is_multiple_of(g) => {
+                bail!("--batch {batch} does not split into --grad-accum {g} equal micro-batches")
+            }
+            Some(g) => g,
+            // The task's default split where it divides the batch, else the largest
+            // split that does (both keep the batch the user asked for).
+            None => gcd(batch, d.grad_accum.max(1)),
+        };
+        let lr = self.lr.unwrap_or(d.lr);
+        let warmup_ratio = self.warmup_ratio.unwrap_or(d.warmup_ratio);
+        Ok(TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch,
+            grad_accum,
+            lr,
+            weight_decay: self.weight_decay,
+            warmup_ratio,
+            max_grad_norm: Some(1.0),
+            seed: self.seed,
+            out_dir: out,
+            loss_scaling: fp16,
+            log_every: 10,
+            max_steps: self.max_steps,
+            quiet: self.quiet,
+            memory_plan: None,
+        })
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}

@@ -1,0 +1,199 @@
+//! `train summarize` / `train translate`: T5 on source/target files, or, with none, the
+//! built-in generated task from scratch (a word-level tokenizer and a small T5).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+
+use fusebox::data::seq2seq::{load_seq2seq, Seq2SeqOptions};
+use fusebox::hub;
+use fusebox::memory::budget::ModelSpec;
+use fusebox::models::t5::T5ForConditionalGeneration;
+use fusebox::tasks::generate::GenerateConfig;
+use fusebox::tasks::seq2seq_default;
+use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
+use fusebox::tokenizer_train;
+
+use crate::evaluate_train_report;
+use crate::run::{RunArgs, RunDefaults};
+
+#[derive(ClapArgs, Debug)]
+pub(crate) struct Seq2SeqArgs {
+    /// Model directory, HF cache entry or hub id (default t5-small), or `scratch`: a small
+    /// T5 and a word-level tokenizer trained on --train (the built-in task always is).
+    #[arg(long)]
+    model: Option<String>,
+    /// Training file (.jsonl/.json/.csv/.tsv/.story or a directory of stories). Without
+    /// it, the built-in generated task is trained from scratch.
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Evaluation file in the same format, needed with --train (ROUGE or BLEU after each
+    /// epoch).
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Source field (dotted JSON path or CSV column), e.g. document, translation.en, english.
+    #[arg(long, default_value = "source")]
+    source: String,
+    /// Target field, as --source.
+    #[arg(long, default_value = "target")]
+    target: String,
+    /// Task prefix; default "summarize: " or "translate English to Romanian: "-style,
+    /// per task.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Source tokens kept (longer inputs are truncated).
+    #[arg(long, default_value_t = 512)]
+    max_source_length: usize,
+    /// Target tokens kept for training (labels past it are truncated).
+    #[arg(long, default_value_t = 128)]
+    max_target_length: usize,
+    /// Beams in evaluation generation (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    num_beams: usize,
+    /// Tokens generated per evaluation row at most (default: --max-target-length; 24 for
+    /// the built-in task).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Evaluate on at most this many rows (generation is the slow part).
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
+    a.run.check_flags()?;
+    if a.max_source_length == 0 || a.max_target_length == 0 {
+        bail!("--max-source-length and --max-target-length must be at least 1");
+    }
+    if a.eval_limit == Some(0) {
+        bail!("--eval-limit must be at least 1 (the metrics need rows to score)");
+    }
+    let (device, dtype, fp16) = a.run.device_dtype()?;
+    let task_name = match kind {
+        Seq2SeqKind::Summarize => "summarize",
+        Seq2SeqKind::Translate => "translate",
+    };
+    let builtin = a.train.is_none();
+    let out = a.run.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "out/{task_name}{}",
+            if builtin { "-default" } else { "" }
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let (train_rows, mut eval_rows) = if builtin {
+        if a.eval.is_some() {
+            bail!("--eval without --train: give both, or neither for the built-in task");
+        }
+        if let Some(m) = a.model.as_deref().filter(|m| *m != "scratch") {
+            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small T5 from scratch)");
+        }
+        let (n_train, n_eval) = match kind {
+            Seq2SeqKind::Summarize => (3000, 100),
+            Seq2SeqKind::Translate => (4000, 200),
+        };
+        let rows = seq2seq_default::dataset(kind, a.run.seed, n_train, n_eval, &out)?;
+        eprintln!(
+            "built-in {task_name} task: {} train / {} held-out rows written to {}",
+            rows.0.len(),
+            rows.1.len(),
+            out.join("data").display()
+        );
+        rows
+    } else {
+        let prefix = a.prefix.clone().unwrap_or_else(|| match kind {
+            Seq2SeqKind::Summarize => "summarize: ".to_string(),
+            Seq2SeqKind::Translate => String::new(),
+        });
+        let opts = Seq2SeqOptions::new(&a.source, &a.target).with_prefix(&prefix);
+        let train_path = a.train.as_ref().context("--train")?;
+        let eval_path = a
+            .eval
+            .as_ref()
+            .context("--eval FILE is needed with --train (generation metrics after each epoch)")?;
+        let load = |path: &PathBuf| -> Result<_> {
+            let rows = load_seq2seq(path, &opts)?;
+            if rows.is_empty() {
+                bail!(
+                    "{}: no rows (expected records with the fields --source {:?} and --target {:?})",
+                    path.display(),
+                    a.source,
+                    a.target
+                );
+            }
+            Ok(rows)
+        };
+        (load(train_path)?, load(eval_path)?)
+    };
+    // From scratch: the built-in task, or `--model scratch` on the user's files.
+    let scratch = builtin || a.model.as_deref() == Some("scratch");
+    let (model, tok_dir) = if scratch {
+        let tok_dir = out.join("tokenizer");
+        let texts: Vec<String> = train_rows
+            .iter()
+            .flat_map(|r| [r.source.clone(), r.target.clone()])
+            .collect();
+        tokenizer_train::train_wordlevel_t5(&texts, 16000, &tok_dir)?;
+        let vocab = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_dir.display()))?
+            .get_vocab_size(true);
+        let cfg = seq2seq_default::small_config(vocab);
+        eprintln!(
+            "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, T5 d_model {} with {}+{} layers",
+            cfg.d_model,
+            cfg.num_layers,
+            cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
+        );
+        (
+            T5ForConditionalGeneration::new_random(cfg, device, dtype, a.run.seed)?,
+            tok_dir,
+        )
+    } else {
+        let spec = a.model.clone().unwrap_or_else(|| "t5-small".to_string());
+        let dir = hub::resolve_model(&spec)?;
+        (T5ForConditionalGeneration::load(&dir, device, dtype)?, dir)
+    };
+    if let Some(n) = a.eval_limit {
+        eval_rows.truncate(n);
+    }
+    let mut gen = GenerateConfig::for_model(&model.config);
+    gen.num_beams = a.num_beams;
+    gen.max_new_tokens =
+        Some(
+            a.max_new_tokens
+                .unwrap_or(if builtin { 24 } else { a.max_target_length }),
+        );
+    let mut task = Seq2SeqTask::new(
+        model,
+        &tok_dir,
+        &train_rows,
+        eval_rows,
+        kind,
+        gen,
+        a.max_source_length,
+        a.max_target_length,
+        device,
+    )?;
+    // Defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
+    let mut cfg = a.run.train_config(
+        RunDefaults {
+            epochs: if scratch { 8 } else { 3 },
+            batch: if scratch { 32 } else { 8 },
+            grad_accum: if scratch { 1 } else { 4 },
+            lr: if scratch { 2e-3 } else { 3e-5 },
+            warmup_ratio: if scratch { 0.05 } else { 0.0 },
+        },
+        out.clone(),
+        fp16,
+    )?;
+    let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
+    let lengths = task.longest_train_lengths();
+    let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
+    if a.run.mem.plan {
+        return Ok(());
+    }
+    task.model.set_checkpointing(plan.work.checkpointing);
+    evaluate_train_report(&mut task, &cfg)
+}

@@ -353,7 +353,7 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
     refused(
         env!("CARGO_BIN_EXE_eval"),
         &["bleu", p(&r1), p(&hyp), "--extra-references", p(&r2)],
-        &[p(&r2), "1 lines", "2"],
+        &[p(&r2), "has 1 lines", "has 2"],
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -383,4 +383,19 @@ fn squad_v2_data_needs_its_flag() {
         ],
         &[p(&data), "--version-2-with-negative", "no answer"],
     );
+}
+
+/// A refused run writes nothing: the output directory is created only after every
+/// input check.
+#[test]
+fn a_refused_run_leaves_no_output_directory() {
+    let dir = tmp("no-out");
+    for args in [
+        vec!["qa", "--model", "x", "--out", p(&dir)],
+        vec!["translate", "--model", "x", "--out", p(&dir)],
+        vec!["qa", "--heads", "3", "--out", p(&dir)],
+    ] {
+        refused(env!("CARGO_BIN_EXE_train"), &args, &["--"]);
+        assert!(!dir.exists(), "{args:?} created {}", dir.display());
+    }
 }

@@ -160,6 +160,10 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
     assert_eq!(ids, ["good", "bad", "past-end", "huge"]);
     let answers: Vec<usize> = keep.examples.iter().map(|e| e.answers.len()).collect();
     assert_eq!(answers, [1, 0, 0, 0]);
+    assert!(
+        keep.examples.iter().all(|e| !e.is_impossible),
+        "answerable questions stay answerable when their answer is dropped"
+    );
     assert_eq!(keep.skipped.len(), 3);
 }
 

@@ -22,6 +22,7 @@ for f in "$DATA" "$MODEL/config.json"; do
     [ -e "$f" ] || { echo "real_qa: $f not found (set FUSEBOX_ASSETS)" >&2; exit 2; }
 done
 mkdir -p "$OUT/data"
+OUT="$(cd "$OUT" && pwd)"  # the binaries run from the repository root
 python3 - "$DATA" "$OUT/data" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -33,7 +34,7 @@ print(f"real_qa: {sum(len(p['qas']) for a in arts[:340] for p in a['paragraphs']
 PY
 cd "$ROOT"
 cargo build --release --bins
-BIN=target/release
+BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release"
 time "$BIN/train" qa --model "$MODEL" --train "$OUT/data/train.json" --eval "$OUT/data/eval.json" \
     --epochs 3 --batch 16 --lr 1e-4 --warmup-ratio 0.1 --out "$OUT/model" "$@"
 "$BIN/infer" qa --model "$OUT/model" --file "$OUT/data/eval.json" --out "$OUT/predictions.json"

@@ -151,6 +151,7 @@ impl Builder<'_> {
         raw: Vec<(String, usize)>,
         impossible: Option<bool>,
     ) -> Result<()> {
+        let given = raw.len();
         let mut answers = Vec::with_capacity(raw.len());
         for (i, (text, start)) in raw.into_iter().enumerate() {
             match locate(context, starts, &text, start) {
@@ -179,7 +180,9 @@ impl Builder<'_> {
                 }
             }
         }
-        let is_impossible = impossible.unwrap_or(answers.is_empty());
+        // From the file's answers, not the ones kept: a question whose only answer was
+        // dropped (keep_questions) is still an answerable one.
+        let is_impossible = impossible.unwrap_or(given == 0);
         self.out.push(QaExample {
             id,
             title,

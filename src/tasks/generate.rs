@@ -313,8 +313,11 @@ fn greedy(
     })
 }
 
-/// Index of the first maximum (torch.argmax's tie rule).
+/// Index of the first maximum (torch.argmax's tie rule; a NaN counts as the maximum).
 fn argmax_first(x: &[f32]) -> usize {
+    if let Some(i) = x.iter().position(|v| v.is_nan()) {
+        return i;
+    }
     let mut best = 0;
     for (i, &s) in x.iter().enumerate() {
         if s > x[best] {
@@ -330,11 +333,11 @@ fn topk(scores: &[f32], k: usize) -> Vec<usize> {
     let k = k.min(idx.len());
     let cmp = |a: &usize, b: &usize| {
         // total_cmp: a total order even with NaN scores (fp16 overflow), which sort_by
-        // needs; NaN ranks above +inf, as in torch.topk. `+ 0.0` makes -0 equal to +0,
-        // so that tie still goes to the lower index.
-        (scores[*b] + 0.0)
-            .total_cmp(&(scores[*a] + 0.0))
-            .then(a.cmp(b))
+        // needs. Every NaN ranks above +inf, as in torch.topk (x86 makes inf - inf a
+        // negative NaN, which total_cmp alone would put last); `+ 0.0` makes -0 equal
+        // to +0, so that tie still goes to the lower index.
+        let key = |x: f32| if x.is_nan() { f32::NAN } else { x + 0.0 };
+        key(scores[*b]).total_cmp(&key(scores[*a])).then(a.cmp(b))
     };
     if k < idx.len() {
         idx.select_nth_unstable_by(k, cmp);
@@ -601,13 +604,15 @@ mod tests {
     fn topk_takes_nan_scores_without_panicking() {
         // An fp16 overflow can put NaN among the scores; sort_by needs a total order.
         let mut s: Vec<f32> = (0..64).map(|i| (i % 7) as f32 - 3.0).collect();
-        for i in [3, 17, 40] {
-            s[i] = f32::NAN;
+        // Both signs: x86 gives inf - inf the sign bit.
+        for (i, nan) in [(3, f32::NAN), (17, -f32::NAN), (40, f32::NAN)] {
+            s[i] = nan;
         }
         let k = topk(&s, 8);
         // NaN first (torch.topk's rule), lowest index first among equals.
         assert_eq!(&k[..3], &[3, 17, 40]);
         assert_eq!(&k[3..], &[6, 13, 20, 27, 34]);
         assert_eq!(topk(&[-0.0, 0.0, -1.0], 2), vec![0, 1], "-0 ties with +0");
+        assert_eq!(argmax_first(&[1.0, -f32::NAN, f32::NAN, 9.0]), 1);
     }
 }

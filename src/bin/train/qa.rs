@@ -168,11 +168,56 @@ fn load_qa_file(path: &std::path::Path, skip_bad: bool) -> Result<Vec<QaExample>
     Ok(load.examples.iter().map(QaExample::from).collect())
 }
 
-pub(crate) fn qa(a: QaArgs) -> Result<()> {
+/// Refuse flags that do not fit the mode (built-in task or files), before anything is
+/// written.
+fn check_mode(a: &QaArgs) -> Result<()> {
     a.run.check_flags()?;
     if a.n_best == 0 || a.max_answer_length == 0 {
         bail!("--n-best and --max-answer-length must be at least 1");
     }
+    let b = &QA_BUILTIN;
+    if a.train.is_some() {
+        for (set, flag) in [
+            (a.contexts.is_some(), "--contexts"),
+            (a.dim.is_some(), "--dim"),
+            (a.layers.is_some(), "--layers"),
+            (a.heads.is_some(), "--heads"),
+        ] {
+            if set {
+                bail!("{flag} is for the built-in task only; with --train the model comes from --model");
+            }
+        }
+        return Ok(());
+    }
+    if a.eval.is_some() {
+        bail!("--eval without --train: give both, or neither for the built-in task");
+    }
+    if a.version_2_with_negative {
+        bail!("--version-2-with-negative needs --train/--eval files (the built-in task is SQuAD v1.1)");
+    }
+    if let Some(m) = &a.model {
+        bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small DistilBERT from scratch)");
+    }
+    if a.contexts == Some(0) {
+        bail!("--contexts must be at least 1");
+    }
+    match (a.dim, a.heads) {
+        (Some(0), _) => bail!("--dim must be at least 1"),
+        (_, Some(0)) => bail!("--heads must be at least 1"),
+        (d, Some(h)) if !d.unwrap_or(b.dim).is_multiple_of(h) => bail!(
+            "--heads {h} must divide the model width (--dim {})",
+            d.unwrap_or(b.dim)
+        ),
+        _ => {}
+    }
+    if a.layers == Some(0) {
+        bail!("--layers must be at least 1");
+    }
+    Ok(())
+}
+
+pub(crate) fn qa(a: QaArgs) -> Result<()> {
+    check_mode(&a)?;
     let (device, dtype, fp16) = a.run.device_dtype()?;
     let builtin = a.train.is_none();
     let out = a
@@ -180,7 +225,6 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(if builtin { "out/qa-default" } else { "out/qa" }));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let b = &QA_BUILTIN;
     let features = FeatureConfig {
         max_length: a
@@ -192,30 +236,6 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
     };
     let (spec, model, tokenizer, train_rows, eval_rows): (_, Box<dyn QaModel>, _, _, _) = if builtin
     {
-        if a.eval.is_some() {
-            bail!("--eval without --train: give both, or neither for the built-in task");
-        }
-        if a.version_2_with_negative {
-            bail!("--version-2-with-negative needs --train/--eval files (the built-in task is SQuAD v1.1)");
-        }
-        if let Some(m) = &a.model {
-            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small DistilBERT from scratch)");
-        }
-        if a.contexts == Some(0) {
-            bail!("--contexts must be at least 1");
-        }
-        match (a.dim, a.heads) {
-            (Some(0), _) => bail!("--dim must be at least 1"),
-            (_, Some(0)) => bail!("--heads must be at least 1"),
-            (d, Some(h)) if !d.unwrap_or(b.dim).is_multiple_of(h) => bail!(
-                "--heads {h} must divide the model width (--dim {})",
-                d.unwrap_or(b.dim)
-            ),
-            _ => {}
-        }
-        if a.layers == Some(0) {
-            bail!("--layers must be at least 1");
-        }
         let data = out.join("data");
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let n = a.contexts.unwrap_or(b.contexts);
@@ -287,16 +307,6 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             eval_rows,
         )
     } else {
-        for (set, flag) in [
-            (a.contexts.is_some(), "--contexts"),
-            (a.dim.is_some(), "--dim"),
-            (a.layers.is_some(), "--layers"),
-            (a.heads.is_some(), "--heads"),
-        ] {
-            if set {
-                bail!("{flag} is for the built-in task only; with --train the model comes from --model");
-            }
-        }
         let spec = a
             .model
             .clone()
@@ -336,6 +346,8 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             eval_rows,
         )
     };
+    // After every input check, so a refused run leaves no directory behind.
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let post = PostprocessConfig {
         n_best: a.n_best,
         max_answer_length: a.max_answer_length,

@@ -136,7 +136,9 @@ impl RunArgs {
         if self.batch == Some(0) || self.grad_accum == Some(0) {
             bail!("--batch and --grad-accum must be at least 1");
         }
-        if let (Some(b), Some(g)) = (self.batch, self.grad_accum) {
+        // (--vram-budget / --gpu choose the split themselves.)
+        let fitted = self.mem.vram_budget.is_some() || self.mem.gpu.is_some();
+        if let (Some(b), Some(g), false) = (self.batch, self.grad_accum, fitted) {
             if !b.is_multiple_of(g) {
                 bail!("--batch {b} does not split into --grad-accum {g} equal micro-batches");
             }
@@ -168,14 +170,22 @@ impl RunArgs {
         fp16: bool,
     ) -> Result<TrainConfig> {
         let batch = self.batch.unwrap_or(d.batch).max(1);
+        let fitted = self.mem.vram_budget.is_some() || self.mem.gpu.is_some();
         let grad_accum = match self.grad_accum {
-            Some(g) if !batch.is_multiple_of(g) => {
-                bail!("--batch {batch} does not split into --grad-accum {g} equal micro-batches")
-            }
+            Some(g) if !fitted && !batch.is_multiple_of(g) => bail!(
+                "{} does not split into --grad-accum {g} equal micro-batches",
+                match self.batch {
+                    Some(_) => format!("--batch {batch}"),
+                    None => format!("the task's default batch {batch} (set --batch)"),
+                }
+            ),
             Some(g) => g,
-            // The task's default split where it divides the batch, else the largest
-            // split that does (both keep the batch the user asked for).
-            None => gcd(batch, d.grad_accum.max(1)),
+            // The task's default split where it divides the batch, else the next split
+            // that does: the batch stays what was asked, and the micro-batch no larger
+            // than the default's would be at that batch.
+            None => (d.grad_accum.max(1)..=batch)
+                .find(|g| batch.is_multiple_of(*g))
+                .unwrap_or(batch),
         };
         let lr = self.lr.unwrap_or(d.lr);
         let warmup_ratio = self.warmup_ratio.unwrap_or(d.warmup_ratio);
@@ -198,10 +208,59 @@ impl RunArgs {
     }
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The settings `args` give over T5 fine-tuning's defaults (batch 8 in 4 micro-batches).
+    fn split(args: &[&str]) -> Result<(usize, usize)> {
+        let cli = Cli::try_parse_from(std::iter::once("train").chain(args.iter().copied()))?;
+        cli.run.check_flags()?;
+        let d = RunDefaults {
+            epochs: 3,
+            batch: 8,
+            grad_accum: 4,
+            lr: 3e-5,
+            warmup_ratio: 0.0,
+        };
+        let c = cli.run.train_config(d, PathBuf::from("out"), false)?;
+        Ok((c.batch, c.grad_accum))
+    }
+
+    #[test]
+    fn the_batch_splits_evenly_and_stays_what_was_asked() {
+        assert_eq!(split(&[]).unwrap(), (8, 4));
+        assert_eq!(split(&["--batch", "16"]).unwrap(), (16, 4));
+        // The default split does not divide: the next one that does (micro-batch 2, 1).
+        assert_eq!(split(&["--batch", "10"]).unwrap(), (10, 5));
+        assert_eq!(split(&["--batch", "7"]).unwrap(), (7, 7));
+        assert_eq!(split(&["--batch", "2"]).unwrap(), (2, 2));
+        assert_eq!(
+            split(&["--batch", "12", "--grad-accum", "3"]).unwrap(),
+            (12, 3)
+        );
+        let e = split(&["--batch", "10", "--grad-accum", "4"]).unwrap_err();
+        assert!(e.to_string().contains("--batch 10"), "{e}");
+        let e = split(&["--grad-accum", "3"]).unwrap_err();
+        assert!(e.to_string().contains("default batch 8"), "{e}");
+        // A card or budget picks the split itself.
+        assert!(split(&["--batch", "10", "--grad-accum", "4", "--gpu", "t4"]).is_ok());
+        for bad in [
+            &["--batch", "0"][..],
+            &["--lr=-1"],
+            &["--lr", "NaN"],
+            &["--warmup-ratio", "1.5"],
+            &["--weight-decay=-0.1"],
+            &["--epochs", "0"],
+        ] {
+            assert!(split(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -70,6 +70,14 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     if a.eval_limit == Some(0) {
         bail!("--eval-limit must be at least 1 (the metrics need rows to score)");
     }
+    if a.train.is_none() {
+        if a.eval.is_some() {
+            bail!("--eval without --train: give both, or neither for the built-in task");
+        }
+        if let Some(m) = a.model.as_deref().filter(|m| *m != "scratch") {
+            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small T5 from scratch)");
+        }
+    }
     let (device, dtype, fp16) = a.run.device_dtype()?;
     let task_name = match kind {
         Seq2SeqKind::Summarize => "summarize",
@@ -82,14 +90,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             if builtin { "-default" } else { "" }
         ))
     });
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let (train_rows, mut eval_rows) = if builtin {
-        if a.eval.is_some() {
-            bail!("--eval without --train: give both, or neither for the built-in task");
-        }
-        if let Some(m) = a.model.as_deref().filter(|m| *m != "scratch") {
-            bail!("--model {m} needs --train and --eval files (without them the built-in task trains a small T5 from scratch)");
-        }
         let (n_train, n_eval) = match kind {
             Seq2SeqKind::Summarize => (3000, 100),
             Seq2SeqKind::Translate => (4000, 200),
@@ -127,6 +128,8 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         };
         (load(train_path)?, load(eval_path)?)
     };
+    // After the files are read, so a refused run leaves no directory behind.
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // From scratch: the built-in task, or `--model scratch` on the user's files.
     let scratch = builtin || a.model.as_deref() == Some("scratch");
     let (model, tok_dir) = if scratch {

@@ -6,7 +6,8 @@
 //! checked as `context.chars()[start..start + text.chars().count()] == text`, and both the
 //! char and the byte start are kept (tokenizer offsets in Rust are bytes). A mismatch is
 //! an error naming the file, the question id and both strings, unless `skip_bad` is set:
-//! then the question is dropped and reported in `SquadLoad::skipped`. Malformed JSON is an
+//! then the question is dropped and reported in `SquadLoad::skipped` (with `keep_questions`,
+//! for prediction, only the answer is dropped and the question kept). Malformed JSON is an
 //! error naming the file, the JSON path of the field and what was expected there.
 
 use std::path::Path;

@@ -131,14 +131,17 @@ impl RunArgs {
         Ok(plan)
     }
 
+    /// Do --vram-budget / --gpu choose the micro-batch split (overriding --grad-accum)?
+    fn fitted(&self) -> bool {
+        self.mem.vram_budget.is_some() || self.mem.gpu.is_some()
+    }
+
     /// Refuse flags no task default can make right, before any data is read.
     pub(crate) fn check_flags(&self) -> Result<()> {
         if self.batch == Some(0) || self.grad_accum == Some(0) {
             bail!("--batch and --grad-accum must be at least 1");
         }
-        // (--vram-budget / --gpu choose the split themselves.)
-        let fitted = self.mem.vram_budget.is_some() || self.mem.gpu.is_some();
-        if let (Some(b), Some(g), false) = (self.batch, self.grad_accum, fitted) {
+        if let (Some(b), Some(g), false) = (self.batch, self.grad_accum, self.fitted()) {
             if !b.is_multiple_of(g) {
                 bail!("--batch {b} does not split into --grad-accum {g} equal micro-batches");
             }
@@ -170,9 +173,8 @@ impl RunArgs {
         fp16: bool,
     ) -> Result<TrainConfig> {
         let batch = self.batch.unwrap_or(d.batch).max(1);
-        let fitted = self.mem.vram_budget.is_some() || self.mem.gpu.is_some();
         let grad_accum = match self.grad_accum {
-            Some(g) if !fitted && !batch.is_multiple_of(g) => bail!(
+            Some(g) if !self.fitted() && !batch.is_multiple_of(g) => bail!(
                 "{} does not split into --grad-accum {g} equal micro-batches",
                 match self.batch {
                     Some(_) => format!("--batch {batch}"),

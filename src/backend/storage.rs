@@ -39,6 +39,62 @@ macro_rules! dispatch1 {
     };
 }
 
+/// One body for both backends: `$x` is the `CpuStorage` in one arm and the
+/// `CudaStorage` in the other, so the body is written once against `Variant` and
+/// `BackendStorage` (its other operands through [`same`], its results through `wrap`).
+macro_rules! per_backend {
+    ($s:expr, |$x:ident| $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => $body,
+            Storage::Cuda($x) => $body,
+        }
+    };
+}
+
+/// A backend's buffer type as a variant of [`Storage`].
+pub(super) trait Variant: BackendStorage {
+    fn of(s: &Storage) -> Option<&Self>;
+    fn wrap(self) -> Storage;
+}
+
+impl Variant for CpuStorage {
+    fn of(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cpu(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn wrap(self) -> Storage {
+        Storage::Cpu(self)
+    }
+}
+
+impl Variant for CudaStorage {
+    fn of(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cuda(x) => Some(x),
+            _ => None,
+        }
+    }
+    fn wrap(self) -> Storage {
+        Storage::Cuda(self)
+    }
+}
+
+/// Operand `s` of `op` on the backend of `x`, or the device-mismatch error.
+pub(super) fn same<'a, B: Variant>(op: &'static str, x: &B, s: &'a Storage) -> Result<&'a B> {
+    B::of(s).ok_or_else(|| mismatch(op, x.device(), s.device()))
+}
+
+/// [`same`] for an optional operand.
+pub(super) fn same_opt<'a, B: Variant>(
+    op: &'static str,
+    x: &B,
+    s: Option<&'a Storage>,
+) -> Result<Option<&'a B>> {
+    s.map(|s| same(op, x, s)).transpose()
+}
+
 /// Unwrap an optional storage argument to the backend `$variant`, or fail.
 macro_rules! opt_as {
     ($op:literal, $variant:ident, $opt:expr, $dev:expr) => {
@@ -59,7 +115,7 @@ macro_rules! as_variant {
     };
 }
 
-pub(super) use {as_variant, dispatch1, dispatch2, opt_as};
+pub(super) use {as_variant, dispatch1, dispatch2, opt_as, per_backend};
 
 impl Storage {
     pub fn device(&self) -> Device {
@@ -159,21 +215,11 @@ impl Storage {
         dy: &Storage,
         act: UnaryOp,
     ) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(g) => {
-                let l = as_variant!("gated_backward", Cpu, lin, dev);
-                let d = as_variant!("gated_backward", Cpu, dy, dev);
-                let (a, b) = g.gated_backward(l, d, act)?;
-                Ok((Storage::Cpu(a), Storage::Cpu(b)))
-            }
-            Storage::Cuda(g) => {
-                let l = as_variant!("gated_backward", Cuda, lin, dev);
-                let d = as_variant!("gated_backward", Cuda, dy, dev);
-                let (a, b) = g.gated_backward(l, d, act)?;
-                Ok((Storage::Cuda(a), Storage::Cuda(b)))
-            }
-        }
+        per_backend!(self, |g| {
+            const OP: &str = "gated_backward";
+            let (a, b) = g.gated_backward(same(OP, g, lin)?, same(OP, g, dy)?, act)?;
+            Ok((a.wrap(), b.wrap()))
+        })
     }
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Storage> {
         dispatch1!(self, |s| s.dropout(p, seed))
@@ -200,23 +246,13 @@ impl Storage {
         let first = parts
             .first()
             .ok_or_else(|| Error::msg("cat: no tensors to concatenate"))?;
-        let dev = first.device();
-        match first {
-            Storage::Cpu(_) => {
-                let mut v = Vec::with_capacity(parts.len());
-                for p in parts {
-                    v.push(as_variant!("cat", Cpu, p, dev));
-                }
-                CpuStorage::cat(&v, dims, dim).map(Storage::Cpu)
-            }
-            Storage::Cuda(_) => {
-                let mut v = Vec::with_capacity(parts.len());
-                for p in parts {
-                    v.push(as_variant!("cat", Cuda, p, dev));
-                }
-                CudaStorage::cat(&v, dims, dim).map(Storage::Cuda)
-            }
-        }
+        per_backend!(first, |f| {
+            let v = parts
+                .iter()
+                .map(|p| same("cat", f, p))
+                .collect::<Result<Vec<_>>>()?;
+            BackendStorage::cat(&v, dims, dim).map(Variant::wrap)
+        })
     }
     pub fn index_select(&self, ids: &Storage, cols: usize) -> Result<Storage> {
         dispatch2!("index_select", self, ids, |t, i| t.index_select(i, cols))
@@ -231,11 +267,7 @@ impl Storage {
         dispatch2!("index_add", self, ids, |d, i| d.index_add(i, n, cols, skip))
     }
     pub fn axpy_(&mut self, x: &Storage, alpha: f64) -> Result<()> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(s) => s.axpy_(as_variant!("axpy_", Cpu, x, dev), alpha),
-            Storage::Cuda(s) => s.axpy_(as_variant!("axpy_", Cuda, x, dev), alpha),
-        }
+        per_backend!(self, |s| s.axpy_(same("axpy_", s, x)?, alpha))
     }
     pub fn scale_(&mut self, alpha: f64) -> Result<()> {
         match self {
@@ -244,11 +276,7 @@ impl Storage {
         }
     }
     pub fn copy_from_(&mut self, src: &Storage) -> Result<()> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(s) => s.copy_from_(as_variant!("copy_from_", Cpu, src, dev)),
-            Storage::Cuda(s) => s.copy_from_(as_variant!("copy_from_", Cuda, src, dev)),
-        }
+        per_backend!(self, |s| s.copy_from_(same("copy_from_", s, src)?))
     }
     pub fn adamw_(
         &mut self,

@@ -3,7 +3,10 @@
 //! dispatched to the backend its operands live on (see storage.rs).
 
 use super::cuda;
-use super::storage::{as_variant, dispatch1, dispatch2, mismatch, opt_as, Storage};
+use super::storage::{
+    as_variant, dispatch1, dispatch2, mismatch, opt_as, per_backend, same, same_opt, Storage,
+    Variant,
+};
 use super::{AdamWMultiOutcome, AdamWMultiStep};
 use super::{AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate};
 use crate::error::Result;
@@ -23,21 +26,11 @@ impl Storage {
         cols: usize,
         eps: f64,
     ) -> Result<(Storage, Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let g = as_variant!("layer_norm", Cpu, gamma, dev);
-                let b = as_variant!("layer_norm", Cpu, beta, dev);
-                let (y, m, r) = x.layer_norm(g, b, cols, eps)?;
-                Ok((Storage::Cpu(y), Storage::Cpu(m), Storage::Cpu(r)))
-            }
-            Storage::Cuda(x) => {
-                let g = as_variant!("layer_norm", Cuda, gamma, dev);
-                let b = as_variant!("layer_norm", Cuda, beta, dev);
-                let (y, m, r) = x.layer_norm(g, b, cols, eps)?;
-                Ok((Storage::Cuda(y), Storage::Cuda(m), Storage::Cuda(r)))
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "layer_norm";
+            let (y, m, r) = x.layer_norm(same(OP, x, gamma)?, same(OP, x, beta)?, cols, eps)?;
+            Ok((y.wrap(), m.wrap(), r.wrap()))
+        })
     }
     pub fn layer_norm_backward(
         &self,
@@ -47,25 +40,13 @@ impl Storage {
         dy: &Storage,
         cols: usize,
     ) -> Result<(Storage, Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let g = as_variant!("layer_norm_backward", Cpu, gamma, dev);
-                let m = as_variant!("layer_norm_backward", Cpu, mean, dev);
-                let r = as_variant!("layer_norm_backward", Cpu, rstd, dev);
-                let d = as_variant!("layer_norm_backward", Cpu, dy, dev);
-                let (a, b, c) = x.layer_norm_backward(g, m, r, d, cols)?;
-                Ok((Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)))
-            }
-            Storage::Cuda(x) => {
-                let g = as_variant!("layer_norm_backward", Cuda, gamma, dev);
-                let m = as_variant!("layer_norm_backward", Cuda, mean, dev);
-                let r = as_variant!("layer_norm_backward", Cuda, rstd, dev);
-                let d = as_variant!("layer_norm_backward", Cuda, dy, dev);
-                let (a, b, c) = x.layer_norm_backward(g, m, r, d, cols)?;
-                Ok((Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)))
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "layer_norm_backward";
+            let (g, m) = (same(OP, x, gamma)?, same(OP, x, mean)?);
+            let (r, d) = (same(OP, x, rstd)?, same(OP, x, dy)?);
+            let (a, b, c) = x.layer_norm_backward(g, m, r, d, cols)?;
+            Ok((a.wrap(), b.wrap(), c.wrap()))
+        })
     }
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual
     /// block): returns (y, s, mean, rstd) with `s` the normalised sum. One kernel on
@@ -140,19 +121,10 @@ impl Storage {
         Ok((ds, da, dg, db))
     }
     pub fn rms_norm(&self, gamma: &Storage, cols: usize, eps: f64) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let g = as_variant!("rms_norm", Cpu, gamma, dev);
-                let (y, r) = x.rms_norm(g, cols, eps)?;
-                Ok((Storage::Cpu(y), Storage::Cpu(r)))
-            }
-            Storage::Cuda(x) => {
-                let g = as_variant!("rms_norm", Cuda, gamma, dev);
-                let (y, r) = x.rms_norm(g, cols, eps)?;
-                Ok((Storage::Cuda(y), Storage::Cuda(r)))
-            }
-        }
+        per_backend!(self, |x| {
+            let (y, r) = x.rms_norm(same("rms_norm", x, gamma)?, cols, eps)?;
+            Ok((y.wrap(), r.wrap()))
+        })
     }
     pub fn rms_norm_backward(
         &self,
@@ -161,23 +133,12 @@ impl Storage {
         dy: &Storage,
         cols: usize,
     ) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let g = as_variant!("rms_norm_backward", Cpu, gamma, dev);
-                let r = as_variant!("rms_norm_backward", Cpu, rstd, dev);
-                let d = as_variant!("rms_norm_backward", Cpu, dy, dev);
-                let (a, b) = x.rms_norm_backward(g, r, d, cols)?;
-                Ok((Storage::Cpu(a), Storage::Cpu(b)))
-            }
-            Storage::Cuda(x) => {
-                let g = as_variant!("rms_norm_backward", Cuda, gamma, dev);
-                let r = as_variant!("rms_norm_backward", Cuda, rstd, dev);
-                let d = as_variant!("rms_norm_backward", Cuda, dy, dev);
-                let (a, b) = x.rms_norm_backward(g, r, d, cols)?;
-                Ok((Storage::Cuda(a), Storage::Cuda(b)))
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "rms_norm_backward";
+            let (g, r, d) = (same(OP, x, gamma)?, same(OP, x, rstd)?, same(OP, x, dy)?);
+            let (a, b) = x.rms_norm_backward(g, r, d, cols)?;
+            Ok((a.wrap(), b.wrap()))
+        })
     }
     pub fn softmax(&self, cols: usize) -> Result<Storage> {
         dispatch1!(self, |s| s.softmax(cols))
@@ -195,19 +156,11 @@ impl Storage {
         cols: usize,
         ignore_index: i32,
     ) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let t = as_variant!("cross_entropy", Cpu, targets, dev);
-                let (l, s) = x.cross_entropy(t, cols, ignore_index)?;
-                Ok((Storage::Cpu(l), Storage::Cpu(s)))
-            }
-            Storage::Cuda(x) => {
-                let t = as_variant!("cross_entropy", Cuda, targets, dev);
-                let (l, s) = x.cross_entropy(t, cols, ignore_index)?;
-                Ok((Storage::Cuda(l), Storage::Cuda(s)))
-            }
-        }
+        per_backend!(self, |x| {
+            let t = same("cross_entropy", x, targets)?;
+            let (l, s) = x.cross_entropy(t, cols, ignore_index)?;
+            Ok((l.wrap(), s.wrap()))
+        })
     }
     pub fn cross_entropy_backward(
         &self,
@@ -217,23 +170,16 @@ impl Storage {
         cols: usize,
         ignore_index: i32,
     ) -> Result<Storage> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let t = as_variant!("cross_entropy_backward", Cpu, targets, dev);
-                let l = as_variant!("cross_entropy_backward", Cpu, lse, dev);
-                let d = as_variant!("cross_entropy_backward", Cpu, dloss, dev);
-                x.cross_entropy_backward(t, l, d, cols, ignore_index)
-                    .map(Storage::Cpu)
-            }
-            Storage::Cuda(x) => {
-                let t = as_variant!("cross_entropy_backward", Cuda, targets, dev);
-                let l = as_variant!("cross_entropy_backward", Cuda, lse, dev);
-                let d = as_variant!("cross_entropy_backward", Cuda, dloss, dev);
-                x.cross_entropy_backward(t, l, d, cols, ignore_index)
-                    .map(Storage::Cuda)
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "cross_entropy_backward";
+            let (t, l, d) = (
+                same(OP, x, targets)?,
+                same(OP, x, lse)?,
+                same(OP, x, dloss)?,
+            );
+            x.cross_entropy_backward(t, l, d, cols, ignore_index)
+                .map(Variant::wrap)
+        })
     }
     pub fn argmax_last(&self, cols: usize) -> Result<Storage> {
         dispatch1!(self, |s| s.argmax_last(cols))
@@ -246,25 +192,13 @@ impl Storage {
         bias: Option<&Storage>,
         spec: &AttnSpec,
     ) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(q) => {
-                let k = as_variant!("attention", Cpu, k, dev);
-                let v = as_variant!("attention", Cpu, v, dev);
-                let m = opt_as!("attention", Cpu, key_mask, dev);
-                let b = opt_as!("attention", Cpu, bias, dev);
-                let (o, l) = q.attention(k, v, m, b, spec)?;
-                Ok((Storage::Cpu(o), Storage::Cpu(l)))
-            }
-            Storage::Cuda(q) => {
-                let k = as_variant!("attention", Cuda, k, dev);
-                let v = as_variant!("attention", Cuda, v, dev);
-                let m = opt_as!("attention", Cuda, key_mask, dev);
-                let b = opt_as!("attention", Cuda, bias, dev);
-                let (o, l) = q.attention(k, v, m, b, spec)?;
-                Ok((Storage::Cuda(o), Storage::Cuda(l)))
-            }
-        }
+        per_backend!(self, |q| {
+            const OP: &str = "attention";
+            let (k, v) = (same(OP, q, k)?, same(OP, q, v)?);
+            let (m, b) = (same_opt(OP, q, key_mask)?, same_opt(OP, q, bias)?);
+            let (o, l) = q.attention(k, v, m, b, spec)?;
+            Ok((o.wrap(), l.wrap()))
+        })
     }
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
@@ -278,41 +212,14 @@ impl Storage {
         bias: Option<&Storage>,
         spec: &AttnSpec,
     ) -> Result<(Storage, Storage, Storage, Option<Storage>)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(q) => {
-                let k = as_variant!("attention_backward", Cpu, k, dev);
-                let v = as_variant!("attention_backward", Cpu, v, dev);
-                let o = as_variant!("attention_backward", Cpu, out, dev);
-                let l = as_variant!("attention_backward", Cpu, lse, dev);
-                let d = as_variant!("attention_backward", Cpu, dout, dev);
-                let m = opt_as!("attention_backward", Cpu, key_mask, dev);
-                let b = opt_as!("attention_backward", Cpu, bias, dev);
-                let (dq, dk, dv, db) = q.attention_backward(k, v, o, l, d, m, b, spec)?;
-                Ok((
-                    Storage::Cpu(dq),
-                    Storage::Cpu(dk),
-                    Storage::Cpu(dv),
-                    db.map(Storage::Cpu),
-                ))
-            }
-            Storage::Cuda(q) => {
-                let k = as_variant!("attention_backward", Cuda, k, dev);
-                let v = as_variant!("attention_backward", Cuda, v, dev);
-                let o = as_variant!("attention_backward", Cuda, out, dev);
-                let l = as_variant!("attention_backward", Cuda, lse, dev);
-                let d = as_variant!("attention_backward", Cuda, dout, dev);
-                let m = opt_as!("attention_backward", Cuda, key_mask, dev);
-                let b = opt_as!("attention_backward", Cuda, bias, dev);
-                let (dq, dk, dv, db) = q.attention_backward(k, v, o, l, d, m, b, spec)?;
-                Ok((
-                    Storage::Cuda(dq),
-                    Storage::Cuda(dk),
-                    Storage::Cuda(dv),
-                    db.map(Storage::Cuda),
-                ))
-            }
-        }
+        per_backend!(self, |q| {
+            const OP: &str = "attention_backward";
+            let (k, v, o) = (same(OP, q, k)?, same(OP, q, v)?, same(OP, q, out)?);
+            let (l, d) = (same(OP, q, lse)?, same(OP, q, dout)?);
+            let (m, b) = (same_opt(OP, q, key_mask)?, same_opt(OP, q, bias)?);
+            let (dq, dk, dv, db) = q.attention_backward(k, v, o, l, d, m, b, spec)?;
+            Ok((dq.wrap(), dk.wrap(), dv.wrap(), db.map(Variant::wrap)))
+        })
     }
     pub fn attention_qkv(
         &self,
@@ -320,21 +227,12 @@ impl Storage {
         bias: Option<&Storage>,
         spec: &AttnSpec,
     ) -> Result<(Storage, Storage)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let m = opt_as!("attention_qkv", Cpu, key_mask, dev);
-                let b = opt_as!("attention_qkv", Cpu, bias, dev);
-                let (o, l) = x.attention_qkv(m, b, spec)?;
-                Ok((Storage::Cpu(o), Storage::Cpu(l)))
-            }
-            Storage::Cuda(x) => {
-                let m = opt_as!("attention_qkv", Cuda, key_mask, dev);
-                let b = opt_as!("attention_qkv", Cuda, bias, dev);
-                let (o, l) = x.attention_qkv(m, b, spec)?;
-                Ok((Storage::Cuda(o), Storage::Cuda(l)))
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "attention_qkv";
+            let (m, b) = (same_opt(OP, x, key_mask)?, same_opt(OP, x, bias)?);
+            let (o, l) = x.attention_qkv(m, b, spec)?;
+            Ok((o.wrap(), l.wrap()))
+        })
     }
     #[allow(clippy::too_many_arguments)]
     pub fn attention_qkv_backward(
@@ -346,27 +244,13 @@ impl Storage {
         bias: Option<&Storage>,
         spec: &AttnSpec,
     ) -> Result<(Storage, Option<Storage>)> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(x) => {
-                let o = as_variant!("attention_qkv_backward", Cpu, out, dev);
-                let l = as_variant!("attention_qkv_backward", Cpu, lse, dev);
-                let d = as_variant!("attention_qkv_backward", Cpu, dout, dev);
-                let m = opt_as!("attention_qkv_backward", Cpu, key_mask, dev);
-                let b = opt_as!("attention_qkv_backward", Cpu, bias, dev);
-                let (g, db) = x.attention_qkv_backward(o, l, d, m, b, spec)?;
-                Ok((Storage::Cpu(g), db.map(Storage::Cpu)))
-            }
-            Storage::Cuda(x) => {
-                let o = as_variant!("attention_qkv_backward", Cuda, out, dev);
-                let l = as_variant!("attention_qkv_backward", Cuda, lse, dev);
-                let d = as_variant!("attention_qkv_backward", Cuda, dout, dev);
-                let m = opt_as!("attention_qkv_backward", Cuda, key_mask, dev);
-                let b = opt_as!("attention_qkv_backward", Cuda, bias, dev);
-                let (g, db) = x.attention_qkv_backward(o, l, d, m, b, spec)?;
-                Ok((Storage::Cuda(g), db.map(Storage::Cuda)))
-            }
-        }
+        per_backend!(self, |x| {
+            const OP: &str = "attention_qkv_backward";
+            let (o, l, d) = (same(OP, x, out)?, same(OP, x, lse)?, same(OP, x, dout)?);
+            let (m, b) = (same_opt(OP, x, key_mask)?, same_opt(OP, x, bias)?);
+            let (g, db) = x.attention_qkv_backward(o, l, d, m, b, spec)?;
+            Ok((g.wrap(), db.map(Variant::wrap)))
+        })
     }
     pub fn span_search(
         &self,
@@ -376,19 +260,10 @@ impl Storage {
         max_len: usize,
         top_k: usize,
     ) -> Result<Vec<SpanCandidate>> {
-        let dev = self.device();
-        match self {
-            Storage::Cpu(s) => {
-                let e = as_variant!("span_search", Cpu, end_logits, dev);
-                let a = as_variant!("span_search", Cpu, allowed, dev);
-                s.span_search(e, a, cols, max_len, top_k)
-            }
-            Storage::Cuda(s) => {
-                let e = as_variant!("span_search", Cuda, end_logits, dev);
-                let a = as_variant!("span_search", Cuda, allowed, dev);
-                s.span_search(e, a, cols, max_len, top_k)
-            }
-        }
+        per_backend!(self, |s| {
+            let e = same("span_search", s, end_logits)?;
+            s.span_search(e, same("span_search", s, allowed)?, cols, max_len, top_k)
+        })
     }
 }
 

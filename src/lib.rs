@@ -3,8 +3,8 @@ pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod error;
-pub mod memory;
 pub mod metrics;
+pub mod plan;
 pub mod shape;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;
+pub mod step;
 pub mod t5;
 
 /// FUSEBOX_SEPARATE_QKV=1: self-attention projects q, k and v with three GEMMs and runs

@@ -44,6 +44,13 @@ pub fn load_with_metadata(
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
+        if let Device::Meta(_) = device {
+            // The header's shapes and dtypes only: no weight is read.
+            // decode of no bytes: the dtype (and the refusal) the data would get.
+            let dtype = decode(path, &name, view.dtype(), &[], float_dtype)?.dtype();
+            out.insert(name, Tensor::zeros(shape, dtype, device)?);
+            continue;
+        }
         let bytes = view.data();
         let data = decode(path, &name, view.dtype(), bytes, float_dtype)?;
         let t = Tensor::from_cpu(CpuStorage::new(data), shape, device)?;

@@ -42,12 +42,9 @@ impl Tensor {
         let y = match bias {
             Some(b) => {
                 b.expect_shape("linear (bias)", &[out_f])?;
-                let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
                 // CUDA: the bias added by the GEMM's epilogue (cuBLASLt), when it can.
-                match crate::backend::linear_bias_fused(&xs, &ws, &bs, rows, out_f, in_f)? {
-                    Some(y) => y,
-                    None => xs.matmul(&ws, &spec)?.add_bias(&bs, out_f)?,
-                }
+                let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
+                xs.linear_bias(&ws, &bs, rows, out_f, in_f)?
             }
             None => self.storage().matmul(&weight.storage(), &spec)?,
         };
@@ -254,14 +251,12 @@ fn linear_grads(
     })?;
     // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
     if has_bias && tw && tb {
-        let fused = crate::backend::linear_wgrad_bgrad_fused(&gs, &x.storage(), rows, out_f, in_f)?;
-        if let Some((dw, db)) = fused {
-            return Ok(vec![
-                dx,
-                Some(fresh(dw, [out_f, in_f])),
-                Some(fresh(db, [out_f])),
-            ]);
-        }
+        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), rows, out_f, in_f)?;
+        return Ok(vec![
+            dx,
+            Some(fresh(dw, [out_f, in_f])),
+            Some(fresh(db, [out_f])),
+        ]);
     }
     // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
     let dw = when(tw, || {

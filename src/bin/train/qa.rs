@@ -8,9 +8,9 @@ use clap::Args as ClapArgs;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
 use fusebox::hub;
-use fusebox::memory::budget::ModelSpec;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{load_qa_model, QaModel};
+use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::synth;
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::QaTask;
@@ -297,7 +297,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             features.max_length,
             features.stride,
         );
-        let spec = ModelSpec::distilbert(&cfg);
+        let spec = ModelSource::config(ModelConfig::DistilBert(cfg.clone()));
         let model = DistilBertForQa::new(cfg, device, dtype, a.run.seed)?;
         (
             spec,
@@ -339,7 +339,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             }
         }
         (
-            ModelSpec::from_dir(&dir)?,
+            ModelSource::dir(&dir)?,
             load_qa_model(&dir, device, dtype, a.run.seed)?,
             TextTokenizer::from_dir(&dir)?,
             train_rows,

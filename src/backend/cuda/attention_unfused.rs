@@ -510,5 +510,5 @@ pub fn attention_qkv_backward(
 }
 
 #[cfg(test)]
-#[path = "attention_tests.rs"]
+#[path = "attention_unfused_tests.rs"]
 mod tests;

@@ -6,20 +6,6 @@
 use super::{BackendStorage, BinaryOp, MatmulSpec};
 use crate::error::Result;
 
-/// `x [rows, in] · wᵀ` for `w` stored `[out, in]`.
-fn linear_spec(rows: usize, out_f: usize, in_f: usize) -> MatmulSpec {
-    MatmulSpec {
-        batch: 1,
-        m: rows,
-        n: out_f,
-        k: in_f,
-        trans_a: false,
-        trans_b: true,
-        stride_a: 0,
-        stride_b: 0,
-    }
-}
-
 /// GEMM, then the bias added into a new buffer (the GEMM result and the biased copy
 /// coexist for a moment).
 pub(crate) fn linear_bias<B: BackendStorage>(
@@ -30,7 +16,7 @@ pub(crate) fn linear_bias<B: BackendStorage>(
     out_f: usize,
     in_f: usize,
 ) -> Result<B> {
-    x.matmul(w, &linear_spec(rows, out_f, in_f))?
+    x.matmul(w, &MatmulSpec::linear(rows, out_f, in_f))?
         .add_bias(bias, out_f)
 }
 
@@ -42,17 +28,7 @@ pub(crate) fn linear_wgrad_bgrad<B: BackendStorage>(
     out_f: usize,
     in_f: usize,
 ) -> Result<(B, B)> {
-    let spec = MatmulSpec {
-        batch: 1,
-        m: out_f,
-        n: in_f,
-        k: rows,
-        trans_a: true,
-        trans_b: false,
-        stride_a: 0,
-        stride_b: 0,
-    };
-    let dw = dy.matmul(x, &spec)?;
+    let dw = dy.matmul(x, &MatmulSpec::linear_wgrad(rows, out_f, in_f))?;
     let db = dy.sum_rows(out_f)?;
     Ok((dw, db))
 }

@@ -104,6 +104,34 @@ pub struct MatmulSpec {
 }
 
 impl MatmulSpec {
+    /// A linear layer's product `x [rows, in] · Wᵀ` for `W` stored `[out, in]`.
+    pub fn linear(rows: usize, out_f: usize, in_f: usize) -> MatmulSpec {
+        MatmulSpec {
+            batch: 1,
+            m: rows,
+            n: out_f,
+            k: in_f,
+            trans_a: false,
+            trans_b: true,
+            stride_a: 0,
+            stride_b: 0,
+        }
+    }
+
+    /// A linear layer's weight gradient `dW [out, in] = dyᵀ [out, rows] · x [rows, in]`.
+    pub fn linear_wgrad(rows: usize, out_f: usize, in_f: usize) -> MatmulSpec {
+        MatmulSpec {
+            batch: 1,
+            m: out_f,
+            n: in_f,
+            k: rows,
+            trans_a: true,
+            trans_b: false,
+            stride_a: 0,
+            stride_b: 0,
+        }
+    }
+
     /// A plain (unbatched) `m×k · k×n` product.
     pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
         MatmulSpec {

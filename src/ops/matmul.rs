@@ -29,16 +29,6 @@ impl Tensor {
         if let Some(l) = out_dims.last_mut() {
             *l = out_f;
         }
-        let spec = MatmulSpec {
-            batch: 1,
-            m: rows,
-            n: out_f,
-            k: in_f,
-            trans_a: false,
-            trans_b: true,
-            stride_a: 0,
-            stride_b: 0,
-        };
         let y = match bias {
             Some(b) => {
                 b.expect_shape("linear (bias)", &[out_f])?;
@@ -46,7 +36,9 @@ impl Tensor {
                 let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
                 xs.linear_bias(&ws, &bs, rows, out_f, in_f)?
             }
-            None => self.storage().matmul(&weight.storage(), &spec)?,
+            None => self
+                .storage()
+                .matmul(&weight.storage(), &MatmulSpec::linear(rows, out_f, in_f))?,
         };
         let out = fresh(y, out_dims);
         let inputs = linear_inputs(self, weight, bias);
@@ -260,16 +252,7 @@ fn linear_grads(
     }
     // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
     let dw = when(tw, || {
-        let spec = MatmulSpec {
-            batch: 1,
-            m: out_f,
-            n: in_f,
-            k: rows,
-            trans_a: true,
-            trans_b: false,
-            stride_a: 0,
-            stride_b: 0,
-        };
+        let spec = MatmulSpec::linear_wgrad(rows, out_f, in_f);
         Ok(fresh(gs.matmul(&x.storage(), &spec)?, [out_f, in_f]))
     })?;
     let mut v = vec![dx, dw];

@@ -140,66 +140,30 @@ pub(crate) fn gemms_xyt(
     per_batch(sp, base, (x, lx * hd), (y, ly * hd), (s, sp.h * lx * ly))
 }
 
-/// O[b, :, h, :] = alpha · P[b, h] · Y[b, :, h, :] with P [B, H, lx, ly], Y [B, ly, H, D],
-/// O [B, lx, H, D] (P·v, and dS·k for dq).
+/// O[b, :, h, :] = alpha · op(P[b, h]) · Y[b, :, h, :] with Y [B, ly, H, D] and O
+/// [B, lx, H, D]. P is stored [B, H, lx, ly] and used as is (P·v, and dS·k for dq), or
+/// with `transposed` stored [B, H, ly, lx] and used transposed (dSᵀ·q for dk, Pᵀ·dO
+/// for dv).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemms_py(
+pub(crate) fn gemms_p(
     sp: &AttnSpec,
-    lx: usize,
-    ly: usize,
+    (lx, ly): (usize, usize),
     p: Mat,
     y: Mat,
     o: Mat,
     ab: DType,
     alpha: f32,
+    transposed: bool,
 ) -> Vec<Gemm> {
     let hd = sp.h * sp.d;
     let base = Gemm {
-        trans_a: false,
+        trans_a: transposed,
         trans_b: false,
         m: lx,
         n: sp.d,
         k: ly,
         a: 0,
-        lda: ly,
-        stride_a: lx * ly,
-        b: 0,
-        ldb: hd,
-        stride_b: sp.d,
-        c: 0,
-        ldc: hd,
-        stride_c: sp.d,
-        batch: sp.h,
-        alpha,
-        beta: 0.0,
-        ab,
-        c_type: ab,
-    };
-    per_batch(sp, base, (p, sp.h * lx * ly), (y, ly * hd), (o, lx * hd))
-}
-
-/// O[b, :, h, :] = alpha · P[b, h]ᵀ · Y[b, :, h, :] with P stored [B, H, ly, lx], Y
-/// [B, ly, H, D], O [B, lx, H, D] (dSᵀ·q for dk, Pᵀ·dO for dv).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemms_pty(
-    sp: &AttnSpec,
-    lx: usize,
-    ly: usize,
-    p: Mat,
-    y: Mat,
-    o: Mat,
-    ab: DType,
-    alpha: f32,
-) -> Vec<Gemm> {
-    let hd = sp.h * sp.d;
-    let base = Gemm {
-        trans_a: true,
-        trans_b: false,
-        m: lx,
-        n: sp.d,
-        k: ly,
-        a: 0,
-        lda: lx,
+        lda: if transposed { lx } else { ly },
         stride_a: lx * ly,
         b: 0,
         ldb: hd,
@@ -309,7 +273,16 @@ pub fn attention(
     )?;
     run(
         dev,
-        gemms_py(sp, sp.lq, sp.lk, mat(&p), mat(v), mat(&out), q.dtype(), 1.0),
+        gemms_p(
+            sp,
+            (sp.lq, sp.lk),
+            mat(&p),
+            mat(v),
+            mat(&out),
+            q.dtype(),
+            1.0,
+            false,
+        ),
     )?;
     Ok((out, lse))
 }
@@ -394,15 +367,42 @@ pub fn attention_backward(
         )?;
         run(
             dev,
-            gemms_py(sp, sp.lq, sp.lk, mat(&ds), mat(k), mat(&dq), dt, sp.scale),
+            gemms_p(
+                sp,
+                (sp.lq, sp.lk),
+                mat(&ds),
+                mat(k),
+                mat(&dq),
+                dt,
+                sp.scale,
+                false,
+            ),
         )?;
         run(
             dev,
-            gemms_pty(sp, sp.lk, sp.lq, mat(&ds), mat(q), mat(&dk), dt, sp.scale),
+            gemms_p(
+                sp,
+                (sp.lk, sp.lq),
+                mat(&ds),
+                mat(q),
+                mat(&dk),
+                dt,
+                sp.scale,
+                true,
+            ),
         )?;
         run(
             dev,
-            gemms_pty(sp, sp.lk, sp.lq, mat(&p), mat(dout), mat(&dv), dt, 1.0),
+            gemms_p(
+                sp,
+                (sp.lk, sp.lq),
+                mat(&p),
+                mat(dout),
+                mat(&dv),
+                dt,
+                1.0,
+                true,
+            ),
         )?;
     }
     let dbias = match dbias32 {

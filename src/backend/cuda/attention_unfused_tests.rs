@@ -5,7 +5,7 @@
 //! strides, leading dimensions, transposes and per-batch offsets of the [B, L, H, D]
 //! layout, which the kernel emulation in kernels/emu cannot see.
 
-use super::{gemms_pty, gemms_py, gemms_xyt, Mat};
+use super::{gemms_p, gemms_xyt, Mat};
 use crate::backend::cuda::blas::host;
 use crate::backend::{AttnSpec, BackendStorage, CpuStorage};
 use crate::shape::DType;
@@ -143,7 +143,7 @@ fn attention_descriptors_match_cpu() {
             }
         }
         run(
-            gemms_py(&sp, lq, lk, m(5), m(2), m(6), DType::F32, 1.0),
+            gemms_p(&sp, (lq, lk), m(5), m(2), m(6), DType::F32, 1.0, false),
             &mut bufs,
         );
         let cq = CpuStorage::from_f32(q.clone());
@@ -177,15 +177,15 @@ fn attention_descriptors_match_cpu() {
             }
         }
         run(
-            gemms_py(&sp, lq, lk, m(8), m(1), m(9), DType::F32, scale),
+            gemms_p(&sp, (lq, lk), m(8), m(1), m(9), DType::F32, scale, false),
             &mut bufs,
         );
         run(
-            gemms_pty(&sp, lk, lq, m(8), m(0), m(10), DType::F32, scale),
+            gemms_p(&sp, (lk, lq), m(8), m(0), m(10), DType::F32, scale, true),
             &mut bufs,
         );
         run(
-            gemms_pty(&sp, lk, lq, m(5), m(3), m(11), DType::F32, 1.0),
+            gemms_p(&sp, (lk, lq), m(5), m(3), m(11), DType::F32, 1.0, true),
             &mut bufs,
         );
         let (wdq, wdk, wdv, _) = cq

@@ -1,5 +1,5 @@
 //! T5 parity with Hugging Face on the tiny fixtures of tests/fixtures (made by
-//! tools/make_fixtures_models.py with transformers 5.24): logits, loss, every parameter
+//! tools/fixtures/make_fixtures_models.py with transformers 5.24): logits, loss, every parameter
 //! gradient, one AdamW step fed the stored gradients, greedy and beam `generate()`
 //! tokens — all f32 on the CPU. Plus checks HF cannot give us directly: the K/V-cached
 //! decoder equals the full decoder, a saved checkpoint loads back identically, dropout
@@ -31,7 +31,7 @@ fn load(name: &str) -> Option<(T5ForConditionalGeneration, BTreeMap<String, Tens
     let io = fixtures().join(format!("{name}_io.safetensors"));
     if !dir.join("model.safetensors").exists() || !io.exists() {
         eprintln!(
-            "skipping {name}: fixtures missing under {} (run tools/make_fixtures.py models)",
+            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py models)",
             fixtures().display()
         );
         return None;

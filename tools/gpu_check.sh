@@ -135,7 +135,7 @@ PY
 )"
     [ -n "$out_dir" ] && [ -f "$out_dir/ptxas.txt" ] && cp "$out_dir/ptxas.txt" "$GPU_DIR/ptxas.txt"
     # The attention kernels as of ATTN_PREV_REV (default: the last commit before the
-    # session-3 changes), for an A/B timing on the card (tools/attn_check/run.sh).
+    # session-3 changes), for an A/B timing on the card (dev/cuda/attn_check/run.sh).
     local prev_rev="${ATTN_PREV_REV:-90f5fcd}"
     git -C "$ROOT" show "$prev_rev:kernels/attention.cu" >"$GPU_DIR/attention_prev.cu" 2>/dev/null ||
         { log "note: no attention.cu at $prev_rev (no A/B timing)"; rm -f "$GPU_DIR/attention_prev.cu"; }

@@ -18,7 +18,7 @@ pub fn load(name: &str, dtype: DType) -> BTreeMap<String, Tensor> {
     let p = fixture(name);
     safetensors_io::load(&p, dtype, Device::Cpu).unwrap_or_else(|e| {
         panic!(
-            "fixture {} (regenerate with tools/make_fixtures.py): {e}",
+            "fixture {} (regenerate with tools/fixtures/make_fixtures.py): {e}",
             p.display()
         )
     })

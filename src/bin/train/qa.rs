@@ -89,7 +89,7 @@ pub(crate) struct QaArgs {
 /// 192-token window per question, sinusoidal-initialised positions, each person's
 /// sentences grouped, first names only, name-first templates; a single fact type per
 /// context (pure binding) stayed at chance even with 6 names and 3750 steps. The same
-/// data and recipe in PyTorch + transformers (tools/qa_builtin_torch.py) plateau the same
+/// data and recipe in PyTorch + transformers (tools/baselines/qa_builtin_torch.py) plateau the same
 /// way (EM 42.0 after 3 epochs vs our 40.75), so that is the recipe — a post-LN
 /// DistilBERT from scratch in a few thousand steps — not this engine.
 struct QaBuiltin {

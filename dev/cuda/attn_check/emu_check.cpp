@@ -226,7 +226,7 @@ static void fb_emu_cp_async16(__half* s, const __half* g, bool valid) {
   else std::memset(s, 0, 16);
 }
 
-#include "../../kernels/attention.cu"
+#include "../../../kernels/attention.cu"
 #include "attn_ref.h"
 
 template <class F>

@@ -4,22 +4,22 @@
 // Why it exists: the kernels are written on machines without a GPU and the GPU is lent
 // for minutes; this catches indexing, masking, reduction and synchronisation mistakes
 // before that. It is not the acceptance test (tests/gpu_kernels runs the real kernels
-// against the Rust CPU backend); it only needs g++ >= 12 (kernels/emu/run.sh).
+// against the Rust CPU backend); it only needs g++ >= 12 (dev/cuda/emu/run.sh).
 #include "host_emu.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <random>
 
-#include "../adamw.cu"
-#include "../attention_naive.cu"
-#include "../elementwise.cu"
-#include "../embedding.cu"
-#include "../layout.cu"
-#include "../norm.cu"
-#include "../reduce.cu"
-#include "../softmax.cu"
-#include "../span.cu"
+#include "../../../kernels/adamw.cu"
+#include "../../../kernels/attention_naive.cu"
+#include "../../../kernels/elementwise.cu"
+#include "../../../kernels/embedding.cu"
+#include "../../../kernels/layout.cu"
+#include "../../../kernels/norm.cu"
+#include "../../../kernels/reduce.cu"
+#include "../../../kernels/softmax.cu"
+#include "../../../kernels/span.cu"
 
 static int g_fail = 0;
 static std::mt19937_64 rng(12345);

@@ -41,7 +41,7 @@ def main():
         return 2
     lib = ctypes.CDLL(sys.argv[1])
     here = os.path.dirname(os.path.abspath(__file__))
-    src = open(os.path.join(here, "..", "..", "kernels", "attention.cu"), "rb").read()
+    src = open(os.path.join(here, "..", "..", "..", "kernels", "attention.cu"), "rb").read()
     bad = 0
     for arch in ("sm_75", "sm_80", "sm_90"):
         rc, log, size = compile_one(lib, src, arch, sys.argv[2])

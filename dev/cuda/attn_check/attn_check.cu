@@ -17,7 +17,7 @@
 // dq_cast) is recognised by its kernels' arity: it is called the old way and the cases that
 // need strides are skipped.
 #ifndef FB_ATTN_SRC
-#define FB_ATTN_SRC "../../kernels/attention.cu"
+#define FB_ATTN_SRC "../../../kernels/attention.cu"
 #endif
 #include FB_ATTN_SRC
 #include "attn_ref.h"

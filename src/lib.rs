@@ -1,4 +1,4 @@
-//! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
+//! fusebox: a GPU-kernel-first training engine. See docs/ARCHITECTURE.md for the map.
 pub mod backend;
 pub mod bench;
 pub mod data;

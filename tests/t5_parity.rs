@@ -1,12 +1,12 @@
 //! T5 parity with Hugging Face on the tiny fixtures of tests/fixtures (made by
-//! tools/fixtures/make_fixtures_models.py with transformers 5.24): logits, loss, every parameter
-//! gradient, one AdamW step fed the stored gradients, greedy and beam `generate()`
+//! tools/fixtures/make_fixtures_models.py with transformers 5.24): logits, loss, every
+//! parameter gradient, one AdamW step fed the stored gradients, greedy and beam `generate()`
 //! tokens — all f32 on the CPU. Plus checks HF cannot give us directly: the K/V-cached
 //! decoder equals the full decoder, a saved checkpoint loads back identically, dropout
 //! is seeded, and the t5-small tokenizer encodes as transformers does.
 //!
-//! Tolerances follow DESIGN.md: 1e-5 of each tensor's largest magnitude (1e-4 for the
-//! smallest tensors), an absolute floor for gradients that are exactly zero.
+//! Tolerances follow docs/ARCHITECTURE.md: 1e-5 of each tensor's largest magnitude (1e-4 for
+//! the smallest tensors), an absolute floor for gradients that are exactly zero.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -530,7 +530,7 @@ fn random_model_trains_saves_and_reloads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// ‖a − b‖ / ‖b‖ (DESIGN.md's measure for the GPU-vs-reference comparisons).
+/// ‖a − b‖ / ‖b‖ (docs/ARCHITECTURE.md's measure for GPU-vs-reference comparisons).
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

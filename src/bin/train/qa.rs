@@ -7,15 +7,15 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
+use fusebox::data::synth;
 use fusebox::hub;
 use fusebox::memory::budget::ModelSpec;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{load_qa_model, QaModel};
-use fusebox::synth;
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::QaTask;
+use fusebox::tokenize::train as tokenizer_train;
 use fusebox::tokenize::TextTokenizer;
-use fusebox::tokenizer_train;
 use fusebox::train;
 
 use crate::evaluate_train_report;

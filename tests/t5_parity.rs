@@ -18,6 +18,8 @@ use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
+mod common;
+
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
 fn fixtures() -> PathBuf {
@@ -453,17 +455,9 @@ fn generate_options_match_transformers() {
 
 #[test]
 fn t5_small_tokenizer_matches_transformers() {
-    let assets = std::env::var("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
-    let path = assets.join("tokenizers/t5-small/tokenizer.json");
-    if !path.exists() {
-        eprintln!(
-            "skipping: {} not found (set FUSEBOX_ASSETS)",
-            path.display()
-        );
+    let Some(path) = common::asset("tokenizers/t5-small/tokenizer.json") else {
         return;
-    }
+    };
     let tok = tokenizers::Tokenizer::from_file(&path).unwrap();
     let enc = tok
         .encode("translate English to German: The house is wonderful.", true)

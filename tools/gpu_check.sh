@@ -31,6 +31,7 @@ find_nvcc() {
     for c in "${NVCC:-}" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "${CUDA_PATH:+$CUDA_PATH/bin/nvcc}" \
         /usr/local/cuda/bin/nvcc "$(command -v nvcc 2>/dev/null)" \
         "$ROOT/../cuda13/nvidia/cu13/bin/nvcc" /work/cuda13/nvidia/cu13/bin/nvcc \
+        "${HOME:-/root}/.cache/fusebox-ci/cuda13-13.0.88-nvrtc/nvidia/cu13/bin/nvcc" \
         "${HOME:-/root}/.cache/fusebox-ci/cuda13-13.0.88/nvidia/cu13/bin/nvcc"; do
         if [ -n "$c" ] && [ -x "$c" ]; then
             echo "$c"

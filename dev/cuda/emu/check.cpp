@@ -122,22 +122,21 @@ static void check_norms() {
 }
 
 // ---- fused dropout + add + LayerNorm (norm.cu) against the unfused kernels, bit for bit
-template <class T>
-static std::vector<float> to_f(const std::vector<T>& v) {
-    std::vector<float> o(v.size());
+// float <-> T (float, or fb_half through the kernels' own conversions), element-wise.
+template <class To, class From>
+static std::vector<To> convert(const std::vector<From>& v) {
+    std::vector<To> o(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
-        if constexpr (sizeof(T) == 2) o[i] = fb_h2f(v[i]); else o[i] = v[i];
+        if constexpr (sizeof(From) == 2) o[i] = fb_h2f(v[i]);
+        else if constexpr (sizeof(To) == 2) o[i] = fb_f2h(v[i]);
+        else o[i] = v[i];
     }
     return o;
 }
 template <class T>
-static std::vector<T> from_f(const std::vector<float>& v) {
-    std::vector<T> o(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-        if constexpr (sizeof(T) == 2) o[i] = fb_f2h(v[i]); else o[i] = v[i];
-    }
-    return o;
-}
+static std::vector<float> to_f(const std::vector<T>& v) { return convert<float>(v); }
+template <class T>
+static std::vector<T> from_f(const std::vector<float>& v) { return convert<T>(v); }
 template <class T>
 static double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b, size_t off = 0) {
     auto fa = to_f(a), fb = to_f(b);

@@ -627,7 +627,7 @@ mod dropout_tests {
     }
 
     /// The first 64 decisions of seed 12345 at p = 0.5 (bit k = element base + k), from an
-    /// independent Python transcription of the hash; kernels/emu/check.cpp asserts the same
+    /// independent Python transcription of the hash; dev/cuda/emu/check.cpp asserts the same
     /// words for fb_dropout_keep, which ties the CUDA copy to this one without a GPU.
     pub(crate) const GOLDEN: [(u64, u64); 2] = [
         (0, 0x108f_841e_c86e_69ae),

@@ -3,7 +3,7 @@
 //! (`blas::host`), with the softmax kernels' arithmetic done on the host in between, and
 //! compared with the CPU backend's attention forward and backward. This pins down the
 //! strides, leading dimensions, transposes and per-batch offsets of the [B, L, H, D]
-//! layout, which the kernel emulation in kernels/emu cannot see.
+//! layout, which the kernel emulation in dev/cuda/emu cannot see.
 
 use super::{gemms_p, gemms_xyt, Mat};
 use crate::backend::cuda::blas::host;

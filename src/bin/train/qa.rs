@@ -7,15 +7,15 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
+use fusebox::data::synth;
 use fusebox::hub;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{load_qa_model, QaModel};
 use fusebox::models::step::{ModelConfig, ModelSource};
-use fusebox::synth;
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::QaTask;
+use fusebox::tokenize::train as tokenizer_train;
 use fusebox::tokenize::TextTokenizer;
-use fusebox::tokenizer_train;
 use fusebox::train;
 
 use crate::evaluate_train_report;
@@ -89,7 +89,7 @@ pub(crate) struct QaArgs {
 /// 192-token window per question, sinusoidal-initialised positions, each person's
 /// sentences grouped, first names only, name-first templates; a single fact type per
 /// context (pure binding) stayed at chance even with 6 names and 3750 steps. The same
-/// data and recipe in PyTorch + transformers (tools/qa_builtin_torch.py) plateau the same
+/// data and recipe in PyTorch + transformers (tools/baselines/qa_builtin_torch.py) plateau the same
 /// way (EM 42.0 after 3 epochs vs our 40.75), so that is the recipe — a post-LN
 /// DistilBERT from scratch in a few thousand steps — not this engine.
 struct QaBuiltin {

@@ -13,7 +13,7 @@ use fusebox::models::t5::T5ForConditionalGeneration;
 use fusebox::tasks::generate::GenerateConfig;
 use fusebox::tasks::seq2seq_default;
 use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
-use fusebox::tokenizer_train;
+use fusebox::tokenize::train as tokenizer_train;
 
 use crate::evaluate_train_report;
 use crate::run::{RunArgs, RunDefaults};

@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn trained_tokenizers_round_trip() {
         let base = std::env::temp_dir().join(format!("fusebox-tok-{}", std::process::id()));
-        let texts: Vec<String> = crate::synth::translate_dataset(1, 200)
+        let texts: Vec<String> = crate::data::synth::translate_dataset(1, 200)
             .into_iter()
             .flat_map(|(a, b)| [a, b])
             .collect();
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(enc.get_ids().last(), Some(&1), "ends with </s>");
         assert!(!enc.get_ids().contains(&2), "no <unk> on training text");
 
-        let qa = crate::synth::qa_dataset(1, 30, 5, 2, "t");
+        let qa = crate::data::synth::qa_dataset(1, 30, 5, 2, "t");
         let ctx: Vec<String> = qa["data"][0]["paragraphs"]
             .as_array()
             .unwrap()
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn training_twice_gives_the_same_ids() {
         let base = std::env::temp_dir().join(format!("fusebox-tokdet-{}", std::process::id()));
-        let qa = crate::synth::qa_dataset(3, 60, 2, 2, "t");
+        let qa = crate::data::synth::qa_dataset(3, 60, 2, 2, "t");
         let mut texts: Vec<String> = Vec::new();
         for p in qa["data"][0]["paragraphs"].as_array().unwrap() {
             texts.push(p["context"].as_str().unwrap().to_string());

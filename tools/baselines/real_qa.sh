@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# tools/real_qa.sh — a real pretrained encoder fine-tuned for extractive QA on real data,
+# tools/baselines/real_qa.sh — a real pretrained encoder fine-tuned for extractive QA on real data,
 # on whatever device `--device auto` finds: all-MiniLM-L6-v2 (a BERT, 6 layers, 384 wide)
 # on TyDi QA GoldP English dev (../shared/assets; 440 questions, one per Wikipedia
 # passage), the first 340 questions for training and the last 100 held out. Then the
 # held-out predictions through `infer qa --file` and `eval squad`, the official script's
 # numbers, as a user would run them.
 #
-#   bash tools/real_qa.sh [OUT] [extra train flags...]     (default OUT: out/real-qa)
+#   bash tools/baselines/real_qa.sh [OUT] [extra train flags...]     (default OUT: out/real-qa)
 #
 # Why this model and data: they are the real ones available offline here. MiniLM is a
 # sentence-embedding model, not a QA model, and 340 questions are few, so the figure is
 # a check that fine-tuning a real checkpoint on real text learns, not a SQuAD score.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ASSETS="${FUSEBOX_ASSETS:-$ROOT/../shared/assets}"
 OUT="${1:-out/real-qa}"
 shift || true

@@ -8,6 +8,8 @@
 //! and `[CLS] A [SEP] B [SEP]` with token type ids 0/1. Offsets are in characters
 //! (Unicode scalar values), as Python's `encode` returns them, because SQuAD's
 //! `answer_start` counts characters too.
+//!
+//! [`train`] builds tokenizers from text, deterministically, for the built-in datasets.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, EncodeInput, Encoding, Tokenizer};
 
 use crate::error::{Error, Result};
+
+pub mod train;
 
 fn tok_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{what}: {e}"))

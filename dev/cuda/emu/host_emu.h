@@ -1,5 +1,5 @@
 // A minimal CUDA execution model on the CPU, so the kernels' logic can be checked on a
-// machine with no GPU (kernels/emu/check.cpp; run with kernels/emu/run.sh).
+// machine with no GPU (dev/cuda/emu/check.cpp; run with dev/cuda/emu/run.sh).
 //
 // Why it is built this way: the kernels use only a small part of CUDA — grid-stride
 // loops, __syncthreads, warp shuffles/votes, float/int atomics, shared arrays — so each

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds tools/attn_check/attn_check.cu with the machine's nvcc and runs it: correctness
+# Builds dev/cuda/attn_check/attn_check.cu with the machine's nvcc and runs it: correctness
 # cases (ATTNCHECK lines), then timings (ATTNBENCH lines); then the correctness cases again
 # from a compute_75 PTX build (JIT: the Turing m16n8k8 code path); then compute-sanitizer memcheck
 # and racecheck on the two tiny cases, then the PyTorch baselines (TORCHATTN lines).

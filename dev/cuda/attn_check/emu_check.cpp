@@ -117,50 +117,16 @@ static inline float atomicAdd(float* p, float v) {
 static inline float lo_h(uint32_t r) { return __half2float(__half{(uint16_t)(r & 0xFFFF)}); }
 static inline float hi_h(uint32_t r) { return __half2float(__half{(uint16_t)(r >> 16)}); }
 
-// mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32, fragments per the PTX ISA:
-// groupID = lane >> 2, tig = lane % 4;
-// A (16x8): a0,a1 -> row groupID, cols tig*2 + {0,1}; a2,a3 -> row groupID+8 (reg 1).
-// B (8x8):  b0,b1 -> rows tig*2 + {0,1}, col groupID.
-// C (16x8): c0,c1 -> row groupID, cols tig*2 + {0,1}; c2,c3 -> row groupID+8.
-static void fb_emu_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
-  WarpCtx& w = *tw;
-  w.a0[tlane] = a0;
-  w.a1[tlane] = a1;
-  w.b0[tlane] = b0;
-  for (int i = 0; i < 4; ++i) w.c[tlane][i] = c[i];
-  w.bar.arrive_and_wait();
-  float A[16][8], B[8][8], C[16][8];
-  for (int L = 0; L < 32; ++L) {
-    const int g = L >> 2, t = L & 3;
-    A[g][2 * t] = lo_h(w.a0[L]);
-    A[g][2 * t + 1] = hi_h(w.a0[L]);
-    A[g + 8][2 * t] = lo_h(w.a1[L]);
-    A[g + 8][2 * t + 1] = hi_h(w.a1[L]);
-    B[2 * t][g] = lo_h(w.b0[L]);
-    B[2 * t + 1][g] = hi_h(w.b0[L]);
-    C[g][2 * t] = w.c[L][0];
-    C[g][2 * t + 1] = w.c[L][1];
-    C[g + 8][2 * t] = w.c[L][2];
-    C[g + 8][2 * t + 1] = w.c[L][3];
-  }
-  const int g = tlane >> 2, t = tlane & 3;
-  const int rr[4] = {g, g, g + 8, g + 8};
-  const int cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-  for (int i = 0; i < 4; ++i) {
-    float acc = C[rr[i]][cc[i]];
-    for (int kk = 0; kk < 8; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
-    c[i] = acc;
-  }
-  w.bar.arrive_and_wait();
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 (the sm_80+ path, built with
-// -DFB_ATTN_EMU_K16), from the PTX ISA's m16n8k16 tables:
-// A (16x16): a0,a1 -> row g, cols 2t+{0,1}; a2,a3 -> row g+8, same cols;
-//            a4,a5 -> row g, cols 2t+8+{0,1}; a6,a7 -> row g+8, cols 2t+8+{0,1}.
-// B (16x8):  b0,b1 -> rows 2t+{0,1}, col g; b2,b3 -> rows 2t+8+{0,1}, col g.  C as k8.
-static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                           uint32_t b0, uint32_t b1) {
+// mma.sync.aligned.m16n8k{8,16}.row.col.f32.f16.f16.f32, fragments per the PTX ISA
+// (g = groupID = lane >> 2, t = lane % 4):
+// A (16xK): a0,a1 -> row g, cols 2t+{0,1}; a2,a3 -> row g+8, same cols (register 1);
+//   k16 only: a4,a5 -> row g, cols 2t+8+{0,1}; a6,a7 -> row g+8, cols 2t+8+{0,1}
+//   (registers 2 and 3).
+// B (Kx8): b0,b1 -> rows 2t+{0,1}, col g; k16 only: b2,b3 -> rows 2t+8+{0,1}, col g.
+// C (16x8): c0,c1 -> row g, cols 2t+{0,1}; c2,c3 -> row g+8.
+// The m16n8k8 tables are the first half of the m16n8k16 ones, so one body serves both.
+static void fb_emu_mma_k(int K, float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                         uint32_t b0, uint32_t b1) {
   WarpCtx& w = *tw;
   w.a0[tlane] = a0;
   w.a1[tlane] = a1;
@@ -177,14 +143,16 @@ static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, ui
     A[g][2 * t + 1] = hi_h(w.a0[L]);
     A[g + 8][2 * t] = lo_h(w.a1[L]);
     A[g + 8][2 * t + 1] = hi_h(w.a1[L]);
-    A[g][2 * t + 8] = lo_h(w.a2[L]);
-    A[g][2 * t + 9] = hi_h(w.a2[L]);
-    A[g + 8][2 * t + 8] = lo_h(w.a3[L]);
-    A[g + 8][2 * t + 9] = hi_h(w.a3[L]);
     B[2 * t][g] = lo_h(w.b0[L]);
     B[2 * t + 1][g] = hi_h(w.b0[L]);
-    B[2 * t + 8][g] = lo_h(w.b1[L]);
-    B[2 * t + 9][g] = hi_h(w.b1[L]);
+    if (K == 16) {
+      A[g][2 * t + 8] = lo_h(w.a2[L]);
+      A[g][2 * t + 9] = hi_h(w.a2[L]);
+      A[g + 8][2 * t + 8] = lo_h(w.a3[L]);
+      A[g + 8][2 * t + 9] = hi_h(w.a3[L]);
+      B[2 * t + 8][g] = lo_h(w.b1[L]);
+      B[2 * t + 9][g] = hi_h(w.b1[L]);
+    }
     C[g][2 * t] = w.c[L][0];
     C[g][2 * t + 1] = w.c[L][1];
     C[g + 8][2 * t] = w.c[L][2];
@@ -195,10 +163,19 @@ static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, ui
   const int cc[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
   for (int i = 0; i < 4; ++i) {
     float acc = C[rr[i]][cc[i]];
-    for (int kk = 0; kk < 16; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
+    for (int kk = 0; kk < K; ++kk) acc += A[rr[i]][kk] * B[kk][cc[i]];
     c[i] = acc;
   }
   w.bar.arrive_and_wait();
+}
+// The Turing path (pairs of m16n8k8).
+static void fb_emu_mma(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  fb_emu_mma_k(8, c, a0, a1, 0, 0, b0, 0);
+}
+// The sm_80+ path (one m16n8k16 per k16 step; built with -DFB_ATTN_EMU_K16).
+static void fb_emu_mma_k16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                           uint32_t b0, uint32_t b1) {
+  fb_emu_mma_k(16, c, a0, a1, a2, a3, b0, b1);
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lane 8i + r supplies the address of row r
@@ -226,7 +203,7 @@ static void fb_emu_cp_async16(__half* s, const __half* g, bool valid) {
   else std::memset(s, 0, 16);
 }
 
-#include "../../kernels/attention.cu"
+#include "../../../kernels/attention.cu"
 #include "attn_ref.h"
 
 template <class F>

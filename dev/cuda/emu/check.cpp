@@ -4,22 +4,22 @@
 // Why it exists: the kernels are written on machines without a GPU and the GPU is lent
 // for minutes; this catches indexing, masking, reduction and synchronisation mistakes
 // before that. It is not the acceptance test (tests/gpu_kernels runs the real kernels
-// against the Rust CPU backend); it only needs g++ >= 12 (kernels/emu/run.sh).
+// against the Rust CPU backend); it only needs g++ >= 12 (dev/cuda/emu/run.sh).
 #include "host_emu.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <random>
 
-#include "../adamw.cu"
-#include "../attention_naive.cu"
-#include "../elementwise.cu"
-#include "../embedding.cu"
-#include "../layout.cu"
-#include "../norm.cu"
-#include "../reduce.cu"
-#include "../softmax.cu"
-#include "../span.cu"
+#include "../../../kernels/adamw.cu"
+#include "../../../kernels/attention_naive.cu"
+#include "../../../kernels/elementwise.cu"
+#include "../../../kernels/embedding.cu"
+#include "../../../kernels/layout.cu"
+#include "../../../kernels/norm.cu"
+#include "../../../kernels/reduce.cu"
+#include "../../../kernels/softmax.cu"
+#include "../../../kernels/span.cu"
 
 static int g_fail = 0;
 static std::mt19937_64 rng(12345);
@@ -122,22 +122,21 @@ static void check_norms() {
 }
 
 // ---- fused dropout + add + LayerNorm (norm.cu) against the unfused kernels, bit for bit
-template <class T>
-static std::vector<float> to_f(const std::vector<T>& v) {
-    std::vector<float> o(v.size());
+// float <-> T (float, or fb_half through the kernels' own conversions), element-wise.
+template <class To, class From>
+static std::vector<To> convert(const std::vector<From>& v) {
+    std::vector<To> o(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
-        if constexpr (sizeof(T) == 2) o[i] = fb_h2f(v[i]); else o[i] = v[i];
+        if constexpr (sizeof(From) == 2) o[i] = fb_h2f(v[i]);
+        else if constexpr (sizeof(To) == 2) o[i] = fb_f2h(v[i]);
+        else o[i] = v[i];
     }
     return o;
 }
 template <class T>
-static std::vector<T> from_f(const std::vector<float>& v) {
-    std::vector<T> o(v.size());
-    for (size_t i = 0; i < v.size(); ++i) {
-        if constexpr (sizeof(T) == 2) o[i] = fb_f2h(v[i]); else o[i] = v[i];
-    }
-    return o;
-}
+static std::vector<float> to_f(const std::vector<T>& v) { return convert<float>(v); }
+template <class T>
+static std::vector<T> from_f(const std::vector<float>& v) { return convert<T>(v); }
 template <class T>
 static double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b, size_t off = 0) {
     auto fa = to_f(a), fb = to_f(b);

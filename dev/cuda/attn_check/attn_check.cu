@@ -17,7 +17,7 @@
 // dq_cast) is recognised by its kernels' arity: it is called the old way and the cases that
 // need strides are skipped.
 #ifndef FB_ATTN_SRC
-#define FB_ATTN_SRC "../../kernels/attention.cu"
+#define FB_ATTN_SRC "../../../kernels/attention.cu"
 #endif
 #include FB_ATTN_SRC
 #include "attn_ref.h"
@@ -338,24 +338,18 @@ static bool run_check(const Case& c, unsigned seed) {
 }
 
 // ---------------------------------------------------------------- benchmark
-__global__ void init_rand_half(__half* p, size_t n, unsigned seed, float amp) {
+// Uniform in [-amp, amp) from a hash of the index: inputs for the timings, made on the card.
+__device__ inline void store_rand(__half* p, float v) { *p = __float2half(v); }
+__device__ inline void store_rand(float* p, float v) { *p = v; }
+template <class T>
+__global__ void init_rand(T* p, size_t n, unsigned seed, float amp) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     unsigned x = (unsigned)i * 2654435761u ^ seed;
     x ^= x >> 15;
     x *= 2246822519u;
     x ^= x >> 13;
-    p[i] = __float2half(((x & 0xFFFFFF) / 16777216.f * 2.f - 1.f) * amp);
-  }
-}
-__global__ void init_rand_float(float* p, size_t n, unsigned seed, float amp) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    unsigned x = (unsigned)i * 2654435761u ^ seed;
-    x ^= x >> 15;
-    x *= 2246822519u;
-    x ^= x >> 13;
-    p[i] = ((x & 0xFFFFFF) / 16777216.f * 2.f - 1.f) * amp;
+    store_rand(p + i, ((x & 0xFFFFFF) / 16777216.f * 2.f - 1.f) * amp);
   }
 }
 
@@ -376,34 +370,30 @@ static void run_bench(const Case& c, int reps) {
   if (!kRowStrides && has_strides(c)) return;  // an earlier kernel copy: no such layout
   Dev d;
   alloc(d, c);
-  init_rand_half<<<1024, 256>>>(d.in, d.lay.size, 1u, 1.f);  // q, k, v (and any gaps)
-  init_rand_half<<<1024, 256>>>(d.dout, nq(c), 4u, 1.f);
-  if (d.bias) init_rand_float<<<1024, 256>>>(d.bias, nbias(c), 5u, 2.f);
+  init_rand<<<1024, 256>>>(d.in, d.lay.size, 1u, 1.f);  // q, k, v (and any gaps)
+  init_rand<<<1024, 256>>>(d.dout, nq(c), 4u, 1.f);
+  if (d.bias) init_rand<<<1024, 256>>>(d.bias, nbias(c), 5u, 2.f);
   CK(cudaGetLastError());
   upload_mask(d, c);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  std::vector<float> tf, tfb;
-  for (int it = 0; it < reps + 3; ++it) {
-    CK(cudaEventRecord(e0));
-    launch_fwd(d, c);
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (it >= 3) tf.push_back(ms);
-  }
-  for (int it = 0; it < reps + 3; ++it) {
-    CK(cudaEventRecord(e0));
-    launch_fwd(d, c);
-    launch_bwd(d, c);
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (it >= 3) tfb.push_back(ms);
-  }
+  // Milliseconds of each of `reps` runs (forward, or forward + backward) after 3 warm-ups.
+  auto timed = [&](bool with_bwd) {
+    std::vector<float> t;
+    for (int it = 0; it < reps + 3; ++it) {
+      CK(cudaEventRecord(e0));
+      launch_fwd(d, c);
+      if (with_bwd) launch_bwd(d, c);
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      if (it >= 3) t.push_back(ms);
+    }
+    return t;
+  };
+  const std::vector<float> tf = timed(false), tfb = timed(true);
   // The timed outputs must be finite too: a fast kernel writing NaN is not a result.
   auto lse = to_host_float(d.lse, nrow(c));
   std::vector<uint16_t> grad(d.lay.size);

@@ -5,7 +5,7 @@
 # plateau of the built-in task is ours or the recipe's: on the first design (2-4 people
 # per context, the data of commit f7ca493's `train qa`) it reached EM 42.0 after 3 epochs
 # where fusebox reached 40.75 (see QA_BUILTIN in src/bin/train/qa.rs).
-# Usage: python tools/qa_builtin_torch.py OUT EPOCHS
+# Usage: python tools/baselines/qa_builtin_torch.py OUT EPOCHS
 # with env LR, LAYERS, HEADS, DIM, INIT, B, WARM to vary the recipe. CPU, one thread.
 # One window of up to 192 tokens per question (the generated contexts fit), where `train qa`
 # uses 128-token windows with stride 48; EM here is exact string match on the best span.

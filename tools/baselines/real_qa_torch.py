@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# The run of tools/real_qa.sh in PyTorch + transformers, to tell whether its EM/F1 is the
+# The run of tools/baselines/real_qa.sh in PyTorch + transformers, to tell whether its EM/F1 is the
 # engine's or the recipe's: the same checkpoint (all-MiniLM-L6-v2 with a fresh QA head),
 # the same split (OUT/data/{train,eval}.json written by real_qa.sh), the same recipe
 # (windows of 384 tokens, stride 128; AdamW lr 1e-4, weight decay 0.01 off biases and
@@ -7,7 +7,7 @@
 # dropout on) and run_qa.py's pre- and post-processing (n-best 20, answers up to 30
 # tokens), scored with the official SQuAD v1.1 EM/F1.
 #
-#   python tools/real_qa_torch.py OUT MODEL_DIR [EPOCHS] [SEED]
+#   python tools/baselines/real_qa_torch.py OUT MODEL_DIR [EPOCHS] [SEED]
 #
 # CPU. Prints one JSON line per epoch and the final one last.
 import collections

@@ -2,8 +2,8 @@
 """Compiles kernels/attention.cu with NVRTC for sm_75, sm_80 and sm_90 (cubins).
 
 Why: fusebox compiles its kernels at run time with NVRTC when no nvcc is installed
-(DESIGN.md), and NVRTC has no <stdint.h>, <math.h> or other host headers, so a kernel that
-builds with nvcc can still fail there. No GPU is needed.
+(docs/ARCHITECTURE.md), and NVRTC has no <stdint.h>, <math.h> or other host headers, so a
+kernel that builds with nvcc can still fail there. No GPU is needed.
 
 Usage: nvrtc_check.py LIBNVRTC CUDA_INCLUDE_DIR
   e.g. LD_LIBRARY_PATH=/work/cuda13-nvrtc/nvidia/cu13/lib python3 nvrtc_check.py \\
@@ -41,7 +41,7 @@ def main():
         return 2
     lib = ctypes.CDLL(sys.argv[1])
     here = os.path.dirname(os.path.abspath(__file__))
-    src = open(os.path.join(here, "..", "..", "kernels", "attention.cu"), "rb").read()
+    src = open(os.path.join(here, "..", "..", "..", "kernels", "attention.cu"), "rb").read()
     bad = 0
     for arch in ("sm_75", "sm_80", "sm_90"):
         rc, log, size = compile_one(lib, src, arch, sys.argv[2])

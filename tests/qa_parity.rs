@@ -11,7 +11,7 @@
 //! Absent assets or fixtures skip with a message.
 
 mod common;
-use common::assets;
+use common::{assets, rel_l2, root as manifest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,17 +21,6 @@ use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::adamw::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
-
-/// The repository root: where the test was built, else the working directory (a test
-/// binary copied to another machine and run from the repository root).
-fn manifest() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("tests/fixtures").exists() {
-        built
-    } else {
-        PathBuf::from(".")
-    }
-}
 
 fn load(path: &Path) -> BTreeMap<String, Tensor> {
     safetensors_io::load(path, DType::F32, Device::Cpu).expect("fixture")
@@ -387,14 +376,7 @@ fn attention_dropout_is_seeded_and_reaches_gradients() {
 
 /// Relative error ‖a − b‖ / ‖b‖ (DESIGN.md's GPU-vs-CPU measure).
 fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (x, y) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
-    assert_eq!(x.len(), y.len());
-    let num: f64 = x.iter().zip(&y).map(|(p, q)| (p - q) * (p - q)).sum();
-    let den: f64 = y.iter().map(|q| q * q).sum();
-    if x.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-30)).sqrt()
+    rel_l2(&a.to_vec_f64().expect("a"), &b.to_vec_f64().expect("b"))
 }
 
 /// The same models on the GPU: MiniLM hidden states (f32 and f16) against transformers,
@@ -458,9 +440,7 @@ fn gpu_matches_cpu_and_transformers() {
     for (name, p) in cpu.params().trainable() {
         let want = g_cpu.get(&p).expect("cpu grad");
         let got = host(g_gpu.get(&gpu_params[&name]).expect("gpu grad"));
-        let (err, scale) = rel_err(&got, want, &name);
-        let tol = if scale < 1e-6 { 1e-6 } else { 1e-4 * scale };
-        assert!(err <= tol, "{name}: GPU grad error {err:.3e} > {tol:.3e}");
+        assert_close(&got, want, 1e-4, &format!("{name}: GPU grad"));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

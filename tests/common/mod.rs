@@ -73,6 +73,15 @@ pub fn rel_diff(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
 }
 
+/// |got − want| / |want| < tol (NaN never passes).
+pub fn assert_rel(what: &str, got: f64, want: f64, tol: f64) {
+    let rel = rel_diff(got, want);
+    assert!(
+        rel < tol,
+        "{what}: {got} vs {want}, relative difference {rel:e} >= {tol:e}"
+    );
+}
+
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let e = rel_to_max(

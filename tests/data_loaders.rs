@@ -106,6 +106,12 @@ fn flat_and_nested_v2_fixtures_agree() {
     }
 }
 
+/// Loading `path` as seq2seq data with `opts` fails, with every needle in the message.
+fn assert_seq2seq_error(path: PathBuf, opts: &Seq2SeqOptions, needles: &[&str]) {
+    let e = seq2seq::load_seq2seq(path, opts).unwrap_err().to_string();
+    assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+}
+
 fn tmp(name: &str, body: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fusebox-data-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");
@@ -267,15 +273,10 @@ fn jsonl_with_dotted_paths() {
         assert_eq!(seq2seq::load_seq2seq(p, &opts).expect("wmt").len(), n);
     }
 
-    let e = seq2seq::load_seq2seq(
+    assert_seq2seq_error(
         a.join("seq2seq/wmt-en-ro/test.jsonl"),
         &Seq2SeqOptions::new("translation.de", "translation.ro"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("test.jsonl:1") && e.contains("`translation.de` not found"),
-        "{e}"
+        &["test.jsonl:1", "`translation.de` not found"],
     );
 }
 
@@ -305,15 +306,10 @@ fn nusax_csv_with_quoted_commas() {
             "{f}"
         );
     }
-    let e = seq2seq::load_seq2seq(
+    assert_seq2seq_error(
         a.join("seq2seq/nusax-mt-en-id/valid.csv"),
         &Seq2SeqOptions::new("french", "indonesian"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("column `french` not in header") && e.contains("english"),
-        "{e}"
+        &["column `french` not in header", "english"],
     );
 }
 

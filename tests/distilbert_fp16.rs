@@ -13,7 +13,7 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::{assert_rel, fixture, rel_l2_f32};
+use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2_f32};
 
 /// The fixture model in `dtype` and its batch, or None (printed) without the fixture.
 fn load(dev: Device, dtype: DType) -> Option<(Box<dyn QaModel>, QaBatch)> {
@@ -61,11 +61,8 @@ fn forward_case(dev: Device) {
 }
 
 fn train_case(dev: Device) {
-    let mut finals = Vec::new();
-    for dtype in [DType::F32, DType::F16] {
-        let Some((m, b)) = load(dev, dtype) else {
-            return;
-        };
+    fp16_training_follows_f32("DistilBERT", |dtype| {
+        let (m, b) = load(dev, dtype)?;
         let params: Vec<(String, Tensor)> = m.params().trainable();
         let mut opt = AdamW::new(&params, AdamWConfig::default(), true).unwrap();
         let mut scaler = LossScaler::default();
@@ -98,9 +95,8 @@ fn train_case(dev: Device) {
             after.is_finite() && after < before,
             "{dtype:?}: {before} -> {after}"
         );
-        finals.push(after);
-    }
-    assert_rel("fp16 trained loss vs f32", finals[1], finals[0], 1e-2);
+        Some(after)
+    });
 }
 
 #[test]
@@ -115,10 +111,9 @@ fn fp16_training_steps_follow_f32() {
 
 #[test]
 fn fp16_forward_and_training_on_gpu() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping the GPU DistilBERT fp16 test: no CUDA device");
+    let Some(dev) = cuda_device("the GPU DistilBERT fp16 test") else {
         return;
-    }
-    forward_case(Device::Cuda(0));
-    train_case(Device::Cuda(0));
+    };
+    forward_case(dev);
+    train_case(dev);
 }

@@ -11,15 +11,14 @@
 //! Absent assets or fixtures skip with a message.
 
 mod common;
-use common::{assets, rel_l2, root as manifest};
+use common::{adamw_step_on_stored_grads, assets, cuda_device, rel_l2, root as manifest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, no_grad, Grads};
+use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bert::BertForQa;
 use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
-use fusebox::optim::adamw::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
 
 fn load(path: &Path) -> BTreeMap<String, Tensor> {
@@ -159,18 +158,7 @@ fn qa_fixtures_match_transformers() {
         drop(grads);
 
         // One AdamW step from the stored gradients (torch.optim.AdamW, no groups).
-        let mut stored = Grads::default();
-        for (pname, p) in &params {
-            stored.insert(p, io[&format!("grad.{pname}")].clone());
-        }
-        let cfg = AdamWConfig {
-            lr: 1e-3,
-            weight_decay: 0.01,
-            ..Default::default()
-        };
-        let mut opt = AdamW::new(&params, cfg, false).expect("adamw");
-        let out = opt.step(&stored, 1e-3, 1.0, None).expect("step");
-        assert!(!out.skipped);
+        adamw_step_on_stored_grads(&name, &params, &io);
         for (pname, p) in &params {
             let want = &io[&format!("param_after.{pname}")];
             assert_close(p, want, 1e-5, &format!("{name} param_after.{pname}"));
@@ -384,11 +372,9 @@ fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
 /// gradient against the CPU.
 #[test]
 fn gpu_matches_cpu_and_transformers() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipped: no CUDA device");
+    let Some(gpu) = cuda_device("gpu_matches_cpu_and_transformers") else {
         return;
-    }
-    let gpu = Device::Cuda(0);
+    };
     if let Some(a) = assets() {
         let fx = load(&manifest().join("tests/fixtures/minilm_hidden.safetensors"));
         let dir = a.join("models/all-minilm-l6-v2");

@@ -20,7 +20,7 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::{assert_rel, rel_diff, rel_l2};
+use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, rel_l2};
 
 /// The overflow case multiplies every `wi` (`wi_0`, `wi_1`) weight by `WI_SCALE` and
 /// every `wo` by `WO_SCALE`: powers of two (exact in f16 and f32) that keep each weight
@@ -266,8 +266,7 @@ fn fp16_matches_f32_without_overflow_cpu() {
 /// on. The loss must stay finite and fall as it does in f32, to the same value (1e-2).
 fn train_case(dev: Device) {
     let b = batch(dev);
-    let mut finals = Vec::new();
-    for dtype in [DType::F32, DType::F16] {
+    fp16_training_follows_f32("T5", |dtype| {
         let m = model(false, dev, dtype, true, Fp16Safety::default());
         let before = loss_only(&m, &b);
         let mut opt = AdamW::new(&m.trainable(), AdamWConfig::default(), true).unwrap();
@@ -298,9 +297,8 @@ fn train_case(dev: Device) {
             after.is_finite() && after < before - 0.1,
             "{dtype:?}: loss {before} -> {after}"
         );
-        finals.push(after);
-    }
-    assert_rel("trained fp16 loss vs f32", finals[1], finals[0], 1e-2);
+        Some(after)
+    });
 }
 
 #[test]
@@ -333,11 +331,9 @@ fn safety_setting_leaves_f32_alone() {
 /// with the CPU emulation's, and the f32-output GEMM matches the CPU's.
 #[test]
 fn safe_fp16_survives_what_overflows_naive_fp16_gpu() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping the GPU fp16 T5 test: no CUDA device");
+    let Some(dev) = cuda_device("the GPU fp16 T5 test") else {
         return;
-    }
-    let dev = Device::Cuda(0);
+    };
     for gated in [false, true] {
         let gpu = overflow_case(dev, gated);
         let cpu = overflow_case(Device::Cpu, gated);

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, Grads};
+use fusebox::autograd::backward;
 use fusebox::models::t5::{DecoderCache, Dropout, Mode, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig};
@@ -19,7 +19,7 @@ use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::rel_l2_f32 as rel_l2;
+use common::{adamw_step_on_stored_grads, cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
@@ -192,18 +192,7 @@ fn unfused_attention_matches_transformers() {
 fn adamw_step_from_stored_gradients_matches_torch() {
     for (name, (model, io)) in models() {
         let params = model.trainable();
-        let mut grads = Grads::default();
-        for (pname, p) in &params {
-            grads.insert(p, io[&format!("grad.{pname}")].clone());
-        }
-        let cfg = AdamWConfig {
-            lr: 1e-3,
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        };
-        let mut opt = AdamW::new(&params, cfg, false).unwrap();
-        let out = opt.step(&grads, 1e-3, 1.0, None).unwrap();
-        assert!(!out.skipped, "{name}: step skipped");
+        adamw_step_on_stored_grads(name, &params, &io);
         for (pname, p) in &params {
             assert_close(
                 &format!("{name}: param after step {pname}"),
@@ -547,11 +536,9 @@ fn random_model_trains_saves_and_reloads() {
 /// greedy and beam tokens) and an f16 forward. Skips without a GPU.
 #[test]
 fn gpu_matches_transformers() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping gpu_matches_transformers: no CUDA device");
+    let Some(dev) = cuda_device("gpu_matches_transformers") else {
         return;
-    }
-    let dev = Device::Cuda(0);
+    };
     for (name, (_, io)) in models() {
         let dir = fixtures().join("models").join(name);
         let on = |k: &str| io[k].to_device(dev).unwrap();

@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use fusebox::autograd::Grads;
 use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, UnaryOp};
 use fusebox::nn::safetensors_io;
+use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
 use serde_json::Value;
 
@@ -93,6 +95,55 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
         e <= tol,
         "{what}: max error {e:e} relative to max > {tol:e}"
     );
+}
+
+/// The first CUDA device, or None (after printing that `test` skips) without one.
+pub fn cuda_device(test: &str) -> Option<Device> {
+    if fusebox::backend::cuda_available() {
+        Some(Device::Cuda(0))
+    } else {
+        eprintln!("skipping {test}: no CUDA device");
+        None
+    }
+}
+
+/// Trains once in f32 and once in f16 (`train` returns the final loss, or None when the
+/// model is absent, which skips the comparison); the fp16 run must end within 1e-2
+/// (relative) of the f32 run.
+pub fn fp16_training_follows_f32(what: &str, mut train: impl FnMut(DType) -> Option<f64>) {
+    let Some(f32_loss) = train(DType::F32) else {
+        return;
+    };
+    let Some(f16_loss) = train(DType::F16) else {
+        return;
+    };
+    assert_rel(
+        &format!("{what}: trained fp16 loss vs f32"),
+        f16_loss,
+        f32_loss,
+        1e-2,
+    );
+}
+
+/// One AdamW step as the fixtures' torch.optim.AdamW took it (lr 1e-3, weight decay 0.01,
+/// no parameter groups), fed the stored `grad.<name>` tensors of `io`; it must not skip.
+pub fn adamw_step_on_stored_grads(
+    what: &str,
+    params: &[(String, Tensor)],
+    io: &BTreeMap<String, Tensor>,
+) {
+    let mut grads = Grads::default();
+    for (pname, p) in params {
+        grads.insert(p, io[&format!("grad.{pname}")].clone());
+    }
+    let cfg = AdamWConfig {
+        lr: 1e-3,
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(params, cfg, false).expect("adamw");
+    let out = opt.step(&grads, 1e-3, 1.0, None).expect("step");
+    assert!(!out.skipped, "{what}: step skipped");
 }
 
 /// The shared real-data assets: env FUSEBOX_ASSETS, else ../shared/assets beside the

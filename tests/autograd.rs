@@ -149,29 +149,18 @@ fn accumulation_over_micro_batches_equals_one_big_batch() {
     )
     .unwrap();
     // Two micro-batches of 3, each loss scaled by 1/2 (as a trainer does), accumulated.
-    let mut acc = backward(
-        &x.narrow(0, 0, 3)
+    let half = |start: usize| {
+        let loss = x
+            .narrow(0, start, 3)
             .unwrap()
             .linear(&w, None)
             .unwrap()
-            .cross_entropy(&t.narrow(0, 0, 3).unwrap(), IGNORE_INDEX)
-            .unwrap()
-            .scale(0.5)
-            .unwrap(),
-    )
-    .unwrap();
-    let second = backward(
-        &x.narrow(0, 3, 3)
-            .unwrap()
-            .linear(&w, None)
-            .unwrap()
-            .cross_entropy(&t.narrow(0, 3, 3).unwrap(), IGNORE_INDEX)
-            .unwrap()
-            .scale(0.5)
-            .unwrap(),
-    )
-    .unwrap();
-    acc.accumulate(second).unwrap();
+            .cross_entropy(&t.narrow(0, start, 3).unwrap(), IGNORE_INDEX)
+            .unwrap();
+        backward(&loss.scale(0.5).unwrap()).unwrap()
+    };
+    let mut acc = half(0);
+    acc.accumulate(half(3)).unwrap();
     let a = acc.get(&w).unwrap().to_vec_f64().unwrap();
     let f = full.get(&w).unwrap().to_vec_f64().unwrap();
     for (a, f) in a.iter().zip(&f) {

@@ -259,13 +259,11 @@ fn matmul_forward() {
                 for (ba, bb) in [(false, false), (true, false), (false, true)] {
                     let s = MatmulSpec {
                         batch,
-                        m,
-                        n,
-                        k,
                         trans_a: ta,
                         trans_b: tb,
                         stride_a: if ba { 0 } else { m * k },
                         stride_b: if bb { 0 } else { k * n },
+                        ..MatmulSpec::plain(m, k, n)
                     };
                     let a = rng.vec(if ba { m * k } else { batch * m * k }, 1.0);
                     let b = rng.vec(if bb { k * n } else { batch * k * n }, 1.0);

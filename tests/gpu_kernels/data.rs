@@ -113,13 +113,10 @@ fn matmul_cublas() {
             ] {
                 let spec = MatmulSpec {
                     batch,
-                    m,
-                    n,
-                    k,
                     trans_a: ta,
                     trans_b: tb,
-                    stride_a: m * k,
                     stride_b: if bcast { 0 } else { k * n },
+                    ..MatmulSpec::plain(m, k, n)
                 };
                 let (ca, ga) = pair(&rng.normal(batch * m * k, 1.0), dt);
                 let (cb, gb) = pair(

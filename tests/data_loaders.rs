@@ -111,11 +111,7 @@ fn assert_seq2seq_error(path: PathBuf, opts: &Seq2SeqOptions, needles: &[&str]) 
 }
 
 fn tmp(name: &str, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fusebox-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write");
-    p
+    common::tmp_file("data", name, body)
 }
 
 #[test]

@@ -3,19 +3,13 @@
 //! ROUGE to 1e-6, BLEU score to 1e-4 (counts/lengths exactly), SQuAD stdout byte-exact.
 
 mod common;
-use common::{assets, json_uints};
+use common::{assets, json_fixture as fixture, json_uints};
 use std::collections::HashMap;
 
 use fusebox::metrics::{bleu, porter, rouge, squad};
 use serde_json::Value;
 
 const METRICS: &str = "metrics_reference.json";
-
-fn fixture(name: &str) -> Value {
-    let p = common::fixture(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).expect("fixture is JSON")
-}
 
 /// The array under `key` of a reference file, with at least `min` cases.
 fn cases(file: &str, key: &str, min: usize) -> Vec<Value> {

@@ -455,9 +455,9 @@ fn generate_options_match_transformers() {
 
 #[test]
 fn t5_small_tokenizer_matches_transformers() {
-    let assets = std::env::var("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
+    let Some(assets) = common::assets() else {
+        return;
+    };
     let path = assets.join("tokenizers/t5-small/tokenizer.json");
     if !path.exists() {
         eprintln!(

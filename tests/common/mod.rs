@@ -29,6 +29,22 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A JSON fixture file.
+pub fn json_fixture(name: &str) -> Value {
+    let p = fixture(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.display()))
+}
+
+/// `body` written to `name` in this process's scratch directory `fusebox-<tag>-<pid>`.
+pub fn tmp_file(tag: &str, name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fusebox-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
 /// Every tensor of a fixture file, floats as `dtype`, on the CPU.
 pub fn load(name: &str, dtype: DType) -> BTreeMap<String, Tensor> {
     let p = fixture(name);

@@ -186,6 +186,11 @@ fn long_example(a: &std::path::Path) -> QaExample {
     e
 }
 
+/// The cased vocab, the long example and padded windows of 96 tokens, stride 24.
+fn cased_long_windows(a: &std::path::Path) -> (TextTokenizer, QaExample, FeatureConfig) {
+    (cased(a), long_example(a), padded(96, 24))
+}
+
 fn context_tokens(f: &QaFeature) -> Vec<(usize, usize)> {
     f.offsets.iter().flatten().copied().collect()
 }
@@ -193,9 +198,7 @@ fn context_tokens(f: &QaFeature) -> Vec<(usize, usize)> {
 #[test]
 fn long_context_gives_overlapping_windows() {
     let Some(a) = assets() else { return };
-    let tok = cased(&a);
-    let ex = long_example(&a);
-    let cfg = padded(96, 24);
+    let (tok, ex, cfg) = cased_long_windows(&a);
     let feats = QaPreprocessor::new(&tok, cfg)
         .expect("pre")
         .eval_features(std::slice::from_ref(&ex))
@@ -284,9 +287,7 @@ fn logits_for(feats: &[QaFeature], w: usize, s: usize, e: usize) -> (Vec<Vec<f32
 #[test]
 fn postprocessing_recovers_the_answer() {
     let Some(a) = assets() else { return };
-    let tok = cased(&a);
-    let ex = long_example(&a);
-    let cfg = padded(96, 24);
+    let (tok, ex, cfg) = cased_long_windows(&a);
     let pre = QaPreprocessor::new(&tok, cfg).expect("pre");
     let train = pre.train_features(std::slice::from_ref(&ex)).expect("t");
     let eval = pre.eval_features(std::slice::from_ref(&ex)).expect("e");

@@ -149,29 +149,18 @@ fn accumulation_over_micro_batches_equals_one_big_batch() {
     )
     .unwrap();
     // Two micro-batches of 3, each loss scaled by 1/2 (as a trainer does), accumulated.
-    let mut acc = backward(
-        &x.narrow(0, 0, 3)
+    let half = |start: usize| {
+        let loss = x
+            .narrow(0, start, 3)
             .unwrap()
             .linear(&w, None)
             .unwrap()
-            .cross_entropy(&t.narrow(0, 0, 3).unwrap(), IGNORE_INDEX)
-            .unwrap()
-            .scale(0.5)
-            .unwrap(),
-    )
-    .unwrap();
-    let second = backward(
-        &x.narrow(0, 3, 3)
-            .unwrap()
-            .linear(&w, None)
-            .unwrap()
-            .cross_entropy(&t.narrow(0, 3, 3).unwrap(), IGNORE_INDEX)
-            .unwrap()
-            .scale(0.5)
-            .unwrap(),
-    )
-    .unwrap();
-    acc.accumulate(second).unwrap();
+            .cross_entropy(&t.narrow(0, start, 3).unwrap(), IGNORE_INDEX)
+            .unwrap();
+        backward(&loss.scale(0.5).unwrap()).unwrap()
+    };
+    let mut acc = half(0);
+    acc.accumulate(half(3)).unwrap();
     let a = acc.get(&w).unwrap().to_vec_f64().unwrap();
     let f = full.get(&w).unwrap().to_vec_f64().unwrap();
     for (a, f) in a.iter().zip(&f) {
@@ -217,6 +206,27 @@ fn no_grad_records_nothing_and_backward_releases_saved_tensors() {
     );
 }
 
+/// Of `y = forward()` under the loss Σ y·up: the value, the gradients of `wrt`, and the
+/// bytes that stayed allocated from before the forward to after it (`y` and what the
+/// forward saved for backward).
+#[allow(clippy::type_complexity)]
+fn value_grads_held(
+    forward: impl FnOnce() -> Result<Tensor>,
+    up: &Tensor,
+    wrt: &[&Tensor],
+) -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
+    let live = tracker::live_bytes(Device::Cpu);
+    let y = forward()?;
+    let held = tracker::live_bytes(Device::Cpu) - live;
+    let loss = y.mul(up)?.sum_all()?;
+    let g = backward(&loss)?;
+    let grads = wrt
+        .iter()
+        .map(|t| g.get(t).expect("gradient").to_vec_f32())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((y.to_vec_f32()?, grads, held))
+}
+
 /// `act_linear` (the FFN's act(lin1)·lin2 keeping only lin1's output) gives exactly the
 /// value and gradients of `unary` then `linear`, for every activation, and holds less
 /// between forward and backward: the activated tensor is recomputed, not saved.
@@ -231,24 +241,9 @@ fn act_linear_equals_unary_then_linear_and_saves_less() -> Result<()> {
     let b = Tensor::var(&randn(&mut rng, &[fout], 0.1).to_dtype(fusebox::DType::F32)?);
     let up = randn(&mut rng, &[rows, fout], 1.0).to_dtype(fusebox::DType::F32)?;
     for act in [UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Relu] {
-        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
-            let live = tracker::live_bytes(Device::Cpu);
-            let y = if fused {
-                x.act_linear(act, &w, Some(&b))?
-            } else {
-                x.unary(act)?.linear(&w, Some(&b))?
-            };
-            let held = tracker::live_bytes(Device::Cpu) - live;
-            let loss = y.mul(&up)?.sum_all()?;
-            let g = backward(&loss)?;
-            let grads = [&x, &w, &b]
-                .iter()
-                .map(|t| g.get(t).expect("gradient").to_vec_f32())
-                .collect::<Result<Vec<_>>>()?;
-            Ok((y.to_vec_f32()?, grads, held))
-        };
-        let (y0, g0, held0) = run(false)?;
-        let (y1, g1, held1) = run(true)?;
+        let wrt = [&x, &w, &b];
+        let (y0, g0, held0) = value_grads_held(|| x.unary(act)?.linear(&w, Some(&b)), &up, &wrt)?;
+        let (y1, g1, held1) = value_grads_held(|| x.act_linear(act, &w, Some(&b)), &up, &wrt)?;
         assert_eq!(y0, y1, "{act:?}: value");
         assert_eq!(g0, g1, "{act:?}: gradients of x, w, b");
         // Plain: act(x) is kept for lin2's backward; fused: only y.
@@ -281,24 +276,11 @@ fn dropout_add_layer_norm_equals_the_three_ops() -> Result<()> {
     let b = f32_var(&mut rng, &[cols], 0.5)?;
     let up = randn(&mut rng, &[rows, cols], 1.0).to_dtype(fusebox::DType::F32)?;
     for p in [0.0f32, 0.25] {
-        let run = |fused: bool| -> Result<(Vec<f32>, Vec<Vec<f32>>, usize)> {
-            let live = tracker::live_bytes(Device::Cpu);
-            let y = if fused {
-                a.dropout_add_layer_norm(&res, p, 99, &g, &b, 1e-12)?
-            } else {
-                a.dropout(p, 99)?.add(&res)?.layer_norm(&g, &b, 1e-12)?
-            };
-            let held = tracker::live_bytes(Device::Cpu) - live;
-            let loss = y.mul(&up)?.sum_all()?;
-            let grads = backward(&loss)?;
-            let grads = [&a, &res, &g, &b]
-                .iter()
-                .map(|t| grads.get(t).expect("gradient").to_vec_f32())
-                .collect::<Result<Vec<_>>>()?;
-            Ok((y.to_vec_f32()?, grads, held))
-        };
-        let (y0, g0, held0) = run(false)?;
-        let (y1, g1, held1) = run(true)?;
+        let wrt = [&a, &res, &g, &b];
+        let unfused = || a.dropout(p, 99)?.add(&res)?.layer_norm(&g, &b, 1e-12);
+        let fused = || a.dropout_add_layer_norm(&res, p, 99, &g, &b, 1e-12);
+        let (y0, g0, held0) = value_grads_held(unfused, &up, &wrt)?;
+        let (y1, g1, held1) = value_grads_held(fused, &up, &wrt)?;
         assert_eq!(y0, y1, "p={p}: value");
         assert_eq!(g0, g1, "p={p}: gradients of a, residual, gamma, beta");
         assert_eq!(held0, held1, "p={p}: bytes held after forward");

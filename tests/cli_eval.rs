@@ -3,25 +3,14 @@
 //! rouge-score / sacrebleu values in tests/fixtures/metrics_reference.json.
 
 mod common;
-use common::assets;
+use common::{assets, json_fixture as fixture};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("json")
-}
-
 fn tmp(name: &str, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fusebox-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write");
-    p
+    common::tmp_file("cli", name, body)
 }
 
 fn eval(args: &[&str]) -> Output {

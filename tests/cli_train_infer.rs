@@ -94,22 +94,21 @@ fn train_qa_builtin_then_infer_qa() {
     // One question, pipeline-style: the answer must be the context's own characters.
     let infer = env!("CARGO_BIN_EXE_infer");
     let context = "Alice Novak was born in Lisbon in 1950. Alice works as a pilot.";
-    let o = run(
-        infer,
-        &[
+    // `infer qa --json` on that question and context, with `extra` flags.
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
             "qa",
             "--model",
             p(&out),
             "--question",
             "Where was Alice Novak born?",
-            "--context",
-            context,
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    );
-    let ans = last_json_line(&o);
+        ];
+        args.extend(["--context", context]);
+        args.extend(extra);
+        args.extend(["--json", "--device", "cpu"]);
+        last_json_line(&run(infer, &args))
+    };
+    let ans = ask(&[]);
     let (s, e) = (
         ans["start"].as_u64().expect("start") as usize,
         ans["end"].as_u64().expect("end") as usize,
@@ -122,24 +121,7 @@ fn train_qa_builtin_then_infer_qa() {
     assert!(score > 0.0 && score <= 1.0, "{ans}");
 
     // --top-k 3 gives three distinct answers, best first.
-    let o = run(
-        infer,
-        &[
-            "qa",
-            "--model",
-            p(&out),
-            "--question",
-            "Where was Alice Novak born?",
-            "--context",
-            context,
-            "--top-k",
-            "3",
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    );
-    let list = last_json_line(&o);
+    let list = ask(&["--top-k", "3"]);
     let list = list.as_array().expect("a list for top_k > 1");
     assert_eq!(list.len(), 3);
     let scores: Vec<f64> = list

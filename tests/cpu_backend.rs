@@ -8,37 +8,11 @@ use fusebox::backend::{
 };
 use fusebox::{DType, Error};
 
-struct Rng(u64);
+mod common;
+use common::{attn, f64s, ids, qkv_pack, qkv_part, vals, Rng};
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-}
-
-fn f64s(v: &[f64]) -> CpuStorage {
-    CpuStorage::from_f64(v.to_vec())
-}
 fn f32s(v: &[f64]) -> CpuStorage {
     CpuStorage::from_f32(v.iter().map(|&x| x as f32).collect())
-}
-fn ids(v: &[i32]) -> CpuStorage {
-    CpuStorage::from_i32(v.to_vec())
-}
-fn vals(s: &CpuStorage) -> Vec<f64> {
-    s.to_vec_f64().expect("values")
 }
 
 /// max |a - b| <= tol · max(1, max |b|), NaN never passes; -inf must match exactly.
@@ -285,13 +259,11 @@ fn matmul_forward() {
                 for (ba, bb) in [(false, false), (true, false), (false, true)] {
                     let s = MatmulSpec {
                         batch,
-                        m,
-                        n,
-                        k,
                         trans_a: ta,
                         trans_b: tb,
                         stride_a: if ba { 0 } else { m * k },
                         stride_b: if bb { 0 } else { k * n },
+                        ..MatmulSpec::plain(m, k, n)
                     };
                     let a = rng.vec(if ba { m * k } else { batch * m * k }, 1.0);
                     let b = rng.vec(if bb { k * n } else { batch * k * n }, 1.0);
@@ -481,15 +453,9 @@ fn naive_attention(
 fn attention_forward() {
     let mut rng = Rng::new(5);
     let s = AttnSpec {
-        b: 2,
-        h: 3,
-        lq: 5,
-        lk: 7,
-        d: 4,
         scale: 0.5,
         causal: true,
-        dropout: 0.0,
-        seed: 0,
+        ..attn(2, 3, 5, 7, 4)
     };
     let (nq, nk) = (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d);
     let (q, k, v) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0));
@@ -526,15 +492,8 @@ fn attention_forward() {
     close("attention plain lse", &vals(&l), &rl, 1e-12);
     // Causal with lq > lk: queries 0..=3 see no key at all (j <= i - 4).
     let tall = AttnSpec {
-        b: 1,
-        h: 2,
-        lq: 7,
-        lk: 3,
-        d: 5,
-        scale: 1.0,
         causal: true,
-        dropout: 0.0,
-        seed: 0,
+        ..attn(1, 2, 7, 3, 5)
     };
     let (q2, k2, v2) = (rng.vec(70, 1.0), rng.vec(30, 1.0), rng.vec(30, 1.0));
     let (ro, rl) = naive_attention(&q2, &k2, &v2, &[1; 3], &[0.0; 42], &tall);
@@ -815,29 +774,12 @@ fn empty_and_degenerate_shapes_do_not_panic() {
     assert_eq!(loss.to_vec_f64().unwrap(), vec![0.0]);
     assert!(e.argmax_last(0).is_err());
     let a = AttnSpec {
-        b: 0,
-        h: 2,
-        lq: 3,
-        lk: 4,
-        d: 5,
-        scale: 1.0,
         causal: true,
-        dropout: 0.0,
-        seed: 0,
+        ..attn(0, 2, 3, 4, 5)
     };
     let (o, l) = e.attention(&e, &e, None, None, &a).unwrap();
     assert_eq!((o.len(), l.len()), (0, 0));
-    let a = AttnSpec {
-        b: 1,
-        h: 1,
-        lq: 2,
-        lk: 0,
-        d: 3,
-        scale: 1.0,
-        causal: false,
-        dropout: 0.0,
-        seed: 0,
-    };
+    let a = attn(1, 1, 2, 0, 3);
     let (o, l) = f64s(&[1.0; 6]).attention(&e, &e, None, None, &a).unwrap();
     assert_eq!(vals(&o), vec![0.0; 6]);
     assert!(vals(&l).iter().all(|x| *x == f64::NEG_INFINITY));
@@ -851,25 +793,15 @@ fn empty_and_degenerate_shapes_do_not_panic() {
 fn packed_attention_f16_matches_separate() {
     let mut rng = Rng::new(21);
     let s = AttnSpec {
-        b: 2,
-        h: 2,
-        lq: 6,
-        lk: 6,
-        d: 4,
         scale: 0.5,
-        causal: false,
         dropout: 0.2,
         seed: 3,
+        ..attn(2, 2, 6, 6, 4)
     };
     let (rows, hd) = (s.b * s.lq, s.h * s.d);
     let x: Vec<f64> = rng.vec(rows * 3 * hd, 1.0);
-    let cast = |v: &[f64]| CpuStorage::from_f32(v.iter().map(|&x| x as f32).collect());
-    let f16 = |v: &[f64]| cast(v).cast(DType::F16).unwrap();
-    let part = |j: usize| -> Vec<f64> {
-        (0..rows)
-            .flat_map(|r| x[r * 3 * hd + j * hd..r * 3 * hd + (j + 1) * hd].to_vec())
-            .collect()
-    };
+    let f16 = |v: &[f64]| f32s(v).cast(DType::F16).unwrap();
+    let part = |j: usize| qkv_part(&x, rows, hd, j);
     let dout = f16(&rng.vec(rows * hd, 1.0));
     let mask = ids(&[1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0]);
     let packed = f16(&x);
@@ -885,13 +817,5 @@ fn packed_attention_f16_matches_separate() {
     assert_eq!(o.dtype(), DType::F16);
     assert_eq!(vals(&o), vals(&o2));
     let (dq, dk, dv) = (vals(&dq), vals(&dk), vals(&dv));
-    let want: Vec<f64> = (0..rows)
-        .flat_map(|r| {
-            [&dq, &dk, &dv]
-                .iter()
-                .flat_map(|t| t[r * hd..(r + 1) * hd].to_vec())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(vals(&g), want);
+    assert_eq!(vals(&g), qkv_pack([&dq, &dk, &dv], rows, hd));
 }

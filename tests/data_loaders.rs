@@ -6,13 +6,24 @@
 
 mod common;
 use common::assets;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fusebox::data::seq2seq::{self, Seq2SeqOptions};
 use fusebox::data::squad::{self, SquadLayout, SquadOptions};
 
 fn chars(s: &str) -> usize {
     s.chars().count()
+}
+
+/// A SQuAD-format file loaded with `opts` (a failure names the file).
+fn squad_with(path: impl AsRef<Path>, opts: SquadOptions) -> squad::SquadLoad {
+    let path = path.as_ref();
+    squad::load_squad(path, opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// [`squad_with`] the default options.
+fn squad_file(path: impl AsRef<Path>) -> squad::SquadLoad {
+    squad_with(path, SquadOptions::default())
 }
 
 #[test]
@@ -38,8 +49,7 @@ fn every_qa_file_loads_with_checked_offsets() {
         let Some(&(_, nq, na, ni, layout)) = expect.iter().find(|e| e.0 == name) else {
             panic!("new QA asset {name}: add its expected counts here");
         };
-        let load = squad::load_squad(&path, SquadOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let load = squad_file(&path);
         assert_eq!(load.layout, layout, "{name}");
         assert_eq!(load.examples.len(), nq, "{name} questions");
         let answers: usize = load.examples.iter().map(|e| e.answers.len()).sum();
@@ -67,11 +77,7 @@ fn every_qa_file_loads_with_checked_offsets() {
 #[test]
 fn tydi_indonesian_offsets_are_characters_not_bytes() {
     let Some(a) = assets() else { return };
-    let load = squad::load_squad(
-        a.join("qa/tydiqa-goldp-dev-id.json"),
-        SquadOptions::default(),
-    )
-    .expect("load");
+    let load = squad_file(a.join("qa/tydiqa-goldp-dev-id.json"));
     // 161 answers sit after non-ASCII text, where char and byte starts differ (Python count).
     let shifted = load
         .examples
@@ -89,16 +95,8 @@ fn tydi_indonesian_offsets_are_characters_not_bytes() {
 #[test]
 fn flat_and_nested_v2_fixtures_agree() {
     let Some(a) = assets() else { return };
-    let nested = squad::load_squad(
-        a.join("qa/hf-fixture-dev-v2.0.json"),
-        SquadOptions::default(),
-    )
-    .expect("nested");
-    let flat = squad::load_squad(
-        a.join("qa/hf-fixture-sample-flat.json"),
-        SquadOptions::default(),
-    )
-    .expect("flat");
+    let nested = squad_file(a.join("qa/hf-fixture-dev-v2.0.json"));
+    let flat = squad_file(a.join("qa/hf-fixture-sample-flat.json"));
     let ids = |l: &squad::SquadLoad| l.examples.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&nested), ids(&flat));
     for (n, f) in nested.examples.iter().zip(&flat.examples) {
@@ -107,12 +105,14 @@ fn flat_and_nested_v2_fixtures_agree() {
     }
 }
 
+/// Loading `path` as seq2seq data with `opts` fails, with every needle in the message.
+fn assert_seq2seq_error(path: PathBuf, opts: &Seq2SeqOptions, needles: &[&str]) {
+    let e = seq2seq::load_seq2seq(path, opts).unwrap_err().to_string();
+    assert!(needles.iter().all(|n| e.contains(n)), "{e}");
+}
+
 fn tmp(name: &str, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fusebox-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write");
-    p
+    common::tmp_file("data", name, body)
 }
 
 #[test]
@@ -135,28 +135,18 @@ fn answer_mismatch_is_an_error_or_a_counted_skip() {
         e.contains("\"au lait\"") && e.contains("\"u lait,\""),
         "{e}"
     );
-    let load = squad::load_squad(
-        &p,
-        SquadOptions {
-            skip_bad: true,
-            ..Default::default()
-        },
-    )
-    .expect("skip_bad");
+    let opts = |skip_bad, keep_questions| SquadOptions {
+        skip_bad,
+        keep_questions,
+    };
+    let load = squad_with(&p, opts(true, false));
     assert_eq!(load.examples.len(), 1);
     assert_eq!(load.examples[0].answers[0].byte_start, 6);
     let skipped: Vec<&str> = load.skipped.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(skipped, ["bad", "past-end", "huge"]);
     assert!(load.skipped[1].reason.contains("past the end"));
     // For prediction: every question kept, only the answers that do not match dropped.
-    let keep = squad::load_squad(
-        &p,
-        SquadOptions {
-            keep_questions: true,
-            ..Default::default()
-        },
-    )
-    .expect("keep_questions");
+    let keep = squad_with(&p, opts(false, true));
     let ids: Vec<&str> = keep.examples.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["good", "bad", "past-end", "huge"]);
     let answers: Vec<usize> = keep.examples.iter().map(|e| e.answers.len()).collect();
@@ -268,15 +258,10 @@ fn jsonl_with_dotted_paths() {
         assert_eq!(seq2seq::load_seq2seq(p, &opts).expect("wmt").len(), n);
     }
 
-    let e = seq2seq::load_seq2seq(
+    assert_seq2seq_error(
         a.join("seq2seq/wmt-en-ro/test.jsonl"),
         &Seq2SeqOptions::new("translation.de", "translation.ro"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("test.jsonl:1") && e.contains("`translation.de` not found"),
-        "{e}"
+        &["test.jsonl:1", "`translation.de` not found"],
     );
 }
 
@@ -306,15 +291,10 @@ fn nusax_csv_with_quoted_commas() {
             "{f}"
         );
     }
-    let e = seq2seq::load_seq2seq(
+    assert_seq2seq_error(
         a.join("seq2seq/nusax-mt-en-id/valid.csv"),
         &Seq2SeqOptions::new("french", "indonesian"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("column `french` not in header") && e.contains("english"),
-        "{e}"
+        &["column `french` not in header", "english"],
     );
 }
 

@@ -6,22 +6,19 @@
 //! whole fp16 model path — LayerNorm, GELU, fused attention, the QA loss — computes.
 //! The same checks run on CUDA when a device is present (skipped otherwise).
 
-use std::path::PathBuf;
-
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2_f32};
 
 /// The fixture model in `dtype` and its batch, or None (printed) without the fixture.
 fn load(dev: Device, dtype: DType) -> Option<(Box<dyn QaModel>, QaBatch)> {
-    let dir = fixtures().join("models/distilbert_qa");
-    let io = fixtures().join("distilbert_qa_io.safetensors");
+    let dir = fixture("models/distilbert_qa");
+    let io = fixture("distilbert_qa_io.safetensors");
     if !dir.join("model.safetensors").exists() || !io.exists() {
         eprintln!("skipping: DistilBERT QA fixture missing (tools/fixtures/make_fixtures.py)");
         return None;
@@ -52,30 +49,20 @@ fn eval_loss(m: &dyn QaModel, b: &QaBatch) -> (f64, Vec<f32>) {
     (loss.to_scalar().unwrap(), logits)
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
 fn forward_case(dev: Device) {
     let (Some((m32, b)), Some((m16, _))) = (load(dev, DType::F32), load(dev, DType::F16)) else {
         return;
     };
     let (l32, x32) = eval_loss(m32.as_ref(), &b);
     let (l16, x16) = eval_loss(m16.as_ref(), &b);
-    let r = rel_l2(&x16, &x32);
+    let r = rel_l2_f32(&x16, &x32);
     assert!(r < 1e-2, "{dev:?}: fp16 logits rel L2 {r:e}");
-    let rel = (l16 - l32).abs() / l32.abs();
-    assert!(rel < 1e-2, "{dev:?}: fp16 loss {l16} vs f32 {l32}");
+    assert_rel(&format!("{dev:?}: fp16 loss vs f32"), l16, l32, 1e-2);
 }
 
 fn train_case(dev: Device) {
-    let mut finals = Vec::new();
-    for dtype in [DType::F32, DType::F16] {
-        let Some((m, b)) = load(dev, dtype) else {
-            return;
-        };
+    fp16_training_follows_f32("DistilBERT", |dtype| {
+        let (m, b) = load(dev, dtype)?;
         let params: Vec<(String, Tensor)> = m.params().trainable();
         let mut opt = AdamW::new(&params, AdamWConfig::default(), true).unwrap();
         let mut scaler = LossScaler::default();
@@ -108,15 +95,8 @@ fn train_case(dev: Device) {
             after.is_finite() && after < before,
             "{dtype:?}: {before} -> {after}"
         );
-        finals.push(after);
-    }
-    let rel = (finals[1] - finals[0]).abs() / finals[0];
-    assert!(
-        rel < 1e-2,
-        "fp16 trained loss {} vs f32 {}",
-        finals[1],
-        finals[0]
-    );
+        Some(after)
+    });
 }
 
 #[test]
@@ -131,10 +111,9 @@ fn fp16_training_steps_follow_f32() {
 
 #[test]
 fn fp16_forward_and_training_on_gpu() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping the GPU DistilBERT fp16 test: no CUDA device");
+    let Some(dev) = cuda_device("the GPU DistilBERT fp16 test") else {
         return;
-    }
-    forward_case(Device::Cuda(0));
-    train_case(Device::Cuda(0));
+    };
+    forward_case(dev);
+    train_case(dev);
 }

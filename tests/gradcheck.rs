@@ -10,39 +10,8 @@
 
 use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, MatmulSpec, UnaryOp};
 
-/// xorshift64*: small, deterministic, good enough for test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-}
-
-fn st(v: &[f64]) -> CpuStorage {
-    CpuStorage::from_f64(v.to_vec())
-}
-
-fn ids(v: &[i32]) -> CpuStorage {
-    CpuStorage::from_i32(v.to_vec())
-}
-
-fn vals(s: &CpuStorage) -> Vec<f64> {
-    s.to_vec_f64().expect("f64 values")
-}
+mod common;
+use common::{attn, f64s as st, ids, qkv_pack, qkv_part, vals, Rng, UNARY_OPS};
 
 fn dot(w: &[f64], y: &CpuStorage) -> f64 {
     let y = vals(y);
@@ -178,16 +147,7 @@ fn add_bias_and_sum_rows() {
 fn unary_ops_and_gated() {
     let mut rng = Rng::new(3);
     let n = 21;
-    let ops = [
-        UnaryOp::Relu,
-        UnaryOp::Gelu,
-        UnaryOp::GeluNew,
-        UnaryOp::Tanh,
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Sqr,
-    ];
-    for op in ops {
+    for op in UNARY_OPS {
         let (x, w) = (rng.vec(n, 3.0), rng.vec(n, 1.0));
         let dx = vals(&st(&x).unary_backward(&st(&w), op).unwrap());
         gradcheck(&format!("unary {op:?}"), &x, &dx, |xx| {
@@ -354,15 +314,11 @@ fn attention_q_k_v_bias_with_dropout() {
 fn attention_all_features(dropout: f32) {
     let mut rng = Rng::new(9);
     let s = AttnSpec {
-        b: 2,
-        h: 3,
-        lq: 5,
-        lk: 7,
-        d: 4,
         scale: 0.5,
         causal: true,
         dropout,
         seed: 77,
+        ..attn(2, 3, 5, 7, 4)
     };
     let nq = s.b * s.lq * s.h * s.d;
     let nk = s.b * s.lk * s.h * s.d;
@@ -413,15 +369,8 @@ fn attention_all_features(dropout: f32) {
 fn attention_plain() {
     let mut rng = Rng::new(10);
     let s = AttnSpec {
-        b: 1,
-        h: 2,
-        lq: 7,
-        lk: 3,
-        d: 5,
         scale: 1.0 / 5f32.sqrt(),
-        causal: false,
-        dropout: 0.0,
-        seed: 0,
+        ..attn(1, 2, 7, 3, 5)
     };
     let nq = s.b * s.lq * s.h * s.d;
     let nk = s.b * s.lk * s.h * s.d;
@@ -456,15 +405,11 @@ fn attention_plain() {
 fn attention_packed_qkv() {
     let mut rng = Rng::new(11);
     let s = AttnSpec {
-        b: 2,
-        h: 2,
-        lq: 5,
-        lk: 5,
-        d: 3,
         scale: 0.6,
         causal: true,
         dropout: 0.25,
         seed: 5,
+        ..attn(2, 2, 5, 5, 3)
     };
     let (b, l, hd) = (s.b, s.lq, s.h * s.d);
     let qkv = rng.vec(b * l * 3 * hd, 1.0);
@@ -484,11 +429,7 @@ fn attention_packed_qkv() {
         dot(&wo, &run(&qkv, x).0)
     });
     // The same numbers as three separate tensors.
-    let part = |j: usize| -> Vec<f64> {
-        (0..b * l)
-            .flat_map(|r| qkv[r * 3 * hd + j * hd..r * 3 * hd + (j + 1) * hd].to_vec())
-            .collect()
-    };
+    let part = |j: usize| qkv_part(&qkv, b * l, hd, j);
     let (q, k, v) = (st(&part(0)), st(&part(1)), st(&part(2)));
     let (o2, lse2) = q
         .attention(&k, &v, Some(&mask), Some(&st(&bias)), &s)
@@ -507,14 +448,7 @@ fn attention_packed_qkv() {
             &s,
         )
         .unwrap();
-    let packed: Vec<f64> = (0..b * l)
-        .flat_map(|r| {
-            [&dq, &dk, &dv]
-                .iter()
-                .flat_map(|g| vals(g)[r * hd..(r + 1) * hd].to_vec())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let packed = qkv_pack([&vals(&dq), &vals(&dk), &vals(&dv)], b * l, hd);
     assert_eq!(
         packed,
         vals(&dqkv),

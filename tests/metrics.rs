@@ -3,19 +3,20 @@
 //! ROUGE to 1e-6, BLEU score to 1e-4 (counts/lengths exactly), SQuAD stdout byte-exact.
 
 mod common;
-use common::assets;
+use common::{assets, json_fixture as fixture, json_uints};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use fusebox::metrics::{bleu, porter, rouge, squad};
 use serde_json::Value;
 
-fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&text).expect("fixture is JSON")
+const METRICS: &str = "metrics_reference.json";
+
+/// The array under `key` of a reference file, with at least `min` cases.
+fn cases(file: &str, key: &str, min: usize) -> Vec<Value> {
+    let fx = fixture(file);
+    let cases = fx[key].as_array().expect("cases").clone();
+    assert!(cases.len() >= min, "{key}: {} cases", cases.len());
+    cases
 }
 
 fn f(v: &Value) -> f64 {
@@ -52,10 +53,7 @@ fn check_all(what: &str, got: &rouge::RougeScores, want: &Value) {
 
 #[test]
 fn rouge_pairs_match_rouge_score() {
-    let fx = fixture("metrics_reference.json");
-    let cases = fx["rouge_pairs"].as_array().expect("cases");
-    assert!(cases.len() >= 20);
-    for c in cases {
+    for c in cases(METRICS, "rouge_pairs", 20) {
         let stem = c["stemmer"].as_bool().expect("bool");
         let got = rouge::score(&s(&c["target"]), &s(&c["prediction"]), stem);
         let what = format!("{} (stemmer={stem})", s(&c["name"]));
@@ -65,8 +63,7 @@ fn rouge_pairs_match_rouge_score() {
 
 #[test]
 fn rouge_means_match() {
-    let fx = fixture("metrics_reference.json");
-    for c in fx["rouge_means"].as_array().expect("means") {
+    for c in cases(METRICS, "rouge_means", 0) {
         let stem = c["stemmer"].as_bool().expect("bool");
         let got = rouge::mean_scores(&strings(&c["targets"]), &strings(&c["predictions"]), stem)
             .expect("mean");
@@ -85,7 +82,7 @@ fn rouge_length_mismatch_is_an_error() {
 
 #[test]
 fn porter_matches_nltk_on_thousands_of_words() {
-    let fx = fixture("metrics_reference.json");
+    let fx = fixture(METRICS);
     let stems = fx["porter_stems"].as_object().expect("map");
     assert!(stems.len() > 1000);
     let bad: Vec<String> = stems
@@ -110,13 +107,7 @@ fn check_bleu(what: &str, got: &bleu::BleuScore, want: &Value) {
         got.score,
         want["score"]
     );
-    let ints = |v: &Value| -> Vec<usize> {
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|x| x.as_u64().expect("int") as usize)
-            .collect()
-    };
+    let ints = json_uints::<usize>;
     assert_eq!(got.counts.to_vec(), ints(&want["counts"]), "{what} counts");
     assert_eq!(got.totals.to_vec(), ints(&want["totals"]), "{what} totals");
     assert_eq!(
@@ -141,8 +132,7 @@ fn check_bleu(what: &str, got: &bleu::BleuScore, want: &Value) {
 
 #[test]
 fn corpus_bleu_matches_sacrebleu() {
-    let fx = fixture("metrics_reference.json");
-    for c in fx["bleu_corpus"].as_array().expect("cases") {
+    for c in cases(METRICS, "bleu_corpus", 0) {
         let refs: Vec<Vec<String>> = c["refs"]
             .as_array()
             .expect("streams")
@@ -157,10 +147,7 @@ fn corpus_bleu_matches_sacrebleu() {
 
 #[test]
 fn sentence_bleu_matches_sacrebleu() {
-    let fx = fixture("metrics_reference.json");
-    let cases = fx["bleu_sentence"].as_array().expect("cases");
-    assert!(cases.len() >= 10);
-    for c in cases {
+    for c in cases(METRICS, "bleu_sentence", 10) {
         let got = bleu::sentence_bleu(&s(&c["hyp"]), &strings(&c["refs"])).expect("bleu");
         check_bleu(&format!("sentence {:?}", c["hyp"]), &got, &c["result"]);
     }
@@ -168,7 +155,7 @@ fn sentence_bleu_matches_sacrebleu() {
 
 #[test]
 fn tokenizer_13a_matches_sacrebleu() {
-    let fx = fixture("metrics_reference.json");
+    let fx = fixture(METRICS);
     for (input, want) in fx["tokenize_13a"].as_object().expect("map") {
         assert_eq!(
             bleu::tokenize_13a(input.trim_end()),
@@ -195,10 +182,7 @@ fn bleu_rejects_misaligned_streams() {
 #[test]
 fn squad_matches_official_scripts() {
     let Some(assets) = assets() else { return };
-    let fx = fixture("squad_official_outputs.json");
-    let cases = fx["cases"].as_array().expect("cases");
-    assert!(cases.len() >= 8);
-    for c in cases {
+    for c in cases("squad_official_outputs.json", "cases", 8) {
         let name = s(&c["name"]);
         let gold = squad::SquadGold::from_file(assets.join(s(&c["data"]))).expect("gold");
         let preds: HashMap<String, String> =
@@ -260,7 +244,7 @@ fn squad_normalization_details() {
 #[test]
 fn fuzzed_texts_match_rouge_score_and_sacrebleu() {
     // 150 seeded random pairs mixing unicode, punctuation, numbers, articles and newlines.
-    let fx = fixture("metrics_reference.json");
+    let fx = fixture(METRICS);
     let fz = &fx["fuzz"];
     let rouge_cases = fz["rouge"].as_array().expect("rouge");
     assert_eq!(rouge_cases.len(), 300);

@@ -6,24 +6,57 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, get, load};
-use fusebox::autograd::backward;
+use fusebox::autograd::{backward, Grads};
 use fusebox::ops::attention::AttnOptions;
 use fusebox::ops::softmax::IGNORE_INDEX;
 use fusebox::{DType, Tensor};
 
 const TOL: f64 = 1e-10;
 
-fn ops() -> BTreeMap<String, Tensor> {
+type Fixture = BTreeMap<String, Tensor>;
+
+fn ops() -> Fixture {
     load("ops.safetensors", DType::F64)
 }
 
-fn var(f: &BTreeMap<String, Tensor>, k: &str) -> Tensor {
+fn var(f: &Fixture, k: &str) -> Tensor {
     Tensor::var(&get(f, k).deep_clone().unwrap())
 }
 
 /// loss = sum(out ⊙ dout).
 fn weighted(out: &Tensor, dout: &Tensor) -> Tensor {
     out.mul(dout).unwrap().sum_all().unwrap()
+}
+
+/// `out` against the fixture's `{key}.out`, then the gradient of sum(out ⊙ `{key}.dout`)
+/// for each named input against `{key}.d<name>`; `what` prefixes the messages.
+fn check_op(
+    f: &Fixture,
+    what: &str,
+    key: &str,
+    out: &Tensor,
+    inputs: &[(&str, &Tensor)],
+    tol: f64,
+) {
+    let at = |k: &str| get(f, &format!("{key}.{k}"));
+    assert_close(&format!("{what} out"), out, at("out"), tol);
+    let g = backward(&weighted(out, at("dout"))).unwrap();
+    check_grads(f, &g, what, key, inputs, tol);
+}
+
+/// Each named input's gradient in `g` against the fixture's `{key}.d<name>`.
+fn check_grads(
+    f: &Fixture,
+    g: &Grads,
+    what: &str,
+    key: &str,
+    inputs: &[(&str, &Tensor)],
+    tol: f64,
+) {
+    for (name, x) in inputs {
+        let want = get(f, &format!("{key}.d{name}"));
+        assert_close(&format!("{what} d{name}"), g.get(x).unwrap(), want, tol);
+    }
 }
 
 #[test]
@@ -35,26 +68,8 @@ fn layer_norm_matches_torch() {
         var(&f, "layer_norm.bias"),
     );
     let out = x.layer_norm(&w, &b, 1e-12).unwrap();
-    assert_close("layer_norm out", &out, get(&f, "layer_norm.out"), TOL);
-    let g = backward(&weighted(&out, get(&f, "layer_norm.dout"))).unwrap();
-    assert_close(
-        "layer_norm dx",
-        g.get(&x).unwrap(),
-        get(&f, "layer_norm.dx"),
-        TOL,
-    );
-    assert_close(
-        "layer_norm dweight",
-        g.get(&w).unwrap(),
-        get(&f, "layer_norm.dweight"),
-        TOL,
-    );
-    assert_close(
-        "layer_norm dbias",
-        g.get(&b).unwrap(),
-        get(&f, "layer_norm.dbias"),
-        TOL,
-    );
+    let inputs = [("x", &x), ("weight", &w), ("bias", &b)];
+    check_op(&f, "layer_norm", "layer_norm", &out, &inputs, TOL);
 }
 
 #[test]
@@ -63,26 +78,14 @@ fn t5_layer_norm_matches_torch() {
     let (x, w) = (var(&f, "t5_layer_norm.x"), var(&f, "t5_layer_norm.weight"));
     let out = x.rms_norm(&w, 1e-6).unwrap();
     // HF's T5LayerNorm takes the variance in f32 even for f64 input: 1e-7 from f64.
-    assert_close("rms_norm out", &out, get(&f, "t5_layer_norm.out"), 1e-6);
     assert_close(
         "rms_norm out vs HF",
         &out,
         get(&f, "t5_layer_norm.out_hf"),
         1e-6,
     );
-    let g = backward(&weighted(&out, get(&f, "t5_layer_norm.dout"))).unwrap();
-    assert_close(
-        "rms_norm dx",
-        g.get(&x).unwrap(),
-        get(&f, "t5_layer_norm.dx"),
-        1e-6,
-    );
-    assert_close(
-        "rms_norm dweight",
-        g.get(&w).unwrap(),
-        get(&f, "t5_layer_norm.dweight"),
-        1e-6,
-    );
+    let inputs = [("x", &x), ("weight", &w)];
+    check_op(&f, "rms_norm", "t5_layer_norm", &out, &inputs, 1e-6);
 }
 
 #[test]
@@ -97,19 +100,7 @@ fn activations_and_softmax_match_torch() {
             _ => x.softmax(),
         }
         .unwrap();
-        assert_close(
-            &format!("{name} out"),
-            &out,
-            get(&f, &format!("{name}.out")),
-            TOL,
-        );
-        let g = backward(&weighted(&out, get(&f, &format!("{name}.dout")))).unwrap();
-        assert_close(
-            &format!("{name} dx"),
-            g.get(&x).unwrap(),
-            get(&f, &format!("{name}.dx")),
-            TOL,
-        );
+        check_op(&f, name, name, &out, &[("x", &x)], TOL);
     }
 }
 
@@ -127,23 +118,11 @@ fn cross_entropy_and_embedding_match_torch() {
         TOL,
     );
     let g = backward(&loss).unwrap();
-    assert_close(
-        "ce dlogits",
-        g.get(&logits).unwrap(),
-        get(&f, "cross_entropy.dlogits"),
-        TOL,
-    );
+    check_grads(&f, &g, "ce", "cross_entropy", &[("logits", &logits)], TOL);
 
     let w = var(&f, "embedding.weight");
     let out = w.embedding(get(&f, "embedding.ids")).unwrap();
-    assert_close("embedding out", &out, get(&f, "embedding.out"), TOL);
-    let g = backward(&weighted(&out, get(&f, "embedding.dout"))).unwrap();
-    assert_close(
-        "embedding dweight",
-        g.get(&w).unwrap(),
-        get(&f, "embedding.dweight"),
-        TOL,
-    );
+    check_op(&f, "embedding", "embedding", &out, &[("weight", &w)], TOL);
 }
 
 #[test]
@@ -178,33 +157,8 @@ fn attention_cases_match_torch() {
             .unwrap();
         // The scale travels as f32: 1e-7 relative for the scaled case.
         let tol = if scale != 1.0 { 1e-6 } else { TOL };
-        assert_close(&format!("{c} out"), &out, get(&f, &format!("{c}.out")), tol);
-        let g = backward(&weighted(&out, get(&f, &format!("{c}.dout")))).unwrap();
-        assert_close(
-            &format!("{c} dq"),
-            g.get(&q).unwrap(),
-            get(&f, &format!("{c}.dq")),
-            tol,
-        );
-        assert_close(
-            &format!("{c} dk"),
-            g.get(&k).unwrap(),
-            get(&f, &format!("{c}.dk")),
-            tol,
-        );
-        assert_close(
-            &format!("{c} dv"),
-            g.get(&v).unwrap(),
-            get(&f, &format!("{c}.dv")),
-            tol,
-        );
-        if let Some(b) = &bias {
-            assert_close(
-                &format!("{c} dbias"),
-                g.get(b).unwrap(),
-                get(&f, &format!("{c}.dbias")),
-                tol,
-            );
-        }
+        let mut inputs = vec![("q", &q), ("k", &k), ("v", &v)];
+        inputs.extend(bias.as_ref().map(|b| ("bias", b)));
+        check_op(&f, c, c, &out, &inputs, tol);
     }
 }

@@ -5,8 +5,7 @@
 //! Tests skip with a message when /work/shared/assets (or FUSEBOX_ASSETS) is absent.
 
 mod common;
-use common::assets;
-use std::path::PathBuf;
+use common::{assets, json_f32s, json_uints, root};
 
 use fusebox::tasks::qa::{
     pipeline_decode, postprocess_qa_predictions, FeatureConfig, PipelineConfig, PostprocessConfig,
@@ -14,16 +13,6 @@ use fusebox::tasks::qa::{
 };
 use fusebox::tokenize::TextTokenizer;
 use serde_json::Value;
-
-/// The repository root: where the test was built, else the working directory.
-fn root() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("tests/fixtures").exists() {
-        built
-    } else {
-        PathBuf::from(".")
-    }
-}
 
 fn cased(a: &std::path::Path) -> TextTokenizer {
     TextTokenizer::from_dir(&a.join("tokenizers/bert-base-cased")).expect("cased vocab")
@@ -64,11 +53,24 @@ fn examples_of(r: &Value) -> Vec<QaExample> {
 }
 
 fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("uint") as u32)
-        .collect()
+    json_uints(v)
+}
+
+/// Padded windows of `max_length` tokens overlapping by `stride`.
+fn padded(max_length: usize, stride: usize) -> FeatureConfig {
+    FeatureConfig {
+        max_length,
+        stride,
+        pad_to_max_length: true,
+    }
+}
+
+/// The window settings the reference script used.
+fn reference_cfg(r: &Value) -> FeatureConfig {
+    padded(
+        r["max_length"].as_u64().expect("max") as usize,
+        r["stride"].as_u64().expect("stride") as usize,
+    )
 }
 
 #[test]
@@ -108,11 +110,7 @@ fn minilm_tokenizer_json_loads_and_agrees_with_its_vocab() {
 }
 
 fn check_against_hf(tok: &TextTokenizer, r: &Value, name: &str) {
-    let cfg = FeatureConfig {
-        max_length: r["max_length"].as_u64().expect("max") as usize,
-        stride: r["stride"].as_u64().expect("stride") as usize,
-        pad_to_max_length: true,
-    };
+    let cfg = reference_cfg(r);
     let examples = examples_of(r);
     let pre = QaPreprocessor::new(tok, cfg).expect("preprocessor");
     let train = pre.train_features(&examples).expect("train features");
@@ -188,6 +186,11 @@ fn long_example(a: &std::path::Path) -> QaExample {
     e
 }
 
+/// The cased vocab, the long example and padded windows of 96 tokens, stride 24.
+fn cased_long_windows(a: &std::path::Path) -> (TextTokenizer, QaExample, FeatureConfig) {
+    (cased(a), long_example(a), padded(96, 24))
+}
+
 fn context_tokens(f: &QaFeature) -> Vec<(usize, usize)> {
     f.offsets.iter().flatten().copied().collect()
 }
@@ -195,13 +198,7 @@ fn context_tokens(f: &QaFeature) -> Vec<(usize, usize)> {
 #[test]
 fn long_context_gives_overlapping_windows() {
     let Some(a) = assets() else { return };
-    let tok = cased(&a);
-    let ex = long_example(&a);
-    let cfg = FeatureConfig {
-        max_length: 96,
-        stride: 24,
-        pad_to_max_length: true,
-    };
+    let (tok, ex, cfg) = cased_long_windows(&a);
     let feats = QaPreprocessor::new(&tok, cfg)
         .expect("pre")
         .eval_features(std::slice::from_ref(&ex))
@@ -232,11 +229,7 @@ fn answer_positions_map_back_or_fall_to_cls() {
     let tok = minilm(&a);
     let ex = long_example(&a);
     let ans = ex.answers[0].clone();
-    let cfg = FeatureConfig {
-        max_length: 64,
-        stride: 16,
-        pad_to_max_length: true,
-    };
+    let cfg = padded(64, 16);
     let pre = QaPreprocessor::new(&tok, cfg).expect("pre");
     let train = pre
         .train_features(std::slice::from_ref(&ex))
@@ -294,13 +287,7 @@ fn logits_for(feats: &[QaFeature], w: usize, s: usize, e: usize) -> (Vec<Vec<f32
 #[test]
 fn postprocessing_recovers_the_answer() {
     let Some(a) = assets() else { return };
-    let tok = cased(&a);
-    let ex = long_example(&a);
-    let cfg = FeatureConfig {
-        max_length: 96,
-        stride: 24,
-        pad_to_max_length: true,
-    };
+    let (tok, ex, cfg) = cased_long_windows(&a);
     let pre = QaPreprocessor::new(&tok, cfg).expect("pre");
     let train = pre.train_features(std::slice::from_ref(&ex)).expect("t");
     let eval = pre.eval_features(std::slice::from_ref(&ex)).expect("e");
@@ -398,13 +385,6 @@ fn pipeline_decode_matches_transformers_pipeline() {
             .expect("features");
         let windows = c["windows"].as_array().expect("windows");
         assert_eq!(feats.len(), windows.len(), "case {ci}: window count");
-        let floats = |v: &Value| -> Vec<f32> {
-            v.as_array()
-                .expect("logits")
-                .iter()
-                .map(|x| x.as_f64().expect("f") as f32)
-                .collect()
-        };
         for (f, w) in feats.iter().zip(windows) {
             assert_eq!(
                 f.input_ids,
@@ -412,8 +392,8 @@ fn pipeline_decode_matches_transformers_pipeline() {
                 "case {ci}: window tokens"
             );
         }
-        let st: Vec<Vec<f32>> = windows.iter().map(|w| floats(&w["start"])).collect();
-        let en: Vec<Vec<f32>> = windows.iter().map(|w| floats(&w["end"])).collect();
+        let st: Vec<Vec<f32>> = windows.iter().map(|w| json_f32s(&w["start"])).collect();
+        let en: Vec<Vec<f32>> = windows.iter().map(|w| json_f32s(&w["end"])).collect();
         let s = &c["settings"];
         let mut pc = PipelineConfig::default();
         if let Some(k) = s["top_k"].as_u64() {
@@ -511,11 +491,7 @@ fn real_squad_files_through_features() {
 fn postprocess_matches_utils_qa() {
     let Some(a) = assets() else { return };
     let r = reference();
-    let cfg = FeatureConfig {
-        max_length: r["max_length"].as_u64().expect("max") as usize,
-        stride: r["stride"].as_u64().expect("stride") as usize,
-        pad_to_max_length: true,
-    };
+    let cfg = reference_cfg(&r);
     let examples = examples_of(&r);
     let eval = QaPreprocessor::new(&cased(&a), cfg)
         .expect("pre")
@@ -523,17 +499,7 @@ fn postprocess_matches_utils_qa() {
         .expect("eval");
     let pp = &r["postprocess"];
     let rows = |v: &Value| -> Vec<Vec<f32>> {
-        v.as_array()
-            .expect("rows")
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .expect("row")
-                    .iter()
-                    .map(|x| x.as_f64().expect("f") as f32)
-                    .collect()
-            })
-            .collect()
+        v.as_array().expect("rows").iter().map(json_f32s).collect()
     };
     let (st, en) = (rows(&pp["start_logits"]), rows(&pp["end_logits"]));
     let mut nulls = 0;

@@ -12,27 +12,15 @@
 //! Absent assets or fixtures skip with a message.
 
 mod common;
-use common::assets;
+use common::{adamw_step_on_stored_grads, assets, cuda_device, rel_l2, root as manifest};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, no_grad, Grads};
+use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bert::BertForQa;
 use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
-use fusebox::optim::adamw::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
-
-/// The repository root: where the test was built, else the working directory (a test
-/// binary copied to another machine and run from the repository root).
-fn manifest() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("tests/fixtures").exists() {
-        built
-    } else {
-        PathBuf::from(".")
-    }
-}
 
 fn load(path: &Path) -> BTreeMap<String, Tensor> {
     safetensors_io::load(path, DType::F32, Device::Cpu).expect("fixture")
@@ -171,18 +159,7 @@ fn qa_fixtures_match_transformers() {
         drop(grads);
 
         // One AdamW step from the stored gradients (torch.optim.AdamW, no groups).
-        let mut stored = Grads::default();
-        for (pname, p) in &params {
-            stored.insert(p, io[&format!("grad.{pname}")].clone());
-        }
-        let cfg = AdamWConfig {
-            lr: 1e-3,
-            weight_decay: 0.01,
-            ..Default::default()
-        };
-        let mut opt = AdamW::new(&params, cfg, false).expect("adamw");
-        let out = opt.step(&stored, 1e-3, 1.0, None).expect("step");
-        assert!(!out.skipped);
+        adamw_step_on_stored_grads(&name, &params, &io);
         for (pname, p) in &params {
             let want = &io[&format!("param_after.{pname}")];
             assert_close(p, want, 1e-5, &format!("{name} param_after.{pname}"));
@@ -388,14 +365,7 @@ fn attention_dropout_is_seeded_and_reaches_gradients() {
 
 /// Relative error ‖a − b‖ / ‖b‖ (docs/ARCHITECTURE.md's GPU-vs-CPU measure).
 fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (x, y) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
-    assert_eq!(x.len(), y.len());
-    let num: f64 = x.iter().zip(&y).map(|(p, q)| (p - q) * (p - q)).sum();
-    let den: f64 = y.iter().map(|q| q * q).sum();
-    if x.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-30)).sqrt()
+    rel_l2(&a.to_vec_f64().expect("a"), &b.to_vec_f64().expect("b"))
 }
 
 /// The same models on the GPU: MiniLM hidden states (f32 and f16) against transformers,
@@ -403,11 +373,9 @@ fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
 /// gradient against the CPU.
 #[test]
 fn gpu_matches_cpu_and_transformers() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipped: no CUDA device");
+    let Some(gpu) = cuda_device("gpu_matches_cpu_and_transformers") else {
         return;
-    }
-    let gpu = Device::Cuda(0);
+    };
     if let Some(a) = assets() {
         let fx = load(&manifest().join("tests/fixtures/minilm_hidden.safetensors"));
         let dir = a.join("models/all-minilm-l6-v2");
@@ -459,9 +427,7 @@ fn gpu_matches_cpu_and_transformers() {
     for (name, p) in cpu.params().trainable() {
         let want = g_cpu.get(&p).expect("cpu grad");
         let got = host(g_gpu.get(&gpu_params[&name]).expect("gpu grad"));
-        let (err, scale) = rel_err(&got, want, &name);
-        let tol = if scale < 1e-6 { 1e-6 } else { 1e-4 * scale };
-        assert!(err <= tol, "{name}: GPU grad error {err:.3e} > {tol:.3e}");
+        assert_close(&got, want, 1e-4, &format!("{name}: GPU grad"));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

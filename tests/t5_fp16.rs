@@ -19,6 +19,9 @@ use fusebox::models::t5::{DecoderCache, Fp16Safety, Mode, T5Config, T5ForConditi
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
+mod common;
+use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, rel_l2};
+
 /// The overflow case multiplies every `wi` (`wi_0`, `wi_1`) weight by `WI_SCALE` and
 /// every `wo` by `WO_SCALE`: powers of two (exact in f16 and f32) that keep each weight
 /// and each `wi` activation well inside f16 but put the feed-forward outputs at ~1e4..1e6.
@@ -160,13 +163,6 @@ fn ff_peak(m: &T5ForConditionalGeneration, b: &Batch) -> f64 {
     y.iter().fold(0.0f64, |a, x| a.max(x.abs()))
 }
 
-fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
 /// The whole proof on one device: returns the safe fp16 loss of the overflow case.
 fn overflow_case(dev: Device, gated: bool) -> f64 {
     let what = format!(
@@ -192,7 +188,7 @@ fn overflow_case(dev: Device, gated: bool) -> f64 {
 
     let safe = model(gated, dev, DType::F16, true, Fp16Safety::Fp32Residual);
     let (l16, g16) = loss_and_grads(&safe, &b);
-    let rel = (l16 - l32).abs() / l32.abs();
+    let rel = rel_diff(l16, l32);
     println!(
         "{what}: feed-forward peak {peak:.0}; loss f32 {l32}, naive fp16 {ln}, \
          safe fp16 {l16} (rel {rel:e})"
@@ -246,11 +242,8 @@ fn plain_case(dev: Device, gated: bool) {
     );
     for safety in [Fp16Safety::Fp32Residual, Fp16Safety::Off] {
         let l16 = loss_only(&model(gated, dev, DType::F16, false, safety), &b);
-        let rel = (l16 - l32).abs() / l32.abs();
-        assert!(
-            rel < 1e-2,
-            "gated {gated} on {dev:?}, {safety:?}: fp16 loss {l16} vs f32 {l32}"
-        );
+        let what = format!("gated {gated} on {dev:?}, {safety:?}: fp16 loss vs f32");
+        assert_rel(&what, l16, l32, 1e-2);
     }
 }
 
@@ -273,8 +266,7 @@ fn fp16_matches_f32_without_overflow_cpu() {
 /// on. The loss must stay finite and fall as it does in f32, to the same value (1e-2).
 fn train_case(dev: Device) {
     let b = batch(dev);
-    let mut finals = Vec::new();
-    for dtype in [DType::F32, DType::F16] {
+    fp16_training_follows_f32("T5", |dtype| {
         let m = model(false, dev, dtype, true, Fp16Safety::default());
         let before = loss_only(&m, &b);
         let mut opt = AdamW::new(&m.trainable(), AdamWConfig::default(), true).unwrap();
@@ -305,15 +297,8 @@ fn train_case(dev: Device) {
             after.is_finite() && after < before - 0.1,
             "{dtype:?}: loss {before} -> {after}"
         );
-        finals.push(after);
-    }
-    let rel = (finals[1] - finals[0]).abs() / finals[0];
-    assert!(
-        rel < 1e-2,
-        "trained fp16 loss {} vs f32 {}",
-        finals[1],
-        finals[0]
-    );
+        Some(after)
+    });
 }
 
 #[test]
@@ -346,19 +331,14 @@ fn safety_setting_leaves_f32_alone() {
 /// with the CPU emulation's, and the f32-output GEMM matches the CPU's.
 #[test]
 fn safe_fp16_survives_what_overflows_naive_fp16_gpu() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping the GPU fp16 T5 test: no CUDA device");
+    let Some(dev) = cuda_device("the GPU fp16 T5 test") else {
         return;
-    }
-    let dev = Device::Cuda(0);
+    };
     for gated in [false, true] {
         let gpu = overflow_case(dev, gated);
         let cpu = overflow_case(Device::Cpu, gated);
-        let rel = (gpu - cpu).abs() / cpu.abs();
-        assert!(
-            rel < 1e-2,
-            "gated {gated}: CUDA fp16 loss {gpu} vs CPU emulation {cpu}"
-        );
+        let what = format!("gated {gated}: CUDA fp16 loss vs CPU emulation");
+        assert_rel(&what, gpu, cpu, 1e-2);
         plain_case(dev, gated);
     }
     train_case(dev);

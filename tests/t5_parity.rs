@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, Grads};
+use fusebox::autograd::backward;
 use fusebox::models::t5::{DecoderCache, Dropout, Mode, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig};
@@ -19,6 +19,7 @@ use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
+use common::{adamw_step_on_stored_grads, cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
@@ -26,9 +27,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A fixture model and its reference tensors.
+type Fixture = (T5ForConditionalGeneration, BTreeMap<String, Tensor>);
+
 /// The model and its reference tensors, or `None` (with the reason printed) when the
 /// fixture files are absent.
-fn load(name: &str) -> Option<(T5ForConditionalGeneration, BTreeMap<String, Tensor>)> {
+fn load(name: &str) -> Option<Fixture> {
     let dir = fixtures().join("models").join(name);
     let io = fixtures().join(format!("{name}_io.safetensors"));
     if !dir.join("model.safetensors").exists() || !io.exists() {
@@ -41,6 +45,44 @@ fn load(name: &str) -> Option<(T5ForConditionalGeneration, BTreeMap<String, Tens
     let model = T5ForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
     let io = safetensors_io::load(&io, DType::F32, Device::Cpu).unwrap();
     Some((model, io))
+}
+
+/// Each of [`MODELS`] whose fixtures are present, by name, with its reference tensors.
+fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
+    MODELS
+        .into_iter()
+        .filter_map(|name| Some((name, load(name)?)))
+}
+
+/// A `[rows, width]` id tensor as rows.
+fn rows(t: &Tensor) -> Vec<Vec<i32>> {
+    let w = t.dims()[1];
+    t.to_vec_i32()
+        .unwrap()
+        .chunks(w)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// (loss, logits) through `encode` and `decode` with `drop` (the op-by-op path that
+/// `Dropout::with_unfused_attention` selects), the loss as HF computes it from the logits.
+fn loss_via_decode(
+    model: &T5ForConditionalGeneration,
+    ids: &Tensor,
+    mask: &Tensor,
+    dec_in: &Tensor,
+    labels: &Tensor,
+    drop: &Dropout,
+) -> (Tensor, Tensor) {
+    let enc = model.encode(ids, Some(mask), drop).unwrap();
+    let logits = model.decode(dec_in, &enc, Some(mask), drop).unwrap();
+    let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
+    let loss = logits
+        .reshape([b * l, v])
+        .unwrap()
+        .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
+        .unwrap();
+    (loss, logits)
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -79,10 +121,7 @@ fn tol_for(n: usize) -> f64 {
 /// Logits, loss and every gradient against the fixture, with attention fused (the
 /// attention op) or unfused (HF's eager formula, op by op).
 fn check_forward_backward(unfused: bool) {
-    for name in MODELS {
-        let Some((model, io)) = load(name) else {
-            continue;
-        };
+    for (name, (model, io)) in models() {
         let name = &format!("{name} (unfused attention: {unfused})");
         let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
         // _shift_right
@@ -94,15 +133,7 @@ fn check_forward_backward(unfused: bool) {
         );
         let (loss, logits) = if unfused {
             let drop = Dropout::off().with_unfused_attention();
-            let enc = model.encode(ids, Some(mask), &drop).unwrap();
-            let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
-            let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-            let loss = logits
-                .reshape([b * l, v])
-                .unwrap()
-                .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
-                .unwrap();
-            (loss, logits)
+            loss_via_decode(&model, ids, mask, &dec_in, labels, &drop)
         } else {
             model.loss(ids, Some(mask), labels, Mode::Eval).unwrap()
         };
@@ -159,23 +190,9 @@ fn unfused_attention_matches_transformers() {
 
 #[test]
 fn adamw_step_from_stored_gradients_matches_torch() {
-    for name in MODELS {
-        let Some((model, io)) = load(name) else {
-            continue;
-        };
+    for (name, (model, io)) in models() {
         let params = model.trainable();
-        let mut grads = Grads::default();
-        for (pname, p) in &params {
-            grads.insert(p, io[&format!("grad.{pname}")].clone());
-        }
-        let cfg = AdamWConfig {
-            lr: 1e-3,
-            weight_decay: 0.01,
-            ..AdamWConfig::default()
-        };
-        let mut opt = AdamW::new(&params, cfg, false).unwrap();
-        let out = opt.step(&grads, 1e-3, 1.0, None).unwrap();
-        assert!(!out.skipped, "{name}: step skipped");
+        adamw_step_on_stored_grads(name, &params, &io);
         for (pname, p) in &params {
             assert_close(
                 &format!("{name}: param after step {pname}"),
@@ -201,19 +218,8 @@ fn gen_cfg(model: &T5ForConditionalGeneration, beams: usize) -> GenerateConfig {
 
 #[test]
 fn greedy_and_beam_generate_match_transformers() {
-    for name in MODELS {
-        let Some((model, io)) = load(name) else {
-            continue;
-        };
+    for (name, (model, io)) in models() {
         let (ids, mask) = (&io["input_ids"], &io["attention_mask"]);
-        let rows = |t: &Tensor| -> Vec<Vec<i32>> {
-            let w = t.dims()[1];
-            t.to_vec_i32()
-                .unwrap()
-                .chunks(w)
-                .map(|c| c.to_vec())
-                .collect()
-        };
         let greedy = generate(&model, ids, Some(mask), &gen_cfg(&model, 1)).unwrap();
         assert_eq!(
             greedy.sequences,
@@ -237,10 +243,7 @@ fn greedy_and_beam_generate_match_transformers() {
 /// full decoder's logits at every position (bias row, causal alignment, cache growth).
 #[test]
 fn cached_decoding_equals_full_decoder() {
-    for name in MODELS {
-        let Some((model, io)) = load(name) else {
-            continue;
-        };
+    for (name, (model, io)) in models() {
         let (ids, mask, dec_in) = (
             &io["input_ids"],
             &io["attention_mask"],
@@ -271,10 +274,7 @@ fn cached_decoding_equals_full_decoder() {
 
 #[test]
 fn save_and_reload_round_trip() {
-    for name in MODELS {
-        let Some((model, io)) = load(name) else {
-            continue;
-        };
+    for (name, (model, io)) in models() {
         let dir = std::env::temp_dir().join(format!("fusebox_t5_{}_{name}", std::process::id()));
         model.save(&dir).unwrap();
         let names: Vec<String> =
@@ -524,29 +524,14 @@ fn random_model_trains_saves_and_reloads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// ‖a − b‖ / ‖b‖ (docs/ARCHITECTURE.md's measure for GPU-vs-reference comparisons).
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    (num / den.max(1e-300)).sqrt()
-}
-
 /// On a CUDA device: the same fixtures in f32 (fused and unfused attention, gradients,
 /// greedy and beam tokens) and an f16 forward. Skips without a GPU.
 #[test]
 fn gpu_matches_transformers() {
-    if !fusebox::backend::cuda_available() {
-        eprintln!("skipping gpu_matches_transformers: no CUDA device");
+    let Some(dev) = cuda_device("gpu_matches_transformers") else {
         return;
-    }
-    let dev = Device::Cuda(0);
-    for name in MODELS {
-        let Some((_, io)) = load(name) else {
-            continue;
-        };
+    };
+    for (name, (_, io)) in models() {
         let dir = fixtures().join("models").join(name);
         let on = |k: &str| io[k].to_device(dev).unwrap();
         let (ids, mask, labels) = (on("input_ids"), on("attention_mask"), on("labels"));
@@ -559,14 +544,7 @@ fn gpu_matches_transformers() {
                 Dropout::off()
             };
             let dec_in = model.shift_right(&labels).unwrap();
-            let enc = model.encode(&ids, Some(&mask), &drop).unwrap();
-            let logits = model.decode(&dec_in, &enc, Some(&mask), &drop).unwrap();
-            let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-            let loss = logits
-                .reshape([b * l, v])
-                .unwrap()
-                .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
-                .unwrap();
+            let (loss, logits) = loss_via_decode(&model, &ids, &mask, &dec_in, &labels, &drop);
             let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
             assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
             let r = rel_l2(&f32s(&loss), &f32s(&io["loss"]));
@@ -589,14 +567,6 @@ fn gpu_matches_transformers() {
         }
         let greedy = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 1)).unwrap();
         let beam = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 3)).unwrap();
-        let rows = |t: &Tensor| -> Vec<Vec<i32>> {
-            let w = t.dims()[1];
-            t.to_vec_i32()
-                .unwrap()
-                .chunks(w)
-                .map(|c| c.to_vec())
-                .collect()
-        };
         assert_eq!(
             greedy.sequences,
             rows(&io["generate.greedy"]),
@@ -640,14 +610,7 @@ fn fused_attention_dropout_equals_unfused_path() {
         } else {
             drop
         };
-        let enc = model.encode(ids, Some(mask), &drop).unwrap();
-        let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
-        let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-        let loss = logits
-            .reshape([b * l, v])
-            .unwrap()
-            .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
-            .unwrap();
+        let (loss, _) = loss_via_decode(&model, ids, mask, &dec_in, labels, &drop);
         let g = backward(&loss).unwrap();
         let q = model
             .trainable()
@@ -660,15 +623,7 @@ fn fused_attention_dropout_equals_unfused_path() {
     let (lf, gf) = run(false);
     let (lu, gu) = run(true);
     let (l0, _) = {
-        let drop = Dropout::off();
-        let enc = model.encode(ids, Some(mask), &drop).unwrap();
-        let logits = model.decode(&dec_in, &enc, Some(mask), &drop).unwrap();
-        let (b, l, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-        let loss = logits
-            .reshape([b * l, v])
-            .unwrap()
-            .cross_entropy(&labels.reshape([b * l]).unwrap(), -100)
-            .unwrap();
+        let (loss, _) = loss_via_decode(&model, ids, mask, &dec_in, labels, &Dropout::off());
         fusebox::autograd::clear_tape();
         (loss.to_scalar().unwrap(), ())
     };

@@ -93,6 +93,22 @@ pub fn setup(test: &str) -> Option<Gpu> {
     })
 }
 
+/// The `(rows, cols)` shapes that [`keep`] allows, each in every dtype of [`DTS`].
+pub fn cases_2d(shapes: &[(usize, usize)]) -> impl Iterator<Item = (usize, usize, DType)> + '_ {
+    shapes
+        .iter()
+        .filter(|s| keep(s.0 * s.1))
+        .flat_map(|&(rows, cols)| DTS.map(|dt| (rows, cols, dt)))
+}
+
+/// The sizes that [`keep`] allows, each in every dtype of [`DTS`].
+pub fn cases_1d(sizes: &[usize]) -> impl Iterator<Item = (usize, DType)> + '_ {
+    sizes
+        .iter()
+        .filter(|&&n| keep(n))
+        .flat_map(|&n| DTS.map(|dt| (n, dt)))
+}
+
 /// Under FUSEBOX_TEST_SMALL=1 (compute-sanitizer runs, 10-100x slower) only cases of
 /// at most 50k elements run.
 pub fn keep(elements: usize) -> bool {
@@ -107,6 +123,11 @@ pub fn ok<T>(r: Result<T>) -> T {
         Ok(v) => v,
         Err(e) => panic!("operation failed: {e}"),
     }
+}
+
+/// The message of `r`'s error, "" when it succeeded.
+pub fn err_text<T>(r: Result<T>) -> String {
+    r.err().map(|e| e.to_string()).unwrap_or_default()
 }
 
 /// A host buffer of `dt` holding `v` (rounded to f16 for F16).
@@ -227,6 +248,18 @@ pub fn check_vec(
     );
 }
 
+/// Compare a device result with host values, at the tolerance of `dt`.
+pub fn check_host(
+    name: &str,
+    shape: &[usize],
+    dt: DType,
+    got: &CudaStorage,
+    want: &[f32],
+    t: Instant,
+) {
+    check_vec(name, shape, dt, &ok(got.to_vec_f32()), want, 0.0, t);
+}
+
 /// Compare a device result with the CPU reference.
 pub fn check(
     name: &str,
@@ -237,10 +270,36 @@ pub fn check(
     t: Instant,
 ) {
     let _ = cuda::synchronize(fusebox::Device::Cuda(0));
-    let elapsed = t;
-    let g = ok(got.to_vec_f32());
-    let w = ok(want.to_vec_f32());
-    check_vec(name, shape, dt, &g, &w, 0.0, elapsed);
+    check_host(name, shape, dt, got, &ok(want.to_vec_f32()), t);
+}
+
+/// A yes/no check: its `GPUCHECK` line (err 0 when it passes, else 1), then the
+/// assertion with `why` as the message.
+pub fn check_that(
+    name: &str,
+    shape: &[usize],
+    dt: DType,
+    pass: bool,
+    t: Instant,
+    why: std::fmt::Arguments,
+) {
+    gpucheck(name, shape, dt, if pass { 0.0 } else { 1.0 }, pass, t);
+    assert!(pass, "{name}: {why}");
+}
+
+/// A device error reported after the fact: `err` (the message read back) must hold
+/// every needle (op, bad value, valid range). Its `GPUCHECK` line shows err 0.
+pub fn check_error(
+    name: &str,
+    shape: &[usize],
+    dt: DType,
+    err: &str,
+    needles: &[&str],
+    t: Instant,
+) {
+    let pass = needles.iter().all(|n| err.contains(n));
+    gpucheck(name, shape, dt, 0.0, pass, t);
+    assert!(pass, "{name}: error {err:?}");
 }
 
 /// Like [`check`] for log-sum-exp vectors, where -inf marks a fully masked row: every

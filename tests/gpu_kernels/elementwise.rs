@@ -14,36 +14,32 @@ use fusebox::DType;
 use half::f16;
 
 use crate::common::*;
+use crate::shared::UNARY_OPS;
 
 #[test]
 fn elementwise_binary_affine() {
     let Some(mut rng) = setup("elementwise_binary_affine") else {
         return;
     };
-    for &n in [1usize, 1000, 1005, 4097, 65_537, 8_388_621]
-        .iter()
-        .filter(|&&n| keep(n))
-    {
-        for dt in DTS {
-            let a = rng.normal(n, 1.0);
-            let b = rng
-                .normal(n, 1.0)
-                .iter()
-                .map(|v| v + 3.0_f32.copysign(*v))
-                .collect::<Vec<_>>();
-            let (ca, ga) = pair(&a, dt);
-            let (cb, gb) = pair(&b, dt);
-            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
-                let want = ok(ca.binary(&cb, op));
-                let t = Instant::now();
-                let got = ok(ga.binary(&gb, op));
-                check(&format!("binary_{op:?}"), &[n], dt, &got, &want, t);
-            }
-            let want = ok(ca.affine(1.5, -0.25));
+    for (n, dt) in cases_1d(&[1, 1000, 1005, 4097, 65_537, 8_388_621]) {
+        let a = rng.normal(n, 1.0);
+        let b = rng
+            .normal(n, 1.0)
+            .iter()
+            .map(|v| v + 3.0_f32.copysign(*v))
+            .collect::<Vec<_>>();
+        let (ca, ga) = pair(&a, dt);
+        let (cb, gb) = pair(&b, dt);
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+            let want = ok(ca.binary(&cb, op));
             let t = Instant::now();
-            let got = ok(ga.affine(1.5, -0.25));
-            check("affine", &[n], dt, &got, &want, t);
+            let got = ok(ga.binary(&gb, op));
+            check(&format!("binary_{op:?}"), &[n], dt, &got, &want, t);
         }
+        let want = ok(ca.affine(1.5, -0.25));
+        let t = Instant::now();
+        let got = ok(ga.affine(1.5, -0.25));
+        check("affine", &[n], dt, &got, &want, t);
     }
 }
 
@@ -52,43 +48,32 @@ fn activations_forward_backward() {
     let Some(mut rng) = setup("activations_forward_backward") else {
         return;
     };
-    let ops = [
-        UnaryOp::Relu,
-        UnaryOp::Gelu,
-        UnaryOp::GeluNew,
-        UnaryOp::Tanh,
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Sqr,
-    ];
-    for &n in [3usize, 1005, 4096, 30_001].iter().filter(|&&n| keep(n)) {
-        for dt in DTS {
-            let x = rng.normal(n, 2.0);
-            let dy = rng.normal(n, 1.0);
-            let (cx, gx) = pair(&x, dt);
-            let (cd, gd) = pair(&dy, dt);
-            for op in ops {
-                let want = ok(cx.unary(op));
-                let t = Instant::now();
-                let got = ok(gx.unary(op));
-                check(&format!("unary_{op:?}"), &[n], dt, &got, &want, t);
-                let want = ok(cx.unary_backward(&cd, op));
-                let t = Instant::now();
-                let got = ok(gx.unary_backward(&gd, op));
-                check(&format!("unary_bwd_{op:?}"), &[n], dt, &got, &want, t);
-            }
-            let (cl, gl) = pair(&rng.normal(n, 1.0), dt);
-            for act in [UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Relu] {
-                let want = ok(cx.gated(&cl, act));
-                let t = Instant::now();
-                let got = ok(gx.gated(&gl, act));
-                check(&format!("gated_{act:?}"), &[n], dt, &got, &want, t);
-                let (wg, wl) = ok(cx.gated_backward(&cl, &cd, act));
-                let t = Instant::now();
-                let (gg, glin) = ok(gx.gated_backward(&gl, &gd, act));
-                check(&format!("gated_bwd_gate_{act:?}"), &[n], dt, &gg, &wg, t);
-                check(&format!("gated_bwd_lin_{act:?}"), &[n], dt, &glin, &wl, t);
-            }
+    for (n, dt) in cases_1d(&[3, 1005, 4096, 30_001]) {
+        let x = rng.normal(n, 2.0);
+        let dy = rng.normal(n, 1.0);
+        let (cx, gx) = pair(&x, dt);
+        let (cd, gd) = pair(&dy, dt);
+        for op in UNARY_OPS {
+            let want = ok(cx.unary(op));
+            let t = Instant::now();
+            let got = ok(gx.unary(op));
+            check(&format!("unary_{op:?}"), &[n], dt, &got, &want, t);
+            let want = ok(cx.unary_backward(&cd, op));
+            let t = Instant::now();
+            let got = ok(gx.unary_backward(&gd, op));
+            check(&format!("unary_bwd_{op:?}"), &[n], dt, &got, &want, t);
+        }
+        let (cl, gl) = pair(&rng.normal(n, 1.0), dt);
+        for act in [UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Relu] {
+            let want = ok(cx.gated(&cl, act));
+            let t = Instant::now();
+            let got = ok(gx.gated(&gl, act));
+            check(&format!("gated_{act:?}"), &[n], dt, &got, &want, t);
+            let (wg, wl) = ok(cx.gated_backward(&cl, &cd, act));
+            let t = Instant::now();
+            let (gg, glin) = ok(gx.gated_backward(&gl, &gd, act));
+            check(&format!("gated_bwd_gate_{act:?}"), &[n], dt, &gg, &wg, t);
+            check(&format!("gated_bwd_lin_{act:?}"), &[n], dt, &glin, &wl, t);
         }
     }
 }
@@ -98,34 +83,29 @@ fn dropout_matches_cpu_mask() {
     let Some(mut rng) = setup("dropout_matches_cpu_mask") else {
         return;
     };
-    for &n in [17usize, 4096, 100_003, 8_388_613]
-        .iter()
-        .filter(|&&n| keep(n))
-    {
-        for dt in DTS {
-            let x = rng.normal(n, 1.0);
-            let (cx, gx) = pair(&x, dt);
-            for p in [0.0f32, 0.1, 0.5] {
-                let seed = rng.next_u64();
-                let want = ok(cx.dropout(p, seed));
-                let t = Instant::now();
-                let got = ok(gx.dropout(p, seed));
-                check(&format!("dropout_p{p}"), &[n], dt, &got, &want, t);
-                // The mask is the shared hash: kept elements are exactly x/(1-p).
-                let g = ok(got.to_vec_f32());
-                let kept = (0..n)
-                    .filter(|&i| fusebox::backend::dropout_keep(seed, i as u64, p))
-                    .count();
-                let nz = g
-                    .iter()
-                    .zip(&x)
-                    .filter(|(o, xi)| **o != 0.0 || **xi == 0.0)
-                    .count();
-                assert!(
-                    nz.abs_diff(kept) <= n / 1000 + 1,
-                    "dropout mask differs: {nz} vs {kept}"
-                );
-            }
+    for (n, dt) in cases_1d(&[17, 4096, 100_003, 8_388_613]) {
+        let x = rng.normal(n, 1.0);
+        let (cx, gx) = pair(&x, dt);
+        for p in [0.0f32, 0.1, 0.5] {
+            let seed = rng.next_u64();
+            let want = ok(cx.dropout(p, seed));
+            let t = Instant::now();
+            let got = ok(gx.dropout(p, seed));
+            check(&format!("dropout_p{p}"), &[n], dt, &got, &want, t);
+            // The mask is the shared hash: kept elements are exactly x/(1-p).
+            let g = ok(got.to_vec_f32());
+            let kept = (0..n)
+                .filter(|&i| fusebox::backend::dropout_keep(seed, i as u64, p))
+                .count();
+            let nz = g
+                .iter()
+                .zip(&x)
+                .filter(|(o, xi)| **o != 0.0 || **xi == 0.0)
+                .count();
+            assert!(
+                nz.abs_diff(kept) <= n / 1000 + 1,
+                "dropout mask differs: {nz} vs {kept}"
+            );
         }
     }
 }
@@ -135,48 +115,43 @@ fn bias_and_reductions() {
     let Some(mut rng) = setup("bias_and_reductions") else {
         return;
     };
-    for &(rows, cols) in [(1usize, 1usize), (7, 13), (16, 6), (128, 768), (333, 97)]
-        .iter()
-        .filter(|s| keep(s.0 * s.1))
-    {
-        for dt in DTS {
-            let n = rows * cols;
-            let (cx, gx) = pair(&rng.normal(n, 1.0), dt);
-            let (cb, gb) = pair(&rng.normal(cols, 1.0), dt);
-            let want = ok(cx.add_bias(&cb, cols));
-            let t = Instant::now();
-            let got = ok(gx.add_bias(&gb, cols));
-            check("add_bias", &[rows, cols], dt, &got, &want, t);
-            let want = ok(cx.sum_rows(cols));
-            let t = Instant::now();
-            let got = ok(gx.sum_rows(cols));
-            check("sum_rows", &[rows, cols], dt, &got, &want, t);
-            let want = ok(cx.sum_all());
-            let t = Instant::now();
-            let got = ok(gx.sum_all());
-            // A plain sum cancels (the exact result can be near 0), so its rounding is
-            // measured against Σ|x|, the sum's condition, not against the result.
-            let l1: f64 = ok(cx.to_vec_f32()).iter().map(|v| v.abs() as f64).sum();
-            let (g, w) = (
-                ok(got.to_vec_f32())[0] as f64,
-                ok(want.to_vec_f32())[0] as f64,
-            );
-            let err = if g.is_finite() {
-                (g - w).abs() / l1.max(1e-30)
-            } else {
-                f64::INFINITY
-            };
-            let pass = err <= tol_of(dt) as f64;
-            gpucheck("sum_all", &[rows, cols], dt, err, pass, t);
-            assert!(
-                pass,
-                "sum_all {rows}x{cols} {dt}: error {err:.3e} of sum |x|"
-            );
-            let want = ok(cx.sum_sq());
-            let t = Instant::now();
-            let got = ok(gx.sum_sq());
-            check("sum_sq", &[rows, cols], dt, &got, &want, t);
-        }
+    for (rows, cols, dt) in cases_2d(&[(1, 1), (7, 13), (16, 6), (128, 768), (333, 97)]) {
+        let n = rows * cols;
+        let (cx, gx) = pair(&rng.normal(n, 1.0), dt);
+        let (cb, gb) = pair(&rng.normal(cols, 1.0), dt);
+        let want = ok(cx.add_bias(&cb, cols));
+        let t = Instant::now();
+        let got = ok(gx.add_bias(&gb, cols));
+        check("add_bias", &[rows, cols], dt, &got, &want, t);
+        let want = ok(cx.sum_rows(cols));
+        let t = Instant::now();
+        let got = ok(gx.sum_rows(cols));
+        check("sum_rows", &[rows, cols], dt, &got, &want, t);
+        let want = ok(cx.sum_all());
+        let t = Instant::now();
+        let got = ok(gx.sum_all());
+        // A plain sum cancels (the exact result can be near 0), so its rounding is
+        // measured against Σ|x|, the sum's condition, not against the result.
+        let l1: f64 = ok(cx.to_vec_f32()).iter().map(|v| v.abs() as f64).sum();
+        let (g, w) = (
+            ok(got.to_vec_f32())[0] as f64,
+            ok(want.to_vec_f32())[0] as f64,
+        );
+        let err = if g.is_finite() {
+            (g - w).abs() / l1.max(1e-30)
+        } else {
+            f64::INFINITY
+        };
+        let pass = err <= tol_of(dt) as f64;
+        gpucheck("sum_all", &[rows, cols], dt, err, pass, t);
+        assert!(
+            pass,
+            "sum_all {rows}x{cols} {dt}: error {err:.3e} of sum |x|"
+        );
+        let want = ok(cx.sum_sq());
+        let t = Instant::now();
+        let got = ok(gx.sum_sq());
+        check("sum_sq", &[rows, cols], dt, &got, &want, t);
     }
 }
 
@@ -192,51 +167,26 @@ fn casts_fills_and_in_place() {
         let t = Instant::now();
         let h = ok(g32.cast(DType::F16));
         let want: Vec<f32> = x.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-        check_vec(
-            "cast_f32_f16",
-            &[n],
-            DType::F16,
-            &ok(h.to_vec_f32()),
-            &want,
-            0.0,
-            t,
-        );
+        check_host("cast_f32_f16", &[n], DType::F16, &h, &want, t);
         let t = Instant::now();
         let back = ok(h.cast(DType::F32));
-        check_vec(
-            "cast_f16_f32",
-            &[n],
-            DType::F32,
-            &ok(back.to_vec_f32()),
-            &want,
-            0.0,
-            t,
-        );
+        check_host("cast_f16_f32", &[n], DType::F32, &back, &want, t);
         let t = Instant::now();
         let mut h2 = ok(g32.zeros_like_dev(n, DType::F16));
         ok(h2.copy_from_(&g32));
-        check_vec(
-            "copy_from_cast_f32_f16",
-            &[n],
-            DType::F16,
-            &ok(h2.to_vec_f32()),
-            &want,
-            0.0,
-            t,
-        );
+        check_host("copy_from_cast_f32_f16", &[n], DType::F16, &h2, &want, t);
         let t = Instant::now();
         let gi = ok(ok(g32.cast(DType::I32)).to_vec_i32());
         let wi = ok(ok(CpuStorage::from_f32(x.clone()).cast(DType::I32)).to_vec_i32());
         let same = gi == wi;
-        gpucheck(
+        check_that(
             "cast_f32_i32",
             &[n],
             DType::I32,
-            if same { 0.0 } else { 1.0 },
             same,
             t,
+            format_args!("differs from the CPU"),
         );
-        assert!(same, "cast f32 -> i32 differs from the CPU");
         // clamp_i32 (QA positions to [0, S] on the device) on the same ints.
         let t = Instant::now();
         let ci = ok(CpuStorage::from_f32(x.clone()).cast(DType::I32));
@@ -244,15 +194,14 @@ fn casts_fills_and_in_place() {
         let got = ok(ok(gi.clamp_i32(-1, 1)).to_vec_i32());
         let want = ok(ok(ci.clamp_i32(-1, 1)).to_vec_i32());
         let same = got == want && want.iter().all(|v| (-1..=1).contains(v));
-        gpucheck(
+        check_that(
             "clamp_i32",
             &[n],
             DType::I32,
-            if same { 0.0 } else { 1.0 },
             same,
             t,
+            format_args!("differs from the CPU"),
         );
-        assert!(same, "clamp_i32 differs from the CPU");
         for dt in DTS {
             let (cy, gy) = pair(&rng.normal(n, 1.0), dt);
             let (cxx, gxx) = pair(&rng.normal(n, 1.0), dt);
@@ -267,17 +216,9 @@ fn casts_fills_and_in_place() {
             check("scale_", &[n], dt, &gy, &cy, t);
             let t = Instant::now();
             let f = ok(gy.full_like_dev(n, dt, 2.5));
-            check_vec("full", &[n], dt, &ok(f.to_vec_f32()), &vec![2.5; n], 0.0, t);
+            check_host("full", &[n], dt, &f, &vec![2.5; n], t);
             let z = ok(gy.zeros_like_dev(n, dt));
-            check_vec(
-                "zeros",
-                &[n],
-                dt,
-                &ok(z.to_vec_f32()),
-                &vec![0.0; n],
-                0.0,
-                t,
-            );
+            check_host("zeros", &[n], dt, &z, &vec![0.0; n], t);
             let t = Instant::now();
             let dup = ok(gy.duplicate());
             check("duplicate", &[n], dt, &dup, &cy, t);
@@ -297,17 +238,13 @@ fn casts_fills_and_in_place() {
             v[n - 1] = f32::INFINITY;
             let bad_last = ok(up(&host(&v, dt)).has_non_finite());
             let pass = !clean && bad && bad_nan && bad_last;
-            gpucheck(
+            check_that(
                 "has_non_finite",
                 &[n],
                 dt,
-                if pass { 0.0 } else { 1.0 },
                 pass,
                 t,
-            );
-            assert!(
-                pass,
-                "has_non_finite: clean={clean} inf={bad} nan={bad_nan} last={bad_last}"
+                format_args!("clean={clean} inf={bad} nan={bad_nan} last={bad_last}"),
             );
         }
         // Mixed-precision accumulation: f32 += f16.

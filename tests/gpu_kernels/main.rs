@@ -22,5 +22,8 @@ mod elementwise;
 mod linear_lt;
 mod nn;
 mod optim;
+/// tests/common: helpers shared with the CPU test crates.
+#[path = "../common/mod.rs"]
+mod shared;
 mod stability;
 mod sync;

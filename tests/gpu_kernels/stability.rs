@@ -26,13 +26,17 @@ use fusebox::{DType, Device, Result, Tensor};
 use crate::common::*;
 use fusebox::backend::cuda;
 
-/// Not under FUSEBOX_TEST_SMALL=1 (compute-sanitizer runs): far too slow there.
-fn small_run(test: &str) -> bool {
-    let small = std::env::var("FUSEBOX_TEST_SMALL").is_ok_and(|v| v == "1");
-    if small {
+/// The test's context, or None (after printing why) under FUSEBOX_TEST_SMALL=1
+/// (compute-sanitizer runs: far too slow there) or without a GPU. Allocation poisoning
+/// is off: a memset per allocation would time the memsets, not training.
+fn start(test: &str) -> Option<Gpu> {
+    if std::env::var("FUSEBOX_TEST_SMALL").is_ok_and(|v| v == "1") {
         println!("SKIP {test}: FUSEBOX_TEST_SMALL=1");
+        return None;
     }
-    small
+    let gpu = setup(test)?;
+    cuda::set_poison(false);
+    Some(gpu)
 }
 
 fn steps() -> usize {
@@ -155,14 +159,9 @@ fn judge(model: &str, run: &Run, secs: f64) {
 
 #[test]
 fn fp16_training_stability_distilbert_qa() {
-    if small_run("fp16_training_stability_distilbert_qa") {
-        return;
-    }
-    let Some(mut rng) = setup("fp16_training_stability_distilbert_qa") else {
+    let Some(mut rng) = start("fp16_training_stability_distilbert_qa") else {
         return;
     };
-    // Poisoning every allocation (a memset each) would time the memsets, not training.
-    cuda::set_poison(false);
     let dev = Device::Cuda(0);
     // "{}" is distilbert-base-uncased: every field has HF's default.
     let cfg: DistilBertConfig =
@@ -197,14 +196,9 @@ fn fp16_training_stability_distilbert_qa() {
 
 #[test]
 fn fp16_training_stability_t5_small() {
-    if small_run("fp16_training_stability_t5_small") {
-        return;
-    }
-    let Some(mut rng) = setup("fp16_training_stability_t5_small") else {
+    let Some(mut rng) = start("fp16_training_stability_t5_small") else {
         return;
     };
-    // Poisoning every allocation (a memset each) would time the memsets, not training.
-    cuda::set_poison(false);
     let dev = Device::Cuda(0);
     let model = ok(T5ForConditionalGeneration::new_random(
         T5Config::default(),

@@ -12,10 +12,10 @@
 use std::path::Path;
 
 use super::separate_qkv;
-use crate::backend::UnaryOp;
 use crate::error::{Error, Result};
 use crate::nn::{packed_qkv, LayerNorm, Linear, ParamStore, VarBuilder};
 use crate::ops::attention::AttnOptions;
+use crate::ops::UnaryOp;
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;

@@ -13,15 +13,15 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::backend::UnaryOp;
 use crate::error::Result;
 use crate::nn::{packed_qkv, Init, RmsNorm, VarBuilder};
 use crate::ops::attention::AttnOptions;
+use crate::ops::UnaryOp;
 use crate::shape::DType;
 use crate::tensor::{Tensor, TensorId};
 
 use super::config::{FeedForward, T5Config};
-use super::fp16::{linear_into, pre_norm};
+use super::fp16::pre_norm;
 
 /// HF `T5Attention._relative_position_bucket`, bit for bit: the log-spaced part is
 /// computed in f32 as torch does it (`log(rp.float() / max_exact) / math.log(..)`), which
@@ -252,7 +252,8 @@ impl T5Attention {
         } else {
             q.attention(k, v, fused_opts(opt, drop))?
         };
-        linear_into(&ctx.reshape([b, lq, self.heads * self.d_kv])?, &self.o, out)
+        ctx.reshape([b, lq, self.heads * self.d_kv])?
+            .linear_into(&self.o, out)
     }
 
     /// Self-attention of `x` (keys and values from `x` too): one GEMM over `[Wq; Wk; Wv]`
@@ -271,7 +272,8 @@ impl T5Attention {
         let (b, l) = (x.dims()[0], x.dims()[1]);
         let qkv = packed_qkv(x, [&self.q, &self.k, &self.v], None, self.heads, self.d_kv)?;
         let ctx = qkv.attention_qkv(fused_opts(opt, drop))?;
-        linear_into(&ctx.reshape([b, l, self.heads * self.d_kv])?, &self.o, out)
+        ctx.reshape([b, l, self.heads * self.d_kv])?
+            .linear_into(&self.o, out)
     }
 
     /// Full attention of `x` over `kv_src` (itself for self-attention), the output in
@@ -432,7 +434,7 @@ impl T5FeedForward {
                 (gate.gated(&x.linear(wi_1, None)?, UnaryOp::GeluNew)?, wo)
             }
         };
-        linear_into(&drop.apply(&h)?, wo, out)
+        drop.apply(&h)?.linear_into(wo, out)
     }
 }
 

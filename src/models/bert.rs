@@ -257,7 +257,7 @@ impl BertForQa {
             .dropout(mode.p(self.config.hidden_dropout_prob), mode.seed_for(1))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let site = 2 + i as u64;
-            x = if self.checkpointing && mode.train {
+            x = if self.checkpointing && mode.is_train() {
                 layer.forward_checkpointed(&x, attention_mask, mode, site)?
             } else {
                 layer.forward(&x, attention_mask, mode, site)?

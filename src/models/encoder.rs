@@ -16,44 +16,13 @@ use crate::error::{Error, Result};
 use crate::nn::{packed_qkv, LayerNorm, Linear, ParamStore, VarBuilder};
 use crate::ops::attention::AttnOptions;
 use crate::ops::UnaryOp;
-use crate::rng::Rng;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
 /// HF's LayerNorm eps for DistilBERT (hard-coded there) and BERT's default.
 pub const LAYER_NORM_EPS: f64 = 1e-12;
 
-/// Training or evaluation, and where dropout masks come from.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Mode {
-    pub train: bool,
-    /// Base seed of this step's dropout masks; each dropout site derives its own.
-    pub seed: u64,
-}
-
-impl Mode {
-    pub fn eval() -> Mode {
-        Mode {
-            train: false,
-            seed: 0,
-        }
-    }
-    pub fn train(seed: u64) -> Mode {
-        Mode { train: true, seed }
-    }
-    /// The dropout probability actually applied (0 in evaluation).
-    pub fn p(&self, p: f32) -> f32 {
-        if self.train {
-            p
-        } else {
-            0.0
-        }
-    }
-    /// A distinct, reproducible seed for dropout site `site` of this step.
-    pub fn seed_for(&self, site: u64) -> u64 {
-        Rng::new(self.seed ^ site.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
-    }
-}
+pub use crate::nn::Mode;
 
 /// Activation of the feed-forward block (HF `ACT2FN` names we support).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
+pub use crate::nn::Mode;
 pub use config::{EosTokenId, FeedForward, T5Config};
 pub use fp16::Fp16Safety;
 pub use incremental::{DecoderCache, EncoderState};
@@ -37,13 +38,6 @@ const IGNORED_KEYS: [&str; 3] = [
     "encoder.embed_tokens.weight",
     "decoder.embed_tokens.weight",
 ];
-
-/// Training (dropout on, with a seed for the hashed masks) or evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Eval,
-    Train { seed: u64 },
-}
 
 pub struct T5ForConditionalGeneration {
     pub config: T5Config,

@@ -131,7 +131,8 @@ impl Dropout {
     fn next_site_seed(&self, seed: u64) -> u64 {
         let k = self.counter.get();
         self.counter.set(k + 1);
-        crate::rng::Rng::new(seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+        // Site k of this forward, hashed as every model hashes its sites.
+        crate::nn::Mode::train(seed).seed_for(k)
     }
     /// Dropout on attention probabilities (identity unless they are dropped).
     fn apply_attention(&self, probs: &Tensor) -> Result<Tensor> {

@@ -9,8 +9,10 @@
 use std::path::PathBuf;
 
 use fusebox::autograd::{backward, no_grad};
-use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
+use fusebox::models::auto::load_qa_model;
+use fusebox::models::qa::{QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 

@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::{backward, no_grad, Grads};
+use fusebox::models::auto::load_qa_model;
 use fusebox::models::bert::BertForQa;
-use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
+use fusebox::models::qa::{QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
 use fusebox::optim::adamw::{AdamW, AdamWConfig};
 use fusebox::{DType, Device, Tensor};
 

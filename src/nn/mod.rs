@@ -9,6 +9,6 @@ pub mod mode;
 pub mod params;
 pub mod safetensors_io;
 
-pub use layers::{packed_qkv, Embedding, LayerNorm, Linear, RmsNorm};
+pub use layers::{packed_qkv, separate_qkv, Embedding, LayerNorm, Linear, RmsNorm};
 pub use mode::Mode;
 pub use params::{Init, ParamStore, VarBuilder};

@@ -189,3 +189,60 @@ impl EncoderForQa<BertConfig> {
         (self.encoder()).forward(input_ids, attention_mask, token_type_ids, mode)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::qa::QaModel;
+    use crate::nn::safetensors_io;
+    use crate::shape::{DType, Device};
+
+    /// A tiny BERT saved in `dir`, and its weights file.
+    fn saved_bert(dir: &Path) -> Result<std::path::PathBuf> {
+        let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 12, "max_position_embeddings": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "hidden_size": 4, "intermediate_size": 8,
+        }))
+        .map_err(|e| Error::msg(e.to_string()))?;
+        BertForQa::new(cfg, Device::Cpu, DType::F32, 3)?.save(dir)?;
+        Ok(dir.join("model.safetensors"))
+    }
+
+    /// An old checkpoint's `LayerNorm.gamma` loads as `LayerNorm.weight`; a file holding
+    /// both names is refused with both named, instead of keeping whichever came last.
+    #[test]
+    fn old_layer_norm_names_load_and_both_names_are_refused() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("fusebox-alias-{}", std::process::id()));
+        let file = saved_bert(&dir)?;
+        let mut tensors = safetensors_io::load(&file, DType::F32, Device::Cpu)?;
+        let (new, old) = (
+            "bert.embeddings.LayerNorm.weight",
+            "bert.embeddings.LayerNorm.gamma",
+        );
+        let gamma = tensors
+            .get(new)
+            .cloned()
+            .ok_or_else(|| Error::msg("no weight"))?;
+        let want = gamma.to_vec_f32()?;
+
+        // Only the old name: it loads, under the current name.
+        tensors.remove(new);
+        tensors.insert(old.into(), gamma.clone());
+        safetensors_io::save(&file, &tensors, None)?;
+        let m = BertForQa::load(&dir, Device::Cpu, DType::F32, 0)?;
+        assert_eq!(m.params().get(new, &[4])?.to_vec_f32()?, want);
+        assert!(!m.params().contains(old));
+
+        // Both names, with different values: refused, naming both and the file.
+        tensors.insert(new.into(), gamma.scale(2.0)?);
+        safetensors_io::save(&file, &tensors, None)?;
+        let err = BertForQa::load(&dir, Device::Cpu, DType::F32, 0)
+            .err()
+            .ok_or_else(|| Error::msg("a file with both names must not load"))?
+            .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(err.contains(new) && err.contains(old), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        Ok(())
+    }
+}

@@ -136,8 +136,13 @@ impl<C: EncoderFamily> QaModel for EncoderForQa<C> {
 /// them on load, and so do we). Tensors the QA model does not use (pooler, pre-training
 /// heads, integer buffers such as `position_ids`) are dropped with one log line, as
 /// transformers reports unused weights.
+///
+/// A file holding one parameter under two names (`gamma` and `weight`, or bare and
+/// prefixed) is refused, naming both: keeping either would be a silent guess.
 fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&str]) -> Result<()> {
     let mut dropped = Vec::new();
+    // Current name -> the file's name for it, to name both sides of a clash.
+    let mut adopted = std::collections::BTreeMap::new();
     for (name, t) in store.named() {
         let root = name.split('.').next().unwrap_or("");
         let target = if name.starts_with(&format!("{prefix}.")) || root == "qa_outputs" {
@@ -160,11 +165,13 @@ fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&str]) -> Re
         if unused {
             dropped.push(name.clone());
             store.remove(&name);
-        } else if target != name {
-            // `alias` cannot fail here: `name` was just listed.
-            if store.alias(&target, &name).is_ok() {
-                store.remove(&name);
-            }
+            continue;
+        }
+        if let Some(first) = adopted.insert(target.clone(), name.clone()) {
+            return Err(store.both_names(&first, &name));
+        }
+        if target != name {
+            store.rename(&name, &target)?;
         }
     }
     if !dropped.is_empty() {

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames};
 use super::encoder_qa::{EncoderFamily, EncoderForQa};
 use crate::error::{Error, Result};
-use crate::nn::Mode;
-use crate::tensor::Tensor;
 
 fn d_vocab() -> usize {
     30522
@@ -175,20 +173,6 @@ impl EncoderFamily for BertConfig {
 
 /// HF `BertForQuestionAnswering`.
 pub type BertForQa = EncoderForQa<BertConfig>;
-
-impl EncoderForQa<BertConfig> {
-    /// The encoder's last hidden states `[B, L, hidden]` (HF `BertModel` output 0).
-    /// `token_type_ids` default to zeros, as in HF.
-    pub fn encode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        (self.encoder()).forward(input_ids, attention_mask, token_type_ids, mode)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS};
 use super::encoder_qa::{EncoderFamily, EncoderForQa};
 use crate::error::{Error, Result};
-use crate::nn::Mode;
-use crate::tensor::Tensor;
 
 fn d_vocab() -> usize {
     30522
@@ -157,18 +155,6 @@ impl EncoderFamily for DistilBertConfig {
 
 /// HF `DistilBertForQuestionAnswering`.
 pub type DistilBertForQa = EncoderForQa<DistilBertConfig>;
-
-impl EncoderForQa<DistilBertConfig> {
-    /// The encoder's last hidden states `[B, L, dim]` (HF `DistilBertModel` output 0).
-    pub fn encode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        (self.encoder()).forward(input_ids, attention_mask, None, mode)
-    }
-}
 
 #[cfg(test)]
 mod tests {

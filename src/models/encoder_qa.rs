@@ -76,6 +76,8 @@ impl<C: EncoderFamily> EncoderForQa<C> {
         })
     }
 
+    /// The encoder (HF `model.bert` / `model.distilbert`): `encoder().forward(..)` gives
+    /// the last hidden states.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

@@ -184,14 +184,14 @@ mod tests {
         let logits = Tensor::from_f32(vec![0.1, 0.7, -0.3, 1.0, 0.2, 0.4], [2, 3], Device::Cpu)
             .expect("logits");
         let pos = |v: Vec<i32>| Tensor::from_i32(v, [2], Device::Cpu).expect("pos");
-        let clamped = qa_loss(&logits, &logits, &pos(vec![1, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        let wide = qa_loss(&logits, &logits, &pos(vec![1, 7]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
+        // The loss for these start positions (end positions 2 and 0).
+        let loss = |starts: [i32; 2]| {
+            qa_loss(&logits, &logits, &pos(starts.to_vec()), &pos(vec![2, 0]))
+                .expect("loss")
+                .to_scalar()
+                .expect("v")
+        };
+        let (clamped, wide) = (loss([1, 3]), loss([1, 7]));
         assert_eq!(clamped, wide);
         let ce = |row: [f64; 3], t: usize| {
             let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
@@ -201,15 +201,7 @@ mod tests {
         let want = (ce(r0, 1) + (ce(r0, 2) + ce(r1, 0)) / 2.0) / 2.0;
         assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
         // Below zero clamps to 0 (a real class), as torch's clamp does.
-        let neg = qa_loss(&logits, &logits, &pos(vec![-4, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        let zero = qa_loss(&logits, &logits, &pos(vec![0, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        assert_eq!(neg, zero);
+        assert_eq!(loss([-4, 3]), loss([0, 3]));
         assert!(
             logits.clamp_i32(0, 3).is_err(),
             "clamp_i32 of floats is a dtype error"

@@ -114,7 +114,7 @@
 // would drop to one block per SM.)
 // ---------------------------------------------------------------------------------------
 
-// FB_ATTN_EMULATE: tools/attn_check/emu_check.cpp runs these kernels on the CPU (threads +
+// FB_ATTN_EMULATE: dev/cuda/attn_check/emu_check.cpp runs these kernels on the CPU (threads +
 // barriers, MMA evaluated from the PTX fragment tables) and supplies the CUDA names itself.
 // Only cuda_fp16.h is included: NVRTC (the run-time compile path) ships no <stdint.h> or
 // <math.h>, hence `unsigned int` for fragments and a bit pattern for -inf.
@@ -881,7 +881,7 @@ FB_ATTN_BWD(fb_attn_bwd_f16, 64, 32, 4)
 FB_ATTN_BWD(fb_attn_bwd_f16_d32, 32, 64, 4)
 FB_ATTN_BWD(fb_attn_bwd_f16_d128, 128, 16, 4)
 FB_ATTN_BWD(fb_attn_bwd_f16_k128, 64, 32, 8)
-#define FB_ATTN_HAS_BWD_K128 1  // tools/attn_check: earlier kernel copies lack it
+#define FB_ATTN_HAS_BWD_K128 1  // dev/cuda/attn_check: earlier kernel copies lack it
 
 // delta[b,h,i] = Σ_d dout·out (one warp per row), plus zero-fill of the atomic targets.
 extern "C" __global__ void __launch_bounds__(128)

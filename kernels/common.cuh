@@ -17,7 +17,7 @@ typedef long long i64;
 
 #define FB_FULL_MASK 0xffffffffu
 
-#ifndef FB_HOST_EMU  // kernels/emu/ compiles these files for the CPU with its own cvt
+#ifndef FB_HOST_EMU  // dev/cuda/emu/ compiles these files for the CPU with its own cvt
 __device__ __forceinline__ float fb_h2f(fb_half h) {
     float f;
     asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));

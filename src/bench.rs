@@ -9,11 +9,12 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::autograd::{backward, no_grad};
+use crate::backend::tracker;
 use crate::error::{Error, Result};
-use crate::memory::tracker;
 use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::qa::{QaBatch, QaModel};
+use crate::models::step::{ModelConfig, ModelSource};
 use crate::models::t5::{T5Config, T5ForConditionalGeneration};
 use crate::nn::Mode;
 use crate::optim::{AdamW, AdamWConfig, LossScaler};
@@ -173,25 +174,21 @@ impl BenchModel for T5Bench {
     }
 }
 
-/// The memory model of a `bench --model` value: `t5-small` and `distilbert-qa` are the
-/// HF default configs the bench builds, anything else a model directory.
-pub fn memory_spec(model: &str) -> Result<crate::memory::budget::ModelSpec> {
-    use crate::memory::budget::ModelSpec;
+/// The model a `bench --model` value names, for the planner: `t5-small` and
+/// `distilbert-qa` are the HF default configs the bench builds, anything else a model
+/// directory.
+pub fn model_source(model: &str) -> Result<ModelSource> {
     match model {
-        "t5-small" => {
-            let c = T5Config::default();
-            let tied = c.tie_word_embeddings.unwrap_or(true);
-            Ok(ModelSpec::t5(&c, tied))
-        }
+        "t5-small" => Ok(ModelSource::config(ModelConfig::T5(T5Config::default()))),
         "distilbert-qa" => {
             let c: DistilBertConfig = serde_json::from_str("{}")
                 .map_err(|e| Error::msg(format!("default DistilBERT config: {e}")))?;
-            Ok(ModelSpec::distilbert(&c))
+            Ok(ModelSource::config(ModelConfig::DistilBert(c)))
         }
         dir if !Path::new(dir).join("config.json").is_file() => Err(Error::msg(format!(
             "--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"
         ))),
-        dir => ModelSpec::from_dir(Path::new(dir)),
+        dir => ModelSource::dir(Path::new(dir)),
     }
 }
 
@@ -207,7 +204,7 @@ pub struct BenchConfig {
     pub profile_steps: usize,
     pub trace: bool,
     /// The VRAM planner's plan, reported beside the measured peak.
-    pub memory_plan: Option<crate::memory::budget::Plan>,
+    pub memory_plan: Option<crate::plan::Plan>,
 }
 
 /// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md), matched on
@@ -365,7 +362,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         if let Ok((free, total)) = crate::backend::cuda::mem_info(n) {
             rec["device_used_bytes"] = json!(total - free);
         }
-        if let Some(used) = crate::memory::budget::nvml_used_bytes(n) {
+        if let Some(used) = crate::backend::cuda::nvml_used_bytes(n) {
             rec["nvml_used_bytes"] = json!(used);
         }
         if let Some(p) = &cfg.memory_plan {
@@ -375,7 +372,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
             rec["switches"][k] = json!(v);
         }
     }
-    rec["switches"]["separate_qkv"] = json!(crate::models::separate_qkv());
+    rec["switches"]["separate_qkv"] = json!(crate::nn::separate_qkv());
     rec["switches"]["adamw_multi_tensor"] = json!(crate::optim::adamw::multi_tensor_default());
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
         return Err(Error::msg(format!(

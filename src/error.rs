@@ -48,6 +48,18 @@ impl Error {
     }
 }
 
+impl From<crate::shape::ParseDeviceError> for Error {
+    fn from(e: crate::shape::ParseDeviceError) -> Error {
+        Error::Msg(e.to_string())
+    }
+}
+
+impl From<crate::shape::DimError> for Error {
+    fn from(e: crate::shape::DimError) -> Error {
+        Error::Msg(e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `bail!`-style early return with a formatted [`Error::Msg`].

@@ -81,18 +81,74 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
              safetensors weights only; {how}"
         ))
     })?;
-    for f in &MODEL_FILES[2..] {
-        // Optional files: absent ones are normal (a model has tokenizer.json or vocab.txt).
-        let _ = repo.get(f);
+    // Optional files: one the repository does not have is normal (a model has
+    // tokenizer.json or vocab.txt), so only the listed ones are fetched, and a failure to
+    // fetch one of those is an error: a missing tokenizer_config.json, say, would change
+    // the tokenization (do_lower_case) without a word.
+    let info = repo.info().map_err(|e| {
+        Error::msg(format!(
+            "{spec}: config.json and model.safetensors downloaded, but the repository's file \
+             list could not be read ({e}), so its tokenizer files were not fetched; {how}"
+        ))
+    })?;
+    let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    for f in optional_files(&listed) {
+        repo.get(f).map_err(|e| {
+            Error::msg(format!(
+                "{spec}: {f} is in the repository but its download failed ({e}); {how}"
+            ))
+        })?;
     }
     cfg.parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| Error::msg(format!("{spec}: odd cache path {}", cfg.display())))
 }
 
+/// The optional files of [`MODEL_FILES`] (all but config.json and the weights) that a
+/// repository listing `listed` holds: the ones to fetch. Absent ones are skipped.
+fn optional_files<'a>(listed: &[&str]) -> Vec<&'a str> {
+    MODEL_FILES[2..]
+        .iter()
+        .copied()
+        .filter(|f| listed.contains(f))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_optional_files_a_repository_has_are_fetched() {
+        // distilbert-base-cased's listing: no special_tokens_map.json, no spiece.model;
+        // files fusebox does not read (other weight formats) are not fetched.
+        let listed = [
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "pytorch_model.bin",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+        ];
+        assert_eq!(
+            optional_files(&listed),
+            ["tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+        );
+        // config.json and the weights are fetched (and their errors reported) before.
+        assert!(optional_files(&["config.json", "model.safetensors"]).is_empty());
+        let t5 = [
+            "config.json",
+            "generation_config.json",
+            "spiece.model",
+            "tokenizer.json",
+        ];
+        assert_eq!(
+            optional_files(&t5),
+            ["tokenizer.json", "generation_config.json", "spiece.model"]
+        );
+    }
 
     #[test]
     fn offline_and_uncached_is_a_clear_error() {

@@ -1,10 +1,10 @@
-//! fusebox: a GPU-kernel-first training engine. See DESIGN.md for the map.
+//! fusebox: a GPU-kernel-first training engine. See docs/ARCHITECTURE.md for the map.
 pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod error;
-pub mod memory;
 pub mod metrics;
+pub mod plan;
 pub mod shape;
 
 pub use error::{Error, Result};
@@ -13,7 +13,6 @@ pub mod autograd;
 pub mod hub;
 pub mod ops;
 pub mod tensor;
-pub mod tokenizer_train;
 pub mod train;
 
 pub use tensor::Tensor;
@@ -22,6 +21,5 @@ pub mod nn;
 pub mod optim;
 pub mod profile;
 pub mod rng;
-pub mod synth;
 pub mod tasks;
 pub mod tokenize;

@@ -55,7 +55,7 @@ pub fn reset() {
 fn sync(device: Device) {
     if device.is_cuda() {
         // Errors here would also surface from the op itself; timing must not fail a run.
-        let _ = crate::backend::cuda::synchronize(device);
+        let _ = crate::backend::synchronize(device);
     }
 }
 

@@ -1,8 +1,10 @@
 //! Leaf types every layer uses: element types, devices and shapes.
 //!
 //! Layout is always contiguous row-major; a `Shape` is just the dimension sizes.
-
-use crate::error::{Error, Result};
+//!
+//! The ground floor: this file imports nothing of the crate. Its two errors
+//! ([`ParseDeviceError`], [`DimError`]) convert into `crate::error::Error`, which sits
+//! one floor up.
 
 /// Element type of a tensor's storage.
 ///
@@ -46,61 +48,79 @@ impl std::fmt::Display for DType {
 }
 
 /// Where a tensor lives. `Auto` resolves to the first CUDA device when a driver and a
-/// GPU are present, else to the CPU (see [`Device::resolve`]).
+/// GPU are present, else to the CPU (`Device::resolve`, in `backend`, which knows
+/// whether there is a GPU). `Meta(target)` holds shapes and dtypes only and computes
+/// nothing: it allocates, through the byte tracker, exactly what `target` would, so the
+/// VRAM planner can run a real training step without data (`crate::plan`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
     Cuda(usize),
+    Meta(Target),
     Auto,
 }
 
-impl Device {
-    /// Turn `Auto` into a concrete device. No GPU is not an error: it is the CPU.
-    pub fn resolve(self) -> Device {
-        match self {
-            Device::Auto => {
-                if crate::backend::cuda_available() {
-                    Device::Cuda(0)
-                } else {
-                    Device::Cpu
-                }
-            }
-            d => d,
-        }
-    }
+/// The backend a computation runs on, or (for [`Device::Meta`]) plans for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Cpu,
+    Cuda,
+}
 
+impl Device {
     pub fn is_cuda(self) -> bool {
         matches!(self, Device::Cuda(_))
     }
 
+    /// The backend whose allocations this device has (a meta device: its target's);
+    /// None for `Auto`, which is not resolved yet.
+    pub fn target(self) -> Option<Target> {
+        match self {
+            Device::Cpu => Some(Target::Cpu),
+            Device::Cuda(_) => Some(Target::Cuda),
+            Device::Meta(t) => Some(t),
+            Device::Auto => None,
+        }
+    }
+
     /// Parse `cpu`, `cuda`, `cuda:N` or `auto` (the CLI's `--device`).
-    pub fn parse(s: &str) -> Result<Device> {
+    pub fn parse(s: &str) -> Result<Device, ParseDeviceError> {
         match s {
             "cpu" => Ok(Device::Cpu),
             "auto" => Ok(Device::Auto),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            _ => {
-                if let Some(n) = s.strip_prefix("cuda:") {
-                    n.parse::<usize>().map(Device::Cuda).map_err(|_| {
-                        Error::msg(format!(
-                            "--device: expected cpu, auto, cuda or cuda:N, got {s:?}"
-                        ))
-                    })
-                } else {
-                    Err(Error::msg(format!(
-                        "--device: expected cpu, auto, cuda or cuda:N, got {s:?}"
-                    )))
-                }
-            }
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| ParseDeviceError(s.to_string())),
         }
     }
 }
+
+/// A `--device` value that is none of cpu, auto, cuda, cuda:N.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseDeviceError(pub String);
+
+impl std::fmt::Display for ParseDeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "--device: expected cpu, auto, cuda or cuda:N, got {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseDeviceError {}
 
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::Meta(Target::Cpu) => write!(f, "meta(cpu)"),
+            Device::Meta(Target::Cuda) => write!(f, "meta(cuda)"),
             Device::Auto => write!(f, "auto"),
         }
     }
@@ -135,13 +155,32 @@ impl Shape {
             self.0[..self.0.len() - 1].iter().product()
         }
     }
-    pub fn dim(&self, i: usize) -> Result<usize> {
-        self.0
-            .get(i)
-            .copied()
-            .ok_or_else(|| Error::msg(format!("dimension {i} out of range for shape {self}")))
+    pub fn dim(&self, i: usize) -> Result<usize, DimError> {
+        self.0.get(i).copied().ok_or_else(|| DimError {
+            dim: i,
+            shape: self.clone(),
+        })
     }
 }
+
+/// [`Shape::dim`] past the rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DimError {
+    pub dim: usize,
+    pub shape: Shape,
+}
+
+impl std::fmt::Display for DimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dimension {} out of range for shape {}",
+            self.dim, self.shape
+        )
+    }
+}
+
+impl std::error::Error for DimError {}
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

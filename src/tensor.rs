@@ -139,6 +139,11 @@ impl Tensor {
     ) -> Result<Tensor> {
         let shape = shape.into();
         let n = shape.elem_count();
+        if let Device::Meta(target) = device {
+            // Shapes only: no host buffer of n values to throw away.
+            let meta = crate::backend::MetaStorage::new(n, dtype, target);
+            return Tensor::from_storage(Storage::Meta(meta), shape);
+        }
         let cpu = match dtype {
             DType::F32 => CpuData::F32(vec![value as f32; n]),
             DType::F64 => CpuData::F64(vec![value; n]),

@@ -12,9 +12,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use serde_json::{json, Map, Value};
 
-use crate::autograd::backward;
 use crate::error::{Error, Result};
-use crate::optim::{AdamW, AdamWConfig, LinearSchedule, LossScaler};
+use crate::optim::{accumulate_and_step, AdamW, AdamWConfig, LinearSchedule, LossScaler};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -40,9 +39,9 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// Hide the progress bar (tests, non-interactive logs).
     pub quiet: bool,
-    /// The VRAM planner's plan for this run (`memory::budget`), reported beside the
+    /// The VRAM planner's plan for this run (`plan`), reported beside the
     /// measured peak at the end.
-    pub memory_plan: Option<crate::memory::budget::Plan>,
+    pub memory_plan: Option<crate::plan::Plan>,
 }
 
 impl Default for TrainConfig {
@@ -223,7 +222,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
         .first()
         .map(|(_, t)| t.device())
         .unwrap_or(crate::shape::Device::Cpu);
-    crate::memory::tracker::reset_peak(device);
+    crate::backend::tracker::reset_peak(device);
     if let crate::shape::Device::Cuda(n) = device {
         crate::backend::cuda::alloc_reset_peak(n)?;
     }
@@ -252,38 +251,25 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 break 'epochs;
             }
             let lr = sched.lr_at(applied as u64);
-            let mut grads: Option<crate::autograd::Grads> = None;
-            // Each micro-batch's loss stays on the device (detached: its value, not its
-            // graph) and is read once after the optimizer step, so nothing in the step
-            // waits for the device between forward and backward.
-            let mut losses: Vec<(Tensor, f64)> = Vec::with_capacity(accum);
+            let mbs: Vec<&[usize]> = chunk.chunks(micro).collect();
+            let shares: Vec<f64> = mbs
+                .iter()
+                .map(|mb| mb.len() as f64 / chunk.len() as f64)
+                .collect();
             let mut step_tokens = 0;
-            for mb in chunk.chunks(micro) {
-                let (loss, toks) = task.loss(mb, rng.next_u64())?;
-                // HF divides each micro-batch loss by the accumulation steps.
-                let frac = mb.len() as f64 / chunk.len() as f64;
-                losses.push((loss.detach(), frac));
-                step_tokens += toks;
-                let mut scaled = loss.scale(frac)?;
-                if let Some(s) = &scaler {
-                    scaled = scaled.scale(s.scale)?;
-                }
-                let g = backward(&scaled)?;
-                match grads.as_mut() {
-                    Some(acc) => acc.accumulate(g)?,
-                    None => grads = Some(g),
-                }
-            }
-            let grads = grads.ok_or_else(|| Error::msg("train: empty optimizer step"))?;
-            let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
-            let out = opt.step(&grads, lr, inv, cfg.max_grad_norm)?;
-            // The step's one host read of the losses (the optimizer already waited for
-            // the gradients' norm); summed in micro-batch order, as before.
-            let mut step_loss = 0.0;
-            for (loss, frac) in &losses {
-                step_loss += loss.to_scalar()? * frac;
-            }
-            drop(losses);
+            let report = accumulate_and_step(
+                &mut opt,
+                scaler.as_ref(),
+                lr,
+                cfg.max_grad_norm,
+                &shares,
+                |i| {
+                    let (loss, toks) = task.loss(mbs[i], rng.next_u64())?;
+                    step_tokens += toks;
+                    Ok(loss)
+                },
+            )?;
+            let (out, step_loss) = (report.outcome, report.loss);
             if let Some(s) = scaler.as_mut() {
                 s.update(out.skipped);
             } else if out.skipped {
@@ -291,7 +277,6 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                     "train: non-finite gradients at step {step} (loss {step_loss}) in fp32 training"
                 )));
             }
-            drop(grads);
             step += 1;
             applied += usize::from(!out.skipped);
             tokens_total += step_tokens;
@@ -317,16 +302,16 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 window_n = 0;
             }
         }
-        train_peak = train_peak.max(crate::memory::tracker::peak_bytes(device));
+        train_peak = train_peak.max(crate::backend::tracker::peak_bytes(device));
         last_eval = evaluate_and_log(task, &mut log, step, epoch + 1, &pb)?;
-        crate::memory::tracker::reset_peak(device);
+        crate::backend::tracker::reset_peak(device);
         last_eval_step = Some(step);
     }
     if last_eval_step != Some(step) {
         // Stopped mid-epoch by max_steps: evaluate the final weights too.
-        train_peak = train_peak.max(crate::memory::tracker::peak_bytes(device));
+        train_peak = train_peak.max(crate::backend::tracker::peak_bytes(device));
         last_eval = evaluate_and_log(task, &mut log, step, cfg.epochs, &pb)?;
-        crate::memory::tracker::reset_peak(device);
+        crate::backend::tracker::reset_peak(device);
     }
     pb.finish_and_clear();
     let metric = task.headline_metric();
@@ -379,9 +364,9 @@ fn report_memory(
     fin: &mut Map<String, Value>,
     device: crate::shape::Device,
     measured: usize,
-    plan: Option<&crate::memory::budget::Plan>,
+    plan: Option<&crate::plan::Plan>,
 ) {
-    use crate::memory::budget::human;
+    use crate::plan::human;
     fin.insert("peak_memory_bytes".into(), json!(measured));
     fin.insert(
         "peak_memory_predicted_bytes".into(),
@@ -403,7 +388,7 @@ fn report_memory(
             );
             line += &format!(", allocator reserved peak {}", human(st.peak_reserved));
         }
-        if let Some(used) = crate::memory::budget::nvml_used_bytes(n) {
+        if let Some(used) = crate::backend::cuda::nvml_used_bytes(n) {
             fin.insert("nvml_used_bytes".into(), json!(used));
             line += &format!(", NVML used now {}", human(used as usize));
         }

@@ -4,7 +4,7 @@
 //! `no_grad`; the tape emptied and saved tensors released by backward.
 
 use fusebox::autograd::{backward, clear_tape, no_grad, tape_len};
-use fusebox::memory::tracker;
+use fusebox::backend::tracker;
 use fusebox::ops::softmax::IGNORE_INDEX;
 use fusebox::rng::Rng;
 use fusebox::{Device, Result, Tensor};

@@ -1,5 +1,6 @@
 //! Dataset readers on the real files in shared/assets (path: env FUSEBOX_ASSETS, else
-//! CARGO_MANIFEST_DIR/../shared/assets; tests print why and skip when absent). Expected
+//! CARGO_MANIFEST_DIR/../shared/assets; tests print why and skip when absent, and fail
+//! when FUSEBOX_REQUIRE_ASSETS=1, as CI sets it). Expected
 //! counts and character totals were measured with Python's json/csv modules (code-point
 //! lengths, as `len()` reports them).
 
@@ -343,4 +344,38 @@ fn delimited_reader_edge_cases() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("f.csv:1: quoted field never closed"), "{e}");
+}
+
+/// Absent assets skip a test, except with FUSEBOX_REQUIRE_ASSETS=1 (CI, which has them),
+/// where they fail it: this binary's `assets_probe` is run in a child process with the
+/// assets pointed at a folder that does not exist, once without and once with the switch.
+#[test]
+fn missing_assets_fail_only_when_required() {
+    let run = |require: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args(["--exact", "assets_probe", "--nocapture"])
+            .env("FUSEBOX_ASSETS", "/nonexistent/fusebox-assets")
+            .env("FUSEBOX_ASSETS_PROBE", "1");
+        if require {
+            cmd.env("FUSEBOX_REQUIRE_ASSETS", "1");
+        } else {
+            cmd.env_remove("FUSEBOX_REQUIRE_ASSETS");
+        }
+        let out = cmd.output().expect("run the probe");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(false);
+    assert!(ok && text.contains("skipping: assets not found"), "{text}");
+    let (ok, text) = run(true);
+    assert!(!ok && text.contains("FUSEBOX_REQUIRE_ASSETS=1"), "{text}");
+}
+
+/// The child half of the test above; does nothing in a normal run.
+#[test]
+fn assets_probe() {
+    if std::env::var_os("FUSEBOX_ASSETS_PROBE").is_some() {
+        assert!(assets().is_none());
+    }
 }

@@ -25,7 +25,7 @@ fn load(dev: Device, dtype: DType) -> Option<(Box<dyn QaModel>, QaBatch)> {
     let dir = fixtures().join("models/distilbert_qa");
     let io = fixtures().join("distilbert_qa_io.safetensors");
     if !dir.join("model.safetensors").exists() || !io.exists() {
-        eprintln!("skipping: DistilBERT QA fixture missing (tools/make_fixtures.py)");
+        eprintln!("skipping: DistilBERT QA fixture missing (tools/fixtures/make_fixtures.py)");
         return None;
     }
     let model = load_qa_model(&dir, dev, dtype, 0).unwrap();

@@ -1,5 +1,5 @@
 //! Replays reference values measured with the real Python tools (see
-//! tools/make_metric_refs.py and tools/squad_eval/) against fusebox's metrics.
+//! tools/fixtures/make_metric_refs.py and tools/fixtures/squad_eval/) against fusebox's metrics.
 //! ROUGE to 1e-6, BLEU score to 1e-4 (counts/lengths exactly), SQuAD stdout byte-exact.
 
 mod common;

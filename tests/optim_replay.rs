@@ -1,6 +1,6 @@
 //! AdamW + linear warmup/decay + global-norm clipping, and the dynamic loss scaler,
 //! replayed against torch (tests/fixtures/adamw.safetensors, grad_scaler.json, made by
-//! tools/make_fixtures.py). The stored gradients are fed to our optimizer, so the
+//! tools/fixtures/make_fixtures.py). The stored gradients are fed to our optimizer, so the
 //! comparison measures the update rule alone.
 
 mod common;

@@ -1,7 +1,7 @@
 //! Tokenizers, QA features and span post-processing, on real assets: the bert-base-cased
 //! vocab, all-MiniLM-L6-v2's tokenizer.json and the SQuAD sample from transformers'
 //! test fixtures. Feature parity is checked against tests/fixtures/qa_features_hf.json,
-//! written by tools/make_qa_features_ref.py with transformers' fast tokenizers.
+//! written by tools/fixtures/make_qa_features_ref.py with transformers' fast tokenizers.
 //! Tests skip with a message when /work/shared/assets (or FUSEBOX_ASSETS) is absent.
 
 mod common;
@@ -370,7 +370,7 @@ fn postprocessing_recovers_the_answer() {
 
 /// pipeline_decode against transformers 4.57.6's pipeline("question-answering") on the
 /// same per-window logits (tests/fixtures/qa_pipeline_hf.json, written by
-/// tools/make_pipeline_ref.py): windows, answer texts, character spans and scores.
+/// tools/fixtures/make_pipeline_ref.py): windows, answer texts, character spans and scores.
 #[test]
 fn pipeline_decode_matches_transformers_pipeline() {
     let Some(a) = assets() else { return };

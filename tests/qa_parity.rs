@@ -1,11 +1,12 @@
 //! Parity of the BERT/DistilBERT QA models with transformers, f32 on the CPU.
 //!
 //! - Tiny random `DistilBertForQuestionAnswering` / `BertForQuestionAnswering` fixtures
-//!   (tools/make_fixtures.py: tests/fixtures/models/<name>/ + <name>_io.safetensors):
+//!   (tools/fixtures/make_fixtures.py: tests/fixtures/models/<name>/ + <name>_io.safetensors):
 //!   start/end logits, loss, every parameter gradient, and one AdamW step fed the
 //!   *stored* gradients (lr 1e-3, wd 0.01, no groups).
 //! - A real pretrained encoder, all-MiniLM-L6-v2: last hidden states for 3 padded
-//!   sentences against tests/fixtures/minilm_hidden.safetensors (tools/make_minilm_ref.py).
+//!   sentences against tests/fixtures/minilm_hidden.safetensors
+//!   (tools/fixtures/make_minilm_ref.py).
 //! - Save in HF layout and load back.
 //!
 //! Absent assets or fixtures skip with a message.
@@ -119,7 +120,7 @@ fn batch_from(io: &BTreeMap<String, Tensor>, fixture: &str) -> QaBatch {
 fn qa_fixtures_match_transformers() {
     let fixtures = qa_fixtures();
     if fixtures.is_empty() {
-        eprintln!("skipped: no BERT/DistilBERT QA fixtures under tests/fixtures/models (tools/make_fixtures.py)");
+        eprintln!("skipped: no BERT/DistilBERT QA fixtures under tests/fixtures/models (tools/fixtures/make_fixtures.py)");
         return;
     }
     for (name, dir, io_path) in fixtures {
@@ -389,7 +390,7 @@ fn attention_dropout_is_seeded_and_reaches_gradients() {
     assert_ne!(a.0, e.0, "no dropout in eval");
 }
 
-/// Relative error ‖a − b‖ / ‖b‖ (DESIGN.md's GPU-vs-CPU measure).
+/// Relative error ‖a − b‖ / ‖b‖ (docs/ARCHITECTURE.md's GPU-vs-CPU measure).
 fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
     let (x, y) = (a.to_vec_f64().expect("a"), b.to_vec_f64().expect("b"));
     assert_eq!(x.len(), y.len());

@@ -1,12 +1,12 @@
 //! T5 parity with Hugging Face on the tiny fixtures of tests/fixtures (made by
-//! tools/make_fixtures_models.py with transformers 5.24): logits, loss, every parameter
-//! gradient, one AdamW step fed the stored gradients, greedy and beam `generate()`
+//! tools/fixtures/make_fixtures_models.py with transformers 5.24): logits, loss, every
+//! parameter gradient, one AdamW step fed the stored gradients, greedy and beam `generate()`
 //! tokens — all f32 on the CPU. Plus checks HF cannot give us directly: the K/V-cached
 //! decoder equals the full decoder, a saved checkpoint loads back identically, dropout
 //! is seeded, and the t5-small tokenizer encodes as transformers does.
 //!
-//! Tolerances follow DESIGN.md: 1e-5 of each tensor's largest magnitude (1e-4 for the
-//! smallest tensors), an absolute floor for gradients that are exactly zero.
+//! Tolerances follow docs/ARCHITECTURE.md: 1e-5 of each tensor's largest magnitude (1e-4 for
+//! the smallest tensors), an absolute floor for gradients that are exactly zero.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
+
+mod common;
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
@@ -32,7 +34,7 @@ fn load(name: &str) -> Option<(T5ForConditionalGeneration, BTreeMap<String, Tens
     let io = fixtures().join(format!("{name}_io.safetensors"));
     if !dir.join("model.safetensors").exists() || !io.exists() {
         eprintln!(
-            "skipping {name}: fixtures missing under {} (run tools/make_fixtures.py models)",
+            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py models)",
             fixtures().display()
         );
         return None;
@@ -454,17 +456,9 @@ fn generate_options_match_transformers() {
 
 #[test]
 fn t5_small_tokenizer_matches_transformers() {
-    let assets = std::env::var("FUSEBOX_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
-    let path = assets.join("tokenizers/t5-small/tokenizer.json");
-    if !path.exists() {
-        eprintln!(
-            "skipping: {} not found (set FUSEBOX_ASSETS)",
-            path.display()
-        );
+    let Some(path) = common::asset("tokenizers/t5-small/tokenizer.json") else {
         return;
-    }
+    };
     let tok = tokenizers::Tokenizer::from_file(&path).unwrap();
     let enc = tok
         .encode("translate English to German: The house is wonderful.", true)
@@ -531,7 +525,7 @@ fn random_model_trains_saves_and_reloads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// ‖a − b‖ / ‖b‖ (DESIGN.md's measure for the GPU-vs-reference comparisons).
+/// ‖a − b‖ / ‖b‖ (docs/ARCHITECTURE.md's measure for GPU-vs-reference comparisons).
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

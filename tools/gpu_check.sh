@@ -31,6 +31,7 @@ find_nvcc() {
     for c in "${NVCC:-}" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "${CUDA_PATH:+$CUDA_PATH/bin/nvcc}" \
         /usr/local/cuda/bin/nvcc "$(command -v nvcc 2>/dev/null)" \
         "$ROOT/../cuda13/nvidia/cu13/bin/nvcc" /work/cuda13/nvidia/cu13/bin/nvcc \
+        "${HOME:-/root}/.cache/fusebox-ci/cuda13-13.0.88-nvrtc/nvidia/cu13/bin/nvcc" \
         "${HOME:-/root}/.cache/fusebox-ci/cuda13-13.0.88/nvidia/cu13/bin/nvcc"; do
         if [ -n "$c" ] && [ -x "$c" ]; then
             echo "$c"
@@ -135,7 +136,7 @@ PY
 )"
     [ -n "$out_dir" ] && [ -f "$out_dir/ptxas.txt" ] && cp "$out_dir/ptxas.txt" "$GPU_DIR/ptxas.txt"
     # The attention kernels as of ATTN_PREV_REV (default: the last commit before the
-    # session-3 changes), for an A/B timing on the card (tools/attn_check/run.sh).
+    # session-3 changes), for an A/B timing on the card (dev/cuda/attn_check/run.sh).
     local prev_rev="${ATTN_PREV_REV:-90f5fcd}"
     git -C "$ROOT" show "$prev_rev:kernels/attention.cu" >"$GPU_DIR/attention_prev.cu" 2>/dev/null ||
         { log "note: no attention.cu at $prev_rev (no A/B timing)"; rm -f "$GPU_DIR/attention_prev.cu"; }

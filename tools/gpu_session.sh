@@ -84,7 +84,7 @@ step stability 120 "$KT" --nocapture --test-threads=1 stability
 # memcheck + racecheck on tiny cases (the cp.async pipeline is new); PyTorch attention
 # baselines only with SESSION_ATTN_TORCH=1 (run 1 has them for these shapes).
 [ "${SESSION_SKIP_ATTN:-0}" != 1 ] && step attn_check 260 env OUT="$W/attn" ATTN_PREV_SRC="$ROOT/.gpu/attention_prev.cu" \
-    ATTN_SKIP_TORCH=$([ "${SESSION_ATTN_TORCH:-0}" = 1 ] && echo 0 || echo 1) bash tools/attn_check/run.sh
+    ATTN_SKIP_TORCH=$([ "${SESSION_ATTN_TORCH:-0}" = 1 ] && echo 0 || echo 1) bash dev/cuda/attn_check/run.sh
 # 3. Model training steps: fusebox vs PyTorch eager AMP on this card.
 step bench_t5_fp16 90 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 1 --json
 step bench_distilbert_fp16 90 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 1 --json

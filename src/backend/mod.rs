@@ -21,23 +21,46 @@
 //! - Dropout masks come from a counter-based hash of (seed, element index), so the CPU
 //!   and CUDA backends draw the same mask and backward re-derives it from the seed.
 
+mod composed;
 pub mod cpu;
 pub mod cuda;
+pub mod meta;
 mod storage;
 mod storage_nn;
+pub mod tracker;
 
 use crate::error::Result;
 use crate::shape::{DType, Device};
 
 pub use cpu::CpuStorage;
 pub use cuda::CudaStorage;
-pub use cuda::{MultiOutcome as AdamWMultiOutcome, MultiStep as AdamWMultiStep};
+pub use meta::MetaStorage;
 pub use storage::Storage;
-pub use storage_nn::{adamw_multi, linear_bias_fused, linear_wgrad_bgrad_fused, AdamWTensor};
+pub use storage_nn::{adamw_multi, AdamWTensor};
 
 /// Is a usable CUDA driver with at least one device present? Never panics.
 pub fn cuda_available() -> bool {
     cuda::is_available()
+}
+
+impl Device {
+    /// Turn `Auto` into a concrete device. No GPU is not an error: it is the CPU.
+    pub fn resolve(self) -> Device {
+        match self {
+            Device::Auto if cuda_available() => Device::Cuda(0),
+            Device::Auto => Device::Cpu,
+            d => d,
+        }
+    }
+}
+
+/// Wait for the work queued on `device` (CUDA); nothing to wait for elsewhere. What
+/// profiling spans call, so the layers above never name a backend.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cuda(_) => cuda::synchronize(device),
+        _ => Ok(()),
+    }
 }
 
 /// Elementwise binary ops on two same-sized buffers.
@@ -81,6 +104,34 @@ pub struct MatmulSpec {
 }
 
 impl MatmulSpec {
+    /// A linear layer's product `x [rows, in] · Wᵀ` for `W` stored `[out, in]`.
+    pub fn linear(rows: usize, out_f: usize, in_f: usize) -> MatmulSpec {
+        MatmulSpec {
+            batch: 1,
+            m: rows,
+            n: out_f,
+            k: in_f,
+            trans_a: false,
+            trans_b: true,
+            stride_a: 0,
+            stride_b: 0,
+        }
+    }
+
+    /// A linear layer's weight gradient `dW [out, in] = dyᵀ [out, rows] · x [rows, in]`.
+    pub fn linear_wgrad(rows: usize, out_f: usize, in_f: usize) -> MatmulSpec {
+        MatmulSpec {
+            batch: 1,
+            m: out_f,
+            n: in_f,
+            k: rows,
+            trans_a: true,
+            trans_b: false,
+            stride_a: 0,
+            stride_b: 0,
+        }
+    }
+
     /// A plain (unbatched) `m×k · k×n` product.
     pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
         MatmulSpec {
@@ -155,6 +206,40 @@ impl AdamWStep {
     pub fn bias_corrections(&self) -> (f64, f64) {
         adamw_bias_corrections(self.beta1, self.beta2, self.step)
     }
+}
+
+/// One parameter of a multi-tensor AdamW step on backend `B`: the f32 master (or f32
+/// parameter), its gradient (f32 or f16), the f32 moments and an optional working copy
+/// (f16 or f32) that receives the updated value.
+pub struct MultiTensor<'a, B> {
+    pub param: &'a mut B,
+    pub grad: &'a B,
+    pub m: &'a mut B,
+    pub v: &'a mut B,
+    pub working: Option<&'a mut B>,
+    pub weight_decay: f64,
+}
+
+/// Step-wide hyper-parameters of a multi-tensor AdamW step (torch AdamW +
+/// clip_grad_norm_ + GradScaler unscale).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWMultiStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 1-based step count this update would have.
+    pub step: u64,
+    pub grad_scale: f64,
+    pub max_grad_norm: Option<f64>,
+}
+
+/// What a multi-tensor step decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWMultiOutcome {
+    pub skipped: bool,
+    /// Sum of squares of the (scaled) gradients, as the per-tensor path computes it.
+    pub sum_sq: f64,
 }
 
 /// AdamW's bias corrections `(1 - beta1^t, sqrt(1 - beta2^t))` in f64: the one
@@ -380,6 +465,71 @@ pub trait BackendStorage: Sized + Send + Sync {
         max_len: usize,
         top_k: usize,
     ) -> Result<Vec<SpanCandidate>>;
+
+    // ---- fused paths: the defaults compose the primitives above (the CPU takes them;
+    // ---- CUDA overrides them with one kernel or a GEMM epilogue where it can) -------
+    /// `self [rows, in] · wᵀ + bias` (`w` stored `[out, in]`).
+    fn linear_bias(
+        &self,
+        w: &Self,
+        bias: &Self,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<Self> {
+        composed::linear_bias(self, w, bias, rows, out_f, in_f)
+    }
+    /// A linear layer's weight and bias gradients from `self` = dy `[rows, out]` and x
+    /// `[rows, in]`: (`dW [out, in] = dyᵀ · x`, `db [out] = Σ_rows dy`).
+    fn linear_wgrad_bgrad(
+        &self, /*dy*/
+        x: &Self,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<(Self, Self)> {
+        composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f)
+    }
+    /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual block):
+    /// (y, s, mean, rstd) with `s` the normalised sum.
+    #[allow(clippy::too_many_arguments)]
+    fn dropout_add_layer_norm(
+        &self,
+        res: &Self,
+        gamma: &Self,
+        beta: &Self,
+        cols: usize,
+        eps: f64,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        composed::dropout_add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
+    }
+    /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
+    /// saved sum `self`: (ds, da, dgamma, dbeta); `da` is `None` when p = 0 (it is ds).
+    #[allow(clippy::too_many_arguments)]
+    fn dropout_add_layer_norm_backward(
+        &self, /*s*/
+        gamma: &Self,
+        mean: &Self,
+        rstd: &Self,
+        dy: &Self,
+        cols: usize,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Option<Self>, Self, Self)> {
+        composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
+    }
+    /// One AdamW step over many parameters at once (global-norm clip and the inf/NaN
+    /// skip decided on the device). `Ok(None)`: this backend has no such path, and the
+    /// caller steps each tensor with [`adamw_`](Self::adamw_).
+    fn adamw_multi(
+        tensors: &mut [MultiTensor<'_, Self>],
+        hp: &AdamWMultiStep,
+    ) -> Result<Option<AdamWMultiOutcome>> {
+        let _ = (tensors, hp);
+        Ok(None)
+    }
 }
 
 /// The dropout mask both backends draw: element `i` is kept when this returns true.
@@ -477,7 +627,7 @@ mod dropout_tests {
     }
 
     /// The first 64 decisions of seed 12345 at p = 0.5 (bit k = element base + k), from an
-    /// independent Python transcription of the hash; kernels/emu/check.cpp asserts the same
+    /// independent Python transcription of the hash; dev/cuda/emu/check.cpp asserts the same
     /// words for fb_dropout_keep, which ties the CUDA copy to this one without a GPU.
     pub(crate) const GOLDEN: [(u64, u64); 2] = [
         (0, 0x108f_841e_c86e_69ae),

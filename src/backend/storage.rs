@@ -5,6 +5,7 @@
 
 use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
+use super::meta::MetaStorage;
 use super::{AdamWStep, BackendStorage, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
@@ -13,73 +14,62 @@ use crate::shape::{DType, Device};
 pub enum Storage {
     Cpu(CpuStorage),
     Cuda(CudaStorage),
+    /// Shape and dtype only (the planner's device): see `backend::meta`.
+    Meta(MetaStorage),
 }
 
 pub(super) fn mismatch(op: &'static str, a: Device, b: Device) -> Error {
     Error::DeviceMismatch { op, a, b }
 }
 
-/// Dispatch a method with storage arguments to the backend both sides live on.
-macro_rules! dispatch2 {
-    ($op:literal, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
-        match ($a, $b) {
-            (Storage::Cpu($x), Storage::Cpu($y)) => $body.map(Storage::Cpu),
-            (Storage::Cuda($x), Storage::Cuda($y)) => $body.map(Storage::Cuda),
-            (a, b) => Err(mismatch($op, a.device(), b.device())),
-        }
-    };
-}
-
-macro_rules! dispatch1 {
-    ($a:expr, |$x:ident| $body:expr) => {
-        match $a {
-            Storage::Cpu($x) => $body.map(Storage::Cpu),
-            Storage::Cuda($x) => $body.map(Storage::Cuda),
-        }
-    };
-}
-
-/// One body for both backends: `$x` is the `CpuStorage` in one arm and the
-/// `CudaStorage` in the other, so the body is written once against `Variant` and
-/// `BackendStorage` (its other operands through [`same`], its results through `wrap`).
+/// The one dispatch of the crate: `$x` is the `CpuStorage`, `CudaStorage` or
+/// `MetaStorage` in turn, so the body is written once against `Variant` and
+/// `BackendStorage` (its other operands through [`same`] and friends, its results
+/// through `wrap`).
 macro_rules! per_backend {
     ($s:expr, |$x:ident| $body:expr) => {
         match $s {
             Storage::Cpu($x) => $body,
             Storage::Cuda($x) => $body,
+            Storage::Meta($x) => $body,
         }
     };
 }
 
+pub(super) use per_backend;
+
 /// A backend's buffer type as a variant of [`Storage`].
 pub(super) trait Variant: BackendStorage {
     fn of(s: &Storage) -> Option<&Self>;
+    fn of_mut(s: &mut Storage) -> Option<&mut Self>;
     fn wrap(self) -> Storage;
 }
 
-impl Variant for CpuStorage {
-    fn of(s: &Storage) -> Option<&Self> {
-        match s {
-            Storage::Cpu(x) => Some(x),
-            _ => None,
+macro_rules! variant {
+    ($ty:ty, $name:ident) => {
+        impl Variant for $ty {
+            fn of(s: &Storage) -> Option<&Self> {
+                match s {
+                    Storage::$name(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn of_mut(s: &mut Storage) -> Option<&mut Self> {
+                match s {
+                    Storage::$name(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn wrap(self) -> Storage {
+                Storage::$name(self)
+            }
         }
-    }
-    fn wrap(self) -> Storage {
-        Storage::Cpu(self)
-    }
+    };
 }
 
-impl Variant for CudaStorage {
-    fn of(s: &Storage) -> Option<&Self> {
-        match s {
-            Storage::Cuda(x) => Some(x),
-            _ => None,
-        }
-    }
-    fn wrap(self) -> Storage {
-        Storage::Cuda(self)
-    }
-}
+variant!(CpuStorage, Cpu);
+variant!(CudaStorage, Cuda);
+variant!(MetaStorage, Meta);
 
 /// Operand `s` of `op` on the backend of `x`, or the device-mismatch error.
 pub(super) fn same<'a, B: Variant>(op: &'static str, x: &B, s: &'a Storage) -> Result<&'a B> {
@@ -95,55 +85,40 @@ pub(super) fn same_opt<'a, B: Variant>(
     s.map(|s| same(op, x, s)).transpose()
 }
 
-/// Unwrap an optional storage argument to the backend `$variant`, or fail.
-macro_rules! opt_as {
-    ($op:literal, $variant:ident, $opt:expr, $dev:expr) => {
-        match $opt {
-            None => None,
-            Some(Storage::$variant(s)) => Some(s),
-            Some(other) => return Err(mismatch($op, $dev, other.device())),
-        }
-    };
+/// [`same`] for an operand written in place.
+pub(super) fn same_mut<'a, B: Variant>(
+    op: &'static str,
+    dev: Device,
+    s: &'a mut Storage,
+) -> Result<&'a mut B> {
+    let got = s.device();
+    B::of_mut(s).ok_or_else(|| mismatch(op, dev, got))
 }
-
-macro_rules! as_variant {
-    ($op:literal, $variant:ident, $s:expr, $dev:expr) => {
-        match $s {
-            Storage::$variant(s) => s,
-            other => return Err(mismatch($op, $dev, other.device())),
-        }
-    };
-}
-
-pub(super) use {as_variant, dispatch1, dispatch2, opt_as, per_backend};
 
 impl Storage {
     pub fn device(&self) -> Device {
-        match self {
-            Storage::Cpu(s) => s.device(),
-            Storage::Cuda(s) => s.device(),
-        }
+        per_backend!(self, |s| s.device())
     }
     pub fn dtype(&self) -> DType {
-        match self {
-            Storage::Cpu(s) => s.dtype(),
-            Storage::Cuda(s) => s.dtype(),
-        }
+        per_backend!(self, |s| s.dtype())
     }
     pub fn len(&self) -> usize {
-        match self {
-            Storage::Cpu(s) => s.len(),
-            Storage::Cuda(s) => s.len(),
-        }
+        per_backend!(self, |s| s.len())
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Move or copy to `device` (`Auto` resolved first).
+    /// Move or copy to `device` (`Auto` resolved first). Any buffer goes to a meta
+    /// device (as its shape and dtype); a meta buffer has no data to go anywhere else.
     pub fn to_device(&self, device: Device) -> Result<Storage> {
         let device = device.resolve();
         match (self, device) {
+            (s, Device::Meta(t)) => Ok(Storage::Meta(MetaStorage::new(s.len(), s.dtype(), t))),
+            (Storage::Meta(s), d) => Err(Error::msg(format!(
+                "to_device: a {} tensor holds no data to copy to {d}",
+                s.device()
+            ))),
             (Storage::Cpu(s), Device::Cpu) => Ok(Storage::Cpu(s.duplicate()?)),
             (Storage::Cuda(s), Device::Cpu) => Ok(Storage::Cpu(s.to_cpu()?)),
             (Storage::Cpu(s), Device::Cuda(n)) => Ok(Storage::Cuda(CudaStorage::from_cpu(s, n)?)),
@@ -159,55 +134,51 @@ impl Storage {
     }
 
     pub fn zeros_like_dev(&self, len: usize, dtype: DType) -> Result<Storage> {
-        dispatch1!(self, |s| s.zeros_like_dev(len, dtype))
+        per_backend!(self, |s| s.zeros_like_dev(len, dtype).map(Variant::wrap))
     }
     pub fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Result<Storage> {
-        dispatch1!(self, |s| s.full_like_dev(len, dtype, value))
+        per_backend!(self, |s| s
+            .full_like_dev(len, dtype, value)
+            .map(Variant::wrap))
     }
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        match self {
-            Storage::Cpu(s) => s.to_vec_f32(),
-            Storage::Cuda(s) => s.to_vec_f32(),
-        }
+        per_backend!(self, |s| s.to_vec_f32())
     }
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        match self {
-            Storage::Cpu(s) => s.to_vec_f64(),
-            Storage::Cuda(s) => s.to_vec_f64(),
-        }
+        per_backend!(self, |s| s.to_vec_f64())
     }
     pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
-        match self {
-            Storage::Cpu(s) => s.to_vec_i32(),
-            Storage::Cuda(s) => s.to_vec_i32(),
-        }
+        per_backend!(self, |s| s.to_vec_i32())
     }
     pub fn to_cpu(&self) -> Result<CpuStorage> {
-        match self {
-            Storage::Cpu(s) => s.to_cpu(),
-            Storage::Cuda(s) => s.to_cpu(),
-        }
+        per_backend!(self, |s| s.to_cpu())
     }
     pub fn cast(&self, dtype: DType) -> Result<Storage> {
-        dispatch1!(self, |s| s.cast(dtype))
+        per_backend!(self, |s| s.cast(dtype).map(Variant::wrap))
     }
     pub fn duplicate(&self) -> Result<Storage> {
-        dispatch1!(self, |s| s.duplicate())
+        per_backend!(self, |s| s.duplicate().map(Variant::wrap))
     }
     pub fn binary(&self, rhs: &Storage, op: BinaryOp) -> Result<Storage> {
-        dispatch2!("binary", self, rhs, |a, b| a.binary(b, op))
+        per_backend!(self, |a| a
+            .binary(same("binary", a, rhs)?, op)
+            .map(Variant::wrap))
     }
     pub fn affine(&self, mul: f64, add: f64) -> Result<Storage> {
-        dispatch1!(self, |s| s.affine(mul, add))
+        per_backend!(self, |s| s.affine(mul, add).map(Variant::wrap))
     }
     pub fn unary(&self, op: UnaryOp) -> Result<Storage> {
-        dispatch1!(self, |s| s.unary(op))
+        per_backend!(self, |s| s.unary(op).map(Variant::wrap))
     }
     pub fn unary_backward(&self, dy: &Storage, op: UnaryOp) -> Result<Storage> {
-        dispatch2!("unary_backward", self, dy, |x, g| x.unary_backward(g, op))
+        per_backend!(self, |x| x
+            .unary_backward(same("unary_backward", x, dy)?, op)
+            .map(Variant::wrap))
     }
     pub fn gated(&self, lin: &Storage, act: UnaryOp) -> Result<Storage> {
-        dispatch2!("gated", self, lin, |g, l| g.gated(l, act))
+        per_backend!(self, |g| g
+            .gated(same("gated", g, lin)?, act)
+            .map(Variant::wrap))
     }
     pub fn gated_backward(
         &self,
@@ -222,25 +193,27 @@ impl Storage {
         })
     }
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Storage> {
-        dispatch1!(self, |s| s.dropout(p, seed))
+        per_backend!(self, |s| s.dropout(p, seed).map(Variant::wrap))
     }
     pub fn add_bias(&self, bias: &Storage, cols: usize) -> Result<Storage> {
-        dispatch2!("add_bias", self, bias, |x, b| x.add_bias(b, cols))
+        per_backend!(self, |x| x
+            .add_bias(same("add_bias", x, bias)?, cols)
+            .map(Variant::wrap))
     }
     pub fn sum_rows(&self, cols: usize) -> Result<Storage> {
-        dispatch1!(self, |s| s.sum_rows(cols))
+        per_backend!(self, |s| s.sum_rows(cols).map(Variant::wrap))
     }
     pub fn sum_all(&self) -> Result<Storage> {
-        dispatch1!(self, |s| s.sum_all())
+        per_backend!(self, |s| s.sum_all().map(Variant::wrap))
     }
     pub fn sum_sq(&self) -> Result<Storage> {
-        dispatch1!(self, |s| s.sum_sq())
+        per_backend!(self, |s| s.sum_sq().map(Variant::wrap))
     }
     pub fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Storage> {
-        dispatch1!(self, |s| s.permute(dims, perm))
+        per_backend!(self, |s| s.permute(dims, perm).map(Variant::wrap))
     }
     pub fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Storage> {
-        dispatch1!(self, |s| s.narrow(dims, dim, start, len))
+        per_backend!(self, |s| s.narrow(dims, dim, start, len).map(Variant::wrap))
     }
     pub fn cat(parts: &[&Storage], dims: &[Vec<usize>], dim: usize) -> Result<Storage> {
         let first = parts
@@ -255,7 +228,9 @@ impl Storage {
         })
     }
     pub fn index_select(&self, ids: &Storage, cols: usize) -> Result<Storage> {
-        dispatch2!("index_select", self, ids, |t, i| t.index_select(i, cols))
+        per_backend!(self, |t| t
+            .index_select(same("index_select", t, ids)?, cols)
+            .map(Variant::wrap))
     }
     pub fn index_add(
         &self,
@@ -264,16 +239,15 @@ impl Storage {
         cols: usize,
         skip: Option<usize>,
     ) -> Result<Storage> {
-        dispatch2!("index_add", self, ids, |d, i| d.index_add(i, n, cols, skip))
+        per_backend!(self, |d| d
+            .index_add(same("index_add", d, ids)?, n, cols, skip)
+            .map(Variant::wrap))
     }
     pub fn axpy_(&mut self, x: &Storage, alpha: f64) -> Result<()> {
         per_backend!(self, |s| s.axpy_(same("axpy_", s, x)?, alpha))
     }
     pub fn scale_(&mut self, alpha: f64) -> Result<()> {
-        match self {
-            Storage::Cpu(s) => s.scale_(alpha),
-            Storage::Cuda(s) => s.scale_(alpha),
-        }
+        per_backend!(self, |s| s.scale_(alpha))
     }
     pub fn copy_from_(&mut self, src: &Storage) -> Result<()> {
         per_backend!(self, |s| s.copy_from_(same("copy_from_", s, src)?))
@@ -286,31 +260,26 @@ impl Storage {
         working: Option<&mut Storage>,
         hp: &AdamWStep,
     ) -> Result<bool> {
+        const OP: &str = "adamw_";
         let dev = self.device();
-        match self {
-            Storage::Cpu(p) => {
-                let g = as_variant!("adamw_", Cpu, grad, dev);
-                let m = as_variant!("adamw_", Cpu, m, dev);
-                let v = as_variant!("adamw_", Cpu, v, dev);
-                let w = opt_as!("adamw_", Cpu, working, dev);
-                p.adamw_(g, m, v, w, hp)
-            }
-            Storage::Cuda(p) => {
-                let g = as_variant!("adamw_", Cuda, grad, dev);
-                let m = as_variant!("adamw_", Cuda, m, dev);
-                let v = as_variant!("adamw_", Cuda, v, dev);
-                let w = opt_as!("adamw_", Cuda, working, dev);
-                p.adamw_(g, m, v, w, hp)
-            }
-        }
+        per_backend!(self, |p| {
+            let w = match working {
+                Some(w) => Some(same_mut(OP, dev, w)?),
+                None => None,
+            };
+            p.adamw_(
+                same(OP, p, grad)?,
+                same_mut(OP, dev, m)?,
+                same_mut(OP, dev, v)?,
+                w,
+                hp,
+            )
+        })
     }
     pub fn has_non_finite(&self) -> Result<bool> {
-        match self {
-            Storage::Cpu(s) => s.has_non_finite(),
-            Storage::Cuda(s) => s.has_non_finite(),
-        }
+        per_backend!(self, |s| s.has_non_finite())
     }
     pub fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Storage> {
-        dispatch1!(self, |s| s.clamp_i32(lo, hi))
+        per_backend!(self, |s| s.clamp_i32(lo, hi).map(Variant::wrap))
     }
 }

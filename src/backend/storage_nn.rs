@@ -1,23 +1,24 @@
 //! The layer primitives of `Storage` (GEMM, norms, softmax and losses, attention, span
-//! search), the multi-tensor AdamW step and the cuBLASLt-fused linear paths: each
-//! dispatched to the backend its operands live on (see storage.rs).
+//! search) and its fused paths (linear with bias, the encoder's residual LayerNorm, the
+//! multi-tensor AdamW step): each dispatched to the backend its operands live on (see
+//! storage.rs).
 
-use super::cuda;
-use super::storage::{
-    as_variant, dispatch1, dispatch2, mismatch, opt_as, per_backend, same, same_opt, Storage,
-    Variant,
-};
-use super::{AdamWMultiOutcome, AdamWMultiStep};
-use super::{AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate};
+use super::storage::{mismatch, per_backend, same, same_mut, same_opt, Storage, Variant};
+use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
+use super::{AttnSpec, BackendStorage, MatmulSpec, SpanCandidate};
 use crate::error::Result;
 use crate::shape::DType;
 
 impl Storage {
     pub fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Result<Storage> {
-        dispatch2!("matmul", self, rhs, |a, b| a.matmul(b, spec))
+        per_backend!(self, |a| a
+            .matmul(same("matmul", a, rhs)?, spec)
+            .map(Variant::wrap))
     }
     pub fn matmul_out(&self, rhs: &Storage, spec: &MatmulSpec, out: DType) -> Result<Storage> {
-        dispatch2!("matmul_out", self, rhs, |a, b| a.matmul_out(b, spec, out))
+        per_backend!(self, |a| a
+            .matmul_out(same("matmul_out", a, rhs)?, spec, out)
+            .map(Variant::wrap))
     }
     pub fn layer_norm(
         &self,
@@ -49,9 +50,7 @@ impl Storage {
         })
     }
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual
-    /// block): returns (y, s, mean, rstd) with `s` the normalised sum. One kernel on
-    /// CUDA; on the CPU the same three ops in sequence (the results are equal bit for
-    /// bit: the kernel rounds where the unfused ops store).
+    /// block): (y, s, mean, rstd) with `s` the normalised sum. One kernel on CUDA.
     #[allow(clippy::too_many_arguments)]
     pub fn dropout_add_layer_norm(
         &self,
@@ -63,26 +62,12 @@ impl Storage {
         p: f32,
         seed: u64,
     ) -> Result<(Storage, Storage, Storage, Storage)> {
-        let dev = self.device();
-        if let Storage::Cuda(a) = self {
-            let r = as_variant!("dropout_add_layer_norm", Cuda, res, dev);
-            let g = as_variant!("dropout_add_layer_norm", Cuda, gamma, dev);
-            let b = as_variant!("dropout_add_layer_norm", Cuda, beta, dev);
+        per_backend!(self, |a| {
+            const OP: &str = "dropout_add_layer_norm";
+            let (r, g, b) = (same(OP, a, res)?, same(OP, a, gamma)?, same(OP, a, beta)?);
             let (y, s, m, rs) = a.dropout_add_layer_norm(r, g, b, cols, eps, p, seed)?;
-            return Ok((
-                Storage::Cuda(y),
-                Storage::Cuda(s),
-                Storage::Cuda(m),
-                Storage::Cuda(rs),
-            ));
-        }
-        let s = if p > 0.0 {
-            self.dropout(p, seed)?.binary(res, BinaryOp::Add)?
-        } else {
-            self.binary(res, BinaryOp::Add)?
-        };
-        let (y, m, rs) = s.layer_norm(gamma, beta, cols, eps)?;
-        Ok((y, s, m, rs))
+            Ok((y.wrap(), s.wrap(), m.wrap(), rs.wrap()))
+        })
     }
 
     /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
@@ -98,28 +83,49 @@ impl Storage {
         p: f32,
         seed: u64,
     ) -> Result<(Storage, Option<Storage>, Storage, Storage)> {
-        let dev = self.device();
-        if let Storage::Cuda(s) = self {
-            let g = as_variant!("dropout_add_layer_norm_backward", Cuda, gamma, dev);
-            let m = as_variant!("dropout_add_layer_norm_backward", Cuda, mean, dev);
-            let r = as_variant!("dropout_add_layer_norm_backward", Cuda, rstd, dev);
-            let d = as_variant!("dropout_add_layer_norm_backward", Cuda, dy, dev);
+        per_backend!(self, |s| {
+            const OP: &str = "dropout_add_layer_norm_backward";
+            let (g, m) = (same(OP, s, gamma)?, same(OP, s, mean)?);
+            let (r, d) = (same(OP, s, rstd)?, same(OP, s, dy)?);
             let (ds, da, dg, db) = s.dropout_add_layer_norm_backward(g, m, r, d, cols, p, seed)?;
-            return Ok((
-                Storage::Cuda(ds),
-                da.map(Storage::Cuda),
-                Storage::Cuda(dg),
-                Storage::Cuda(db),
-            ));
-        }
-        let (ds, dg, db) = self.layer_norm_backward(gamma, mean, rstd, dy, cols)?;
-        let da = if p > 0.0 {
-            Some(ds.dropout(p, seed)?)
-        } else {
-            None
-        };
-        Ok((ds, da, dg, db))
+            Ok((ds.wrap(), da.map(Variant::wrap), dg.wrap(), db.wrap()))
+        })
     }
+
+    /// `self [rows, in] · wᵀ + bias`: on CUDA in one GEMM with the bias added by its
+    /// epilogue (cuBLASLt) where it can, else GEMM + `add_bias`.
+    pub fn linear_bias(
+        &self,
+        w: &Storage,
+        bias: &Storage,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<Storage> {
+        per_backend!(self, |x| {
+            const OP: &str = "linear_bias";
+            x.linear_bias(same(OP, x, w)?, same(OP, x, bias)?, rows, out_f, in_f)
+                .map(Variant::wrap)
+        })
+    }
+
+    /// A linear layer's weight and bias gradients from `self` = dy and `x`:
+    /// (`dW [out, in] = dyᵀ · x`, `db [out] = Σ_rows dy`); on CUDA from one GEMM whose
+    /// epilogue reduces the bias gradient, where it can.
+    pub fn linear_wgrad_bgrad(
+        &self,
+        x: &Storage,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<(Storage, Storage)> {
+        per_backend!(self, |dy| {
+            let (dw, db) =
+                dy.linear_wgrad_bgrad(same("linear_wgrad_bgrad", dy, x)?, rows, out_f, in_f)?;
+            Ok((dw.wrap(), db.wrap()))
+        })
+    }
+
     pub fn rms_norm(&self, gamma: &Storage, cols: usize, eps: f64) -> Result<(Storage, Storage)> {
         per_backend!(self, |x| {
             let (y, r) = x.rms_norm(same("rms_norm", x, gamma)?, cols, eps)?;
@@ -141,14 +147,15 @@ impl Storage {
         })
     }
     pub fn softmax(&self, cols: usize) -> Result<Storage> {
-        dispatch1!(self, |s| s.softmax(cols))
+        per_backend!(self, |s| s.softmax(cols).map(Variant::wrap))
     }
     pub fn softmax_backward(&self, dy: &Storage, cols: usize) -> Result<Storage> {
-        dispatch2!("softmax_backward", self, dy, |y, d| y
-            .softmax_backward(d, cols))
+        per_backend!(self, |y| y
+            .softmax_backward(same("softmax_backward", y, dy)?, cols)
+            .map(Variant::wrap))
     }
     pub fn log_softmax(&self, cols: usize) -> Result<Storage> {
-        dispatch1!(self, |s| s.log_softmax(cols))
+        per_backend!(self, |s| s.log_softmax(cols).map(Variant::wrap))
     }
     pub fn cross_entropy(
         &self,
@@ -182,7 +189,7 @@ impl Storage {
         })
     }
     pub fn argmax_last(&self, cols: usize) -> Result<Storage> {
-        dispatch1!(self, |s| s.argmax_last(cols))
+        per_backend!(self, |s| s.argmax_last(cols).map(Variant::wrap))
     }
     pub fn attention(
         &self,
@@ -282,69 +289,45 @@ pub struct AdamWTensor<'a> {
 /// A whole AdamW step over many parameters at once (global-norm clip and the inf/NaN
 /// skip decided on the device, a constant number of launches, one small read). Same
 /// semantics as [`BackendStorage::adamw_`] applied per tensor with the clip folded into
-/// `grad_scale`. `Ok(None)` when the tensors live on the CPU, which has no such path:
-/// the caller then steps each tensor itself.
+/// `grad_scale`. `Ok(None)` where the backend has no such path (the CPU): the caller
+/// then steps each tensor itself.
 pub fn adamw_multi(
     tensors: &mut [AdamWTensor<'_>],
     hp: &AdamWMultiStep,
 ) -> Result<Option<AdamWMultiOutcome>> {
-    if tensors.iter().all(|t| matches!(&*t.param, Storage::Cpu(_))) {
-        return Ok(None);
+    // The backend is a type here, not a value to call through: pick it, then hand the
+    // whole list over (the first tensor's borrow ends before the list is taken).
+    match tensors.first().map(|t| t.param.device().target()) {
+        None => Ok(None),
+        Some(_) if matches!(&*tensors[0].param, Storage::Meta(_)) => {
+            multi::<super::MetaStorage>(tensors, hp)
+        }
+        Some(Some(crate::shape::Target::Cuda)) => multi::<super::CudaStorage>(tensors, hp),
+        Some(_) => multi::<super::CpuStorage>(tensors, hp),
     }
+}
+
+/// [`adamw_multi`] on backend `B` (every tensor must live there).
+fn multi<B: Variant>(
+    tensors: &mut [AdamWTensor<'_>],
+    hp: &AdamWMultiStep,
+) -> Result<Option<AdamWMultiOutcome>> {
+    const OP: &str = "adamw_multi";
+    let dev = tensors[0].param.device();
     let mut list = Vec::with_capacity(tensors.len());
     for t in tensors.iter_mut() {
-        let dev = t.param.device();
-        let param = as_variant!("adamw_multi", Cuda, &mut *t.param, dev);
-        let grad = as_variant!("adamw_multi", Cuda, t.grad, dev);
-        let m = as_variant!("adamw_multi", Cuda, &mut *t.m, dev);
-        let v = as_variant!("adamw_multi", Cuda, &mut *t.v, dev);
-        let working = opt_as!("adamw_multi", Cuda, t.working.as_deref_mut(), dev);
-        list.push(cuda::MultiTensor {
-            param,
-            grad,
-            m,
-            v,
-            working,
+        let grad_dev = t.grad.device();
+        list.push(MultiTensor {
+            param: same_mut::<B>(OP, dev, &mut *t.param)?,
+            grad: B::of(t.grad).ok_or_else(|| mismatch(OP, dev, grad_dev))?,
+            m: same_mut::<B>(OP, dev, &mut *t.m)?,
+            v: same_mut::<B>(OP, dev, &mut *t.v)?,
+            working: match t.working.as_deref_mut() {
+                Some(w) => Some(same_mut::<B>(OP, dev, w)?),
+                None => None,
+            },
             weight_decay: t.weight_decay,
         });
     }
-    cuda::adamw_multi(&mut list, hp).map(Some)
-}
-
-/// `x [rows, in] · wᵀ + bias` in one GEMM with the bias added by its epilogue (CUDA,
-/// cuBLASLt). `Ok(None)` when there is no such path for these operands (the CPU, or
-/// cuBLASLt declines): the caller then runs `matmul` + `add_bias`.
-pub fn linear_bias_fused(
-    x: &Storage,
-    w: &Storage,
-    bias: &Storage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
-) -> Result<Option<Storage>> {
-    match (x, w, bias) {
-        (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(b)) => {
-            Ok(cuda::blaslt::linear_bias(x, w, b, rows, out_f, in_f)?.map(Storage::Cuda))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// A linear layer's weight and bias gradients, `dW [out, in] = dyᵀ · x` and
-/// `db [out] = Σ_rows dy`, from one GEMM whose epilogue reduces the bias gradient
-/// (CUDA, cuBLASLt). `Ok(None)` when there is no such path (see [`linear_bias_fused`]).
-pub fn linear_wgrad_bgrad_fused(
-    dy: &Storage,
-    x: &Storage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
-) -> Result<Option<(Storage, Storage)>> {
-    match (dy, x) {
-        (Storage::Cuda(dy), Storage::Cuda(x)) => {
-            Ok(cuda::blaslt::linear_wgrad_bgrad(dy, x, rows, out_f, in_f)?
-                .map(|(w, b)| (Storage::Cuda(w), Storage::Cuda(b))))
-        }
-        _ => Ok(None),
-    }
+    B::adamw_multi(&mut list, hp)
 }

@@ -8,7 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use fusebox::bench::{self, BenchConfig, BenchModel, T5Bench};
-use fusebox::memory::budget::{self, human, Target, Workload};
+use fusebox::plan::{self, human, Workload};
+use fusebox::shape::Target;
+
+#[path = "common/memory_args.rs"]
+mod memory_args;
 use fusebox::{DType, Device};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -67,7 +71,7 @@ struct Args {
     #[arg(long)]
     trace: Option<PathBuf>,
     #[command(flatten)]
-    mem: budget::MemoryArgs,
+    mem: memory_args::MemoryArgs,
 }
 
 fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
@@ -109,7 +113,7 @@ fn main() -> Result<()> {
         bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
     }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
-    let spec = bench::memory_spec(&args.model)?;
+    let spec = bench::model_source(&args.model)?;
     let work = Workload {
         micro_batch: args.batch.max(1),
         grad_accum: 1,
@@ -126,7 +130,7 @@ fn main() -> Result<()> {
         },
     };
     let budget_bytes = args.mem.budget()?;
-    let plan = budget::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;
+    let plan = plan::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;
     if args.mem.plan {
         print!("{}", plan.table());
         return Ok(());

@@ -13,7 +13,5 @@ pub mod encoder;
 pub mod encoder_qa;
 pub mod hf;
 pub mod qa;
+pub mod step;
 pub mod t5;
-
-// Where the memory planner and the bench have always read the switch.
-pub use crate::nn::separate_qkv;

@@ -141,7 +141,7 @@ pub trait QaModel {
     fn params(&self) -> &ParamStore;
 
     /// Recompute each layer's forward in backward instead of keeping its activations
-    /// (activation checkpointing; `memory::budget` turns it on when a budget needs it).
+    /// (activation checkpointing; the planner turns it on when a budget needs it).
     fn set_checkpointing(&mut self, on: bool);
     fn checkpointing(&self) -> bool;
 

@@ -141,6 +141,13 @@ impl ParamStore {
         }
         let n: usize = shape.iter().product();
         let mut inner = self.lock();
+        if let Device::Meta(_) = self.device {
+            // Shapes only (the planner): no values to draw.
+            let t = Tensor::var(&Tensor::zeros(shape, self.dtype, self.device)?);
+            inner.params.insert(name.to_string(), t.clone());
+            inner.initialised.push(name.to_string());
+            return Ok(t);
+        }
         let vals: Vec<f64> = match init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],

@@ -42,15 +42,23 @@ pub fn load_with_metadata(
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
-        let t = decode(
-            path,
-            &name,
-            view.dtype(),
-            view.data(),
-            float_dtype,
-            shape,
-            device,
-        )?;
+        if let Device::Meta(_) = device {
+            // The header's shapes and dtypes only: no weight is read. Decoding no bytes
+            // (an empty CPU tensor) gives the dtype, and the refusal, the data would get.
+            let none = decode(
+                path,
+                &name,
+                view.dtype(),
+                &[],
+                float_dtype,
+                vec![0],
+                Device::Cpu,
+            )?;
+            out.insert(name, Tensor::zeros(shape, none.dtype(), device)?);
+            continue;
+        }
+        let data = view.data();
+        let t = decode(path, &name, view.dtype(), data, float_dtype, shape, device)?;
         out.insert(name, t);
     }
     Ok((out, metadata))

@@ -18,18 +18,16 @@ impl Tensor {
         let _span = crate::profile::Span::new("linear", self.device());
         let (dims, out_dims) = linear_dims(["linear", "linear (weight)"], self, weight)?;
         let [rows, out_f, in_f] = dims;
-        let spec = linear_spec(dims);
         let y = match bias {
             Some(b) => {
                 b.expect_shape("linear (bias)", &[out_f])?;
-                let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
                 // CUDA: the bias added by the GEMM's epilogue (cuBLASLt), when it can.
-                match crate::backend::linear_bias_fused(&xs, &ws, &bs, rows, out_f, in_f)? {
-                    Some(y) => y,
-                    None => xs.matmul(&ws, &spec)?.add_bias(&bs, out_f)?,
-                }
+                let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
+                xs.linear_bias(&ws, &bs, rows, out_f, in_f)?
             }
-            None => self.storage().matmul(&weight.storage(), &spec)?,
+            None => self
+                .storage()
+                .matmul(&weight.storage(), &MatmulSpec::linear(rows, out_f, in_f))?,
         };
         let out = fresh(y, out_dims);
         let inputs = linear_inputs(self, weight, bias);
@@ -57,9 +55,9 @@ impl Tensor {
         }
         let _span = crate::profile::Span::new("linear_into", self.device());
         let (dims, out_dims) = linear_dims(["linear_into", "linear_into (weight)"], self, weight)?;
-        let s = self
-            .storage()
-            .matmul_out(&weight.storage(), &linear_spec(dims), out)?;
+        let [rows, out_f, in_f] = dims;
+        let spec = MatmulSpec::linear(rows, out_f, in_f);
+        let s = self.storage().matmul_out(&weight.storage(), &spec, out)?;
         let y = fresh(s, out_dims);
         if !needs_grad(&[self, weight]) {
             return Ok(y);
@@ -239,16 +237,6 @@ fn linear_dims(
     Ok(([x.shape().rows(), out_f, in_f], out_dims))
 }
 
-/// The forward GEMM of a linear: `x [rows, in] · Wᵀ`.
-fn linear_spec([rows, out_f, in_f]: [usize; 3]) -> MatmulSpec {
-    MatmulSpec {
-        trans_b: true,
-        stride_a: 0,
-        stride_b: 0,
-        ..MatmulSpec::plain(rows, in_f, out_f)
-    }
-}
-
 /// Which of a linear's inputs want gradients.
 #[derive(Clone, Copy)]
 struct LinearFlags {
@@ -298,23 +286,16 @@ fn linear_grads(
     })?;
     // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
     if has_bias && tw && tb {
-        let fused = crate::backend::linear_wgrad_bgrad_fused(&gs, &x.storage(), rows, out_f, in_f)?;
-        if let Some((dw, db)) = fused {
-            return Ok(vec![
-                dx,
-                Some(fresh(dw, [out_f, in_f])),
-                Some(fresh(db, [out_f])),
-            ]);
-        }
+        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), rows, out_f, in_f)?;
+        return Ok(vec![
+            dx,
+            Some(fresh(dw, [out_f, in_f])),
+            Some(fresh(db, [out_f])),
+        ]);
     }
     // dW [out, in] = dyᵀ [out, rows] · x [rows, in]
     let dw = when(tw, || {
-        let spec = MatmulSpec {
-            trans_a: true,
-            stride_a: 0,
-            stride_b: 0,
-            ..MatmulSpec::plain(out_f, rows, in_f)
-        };
+        let spec = MatmulSpec::linear_wgrad(rows, out_f, in_f);
         Ok(fresh(gs.matmul(&x.storage(), &spec)?, [out_f, in_f]))
     })?;
     let mut v = vec![dx, dw];

@@ -178,7 +178,7 @@ impl AdamW {
             .map(|s| s.param.device())
             .unwrap_or(crate::shape::Device::Cpu);
         let _span = crate::profile::Span::new("adamw", device);
-        if self.multi_tensor && device.is_cuda() {
+        if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
             if let Some(out) = self.step_multi(grads, lr, grad_scale, max_grad_norm)? {
                 return Ok(out);
             }

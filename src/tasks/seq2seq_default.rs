@@ -1,13 +1,13 @@
 //! The built-in `train summarize` / `train translate` runs: a generated dataset (see
-//! synth.rs) written as JSONL, a word-level tokenizer trained on it, and a small T5 built
+//! data/synth.rs) written as JSONL, a word-level tokenizer trained on it, and a small T5 built
 //! from scratch, sized to learn in minutes on two CPU cores.
 
 use std::path::Path;
 
 use crate::data::seq2seq::Seq2SeqExample;
+use crate::data::synth;
 use crate::error::{Error, Result};
 use crate::models::t5::T5Config;
-use crate::synth;
 use crate::tasks::seq2seq_train::Seq2SeqKind;
 
 /// A generator of (source, target) rows from (seed, count).

@@ -18,7 +18,7 @@ pub fn load(name: &str, dtype: DType) -> BTreeMap<String, Tensor> {
     let p = fixture(name);
     safetensors_io::load(&p, dtype, Device::Cpu).unwrap_or_else(|e| {
         panic!(
-            "fixture {} (regenerate with tools/make_fixtures.py): {e}",
+            "fixture {} (regenerate with tools/fixtures/make_fixtures.py): {e}",
             p.display()
         )
     })
@@ -54,7 +54,8 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
 
 /// The shared real-data assets: env FUSEBOX_ASSETS, else ../shared/assets beside the
 /// crate, else ./shared/assets (the GPU machine's copy). None, with the reason printed,
-/// when absent: tests that need them skip.
+/// when absent: tests that need them skip, so a fresh clone without them is green. With
+/// FUSEBOX_REQUIRE_ASSETS=1 (CI, which has them) absent assets fail the test instead.
 pub fn assets() -> Option<PathBuf> {
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/assets");
     let p = match std::env::var("FUSEBOX_ASSETS") {
@@ -65,10 +66,34 @@ pub fn assets() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "skipping: assets not found at {} (set FUSEBOX_ASSETS)",
+        skip_or_fail(&format!(
+            "assets not found at {} (set FUSEBOX_ASSETS)",
             p.display()
-        );
+        ));
         None
     }
+}
+
+/// One file of the assets (`rel` below the assets folder), as [`assets`] finds them: None
+/// with the reason printed when it is absent, a panic when FUSEBOX_REQUIRE_ASSETS=1.
+pub fn asset(rel: &str) -> Option<PathBuf> {
+    let p = assets()?.join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        skip_or_fail(&format!("{} not found (set FUSEBOX_ASSETS)", p.display()));
+        None
+    }
+}
+
+/// Are the assets required (FUSEBOX_REQUIRE_ASSETS=1)?
+pub fn assets_required() -> bool {
+    std::env::var("FUSEBOX_REQUIRE_ASSETS").is_ok_and(|v| v == "1")
+}
+
+fn skip_or_fail(why: &str) {
+    if assets_required() {
+        panic!("{why}, and FUSEBOX_REQUIRE_ASSETS=1");
+    }
+    eprintln!("skipping: {why}");
 }

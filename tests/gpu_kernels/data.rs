@@ -153,13 +153,13 @@ fn allocator_counts_bytes() {
         return;
     };
     let dev = fusebox::Device::Cuda(0);
-    let before = fusebox::memory::tracker::live_bytes(dev);
+    let before = fusebox::backend::tracker::live_bytes(dev);
     let t = Instant::now();
     let a = up(&CpuStorage::from_f32(vec![1.0; 1000]));
     let b = ok(a.cast(DType::F16));
-    let live = fusebox::memory::tracker::live_bytes(dev) - before;
+    let live = fusebox::backend::tracker::live_bytes(dev) - before;
     drop((a, b));
-    let after = fusebox::memory::tracker::live_bytes(dev) - before;
+    let after = fusebox::backend::tracker::live_bytes(dev) - before;
     let stats = ok(cuda::mem_stats(0));
     let pass = live == 6000 && after == 0 && stats.cached > 0;
     gpucheck(
@@ -187,7 +187,7 @@ fn nvml_finds_the_cuda_device() {
     let id = ok(cuda::pci_bus_id(0));
     let a = up(&CpuStorage::from_f32(vec![1.0; 1 << 20]));
     let held = ok(cuda::mem_stats(0)).reserved;
-    let used = fusebox::memory::budget::nvml_used_bytes(0);
+    let used = fusebox::backend::cuda::nvml_used_bytes(0);
     drop(a);
     let pass = used.is_some_and(|u| u as usize >= held);
     gpucheck("nvml_by_pci_address", &[1], DType::F32, 0.0, pass, t);

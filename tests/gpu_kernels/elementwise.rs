@@ -5,7 +5,7 @@
 //! elements, and one case past 4096 blocks x 256 threads x 8 = 8_388_608 elements so
 //! the chunk-stride loop turns over. Every CudaStorage is its own allocation (no
 //! element-offset views), so the unaligned scalar path cannot be reached from here; the
-//! emulator check (kernels/emu/check_vec.inc) covers it.
+//! emulator check (dev/cuda/emu/check_vec.inc) covers it.
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! Every CUDA op against the CPU reference backend, on fresh random inputs.
 //!
-//! Why it is built this way (DESIGN.md, "Rules that keep it honest"): each op runs at
-//! several shapes including odd sizes, in f32 and f16 storage, with every new device
+//! Why it is built this way (docs/ARCHITECTURE.md, "Rules that keep it honest"): each op
+//! runs at several shapes including odd sizes, in f32 and f16 storage, with every new device
 //! buffer poisoned (0xFF bytes = NaN) before the kernel writes it, so an element a kernel
 //! forgets fails. Errors are ‖out−ref‖/‖ref‖ with NaN never passing; bounds are 1e-5
 //! (f32) and 1e-2 (f16). The f16 reference is the CPU op in f32 on the f16-rounded

@@ -16,7 +16,7 @@
 //!
 //! A float operand of an f16 op that is not f16 is the dtype error CUDA gives for it,
 //! so a mixed-dtype call that the GPU would refuse fails here too. The temporary f32
-//! copies are counted by `memory::tracker` like any CPU buffer, so the CPU's peak in f16
+//! copies are counted by `backend::tracker` like any CPU buffer, so the CPU's peak in f16
 //! is higher than the GPU's would be.
 
 use super::elementwise::{cast, copy_from_};

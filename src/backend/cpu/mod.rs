@@ -24,11 +24,11 @@ mod span;
 
 use half::f16;
 
+use crate::backend::tracker;
 use crate::backend::{
     AdamWStep, AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
-use crate::memory::tracker;
 use crate::shape::{DType, Device, Shape};
 use emulate::{down, down2, in_place, up, up_opt, widen};
 pub(crate) use real::Real;
@@ -67,7 +67,7 @@ impl CpuData {
     }
 }
 
-/// A host buffer, counted by `memory::tracker` from creation to drop.
+/// A host buffer, counted by `backend::tracker` from creation to drop.
 #[derive(Debug)]
 pub struct CpuStorage {
     data: CpuData,

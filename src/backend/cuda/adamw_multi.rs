@@ -15,6 +15,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use super::context::{check_launch_args, cu, push_args, Arg};
 use super::{len_err, CudaStorage};
 use crate::backend::BackendStorage;
+use crate::backend::{AdamWMultiOutcome as MultiOutcome, AdamWMultiStep as MultiStep};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -65,38 +66,7 @@ impl MtTable {
     }
 }
 
-/// One parameter of a multi-tensor step: the f32 master (or f32 parameter), its gradient
-/// (f32 or f16), the f32 moments and an optional working copy (f16 or f32) that receives
-/// the updated value.
-pub struct MultiTensor<'a> {
-    pub param: &'a mut CudaStorage,
-    pub grad: &'a CudaStorage,
-    pub m: &'a mut CudaStorage,
-    pub v: &'a mut CudaStorage,
-    pub working: Option<&'a mut CudaStorage>,
-    pub weight_decay: f64,
-}
-
-/// Step-wide hyper-parameters (torch AdamW + clip_grad_norm_ + GradScaler unscale).
-#[derive(Clone, Copy, Debug)]
-pub struct MultiStep {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// 1-based step count this update would have.
-    pub step: u64,
-    pub grad_scale: f64,
-    pub max_grad_norm: Option<f64>,
-}
-
-/// What the device decided.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MultiOutcome {
-    pub skipped: bool,
-    /// Sum of squares of the (scaled) gradients, as the per-tensor path computes it.
-    pub sum_sq: f64,
-}
+type MultiTensor<'a> = crate::backend::MultiTensor<'a, CudaStorage>;
 
 fn check_f32(s: &CudaStorage, len: usize, op: &'static str, what: &'static str) -> Result<()> {
     if s.len() != len {
@@ -181,6 +151,37 @@ fn build_tables(descs: &[Desc]) -> Result<(Vec<MtTable>, Vec<usize>, usize)> {
     Ok((tables, grids, nparts))
 }
 
+/// The step's scratch, in the order it is allocated: the decision words (the 16-byte
+/// read) and one f32 partial sum of squares per block.
+fn scratch_of(nparts: usize) -> [(usize, DType); 2] {
+    [(4, DType::F32), (nparts, DType::F32)]
+}
+
+/// The scratch a step over tensors of `lens` elements allocates (what the meta device
+/// plans): none when every tensor is empty.
+pub(crate) fn scratch(lens: &[usize]) -> Result<Vec<(usize, DType)>> {
+    let descs: Vec<Desc> = lens
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| Desc {
+            p: 0,
+            g: 0,
+            m: 0,
+            v: 0,
+            w: 0,
+            n,
+            decay: 0.0,
+            kind: 0,
+        })
+        .collect();
+    let (tables, _, nparts) = build_tables(&descs)?;
+    Ok(if tables.is_empty() {
+        Vec::new()
+    } else {
+        scratch_of(nparts).to_vec()
+    })
+}
+
 /// One AdamW step over `tensors` (all on one device). Nothing is touched when some
 /// gradient holds inf/NaN; the returned outcome says whether that happened. Costs
 /// 2·⌈tensors/64⌉ + 1 launches and one 16-byte read.
@@ -260,9 +261,10 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             sum_sq: 0.0,
         });
     }
-    let decision = CudaStorage::alloc(&dev, 4, DType::F32)?;
+    let [(dec_len, dec_t), (part_len, part_t)] = scratch_of(nparts);
+    let decision = CudaStorage::alloc(&dev, dec_len, dec_t)?;
     let anchor = &*tensors[live[0].0].param;
-    let partials = CudaStorage::alloc(&dev, nparts, DType::F32)?;
+    let partials = CudaStorage::alloc(&dev, part_len, part_t)?;
     for (tab, &grid) in tables.iter().zip(&grids) {
         launch_table(
             anchor,

@@ -11,7 +11,7 @@
 //! requests out of larger segments, this allocator does not split blocks.) On an
 //! out-of-memory error the stream is synchronised, the cache released and the allocation
 //! retried once; any other driver error (a sticky one after a failed kernel, say) is
-//! reported as it is. Tensor bytes (not the rounded block size) go to `memory::tracker`
+//! reported as it is. Tensor bytes (not the rounded block size) go to `backend::tracker`
 //! so the VRAM planner is checked against what tensors hold; the allocator keeps its own
 //! reserved/cached/peak figures.
 

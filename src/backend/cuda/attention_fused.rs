@@ -128,8 +128,10 @@ fn fused_fits(dtype: DType, sp: &AttnSpec) -> bool {
         && sp.b.max(sp.h) <= 65535
 }
 
-/// Kernel-name suffix of the fused variant for this call, or None for the naive path.
-pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'static str>> {
+/// Kernel-name suffix of the fused variant the settings and shapes pick for this call,
+/// or None for the naive path, before asking the device whether the kernel built (the
+/// part of [`choose`] a plan can know without a GPU).
+pub(crate) fn planned(dtype: DType, sp: &AttnSpec) -> Result<Option<&'static str>> {
     let which = attention_impl();
     if which == AttnImpl::Naive {
         return Ok(None);
@@ -140,20 +142,34 @@ pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'
         128 => Some("_d128"),
         _ => None,
     };
-    let (Some(suffix), true) = (suffix, fused_fits(dtype, sp)) else {
-        return match which {
-            AttnImpl::Fused => Err(Error::Cuda(format!(
-                "FUSEBOX_ATTN=fused: the fused kernels take f16 with head dim 32/64/128, \
-                 B and H at most 65535 and B·Lq·H·D < 2^31, got {dtype} {sp:?}"
-            ))),
-            _ => Ok(None),
-        };
+    match (suffix, fused_fits(dtype, sp)) {
+        (Some(suffix), true) => Ok(Some(suffix)),
+        _ if which == AttnImpl::Fused => Err(Error::Cuda(format!(
+            "FUSEBOX_ATTN=fused: the fused kernels take f16 with head dim 32/64/128, \
+             B and H at most 65535 and B·Lq·H·D < 2^31, got {dtype} {sp:?}"
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Kernel-name suffix of the fused variant for this call, or None for the naive path.
+pub(crate) fn choose(dev: &Dev, dtype: DType, sp: &AttnSpec) -> Result<Option<&'static str>> {
+    let Some(suffix) = planned(dtype, sp)? else {
+        return Ok(None);
     };
     match dev.func(&format!("fb_attn_fwd_f16{suffix}")) {
         Ok(_) => Ok(Some(suffix)),
-        Err(e) if which == AttnImpl::Fused => Err(e),
+        Err(e) if attention_impl() == AttnImpl::Fused => Err(e),
         Err(_) => Ok(None),
     }
+}
+
+/// The backward's f32 scratch, in the order it is allocated after the f32 copy of the
+/// bias (when there is one): delta `[b, h, lq]`, the dq accumulator `[b, lq, h, d]`, and
+/// the bias gradient `[h, lq, lk]` (0 without a bias). The meta device plans from this.
+pub(crate) fn backward_scratch(sp: &AttnSpec, has_bias: bool) -> [usize; 3] {
+    let bias = if has_bias { sp.h * sp.lq * sp.lk } else { 0 };
+    [sp.b * sp.h * sp.lq, sp.b * sp.lq * sp.h * sp.d, bias]
 }
 
 fn ptr(t: Option<&CudaStorage>) -> u64 {
@@ -294,13 +310,12 @@ pub(crate) fn backward(
         ("", BwdTile::K128) => ("fb_attn_bwd_f16_k128".to_string(), 128, 256),
         _ => (format!("fb_attn_bwd_f16{suffix}"), 64, 128),
     };
-    let rows = sp.b * sp.h * sp.lq;
-    let n_q = sp.b * sp.lq * sp.h * sp.d;
+    let [rows, n_q, n_bias] = backward_scratch(sp, bias.is_some());
     let b32 = bias_f32(bias)?;
     let delta = CudaStorage::alloc(dev, rows, DType::F32)?;
     let dq_acc = CudaStorage::alloc(dev, n_q, DType::F32)?;
     let dbias = match bias {
-        Some(_) => Some(CudaStorage::alloc(dev, sp.h * sp.lq * sp.lk, DType::F32)?),
+        Some(_) => Some(CudaStorage::alloc(dev, n_bias, DType::F32)?),
         None => None,
     };
     let mut args = vec![

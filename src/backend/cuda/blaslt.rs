@@ -18,10 +18,11 @@
 //! workspace (4 MiB) is allocated once per device outside the caching allocator, like
 //! cuBLAS's own, so the tensor tracker does not see it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -108,16 +109,19 @@ pub(crate) struct Lt {
 // SAFETY: the raw handles are only used under `Dev::lt`'s mutex, on the device's stream.
 unsafe impl Send for Lt {}
 
-pub(crate) enum LtSlot {
+enum LtSlot {
     Untried,
     Ready(Box<Lt>),
     Unavailable,
 }
 
-impl LtSlot {
-    pub(crate) fn new() -> LtSlot {
-        LtSlot::Untried
-    }
+/// The cuBLASLt state of `dev`, one per ordinal for the life of the process. It is kept
+/// here rather than in `Dev`, so the device context knows nothing of cuBLASLt.
+fn slot(dev: &Dev) -> &'static Mutex<LtSlot> {
+    static SLOTS: Mutex<BTreeMap<usize, &'static Mutex<LtSlot>>> = Mutex::new(BTreeMap::new());
+    let mut map = lock(&SLOTS);
+    map.entry(dev.ordinal)
+        .or_insert_with(|| Box::leak(Box::new(Mutex::new(LtSlot::Untried))))
 }
 
 fn lt_err(what: &str, e: lt::CublasError) -> Error {
@@ -322,7 +326,7 @@ fn state(dev: &Dev, slot: &mut LtSlot) -> Result<bool> {
 /// Make sure the plan for `key` exists; `false` when cuBLASLt or an algorithm for it is
 /// missing (the caller then falls back before allocating anything).
 fn prepare(dev: &Dev, key: &Key) -> Result<bool> {
-    let mut slot = lock(&dev.lt);
+    let mut slot = lock(slot(dev));
     if !state(dev, &mut slot)? {
         return Ok(false);
     }
@@ -355,7 +359,7 @@ fn run(dev: &Dev, key: &Key, a: u64, b: u64, d: u64, bias: u64) -> bool {
     if launch(dev, key, a, b, d, bias).is_ok() {
         return true;
     }
-    let mut slot = lock(&dev.lt);
+    let mut slot = lock(slot(dev));
     if let LtSlot::Ready(st) = &mut *slot {
         if let Some(Some(plan)) = st.plans.insert(*key, None) {
             plan.destroy();
@@ -365,7 +369,7 @@ fn run(dev: &Dev, key: &Key, a: u64, b: u64, d: u64, bias: u64) -> bool {
 }
 
 fn launch(dev: &Dev, key: &Key, a: u64, b: u64, d: u64, bias: u64) -> Result<()> {
-    let slot = lock(&dev.lt);
+    let slot = lock(slot(dev));
     let LtSlot::Ready(st) = &*slot else {
         return Err(Error::Cuda("cuBLASLt state missing".into()));
     };

@@ -72,8 +72,6 @@ pub struct Dev {
     kernel_origin: String,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) blas: Mutex<Option<cudarc::cublas::CudaBlas>>,
-    /// cuBLASLt handle, workspace and cached epilogue plans (blaslt.rs).
-    pub(crate) lt: Mutex<super::blaslt::LtSlot>,
     pub(crate) alloc: Mutex<Allocator>,
     /// The device error record of kernels/common.cuh (`fb_report`): int[4], allocated
     /// once outside the caching allocator (it lives as long as the process).
@@ -172,7 +170,6 @@ impl Dev {
             kernel_origin,
             funcs: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
-            lt: Mutex::new(super::blaslt::LtSlot::new()),
             alloc: Mutex::new(Allocator::new(ordinal)),
             err,
             err_pending: AtomicBool::new(false),

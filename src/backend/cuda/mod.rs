@@ -1,5 +1,5 @@
 //! The CUDA backend: context and stream, kernel registry (fatbin or NVRTC), cuBLAS,
-//! caching allocator feeding `memory::tracker`. Loaded dynamically: a machine without a
+//! caching allocator feeding `backend::tracker`. Loaded dynamically: a machine without a
 //! driver builds and runs everything else, and `Device::Auto` falls back to the CPU.
 //!
 //! A `CudaStorage` is a raw device block from the caching allocator plus dtype and
@@ -10,10 +10,10 @@
 //! float dtypes here (fp32 math throughout); F64 is CPU-only and gets a DType error.
 
 mod adamw;
-mod adamw_multi;
+pub(crate) mod adamw_multi;
 pub mod alloc;
-mod attention;
-mod attention_fused;
+pub(crate) mod attention_fused;
+mod attention_unfused;
 pub(crate) mod blas;
 pub mod blaslt;
 pub mod context;
@@ -25,7 +25,7 @@ mod norm;
 // Used by build.rs (include!); compiled here only for its tests.
 #[cfg(test)]
 mod ptx_params;
-mod reduce;
+pub(crate) mod reduce;
 mod softmax;
 mod span;
 mod storage;
@@ -33,12 +33,11 @@ mod storage;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::backend::tracker;
 use crate::backend::{BackendStorage, CpuStorage};
 use crate::error::{Error, Result};
-use crate::memory::tracker;
 use crate::shape::{DType, Device, Shape};
 
-pub use adamw_multi::{adamw_multi, MultiOutcome, MultiStep, MultiTensor};
 pub use alloc::AllocStats;
 pub use attention_fused::{
     attention_impl, backward_tile, set_attention_impl, set_backward_tile, AttnImpl, BwdTile,
@@ -313,35 +312,6 @@ impl CudaStorage {
         &self.dev
     }
 
-    /// Fused dropout + residual add + LayerNorm (kernels/norm.cu): (y, s, mean, rstd).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dropout_add_layer_norm(
-        &self,
-        res: &Self,
-        gamma: &Self,
-        beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
-    ) -> Result<(Self, Self, Self, Self)> {
-        norm::add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
-    }
-
-    /// Its backward from the saved sum `self`: (ds, da or None when p = 0, dgamma, dbeta).
-    #[allow(clippy::too_many_arguments)]
-    pub fn dropout_add_layer_norm_backward(
-        &self,
-        gamma: &Self,
-        mean: &Self,
-        rstd: &Self,
-        dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
-    ) -> Result<(Self, Option<Self>, Self, Self)> {
-        norm::add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
-    }
     pub(crate) fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -458,4 +428,20 @@ impl CudaStorage {
     pub fn kernel_origin(&self) -> String {
         self.dev.kernel_origin().to_string()
     }
+}
+/// Device memory in use on `cuda:ordinal` as NVML reports it (whole device, every
+/// process), or None where there is no NVML (no driver, CPU machines). The device is
+/// found by its PCI address, since NVML's indices ignore CUDA_VISIBLE_DEVICES; by index
+/// only where NVML sees a single GPU, so the figure can never be another card's.
+pub fn nvml_used_bytes(ordinal: usize) -> Option<u64> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let by_address = pci_bus_id(ordinal)
+        .ok()
+        .and_then(|id| nvml.device_by_pci_bus_id(id).ok());
+    let dev = match by_address {
+        Some(d) => d,
+        None if nvml.device_count().ok()? == 1 => nvml.device_by_index(0).ok()?,
+        None => return None,
+    };
+    dev.memory_info().ok().map(|m| m.used)
 }

@@ -71,11 +71,17 @@ pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     Ok(out)
 }
 
+/// f32 partial sums (one per block of 256 threads, at most 1024) of a whole-buffer sum
+/// over `len` elements.
+pub(crate) fn sum_partials(len: usize) -> usize {
+    len.div_ceil(256).clamp(1, 1024)
+}
+
 /// Sum (or sum of squares) of every element. The sum keeps the input dtype; the sum
 /// of squares is always F32 (it feeds gradient-norm clipping, where f16 overflows).
 pub fn sum_all(x: &CudaStorage, square: bool) -> Result<CudaStorage> {
     let s = sfx(if square { "sum_sq" } else { "sum_all" }, x.dtype())?;
-    let blocks = x.len().div_ceil(256).clamp(1, 1024);
+    let blocks = sum_partials(x.len());
     let partials = CudaStorage::alloc(x.dev(), blocks, DType::F32)?;
     x.dev().launch(
         &format!("fb_partial_sum_{s}"),

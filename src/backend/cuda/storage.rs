@@ -1,11 +1,12 @@
 //! `BackendStorage` for `CudaStorage`: each primitive handed to the file of its op family
-//! (elementwise.rs, norm.rs, attention.rs, ...), where the kernels are launched.
+//! (elementwise.rs, norm.rs, attention_unfused.rs, ...), where the kernels are launched.
 
 use super::{
-    adamw, attention, blas, elementwise, embedding, layout, norm, reduce, softmax, span,
-    CudaStorage,
+    adamw, adamw_multi, attention_unfused, blas, blaslt, elementwise, embedding, layout, norm,
+    reduce, softmax, span, CudaStorage,
 };
 use crate::backend::cpu::CpuData;
+use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
 use crate::backend::{
     AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, SpanCandidate, UnaryOp,
 };
@@ -214,7 +215,7 @@ impl BackendStorage for CudaStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self)> {
-        attention::attention(self, k, v, key_mask, bias, spec)
+        attention_unfused::attention(self, k, v, key_mask, bias, spec)
     }
     fn attention_backward(
         &self,
@@ -227,7 +228,7 @@ impl BackendStorage for CudaStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        attention::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
+        attention_unfused::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
     }
     fn attention_qkv(
         &self,
@@ -235,7 +236,7 @@ impl BackendStorage for CudaStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Self)> {
-        attention::attention_qkv(self, key_mask, bias, spec)
+        attention_unfused::attention_qkv(self, key_mask, bias, spec)
     }
     fn attention_qkv_backward(
         &self,
@@ -246,7 +247,7 @@ impl BackendStorage for CudaStorage {
         bias: Option<&Self>,
         spec: &AttnSpec,
     ) -> Result<(Self, Option<Self>)> {
-        attention::attention_qkv_backward(self, out, lse, dout, key_mask, bias, spec)
+        attention_unfused::attention_qkv_backward(self, out, lse, dout, key_mask, bias, spec)
     }
     fn span_search(
         &self,
@@ -257,5 +258,61 @@ impl BackendStorage for CudaStorage {
         top_k: usize,
     ) -> Result<Vec<SpanCandidate>> {
         span::span_search(self, end_logits, allowed, cols, max_len, top_k)
+    }
+
+    fn linear_bias(
+        &self,
+        w: &Self,
+        bias: &Self,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<Self> {
+        match blaslt::linear_bias(self, w, bias, rows, out_f, in_f)? {
+            Some(y) => Ok(y),
+            None => composed::linear_bias(self, w, bias, rows, out_f, in_f),
+        }
+    }
+    fn linear_wgrad_bgrad(
+        &self,
+        x: &Self,
+        rows: usize,
+        out_f: usize,
+        in_f: usize,
+    ) -> Result<(Self, Self)> {
+        match blaslt::linear_wgrad_bgrad(self, x, rows, out_f, in_f)? {
+            Some(g) => Ok(g),
+            None => composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f),
+        }
+    }
+    fn dropout_add_layer_norm(
+        &self,
+        res: &Self,
+        gamma: &Self,
+        beta: &Self,
+        cols: usize,
+        eps: f64,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Self, Self, Self)> {
+        norm::add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
+    }
+    fn dropout_add_layer_norm_backward(
+        &self,
+        gamma: &Self,
+        mean: &Self,
+        rstd: &Self,
+        dy: &Self,
+        cols: usize,
+        p: f32,
+        seed: u64,
+    ) -> Result<(Self, Option<Self>, Self, Self)> {
+        norm::add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
+    }
+    fn adamw_multi(
+        tensors: &mut [MultiTensor<'_, Self>],
+        hp: &AdamWMultiStep,
+    ) -> Result<Option<AdamWMultiOutcome>> {
+        adamw_multi::adamw_multi(tensors, hp).map(Some)
     }
 }

@@ -11,6 +11,8 @@
 //! Progress bar with loss, lr, tokens/s and ETA; metrics appended to OUT/metrics.jsonl and
 //! drawn in OUT/curves.svg; the last line printed is one JSON object of final metrics.
 
+#[path = "../common/memory_args.rs"]
+mod memory_args;
 mod qa;
 mod run;
 mod seq2seq;

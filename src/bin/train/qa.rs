@@ -7,16 +7,16 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
+use fusebox::data::synth;
 use fusebox::hub;
-use fusebox::memory::budget::ModelSpec;
 use fusebox::models::auto::load_qa_model;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::qa::QaModel;
-use fusebox::synth;
+use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::QaTask;
+use fusebox::tokenize::train as tokenizer_train;
 use fusebox::tokenize::TextTokenizer;
-use fusebox::tokenizer_train;
 use fusebox::train;
 
 use crate::evaluate_train_report;
@@ -90,7 +90,7 @@ pub(crate) struct QaArgs {
 /// 192-token window per question, sinusoidal-initialised positions, each person's
 /// sentences grouped, first names only, name-first templates; a single fact type per
 /// context (pure binding) stayed at chance even with 6 names and 3750 steps. The same
-/// data and recipe in PyTorch + transformers (tools/qa_builtin_torch.py) plateau the same
+/// data and recipe in PyTorch + transformers (tools/baselines/qa_builtin_torch.py) plateau the same
 /// way (EM 42.0 after 3 epochs vs our 40.75), so that is the recipe — a post-LN
 /// DistilBERT from scratch in a few thousand steps — not this engine.
 struct QaBuiltin {
@@ -298,7 +298,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             features.max_length,
             features.stride,
         );
-        let spec = ModelSpec::distilbert(&cfg);
+        let spec = ModelSource::config(ModelConfig::DistilBert(cfg.clone()));
         let model = DistilBertForQa::new(cfg, device, dtype, a.run.seed)?;
         (
             spec,
@@ -340,7 +340,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             }
         }
         (
-            ModelSpec::from_dir(&dir)?,
+            ModelSource::dir(&dir)?,
             load_qa_model(&dir, device, dtype, a.run.seed)?,
             TextTokenizer::from_dir(&dir)?,
             train_rows,

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 
-use fusebox::memory::budget::{self, ModelSpec, Plan, Target, Workload};
+use fusebox::models::step::ModelSource;
+use fusebox::plan::{self, Plan, Workload};
+use fusebox::shape::Target;
 use fusebox::train::TrainConfig;
 use fusebox::{DType, Device};
 
@@ -55,7 +57,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) quiet: bool,
     #[command(flatten)]
-    pub(crate) mem: budget::MemoryArgs,
+    pub(crate) mem: crate::memory_args::MemoryArgs,
 }
 
 /// A task's defaults for the optional [`RunArgs`].
@@ -90,7 +92,7 @@ impl RunArgs {
     /// Plans for the longest batch the training data makes (dynamic padding).
     pub(crate) fn memory_plan(
         &self,
-        spec: &ModelSpec,
+        spec: &ModelSource,
         cfg: &mut TrainConfig,
         (seq, tgt): (usize, usize),
         device: Device,
@@ -116,7 +118,7 @@ impl RunArgs {
                 Target::Cpu
             },
         };
-        let plan = budget::plan_or_fit(spec, budget, cfg.batch, &base)?;
+        let plan = plan::plan_or_fit(spec, budget, cfg.batch, &base)?;
         if budget.is_some() {
             cfg.grad_accum = plan.work.grad_accum;
             cfg.batch = plan.work.micro_batch * plan.work.grad_accum;

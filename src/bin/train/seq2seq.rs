@@ -8,12 +8,12 @@ use clap::Args as ClapArgs;
 
 use fusebox::data::seq2seq::{load_seq2seq, Seq2SeqOptions};
 use fusebox::hub;
-use fusebox::memory::budget::ModelSpec;
+use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::T5ForConditionalGeneration;
 use fusebox::tasks::generate::GenerateConfig;
 use fusebox::tasks::seq2seq_default;
 use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
-use fusebox::tokenizer_train;
+use fusebox::tokenize::train as tokenizer_train;
 
 use crate::evaluate_train_report;
 use crate::run::{RunArgs, RunDefaults};
@@ -191,7 +191,13 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         out.clone(),
         fp16,
     )?;
-    let spec = ModelSpec::t5(&task.model.config, task.model.lm_head_is_tied());
+    // The planner builds the same model on the meta device: the checkpoint's header when
+    // there is one, else the configuration.
+    let spec = if scratch {
+        ModelSource::config(ModelConfig::T5(task.model.config.clone()))
+    } else {
+        ModelSource::dir(&tok_dir)?
+    };
     let lengths = task.longest_train_lengths();
     let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
     if a.run.mem.plan {

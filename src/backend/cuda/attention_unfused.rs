@@ -1,0 +1,514 @@
+//! Attention on CUDA: the naive path (cuBLAS strided-batched GEMMs for q·kᵀ,
+//! P·v and their gradients around the masked/biased/causal softmax kernels of
+//! kernels/attention_naive.cu, with fp32 scores ([B, H, Lq, Lk] scratch).
+//!
+//! Why it is built this way: it is simple enough to be obviously right, so it serves as
+//! the device-side reference and the fallback for the fused flash kernels
+//! (kernels/attention.cu, host side in attention_fused.rs). `attention` and
+//! `attention_backward` are the switch point: `attention_fused::choose` picks the fused
+//! kernels for the shapes they take unless FUSEBOX_ATTN=naive. q/k/v are [B, L, H, D],
+//! so head h of batch b is a strided matrix with row stride H·D; each GEMM batches over
+//! the heads of one batch entry (stride D) and loops over B.
+
+use super::attention_fused::{self, QkvPtrs};
+use super::blas::{gemm, Gemm};
+use super::context::{cfg_rows, Arg, Dev};
+use super::elementwise::cast;
+use super::{len_err, sfx, CudaStorage};
+use crate::backend::{AttnSpec, BackendStorage};
+use crate::error::{Error, Result};
+use crate::shape::DType;
+
+fn check(
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<&'static str> {
+    let op = "attention";
+    let s = sfx(op, q.dtype())?;
+    if q.len() != sp.b * sp.lq * sp.h * sp.d {
+        return Err(len_err(op, sp.b * sp.lq * sp.h * sp.d, q.len()));
+    }
+    for t in [k, v] {
+        if t.len() != sp.b * sp.lk * sp.h * sp.d {
+            return Err(len_err(op, sp.b * sp.lk * sp.h * sp.d, t.len()));
+        }
+        if t.dtype() != q.dtype() {
+            return Err(Error::DType {
+                op,
+                expected: q.dtype().as_str(),
+                got: t.dtype(),
+            });
+        }
+    }
+    check_mask_bias(q.dtype(), key_mask, bias, sp)?;
+    Ok(s)
+}
+
+fn check_mask_bias(
+    dt: DType,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<()> {
+    if let Some(m) = key_mask {
+        if m.dtype() != DType::I32 || m.len() != sp.b * sp.lk {
+            return Err(len_err(
+                "attention key_mask (i32 [b, lk])",
+                sp.b * sp.lk,
+                m.len(),
+            ));
+        }
+    }
+    if let Some(b) = bias {
+        if b.dtype() != dt || b.len() != sp.h * sp.lq * sp.lk {
+            return Err(len_err(
+                "attention bias ([h, lq, lk], dtype of q)",
+                sp.h * sp.lq * sp.lk,
+                b.len(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A per-head operand: base address and element size in bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub ptr: u64,
+    pub esz: usize,
+}
+
+/// One descriptor per batch entry, each batched over the H heads (head stride D in the
+/// [B, L, H, D] tensors, L·L' in the [B, H, L, L'] score tensors).
+fn per_batch(
+    sp: &AttnSpec,
+    base: Gemm,
+    a: (Mat, usize),
+    b: (Mat, usize),
+    c: (Mat, usize),
+) -> Vec<Gemm> {
+    (0..sp.b)
+        .map(|bi| Gemm {
+            a: a.0.ptr + (bi * a.1 * a.0.esz) as u64,
+            b: b.0.ptr + (bi * b.1 * b.0.esz) as u64,
+            c: c.0.ptr + (bi * c.1 * c.0.esz) as u64,
+            batch: sp.h,
+            ..base
+        })
+        .collect()
+}
+
+/// S[b, h] = X[b, :, h, :] · Y[b, :, h, :]ᵀ with X [B, lx, H, D], Y [B, ly, H, D] and
+/// S [B, H, lx, ly] of `c_type` (q·kᵀ, and dO·vᵀ in backward).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemms_xyt(
+    sp: &AttnSpec,
+    lx: usize,
+    ly: usize,
+    x: Mat,
+    y: Mat,
+    s: Mat,
+    ab: DType,
+    c_type: DType,
+) -> Vec<Gemm> {
+    let hd = sp.h * sp.d;
+    let base = Gemm {
+        trans_a: false,
+        trans_b: true,
+        m: lx,
+        n: ly,
+        k: sp.d,
+        a: 0,
+        lda: hd,
+        stride_a: sp.d,
+        b: 0,
+        ldb: hd,
+        stride_b: sp.d,
+        c: 0,
+        ldc: ly,
+        stride_c: lx * ly,
+        batch: sp.h,
+        alpha: 1.0,
+        beta: 0.0,
+        ab,
+        c_type,
+    };
+    per_batch(sp, base, (x, lx * hd), (y, ly * hd), (s, sp.h * lx * ly))
+}
+
+/// O[b, :, h, :] = alpha · op(P[b, h]) · Y[b, :, h, :] with Y [B, ly, H, D] and O
+/// [B, lx, H, D]. P is stored [B, H, lx, ly] and used as is (P·v, and dS·k for dq), or
+/// with `transposed` stored [B, H, ly, lx] and used transposed (dSᵀ·q for dk, Pᵀ·dO
+/// for dv).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemms_p(
+    sp: &AttnSpec,
+    (lx, ly): (usize, usize),
+    p: Mat,
+    y: Mat,
+    o: Mat,
+    ab: DType,
+    alpha: f32,
+    transposed: bool,
+) -> Vec<Gemm> {
+    let hd = sp.h * sp.d;
+    let base = Gemm {
+        trans_a: transposed,
+        trans_b: false,
+        m: lx,
+        n: sp.d,
+        k: ly,
+        a: 0,
+        lda: if transposed { lx } else { ly },
+        stride_a: lx * ly,
+        b: 0,
+        ldb: hd,
+        stride_b: sp.d,
+        c: 0,
+        ldc: hd,
+        stride_c: sp.d,
+        batch: sp.h,
+        alpha,
+        beta: 0.0,
+        ab,
+        c_type: ab,
+    };
+    per_batch(sp, base, (p, sp.h * lx * ly), (y, ly * hd), (o, lx * hd))
+}
+
+fn run(dev: &Dev, gemms: Vec<Gemm>) -> Result<()> {
+    for g in &gemms {
+        gemm(dev, g)?;
+    }
+    Ok(())
+}
+
+fn mat(t: &CudaStorage) -> Mat {
+    Mat {
+        ptr: t.ptr(),
+        esz: t.dtype().size_in_bytes(),
+    }
+}
+
+/// S = q·kᵀ in f32, [B, H, Lq, Lk].
+fn scores(x: &CudaStorage, y: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage> {
+    let s = CudaStorage::alloc(x.dev(), sp.b * sp.h * sp.lq * sp.lk, DType::F32)?;
+    run(
+        x.dev(),
+        gemms_xyt(
+            sp,
+            sp.lq,
+            sp.lk,
+            mat(x),
+            mat(y),
+            mat(&s),
+            x.dtype(),
+            DType::F32,
+        ),
+    )?;
+    Ok(s)
+}
+
+fn opt_ptr(t: Option<&CudaStorage>) -> u64 {
+    t.map(|t| t.ptr()).unwrap_or(0)
+}
+
+fn softmax_args(
+    sp: &AttnSpec,
+    bias: Option<&CudaStorage>,
+    key_mask: Option<&CudaStorage>,
+) -> [Arg; 10] {
+    [
+        Arg::Ptr(opt_ptr(bias)),
+        Arg::Ptr(opt_ptr(key_mask)),
+        Arg::I64(sp.b as i64),
+        Arg::I64(sp.h as i64),
+        Arg::I64(sp.lq as i64),
+        Arg::I64(sp.lk as i64),
+        Arg::F32(sp.scale),
+        Arg::I32(sp.causal as i32),
+        Arg::F32(sp.dropout),
+        Arg::U64(crate::backend::dropout_key_packed(sp.seed)),
+    ]
+}
+
+pub fn attention(
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let sx = check(q, k, v, key_mask, bias, sp)?;
+    let dev = q.dev();
+    let rows = sp.b * sp.h * sp.lq;
+    let out = CudaStorage::alloc(dev, q.len(), q.dtype())?;
+    let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
+    if rows == 0 {
+        return Ok((out, lse));
+    }
+    if sp.lk == 0 || sp.d == 0 {
+        let z = out.zeros_like_dev(q.len(), q.dtype())?;
+        let l = lse.full_like_dev(rows, DType::F32, f64::NEG_INFINITY)?;
+        return Ok((z, l));
+    }
+    if let Some(suffix) = attention_fused::choose(dev, q.dtype(), sp)? {
+        let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
+        attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
+        return Ok((out, lse));
+    }
+    let s = scores(q, k, sp)?;
+    let p = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
+    let mut args = vec![Arg::Ptr(p.ptr()), Arg::Ptr(lse.ptr()), Arg::Ptr(s.ptr())];
+    args.extend(softmax_args(sp, bias, key_mask));
+    dev.launch(
+        &format!("fb_attn_softmax_{sx}"),
+        cfg_rows(rows, sp.lk),
+        &args,
+    )?;
+    run(
+        dev,
+        gemms_p(
+            sp,
+            (sp.lq, sp.lk),
+            mat(&p),
+            mat(v),
+            mat(&out),
+            q.dtype(),
+            1.0,
+            false,
+        ),
+    )?;
+    Ok((out, lse))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &CudaStorage,
+    k: &CudaStorage,
+    v: &CudaStorage,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+    dout: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>)> {
+    let sx = check(q, k, v, key_mask, bias, sp)?;
+    let rows = sp.b * sp.h * sp.lq;
+    if out.len() != q.len() || dout.len() != q.len() || dout.dtype() != q.dtype() {
+        return Err(len_err("attention_backward dout", q.len(), dout.len()));
+    }
+    if lse.len() != rows || lse.dtype() != DType::F32 {
+        return Err(len_err(
+            "attention_backward lse (f32 [b, h, lq])",
+            rows,
+            lse.len(),
+        ));
+    }
+    let dev = q.dev();
+    let dt = q.dtype();
+    if rows > 0 && sp.lk > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
+            let dq = CudaStorage::alloc(dev, q.len(), dt)?;
+            let dk = CudaStorage::alloc(dev, k.len(), dt)?;
+            let dv = CudaStorage::alloc(dev, v.len(), dt)?;
+            let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
+            let grads = QkvPtrs::separate(dq.ptr(), dk.ptr(), dv.ptr(), sp);
+            let db = attention_fused::backward(
+                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
+            )?;
+            return Ok((dq, dk, dv, db));
+        }
+    }
+    let dq = q.zeros_like_dev(q.len(), dt)?;
+    let dk = q.zeros_like_dev(k.len(), dt)?;
+    let dv = q.zeros_like_dev(v.len(), dt)?;
+    let dbias32 = match bias {
+        Some(_) => Some(q.zeros_like_dev(sp.h * sp.lq * sp.lk, DType::F32)?),
+        None => None,
+    };
+    if rows > 0 && sp.lk > 0 && sp.d > 0 {
+        let s = scores(q, k, sp)?;
+        let dp = CudaStorage::alloc(dev, rows * sp.lk, DType::F32)?;
+        run(
+            dev,
+            gemms_xyt(
+                sp,
+                sp.lq,
+                sp.lk,
+                mat(dout),
+                mat(v),
+                mat(&dp),
+                dt,
+                DType::F32,
+            ),
+        )?;
+        let ds = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
+        let p = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
+        let mut args = vec![
+            Arg::Ptr(ds.ptr()),
+            Arg::Ptr(p.ptr()),
+            Arg::Ptr(opt_ptr(dbias32.as_ref())),
+            Arg::Ptr(s.ptr()),
+            Arg::Ptr(dp.ptr()),
+            Arg::Ptr(lse.ptr()),
+        ];
+        args.extend(softmax_args(sp, bias, key_mask));
+        dev.launch(
+            &format!("fb_attn_softmax_bwd_{sx}"),
+            cfg_rows(rows, sp.lk),
+            &args,
+        )?;
+        run(
+            dev,
+            gemms_p(
+                sp,
+                (sp.lq, sp.lk),
+                mat(&ds),
+                mat(k),
+                mat(&dq),
+                dt,
+                sp.scale,
+                false,
+            ),
+        )?;
+        run(
+            dev,
+            gemms_p(
+                sp,
+                (sp.lk, sp.lq),
+                mat(&ds),
+                mat(q),
+                mat(&dk),
+                dt,
+                sp.scale,
+                true,
+            ),
+        )?;
+        run(
+            dev,
+            gemms_p(
+                sp,
+                (sp.lk, sp.lq),
+                mat(&p),
+                mat(dout),
+                mat(&dv),
+                dt,
+                1.0,
+                true,
+            ),
+        )?;
+    }
+    let dbias = match dbias32 {
+        Some(d) if dt == DType::F16 => Some(cast(&d, DType::F16)?),
+        other => other,
+    };
+    Ok((dq, dk, dv, dbias))
+}
+
+/// `[b·l, 3, h·d]` → one of q, k, v as a `[b, l, h, d]` copy (the naive path's inputs).
+fn unpack(qkv: &CudaStorage, sp: &AttnSpec, which: usize) -> Result<CudaStorage> {
+    qkv.narrow(&[sp.b * sp.lq, 3, sp.h * sp.d], 1, which, 1)
+}
+
+fn check_packed(op: &'static str, qkv: &CudaStorage, sp: &AttnSpec) -> Result<()> {
+    if sp.lq != sp.lk {
+        return Err(Error::msg(format!(
+            "{op}: packed q/k/v need lq == lk, got {} and {}",
+            sp.lq, sp.lk
+        )));
+    }
+    let n = 3 * sp.b * sp.lq * sp.h * sp.d;
+    if qkv.len() != n {
+        return Err(len_err(op, n, qkv.len()));
+    }
+    Ok(())
+}
+
+/// Attention over the packed output of a fused QKV projection: the fused kernels read
+/// q, k and v in place (row stride 3·H·D); the naive path takes copies.
+pub fn attention_qkv(
+    qkv: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, CudaStorage)> {
+    check_packed("attention_qkv", qkv, sp)?;
+    let dev = qkv.dev();
+    if sp.b * sp.h * sp.lq > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, qkv.dtype(), sp)? {
+            check_mask_bias(qkv.dtype(), key_mask, bias, sp)?;
+            let rows = sp.b * sp.h * sp.lq;
+            let out = CudaStorage::alloc(dev, sp.b * sp.lq * sp.h * sp.d, qkv.dtype())?;
+            let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
+            let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
+            attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
+            return Ok((out, lse));
+        }
+    }
+    let (q, k, v) = (
+        unpack(qkv, sp, 0)?,
+        unpack(qkv, sp, 1)?,
+        unpack(qkv, sp, 2)?,
+    );
+    attention(&q, &k, &v, key_mask, bias, sp)
+}
+
+/// Backward of [`attention_qkv`]: dq, dk and dv in one packed buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_qkv_backward(
+    qkv: &CudaStorage,
+    out: &CudaStorage,
+    lse: &CudaStorage,
+    dout: &CudaStorage,
+    key_mask: Option<&CudaStorage>,
+    bias: Option<&CudaStorage>,
+    sp: &AttnSpec,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    check_packed("attention_qkv_backward", qkv, sp)?;
+    let dev = qkv.dev();
+    let dt = qkv.dtype();
+    let n = sp.b * sp.lq * sp.h * sp.d;
+    let rows = sp.b * sp.h * sp.lq;
+    if rows > 0 && sp.d > 0 {
+        if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
+            check_mask_bias(dt, key_mask, bias, sp)?;
+            if out.len() != n || dout.len() != n || dout.dtype() != dt {
+                return Err(len_err("attention_qkv_backward dout", n, dout.len()));
+            }
+            if lse.len() != rows || lse.dtype() != DType::F32 {
+                return Err(len_err(
+                    "attention_qkv_backward lse (f32 [b, h, lq])",
+                    rows,
+                    lse.len(),
+                ));
+            }
+            let dqkv = CudaStorage::alloc(dev, 3 * n, dt)?;
+            let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
+            let grads = QkvPtrs::packed(dqkv.ptr(), sp);
+            let db = attention_fused::backward(
+                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
+            )?;
+            return Ok((dqkv, db));
+        }
+    }
+    let (q, k, v) = (
+        unpack(qkv, sp, 0)?,
+        unpack(qkv, sp, 1)?,
+        unpack(qkv, sp, 2)?,
+    );
+    let (dq, dk, dv, db) = attention_backward(&q, &k, &v, out, lse, dout, key_mask, bias, sp)?;
+    let part = vec![sp.b * sp.lq, 1, sp.h * sp.d];
+    let dqkv = CudaStorage::cat(&[&dq, &dk, &dv], &[part.clone(), part.clone(), part], 1)?;
+    Ok((dqkv, db))
+}
+
+#[cfg(test)]
+#[path = "attention_unfused_tests.rs"]
+mod tests;

@@ -24,7 +24,7 @@ use crate::tensor::Tensor;
 
 // Their old home, kept for callers that import them from here: `Mode` lives in nn, the
 // QA types in qa.rs (which imports nothing from this file).
-pub use super::qa::{QaBatch, QaModel};
+pub use super::qa::{qa_loss, QaBatch, QaModel};
 pub use crate::nn::Mode;
 
 /// HF's LayerNorm eps for DistilBERT (hard-coded there) and BERT's default.

@@ -11,10 +11,12 @@ use serde_json::{json, Value};
 use crate::autograd::{backward, no_grad};
 use crate::backend::tracker;
 use crate::error::{Error, Result};
+use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
-use crate::models::encoder::{load_qa_model, Mode as QaMode, QaBatch, QaModel};
+use crate::models::qa::{QaBatch, QaModel};
 use crate::models::step::{ModelConfig, ModelSource};
-use crate::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use crate::models::t5::{T5Config, T5ForConditionalGeneration};
+use crate::nn::Mode;
 use crate::optim::{AdamW, AdamWConfig, LossScaler};
 use crate::profile;
 use crate::rng::Rng;
@@ -130,14 +132,14 @@ impl BenchModel for T5Bench {
                 &self.ids,
                 Some(&self.mask),
                 &self.labels,
-                T5Mode::Train { seed },
+                Mode::Train { seed },
             )?
             .0)
     }
     fn infer(&self) -> Result<()> {
         let _g = no_grad();
         self.model
-            .loss(&self.ids, Some(&self.mask), &self.labels, T5Mode::Eval)?;
+            .loss(&self.ids, Some(&self.mask), &self.labels, Mode::Eval)?;
         Ok(())
     }
     fn set_checkpointing(&mut self, on: bool) {
@@ -370,7 +372,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
             rec["switches"][k] = json!(v);
         }
     }
-    rec["switches"]["separate_qkv"] = json!(crate::models::separate_qkv());
+    rec["switches"]["separate_qkv"] = json!(crate::nn::separate_qkv());
     rec["switches"]["adamw_multi_tensor"] = json!(crate::optim::adamw::multi_tensor_default());
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
         return Err(Error::msg(format!(
@@ -459,12 +461,12 @@ impl BenchModel for QaBench {
         self.model.params().trainable()
     }
     fn train_loss(&self, seed: u64) -> Result<Tensor> {
-        let (s, e) = self.model.forward(&self.batch_data, QaMode::train(seed))?;
+        let (s, e) = self.model.forward(&self.batch_data, Mode::train(seed))?;
         self.model.loss(&s, &e, &self.batch_data)
     }
     fn infer(&self) -> Result<()> {
         let _g = no_grad();
-        self.model.forward(&self.batch_data, QaMode::eval())?;
+        self.model.forward(&self.batch_data, Mode::eval())?;
         Ok(())
     }
     fn tokens_per_step(&self) -> usize {

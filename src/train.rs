@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
@@ -132,39 +134,48 @@ pub fn plot_curves(
         .map(|p| p.1)
         .filter(|x| x.is_finite())
         .fold(1e-3f64, f64::max);
-    let mut c = ChartBuilder::on(&top)
-        .caption("training loss", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..max_step, 0f64..max_loss * 1.05)
-        .map_err(|e| err(&e))?;
-    c.configure_mesh()
-        .x_desc("step")
-        .y_desc("loss")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut c = curve_panel(&top, "training loss", "loss", [max_step, max_loss], &err)?;
     c.draw_series(LineSeries::new(losses.iter().copied(), &RED))
         .map_err(|e| err(&e))?;
     let max_eval = evals.iter().map(|p| p.1).fold(1e-3f64, f64::max);
-    let mut c = ChartBuilder::on(&bottom)
-        .caption(format!("eval {metric}"), ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..max_step, 0f64..max_eval * 1.05)
-        .map_err(|e| err(&e))?;
-    c.configure_mesh()
-        .x_desc("step")
-        .y_desc(metric)
-        .draw()
-        .map_err(|e| err(&e))?;
+    let caption = format!("eval {metric}");
+    let mut c = curve_panel(&bottom, &caption, metric, [max_step, max_eval], &err)?;
     c.draw_series(LineSeries::new(evals.iter().copied(), &BLUE))
         .map_err(|e| err(&e))?;
     c.draw_series(evals.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// A panel of `plot_curves`: f64 steps against f64 values, on the SVG.
+type CurvePanel<'a, 'b> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::SVGBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<RangedCoordf64, RangedCoordf64>,
+>;
+
+/// One panel of the curves: axes from 0 to `[x_max, y_max * 1.05]`, x labelled "step".
+fn curve_panel<'a, 'b>(
+    area: &'a plotters::drawing::DrawingArea<plotters::prelude::SVGBackend<'b>, Shift>,
+    caption: &str,
+    y_desc: &str,
+    [x_max, y_max]: [f64; 2],
+    err: &dyn Fn(&dyn std::fmt::Display) -> Error,
+) -> Result<CurvePanel<'a, 'b>> {
+    let mut c = plotters::chart::ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max * 1.05)
+        .map_err(|e| err(&e))?;
+    c.configure_mesh()
+        .x_desc("step")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| err(&e))?;
+    Ok(c)
 }
 
 fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {

@@ -7,8 +7,10 @@
 //! The same checks run on CUDA when a device is present (skipped otherwise).
 
 use fusebox::autograd::{backward, no_grad};
-use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
+use fusebox::models::auto::load_qa_model;
+use fusebox::models::qa::{QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 

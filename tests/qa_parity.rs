@@ -17,9 +17,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::{backward, no_grad};
+use fusebox::models::auto::load_qa_model;
 use fusebox::models::bert::BertForQa;
-use fusebox::models::encoder::{load_qa_model, Mode, QaBatch, QaModel};
+use fusebox::models::qa::{QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
 use fusebox::{DType, Device, Tensor};
 
 fn load(path: &Path) -> BTreeMap<String, Tensor> {
@@ -179,7 +181,8 @@ fn minilm_hidden_states_match_transformers() {
     let model = BertForQa::load(&dir, Device::Cpu, DType::F32, 0).expect("MiniLM loads");
     let _g = no_grad();
     let h = model
-        .encode(
+        .encoder()
+        .forward(
             &fx["input_ids"],
             &fx["attention_mask"],
             Some(&fx["token_type_ids"]),
@@ -202,7 +205,8 @@ fn minilm_hidden_states_match_transformers() {
     let one = Tensor::from_i32(ids, [1, n], Device::Cpu).expect("ids");
     let ones = Tensor::from_i32(vec![1; n], [1, n], Device::Cpu).expect("mask");
     let h1 = model
-        .encode(&one, &ones, None, Mode::eval())
+        .encoder()
+        .forward(&one, &ones, None, Mode::eval())
         .expect("encode one");
     let hb = h
         .narrow(0, 1, 1)
@@ -384,7 +388,8 @@ fn gpu_matches_cpu_and_transformers() {
             let _g = no_grad();
             let on = |t: &Tensor| t.to_device(gpu).expect("to gpu");
             let h = model
-                .encode(
+                .encoder()
+                .forward(
                     &on(&fx["input_ids"]),
                     &on(&fx["attention_mask"]),
                     Some(&on(&fx["token_type_ids"])),
@@ -466,12 +471,14 @@ fn bare_and_legacy_checkpoint_names_load() {
     let b = tiny_batch();
     let _g = no_grad();
     let h0 = model
-        .encode(&b.input_ids, &b.attention_mask, Mode::eval())
+        .encoder()
+        .forward(&b.input_ids, &b.attention_mask, None, Mode::eval())
         .expect("h0");
     let enc = fusebox::models::distilbert::DistilBertForQa::load(&dir, Device::Cpu, DType::F32, 0)
         .expect("load");
     let h1 = enc
-        .encode(&b.input_ids, &b.attention_mask, Mode::eval())
+        .encoder()
+        .forward(&b.input_ids, &b.attention_mask, None, Mode::eval())
         .expect("h1");
     assert_eq!(h0.to_vec_f32().expect("h0"), h1.to_vec_f32().expect("h1"));
     // A checkpoint missing an encoder tensor is an error naming it, not a random layer.

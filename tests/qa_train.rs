@@ -8,8 +8,8 @@ use common::assets;
 
 use fusebox::autograd::no_grad;
 use fusebox::data::squad::{load_squad, SquadOptions};
+use fusebox::models::auto::load_qa_model;
 use fusebox::models::bert::{BertConfig, BertForQa};
-use fusebox::models::encoder::load_qa_model;
 use fusebox::tasks::qa::PipelineConfig;
 use fusebox::tasks::qa::{FeatureConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::{answer_question, QaTask};

@@ -15,7 +15,8 @@
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::backend::{BackendStorage, CpuStorage, MatmulSpec};
-use fusebox::models::t5::{DecoderCache, Fp16Safety, Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::models::t5::{DecoderCache, Fp16Safety, T5Config, T5ForConditionalGeneration};
+use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 

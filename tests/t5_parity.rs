@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::backward;
-use fusebox::models::t5::{DecoderCache, Dropout, Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::models::t5::{DecoderCache, Dropout, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};

@@ -75,19 +75,9 @@ struct Args {
 }
 
 fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
-    let m = args.model.as_str();
-    match m {
-        "t5-small" => Ok(Box::new(T5Bench::new(
-            None,
-            args.batch,
-            args.seq,
-            args.tgt_seq,
-            device,
-            dtype,
-        )?)),
-        "distilbert-qa" => Ok(bench::distilbert_bench(
-            None, args.batch, args.seq, device, dtype,
-        )?),
+    let (t5, dir) = match args.model.as_str() {
+        "t5-small" => (true, None),
+        "distilbert-qa" => (false, None),
         dir => {
             let p = PathBuf::from(dir);
             let cfg = p.join("config.json");
@@ -95,29 +85,24 @@ fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel
                 .with_context(|| format!("--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not JSON", cfg.display()))?;
-            match v.get("model_type").and_then(|x| x.as_str()) {
-                Some("t5") => Ok(Box::new(T5Bench::new(
-                    Some(&p),
-                    args.batch,
-                    args.seq,
-                    args.tgt_seq,
-                    device,
-                    dtype,
-                )?)),
-                Some("distilbert") | Some("bert") => Ok(bench::distilbert_bench(
-                    Some(&p),
-                    args.batch,
-                    args.seq,
-                    device,
-                    dtype,
-                )?),
+            let t5 = match v.get("model_type").and_then(|x| x.as_str()) {
+                Some("t5") => true,
+                Some("distilbert") | Some("bert") => false,
                 other => bail!(
                     "{}: model_type {other:?}: bench supports t5, distilbert and bert",
                     cfg.display()
                 ),
-            }
+            };
+            (t5, Some(p))
         }
-    }
+    };
+    let dir = dir.as_deref();
+    Ok(if t5 {
+        let (b, s, t) = (args.batch, args.seq, args.tgt_seq);
+        Box::new(T5Bench::new(dir, b, s, t, device, dtype)?)
+    } else {
+        bench::distilbert_bench(dir, args.batch, args.seq, device, dtype)?
+    })
 }
 
 fn main() -> Result<()> {

@@ -18,7 +18,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
-use fusebox::models::encoder::{load_qa_model, QaModel};
+use fusebox::models::auto::load_qa_model;
+use fusebox::models::qa::QaModel;
 use fusebox::models::t5::T5ForConditionalGeneration;
 use fusebox::tasks::generate::{generate, GenerateConfig};
 use fusebox::tasks::qa::{FeatureConfig, PipelineConfig, PostprocessConfig, QaExample};

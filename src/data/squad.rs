@@ -92,6 +92,11 @@ impl Ctx<'_> {
             .and_then(Value::as_str)
             .ok_or_else(|| self.err(&format!("{field}.{key}"), "a string"))
     }
+    fn array_at<'v>(&self, v: &'v Value, key: &str, field: &str) -> Result<&'v Vec<Value>> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.err(&format!("{field}.{key}"), "an array"))
+    }
     fn opt_str(&self, v: &Value, key: &str, field: &str) -> Result<String> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(String::new()),
@@ -207,26 +212,17 @@ fn impossible_flag(ctx: &Ctx, v: &Value, field: &str) -> Result<Option<bool>> {
 fn nested_article(b: &mut Builder, art: &Value, ai: usize) -> Result<()> {
     let f = format!("data[{ai}]");
     let title = b.ctx.opt_str(art, "title", &f)?;
-    let paras = art
-        .get("paragraphs")
-        .and_then(Value::as_array)
-        .ok_or_else(|| b.ctx.err(&format!("{f}.paragraphs"), "an array"))?;
+    let paras = b.ctx.array_at(art, "paragraphs", &f)?;
     for (pi, p) in paras.iter().enumerate() {
         let pf = format!("{f}.paragraphs[{pi}]");
         let context = b.ctx.str_at(p, "context", &pf)?.to_string();
         let starts = char_starts(&context);
-        let qas = p
-            .get("qas")
-            .and_then(Value::as_array)
-            .ok_or_else(|| b.ctx.err(&format!("{pf}.qas"), "an array"))?;
+        let qas = b.ctx.array_at(p, "qas", &pf)?;
         for (qi, qa) in qas.iter().enumerate() {
             let qf = format!("{pf}.qas[{qi}]");
             let id = b.ctx.str_at(qa, "id", &qf)?.to_string();
             let question = b.ctx.str_at(qa, "question", &qf)?.to_string();
-            let arr = qa
-                .get("answers")
-                .and_then(Value::as_array)
-                .ok_or_else(|| b.ctx.err(&format!("{qf}.answers"), "an array"))?;
+            let arr = b.ctx.array_at(qa, "answers", &qf)?;
             let mut raw = Vec::with_capacity(arr.len());
             for (i, a) in arr.iter().enumerate() {
                 let af = format!("{qf}.answers[{i}]");
@@ -258,12 +254,9 @@ fn flat_row(b: &mut Builder, row: &Value, i: usize) -> Result<()> {
                 "an object {text: [...], answer_start: [...]}",
             )
         })?;
-    let list = |key: &str| -> Result<&Vec<Value>> {
-        ans.get(key)
-            .and_then(Value::as_array)
-            .ok_or_else(|| b.ctx.err(&format!("{f}.answers.{key}"), "an array"))
-    };
-    let (texts, starts_v) = (list("text")?, list("answer_start")?);
+    let af = format!("{f}.answers");
+    let texts = b.ctx.array_at(ans, "text", &af)?;
+    let starts_v = b.ctx.array_at(ans, "answer_start", &af)?;
     if texts.len() != starts_v.len() {
         return Err(b.ctx.err(
             &format!("{f}.answers"),

@@ -3,23 +3,18 @@
 //! `BertForQuestionAnswering` (a `BertModel` without pooler, then `qa_outputs`).
 //!
 //! Word + absolute position + token-type embeddings, LayerNorm (`layer_norm_eps`),
-//! `num_hidden_layers` post-LN blocks shared with DistilBERT (`encoder.rs`). Loads
-//! `bert.*`-prefixed QA checkpoints and bare `BertModel` ones such as all-MiniLM-L6-v2
-//! (`embeddings.*`, `encoder.*`, whose pooler is dropped and QA head initialised fresh).
+//! `num_hidden_layers` post-LN blocks: the encoder shared with DistilBERT (`encoder.rs`),
+//! under the QA model both share (`encoder_qa.rs`). Loads `bert.*`-prefixed QA
+//! checkpoints and bare `BertModel` ones such as all-MiniLM-L6-v2 (`embeddings.*`,
+//! `encoder.*`, whose pooler is dropped and QA head initialised fresh).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames};
+use super::encoder_qa::{EncoderFamily, EncoderForQa};
 use crate::error::{Error, Result};
-use crate::models::encoder::{
-    adopt_checkpoint, check_complete, check_ids, embed_padding_idx, position_ids, read_config,
-    save_hf, weights_path, Activation, EncoderLayer, LayerDims, LayerNames, Mode, QaBatch, QaHead,
-    QaModel,
-};
-use crate::nn::{Embedding, LayerNorm, ParamStore};
-use crate::shape::{DType, Device};
-use crate::tensor::Tensor;
 
 fn d_vocab() -> usize {
     30522
@@ -95,13 +90,7 @@ pub struct BertConfig {
 }
 
 impl BertConfig {
-    /// Parse `dir/config.json` and refuse what we do not implement.
-    pub fn load(dir: &Path) -> Result<BertConfig> {
-        let c: BertConfig = read_config(dir)?;
-        c.validate(&dir.join("config.json"))?;
-        Ok(c)
-    }
-
+    /// Refuse what we do not implement; `file` names the config in errors.
     pub fn validate(&self, file: &Path) -> Result<()> {
         if self.position_embedding_type != "absolute" {
             return Err(Error::msg(format!(
@@ -123,9 +112,30 @@ impl BertConfig {
         Activation::parse(&self.hidden_act, file, "hidden_act")?;
         Ok(())
     }
+}
 
-    fn layer_dims(&self) -> Result<LayerDims> {
-        Ok(LayerDims {
+static NAMES: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attn_out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    out_norm: "output.LayerNorm",
+};
+
+impl EncoderFamily for BertConfig {
+    const MODEL_TYPE: &'static str = "bert";
+    const QA_CLASS: &'static str = "BertForQuestionAnswering";
+    const BARE_ROOTS: &'static [&'static str] = &["embeddings", "encoder", "pooler"];
+
+    fn check(&self, file: &Path) -> Result<()> {
+        self.validate(file)
+    }
+
+    fn encoder_spec(&self) -> Result<EncoderSpec> {
+        let dims = LayerDims {
             hidden: self.hidden_size,
             intermediate: self.intermediate_size,
             heads: self.num_attention_heads,
@@ -139,182 +149,84 @@ impl BertConfig {
                 Path::new("config.json"),
                 "hidden_act",
             )?,
+        };
+        Ok(EncoderSpec {
+            input_op: "bert (input_ids)",
+            vocab: self.vocab_size,
+            max_positions: self.max_position_embeddings,
+            type_vocab: self.type_vocab_size,
+            sinusoidal_positions: false,
+            pad_token_id: self.pad_token_id,
+            embedding_dropout: self.hidden_dropout_prob,
+            layers: self.num_hidden_layers,
+            layer_prefix: "encoder.layer",
+            names: &NAMES,
+            dims,
         })
     }
-}
 
-const NAMES: LayerNames = LayerNames {
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
-    attn_out: "attention.output.dense",
-    attn_norm: "attention.output.LayerNorm",
-    ffn_in: "intermediate.dense",
-    ffn_out: "output.dense",
-    out_norm: "output.LayerNorm",
-};
+    /// `BertForQuestionAnswering` has no dropout before `qa_outputs`.
+    fn qa_dropout(&self) -> Option<f32> {
+        None
+    }
+}
 
 /// HF `BertForQuestionAnswering`.
-pub struct BertForQa {
-    pub config: BertConfig,
-    word: Embedding,
-    position: Embedding,
-    token_type: Option<Embedding>,
-    emb_norm: LayerNorm,
-    layers: Vec<EncoderLayer>,
-    head: QaHead,
-    store: ParamStore,
-    /// Per-layer activation checkpointing in training (see `QaModel::set_checkpointing`).
-    checkpointing: bool,
-}
+pub type BertForQa = EncoderForQa<BertConfig>;
 
-impl BertForQa {
-    /// Load an HF model directory (config.json + model.safetensors).
-    pub fn load(dir: &Path, device: Device, dtype: DType, seed: u64) -> Result<BertForQa> {
-        let config = BertConfig::load(dir)?;
-        let weights = weights_path(dir)?;
-        let store = ParamStore::load(&weights, device, dtype, seed)?;
-        adopt_checkpoint(&store, "bert", &["embeddings", "encoder", "pooler"]);
-        let model = BertForQa::build(config, store)?;
-        check_complete(&model.store, &weights)?;
-        Ok(model)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::qa::QaModel;
+    use crate::nn::safetensors_io;
+    use crate::shape::{DType, Device};
+
+    /// A tiny BERT saved in `dir`, and its weights file.
+    fn saved_bert(dir: &Path) -> Result<std::path::PathBuf> {
+        let cfg: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 12, "max_position_embeddings": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "hidden_size": 4, "intermediate_size": 8,
+        }))
+        .map_err(|e| Error::msg(e.to_string()))?;
+        BertForQa::new(cfg, Device::Cpu, DType::F32, 3)?.save(dir)?;
+        Ok(dir.join("model.safetensors"))
     }
 
-    /// A freshly initialised model (HF `_init_weights`).
-    pub fn new(config: BertConfig, device: Device, dtype: DType, seed: u64) -> Result<BertForQa> {
-        config.validate(Path::new("config"))?;
-        BertForQa::build(config, ParamStore::new(device, dtype, seed))
-    }
+    /// An old checkpoint's `LayerNorm.gamma` loads as `LayerNorm.weight`; a file holding
+    /// both names is refused with both named, instead of keeping whichever came last.
+    #[test]
+    fn old_layer_norm_names_load_and_both_names_are_refused() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("fusebox-alias-{}", std::process::id()));
+        let file = saved_bert(&dir)?;
+        let mut tensors = safetensors_io::load(&file, DType::F32, Device::Cpu)?;
+        let (new, old) = (
+            "bert.embeddings.LayerNorm.weight",
+            "bert.embeddings.LayerNorm.gamma",
+        );
+        let gamma = tensors
+            .get(new)
+            .cloned()
+            .ok_or_else(|| Error::msg("no weight"))?;
+        let want = gamma.to_vec_f32()?;
 
-    fn build(config: BertConfig, store: ParamStore) -> Result<BertForQa> {
-        let vb = store.vb();
-        let base = vb.pp("bert");
-        let (h, std) = (config.hidden_size, config.initializer_range);
-        let emb = base.pp("embeddings");
-        let word = Embedding::new(&emb.pp("word_embeddings"), config.vocab_size, h, std)?;
-        let position = Embedding::new(
-            &emb.pp("position_embeddings"),
-            config.max_position_embeddings,
-            h,
-            std,
-        )?;
-        let token_type = if config.type_vocab_size > 0 {
-            Some(Embedding::new(
-                &emb.pp("token_type_embeddings"),
-                config.type_vocab_size,
-                h,
-                std,
-            )?)
-        } else {
-            None
-        };
-        let emb_norm = LayerNorm::new(&emb.pp("LayerNorm"), h, config.layer_norm_eps)?;
-        let dims = config.layer_dims()?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::new(&base.pp(format!("encoder.layer.{i}")), &NAMES, dims))
-            .collect::<Result<Vec<_>>>()?;
-        let head = QaHead::new(&vb, h, std)?;
-        Ok(BertForQa {
-            config,
-            word,
-            position,
-            token_type,
-            emb_norm,
-            layers,
-            head,
-            store,
-            checkpointing: false,
-        })
-    }
+        // Only the old name: it loads, under the current name.
+        tensors.remove(new);
+        tensors.insert(old.into(), gamma.clone());
+        safetensors_io::save(&file, &tensors, None)?;
+        let m = BertForQa::load(&dir, Device::Cpu, DType::F32, 0)?;
+        assert_eq!(m.params().get(new, &[4])?.to_vec_f32()?, want);
+        assert!(!m.params().contains(old));
 
-    /// The encoder's last hidden states `[B, L, hidden]` (HF `BertModel` output 0).
-    /// `token_type_ids` default to zeros, as in HF.
-    pub fn encode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        input_ids.expect_rank("bert (input_ids)", 2)?;
-        check_ids(input_ids, self.config.vocab_size, "token id")?;
-        let (b, l) = (input_ids.dims()[0], input_ids.dims()[1]);
-        let dev = input_ids.device();
-        let pos = position_ids(b, l, self.config.max_position_embeddings, dev)?;
-        let mut x = embed_padding_idx(&self.word.weight, input_ids, self.config.pad_token_id)?
-            .add(&self.position.forward(&pos)?)?;
-        if let Some(tt) = &self.token_type {
-            let ids = match token_type_ids {
-                Some(t) => t.clone(),
-                None => Tensor::from_i32(vec![0; b * l], [b, l], dev)?,
-            };
-            check_ids(&ids, self.config.type_vocab_size, "token type id")?;
-            x = x.add(&tt.forward(&ids)?)?;
-        }
-        let mut x = self
-            .emb_norm
-            .forward(&x)?
-            .dropout(mode.p(self.config.hidden_dropout_prob), mode.seed_for(1))?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let site = 2 + i as u64;
-            x = if self.checkpointing && mode.train {
-                layer.forward_checkpointed(&x, attention_mask, mode, site)?
-            } else {
-                layer.forward(&x, attention_mask, mode, site)?
-            };
-        }
-        Ok(x)
-    }
-
-    fn hf_config(&self) -> Result<serde_json::Value> {
-        let mut v = serde_json::to_value(&self.config)
-            .map_err(|e| Error::msg(format!("BERT config: {e}")))?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("model_type".into(), "bert".into());
-            o.insert(
-                "architectures".into(),
-                serde_json::json!(["BertForQuestionAnswering"]),
-            );
-        }
-        Ok(v)
-    }
-}
-
-impl QaModel for BertForQa {
-    fn forward(&self, batch: &QaBatch, mode: Mode) -> Result<(Tensor, Tensor)> {
-        let h = self.encode(
-            &batch.input_ids,
-            &batch.attention_mask,
-            batch.token_type_ids.as_ref(),
-            mode,
-        )?;
-        self.head.forward(&h)
-    }
-    fn params(&self) -> &ParamStore {
-        &self.store
-    }
-    fn set_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on;
-    }
-    fn checkpointing(&self) -> bool {
-        self.checkpointing
-    }
-    fn save(&self, dir: &Path) -> Result<()> {
-        save_hf(dir, &self.hf_config()?, &self.store)
-    }
-    fn hf_class(&self) -> &'static str {
-        "BertForQuestionAnswering"
-    }
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-    fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
-    }
-    fn pad_token_id(&self) -> u32 {
-        self.config.pad_token_id
-    }
-    fn uses_token_type_ids(&self) -> bool {
-        self.token_type.is_some()
+        // Both names, with different values: refused, naming both and the file.
+        tensors.insert(new.into(), gamma.scale(2.0)?);
+        safetensors_io::save(&file, &tensors, None)?;
+        let err = BertForQa::load(&dir, Device::Cpu, DType::F32, 0)
+            .err()
+            .ok_or_else(|| Error::msg("a file with both names must not load"))?
+            .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(err.contains(new) && err.contains(old), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        Ok(())
     }
 }

@@ -1,59 +1,34 @@
-//! The pieces BERT (Devlin et al. 2019, arXiv:1810.04805) and DistilBERT (Sanh et al.
-//! 2019, arXiv:1910.01108) share: one post-LayerNorm transformer layer, the QA head and
-//! loss of `BertForQuestionAnswering` / `DistilBertForQuestionAnswering`, and the
-//! `QaModel` trait that lets training code drive either model the same way.
+//! The encoder BERT (Devlin et al. 2019, arXiv:1810.04805) and DistilBERT (Sanh et al.
+//! 2019, arXiv:1910.01108) share: word + position (+ token-type) embeddings and their
+//! LayerNorm, then a stack of post-LayerNorm transformer layers. Written once here;
+//! `bert.rs` and `distilbert.rs` only say how their config.json maps onto it.
 //!
 //! The two HF implementations compute the same layer under different parameter names
 //! (`attention.q_lin` vs `attention.self.query`, ...), so the layer is built from a
 //! [`LayerNames`] table and loads either checkpoint with no renaming. Attention is the
 //! fused `attention` op: key padding mask, scale 1/√d, and HF's dropout on the attention
 //! probabilities fused into the kernel (its mask re-derived from the seed in backward).
+//!
+//! Dropout sites are numbered by position in the model (`Mode::seed_for`): 0 is the QA
+//! head's (DistilBERT), 1 the embeddings', and layer `i` uses `(2 + i) * 8 + {0, 1, 2}`
+//! (attention probabilities, attention output, FFN output).
 
 use std::path::Path;
 
-use super::separate_qkv;
-use crate::backend::UnaryOp;
 use crate::error::{Error, Result};
-use crate::nn::{packed_qkv, LayerNorm, Linear, ParamStore, VarBuilder};
+use crate::nn::{packed_qkv, separate_qkv, Embedding, Init, LayerNorm, Linear, VarBuilder};
 use crate::ops::attention::AttnOptions;
-use crate::rng::Rng;
-use crate::shape::{DType, Device};
+use crate::ops::UnaryOp;
+use crate::shape::Device;
 use crate::tensor::Tensor;
+
+// Their old home, kept for callers that import them from here: `Mode` lives in nn, the
+// QA types in qa.rs (which imports nothing from this file).
+pub use super::qa::{qa_loss, QaBatch, QaModel};
+pub use crate::nn::Mode;
 
 /// HF's LayerNorm eps for DistilBERT (hard-coded there) and BERT's default.
 pub const LAYER_NORM_EPS: f64 = 1e-12;
-
-/// Training or evaluation, and where dropout masks come from.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Mode {
-    pub train: bool,
-    /// Base seed of this step's dropout masks; each dropout site derives its own.
-    pub seed: u64,
-}
-
-impl Mode {
-    pub fn eval() -> Mode {
-        Mode {
-            train: false,
-            seed: 0,
-        }
-    }
-    pub fn train(seed: u64) -> Mode {
-        Mode { train: true, seed }
-    }
-    /// The dropout probability actually applied (0 in evaluation).
-    pub fn p(&self, p: f32) -> f32 {
-        if self.train {
-            p
-        } else {
-            0.0
-        }
-    }
-    /// A distinct, reproducible seed for dropout site `site` of this step.
-    pub fn seed_for(&self, site: u64) -> u64 {
-        Rng::new(self.seed ^ site.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
-    }
-}
 
 /// Activation of the feed-forward block (HF `ACT2FN` names we support).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +62,7 @@ impl Activation {
 }
 
 /// Where one layer's parameters live, relative to the layer's prefix.
+#[derive(Debug)]
 pub struct LayerNames {
     pub query: &'static str,
     pub key: &'static str,
@@ -244,274 +220,133 @@ impl EncoderLayer {
     }
 }
 
-/// `qa_outputs`: hidden → (start, end) logits, each `[B, L]`.
-pub struct QaHead {
-    pub linear: Linear,
+/// What an encoder is made of, from a model's config.json.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderSpec {
+    /// The op named when `input_ids` has the wrong rank, e.g. "bert (input_ids)".
+    pub input_op: &'static str,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// Token-type (segment) vocabulary; 0: no token-type embedding (DistilBERT).
+    pub type_vocab: usize,
+    /// A fixed sine/cosine position table, never trained (DistilBERT's
+    /// `sinusoidal_pos_embds`).
+    pub sinusoidal_positions: bool,
+    pub pad_token_id: u32,
+    /// Dropout after the embeddings' LayerNorm.
+    pub embedding_dropout: f32,
+    pub layers: usize,
+    /// Layer `i` lives under `{layer_prefix}.{i}` ("encoder.layer", "transformer.layer").
+    pub layer_prefix: &'static str,
+    pub names: &'static LayerNames,
+    pub dims: LayerDims,
 }
 
-impl QaHead {
-    /// Load `qa_outputs`, or create it as HF does for a base checkpoint (normal(0, std)
-    /// weight, zero bias), saying so.
-    pub fn new(vb: &VarBuilder, hidden: usize, std: f64) -> Result<QaHead> {
-        let vb = vb.pp("qa_outputs");
-        // Only a loaded checkpoint can lack the head; a model built from scratch has
-        // nothing to report.
-        if let (Some(file), false) = (vb.store().source(), vb.contains("weight")) {
-            eprintln!(
-                "fusebox: {} has no QA head: qa_outputs (weight [2, {hidden}], bias [2]) \
-                 initialised fresh (normal(0, {std}), zero bias), as transformers does",
-                file.display()
-            );
-        }
-        Ok(QaHead {
-            linear: Linear::new(&vb, hidden, 2, true, std)?,
-        })
-    }
-
-    pub fn forward(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, l) = (hidden.dims()[0], hidden.dims()[1]);
-        let logits = self.linear.forward(hidden)?; // [B, L, 2]
-        let start = logits.narrow(2, 0, 1)?.reshape([b, l])?;
-        let end = logits.narrow(2, 1, 1)?.reshape([b, l])?;
-        Ok((start, end))
-    }
+/// HF `BertModel` without pooler / `DistilBertModel`: embeddings, then the layers.
+pub struct Encoder {
+    spec: EncoderSpec,
+    word: Embedding,
+    position: Embedding,
+    token_type: Option<Embedding>,
+    emb_norm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    /// Per-layer activation checkpointing in training (see `QaModel::set_checkpointing`).
+    pub checkpointing: bool,
 }
 
-/// The QA loss as HF computes it (BertForQuestionAnswering.forward,
-/// DistilBertForQuestionAnswering.forward): positions clamped to [0, S] with S = the
-/// sequence length, S ignored, loss = (CE(start) + CE(end)) / 2.
-///
-/// The clamp runs on the logits' device (`clamp_i32`: a kernel on CUDA), so the loss
-/// never reads positions back from the device mid-step, and hand-built positions are
-/// clamped the same way on every backend.
-pub fn qa_loss(
-    start_logits: &Tensor,
-    end_logits: &Tensor,
-    start_positions: &Tensor,
-    end_positions: &Tensor,
-) -> Result<Tensor> {
-    start_logits.expect_rank("qa_loss (start logits)", 2)?;
-    let s = start_logits.dims()[1];
-    let dev = start_logits.device();
-    let clamp = |p: &Tensor| p.to_device(dev)?.clamp_i32(0, s as i32);
-    let ls = start_logits.cross_entropy(&clamp(start_positions)?, s as i32)?;
-    let le = end_logits.cross_entropy(&clamp(end_positions)?, s as i32)?;
-    ls.add(&le)?.scale(0.5)
-}
-
-/// One batch of QA windows on the model's device. All I32 `[B, L]`, positions I32 `[B]`.
-#[derive(Clone, Debug)]
-pub struct QaBatch {
-    pub input_ids: Tensor,
-    /// 1 = real token, 0 = padding.
-    pub attention_mask: Tensor,
-    /// Segment ids (BERT only; DistilBERT ignores them).
-    pub token_type_ids: Option<Tensor>,
-    pub start_positions: Option<Tensor>,
-    pub end_positions: Option<Tensor>,
-}
-
-impl QaBatch {
-    /// Build from host rows (each `len` long), as produced by `tasks::qa` features.
-    pub fn from_rows(
-        input_ids: &[Vec<u32>],
-        attention_mask: &[Vec<u32>],
-        token_type_ids: Option<&[Vec<u32>]>,
-        positions: Option<(&[usize], &[usize])>,
-        device: Device,
-    ) -> Result<QaBatch> {
-        let b = input_ids.len();
-        let l = input_ids.first().map(|r| r.len()).unwrap_or(0);
-        let flat = |rows: &[Vec<u32>], what: &str| -> Result<Tensor> {
-            if rows.len() != b || rows.iter().any(|r| r.len() != l) {
-                return Err(Error::msg(format!(
-                    "QaBatch: {what} must be {b} rows of {l} tokens (pad the windows first)"
-                )));
+impl Encoder {
+    /// Load or create (HF `_init_weights`) the parameters under `vb` (`bert`,
+    /// `distilbert`), in the order HF creates them, so a seeded fresh model is the same
+    /// model whichever family builds it.
+    pub fn new(vb: &VarBuilder, spec: EncoderSpec) -> Result<Encoder> {
+        let (h, std) = (spec.dims.hidden, spec.dims.init_std);
+        let emb = vb.pp("embeddings");
+        let word = Embedding::new(&emb.pp("word_embeddings"), spec.vocab, h, std)?;
+        let position = if spec.sinusoidal_positions {
+            // Fixed, as in the original DistilBERT (and transformers before v5): the
+            // sine/cosine table when the checkpoint has none, and never trained.
+            let pvb = emb.pp("position_embeddings");
+            pvb.get_or_init("weight", &[spec.max_positions, h], Init::Sinusoidal)?;
+            Embedding {
+                weight: pvb.freeze("weight")?,
             }
-            let v: Vec<i32> = rows.iter().flatten().map(|&x| x as i32).collect();
-            Tensor::from_i32(v, [b, l], device)
-        };
-        // HF's clamp to [0, L] (L = this batch's length, the ignored class); positions
-        // past i32 would not fit the tensor. `qa_loss` clamps again on the device (a
-        // no-op for these), which covers batches built by hand.
-        let pos = |p: &[usize]| -> Result<Tensor> {
-            if p.len() != b {
-                return Err(Error::msg(format!(
-                    "QaBatch: {} positions for {b} windows",
-                    p.len()
-                )));
-            }
-            let v = p.iter().map(|&x| x.min(l).min(i32::MAX as usize) as i32);
-            Tensor::from_i32(v.collect(), [b], device)
-        };
-        Ok(QaBatch {
-            input_ids: flat(input_ids, "input_ids")?,
-            attention_mask: flat(attention_mask, "attention_mask")?,
-            token_type_ids: token_type_ids
-                .map(|t| flat(t, "token_type_ids"))
-                .transpose()?,
-            start_positions: positions.map(|(s, _)| pos(s)).transpose()?,
-            end_positions: positions.map(|(_, e)| pos(e)).transpose()?,
-        })
-    }
-}
-
-/// What training and evaluation need from an extractive QA model.
-pub trait QaModel {
-    /// Start and end logits, each `[B, L]`.
-    fn forward(&self, batch: &QaBatch, mode: Mode) -> Result<(Tensor, Tensor)>;
-
-    /// HF's QA loss of these logits against the batch's positions.
-    fn loss(&self, start: &Tensor, end: &Tensor, batch: &QaBatch) -> Result<Tensor> {
-        match (&batch.start_positions, &batch.end_positions) {
-            (Some(s), Some(e)) => qa_loss(start, end, s, e),
-            _ => Err(Error::msg(
-                "QA loss: the batch has no start/end positions (validation features?)",
-            )),
-        }
-    }
-
-    /// The parameters under their HF names (what the optimizer and `save` see).
-    fn params(&self) -> &ParamStore;
-
-    /// Recompute each layer's forward in backward instead of keeping its activations
-    /// (activation checkpointing; the planner turns it on when a budget needs it).
-    fn set_checkpointing(&mut self, on: bool);
-    fn checkpointing(&self) -> bool;
-
-    /// Write `config.json` + `model.safetensors` (f32) that transformers loads back.
-    fn save(&self, dir: &Path) -> Result<()>;
-
-    /// The HF class this model matches, e.g. "DistilBertForQuestionAnswering".
-    fn hf_class(&self) -> &'static str;
-    fn vocab_size(&self) -> usize;
-    fn max_positions(&self) -> usize;
-    fn pad_token_id(&self) -> u32;
-    /// Whether the model reads `token_type_ids` (BERT does, DistilBERT does not).
-    fn uses_token_type_ids(&self) -> bool;
-}
-
-/// Load a BERT or DistilBERT QA model from an HF model directory, by the `model_type` of
-/// its config.json.
-pub fn load_qa_model(
-    dir: &Path,
-    device: Device,
-    dtype: DType,
-    seed: u64,
-) -> Result<Box<dyn QaModel>> {
-    let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
-    match v.get("model_type").and_then(|m| m.as_str()) {
-        Some("distilbert") => Ok(Box::new(crate::models::distilbert::DistilBertForQa::load(
-            dir, device, dtype, seed,
-        )?)),
-        Some("bert") => Ok(Box::new(crate::models::bert::BertForQa::load(
-            dir, device, dtype, seed,
-        )?)),
-        other => Err(Error::msg(format!(
-            "{}: model_type {other:?} is not a QA encoder fusebox supports (expected \"distilbert\" or \"bert\")",
-            cfg_path.display()
-        ))),
-    }
-}
-
-/// Bring a checkpoint's names to the QA model's layout: bare base-model names
-/// (`embeddings.*`, `encoder.*`/`transformer.*`) gain `prefix.`, `LayerNorm.gamma/beta`
-/// become `weight/bias`; tensors the QA model
-/// does not use (pooler, pre-training heads, integer buffers such as `position_ids`) are
-/// dropped with one log line, as transformers reports unused weights.
-pub(crate) fn adopt_checkpoint(store: &ParamStore, prefix: &str, bare_roots: &[&str]) {
-    let mut dropped = Vec::new();
-    for (name, t) in store.named() {
-        let root = name.split('.').next().unwrap_or("");
-        let target = if name.starts_with(&format!("{prefix}.")) || root == "qa_outputs" {
-            name.clone()
-        } else if bare_roots.contains(&root) {
-            format!("{prefix}.{name}")
         } else {
-            dropped.push(name.clone());
-            store.remove(&name);
-            continue;
+            Embedding::new(&emb.pp("position_embeddings"), spec.max_positions, h, std)?
         };
-        // Old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta;
-        // transformers renames them on load, and so do we.
-        let target = match target.strip_suffix(".gamma") {
-            Some(base) => format!("{base}.weight"),
-            None => match target.strip_suffix(".beta") {
-                Some(base) => format!("{base}.bias"),
-                None => target,
-            },
+        let token_type = if spec.type_vocab > 0 {
+            let tvb = emb.pp("token_type_embeddings");
+            Some(Embedding::new(&tvb, spec.type_vocab, h, std)?)
+        } else {
+            None
         };
-        let unused = !t.dtype().is_float() || target.starts_with(&format!("{prefix}.pooler."));
-        if unused {
-            dropped.push(name.clone());
-            store.remove(&name);
-        } else if target != name {
-            // `alias` cannot fail here: `name` was just listed.
-            if store.alias(&target, &name).is_ok() {
-                store.remove(&name);
-            }
+        let emb_norm = LayerNorm::new(&emb.pp("LayerNorm"), h, spec.dims.eps)?;
+        let layers = (0..spec.layers)
+            .map(|i| {
+                let lvb = vb.pp(format!("{}.{i}", spec.layer_prefix));
+                EncoderLayer::new(&lvb, spec.names, spec.dims)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            spec,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+            checkpointing: false,
+        })
+    }
+
+    pub fn spec(&self) -> &EncoderSpec {
+        &self.spec
+    }
+
+    /// Whether the encoder reads `token_type_ids` (BERT does, DistilBERT does not).
+    pub fn has_token_types(&self) -> bool {
+        self.token_type.is_some()
+    }
+
+    /// The last hidden states `[B, L, hidden]` (HF's output 0). `token_type_ids`
+    /// default to zeros, as in HF, and are ignored without a token-type embedding.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        input_ids.expect_rank(s.input_op, 2)?;
+        check_ids(input_ids, s.vocab, "token id")?;
+        let (b, l) = (input_ids.dims()[0], input_ids.dims()[1]);
+        let dev = input_ids.device();
+        let pos = position_ids(b, l, s.max_positions, dev)?;
+        // nn.Embedding(padding_idx=pad): the pad row gets no gradient.
+        let mut x = (self.word.weight)
+            .embedding_padded(input_ids, s.pad_token_id as usize)?
+            .add(&self.position.forward(&pos)?)?;
+        if let Some(tt) = &self.token_type {
+            let ids = match token_type_ids {
+                Some(t) => t.clone(),
+                None => Tensor::from_i32(vec![0; b * l], [b, l], dev)?,
+            };
+            check_ids(&ids, s.type_vocab, "token type id")?;
+            x = x.add(&tt.forward(&ids)?)?;
         }
+        let mut x = self
+            .emb_norm
+            .forward(&x)?
+            .dropout(mode.p(s.embedding_dropout), mode.seed_for(1))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let site = 2 + i as u64;
+            x = if self.checkpointing && mode.is_train() {
+                layer.forward_checkpointed(&x, attention_mask, mode, site)?
+            } else {
+                layer.forward(&x, attention_mask, mode, site)?
+            };
+        }
+        Ok(x)
     }
-    if !dropped.is_empty() {
-        eprintln!(
-            "fusebox: {} checkpoint tensors unused by the QA model were dropped: {}",
-            dropped.len(),
-            dropped.join(", ")
-        );
-    }
-}
-
-/// Read and parse a config.json into `T`, naming the file on error.
-pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::msg(format!("{}: {e}", path.display())))
-}
-
-/// The weights file of an HF model directory (single-file safetensors only).
-pub(crate) fn weights_path(dir: &Path) -> Result<std::path::PathBuf> {
-    let p = dir.join("model.safetensors");
-    if p.exists() {
-        return Ok(p);
-    }
-    Err(Error::msg(format!(
-        "{}: no model.safetensors (sharded checkpoints and pytorch_model.bin are not supported; \
-         convert with transformers' save_pretrained(safe_serialization=True))",
-        dir.display()
-    )))
-}
-
-/// Fail when loading a checkpoint created any parameter other than the QA head: a
-/// missing encoder weight means the names did not match, and a half-random model would
-/// be silent garbage.
-pub(crate) fn check_complete(store: &ParamStore, path: &Path) -> Result<()> {
-    let missing: Vec<String> = store
-        .initialised()
-        .into_iter()
-        .filter(|n| !n.starts_with("qa_outputs."))
-        .collect();
-    if let Some(first) = missing.first() {
-        return Err(Error::msg(format!(
-            "{}: missing tensor {first:?} ({} missing in all: {})",
-            path.display(),
-            missing.len(),
-            missing.join(", ")
-        )));
-    }
-    Ok(())
-}
-
-/// Write `config` as config.json and the store as model.safetensors (f32) in `dir`.
-pub(crate) fn save_hf(dir: &Path, config: &serde_json::Value, store: &ParamStore) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let cfg_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(config)
-        .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
-    std::fs::write(&cfg_path, text + "\n").map_err(|e| Error::io(&cfg_path, e))?;
-    store.save(&dir.join("model.safetensors"), &[], DType::F32)
 }
 
 /// Refuse ids outside `[0, limit)` (e.g. a tokenizer whose vocab does not match the
@@ -522,7 +357,7 @@ pub(crate) fn save_hf(dir: &Path, config: &serde_json::Value, store: &ParamStore
 /// backward). The embedding kernels check every id themselves and record a bad one in
 /// the device error record, reported (op, id, valid range) at the next read from the
 /// device, e.g. the optimizer's gradient-norm read (backend/cuda/embedding.rs).
-pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
+fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     if ids.device().is_cuda() {
         return Ok(());
     }
@@ -536,14 +371,8 @@ pub(crate) fn check_ids(ids: &Tensor, limit: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `nn.Embedding(padding_idx=pad)` lookup: the `pad` row is read like any other but
-/// receives no gradient (BERT's and DistilBERT's word embeddings are built that way).
-pub(crate) fn embed_padding_idx(table: &Tensor, ids: &Tensor, pad: u32) -> Result<Tensor> {
-    table.embedding_padded(ids, pad as usize)
-}
-
 /// Position ids `0..L` for every row, I32 `[B, L]`, after checking L fits the table.
-pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Result<Tensor> {
+fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Result<Tensor> {
     if l > max {
         return Err(Error::msg(format!(
             "sequence length {l} exceeds max_position_embeddings {max}"
@@ -551,64 +380,4 @@ pub(crate) fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Re
     }
     let v: Vec<i32> = (0..b).flat_map(|_| 0..l as i32).collect();
     Tensor::from_i32(v, [b, l], device)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rows(b: usize, l: usize) -> Vec<Vec<u32>> {
-        (0..b)
-            .map(|i| (0..l).map(|j| (i * l + j) as u32).collect())
-            .collect()
-    }
-
-    #[test]
-    fn batch_positions_are_clamped_to_the_batch_length() {
-        let (ids, mask) = (rows(4, 6), rows(4, 6));
-        let (s, e) = ([0usize, 5, 6, 900], [6usize, 7, 2, usize::MAX]);
-        let b = QaBatch::from_rows(&ids, &mask, None, Some((&s, &e)), Device::Cpu).expect("batch");
-        let got = |t: &Option<Tensor>| t.as_ref().expect("positions").to_vec_i32().expect("v");
-        assert_eq!(got(&b.start_positions), vec![0, 5, 6, 6]);
-        assert_eq!(got(&b.end_positions), vec![6, 6, 2, 6]);
-    }
-
-    #[test]
-    fn qa_loss_clamps_hand_built_positions() {
-        // Logits [2, 3]; position 3 (= S) and 7 (clamped to S) are both ignored, so the
-        // loss of the second row's start is left out either way.
-        let logits = Tensor::from_f32(vec![0.1, 0.7, -0.3, 1.0, 0.2, 0.4], [2, 3], Device::Cpu)
-            .expect("logits");
-        let pos = |v: Vec<i32>| Tensor::from_i32(v, [2], Device::Cpu).expect("pos");
-        let clamped = qa_loss(&logits, &logits, &pos(vec![1, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        let wide = qa_loss(&logits, &logits, &pos(vec![1, 7]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        assert_eq!(clamped, wide);
-        let ce = |row: [f64; 3], t: usize| {
-            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
-            lse - row[t]
-        };
-        let (r0, r1) = ([0.1, 0.7, -0.3], [1.0, 0.2, 0.4]);
-        let want = (ce(r0, 1) + (ce(r0, 2) + ce(r1, 0)) / 2.0) / 2.0;
-        assert!((clamped - want).abs() < 1e-5, "{clamped} vs {want}");
-        // Below zero clamps to 0 (a real class), as torch's clamp does.
-        let neg = qa_loss(&logits, &logits, &pos(vec![-4, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        let zero = qa_loss(&logits, &logits, &pos(vec![0, 3]), &pos(vec![2, 0]))
-            .expect("loss")
-            .to_scalar()
-            .expect("v");
-        assert_eq!(neg, zero);
-        assert!(
-            logits.clamp_i32(0, 3).is_err(),
-            "clamp_i32 of floats is a dtype error"
-        );
-    }
 }

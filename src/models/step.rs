@@ -7,10 +7,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::models::auto::load_qa_model;
 use crate::models::bert::{BertConfig, BertForQa};
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
-use crate::models::encoder::{load_qa_model, Mode as QaMode, QaBatch, QaModel};
-use crate::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use crate::models::hf::config_text;
+use crate::models::qa::{QaBatch, QaModel};
+use crate::models::t5::{T5Config, T5ForConditionalGeneration};
+use crate::nn::Mode;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
@@ -25,8 +28,7 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// Read `dir/config.json` and pick the family by its `model_type`.
     pub fn from_dir(dir: &Path) -> Result<ModelConfig> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let (path, text) = config_text(dir)?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::msg(format!("{}: {e}", path.display())))?;
         let bad = |e: serde_json::Error| Error::msg(format!("{}: {e}", path.display()));
@@ -187,12 +189,12 @@ impl StepModel for Qa {
     }
     fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
         let batch = self.batch(shape, device, true)?;
-        let (s, e) = self.0.forward(&batch, QaMode::train(seed))?;
+        let (s, e) = self.0.forward(&batch, Mode::train(seed))?;
         self.0.loss(&s, &e, &batch)
     }
     fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
         let batch = self.batch(shape, device, false)?;
-        self.0.forward(&batch, QaMode::eval()).map(drop)
+        self.0.forward(&batch, Mode::eval()).map(drop)
     }
 }
 
@@ -224,12 +226,11 @@ impl StepModel for T5ForConditionalGeneration {
     }
     fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
         let [ids, mask, labels] = self.step_batch(shape, device)?;
-        let (loss, _) = self.loss(&ids, Some(&mask), &labels, T5Mode::Train { seed })?;
+        let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
         Ok(loss)
     }
     fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
         let [ids, mask, labels] = self.step_batch(shape, device)?;
-        self.loss(&ids, Some(&mask), &labels, T5Mode::Eval)
-            .map(drop)
+        self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
     }
 }

@@ -5,6 +5,15 @@ use crate::error::Result;
 use crate::nn::params::{Init, VarBuilder};
 use crate::tensor::Tensor;
 
+/// FUSEBOX_SEPARATE_QKV=1: self-attention projects q, k and v with three GEMMs and runs
+/// attention on three tensors (the layout before [`packed_qkv`]), for A/B timing; the
+/// default is one GEMM over `[Wq; Wk; Wv]` and the packed attention op. Read once per
+/// process; the memory planner reads the same variable.
+pub fn separate_qkv() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FUSEBOX_SEPARATE_QKV").is_ok_and(|v| v == "1"))
+}
+
 /// Self-attention's q, k and v from one GEMM: `x [B, L, in]` through `[Wq; Wk; Wv]`
 /// (and the biases likewise), concatenated per call so the checkpoint keeps its three
 /// layers. The result `[B, L, 3, heads, head_dim]` is what `Tensor::attention_qkv` reads

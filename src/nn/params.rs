@@ -189,7 +189,8 @@ impl ParamStore {
         Ok(frozen)
     }
 
-    /// Bind `alias` to the same tensor as `name` (weight tying).
+    /// Bind `alias` to the same tensor as `name` (weight tying). Refuses when `alias`
+    /// already names another tensor: replacing it would silently drop one of two values.
     pub fn alias(&self, alias: &str, name: &str) -> Result<()> {
         let mut inner = self.lock();
         let t = inner.params.get(name).cloned().ok_or_else(|| {
@@ -198,8 +199,41 @@ impl ParamStore {
                 self.where_()
             ))
         })?;
+        if let Some(other) = inner.params.get(alias) {
+            if other.id() != t.id() {
+                return Err(self.both_names(name, alias));
+            }
+        }
         inner.params.insert(alias.to_string(), t);
         Ok(())
+    }
+
+    /// Move the tensor `from` to the name `to` (an old checkpoint's name for a
+    /// parameter, e.g. `LayerNorm.gamma` for `LayerNorm.weight`). Refuses when `to` is
+    /// taken: a file holding one parameter under both names has two candidate values,
+    /// and keeping whichever came last would be a silent guess.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.params.contains_key(to) {
+            return Err(self.both_names(from, to));
+        }
+        let t = inner.params.remove(from).ok_or_else(|| {
+            Error::msg(format!(
+                "{}: cannot rename missing {from:?} to {to:?}",
+                self.where_()
+            ))
+        })?;
+        inner.params.insert(to.to_string(), t);
+        Ok(())
+    }
+
+    /// The error for one parameter found under two names.
+    pub fn both_names(&self, a: &str, b: &str) -> Error {
+        Error::msg(format!(
+            "{}: holds both {a:?} and {b:?}, two names of the same parameter; keep only one \
+             of them",
+            self.where_()
+        ))
     }
 
     /// Remove a name (e.g. a key HF ignores, or a tied alias before saving).
@@ -311,5 +345,36 @@ impl VarBuilder {
             .params
             .get(&self.name(leaf))
             .map(|t| t.shape().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_and_alias_refuse_a_taken_name() -> Result<()> {
+        let store = ParamStore::new(Device::Cpu, DType::F32, 0);
+        let a = store.get_or_init("ln.gamma", &[2], Init::Ones)?;
+        store.get_or_init("ln.weight", &[2], Init::Zeros)?;
+        let err = store
+            .rename("ln.gamma", "ln.weight")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains("\"ln.gamma\"") && err.contains("\"ln.weight\""),
+            "{err}"
+        );
+        assert!(store.alias("ln.weight", "ln.gamma").is_err());
+        // Nothing moved: both names keep their own tensors.
+        assert_eq!(store.get("ln.gamma", &[2])?.id(), a.id());
+        assert_eq!(store.get("ln.weight", &[2])?.to_vec_f32()?, vec![0.0, 0.0]);
+        // A free name: moved; tying a name to the tensor it already has is fine.
+        store.rename("ln.gamma", "ln.g")?;
+        assert!(!store.contains("ln.gamma") && store.contains("ln.g"));
+        store.alias("tied", "ln.g")?;
+        store.alias("tied", "ln.g")?;
+        Ok(())
     }
 }

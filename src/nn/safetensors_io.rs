@@ -8,8 +8,6 @@ use std::path::Path;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 
-use crate::backend::cpu::CpuData;
-use crate::backend::CpuStorage;
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
@@ -45,15 +43,22 @@ pub fn load_with_metadata(
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         if let Device::Meta(_) = device {
-            // The header's shapes and dtypes only: no weight is read.
-            // decode of no bytes: the dtype (and the refusal) the data would get.
-            let dtype = decode(path, &name, view.dtype(), &[], float_dtype)?.dtype();
-            out.insert(name, Tensor::zeros(shape, dtype, device)?);
+            // The header's shapes and dtypes only: no weight is read. Decoding no bytes
+            // (an empty CPU tensor) gives the dtype, and the refusal, the data would get.
+            let none = decode(
+                path,
+                &name,
+                view.dtype(),
+                &[],
+                float_dtype,
+                vec![0],
+                Device::Cpu,
+            )?;
+            out.insert(name, Tensor::zeros(shape, none.dtype(), device)?);
             continue;
         }
-        let bytes = view.data();
-        let data = decode(path, &name, view.dtype(), bytes, float_dtype)?;
-        let t = Tensor::from_cpu(CpuStorage::new(data), shape, device)?;
+        let data = view.data();
+        let t = decode(path, &name, view.dtype(), data, float_dtype, shape, device)?;
         out.insert(name, t);
     }
     Ok((out, metadata))
@@ -67,7 +72,16 @@ fn chunks<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
     })
 }
 
-fn decode(path: &Path, name: &str, dt: StDtype, b: &[u8], want: DType) -> Result<CpuData> {
+/// One tensor's bytes as a tensor of dtype `want` (integers always I32) on `device`.
+fn decode(
+    path: &Path,
+    name: &str,
+    dt: StDtype,
+    b: &[u8],
+    want: DType,
+    shape: Vec<usize>,
+    device: Device,
+) -> Result<Tensor> {
     let floats: Vec<f64> = match dt {
         StDtype::F32 => chunks::<4>(b)
             .map(|c| f32::from_le_bytes(c) as f64)
@@ -83,15 +97,14 @@ fn decode(path: &Path, name: &str, dt: StDtype, b: &[u8], want: DType) -> Result
             let v: Vec<i32> = chunks::<8>(b)
                 .map(|c| i64::from_le_bytes(c).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
                 .collect();
-            return Ok(CpuData::I32(v));
+            return Tensor::from_i32(v, shape, device);
         }
         StDtype::I32 => {
-            return Ok(CpuData::I32(
-                chunks::<4>(b).map(i32::from_le_bytes).collect(),
-            ))
+            let v = chunks::<4>(b).map(i32::from_le_bytes).collect();
+            return Tensor::from_i32(v, shape, device);
         }
         StDtype::BOOL | StDtype::U8 => {
-            return Ok(CpuData::I32(b.iter().map(|&x| x as i32).collect()))
+            return Tensor::from_i32(b.iter().map(|&x| x as i32).collect(), shape, device)
         }
         other => {
             return Err(st_err(
@@ -102,12 +115,24 @@ fn decode(path: &Path, name: &str, dt: StDtype, b: &[u8], want: DType) -> Result
             ))
         }
     };
-    Ok(match want {
-        DType::F32 => CpuData::F32(floats.into_iter().map(|x| x as f32).collect()),
-        DType::F64 => CpuData::F64(floats),
-        DType::F16 => CpuData::F16(floats.into_iter().map(f16::from_f64).collect()),
-        DType::I32 => CpuData::I32(floats.into_iter().map(|x| x as i32).collect()),
-    })
+    match want {
+        DType::F32 => Tensor::from_f32(
+            floats.into_iter().map(|x| x as f32).collect(),
+            shape,
+            device,
+        ),
+        DType::F64 => Tensor::from_f64(floats, shape, device),
+        DType::F16 => Tensor::from_f16(
+            floats.into_iter().map(f16::from_f64).collect(),
+            shape,
+            device,
+        ),
+        DType::I32 => Tensor::from_i32(
+            floats.into_iter().map(|x| x as i32).collect(),
+            shape,
+            device,
+        ),
+    }
 }
 
 struct Owned {

@@ -1,5 +1,5 @@
-//! Matrix products: `linear` (x·Wᵀ + b, the shape of every HF projection) and batched
-//! `matmul`. Both backward products are GEMMs too, so on CUDA all three go to cuBLAS.
+//! Matrix products: `linear` (x·Wᵀ + b, the shape of every HF projection), its
+//! variants `act_linear` and `linear_into`, and batched `matmul`. Both backward products are GEMMs too, so on CUDA all three go to cuBLAS.
 //! On CUDA a linear layer with a bias adds it in the GEMM's epilogue and gets its bias
 //! gradient from the weight-gradient GEMM's epilogue (cuBLASLt, backend/cuda/blaslt.rs);
 //! where that path declines, and on the CPU, it is GEMM + `add_bias` / `sum_rows`.
@@ -8,6 +8,7 @@ use crate::autograd::{needs_grad, record};
 use crate::backend::{MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
 use crate::ops::{fresh, when};
+use crate::shape::DType;
 use crate::tensor::Tensor;
 
 impl Tensor {
@@ -15,20 +16,8 @@ impl Tensor {
     /// as in PyTorch's `nn.Linear`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let _span = crate::profile::Span::new("linear", self.device());
-        weight.expect_rank("linear (weight)", 2)?;
-        let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
-        if self.shape().last() != in_f {
-            return Err(Error::Shape {
-                op: "linear",
-                expected: format!("[.., {in_f}] to match weight {}", weight.shape()),
-                got: self.shape().clone(),
-            });
-        }
-        let rows = self.shape().rows();
-        let mut out_dims = self.dims().to_vec();
-        if let Some(l) = out_dims.last_mut() {
-            *l = out_f;
-        }
+        let (dims, out_dims) = linear_dims(["linear", "linear (weight)"], self, weight)?;
+        let [rows, out_f, in_f] = dims;
         let y = match bias {
             Some(b) => {
                 b.expect_shape("linear (bias)", &[out_f])?;
@@ -52,7 +41,39 @@ impl Tensor {
             "linear",
             &inputs,
             out,
-            Box::new(move |g| linear_grads(g, &x, &w, [rows, out_f, in_f], flags)),
+            Box::new(move |g| linear_grads(g, &x, &w, dims, flags)),
+        ))
+    }
+
+    /// `self [.., in] · weightᵀ` (no bias) with the product stored in `out`: f16
+    /// operands and an f32 result (cuBLAS GemmEx, f32 accumulation) for T5's output
+    /// projections, whose values overflow f16 (models/t5/fp16.rs). `out` equal to the
+    /// operands' dtype is `linear`.
+    pub fn linear_into(&self, weight: &Tensor, out: DType) -> Result<Tensor> {
+        if out == self.dtype() {
+            return self.linear(weight, None);
+        }
+        let _span = crate::profile::Span::new("linear_into", self.device());
+        let (dims, out_dims) = linear_dims(["linear_into", "linear_into (weight)"], self, weight)?;
+        let [rows, out_f, in_f] = dims;
+        let spec = MatmulSpec::linear(rows, out_f, in_f);
+        let s = self.storage().matmul_out(&weight.storage(), &spec, out)?;
+        let y = fresh(s, out_dims);
+        if !needs_grad(&[self, weight]) {
+            return Ok(y);
+        }
+        let flags = LinearFlags::of(self, weight, None);
+        let (x, w) = (self.detach(), weight.detach());
+        let compute = self.dtype();
+        Ok(record(
+            "linear_into",
+            &[self, weight],
+            y,
+            Box::new(move |g| {
+                // Both backward GEMMs run in the operands' dtype, as `linear`'s do.
+                let g = fresh(g.storage().cast(compute)?, g.shape().clone());
+                linear_grads(&g, &x, &w, dims, flags)
+            }),
         ))
     }
 
@@ -75,8 +96,7 @@ impl Tensor {
         if !needs_grad(&inputs) {
             return Ok(out);
         }
-        let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
-        let rows = self.shape().rows();
+        let dims = [self.shape().rows(), weight.dims()[0], weight.dims()[1]];
         let flags = LinearFlags::of(self, weight, bias);
         let x = self.detach();
         let w = weight.detach();
@@ -86,7 +106,7 @@ impl Tensor {
             out,
             Box::new(move |g| {
                 let h = fresh(x.storage().unary(act)?, x.shape().clone());
-                let mut grads = linear_grads(g, &h, &w, [rows, out_f, in_f], flags)?;
+                let mut grads = linear_grads(g, &h, &w, dims, flags)?;
                 drop(h);
                 if let Some(dh) = grads[0].take() {
                     let dx = x.storage().unary_backward(&dh.storage(), act)?;
@@ -192,6 +212,29 @@ impl Tensor {
             }),
         ))
     }
+}
+
+/// `[rows, out, in]` of `x [.., in] · weightᵀ` and the output's dims `[.., out]`, after
+/// checking that `weight` is `[out, in]`; `[op, weight_op]` name the op in errors.
+fn linear_dims(
+    [op, weight_op]: [&'static str; 2],
+    x: &Tensor,
+    weight: &Tensor,
+) -> Result<([usize; 3], Vec<usize>)> {
+    weight.expect_rank(weight_op, 2)?;
+    let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
+    if x.shape().last() != in_f {
+        return Err(Error::Shape {
+            op,
+            expected: format!("[.., {in_f}] to match weight {}", weight.shape()),
+            got: x.shape().clone(),
+        });
+    }
+    let mut out_dims = x.dims().to_vec();
+    if let Some(l) = out_dims.last_mut() {
+        *l = out_f;
+    }
+    Ok(([x.shape().rows(), out_f, in_f], out_dims))
 }
 
 /// Which of a linear's inputs want gradients.

@@ -12,6 +12,10 @@ pub mod softmax;
 
 use crate::backend::Storage;
 use crate::shape::Shape;
+
+/// The activations the ops take (`unary`, `gated`, `act_linear`): the backend's enum,
+/// named here so that the layers above ops (nn, models, tasks) never import the backend.
+pub use crate::backend::UnaryOp;
 use crate::tensor::Tensor;
 
 /// A fresh untracked result tensor; `autograd::record` marks it tracked when needed.

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use tokenizers::TruncationDirection;
 
 use crate::error::{Error, Result};
-use crate::models::encoder::QaBatch;
+use crate::models::qa::QaBatch;
 use crate::shape::Device;
 use crate::tokenize::TextTokenizer;
 

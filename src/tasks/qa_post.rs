@@ -73,13 +73,19 @@ fn top_n(x: &[f32], n: usize) -> Vec<usize> {
     idx.into_iter().rev().take(n).collect()
 }
 
-fn check_rows(features: &[QaFeature], start: &[Vec<f32>], end: &[Vec<f32>]) -> Result<()> {
-    if start.len() != features.len() || end.len() != features.len() {
+/// One row of start and one of end logits per window; `[who, unit]` name the caller
+/// and its windows in the error.
+fn check_rows(
+    [who, unit]: [&str; 2],
+    windows: usize,
+    start: &[Vec<f32>],
+    end: &[Vec<f32>],
+) -> Result<()> {
+    if start.len() != windows || end.len() != windows {
         return Err(Error::msg(format!(
-            "QA post-processing: {} start and {} end rows for {} features",
+            "{who}: {} start and {} end rows for {windows} {unit}",
             start.len(),
             end.len(),
-            features.len()
         )));
     }
     Ok(())
@@ -94,7 +100,8 @@ pub fn postprocess_qa_predictions(
     end_logits: &[Vec<f32>],
     cfg: &PostprocessConfig,
 ) -> Result<Vec<Prediction>> {
-    check_rows(features, start_logits, end_logits)?;
+    let who = ["QA post-processing", "features"];
+    check_rows(who, features.len(), start_logits, end_logits)?;
     let mut per_example: Vec<Vec<usize>> = vec![Vec::new(); examples.len()];
     for (i, f) in features.iter().enumerate() {
         per_example
@@ -292,14 +299,8 @@ pub fn pipeline_decode(
     end_logits: &[Vec<f32>],
     cfg: &PipelineConfig,
 ) -> Result<Vec<PipelineAnswer>> {
-    if start_logits.len() != features.len() || end_logits.len() != features.len() {
-        return Err(Error::msg(format!(
-            "pipeline decode: {} start and {} end rows for {} windows",
-            start_logits.len(),
-            end_logits.len(),
-            features.len()
-        )));
-    }
+    let who = ["pipeline decode", "windows"];
+    check_rows(who, features.len(), start_logits, end_logits)?;
     let map = char_to_byte(&example.context);
     let pre_topk = if cfg.align_to_words {
         cfg.top_k * 2 + 10

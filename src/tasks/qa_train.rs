@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::metrics::squad::{evaluate_v1, evaluate_v2, GoldQuestion, V2Options};
-use crate::models::encoder::{Mode, QaModel};
+use crate::models::qa::QaModel;
+use crate::nn::Mode;
 use crate::shape::Device;
 use crate::tasks::qa::{
     make_batch, pipeline_decode, postprocess_qa_predictions, FeatureConfig, PipelineAnswer,

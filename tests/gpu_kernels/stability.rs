@@ -18,8 +18,9 @@ use std::time::Instant;
 
 use fusebox::autograd::backward;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
-use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
-use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::models::qa::{QaBatch, QaModel};
+use fusebox::models::t5::{T5Config, T5ForConditionalGeneration};
+use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LinearSchedule, LossScaler};
 use fusebox::{DType, Device, Result, Tensor};
 
@@ -188,7 +189,7 @@ fn fp16_training_stability_distilbert_qa() {
             .map(|&x| x + (rng.next_u64() % 30) as usize)
             .collect();
         let batch = QaBatch::from_rows(&ids, &mask, None, Some((&starts, &ends)), dev)?;
-        let (st, en) = model.forward(&batch, QaMode::train(step as u64))?;
+        let (st, en) = model.forward(&batch, Mode::train(step as u64))?;
         model.loss(&st, &en, &batch)
     });
     judge("distilbert_qa", &run, t.elapsed().as_secs_f64());
@@ -230,7 +231,7 @@ fn fp16_training_stability_t5_small() {
                 &ids,
                 Some(&mask),
                 &labels,
-                T5Mode::Train { seed: step as u64 },
+                Mode::Train { seed: step as u64 },
             )?
             .0)
     });

@@ -17,7 +17,8 @@ use std::time::Instant;
 use fusebox::backend::cuda::{self, CudaStorage};
 use fusebox::backend::{BackendStorage, CpuStorage, MatmulSpec};
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
-use fusebox::models::encoder::{qa_loss, Mode, QaBatch, QaModel};
+use fusebox::models::qa::{qa_loss, QaBatch, QaModel};
+use fusebox::nn::Mode;
 use fusebox::train::{run, Task, TrainConfig};
 use fusebox::{DType, Device, Result, Tensor};
 

@@ -3,8 +3,6 @@
 //! version history forces on us: which feed-forward to build, and whether the decoder
 //! output is rescaled before the LM head.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -130,11 +128,6 @@ impl T5Config {
             .map_err(|e| Error::msg(format!("{origin}: not a valid T5 config.json: {e}")))?;
         cfg.validate(origin)?;
         Ok(cfg)
-    }
-
-    pub fn from_file(path: &Path) -> Result<T5Config> {
-        let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        T5Config::from_json_str(&s, &path.display().to_string())
     }
 
     /// Check what the model code relies on; errors name `origin` and the field.

@@ -7,8 +7,8 @@
 //! - each sublayer reads it through its RMSNorm, computed in f32 and emitted in f16 (the
 //!   weights' dtype), so the sublayer's GEMMs, attention and activations run in f16;
 //! - the sublayer's last projection (attention `o`, feed-forward `wo`) is an f16 GEMM
-//!   whose product is stored in f32 (`matmul_out`: cuBLAS GemmEx with f16 A/B and an f32
-//!   C, f32 accumulation) and added to the f32 residual.
+//!   whose product is stored in f32 (`Tensor::linear_into`, ops/matmul.rs: cuBLAS GemmEx
+//!   with f16 A/B and an f32 C, f32 accumulation) and added to the f32 residual.
 //!
 //! Why this and not HF's fp32 `wo`: an fp32 `wo` runs an fp32 GEMM (no tensor cores; a
 //! T4 does 8 TFLOP/s in fp32 against 65 in fp16) on a third of the feed-forward's FLOPs;
@@ -25,11 +25,8 @@
 //! With f32 weights every helper here is the plain op (same kernels, same bits), so the
 //! fp32 model is unchanged.
 
-use crate::autograd::{needs_grad, record};
-use crate::backend::MatmulSpec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::RmsNorm;
-use crate::ops::{fresh, when};
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -64,66 +61,4 @@ pub fn pre_norm(norm: &RmsNorm, h: &Tensor) -> Result<Tensor> {
     }
     h.rms_norm(&norm.weight.to_dtype(h.dtype())?, norm.eps)?
         .to_dtype(wd)
-}
-
-/// `x [.., in] · weightᵀ` (no bias) with the product stored in `out`: f16 operands and
-/// an f32 result for T5's output projections; `out` equal to x's dtype is `linear`.
-pub fn linear_into(x: &Tensor, weight: &Tensor, out: DType) -> Result<Tensor> {
-    if out == x.dtype() {
-        return x.linear(weight, None);
-    }
-    let _span = crate::profile::Span::new("linear_into", x.device());
-    weight.expect_rank("linear_into (weight)", 2)?;
-    let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
-    if x.shape().last() != in_f {
-        return Err(Error::Shape {
-            op: "linear_into",
-            expected: format!("[.., {in_f}] to match weight {}", weight.shape()),
-            got: x.shape().clone(),
-        });
-    }
-    let rows = x.shape().rows();
-    let mut out_dims = x.dims().to_vec();
-    if let Some(l) = out_dims.last_mut() {
-        *l = out_f;
-    }
-    let spec = MatmulSpec {
-        trans_b: true,
-        stride_a: 0,
-        stride_b: 0,
-        ..MatmulSpec::plain(rows, in_f, out_f)
-    };
-    let y = fresh(
-        x.storage().matmul_out(&weight.storage(), &spec, out)?,
-        out_dims,
-    );
-    if !needs_grad(&[x, weight]) {
-        return Ok(y);
-    }
-    let (tx, tw) = (x.tracks(), weight.tracks());
-    let (xd, wd) = (x.detach(), weight.detach());
-    let compute = x.dtype();
-    Ok(record(
-        "linear_into",
-        &[x, weight],
-        y,
-        Box::new(move |g| {
-            // Both backward GEMMs run in the operands' dtype, as `linear`'s do.
-            let gs = g.storage().cast(compute)?;
-            let dx = when(tx, || {
-                let s = gs.matmul(&wd.storage(), &MatmulSpec::plain(rows, out_f, in_f))?;
-                Ok(fresh(s, xd.shape().clone()))
-            })?;
-            let dw = when(tw, || {
-                let spec = MatmulSpec {
-                    trans_a: true,
-                    stride_a: 0,
-                    stride_b: 0,
-                    ..MatmulSpec::plain(out_f, rows, in_f)
-                };
-                Ok(fresh(gs.matmul(&xd.storage(), &spec)?, [out_f, in_f]))
-            })?;
-            Ok(vec![dx, dw])
-        }),
-    ))
 }

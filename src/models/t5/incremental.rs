@@ -10,9 +10,10 @@ use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+use super::attention::t5_opts;
+use super::dropout::Dropout;
 use super::fp16::pre_norm;
-use super::layers::{t5_opts, Dropout};
-use super::T5ForConditionalGeneration;
+use super::model::T5ForConditionalGeneration;
 
 /// Encoder output of a batch, with every decoder layer's cross-attention K/V.
 pub struct EncoderState {

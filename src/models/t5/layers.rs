@@ -11,17 +11,16 @@
 //! overflow guard in `fp16.rs`): each sublayer reads it through `pre_norm` and writes its
 //! last projection in `h`'s dtype. With equal dtypes both are the plain ops.
 
-use std::cell::{Cell, RefCell};
-
-use crate::backend::UnaryOp;
 use crate::error::Result;
-use crate::nn::{packed_qkv, Init, RmsNorm, VarBuilder};
-use crate::ops::attention::AttnOptions;
+use crate::nn::{Init, RmsNorm, VarBuilder};
+use crate::ops::UnaryOp;
 use crate::shape::DType;
-use crate::tensor::{Tensor, TensorId};
+use crate::tensor::Tensor;
 
+use super::attention::{t5_opts, weight, T5Attention};
 use super::config::{FeedForward, T5Config};
-use super::fp16::{linear_into, pre_norm};
+use super::dropout::Dropout;
+use super::fp16::pre_norm;
 
 /// HF `T5Attention._relative_position_bucket`, bit for bit: the log-spaced part is
 /// computed in f32 as torch does it (`log(rp.float() / max_exact) / math.log(..)`), which
@@ -75,124 +74,6 @@ pub fn bucket_ids(
     ids
 }
 
-/// Identifies an additive score tensor (bias + masks) built once per forward.
-type ExtraKey = (Option<TensorId>, Option<TensorId>, bool, [usize; 4]);
-
-/// Where dropout is on: HF's `model.train()` with a seed for our hashed masks. Each call
-/// site draws the next seed, so no two sites share a mask. One `Dropout` lives for one
-/// forward pass, so it also caches what the unfused attention shares across layers.
-pub struct Dropout {
-    p: f32,
-    seed: Option<u64>,
-    counter: Cell<u64>,
-    force_unfused: bool,
-    attention_probs: bool,
-    extra: RefCell<Vec<(ExtraKey, Tensor)>>,
-}
-
-impl Dropout {
-    pub fn new(p: f64, seed: Option<u64>) -> Dropout {
-        Dropout {
-            p: p as f32,
-            seed,
-            counter: Cell::new(0),
-            force_unfused: false,
-            attention_probs: true,
-            extra: RefCell::new(Vec::new()),
-        }
-    }
-    /// Skip dropout on attention probabilities, keeping the fused attention op in
-    /// training (faster; a small departure from HF's regularisation).
-    pub fn without_attention_dropout(mut self) -> Dropout {
-        self.attention_probs = false;
-        self
-    }
-    /// Take the unfused attention path even without dropout (to test it against the
-    /// fused op).
-    pub fn with_unfused_attention(mut self) -> Dropout {
-        self.force_unfused = true;
-        self
-    }
-    /// Take the op-by-op path (scores materialised, as HF's eager attention): only when
-    /// forced, for tests. Dropout on the probabilities is fused into the attention op.
-    pub fn unfused_attention(&self) -> bool {
-        self.force_unfused
-    }
-    /// (p, seed) for the next attention call's probability dropout, or None. Draws the
-    /// site seed exactly as `apply` does, so the fused op and the unfused path drop the
-    /// same (b, h, i, j) entries.
-    pub fn attention_dropout(&self) -> Option<(f32, u64)> {
-        if !self.attention_probs {
-            return None;
-        }
-        let seed = self.seed.filter(|_| self.p > 0.0)?;
-        Some((self.p, self.next_site_seed(seed)))
-    }
-    fn next_site_seed(&self, seed: u64) -> u64 {
-        let k = self.counter.get();
-        self.counter.set(k + 1);
-        crate::rng::Rng::new(seed ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
-    }
-    /// Dropout on attention probabilities (identity unless they are dropped).
-    fn apply_attention(&self, probs: &Tensor) -> Result<Tensor> {
-        match self.attention_dropout() {
-            Some((p, seed)) => probs.dropout(p, seed),
-            None => Ok(probs.clone()),
-        }
-    }
-    fn cached_extra(
-        &self,
-        key: ExtraKey,
-        build: impl FnOnce() -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        if let Some((_, t)) = self.extra.borrow().iter().find(|(k, _)| *k == key) {
-            return Ok(t.clone());
-        }
-        let t = build()?;
-        self.extra.borrow_mut().push((key, t.clone()));
-        Ok(t)
-    }
-    /// A copy that draws the same site seeds from here on, with its own cache: a
-    /// checkpointed block's forward and its recompute in backward each run on a fork
-    /// taken at the block's start, so both draw identical masks.
-    pub fn fork(&self) -> Dropout {
-        Dropout {
-            p: self.p,
-            seed: self.seed,
-            counter: Cell::new(self.counter.get()),
-            force_unfused: self.force_unfused,
-            attention_probs: self.attention_probs,
-            extra: RefCell::new(Vec::new()),
-        }
-    }
-    /// Sites drawn so far (to continue after a fork).
-    pub fn sites_drawn(&self) -> u64 {
-        self.counter.get()
-    }
-    /// Continue drawing from site `k` (after a fork drew the sites before it).
-    pub fn resume_at(&self, k: u64) {
-        self.counter.set(k);
-    }
-    pub fn off() -> Dropout {
-        Dropout::new(0.0, None)
-    }
-    pub fn active(&self) -> bool {
-        self.p > 0.0 && self.seed.is_some()
-    }
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(seed) = self.seed.filter(|_| self.p > 0.0) else {
-            return Ok(x.clone());
-        };
-        x.dropout(self.p, self.next_site_seed(seed))
-    }
-}
-
-/// `vb.name.weight`, created with HF's `_init_weights` normal(0, std) when absent (a
-/// fresh model); a loaded checkpoint must have it (checked by the caller).
-pub fn weight(vb: &VarBuilder, name: &str, shape: &[usize], std: f64) -> Result<Tensor> {
-    vb.pp(name).get_or_init("weight", shape, Init::Normal(std))
-}
-
 /// A `T5LayerNorm` (`{name}.weight`, ones when absent).
 pub fn rms(vb: &VarBuilder, name: &str, cfg: &T5Config) -> Result<RmsNorm> {
     Ok(RmsNorm {
@@ -201,194 +82,6 @@ pub fn rms(vb: &VarBuilder, name: &str, cfg: &T5Config) -> Result<RmsNorm> {
             .get_or_init("weight", &[cfg.d_model], Init::Ones)?,
         eps: cfg.layer_norm_epsilon,
     })
-}
-
-/// One attention module (`SelfAttention` or `EncDecAttention`).
-#[derive(Clone)]
-pub struct T5Attention {
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    pub o: Tensor,
-    pub heads: usize,
-    pub d_kv: usize,
-}
-
-impl T5Attention {
-    pub fn new(vb: &VarBuilder, cfg: &T5Config) -> Result<T5Attention> {
-        let (inner, dm) = (cfg.num_heads * cfg.d_kv, cfg.d_model);
-        let s = |n: usize| (n as f64).powf(-0.5);
-        Ok(T5Attention {
-            q: weight(vb, "q", &[inner, dm], s(dm * cfg.d_kv))?,
-            k: weight(vb, "k", &[inner, dm], s(dm))?,
-            v: weight(vb, "v", &[inner, dm], s(dm))?,
-            o: weight(vb, "o", &[dm, inner], s(inner))?,
-            heads: cfg.num_heads,
-            d_kv: cfg.d_kv,
-        })
-    }
-
-    /// `x [B, L, d_model]` → `[B, L, H, D]` through `w`.
-    pub fn project(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let (b, l) = (x.dims()[0], x.dims()[1]);
-        x.linear(w, None)?.reshape([b, l, self.heads, self.d_kv])
-    }
-
-    /// Attention of `x [B, Lq, d_model]` over precomputed `k`, `v [B, Lk, H, D]`, the
-    /// `o` projection stored in `out` (the residual stream's dtype).
-    pub fn attend(
-        &self,
-        x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        opt: AttnOptions<'_>,
-        drop: &Dropout,
-        out: DType,
-    ) -> Result<Tensor> {
-        let (b, lq) = (x.dims()[0], x.dims()[1]);
-        let q = self.project(x, &self.q)?;
-        let ctx = if drop.unfused_attention() {
-            attention_unfused(&q, k, v, opt, drop)?
-        } else {
-            q.attention(k, v, fused_opts(opt, drop))?
-        };
-        linear_into(&ctx.reshape([b, lq, self.heads * self.d_kv])?, &self.o, out)
-    }
-
-    /// Self-attention of `x` (keys and values from `x` too): one GEMM over `[Wq; Wk; Wv]`
-    /// and the packed attention op, whose gradient is one buffer (as in the BERT layers),
-    /// unless the attention runs unfused or FUSEBOX_SEPARATE_QKV=1.
-    pub fn self_attention(
-        &self,
-        x: &Tensor,
-        opt: AttnOptions<'_>,
-        drop: &Dropout,
-        out: DType,
-    ) -> Result<Tensor> {
-        if drop.unfused_attention() || crate::models::separate_qkv() {
-            return self.forward(x, x, opt, drop, out);
-        }
-        let (b, l) = (x.dims()[0], x.dims()[1]);
-        let qkv = packed_qkv(x, [&self.q, &self.k, &self.v], None, self.heads, self.d_kv)?;
-        let ctx = qkv.attention_qkv(fused_opts(opt, drop))?;
-        linear_into(&ctx.reshape([b, l, self.heads * self.d_kv])?, &self.o, out)
-    }
-
-    /// Full attention of `x` over `kv_src` (itself for self-attention), the output in
-    /// `out`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        kv_src: &Tensor,
-        opt: AttnOptions<'_>,
-        drop: &Dropout,
-        out: DType,
-    ) -> Result<Tensor> {
-        let k = self.project(kv_src, &self.k)?;
-        let v = self.project(kv_src, &self.v)?;
-        self.attend(x, &k, &v, opt, drop, out)
-    }
-}
-
-/// `opt` with the training dropout on the probabilities, for the fused attention ops.
-fn fused_opts<'a>(mut opt: AttnOptions<'a>, drop: &Dropout) -> AttnOptions<'a> {
-    if let Some((p, seed)) = drop.attention_dropout() {
-        opt.dropout = p;
-        opt.seed = seed;
-    }
-    opt
-}
-
-/// T5's attention options: no 1/√d (T5 folds it into the initialisation of `q`).
-pub fn t5_opts<'a>(
-    causal: bool,
-    key_mask: Option<&'a Tensor>,
-    bias: Option<&'a Tensor>,
-) -> AttnOptions<'a> {
-    AttnOptions {
-        scale: 1.0,
-        causal,
-        key_mask,
-        bias,
-        ..Default::default()
-    }
-}
-
-/// HF's eager attention, op by op, with dropout on the probabilities:
-/// softmax(q·kᵀ + bias + mask) → dropout → ·v, with q, k, v `[B, L, H, D]`. Masked
-/// scores get `f32::MIN` added (HF adds `finfo.min`); the causal mask is end-aligned
-/// like the fused op's. Costs `[B, H, Lq, Lk]` activations, so it runs only in training
-/// with dropout.
-pub fn attention_unfused(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    opt: AttnOptions<'_>,
-    drop: &Dropout,
-) -> Result<Tensor> {
-    let (causal, key_mask, bias) = (opt.causal, opt.key_mask, opt.bias);
-    let (b, lq, h) = (q.dims()[0], q.dims()[1], q.dims()[2]);
-    let lk = k.dims()[1];
-    let qh = q.permute(&[0, 2, 1, 3])?; // [B, H, Lq, D]
-    let kt = k.permute(&[0, 2, 3, 1])?; // [B, H, D, Lk]
-    let mut scores = qh.matmul(&kt)?; // [B, H, Lq, Lk]
-    if opt.scale != 1.0 {
-        scores = scores.scale(opt.scale as f64)?;
-    }
-    if bias.is_some() || key_mask.is_some() || causal {
-        let key = (
-            bias.map(|t| t.id()),
-            key_mask.map(|t| t.id()),
-            causal,
-            [b, h, lq, lk],
-        );
-        let extra = drop.cached_extra(key, || additive_scores(opt, [b, h, lq, lk], &scores))?;
-        scores = scores.add(&extra)?;
-    }
-    let probs = drop.apply_attention(&scores.softmax()?)?;
-    probs
-        .matmul(&v.permute(&[0, 2, 1, 3])?)? // [B, H, Lq, D]
-        .permute(&[0, 2, 1, 3])
-}
-
-/// `[B, H, Lq, Lk]` added to the scores: the bias repeated over the batch, plus
-/// `f32::MIN` at masked keys (padding, or future positions when causal). Built once per
-/// forward and shared by every layer; the bias keeps its tape link.
-fn additive_scores(opt: AttnOptions<'_>, dims: [usize; 4], like: &Tensor) -> Result<Tensor> {
-    let [b, h, lq, lk] = dims;
-    let (causal, key_mask, bias) = (opt.causal, opt.key_mask, opt.bias);
-    let mut out: Option<Tensor> = None;
-    if let Some(bias) = bias {
-        bias.expect_shape("T5 attention (bias)", &[h, lq, lk])?;
-        let one = bias.reshape([1, h * lq * lk])?;
-        let rep: Vec<&Tensor> = std::iter::repeat_n(&one, b).collect();
-        out = Some(Tensor::cat(&rep, 0)?.reshape([b, h, lq, lk])?);
-    }
-    if causal || key_mask.is_some() {
-        let keep = match key_mask {
-            Some(m) => m.to_vec_i32()?,
-            None => vec![1; b * lk],
-        };
-        let mut add = vec![0f32; b * h * lq * lk];
-        for bi in 0..b {
-            for hi in 0..h {
-                for i in 0..lq {
-                    let row = ((bi * h + hi) * lq + i) * lk;
-                    for j in 0..lk {
-                        if keep[bi * lk + j] == 0 || (causal && j + lq > i + lk) {
-                            add[row + j] = f32::MIN;
-                        }
-                    }
-                }
-            }
-        }
-        let add = Tensor::from_f32(add, [b, h, lq, lk], like.device())?.to_dtype(like.dtype())?;
-        out = Some(match out {
-            Some(o) => o.add(&add)?,
-            None => add,
-        });
-    }
-    out.ok_or_else(|| crate::error::Error::msg("T5 attention: nothing to add to the scores"))
 }
 
 /// `DenseReluDense` in either variant.
@@ -432,7 +125,7 @@ impl T5FeedForward {
                 (gate.gated(&x.linear(wi_1, None)?, UnaryOp::GeluNew)?, wo)
             }
         };
-        linear_into(&drop.apply(&h)?, wo, out)
+        drop.apply(&h)?.linear_into(wo, out)
     }
 }
 
@@ -489,6 +182,78 @@ impl T5Block {
             h = h.add(&drop.apply(&a)?)?;
         }
         self.ff_residual(&h, drop)
+    }
+
+    /// [`T5Block::forward`] under activation checkpointing: the block's inputs (hidden
+    /// states, position bias, masks, encoder states) are kept, its activations are not.
+    /// The forward and the recompute in backward each run on a fork of `drop` taken at
+    /// the block's start, so both draw the same dropout masks; `drop` then continues
+    /// after the block's sites.
+    pub fn forward_checkpointed(
+        &self,
+        h: &Tensor,
+        ctx: &BlockInputs<'_>,
+        drop: &Dropout,
+    ) -> Result<Tensor> {
+        let mut inputs: Vec<&Tensor> = vec![h, ctx.bias];
+        let self_mask = ctx.self_mask.map(|m| {
+            inputs.push(m);
+            inputs.len() - 1
+        });
+        let cross_hidden = ctx.cross.map(|c| {
+            inputs.push(c.hidden);
+            inputs.len() - 1
+        });
+        let cross_mask = ctx.cross.and_then(|c| c.mask).map(|m| {
+            inputs.push(m);
+            inputs.len() - 1
+        });
+        let is_decoder = ctx.is_decoder;
+        let blk = self.clone();
+        let params = blk.params();
+        let start = drop.fork();
+        let drawn = std::rc::Rc::new(std::cell::Cell::new(start.sites_drawn()));
+        let drawn_in = drawn.clone();
+        let out = crate::autograd::checkpoint("t5_block", &inputs, &params, move |t| {
+            let d = start.fork();
+            let cross = cross_hidden.map(|i| CrossInput {
+                hidden: &t[i],
+                mask: cross_mask.map(|j| &t[j]),
+            });
+            let ctx = BlockInputs {
+                is_decoder,
+                self_mask: self_mask.map(|i| &t[i]),
+                bias: &t[1],
+                cross: cross.as_ref(),
+            };
+            let y = blk.forward(&t[0], &ctx, &d)?;
+            drawn_in.set(d.sites_drawn());
+            Ok(y)
+        })?;
+        drop.resume_at(drawn.get());
+        Ok(out)
+    }
+
+    /// Every parameter of the block (what its checkpointed recompute differentiates).
+    pub fn params(&self) -> Vec<Tensor> {
+        let mut v = Vec::with_capacity(16);
+        let attn = |a: &T5Attention, v: &mut Vec<Tensor>| {
+            v.extend([a.q.clone(), a.k.clone(), a.v.clone(), a.o.clone()]);
+        };
+        attn(&self.self_attn, &mut v);
+        v.push(self.self_norm.weight.clone());
+        if let Some((a, n)) = &self.cross {
+            attn(a, &mut v);
+            v.push(n.weight.clone());
+        }
+        match &self.ff {
+            T5FeedForward::Relu { wi, wo } => v.extend([wi.clone(), wo.clone()]),
+            T5FeedForward::GatedGelu { wi_0, wi_1, wo } => {
+                v.extend([wi_0.clone(), wi_1.clone(), wo.clone()])
+            }
+        }
+        v.push(self.ff_norm.weight.clone());
+        v
     }
 
     /// `h + dropout(FF(norm(h)))`, in `h`'s dtype.
@@ -586,7 +351,7 @@ impl T5Stack {
                 cross,
             };
             h = if self.checkpointing {
-                super::checkpoint_block(blk, &h, &ctx, drop)?
+                blk.forward_checkpointed(&h, &ctx, drop)?
             } else {
                 blk.forward(&h, &ctx, drop)?
             };

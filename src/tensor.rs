@@ -108,16 +108,28 @@ impl Tensor {
     }
 
     pub fn from_f32(data: Vec<f32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
-        Tensor::from_cpu(CpuStorage::from_f32(data), shape, device)
+        Tensor::from_host(CpuData::F32(data), shape, device)
     }
     pub fn from_f64(data: Vec<f64>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
-        Tensor::from_cpu(CpuStorage::from_f64(data), shape, device)
+        Tensor::from_host(CpuData::F64(data), shape, device)
     }
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
-        Tensor::from_cpu(CpuStorage::from_f16(data), shape, device)
+        Tensor::from_host(CpuData::F16(data), shape, device)
     }
     pub fn from_i32(data: Vec<i32>, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
-        Tensor::from_cpu(CpuStorage::from_i32(data), shape, device)
+        Tensor::from_host(CpuData::I32(data), shape, device)
+    }
+    /// Host values onto `device`; a meta device takes their length and dtype only (no
+    /// host buffer is counted on the CPU, so planning beside a CPU measurement does not
+    /// disturb it).
+    fn from_host(data: CpuData, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Meta(t) => {
+                let meta = crate::backend::MetaStorage::new(data.len(), data.dtype(), t);
+                Tensor::from_storage(Storage::Meta(meta), shape)
+            }
+            _ => Tensor::from_cpu(CpuStorage::new(data), shape, device),
+        }
     }
     pub fn from_cpu(cpu: CpuStorage, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         let storage = match device.resolve() {

@@ -214,10 +214,10 @@ fn t5(cfg: T5Config) -> ModelSource {
 /// CPU backend: every measured part equal to the byte, and the plan's tensor peak their
 /// sum (weights, optimizer state, the step's peak above them).
 fn exact(what: &str, source: &ModelSource, work: &Workload) {
-    let cpu = {
-        let _l = lock();
-        measure(source, work, Device::Cpu).expect("cpu step")
-    };
+    // Under the lock, meta too: building a model reads its config (and a checkpoint's
+    // header) on the CPU, which must not land inside another test's CPU measurement.
+    let _l = lock();
+    let cpu = measure(source, work, Device::Cpu).expect("cpu step");
     let meta = measure(source, work, Device::Meta(Target::Cpu)).expect("meta step");
     let plan = predict(source, work, work.micro_batch * work.grad_accum).expect("plan");
     eprintln!(
@@ -379,6 +379,7 @@ fn default_distilbert() -> ModelSource {
 
 #[test]
 fn fit_picks_the_largest_micro_batch_that_fits() {
+    let _l = lock(); // plans touch no CPU buffer, but stay out of measurements anyway
     let spec = default_distilbert();
     let at = |m: usize, ckpt: bool| {
         let w = Workload {
@@ -420,8 +421,9 @@ fn fit_picks_the_largest_micro_batch_that_fits() {
 
 #[test]
 fn fit_turns_on_checkpointing_only_when_it_must_and_refuses_with_the_breakdown() {
-    // A small vocabulary: at micro-batch 1 the default model's peak is the embedding
-    // table's backward, which checkpointing does not touch; here activations dominate.
+    let _l = lock(); // plans touch no CPU buffer, but stay out of measurements anyway
+                     // A small vocabulary: at micro-batch 1 the default model's peak is the embedding
+                     // table's backward, which checkpointing does not touch; here activations dominate.
     let cfg: DistilBertConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": 1000, "dim": 128, "n_layers": 6, "n_heads": 2, "hidden_dim": 512,
         "max_position_embeddings": 2048
@@ -467,6 +469,7 @@ fn fit_turns_on_checkpointing_only_when_it_must_and_refuses_with_the_breakdown()
 
 #[test]
 fn cuda_fp16_plans_carry_the_cuda_terms() {
+    let _l = lock(); // plans touch no CPU buffer, but stay out of measurements anyway
     let spec = default_distilbert();
     let w16 = Workload {
         micro_batch: 8,

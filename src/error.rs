@@ -34,6 +34,10 @@ pub enum Error {
     Safetensors { path: String, msg: String },
     #[error("{0}")]
     Msg(String),
+    /// Training stopped early with its work saved (a signal, a time limit); the binaries
+    /// exit with `code`.
+    #[error("{message}")]
+    Stopped { code: i32, message: String },
 }
 
 impl Error {

@@ -1,7 +1,8 @@
 //! A small deterministic RNG (splitmix64 + Box–Muller) for parameter init, dropout seeds
 //! and data shuffling. Self-contained so results do not move with a crate's version.
 
-#[derive(Clone, Debug)]
+/// Serializable, so a checkpoint resumes the exact stream.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     state: u64,
     spare: Option<f64>,

@@ -10,6 +10,8 @@
 //! back once. The per-tensor path below stays as the CPU implementation and the fallback
 //! (and can be forced with [`AdamW::set_multi_tensor`] for A/B checks).
 
+use std::collections::BTreeMap;
+
 use crate::autograd::Grads;
 use crate::backend::AdamWStep;
 use crate::error::Result;
@@ -146,12 +148,63 @@ impl AdamW {
         self.steps
     }
 
+    /// Set the count of applied updates (a resumed run's, for bias correction).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// Names and weight decay of each parameter (for logs and tests).
     pub fn groups(&self) -> Vec<(String, f64)> {
         self.slots
             .iter()
             .map(|s| (s.name.clone(), s.weight_decay))
             .collect()
+    }
+
+    /// The state a checkpoint keeps, by parameter name: `param.NAME` (the fp32 master, or
+    /// the parameter itself when it is f32), `exp_avg.NAME` and `exp_avg_sq.NAME` (torch's
+    /// names for m and v).
+    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for s in &self.slots {
+            let p = s.master.as_ref().unwrap_or(&s.param);
+            out.insert(format!("param.{}", s.name), p.detach());
+            out.insert(format!("exp_avg.{}", s.name), s.m.detach());
+            out.insert(format!("exp_avg_sq.{}", s.name), s.v.detach());
+        }
+        out
+    }
+
+    /// Restore [`state_tensors`](Self::state_tensors): values copied into the live
+    /// buffers, the fp16 working copies recast from their masters. Every parameter must
+    /// be there with its shape. The update count is [`set_steps`](Self::set_steps)'s.
+    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
+        let get = |kind: &str, name: &str, like: &Tensor| -> Result<&Tensor> {
+            let key = format!("{kind}.{name}");
+            let t = state
+                .get(&key)
+                .ok_or_else(|| crate::error::Error::msg(format!("optimizer state: no {key}")))?;
+            if t.dims() != like.dims() {
+                return Err(crate::error::Error::msg(format!(
+                    "optimizer state: {key} has shape {}, the model's is {}",
+                    t.shape(),
+                    like.shape()
+                )));
+            }
+            Ok(t)
+        };
+        for s in &self.slots {
+            let value = get("param", &s.name, &s.param)?;
+            s.m.storage_mut()
+                .copy_from_(&get("exp_avg", &s.name, &s.m)?.storage())?;
+            s.v.storage_mut()
+                .copy_from_(&get("exp_avg_sq", &s.name, &s.v)?.storage())?;
+            if let Some(m) = &s.master {
+                m.storage_mut().copy_from_(&value.storage())?;
+            }
+            s.param.storage_mut().copy_from_(&value.storage())?;
+        }
+        Ok(())
     }
 
     /// Moment buffers of a parameter (for parity tests and checkpoints).

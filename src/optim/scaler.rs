@@ -2,7 +2,7 @@
 //! whose gradients hold inf/NaN, halve the scale and skip the step; after
 //! `growth_interval` (2000) clean steps in a row, double it.
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
     pub scale: f64,
     pub growth_factor: f64,

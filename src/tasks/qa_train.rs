@@ -230,4 +230,15 @@ impl Task for QaTask {
     fn headline_metric(&self) -> &'static str {
         "f1"
     }
+
+    fn data_fingerprint(&self) -> String {
+        crate::train::fingerprint(self.train.iter().flat_map(|f| {
+            let (s, e) = f.positions.unwrap_or((usize::MAX, usize::MAX));
+            f.input_ids
+                .iter()
+                .chain(&f.token_type_ids)
+                .map(|&x| x as u64)
+                .chain([s as u64, e as u64])
+        }))
+    }
 }

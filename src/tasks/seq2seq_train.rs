@@ -261,4 +261,15 @@ impl Task for Seq2SeqTask {
             Seq2SeqKind::Translate => "bleu",
         }
     }
+    fn data_fingerprint(&self) -> String {
+        crate::train::fingerprint(self.train.iter().flat_map(|p| {
+            let sep = [u64::MAX];
+            p.src
+                .iter()
+                .map(|&x| x as u64)
+                .chain(sep)
+                .chain(p.tgt.iter().map(|&x| x as u64))
+                .chain(sep)
+        }))
+    }
 }

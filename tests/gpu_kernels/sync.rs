@@ -212,6 +212,9 @@ impl Task for TinyQa {
     fn headline_metric(&self) -> &'static str {
         "f1"
     }
+    fn data_fingerprint(&self) -> String {
+        fusebox::train::fingerprint(self.ids.iter().flatten().map(|&x| x as u64))
+    }
 }
 
 /// (loss, grad_norm) of every logged step in `dir/metrics.jsonl`.

@@ -52,10 +52,12 @@ enum Task {
 /// The common end of every task: evaluate the untrained model, train, say where the
 /// checkpoint went, and print the final metrics as the last line (one JSON object).
 pub(crate) fn evaluate_train_report<T: train::Task>(task: &mut T, cfg: &TrainConfig) -> Result<()> {
-    eprintln!(
-        "untrained model: {}",
-        serde_json::Value::Object(task.evaluate()?)
-    );
+    if cfg.resume.is_none() {
+        eprintln!(
+            "untrained model: {}",
+            serde_json::Value::Object(task.evaluate()?)
+        );
+    }
     let fin = train::run(task, cfg)?;
     eprintln!(
         "checkpoint (with tokenizer), metrics.jsonl and curves.svg in {}",
@@ -67,9 +69,20 @@ pub(crate) fn evaluate_train_report<T: train::Task>(task: &mut T, cfg: &TrainCon
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.task {
+    let done = match cli.task {
         Task::Qa(a) => qa::qa(a),
         Task::Summarize(a) => seq2seq::seq2seq(Seq2SeqKind::Summarize, a),
         Task::Translate(a) => seq2seq::seq2seq(Seq2SeqKind::Translate, a),
+    };
+    // A run stopped with its work saved (a signal, --max-time) says how to continue and
+    // exits with its own status (130, 75), not as a failure.
+    if let Some(fusebox::Error::Stopped { code, message }) = done
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<fusebox::Error>())
+    {
+        eprintln!("{message}");
+        std::process::exit(*code);
     }
+    done
 }

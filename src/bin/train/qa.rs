@@ -226,6 +226,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(if builtin { "out/qa-default" } else { "out/qa" }));
+    a.run.prepare_out(&out, a.model.as_deref())?;
     let b = &QA_BUILTIN;
     let features = FeatureConfig {
         max_length: a
@@ -376,6 +377,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
         out.clone(),
         fp16,
     )?;
+    cfg.settings = serde_json::json!({ "model": a.model, "train": a.train, "eval": a.eval });
     let plan = a
         .run
         .memory_plan(&spec, &mut cfg, (task.longest_train_window(), 0), device)?;

@@ -9,7 +9,7 @@ use clap::Args as ClapArgs;
 use fusebox::models::step::ModelSource;
 use fusebox::plan::{self, Plan, Workload};
 use fusebox::shape::Target;
-use fusebox::train::TrainConfig;
+use fusebox::train::{parse_duration, prepare_out, Every, OutMode, Resume, TrainConfig};
 use fusebox::{DType, Device};
 
 use crate::Precision;
@@ -56,6 +56,44 @@ pub(crate) struct RunArgs {
     /// No progress bar (the metrics still go to metrics.jsonl).
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// When to write a checkpoint (`checkpoint-STEP/` in --out: the model in HF layout
+    /// plus the trainer state a resume needs): no, epoch or steps (every --save-steps).
+    #[arg(long, default_value = "epoch", value_name = "no|epoch|steps")]
+    pub(crate) save_strategy: String,
+    #[arg(long, value_name = "N")]
+    pub(crate) save_steps: Option<usize>,
+    /// Checkpoints kept: the newest N (and the best, with --load-best-model-at-end);
+    /// 0 keeps every one.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub(crate) save_total_limit: usize,
+    /// When to evaluate: no, epoch or steps (every --eval-steps). The final weights are
+    /// always evaluated.
+    #[arg(long, default_value = "epoch", value_name = "no|epoch|steps")]
+    pub(crate) eval_strategy: String,
+    #[arg(long, value_name = "N")]
+    pub(crate) eval_steps: Option<usize>,
+    /// Load the checkpoint with the best --metric-for-best-model before the final save
+    /// (needs matching --save-strategy and --eval-strategy).
+    #[arg(long)]
+    pub(crate) load_best_model_at_end: bool,
+    /// The eval metric that ranks checkpoints, greater is better (default: f1 for QA,
+    /// rougeL for summarization, bleu for translation).
+    #[arg(long, value_name = "METRIC")]
+    pub(crate) metric_for_best_model: Option<String>,
+    /// Continue an interrupted run: `auto` (the newest complete checkpoint in --out, the
+    /// default when the flag has no value) or a checkpoint folder. Model, data, optimizer,
+    /// batch, lr, epochs, seed and precision must be the run's; --max-steps, --max-time,
+    /// saving, evaluation and --quiet may change.
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto", value_name = "auto|DIR")]
+    pub(crate) resume: Option<String>,
+    /// Save a checkpoint and stop after this long (e.g. 11h30m, 90m, 3600), before a
+    /// session's time limit; exits with status 75, continue with --resume.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_time: Option<String>,
+    /// Replace another run's metrics.jsonl, curves.svg, run.json and checkpoints in --out
+    /// (without it such a directory is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) overwrite: bool,
     #[command(flatten)]
     pub(crate) mem: crate::memory_args::MemoryArgs,
 }
@@ -208,7 +246,34 @@ impl RunArgs {
             max_steps: self.max_steps,
             quiet: self.quiet,
             memory_plan: None,
+            eval_strategy: Every::parse("eval", &self.eval_strategy, self.eval_steps)?,
+            save_strategy: Every::parse("save", &self.save_strategy, self.save_steps)?,
+            save_total_limit: (self.save_total_limit > 0).then_some(self.save_total_limit),
+            load_best_model_at_end: self.load_best_model_at_end,
+            metric_for_best_model: self.metric_for_best_model.clone(),
+            resume: self.resume.as_deref().map(|r| match r {
+                "auto" => Resume::Auto,
+                dir => Resume::Dir(PathBuf::from(dir)),
+            }),
+            max_time: self.max_time.as_deref().map(parse_duration).transpose()?,
+            settings: serde_json::Value::Null,
         })
+    }
+
+    /// Make `out` ready before anything is written to it: refused when it is the model
+    /// being trained (`model`, a directory) or holds another run's files, unless
+    /// --overwrite or --resume says what to do with them.
+    pub(crate) fn prepare_out(&self, out: &std::path::Path, model: Option<&str>) -> Result<()> {
+        if self.mem.plan {
+            return Ok(()); // a plan trains nothing and writes no run files
+        }
+        let mode = match (self.resume.is_some(), self.overwrite) {
+            (true, _) => OutMode::Resume,
+            (false, true) => OutMode::Overwrite,
+            (false, false) => OutMode::New,
+        };
+        let model = model.map(std::path::Path::new).filter(|p| p.is_dir());
+        Ok(prepare_out(out, model, mode)?)
     }
 }
 

@@ -90,6 +90,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             if builtin { "-default" } else { "" }
         ))
     });
+    a.run.prepare_out(&out, a.model.as_deref())?;
     let (train_rows, mut eval_rows) = if builtin {
         let (n_train, n_eval) = match kind {
             Seq2SeqKind::Summarize => (3000, 100),
@@ -191,6 +192,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         out.clone(),
         fp16,
     )?;
+    cfg.settings = serde_json::json!({ "model": a.model, "train": a.train, "eval": a.eval });
     // The planner builds the same model on the meta device: the checkpoint's header when
     // there is one, else the configuration.
     let spec = if scratch {

@@ -1,0 +1,280 @@
+//! Training that survives a disconnect, on the CPU: a `train` child killed with SIGKILL
+//! at a moment drawn from a seed (printed; FUSEBOX_KILL_SEED replays it) and resumed
+//! with `--resume auto` ends with the same weights, byte for byte, and the same
+//! metrics.jsonl lines (timings aside) as the run that was never interrupted — for QA,
+//! summarization and translation. SIGINT checkpoints and exits 130; a checkpoint of
+//! other settings is refused naming what differs; a corrupt newest checkpoint is skipped
+//! for the one before it; an output directory holding a run is refused without
+//! --overwrite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fusebox-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn train(args: &[&str], out: &Path, extra: &[&str]) -> Output {
+    Command::new(TRAIN)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("spawn train")
+}
+
+fn ok(o: Output, what: &str) -> Output {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// metrics.jsonl's lines without their timings.
+fn metric_lines(out: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("a JSON line");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("tokens_per_s");
+                o.remove("elapsed_s");
+            }
+            v
+        })
+        .collect()
+}
+
+fn weights(out: &Path) -> Vec<u8> {
+    std::fs::read(out.join("model.safetensors")).expect("model.safetensors")
+}
+
+fn same_run(a: &Path, b: &Path, what: &str) {
+    assert!(weights(a) == weights(b), "{what}: final weights differ");
+    assert_eq!(
+        metric_lines(a),
+        metric_lines(b),
+        "{what}: metrics.jsonl differs"
+    );
+}
+
+fn checkpoints(out: &Path) -> usize {
+    std::fs::read_dir(out)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+                .filter(|e| !e.file_name().to_string_lossy().contains(".tmp-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The seed of the kill moments: FUSEBOX_KILL_SEED, else the clock (printed).
+fn kill_seed() -> u64 {
+    let seed = std::env::var("FUSEBOX_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(7)
+        });
+    eprintln!("kill seed {seed} (FUSEBOX_KILL_SEED={seed} replays it)");
+    seed
+}
+
+/// Start `args` into `out`, wait for its first checkpoint, then SIGKILL it `delay_ms`
+/// later (it may have finished by then: a resume of a finished run is fine too).
+fn kill_after_first_checkpoint(args: &[&str], out: &Path, delay_ms: u64) {
+    let mut child = Command::new(TRAIN)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn train");
+    let t0 = Instant::now();
+    while checkpoints(out) == 0 && t0.elapsed() < Duration::from_secs(120) {
+        if child.try_wait().expect("wait").is_some() {
+            panic!("{args:?} ended before its first checkpoint");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn kill_and_resume(what: &str, args: &[&str], delay_ms: u64) {
+    let a = tmp(&format!("{what}-a"));
+    let b = tmp(&format!("{what}-b"));
+    ok(train(args, &a, &[]), &format!("{what} uninterrupted"));
+    kill_after_first_checkpoint(args, &b, delay_ms);
+    eprintln!("{what}: killed {delay_ms} ms after the first checkpoint; resuming");
+    ok(
+        train(args, &b, &["--resume", "auto"]),
+        &format!("{what} resumed"),
+    );
+    same_run(&a, &b, what);
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+const QA: &[&str] = &[
+    "qa",
+    "--contexts",
+    "150",
+    "--dim",
+    "32",
+    "--layers",
+    "1",
+    "--epochs",
+    "3",
+    "--batch",
+    "8",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--seed",
+    "3",
+    "--save-strategy",
+    "steps",
+    "--save-steps",
+    "7",
+];
+
+fn seq2seq(task: &'static str) -> Vec<&'static str> {
+    vec![
+        task,
+        "--epochs",
+        "1",
+        "--max-steps",
+        "24",
+        "--eval-limit",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--save-strategy",
+        "steps",
+        "--save-steps",
+        "5",
+    ]
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_weights_and_metrics() {
+    let seed = kill_seed();
+    // Up to ~1.5 s past the first checkpoint: anywhere in the QA run, saves included.
+    kill_and_resume("qa", QA, seed % 1500);
+    kill_and_resume("translate", &seq2seq("translate"), (seed / 7) % 800);
+    kill_and_resume("summarize", &seq2seq("summarize"), (seed / 13) % 2000);
+}
+
+#[test]
+fn sigint_checkpoints_exits_130_and_resumes() {
+    let a = tmp("int-a");
+    let b = tmp("int-b");
+    ok(train(QA, &a, &[]), "uninterrupted");
+    let mut child = Command::new(TRAIN)
+        .args(QA)
+        .arg("--out")
+        .arg(&b)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    while checkpoints(&b) == 0 {
+        assert!(child.try_wait().expect("wait").is_none(), "ended early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let pid = child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted at step") && err.contains("--resume auto"),
+        "{err}"
+    );
+    ok(train(QA, &b, &["--resume"]), "resumed after SIGINT");
+    same_run(&a, &b, "sigint");
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn resume_refuses_other_settings_and_skips_a_corrupt_checkpoint() {
+    let a = tmp("guard-a");
+    let args: Vec<&str> = QA
+        .iter()
+        .copied()
+        .chain(["--save-total-limit", "0"])
+        .collect();
+    ok(train(&args, &a, &[]), "uninterrupted");
+    // A second run into the same folder is refused; --overwrite replaces it.
+    let o = train(&args, &a, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--overwrite"), "{err}");
+    // Another learning rate: refused, naming it.
+    let o = train(&args, &a, &["--resume", "auto", "--lr", "0.5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lr: "), "{err}");
+    // The newest checkpoint corrupted: skipped with a message, the one before used, and
+    // the run still ends where the uninterrupted one did.
+    let b = tmp("guard-b");
+    ok(train(&args, &b, &[]), "second copy");
+    let mut steps: Vec<usize> = std::fs::read_dir(&b)
+        .expect("dir")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("checkpoint-").and_then(|s| s.parse().ok())
+        })
+        .collect();
+    steps.sort();
+    let newest = b.join(format!("checkpoint-{}", steps[steps.len() - 1]));
+    std::fs::write(newest.join("model.safetensors"), b"truncated").expect("corrupt");
+    let o = ok(
+        train(&args, &b, &["--resume", "auto"]),
+        "resume past corruption",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("skipping") && err.contains("checksum"),
+        "{err}"
+    );
+    same_run(&a, &b, "after a corrupt checkpoint");
+    // --out equal to --model is refused before anything is written.
+    let o = Command::new(TRAIN)
+        .args(["qa", "--model"])
+        .arg(&a)
+        .args(["--train", "x.json", "--eval", "x.json", "--out"])
+        .arg(&a)
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("model directory"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}

@@ -278,3 +278,73 @@ fn resume_refuses_other_settings_and_skips_a_corrupt_checkpoint() {
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
 }
+
+/// `args` with `flag`'s value replaced.
+fn with<'a>(args: &[&'a str], flag: &str, value: &'a str) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    let i = v.iter().position(|a| *a == flag).expect("flag present") + 1;
+    v[i] = value;
+    v
+}
+
+#[test]
+fn max_time_checkpoints_and_exits_75() {
+    let d = tmp("time");
+    let long = with(QA, "--epochs", "40");
+    let o = train(&long, &d, &["--max-time", "1s"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("--max-time reached") && err.contains("--resume auto"),
+        "{err}"
+    );
+    assert!(checkpoints(&d) >= 1, "a checkpoint at the stop");
+    assert!(
+        !d.join("run.json").exists(),
+        "no final model from a stopped run"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn the_best_checkpoint_is_kept_and_loaded_at_the_end() {
+    let d = tmp("best");
+    let args = with(QA, "--save-steps", "15");
+    let extra = [
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "15",
+        "--save-total-limit",
+        "1",
+        "--load-best-model-at-end",
+    ];
+    let o = ok(train(&args, &d, &extra), "best model run");
+    let fin: Value = serde_json::from_str(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .expect("final line"),
+    )
+    .expect("final JSON");
+    let evals: Vec<(u64, f64)> = metric_lines(&d)
+        .iter()
+        .filter_map(|v| Some((v["step"].as_u64()?, v["eval"]["f1"].as_f64()?)))
+        .collect();
+    let best = evals
+        .iter()
+        .copied()
+        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    assert_eq!(fin["f1"].as_f64(), Some(best.1), "{evals:?}");
+    let best_dir = d.join(format!("checkpoint-{}", best.0));
+    assert!(best_dir.is_dir(), "the best checkpoint survives rotation");
+    assert!(
+        weights(&d) == weights(&best_dir),
+        "the final model is the best checkpoint's"
+    );
+    let marker: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("run.json")).expect("run.json"))
+            .expect("marker");
+    assert_eq!(marker["complete"], Value::Bool(true));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -6,6 +6,12 @@
 //! other settings is refused naming what differs; a corrupt newest checkpoint is skipped
 //! for the one before it; an output directory holding a run is refused without
 //! --overwrite.
+//!
+//! On a card (tools/gpu_session.sh): FUSEBOX_RESUME_DEVICE=cuda runs the same runs on
+//! CUDA and FUSEBOX_TRAIN_BIN names the `train` binary. CUDA's atomics (the embedding
+//! gradient's scatter-add) sum in no fixed order, so two CUDA runs differ in the last
+//! bits even uninterrupted: there the weights are held to 1e-3 (relative L2) and the
+//! metrics to the same steps, instead of bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +19,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+/// The `train` binary: FUSEBOX_TRAIN_BIN (a GPU machine's copy), else this build's.
+fn train_bin() -> String {
+    std::env::var("FUSEBOX_TRAIN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_train").into())
+}
+
+/// `cpu`, or FUSEBOX_RESUME_DEVICE (e.g. `cuda`).
+fn device() -> String {
+    std::env::var("FUSEBOX_RESUME_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
+/// `args` for this test's device.
+fn on_device(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    v.extend(["--device".to_string(), device()]);
+    v
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fusebox-resume-{}-{name}", std::process::id()));
@@ -22,8 +43,8 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn train(args: &[&str], out: &Path, extra: &[&str]) -> Output {
-    Command::new(TRAIN)
-        .args(args)
+    Command::new(train_bin())
+        .args(on_device(args))
         .arg("--out")
         .arg(out)
         .args(extra)
@@ -98,8 +119,8 @@ fn kill_seed() -> u64 {
 /// Start `args` into `out`, wait for its first checkpoint, then SIGKILL it `delay_ms`
 /// later (it may have finished by then: a resume of a finished run is fine too).
 fn kill_after_first_checkpoint(args: &[&str], out: &Path, delay_ms: u64) {
-    let mut child = Command::new(TRAIN)
-        .args(args)
+    let mut child = Command::new(train_bin())
+        .args(on_device(args))
         .arg("--out")
         .arg(out)
         .stdout(std::process::Stdio::null())
@@ -145,8 +166,6 @@ const QA: &[&str] = &[
     "3",
     "--batch",
     "8",
-    "--device",
-    "cpu",
     "--quiet",
     "--seed",
     "3",
@@ -165,8 +184,6 @@ fn seq2seq(task: &'static str) -> Vec<&'static str> {
         "24",
         "--eval-limit",
         "3",
-        "--device",
-        "cpu",
         "--quiet",
         "--save-strategy",
         "steps",
@@ -189,8 +206,8 @@ fn sigint_checkpoints_exits_130_and_resumes() {
     let a = tmp("int-a");
     let b = tmp("int-b");
     ok(train(QA, &a, &[]), "uninterrupted");
-    let mut child = Command::new(TRAIN)
-        .args(QA)
+    let mut child = Command::new(train_bin())
+        .args(on_device(QA))
         .arg("--out")
         .arg(&b)
         .stdout(std::process::Stdio::null())
@@ -263,7 +280,7 @@ fn resume_refuses_other_settings_and_skips_a_corrupt_checkpoint() {
     );
     same_run(&a, &b, "after a corrupt checkpoint");
     // --out equal to --model is refused before anything is written.
-    let o = Command::new(TRAIN)
+    let o = Command::new(train_bin())
         .args(["qa", "--model"])
         .arg(&a)
         .args(["--train", "x.json", "--eval", "x.json", "--out"])

@@ -99,6 +99,12 @@ for t in t5_fp16 distilbert_fp16; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
 [ -x "$W/tests/budget" ] && step budget_cuda 60 "$W/tests/budget" --nocapture --test-threads=1 cuda
+# Training that survives a disconnect, on the card: a train child killed with SIGKILL (and
+# one sent SIGINT) resumes with --resume auto to within 1e-3 of the uninterrupted run
+# (CUDA's scatter-add atomics keep it from bit equality; the CPU test in CI is exact).
+[ -x "$W/tests/resume" ] && [ -x "$W/bin/train" ] && step resume_cuda 120 \
+    env FUSEBOX_RESUME_DEVICE=cuda FUSEBOX_TRAIN_BIN="$W/bin/train" \
+    "$W/tests/resume" --nocapture --test-threads=1 killed sigint
 # HF parity of both models on the card (outputs and gradients against transformers'
 # fixtures): before the PyTorch baselines and the older A/Bs, which the budget may cut.
 for t in t5_parity qa_parity; do

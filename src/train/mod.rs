@@ -97,6 +97,20 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
         .map(|(_, t)| t.device())
         .unwrap_or(crate::shape::Device::Cpu);
     let settings = cfg.resume_settings(task, &params);
+    // What the disk must hold: the final model (f32) and, per kept checkpoint plus the
+    // one being written, the model and AdamW's master, m and v (f32 each).
+    let elems: usize = params.iter().map(|(_, t)| t.elem_count()).sum();
+    let saves = match cfg.save_strategy {
+        Every::No => 0,
+        Every::Epoch => total.div_ceil(steps_per_epoch.max(1)),
+        Every::Steps(k) => total / k,
+    };
+    let kept = cfg.save_total_limit.map_or(saves, |k| k.min(saves)) + usize::from(saves > 0);
+    outdir::check_space(
+        &cfg.out_dir,
+        (4 * elems * (1 + 4 * kept)) as u64,
+        &format!("the final model and {kept} checkpoint(s) of {elems} parameters"),
+    )?;
     drop(params);
     let out = cfg.out_dir.as_path();
     let metric = cfg

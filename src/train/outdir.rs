@@ -96,6 +96,42 @@ fn remove_temporaries(out: &Path) {
     }
 }
 
+/// Bytes free for an unprivileged user on the file system of `dir` (its nearest existing
+/// ancestor), or None where that cannot be read.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent()?;
+    }
+    let d = if d.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        d
+    };
+    let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed statvfs struct the call fills in.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuse to start when `out`'s file system has less than `need` bytes free (what the
+/// run's checkpoints and final model take), naming both numbers.
+pub fn check_space(out: &Path, need: u64, what: &str) -> Result<()> {
+    match free_bytes(out) {
+        Some(free) if free < need => Err(Error::msg(format!(
+            "{}: {} MiB free, the run needs about {} MiB ({what}); free space or pass \
+             --save-total-limit / --save-strategy no",
+            out.display(),
+            free >> 20,
+            need.div_ceil(1 << 20)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// How a run may use an output directory that already holds files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutMode {
@@ -247,6 +283,19 @@ mod tests {
             .expect_err("out == model")
             .to_string();
         assert!(e.contains("model directory"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn free_space_is_read_and_a_shortfall_refused() {
+        let d = dir("space");
+        let free = free_bytes(&d.join("not/yet/made")).expect("statvfs of an ancestor");
+        assert!(free > 0);
+        check_space(&d, 1, "one byte").expect("room for one byte");
+        let e = check_space(&d, u64::MAX, "everything")
+            .expect_err("no room")
+            .to_string();
+        assert!(e.contains("MiB free") && e.contains("everything"), "{e}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -62,6 +62,50 @@ pub(super) fn layer_norm<T: Real>(
     ))
 }
 
+/// dx of LayerNorm (`mean` given) and of RMSNorm (`mean` None: x is not centred and
+/// g's mean is not subtracted), after checking the operands' lengths:
+/// dx = rstd · (g − [mean(g)] − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ γ, x̂ = (x − [mean]) · rstd.
+/// Returns (rows, dx).
+fn norm_dx<T: Real>(
+    op: &'static str,
+    [x, g, dy]: [&[T]; 3],
+    mean: Option<&[T]>,
+    rstd: &[T],
+    cols: usize,
+) -> Result<(usize, Vec<T>)> {
+    let rows = rows_of(op, x.len(), cols)?;
+    check_len(op, "gamma", cols, g.len())?;
+    if let Some(m) = mean {
+        check_len(op, "mean", rows, m.len())?;
+    }
+    check_len(op, "rstd", rows, rstd.len())?;
+    check_len(op, "dy", x.len(), dy.len())?;
+    let n = T::of(cols as f64);
+    let mut dx = vec![T::zero(); x.len()];
+    if cols > 0 {
+        dx.par_chunks_mut(cols)
+            .enumerate()
+            .with_min_len(row_min(cols))
+            .for_each(|(r, dxr)| {
+                let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
+                let (m, s) = (mean.map_or(T::zero(), |m| m[r]), rstd[r]);
+                let (mut sg, mut sgx) = (T::zero(), T::zero());
+                for c in 0..cols {
+                    let gc = dyr[c] * g[c];
+                    sg += gc;
+                    sgx += gc * (xr[c] - m) * s;
+                }
+                let mg = if mean.is_some() { sg / n } else { T::zero() };
+                let mgx = sgx / n;
+                for c in 0..cols {
+                    let xh = (xr[c] - m) * s;
+                    dxr[c] = s * (dyr[c] * g[c] - mg - xh * mgx);
+                }
+            });
+    }
+    Ok((rows, dx))
+}
+
 pub(super) fn layer_norm_backward<T: Real>(
     x: &CpuStorage,
     gamma: &CpuStorage,
@@ -71,40 +115,10 @@ pub(super) fn layer_norm_backward<T: Real>(
     cols: usize,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage)> {
     const OP: &str = "layer_norm_backward";
-    let (x, g, dy) = (
-        x.floats::<T>(OP)?,
-        gamma.floats::<T>(OP)?,
-        dy.floats::<T>(OP)?,
-    );
+    let (x, dy) = (x.floats::<T>(OP)?, dy.floats::<T>(OP)?);
     let (mean, rstd) = (mean.floats::<T>(OP)?, rstd.floats::<T>(OP)?);
-    let rows = rows_of(OP, x.len(), cols)?;
-    check_len(OP, "gamma", cols, g.len())?;
-    check_len(OP, "mean", rows, mean.len())?;
-    check_len(OP, "rstd", rows, rstd.len())?;
-    check_len(OP, "dy", x.len(), dy.len())?;
-    let n = T::of(cols as f64);
-    let mut dx = vec![T::zero(); x.len()];
-    if cols > 0 {
-        // dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ γ.
-        dx.par_chunks_mut(cols)
-            .enumerate()
-            .with_min_len(row_min(cols))
-            .for_each(|(r, dxr)| {
-                let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
-                let (m, s) = (mean[r], rstd[r]);
-                let (mut sg, mut sgx) = (T::zero(), T::zero());
-                for c in 0..cols {
-                    let gc = dyr[c] * g[c];
-                    sg += gc;
-                    sgx += gc * (xr[c] - m) * s;
-                }
-                let (mg, mgx) = (sg / n, sgx / n);
-                for c in 0..cols {
-                    let xh = (xr[c] - m) * s;
-                    dxr[c] = s * (dyr[c] * g[c] - mg - xh * mgx);
-                }
-            });
-    }
+    let g = gamma.floats::<T>(OP)?;
+    let (rows, dx) = norm_dx(OP, [x, g, dy], Some(mean), rstd, cols)?;
     let dgb = col_sums_with::<T>(rows, 2 * cols, |r, acc| {
         let (m, s) = (mean[r], rstd[r]);
         for c in 0..cols {
@@ -162,36 +176,9 @@ pub(super) fn rms_norm_backward<T: Real>(
     cols: usize,
 ) -> Result<(CpuStorage, CpuStorage)> {
     const OP: &str = "rms_norm_backward";
-    let (x, g, dy) = (
-        x.floats::<T>(OP)?,
-        gamma.floats::<T>(OP)?,
-        dy.floats::<T>(OP)?,
-    );
-    let rstd = rstd.floats::<T>(OP)?;
-    let rows = rows_of(OP, x.len(), cols)?;
-    check_len(OP, "gamma", cols, g.len())?;
-    check_len(OP, "rstd", rows, rstd.len())?;
-    check_len(OP, "dy", x.len(), dy.len())?;
-    let n = T::of(cols as f64);
-    let mut dx = vec![T::zero(); x.len()];
-    if cols > 0 {
-        // dx = rstd · (g − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ γ, x̂ = x · rstd.
-        dx.par_chunks_mut(cols)
-            .enumerate()
-            .with_min_len(row_min(cols))
-            .for_each(|(r, dxr)| {
-                let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
-                let s = rstd[r];
-                let mut sgx = T::zero();
-                for c in 0..cols {
-                    sgx += dyr[c] * g[c] * xr[c] * s;
-                }
-                let mgx = sgx / n;
-                for c in 0..cols {
-                    dxr[c] = s * (dyr[c] * g[c] - xr[c] * s * mgx);
-                }
-            });
-    }
+    let (x, dy) = (x.floats::<T>(OP)?, dy.floats::<T>(OP)?);
+    let (g, rstd) = (gamma.floats::<T>(OP)?, rstd.floats::<T>(OP)?);
+    let (rows, dx) = norm_dx(OP, [x, g, dy], None, rstd, cols)?;
     let dg = col_sums_with::<T>(rows, cols, |r, acc| {
         let s = rstd[r];
         for (c, a) in acc.iter_mut().enumerate() {

@@ -365,45 +365,16 @@ pub fn attention_backward(
             cfg_rows(rows, sp.lk),
             &args,
         )?;
-        run(
-            dev,
-            gemms_p(
-                sp,
-                (sp.lq, sp.lk),
-                mat(&ds),
-                mat(k),
-                mat(&dq),
-                dt,
-                sp.scale,
-                false,
-            ),
-        )?;
-        run(
-            dev,
-            gemms_p(
-                sp,
-                (sp.lk, sp.lq),
-                mat(&ds),
-                mat(q),
-                mat(&dk),
-                dt,
-                sp.scale,
-                true,
-            ),
-        )?;
-        run(
-            dev,
-            gemms_p(
-                sp,
-                (sp.lk, sp.lq),
-                mat(&p),
-                mat(dout),
-                mat(&dv),
-                dt,
-                1.0,
-                true,
-            ),
-        )?;
+        // dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·dO.
+        let lk_lq = (sp.lk, sp.lq);
+        for (p, y, o, dims, alpha, transposed) in [
+            (&ds, k, &dq, (sp.lq, sp.lk), sp.scale, false),
+            (&ds, q, &dk, lk_lq, sp.scale, true),
+            (&p, dout, &dv, lk_lq, 1.0, true),
+        ] {
+            let g = gemms_p(sp, dims, mat(p), mat(y), mat(o), dt, alpha, transposed);
+            run(dev, g)?;
+        }
     }
     let dbias = match dbias32 {
         Some(d) if dt == DType::F16 => Some(cast(&d, DType::F16)?),

@@ -61,43 +61,21 @@ fn data_type(d: DType) -> Result<cudaDataType_t> {
 
 /// The column-major cuBLAS call a row-major [`Gemm`] becomes: Cᵀ (n×m) = op(B)ᵀ·op(A)ᵀ,
 /// i.e. the operands swap places and m swaps with n; leading dimensions and strides are
-/// unchanged. Pure, so the mapping is unit-tested on the host (see `tests` below).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct ColMajor {
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a: u64,
-    pub lda: usize,
-    pub stride_a: usize,
-    pub b: u64,
-    pub ldb: usize,
-    pub stride_b: usize,
-    pub c: u64,
-    pub ldc: usize,
-    pub stride_c: usize,
-    pub batch: usize,
-}
-
-pub(crate) fn col_major(g: &Gemm) -> ColMajor {
-    ColMajor {
+/// unchanged. The result is read as cuBLAS's column-major arguments. Pure, so the
+/// mapping is unit-tested on the host (see `tests` below).
+pub(crate) fn col_major(g: &Gemm) -> Gemm {
+    Gemm {
         trans_a: g.trans_b,
         trans_b: g.trans_a,
         m: g.n,
         n: g.m,
-        k: g.k,
         a: g.b,
         lda: g.ldb,
         stride_a: g.stride_b,
         b: g.a,
         ldb: g.lda,
         stride_b: g.stride_a,
-        c: g.c,
-        ldc: g.ldc,
-        stride_c: g.stride_c,
-        batch: g.batch,
+        ..*g
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use fusebox::bench::{self, BenchConfig, BenchModel, T5Bench};
+use fusebox::models::step::ModelConfig;
 use fusebox::plan::{self, human, Workload};
 use fusebox::shape::Target;
 
@@ -113,9 +114,38 @@ fn main() -> Result<()> {
         bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
     }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
+    for (flag, v, what) in [
+        ("--batch", args.batch, "sequences per step"),
+        ("--seq", args.seq, "input tokens per sequence"),
+        ("--steps", args.steps, "timed steps"),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1 ({what})");
+        }
+    }
     let spec = bench::model_source(&args.model)?;
+    if spec.config.has_target() && args.tgt_seq == 0 {
+        bail!("--tgt-seq must be at least 1 (T5's target tokens per sequence)");
+    }
+    // Past its position table a BERT-family model has no embedding to look up; T5's
+    // relative positions have no such limit (the memory plan bounds it instead).
+    let positions = match &spec.config {
+        ModelConfig::DistilBert(c) => Some(c.max_position_embeddings),
+        ModelConfig::Bert(c) => Some(c.max_position_embeddings),
+        ModelConfig::T5(_) => None,
+    };
+    if let Some(max) = positions.filter(|&max| args.seq > max) {
+        let whose = match &spec.checkpoint {
+            Some(dir) => format!("{}", dir.join("config.json").display()),
+            None => format!("the built-in {}", args.model),
+        };
+        bail!(
+            "--seq {} exceeds the model's max_position_embeddings {max} ({whose}): it has no position embedding past that",
+            args.seq
+        );
+    }
     let work = Workload {
-        micro_batch: args.batch.max(1),
+        micro_batch: args.batch,
         grad_accum: 1,
         seq_len: args.seq,
         tgt_len: args.tgt_seq,
@@ -135,6 +165,14 @@ fn main() -> Result<()> {
         print!("{}", plan.table());
         return Ok(());
     }
+    if device == Device::Cpu {
+        memory_args::check_cpu_memory(
+            &plan,
+            0,
+            "this bench",
+            "lower --batch or --seq, or add --checkpointing",
+        )?;
+    }
     if budget_bytes.is_some() {
         eprint!("{}", plan.table());
     }
@@ -143,7 +181,7 @@ fn main() -> Result<()> {
     let mut model = build(&args, device, dtype)?;
     model.set_checkpointing(plan.work.checkpointing);
     let cfg = BenchConfig {
-        steps: args.steps.max(1),
+        steps: args.steps,
         warmup: args.warmup,
         train: args.mode == Mode::Train,
         fp16,

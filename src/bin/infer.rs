@@ -8,17 +8,22 @@
 //! max_seq_len min(model_max_length, 384), doc_stride min(max_seq_len/2, 128),
 //! max_answer_len 15, top_k 1), a SQuAD file as run_qa.py predicts it (batched windows,
 //! utils_qa post-processing, {id: answer} JSON the official scripts read). `generate`
-//! runs T5 with the model's generation_config.json overlaid by the flags given.
+//! runs T5 with the model's generation_config.json overlaid by the flags given. A run
+//! that never emits `</s>` stops at the model's length limit: config.json's
+//! `n_positions` (T5's released checkpoints say 512; 512 when absent) or a larger
+//! `max_length` in config.json / generation_config.json; a longer request is capped,
+//! and stderr says so.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
-use fusebox::models::auto::load_qa_model;
+use fusebox::models::auto::load_trained_qa_model;
+use fusebox::models::hf::config_text;
 use fusebox::models::qa::QaModel;
 use fusebox::models::t5::T5ForConditionalGeneration;
 use fusebox::tasks::generate::{generate, GenerateConfig};
@@ -26,7 +31,7 @@ use fusebox::tasks::qa::{FeatureConfig, PipelineConfig, PostprocessConfig, QaExa
 use fusebox::tasks::qa_train::{answer_question, QaTask};
 use fusebox::tasks::seq2seq_train::encode;
 use fusebox::tensor::Tensor;
-use fusebox::tokenize::TextTokenizer;
+use fusebox::tokenize::{load_tokenizer_json, TextTokenizer};
 use fusebox::{DType, Device};
 
 #[derive(Parser, Debug)]
@@ -86,12 +91,13 @@ struct QaArgs {
 }
 
 #[derive(ClapArgs, Debug)]
+#[command(group(ArgGroup::new("inputs").required(true).args(["input", "file"])))]
 struct GenArgs {
     /// T5 model directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     /// One input text.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    #[arg(long, conflicts_with = "file")]
     input: Option<String>,
     /// One input per line.
     #[arg(long)]
@@ -124,19 +130,28 @@ fn model_max_length(dir: &Path) -> Result<Option<usize>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+        serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", p.display()))?;
     // transformers writes a huge sentinel when the length is unknown; treat it as absent.
-    Ok(v.get("model_max_length")
+    let n = v
+        .get("model_max_length")
         .and_then(|x| x.as_u64())
-        .filter(|&n| n < 1_000_000)
-        .map(|n| n as usize))
+        .filter(|&n| n < 1_000_000);
+    if n == Some(0) {
+        bail!(
+            "{}: model_max_length is 0; expected the tokenizer's longest input in tokens (at least 1)",
+            p.display()
+        );
+    }
+    Ok(n.map(|n| n as usize))
 }
 
 /// The pipeline's window settings, kept inside the model's position table.
 fn windows(a: &QaArgs, model: &dyn QaModel) -> Result<FeatureConfig> {
     let positions = model.max_positions();
     let max_length = match a.max_length {
+        Some(0) => bail!("--max-length must be at least 1 (tokens per window)"),
         Some(n) if n > positions => bail!(
             "--max-length {n} exceeds the model's max_position_embeddings {positions} ({})",
             a.model.join("config.json").display()
@@ -160,7 +175,10 @@ fn windows(a: &QaArgs, model: &dyn QaModel) -> Result<FeatureConfig> {
 
 fn qa(a: QaArgs) -> Result<()> {
     let device = Device::parse(&a.device)?.resolve();
-    let model = load_qa_model(&a.model, device, DType::F32, 0)?;
+    if a.max_answer_length == Some(0) {
+        bail!("--max-answer-length must be at least 1 (the longest answer, in tokens)");
+    }
+    let model = load_trained_qa_model(&a.model, device, DType::F32)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
     let (tv, mv) = (tok.vocab_size(), model.vocab_size());
     if tv > mv {
@@ -226,6 +244,16 @@ fn qa(a: QaArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("{}: no questions", file.display());
     }
+    // The predictions file is {id: answer}, as the official scripts read it: a repeated
+    // id would keep one answer of two and score the other question as unanswered.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = examples.iter().find(|e| !seen.insert(e.id.as_str())) {
+        bail!(
+            "{}: question id {:?} appears more than once; ids key the {{id: answer}} predictions, so each must be unique",
+            file.display(),
+            dup.id
+        );
+    }
     let post = PostprocessConfig {
         max_answer_length: a.max_answer_length.unwrap_or(30),
         version_2_with_negative: a.version_2_with_negative,
@@ -273,9 +301,7 @@ fn gen(a: GenArgs) -> Result<()> {
     let device = Device::parse(&a.device)?.resolve();
     // A clear refusal of other architectures, before the weights loader lists every
     // missing T5 tensor.
-    let cfg_path = a.model.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let (cfg_path, text) = config_text(&a.model)?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
     match raw.get("model_type").and_then(|m| m.as_str()) {
@@ -287,8 +313,7 @@ fn gen(a: GenArgs) -> Result<()> {
     }
     let model = T5ForConditionalGeneration::load(&a.model, device, DType::F32)?;
     let tok_path = a.model.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    let tok = load_tokenizer_json(&tok_path)?;
     let vocab = tok.get_vocab_size(true);
     if vocab > model.config.vocab_size {
         bail!(
@@ -297,6 +322,24 @@ fn gen(a: GenArgs) -> Result<()> {
             cfg_path.display(),
             model.config.vocab_size
         );
+    }
+    let model_vocab = model.config.vocab_size;
+    match a.num_beams {
+        Some(0) => bail!("--num-beams must be at least 1"),
+        Some(n) if n > model_vocab => bail!(
+            "--num-beams {n} exceeds the model's vocabulary ({model_vocab} tokens, {} vocab_size): each beam needs a distinct continuation",
+            cfg_path.display()
+        ),
+        _ => {}
+    }
+    if a.max_new_tokens == Some(0) {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    if let Some(x) = a.length_penalty.filter(|x| !x.is_finite()) {
+        bail!("--length-penalty must be a finite number (HF's default is 1.0), got {x}");
+    }
+    if a.max_source_length == 0 {
+        bail!("--max-source-length must be at least 1 (input tokens kept, eos included)");
     }
     let mut cfg = GenerateConfig::from_model_dir(&model.config, &a.model)?;
     if let Some(n) = a.num_beams {
@@ -311,16 +354,15 @@ fn gen(a: GenArgs) -> Result<()> {
     if let Some(n) = a.no_repeat_ngram_size {
         cfg.no_repeat_ngram_size = n;
     }
-    if cfg.num_beams == 0 {
-        bail!("--num-beams must be at least 1");
-    }
+    cap_length(&mut cfg, &raw, &a.model)?;
     let inputs: Vec<String> = match (&a.input, &a.file) {
         (Some(t), _) => vec![t.clone()],
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .lines()
-            .map(str::to_string)
-            .collect(),
+        (None, Some(f)) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            text.lines().map(str::to_string).collect()
+        }
         (None, None) => bail!("give --input TEXT or --file F"),
     };
     let eos = cfg.eos_token_id.first().copied().unwrap_or(1);
@@ -370,6 +412,64 @@ fn gen(a: GenArgs) -> Result<()> {
         } else {
             println!("{out}");
         }
+    }
+    Ok(())
+}
+
+/// The decoder length (start token included) a T5 without `n_positions` in its
+/// config.json may generate to: what every released T5 checkpoint states.
+const DEFAULT_POSITIONS: usize = 512;
+
+/// Keep generation within the model's length limit, so a model that never emits `</s>`
+/// stops: config.json's `n_positions` (T5's relative positions have no table, but the
+/// checkpoints were trained and are documented to that length; 512 when absent), or a
+/// larger `max_length` that config.json or generation_config.json states. A request
+/// beyond it is capped, and stderr says so.
+fn cap_length(cfg: &mut GenerateConfig, config: &serde_json::Value, dir: &Path) -> Result<()> {
+    let uint = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64());
+    let mut limit = match uint(config, "n_positions") {
+        Some(n) => (
+            n as usize,
+            format!("n_positions in {}", dir.join("config.json").display()),
+        ),
+        None => (
+            DEFAULT_POSITIONS,
+            format!(
+                "{DEFAULT_POSITIONS} positions, T5's own, as config.json states no n_positions"
+            ),
+        ),
+    };
+    let gen_path = dir.join("generation_config.json");
+    let gen: Option<serde_json::Value> = std::fs::read_to_string(&gen_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(t.strip_prefix('\u{feff}').unwrap_or(&t)).ok());
+    for (v, file) in [
+        (Some(config), "config.json"),
+        (gen.as_ref(), "generation_config.json"),
+    ] {
+        if let Some(n) = v.and_then(|v| uint(v, "max_length")) {
+            if n as usize > limit.0 {
+                limit = (
+                    n as usize,
+                    format!("max_length in {}", dir.join(file).display()),
+                );
+            }
+        }
+    }
+    let (cap, why) = limit;
+    if cap < 2 {
+        bail!("{why} is {cap}: no room for a generated token");
+    }
+    let asked = cfg
+        .max_new_tokens
+        .map_or(cfg.max_length, |n| n.saturating_add(1));
+    if asked > cap {
+        eprintln!(
+            "infer generate: {} new tokens asked for; capped at {} ({why}): a model that never emits </s> would otherwise run on",
+            asked - 1,
+            cap - 1
+        );
+        cfg.max_new_tokens = Some(cap - 1);
     }
     Ok(())
 }

@@ -282,15 +282,42 @@ fn flat_row(b: &mut Builder, row: &Value, i: usize) -> Result<()> {
     b.push(id, title, question, &context, &starts, raw, imp)
 }
 
+/// "a string", "a number", ...: what a JSON value is, for errors.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Parses SQuAD JSON text; `source` names the file in errors.
 pub fn parse_squad(text: &str, source: &str, opts: SquadOptions) -> Result<SquadLoad> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| Error::msg(format!("{source}: not valid JSON: {e}")))?;
     let ctx = Ctx { source };
-    let data = v
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ctx.err("data", "a top-level array of articles or rows"))?;
+    let data = v.get("data").and_then(Value::as_array).ok_or_else(|| {
+        let found = match &v {
+            Value::Array(a) => format!("a top-level array of {} items", a.len()),
+            Value::Object(o) if o.contains_key("data") => "`data` that is not an array".into(),
+            Value::Object(o) => format!(
+                "an object with the keys {:?}",
+                o.keys().map(String::as_str).collect::<Vec<_>>()
+            ),
+            other => json_kind(other).to_string(),
+        };
+        ctx.err(
+            "data",
+            &format!(
+                "a top-level array of SQuAD articles ({{\"title\", \"paragraphs\"}}) or \
+                 flat rows ({{\"id\", \"question\", \"context\", \"answers\"}}) under the \
+                 key \"data\" of a JSON object ({{\"data\": [...]}}); found {found}"
+            ),
+        )
+    })?;
     let layout = match data.first() {
         Some(first) if first.get("paragraphs").is_none() => SquadLayout::Flat,
         _ => SquadLayout::Nested,
@@ -324,5 +351,7 @@ pub fn parse_squad(text: &str, source: &str, opts: SquadOptions) -> Result<Squad
 pub fn load_squad(path: impl AsRef<Path>, opts: SquadOptions) -> Result<SquadLoad> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_squad(&text, &path.display().to_string(), opts)
+    // A byte-order mark (Windows editors write one) is not part of the JSON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    parse_squad(text, &path.display().to_string(), opts)
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames};
 use super::encoder_qa::{EncoderFamily, EncoderForQa};
+use super::hf::check_positive;
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -99,9 +100,18 @@ impl BertConfig {
                 self.position_embedding_type
             )));
         }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        check_positive(
+            file,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+            ],
+        )?;
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::msg(format!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
                 file.display(),

@@ -13,7 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS};
-use super::encoder_qa::{EncoderFamily, EncoderForQa};
+use super::encoder_qa::{EncoderFamily, EncoderForQa, SizeFields};
+use super::hf::check_positive;
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -84,7 +85,18 @@ pub struct DistilBertConfig {
 impl DistilBertConfig {
     /// Refuse what we do not implement; `file` names the config in errors.
     pub fn validate(&self, file: &Path) -> Result<()> {
-        if self.n_heads == 0 || !self.dim.is_multiple_of(self.n_heads) {
+        check_positive(
+            file,
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("n_layers", self.n_layers),
+                ("n_heads", self.n_heads),
+                ("dim", self.dim),
+                ("hidden_dim", self.hidden_dim),
+            ],
+        )?;
+        if !self.dim.is_multiple_of(self.n_heads) {
             return Err(Error::msg(format!(
                 "{}: dim {} is not divisible by n_heads {}",
                 file.display(),
@@ -112,6 +124,13 @@ impl EncoderFamily for DistilBertConfig {
     const MODEL_TYPE: &'static str = "distilbert";
     const QA_CLASS: &'static str = "DistilBertForQuestionAnswering";
     const BARE_ROOTS: &'static [&'static str] = &["embeddings", "transformer"];
+    const SIZE_FIELDS: SizeFields = SizeFields {
+        vocab: "vocab_size",
+        hidden: "dim",
+        positions: "max_position_embeddings",
+        intermediate: "hidden_dim",
+        layers: "n_layers",
+    };
 
     fn check(&self, file: &Path) -> Result<()> {
         self.validate(file)

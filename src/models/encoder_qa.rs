@@ -9,12 +9,25 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::encoder::{Encoder, EncoderSpec};
-use super::hf::{check_complete, read_config, save_hf, weights_path};
+use super::hf::{
+    check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, SizeCheck,
+};
 use super::qa::{QaBatch, QaHead, QaModel};
 use crate::error::{Error, Result};
 use crate::nn::{Mode, ParamStore};
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
+
+/// config.json's names for the sizes a checkpoint's shapes record too (HF BERT's by
+/// default).
+#[derive(Clone, Copy, Debug)]
+pub struct SizeFields {
+    pub vocab: &'static str,
+    pub hidden: &'static str,
+    pub positions: &'static str,
+    pub intermediate: &'static str,
+    pub layers: &'static str,
+}
 
 /// What a QA encoder family says about itself: its config.json and HF names.
 pub trait EncoderFamily: Serialize + DeserializeOwned {
@@ -25,6 +38,14 @@ pub trait EncoderFamily: Serialize + DeserializeOwned {
     /// The root names of a bare base-model checkpoint (`embeddings`, `encoder`, ...),
     /// which gain the `MODEL_TYPE.` prefix on load.
     const BARE_ROOTS: &'static [&'static str];
+    /// The config.json fields of the sizes checked against a checkpoint's shapes.
+    const SIZE_FIELDS: SizeFields = SizeFields {
+        vocab: "vocab_size",
+        hidden: "hidden_size",
+        positions: "max_position_embeddings",
+        intermediate: "intermediate_size",
+        layers: "num_hidden_layers",
+    };
 
     /// Refuse what fusebox does not implement; `file` names the config in errors.
     fn check(&self, file: &Path) -> Result<()>;
@@ -45,11 +66,16 @@ pub struct EncoderForQa<C> {
 impl<C: EncoderFamily> EncoderForQa<C> {
     /// Load an HF model directory (config.json + model.safetensors).
     pub fn load(dir: &Path, device: Device, dtype: DType, seed: u64) -> Result<Self> {
-        let config: C = read_config(dir)?;
-        config.check(&dir.join("config.json"))?;
+        let (cfg_path, text) = config_text(dir)?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+        let config: C = serde_json::from_value(raw.clone())
+            .map_err(|e| Error::msg(format!("{}: {e}", cfg_path.display())))?;
+        config.check(&cfg_path)?;
         let weights = weights_path(dir)?;
         let store = ParamStore::load(&weights, device, dtype, seed)?;
         adopt_checkpoint(&store, C::MODEL_TYPE, C::BARE_ROOTS)?;
+        check_config_sizes(&config, &raw, &cfg_path, &store)?;
         let model = Self::build(config, store)?;
         // Only the QA head may be new (a base checkpoint has none).
         check_complete(&model.store, &weights, Some("qa_outputs"))?;
@@ -130,6 +156,39 @@ impl<C: EncoderFamily> QaModel for EncoderForQa<C> {
     fn uses_token_type_ids(&self) -> bool {
         self.encoder.has_token_types()
     }
+}
+
+/// config.json's sizes against the (adopted) checkpoint's shapes, naming the field.
+fn check_config_sizes<C: EncoderFamily>(
+    config: &C,
+    raw: &serde_json::Value,
+    cfg_path: &Path,
+    store: &ParamStore,
+) -> Result<()> {
+    let (spec, f, mt) = (config.encoder_spec()?, C::SIZE_FIELDS, C::MODEL_TYPE);
+    let word = format!("{mt}.embeddings.word_embeddings.weight");
+    let position = format!("{mt}.embeddings.position_embeddings.weight");
+    let ffn_in = format!("{mt}.{}.0.{}.weight", spec.layer_prefix, spec.names.ffn_in);
+    let check = |field, value, tensor: &String, axis| SizeCheck {
+        field,
+        value,
+        per: 1,
+        tensor: tensor.clone(),
+        axis,
+    };
+    check_sizes(
+        raw,
+        cfg_path,
+        store,
+        &[
+            check(f.hidden, spec.dims.hidden, &word, 1),
+            check(f.vocab, spec.vocab, &word, 0),
+            check(f.positions, spec.max_positions, &position, 0),
+            check(f.intermediate, spec.dims.intermediate, &ffn_in, 0),
+        ],
+    )?;
+    let layers = format!("{mt}.{}.", spec.layer_prefix);
+    check_layer_count(raw, cfg_path, store, f.layers, spec.layers, &layers)
 }
 
 /// Bring a checkpoint's names to the QA model's layout: bare base-model names

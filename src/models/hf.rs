@@ -12,6 +12,11 @@ use crate::shape::DType;
 pub fn config_text(dir: &Path) -> Result<(PathBuf, String)> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    // A byte-order mark (Windows editors write one) is not part of the JSON.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(t) => t.to_string(),
+        None => text,
+    };
     Ok((path, text))
 }
 
@@ -54,6 +59,118 @@ pub fn check_complete(
             missing.len(),
             missing.join(", ")
         )));
+    }
+    Ok(())
+}
+
+/// A size config.json states that a checkpoint tensor's shape records too: axis `axis`
+/// of `tensor` must be `value * per` (`per` > 1 for a product, e.g. T5's heads × d_kv).
+pub struct SizeCheck<'a> {
+    pub field: &'a str,
+    pub value: usize,
+    pub per: usize,
+    pub tensor: String,
+    pub axis: usize,
+}
+
+/// `field`'s value as config.json gives it, for errors: a field absent from the file
+/// took transformers' default, which rarely fits a small checkpoint.
+fn stated(raw: &serde_json::Value, field: &str, value: usize) -> String {
+    if raw.get(field).is_some() {
+        value.to_string()
+    } else {
+        format!("absent (so transformers' default, {value})")
+    }
+}
+
+/// Compare config.json's sizes with the checkpoint's shapes before the model is built,
+/// so a missing or wrong field is reported as that field rather than as a tensor whose
+/// shape does not match. Tensors the checkpoint lacks are left to the loader.
+pub fn check_sizes(
+    raw: &serde_json::Value,
+    config: &Path,
+    store: &ParamStore,
+    checks: &[SizeCheck<'_>],
+) -> Result<()> {
+    let weights = store
+        .source()
+        .map_or("the checkpoint".to_string(), |p| p.display().to_string());
+    for c in checks {
+        let Some(shape) = store.vb().shape_of(&c.tensor) else {
+            continue;
+        };
+        let Some(&got) = shape.dims().get(c.axis) else {
+            continue;
+        };
+        if got != c.value * c.per {
+            let needs = if c.per > 1 && got.is_multiple_of(c.per) {
+                format!(", which needs `{}` {}", c.field, got / c.per)
+            } else if c.per == 1 {
+                format!(", which needs `{}` {got}", c.field)
+            } else {
+                String::new()
+            };
+            return Err(Error::msg(format!(
+                "{}: `{}` is {}, but {weights} holds {:?} with shape {}{needs}",
+                config.display(),
+                c.field,
+                stated(raw, c.field, c.value),
+                c.tensor,
+                shape
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The layer count config.json states (`field`, `value`) against the layers the
+/// checkpoint holds under `prefix` (`prefix0.`, `prefix1.`, ...). A config with fewer
+/// layers would silently leave trained layers out; one with more would report every
+/// tensor of the missing layers.
+pub fn check_layer_count(
+    raw: &serde_json::Value,
+    config: &Path,
+    store: &ParamStore,
+    field: &str,
+    value: usize,
+    prefix: &str,
+) -> Result<()> {
+    let held = store
+        .named()
+        .iter()
+        .filter_map(|(n, _)| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |i| i + 1);
+    if held == 0 || held == value {
+        return Ok(());
+    }
+    let weights = store
+        .source()
+        .map_or("the checkpoint".to_string(), |p| p.display().to_string());
+    Err(Error::msg(format!(
+        "{}: `{field}` is {}, but {weights} holds {held} layer{} ({prefix}0 .. {prefix}{})",
+        config.display(),
+        stated(raw, field, value),
+        if held == 1 { "" } else { "s" },
+        held - 1
+    )))
+}
+
+/// Refuse a zero where the model needs a positive size; `file` and `field` are named.
+pub fn check_positive(file: &Path, fields: &[(&str, usize)]) -> Result<()> {
+    for &(field, v) in fields {
+        if v == 0 {
+            return Err(Error::msg(format!(
+                "{}: field `{field}` is 0; expected a positive integer",
+                file.display()
+            )));
+        }
     }
     Ok(())
 }

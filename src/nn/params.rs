@@ -68,10 +68,11 @@ impl ParamStore {
         }
     }
 
-    /// Load every tensor of a safetensors file as a trainable parameter.
+    /// Load every tensor of a safetensors file as a trainable parameter; a non-finite
+    /// value is refused, naming its tensor.
     pub fn load(path: &Path, device: Device, dtype: DType, seed: u64) -> Result<ParamStore> {
         let device = device.resolve();
-        let tensors = safetensors_io::load(path, dtype, device)?;
+        let tensors = safetensors_io::load_finite(path, dtype, device)?;
         let store = ParamStore::new(device, dtype, seed);
         {
             let mut inner = store.lock();

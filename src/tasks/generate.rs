@@ -70,15 +70,35 @@ pub fn generate(
             )));
         }
     }
-    if pad.is_none() {
-        if let Some(&e) = cfg.eos_token_id.first() {
-            if e < 0 || e as usize >= vocab {
-                return Err(Error::msg(format!(
-                    "generate: eos_token_id {e} (used as padding: no pad_token_id) is not a \
-                     token of the model (vocab_size {vocab})"
-                )));
-            }
-        }
+    // An eos the model cannot emit would never stop a sequence (and, with no pad id,
+    // pads the beams' output).
+    if let Some(&e) = cfg
+        .eos_token_id
+        .iter()
+        .find(|&&e| e < 0 || e as usize >= vocab)
+    {
+        let padding = if pad.is_none() {
+            " (also used as padding: no pad_token_id)"
+        } else {
+            ""
+        };
+        return Err(Error::msg(format!(
+            "generate: eos_token_id {e}{padding} is not a token of the model (vocab_size \
+             {vocab}); check config.json / generation_config.json"
+        )));
+    }
+    if cfg.num_beams > vocab {
+        return Err(Error::msg(format!(
+            "generate: num_beams {} exceeds the vocabulary ({vocab} tokens): each beam needs \
+             a distinct continuation; check generation_config.json",
+            cfg.num_beams
+        )));
+    }
+    if !cfg.length_penalty.is_finite() {
+        return Err(Error::msg(format!(
+            "generate: length_penalty must be a finite number, got {}",
+            cfg.length_penalty
+        )));
     }
     let derived;
     let mask = match attention_mask {

@@ -101,7 +101,7 @@ impl Seq2SeqTask {
         device: Device,
     ) -> Result<Seq2SeqTask> {
         let path = tokenizer_dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| tok_err(&path, e))?;
+        let tokenizer = crate::tokenize::load_tokenizer_json(&path)?;
         let pad = generation.pad_token_id.unwrap_or(0);
         let eos = generation.eos_token_id.first().copied().unwrap_or(1);
         let vocab = tokenizer.get_vocab_size(true);

@@ -28,6 +28,21 @@ fn tok_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{what}: {e}"))
 }
 
+/// A `tokenizer.json` as the `tokenizers` library (transformers' fast tokenizers) saves
+/// it. A file that does not parse is said to be no such file, with the parser's reason:
+/// its own messages ("untagged enum ModelUntagged") do not say what was expected.
+pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    Tokenizer::from_bytes(bytes).map_err(|e| {
+        Error::msg(format!(
+            "{}: not a tokenizers JSON file (expected the tokenizer.json a Hugging Face fast \
+             tokenizer saves, with `model`, `normalizer`, `pre_tokenizer`, ... sections): {e}",
+            path.display()
+        ))
+    })
+}
+
 /// A loaded tokenizer plus the special ids QA feature building needs.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -67,7 +82,8 @@ fn read_tok_config(dir: &Path) -> Result<TokConfig> {
         return Ok(TokConfig::default());
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| tok_err(path.display(), e))
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    serde_json::from_str(text).map_err(|e| tok_err(path.display(), e))
 }
 
 impl TextTokenizer {
@@ -95,7 +111,7 @@ impl TextTokenizer {
     /// Load a `tokenizer.json`; special tokens come from a `tokenizer_config.json` beside
     /// it, else the BERT names (`[PAD]`, `[CLS]`, `[SEP]`).
     pub fn from_json(path: &Path) -> Result<TextTokenizer> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| tok_err(path.display(), e))?;
+        let mut inner = load_tokenizer_json(path)?;
         inner
             .with_truncation(None)
             .map_err(|e| tok_err(path.display(), e))?;

@@ -1,6 +1,6 @@
 //! The memory flags `train` and `bench` share (flattened into each one's arguments).
 
-use fusebox::plan::budget_from_flags;
+use fusebox::plan::{budget_from_flags, human, Plan};
 use fusebox::Result;
 
 /// The memory flags `train` and `bench` share (flattened into each one's arguments).
@@ -29,4 +29,38 @@ impl MemoryArgs {
     pub fn budget(&self) -> Result<Option<usize>> {
         budget_from_flags(self.vram_budget.as_deref(), self.gpu.as_deref())
     }
+}
+
+/// Bytes this machine can still hand out without swapping: `MemAvailable` in
+/// /proc/meminfo (Linux). None where it cannot be read; the check below is then skipped.
+pub fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuse a CPU run whose predicted peak does not fit in the memory available, with the
+/// plan's table, instead of letting an allocation abort the process later. `held`:
+/// bytes of the plan the process holds already (weights loaded before the check), no
+/// longer counted in MemAvailable. `what` says what was planned, `advice` what to change.
+pub fn check_cpu_memory(plan: &Plan, held: usize, what: &str, advice: &str) -> anyhow::Result<()> {
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let need = plan.peak_bytes.saturating_sub(held);
+    if need > available {
+        anyhow::bail!(
+            "{what} needs {} of CPU memory (the memory plan's predicted peak{}), but this machine has {} available (MemAvailable in /proc/meminfo); {advice}\n{}",
+            human(need),
+            if held > 0 {
+                format!(", less the {} already loaded", human(held))
+            } else {
+                String::new()
+            },
+            human(available),
+            plan.table().trim_end()
+        );
+    }
+    Ok(())
 }

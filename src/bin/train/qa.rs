@@ -300,6 +300,7 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
             features.stride,
         );
         let spec = ModelSource::config(ModelConfig::DistilBert(cfg.clone()));
+        a.run.check_model_fits_cpu(&spec, device)?;
         let model = DistilBertForQa::new(cfg, device, dtype, a.run.seed)?;
         (
             spec,
@@ -378,9 +379,10 @@ pub(crate) fn qa(a: QaArgs) -> Result<()> {
         fp16,
     )?;
     cfg.settings = serde_json::json!({ "model": a.model, "train": a.train, "eval": a.eval });
+    let (longest, rows) = (task.longest_train_window(), train::Task::train_len(&task));
     let plan = a
         .run
-        .memory_plan(&spec, &mut cfg, (task.longest_train_window(), 0), device)?;
+        .memory_plan(&spec, &mut cfg, (longest, 0), rows, device)?;
     if a.run.mem.plan {
         return Ok(());
     }

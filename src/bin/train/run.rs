@@ -127,12 +127,15 @@ impl RunArgs {
 
     /// The memory plan for `spec` at lengths `seq` (→ `tgt` for T5), fitted to
     /// --vram-budget / --gpu when given (which rewrites the batch split in `cfg`).
-    /// Plans for the longest batch the training data makes (dynamic padding).
+    /// Plans for the longest batch the training data makes (dynamic padding). On the
+    /// CPU, a run whose plan does not fit in the memory available is refused; `rows`,
+    /// the training rows, bounds the micro-batch that check assumes.
     pub(crate) fn memory_plan(
         &self,
         spec: &ModelSource,
         cfg: &mut TrainConfig,
         (seq, tgt): (usize, usize),
+        rows: usize,
         device: Device,
     ) -> Result<Plan> {
         let dtype = match self.precision {
@@ -157,6 +160,26 @@ impl RunArgs {
             },
         };
         let plan = plan::plan_or_fit(spec, budget, cfg.batch, &base)?;
+        if device == Device::Cpu && plan.work.target == Target::Cpu && !self.mem.plan {
+            // No batch holds more rows than the data has.
+            let largest = if plan.work.micro_batch > rows.max(1) {
+                let work = Workload {
+                    micro_batch: rows.max(1),
+                    ..plan.work
+                };
+                plan::predict(spec, &work, cfg.batch)?
+            } else {
+                plan.clone()
+            };
+            // The model is loaded by now: its bytes are in the plan but no longer free.
+            let held = fusebox::backend::tracker::live_bytes(Device::Cpu);
+            crate::memory_args::check_cpu_memory(
+                &largest,
+                held,
+                "this training run",
+                "lower --batch (or raise --grad-accum), shorten the sequences, or add --checkpointing",
+            )?;
+        }
         if budget.is_some() {
             cfg.grad_accum = plan.work.grad_accum;
             cfg.batch = plan.work.micro_batch * plan.work.grad_accum;
@@ -169,6 +192,32 @@ impl RunArgs {
         }
         cfg.memory_plan = Some(plan.clone());
         Ok(plan)
+    }
+
+    /// Before a model is built on the CPU: refuse one this machine cannot hold even to
+    /// train on a single one-token sequence (weights, gradients, AdamW state), with the
+    /// plan's table, instead of letting an allocation abort the process.
+    pub(crate) fn check_model_fits_cpu(&self, spec: &ModelSource, device: Device) -> Result<()> {
+        if device != Device::Cpu {
+            return Ok(());
+        }
+        let smallest = Workload {
+            micro_batch: 1,
+            grad_accum: 1,
+            seq_len: 1,
+            tgt_len: 1,
+            dtype: DType::F32,
+            checkpointing: false,
+            infer: false,
+            target: Target::Cpu,
+        };
+        let plan = plan::predict(spec, &smallest, 1)?;
+        crate::memory_args::check_cpu_memory(
+            &plan,
+            0,
+            "this model, trained on a single one-token sequence,",
+            "the model itself is too large: choose a smaller one",
+        )
     }
 
     /// Do --vram-budget / --gpu choose the micro-batch split (overriding --grad-accum)?

@@ -13,6 +13,7 @@ use fusebox::models::t5::T5ForConditionalGeneration;
 use fusebox::tasks::generate::GenerateConfig;
 use fusebox::tasks::seq2seq_default;
 use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
+use fusebox::tokenize::load_tokenizer_json;
 use fusebox::tokenize::train as tokenizer_train;
 
 use crate::evaluate_train_report;
@@ -125,6 +126,16 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
                     a.target
                 );
             }
+            // Only eos to learn (or to score against): a wrong --target, or a column
+            // left blank, rather than a dataset.
+            if rows.iter().all(|r| r.target.trim().is_empty()) {
+                bail!(
+                    "{}: the target field {:?} (--target) is empty in all {} rows; expected the text to generate",
+                    path.display(),
+                    a.target,
+                    rows.len()
+                );
+            }
             Ok(rows)
         };
         (load(train_path)?, load(eval_path)?)
@@ -140,9 +151,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             .flat_map(|r| [r.source.clone(), r.target.clone()])
             .collect();
         tokenizer_train::train_wordlevel_t5(&texts, 16000, &tok_dir)?;
-        let vocab = tokenizers::Tokenizer::from_file(tok_dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_dir.display()))?
-            .get_vocab_size(true);
+        let vocab = load_tokenizer_json(&tok_dir.join("tokenizer.json"))?.get_vocab_size(true);
         let cfg = seq2seq_default::small_config(vocab);
         eprintln!(
             "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, T5 d_model {} with {}+{} layers",
@@ -150,6 +159,8 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             cfg.num_layers,
             cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
         );
+        let spec = ModelSource::config(ModelConfig::T5(cfg.clone()));
+        a.run.check_model_fits_cpu(&spec, device)?;
         (
             T5ForConditionalGeneration::new_random(cfg, device, dtype, a.run.seed)?,
             tok_dir,
@@ -201,7 +212,8 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         ModelSource::dir(&tok_dir)?
     };
     let lengths = task.longest_train_lengths();
-    let plan = a.run.memory_plan(&spec, &mut cfg, lengths, device)?;
+    let rows = fusebox::train::Task::train_len(&task);
+    let plan = a.run.memory_plan(&spec, &mut cfg, lengths, rows, device)?;
     if a.run.mem.plan {
         return Ok(());
     }

@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::nn::{packed_qkv, separate_qkv, Init, VarBuilder};
 use crate::ops::attention::AttnOptions;
-use crate::shape::DType;
+use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
 use super::config::T5Config;
@@ -181,7 +181,15 @@ fn additive_scores(opt: AttnOptions<'_>, dims: [usize; 4], like: &Tensor) -> Res
         let rep: Vec<&Tensor> = std::iter::repeat_n(&one, b).collect();
         out = Some(Tensor::cat(&rep, 0)?.reshape([b, h, lq, lk])?);
     }
-    if causal || key_mask.is_some() {
+    if let (true, Device::Meta(_)) = (causal || key_mask.is_some(), like.device()) {
+        // Planning: the mask's size is what counts, not its b·h·lq·lk host values.
+        let add =
+            Tensor::zeros([b, h, lq, lk], DType::F32, like.device())?.to_dtype(like.dtype())?;
+        out = Some(match out {
+            Some(o) => o.add(&add)?,
+            None => add,
+        });
+    } else if causal || key_mask.is_some() {
         let keep = match key_mask {
             Some(m) => m.to_vec_i32()?,
             None => vec![1; b * lk],

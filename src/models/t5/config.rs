@@ -139,6 +139,8 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.decoder_layers()),
             (
                 "relative_attention_num_buckets",
                 self.relative_attention_num_buckets,

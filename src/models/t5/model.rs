@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::models::hf::{check_complete, config_text, save_hf, weights_path, write_json};
+use crate::models::hf::{
+    check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, write_json,
+    SizeCheck,
+};
 use crate::nn::{Init, Mode, ParamStore};
 use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::{DType, Device};
@@ -40,20 +43,101 @@ pub struct T5ForConditionalGeneration {
     pub fp16_safety: Fp16Safety,
 }
 
+/// config.json's sizes against the checkpoint's shapes, naming the field (a field
+/// absent from config.json takes t5-small's size, which a smaller checkpoint contradicts
+/// in every tensor).
+fn check_config_sizes(
+    config: &T5Config,
+    raw: &serde_json::Value,
+    cfg_path: &Path,
+    store: &ParamStore,
+) -> Result<()> {
+    let check = |field, value, per, tensor: &str, axis| SizeCheck {
+        field,
+        value,
+        per,
+        tensor: tensor.to_string(),
+        axis,
+    };
+    let attn = "encoder.block.0.layer.0.SelfAttention";
+    let ff = "encoder.block.0.layer.1.DenseReluDense";
+    let h = config.num_heads;
+    check_sizes(
+        raw,
+        cfg_path,
+        store,
+        &[
+            check("d_model", config.d_model, 1, "shared.weight", 1),
+            check("vocab_size", config.vocab_size, 1, "shared.weight", 0),
+            check("d_model", config.d_model, 1, &format!("{attn}.q.weight"), 1),
+            check(
+                "num_heads",
+                h,
+                1,
+                &format!("{attn}.relative_attention_bias.weight"),
+                1,
+            ),
+            check(
+                "relative_attention_num_buckets",
+                config.relative_attention_num_buckets,
+                1,
+                &format!("{attn}.relative_attention_bias.weight"),
+                0,
+            ),
+            check("d_kv", config.d_kv, h, &format!("{attn}.q.weight"), 0),
+            check("d_ff", config.d_ff, 1, &format!("{ff}.wi.weight"), 0),
+            check("d_ff", config.d_ff, 1, &format!("{ff}.wi_0.weight"), 0),
+        ],
+    )?;
+    check_layer_count(
+        raw,
+        cfg_path,
+        store,
+        "num_layers",
+        config.num_layers,
+        "encoder.block.",
+    )?;
+    let dec_field = if raw.get("num_decoder_layers").is_some() {
+        "num_decoder_layers"
+    } else {
+        "num_layers"
+    };
+    check_layer_count(
+        raw,
+        cfg_path,
+        store,
+        dec_field,
+        config.decoder_layers(),
+        "decoder.block.",
+    )
+}
+
 impl T5ForConditionalGeneration {
     /// Load `dir/config.json` and `dir/model.safetensors` (an HF `save_pretrained`
     /// directory) in `dtype` on `device`.
     pub fn load(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
         let (cfg_path, text) = config_text(dir)?;
         let origin = cfg_path.display().to_string();
-        let config = T5Config::from_json_str(&text, &origin)?;
         let raw: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::msg(format!("{origin}: invalid JSON: {e}")))?;
+        // Another family's directory: say so, before its weights are searched for T5's.
+        match raw.get("model_type").and_then(|m| m.as_str()) {
+            Some("t5") | None => {}
+            Some(other) => {
+                return Err(Error::msg(format!(
+                    "{origin}: model_type {other:?}: this is a {other} model; \
+                     T5ForConditionalGeneration (summarize, translate, generate) needs a T5 \
+                     checkpoint (model_type \"t5\")"
+                )))
+            }
+        }
+        let config = T5Config::from_json_str(&text, &origin)?;
         let weights = weights_path(dir)?;
         let store = ParamStore::load(&weights, device, dtype, 0)?;
         for k in IGNORED_KEYS {
             store.remove(k);
         }
+        check_config_sizes(&config, &raw, &cfg_path, &store)?;
         let model = Self::build(config, store, Some(raw), false)?;
         check_complete(&model.store, &weights, None)?;
         Ok(model)

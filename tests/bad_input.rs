@@ -1,0 +1,781 @@
+//! The bad-input corpus (issue 17): each row runs one binary on one malformed input (a
+//! flag out of range, a damaged model directory, a data file of the wrong shape, a run
+//! that does not fit in memory) and says how it must end: failure with a message naming
+//! the file, field or flag and what was expected, or success doing the right thing (a
+//! generation capped and said so, a byte-order mark skipped). Never a panic, an abort or
+//! a hang: every run has a deadline.
+//!
+//! The damaged models are copies of two tiny ones trained here once per test process
+//! (`train qa` and `train translate` for two steps, seconds on a CPU), edited in place:
+//! tensors dropped, reshaped or set to NaN, config.json fields removed, a safetensors
+//! header's offsets broken, a tokenizer.json replaced.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fusebox::nn::safetensors_io;
+use fusebox::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+const INFER: &str = env!("CARGO_BIN_EXE_infer");
+const BENCH: &str = env!("CARGO_BIN_EXE_bench");
+
+/// A run that takes longer than this hangs, as far as this test is concerned.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("fusebox-bad-input-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    })
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf8 path").to_string()
+}
+
+/// How one run ended.
+struct Ran {
+    success: bool,
+    code: Option<i32>,
+    output: String,
+}
+
+/// `bin args` with stdout and stderr in files (no pipe to fill), killed at the deadline.
+fn run(bin: &str, args: &[String], tag: usize) -> Ran {
+    let out_path = root().join(format!("run-{tag}.out"));
+    let err_path = root().join(format!("run-{tag}.err"));
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    let output = format!("{}{}", read(&out_path), read(&err_path));
+    match status {
+        Some(st) => Ran {
+            success: st.success(),
+            code: st.code(),
+            output,
+        },
+        None => Ran {
+            success: false,
+            code: None,
+            output: format!("HUNG: killed after {DEADLINE:?}\n{output}"),
+        },
+    }
+}
+
+/// `bin args`, which must succeed (building the fixtures).
+fn must_run(bin: &str, args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let r = run(bin, &args, 9999);
+    assert!(r.success, "{bin} {args:?} failed:\n{}", r.output);
+}
+
+/// The two tiny trained models every damaged copy starts from.
+struct Models {
+    qa: PathBuf,
+    t5: PathBuf,
+}
+
+fn models() -> &'static Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let qa = root().join("qa");
+        must_run(
+            TRAIN,
+            &[
+                "qa",
+                "--contexts",
+                "20",
+                "--dim",
+                "32",
+                "--layers",
+                "1",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                &s(&qa),
+            ],
+        );
+        let t5 = root().join("t5");
+        must_run(
+            TRAIN,
+            &[
+                "translate",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--eval-limit",
+                "2",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                &s(&t5),
+            ],
+        );
+        Models { qa, t5 }
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A copy of the model `from` named `name`, to damage.
+fn copy_model(from: &Path, name: &str) -> PathBuf {
+    let to = root().join(name);
+    let _ = std::fs::remove_dir_all(&to);
+    copy_dir(from, &to);
+    to
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read json")).expect("json");
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).expect("json")).expect("write json");
+}
+
+/// Rewrite `dir/model.safetensors` through the library (valid files with other tensors).
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) {
+    let file = dir.join("model.safetensors");
+    let mut t = safetensors_io::load(&file, DType::F32, Device::Cpu).expect("load weights");
+    edit(&mut t);
+    safetensors_io::save(&file, &t, None).expect("save weights");
+}
+
+/// Edit the JSON header of `dir/model.safetensors` byte for byte (files the library
+/// would never write), keeping the data as it is.
+fn edit_header(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).expect("read weights");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
+    edit(&mut header);
+    let mut h = serde_json::to_vec(&header).expect("json");
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&file, out).expect("write weights");
+}
+
+fn write(name: &str, body: &[u8]) -> PathBuf {
+    let p = root().join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
+/// A directory name for a training run's --out that no other run uses.
+fn fresh(name: &str) -> String {
+    s(&root().join(format!("out-{name}")))
+}
+
+/// One row: `bin args` must end as `ok` says, with every fragment in its output.
+struct Row {
+    bin: &'static str,
+    args: Vec<String>,
+    ok: bool,
+    want: Vec<String>,
+}
+
+fn row(bin: &'static str, args: &[&str], ok: bool, want: &[&str]) -> Row {
+    Row {
+        bin,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ok,
+        want: want.iter().map(|w| w.to_string()).collect(),
+    }
+}
+
+const FAIL: bool = false;
+const OK: bool = true;
+
+/// Can this machine's available memory be read (the CPU memory check's input)?
+fn mem_available_known() -> bool {
+    std::fs::read_to_string("/proc/meminfo").is_ok_and(|t| t.contains("MemAvailable:"))
+}
+
+fn rows() -> Vec<Row> {
+    let m = models();
+    let (qa, t5) = (s(&m.qa), s(&m.t5));
+    let ask = |model: &str, extra: &[&str]| {
+        let mut a = vec![
+            "qa",
+            "--model",
+            model,
+            "--question",
+            "Where was Alice born?",
+        ];
+        a.extend(["--context", "Alice was born in Lisbon.", "--device", "cpu"]);
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let gen = |model: &str, extra: &[&str]| {
+        let mut a = vec![
+            "generate", "--model", model, "--input", "one two", "--device", "cpu",
+        ];
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let as_row = |bin, args: Vec<String>, ok, want: &[&str]| Row {
+        bin,
+        args,
+        ok,
+        want: want.iter().map(|w| w.to_string()).collect(),
+    };
+    let mut rows = Vec::new();
+
+    // --- infer generate ---------------------------------------------------------------
+    rows.push(as_row(
+        INFER,
+        gen(&t5, &["--max-new-tokens", "1000000", "--json"]),
+        OK,
+        &["1000000 new tokens asked for; capped at 511"],
+    ));
+    // A model that never emits </s> (eos banned by min_length) stops at the cap.
+    let no_eos = copy_model(&m.t5, "t5-no-eos");
+    std::fs::write(
+        no_eos.join("generation_config.json"),
+        json!({"min_length": 1_000_000, "max_new_tokens": 1_000_000}).to_string(),
+    )
+    .expect("write");
+    rows.push(as_row(
+        INFER,
+        gen(&s(&no_eos), &["--json"]),
+        OK,
+        &["capped at 511", "\"tokens\":["],
+    ));
+    rows.push(as_row(
+        INFER,
+        gen(&t5, &["--num-beams", "100"]),
+        FAIL,
+        &[
+            "--num-beams 100 exceeds the model's vocabulary",
+            "vocab_size",
+        ],
+    ));
+    rows.push(as_row(
+        INFER,
+        gen(&t5, &["--length-penalty", "nan"]),
+        FAIL,
+        &["--length-penalty must be a finite number"],
+    ));
+    rows.push(as_row(
+        INFER,
+        gen(&t5, &["--max-source-length", "0"]),
+        FAIL,
+        &["--max-source-length must be at least 1"],
+    ));
+    let bad_eos = copy_model(&m.t5, "t5-bad-eos");
+    std::fs::write(
+        bad_eos.join("generation_config.json"),
+        json!({"eos_token_id": 100_000}).to_string(),
+    )
+    .expect("write");
+    rows.push(as_row(
+        INFER,
+        gen(&s(&bad_eos), &[]),
+        FAIL,
+        &[
+            "eos_token_id 100000 is not a token of the model",
+            "generation_config.json",
+        ],
+    ));
+    rows.push(row(
+        INFER,
+        &["generate", "--model", &t5, "--device", "cpu"],
+        FAIL,
+        &["--input <INPUT>|--file <FILE>"],
+    ));
+
+    // --- infer qa -----------------------------------------------------------------------
+    let no_head = copy_model(&m.qa, "qa-no-head");
+    edit_weights(&no_head, |t| {
+        t.remove("qa_outputs.weight");
+        t.remove("qa_outputs.bias");
+    });
+    rows.push(as_row(
+        INFER,
+        ask(&s(&no_head), &[]),
+        FAIL,
+        &["no tensor \"qa_outputs.weight\"", "no trained QA head"],
+    ));
+    // Training may start from such a checkpoint: the head is initialised, and it says so.
+    let qa_data = m.qa.join("data");
+    rows.push(row(
+        TRAIN,
+        &[
+            "qa",
+            "--model",
+            &s(&no_head),
+            "--train",
+            &s(&qa_data.join("train.json")),
+            "--eval",
+            &s(&qa_data.join("eval.json")),
+            "--max-length",
+            "64",
+            "--stride",
+            "16",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            &fresh("qa-from-base"),
+        ],
+        OK,
+        &["has no QA head: qa_outputs (weight [2, 32], bias [2]) initialised fresh"],
+    ));
+    let bad_head = copy_model(&m.qa, "qa-bad-head");
+    edit_weights(&bad_head, |t| {
+        let w = t["qa_outputs.weight"].reshape([4, 16]).expect("reshape");
+        t.insert("qa_outputs.weight".into(), w);
+    });
+    rows.push(as_row(
+        INFER,
+        ask(&s(&bad_head), &[]),
+        FAIL,
+        &["tensor \"qa_outputs.weight\" has shape [4, 16], expected [2, 32]"],
+    ));
+    let nan_head = copy_model(&m.qa, "qa-nan-head");
+    edit_weights(&nan_head, |t| {
+        let mut v = t["qa_outputs.weight"].to_vec_f32().expect("values");
+        v[3] = f32::NAN;
+        let w = Tensor::from_f32(v, [2, 32], Device::Cpu).expect("tensor");
+        t.insert("qa_outputs.weight".into(), w);
+    });
+    rows.push(as_row(
+        INFER,
+        ask(&s(&nan_head), &[]),
+        FAIL,
+        &["tensor \"qa_outputs.weight\" holds a non-finite value"],
+    ));
+    rows.push(as_row(
+        INFER,
+        ask(&qa, &["--max-answer-length", "0"]),
+        FAIL,
+        &["--max-answer-length must be at least 1"],
+    ));
+    let mut squad: Value =
+        serde_json::from_str(&std::fs::read_to_string(qa_data.join("eval.json")).expect("eval"))
+            .expect("json");
+    let qas = &mut squad["data"][0]["paragraphs"][0]["qas"];
+    let first_id = qas[0]["id"].clone();
+    qas[1]["id"] = first_id.clone();
+    let dup = write("dup-ids.json", squad.to_string().as_bytes());
+    let preds = s(&root().join("preds.json"));
+    rows.push(row(
+        INFER,
+        &[
+            "qa",
+            "--model",
+            &qa,
+            "--file",
+            &s(&dup),
+            "--out",
+            &preds,
+            "--device",
+            "cpu",
+        ],
+        FAIL,
+        &[
+            &format!("question id {first_id} appears more than once"),
+            "dup-ids.json",
+        ],
+    ));
+
+    // --- train summarize ----------------------------------------------------------------
+    let empty_targets = write(
+        "empty-targets.jsonl",
+        b"{\"source\": \"a b c\", \"target\": \"\"}\n{\"source\": \"d e\", \"target\": \" \"}\n",
+    );
+    let pairs = write(
+        "pairs.jsonl",
+        b"{\"source\": \"a b c\", \"target\": \"x y\"}\n{\"source\": \"d e\", \"target\": \"z\"}\n",
+    );
+    rows.push(row(
+        TRAIN,
+        &[
+            "summarize",
+            "--model",
+            "scratch",
+            "--train",
+            &s(&empty_targets),
+            "--eval",
+            &s(&pairs),
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            &fresh("empty-targets"),
+        ],
+        FAIL,
+        &[
+            "empty-targets.jsonl",
+            "the target field \"target\" (--target) is empty in all 2 rows",
+        ],
+    ));
+    rows.push(row(
+        TRAIN,
+        &[
+            "summarize",
+            "--model",
+            &qa,
+            "--train",
+            &s(&pairs),
+            "--eval",
+            &s(&pairs),
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            &fresh("distilbert-summarize"),
+        ],
+        FAIL,
+        &[
+            "model_type \"distilbert\": this is a distilbert model",
+            "needs a T5 checkpoint",
+        ],
+    ));
+
+    // --- bench --------------------------------------------------------------------------
+    let bench = |extra: &[&str]| {
+        let mut a = vec!["--model", t5.as_str(), "--device", "cpu", "--json"];
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    for (flag, want) in [
+        ("--batch", "--batch must be at least 1"),
+        ("--steps", "--steps must be at least 1"),
+        ("--tgt-seq", "--tgt-seq must be at least 1"),
+        ("--seq", "--seq must be at least 1"),
+    ] {
+        rows.push(as_row(BENCH, bench(&[flag, "0"]), FAIL, &[want]));
+    }
+    rows.push(row(
+        BENCH,
+        &[
+            "--model",
+            "distilbert-qa",
+            "--seq",
+            "1000000",
+            "--plan",
+            "--device",
+            "cpu",
+        ],
+        FAIL,
+        &["--seq 1000000 exceeds the model's max_position_embeddings 512"],
+    ));
+    rows.push(as_row(
+        BENCH,
+        bench(&["--seq", "1000000", "--plan"]),
+        OK,
+        &["length 1000000 -> 16", "predicted peak"],
+    ));
+
+    // --- errors that must say what is wrong ---------------------------------------------
+    for (name, field, edit) in [
+        ("no-dim", "`dim` is absent", "dim"),
+        ("no-vocab", "`vocab_size` is absent", "vocab_size"),
+    ] {
+        let d = copy_model(&m.qa, &format!("qa-{name}"));
+        edit_json(&d.join("config.json"), |v| {
+            v.as_object_mut().expect("object").remove(edit);
+        });
+        rows.push(as_row(
+            INFER,
+            ask(&s(&d), &[]),
+            FAIL,
+            &["config.json", field],
+        ));
+    }
+    let dim0 = copy_model(&m.qa, "qa-dim-0");
+    edit_json(&dim0.join("config.json"), |v| v["dim"] = json!(0));
+    rows.push(as_row(
+        INFER,
+        ask(&s(&dim0), &[]),
+        FAIL,
+        &["config.json: field `dim` is 0; expected a positive integer"],
+    ));
+    let no_dmodel = copy_model(&m.t5, "t5-no-d-model");
+    edit_json(&no_dmodel.join("config.json"), |v| {
+        v.as_object_mut().expect("object").remove("d_model");
+    });
+    rows.push(as_row(
+        INFER,
+        gen(&s(&no_dmodel), &[]),
+        FAIL,
+        &[
+            "config.json: `d_model` is absent",
+            "which needs `d_model` 128",
+        ],
+    ));
+    let bad_offsets = copy_model(&m.qa, "qa-bad-offsets");
+    edit_header(&bad_offsets, |h| {
+        h["qa_outputs.weight"]["shape"] = json!([2, 33])
+    });
+    rows.push(as_row(
+        INFER,
+        ask(&s(&bad_offsets), &[]),
+        FAIL,
+        &["tensor \"qa_outputs.weight\" (F32 [2, 33]) needs 264 bytes"],
+    ));
+    let truncated = copy_model(&m.qa, "qa-truncated");
+    let w = truncated.join("model.safetensors");
+    let len = std::fs::metadata(&w).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w)
+        .and_then(|f| f.set_len(len - 100))
+        .expect("truncate");
+    rows.push(as_row(
+        INFER,
+        ask(&s(&truncated), &[]),
+        FAIL,
+        &["data runs to byte", "(a truncated file?)"],
+    ));
+    let bad_tok = copy_model(&m.t5, "t5-bad-tokenizer");
+    std::fs::write(bad_tok.join("tokenizer.json"), r#"{"model": {}}"#).expect("write");
+    rows.push(as_row(
+        INFER,
+        gen(&s(&bad_tok), &[]),
+        FAIL,
+        &["tokenizer.json: not a tokenizers JSON file"],
+    ));
+    // A byte-order mark before JSON is not an error.
+    let mut bom = b"\xef\xbb\xbf".to_vec();
+    bom.extend(std::fs::read(qa_data.join("eval.json")).expect("eval"));
+    let bom_squad = write("bom-squad.json", &bom);
+    rows.push(row(
+        INFER,
+        &[
+            "qa",
+            "--model",
+            &qa,
+            "--file",
+            &s(&bom_squad),
+            "--out",
+            &preds,
+            "--device",
+            "cpu",
+        ],
+        OK,
+        &["400 predictions"],
+    ));
+    let bom_cfg = copy_model(&m.qa, "qa-bom-config");
+    let mut cfg = b"\xef\xbb\xbf".to_vec();
+    cfg.extend(std::fs::read(bom_cfg.join("config.json")).expect("config"));
+    std::fs::write(bom_cfg.join("config.json"), cfg).expect("write");
+    rows.push(as_row(INFER, ask(&s(&bom_cfg), &[]), OK, &["answer: "]));
+    let mml0 = copy_model(&m.qa, "qa-model-max-length-0");
+    edit_json(&mml0.join("tokenizer_config.json"), |v| {
+        v["model_max_length"] = json!(0)
+    });
+    rows.push(as_row(
+        INFER,
+        ask(&s(&mml0), &[]),
+        FAIL,
+        &["tokenizer_config.json: model_max_length is 0"],
+    ));
+    let top_array = write("top-array.json", b"[]");
+    rows.push(row(
+        INFER,
+        &[
+            "qa",
+            "--model",
+            &qa,
+            "--file",
+            &s(&top_array),
+            "--out",
+            &preds,
+            "--device",
+            "cpu",
+        ],
+        FAIL,
+        &[
+            "top-array.json",
+            "{\"data\": [...]}",
+            "found a top-level array",
+        ],
+    ));
+    rows.push(row(
+        TRAIN,
+        &[
+            "translate",
+            "--model",
+            "scratch",
+            "--train",
+            &s(&top_array),
+            "--eval",
+            &s(&pairs),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            &fresh("top-array"),
+        ],
+        FAIL,
+        &["top-array.json: no rows (expected records with the fields --source"],
+    ));
+
+    // --- CPU memory: refused with the plan, not aborted ---------------------------------
+    if mem_available_known() {
+        rows.push(row(
+            TRAIN,
+            &[
+                "qa",
+                "--contexts",
+                "20",
+                "--dim",
+                "65536",
+                "--layers",
+                "1",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "2",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--out",
+                &fresh("huge-dim"),
+            ],
+            FAIL,
+            &[
+                "MemAvailable",
+                "memory plan: DistilBERT-QA",
+                "predicted peak",
+            ],
+        ));
+        rows.push(row(
+            BENCH,
+            &[
+                "--model",
+                "distilbert-qa",
+                "--batch",
+                "4096",
+                "--seq",
+                "512",
+                "--device",
+                "cpu",
+            ],
+            FAIL,
+            &["MemAvailable", "micro-batch 4096", "predicted peak"],
+        ));
+    } else {
+        eprintln!("bad_input: /proc/meminfo has no MemAvailable here; CPU memory rows skipped");
+    }
+    rows
+}
+
+#[test]
+fn every_bad_input_is_refused_clearly_or_handled() {
+    let rows = rows();
+    let mut failures = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let ran = run(r.bin, &r.args, i);
+        let name = Path::new(r.bin)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut why = Vec::new();
+        if ran.success != r.ok {
+            why.push(format!(
+                "expected {}, got {}",
+                if r.ok { "success" } else { "failure" },
+                match ran.code {
+                    Some(c) => format!("exit status {c}"),
+                    None => "no exit status (killed)".into(),
+                }
+            ));
+        }
+        // A refusal is an exit with status 1 (anyhow) or 2 (clap), never a signal.
+        if !r.ok && !matches!(ran.code, Some(1 | 2)) {
+            why.push(format!(
+                "a refusal must exit with 1 or 2, got {:?}",
+                ran.code
+            ));
+        }
+        if ran.output.contains("panicked") {
+            why.push("panicked".into());
+        }
+        for w in &r.want {
+            if !ran.output.contains(w.as_str()) {
+                why.push(format!("no {w:?} in the output"));
+            }
+        }
+        if !why.is_empty() {
+            failures.push(format!(
+                "row {i}: {name} {:?}\n  {}\n  output:\n{}",
+                r.args,
+                why.join("; "),
+                ran.output
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(root());
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n\n")
+    );
+}

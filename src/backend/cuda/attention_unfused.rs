@@ -102,6 +102,33 @@ fn per_batch(
         .collect()
 }
 
+/// What every per-head GEMM of this path shares: `lx` rows, B read per head from a
+/// [B, l, H, D] buffer (row stride H·D, head offset D), one batch entry per head; the
+/// callers set the rest (addresses come from `per_batch`).
+fn per_head(sp: &AttnSpec, lx: usize, ab: DType) -> Gemm {
+    Gemm {
+        trans_a: false,
+        trans_b: false,
+        m: lx,
+        n: 0,
+        k: 0,
+        a: 0,
+        lda: 0,
+        stride_a: 0,
+        b: 0,
+        ldb: sp.h * sp.d,
+        stride_b: sp.d,
+        c: 0,
+        ldc: 0,
+        stride_c: 0,
+        batch: sp.h,
+        alpha: 1.0,
+        beta: 0.0,
+        ab,
+        c_type: ab,
+    }
+}
+
 /// S[b, h] = X[b, :, h, :] · Y[b, :, h, :]ᵀ with X [B, lx, H, D], Y [B, ly, H, D] and
 /// S [B, H, lx, ly] of `c_type` (q·kᵀ, and dO·vᵀ in backward).
 #[allow(clippy::too_many_arguments)]
@@ -117,25 +144,15 @@ pub(crate) fn gemms_xyt(
 ) -> Vec<Gemm> {
     let hd = sp.h * sp.d;
     let base = Gemm {
-        trans_a: false,
         trans_b: true,
-        m: lx,
         n: ly,
         k: sp.d,
-        a: 0,
         lda: hd,
         stride_a: sp.d,
-        b: 0,
-        ldb: hd,
-        stride_b: sp.d,
-        c: 0,
         ldc: ly,
         stride_c: lx * ly,
-        batch: sp.h,
-        alpha: 1.0,
-        beta: 0.0,
-        ab,
         c_type,
+        ..per_head(sp, lx, ab)
     };
     per_batch(sp, base, (x, lx * hd), (y, ly * hd), (s, sp.h * lx * ly))
 }
@@ -158,24 +175,14 @@ pub(crate) fn gemms_p(
     let hd = sp.h * sp.d;
     let base = Gemm {
         trans_a: transposed,
-        trans_b: false,
-        m: lx,
         n: sp.d,
         k: ly,
-        a: 0,
         lda: if transposed { lx } else { ly },
         stride_a: lx * ly,
-        b: 0,
-        ldb: hd,
-        stride_b: sp.d,
-        c: 0,
         ldc: hd,
         stride_c: sp.d,
-        batch: sp.h,
         alpha,
-        beta: 0.0,
-        ab,
-        c_type: ab,
+        ..per_head(sp, lx, ab)
     };
     per_batch(sp, base, (p, sp.h * lx * ly), (y, ly * hd), (o, lx * hd))
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod metrics;
 pub mod plan;
 pub mod shape;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use shape::{DType, Device, Shape};

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 const INFER: &str = env!("CARGO_BIN_EXE_infer");
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
+const EVAL: &str = env!("CARGO_BIN_EXE_eval");
 
 /// A run that takes longer than this hangs, as far as this test is concerned.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -654,6 +655,21 @@ fn rows() -> Vec<Row> {
             "{\"data\": [...]}",
             "found a top-level array",
         ],
+    ));
+    // `eval squad` reads the same files: a top-level array named as such, a
+    // byte-order mark before the gold file or the predictions accepted.
+    let bom_preds = write("bom-preds.json", b"\xef\xbb\xbf{}");
+    rows.push(row(
+        EVAL,
+        &["squad", &s(&top_array), &s(&bom_preds)],
+        FAIL,
+        &["top-array.json", "found a top-level array of 0 items"],
+    ));
+    rows.push(row(
+        EVAL,
+        &["squad", &s(&bom_squad), &s(&bom_preds)],
+        OK,
+        &["exact_match"],
     ));
     rows.push(row(
         TRAIN,

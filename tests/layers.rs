@@ -14,6 +14,7 @@ use std::path::Path;
 const LAYERS: &[&str] = &[
     "shape",
     "error",
+    "text",
     "rng",
     "hub",
     "metrics",

@@ -129,10 +129,9 @@ fn model_max_length(dir: &Path) -> Result<Option<usize>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let text = fusebox::text::read_text(&p)?;
     let v: serde_json::Value =
-        serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
     // transformers writes a huge sentinel when the length is unknown; treat it as absent.
     let n = v
         .get("model_max_length")
@@ -358,9 +357,7 @@ fn gen(a: GenArgs) -> Result<()> {
     let inputs: Vec<String> = match (&a.input, &a.file) {
         (Some(t), _) => vec![t.clone()],
         (None, Some(f)) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let text = fusebox::text::read_text(f)?;
             text.lines().map(str::to_string).collect()
         }
         (None, None) => bail!("give --input TEXT or --file F"),
@@ -440,9 +437,9 @@ fn cap_length(cfg: &mut GenerateConfig, config: &serde_json::Value, dir: &Path) 
         ),
     };
     let gen_path = dir.join("generation_config.json");
-    let gen: Option<serde_json::Value> = std::fs::read_to_string(&gen_path)
+    let gen: Option<serde_json::Value> = fusebox::text::read_text(&gen_path)
         .ok()
-        .and_then(|t| serde_json::from_str(t.strip_prefix('\u{feff}').unwrap_or(&t)).ok());
+        .and_then(|t| serde_json::from_str(&t).ok());
     for (v, file) in [
         (Some(config), "config.json"),
         (gen.as_ref(), "generation_config.json"),

@@ -55,8 +55,7 @@ impl Seq2SeqOptions {
 }
 
 fn read(path: &Path) -> Result<String> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(s.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(s))
+    crate::text::read_text(path)
 }
 
 /// Follows a dotted path (`translation.en`) through nested objects.

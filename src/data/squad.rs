@@ -350,8 +350,6 @@ pub fn parse_squad(text: &str, source: &str, opts: SquadOptions) -> Result<Squad
 /// Reads a SQuAD file (either layout).
 pub fn load_squad(path: impl AsRef<Path>, opts: SquadOptions) -> Result<SquadLoad> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    // A byte-order mark (Windows editors write one) is not part of the JSON.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    parse_squad(text, &path.display().to_string(), opts)
+    let text = crate::text::read_text(path)?;
+    parse_squad(&text, &path.display().to_string(), opts)
 }

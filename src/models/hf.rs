@@ -11,12 +11,7 @@ use crate::shape::DType;
 /// `dir/config.json`'s path and text.
 pub fn config_text(dir: &Path) -> Result<(PathBuf, String)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    // A byte-order mark (Windows editors write one) is not part of the JSON.
-    let text = match text.strip_prefix('\u{feff}') {
-        Some(t) => t.to_string(),
-        None => text,
-    };
+    let text = crate::text::read_text(&path)?;
     Ok((path, text))
 }
 

@@ -125,8 +125,8 @@ impl GenerateConfig {
         if !p.exists() {
             return Ok(base);
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let text = crate::text::read_text(&p)?;
+        let text = text.as_str();
         let origin = p.display().to_string();
         let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::msg(format!("{origin}: invalid JSON: {e}")))?;

@@ -81,9 +81,8 @@ fn read_tok_config(dir: &Path) -> Result<TokConfig> {
     if !path.exists() {
         return Ok(TokConfig::default());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    serde_json::from_str(text).map_err(|e| tok_err(path.display(), e))
+    let text = crate::text::read_text(&path)?;
+    serde_json::from_str(&text).map_err(|e| tok_err(path.display(), e))
 }
 
 impl TextTokenizer {

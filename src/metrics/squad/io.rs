@@ -19,7 +19,7 @@ fn err(source: &str, field: &str, expected: &str) -> Error {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    crate::text::read_text(path)
 }
 
 fn answers_nested(qa: &Value, source: &str, field: &str) -> Result<Vec<String>> {
@@ -43,10 +43,17 @@ impl SquadGold {
     /// v2 when `version` says 2.x, or any question carries `is_impossible`, or (flat
     /// format) any question has no answer; otherwise v1.1.
     pub fn from_json(v: &Value, source: &str) -> Result<SquadGold> {
-        let data = v
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| err(source, "data", "an array at the top level"))?;
+        let data = v.get("data").and_then(Value::as_array).ok_or_else(|| {
+            let found = match v {
+                Value::Array(a) => format!("a top-level array of {} items", a.len()),
+                Value::Object(_) => "an object without a \"data\" array".to_string(),
+                other => format!("{other}"),
+            };
+            Error::msg(format!(
+                "{source}: expected SQuAD's layout, an object {{\"version\": ..., \"data\": \
+                 [articles]}}; found {found}"
+            ))
+        })?;
         let mut questions = Vec::new();
         let mut saw_impossible = false;
         let mut flat_empty = false;

@@ -67,8 +67,83 @@ fn ident_at(s: &str) -> &str {
     &s[..end]
 }
 
-/// The modules `text` names through `root::` paths (`root::a`, `root::{a, b::c}`,
-/// `root::backend::cuda`).
+/// The crate root's re-exports, by the module they come from.
+const REEXPORTS: [(&str, &str); 7] = [
+    ("Result", "error"),
+    ("Error", "error"),
+    ("fb_bail", "error"),
+    ("DType", "shape"),
+    ("Device", "shape"),
+    ("Shape", "shape"),
+    ("Tensor", "tensor"),
+];
+
+/// The items of a brace list (`a, b::{c, d}, e`), split at commas outside nested braces.
+fn items(list: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in list.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(list[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(list[start..].trim());
+    out.into_iter().filter(|p| !p.is_empty()).collect()
+}
+
+/// The module one path names (`models::t5::X` → models, `backend::cuda::..` →
+/// backend::cuda, `backend::{cpu, cuda}` → each of them, a root re-export → its module).
+fn module_of_path(path: &str, out: &mut BTreeSet<String>) {
+    let first = ident_at(path);
+    if let Some((_, m)) = REEXPORTS.iter().find(|(n, _)| *n == first) {
+        out.insert(m.to_string());
+        return;
+    }
+    let rest = path[first.len()..].trim_start();
+    match rest.strip_prefix("::") {
+        Some(sub) if first == "backend" => {
+            let sub = sub.trim_start();
+            if let Some(list) = sub.strip_prefix('{') {
+                let end = matching_brace(list);
+                for item in items(&list[..end]) {
+                    module_of_path(&format!("backend::{item}"), out);
+                }
+            } else {
+                let s = ident_at(sub);
+                if ["cpu", "cuda", "meta"].contains(&s) {
+                    out.insert(format!("backend::{s}"));
+                } else {
+                    out.insert(first.to_string());
+                }
+            }
+        }
+        _ => {
+            out.insert(first.to_string());
+        }
+    }
+}
+
+/// The index of the `}` closing a list that starts just after a `{`.
+fn matching_brace(list: &str) -> usize {
+    let mut depth = 0i32;
+    for (i, c) in list.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return i,
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    list.len()
+}
+
+/// The modules `text` names through `root::` paths (`root::a`, `root::{a, b::{c, d}}`,
+/// `root::backend::cuda`, a root re-export such as `root::Tensor`).
 fn named(text: &str, root: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let pat = format!("{root}::");
@@ -79,30 +154,13 @@ fn named(text: &str, root: &str) -> BTreeSet<String> {
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        let names: Vec<&str> = if let Some(list) = rest.strip_prefix('{') {
-            let end = list.find('}').unwrap_or(list.len());
-            list[..end]
-                .split(',')
-                .map(|p| p.trim())
-                .filter(|p| !p.is_empty())
-                .collect()
+        if let Some(list) = rest.strip_prefix('{') {
+            let end = matching_brace(list);
+            for item in items(&list[..end]) {
+                module_of_path(item, &mut out);
+            }
         } else {
-            vec![rest]
-        };
-        for n in names {
-            let first = ident_at(n);
-            let m = match n[first.len()..].strip_prefix("::") {
-                Some(sub) if first == "backend" => {
-                    let s = ident_at(sub);
-                    if ["cpu", "cuda", "meta"].contains(&s) {
-                        format!("backend::{s}")
-                    } else {
-                        first.to_string()
-                    }
-                }
-                _ => first.to_string(),
-            };
-            out.insert(m);
+            module_of_path(rest, &mut out);
         }
     }
     out
@@ -217,11 +275,23 @@ fn models_never_name_a_backend() {
 fn the_checker_sees_an_upward_import() {
     // The parser on a line of each form: a plain path, a list, a nested backend.
     let text = "use crate::models::t5::T5Config;\nuse crate::{tensor::Tensor, ops};\n\
-                let x = crate::backend::cuda::is_available();";
+                let x = crate::backend::cuda::is_available();\n\
+                use crate::{a::{b, c}, train::X};\nuse crate::backend::{meta, cpu::Y};\n\
+                let d = crate::Device::Cpu;";
     let n = named(text, "crate");
-    let want: BTreeSet<String> = ["models", "tensor", "ops", "backend::cuda"]
-        .map(String::from)
-        .into();
+    let want: BTreeSet<String> = [
+        "models",
+        "tensor",
+        "ops",
+        "backend::cuda",
+        "a",
+        "train",
+        "backend::meta",
+        "backend::cpu",
+        "shape",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(n, want);
     assert_eq!(module_of("backend/cuda/blas.rs"), "backend::cuda");
     assert_eq!(module_of("backend/storage.rs"), "backend");

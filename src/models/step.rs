@@ -169,11 +169,9 @@ impl Qa {
         Ok(QaBatch {
             input_ids: ids([b, l], self.0.vocab_size(), device)?,
             attention_mask: Tensor::from_i32(vec![1; b * l], [b, l], device)?,
-            token_type_ids: if self.0.uses_token_type_ids() {
-                Some(Tensor::from_i32(vec![0; b * l], [b, l], device)?)
-            } else {
-                None
-            },
+            // The QA task's batches always carry segment ids (zeros where the model ignores
+            // them), so the planned step holds them too.
+            token_type_ids: Some(Tensor::from_i32(vec![0; b * l], [b, l], device)?),
             start_positions: labels.then(|| pos(0)).transpose()?,
             end_positions: labels.then(|| pos(2)).transpose()?,
         })

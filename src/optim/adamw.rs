@@ -194,11 +194,15 @@ impl AdamW {
             Ok(t)
         };
         for s in &self.slots {
-            let value = get("param", &s.name, &s.param)?;
-            s.m.storage_mut()
-                .copy_from_(&get("exp_avg", &s.name, &s.m)?.storage())?;
-            s.v.storage_mut()
-                .copy_from_(&get("exp_avg_sq", &s.name, &s.v)?.storage())?;
+            // Each tensor moves to the parameter's device only for its copy.
+            let dev = s.param.device();
+            let value = get("param", &s.name, &s.param)?.to_device(dev)?;
+            let m = get("exp_avg", &s.name, &s.m)?.to_device(dev)?;
+            s.m.storage_mut().copy_from_(&m.storage())?;
+            drop(m);
+            let v = get("exp_avg_sq", &s.name, &s.v)?.to_device(dev)?;
+            s.v.storage_mut().copy_from_(&v.storage())?;
+            drop(v);
             if let Some(m) = &s.master {
                 m.storage_mut().copy_from_(&value.storage())?;
             }

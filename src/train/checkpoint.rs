@@ -53,6 +53,8 @@ pub struct LoopState {
     pub seconds: f64,
     /// AdamW's count of applied updates (its bias correction).
     pub optimizer_steps: u64,
+    /// The run's total optimizer steps (its schedule's length) when the state was saved.
+    pub total: usize,
 }
 
 impl LoopState {
@@ -74,6 +76,7 @@ impl LoopState {
             best: None,
             seconds: 0.0,
             optimizer_steps: 0,
+            total: 0,
         }
     }
 }
@@ -172,10 +175,17 @@ pub fn save(
     }
     let manifest = serde_json::json!({"format": FORMAT, "files": files});
     write_atomic(&tmp.join("manifest.json"), manifest.to_string().as_bytes())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
+    // A checkpoint of the same step (saved again at a stop) is replaced only once the new
+    // one is complete: the old one is renamed aside, the new one in, then the old removed.
+    let old = out.join(format!(
+        "checkpoint-{}{TMP}old-{}",
+        state.state.step, state.run_id
+    ));
+    let had_old = dir.exists() && std::fs::rename(&dir, &old).is_ok();
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
     Ok(dir)
 }
 
@@ -234,18 +244,37 @@ pub fn latest(out: &Path) -> Option<(PathBuf, TrainerState)> {
     None
 }
 
-/// Delete all but the newest `keep` checkpoints, never the one at step `protect` (the
-/// best model, when it is to be loaded at the end).
-pub fn rotate(out: &Path, keep: Option<usize>, protect: Option<usize>) {
+/// Delete all but the newest `keep` checkpoints, never the one just written (`written`)
+/// nor the one at step `protect` (the best model, when it is to be loaded at the end).
+pub fn rotate(out: &Path, keep: Option<usize>, written: usize, protect: Option<usize>) {
     let Some(keep) = keep else {
         return;
     };
     for (step, dir) in folders(out).into_iter().skip(keep) {
-        if Some(step) == protect {
+        if step == written || Some(step) == protect {
             continue;
         }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             eprintln!("warning: could not remove {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Rename checkpoints past `step` to `checkpoint-N.superseded-PID` (kept for the user,
+/// no longer a checkpoint of this run): a run resumed from `step` makes its own.
+pub fn set_aside_after(out: &Path, step: usize) {
+    for (s, dir) in folders(out) {
+        if s <= step {
+            continue;
+        }
+        let aside = dir.with_file_name(format!("checkpoint-{s}.superseded-{}", std::process::id()));
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => eprintln!(
+                "{} is past the resumed step {step}: kept as {}",
+                dir.display(),
+                aside.display()
+            ),
+            Err(e) => eprintln!("warning: could not set {} aside: {e}", dir.display()),
         }
     }
 }

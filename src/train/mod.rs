@@ -126,6 +126,14 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
         }
         Some(r) => resume(r, out, &settings, &mut opt, device, task.headline_metric())?,
     };
+    if st.total != 0 && st.total != total {
+        eprintln!(
+            "warning: this run has {total} optimizer steps, its checkpoint was made for {}: \
+             the learning-rate schedule follows the new count from here",
+            st.total
+        );
+    }
+    st.total = total;
     // Measure from here: weights and optimizer state are live, the steps are next.
     crate::backend::tracker::reset_peak(device);
     if let crate::shape::Device::Cuda(n) = device {
@@ -217,8 +225,11 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 st.window_n = 0;
             }
             if cfg.eval_strategy.at_step(st.step) {
+                // The evaluation's memory is not the training step's (as the plan has it).
+                train_peak = train_peak.max(crate::backend::tracker::peak_bytes(device));
                 let epoch = json!(st.epoch as f64 + st.pos as f64 / steps_per_epoch as f64);
                 evaluate(task, &mut st, &mut log, epoch, &metric, &pb)?;
+                crate::backend::tracker::reset_peak(device);
             }
             let stop = stopper.check();
             if cfg.save_strategy.at_step(st.step) || stop.is_some() {
@@ -257,10 +268,27 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     pb.finish_and_clear();
     let mut fin = st.last_eval.clone();
     if cfg.load_best_model_at_end {
-        if let Some((value, step, eval)) = st.best.clone() {
-            load_weights(&out.join(format!("checkpoint-{step}")), &mut opt, device)?;
-            eprintln!("loaded the best model: {metric} {value} at step {step}");
-            fin = eval;
+        match st.best.clone() {
+            // The final weights are the best: nothing to load (their evaluation may
+            // have no checkpoint of its own).
+            Some((_, step, _)) if step == st.step => {}
+            Some((value, step, eval)) => {
+                let dir = out.join(format!("checkpoint-{step}"));
+                match load_weights(&dir, &mut opt, device) {
+                    Ok(()) => {
+                        eprintln!("loaded the best model: {metric} {value} at step {step}");
+                        fin = eval;
+                    }
+                    Err(e) => eprintln!(
+                        "warning: the best model ({metric} {value} at step {step}) could not \
+                         be loaded ({e}); the final weights are saved instead"
+                    ),
+                }
+            }
+            None => eprintln!(
+                "warning: no evaluation reported {metric:?} (--metric-for-best-model): the \
+                 final weights are saved"
+            ),
         }
     }
     plot_curves(
@@ -317,6 +345,12 @@ fn resume(
     }
     load_weights(&dir, opt, device)?;
     opt.set_steps(ts.state.optimizer_steps);
+    // The run is unfinished again: a marker of an earlier end would call half-moved
+    // final files complete. Checkpoints past this one belong to a history this run does
+    // not continue: set aside (not deleted), so rotation and a later `--resume auto`
+    // never take them for this run's.
+    let _ = std::fs::remove_file(out.join(outdir::RUN_MARKER));
+    checkpoint::set_aside_after(out, ts.state.step);
     eprintln!(
         "resuming from {} (step {}, epoch {})",
         dir.display(),
@@ -331,7 +365,14 @@ fn resume(
 /// parameters, which it holds).
 fn load_weights(dir: &Path, opt: &mut AdamW, device: crate::shape::Device) -> Result<()> {
     let path = dir.join("optimizer.safetensors");
-    let tensors = crate::nn::safetensors_io::load(&path, crate::shape::DType::F32, device)?;
+    // On the host: each tensor goes to the device only while it is copied in, so resuming
+    // needs no second copy of the whole optimizer state on the card.
+    let _ = device;
+    let tensors = crate::nn::safetensors_io::load(
+        &path,
+        crate::shape::DType::F32,
+        crate::shape::Device::Cpu,
+    )?;
     opt.load_state(&tensors)
         .map_err(|e| Error::msg(format!("{}: {e}", path.display())))
 }
@@ -375,7 +416,7 @@ impl Ckpt<'_> {
                     .load_best_model_at_end
                     .then(|| st.best.as_ref().map(|b| b.1))
                     .flatten();
-                checkpoint::rotate(self.out, self.cfg.save_total_limit, protect);
+                checkpoint::rotate(self.out, self.cfg.save_total_limit, st.step, protect);
                 Ok(())
             }
             Err(e) if !must => {

@@ -78,10 +78,14 @@ fn remove_temporaries(out: &Path) {
     };
     for e in rd.flatten() {
         let p = e.path();
-        if !p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains(TMP))
-        {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        // Only the names this module and checkpoint.rs make: `checkpoint-N.tmp-*`,
+        // `final.tmp-*` and `.FILE.tmp-*`; anything else is not ours to remove.
+        let ours = name.is_some_and(|n| {
+            n.contains(TMP)
+                && (n.starts_with("checkpoint-") || n.starts_with("final.") || n.starts_with('.'))
+        });
+        if !ours {
             continue;
         }
         let gone = if p.is_dir() {
@@ -266,6 +270,7 @@ mod tests {
         std::fs::create_dir_all(d.join("checkpoint-5")).expect("ckpt");
         std::fs::write(d.join("notes.txt"), "mine").expect("user file");
         std::fs::write(d.join(format!(".x{TMP}9")), "half").expect("tmp");
+        std::fs::write(d.join(format!("report{TMP}3")), "another tool's").expect("tmp");
         let e = prepare(&d, None, OutMode::New)
             .expect_err("refused")
             .to_string();
@@ -274,6 +279,7 @@ mod tests {
             "{e}"
         );
         assert!(!d.join(format!(".x{TMP}9")).exists(), "temporaries removed");
+        assert!(d.join(format!("report{TMP}3")).exists(), "not ours: kept");
         prepare(&d, None, OutMode::Resume).expect("resume keeps them");
         assert!(d.join("metrics.jsonl").exists());
         prepare(&d, None, OutMode::Overwrite).expect("overwrite");

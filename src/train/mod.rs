@@ -124,7 +124,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             st.scaler = cfg.loss_scaling.then(LossScaler::default);
             (st, MetricsLog::create(out, task.headline_metric())?)
         }
-        Some(r) => resume(r, out, &settings, &mut opt, device, task.headline_metric())?,
+        Some(r) => resume(r, out, &settings, &mut opt, task.headline_metric())?,
     };
     if st.total != 0 && st.total != total {
         eprintln!(
@@ -274,7 +274,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
             Some((_, step, _)) if step == st.step => {}
             Some((value, step, eval)) => {
                 let dir = out.join(format!("checkpoint-{step}"));
-                match load_weights(&dir, &mut opt, device) {
+                match load_weights(&dir, &mut opt) {
                     Ok(()) => {
                         eprintln!("loaded the best model: {metric} {value} at step {step}");
                         fin = eval;
@@ -322,7 +322,6 @@ fn resume(
     out: &Path,
     settings: &Value,
     opt: &mut AdamW,
-    device: crate::shape::Device,
     headline: &str,
 ) -> Result<(LoopState, MetricsLog)> {
     let (dir, ts) = match r {
@@ -343,7 +342,7 @@ fn resume(
             diff.join("; ")
         )));
     }
-    load_weights(&dir, opt, device)?;
+    load_weights(&dir, opt)?;
     opt.set_steps(ts.state.optimizer_steps);
     // The run is unfinished again: a marker of an earlier end would call half-moved
     // final files complete. Checkpoints past this one belong to a history this run does
@@ -363,11 +362,10 @@ fn resume(
 
 /// The weights and AdamW state of checkpoint `dir` into `opt` (and the model's
 /// parameters, which it holds).
-fn load_weights(dir: &Path, opt: &mut AdamW, device: crate::shape::Device) -> Result<()> {
+fn load_weights(dir: &Path, opt: &mut AdamW) -> Result<()> {
     let path = dir.join("optimizer.safetensors");
     // On the host: each tensor goes to the device only while it is copied in, so resuming
     // needs no second copy of the whole optimizer state on the card.
-    let _ = device;
     let tensors = crate::nn::safetensors_io::load(
         &path,
         crate::shape::DType::F32,

@@ -80,7 +80,7 @@ pub fn load_seq2seq_lm(dir: &Path, device: Device, dtype: DType) -> Result<Box<d
         ))),
         other => Err(Error::msg(format!(
             "{origin}: model_type {other:?}: this is a {other} model, not an encoder-decoder \
-             LM; summarize, translate and generate need a T5 checkpoint (model_type \"t5\")"
+             LM; summarize, translate and generate each needs a T5 checkpoint (model_type \"t5\")"
         ))),
     }
 }

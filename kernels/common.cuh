@@ -53,31 +53,26 @@ __device__ __forceinline__ float fb_warp_max(float v) {
     return v;
 }
 
-// Block-wide sum/max; every thread gets the result. blockDim.x must be a multiple of
-// 32 and at most 1024. `scratch` is 32 floats of shared memory; the trailing barrier
-// lets callers reuse it immediately.
-__device__ __forceinline__ float fb_block_sum(float v, float* scratch) {
+// Block-wide sum (kMax false) or max; every thread gets the result. blockDim.x must be a
+// multiple of 32 and at most 1024. `scratch` is 32 floats of shared memory; the trailing
+// barrier lets callers reuse it immediately.
+template <bool kMax>
+__device__ __forceinline__ float fb_block_reduce(float v, float* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int nw = (blockDim.x + 31) >> 5;
-    v = fb_warp_sum(v);
+    v = kMax ? fb_warp_max(v) : fb_warp_sum(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float r = (lane < nw) ? scratch[lane] : 0.0f;
-    r = fb_warp_sum(r);
+    float r = (lane < nw) ? scratch[lane] : (kMax ? -fb_inf() : 0.0f);
+    r = kMax ? fb_warp_max(r) : fb_warp_sum(r);
     __syncthreads();
     return r;
 }
-
+__device__ __forceinline__ float fb_block_sum(float v, float* scratch) {
+    return fb_block_reduce<false>(v, scratch);
+}
 __device__ __forceinline__ float fb_block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int nw = (blockDim.x + 31) >> 5;
-    v = fb_warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = (lane < nw) ? scratch[lane] : -fb_inf();
-    r = fb_warp_max(r);
-    __syncthreads();
-    return r;
+    return fb_block_reduce<true>(v, scratch);
 }
 
 // The dropout hash (crate::backend::dropout_keep): fb_dropout_keep_k(key, i, p),

@@ -223,13 +223,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             bufs.push(w);
         }
         for b in bufs {
-            if b.dev().ordinal != dev.ordinal {
-                return Err(Error::DeviceMismatch {
-                    op,
-                    a: first.param.device(),
-                    b: b.device(),
-                });
-            }
+            first.param.check_device(b, op)?;
         }
         if n > 0 {
             live.push((i, g16 | (wkind << 1), wptr));

@@ -36,13 +36,7 @@ fn check(
         if t.len() != sp.b * sp.lk * sp.h * sp.d {
             return Err(len_err(op, sp.b * sp.lk * sp.h * sp.d, t.len()));
         }
-        if t.dtype() != q.dtype() {
-            return Err(Error::DType {
-                op,
-                expected: q.dtype().as_str(),
-                got: t.dtype(),
-            });
-        }
+        q.check_dtype(t, op)?;
     }
     check_mask_bias(q.dtype(), key_mask, bias, sp)?;
     Ok(s)

@@ -35,21 +35,10 @@ pub(crate) fn unary_code(op: UnaryOp) -> i32 {
     }
 }
 
-fn same_dtype(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<()> {
-    if a.dtype() != b.dtype() {
-        return Err(Error::DType {
-            op,
-            expected: a.dtype().as_str(),
-            got: b.dtype(),
-        });
-    }
-    Ok(())
-}
-
 /// Check a same-length, same-dtype float pair and return the kernel suffix.
 fn pair(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<&'static str> {
     a.check_pair(b, op)?;
-    same_dtype(a, b, op)?;
+    a.check_dtype(b, op)?;
     sfx(op, a.dtype())
 }
 
@@ -132,7 +121,7 @@ pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
 }
 
 pub fn add_bias(x: &CudaStorage, bias: &CudaStorage, cols: usize) -> Result<CudaStorage> {
-    same_dtype(x, bias, "add_bias")?;
+    x.check_dtype(bias, "add_bias")?;
     let s = sfx("add_bias", x.dtype())?;
     if cols == 0 || bias.len() != cols || !x.len().is_multiple_of(cols) {
         return Err(len_err("add_bias", cols, bias.len()));

@@ -24,13 +24,7 @@ pub fn span_search(
     let s = sfx(op, start.dtype())?;
     start.check_pair(end, op)?;
     start.check_pair(allowed, op)?;
-    if end.dtype() != start.dtype() {
-        return Err(Error::DType {
-            op,
-            expected: start.dtype().as_str(),
-            got: end.dtype(),
-        });
-    }
+    start.check_dtype(end, op)?;
     if allowed.dtype() != DType::I32 {
         return Err(Error::DType {
             op,

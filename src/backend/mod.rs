@@ -170,6 +170,55 @@ pub struct AttnSpec {
     pub seed: u64,
 }
 
+/// What an attention call takes besides q, k and v: the key padding mask (I32 `[b, lk]`,
+/// nonzero = keep), the additive bias (`[h, lq, lk]` in q's dtype, broadcast over the
+/// batch) and the shape and options. `S` is the buffer type (a backend's, or `Storage`).
+#[derive(Debug)]
+pub struct AttnArgs<'a, S> {
+    pub key_mask: Option<&'a S>,
+    pub bias: Option<&'a S>,
+    pub spec: AttnSpec,
+}
+
+/// What attention backward reads besides q, k, v and [`AttnArgs`]: the forward's `out`
+/// `[b, lq, h, d]` and `lse` `[b, h, lq]`, and the upstream gradient `dout` (as `out`).
+#[derive(Debug)]
+pub struct AttnSaved<'a, S> {
+    pub out: &'a S,
+    pub lse: &'a S,
+    pub dout: &'a S,
+}
+
+/// Copy for any `S` (a derive would ask `S: Copy`): they hold references and a spec.
+macro_rules! copy_for_any_buffer {
+    ($($t:ident),*) => {$(
+        impl<S> Clone for $t<'_, S> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<S> Copy for $t<'_, S> {}
+    )*};
+}
+
+copy_for_any_buffer!(AttnArgs, AttnSaved);
+
+impl<'a, S> AttnSaved<'a, S> {
+    pub fn new(out: &'a S, lse: &'a S, dout: &'a S) -> Self {
+        AttnSaved { out, lse, dout }
+    }
+}
+
+impl<'a, S> AttnArgs<'a, S> {
+    pub fn new(key_mask: Option<&'a S>, bias: Option<&'a S>, spec: AttnSpec) -> Self {
+        AttnArgs {
+            key_mask,
+            bias,
+            spec,
+        }
+    }
+}
+
 /// One QA span candidate from [`BackendStorage::span_search`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpanCandidate {
@@ -409,49 +458,33 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn argmax_last(&self, cols: usize) -> Result<Self>;
 
     // ---- attention ------------------------------------------------------------------
-    /// softmax(scale·q·kᵀ + bias + masks)·v. `key_mask` is I32 `[b, lk]` (nonzero = keep);
-    /// `bias` is `[h, lq, lk]`, broadcast over the batch. Returns (out, lse).
+    /// softmax(scale·q·kᵀ + bias + masks)·v, with the mask, bias and spec of `a`.
+    /// Returns (out, lse).
     fn attention(
-        &self, /*q*/
-        k: &Self,
+        &self,
+        /*q*/ k: &Self,
         v: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self)>;
     /// Returns (dq, dk, dv, dbias) — dbias `[h, lq, lk]` summed over the batch, present
-    /// when `bias` was given.
-    #[allow(clippy::too_many_arguments)]
+    /// when `a.bias` was given.
     fn attention_backward(
         &self, /*q*/
         k: &Self,
         v: &Self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self, Self, Option<Self>)>;
     /// [`attention`](Self::attention) with q, k and v the columns of one fused QKV
     /// projection: `self` is `[b, l, 3, h, d]` (q, k, v per token, `spec.lq == spec.lk`).
     /// Returns (out `[b, l, h, d]`, lse).
-    fn attention_qkv(
-        &self, /*qkv*/
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)>;
+    fn attention_qkv(&self, /*qkv*/ a: AttnArgs<'_, Self>) -> Result<(Self, Self)>;
     /// Backward of [`attention_qkv`](Self::attention_qkv): (dqkv in the same packed
     /// layout, so one GEMM gives the input gradient; dbias as in `attention_backward`).
     fn attention_qkv_backward(
         &self, /*qkv*/
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Option<Self>)>;
 
     // ---- QA decoding (inference only) ------------------------------------------------

@@ -5,7 +5,7 @@
 
 use super::storage::{dispatch, mismatch, per_backend, same_mut, Lift, Operand, Storage, Variant};
 use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
-use super::{AttnSpec, BackendStorage, MatmulSpec, SpanCandidate};
+use super::{AttnArgs, AttnSaved, BackendStorage, MatmulSpec, SpanCandidate};
 use crate::error::Result;
 use crate::shape::DType;
 
@@ -43,15 +43,11 @@ dispatch! {
     fn cross_entropy_backward(&self, targets: &Storage, lse: &Storage, dloss: &Storage,
         cols: usize, ignore_index: i32) -> Storage;
     fn argmax_last(&self, cols: usize) -> Storage;
-    fn attention(&self, k: &Storage, v: &Storage, key_mask: Option<&Storage>,
-        bias: Option<&Storage>, spec: &AttnSpec) -> (Storage, Storage);
-    fn attention_backward(&self, k: &Storage, v: &Storage, out: &Storage, lse: &Storage,
-        dout: &Storage, key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
-        -> (Storage, Storage, Storage, Option<Storage>);
-    fn attention_qkv(&self, key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
-        -> (Storage, Storage);
-    fn attention_qkv_backward(&self, out: &Storage, lse: &Storage, dout: &Storage,
-        key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
+    fn attention(&self, k: &Storage, v: &Storage, a: AttnArgs<'_, Storage>) -> (Storage, Storage);
+    fn attention_backward(&self, k: &Storage, v: &Storage, saved: AttnSaved<'_, Storage>,
+        a: AttnArgs<'_, Storage>) -> (Storage, Storage, Storage, Option<Storage>);
+    fn attention_qkv(&self, a: AttnArgs<'_, Storage>) -> (Storage, Storage);
+    fn attention_qkv_backward(&self, saved: AttnSaved<'_, Storage>, a: AttnArgs<'_, Storage>)
         -> (Storage, Option<Storage>);
     fn span_search(&self, end_logits: &Storage, allowed: &Storage, cols: usize, max_len: usize,
         top_k: usize) -> Vec<SpanCandidate>;

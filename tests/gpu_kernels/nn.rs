@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use fusebox::backend::cuda::{self, CudaStorage};
-use fusebox::backend::{AdamWStep, AttnSpec, BackendStorage, CpuStorage};
+use fusebox::backend::{AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage};
 use fusebox::DType;
 
 use crate::common::*;
@@ -389,34 +389,22 @@ fn attention_forward_backward() {
                 .collect();
             let (cmask, gmask, cb, gb) =
                 mask_and_bias(&mut rng, mask.then_some(mvec), bias, &sp, dt);
-            let (wo, wl) = ok(cq.attention(&ck, &cv, cmask.as_ref(), cb.as_ref(), &sp));
-            let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(
-                &ck,
-                &cv,
-                &wo,
-                &wl,
-                &cdo,
-                cmask.as_ref(),
-                cb.as_ref(),
-                &sp,
-            ));
+            let (ca, ga) = (
+                AttnArgs::new(cmask.as_ref(), cb.as_ref(), sp),
+                AttnArgs::new(gmask.as_ref(), gb.as_ref(), sp),
+            );
+            let (wo, wl) = ok(cq.attention(&ck, &cv, ca));
+            let saved = AttnSaved::new(&wo, &wl, &cdo);
+            let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(&ck, &cv, saved, ca));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
                 let _path = use_attn(which, tile);
                 let t = Instant::now();
-                let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
+                let (o, l) = ok(gq.attention(&gk, &gv, ga));
                 check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
                 check_lse(&format!("attn_{tag}_fwd_lse"), &shape, dt, &l, &wl, t);
                 let t = Instant::now();
-                let (dq, dk, dv, db) = ok(gq.attention_backward(
-                    &gk,
-                    &gv,
-                    &o,
-                    &l,
-                    &gdo,
-                    gmask.as_ref(),
-                    gb.as_ref(),
-                    &sp,
-                ));
+                let saved = AttnSaved::new(&o, &l, &gdo);
+                let (dq, dk, dv, db) = ok(gq.attention_backward(&gk, &gv, saved, ga));
                 check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
                 check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
                 check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
@@ -476,18 +464,20 @@ fn attention_packed_qkv_forward_backward() {
                 .collect();
             let (cmask, gmask, cb, gb) =
                 mask_and_bias(&mut rng, mask.then_some(mvec), bias, &sp, dt);
-            let (wo, wl) = ok(cx.attention_qkv(cmask.as_ref(), cb.as_ref(), &sp));
-            let (wd, wdb) =
-                ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
+            let (ca, ga) = (
+                AttnArgs::new(cmask.as_ref(), cb.as_ref(), sp),
+                AttnArgs::new(gmask.as_ref(), gb.as_ref(), sp),
+            );
+            let (wo, wl) = ok(cx.attention_qkv(ca));
+            let (wd, wdb) = ok(cx.attention_qkv_backward(AttnSaved::new(&wo, &wl, &cdo), ca));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
                 let _path = use_attn(which, tile);
                 let t = Instant::now();
-                let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
+                let (o, lse) = ok(gx.attention_qkv(ga));
                 check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
                 check_lse(&format!("attn_qkv_{tag}_fwd_lse"), &shape, dt, &lse, &wl, t);
                 let t = Instant::now();
-                let (dx, db) =
-                    ok(gx.attention_qkv_backward(&o, &lse, &gdo, gmask.as_ref(), gb.as_ref(), &sp));
+                let (dx, db) = ok(gx.attention_qkv_backward(AttnSaved::new(&o, &lse, &gdo), ga));
                 check(&format!("attn_qkv_{tag}_bwd_dqkv"), &shape, dt, &dx, &wd, t);
                 check_dbias(
                     &format!("attn_qkv_{tag}_bwd_dbias"),

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::matmul::{gemm_strided, View};
 use super::{check_len, CpuStorage, Real};
-use crate::backend::AttnSpec;
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
 use crate::error::{Error, Result};
 
 /// Where q, k and v sit in their buffers: row strides (elements per token) and column
@@ -84,13 +84,24 @@ pub(super) struct Qkv<'a> {
     pub lay: Layout,
 }
 
+impl<'a> Qkv<'a> {
+    /// The packed `[B, L, 3, H, D]` buffer of a fused QKV projection as q, k and v.
+    pub(super) fn packed(qkv: &'a CpuStorage, s: &AttnSpec) -> Qkv<'a> {
+        Qkv {
+            q: qkv,
+            k: qkv,
+            v: qkv,
+            lay: Layout::packed(s),
+        }
+    }
+}
+
 fn inputs<'a, T: Real>(
     op: &'static str,
     qkv: &Qkv<'a>,
-    key_mask: Option<&'a CpuStorage>,
-    bias: Option<&'a CpuStorage>,
-    s: &AttnSpec,
+    a: AttnArgs<'a, CpuStorage>,
 ) -> Result<Inputs<'a, T>> {
+    let s = &a.spec;
     let lay = qkv.lay;
     let (q, k, v) = (
         qkv.q.floats::<T>(op)?,
@@ -110,7 +121,7 @@ fn inputs<'a, T: Real>(
         check_len(op, "k [b, lk, h, d]", s.b * s.lk * s.h * s.d, k.len())?;
         check_len(op, "v [b, lk, h, d]", s.b * s.lk * s.h * s.d, v.len())?;
     }
-    let mask = match key_mask {
+    let mask = match a.key_mask {
         Some(m) => {
             let m = m.ints(op)?;
             check_len(op, "key_mask [b, lk]", s.b * s.lk, m.len())?;
@@ -118,7 +129,7 @@ fn inputs<'a, T: Real>(
         }
         None => None,
     };
-    let bias = match bias {
+    let bias = match a.bias {
         Some(b) => {
             let b = b.floats::<T>(op)?;
             check_len(op, "bias [h, lq, lk]", s.h * s.lq * s.lk, b.len())?;
@@ -274,11 +285,10 @@ fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> 
 
 pub(super) fn attention<T: Real>(
     qkv: &Qkv<'_>,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    args: AttnArgs<'_, CpuStorage>,
 ) -> Result<(CpuStorage, CpuStorage)> {
-    let a = inputs::<T>("attention", qkv, key_mask, bias, spec)?;
+    let a = inputs::<T>("attention", qkv, args)?;
+    let spec = &args.spec;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
@@ -345,26 +355,22 @@ pub(super) enum QkvGrads {
     Packed(CpuStorage),
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_backward<T: Real>(
     qkv: &Qkv<'_>,
-    out: &CpuStorage,
-    lse: &CpuStorage,
-    dout: &CpuStorage,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    saved: AttnSaved<'_, CpuStorage>,
+    args: AttnArgs<'_, CpuStorage>,
 ) -> Result<(QkvGrads, Option<CpuStorage>)> {
     const OP: &str = "attention_backward";
-    let a = inputs::<T>(OP, qkv, key_mask, bias, spec)?;
+    let a = inputs::<T>(OP, qkv, args)?;
+    let spec = &args.spec;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
     let lay = a.lay;
     let (o, lse, dout) = (
-        out.floats::<T>(OP)?,
-        lse.floats::<T>(OP)?,
-        dout.floats::<T>(OP)?,
+        saved.out.floats::<T>(OP)?,
+        saved.lse.floats::<T>(OP)?,
+        saved.dout.floats::<T>(OP)?,
     );
     check_len(OP, "out [b, lq, h, d]", b * lq * h * d, o.len())?;
     check_len(OP, "dout [b, lq, h, d]", b * lq * h * d, dout.len())?;

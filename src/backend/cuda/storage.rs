@@ -8,7 +8,8 @@ use super::{
 use crate::backend::cpu::CpuData;
 use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
 use crate::backend::{
-    AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, SpanCandidate, UnaryOp,
+    AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
@@ -124,15 +125,14 @@ impl BackendStorage for CudaStorage {
         fn cross_entropy_backward(&self, targets: &Self, lse: &Self, dloss: &Self, cols: usize,
             ignore_index: i32) -> Self => softmax::cross_entropy_backward;
         fn argmax_last(&self, cols: usize) -> Self => softmax::argmax_last;
-        fn attention(&self, k: &Self, v: &Self, key_mask: Option<&Self>, bias: Option<&Self>,
-            spec: &AttnSpec) -> (Self, Self) => attention_unfused::attention;
-        fn attention_backward(&self, k: &Self, v: &Self, out: &Self, lse: &Self, dout: &Self,
-            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
-            -> (Self, Self, Self, Option<Self>) => attention_unfused::attention_backward;
-        fn attention_qkv(&self, key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
-            -> (Self, Self) => attention_unfused::attention_qkv;
-        fn attention_qkv_backward(&self, out: &Self, lse: &Self, dout: &Self,
-            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
+        fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> (Self, Self)
+            => attention_unfused::attention;
+        fn attention_backward(&self, k: &Self, v: &Self, saved: AttnSaved<'_, Self>,
+            a: AttnArgs<'_, Self>) -> (Self, Self, Self, Option<Self>)
+            => attention_unfused::attention_backward;
+        fn attention_qkv(&self, a: AttnArgs<'_, Self>) -> (Self, Self)
+            => attention_unfused::attention_qkv;
+        fn attention_qkv_backward(&self, saved: AttnSaved<'_, Self>, a: AttnArgs<'_, Self>)
             -> (Self, Option<Self>) => attention_unfused::attention_qkv_backward;
         fn span_search(&self, end_logits: &Self, allowed: &Self, cols: usize, max_len: usize,
             top_k: usize) -> Vec<SpanCandidate> => span::span_search;

@@ -25,7 +25,7 @@
 mod attention;
 
 use crate::backend::{
-    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWStep, AttnSpec,
+    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWStep, AttnArgs, AttnSaved,
     BackendStorage, BinaryOp, CpuStorage, MatmulSpec, MultiTensor, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
@@ -341,47 +341,27 @@ impl BackendStorage for MetaStorage {
     fn argmax_last(&self, cols: usize) -> Result<Self> {
         Ok(self.out(self.rows(cols), DType::I32))
     }
-    fn attention(
-        &self, /*q*/
-        k: &Self,
-        v: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention::forward(self, k, v, bias.is_some(), spec)
+    fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        attention::forward(self, k, v, a.bias.is_some(), &a.spec)
     }
     fn attention_backward(
         &self, /*q*/
         k: &Self,
         v: &Self,
-        _out: &Self,
-        _lse: &Self,
-        _dout: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        _saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        attention::backward(self, k, v, bias.is_some(), spec)
+        attention::backward(self, k, v, a.bias.is_some(), &a.spec)
     }
-    fn attention_qkv(
-        &self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention::forward_packed(self, bias.is_some(), spec)
+    fn attention_qkv(&self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        attention::forward_packed(self, a.bias.is_some(), &a.spec)
     }
     fn attention_qkv_backward(
         &self,
-        _out: &Self,
-        _lse: &Self,
-        _dout: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        _saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Option<Self>)> {
-        attention::backward_packed(self, bias.is_some(), spec)
+        attention::backward_packed(self, a.bias.is_some(), &a.spec)
     }
     fn span_search(
         &self,

@@ -4,8 +4,8 @@
 //! tests/gradcheck.rs.
 
 use fusebox::backend::{
-    AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
-    UnaryOp,
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage,
+    MatmulSpec, UnaryOp,
 };
 use fusebox::{DType, Error};
 
@@ -669,7 +669,11 @@ fn adamw_step() {
     let g = f64s(&[1.0, 1.0]);
     let mut w = f32s(&[0.0, 0.0]).cast(DType::F16).unwrap();
     let skipped = p
-        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(3, 0.5))
+        .adamw_(
+            &g,
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp(3, 0.5),
+        )
         .unwrap();
     assert!(!skipped);
     close("adamw p", &vals(&p), &[0.9930380085626146; 2], 1e-14);
@@ -680,36 +684,54 @@ fn adamw_step() {
     // F32 path agrees.
     let mut p32 = f32s(&[1.0]);
     let (mut m32, mut v32) = (f32s(&[0.1]), f32s(&[0.02]));
-    p32.adamw_(&f32s(&[0.5]), &mut m32, &mut v32, None, &hp(3, 1.0))
-        .unwrap();
+    p32.adamw_(
+        &f32s(&[0.5]),
+        AdamWState::new(&mut m32, &mut v32, None),
+        &hp(3, 1.0),
+    )
+    .unwrap();
     close("adamw p f32", &vals(&p32), &[0.9930380085626146], 1e-6);
 
     // An inf (after scaling) anywhere: report it and change nothing.
     let g = f64s(&[0.5, f64::INFINITY]);
     let before = (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap());
     assert!(p
-        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(4, 1.0))
+        .adamw_(
+            &g,
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp(4, 1.0)
+        )
         .unwrap());
     assert_eq!(
         (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap()),
         before
     );
     let g = f64s(&[0.5, f64::NAN]);
-    assert!(p.adamw_(&g, &mut m, &mut v, None, &hp(4, 1.0)).unwrap());
+    assert!(p
+        .adamw_(&g, AdamWState::new(&mut m, &mut v, None), &hp(4, 1.0))
+        .unwrap());
     assert_eq!(vals(&p), before.0);
     // Finite grad that overflows only once scaled.
     let g = f32s(&[3e38, 1.0]);
     let (mut p32, mut m32, mut v32) = (f32s(&[1.0, 1.0]), f32s(&[0.0; 2]), f32s(&[0.0; 2]));
     assert!(p32
-        .adamw_(&g, &mut m32, &mut v32, None, &hp(1, 4.0))
+        .adamw_(&g, AdamWState::new(&mut m32, &mut v32, None), &hp(1, 4.0))
         .unwrap());
     assert_eq!(vals(&p32), vec![1.0, 1.0]);
 
     assert!(p
-        .adamw_(&f64s(&[0.5]), &mut m, &mut v, None, &hp(4, 1.0))
+        .adamw_(
+            &f64s(&[0.5]),
+            AdamWState::new(&mut m, &mut v, None),
+            &hp(4, 1.0)
+        )
         .is_err());
     assert!(p
-        .adamw_(&f64s(&[0.5, 0.5]), &mut m, &mut v, None, &hp(0, 1.0))
+        .adamw_(
+            &f64s(&[0.5, 0.5]),
+            AdamWState::new(&mut m, &mut v, None),
+            &hp(0, 1.0)
+        )
         .is_err());
 }
 

@@ -259,6 +259,20 @@ impl AdamWStep {
     }
 }
 
+/// What one AdamW step updates besides the parameter: its moments `m`, `v` (the
+/// master's dtype) and the optional `working` copy that receives the updated value.
+pub struct AdamWState<'a, S> {
+    pub m: &'a mut S,
+    pub v: &'a mut S,
+    pub working: Option<&'a mut S>,
+}
+
+impl<'a, S> AdamWState<'a, S> {
+    pub fn new(m: &'a mut S, v: &'a mut S, working: Option<&'a mut S>) -> Self {
+        AdamWState { m, v, working }
+    }
+}
+
 /// One parameter of a multi-tensor AdamW step on backend `B`: the f32 master (or f32
 /// parameter), its gradient (f32 or f16), the f32 moments and an optional working copy
 /// (f16 or f32) that receives the updated value.
@@ -377,18 +391,11 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn scale_(&mut self, alpha: f64) -> Result<()>;
     /// Overwrite with the values of `src` (same len; casts between float dtypes).
     fn copy_from_(&mut self, src: &Self) -> Result<()>;
-    /// One AdamW step on a master parameter (F32/F64) with its moments `m`, `v` (same
-    /// dtype as the master). `grad` may be F16 on CUDA. If `working` is given, it receives
-    /// the updated parameter cast to its dtype. Returns `true` (and changes nothing) if
-    /// the scaled gradient holds an inf or NaN.
-    fn adamw_(
-        &mut self,
-        grad: &Self,
-        m: &mut Self,
-        v: &mut Self,
-        working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool>;
+    /// One AdamW step on a master parameter (F32/F64) with its moments `st.m`, `st.v`
+    /// (same dtype as the master). `grad` may be F16. If `st.working` is given, it
+    /// receives the updated parameter cast to its dtype. Returns `true` (and changes
+    /// nothing) if the scaled gradient holds an inf or NaN.
+    fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool>;
     /// True if any element is inf or NaN.
     fn has_non_finite(&self) -> Result<bool>;
     /// An I32 buffer with every value clamped to [lo, hi] (QA positions to [0, S]).

@@ -6,7 +6,7 @@
 use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
-use super::{AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec};
+use super::{AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec};
 use super::{SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
@@ -129,6 +129,21 @@ impl<'a, B: Variant> Operand<'a, B> for Option<&'a mut Storage> {
     type Out = Option<&'a mut B>;
     fn on(self, op: &'static str, x: &B) -> Result<Option<&'a mut B>> {
         self.map(|s| same_mut(op, x.device(), s)).transpose()
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for AdamWState<'a, Storage> {
+    type Out = AdamWState<'a, B>;
+    fn on(self, op: &'static str, x: &B) -> Result<AdamWState<'a, B>> {
+        let working = self
+            .working
+            .map(|w| same_mut(op, x.device(), w))
+            .transpose()?;
+        let (m, v) = (
+            same_mut(op, x.device(), self.m)?,
+            same_mut(op, x.device(), self.v)?,
+        );
+        Ok(AdamWState::new(m, v, working))
     }
 }
 
@@ -341,14 +356,7 @@ dispatch! {
     fn axpy_(&mut self, x: &Storage, alpha: f64) -> ();
     fn scale_(&mut self, alpha: f64) -> ();
     fn copy_from_(&mut self, src: &Storage) -> ();
-    fn adamw_(
-        &mut self,
-        grad: &Storage,
-        m: &mut Storage,
-        v: &mut Storage,
-        working: Option<&mut Storage>,
-        hp: &AdamWStep,
-    ) -> bool;
+    fn adamw_(&mut self, grad: &Storage, st: AdamWState<'_, Storage>, hp: &AdamWStep) -> bool;
     fn has_non_finite(&self) -> bool;
     fn clamp_i32(&self, lo: i32, hi: i32) -> Storage;
 }

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use fusebox::backend::cuda::{self, CudaStorage};
-use fusebox::backend::{AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage};
+use fusebox::backend::{
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage,
+};
 use fusebox::DType;
 
 use crate::common::*;
@@ -208,9 +210,14 @@ fn adamw_mixed_precision() {
             let (mut cv, mut gv) = pair(&v0, DType::F32);
             let (cg, gg) = pair(&g, gdt);
             let mut work = ok(gp.zeros_like_dev(n, DType::F16));
-            assert!(!ok(cp.adamw_(&cg, &mut cm, &mut cv, None, &hp)));
+            assert!(!ok(cp.adamw_(
+                &cg,
+                AdamWState::new(&mut cm, &mut cv, None),
+                &hp
+            )));
             let t = Instant::now();
-            let skipped = ok(gp.adamw_(&gg, &mut gm, &mut gv, Some(&mut work), &hp));
+            let skipped =
+                ok(gp.adamw_(&gg, AdamWState::new(&mut gm, &mut gv, Some(&mut work)), &hp));
             assert!(!skipped, "a finite gradient must not skip the step");
             check("adamw_param", &[n], gdt, &gp, &cp, t);
             check("adamw_m", &[n], gdt, &gm, &cm, t);
@@ -226,9 +233,17 @@ fn adamw_mixed_precision() {
                 let (mut cp2, mut gp2) = pair(&p0, DType::F32);
                 let (mut cm2, mut gm2) = pair(&m0, DType::F32);
                 let (mut cv2, mut gv2) = pair(&v0, DType::F32);
-                assert!(!ok(cp2.adamw_(&cg, &mut cm2, &mut cv2, None, &unchecked)));
+                assert!(!ok(cp2.adamw_(
+                    &cg,
+                    AdamWState::new(&mut cm2, &mut cv2, None),
+                    &unchecked
+                )));
                 let t = Instant::now();
-                assert!(!ok(gp2.adamw_(&gg, &mut gm2, &mut gv2, None, &unchecked)));
+                assert!(!ok(gp2.adamw_(
+                    &gg,
+                    AdamWState::new(&mut gm2, &mut gv2, None),
+                    &unchecked
+                )));
                 check("adamw_unchecked_param", &[n], gdt, &gp2, &cp2, t);
                 check("adamw_unchecked_v", &[n], gdt, &gv2, &cv2, t);
             }
@@ -238,7 +253,8 @@ fn adamw_mixed_precision() {
             let gb = up(&host(&gbad, gdt));
             let before = ok(gp.to_vec_f32());
             let t = Instant::now();
-            let skipped = ok(gp.adamw_(&gb, &mut gm, &mut gv, Some(&mut work), &hp));
+            let skipped =
+                ok(gp.adamw_(&gb, AdamWState::new(&mut gm, &mut gv, Some(&mut work)), &hp));
             let after = ok(gp.to_vec_f32());
             let pass = skipped && before == after;
             check_that(

@@ -4,7 +4,8 @@
 //! inf, so an fp16 overflow shows on the CPU as it would on the GPU.
 
 use crate::backend::{
-    AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, UnaryOp,
+    AdamWState, AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
+    UnaryOp,
 };
 use crate::shape::DType;
 
@@ -281,15 +282,25 @@ fn adamw_takes_f16_grads_not_f16_masters() {
     let (mut p, mut m, mut v) = (f32s(&[1.0; 6]), f32s(&[0.0; 6]), f32s(&[0.0; 6]));
     let mut w = f16s(&[0.0; 6]);
     assert!(!p
-        .adamw_(&f16s(&g), &mut m, &mut v, Some(&mut w), &hp)
+        .adamw_(
+            &f16s(&g),
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp
+        )
         .unwrap());
     let (mut p2, mut m2, mut v2) = (f32s(&[1.0; 6]), f32s(&[0.0; 6]), f32s(&[0.0; 6]));
-    assert!(!p2.adamw_(&f32s(&g), &mut m2, &mut v2, None, &hp).unwrap());
+    assert!(!p2
+        .adamw_(&f32s(&g), AdamWState::new(&mut m2, &mut v2, None), &hp)
+        .unwrap());
     same_f32("adamw master", &p, &p2);
     same_as_rounded("adamw working copy", &w, &p2);
     // An inf in the f16 gradient skips the step.
     let bad = f16s(&[1.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0]);
-    assert!(p.adamw_(&bad, &mut m, &mut v, None, &hp).unwrap());
+    assert!(p
+        .adamw_(&bad, AdamWState::new(&mut m, &mut v, None), &hp)
+        .unwrap());
     let mut h = f16s(&[1.0; 6]);
-    assert!(h.adamw_(&f16s(&g), &mut m, &mut v, None, &hp).is_err());
+    assert!(h
+        .adamw_(&f16s(&g), AdamWState::new(&mut m, &mut v, None), &hp)
+        .is_err());
 }

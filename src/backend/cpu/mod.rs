@@ -26,7 +26,8 @@ use half::f16;
 
 use crate::backend::tracker;
 use crate::backend::{
-    AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate, UnaryOp,
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
@@ -385,14 +386,7 @@ impl BackendStorage for CpuStorage {
     fn copy_from_(&mut self, src: &Self) -> Result<()> {
         elementwise::copy_from_(self, src)
     }
-    fn adamw_(
-        &mut self,
-        grad: &Self,
-        m: &mut Self,
-        v: &mut Self,
-        working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool> {
+    fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // As on CUDA: the master (and moments) are never f16; an f16 gradient is read as
         // f32 (exact), and `working` may be the f16 copy the model computes with.
         let wide;
@@ -402,7 +396,7 @@ impl BackendStorage for CpuStorage {
         } else {
             grad
         };
-        float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, m, v, working, hp),
+        float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, st, hp),
             f16 => Err(dtype_err("adamw_", "f32 or f64 master weights", DType::F16)))
     }
     fn has_non_finite(&self) -> Result<bool> {

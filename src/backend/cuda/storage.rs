@@ -6,7 +6,7 @@ use super::{
     reduce, softmax, span, CudaStorage,
 };
 use crate::backend::cpu::CpuData;
-use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
+use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, AdamWState, MultiTensor};
 use crate::backend::{
     AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
     SpanCandidate, UnaryOp,
@@ -106,8 +106,8 @@ impl BackendStorage for CudaStorage {
         fn axpy_(&mut self, x: &Self, alpha: f64) -> () => elementwise::axpy_;
         fn scale_(&mut self, alpha: f64) -> () => elementwise::scale_;
         fn copy_from_(&mut self, src: &Self) -> () => elementwise::copy_from_;
-        fn adamw_(&mut self, grad: &Self, m: &mut Self, v: &mut Self, working: Option<&mut Self>,
-            hp: &AdamWStep) -> bool => adamw::adamw_;
+        fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> bool
+            => adamw::adamw_;
         fn has_non_finite(&self) -> bool => elementwise::has_non_finite;
         fn clamp_i32(&self, lo: i32, hi: i32) -> Self => elementwise::clamp_i32;
         fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Self => blas::matmul;

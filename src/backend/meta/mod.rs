@@ -25,8 +25,9 @@
 mod attention;
 
 use crate::backend::{
-    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWStep, AttnArgs, AttnSaved,
-    BackendStorage, BinaryOp, CpuStorage, MatmulSpec, MultiTensor, SpanCandidate, UnaryOp,
+    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWState, AdamWStep, AttnArgs,
+    AttnSaved, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, MultiTensor, SpanCandidate,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
@@ -218,14 +219,7 @@ impl BackendStorage for MetaStorage {
     fn copy_from_(&mut self, _src: &Self) -> Result<()> {
         Ok(())
     }
-    fn adamw_(
-        &mut self,
-        _grad: &Self,
-        _m: &mut Self,
-        _v: &mut Self,
-        _working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool> {
+    fn adamw_(&mut self, _grad: &Self, _st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // CUDA's per-tensor check keeps a one-word flag while the step runs.
         if self.cuda() && hp.check_finite {
             self.scratch(&[(1, DType::I32)]);

@@ -4,7 +4,7 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, when};
+use crate::ops::{fresh, record_pointwise, when};
 use crate::tensor::Tensor;
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -108,17 +108,9 @@ impl Tensor {
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
         let _span = crate::profile::Span::new("affine", self.device());
         let out = fresh(self.storage().affine(mul, add)?, self.shape().clone());
-        Ok(record(
-            "affine",
-            &[self],
-            out,
-            Box::new(move |g| {
-                Ok(vec![Some(fresh(
-                    g.storage().affine(mul, 0.0)?,
-                    g.shape().clone(),
-                ))])
-            }),
-        ))
+        Ok(record_pointwise("affine", self, out, move |g| {
+            g.affine(mul, 0.0)
+        }))
     }
 
     pub fn scale(&self, s: f64) -> Result<Tensor> {
@@ -128,20 +120,12 @@ impl Tensor {
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         let _span = crate::profile::Span::new("unary", self.device());
-        let out = fresh(self.storage().unary(op)?, self.shape().clone());
-        if !needs_grad(&[self]) {
-            return Ok(out);
-        }
+        // x for the backward (dropped at once when nothing tracks).
         let x = self.detach();
-        Ok(record(
-            "unary",
-            &[self],
-            out,
-            Box::new(move |g| {
-                let d = x.storage().unary_backward(&g.storage(), op)?;
-                Ok(vec![Some(fresh(d, g.shape().clone()))])
-            }),
-        ))
+        let out = fresh(x.storage().unary(op)?, self.shape().clone());
+        Ok(record_pointwise("unary", self, out, move |g| {
+            x.storage().unary_backward(g, op)
+        }))
     }
 
     pub fn relu(&self) -> Result<Tensor> {
@@ -208,17 +192,9 @@ impl Tensor {
             return Err(Error::msg(format!("dropout: p must be in [0, 1), got {p}")));
         }
         let out = fresh(self.storage().dropout(p, seed)?, self.shape().clone());
-        Ok(record(
-            "dropout",
-            &[self],
-            out,
-            Box::new(move |g| {
-                Ok(vec![Some(fresh(
-                    g.storage().dropout(p, seed)?,
-                    g.shape().clone(),
-                ))])
-            }),
-        ))
+        Ok(record_pointwise("dropout", self, out, move |g| {
+            g.dropout(p, seed)
+        }))
     }
 
     /// An I32 tensor with every value clamped to [lo, hi] (no gradient: integers).
@@ -284,11 +260,8 @@ impl Tensor {
         }
         let out = fresh(self.storage().cast(dtype)?, self.shape().clone());
         let src = self.dtype();
-        Ok(record(
-            "to_dtype",
-            &[self],
-            out,
-            Box::new(move |g| Ok(vec![Some(fresh(g.storage().cast(src)?, g.shape().clone()))])),
-        ))
+        Ok(record_pointwise("to_dtype", self, out, move |g| {
+            g.cast(src)
+        }))
     }
 }

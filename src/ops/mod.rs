@@ -23,6 +23,26 @@ pub(crate) fn fresh(s: Storage, shape: impl Into<Shape>) -> Tensor {
     Tensor::wrap(s, shape.into(), false)
 }
 
+/// Record a one-input op whose gradient has the upstream gradient's shape: `dx` maps
+/// g's storage to the input's gradient (closing over what it saved). Returns `out`,
+/// tracked when `x` is.
+pub(crate) fn record_pointwise(
+    name: &'static str,
+    x: &Tensor,
+    out: Tensor,
+    dx: impl FnOnce(&Storage) -> crate::Result<Storage> + 'static,
+) -> Tensor {
+    crate::autograd::record(
+        name,
+        &[x],
+        out,
+        Box::new(move |g| {
+            let d = dx(&g.storage())?;
+            Ok(vec![Some(fresh(d, g.shape().clone()))])
+        }),
+    )
+}
+
 /// `Some(g)` when the input tracks gradients.
 pub(crate) fn when<T>(
     cond: bool,

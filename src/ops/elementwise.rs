@@ -4,7 +4,7 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, record_pointwise, when};
+use crate::ops::{fresh, record_pointwise, record_two, when};
 use crate::tensor::Tensor;
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -87,23 +87,6 @@ impl Tensor {
         ))
     }
 
-    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("add", self.device());
-        self.binary_op(rhs, BinaryOp::Add, "add")
-    }
-    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("sub", self.device());
-        self.binary_op(rhs, BinaryOp::Sub, "sub")
-    }
-    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("mul", self.device());
-        self.binary_op(rhs, BinaryOp::Mul, "mul")
-    }
-    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("div", self.device());
-        self.binary_op(rhs, BinaryOp::Div, "div")
-    }
-
     /// `self * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
         let _span = crate::profile::Span::new("affine", self.device());
@@ -128,26 +111,6 @@ impl Tensor {
         }))
     }
 
-    pub fn relu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("relu", self.device());
-        self.unary(UnaryOp::Relu)
-    }
-    /// Exact (erf) GELU, as BERT and DistilBERT use.
-    pub fn gelu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("gelu", self.device());
-        self.unary(UnaryOp::Gelu)
-    }
-    /// Tanh-approximated GELU (HF `gelu_new`).
-    pub fn gelu_new(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("gelu_new", self.device());
-        self.unary(UnaryOp::GeluNew)
-    }
-    /// SiLU, `x · sigmoid(x)` (HF `silu` / `swish`, Marian's activation).
-    pub fn silu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("silu", self.device());
-        self.unary(UnaryOp::Silu)
-    }
-
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
     pub fn gated(&self, lin: &Tensor, act: UnaryOp) -> Result<Tensor> {
         let _span = crate::profile::Span::new("gated", self.device());
@@ -156,29 +119,20 @@ impl Tensor {
             self.storage().gated(&lin.storage(), act)?,
             self.shape().clone(),
         );
-        if !needs_grad(&[self, lin]) {
-            return Ok(out);
-        }
-        let (gate, l) = (self.detach(), lin.detach());
-        let (tg, tl) = (self.tracks(), lin.tracks());
-        Ok(record(
+        Ok(record_two(
             "gated",
-            &[self, lin],
+            (self, lin),
             out,
-            Box::new(move |g| {
+            move |g, gate, l, t| {
                 let (dg, dl) = gate
                     .storage()
                     .gated_backward(&l.storage(), &g.storage(), act)?;
-                let shape = g.shape().clone();
-                Ok(vec![
-                    if tg {
-                        Some(fresh(dg, shape.clone()))
-                    } else {
-                        None
-                    },
-                    if tl { Some(fresh(dl, shape)) } else { None },
+                let shape = g.shape();
+                Ok([
+                    t[0].then(|| fresh(dg, shape.clone())),
+                    t[1].then(|| fresh(dl, shape.clone())),
                 ])
-            }),
+            },
         ))
     }
 
@@ -264,4 +218,49 @@ impl Tensor {
             g.cast(src)
         }))
     }
+}
+
+/// The elementwise arithmetic, each `binary_op` with its op (profiled under its name).
+macro_rules! arithmetic {
+    ($($name:ident => $op:ident;)*) => {
+        impl Tensor {
+            $(
+                pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> {
+                    self.binary_op(rhs, BinaryOp::$op, stringify!($name))
+                }
+            )*
+        }
+    };
+}
+
+arithmetic! {
+    add => Add;
+    sub => Sub;
+    mul => Mul;
+    div => Div;
+}
+
+/// The named activations, each `unary` with its op (profiled under its own name).
+macro_rules! activations {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {
+        impl Tensor {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> Result<Tensor> {
+                    let _span = crate::profile::Span::new(stringify!($name), self.device());
+                    self.unary(UnaryOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+activations! {
+    relu => Relu;
+    /// Exact (erf) GELU, as BERT and DistilBERT use.
+    gelu => Gelu;
+    /// Tanh-approximated GELU (HF `gelu_new`).
+    gelu_new => GeluNew;
+    /// SiLU, `x · sigmoid(x)` (HF `silu` / `swish`, Marian's activation).
+    silu => Silu;
 }

@@ -7,7 +7,7 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, when};
+use crate::ops::{fresh, record_two, when};
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -156,16 +156,11 @@ impl Tensor {
         let mut out_dims = ad[..ad.len() - 2].to_vec();
         out_dims.extend([m, n]);
         let out = fresh(self.storage().matmul(&rhs.storage(), &spec)?, out_dims);
-        if !needs_grad(&[self, rhs]) {
-            return Ok(out);
-        }
-        let (ta, tb) = (self.tracks(), rhs.tracks());
-        let (a, b) = (self.detach(), rhs.detach());
-        Ok(record(
+        Ok(record_two(
             "matmul",
-            &[self, rhs],
+            (self, rhs),
             out,
-            Box::new(move |g| {
+            move |g, a, b, [ta, tb]| {
                 let gs = g.storage();
                 // dA [b, m, k] = dC [b, m, n] · Bᵀ
                 let da = when(ta, || {
@@ -208,8 +203,8 @@ impl Tensor {
                     };
                     Ok(fresh(a.storage().matmul(&gs, &spec)?, b.shape().clone()))
                 })?;
-                Ok(vec![da, db])
-            }),
+                Ok([da, db])
+            },
         ))
     }
 }

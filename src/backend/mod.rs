@@ -149,6 +149,14 @@ impl MatmulSpec {
     }
 }
 
+/// The shape of a linear layer's GEMM: `rows` inputs of `in_f` features to `out_f`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    pub rows: usize,
+    pub out_f: usize,
+    pub in_f: usize,
+}
+
 /// Shape and options of one attention call. q is `[b, lq, h, d]`, k and v `[b, lk, h, d]`,
 /// the output `[b, lq, h, d]`, lse `[b, h, lq]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -511,26 +519,13 @@ pub trait BackendStorage: Sized + Send + Sync {
     // ---- fused paths: the defaults compose the primitives above (the CPU takes them;
     // ---- CUDA overrides them with one kernel or a GEMM epilogue where it can) -------
     /// `self [rows, in] · wᵀ + bias` (`w` stored `[out, in]`).
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        composed::linear_bias(self, w, bias, rows, out_f, in_f)
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        composed::linear_bias(self, w, bias, dims)
     }
     /// A linear layer's weight and bias gradients from `self` = dy `[rows, out]` and x
     /// `[rows, in]`: (`dW [out, in] = dyᵀ · x`, `db [out] = Σ_rows dy`).
-    fn linear_wgrad_bgrad(
-        &self, /*dy*/
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f)
+    fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        composed::linear_wgrad_bgrad(self, x, dims)
     }
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual block):
     /// (y, s, mean, rstd) with `s` the normalised sum.

@@ -7,7 +7,7 @@ use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
 use super::{AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec};
-use super::{SpanCandidate, UnaryOp};
+use super::{LinearDims, SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 
@@ -185,7 +185,7 @@ pass_through!(
     BinaryOp,
     UnaryOp
 );
-pass_through!(&'a [usize], &'a MatmulSpec, &'a AdamWStep);
+pass_through!(&'a [usize], &'a MatmulSpec, &'a AdamWStep, LinearDims);
 
 /// A backend method's result as `Storage`'s: each buffer wrapped in its variant.
 pub(super) trait Lift {

@@ -5,7 +5,7 @@
 //! where that path declines, and on the CPU, it is GEMM + `add_bias` / `sum_rows`.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::{MatmulSpec, UnaryOp};
+use crate::backend::{LinearDims, MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
 use crate::ops::{fresh, record_two, when};
 use crate::shape::DType;
@@ -23,7 +23,7 @@ impl Tensor {
                 b.expect_shape("linear (bias)", &[out_f])?;
                 // CUDA: the bias added by the GEMM's epilogue (cuBLASLt), when it can.
                 let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
-                xs.linear_bias(&ws, &bs, rows, out_f, in_f)?
+                xs.linear_bias(&ws, &bs, LinearDims { rows, out_f, in_f })?
             }
             None => self
                 .storage()
@@ -281,7 +281,8 @@ fn linear_grads(
     })?;
     // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
     if has_bias && tw && tb {
-        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), rows, out_f, in_f)?;
+        let dims = LinearDims { rows, out_f, in_f };
+        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), dims)?;
         return Ok(vec![
             dx,
             Some(fresh(dw, [out_f, in_f])),

@@ -8,7 +8,7 @@ use super::{
 use crate::backend::cpu::CpuData;
 use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, AdamWState, MultiTensor};
 use crate::backend::{
-    AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
+    AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec,
     SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
@@ -158,29 +158,16 @@ impl BackendStorage for CudaStorage {
         softmax::softmax(self, cols, true)
     }
 
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        match blaslt::linear_bias(self, w, bias, rows, out_f, in_f)? {
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        match blaslt::linear_bias(self, w, bias, dims)? {
             Some(y) => Ok(y),
-            None => composed::linear_bias(self, w, bias, rows, out_f, in_f),
+            None => composed::linear_bias(self, w, bias, dims),
         }
     }
-    fn linear_wgrad_bgrad(
-        &self,
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        match blaslt::linear_wgrad_bgrad(self, x, rows, out_f, in_f)? {
+    fn linear_wgrad_bgrad(&self, x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        match blaslt::linear_wgrad_bgrad(self, x, dims)? {
             Some(g) => Ok(g),
-            None => composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f),
+            None => composed::linear_wgrad_bgrad(self, x, dims),
         }
     }
     fn adamw_multi(

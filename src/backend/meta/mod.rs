@@ -26,8 +26,8 @@ mod attention;
 
 use crate::backend::{
     composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWState, AdamWStep, AttnArgs,
-    AttnSaved, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, MultiTensor, SpanCandidate,
-    UnaryOp,
+    AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec, MultiTensor,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
@@ -368,33 +368,20 @@ impl BackendStorage for MetaStorage {
         Ok(Vec::new())
     }
 
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        if self.lt_epilogue(rows, out_f, in_f) {
-            return Ok(self.out(rows * out_f, self.dtype));
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        if self.lt_epilogue(dims) {
+            return Ok(self.out(dims.rows * dims.out_f, self.dtype));
         }
-        composed::linear_bias(self, w, bias, rows, out_f, in_f)
+        composed::linear_bias(self, w, bias, dims)
     }
-    fn linear_wgrad_bgrad(
-        &self, /*dy*/
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        if self.lt_epilogue(rows, out_f, in_f) {
+    fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        if self.lt_epilogue(dims) {
             return Ok((
-                self.out(out_f * in_f, self.dtype),
-                self.out(out_f, self.dtype),
+                self.out(dims.out_f * dims.in_f, self.dtype),
+                self.out(dims.out_f, self.dtype),
             ));
         }
-        composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f)
+        composed::linear_wgrad_bgrad(self, x, dims)
     }
     fn dropout_add_layer_norm(
         &self,
@@ -474,7 +461,7 @@ impl MetaStorage {
     /// Does a CUDA linear layer take the cuBLASLt epilogue (bias in the GEMM, its
     /// gradient from the weight-gradient GEMM)? The sizes and the switch decide; whether
     /// the card's cuBLASLt has an algorithm is assumed (it had on every card measured).
-    fn lt_epilogue(&self, rows: usize, out_f: usize, in_f: usize) -> bool {
+    fn lt_epilogue(&self, LinearDims { rows, out_f, in_f }: LinearDims) -> bool {
         self.cuda() && !cuda::blaslt::disabled() && cuda::blaslt::sizes_ok(&[rows, out_f, in_f])
     }
 }

@@ -121,7 +121,7 @@
 #ifndef FB_ATTN_EMULATE
 #include <cuda_fp16.h>
 #endif
-// The dropout hash, bit for bit backend::dropout_keep (src/backend/mod.rs): per score
+// The dropout hash, bit for bit backend::dropout_keep (src/backend/dropout.rs): per score
 // fb_dropout_keep_k(key, index, p) with key = backend::dropout_key_packed(seed), made on
 // the host; 32-bit multiplies only, m and a straight from the kernel parameters.
 #include "dropout.cuh"

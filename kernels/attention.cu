@@ -121,7 +121,7 @@
 #ifndef FB_ATTN_EMULATE
 #include <cuda_fp16.h>
 #endif
-// The dropout hash, bit for bit backend::dropout_keep (src/backend/mod.rs): per score
+// The dropout hash, bit for bit backend::dropout_keep (src/backend/dropout.rs): per score
 // fb_dropout_keep_k(key, index, p) with key = backend::dropout_key_packed(seed), made on
 // the host; 32-bit multiplies only, m and a straight from the kernel parameters.
 #include "dropout.cuh"
@@ -218,6 +218,17 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
 __device__ __forceinline__ unsigned int pack2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<unsigned int*>(&h);
+}
+
+// The A fragment (a0..a3 of mma_k16) of k-step nt, as f16 pairs, from the fp32
+// accumulator fragments of columns nt*8.. and +8: an m16n8 accumulator's layout is the
+// m16n8k16 A layout, so P (or dS) goes from one product into the next without shared memory.
+template <int N>
+__device__ __forceinline__ void acc_to_a(const float (&acc)[N][4], int nt, unsigned int a[4]) {
+  a[0] = pack2(acc[nt][0], acc[nt][1]);
+  a[1] = pack2(acc[nt][2], acc[nt][3]);
+  a[2] = pack2(acc[nt + 1][0], acc[nt + 1][1]);
+  a[3] = pack2(acc[nt + 1][2], acc[nt + 1][3]);
 }
 
 // (head, batch) of this block. Launch order runs blockIdx.y fastest after x; reading the
@@ -499,10 +510,8 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
     // O += P·V; P's accumulator fragment for keys nt*8.. is the A fragment of k-step nt.
 #pragma unroll
     for (int nt = 0; nt < kBc / 8; nt += 2) {
-      const unsigned int a0 = pack2(s[nt][0], s[nt][1]);
-      const unsigned int a1 = pack2(s[nt][2], s[nt][3]);
-      const unsigned int a2 = pack2(s[nt + 1][0], s[nt + 1][1]);
-      const unsigned int a3 = pack2(s[nt + 1][2], s[nt + 1][3]);
+      unsigned int a[4];
+      acc_to_a(s, nt, a);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
         // B[kk][n] = V[key kk][d n]: transposed loads of 8x8 blocks, keys nt*8.. and +8.
@@ -511,7 +520,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
         ldsm_x4_trans(blo, vr);
         ldsm_x4_trans(bhi, vr + 8 * S);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) mma_k16(o[dn + i], a0, a1, a2, a3, blo[i], bhi[i]);
+        for (int i = 0; i < 4; ++i) mma_k16(o[dn + i], a[0], a[1], a[2], a[3], blo[i], bhi[i]);
       }
     }
     __syncthreads();
@@ -742,14 +751,9 @@ __device__ __forceinline__ void attn_bwd(
     // P^T / dS^T for queries nt*8.. are the A fragments of k-step nt.
 #pragma unroll
     for (int nt = 0; nt < BR / 8; nt += 2) {
-      const unsigned int pa0 = pack2(st[nt][0], st[nt][1]);
-      const unsigned int pa1 = pack2(st[nt][2], st[nt][3]);
-      const unsigned int pa2 = pack2(st[nt + 1][0], st[nt + 1][1]);
-      const unsigned int pa3 = pack2(st[nt + 1][2], st[nt + 1][3]);
-      const unsigned int sa0 = pack2(dpt[nt][0], dpt[nt][1]);
-      const unsigned int sa1 = pack2(dpt[nt][2], dpt[nt][3]);
-      const unsigned int sa2 = pack2(dpt[nt + 1][0], dpt[nt + 1][1]);
-      const unsigned int sa3 = pack2(dpt[nt + 1][2], dpt[nt + 1][3]);
+      unsigned int pa[4], sa[4];
+      acc_to_a(st, nt, pa);
+      acc_to_a(dpt, nt, sa);
 #pragma unroll
       for (int dn = 0; dn < D / 8; dn += 4) {
         // B[kk][n] = dO[query kk][d n] (resp. Q): transposed loads, queries nt*8.. and +8.
@@ -761,8 +765,8 @@ __device__ __forceinline__ void attn_bwd(
         ldsm_x4_trans(bq2, &q_s[off_s + 8 * S]);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          mma_k16(dvacc[dn + i], pa0, pa1, pa2, pa3, bo[i], bo2[i]);
-          mma_k16(dkacc[dn + i], sa0, sa1, sa2, sa3, bq[i], bq2[i]);
+          mma_k16(dvacc[dn + i], pa[0], pa[1], pa[2], pa[3], bo[i], bo2[i]);
+          mma_k16(dkacc[dn + i], sa[0], sa[1], sa[2], sa[3], bq[i], bq2[i]);
         }
       }
     }

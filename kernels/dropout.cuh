@@ -1,4 +1,4 @@
-// The dropout hash: crate::backend::dropout_keep (src/backend/mod.rs), bit for bit (see
+// The dropout hash: crate::backend::dropout_keep (src/backend/dropout.rs), bit for bit (see
 // its comment), written once for every kernel file (through common.cuh, and by
 // attention.cu) and for the host code that checks them (dev/cuda/: the emulations and
 // the attention reference in attn_check/attn_ref.h). Plain 32/64-bit integer arithmetic,

@@ -4,7 +4,8 @@
 //! tests/gradcheck.rs.
 
 use fusebox::backend::{
-    AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, UnaryOp,
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage,
+    MatmulSpec, UnaryOp,
 };
 use fusebox::{DType, Error};
 
@@ -466,8 +467,9 @@ fn attention_forward() {
     let (ro, rl) = naive_attention(&q, &k, &v, &mask, &bias, &s);
     assert_eq!(rl[s.h * s.lq], f64::NEG_INFINITY);
     let run = |st: &dyn Fn(&[f64]) -> CpuStorage| {
+        let (m, b) = (ids(&mask), st(&bias));
         st(&q)
-            .attention(&st(&k), &st(&v), Some(&ids(&mask)), Some(&st(&bias)), &s)
+            .attention(&st(&k), &st(&v), AttnArgs::new(Some(&m), Some(&b), s))
             .unwrap()
     };
     both("attention out", |st| run(st).0, &ro);
@@ -487,7 +489,7 @@ fn attention_forward() {
     };
     let (ro, rl) = naive_attention(&q, &k, &v, &[1; 14], &vec![0.0; bias.len()], &plain);
     let (o, l) = f64s(&q)
-        .attention(&f64s(&k), &f64s(&v), None, None, &plain)
+        .attention(&f64s(&k), &f64s(&v), AttnArgs::new(None, None, plain))
         .unwrap();
     close("attention plain out", &vals(&o), &ro, 1e-12);
     close("attention plain lse", &vals(&l), &rl, 1e-12);
@@ -499,16 +501,21 @@ fn attention_forward() {
     let (q2, k2, v2) = (rng.vec(70, 1.0), rng.vec(30, 1.0), rng.vec(30, 1.0));
     let (ro, rl) = naive_attention(&q2, &k2, &v2, &[1; 3], &[0.0; 42], &tall);
     let (o, l) = f64s(&q2)
-        .attention(&f64s(&k2), &f64s(&v2), None, None, &tall)
+        .attention(&f64s(&k2), &f64s(&v2), AttnArgs::new(None, None, tall))
         .unwrap();
     close("attention tall causal out", &vals(&o), &ro, 1e-12);
     close("attention tall causal lse", &vals(&l), &rl, 1e-12);
     assert_eq!(vals(&l).iter().filter(|x| x.is_infinite()).count(), 8);
+    let short_mask = ids(&mask[..7]);
     assert!(f64s(&q)
-        .attention(&f64s(&k), &f64s(&v), Some(&ids(&mask[..7])), None, &s)
+        .attention(
+            &f64s(&k),
+            &f64s(&v),
+            AttnArgs::new(Some(&short_mask), None, s)
+        )
         .is_err());
     assert!(f64s(&q[1..])
-        .attention(&f64s(&k), &f64s(&v), None, None, &s)
+        .attention(&f64s(&k), &f64s(&v), AttnArgs::new(None, None, s))
         .is_err());
 }
 
@@ -662,7 +669,11 @@ fn adamw_step() {
     let g = f64s(&[1.0, 1.0]);
     let mut w = f32s(&[0.0, 0.0]).cast(DType::F16).unwrap();
     let skipped = p
-        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(3, 0.5))
+        .adamw_(
+            &g,
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp(3, 0.5),
+        )
         .unwrap();
     assert!(!skipped);
     close("adamw p", &vals(&p), &[0.9930380085626146; 2], 1e-14);
@@ -673,36 +684,54 @@ fn adamw_step() {
     // F32 path agrees.
     let mut p32 = f32s(&[1.0]);
     let (mut m32, mut v32) = (f32s(&[0.1]), f32s(&[0.02]));
-    p32.adamw_(&f32s(&[0.5]), &mut m32, &mut v32, None, &hp(3, 1.0))
-        .unwrap();
+    p32.adamw_(
+        &f32s(&[0.5]),
+        AdamWState::new(&mut m32, &mut v32, None),
+        &hp(3, 1.0),
+    )
+    .unwrap();
     close("adamw p f32", &vals(&p32), &[0.9930380085626146], 1e-6);
 
     // An inf (after scaling) anywhere: report it and change nothing.
     let g = f64s(&[0.5, f64::INFINITY]);
     let before = (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap());
     assert!(p
-        .adamw_(&g, &mut m, &mut v, Some(&mut w), &hp(4, 1.0))
+        .adamw_(
+            &g,
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp(4, 1.0)
+        )
         .unwrap());
     assert_eq!(
         (vals(&p), vals(&m), vals(&v), w.to_vec_f64().unwrap()),
         before
     );
     let g = f64s(&[0.5, f64::NAN]);
-    assert!(p.adamw_(&g, &mut m, &mut v, None, &hp(4, 1.0)).unwrap());
+    assert!(p
+        .adamw_(&g, AdamWState::new(&mut m, &mut v, None), &hp(4, 1.0))
+        .unwrap());
     assert_eq!(vals(&p), before.0);
     // Finite grad that overflows only once scaled.
     let g = f32s(&[3e38, 1.0]);
     let (mut p32, mut m32, mut v32) = (f32s(&[1.0, 1.0]), f32s(&[0.0; 2]), f32s(&[0.0; 2]));
     assert!(p32
-        .adamw_(&g, &mut m32, &mut v32, None, &hp(1, 4.0))
+        .adamw_(&g, AdamWState::new(&mut m32, &mut v32, None), &hp(1, 4.0))
         .unwrap());
     assert_eq!(vals(&p32), vec![1.0, 1.0]);
 
     assert!(p
-        .adamw_(&f64s(&[0.5]), &mut m, &mut v, None, &hp(4, 1.0))
+        .adamw_(
+            &f64s(&[0.5]),
+            AdamWState::new(&mut m, &mut v, None),
+            &hp(4, 1.0)
+        )
         .is_err());
     assert!(p
-        .adamw_(&f64s(&[0.5, 0.5]), &mut m, &mut v, None, &hp(0, 1.0))
+        .adamw_(
+            &f64s(&[0.5, 0.5]),
+            AdamWState::new(&mut m, &mut v, None),
+            &hp(0, 1.0)
+        )
         .is_err());
 }
 
@@ -778,10 +807,12 @@ fn empty_and_degenerate_shapes_do_not_panic() {
         causal: true,
         ..attn(0, 2, 3, 4, 5)
     };
-    let (o, l) = e.attention(&e, &e, None, None, &a).unwrap();
+    let (o, l) = e.attention(&e, &e, AttnArgs::new(None, None, a)).unwrap();
     assert_eq!((o.len(), l.len()), (0, 0));
     let a = attn(1, 1, 2, 0, 3);
-    let (o, l) = f64s(&[1.0; 6]).attention(&e, &e, None, None, &a).unwrap();
+    let (o, l) = f64s(&[1.0; 6])
+        .attention(&e, &e, AttnArgs::new(None, None, a))
+        .unwrap();
     assert_eq!(vals(&o), vec![0.0; 6]);
     assert!(vals(&l).iter().all(|x| *x == f64::NEG_INFINITY));
     let sp = e.span_search(&e, &ids(&[]), 0, 15, 5).unwrap();
@@ -806,14 +837,15 @@ fn packed_attention_f16_matches_separate() {
     let dout = f16(&rng.vec(rows * hd, 1.0));
     let mask = ids(&[1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0]);
     let packed = f16(&x);
-    let (o, lse) = packed.attention_qkv(Some(&mask), None, &s).unwrap();
+    let a = AttnArgs::new(Some(&mask), None, s);
+    let (o, lse) = packed.attention_qkv(a).unwrap();
     let (g, _) = packed
-        .attention_qkv_backward(&o, &lse, &dout, Some(&mask), None, &s)
+        .attention_qkv_backward(AttnSaved::new(&o, &lse, &dout), a)
         .unwrap();
     let (q, k, v) = (f16(&part(0)), f16(&part(1)), f16(&part(2)));
-    let (o2, lse2) = q.attention(&k, &v, Some(&mask), None, &s).unwrap();
+    let (o2, lse2) = q.attention(&k, &v, a).unwrap();
     let (dq, dk, dv, _) = q
-        .attention_backward(&k, &v, &o2, &lse2, &dout, Some(&mask), None, &s)
+        .attention_backward(&k, &v, AttnSaved::new(&o2, &lse2, &dout), a)
         .unwrap();
     assert_eq!(o.dtype(), DType::F16);
     assert_eq!(vals(&o), vals(&o2));

@@ -8,7 +8,9 @@
 //! Measured errors of the correct backwards are 1e-10..2e-9, so the bound has ~50x
 //! headroom against finite-difference noise. Run with --nocapture to see each one.
 
-use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, MatmulSpec, UnaryOp};
+use fusebox::backend::{
+    AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage, MatmulSpec, UnaryOp,
+};
 
 mod common;
 use common::{attn, f64s as st, ids, qkv_pack, qkv_part, vals, Rng, UNARY_OPS};
@@ -332,8 +334,9 @@ fn attention_all_features(dropout: f32) {
     let wo = rng.vec(nq, 1.0);
     let mask = ids(&[1, 1, 1, 1, 0, 1, 1, /* b1 */ 0, 0, 0, 1, 1, 0, 1]);
     let run = |q: &[f64], k: &[f64], v: &[f64], b: &[f64]| {
+        let b = st(b);
         st(q)
-            .attention(&st(k), &st(v), Some(&mask), Some(&st(b)), &s)
+            .attention(&st(k), &st(v), AttnArgs::new(Some(&mask), Some(&b), s))
             .unwrap()
     };
     let (out, lse) = run(&q, &k, &v, &bias);
@@ -343,17 +346,10 @@ fn attention_all_features(dropout: f32) {
         f64::NEG_INFINITY,
         "fully masked row must have lse = -inf"
     );
+    let (b, w) = (st(&bias), st(&wo));
+    let a = AttnArgs::new(Some(&mask), Some(&b), s);
     let (dq, dk, dv, db) = st(&q)
-        .attention_backward(
-            &st(&k),
-            &st(&v),
-            &out,
-            &lse,
-            &st(&wo),
-            Some(&mask),
-            Some(&st(&bias)),
-            &s,
-        )
+        .attention_backward(&st(&k), &st(&v), AttnSaved::new(&out, &lse, &w), a)
         .unwrap();
     let db = db.expect("dbias when bias is given");
     let f = |q: &[f64], k: &[f64], v: &[f64], b: &[f64]| dot(&wo, &run(q, k, v, b).0);
@@ -385,11 +381,12 @@ fn attention_plain() {
         rng.vec(nk, 1.0),
         rng.vec(nq, 1.0),
     );
-    let run =
-        |q: &[f64], k: &[f64], v: &[f64]| st(q).attention(&st(k), &st(v), None, None, &s).unwrap();
+    let a = AttnArgs::new(None, None, s);
+    let run = |q: &[f64], k: &[f64], v: &[f64]| st(q).attention(&st(k), &st(v), a).unwrap();
     let (out, lse) = run(&q, &k, &v);
+    let ws = st(&w);
     let (dq, dk, dv, db) = st(&q)
-        .attention_backward(&st(&k), &st(&v), &out, &lse, &st(&w), None, None, &s)
+        .attention_backward(&st(&k), &st(&v), AttnSaved::new(&out, &lse, &ws), a)
         .unwrap();
     assert!(db.is_none());
     gradcheck("attention plain dq", &q, &vals(&dq), |x| {
@@ -421,11 +418,17 @@ fn attention_packed_qkv() {
     let bias = rng.vec(s.h * l * l, 1.0);
     let wo = rng.vec(b * l * hd, 1.0);
     let mask = ids(&[1, 1, 0, 1, 1, /* b1 */ 1, 1, 1, 1, 0]);
-    let run = |x: &[f64], bv: &[f64]| st(x).attention_qkv(Some(&mask), Some(&st(bv)), &s).unwrap();
+    let run = |x: &[f64], bv: &[f64]| {
+        let bv = st(bv);
+        st(x)
+            .attention_qkv(AttnArgs::new(Some(&mask), Some(&bv), s))
+            .unwrap()
+    };
     let (out, lse) = run(&qkv, &bias);
-    let (dqkv, db) = st(&qkv)
-        .attention_qkv_backward(&out, &lse, &st(&wo), Some(&mask), Some(&st(&bias)), &s)
-        .unwrap();
+    let (bs, w) = (st(&bias), st(&wo));
+    let a = AttnArgs::new(Some(&mask), Some(&bs), s);
+    let saved = AttnSaved::new(&out, &lse, &w);
+    let (dqkv, db) = st(&qkv).attention_qkv_backward(saved, a).unwrap();
     let db = db.expect("dbias when bias is given");
     gradcheck("attention packed dqkv", &qkv, &vals(&dqkv), |x| {
         dot(&wo, &run(x, &bias).0)
@@ -436,22 +439,11 @@ fn attention_packed_qkv() {
     // The same numbers as three separate tensors.
     let part = |j: usize| qkv_part(&qkv, b * l, hd, j);
     let (q, k, v) = (st(&part(0)), st(&part(1)), st(&part(2)));
-    let (o2, lse2) = q
-        .attention(&k, &v, Some(&mask), Some(&st(&bias)), &s)
-        .unwrap();
+    let (o2, lse2) = q.attention(&k, &v, a).unwrap();
     assert_eq!(vals(&o2), vals(&out), "packed and separate outputs differ");
     assert_eq!(vals(&lse2), vals(&lse));
     let (dq, dk, dv, _) = q
-        .attention_backward(
-            &k,
-            &v,
-            &o2,
-            &lse2,
-            &st(&wo),
-            Some(&mask),
-            Some(&st(&bias)),
-            &s,
-        )
+        .attention_backward(&k, &v, AttnSaved::new(&o2, &lse2, &w), a)
         .unwrap();
     let packed = qkv_pack([&vals(&dq), &vals(&dk), &vals(&dv)], b * l, hd);
     assert_eq!(

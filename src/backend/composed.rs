@@ -3,7 +3,7 @@
 //! to where that kernel declines (CUDA when cuBLASLt has no algorithm; the meta device
 //! planning for the CPU).
 
-use super::{BackendStorage, BinaryOp, MatmulSpec};
+use super::{BackendStorage, BinaryOp, LinearDims, MatmulSpec};
 use crate::error::Result;
 
 /// GEMM, then the bias added into a new buffer (the GEMM result and the biased copy
@@ -12,9 +12,7 @@ pub(crate) fn linear_bias<B: BackendStorage>(
     x: &B,
     w: &B,
     bias: &B,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
+    LinearDims { rows, out_f, in_f }: LinearDims,
 ) -> Result<B> {
     x.matmul(w, &MatmulSpec::linear(rows, out_f, in_f))?
         .add_bias(bias, out_f)
@@ -24,9 +22,7 @@ pub(crate) fn linear_bias<B: BackendStorage>(
 pub(crate) fn linear_wgrad_bgrad<B: BackendStorage>(
     dy: &B,
     x: &B,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
+    LinearDims { rows, out_f, in_f }: LinearDims,
 ) -> Result<(B, B)> {
     let dw = dy.matmul(x, &MatmulSpec::linear_wgrad(rows, out_f, in_f))?;
     let db = dy.sum_rows(out_f)?;

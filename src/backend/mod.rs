@@ -24,6 +24,7 @@
 mod composed;
 pub mod cpu;
 pub mod cuda;
+mod dropout;
 pub mod meta;
 mod storage;
 mod storage_nn;
@@ -34,6 +35,7 @@ use crate::shape::{DType, Device};
 
 pub use cpu::CpuStorage;
 pub use cuda::CudaStorage;
+pub use dropout::{dropout_keep, dropout_keep_keyed, dropout_key, dropout_key_packed};
 pub use meta::MetaStorage;
 pub use storage::Storage;
 pub use storage_nn::{adamw_multi, AdamWTensor};
@@ -149,6 +151,14 @@ impl MatmulSpec {
     }
 }
 
+/// The shape of a linear layer's GEMM: `rows` inputs of `in_f` features to `out_f`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    pub rows: usize,
+    pub out_f: usize,
+    pub in_f: usize,
+}
+
 /// Shape and options of one attention call. q is `[b, lq, h, d]`, k and v `[b, lk, h, d]`,
 /// the output `[b, lq, h, d]`, lse `[b, h, lq]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -168,6 +178,55 @@ pub struct AttnSpec {
     /// the softmax's, before dropout.
     pub dropout: f32,
     pub seed: u64,
+}
+
+/// What an attention call takes besides q, k and v: the key padding mask (I32 `[b, lk]`,
+/// nonzero = keep), the additive bias (`[h, lq, lk]` in q's dtype, broadcast over the
+/// batch) and the shape and options. `S` is the buffer type (a backend's, or `Storage`).
+#[derive(Debug)]
+pub struct AttnArgs<'a, S> {
+    pub key_mask: Option<&'a S>,
+    pub bias: Option<&'a S>,
+    pub spec: AttnSpec,
+}
+
+/// What attention backward reads besides q, k, v and [`AttnArgs`]: the forward's `out`
+/// `[b, lq, h, d]` and `lse` `[b, h, lq]`, and the upstream gradient `dout` (as `out`).
+#[derive(Debug)]
+pub struct AttnSaved<'a, S> {
+    pub out: &'a S,
+    pub lse: &'a S,
+    pub dout: &'a S,
+}
+
+/// Copy for any `S` (a derive would ask `S: Copy`): they hold references and a spec.
+macro_rules! copy_for_any_buffer {
+    ($($t:ident),*) => {$(
+        impl<S> Clone for $t<'_, S> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<S> Copy for $t<'_, S> {}
+    )*};
+}
+
+copy_for_any_buffer!(AttnArgs, AttnSaved);
+
+impl<'a, S> AttnSaved<'a, S> {
+    pub fn new(out: &'a S, lse: &'a S, dout: &'a S) -> Self {
+        AttnSaved { out, lse, dout }
+    }
+}
+
+impl<'a, S> AttnArgs<'a, S> {
+    pub fn new(key_mask: Option<&'a S>, bias: Option<&'a S>, spec: AttnSpec) -> Self {
+        AttnArgs {
+            key_mask,
+            bias,
+            spec,
+        }
+    }
 }
 
 /// One QA span candidate from [`BackendStorage::span_search`].
@@ -207,6 +266,20 @@ impl AdamWStep {
     /// [`adamw_bias_corrections`] of this step.
     pub fn bias_corrections(&self) -> (f64, f64) {
         adamw_bias_corrections(self.beta1, self.beta2, self.step)
+    }
+}
+
+/// What one AdamW step updates besides the parameter: its moments `m`, `v` (the
+/// master's dtype) and the optional `working` copy that receives the updated value.
+pub struct AdamWState<'a, S> {
+    pub m: &'a mut S,
+    pub v: &'a mut S,
+    pub working: Option<&'a mut S>,
+}
+
+impl<'a, S> AdamWState<'a, S> {
+    pub fn new(m: &'a mut S, v: &'a mut S, working: Option<&'a mut S>) -> Self {
+        AdamWState { m, v, working }
     }
 }
 
@@ -328,18 +401,11 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn scale_(&mut self, alpha: f64) -> Result<()>;
     /// Overwrite with the values of `src` (same len; casts between float dtypes).
     fn copy_from_(&mut self, src: &Self) -> Result<()>;
-    /// One AdamW step on a master parameter (F32/F64) with its moments `m`, `v` (same
-    /// dtype as the master). `grad` may be F16 on CUDA. If `working` is given, it receives
-    /// the updated parameter cast to its dtype. Returns `true` (and changes nothing) if
-    /// the scaled gradient holds an inf or NaN.
-    fn adamw_(
-        &mut self,
-        grad: &Self,
-        m: &mut Self,
-        v: &mut Self,
-        working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool>;
+    /// One AdamW step on a master parameter (F32/F64) with its moments `st.m`, `st.v`
+    /// (same dtype as the master). `grad` may be F16. If `st.working` is given, it
+    /// receives the updated parameter cast to its dtype. Returns `true` (and changes
+    /// nothing) if the scaled gradient holds an inf or NaN.
+    fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool>;
     /// True if any element is inf or NaN.
     fn has_non_finite(&self) -> Result<bool>;
     /// An I32 buffer with every value clamped to [lo, hi] (QA positions to [0, S]).
@@ -409,49 +475,33 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn argmax_last(&self, cols: usize) -> Result<Self>;
 
     // ---- attention ------------------------------------------------------------------
-    /// softmax(scale·q·kᵀ + bias + masks)·v. `key_mask` is I32 `[b, lk]` (nonzero = keep);
-    /// `bias` is `[h, lq, lk]`, broadcast over the batch. Returns (out, lse).
+    /// softmax(scale·q·kᵀ + bias + masks)·v, with the mask, bias and spec of `a`.
+    /// Returns (out, lse).
     fn attention(
-        &self, /*q*/
-        k: &Self,
+        &self,
+        /*q*/ k: &Self,
         v: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self)>;
     /// Returns (dq, dk, dv, dbias) — dbias `[h, lq, lk]` summed over the batch, present
-    /// when `bias` was given.
-    #[allow(clippy::too_many_arguments)]
+    /// when `a.bias` was given.
     fn attention_backward(
         &self, /*q*/
         k: &Self,
         v: &Self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self, Self, Option<Self>)>;
     /// [`attention`](Self::attention) with q, k and v the columns of one fused QKV
     /// projection: `self` is `[b, l, 3, h, d]` (q, k, v per token, `spec.lq == spec.lk`).
     /// Returns (out `[b, l, h, d]`, lse).
-    fn attention_qkv(
-        &self, /*qkv*/
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)>;
+    fn attention_qkv(&self, /*qkv*/ a: AttnArgs<'_, Self>) -> Result<(Self, Self)>;
     /// Backward of [`attention_qkv`](Self::attention_qkv): (dqkv in the same packed
     /// layout, so one GEMM gives the input gradient; dbias as in `attention_backward`).
     fn attention_qkv_backward(
         &self, /*qkv*/
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Option<Self>)>;
 
     // ---- QA decoding (inference only) ------------------------------------------------
@@ -471,26 +521,13 @@ pub trait BackendStorage: Sized + Send + Sync {
     // ---- fused paths: the defaults compose the primitives above (the CPU takes them;
     // ---- CUDA overrides them with one kernel or a GEMM epilogue where it can) -------
     /// `self [rows, in] · wᵀ + bias` (`w` stored `[out, in]`).
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        composed::linear_bias(self, w, bias, rows, out_f, in_f)
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        composed::linear_bias(self, w, bias, dims)
     }
     /// A linear layer's weight and bias gradients from `self` = dy `[rows, out]` and x
     /// `[rows, in]`: (`dW [out, in] = dyᵀ · x`, `db [out] = Σ_rows dy`).
-    fn linear_wgrad_bgrad(
-        &self, /*dy*/
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f)
+    fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        composed::linear_wgrad_bgrad(self, x, dims)
     }
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual block):
     /// (y, s, mean, rstd) with `s` the normalised sum.
@@ -531,128 +568,5 @@ pub trait BackendStorage: Sized + Send + Sync {
     ) -> Result<Option<AdamWMultiOutcome>> {
         let _ = (tensors, hp);
         Ok(None)
-    }
-}
-
-/// The dropout mask both backends draw: element `i` is kept when this returns true.
-///
-/// The per-element hash is 32-bit (the GPU's integer units do 32-bit multiplies natively;
-/// a 64-bit multiply is several instructions, and the fused attention kernels draw one
-/// decision per probability, so a splitmix64 per element cost ~57 % of the forward's
-/// time at DistilBERT's shape): the seed is mixed once by splitmix64 into a multiplier
-/// `m` (odd) and an offset `a` ([`dropout_key`], hoisted out of the kernels' loops),
-/// the index folded to 32 bits, `h = lowbias32(x·m + a)` (Wellons' lowbias32), and its
-/// top 24 bits are a uniform in [0, 1) compared with `p`. Statistics: tests below.
-/// kernels/common.cuh and kernels/attention.cu compute the same expression bit for bit.
-pub fn dropout_keep(seed: u64, i: u64, p: f32) -> bool {
-    dropout_keep_keyed(dropout_key(seed), i, p)
-}
-
-/// The per-seed half of [`dropout_keep`]: (odd multiplier, offset) from splitmix64(seed).
-pub fn dropout_key(seed: u64) -> (u32, u32) {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z as u32) | 1, (z >> 32) as u32)
-}
-
-/// [`dropout_key`] as the CUDA kernels take it: `m | a << 32` in their `key` argument
-/// (mixed once on the host, so a kernel reads m and a from its parameters).
-pub fn dropout_key_packed(seed: u64) -> u64 {
-    let (m, a) = dropout_key(seed);
-    m as u64 | (a as u64) << 32
-}
-
-/// [`dropout_keep`] with the seed already mixed by [`dropout_key`].
-#[inline]
-pub fn dropout_keep_keyed(key: (u32, u32), i: u64, p: f32) -> bool {
-    let x = (i as u32) ^ ((i >> 32) as u32).wrapping_mul(0x85EB_CA6B);
-    let mut h = x.wrapping_mul(key.0).wrapping_add(key.1);
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x7FEB_352D);
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x846C_A68B);
-    h ^= h >> 16;
-    ((h >> 8) as f32) * (1.0 / 16_777_216.0) >= p
-}
-
-#[cfg(test)]
-mod dropout_tests {
-    use super::{dropout_keep, dropout_keep_keyed, dropout_key};
-
-    /// |observed - expected| within `k` binomial standard deviations of n draws.
-    fn close(count: usize, n: usize, prob: f64, k: f64) -> bool {
-        let sd = (n as f64 * prob * (1.0 - prob)).sqrt();
-        (count as f64 - n as f64 * prob).abs() <= k * sd
-    }
-
-    #[test]
-    fn keep_rate_pairs_and_seeds_look_independent() {
-        let n = 200_000usize;
-        for &p in &[0.1f32, 0.5, 0.9] {
-            for seed in [0u64, 1, 2, 0xdead_beef, u64::MAX, 1 << 40] {
-                let q = 1.0 - p as f64;
-                let m: Vec<bool> = (0..n as u64).map(|i| dropout_keep(seed, i, p)).collect();
-                let kept = m.iter().filter(|&&k| k).count();
-                assert!(close(kept, n, q, 5.0), "p={p} seed={seed}: kept {kept}/{n}");
-                // Neighbours (i, i+1) and (i, i+64): both kept with probability q².
-                for lag in [1usize, 64] {
-                    let both = (0..n - lag).filter(|&i| m[i] && m[i + lag]).count();
-                    assert!(
-                        close(both, n - lag, q * q, 5.0),
-                        "p={p} seed={seed} lag={lag}"
-                    );
-                }
-                // The next seed (as dropout sites get them): agreement like two coins.
-                let other = (0..n as u64)
-                    .filter(|&i| m[i as usize] && dropout_keep(seed.wrapping_add(1), i, p))
-                    .count();
-                assert!(
-                    close(other, n, q * q, 5.0),
-                    "p={p} seeds {seed}, +1: {other}"
-                );
-            }
-        }
-        // Indices past 2^32 are drawn too (attention over B·H·Lq·Lk can get there).
-        let hi = (1u64 << 32..(1u64 << 32) + 100_000)
-            .filter(|&i| dropout_keep(7, i, 0.5))
-            .count();
-        assert!(close(hi, 100_000, 0.5, 5.0), "{hi}");
-    }
-
-    #[test]
-    fn packed_key_holds_both_halves() {
-        let (m, a) = dropout_key(9);
-        assert_eq!(super::dropout_key_packed(9), m as u64 | (a as u64) << 32);
-        assert_eq!(m & 1, 1, "the multiplier is odd (a bijection of the index)");
-    }
-
-    /// The first 64 decisions of seed 12345 at p = 0.5 (bit k = element base + k), from an
-    /// independent Python transcription of the hash; dev/cuda/emu/check.cpp asserts the same
-    /// words for fb_dropout_keep, which ties the CUDA copy to this one without a GPU.
-    pub(crate) const GOLDEN: [(u64, u64); 2] = [
-        (0, 0x108f_841e_c86e_69ae),
-        ((1 << 32) | 5, 0x15fc_12c8_9560_c12f),
-    ];
-
-    #[test]
-    fn matches_the_independent_transcription() {
-        for (base, want) in GOLDEN {
-            let got = (0..64).fold(0u64, |acc, k| {
-                acc | ((dropout_keep(12345, base + k, 0.5) as u64) << k)
-            });
-            assert_eq!(got, want, "base {base}");
-        }
-    }
-
-    #[test]
-    fn keyed_form_is_the_same_decision_and_p_bounds_hold() {
-        let key = dropout_key(42);
-        for i in (0..5000u64).chain([u32::MAX as u64, 1 << 33, u64::MAX]) {
-            assert_eq!(dropout_keep(42, i, 0.3), dropout_keep_keyed(key, i, 0.3));
-            assert!(dropout_keep(42, i, 0.0), "p = 0 keeps everything");
-            assert!(!dropout_keep(42, i, 1.0), "p = 1 keeps nothing");
-        }
     }
 }

@@ -6,7 +6,8 @@
 use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
-use super::{AdamWStep, AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate, UnaryOp};
+use super::{AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec};
+use super::{LinearDims, SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 
@@ -131,6 +132,37 @@ impl<'a, B: Variant> Operand<'a, B> for Option<&'a mut Storage> {
     }
 }
 
+impl<'a, B: Variant> Operand<'a, B> for AdamWState<'a, Storage> {
+    type Out = AdamWState<'a, B>;
+    fn on(self, op: &'static str, x: &B) -> Result<AdamWState<'a, B>> {
+        let working = self
+            .working
+            .map(|w| same_mut(op, x.device(), w))
+            .transpose()?;
+        let (m, v) = (
+            same_mut(op, x.device(), self.m)?,
+            same_mut(op, x.device(), self.v)?,
+        );
+        Ok(AdamWState::new(m, v, working))
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for AttnArgs<'a, Storage> {
+    type Out = AttnArgs<'a, B>;
+    fn on(self, op: &'static str, x: &B) -> Result<AttnArgs<'a, B>> {
+        let (key_mask, bias) = (same_opt(op, x, self.key_mask)?, same_opt(op, x, self.bias)?);
+        Ok(AttnArgs::new(key_mask, bias, self.spec))
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for AttnSaved<'a, Storage> {
+    type Out = AttnSaved<'a, B>;
+    fn on(self, op: &'static str, x: &B) -> Result<AttnSaved<'a, B>> {
+        let [out, lse, dout] = [self.out, self.lse, self.dout].map(|s| same(op, x, s));
+        Ok(AttnSaved::new(out?, lse?, dout?))
+    }
+}
+
 macro_rules! pass_through {
     ($($t:ty),*) => {$(
         impl<'a, B> Operand<'a, B> for $t {
@@ -153,7 +185,7 @@ pass_through!(
     BinaryOp,
     UnaryOp
 );
-pass_through!(&'a [usize], &'a MatmulSpec, &'a AttnSpec, &'a AdamWStep);
+pass_through!(&'a [usize], &'a MatmulSpec, &'a AdamWStep, LinearDims);
 
 /// A backend method's result as `Storage`'s: each buffer wrapped in its variant.
 pub(super) trait Lift {
@@ -324,14 +356,7 @@ dispatch! {
     fn axpy_(&mut self, x: &Storage, alpha: f64) -> ();
     fn scale_(&mut self, alpha: f64) -> ();
     fn copy_from_(&mut self, src: &Storage) -> ();
-    fn adamw_(
-        &mut self,
-        grad: &Storage,
-        m: &mut Storage,
-        v: &mut Storage,
-        working: Option<&mut Storage>,
-        hp: &AdamWStep,
-    ) -> bool;
+    fn adamw_(&mut self, grad: &Storage, st: AdamWState<'_, Storage>, hp: &AdamWStep) -> bool;
     fn has_non_finite(&self) -> bool;
     fn clamp_i32(&self, lo: i32, hi: i32) -> Storage;
 }

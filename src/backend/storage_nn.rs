@@ -5,7 +5,7 @@
 
 use super::storage::{dispatch, mismatch, per_backend, same_mut, Lift, Operand, Storage, Variant};
 use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
-use super::{AttnSpec, BackendStorage, MatmulSpec, SpanCandidate};
+use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, SpanCandidate};
 use crate::error::Result;
 use crate::shape::DType;
 
@@ -26,13 +26,11 @@ dispatch! {
         dy: &Storage, cols: usize, p: f32, seed: u64) -> (Storage, Option<Storage>, Storage, Storage);
     /// `self [rows, in] · wᵀ + bias`: on CUDA in one GEMM with the bias added by its
     /// epilogue (cuBLASLt) where it can, else GEMM + `add_bias`.
-    fn linear_bias(&self, w: &Storage, bias: &Storage, rows: usize, out_f: usize, in_f: usize)
-        -> Storage;
+    fn linear_bias(&self, w: &Storage, bias: &Storage, dims: LinearDims) -> Storage;
     /// A linear layer's weight and bias gradients from `self` = dy and `x`:
     /// (`dW [out, in] = dyᵀ · x`, `db [out] = Σ_rows dy`); on CUDA from one GEMM whose
     /// epilogue reduces the bias gradient, where it can.
-    fn linear_wgrad_bgrad(&self, x: &Storage, rows: usize, out_f: usize, in_f: usize)
-        -> (Storage, Storage);
+    fn linear_wgrad_bgrad(&self, x: &Storage, dims: LinearDims) -> (Storage, Storage);
     fn rms_norm(&self, gamma: &Storage, cols: usize, eps: f64) -> (Storage, Storage);
     fn rms_norm_backward(&self, gamma: &Storage, rstd: &Storage, dy: &Storage, cols: usize)
         -> (Storage, Storage);
@@ -43,15 +41,11 @@ dispatch! {
     fn cross_entropy_backward(&self, targets: &Storage, lse: &Storage, dloss: &Storage,
         cols: usize, ignore_index: i32) -> Storage;
     fn argmax_last(&self, cols: usize) -> Storage;
-    fn attention(&self, k: &Storage, v: &Storage, key_mask: Option<&Storage>,
-        bias: Option<&Storage>, spec: &AttnSpec) -> (Storage, Storage);
-    fn attention_backward(&self, k: &Storage, v: &Storage, out: &Storage, lse: &Storage,
-        dout: &Storage, key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
-        -> (Storage, Storage, Storage, Option<Storage>);
-    fn attention_qkv(&self, key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
-        -> (Storage, Storage);
-    fn attention_qkv_backward(&self, out: &Storage, lse: &Storage, dout: &Storage,
-        key_mask: Option<&Storage>, bias: Option<&Storage>, spec: &AttnSpec)
+    fn attention(&self, k: &Storage, v: &Storage, a: AttnArgs<'_, Storage>) -> (Storage, Storage);
+    fn attention_backward(&self, k: &Storage, v: &Storage, saved: AttnSaved<'_, Storage>,
+        a: AttnArgs<'_, Storage>) -> (Storage, Storage, Storage, Option<Storage>);
+    fn attention_qkv(&self, a: AttnArgs<'_, Storage>) -> (Storage, Storage);
+    fn attention_qkv_backward(&self, saved: AttnSaved<'_, Storage>, a: AttnArgs<'_, Storage>)
         -> (Storage, Option<Storage>);
     fn span_search(&self, end_logits: &Storage, allowed: &Storage, cols: usize, max_len: usize,
         top_k: usize) -> Vec<SpanCandidate>;

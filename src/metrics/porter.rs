@@ -200,33 +200,23 @@ fn step3(w: &[u8]) -> Vec<u8> {
     )
 }
 
+/// Step 4 only deletes a suffix: the first that matches, where the stem's measure is
+/// above 1 (and, for `ion`, the stem ends in `s` or `t`).
 fn step4(w: &[u8]) -> Vec<u8> {
+    const SUFFIXES: [&str; 19] = [
+        "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent", "ion",
+        "ou", "ism", "ate", "iti", "ous", "ive", "ize",
+    ];
     let m: Cond = Some(&m_gt1);
     let ion = |s: &[u8]| m_gt1(s) && matches!(s.last(), Some(b's' | b't'));
-    apply_rules(
-        w,
-        &[
-            (b"al", b"", m),
-            (b"ance", b"", m),
-            (b"ence", b"", m),
-            (b"er", b"", m),
-            (b"ic", b"", m),
-            (b"able", b"", m),
-            (b"ible", b"", m),
-            (b"ant", b"", m),
-            (b"ement", b"", m),
-            (b"ment", b"", m),
-            (b"ent", b"", m),
-            (b"ion", b"", Some(&ion)),
-            (b"ou", b"", m),
-            (b"ism", b"", m),
-            (b"ate", b"", m),
-            (b"iti", b"", m),
-            (b"ous", b"", m),
-            (b"ive", b"", m),
-            (b"ize", b"", m),
-        ],
-    )
+    let rules: Vec<(&[u8], &[u8], Cond)> = SUFFIXES
+        .iter()
+        .map(|&suffix| {
+            let cond: Cond = if suffix == "ion" { Some(&ion) } else { m };
+            (suffix.as_bytes(), &b""[..], cond)
+        })
+        .collect();
+    apply_rules(w, &rules)
 }
 
 fn step5a(w: &[u8]) -> Vec<u8> {

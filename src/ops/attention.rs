@@ -4,7 +4,7 @@
 //! the additive bias (T5's relative positions) summed over the batch.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::AttnSpec;
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
 use crate::error::{Error, Result};
 use crate::ops::fresh;
 use crate::shape::DType;
@@ -99,13 +99,10 @@ fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Te
         // Storage guards end with this block, before the tape node is recorded.
         let mask_s = opt.key_mask.map(|m| m.storage());
         let bias_s = opt.bias.map(|t| t.storage());
-        let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
+        let a = AttnArgs::new(mask_s.as_deref(), bias_s.as_deref(), spec);
         match qkv {
-            Qkv::Separate(q, k, v) => {
-                q.storage()
-                    .attention(&k.storage(), &v.storage(), mask_s, bias_s, &spec)?
-            }
-            Qkv::Packed(x) => x.storage().attention_qkv(mask_s, bias_s, &spec)?,
+            Qkv::Separate(q, k, v) => q.storage().attention(&k.storage(), &v.storage(), a)?,
+            Qkv::Packed(x) => x.storage().attention_qkv(a)?,
         }
     };
     let out = fresh(o, [b, lq, h, d]);
@@ -128,24 +125,15 @@ fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Te
         Box::new(move |g| {
             let mask_s = mask.as_ref().map(|m| m.storage());
             let bias_s = bias.as_ref().map(|m| m.storage());
-            let (mask_s, bias_s) = (mask_s.as_deref(), bias_s.as_deref());
+            let a = AttnArgs::new(mask_s.as_deref(), bias_s.as_deref(), spec);
             let (o, lse, g) = (o.storage(), lse.storage(), g.storage());
+            let fwd = AttnSaved::new(&*o, &*lse, &*g);
             let (grads, db) = if packed {
-                let (dqkv, db) = saved[0]
-                    .storage()
-                    .attention_qkv_backward(&o, &lse, &g, mask_s, bias_s, &spec)?;
+                let (dqkv, db) = saved[0].storage().attention_qkv_backward(fwd, a)?;
                 (vec![dqkv], db)
             } else {
-                let (dq, dk, dv, db) = saved[0].storage().attention_backward(
-                    &saved[1].storage(),
-                    &saved[2].storage(),
-                    &o,
-                    &lse,
-                    &g,
-                    mask_s,
-                    bias_s,
-                    &spec,
-                )?;
+                let (k, v) = (saved[1].storage(), saved[2].storage());
+                let (dq, dk, dv, db) = saved[0].storage().attention_backward(&k, &v, fwd, a)?;
                 (vec![dq, dk, dv], db)
             };
             let mut res: Vec<Option<Tensor>> = grads

@@ -4,7 +4,7 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, when};
+use crate::ops::{fresh, record_pointwise, record_two, when};
 use crate::tensor::Tensor;
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -87,38 +87,13 @@ impl Tensor {
         ))
     }
 
-    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("add", self.device());
-        self.binary_op(rhs, BinaryOp::Add, "add")
-    }
-    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("sub", self.device());
-        self.binary_op(rhs, BinaryOp::Sub, "sub")
-    }
-    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("mul", self.device());
-        self.binary_op(rhs, BinaryOp::Mul, "mul")
-    }
-    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("div", self.device());
-        self.binary_op(rhs, BinaryOp::Div, "div")
-    }
-
     /// `self * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
         let _span = crate::profile::Span::new("affine", self.device());
         let out = fresh(self.storage().affine(mul, add)?, self.shape().clone());
-        Ok(record(
-            "affine",
-            &[self],
-            out,
-            Box::new(move |g| {
-                Ok(vec![Some(fresh(
-                    g.storage().affine(mul, 0.0)?,
-                    g.shape().clone(),
-                ))])
-            }),
-        ))
+        Ok(record_pointwise("affine", self, out, move |g| {
+            g.affine(mul, 0.0)
+        }))
     }
 
     pub fn scale(&self, s: f64) -> Result<Tensor> {
@@ -128,40 +103,12 @@ impl Tensor {
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         let _span = crate::profile::Span::new("unary", self.device());
-        let out = fresh(self.storage().unary(op)?, self.shape().clone());
-        if !needs_grad(&[self]) {
-            return Ok(out);
-        }
+        // x for the backward (dropped at once when nothing tracks).
         let x = self.detach();
-        Ok(record(
-            "unary",
-            &[self],
-            out,
-            Box::new(move |g| {
-                let d = x.storage().unary_backward(&g.storage(), op)?;
-                Ok(vec![Some(fresh(d, g.shape().clone()))])
-            }),
-        ))
-    }
-
-    pub fn relu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("relu", self.device());
-        self.unary(UnaryOp::Relu)
-    }
-    /// Exact (erf) GELU, as BERT and DistilBERT use.
-    pub fn gelu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("gelu", self.device());
-        self.unary(UnaryOp::Gelu)
-    }
-    /// Tanh-approximated GELU (HF `gelu_new`).
-    pub fn gelu_new(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("gelu_new", self.device());
-        self.unary(UnaryOp::GeluNew)
-    }
-    /// SiLU, `x · sigmoid(x)` (HF `silu` / `swish`, Marian's activation).
-    pub fn silu(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("silu", self.device());
-        self.unary(UnaryOp::Silu)
+        let out = fresh(x.storage().unary(op)?, self.shape().clone());
+        Ok(record_pointwise("unary", self, out, move |g| {
+            x.storage().unary_backward(g, op)
+        }))
     }
 
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
@@ -172,29 +119,20 @@ impl Tensor {
             self.storage().gated(&lin.storage(), act)?,
             self.shape().clone(),
         );
-        if !needs_grad(&[self, lin]) {
-            return Ok(out);
-        }
-        let (gate, l) = (self.detach(), lin.detach());
-        let (tg, tl) = (self.tracks(), lin.tracks());
-        Ok(record(
+        Ok(record_two(
             "gated",
-            &[self, lin],
+            (self, lin),
             out,
-            Box::new(move |g| {
+            move |g, gate, l, t| {
                 let (dg, dl) = gate
                     .storage()
                     .gated_backward(&l.storage(), &g.storage(), act)?;
-                let shape = g.shape().clone();
-                Ok(vec![
-                    if tg {
-                        Some(fresh(dg, shape.clone()))
-                    } else {
-                        None
-                    },
-                    if tl { Some(fresh(dl, shape)) } else { None },
+                let shape = g.shape();
+                Ok([
+                    t[0].then(|| fresh(dg, shape.clone())),
+                    t[1].then(|| fresh(dl, shape.clone())),
                 ])
-            }),
+            },
         ))
     }
 
@@ -208,17 +146,9 @@ impl Tensor {
             return Err(Error::msg(format!("dropout: p must be in [0, 1), got {p}")));
         }
         let out = fresh(self.storage().dropout(p, seed)?, self.shape().clone());
-        Ok(record(
-            "dropout",
-            &[self],
-            out,
-            Box::new(move |g| {
-                Ok(vec![Some(fresh(
-                    g.storage().dropout(p, seed)?,
-                    g.shape().clone(),
-                ))])
-            }),
-        ))
+        Ok(record_pointwise("dropout", self, out, move |g| {
+            g.dropout(p, seed)
+        }))
     }
 
     /// An I32 tensor with every value clamped to [lo, hi] (no gradient: integers).
@@ -284,11 +214,53 @@ impl Tensor {
         }
         let out = fresh(self.storage().cast(dtype)?, self.shape().clone());
         let src = self.dtype();
-        Ok(record(
-            "to_dtype",
-            &[self],
-            out,
-            Box::new(move |g| Ok(vec![Some(fresh(g.storage().cast(src)?, g.shape().clone()))])),
-        ))
+        Ok(record_pointwise("to_dtype", self, out, move |g| {
+            g.cast(src)
+        }))
     }
+}
+
+/// The elementwise arithmetic, each `binary_op` with its op (profiled under its name).
+macro_rules! arithmetic {
+    ($($name:ident => $op:ident;)*) => {
+        impl Tensor {
+            $(
+                pub fn $name(&self, rhs: &Tensor) -> Result<Tensor> {
+                    self.binary_op(rhs, BinaryOp::$op, stringify!($name))
+                }
+            )*
+        }
+    };
+}
+
+arithmetic! {
+    add => Add;
+    sub => Sub;
+    mul => Mul;
+    div => Div;
+}
+
+/// The named activations, each `unary` with its op (profiled under its own name).
+macro_rules! activations {
+    ($($(#[$doc:meta])* $name:ident => $op:ident;)*) => {
+        impl Tensor {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> Result<Tensor> {
+                    let _span = crate::profile::Span::new(stringify!($name), self.device());
+                    self.unary(UnaryOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+activations! {
+    relu => Relu;
+    /// Exact (erf) GELU, as BERT and DistilBERT use.
+    gelu => Gelu;
+    /// Tanh-approximated GELU (HF `gelu_new`).
+    gelu_new => GeluNew;
+    /// SiLU, `x · sigmoid(x)` (HF `silu` / `swish`, Marian's activation).
+    silu => Silu;
 }

@@ -5,9 +5,9 @@
 //! where that path declines, and on the CPU, it is GEMM + `add_bias` / `sum_rows`.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::{MatmulSpec, UnaryOp};
+use crate::backend::{LinearDims, MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, when};
+use crate::ops::{fresh, record_two, when};
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -23,7 +23,7 @@ impl Tensor {
                 b.expect_shape("linear (bias)", &[out_f])?;
                 // CUDA: the bias added by the GEMM's epilogue (cuBLASLt), when it can.
                 let (xs, ws, bs) = (self.storage(), weight.storage(), b.storage());
-                xs.linear_bias(&ws, &bs, rows, out_f, in_f)?
+                xs.linear_bias(&ws, &bs, LinearDims { rows, out_f, in_f })?
             }
             None => self
                 .storage()
@@ -156,16 +156,11 @@ impl Tensor {
         let mut out_dims = ad[..ad.len() - 2].to_vec();
         out_dims.extend([m, n]);
         let out = fresh(self.storage().matmul(&rhs.storage(), &spec)?, out_dims);
-        if !needs_grad(&[self, rhs]) {
-            return Ok(out);
-        }
-        let (ta, tb) = (self.tracks(), rhs.tracks());
-        let (a, b) = (self.detach(), rhs.detach());
-        Ok(record(
+        Ok(record_two(
             "matmul",
-            &[self, rhs],
+            (self, rhs),
             out,
-            Box::new(move |g| {
+            move |g, a, b, [ta, tb]| {
                 let gs = g.storage();
                 // dA [b, m, k] = dC [b, m, n] · Bᵀ
                 let da = when(ta, || {
@@ -208,8 +203,8 @@ impl Tensor {
                     };
                     Ok(fresh(a.storage().matmul(&gs, &spec)?, b.shape().clone()))
                 })?;
-                Ok(vec![da, db])
-            }),
+                Ok([da, db])
+            },
         ))
     }
 }
@@ -286,7 +281,8 @@ fn linear_grads(
     })?;
     // CUDA: dW and db from one GEMM whose epilogue sums dy's rows (cuBLASLt).
     if has_bias && tw && tb {
-        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), rows, out_f, in_f)?;
+        let dims = LinearDims { rows, out_f, in_f };
+        let (dw, db) = gs.linear_wgrad_bgrad(&x.storage(), dims)?;
         return Ok(vec![
             dx,
             Some(fresh(dw, [out_f, in_f])),

@@ -23,6 +23,49 @@ pub(crate) fn fresh(s: Storage, shape: impl Into<Shape>) -> Tensor {
     Tensor::wrap(s, shape.into(), false)
 }
 
+/// Record a one-input op whose gradient has the upstream gradient's shape: `dx` maps
+/// g's storage to the input's gradient (closing over what it saved). Returns `out`,
+/// tracked when `x` is.
+pub(crate) fn record_pointwise(
+    name: &'static str,
+    x: &Tensor,
+    out: Tensor,
+    dx: impl FnOnce(&Storage) -> crate::Result<Storage> + 'static,
+) -> Tensor {
+    crate::autograd::record(
+        name,
+        &[x],
+        out,
+        Box::new(move |g| {
+            let d = dx(&g.storage())?;
+            Ok(vec![Some(fresh(d, g.shape().clone()))])
+        }),
+    )
+}
+
+/// Record a two-input op whose backward reads both inputs: `grads(g, a, b, tracks)`
+/// gives their gradients (`None` for one that does not track), `a` and `b` detached.
+/// Returns `out`, tracked when an input is; nothing is saved when neither is.
+pub(crate) fn record_two(
+    name: &'static str,
+    (a, b): (&Tensor, &Tensor),
+    out: Tensor,
+    grads: impl FnOnce(&Tensor, &Tensor, &Tensor, [bool; 2]) -> crate::Result<[Option<Tensor>; 2]>
+        + 'static,
+) -> Tensor {
+    if !crate::autograd::needs_grad(&[a, b]) {
+        return out;
+    }
+    let tracks = [a.tracks(), b.tracks()];
+    let (sa, sb) = (a.detach(), b.detach());
+    crate::autograd::record(
+        name,
+        &[a, b],
+        out,
+        Box::new(move |g| Ok(grads(g, &sa, &sb, tracks)?.into())),
+    )
+}
+
 /// `Some(g)` when the input tracks gradients.
 pub(crate) fn when<T>(
     cond: bool,

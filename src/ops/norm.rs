@@ -3,9 +3,26 @@
 //! (mean, rstd) are f32 buffers, as the kernels keep them.
 
 use crate::autograd::{needs_grad, record};
+use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::ops::fresh;
 use crate::tensor::Tensor;
+
+/// A norm's gradients for the inputs that track: `dx` shaped as `x`, then each
+/// parameter's (`[cols]`: gamma, and beta where there is one).
+fn norm_grads<const N: usize>(
+    tracks: &[bool],
+    x: &Tensor,
+    dx: Storage,
+    params: [Storage; N],
+) -> Vec<Option<Tensor>> {
+    let cols = x.shape().last();
+    let dx = tracks[0].then(|| fresh(dx, x.shape().clone()));
+    let dp = params.into_iter().zip(&tracks[1..]);
+    std::iter::once(dx)
+        .chain(dp.map(|(d, &t)| t.then(|| fresh(d, [cols]))))
+        .collect()
+}
 
 impl Tensor {
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
@@ -29,18 +46,11 @@ impl Tensor {
             &[self, gamma, beta],
             out,
             Box::new(move |g| {
-                let (dx, dg, db) = x.storage().layer_norm_backward(
-                    &g_.storage(),
-                    &mean.storage(),
-                    &rstd.storage(),
-                    &g.storage(),
-                    cols,
-                )?;
-                Ok(vec![
-                    t[0].then(|| fresh(dx, x.shape().clone())),
-                    t[1].then(|| fresh(dg, [cols])),
-                    t[2].then(|| fresh(db, [cols])),
-                ])
+                let (gamma, mean, rstd) = (g_.storage(), mean.storage(), rstd.storage());
+                let (dx, dg, db) =
+                    x.storage()
+                        .layer_norm_backward(&gamma, &mean, &rstd, &g.storage(), cols)?;
+                Ok(norm_grads(&t, &x, dx, [dg, db]))
             }),
         ))
     }
@@ -141,16 +151,11 @@ impl Tensor {
             &[self, gamma],
             out,
             Box::new(move |g| {
-                let (dx, dg) = x.storage().rms_norm_backward(
-                    &g_.storage(),
-                    &rstd.storage(),
-                    &g.storage(),
-                    cols,
-                )?;
-                Ok(vec![
-                    t[0].then(|| fresh(dx, x.shape().clone())),
-                    t[1].then(|| fresh(dg, [cols])),
-                ])
+                let (gamma, rstd) = (g_.storage(), rstd.storage());
+                let (dx, dg) = x
+                    .storage()
+                    .rms_norm_backward(&gamma, &rstd, &g.storage(), cols)?;
+                Ok(norm_grads(&t, &x, dx, [dg]))
             }),
         ))
     }

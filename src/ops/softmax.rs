@@ -3,7 +3,7 @@
 
 use crate::autograd::{needs_grad, record};
 use crate::error::{Error, Result};
-use crate::ops::fresh;
+use crate::ops::{fresh, record_pointwise};
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -15,19 +15,11 @@ impl Tensor {
         let _span = crate::profile::Span::new("softmax", self.device());
         let cols = self.shape().last();
         let out = fresh(self.storage().softmax(cols)?, self.shape().clone());
-        if !needs_grad(&[self]) {
-            return Ok(out);
-        }
+        // The backward reads the output y (dropped at once when nothing tracks).
         let y = out.detach();
-        Ok(record(
-            "softmax",
-            &[self],
-            out,
-            Box::new(move |g| {
-                let d = y.storage().softmax_backward(&g.storage(), cols)?;
-                Ok(vec![Some(fresh(d, g.shape().clone()))])
-            }),
-        ))
+        Ok(record_pointwise("softmax", self, out, move |g| {
+            y.storage().softmax_backward(g, cols)
+        }))
     }
 
     /// Log-softmax for scoring during generation. Inference only: it records no backward,

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use crate::autograd::Grads;
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWState, AdamWStep};
 use crate::error::Result;
 use crate::shape::DType;
 use crate::tensor::Tensor;
@@ -298,14 +298,17 @@ impl AdamW {
             let skipped = match &s.master {
                 Some(master) => {
                     let mut w = s.param.storage_mut();
-                    master
-                        .storage_mut()
-                        .adamw_(&gs, &mut m, &mut v, Some(&mut w), &hp)?
+                    master.storage_mut().adamw_(
+                        &gs,
+                        AdamWState::new(&mut *m, &mut *v, Some(&mut *w)),
+                        &hp,
+                    )?
                 }
-                None => s
-                    .param
-                    .storage_mut()
-                    .adamw_(&gs, &mut m, &mut v, None, &hp)?,
+                None => s.param.storage_mut().adamw_(
+                    &gs,
+                    AdamWState::new(&mut *m, &mut *v, None),
+                    &hp,
+                )?,
             };
             if skipped {
                 // Unreachable after the pre-check unless a backend disagrees with it.

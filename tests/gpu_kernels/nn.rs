@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use fusebox::backend::cuda::{self, CudaStorage};
-use fusebox::backend::{AdamWStep, AttnSpec, BackendStorage, CpuStorage};
+use fusebox::backend::{
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage,
+};
 use fusebox::DType;
 
 use crate::common::*;
@@ -208,9 +210,14 @@ fn adamw_mixed_precision() {
             let (mut cv, mut gv) = pair(&v0, DType::F32);
             let (cg, gg) = pair(&g, gdt);
             let mut work = ok(gp.zeros_like_dev(n, DType::F16));
-            assert!(!ok(cp.adamw_(&cg, &mut cm, &mut cv, None, &hp)));
+            assert!(!ok(cp.adamw_(
+                &cg,
+                AdamWState::new(&mut cm, &mut cv, None),
+                &hp
+            )));
             let t = Instant::now();
-            let skipped = ok(gp.adamw_(&gg, &mut gm, &mut gv, Some(&mut work), &hp));
+            let skipped =
+                ok(gp.adamw_(&gg, AdamWState::new(&mut gm, &mut gv, Some(&mut work)), &hp));
             assert!(!skipped, "a finite gradient must not skip the step");
             check("adamw_param", &[n], gdt, &gp, &cp, t);
             check("adamw_m", &[n], gdt, &gm, &cm, t);
@@ -226,9 +233,17 @@ fn adamw_mixed_precision() {
                 let (mut cp2, mut gp2) = pair(&p0, DType::F32);
                 let (mut cm2, mut gm2) = pair(&m0, DType::F32);
                 let (mut cv2, mut gv2) = pair(&v0, DType::F32);
-                assert!(!ok(cp2.adamw_(&cg, &mut cm2, &mut cv2, None, &unchecked)));
+                assert!(!ok(cp2.adamw_(
+                    &cg,
+                    AdamWState::new(&mut cm2, &mut cv2, None),
+                    &unchecked
+                )));
                 let t = Instant::now();
-                assert!(!ok(gp2.adamw_(&gg, &mut gm2, &mut gv2, None, &unchecked)));
+                assert!(!ok(gp2.adamw_(
+                    &gg,
+                    AdamWState::new(&mut gm2, &mut gv2, None),
+                    &unchecked
+                )));
                 check("adamw_unchecked_param", &[n], gdt, &gp2, &cp2, t);
                 check("adamw_unchecked_v", &[n], gdt, &gv2, &cv2, t);
             }
@@ -238,7 +253,8 @@ fn adamw_mixed_precision() {
             let gb = up(&host(&gbad, gdt));
             let before = ok(gp.to_vec_f32());
             let t = Instant::now();
-            let skipped = ok(gp.adamw_(&gb, &mut gm, &mut gv, Some(&mut work), &hp));
+            let skipped =
+                ok(gp.adamw_(&gb, AdamWState::new(&mut gm, &mut gv, Some(&mut work)), &hp));
             let after = ok(gp.to_vec_f32());
             let pass = skipped && before == after;
             check_that(
@@ -296,42 +312,64 @@ impl Drop for AttnGuard {
     }
 }
 
-/// The optional key mask (`[b, lk]`) and T5 bias (`[h, lq, lk]`, drawn from `rng` even
-/// when unused), each as (CPU reference, device copy).
-#[allow(clippy::type_complexity)]
-fn mask_and_bias(
-    rng: &mut Rng,
-    mask: Option<Vec<i32>>,
-    bias: bool,
-    sp: &AttnSpec,
-    dt: DType,
-) -> (
-    Option<CpuStorage>,
-    Option<CudaStorage>,
-    Option<CpuStorage>,
-    Option<CudaStorage>,
-) {
-    let cmask = mask.map(CpuStorage::from_i32);
-    let gmask = cmask.as_ref().map(up);
-    let (cb, gb) = pair(&rng.normal(sp.h * sp.lq * sp.lk, 1.0), dt);
-    if bias {
-        (cmask, gmask, Some(cb), Some(gb))
-    } else {
-        (cmask, gmask, None, None)
+/// The optional key mask (`[b, lk]`) and T5 bias (`[h, lq, lk]`) of one case, on the
+/// CPU (the reference) and on the device.
+struct MaskBias {
+    cmask: Option<CpuStorage>,
+    gmask: Option<CudaStorage>,
+    cb: Option<CpuStorage>,
+    gb: Option<CudaStorage>,
+}
+
+impl MaskBias {
+    /// The bias is drawn from `rng` even when unused.
+    fn new(rng: &mut Rng, mask: Option<Vec<i32>>, bias: bool, sp: &AttnSpec, dt: DType) -> Self {
+        let cmask = mask.map(CpuStorage::from_i32);
+        let gmask = cmask.as_ref().map(up);
+        let (cb, gb) = pair(&rng.normal(sp.h * sp.lq * sp.lk, 1.0), dt);
+        let (cb, gb) = if bias {
+            (Some(cb), Some(gb))
+        } else {
+            (None, None)
+        };
+        MaskBias {
+            cmask,
+            gmask,
+            cb,
+            gb,
+        }
+    }
+    /// The attention arguments of `sp` on the CPU and on the device.
+    fn args(&self, sp: AttnSpec) -> (AttnArgs<'_, CpuStorage>, AttnArgs<'_, CudaStorage>) {
+        (
+            AttnArgs::new(self.cmask.as_ref(), self.cb.as_ref(), sp),
+            AttnArgs::new(self.gmask.as_ref(), self.gb.as_ref(), sp),
+        )
     }
 }
 
-/// The bias gradient: present on both sides (and close) or on neither.
+/// The forward's `attn_{tag}_fwd_out` and `attn_{tag}_fwd_lse` checks.
+fn check_forward(
+    tag: &str,
+    (shape, dt, t): (&[usize], DType, Instant),
+    (o, lse): (&CudaStorage, &CudaStorage),
+    (wo, wl): (&CpuStorage, &CpuStorage),
+) {
+    check(&format!("attn_{tag}_fwd_out"), shape, dt, o, wo, t);
+    check_lse(&format!("attn_{tag}_fwd_lse"), shape, dt, lse, wl, t);
+}
+
+/// The bias gradient (`attn_{tag}_bwd_dbias`): present on both sides (and close) or on
+/// neither.
 fn check_dbias(
-    name: &str,
-    shape: &[usize],
-    dt: DType,
+    tag: &str,
+    (shape, dt, t): (&[usize], DType, Instant),
     got: Option<CudaStorage>,
     want: Option<&CpuStorage>,
-    t: Instant,
 ) {
+    let name = format!("attn_{tag}_bwd_dbias");
     match (got, want) {
-        (Some(g), Some(w)) => check(name, shape, dt, &g, w, t),
+        (Some(g), Some(w)) => check(&name, shape, dt, &g, w, t),
         (None, None) => {}
         (g, w) => panic!(
             "{name}: dbias presence differs: gpu {} cpu {}",
@@ -387,47 +425,23 @@ fn attention_forward_backward() {
             let mvec: Vec<i32> = (0..b * lk)
                 .map(|i| ((i % lk) < lk - (i / lk) % 3 && !(lq == 5 && i < lk)) as i32)
                 .collect();
-            let (cmask, gmask, cb, gb) =
-                mask_and_bias(&mut rng, mask.then_some(mvec), bias, &sp, dt);
-            let (wo, wl) = ok(cq.attention(&ck, &cv, cmask.as_ref(), cb.as_ref(), &sp));
-            let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(
-                &ck,
-                &cv,
-                &wo,
-                &wl,
-                &cdo,
-                cmask.as_ref(),
-                cb.as_ref(),
-                &sp,
-            ));
+            let mb = MaskBias::new(&mut rng, mask.then_some(mvec), bias, &sp, dt);
+            let (ca, ga) = mb.args(sp);
+            let (wo, wl) = ok(cq.attention(&ck, &cv, ca));
+            let saved = AttnSaved::new(&wo, &wl, &cdo);
+            let (wdq, wdk, wdv, wdb) = ok(cq.attention_backward(&ck, &cv, saved, ca));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
                 let _path = use_attn(which, tile);
                 let t = Instant::now();
-                let (o, l) = ok(gq.attention(&gk, &gv, gmask.as_ref(), gb.as_ref(), &sp));
-                check(&format!("attn_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
-                check_lse(&format!("attn_{tag}_fwd_lse"), &shape, dt, &l, &wl, t);
+                let (o, l) = ok(gq.attention(&gk, &gv, ga));
+                check_forward(&tag, (&shape, dt, t), (&o, &l), (&wo, &wl));
                 let t = Instant::now();
-                let (dq, dk, dv, db) = ok(gq.attention_backward(
-                    &gk,
-                    &gv,
-                    &o,
-                    &l,
-                    &gdo,
-                    gmask.as_ref(),
-                    gb.as_ref(),
-                    &sp,
-                ));
+                let saved = AttnSaved::new(&o, &l, &gdo);
+                let (dq, dk, dv, db) = ok(gq.attention_backward(&gk, &gv, saved, ga));
                 check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
                 check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
                 check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
-                check_dbias(
-                    &format!("attn_{tag}_bwd_dbias"),
-                    &shape,
-                    dt,
-                    db,
-                    wdb.as_ref(),
-                    t,
-                );
+                check_dbias(&tag, (&shape, dt, t), db, wdb.as_ref());
             }
         }
     }
@@ -474,29 +488,20 @@ fn attention_packed_qkv_forward_backward() {
             let mvec: Vec<i32> = (0..b * l)
                 .map(|i| ((i % l) < l - (i / l) % 3) as i32)
                 .collect();
-            let (cmask, gmask, cb, gb) =
-                mask_and_bias(&mut rng, mask.then_some(mvec), bias, &sp, dt);
-            let (wo, wl) = ok(cx.attention_qkv(cmask.as_ref(), cb.as_ref(), &sp));
-            let (wd, wdb) =
-                ok(cx.attention_qkv_backward(&wo, &wl, &cdo, cmask.as_ref(), cb.as_ref(), &sp));
+            let mb = MaskBias::new(&mut rng, mask.then_some(mvec), bias, &sp, dt);
+            let (ca, ga) = mb.args(sp);
+            let (wo, wl) = ok(cx.attention_qkv(ca));
+            let (wd, wdb) = ok(cx.attention_qkv_backward(AttnSaved::new(&wo, &wl, &cdo), ca));
             for (which, tile, tag) in attn_impls(dt, d, dropout) {
                 let _path = use_attn(which, tile);
                 let t = Instant::now();
-                let (o, lse) = ok(gx.attention_qkv(gmask.as_ref(), gb.as_ref(), &sp));
-                check(&format!("attn_qkv_{tag}_fwd_out"), &shape, dt, &o, &wo, t);
-                check_lse(&format!("attn_qkv_{tag}_fwd_lse"), &shape, dt, &lse, &wl, t);
+                let tag = format!("qkv_{tag}");
+                let (o, lse) = ok(gx.attention_qkv(ga));
+                check_forward(&tag, (&shape, dt, t), (&o, &lse), (&wo, &wl));
                 let t = Instant::now();
-                let (dx, db) =
-                    ok(gx.attention_qkv_backward(&o, &lse, &gdo, gmask.as_ref(), gb.as_ref(), &sp));
-                check(&format!("attn_qkv_{tag}_bwd_dqkv"), &shape, dt, &dx, &wd, t);
-                check_dbias(
-                    &format!("attn_qkv_{tag}_bwd_dbias"),
-                    &shape,
-                    dt,
-                    db,
-                    wdb.as_ref(),
-                    t,
-                );
+                let (dx, db) = ok(gx.attention_qkv_backward(AttnSaved::new(&o, &lse, &gdo), ga));
+                check(&format!("attn_{tag}_bwd_dqkv"), &shape, dt, &dx, &wd, t);
+                check_dbias(&tag, (&shape, dt, t), db, wdb.as_ref());
             }
         }
     }

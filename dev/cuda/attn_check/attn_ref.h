@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-// The dropout hash the kernels use (fb_dropout_key, fb_dropout_keep): src/backend/mod.rs
+// The dropout hash the kernels use (fb_dropout_key, fb_dropout_keep): src/backend/dropout.rs
 // dropout_key_packed / dropout_keep, bit for bit.
 #include "../../../kernels/dropout.cuh"
 

@@ -363,7 +363,7 @@ static bool run_case(const Case& c, unsigned seed) {
 }
 
 // The dropout hash the kernels and the reference share (kernels/dropout.cuh) against the
-// words the Rust copy asserts (src/backend/mod.rs dropout_tests::GOLDEN, from an
+// words the Rust copy asserts (src/backend/dropout.rs tests::GOLDEN, from an
 // independent transcription).
 static bool dropout_golden() {
   const unsigned long long base[2] = {0ull, (1ull << 32) | 5ull};

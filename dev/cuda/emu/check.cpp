@@ -179,7 +179,7 @@ static void check_fused_ln_case(const char* tag, i64 rows, i64 cols, float p, in
     (void)dg;
 }
 
-// fb_dropout_keep against the words src/backend/mod.rs (dropout_tests::GOLDEN) asserts for
+// fb_dropout_keep against the words src/backend/dropout.rs (tests::GOLDEN) asserts for
 // the Rust copy: both come from an independent transcription of the hash.
 static void check_dropout_golden() {
     const unsigned long long base[2] = {0ull, (1ull << 32) | 5ull};

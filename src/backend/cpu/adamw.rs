@@ -10,16 +10,14 @@
 use rayon::prelude::*;
 
 use super::{check_len, dtype_err, CpuStorage, Real, PAR_MIN};
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWState, AdamWStep};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
 pub(super) fn adamw_<T: Real>(
     p: &mut CpuStorage,
     grad: &CpuStorage,
-    m: &mut CpuStorage,
-    v: &mut CpuStorage,
-    working: Option<&mut CpuStorage>,
+    AdamWState { m, v, working }: AdamWState<'_, CpuStorage>,
     hp: &AdamWStep,
 ) -> Result<bool> {
     const OP: &str = "adamw_";

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::matmul::{gemm_strided, View};
 use super::{check_len, CpuStorage, Real};
-use crate::backend::AttnSpec;
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
 use crate::error::{Error, Result};
 
 /// Where q, k and v sit in their buffers: row strides (elements per token) and column
@@ -84,13 +84,24 @@ pub(super) struct Qkv<'a> {
     pub lay: Layout,
 }
 
+impl<'a> Qkv<'a> {
+    /// The packed `[B, L, 3, H, D]` buffer of a fused QKV projection as q, k and v.
+    pub(super) fn packed(qkv: &'a CpuStorage, s: &AttnSpec) -> Qkv<'a> {
+        Qkv {
+            q: qkv,
+            k: qkv,
+            v: qkv,
+            lay: Layout::packed(s),
+        }
+    }
+}
+
 fn inputs<'a, T: Real>(
     op: &'static str,
     qkv: &Qkv<'a>,
-    key_mask: Option<&'a CpuStorage>,
-    bias: Option<&'a CpuStorage>,
-    s: &AttnSpec,
+    a: AttnArgs<'a, CpuStorage>,
 ) -> Result<Inputs<'a, T>> {
+    let s = &a.spec;
     let lay = qkv.lay;
     let (q, k, v) = (
         qkv.q.floats::<T>(op)?,
@@ -110,7 +121,7 @@ fn inputs<'a, T: Real>(
         check_len(op, "k [b, lk, h, d]", s.b * s.lk * s.h * s.d, k.len())?;
         check_len(op, "v [b, lk, h, d]", s.b * s.lk * s.h * s.d, v.len())?;
     }
-    let mask = match key_mask {
+    let mask = match a.key_mask {
         Some(m) => {
             let m = m.ints(op)?;
             check_len(op, "key_mask [b, lk]", s.b * s.lk, m.len())?;
@@ -118,7 +129,7 @@ fn inputs<'a, T: Real>(
         }
         None => None,
     };
-    let bias = match bias {
+    let bias = match a.bias {
         Some(b) => {
             let b = b.floats::<T>(op)?;
             check_len(op, "bias [h, lq, lk]", s.h * s.lq * s.lk, b.len())?;
@@ -180,19 +191,8 @@ impl<T: Real> Inputs<'_, T> {
     /// `scale·q·kᵀ + bias` with masked positions at -inf, `lq × lk` row-major.
     fn scores(&self, b: usize, h: usize) -> Result<Vec<T>> {
         let AttnSpec { lq, lk, d, .. } = self.s;
-        let mut sc = vec![T::zero(); lq * lk];
-        gemm_strided(
-            (lq, lk, d),
-            &mut sc,
-            View::row_major(0, lk),
-            self.q,
-            self.q_rows(b, h),
-            self.k,
-            self.k_cols(b, h),
-            self.scale,
-            false,
-            Parallelism::None,
-        )?;
+        let q = (self.q, self.q_rows(b, h));
+        let mut sc = product((lq, lk, d), q, (self.k, self.k_cols(b, h)), self.scale)?;
         for i in 0..lq {
             let row = &mut sc[i * lk..(i + 1) * lk];
             if let Some(bias) = self.bias {
@@ -229,6 +229,31 @@ impl<T: Real> Inputs<'_, T> {
             .div_ceil(self.s.h.max(1))
             .max(1)
     }
+}
+
+/// `alpha · A · B` (`m × k` by `k × n`, strided views) as a new row-major `m × n` block,
+/// on the calling thread (the (b, h) pairs are what runs in parallel).
+fn product<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    (a, av): (&[T], View),
+    (b, bv): (&[T], View),
+    alpha: T,
+) -> Result<Vec<T>> {
+    let mut c = vec![T::zero(); m * n];
+    let cv = View::row_major(0, n);
+    gemm_strided(
+        (m, n, k),
+        &mut c,
+        cv,
+        a,
+        av,
+        b,
+        bv,
+        alpha,
+        false,
+        Parallelism::None,
+    )?;
+    Ok(c)
 }
 
 /// Write an `l × d` per-(b, h) block back into a `[B, L, H, D]` tensor stored with rows
@@ -274,11 +299,10 @@ fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> 
 
 pub(super) fn attention<T: Real>(
     qkv: &Qkv<'_>,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    args: AttnArgs<'_, CpuStorage>,
 ) -> Result<(CpuStorage, CpuStorage)> {
-    let a = inputs::<T>("attention", qkv, key_mask, bias, spec)?;
+    let a = inputs::<T>("attention", qkv, args)?;
+    let spec = &args.spec;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
@@ -312,19 +336,8 @@ pub(super) fn attention<T: Real>(
                 if let Some(z) = dropout_scale::<T>(spec, bi, hi) {
                     p.iter_mut().zip(&z).for_each(|(x, z)| *x *= *z);
                 }
-                let mut o = vec![T::zero(); lq * d];
-                gemm_strided(
-                    (lq, d, lk),
-                    &mut o,
-                    View::row_major(0, d),
-                    &p,
-                    View::row_major(0, lk),
-                    a.v,
-                    a.v_rows(bi, hi),
-                    T::one(),
-                    false,
-                    Parallelism::None,
-                )?;
+                let p = (&p[..], View::row_major(0, lk));
+                let o = product((lq, d, lk), p, (a.v, a.v_rows(bi, hi)), T::one())?;
                 Ok((o, l))
             })
             .collect::<Result<_>>()?;
@@ -345,26 +358,22 @@ pub(super) enum QkvGrads {
     Packed(CpuStorage),
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_backward<T: Real>(
     qkv: &Qkv<'_>,
-    out: &CpuStorage,
-    lse: &CpuStorage,
-    dout: &CpuStorage,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    saved: AttnSaved<'_, CpuStorage>,
+    args: AttnArgs<'_, CpuStorage>,
 ) -> Result<(QkvGrads, Option<CpuStorage>)> {
     const OP: &str = "attention_backward";
-    let a = inputs::<T>(OP, qkv, key_mask, bias, spec)?;
+    let a = inputs::<T>(OP, qkv, args)?;
+    let spec = &args.spec;
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = *spec;
     let lay = a.lay;
     let (o, lse, dout) = (
-        out.floats::<T>(OP)?,
-        lse.floats::<T>(OP)?,
-        dout.floats::<T>(OP)?,
+        saved.out.floats::<T>(OP)?,
+        saved.lse.floats::<T>(OP)?,
+        saved.dout.floats::<T>(OP)?,
     );
     check_len(OP, "out [b, lq, h, d]", b * lq * h * d, o.len())?;
     check_len(OP, "dout [b, lq, h, d]", b * lq * h * d, dout.len())?;
@@ -399,19 +408,8 @@ pub(super) fn attention_backward<T: Real>(
                     }
                 }
                 // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)).
-                let mut ds = vec![T::zero(); lq * lk];
-                gemm_strided(
-                    (lq, lk, d),
-                    &mut ds,
-                    View::row_major(0, lk),
-                    dout,
-                    a.o_rows(bi, hi),
-                    a.v,
-                    a.v_cols(bi, hi),
-                    T::one(),
-                    false,
-                    Parallelism::None,
-                )?;
+                let d_o = (dout, a.o_rows(bi, hi));
+                let mut ds = product((lq, lk, d), d_o, (a.v, a.v_cols(bi, hi)), T::one())?;
                 // With dropout Z: O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
                 // dV = (P∘Z)ᵀ·dO.
                 let z = dropout_scale::<T>(spec, bi, hi);
@@ -435,58 +433,17 @@ pub(super) fn attention_backward<T: Real>(
                         .into(),
                     None => (&p[..]).into(),
                 };
-                let mut gq = vec![T::zero(); lq * d];
-                let mut gk = vec![T::zero(); lk * d];
-                let mut gv = vec![T::zero(); lk * d];
-                let none = Parallelism::None;
                 // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
-                let ds_view = View::row_major(0, lk);
                 let ds_t = View {
                     off: 0,
                     rs: 1,
                     cs: lk,
                 };
-                let out_rows = View::row_major(0, d);
-                // dq = scale · dS · k
-                let (q_rows, k_rows) = (a.q_rows(bi, hi), a.k_rows(bi, hi));
-                gemm_strided(
-                    (lq, d, lk),
-                    &mut gq,
-                    out_rows,
-                    &ds,
-                    ds_view,
-                    a.k,
-                    k_rows,
-                    a.scale,
-                    false,
-                    none,
-                )?;
-                // dk = scale · dSᵀ · q
-                gemm_strided(
-                    (lk, d, lq),
-                    &mut gk,
-                    out_rows,
-                    &ds,
-                    ds_t,
-                    a.q,
-                    q_rows,
-                    a.scale,
-                    false,
-                    none,
-                )?;
-                // dv = Pᵀ · dO
-                gemm_strided(
-                    (lk, d, lq),
-                    &mut gv,
-                    out_rows,
-                    &pz,
-                    ds_t,
-                    dout,
-                    a.o_rows(bi, hi),
-                    T::one(),
-                    false,
-                    none,
-                )?;
+                let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
+                // dq = scale · dS · k, dk = scale · dSᵀ · q, dv = (P∘Z)ᵀ · dO
+                let gq = product((lq, d, lk), (&ds[..], View::row_major(0, lk)), k, a.scale)?;
+                let gk = product((lk, d, lq), (&ds[..], ds_t), q, a.scale)?;
+                let gv = product((lk, d, lq), (&pz[..], ds_t), d_o, T::one())?;
                 Ok((gq, gk, gv, ds))
             })
             .collect::<Result<_>>()?;

@@ -3,7 +3,10 @@
 //! auxiliary outputs CUDA keeps in f32 left in f32; and a value past 65504 must become
 //! inf, so an fp16 overflow shows on the CPU as it would on the GPU.
 
-use crate::backend::{AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, UnaryOp};
+use crate::backend::{
+    AdamWState, AttnArgs, AttnSaved, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec,
+    UnaryOp,
+};
 use crate::shape::DType;
 
 /// Deterministic values in [-scale, scale), already representable in f16 (so the f32
@@ -202,39 +205,23 @@ fn attention_rounds_outputs_keeps_lse() {
     let (q, k, v) = (vals(nq, 11, 1.0), vals(nk, 12, 1.0), vals(nk, 13, 1.0));
     let bias = vals(sp.h * sp.lq * sp.lk, 14, 2.0);
     let mask = CpuStorage::from_i32(vec![1, 1, 1, 0, 1, 1, 0, 0]);
-    let (o, lse) = f16s(&q)
-        .attention(&f16s(&k), &f16s(&v), Some(&mask), Some(&f16s(&bias)), &sp)
-        .unwrap();
-    let (wo, wlse) = f32s(&q)
-        .attention(&f32s(&k), &f32s(&v), Some(&mask), Some(&f32s(&bias)), &sp)
-        .unwrap();
+    let (b16, b32) = (f16s(&bias), f32s(&bias));
+    let a16 = AttnArgs::new(Some(&mask), Some(&b16), sp);
+    let a32 = AttnArgs::new(Some(&mask), Some(&b32), sp);
+    let (o, lse) = f16s(&q).attention(&f16s(&k), &f16s(&v), a16).unwrap();
+    let (wo, wlse) = f32s(&q).attention(&f32s(&k), &f32s(&v), a32).unwrap();
     same_as_rounded("attention out", &o, &wo);
     same_f32("attention lse", &lse, &wlse);
     let dout = vals(nq, 15, 1.0);
     let o32 = o.cast(DType::F32).unwrap();
+    let (dout16, dout32) = (f16s(&dout), f32s(&dout));
+    let saved16 = AttnSaved::new(&o, &lse, &dout16);
+    let saved32 = AttnSaved::new(&o32, &wlse, &dout32);
     let (dq, dk, dv, db) = f16s(&q)
-        .attention_backward(
-            &f16s(&k),
-            &f16s(&v),
-            &o,
-            &lse,
-            &f16s(&dout),
-            Some(&mask),
-            Some(&f16s(&bias)),
-            &sp,
-        )
+        .attention_backward(&f16s(&k), &f16s(&v), saved16, a16)
         .unwrap();
     let (wq, wk, wv, wb) = f32s(&q)
-        .attention_backward(
-            &f32s(&k),
-            &f32s(&v),
-            &o32,
-            &wlse,
-            &f32s(&dout),
-            Some(&mask),
-            Some(&f32s(&bias)),
-            &sp,
-        )
+        .attention_backward(&f32s(&k), &f32s(&v), saved32, a32)
         .unwrap();
     same_as_rounded("attention dq", &dq, &wq);
     same_as_rounded("attention dk", &dk, &wk);
@@ -295,15 +282,25 @@ fn adamw_takes_f16_grads_not_f16_masters() {
     let (mut p, mut m, mut v) = (f32s(&[1.0; 6]), f32s(&[0.0; 6]), f32s(&[0.0; 6]));
     let mut w = f16s(&[0.0; 6]);
     assert!(!p
-        .adamw_(&f16s(&g), &mut m, &mut v, Some(&mut w), &hp)
+        .adamw_(
+            &f16s(&g),
+            AdamWState::new(&mut m, &mut v, Some(&mut w)),
+            &hp
+        )
         .unwrap());
     let (mut p2, mut m2, mut v2) = (f32s(&[1.0; 6]), f32s(&[0.0; 6]), f32s(&[0.0; 6]));
-    assert!(!p2.adamw_(&f32s(&g), &mut m2, &mut v2, None, &hp).unwrap());
+    assert!(!p2
+        .adamw_(&f32s(&g), AdamWState::new(&mut m2, &mut v2, None), &hp)
+        .unwrap());
     same_f32("adamw master", &p, &p2);
     same_as_rounded("adamw working copy", &w, &p2);
     // An inf in the f16 gradient skips the step.
     let bad = f16s(&[1.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0]);
-    assert!(p.adamw_(&bad, &mut m, &mut v, None, &hp).unwrap());
+    assert!(p
+        .adamw_(&bad, AdamWState::new(&mut m, &mut v, None), &hp)
+        .unwrap());
     let mut h = f16s(&[1.0; 6]);
-    assert!(h.adamw_(&f16s(&g), &mut m, &mut v, None, &hp).is_err());
+    assert!(h
+        .adamw_(&f16s(&g), AdamWState::new(&mut m, &mut v, None), &hp)
+        .is_err());
 }

@@ -26,7 +26,8 @@ use half::f16;
 
 use crate::backend::tracker;
 use crate::backend::{
-    AdamWStep, AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate, UnaryOp,
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
@@ -194,68 +195,60 @@ macro_rules! float_op {
 }
 
 /// f16 q, k, v widened to f32 for the emulation: the packed buffer once, else all three.
-fn up_qkv(
-    op: &'static str,
-    q: &CpuStorage,
-    k: &CpuStorage,
-    v: &CpuStorage,
-    lay: attention::Layout,
-) -> Result<Vec<CpuStorage>> {
-    if lay.is_packed() {
-        Ok(vec![up(op, q)?])
+struct UpQkv(Vec<CpuStorage>);
+
+fn up_qkv(op: &'static str, qkv: &attention::Qkv<'_>) -> Result<UpQkv> {
+    if qkv.lay.is_packed() {
+        Ok(UpQkv(vec![up(op, qkv.q)?]))
     } else {
-        Ok(vec![up(op, q)?, up(op, k)?, up(op, v)?])
+        Ok(UpQkv(vec![up(op, qkv.q)?, up(op, qkv.k)?, up(op, qkv.v)?]))
+    }
+}
+
+impl UpQkv {
+    /// The widened buffers in `lay` (packed: the one buffer as q, k and v).
+    fn qkv(&self, lay: attention::Layout) -> attention::Qkv<'_> {
+        let q = &self.0[0];
+        attention::Qkv {
+            q,
+            k: self.0.get(1).unwrap_or(q),
+            v: self.0.get(2).unwrap_or(q),
+            lay,
+        }
     }
 }
 
 /// Attention forward for either q/k/v layout, in the storage's float type (f16 runs in f32).
 fn attention_any(
-    q: &CpuStorage,
-    k: &CpuStorage,
-    v: &CpuStorage,
-    lay: attention::Layout,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    qkv: attention::Qkv<'_>,
+    a: AttnArgs<'_, CpuStorage>,
 ) -> Result<(CpuStorage, CpuStorage)> {
     const OP: &str = "attention";
-    let qkv = attention::Qkv { q, k, v, lay };
-    float_op!(OP, q.dtype(), attention::attention(&qkv, key_mask, bias, spec),
+    float_op!(OP, qkv.q.dtype(), attention::attention(&qkv, a),
     f16 => {
-        let bias = up_opt(OP, bias)?;
-        let up3 = up_qkv(OP, q, k, v, lay)?;
-        let qkv = attention::Qkv { q: &up3[0], k: up3.get(1).unwrap_or(&up3[0]),
-            v: up3.get(2).unwrap_or(&up3[0]), lay };
-        let (out, lse) = attention::attention::<f32>(&qkv, key_mask, bias.as_ref(), spec)?;
+        let bias = up_opt(OP, a.bias)?;
+        let up3 = up_qkv(OP, &qkv)?;
+        let a = AttnArgs { bias: bias.as_ref(), ..a };
+        let (out, lse) = attention::attention::<f32>(&up3.qkv(qkv.lay), a)?;
         Ok((down(out), lse))
     })
 }
 
 /// Attention backward for either layout (f16 runs in f32).
-#[allow(clippy::too_many_arguments)]
 fn attention_backward_any(
-    q: &CpuStorage,
-    k: &CpuStorage,
-    v: &CpuStorage,
-    lay: attention::Layout,
-    out: &CpuStorage,
-    lse: &CpuStorage,
-    dout: &CpuStorage,
-    key_mask: Option<&CpuStorage>,
-    bias: Option<&CpuStorage>,
-    spec: &AttnSpec,
+    qkv: attention::Qkv<'_>,
+    saved: AttnSaved<'_, CpuStorage>,
+    a: AttnArgs<'_, CpuStorage>,
 ) -> Result<(attention::QkvGrads, Option<CpuStorage>)> {
     const OP: &str = "attention_backward";
-    let qkv = attention::Qkv { q, k, v, lay };
-    float_op!(OP, q.dtype(),
-    attention::attention_backward(&qkv, out, lse, dout, key_mask, bias, spec),
+    float_op!(OP, qkv.q.dtype(), attention::attention_backward(&qkv, saved, a),
     f16 => {
-        let bias = up_opt(OP, bias)?;
-        let up3 = up_qkv(OP, q, k, v, lay)?;
-        let qkv = attention::Qkv { q: &up3[0], k: up3.get(1).unwrap_or(&up3[0]),
-            v: up3.get(2).unwrap_or(&up3[0]), lay };
-        let (grads, db) = attention::attention_backward::<f32>(
-            &qkv, &up(OP, out)?, lse, &up(OP, dout)?, key_mask, bias.as_ref(), spec)?;
+        let bias = up_opt(OP, a.bias)?;
+        let up3 = up_qkv(OP, &qkv)?;
+        let (out, dout) = (up(OP, saved.out)?, up(OP, saved.dout)?);
+        let saved = AttnSaved { out: &out, dout: &dout, ..saved };
+        let a = AttnArgs { bias: bias.as_ref(), ..a };
+        let (grads, db) = attention::attention_backward::<f32>(&up3.qkv(qkv.lay), saved, a)?;
         let grads = match grads {
             attention::QkvGrads::Separate(dq, dk, dv) => {
                 attention::QkvGrads::Separate(down(dq), down(dk), down(dv))
@@ -393,14 +386,7 @@ impl BackendStorage for CpuStorage {
     fn copy_from_(&mut self, src: &Self) -> Result<()> {
         elementwise::copy_from_(self, src)
     }
-    fn adamw_(
-        &mut self,
-        grad: &Self,
-        m: &mut Self,
-        v: &mut Self,
-        working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool> {
+    fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // As on CUDA: the master (and moments) are never f16; an f16 gradient is read as
         // f32 (exact), and `working` may be the f16 copy the model computes with.
         let wide;
@@ -410,7 +396,7 @@ impl BackendStorage for CpuStorage {
         } else {
             grad
         };
-        float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, m, v, working, hp),
+        float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, st, hp),
             f16 => Err(dtype_err("adamw_", "f32 or f64 master weights", DType::F16)))
     }
     fn has_non_finite(&self) -> Result<bool> {
@@ -534,57 +520,34 @@ impl BackendStorage for CpuStorage {
         float_op!("argmax_last", self.dtype(), softmax::argmax_last(self, cols),
             f16 => softmax::argmax_last::<f32>(&up("argmax_last", self)?, cols))
     }
-    fn attention(
-        &self, /*q*/
-        k: &Self,
-        v: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        let lay = attention::Layout::separate(spec);
-        attention_any(self, k, v, lay, key_mask, bias, spec)
+    fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        let lay = attention::Layout::separate(&a.spec);
+        attention_any(attention::Qkv { q: self, k, v, lay }, a)
     }
-    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self, /*q*/
         k: &Self,
         v: &Self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        let lay = attention::Layout::separate(spec);
-        match attention_backward_any(self, k, v, lay, out, lse, dout, key_mask, bias, spec)? {
+        let lay = attention::Layout::separate(&a.spec);
+        match attention_backward_any(attention::Qkv { q: self, k, v, lay }, saved, a)? {
             (attention::QkvGrads::Separate(dq, dk, dv), db) => Ok((dq, dk, dv, db)),
             (attention::QkvGrads::Packed(_), _) => Err(Error::msg(
                 "attention_backward: packed gradients for separate q, k, v",
             )),
         }
     }
-    fn attention_qkv(
-        &self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        let lay = attention::Layout::packed(spec);
-        attention_any(self, self, self, lay, key_mask, bias, spec)
+    fn attention_qkv(&self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        attention_any(attention::Qkv::packed(self, &a.spec), a)
     }
     fn attention_qkv_backward(
         &self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Option<Self>)> {
-        let lay = attention::Layout::packed(spec);
-        match attention_backward_any(self, self, self, lay, out, lse, dout, key_mask, bias, spec)? {
+        match attention_backward_any(attention::Qkv::packed(self, &a.spec), saved, a)? {
             (attention::QkvGrads::Packed(dqkv), db) => Ok((dqkv, db)),
             (attention::QkvGrads::Separate(..), _) => Err(Error::msg(
                 "attention_qkv_backward: separate gradients for packed q, k, v",

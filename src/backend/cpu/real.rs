@@ -32,8 +32,33 @@ pub(crate) trait Real:
     fn wrap(v: Vec<Self>) -> CpuData;
 }
 
-impl Real for f32 {
-    const DTYPE: DType = DType::F32;
+/// `Real` for `$t`, held in `CpuData::$variant`: the conversions and `erf` given, the
+/// buffer access written once for both types.
+macro_rules! real {
+    ($t:ty, $variant:ident, { $($conv:tt)* }) => {
+        impl Real for $t {
+            const DTYPE: DType = DType::$variant;
+            $($conv)*
+            fn slice(d: &CpuData) -> Option<&[$t]> {
+                match d {
+                    CpuData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(d: &mut CpuData) -> Option<&mut [$t]> {
+                match d {
+                    CpuData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(v: Vec<$t>) -> CpuData {
+                CpuData::$variant(v)
+            }
+        }
+    };
+}
+
+real!(f32, F32, {
     fn of(x: f64) -> f32 {
         x as f32
     }
@@ -43,25 +68,9 @@ impl Real for f32 {
     fn erf(self) -> f32 {
         libm::erff(self)
     }
-    fn slice(d: &CpuData) -> Option<&[f32]> {
-        match d {
-            CpuData::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn slice_mut(d: &mut CpuData) -> Option<&mut [f32]> {
-        match d {
-            CpuData::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f32>) -> CpuData {
-        CpuData::F32(v)
-    }
-}
+});
 
-impl Real for f64 {
-    const DTYPE: DType = DType::F64;
+real!(f64, F64, {
     fn of(x: f64) -> f64 {
         x
     }
@@ -71,19 +80,4 @@ impl Real for f64 {
     fn erf(self) -> f64 {
         libm::erf(self)
     }
-    fn slice(d: &CpuData) -> Option<&[f64]> {
-        match d {
-            CpuData::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn slice_mut(d: &mut CpuData) -> Option<&mut [f64]> {
-        match d {
-            CpuData::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn wrap(v: Vec<f64>) -> CpuData {
-        CpuData::F64(v)
-    }
-}
+});

@@ -11,7 +11,7 @@
 
 use super::context::{cfg_1d, n64, Arg};
 use super::{len_err, sfx, CudaStorage};
-use crate::backend::{AdamWStep, BackendStorage};
+use crate::backend::{AdamWState, AdamWStep, BackendStorage};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -73,9 +73,7 @@ fn need(v: &CudaStorage, p: &CudaStorage, dtype: Option<DType>, what: &'static s
 pub fn adamw_(
     p: &mut CudaStorage,
     grad: &CudaStorage,
-    m: &mut CudaStorage,
-    v: &mut CudaStorage,
-    working: Option<&mut CudaStorage>,
+    AdamWState { m, v, working }: AdamWState<'_, CudaStorage>,
     hp: &AdamWStep,
 ) -> Result<bool> {
     let op = "adamw_";

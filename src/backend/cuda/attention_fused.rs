@@ -21,7 +21,7 @@ use cudarc::driver::LaunchConfig;
 use super::context::{Arg, Dev};
 use super::elementwise::cast;
 use super::CudaStorage;
-use crate::backend::{AttnSpec, BackendStorage};
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec, BackendStorage};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -172,7 +172,8 @@ pub(crate) fn backward_scratch(sp: &AttnSpec, has_bias: bool) -> [usize; 3] {
     [sp.b * sp.h * sp.lq, sp.b * sp.lq * sp.h * sp.d, bias]
 }
 
-fn ptr(t: Option<&CudaStorage>) -> u64 {
+/// The address of an optional operand, 0 (the kernels' "none") without one.
+pub(crate) fn opt_ptr(t: Option<&CudaStorage>) -> u64 {
     t.map(|t| t.ptr()).unwrap_or(0)
 }
 
@@ -185,7 +186,9 @@ fn dims(sp: &AttnSpec) -> [Arg; 4] {
     ]
 }
 
-fn tail(sp: &AttnSpec) -> [Arg; 4] {
+/// The scale, causal flag, dropout rate and dropout key, as every attention kernel
+/// (fused, and the naive path's softmax) takes them after its shape.
+pub(crate) fn tail(sp: &AttnSpec) -> [Arg; 4] {
     [
         Arg::F32(sp.scale),
         Arg::I32(sp.causal as i32),
@@ -252,24 +255,21 @@ impl QkvPtrs {
 }
 
 /// Forward into `out` and `lse` (allocated by the caller).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     suffix: &str,
     dev: &Arc<Dev>,
     qkv: &QkvPtrs,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
-    out: &CudaStorage,
-    lse: &CudaStorage,
+    a: AttnArgs<'_, CudaStorage>,
+    (out, lse): (&CudaStorage, &CudaStorage),
 ) -> Result<()> {
-    let b32 = bias_f32(bias)?;
+    let sp = &a.spec;
+    let b32 = bias_f32(a.bias)?;
     let mut args = vec![
         Arg::Ptr(qkv.q),
         Arg::Ptr(qkv.k),
         Arg::Ptr(qkv.v),
-        Arg::Ptr(ptr(key_mask)),
-        Arg::Ptr(ptr(b32.as_ref())),
+        Arg::Ptr(opt_ptr(a.key_mask)),
+        Arg::Ptr(opt_ptr(b32.as_ref())),
         Arg::Ptr(out.ptr()),
         Arg::Ptr(lse.ptr()),
     ];
@@ -285,19 +285,15 @@ pub(crate) fn forward(
 
 /// Backward: writes dq, dk, dv at `grads` (allocated by the caller, in the layout of
 /// `qkv`); returns dbias in q's dtype when a bias was given.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     suffix: &str,
     dev: &Arc<Dev>,
-    qkv: &QkvPtrs,
-    grads: &QkvPtrs,
-    out: &CudaStorage,
-    lse: &CudaStorage,
-    dout: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    (qkv, grads): (&QkvPtrs, &QkvPtrs),
+    saved: AttnSaved<'_, CudaStorage>,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<Option<CudaStorage>> {
+    let AttnSaved { out, lse, dout } = saved;
+    let (sp, bias) = (&a.spec, a.bias);
     if (grads.ldq, grads.ldkv) != (qkv.ldq, qkv.ldkv) {
         return Err(Error::Cuda(format!(
             "fused attention backward: gradients with strides {:?} for inputs with {:?}",
@@ -323,7 +319,7 @@ pub(crate) fn backward(
         Arg::Ptr(dout.ptr()),
         Arg::Ptr(delta.ptr()),
         Arg::Ptr(dq_acc.ptr()),
-        Arg::Ptr(ptr(dbias.as_ref())),
+        Arg::Ptr(opt_ptr(dbias.as_ref())),
     ];
     args.extend(dims(sp));
     args.push(Arg::I32(sp.d as i32));
@@ -339,12 +335,12 @@ pub(crate) fn backward(
         Arg::Ptr(dout.ptr()),
         Arg::Ptr(lse.ptr()),
         Arg::Ptr(delta.ptr()),
-        Arg::Ptr(ptr(key_mask)),
-        Arg::Ptr(ptr(b32.as_ref())),
+        Arg::Ptr(opt_ptr(a.key_mask)),
+        Arg::Ptr(opt_ptr(b32.as_ref())),
         Arg::Ptr(grads.k),
         Arg::Ptr(grads.v),
         Arg::Ptr(dq_acc.ptr()),
-        Arg::Ptr(ptr(dbias.as_ref())),
+        Arg::Ptr(opt_ptr(dbias.as_ref())),
     ];
     args.extend(dims(sp));
     args.extend(tail(sp));

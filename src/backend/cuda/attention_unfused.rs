@@ -10,12 +10,12 @@
 //! so head h of batch b is a strided matrix with row stride H·D; each GEMM batches over
 //! the heads of one batch entry (stride D) and loops over B.
 
-use super::attention_fused::{self, QkvPtrs};
+use super::attention_fused::{self, opt_ptr, QkvPtrs};
 use super::blas::{gemm, Gemm};
 use super::context::{cfg_rows, Arg, Dev};
 use super::elementwise::cast;
 use super::{len_err, sfx, CudaStorage};
-use crate::backend::{AttnSpec, BackendStorage};
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec, BackendStorage};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Shape};
 
@@ -23,11 +23,9 @@ fn check(
     q: &CudaStorage,
     k: &CudaStorage,
     v: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<&'static str> {
-    let op = "attention";
+    let (op, sp) = ("attention", &a.spec);
     let s = sfx(op, q.dtype())?;
     if q.len() != sp.b * sp.lq * sp.h * sp.d {
         return Err(len_err(op, sp.b * sp.lq * sp.h * sp.d, q.len()));
@@ -38,17 +36,13 @@ fn check(
         }
         q.check_dtype(t, op)?;
     }
-    check_mask_bias(q.dtype(), key_mask, bias, sp)?;
+    check_mask_bias(q.dtype(), a)?;
     Ok(s)
 }
 
-fn check_mask_bias(
-    dt: DType,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
-) -> Result<()> {
-    if let Some(m) = key_mask {
+fn check_mask_bias(dt: DType, a: AttnArgs<'_, CudaStorage>) -> Result<()> {
+    let sp = &a.spec;
+    if let Some(m) = a.key_mask {
         if m.dtype() != DType::I32 || m.len() != sp.b * sp.lk {
             return Err(len_err(
                 "attention key_mask (i32 [b, lk])",
@@ -57,7 +51,7 @@ fn check_mask_bias(
             ));
         }
     }
-    if let Some(b) = bias {
+    if let Some(b) = a.bias {
         if b.dtype() != dt || b.len() != sp.h * sp.lq * sp.lk {
             return Err(len_err(
                 "attention bias ([h, lq, lk], dtype of q)",
@@ -214,38 +208,24 @@ fn scores(x: &CudaStorage, y: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage
     Ok(s)
 }
 
-fn opt_ptr(t: Option<&CudaStorage>) -> u64 {
-    t.map(|t| t.ptr()).unwrap_or(0)
-}
-
-fn softmax_args(
-    sp: &AttnSpec,
-    bias: Option<&CudaStorage>,
-    key_mask: Option<&CudaStorage>,
-) -> [Arg; 10] {
-    [
-        Arg::Ptr(opt_ptr(bias)),
-        Arg::Ptr(opt_ptr(key_mask)),
-        Arg::I64(sp.b as i64),
-        Arg::I64(sp.h as i64),
-        Arg::I64(sp.lq as i64),
-        Arg::I64(sp.lk as i64),
-        Arg::F32(sp.scale),
-        Arg::I32(sp.causal as i32),
-        Arg::F32(sp.dropout),
-        Arg::U64(crate::backend::dropout_key_packed(sp.seed)),
-    ]
+/// The naive softmax kernels' trailing arguments: bias, mask, shape and the options.
+fn softmax_args(a: AttnArgs<'_, CudaStorage>) -> impl Iterator<Item = Arg> {
+    let sp = &a.spec;
+    let shape = [sp.b, sp.h, sp.lq, sp.lk].map(|n| Arg::I64(n as i64));
+    [Arg::Ptr(opt_ptr(a.bias)), Arg::Ptr(opt_ptr(a.key_mask))]
+        .into_iter()
+        .chain(shape)
+        .chain(attention_fused::tail(sp))
 }
 
 pub fn attention(
     q: &CudaStorage,
     k: &CudaStorage,
     v: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<(CudaStorage, CudaStorage)> {
-    let sx = check(q, k, v, key_mask, bias, sp)?;
+    let sx = check(q, k, v, a)?;
+    let sp = &a.spec;
     let dev = q.dev();
     let rows = sp.b * sp.h * sp.lq;
     let out = CudaStorage::alloc(dev, q.len(), q.dtype())?;
@@ -260,13 +240,13 @@ pub fn attention(
     }
     if let Some(suffix) = attention_fused::choose(dev, q.dtype(), sp)? {
         let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
-        attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
+        attention_fused::forward(suffix, dev, &ptrs, a, (&out, &lse))?;
         return Ok((out, lse));
     }
     let s = scores(q, k, sp)?;
     let p = CudaStorage::alloc(dev, rows * sp.lk, q.dtype())?;
     let mut args = vec![Arg::Ptr(p.ptr()), Arg::Ptr(lse.ptr()), Arg::Ptr(s.ptr())];
-    args.extend(softmax_args(sp, bias, key_mask));
+    args.extend(softmax_args(a));
     dev.launch(
         &format!("fb_attn_softmax_{sx}"),
         cfg_rows(rows, sp.lk),
@@ -278,27 +258,17 @@ pub fn attention(
     Ok((out, lse))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &CudaStorage,
     k: &CudaStorage,
     v: &CudaStorage,
-    out: &CudaStorage,
-    lse: &CudaStorage,
-    dout: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    saved: AttnSaved<'_, CudaStorage>,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>)> {
-    let sx = check(q, k, v, key_mask, bias, sp)?;
+    let sx = check(q, k, v, a)?;
+    let sp = &a.spec;
     let rows = sp.b * sp.h * sp.lq;
-    check_saved(
-        "attention_backward",
-        (out, lse, dout),
-        q.len(),
-        q.dtype(),
-        sp,
-    )?;
+    check_saved("attention_backward", saved, q.len(), q.dtype(), sp)?;
     let dev = q.dev();
     let dt = q.dtype();
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
@@ -308,22 +278,20 @@ pub fn attention_backward(
             let dv = CudaStorage::alloc(dev, v.len(), dt)?;
             let ptrs = QkvPtrs::separate(q.ptr(), k.ptr(), v.ptr(), sp);
             let grads = QkvPtrs::separate(dq.ptr(), dk.ptr(), dv.ptr(), sp);
-            let db = attention_fused::backward(
-                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
-            )?;
+            let db = attention_fused::backward(suffix, dev, (&ptrs, &grads), saved, a)?;
             return Ok((dq, dk, dv, db));
         }
     }
     let dq = q.zeros_like_dev(q.len(), dt)?;
     let dk = q.zeros_like_dev(k.len(), dt)?;
     let dv = q.zeros_like_dev(v.len(), dt)?;
-    let dbias32 = match bias {
+    let dbias32 = match a.bias {
         Some(_) => Some(q.zeros_like_dev(sp.h * sp.lq * sp.lk, DType::F32)?),
         None => None,
     };
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
         let s = scores(q, k, sp)?;
-        let dp = scores(dout, v, sp)?;
+        let dp = scores(saved.dout, v, sp)?;
         let ds = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
         let p = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
         let mut args = vec![
@@ -332,9 +300,9 @@ pub fn attention_backward(
             Arg::Ptr(opt_ptr(dbias32.as_ref())),
             Arg::Ptr(s.ptr()),
             Arg::Ptr(dp.ptr()),
-            Arg::Ptr(lse.ptr()),
+            Arg::Ptr(saved.lse.ptr()),
         ];
-        args.extend(softmax_args(sp, bias, key_mask));
+        args.extend(softmax_args(a));
         dev.launch(
             &format!("fb_attn_softmax_bwd_{sx}"),
             cfg_rows(rows, sp.lk),
@@ -345,7 +313,7 @@ pub fn attention_backward(
         for (p, y, o, dims, alpha, transposed) in [
             (&ds, k, &dq, (sp.lq, sp.lk), sp.scale, false),
             (&ds, q, &dk, lk_lq, sp.scale, true),
-            (&p, dout, &dv, lk_lq, 1.0, true),
+            (&p, saved.dout, &dv, lk_lq, 1.0, true),
         ] {
             let g = gemms_p(sp, dims, mat(p), mat(y), mat(o), dt, alpha, transposed);
             run(dev, g)?;
@@ -361,7 +329,7 @@ pub fn attention_backward(
 /// What forward saved for backward: out and dout `n` elements of `dt`, lse f32 `[b, h, lq]`.
 fn check_saved(
     op: &'static str,
-    (out, lse, dout): (&CudaStorage, &CudaStorage, &CudaStorage),
+    AttnSaved { out, lse, dout }: AttnSaved<'_, CudaStorage>,
     n: usize,
     dt: DType,
     sp: &AttnSpec,
@@ -411,38 +379,33 @@ fn check_packed(op: &'static str, qkv: &CudaStorage, sp: &AttnSpec) -> Result<()
 /// q, k and v in place (row stride 3·H·D); the naive path takes copies.
 pub fn attention_qkv(
     qkv: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<(CudaStorage, CudaStorage)> {
+    let sp = &a.spec;
     check_packed("attention_qkv", qkv, sp)?;
     let dev = qkv.dev();
     if sp.b * sp.h * sp.lq > 0 && sp.d > 0 {
         if let Some(suffix) = attention_fused::choose(dev, qkv.dtype(), sp)? {
-            check_mask_bias(qkv.dtype(), key_mask, bias, sp)?;
+            check_mask_bias(qkv.dtype(), a)?;
             let rows = sp.b * sp.h * sp.lq;
             let out = CudaStorage::alloc(dev, sp.b * sp.lq * sp.h * sp.d, qkv.dtype())?;
             let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
             let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
-            attention_fused::forward(suffix, dev, &ptrs, key_mask, bias, sp, &out, &lse)?;
+            attention_fused::forward(suffix, dev, &ptrs, a, (&out, &lse))?;
             return Ok((out, lse));
         }
     }
     let (q, k, v) = unpack(qkv, sp)?;
-    attention(&q, &k, &v, key_mask, bias, sp)
+    attention(&q, &k, &v, a)
 }
 
 /// Backward of [`attention_qkv`]: dq, dk and dv in one packed buffer.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_qkv_backward(
     qkv: &CudaStorage,
-    out: &CudaStorage,
-    lse: &CudaStorage,
-    dout: &CudaStorage,
-    key_mask: Option<&CudaStorage>,
-    bias: Option<&CudaStorage>,
-    sp: &AttnSpec,
+    saved: AttnSaved<'_, CudaStorage>,
+    a: AttnArgs<'_, CudaStorage>,
 ) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    let sp = &a.spec;
     check_packed("attention_qkv_backward", qkv, sp)?;
     let dev = qkv.dev();
     let dt = qkv.dtype();
@@ -450,19 +413,17 @@ pub fn attention_qkv_backward(
     let rows = sp.b * sp.h * sp.lq;
     if rows > 0 && sp.d > 0 {
         if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
-            check_mask_bias(dt, key_mask, bias, sp)?;
-            check_saved("attention_qkv_backward", (out, lse, dout), n, dt, sp)?;
+            check_mask_bias(dt, a)?;
+            check_saved("attention_qkv_backward", saved, n, dt, sp)?;
             let dqkv = CudaStorage::alloc(dev, 3 * n, dt)?;
             let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
             let grads = QkvPtrs::packed(dqkv.ptr(), sp);
-            let db = attention_fused::backward(
-                suffix, dev, &ptrs, &grads, out, lse, dout, key_mask, bias, sp,
-            )?;
+            let db = attention_fused::backward(suffix, dev, (&ptrs, &grads), saved, a)?;
             return Ok((dqkv, db));
         }
     }
     let (q, k, v) = unpack(qkv, sp)?;
-    let (dq, dk, dv, db) = attention_backward(&q, &k, &v, out, lse, dout, key_mask, bias, sp)?;
+    let (dq, dk, dv, db) = attention_backward(&q, &k, &v, saved, a)?;
     let part = vec![sp.b * sp.lq, 1, sp.h * sp.d];
     let dqkv = CudaStorage::cat(&[&dq, &dk, &dv], &[part.clone(), part.clone(), part], 1)?;
     Ok((dqkv, db))

@@ -7,7 +7,7 @@
 
 use super::{gemms_p, gemms_xyt, Mat};
 use crate::backend::cuda::blas::host;
-use crate::backend::{AttnSpec, BackendStorage, CpuStorage};
+use crate::backend::{AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage};
 use crate::shape::DType;
 
 fn m(buf: usize) -> Mat {
@@ -154,9 +154,8 @@ fn attention_descriptors_match_cpu() {
         );
         let cm = mask.clone().map(CpuStorage::from_i32);
         let cb = bias.clone().map(CpuStorage::from_f32);
-        let (wo, wl) = cq
-            .attention(&ck, &cv, cm.as_ref(), cb.as_ref(), &sp)
-            .expect("cpu attention");
+        let args = AttnArgs::new(cm.as_ref(), cb.as_ref(), sp);
+        let (wo, wl) = cq.attention(&ck, &cv, args).expect("cpu attention");
         let tag = format!("{sp:?} mask={masked} bias={biased}");
         let err = max_rel(&bufs[6], &wo.to_vec_f32().expect("out"));
         assert!(err < 1e-5, "forward out {tag}: {err}");
@@ -188,8 +187,9 @@ fn attention_descriptors_match_cpu() {
             gemms_p(&sp, (lk, lq), m(5), m(3), m(11), DType::F32, 1.0, true),
             &mut bufs,
         );
+        let saved = AttnSaved::new(&wo, &wl, &cdo);
         let (wdq, wdk, wdv, _) = cq
-            .attention_backward(&ck, &cv, &wo, &wl, &cdo, cm.as_ref(), cb.as_ref(), &sp)
+            .attention_backward(&ck, &cv, saved, args)
             .expect("cpu attention_backward");
         for (name, got, want) in [("dq", 9, wdq), ("dk", 10, wdk), ("dv", 11, wdv)] {
             let err = max_rel(&bufs[got], &want.to_vec_f32().expect("grad"));

@@ -29,7 +29,7 @@ use cudarc::cublaslt::sys;
 
 use super::context::{cu, guarded, lock, Dev};
 use super::{libs, CudaStorage};
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, LinearDims};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -486,9 +486,7 @@ pub fn linear_bias(
     x: &CudaStorage,
     w: &CudaStorage,
     bias: &CudaStorage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
+    LinearDims { rows, out_f, in_f }: LinearDims,
 ) -> Result<Option<CudaStorage>> {
     let op = "linear (cuBLASLt)";
     if !takes(x, &[w, bias], [rows, out_f, in_f], op)? {
@@ -516,9 +514,7 @@ pub fn linear_bias(
 pub fn linear_wgrad_bgrad(
     dy: &CudaStorage,
     x: &CudaStorage,
-    rows: usize,
-    out_f: usize,
-    in_f: usize,
+    LinearDims { rows, out_f, in_f }: LinearDims,
 ) -> Result<Option<(CudaStorage, CudaStorage)>> {
     let op = "linear backward (cuBLASLt)";
     if !takes(dy, &[x], [rows, out_f, in_f], op)? {

@@ -163,6 +163,14 @@ fn find_versioned(dir: &Path, stem: &str, major: &str) -> Option<PathBuf> {
     hits.pop()
 }
 
+/// One line of the preload report: the library `name` preloaded from `found`, or missing.
+fn preloaded(name: &str, found: Option<PathBuf>, missing: &str) -> String {
+    match found {
+        Some(p) => format!("{name}: preloaded {}", p.display()),
+        None => format!("{name}: {missing}"),
+    }
+}
+
 /// What the preload step did, for diagnostics.
 pub fn preload_report() -> &'static str {
     preload()
@@ -182,28 +190,27 @@ pub fn preload() -> &'static str {
                 let p = d.join("libcuda.so.1");
                 (p.is_file() && load_abs(&p)).then_some(p)
             });
-            report.push(match found {
-                Some(p) => format!("driver: preloaded {}", p.display()),
-                None => "driver: libcuda.so.1 not found".to_string(),
-            });
+            report.push(preloaded("driver", found, "libcuda.so.1 not found"));
         }
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            let found = dirs
-                .iter()
-                .find_map(|d| load_group(d, &majors, &["libnvrtc-builtins", "libnvrtc"]));
-            report.push(match found {
-                Some(p) => format!("nvrtc: preloaded {}", p.display()),
-                None => "nvrtc: not found".to_string(),
-            });
-        }
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            let found = dirs
-                .iter()
-                .find_map(|d| load_group(d, &majors, &["libcublasLt", "libcublas"]));
-            report.push(match found {
-                Some(p) => format!("cublas: preloaded {}", p.display()),
-                None => "cublas: not found".to_string(),
-            });
+        type Present = unsafe fn() -> bool;
+        let groups: [(&str, Present, [&str; 2]); 2] = [
+            (
+                "nvrtc",
+                cudarc::nvrtc::sys::is_culib_present,
+                ["libnvrtc-builtins", "libnvrtc"],
+            ),
+            (
+                "cublas",
+                cudarc::cublas::sys::is_culib_present,
+                ["libcublasLt", "libcublas"],
+            ),
+        ];
+        for (name, present, libs) in groups {
+            // SAFETY: as above, is_culib_present only tries dlopen on candidate sonames.
+            if !unsafe { present() } {
+                let found = dirs.iter().find_map(|d| load_group(d, &majors, &libs));
+                report.push(preloaded(name, found, "not found"));
+            }
         }
         if report.is_empty() {
             "all CUDA libraries resolved by soname".to_string()

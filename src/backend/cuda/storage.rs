@@ -6,9 +6,10 @@ use super::{
     reduce, softmax, span, CudaStorage,
 };
 use crate::backend::cpu::CpuData;
-use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
+use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, AdamWState, MultiTensor};
 use crate::backend::{
-    AdamWStep, AttnSpec, BackendStorage, BinaryOp, CpuStorage, MatmulSpec, SpanCandidate, UnaryOp,
+    AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
@@ -105,8 +106,8 @@ impl BackendStorage for CudaStorage {
         fn axpy_(&mut self, x: &Self, alpha: f64) -> () => elementwise::axpy_;
         fn scale_(&mut self, alpha: f64) -> () => elementwise::scale_;
         fn copy_from_(&mut self, src: &Self) -> () => elementwise::copy_from_;
-        fn adamw_(&mut self, grad: &Self, m: &mut Self, v: &mut Self, working: Option<&mut Self>,
-            hp: &AdamWStep) -> bool => adamw::adamw_;
+        fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> bool
+            => adamw::adamw_;
         fn has_non_finite(&self) -> bool => elementwise::has_non_finite;
         fn clamp_i32(&self, lo: i32, hi: i32) -> Self => elementwise::clamp_i32;
         fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Self => blas::matmul;
@@ -124,15 +125,14 @@ impl BackendStorage for CudaStorage {
         fn cross_entropy_backward(&self, targets: &Self, lse: &Self, dloss: &Self, cols: usize,
             ignore_index: i32) -> Self => softmax::cross_entropy_backward;
         fn argmax_last(&self, cols: usize) -> Self => softmax::argmax_last;
-        fn attention(&self, k: &Self, v: &Self, key_mask: Option<&Self>, bias: Option<&Self>,
-            spec: &AttnSpec) -> (Self, Self) => attention_unfused::attention;
-        fn attention_backward(&self, k: &Self, v: &Self, out: &Self, lse: &Self, dout: &Self,
-            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
-            -> (Self, Self, Self, Option<Self>) => attention_unfused::attention_backward;
-        fn attention_qkv(&self, key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
-            -> (Self, Self) => attention_unfused::attention_qkv;
-        fn attention_qkv_backward(&self, out: &Self, lse: &Self, dout: &Self,
-            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
+        fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> (Self, Self)
+            => attention_unfused::attention;
+        fn attention_backward(&self, k: &Self, v: &Self, saved: AttnSaved<'_, Self>,
+            a: AttnArgs<'_, Self>) -> (Self, Self, Self, Option<Self>)
+            => attention_unfused::attention_backward;
+        fn attention_qkv(&self, a: AttnArgs<'_, Self>) -> (Self, Self)
+            => attention_unfused::attention_qkv;
+        fn attention_qkv_backward(&self, saved: AttnSaved<'_, Self>, a: AttnArgs<'_, Self>)
             -> (Self, Option<Self>) => attention_unfused::attention_qkv_backward;
         fn span_search(&self, end_logits: &Self, allowed: &Self, cols: usize, max_len: usize,
             top_k: usize) -> Vec<SpanCandidate> => span::span_search;
@@ -158,29 +158,16 @@ impl BackendStorage for CudaStorage {
         softmax::softmax(self, cols, true)
     }
 
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        match blaslt::linear_bias(self, w, bias, rows, out_f, in_f)? {
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        match blaslt::linear_bias(self, w, bias, dims)? {
             Some(y) => Ok(y),
-            None => composed::linear_bias(self, w, bias, rows, out_f, in_f),
+            None => composed::linear_bias(self, w, bias, dims),
         }
     }
-    fn linear_wgrad_bgrad(
-        &self,
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        match blaslt::linear_wgrad_bgrad(self, x, rows, out_f, in_f)? {
+    fn linear_wgrad_bgrad(&self, x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        match blaslt::linear_wgrad_bgrad(self, x, dims)? {
             Some(g) => Ok(g),
-            None => composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f),
+            None => composed::linear_wgrad_bgrad(self, x, dims),
         }
     }
     fn adamw_multi(

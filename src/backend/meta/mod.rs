@@ -25,8 +25,9 @@
 mod attention;
 
 use crate::backend::{
-    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWStep, AttnSpec,
-    BackendStorage, BinaryOp, CpuStorage, MatmulSpec, MultiTensor, SpanCandidate, UnaryOp,
+    composed, cuda, tracker, AdamWMultiOutcome, AdamWMultiStep, AdamWState, AdamWStep, AttnArgs,
+    AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec, MultiTensor,
+    SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
@@ -218,14 +219,7 @@ impl BackendStorage for MetaStorage {
     fn copy_from_(&mut self, _src: &Self) -> Result<()> {
         Ok(())
     }
-    fn adamw_(
-        &mut self,
-        _grad: &Self,
-        _m: &mut Self,
-        _v: &mut Self,
-        _working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool> {
+    fn adamw_(&mut self, _grad: &Self, _st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // CUDA's per-tensor check keeps a one-word flag while the step runs.
         if self.cuda() && hp.check_finite {
             self.scratch(&[(1, DType::I32)]);
@@ -341,47 +335,27 @@ impl BackendStorage for MetaStorage {
     fn argmax_last(&self, cols: usize) -> Result<Self> {
         Ok(self.out(self.rows(cols), DType::I32))
     }
-    fn attention(
-        &self, /*q*/
-        k: &Self,
-        v: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention::forward(self, k, v, bias.is_some(), spec)
+    fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        attention::forward(self, k, v, a.bias.is_some(), &a.spec)
     }
     fn attention_backward(
         &self, /*q*/
         k: &Self,
         v: &Self,
-        _out: &Self,
-        _lse: &Self,
-        _dout: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        _saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Self, Self, Option<Self>)> {
-        attention::backward(self, k, v, bias.is_some(), spec)
+        attention::backward(self, k, v, a.bias.is_some(), &a.spec)
     }
-    fn attention_qkv(
-        &self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention::forward_packed(self, bias.is_some(), spec)
+    fn attention_qkv(&self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
+        attention::forward_packed(self, a.bias.is_some(), &a.spec)
     }
     fn attention_qkv_backward(
         &self,
-        _out: &Self,
-        _lse: &Self,
-        _dout: &Self,
-        _key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
+        _saved: AttnSaved<'_, Self>,
+        a: AttnArgs<'_, Self>,
     ) -> Result<(Self, Option<Self>)> {
-        attention::backward_packed(self, bias.is_some(), spec)
+        attention::backward_packed(self, a.bias.is_some(), &a.spec)
     }
     fn span_search(
         &self,
@@ -394,33 +368,20 @@ impl BackendStorage for MetaStorage {
         Ok(Vec::new())
     }
 
-    fn linear_bias(
-        &self,
-        w: &Self,
-        bias: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<Self> {
-        if self.lt_epilogue(rows, out_f, in_f) {
-            return Ok(self.out(rows * out_f, self.dtype));
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        if self.lt_epilogue(dims) {
+            return Ok(self.out(dims.rows * dims.out_f, self.dtype));
         }
-        composed::linear_bias(self, w, bias, rows, out_f, in_f)
+        composed::linear_bias(self, w, bias, dims)
     }
-    fn linear_wgrad_bgrad(
-        &self, /*dy*/
-        x: &Self,
-        rows: usize,
-        out_f: usize,
-        in_f: usize,
-    ) -> Result<(Self, Self)> {
-        if self.lt_epilogue(rows, out_f, in_f) {
+    fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
+        if self.lt_epilogue(dims) {
             return Ok((
-                self.out(out_f * in_f, self.dtype),
-                self.out(out_f, self.dtype),
+                self.out(dims.out_f * dims.in_f, self.dtype),
+                self.out(dims.out_f, self.dtype),
             ));
         }
-        composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f)
+        composed::linear_wgrad_bgrad(self, x, dims)
     }
     fn dropout_add_layer_norm(
         &self,
@@ -500,7 +461,7 @@ impl MetaStorage {
     /// Does a CUDA linear layer take the cuBLASLt epilogue (bias in the GEMM, its
     /// gradient from the weight-gradient GEMM)? The sizes and the switch decide; whether
     /// the card's cuBLASLt has an algorithm is assumed (it had on every card measured).
-    fn lt_epilogue(&self, rows: usize, out_f: usize, in_f: usize) -> bool {
+    fn lt_epilogue(&self, LinearDims { rows, out_f, in_f }: LinearDims) -> bool {
         self.cuda() && !cuda::blaslt::disabled() && cuda::blaslt::sizes_ok(&[rows, out_f, in_f])
     }
 }

@@ -20,6 +20,9 @@ use fusebox::nn::safetensors_io;
 use fusebox::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
+#[path = "bad_input/seq2seq.rs"]
+mod seq2seq;
+
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 const INFER: &str = env!("CARGO_BIN_EXE_infer");
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
@@ -206,6 +209,24 @@ struct Row {
     want: Vec<String>,
 }
 
+/// `infer generate --model MODEL` on a short input, on the CPU, with `extra`.
+fn gen(model: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "generate", "--model", model, "--input", "one two", "--device", "cpu",
+    ];
+    a.extend(extra);
+    a.into_iter().map(str::to_string).collect()
+}
+
+fn as_row(bin: &'static str, args: Vec<String>, ok: bool, want: &[&str]) -> Row {
+    Row {
+        bin,
+        args,
+        ok,
+        want: want.iter().map(|w| w.to_string()).collect(),
+    }
+}
+
 fn row(bin: &'static str, args: &[&str], ok: bool, want: &[&str]) -> Row {
     Row {
         bin,
@@ -238,155 +259,7 @@ fn rows() -> Vec<Row> {
         a.extend(extra);
         a.into_iter().map(str::to_string).collect::<Vec<_>>()
     };
-    let gen = |model: &str, extra: &[&str]| {
-        let mut a = vec![
-            "generate", "--model", model, "--input", "one two", "--device", "cpu",
-        ];
-        a.extend(extra);
-        a.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    let as_row = |bin, args: Vec<String>, ok, want: &[&str]| Row {
-        bin,
-        args,
-        ok,
-        want: want.iter().map(|w| w.to_string()).collect(),
-    };
-    let mut rows = Vec::new();
-
-    // --- infer generate ---------------------------------------------------------------
-    rows.push(as_row(
-        INFER,
-        gen(&t5, &["--max-new-tokens", "1000000", "--json"]),
-        OK,
-        &["1000000 new tokens asked for; capped at 511"],
-    ));
-    // A model that never emits </s> (eos banned by min_length) stops at the cap.
-    let no_eos = copy_model(&m.t5, "t5-no-eos");
-    std::fs::write(
-        no_eos.join("generation_config.json"),
-        json!({"min_length": 1_000_000, "max_new_tokens": 1_000_000}).to_string(),
-    )
-    .expect("write");
-    rows.push(as_row(
-        INFER,
-        gen(&s(&no_eos), &["--json"]),
-        OK,
-        &["capped at 511", "\"tokens\":["],
-    ));
-    rows.push(as_row(
-        INFER,
-        gen(&t5, &["--num-beams", "100"]),
-        FAIL,
-        &[
-            "--num-beams 100 exceeds the model's vocabulary",
-            "vocab_size",
-        ],
-    ));
-    rows.push(as_row(
-        INFER,
-        gen(&t5, &["--length-penalty", "nan"]),
-        FAIL,
-        &["--length-penalty must be a finite number"],
-    ));
-    rows.push(as_row(
-        INFER,
-        gen(&t5, &["--max-source-length", "0"]),
-        FAIL,
-        &["--max-source-length must be at least 1"],
-    ));
-    let bad_eos = copy_model(&m.t5, "t5-bad-eos");
-    std::fs::write(
-        bad_eos.join("generation_config.json"),
-        json!({"eos_token_id": 100_000}).to_string(),
-    )
-    .expect("write");
-    rows.push(as_row(
-        INFER,
-        gen(&s(&bad_eos), &[]),
-        FAIL,
-        &[
-            "eos_token_id 100000 is not a token of the model",
-            "generation_config.json",
-        ],
-    ));
-    rows.push(row(
-        INFER,
-        &["generate", "--model", &t5, "--device", "cpu"],
-        FAIL,
-        &["--input <INPUT>|--file <FILE>"],
-    ));
-    // generate()'s flags (issue 16): each names itself, as generate() refuses them.
-    for (extra, want) in [
-        (
-            &["--num-return-sequences", "0"][..],
-            &["--num-return-sequences must be at least 1"][..],
-        ),
-        (
-            &["--num-return-sequences", "2"],
-            &[
-                "--num-return-sequences 2 needs beam search with at least 2 beams",
-                "the model's num_beams",
-            ],
-        ),
-        (
-            &["--num-beams", "2", "--num-return-sequences", "3"],
-            &[
-                "--num-return-sequences 3 needs beam search",
-                "--num-beams is 2",
-            ],
-        ),
-        (&["--max-length", "1"], &["--max-length 1 leaves no room"]),
-        (
-            &["--max-new-tokens", "0"],
-            &["--max-new-tokens must be at least 1"],
-        ),
-        (
-            &["--early-stopping", "maybe"],
-            &["invalid value 'maybe' for '--early-stopping"],
-        ),
-    ] {
-        rows.push(as_row(INFER, gen(&t5, extra), FAIL, want));
-    }
-    // Several sequences per input: a JSON list of {"text", "tokens", "score"}, best first.
-    rows.push(as_row(
-        INFER,
-        gen(
-            &t5,
-            &["--num-beams", "3", "--num-return-sequences", "2", "--json"],
-        ),
-        OK,
-        &["[{\"score\":", "},{\"score\":"],
-    ));
-    // Generation settings from the model directory are checked, naming field and file.
-    for (name, gen_cfg, want) in [
-        (
-            "t5-rep-penalty",
-            json!({"repetition_penalty": 1.3}),
-            &[
-                "`repetition_penalty` = 1.3 is not implemented",
-                "generation_config.json",
-            ][..],
-        ),
-        (
-            "t5-bad-words",
-            json!({"bad_words_ids": [[5, 100_000]]}),
-            &["bad_words_ids holds 100000", "generation_config.json"],
-        ),
-        (
-            "t5-beams-text",
-            json!({"num_beams": "four"}),
-            &["generation_config.json: field `num_beams`: expected a non-negative integer"],
-        ),
-        (
-            "t5-nrs-greedy",
-            json!({"num_return_sequences": 2}),
-            &["num_return_sequences 2 (the model's", "needs beam search"],
-        ),
-    ] {
-        let dir = copy_model(&m.t5, name);
-        std::fs::write(dir.join("generation_config.json"), gen_cfg.to_string()).expect("write");
-        rows.push(as_row(INFER, gen(&s(&dir), &[]), FAIL, want));
-    }
+    let mut rows = seq2seq::rows(m);
 
     // --- infer qa -----------------------------------------------------------------------
     let no_head = copy_model(&m.qa, "qa-no-head");

@@ -7,37 +7,17 @@
 //! Accuracy is not asserted here (tests/qa_train.rs checks that QA training learns);
 //! these check the command-line contract.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use serde_json::Value;
 
 mod common;
 
+use common::cli::{infer, json_lines, last_json_line, p, run, scratch, tiny_t5};
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fusebox-cli-ti-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn run(bin: &str, args: &[&str]) -> Output {
-    let o = Command::new(bin).args(args).output().expect("spawn");
-    assert!(
-        o.status.success(),
-        "{bin} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn p(x: &Path) -> &str {
-    x.to_str().expect("utf8 path")
-}
-
-fn last_json_line(o: &Output) -> Value {
-    let out = String::from_utf8(o.stdout.clone()).expect("utf8");
-    let line = out.lines().last().expect("a final line");
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("final line {line:?}: {e}"))
+    scratch("ti", name)
 }
 
 #[test]
@@ -180,41 +160,13 @@ fn train_qa_builtin_then_infer_qa() {
 #[test]
 fn train_translate_then_infer_generate() {
     let out = tmp("tr");
-    run(
-        env!("CARGO_BIN_EXE_train"),
-        &[
-            "translate",
-            "--max-steps",
-            "5",
-            "--epochs",
-            "1",
-            "--eval-limit",
-            "4",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            p(&out),
-        ],
-    );
-    let o = run(
-        env!("CARGO_BIN_EXE_infer"),
-        &[
-            "generate",
-            "--model",
-            p(&out),
-            "--input",
-            "the small dog sees a red bird",
-            "--prefix",
-            "translate English to Toy: ",
-            "--num-beams",
-            "2",
-            "--max-new-tokens",
-            "6",
-            "--json",
-            "--device",
-            "cpu",
-        ],
+    tiny_t5(&out);
+    let x = ("--input", "the small dog sees a red bird");
+    let o = infer(
+        "generate",
+        &out,
+        &[x, ("--prefix", "translate English to Toy: ")],
+        "--num-beams 2 --max-new-tokens 6 --json",
     );
     let v = last_json_line(&o);
     assert!(v["text"].is_string(), "{v}");
@@ -231,43 +183,13 @@ fn train_translate_then_infer_generate() {
     )
     .expect("JSON");
     assert_eq!(gen_cfg["max_new_tokens"], 24, "{gen_cfg}");
-    let o = run(
-        env!("CARGO_BIN_EXE_infer"),
-        &[
-            "generate",
-            "--model",
-            p(&out),
-            "--input",
-            "the small dog",
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    );
-    let v = last_json_line(&o);
+    let dog = ("--input", "the small dog");
+    let v = last_json_line(&infer("generate", &out, &[dog], "--json"));
     let n = v["tokens"].as_array().expect("tokens").len();
     assert!((1..=24).contains(&n) && v.get("score").is_none(), "{v}");
     // --num-return-sequences 2: a list of two {"text", "tokens", "score"}, best first.
-    let o = run(
-        env!("CARGO_BIN_EXE_infer"),
-        &[
-            "generate",
-            "--model",
-            p(&out),
-            "--input",
-            "the small dog",
-            "--num-beams",
-            "3",
-            "--num-return-sequences",
-            "2",
-            "--max-new-tokens",
-            "5",
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    );
-    let v = last_json_line(&o);
+    let flags = "--num-beams 3 --num-return-sequences 2 --max-new-tokens 5 --json";
+    let v = last_json_line(&infer("generate", &out, &[dog], flags));
     let list = v.as_array().expect("a list per input");
     assert_eq!(list.len(), 2, "{v}");
     assert!(list
@@ -282,25 +204,13 @@ fn train_translate_then_infer_generate() {
     // so the outputs still pair up with a reference file.
     let inputs = out.join("inputs.txt");
     std::fs::write(&inputs, "the small dog\n\na red bird\n").expect("write");
-    let o = run(
-        env!("CARGO_BIN_EXE_infer"),
-        &[
-            "generate",
-            "--model",
-            p(&out),
-            "--file",
-            p(&inputs),
-            "--max-new-tokens",
-            "4",
-            "--json",
-            "--device",
-            "cpu",
-        ],
-    );
-    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let file = ("--file", p(&inputs));
+    let lines = json_lines(&infer(
+        "generate",
+        &out,
+        &[file],
+        "--max-new-tokens 4 --json",
+    ));
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[1]["text"], "", "{lines:?}");
     assert!(!lines[0]["tokens"].as_array().expect("tokens").is_empty());

@@ -50,6 +50,41 @@ impl PipelineTask {
     }
 }
 
+impl PipelineTask {
+    /// The pipeline a task name as `pipeline()` takes it runs: `"summarization"`,
+    /// `"translation"` or `"translation_XX_to_YY"` (transformers' `check_task`, with its
+    /// messages).
+    pub fn from_name(name: &str) -> Result<PipelineTask> {
+        match name {
+            "summarization" => return Ok(PipelineTask::Summarization),
+            "translation" => return Ok(PipelineTask::Translation),
+            _ => {}
+        }
+        if name.starts_with("translation") {
+            let t: Vec<&str> = name.split('_').collect();
+            if t.len() == 4 && t[0] == "translation" && t[2] == "to" {
+                return Ok(PipelineTask::Translation);
+            }
+            return Err(Error::msg(format!(
+                "Invalid translation task {name}, use 'translation_XX_to_YY' format"
+            )));
+        }
+        Err(Error::msg(format!(
+            "Unknown task {name}, available tasks are ['summarization', 'translation', \
+             'translation_XX_to_YY']"
+        )))
+    }
+}
+
+/// The names of config.json's `task_specific_params` entries (none when it has none).
+pub fn task_param_names(config: &Value) -> Vec<String> {
+    config
+        .get("task_specific_params")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// What the pipeline adds around `generate()` for one model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineSetup {
@@ -99,6 +134,19 @@ pub fn setup(
     model_generation: &Map<String, Value>,
     task: PipelineTask,
 ) -> Result<PipelineSetup> {
+    setup_named(config, model_generation, task.name())
+}
+
+/// [`setup`] for a task name as `pipeline()` takes it ([`PipelineTask::from_name`]):
+/// `"translation_en_to_fr"` applies `task_specific_params["translation_en_to_fr"]` when
+/// config.json has that entry (and none otherwise), where `"translation"` takes the first
+/// entry whose name starts with `translation`.
+pub fn setup_named(
+    config: &Value,
+    model_generation: &Map<String, Value>,
+    name: &str,
+) -> Result<PipelineSetup> {
+    PipelineTask::from_name(name)?;
     let mut gen = Map::new();
     gen.insert("max_new_tokens".into(), 256.into());
     gen.insert("num_beams".into(), 4.into());
@@ -130,15 +178,11 @@ pub fn setup(
         let params = params.as_object().ok_or_else(|| {
             Error::msg("config.json: field `task_specific_params`: expected an object")
         })?;
-        let key = match task {
-            PipelineTask::Summarization => params
-                .contains_key("summarization")
-                .then_some("summarization".to_string()),
-            PipelineTask::Translation => params
-                .keys()
-                .find(|k| k.starts_with("translation"))
-                .cloned(),
-        };
+        let key = match name {
+            "translation" => params.keys().find(|k| k.starts_with("translation")),
+            _ => params.keys().find(|k| *k == name),
+        }
+        .cloned();
         if let Some(key) = key {
             let entry = params[&key].as_object().ok_or_else(|| {
                 Error::msg(format!(
@@ -249,17 +293,23 @@ mod tests {
         assert!(!g.contains_key("transformers_version"));
     }
 
-    #[test]
-    fn translation_picks_the_first_translation_params_and_their_prefix() {
-        let config = json!({
+    /// t5-small's shape: a summarization and two translation entries.
+    fn t5_config() -> Value {
+        json!({
             "prefix": "ignored: ",
             "task_specific_params": {
                 "summarization": {"prefix": "summarize: "},
                 "translation_en_to_de": {"prefix": "translate English to German: ",
                     "max_length": 300, "num_beams": 4},
-                "translation_en_to_fr": {"prefix": "translate English to French: "}
+                "translation_en_to_fr": {"prefix": "translate English to French: ",
+                    "num_beams": 2}
             }
-        });
+        })
+    }
+
+    #[test]
+    fn translation_picks_the_first_translation_params_and_their_prefix() {
+        let config = t5_config();
         let model = obj(json!({"decoder_start_token_id": 0, "eos_token_id": 1,
             "pad_token_id": 0}));
         let s = setup(&config, &model, PipelineTask::Translation).unwrap();
@@ -270,6 +320,41 @@ mod tests {
         assert_eq!(s.generation["max_new_tokens"], json!(256));
         assert_eq!(s.generation["max_length"], json!(300));
         assert_eq!(s.generation["eos_token_id"], json!(1));
+    }
+
+    #[test]
+    fn a_named_translation_task_takes_its_own_params_or_none() {
+        let config = t5_config();
+        let fr = setup_named(&config, &Map::new(), "translation_en_to_fr").unwrap();
+        assert_eq!(fr.prefix, "translate English to French: ");
+        assert_eq!(fr.task_params.as_deref(), Some("translation_en_to_fr"));
+        assert_eq!(fr.generation["num_beams"], json!(2));
+        // A pair the model has no entry for: config.json's prefix, the pipeline defaults.
+        let es = setup_named(&config, &Map::new(), "translation_en_to_es").unwrap();
+        assert_eq!((es.prefix.as_str(), es.task_params), ("ignored: ", None));
+        assert_eq!(es.generation["num_beams"], json!(4));
+        assert_eq!(
+            task_param_names(&config),
+            [
+                "summarization",
+                "translation_en_to_de",
+                "translation_en_to_fr"
+            ]
+        );
+        for (name, says) in [
+            (
+                "translation_en_fr",
+                "Invalid translation task translation_en_fr",
+            ),
+            ("summarize", "Unknown task summarize"),
+        ] {
+            let e = setup_named(&config, &Map::new(), name).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        assert_eq!(
+            PipelineTask::from_name("summarization").unwrap(),
+            PipelineTask::Summarization
+        );
     }
 
     #[test]

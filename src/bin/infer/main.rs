@@ -3,14 +3,23 @@
 //!   infer qa --model DIR --question Q --context C [--top-k K] [--json]
 //!   infer qa --model DIR --file SQUAD.json --out PREDS.json [--version-2-with-negative]
 //!   infer generate --model DIR (--input TEXT | --file F) [generate() flags] [--json]
+//!   infer summarize --model DIR (--input TEXT | --file F) [generate() flags] [--json]
+//!   infer translate --model DIR [--task translation_XX_to_YY] (--input TEXT | --file F) ...
 //!
 //! One question is answered as `pipeline("question-answering")` does (its defaults:
 //! max_seq_len min(model_max_length, 384), doc_stride min(max_seq_len/2, 128),
 //! max_answer_len 15, top_k 1), a SQuAD file as run_qa.py predicts it (batched windows,
 //! utils_qa post-processing, {id: answer} JSON the official scripts read). `generate`
-//! (generate.rs) runs an encoder-decoder LM as transformers' `generate()` does.
+//! (generate.rs) runs an encoder-decoder LM as transformers' `generate()` does, `summarize`
+//! and `translate` (pipeline.rs) as transformers' summarization / translation pipelines;
+//! the three share text2text.rs (model, inputs, output loop), gen_flags.rs (generate()'s
+//! flags) and source_tokenizer.rs (the tokenizer).
 
+mod gen_flags;
 mod generate;
+mod pipeline;
+mod source_tokenizer;
+mod text2text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +53,12 @@ enum Cmd {
     /// Text-to-text generation (T5) as transformers' generate(): greedy or beam search
     /// with the model's generation configuration, each flag overriding one setting.
     Generate(generate::GenArgs),
+    /// Summarization as transformers' pipeline("summarization"): the model's
+    /// task_specific_params prefix and settings, each flag overriding one setting.
+    Summarize(pipeline::SummarizeArgs),
+    /// Translation as transformers' pipeline("translation_XX_to_YY"): --task picks the
+    /// model's task_specific_params entry (its prefix and settings).
+    Translate(pipeline::TranslateArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -261,5 +276,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Qa(a) => qa(a),
         Cmd::Generate(a) => generate::run(a),
+        Cmd::Summarize(a) => pipeline::summarize(a),
+        Cmd::Translate(a) => pipeline::translate(a),
     }
 }

@@ -4,9 +4,10 @@
 //! Files import downwards only: `auto` (pick a class by config.json) → `bert`,
 //! `distilbert` (their configs) → `encoder_qa` (the QA model both share) → `encoder`
 //! (embeddings + layers), `qa` (head, loss, batch, `QaModel`), `hf` (config.json and
-//! safetensors in a model directory); `t5` uses `hf` too.
+//! safetensors in a model directory); `t5` and `bart` (BART and Marian) use `hf` too.
 
 pub mod auto;
+pub mod bart;
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;

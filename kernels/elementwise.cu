@@ -8,7 +8,7 @@
 // op is a runtime switch rather than one kernel per op: the branch is warp-uniform and
 // costs nothing next to the memory traffic, and it keeps the entry-point count (and
 // the fatbin) small. Activations follow HF exactly: `gelu` is the erf form (BERT,
-// DistilBERT), `gelu_new` the tanh approximation (flan-t5). Dropout re-derives its mask
+// DistilBERT), `gelu_new` the tanh approximation (flan-t5), `silu` x·sigmoid(x) (Marian). Dropout re-derives its mask
 // from (seed, index), so backward is the same kernel on dy.
 #include "common.cuh"
 
@@ -37,6 +37,7 @@ __device__ __forceinline__ float fb_unary_fwd(float x, int op) {
         case 3: return tanhf(x);
         case 4: return -x;
         case 5: return expf(x);
+        case 7: return x / (1.0f + expf(-x));
         default: return x * x;
     }
 }
@@ -60,6 +61,10 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
         }
         case 4: return -1.0f;
         case 5: return expf(x);
+        case 7: {
+            float s = 1.0f / (1.0f + expf(-x));
+            return s * (1.0f + x * (1.0f - s));
+        }
         default: return 2.0f * x;
     }
 }

@@ -32,6 +32,7 @@ pub(crate) fn unary_code(op: UnaryOp) -> i32 {
         UnaryOp::Neg => 4,
         UnaryOp::Exp => 5,
         UnaryOp::Sqr => 6,
+        UnaryOp::Silu => 7,
     }
 }
 

@@ -22,7 +22,8 @@ mod incremental;
 mod layers;
 mod model;
 
+pub use crate::models::seq2seq_loss::shift_tokens_right;
 pub use crate::nn::Mode;
 pub use config::{BartConfig, Family};
 pub use layers::sinusoidal_table;
-pub use model::{shift_tokens_right, BartForConditionalGeneration};
+pub use model::BartForConditionalGeneration;

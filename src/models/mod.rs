@@ -14,5 +14,6 @@ pub mod encoder;
 pub mod encoder_qa;
 pub mod hf;
 pub mod qa;
+pub mod seq2seq_loss;
 pub mod step;
 pub mod t5;

@@ -233,38 +233,30 @@ fn seq2seq_batch(s: BatchShape, vocab: usize, device: Device) -> Result<[Tensor;
     ])
 }
 
-impl StepModel for T5ForConditionalGeneration {
-    fn trainable(&self) -> Vec<(String, Tensor)> {
-        T5ForConditionalGeneration::trainable(self)
-    }
-    fn set_checkpointing(&mut self, on: bool) {
-        T5ForConditionalGeneration::set_checkpointing(self, on)
-    }
-    fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
-        let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
-        let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
-        Ok(loss)
-    }
-    fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
-        let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
-        self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
-    }
+/// The step face of an encoder-decoder LM: its inherent `trainable`,
+/// `set_checkpointing` and `loss` (the same signatures in every seq2seq family) on
+/// [`seq2seq_batch`].
+macro_rules! seq2seq_step_model {
+    ($model:ty) => {
+        impl StepModel for $model {
+            fn trainable(&self) -> Vec<(String, Tensor)> {
+                <$model>::trainable(self)
+            }
+            fn set_checkpointing(&mut self, on: bool) {
+                <$model>::set_checkpointing(self, on)
+            }
+            fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
+                let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
+                let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
+                Ok(loss)
+            }
+            fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
+                let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
+                self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
+            }
+        }
+    };
 }
 
-impl StepModel for BartForConditionalGeneration {
-    fn trainable(&self) -> Vec<(String, Tensor)> {
-        BartForConditionalGeneration::trainable(self)
-    }
-    fn set_checkpointing(&mut self, on: bool) {
-        BartForConditionalGeneration::set_checkpointing(self, on)
-    }
-    fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
-        let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
-        let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
-        Ok(loss)
-    }
-    fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
-        let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
-        self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
-    }
-}
+seq2seq_step_model!(T5ForConditionalGeneration);
+seq2seq_step_model!(BartForConditionalGeneration);

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::encoder::Activation;
+use crate::models::hf::check_positive;
 use crate::models::t5::EosTokenId;
 
 /// Which of the two architectures a config describes.
@@ -93,12 +94,13 @@ pub struct BartConfig {
     pub init_std: f64,
     /// Multiply token embeddings by √d_model (Marian checkpoints set it).
     pub scale_embedding: bool,
-    pub pad_token_id: Option<i32>,
+    /// Required (HF's `shift_tokens_right` raises without it).
+    pub pad_token_id: i32,
     #[serde(default)]
     pub bos_token_id: Option<i32>,
     #[serde(default)]
     pub eos_token_id: Option<EosTokenId>,
-    pub decoder_start_token_id: Option<i32>,
+    pub decoder_start_token_id: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_bos_token_id: Option<i32>,
     #[serde(default)]
@@ -143,6 +145,14 @@ impl BartConfig {
             return Err(Error::msg("built-in defaults: not an object"));
         };
         merged.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for field in ["pad_token_id", "decoder_start_token_id"] {
+            if merged.get(field).is_some_and(|v| v.is_null()) {
+                return Err(Error::msg(format!(
+                    "{origin}: field `{field}` is null; BART and Marian need it \
+                     (shift_tokens_right)"
+                )));
+            }
+        }
         let cfg: BartConfig = serde_json::from_value(serde_json::Value::Object(merged))
             .map_err(|e| Error::msg(format!("{origin}: not a valid BART/Marian config: {e}")))?;
         cfg.validate(origin)?;
@@ -167,22 +177,20 @@ impl BartConfig {
                 format!("is {:?}; expected \"bart\" or \"marian\"", self.model_type),
             );
         }
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("d_model", self.d_model),
-            ("encoder_layers", self.encoder_layers),
-            ("decoder_layers", self.decoder_layers),
-            ("encoder_attention_heads", self.encoder_attention_heads),
-            ("decoder_attention_heads", self.decoder_attention_heads),
-            ("encoder_ffn_dim", self.encoder_ffn_dim),
-            ("decoder_ffn_dim", self.decoder_ffn_dim),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return bad(field, "is 0; expected a positive integer".into());
-            }
-        }
+        check_positive(
+            Path::new(origin),
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("d_model", self.d_model),
+                ("encoder_layers", self.encoder_layers),
+                ("decoder_layers", self.decoder_layers),
+                ("encoder_attention_heads", self.encoder_attention_heads),
+                ("decoder_attention_heads", self.decoder_attention_heads),
+                ("encoder_ffn_dim", self.encoder_ffn_dim),
+                ("decoder_ffn_dim", self.decoder_ffn_dim),
+            ],
+        )?;
         for (field, heads) in [
             ("encoder_attention_heads", self.encoder_attention_heads),
             ("decoder_attention_heads", self.decoder_attention_heads),
@@ -242,34 +250,21 @@ impl BartConfig {
             }
         }
         self.activation(Path::new(origin))?;
-        let v = self.vocab_size as i64;
-        let ids = [
-            ("pad_token_id", self.pad_token_id, true),
-            ("decoder_start_token_id", self.decoder_start_token_id, true),
-            ("bos_token_id", self.bos_token_id, false),
-            ("forced_bos_token_id", self.forced_bos_token_id, false),
+        let list = |e: &Option<EosTokenId>| e.as_ref().map_or_else(Vec::new, EosTokenId::ids);
+        let special = [
+            ("pad_token_id", vec![self.pad_token_id]),
+            ("decoder_start_token_id", vec![self.decoder_start_token_id]),
+            ("bos_token_id", self.bos_token_id.into_iter().collect()),
+            (
+                "forced_bos_token_id",
+                self.forced_bos_token_id.into_iter().collect(),
+            ),
+            ("eos_token_id", list(&self.eos_token_id)),
+            ("forced_eos_token_id", list(&self.forced_eos_token_id)),
         ];
-        for (field, id, required) in ids {
-            match id {
-                None if required => {
-                    return bad(
-                        field,
-                        "is null; BART and Marian need it (shift_tokens_right)".into(),
-                    )
-                }
-                Some(i) if i < 0 || i as i64 >= v => {
-                    return bad(field, format!("is {i}, outside the vocabulary [0, {v})"));
-                }
-                _ => {}
-            }
-        }
-        let lists = [
-            ("eos_token_id", &self.eos_token_id),
-            ("forced_eos_token_id", &self.forced_eos_token_id),
-        ];
-        for (field, ids) in lists {
-            let ids = ids.as_ref().map(|e| e.ids()).unwrap_or_default();
-            if let Some(i) = ids.iter().find(|&&i| i < 0 || i as i64 >= v) {
+        let v = self.vocab_size;
+        for (field, ids) in special {
+            if let Some(i) = ids.iter().find(|&&i| i < 0 || i as usize >= v) {
                 return bad(field, format!("holds {i}, outside the vocabulary [0, {v})"));
             }
         }
@@ -282,18 +277,18 @@ impl BartConfig {
     }
 
     pub fn pad_id(&self) -> i32 {
-        self.pad_token_id.unwrap_or(0)
+        self.pad_token_id
     }
 
+    /// The first decoder input (BART 2, Marian the pad id).
     pub fn decoder_start_id(&self) -> i32 {
-        self.decoder_start_token_id.unwrap_or_else(|| self.pad_id())
+        self.decoder_start_token_id
     }
 
     pub fn eos_ids(&self) -> Vec<i32> {
         self.eos_token_id
             .as_ref()
-            .map(|e| e.ids())
-            .unwrap_or_default()
+            .map_or_else(Vec::new, EosTokenId::ids)
     }
 
     /// The factor on token embeddings: √d_model with `scale_embedding`, else 1.

@@ -97,20 +97,14 @@ impl BartForConditionalGeneration {
         let _g = no_grad();
         let n = tokens.len();
         let layers = &self.decoder.layers;
-        if n != enc.batch() {
+        let cached = cache.kv.len();
+        let cache_fits = cached == 0 || cached == layers.len();
+        if n != enc.batch() || enc.cross_kv.len() != layers.len() || !cache_fits {
             return Err(Error::msg(format!(
-                "BART decode_step: {n} tokens for an encoder state of {} rows",
-                enc.batch()
-            )));
-        }
-        if enc.cross_kv.len() != layers.len()
-            || (!cache.kv.is_empty() && cache.kv.len() != layers.len())
-        {
-            return Err(Error::msg(format!(
-                "BART decode_step: encoder state / cache built for another model \
-                 ({} / {} layers, this decoder has {})",
+                "BART decode_step: {n} tokens, an encoder state of {} rows for {} layers and \
+                 a cache of {cached} layers do not fit this decoder of {} layers",
+                enc.batch(),
                 enc.cross_kv.len(),
-                cache.kv.len(),
                 layers.len()
             )));
         }

@@ -75,8 +75,8 @@ impl BartAttention {
 
     /// `x [B, L, d]` through `lin` → `[B, L, H, D]`.
     pub fn project(&self, x: &Tensor, lin: &Linear) -> Result<Tensor> {
-        let (b, l) = (x.dims()[0], x.dims()[1]);
-        lin.forward(x)?.reshape([b, l, self.heads, self.head_dim])
+        let shape = [x.dims()[0], x.dims()[1], self.heads, self.head_dim];
+        lin.forward(x)?.reshape(shape)
     }
 
     /// `ctx [B, L, H, D]` → `out_proj` `[B, L, d]`.
@@ -141,6 +141,14 @@ pub struct Cross<'a> {
     pub hidden: &'a Tensor,
     /// I32 `[B, Ls]`, 1 = token.
     pub mask: Option<&'a Tensor>,
+}
+
+/// What a layer reads besides its input: the key padding mask of its self-attention
+/// (encoder) and the encoder states of its cross-attention (decoder).
+#[derive(Clone, Copy, Default)]
+pub struct Context<'a> {
+    pub self_mask: Option<&'a Tensor>,
+    pub cross: Option<Cross<'a>>,
 }
 
 /// `BartEncoderLayer` / `BartDecoderLayer` (and Marian's, identical): post-LN residual
@@ -228,22 +236,17 @@ impl BartLayer {
 
     /// The layer on `h [B, L, d]`: self-attention (causal in the decoder, `self_mask`
     /// over keys in the encoder), cross-attention over `cross` (decoder), feed-forward.
-    pub fn forward(
-        &self,
-        h: &Tensor,
-        self_mask: Option<&Tensor>,
-        cross: Option<Cross<'_>>,
-        mode: Mode,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, h: &Tensor, ctx: Context<'_>, mode: Mode) -> Result<Tensor> {
         let p_attn = mode.p(self.spec.attention_dropout);
         let causal = self.cross.is_some();
         let opt = self
             .self_attn
-            .opts(causal, self_mask, p_attn, self.seed(mode, 0));
+            .opts(causal, ctx.self_mask, p_attn, self.seed(mode, 0));
         let a = self.self_attn.self_attention(h, opt)?;
         let mut h = self.residual(&self.self_norm, &a, h, mode, 1)?;
         if let Some((attn, norm)) = &self.cross {
-            let c = cross
+            let c = ctx
+                .cross
                 .ok_or_else(|| Error::msg("BART decoder layer: no encoder states to attend to"))?;
             let (k, v) = (
                 attn.project(c.hidden, &attn.k)?,
@@ -261,8 +264,7 @@ impl BartLayer {
     pub fn forward_checkpointed<'a>(
         &self,
         h: &'a Tensor,
-        self_mask: Option<&'a Tensor>,
-        cross: Option<Cross<'a>>,
+        ctx: Context<'a>,
         mode: Mode,
     ) -> Result<Tensor> {
         let mut inputs: Vec<&Tensor> = vec![h];
@@ -270,17 +272,20 @@ impl BartLayer {
             inputs.push(t);
             inputs.len() - 1
         };
-        let self_mask_at = self_mask.map(&mut push);
-        let hidden_at = cross.map(|c| push(c.hidden));
-        let cross_mask_at = cross.and_then(|c| c.mask).map(&mut push);
+        let self_mask_at = ctx.self_mask.map(&mut push);
+        let hidden_at = ctx.cross.map(|c| push(c.hidden));
+        let cross_mask_at = ctx.cross.and_then(|c| c.mask).map(&mut push);
         let layer = self.clone();
         let params = layer.params();
         crate::autograd::checkpoint("bart_layer", &inputs, &params, move |t| {
-            let cross = hidden_at.map(|i| Cross {
-                hidden: &t[i],
-                mask: cross_mask_at.map(|j| &t[j]),
-            });
-            layer.forward(&t[0], self_mask_at.map(|i| &t[i]), cross, mode)
+            let ctx = Context {
+                self_mask: self_mask_at.map(|i| &t[i]),
+                cross: hidden_at.map(|i| Cross {
+                    hidden: &t[i],
+                    mask: cross_mask_at.map(|j| &t[j]),
+                }),
+            };
+            layer.forward(&t[0], ctx, mode)
         })
     }
 
@@ -370,23 +375,15 @@ impl BartStack {
         h.dropout(mode.p(p), mode.seed_for(self.emb_site))
     }
 
-    /// The layers over embedded `h`.
-    pub fn forward(
-        &self,
-        h: &Tensor,
-        self_mask: Option<&Tensor>,
-        cross: Option<Cross<'_>>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let mut h = h.clone();
-        for layer in &self.layers {
-            h = if self.checkpointing && mode.is_train() {
-                layer.forward_checkpointed(&h, self_mask, cross, mode)?
-            } else {
-                layer.forward(&h, self_mask, cross, mode)?
-            };
-        }
-        Ok(h)
+    /// The layers over embedded `h` (each checkpointed in training when asked).
+    pub fn forward(&self, h: &Tensor, ctx: Context<'_>, mode: Mode) -> Result<Tensor> {
+        let ckpt = self.checkpointing && mode.is_train();
+        self.layers
+            .iter()
+            .try_fold(h.clone(), |h, layer| match ckpt {
+                true => layer.forward_checkpointed(&h, ctx, mode),
+                false => layer.forward(&h, ctx, mode),
+            })
     }
 }
 
@@ -436,7 +433,7 @@ mod tests {
     fn sinusoidal_layout_matches_transformers() {
         let t = sinusoidal_table(32, 16);
         let want = [
-            (16, 0.841_470_956_802_368_2f32),
+            (16, 0.841_470_956_802_368_2f64),
             (17, 0.310_983_598_232_269_3),
             (18, 0.099_833_413_958_549_5),
             (19, 0.031_617_507_338_523_865),
@@ -448,10 +445,10 @@ mod tests {
             (31 * 16 + 15, 0.999_951_958_656_311),
         ];
         for (i, w) in want {
-            assert_eq!(t[i], w, "element {i}");
+            assert_eq!(t[i], w as f32, "element {i}");
         }
         let odd = sinusoidal_table(2, 5);
-        let want_odd = [
+        let want_odd: [f64; 10] = [
             0.0,
             0.0,
             0.0,
@@ -463,6 +460,6 @@ mod tests {
             0.540_302_276_611_328_1,
             0.999_684_512_615_203_9,
         ];
-        assert_eq!(odd, want_odd);
+        assert_eq!(odd, want_odd.map(|w| w as f32));
     }
 }

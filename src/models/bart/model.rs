@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::models::hf::{config_text, save_hf, weights_path, write_json};
+use crate::models::hf::{
+    check_complete, config_text, merged_config, save_hf, weights_path, write_json,
+};
+use crate::models::seq2seq_loss::{lm_loss, shift_tokens_right};
 use crate::nn::{Init, LayerNorm, Mode, ParamStore, VarBuilder};
-use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
@@ -16,7 +18,8 @@ use super::checkpoint::{
 };
 use super::config::{BartConfig, Family};
 use super::layers::{
-    sinusoidal_positions, BartLayer, BartStack, Cross, LayerSpec, Positions, LAYER_NORM_EPS,
+    sinusoidal_positions, BartLayer, BartStack, Context, Cross, LayerSpec, Positions,
+    LAYER_NORM_EPS,
 };
 
 pub struct BartForConditionalGeneration {
@@ -35,20 +38,6 @@ pub struct BartForConditionalGeneration {
     raw_config: Option<serde_json::Value>,
     /// generation_config.json as read (saved back unchanged).
     raw_generation: Option<serde_json::Value>,
-}
-
-/// HF `shift_tokens_right`: `decoder_start` at position 0, `labels [B, L]` moved one to
-/// the right, -100 replaced by `pad`.
-pub fn shift_tokens_right(labels: &Tensor, pad: i32, decoder_start: i32) -> Result<Tensor> {
-    labels.expect_rank("shift_tokens_right (labels)", 2)?;
-    let l = labels.dims()[1];
-    let shifted: Vec<i32> = labels
-        .to_vec_i32()?
-        .chunks(l.max(1))
-        .flat_map(|row| std::iter::once(decoder_start).chain(row[..l - 1].iter().copied()))
-        .map(|t| if t == IGNORE_INDEX { pad } else { t })
-        .collect();
-    Tensor::from_i32(shifted, labels.dims(), labels.device())
 }
 
 /// generation_config.json fields a legacy config.json may carry (transformers'
@@ -103,20 +92,6 @@ impl BartForConditionalGeneration {
             };
         let mut model = Self::build(config, store, Some(raw), false)?;
         model.raw_generation = raw_generation;
-        let missing: Vec<String> = model
-            .store
-            .initialised()
-            .into_iter()
-            .filter(|n| n != FINAL_LOGITS_BIAS) // HF: `_keys_to_ignore_on_load_missing`
-            .collect();
-        if let Some(first) = missing.first() {
-            return Err(Error::msg(format!(
-                "{}: missing tensor {first:?} ({} missing in all: {})",
-                weights.display(),
-                missing.len(),
-                missing.join(", ")
-            )));
-        }
         check_all_used(&model.store, &model.params())?;
         Ok(model)
     }
@@ -208,6 +183,11 @@ impl BartForConditionalGeneration {
         };
         let encoder = stack("encoder", false)?;
         let decoder = stack("decoder", true)?;
+        // A loaded checkpoint must have held every tensor built so far; a missing
+        // final_logits_bias is zeros, as HF's `_keys_to_ignore_on_load_missing` has it.
+        if let Some(weights) = store.source() {
+            check_complete(&store, weights, None)?;
+        }
         vb.get_or_init(FINAL_LOGITS_BIAS, &[1, v], Init::Zeros)?;
         let final_logits_bias = store.freeze(FINAL_LOGITS_BIAS)?;
         let tied_lm_head = !(store.contains(LM_HEAD) || untied_init);
@@ -286,9 +266,11 @@ impl BartForConditionalGeneration {
         let x = self
             .shared
             .embedding_padded(ids, self.config.pad_id() as usize)?;
-        match self.config.embed_scale() {
-            s if s == 1.0 => Ok(x),
-            s => x.scale(s),
+        let s = self.config.embed_scale();
+        if s == 1.0 {
+            Ok(x)
+        } else {
+            x.scale(s)
         }
     }
 
@@ -305,7 +287,11 @@ impl BartForConditionalGeneration {
         let h = self
             .encoder
             .embed(&x, 0, mode, self.config.dropout as f32)?;
-        self.encoder.forward(&h, attention_mask, None, mode)
+        let ctx = Context {
+            self_mask: attention_mask,
+            cross: None,
+        };
+        self.encoder.forward(&h, ctx, mode)
     }
 
     /// LM logits `[B, Lt, vocab]` for `decoder_input_ids [B, Lt]` over encoder states.
@@ -325,7 +311,11 @@ impl BartForConditionalGeneration {
             hidden: encoder_hidden,
             mask: encoder_mask,
         };
-        let h = self.decoder.forward(&h, None, Some(cross), mode)?;
+        let ctx = Context {
+            self_mask: None,
+            cross: Some(cross),
+        };
+        let h = self.decoder.forward(&h, ctx, mode)?;
         self.lm_logits(&h)
     }
 
@@ -357,13 +347,8 @@ impl BartForConditionalGeneration {
         labels: &Tensor,
         mode: Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let dec_in = self.shift_right(labels)?;
-        let logits = self.forward(input_ids, attention_mask, &dec_in, mode)?;
-        let (b, lt, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-        let loss = logits
-            .reshape([b * lt, v])?
-            .cross_entropy(&labels.reshape([b * lt])?, IGNORE_INDEX)?;
-        Ok((loss, logits))
+        let logits = self.forward(input_ids, attention_mask, &self.shift_right(labels)?, mode)?;
+        Ok((lm_loss(&logits, labels)?, logits))
     }
 
     /// The decoder inputs for `labels` (HF `shift_tokens_right` with this model's pad and
@@ -375,15 +360,7 @@ impl BartForConditionalGeneration {
     /// The config.json this model writes: the one it was loaded with (unknown fields
     /// kept) updated with ours.
     pub fn config_json(&self) -> Result<serde_json::Value> {
-        let mut out = match &self.raw_config {
-            Some(serde_json::Value::Object(m)) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let ours = serde_json::to_value(&self.config)
-            .map_err(|e| Error::msg(format!("BART config: cannot serialise: {e}")))?;
-        if let serde_json::Value::Object(m) = ours {
-            out.extend(m);
-        }
+        let mut out = merged_config(self.raw_config.as_ref(), &self.config, "BART config")?;
         let family = self.family();
         let mut set = |k: &str, v: serde_json::Value| {
             out.insert(k.to_string(), v);
@@ -470,15 +447,6 @@ fn stack_positions(
 mod tests {
     use super::super::checkpoint::SHARED;
     use super::*;
-
-    #[test]
-    fn shift_tokens_right_as_transformers() {
-        let labels =
-            Tensor::from_i32(vec![5, 6, 7, -100, 8, 9, -100, -100], [2, 4], Device::Cpu).unwrap();
-        let out = shift_tokens_right(&labels, 1, 2).unwrap();
-        assert_eq!(out.to_vec_i32().unwrap(), vec![2, 5, 6, 7, 2, 8, 9, 1]);
-        assert_eq!(out.dims(), &[2, 4]);
-    }
 
     #[test]
     fn shared_is_used_for_the_head_and_pad_row_is_zero() {

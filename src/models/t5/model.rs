@@ -5,11 +5,11 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::models::hf::{
-    check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, write_json,
-    SizeCheck,
+    check_complete, check_layer_count, check_sizes, config_text, merged_config, save_hf,
+    weights_path, write_json, SizeCheck,
 };
+use crate::models::seq2seq_loss::{lm_loss, shift_tokens_right};
 use crate::nn::{Init, Mode, ParamStore};
-use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
@@ -300,29 +300,13 @@ impl T5ForConditionalGeneration {
         labels: &Tensor,
         mode: Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let dec_in = self.shift_right(labels)?;
-        let logits = self.forward(input_ids, attention_mask, &dec_in, mode)?;
-        let (b, lt, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-        let loss = logits
-            .reshape([b * lt, v])?
-            .cross_entropy(&labels.reshape([b * lt])?, IGNORE_INDEX)?;
-        Ok((loss, logits))
+        let logits = self.forward(input_ids, attention_mask, &self.shift_right(labels)?, mode)?;
+        Ok((lm_loss(&logits, labels)?, logits))
     }
 
     /// HF `_shift_right`: decoder_start at position 0, labels moved one right, -100 → pad.
     pub fn shift_right(&self, labels: &Tensor) -> Result<Tensor> {
-        labels.expect_rank("T5 shift_right (labels)", 2)?;
-        let (b, l) = (labels.dims()[0], labels.dims()[1]);
-        let src = labels.to_vec_i32()?;
-        let (start, pad) = (self.config.decoder_start_id(), self.config.pad_id());
-        let mut out = Vec::with_capacity(b * l);
-        for row in 0..b {
-            for j in 0..l {
-                let t = if j == 0 { start } else { src[row * l + j - 1] };
-                out.push(if t == IGNORE_INDEX { pad } else { t });
-            }
-        }
-        Tensor::from_i32(out, [b, l], labels.device())
+        shift_tokens_right(labels, self.config.pad_id(), self.config.decoder_start_id())
     }
 
     /// The config.json this model writes: the one it was loaded with (unknown fields
@@ -330,15 +314,7 @@ impl T5ForConditionalGeneration {
     /// transformers 4.x reads it; 5.x reads `scale_decoder_outputs` and unties the head
     /// because both tensors are in the file.
     pub fn config_json(&self) -> Result<serde_json::Value> {
-        let mut out = match &self.raw_config {
-            Some(serde_json::Value::Object(m)) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let ours = serde_json::to_value(&self.config)
-            .map_err(|e| Error::msg(format!("T5 config: cannot serialise: {e}")))?;
-        if let serde_json::Value::Object(m) = ours {
-            out.extend(m);
-        }
+        let mut out = merged_config(self.raw_config.as_ref(), &self.config, "T5 config")?;
         let scale = self.config.scales_decoder_outputs();
         let num_decoder_layers = self.config.decoder_layers();
         let set = |out: &mut serde_json::Map<_, _>, k: &str, v: serde_json::Value| {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bart::BartForConditionalGeneration;
-use fusebox::models::t5::DecoderCache;
+use fusebox::models::seq2seq::DecoderCache;
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};

@@ -1,7 +1,8 @@
 //! BART and Marian parity with Hugging Face on the tiny fixtures of tests/fixtures (made by
 //! tools/fixtures/make_fixtures_bart.py with transformers 5.25): logits, loss with -100
-//! labels, every parameter gradient, one AdamW step fed the stored gradients, and greedy
-//! decoding through the K/V cache against `generate()` — all f32 on the CPU. Plus what HF
+//! labels, every parameter gradient, one AdamW step fed the stored gradients, and
+//! `generate()` (greedy, beam, the models' own settings) through the K/V cache — all f32
+//! on the CPU. Plus what HF
 //! cannot give us directly: the cached decoder equals the full one, checkpoints load
 //! however the tied embedding is stored (`model.` prefix or not, aliases once or several
 //! times, an untied head, Marian's position tables) and save as `save_pretrained` does,
@@ -15,10 +16,12 @@ use std::path::{Path, PathBuf};
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bart::{BartConfig, BartForConditionalGeneration, Family};
-use fusebox::models::t5::DecoderCache;
+use fusebox::models::generation_config::GenerateConfig;
+use fusebox::models::seq2seq::{DecoderCache, Seq2SeqLm};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
+use fusebox::tasks::generate::{generate, Generated};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
@@ -212,50 +215,58 @@ fn cached_decoding_equals_full_decoder() {
     }
 }
 
-/// Greedy decoding through `decode_step`, as `generate()` runs it with every logits
-/// processor off: argmax per step, finished rows padded. (Beam search and the models'
-/// own generation settings are the generation module's; their references are in the
-/// same files: `generate.beam*`, `generate.config*`.)
-fn greedy(
+/// `generate()` with every logits processor off: `num_beams` beams, `new_tokens` at
+/// most, the model's special ids (the fixture's plain settings).
+fn plain(
     model: &BartForConditionalGeneration,
-    io: &BTreeMap<String, Tensor>,
-    steps: usize,
-) -> Vec<Vec<i32>> {
-    let enc = model
-        .encoder_state(&io["input_ids"], Some(&io["attention_mask"]))
-        .unwrap();
-    let n = enc.batch();
-    let (v, eos, pad) = (
-        model.config.vocab_size,
-        model.config.eos_ids(),
-        model.config.pad_id(),
-    );
-    let mut seqs = vec![vec![model.config.decoder_start_id()]; n];
-    let mut done = vec![false; n];
-    let mut cache = DecoderCache::new();
-    for _ in 0..steps {
-        let last: Vec<i32> = seqs.iter().map(|s| *s.last().unwrap()).collect();
-        let l = f32s(&model.decode_step(&last, &enc, &mut cache).unwrap());
-        for r in 0..n {
-            let row = &l[r * v..(r + 1) * v];
-            let best = (0..v).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as i32;
-            let tok = if done[r] { pad } else { best };
-            done[r] |= eos.contains(&tok);
-            seqs[r].push(tok);
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
+    num_beams: usize,
+    new_tokens: usize,
+) -> GenerateConfig {
+    GenerateConfig {
+        num_beams,
+        max_new_tokens: Some(new_tokens),
+        ..GenerateConfig::for_model(model)
     }
-    seqs
 }
 
+fn run_generate(
+    model: &BartForConditionalGeneration,
+    io: &BTreeMap<String, Tensor>,
+    cfg: &GenerateConfig,
+) -> Generated {
+    generate(model, &io["input_ids"], Some(&io["attention_mask"]), cfg).unwrap()
+}
+
+fn greedy(model: &BartForConditionalGeneration, io: &BTreeMap<String, Tensor>) -> Vec<Vec<i32>> {
+    let new_tokens = io["generate.greedy"].dims()[1] - 1;
+    run_generate(model, io, &plain(model, 1, new_tokens)).sequences
+}
+
+/// Greedy and 3-beam search with the plain settings, and `generate()` with no arguments
+/// (the fixture's generation_config.json: bart-large-cnn's or opus-mt's settings), token
+/// for token, `sequences_scores` to 1e-5. (tests/generate_parity.rs varies the settings.)
 #[test]
-fn greedy_decoding_matches_generate() {
+fn generate_matches_transformers() {
     for (name, (model, io)) in models() {
-        let want = rows(&io["generate.greedy"]);
-        let got = greedy(&model, &io, want[0].len() - 1);
-        assert_eq!(got, want, "{name}: greedy");
+        assert_eq!(
+            greedy(&model, &io),
+            rows(&io["generate.greedy"]),
+            "{name}: greedy"
+        );
+        let new_tokens = io["generate.beam"].dims()[1] - 1;
+        for (cfg, key) in [
+            (plain(&model, 3, new_tokens), "generate.beam"),
+            (model.generation_config().clone(), "generate.config"),
+        ] {
+            let got = run_generate(&model, &io, &cfg);
+            assert_eq!(got.sequences, rows(&io[key]), "{name}: {key}");
+            let want = f32s(&io[&format!("{key}_scores")]);
+            let scores = got.scores.expect("beam scores");
+            assert!(
+                rel_l2(&scores, &want) < 1e-5,
+                "{name}: {key} scores {scores:?} vs {want:?}"
+            );
+        }
     }
 }
 
@@ -717,11 +728,7 @@ fn gpu_matches_transformers() {
             }
         }
         let want = rows(&io["generate.greedy"]);
-        assert_eq!(
-            greedy(&model, &io, want[0].len() - 1),
-            want,
-            "{what}: greedy"
-        );
+        assert_eq!(greedy(&model, &io), want, "{what}: greedy");
         let dir = fixtures().join("models").join(name);
         let half = BartForConditionalGeneration::load(&dir, dev, DType::F16).unwrap();
         let _g = no_grad();

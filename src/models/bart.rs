@@ -10,19 +10,22 @@
 //! Parameters keep their HF names in a `ParamStore` (`model.shared.weight`,
 //! `model.encoder.layers.0.self_attn.q_proj.weight`, ...), so checkpoints load with no
 //! renaming table and save in the layout `save_pretrained` writes. Incremental decoding
-//! for generation uses T5's `EncoderState` / `DecoderCache`.
+//! for generation uses `models::seq2seq`'s `EncoderState` / `DecoderCache`; the model
+//! implements `Seq2SeqLm`, so generation, training and `infer` drive it as they drive T5.
 //!
 //! Files: `config.rs` (both families' config.json), `checkpoint.rs` (tied aliases,
 //! prefixes and size checks of a loaded file), `layers.rs` (attention, layers, stacks,
-//! positions), `model.rs` (load, forward, loss, save), `incremental.rs` (generation).
+//! positions), `model.rs` (load, forward, loss, save), `incremental.rs` (generation: encoder state
+//! and one cached decoder step), `seq2seq_lm.rs` (the `Seq2SeqLm` face).
 
 mod checkpoint;
 mod config;
 mod incremental;
 mod layers;
 mod model;
+mod seq2seq_lm;
 
-pub use crate::models::seq2seq_loss::shift_tokens_right;
+pub use crate::models::seq2seq::shift_tokens_right;
 pub use crate::nn::Mode;
 pub use config::{BartConfig, Family};
 pub use layers::sinusoidal_table;

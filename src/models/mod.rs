@@ -5,6 +5,9 @@
 //! `distilbert` (their configs) → `encoder_qa` (the QA model both share) → `encoder`
 //! (embeddings + layers), `qa` (head, loss, batch, `QaModel`), `hf` (config.json and
 //! safetensors in a model directory); `t5` and `bart` (BART and Marian) use `hf` too.
+//! `seq2seq` is the face every encoder-decoder LM shows generation and training
+//! (`Seq2SeqLm`, implemented by `t5` and `bart`; teacher forcing's shift and loss),
+//! `generation_config` the generation settings a checkpoint carries.
 
 pub mod auto;
 pub mod bart;
@@ -12,8 +15,9 @@ pub mod bert;
 pub mod distilbert;
 pub mod encoder;
 pub mod encoder_qa;
+pub mod generation_config;
 pub mod hf;
 pub mod qa;
-pub mod seq2seq_loss;
+pub mod seq2seq;
 pub mod step;
 pub mod t5;

@@ -1,5 +1,5 @@
-//! Incremental decoding for generation, with T5's state types (`EncoderState`,
-//! `DecoderCache`) and T5's method signatures, so generation drives either family: the
+//! Incremental decoding for generation, with the seq2seq state types (`EncoderState`,
+//! `DecoderCache`) and `Seq2SeqLm`'s method signatures, as T5's: the
 //! encoder runs once per input and each decoder layer's cross-attention K/V (with their
 //! biases) are projected once; self-attention keeps a K/V cache that grows by one
 //! position per step. A step's token sits at position `cache.len` (BART's learned row
@@ -7,7 +7,7 @@
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
-use crate::models::t5::{DecoderCache, EncoderState};
+use crate::models::seq2seq::{DecoderCache, EncoderState};
 use crate::nn::Mode;
 use crate::tensor::Tensor;
 

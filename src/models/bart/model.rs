@@ -5,10 +5,12 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::models::generation_config::GenerateConfig;
 use crate::models::hf::{
     check_complete, config_text, merged_config, save_hf, weights_path, write_json,
 };
-use crate::models::seq2seq_loss::{lm_loss, shift_tokens_right};
+use crate::models::seq2seq::{lm_loss, shift_tokens_right};
+use crate::models::t5::EosTokenId;
 use crate::nn::{Init, LayerNorm, Mode, ParamStore, VarBuilder};
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
@@ -36,26 +38,10 @@ pub struct BartForConditionalGeneration {
     final_logits_bias: Tensor,
     /// config.json as read, so a save keeps the fields we do not model.
     raw_config: Option<serde_json::Value>,
-    /// generation_config.json as read (saved back unchanged).
-    raw_generation: Option<serde_json::Value>,
+    /// Its generation settings (generation_config.json, else config.json), as
+    /// transformers' `model.generation_config`; `save` writes them back.
+    pub(super) generation: GenerateConfig,
 }
-
-/// generation_config.json fields a legacy config.json may carry (transformers'
-/// `GenerationConfig.from_model_config` picks them up from there).
-const GENERATION_KEYS: [&str; 12] = [
-    "max_length",
-    "min_length",
-    "max_new_tokens",
-    "min_new_tokens",
-    "num_beams",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "early_stopping",
-    "bad_words_ids",
-    "num_return_sequences",
-    "do_sample",
-    "renormalize_logits",
-];
 
 impl BartForConditionalGeneration {
     /// Load `dir/config.json` and `dir/model.safetensors` (an HF `save_pretrained`
@@ -80,18 +66,9 @@ impl BartForConditionalGeneration {
         let store = ParamStore::load(&weights, device, dtype, 0)?;
         normalize(&store, &config)?;
         check_config_sizes(&config, &raw, &cfg_path, &store)?;
-        let gen_path = dir.join("generation_config.json");
-        let raw_generation =
-            if gen_path.exists() {
-                let t = crate::text::read_text(&gen_path)?;
-                Some(serde_json::from_str(&t).map_err(|e| {
-                    Error::msg(format!("{}: invalid JSON: {e}", gen_path.display()))
-                })?)
-            } else {
-                None
-            };
+        let generation = GenerateConfig::from_model_dir(Self::special_tokens(&config), dir, &raw)?;
         let mut model = Self::build(config, store, Some(raw), false)?;
-        model.raw_generation = raw_generation;
+        model.generation = generation;
         check_all_used(&model.store, &model.params())?;
         Ok(model)
     }
@@ -196,7 +173,15 @@ impl BartForConditionalGeneration {
         } else {
             vb.get_or_init(LM_HEAD, &[v, d], Init::Normal(std))?
         };
+        // A fresh model's generation settings, as `GenerationConfig.from_model_config`
+        // takes them from its config (a load replaces them with the directory's).
+        let generation = GenerateConfig {
+            forced_bos_token_id: config.forced_bos_token_id,
+            forced_eos_token_id: config.forced_eos_token_id.as_ref().map(EosTokenId::ids),
+            ..Self::special_tokens(&config)
+        };
         Ok(BartForConditionalGeneration {
+            generation,
             config,
             store,
             shared,
@@ -206,7 +191,6 @@ impl BartForConditionalGeneration {
             tied_lm_head,
             final_logits_bias,
             raw_config,
-            raw_generation: None,
         })
     }
 
@@ -376,40 +360,13 @@ impl BartForConditionalGeneration {
         Ok(serde_json::Value::Object(out))
     }
 
-    /// The generation_config.json this model writes: the one it was loaded with, else
-    /// the special tokens and the generation fields of config.json, as transformers'
-    /// `GenerationConfig.from_model_config` collects them.
-    pub fn generation_config_json(&self) -> serde_json::Value {
-        if let Some(g) = &self.raw_generation {
-            return g.clone();
-        }
-        let c = &self.config;
-        let mut g = serde_json::json!({
-            "decoder_start_token_id": c.decoder_start_id(),
-            "eos_token_id": c.eos_token_id,
-            "pad_token_id": c.pad_id(),
-        });
-        let extra = [
-            ("bos_token_id", serde_json::json!(c.bos_token_id)),
-            (
-                "forced_bos_token_id",
-                serde_json::json!(c.forced_bos_token_id),
-            ),
-            (
-                "forced_eos_token_id",
-                serde_json::json!(c.forced_eos_token_id),
-            ),
-        ];
-        let from_config = GENERATION_KEYS.iter().filter_map(|k| {
-            let v = self.raw_config.as_ref()?.get(*k)?;
-            Some((*k, v.clone()))
-        });
-        for (k, v) in extra.into_iter().chain(from_config) {
-            if !v.is_null() {
-                g[k] = v;
-            }
-        }
-        g
+    /// transformers' generation defaults with this config's special ids.
+    fn special_tokens(config: &BartConfig) -> GenerateConfig {
+        GenerateConfig::with_special_tokens(
+            config.decoder_start_id(),
+            config.eos_ids(),
+            Some(config.pad_id()),
+        )
     }
 
     /// Write an HF checkpoint directory that `from_pretrained` loads: config.json,
@@ -418,11 +375,7 @@ impl BartForConditionalGeneration {
     /// position tables).
     pub fn save(&self, dir: &Path) -> Result<()> {
         save_hf(dir, &self.config_json()?, &self.store)?;
-        write_json(
-            dir,
-            "generation_config.json",
-            &self.generation_config_json(),
-        )
+        write_json(dir, "generation_config.json", &self.generation.to_json())
     }
 }
 

@@ -218,6 +218,25 @@ fn select_rows_i32(t: &Tensor, rows: &[i32]) -> Result<Tensor> {
 }
 
 impl EncoderState {
+    /// The state of encoder output `hidden` under `mask`, with each decoder layer's
+    /// cross-attention K/V from `project(layer, hidden)`.
+    pub fn new<L>(
+        hidden: Tensor,
+        mask: Option<&Tensor>,
+        layers: &[L],
+        project: impl Fn(&L, &Tensor) -> Result<(Tensor, Tensor)>,
+    ) -> Result<EncoderState> {
+        let cross_kv = layers
+            .iter()
+            .map(|l| project(l, &hidden))
+            .collect::<Result<_>>()?;
+        Ok(EncoderState {
+            hidden,
+            mask: mask.cloned(),
+            cross_kv,
+        })
+    }
+
     /// The state for rows `rows` of this batch (e.g. each input repeated per beam).
     pub fn select(&self, rows: &[i32]) -> Result<EncoderState> {
         Ok(EncoderState {
@@ -248,6 +267,56 @@ impl DecoderCache {
         }
     }
 
+    /// Refuse a decoding step of `n` tokens that does not fit `enc` (one row per token),
+    /// a decoder of `layers` layers, or this cache (empty, or one entry per layer).
+    /// `model` names the family in the error.
+    pub fn check_step(
+        &self,
+        model: &str,
+        n: usize,
+        enc: &EncoderState,
+        layers: usize,
+    ) -> Result<()> {
+        let cached = self.kv.len();
+        if n != enc.batch() || enc.cross_kv.len() != layers || (cached != 0 && cached != layers) {
+            return Err(Error::msg(format!(
+                "{model} decode_step: {n} tokens, an encoder state of {} rows for {} layers \
+                 and a cache of {cached} layers do not fit this decoder of {layers} layers",
+                enc.batch(),
+                enc.cross_kv.len(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s self-attention K/V with this position's `k_new` / `v_new` `[N, 1,
+    /// H, D]` appended, kept for the next step (a step visits the layers in order).
+    pub fn append(
+        &mut self,
+        layer: usize,
+        k_new: Tensor,
+        v_new: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let kv = match self.kv.get(layer) {
+            Some((k_old, v_old)) => (
+                Tensor::cat(&[k_old, &k_new], 1)?,
+                Tensor::cat(&[v_old, &v_new], 1)?,
+            ),
+            None if layer == self.kv.len() => (k_new, v_new),
+            None => {
+                return Err(Error::msg(format!(
+                    "decoder cache: layer {layer} before layer {}",
+                    self.kv.len()
+                )))
+            }
+        };
+        match self.kv.get_mut(layer) {
+            Some(slot) => *slot = kv.clone(),
+            None => self.kv.push(kv.clone()),
+        }
+        Ok(kv)
+    }
+
     /// Keep rows `rows` (beam search: each surviving beam's parent).
     pub fn reorder(&mut self, rows: &[i32]) -> Result<()> {
         for (k, v) in self.kv.iter_mut() {
@@ -268,6 +337,48 @@ impl Default for DecoderCache {
 mod tests {
     use super::*;
     use crate::shape::Device;
+
+    fn zeros(dims: [usize; 4]) -> Tensor {
+        Tensor::from_f32(vec![0.0; dims.iter().product()], dims, Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn cache_appends_per_layer_and_refuses_misfits() {
+        let enc = EncoderState {
+            hidden: zeros([2, 3, 1, 4]),
+            mask: None,
+            cross_kv: vec![(zeros([2, 3, 1, 4]), zeros([2, 3, 1, 4])); 2],
+        };
+        let mut cache = DecoderCache::new();
+        cache.check_step("M", 2, &enc, 2).unwrap();
+        for step in 1..=2 {
+            for layer in 0..2 {
+                let (k, v) = cache
+                    .append(layer, zeros([2, 1, 1, 4]), zeros([2, 1, 1, 4]))
+                    .unwrap();
+                assert_eq!(
+                    (k.dims(), v.dims()),
+                    (&[2, step, 1, 4][..], &[2, step, 1, 4][..])
+                );
+            }
+        }
+        assert_eq!(cache.kv.len(), 2);
+        let e = DecoderCache::new().append(1, zeros([2, 1, 1, 4]), zeros([2, 1, 1, 4]));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("layer 1 before layer 0"));
+        for (n, layers) in [(3, 2), (2, 3)] {
+            let e = cache
+                .check_step("M", n, &enc, layers)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("M decode_step:") && e.contains("do not fit"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn shift_tokens_right_as_transformers() {

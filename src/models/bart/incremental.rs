@@ -8,47 +8,37 @@
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
 use crate::models::seq2seq::{DecoderCache, EncoderState};
-use crate::nn::Mode;
+use crate::nn::{LayerNorm, Mode};
 use crate::tensor::Tensor;
 
-use super::layers::BartLayer;
+use super::layers::{BartAttention, BartLayer};
 use super::model::BartForConditionalGeneration;
 
-/// The encoder-decoder attention module of a decoder layer.
-fn cross_attention(layer: &BartLayer) -> Result<&super::layers::BartAttention> {
+/// The encoder-decoder attention module of a decoder layer and its LayerNorm.
+fn cross_attention(layer: &BartLayer) -> Result<&(BartAttention, LayerNorm)> {
     layer
         .cross
         .as_ref()
-        .map(|(a, _)| a)
         .ok_or_else(|| Error::msg("BART: a decoder layer has no cross-attention"))
 }
 
 impl BartLayer {
-    /// One decoding step of this decoder layer on `h [N, 1, d]`: self-attention over the
-    /// cached keys plus this position's (returned for the cache), cross-attention over
-    /// the encoder's projected K/V, feed-forward. Evaluation mode.
+    /// One decoding step of decoder layer `i` (this one) on `h [N, 1, d]`: self-attention
+    /// over the cached keys plus this position's (appended to `cache`), cross-attention
+    /// over the encoder's projected K/V, feed-forward. Evaluation mode.
     fn step(
         &self,
         h: &Tensor,
-        past: Option<&(Tensor, Tensor)>,
+        i: usize,
+        cache: &mut DecoderCache,
         cross_kv: &(Tensor, Tensor),
         enc_mask: Option<&Tensor>,
-    ) -> Result<(Tensor, (Tensor, Tensor))> {
+    ) -> Result<Tensor> {
         let (mode, a) = (Mode::Eval, &self.self_attn);
-        let (k_new, v_new) = (a.project(h, &a.k)?, a.project(h, &a.v)?);
-        let (k, v) = match past {
-            None => (k_new, v_new),
-            Some((k_old, v_old)) => (
-                Tensor::cat(&[k_old, &k_new], 1)?,
-                Tensor::cat(&[v_old, &v_new], 1)?,
-            ),
-        };
+        let (k, v) = cache.append(i, a.project(h, &a.k)?, a.project(h, &a.v)?)?;
         let out = a.attend(h, &k, &v, a.opts(false, None, 0.0, 0))?;
         let h = self.self_norm.forward_residual(&out, h, 0.0, 0)?;
-        let (cross, norm) = self
-            .cross
-            .as_ref()
-            .ok_or_else(|| Error::msg("BART: a decoder layer has no cross-attention"))?;
+        let (cross, norm) = cross_attention(self)?;
         let out = cross.attend(
             &h,
             &cross_kv.0,
@@ -56,7 +46,7 @@ impl BartLayer {
             cross.opts(false, enc_mask, 0.0, 0),
         )?;
         let h = norm.forward_residual(&out, &h, 0.0, 0)?;
-        Ok((self.ff_residual(&h, mode)?, (k, v)))
+        self.ff_residual(&h, mode)
     }
 }
 
@@ -70,19 +60,9 @@ impl BartForConditionalGeneration {
     ) -> Result<EncoderState> {
         let _g = no_grad();
         let hidden = self.encode(input_ids, attention_mask, Mode::Eval)?;
-        let cross_kv = self
-            .decoder
-            .layers
-            .iter()
-            .map(|layer| {
-                let a = cross_attention(layer)?;
-                Ok((a.project(&hidden, &a.k)?, a.project(&hidden, &a.v)?))
-            })
-            .collect::<Result<_>>()?;
-        Ok(EncoderState {
-            hidden,
-            mask: attention_mask.cloned(),
-            cross_kv,
+        EncoderState::new(hidden, attention_mask, &self.decoder.layers, |layer, h| {
+            let (a, _) = cross_attention(layer)?;
+            Ok((a.project(h, &a.k)?, a.project(h, &a.v)?))
         })
     }
 
@@ -97,30 +77,12 @@ impl BartForConditionalGeneration {
         let _g = no_grad();
         let n = tokens.len();
         let layers = &self.decoder.layers;
-        let cached = cache.kv.len();
-        let cache_fits = cached == 0 || cached == layers.len();
-        if n != enc.batch() || enc.cross_kv.len() != layers.len() || !cache_fits {
-            return Err(Error::msg(format!(
-                "BART decode_step: {n} tokens, an encoder state of {} rows for {} layers and \
-                 a cache of {cached} layers do not fit this decoder of {} layers",
-                enc.batch(),
-                enc.cross_kv.len(),
-                layers.len()
-            )));
-        }
+        cache.check_step("BART", n, enc, layers.len())?;
         let ids = Tensor::from_i32(tokens.to_vec(), [n, 1], self.shared.device())?;
         let x = self.embed_tokens(&ids)?;
         let mut h = self.decoder.embed(&x, cache.len, Mode::Eval, 0.0)?;
-        let first = cache.kv.is_empty();
         for (i, layer) in layers.iter().enumerate() {
-            let past = (!first).then(|| &cache.kv[i]);
-            let (out, kv) = layer.step(&h, past, &enc.cross_kv[i], enc.mask.as_ref())?;
-            h = out;
-            if first {
-                cache.kv.push(kv);
-            } else {
-                cache.kv[i] = kv;
-            }
+            h = layer.step(&h, i, cache, &enc.cross_kv[i], enc.mask.as_ref())?;
         }
         cache.len += 1;
         self.lm_logits(&h)?.reshape([n, self.config.vocab_size])

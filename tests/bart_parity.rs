@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bart::{BartConfig, BartForConditionalGeneration, Family};
 use fusebox::models::generation_config::GenerateConfig;
-use fusebox::models::seq2seq::{DecoderCache, Seq2SeqLm};
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
@@ -25,7 +25,10 @@ use fusebox::tasks::generate::{generate, Generated};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::{adamw_step_on_stored_grads, cuda_device, rel_l2_f32 as rel_l2};
+use common::parity::{
+    check_adamw_step, check_cached_decoding, check_logits_loss_grads, f32s, rows,
+};
+use common::{cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
 
@@ -61,50 +64,6 @@ fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
         .filter_map(|name| Some((name, load(name)?)))
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_vec_f32().unwrap()
-}
-
-fn rows(t: &Tensor) -> Vec<Vec<i32>> {
-    let w = t.dims()[1];
-    t.to_vec_i32()
-        .unwrap()
-        .chunks(w)
-        .map(|c| c.to_vec())
-        .collect()
-}
-
-/// max |a − b| must be ≤ rel · max |b|, or ≤ `abs` where the reference is (structurally)
-/// zero: every `k_proj.bias` gradient is ~1e-17 in f64 (a constant added to all keys
-/// does not change a softmax) and ~1e-8 in f32.
-fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64, abs: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
-    let tol = if scale < 1e-7 { abs } else { rel * scale };
-    let (mut worst, mut at) = (0.0f64, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (*x as f64 - *y as f64).abs();
-        if d.is_nan() || d > worst {
-            worst = if d.is_nan() { f64::INFINITY } else { d };
-            at = i;
-        }
-    }
-    assert!(
-        worst <= tol,
-        "{what}: max diff {worst:e} at {at} (ours {}, ref {}) > tol {tol:e} (max |ref| {scale:e})",
-        a[at],
-        b[at]
-    );
-}
-
-fn tol_for(n: usize) -> f64 {
-    if n < 64 {
-        1e-4
-    } else {
-        1e-5
-    }
-}
-
 /// Eval-mode logits of the fixture's batch.
 fn logits(model: &BartForConditionalGeneration, io: &BTreeMap<String, Tensor>) -> Vec<f32> {
     let _g = no_grad();
@@ -127,60 +86,14 @@ fn forward_loss_and_gradients_match_transformers() {
             "{name}: shift_tokens_right"
         );
         let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
-        assert_eq!(logits.dims(), io["logits"].dims(), "{name}: logits shape");
-        assert_close(
-            &format!("{name}: logits"),
-            &f32s(&logits),
-            &f32s(&io["logits"]),
-            1e-5,
-            0.0,
-        );
-        assert_close(
-            &format!("{name}: loss"),
-            &f32s(&loss),
-            &f32s(&io["loss"]),
-            1e-5,
-            0.0,
-        );
-        let grads = backward(&loss).unwrap();
-        let params = model.trainable();
-        let ours: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let theirs: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
-        assert_eq!(
-            ours, theirs,
-            "{name}: trainable parameters vs named_parameters"
-        );
-        for (pname, p) in &params {
-            let g = grads
-                .get(p)
-                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
-            let r = &io[&format!("grad.{pname}")];
-            assert_eq!(g.dims(), r.dims(), "{name}: grad shape of {pname}");
-            assert_close(
-                &format!("{name}: grad {pname}"),
-                &f32s(g),
-                &f32s(r),
-                tol_for(r.elem_count()),
-                1e-7,
-            );
-        }
+        check_logits_loss_grads(name, &loss, &logits, &model.trainable(), &io);
     }
 }
 
 #[test]
 fn adamw_step_from_stored_gradients_matches_torch() {
     for (name, (model, io)) in models() {
-        let params = model.trainable();
-        adamw_step_on_stored_grads(name, &params, &io);
-        for (pname, p) in &params {
-            assert_close(
-                &format!("{name}: param after step {pname}"),
-                &f32s(p),
-                &f32s(&io[&format!("param_after.{pname}")]),
-                1e-6,
-                1e-7,
-            );
-        }
+        check_adamw_step(name, &model.trainable(), &io);
     }
 }
 
@@ -189,29 +102,7 @@ fn adamw_step_from_stored_gradients_matches_torch() {
 #[test]
 fn cached_decoding_equals_full_decoder() {
     for (name, (model, io)) in models() {
-        let full = logits(&model, &io);
-        let dec_in = &io["decoder_input_ids"];
-        let (b, lt, v) = (dec_in.dims()[0], dec_in.dims()[1], model.config.vocab_size);
-        let toks = dec_in.to_vec_i32().unwrap();
-        let enc = model
-            .encoder_state(&io["input_ids"], Some(&io["attention_mask"]))
-            .unwrap();
-        let mut cache = DecoderCache::new();
-        for t in 0..lt {
-            let step: Vec<i32> = (0..b).map(|r| toks[r * lt + t]).collect();
-            let out = f32s(&model.decode_step(&step, &enc, &mut cache).unwrap());
-            for r in 0..b {
-                let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-                assert_close(
-                    &format!("{name}: cached step {t} row {r}"),
-                    &out[r * v..(r + 1) * v],
-                    want,
-                    1e-5,
-                    0.0,
-                );
-            }
-        }
-        assert_eq!(cache.len, lt);
+        check_cached_decoding(name, &model, &logits(&model, &io), &io);
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::backward;
-use fusebox::models::t5::{DecoderCache, Dropout, T5Config, T5ForConditionalGeneration};
+use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
@@ -20,7 +20,10 @@ use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::{adamw_step_on_stored_grads, cuda_device, rel_l2_f32 as rel_l2};
+use common::parity::{
+    assert_close, check_adamw_step, check_cached_decoding, check_logits_loss_grads, f32s, rows,
+};
+use common::{cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
@@ -55,16 +58,6 @@ fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
         .filter_map(|name| Some((name, load(name)?)))
 }
 
-/// A `[rows, width]` id tensor as rows.
-fn rows(t: &Tensor) -> Vec<Vec<i32>> {
-    let w = t.dims()[1];
-    t.to_vec_i32()
-        .unwrap()
-        .chunks(w)
-        .map(|c| c.to_vec())
-        .collect()
-}
-
 /// (loss, logits) through `encode` and `decode` with `drop` (the op-by-op path that
 /// `Dropout::with_unfused_attention` selects), the loss as HF computes it from the logits.
 fn loss_via_decode(
@@ -86,39 +79,6 @@ fn loss_via_decode(
     (loss, logits)
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_vec_f32().unwrap()
-}
-
-/// max |a − b| must be ≤ rel · max |b| (`abs` when the reference is all zeros).
-fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64, abs: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
-    let tol = if scale == 0.0 { abs } else { rel * scale };
-    let (mut worst, mut at) = (0.0f64, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (*x as f64 - *y as f64).abs();
-        if d.is_nan() || d > worst {
-            worst = if d.is_nan() { f64::INFINITY } else { d };
-            at = i;
-        }
-    }
-    assert!(
-        worst <= tol,
-        "{what}: max diff {worst:e} at {at} (ours {}, ref {}) > tol {tol:e} (max |ref| {scale:e})",
-        a[at],
-        b[at]
-    );
-}
-
-fn tol_for(n: usize) -> f64 {
-    if n < 64 {
-        1e-4
-    } else {
-        1e-5
-    }
-}
-
 /// Logits, loss and every gradient against the fixture, with attention fused (the
 /// attention op) or unfused (HF's eager formula, op by op).
 fn check_forward_backward(unfused: bool) {
@@ -138,44 +98,7 @@ fn check_forward_backward(unfused: bool) {
         } else {
             model.loss(ids, Some(mask), labels, Mode::Eval).unwrap()
         };
-        assert_eq!(logits.dims(), io["logits"].dims(), "{name}: logits shape");
-        assert_close(
-            &format!("{name}: logits"),
-            &f32s(&logits),
-            &f32s(&io["logits"]),
-            1e-5,
-            0.0,
-        );
-        assert_close(
-            &format!("{name}: loss"),
-            &f32s(&loss),
-            &f32s(&io["loss"]),
-            1e-5,
-            0.0,
-        );
-
-        let grads = backward(&loss).unwrap();
-        let params = model.trainable();
-        let ours: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let theirs: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
-        assert_eq!(
-            ours, theirs,
-            "{name}: parameter names (ours vs named_parameters)"
-        );
-        for (pname, p) in &params {
-            let g = grads
-                .get(p)
-                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
-            let r = &io[&format!("grad.{pname}")];
-            assert_eq!(g.dims(), r.dims(), "{name}: grad shape of {pname}");
-            assert_close(
-                &format!("{name}: grad {pname}"),
-                &f32s(g),
-                &f32s(r),
-                tol_for(r.elem_count()),
-                1e-7,
-            );
-        }
+        check_logits_loss_grads(name, &loss, &logits, &model.trainable(), &io);
     }
 }
 
@@ -192,17 +115,7 @@ fn unfused_attention_matches_transformers() {
 #[test]
 fn adamw_step_from_stored_gradients_matches_torch() {
     for (name, (model, io)) in models() {
-        let params = model.trainable();
-        adamw_step_on_stored_grads(name, &params, &io);
-        for (pname, p) in &params {
-            assert_close(
-                &format!("{name}: param after step {pname}"),
-                &f32s(p),
-                &f32s(&io[&format!("param_after.{pname}")]),
-                1e-6,
-                1e-7,
-            );
-        }
+        check_adamw_step(name, &model.trainable(), &io);
     }
 }
 
@@ -252,24 +165,7 @@ fn cached_decoding_equals_full_decoder() {
         );
         let _g = fusebox::autograd::no_grad();
         let full = f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
-        let (b, lt, v) = (dec_in.dims()[0], dec_in.dims()[1], model.config.vocab_size);
-        let toks = dec_in.to_vec_i32().unwrap();
-        let enc = model.encoder_state(ids, Some(mask)).unwrap();
-        let mut cache = DecoderCache::new();
-        for t in 0..lt {
-            let step: Vec<i32> = (0..b).map(|r| toks[r * lt + t]).collect();
-            let logits = f32s(&model.decode_step(&step, &enc, &mut cache).unwrap());
-            for r in 0..b {
-                let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-                assert_close(
-                    &format!("{name}: cached step {t} row {r}"),
-                    &logits[r * v..(r + 1) * v],
-                    want,
-                    1e-5,
-                    0.0,
-                );
-            }
-        }
+        check_cached_decoding(name, &model, &full, &io);
     }
 }
 

@@ -2,6 +2,8 @@
 //! inputs for the CPU backend tests and JSON reference readers.
 #![allow(dead_code)]
 
+pub mod parity;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

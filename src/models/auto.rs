@@ -79,7 +79,7 @@ pub fn load_seq2seq_lm(dir: &Path, device: Device, dtype: DType) -> Result<Box<d
         )?)),
         other => Err(Error::msg(format!(
             "{origin}: model_type {other:?}: this is a {other} model, not an encoder-decoder \
-             LM; summarize, translate and generate need a T5, BART or Marian checkpoint \
+             LM; summarize, translate and generate each needs a T5, BART or Marian checkpoint \
              (model_type \"t5\", \"bart\" or \"marian\")"
         ))),
     }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use fusebox::models::auto::load_seq2seq_lm;
 use fusebox::models::hf::config_text;
 use fusebox::models::seq2seq::Seq2SeqLm;
-use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
+use fusebox::tasks::generate::{generate, GenerateConfig};
 use fusebox::tasks::seq2seq_train::encode;
 use fusebox::tensor::Tensor;
 use fusebox::tokenize::load_tokenizer_json;
@@ -116,76 +116,88 @@ fn check_flags(a: &GenArgs, vocab: usize, cfg_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The model's configuration with each flag given overriding its one setting.
+/// The model's configuration with each flag given overriding its one setting (the
+/// flags are generate()'s arguments under their HF names).
 fn settings(a: &GenArgs, own: &GenerateConfig) -> Result<GenerateConfig> {
-    let mut cfg = own.clone();
-    let mut given: Vec<&str> = Vec::new();
-    let mut set = |flag, on: bool| {
-        if on {
-            given.push(flag);
-        }
+    let early = a.early_stopping.map(|e| match e {
+        EarlyStoppingArg::True => Value::from(true),
+        EarlyStoppingArg::False => Value::from(false),
+        EarlyStoppingArg::Never => Value::from("never"),
+    });
+    let flags = [
+        ("--num-beams", "num_beams", a.num_beams.map(Value::from)),
+        (
+            "--max-new-tokens",
+            "max_new_tokens",
+            a.max_new_tokens.map(Value::from),
+        ),
+        ("--max-length", "max_length", a.max_length.map(Value::from)),
+        ("--min-length", "min_length", a.min_length.map(Value::from)),
+        (
+            "--min-new-tokens",
+            "min_new_tokens",
+            a.min_new_tokens.map(Value::from),
+        ),
+        (
+            "--length-penalty",
+            "length_penalty",
+            a.length_penalty.map(Value::from),
+        ),
+        (
+            "--no-repeat-ngram-size",
+            "no_repeat_ngram_size",
+            a.no_repeat_ngram_size.map(Value::from),
+        ),
+        ("--early-stopping", "early_stopping", early),
+        (
+            "--num-return-sequences",
+            "num_return_sequences",
+            a.num_return_sequences.map(Value::from),
+        ),
+    ];
+    let given: Vec<_> = flags
+        .into_iter()
+        .filter_map(|(flag, field, v)| v.map(|v| (flag, field, v)))
+        .collect();
+    let cfg = if given.is_empty() {
+        own.clone()
+    } else {
+        let names: Vec<&str> = given.iter().map(|g| g.0).collect();
+        let v: serde_json::Map<String, Value> = given
+            .into_iter()
+            .map(|(_, field, v)| (field.to_string(), v))
+            .collect();
+        own.clone()
+            .overlay_json(&Value::Object(v), &names.join(", "))?
     };
-    if let Some(n) = a.num_beams {
-        cfg.num_beams = n;
-    }
-    set("--num-beams", a.num_beams.is_some());
-    if a.max_new_tokens.is_some() {
-        cfg.max_new_tokens = a.max_new_tokens;
-    }
-    set("--max-new-tokens", a.max_new_tokens.is_some());
-    if a.max_length.is_some() {
-        cfg.max_length = a.max_length;
-    }
-    set("--max-length", a.max_length.is_some());
-    if let Some(n) = a.min_length {
-        cfg.min_length = n;
-    }
-    set("--min-length", a.min_length.is_some());
-    if a.min_new_tokens.is_some() {
-        cfg.min_new_tokens = a.min_new_tokens;
-    }
-    set("--min-new-tokens", a.min_new_tokens.is_some());
-    if let Some(x) = a.length_penalty {
-        cfg.length_penalty = x;
-    }
-    set("--length-penalty", a.length_penalty.is_some());
-    if let Some(n) = a.no_repeat_ngram_size {
-        cfg.no_repeat_ngram_size = n;
-    }
-    set("--no-repeat-ngram-size", a.no_repeat_ngram_size.is_some());
-    if let Some(e) = a.early_stopping {
-        cfg.early_stopping = match e {
-            EarlyStoppingArg::True => EarlyStopping::True,
-            EarlyStoppingArg::False => EarlyStopping::False,
-            EarlyStoppingArg::Never => EarlyStopping::Never,
-        };
-    }
-    set("--early-stopping", a.early_stopping.is_some());
-    if let Some(n) = a.num_return_sequences {
-        cfg.num_return_sequences = n;
-    }
-    set("--num-return-sequences", a.num_return_sequences.is_some());
-    if !given.is_empty() {
-        cfg.overridden_by(&given.join(", "));
-    }
     let nrs = cfg.num_return_sequences;
     if nrs > cfg.num_beams {
+        let what = match a.num_return_sequences {
+            Some(_) => format!("--num-return-sequences {nrs}"),
+            None => format!("num_return_sequences {nrs} (the model's, {})", own.origin),
+        };
         let beams = match a.num_beams {
             Some(_) => "--num-beams".to_string(),
             None => format!("the model's num_beams ({})", own.origin),
         };
         bail!(
-            "--num-return-sequences {nrs} needs beam search with at least {nrs} beams, and \
-             {beams} is {}: give --num-beams {nrs} or more (generate() returns finished beams)",
+            "{what} needs beam search with at least {nrs} beams, and {beams} is {}: give \
+             --num-beams {nrs} or more (generate() returns finished beams)",
             cfg.num_beams
         );
     }
-    // generate()'s precedence: a flag the model's own setting outranks says so.
+    // generate()'s precedence: a flag that another setting outranks says so.
+    let from = |flag: bool, name: &str| match flag {
+        true => name.to_string(),
+        false => format!("the model's, {}", own.origin),
+    };
     if let (Some(l), Some(n)) = (a.max_length, cfg.max_new_tokens) {
-        eprintln!("infer generate: --max-length {l} has no effect: max_new_tokens {n} ({}) takes precedence, as in generate()", cfg.origin);
+        let by = from(a.max_new_tokens.is_some(), "--max-new-tokens");
+        eprintln!("infer generate: --max-length {l} has no effect: max_new_tokens {n} ({by}) takes precedence, as in generate()");
     }
     if let (Some(l), Some(n)) = (a.min_length, cfg.min_new_tokens) {
-        eprintln!("infer generate: --min-length {l} has no effect: min_new_tokens {n} ({}) takes precedence, as in generate()", cfg.origin);
+        let by = from(a.min_new_tokens.is_some(), "--min-new-tokens");
+        eprintln!("infer generate: --min-length {l} has no effect: min_new_tokens {n} ({by}) takes precedence, as in generate()");
     }
     Ok(cfg)
 }

@@ -20,13 +20,13 @@ use fusebox::models::generation_config::GenerateConfig;
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
-use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, Generated};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    check_adamw_step, check_cached_decoding, check_logits_loss_grads, f32s, rows,
+    check_adamw_step, check_cached_decoding, check_logits_loss_grads, check_trains, eval_loss,
+    f32s, rows, training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
@@ -544,42 +544,13 @@ fn random_models_train_save_and_reload() {
                 Family::Marian
             }
         );
-        let (b, ls, lt) = (2, 40, 20);
-        let ids: Vec<i32> = (0..b * ls).map(|i| 3 + (i * 7 % 47) as i32).collect();
-        let mut mask = vec![1i32; b * ls];
-        mask[ls + 30..].iter_mut().for_each(|m| *m = 0);
-        let mut labels: Vec<i32> = (0..b * lt).map(|i| 3 + (i * 5 % 47) as i32).collect();
-        labels[2 * lt - 3..].iter_mut().for_each(|l| *l = -100);
-        let ids = Tensor::from_i32(ids, [b, ls], Device::Cpu).unwrap();
-        let mask = Tensor::from_i32(mask, [b, ls], Device::Cpu).unwrap();
-        let labels = Tensor::from_i32(labels, [b, lt], Device::Cpu).unwrap();
-        let eval_loss = |m: &BartForConditionalGeneration| {
-            let _g = no_grad();
-            m.loss(&ids, Some(&mask), &labels, Mode::Eval)
-                .unwrap()
-                .0
-                .to_scalar()
-                .unwrap()
-        };
-        let before = eval_loss(&model);
-        let mut opt = AdamW::new(&model.trainable(), AdamWConfig::default(), true).unwrap();
-        for step in 0..8 {
-            let (loss, _) = model
-                .loss(&ids, Some(&mask), &labels, Mode::Train { seed: step })
-                .unwrap();
-            let grads = backward(&loss).unwrap();
-            assert!(!opt.step(&grads, 1e-2, 1.0, Some(1.0)).unwrap().skipped);
-        }
-        let after = eval_loss(&model);
-        assert!(
-            after < before - 0.1,
-            "{model_type}: loss {before} -> {after}"
-        );
+        let batch = training_batch(3);
+        let after = check_trains(model_type, &model, &batch);
         let dir = tmp(&format!("random_{model_type}"));
         model.save(&dir).unwrap();
         let back = BartForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
         assert!(back.lm_head_is_tied());
-        assert_eq!(eval_loss(&back), after, "{model_type}: reloaded");
+        assert_eq!(eval_loss(&back, &batch), after, "{model_type}: reloaded");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

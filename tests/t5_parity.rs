@@ -15,13 +15,13 @@ use fusebox::autograd::backward;
 use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
-use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    assert_close, check_adamw_step, check_cached_decoding, check_logits_loss_grads, f32s, rows,
+    assert_close, check_adamw_step, check_cached_decoding, check_logits_loss_grads, check_trains,
+    eval_loss, f32s, rows, training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
@@ -386,38 +386,15 @@ fn random_model_trains_saves_and_reloads() {
     // + bias) + 2 final norms + shared.
     assert_eq!(names.len(), 9 + 27 + 2 + 1, "{names:?}");
 
-    let (b, ls, lt) = (2, 40, 20);
-    let ids: Vec<i32> = (0..b * ls).map(|i| 2 + (i * 7 % 48) as i32).collect();
-    let mut mask = vec![1i32; b * ls];
-    mask[ls + 30..].iter_mut().for_each(|m| *m = 0);
-    let mut labels: Vec<i32> = (0..b * lt).map(|i| 2 + (i * 5 % 48) as i32).collect();
-    labels[2 * lt - 3..].iter_mut().for_each(|l| *l = -100);
-    let ids = Tensor::from_i32(ids, [b, ls], Device::Cpu).unwrap();
-    let mask = Tensor::from_i32(mask, [b, ls], Device::Cpu).unwrap();
-    let labels = Tensor::from_i32(labels, [b, lt], Device::Cpu).unwrap();
-    let eval_loss = |m: &T5ForConditionalGeneration| {
-        let _g = fusebox::autograd::no_grad();
-        let (l, _) = m.loss(&ids, Some(&mask), &labels, Mode::Eval).unwrap();
-        l.to_scalar().unwrap()
-    };
-    let before = eval_loss(&model);
-    let mut opt = AdamW::new(&model.trainable(), AdamWConfig::default(), true).unwrap();
-    for step in 0..8 {
-        let (loss, _) = model
-            .loss(&ids, Some(&mask), &labels, Mode::Train { seed: step })
-            .unwrap();
-        let grads = backward(&loss).unwrap();
-        assert!(!opt.step(&grads, 1e-2, 1.0, Some(1.0)).unwrap().skipped);
-    }
-    let after = eval_loss(&model);
-    assert!(after < before - 0.1, "loss {before} -> {after}");
+    let batch = training_batch(2);
+    let after = check_trains("t5", &model, &batch);
 
     let dir = std::env::temp_dir().join(format!("fusebox_t5_random_{}", std::process::id()));
     model.save(&dir).unwrap();
     let back = T5ForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
     assert!(back.lm_head_is_tied());
     assert_eq!(back.config.decoder_layers(), 2);
-    assert_eq!(eval_loss(&back), after);
+    assert_eq!(eval_loss(&back, &batch), after);
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 
 use fusebox::autograd::backward;
+use fusebox::autograd::no_grad;
 use fusebox::models::seq2seq::{DecoderCache, Seq2SeqLm};
-use fusebox::Tensor;
+use fusebox::nn::Mode;
+use fusebox::optim::{AdamW, AdamWConfig};
+use fusebox::{Device, Tensor};
 
 pub fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_vec_f32().unwrap()
@@ -128,4 +131,46 @@ pub fn check_cached_decoding(
         }
     }
     assert_eq!(cache.len, lt, "{name}: cache length");
+}
+
+/// A training batch for a fresh model of a 50-token vocabulary whose special ids are
+/// below `first` (`[ids, mask, labels]`: 2 rows of 40 and 20 tokens, row 1's last 10
+/// inputs padded, its last 3 labels -100).
+pub fn training_batch(first: i32) -> [Tensor; 3] {
+    let (b, ls, lt, span) = (2, 40, 20, 50 - first as usize);
+    let ids: Vec<i32> = (0..b * ls).map(|i| first + (i * 7 % span) as i32).collect();
+    let mut mask = vec![1i32; b * ls];
+    mask[ls + 30..].iter_mut().for_each(|m| *m = 0);
+    let mut labels: Vec<i32> = (0..b * lt).map(|i| first + (i * 5 % span) as i32).collect();
+    labels[2 * lt - 3..].iter_mut().for_each(|l| *l = -100);
+    [
+        Tensor::from_i32(ids, [b, ls], Device::Cpu).unwrap(),
+        Tensor::from_i32(mask, [b, ls], Device::Cpu).unwrap(),
+        Tensor::from_i32(labels, [b, lt], Device::Cpu).unwrap(),
+    ]
+}
+
+/// The eval-mode loss of `batch`.
+pub fn eval_loss(model: &dyn Seq2SeqLm, [ids, mask, labels]: &[Tensor; 3]) -> f64 {
+    let _g = no_grad();
+    let (loss, _) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
+    loss.to_scalar().unwrap()
+}
+
+/// Eight AdamW steps (lr 1e-2, clipped at 1) with dropout on `batch` lower its eval loss
+/// by more than 0.1; returns the loss after them.
+pub fn check_trains(what: &str, model: &dyn Seq2SeqLm, batch: &[Tensor; 3]) -> f64 {
+    let before = eval_loss(model, batch);
+    let [ids, mask, labels] = batch;
+    let mut opt = AdamW::new(&model.trainable(), AdamWConfig::default(), true).unwrap();
+    for step in 0..8 {
+        let (loss, _) = model
+            .loss(ids, Some(mask), labels, Mode::Train { seed: step })
+            .unwrap();
+        let grads = backward(&loss).unwrap();
+        assert!(!opt.step(&grads, 1e-2, 1.0, Some(1.0)).unwrap().skipped);
+    }
+    let after = eval_loss(model, batch);
+    assert!(after < before - 0.1, "{what}: loss {before} -> {after}");
+    after
 }

@@ -16,13 +16,13 @@ use std::path::PathBuf;
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bart::BartForConditionalGeneration;
-use fusebox::models::seq2seq::DecoderCache;
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
+use common::parity::{assert_rel_l2_1e2, check_cached_decoding, f32s};
 use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2};
 
 const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
@@ -130,28 +130,12 @@ fn forward_case(dev: Device) {
         // Generation's cached decoder in f16.
         let _g = no_grad();
         let dec_in = m16.shift_right(&b.labels).unwrap();
-        let full = m16
-            .forward(&b.ids, Some(&b.mask), &dec_in, Mode::Eval)
-            .unwrap()
-            .to_vec_f64()
-            .unwrap();
-        let enc = m16.encoder_state(&b.ids, Some(&b.mask)).unwrap();
-        let mut cache = DecoderCache::new();
-        let toks = dec_in.to_vec_i32().unwrap();
-        let (n, lt, v) = (dec_in.dims()[0], dec_in.dims()[1], m16.config.vocab_size);
-        for t in 0..lt {
-            let step: Vec<i32> = (0..n).map(|r| toks[r * lt + t]).collect();
-            let got = m16
-                .decode_step(&step, &enc, &mut cache)
-                .unwrap()
-                .to_vec_f64()
-                .unwrap();
-            for r in 0..n {
-                let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-                let e = rel_l2(&got[r * v..(r + 1) * v], want);
-                assert!(e < 1e-2, "{what}: cached step {t} row {r}: rel L2 {e:e}");
-            }
-        }
+        let full = f32s(
+            &m16.forward(&b.ids, Some(&b.mask), &dec_in, Mode::Eval)
+                .unwrap(),
+        );
+        let inputs = [&b.ids, &b.mask, &dec_in];
+        check_cached_decoding(&what, &m16, inputs, &full, assert_rel_l2_1e2);
     }
 }
 

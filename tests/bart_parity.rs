@@ -25,8 +25,8 @@ use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    check_adamw_step, check_cached_decoding, check_logits_loss_grads, check_trains, eval_loss,
-    f32s, rows, training_batch,
+    check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads, check_trains,
+    eval_loss, f32s, rows, training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
@@ -102,7 +102,7 @@ fn adamw_step_from_stored_gradients_matches_torch() {
 #[test]
 fn cached_decoding_equals_full_decoder() {
     for (name, (model, io)) in models() {
-        check_cached_decoding(name, &model, &logits(&model, &io), &io);
+        check_cached_decoding_on_fixture(name, &model, &logits(&model, &io), &io);
     }
 }
 

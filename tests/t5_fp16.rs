@@ -15,12 +15,13 @@
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::backend::{BackendStorage, CpuStorage, MatmulSpec};
-use fusebox::models::t5::{DecoderCache, Fp16Safety, T5Config, T5ForConditionalGeneration};
+use fusebox::models::t5::{Fp16Safety, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
+use common::parity::{assert_rel_l2_1e2, check_cached_decoding, f32s};
 use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, rel_l2};
 
 /// The overflow case multiplies every `wi` (`wi_0`, `wi_1`) weight by `WI_SCALE` and
@@ -209,28 +210,13 @@ fn overflow_case(dev: Device, gated: bool) -> f64 {
     // Generation's cached decoder runs the same guarded blocks.
     let _g = no_grad();
     let dec_in = safe.shift_right(&b.labels).unwrap();
-    let full = safe
-        .forward(&b.ids, Some(&b.mask), &dec_in, Mode::Eval)
-        .unwrap()
-        .to_vec_f64()
-        .unwrap();
-    let enc = safe.encoder_state(&b.ids, Some(&b.mask)).unwrap();
-    let mut cache = DecoderCache::new();
-    let toks = dec_in.to_vec_i32().unwrap();
-    let (lt, v) = (5, safe.config.vocab_size);
-    for t in 0..lt {
-        let step = [toks[t], toks[lt + t]];
-        let got = safe
-            .decode_step(&step, &enc, &mut cache)
-            .unwrap()
-            .to_vec_f64()
-            .unwrap();
-        for r in 0..2 {
-            let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-            let e = rel_l2(&got[r * v..(r + 1) * v], want);
-            assert!(e < 1e-2, "{what}: cached step {t} row {r}: rel L2 {e:e}");
-        }
-    }
+    let full = f32s(
+        &safe
+            .forward(&b.ids, Some(&b.mask), &dec_in, Mode::Eval)
+            .unwrap(),
+    );
+    let inputs = [&b.ids, &b.mask, &dec_in];
+    check_cached_decoding(&what, &safe, inputs, &full, assert_rel_l2_1e2);
     l16
 }
 

@@ -20,8 +20,8 @@ use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    assert_close, check_adamw_step, check_cached_decoding, check_logits_loss_grads, check_trains,
-    eval_loss, f32s, rows, training_batch,
+    assert_close, check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads,
+    check_trains, eval_loss, f32s, rows, training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
@@ -165,7 +165,7 @@ fn cached_decoding_equals_full_decoder() {
         );
         let _g = fusebox::autograd::no_grad();
         let full = f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
-        check_cached_decoding(name, &model, &full, &io);
+        check_cached_decoding_on_fixture(name, &model, &full, &io);
     }
 }
 

@@ -106,31 +106,52 @@ pub fn check_adamw_step(name: &str, params: &[(String, Tensor)], io: &BTreeMap<S
     }
 }
 
-/// Teacher-forcing the fixture's `decoder_input_ids` one token at a time through the K/V
-/// cache gives `full` (the full decoder's logits `[B, Lt, vocab]`) at every position.
+/// Teacher-forcing `dec_in [B, Lt]` one token at a time through the K/V cache gives
+/// `full` (the full decoder's logits `[B, Lt, vocab]`): `check(what, got, want)` on each
+/// row at each position.
 pub fn check_cached_decoding(
-    name: &str,
+    what: &str,
     model: &dyn Seq2SeqLm,
+    [ids, mask, dec_in]: [&Tensor; 3],
     full: &[f32],
-    io: &BTreeMap<String, Tensor>,
+    check: impl Fn(&str, &[f32], &[f32]),
 ) {
-    let dec_in = &io["decoder_input_ids"];
+    let _g = no_grad();
     let (b, lt, v) = (dec_in.dims()[0], dec_in.dims()[1], model.vocab_size());
     let toks = dec_in.to_vec_i32().unwrap();
-    let enc = model
-        .encoder_state(&io["input_ids"], Some(&io["attention_mask"]))
-        .unwrap();
+    let enc = model.encoder_state(ids, Some(mask)).unwrap();
     let mut cache = DecoderCache::new();
     for t in 0..lt {
         let step: Vec<i32> = (0..b).map(|r| toks[r * lt + t]).collect();
         let out = f32s(&model.decode_step(&step, &enc, &mut cache).unwrap());
         for r in 0..b {
             let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-            let what = format!("{name}: cached step {t} row {r}");
-            assert_close(&what, &out[r * v..(r + 1) * v], want, 1e-5, 0.0);
+            check(
+                &format!("{what}: cached step {t} row {r}"),
+                &out[r * v..(r + 1) * v],
+                want,
+            );
         }
     }
-    assert_eq!(cache.len, lt, "{name}: cache length");
+    assert_eq!(cache.len, lt, "{what}: cache length");
+}
+
+/// [`check_cached_decoding`] on the fixture's batch, each row to 1e-5 of its largest
+/// logit.
+pub fn check_cached_decoding_on_fixture(
+    name: &str,
+    model: &dyn Seq2SeqLm,
+    full: &[f32],
+    io: &BTreeMap<String, Tensor>,
+) {
+    let batch = [
+        &io["input_ids"],
+        &io["attention_mask"],
+        &io["decoder_input_ids"],
+    ];
+    check_cached_decoding(name, model, batch, full, |what, got, want| {
+        assert_close(what, got, want, 1e-5, 0.0)
+    });
 }
 
 /// A training batch for a fresh model of a 50-token vocabulary whose special ids are
@@ -173,4 +194,10 @@ pub fn check_trains(what: &str, model: &dyn Seq2SeqLm, batch: &[Tensor; 3]) -> f
     let after = eval_loss(model, batch);
     assert!(after < before - 0.1, "{what}: loss {before} -> {after}");
     after
+}
+
+/// `got` within relative L2 1e-2 of `want` (fp16 against f32).
+pub fn assert_rel_l2_1e2(what: &str, got: &[f32], want: &[f32]) {
+    let e = super::rel_l2_f32(got, want);
+    assert!(e < 1e-2, "{what}: rel L2 {e:e}");
 }

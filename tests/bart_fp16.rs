@@ -22,7 +22,7 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::parity::{assert_rel_l2_1e2, check_cached_decoding, f32s};
+use common::parity::{assert_rel_l2_1e2, check_cached_decoding, check_fp16_gradients, f32s};
 use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2};
 
 const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
@@ -119,13 +119,8 @@ fn forward_case(dev: Device) {
         assert_rel(&format!("{what}: fp16 loss vs f32"), l16, l32, 1e-2);
         let r = rel_l2(&x16, &x32);
         assert!(r < 1e-2, "{what}: fp16 logits rel L2 {r:e}");
-        assert!(
-            g16.iter().all(|x| x.is_finite()),
-            "{what}: non-finite fp16 gradient"
-        );
-        let rg = rel_l2(&g16, &g32);
+        let rg = check_fp16_gradients(&what, &g16, &g32);
         println!("{what}: loss f32 {l32} fp16 {l16}; logits rel L2 {r:e}, gradients {rg:e}");
-        assert!(rg < 5e-2, "{what}: fp16 gradients rel L2 {rg:e} from f32");
 
         // Generation's cached decoder in f16.
         let _g = no_grad();

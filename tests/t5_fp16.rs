@@ -21,8 +21,8 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::parity::{assert_rel_l2_1e2, check_cached_decoding, f32s};
-use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, rel_l2};
+use common::parity::{assert_rel_l2_1e2, check_cached_decoding, check_fp16_gradients, f32s};
+use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff};
 
 /// The overflow case multiplies every `wi` (`wi_0`, `wi_1`) weight by `WI_SCALE` and
 /// every `wo` by `WO_SCALE`: powers of two (exact in f16 and f32) that keep each weight
@@ -199,13 +199,8 @@ fn overflow_case(dev: Device, gated: bool) -> f64 {
         l16.is_finite() && rel < 1e-2,
         "{what}: safe fp16 loss {l16} vs f32 {l32}"
     );
-    assert!(
-        g16.iter().all(|x| x.is_finite()),
-        "{what}: non-finite fp16 gradient"
-    );
-    let rg = rel_l2(&g16, &g32);
+    let rg = check_fp16_gradients(&what, &g16, &g32);
     println!("{what}: gradients rel L2 {rg:e}");
-    assert!(rg < 5e-2, "{what}: fp16 gradients rel L2 {rg:e} from f32");
 
     // Generation's cached decoder runs the same guarded blocks.
     let _g = no_grad();

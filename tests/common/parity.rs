@@ -201,3 +201,15 @@ pub fn assert_rel_l2_1e2(what: &str, got: &[f32], want: &[f32]) {
     let e = super::rel_l2_f32(got, want);
     assert!(e < 1e-2, "{what}: rel L2 {e:e}");
 }
+
+/// fp16 gradients (unscaled, flattened) are finite and within relative L2 5e-2 of the
+/// f32 ones; returns that distance.
+pub fn check_fp16_gradients(what: &str, g16: &[f64], g32: &[f64]) -> f64 {
+    assert!(
+        g16.iter().all(|x| x.is_finite()),
+        "{what}: non-finite fp16 gradient"
+    );
+    let rg = super::rel_l2(g16, g32);
+    assert!(rg < 5e-2, "{what}: fp16 gradients rel L2 {rg:e} from f32");
+    rg
+}

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::bart::BartForConditionalGeneration;
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};

@@ -12,6 +12,7 @@ use fusebox::models::bart::{BartConfig, BartForConditionalGeneration};
 use fusebox::models::bert::BertConfig;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
 use fusebox::plan::{fit, measure, predict, Plan, Workload};

@@ -15,6 +15,7 @@
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::backend::{BackendStorage, CpuStorage, MatmulSpec};
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{Fp16Safety, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler};

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::backward;
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;

@@ -58,6 +58,19 @@ pub trait Seq2SeqLm {
         enc: &EncoderState,
         cache: &mut DecoderCache,
     ) -> Result<Tensor>;
+    /// Logits `[B, Lt, vocab]` of a full teacher-forced pass (on the tape in training).
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        decoder_input_ids: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor>;
+    /// The decoder inputs for `labels` (HF `shift_tokens_right` / T5's `_shift_right`
+    /// with this model's pad and decoder start).
+    fn shift_right(&self, labels: &Tensor) -> Result<Tensor> {
+        shift_tokens_right(labels, self.pad_token_id(), self.decoder_start_token_id())
+    }
     /// `(loss, logits)` for `labels [B, Lt]` (-100 = ignored), teacher-forced on the
     /// labels shifted right: the mean cross-entropy over kept tokens.
     fn loss(
@@ -66,7 +79,10 @@ pub trait Seq2SeqLm {
         attention_mask: Option<&Tensor>,
         labels: &Tensor,
         mode: Mode,
-    ) -> Result<(Tensor, Tensor)>;
+    ) -> Result<(Tensor, Tensor)> {
+        let logits = self.forward(input_ids, attention_mask, &self.shift_right(labels)?, mode)?;
+        Ok((lm_loss(&logits, labels)?, logits))
+    }
     /// Unique trainable parameters under their HF names (for the optimizer).
     fn trainable(&self) -> Vec<(String, Tensor)>;
     fn store(&self) -> &ParamStore;
@@ -120,14 +136,14 @@ macro_rules! seq2seq_lm_common {
         ) -> $crate::error::Result<$crate::tensor::Tensor> {
             Self::decode_step(self, tokens, enc, cache)
         }
-        fn loss(
+        fn forward(
             &self,
             input_ids: &$crate::tensor::Tensor,
             attention_mask: Option<&$crate::tensor::Tensor>,
-            labels: &$crate::tensor::Tensor,
+            decoder_input_ids: &$crate::tensor::Tensor,
             mode: $crate::nn::Mode,
-        ) -> $crate::error::Result<($crate::tensor::Tensor, $crate::tensor::Tensor)> {
-            Self::loss(self, input_ids, attention_mask, labels, mode)
+        ) -> $crate::error::Result<$crate::tensor::Tensor> {
+            Self::forward(self, input_ids, attention_mask, decoder_input_ids, mode)
         }
         fn trainable(&self) -> Vec<(String, $crate::tensor::Tensor)> {
             Self::trainable(self)

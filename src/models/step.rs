@@ -13,6 +13,7 @@ use crate::models::bert::{BertConfig, BertForQa};
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::hf::config_text;
 use crate::models::qa::{QaBatch, QaModel};
+use crate::models::seq2seq::Seq2SeqLm;
 use crate::models::t5::{T5Config, T5ForConditionalGeneration};
 use crate::nn::Mode;
 use crate::shape::{DType, Device};

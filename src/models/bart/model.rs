@@ -9,7 +9,6 @@ use crate::models::generation_config::GenerateConfig;
 use crate::models::hf::{
     check_complete, config_text, merged_config, save_hf, weights_path, write_json,
 };
-use crate::models::seq2seq::{lm_loss, shift_tokens_right};
 use crate::models::t5::EosTokenId;
 use crate::nn::{Init, LayerNorm, Mode, ParamStore, VarBuilder};
 use crate::shape::{DType, Device};
@@ -319,26 +318,6 @@ impl BartForConditionalGeneration {
     ) -> Result<Tensor> {
         let enc = self.encode(input_ids, attention_mask, mode)?;
         self.decode(decoder_input_ids, &enc, attention_mask, mode)
-    }
-
-    /// `(loss, logits)` for `labels [B, Lt]` (-100 = ignored): the decoder reads the
-    /// labels through `shift_tokens_right`, the loss is the mean cross-entropy over kept
-    /// tokens.
-    pub fn loss(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        labels: &Tensor,
-        mode: Mode,
-    ) -> Result<(Tensor, Tensor)> {
-        let logits = self.forward(input_ids, attention_mask, &self.shift_right(labels)?, mode)?;
-        Ok((lm_loss(&logits, labels)?, logits))
-    }
-
-    /// The decoder inputs for `labels` (HF `shift_tokens_right` with this model's pad and
-    /// decoder start: BART 2, Marian the pad id).
-    pub fn shift_right(&self, labels: &Tensor) -> Result<Tensor> {
-        shift_tokens_right(labels, self.config.pad_id(), self.config.decoder_start_id())
     }
 
     /// The config.json this model writes: the one it was loaded with (unknown fields

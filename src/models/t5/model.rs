@@ -9,7 +9,6 @@ use crate::models::hf::{
     check_complete, check_layer_count, check_sizes, config_text, merged_config, save_hf,
     weights_path, write_json, SizeCheck,
 };
-use crate::models::seq2seq::{lm_loss, shift_tokens_right};
 use crate::nn::{Init, Mode, ParamStore};
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
@@ -304,25 +303,6 @@ impl T5ForConditionalGeneration {
         let drop = self.dropout(mode);
         let enc = self.encode(input_ids, attention_mask, &drop)?;
         self.decode(decoder_input_ids, &enc, attention_mask, &drop)
-    }
-
-    /// `(loss, logits)` for `labels [B, Lt]` (-100 = ignored): the decoder reads the
-    /// labels shifted right (HF `_shift_right`), the loss is the mean cross-entropy over
-    /// kept tokens.
-    pub fn loss(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        labels: &Tensor,
-        mode: Mode,
-    ) -> Result<(Tensor, Tensor)> {
-        let logits = self.forward(input_ids, attention_mask, &self.shift_right(labels)?, mode)?;
-        Ok((lm_loss(&logits, labels)?, logits))
-    }
-
-    /// HF `_shift_right`: decoder_start at position 0, labels moved one right, -100 → pad.
-    pub fn shift_right(&self, labels: &Tensor) -> Result<Tensor> {
-        shift_tokens_right(labels, self.config.pad_id(), self.config.decoder_start_id())
     }
 
     /// The config.json this model writes: the one it was loaded with (unknown fields

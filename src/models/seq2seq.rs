@@ -95,8 +95,9 @@ pub trait Seq2SeqLm {
 
 /// The [`Seq2SeqLm`] methods every family implements alike, inside its `impl Seq2SeqLm`:
 /// its special ids from `self.config` (`vocab_size`, `pad_id()`, `eos_ids()`,
-/// `decoder_start_id()`), its settings in `self.generation`, and the model's own
-/// (inherent) methods of the trait's names. The family writes `model_type` and
+/// `decoder_start_id()`), its settings in `self.generation`, its parameters in
+/// `self.store`, its stacks' `checkpointing` switches, and the model's own (inherent)
+/// methods of the trait's other names. The family writes `model_type` and
 /// `max_position_embeddings`.
 macro_rules! seq2seq_lm_common {
     () => {
@@ -146,16 +147,17 @@ macro_rules! seq2seq_lm_common {
             Self::forward(self, input_ids, attention_mask, decoder_input_ids, mode)
         }
         fn trainable(&self) -> Vec<(String, $crate::tensor::Tensor)> {
-            Self::trainable(self)
+            self.store.trainable()
         }
         fn store(&self) -> &$crate::nn::ParamStore {
-            Self::store(self)
+            &self.store
         }
         fn save(&self, dir: &std::path::Path) -> $crate::error::Result<()> {
             Self::save(self, dir)
         }
         fn set_checkpointing(&mut self, on: bool) {
-            Self::set_checkpointing(self, on)
+            self.encoder.checkpointing = on;
+            self.decoder.checkpointing = on;
         }
     };
 }

@@ -234,17 +234,17 @@ fn seq2seq_batch(s: BatchShape, vocab: usize, device: Device) -> Result<[Tensor;
     ])
 }
 
-/// The step face of an encoder-decoder LM: its inherent `trainable`,
-/// `set_checkpointing` and `loss` (the same signatures in every seq2seq family) on
+/// The step face of an encoder-decoder LM: its `trainable`,
+/// `set_checkpointing` and `loss` (its `Seq2SeqLm` face) on
 /// [`seq2seq_batch`].
 macro_rules! seq2seq_step_model {
     ($model:ty) => {
         impl StepModel for $model {
             fn trainable(&self) -> Vec<(String, Tensor)> {
-                <$model>::trainable(self)
+                Seq2SeqLm::trainable(self)
             }
             fn set_checkpointing(&mut self, on: bool) {
-                <$model>::set_checkpointing(self, on)
+                Seq2SeqLm::set_checkpointing(self, on)
             }
             fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
                 let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;

@@ -25,7 +25,7 @@ use super::layers::{
 
 pub struct BartForConditionalGeneration {
     pub config: BartConfig,
-    store: ParamStore,
+    pub(super) store: ParamStore,
     /// `model.shared.weight` `[vocab, d_model]`: both stacks' token embedding and, tied,
     /// the LM head.
     pub(super) shared: Tensor,
@@ -213,20 +213,11 @@ impl BartForConditionalGeneration {
         v
     }
 
-    pub fn store(&self) -> &ParamStore {
-        &self.store
-    }
-
     pub fn family(&self) -> Family {
         self.config.family()
     }
 
-    /// Recompute each encoder and decoder layer's forward in backward instead of keeping
-    /// its activations (activation checkpointing; training only).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.encoder.checkpointing = on;
-        self.decoder.checkpointing = on;
-    }
+    /// Is activation checkpointing on (`Seq2SeqLm::set_checkpointing`)?
     pub fn checkpointing(&self) -> bool {
         self.encoder.checkpointing
     }
@@ -234,12 +225,6 @@ impl BartForConditionalGeneration {
     /// Is the LM head the shared embedding?
     pub fn lm_head_is_tied(&self) -> bool {
         self.tied_lm_head
-    }
-
-    /// Unique trainable parameters under their HF names (for the optimizer). Marian's
-    /// sinusoidal positions and `final_logits_bias` are not among them.
-    pub fn trainable(&self) -> Vec<(String, Tensor)> {
-        self.store.trainable()
     }
 
     /// `shared(ids) · embed_scale` (HF `BartScaledWordEmbedding`; Marian scales after
@@ -379,6 +364,7 @@ fn stack_positions(
 mod tests {
     use super::super::checkpoint::SHARED;
     use super::*;
+    use crate::models::seq2seq::Seq2SeqLm;
 
     #[test]
     fn shared_is_used_for_the_head_and_pad_row_is_zero() {

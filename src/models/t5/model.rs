@@ -28,9 +28,9 @@ const IGNORED_KEYS: [&str; 3] = [
 
 pub struct T5ForConditionalGeneration {
     pub config: T5Config,
-    store: ParamStore,
+    pub(super) store: ParamStore,
     pub(super) shared: Tensor,
-    encoder: T5Stack,
+    pub(super) encoder: T5Stack,
     pub(super) decoder: T5Stack,
     lm_head: Tensor,
     tied_lm_head: bool,
@@ -208,16 +208,7 @@ impl T5ForConditionalGeneration {
         })
     }
 
-    pub fn store(&self) -> &ParamStore {
-        &self.store
-    }
-
-    /// Recompute each encoder and decoder block's forward in backward instead of keeping
-    /// its activations (activation checkpointing).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.encoder.checkpointing = on;
-        self.decoder.checkpointing = on;
-    }
+    /// Is activation checkpointing on (`Seq2SeqLm::set_checkpointing`)?
     pub fn checkpointing(&self) -> bool {
         self.encoder.checkpointing
     }
@@ -225,11 +216,6 @@ impl T5ForConditionalGeneration {
     /// Is the LM head the shared embedding?
     pub fn lm_head_is_tied(&self) -> bool {
         self.tied_lm_head
-    }
-
-    /// Unique trainable parameters under their HF names (for the optimizer).
-    pub fn trainable(&self) -> Vec<(String, Tensor)> {
-        self.store.trainable()
     }
 
     fn dropout(&self, mode: Mode) -> Dropout {

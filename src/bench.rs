@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::qa::{QaBatch, QaModel};
+use crate::models::seq2seq::Seq2SeqLm;
 use crate::models::step::{ModelConfig, ModelSource};
 use crate::models::t5::{T5Config, T5ForConditionalGeneration};
 use crate::nn::Mode;

@@ -377,7 +377,7 @@ fn rows() -> Vec<Row> {
         FAIL,
         &[
             "model_type \"distilbert\": this is a distilbert model",
-            "needs a T5 checkpoint",
+            "needs a T5, BART or Marian checkpoint",
         ],
     ));
 

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 
 use fusebox::autograd::backward;
 use fusebox::backend::tracker;
+use fusebox::models::bart::{BartConfig, BartForConditionalGeneration};
 use fusebox::models::bert::BertConfig;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
 use fusebox::plan::{fit, measure, predict, Plan, Workload};
@@ -68,6 +70,31 @@ fn t5_cfg(vocab: usize, d_model: usize, layers: usize, gated: bool) -> T5Config 
         "test config",
     )
     .expect("t5 config")
+}
+
+/// A small BART (learned positions, gelu) or Marian (sinusoidal, swish, scaled
+/// embeddings) with every dropout on.
+fn bart_cfg(model_type: &str, vocab: usize, d_model: usize, layers: usize) -> BartConfig {
+    let (act, scale) = if model_type == "marian" {
+        ("swish", true)
+    } else {
+        ("gelu", false)
+    };
+    BartConfig::from_json_str(
+        &format!(
+            r#"{{"model_type": "{model_type}", "vocab_size": {vocab}, "d_model": {d_model},
+                "encoder_layers": {layers}, "decoder_layers": {layers},
+                "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+                "encoder_ffn_dim": {ff}, "decoder_ffn_dim": {ff},
+                "max_position_embeddings": 128, "activation_function": "{act}",
+                "scale_embedding": {scale}, "pad_token_id": 1, "decoder_start_token_id": 1,
+                "eos_token_id": 2, "forced_eos_token_id": 2, "dropout": 0.1,
+                "attention_dropout": 0.1, "activation_dropout": 0.1}}"#,
+            ff = 2 * d_model
+        ),
+        "test config",
+    )
+    .expect("bart config")
 }
 
 struct T5Batch {
@@ -188,6 +215,51 @@ fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
     }
 }
 
+#[test]
+fn checkpointing_keeps_bart_gradients_and_lowers_the_peak() {
+    let _l = lock();
+    for kind in ["bart", "marian"] {
+        let mut model = BartForConditionalGeneration::new_random(
+            bart_cfg(kind, 40, 16, 2),
+            Device::Cpu,
+            DType::F32,
+            7,
+        )
+        .expect("bart");
+        let batch = t5_batch(2, 30, 12, 40);
+        let params = model.trainable();
+        let mut run = |ckpt: bool| {
+            model.set_checkpointing(ckpt);
+            tracker::reset_peak(Device::Cpu);
+            let base = tracker::live_bytes(Device::Cpu);
+            let (loss, _) = model
+                .loss(
+                    &batch.ids,
+                    Some(&batch.mask),
+                    &batch.labels,
+                    T5Mode::Train { seed: 3 },
+                )
+                .expect("loss");
+            let g = backward(&loss).expect("bwd");
+            (g, tracker::peak_bytes(Device::Cpu) - base)
+        };
+        let (plain, peak_plain) = run(false);
+        let (ckpt, peak_ckpt) = run(true);
+        assert_eq!(plain.len(), ckpt.len());
+        assert_eq!(
+            plain.len(),
+            params.len(),
+            "{kind}: every parameter has a gradient"
+        );
+        let d = max_grad_diff(&params, &plain, &ckpt);
+        assert!(d <= 1e-6, "{kind}: gradients differ by {d}");
+        assert!(
+            peak_ckpt < peak_plain,
+            "{kind}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
+        );
+    }
+}
+
 fn cpu_work(b: usize, l: usize, lt: usize, ckpt: bool) -> Workload {
     Workload {
         micro_batch: b,
@@ -286,6 +358,44 @@ fn t5_prediction_matches_the_tracker() {
             );
         }
     }
+}
+
+#[test]
+fn bart_and_marian_predictions_match_the_tracker() {
+    let (b, ls, lt, vocab) = (4, 64, 16, 512);
+    for kind in ["bart", "marian"] {
+        for ckpt in [false, true] {
+            let src = ModelSource::config(ModelConfig::Bart(bart_cfg(kind, vocab, 64, 2)));
+            exact(
+                &format!("{kind} ckpt={ckpt}"),
+                &src,
+                &cpu_work(b, ls, lt, ckpt),
+            );
+        }
+        let src = ModelSource::config(ModelConfig::Bart(bart_cfg(kind, vocab, 64, 2)));
+        let infer = Workload {
+            infer: true,
+            ..cpu_work(b, ls, lt, false)
+        };
+        exact(&format!("{kind} infer"), &src, &infer);
+    }
+    // From a saved directory: the planner reads the config and the safetensors header.
+    let dir = std::env::temp_dir().join(format!("fusebox-budget-bart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let l = lock();
+    let m = BartForConditionalGeneration::new_random(
+        bart_cfg("marian", 200, 32, 2),
+        Device::Cpu,
+        DType::F32,
+        3,
+    )
+    .expect("marian");
+    m.save(&dir).expect("save");
+    drop((m, l));
+    let src = ModelSource::dir(&dir).expect("marian dir");
+    assert_eq!(src.config.name(), "Marian");
+    exact("marian from a checkpoint", &src, &cpu_work(2, 24, 8, true));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A saved checkpoint directory: the planner reads its config and safetensors header
@@ -609,6 +719,10 @@ fn cuda_prediction_matches_the_tracker() {
             for (what, src) in [
                 ("distilbert", distilbert(distilbert_cfg(128, 2, 1000))),
                 ("t5", t5(t5_cfg(1000, 256, 2, true))),
+                (
+                    "marian",
+                    ModelSource::config(ModelConfig::Bart(bart_cfg("marian", 1000, 256, 2))),
+                ),
             ] {
                 let got = measure(&src, &work, dev).expect("cuda step");
                 let meta = measure(&src, &work, Device::Meta(Target::Cuda)).expect("meta");

@@ -1,6 +1,10 @@
-//! generate() parity with transformers on the tiny T5 fixture models: every case of
-//! tests/fixtures/generate_t5.json (tools/fixtures/make_generate_refs.py, transformers
-//! 5.25) replayed token for token, beam `sequences_scores` to 1e-4: greedy and beam
+//! generate() parity with transformers on the tiny T5, BART and Marian fixture models:
+//! every case of tests/fixtures/generate_t5.json and generate_bart.json
+//! (tools/fixtures/make_generate_refs.py, transformers 5.25) replayed token for token,
+//! beam `sequences_scores` to 1e-4. BART and Marian: their checkpoints' own settings
+//! (bart-large-cnn's, from generation_config.json and from config.json; opus-mt's, up to
+//! max_length 512), each changed one at a time, other decoder starts (bos when a
+//! generation_config.json names none). T5: greedy and beam
 //! search alone, forced bos / eos, single- and multi-token bad words, min_new_tokens,
 //! renormalized logits, num_return_sequences, all of them at once, and settings read
 //! from a generation_config.json, from config.json alone, and from the model's own
@@ -63,6 +67,16 @@ fn inputs(doc: &Value, model: &str) -> (Tensor, Tensor) {
     (t("input_ids"), t("attention_mask"))
 }
 
+/// The case named `name` of a fixture document.
+fn find_case<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
 fn run(model: &dyn Seq2SeqLm, doc: &Value, case: &Value, cfg: &GenerateConfig) -> Generated {
     let (ids, mask) = inputs(doc, case["model"].as_str().expect("model"));
     generate(model, &ids, Some(&mask), cfg).unwrap_or_else(|e| panic!("{}: {e}", case["name"]))
@@ -87,13 +101,13 @@ fn check(name: &str, got: &Generated, case: &Value) {
     }
 }
 
-#[test]
-fn every_generate_case_matches_transformers() {
-    let doc = common::json_fixture("generate_t5.json");
+/// Replay every case of fixture `file` (at least `min_cases` of them).
+fn replay(file: &str, min_cases: usize) {
+    let doc = common::json_fixture(file);
     let cases = doc["cases"].as_array().expect("cases");
     assert!(
-        cases.len() >= 30,
-        "{} cases: a truncated fixture?",
+        cases.len() >= min_cases,
+        "{file}: {} cases: a truncated fixture?",
         cases.len()
     );
     let mut scratch_dirs = Vec::new();
@@ -117,17 +131,44 @@ fn every_generate_case_matches_transformers() {
     }
 }
 
+#[test]
+fn every_t5_generate_case_matches_transformers() {
+    replay("generate_t5.json", 30);
+}
+
+#[test]
+fn every_bart_and_marian_generate_case_matches_transformers() {
+    replay("generate_bart.json", 15);
+}
+
+/// Without an attention mask generate() masks the inputs' padding itself when pad is not
+/// eos (HF `_prepare_attention_mask_for_generation`); Marian pads with its decoder start,
+/// and the result is transformers' (recorded with the mask).
+#[test]
+fn marian_masks_its_pad_without_an_attention_mask() {
+    let doc = common::json_fixture("generate_bart.json");
+    let case = find_case(&doc, "marian_own_config");
+    let model =
+        load_seq2seq_lm(&fixture_model("marian_tiny"), Device::Cpu, DType::F32).expect("load");
+    assert_eq!(
+        (model.model_type(), model.decoder_start_token_id()),
+        ("marian", model.pad_token_id())
+    );
+    let (ids, mask) = inputs(&doc, "marian_tiny");
+    assert!(
+        mask.to_vec_i32().expect("mask").contains(&0),
+        "the fixture's inputs are padded"
+    );
+    let got = generate(model.as_ref(), &ids, None, model.generation_config()).expect("generate");
+    check("marian without a mask", &got, case);
+}
+
 /// What a loaded model saves as generation_config.json is what it loaded: transformers'
 /// settings survive a save and a reload, and generate the same tokens.
 #[test]
 fn generation_config_survives_save_and_reload() {
     let doc = common::json_fixture("generate_t5.json");
-    let case = doc["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == "gated_generation_config_file")
-        .expect("case");
+    let case = find_case(&doc, "gated_generation_config_file");
     let dir = model_dir(case);
     let model = load_seq2seq_lm(&dir, Device::Cpu, DType::F32).expect("load");
     let out = scratch("saved");
@@ -189,18 +230,10 @@ fn settings_generate_refuses_are_named() {
     }
 }
 
-/// The loader picks the family by model_type; families not built in yet are named.
+/// The loader picks the family by model_type and names what it cannot load.
 #[test]
-fn loader_names_the_family_it_cannot_load() {
+fn loader_picks_the_family_and_names_what_it_cannot_load() {
     for (model_type, want) in [
-        (
-            "\"bart\"",
-            "the bart family is not supported by this build yet",
-        ),
-        (
-            "\"marian\"",
-            "the marian family is not supported by this build yet",
-        ),
         (
             "\"distilbert\"",
             "this is a distilbert model, not an encoder-decoder LM",
@@ -220,7 +253,16 @@ fn loader_names_the_family_it_cannot_load() {
         assert!(e.contains(want) && e.contains("config.json"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let t5: &Path = &fixture_model("t5_relu_tied");
-    let m = load_seq2seq_lm(t5, Device::Cpu, DType::F32).expect("t5");
-    assert_eq!((m.model_type(), m.vocab_size()), ("t5", 99));
+    for (dir, model_type, positions) in [
+        ("t5_relu_tied", "t5", None),
+        ("bart_tiny", "bart", Some(40)),
+        ("marian_tiny", "marian", Some(40)),
+    ] {
+        let path: &Path = &fixture_model(dir);
+        let m = load_seq2seq_lm(path, Device::Cpu, DType::F32).expect(dir);
+        assert_eq!(
+            (m.model_type(), m.vocab_size(), m.max_position_embeddings()),
+            (model_type, 99, positions)
+        );
+    }
 }

@@ -12,15 +12,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use fusebox::autograd::backward;
-use fusebox::models::t5::{DecoderCache, Dropout, T5Config, T5ForConditionalGeneration};
+use fusebox::models::seq2seq::Seq2SeqLm;
+use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
-use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::tasks::generate::{generate, EarlyStopping, GenerateConfig};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
-use common::{adamw_step_on_stored_grads, cuda_device, rel_l2_f32 as rel_l2};
+use common::parity::{
+    assert_close, check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads,
+    check_trains, eval_loss, f32s, rows, training_batch,
+};
+use common::{cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
@@ -55,16 +59,6 @@ fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
         .filter_map(|name| Some((name, load(name)?)))
 }
 
-/// A `[rows, width]` id tensor as rows.
-fn rows(t: &Tensor) -> Vec<Vec<i32>> {
-    let w = t.dims()[1];
-    t.to_vec_i32()
-        .unwrap()
-        .chunks(w)
-        .map(|c| c.to_vec())
-        .collect()
-}
-
 /// (loss, logits) through `encode` and `decode` with `drop` (the op-by-op path that
 /// `Dropout::with_unfused_attention` selects), the loss as HF computes it from the logits.
 fn loss_via_decode(
@@ -86,39 +80,6 @@ fn loss_via_decode(
     (loss, logits)
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_vec_f32().unwrap()
-}
-
-/// max |a − b| must be ≤ rel · max |b| (`abs` when the reference is all zeros).
-fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64, abs: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs() as f64));
-    let tol = if scale == 0.0 { abs } else { rel * scale };
-    let (mut worst, mut at) = (0.0f64, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (*x as f64 - *y as f64).abs();
-        if d.is_nan() || d > worst {
-            worst = if d.is_nan() { f64::INFINITY } else { d };
-            at = i;
-        }
-    }
-    assert!(
-        worst <= tol,
-        "{what}: max diff {worst:e} at {at} (ours {}, ref {}) > tol {tol:e} (max |ref| {scale:e})",
-        a[at],
-        b[at]
-    );
-}
-
-fn tol_for(n: usize) -> f64 {
-    if n < 64 {
-        1e-4
-    } else {
-        1e-5
-    }
-}
-
 /// Logits, loss and every gradient against the fixture, with attention fused (the
 /// attention op) or unfused (HF's eager formula, op by op).
 fn check_forward_backward(unfused: bool) {
@@ -138,44 +99,7 @@ fn check_forward_backward(unfused: bool) {
         } else {
             model.loss(ids, Some(mask), labels, Mode::Eval).unwrap()
         };
-        assert_eq!(logits.dims(), io["logits"].dims(), "{name}: logits shape");
-        assert_close(
-            &format!("{name}: logits"),
-            &f32s(&logits),
-            &f32s(&io["logits"]),
-            1e-5,
-            0.0,
-        );
-        assert_close(
-            &format!("{name}: loss"),
-            &f32s(&loss),
-            &f32s(&io["loss"]),
-            1e-5,
-            0.0,
-        );
-
-        let grads = backward(&loss).unwrap();
-        let params = model.trainable();
-        let ours: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-        let theirs: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("grad.")).collect();
-        assert_eq!(
-            ours, theirs,
-            "{name}: parameter names (ours vs named_parameters)"
-        );
-        for (pname, p) in &params {
-            let g = grads
-                .get(p)
-                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
-            let r = &io[&format!("grad.{pname}")];
-            assert_eq!(g.dims(), r.dims(), "{name}: grad shape of {pname}");
-            assert_close(
-                &format!("{name}: grad {pname}"),
-                &f32s(g),
-                &f32s(r),
-                tol_for(r.elem_count()),
-                1e-7,
-            );
-        }
+        check_logits_loss_grads(name, &loss, &logits, &model.trainable(), &io);
     }
 }
 
@@ -192,17 +116,7 @@ fn unfused_attention_matches_transformers() {
 #[test]
 fn adamw_step_from_stored_gradients_matches_torch() {
     for (name, (model, io)) in models() {
-        let params = model.trainable();
-        adamw_step_on_stored_grads(name, &params, &io);
-        for (pname, p) in &params {
-            assert_close(
-                &format!("{name}: param after step {pname}"),
-                &f32s(p),
-                &f32s(&io[&format!("param_after.{pname}")]),
-                1e-6,
-                1e-7,
-            );
-        }
+        check_adamw_step(name, &model.trainable(), &io);
     }
 }
 
@@ -252,24 +166,7 @@ fn cached_decoding_equals_full_decoder() {
         );
         let _g = fusebox::autograd::no_grad();
         let full = f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
-        let (b, lt, v) = (dec_in.dims()[0], dec_in.dims()[1], model.config.vocab_size);
-        let toks = dec_in.to_vec_i32().unwrap();
-        let enc = model.encoder_state(ids, Some(mask)).unwrap();
-        let mut cache = DecoderCache::new();
-        for t in 0..lt {
-            let step: Vec<i32> = (0..b).map(|r| toks[r * lt + t]).collect();
-            let logits = f32s(&model.decode_step(&step, &enc, &mut cache).unwrap());
-            for r in 0..b {
-                let want = &full[(r * lt + t) * v..(r * lt + t + 1) * v];
-                assert_close(
-                    &format!("{name}: cached step {t} row {r}"),
-                    &logits[r * v..(r + 1) * v],
-                    want,
-                    1e-5,
-                    0.0,
-                );
-            }
-        }
+        check_cached_decoding_on_fixture(name, &model, &full, &io);
     }
 }
 
@@ -490,38 +387,15 @@ fn random_model_trains_saves_and_reloads() {
     // + bias) + 2 final norms + shared.
     assert_eq!(names.len(), 9 + 27 + 2 + 1, "{names:?}");
 
-    let (b, ls, lt) = (2, 40, 20);
-    let ids: Vec<i32> = (0..b * ls).map(|i| 2 + (i * 7 % 48) as i32).collect();
-    let mut mask = vec![1i32; b * ls];
-    mask[ls + 30..].iter_mut().for_each(|m| *m = 0);
-    let mut labels: Vec<i32> = (0..b * lt).map(|i| 2 + (i * 5 % 48) as i32).collect();
-    labels[2 * lt - 3..].iter_mut().for_each(|l| *l = -100);
-    let ids = Tensor::from_i32(ids, [b, ls], Device::Cpu).unwrap();
-    let mask = Tensor::from_i32(mask, [b, ls], Device::Cpu).unwrap();
-    let labels = Tensor::from_i32(labels, [b, lt], Device::Cpu).unwrap();
-    let eval_loss = |m: &T5ForConditionalGeneration| {
-        let _g = fusebox::autograd::no_grad();
-        let (l, _) = m.loss(&ids, Some(&mask), &labels, Mode::Eval).unwrap();
-        l.to_scalar().unwrap()
-    };
-    let before = eval_loss(&model);
-    let mut opt = AdamW::new(&model.trainable(), AdamWConfig::default(), true).unwrap();
-    for step in 0..8 {
-        let (loss, _) = model
-            .loss(&ids, Some(&mask), &labels, Mode::Train { seed: step })
-            .unwrap();
-        let grads = backward(&loss).unwrap();
-        assert!(!opt.step(&grads, 1e-2, 1.0, Some(1.0)).unwrap().skipped);
-    }
-    let after = eval_loss(&model);
-    assert!(after < before - 0.1, "loss {before} -> {after}");
+    let batch = training_batch(2);
+    let after = check_trains("t5", &model, &batch);
 
     let dir = std::env::temp_dir().join(format!("fusebox_t5_random_{}", std::process::id()));
     model.save(&dir).unwrap();
     let back = T5ForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
     assert!(back.lm_head_is_tied());
     assert_eq!(back.config.decoder_layers(), 2);
-    assert_eq!(eval_loss(&back), after);
+    assert_eq!(eval_loss(&back, &batch), after);
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -132,6 +132,8 @@ fn main() -> Result<()> {
     let positions = match &spec.config {
         ModelConfig::DistilBert(c) => Some(c.max_position_embeddings),
         ModelConfig::Bert(c) => Some(c.max_position_embeddings),
+        // BART / Marian: source and target both read the position table.
+        ModelConfig::Bart(c) => Some(c.max_position_embeddings),
         ModelConfig::T5(_) => None,
     };
     if let Some(max) = positions.filter(|&max| args.seq > max) {

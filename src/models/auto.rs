@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::bart::BartForConditionalGeneration;
 use super::bert::BertForQa;
 use super::distilbert::DistilBertForQa;
 use super::hf::{read_config, weights_path};
@@ -55,8 +56,8 @@ pub fn load_trained_qa_model(dir: &Path, device: Device, dtype: DType) -> Result
 
 /// Load an encoder-decoder LM (summarize, translate, generate) from an HF model
 /// directory, picking the family by config.json's `model_type`, as
-/// `AutoModelForSeq2SeqLM` does. A config without `model_type` is read as T5 (early
-/// fusebox and hand-written T5 configs omit it).
+/// `AutoModelForSeq2SeqLM` does (T5, BART, Marian). A config without `model_type` is
+/// read as T5 (early fusebox and hand-written T5 configs omit it).
 pub fn load_seq2seq_lm(dir: &Path, device: Device, dtype: DType) -> Result<Box<dyn Seq2SeqLm>> {
     let v: serde_json::Value = read_config(dir)?;
     let origin = dir.join("config.json").display().to_string();
@@ -73,14 +74,13 @@ pub fn load_seq2seq_lm(dir: &Path, device: Device, dtype: DType) -> Result<Box<d
         "t5" => Ok(Box::new(T5ForConditionalGeneration::load(
             dir, device, dtype,
         )?)),
-        // The one place a family joins: BART and Marian get their arm here.
-        family @ ("bart" | "marian") => Err(Error::msg(format!(
-            "{origin}: model_type {family:?}: the {family} family is not supported by this \
-             build yet (supported encoder-decoder models: \"t5\")"
-        ))),
+        "bart" | "marian" => Ok(Box::new(BartForConditionalGeneration::load(
+            dir, device, dtype,
+        )?)),
         other => Err(Error::msg(format!(
             "{origin}: model_type {other:?}: this is a {other} model, not an encoder-decoder \
-             LM; summarize, translate and generate each needs a T5 checkpoint (model_type \"t5\")"
+             LM; summarize, translate and generate each needs a T5, BART or Marian checkpoint \
+             (model_type \"t5\", \"bart\" or \"marian\")"
         ))),
     }
 }

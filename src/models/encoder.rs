@@ -55,7 +55,7 @@ impl Activation {
             ))),
         }
     }
-    fn op(self) -> UnaryOp {
+    pub fn op(self) -> UnaryOp {
         match self {
             Activation::Gelu => UnaryOp::Gelu,
             Activation::GeluNew => UnaryOp::GeluNew,

@@ -7,8 +7,10 @@
 //! `generation_config.json` when the directory has one, else the generation fields of
 //! `config.json` (`GenerationConfig.from_model_config`); unset fields take the library
 //! defaults (`_get_default_generation_params`); arguments given to `generate()` (our
-//! command-line flags) override one field each. One leniency: the special ids (eos, pad,
-//! decoder start) start from the model's config.json, so a hand-written
+//! command-line flags) override one field each. A generation_config.json without a
+//! decoder start but with a `bos_token_id` starts from bos, as generate() does
+//! (`_prepare_special_tokens`). One leniency: the special ids (eos, pad, decoder start)
+//! otherwise start from the model's config.json, so a hand-written
 //! generation_config.json that omits them still generates (transformers would refuse a
 //! missing decoder start, and pad with eos where pad is missing).
 //!
@@ -192,7 +194,15 @@ impl GenerateConfig {
                 "{origin}: expected a JSON object of generation settings"
             )));
         }
-        base.overlay_json(&v, &origin)
+        let mut cfg = base.overlay_json(&v, &origin)?;
+        let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null());
+        if !set("decoder_start_token_id") && set("bos_token_id") {
+            cfg = cfg.overlay_json(
+                &serde_json::json!({"decoder_start_token_id": v["bos_token_id"]}),
+                &format!("{origin} (no decoder_start_token_id: its bos_token_id)"),
+            )?;
+        }
+        Ok(cfg)
     }
 
     /// Record that `what` (e.g. a flag) changed settings, for error messages.

@@ -170,6 +170,26 @@ pub fn check_positive(file: &Path, fields: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
+/// The config.json a model writes: `raw` (the file it was loaded from, so fields the
+/// model does not read survive a save) updated with `ours` (its config struct), for the
+/// caller to set the fields it derives. `what` names the config in errors.
+pub fn merged_config(
+    raw: Option<&serde_json::Value>,
+    ours: &impl serde::Serialize,
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut out = match raw {
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    match serde_json::to_value(ours) {
+        Ok(serde_json::Value::Object(m)) => out.extend(m),
+        Ok(_) => return Err(Error::msg(format!("{what}: not a JSON object"))),
+        Err(e) => return Err(Error::msg(format!("{what}: cannot serialise: {e}"))),
+    }
+    Ok(out)
+}
+
 /// Write `value` as pretty JSON to `dir/name`.
 pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);

@@ -4,11 +4,13 @@
 //! Files import downwards only: `auto` (pick a class by config.json) → `bert`,
 //! `distilbert` (their configs) → `encoder_qa` (the QA model both share) → `encoder`
 //! (embeddings + layers), `qa` (head, loss, batch, `QaModel`), `hf` (config.json and
-//! safetensors in a model directory); `t5` uses `hf` too. `seq2seq` is the face every
-//! encoder-decoder LM shows generation and training (`Seq2SeqLm`, implemented by `t5`),
+//! safetensors in a model directory); `t5` and `bart` (BART and Marian) use `hf` too.
+//! `seq2seq` is the face every encoder-decoder LM shows generation and training
+//! (`Seq2SeqLm`, implemented by `t5` and `bart`; teacher forcing's shift and loss),
 //! `generation_config` the generation settings a checkpoint carries.
 
 pub mod auto;
+pub mod bart;
 pub mod bert;
 pub mod distilbert;
 pub mod encoder;

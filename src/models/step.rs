@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::models::auto::load_qa_model;
+use crate::models::bart::{BartConfig, BartForConditionalGeneration, Family};
 use crate::models::bert::{BertConfig, BertForQa};
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::hf::config_text;
 use crate::models::qa::{QaBatch, QaModel};
+use crate::models::seq2seq::Seq2SeqLm;
 use crate::models::t5::{T5Config, T5ForConditionalGeneration};
 use crate::nn::Mode;
 use crate::shape::{DType, Device};
@@ -23,6 +25,8 @@ pub enum ModelConfig {
     DistilBert(DistilBertConfig),
     Bert(BertConfig),
     T5(T5Config),
+    /// BART or Marian (one family, `model_type` "bart" / "marian").
+    Bart(BartConfig),
 }
 
 impl ModelConfig {
@@ -47,9 +51,13 @@ impl ModelConfig {
                 &text,
                 &path.display().to_string(),
             )?)),
+            Some("bart" | "marian") => Ok(ModelConfig::Bart(BartConfig::from_json_str(
+                &text,
+                &path.display().to_string(),
+            )?)),
             other => Err(Error::msg(format!(
                 "{}: model_type {other:?} is not a model fusebox runs (expected distilbert, \
-                 bert or t5)",
+                 bert, t5, bart or marian)",
                 path.display()
             ))),
         }
@@ -61,12 +69,16 @@ impl ModelConfig {
             ModelConfig::DistilBert(_) => "DistilBERT-QA",
             ModelConfig::Bert(_) => "BERT-QA",
             ModelConfig::T5(_) => "T5",
+            ModelConfig::Bart(c) => match c.family() {
+                Family::Bart => "BART",
+                Family::Marian => "Marian",
+            },
         }
     }
 
     /// Does a step take a target sequence (seq2seq) besides the source?
     pub fn has_target(&self) -> bool {
-        matches!(self, ModelConfig::T5(_))
+        matches!(self, ModelConfig::T5(_) | ModelConfig::Bart(_))
     }
 }
 
@@ -108,6 +120,15 @@ impl ModelSource {
             )?),
             (ModelConfig::T5(_), Some(d)) => {
                 Box::new(T5ForConditionalGeneration::load(d, device, dtype)?)
+            }
+            (ModelConfig::Bart(c), None) => Box::new(BartForConditionalGeneration::new_random(
+                c.clone(),
+                device,
+                dtype,
+                seed,
+            )?),
+            (ModelConfig::Bart(_), Some(d)) => {
+                Box::new(BartForConditionalGeneration::load(d, device, dtype)?)
             }
             (ModelConfig::DistilBert(c), None) => Box::new(Qa(Box::new(DistilBertForQa::new(
                 c.clone(),
@@ -196,39 +217,47 @@ impl StepModel for Qa {
     }
 }
 
-impl T5ForConditionalGeneration {
-    /// Source ids, mask and labels (the last three of each row ignored, as padding is).
-    fn step_batch(&self, s: BatchShape, device: Device) -> Result<[Tensor; 3]> {
-        let vocab = self.config.vocab_size;
-        let tgt = s.tgt.max(1);
-        let labels: Vec<i32> = (0..s.rows * tgt)
-            .map(|i| match i % tgt {
-                j if j + 3 >= tgt && tgt > 3 => -100,
-                _ => 2 + (i * 5 % vocab.saturating_sub(2).max(1)) as i32,
-            })
-            .collect();
-        Ok([
-            ids([s.rows, s.seq], vocab, device)?,
-            Tensor::from_i32(vec![1; s.rows * s.seq], [s.rows, s.seq], device)?,
-            Tensor::from_i32(labels, [s.rows, tgt], device)?,
-        ])
-    }
+/// A seq2seq batch for a model of `vocab` tokens: source ids, mask and labels (the
+/// last three of each row ignored, as padding is).
+fn seq2seq_batch(s: BatchShape, vocab: usize, device: Device) -> Result<[Tensor; 3]> {
+    let tgt = s.tgt.max(1);
+    let labels: Vec<i32> = (0..s.rows * tgt)
+        .map(|i| match i % tgt {
+            j if j + 3 >= tgt && tgt > 3 => -100,
+            _ => 2 + (i * 5 % vocab.saturating_sub(2).max(1)) as i32,
+        })
+        .collect();
+    Ok([
+        ids([s.rows, s.seq], vocab, device)?,
+        Tensor::from_i32(vec![1; s.rows * s.seq], [s.rows, s.seq], device)?,
+        Tensor::from_i32(labels, [s.rows, tgt], device)?,
+    ])
 }
 
-impl StepModel for T5ForConditionalGeneration {
-    fn trainable(&self) -> Vec<(String, Tensor)> {
-        T5ForConditionalGeneration::trainable(self)
-    }
-    fn set_checkpointing(&mut self, on: bool) {
-        T5ForConditionalGeneration::set_checkpointing(self, on)
-    }
-    fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
-        let [ids, mask, labels] = self.step_batch(shape, device)?;
-        let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
-        Ok(loss)
-    }
-    fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
-        let [ids, mask, labels] = self.step_batch(shape, device)?;
-        self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
-    }
+/// The step face of an encoder-decoder LM: its `trainable`,
+/// `set_checkpointing` and `loss` (its `Seq2SeqLm` face) on
+/// [`seq2seq_batch`].
+macro_rules! seq2seq_step_model {
+    ($model:ty) => {
+        impl StepModel for $model {
+            fn trainable(&self) -> Vec<(String, Tensor)> {
+                Seq2SeqLm::trainable(self)
+            }
+            fn set_checkpointing(&mut self, on: bool) {
+                Seq2SeqLm::set_checkpointing(self, on)
+            }
+            fn train_loss(&self, shape: BatchShape, device: Device, seed: u64) -> Result<Tensor> {
+                let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
+                let (loss, _) = self.loss(&ids, Some(&mask), &labels, Mode::Train { seed })?;
+                Ok(loss)
+            }
+            fn infer(&self, shape: BatchShape, device: Device) -> Result<()> {
+                let [ids, mask, labels] = seq2seq_batch(shape, self.config.vocab_size, device)?;
+                self.loss(&ids, Some(&mask), &labels, Mode::Eval).map(drop)
+            }
+        }
+    };
 }
+
+seq2seq_step_model!(T5ForConditionalGeneration);
+seq2seq_step_model!(BartForConditionalGeneration);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod parity;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use std::time::Instant;
 use fusebox::autograd::backward;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use fusebox::models::qa::{QaBatch, QaModel};
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{T5Config, T5ForConditionalGeneration};
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig, LinearSchedule, LossScaler};

@@ -25,25 +25,12 @@ impl T5ForConditionalGeneration {
     ) -> Result<EncoderState> {
         let _g = no_grad();
         let hidden = self.encode(input_ids, attention_mask, &Dropout::off())?;
-        let cross_kv = self
-            .decoder
-            .blocks
-            .iter()
-            .map(|blk| {
-                let (attn, _) = blk
-                    .cross
-                    .as_ref()
-                    .ok_or_else(|| Error::msg("T5: a decoder block has no cross-attention"))?;
-                Ok((
-                    attn.project(&hidden, &attn.k)?,
-                    attn.project(&hidden, &attn.v)?,
-                ))
-            })
-            .collect::<Result<_>>()?;
-        Ok(EncoderState {
-            hidden,
-            mask: attention_mask.cloned(),
-            cross_kv,
+        EncoderState::new(hidden, attention_mask, &self.decoder.blocks, |blk, h| {
+            let (attn, _) = blk
+                .cross
+                .as_ref()
+                .ok_or_else(|| Error::msg("T5: a decoder block has no cross-attention"))?;
+            Ok((attn.project(h, &attn.k)?, attn.project(h, &attn.v)?))
         })
     }
 
@@ -57,49 +44,17 @@ impl T5ForConditionalGeneration {
     ) -> Result<Tensor> {
         let _g = no_grad();
         let n = tokens.len();
-        if n != enc.batch() {
-            return Err(Error::msg(format!(
-                "T5 decode_step: {n} tokens for an encoder state of {} rows",
-                enc.batch()
-            )));
-        }
-        if enc.cross_kv.len() != self.decoder.blocks.len()
-            || (!cache.kv.is_empty() && cache.kv.len() != self.decoder.blocks.len())
-        {
-            return Err(Error::msg(format!(
-                "T5 decode_step: encoder state / cache built for another model \
-                 ({} / {} layers, this decoder has {})",
-                enc.cross_kv.len(),
-                cache.kv.len(),
-                self.decoder.blocks.len()
-            )));
-        }
+        cache.check_step("T5", n, enc, self.decoder.blocks.len())?;
         let pos = cache.len;
         let ids = Tensor::from_i32(tokens.to_vec(), [n, 1], self.shared.device())?;
         let mut h = self.residual(self.shared.embedding(&ids)?)?;
         let bias = self.decoder.position_bias(&self.config, 1, pos + 1, pos)?;
-        let first = cache.kv.is_empty();
         for (i, blk) in self.decoder.blocks.iter().enumerate() {
             let a = &blk.self_attn;
             let x = pre_norm(&blk.self_norm, &h)?;
-            let (k_new, v_new) = (a.project(&x, &a.k)?, a.project(&x, &a.v)?);
-            let (k, v) = if first {
-                (k_new, v_new)
-            } else {
-                let (k_old, v_old) = &cache.kv[i];
-                (
-                    Tensor::cat(&[k_old, &k_new], 1)?,
-                    Tensor::cat(&[v_old, &v_new], 1)?,
-                )
-            };
+            let (k, v) = cache.append(i, a.project(&x, &a.k)?, a.project(&x, &a.v)?)?;
             let opt = t5_opts(true, None, Some(&bias));
-            let out = a.attend(&x, &k, &v, opt, &Dropout::off(), h.dtype())?;
-            if first {
-                cache.kv.push((k, v));
-            } else {
-                cache.kv[i] = (k, v);
-            }
-            h = h.add(&out)?;
+            h = h.add(&a.attend(&x, &k, &v, opt, &Dropout::off(), h.dtype())?)?;
             let (cross, norm) = blk
                 .cross
                 .as_ref()

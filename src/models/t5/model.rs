@@ -6,11 +6,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::models::generation_config::GenerateConfig;
 use crate::models::hf::{
-    check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, write_json,
-    SizeCheck,
+    check_complete, check_layer_count, check_sizes, config_text, merged_config, save_hf,
+    weights_path, write_json, SizeCheck,
 };
 use crate::nn::{Init, Mode, ParamStore};
-use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
@@ -29,9 +28,9 @@ const IGNORED_KEYS: [&str; 3] = [
 
 pub struct T5ForConditionalGeneration {
     pub config: T5Config,
-    store: ParamStore,
+    pub(super) store: ParamStore,
     pub(super) shared: Tensor,
-    encoder: T5Stack,
+    pub(super) encoder: T5Stack,
     pub(super) decoder: T5Stack,
     lm_head: Tensor,
     tied_lm_head: bool,
@@ -209,16 +208,7 @@ impl T5ForConditionalGeneration {
         })
     }
 
-    pub fn store(&self) -> &ParamStore {
-        &self.store
-    }
-
-    /// Recompute each encoder and decoder block's forward in backward instead of keeping
-    /// its activations (activation checkpointing).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.encoder.checkpointing = on;
-        self.decoder.checkpointing = on;
-    }
+    /// Is activation checkpointing on (`Seq2SeqLm::set_checkpointing`)?
     pub fn checkpointing(&self) -> bool {
         self.encoder.checkpointing
     }
@@ -226,11 +216,6 @@ impl T5ForConditionalGeneration {
     /// Is the LM head the shared embedding?
     pub fn lm_head_is_tied(&self) -> bool {
         self.tied_lm_head
-    }
-
-    /// Unique trainable parameters under their HF names (for the optimizer).
-    pub fn trainable(&self) -> Vec<(String, Tensor)> {
-        self.store.trainable()
     }
 
     fn dropout(&self, mode: Mode) -> Dropout {
@@ -306,55 +291,12 @@ impl T5ForConditionalGeneration {
         self.decode(decoder_input_ids, &enc, attention_mask, &drop)
     }
 
-    /// `(loss, logits)` for `labels [B, Lt]` (-100 = ignored): the decoder reads the
-    /// labels shifted right (HF `_shift_right`), the loss is the mean cross-entropy over
-    /// kept tokens.
-    pub fn loss(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        labels: &Tensor,
-        mode: Mode,
-    ) -> Result<(Tensor, Tensor)> {
-        let dec_in = self.shift_right(labels)?;
-        let logits = self.forward(input_ids, attention_mask, &dec_in, mode)?;
-        let (b, lt, v) = (logits.dims()[0], logits.dims()[1], logits.dims()[2]);
-        let loss = logits
-            .reshape([b * lt, v])?
-            .cross_entropy(&labels.reshape([b * lt])?, IGNORE_INDEX)?;
-        Ok((loss, logits))
-    }
-
-    /// HF `_shift_right`: decoder_start at position 0, labels moved one right, -100 → pad.
-    pub fn shift_right(&self, labels: &Tensor) -> Result<Tensor> {
-        labels.expect_rank("T5 shift_right (labels)", 2)?;
-        let (b, l) = (labels.dims()[0], labels.dims()[1]);
-        let src = labels.to_vec_i32()?;
-        let (start, pad) = (self.config.decoder_start_id(), self.config.pad_id());
-        let mut out = Vec::with_capacity(b * l);
-        for row in 0..b {
-            for j in 0..l {
-                let t = if j == 0 { start } else { src[row * l + j - 1] };
-                out.push(if t == IGNORE_INDEX { pad } else { t });
-            }
-        }
-        Tensor::from_i32(out, [b, l], labels.device())
-    }
-
     /// The config.json this model writes: the one it was loaded with (unknown fields
     /// kept) updated with ours. `tie_word_embeddings` carries the scaling choice as
     /// transformers 4.x reads it; 5.x reads `scale_decoder_outputs` and unties the head
     /// because both tensors are in the file.
     pub fn config_json(&self) -> Result<serde_json::Value> {
-        let mut out = match &self.raw_config {
-            Some(serde_json::Value::Object(m)) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let ours = serde_json::to_value(&self.config)
-            .map_err(|e| Error::msg(format!("T5 config: cannot serialise: {e}")))?;
-        if let serde_json::Value::Object(m) = ours {
-            out.extend(m);
-        }
+        let mut out = merged_config(self.raw_config.as_ref(), &self.config, "T5 config")?;
         let scale = self.config.scales_decoder_outputs();
         let num_decoder_layers = self.config.decoder_layers();
         let set = |out: &mut serde_json::Map<_, _>, k: &str, v: serde_json::Value| {

@@ -1,0 +1,603 @@
+//! BART and Marian parity with Hugging Face on the tiny fixtures of tests/fixtures (made by
+//! tools/fixtures/make_fixtures_bart.py with transformers 5.25): logits, loss with -100
+//! labels, every parameter gradient, one AdamW step fed the stored gradients, and
+//! `generate()` (greedy, beam, the models' own settings) through the K/V cache — all f32
+//! on the CPU. Plus what HF
+//! cannot give us directly: the cached decoder equals the full one, checkpoints load
+//! however the tied embedding is stored (`model.` prefix or not, aliases once or several
+//! times, an untied head, Marian's position tables) and save as `save_pretrained` does,
+//! dropout is seeded, and bad checkpoints are refused by name.
+//!
+//! Tolerances follow docs/ARCHITECTURE.md: 1e-5 of each tensor's largest magnitude (1e-4
+//! for the smallest tensors), an absolute floor for gradients that are exactly zero.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use fusebox::autograd::{backward, no_grad};
+use fusebox::models::bart::{BartConfig, BartForConditionalGeneration, Family};
+use fusebox::models::generation_config::GenerateConfig;
+use fusebox::models::seq2seq::Seq2SeqLm;
+use fusebox::nn::safetensors_io;
+use fusebox::nn::Mode;
+use fusebox::tasks::generate::{generate, Generated};
+use fusebox::{DType, Device, Tensor};
+
+mod common;
+use common::parity::{
+    check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads, check_trains,
+    eval_loss, f32s, rows, training_batch,
+};
+use common::{cuda_device, rel_l2_f32 as rel_l2};
+
+const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+type Fixture = (BartForConditionalGeneration, BTreeMap<String, Tensor>);
+
+/// The model and its reference tensors, or `None` (printed) when the fixtures are absent.
+fn load_on(name: &str, dev: Device) -> Option<Fixture> {
+    let dir = fixtures().join("models").join(name);
+    let io = fixtures().join(format!("{name}_io.safetensors"));
+    if !dir.join("model.safetensors").exists() || !io.exists() {
+        eprintln!(
+            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py bart)",
+            fixtures().display()
+        );
+        return None;
+    }
+    let model = BartForConditionalGeneration::load(&dir, dev, DType::F32).unwrap();
+    let io = safetensors_io::load(&io, DType::F32, dev).unwrap();
+    Some((model, io))
+}
+
+fn load(name: &str) -> Option<Fixture> {
+    load_on(name, Device::Cpu)
+}
+
+fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
+    MODELS
+        .into_iter()
+        .filter_map(|name| Some((name, load(name)?)))
+}
+
+/// Eval-mode logits of the fixture's batch.
+fn logits(model: &BartForConditionalGeneration, io: &BTreeMap<String, Tensor>) -> Vec<f32> {
+    let _g = no_grad();
+    let (ids, mask, dec_in) = (
+        &io["input_ids"],
+        &io["attention_mask"],
+        &io["decoder_input_ids"],
+    );
+    f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap())
+}
+
+#[test]
+fn forward_loss_and_gradients_match_transformers() {
+    for (name, (model, io)) in models() {
+        let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
+        let dec_in = model.shift_right(labels).unwrap();
+        assert_eq!(
+            dec_in.to_vec_i32().unwrap(),
+            io["decoder_input_ids"].to_vec_i32().unwrap(),
+            "{name}: shift_tokens_right"
+        );
+        let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
+        check_logits_loss_grads(name, &loss, &logits, &model.trainable(), &io);
+    }
+}
+
+#[test]
+fn adamw_step_from_stored_gradients_matches_torch() {
+    for (name, (model, io)) in models() {
+        check_adamw_step(name, &model.trainable(), &io);
+    }
+}
+
+/// Teacher-forcing the decoder one token at a time through the K/V cache gives the full
+/// decoder's logits at every position (positions, cache growth, final_logits_bias).
+#[test]
+fn cached_decoding_equals_full_decoder() {
+    for (name, (model, io)) in models() {
+        check_cached_decoding_on_fixture(name, &model, &logits(&model, &io), &io);
+    }
+}
+
+/// `generate()` with every logits processor off: `num_beams` beams, `new_tokens` at
+/// most, the model's special ids (the fixture's plain settings).
+fn plain(
+    model: &BartForConditionalGeneration,
+    num_beams: usize,
+    new_tokens: usize,
+) -> GenerateConfig {
+    GenerateConfig {
+        num_beams,
+        max_new_tokens: Some(new_tokens),
+        ..GenerateConfig::for_model(model)
+    }
+}
+
+fn run_generate(
+    model: &BartForConditionalGeneration,
+    io: &BTreeMap<String, Tensor>,
+    cfg: &GenerateConfig,
+) -> Generated {
+    generate(model, &io["input_ids"], Some(&io["attention_mask"]), cfg).unwrap()
+}
+
+fn greedy(model: &BartForConditionalGeneration, io: &BTreeMap<String, Tensor>) -> Vec<Vec<i32>> {
+    let new_tokens = io["generate.greedy"].dims()[1] - 1;
+    run_generate(model, io, &plain(model, 1, new_tokens)).sequences
+}
+
+/// Greedy and 3-beam search with the plain settings, and `generate()` with no arguments
+/// (the fixture's generation_config.json: bart-large-cnn's or opus-mt's settings), token
+/// for token, `sequences_scores` to 1e-5. (tests/generate_parity.rs varies the settings.)
+#[test]
+fn generate_matches_transformers() {
+    for (name, (model, io)) in models() {
+        assert_eq!(
+            greedy(&model, &io),
+            rows(&io["generate.greedy"]),
+            "{name}: greedy"
+        );
+        let new_tokens = io["generate.beam"].dims()[1] - 1;
+        for (cfg, key) in [
+            (plain(&model, 3, new_tokens), "generate.beam"),
+            (model.generation_config().clone(), "generate.config"),
+        ] {
+            let got = run_generate(&model, &io, &cfg);
+            assert_eq!(got.sequences, rows(&io[key]), "{name}: {key}");
+            let want = f32s(&io[&format!("{key}_scores")]);
+            let scores = got.scores.expect("beam scores");
+            assert!(
+                rel_l2(&scores, &want) < 1e-5,
+                "{name}: {key} scores {scores:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+/// What `save_pretrained` writes: the same tensor names (no aliases, no Marian position
+/// tables, `final_logits_bias`), a config.json and generation_config.json transformers
+/// reads back; and the reload computes the same logits.
+#[test]
+fn save_and_reload_round_trip() {
+    for (name, (model, io)) in models() {
+        let dir = tmp(&format!("save_{name}"));
+        model.save(&dir).unwrap();
+        let hf = fixtures().join("models").join(name);
+        let names = |d: &Path| safetensors_io::tensor_names(&d.join("model.safetensors")).unwrap();
+        let (mut ours, mut theirs) = (names(&dir), names(&hf));
+        ours.sort();
+        theirs.sort();
+        assert_eq!(
+            ours, theirs,
+            "{name}: saved tensor names vs save_pretrained's"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let class = model.family().class();
+        assert_eq!(cfg["architectures"], serde_json::json!([class]), "{name}");
+        assert_eq!(cfg["tie_word_embeddings"], true, "{name}");
+        let gen = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(
+                &std::fs::read_to_string(d.join("generation_config.json")).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            gen(&dir),
+            gen(&hf),
+            "{name}: generation_config.json carried over"
+        );
+        let back = BartForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
+        assert!(back.lm_head_is_tied());
+        assert_eq!(
+            logits(&back, &io),
+            logits(&model, &io),
+            "{name}: reloaded logits"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fusebox_bart_{}_{tag}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of fixture `name`'s directory whose weights are `edit`ed.
+fn edited_copy(name: &str, tag: &str, edit: impl FnOnce(&mut BTreeMap<String, Tensor>)) -> PathBuf {
+    let src = fixtures().join("models").join(name);
+    let dir = tmp(tag);
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut w =
+        safetensors_io::load(&src.join("model.safetensors"), DType::F32, Device::Cpu).unwrap();
+    edit(&mut w);
+    safetensors_io::save(&dir.join("model.safetensors"), &w, None).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match BartForConditionalGeneration::load(dir, Device::Cpu, DType::F32) {
+        Ok(_) => panic!("{} must be refused", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The tied embedding stored under every alias transformers knows (and under the
+/// aliases only, and without the `model.` prefix of a base-model file) loads as the
+/// same tied model.
+#[test]
+fn tied_aliases_and_prefixes_load_as_one_embedding() {
+    for (name, (model, io)) in models() {
+        let want = logits(&model, &io);
+        let shared = "model.shared.weight";
+        let aliases = [
+            "model.encoder.embed_tokens.weight",
+            "model.decoder.embed_tokens.weight",
+            "lm_head.weight",
+        ];
+        let all = edited_copy(name, &format!("dup_{name}"), |w| {
+            for a in aliases {
+                w.insert(a.into(), w[shared].deep_clone().unwrap());
+            }
+        });
+        let only = edited_copy(name, &format!("alias_{name}"), |w| {
+            let t = w.remove(shared).unwrap();
+            w.insert(aliases[1].into(), t);
+        });
+        let base = edited_copy(name, &format!("base_{name}"), |w| {
+            let old = std::mem::take(w);
+            for (k, t) in old {
+                let k = k.strip_prefix("model.").map(str::to_string).unwrap_or(k);
+                w.insert(k, t);
+            }
+        });
+        for dir in [&all, &only, &base] {
+            let m = BartForConditionalGeneration::load(dir, Device::Cpu, DType::F32).unwrap();
+            assert!(m.lm_head_is_tied(), "{}", dir.display());
+            assert_eq!(m.trainable().len(), model.trainable().len());
+            assert_eq!(logits(&m, &io), want, "{}", dir.display());
+            std::fs::remove_dir_all(dir).ok();
+        }
+        // A base-model file without final_logits_bias: HF initialises it to zeros.
+        let nobias = edited_copy(name, &format!("nobias_{name}"), |w| {
+            w.remove("final_logits_bias");
+        });
+        let m = BartForConditionalGeneration::load(&nobias, Device::Cpu, DType::F32).unwrap();
+        let saved = tmp(&format!("nobias_saved_{name}"));
+        m.save(&saved).unwrap();
+        let w = safetensors_io::load(&saved.join("model.safetensors"), DType::F32, Device::Cpu)
+            .unwrap();
+        assert!(f32s(&w["final_logits_bias"]).iter().all(|&x| x == 0.0));
+        for d in [nobias, saved] {
+            std::fs::remove_dir_all(d).ok();
+        }
+    }
+}
+
+/// A head that differs from the embedding is the model's own (transformers unties it at
+/// load): trained, saved under `lm_head.weight` with `tie_word_embeddings: false`, and
+/// reloaded the same.
+#[test]
+fn an_untied_head_is_kept_and_saved() {
+    let Some((_, io)) = load("bart_tiny") else {
+        return;
+    };
+    let dir = edited_copy("bart_tiny", "untied", |w| {
+        let h: Vec<f32> = f32s(&w["model.shared.weight"])
+            .iter()
+            .map(|x| x * 0.5 + 0.01)
+            .collect();
+        let dims = w["model.shared.weight"].dims().to_vec();
+        w.insert(
+            "lm_head.weight".into(),
+            Tensor::from_f32(h, dims, Device::Cpu).unwrap(),
+        );
+    });
+    let m = BartForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
+    assert!(!m.lm_head_is_tied());
+    assert!(m.trainable().iter().any(|(n, _)| n == "lm_head.weight"));
+    let out = tmp("untied_saved");
+    m.save(&out).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
+    let back = BartForConditionalGeneration::load(&out, Device::Cpu, DType::F32).unwrap();
+    assert!(!back.lm_head_is_tied());
+    assert_eq!(logits(&back, &io), logits(&m, &io));
+    for d in [dir, out] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// Marian files may hold the sinusoidal tables (older transformers saved them): the
+/// formula's table loads, any other table is refused by name.
+#[test]
+fn marian_position_tables_in_a_checkpoint() {
+    let Some((model, io)) = load("marian_tiny") else {
+        return;
+    };
+    let (n, d) = (model.config.max_position_embeddings, model.config.d_model);
+    let table = fusebox::models::bart::sinusoidal_table(n, d);
+    let names = [
+        "model.encoder.embed_positions.weight",
+        "model.decoder.embed_positions.weight",
+    ];
+    let with = edited_copy("marian_tiny", "marian_pos", |w| {
+        for k in names {
+            w.insert(
+                k.into(),
+                Tensor::from_f32(table.clone(), [n, d], Device::Cpu).unwrap(),
+            );
+        }
+    });
+    let m = BartForConditionalGeneration::load(&with, Device::Cpu, DType::F32).unwrap();
+    assert_eq!(logits(&m, &io), logits(&model, &io));
+    let mut bad = table.clone();
+    bad[3 * d + 5] += 0.25;
+    let wrong = edited_copy("marian_tiny", "marian_badpos", |w| {
+        w.insert(
+            names[1].into(),
+            Tensor::from_f32(bad, [n, d], Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&wrong);
+    assert!(
+        e.contains(names[1]) && e.contains("sinusoidal") && e.contains("row 3"),
+        "{e}"
+    );
+    for dir in [with, wrong] {
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+/// Bad checkpoints are refused with the file, the field or tensor, and what was
+/// expected.
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let Some(_) = load("bart_tiny") else {
+        return;
+    };
+    let cfg_edit = |tag: &str, from: &str, to: &str| {
+        let dir = edited_copy("bart_tiny", tag, |_| {});
+        let p = dir.join("config.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+        dir
+    };
+    let cases = [
+        (
+            cfg_edit("vocab", "\"vocab_size\": 99", "\"vocab_size\": 98"),
+            vec!["config.json", "vocab_size", "model.shared.weight", "99"],
+        ),
+        (
+            cfg_edit("layers", "\"decoder_layers\": 3", "\"decoder_layers\": 2"),
+            vec!["decoder_layers", "3 layers"],
+        ),
+        (
+            cfg_edit("ffn", "\"encoder_ffn_dim\": 37", "\"encoder_ffn_dim\": 40"),
+            vec!["encoder_ffn_dim", "fc1.weight"],
+        ),
+        (
+            cfg_edit(
+                "maxpos",
+                "\"max_position_embeddings\": 40",
+                "\"max_position_embeddings\": 50",
+            ),
+            vec!["max_position_embeddings", "embed_positions", "40"],
+        ),
+        (
+            cfg_edit(
+                "act",
+                "\"activation_function\": \"gelu\"",
+                "\"activation_function\": \"mish\"",
+            ),
+            vec!["config.json", "activation_function", "mish"],
+        ),
+        (
+            cfg_edit("t5", "\"model_type\": \"bart\"", "\"model_type\": \"t5\""),
+            vec!["config.json", "model_type", "t5"],
+        ),
+        (
+            cfg_edit(
+                "prenorm",
+                "\"model_type\": \"bart\"",
+                "\"model_type\": \"bart\", \"normalize_before\": true",
+            ),
+            vec!["normalize_before"],
+        ),
+    ];
+    for (dir, want) in cases {
+        let e = load_err(&dir);
+        for w in want {
+            assert!(e.contains(w), "{}: {e:?} lacks {w:?}", dir.display());
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+    let extra = edited_copy("bart_tiny", "extra", |w| {
+        w.insert(
+            "model.encoder.layer_norm.weight".into(),
+            Tensor::from_f32(vec![1.0; 32], [32], Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&extra);
+    assert!(
+        e.contains("unexpected tensor") && e.contains("model.encoder.layer_norm.weight"),
+        "{e}"
+    );
+    let missing = edited_copy("bart_tiny", "missing", |w| {
+        w.remove("model.decoder.layers.1.fc2.bias");
+    });
+    let e = load_err(&missing);
+    assert!(
+        e.contains("missing tensor") && e.contains("model.decoder.layers.1.fc2.bias"),
+        "{e}"
+    );
+    let unshared = edited_copy("bart_tiny", "unshared", |w| {
+        let t = w["model.shared.weight"].scale(2.0).unwrap();
+        w.insert("model.decoder.embed_tokens.weight".into(), t);
+    });
+    let e = load_err(&unshared);
+    assert!(
+        e.contains("model.decoder.embed_tokens.weight") && e.contains("not supported"),
+        "{e}"
+    );
+    for d in [extra, missing, unshared] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+/// HF applies dropout only in training; ours is seeded, so a training forward is
+/// reproducible, differs from eval and from another seed, and each kind of dropout
+/// (residual, attention probabilities, activation) is drawn.
+#[test]
+fn dropout_is_seeded_and_training_only() {
+    let Some((model, io)) = load("marian_tiny") else {
+        return;
+    };
+    let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
+    let run = |m: &BartForConditionalGeneration, mode: Mode| {
+        let _g = no_grad();
+        m.loss(ids, Some(mask), labels, mode)
+            .unwrap()
+            .0
+            .to_scalar()
+            .unwrap()
+    };
+    assert_eq!(
+        run(&model, Mode::Eval),
+        run(&model, Mode::Train { seed: 1 }),
+        "rates 0"
+    );
+    let rates = [
+        ("dropout", [0.2, 0.0, 0.0]),
+        ("attention_dropout", [0.0, 0.2, 0.0]),
+        ("activation_dropout", [0.0, 0.0, 0.2]),
+    ];
+    let mut eval = None;
+    for (what, [p, pa, pact]) in rates {
+        let mut cfg = model.config.clone();
+        (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout) = (p, pa, pact);
+        // The same seed draws the same weights whatever the rates.
+        let m = BartForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 5).unwrap();
+        let e = run(&m, Mode::Eval);
+        assert_eq!(
+            *eval.get_or_insert(e),
+            e,
+            "{what}: evaluation has no dropout"
+        );
+        let (a, b, c) = (
+            run(&m, Mode::Train { seed: 1 }),
+            run(&m, Mode::Train { seed: 1 }),
+            run(&m, Mode::Train { seed: 2 }),
+        );
+        assert_eq!(a, b, "{what}: same seed, same loss");
+        assert_ne!(a, c, "{what}: another seed, another mask");
+        assert_ne!(a, e, "{what}: active in training");
+        let (loss, _) = m
+            .loss(ids, Some(mask), labels, Mode::Train { seed: 1 })
+            .unwrap();
+        assert_eq!(
+            backward(&loss).unwrap().len(),
+            m.trainable().len(),
+            "{what}"
+        );
+    }
+}
+
+/// A fresh model of each family (HF init, dropout on) trains: a few AdamW steps on one
+/// batch lower its eval loss; it saves tied and reloads to the same loss.
+#[test]
+fn random_models_train_save_and_reload() {
+    for (model_type, act, scale) in [("bart", "gelu", false), ("marian", "swish", true)] {
+        let cfg = BartConfig::from_json_str(
+            &format!(
+                r#"{{"model_type": "{model_type}", "vocab_size": 50, "d_model": 16,
+                    "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 4,
+                    "decoder_attention_heads": 2, "encoder_ffn_dim": 24, "decoder_ffn_dim": 20,
+                    "max_position_embeddings": 64, "activation_function": "{act}",
+                    "scale_embedding": {scale}, "pad_token_id": 1, "decoder_start_token_id": 1,
+                    "eos_token_id": 2, "forced_eos_token_id": 2, "dropout": 0.1,
+                    "attention_dropout": 0.1, "activation_dropout": 0.1}}"#
+            ),
+            "test config",
+        )
+        .unwrap();
+        let model =
+            BartForConditionalGeneration::new_random(cfg, Device::Cpu, DType::F32, 7).unwrap();
+        assert_eq!(
+            model.family(),
+            if model_type == "bart" {
+                Family::Bart
+            } else {
+                Family::Marian
+            }
+        );
+        let batch = training_batch(3);
+        let after = check_trains(model_type, &model, &batch);
+        let dir = tmp(&format!("random_{model_type}"));
+        model.save(&dir).unwrap();
+        let back = BartForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
+        assert!(back.lm_head_is_tied());
+        assert_eq!(eval_loss(&back, &batch), after, "{model_type}: reloaded");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// On a CUDA device: the fixtures in f32 (logits, loss, gradients, greedy tokens through
+/// the cache) and an f16 forward. Skips without a GPU.
+#[test]
+fn gpu_matches_transformers() {
+    let Some(dev) = cuda_device("gpu_matches_transformers") else {
+        return;
+    };
+    for name in MODELS {
+        let Some((model, io)) = load_on(name, dev) else {
+            continue;
+        };
+        let what = format!("{name} on {dev:?}");
+        let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
+        let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
+        let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
+        assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
+        let r = rel_l2(&f32s(&loss), &f32s(&io["loss"]));
+        assert!(r < 1e-5, "{what}: loss rel {r:e}");
+        let grads = backward(&loss).unwrap();
+        for (pname, p) in model.trainable() {
+            let got = f32s(
+                grads
+                    .get(&p)
+                    .unwrap_or_else(|| panic!("{what}: no grad {pname}")),
+            );
+            let want = f32s(&io[&format!("grad.{pname}")]);
+            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if scale == 0.0 {
+                assert!(got.iter().all(|x| x.abs() < 1e-6), "{what}: grad {pname}");
+            } else {
+                let r = rel_l2(&got, &want);
+                assert!(r < 1e-4, "{what}: grad {pname} rel L2 {r:e}");
+            }
+        }
+        let want = rows(&io["generate.greedy"]);
+        assert_eq!(greedy(&model, &io), want, "{what}: greedy");
+        let dir = fixtures().join("models").join(name);
+        let half = BartForConditionalGeneration::load(&dir, dev, DType::F16).unwrap();
+        let _g = no_grad();
+        let l16 = half
+            .forward(ids, Some(mask), &io["decoder_input_ids"], Mode::Eval)
+            .unwrap();
+        let r = rel_l2(&f32s(&l16), &f32s(&io["logits"]));
+        assert!(r < 1e-2, "{what}: f16 logits rel L2 {r:e}");
+    }
+}

@@ -22,6 +22,10 @@ use tokenizers::{AddedToken, EncodeInput, Encoding, Tokenizer};
 
 use crate::error::{Error, Result};
 
+pub mod bpe;
+pub mod marian;
+pub mod seq2seq;
+pub mod spm;
 pub mod train;
 
 fn tok_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {

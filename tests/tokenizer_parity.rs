@@ -39,7 +39,8 @@ struct Diffs(Vec<String>);
 impl Diffs {
     fn eq<T: PartialEq + std::fmt::Debug>(&mut self, what: String, got: T, want: T) {
         if got != want {
-            self.0.push(format!("{what}\n   got  {got:?}\n   want {want:?}"));
+            self.0
+                .push(format!("{what}\n   got  {got:?}\n   want {want:?}"));
         }
     }
 
@@ -49,7 +50,12 @@ impl Diffs {
             self.0.is_empty(),
             "{} of {n_checked} checks differ from transformers:\n{}",
             self.0.len(),
-            self.0.iter().take(12).cloned().collect::<Vec<_>>().join("\n")
+            self.0
+                .iter()
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
@@ -84,25 +90,54 @@ fn marian_ids_and_decodes_match_transformers() {
         let m = MarianTokenizer::from_dir(&dir(name)).expect("load");
         let t = Seq2SeqTokenizer::from_dir(&dir(name)).expect("load");
         assert!(t.as_marian().is_some(), "{name}: not seen as Marian");
-        d.eq(format!("{name} vocab_size"), t.vocab_size() as u64, want["vocab_size"].as_u64().unwrap());
-        d.eq(format!("{name} pad"), t.pad_id() as i64, want["pad_id"].as_i64().unwrap());
-        d.eq(format!("{name} eos"), t.eos_id() as i64, want["eos_id"].as_i64().unwrap());
-        d.eq(format!("{name} unk"), m.unk_id() as i64, want["unk_id"].as_i64().unwrap());
+        d.eq(
+            format!("{name} vocab_size"),
+            t.vocab_size() as u64,
+            want["vocab_size"].as_u64().unwrap(),
+        );
+        d.eq(
+            format!("{name} pad"),
+            t.pad_id() as i64,
+            want["pad_id"].as_i64().unwrap(),
+        );
+        d.eq(
+            format!("{name} eos"),
+            t.eos_id() as i64,
+            want["eos_id"].as_i64().unwrap(),
+        );
+        d.eq(
+            format!("{name} unk"),
+            m.unk_id() as i64,
+            want["unk_id"].as_i64().unwrap(),
+        );
         if !m.separate_vocabs() {
-            let codes: Vec<String> = serde_json::from_value(want["language_codes"].clone()).unwrap();
+            let codes: Vec<String> =
+                serde_json::from_value(want["language_codes"].clone()).unwrap();
             d.eq(format!("{name} language codes"), t.language_codes(), codes);
         }
         n += 5;
         for c in want["cases"].as_array().expect("cases") {
             let text = s(&c["text"]);
             let (src, tgt) = (ids(&c["source_ids"]), ids(&c["target_ids"]));
-            d.eq(format!("{name} source {text:?}"), t.encode_source(text, None).expect("encode"), src.clone());
-            d.eq(format!("{name} target {text:?}"), t.encode_target(text, None).expect("encode"), tgt.clone());
+            d.eq(
+                format!("{name} source {text:?}"),
+                t.encode_source(text, None).expect("encode"),
+                src.clone(),
+            );
+            d.eq(
+                format!("{name} target {text:?}"),
+                t.encode_target(text, None).expect("encode"),
+                tgt.clone(),
+            );
             for (key, list) in [("source", &src), ("target", &tgt)] {
                 let u: Vec<u32> = list.iter().map(|&i| i as u32).collect();
                 let mut check = |suffix: &str, got: fusebox::Result<String>| {
                     let want = s(&c[format!("decode_{key}{suffix}")]).to_string();
-                    d.eq(format!("{name} decode_{key}{suffix} {text:?}"), got.expect("decode"), want);
+                    d.eq(
+                        format!("{name} decode_{key}{suffix} {text:?}"),
+                        got.expect("decode"),
+                        want,
+                    );
                 };
                 check("", t.decode(list, false));
                 check("_skip", t.decode(list, true));
@@ -115,9 +150,17 @@ fn marian_ids_and_decodes_match_transformers() {
         for c in want["truncation"].as_array().expect("truncation") {
             let (text, len) = (s(&c["text"]), c["max_length"].as_u64().unwrap() as usize);
             let got = t.encode_source(text, Some(len)).expect("encode");
-            d.eq(format!("{name} source max_length {len}"), got, ids(&c["source_ids"]));
+            d.eq(
+                format!("{name} source max_length {len}"),
+                got,
+                ids(&c["source_ids"]),
+            );
             let got = t.encode_target(text, Some(len)).expect("encode");
-            d.eq(format!("{name} target max_length {len}"), got, ids(&c["target_ids"]));
+            d.eq(
+                format!("{name} target max_length {len}"),
+                got,
+                ids(&c["target_ids"]),
+            );
             n += 2;
         }
         for c in want["decodes"].as_array().expect("decodes") {
@@ -126,7 +169,11 @@ fn marian_ids_and_decodes_match_transformers() {
                 None => m.decode(&u, skip),
                 Some(src) => m.decode_with(&u, skip, src),
             };
-            d.eq(format!("{name} decode {c}"), got.expect("decode"), s(&c["text"]).to_string());
+            d.eq(
+                format!("{name} decode {c}"),
+                got.expect("decode"),
+                s(&c["text"]).to_string(),
+            );
             n += 1;
         }
     }
@@ -148,9 +195,17 @@ fn marian_corpus_sample_matches_transformers() {
         for (i, text) in texts.iter().enumerate() {
             let text = s(text);
             let got = t.encode_source(text, None).expect("encode");
-            d.eq(format!("{name} source {text:?}"), got, ids(&corpus[name]["source_ids"][i]));
+            d.eq(
+                format!("{name} source {text:?}"),
+                got,
+                ids(&corpus[name]["source_ids"][i]),
+            );
             let got = t.encode_target(text, None).expect("encode");
-            d.eq(format!("{name} target {text:?}"), got, ids(&corpus[name]["target_ids"][i]));
+            d.eq(
+                format!("{name} target {text:?}"),
+                got,
+                ids(&corpus[name]["target_ids"][i]),
+            );
             n += 2;
         }
     }
@@ -159,18 +214,46 @@ fn marian_corpus_sample_matches_transformers() {
 
 fn fast_matches(name: &str, t: &Seq2SeqTokenizer, want: &Value, d: &mut Diffs) -> usize {
     let mut n = 0;
-    d.eq(format!("{name} vocab_size"), t.vocab_size() as u64, want["vocab_size"].as_u64().unwrap());
-    d.eq(format!("{name} pad"), t.pad_id() as i64, want["pad_id"].as_i64().unwrap());
-    d.eq(format!("{name} eos"), t.eos_id() as i64, want["eos_id"].as_i64().unwrap());
+    d.eq(
+        format!("{name} vocab_size"),
+        t.vocab_size() as u64,
+        want["vocab_size"].as_u64().unwrap(),
+    );
+    d.eq(
+        format!("{name} pad"),
+        t.pad_id() as i64,
+        want["pad_id"].as_i64().unwrap(),
+    );
+    d.eq(
+        format!("{name} eos"),
+        t.eos_id() as i64,
+        want["eos_id"].as_i64().unwrap(),
+    );
     for c in want["cases"].as_array().expect("cases") {
         let text = s(&c["text"]);
         let want_ids = ids(&c["ids"]);
-        d.eq(format!("{name} ids {text:?}"), t.encode_source(text, None).expect("encode"), want_ids.clone());
-        d.eq(format!("{name} target {text:?}"), t.encode_target(text, None).expect("encode"), want_ids.clone());
+        d.eq(
+            format!("{name} ids {text:?}"),
+            t.encode_source(text, None).expect("encode"),
+            want_ids.clone(),
+        );
+        d.eq(
+            format!("{name} target {text:?}"),
+            t.encode_target(text, None).expect("encode"),
+            want_ids.clone(),
+        );
         let got = t.decode(&want_ids, false).expect("decode");
-        d.eq(format!("{name} decode {text:?}"), got, s(&c["decode"]).to_string());
+        d.eq(
+            format!("{name} decode {text:?}"),
+            got,
+            s(&c["decode"]).to_string(),
+        );
         let got = t.decode(&want_ids, true).expect("decode");
-        d.eq(format!("{name} decode skip {text:?}"), got, s(&c["decode_skip"]).to_string());
+        d.eq(
+            format!("{name} decode skip {text:?}"),
+            got,
+            s(&c["decode_skip"]).to_string(),
+        );
         n += 4;
     }
     for c in want["truncation"].as_array().expect("truncation") {
@@ -203,7 +286,9 @@ fn bart_from_tokenizer_json_and_from_vocab_merges_match_transformers() {
 
 #[test]
 fn t5_tokenizer_json_matches_transformers() {
-    let Some(assets) = common::assets() else { return };
+    let Some(assets) = common::assets() else {
+        return;
+    };
     let r = refs();
     let t = Seq2SeqTokenizer::from_dir(&assets.join("tokenizers/t5-small")).expect("load");
     let mut d = Diffs::default();
@@ -226,10 +311,16 @@ fn marian_language_codes() {
     let got = with.encode_source("Good morning, friend.", None).unwrap();
     assert_eq!(got, ids(&case["source_ids"]));
     let same = mul.clone().with_target_language(">>ind<<").expect("ind");
-    assert_eq!(same.encode_source("Good morning, friend.", None).unwrap(), got);
+    assert_eq!(
+        same.encode_source("Good morning, friend.", None).unwrap(),
+        got
+    );
 
     let e = err_of(mul.clone().with_target_language("fra"));
-    assert!(e.contains(">>fra<<") && e.contains(">>ind<<") && e.contains("vocab.json"), "{e}");
+    assert!(
+        e.contains(">>fra<<") && e.contains(">>ind<<") && e.contains("vocab.json"),
+        "{e}"
+    );
     let e = err_of(mul.encode_source(">>fra<< Good morning", None));
     assert!(e.contains(">>fra<<") && e.contains(">>zsm<<"), "{e}");
 
@@ -247,7 +338,8 @@ fn marian_language_codes() {
 fn marian_vocab_missing_a_few_pieces_maps_them_to_unk() {
     let r = refs();
     let m = MarianTokenizer::from_dir(&dir("marian_en_id")).expect("load");
-    let dropped: Vec<String> = serde_json::from_value(r["meta"]["dropped_from_marian_en_id"].clone()).unwrap();
+    let dropped: Vec<String> =
+        serde_json::from_value(r["meta"]["dropped_from_marian_en_id"].clone()).unwrap();
     let cov = &m.coverage()[0];
     assert!(cov.spm.ends_with("source.spm") && cov.vocab.ends_with("vocab.json"));
     let mut want: Vec<String> = dropped;
@@ -262,15 +354,31 @@ fn marian_vocab_missing_a_few_pieces_maps_them_to_unk() {
 
 #[test]
 fn saved_tokenizers_load_back_the_same() {
-    let texts = ["Hello world.", "a </s> b", "Makanannya enak, harganya murah."];
-    for name in ["marian_en_id", "marian_en_id_sep", "marian_en_mul", "bart_json", "bart_vocab"] {
+    let texts = [
+        "Hello world.",
+        "a </s> b",
+        "Makanannya enak, harganya murah.",
+    ];
+    for name in [
+        "marian_en_id",
+        "marian_en_id_sep",
+        "marian_en_mul",
+        "bart_json",
+        "bart_vocab",
+    ] {
         let t = Seq2SeqTokenizer::from_dir(&dir(name)).expect("load");
         let out = tmp(&format!("save-{name}"));
         t.save_to(&out).expect("save");
         let back = Seq2SeqTokenizer::from_dir(&out).expect("load saved");
         for text in texts {
-            assert_eq!(back.encode_source(text, None).unwrap(), t.encode_source(text, None).unwrap());
-            assert_eq!(back.encode_target(text, None).unwrap(), t.encode_target(text, None).unwrap());
+            assert_eq!(
+                back.encode_source(text, None).unwrap(),
+                t.encode_source(text, None).unwrap()
+            );
+            assert_eq!(
+                back.encode_target(text, None).unwrap(),
+                t.encode_target(text, None).unwrap()
+            );
         }
         assert_eq!(back.vocab_size(), t.vocab_size());
         let cfg: Value = serde_json::from_str(
@@ -280,9 +388,18 @@ fn saved_tokenizers_load_back_the_same() {
         if let Some(m) = t.as_marian() {
             assert_eq!(cfg["tokenizer_class"], "MarianTokenizer");
             assert_eq!(cfg["separate_vocabs"], m.separate_vocabs());
-            assert_eq!(std::fs::read(out.join("source.spm")).unwrap(), m.source_spm().bytes());
+            assert_eq!(
+                std::fs::read(out.join("source.spm")).unwrap(),
+                m.source_spm().bytes()
+            );
         } else {
-            assert!(cfg["tokenizer_class"].as_str().unwrap().ends_with("Tokenizer"), "{cfg}");
+            assert!(
+                cfg["tokenizer_class"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("Tokenizer"),
+                "{cfg}"
+            );
         }
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -294,15 +411,25 @@ fn marian_directory_without_source_spm_is_an_error_naming_it() {
     copy_dir(&dir("marian_en_id"), &d);
     std::fs::remove_file(d.join("source.spm")).unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
-    assert!(e.contains("no source.spm") && e.contains(&d.display().to_string()), "{e}");
+    assert!(
+        e.contains("no source.spm") && e.contains(&d.display().to_string()),
+        "{e}"
+    );
     std::fs::remove_file(d.join("target.spm")).unwrap();
     // Still Marian by its tokenizer_config.json class.
-    std::fs::write(d.join("tokenizer_config.json"), r#"{"tokenizer_class": "MarianTokenizer"}"#).unwrap();
+    std::fs::write(
+        d.join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "MarianTokenizer"}"#,
+    )
+    .unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
     assert!(e.contains("no source.spm"), "{e}");
     let empty = tmp("empty");
     let e = err_of(Seq2SeqTokenizer::from_dir(&empty));
-    assert!(e.contains("no tokenizer") && e.contains("tokenizer.json"), "{e}");
+    assert!(
+        e.contains("no tokenizer") && e.contains("tokenizer.json"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_dir_all(&empty);
 }
@@ -329,7 +456,10 @@ fn vocab_json_not_covering_the_pieces_is_an_error() {
     // Ids that are not integers, or used twice.
     std::fs::write(d.join("vocab.json"), r#"{"</s>": 0, "<unk>": -1}"#).unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
-    assert!(e.contains("vocab.json") && e.contains("non-negative integer"), "{e}");
+    assert!(
+        e.contains("vocab.json") && e.contains("non-negative integer"),
+        "{e}"
+    );
     std::fs::write(d.join("vocab.json"), r#"{"</s>": 0, "<unk>": 0}"#).unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
     assert!(e.contains("vocab.json") && e.contains("id 0"), "{e}");
@@ -369,10 +499,16 @@ fn corrupt_or_unsupported_spm_files_are_errors_naming_the_file() {
     let bytes = std::fs::read(&src).unwrap();
     std::fs::write(&src, &bytes[..bytes.len() / 2]).unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
-    assert!(e.contains("source.spm") && e.contains("not a SentencePiece model"), "{e}");
+    assert!(
+        e.contains("source.spm") && e.contains("not a SentencePiece model"),
+        "{e}"
+    );
     std::fs::write(&src, "this is a text file, not a model\n").unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
-    assert!(e.contains("source.spm") && e.contains("not a SentencePiece model"), "{e}");
+    assert!(
+        e.contains("source.spm") && e.contains("not a SentencePiece model"),
+        "{e}"
+    );
     std::fs::write(&src, tiny_model(2)).unwrap();
     let e = err_of(Seq2SeqTokenizer::from_dir(&d));
     assert!(e.contains("source.spm") && e.contains("BPE"), "{e}");

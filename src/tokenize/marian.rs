@@ -50,8 +50,8 @@ pub struct Vocab {
 impl Vocab {
     pub fn load(path: &Path) -> Result<Vocab> {
         let text = crate::text::read_text(path)?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| {
                 Error::msg(format!(
                     "{}: expected a JSON object of token → id: {e}",
                     path.display()
@@ -180,7 +180,10 @@ impl MarianTokenizer {
         let config = if cfg_path.is_file() {
             let text = crate::text::read_text(&cfg_path)?;
             serde_json::from_str(&text).map_err(|e| {
-                Error::msg(format!("{}: expected a JSON object: {e}", cfg_path.display()))
+                Error::msg(format!(
+                    "{}: expected a JSON object: {e}",
+                    cfg_path.display()
+                ))
             })?
         } else {
             serde_json::Map::new()
@@ -189,7 +192,10 @@ impl MarianTokenizer {
             match config.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(false),
                 Some(v) => v.as_bool().ok_or_else(|| {
-                    Error::msg(format!("{}: {k} is {v}, expected true or false", cfg_path.display()))
+                    Error::msg(format!(
+                        "{}: {k} is {v}, expected true or false",
+                        cfg_path.display()
+                    ))
                 }),
             }
         };
@@ -200,9 +206,17 @@ impl MarianTokenizer {
         } else {
             None
         };
-        let name = |k: &str, default: &str| token_name(&config.get(k).cloned()).unwrap_or(default.into());
-        let mut wanted = vec![name("eos_token", "</s>"), name("unk_token", "<unk>"), name("pad_token", "<pad>")];
-        if let Some(extra) = config.get("additional_special_tokens").and_then(|v| v.as_array()) {
+        let name =
+            |k: &str, default: &str| token_name(&config.get(k).cloned()).unwrap_or(default.into());
+        let mut wanted = vec![
+            name("eos_token", "</s>"),
+            name("unk_token", "<unk>"),
+            name("pad_token", "<pad>"),
+        ];
+        if let Some(extra) = config
+            .get("additional_special_tokens")
+            .and_then(|v| v.as_array())
+        {
             wanted.extend(extra.iter().filter_map(|v| token_name(&Some(v.clone()))));
         }
         let mut specials: Vec<(String, u32)> = Vec::new();
@@ -339,7 +353,11 @@ impl MarianTokenizer {
             format!(
                 "it knows {}{}",
                 shown.join(", "),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
             )
         };
         Err(Error::msg(format!(

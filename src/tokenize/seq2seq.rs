@@ -140,7 +140,10 @@ impl FastSeq2Seq {
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let n = self.inner.get_vocab_size(true);
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= n && self.inner.id_to_token(i).is_none()) {
+        if let Some(bad) = ids
+            .iter()
+            .find(|&&i| i as usize >= n && self.inner.id_to_token(i).is_none())
+        {
             return Err(Error::msg(format!(
                 "id {bad} is not in {} ({n} tokens)",
                 self.where_()
@@ -208,7 +211,11 @@ fn looks_like_marian(dir: &Path) -> bool {
             .unwrap_or(false)
     };
     dir.join("target.spm").exists()
-        || named("tokenizer_config.json", "tokenizer_class", "MarianTokenizer")
+        || named(
+            "tokenizer_config.json",
+            "tokenizer_class",
+            "MarianTokenizer",
+        )
         || named("config.json", "model_type", "marian")
 }
 
@@ -223,7 +230,9 @@ impl Seq2SeqTokenizer {
         let kind = if dir.join("source.spm").exists() || looks_like_marian(dir) {
             Kind::Marian(Box::new(MarianTokenizer::from_dir(dir)?))
         } else if dir.join("tokenizer.json").is_file() {
-            Kind::Fast(Box::new(FastSeq2Seq::from_json(&dir.join("tokenizer.json"))?))
+            Kind::Fast(Box::new(FastSeq2Seq::from_json(
+                &dir.join("tokenizer.json"),
+            )?))
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             Kind::Fast(Box::new(FastSeq2Seq::bart(
                 &dir.join("vocab.json"),

@@ -41,8 +41,8 @@ use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 use tokenizers::Tokenizer;
+use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
 pub use proto::{ModelProto, Piece, PieceType};
@@ -154,7 +154,9 @@ impl SentencePiece {
         let (mut is_bos_ws, mut bos_ws_seen) = (true, false);
         for piece in pieces {
             let piece = piece.as_ref();
-            let kind = self.piece_to_id(piece).map(|i| self.proto.pieces[i as usize].kind);
+            let kind = self
+                .piece_to_id(piece)
+                .map(|i| self.proto.pieces[i as usize].kind);
             if kind == Some(PieceType::Byte) {
                 if let Some(b) = byte_of(piece) {
                     bytes.push(b);
@@ -246,8 +248,7 @@ fn check_supported(m: &ModelProto, path: &Path) -> Result<()> {
     if !m.normalizer.escape_whitespaces {
         return unsupported("normalizer_spec.escape_whitespaces false");
     }
-    if m
-        .denormalizer
+    if m.denormalizer
         .as_ref()
         .is_some_and(|d| !d.precompiled_charsmap.is_empty())
     {
@@ -307,9 +308,12 @@ fn build_tokenizer(m: &ModelProto, path: &Path) -> Result<Tokenizer> {
             (p.piece.clone(), score)
         })
         .collect();
-    let mut unigram =
-        Unigram::from(vocab, Some(m.trainer.unk_id as usize), m.trainer.byte_fallback)
-            .map_err(err)?;
+    let mut unigram = Unigram::from(
+        vocab,
+        Some(m.trainer.unk_id as usize),
+        m.trainer.byte_fallback,
+    )
+    .map_err(err)?;
     unigram.min_score = f64::from(min_normal);
     let mut tok = Tokenizer::new(unigram);
 

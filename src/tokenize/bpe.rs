@@ -18,26 +18,14 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
 
-use super::{tok_err, token_name};
-
-/// tokenizer_config.json as a JSON object (empty when absent).
-pub type TokConfigMap = serde_json::Map<String, serde_json::Value>;
-
-fn config_flag(config: &TokConfigMap, key: &str, default: bool) -> bool {
-    config.get(key).and_then(|v| v.as_bool()).unwrap_or(default)
-}
-
-/// A special token named by tokenizer_config.json (`"<s>"` or `{"content": "<s>"}`),
-/// else `default`.
-pub fn config_token(config: &TokConfigMap, key: &str, default: &str) -> String {
-    token_name(&config.get(key).cloned()).unwrap_or_else(|| default.to_string())
-}
+use super::config::TokenizerConfig;
+use super::tok_err;
 
 /// `BartTokenizer(vocab=..., merges=...)` with the settings of `config`.
 pub fn bart_from_vocab_merges(
     vocab: &Path,
     merges: &Path,
-    config: &TokConfigMap,
+    config: &TokenizerConfig,
 ) -> Result<Tokenizer> {
     let utf8 = |p: &Path| {
         p.to_str()
@@ -57,8 +45,8 @@ pub fn bart_from_vocab_merges(
             ))
         })?;
     let mut tok = Tokenizer::new(bpe);
-    let add_prefix_space = config_flag(config, "add_prefix_space", false);
-    let trim_offsets = config_flag(config, "trim_offsets", true);
+    let add_prefix_space = config.flag("add_prefix_space", false)?;
+    let trim_offsets = config.flag("trim_offsets", true)?;
     tok.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, trim_offsets, true)));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     let names = [
@@ -72,7 +60,7 @@ pub fn bart_from_vocab_merges(
     ];
     let mut specials: Vec<(String, u32)> = Vec::new();
     for (key, default) in names {
-        let t = config_token(config, key, default);
+        let t = config.token(key, default);
         let id = tok.token_to_id(&t).ok_or_else(|| {
             Error::msg(format!(
                 "{}: lacks the special token {t:?} ({key})",
@@ -91,7 +79,7 @@ pub fn bart_from_vocab_merges(
     tok.add_special_tokens(added)
         .map_err(|e| tok_err(&where_, e))?;
     let id_of = |key: &str, default: &str| {
-        let t = config_token(config, key, default);
+        let t = config.token(key, default);
         let id = tok.token_to_id(&t).unwrap_or_default();
         (t, id)
     };

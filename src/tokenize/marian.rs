@@ -27,109 +27,18 @@
 //! as another model's vocabulary (a real opus-mt vocabulary misses at most a few rare
 //! pieces; those still become `<unk>`, as in transformers).
 
-use std::collections::{HashMap, HashSet};
+mod vocab;
+
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::metrics::py_isspace;
 
-use super::spm::{PieceType, SentencePiece, SPIECE_UNDERLINE};
-use super::token_name;
-
-/// Above this share of missing pieces a vocab.json is not the SentencePiece model's.
-const MAX_MISSING_SHARE: f64 = 0.10;
-
-/// A vocab.json: token → id and back.
-#[derive(Clone, Debug)]
-pub struct Vocab {
-    path: PathBuf,
-    ids: HashMap<String, u32>,
-    tokens: HashMap<u32, String>,
-}
-
-impl Vocab {
-    pub fn load(path: &Path) -> Result<Vocab> {
-        let text = crate::text::read_text(path)?;
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| {
-                Error::msg(format!(
-                    "{}: expected a JSON object of token → id: {e}",
-                    path.display()
-                ))
-            })?;
-        let mut ids = HashMap::with_capacity(map.len());
-        let mut tokens = HashMap::with_capacity(map.len());
-        for (tok, v) in map {
-            let id = v
-                .as_u64()
-                .and_then(|i| u32::try_from(i).ok())
-                .ok_or_else(|| {
-                    Error::msg(format!(
-                        "{}: the id of {tok:?} is {v}, expected a non-negative integer",
-                        path.display()
-                    ))
-                })?;
-            if let Some(other) = tokens.insert(id, tok.clone()) {
-                return Err(Error::msg(format!(
-                    "{}: id {id} is given to both {other:?} and {tok:?}",
-                    path.display()
-                )));
-            }
-            ids.insert(tok, id);
-        }
-        Ok(Vocab {
-            path: path.to_path_buf(),
-            ids,
-            tokens,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    pub fn id(&self, token: &str) -> Option<u32> {
-        self.ids.get(token).copied()
-    }
-
-    pub fn token(&self, id: u32) -> Option<&str> {
-        self.tokens.get(&id).map(String::as_str)
-    }
-
-    /// The `>>xx<<` entries, by id.
-    fn language_codes(&self) -> Vec<&str> {
-        let mut codes: Vec<(&str, u32)> = self
-            .ids
-            .iter()
-            .filter(|(t, _)| is_language_code(t))
-            .map(|(t, &i)| (t.as_str(), i))
-            .collect();
-        codes.sort_by_key(|&(_, i)| i);
-        codes.into_iter().map(|(t, _)| t).collect()
-    }
-}
-
-fn is_language_code(t: &str) -> bool {
-    t.len() > 4 && t.starts_with(">>") && t.ends_with("<<")
-}
-
-/// Pieces of a SentencePiece model that a vocabulary lacks.
-#[derive(Clone, Debug)]
-pub struct Coverage {
-    pub spm: PathBuf,
-    pub vocab: PathBuf,
-    /// The model's NORMAL and USER_DEFINED pieces.
-    pub total: usize,
-    pub missing: Vec<String>,
-}
+use super::config::TokenizerConfig;
+use super::spm::{SentencePiece, SPIECE_UNDERLINE};
+use vocab::{covered, is_language_code};
+pub use vocab::{Coverage, Vocab};
 
 /// Which model and vocabulary a text goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +63,7 @@ pub struct MarianTokenizer {
     /// eos, unk, pad, then any additional special tokens: (text, id in vocab.json).
     specials: Vec<(String, u32)>,
     clean_up_tokenization_spaces: bool,
-    config: serde_json::Map<String, serde_json::Value>,
+    config: TokenizerConfig,
     coverage: Vec<Coverage>,
 }
 
@@ -176,59 +85,31 @@ impl MarianTokenizer {
         let source = SentencePiece::from_file(&need(dir, "source.spm")?)?;
         let target = SentencePiece::from_file(&need(dir, "target.spm")?)?;
         let vocab = Vocab::load(&need(dir, "vocab.json")?)?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let config = if cfg_path.is_file() {
-            let text = crate::text::read_text(&cfg_path)?;
-            serde_json::from_str(&text).map_err(|e| {
-                Error::msg(format!(
-                    "{}: expected a JSON object: {e}",
-                    cfg_path.display()
-                ))
-            })?
-        } else {
-            serde_json::Map::new()
-        };
-        let flag = |k: &str| -> Result<bool> {
-            match config.get(k) {
-                None | Some(serde_json::Value::Null) => Ok(false),
-                Some(v) => v.as_bool().ok_or_else(|| {
-                    Error::msg(format!(
-                        "{}: {k} is {v}, expected true or false",
-                        cfg_path.display()
-                    ))
-                }),
-            }
-        };
-        let separate = flag("separate_vocabs")?;
-        let clean_up_tokenization_spaces = flag("clean_up_tokenization_spaces")?;
+        let config = TokenizerConfig::read(dir)?;
+        let separate = config.flag("separate_vocabs", false)?;
+        let clean_up_tokenization_spaces = config.flag("clean_up_tokenization_spaces", false)?;
         let target_vocab = if separate {
             Some(Vocab::load(&need(dir, "target_vocab.json")?)?)
         } else {
             None
         };
-        let name =
-            |k: &str, default: &str| token_name(&config.get(k).cloned()).unwrap_or(default.into());
         let mut wanted = vec![
-            name("eos_token", "</s>"),
-            name("unk_token", "<unk>"),
-            name("pad_token", "<pad>"),
+            config.token("eos_token", "</s>"),
+            config.token("unk_token", "<unk>"),
+            config.token("pad_token", "<pad>"),
         ];
-        if let Some(extra) = config
-            .get("additional_special_tokens")
-            .and_then(|v| v.as_array())
-        {
-            wanted.extend(extra.iter().filter_map(|v| token_name(&Some(v.clone()))));
-        }
+        wanted.extend(config.token_list("additional_special_tokens"));
         let mut specials: Vec<(String, u32)> = Vec::new();
-        for t in wanted {
+        for (i, t) in wanted.into_iter().enumerate() {
             let id = vocab.id(&t).ok_or_else(|| {
                 Error::msg(format!(
-                    "{}: lacks the special token {t:?} (named by {})",
+                    "{}: lacks the special token {t:?} (named by {}, or transformers' default)",
                     vocab.path().display(),
-                    cfg_path.display()
+                    config.path().display()
                 ))
             })?;
-            if !specials.iter().any(|(s, _)| *s == t) {
+            // eos, unk and pad keep their places (indices 0, 1, 2); extras once each.
+            if i < 3 || !specials.iter().any(|(s, _)| *s == t) {
                 specials.push((t, id));
             }
         }
@@ -498,7 +379,7 @@ impl MarianTokenizer {
         let out = out.replace(SPIECE_UNDERLINE, " ");
         let out = out.trim_matches(py_isspace);
         Ok(if self.clean_up_tokenization_spaces {
-            super::seq2seq::clean_up_tokenization(out)
+            super::clean_up_tokenization(out)
         } else {
             out.to_string()
         })
@@ -519,11 +400,11 @@ impl MarianTokenizer {
         }
         for (name, v) in vocabs {
             let to = dir.join(name);
-            if !same_file(v.path(), &to) {
+            if !super::same_file(v.path(), &to) {
                 std::fs::copy(v.path(), &to).map_err(|e| Error::io(v.path(), e))?;
             }
         }
-        let mut cfg = self.config.clone();
+        let mut cfg = self.config.map().clone();
         cfg.entry("tokenizer_class")
             .or_insert_with(|| "MarianTokenizer".into());
         cfg.insert("separate_vocabs".into(), self.separate_vocabs().into());
@@ -531,44 +412,4 @@ impl MarianTokenizer {
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::msg(e.to_string()))?;
         std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))
     }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// Which of `sp`'s pieces `vocab` lacks; too many is an error naming both files.
-fn covered(sp: &SentencePiece, vocab: &Vocab) -> Result<Coverage> {
-    let pieces: Vec<&str> = sp
-        .pieces()
-        .iter()
-        .filter(|p| matches!(p.kind, PieceType::Normal | PieceType::UserDefined))
-        .map(|p| p.piece.as_str())
-        .collect();
-    let missing: Vec<String> = pieces
-        .iter()
-        .filter(|p| vocab.id(p).is_none())
-        .map(|p| p.to_string())
-        .collect();
-    if missing.len() as f64 > MAX_MISSING_SHARE * pieces.len() as f64 {
-        let first: Vec<String> = missing.iter().take(8).map(|p| format!("{p:?}")).collect();
-        return Err(Error::msg(format!(
-            "{}: does not cover the pieces of {}: {} of its {} pieces are missing (first: \
-             {}); this is not that SentencePiece model's vocabulary",
-            vocab.path().display(),
-            sp.path().display(),
-            missing.len(),
-            pieces.len(),
-            first.join(", ")
-        )));
-    }
-    Ok(Coverage {
-        spm: sp.path().to_path_buf(),
-        vocab: vocab.path().to_path_buf(),
-        total: pieces.len(),
-        missing,
-    })
 }

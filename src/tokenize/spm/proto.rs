@@ -126,7 +126,7 @@ impl<'a> Reader<'a> {
         self.base + self.pos
     }
 
-    fn varint(&mut self) -> std::result::Result<u64, String> {
+    fn varint(&mut self) -> Parsed<u64> {
         let start = self.at();
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
@@ -142,7 +142,7 @@ impl<'a> Reader<'a> {
         Err(format!("a varint at byte {start} is longer than 10 bytes"))
     }
 
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Parsed<&'a [u8]> {
         let start = self.at();
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
@@ -157,7 +157,7 @@ impl<'a> Reader<'a> {
 
     /// The next field: its number, the reader's position after it (so a nested message
     /// knows where its bytes start) and its value; None at the end of the message.
-    fn field(&mut self) -> std::result::Result<Option<(u64, usize, Value<'a>)>, String> {
+    fn field(&mut self) -> Parsed<Option<(u64, usize, Value<'a>)>> {
         if self.pos >= self.buf.len() {
             return Ok(None);
         }
@@ -188,31 +188,31 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn expect_varint(v: Value, name: &str) -> std::result::Result<u64, String> {
+fn expect_varint(v: Value, name: &str) -> Parsed<u64> {
     match v {
         Value::Varint(x) => Ok(x),
         _ => Err(format!("{name} is not a varint")),
     }
 }
 
-fn expect_bytes<'a>(v: Value<'a>, name: &str) -> std::result::Result<&'a [u8], String> {
+fn expect_bytes<'a>(v: Value<'a>, name: &str) -> Parsed<&'a [u8]> {
     match v {
         Value::Bytes(b) => Ok(b),
         _ => Err(format!("{name} is not length-delimited")),
     }
 }
 
-fn expect_string(v: Value, name: &str) -> std::result::Result<String, String> {
+fn expect_string(v: Value, name: &str) -> Parsed<String> {
     let b = expect_bytes(v, name)?;
     String::from_utf8(b.to_vec()).map_err(|_| format!("{name} is not UTF-8"))
 }
 
 /// protobuf int32: a varint holding the 64-bit two's complement.
-fn expect_int32(v: Value, name: &str) -> std::result::Result<i32, String> {
+fn expect_int32(v: Value, name: &str) -> Parsed<i32> {
     Ok(expect_varint(v, name)? as i64 as i32)
 }
 
-fn expect_bool(v: Value, name: &str) -> std::result::Result<bool, String> {
+fn expect_bool(v: Value, name: &str) -> Parsed<bool> {
     Ok(expect_varint(v, name)? != 0)
 }
 
@@ -221,14 +221,29 @@ fn sub_base(end: usize, b: &[u8]) -> usize {
     end - b.len()
 }
 
-fn parse_piece(buf: &[u8], base: usize) -> std::result::Result<Piece, String> {
+type Parsed<T> = std::result::Result<T, String>;
+
+/// Call `f` with each field of the message in `buf` (at offset `base` in the file): its
+/// number, the offset just past it, and its value.
+fn each_field<'a>(
+    buf: &'a [u8],
+    base: usize,
+    mut f: impl FnMut(u64, usize, Value<'a>) -> Parsed<()>,
+) -> Parsed<()> {
     let mut r = Reader::new(buf, base);
+    while let Some((n, end, v)) = r.field()? {
+        f(n, end, v)?;
+    }
+    Ok(())
+}
+
+fn parse_piece(buf: &[u8], base: usize) -> Parsed<Piece> {
     let mut p = Piece {
         piece: String::new(),
         score: 0.0,
         kind: PieceType::Normal,
     };
-    while let Some((n, _, v)) = r.field()? {
+    each_field(buf, base, |n, end, v| {
         match n {
             1 => p.piece = expect_string(v, "SentencePiece.piece")?,
             2 => match v {
@@ -238,18 +253,18 @@ fn parse_piece(buf: &[u8], base: usize) -> std::result::Result<Piece, String> {
             3 => {
                 let t = expect_varint(v, "SentencePiece.type")?;
                 p.kind = PieceType::from_proto(t)
-                    .ok_or_else(|| format!("piece type {t} at byte {}", r.at()))?;
+                    .ok_or_else(|| format!("piece type {t} before byte {end}"))?;
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(p)
 }
 
-fn parse_trainer(buf: &[u8], base: usize) -> std::result::Result<TrainerSpec, String> {
-    let mut r = Reader::new(buf, base);
+fn parse_trainer(buf: &[u8], base: usize) -> Parsed<TrainerSpec> {
     let mut t = TrainerSpec::default();
-    while let Some((n, _, v)) = r.field()? {
+    each_field(buf, base, |n, _, v| {
         match n {
             3 => t.model_type = expect_varint(v, "TrainerSpec.model_type")?,
             24 => t.treat_whitespace_as_suffix = expect_bool(v, "treat_whitespace_as_suffix")?,
@@ -262,14 +277,14 @@ fn parse_trainer(buf: &[u8], base: usize) -> std::result::Result<TrainerSpec, St
             45 => t.unk_piece = expect_string(v, "TrainerSpec.unk_piece")?,
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(t)
 }
 
-fn parse_normalizer(buf: &[u8], base: usize) -> std::result::Result<NormalizerSpec, String> {
-    let mut r = Reader::new(buf, base);
+fn parse_normalizer(buf: &[u8], base: usize) -> Parsed<NormalizerSpec> {
     let mut s = NormalizerSpec::default();
-    while let Some((n, _, v)) = r.field()? {
+    each_field(buf, base, |n, _, v| {
         match n {
             1 => s.name = expect_string(v, "NormalizerSpec.name")?,
             2 => s.precompiled_charsmap = expect_bytes(v, "precompiled_charsmap")?.to_vec(),
@@ -278,14 +293,14 @@ fn parse_normalizer(buf: &[u8], base: usize) -> std::result::Result<NormalizerSp
             5 => s.escape_whitespaces = expect_bool(v, "NormalizerSpec.escape_whitespaces")?,
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(s)
 }
 
-fn parse_model(buf: &[u8]) -> std::result::Result<ModelProto, String> {
-    let mut r = Reader::new(buf, 0);
+fn parse_model(buf: &[u8]) -> Parsed<ModelProto> {
     let mut m = ModelProto::default();
-    while let Some((n, end, v)) = r.field()? {
+    each_field(buf, 0, |n, end, v| {
         match n {
             1 => {
                 let b = expect_bytes(v, "ModelProto.pieces")?;
@@ -305,7 +320,8 @@ fn parse_model(buf: &[u8]) -> std::result::Result<ModelProto, String> {
             }
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     Ok(m)
 }
 

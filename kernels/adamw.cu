@@ -85,6 +85,14 @@ __device__ __forceinline__ int fb_mt_find(const fb_mt_table& tab, int c, int t) 
     return t;
 }
 
+// The tensor of chunk `c` (searching on from tensor `t`) and the chunk's elements [lo, hi).
+__device__ __forceinline__ int fb_mt_chunk(const fb_mt_table& tab, int c, int t, i64& lo, i64& hi) {
+    t = fb_mt_find(tab, c, t);
+    lo = (i64)(c - tab.chunk_start[t]) * FB_MT_CHUNK;
+    hi = lo + FB_MT_CHUNK < tab.n[t] ? lo + FB_MT_CHUNK : tab.n[t];
+    return t;
+}
+
 template <class G>
 __device__ __forceinline__ float fb_mt_sq(const G* g, i64 lo, i64 hi) {
     float s = 0.0f;
@@ -101,9 +109,8 @@ extern "C" __global__ void fb_mt_sumsq(fb_mt_table tab, float* partials) {
     int total = tab.chunk_start[tab.count];
     int t = 0;
     for (int c = blockIdx.x; c < total; c += gridDim.x) {
-        t = fb_mt_find(tab, c, t);
-        i64 lo = (i64)(c - tab.chunk_start[t]) * FB_MT_CHUNK;
-        i64 hi = lo + FB_MT_CHUNK < tab.n[t] ? lo + FB_MT_CHUNK : tab.n[t];
+        i64 lo, hi;
+        t = fb_mt_chunk(tab, c, t, lo, hi);
         if (tab.kind[t] & 1) s += fb_mt_sq((const fb_half*)tab.g[t], lo, hi);
         else s += fb_mt_sq((const float*)tab.g[t], lo, hi);
     }
@@ -169,9 +176,8 @@ extern "C" __global__ void fb_mt_adamw(fb_mt_table tab, const float* decision, f
     int total = tab.chunk_start[tab.count];
     int t = 0;
     for (int c = blockIdx.x; c < total; c += gridDim.x) {
-        t = fb_mt_find(tab, c, t);
-        i64 lo = (i64)(c - tab.chunk_start[t]) * FB_MT_CHUNK;
-        i64 hi = lo + FB_MT_CHUNK < tab.n[t] ? lo + FB_MT_CHUNK : tab.n[t];
+        i64 lo, hi;
+        t = fb_mt_chunk(tab, c, t, lo, hi);
         float* p = (float*)tab.p[t];
         float* m = (float*)tab.m[t];
         float* v = (float*)tab.v[t];

@@ -55,7 +55,7 @@
 // score(b,h,i,j) = scale * q_i·k_j + bias[h,i,j], j allowed iff key_mask[b,j] != 0 and
 // (causal == 0 or j <= i + (Lk - Lq)). Rows with no allowed key: out = 0, lse = -inf.
 // dropout_p in [0, 1) (float), key (unsigned long long = u64) = backend::dropout_key_packed(
-// seed): see dropout_keep below; pass the same pair to forward and backward of one call.
+// seed): see dropout.cuh; pass the same pair to forward and backward of one call.
 //
 // Kernels (all: int = int32, float = fp32, pointers are device addresses; D is the head dim).
 // "_d32" / "_d128" variants have exactly the same arguments and launch shape as the D = 64
@@ -121,6 +121,10 @@
 #ifndef FB_ATTN_EMULATE
 #include <cuda_fp16.h>
 #endif
+// The dropout hash, bit for bit backend::dropout_keep (src/backend/mod.rs): per score
+// fb_dropout_keep_k(key, index, p) with key = backend::dropout_key_packed(seed), made on
+// the host; 32-bit multiplies only, m and a straight from the kernel parameters.
+#include "dropout.cuh"
 
 namespace fbattn {
 
@@ -214,23 +218,6 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
 __device__ __forceinline__ unsigned int pack2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<unsigned int*>(&h);
-}
-
-// backend::dropout_keep (src/backend/mod.rs), bit for bit, from the dropout key
-// (backend::dropout_key_packed(seed) = odd m | a << 32, made on the host): per score
-// lowbias32(fold32(i) * m + a), top 24 bits as a uniform in [0, 1), kept when >= p. m and a
-// come straight from the kernel parameters: 32-bit multiplies only, no extra registers.
-__device__ __forceinline__ bool dropout_keep(unsigned long long key, unsigned long long i,
-                                             float p) {
-  unsigned int h =
-      ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * (unsigned int)key +
-      (unsigned int)(key >> 32);
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  h *= 0x846CA68Bu;
-  h ^= h >> 16;
-  return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
 }
 
 // (head, batch) of this block. Launch order runs blockIdx.y fastest after x; reading the
@@ -446,7 +433,7 @@ __device__ __forceinline__ void attn_fwd(const __half* __restrict__ q,
         const int nt = bit >> 2, e = bit & 3;
         const unsigned long long idx =
             (drop_base + rows[e >> 1]) * Lk + (k0 + nt * 8 + 2 * t + (e & 1));
-        kbits |= (unsigned int)dropout_keep(key, idx, dropout_p) << bit;
+        kbits |= (unsigned int)fb_dropout_keep_k(key, idx, dropout_p) << bit;
       }
     }
 
@@ -688,7 +675,7 @@ __device__ __forceinline__ void attn_bwd(
         const int nt = bit >> 2, e = bit & 3;
         const int j = k0 + kw + g + ((e >> 1) << 3);
         const int r = q0 + nt * 8 + 2 * t + (e & 1);
-        kbits |= (unsigned int)dropout_keep(key, (drop_base + r) * Lk + j, dropout_p) << bit;
+        kbits |= (unsigned int)fb_dropout_keep_k(key, (drop_base + r) * Lk + j, dropout_p) << bit;
       }
     }
 

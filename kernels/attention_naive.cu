@@ -19,6 +19,22 @@ __device__ __forceinline__ bool fb_attn_keep(const int* key_mask, i64 b, i64 i, 
     return true;
 }
 
+// Query row `row` of the [B, H, Lq] rows (one block each): its (b, h, i), and its
+// scores, row `row` of s [B, H, Lq, Lk].
+__device__ __forceinline__ const float* fb_attn_row(const float* s, i64 row, i64 nh, i64 lq,
+                                                    i64 lk, i64& b, i64& h, i64& i) {
+    i = row % lq;
+    h = (row / lq) % nh;
+    b = row / (lq * nh);
+    return s + row * lk;
+}
+
+// The biased score of key j: scale * S + bias (the bias row may be null).
+template <class T>
+__device__ __forceinline__ float fb_attn_score(const float* sr, const T* br, float scale, i64 j) {
+    return scale * sr[j] + (br ? fb_ld(br, j) : 0.0f);
+}
+
 // Probability dropout multiplier Z of flat [B, H, Lq, Lk] index `idx` (the same index the
 // fused kernel and the CPU reference use): 0 or 1/(1-p); 1 when p = 0. With dropout,
 // O = (P*Z).V, so backward uses delta = sum_j P*Z*dP, dS = P*(Z*dP - delta), dV = (P*Z)^T.dO.
@@ -34,28 +50,25 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long key, i
                                                    int causal, float drop_p,                  \
                                                    unsigned long long key) {                 \
         __shared__ float scratch[32];                                                         \
-        i64 row = blockIdx.x;                                                                 \
-        i64 i = row % lq;                                                                     \
-        i64 h = (row / lq) % nh;                                                              \
-        i64 b = row / (lq * nh);                                                              \
-        const float* sr = s + row * lk;                                                       \
+        i64 row = blockIdx.x, b, h, i;                                                        \
+        const float* sr = fb_attn_row(s, row, nh, lq, lk, b, h, i);                           \
         const T* br = bias ? bias + (h * lq + i) * lk : (const T*)0;                          \
         float m = -fb_inf();                                                                  \
         for (i64 j = threadIdx.x; j < lk; j += blockDim.x)                                    \
             if (fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                              \
-                m = fmaxf(m, scale * sr[j] + (br ? fb_ld(br, j) : 0.0f));                     \
+                m = fmaxf(m, fb_attn_score(sr, br, scale, j));                                \
         m = fb_block_max(m, scratch);                                                         \
         float z = 0.0f;                                                                       \
         if (m > -fb_inf())                                                                    \
             for (i64 j = threadIdx.x; j < lk; j += blockDim.x)                                \
                 if (fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                          \
-                    z += expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - m);                \
+                    z += expf(fb_attn_score(sr, br, scale, j) - m);                           \
         z = fb_block_sum(z, scratch);                                                         \
         bool empty = !(m > -fb_inf());                                                        \
         for (i64 j = threadIdx.x; j < lk; j += blockDim.x) {                                  \
             float v = 0.0f;                                                                   \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
-                v = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - m) / z;                 \
+                v = expf(fb_attn_score(sr, br, scale, j) - m) / z;                            \
             v *= fb_attn_drop(drop_p, key, row * lk + j);                                    \
             fb_st(p + row * lk, j, v);                                                        \
         }                                                                                     \
@@ -72,11 +85,8 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long key, i
                                                        int causal, float drop_p,              \
                                                        unsigned long long key) {             \
         __shared__ float scratch[32];                                                         \
-        i64 row = blockIdx.x;                                                                 \
-        i64 i = row % lq;                                                                     \
-        i64 h = (row / lq) % nh;                                                              \
-        i64 b = row / (lq * nh);                                                              \
-        const float* sr = s + row * lk;                                                       \
+        i64 row = blockIdx.x, b, h, i;                                                        \
+        const float* sr = fb_attn_row(s, row, nh, lq, lk, b, h, i);                           \
         const float* dpr = dp + row * lk;                                                     \
         const T* br = bias ? bias + (h * lq + i) * lk : (const T*)0;                          \
         float l = lse[row];                                                                   \
@@ -85,13 +95,13 @@ __device__ __forceinline__ float fb_attn_drop(float p, unsigned long long key, i
         if (!empty)                                                                           \
             for (i64 j = threadIdx.x; j < lk; j += blockDim.x)                                \
                 if (fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                          \
-                    d += expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l) * dpr[j] *      \
+                    d += expf(fb_attn_score(sr, br, scale, j) - l) * dpr[j] *                 \
                          fb_attn_drop(drop_p, key, row * lk + j);                            \
         d = fb_block_sum(d, scratch);                                                         \
         for (i64 j = threadIdx.x; j < lk; j += blockDim.x) {                                  \
             float pj = 0.0f;                                                                  \
             if (!empty && fb_attn_keep(key_mask, b, i, j, lq, lk, causal))                    \
-                pj = expf(scale * sr[j] + (br ? fb_ld(br, j) : 0.0f) - l);                    \
+                pj = expf(fb_attn_score(sr, br, scale, j) - l);                               \
             float zj = fb_attn_drop(drop_p, key, row * lk + j);                              \
             float g = pj * (zj * dpr[j] - d);                                                 \
             fb_st(ds + row * lk, j, g);                                                       \

@@ -53,62 +53,31 @@ __device__ __forceinline__ float fb_warp_max(float v) {
     return v;
 }
 
-// Block-wide sum/max; every thread gets the result. blockDim.x must be a multiple of
-// 32 and at most 1024. `scratch` is 32 floats of shared memory; the trailing barrier
-// lets callers reuse it immediately.
+// Block-wide sum (kMax false) or max; every thread gets the result. blockDim.x must be a
+// multiple of 32 and at most 1024. `scratch` is 32 floats of shared memory; the trailing
+// barrier lets callers reuse it immediately.
+template <bool kMax>
+__device__ __forceinline__ float fb_block_reduce(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int nw = (blockDim.x + 31) >> 5;
+    v = kMax ? fb_warp_max(v) : fb_warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = (lane < nw) ? scratch[lane] : (kMax ? -fb_inf() : 0.0f);
+    r = kMax ? fb_warp_max(r) : fb_warp_sum(r);
+    __syncthreads();
+    return r;
+}
 __device__ __forceinline__ float fb_block_sum(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int nw = (blockDim.x + 31) >> 5;
-    v = fb_warp_sum(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = (lane < nw) ? scratch[lane] : 0.0f;
-    r = fb_warp_sum(r);
-    __syncthreads();
-    return r;
+    return fb_block_reduce<false>(v, scratch);
 }
-
 __device__ __forceinline__ float fb_block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int nw = (blockDim.x + 31) >> 5;
-    v = fb_warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = (lane < nw) ? scratch[lane] : -fb_inf();
-    r = fb_warp_max(r);
-    __syncthreads();
-    return r;
+    return fb_block_reduce<true>(v, scratch);
 }
 
-// crate::backend::dropout_keep, bit for bit (see its comment). Kernels take the dropout
-// *key*, not the seed: backend::dropout_key_packed(seed) = m | a << 32 (splitmix64 of the
-// seed, odd multiplier m, offset a), computed once on the host, so the per-element work
-// is lowbias32(fold32(i) * m + a) in 32-bit arithmetic with m and a read from the kernel
-// parameters (no registers, no 64-bit multiply), top 24 bits as a uniform in [0, 1).
-__device__ __forceinline__ bool fb_dropout_keep_k(unsigned long long key, unsigned long long i,
-                                                  float p) {
-    unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) *
-                         (unsigned int)key +
-                     (unsigned int)(key >> 32);
-    h ^= h >> 16;
-    h *= 0x7FEB352Du;
-    h ^= h >> 15;
-    h *= 0x846CA68Bu;
-    h ^= h >> 16;
-    return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
-}
-// backend::dropout_key_packed (for references and checks; kernels get the key).
-__device__ __forceinline__ unsigned long long fb_dropout_key(unsigned long long seed) {
-    unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z & 0xFFFFFFFF00000000ull) | (z & 0xFFFFFFFFull) | 1ull;
-}
-__device__ __forceinline__ bool fb_dropout_keep(unsigned long long seed, unsigned long long i,
-                                                float p) {
-    return fb_dropout_keep_k(fb_dropout_key(seed), i, p);
-}
+// The dropout hash (crate::backend::dropout_keep): fb_dropout_keep_k(key, i, p),
+// fb_dropout_key(seed), fb_dropout_keep(seed, i, p).
+#include "dropout.cuh"
 
 // Deferred error record for bad ids/targets, an int[4] that lives on the device for the
 // whole process (src/backend/cuda/context.rs, `Dev::err`): {op code, bad value, bound,

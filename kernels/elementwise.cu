@@ -8,7 +8,7 @@
 // op is a runtime switch rather than one kernel per op: the branch is warp-uniform and
 // costs nothing next to the memory traffic, and it keeps the entry-point count (and
 // the fatbin) small. Activations follow HF exactly: `gelu` is the erf form (BERT,
-// DistilBERT), `gelu_new` the tanh approximation (flan-t5). Dropout re-derives its mask
+// DistilBERT), `gelu_new` the tanh approximation (flan-t5), `silu` x·sigmoid(x) (Marian). Dropout re-derives its mask
 // from (seed, index), so backward is the same kernel on dy.
 #include "common.cuh"
 
@@ -37,6 +37,7 @@ __device__ __forceinline__ float fb_unary_fwd(float x, int op) {
         case 3: return tanhf(x);
         case 4: return -x;
         case 5: return expf(x);
+        case 7: return x / (1.0f + expf(-x));
         default: return x * x;
     }
 }
@@ -60,6 +61,10 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
         }
         case 4: return -1.0f;
         case 5: return expf(x);
+        case 7: {
+            float s = 1.0f / (1.0f + expf(-x));
+            return s * (1.0f + x * (1.0f - s));
+        }
         default: return 2.0f * x;
     }
 }
@@ -68,6 +73,32 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
 // chunk's end hold 0 and are computed but never stored.
 #define FB_LANES(k) _Pragma("unroll") for (int k = 0; k < FB_VEC; ++k)
 
+// out = F(x) and out = F(a, b) over every chunk: the streaming kernels' one loop (see
+// below). F is an expression of lane k's values, `va[k]` (x or a) and `vb[k]` (b).
+#define FB_MAP1(out, x, n, F)                                                                \
+    {                                                                                        \
+        bool vec = fb_al16(out) && fb_al16(x);                                               \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float va[FB_VEC];                                                                \
+            fb_ldv(x, c, m, vec, va);                                                        \
+            FB_LANES(k) va[k] = F;                                                           \
+            fb_stv(out, c, m, vec, va);                                                      \
+        }                                                                                    \
+    }
+#define FB_MAP2(out, a, b, n, F)                                                             \
+    {                                                                                        \
+        bool vec = fb_al16(out) && fb_al16(a) && fb_al16(b);                                 \
+        FB_CHUNK_STRIDE(c, n) {                                                              \
+            int m = fb_chunk_len(c, n);                                                      \
+            float va[FB_VEC], vb[FB_VEC];                                                    \
+            fb_ldv(a, c, m, vec, va);                                                        \
+            fb_ldv(b, c, m, vec, vb);                                                        \
+            FB_LANES(k) va[k] = F;                                                           \
+            fb_stv(out, c, m, vec, va);                                                      \
+        }                                                                                    \
+    }
+
 // The streaming kernels below all take the same shape: `vec` says whether every pointer
 // of the call is 16-byte aligned (then whole chunks move as 16-byte vectors, see
 // common.cuh), each thread handles 8 consecutive elements per step, and the arithmetic
@@ -75,57 +106,19 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
 // give bit-identical results. Launch with cfg_chunks(n) (about n / 8 threads).
 #define FB_EW(S, T)                                                                          \
     extern "C" __global__ void fb_binary_##S(T* out, const T* a, const T* b, i64 n, int op) { \
-        bool vec = fb_al16(out) && fb_al16(a) && fb_al16(b);                                 \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float va[FB_VEC], vb[FB_VEC];                                                    \
-            fb_ldv(a, c, m, vec, va);                                                        \
-            fb_ldv(b, c, m, vec, vb);                                                        \
-            FB_LANES(k) va[k] = fb_binary_op(va[k], vb[k], op);                              \
-            fb_stv(out, c, m, vec, va);                                                      \
-        }                                                                                    \
+        FB_MAP2(out, a, b, n, fb_binary_op(va[k], vb[k], op));                              \
     }                                                                                        \
     extern "C" __global__ void fb_affine_##S(T* out, const T* x, i64 n, float mul, float add) { \
-        bool vec = fb_al16(out) && fb_al16(x);                                               \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float v[FB_VEC];                                                                 \
-            fb_ldv(x, c, m, vec, v);                                                         \
-            FB_LANES(k) v[k] = v[k] * mul + add;                                             \
-            fb_stv(out, c, m, vec, v);                                                       \
-        }                                                                                    \
+        FB_MAP1(out, x, n, va[k] * mul + add);                                               \
     }                                                                                        \
     extern "C" __global__ void fb_unary_##S(T* out, const T* x, i64 n, int op) {             \
-        bool vec = fb_al16(out) && fb_al16(x);                                               \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float v[FB_VEC];                                                                 \
-            fb_ldv(x, c, m, vec, v);                                                         \
-            FB_LANES(k) v[k] = fb_unary_fwd(v[k], op);                                       \
-            fb_stv(out, c, m, vec, v);                                                       \
-        }                                                                                    \
+        FB_MAP1(out, x, n, fb_unary_fwd(va[k], op));                                         \
     }                                                                                        \
     extern "C" __global__ void fb_unary_bwd_##S(T* dx, const T* x, const T* dy, i64 n, int op) { \
-        bool vec = fb_al16(dx) && fb_al16(x) && fb_al16(dy);                                 \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float vx[FB_VEC], vd[FB_VEC];                                                    \
-            fb_ldv(x, c, m, vec, vx);                                                        \
-            fb_ldv(dy, c, m, vec, vd);                                                       \
-            FB_LANES(k) vd[k] = vd[k] * fb_unary_grad(vx[k], op);                            \
-            fb_stv(dx, c, m, vec, vd);                                                       \
-        }                                                                                    \
+        FB_MAP2(dx, x, dy, n, vb[k] * fb_unary_grad(va[k], op));                             \
     }                                                                                        \
     extern "C" __global__ void fb_gated_##S(T* out, const T* gate, const T* lin, i64 n, int op) { \
-        bool vec = fb_al16(out) && fb_al16(gate) && fb_al16(lin);                            \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float vg[FB_VEC], vl[FB_VEC];                                                    \
-            fb_ldv(gate, c, m, vec, vg);                                                     \
-            fb_ldv(lin, c, m, vec, vl);                                                      \
-            FB_LANES(k) vg[k] = fb_unary_fwd(vg[k], op) * vl[k];                             \
-            fb_stv(out, c, m, vec, vg);                                                      \
-        }                                                                                    \
+        FB_MAP2(out, gate, lin, n, fb_unary_fwd(va[k], op) * vb[k]);                         \
     }                                                                                        \
     extern "C" __global__ void fb_gated_bwd_##S(T* dgate, T* dlin, const T* gate, const T* lin, \
                                                 const T* dy, i64 n, int op) {                \
@@ -187,14 +180,7 @@ __device__ __forceinline__ float fb_unary_grad(float x, int op) {
         }                                                                                    \
     }                                                                                        \
     extern "C" __global__ void fb_scale_##S(T* y, i64 n, float alpha) {                      \
-        bool vec = fb_al16(y);                                                               \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float v[FB_VEC];                                                                 \
-            fb_ldv(y, c, m, vec, v);                                                         \
-            FB_LANES(k) v[k] = v[k] * alpha;                                                 \
-            fb_stv(y, c, m, vec, v);                                                         \
-        }                                                                                    \
+        FB_MAP1(y, y, n, va[k] * alpha);                                                     \
     }                                                                                        \
     extern "C" __global__ void fb_fill_##S(T* y, i64 n, float value) {                       \
         bool vec = fb_al16(y);                                                               \
@@ -219,15 +205,7 @@ FB_BOTH(FB_EW)
 // y += alpha * x, for every (y, x) storage pair: f16 gradients accumulate into f32.
 #define FB_AXPY(SY, TY, SX, TX)                                                              \
     extern "C" __global__ void fb_axpy_##SY##_##SX(TY* y, const TX* x, i64 n, float alpha) { \
-        bool vec = fb_al16(y) && fb_al16(x);                                                 \
-        FB_CHUNK_STRIDE(c, n) {                                                              \
-            int m = fb_chunk_len(c, n);                                                      \
-            float vy[FB_VEC], vx[FB_VEC];                                                    \
-            fb_ldv(y, c, m, vec, vy);                                                        \
-            fb_ldv(x, c, m, vec, vx);                                                        \
-            FB_LANES(k) vy[k] = vy[k] + alpha * vx[k];                                       \
-            fb_stv(y, c, m, vec, vy);                                                        \
-        }                                                                                    \
+        FB_MAP2(y, y, x, n, va[k] + alpha * vb[k]);                                          \
     }
 FB_AXPY(f32, float, f32, float)
 FB_AXPY(f32, float, f16, fb_half)

@@ -8,6 +8,17 @@
 // [tokens, vocab] tensor passes 2^31 elements.
 #include "common.cuh"
 
+// Narrow and cat copy between a compact [outer, mid, inner] tensor and the slice
+// [:, offset : offset + mid, :] of a wider [outer, wide_mid, inner] one: the wide
+// tensor's index of the compact one's flat index i.
+__device__ __forceinline__ i64 fb_wide_index(i64 i, i64 mid, i64 inner, i64 wide_mid, i64 offset) {
+    i64 k = i % inner;
+    i64 t = i / inner;
+    i64 m = t % mid;
+    i64 o = t / mid;
+    return (o * wide_mid + m + offset) * inner + k;
+}
+
 #define FB_LAYOUT(S, W)                                                                       \
     /* out dims o0..o3 (row-major); s0..s3 = input strides of the input dim that feeds   */   \
     /* each output dim.                                                                  */   \
@@ -26,24 +37,15 @@
     extern "C" __global__ void fb_narrow_##S(W* out, const W* in, i64 outer, i64 in_mid,      \
                                              i64 out_mid, i64 inner, i64 start) {             \
         i64 n = outer * out_mid * inner;                                                      \
-        FB_GRID_STRIDE(i, n) {                                                                \
-            i64 k = i % inner;                                                                \
-            i64 t = i / inner;                                                                \
-            i64 m = t % out_mid;                                                              \
-            i64 o = t / out_mid;                                                              \
-            out[i] = in[(o * in_mid + m + start) * inner + k];                                \
-        }                                                                                     \
+        FB_GRID_STRIDE(i, n) out[i] = in[fb_wide_index(i, out_mid, inner, in_mid, start)];    \
     }                                                                                         \
     /* out[o, m + offset, k] = in[o, m, k]: one part of a cat. */                             \
     extern "C" __global__ void fb_place_##S(W* out, const W* in, i64 outer, i64 out_mid,      \
                                             i64 in_mid, i64 inner, i64 offset) {              \
         i64 n = outer * in_mid * inner;                                                       \
         FB_GRID_STRIDE(i, n) {                                                                \
-            i64 k = i % inner;                                                                \
-            i64 t = i / inner;                                                                \
-            i64 m = t % in_mid;                                                               \
-            i64 o = t / in_mid;                                                               \
-            out[(o * out_mid + m + offset) * inner + k] = in[i];                              \
+            i64 j = fb_wide_index(i, in_mid, inner, out_mid, offset);                         \
+            out[j] = in[i];                                                                   \
         }                                                                                     \
     }
 FB_LAYOUT(b32, unsigned int)

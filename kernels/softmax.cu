@@ -10,18 +10,27 @@
 // fixed order (deterministic), and rows whose target is ignore_index contribute nothing.
 #include "common.cuh"
 
+// Max of the row `xr` of `cols` and the sum of exp(x - max) over it, reduced across the
+// block (every thread gets both).
+template <class T>
+__device__ __forceinline__ void fb_row_max_sumexp(const T* xr, i64 cols, float* scratch, float& m,
+                                                  float& s) {
+    m = -fb_inf();
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fb_ld(xr, c));
+    m = fb_block_max(m, scratch);
+    s = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(fb_ld(xr, c) - m);
+    s = fb_block_sum(s, scratch);
+}
+
 #define FB_SM(S, T)                                                                           \
     extern "C" __global__ void __launch_bounds__(1024) fb_softmax_fwd_##S(T* y, const T* x, i64 rows, i64 cols,       \
                                                   int log_out) {                              \
         __shared__ float scratch[32];                                                         \
         i64 r = blockIdx.x;                                                                   \
         const T* xr = x + r * cols;                                                           \
-        float m = -fb_inf();                                                                  \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fb_ld(xr, c));      \
-        m = fb_block_max(m, scratch);                                                         \
-        float s = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(fb_ld(xr, c) - m);     \
-        s = fb_block_sum(s, scratch);                                                         \
+        float m, s;                                                                           \
+        fb_row_max_sumexp(xr, cols, scratch, m, s);                                           \
         float ls = logf(s);                                                                   \
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {                                \
             float v = fb_ld(xr, c) - m;                                                       \
@@ -47,12 +56,8 @@
         __shared__ float scratch[32];                                                         \
         i64 r = blockIdx.x;                                                                   \
         const T* xr = x + r * cols;                                                           \
-        float m = -fb_inf();                                                                  \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fb_ld(xr, c));      \
-        m = fb_block_max(m, scratch);                                                         \
-        float s = 0.0f;                                                                       \
-        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += expf(fb_ld(xr, c) - m);     \
-        s = fb_block_sum(s, scratch);                                                         \
+        float m, s;                                                                           \
+        fb_row_max_sumexp(xr, cols, scratch, m, s);                                           \
         if (threadIdx.x == 0) {                                                               \
             float lse = m + logf(s);                                                          \
             lse_out[r] = lse;                                                                 \

@@ -91,10 +91,27 @@ fn run(bin: &str, args: &[String], tag: usize) -> Ran {
 }
 
 /// `bin args`, which must succeed (building the fixtures).
-fn must_run(bin: &str, args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let r = run(bin, &args, 9999);
+fn must_run(bin: &str, args: &[String]) {
+    let r = run(bin, args, 9999);
     assert!(r.success, "{bin} {args:?} failed:\n{}", r.output);
+}
+
+/// A command line: the words of `flags` (no paths there: a path may hold a space), then
+/// each of `paths` as a flag and its path.
+fn cli<P: AsRef<str>>(flags: &str, paths: &[(&str, P)]) -> Vec<String> {
+    let pairs = paths
+        .iter()
+        .flat_map(|(f, p)| [f.to_string(), p.as_ref().to_string()]);
+    flags
+        .split_whitespace()
+        .map(str::to_string)
+        .chain(pairs)
+        .collect()
+}
+
+/// The flags of a short quiet CPU training run: one epoch of at most `steps` steps.
+fn quick(steps: u32) -> String {
+    format!("--epochs 1 --max-steps {steps} --device cpu --quiet")
 }
 
 /// The two tiny trained models every damaged copy starts from.
@@ -107,45 +124,11 @@ fn models() -> &'static Models {
     static MODELS: OnceLock<Models> = OnceLock::new();
     MODELS.get_or_init(|| {
         let qa = root().join("qa");
-        must_run(
-            TRAIN,
-            &[
-                "qa",
-                "--contexts",
-                "20",
-                "--dim",
-                "32",
-                "--layers",
-                "1",
-                "--epochs",
-                "1",
-                "--max-steps",
-                "2",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                &s(&qa),
-            ],
-        );
+        let flags = format!("qa --contexts 20 --dim 32 --layers 1 {}", quick(2));
+        must_run(TRAIN, &cli(&flags, &[("--out", &s(&qa))]));
         let t5 = root().join("t5");
-        must_run(
-            TRAIN,
-            &[
-                "translate",
-                "--epochs",
-                "1",
-                "--max-steps",
-                "2",
-                "--eval-limit",
-                "2",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                &s(&t5),
-            ],
-        );
+        let flags = format!("translate --eval-limit 2 {}", quick(2));
+        must_run(TRAIN, &cli(&flags, &[("--out", &s(&t5))]));
         Models { qa, t5 }
     })
 }
@@ -347,32 +330,16 @@ fn rows() -> Vec<Row> {
     ));
     // Training may start from such a checkpoint: the head is initialised, and it says so.
     let qa_data = m.qa.join("data");
-    rows.push(row(
+    let flags = format!("qa --max-length 64 --stride 16 --batch 4 {}", quick(1));
+    let paths = [
+        ("--model", s(&no_head)),
+        ("--train", s(&qa_data.join("train.json"))),
+        ("--eval", s(&qa_data.join("eval.json"))),
+        ("--out", fresh("qa-from-base")),
+    ];
+    rows.push(as_row(
         TRAIN,
-        &[
-            "qa",
-            "--model",
-            &s(&no_head),
-            "--train",
-            &s(&qa_data.join("train.json")),
-            "--eval",
-            &s(&qa_data.join("eval.json")),
-            "--max-length",
-            "64",
-            "--stride",
-            "16",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--batch",
-            "4",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            &fresh("qa-from-base"),
-        ],
+        cli(&flags, &paths),
         OK,
         &["has no QA head: qa_outputs (weight [2, 32], bias [2]) initialised fresh"],
     ));
@@ -414,19 +381,17 @@ fn rows() -> Vec<Row> {
     qas[1]["id"] = first_id.clone();
     let dup = write("dup-ids.json", squad.to_string().as_bytes());
     let preds = s(&root().join("preds.json"));
-    rows.push(row(
+    let qa_file = |file: &Path| {
+        let paths = [
+            ("--model", qa.clone()),
+            ("--file", s(file)),
+            ("--out", preds.clone()),
+        ];
+        cli("qa --device cpu", &paths)
+    };
+    rows.push(as_row(
         INFER,
-        &[
-            "qa",
-            "--model",
-            &qa,
-            "--file",
-            &s(&dup),
-            "--out",
-            &preds,
-            "--device",
-            "cpu",
-        ],
+        qa_file(&dup),
         FAIL,
         &[
             &format!("question id {first_id} appears more than once"),
@@ -443,52 +408,27 @@ fn rows() -> Vec<Row> {
         "pairs.jsonl",
         b"{\"source\": \"a b c\", \"target\": \"x y\"}\n{\"source\": \"d e\", \"target\": \"z\"}\n",
     );
-    rows.push(row(
+    let summarize = |model: &str, train: &Path, out: &str| {
+        let paths = [
+            ("--model", model.to_string()),
+            ("--train", s(train)),
+            ("--eval", s(&pairs)),
+            ("--out", fresh(out)),
+        ];
+        cli(&format!("summarize {}", quick(1)), &paths)
+    };
+    rows.push(as_row(
         TRAIN,
-        &[
-            "summarize",
-            "--model",
-            "scratch",
-            "--train",
-            &s(&empty_targets),
-            "--eval",
-            &s(&pairs),
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            &fresh("empty-targets"),
-        ],
+        summarize("scratch", &empty_targets, "empty-targets"),
         FAIL,
         &[
             "empty-targets.jsonl",
             "the target field \"target\" (--target) is empty in all 2 rows",
         ],
     ));
-    rows.push(row(
+    rows.push(as_row(
         TRAIN,
-        &[
-            "summarize",
-            "--model",
-            &qa,
-            "--train",
-            &s(&pairs),
-            "--eval",
-            &s(&pairs),
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            &fresh("distilbert-summarize"),
-        ],
+        summarize(&qa, &pairs, "distilbert-summarize"),
         FAIL,
         &[
             "model_type \"distilbert\": this is a distilbert model",
@@ -510,17 +450,12 @@ fn rows() -> Vec<Row> {
     ] {
         rows.push(as_row(BENCH, bench(&[flag, "0"]), FAIL, &[want]));
     }
-    rows.push(row(
+    rows.push(as_row(
         BENCH,
-        &[
-            "--model",
-            "distilbert-qa",
-            "--seq",
-            "1000000",
-            "--plan",
-            "--device",
-            "cpu",
-        ],
+        cli::<&str>(
+            "--model distilbert-qa --seq 1000000 --plan --device cpu",
+            &[],
+        ),
         FAIL,
         &["--seq 1000000 exceeds the model's max_position_embeddings 512"],
     ));
@@ -604,22 +539,7 @@ fn rows() -> Vec<Row> {
     let mut bom = b"\xef\xbb\xbf".to_vec();
     bom.extend(std::fs::read(qa_data.join("eval.json")).expect("eval"));
     let bom_squad = write("bom-squad.json", &bom);
-    rows.push(row(
-        INFER,
-        &[
-            "qa",
-            "--model",
-            &qa,
-            "--file",
-            &s(&bom_squad),
-            "--out",
-            &preds,
-            "--device",
-            "cpu",
-        ],
-        OK,
-        &["400 predictions"],
-    ));
+    rows.push(as_row(INFER, qa_file(&bom_squad), OK, &["400 predictions"]));
     let bom_cfg = copy_model(&m.qa, "qa-bom-config");
     let mut cfg = b"\xef\xbb\xbf".to_vec();
     cfg.extend(std::fs::read(bom_cfg.join("config.json")).expect("config"));
@@ -636,19 +556,9 @@ fn rows() -> Vec<Row> {
         &["tokenizer_config.json: model_max_length is 0"],
     ));
     let top_array = write("top-array.json", b"[]");
-    rows.push(row(
+    rows.push(as_row(
         INFER,
-        &[
-            "qa",
-            "--model",
-            &qa,
-            "--file",
-            &s(&top_array),
-            "--out",
-            &preds,
-            "--device",
-            "cpu",
-        ],
+        qa_file(&top_array),
         FAIL,
         &[
             "top-array.json",
@@ -671,48 +581,24 @@ fn rows() -> Vec<Row> {
         OK,
         &["exact_match"],
     ));
-    rows.push(row(
+    let paths = [
+        ("--train", s(&top_array)),
+        ("--eval", s(&pairs)),
+        ("--out", fresh("top-array")),
+    ];
+    rows.push(as_row(
         TRAIN,
-        &[
-            "translate",
-            "--model",
-            "scratch",
-            "--train",
-            &s(&top_array),
-            "--eval",
-            &s(&pairs),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--out",
-            &fresh("top-array"),
-        ],
+        cli("translate --model scratch --device cpu --quiet", &paths),
         FAIL,
         &["top-array.json: no rows (expected records with the fields --source"],
     ));
 
     // --- CPU memory: refused with the plan, not aborted ---------------------------------
     if mem_available_known() {
-        rows.push(row(
+        let flags = format!("qa --contexts 20 --dim 65536 --layers 1 {}", quick(2));
+        rows.push(as_row(
             TRAIN,
-            &[
-                "qa",
-                "--contexts",
-                "20",
-                "--dim",
-                "65536",
-                "--layers",
-                "1",
-                "--epochs",
-                "1",
-                "--max-steps",
-                "2",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--out",
-                &fresh("huge-dim"),
-            ],
+            cli(&flags, &[("--out", fresh("huge-dim"))]),
             FAIL,
             &[
                 "MemAvailable",
@@ -720,18 +606,10 @@ fn rows() -> Vec<Row> {
                 "predicted peak",
             ],
         ));
-        rows.push(row(
+        let flags = "--model distilbert-qa --batch 4096 --seq 512 --device cpu";
+        rows.push(as_row(
             BENCH,
-            &[
-                "--model",
-                "distilbert-qa",
-                "--batch",
-                "4096",
-                "--seq",
-                "512",
-                "--device",
-                "cpu",
-            ],
+            cli::<&str>(flags, &[]),
             FAIL,
             &["MemAvailable", "micro-batch 4096", "predicted peak"],
         ));

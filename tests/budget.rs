@@ -128,6 +128,32 @@ fn max_grad_diff(
     worst
 }
 
+/// One training step run without and then with checkpointing (`loss(ckpt)` sets the
+/// switch and runs forward and loss, backward follows): the gradients must agree and
+/// checkpointing must lower the step's peak above the bytes live before it.
+fn assert_checkpointing_pays(
+    what: &str,
+    params: &[(String, Tensor)],
+    mut loss: impl FnMut(bool) -> Tensor,
+) {
+    let mut run = |ckpt: bool| {
+        tracker::reset_peak(Device::Cpu);
+        let base = tracker::live_bytes(Device::Cpu);
+        let g = backward(&loss(ckpt)).expect("bwd");
+        (g, tracker::peak_bytes(Device::Cpu) - base)
+    };
+    let (plain, peak_plain) = run(false);
+    let (ckpt, peak_ckpt) = run(true);
+    assert_eq!(fusebox::autograd::tape_len(), 0);
+    assert_eq!(plain.len(), ckpt.len());
+    let d = max_grad_diff(params, &plain, &ckpt);
+    assert!(d <= 1e-6, "{what}: gradients differ by {d}");
+    assert!(
+        peak_ckpt < peak_plain,
+        "{what}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
+    );
+}
+
 #[test]
 fn checkpointing_keeps_distilbert_gradients_and_lowers_the_peak() {
     let _l = lock();
@@ -135,25 +161,11 @@ fn checkpointing_keeps_distilbert_gradients_and_lowers_the_peak() {
         DistilBertForQa::new(distilbert_cfg(32, 3, 60), Device::Cpu, DType::F32, 5).expect("m");
     let batch = qa_batch(2, 24, 60);
     let params = model.params().trainable();
-    let mut run = |ckpt: bool| {
+    assert_checkpointing_pays("distilbert", &params, |ckpt| {
         model.set_checkpointing(ckpt);
-        tracker::reset_peak(Device::Cpu);
-        let base = tracker::live_bytes(Device::Cpu);
         let (s, e) = model.forward(&batch, QaMode::train(11)).expect("fwd");
-        let loss = model.loss(&s, &e, &batch).expect("loss");
-        let g = backward(&loss).expect("bwd");
-        (g, tracker::peak_bytes(Device::Cpu) - base)
-    };
-    let (plain, peak_plain) = run(false);
-    let (ckpt, peak_ckpt) = run(true);
-    assert_eq!(fusebox::autograd::tape_len(), 0);
-    assert_eq!(plain.len(), ckpt.len());
-    let d = max_grad_diff(&params, &plain, &ckpt);
-    assert!(d <= 1e-6, "gradients differ by {d}");
-    assert!(
-        peak_ckpt < peak_plain,
-        "checkpointing peak {peak_ckpt} >= plain {peak_plain}"
-    );
+        model.loss(&s, &e, &batch).expect("loss")
+    });
 }
 
 #[test]
@@ -169,23 +181,10 @@ fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
         .expect("t5");
         let batch = t5_batch(2, 30, 12, 40);
         let params = model.trainable();
-        let mut run = |ckpt: bool| {
+        assert_checkpointing_pays(&format!("t5 gated {gated}"), &params, |ckpt| {
             model.set_checkpointing(ckpt);
-            tracker::reset_peak(Device::Cpu);
-            let base = tracker::live_bytes(Device::Cpu);
-            let loss = t5_train_loss(&model, &batch, 3);
-            let g = backward(&loss).expect("bwd");
-            (g, tracker::peak_bytes(Device::Cpu) - base)
-        };
-        let (plain, peak_plain) = run(false);
-        let (ckpt, peak_ckpt) = run(true);
-        assert_eq!(plain.len(), ckpt.len());
-        let d = max_grad_diff(&params, &plain, &ckpt);
-        assert!(d <= 1e-6, "gated {gated}: gradients differ by {d}");
-        assert!(
-            peak_ckpt < peak_plain,
-            "gated {gated}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
-        );
+            t5_train_loss(&model, &batch, 3)
+        });
     }
 }
 

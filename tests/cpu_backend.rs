@@ -92,6 +92,7 @@ fn elementwise_forward() {
         (UnaryOp::Neg, |x| -x),
         (UnaryOp::Exp, f64::exp),
         (UnaryOp::Sqr, |x| x * x),
+        (UnaryOp::Silu, |x| x / (1.0 + (-x).exp())),
     ] {
         let r: Vec<f64> = a.iter().map(|&v| f(v)).collect();
         both(&format!("{op:?}"), |s| s(&a).unary(op).unwrap(), &r);

@@ -154,7 +154,12 @@ fn unary_ops_and_gated() {
             dot(&w, &st(xx).unary(op).unwrap())
         });
     }
-    for op in [UnaryOp::GeluNew, UnaryOp::Gelu, UnaryOp::Relu] {
+    for op in [
+        UnaryOp::GeluNew,
+        UnaryOp::Gelu,
+        UnaryOp::Relu,
+        UnaryOp::Silu,
+    ] {
         let (g, l, w) = (rng.vec(n, 3.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
         let (dg, dl) = st(&g).gated_backward(&st(&l), &st(&w), op).unwrap();
         gradcheck(&format!("gated {op:?} d gate"), &g, &vals(&dg), |x| {

@@ -91,12 +91,13 @@ fn t5_layer_norm_matches_torch() {
 #[test]
 fn activations_and_softmax_match_torch() {
     let f = ops();
-    for name in ["gelu", "gelu_new", "relu", "softmax"] {
+    for name in ["gelu", "gelu_new", "relu", "silu", "softmax"] {
         let x = var(&f, &format!("{name}.x"));
         let out = match name {
             "gelu" => x.gelu(),
             "gelu_new" => x.gelu_new(),
             "relu" => x.relu(),
+            "silu" => x.silu(),
             _ => x.softmax(),
         }
         .unwrap();

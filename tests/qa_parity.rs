@@ -261,7 +261,7 @@ fn unsupported_configs_are_clear_errors() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let cases = [
         (
-            r#"{"model_type": "distilbert", "activation": "swish"}"#,
+            r#"{"model_type": "distilbert", "activation": "mish"}"#,
             "activation",
         ),
         (
@@ -269,7 +269,7 @@ fn unsupported_configs_are_clear_errors() {
             "position_embedding_type",
         ),
         (
-            r#"{"model_type": "bert", "hidden_act": "swish"}"#,
+            r#"{"model_type": "bert", "hidden_act": "mish"}"#,
             "hidden_act",
         ),
         (r#"{"model_type": "t5"}"#, "model_type"),

@@ -80,6 +80,8 @@ pub enum UnaryOp {
     Gelu,
     /// Tanh-approximated GELU, HF's `gelu_new` (flan-t5's gated-gelu).
     GeluNew,
+    /// SiLU / swish, `x · sigmoid(x)` (HF's "silu" and "swish": Marian).
+    Silu,
     Tanh,
     Neg,
     Exp,

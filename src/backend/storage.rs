@@ -6,7 +6,7 @@
 use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
-use super::{AdamWStep, BackendStorage, BinaryOp, UnaryOp};
+use super::{AdamWStep, AttnSpec, BackendStorage, BinaryOp, MatmulSpec, SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 
@@ -39,7 +39,7 @@ macro_rules! per_backend {
 pub(super) use per_backend;
 
 /// A backend's buffer type as a variant of [`Storage`].
-pub(super) trait Variant: BackendStorage {
+pub(super) trait Variant: BackendStorage + 'static {
     fn of(s: &Storage) -> Option<&Self>;
     fn of_mut(s: &mut Storage) -> Option<&mut Self>;
     fn wrap(self) -> Storage;
@@ -95,6 +95,153 @@ pub(super) fn same_mut<'a, B: Variant>(
     B::of_mut(s).ok_or_else(|| mismatch(op, dev, got))
 }
 
+/// An argument of a `Storage` method as backend `B`'s method takes it: a `Storage`
+/// operand (plain, optional or written in place) becomes `B`'s buffer, or the
+/// device-mismatch error naming `op`; any other argument passes through as it is.
+pub(super) trait Operand<'a, B> {
+    type Out;
+    fn on(self, op: &'static str, x: &B) -> Result<Self::Out>;
+}
+
+impl<'a, B: Variant> Operand<'a, B> for &'a Storage {
+    type Out = &'a B;
+    fn on(self, op: &'static str, x: &B) -> Result<&'a B> {
+        same(op, x, self)
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for Option<&'a Storage> {
+    type Out = Option<&'a B>;
+    fn on(self, op: &'static str, x: &B) -> Result<Option<&'a B>> {
+        same_opt(op, x, self)
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for &'a mut Storage {
+    type Out = &'a mut B;
+    fn on(self, op: &'static str, x: &B) -> Result<&'a mut B> {
+        same_mut(op, x.device(), self)
+    }
+}
+
+impl<'a, B: Variant> Operand<'a, B> for Option<&'a mut Storage> {
+    type Out = Option<&'a mut B>;
+    fn on(self, op: &'static str, x: &B) -> Result<Option<&'a mut B>> {
+        self.map(|s| same_mut(op, x.device(), s)).transpose()
+    }
+}
+
+macro_rules! pass_through {
+    ($($t:ty),*) => {$(
+        impl<'a, B> Operand<'a, B> for $t {
+            type Out = $t;
+            fn on(self, _op: &'static str, _x: &B) -> Result<$t> {
+                Ok(self)
+            }
+        }
+    )*};
+}
+
+pass_through!(
+    usize,
+    i32,
+    f32,
+    f64,
+    u64,
+    Option<usize>,
+    DType,
+    BinaryOp,
+    UnaryOp
+);
+pass_through!(&'a [usize], &'a MatmulSpec, &'a AttnSpec, &'a AdamWStep);
+
+/// A backend method's result as `Storage`'s: each buffer wrapped in its variant.
+pub(super) trait Lift {
+    type Out;
+    fn lift(self) -> Self::Out;
+}
+
+impl<B: Variant> Lift for B {
+    type Out = Storage;
+    fn lift(self) -> Storage {
+        self.wrap()
+    }
+}
+
+impl<T: Lift> Lift for Option<T> {
+    type Out = Option<T::Out>;
+    fn lift(self) -> Self::Out {
+        self.map(Lift::lift)
+    }
+}
+
+impl<A: Lift, C: Lift> Lift for (A, C) {
+    type Out = (A::Out, C::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift())
+    }
+}
+
+impl<A: Lift, C: Lift, D: Lift> Lift for (A, C, D) {
+    type Out = (A::Out, C::Out, D::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift(), self.2.lift())
+    }
+}
+
+impl<A: Lift, C: Lift, D: Lift, E: Lift> Lift for (A, C, D, E) {
+    type Out = (A::Out, C::Out, D::Out, E::Out);
+    fn lift(self) -> Self::Out {
+        (self.0.lift(), self.1.lift(), self.2.lift(), self.3.lift())
+    }
+}
+
+macro_rules! lift_as_is {
+    ($($t:ty),*) => {$(
+        impl Lift for $t {
+            type Out = $t;
+            fn lift(self) -> $t {
+                self
+            }
+        }
+    )*};
+}
+
+lift_as_is!((), bool, Vec<f32>, Vec<f64>, Vec<i32>, Vec<SpanCandidate>);
+
+/// `Storage` methods, each written once as its signature: `self` and every `Storage`
+/// operand go to the backend `self` lives on (an operand elsewhere is the
+/// device-mismatch error naming the method), and the buffers that come back are wrapped
+/// in its variant.
+macro_rules! dispatch {
+    () => {};
+    ($(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $t:ty)* $(,)?) -> $ret:ty; $($rest:tt)*) => {
+        impl Storage {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            pub fn $name(&self $(, $arg: $t)*) -> Result<$ret> {
+                per_backend!(self, |s| s
+                    .$name($(Operand::on($arg, stringify!($name), s)?),*)
+                    .map(Lift::lift))
+            }
+        }
+        dispatch!($($rest)*);
+    };
+    ($(#[$doc:meta])* fn $name:ident(&mut self $(, $arg:ident: $t:ty)* $(,)?) -> $ret:ty; $($rest:tt)*) => {
+        impl Storage {
+            $(#[$doc])*
+            pub fn $name(&mut self $(, $arg: $t)*) -> Result<$ret> {
+                per_backend!(self, |s| s
+                    .$name($(Operand::on($arg, stringify!($name), &*s)?),*)
+                    .map(Lift::lift))
+            }
+        }
+        dispatch!($($rest)*);
+    };
+}
+
+pub(super) use dispatch;
+
 impl Storage {
     pub fn device(&self) -> Device {
         per_backend!(self, |s| s.device())
@@ -133,88 +280,10 @@ impl Storage {
         }
     }
 
-    pub fn zeros_like_dev(&self, len: usize, dtype: DType) -> Result<Storage> {
-        per_backend!(self, |s| s.zeros_like_dev(len, dtype).map(Variant::wrap))
-    }
-    pub fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Result<Storage> {
-        per_backend!(self, |s| s
-            .full_like_dev(len, dtype, value)
-            .map(Variant::wrap))
-    }
-    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        per_backend!(self, |s| s.to_vec_f32())
-    }
-    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        per_backend!(self, |s| s.to_vec_f64())
-    }
-    pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
-        per_backend!(self, |s| s.to_vec_i32())
-    }
     pub fn to_cpu(&self) -> Result<CpuStorage> {
         per_backend!(self, |s| s.to_cpu())
     }
-    pub fn cast(&self, dtype: DType) -> Result<Storage> {
-        per_backend!(self, |s| s.cast(dtype).map(Variant::wrap))
-    }
-    pub fn duplicate(&self) -> Result<Storage> {
-        per_backend!(self, |s| s.duplicate().map(Variant::wrap))
-    }
-    pub fn binary(&self, rhs: &Storage, op: BinaryOp) -> Result<Storage> {
-        per_backend!(self, |a| a
-            .binary(same("binary", a, rhs)?, op)
-            .map(Variant::wrap))
-    }
-    pub fn affine(&self, mul: f64, add: f64) -> Result<Storage> {
-        per_backend!(self, |s| s.affine(mul, add).map(Variant::wrap))
-    }
-    pub fn unary(&self, op: UnaryOp) -> Result<Storage> {
-        per_backend!(self, |s| s.unary(op).map(Variant::wrap))
-    }
-    pub fn unary_backward(&self, dy: &Storage, op: UnaryOp) -> Result<Storage> {
-        per_backend!(self, |x| x
-            .unary_backward(same("unary_backward", x, dy)?, op)
-            .map(Variant::wrap))
-    }
-    pub fn gated(&self, lin: &Storage, act: UnaryOp) -> Result<Storage> {
-        per_backend!(self, |g| g
-            .gated(same("gated", g, lin)?, act)
-            .map(Variant::wrap))
-    }
-    pub fn gated_backward(
-        &self,
-        lin: &Storage,
-        dy: &Storage,
-        act: UnaryOp,
-    ) -> Result<(Storage, Storage)> {
-        per_backend!(self, |g| {
-            const OP: &str = "gated_backward";
-            let (a, b) = g.gated_backward(same(OP, g, lin)?, same(OP, g, dy)?, act)?;
-            Ok((a.wrap(), b.wrap()))
-        })
-    }
-    pub fn dropout(&self, p: f32, seed: u64) -> Result<Storage> {
-        per_backend!(self, |s| s.dropout(p, seed).map(Variant::wrap))
-    }
-    pub fn add_bias(&self, bias: &Storage, cols: usize) -> Result<Storage> {
-        per_backend!(self, |x| x
-            .add_bias(same("add_bias", x, bias)?, cols)
-            .map(Variant::wrap))
-    }
-    pub fn sum_rows(&self, cols: usize) -> Result<Storage> {
-        per_backend!(self, |s| s.sum_rows(cols).map(Variant::wrap))
-    }
-    pub fn sum_all(&self) -> Result<Storage> {
-        per_backend!(self, |s| s.sum_all().map(Variant::wrap))
-    }
-    pub fn sum_sq(&self) -> Result<Storage> {
-        per_backend!(self, |s| s.sum_sq().map(Variant::wrap))
-    }
-    pub fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Storage> {
-        per_backend!(self, |s| s.permute(dims, perm).map(Variant::wrap))
-    }
-    pub fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Storage> {
-        per_backend!(self, |s| s.narrow(dims, dim, start, len).map(Variant::wrap))
-    }
+
     pub fn cat(parts: &[&Storage], dims: &[Vec<usize>], dim: usize) -> Result<Storage> {
         let first = parts
             .first()
@@ -227,59 +296,42 @@ impl Storage {
             BackendStorage::cat(&v, dims, dim).map(Variant::wrap)
         })
     }
-    pub fn index_select(&self, ids: &Storage, cols: usize) -> Result<Storage> {
-        per_backend!(self, |t| t
-            .index_select(same("index_select", t, ids)?, cols)
-            .map(Variant::wrap))
-    }
-    pub fn index_add(
-        &self,
-        ids: &Storage,
-        n: usize,
-        cols: usize,
-        skip: Option<usize>,
-    ) -> Result<Storage> {
-        per_backend!(self, |d| d
-            .index_add(same("index_add", d, ids)?, n, cols, skip)
-            .map(Variant::wrap))
-    }
-    pub fn axpy_(&mut self, x: &Storage, alpha: f64) -> Result<()> {
-        per_backend!(self, |s| s.axpy_(same("axpy_", s, x)?, alpha))
-    }
-    pub fn scale_(&mut self, alpha: f64) -> Result<()> {
-        per_backend!(self, |s| s.scale_(alpha))
-    }
-    pub fn copy_from_(&mut self, src: &Storage) -> Result<()> {
-        per_backend!(self, |s| s.copy_from_(same("copy_from_", s, src)?))
-    }
-    pub fn adamw_(
+}
+
+dispatch! {
+    fn zeros_like_dev(&self, len: usize, dtype: DType) -> Storage;
+    fn full_like_dev(&self, len: usize, dtype: DType, value: f64) -> Storage;
+    fn to_vec_f32(&self) -> Vec<f32>;
+    fn to_vec_f64(&self) -> Vec<f64>;
+    fn to_vec_i32(&self) -> Vec<i32>;
+    fn cast(&self, dtype: DType) -> Storage;
+    fn duplicate(&self) -> Storage;
+    fn binary(&self, rhs: &Storage, op: BinaryOp) -> Storage;
+    fn affine(&self, mul: f64, add: f64) -> Storage;
+    fn unary(&self, op: UnaryOp) -> Storage;
+    fn unary_backward(&self, dy: &Storage, op: UnaryOp) -> Storage;
+    fn gated(&self, lin: &Storage, act: UnaryOp) -> Storage;
+    fn gated_backward(&self, lin: &Storage, dy: &Storage, act: UnaryOp) -> (Storage, Storage);
+    fn dropout(&self, p: f32, seed: u64) -> Storage;
+    fn add_bias(&self, bias: &Storage, cols: usize) -> Storage;
+    fn sum_rows(&self, cols: usize) -> Storage;
+    fn sum_all(&self) -> Storage;
+    fn sum_sq(&self) -> Storage;
+    fn permute(&self, dims: &[usize], perm: &[usize]) -> Storage;
+    fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Storage;
+    fn index_select(&self, ids: &Storage, cols: usize) -> Storage;
+    fn index_add(&self, ids: &Storage, n: usize, cols: usize, skip: Option<usize>) -> Storage;
+    fn axpy_(&mut self, x: &Storage, alpha: f64) -> ();
+    fn scale_(&mut self, alpha: f64) -> ();
+    fn copy_from_(&mut self, src: &Storage) -> ();
+    fn adamw_(
         &mut self,
         grad: &Storage,
         m: &mut Storage,
         v: &mut Storage,
         working: Option<&mut Storage>,
         hp: &AdamWStep,
-    ) -> Result<bool> {
-        const OP: &str = "adamw_";
-        let dev = self.device();
-        per_backend!(self, |p| {
-            let w = match working {
-                Some(w) => Some(same_mut(OP, dev, w)?),
-                None => None,
-            };
-            p.adamw_(
-                same(OP, p, grad)?,
-                same_mut(OP, dev, m)?,
-                same_mut(OP, dev, v)?,
-                w,
-                hp,
-            )
-        })
-    }
-    pub fn has_non_finite(&self) -> Result<bool> {
-        per_backend!(self, |s| s.has_non_finite())
-    }
-    pub fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Storage> {
-        per_backend!(self, |s| s.clamp_i32(lo, hi).map(Variant::wrap))
-    }
+    ) -> bool;
+    fn has_non_finite(&self) -> bool;
+    fn clamp_i32(&self, lo: i32, hi: i32) -> Storage;
 }

@@ -38,6 +38,8 @@ pub enum Activation {
     /// Tanh approximation: HF's "gelu_new".
     GeluNew,
     Relu,
+    /// `x · sigmoid(x)`: HF's "silu" and its alias "swish".
+    Silu,
 }
 
 impl Activation {
@@ -46,8 +48,9 @@ impl Activation {
             "gelu" => Ok(Activation::Gelu),
             "gelu_new" => Ok(Activation::GeluNew),
             "relu" => Ok(Activation::Relu),
+            "silu" | "swish" => Ok(Activation::Silu),
             other => Err(Error::msg(format!(
-                "{}: {field} = {other:?} is not supported (expected \"gelu\", \"gelu_new\" or \"relu\")",
+                "{}: {field} = {other:?} is not supported (expected \"gelu\", \"gelu_new\", \"relu\", \"silu\" or \"swish\")",
                 file.display()
             ))),
         }
@@ -57,6 +60,7 @@ impl Activation {
             Activation::Gelu => UnaryOp::Gelu,
             Activation::GeluNew => UnaryOp::GeluNew,
             Activation::Relu => UnaryOp::Relu,
+            Activation::Silu => UnaryOp::Silu,
         }
     }
 }

@@ -158,6 +158,11 @@ impl Tensor {
         let _span = crate::profile::Span::new("gelu_new", self.device());
         self.unary(UnaryOp::GeluNew)
     }
+    /// SiLU, `x · sigmoid(x)` (HF `silu` / `swish`, Marian's activation).
+    pub fn silu(&self) -> Result<Tensor> {
+        let _span = crate::profile::Span::new("silu", self.device());
+        self.unary(UnaryOp::Silu)
+    }
 
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
     pub fn gated(&self, lin: &Tensor, act: UnaryOp) -> Result<Tensor> {

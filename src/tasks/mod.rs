@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod generate_config;
+pub mod pipeline;
 pub mod qa;
 pub mod qa_post;
 pub mod qa_train;

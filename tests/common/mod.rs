@@ -244,10 +244,11 @@ pub fn vals(s: &CpuStorage) -> Vec<f64> {
 }
 
 /// Every activation of [`UnaryOp`].
-pub const UNARY_OPS: [UnaryOp; 7] = [
+pub const UNARY_OPS: [UnaryOp; 8] = [
     UnaryOp::Relu,
     UnaryOp::Gelu,
     UnaryOp::GeluNew,
+    UnaryOp::Silu,
     UnaryOp::Tanh,
     UnaryOp::Neg,
     UnaryOp::Exp,

@@ -64,7 +64,12 @@ fn activations_forward_backward() {
             check(&format!("unary_bwd_{op:?}"), &[n], dt, &got, &want, t);
         }
         let (cl, gl) = pair(&rng.normal(n, 1.0), dt);
-        for act in [UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Relu] {
+        for act in [
+            UnaryOp::Gelu,
+            UnaryOp::GeluNew,
+            UnaryOp::Relu,
+            UnaryOp::Silu,
+        ] {
             let want = ok(cx.gated(&cl, act));
             let t = Instant::now();
             let got = ok(gx.gated(&gl, act));

@@ -122,7 +122,7 @@ static void launch_fwd(const Dev& d, const Case& c) {
 #define FWD_ARGS                                                                         \
   grid, block, d.lay.ldq, d.lay.ldkv, (const __half*)d.q, (const __half*)d.k,             \
       (const __half*)d.v, (const int*)d.mask, (const float*)d.bias, d.out, d.lse, c.B, c.H, \
-      c.Lq, c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
+      c.Lq, c.Lk, c.scale, causal, c.dropout, fb_dropout_key(c.seed)
   switch (c.D) {
     case 32: launch_strided(fb_attn_fwd_f16_d32, FWD_ARGS); break;
     case 64: launch_strided(fb_attn_fwd_f16, FWD_ARGS); break;
@@ -145,7 +145,7 @@ static void launch_bwd(const Dev& d, const Case& c) {
   grid, block, d.lay.ldq, d.lay.ldkv, (const __half*)d.q, (const __half*)d.k,                \
       (const __half*)d.v, (const __half*)d.dout, (const float*)d.lse, (const float*)d.delta, \
       (const int*)d.mask, (const float*)d.bias, d.dk, d.dv, d.dq_acc, d.dbias, c.B, c.H, c.Lq, \
-      c.Lk, c.scale, causal, c.dropout, ref_dropout_key(c.seed)
+      c.Lk, c.scale, causal, c.dropout, fb_dropout_key(c.seed)
   switch (c.D) {
     case 32: launch_strided(fb_attn_bwd_f16_d32, BWD_ARGS); break;
     case 64:

@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+// The dropout hash the kernels use (fb_dropout_key, fb_dropout_keep): src/backend/mod.rs
+// dropout_key_packed / dropout_keep, bit for bit.
+#include "../../../kernels/dropout.cuh"
+
 struct Case {
   std::string name;
   int B, H, Lq, Lk, D;
@@ -40,34 +44,12 @@ static Case with_gaps(Case c, int gap_q, int gap_kv) {
 }
 static bool has_strides(const Case& c) { return c.packed || c.gap_q || c.gap_kv; }
 
-// src/backend/mod.rs dropout_key_packed / dropout_keep, transcribed: splitmix64(seed) ->
-// key = odd m | a << 32 (what the kernels take), then lowbias32(fold32(i) * m + a), top
-// 24 bits as a uniform in [0, 1), kept when >= p.
-static unsigned long long ref_dropout_key(unsigned long long seed) {
-  unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return z | 1ull;
-}
-static bool ref_dropout_keep(unsigned long long seed, unsigned long long i, float p) {
-  const unsigned long long key = ref_dropout_key(seed);
-  unsigned int h = ((unsigned int)i ^ ((unsigned int)(i >> 32) * 0x85EBCA6Bu)) * (unsigned int)key +
-                   (unsigned int)(key >> 32);
-  h ^= h >> 16;
-  h *= 0x7FEB352Du;
-  h ^= h >> 15;
-  h *= 0x846CA68Bu;
-  h ^= h >> 16;
-  return (float)(h >> 8) * (1.0f / 16777216.0f) >= p;
-}
-
 // Dropout multiplier Z for probability (b, h, i, j): 0 or 1/(1-p).
 static double ref_z(const Case& c, int b, int h, int i, int j) {
   if (c.dropout <= 0.f) return 1.0;
   const unsigned long long idx =
       (((unsigned long long)(b + c.b_offset) * c.H + h) * c.Lq + i) * c.Lk + j;
-  return ref_dropout_keep(c.seed, idx, c.dropout) ? 1.0 / (1.0 - (double)c.dropout) : 0.0;
+  return fb_dropout_keep(c.seed, idx, c.dropout) ? 1.0 / (1.0 - (double)c.dropout) : 0.0;
 }
 
 static size_t nq(const Case& c) { return (size_t)c.B * c.Lq * c.H * c.D; }

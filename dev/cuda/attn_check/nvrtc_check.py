@@ -15,12 +15,12 @@ import os
 import sys
 
 
-def compile_one(lib, src, arch, include):
+def compile_one(lib, src, arch, includes):
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"attention.cu", 0, None, None)
     if rc != 0:
         return rc, f"nvrtcCreateProgram rc={rc}", 0
-    opts = [f"--gpu-architecture={arch}".encode(), f"-I{include}".encode()]
+    opts = [f"--gpu-architecture={arch}".encode()] + [f"-I{d}".encode() for d in includes]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()
@@ -41,10 +41,12 @@ def main():
         return 2
     lib = ctypes.CDLL(sys.argv[1])
     here = os.path.dirname(os.path.abspath(__file__))
-    src = open(os.path.join(here, "..", "..", "..", "kernels", "attention.cu"), "rb").read()
+    kernels = os.path.join(here, "..", "..", "..", "kernels")
+    src = open(os.path.join(kernels, "attention.cu"), "rb").read()
     bad = 0
     for arch in ("sm_75", "sm_80", "sm_90"):
-        rc, log, size = compile_one(lib, src, arch, sys.argv[2])
+        # kernels/ for dropout.cuh, the CUDA include directory for cuda_fp16.h.
+        rc, log, size = compile_one(lib, src, arch, [kernels, sys.argv[2]])
         print(f"NVRTCCHECK arch={arch} rc={rc} cubin_bytes={size} pass={'true' if rc == 0 else 'false'}")
         if rc != 0 or log.strip():
             print(log[:3000])

@@ -373,7 +373,7 @@ static void check_elementwise_adamw() {
     auto x = randn(n, 2.0f);
     std::vector<float> ones(n, 1.0f), gr(n), fp(n), fm(n), xp(n), xm(n);
     const double h = 1e-2;
-    for (int op = 0; op < 7; ++op) {
+    for (int op = 0; op < 8; ++op) {
         for (i64 i = 0; i < n; ++i) xp[i] = x[i] + h, xm[i] = x[i] - h;
         emu_launch(fb_unary_bwd_f32, D(2), D(256), gr.data(), x.data(), ones.data(), n, op);
         emu_launch(fb_unary_f32, D(2), D(256), fp.data(), xp.data(), n, op);

@@ -137,6 +137,7 @@ pub(super) fn act<T: Real>(op: UnaryOp, x: T) -> T {
             let inner = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_NEW_C) * x * x * x);
             half * x * (T::one() + inner.tanh())
         }
+        UnaryOp::Silu => x / (T::one() + (-x).exp()),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),
@@ -164,6 +165,10 @@ pub(super) fn act_grad<T: Real>(op: UnaryOp, x: T) -> T {
             let t = (T::of(SQRT_2_OVER_PI) * (x + c * x * x * x)).tanh();
             let dinner = T::of(SQRT_2_OVER_PI) * (T::one() + T::of(3.0) * c * x * x);
             half * (T::one() + t) + half * x * (T::one() - t * t) * dinner
+        }
+        UnaryOp::Silu => {
+            let s = T::one() / (T::one() + (-x).exp());
+            s * (T::one() + x * (T::one() - s))
         }
         UnaryOp::Tanh => {
             let t = x.tanh();

@@ -79,7 +79,13 @@ fn elementwise_is_f32_rounded() {
         let got = f16s(&x).binary(&f16s(&y), op).unwrap();
         same_as_rounded("binary", &got, &f32s(&x).binary(&f32s(&y), op).unwrap());
     }
-    for op in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::GeluNew, UnaryOp::Exp] {
+    for op in [
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluNew,
+        UnaryOp::Silu,
+        UnaryOp::Exp,
+    ] {
         let got = f16s(&x).unary(op).unwrap();
         same_as_rounded("unary", &got, &f32s(&x).unary(op).unwrap());
         let got = f16s(&x).unary_backward(&f16s(&y), op).unwrap();

@@ -9,7 +9,7 @@
 //! a constant number of launches for all tensors); this one stays as the fallback and
 //! the per-tensor reference it is tested against.
 
-use super::context::{cfg_1d, Arg};
+use super::context::{cfg_1d, n64, Arg};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::{AdamWStep, BackendStorage};
 use crate::error::{Error, Result};
@@ -37,6 +37,23 @@ pub(super) fn working_arg(
             got,
         }),
     }
+}
+
+/// The scalars both AdamW kernels take after the weight decay: beta1, 1 - beta1,
+/// beta2, 1 - beta2, eps, lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t); each formed in f64
+/// and rounded once, exactly as the CPU backend does.
+pub(super) fn moment_args(lr: f64, beta1: f64, beta2: f64, eps: f64, step: u64) -> [Arg; 7] {
+    let (bc1, bc2_sqrt) = crate::backend::adamw_bias_corrections(beta1, beta2, step);
+    [
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        eps,
+        lr / bc1,
+        1.0 / bc2_sqrt,
+    ]
+    .map(|x| Arg::F32(x as f32))
 }
 
 fn need(v: &CudaStorage, p: &CudaStorage, dtype: Option<DType>, what: &'static str) -> Result<()> {
@@ -90,44 +107,20 @@ pub fn adamw_(
         None
     };
     let flag_ptr = flag.as_ref().map(|f| f.ptr()).unwrap_or(0);
-    let n = Arg::I64(p.len() as i64);
+    let (n, flag_arg) = (n64(p.len()), Arg::Ptr(flag_ptr));
+    let grad_scale = Arg::F32(hp.grad_scale as f32);
     if hp.check_finite {
-        dev.launch(
-            &format!("fb_adamw_check_{gs}"),
-            cfg_1d(p.len()),
-            &[
-                Arg::Ptr(grad.ptr()),
-                n,
-                Arg::F32(hp.grad_scale as f32),
-                Arg::Ptr(flag_ptr),
-            ],
-        )?;
+        let name = format!("fb_adamw_check_{gs}");
+        dev.launch_bufs(&name, cfg_1d(p.len()), &[grad], &[n, grad_scale, flag_arg])?;
     }
-    // Every scalar formed in f64 and rounded once, exactly as the CPU backend does.
-    let (bc1, bc2_sqrt) = hp.bias_corrections();
-    let f = |x: f64| Arg::F32(x as f32);
-    dev.launch(
+    let head = [Arg::Ptr(wptr), Arg::I32(wkind), n];
+    let decay = Arg::F32((1.0 - hp.lr * hp.weight_decay) as f32);
+    let moments = moment_args(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.step);
+    dev.launch_bufs(
         &format!("fb_adamw_step_{gs}"),
         cfg_1d(p.len()),
-        &[
-            Arg::Ptr(p.ptr()),
-            Arg::Ptr(grad.ptr()),
-            Arg::Ptr(m.ptr()),
-            Arg::Ptr(v.ptr()),
-            Arg::Ptr(wptr),
-            Arg::I32(wkind),
-            n,
-            f(1.0 - hp.lr * hp.weight_decay),
-            f(hp.beta1),
-            f(1.0 - hp.beta1),
-            f(hp.beta2),
-            f(1.0 - hp.beta2),
-            f(hp.eps),
-            f(hp.lr / bc1),
-            f(1.0 / bc2_sqrt),
-            f(hp.grad_scale),
-            Arg::Ptr(flag_ptr),
-        ],
+        &[p, grad, m, v],
+        &[&head[..], &[decay], &moments, &[grad_scale, flag_arg]].concat(),
     )?;
     match flag {
         Some(f) => f.flag_set(),

@@ -10,9 +10,10 @@
 //! single 16-byte read of the decision. The step count and all scalar constants are
 //! formed in f64 on the host exactly as the per-tensor path forms them.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, PushKernelArg};
 
-use super::context::{check_launch_args, cu, push_args, Arg};
+use super::adamw::moment_args;
+use super::context::{cfg_blocks, check_launch_args, cu, push_args, Arg};
 use super::{len_err, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::backend::{AdamWMultiOutcome as MultiOutcome, AdamWMultiStep as MultiStep};
@@ -95,11 +96,7 @@ fn launch_table(
     let mut b = dev.stream.launch_builder(&f);
     b.arg(table);
     push_args(&mut b, rest);
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = cfg_blocks(grid.max(1), 256);
     // SAFETY: the table holds live buffers checked by `adamw_multi` (lengths, dtypes,
     // device); the argument list matches the kernel's signature.
     cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
@@ -226,13 +223,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             bufs.push(w);
         }
         for b in bufs {
-            if b.dev().ordinal != dev.ordinal {
-                return Err(Error::DeviceMismatch {
-                    op,
-                    a: first.param.device(),
-                    b: b.device(),
-                });
-            }
+            first.param.check_device(b, op)?;
         }
         if n > 0 {
             live.push((i, g16 | (wkind << 1), wptr));
@@ -278,43 +269,24 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
         Some(m) => (1, m),
         None => (0, 0.0),
     };
-    dev.launch(
+    let (scale, max_norm) = (Arg::F64(hp.grad_scale), Arg::F64(max_norm));
+    dev.launch_bufs(
         "fb_mt_finalize",
-        LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        },
+        cfg_blocks(1, 512),
+        &[&decision, &partials],
         &[
-            Arg::Ptr(decision.ptr()),
-            Arg::Ptr(partials.ptr()),
             Arg::I32(nparts as i32),
-            Arg::F64(hp.grad_scale),
-            Arg::F64(max_norm),
+            scale,
+            max_norm,
             Arg::I32(has_clip),
             Arg::Ptr(dev.err_ptr()),
         ],
     )?;
     // Every scalar formed in f64 and rounded once, as adamw.rs (and the CPU backend) do.
-    let (bc1, bc2_sqrt) = crate::backend::adamw_bias_corrections(hp.beta1, hp.beta2, hp.step);
-    let f = |x: f64| Arg::F32(x as f32);
+    let moments = moment_args(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.step);
+    let args = [&[Arg::Ptr(decision.ptr())][..], &moments].concat();
     for (tab, &grid) in tables.iter().zip(&grids) {
-        launch_table(
-            anchor,
-            "fb_mt_adamw",
-            grid,
-            tab,
-            &[
-                Arg::Ptr(decision.ptr()),
-                f(hp.beta1),
-                f(1.0 - hp.beta1),
-                f(hp.beta2),
-                f(1.0 - hp.beta2),
-                f(hp.eps),
-                f(hp.lr / bc1),
-                f(1.0 / bc2_sqrt),
-            ],
-        )?;
+        launch_table(anchor, "fb_mt_adamw", grid, tab, &args)?;
     }
     let d = decision.to_vec_f32()?;
     let (sum_sq, skip) = match d.as_slice() {

@@ -17,7 +17,7 @@ use super::elementwise::cast;
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::{AttnSpec, BackendStorage};
 use crate::error::{Error, Result};
-use crate::shape::DType;
+use crate::shape::{DType, Shape};
 
 fn check(
     q: &CudaStorage,
@@ -36,13 +36,7 @@ fn check(
         if t.len() != sp.b * sp.lk * sp.h * sp.d {
             return Err(len_err(op, sp.b * sp.lk * sp.h * sp.d, t.len()));
         }
-        if t.dtype() != q.dtype() {
-            return Err(Error::DType {
-                op,
-                expected: q.dtype().as_str(),
-                got: t.dtype(),
-            });
-        }
+        q.check_dtype(t, op)?;
     }
     check_mask_bias(q.dtype(), key_mask, bias, sp)?;
     Ok(s)
@@ -201,7 +195,7 @@ fn mat(t: &CudaStorage) -> Mat {
     }
 }
 
-/// S = q·kᵀ in f32, [B, H, Lq, Lk].
+/// X·Yᵀ per head in f32, [B, H, Lq, Lk]: S = q·kᵀ, and dP = dO·vᵀ in backward.
 fn scores(x: &CudaStorage, y: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage> {
     let s = CudaStorage::alloc(x.dev(), sp.b * sp.h * sp.lq * sp.lk, DType::F32)?;
     run(
@@ -278,19 +272,9 @@ pub fn attention(
         cfg_rows(rows, sp.lk),
         &args,
     )?;
-    run(
-        dev,
-        gemms_p(
-            sp,
-            (sp.lq, sp.lk),
-            mat(&p),
-            mat(v),
-            mat(&out),
-            q.dtype(),
-            1.0,
-            false,
-        ),
-    )?;
+    let dims = (sp.lq, sp.lk);
+    let pv = gemms_p(sp, dims, mat(&p), mat(v), mat(&out), q.dtype(), 1.0, false);
+    run(dev, pv)?;
     Ok((out, lse))
 }
 
@@ -308,16 +292,13 @@ pub fn attention_backward(
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage, Option<CudaStorage>)> {
     let sx = check(q, k, v, key_mask, bias, sp)?;
     let rows = sp.b * sp.h * sp.lq;
-    if out.len() != q.len() || dout.len() != q.len() || dout.dtype() != q.dtype() {
-        return Err(len_err("attention_backward dout", q.len(), dout.len()));
-    }
-    if lse.len() != rows || lse.dtype() != DType::F32 {
-        return Err(len_err(
-            "attention_backward lse (f32 [b, h, lq])",
-            rows,
-            lse.len(),
-        ));
-    }
+    check_saved(
+        "attention_backward",
+        (out, lse, dout),
+        q.len(),
+        q.dtype(),
+        sp,
+    )?;
     let dev = q.dev();
     let dt = q.dtype();
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
@@ -342,20 +323,7 @@ pub fn attention_backward(
     };
     if rows > 0 && sp.lk > 0 && sp.d > 0 {
         let s = scores(q, k, sp)?;
-        let dp = CudaStorage::alloc(dev, rows * sp.lk, DType::F32)?;
-        run(
-            dev,
-            gemms_xyt(
-                sp,
-                sp.lq,
-                sp.lk,
-                mat(dout),
-                mat(v),
-                mat(&dp),
-                dt,
-                DType::F32,
-            ),
-        )?;
+        let dp = scores(dout, v, sp)?;
         let ds = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
         let p = CudaStorage::alloc(dev, rows * sp.lk, dt)?;
         let mut args = vec![
@@ -390,9 +358,39 @@ pub fn attention_backward(
     Ok((dq, dk, dv, dbias))
 }
 
-/// `[b·l, 3, h·d]` → one of q, k, v as a `[b, l, h, d]` copy (the naive path's inputs).
-fn unpack(qkv: &CudaStorage, sp: &AttnSpec, which: usize) -> Result<CudaStorage> {
-    qkv.narrow(&[sp.b * sp.lq, 3, sp.h * sp.d], 1, which, 1)
+/// What forward saved for backward: out and dout `n` elements of `dt`, lse f32 `[b, h, lq]`.
+fn check_saved(
+    op: &'static str,
+    (out, lse, dout): (&CudaStorage, &CudaStorage, &CudaStorage),
+    n: usize,
+    dt: DType,
+    sp: &AttnSpec,
+) -> Result<()> {
+    let rows = sp.b * sp.h * sp.lq;
+    let err = |what: String, got: usize| Error::Shape {
+        op,
+        expected: what,
+        got: Shape::new(&[got]),
+    };
+    if out.len() != n || dout.len() != n || dout.dtype() != dt {
+        return Err(err(
+            format!("out and dout of {n} {dt} elements"),
+            dout.len(),
+        ));
+    }
+    if lse.len() != rows || lse.dtype() != DType::F32 {
+        return Err(err(
+            format!("lse of {rows} f32 elements ([b, h, lq])"),
+            lse.len(),
+        ));
+    }
+    Ok(())
+}
+
+/// `[b·l, 3, h·d]` → q, k, v as `[b, l, h, d]` copies (the naive path's inputs).
+fn unpack(qkv: &CudaStorage, sp: &AttnSpec) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    let one = |which| qkv.narrow(&[sp.b * sp.lq, 3, sp.h * sp.d], 1, which, 1);
+    Ok((one(0)?, one(1)?, one(2)?))
 }
 
 fn check_packed(op: &'static str, qkv: &CudaStorage, sp: &AttnSpec) -> Result<()> {
@@ -430,11 +428,7 @@ pub fn attention_qkv(
             return Ok((out, lse));
         }
     }
-    let (q, k, v) = (
-        unpack(qkv, sp, 0)?,
-        unpack(qkv, sp, 1)?,
-        unpack(qkv, sp, 2)?,
-    );
+    let (q, k, v) = unpack(qkv, sp)?;
     attention(&q, &k, &v, key_mask, bias, sp)
 }
 
@@ -457,16 +451,7 @@ pub fn attention_qkv_backward(
     if rows > 0 && sp.d > 0 {
         if let Some(suffix) = attention_fused::choose(dev, dt, sp)? {
             check_mask_bias(dt, key_mask, bias, sp)?;
-            if out.len() != n || dout.len() != n || dout.dtype() != dt {
-                return Err(len_err("attention_qkv_backward dout", n, dout.len()));
-            }
-            if lse.len() != rows || lse.dtype() != DType::F32 {
-                return Err(len_err(
-                    "attention_qkv_backward lse (f32 [b, h, lq])",
-                    rows,
-                    lse.len(),
-                ));
-            }
+            check_saved("attention_qkv_backward", (out, lse, dout), n, dt, sp)?;
             let dqkv = CudaStorage::alloc(dev, 3 * n, dt)?;
             let ptrs = QkvPtrs::packed(qkv.ptr(), sp);
             let grads = QkvPtrs::packed(dqkv.ptr(), sp);
@@ -476,11 +461,7 @@ pub fn attention_qkv_backward(
             return Ok((dqkv, db));
         }
     }
-    let (q, k, v) = (
-        unpack(qkv, sp, 0)?,
-        unpack(qkv, sp, 1)?,
-        unpack(qkv, sp, 2)?,
-    );
+    let (q, k, v) = unpack(qkv, sp)?;
     let (dq, dk, dv, db) = attention_backward(&q, &k, &v, out, lse, dout, key_mask, bias, sp)?;
     let part = vec![sp.b * sp.lq, 1, sp.h * sp.d];
     let dqkv = CudaStorage::cat(&[&dq, &dk, &dv], &[part.clone(), part.clone(), part], 1)?;

@@ -207,20 +207,8 @@ pub fn matmul_out(
             got: out,
         });
     }
-    if a.dtype() != b.dtype() {
-        return Err(Error::DType {
-            op,
-            expected: a.dtype().as_str(),
-            got: b.dtype(),
-        });
-    }
-    if a.device() != b.device() {
-        return Err(Error::DeviceMismatch {
-            op,
-            a: a.device(),
-            b: b.device(),
-        });
-    }
+    a.check_dtype(b, op)?;
+    a.check_device(b, op)?;
     let MatmulSpec {
         batch,
         m,

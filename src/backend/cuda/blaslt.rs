@@ -433,15 +433,46 @@ pub fn sizes_ok(dims: &[usize]) -> bool {
     dims.iter().all(|&d| d > 1 && d < 65535 * 32)
 }
 
+/// Does the epilogue path take this call: not switched off, sizes within the limits, and
+/// `x` and `others` of one float dtype on one device (another device is an error)?
+fn takes(
+    x: &CudaStorage,
+    others: &[&CudaStorage],
+    dims: [usize; 3],
+    op: &'static str,
+) -> Result<bool> {
+    Ok(!disabled() && sizes_ok(&dims) && same(x, others, op)?)
+}
+
+/// The GEMM of `m × n × k` (`grad`: the backward's BGRADB epilogue) on `x`'s dtype with
+/// these alignments of A, B, D and the bias.
+fn key(grad: bool, [m, n, k]: [usize; 3], x: &CudaStorage, align: [u32; 4]) -> Key {
+    let f16 = x.dtype() == DType::F16;
+    Key {
+        grad,
+        m,
+        n,
+        k,
+        f16,
+        align,
+    }
+}
+
+/// A fresh output of `len` elements like `x`, at the alignment the plans assume.
+fn output(x: &CudaStorage, len: usize, op: &str) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(x.dev(), len, x.dtype())?;
+    if align_of(out.ptr()) < OUT_ALIGN {
+        return Err(Error::Cuda(format!(
+            "{op}: output at {:#x} is not {OUT_ALIGN}-byte aligned",
+            out.ptr()
+        )));
+    }
+    Ok(out)
+}
+
 fn same(x: &CudaStorage, others: &[&CudaStorage], op: &'static str) -> Result<bool> {
     for o in others {
-        if o.dev().ordinal != x.dev().ordinal {
-            return Err(Error::DeviceMismatch {
-                op,
-                a: x.device(),
-                b: o.device(),
-            });
-        }
+        x.check_device(o, op)?;
         if o.dtype() != x.dtype() {
             return Ok(false);
         }
@@ -460,36 +491,20 @@ pub fn linear_bias(
     in_f: usize,
 ) -> Result<Option<CudaStorage>> {
     let op = "linear (cuBLASLt)";
-    if disabled() || !sizes_ok(&[rows, out_f, in_f]) || !same(x, &[w, bias], op)? {
+    if !takes(x, &[w, bias], [rows, out_f, in_f], op)? {
         return Ok(None);
     }
     // Buffers that are not exactly these shapes go the general way.
     if x.len() != rows * in_f || w.len() != out_f * in_f || bias.len() != out_f {
         return Ok(None);
     }
-    let key = Key {
-        grad: false,
-        m: out_f,
-        n: rows,
-        k: in_f,
-        f16: x.dtype() == DType::F16,
-        align: [
-            align_of(w.ptr()),
-            align_of(x.ptr()),
-            OUT_ALIGN,
-            align_of(bias.ptr()),
-        ],
-    };
+    let (wa, xa, ba) = (align_of(w.ptr()), align_of(x.ptr()), align_of(bias.ptr()));
+    let align = [wa, xa, OUT_ALIGN, ba];
+    let key = key(false, [out_f, rows, in_f], x, align);
     if !prepare(x.dev(), &key)? {
         return Ok(None);
     }
-    let y = CudaStorage::alloc(x.dev(), rows * out_f, x.dtype())?;
-    if align_of(y.ptr()) < OUT_ALIGN {
-        return Err(Error::Cuda(format!(
-            "{op}: output at {:#x} is not {OUT_ALIGN}-byte aligned",
-            y.ptr()
-        )));
-    }
+    let y = output(x, rows * out_f, op)?;
     if !run(x.dev(), &key, w.ptr(), x.ptr(), y.ptr(), bias.ptr()) {
         return Ok(None);
     }
@@ -506,32 +521,19 @@ pub fn linear_wgrad_bgrad(
     in_f: usize,
 ) -> Result<Option<(CudaStorage, CudaStorage)>> {
     let op = "linear backward (cuBLASLt)";
-    if disabled() || !sizes_ok(&[rows, out_f, in_f]) || !same(dy, &[x], op)? {
+    if !takes(dy, &[x], [rows, out_f, in_f], op)? {
         return Ok(None);
     }
     if dy.len() != rows * out_f || x.len() != rows * in_f {
         return Ok(None);
     }
-    let key = Key {
-        grad: true,
-        m: in_f,
-        n: out_f,
-        k: rows,
-        f16: dy.dtype() == DType::F16,
-        align: [align_of(x.ptr()), align_of(dy.ptr()), OUT_ALIGN, OUT_ALIGN],
-    };
+    let align = [align_of(x.ptr()), align_of(dy.ptr()), OUT_ALIGN, OUT_ALIGN];
+    let key = key(true, [in_f, out_f, rows], dy, align);
     if !prepare(dy.dev(), &key)? {
         return Ok(None);
     }
-    let dw = CudaStorage::alloc(dy.dev(), out_f * in_f, dy.dtype())?;
-    let db = CudaStorage::alloc(dy.dev(), out_f, dy.dtype())?;
-    for p in [dw.ptr(), db.ptr()] {
-        if align_of(p) < OUT_ALIGN {
-            return Err(Error::Cuda(format!(
-                "{op}: output at {p:#x} is not {OUT_ALIGN}-byte aligned"
-            )));
-        }
-    }
+    let dw = output(dy, out_f * in_f, op)?;
+    let db = output(dy, out_f, op)?;
     if !run(dy.dev(), &key, x.ptr(), dy.ptr(), dw.ptr(), db.ptr()) {
         return Ok(None);
     }

@@ -20,7 +20,7 @@ use cudarc::driver::{
 };
 
 use super::alloc::Allocator;
-use super::libs;
+use super::{libs, CudaStorage};
 use crate::error::{Error, Result};
 
 mod embed {
@@ -285,6 +285,31 @@ impl Dev {
         cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
     }
 
+    /// Launch `name` with the device addresses of `bufs` followed by `scalars`: the
+    /// parameter order of every kernel whose buffers come first (scalars may still hold
+    /// a raw pointer, such as the error record, after the sizes).
+    pub fn launch_bufs(
+        &self,
+        name: &str,
+        cfg: LaunchConfig,
+        bufs: &[&CudaStorage],
+        scalars: &[Arg],
+    ) -> Result<()> {
+        const MAX: usize = 24;
+        let n = bufs.len() + scalars.len();
+        if n > MAX {
+            return Err(Error::Cuda(format!(
+                "launch {name}: {n} arguments, more than the {MAX} launch_bufs takes"
+            )));
+        }
+        let mut args = [Arg::Ptr(0); MAX];
+        for (a, b) in args.iter_mut().zip(bufs) {
+            *a = Arg::Ptr(b.ptr());
+        }
+        args[bufs.len()..n].copy_from_slice(scalars);
+        self.launch(name, cfg, &args[..n])
+    }
+
     pub fn sync(&self) -> Result<()> {
         cu(self.stream.synchronize(), "stream synchronize")
     }
@@ -299,6 +324,11 @@ pub enum Arg {
     I32(i32),
     F32(f32),
     F64(f64),
+}
+
+/// A size or count as the kernels take it (`i64`).
+pub fn n64(n: usize) -> Arg {
+    Arg::I64(n as i64)
 }
 
 /// The parameter types of `name` as compiled (build.rs reads them off the PTX), or None
@@ -380,25 +410,25 @@ pub(crate) fn push_args<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, args: &'a [A
     }
 }
 
-/// Grid-stride launch for `n` elements: 256 threads, at most 4096 blocks.
-pub fn cfg_1d(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+/// `blocks` blocks of `threads` threads, both along x, no dynamic shared memory.
+pub fn cfg_blocks(blocks: usize, threads: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Grid-stride launch for `n` elements: 256 threads, at most 4096 blocks.
+pub fn cfg_1d(n: usize) -> LaunchConfig {
+    cfg_blocks(n.div_ceil(256).clamp(1, 4096), 256)
 }
 
 /// One block per row for the norm kernels (kernels/norm.cu), which walk a row in 8-element
 /// chunks: about one thread per chunk, a whole number of warps, at most 1024.
 pub fn cfg_norm_rows(rows: usize, cols: usize) -> LaunchConfig {
     let t = cols.div_ceil(8).div_ceil(32).clamp(1, 32) * 32;
-    LaunchConfig {
-        grid_dim: (rows.max(1) as u32, 1, 1),
-        block_dim: (t as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    cfg_blocks(rows.max(1), t)
 }
 
 /// Launch for the chunked kernels (FB_CHUNK_STRIDE in kernels/common.cuh), where each
@@ -418,11 +448,7 @@ pub fn cfg_rows(rows: usize, cols: usize) -> LaunchConfig {
     } else {
         t.max(128)
     };
-    LaunchConfig {
-        grid_dim: (rows.max(1) as u32, 1, 1),
-        block_dim: (t as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    cfg_blocks(rows.max(1), t)
 }
 
 #[cfg(test)]

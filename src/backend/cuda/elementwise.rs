@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::context::{cfg_1d, cfg_chunks, Arg, Dev};
+use super::context::{cfg_1d, cfg_chunks, n64, Arg, Dev};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::{BackendStorage, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
@@ -32,123 +32,67 @@ pub(crate) fn unary_code(op: UnaryOp) -> i32 {
         UnaryOp::Neg => 4,
         UnaryOp::Exp => 5,
         UnaryOp::Sqr => 6,
+        UnaryOp::Silu => 7,
     }
-}
-
-fn same_dtype(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<()> {
-    if a.dtype() != b.dtype() {
-        return Err(Error::DType {
-            op,
-            expected: a.dtype().as_str(),
-            got: b.dtype(),
-        });
-    }
-    Ok(())
 }
 
 /// Check a same-length, same-dtype float pair and return the kernel suffix.
 fn pair(a: &CudaStorage, b: &CudaStorage, op: &'static str) -> Result<&'static str> {
     a.check_pair(b, op)?;
-    same_dtype(a, b, op)?;
+    a.check_dtype(b, op)?;
     sfx(op, a.dtype())
 }
 
-fn n64(n: usize) -> Arg {
-    Arg::I64(n as i64)
+/// `out = kernel(ins)` over the elements of `ins[0]`: a fresh buffer like it, filled by
+/// the chunked kernel `fb_{kernel}_{s}` with (out, ins..., n, extra...).
+fn map(kernel: &str, s: &str, ins: &[&CudaStorage], extra: &[Arg]) -> Result<CudaStorage> {
+    let x = ins[0];
+    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    let bufs = [&[&out], ins].concat();
+    launch_chunked(&format!("fb_{kernel}_{s}"), x.len(), &bufs, extra)?;
+    Ok(out)
+}
+
+/// Launch the chunked kernel `name` over `n` elements with (bufs..., n, extra...) on the
+/// device of `bufs[0]`; nothing to do when `n` is 0.
+fn launch_chunked(name: &str, n: usize, bufs: &[&CudaStorage], extra: &[Arg]) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let scalars = [&[n64(n)], extra].concat();
+    bufs[0]
+        .dev()
+        .launch_bufs(name, cfg_chunks(n), bufs, &scalars)
 }
 
 pub fn binary(a: &CudaStorage, b: &CudaStorage, op: BinaryOp) -> Result<CudaStorage> {
     let s = pair(a, b, "binary")?;
-    let out = CudaStorage::alloc(a.dev(), a.len(), a.dtype())?;
-    if a.len() > 0 {
-        a.dev().launch(
-            &format!("fb_binary_{s}"),
-            cfg_chunks(a.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(a.ptr()),
-                Arg::Ptr(b.ptr()),
-                n64(a.len()),
-                Arg::I32(binary_code(op)),
-            ],
-        )?;
-    }
-    Ok(out)
+    map("binary", s, &[a, b], &[Arg::I32(binary_code(op))])
 }
 
 pub fn affine(x: &CudaStorage, mul: f64, add: f64) -> Result<CudaStorage> {
     let s = sfx("affine", x.dtype())?;
-    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
-    if x.len() > 0 {
-        x.dev().launch(
-            &format!("fb_affine_{s}"),
-            cfg_chunks(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                n64(x.len()),
-                Arg::F32(mul as f32),
-                Arg::F32(add as f32),
-            ],
-        )?;
-    }
-    Ok(out)
+    map(
+        "affine",
+        s,
+        &[x],
+        &[Arg::F32(mul as f32), Arg::F32(add as f32)],
+    )
 }
 
 pub fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
     let s = sfx("unary", x.dtype())?;
-    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
-    if x.len() > 0 {
-        x.dev().launch(
-            &format!("fb_unary_{s}"),
-            cfg_chunks(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                n64(x.len()),
-                Arg::I32(unary_code(op)),
-            ],
-        )?;
-    }
-    Ok(out)
+    map("unary", s, &[x], &[Arg::I32(unary_code(op))])
 }
 
 pub fn unary_backward(x: &CudaStorage, dy: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
     let s = pair(x, dy, "unary_backward")?;
-    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
-    if x.len() > 0 {
-        x.dev().launch(
-            &format!("fb_unary_bwd_{s}"),
-            cfg_chunks(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(dy.ptr()),
-                n64(x.len()),
-                Arg::I32(unary_code(op)),
-            ],
-        )?;
-    }
-    Ok(out)
+    map("unary_bwd", s, &[x, dy], &[Arg::I32(unary_code(op))])
 }
 
 pub fn gated(gate: &CudaStorage, lin: &CudaStorage, act: UnaryOp) -> Result<CudaStorage> {
     let s = pair(gate, lin, "gated")?;
-    let out = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
-    if gate.len() > 0 {
-        gate.dev().launch(
-            &format!("fb_gated_{s}"),
-            cfg_chunks(gate.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(gate.ptr()),
-                Arg::Ptr(lin.ptr()),
-                n64(gate.len()),
-                Arg::I32(unary_code(act)),
-            ],
-        )?;
-    }
-    Ok(out)
+    map("gated", s, &[gate, lin], &[Arg::I32(unary_code(act))])
 }
 
 pub fn gated_backward(
@@ -161,21 +105,9 @@ pub fn gated_backward(
     pair(gate, dy, "gated_backward")?;
     let dg = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
     let dl = CudaStorage::alloc(gate.dev(), gate.len(), gate.dtype())?;
-    if gate.len() > 0 {
-        gate.dev().launch(
-            &format!("fb_gated_bwd_{s}"),
-            cfg_chunks(gate.len()),
-            &[
-                Arg::Ptr(dg.ptr()),
-                Arg::Ptr(dl.ptr()),
-                Arg::Ptr(gate.ptr()),
-                Arg::Ptr(lin.ptr()),
-                Arg::Ptr(dy.ptr()),
-                n64(gate.len()),
-                Arg::I32(unary_code(act)),
-            ],
-        )?;
-    }
+    let bufs = [&dg, &dl, gate, lin, dy];
+    let code = Arg::I32(unary_code(act));
+    launch_chunked(&format!("fb_gated_bwd_{s}"), gate.len(), &bufs, &[code])?;
     Ok((dg, dl))
 }
 
@@ -184,46 +116,18 @@ pub fn dropout(x: &CudaStorage, p: f32, seed: u64) -> Result<CudaStorage> {
     if !(0.0..=1.0).contains(&p) {
         return Err(Error::msg(format!("dropout: p must be in [0, 1], got {p}")));
     }
-    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
-    if x.len() > 0 {
-        let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-        x.dev().launch(
-            &format!("fb_dropout_{s}"),
-            cfg_chunks(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                n64(x.len()),
-                Arg::F32(p),
-                Arg::F32(scale),
-                Arg::U64(crate::backend::dropout_key_packed(seed)),
-            ],
-        )?;
-    }
-    Ok(out)
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let key = Arg::U64(crate::backend::dropout_key_packed(seed));
+    map("dropout", s, &[x], &[Arg::F32(p), Arg::F32(scale), key])
 }
 
 pub fn add_bias(x: &CudaStorage, bias: &CudaStorage, cols: usize) -> Result<CudaStorage> {
-    same_dtype(x, bias, "add_bias")?;
+    x.check_dtype(bias, "add_bias")?;
     let s = sfx("add_bias", x.dtype())?;
     if cols == 0 || bias.len() != cols || !x.len().is_multiple_of(cols) {
         return Err(len_err("add_bias", cols, bias.len()));
     }
-    let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
-    if x.len() > 0 {
-        x.dev().launch(
-            &format!("fb_add_bias_{s}"),
-            cfg_chunks(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(bias.ptr()),
-                n64(x.len()),
-                n64(cols),
-            ],
-        )?;
-    }
-    Ok(out)
+    map("add_bias", s, &[x, bias], &[n64(cols)])
 }
 
 /// Launch the cast kernel from `src` into the existing buffer `dst` (same length).
@@ -299,31 +203,17 @@ pub fn axpy_(y: &mut CudaStorage, x: &CudaStorage, alpha: f64) -> Result<()> {
         sfx("axpy_", y.dtype())?,
         sfx("axpy_", x.dtype())?
     );
-    if y.len() > 0 {
-        y.dev().launch(
-            &name,
-            cfg_chunks(y.len()),
-            &[
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(x.ptr()),
-                n64(y.len()),
-                Arg::F32(alpha as f32),
-            ],
-        )?;
-    }
-    Ok(())
+    launch_chunked(&name, y.len(), &[y, x], &[Arg::F32(alpha as f32)])
 }
 
 pub fn scale_(y: &mut CudaStorage, alpha: f64) -> Result<()> {
     let s = sfx("scale_", y.dtype())?;
-    if y.len() > 0 {
-        y.dev().launch(
-            &format!("fb_scale_{s}"),
-            cfg_chunks(y.len()),
-            &[Arg::Ptr(y.ptr()), n64(y.len()), Arg::F32(alpha as f32)],
-        )?;
-    }
-    Ok(())
+    launch_chunked(
+        &format!("fb_scale_{s}"),
+        y.len(),
+        &[y],
+        &[Arg::F32(alpha as f32)],
+    )
 }
 
 pub fn copy_from_(dst: &mut CudaStorage, src: &CudaStorage) -> Result<()> {
@@ -340,11 +230,8 @@ pub fn has_non_finite(x: &CudaStorage) -> Result<bool> {
         return Ok(false);
     }
     let flag = CudaStorage::zeroed(x.dev(), 1, DType::I32)?;
-    x.dev().launch(
-        &format!("fb_has_non_finite_{s}"),
-        cfg_chunks(x.len()),
-        &[Arg::Ptr(x.ptr()), n64(x.len()), Arg::Ptr(flag.ptr())],
-    )?;
+    let name = format!("fb_has_non_finite_{s}");
+    launch_chunked(&name, x.len(), &[x], &[Arg::Ptr(flag.ptr())])?;
     flag.flag_set()
 }
 
@@ -359,17 +246,10 @@ pub fn clamp_i32(x: &CudaStorage, lo: i32, hi: i32) -> Result<CudaStorage> {
     }
     let out = CudaStorage::alloc(x.dev(), x.len(), DType::I32)?;
     if !x.is_empty() {
-        x.dev().launch(
-            "fb_clamp_i32",
-            cfg_1d(x.len()),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                n64(x.len()),
-                Arg::I32(lo),
-                Arg::I32(hi),
-            ],
-        )?;
+        let (n, lo, hi) = (n64(x.len()), Arg::I32(lo), Arg::I32(hi));
+        let cfg = cfg_1d(x.len());
+        x.dev()
+            .launch_bufs("fb_clamp_i32", cfg, &[&out, x], &[n, lo, hi])?;
     }
     Ok(out)
 }

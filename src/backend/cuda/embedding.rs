@@ -7,7 +7,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::context::Arg;
+use super::context::{cfg_blocks, n64, Arg};
 use super::elementwise::cast;
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::BackendStorage;
@@ -15,12 +15,8 @@ use crate::error::{Error, Result};
 use crate::shape::DType;
 
 fn cfg_ids(n_ids: usize, cols: usize) -> LaunchConfig {
-    let threads = (cols.div_ceil(32).clamp(1, 8) * 32) as u32;
-    LaunchConfig {
-        grid_dim: (n_ids.clamp(1, 16384) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    let threads = cols.div_ceil(32).clamp(1, 8) * 32;
+    cfg_blocks(n_ids.clamp(1, 16384), threads)
 }
 
 fn check_ids(ids: &CudaStorage, op: &'static str) -> Result<()> {
@@ -57,18 +53,11 @@ pub fn index_select(table: &CudaStorage, ids: &CudaStorage, cols: usize) -> Resu
         return Ok(out);
     }
     let err = table.dev().err_record();
-    table.dev().launch(
+    table.dev().launch_bufs(
         &format!("fb_index_select_{width}"),
         cfg_ids(ids.len(), cols),
-        &[
-            Arg::Ptr(out.ptr()),
-            Arg::Ptr(table.ptr()),
-            Arg::Ptr(ids.ptr()),
-            Arg::I64(ids.len() as i64),
-            Arg::I64(n_rows as i64),
-            Arg::I64(cols as i64),
-            Arg::Ptr(err),
-        ],
+        &[&out, table, ids],
+        &[n64(ids.len()), n64(n_rows), n64(cols), Arg::Ptr(err)],
     )?;
     Ok(out)
 }
@@ -89,19 +78,12 @@ pub fn index_add(
     let acc = CudaStorage::zeroed(dy.dev(), n * cols, DType::F32)?;
     if !ids.is_empty() && cols > 0 {
         let err = dy.dev().err_record();
-        dy.dev().launch(
+        let skip = Arg::I64(skip.map_or(-1, |s| s as i64));
+        dy.dev().launch_bufs(
             &format!("fb_index_add_{s}"),
             cfg_ids(ids.len(), cols),
-            &[
-                Arg::Ptr(acc.ptr()),
-                Arg::Ptr(dy.ptr()),
-                Arg::Ptr(ids.ptr()),
-                Arg::I64(ids.len() as i64),
-                Arg::I64(n as i64),
-                Arg::I64(cols as i64),
-                Arg::I64(skip.map_or(-1, |s| s as i64)),
-                Arg::Ptr(err),
-            ],
+            &[&acc, dy, ids],
+            &[n64(ids.len()), n64(n), n64(cols), skip, Arg::Ptr(err)],
         )?;
     }
     if dy.dtype() == DType::F32 {

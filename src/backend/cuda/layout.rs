@@ -3,7 +3,7 @@
 //! Shapes are collapsed here so the kernels see a fixed form: permute always gets four
 //! output dims with the matching input strides, narrow and cat get [outer, mid, inner].
 
-use super::context::{cfg_1d, Arg};
+use super::context::{cfg_1d, n64, Arg};
 use super::{len_err, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -62,11 +62,13 @@ pub fn permute(x: &CudaStorage, dims: &[usize], perm: &[usize]) -> Result<CudaSt
     }
     let out = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
     if x.len() > 0 {
-        let mut args = vec![Arg::Ptr(out.ptr()), Arg::Ptr(x.ptr())];
-        args.extend(o.iter().map(|&v| Arg::I64(v)));
-        args.extend(s.iter().map(|&v| Arg::I64(v)));
-        x.dev()
-            .launch(&format!("fb_permute_{w}"), cfg_1d(x.len()), &args)?;
+        let dims: Vec<Arg> = o.iter().chain(&s).map(|&v| Arg::I64(v)).collect();
+        x.dev().launch_bufs(
+            &format!("fb_permute_{w}"),
+            cfg_1d(x.len()),
+            &[&out, x],
+            &dims,
+        )?;
     }
     Ok(out)
 }
@@ -98,18 +100,11 @@ pub fn narrow(
     let n = outer * len * inner;
     let out = CudaStorage::alloc(x.dev(), n, x.dtype())?;
     if n > 0 {
-        x.dev().launch(
+        x.dev().launch_bufs(
             &format!("fb_narrow_{w}"),
             cfg_1d(n),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::I64(outer as i64),
-                Arg::I64(mid as i64),
-                Arg::I64(len as i64),
-                Arg::I64(inner as i64),
-                Arg::I64(start as i64),
-            ],
+            &[&out, x],
+            &[outer, mid, len, inner, start].map(n64),
         )?;
     }
     Ok(out)
@@ -153,18 +148,11 @@ pub fn cat(parts: &[&CudaStorage], dims: &[Vec<usize>], dim: usize) -> Result<Cu
     for (p, d) in parts.iter().zip(dims) {
         let mid = d[dim];
         if p.len() > 0 {
-            first.dev().launch(
+            first.dev().launch_bufs(
                 &format!("fb_place_{w}"),
                 cfg_1d(p.len()),
-                &[
-                    Arg::Ptr(out.ptr()),
-                    Arg::Ptr(p.ptr()),
-                    Arg::I64(outer as i64),
-                    Arg::I64(total_mid as i64),
-                    Arg::I64(mid as i64),
-                    Arg::I64(inner as i64),
-                    Arg::I64(offset as i64),
-                ],
+                &[&out, p],
+                &[outer, total_mid, mid, inner, offset].map(n64),
             )?;
         }
         offset += mid;

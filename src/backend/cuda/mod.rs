@@ -232,14 +232,7 @@ pub(crate) fn expect_buf(
             got: v.dtype(),
         });
     }
-    if v.device() != like.device() {
-        return Err(Error::DeviceMismatch {
-            op,
-            a: like.device(),
-            b: v.device(),
-        });
-    }
-    Ok(())
+    like.check_device(v, op)
 }
 
 pub(crate) fn len_err(op: &'static str, expected: usize, got: usize) -> Error {
@@ -319,8 +312,8 @@ impl CudaStorage {
         self.len * self.dtype.size_in_bytes()
     }
 
-    /// Same device and same length as `self`, or an error naming `op`.
-    pub(crate) fn check_pair(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+    /// Same device as `self`, or the device-mismatch error naming `op`.
+    pub(crate) fn check_device(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
         if self.dev.ordinal != other.dev.ordinal {
             return Err(Error::DeviceMismatch {
                 op,
@@ -328,6 +321,24 @@ impl CudaStorage {
                 b: other.device(),
             });
         }
+        Ok(())
+    }
+
+    /// Same dtype as `self`, or the dtype error naming `op`.
+    pub(crate) fn check_dtype(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+        if other.dtype != self.dtype {
+            return Err(Error::DType {
+                op,
+                expected: self.dtype.as_str(),
+                got: other.dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// Same device and same length as `self`, or an error naming `op`.
+    pub(crate) fn check_pair(&self, other: &CudaStorage, op: &'static str) -> Result<()> {
+        self.check_device(other, op)?;
         if other.len != self.len {
             return Err(len_err(op, self.len, other.len));
         }

@@ -5,13 +5,62 @@
 //! the activation dtype (the f16 working copy in mixed precision). The parameter
 //! gradients are column reductions done by a second kernel with a fixed order.
 
-use super::context::{cfg_norm_rows, Arg, Dev};
+use super::context::{cfg_norm_rows, n64, Arg};
 use super::reduce::{cfg_col_chunks, col_chunk, col_finish};
 use super::{expect_buf, rows_of, sfx, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::Result;
 use crate::shape::DType;
-use std::sync::Arc;
+
+/// Suffix and row count of a norm over `x` in rows of `cols`, with gamma `[cols]` checked.
+fn norm_rows(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    cols: usize,
+    op: &'static str,
+) -> Result<(&'static str, usize)> {
+    let s = sfx(op, x.dtype())?;
+    let rows = rows_of(x, cols, op)?;
+    expect_buf(gamma, x, cols, x.dtype(), op)?;
+    Ok((s, rows))
+}
+
+/// [`norm_rows`] of a backward, which also checks the saved statistics (mean, where the
+/// norm has one, and rstd: F32 `[rows]`) and `dy` (like `x`).
+fn backward_rows(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    (mean, rstd): (Option<&CudaStorage>, &CudaStorage),
+    dy: &CudaStorage,
+    cols: usize,
+    op: &'static str,
+) -> Result<(&'static str, usize)> {
+    let (s, rows) = norm_rows(x, gamma, cols, op)?;
+    for stat in mean.into_iter().chain([rstd]) {
+        expect_buf(stat, x, rows, DType::F32, op)?;
+    }
+    expect_buf(dy, x, x.len(), x.dtype(), op)?;
+    Ok((s, rows))
+}
+
+/// Launch the one-block-per-row kernel `fb_{kernel}_{s}` with (bufs..., rows, cols,
+/// extra...); nothing to do without rows.
+fn launch_rows(
+    kernel: &str,
+    s: &str,
+    (rows, cols): (usize, usize),
+    bufs: &[&CudaStorage],
+    extra: &[Arg],
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let scalars = [&[n64(rows), n64(cols)], extra].concat();
+    let name = format!("fb_{kernel}_{s}");
+    bufs[0]
+        .dev()
+        .launch_bufs(&name, cfg_norm_rows(rows, cols), bufs, &scalars)
+}
 
 pub fn layer_norm(
     x: &CudaStorage,
@@ -21,31 +70,20 @@ pub fn layer_norm(
     eps: f64,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     let op = "layer_norm";
-    let s = sfx(op, x.dtype())?;
-    let rows = rows_of(x, cols, op)?;
-    expect_buf(gamma, x, cols, x.dtype(), op)?;
+    let (s, rows) = norm_rows(x, gamma, cols, op)?;
     expect_buf(beta, x, cols, x.dtype(), op)?;
     let dev = x.dev();
     let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     let mean = CudaStorage::alloc(dev, rows, DType::F32)?;
     let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_layer_norm_fwd_{s}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(mean.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::Ptr(beta.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::F32(eps as f32),
-            ],
-        )?;
-    }
+    let bufs = [&y, &mean, &rstd, x, gamma, beta];
+    launch_rows(
+        "layer_norm_fwd",
+        s,
+        (rows, cols),
+        &bufs,
+        &[Arg::F32(eps as f32)],
+    )?;
     Ok((y, mean, rstd))
 }
 
@@ -58,39 +96,60 @@ pub fn layer_norm_backward(
     cols: usize,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     let op = "layer_norm_backward";
-    let s = sfx(op, x.dtype())?;
-    let rows = rows_of(x, cols, op)?;
-    expect_buf(gamma, x, cols, x.dtype(), op)?;
-    expect_buf(mean, x, rows, DType::F32, op)?;
-    expect_buf(rstd, x, rows, DType::F32, op)?;
-    expect_buf(dy, x, x.len(), x.dtype(), op)?;
-    let dev = x.dev();
-    let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
-    let (r, c) = (Arg::I64(rows as i64), Arg::I64(cols as i64));
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_layer_norm_bwd_{s}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(dx.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::Ptr(mean.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(dy.ptr()),
-                r,
-                c,
-            ],
-        )?;
-    }
-    let (dgamma, dbeta) = ln_param_grads(dev, x, mean, rstd, dy, rows, cols)?;
+    let (s, rows) = backward_rows(x, gamma, (Some(mean), rstd), dy, cols, op)?;
+    let dx = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    let bufs = [&dx, x, gamma, mean, rstd, dy];
+    launch_rows("layer_norm_bwd", s, (rows, cols), &bufs, &[])?;
+    let (dgamma, dbeta) = ln_param_grads(x, mean, rstd, dy, rows, cols)?;
     Ok((dx, dgamma, dbeta))
 }
 
-/// dgamma, dbeta of LayerNorm over `x` (the normalised input) from `dy`: per-chunk
-/// column partials, then a fixed-order finish.
+/// dgamma of a norm over `x` (its input) from `dy`, and dbeta when `mean` is given
+/// (LayerNorm; RMSNorm has neither): per-chunk column partials, then a fixed-order finish.
+fn param_grads(
+    x: &CudaStorage,
+    mean: Option<&CudaStorage>,
+    rstd: &CudaStorage,
+    dy: &CudaStorage,
+    rows: usize,
+    cols: usize,
+) -> Result<(CudaStorage, Option<CudaStorage>)> {
+    let s = sfx("norm_backward", x.dtype())?;
+    let dev = x.dev();
+    let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
+    let dbeta = mean
+        .map(|_| CudaStorage::alloc(dev, cols, x.dtype()))
+        .transpose()?;
+    let (chunk, chunks) = col_chunk(rows);
+    let pg = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
+    let pb = mean
+        .map(|_| CudaStorage::alloc(dev, chunks * cols, DType::F32))
+        .transpose()?;
+    let or_null = |b: Option<&CudaStorage>| Arg::Ptr(b.map_or(0, |b| b.ptr()));
+    dev.launch(
+        &format!("fb_norm_dgamma_{s}"),
+        cfg_col_chunks(cols, chunks),
+        &[
+            Arg::Ptr(pg.ptr()),
+            or_null(pb.as_ref()),
+            Arg::Ptr(x.ptr()),
+            or_null(mean),
+            Arg::Ptr(rstd.ptr()),
+            Arg::Ptr(dy.ptr()),
+            n64(rows),
+            n64(cols),
+            n64(chunk),
+        ],
+    )?;
+    col_finish(&dgamma, &pg, chunks, cols)?;
+    if let (Some(db), Some(pb)) = (&dbeta, &pb) {
+        col_finish(db, pb, chunks, cols)?;
+    }
+    Ok((dgamma, dbeta))
+}
+
+/// [`param_grads`] of LayerNorm: (dgamma, dbeta).
 fn ln_param_grads(
-    dev: &Arc<Dev>,
     x: &CudaStorage,
     mean: &CudaStorage,
     rstd: &CudaStorage,
@@ -98,30 +157,16 @@ fn ln_param_grads(
     rows: usize,
     cols: usize,
 ) -> Result<(CudaStorage, CudaStorage)> {
-    let s = sfx("layer_norm_backward", x.dtype())?;
-    let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
-    let dbeta = CudaStorage::alloc(dev, cols, x.dtype())?;
-    let (chunk, chunks) = col_chunk(rows);
-    let pg = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
-    let pb = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
-    dev.launch(
-        &format!("fb_norm_dgamma_{s}"),
-        cfg_col_chunks(cols, chunks),
-        &[
-            Arg::Ptr(pg.ptr()),
-            Arg::Ptr(pb.ptr()),
-            Arg::Ptr(x.ptr()),
-            Arg::Ptr(mean.ptr()),
-            Arg::Ptr(rstd.ptr()),
-            Arg::Ptr(dy.ptr()),
-            Arg::I64(rows as i64),
-            Arg::I64(cols as i64),
-            Arg::I64(chunk as i64),
-        ],
-    )?;
-    col_finish(&dgamma, &pg, chunks, cols)?;
-    col_finish(&dbeta, &pb, chunks, cols)?;
-    Ok((dgamma, dbeta))
+    match param_grads(x, Some(mean), rstd, dy, rows, cols)? {
+        (dgamma, Some(dbeta)) => Ok((dgamma, dbeta)),
+        (_, None) => unreachable!("a mean gives dbeta"),
+    }
+}
+
+/// The fused kernels' dropout parameters: p, the inverted-dropout scale, the packed key.
+fn dropout_args(p: f32, scale: f32, seed: u64) -> [Arg; 3] {
+    let key = crate::backend::dropout_key_packed(seed);
+    [Arg::F32(p), Arg::F32(scale), Arg::U64(key)]
 }
 
 /// The inverted-dropout scale for `p` (as the unfused dropout kernel gets it).
@@ -149,10 +194,8 @@ pub fn add_layer_norm(
     seed: u64,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage, CudaStorage)> {
     let op = "dropout_add_layer_norm";
-    let s = sfx(op, a.dtype())?;
-    let rows = rows_of(a, cols, op)?;
+    let (s, rows) = norm_rows(a, gamma, cols, op)?;
     expect_buf(res, a, a.len(), a.dtype(), op)?;
-    expect_buf(gamma, a, cols, a.dtype(), op)?;
     expect_buf(beta, a, cols, a.dtype(), op)?;
     let scale = dropout_scale(op, p)?;
     let dev = a.dev();
@@ -160,28 +203,9 @@ pub fn add_layer_norm(
     let sum = CudaStorage::alloc(dev, a.len(), a.dtype())?;
     let mean = CudaStorage::alloc(dev, rows, DType::F32)?;
     let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_add_layer_norm_fwd_{s}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(sum.ptr()),
-                Arg::Ptr(mean.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(a.ptr()),
-                Arg::Ptr(res.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::Ptr(beta.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::F32(eps as f32),
-                Arg::F32(p),
-                Arg::F32(scale),
-                Arg::U64(crate::backend::dropout_key_packed(seed)),
-            ],
-        )?;
-    }
+    let bufs = [&y, &sum, &mean, &rstd, a, res, gamma, beta];
+    let extra = [&[Arg::F32(eps as f32)][..], &dropout_args(p, scale, seed)].concat();
+    launch_rows("add_layer_norm_fwd", s, (rows, cols), &bufs, &extra)?;
     Ok((y, sum, mean, rstd))
 }
 
@@ -204,37 +228,15 @@ pub fn add_layer_norm_backward(
         let (ds, dg, db) = layer_norm_backward(s, gamma, mean, rstd, dy, cols)?;
         return Ok((ds, None, dg, db));
     }
-    let sf = sfx(op, s.dtype())?;
-    let rows = rows_of(s, cols, op)?;
-    expect_buf(gamma, s, cols, s.dtype(), op)?;
-    expect_buf(mean, s, rows, DType::F32, op)?;
-    expect_buf(rstd, s, rows, DType::F32, op)?;
-    expect_buf(dy, s, s.len(), s.dtype(), op)?;
+    let (sf, rows) = backward_rows(s, gamma, (Some(mean), rstd), dy, cols, op)?;
     let scale = dropout_scale(op, p)?;
     let dev = s.dev();
     let ds = CudaStorage::alloc(dev, s.len(), s.dtype())?;
     let da = CudaStorage::alloc(dev, s.len(), s.dtype())?;
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_add_layer_norm_bwd_{sf}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(ds.ptr()),
-                Arg::Ptr(da.ptr()),
-                Arg::Ptr(s.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::Ptr(mean.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(dy.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::F32(p),
-                Arg::F32(scale),
-                Arg::U64(crate::backend::dropout_key_packed(seed)),
-            ],
-        )?;
-    }
-    let (dg, db) = ln_param_grads(dev, s, mean, rstd, dy, rows, cols)?;
+    let bufs = [&ds, &da, s, gamma, mean, rstd, dy];
+    let drop = dropout_args(p, scale, seed);
+    launch_rows("add_layer_norm_bwd", sf, (rows, cols), &bufs, &drop)?;
+    let (dg, db) = ln_param_grads(s, mean, rstd, dy, rows, cols)?;
     Ok((ds, Some(da), dg, db))
 }
 
@@ -244,28 +246,17 @@ pub fn rms_norm(
     cols: usize,
     eps: f64,
 ) -> Result<(CudaStorage, CudaStorage)> {
-    let op = "rms_norm";
-    let s = sfx(op, x.dtype())?;
-    let rows = rows_of(x, cols, op)?;
-    expect_buf(gamma, x, cols, x.dtype(), op)?;
-    let dev = x.dev();
-    let y = CudaStorage::alloc(dev, x.len(), x.dtype())?;
-    let rstd = CudaStorage::alloc(dev, rows, DType::F32)?;
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_rms_norm_fwd_{s}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::F32(eps as f32),
-            ],
-        )?;
-    }
+    let (s, rows) = norm_rows(x, gamma, cols, "rms_norm")?;
+    let y = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    let rstd = CudaStorage::alloc(x.dev(), rows, DType::F32)?;
+    let eps = Arg::F32(eps as f32);
+    launch_rows(
+        "rms_norm_fwd",
+        s,
+        (rows, cols),
+        &[&y, &rstd, x, gamma],
+        &[eps],
+    )?;
     Ok((y, rstd))
 }
 
@@ -277,47 +268,15 @@ pub fn rms_norm_backward(
     cols: usize,
 ) -> Result<(CudaStorage, CudaStorage)> {
     let op = "rms_norm_backward";
-    let s = sfx(op, x.dtype())?;
-    let rows = rows_of(x, cols, op)?;
-    expect_buf(gamma, x, cols, x.dtype(), op)?;
-    expect_buf(rstd, x, rows, DType::F32, op)?;
-    expect_buf(dy, x, x.len(), x.dtype(), op)?;
-    let dev = x.dev();
-    let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
-    let dgamma = CudaStorage::alloc(dev, cols, x.dtype())?;
-    let (r, c) = (Arg::I64(rows as i64), Arg::I64(cols as i64));
-    if rows > 0 {
-        dev.launch(
-            &format!("fb_rms_norm_bwd_{s}"),
-            cfg_norm_rows(rows, cols),
-            &[
-                Arg::Ptr(dx.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(gamma.ptr()),
-                Arg::Ptr(rstd.ptr()),
-                Arg::Ptr(dy.ptr()),
-                r,
-                c,
-            ],
-        )?;
-    }
-    let (chunk, chunks) = col_chunk(rows);
-    let pg = CudaStorage::alloc(dev, chunks * cols, DType::F32)?;
-    dev.launch(
-        &format!("fb_norm_dgamma_{s}"),
-        cfg_col_chunks(cols, chunks),
-        &[
-            Arg::Ptr(pg.ptr()),
-            Arg::Ptr(0),
-            Arg::Ptr(x.ptr()),
-            Arg::Ptr(0),
-            Arg::Ptr(rstd.ptr()),
-            Arg::Ptr(dy.ptr()),
-            r,
-            c,
-            Arg::I64(chunk as i64),
-        ],
+    let (s, rows) = backward_rows(x, gamma, (None, rstd), dy, cols, op)?;
+    let dx = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
+    launch_rows(
+        "rms_norm_bwd",
+        s,
+        (rows, cols),
+        &[&dx, x, gamma, rstd, dy],
+        &[],
     )?;
-    col_finish(&dgamma, &pg, chunks, cols)?;
+    let (dgamma, _) = param_grads(x, None, rstd, dy, rows, cols)?;
     Ok((dx, dgamma))
 }

@@ -5,7 +5,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::context::Arg;
+use super::context::{cfg_1d, cfg_blocks, n64, Arg};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::Result;
@@ -35,15 +35,11 @@ pub(crate) fn col_finish(
     cols: usize,
 ) -> Result<()> {
     let s = sfx("col_finish", out.dtype())?;
-    out.dev().launch(
+    out.dev().launch_bufs(
         &format!("fb_col_finish_{s}"),
-        super::context::cfg_1d(cols),
-        &[
-            Arg::Ptr(out.ptr()),
-            Arg::Ptr(part.ptr()),
-            Arg::I64(chunks as i64),
-            Arg::I64(cols as i64),
-        ],
+        cfg_1d(cols),
+        &[out, part],
+        &[n64(chunks), n64(cols)],
     )
 }
 
@@ -56,16 +52,11 @@ pub fn sum_rows(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     let out = CudaStorage::alloc(x.dev(), cols, x.dtype())?;
     let (chunk, chunks) = col_chunk(rows);
     let part = CudaStorage::alloc(x.dev(), chunks * cols, DType::F32)?;
-    x.dev().launch(
+    x.dev().launch_bufs(
         &format!("fb_sum_rows_{s}"),
         cfg_col_chunks(cols, chunks),
-        &[
-            Arg::Ptr(part.ptr()),
-            Arg::Ptr(x.ptr()),
-            Arg::I64(rows as i64),
-            Arg::I64(cols as i64),
-            Arg::I64(chunk as i64),
-        ],
+        &[&part, x],
+        &[n64(rows), n64(cols), n64(chunk)],
     )?;
     col_finish(&out, &part, chunks, cols)?;
     Ok(out)
@@ -83,34 +74,19 @@ pub fn sum_all(x: &CudaStorage, square: bool) -> Result<CudaStorage> {
     let s = sfx(if square { "sum_sq" } else { "sum_all" }, x.dtype())?;
     let blocks = sum_partials(x.len());
     let partials = CudaStorage::alloc(x.dev(), blocks, DType::F32)?;
-    x.dev().launch(
+    x.dev().launch_bufs(
         &format!("fb_partial_sum_{s}"),
-        LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        },
-        &[
-            Arg::Ptr(partials.ptr()),
-            Arg::Ptr(x.ptr()),
-            Arg::I64(x.len() as i64),
-            Arg::I32(square as i32),
-        ],
+        cfg_blocks(blocks, 256),
+        &[&partials, x],
+        &[n64(x.len()), Arg::I32(square as i32)],
     )?;
     let out_dtype = if square { DType::F32 } else { x.dtype() };
     let out = CudaStorage::alloc(x.dev(), 1, out_dtype)?;
-    x.dev().launch(
+    x.dev().launch_bufs(
         &format!("fb_final_sum_{}", sfx("sum_all", out_dtype)?),
-        LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        },
-        &[
-            Arg::Ptr(out.ptr()),
-            Arg::Ptr(partials.ptr()),
-            Arg::I32(blocks as i32),
-        ],
+        cfg_blocks(1, 256),
+        &[&out, &partials],
+        &[Arg::I32(blocks as i32)],
     )?;
     Ok(out)
 }

@@ -5,9 +5,7 @@
 //! ignore_index go to the device error record and are reported at the next read from
 //! the device (context.rs, `Dev::check_errors`): no sync per loss call.
 
-use cudarc::driver::LaunchConfig;
-
-use super::context::{cfg_rows, Arg};
+use super::context::{cfg_blocks, cfg_rows, n64, Arg};
 use super::{expect_buf, rows_of, sfx, CudaStorage};
 use crate::backend::BackendStorage;
 use crate::error::Result;
@@ -19,16 +17,11 @@ pub fn softmax(x: &CudaStorage, cols: usize, log: bool) -> Result<CudaStorage> {
     let rows = rows_of(x, cols, op)?;
     let y = CudaStorage::alloc(x.dev(), x.len(), x.dtype())?;
     if rows > 0 {
-        x.dev().launch(
+        x.dev().launch_bufs(
             &format!("fb_softmax_fwd_{s}"),
             cfg_rows(rows, cols),
-            &[
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::I32(log as i32),
-            ],
+            &[&y, x],
+            &[n64(rows), n64(cols), Arg::I32(log as i32)],
         )?;
     }
     Ok(y)
@@ -42,16 +35,11 @@ pub fn softmax_backward(y: &CudaStorage, dy: &CudaStorage, cols: usize) -> Resul
     expect_buf(dy, y, y.len(), y.dtype(), op)?;
     let dx = CudaStorage::alloc(y.dev(), y.len(), y.dtype())?;
     if rows > 0 {
-        y.dev().launch(
+        y.dev().launch_bufs(
             &format!("fb_softmax_bwd_{s}"),
             cfg_rows(rows, cols),
-            &[
-                Arg::Ptr(dx.ptr()),
-                Arg::Ptr(y.ptr()),
-                Arg::Ptr(dy.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-            ],
+            &[&dx, y, dy],
+            &[n64(rows), n64(cols)],
         )?;
     }
     Ok(dx)
@@ -71,21 +59,11 @@ fn ce_mean(
     // training must not overflow f16 (max 65504), as in torch where autocast's loss is f32.
     let loss = CudaStorage::alloc(x.dev(), 1, DType::F32)?;
     let count = CudaStorage::alloc(x.dev(), 1, DType::F32)?;
-    x.dev().launch(
+    x.dev().launch_bufs(
         &format!("fb_ce_mean_{s}"),
-        LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        },
-        &[
-            Arg::Ptr(loss.ptr()),
-            Arg::Ptr(count.ptr()),
-            Arg::Ptr(row_loss.ptr()),
-            Arg::Ptr(targets.ptr()),
-            Arg::I64(rows as i64),
-            Arg::I32(ignore_index),
-        ],
+        cfg_blocks(1, 512),
+        &[&loss, &count, row_loss, targets],
+        &[n64(rows), Arg::I32(ignore_index)],
     )?;
     Ok((loss, count))
 }
@@ -105,19 +83,11 @@ pub fn cross_entropy(
     let lse = CudaStorage::alloc(dev, rows, DType::F32)?;
     if rows > 0 {
         let err = dev.err_record();
-        dev.launch(
+        dev.launch_bufs(
             &format!("fb_ce_fwd_{s}"),
             cfg_rows(rows, cols),
-            &[
-                Arg::Ptr(row_loss.ptr()),
-                Arg::Ptr(lse.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(targets.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::I32(ignore_index),
-                Arg::Ptr(err),
-            ],
+            &[&row_loss, &lse, x, targets],
+            &[n64(rows), n64(cols), Arg::I32(ignore_index), Arg::Ptr(err)],
         )?;
     }
     let (loss, _count) = ce_mean(x, s, &row_loss, targets, rows, ignore_index)?;
@@ -144,20 +114,11 @@ pub fn cross_entropy_backward(
     let (_unused, count) = ce_mean(x, s, &zeros, targets, rows, ignore_index)?;
     let dx = CudaStorage::alloc(dev, x.len(), x.dtype())?;
     if rows > 0 {
-        dev.launch(
+        dev.launch_bufs(
             &format!("fb_ce_bwd_{s}"),
             cfg_rows(rows, cols),
-            &[
-                Arg::Ptr(dx.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::Ptr(targets.ptr()),
-                Arg::Ptr(lse.ptr()),
-                Arg::Ptr(dloss.ptr()),
-                Arg::Ptr(count.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-                Arg::I32(ignore_index),
-            ],
+            &[&dx, x, targets, lse, dloss, &count],
+            &[n64(rows), n64(cols), Arg::I32(ignore_index)],
         )?;
     }
     Ok(dx)
@@ -169,15 +130,11 @@ pub fn argmax_last(x: &CudaStorage, cols: usize) -> Result<CudaStorage> {
     let rows = rows_of(x, cols, op)?;
     let out = CudaStorage::alloc(x.dev(), rows, DType::I32)?;
     if rows > 0 {
-        x.dev().launch(
+        x.dev().launch_bufs(
             &format!("fb_argmax_{s}"),
             cfg_rows(rows, cols),
-            &[
-                Arg::Ptr(out.ptr()),
-                Arg::Ptr(x.ptr()),
-                Arg::I64(rows as i64),
-                Arg::I64(cols as i64),
-            ],
+            &[&out, x],
+            &[n64(rows), n64(cols)],
         )?;
     }
     Ok(out)

@@ -3,9 +3,7 @@
 //! Only rows × top_k candidates (start, end, score, logit sum) cross to the host; empty
 //! slots (fewer legal spans than top_k) come back with score -1 and are dropped.
 
-use cudarc::driver::LaunchConfig;
-
-use super::context::Arg;
+use super::context::{cfg_blocks, n64, Arg};
 use super::{len_err, sfx, CudaStorage};
 use crate::backend::{BackendStorage, SpanCandidate};
 use crate::error::{Error, Result};
@@ -26,13 +24,7 @@ pub fn span_search(
     let s = sfx(op, start.dtype())?;
     start.check_pair(end, op)?;
     start.check_pair(allowed, op)?;
-    if end.dtype() != start.dtype() {
-        return Err(Error::DType {
-            op,
-            expected: start.dtype().as_str(),
-            got: end.dtype(),
-        });
-    }
+    start.check_dtype(end, op)?;
     if allowed.dtype() != DType::I32 {
         return Err(Error::DType {
             op,
@@ -63,26 +55,12 @@ pub fn span_search(
     let o_end = CudaStorage::alloc(dev, n, DType::I32)?;
     let o_score = CudaStorage::alloc(dev, n, DType::F32)?;
     let o_sum = CudaStorage::alloc(dev, n, DType::F32)?;
-    dev.launch(
+    let span = [Arg::I32(max_len.min(cols) as i32), Arg::I32(top_k as i32)];
+    dev.launch_bufs(
         &format!("fb_span_search_{s}"),
-        LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        },
-        &[
-            Arg::Ptr(o_start.ptr()),
-            Arg::Ptr(o_end.ptr()),
-            Arg::Ptr(o_score.ptr()),
-            Arg::Ptr(o_sum.ptr()),
-            Arg::Ptr(start.ptr()),
-            Arg::Ptr(end.ptr()),
-            Arg::Ptr(allowed.ptr()),
-            Arg::I64(rows as i64),
-            Arg::I64(cols as i64),
-            Arg::I32(max_len.min(cols) as i32),
-            Arg::I32(top_k as i32),
-        ],
+        cfg_blocks(rows, 128),
+        &[&o_start, &o_end, &o_score, &o_sum, start, end, allowed],
+        &[&[n64(rows), n64(cols)][..], &span].concat(),
     )?;
     let (st, en) = (o_start.to_vec_i32()?, o_end.to_vec_i32()?);
     let (sc, ls) = (o_score.to_vec_f32()?, o_sum.to_vec_f32()?);

@@ -13,6 +13,24 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 
+/// Trait methods that hand their arguments, `self` first, to a function of the op
+/// family's file: each written once, as its signature and that function's path.
+macro_rules! forward {
+    () => {};
+    (fn $name:ident(&self $(, $arg:ident: $t:ty)* $(,)?) -> $ret:ty => $f:path; $($rest:tt)*) => {
+        fn $name(&self $(, $arg: $t)*) -> Result<$ret> {
+            $f(self $(, $arg)*)
+        }
+        forward!($($rest)*);
+    };
+    (fn $name:ident(&mut self $(, $arg:ident: $t:ty)* $(,)?) -> $ret:ty => $f:path; $($rest:tt)*) => {
+        fn $name(&mut self $(, $arg: $t)*) -> Result<$ret> {
+            $f(self $(, $arg)*)
+        }
+        forward!($($rest)*);
+    };
+}
+
 impl BackendStorage for CudaStorage {
     fn device(&self) -> Device {
         Device::Cuda(self.dev.ordinal)
@@ -67,32 +85,62 @@ impl BackendStorage for CudaStorage {
         out.copy_bytes_from(self)?;
         Ok(out)
     }
-    fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
-        elementwise::binary(self, rhs, op)
-    }
-    fn affine(&self, mul: f64, add: f64) -> Result<Self> {
-        elementwise::affine(self, mul, add)
-    }
-    fn unary(&self, op: UnaryOp) -> Result<Self> {
-        elementwise::unary(self, op)
-    }
-    fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Result<Self> {
-        elementwise::unary_backward(self, dy, op)
-    }
-    fn gated(&self, lin: &Self, act: UnaryOp) -> Result<Self> {
-        elementwise::gated(self, lin, act)
-    }
-    fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> Result<(Self, Self)> {
-        elementwise::gated_backward(self, lin, dy, act)
-    }
-    fn dropout(&self, p: f32, seed: u64) -> Result<Self> {
-        elementwise::dropout(self, p, seed)
-    }
-    fn add_bias(&self, bias: &Self, cols: usize) -> Result<Self> {
-        elementwise::add_bias(self, bias, cols)
-    }
-    fn sum_rows(&self, cols: usize) -> Result<Self> {
-        reduce::sum_rows(self, cols)
+    forward! {
+        fn binary(&self, rhs: &Self, op: BinaryOp) -> Self => elementwise::binary;
+        fn affine(&self, mul: f64, add: f64) -> Self => elementwise::affine;
+        fn unary(&self, op: UnaryOp) -> Self => elementwise::unary;
+        fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Self => elementwise::unary_backward;
+        fn gated(&self, lin: &Self, act: UnaryOp) -> Self => elementwise::gated;
+        fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> (Self, Self)
+            => elementwise::gated_backward;
+        fn dropout(&self, p: f32, seed: u64) -> Self => elementwise::dropout;
+        fn add_bias(&self, bias: &Self, cols: usize) -> Self => elementwise::add_bias;
+        fn sum_rows(&self, cols: usize) -> Self => reduce::sum_rows;
+        fn permute(&self, dims: &[usize], perm: &[usize]) -> Self => layout::permute;
+        fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Self
+            => layout::narrow;
+        fn index_select(&self, ids: &Self, cols: usize) -> Self => embedding::index_select;
+        fn index_add(&self, ids: &Self, n: usize, cols: usize, skip: Option<usize>) -> Self
+            => embedding::index_add;
+        fn axpy_(&mut self, x: &Self, alpha: f64) -> () => elementwise::axpy_;
+        fn scale_(&mut self, alpha: f64) -> () => elementwise::scale_;
+        fn copy_from_(&mut self, src: &Self) -> () => elementwise::copy_from_;
+        fn adamw_(&mut self, grad: &Self, m: &mut Self, v: &mut Self, working: Option<&mut Self>,
+            hp: &AdamWStep) -> bool => adamw::adamw_;
+        fn has_non_finite(&self) -> bool => elementwise::has_non_finite;
+        fn clamp_i32(&self, lo: i32, hi: i32) -> Self => elementwise::clamp_i32;
+        fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Self => blas::matmul;
+        fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Self => blas::matmul_out;
+        fn layer_norm(&self, gamma: &Self, beta: &Self, cols: usize, eps: f64)
+            -> (Self, Self, Self) => norm::layer_norm;
+        fn layer_norm_backward(&self, gamma: &Self, mean: &Self, rstd: &Self, dy: &Self,
+            cols: usize) -> (Self, Self, Self) => norm::layer_norm_backward;
+        fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> (Self, Self) => norm::rms_norm;
+        fn rms_norm_backward(&self, gamma: &Self, rstd: &Self, dy: &Self, cols: usize)
+            -> (Self, Self) => norm::rms_norm_backward;
+        fn softmax_backward(&self, dy: &Self, cols: usize) -> Self => softmax::softmax_backward;
+        fn cross_entropy(&self, targets: &Self, cols: usize, ignore_index: i32) -> (Self, Self)
+            => softmax::cross_entropy;
+        fn cross_entropy_backward(&self, targets: &Self, lse: &Self, dloss: &Self, cols: usize,
+            ignore_index: i32) -> Self => softmax::cross_entropy_backward;
+        fn argmax_last(&self, cols: usize) -> Self => softmax::argmax_last;
+        fn attention(&self, k: &Self, v: &Self, key_mask: Option<&Self>, bias: Option<&Self>,
+            spec: &AttnSpec) -> (Self, Self) => attention_unfused::attention;
+        fn attention_backward(&self, k: &Self, v: &Self, out: &Self, lse: &Self, dout: &Self,
+            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
+            -> (Self, Self, Self, Option<Self>) => attention_unfused::attention_backward;
+        fn attention_qkv(&self, key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
+            -> (Self, Self) => attention_unfused::attention_qkv;
+        fn attention_qkv_backward(&self, out: &Self, lse: &Self, dout: &Self,
+            key_mask: Option<&Self>, bias: Option<&Self>, spec: &AttnSpec)
+            -> (Self, Option<Self>) => attention_unfused::attention_qkv_backward;
+        fn span_search(&self, end_logits: &Self, allowed: &Self, cols: usize, max_len: usize,
+            top_k: usize) -> Vec<SpanCandidate> => span::span_search;
+        fn dropout_add_layer_norm(&self, res: &Self, gamma: &Self, beta: &Self, cols: usize,
+            eps: f64, p: f32, seed: u64) -> (Self, Self, Self, Self) => norm::add_layer_norm;
+        fn dropout_add_layer_norm_backward(&self, gamma: &Self, mean: &Self, rstd: &Self,
+            dy: &Self, cols: usize, p: f32, seed: u64) -> (Self, Option<Self>, Self, Self)
+            => norm::add_layer_norm_backward;
     }
     fn sum_all(&self) -> Result<Self> {
         reduce::sum_all(self, false)
@@ -100,164 +148,14 @@ impl BackendStorage for CudaStorage {
     fn sum_sq(&self) -> Result<Self> {
         reduce::sum_all(self, true)
     }
-    fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self> {
-        layout::permute(self, dims, perm)
-    }
-    fn narrow(&self, dims: &[usize], dim: usize, start: usize, len: usize) -> Result<Self> {
-        layout::narrow(self, dims, dim, start, len)
-    }
     fn cat(parts: &[&Self], dims: &[Vec<usize>], dim: usize) -> Result<Self> {
         layout::cat(parts, dims, dim)
-    }
-    fn index_select(&self, ids: &Self, cols: usize) -> Result<Self> {
-        embedding::index_select(self, ids, cols)
-    }
-    fn index_add(&self, ids: &Self, n: usize, cols: usize, skip: Option<usize>) -> Result<Self> {
-        embedding::index_add(self, ids, n, cols, skip)
-    }
-    fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
-        elementwise::axpy_(self, x, alpha)
-    }
-    fn scale_(&mut self, alpha: f64) -> Result<()> {
-        elementwise::scale_(self, alpha)
-    }
-    fn copy_from_(&mut self, src: &Self) -> Result<()> {
-        elementwise::copy_from_(self, src)
-    }
-    fn adamw_(
-        &mut self,
-        grad: &Self,
-        m: &mut Self,
-        v: &mut Self,
-        working: Option<&mut Self>,
-        hp: &AdamWStep,
-    ) -> Result<bool> {
-        adamw::adamw_(self, grad, m, v, working, hp)
-    }
-    fn has_non_finite(&self) -> Result<bool> {
-        elementwise::has_non_finite(self)
-    }
-    fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Self> {
-        elementwise::clamp_i32(self, lo, hi)
-    }
-    fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
-        blas::matmul(self, rhs, spec)
-    }
-    fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
-        blas::matmul_out(self, rhs, spec, out)
-    }
-    fn layer_norm(
-        &self,
-        gamma: &Self,
-        beta: &Self,
-        cols: usize,
-        eps: f64,
-    ) -> Result<(Self, Self, Self)> {
-        norm::layer_norm(self, gamma, beta, cols, eps)
-    }
-    fn layer_norm_backward(
-        &self,
-        gamma: &Self,
-        mean: &Self,
-        rstd: &Self,
-        dy: &Self,
-        cols: usize,
-    ) -> Result<(Self, Self, Self)> {
-        norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols)
-    }
-    fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)> {
-        norm::rms_norm(self, gamma, cols, eps)
-    }
-    fn rms_norm_backward(
-        &self,
-        gamma: &Self,
-        rstd: &Self,
-        dy: &Self,
-        cols: usize,
-    ) -> Result<(Self, Self)> {
-        norm::rms_norm_backward(self, gamma, rstd, dy, cols)
     }
     fn softmax(&self, cols: usize) -> Result<Self> {
         softmax::softmax(self, cols, false)
     }
-    fn softmax_backward(&self, dy: &Self, cols: usize) -> Result<Self> {
-        softmax::softmax_backward(self, dy, cols)
-    }
     fn log_softmax(&self, cols: usize) -> Result<Self> {
         softmax::softmax(self, cols, true)
-    }
-    fn cross_entropy(
-        &self,
-        targets: &Self,
-        cols: usize,
-        ignore_index: i32,
-    ) -> Result<(Self, Self)> {
-        softmax::cross_entropy(self, targets, cols, ignore_index)
-    }
-    fn cross_entropy_backward(
-        &self,
-        targets: &Self,
-        lse: &Self,
-        dloss: &Self,
-        cols: usize,
-        ignore_index: i32,
-    ) -> Result<Self> {
-        softmax::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index)
-    }
-    fn argmax_last(&self, cols: usize) -> Result<Self> {
-        softmax::argmax_last(self, cols)
-    }
-    fn attention(
-        &self,
-        k: &Self,
-        v: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention_unfused::attention(self, k, v, key_mask, bias, spec)
-    }
-    fn attention_backward(
-        &self,
-        k: &Self,
-        v: &Self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self, Self, Option<Self>)> {
-        attention_unfused::attention_backward(self, k, v, out, lse, dout, key_mask, bias, spec)
-    }
-    fn attention_qkv(
-        &self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Self)> {
-        attention_unfused::attention_qkv(self, key_mask, bias, spec)
-    }
-    fn attention_qkv_backward(
-        &self,
-        out: &Self,
-        lse: &Self,
-        dout: &Self,
-        key_mask: Option<&Self>,
-        bias: Option<&Self>,
-        spec: &AttnSpec,
-    ) -> Result<(Self, Option<Self>)> {
-        attention_unfused::attention_qkv_backward(self, out, lse, dout, key_mask, bias, spec)
-    }
-    fn span_search(
-        &self,
-        end_logits: &Self,
-        allowed: &Self,
-        cols: usize,
-        max_len: usize,
-        top_k: usize,
-    ) -> Result<Vec<SpanCandidate>> {
-        span::span_search(self, end_logits, allowed, cols, max_len, top_k)
     }
 
     fn linear_bias(
@@ -284,30 +182,6 @@ impl BackendStorage for CudaStorage {
             Some(g) => Ok(g),
             None => composed::linear_wgrad_bgrad(self, x, rows, out_f, in_f),
         }
-    }
-    fn dropout_add_layer_norm(
-        &self,
-        res: &Self,
-        gamma: &Self,
-        beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
-    ) -> Result<(Self, Self, Self, Self)> {
-        norm::add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
-    }
-    fn dropout_add_layer_norm_backward(
-        &self,
-        gamma: &Self,
-        mean: &Self,
-        rstd: &Self,
-        dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
-    ) -> Result<(Self, Option<Self>, Self, Self)> {
-        norm::add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
     }
     fn adamw_multi(
         tensors: &mut [MultiTensor<'_, Self>],

@@ -315,6 +315,78 @@ fn rows() -> Vec<Row> {
         FAIL,
         &["--input <INPUT>|--file <FILE>"],
     ));
+    // generate()'s flags (issue 16): each names itself, as generate() refuses them.
+    for (extra, want) in [
+        (
+            &["--num-return-sequences", "0"][..],
+            &["--num-return-sequences must be at least 1"][..],
+        ),
+        (
+            &["--num-return-sequences", "2"],
+            &[
+                "--num-return-sequences 2 needs beam search with at least 2 beams",
+                "the model's num_beams",
+            ],
+        ),
+        (
+            &["--num-beams", "2", "--num-return-sequences", "3"],
+            &[
+                "--num-return-sequences 3 needs beam search",
+                "--num-beams is 2",
+            ],
+        ),
+        (&["--max-length", "1"], &["--max-length 1 leaves no room"]),
+        (
+            &["--max-new-tokens", "0"],
+            &["--max-new-tokens must be at least 1"],
+        ),
+        (
+            &["--early-stopping", "maybe"],
+            &["invalid value 'maybe' for '--early-stopping"],
+        ),
+    ] {
+        rows.push(as_row(INFER, gen(&t5, extra), FAIL, want));
+    }
+    // Several sequences per input: a JSON list of {"text", "tokens", "score"}, best first.
+    rows.push(as_row(
+        INFER,
+        gen(
+            &t5,
+            &["--num-beams", "3", "--num-return-sequences", "2", "--json"],
+        ),
+        OK,
+        &["[{\"score\":", "},{\"score\":"],
+    ));
+    // Generation settings from the model directory are checked, naming field and file.
+    for (name, gen_cfg, want) in [
+        (
+            "t5-rep-penalty",
+            json!({"repetition_penalty": 1.3}),
+            &[
+                "`repetition_penalty` = 1.3 is not implemented",
+                "generation_config.json",
+            ][..],
+        ),
+        (
+            "t5-bad-words",
+            json!({"bad_words_ids": [[5, 100_000]]}),
+            &["bad_words_ids holds 100000", "generation_config.json"],
+        ),
+        (
+            "t5-beams-text",
+            json!({"num_beams": "four"}),
+            &["generation_config.json: field `num_beams`: expected a non-negative integer"],
+        ),
+        (
+            "t5-nrs-greedy",
+            json!({"num_return_sequences": 2}),
+            &["num_return_sequences 2 (the model's", "needs beam search"],
+        ),
+    ] {
+        let dir = copy_model(&m.t5, name);
+        std::fs::write(dir.join("generation_config.json"), gen_cfg.to_string()).expect("write");
+        rows.push(as_row(INFER, gen(&s(&dir), &[]), FAIL, want));
+    }
 
     // --- infer qa -----------------------------------------------------------------------
     let no_head = copy_model(&m.qa, "qa-no-head");

@@ -224,6 +224,60 @@ fn train_translate_then_infer_generate() {
         v["score"].as_f64().is_some(),
         "beam search reports a score: {v}"
     );
+    // With no generation flags, the checkpoint's own configuration: a model trained from
+    // scratch carries the one its evaluation used (24 new tokens at most, greedy).
+    let gen_cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("generation_config.json")).expect("generation_config"),
+    )
+    .expect("JSON");
+    assert_eq!(gen_cfg["max_new_tokens"], 24, "{gen_cfg}");
+    let o = run(
+        env!("CARGO_BIN_EXE_infer"),
+        &[
+            "generate",
+            "--model",
+            p(&out),
+            "--input",
+            "the small dog",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let v = last_json_line(&o);
+    let n = v["tokens"].as_array().expect("tokens").len();
+    assert!((1..=24).contains(&n) && v.get("score").is_none(), "{v}");
+    // --num-return-sequences 2: a list of two {"text", "tokens", "score"}, best first.
+    let o = run(
+        env!("CARGO_BIN_EXE_infer"),
+        &[
+            "generate",
+            "--model",
+            p(&out),
+            "--input",
+            "the small dog",
+            "--num-beams",
+            "3",
+            "--num-return-sequences",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let v = last_json_line(&o);
+    let list = v.as_array().expect("a list per input");
+    assert_eq!(list.len(), 2, "{v}");
+    assert!(list
+        .iter()
+        .all(|x| x["text"].is_string() && x["tokens"].is_array()));
+    let scores: Vec<f64> = list
+        .iter()
+        .map(|x| x["score"].as_f64().expect("score"))
+        .collect();
+    assert!(scores[0] >= scores[1], "best first: {scores:?}");
     // --file: one output line per input line, a blank input line giving a blank output,
     // so the outputs still pair up with a reference file.
     let inputs = out.join("inputs.txt");

@@ -213,7 +213,7 @@ fn gen_cfg(model: &T5ForConditionalGeneration, beams: usize) -> GenerateConfig {
         length_penalty: 1.0,
         early_stopping: EarlyStopping::False,
         no_repeat_ngram_size: 0,
-        ..GenerateConfig::for_model(&model.config)
+        ..GenerateConfig::for_model(model)
     }
 }
 

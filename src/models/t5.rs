@@ -14,7 +14,8 @@
 //!
 //! Files: `model.rs` (the model: load, forward, loss, save), `layers.rs` (blocks,
 //! stacks, relative position buckets), `attention.rs`, `dropout.rs` (dropout sites),
-//! `fp16.rs` (the f32 residual stream), `incremental.rs` (generation), `config.rs`.
+//! `fp16.rs` (the f32 residual stream), `incremental.rs` (generation: encoder state and
+//! one cached decoder step), `seq2seq_lm.rs` (the `Seq2SeqLm` face), `config.rs`.
 
 mod attention;
 mod config;
@@ -23,12 +24,15 @@ mod fp16;
 mod incremental;
 mod layers;
 mod model;
+mod seq2seq_lm;
 
 // `Mode` lives in nn (every model's); kept here for callers that import it from t5.
 pub use crate::nn::Mode;
 pub use config::{EosTokenId, FeedForward, T5Config};
 pub use dropout::Dropout;
 pub use fp16::Fp16Safety;
-pub use incremental::{DecoderCache, EncoderState};
+// Generation state lives in `models::seq2seq` (every encoder-decoder family's); kept
+// here for callers that import it from t5.
+pub use crate::models::seq2seq::{select_rows, DecoderCache, EncoderState};
 pub use layers::{bucket_ids, relative_position_bucket};
 pub use model::T5ForConditionalGeneration;

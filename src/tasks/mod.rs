@@ -1,7 +1,6 @@
 //! Task-level algorithms on top of the models (QA features and decoding, generation).
 
 pub mod generate;
-pub mod generate_config;
 pub mod pipeline;
 pub mod qa;
 pub mod qa_post;

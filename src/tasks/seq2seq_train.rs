@@ -1,7 +1,9 @@
-//! Text-to-text training for T5 (summarization and translation): tokenized pairs,
-//! DataCollatorForSeq2Seq-style batches (inputs padded with pad, labels with -100),
-//! teacher-forced loss, and per-epoch evaluation by generating and scoring with ROUGE
-//! (rouge-score semantics) or BLEU (sacrebleu semantics).
+//! Text-to-text training for any encoder-decoder LM (`Seq2SeqLm`: summarization and
+//! translation): tokenized pairs, DataCollatorForSeq2Seq-style batches (inputs padded
+//! with pad, labels with -100), teacher-forced loss, and per-epoch evaluation by
+//! generating (with the model's generation configuration and the run's overrides, as
+//! Seq2SeqTrainer's `predict_with_generate` does) and scoring with ROUGE (rouge-score
+//! semantics) or BLEU (sacrebleu semantics).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use crate::autograd::no_grad;
 use crate::data::seq2seq::Seq2SeqExample;
 use crate::error::{Error, Result};
 use crate::metrics::{bleu, rouge};
-use crate::models::t5::T5ForConditionalGeneration;
+use crate::models::seq2seq::Seq2SeqLm;
 use crate::nn::Mode;
 use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::Device;
@@ -34,12 +36,14 @@ struct Pair {
 }
 
 pub struct Seq2SeqTask {
-    pub model: T5ForConditionalGeneration,
+    pub model: Box<dyn Seq2SeqLm>,
     tokenizer: Tokenizer,
     tokenizer_dir: PathBuf,
     train: Vec<Pair>,
     eval: Vec<Seq2SeqExample>,
     kind: Seq2SeqKind,
+    /// What evaluation generates with: the model's generation configuration with the
+    /// run's overrides (checkpoints keep the model's own).
     pub generation: GenerateConfig,
     max_source: usize,
     eval_batch: usize,
@@ -90,7 +94,7 @@ impl Seq2SeqTask {
 
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: T5ForConditionalGeneration,
+        model: Box<dyn Seq2SeqLm>,
         tokenizer_dir: &Path,
         train: &[Seq2SeqExample],
         eval: Vec<Seq2SeqExample>,
@@ -102,10 +106,10 @@ impl Seq2SeqTask {
     ) -> Result<Seq2SeqTask> {
         let path = tokenizer_dir.join("tokenizer.json");
         let tokenizer = crate::tokenize::load_tokenizer_json(&path)?;
-        let pad = generation.pad_token_id.unwrap_or(0);
-        let eos = generation.eos_token_id.first().copied().unwrap_or(1);
+        let pad = model.pad_token_id();
+        let eos = model.eos_token_ids().first().copied().unwrap_or(1);
         let vocab = tokenizer.get_vocab_size(true);
-        let model_vocab = model.config.vocab_size;
+        let model_vocab = model.vocab_size();
         if vocab > model_vocab {
             return Err(Error::msg(format!(
                 "{}: the tokenizer has {vocab} tokens but the model's embedding has {model_vocab} rows (config.json vocab_size)",
@@ -137,7 +141,7 @@ impl Seq2SeqTask {
     /// Generate for `sources` (greedy or beam per `self.generation`) and decode.
     pub fn predict(&self, sources: &[String]) -> Result<Vec<String>> {
         let _g = no_grad();
-        let eos = self.generation.eos_token_id.first().copied().unwrap_or(1);
+        let eos = self.model.eos_token_ids().first().copied().unwrap_or(1);
         let mut out = Vec::with_capacity(sources.len());
         for chunk in sources.chunks(self.eval_batch.max(1)) {
             let enc: Vec<Vec<i32>> = chunk
@@ -154,8 +158,10 @@ impl Seq2SeqTask {
                 .collect::<Result<_>>()?;
             let rows: Vec<&[i32]> = enc.iter().map(|v| v.as_slice()).collect();
             let (ids, mask) = pad_rows(&rows, self.pad, self.device)?;
-            let g = generate(&self.model, &ids, Some(&mask), &self.generation)?;
-            for seq in g.sequences {
+            let g = generate(self.model.as_ref(), &ids, Some(&mask), &self.generation)?;
+            // Scored: the best sequence of each input.
+            let per_input = g.sequences.len() / chunk.len().max(1);
+            for seq in g.sequences.into_iter().step_by(per_input.max(1)) {
                 let ids: Vec<u32> = seq.iter().filter(|&&t| t >= 0).map(|&t| t as u32).collect();
                 let text = self
                     .tokenizer
@@ -243,16 +249,7 @@ impl Task for Seq2SeqTask {
                 std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
             }
         }
-        let gen = json!({
-            "decoder_start_token_id": self.generation.decoder_start_token_id,
-            "eos_token_id": self.generation.eos_token_id.first(),
-            "pad_token_id": self.generation.pad_token_id,
-            "max_new_tokens": self.generation.max_new_tokens,
-            "num_beams": self.generation.num_beams,
-        });
-        let p = dir.join("generation_config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&gen).unwrap_or_default())
-            .map_err(|e| Error::io(&p, e))
+        Ok(())
     }
 
     fn headline_metric(&self) -> &'static str {

@@ -1,5 +1,7 @@
-//! `train summarize` / `train translate`: T5 on source/target files, or, with none, the
-//! built-in generated task from scratch (a word-level tokenizer and a small T5).
+//! `train summarize` / `train translate`: an encoder-decoder LM (T5) on source/target
+//! files, or, with none, the built-in generated task from scratch (a word-level tokenizer
+//! and a small T5). Evaluation generates with the model's generation configuration,
+//! overridden by --num-beams and --max-new-tokens.
 
 use std::path::PathBuf;
 
@@ -8,9 +10,10 @@ use clap::Args as ClapArgs;
 
 use fusebox::data::seq2seq::{load_seq2seq, Seq2SeqOptions};
 use fusebox::hub;
+use fusebox::models::auto::load_seq2seq_lm;
+use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::T5ForConditionalGeneration;
-use fusebox::tasks::generate::GenerateConfig;
 use fusebox::tasks::seq2seq_default;
 use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
 use fusebox::tokenize::load_tokenizer_json;
@@ -49,11 +52,12 @@ pub(crate) struct Seq2SeqArgs {
     /// Target tokens kept for training (labels past it are truncated).
     #[arg(long, default_value_t = 128)]
     max_target_length: usize,
-    /// Beams in evaluation generation (1 = greedy).
-    #[arg(long, default_value_t = 1)]
-    num_beams: usize,
-    /// Tokens generated per evaluation row at most (default: --max-target-length; 24 for
-    /// the built-in task).
+    /// Beams in evaluation generation (1 = greedy; default: the model's generation
+    /// configuration, greedy for a model from scratch).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Tokens generated per evaluation row at most (default: --max-target-length, as
+    /// run_summarization.py's val_max_target_length; 24 for the built-in task).
     #[arg(long)]
     max_new_tokens: Option<usize>,
     /// Evaluate on at most this many rows (generation is the slow part).
@@ -144,7 +148,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // From scratch: the built-in task, or `--model scratch` on the user's files.
     let scratch = builtin || a.model.as_deref() == Some("scratch");
-    let (model, tok_dir) = if scratch {
+    let (mut model, tok_dir, scratch_config): (Box<dyn Seq2SeqLm>, _, _) = if scratch {
         let tok_dir = out.join("tokenizer");
         let texts: Vec<String> = train_rows
             .iter()
@@ -162,24 +166,47 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         let spec = ModelSource::config(ModelConfig::T5(cfg.clone()));
         a.run.check_model_fits_cpu(&spec, device)?;
         (
-            T5ForConditionalGeneration::new_random(cfg, device, dtype, a.run.seed)?,
+            Box::new(T5ForConditionalGeneration::new_random(
+                cfg.clone(),
+                device,
+                dtype,
+                a.run.seed,
+            )?),
             tok_dir,
+            Some(cfg),
         )
     } else {
         let spec = a.model.clone().unwrap_or_else(|| "t5-small".to_string());
         let dir = hub::resolve_model(&spec)?;
-        (T5ForConditionalGeneration::load(&dir, device, dtype)?, dir)
+        (load_seq2seq_lm(&dir, device, dtype)?, dir, None)
     };
     if let Some(n) = a.eval_limit {
         eval_rows.truncate(n);
     }
-    let mut gen = GenerateConfig::for_model(&model.config);
-    gen.num_beams = a.num_beams;
+    // Evaluation: the model's generation configuration, each flag overriding its setting.
+    let mut gen = model.generation_config().clone();
+    if let Some(n) = a.num_beams {
+        gen.num_beams = n;
+        gen.overridden_by("--num-beams");
+    }
     gen.max_new_tokens =
         Some(
             a.max_new_tokens
                 .unwrap_or(if builtin { 24 } else { a.max_target_length }),
         );
+    gen.overridden_by(match (a.max_new_tokens, builtin) {
+        (Some(_), _) => "--max-new-tokens",
+        (None, true) => "the built-in task's max_new_tokens 24",
+        (None, false) => "--max-target-length (as max_new_tokens)",
+    });
+    // Evaluation scores one sequence per input.
+    gen.num_return_sequences = 1;
+    gen.validate(model.vocab_size())?;
+    if scratch {
+        // A model from scratch has no generation configuration of its own: its
+        // checkpoints carry the one its evaluation used, for `infer` to generate with.
+        model.set_generation_config(gen.clone());
+    }
     let mut task = Seq2SeqTask::new(
         model,
         &tok_dir,
@@ -206,10 +233,9 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     cfg.settings = serde_json::json!({ "model": a.model, "train": a.train, "eval": a.eval });
     // The planner builds the same model on the meta device: the checkpoint's header when
     // there is one, else the configuration.
-    let spec = if scratch {
-        ModelSource::config(ModelConfig::T5(task.model.config.clone()))
-    } else {
-        ModelSource::dir(&tok_dir)?
+    let spec = match scratch_config {
+        Some(c) => ModelSource::config(ModelConfig::T5(c)),
+        None => ModelSource::dir(&tok_dir)?,
     };
     let lengths = task.longest_train_lengths();
     let rows = fusebox::train::Task::train_len(&task);

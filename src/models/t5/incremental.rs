@@ -1,115 +1,20 @@
 //! Incremental decoding for generation: the encoder runs once per input and each
 //! decoder layer's cross-attention K/V are projected once (`EncoderState`); decoder
 //! self-attention keeps a K/V cache that grows by one position per step
-//! (`DecoderCache`). A step feeds one token per row: its query sits at absolute position
-//! `len`, so its relative-position bias is row `len` of the full causal bias, and the
-//! backend's causal alignment (query i sees keys ≤ i + lk − lq) lets it see every cached
-//! key. Rows are reordered (beam search) by gathering along the batch dimension.
+//! (`DecoderCache`; both in `models::seq2seq`, every encoder-decoder family's). A step
+//! feeds one token per row: its query sits at absolute position `len`, so its
+//! relative-position bias is row `len` of the full causal bias, and the backend's causal
+//! alignment (query i sees keys ≤ i + lk − lq) lets it see every cached key.
 
 use crate::autograd::no_grad;
 use crate::error::{Error, Result};
+use crate::models::seq2seq::{DecoderCache, EncoderState};
 use crate::tensor::Tensor;
 
 use super::attention::t5_opts;
 use super::dropout::Dropout;
 use super::fp16::pre_norm;
 use super::model::T5ForConditionalGeneration;
-
-/// Encoder output of a batch, with every decoder layer's cross-attention K/V.
-pub struct EncoderState {
-    /// `[N, Ls, d_model]`.
-    pub hidden: Tensor,
-    /// I32 `[N, Ls]`, 1 = token.
-    pub mask: Option<Tensor>,
-    /// Per decoder layer: K, V `[N, Ls, H, D]`.
-    pub cross_kv: Vec<(Tensor, Tensor)>,
-}
-
-/// Self-attention K/V of the tokens decoded so far, per decoder layer `[N, len, H, D]`.
-pub struct DecoderCache {
-    pub kv: Vec<(Tensor, Tensor)>,
-    pub len: usize,
-}
-
-/// Rows `rows` of `t` along dim 0 (any rank), as a new tensor.
-pub fn select_rows(t: &Tensor, rows: &[i32]) -> Result<Tensor> {
-    let n = t.dims()[0];
-    if let Some(bad) = rows.iter().find(|&&r| r < 0 || r as usize >= n) {
-        return Err(Error::msg(format!(
-            "select_rows: row {bad} is outside [0, {n}) of {}",
-            t.shape()
-        )));
-    }
-    let rest = t.elem_count() / n.max(1);
-    let mut dims = t.dims().to_vec();
-    dims[0] = rows.len();
-    let ids = Tensor::from_i32(rows.to_vec(), [rows.len()], t.device())?;
-    t.reshape([n, rest])?.index_select(&ids)?.reshape(dims)
-}
-
-fn select_rows_i32(t: &Tensor, rows: &[i32]) -> Result<Tensor> {
-    let n = t.dims()[0];
-    let rest = t.elem_count() / n.max(1);
-    let v = t.to_vec_i32()?;
-    let mut out = Vec::with_capacity(rows.len() * rest);
-    for &r in rows {
-        let r = r as usize;
-        if r >= n {
-            return Err(Error::msg(format!("select_rows: row {r} outside [0, {n})")));
-        }
-        out.extend_from_slice(&v[r * rest..(r + 1) * rest]);
-    }
-    let mut dims = t.dims().to_vec();
-    dims[0] = rows.len();
-    Tensor::from_i32(out, dims, t.device())
-}
-
-impl EncoderState {
-    /// The state for rows `rows` of this batch (e.g. each input repeated per beam).
-    pub fn select(&self, rows: &[i32]) -> Result<EncoderState> {
-        Ok(EncoderState {
-            hidden: select_rows(&self.hidden, rows)?,
-            mask: self
-                .mask
-                .as_ref()
-                .map(|m| select_rows_i32(m, rows))
-                .transpose()?,
-            cross_kv: self
-                .cross_kv
-                .iter()
-                .map(|(k, v)| Ok((select_rows(k, rows)?, select_rows(v, rows)?)))
-                .collect::<Result<_>>()?,
-        })
-    }
-
-    pub fn batch(&self) -> usize {
-        self.hidden.dims()[0]
-    }
-}
-
-impl DecoderCache {
-    pub fn new() -> DecoderCache {
-        DecoderCache {
-            kv: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Keep rows `rows` (beam search: each surviving beam's parent).
-    pub fn reorder(&mut self, rows: &[i32]) -> Result<()> {
-        for (k, v) in self.kv.iter_mut() {
-            *k = select_rows(k, rows)?;
-            *v = select_rows(v, rows)?;
-        }
-        Ok(())
-    }
-}
-
-impl Default for DecoderCache {
-    fn default() -> Self {
-        DecoderCache::new()
-    }
-}
 
 impl T5ForConditionalGeneration {
     /// Run the encoder (eval mode, no tape) and project the cross-attention K/V.

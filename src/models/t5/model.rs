@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::models::generation_config::GenerateConfig;
 use crate::models::hf::{
     check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, write_json,
     SizeCheck,
@@ -36,6 +37,9 @@ pub struct T5ForConditionalGeneration {
     tied_lm_head: bool,
     /// config.json as read, so a save keeps the fields we do not model.
     raw_config: Option<serde_json::Value>,
+    /// Its generation settings (generation_config.json, else config.json), as
+    /// transformers' `model.generation_config`; `save` writes them back.
+    pub(super) generation: GenerateConfig,
     /// Drop attention probabilities in training, as HF does (default; fused into the
     /// attention op). `false` skips that dropout.
     pub attention_dropout: bool,
@@ -138,7 +142,9 @@ impl T5ForConditionalGeneration {
             store.remove(k);
         }
         check_config_sizes(&config, &raw, &cfg_path, &store)?;
-        let model = Self::build(config, store, Some(raw), false)?;
+        let generation = GenerateConfig::from_model_dir(Self::special_tokens(&config), dir, &raw)?;
+        let mut model = Self::build(config, store, Some(raw), false)?;
+        model.generation = generation;
         check_complete(&model.store, &weights, None)?;
         Ok(model)
     }
@@ -148,6 +154,15 @@ impl T5ForConditionalGeneration {
         config.validate("the T5 config")?;
         let tie = config.tie_word_embeddings.unwrap_or(true);
         Self::build(config, ParamStore::new(device, dtype, seed), None, !tie)
+    }
+
+    /// transformers' generation defaults with this config's special ids.
+    fn special_tokens(config: &T5Config) -> GenerateConfig {
+        GenerateConfig::with_special_tokens(
+            config.decoder_start_id(),
+            config.eos_ids(),
+            config.pad_token_id,
+        )
     }
 
     /// Wire the modules to the parameters in `store`. The LM head is `lm_head.weight`
@@ -180,6 +195,7 @@ impl T5ForConditionalGeneration {
             tied_lm_head = true;
         }
         Ok(T5ForConditionalGeneration {
+            generation: Self::special_tokens(&config),
             config,
             store,
             shared,
@@ -362,15 +378,11 @@ impl T5ForConditionalGeneration {
         Ok(serde_json::Value::Object(out))
     }
 
-    /// Write an HF checkpoint directory: config.json, generation_config.json and
-    /// model.safetensors (f32, without the tied aliases) that `from_pretrained` loads.
+    /// Write an HF checkpoint directory: config.json, generation_config.json (the
+    /// model's generation settings) and model.safetensors (f32, without the tied
+    /// aliases) that `from_pretrained` loads.
     pub fn save(&self, dir: &Path) -> Result<()> {
         save_hf(dir, &self.config_json()?, &self.store)?;
-        let gen = serde_json::json!({
-            "decoder_start_token_id": self.config.decoder_start_id(),
-            "eos_token_id": self.config.eos_token_id,
-            "pad_token_id": self.config.pad_id(),
-        });
-        write_json(dir, "generation_config.json", &gen)
+        write_json(dir, "generation_config.json", &self.generation.to_json())
     }
 }

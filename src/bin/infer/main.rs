@@ -2,36 +2,29 @@
 //!
 //!   infer qa --model DIR --question Q --context C [--top-k K] [--json]
 //!   infer qa --model DIR --file SQUAD.json --out PREDS.json [--version-2-with-negative]
-//!   infer generate --model DIR (--input TEXT | --file F) [--num-beams N] [--json]
+//!   infer generate --model DIR (--input TEXT | --file F) [generate() flags] [--json]
 //!
 //! One question is answered as `pipeline("question-answering")` does (its defaults:
 //! max_seq_len min(model_max_length, 384), doc_stride min(max_seq_len/2, 128),
 //! max_answer_len 15, top_k 1), a SQuAD file as run_qa.py predicts it (batched windows,
 //! utils_qa post-processing, {id: answer} JSON the official scripts read). `generate`
-//! runs T5 with the model's generation_config.json overlaid by the flags given. A run
-//! that never emits `</s>` stops at the model's length limit: config.json's
-//! `n_positions` (T5's released checkpoints say 512; 512 when absent) or a larger
-//! `max_length` in config.json / generation_config.json; a longer request is capped,
-//! and stderr says so.
+//! (generate.rs) runs an encoder-decoder LM as transformers' `generate()` does.
+
+mod generate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
 
 use fusebox::data::squad::{load_squad, SquadOptions};
 use fusebox::models::auto::load_trained_qa_model;
-use fusebox::models::hf::config_text;
 use fusebox::models::qa::QaModel;
-use fusebox::models::t5::T5ForConditionalGeneration;
-use fusebox::tasks::generate::{generate, GenerateConfig};
 use fusebox::tasks::qa::{FeatureConfig, PipelineConfig, PostprocessConfig, QaExample};
 use fusebox::tasks::qa_train::{answer_question, QaTask};
-use fusebox::tasks::seq2seq_train::encode;
-use fusebox::tensor::Tensor;
-use fusebox::tokenize::{load_tokenizer_json, TextTokenizer};
+use fusebox::tokenize::TextTokenizer;
 use fusebox::{DType, Device};
 
 #[derive(Parser, Debug)]
@@ -48,8 +41,9 @@ struct Cli {
 enum Cmd {
     /// Extractive QA with a BERT/DistilBERT QA checkpoint.
     Qa(QaArgs),
-    /// T5 text-to-text generation (greedy or beam search).
-    Generate(GenArgs),
+    /// Text-to-text generation (T5) as transformers' generate(): greedy or beam search
+    /// with the model's generation configuration, each flag overriding one setting.
+    Generate(generate::GenArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -84,39 +78,6 @@ struct QaArgs {
     #[arg(long)]
     max_answer_length: Option<usize>,
     /// Print the --question answers as JSON.
-    #[arg(long)]
-    json: bool,
-    #[arg(long, default_value = "auto")]
-    device: String,
-}
-
-#[derive(ClapArgs, Debug)]
-#[command(group(ArgGroup::new("inputs").required(true).args(["input", "file"])))]
-struct GenArgs {
-    /// T5 model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// One input text.
-    #[arg(long, conflicts_with = "file")]
-    input: Option<String>,
-    /// One input per line.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    /// Prepended to every input (e.g. "summarize: ").
-    #[arg(long, default_value = "")]
-    prefix: String,
-    #[arg(long)]
-    num_beams: Option<usize>,
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
-    #[arg(long)]
-    length_penalty: Option<f64>,
-    #[arg(long)]
-    no_repeat_ngram_size: Option<usize>,
-    /// Inputs longer than this many tokens are cut (eos kept).
-    #[arg(long, default_value_t = 512)]
-    max_source_length: usize,
-    /// One JSON object per input: {"text", "tokens"} (and "score" with beams).
     #[arg(long)]
     json: bool,
     #[arg(long, default_value = "auto")]
@@ -296,184 +257,9 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn gen(a: GenArgs) -> Result<()> {
-    let device = Device::parse(&a.device)?.resolve();
-    // A clear refusal of other architectures, before the weights loader lists every
-    // missing T5 tensor.
-    let (cfg_path, text) = config_text(&a.model)?;
-    let raw: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
-    match raw.get("model_type").and_then(|m| m.as_str()) {
-        Some("t5") | None => {}
-        Some(other) => bail!(
-            "{}: model_type {other:?}; `infer generate` runs T5 checkpoints (use `infer qa` for QA models)",
-            cfg_path.display()
-        ),
-    }
-    let model = T5ForConditionalGeneration::load(&a.model, device, DType::F32)?;
-    let tok_path = a.model.join("tokenizer.json");
-    let tok = load_tokenizer_json(&tok_path)?;
-    let vocab = tok.get_vocab_size(true);
-    if vocab > model.config.vocab_size {
-        bail!(
-            "{} has {vocab} tokens but {} says vocab_size {}: the tokenizer does not belong to this model",
-            tok_path.display(),
-            cfg_path.display(),
-            model.config.vocab_size
-        );
-    }
-    let model_vocab = model.config.vocab_size;
-    match a.num_beams {
-        Some(0) => bail!("--num-beams must be at least 1"),
-        Some(n) if n > model_vocab => bail!(
-            "--num-beams {n} exceeds the model's vocabulary ({model_vocab} tokens, {} vocab_size): each beam needs a distinct continuation",
-            cfg_path.display()
-        ),
-        _ => {}
-    }
-    if a.max_new_tokens == Some(0) {
-        bail!("--max-new-tokens must be at least 1");
-    }
-    if let Some(x) = a.length_penalty.filter(|x| !x.is_finite()) {
-        bail!("--length-penalty must be a finite number (HF's default is 1.0), got {x}");
-    }
-    if a.max_source_length == 0 {
-        bail!("--max-source-length must be at least 1 (input tokens kept, eos included)");
-    }
-    let mut cfg = GenerateConfig::from_model_dir(&model.config, &a.model)?;
-    if let Some(n) = a.num_beams {
-        cfg.num_beams = n;
-    }
-    if let Some(n) = a.max_new_tokens {
-        cfg.max_new_tokens = Some(n);
-    }
-    if let Some(x) = a.length_penalty {
-        cfg.length_penalty = x;
-    }
-    if let Some(n) = a.no_repeat_ngram_size {
-        cfg.no_repeat_ngram_size = n;
-    }
-    cap_length(&mut cfg, &raw, &a.model)?;
-    let inputs: Vec<String> = match (&a.input, &a.file) {
-        (Some(t), _) => vec![t.clone()],
-        (None, Some(f)) => {
-            let text = fusebox::text::read_text(f)?;
-            text.lines().map(str::to_string).collect()
-        }
-        (None, None) => bail!("give --input TEXT or --file F"),
-    };
-    let eos = cfg.eos_token_id.first().copied().unwrap_or(1);
-    let pad = cfg.pad_token_id.unwrap_or(0);
-    for text in &inputs {
-        if text.trim().is_empty() {
-            // One output line per input line, so outputs still pair up with references.
-            if a.json {
-                println!("{}", json!({"text": "", "tokens": []}));
-            } else {
-                println!();
-            }
-            continue;
-        }
-        let src = format!("{}{text}", a.prefix);
-        let ids = encode(&tok, &a.model, &src, a.max_source_length, eos)?;
-        let n = ids.len();
-        let input = Tensor::from_i32(ids, [1, n], device)?;
-        let g = generate(&model, &input, None, &cfg)?;
-        let seq = g
-            .sequences
-            .first()
-            .context("generate returned no sequence")?;
-        // Drop the decoder start token; stop after the first eos (the rest is padding).
-        let mut tokens: Vec<i32> = Vec::new();
-        for &t in seq.iter().skip(1) {
-            tokens.push(t);
-            if cfg.eos_token_id.contains(&t) {
-                break;
-            }
-        }
-        let plain: Vec<u32> = tokens
-            .iter()
-            .filter(|&&t| t >= 0 && t != pad)
-            .map(|&t| t as u32)
-            .collect();
-        let out = tok
-            .decode(&plain, true)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-        let out = out.trim();
-        if a.json {
-            let mut v = json!({"text": out, "tokens": tokens});
-            if let Some(s) = g.scores.as_ref().and_then(|s| s.first()) {
-                v["score"] = json!(s);
-            }
-            println!("{v}");
-        } else {
-            println!("{out}");
-        }
-    }
-    Ok(())
-}
-
-/// The decoder length (start token included) a T5 without `n_positions` in its
-/// config.json may generate to: what every released T5 checkpoint states.
-const DEFAULT_POSITIONS: usize = 512;
-
-/// Keep generation within the model's length limit, so a model that never emits `</s>`
-/// stops: config.json's `n_positions` (T5's relative positions have no table, but the
-/// checkpoints were trained and are documented to that length; 512 when absent), or a
-/// larger `max_length` that config.json or generation_config.json states. A request
-/// beyond it is capped, and stderr says so.
-fn cap_length(cfg: &mut GenerateConfig, config: &serde_json::Value, dir: &Path) -> Result<()> {
-    let uint = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64());
-    let mut limit = match uint(config, "n_positions") {
-        Some(n) => (
-            n as usize,
-            format!("n_positions in {}", dir.join("config.json").display()),
-        ),
-        None => (
-            DEFAULT_POSITIONS,
-            format!(
-                "{DEFAULT_POSITIONS} positions, T5's own, as config.json states no n_positions"
-            ),
-        ),
-    };
-    let gen_path = dir.join("generation_config.json");
-    let gen: Option<serde_json::Value> = fusebox::text::read_text(&gen_path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    for (v, file) in [
-        (Some(config), "config.json"),
-        (gen.as_ref(), "generation_config.json"),
-    ] {
-        if let Some(n) = v.and_then(|v| uint(v, "max_length")) {
-            if n as usize > limit.0 {
-                limit = (
-                    n as usize,
-                    format!("max_length in {}", dir.join(file).display()),
-                );
-            }
-        }
-    }
-    let (cap, why) = limit;
-    if cap < 2 {
-        bail!("{why} is {cap}: no room for a generated token");
-    }
-    let asked = cfg
-        .max_new_tokens
-        .map_or(cfg.max_length, |n| n.saturating_add(1));
-    if asked > cap {
-        eprintln!(
-            "infer generate: {} new tokens asked for; capped at {} ({why}): a model that never emits </s> would otherwise run on",
-            asked - 1,
-            cap - 1
-        );
-        cfg.max_new_tokens = Some(cap - 1);
-    }
-    Ok(())
-}
-
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Qa(a) => qa(a),
-        Cmd::Generate(a) => gen(a),
+        Cmd::Generate(a) => generate::run(a),
     }
 }

@@ -22,7 +22,8 @@
 //!
 //! Where fusebox is stricter than transformers, on purpose: a leading `>>xx<<` code that
 //! is not in the vocabulary is an error listing valid ones (transformers encodes it as
-//! `<unk>` and the model then translates into no particular language), and a
+//! `<unk>` and the model then translates into no particular language; text that merely
+//! starts with `>>` and has a `<<` later, spaces between, still becomes `<unk>`), and a
 //! `vocab.json` that lacks more than a tenth of a SentencePiece model's pieces is refused
 //! as another model's vocabulary (a real opus-mt vocabulary misses at most a few rare
 //! pieces; those still become `<unk>`, as in transformers).
@@ -65,6 +66,11 @@ pub struct MarianTokenizer {
     clean_up_tokenization_spaces: bool,
     config: TokenizerConfig,
     coverage: Vec<Coverage>,
+}
+
+/// `>>xx<<`, `>>zho_Hans<<`: a language code as opus-mt writes them, no spaces.
+fn looks_like_code(t: &str) -> bool {
+    is_language_code(t) && !t.chars().any(char::is_whitespace)
 }
 
 fn need(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -299,9 +305,15 @@ impl MarianTokenizer {
                 }
                 Chunk::Text(t) => t,
             };
+            // transformers' remove_language_code: `>>` ... the first `<<` is one token.
             if text.starts_with(">>") {
                 if let Some(end) = text.find("<<") {
-                    ids.push(self.check_code(&text[..end + 2], encoder)?);
+                    let code = &text[..end + 2];
+                    ids.push(if looks_like_code(code) {
+                        self.check_code(code, encoder)?
+                    } else {
+                        encoder.id(code).unwrap_or(unk)
+                    });
                     text = &text[end + 2..];
                 }
             }

@@ -22,7 +22,15 @@ use tokenizers::{AddedToken, EncodeInput, Encoding, Tokenizer};
 
 use crate::error::{Error, Result};
 
+pub mod bpe;
+pub mod config;
+pub mod fast_seq2seq;
+pub mod marian;
+pub mod seq2seq;
+pub mod spm;
 pub mod train;
+
+use config::{token_name, TokenizerConfig};
 
 fn tok_err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
     Error::msg(format!("{what}: {e}"))
@@ -41,6 +49,40 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
             path.display()
         ))
     })
+}
+
+/// [`load_tokenizer_json`] without the truncation and padding the file may carry:
+/// transformers sets both per call.
+pub fn load_tokenizer_json_untruncated(path: &Path) -> Result<Tokenizer> {
+    let mut inner = load_tokenizer_json(path)?;
+    inner
+        .with_truncation(None)
+        .map_err(|e| tok_err(path.display(), e))?;
+    inner.with_padding(None);
+    Ok(inner)
+}
+
+/// transformers' `clean_up_tokenization`: the spaces a word-level join leaves before
+/// punctuation and English contractions.
+pub fn clean_up_tokenization(text: &str) -> String {
+    text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// Whether two paths name one existing file (saving into the directory read from).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// A loaded tokenizer plus the special ids QA feature building needs.
@@ -64,25 +106,10 @@ struct TokConfig {
     sep_token: Option<serde_json::Value>,
 }
 
-/// A special-token entry is either a string or `{"content": ...}`.
-fn token_name(v: &Option<serde_json::Value>) -> Option<String> {
-    match v {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Object(o)) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .map(str::to_string),
-        _ => None,
-    }
-}
-
 fn read_tok_config(dir: &Path) -> Result<TokConfig> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.exists() {
-        return Ok(TokConfig::default());
-    }
-    let text = crate::text::read_text(&path)?;
-    serde_json::from_str(&text).map_err(|e| tok_err(path.display(), e))
+    let cfg = TokenizerConfig::read(dir)?;
+    serde_json::from_value(serde_json::Value::Object(cfg.map().clone()))
+        .map_err(|e| tok_err(cfg.path().display(), e))
 }
 
 impl TextTokenizer {
@@ -110,11 +137,7 @@ impl TextTokenizer {
     /// Load a `tokenizer.json`; special tokens come from a `tokenizer_config.json` beside
     /// it, else the BERT names (`[PAD]`, `[CLS]`, `[SEP]`).
     pub fn from_json(path: &Path) -> Result<TextTokenizer> {
-        let mut inner = load_tokenizer_json(path)?;
-        inner
-            .with_truncation(None)
-            .map_err(|e| tok_err(path.display(), e))?;
-        inner.with_padding(None);
+        let inner = load_tokenizer_json_untruncated(path)?;
         let cfg = read_tok_config(path.parent().unwrap_or(Path::new(".")))?;
         TextTokenizer::finish(inner, path, &cfg)
     }
@@ -171,13 +194,13 @@ impl TextTokenizer {
         let find = |name: Option<String>, fallback: &str| {
             inner.token_to_id(name.as_deref().unwrap_or(fallback))
         };
-        let pad_id = find(token_name(&cfg.pad_token), "[PAD]")
+        let pad_id = find(token_name(cfg.pad_token.as_ref()), "[PAD]")
             .or_else(|| inner.token_to_id("<pad>"))
             .unwrap_or(0);
         Ok(TextTokenizer {
             pad_id,
-            cls_id: find(token_name(&cfg.cls_token), "[CLS]"),
-            sep_id: find(token_name(&cfg.sep_token), "[SEP]"),
+            cls_id: find(token_name(cfg.cls_token.as_ref()), "[CLS]"),
+            sep_id: find(token_name(cfg.sep_token.as_ref()), "[SEP]"),
             inner,
             source: path.to_path_buf(),
             lowercase: None,

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::data::seq2seq::Seq2SeqExample;
 use crate::data::synth;
 use crate::error::{Error, Result};
+use crate::models::bart::{BartConfig, Family};
 use crate::models::t5::T5Config;
 use crate::tasks::seq2seq_train::Seq2SeqKind;
 
@@ -65,4 +66,24 @@ pub fn small_config(vocab: usize) -> T5Config {
         decoder_start_token_id: Some(0),
         ..T5Config::default()
     }
+}
+
+/// A BART or Marian of the same size as [`small_config`], for `--model scratch --arch
+/// bart|marian` on the word-level tokenizer (pad 0, eos 1): BART starts decoding from eos,
+/// Marian from pad, as their checkpoints do; `positions` is `max_position_embeddings`.
+pub fn small_bart_config(family: Family, vocab: usize, positions: usize) -> Result<BartConfig> {
+    let (start, act, scale) = match family {
+        Family::Bart => (1, "gelu", false),
+        Family::Marian => (0, "swish", true),
+    };
+    let raw = serde_json::json!({
+        "model_type": family.model_type(), "vocab_size": vocab,
+        "max_position_embeddings": positions, "d_model": 128,
+        "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 256, "decoder_ffn_dim": 256,
+        "activation_function": act, "dropout": 0.0, "scale_embedding": scale,
+        "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": null,
+        "decoder_start_token_id": start, "forced_eos_token_id": null,
+    });
+    BartConfig::from_value(&raw, "the built-in small configuration")
 }

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
-use tokenizers::Tokenizer;
 
 use crate::autograd::no_grad;
 use crate::data::seq2seq::Seq2SeqExample;
@@ -20,6 +19,7 @@ use crate::ops::softmax::IGNORE_INDEX;
 use crate::shape::Device;
 use crate::tasks::generate::{generate, GenerateConfig};
 use crate::tensor::Tensor;
+use crate::tokenize::seq2seq::Seq2SeqTokenizer;
 use crate::train::Task;
 
 /// Which metric evaluation reports.
@@ -37,7 +37,7 @@ struct Pair {
 
 pub struct Seq2SeqTask {
     pub model: Box<dyn Seq2SeqLm>,
-    tokenizer: Tokenizer,
+    tokenizer: Seq2SeqTokenizer,
     tokenizer_dir: PathBuf,
     train: Vec<Pair>,
     eval: Vec<Seq2SeqExample>,
@@ -49,21 +49,6 @@ pub struct Seq2SeqTask {
     eval_batch: usize,
     device: Device,
     pad: i32,
-}
-
-fn tok_err(dir: &Path, e: impl std::fmt::Display) -> Error {
-    Error::msg(format!("{}: tokenizer: {e}", dir.display()))
-}
-
-/// Token ids of `text` (with the tokenizer's own `</s>`), cut to `max` keeping eos last.
-pub fn encode(tok: &Tokenizer, dir: &Path, text: &str, max: usize, eos: i32) -> Result<Vec<i32>> {
-    let enc = tok.encode(text, true).map_err(|e| tok_err(dir, e))?;
-    let mut ids: Vec<i32> = enc.get_ids().iter().map(|&x| x as i32).collect();
-    if ids.len() > max {
-        ids.truncate(max.saturating_sub(1));
-        ids.push(eos);
-    }
-    Ok(ids)
 }
 
 /// Pad rows to one length: ids with `pad`, and a 1/0 mask.
@@ -104,23 +89,21 @@ impl Seq2SeqTask {
         max_target: usize,
         device: Device,
     ) -> Result<Seq2SeqTask> {
-        let path = tokenizer_dir.join("tokenizer.json");
-        let tokenizer = crate::tokenize::load_tokenizer_json(&path)?;
+        let tokenizer = Seq2SeqTokenizer::from_dir(tokenizer_dir)?;
         let pad = model.pad_token_id();
-        let eos = model.eos_token_ids().first().copied().unwrap_or(1);
-        let vocab = tokenizer.get_vocab_size(true);
+        let vocab = tokenizer.vocab_size();
         let model_vocab = model.vocab_size();
         if vocab > model_vocab {
             return Err(Error::msg(format!(
                 "{}: the tokenizer has {vocab} tokens but the model's embedding has {model_vocab} rows (config.json vocab_size)",
-                path.display()
+                tokenizer_dir.display()
             )));
         }
         let mut pairs = Vec::with_capacity(train.len());
         for ex in train {
             pairs.push(Pair {
-                src: encode(&tokenizer, tokenizer_dir, &ex.source, max_source, eos)?,
-                tgt: encode(&tokenizer, tokenizer_dir, &ex.target, max_target, eos)?,
+                src: tokenizer.encode_source(&ex.source, Some(max_source))?,
+                tgt: tokenizer.encode_target(&ex.target, Some(max_target))?,
             });
         }
         Ok(Seq2SeqTask {
@@ -141,20 +124,11 @@ impl Seq2SeqTask {
     /// Generate for `sources` (greedy or beam per `self.generation`) and decode.
     pub fn predict(&self, sources: &[String]) -> Result<Vec<String>> {
         let _g = no_grad();
-        let eos = self.model.eos_token_ids().first().copied().unwrap_or(1);
         let mut out = Vec::with_capacity(sources.len());
         for chunk in sources.chunks(self.eval_batch.max(1)) {
             let enc: Vec<Vec<i32>> = chunk
                 .iter()
-                .map(|s| {
-                    encode(
-                        &self.tokenizer,
-                        &self.tokenizer_dir,
-                        s,
-                        self.max_source,
-                        eos,
-                    )
-                })
+                .map(|s| self.tokenizer.encode_source(s, Some(self.max_source)))
                 .collect::<Result<_>>()?;
             let rows: Vec<&[i32]> = enc.iter().map(|v| v.as_slice()).collect();
             let (ids, mask) = pad_rows(&rows, self.pad, self.device)?;
@@ -162,11 +136,8 @@ impl Seq2SeqTask {
             // Scored: the best sequence of each input.
             let per_input = g.sequences.len() / chunk.len().max(1);
             for seq in g.sequences.into_iter().step_by(per_input.max(1)) {
-                let ids: Vec<u32> = seq.iter().filter(|&&t| t >= 0).map(|&t| t as u32).collect();
-                let text = self
-                    .tokenizer
-                    .decode(&ids, true)
-                    .map_err(|e| tok_err(&self.tokenizer_dir, e))?;
+                let ids: Vec<i32> = seq.into_iter().filter(|&t| t >= 0).collect();
+                let text = self.tokenizer.decode(&ids, true)?;
                 out.push(text.trim().to_string());
             }
         }
@@ -237,17 +208,15 @@ impl Task for Seq2SeqTask {
 
     fn save(&self, dir: &Path) -> Result<()> {
         self.model.save(dir)?;
-        for f in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-            "spiece.model",
-        ] {
-            let src = self.tokenizer_dir.join(f);
-            let dst = dir.join(f);
-            if src.is_file() && src != dst {
-                std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
-            }
+        // The files AutoTokenizer reads back (T5, BART or Marian), and a T5's
+        // SentencePiece model for its slow tokenizer.
+        self.tokenizer.save_to(dir)?;
+        let (src, dst) = (
+            self.tokenizer_dir.join("spiece.model"),
+            dir.join("spiece.model"),
+        );
+        if src.is_file() && src != dst {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
         }
         Ok(())
     }

@@ -33,8 +33,9 @@ pub enum Seq2SeqTokenizerKind {
 
 impl Seq2SeqTokenizerKind {
     /// Marian when `source.spm` or `target.spm` is there, or tokenizer_config.json names
-    /// `MarianTokenizer`, or config.json's `model_type` is `marian` (so a Marian
-    /// directory missing a file is said to miss it); else `tokenizer.json`; else
+    /// `MarianTokenizer`, or config.json's `model_type` is `marian` and there is no
+    /// `tokenizer.json` (so a Marian directory missing a file is said to miss it, while a
+    /// Marian trained from scratch on a word-level tokenizer.json reads that); else `tokenizer.json`; else
     /// `vocab.json` + `merges.txt`; else an error saying what was looked for.
     pub fn detect(dir: &Path) -> Result<Seq2SeqTokenizerKind> {
         if !dir.is_dir() {
@@ -53,7 +54,7 @@ impl Seq2SeqTokenizerKind {
             if has("source.spm")
                 || has("target.spm")
                 || class == "MarianTokenizer"
-                || model_type.as_deref() == Some("marian")
+                || (model_type.as_deref() == Some("marian") && !has("tokenizer.json"))
             {
                 Seq2SeqTokenizerKind::Marian
             } else if has("tokenizer.json") {

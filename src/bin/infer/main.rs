@@ -12,13 +12,13 @@
 //! utils_qa post-processing, {id: answer} JSON the official scripts read). `generate`
 //! (generate.rs) runs an encoder-decoder LM as transformers' `generate()` does, `summarize`
 //! and `translate` (pipeline.rs) as transformers' summarization / translation pipelines;
-//! the three share text2text.rs (model, inputs, output loop), gen_flags.rs (generate()'s
-//! flags) and source_tokenizer.rs (the tokenizer).
+//! the three share text2text.rs (model, inputs, output loop; the tokenizer is
+//! `tokenize::seq2seq::Seq2SeqTokenizer`: T5, BART and Marian files) and gen_flags.rs
+//! (generate()'s flags).
 
 mod gen_flags;
 mod generate;
 mod pipeline;
-mod source_tokenizer;
 mod text2text;
 
 use std::collections::BTreeMap;

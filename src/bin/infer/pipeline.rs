@@ -87,7 +87,7 @@ fn run(a: &Text2TextArgs, task_name: &str, cmd: &'static str) -> Result<()> {
     let model_gen = model_generation(&a.model, &t.config)?;
     let mut s = setup_named(&t.config, &model_gen, task_name)
         .map_err(|e| anyhow!("{}: {e}", a.model.display()))?;
-    fill_pad(&mut s, t.tok.pad_id());
+    fill_pad(&mut s, Some(t.tok.pad_id()));
     let gen_file = a.model.join("generation_config.json");
     let source = match gen_file.is_file() {
         true => gen_file.display().to_string(),

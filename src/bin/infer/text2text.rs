@@ -17,10 +17,10 @@ use fusebox::models::hf::config_text;
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::tasks::generate::{generate, GenerateConfig};
 use fusebox::tensor::Tensor;
+use fusebox::tokenize::seq2seq::Seq2SeqTokenizer;
 use fusebox::{DType, Device};
 
 use crate::gen_flags::GenFlags;
-use crate::source_tokenizer::SourceTokenizer;
 
 #[derive(ClapArgs, Debug)]
 #[command(group(ArgGroup::new("inputs").required(true).args(["input", "file"])))]
@@ -61,7 +61,7 @@ pub(crate) struct Hypothesis {
 /// A loaded model and tokenizer, for one command.
 pub(crate) struct Text2Text {
     pub(crate) model: Box<dyn Seq2SeqLm>,
-    pub(crate) tok: SourceTokenizer,
+    pub(crate) tok: Seq2SeqTokenizer,
     /// config.json, as read.
     pub(crate) config: Value,
     device: Device,
@@ -78,13 +78,12 @@ impl Text2Text {
         let config: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
         let model = load_seq2seq_lm(&a.model, device, DType::F32)?;
-        let eos = model.eos_token_ids().first().copied().unwrap_or(1);
-        let tok = SourceTokenizer::from_dir(&a.model, eos)?;
+        let tok = Seq2SeqTokenizer::from_dir(&a.model)?;
         let (vocab, model_vocab) = (tok.vocab_size(), model.vocab_size());
         if vocab > model_vocab {
             bail!(
-                "{} has {vocab} tokens but {} says vocab_size {model_vocab}: the tokenizer does not belong to this model",
-                tok.path().display(),
+                "{}: the tokenizer has {vocab} tokens but {} says vocab_size {model_vocab}: the tokenizer does not belong to this model",
+                a.model.display(),
                 cfg_path.display(),
             );
         }

@@ -1,19 +1,21 @@
-//! `train summarize` / `train translate`: an encoder-decoder LM (T5) on source/target
-//! files, or, with none, the built-in generated task from scratch (a word-level tokenizer
-//! and a small T5). Evaluation generates with the model's generation configuration,
+//! `train summarize` / `train translate`: an encoder-decoder LM (T5, BART or Marian) on
+//! source/target files, or, with none, the built-in generated task from scratch (a
+//! word-level tokenizer and a small T5, or BART / Marian with --arch). Evaluation generates with the model's generation configuration,
 //! overridden by --num-beams and --max-new-tokens.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 
 use fusebox::data::seq2seq::{load_seq2seq, Seq2SeqOptions};
 use fusebox::hub;
 use fusebox::models::auto::load_seq2seq_lm;
+use fusebox::models::bart::{BartForConditionalGeneration, Family};
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::T5ForConditionalGeneration;
+use fusebox::shape::{DType, Device};
 use fusebox::tasks::seq2seq_default;
 use fusebox::tasks::seq2seq_train::{Seq2SeqKind, Seq2SeqTask};
 use fusebox::tokenize::load_tokenizer_json;
@@ -22,12 +24,24 @@ use fusebox::tokenize::train as tokenizer_train;
 use crate::evaluate_train_report;
 use crate::run::{RunArgs, RunDefaults};
 
+/// `--arch`: what `--model scratch` (and the built-in task) builds.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub(crate) enum Arch {
+    T5,
+    Bart,
+    Marian,
+}
+
 #[derive(ClapArgs, Debug)]
 pub(crate) struct Seq2SeqArgs {
-    /// Model directory, HF cache entry or hub id (default t5-small), or `scratch`: a small
-    /// T5 and a word-level tokenizer trained on --train (the built-in task always is).
+    /// Model directory (T5, BART or Marian), HF cache entry or hub id (default t5-small),
+    /// or `scratch`: a small model and a word-level tokenizer trained on --train (the
+    /// built-in task always is).
     #[arg(long)]
     model: Option<String>,
+    /// The architecture a model from scratch has (default t5).
+    #[arg(long, value_enum)]
+    arch: Option<Arch>,
     /// Training file (.jsonl/.json/.csv/.tsv/.story or a directory of stories). Without
     /// it, the built-in generated task is trained from scratch.
     #[arg(long)]
@@ -69,6 +83,14 @@ pub(crate) struct Seq2SeqArgs {
 
 pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     a.run.check_flags()?;
+    let scratch = a.train.is_none() || a.model.as_deref() == Some("scratch");
+    if let (false, Some(arch)) = (scratch, a.arch) {
+        bail!(
+            "--arch {} is for a model from scratch (--model scratch, or the built-in task); \
+             a checkpoint's config.json names its own architecture",
+            format!("{arch:?}").to_lowercase()
+        );
+    }
     if a.max_source_length == 0 || a.max_target_length == 0 {
         bail!("--max-source-length and --max-target-length must be at least 1");
     }
@@ -146,8 +168,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     };
     // After the files are read, so a refused run leaves no directory behind.
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // From scratch: the built-in task, or `--model scratch` on the user's files.
-    let scratch = builtin || a.model.as_deref() == Some("scratch");
+    // From scratch (`scratch`): the built-in task, or `--model scratch` on the user's files.
     let (mut model, tok_dir, scratch_config): (Box<dyn Seq2SeqLm>, _, _) = if scratch {
         let tok_dir = out.join("tokenizer");
         let texts: Vec<String> = train_rows
@@ -156,25 +177,10 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
             .collect();
         tokenizer_train::train_wordlevel_t5(&texts, 16000, &tok_dir)?;
         let vocab = load_tokenizer_json(&tok_dir.join("tokenizer.json"))?.get_vocab_size(true);
-        let cfg = seq2seq_default::small_config(vocab);
-        eprintln!(
-            "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, T5 d_model {} with {}+{} layers",
-            cfg.d_model,
-            cfg.num_layers,
-            cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
-        );
-        let spec = ModelSource::config(ModelConfig::T5(cfg.clone()));
-        a.run.check_model_fits_cpu(&spec, device)?;
-        (
-            Box::new(T5ForConditionalGeneration::new_random(
-                cfg.clone(),
-                device,
-                dtype,
-                a.run.seed,
-            )?),
-            tok_dir,
-            Some(cfg),
-        )
+        let (model, cfg) = scratch_model(&a, vocab, device, dtype)?;
+        a.run
+            .check_model_fits_cpu(&ModelSource::config(cfg.clone()), device)?;
+        (model, tok_dir, Some(cfg))
     } else {
         let spec = a.model.clone().unwrap_or_else(|| "t5-small".to_string());
         let dir = hub::resolve_model(&spec)?;
@@ -234,7 +240,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     // The planner builds the same model on the meta device: the checkpoint's header when
     // there is one, else the configuration.
     let spec = match scratch_config {
-        Some(c) => ModelSource::config(ModelConfig::T5(c)),
+        Some(c) => ModelSource::config(c),
         None => ModelSource::dir(&tok_dir)?,
     };
     let lengths = task.longest_train_lengths();
@@ -245,4 +251,43 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     }
     task.model.set_checkpointing(plan.work.checkpointing);
     evaluate_train_report(&mut task, &cfg)
+}
+
+/// A small model from scratch of `--arch` (T5 unless given) for a `vocab`-token
+/// word-level tokenizer, with its configuration for the planner.
+fn scratch_model(
+    a: &Seq2SeqArgs,
+    vocab: usize,
+    device: Device,
+    dtype: DType,
+) -> Result<(Box<dyn Seq2SeqLm>, ModelConfig)> {
+    let seed = a.run.seed;
+    let family = match a.arch.unwrap_or(Arch::T5) {
+        Arch::T5 => {
+            let cfg = seq2seq_default::small_config(vocab);
+            eprintln!(
+                "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, T5 d_model {} with {}+{} layers",
+                cfg.d_model,
+                cfg.num_layers,
+                cfg.num_decoder_layers.unwrap_or(cfg.num_layers)
+            );
+            let model = T5ForConditionalGeneration::new_random(cfg.clone(), device, dtype, seed)?;
+            return Ok((Box::new(model), ModelConfig::T5(cfg)));
+        }
+        Arch::Bart => Family::Bart,
+        Arch::Marian => Family::Marian,
+    };
+    // Positions for the longest source, label row or generated row.
+    let longest = a.max_source_length.max(a.max_target_length);
+    let positions = longest.max(a.max_new_tokens.unwrap_or(0) + 1);
+    let cfg = seq2seq_default::small_bart_config(family, vocab, positions)?;
+    eprintln!(
+        "from scratch: word-level tokenizer ({vocab} tokens) trained on the training rows, {} d_model {} with {}+{} layers",
+        family.class(),
+        cfg.d_model,
+        cfg.encoder_layers,
+        cfg.decoder_layers
+    );
+    let model = BartForConditionalGeneration::new_random(cfg.clone(), device, dtype, seed)?;
+    Ok((Box::new(model), ModelConfig::Bart(cfg)))
 }

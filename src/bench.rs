@@ -14,9 +14,7 @@ use crate::error::{Error, Result};
 use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::qa::{QaBatch, QaModel};
-use crate::models::seq2seq::Seq2SeqLm;
 use crate::models::step::{ModelConfig, ModelSource};
-use crate::models::t5::{T5Config, T5ForConditionalGeneration};
 use crate::nn::Mode;
 use crate::optim::{AdamW, AdamWConfig, LossScaler};
 use crate::profile;
@@ -56,138 +54,24 @@ fn random_ids(rng: &mut Rng, n: usize, lo: usize, hi: usize) -> Vec<i32> {
     (0..n).map(|_| (lo + rng.below(hi - lo)) as i32).collect()
 }
 
-/// T5 (t5-small by default) with a random `[batch, seq] → [batch, tgt]` batch.
-pub struct T5Bench {
-    model: T5ForConditionalGeneration,
-    ids: Tensor,
-    mask: Tensor,
-    labels: Tensor,
-    batch: usize,
-    seq: usize,
-    tgt: usize,
-}
+pub mod seq2seq;
 
-impl T5Bench {
-    pub fn new(
-        dir: Option<&Path>,
-        batch: usize,
-        seq: usize,
-        tgt: usize,
-        device: Device,
-        dtype: DType,
-    ) -> Result<T5Bench> {
-        let model = match dir {
-            Some(d) => T5ForConditionalGeneration::load(d, device, dtype)?,
-            None => T5ForConditionalGeneration::new_random(T5Config::default(), device, dtype, 0)?,
-        };
-        let vocab = model.config.vocab_size;
-        let mut rng = Rng::new(1);
-        let lo = 1000.min(vocab / 2);
-        let ids = Tensor::from_i32(
-            random_ids(&mut rng, batch * seq, lo, vocab),
-            [batch, seq],
-            device,
-        )?;
-        let mask = Tensor::full([batch, seq], DType::I32, device, 1.0)?;
-        let labels = Tensor::from_i32(
-            random_ids(&mut rng, batch * tgt, 2, vocab),
-            [batch, tgt],
-            device,
-        )?;
-        Ok(T5Bench {
-            model,
-            ids,
-            mask,
-            labels,
-            batch,
-            seq,
-            tgt,
-        })
-    }
-}
-
-impl BenchModel for T5Bench {
-    fn describe(&self) -> String {
-        let c = &self.model.config;
-        format!(
-            "T5 d_model {} ff {} heads {} layers {}+{} vocab {} ({:.1} M params), batch {} x {} -> {}",
-            c.d_model,
-            c.d_ff,
-            c.num_heads,
-            c.num_layers,
-            c.num_decoder_layers.unwrap_or(c.num_layers),
-            c.vocab_size,
-            self.model.store().num_params() as f64 / 1e6,
-            self.batch,
-            self.seq,
-            self.tgt
-        )
-    }
-    fn params(&self) -> Vec<(String, Tensor)> {
-        self.model.trainable()
-    }
-    fn train_loss(&self, seed: u64) -> Result<Tensor> {
-        Ok(self
-            .model
-            .loss(
-                &self.ids,
-                Some(&self.mask),
-                &self.labels,
-                Mode::Train { seed },
-            )?
-            .0)
-    }
-    fn infer(&self) -> Result<()> {
-        let _g = no_grad();
-        self.model
-            .loss(&self.ids, Some(&self.mask), &self.labels, Mode::Eval)?;
-        Ok(())
-    }
-    fn set_checkpointing(&mut self, on: bool) {
-        self.model.set_checkpointing(on);
-    }
-    fn tokens_per_step(&self) -> usize {
-        self.batch * (self.seq + self.tgt)
-    }
-    fn flops_per_step(&self, train: bool) -> f64 {
-        let c = &self.model.config;
-        let (d, ff, inner) = (
-            c.d_model as f64,
-            c.d_ff as f64,
-            (c.num_heads * c.d_kv) as f64,
-        );
-        let ff_mats = if c.feed_forward_proj.contains("gated") {
-            3.0
-        } else {
-            2.0
-        };
-        let enc_layer = 4.0 * d * inner + ff_mats * d * ff;
-        let dec_layer = 8.0 * d * inner + ff_mats * d * ff;
-        let (le, ld) = (
-            c.num_layers as f64,
-            c.num_decoder_layers.unwrap_or(c.num_layers) as f64,
-        );
-        let (b, s, t) = (self.batch as f64, self.seq as f64, self.tgt as f64);
-        let dense =
-            enc_layer * le * b * s + dec_layer * ld * b * t + d * c.vocab_size as f64 * b * t;
-        let attn = 4.0 * inner * b * (le * s * s + ld * (t * t + t * s));
-        train_flops(dense, attn, train)
-    }
-}
-
-/// The model a `bench --model` value names, for the planner: `t5-small` and
-/// `distilbert-qa` are the HF default configs the bench builds, anything else a model
-/// directory.
+/// The model a `bench --model` value names, for the planner and the bench:
+/// `distilbert-qa` and the encoder-decoder presets ([`seq2seq::PRESETS`]) are public
+/// configurations with random weights, anything else a model directory.
 pub fn model_source(model: &str) -> Result<ModelSource> {
+    if let Some(cfg) = seq2seq::preset(model)? {
+        return Ok(ModelSource::config(cfg));
+    }
     match model {
-        "t5-small" => Ok(ModelSource::config(ModelConfig::T5(T5Config::default()))),
         "distilbert-qa" => {
             let c: DistilBertConfig = serde_json::from_str("{}")
                 .map_err(|e| Error::msg(format!("default DistilBERT config: {e}")))?;
             Ok(ModelSource::config(ModelConfig::DistilBert(c)))
         }
         dir if !Path::new(dir).join("config.json").is_file() => Err(Error::msg(format!(
-            "--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"
+            "--model {dir}: expected distilbert-qa, {} or a model directory with config.json",
+            seq2seq::PRESETS.join(", ")
         ))),
         dir => ModelSource::dir(Path::new(dir)),
     }

@@ -99,9 +99,12 @@ fn arch_from_scratch_trains_and_serves() {
     );
 }
 
-/// A tiny random Marian on the fixture's SentencePiece vocabulary, with its tokenizer.
-fn marian_checkpoint(dir: &Path) -> Seq2SeqTokenizer {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers/marian_en_id");
+/// A tiny random Marian on a tokenizer fixture's SentencePiece vocabulary
+/// (tests/fixtures/tokenizers/`name`), with its tokenizer.
+fn marian_checkpoint(dir: &Path, name: &str) -> Seq2SeqTokenizer {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizers")
+        .join(name);
     std::fs::create_dir_all(dir).expect("mkdir");
     for f in [
         "source.spm",
@@ -135,7 +138,7 @@ fn marian_checkpoint(dir: &Path) -> Seq2SeqTokenizer {
 fn marian_checkpoint_with_sentencepiece_fine_tunes() {
     let root = tmp("spm");
     let model = root.join("model");
-    let tok = marian_checkpoint(&model);
+    let tok = marian_checkpoint(&model, "marian_en_id");
     let pairs = [
         ("The weather is nice today.", "Cuacanya bagus hari ini."),
         ("I like to read books.", "Saya suka membaca buku."),
@@ -206,4 +209,37 @@ fn marian_checkpoint_with_sentencepiece_fine_tunes() {
     let v = last_json_line(&infer("translate", &out, &[x], "--max-new-tokens 8 --json"));
     assert!(v[0]["translation_text"].is_string(), "{v}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn target_language_puts_the_code_first_and_refuses_unknown_codes() {
+    let model = tmp("mul");
+    marian_checkpoint(&model, "marian_en_mul");
+    let flags = "--max-new-tokens 6 --json";
+    let text = "The weather is nice today.";
+    let coded = last_json_line(&infer(
+        "translate",
+        &model,
+        &[("--input", text), ("--target-language", "ind")],
+        flags,
+    ));
+    let by_hand = format!(">>ind<< {text}");
+    let typed = last_json_line(&infer("translate", &model, &[("--input", &by_hand)], flags));
+    assert!(coded[0]["translation_text"].is_string(), "{coded}");
+    assert_eq!(
+        coded, typed,
+        "--target-language ind is >>ind<< before the text"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["translate", "--model", p(&model), "--input", text])
+        .args(["--target-language", "xyz", "--device", "cpu"])
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("--target-language") && err.contains(">>ind<<"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&model);
 }

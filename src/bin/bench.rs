@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
-use fusebox::bench::{self, BenchConfig, BenchModel, T5Bench};
-use fusebox::models::step::ModelConfig;
+use fusebox::bench::seq2seq::Seq2SeqBench;
+use fusebox::bench::{self, BenchConfig, BenchModel};
+use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::plan::{self, human, Workload};
 use fusebox::shape::Target;
 
@@ -33,7 +34,8 @@ enum Mode {
     about = "Benchmark fusebox training/inference steps (tokens/s, ms/step, memory, per-op time)"
 )]
 struct Args {
-    /// `distilbert-qa`, `t5-small` (random-init, HF base sizes) or a model directory.
+    /// `distilbert-qa`, `t5-small`, `bart-base`, `bart-large-cnn`, `opus-mt-en-id` (their
+    /// public configurations, random weights) or a model directory.
     #[arg(long, default_value = "t5-small")]
     model: String,
     /// Sequences per step (with --vram-budget / --gpu: the batch to keep, split into
@@ -75,34 +77,20 @@ struct Args {
     mem: memory_args::MemoryArgs,
 }
 
-fn build(args: &Args, device: Device, dtype: DType) -> Result<Box<dyn BenchModel>> {
-    let (t5, dir) = match args.model.as_str() {
-        "t5-small" => (true, None),
-        "distilbert-qa" => (false, None),
-        dir => {
-            let p = PathBuf::from(dir);
-            let cfg = p.join("config.json");
-            let text = std::fs::read_to_string(&cfg)
-                .with_context(|| format!("--model {dir}: expected distilbert-qa, t5-small or a model directory with config.json"))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not JSON", cfg.display()))?;
-            let t5 = match v.get("model_type").and_then(|x| x.as_str()) {
-                Some("t5") => true,
-                Some("distilbert") | Some("bert") => false,
-                other => bail!(
-                    "{}: model_type {other:?}: bench supports t5, distilbert and bert",
-                    cfg.display()
-                ),
-            };
-            (t5, Some(p))
+fn build(
+    args: &Args,
+    spec: &ModelSource,
+    device: Device,
+    dtype: DType,
+) -> Result<Box<dyn BenchModel>> {
+    let (b, s, t) = (args.batch, args.seq, args.tgt_seq);
+    Ok(match &spec.config {
+        ModelConfig::T5(_) | ModelConfig::Bart(_) => {
+            Box::new(Seq2SeqBench::new(spec, (b, s, t), device, dtype)?)
         }
-    };
-    let dir = dir.as_deref();
-    Ok(if t5 {
-        let (b, s, t) = (args.batch, args.seq, args.tgt_seq);
-        Box::new(T5Bench::new(dir, b, s, t, device, dtype)?)
-    } else {
-        bench::distilbert_bench(dir, args.batch, args.seq, device, dtype)?
+        ModelConfig::DistilBert(_) | ModelConfig::Bert(_) => {
+            bench::distilbert_bench(spec.checkpoint.as_deref(), b, s, device, dtype)?
+        }
     })
 }
 
@@ -180,7 +168,7 @@ fn main() -> Result<()> {
     }
     let mut args = args;
     args.batch = plan.work.micro_batch;
-    let mut model = build(&args, device, dtype)?;
+    let mut model = build(&args, &spec, device, dtype)?;
     model.set_checkpointing(plan.work.checkpointing);
     let cfg = BenchConfig {
         steps: args.steps,

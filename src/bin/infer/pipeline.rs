@@ -45,10 +45,14 @@ pub(crate) struct TranslateArgs {
     /// _en_to_ro); "translation" the first translation_* entry.
     #[arg(long, default_value = "translation")]
     task: String,
+    /// A multilingual Marian model's target language: its `>>xx<<` code (`ind` or
+    /// `>>ind<<`) goes in front of every input; a code the vocabulary lacks is refused.
+    #[arg(long)]
+    target_language: Option<String>,
 }
 
 pub(crate) fn summarize(a: SummarizeArgs) -> Result<()> {
-    run(&a.common, "summarization", "summarize")
+    run(&a.common, "summarization", "summarize", None)
 }
 
 pub(crate) fn translate(a: TranslateArgs) -> Result<()> {
@@ -60,12 +64,29 @@ pub(crate) fn translate(a: TranslateArgs) -> Result<()> {
             a.task
         );
     }
-    run(&a.common, &a.task, "translate")
+    run(
+        &a.common,
+        &a.task,
+        "translate",
+        a.target_language.as_deref(),
+    )
 }
 
-fn run(a: &Text2TextArgs, task_name: &str, cmd: &'static str) -> Result<()> {
+fn run(
+    a: &Text2TextArgs,
+    task_name: &str,
+    cmd: &'static str,
+    target_language: Option<&str>,
+) -> Result<()> {
     let task = PipelineTask::from_name(task_name)?;
-    let t = Text2Text::load(a, cmd)?;
+    let mut t = Text2Text::load(a, cmd)?;
+    if let Some(code) = target_language {
+        t.tok = t
+            .tok
+            .clone()
+            .with_target_language(code)
+            .map_err(|e| anyhow!("--target-language: {e}"))?;
+    }
     let cfg_path = a.model.join("config.json");
     let entries = task_param_names(&t.config);
     let translations: Vec<&str> = entries

@@ -95,7 +95,7 @@ step bench_distilbert_fp16_k128 60 env FUSEBOX_ATTN_BWD=k128 "$BENCH" --model di
 step bench_distilbert_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3 --profile-steps 0 --json
 # 3c. T5 fp16 overflow safety and DistilBERT fp16 on the card; the memory planner's
 # prediction against the tracker on CUDA (fp32 naive attention, fp16 fused, checkpointing).
-for t in t5_fp16 distilbert_fp16; do
+for t in t5_fp16 distilbert_fp16 bart_fp16; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
 [ -x "$W/tests/budget" ] && step budget_cuda 60 "$W/tests/budget" --nocapture --test-threads=1 cuda
@@ -105,11 +105,14 @@ done
 [ -x "$W/tests/resume" ] && [ -x "$W/bin/train" ] && step resume_cuda 120 \
     env FUSEBOX_RESUME_DEVICE=cuda FUSEBOX_TRAIN_BIN="$W/bin/train" \
     "$W/tests/resume" --nocapture --test-threads=1 killed sigint
-# HF parity of both models on the card (outputs and gradients against transformers'
+# HF parity of the model families on the card (BART and Marian included) (outputs and gradients against transformers'
 # fixtures): before the PyTorch baselines and the older A/Bs, which the budget may cut.
-for t in t5_parity qa_parity; do
+for t in t5_parity qa_parity bart_parity; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
+# The BART / Marian public configurations (random weights) on the card.
+step bench_bart_base_fp16 60 "$BENCH" --model bart-base --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
+step bench_opus_mt_fp16 60 "$BENCH" --model opus-mt-en-id --device cuda --precision fp16 --batch 16 --seq 256 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
 if [ "${SESSION_SKIP_TORCH:-0}" != 1 ]; then
     step torch_t5 100 $PY tools/torch_baseline.py --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3
     step torch_distilbert 80 $PY tools/torch_baseline.py --model distilbert-qa --device cuda --precision fp16 --batch 32 --seq 384 --steps 8 --warmup 3
@@ -162,7 +165,7 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
         grep '^GPUCHECK ' "$f" | grep -v 'pass=true' | head -n 30
     done
     grep -h "ERROR SUMMARY" "$W/memcheck.out" 2>/dev/null
-    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out "$W"/t5_fp16.out "$W"/distilbert_fp16.out "$W"/budget_cuda.out "$W"/linear_lt_off.out 2>/dev/null | head -n 30
+    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out "$W"/bart_parity.out "$W"/t5_fp16.out "$W"/bart_fp16.out "$W"/distilbert_fp16.out "$W"/budget_cuda.out "$W"/linear_lt_off.out 2>/dev/null | head -n 30
     echo
     echo "== fp16 training stability (500 steps, random init, random tokens)"
     grep -h "^STABILITY\|^SKIP\|panicked" "$W/stability.out" 2>/dev/null | head -n 10

@@ -12,9 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames};
+use super::encoder::{validate_sizes, Activation, EncoderSpec, LayerDims, LayerNames};
 use super::encoder_qa::{EncoderFamily, EncoderForQa};
-use super::hf::check_positive;
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -100,27 +99,15 @@ impl BertConfig {
                 self.position_embedding_type
             )));
         }
-        check_positive(
-            file,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("max_position_embeddings", self.max_position_embeddings),
-                ("num_hidden_layers", self.num_hidden_layers),
-                ("num_attention_heads", self.num_attention_heads),
-                ("hidden_size", self.hidden_size),
-                ("intermediate_size", self.intermediate_size),
-            ],
-        )?;
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(Error::msg(format!(
-                "{}: hidden_size {} is not divisible by num_attention_heads {}",
-                file.display(),
-                self.hidden_size,
-                self.num_attention_heads
-            )));
-        }
-        Activation::parse(&self.hidden_act, file, "hidden_act")?;
-        Ok(())
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+        ];
+        validate_sizes(file, sizes, ("hidden_act", &self.hidden_act))
     }
 }
 

@@ -12,10 +12,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS};
+use super::encoder::{
+    validate_sizes, Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS,
+};
 use super::encoder_qa::{EncoderFamily, EncoderForQa, SizeFields};
-use super::hf::check_positive;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn d_vocab() -> usize {
     30522
@@ -85,27 +86,15 @@ pub struct DistilBertConfig {
 impl DistilBertConfig {
     /// Refuse what we do not implement; `file` names the config in errors.
     pub fn validate(&self, file: &Path) -> Result<()> {
-        check_positive(
-            file,
-            &[
-                ("vocab_size", self.vocab_size),
-                ("max_position_embeddings", self.max_position_embeddings),
-                ("n_layers", self.n_layers),
-                ("n_heads", self.n_heads),
-                ("dim", self.dim),
-                ("hidden_dim", self.hidden_dim),
-            ],
-        )?;
-        if !self.dim.is_multiple_of(self.n_heads) {
-            return Err(Error::msg(format!(
-                "{}: dim {} is not divisible by n_heads {}",
-                file.display(),
-                self.dim,
-                self.n_heads
-            )));
-        }
-        Activation::parse(&self.activation, file, "activation")?;
-        Ok(())
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("dim", self.dim),
+            ("hidden_dim", self.hidden_dim),
+        ];
+        validate_sizes(file, sizes, ("activation", &self.activation))
     }
 }
 
@@ -178,6 +167,7 @@ pub type DistilBertForQa = EncoderForQa<DistilBertConfig>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::models::qa::QaModel;
     use crate::shape::{DType, Device};
 

@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::models::hf::check_positive;
 use crate::nn::{packed_qkv, separate_qkv, Embedding, Init, LayerNorm, Linear, VarBuilder};
 use crate::ops::attention::AttnOptions;
 use crate::ops::UnaryOp;
@@ -40,6 +41,21 @@ pub enum Activation {
     Relu,
     /// `x · sigmoid(x)`: HF's "silu" and its alias "swish".
     Silu,
+}
+
+/// What every encoder config is checked for: `sizes` (vocab, positions, layers, heads,
+/// hidden, FFN, under the file's own field names) positive, the hidden size split evenly
+/// over the heads, and `act` (field, value) an activation fusebox has.
+pub fn validate_sizes(file: &Path, sizes: [(&str, usize); 6], act: (&str, &str)) -> Result<()> {
+    check_positive(file, &sizes)?;
+    let ((heads_field, heads), (hidden_field, hidden)) = (sizes[3], sizes[4]);
+    if !hidden.is_multiple_of(heads) {
+        return Err(Error::msg(format!(
+            "{}: {hidden_field} {hidden} is not divisible by {heads_field} {heads}",
+            file.display()
+        )));
+    }
+    Activation::parse(act.1, file, act.0).map(|_| ())
 }
 
 impl Activation {

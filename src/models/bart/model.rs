@@ -242,6 +242,20 @@ impl BartForConditionalGeneration {
         }
     }
 
+    /// A stack's input for I32 `ids [B, L]` from position 0: token embeddings, positions
+    /// (and BART's embedding LayerNorm), dropout. `what` names the ids in errors.
+    fn embedded(
+        &self,
+        stack: &BartStack,
+        ids: &Tensor,
+        what: &'static str,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        ids.expect_rank(what, 2)?;
+        let x = self.embed_tokens(ids)?;
+        stack.embed(&x, 0, mode, self.config.dropout as f32)
+    }
+
     /// Encoder hidden states `[B, Ls, d_model]` for I32 `input_ids [B, Ls]` and an
     /// optional I32 `attention_mask [B, Ls]` (1 = token, 0 = padding).
     pub fn encode(
@@ -250,11 +264,7 @@ impl BartForConditionalGeneration {
         attention_mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        input_ids.expect_rank("BART encoder (input_ids)", 2)?;
-        let x = self.embed_tokens(input_ids)?;
-        let h = self
-            .encoder
-            .embed(&x, 0, mode, self.config.dropout as f32)?;
+        let h = self.embedded(&self.encoder, input_ids, "BART encoder (input_ids)", mode)?;
         let ctx = Context {
             self_mask: attention_mask,
             cross: None,
@@ -270,11 +280,8 @@ impl BartForConditionalGeneration {
         encoder_mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        decoder_input_ids.expect_rank("BART decoder (decoder_input_ids)", 2)?;
-        let x = self.embed_tokens(decoder_input_ids)?;
-        let h = self
-            .decoder
-            .embed(&x, 0, mode, self.config.dropout as f32)?;
+        let what = "BART decoder (decoder_input_ids)";
+        let h = self.embedded(&self.decoder, decoder_input_ids, what, mode)?;
         let cross = Cross {
             hidden: encoder_hidden,
             mask: encoder_mask,

@@ -288,6 +288,23 @@ fn rows() -> Vec<Row> {
         OK,
         &["has no QA head: qa_outputs (weight [2, 32], bias [2]) initialised fresh"],
     ));
+    // An encoder-decoder checkpoint (BART here) is not a QA model: said before any work.
+    let bart = copy_model(&m.t5, "qa-from-bart");
+    edit_json(&bart.join("config.json"), |v| {
+        v["model_type"] = json!("bart")
+    });
+    let paths = [
+        ("--model", s(&bart)),
+        ("--train", s(&qa_data.join("train.json"))),
+        ("--eval", s(&qa_data.join("eval.json"))),
+        ("--out", fresh("qa-from-bart-out")),
+    ];
+    rows.push(as_row(
+        TRAIN,
+        cli(&flags, &paths),
+        FAIL,
+        &["model_type \"bart\": this is an encoder-decoder LM, not a QA encoder"],
+    ));
     let bad_head = copy_model(&m.qa, "qa-bad-head");
     edit_weights(&bad_head, |t| {
         let w = t["qa_outputs.weight"].reshape([4, 16]).expect("reshape");

@@ -26,9 +26,16 @@ pub fn load_qa_model(
     match v.get("model_type").and_then(|m| m.as_str()) {
         Some("distilbert") => Ok(Box::new(DistilBertForQa::load(dir, device, dtype, seed)?)),
         Some("bert") => Ok(Box::new(BertForQa::load(dir, device, dtype, seed)?)),
-        other => Err(Error::msg(format!(
-            "{}: model_type {other:?} is not a QA encoder fusebox supports (expected \"distilbert\" or \"bert\")",
+        Some(other @ ("t5" | "bart" | "marian")) => Err(Error::msg(format!(
+            "{}: model_type \"{other}\": this is an encoder-decoder LM, not a QA encoder; \
+             train qa and infer qa need a BERT or DistilBERT checkpoint (summarize and \
+             translate take this one)",
             dir.join("config.json").display()
+        ))),
+        other => Err(Error::msg(format!(
+            "{}: model_type {} is not a QA encoder fusebox supports (expected \"distilbert\" or \"bert\")",
+            dir.join("config.json").display(),
+            other.map_or("missing".to_string(), |o| format!("{o:?}"))
         ))),
     }
 }

@@ -122,8 +122,7 @@ fn per_head(sp: &AttnSpec, lx: usize, ab: DType) -> Gemm {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemms_xyt(
     sp: &AttnSpec,
-    lx: usize,
-    ly: usize,
+    (lx, ly): (usize, usize),
     x: Mat,
     y: Mat,
     s: Mat,
@@ -196,8 +195,7 @@ fn scores(x: &CudaStorage, y: &CudaStorage, sp: &AttnSpec) -> Result<CudaStorage
         x.dev(),
         gemms_xyt(
             sp,
-            sp.lq,
-            sp.lk,
+            (sp.lq, sp.lk),
             mat(x),
             mat(y),
             mat(&s),

@@ -105,7 +105,7 @@ fn attention_descriptors_match_cpu() {
             nan(v.len()),
         ];
         run(
-            gemms_xyt(&sp, lq, lk, m(0), m(1), m(4), DType::F32, DType::F32),
+            gemms_xyt(&sp, (lq, lk), m(0), m(1), m(4), DType::F32, DType::F32),
             &mut bufs,
         );
         let keep = |row: usize, j: usize| {
@@ -163,7 +163,7 @@ fn attention_descriptors_match_cpu() {
         assert!(err < 1e-5, "forward lse {tag}: {err}");
         // Backward: dP = dO·vᵀ, dS = P∘(dP − Σ P∘dP), then dq, dk, dv.
         run(
-            gemms_xyt(&sp, lq, lk, m(3), m(2), m(7), DType::F32, DType::F32),
+            gemms_xyt(&sp, (lq, lk), m(3), m(2), m(7), DType::F32, DType::F32),
             &mut bufs,
         );
         for row in 0..rows {

@@ -162,7 +162,7 @@ fn marian_checkpoint_with_sentencepiece_fine_tunes() {
             p(&data),
             "--eval",
             p(&data),
-            "--epochs",
+            "--max-steps",
             "30",
             "--batch",
             "4",
@@ -184,6 +184,8 @@ fn marian_checkpoint_with_sentencepiece_fine_tunes() {
     );
     let fin = last_json_line(&o);
     assert!(fin["bleu"].as_f64().is_some(), "{fin}");
+    // Trainer's max_steps overrides the epochs: 30 passes over the four pairs.
+    assert_eq!(fin["train_steps"], 30, "{fin}");
     let l = losses(&out);
     assert!(
         l.len() >= 2 && l[l.len() - 1] < 0.8 * l[0],

@@ -305,12 +305,17 @@ fn directory_kinds_are_detected_without_loading() {
             "{name}"
         );
     }
-    // A checkpoint whose config.json says marian is Marian even with no spm files.
+    // A checkpoint whose config.json says marian is Marian even with no spm files (so
+    // the error names what is missing) ...
     let d = tmp("detect");
     std::fs::write(d.join("config.json"), r#"{"model_type": "marian"}"#).unwrap();
-    std::fs::write(d.join("tokenizer.json"), "{}").unwrap();
     let kind = Seq2SeqTokenizerKind::detect(&d).unwrap();
     assert_eq!(kind, Seq2SeqTokenizerKind::Marian);
+    // ... unless it has a tokenizer.json (a Marian trained from scratch on a word-level
+    // tokenizer), which is read.
+    std::fs::write(d.join("tokenizer.json"), "{}").unwrap();
+    let kind = Seq2SeqTokenizerKind::detect(&d).unwrap();
+    assert_eq!(kind, Seq2SeqTokenizerKind::TokenizerJson);
     let e = err_of(Seq2SeqTokenizerKind::detect(&d.join("nope")));
     assert!(e.contains("nope") && e.contains("not a directory"), "{e}");
     let _ = std::fs::remove_dir_all(&d);

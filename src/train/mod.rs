@@ -77,10 +77,10 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     let accum = cfg.grad_accum.max(1);
     let micro = (cfg.batch / accum).max(1);
     let steps_per_epoch = n.div_ceil(micro * accum);
-    let mut total = steps_per_epoch * cfg.epochs;
-    if let Some(m) = cfg.max_steps {
-        total = total.min(m);
-    }
+    // Trainer's max_steps: the number of steps, overriding the epochs (the data is
+    // passed over as many times as it takes).
+    let total = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs);
+    let epochs = total.div_ceil(steps_per_epoch.max(1));
     let sched = LinearSchedule::from_ratio(cfg.lr, cfg.warmup_ratio, total as u64);
     let params = task.params();
     let mut opt = AdamW::new(
@@ -158,7 +158,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     };
     let rows = micro * accum;
     loop {
-        if st.epoch >= cfg.epochs {
+        if st.epoch >= epochs {
             break;
         }
         if st.order.is_empty() {

@@ -50,7 +50,8 @@ pub(crate) struct RunArgs {
     /// scaling (CUDA only).
     #[arg(long, value_enum, default_value = "fp32")]
     pub(crate) precision: Precision,
-    /// Stop after this many optimizer steps.
+    /// Total optimizer steps (Trainer's max_steps): overrides --epochs, passing over the
+    /// data as many times as it takes.
     #[arg(long)]
     pub(crate) max_steps: Option<usize>,
     /// No progress bar (the metrics still go to metrics.jsonl).

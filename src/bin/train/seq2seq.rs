@@ -1,7 +1,8 @@
 //! `train summarize` / `train translate`: an encoder-decoder LM (T5, BART or Marian) on
 //! source/target files, or, with none, the built-in generated task from scratch (a
-//! word-level tokenizer and a small T5, or BART / Marian with --arch). Evaluation generates with the model's generation configuration,
-//! overridden by --num-beams and --max-new-tokens.
+//! word-level tokenizer and a small T5, or BART / Marian with --arch). Evaluation
+//! generates with the model's generation configuration, overridden by --num-beams and
+//! --max-new-tokens.
 
 use std::path::PathBuf;
 

@@ -50,7 +50,7 @@ struct Cli {
 enum Cmd {
     /// Extractive QA with a BERT/DistilBERT QA checkpoint.
     Qa(QaArgs),
-    /// Text-to-text generation (T5) as transformers' generate(): greedy or beam search
+    /// Text-to-text generation (T5, BART, Marian) as transformers' generate(): greedy or beam search
     /// with the model's generation configuration, each flag overriding one setting.
     Generate(generate::GenArgs),
     /// Summarization as transformers' pipeline("summarization"): the model's

@@ -43,9 +43,9 @@ struct Cli {
 enum Task {
     /// Extractive QA on SQuAD-format JSON (EM/F1 after each epoch).
     Qa(QaArgs),
-    /// T5 summarization (ROUGE after each epoch).
+    /// Summarization with T5, BART or Marian (ROUGE after each epoch).
     Summarize(Seq2SeqArgs),
-    /// T5 translation (BLEU after each epoch).
+    /// Translation with T5, BART or Marian (BLEU after each epoch).
     Translate(Seq2SeqArgs),
 }
 

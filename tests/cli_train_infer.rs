@@ -14,7 +14,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::cli::{infer, json_lines, last_json_line, p, run, scratch, tiny_t5};
+use common::cli::{infer, json_lines, last_json_line, p, refused, run, scratch, tiny_t5};
 
 fn tmp(name: &str) -> PathBuf {
     scratch("ti", name)
@@ -215,18 +215,6 @@ fn train_translate_then_infer_generate() {
     assert_eq!(lines[1]["text"], "", "{lines:?}");
     assert!(!lines[0]["tokens"].as_array().expect("tokens").is_empty());
     let _ = std::fs::remove_dir_all(&out);
-}
-
-/// Runs `bin args`, which must fail before any training, with every needle in its
-/// stderr and no panic.
-fn refused(bin: &str, args: &[&str], needles: &[&str]) {
-    let o = Command::new(bin).args(args).output().expect("spawn");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{bin} {args:?} succeeded:\n{err}");
-    assert!(!err.contains("panicked"), "{bin} {args:?} panicked:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{bin} {args:?}: no {n:?} in:\n{err}");
-    }
 }
 
 #[test]

@@ -66,3 +66,15 @@ pub fn tiny_t5(out: &Path) {
     args.extend(["--out", p(out)]);
     run(env!("CARGO_BIN_EXE_train"), &args);
 }
+
+/// Runs `bin args`, which must fail before any training, with every needle in its
+/// stderr and no panic.
+pub fn refused(bin: &str, args: &[&str], needles: &[&str]) {
+    let o = Command::new(bin).args(args).output().expect("spawn");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{bin} {args:?} succeeded:\n{err}");
+    assert!(!err.contains("panicked"), "{bin} {args:?} panicked:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "{bin} {args:?}: no {n:?} in:\n{err}");
+    }
+}

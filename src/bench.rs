@@ -16,7 +16,7 @@ use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
 use crate::models::qa::{QaBatch, QaModel};
 use crate::models::step::{ModelConfig, ModelSource};
 use crate::nn::Mode;
-use crate::optim::{AdamW, AdamWConfig, LossScaler};
+use crate::optim::{LossScaler, OptimConfig, Optimizer};
 use crate::profile;
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
@@ -90,6 +90,8 @@ pub struct BenchConfig {
     pub trace: bool,
     /// The VRAM planner's plan, reported beside the measured peak.
     pub memory_plan: Option<crate::plan::Plan>,
+    /// The optimizer a training step runs.
+    pub optim: OptimConfig,
 }
 
 /// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md), matched on
@@ -142,16 +144,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let dev = cfg.device;
     // Inference holds no optimizer state (no fp32 masters, no moments): only training
-    // builds AdamW, so `--mode infer` measures what an inference process holds.
+    // builds the optimizer, so `--mode infer` measures what an inference process holds.
     let mut opt = if cfg.train {
-        Some(AdamW::new(
+        Some(Optimizer::new(
             &m.params(),
-            AdamWConfig {
-                lr: 5e-5,
-                weight_decay: 0.01,
-                ..AdamWConfig::default()
-            },
-            true,
+            cfg.optim.with_weight_decay(0.01),
         )?)
     } else {
         None
@@ -259,6 +256,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     }
     rec["switches"]["separate_qkv"] = json!(crate::nn::separate_qkv());
     rec["switches"]["adamw_multi_tensor"] = json!(crate::optim::adamw::multi_tensor_default());
+    rec["optimizer"] = json!(cfg.optim.name());
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
         return Err(Error::msg(format!(
             "bench: non-finite loss in fp32 training: {losses:?}"

@@ -15,6 +15,7 @@ use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::optim::{AdafactorConfig, OptimConfig};
 use fusebox::plan::{fit, measure, predict, Plan, Workload};
 use fusebox::shape::Target;
 use fusebox::shape::{DType, Device};
@@ -270,6 +271,7 @@ fn cpu_work(b: usize, l: usize, lt: usize, ckpt: bool) -> Workload {
         checkpointing: ckpt,
         target: Target::Cpu,
         infer: false,
+        optim: OptimConfig::default(),
     }
 }
 
@@ -479,6 +481,7 @@ fn t4_work(ckpt: bool) -> Workload {
         checkpointing: ckpt,
         target: Target::Cuda,
         infer: false,
+        optim: OptimConfig::default(),
     }
 }
 

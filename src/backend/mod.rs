@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod cuda;
 mod dropout;
 pub mod meta;
+mod optim;
 mod storage;
 mod storage_nn;
 pub mod tracker;
@@ -37,8 +38,9 @@ pub use cpu::CpuStorage;
 pub use cuda::CudaStorage;
 pub use dropout::{dropout_keep, dropout_keep_keyed, dropout_key, dropout_key_packed};
 pub use meta::MetaStorage;
+pub use optim::*;
 pub use storage::Storage;
-pub use storage_nn::{adamw_multi, AdamWTensor};
+pub use storage_nn::{adafactor_multi, adamw_multi, AdafactorTensor, AdamWTensor};
 
 /// Is a usable CUDA driver with at least one device present? Never panics.
 pub fn cuda_available() -> bool {
@@ -242,89 +244,6 @@ pub struct SpanCandidate {
     pub logit_sum: f32,
 }
 
-/// Hyper-parameters of one AdamW step (torch semantics: decoupled weight decay,
-/// bias correction, eps outside the sqrt). f64 like torch's Python floats: derived
-/// constants such as `1 - beta2` are formed in double and rounded once.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamWStep {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// 1-based step count, for bias correction.
-    pub step: u64,
-    /// Gradients are multiplied by this before use (1/loss_scale; 1.0 without scaling).
-    pub grad_scale: f64,
-    /// Check the scaled gradient for inf/NaN first (and report it). `false` when the
-    /// caller has already checked every gradient at once: then no per-tensor check runs
-    /// and, on CUDA, no per-tensor flag is read back (no device sync per parameter).
-    pub check_finite: bool,
-}
-
-impl AdamWStep {
-    /// [`adamw_bias_corrections`] of this step.
-    pub fn bias_corrections(&self) -> (f64, f64) {
-        adamw_bias_corrections(self.beta1, self.beta2, self.step)
-    }
-}
-
-/// What one AdamW step updates besides the parameter: its moments `m`, `v` (the
-/// master's dtype) and the optional `working` copy that receives the updated value.
-pub struct AdamWState<'a, S> {
-    pub m: &'a mut S,
-    pub v: &'a mut S,
-    pub working: Option<&'a mut S>,
-}
-
-impl<'a, S> AdamWState<'a, S> {
-    pub fn new(m: &'a mut S, v: &'a mut S, working: Option<&'a mut S>) -> Self {
-        AdamWState { m, v, working }
-    }
-}
-
-/// One parameter of a multi-tensor AdamW step on backend `B`: the f32 master (or f32
-/// parameter), its gradient (f32 or f16), the f32 moments and an optional working copy
-/// (f16 or f32) that receives the updated value.
-pub struct MultiTensor<'a, B> {
-    pub param: &'a mut B,
-    pub grad: &'a B,
-    pub m: &'a mut B,
-    pub v: &'a mut B,
-    pub working: Option<&'a mut B>,
-    pub weight_decay: f64,
-}
-
-/// Step-wide hyper-parameters of a multi-tensor AdamW step (torch AdamW +
-/// clip_grad_norm_ + GradScaler unscale).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamWMultiStep {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// 1-based step count this update would have.
-    pub step: u64,
-    pub grad_scale: f64,
-    pub max_grad_norm: Option<f64>,
-}
-
-/// What a multi-tensor step decided.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamWMultiOutcome {
-    pub skipped: bool,
-    /// Sum of squares of the (scaled) gradients, as the per-tensor path computes it.
-    pub sum_sq: f64,
-}
-
-/// AdamW's bias corrections `(1 - beta1^t, sqrt(1 - beta2^t))` in f64: the one
-/// derivation every backend and the multi-tensor step round from (t saturates at
-/// i32::MAX).
-pub fn adamw_bias_corrections(beta1: f64, beta2: f64, step: u64) -> (f64, f64) {
-    let t = step.min(i32::MAX as u64) as i32;
-    (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt())
-}
-
 /// The primitive op set. All buffers are contiguous; sizes come in as arguments.
 /// Methods returning several buffers return them in the documented order.
 pub trait BackendStorage: Sized + Send + Sync {
@@ -406,6 +325,16 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// receives the updated parameter cast to its dtype. Returns `true` (and changes
     /// nothing) if the scaled gradient holds an inf or NaN.
     fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool>;
+    /// One Adafactor step (transformers' `Adafactor`) on a master parameter (F32/F64)
+    /// with its state `st` (the master's dtype); `grad` may be F16; `st.working`, if
+    /// given, receives the updated parameter. No inf/NaN check: the caller checked every
+    /// gradient at once. Returns the step size applied when `hp.report_lr`.
+    fn adafactor_(
+        &mut self,
+        grad: &Self,
+        st: AdafactorState<'_, Self>,
+        hp: &AdafactorStep,
+    ) -> Result<Option<f64>>;
     /// True if any element is inf or NaN.
     fn has_non_finite(&self) -> Result<bool>;
     /// An I32 buffer with every value clamped to [lo, hi] (QA positions to [0, S]).
@@ -566,6 +495,17 @@ pub trait BackendStorage: Sized + Send + Sync {
         tensors: &mut [MultiTensor<'_, Self>],
         hp: &AdamWMultiStep,
     ) -> Result<Option<AdamWMultiOutcome>> {
+        let _ = (tensors, hp);
+        Ok(None)
+    }
+    /// One Adafactor step over many parameters at once, the clip and the inf/NaN skip
+    /// decided on the device as [`adamw_multi`](Self::adamw_multi) does. `Ok(None)`: no
+    /// such path here, and the caller steps each tensor with
+    /// [`adafactor_`](Self::adafactor_).
+    fn adafactor_multi(
+        tensors: &mut [AdafactorMultiTensor<'_, Self>],
+        hp: &AdafactorMultiStep,
+    ) -> Result<Option<AdafactorOutcome>> {
         let _ = (tensors, hp);
         Ok(None)
     }

@@ -6,7 +6,8 @@
 use super::cpu::CpuStorage;
 use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
-use super::{AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec};
+use super::{AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved};
+use super::{BackendStorage, BinaryOp, MatmulSpec};
 use super::{LinearDims, SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
@@ -147,6 +148,30 @@ impl<'a, B: Variant> Operand<'a, B> for AdamWState<'a, Storage> {
     }
 }
 
+/// An Adafactor state's buffers as backend `B`'s (all on `dev`).
+pub(super) fn adafactor_state_on<'a, B: Variant>(
+    op: &'static str,
+    dev: Device,
+    st: AdafactorState<'a, Storage>,
+) -> Result<AdafactorState<'a, B>> {
+    let opt = |s: Option<&'a mut Storage>| s.map(|s| same_mut(op, dev, s)).transpose();
+    Ok(AdafactorState {
+        row: same_mut(op, dev, st.row)?,
+        col: opt(st.col)?,
+        exp_avg: opt(st.exp_avg)?,
+        working: opt(st.working)?,
+        rows_cols: st.rows_cols,
+        weight_decay: st.weight_decay,
+    })
+}
+
+impl<'a, B: Variant> Operand<'a, B> for AdafactorState<'a, Storage> {
+    type Out = AdafactorState<'a, B>;
+    fn on(self, op: &'static str, x: &B) -> Result<AdafactorState<'a, B>> {
+        adafactor_state_on(op, x.device(), self)
+    }
+}
+
 impl<'a, B: Variant> Operand<'a, B> for AttnArgs<'a, Storage> {
     type Out = AttnArgs<'a, B>;
     fn on(self, op: &'static str, x: &B) -> Result<AttnArgs<'a, B>> {
@@ -185,7 +210,13 @@ pass_through!(
     BinaryOp,
     UnaryOp
 );
-pass_through!(&'a [usize], &'a MatmulSpec, &'a AdamWStep, LinearDims);
+pass_through!(
+    &'a [usize],
+    &'a MatmulSpec,
+    &'a AdamWStep,
+    &'a AdafactorStep,
+    LinearDims
+);
 
 /// A backend method's result as `Storage`'s: each buffer wrapped in its variant.
 pub(super) trait Lift {
@@ -239,7 +270,15 @@ macro_rules! lift_as_is {
     )*};
 }
 
-lift_as_is!((), bool, Vec<f32>, Vec<f64>, Vec<i32>, Vec<SpanCandidate>);
+lift_as_is!(
+    (),
+    bool,
+    f64,
+    Vec<f32>,
+    Vec<f64>,
+    Vec<i32>,
+    Vec<SpanCandidate>
+);
 
 /// `Storage` methods, each written once as its signature: `self` and every `Storage`
 /// operand go to the backend `self` lives on (an operand elsewhere is the
@@ -357,6 +396,8 @@ dispatch! {
     fn scale_(&mut self, alpha: f64) -> ();
     fn copy_from_(&mut self, src: &Storage) -> ();
     fn adamw_(&mut self, grad: &Storage, st: AdamWState<'_, Storage>, hp: &AdamWStep) -> bool;
+    fn adafactor_(&mut self, grad: &Storage, st: AdafactorState<'_, Storage>, hp: &AdafactorStep)
+        -> Option<f64>;
     fn has_non_finite(&self) -> bool;
     fn clamp_i32(&self, lo: i32, hi: i32) -> Storage;
 }

@@ -3,7 +3,9 @@
 //! multi-tensor AdamW step): each dispatched to the backend its operands live on (see
 //! storage.rs).
 
-use super::storage::{dispatch, mismatch, per_backend, same_mut, Lift, Operand, Storage, Variant};
+use super::storage::{adafactor_state_on, dispatch, mismatch, per_backend, same_mut};
+use super::storage::{Lift, Operand, Storage, Variant};
+use super::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome, AdafactorState};
 use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
 use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, SpanCandidate};
 use crate::error::Result;
@@ -67,14 +69,72 @@ pub fn adamw_multi(
 ) -> Result<Option<AdamWMultiOutcome>> {
     // The backend is a type here, not a value to call through: pick it, then hand the
     // whole list over (the first tensor's borrow ends before the list is taken).
-    match tensors.first().map(|t| t.param.device().target()) {
+    match tensors.first().map(|t| backend_of(t.param)) {
         None => Ok(None),
-        Some(_) if matches!(&*tensors[0].param, Storage::Meta(_)) => {
-            multi::<super::MetaStorage>(tensors, hp)
-        }
-        Some(Some(crate::shape::Target::Cuda)) => multi::<super::CudaStorage>(tensors, hp),
-        Some(_) => multi::<super::CpuStorage>(tensors, hp),
+        Some(Backend::Meta) => multi::<super::MetaStorage>(tensors, hp),
+        Some(Backend::Cuda) => multi::<super::CudaStorage>(tensors, hp),
+        Some(Backend::Cpu) => multi::<super::CpuStorage>(tensors, hp),
     }
+}
+
+/// Which backend a multi-tensor step's first buffer lives on.
+enum Backend {
+    Cpu,
+    Cuda,
+    Meta,
+}
+
+fn backend_of(s: &Storage) -> Backend {
+    match s {
+        Storage::Cpu(_) => Backend::Cpu,
+        Storage::Cuda(_) => Backend::Cuda,
+        Storage::Meta(_) => Backend::Meta,
+    }
+}
+
+/// One parameter of [`adafactor_multi`].
+pub type AdafactorTensor<'a> = AdafactorMultiTensor<'a, Storage>;
+
+/// A whole Adafactor step over many parameters at once (global-norm clip and the
+/// inf/NaN skip decided on the device), as [`adamw_multi`] is AdamW's. `Ok(None)` where
+/// the backend has no such path (the CPU): the caller steps each tensor itself.
+pub fn adafactor_multi(
+    tensors: &mut [AdafactorTensor<'_>],
+    hp: &AdafactorMultiStep,
+) -> Result<Option<AdafactorOutcome>> {
+    match tensors.first().map(|t| backend_of(t.param)) {
+        None => Ok(None),
+        Some(Backend::Meta) => af_multi::<super::MetaStorage>(tensors, hp),
+        Some(Backend::Cuda) => af_multi::<super::CudaStorage>(tensors, hp),
+        Some(Backend::Cpu) => af_multi::<super::CpuStorage>(tensors, hp),
+    }
+}
+
+/// [`adafactor_multi`] on backend `B` (every tensor must live there).
+fn af_multi<B: Variant>(
+    tensors: &mut [AdafactorTensor<'_>],
+    hp: &AdafactorMultiStep,
+) -> Result<Option<AdafactorOutcome>> {
+    const OP: &str = "adafactor_multi";
+    let dev = tensors[0].param.device();
+    let mut list = Vec::with_capacity(tensors.len());
+    for t in tensors.iter_mut() {
+        let grad_dev = t.grad.device();
+        let st = AdafactorState {
+            row: &mut *t.st.row,
+            col: t.st.col.as_deref_mut(),
+            exp_avg: t.st.exp_avg.as_deref_mut(),
+            working: t.st.working.as_deref_mut(),
+            rows_cols: t.st.rows_cols,
+            weight_decay: t.st.weight_decay,
+        };
+        list.push(AdafactorMultiTensor {
+            param: same_mut::<B>(OP, dev, &mut *t.param)?,
+            grad: B::of(t.grad).ok_or_else(|| mismatch(OP, dev, grad_dev))?,
+            st: adafactor_state_on(OP, dev, st)?,
+        });
+    }
+    B::adafactor_multi(&mut list, hp)
 }
 
 /// [`adamw_multi`] on backend `B` (every tensor must live there).

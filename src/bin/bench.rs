@@ -61,9 +61,17 @@ struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// train: forward, backward and AdamW; infer: the forward alone, without gradients.
+    /// train: forward, backward and the optimizer; infer: the forward alone, without
+    /// gradients.
     #[arg(long, value_enum, default_value = "train")]
     mode: Mode,
+    /// The optimizer of a training step (HF Trainer's `optim`): adamw (adamw_torch) or
+    /// adafactor (Trainer's settings; see `train --help`).
+    #[arg(long, default_value = "adamw", value_name = "adamw|adafactor")]
+    optim: String,
+    /// Adafactor's arguments (HF's `optim_args`; see `train --help`).
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    optim_args: Option<String>,
     /// Extra steps run under the per-op profiler (not part of the timings).
     #[arg(long, default_value_t = 1)]
     profile_steps: usize,
@@ -134,6 +142,7 @@ fn main() -> Result<()> {
             args.seq
         );
     }
+    let optim = fusebox::optim::OptimConfig::parse(&args.optim, args.optim_args.as_deref(), 0.01)?;
     let work = Workload {
         micro_batch: args.batch,
         grad_accum: 1,
@@ -142,6 +151,7 @@ fn main() -> Result<()> {
         dtype,
         checkpointing: args.mem.checkpointing,
         infer: args.mode == Mode::Infer,
+        optim,
         // fp16 and a named card both mean CUDA, even when only planning here.
         target: if device.is_cuda() || args.mem.gpu.is_some() || fp16 {
             Target::Cuda
@@ -179,6 +189,7 @@ fn main() -> Result<()> {
         profile_steps: args.profile_steps,
         trace: args.trace.is_some(),
         memory_plan: Some(plan.clone()),
+        optim,
     };
     let rec = bench::run(model.as_ref(), &cfg)?;
     if let Some(path) = &args.trace {
@@ -189,6 +200,7 @@ fn main() -> Result<()> {
     if !args.json {
         println!("device        {}", rec["device"].as_str().unwrap_or("?"));
         println!("model         {}", rec["model"].as_str().unwrap_or("?"));
+        println!("optimizer     {}", rec["optimizer"].as_str().unwrap_or("?"));
         println!(
             "mode          {} {}",
             rec["mode"].as_str().unwrap_or("?"),

@@ -1,8 +1,7 @@
 //! AdamW exactly as `torch.optim.AdamW` (decoupled weight decay applied to the parameter
 //! before the Adam update, bias correction, eps added outside the sqrt), with HF Trainer's
-//! rule for which parameters decay. Clipping and loss-scale unscaling fold into one
-//! gradient multiplier passed to the backend's fused step, so gradients are never
-//! rewritten in place (two parameters may share one gradient buffer).
+//! rule for which parameters decay. Masters, clipping and the multi-tensor locking are
+//! shared with Adafactor (`slots.rs`).
 //!
 //! On CUDA the whole step goes to the backend's multi-tensor AdamW
 //! (`backend::adamw_multi`): a constant number of launches for all parameters, with the
@@ -12,10 +11,10 @@
 
 use std::collections::BTreeMap;
 
+use super::slots::{self, Precheck, Slot, StepOutcome};
 use crate::autograd::Grads;
 use crate::backend::{AdamWState, AdamWStep};
 use crate::error::Result;
-use crate::shape::DType;
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,33 +50,12 @@ pub fn decays(name: &str) -> bool {
     !(n.contains("bias") || norm_part)
 }
 
-struct Slot {
-    name: String,
-    /// The tensor the model uses (and the tape differentiates).
-    param: Tensor,
-    /// fp32 master copy when the working parameter is fp16; else the param itself.
-    master: Option<Tensor>,
-    m: Tensor,
-    v: Tensor,
-    weight_decay: f64,
-}
-
-/// What one `step` did.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepOutcome {
-    /// True when the gradients held inf/NaN and nothing was updated.
-    pub skipped: bool,
-    /// Global L2 norm of the unscaled gradients (before clipping).
-    pub grad_norm: f64,
-}
-
 pub struct AdamW {
     slots: Vec<Slot>,
     pub config: AdamWConfig,
     steps: u64,
     multi_tensor: bool,
-    /// Whether every parameter, master and moment buffer is a distinct storage (checked
-    /// once; a shared buffer would need two write locks in the multi-tensor path).
+    /// Whether every buffer is a distinct storage (`slots::all_distinct`, checked once).
     distinct: Option<bool>,
 }
 
@@ -104,32 +82,21 @@ impl AdamW {
         config: AdamWConfig,
         decay: impl Fn(&str) -> bool,
     ) -> Result<AdamW> {
-        let mut slots = Vec::with_capacity(params.len());
+        let mut out = Vec::with_capacity(params.len());
         for (name, p) in params {
-            let master = if p.dtype() == DType::F16 {
-                Some(p.to_dtype(DType::F32)?.detach())
-            } else {
-                None
-            };
-            let state_dtype = master.as_ref().map(|m| m.dtype()).unwrap_or(p.dtype());
-            let m = p.zeros_on_same(p.shape().clone(), state_dtype)?;
-            let v = p.zeros_on_same(p.shape().clone(), state_dtype)?;
             let wd = if decay(name) {
                 config.weight_decay
             } else {
                 0.0
             };
-            slots.push(Slot {
-                name: name.clone(),
-                param: p.clone(),
-                master,
-                m,
-                v,
-                weight_decay: wd,
-            });
+            let mut s = Slot::new(name, p, wd)?;
+            // torch's names for m and v.
+            s.add_state("exp_avg", p.dims())?;
+            s.add_state("exp_avg_sq", p.dims())?;
+            out.push(s);
         }
         Ok(AdamW {
-            slots,
+            slots: out,
             config,
             steps: 0,
             multi_tensor: multi_tensor_default(),
@@ -165,58 +132,20 @@ impl AdamW {
     /// the parameter itself when it is f32), `exp_avg.NAME` and `exp_avg_sq.NAME` (torch's
     /// names for m and v).
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
-        let mut out = BTreeMap::new();
-        for s in &self.slots {
-            let p = s.master.as_ref().unwrap_or(&s.param);
-            out.insert(format!("param.{}", s.name), p.detach());
-            out.insert(format!("exp_avg.{}", s.name), s.m.detach());
-            out.insert(format!("exp_avg_sq.{}", s.name), s.v.detach());
-        }
-        out
+        slots::state_tensors(&self.slots)
     }
 
     /// Restore [`state_tensors`](Self::state_tensors): values copied into the live
     /// buffers, the fp16 working copies recast from their masters. Every parameter must
     /// be there with its shape. The update count is [`set_steps`](Self::set_steps)'s.
     pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        let get = |kind: &str, name: &str, like: &Tensor| -> Result<&Tensor> {
-            let key = format!("{kind}.{name}");
-            let t = state
-                .get(&key)
-                .ok_or_else(|| crate::error::Error::msg(format!("optimizer state: no {key}")))?;
-            if t.dims() != like.dims() {
-                return Err(crate::error::Error::msg(format!(
-                    "optimizer state: {key} has shape {}, the model's is {}",
-                    t.shape(),
-                    like.shape()
-                )));
-            }
-            Ok(t)
-        };
-        for s in &self.slots {
-            // Each tensor moves to the parameter's device only for its copy.
-            let dev = s.param.device();
-            let value = get("param", &s.name, &s.param)?.to_device(dev)?;
-            let m = get("exp_avg", &s.name, &s.m)?.to_device(dev)?;
-            s.m.storage_mut().copy_from_(&m.storage())?;
-            drop(m);
-            let v = get("exp_avg_sq", &s.name, &s.v)?.to_device(dev)?;
-            s.v.storage_mut().copy_from_(&v.storage())?;
-            drop(v);
-            if let Some(m) = &s.master {
-                m.storage_mut().copy_from_(&value.storage())?;
-            }
-            s.param.storage_mut().copy_from_(&value.storage())?;
-        }
-        Ok(())
+        slots::load_state(&self.slots, state)
     }
 
     /// Moment buffers of a parameter (for parity tests and checkpoints).
     pub fn moments(&self, name: &str) -> Option<(&Tensor, &Tensor)> {
-        self.slots
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| (&s.m, &s.v))
+        let s = self.slots.iter().find(|s| s.name == name)?;
+        Some((s.get("exp_avg")?, s.get("exp_avg_sq")?))
     }
 
     /// Apply one update with learning rate `lr`. `grad_scale` is 1/loss_scale (1.0
@@ -229,56 +158,21 @@ impl AdamW {
         grad_scale: f64,
         max_grad_norm: Option<f64>,
     ) -> Result<StepOutcome> {
-        let device = self
-            .slots
-            .first()
-            .map(|s| s.param.device())
-            .unwrap_or(crate::shape::Device::Cpu);
+        let device = slots::device_of(&self.slots);
         let _span = crate::profile::Span::new("adamw", device);
         if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
             if let Some(out) = self.step_multi(grads, lr, grad_scale, max_grad_norm)? {
                 return Ok(out);
             }
         }
-        // One sum of squares over every gradient, accumulated on the device and read
-        // back once: it is the global norm, and it is non-finite exactly when some
-        // gradient holds inf/NaN (squares of f16 values cannot overflow the f32 sum), so
-        // a skipped step is decided before anything is touched, with one sync.
-        let mut total: Option<crate::backend::Storage> = None;
-        for s in &self.slots {
-            if let Some(g) = grads.get(&s.param) {
-                let sq = g.storage().sum_sq()?;
-                total = Some(match total {
-                    None => sq,
-                    Some(t) => t.binary(&sq, crate::backend::BinaryOp::Add)?,
-                });
-            }
-        }
-        let sumsq = match total {
-            Some(t) => t.to_vec_f64()?.first().copied().unwrap_or(0.0),
-            None => 0.0,
-        };
-        if !sumsq.is_finite() {
-            return Ok(StepOutcome {
-                skipped: true,
-                grad_norm: f64::INFINITY,
-            });
-        }
-        let grad_norm = sumsq.sqrt() * grad_scale;
-        if !grad_norm.is_finite() {
-            return Ok(StepOutcome {
-                skipped: true,
-                grad_norm,
-            });
-        }
-        // torch: clip_coef = max_norm / (total_norm + 1e-6), applied only when < 1.
-        let clip = match max_grad_norm {
-            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
-            None => 1.0,
-        };
+        let (grad_norm, clip) =
+            match slots::precheck(&self.slots, grads, grad_scale, max_grad_norm)? {
+                Precheck::Skip(out) => return Ok(out),
+                Precheck::Go { grad_norm, clip } => (grad_norm, clip),
+            };
         self.steps += 1;
         let c = self.config;
-        for s in &mut self.slots {
+        for s in &self.slots {
             let Some(g) = grads.get(&s.param) else {
                 continue;
             };
@@ -293,8 +187,8 @@ impl AdamW {
                 check_finite: false,
             };
             let gs = g.storage();
-            let mut m = s.m.storage_mut();
-            let mut v = s.v.storage_mut();
+            let mut m = s.state[0].1.storage_mut();
+            let mut v = s.state[1].1.storage_mut();
             let skipped = match &s.master {
                 Some(master) => {
                     let mut w = s.param.storage_mut();
@@ -323,25 +217,6 @@ impl AdamW {
             grad_norm,
         })
     }
-}
-
-impl AdamW {
-    fn all_distinct(&mut self) -> bool {
-        if let Some(d) = self.distinct {
-            return d;
-        }
-        let mut bufs: Vec<&Tensor> = Vec::new();
-        for s in &self.slots {
-            bufs.extend([&s.param, &s.m, &s.v]);
-            bufs.extend(s.master.iter());
-        }
-        let d = bufs
-            .iter()
-            .enumerate()
-            .all(|(i, a)| bufs[..i].iter().all(|b| !a.same_storage(b)));
-        self.distinct = Some(d);
-        d
-    }
 
     /// The step through `backend::adamw_multi`; `None` when the backend has no such path
     /// or the buffers cannot be locked together (then the per-tensor path runs).
@@ -352,72 +227,21 @@ impl AdamW {
         grad_scale: f64,
         max_grad_norm: Option<f64>,
     ) -> Result<Option<StepOutcome>> {
-        if !self.all_distinct() {
+        let Some(mut locked) = slots::lock(&self.slots, grads, &mut self.distinct) else {
             return Ok(None);
-        }
-        let live: Vec<(&Slot, &Tensor)> = self
-            .slots
-            .iter()
-            .filter_map(|s| grads.get(&s.param).map(|g| (s, g)))
-            .collect();
-        // A gradient that shares a buffer with a parameter-side tensor cannot be read
-        // while that tensor is written; two parameters sharing one gradient buffer read
-        // it through one lock.
-        let mut grad_bufs: Vec<&Tensor> = Vec::new();
-        let mut grad_of = Vec::with_capacity(live.len());
-        for (_, g) in &live {
-            let clash = live.iter().any(|(o, _)| {
-                g.same_storage(&o.param)
-                    || g.same_storage(&o.m)
-                    || g.same_storage(&o.v)
-                    || o.master.as_ref().is_some_and(|m| g.same_storage(m))
-            });
-            if clash {
+        };
+        let mut list = Vec::new();
+        for p in locked.parts() {
+            let Ok([m, v]) = <[_; 2]>::try_from(p.state) else {
                 return Ok(None);
-            }
-            match grad_bufs.iter().position(|b| b.same_storage(g)) {
-                Some(i) => grad_of.push(i),
-                None => {
-                    grad_of.push(grad_bufs.len());
-                    grad_bufs.push(g);
-                }
-            }
-        }
-        let grad_guards: Vec<_> = grad_bufs.iter().map(|g| g.storage()).collect();
-        let mut main = Vec::with_capacity(live.len());
-        let mut work = Vec::with_capacity(live.len());
-        let mut ms = Vec::with_capacity(live.len());
-        let mut vs = Vec::with_capacity(live.len());
-        for (s, _) in &live {
-            match &s.master {
-                Some(master) => {
-                    main.push(master.storage_mut());
-                    work.push(Some(s.param.storage_mut()));
-                }
-                None => {
-                    main.push(s.param.storage_mut());
-                    work.push(None);
-                }
-            }
-            ms.push(s.m.storage_mut());
-            vs.push(s.v.storage_mut());
-        }
-        let mut list = Vec::with_capacity(live.len());
-        for (k, ((((p, w), m), v), (s, _))) in main
-            .iter_mut()
-            .zip(work.iter_mut())
-            .zip(ms.iter_mut())
-            .zip(vs.iter_mut())
-            .zip(&live)
-            .enumerate()
-        {
+            };
             list.push(crate::backend::AdamWTensor {
-                param: p,
-                grad: &grad_guards[grad_of[k]],
+                param: p.main,
+                grad: p.grad,
                 m,
                 v,
-                working: w.as_mut().map(|w| &mut **w),
-                weight_decay: s.weight_decay,
+                working: p.working,
+                weight_decay: p.slot.weight_decay,
             });
         }
         let c = self.config;
@@ -433,28 +257,13 @@ impl AdamW {
         let Some(out) = crate::backend::adamw_multi(&mut list, &hp)? else {
             return Ok(None);
         };
-        // Same reporting as the per-tensor path: inf when the sum itself overflowed.
-        let grad_norm = if out.sum_sq.is_finite() {
-            out.sum_sq.sqrt() * grad_scale
-        } else {
-            f64::INFINITY
-        };
         if !out.skipped {
             self.steps += 1;
         }
-        Ok(Some(StepOutcome {
-            skipped: out.skipped,
-            grad_norm,
-        }))
+        Ok(Some(slots::multi_outcome(
+            out.skipped,
+            out.sum_sq,
+            grad_scale,
+        )))
     }
-}
-
-/// Global L2 norm of a set of gradients (torch `clip_grad_norm_`'s total_norm).
-pub fn global_grad_norm(grads: &Grads) -> Result<f64> {
-    let mut sumsq = 0.0f64;
-    for (_, g) in grads.iter() {
-        let s = g.storage().sum_sq()?;
-        sumsq += s.to_vec_f64()?[0];
-    }
-    Ok(sumsq.sqrt())
 }

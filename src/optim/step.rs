@@ -9,7 +9,7 @@
 
 use crate::autograd::{backward, Grads};
 use crate::error::{Error, Result};
-use crate::optim::{AdamW, LossScaler, StepOutcome};
+use crate::optim::{LossScaler, Optimizer, StepOutcome};
 use crate::tensor::Tensor;
 
 /// What a step did: the optimizer's outcome and the step's loss (the micro-batch losses
@@ -21,10 +21,10 @@ pub struct StepReport {
 }
 
 /// Run `shares.len()` micro-batches (`loss_of(i)` computes micro-batch `i`'s loss; its
-/// share of the step's rows is `shares[i]`), then one AdamW update at `lr`. The scaler's
+/// share of the step's rows is `shares[i]`), then one optimizer update at `lr`. The scaler's
 /// state is read here; updating it from the outcome is the caller's.
 pub fn accumulate_and_step(
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     scaler: Option<&LossScaler>,
     lr: f64,
     max_grad_norm: Option<f64>,

@@ -8,7 +8,7 @@
 //! safetensors header is all that is read), the optimizer takes its state, and one real
 //! optimizer step — the training loop's own (`optim::accumulate_and_step`): every
 //! micro-batch's forward, loss and backward, gradient accumulation, the loss scaler, the
-//! AdamW update — runs under the byte tracker. Each primitive on the meta device
+//! optimizer update — runs under the byte tracker. Each primitive on the meta device
 //! allocates exactly what the target backend's does (backend/meta), so the tape's real
 //! lifetimes — saved activations, gradients as they fill, each op's transients — set
 //! the peak, and a new model, optimizer or memory trick needs no planner code. On the
@@ -33,7 +33,7 @@ use crate::autograd::no_grad;
 use crate::backend::tracker;
 use crate::error::{Error, Result};
 use crate::models::step::{BatchShape, ModelSource, StepModel};
-use crate::optim::{accumulate_and_step, AdamW, AdamWConfig, LossScaler};
+use crate::optim::{accumulate_and_step, LossScaler, OptimConfig, Optimizer};
 use crate::shape::{DType, Device, Target};
 
 const MIB: usize = 1 << 20;
@@ -61,6 +61,8 @@ pub struct Workload {
     /// An inference step (`bench --mode infer`): the forward under no_grad with dropout
     /// off (T5 also computes its loss), no gradients and no optimizer state.
     pub infer: bool,
+    /// The optimizer, whose state and step scratch the plan holds.
+    pub optim: OptimConfig,
 }
 
 impl Workload {
@@ -101,7 +103,7 @@ pub struct Measured {
     pub params: usize,
     /// Bytes the model's weights hold (frozen ones included).
     pub weights: usize,
-    /// Bytes the optimizer's state holds (fp32 masters, m and v).
+    /// Bytes the optimizer's state holds (fp32 masters, moments).
     pub optimizer: usize,
     /// Peak bytes above weights and optimizer state during the step.
     pub step: usize,
@@ -145,7 +147,7 @@ pub fn measure(source: &ModelSource, work: &Workload, device: Device) -> Result<
     }
     let params = model.trainable();
     let n = params.iter().map(|(_, t)| t.elem_count()).sum();
-    let mut opt = AdamW::new(&params, AdamWConfig::default(), true)?;
+    let mut opt = Optimizer::new(&params, work.optim)?;
     drop(params);
     let held = tracker::live_bytes(device);
     let scaler = (work.dtype == DType::F16).then(LossScaler::default);
@@ -189,11 +191,14 @@ pub fn predict(model: &ModelSource, work: &Workload, requested_batch: usize) -> 
         let master = if fp16 { 4 * m.params } else { 0 };
         if fp16 {
             c.push(("weights (fp16 working copy)".into(), m.weights));
-            c.push(("fp32 master weights (AdamW)".into(), master));
+            c.push((
+                format!("fp32 master weights ({})", work.optim.name()),
+                master,
+            ));
         } else {
             c.push(("weights (fp32)".into(), m.weights));
         }
-        c.push(("AdamW m and v (fp32)".into(), m.optimizer - master));
+        c.push((work.optim.state_label().into(), m.optimizer - master));
         let earlier = if work.grad_accum > 1 {
             ", the gradients and losses of earlier micro-batches"
         } else {

@@ -1,7 +1,8 @@
 //! Checkpoints during training (`OUT/checkpoint-STEP/`, HF Trainer's layout and names):
 //! the model as the task saves it (HF files, loadable by `infer` and by transformers),
-//! `optimizer.safetensors` (AdamW's fp32 master or parameter, m and v per parameter
-//! name), `trainer_state.json` (the loop's counters, data order and position, the
+//! `optimizer.safetensors` (the fp32 master or parameter and the optimizer's state
+//! under torch's names per parameter: AdamW's `exp_avg`, `exp_avg_sq`; Adafactor's
+//! `exp_avg_sq_row`, `exp_avg_sq_col` or `exp_avg_sq`, and `exp_avg` with beta1), `trainer_state.json` (the loop's counters, data order and position, the
 //! random generator, the loss scaler, the log's length, the run's settings) and, written
 //! last, `manifest.json`: every file's size and SHA-256. A checkpoint is built under a
 //! temporary name and renamed whole; one whose manifest is missing or does not match its
@@ -51,7 +52,8 @@ pub struct LoopState {
     pub best: Option<(f64, usize, Map<String, Value>)>,
     /// Seconds trained before this process.
     pub seconds: f64,
-    /// AdamW's count of applied updates (its bias correction).
+    /// The optimizer's count of applied updates (AdamW's bias correction, Adafactor's
+    /// step t).
     pub optimizer_steps: u64,
     /// The run's total optimizer steps (its schedule's length) when the state was saved.
     pub total: usize,

@@ -59,6 +59,8 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     pub lr: f64,
     pub weight_decay: f64,
+    /// The optimizer (Trainer's `optim`); its weight decay is `weight_decay`.
+    pub optim: crate::optim::OptimConfig,
     pub warmup_ratio: f64,
     pub max_grad_norm: Option<f64>,
     pub seed: u64,
@@ -98,6 +100,7 @@ impl Default for TrainConfig {
             grad_accum: 1,
             lr: 2e-5,
             weight_decay: 0.01,
+            optim: crate::optim::OptimConfig::default(),
             warmup_ratio: 0.0,
             max_grad_norm: Some(1.0),
             seed: 42,
@@ -151,6 +154,15 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The optimizer as the resume settings name it: `"adamw"` (as checkpoints made
+    /// before Adafactor have it), or Adafactor and every setting of it.
+    fn optim_settings(&self) -> Value {
+        match self.optim {
+            crate::optim::OptimConfig::AdamW(_) => json!("adamw"),
+            o => o.settings(),
+        }
+    }
+
     /// The settings a resumed run must share with its checkpoint: model (its parameters'
     /// names and shapes, and what the binary names), data (the task's fingerprint of its
     /// training rows, which covers the tokenizer), optimizer and its settings, batch and
@@ -170,7 +182,7 @@ impl TrainConfig {
             "parameters": fingerprint(shapes),
             "train_rows": task.train_len(),
             "data": task.data_fingerprint(),
-            "optimizer": "adamw",
+            "optimizer": self.optim_settings(),
             "epochs": self.epochs,
             "batch": self.batch,
             "grad_accum": self.grad_accum,

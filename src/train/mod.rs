@@ -1,5 +1,5 @@
 //! The one training loop every task shares: micro-batches with gradient accumulation,
-//! AdamW with HF Trainer's groups, linear warmup/decay, global-norm clipping, dynamic
+//! AdamW or Adafactor with HF Trainer's groups, linear warmup/decay, global-norm clipping, dynamic
 //! loss scaling for fp16, a progress bar (loss, lr, tokens/s, ETA), metrics in
 //! `DIR/metrics.jsonl` drawn as `DIR/curves.svg`, evaluation and checkpoints by epoch or
 //! by steps, resume from a checkpoint, a clean stop on SIGINT/SIGTERM or a time limit,
@@ -8,7 +8,7 @@
 //!
 //! A run killed at any moment and resumed from its newest checkpoint takes the steps
 //! the uninterrupted run would have taken, bit for bit: the checkpoint holds every piece
-//! of state a step reads (weights, AdamW's moments and masters, the loss scaler, the
+//! of state a step reads (weights, the optimizer's state and masters, the loss scaler, the
 //! random stream, the epoch's data order and the position in it, the log's length).
 
 mod checkpoint;
@@ -28,7 +28,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::optim::{accumulate_and_step, AdamW, AdamWConfig, LinearSchedule, LossScaler};
+use crate::optim::{accumulate_and_step, LinearSchedule, LossScaler, Optimizer};
 use crate::tensor::Tensor;
 use checkpoint::{LoopState, TrainerState};
 
@@ -83,23 +83,16 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     let epochs = total.div_ceil(steps_per_epoch.max(1));
     let sched = LinearSchedule::from_ratio(cfg.lr, cfg.warmup_ratio, total as u64);
     let params = task.params();
-    let mut opt = AdamW::new(
-        &params,
-        AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..AdamWConfig::default()
-        },
-        true,
-    )?;
+    let mut opt = Optimizer::new(&params, cfg.optim.with_weight_decay(cfg.weight_decay))?;
     let device = params
         .first()
         .map(|(_, t)| t.device())
         .unwrap_or(crate::shape::Device::Cpu);
     let settings = cfg.resume_settings(task, &params);
     // What the disk must hold: the final model (f32) and, per kept checkpoint plus the
-    // one being written, the model and AdamW's master, m and v (f32 each).
+    // one being written, the model and the optimizer's masters and state (f32 each).
     let elems: usize = params.iter().map(|(_, t)| t.elem_count()).sum();
+    let state: usize = opt.state_tensors().values().map(|t| t.elem_count()).sum();
     let saves = match cfg.save_strategy {
         Every::No => 0,
         Every::Epoch => total.div_ceil(steps_per_epoch.max(1)),
@@ -108,7 +101,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
     let kept = cfg.save_total_limit.map_or(saves, |k| k.min(saves)) + usize::from(saves > 0);
     outdir::check_space(
         &cfg.out_dir,
-        (4 * elems * (1 + 4 * kept)) as u64,
+        (4 * (elems + kept * (elems + state))) as u64,
         &format!("the final model and {kept} checkpoint(s) of {elems} parameters"),
     )?;
     drop(params);
@@ -191,6 +184,9 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 },
             )?;
             let (outc, step_loss) = (report.outcome, report.loss);
+            // Adafactor's relative step sets its own lr (HF reports it through
+            // AdafactorSchedule); else the schedule's.
+            let lr = opt.reported_lr(lr);
             if let Some(s) = st.scaler.as_mut() {
                 s.update(outc.skipped);
             } else if outc.skipped {
@@ -321,7 +317,7 @@ fn resume(
     r: &Resume,
     out: &Path,
     settings: &Value,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     headline: &str,
 ) -> Result<(LoopState, MetricsLog)> {
     let (dir, ts) = match r {
@@ -360,9 +356,9 @@ fn resume(
     Ok((ts.state, log))
 }
 
-/// The weights and AdamW state of checkpoint `dir` into `opt` (and the model's
+/// The weights and optimizer state of checkpoint `dir` into `opt` (and the model's
 /// parameters, which it holds).
-fn load_weights(dir: &Path, opt: &mut AdamW) -> Result<()> {
+fn load_weights(dir: &Path, opt: &mut Optimizer) -> Result<()> {
     let path = dir.join("optimizer.safetensors");
     // On the host: each tensor goes to the device only while it is copied in, so resuming
     // needs no second copy of the whole optimizer state on the card.
@@ -392,7 +388,7 @@ impl Ckpt<'_> {
     fn save<T: Task>(
         &self,
         task: &T,
-        opt: &AdamW,
+        opt: &Optimizer,
         st: &mut LoopState,
         log: &MetricsLog,
         must: bool,

@@ -10,6 +10,7 @@
 //! routes each trait method to the family function for the buffer's dtype, or for F16 to
 //! the f32 function through the emulation's `up`/`down`.
 
+mod adafactor;
 mod adamw;
 mod attention;
 mod elementwise;
@@ -26,8 +27,8 @@ use half::f16;
 
 use crate::backend::tracker;
 use crate::backend::{
-    AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, MatmulSpec,
-    SpanCandidate, UnaryOp,
+    AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage,
+    BinaryOp, MatmulSpec, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
@@ -389,15 +390,22 @@ impl BackendStorage for CpuStorage {
     fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // As on CUDA: the master (and moments) are never f16; an f16 gradient is read as
         // f32 (exact), and `working` may be the f16 copy the model computes with.
-        let wide;
-        let grad = if grad.is_f16() {
-            wide = widen(grad);
-            &wide
-        } else {
-            grad
-        };
+        let wide = grad.is_f16().then(|| widen(grad));
+        let grad = wide.as_ref().unwrap_or(grad);
         float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, st, hp),
             f16 => Err(dtype_err("adamw_", "f32 or f64 master weights", DType::F16)))
+    }
+    fn adafactor_(
+        &mut self,
+        grad: &Self,
+        st: AdafactorState<'_, Self>,
+        hp: &AdafactorStep,
+    ) -> Result<Option<f64>> {
+        // As adamw_: f32/f64 masters and state, an f16 gradient read as f32.
+        let wide = grad.is_f16().then(|| widen(grad));
+        let grad = wide.as_ref().unwrap_or(grad);
+        float_op!("adafactor_", self.dtype(), adafactor::adafactor_(self, grad, st, hp),
+            f16 => Err(dtype_err("adafactor_", "f32 or f64 master weights", DType::F16)))
     }
     fn has_non_finite(&self) -> Result<bool> {
         Ok(elementwise::has_non_finite(&self.data))

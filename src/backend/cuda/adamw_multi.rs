@@ -83,21 +83,23 @@ fn check_f32(s: &CudaStorage, len: usize, op: &'static str, what: &'static str) 
     Ok(())
 }
 
-fn launch_table(
+/// Launch `name` with a launch table (passed by value, checked against the kernel's
+/// parameter size) followed by `rest`, 256 threads per block.
+pub(super) fn launch_table<T: DeviceRepr>(
     p: &CudaStorage,
     name: &str,
     grid: usize,
-    table: &MtTable,
+    table: &T,
     rest: &[Arg],
 ) -> Result<()> {
-    check_launch_args(name, rest, &[std::mem::size_of::<MtTable>()])?;
+    check_launch_args(name, rest, &[std::mem::size_of::<T>()])?;
     let dev = p.dev();
     let f = dev.func(name)?;
     let mut b = dev.stream.launch_builder(&f);
     b.arg(table);
     push_args(&mut b, rest);
     let cfg = cfg_blocks(grid.max(1), 256);
-    // SAFETY: the table holds live buffers checked by `adamw_multi` (lengths, dtypes,
+    // SAFETY: the table holds live buffers checked by the caller (lengths, dtypes,
     // device); the argument list matches the kernel's signature.
     cu(unsafe { b.launch(cfg) }, &format!("launch {name}")).map(|_| ())
 }
@@ -151,32 +153,99 @@ fn build_tables(descs: &[Desc]) -> Result<(Vec<MtTable>, Vec<usize>, usize)> {
 /// The step's scratch, in the order it is allocated: the decision words (the 16-byte
 /// read) and one f32 partial sum of squares per block.
 fn scratch_of(nparts: usize) -> [(usize, DType); 2] {
-    [(4, DType::F32), (nparts, DType::F32)]
+    [(DECISION, DType::F32), (nparts, DType::F32)]
 }
 
-/// The scratch a step over tensors of `lens` elements allocates (what the meta device
-/// plans): none when every tensor is empty.
-pub(crate) fn scratch(lens: &[usize]) -> Result<Vec<(usize, DType)>> {
-    let descs: Vec<Desc> = lens
+/// Words of the decision `fb_mt_finalize` writes.
+const DECISION: usize = 4;
+
+/// The outcome in the decision words read back from the device.
+pub(super) fn outcome(words: &[f32]) -> Result<MultiOutcome> {
+    match words {
+        [s, k, ..] => Ok(MultiOutcome {
+            skipped: *k != 0.0,
+            sum_sq: *s as f64,
+        }),
+        _ => Err(Error::msg("multi-tensor step: short decision buffer")),
+    }
+}
+
+/// Descriptors of gradients alone (what the norm pass reads), one per non-empty length.
+fn norm_descs(grads: &[(u64, usize, bool)]) -> Vec<Desc> {
+    grads
         .iter()
-        .filter(|&&n| n > 0)
-        .map(|&n| Desc {
+        .filter(|g| g.1 > 0)
+        .map(|&(g, n, g16)| Desc {
             p: 0,
-            g: 0,
+            g,
             m: 0,
             v: 0,
             w: 0,
             n,
             decay: 0.0,
-            kind: 0,
+            kind: i32::from(g16),
         })
-        .collect();
-    let (tables, _, nparts) = build_tables(&descs)?;
-    Ok(if tables.is_empty() {
+        .collect()
+}
+
+/// The per-block partial sums the norm pass over tensors of `lens` elements writes
+/// (0 when every tensor is empty).
+pub(crate) fn norm_partials(lens: &[usize]) -> Result<usize> {
+    let grads: Vec<(u64, usize, bool)> = lens.iter().map(|&n| (0, n, false)).collect();
+    Ok(build_tables(&norm_descs(&grads))?.2)
+}
+
+/// The scratch a step over tensors of `lens` elements allocates (what the meta device
+/// plans): none when every tensor is empty.
+pub(crate) fn scratch(lens: &[usize]) -> Result<Vec<(usize, DType)>> {
+    let nparts = norm_partials(lens)?;
+    Ok(if nparts == 0 {
         Vec::new()
     } else {
         scratch_of(nparts).to_vec()
     })
+}
+
+/// Queue the step's decision into the first four words of `decision` (f32): the sum of
+/// squares of the gradients `(pointer, length, is f16)`, whether the step is skipped
+/// (inf/NaN, or a device error recorded earlier), the clip coefficient and the gradient
+/// multiplier `grad_scale · clip`. Allocates (and frees, stream-ordered) the per-block
+/// partials. Shared with the multi-tensor Adafactor step.
+pub(super) fn decide(
+    decision: &CudaStorage,
+    grads: &[(u64, usize, bool)],
+    grad_scale: f64,
+    max_grad_norm: Option<f64>,
+) -> Result<()> {
+    let (tables, grids, nparts) = build_tables(&norm_descs(grads))?;
+    let dev = decision.dev();
+    let partials = CudaStorage::alloc(dev, nparts, DType::F32)?;
+    for (tab, &grid) in tables.iter().zip(&grids) {
+        launch_table(
+            decision,
+            "fb_mt_sumsq",
+            grid,
+            tab,
+            &[Arg::Ptr(partials.ptr())],
+        )?;
+    }
+    let (has_clip, max_norm) = match max_grad_norm {
+        Some(m) => (1, m),
+        None => (0, 0.0),
+    };
+    let (scale, max_norm) = (Arg::F64(grad_scale), Arg::F64(max_norm));
+    dev.launch_bufs(
+        "fb_mt_finalize",
+        cfg_blocks(1, 512),
+        &[decision, &partials],
+        &[
+            Arg::I32(nparts as i32),
+            scale,
+            max_norm,
+            Arg::I32(has_clip),
+            Arg::Ptr(dev.err_ptr()),
+        ],
+    )
 }
 
 /// One AdamW step over `tensors` (all on one device). Nothing is touched when some
@@ -245,58 +314,25 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             }
         })
         .collect();
-    let (tables, grids, nparts) = build_tables(&descs)?;
+    let (tables, grids, _) = build_tables(&descs)?;
     if tables.is_empty() {
         return Ok(MultiOutcome {
             skipped: false,
             sum_sq: 0.0,
         });
     }
-    let [(dec_len, dec_t), (part_len, part_t)] = scratch_of(nparts);
-    let decision = CudaStorage::alloc(&dev, dec_len, dec_t)?;
+    let decision = CudaStorage::alloc(&dev, DECISION, DType::F32)?;
     let anchor = &*tensors[live[0].0].param;
-    let partials = CudaStorage::alloc(&dev, part_len, part_t)?;
-    for (tab, &grid) in tables.iter().zip(&grids) {
-        launch_table(
-            anchor,
-            "fb_mt_sumsq",
-            grid,
-            tab,
-            &[Arg::Ptr(partials.ptr())],
-        )?;
-    }
-    let (has_clip, max_norm) = match hp.max_grad_norm {
-        Some(m) => (1, m),
-        None => (0, 0.0),
-    };
-    let (scale, max_norm) = (Arg::F64(hp.grad_scale), Arg::F64(max_norm));
-    dev.launch_bufs(
-        "fb_mt_finalize",
-        cfg_blocks(1, 512),
-        &[&decision, &partials],
-        &[
-            Arg::I32(nparts as i32),
-            scale,
-            max_norm,
-            Arg::I32(has_clip),
-            Arg::Ptr(dev.err_ptr()),
-        ],
-    )?;
+    let grads: Vec<(u64, usize, bool)> =
+        descs.iter().map(|d| (d.g, d.n, d.kind & 1 == 1)).collect();
+    decide(&decision, &grads, hp.grad_scale, hp.max_grad_norm)?;
     // Every scalar formed in f64 and rounded once, as adamw.rs (and the CPU backend) do.
     let moments = moment_args(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.step);
     let args = [&[Arg::Ptr(decision.ptr())][..], &moments].concat();
     for (tab, &grid) in tables.iter().zip(&grids) {
         launch_table(anchor, "fb_mt_adamw", grid, tab, &args)?;
     }
-    let d = decision.to_vec_f32()?;
-    let (sum_sq, skip) = match d.as_slice() {
-        [s, k, ..] => (*s as f64, *k != 0.0),
-        _ => return Err(Error::msg("adamw_multi: short decision buffer")),
-    };
-    Ok(MultiOutcome {
-        skipped: skip,
-        sum_sq,
-    })
+    outcome(&decision.to_vec_f32()?)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! backend/cuda/norm.rs and backend/cpu/norm.rs are found together. F32 and F16 are the
 //! float dtypes here (fp32 math throughout); F64 is CPU-only and gets a DType error.
 
+pub(crate) mod adafactor;
 mod adamw;
 pub(crate) mod adamw_multi;
 pub mod alloc;

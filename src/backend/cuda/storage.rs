@@ -2,11 +2,13 @@
 //! (elementwise.rs, norm.rs, attention_unfused.rs, ...), where the kernels are launched.
 
 use super::{
-    adamw, adamw_multi, attention_unfused, blas, blaslt, elementwise, embedding, layout, norm,
-    reduce, softmax, span, CudaStorage,
+    adafactor, adamw, adamw_multi, attention_unfused, blas, blaslt, elementwise, embedding, layout,
+    norm, reduce, softmax, span, CudaStorage,
 };
 use crate::backend::cpu::CpuData;
 use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, AdamWState, MultiTensor};
+use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
+use crate::backend::{AdafactorState, AdafactorStep};
 use crate::backend::{
     AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec,
     SpanCandidate, UnaryOp,
@@ -108,6 +110,8 @@ impl BackendStorage for CudaStorage {
         fn copy_from_(&mut self, src: &Self) -> () => elementwise::copy_from_;
         fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> bool
             => adamw::adamw_;
+        fn adafactor_(&mut self, grad: &Self, st: AdafactorState<'_, Self>, hp: &AdafactorStep)
+            -> Option<f64> => adafactor::adafactor_;
         fn has_non_finite(&self) -> bool => elementwise::has_non_finite;
         fn clamp_i32(&self, lo: i32, hi: i32) -> Self => elementwise::clamp_i32;
         fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Self => blas::matmul;
@@ -175,5 +179,11 @@ impl BackendStorage for CudaStorage {
         hp: &AdamWMultiStep,
     ) -> Result<Option<AdamWMultiOutcome>> {
         adamw_multi::adamw_multi(tensors, hp).map(Some)
+    }
+    fn adafactor_multi(
+        tensors: &mut [AdafactorMultiTensor<'_, Self>],
+        hp: &AdafactorMultiStep,
+    ) -> Result<Option<AdafactorOutcome>> {
+        adafactor::adafactor_multi(tensors, hp).map(Some)
     }
 }

@@ -11,7 +11,8 @@
 //! ones and only the innermost layer is stood in for. Where a target takes workspace,
 //! the size comes from one function of that backend's own code (e.g.
 //! `cuda::attention_fused::backward_scratch`, `cuda::reduce::col_chunk`,
-//! `cuda::adamw_multi::scratch`), which the backend itself allocates from.
+//! `cuda::adamw_multi::scratch`, `cuda::adafactor::scratch`), which the backend itself
+//! allocates from.
 //!
 //! The CPU target is held to the byte against the tracker by tests/budget.rs. Not
 //! modelled: the f32 copies the CPU's fp16 *emulation* widens operands into (a test
@@ -29,6 +30,8 @@ use crate::backend::{
     AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec, MultiTensor,
     SpanCandidate, UnaryOp,
 };
+use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
+use crate::backend::{AdafactorState, AdafactorStep};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
 
@@ -225,6 +228,18 @@ impl BackendStorage for MetaStorage {
             self.scratch(&[(1, DType::I32)]);
         }
         Ok(false)
+    }
+    fn adafactor_(
+        &mut self,
+        _grad: &Self,
+        st: AdafactorState<'_, Self>,
+        hp: &AdafactorStep,
+    ) -> Result<Option<f64>> {
+        // CUDA's per-tensor step: the uploaded decision words, then its scratch.
+        if self.cuda() {
+            self.adafactor_scratch(&[(self.len, st.rows_cols)], false)?;
+        }
+        Ok(hp.report_lr.then_some(0.0))
     }
     fn has_non_finite(&self) -> Result<bool> {
         if self.cuda() {
@@ -441,9 +456,49 @@ impl BackendStorage for MetaStorage {
             sum_sq: 0.0,
         }))
     }
+    fn adafactor_multi(
+        tensors: &mut [AdafactorMultiTensor<'_, Self>],
+        hp: &AdafactorMultiStep,
+    ) -> Result<Option<AdafactorOutcome>> {
+        let Some(first) = tensors.first() else {
+            return Ok(None);
+        };
+        if !first.param.cuda() {
+            return Ok(None);
+        }
+        let shapes: Vec<_> = tensors
+            .iter()
+            .map(|t| (t.param.len, t.st.rows_cols))
+            .collect();
+        first.param.adafactor_scratch(&shapes, true)?;
+        Ok(Some(AdafactorOutcome {
+            multi: AdamWMultiOutcome {
+                skipped: false,
+                sum_sq: 0.0,
+            },
+            lr: hp.report.map(|_| 0.0),
+        }))
+    }
 }
 
 impl MetaStorage {
+    /// CUDA's Adafactor scratch (`cuda::adafactor::scratch`): the decision words held
+    /// through the step, and each phase's buffer in turn.
+    fn adafactor_scratch(
+        &self,
+        shapes: &[(usize, Option<(usize, usize)>)],
+        multi: bool,
+    ) -> Result<()> {
+        if let Some((decision, phases)) = cuda::adafactor::scratch(shapes, multi)? {
+            let held = self.out(decision, DType::F32);
+            for n in phases {
+                self.scratch(&[(n, DType::F32)]);
+            }
+            drop(held);
+        }
+        Ok(())
+    }
+
     /// `sum_all` / `sum_sq`: one element (the sum of squares always f32, f64 for f64);
     /// CUDA reduces through one f32 partial per block first
     /// (`cuda::reduce::sum_partials`), the CPU directly.

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 
 use fusebox::models::step::ModelSource;
+use fusebox::optim::OptimConfig;
 use fusebox::plan::{self, Plan, Workload};
 use fusebox::shape::Target;
 use fusebox::train::{parse_duration, prepare_out, Every, OutMode, Resume, TrainConfig};
@@ -28,12 +29,26 @@ pub(crate) struct RunArgs {
     /// Micro-batches per optimizer step (--batch is split into this many).
     #[arg(long)]
     pub(crate) grad_accum: Option<usize>,
-    /// Peak learning rate of AdamW (linear warmup, then linear decay to 0).
+    /// Peak learning rate (linear warmup, then linear decay to 0). Not used by
+    /// Adafactor with relative_step=true in --optim-args, which sets its own step size
+    /// (then --lr is refused, as transformers refuses lr with relative_step).
     #[arg(long)]
     pub(crate) lr: Option<f64>,
-    /// AdamW weight decay (not applied to biases and LayerNorm weights).
+    /// Weight decay (not applied to biases and LayerNorm weights).
     #[arg(long, default_value_t = 0.01)]
     pub(crate) weight_decay: f64,
+    /// The optimizer (HF Trainer's `optim`): adamw (adamw_torch: torch.optim.AdamW) or
+    /// adafactor (transformers' Adafactor as Trainer builds it: the --lr schedule,
+    /// scale_parameter and relative_step off; factored second moments, so its state is
+    /// a small fraction of AdamW's).
+    #[arg(long, default_value = "adamw", value_name = "adamw|adafactor")]
+    pub(crate) optim: String,
+    /// Adafactor's arguments over Trainer's (HF's `optim_args`): key=value,... with
+    /// relative_step, scale_parameter, warmup_init (true/false), beta1, clip_threshold,
+    /// decay_rate. relative_step=true uses Adafactor's own step size,
+    /// min(1e-2, 1/sqrt(step)), instead of --lr and its schedule.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub(crate) optim_args: Option<String>,
     /// Fraction of the optimizer steps spent warming the learning rate up.
     #[arg(long)]
     pub(crate) warmup_ratio: Option<f64>,
@@ -153,6 +168,7 @@ impl RunArgs {
             dtype,
             checkpointing: self.mem.checkpointing,
             infer: false,
+            optim: cfg.optim,
             // fp16 training and a named card both mean CUDA, even when only planning here.
             target: if device.is_cuda() || self.mem.gpu.is_some() || dtype == DType::F16 {
                 Target::Cuda
@@ -196,7 +212,7 @@ impl RunArgs {
     }
 
     /// Before a model is built on the CPU: refuse one this machine cannot hold even to
-    /// train on a single one-token sequence (weights, gradients, AdamW state), with the
+    /// train on a single one-token sequence (weights, gradients, optimizer state), with the
     /// plan's table, instead of letting an allocation abort the process.
     pub(crate) fn check_model_fits_cpu(&self, spec: &ModelSource, device: Device) -> Result<()> {
         if device != Device::Cpu {
@@ -211,6 +227,7 @@ impl RunArgs {
             checkpointing: false,
             infer: false,
             target: Target::Cpu,
+            optim: self.optim()?,
         };
         let plan = plan::predict(spec, &smallest, 1)?;
         crate::memory_args::check_cpu_memory(
@@ -251,7 +268,22 @@ impl RunArgs {
         if let Some(w) = self.warmup_ratio.filter(|w| !(0.0..=1.0).contains(w)) {
             bail!("--warmup-ratio must be in [0, 1], got {w}");
         }
+        if let (true, Some(lr)) = (self.optim()?.own_schedule(), self.lr) {
+            bail!(
+                "--lr {lr} with --optim adafactor and relative_step=true: Adafactor sets its \
+                 own step size then (transformers refuses lr with relative_step); drop --lr"
+            );
+        }
         Ok(())
+    }
+
+    /// The optimizer --optim and --optim-args name, with --weight-decay.
+    pub(crate) fn optim(&self) -> Result<OptimConfig> {
+        Ok(OptimConfig::parse(
+            &self.optim,
+            self.optim_args.as_deref(),
+            self.weight_decay,
+        )?)
     }
 
     /// The run's settings: the flags (checked by `check_flags`) over the task's defaults,
@@ -287,6 +319,7 @@ impl RunArgs {
             grad_accum,
             lr,
             weight_decay: self.weight_decay,
+            optim: self.optim()?,
             warmup_ratio,
             max_grad_norm: Some(1.0),
             seed: self.seed,

@@ -362,6 +362,52 @@ fn t5_prediction_matches_the_tracker() {
     }
 }
 
+/// Adafactor's state (factored second moments, the optional first moment) and its step
+/// are planned to the byte as AdamW's are, with no planner code of their own; and its
+/// state is the fraction of AdamW's that the factoring promises.
+#[test]
+fn adafactor_prediction_matches_the_tracker() {
+    let with = |beta1: Option<f64>| {
+        OptimConfig::Adafactor(AdafactorConfig {
+            beta1,
+            ..AdafactorConfig::trainer(0.01)
+        })
+    };
+    let distil = distilbert(distilbert_cfg(64, 2, 500));
+    let t5s = t5(t5_cfg(512, 64, 2, true));
+    for (what, src, work) in [
+        ("distilbert", &distil, cpu_work(2, 64, 0, false)),
+        ("t5", &t5s, cpu_work(2, 48, 16, false)),
+        ("t5 ckpt", &t5s, cpu_work(2, 48, 16, true)),
+    ] {
+        for beta1 in [None, Some(0.9)] {
+            let w = Workload {
+                optim: with(beta1),
+                ..work
+            };
+            exact(&format!("{what} adafactor beta1={beta1:?}"), src, &w);
+        }
+        // Factored second moments: far less state than AdamW's m and v.
+        let _l = lock();
+        let af = measure(
+            src,
+            &Workload {
+                optim: with(None),
+                ..work
+            },
+            Device::Meta(Target::Cpu),
+        );
+        let aw = measure(src, &work, Device::Meta(Target::Cpu));
+        let (af, aw) = (af.expect("adafactor"), aw.expect("adamw"));
+        assert!(
+            af.optimizer * 10 < aw.optimizer,
+            "{what}: adafactor state {} vs adamw {}",
+            af.optimizer,
+            aw.optimizer
+        );
+    }
+}
+
 #[test]
 fn bart_and_marian_predictions_match_the_tracker() {
     let (b, ls, lt, vocab) = (4, 64, 16, 512);
@@ -633,6 +679,29 @@ fn cuda_fp16_plans_carry_the_cuda_terms() {
     for dtype in [DType::F16, DType::F32] {
         assert!(plan(dtype, true).tensor_peak < plan(dtype, false).tensor_peak);
     }
+    // Adafactor on the card: its multi-tensor step's scratch is planned (the decision
+    // words, the norm partials, the factored partials), its state is a small fraction
+    // of AdamW's, and the table says which optimizer it planned.
+    let af = predict(
+        &spec,
+        &Workload {
+            optim: OptimConfig::Adafactor(AdafactorConfig::trainer(0.01)),
+            ..w16
+        },
+        8,
+    )
+    .expect("adafactor");
+    let state = |p: &Plan, what: &str| {
+        p.components
+            .iter()
+            .find(|(n, _)| n.contains(what))
+            .map(|c| c.1)
+            .unwrap_or_else(|| panic!("no {what} in {}", p.table()))
+    };
+    assert!(has(&af, "master weights (adafactor)"), "{}", af.table());
+    let (s_af, s_aw) = (state(&af, "Adafactor"), state(&p16, "AdamW m and v"));
+    assert!(s_af * 20 < s_aw, "adafactor state {s_af} vs adamw {s_aw}");
+    assert!(af.tensor_peak < p16.tensor_peak);
 }
 
 #[test]
@@ -719,14 +788,33 @@ fn cuda_prediction_matches_the_tracker() {
                 target: Target::Cuda,
                 ..cpu_work(4, 128, 32, ckpt)
             };
-            for (what, src) in [
-                ("distilbert", distilbert(distilbert_cfg(128, 2, 1000))),
-                ("t5", t5(t5_cfg(1000, 256, 2, true))),
+            for (what, src, optim) in [
+                (
+                    "distilbert",
+                    distilbert(distilbert_cfg(128, 2, 1000)),
+                    OptimConfig::default(),
+                ),
+                (
+                    "distilbert adafactor",
+                    distilbert(distilbert_cfg(128, 2, 1000)),
+                    OptimConfig::Adafactor(AdafactorConfig::trainer(0.01)),
+                ),
+                ("t5", t5(t5_cfg(1000, 256, 2, true)), OptimConfig::default()),
+                (
+                    "t5 adafactor",
+                    t5(t5_cfg(1000, 256, 2, true)),
+                    OptimConfig::Adafactor(AdafactorConfig {
+                        beta1: Some(0.9),
+                        ..AdafactorConfig::default()
+                    }),
+                ),
                 (
                     "marian",
                     ModelSource::config(ModelConfig::Bart(bart_cfg("marian", 1000, 256, 2))),
+                    OptimConfig::default(),
                 ),
             ] {
+                let work = Workload { optim, ..work };
                 let got = measure(&src, &work, dev).expect("cuda step");
                 let meta = measure(&src, &work, Device::Meta(Target::Cuda)).expect("meta");
                 let what = format!("cuda {what} {dtype} ckpt={ckpt}");

@@ -253,6 +253,11 @@ fn killed_runs_resume_to_the_same_weights_and_metrics() {
     kill_and_resume("qa", QA, 7, seed);
     kill_and_resume("translate", &seq2seq("translate"), 5, seed / 7);
     kill_and_resume("summarize", &seq2seq("summarize"), 5, seed / 13);
+    // Adafactor's state (factored second moments, the first moment) and its step count
+    // come back with the checkpoint too.
+    let mut af = seq2seq("translate");
+    af.extend(["--optim", "adafactor", "--optim-args", "beta1=0.9"]);
+    kill_and_resume("translate-adafactor", &af, 5, seed / 17);
 }
 
 #[test]
@@ -308,6 +313,10 @@ fn resume_refuses_other_settings_and_skips_a_corrupt_checkpoint() {
     let o = train(&args, &a, &["--resume", "auto", "--lr", "0.5"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lr: "), "{err}");
+    // Another optimizer: refused, naming it.
+    let o = train(&args, &a, &["--resume", "auto", "--optim", "adafactor"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("optimizer"), "{err}");
     // The newest checkpoint corrupted: skipped with a message, the one before used, and
     // the run still ends where the uninterrupted one did.
     let b = tmp("guard-b");

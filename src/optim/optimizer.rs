@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{decays, AdafactorConfig, AdamW, AdamWConfig, StepOutcome};
 use crate::autograd::Grads;
@@ -126,19 +126,27 @@ impl OptimConfig {
         matches!(self, OptimConfig::Adafactor(c) if c.relative_step)
     }
 
-    /// What a resumed run must share: the optimizer and every setting of it.
+    /// What a resumed run must share: the optimizer and every setting of it, as one
+    /// string (numbers in Rust's shortest round-trip form: a JSON number such as 1e-30
+    /// may not read back bit for bit).
     pub fn settings(&self) -> Value {
-        match self {
-            OptimConfig::AdamW(c) => json!({
-                "name": "adamw", "betas": [c.beta1, c.beta2], "eps": c.eps,
-            }),
-            OptimConfig::Adafactor(c) => json!({
-                "name": "adafactor", "eps": [c.eps.0, c.eps.1],
-                "clip_threshold": c.clip_threshold, "decay_rate": c.decay_rate,
-                "beta1": c.beta1, "scale_parameter": c.scale_parameter,
-                "relative_step": c.relative_step, "warmup_init": c.warmup_init,
-            }),
-        }
+        Value::String(match self {
+            OptimConfig::AdamW(c) => {
+                format!("adamw betas=({}, {}) eps={}", c.beta1, c.beta2, c.eps)
+            }
+            OptimConfig::Adafactor(c) => format!(
+                "adafactor eps=({}, {}) clip_threshold={} decay_rate={} beta1={:?} \
+                 scale_parameter={} relative_step={} warmup_init={}",
+                c.eps.0,
+                c.eps.1,
+                c.clip_threshold,
+                c.decay_rate,
+                c.beta1,
+                c.scale_parameter,
+                c.relative_step,
+                c.warmup_init
+            ),
+        })
     }
 
     /// What the optimizer's state holds besides the masters, for the memory plan.

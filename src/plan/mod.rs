@@ -244,7 +244,7 @@ impl Plan {
         let w = &self.work;
         let mut s = format!(
             "memory plan: {} ({} parameters), {:?} {}, micro-batch {} x {} accumulation step(s) \
-             (batch {} requested), length {}{}, activation checkpointing {}\n",
+             (batch {} requested), length {}{}, activation checkpointing {}{}\n",
             self.model,
             self.params,
             w.target,
@@ -259,6 +259,11 @@ impl Plan {
                 String::new()
             },
             if w.checkpointing { "on" } else { "off" },
+            if w.infer {
+                String::new()
+            } else {
+                format!(", {}", w.optim.name())
+            },
         );
         for (what, bytes) in &self.components {
             s += &format!("  {:>12}  {what}\n", human(*bytes));

@@ -12,10 +12,12 @@
 //!
 //! Layout: common.rs (skip logic, inputs, checks), elementwise.rs, data.rs, nn.rs,
 //! linear_lt.rs (linear with bias through the cuBLASLt epilogues), optim.rs (multi-tensor
-//! AdamW vs per-tensor and CPU; deferred bad-id errors),
+//! AdamW vs per-tensor and CPU; deferred bad-id errors), adafactor.rs (multi-tensor
+//! Adafactor vs per-tensor and CPU),
 //! stability.rs (500 fp16 training steps of DistilBERT-QA and T5-small), sync.rs (uploads
 //! without a stream sync, host-clamped QA positions, losses read after the step).
 
+mod adafactor;
 mod common;
 mod data;
 mod elementwise;

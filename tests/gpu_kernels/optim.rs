@@ -42,10 +42,14 @@ fn param_specs() -> Vec<(String, usize, DType)> {
     v
 }
 
-fn tensor(v: &[f32], n: usize, dt: DType, dev: Device) -> Tensor {
+pub(crate) fn tensor(v: &[f32], dims: &[usize], dt: DType, dev: Device) -> Tensor {
     ok(match dt {
-        DType::F16 => Tensor::from_f16(v.iter().map(|&x| f16::from_f32(x)).collect(), [n], dev),
-        _ => Tensor::from_f32(v.to_vec(), [n], dev),
+        DType::F16 => Tensor::from_f16(
+            v.iter().map(|&x| f16::from_f32(x)).collect(),
+            dims.to_vec(),
+            dev,
+        ),
+        _ => Tensor::from_f32(v.to_vec(), dims.to_vec(), dev),
     })
 }
 
@@ -57,14 +61,14 @@ fn params(
     specs
         .iter()
         .zip(init)
-        .map(|((name, n, dt), v)| (name.clone(), Tensor::var(&tensor(v, *n, *dt, dev))))
+        .map(|((name, n, dt), v)| (name.clone(), Tensor::var(&tensor(v, &[*n], *dt, dev))))
         .collect()
 }
 
-fn grads(ps: &[(String, Tensor)], g: &[Vec<f32>], dev: Device) -> Grads {
+pub(crate) fn grads(ps: &[(String, Tensor)], g: &[Vec<f32>], dev: Device) -> Grads {
     let mut out = Grads::default();
     for ((_, p), v) in ps.iter().zip(g) {
-        out.insert(p, tensor(v, p.elem_count(), p.dtype(), dev));
+        out.insert(p, tensor(v, p.dims(), p.dtype(), dev));
     }
     out
 }
@@ -72,7 +76,7 @@ fn grads(ps: &[(String, Tensor)], g: &[Vec<f32>], dev: Device) -> Grads {
 /// ‖got − want‖ / max(‖want‖, 0.05·√n): relative, except that a tensor of a few tiny
 /// values is not judged by the rounding of a near-zero element. NaN is infinite. For
 /// weights (of order 0.5 here); the moments are compared plainly relative.
-fn err_floor(got: &[f32], want: &[f32]) -> f64 {
+pub(crate) fn err_floor(got: &[f32], want: &[f32]) -> f64 {
     if got.len() != want.len() || got.iter().chain(want).any(|x| x.is_nan()) {
         return f64::INFINITY;
     }
@@ -84,11 +88,11 @@ fn err_floor(got: &[f32], want: &[f32]) -> f64 {
     num.sqrt() / den.sqrt().max(0.05 * (got.len() as f64).sqrt())
 }
 
-fn host_vec(t: &Tensor) -> Vec<f32> {
+pub(crate) fn host_vec(t: &Tensor) -> Vec<f32> {
     ok(t.to_vec_f32())
 }
 
-fn same_outcome(a: &StepOutcome, b: &StepOutcome, what: &str) {
+pub(crate) fn same_outcome(a: &StepOutcome, b: &StepOutcome, what: &str) {
     assert_eq!(
         a.skipped, b.skipped,
         "{what}: skipped differs: {a:?} vs {b:?}"

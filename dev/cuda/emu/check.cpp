@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <random>
 
+#include "../../../kernels/adafactor.cu"
 #include "../../../kernels/adamw.cu"
 #include "../../../kernels/attention_naive.cu"
 #include "../../../kernels/elementwise.cu"
@@ -615,6 +616,7 @@ static void check_attention() {
 
 // 8-wide chunked elementwise kernels: all paths against scalar loops.
 #include "check_vec.inc"
+#include "check_adafactor.inc"
 
 int main() {
     check_norms();
@@ -625,6 +627,7 @@ int main() {
     check_reduce_layout_embed();
     check_elementwise_adamw();
     check_adamw_multi();
+    check_adafactor();
     check_span();
     check_attention();
     check_vec_elementwise();

@@ -74,21 +74,29 @@ impl AdafactorConfig {
                 "adafactor: warmup_init=True requires relative_step=True (as transformers)",
             ));
         }
-        let bad = |what: &str, v: f64| Error::msg(format!("adafactor: {what} {v} is out of range"));
-        if !(self.eps.0 >= 0.0 && self.eps.1 >= 0.0) {
-            return Err(bad("eps", self.eps.0.min(self.eps.1)));
-        }
-        if !(self.clip_threshold > 0.0) {
-            return Err(bad("clip_threshold (> 0)", self.clip_threshold));
-        }
-        if !(self.decay_rate < 0.0) {
-            return Err(bad("decay_rate (< 0)", self.decay_rate));
-        }
-        if let Some(b) = self.beta1.filter(|b| !(0.0..1.0).contains(b)) {
-            return Err(bad("beta1 (in [0, 1))", b));
-        }
-        if !(self.weight_decay >= 0.0) {
-            return Err(bad("weight_decay (>= 0)", self.weight_decay));
+        // Each (what, value, in range): NaN is never in range.
+        let checks = [
+            ("eps[0] (>= 0)", self.eps.0, self.eps.0 >= 0.0),
+            ("eps[1] (>= 0)", self.eps.1, self.eps.1 >= 0.0),
+            (
+                "clip_threshold (> 0)",
+                self.clip_threshold,
+                self.clip_threshold > 0.0,
+            ),
+            ("decay_rate (< 0)", self.decay_rate, self.decay_rate < 0.0),
+            (
+                "weight_decay (>= 0)",
+                self.weight_decay,
+                self.weight_decay >= 0.0,
+            ),
+            (
+                "beta1 (in [0, 1))",
+                self.beta1.unwrap_or(0.0),
+                self.beta1.is_none_or(|b| (0.0..1.0).contains(&b)),
+            ),
+        ];
+        if let Some((what, v, _)) = checks.iter().find(|c| !c.2) {
+            return Err(Error::msg(format!("adafactor: {what} is {v}")));
         }
         Ok(())
     }

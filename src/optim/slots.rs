@@ -248,7 +248,7 @@ impl Locked<'_> {
             .map(|((((m, w), st), &gi), slot)| Parts {
                 slot,
                 grad: &grads[gi],
-                main: &mut **m,
+                main: m,
                 working: w.as_mut().map(|w| &mut **w),
                 state: st.iter_mut().map(|s| &mut **s).collect(),
             })

@@ -300,37 +300,48 @@ fn describe(
     })
 }
 
+/// The four Adafactor kernels of a table in launch order, with the arguments after the
+/// table (decision words `dp`, scratch `sp`) and whether the grid is one block per
+/// tensor (else one per chunk, capped).
+fn kernels(hp: &AdafactorStep, dp: Arg, sp: Arg) -> [(&'static str, Vec<Arg>, bool); 4] {
+    let f = |x: f64| Arg::F32(x as f32);
+    let (b2, ob2) = (f(hp.beta2t), f(1.0 - hp.beta2t));
+    let beta1 = hp.beta1.unwrap_or(0.0);
+    let finish = vec![
+        dp,
+        sp,
+        b2,
+        ob2,
+        Arg::F64(hp.rel_step),
+        Arg::F64(hp.eps2),
+        Arg::I32(i32::from(hp.scale_parameter)),
+    ];
+    [
+        ("fb_af_reduce", vec![dp, sp, f(hp.eps1), b2, ob2], false),
+        ("fb_af_finish", finish, true),
+        ("fb_af_usq", vec![dp, sp], false),
+        (
+            "fb_af_update",
+            vec![dp, sp, f(hp.clip_threshold), f(beta1), f(1.0 - beta1)],
+            false,
+        ),
+    ]
+}
+
 /// Queue the four Adafactor kernels of every table, reading `decision` (skip, gradient
 /// multiplier) and writing the reported step size into it.
 fn queue(decision: &CudaStorage, launches: &[Launch], hp: &AdafactorStep) -> Result<()> {
     let scratch = CudaStorage::alloc(decision.dev(), scratch_len(launches), DType::F32)?;
-    let (dp, sp) = (Arg::Ptr(decision.ptr()), Arg::Ptr(scratch.ptr()));
-    let f = |x: f64| Arg::F32(x as f32);
-    let (b2, ob2) = (f(hp.beta2t), f(1.0 - hp.beta2t));
-    let beta1 = hp.beta1.unwrap_or(0.0);
+    let ks = kernels(hp, Arg::Ptr(decision.ptr()), Arg::Ptr(scratch.ptr()));
     for l in launches {
-        let tab = &l.tab;
-        let count = tab.count as usize;
-        launch_table(
-            decision,
-            "fb_af_reduce",
-            l.grid,
-            tab,
-            &[dp, sp, f(hp.eps1), b2, ob2],
-        )?;
-        let finish = [
-            dp,
-            sp,
-            b2,
-            ob2,
-            Arg::F64(hp.rel_step),
-            Arg::F64(hp.eps2),
-            Arg::I32(i32::from(hp.scale_parameter)),
-        ];
-        launch_table(decision, "fb_af_finish", count, tab, &finish)?;
-        launch_table(decision, "fb_af_usq", l.grid, tab, &[dp, sp])?;
-        let update = [dp, sp, f(hp.clip_threshold), f(beta1), f(1.0 - beta1)];
-        launch_table(decision, "fb_af_update", l.grid, tab, &update)?;
+        for (name, args, per_tensor) in &ks {
+            let grid = if *per_tensor {
+                l.tab.count as usize
+            } else {
+                l.grid
+            };
+            launch_table(decision, name, grid, &l.tab, args)?;
+        }
     }
     Ok(())
 }
@@ -413,13 +424,31 @@ pub fn adafactor_multi(
 mod tests {
     use super::*;
 
-    /// The launch table goes to the kernels by value: its size must be the C struct's.
+    /// The launch table goes to the kernels by value: its size must be the C struct's,
+    /// and the arguments after it the kernels' parameter list.
     #[test]
-    fn table_struct_matches_the_compiled_kernels() {
+    fn table_struct_and_arguments_match_the_compiled_kernels() {
         let bytes = format!("bytes{}", std::mem::size_of::<AfTable>());
-        for k in ["fb_af_reduce", "fb_af_finish", "fb_af_usq", "fb_af_update"] {
+        let hp = AdafactorStep {
+            rel_step: 1e-3,
+            scale_parameter: true,
+            eps1: 1e-30,
+            eps2: 1e-3,
+            clip_threshold: 1.0,
+            beta2t: 0.5,
+            beta1: Some(0.9),
+            grad_scale: 1.0,
+            report_lr: false,
+        };
+        for (k, args, _) in kernels(&hp, Arg::Ptr(1), Arg::Ptr(2)) {
             match crate::backend::cuda::context::kernel_signature(k) {
-                Some(sig) => assert_eq!(sig.split(' ').next(), Some(bytes.as_str()), "{k}: {sig}"),
+                Some(sig) => {
+                    assert_eq!(sig.split(' ').next(), Some(bytes.as_str()), "{k}: {sig}");
+                    let size = std::mem::size_of::<AfTable>();
+                    if let Err(e) = super::super::context::check_launch_args(k, &args, &[size]) {
+                        panic!("{k}: {e}");
+                    }
+                }
                 None => eprintln!("SKIP {k}: no signature table (built without nvcc)"),
             }
         }
@@ -433,7 +462,7 @@ mod tests {
                 0 => (300 * 512, Some((300, 512))),
                 1 => (3 * 7 * 5, Some((7, 5))),
                 2 => (40_000, None),
-                3 => (1 * 20_000, Some((1, 20_000))),
+                3 => (20_000, Some((1, 20_000))),
                 _ => (1 + i, None),
             })
             .collect();

@@ -131,17 +131,22 @@ __device__ __forceinline__ void fb_af_range(const fb_af_table& tab, int t, int c
     }
 }
 
+// Every kernel over chunks starts the same way: nothing on a skipped step, then each
+// block walks the table's chunks (grid stride), `t` the tensor of chunk `c`.
+#define FB_AF_CHUNKS(c, t)                                 \
+    if (decision[1] != 0.0f) return;                       \
+    float gs = decision[3];                                \
+    int total = tab.chunk_start[tab.count];                \
+    int t = 0;                                             \
+    for (int c = blockIdx.x; c < total; c += gridDim.x)    \
+        if ((t = fb_af_find(tab, c, t)), true)
+
 // decision: fb_mt_finalize's words (decision[1] != 0: skip; decision[3]: the gradient
 // multiplier) and decision[4], the reported step size.
 extern "C" __global__ void fb_af_reduce(fb_af_table tab, const float* decision, float* scratch,
                                         float eps1, float beta2t, float ob2t) {
     __shared__ float sh[32];
-    if (decision[1] != 0.0f) return;
-    float gs = decision[3];
-    int total = tab.chunk_start[tab.count];
-    int t = 0;
-    for (int c = blockIdx.x; c < total; c += gridDim.x) {
-        t = fb_af_find(tab, c, t);
+    FB_AF_CHUNKS(c, t) {
         bool g16 = tab.kind[t] & 1;
         float us = 0.0f;
         if (tab.rows[t] > 0) {
@@ -230,12 +235,7 @@ __device__ __forceinline__ void fb_af_each_factored(const fb_af_table& tab, int 
 
 extern "C" __global__ void fb_af_usq(fb_af_table tab, const float* decision, float* scratch) {
     __shared__ float sh[32];
-    if (decision[1] != 0.0f) return;
-    float gs = decision[3];
-    int total = tab.chunk_start[tab.count];
-    int t = 0;
-    for (int c = blockIdx.x; c < total; c += gridDim.x) {
-        t = fb_af_find(tab, c, t);
+    FB_AF_CHUNKS(c, t) {
         if (tab.rows[t] == 0) continue;  // 1-D: summed by fb_af_reduce (uniform per block)
         float us = 0.0f;
         auto add = [&](i64, float u) { us += u * u; };
@@ -272,12 +272,7 @@ struct fb_af_apply {
 extern "C" __global__ void fb_af_update(fb_af_table tab, const float* decision, const float* scratch,
                                         float clip_threshold, float beta1, float ob1) {
     __shared__ float sh[32];
-    if (decision[1] != 0.0f) return;
-    float gs = decision[3];
-    int total = tab.chunk_start[tab.count];
-    int t = 0;
-    for (int c = blockIdx.x; c < total; c += gridDim.x) {
-        t = fb_af_find(tab, c, t);
+    FB_AF_CHUNKS(c, t) {
         float us = 0.0f;
         for (int k = tab.chunk_start[t] + threadIdx.x; k < tab.chunk_start[t + 1]; k += blockDim.x)
             us += scratch[tab.off_u + k];

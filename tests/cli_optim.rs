@@ -79,48 +79,44 @@ fn bad_optimizer_flags_are_refused_naming_the_flag() {
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         base.iter().copied().chain(extra.iter().copied()).collect()
     };
-    refused(
-        train,
-        &with(&["--optim", "sgd"]),
-        &["--optim", "\"sgd\"", "adafactor"],
-    );
-    refused(
-        train,
-        &with(&["--optim", "adafactor", "--optim-args", "beta2=0.9"]),
-        &["--optim-args", "beta2", "relative_step"],
-    );
-    refused(
-        train,
-        &with(&[
-            "--optim",
-            "adafactor",
-            "--optim-args",
-            "relative_step=maybe",
-        ]),
-        &["--optim-args", "relative_step=maybe", "true or false"],
-    );
-    refused(
-        train,
-        &with(&["--optim", "adafactor", "--optim-args", "warmup_init=true"]),
-        &["warmup_init", "relative_step"],
-    );
-    refused(
-        train,
-        &with(&["--optim-args", "beta1=0.9"]),
-        &["--optim-args", "adafactor"],
-    );
-    refused(
-        train,
-        &with(&[
-            "--optim",
-            "adafactor",
-            "--optim-args",
-            "relative_step=true",
-            "--lr",
-            "1e-3",
-        ]),
-        &["--lr", "relative_step"],
-    );
+    let cases: [(&[&'static str], &[&str]); 6] = [
+        (&["--optim", "sgd"], &["--optim", "\"sgd\"", "adafactor"]),
+        (
+            &["--optim", "adafactor", "--optim-args", "beta2=0.9"],
+            &["--optim-args", "beta2", "relative_step"],
+        ),
+        (
+            &[
+                "--optim",
+                "adafactor",
+                "--optim-args",
+                "relative_step=maybe",
+            ],
+            &["--optim-args", "relative_step=maybe", "true or false"],
+        ),
+        (
+            &["--optim", "adafactor", "--optim-args", "warmup_init=true"],
+            &["warmup_init", "relative_step"],
+        ),
+        (
+            &["--optim-args", "beta1=0.9"],
+            &["--optim-args", "adafactor"],
+        ),
+        (
+            &[
+                "--optim",
+                "adafactor",
+                "--optim-args",
+                "relative_step=true",
+                "--lr",
+                "1e-3",
+            ],
+            &["--lr", "relative_step"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        refused(train, &with(extra), needles);
+    }
     let bench = env!("CARGO_BIN_EXE_bench");
     refused(
         bench,

@@ -13,9 +13,7 @@
 //! kernels/adafactor.cu); the per-tensor path below is the CPU implementation and the
 //! fallback, as for AdamW.
 
-use std::collections::BTreeMap;
-
-use super::slots::{self, Precheck, Slot, StepOutcome};
+use super::slots::{self, core_api, Core, Slot, StepOutcome};
 use crate::autograd::Grads;
 use crate::backend::{AdafactorMultiStep, AdafactorState, AdafactorStep, AdafactorTensor};
 use crate::error::{Error, Result};
@@ -114,16 +112,15 @@ impl AdafactorConfig {
 }
 
 pub struct Adafactor {
-    slots: Vec<Slot>,
+    core: Core,
     pub config: AdafactorConfig,
-    steps: u64,
-    multi_tensor: bool,
-    distinct: Option<bool>,
     /// The slot whose step size is reported (HF's AdafactorSchedule: the first
     /// parameter of the first group, the decaying one).
     report: usize,
     last_lr: Option<f64>,
 }
+
+core_api!(Adafactor);
 
 impl Adafactor {
     /// One state per trainable tensor: `exp_avg_sq_row` [.., R] and `exp_avg_sq_col`
@@ -135,15 +132,7 @@ impl Adafactor {
         decay: impl Fn(&str) -> bool,
     ) -> Result<Adafactor> {
         config.check()?;
-        let mut out = Vec::with_capacity(params.len());
-        for (name, p) in params {
-            let wd = if decay(name) {
-                config.weight_decay
-            } else {
-                0.0
-            };
-            let mut s = Slot::new(name, p, wd)?;
-            let d = p.dims();
+        let out = slots::build(params, config.weight_decay, &decay, |s, d| {
             if d.len() >= 2 {
                 let (lead, last) = (&d[..d.len() - 2], d[d.len() - 1]);
                 s.add_state("exp_avg_sq_row", &d[..d.len() - 1])?;
@@ -154,32 +143,15 @@ impl Adafactor {
             if config.beta1.is_some() {
                 s.add_state("exp_avg", d)?;
             }
-            out.push(s);
-        }
+            Ok(())
+        })?;
         let report = params.iter().position(|(n, _)| decay(n)).unwrap_or(0);
         Ok(Adafactor {
-            slots: out,
+            core: Core::new(out),
             config,
-            steps: 0,
-            multi_tensor: super::adamw::multi_tensor_default(),
-            distinct: None,
             report,
             last_lr: None,
         })
-    }
-
-    /// Use the backend's multi-tensor step where it has one (default: on).
-    pub fn set_multi_tensor(&mut self, on: bool) {
-        self.multi_tensor = on;
-    }
-
-    /// Number of updates applied (skipped steps not counted): transformers' `step`.
-    pub fn steps(&self) -> u64 {
-        self.steps
-    }
-
-    pub fn set_steps(&mut self, steps: u64) {
-        self.steps = steps;
     }
 
     /// The step size the last update gave the reported parameter, as HF's
@@ -188,35 +160,9 @@ impl Adafactor {
         self.last_lr
     }
 
-    /// Checkpoint state: `param.NAME` and torch's state names per parameter.
-    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
-        slots::state_tensors(&self.slots)
-    }
-
-    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        slots::load_state(&self.slots, state)
-    }
-
     /// A state buffer of a parameter by torch's name (`exp_avg_sq_row`, ...).
     pub fn state(&self, name: &str, kind: &str) -> Option<&Tensor> {
-        self.slots.iter().find(|s| s.name == name)?.get(kind)
-    }
-
-    /// This step's hyper-parameters (before the gradient multiplier is final).
-    fn hp(&self, lr: f64, grad_scale: f64) -> AdafactorStep {
-        let c = &self.config;
-        let t = self.steps + 1;
-        AdafactorStep {
-            rel_step: c.rel_step(lr, t),
-            scale_parameter: c.scale_parameter,
-            eps1: c.eps.0,
-            eps2: c.eps.1,
-            clip_threshold: c.clip_threshold,
-            beta2t: 1.0 - (t as f64).powf(c.decay_rate),
-            beta1: c.beta1,
-            grad_scale,
-            report_lr: false,
-        }
+        self.core.slots.iter().find(|s| s.name == name)?.get(kind)
     }
 
     /// One update with external learning rate `lr` (ignored with `relative_step`);
@@ -228,87 +174,94 @@ impl Adafactor {
         grad_scale: f64,
         max_grad_norm: Option<f64>,
     ) -> Result<StepOutcome> {
-        let device = slots::device_of(&self.slots);
-        let _span = crate::profile::Span::new("adafactor", device);
-        let mut hp = self.hp(lr, grad_scale);
-        if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
-            if let Some(out) = self.step_multi(grads, &hp, max_grad_norm)? {
-                return Ok(out);
-            }
-        }
-        let (grad_norm, clip) =
-            match slots::precheck(&self.slots, grads, grad_scale, max_grad_norm)? {
-                Precheck::Skip(out) => return Ok(out),
-                Precheck::Go { grad_norm, clip } => (grad_norm, clip),
+        let c = self.config;
+        let t = self.core.steps + 1;
+        let hp = AdafactorStep {
+            rel_step: c.rel_step(lr, t),
+            scale_parameter: c.scale_parameter,
+            eps1: c.eps.0,
+            eps2: c.eps.1,
+            clip_threshold: c.clip_threshold,
+            beta2t: 1.0 - (t as f64).powf(c.decay_rate),
+            beta1: c.beta1,
+            grad_scale,
+            report_lr: false,
+        };
+        let report = self.report;
+        // The reported step size, from whichever path runs.
+        let seen = std::cell::Cell::new(None);
+        let multi = |core: &mut Core| {
+            let out = step_multi(core, report, grads, &hp, max_grad_norm)?;
+            seen.set(out.and_then(|o| o.1));
+            Ok(out.map(|o| o.0))
+        };
+        let each = |i: usize, s: &Slot, g: &Tensor, gm: f64, _step: u64| {
+            let hp = AdafactorStep {
+                grad_scale: gm,
+                report_lr: i == report,
+                ..hp
             };
-        self.steps += 1;
-        hp.grad_scale = grad_scale * clip;
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(g) = grads.get(&s.param) else {
-                continue;
-            };
-            hp.report_lr = i == self.report;
             let gs = g.storage();
             let mut st: Vec<_> = s.state.iter().map(|(_, t)| t.storage_mut()).collect();
             let mut w = s.master.as_ref().map(|_| s.param.storage_mut());
-            let mut main = s.main().storage_mut();
             let state = adafactor_state(
                 s,
                 st.iter_mut().map(|g| &mut **g).collect(),
                 w.as_deref_mut(),
             )?;
-            if let Some(lr) = main.adafactor_(&gs, state, &hp)? {
-                self.last_lr = Some(lr);
+            if let Some(lr) = s.main().storage_mut().adafactor_(&gs, state, &hp)? {
+                seen.set(Some(lr));
             }
+            Ok(())
+        };
+        let out = self
+            .core
+            .step("adafactor", grads, (grad_scale, max_grad_norm), multi, each)?;
+        if let Some(lr) = seen.get() {
+            self.last_lr = Some(lr);
         }
-        Ok(StepOutcome {
-            skipped: false,
-            grad_norm,
-        })
+        Ok(out)
     }
+}
 
-    /// The step through `backend::adafactor_multi`; `None` when the backend has no such
-    /// path or the buffers cannot be locked together.
-    fn step_multi(
-        &mut self,
-        grads: &Grads,
-        hp: &AdafactorStep,
-        max_grad_norm: Option<f64>,
-    ) -> Result<Option<StepOutcome>> {
-        let Some(mut locked) = slots::lock(&self.slots, grads, &mut self.distinct) else {
-            return Ok(None);
-        };
-        let mut list = Vec::new();
-        let mut report = None;
-        for p in locked.parts() {
-            if std::ptr::eq(p.slot, &self.slots[self.report]) {
-                report = Some(list.len());
-            }
-            list.push(AdafactorTensor {
-                param: p.main,
-                grad: p.grad,
-                st: adafactor_state(p.slot, p.state, p.working)?,
-            });
+/// The step through `backend::adafactor_multi`, with the reported step size; `None`
+/// when the backend has no such path or the buffers cannot be locked together.
+fn step_multi(
+    core: &mut Core,
+    report: usize,
+    grads: &Grads,
+    hp: &AdafactorStep,
+    max_grad_norm: Option<f64>,
+) -> Result<Option<(StepOutcome, Option<f64>)>> {
+    let Some(mut locked) = slots::lock(&core.slots, grads, &mut core.distinct) else {
+        return Ok(None);
+    };
+    let reported = core.slots.get(report);
+    let mut list = Vec::new();
+    let mut at = None;
+    for p in locked.parts() {
+        if reported.is_some_and(|r| std::ptr::eq(p.slot, r)) {
+            at = Some(list.len());
         }
-        let hs = AdafactorMultiStep {
-            hp: *hp,
-            max_grad_norm,
-            report,
-        };
-        let Some(out) = crate::backend::adafactor_multi(&mut list, &hs)? else {
-            return Ok(None);
-        };
-        if !out.multi.skipped {
-            self.steps += 1;
-            self.last_lr = out.lr.or(self.last_lr);
-        }
-        let grad_scale = hp.grad_scale;
-        Ok(Some(slots::multi_outcome(
-            out.multi.skipped,
-            out.multi.sum_sq,
-            grad_scale,
-        )))
+        list.push(AdafactorTensor {
+            param: p.main,
+            grad: p.grad,
+            st: adafactor_state(p.slot, p.state, p.working)?,
+        });
     }
+    let hs = AdafactorMultiStep {
+        hp: *hp,
+        max_grad_norm,
+        report: at,
+    };
+    let Some(out) = crate::backend::adafactor_multi(&mut list, &hs)? else {
+        return Ok(None);
+    };
+    drop(list);
+    drop(locked);
+    let lr = out.lr.filter(|_| !out.multi.skipped);
+    let step = core.finish_multi(out.multi.skipped, out.multi.sum_sq, hp.grad_scale);
+    Ok(Some((step, lr)))
 }
 
 /// A slot's locked state buffers (in `Adafactor::new`'s order: the second moment, row

@@ -9,9 +9,7 @@
 //! back once. The per-tensor path below stays as the CPU implementation and the fallback
 //! (and can be forced with [`AdamW::set_multi_tensor`] for A/B checks).
 
-use std::collections::BTreeMap;
-
-use super::slots::{self, Precheck, Slot, StepOutcome};
+use super::slots::{self, core_api, Core, Slot, StepOutcome};
 use crate::autograd::Grads;
 use crate::backend::{AdamWState, AdamWStep};
 use crate::error::Result;
@@ -51,19 +49,17 @@ pub fn decays(name: &str) -> bool {
 }
 
 pub struct AdamW {
-    slots: Vec<Slot>,
+    core: Core,
     pub config: AdamWConfig,
-    steps: u64,
-    multi_tensor: bool,
-    /// Whether every buffer is a distinct storage (`slots::all_distinct`, checked once).
-    distinct: Option<bool>,
 }
 
 /// Whether new optimizers take the backend's multi-tensor step: yes unless
-/// FUSEBOX_ADAMW_PER_TENSOR=1 (the per-tensor path, for A/B timing).
+/// FUSEBOX_ADAMW_PER_TENSOR=1 (the per-tensor path, for A/B timing; Adafactor's too).
 pub fn multi_tensor_default() -> bool {
     std::env::var("FUSEBOX_ADAMW_PER_TENSOR").map_or(true, |v| v != "1")
 }
+
+core_api!(AdamW);
 
 impl AdamW {
     /// One state per trainable tensor; decay per [`decays`] (or for all when
@@ -82,69 +78,29 @@ impl AdamW {
         config: AdamWConfig,
         decay: impl Fn(&str) -> bool,
     ) -> Result<AdamW> {
-        let mut out = Vec::with_capacity(params.len());
-        for (name, p) in params {
-            let wd = if decay(name) {
-                config.weight_decay
-            } else {
-                0.0
-            };
-            let mut s = Slot::new(name, p, wd)?;
-            // torch's names for m and v.
-            s.add_state("exp_avg", p.dims())?;
-            s.add_state("exp_avg_sq", p.dims())?;
-            out.push(s);
-        }
+        // torch's names for m and v.
+        let out = slots::build(params, config.weight_decay, decay, |s, d| {
+            s.add_state("exp_avg", d)?;
+            s.add_state("exp_avg_sq", d)
+        })?;
         Ok(AdamW {
-            slots: out,
+            core: Core::new(out),
             config,
-            steps: 0,
-            multi_tensor: multi_tensor_default(),
-            distinct: None,
         })
-    }
-
-    /// Use the backend's multi-tensor step where it has one (default: on). Off forces
-    /// the per-tensor path everywhere, for A/B checks of the two.
-    pub fn set_multi_tensor(&mut self, on: bool) {
-        self.multi_tensor = on;
-    }
-
-    /// Number of updates applied (skipped steps not counted).
-    pub fn steps(&self) -> u64 {
-        self.steps
-    }
-
-    /// Set the count of applied updates (a resumed run's, for bias correction).
-    pub fn set_steps(&mut self, steps: u64) {
-        self.steps = steps;
     }
 
     /// Names and weight decay of each parameter (for logs and tests).
     pub fn groups(&self) -> Vec<(String, f64)> {
-        self.slots
+        self.core
+            .slots
             .iter()
             .map(|s| (s.name.clone(), s.weight_decay))
             .collect()
     }
 
-    /// The state a checkpoint keeps, by parameter name: `param.NAME` (the fp32 master, or
-    /// the parameter itself when it is f32), `exp_avg.NAME` and `exp_avg_sq.NAME` (torch's
-    /// names for m and v).
-    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
-        slots::state_tensors(&self.slots)
-    }
-
-    /// Restore [`state_tensors`](Self::state_tensors): values copied into the live
-    /// buffers, the fp16 working copies recast from their masters. Every parameter must
-    /// be there with its shape. The update count is [`set_steps`](Self::set_steps)'s.
-    pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<()> {
-        slots::load_state(&self.slots, state)
-    }
-
     /// Moment buffers of a parameter (for parity tests and checkpoints).
     pub fn moments(&self, name: &str) -> Option<(&Tensor, &Tensor)> {
-        let s = self.slots.iter().find(|s| s.name == name)?;
+        let s = self.core.slots.iter().find(|s| s.name == name)?;
         Some((s.get("exp_avg")?, s.get("exp_avg_sq")?))
     }
 
@@ -158,112 +114,78 @@ impl AdamW {
         grad_scale: f64,
         max_grad_norm: Option<f64>,
     ) -> Result<StepOutcome> {
-        let device = slots::device_of(&self.slots);
-        let _span = crate::profile::Span::new("adamw", device);
-        if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
-            if let Some(out) = self.step_multi(grads, lr, grad_scale, max_grad_norm)? {
-                return Ok(out);
-            }
-        }
-        let (grad_norm, clip) =
-            match slots::precheck(&self.slots, grads, grad_scale, max_grad_norm)? {
-                Precheck::Skip(out) => return Ok(out),
-                Precheck::Go { grad_norm, clip } => (grad_norm, clip),
-            };
-        self.steps += 1;
         let c = self.config;
-        for s in &self.slots {
-            let Some(g) = grads.get(&s.param) else {
-                continue;
-            };
+        let multi = |core: &mut Core| step_multi(core, &c, grads, lr, grad_scale, max_grad_norm);
+        let each = |_: usize, s: &Slot, g: &Tensor, gm: f64, step: u64| {
             let hp = AdamWStep {
                 lr,
                 beta1: c.beta1,
                 beta2: c.beta2,
                 eps: c.eps,
                 weight_decay: s.weight_decay,
-                step: self.steps,
-                grad_scale: grad_scale * clip,
+                step,
+                grad_scale: gm,
                 check_finite: false,
             };
             let gs = g.storage();
             let mut m = s.state[0].1.storage_mut();
             let mut v = s.state[1].1.storage_mut();
-            let skipped = match &s.master {
-                Some(master) => {
-                    let mut w = s.param.storage_mut();
-                    master.storage_mut().adamw_(
-                        &gs,
-                        AdamWState::new(&mut *m, &mut *v, Some(&mut *w)),
-                        &hp,
-                    )?
-                }
-                None => s.param.storage_mut().adamw_(
-                    &gs,
-                    AdamWState::new(&mut *m, &mut *v, None),
-                    &hp,
-                )?,
-            };
-            if skipped {
+            let mut w = s.master.as_ref().map(|_| s.param.storage_mut());
+            let st = AdamWState::new(&mut *m, &mut *v, w.as_deref_mut());
+            if s.main().storage_mut().adamw_(&gs, st, &hp)? {
                 // Unreachable after the pre-check unless a backend disagrees with it.
                 return Err(crate::error::Error::msg(format!(
                     "AdamW: backend found inf/NaN in the gradient of {} after the pre-check",
                     s.name
                 )));
             }
-        }
-        Ok(StepOutcome {
-            skipped: false,
-            grad_norm,
-        })
+            Ok(())
+        };
+        self.core
+            .step("adamw", grads, (grad_scale, max_grad_norm), multi, each)
     }
+}
 
-    /// The step through `backend::adamw_multi`; `None` when the backend has no such path
-    /// or the buffers cannot be locked together (then the per-tensor path runs).
-    fn step_multi(
-        &mut self,
-        grads: &Grads,
-        lr: f64,
-        grad_scale: f64,
-        max_grad_norm: Option<f64>,
-    ) -> Result<Option<StepOutcome>> {
-        let Some(mut locked) = slots::lock(&self.slots, grads, &mut self.distinct) else {
+/// The step through `backend::adamw_multi`; `None` when the backend has no such path or
+/// the buffers cannot be locked together (then the per-tensor path runs).
+fn step_multi(
+    core: &mut Core,
+    c: &AdamWConfig,
+    grads: &Grads,
+    lr: f64,
+    grad_scale: f64,
+    max_grad_norm: Option<f64>,
+) -> Result<Option<StepOutcome>> {
+    let Some(mut locked) = slots::lock(&core.slots, grads, &mut core.distinct) else {
+        return Ok(None);
+    };
+    let mut list = Vec::new();
+    for p in locked.parts() {
+        let Ok([m, v]) = <[_; 2]>::try_from(p.state) else {
             return Ok(None);
         };
-        let mut list = Vec::new();
-        for p in locked.parts() {
-            let Ok([m, v]) = <[_; 2]>::try_from(p.state) else {
-                return Ok(None);
-            };
-            list.push(crate::backend::AdamWTensor {
-                param: p.main,
-                grad: p.grad,
-                m,
-                v,
-                working: p.working,
-                weight_decay: p.slot.weight_decay,
-            });
-        }
-        let c = self.config;
-        let hp = crate::backend::AdamWMultiStep {
-            lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            step: self.steps + 1,
-            grad_scale,
-            max_grad_norm,
-        };
-        let Some(out) = crate::backend::adamw_multi(&mut list, &hp)? else {
-            return Ok(None);
-        };
-        if !out.skipped {
-            self.steps += 1;
-        }
-        Ok(Some(slots::multi_outcome(
-            out.skipped,
-            out.sum_sq,
-            grad_scale,
-        )))
+        list.push(crate::backend::AdamWTensor {
+            param: p.main,
+            grad: p.grad,
+            m,
+            v,
+            working: p.working,
+            weight_decay: p.slot.weight_decay,
+        });
     }
+    let hp = crate::backend::AdamWMultiStep {
+        lr,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+        step: core.steps + 1,
+        grad_scale,
+        max_grad_norm,
+    };
+    let Some(out) = crate::backend::adamw_multi(&mut list, &hp)? else {
+        return Ok(None);
+    };
+    drop(list);
+    drop(locked);
+    Ok(Some(core.finish_multi(out.skipped, out.sum_sq, grad_scale)))
 }

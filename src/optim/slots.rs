@@ -80,6 +80,24 @@ impl Slot {
     }
 }
 
+/// One slot per parameter, weight decay `weight_decay` for the names `decay` accepts,
+/// each given its state by `add_state(slot, dims)`.
+pub(crate) fn build(
+    params: &[(String, Tensor)],
+    weight_decay: f64,
+    decay: impl Fn(&str) -> bool,
+    add_state: impl Fn(&mut Slot, &[usize]) -> Result<()>,
+) -> Result<Vec<Slot>> {
+    let mut out = Vec::with_capacity(params.len());
+    for (name, p) in params {
+        let wd = if decay(name) { weight_decay } else { 0.0 };
+        let mut s = Slot::new(name, p, wd)?;
+        add_state(&mut s, p.dims())?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
 /// The device the slots live on (the CPU when there are none).
 pub(crate) fn device_of(slots: &[Slot]) -> Device {
     slots.first().map(Slot::device).unwrap_or(Device::Cpu)
@@ -131,6 +149,113 @@ pub(crate) fn load_state(slots: &[Slot], state: &BTreeMap<String, Tensor>) -> Re
     }
     Ok(())
 }
+
+/// What every optimizer here keeps besides its settings: its slots, the count of
+/// applied updates (AdamW's bias correction, Adafactor's t), whether the multi-tensor
+/// path is on, and whether every buffer is distinct (checked once).
+pub(crate) struct Core {
+    pub slots: Vec<Slot>,
+    pub steps: u64,
+    pub multi_tensor: bool,
+    pub distinct: Option<bool>,
+}
+
+impl Core {
+    pub fn new(slots: Vec<Slot>) -> Core {
+        Core {
+            slots,
+            steps: 0,
+            multi_tensor: super::adamw::multi_tensor_default(),
+            distinct: None,
+        }
+    }
+
+    /// One optimizer step under a profiling span named `name`: on CUDA the backend's
+    /// multi-tensor path (`multi`; `None` when it cannot run), else the per-tensor path:
+    /// [`precheck`], then `each(index, slot, gradient, gradient multiplier, 1-based
+    /// step)` for every slot with a gradient.
+    pub fn step(
+        &mut self,
+        name: &'static str,
+        grads: &Grads,
+        (grad_scale, max_grad_norm): (f64, Option<f64>),
+        multi: impl FnOnce(&mut Core) -> Result<Option<StepOutcome>>,
+        mut each: impl FnMut(usize, &Slot, &Tensor, f64, u64) -> Result<()>,
+    ) -> Result<StepOutcome> {
+        let device = device_of(&self.slots);
+        let _span = crate::profile::Span::new(name, device);
+        if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
+            if let Some(out) = multi(self)? {
+                return Ok(out);
+            }
+        }
+        let (grad_norm, clip) = match precheck(&self.slots, grads, grad_scale, max_grad_norm)? {
+            Precheck::Skip(out) => return Ok(out),
+            Precheck::Go { grad_norm, clip } => (grad_norm, clip),
+        };
+        self.steps += 1;
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(g) = grads.get(&s.param) {
+                each(i, s, g, grad_scale * clip, self.steps)?;
+            }
+        }
+        Ok(StepOutcome {
+            skipped: false,
+            grad_norm,
+        })
+    }
+
+    /// Count a multi-tensor step the backend reports, as the per-tensor path would.
+    pub fn finish_multi(&mut self, skipped: bool, sum_sq: f64, grad_scale: f64) -> StepOutcome {
+        if !skipped {
+            self.steps += 1;
+        }
+        multi_outcome(skipped, sum_sq, grad_scale)
+    }
+}
+
+/// The public methods AdamW and Adafactor share, written once over their `core`.
+macro_rules! core_api {
+    ($t:ty) => {
+        impl $t {
+            /// Use the backend's multi-tensor step where it has one (default: on). Off
+            /// forces the per-tensor path everywhere, for A/B checks of the two.
+            pub fn set_multi_tensor(&mut self, on: bool) {
+                self.core.multi_tensor = on;
+            }
+
+            /// Number of updates applied (skipped steps not counted).
+            pub fn steps(&self) -> u64 {
+                self.core.steps
+            }
+
+            /// Set the count of applied updates (a resumed run's).
+            pub fn set_steps(&mut self, steps: u64) {
+                self.core.steps = steps;
+            }
+
+            /// The state a checkpoint keeps, by parameter name: `param.NAME` (the fp32
+            /// master, or the parameter itself when it is f32) and torch's state names
+            /// (`exp_avg.NAME`, ...).
+            pub fn state_tensors(&self) -> std::collections::BTreeMap<String, Tensor> {
+                super::slots::state_tensors(&self.core.slots)
+            }
+
+            /// Restore [`state_tensors`](Self::state_tensors): values copied into the
+            /// live buffers, the fp16 working copies recast from their masters. Every
+            /// tensor must be there with its shape. The update count is
+            /// [`set_steps`](Self::set_steps)'s.
+            pub fn load_state(
+                &mut self,
+                state: &std::collections::BTreeMap<String, Tensor>,
+            ) -> Result<()> {
+                super::slots::load_state(&self.core.slots, state)
+            }
+        }
+    };
+}
+
+pub(crate) use core_api;
 
 /// The per-tensor path's decision, made before anything is touched.
 pub(crate) enum Precheck {
@@ -185,7 +310,7 @@ pub(crate) fn precheck(
 
 /// The outcome a multi-tensor step reports from its device sum of squares (inf when
 /// the sum itself overflowed), as the per-tensor path does.
-pub(crate) fn multi_outcome(skipped: bool, sum_sq: f64, grad_scale: f64) -> StepOutcome {
+fn multi_outcome(skipped: bool, sum_sq: f64, grad_scale: f64) -> StepOutcome {
     let grad_norm = if sum_sq.is_finite() {
         sum_sq.sqrt() * grad_scale
     } else {

@@ -12,7 +12,7 @@
 
 use cudarc::driver::DeviceRepr;
 
-use super::adamw_multi::{decide, launch_table, norm_partials, outcome};
+use super::adamw_multi::{check_f32, decide, launch_table, norm_partials, outcome};
 use super::context::Arg;
 use super::{len_err, CudaStorage};
 use crate::backend::{AdafactorMultiStep, AdafactorOutcome, AdafactorState, AdafactorStep};
@@ -207,20 +207,6 @@ pub(crate) fn scratch(
 
 fn scratch_len(launches: &[Launch]) -> usize {
     launches.iter().map(|l| l.scratch).max().unwrap_or(0)
-}
-
-fn check_f32(s: &CudaStorage, len: usize, op: &'static str, what: &'static str) -> Result<()> {
-    if s.len() != len {
-        return Err(len_err(op, len, s.len()));
-    }
-    if s.dtype() != DType::F32 {
-        return Err(Error::DType {
-            op,
-            expected: what,
-            got: s.dtype(),
-        });
-    }
-    Ok(())
 }
 
 /// Check one tensor's buffers (f32 master and state of the right lengths, an f32 or

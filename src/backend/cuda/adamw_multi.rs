@@ -69,7 +69,13 @@ impl MtTable {
 
 type MultiTensor<'a> = crate::backend::MultiTensor<'a, CudaStorage>;
 
-fn check_f32(s: &CudaStorage, len: usize, op: &'static str, what: &'static str) -> Result<()> {
+/// `s` holds `len` f32 elements, or the error naming `op` and `what` was expected.
+pub(super) fn check_f32(
+    s: &CudaStorage,
+    len: usize,
+    op: &'static str,
+    what: &'static str,
+) -> Result<()> {
     if s.len() != len {
         return Err(len_err(op, len, s.len()));
     }

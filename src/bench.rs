@@ -120,7 +120,11 @@ pub fn device_name(device: Device) -> String {
         Device::Cuda(n) => crate::backend::cuda::context::device(n)
             .map(|d| d.name.clone())
             .unwrap_or_else(|e| format!("cuda:{n} ({e})")),
-        _ => format!("cpu ({} threads)", rayon::current_num_threads()),
+        _ => format!(
+            "cpu ({}, {} threads)",
+            crate::backend::cpu::path::cpu_path().name(),
+            rayon::current_num_threads()
+        ),
     }
 }
 
@@ -222,6 +226,10 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         "mode": if cfg.train { "train" } else { "infer" },
         "model": m.describe(),
         "device": name,
+        // The CPU's SIMD path and rayon's thread count, which CPU figures depend on (both
+        // also printed for a CUDA run, whose host-side work they describe).
+        "cpu_path": crate::backend::cpu::path::cpu_path().name(),
+        "threads": rayon::current_num_threads(),
         "precision": if cfg.fp16 { "fp16" } else { "fp32" },
         "steps": cfg.steps,
         "tokens_per_step": tokens,

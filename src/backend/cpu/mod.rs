@@ -18,7 +18,9 @@ mod emulate;
 mod layout;
 mod matmul;
 mod norm;
+pub mod path;
 mod real;
+mod simd;
 mod softmax;
 mod span;
 

@@ -11,6 +11,7 @@
 //! the f32 function through the emulation's `up`/`down`.
 
 mod adamw;
+pub mod alloc;
 mod attention;
 mod elementwise;
 mod embedding;

@@ -10,7 +10,9 @@
 //!
 //! [`cpu_path`]: super::path::cpu_path
 
+use super::elementwise::{act, act_grad};
 use super::Real;
+use crate::backend::UnaryOp;
 
 /// Partial sums / maxima per reduction: a fixed count, so the order of a reduction (and
 /// its result) does not depend on the vector width the compiler picked.
@@ -125,6 +127,24 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))`, of a block.
+    fn gelu<T: Real>(x: &[T], out: &mut [T]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = act(UnaryOp::Gelu, x);
+        }
+    }
+}
+
+multiversion! {
+    /// `dy · GELU'(x)` of a block: `GELU'(x) = Φ(x) + x·φ(x)`.
+    fn gelu_backward<T: Real>(x: &[T], dy: &[T], out: &mut [T]) {
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(dy) {
+            *o = g * act_grad(UnaryOp::Gelu, x);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +168,46 @@ mod tests {
         assert!(f32::NAN.exp_nonpos().is_nan());
         assert_eq!(0f32.exp_nonpos(), 1.0);
         assert_eq!((-1.5f64).exp_nonpos(), (-1.5f64).exp());
+    }
+
+    #[test]
+    fn erf_vec_matches_libm() {
+        let mut worst_abs = 0f64;
+        let mut worst_rel = 0f64;
+        let mut x = -6.0f32;
+        while x <= 6.0 {
+            let (got, want) = (x.erf_vec() as f64, libm::erf(x as f64));
+            worst_abs = worst_abs.max((got - want).abs());
+            if want.abs() > 1e-30 {
+                worst_rel = worst_rel.max(((got - want) / want).abs());
+            }
+            x += 0.000_37;
+        }
+        assert!(worst_abs < 5e-7, "worst absolute error {worst_abs}");
+        assert!(worst_rel < 5e-7, "worst relative error {worst_rel}");
+        let near0 = (1e-20f32.erf_vec() / 1e-20) as f64;
+        assert!(
+            (near0 - 2.0 / std::f64::consts::PI.sqrt()).abs() < 1e-6,
+            "x·2/√π near 0"
+        );
+        assert_eq!((0.3f64).erf_vec(), libm::erf(0.3));
+    }
+
+    #[test]
+    fn gelu_blocks_match_the_definition() {
+        let x: Vec<f32> = (0..999).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let mut y = vec![0f32; x.len()];
+        gelu(&x, &mut y);
+        let dy: Vec<f32> = (0..999).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let mut dx = vec![0f32; x.len()];
+        gelu_backward(&x, &dy, &mut dx);
+        for i in 0..x.len() {
+            let v = x[i] as f64;
+            let cdf = 0.5 * (1.0 + libm::erf(v / 2f64.sqrt()));
+            assert!((y[i] as f64 - v * cdf).abs() < 1e-6, "gelu({v})");
+            let d = cdf + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!((dx[i] as f64 - dy[i] as f64 * d).abs() < 2e-6, "gelu'({v})");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::Path;
 use common::cli::{p, refused, run, scratch};
 use fusebox::bench::{self, seq2seq::Seq2SeqBench, BenchConfig, BenchModel};
 use fusebox::models::step::ModelConfig;
-use fusebox::profile::cost::{category, CATEGORIES};
+use fusebox::profile::cost::{category, Category, CATEGORIES};
 use fusebox::{DType, Device};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bench");
@@ -226,16 +226,7 @@ fn compare_prints_the_categories_side_by_side() {
     assert!(text.contains("torch-cpu-fp32"), "{text}");
     // The tiny model is not the fixture's DistilBERT 2 x 128: said, not hidden.
     assert!(text.contains("note: not the same workload"), "{text}");
-    for cat in [
-        "gemm",
-        "attention",
-        "norm",
-        "elementwise",
-        "loss",
-        "optimizer",
-        "copies",
-        "total",
-    ] {
+    for cat in Category::ALL.iter().map(|c| c.name()).chain(["total"]) {
         let line = text
             .lines()
             .find(|l| l.split_whitespace().next() == Some(cat) && l.contains('.'))

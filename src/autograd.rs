@@ -22,6 +22,10 @@ struct Node {
     out: TensorId,
     inputs: Vec<Option<TensorId>>,
     backward: BackwardFn,
+    /// The backward's FLOPs and bytes (profiling only).
+    cost: Option<crate::profile::Work>,
+    /// Timed as one span; a checkpoint's node is not: the ops it reruns are timed each.
+    timed: bool,
 }
 
 thread_local! {
@@ -66,6 +70,16 @@ pub fn needs_grad(inputs: &[&Tensor]) -> bool {
 /// Record an op. `out` must be the freshly produced (untracked) result; the returned
 /// tensor is the same value marked as tracked, with the node keyed by its id.
 pub fn record(name: &'static str, inputs: &[&Tensor], out: Tensor, backward: BackwardFn) -> Tensor {
+    record_node(name, inputs, out, backward, true)
+}
+
+fn record_node(
+    name: &'static str,
+    inputs: &[&Tensor],
+    out: Tensor,
+    backward: BackwardFn,
+    timed: bool,
+) -> Tensor {
     if !needs_grad(inputs) {
         return out;
     }
@@ -79,6 +93,8 @@ pub fn record(name: &'static str, inputs: &[&Tensor], out: Tensor, backward: Bac
             .map(|t| if t.tracks() { Some(t.id()) } else { None })
             .collect(),
         backward,
+        cost: crate::profile::node_cost(name),
+        timed,
     };
     TAPE.with(|t| t.borrow_mut().push(node));
     tracked
@@ -174,7 +190,9 @@ fn backward_from(root: &Tensor, seed: Tensor) -> Result<Grads> {
             continue;
         };
         let in_grads = {
-            let _span = crate::profile::Span::backward(node.name, node.device);
+            let _span = node
+                .timed
+                .then(|| crate::profile::Span::backward(node.name, node.device, node.cost));
             (node.backward)(&g)?
         };
         drop(g);
@@ -284,7 +302,10 @@ where
             .iter()
             .map(|(t, tracks)| if *tracks { Tensor::var(t) } else { t.clone() })
             .collect();
-        let y = f(&vars)?;
+        let y = {
+            let _recompute = crate::profile::recompute();
+            f(&vars)?
+        };
         let n_in = vars.len() + params_saved.len();
         if !y.tracks() {
             return Ok(vec![None; n_in]);
@@ -314,5 +335,5 @@ where
         }
         Ok(res)
     });
-    Ok(record(name, &all, out, backward))
+    Ok(record_node(name, &all, out, backward, false))
 }

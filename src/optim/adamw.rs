@@ -219,6 +219,19 @@ impl AdamW {
             .map(|s| (&s.m, &s.v))
     }
 
+    /// The profiler's cost of a step over the parameters that have a gradient.
+    fn cost(&self, grads: &Grads) -> crate::profile::OpCost {
+        let mut total = crate::profile::OpCost::default();
+        for s in &self.slots {
+            if let Some(g) = grads.get(&s.param) {
+                let (p, n) = (s.param.dtype(), s.param.elem_count());
+                let c = crate::profile::cost::adamw(n, p, g.dtype(), s.master.is_some());
+                total.fwd += c.fwd;
+            }
+        }
+        total
+    }
+
     /// Apply one update with learning rate `lr`. `grad_scale` is 1/loss_scale (1.0
     /// without scaling); `max_grad_norm` clips the global norm of the unscaled gradients
     /// as `clip_grad_norm_` does. Parameters without a gradient are left alone.
@@ -234,7 +247,7 @@ impl AdamW {
             .first()
             .map(|s| s.param.device())
             .unwrap_or(crate::shape::Device::Cpu);
-        let _span = crate::profile::Span::new("adamw", device);
+        let _span = crate::profile::Span::new("adamw", device).cost(|| self.cost(grads));
         if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
             if let Some(out) = self.step_multi(grads, lr, grad_scale, max_grad_norm)? {
                 return Ok(out);

@@ -1,6 +1,6 @@
 //! The VRAM planner against the byte tracker (activation checkpointing against the plain
 //! backward in budget/checkpointing.rs, in-place gradient accumulation in
-//! budget/accumulation.rs). The planner runs one real step on the meta
+//! budget/accumulation.rs, fp16 on the CPU in budget/fp16.rs). The planner runs one real step on the meta
 //! device; each test runs the same step on the CPU backend and holds the plan to the
 //! tracker's count to the byte. The CPU counters are process-global, so every CPU
 //! measurement takes one lock (meta counts per thread and needs none).
@@ -21,6 +21,8 @@ use fusebox::shape::{DType, Device};
 mod accumulation;
 #[path = "budget/checkpointing.rs"]
 mod checkpointing;
+#[path = "budget/fp16.rs"]
+mod fp16;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

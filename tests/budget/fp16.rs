@@ -89,4 +89,11 @@ fn cpu_and_cuda_fp16_plans_share_weights_and_optimizer_state() {
         "no CUDA terms on the CPU"
     );
     assert!(p_cpu.components[3].1 != p_cuda.components[3].1);
+    // The CPU plan says its step holds the emulation's f32 copies; CUDA's does not.
+    assert!(
+        p_cpu.components[3].0.contains("f16 emulation"),
+        "{}",
+        p_cpu.table()
+    );
+    assert!(!p_cuda.components[3].0.contains("emulation"));
 }

@@ -40,6 +40,17 @@ fn loss_of(net: &Net, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.cross_entropy(targets, IGNORE_INDEX)
 }
 
+/// A net of vocabulary `v` and width `d` with random weights.
+fn random_net(rng: &mut Rng, v: usize, d: usize) -> Net {
+    Net {
+        emb: Tensor::var(&randn(rng, &[v, d], 0.5)),
+        w1: Tensor::var(&randn(rng, &[d, d], 0.5)),
+        b1: Tensor::var(&randn(rng, &[d], 0.1)),
+        g: Tensor::var(&randn(rng, &[d], 1.0)),
+        beta: Tensor::var(&randn(rng, &[d], 0.1)),
+    }
+}
+
 fn params(net: &Net) -> Vec<&Tensor> {
     vec![&net.emb, &net.w1, &net.b1, &net.g, &net.beta]
 }
@@ -54,13 +65,7 @@ fn composed_network_matches_finite_differences() {
     let _s = serial();
     let mut rng = Rng::new(7);
     let (v, d) = (11, 6);
-    let net = Net {
-        emb: Tensor::var(&randn(&mut rng, &[v, d], 0.5)),
-        w1: Tensor::var(&randn(&mut rng, &[d, d], 0.5)),
-        b1: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-        g: Tensor::var(&randn(&mut rng, &[d], 1.0)),
-        beta: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-    };
+    let net = random_net(&mut rng, v, d);
     let ids = Tensor::from_i32(vec![1, 4, 4, 9, 0, 10, 3], [7], Device::Cpu).unwrap();
     let targets = Tensor::from_i32(
         vec![2, IGNORE_INDEX, 5, 5, 0, IGNORE_INDEX, 7],
@@ -180,13 +185,7 @@ fn accumulation_in_place_equals_adding_a_fresh_set_and_holds_one() {
     let _s = serial();
     let mut rng = Rng::new(9);
     let (v, d) = (40, 24);
-    let net = Net {
-        emb: Tensor::var(&randn(&mut rng, &[v, d], 0.5)),
-        w1: Tensor::var(&randn(&mut rng, &[d, d], 0.5)),
-        b1: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-        g: Tensor::var(&randn(&mut rng, &[d], 1.0)),
-        beta: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-    };
+    let net = random_net(&mut rng, v, d);
     let batch = |k: i32| {
         let ids = Tensor::from_i32((0..9).map(|i| (i * 7 + k) % 40).collect(), [9], Device::Cpu);
         let tg = Tensor::from_i32((0..9).map(|i| (i * 5 + k) % 40).collect(), [9], Device::Cpu);

@@ -67,9 +67,9 @@ fn train_fp16_on_the_cpu_for_every_task_and_bench_it() {
         let log = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
         let last = log
             .lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["loss_scale"].is_number())
-            .last()
+            .find(|v| v["loss_scale"].is_number())
             .unwrap_or_else(|| panic!("{what}: no loss_scale in {log}"));
         let scale = last["loss_scale"].as_f64().expect("scale");
         assert_eq!(scale, 65536.0 / 2f64.powi(skipped as i32), "{what}: {last}");

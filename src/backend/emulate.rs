@@ -265,6 +265,40 @@ pub(crate) fn span_search<S: BackendStorage>(
     up(OP, start)?.span_search(&up(OP, end)?, allowed, cols, max_len, top_k)
 }
 
+/// An attention call's widened bias and, in backward, its widened saved output and
+/// output gradient (the lse is f32 already), put in place of the f16 ones.
+struct Wide<S> {
+    bias: Option<S>,
+    saved: Option<(S, S)>,
+}
+
+impl<S: BackendStorage> Wide<S> {
+    fn new(
+        op: &'static str,
+        a: &AttnArgs<'_, S>,
+        saved: Option<&AttnSaved<'_, S>>,
+    ) -> Result<Self> {
+        Ok(Wide {
+            bias: up_opt(op, a.bias)?,
+            saved: saved
+                .map(|s| Ok::<_, Error>((up(op, s.out)?, up(op, s.dout)?)))
+                .transpose()?,
+        })
+    }
+    fn args<'a>(&'a self, a: AttnArgs<'a, S>) -> AttnArgs<'a, S> {
+        AttnArgs {
+            bias: self.bias.as_ref(),
+            ..a
+        }
+    }
+    fn saved<'a>(&'a self, s: AttnSaved<'a, S>) -> AttnSaved<'a, S> {
+        match &self.saved {
+            Some((out, dout)) => AttnSaved { out, dout, ..s },
+            None => s,
+        }
+    }
+}
+
 /// Attention forward, separate q, k, v: the output rounded, the lse f32.
 pub(crate) fn attention<S: BackendStorage>(
     q: &S,
@@ -273,32 +307,18 @@ pub(crate) fn attention<S: BackendStorage>(
     a: AttnArgs<'_, S>,
 ) -> Result<(S, S)> {
     const OP: &str = "attention";
-    let bias = up_opt(OP, a.bias)?;
+    let w = Wide::new(OP, &a, None)?;
     let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
-    let a = AttnArgs {
-        bias: bias.as_ref(),
-        ..a
-    };
-    let (out, lse) = q.attention(&k, &v, a)?;
+    let (out, lse) = q.attention(&k, &v, w.args(a))?;
     Ok((down(out)?, lse))
 }
 
 /// Attention forward on one packed q/k/v buffer (widened once).
 pub(crate) fn attention_qkv<S: BackendStorage>(qkv: &S, a: AttnArgs<'_, S>) -> Result<(S, S)> {
     const OP: &str = "attention";
-    let bias = up_opt(OP, a.bias)?;
-    let qkv = up(OP, qkv)?;
-    let a = AttnArgs {
-        bias: bias.as_ref(),
-        ..a
-    };
-    let (out, lse) = qkv.attention_qkv(a)?;
+    let w = Wide::new(OP, &a, None)?;
+    let (out, lse) = up(OP, qkv)?.attention_qkv(w.args(a))?;
     Ok((down(out)?, lse))
-}
-
-/// The saved output and its gradient widened (the lse is f32 already).
-fn up_saved<S: BackendStorage>(op: &'static str, saved: &AttnSaved<'_, S>) -> Result<(S, S)> {
-    Ok((up(op, saved.out)?, up(op, saved.dout)?))
 }
 
 pub(crate) type AttnGrads<S> = (S, S, S, Option<S>);
@@ -312,19 +332,9 @@ pub(crate) fn attention_backward<S: BackendStorage>(
     a: AttnArgs<'_, S>,
 ) -> Result<AttnGrads<S>> {
     const OP: &str = "attention_backward";
-    let bias = up_opt(OP, a.bias)?;
+    let w = Wide::new(OP, &a, Some(&saved))?;
     let (q, k, v) = (up(OP, q)?, up(OP, k)?, up(OP, v)?);
-    let (out, dout) = up_saved(OP, &saved)?;
-    let saved = AttnSaved {
-        out: &out,
-        dout: &dout,
-        ..saved
-    };
-    let a = AttnArgs {
-        bias: bias.as_ref(),
-        ..a
-    };
-    let (dq, dk, dv, db) = q.attention_backward(&k, &v, saved, a)?;
+    let (dq, dk, dv, db) = q.attention_backward(&k, &v, w.saved(saved), w.args(a))?;
     Ok((down(dq)?, down(dk)?, down(dv)?, db.map(down).transpose()?))
 }
 
@@ -335,18 +345,7 @@ pub(crate) fn attention_qkv_backward<S: BackendStorage>(
     a: AttnArgs<'_, S>,
 ) -> Result<(S, Option<S>)> {
     const OP: &str = "attention_backward";
-    let bias = up_opt(OP, a.bias)?;
-    let qkv = up(OP, qkv)?;
-    let (out, dout) = up_saved(OP, &saved)?;
-    let saved = AttnSaved {
-        out: &out,
-        dout: &dout,
-        ..saved
-    };
-    let a = AttnArgs {
-        bias: bias.as_ref(),
-        ..a
-    };
-    let (d, db) = qkv.attention_qkv_backward(saved, a)?;
+    let w = Wide::new(OP, &a, Some(&saved))?;
+    let (d, db) = up(OP, qkv)?.attention_qkv_backward(w.saved(saved), w.args(a))?;
     Ok((down(d)?, db.map(down).transpose()?))
 }

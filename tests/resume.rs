@@ -2,10 +2,10 @@
 //! at a moment drawn from a seed (printed; FUSEBOX_KILL_SEED replays it) and resumed
 //! with `--resume auto` ends with the same weights, byte for byte, and the same
 //! metrics.jsonl lines (timings aside) as the run that was never interrupted — for QA,
-//! summarization and translation. SIGINT checkpoints and exits 130; a checkpoint of
-//! other settings is refused naming what differs; a corrupt newest checkpoint is skipped
-//! for the one before it; an output directory holding a run is refused without
-//! --overwrite.
+//! summarization and translation (fp16 with gradient accumulation too). SIGINT
+//! checkpoints and exits 130; a checkpoint of other settings is refused naming what
+//! differs; a corrupt newest checkpoint is skipped for the one before it; an output
+//! directory holding a run is refused without --overwrite.
 //!
 //! On a card (tools/gpu_session.sh): FUSEBOX_RESUME_DEVICE=cuda runs the same runs on
 //! CUDA and FUSEBOX_TRAIN_BIN names the `train` binary. CUDA's atomics (the embedding
@@ -253,6 +253,10 @@ fn killed_runs_resume_to_the_same_weights_and_metrics() {
     kill_and_resume("qa", QA, 7, seed);
     kill_and_resume("translate", &seq2seq("translate"), 5, seed / 7);
     kill_and_resume("summarize", &seq2seq("summarize"), 5, seed / 13);
+    // fp16 (the loss scaler and the fp32 masters resume too) with accumulation.
+    let mut fp16 = seq2seq("translate");
+    fp16.extend(["--precision", "fp16", "--grad-accum", "2"]);
+    kill_and_resume("translate-fp16", &fp16, 5, seed / 17);
 }
 
 #[test]

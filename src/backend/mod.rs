@@ -25,6 +25,7 @@ mod composed;
 pub mod cpu;
 pub mod cuda;
 mod dropout;
+mod emulate;
 pub mod meta;
 mod storage;
 mod storage_nn;

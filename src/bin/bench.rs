@@ -11,7 +11,6 @@ use fusebox::bench::seq2seq::Seq2SeqBench;
 use fusebox::bench::{self, BenchConfig, BenchModel};
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::plan::{self, human, Workload};
-use fusebox::shape::Target;
 
 #[path = "common/memory_args.rs"]
 mod memory_args;
@@ -49,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     tgt_seq: usize,
     /// fp16: fp16 weights and activations, fp32 master weights, dynamic loss scaling
-    /// (CUDA; on the CPU only with --plan).
+    /// (on the CPU, an emulation of the CUDA path: f16 storage, f32 arithmetic).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
     /// Timed steps (median and p90 reported).
@@ -103,9 +102,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::parse(&args.device)?.resolve();
     let fp16 = args.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() && !args.mem.plan {
-        bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
-    }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
     for (flag, v, what) in [
         ("--batch", args.batch, "sequences per step"),
@@ -154,12 +150,7 @@ fn main() -> Result<()> {
         dtype,
         checkpointing: args.mem.checkpointing,
         infer: args.mode == Mode::Infer,
-        // fp16 and a named card both mean CUDA, even when only planning here.
-        target: if device.is_cuda() || args.mem.gpu.is_some() || fp16 {
-            Target::Cuda
-        } else {
-            Target::Cpu
-        },
+        target: args.mem.target(device),
     };
     let budget_bytes = args.mem.budget()?;
     let plan = plan::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;

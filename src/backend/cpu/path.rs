@@ -82,5 +82,9 @@ mod tests {
             assert_eq!(p, want);
         }
         assert!(["AVX-512", "AVX2", "NEON", "scalar"].contains(&p.name()));
+        // CI runs this under `qemu-x86_64 -cpu Haswell` (an AVX2-only CPU) and says so.
+        if let Ok(want) = std::env::var("FUSEBOX_EXPECT_CPU_PATH") {
+            assert_eq!(p.name(), want, "FUSEBOX_EXPECT_CPU_PATH");
+        }
     }
 }

@@ -22,6 +22,10 @@ struct Node {
     out: TensorId,
     inputs: Vec<Option<TensorId>>,
     backward: BackwardFn,
+    /// The backward's FLOPs and bytes (profiling only).
+    cost: Option<crate::profile::Work>,
+    /// Timed as one span; a checkpoint's node is not: the ops it reruns are timed each.
+    timed: bool,
 }
 
 thread_local! {
@@ -66,6 +70,16 @@ pub fn needs_grad(inputs: &[&Tensor]) -> bool {
 /// Record an op. `out` must be the freshly produced (untracked) result; the returned
 /// tensor is the same value marked as tracked, with the node keyed by its id.
 pub fn record(name: &'static str, inputs: &[&Tensor], out: Tensor, backward: BackwardFn) -> Tensor {
+    record_node(name, inputs, out, backward, true)
+}
+
+fn record_node(
+    name: &'static str,
+    inputs: &[&Tensor],
+    out: Tensor,
+    backward: BackwardFn,
+    timed: bool,
+) -> Tensor {
     if !needs_grad(inputs) {
         return out;
     }
@@ -79,6 +93,8 @@ pub fn record(name: &'static str, inputs: &[&Tensor], out: Tensor, backward: Bac
             .map(|t| if t.tracks() { Some(t.id()) } else { None })
             .collect(),
         backward,
+        cost: crate::profile::node_cost(name),
+        timed,
     };
     TAPE.with(|t| t.borrow_mut().push(node));
     tracked
@@ -121,19 +137,23 @@ impl Grads {
         self.map.iter()
     }
 
-    /// Add `other` into `self` (gradient accumulation across micro-batches). Gradients
-    /// are summed in place in the first micro-batch's buffers.
+    /// Add `other` into `self`, a whole set at once (what [`backward_into`] does leaf by
+    /// leaf as backward finalizes each gradient, without holding two sets).
     pub fn accumulate(&mut self, other: Grads) -> Result<()> {
         for (id, g) in other.map {
-            match self.map.remove(&id) {
-                Some(mine) => {
-                    self.map.insert(id, add_grads(mine, &g)?);
-                }
-                None => {
-                    self.map.insert(id, g);
-                }
-            }
+            self.add(id, g)?;
         }
+        Ok(())
+    }
+
+    /// Sum one finished leaf gradient into the set: in place in the held buffer, the
+    /// fresh one freed on return; moved in where the set holds none for the leaf.
+    fn add(&mut self, id: TensorId, g: Tensor) -> Result<()> {
+        let sum = match self.map.remove(&id) {
+            Some(mine) => add_grads(mine, &g)?,
+            None => g,
+        };
+        self.map.insert(id, sum);
         Ok(())
     }
 }
@@ -142,6 +162,18 @@ impl Grads {
 /// returns the gradients of every tracked leaf reached (summed where a leaf is used more
 /// than once, e.g. T5's tied embedding).
 pub fn backward(loss: &Tensor) -> Result<Grads> {
+    let mut grads = Grads::default();
+    backward_into(loss, &mut grads)?;
+    Ok(grads)
+}
+
+/// [`backward`] summing into `grads` (gradient accumulation across micro-batches): each
+/// leaf's gradient is added into the one `grads` holds as soon as backward has its last
+/// contribution, and the fresh buffer is freed at once, so the peak holds one full
+/// gradient set plus only the leaf gradients still in flight (a tied embedding's, from
+/// its first use in backward to its last). Each leaf's contributions are summed first,
+/// then added, so the result is bit for bit `accumulate` of a fresh set.
+pub fn backward_into(loss: &Tensor, grads: &mut Grads) -> Result<()> {
     if loss.elem_count() != 1 {
         return Err(Error::Shape {
             op: "backward",
@@ -156,52 +188,75 @@ pub fn backward(loss: &Tensor) -> Result<Grads> {
         ));
     }
     let seed = loss.full_on_same(loss.shape().clone(), loss.dtype(), 1.0)?;
-    backward_from(loss, seed)
+    backward_from(loss, seed, grads)
 }
 
 /// Replay the whole tape in reverse from `root` with gradient `seed` (same shape), and
-/// return the gradients of the tracked leaves reached.
-fn backward_from(root: &Tensor, seed: Tensor) -> Result<Grads> {
+/// sum the gradients of the tracked leaves reached into `into`, each once it is final.
+fn backward_from(root: &Tensor, seed: Tensor, into: &mut Grads) -> Result<()> {
     let nodes = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
     let mut produced = std::collections::HashSet::new();
+    // Uses of each tensor as some node's input that backward has yet to pass: a leaf's
+    // gradient is final when none is left.
+    let mut uses: HashMap<TensorId, usize> = HashMap::new();
     for node in nodes.iter() {
         produced.insert(node.out);
+        for id in node.inputs.iter().flatten() {
+            *uses.entry(*id).or_default() += 1;
+        }
     }
     for node in nodes.into_iter().rev() {
-        let Some(g) = grads.remove(&node.out) else {
-            continue;
-        };
-        let in_grads = {
-            let _span = crate::profile::Span::backward(node.name, node.device);
-            (node.backward)(&g)?
-        };
-        drop(g);
-        if in_grads.len() != node.inputs.len() {
-            return Err(Error::msg(format!(
-                "backward: an op returned {} gradients for {} inputs",
-                in_grads.len(),
-                node.inputs.len()
-            )));
-        }
-        for (id, ig) in node.inputs.into_iter().zip(in_grads) {
-            let (Some(id), Some(ig)) = (id, ig) else {
-                continue;
-            };
-            match grads.remove(&id) {
-                Some(acc) => {
-                    grads.insert(id, add_grads(acc, &ig)?);
+        let g = grads.remove(&node.out);
+        let in_grads = match g {
+            Some(g) => {
+                let in_grads = {
+                    let _span = node
+                        .timed
+                        .then(|| crate::profile::Span::backward(node.name, node.device, node.cost));
+                    (node.backward)(&g)?
+                };
+                drop(g);
+                if in_grads.len() != node.inputs.len() {
+                    return Err(Error::msg(format!(
+                        "backward: an op returned {} gradients for {} inputs",
+                        in_grads.len(),
+                        node.inputs.len()
+                    )));
                 }
-                None => {
-                    grads.insert(id, ig);
+                in_grads
+            }
+            // No gradient reached this node: it contributes none.
+            None => vec![None; node.inputs.len()],
+        };
+        for (id, ig) in node.inputs.into_iter().zip(in_grads) {
+            let Some(id) = id else { continue };
+            if let Some(ig) = ig {
+                let sum = match grads.remove(&id) {
+                    Some(acc) => add_grads(acc, &ig)?,
+                    None => ig,
+                };
+                grads.insert(id, sum);
+            }
+            let left = uses.get_mut(&id).map(|n| {
+                *n -= 1;
+                *n
+            });
+            if left == Some(0) && !produced.contains(&id) {
+                if let Some(g) = grads.remove(&id) {
+                    into.add(id, g)?;
                 }
             }
         }
     }
-    // Whatever remains that no node produced is a leaf gradient.
-    grads.retain(|id, _| !produced.contains(id));
-    Ok(Grads { map: grads })
+    // A leaf no node reads (the root itself, when the loss is a leaf).
+    for (id, g) in grads {
+        if !produced.contains(&id) {
+            into.add(id, g)?;
+        }
+    }
+    Ok(())
 }
 
 /// `acc + g`, in place when `acc` owns its buffer alone (the usual case), else into a
@@ -284,7 +339,10 @@ where
             .iter()
             .map(|(t, tracks)| if *tracks { Tensor::var(t) } else { t.clone() })
             .collect();
-        let y = f(&vars)?;
+        let y = {
+            let _recompute = crate::profile::recompute();
+            f(&vars)?
+        };
         let n_in = vars.len() + params_saved.len();
         if !y.tracks() {
             return Ok(vec![None; n_in]);
@@ -296,7 +354,8 @@ where
                 got: y.shape().clone(),
             });
         }
-        let mut inner = backward_from(&y, g.clone())?;
+        let mut inner = Grads::default();
+        backward_from(&y, g.clone(), &mut inner)?;
         drop(y);
         let mut res = Vec::with_capacity(n_in);
         for (v, (_, tracks)) in vars.iter().zip(&saved) {
@@ -314,5 +373,5 @@ where
         }
         Ok(res)
     });
-    Ok(record(name, &all, out, backward))
+    Ok(record_node(name, &all, out, backward, false))
 }

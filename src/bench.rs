@@ -1,7 +1,8 @@
 //! The workloads behind the `bench` binary: one fixed random batch, timed training steps
 //! (forward, backward, clip, AdamW — the same step as tools/torch_baseline.py) or
 //! inference forwards, with tokens/s, ms/step (median, p90), peak memory, a per-op time
-//! table (profile.rs) and MFU against the card's fp16 tensor peak.
+//! table (profile.rs) with each op's roofline and the sums per category (roofline.rs,
+//! against peaks.rs), and MFU against the card's fp16 tensor peak.
 
 use std::path::Path;
 use std::time::Instant;
@@ -54,6 +55,9 @@ fn random_ids(rng: &mut Rng, n: usize, lo: usize, hi: usize) -> Vec<i32> {
     (0..n).map(|_| (lo + rng.below(hi - lo)) as i32).collect()
 }
 
+pub mod compare;
+pub mod peaks;
+pub mod roofline;
 pub mod seq2seq;
 
 /// The model a `bench --model` value names, for the planner and the bench:
@@ -94,35 +98,16 @@ pub struct BenchConfig {
     pub optim: OptimConfig,
 }
 
-/// fp16 dense tensor-core peak of known cards (datasheets; CUDA-NOTES.md), matched on
-/// a whole word of the device name ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "Tesla T4",
-/// "NVIDIA A100-SXM4-80GB"). The H100/H200 figure is the SXM part's: PCIe and NVL
-/// variants peak lower, so they get no figure (MFU null) rather than a wrong one; so
-/// does any card not listed (an L40S is not an L4).
-pub fn fp16_peak_tflops(name: &str) -> Option<f64> {
-    let n = name.to_ascii_uppercase();
-    let words: Vec<&str> = n.split(|c: char| !c.is_ascii_alphanumeric()).collect();
-    let hopper_variant = words.iter().any(|w| matches!(*w, "PCIE" | "NVL"));
-    [
-        ("T4", 65.0),
-        ("A100", 312.0),
-        ("H100", 989.0),
-        ("H200", 989.0),
-        ("A10", 125.0),
-        ("L4", 121.0),
-        ("V100", 125.0),
-    ]
-    .iter()
-    .find(|(k, _)| words.contains(k) && !(k.starts_with('H') && hopper_variant))
-    .map(|(_, v)| *v)
-}
-
 pub fn device_name(device: Device) -> String {
     match device {
         Device::Cuda(n) => crate::backend::cuda::context::device(n)
             .map(|d| d.name.clone())
             .unwrap_or_else(|e| format!("cuda:{n} ({e})")),
-        _ => format!("cpu ({} threads)", rayon::current_num_threads()),
+        _ => format!(
+            "cpu ({}, {} threads)",
+            crate::backend::cpu::path::cpu_path().name(),
+            rayon::current_num_threads()
+        ),
     }
 }
 
@@ -143,6 +128,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Run the benchmark; returns the report as JSON (same field names as torch_baseline.py).
 pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let dev = cfg.device;
+    let name = device_name(dev);
+    // The roofline's ceilings, measured before anything else runs.
+    let peaks = if cfg.profile_steps > 0 {
+        Some(peaks::measure(dev, &name)?)
+    } else {
+        None
+    };
     // Inference holds no optimizer state (no fp32 masters, no moments): only training
     // builds the optimizer, so `--mode infer` measures what an inference process holds.
     let mut opt = if cfg.train {
@@ -210,15 +202,18 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let mut ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let tokens = m.tokens_per_step();
-    let name = device_name(dev);
     let flops = m.flops_per_step(cfg.train);
     let achieved = flops * times.len() as f64 / total.max(1e-12);
-    let mfu = fp16_peak_tflops(&name).map(|p| achieved / (p * 1e12));
+    let mfu = peaks::card_peaks(&name).map(|p| achieved / (p.fp16_tensor_tflops * 1e12));
     let mut rec = json!({
         "impl": "fusebox",
         "mode": if cfg.train { "train" } else { "infer" },
         "model": m.describe(),
         "device": name,
+        // The CPU's SIMD path and rayon's thread count, which CPU figures depend on (both
+        // also printed for a CUDA run, whose host-side work they describe).
+        "cpu_path": crate::backend::cpu::path::cpu_path().name(),
+        "threads": rayon::current_num_threads(),
         "precision": if cfg.fp16 { "fp16" } else { "fp32" },
         "steps": cfg.steps,
         "tokens_per_step": tokens,
@@ -232,8 +227,16 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         "mfu_vs_fp16_peak": mfu,
         "first_loss": losses.first(),
         "final_loss": losses.last(),
-        "ops": ops.iter().map(|(n, c, s)| json!({"op": n, "calls": c, "ms": s * 1e3})).collect::<Vec<_>>(),
     });
+    if let Some(p) = &peaks {
+        let (rows, categories) = roofline::report(&ops, p, cfg.fp16, cfg.profile_steps);
+        rec["ops"] = json!(rows);
+        rec["categories"] = categories;
+        rec["profile_steps"] = json!(cfg.profile_steps);
+        rec["peaks"] = p.json();
+    } else {
+        rec["ops"] = json!([]);
+    }
     if let Some(s) = &scaler {
         rec["skipped_steps"] = json!(s.skipped);
         rec["final_loss_scale"] = json!(s.scale);
@@ -378,28 +381,5 @@ impl BenchModel for QaBench {
             .map(|(_, t)| 4.0 * s * s * t.dims()[0] as f64 * b)
             .sum();
         train_flops(dense as f64 * b * s, attn, train)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fp16_peak_tflops;
-
-    #[test]
-    fn card_peaks_by_name() {
-        for (name, want) in [
-            ("NVIDIA H200", Some(989.0)),
-            ("NVIDIA H100 80GB HBM3", Some(989.0)),
-            ("NVIDIA H100 PCIe", None),
-            ("NVIDIA H100 NVL", None),
-            ("Tesla T4", Some(65.0)),
-            ("NVIDIA A100-SXM4-80GB", Some(312.0)),
-            ("NVIDIA A10", Some(125.0)),
-            ("NVIDIA L4", Some(121.0)),
-            ("NVIDIA L40S", None),
-            ("cpu (2 threads)", None),
-        ] {
-            assert_eq!(fp16_peak_tflops(name), want, "{name}");
-        }
     }
 }

@@ -24,3 +24,7 @@ pub mod profile;
 pub mod rng;
 pub mod tasks;
 pub mod tokenize;
+
+/// Large buffers kept mapped and reused between steps (see backend/cpu/alloc.rs).
+#[global_allocator]
+static ALLOC: backend::cpu::alloc::ReuseLargeAlloc = backend::cpu::alloc::ReuseLargeAlloc;

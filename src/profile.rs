@@ -1,22 +1,59 @@
 //! Per-op timing for `bench`: when enabled, every op's forward and every backward node
-//! is timed and summed by name, and optionally kept as a timeline for a Chrome
-//! trace-event file (Perfetto opens it). On CUDA the device is synchronised at both ends
-//! of a span so the wall time covers the kernels, not just their launch; that costs a
-//! little throughput, so it is on only while profiling.
+//! is timed and summed by name, with the FLOPs and bytes its shapes imply (cost.rs), and
+//! optionally kept as a timeline for a Chrome trace-event file (Perfetto opens it). On
+//! CUDA the device is synchronised at both ends of a span so the wall time covers the
+//! kernels, not just their launch; that costs a little throughput, so it is on only
+//! while profiling. Off, a span is one thread-local read and its cost formula is never
+//! evaluated.
+
+pub mod cost;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::shape::Device;
+pub use cost::{OpCost, Work};
 
-/// (op name, is backward) → (calls, seconds).
-type OpStats = BTreeMap<(&'static str, bool), (u64, f64)>;
+/// Which pass a span times: an op's forward, its tape node's backward, or the forward
+/// activation checkpointing reruns inside a backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pass {
+    Forward,
+    Backward,
+    Recompute,
+}
+
+impl Pass {
+    /// The suffix of the op's row (`linear`, `linear.bwd`, `linear.recompute`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Pass::Forward => "",
+            Pass::Backward => ".bwd",
+            Pass::Recompute => ".recompute",
+        }
+    }
+}
+
+/// Calls, seconds, and the work of the calls whose cost is known.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stat {
+    calls: u64,
+    secs: f64,
+    work: Work,
+    uncosted: u64,
+}
+
+/// (op name, pass) → totals.
+type OpStats = BTreeMap<(&'static str, Pass), Stat>;
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(false) };
     static TRACE: Cell<bool> = const { Cell::new(false) };
+    static RECOMPUTE: Cell<bool> = const { Cell::new(false) };
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// The open spans, innermost last: name and the backward work of its tape node.
+    static OPEN: RefCell<Vec<(&'static str, Option<Work>)>> = const { RefCell::new(Vec::new()) };
     static STATS: RefCell<OpStats> = const { RefCell::new(BTreeMap::new()) };
     static EVENTS: RefCell<Vec<TraceEvent>> = const { RefCell::new(Vec::new()) };
     static EPOCH: RefCell<Option<Instant>> = const { RefCell::new(None) };
@@ -26,7 +63,7 @@ thread_local! {
 #[derive(Clone, Debug)]
 pub struct TraceEvent {
     pub name: &'static str,
-    pub backward: bool,
+    pub pass: Pass,
     pub start_us: f64,
     pub dur_us: f64,
 }
@@ -59,64 +96,110 @@ fn sync(device: Device) {
     }
 }
 
+/// While alive, forward spans count as checkpointing's recompute (`autograd::checkpoint`
+/// holds it around the rerun of its function).
+pub struct RecomputeGuard {
+    prev: bool,
+}
+
+impl Drop for RecomputeGuard {
+    fn drop(&mut self) {
+        RECOMPUTE.with(|r| r.set(self.prev));
+    }
+}
+
+pub fn recompute() -> RecomputeGuard {
+    RecomputeGuard {
+        prev: RECOMPUTE.with(|r| r.replace(true)),
+    }
+}
+
+/// The backward work of the tape node `name` being recorded now: the cost its op's span
+/// gave, when that span is the innermost open one and has the node's name (else none:
+/// the backward is timed without a roofline).
+pub fn node_cost(name: &'static str) -> Option<Work> {
+    if !enabled() {
+        return None;
+    }
+    OPEN.with(|o| match o.borrow().last() {
+        Some((n, w)) if *n == name => *w,
+        _ => None,
+    })
+}
+
 /// A timed region; records on drop. Nested spans are not double counted: only the
-/// outermost op is timed (an op implemented with other ops counts once).
+/// outermost op is timed (an op implemented with other ops counts once, at the cost its
+/// own formula gives).
 pub struct Span {
     name: &'static str,
-    backward: bool,
+    pass: Pass,
     device: Device,
+    /// Profiling was on when the span opened (it then holds a depth and an OPEN entry).
+    open: bool,
     start: Option<Instant>,
+    work: Option<Work>,
 }
 
 impl Span {
-    /// Time an op's forward.
+    /// Time an op's forward (its recompute under [`recompute`]).
     pub fn new(name: &'static str, device: Device) -> Span {
-        Span::make(name, false, device)
+        let pass = if RECOMPUTE.with(|r| r.get()) {
+            Pass::Recompute
+        } else {
+            Pass::Forward
+        };
+        Span::make(name, pass, device, None)
     }
 
-    /// Time an op's backward.
-    pub fn backward(name: &'static str, device: Device) -> Span {
-        Span::make(name, true, device)
+    /// Time a tape node's backward, whose work its op's span gave ([`node_cost`]).
+    pub fn backward(name: &'static str, device: Device, work: Option<Work>) -> Span {
+        Span::make(name, Pass::Backward, device, work)
     }
 
-    fn make(name: &'static str, backward: bool, device: Device) -> Span {
-        if !enabled() {
-            return Span {
-                name,
-                backward,
-                device,
-                start: None,
-            };
+    /// The op's cost from its shapes: evaluated only while profiling.
+    pub fn cost(mut self, f: impl FnOnce() -> OpCost) -> Span {
+        if self.open {
+            let c = f();
+            self.work = Some(c.fwd);
+            OPEN.with(|o| {
+                if let Some(top) = o.borrow_mut().last_mut() {
+                    top.1 = Some(c.bwd);
+                }
+            });
         }
-        let depth = DEPTH.with(|d| {
-            let v = d.get();
-            d.set(v + 1);
-            v
-        });
-        if depth > 0 {
-            return Span {
-                name,
-                backward,
-                device,
-                start: None,
-            };
-        }
-        sync(device);
-        Span {
+        self
+    }
+
+    fn make(name: &'static str, pass: Pass, device: Device, work: Option<Work>) -> Span {
+        let mut span = Span {
             name,
-            backward,
+            pass,
             device,
-            start: Some(Instant::now()),
+            open: false,
+            start: None,
+            work,
+        };
+        if !enabled() {
+            return span;
         }
+        span.open = true;
+        OPEN.with(|o| o.borrow_mut().push((name, None)));
+        let depth = DEPTH.with(|d| d.replace(d.get() + 1));
+        if depth == 0 {
+            sync(device);
+            span.start = Some(Instant::now());
+        }
+        span
     }
 }
 
 impl Drop for Span {
     fn drop(&mut self) {
-        if !enabled() {
+        if !self.open {
             return;
         }
         DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        OPEN.with(|o| o.borrow_mut().pop());
         let Some(start) = self.start else {
             return;
         };
@@ -124,16 +207,20 @@ impl Drop for Span {
         let dur = start.elapsed().as_secs_f64();
         STATS.with(|s| {
             let mut s = s.borrow_mut();
-            let e = s.entry((self.name, self.backward)).or_insert((0, 0.0));
-            e.0 += 1;
-            e.1 += dur;
+            let e = s.entry((self.name, self.pass)).or_default();
+            e.calls += 1;
+            e.secs += dur;
+            match self.work {
+                Some(w) => e.work += w,
+                None => e.uncosted += 1,
+            }
         });
         if TRACE.with(|t| t.get()) {
             let epoch = EPOCH.with(|e| *e.borrow()).unwrap_or(start);
             EVENTS.with(|ev| {
                 ev.borrow_mut().push(TraceEvent {
                     name: self.name,
-                    backward: self.backward,
+                    pass: self.pass,
                     start_us: start.duration_since(epoch).as_secs_f64() * 1e6,
                     dur_us: dur * 1e6,
                 })
@@ -142,25 +229,39 @@ impl Drop for Span {
     }
 }
 
-/// (op, calls, total seconds) with backward entries named `op.bwd`, slowest first.
-pub fn summary() -> Vec<(String, u64, f64)> {
-    let mut v: Vec<_> = STATS.with(|s| {
+/// One row of the per-op table.
+#[derive(Clone, Debug)]
+pub struct OpTime {
+    pub name: &'static str,
+    pub pass: Pass,
+    pub calls: u64,
+    pub secs: f64,
+    /// The summed work of the calls, when every call's cost was known.
+    pub work: Option<Work>,
+}
+
+impl OpTime {
+    /// The row's name: the op with its pass's suffix (`linear.bwd`).
+    pub fn op(&self) -> String {
+        format!("{}{}", self.name, self.pass.suffix())
+    }
+}
+
+/// The timed ops, slowest first.
+pub fn summary() -> Vec<OpTime> {
+    let mut v: Vec<OpTime> = STATS.with(|s| {
         s.borrow()
             .iter()
-            .map(|((k, b), (n, t))| {
-                (
-                    if *b {
-                        format!("{k}.bwd")
-                    } else {
-                        k.to_string()
-                    },
-                    *n,
-                    *t,
-                )
+            .map(|(&(name, pass), st)| OpTime {
+                name,
+                pass,
+                calls: st.calls,
+                secs: st.secs,
+                work: (st.uncosted == 0).then_some(st.work),
             })
             .collect()
     });
-    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v.sort_by(|a, b| b.secs.total_cmp(&a.secs));
     v
 }
 
@@ -170,7 +271,7 @@ pub fn chrome_trace() -> serde_json::Value {
         ev.borrow()
             .iter()
             .map(|e| {
-                let name = if e.backward { format!("{}.bwd", e.name) } else { e.name.to_string() };
+                let name = format!("{}{}", e.name, e.pass.suffix());
                 serde_json::json!({"name": name, "ph": "X", "ts": e.start_us, "dur": e.dur_us, "pid": 1, "tid": 1, "cat": "op"})
             })
             .collect()

@@ -1,9 +1,10 @@
 //! The tape through composed ops: gradients of a small network (linear → layer_norm →
 //! gelu → tied output projection → cross-entropy) against central finite differences in
-//! f64; gradient summing for a tied parameter; accumulation across micro-batches;
-//! `no_grad`; the tape emptied and saved tensors released by backward.
+//! f64; gradient summing for a tied parameter; accumulation across micro-batches (in
+//! place, bit for bit a fresh set added); `no_grad`; the tape emptied and saved tensors
+//! released by backward.
 
-use fusebox::autograd::{backward, clear_tape, no_grad, tape_len};
+use fusebox::autograd::{backward, backward_into, clear_tape, no_grad, tape_len, Grads};
 use fusebox::backend::tracker;
 use fusebox::ops::softmax::IGNORE_INDEX;
 use fusebox::rng::Rng;
@@ -39,6 +40,17 @@ fn loss_of(net: &Net, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.cross_entropy(targets, IGNORE_INDEX)
 }
 
+/// A net of vocabulary `v` and width `d` with random weights.
+fn random_net(rng: &mut Rng, v: usize, d: usize) -> Net {
+    Net {
+        emb: Tensor::var(&randn(rng, &[v, d], 0.5)),
+        w1: Tensor::var(&randn(rng, &[d, d], 0.5)),
+        b1: Tensor::var(&randn(rng, &[d], 0.1)),
+        g: Tensor::var(&randn(rng, &[d], 1.0)),
+        beta: Tensor::var(&randn(rng, &[d], 0.1)),
+    }
+}
+
 fn params(net: &Net) -> Vec<&Tensor> {
     vec![&net.emb, &net.w1, &net.b1, &net.g, &net.beta]
 }
@@ -53,13 +65,7 @@ fn composed_network_matches_finite_differences() {
     let _s = serial();
     let mut rng = Rng::new(7);
     let (v, d) = (11, 6);
-    let net = Net {
-        emb: Tensor::var(&randn(&mut rng, &[v, d], 0.5)),
-        w1: Tensor::var(&randn(&mut rng, &[d, d], 0.5)),
-        b1: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-        g: Tensor::var(&randn(&mut rng, &[d], 1.0)),
-        beta: Tensor::var(&randn(&mut rng, &[d], 0.1)),
-    };
+    let net = random_net(&mut rng, v, d);
     let ids = Tensor::from_i32(vec![1, 4, 4, 9, 0, 10, 3], [7], Device::Cpu).unwrap();
     let targets = Tensor::from_i32(
         vec![2, IGNORE_INDEX, 5, 5, 0, IGNORE_INDEX, 7],
@@ -148,24 +154,74 @@ fn accumulation_over_micro_batches_equals_one_big_batch() {
             .unwrap(),
     )
     .unwrap();
-    // Two micro-batches of 3, each loss scaled by 1/2 (as a trainer does), accumulated.
+    // Two micro-batches of 3, each loss scaled by 1/2 (as a trainer does), summed into
+    // one gradient set.
     let half = |start: usize| {
-        let loss = x
-            .narrow(0, start, 3)
+        x.narrow(0, start, 3)
             .unwrap()
             .linear(&w, None)
             .unwrap()
             .cross_entropy(&t.narrow(0, start, 3).unwrap(), IGNORE_INDEX)
-            .unwrap();
-        backward(&loss.scale(0.5).unwrap()).unwrap()
+            .unwrap()
+            .scale(0.5)
+            .unwrap()
     };
-    let mut acc = half(0);
-    acc.accumulate(half(3)).unwrap();
+    let mut acc = Grads::default();
+    backward_into(&half(0), &mut acc).unwrap();
+    backward_into(&half(3), &mut acc).unwrap();
     let a = acc.get(&w).unwrap().to_vec_f64().unwrap();
     let f = full.get(&w).unwrap().to_vec_f64().unwrap();
     for (a, f) in a.iter().zip(&f) {
         assert!((a - f).abs() < 1e-12, "{a} vs {f}");
     }
+}
+
+/// Accumulating in place (each leaf's gradient added into the held set once it is
+/// final) gives bit for bit what adding a fresh full set gives, for a parameter used
+/// three times (the tied embedding, whose gradient is in flight through the whole
+/// backward) too, and the second micro-batch's peak no longer holds two full sets.
+#[test]
+fn accumulation_in_place_equals_adding_a_fresh_set_and_holds_one() {
+    let _s = serial();
+    let mut rng = Rng::new(9);
+    let (v, d) = (40, 24);
+    let net = random_net(&mut rng, v, d);
+    let batch = |k: i32| {
+        let ids = Tensor::from_i32((0..9).map(|i| (i * 7 + k) % 40).collect(), [9], Device::Cpu);
+        let tg = Tensor::from_i32((0..9).map(|i| (i * 5 + k) % 40).collect(), [9], Device::Cpu);
+        (ids.unwrap(), tg.unwrap())
+    };
+    let loss = |k: i32| {
+        let (ids, tg) = batch(k);
+        loss_of(&net, &ids, &tg).unwrap().scale(0.5).unwrap()
+    };
+    // The second micro-batch's backward peak above what is held before it.
+    let second = |in_place: bool| {
+        let mut acc = backward(&loss(1)).unwrap();
+        let l = loss(2);
+        tracker::reset_peak(Device::Cpu);
+        let base = tracker::live_bytes(Device::Cpu);
+        if in_place {
+            backward_into(&l, &mut acc).unwrap();
+        } else {
+            acc.accumulate(backward(&l).unwrap()).unwrap();
+        }
+        (acc, tracker::peak_bytes(Device::Cpu) - base)
+    };
+    let (fresh, peak_fresh) = second(false);
+    let (inplace, peak_inplace) = second(true);
+    assert_eq!(fresh.len(), 5);
+    assert_eq!(inplace.len(), 5);
+    for p in params(&net) {
+        let (a, b) = (fresh.get(p).unwrap(), inplace.get(p).unwrap());
+        assert_eq!(a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    }
+    // A fresh set holds every gradient twice at the end of backward; in place, only the
+    // one in flight (tests/budget.rs measures the saving on real models).
+    assert!(
+        peak_inplace < peak_fresh,
+        "in place {peak_inplace} vs fresh {peak_fresh}"
+    );
 }
 
 #[test]

@@ -1,25 +1,32 @@
-//! The VRAM planner against the byte tracker, and activation checkpointing against the
-//! plain backward. The planner runs one real step on the meta device; each test runs the
-//! same step on the CPU backend and holds the plan to the tracker's count to the byte.
-//! The CPU counters are process-global, so every CPU measurement takes one lock (meta
-//! counts per thread and needs none).
+//! The VRAM planner against the byte tracker (activation checkpointing against the plain
+//! backward in budget/checkpointing.rs, in-place gradient accumulation in
+//! budget/accumulation.rs, fp16 on the CPU in budget/fp16.rs, Adafactor in
+//! budget/adafactor.rs). The planner runs one real step on the meta device; each test
+//! runs the same step on the CPU backend and holds the plan to the tracker's count to the
+//! byte. The CPU counters are process-global, so every CPU measurement takes one lock
+//! (meta counts per thread and needs none).
 
 use std::sync::Mutex;
 
-use fusebox::autograd::backward;
-use fusebox::backend::tracker;
 use fusebox::models::bart::{BartConfig, BartForConditionalGeneration};
 use fusebox::models::bert::BertConfig;
 use fusebox::models::distilbert::{DistilBertConfig, DistilBertForQa};
-use fusebox::models::encoder::{Mode as QaMode, QaBatch, QaModel};
-use fusebox::models::seq2seq::Seq2SeqLm;
+use fusebox::models::encoder::QaModel;
 use fusebox::models::step::{ModelConfig, ModelSource};
-use fusebox::models::t5::{Mode as T5Mode, T5Config, T5ForConditionalGeneration};
+use fusebox::models::t5::{T5Config, T5ForConditionalGeneration};
 use fusebox::optim::{AdafactorConfig, OptimConfig};
-use fusebox::plan::{fit, measure, predict, Plan, Workload};
+use fusebox::plan::{fit, measure, predict, Measured, Plan, Workload};
 use fusebox::shape::Target;
 use fusebox::shape::{DType, Device};
-use fusebox::tensor::Tensor;
+
+#[path = "budget/accumulation.rs"]
+mod accumulation;
+#[path = "budget/adafactor.rs"]
+mod adafactor;
+#[path = "budget/checkpointing.rs"]
+mod checkpointing;
+#[path = "budget/fp16.rs"]
+mod fp16;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -39,23 +46,6 @@ fn distilbert_cfg_pos(dim: usize, layers: usize, vocab: usize, sinus: bool) -> D
         "sinusoidal_pos_embds": sinus
     }))
     .expect("config")
-}
-
-fn qa_batch(b: usize, l: usize, vocab: usize) -> QaBatch {
-    let ids: Vec<i32> = (0..b * l)
-        .map(|i| 1 + (i * 7 % (vocab - 1)) as i32)
-        .collect();
-    let mut mask = vec![1; b * l];
-    mask[b * l - l / 4..].iter_mut().for_each(|m| *m = 0);
-    let starts: Vec<i32> = (0..b).map(|i| (i * 3 % l) as i32).collect();
-    let ends: Vec<i32> = starts.iter().map(|s| s + 2).collect();
-    QaBatch {
-        input_ids: Tensor::from_i32(ids, [b, l], Device::Cpu).expect("ids"),
-        attention_mask: Tensor::from_i32(mask, [b, l], Device::Cpu).expect("mask"),
-        token_type_ids: None,
-        start_positions: Some(Tensor::from_i32(starts, [b], Device::Cpu).expect("s")),
-        end_positions: Some(Tensor::from_i32(ends, [b], Device::Cpu).expect("e")),
-    }
 }
 
 fn t5_cfg(vocab: usize, d_model: usize, layers: usize, gated: bool) -> T5Config {
@@ -98,169 +88,6 @@ fn bart_cfg(model_type: &str, vocab: usize, d_model: usize, layers: usize) -> Ba
     .expect("bart config")
 }
 
-struct T5Batch {
-    ids: Tensor,
-    mask: Tensor,
-    labels: Tensor,
-}
-
-fn t5_batch(b: usize, ls: usize, lt: usize, vocab: usize) -> T5Batch {
-    let ids: Vec<i32> = (0..b * ls)
-        .map(|i| 2 + (i * 7 % (vocab - 2)) as i32)
-        .collect();
-    let mut mask = vec![1i32; b * ls];
-    mask[b * ls - ls / 5..].iter_mut().for_each(|m| *m = 0);
-    let mut labels: Vec<i32> = (0..b * lt)
-        .map(|i| 2 + (i * 5 % (vocab - 2)) as i32)
-        .collect();
-    labels[b * lt - 3..].iter_mut().for_each(|l| *l = -100);
-    T5Batch {
-        ids: Tensor::from_i32(ids, [b, ls], Device::Cpu).expect("ids"),
-        mask: Tensor::from_i32(mask, [b, ls], Device::Cpu).expect("mask"),
-        labels: Tensor::from_i32(labels, [b, lt], Device::Cpu).expect("labels"),
-    }
-}
-
-/// The training loss of `batch` (dropout seeded by `seed`).
-fn t5_train_loss(model: &T5ForConditionalGeneration, batch: &T5Batch, seed: u64) -> Tensor {
-    let (loss, _) = model
-        .loss(
-            &batch.ids,
-            Some(&batch.mask),
-            &batch.labels,
-            T5Mode::Train { seed },
-        )
-        .expect("loss");
-    loss
-}
-
-/// Largest |a - b| over every named gradient, asserting both runs reached the same set.
-fn max_grad_diff(
-    params: &[(String, Tensor)],
-    a: &fusebox::autograd::Grads,
-    b: &fusebox::autograd::Grads,
-) -> f32 {
-    let mut worst = 0f32;
-    for (name, p) in params {
-        match (a.get(p), b.get(p)) {
-            (Some(x), Some(y)) => {
-                let (x, y) = (x.to_vec_f32().expect("x"), y.to_vec_f32().expect("y"));
-                for (u, v) in x.iter().zip(&y) {
-                    worst = worst.max((u - v).abs());
-                }
-            }
-            (None, None) => {}
-            _ => panic!("{name}: a gradient in one run only"),
-        }
-    }
-    worst
-}
-
-/// One training step run without and then with checkpointing (`loss(ckpt)` sets the
-/// switch and runs forward and loss, backward follows): the gradients must agree and
-/// checkpointing must lower the step's peak above the bytes live before it.
-fn assert_checkpointing_pays(
-    what: &str,
-    params: &[(String, Tensor)],
-    mut loss: impl FnMut(bool) -> Tensor,
-) {
-    let mut run = |ckpt: bool| {
-        tracker::reset_peak(Device::Cpu);
-        let base = tracker::live_bytes(Device::Cpu);
-        let g = backward(&loss(ckpt)).expect("bwd");
-        (g, tracker::peak_bytes(Device::Cpu) - base)
-    };
-    let (plain, peak_plain) = run(false);
-    let (ckpt, peak_ckpt) = run(true);
-    assert_eq!(fusebox::autograd::tape_len(), 0);
-    assert_eq!(plain.len(), ckpt.len());
-    let d = max_grad_diff(params, &plain, &ckpt);
-    assert!(d <= 1e-6, "{what}: gradients differ by {d}");
-    assert!(
-        peak_ckpt < peak_plain,
-        "{what}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
-    );
-}
-
-#[test]
-fn checkpointing_keeps_distilbert_gradients_and_lowers_the_peak() {
-    let _l = lock();
-    let mut model =
-        DistilBertForQa::new(distilbert_cfg(32, 3, 60), Device::Cpu, DType::F32, 5).expect("m");
-    let batch = qa_batch(2, 24, 60);
-    let params = model.params().trainable();
-    assert_checkpointing_pays("distilbert", &params, |ckpt| {
-        model.set_checkpointing(ckpt);
-        let (s, e) = model.forward(&batch, QaMode::train(11)).expect("fwd");
-        model.loss(&s, &e, &batch).expect("loss")
-    });
-}
-
-#[test]
-fn checkpointing_keeps_t5_gradients_and_lowers_the_peak() {
-    let _l = lock();
-    for gated in [false, true] {
-        let mut model = T5ForConditionalGeneration::new_random(
-            t5_cfg(40, 16, 2, gated),
-            Device::Cpu,
-            DType::F32,
-            7,
-        )
-        .expect("t5");
-        let batch = t5_batch(2, 30, 12, 40);
-        let params = model.trainable();
-        assert_checkpointing_pays(&format!("t5 gated {gated}"), &params, |ckpt| {
-            model.set_checkpointing(ckpt);
-            t5_train_loss(&model, &batch, 3)
-        });
-    }
-}
-
-#[test]
-fn checkpointing_keeps_bart_gradients_and_lowers_the_peak() {
-    let _l = lock();
-    for kind in ["bart", "marian"] {
-        let mut model = BartForConditionalGeneration::new_random(
-            bart_cfg(kind, 40, 16, 2),
-            Device::Cpu,
-            DType::F32,
-            7,
-        )
-        .expect("bart");
-        let batch = t5_batch(2, 30, 12, 40);
-        let params = model.trainable();
-        let mut run = |ckpt: bool| {
-            model.set_checkpointing(ckpt);
-            tracker::reset_peak(Device::Cpu);
-            let base = tracker::live_bytes(Device::Cpu);
-            let (loss, _) = model
-                .loss(
-                    &batch.ids,
-                    Some(&batch.mask),
-                    &batch.labels,
-                    T5Mode::Train { seed: 3 },
-                )
-                .expect("loss");
-            let g = backward(&loss).expect("bwd");
-            (g, tracker::peak_bytes(Device::Cpu) - base)
-        };
-        let (plain, peak_plain) = run(false);
-        let (ckpt, peak_ckpt) = run(true);
-        assert_eq!(plain.len(), ckpt.len());
-        assert_eq!(
-            plain.len(),
-            params.len(),
-            "{kind}: every parameter has a gradient"
-        );
-        let d = max_grad_diff(&params, &plain, &ckpt);
-        assert!(d <= 1e-6, "{kind}: gradients differ by {d}");
-        assert!(
-            peak_ckpt < peak_plain,
-            "{kind}: checkpointing peak {peak_ckpt} >= plain {peak_plain}"
-        );
-    }
-}
-
 fn cpu_work(b: usize, l: usize, lt: usize, ckpt: bool) -> Workload {
     Workload {
         micro_batch: b,
@@ -285,8 +112,8 @@ fn t5(cfg: T5Config) -> ModelSource {
 
 /// The plan of `work` (one step on the meta device) against the same step run on the
 /// CPU backend: every measured part equal to the byte, and the plan's tensor peak their
-/// sum (weights, optimizer state, the step's peak above them).
-fn exact(what: &str, source: &ModelSource, work: &Workload) {
+/// sum (weights, optimizer state, the step's peak above them). Returns the CPU's count.
+fn exact(what: &str, source: &ModelSource, work: &Workload) -> Measured {
     // Under the lock, meta too: building a model reads its config (and a checkpoint's
     // header) on the CPU, which must not land inside another test's CPU measurement.
     let _l = lock();
@@ -309,6 +136,7 @@ fn exact(what: &str, source: &ModelSource, work: &Workload) {
         "no CUDA terms on the CPU"
     );
     assert!(cpu.step > 0 && cpu.weights > 0, "{what}: nothing measured");
+    cpu
 }
 
 #[test]
@@ -359,52 +187,6 @@ fn t5_prediction_matches_the_tracker() {
                 &cpu_work(b, ls, lt, ckpt),
             );
         }
-    }
-}
-
-/// Adafactor's state (factored second moments, the optional first moment) and its step
-/// are planned to the byte as AdamW's are, with no planner code of their own; and its
-/// state is the fraction of AdamW's that the factoring promises.
-#[test]
-fn adafactor_prediction_matches_the_tracker() {
-    let with = |beta1: Option<f64>| {
-        OptimConfig::Adafactor(AdafactorConfig {
-            beta1,
-            ..AdafactorConfig::trainer(0.01)
-        })
-    };
-    let distil = distilbert(distilbert_cfg(64, 2, 500));
-    let t5s = t5(t5_cfg(512, 64, 2, true));
-    for (what, src, work) in [
-        ("distilbert", &distil, cpu_work(2, 64, 0, false)),
-        ("t5", &t5s, cpu_work(2, 48, 16, false)),
-        ("t5 ckpt", &t5s, cpu_work(2, 48, 16, true)),
-    ] {
-        for beta1 in [None, Some(0.9)] {
-            let w = Workload {
-                optim: with(beta1),
-                ..work
-            };
-            exact(&format!("{what} adafactor beta1={beta1:?}"), src, &w);
-        }
-        // Factored second moments: far less state than AdamW's m and v.
-        let _l = lock();
-        let af = measure(
-            src,
-            &Workload {
-                optim: with(None),
-                ..work
-            },
-            Device::Meta(Target::Cpu),
-        );
-        let aw = measure(src, &work, Device::Meta(Target::Cpu));
-        let (af, aw) = (af.expect("adafactor"), aw.expect("adamw"));
-        assert!(
-            af.optimizer * 10 < aw.optimizer,
-            "{what}: adafactor state {} vs adamw {}",
-            af.optimizer,
-            aw.optimizer
-        );
     }
 }
 
@@ -535,6 +317,15 @@ fn default_distilbert() -> ModelSource {
     distilbert(serde_json::from_str("{}").expect("defaults"))
 }
 
+/// Default DistilBERT in fp16 on a T4, 8 rows of 384 tokens.
+fn t4_distilbert_b8() -> (ModelSource, Workload) {
+    let work = Workload {
+        micro_batch: 8,
+        ..t4_work(false)
+    };
+    (default_distilbert(), work)
+}
+
 #[test]
 fn fit_picks_the_largest_micro_batch_that_fits() {
     let _l = lock(); // plans touch no CPU buffer, but stay out of measurements anyway
@@ -628,11 +419,7 @@ fn fit_turns_on_checkpointing_only_when_it_must_and_refuses_with_the_breakdown()
 #[test]
 fn cuda_fp16_plans_carry_the_cuda_terms() {
     let _l = lock(); // plans touch no CPU buffer, but stay out of measurements anyway
-    let spec = default_distilbert();
-    let w16 = Workload {
-        micro_batch: 8,
-        ..t4_work(false)
-    };
+    let (spec, w16) = t4_distilbert_b8();
     let w32 = Workload {
         dtype: DType::F32,
         ..w16
@@ -679,29 +466,6 @@ fn cuda_fp16_plans_carry_the_cuda_terms() {
     for dtype in [DType::F16, DType::F32] {
         assert!(plan(dtype, true).tensor_peak < plan(dtype, false).tensor_peak);
     }
-    // Adafactor on the card: its multi-tensor step's scratch is planned (the decision
-    // words, the norm partials, the factored partials), its state is a small fraction
-    // of AdamW's, and the table says which optimizer it planned.
-    let af = predict(
-        &spec,
-        &Workload {
-            optim: OptimConfig::Adafactor(AdafactorConfig::trainer(0.01)),
-            ..w16
-        },
-        8,
-    )
-    .expect("adafactor");
-    let state = |p: &Plan, what: &str| {
-        p.components
-            .iter()
-            .find(|(n, _)| n.contains(what))
-            .map(|c| c.1)
-            .unwrap_or_else(|| panic!("no {what} in {}", p.table()))
-    };
-    assert!(has(&af, "master weights (adafactor)"), "{}", af.table());
-    let (s_af, s_aw) = (state(&af, "Adafactor"), state(&p16, "AdamW m and v"));
-    assert!(s_af * 20 < s_aw, "adafactor state {s_af} vs adamw {s_aw}");
-    assert!(af.tensor_peak < p16.tensor_peak);
 }
 
 #[test]

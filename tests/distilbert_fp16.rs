@@ -4,14 +4,19 @@
 //! follows the f32 run's loss to 1e-2 over a few steps. DistilBERT needs no overflow
 //! guard (it was pretrained in fp32 and its activations stay small); this checks that the
 //! whole fp16 model path — LayerNorm, GELU, fused attention, the QA loss — computes.
-//! The same checks run on CUDA when a device is present (skipped otherwise).
+//! Dynamic loss scaling skips an overflowing step: a scale so large the f16 gradients
+//! overflow leaves the weights, masters and moments untouched and halves the scale, and
+//! the next step at the halved scale updates (with AdamW and with Adafactor). The same checks run on CUDA when a device
+//! is present (skipped otherwise).
 
 use fusebox::autograd::{backward, no_grad};
 use fusebox::models::auto::load_qa_model;
 use fusebox::models::qa::{QaBatch, QaModel};
 use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
-use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
+use fusebox::optim::{
+    accumulate_and_step, AdafactorConfig, AdamW, AdamWConfig, LossScaler, OptimConfig, Optimizer,
+};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
@@ -101,6 +106,63 @@ fn train_case(dev: Device) {
     });
 }
 
+/// Every weight, master and moment, as f32 values, by name.
+fn snapshot(params: &[(String, Tensor)], opt: &Optimizer) -> Vec<(String, Vec<f32>)> {
+    let mut all: Vec<(String, Vec<f32>)> = params
+        .iter()
+        .map(|(n, p)| (n.clone(), p.to_vec_f32().unwrap()))
+        .collect();
+    for (n, t) in opt.state_tensors() {
+        all.push((n, t.to_vec_f32().unwrap()));
+    }
+    all
+}
+
+/// The overflow check with `config`'s optimizer (both share the skip, `optim/slots.rs`).
+fn overflow_case(dev: Device, config: OptimConfig) {
+    let Some((m, b)) = load(dev, DType::F16) else {
+        return;
+    };
+    let params: Vec<(String, Tensor)> = m.params().trainable();
+    let mut opt = Optimizer::new(&params, config).unwrap();
+    let what = format!("{dev:?} {}", config.name());
+    // 2^40: the scaled loss fits in f32, its f16 gradients do not.
+    let mut scaler = LossScaler::new(2f64.powi(40), 2.0, 0.5, 2000);
+    let step = |opt: &mut Optimizer, scaler: &mut LossScaler, seed: u64| {
+        let shares = [0.5, 0.5];
+        let report = accumulate_and_step(opt, Some(&*scaler), 1e-3, Some(1.0), &shares, |i| {
+            let (s, e) = m.forward(&b, Mode::train(seed + i as u64))?;
+            m.loss(&s, &e, &b)
+        })
+        .unwrap();
+        scaler.update(report.outcome.skipped);
+        report
+    };
+    let before = snapshot(&params, &opt);
+    let report = step(&mut opt, &mut scaler, 1);
+    assert!(report.loss.is_finite(), "{what}: the loss itself is finite");
+    assert!(
+        report.outcome.skipped,
+        "{what}: f16 gradients at 2^40 overflow"
+    );
+    assert_eq!(scaler.scale, 2f64.powi(39), "{what}: the scale halves");
+    assert_eq!(scaler.skipped, 1);
+    assert_eq!(opt.steps(), 0, "{what}: no update counted");
+    for ((name, a), (_, b)) in before.iter().zip(&snapshot(&params, &opt)) {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: {name} changed in a skipped step"
+        );
+    }
+    // At the default scale the same batch updates.
+    scaler.scale = 65536.0;
+    let report = step(&mut opt, &mut scaler, 2);
+    assert!(!report.outcome.skipped, "{what}: a clean step at 2^16");
+    assert_eq!(opt.steps(), 1);
+    let after = snapshot(&params, &opt);
+    assert_ne!(before[0].1, after[0].1, "{what}: {} unchanged", before[0].0);
+}
+
 #[test]
 fn fp16_forward_matches_f32() {
     forward_case(Device::Cpu);
@@ -112,10 +174,28 @@ fn fp16_training_steps_follow_f32() {
 }
 
 #[test]
+fn fp16_overflow_skips_the_step_and_halves_the_scale() {
+    for config in optimizers() {
+        overflow_case(Device::Cpu, config);
+    }
+}
+
+fn optimizers() -> [OptimConfig; 2] {
+    let adafactor = AdafactorConfig {
+        beta1: Some(0.9),
+        ..AdafactorConfig::default()
+    };
+    [OptimConfig::default(), OptimConfig::Adafactor(adafactor)]
+}
+
+#[test]
 fn fp16_forward_and_training_on_gpu() {
     let Some(dev) = cuda_device("the GPU DistilBERT fp16 test") else {
         return;
     };
     forward_case(dev);
     train_case(dev);
+    for config in optimizers() {
+        overflow_case(dev, config);
+    }
 }

@@ -2,10 +2,10 @@
 //! at a moment drawn from a seed (printed; FUSEBOX_KILL_SEED replays it) and resumed
 //! with `--resume auto` ends with the same weights, byte for byte, and the same
 //! metrics.jsonl lines (timings aside) as the run that was never interrupted — for QA,
-//! summarization and translation. SIGINT checkpoints and exits 130; a checkpoint of
-//! other settings is refused naming what differs; a corrupt newest checkpoint is skipped
-//! for the one before it; an output directory holding a run is refused without
-//! --overwrite.
+//! summarization and translation (fp16 with gradient accumulation too). SIGINT
+//! checkpoints and exits 130; a checkpoint of other settings is refused naming what
+//! differs; a corrupt newest checkpoint is skipped for the one before it; an output
+//! directory holding a run is refused without --overwrite.
 //!
 //! On a card (tools/gpu_session.sh): FUSEBOX_RESUME_DEVICE=cuda runs the same runs on
 //! CUDA and FUSEBOX_TRAIN_BIN names the `train` binary. CUDA's atomics (the embedding
@@ -258,6 +258,10 @@ fn killed_runs_resume_to_the_same_weights_and_metrics() {
     let mut af = seq2seq("translate");
     af.extend(["--optim", "adafactor", "--optim-args", "beta1=0.9"]);
     kill_and_resume("translate-adafactor", &af, 5, seed / 17);
+    // fp16 (the loss scaler and the fp32 masters resume too) with accumulation.
+    let mut fp16 = seq2seq("translate");
+    fp16.extend(["--precision", "fp16", "--grad-accum", "2"]);
+    kill_and_resume("translate-fp16", &fp16, 5, seed / 19);
 }
 
 #[test]

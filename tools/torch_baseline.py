@@ -14,20 +14,93 @@ Examples:
         --steps 5 --warmup 1
     python tools/torch_baseline.py --model t5-small --device cuda --batch 16 --seq 512 \
         --tgt-seq 128 --suite          # torch-eager-amp then torch-compile-amp
+    python tools/torch_baseline.py --model distilbert-qa --device cpu --batch 2 --seq 128 \
+        --steps 2 --warmup 1 --profile torch.json   # then: bench ... --compare torch.json
 Step = forward + backward + clip_grad_norm_(1.0) + AdamW step (HF Trainer's defaults:
 lr 5e-5, wd 0.01, max_grad_norm 1.0). Dropout stays at the configs' default 0.1.
+
+--profile FILE runs --profile-steps more steps under torch.profiler after the timed ones
+and adds "categories" (ms per step per category: the categories of fusebox's
+src/profile/cost.rs) to the JSON line, which it also writes to FILE for `bench
+--compare`. On a card the time is the CUDA kernels' (and memcpys'), mapped by kernel
+name; on the CPU the self time of each aten op (and autograd node), mapped by op name;
+CATEGORY_PATTERNS below is the one table. Anything under the optimizer's scope (clipping
+and AdamW, as fusebox's `adamw` op does both) counts as optimizer. T5's RMSNorm is
+plain torch arithmetic in transformers, so torch's side counts it as elementwise.
 """
 
 import argparse
 import gc
 import json
 import platform
+import re
 import resource
 import statistics
 import sys
 import time
 
 import torch
+
+# (category, pattern): the first pattern found (re.search, lowercase) in an op or kernel
+# name gives its category; a name none matches is elementwise. Names are stripped of
+# "aten::" and of the autograd node prefix first (so "MmBackward0" is "mmbackward0").
+CATEGORY_PATTERNS = [
+    ("optimizer", r"optimizer|adam|_foreach_|multi_tensor_apply|clip_grad|fusebox::optimizer"),
+    ("loss", r"cross_entropy|nll_?loss|log_?softmax"),
+    ("attention", r"scaled_dot_product|flash|fmha|efficient_attention|attention|softmax"),
+    ("norm", r"layer_?norm|rms_?norm"),
+    ("gemm", r"^(mm|addmm|bmm|baddbmm|matmul|linear|addmv|mv)(backward\d*)?$"
+             r"|gemm|cublas|cutlass|xmma|_s1688|_s16816|_h1688|_h16816|^ampere_|^volta_|^turing_"
+             r"|^sm\d+_"),
+    ("copies", r"^(copy_|_to_copy|to|cat|clone|contiguous|index_select|gather|narrow|t|stack"
+               r"|chunk|split|alias|detach_?|item|_local_scalar_dense|lift_fresh|resize_"
+               r"|zero_|fill_|set_)$"
+               r"|embedding|index|scatter|slice|select|view|reshape|transpose|permute|expand"
+               r"|as_strided|squeeze|unsqueeze|^empty|^zeros|^ones|^new_|^full|^tbackward"
+               r"|copy|memcpy|memset|catarray|clonebackward"),
+]
+CATEGORIES = ["gemm", "attention", "norm", "elementwise", "loss", "optimizer", "copies"]
+
+
+def category(name):
+    n = name.lower()
+    n = n.split("evaluate_function: ", 1)[-1]
+    n = n[len("aten::"):] if n.startswith("aten::") else n
+    for cat, pat in CATEGORY_PATTERNS:
+        if re.search(pat, n):
+            return cat
+    return "elementwise"
+
+
+def profile_categories(prof, device, steps):
+    """ms per step per category from a finished torch.profiler run."""
+    from torch.autograd import DeviceType
+
+    ms = {c: 0.0 for c in CATEGORIES}
+    top = {}
+    for e in prof.events():
+        if device == "cuda":
+            if e.device_type != DeviceType.CUDA:
+                continue
+            us, cat = e.device_time_total, category(e.name)
+        else:
+            if e.device_type != DeviceType.CPU:
+                continue
+            us, cat = e.self_cpu_time_total, category(e.name)
+            # Everything under the optimizer's scope is the optimizer's.
+            p = e.cpu_parent
+            while p is not None and cat != "optimizer":
+                if category(p.name) == "optimizer":
+                    cat = "optimizer"
+                p = p.cpu_parent
+        ms[cat] += us / 1e3 / steps
+        key = (e.name[:80], cat)
+        top[key] = top.get(key, 0.0) + us / 1e3 / steps
+    ranked = sorted(top.items(), key=lambda kv: -kv[1])[:20]
+    return (
+        {c: {"ms_per_step": round(v, 4)} for c, v in ms.items()},
+        [{"name": n, "category": c, "ms_per_step": round(v, 4)} for (n, c), v in ranked],
+    )
 
 
 def build(model_name, attn):
@@ -116,16 +189,17 @@ def run(args, precision, compiled):
         def step():
             with torch.autocast(device_type=device, dtype=torch.float16, enabled=scaler is not None):
                 loss = fwd(**batch).loss
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            # The optimizer's scope for the profile (clip + step, as fusebox's adamw op).
+            with torch.profiler.record_function("fusebox::optimizer"):
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                opt.step()
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
             opt.zero_grad(set_to_none=True)
             return loss
 
@@ -162,6 +236,20 @@ def run(args, precision, compiled):
             rec["final_loss_scale"] = scaler.get_scale()
         rec["final_loss"] = float(loss.detach())
         rec["torch"] = torch.__version__
+        if args.profile:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if device == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=acts) as prof:
+                for _ in range(args.profile_steps):
+                    step()
+                sync()
+            rec["profile_steps"] = args.profile_steps
+            rec["profile_source"] = (
+                "torch.profiler: CUDA kernel time by kernel name" if device == "cuda"
+                else "torch.profiler: self CPU time by aten op name"
+            )
+            rec["categories"], rec["top_ops"] = profile_categories(prof, device, args.profile_steps)
     except Exception as e:  # noqa: BLE001 - one failed mode must not stop the others
         rec["error"] = f"{type(e).__name__}: {e}"[:2000]
     finally:
@@ -172,6 +260,10 @@ def run(args, precision, compiled):
         if compiled:
             torch._dynamo.reset()
     print(json.dumps(rec), flush=True)
+    if args.profile and "error" not in rec:
+        with open(args.profile, "w") as f:
+            json.dump(rec, f, indent=1)
+            f.write("\n")
     return "error" not in rec
 
 
@@ -192,7 +284,15 @@ def main():
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--attn", default=None, help="attn_implementation (default: transformers')")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on cpu")
+    p.add_argument("--profile", metavar="FILE", default=None,
+                   help="profile more steps, map the times onto fusebox's categories, write "
+                        "the JSON to FILE (for bench --compare FILE)")
+    p.add_argument("--profile-steps", type=int, default=2, help="steps run under --profile")
     args = p.parse_args()
+    if args.profile and args.suite:
+        p.error("--profile writes one run: use it without --suite")
+    if args.profile_steps < 1:
+        p.error("--profile-steps must be >= 1")
     if args.steps < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 1 or args.tgt_seq < 1:
         p.error("steps, batch, seq, tgt-seq must be >= 1 and warmup >= 0")
     if args.threads:

@@ -25,6 +25,7 @@ mod composed;
 pub mod cpu;
 pub mod cuda;
 mod dropout;
+mod emulate;
 pub mod meta;
 mod optim;
 mod storage;

@@ -11,7 +11,6 @@ use fusebox::bench::seq2seq::Seq2SeqBench;
 use fusebox::bench::{self, BenchConfig, BenchModel};
 use fusebox::models::step::{ModelConfig, ModelSource};
 use fusebox::plan::{self, human, Workload};
-use fusebox::shape::Target;
 
 #[path = "common/memory_args.rs"]
 mod memory_args;
@@ -49,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     tgt_seq: usize,
     /// fp16: fp16 weights and activations, fp32 master weights, dynamic loss scaling
-    /// (CUDA; on the CPU only with --plan).
+    /// (on the CPU, an emulation of the CUDA path: f16 storage, f32 arithmetic).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
     /// Timed steps (median and p90 reported).
@@ -81,6 +80,11 @@ struct Args {
     /// Write the profiled steps' per-op timeline as a Chrome trace (open in Perfetto).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// PyTorch's per-category times for the same workload (the JSON
+    /// `tools/torch_baseline.py --profile FILE` writes): printed beside fusebox's with
+    /// the ratio per category.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
     #[command(flatten)]
     mem: memory_args::MemoryArgs,
 }
@@ -106,9 +110,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::parse(&args.device)?.resolve();
     let fp16 = args.precision == Precision::Fp16;
-    if fp16 && !device.is_cuda() && !args.mem.plan {
-        bail!("--precision fp16 needs a CUDA device (the CPU backend computes in f32); got --device {}", args.device);
-    }
     let dtype = if fp16 { DType::F16 } else { DType::F32 };
     for (flag, v, what) in [
         ("--batch", args.batch, "sequences per step"),
@@ -119,6 +120,13 @@ fn main() -> Result<()> {
             bail!("{flag} must be at least 1 ({what})");
         }
     }
+    let torch = match &args.compare {
+        Some(_) if args.profile_steps == 0 => {
+            bail!("--compare needs the per-op profile: --profile-steps must be at least 1")
+        }
+        Some(path) => Some(bench::compare::load(path)?),
+        None => None,
+    };
     let spec = bench::model_source(&args.model)?;
     if spec.config.has_target() && args.tgt_seq == 0 {
         bail!("--tgt-seq must be at least 1 (T5's target tokens per sequence)");
@@ -152,12 +160,7 @@ fn main() -> Result<()> {
         checkpointing: args.mem.checkpointing,
         infer: args.mode == Mode::Infer,
         optim,
-        // fp16 and a named card both mean CUDA, even when only planning here.
-        target: if device.is_cuda() || args.mem.gpu.is_some() || fp16 {
-            Target::Cuda
-        } else {
-            Target::Cpu
-        },
+        target: args.mem.target(device),
     };
     let budget_bytes = args.mem.budget()?;
     let plan = plan::plan_or_fit(&spec, budget_bytes, args.batch, &work)?;
@@ -191,7 +194,16 @@ fn main() -> Result<()> {
         memory_plan: Some(plan.clone()),
         optim,
     };
-    let rec = bench::run(model.as_ref(), &cfg)?;
+    let mut rec = bench::run(model.as_ref(), &cfg)?;
+    if let Some(t) = &torch {
+        let workload = serde_json::json!({
+            "model": args.model,
+            "batch": args.batch,
+            "seq": args.seq,
+            "tgt_seq": spec.config.has_target().then_some(args.tgt_seq),
+        });
+        rec["compare"] = bench::compare::compare(&rec, t, &workload);
+    }
     if let Some(path) = &args.trace {
         let doc = fusebox::profile::chrome_trace();
         std::fs::write(path, serde_json::to_string(&doc)?)
@@ -242,30 +254,20 @@ fn main() -> Result<()> {
                 rec["model_tflops_per_s"].as_f64().unwrap_or(0.0)
             ),
         }
-        if let Some(ops) = rec["ops"].as_array() {
-            let total: f64 = ops.iter().filter_map(|o| o["ms"].as_f64()).sum();
-            println!(
-                "\nper-op time over {} profiled step(s):",
-                args.profile_steps
-            );
-            println!("{:<28} {:>8} {:>10} {:>7}", "op", "calls", "ms", "%");
-            for o in ops.iter().take(30) {
-                let ms = o["ms"].as_f64().unwrap_or(0.0);
-                println!(
-                    "{:<28} {:>8} {:>10.2} {:>6.1}%",
-                    o["op"].as_str().unwrap_or("?"),
-                    o["calls"].as_u64().unwrap_or(0),
-                    ms,
-                    100.0 * ms / total.max(1e-12)
-                );
-            }
+        if args.profile_steps > 0 {
+            print!("{}", bench::roofline::table(&rec, args.profile_steps, 30));
+        }
+        if rec.get("compare").is_some() {
+            print!("{}", bench::compare::table(&rec["compare"]));
         }
     }
     let mut line = rec.clone();
     if args.json {
         println!("{line}");
     } else if let Some(o) = line.as_object_mut() {
-        o.remove("ops");
+        for k in ["ops", "categories", "compare"] {
+            o.remove(k);
+        }
         println!("\n{}", serde_json::Value::Object(o.clone()));
     }
     Ok(())

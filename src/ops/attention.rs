@@ -6,7 +6,8 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
 use crate::error::{Error, Result};
-use crate::ops::fresh;
+use crate::ops::{fresh, tracking};
+use crate::profile::cost;
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -95,6 +96,27 @@ fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Te
     let AttnSpec {
         b, h, lq, lk, d, ..
     } = spec;
+    let first = qkv.tensors()[0];
+    let _span = crate::profile::Span::new("attention", first.device()).cost(|| {
+        let t: Vec<bool> = qkv.tensors().into_iter().map(tracking).collect();
+        let tq = t[0];
+        let (tk, tv) = (
+            t.get(1).copied().unwrap_or(tq),
+            t.get(2).copied().unwrap_or(tq),
+        );
+        let tbias = opt.bias.is_some_and(tracking);
+        let shape = cost::AttnShape {
+            b,
+            h,
+            lq,
+            lk,
+            d,
+            causal: spec.causal,
+            key_mask: opt.key_mask.is_some(),
+            bias: opt.bias.is_some(),
+        };
+        cost::attention(shape, first.dtype(), [tq, tk, tv, tbias])
+    });
     let (o, lse) = {
         // Storage guards end with this block, before the tape node is recorded.
         let mask_s = opt.key_mask.map(|m| m.storage());
@@ -161,7 +183,6 @@ fn attention_op(qkv: Qkv<'_>, opt: AttnOptions<'_>, spec: AttnSpec) -> Result<Te
 impl Tensor {
     /// `self` is q `[B, Lq, H, D]`; k, v `[B, Lk, H, D]`. Returns `[B, Lq, H, D]`.
     pub fn attention(&self, k: &Tensor, v: &Tensor, opt: AttnOptions<'_>) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("attention", self.device());
         self.expect_rank("attention (q)", 4)?;
         let [b, lq, h, d] = [
             self.dims()[0],
@@ -183,7 +204,6 @@ impl Tensor {
     /// `[B, L, 3, H, D]` tensor, so the projection's backward is one GEMM and nothing is
     /// split or summed. Returns `[B, L, H, D]`.
     pub fn attention_qkv(&self, opt: AttnOptions<'_>) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("attention", self.device());
         self.expect_rank("attention_qkv (qkv)", 5)?;
         let dims = self.dims();
         let [b, l, three, h, d] = [dims[0], dims[1], dims[2], dims[3], dims[4]];

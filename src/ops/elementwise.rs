@@ -4,7 +4,8 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, record_pointwise, record_two, when};
+use crate::ops::{fresh, record_pointwise, record_two, tracking, when};
+use crate::profile::cost;
 use crate::tensor::Tensor;
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -20,7 +21,14 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 impl Tensor {
     fn binary_op(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
-        let _span = crate::profile::Span::new(name, self.device());
+        let _span = crate::profile::Span::new(name, self.device()).cost(|| {
+            cost::binary(
+                op,
+                self.elem_count(),
+                self.dtype(),
+                [tracking(self), tracking(rhs)],
+            )
+        });
         same_shape(name, self, rhs)?;
         let out = fresh(
             self.storage().binary(&rhs.storage(), op)?,
@@ -89,7 +97,8 @@ impl Tensor {
 
     /// `self * mul + add`.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("affine", self.device());
+        let _span = crate::profile::Span::new("affine", self.device())
+            .cost(|| cost::affine(self.elem_count(), self.dtype()));
         let out = fresh(self.storage().affine(mul, add)?, self.shape().clone());
         Ok(record_pointwise("affine", self, out, move |g| {
             g.affine(mul, 0.0)
@@ -97,12 +106,14 @@ impl Tensor {
     }
 
     pub fn scale(&self, s: f64) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("scale", self.device());
+        let _span = crate::profile::Span::new("scale", self.device())
+            .cost(|| cost::affine(self.elem_count(), self.dtype()));
         self.affine(s, 0.0)
     }
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("unary", self.device());
+        let _span = crate::profile::Span::new("unary", self.device())
+            .cost(|| cost::unary(op, self.elem_count(), self.dtype()));
         // x for the backward (dropped at once when nothing tracks).
         let x = self.detach();
         let out = fresh(x.storage().unary(op)?, self.shape().clone());
@@ -113,7 +124,8 @@ impl Tensor {
 
     /// `act(self) ⊙ lin` — T5 v1.1's gated feed-forward, fused.
     pub fn gated(&self, lin: &Tensor, act: UnaryOp) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("gated", self.device());
+        let _span = crate::profile::Span::new("gated", self.device())
+            .cost(|| cost::gated(act, self.elem_count(), self.dtype()));
         same_shape("gated", self, lin)?;
         let out = fresh(
             self.storage().gated(&lin.storage(), act)?,
@@ -138,7 +150,8 @@ impl Tensor {
 
     /// Inverted dropout with a seeded, index-hashed mask; identity when `p == 0`.
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("dropout", self.device());
+        let _span = crate::profile::Span::new("dropout", self.device())
+            .cost(|| cost::dropout(self.elem_count(), p, self.dtype()));
         if p <= 0.0 {
             return Ok(self.clone());
         }
@@ -153,7 +166,8 @@ impl Tensor {
 
     /// An I32 tensor with every value clamped to [lo, hi] (no gradient: integers).
     pub fn clamp_i32(&self, lo: i32, hi: i32) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("clamp_i32", self.device());
+        let _span = crate::profile::Span::new("clamp_i32", self.device())
+            .cost(|| cost::clamp_i32(self.elem_count()));
         Ok(fresh(
             self.storage().clamp_i32(lo, hi)?,
             self.shape().clone(),
@@ -162,7 +176,10 @@ impl Tensor {
 
     /// `self[.., c] + bias[c]`.
     pub fn add_bias(&self, bias: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("add_bias", self.device());
+        let _span = crate::profile::Span::new("add_bias", self.device()).cost(|| {
+            let (rows, cols) = (self.shape().rows(), self.shape().last());
+            cost::add_bias(rows, cols, self.dtype(), tracking(bias))
+        });
         let cols = self.shape().last();
         bias.expect_shape("add_bias", &[cols])?;
         let out = fresh(
@@ -183,7 +200,8 @@ impl Tensor {
 
     /// Sum of all elements, shape `[1]`.
     pub fn sum_all(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("sum_all", self.device());
+        let _span = crate::profile::Span::new("sum_all", self.device())
+            .cost(|| cost::sum_all(self.elem_count(), self.dtype()));
         let out = fresh(self.storage().sum_all()?, [1]);
         let (shape, dtype) = (self.shape().clone(), self.dtype());
         Ok(record(
@@ -199,7 +217,8 @@ impl Tensor {
 
     /// Mean of all elements, shape `[1]`.
     pub fn mean_all(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("mean_all", self.device());
+        let _span = crate::profile::Span::new("mean_all", self.device())
+            .cost(|| cost::sum_all(self.elem_count(), self.dtype()));
         let n = self.elem_count().max(1) as f64;
         self.sum_all()?.affine(1.0 / n, 0.0)
     }
@@ -208,7 +227,8 @@ impl Tensor {
 impl Tensor {
     /// Cast to `dtype`; the gradient is cast back to the input's dtype.
     pub fn to_dtype(&self, dtype: crate::shape::DType) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("to_dtype", self.device());
+        let _span = crate::profile::Span::new("to_dtype", self.device())
+            .cost(|| cost::cast(self.elem_count(), self.dtype(), dtype));
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
@@ -247,7 +267,8 @@ macro_rules! activations {
             $(
                 $(#[$doc])*
                 pub fn $name(&self) -> Result<Tensor> {
-                    let _span = crate::profile::Span::new(stringify!($name), self.device());
+                    let _span = crate::profile::Span::new(stringify!($name), self.device())
+                        .cost(|| cost::unary(UnaryOp::$op, self.elem_count(), self.dtype()));
                     self.unary(UnaryOp::$op)
                 }
             )*

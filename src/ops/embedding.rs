@@ -10,13 +10,25 @@ use crate::tensor::Tensor;
 impl Tensor {
     /// Rows of `self [n, cols]` picked by I32 `ids [..]`: result `[.., cols]`.
     pub fn index_select(&self, ids: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("index_select", self.device());
         self.gather_rows(ids, None)
+    }
+
+    /// The profiler's cost of gathering `ids` rows of this table.
+    fn gather_cost(&self, ids: &Tensor) -> crate::profile::OpCost {
+        let d = self.dims();
+        let (n, cols) = (
+            d.first().copied().unwrap_or(0),
+            d.get(1).copied().unwrap_or(0),
+        );
+        crate::profile::cost::gather(ids.elem_count(), n, cols, self.dtype())
     }
 
     /// The lookup; in backward, positions whose id is `skip` add nothing to the table's
     /// gradient.
     fn gather_rows(&self, ids: &Tensor, skip: Option<usize>) -> Result<Tensor> {
+        // The span its tape node takes its backward cost from (under `embedding`'s).
+        let _span =
+            crate::profile::Span::new("index_select", self.device()).cost(|| self.gather_cost(ids));
         self.expect_rank("index_select (table)", 2)?;
         if ids.dtype() != DType::I32 {
             return Err(Error::DType {
@@ -46,7 +58,8 @@ impl Tensor {
 
     /// `nn.Embedding` forward: the table is `self`.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("embedding", self.device());
+        let _span =
+            crate::profile::Span::new("embedding", self.device()).cost(|| self.gather_cost(ids));
         self.index_select(ids)
     }
 
@@ -54,7 +67,8 @@ impl Tensor {
     /// but the row gets no gradient (the scatter-add skips it, as PyTorch's
     /// `embedding_dense_backward` does), so the table is neither copied nor masked.
     pub fn embedding_padded(&self, ids: &Tensor, pad: usize) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("embedding", self.device());
+        let _span =
+            crate::profile::Span::new("embedding", self.device()).cost(|| self.gather_cost(ids));
         self.gather_rows(ids, Some(pad))
     }
 }

@@ -4,13 +4,14 @@ use crate::autograd::{needs_grad, record};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::ops::fresh;
+use crate::profile::cost;
 use crate::shape::Shape;
 use crate::tensor::Tensor;
 
 impl Tensor {
     /// Same data, new shape (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("reshape", self.device());
+        let _span = crate::profile::Span::new("reshape", self.device()).cost(Default::default);
         let shape = shape.into();
         if shape.elem_count() != self.elem_count() {
             return Err(Error::Shape {
@@ -34,7 +35,8 @@ impl Tensor {
 
     /// Out dim i = in dim `perm[i]` (rank ≤ 4).
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("permute", self.device());
+        let _span = crate::profile::Span::new("permute", self.device())
+            .cost(|| cost::copy(self.elem_count(), self.elem_count(), self.dtype()));
         let dims = self.dims().to_vec();
         let mut seen = vec![false; dims.len()];
         if perm.len() != dims.len()
@@ -67,7 +69,8 @@ impl Tensor {
 
     /// Swap the last two dimensions.
     pub fn transpose_last2(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("transpose_last2", self.device());
+        let _span = crate::profile::Span::new("transpose_last2", self.device())
+            .cost(|| cost::copy(self.elem_count(), self.elem_count(), self.dtype()));
         let r = self.shape().rank();
         if r < 2 {
             return Err(Error::msg(format!("transpose_last2: rank {r} < 2")));
@@ -79,7 +82,10 @@ impl Tensor {
 
     /// `[start, start+len)` along `dim`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("narrow", self.device());
+        let _span = crate::profile::Span::new("narrow", self.device()).cost(|| {
+            let n_out = self.elem_count() / self.dims().get(dim).copied().unwrap_or(1).max(1) * len;
+            cost::copy(self.elem_count(), n_out, self.dtype())
+        });
         let dims = self.dims().to_vec();
         let size = self.shape().dim(dim)?;
         if start + len > size {
@@ -147,6 +153,10 @@ impl Tensor {
         let first = parts
             .first()
             .ok_or_else(|| Error::msg("cat: no tensors to concatenate"))?;
+        let _span = crate::profile::Span::new("cat", first.device()).cost(|| {
+            let n = parts.iter().map(|p| p.elem_count()).sum();
+            cost::copy(n, n, first.dtype())
+        });
         let rank = first.shape().rank();
         let mut total = 0;
         for p in parts {

@@ -7,7 +7,8 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::{LinearDims, MatmulSpec, UnaryOp};
 use crate::error::{Error, Result};
-use crate::ops::{fresh, record_two, when};
+use crate::ops::{fresh, record_two, tracking, when};
+use crate::profile::cost;
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -15,7 +16,16 @@ impl Tensor {
     /// `self [.., in] · weightᵀ [in, out] + bias [out]` with `weight` stored `[out, in]`
     /// as in PyTorch's `nn.Linear`.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("linear", self.device());
+        let _span = crate::profile::Span::new("linear", self.device()).cost(|| {
+            let dt = self.dtype();
+            cost::linear(
+                linear_cost_dims(self, weight),
+                bias.is_some(),
+                dt,
+                dt,
+                tracks(self, weight, bias),
+            )
+        });
         let (dims, out_dims) = linear_dims(["linear", "linear (weight)"], self, weight)?;
         let [rows, out_f, in_f] = dims;
         let y = match bias {
@@ -53,7 +63,10 @@ impl Tensor {
         if out == self.dtype() {
             return self.linear(weight, None);
         }
-        let _span = crate::profile::Span::new("linear_into", self.device());
+        let _span = crate::profile::Span::new("linear_into", self.device()).cost(|| {
+            let dims = linear_cost_dims(self, weight);
+            cost::linear(dims, false, self.dtype(), out, tracks(self, weight, None))
+        });
         let (dims, out_dims) = linear_dims(["linear_into", "linear_into (weight)"], self, weight)?;
         let [rows, out_f, in_f] = dims;
         let spec = MatmulSpec::linear(rows, out_f, in_f);
@@ -87,7 +100,16 @@ impl Tensor {
         weight: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("act_linear", self.device());
+        let _span = crate::profile::Span::new("act_linear", self.device()).cost(|| {
+            let dims = linear_cost_dims(self, weight);
+            cost::act_linear(
+                act,
+                dims,
+                bias.is_some(),
+                self.dtype(),
+                tracks(self, weight, bias),
+            )
+        });
         let out = {
             let _g = crate::autograd::no_grad();
             self.unary(act)?.linear(weight, bias)?
@@ -121,7 +143,18 @@ impl Tensor {
     /// Batched `self [.., m, k] · rhs [.., k, n]`; `rhs` of rank 2 is broadcast over the
     /// batch. Leading dimensions must otherwise be equal.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("matmul", self.device());
+        let _span = crate::profile::Span::new("matmul", self.device()).cost(|| {
+            let (ad, bd) = (self.dims(), rhs.dims());
+            let at = |d: &[usize], i: usize| d.len().checked_sub(i).map_or(0, |j| d[j]);
+            let batch: usize = ad[..ad.len().saturating_sub(2)].iter().product();
+            let dims = [batch, at(ad, 2), at(bd, 1), at(ad, 1)];
+            cost::matmul(
+                dims,
+                bd.len() == 2,
+                self.dtype(),
+                [tracking(self), tracking(rhs)],
+            )
+        });
         let (ad, bd) = (self.dims(), rhs.dims());
         if ad.len() < 2 || bd.len() < 2 {
             return Err(Error::msg(format!(
@@ -230,6 +263,22 @@ fn linear_dims(
         *l = out_f;
     }
     Ok(([x.shape().rows(), out_f, in_f], out_dims))
+}
+
+/// `[rows, out, in]` of `x · weightᵀ` for the profiler's cost (before the shapes are
+/// checked: zeros where a dimension is missing).
+fn linear_cost_dims(x: &Tensor, weight: &Tensor) -> [usize; 3] {
+    let w = weight.dims();
+    [
+        x.shape().rows(),
+        w.first().copied().unwrap_or(0),
+        w.get(1).copied().unwrap_or(0),
+    ]
+}
+
+/// Which of x, weight and bias track gradients (recording on), for the profiler's cost.
+fn tracks(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> [bool; 3] {
+    [tracking(x), tracking(w), b.is_some_and(tracking)]
 }
 
 /// Which of a linear's inputs want gradients.

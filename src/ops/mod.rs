@@ -66,6 +66,12 @@ pub(crate) fn record_two(
     )
 }
 
+/// Will `t` get a gradient from an op recorded now (it tracks, and recording is on)?
+/// For the profiler's backward costs.
+pub(crate) fn tracking(t: &Tensor) -> bool {
+    t.tracks() && crate::autograd::grad_enabled()
+}
+
 /// `Some(g)` when the input tracks gradients.
 pub(crate) fn when<T>(
     cond: bool,

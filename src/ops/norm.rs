@@ -5,7 +5,8 @@
 use crate::autograd::{needs_grad, record};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
-use crate::ops::fresh;
+use crate::ops::{fresh, tracking};
+use crate::profile::cost::{self, NormKind};
 use crate::tensor::Tensor;
 
 /// A norm's gradients for the inputs that track: `dx` shaped as `x`, then each
@@ -25,8 +26,15 @@ fn norm_grads<const N: usize>(
 }
 
 impl Tensor {
+    /// The profiler's cost of a norm over this tensor's last dimension.
+    fn norm_cost(&self, kind: NormKind) -> cost::OpCost {
+        let (rows, cols) = (self.shape().rows(), self.shape().last());
+        cost::norm(kind, rows, cols, self.dtype(), tracking(self))
+    }
+
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("layer_norm", self.device());
+        let _span = crate::profile::Span::new("layer_norm", self.device())
+            .cost(|| self.norm_cost(NormKind::Layer));
         let cols = self.shape().last();
         gamma.expect_shape("layer_norm (weight)", &[cols])?;
         beta.expect_shape("layer_norm (bias)", &[cols])?;
@@ -69,7 +77,8 @@ impl Tensor {
         beta: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("dropout_add_layer_norm", self.device());
+        let _span = crate::profile::Span::new("dropout_add_layer_norm", self.device())
+            .cost(|| self.norm_cost(NormKind::DropoutAddLayer { dropout: p > 0.0 }));
         let op = "dropout_add_layer_norm";
         if !(0.0..1.0).contains(&p) {
             return Err(Error::msg(format!("{op}: p must be in [0, 1), got {p}")));
@@ -103,7 +112,7 @@ impl Tensor {
             beta.tracks(),
         ];
         Ok(record(
-            op,
+            "dropout_add_layer_norm",
             &[self, residual, gamma, beta],
             out,
             Box::new(move |g| {
@@ -134,7 +143,8 @@ impl Tensor {
 
     /// T5LayerNorm: `x / sqrt(mean(x²) + eps) * gamma`, no mean, no bias.
     pub fn rms_norm(&self, gamma: &Tensor, eps: f64) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("rms_norm", self.device());
+        let _span = crate::profile::Span::new("rms_norm", self.device())
+            .cost(|| self.norm_cost(NormKind::Rms));
         let cols = self.shape().last();
         gamma.expect_shape("rms_norm (weight)", &[cols])?;
         let (y, rstd) = self.storage().rms_norm(&gamma.storage(), cols, eps)?;

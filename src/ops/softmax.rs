@@ -4,6 +4,7 @@
 use crate::autograd::{needs_grad, record};
 use crate::error::{Error, Result};
 use crate::ops::{fresh, record_pointwise};
+use crate::profile::cost;
 use crate::shape::DType;
 use crate::tensor::Tensor;
 
@@ -12,7 +13,8 @@ pub const IGNORE_INDEX: i32 = -100;
 
 impl Tensor {
     pub fn softmax(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("softmax", self.device());
+        let _span = crate::profile::Span::new("softmax", self.device())
+            .cost(|| cost::softmax(self.elem_count(), self.dtype()));
         let cols = self.shape().last();
         let out = fresh(self.storage().softmax(cols)?, self.shape().clone());
         // The backward reads the output y (dropped at once when nothing tracks).
@@ -25,7 +27,8 @@ impl Tensor {
     /// Log-softmax for scoring during generation. Inference only: it records no backward,
     /// and refuses a tracked input rather than silently cutting the graph.
     pub fn log_softmax_infer(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("log_softmax_infer", self.device());
+        let _span = crate::profile::Span::new("log_softmax_infer", self.device())
+            .cost(|| cost::softmax(self.elem_count(), self.dtype()));
         if needs_grad(&[self]) {
             return Err(Error::msg(
                 "log_softmax_infer is inference-only: call it under autograd::no_grad()",
@@ -40,7 +43,8 @@ impl Tensor {
 
     /// Index of each row's maximum (inference only), I32 of shape `dims[..-1]`.
     pub fn argmax_last(&self) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("argmax_last", self.device());
+        let _span = crate::profile::Span::new("argmax_last", self.device())
+            .cost(|| cost::argmax_last(self.shape().rows(), self.shape().last(), self.dtype()));
         let cols = self.shape().last();
         let dims = self.dims();
         let out_dims = dims[..dims.len().saturating_sub(1)].to_vec();
@@ -50,7 +54,8 @@ impl Tensor {
     /// Mean cross-entropy of `self [.., V]` logits against I32 `targets [..]`, skipping
     /// `ignore_index`. Returns a `[1]` loss (0 when every target is ignored).
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: i32) -> Result<Tensor> {
-        let _span = crate::profile::Span::new("cross_entropy", self.device());
+        let _span = crate::profile::Span::new("cross_entropy", self.device())
+            .cost(|| cost::cross_entropy(self.shape().rows(), self.shape().last(), self.dtype()));
         let cols = self.shape().last();
         let rows = self.shape().rows();
         if targets.dtype() != DType::I32 {

@@ -214,9 +214,17 @@ impl Adafactor {
             }
             Ok(())
         };
+        let span = crate::profile::Span::new("adafactor", self.core.device()).cost(|| {
+            self.core.cost(grads, |s, g| {
+                let state = s.state.iter().map(|(_, t)| t.elem_count()).sum();
+                let (p, n) = (s.param.dtype(), s.param.elem_count());
+                let moment = c.beta1.is_some();
+                crate::profile::cost::adafactor(n, state, p, g.dtype(), s.master.is_some(), moment)
+            })
+        });
         let out = self
             .core
-            .step("adafactor", grads, (grad_scale, max_grad_norm), multi, each)?;
+            .step(span, grads, (grad_scale, max_grad_norm), multi, each)?;
         if let Some(lr) = seen.get() {
             self.last_lr = Some(lr);
         }

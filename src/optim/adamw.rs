@@ -141,8 +141,14 @@ impl AdamW {
             }
             Ok(())
         };
+        let span = crate::profile::Span::new("adamw", self.core.device()).cost(|| {
+            self.core.cost(grads, |s, g| {
+                let (p, n) = (s.param.dtype(), s.param.elem_count());
+                crate::profile::cost::adamw(n, p, g.dtype(), s.master.is_some())
+            })
+        });
         self.core
-            .step("adamw", grads, (grad_scale, max_grad_norm), multi, each)
+            .step(span, grads, (grad_scale, max_grad_norm), multi, each)
     }
 }
 

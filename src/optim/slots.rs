@@ -98,11 +98,6 @@ pub(crate) fn build(
     Ok(out)
 }
 
-/// The device the slots live on (the CPU when there are none).
-pub(crate) fn device_of(slots: &[Slot]) -> Device {
-    slots.first().map(Slot::device).unwrap_or(Device::Cpu)
-}
-
 /// The state a checkpoint keeps, by parameter name: `param.NAME` (the fp32 master, or the
 /// parameter itself when it is f32) and `KIND.NAME` for each state buffer.
 pub(crate) fn state_tensors(slots: &[Slot]) -> BTreeMap<String, Tensor> {
@@ -170,20 +165,41 @@ impl Core {
         }
     }
 
-    /// One optimizer step under a profiling span named `name`: on CUDA the backend's
-    /// multi-tensor path (`multi`; `None` when it cannot run), else the per-tensor path:
-    /// [`precheck`], then `each(index, slot, gradient, gradient multiplier, 1-based
-    /// step)` for every slot with a gradient.
+    /// The device the slots live on (the CPU when there are none).
+    pub fn device(&self) -> Device {
+        self.slots.first().map(Slot::device).unwrap_or(Device::Cpu)
+    }
+
+    /// The profiler's cost of a step: `each(slot, gradient)` summed over the slots that
+    /// have a gradient.
+    pub fn cost(
+        &self,
+        grads: &Grads,
+        each: impl Fn(&Slot, &Tensor) -> crate::profile::OpCost,
+    ) -> crate::profile::OpCost {
+        let mut total = crate::profile::OpCost::default();
+        for s in &self.slots {
+            if let Some(g) = grads.get(&s.param) {
+                total.fwd += each(s, g).fwd;
+            }
+        }
+        total
+    }
+
+    /// One optimizer step, timed by `span` (the optimizer's, with its cost): on CUDA the
+    /// backend's multi-tensor path (`multi`; `None` when it cannot run), else the
+    /// per-tensor path: [`precheck`], then `each(index, slot, gradient, gradient
+    /// multiplier, 1-based step)` for every slot with a gradient.
     pub fn step(
         &mut self,
-        name: &'static str,
+        span: crate::profile::Span,
         grads: &Grads,
         (grad_scale, max_grad_norm): (f64, Option<f64>),
         multi: impl FnOnce(&mut Core) -> Result<Option<StepOutcome>>,
         mut each: impl FnMut(usize, &Slot, &Tensor, f64, u64) -> Result<()>,
     ) -> Result<StepOutcome> {
-        let device = device_of(&self.slots);
-        let _span = crate::profile::Span::new(name, device);
+        let _span = span;
+        let device = self.device();
         if self.multi_tensor && device.target() == Some(crate::shape::Target::Cuda) {
             if let Some(out) = multi(self)? {
                 return Ok(out);

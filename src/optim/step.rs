@@ -2,12 +2,13 @@
 //! the VRAM planner runs on the meta device, written once so the plan is the loop's.
 //!
 //! Each micro-batch's loss is scaled by its share of the step's rows (HF divides each
-//! micro-batch loss by the accumulation steps) and by the loss scale, back-propagated,
-//! and its gradients summed into the previous ones; its loss value stays on the device
-//! (detached) and is read once after the optimizer step, so nothing waits for the device
-//! between forward and backward.
+//! micro-batch loss by the accumulation steps) and by the loss scale, and back-propagated
+//! into the one gradient set the step holds (`autograd::backward_into`: each parameter's
+//! gradient is added in as soon as it is final, so two full sets are never held at
+//! once). Its loss value stays on the device (detached) and is read once after the
+//! optimizer step, so nothing waits for the device between forward and backward.
 
-use crate::autograd::{backward, Grads};
+use crate::autograd::{backward_into, Grads};
 use crate::error::{Error, Result};
 use crate::optim::{LossScaler, Optimizer, StepOutcome};
 use crate::tensor::Tensor;
@@ -31,7 +32,10 @@ pub fn accumulate_and_step(
     shares: &[f64],
     mut loss_of: impl FnMut(usize) -> Result<Tensor>,
 ) -> Result<StepReport> {
-    let mut grads: Option<Grads> = None;
+    if shares.is_empty() {
+        return Err(Error::msg("train: empty optimizer step"));
+    }
+    let mut grads = Grads::default();
     let mut losses: Vec<Tensor> = Vec::with_capacity(shares.len());
     for (i, &share) in shares.iter().enumerate() {
         let loss = loss_of(i)?;
@@ -40,13 +44,8 @@ pub fn accumulate_and_step(
         if let Some(s) = scaler {
             scaled = scaled.scale(s.scale)?;
         }
-        let g = backward(&scaled)?;
-        match grads.as_mut() {
-            Some(acc) => acc.accumulate(g)?,
-            None => grads = Some(g),
-        }
+        backward_into(&scaled, &mut grads)?;
     }
-    let grads = grads.ok_or_else(|| Error::msg("train: empty optimizer step"))?;
     let inv = scaler.map(|s| s.inv_scale()).unwrap_or(1.0);
     let outcome = opt.step(&grads, lr, inv, max_grad_norm)?;
     // The step's one host read of the losses (the optimizer already waited for the

@@ -13,7 +13,9 @@
 //! lifetimes — saved activations, gradients as they fill, each op's transients — set
 //! the peak, and a new model, optimizer or memory trick needs no planner code. On the
 //! CPU target the plan equals the tracker's measurement of the same step to the byte
-//! (tests/budget.rs, every model family, with and without checkpointing).
+//! (tests/budget.rs, every model family, with and without checkpointing, fp16 included:
+//! there the step holds the f32 copies of the CPU's f16 emulation, which the plan's
+//! table says and CUDA does not make).
 //!
 //! What only CUDA adds, as documented estimates rather than measurement: the cuBLAS
 //! workspace (cuBLAS allocates its own, 32 MiB on Hopper by NVIDIA's docs, less on older
@@ -180,11 +182,17 @@ pub fn predict(model: &ModelSource, work: &Workload, requested_batch: usize) -> 
     let m = measure(model, work, Device::Meta(work.target))?;
     let fp16 = work.dtype == DType::F16;
     let mut c: Vec<(String, usize)> = Vec::new();
+    // What the CPU target's fp16 step holds that CUDA's would not (backend/emulate.rs).
+    let emulated = if fp16 && work.target == Target::Cpu {
+        ", the f32 copies of the CPU's f16 emulation, which CUDA does not make"
+    } else {
+        ""
+    };
     if work.infer {
         let what = if fp16 { "fp16" } else { "fp32" };
         c.push((format!("weights ({what})"), m.weights));
         c.push((
-            "forward peak (inference: nothing saved, transients only)".into(),
+            format!("forward peak (inference: nothing saved, transients only{emulated})"),
             m.step,
         ));
     } else {
@@ -207,7 +215,7 @@ pub fn predict(model: &ModelSource, work: &Workload, requested_batch: usize) -> 
         c.push((
             format!(
                 "forward + backward peak (saved activations {}, gradients as they fill, \
-                 transients{earlier})",
+                 transients{earlier}{emulated})",
                 human(m.saved)
             ),
             m.step,

@@ -19,6 +19,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::matmul::{gemm_strided, View};
+use super::simd;
 use super::{check_len, CpuStorage, Real};
 use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
 use crate::error::{Error, Result};
@@ -275,26 +276,18 @@ fn scatter<T: Real>(
     }
 }
 
-/// The dropout multipliers Z (0 or 1/(1−p)) of one (b, h) pair as an `lq×lk` block, or
-/// None without dropout. Same index as kernels/attention.cu.
-fn dropout_scale<T: Real>(s: &AttnSpec, bi: usize, hi: usize) -> Option<Vec<T>> {
+/// Multiply each row of one (b, h) pair's `lq×lk` block by its dropout multipliers Z (0
+/// or 1/(1−p)); nothing without dropout. Same index as kernels/attention.cu.
+fn apply_dropout<T: Real>(s: &AttnSpec, bi: usize, hi: usize, block: &mut [T]) {
     if s.dropout <= 0.0 {
-        return None;
+        return;
     }
     let keep_scale = T::of(1.0 / (1.0 - s.dropout as f64));
     let base = ((bi * s.h + hi) * s.lq * s.lk) as u64;
     let key = crate::backend::dropout_key(s.seed);
-    Some(
-        (0..(s.lq * s.lk) as u64)
-            .map(|i| {
-                if crate::backend::dropout_keep_keyed(key, base + i, s.dropout) {
-                    keep_scale
-                } else {
-                    T::zero()
-                }
-            })
-            .collect(),
-    )
+    for (i, row) in block.chunks_mut(s.lk.max(1)).enumerate() {
+        simd::dropout_row(row, key, base + (i * s.lk) as u64, s.dropout, keep_scale);
+    }
 }
 
 pub(super) fn attention<T: Real>(
@@ -317,25 +310,12 @@ pub(super) fn attention<T: Real>(
             .par_iter()
             .map(|&(bi, hi)| {
                 let mut p = a.scores(bi, hi)?;
+                // lk = 0: no keys, every row fully masked (lse -inf).
                 let mut l = vec![T::neg_infinity(); lq];
-                for (i, row) in p.chunks_mut(lk.max(1)).take(lq).enumerate() {
-                    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-                    if m == T::neg_infinity() {
-                        row.iter_mut().for_each(|x| *x = T::zero());
-                        continue;
-                    }
-                    let mut sum = T::zero();
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
-                    let inv = T::one() / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                    l[i] = m + sum.ln();
+                for (l, row) in l.iter_mut().zip(p.chunks_mut(lk.max(1))) {
+                    *l = simd::softmax_row(row);
                 }
-                if let Some(z) = dropout_scale::<T>(spec, bi, hi) {
-                    p.iter_mut().zip(&z).for_each(|(x, z)| *x *= *z);
-                }
+                apply_dropout(spec, bi, hi, &mut p);
                 let p = (&p[..], View::row_major(0, lk));
                 let o = product((lq, d, lk), p, (a.v, a.v_rows(bi, hi)), T::one())?;
                 Ok((o, l))
@@ -397,41 +377,31 @@ pub(super) fn attention_backward<T: Real>(
             .map(|&(bi, hi)| {
                 // P from the saved lse; masked entries are exp(-inf) = 0.
                 let mut p = a.scores(bi, hi)?;
-                for i in 0..lq {
-                    let l = lse[(bi * h + hi) * lq + i];
-                    for x in &mut p[i * lk..(i + 1) * lk] {
-                        *x = if l == T::neg_infinity() {
-                            T::zero()
-                        } else {
-                            (*x - l).exp()
-                        };
-                    }
+                let lse_pair = &lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq];
+                for (row, &l) in p.chunks_mut(lk.max(1)).zip(lse_pair) {
+                    simd::exp_sub_row(row, l);
                 }
                 // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)).
                 let d_o = (dout, a.o_rows(bi, hi));
                 let mut ds = product((lq, lk, d), d_o, (a.v, a.v_cols(bi, hi)), T::one())?;
                 // With dropout Z: O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
                 // dV = (P∘Z)ᵀ·dO.
-                let z = dropout_scale::<T>(spec, bi, hi);
-                if let Some(z) = &z {
-                    ds.iter_mut().zip(z).for_each(|(x, z)| *x *= *z);
-                }
-                for i in 0..lq {
+                apply_dropout(spec, bi, hi, &mut ds);
+                for (i, (ds_row, p_row)) in ds
+                    .chunks_mut(lk.max(1))
+                    .zip(p.chunks(lk.max(1)))
+                    .enumerate()
+                {
                     let r = (bi * lq + i) * hd + hi * d;
                     let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
-                    for j in 0..lk {
-                        let x = i * lk + j;
-                        ds[x] = p[x] * (ds[x] - di);
-                    }
+                    simd::score_grad_row(ds_row, p_row, di);
                 }
-                let pz: std::borrow::Cow<[T]> = match &z {
-                    Some(z) => p
-                        .iter()
-                        .zip(z)
-                        .map(|(p, z)| *p * *z)
-                        .collect::<Vec<T>>()
-                        .into(),
-                    None => (&p[..]).into(),
+                let pz: std::borrow::Cow<[T]> = if spec.dropout > 0.0 {
+                    let mut pz = p.clone();
+                    apply_dropout(spec, bi, hi, &mut pz);
+                    pz.into()
+                } else {
+                    (&p[..]).into()
                 };
                 // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
                 let ds_t = View {

@@ -9,7 +9,7 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{check_len, dtype_err, rows_of, CpuData, CpuStorage, Real, PAR_MIN};
+use super::{check_len, dtype_err, rows_of, simd, CpuData, CpuStorage, Real, PAR_MIN};
 use crate::backend::{dropout_keep_keyed, dropout_key, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::DType;
@@ -25,6 +25,17 @@ fn map_idx<T: Real>(x: &[T], f: impl Fn(usize, T) -> T + Sync) -> Vec<T> {
             .map(|(i, &v)| f(i, v))
             .collect()
     }
+}
+
+/// `f(a block, b's block, out's block)` over equal-length `a` and `b` into a new buffer,
+/// the blocks spread over rayon threads (for the vectorised loops of `simd.rs`).
+fn blocks<T: Real>(a: &[T], b: &[T], f: impl Fn(&[T], &[T], &mut [T]) + Sync) -> Vec<T> {
+    const BLOCK: usize = 16 * 1024;
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
+        .for_each(|(o, (a, b))| f(a, b, o));
+    out
 }
 
 fn map2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
@@ -128,11 +139,12 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 const GELU_NEW_C: f64 = 0.044_715;
 
 /// The activation itself.
+#[inline(always)]
 pub(super) fn act<T: Real>(op: UnaryOp, x: T) -> T {
     let half = T::of(0.5);
     match op {
         UnaryOp::Relu => x.max(T::zero()),
-        UnaryOp::Gelu => half * x * (T::one() + (x * T::of(INV_SQRT_2)).erf()),
+        UnaryOp::Gelu => half * x * (T::one() + (x * T::of(INV_SQRT_2)).erf_vec()),
         UnaryOp::GeluNew => {
             let inner = T::of(SQRT_2_OVER_PI) * (x + T::of(GELU_NEW_C) * x * x * x);
             half * x * (T::one() + inner.tanh())
@@ -146,6 +158,7 @@ pub(super) fn act<T: Real>(op: UnaryOp, x: T) -> T {
 }
 
 /// Its derivative at x.
+#[inline(always)]
 pub(super) fn act_grad<T: Real>(op: UnaryOp, x: T) -> T {
     let half = T::of(0.5);
     match op {
@@ -157,8 +170,8 @@ pub(super) fn act_grad<T: Real>(op: UnaryOp, x: T) -> T {
             }
         }
         UnaryOp::Gelu => {
-            let cdf = half * (T::one() + (x * T::of(INV_SQRT_2)).erf());
-            cdf + x * T::of(INV_SQRT_2PI) * (-half * x * x).exp()
+            let cdf = half * (T::one() + (x * T::of(INV_SQRT_2)).erf_vec());
+            cdf + x * T::of(INV_SQRT_2PI) * (-half * x * x).exp_nonpos()
         }
         UnaryOp::GeluNew => {
             let c = T::of(GELU_NEW_C);
@@ -182,6 +195,11 @@ pub(super) fn act_grad<T: Real>(op: UnaryOp, x: T) -> T {
 
 pub(super) fn unary<T: Real>(a: &CpuStorage, op: UnaryOp) -> Result<CpuStorage> {
     let x = a.floats::<T>("unary")?;
+    if op == UnaryOp::Gelu {
+        return Ok(CpuStorage::from_real(blocks(x, x, |x, _, o| {
+            simd::gelu(x, o)
+        })));
+    }
     Ok(CpuStorage::from_real(map_idx(x, |_, v| act(op, v))))
 }
 
@@ -195,6 +213,9 @@ pub(super) fn unary_backward<T: Real>(
         dy.floats::<T>("unary_backward")?,
     );
     check_len("unary_backward", "dy", x.len(), d.len())?;
+    if op == UnaryOp::Gelu {
+        return Ok(CpuStorage::from_real(blocks(x, d, simd::gelu_backward)));
+    }
     Ok(CpuStorage::from_real(map2(x, d, |v, g| {
         g * act_grad(op, v)
     })))
@@ -258,7 +279,19 @@ pub(super) fn add_bias<T: Real>(
     let (x, b) = (a.floats::<T>("add_bias")?, bias.floats::<T>("add_bias")?);
     rows_of("add_bias", x.len(), cols)?;
     check_len("add_bias", "bias", cols, b.len())?;
-    Ok(CpuStorage::from_real(map_idx(x, |i, v| v + b[i % cols])))
+    let mut out = vec![T::zero(); x.len()];
+    // Row by row: each row plus the bias, a loop that vectorises (no index arithmetic).
+    let rows_per_task = (16 * 1024 / cols.max(1)).max(1) * cols.max(1);
+    out.par_chunks_mut(rows_per_task)
+        .zip(x.par_chunks(rows_per_task))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(cols.max(1)).zip(x.chunks(cols.max(1))) {
+                for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                    *o = x + b;
+                }
+            }
+        });
+    Ok(CpuStorage::from_real(out))
 }
 
 pub(super) fn sum_rows<T: Real>(a: &CpuStorage, cols: usize) -> Result<CpuStorage> {

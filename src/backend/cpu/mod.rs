@@ -1,30 +1,33 @@
 //! The CPU reference backend: every primitive, forward and backward, in plain Rust with
 //! rayon for parallel rows and the `gemm` crate for matrix products. F32 is the working
 //! type; F64 exists so gradchecks can use central differences without f32 noise; F16
-//! runs as an emulation of the CUDA backend's fp16 path (`emulate.rs`: widen to f32, run
+//! runs as an emulation of the CUDA backend's fp16 path (`backend/emulate.rs`: widen to f32, run
 //! the f32 body, round each output CUDA stores as f16), so fp16 models, and their
 //! overflows, can be tested without a GPU.
 //!
 //! The math lives in one file per op family (same names as the CUDA kernels), written
 //! once, generic over [`Real`] (f32 and f64); this file only owns the storage type and
 //! routes each trait method to the family function for the buffer's dtype, or for F16 to
-//! the f32 function through the emulation's `up`/`down`.
+//! the emulation (`backend/emulate.rs`, shared with the meta device's CPU target).
 
 mod adafactor;
 mod adamw;
+pub mod alloc;
 mod attention;
 mod elementwise;
 mod embedding;
-mod emulate;
 mod layout;
 mod matmul;
 mod norm;
+pub mod path;
 mod real;
+mod simd;
 mod softmax;
 mod span;
 
 use half::f16;
 
+use crate::backend::emulate;
 use crate::backend::tracker;
 use crate::backend::{
     AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage,
@@ -32,7 +35,6 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
-use emulate::{down, down2, in_place, up, up_opt, widen};
 pub(crate) use real::Real;
 
 /// The typed buffer inside a [`CpuStorage`].
@@ -179,6 +181,9 @@ impl CpuStorage {
     pub(crate) fn from_real<T: Real>(v: Vec<T>) -> CpuStorage {
         CpuStorage::new(T::wrap(v))
     }
+    fn is_f16(&self) -> bool {
+        self.data.dtype() == DType::F16
+    }
 }
 
 /// Run the generic family function for the dtype of `$dt`: F32 or F64 directly, F16 by
@@ -195,30 +200,6 @@ macro_rules! float_op {
     };
 }
 
-/// f16 q, k, v widened to f32 for the emulation: the packed buffer once, else all three.
-struct UpQkv(Vec<CpuStorage>);
-
-fn up_qkv(op: &'static str, qkv: &attention::Qkv<'_>) -> Result<UpQkv> {
-    if qkv.lay.is_packed() {
-        Ok(UpQkv(vec![up(op, qkv.q)?]))
-    } else {
-        Ok(UpQkv(vec![up(op, qkv.q)?, up(op, qkv.k)?, up(op, qkv.v)?]))
-    }
-}
-
-impl UpQkv {
-    /// The widened buffers in `lay` (packed: the one buffer as q, k and v).
-    fn qkv(&self, lay: attention::Layout) -> attention::Qkv<'_> {
-        let q = &self.0[0];
-        attention::Qkv {
-            q,
-            k: self.0.get(1).unwrap_or(q),
-            v: self.0.get(2).unwrap_or(q),
-            lay,
-        }
-    }
-}
-
 /// Attention forward for either q/k/v layout, in the storage's float type (f16 runs in f32).
 fn attention_any(
     qkv: attention::Qkv<'_>,
@@ -226,12 +207,10 @@ fn attention_any(
 ) -> Result<(CpuStorage, CpuStorage)> {
     const OP: &str = "attention";
     float_op!(OP, qkv.q.dtype(), attention::attention(&qkv, a),
-    f16 => {
-        let bias = up_opt(OP, a.bias)?;
-        let up3 = up_qkv(OP, &qkv)?;
-        let a = AttnArgs { bias: bias.as_ref(), ..a };
-        let (out, lse) = attention::attention::<f32>(&up3.qkv(qkv.lay), a)?;
-        Ok((down(out), lse))
+    f16 => if qkv.lay.is_packed() {
+        emulate::attention_qkv(qkv.q, a)
+    } else {
+        emulate::attention(qkv.q, qkv.k, qkv.v, a)
     })
 }
 
@@ -243,20 +222,12 @@ fn attention_backward_any(
 ) -> Result<(attention::QkvGrads, Option<CpuStorage>)> {
     const OP: &str = "attention_backward";
     float_op!(OP, qkv.q.dtype(), attention::attention_backward(&qkv, saved, a),
-    f16 => {
-        let bias = up_opt(OP, a.bias)?;
-        let up3 = up_qkv(OP, &qkv)?;
-        let (out, dout) = (up(OP, saved.out)?, up(OP, saved.dout)?);
-        let saved = AttnSaved { out: &out, dout: &dout, ..saved };
-        let a = AttnArgs { bias: bias.as_ref(), ..a };
-        let (grads, db) = attention::attention_backward::<f32>(&up3.qkv(qkv.lay), saved, a)?;
-        let grads = match grads {
-            attention::QkvGrads::Separate(dq, dk, dv) => {
-                attention::QkvGrads::Separate(down(dq), down(dk), down(dv))
-            }
-            attention::QkvGrads::Packed(d) => attention::QkvGrads::Packed(down(d)),
-        };
-        Ok((grads, db.map(down)))
+    f16 => if qkv.lay.is_packed() {
+        let (d, db) = emulate::attention_qkv_backward(qkv.q, saved, a)?;
+        Ok((attention::QkvGrads::Packed(d), db))
+    } else {
+        let (dq, dk, dv, db) = emulate::attention_backward(qkv.q, qkv.k, qkv.v, saved, a)?;
+        Ok((attention::QkvGrads::Separate(dq, dk, dv), db))
     })
 }
 
@@ -297,54 +268,53 @@ impl BackendStorage for CpuStorage {
     fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
         const OP: &str = "binary";
         float_op!(OP, self.dtype(), elementwise::binary(self, rhs, op),
-            f16 => Ok(down(elementwise::binary::<f32>(&up(OP, self)?, &up(OP, rhs)?, op)?)))
+            f16 => emulate::binary(self, rhs, op))
     }
     fn affine(&self, mul: f64, add: f64) -> Result<Self> {
         float_op!("affine", self.dtype(), elementwise::affine(self, mul, add),
-            f16 => Ok(down(elementwise::affine::<f32>(&up("affine", self)?, mul, add)?)))
+            f16 => emulate::affine(self, mul, add))
     }
     fn unary(&self, op: UnaryOp) -> Result<Self> {
         float_op!("unary", self.dtype(), elementwise::unary(self, op),
-            f16 => Ok(down(elementwise::unary::<f32>(&up("unary", self)?, op)?)))
+            f16 => emulate::unary(self, op))
     }
     fn unary_backward(&self, dy: &Self, op: UnaryOp) -> Result<Self> {
         const OP: &str = "unary_backward";
         float_op!(OP, self.dtype(), elementwise::unary_backward(self, dy, op),
-            f16 => Ok(down(elementwise::unary_backward::<f32>(&up(OP, self)?, &up(OP, dy)?, op)?)))
+            f16 => emulate::unary_backward(self, dy, op))
     }
     fn gated(&self, lin: &Self, act: UnaryOp) -> Result<Self> {
         const OP: &str = "gated";
         float_op!(OP, self.dtype(), elementwise::gated(self, lin, act),
-            f16 => Ok(down(elementwise::gated::<f32>(&up(OP, self)?, &up(OP, lin)?, act)?)))
+            f16 => emulate::gated(self, lin, act))
     }
     fn gated_backward(&self, lin: &Self, dy: &Self, act: UnaryOp) -> Result<(Self, Self)> {
         const OP: &str = "gated_backward";
         float_op!(OP, self.dtype(), elementwise::gated_backward(self, lin, dy, act),
-            f16 => elementwise::gated_backward::<f32>(&up(OP, self)?, &up(OP, lin)?, &up(OP, dy)?, act)
-                .map(down2))
+            f16 => emulate::gated_backward(self, lin, dy, act))
     }
     fn dropout(&self, p: f32, seed: u64) -> Result<Self> {
         float_op!("dropout", self.dtype(), elementwise::dropout(self, p, seed),
-            f16 => Ok(down(elementwise::dropout::<f32>(&up("dropout", self)?, p, seed)?)))
+            f16 => emulate::dropout(self, p, seed))
     }
     fn add_bias(&self, bias: &Self, cols: usize) -> Result<Self> {
         const OP: &str = "add_bias";
         float_op!(OP, self.dtype(), elementwise::add_bias(self, bias, cols),
-            f16 => Ok(down(elementwise::add_bias::<f32>(&up(OP, self)?, &up(OP, bias)?, cols)?)))
+            f16 => emulate::add_bias(self, bias, cols))
     }
     fn sum_rows(&self, cols: usize) -> Result<Self> {
         float_op!("sum_rows", self.dtype(), elementwise::sum_rows(self, cols),
-            f16 => Ok(down(elementwise::sum_rows::<f32>(&up("sum_rows", self)?, cols)?)))
+            f16 => emulate::sum_rows(self, cols))
     }
     fn sum_all(&self) -> Result<Self> {
         // CUDA keeps the sum in the input's dtype.
         float_op!("sum_all", self.dtype(), elementwise::sum_all(self, false),
-            f16 => Ok(down(elementwise::sum_all::<f32>(&up("sum_all", self)?, false)?)))
+            f16 => emulate::sum_all(self))
     }
     fn sum_sq(&self) -> Result<Self> {
         // Always f32 on CUDA: it feeds gradient-norm clipping, where f16 overflows.
         float_op!("sum_sq", self.dtype(), elementwise::sum_all(self, true),
-            f16 => elementwise::sum_all::<f32>(&up("sum_sq", self)?, true))
+            f16 => emulate::sum_sq(self))
     }
     fn permute(&self, dims: &[usize], perm: &[usize]) -> Result<Self> {
         layout::permute(self, dims, perm)
@@ -366,23 +336,19 @@ impl BackendStorage for CpuStorage {
         skip: Option<usize>,
     ) -> Result<Self> {
         float_op!("index_add", self.dtype(), embedding::index_add(self, ids, n, cols, skip),
-            f16 => Ok(down(embedding::index_add::<f32>(
-                &up("index_add", self)?, ids, n, cols, skip)?)))
+            f16 => emulate::index_add(self, ids, n, cols, skip))
     }
     fn axpy_(&mut self, x: &Self, alpha: f64) -> Result<()> {
         // CUDA has every (y, x) pair of f32 and f16: f16 gradients accumulate into f32.
         if x.is_f16() && self.dtype() == DType::F32 {
-            return elementwise::axpy_::<f32>(self, &widen(x), alpha);
+            return emulate::axpy_(self, x, alpha);
         }
         float_op!("axpy_", self.dtype(), elementwise::axpy_(self, x, alpha),
-        f16 => {
-            let x = widen(x);
-            in_place(self, |y| elementwise::axpy_::<f32>(y, &x, alpha))
-        })
+            f16 => emulate::axpy_(self, x, alpha))
     }
     fn scale_(&mut self, alpha: f64) -> Result<()> {
         float_op!("scale_", self.dtype(), elementwise::scale_(self, alpha),
-            f16 => in_place(self, |y| elementwise::scale_::<f32>(y, alpha)))
+            f16 => emulate::scale_(self, alpha))
     }
     fn copy_from_(&mut self, src: &Self) -> Result<()> {
         elementwise::copy_from_(self, src)
@@ -390,8 +356,9 @@ impl BackendStorage for CpuStorage {
     fn adamw_(&mut self, grad: &Self, st: AdamWState<'_, Self>, hp: &AdamWStep) -> Result<bool> {
         // As on CUDA: the master (and moments) are never f16; an f16 gradient is read as
         // f32 (exact), and `working` may be the f16 copy the model computes with.
-        let wide = grad.is_f16().then(|| widen(grad));
-        let grad = wide.as_ref().unwrap_or(grad);
+        if grad.is_f16() {
+            return emulate::adamw_(self, grad, st, hp);
+        }
         float_op!("adamw_", self.dtype(), adamw::adamw_(self, grad, st, hp),
             f16 => Err(dtype_err("adamw_", "f32 or f64 master weights", DType::F16)))
     }
@@ -402,8 +369,9 @@ impl BackendStorage for CpuStorage {
         hp: &AdafactorStep,
     ) -> Result<Option<f64>> {
         // As adamw_: f32/f64 masters and state, an f16 gradient read as f32.
-        let wide = grad.is_f16().then(|| widen(grad));
-        let grad = wide.as_ref().unwrap_or(grad);
+        if grad.is_f16() {
+            return emulate::adafactor_(self, grad, st, hp);
+        }
         float_op!("adafactor_", self.dtype(), adafactor::adafactor_(self, grad, st, hp),
             f16 => Err(dtype_err("adafactor_", "f32 or f64 master weights", DType::F16)))
     }
@@ -420,14 +388,14 @@ impl BackendStorage for CpuStorage {
     }
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         float_op!("matmul", self.dtype(), matmul::matmul(self, rhs, spec),
-            f16 => Ok(down(matmul::matmul::<f32>(&up("matmul", self)?, &up("matmul", rhs)?, spec)?)))
+            f16 => emulate::matmul(self, rhs, spec))
     }
     fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
         const OP: &str = "matmul_out";
         match (self.dtype(), out) {
             (a, o) if a == o => self.matmul(rhs, spec),
             // cuBLAS GemmEx: f16 A and B, f32 C, f32 accumulation: no f16 rounding of C.
-            (DType::F16, DType::F32) => matmul::matmul::<f32>(&up(OP, self)?, &up(OP, rhs)?, spec),
+            (DType::F16, DType::F32) => emulate::matmul_f32_out(self, rhs, spec),
             (_, o) => Err(dtype_err(
                 OP,
                 "the operands' dtype, or f32 for f16 operands",
@@ -444,11 +412,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm";
         float_op!(OP, self.dtype(), norm::layer_norm(self, gamma, beta, cols, eps),
-        f16 => {
-            let (y, mean, rstd) =
-                norm::layer_norm::<f32>(&up(OP, self)?, &up(OP, gamma)?, &up(OP, beta)?, cols, eps)?;
-            Ok((down(y), mean, rstd))
-        })
+        f16 => emulate::layer_norm(self, gamma, beta, cols, eps))
     }
     fn layer_norm_backward(
         &self, /*x*/
@@ -460,19 +424,12 @@ impl BackendStorage for CpuStorage {
     ) -> Result<(Self, Self, Self)> {
         const OP: &str = "layer_norm_backward";
         float_op!(OP, self.dtype(), norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols),
-        f16 => {
-            let (dx, dg, db) = norm::layer_norm_backward::<f32>(
-                &up(OP, self)?, &up(OP, gamma)?, mean, rstd, &up(OP, dy)?, cols)?;
-            Ok((down(dx), down(dg), down(db)))
-        })
+        f16 => emulate::layer_norm_backward(self, gamma, mean, rstd, dy, cols))
     }
     fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm";
         float_op!(OP, self.dtype(), norm::rms_norm(self, gamma, cols, eps),
-        f16 => {
-            let (y, rstd) = norm::rms_norm::<f32>(&up(OP, self)?, &up(OP, gamma)?, cols, eps)?;
-            Ok((down(y), rstd))
-        })
+        f16 => emulate::rms_norm(self, gamma, cols, eps))
     }
     fn rms_norm_backward(
         &self, /*x*/
@@ -483,21 +440,20 @@ impl BackendStorage for CpuStorage {
     ) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm_backward";
         float_op!(OP, self.dtype(), norm::rms_norm_backward(self, gamma, rstd, dy, cols),
-            f16 => norm::rms_norm_backward::<f32>(&up(OP, self)?, &up(OP, gamma)?, rstd, &up(OP, dy)?, cols)
-                .map(down2))
+            f16 => emulate::rms_norm_backward(self, gamma, rstd, dy, cols))
     }
     fn softmax(&self, cols: usize) -> Result<Self> {
         float_op!("softmax", self.dtype(), softmax::softmax(self, cols, false),
-            f16 => Ok(down(softmax::softmax::<f32>(&up("softmax", self)?, cols, false)?)))
+            f16 => emulate::softmax(self, cols))
     }
     fn softmax_backward(&self, dy: &Self, cols: usize) -> Result<Self> {
         const OP: &str = "softmax_backward";
         float_op!(OP, self.dtype(), softmax::softmax_backward(self, dy, cols),
-            f16 => Ok(down(softmax::softmax_backward::<f32>(&up(OP, self)?, &up(OP, dy)?, cols)?)))
+            f16 => emulate::softmax_backward(self, dy, cols))
     }
     fn log_softmax(&self, cols: usize) -> Result<Self> {
         float_op!("log_softmax", self.dtype(), softmax::softmax(self, cols, true),
-            f16 => Ok(down(softmax::softmax::<f32>(&up("log_softmax", self)?, cols, true)?)))
+            f16 => emulate::log_softmax(self, cols))
     }
     fn cross_entropy(
         &self,
@@ -508,7 +464,7 @@ impl BackendStorage for CpuStorage {
         // Loss and lse stay f32 for f16 logits, as on CUDA (a scaled loss fits in f32).
         float_op!("cross_entropy", self.dtype(),
             softmax::cross_entropy(self, targets, cols, ignore_index),
-            f16 => softmax::cross_entropy::<f32>(&up("cross_entropy", self)?, targets, cols, ignore_index))
+            f16 => emulate::cross_entropy(self, targets, cols, ignore_index))
     }
     fn cross_entropy_backward(
         &self, /*logits*/
@@ -521,12 +477,11 @@ impl BackendStorage for CpuStorage {
         const OP: &str = "cross_entropy_backward";
         float_op!(OP, self.dtype(),
             softmax::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index),
-            f16 => Ok(down(softmax::cross_entropy_backward::<f32>(
-                &up(OP, self)?, targets, lse, dloss, cols, ignore_index)?)))
+            f16 => emulate::cross_entropy_backward(self, targets, lse, dloss, cols, ignore_index))
     }
     fn argmax_last(&self, cols: usize) -> Result<Self> {
         float_op!("argmax_last", self.dtype(), softmax::argmax_last(self, cols),
-            f16 => softmax::argmax_last::<f32>(&up("argmax_last", self)?, cols))
+            f16 => emulate::argmax_last(self, cols))
     }
     fn attention(&self, k: &Self, v: &Self, a: AttnArgs<'_, Self>) -> Result<(Self, Self)> {
         let lay = attention::Layout::separate(&a.spec);
@@ -573,7 +528,11 @@ impl BackendStorage for CpuStorage {
         const OP: &str = "span_search";
         float_op!(OP, self.dtype(),
             span::span_search(self, end_logits, allowed, cols, max_len, top_k),
-            f16 => span::span_search::<f32>(
-                &up(OP, self)?, &up(OP, end_logits)?, allowed, cols, max_len, top_k))
+            f16 => emulate::span_search(self, end_logits, allowed, cols, max_len, top_k))
     }
 }
+
+/// The F16 emulation (`backend/emulate.rs`) on the CPU against its definition.
+#[cfg(test)]
+#[path = "emulate_tests.rs"]
+mod emulate_tests;

@@ -1,7 +1,8 @@
 //! The memory flags `train` and `bench` share (flattened into each one's arguments).
 
 use fusebox::plan::{budget_from_flags, human, Plan};
-use fusebox::Result;
+use fusebox::shape::Target;
+use fusebox::{Device, Result};
 
 /// The memory flags `train` and `bench` share (flattened into each one's arguments).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -28,6 +29,16 @@ impl MemoryArgs {
     /// The budget these flags name, or None.
     pub fn budget(&self) -> Result<Option<usize>> {
         budget_from_flags(self.vram_budget.as_deref(), self.gpu.as_deref())
+    }
+
+    /// The backend the plan is for: CUDA on a CUDA device or for a named card (even
+    /// when only planning here), else the CPU (fp16 included: the CPU's emulation).
+    pub fn target(&self, device: Device) -> Target {
+        if device.is_cuda() || self.gpu.is_some() {
+            Target::Cuda
+        } else {
+            Target::Cpu
+        }
     }
 }
 

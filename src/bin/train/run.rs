@@ -62,7 +62,7 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "auto")]
     pub(crate) device: String,
     /// fp16: fp16 weights and activations with fp32 master weights and dynamic loss
-    /// scaling (CUDA only).
+    /// scaling (on the CPU, an emulation of the CUDA path: f16 storage, f32 arithmetic).
     #[arg(long, value_enum, default_value = "fp32")]
     pub(crate) precision: Precision,
     /// Total optimizer steps (Trainer's max_steps): overrides --epochs, passing over the
@@ -127,18 +127,15 @@ impl RunArgs {
     /// The resolved device, the parameter dtype, and whether training is fp16.
     pub(crate) fn device_dtype(&self) -> Result<(Device, DType, bool)> {
         let device = Device::parse(&self.device)?.resolve();
-        let fp16 = self.precision == Precision::Fp16;
-        if fp16 && !device.is_cuda() {
-            if self.mem.plan {
-                // Only the plan is wanted: build the model in f32 here, plan for fp16.
-                return Ok((device, DType::F32, true));
-            }
-            bail!(
-                "--precision fp16 needs a CUDA device; got --device {}",
-                self.device
-            );
+        Ok((device, self.dtype(), self.precision == Precision::Fp16))
+    }
+
+    /// The parameters' dtype --precision names.
+    fn dtype(&self) -> DType {
+        match self.precision {
+            Precision::Fp16 => DType::F16,
+            Precision::Fp32 => DType::F32,
         }
-        Ok((device, if fp16 { DType::F16 } else { DType::F32 }, fp16))
     }
 
     /// The memory plan for `spec` at lengths `seq` (→ `tgt` for T5), fitted to
@@ -154,10 +151,7 @@ impl RunArgs {
         rows: usize,
         device: Device,
     ) -> Result<Plan> {
-        let dtype = match self.precision {
-            Precision::Fp16 => DType::F16,
-            Precision::Fp32 => DType::F32,
-        };
+        let dtype = self.dtype();
         let budget = self.mem.budget()?;
         let accum = cfg.grad_accum.max(1);
         let base = Workload {
@@ -169,12 +163,7 @@ impl RunArgs {
             checkpointing: self.mem.checkpointing,
             infer: false,
             optim: cfg.optim,
-            // fp16 training and a named card both mean CUDA, even when only planning here.
-            target: if device.is_cuda() || self.mem.gpu.is_some() || dtype == DType::F16 {
-                Target::Cuda
-            } else {
-                Target::Cpu
-            },
+            target: self.mem.target(device),
         };
         let plan = plan::plan_or_fit(spec, budget, cfg.batch, &base)?;
         if device == Device::Cpu && plan.work.target == Target::Cpu && !self.mem.plan {
@@ -223,7 +212,7 @@ impl RunArgs {
             grad_accum: 1,
             seq_len: 1,
             tgt_len: 1,
-            dtype: DType::F32,
+            dtype: self.dtype(),
             checkpointing: false,
             infer: false,
             target: Target::Cpu,

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::encoder::{validate_sizes, Activation, EncoderSpec, LayerDims, LayerNames};
-use super::encoder_qa::{EncoderFamily, EncoderForQa};
+use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames};
+use super::encoder_qa::{check_family, EncoderFamily, EncoderForQa};
 use crate::error::{Error, Result};
 
 fn d_vocab() -> usize {
@@ -99,15 +99,7 @@ impl BertConfig {
                 self.position_embedding_type
             )));
         }
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-        ];
-        validate_sizes(file, sizes, ("hidden_act", &self.hidden_act))
+        check_family(self, file)
     }
 }
 

@@ -12,10 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::encoder::{
-    validate_sizes, Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS,
-};
-use super::encoder_qa::{EncoderFamily, EncoderForQa, SizeFields};
+use super::encoder::{Activation, EncoderSpec, LayerDims, LayerNames, LAYER_NORM_EPS};
+use super::encoder_qa::{check_family, EncoderFamily, EncoderForQa, SizeFields};
 use crate::error::Result;
 
 fn d_vocab() -> usize {
@@ -86,15 +84,7 @@ pub struct DistilBertConfig {
 impl DistilBertConfig {
     /// Refuse what we do not implement; `file` names the config in errors.
     pub fn validate(&self, file: &Path) -> Result<()> {
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("dim", self.dim),
-            ("hidden_dim", self.hidden_dim),
-        ];
-        validate_sizes(file, sizes, ("activation", &self.activation))
+        check_family(self, file)
     }
 }
 
@@ -119,6 +109,8 @@ impl EncoderFamily for DistilBertConfig {
         positions: "max_position_embeddings",
         intermediate: "hidden_dim",
         layers: "n_layers",
+        heads: "n_heads",
+        act: "activation",
     };
 
     fn check(&self, file: &Path) -> Result<()> {

@@ -27,6 +27,33 @@ pub struct SizeFields {
     pub positions: &'static str,
     pub intermediate: &'static str,
     pub layers: &'static str,
+    pub heads: &'static str,
+    /// The activation's name.
+    pub act: &'static str,
+}
+
+/// The size and activation checks every family shares, on the family's own field names
+/// (`SIZE_FIELDS`), the values read through serde: each family names its fields once.
+pub fn check_family<C: EncoderFamily>(config: &C, file: &Path) -> Result<()> {
+    let v = serde_json::to_value(config)
+        .map_err(|e| crate::error::Error::msg(format!("{}: {e}", file.display())))?;
+    let f = C::SIZE_FIELDS;
+    let size = |name: &'static str| {
+        let n = v.get(name).and_then(|x| x.as_u64()).ok_or_else(|| {
+            crate::error::Error::msg(format!("{}: {name} is not a size", file.display()))
+        })?;
+        Ok::<_, crate::error::Error>((name, n as usize))
+    };
+    let sizes = [
+        size(f.vocab)?,
+        size(f.positions)?,
+        size(f.layers)?,
+        size(f.heads)?,
+        size(f.hidden)?,
+        size(f.intermediate)?,
+    ];
+    let act = v.get(f.act).and_then(|x| x.as_str()).unwrap_or_default();
+    super::encoder::validate_sizes(file, sizes, (f.act, act))
 }
 
 /// What a QA encoder family says about itself: its config.json and HF names.
@@ -45,6 +72,8 @@ pub trait EncoderFamily: Serialize + DeserializeOwned {
         positions: "max_position_embeddings",
         intermediate: "intermediate_size",
         layers: "num_hidden_layers",
+        heads: "num_attention_heads",
+        act: "hidden_act",
     };
 
     /// Refuse what fusebox does not implement; `file` names the config in errors.

@@ -22,7 +22,7 @@ fn step_ranges(cfg: ModelConfig) -> Vec<String> {
         seq: 8,
         tgt: 6,
     };
-    let (report, names) = nvtx::record(|| {
+    let (report, names) = nvtx::capture(|| {
         accumulate_and_step(&mut opt, None, 1e-3, Some(1.0), &[1.0], |_| {
             model.train_loss(shape, Device::Cpu, 3)
         })

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 static ON: OnceLock<bool> = OnceLock::new();
 
 thread_local! {
-    /// The names pushed on this thread while [`record`] is active (tests read them).
+    /// The names pushed on this thread while [`capture`] is active (tests read them).
     static RECORD: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
@@ -92,7 +92,7 @@ pub fn layer(stack: &str, i: usize) -> Range {
 
 /// Run `f` with ranges pushed (whatever [`on`] says) and their names recorded in push
 /// order: what a profiler attached to this thread would see.
-pub fn record<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+pub fn capture<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     let prev = RECORD.with(|r| r.borrow_mut().replace(Vec::new()));
     let out = f();
     let names = RECORD.with(|r| std::mem::replace(&mut *r.borrow_mut(), prev));
@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn layers_and_nesting_are_named_in_push_order() {
         assert_eq!(layer_name("encoder", 3), "encoder.3");
-        let ((), names) = record(|| {
+        let ((), names) = capture(|| {
             let _step = range("step");
             for i in 0..2 {
                 let _l = layer("decoder", i);
@@ -139,8 +139,8 @@ mod tests {
             names,
             ["step", "decoder.0", "linear.bwd", "decoder.1", "linear.bwd"]
         );
-        // Outside `record` nothing is kept.
-        let ((), after) = record(|| ());
+        // A later capture starts empty.
+        let ((), after) = capture(|| ());
         assert!(after.is_empty());
     }
 }

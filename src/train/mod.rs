@@ -178,6 +178,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 .collect();
             let mut step_tokens = 0;
             let rng = &mut st.rng;
+            let step_range = crate::profile::nvtx::range("step");
             let report = accumulate_and_step(
                 &mut opt,
                 st.scaler.as_ref(),
@@ -190,6 +191,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                     Ok(loss)
                 },
             )?;
+            drop(step_range);
             let (outc, step_loss) = (report.outcome, report.loss);
             if let Some(s) = st.scaler.as_mut() {
                 s.update(outc.skipped);

@@ -18,7 +18,7 @@ use crate::models::qa::{QaBatch, QaModel};
 use crate::models::step::{ModelConfig, ModelSource};
 use crate::nn::Mode;
 use crate::optim::{LossScaler, OptimConfig, Optimizer};
-use crate::profile;
+use crate::profile::{self, nvtx};
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
@@ -147,21 +147,34 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     };
     let mut scaler = (cfg.train && cfg.fp16).then(LossScaler::default);
     let mut losses = Vec::new();
+    // NVTX ranges (profile/nvtx.rs) as the training loop's: step > forward, backward,
+    // optimizer.
     let mut step = |i: u64| -> Result<()> {
+        let _step = nvtx::range("step");
         if !cfg.train {
+            let _range = nvtx::range("forward");
             return m.infer();
         }
-        let loss = m.train_loss(i)?;
-        let scaled = match &scaler {
-            Some(s) => loss.scale(s.scale)?,
-            None => loss.clone(),
+        let loss = {
+            let _range = nvtx::range("forward");
+            m.train_loss(i)?
         };
-        let grads = backward(&scaled)?;
+        let grads = {
+            let _range = nvtx::range("backward");
+            let scaled = match &scaler {
+                Some(s) => loss.scale(s.scale)?,
+                None => loss.clone(),
+            };
+            backward(&scaled)?
+        };
         let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
         let opt = opt
             .as_mut()
             .ok_or_else(|| Error::msg("bench: training step without an optimizer"))?;
-        let out = opt.step(&grads, 5e-5, inv, Some(1.0))?;
+        let out = {
+            let _range = nvtx::range("optimizer");
+            opt.step(&grads, 5e-5, inv, Some(1.0))?
+        };
         if let Some(s) = scaler.as_mut() {
             s.update(out.skipped);
         }

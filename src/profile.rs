@@ -4,9 +4,10 @@
 //! CUDA the device is synchronised at both ends of a span so the wall time covers the
 //! kernels, not just their launch; that costs a little throughput, so it is on only
 //! while profiling. Off, a span is one thread-local read and its cost formula is never
-//! evaluated.
+//! evaluated. Each span is also an NVTX range (nvtx.rs) when those are on.
 
 pub mod cost;
+pub mod nvtx;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -138,6 +139,8 @@ pub struct Span {
     open: bool,
     start: Option<Instant>,
     work: Option<Work>,
+    /// The op's NVTX range (`linear.bwd`), open while the span is.
+    _range: nvtx::Range,
 }
 
 impl Span {
@@ -178,6 +181,7 @@ impl Span {
             open: false,
             start: None,
             work,
+            _range: nvtx::range(format_args!("{name}{}", pass.suffix())),
         };
         if !enabled() {
             return span;

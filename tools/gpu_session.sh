@@ -143,6 +143,17 @@ step bench_t5_fp16_ckpt 60 "$BENCH" --model t5-small --device cuda --precision f
 step bench_t5_fp32 60 "$BENCH" --model t5-small --device cuda --precision fp32 --batch 16 --seq 512 --tgt-seq 128 --steps 4 --warmup 2 --profile-steps 0 --json
 step bench_t5_fp16_k128 60 env FUSEBOX_ATTN_BWD=k128 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
 step bench_t5_fp16_separate_qkv 60 env FUSEBOX_SEPARATE_QKV=1 "$BENCH" --model t5-small --device cuda --precision fp16 --batch 16 --seq 512 --tgt-seq 128 --steps 8 --warmup 3 --profile-steps 0 --json
+# NVTX ranges in an Nsight Systems timeline (tools/profile.sh without ncu, a short
+# DistilBERT step); the check needs the step, a layer and an op range in nvtx_sum.
+NSYS="$(command -v nsys || echo /usr/local/cuda/bin/nsys)"
+if [ -x "$NSYS" ]; then
+    step nsys_nvtx 90 env BENCH="$BENCH" PROFILE_SKIP_NCU=1 bash tools/profile.sh "$W/nsys" -- \
+        --model distilbert-qa --device cuda --precision fp16 --batch 8 --seq 128 --steps 2 --warmup 1 --profile-steps 0
+    step nsys_nvtx_ranges 10 bash -c 'f=$1; cat "$f" && grep -qw step "$f" && grep -qF encoder.0 "$f" && grep -qw linear "$f"' _ "$W/nsys/nvtx_sum.txt"
+else
+    log "SKIPPED nsys_nvtx (no nsys)"
+    echo "STEP nsys_nvtx rc=skipped (no nsys)" >>"$RESULTS"
+fi
 # 4. Memory errors in the kernels (small cases), the NVRTC run-time path, model tests on GPU.
 CS="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
 [ -x "$CS" ] && step memcheck 100 env FUSEBOX_TEST_SMALL=1 "$CS" --tool memcheck --leak-check no --error-exitcode 99 "$KT" --test-threads=1 --skip nvrtc --skip stability
@@ -192,6 +203,9 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
         grep -h '^{' "$W/$f.out" 2>/dev/null | tail -n 1 | $PY tools/ops_table.py
     done
     echo
+    echo "== NVTX ranges in nsys (nvtx_sum; step, encoder.N, ops)"
+    grep -E "step|encoder\.|forward|backward|optimizer" "$W/nsys/nvtx_sum.txt" 2>/dev/null | head -n 20
+    echo
     echo "== Nsight Compute, attention backward at 32 x 12 x 384 x 384 (one launch each)"
     for v in k64 k128; do
         [ -f "$W/ncu_attn_bwd_$v.out" ] || continue
@@ -202,5 +216,5 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
     log "done"
 } >"$W/summary.txt" 2>&1
 cp "$W/summary.txt" "$FINAL/summary.txt"
-tar -C "$W" -czf "$FINAL/logs.tgz" --exclude=tests --exclude=bin --exclude=kernel-cache . 2>/dev/null
+tar -C "$W" -czf "$FINAL/logs.tgz" --exclude=tests --exclude=bin --exclude=kernel-cache --exclude='*.nsys-rep' . 2>/dev/null
 cat "$W/summary.txt"

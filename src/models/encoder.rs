@@ -359,6 +359,7 @@ impl Encoder {
             .dropout(mode.p(s.embedding_dropout), mode.seed_for(1))?;
         for (i, layer) in self.layers.iter().enumerate() {
             let site = 2 + i as u64;
+            let _range = crate::profile::nvtx::layer("encoder", i);
             x = if self.checkpointing && mode.is_train() {
                 layer.forward_checkpointed(&x, attention_mask, mode, site)?
             } else {

@@ -7,10 +7,12 @@
 //! gradient is added in as soon as it is final, so two full sets are never held at
 //! once). Its loss value stays on the device (detached) and is read once after the
 //! optimizer step, so nothing waits for the device between forward and backward.
+//! Forward, backward and optimizer are NVTX ranges (profile/nvtx.rs).
 
 use crate::autograd::{backward_into, Grads};
 use crate::error::{Error, Result};
 use crate::optim::{LossScaler, Optimizer, StepOutcome};
+use crate::profile::nvtx;
 use crate::tensor::Tensor;
 
 /// What a step did: the optimizer's outcome and the step's loss (the micro-batch losses
@@ -38,8 +40,12 @@ pub fn accumulate_and_step(
     let mut grads = Grads::default();
     let mut losses: Vec<Tensor> = Vec::with_capacity(shares.len());
     for (i, &share) in shares.iter().enumerate() {
-        let loss = loss_of(i)?;
+        let loss = {
+            let _range = nvtx::range("forward");
+            loss_of(i)?
+        };
         losses.push(loss.detach());
+        let _range = nvtx::range("backward");
         let mut scaled = loss.scale(share)?;
         if let Some(s) = scaler {
             scaled = scaled.scale(s.scale)?;
@@ -47,7 +53,10 @@ pub fn accumulate_and_step(
         backward_into(&scaled, &mut grads)?;
     }
     let inv = scaler.map(|s| s.inv_scale()).unwrap_or(1.0);
-    let outcome = opt.step(&grads, lr, inv, max_grad_norm)?;
+    let outcome = {
+        let _range = nvtx::range("optimizer");
+        opt.step(&grads, lr, inv, max_grad_norm)?
+    };
     // The step's one host read of the losses (the optimizer already waited for the
     // gradients' norm).
     let mut loss = 0.0;

@@ -171,6 +171,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                 .collect();
             let mut step_tokens = 0;
             let rng = &mut st.rng;
+            let step_range = crate::profile::nvtx::range("step");
             let report = accumulate_and_step(
                 &mut opt,
                 st.scaler.as_ref(),
@@ -183,6 +184,7 @@ pub fn run<T: Task>(task: &mut T, cfg: &TrainConfig) -> Result<Value> {
                     Ok(loss)
                 },
             )?;
+            drop(step_range);
             let (outc, step_loss) = (report.outcome, report.loss);
             // Adafactor's relative step sets its own lr (HF reports it through
             // AdafactorSchedule); else the schedule's.

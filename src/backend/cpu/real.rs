@@ -117,7 +117,7 @@ fn exp_f32(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 0.5; // Cephes: 5.000_000_1e-1, which is 0.5 in f32
+        + 0.5;
     let y = p * r * r + r + 1.0;
     let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let scale = f32::from_bits(((ni + 127).max(0) as u32) << 23);

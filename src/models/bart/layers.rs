@@ -355,6 +355,8 @@ pub struct BartStack {
     pub emb_site: u64,
     /// Recompute each layer in backward instead of keeping its activations.
     pub checkpointing: bool,
+    /// `encoder` or `decoder` (its layers' NVTX ranges are `encoder.3`).
+    pub name: &'static str,
 }
 
 impl BartStack {
@@ -380,9 +382,13 @@ impl BartStack {
         let ckpt = self.checkpointing && mode.is_train();
         self.layers
             .iter()
-            .try_fold(h.clone(), |h, layer| match ckpt {
-                true => layer.forward_checkpointed(&h, ctx, mode),
-                false => layer.forward(&h, ctx, mode),
+            .enumerate()
+            .try_fold(h.clone(), |h, (i, layer)| {
+                let _range = crate::profile::nvtx::layer(self.name, i);
+                match ckpt {
+                    true => layer.forward_checkpointed(&h, ctx, mode),
+                    false => layer.forward(&h, ctx, mode),
+                }
             })
     }
 }

@@ -155,6 +155,7 @@ impl BartForConditionalGeneration {
                 },
                 emb_site: u64::from(decoder),
                 checkpointing: false,
+                name: if decoder { "decoder" } else { "encoder" },
             })
         };
         let encoder = stack("encoder", false)?;

@@ -350,7 +350,13 @@ impl T5Stack {
         let l = x.dims()[1];
         let bias = self.position_bias(cfg, l, l, 0)?;
         let mut h = drop.apply(x)?;
-        for blk in &self.blocks {
+        let stack = if self.is_decoder {
+            "decoder"
+        } else {
+            "encoder"
+        };
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let _range = crate::profile::nvtx::layer(stack, i);
             let ctx = BlockInputs {
                 is_decoder: self.is_decoder,
                 self_mask,

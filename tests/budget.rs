@@ -27,6 +27,8 @@ mod adafactor;
 mod checkpointing;
 #[path = "budget/fp16.rs"]
 mod fp16;
+#[path = "budget/matmul.rs"]
+mod matmul;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

@@ -35,6 +35,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
+pub use matmul::rhs_copy_len;
 pub(crate) use real::Real;
 
 /// The typed buffer inside a [`CpuStorage`].

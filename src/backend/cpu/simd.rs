@@ -119,6 +119,18 @@ multiversion! {
 }
 
 multiversion! {
+    /// Attention backward's dropout, one draw for two rows: with Z the row's multipliers
+    /// (as [`dropout_row`] draws them), `ds ← Z ⊙ ds` and `pz ← P ⊙ Z`.
+    fn dropout_row_pair<T: Real>(ds: &mut [T], p: &[T], pz: &mut [T], key: (u32, u32), base: u64, rate: f32, keep_scale: T) {
+        for (j, ((d, &pj), z)) in ds.iter_mut().zip(p).zip(pz.iter_mut()).enumerate() {
+            let keep = crate::backend::dropout_keep_keyed(key, base + j as u64, rate);
+            *d = if keep { *d * keep_scale } else { T::zero() };
+            *z = if keep { pj * keep_scale } else { T::zero() };
+        }
+    }
+}
+
+multiversion! {
     /// The score gradient of one row, in place: `ds = p ⊙ (ds − di)`.
     fn score_grad_row<T: Real>(ds: &mut [T], p: &[T], di: T) {
         for (d, &p) in ds.iter_mut().zip(p) {
@@ -247,6 +259,21 @@ mod tests {
             (650..850).contains(&kept),
             "{kept} of 1000 kept at p = 0.25"
         );
+    }
+
+    #[test]
+    fn dropout_row_pair_is_two_dropout_rows() {
+        let key = crate::backend::dropout_key(77);
+        let p: Vec<f32> = (0..100).map(|i| i as f32 * 0.01).collect();
+        let mut ds: Vec<f32> = (0..100).map(|i| 1.0 - i as f32 * 0.02).collect();
+        let (mut want_ds, mut want_pz) = (ds.clone(), p.clone());
+        dropout_row(&mut want_ds, key, 9_000, 0.3, 1.0 / 0.7);
+        dropout_row(&mut want_pz, key, 9_000, 0.3, 1.0 / 0.7);
+        let mut pz = vec![-1.0f32; 100];
+        dropout_row_pair(&mut ds, &p, &mut pz, key, 9_000, 0.3, 1.0 / 0.7);
+        assert_eq!(ds, want_ds);
+        assert_eq!(pz, want_pz);
+        assert!(pz.iter().any(|&x| x == 0.0) && pz.iter().any(|&x| x > 0.0));
     }
 
     #[test]

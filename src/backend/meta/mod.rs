@@ -99,6 +99,20 @@ impl MetaStorage {
         (n, DType::F32)
     }
 
+    /// A matmul's result; on the CPU target, after the scratch copy of a transposed
+    /// right operand the CPU takes for some shapes (`cpu::rhs_copy_len`), which stays
+    /// alive until the result exists.
+    fn product(&self, spec: &MatmulSpec, dtype: DType) -> MetaStorage {
+        let len = match self.cuda() {
+            false => crate::backend::cpu::rhs_copy_len(spec),
+            true => 0,
+        };
+        let copy = (len > 0).then(|| self.out(len, self.dtype));
+        let out = self.out(spec.batch * spec.m * spec.n, dtype);
+        drop(copy);
+        out
+    }
+
     fn rows(&self, cols: usize) -> usize {
         self.len.checked_div(cols).unwrap_or(0)
     }
@@ -292,14 +306,14 @@ impl BackendStorage for MetaStorage {
     }
     fn matmul(&self, _rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         cpu_f16!(self, matmul(self, _rhs, spec));
-        Ok(self.out(spec.batch * spec.m * spec.n, self.dtype))
+        Ok(self.product(spec, self.dtype))
     }
     fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
         if self.emulates() && out == DType::F32 {
             return emulate::matmul_f32_out(self, rhs, spec);
         }
         cpu_f16!(self, matmul(self, rhs, spec));
-        Ok(self.out(spec.batch * spec.m * spec.n, out))
+        Ok(self.product(spec, out))
     }
     fn layer_norm(
         &self,

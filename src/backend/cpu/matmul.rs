@@ -21,7 +21,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{len_err, CpuStorage, Real};
-use crate::backend::MatmulSpec;
+use crate::backend::{LinearDims, MatmulSpec};
 use crate::error::{Error, Result};
 
 /// A strided `rows × cols` matrix view: element (i, j) is at `off + i·rs + j·cs`.
@@ -165,6 +165,44 @@ pub(super) fn matmul<T: Real>(
     b: &CpuStorage,
     s: &MatmulSpec,
 ) -> Result<CpuStorage> {
+    product::<T>(a, b, s, None)
+}
+
+/// `x · Wᵀ + bias` with the bias rows as the product's starting value, which gemm adds
+/// into: one pass writes the bias, none adds it afterwards, and there is no second
+/// buffer.
+pub(super) fn linear_bias<T: Real>(
+    x: &CpuStorage,
+    w: &CpuStorage,
+    bias: &CpuStorage,
+    LinearDims { rows, out_f, in_f }: LinearDims,
+) -> Result<CpuStorage> {
+    const OP: &str = "linear_bias";
+    let b = bias.floats::<T>(OP)?;
+    if b.len() != out_f {
+        return Err(len_err(OP, "bias of", out_f, b.len()));
+    }
+    let len = rows * out_f;
+    let mut init: Vec<T> = Vec::with_capacity(len);
+    init.spare_capacity_mut()[..len]
+        .par_chunks_mut(out_f.max(1))
+        .for_each(|row| {
+            for (d, &v) in row.iter_mut().zip(b) {
+                d.write(v);
+            }
+        });
+    // SAFETY: the loop above wrote each of the `len` elements (every row is the bias).
+    unsafe { init.set_len(len) };
+    product::<T>(x, w, &MatmulSpec::linear(rows, out_f, in_f), Some(init))
+}
+
+/// `A · B` per batch into a new buffer, or added into `init` (accumulated, same length).
+fn product<T: Real>(
+    a: &CpuStorage,
+    b: &CpuStorage,
+    s: &MatmulSpec,
+    init: Option<Vec<T>>,
+) -> Result<CpuStorage> {
     const OP: &str = "matmul";
     let (x, y) = (a.floats::<T>(OP)?, b.floats::<T>(OP)?);
     let (m, n, k) = (s.m, s.n, s.k);
@@ -212,7 +250,8 @@ pub(super) fn matmul<T: Real>(
             View::row_major(off, n)
         }
     };
-    let mut out = vec![T::zero(); s.batch * m * n];
+    let accumulate = init.is_some();
+    let mut out = init.unwrap_or_else(|| vec![T::zero(); s.batch * m * n]);
     if m * n == 0 {
         return Ok(CpuStorage::from_real(out));
     }
@@ -227,7 +266,7 @@ pub(super) fn matmul<T: Real>(
             y,
             bv(bi * s.stride_b),
             T::one(),
-            false,
+            accumulate,
             par,
         )
     };

@@ -470,6 +470,11 @@ impl BackendStorage for MetaStorage {
         if self.lt_epilogue(dims) {
             return Ok(self.out(dims.rows * dims.out_f, self.dtype));
         }
+        if !self.cuda() && !self.emulates() {
+            // The CPU's GEMM adds into the bias rows (cpu/matmul.rs): a matmul's buffers.
+            let spec = MatmulSpec::linear(dims.rows, dims.out_f, dims.in_f);
+            return Ok(self.product(&spec, self.dtype));
+        }
         composed::linear_bias(self, w, bias, dims)
     }
     fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {

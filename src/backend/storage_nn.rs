@@ -5,9 +5,10 @@
 
 use super::storage::{adafactor_state_on, dispatch, mismatch, per_backend, same_mut};
 use super::storage::{Lift, Operand, Storage, Variant};
+use super::SpanCandidate;
 use super::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome, AdafactorState};
 use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
-use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, SpanCandidate};
+use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, ResidualNorm};
 use crate::error::Result;
 use crate::shape::{DType, Device};
 
@@ -20,12 +21,12 @@ dispatch! {
         cols: usize) -> (Storage, Storage, Storage);
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual
     /// block): (y, s, mean, rstd) with `s` the normalised sum. One kernel on CUDA.
-    fn dropout_add_layer_norm(&self, res: &Storage, gamma: &Storage, beta: &Storage, cols: usize,
-        eps: f64, p: f32, seed: u64) -> (Storage, Storage, Storage, Storage);
+    fn dropout_add_layer_norm(&self, res: &Storage, gamma: &Storage, beta: &Storage,
+        rn: ResidualNorm) -> (Storage, Storage, Storage, Storage);
     /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
     /// saved sum `self`: (ds, da, dgamma, dbeta); `da` is `None` when p = 0 (it is ds).
     fn dropout_add_layer_norm_backward(&self, gamma: &Storage, mean: &Storage, rstd: &Storage,
-        dy: &Storage, cols: usize, p: f32, seed: u64) -> (Storage, Option<Storage>, Storage, Storage);
+        dy: &Storage, rn: ResidualNorm) -> (Storage, Option<Storage>, Storage, Storage);
     /// `self [rows, in] · wᵀ + bias`: on CUDA in one GEMM with the bias added by its
     /// epilogue (cuBLASLt) where it can, else GEMM + `add_bias`.
     fn linear_bias(&self, w: &Storage, bias: &Storage, dims: LinearDims) -> Storage;

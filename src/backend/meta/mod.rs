@@ -33,7 +33,7 @@ use crate::backend::{
     SpanCandidate, UnaryOp,
 };
 use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
-use crate::backend::{AdafactorState, AdafactorStep};
+use crate::backend::{AdafactorState, AdafactorStep, ResidualNorm};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
 
@@ -472,16 +472,13 @@ impl BackendStorage for MetaStorage {
         res: &Self,
         gamma: &Self,
         beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Self, Self, Self)> {
         if !self.cuda() {
-            return composed::dropout_add_layer_norm(self, res, gamma, beta, cols, eps, p, seed);
+            return composed::dropout_add_layer_norm(self, res, gamma, beta, rn);
         }
         // One kernel: y, the sum, mean and rstd (backend/cuda/norm.rs).
-        let rows = self.rows(cols);
+        let rows = self.rows(rn.cols);
         let (y, s) = (self.like(), self.like());
         let (m, r) = (self.out(rows, DType::F32), self.out(rows, DType::F32));
         Ok((y, s, m, r))
@@ -492,16 +489,13 @@ impl BackendStorage for MetaStorage {
         mean: &Self,
         rstd: &Self,
         dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Option<Self>, Self, Self)> {
-        if !self.cuda() || p == 0.0 {
+        if !self.cuda() || rn.p == 0.0 {
             // CUDA without dropout is LayerNorm's backward, as composed.
-            return composed::dropout_add_layer_norm_backward(
-                self, gamma, mean, rstd, dy, cols, p, seed,
-            );
+            return composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, rn);
         }
+        let cols = rn.cols;
         let (ds, da) = (self.like(), self.like());
         let (dg, db) = (self.out(cols, self.dtype), self.out(cols, self.dtype));
         let part = self.col_partials(self.rows(cols), cols);

@@ -139,18 +139,24 @@ impl MatmulSpec {
         }
     }
 
-    /// A plain (unbatched) `m×k · k×n` product.
-    pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
+    /// `batch` products `m×k · k×n` of contiguous operands as stored (no transpose);
+    /// `broadcast_b`: one B for every batch entry.
+    pub fn batched(batch: usize, m: usize, k: usize, n: usize, broadcast_b: bool) -> MatmulSpec {
         MatmulSpec {
-            batch: 1,
+            batch,
             m,
             n,
             k,
             trans_a: false,
             trans_b: false,
             stride_a: m * k,
-            stride_b: k * n,
+            stride_b: if broadcast_b { 0 } else { k * n },
         }
+    }
+
+    /// A plain (unbatched) `m×k · k×n` product.
+    pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
+        MatmulSpec::batched(1, m, k, n, false)
     }
 }
 

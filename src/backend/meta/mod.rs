@@ -506,42 +506,42 @@ impl BackendStorage for MetaStorage {
         tensors: &mut [MultiTensor<'_, Self>],
         _hp: &AdamWMultiStep,
     ) -> Result<Option<AdamWMultiOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let lens: Vec<usize> = tensors.iter().map(|t| t.param.len).collect();
-        first.param.scratch(&cuda::adamw_multi::scratch(&lens)?);
-        Ok(Some(AdamWMultiOutcome {
-            skipped: false,
-            sum_sq: 0.0,
-        }))
+        first.scratch(&cuda::adamw_multi::scratch(&lens)?);
+        Ok(Some(PLANNED_STEP))
     }
     fn adafactor_multi(
         tensors: &mut [AdafactorMultiTensor<'_, Self>],
         hp: &AdafactorMultiStep,
     ) -> Result<Option<AdafactorOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let shapes: Vec<_> = tensors
             .iter()
             .map(|t| (t.param.len, t.st.rows_cols))
             .collect();
-        first.param.adafactor_scratch(&shapes, true)?;
+        first.adafactor_scratch(&shapes, true)?;
         Ok(Some(AdafactorOutcome {
-            multi: AdamWMultiOutcome {
-                skipped: false,
-                sum_sq: 0.0,
-            },
+            multi: PLANNED_STEP,
             lr: hp.report.map(|_| 0.0),
         }))
     }
+}
+
+/// What a planned multi-tensor step reports: not skipped (a plan reads no gradient).
+const PLANNED_STEP: AdamWMultiOutcome = AdamWMultiOutcome {
+    skipped: false,
+    sum_sq: 0.0,
+};
+
+/// A multi-tensor step's first parameter when the plan is for CUDA (the backend with
+/// that path); `None`, as the CPU answers, otherwise or for no parameters.
+fn cuda_first(first: Option<&MetaStorage>) -> Option<&MetaStorage> {
+    first.filter(|p| p.cuda())
 }
 
 impl MetaStorage {

@@ -20,6 +20,7 @@ pub mod blaslt;
 pub mod context;
 mod elementwise;
 mod embedding;
+mod launch_table;
 mod layout;
 pub mod libs;
 mod norm;

@@ -33,7 +33,7 @@ use crate::backend::{
     SpanCandidate, UnaryOp,
 };
 use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
-use crate::backend::{AdafactorState, AdafactorStep};
+use crate::backend::{AdafactorState, AdafactorStep, ResidualNorm};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
 
@@ -491,16 +491,13 @@ impl BackendStorage for MetaStorage {
         res: &Self,
         gamma: &Self,
         beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Self, Self, Self)> {
         if !self.cuda() {
-            return composed::dropout_add_layer_norm(self, res, gamma, beta, cols, eps, p, seed);
+            return composed::dropout_add_layer_norm(self, res, gamma, beta, rn);
         }
         // One kernel: y, the sum, mean and rstd (backend/cuda/norm.rs).
-        let rows = self.rows(cols);
+        let rows = self.rows(rn.cols);
         let (y, s) = (self.like(), self.like());
         let (m, r) = (self.out(rows, DType::F32), self.out(rows, DType::F32));
         Ok((y, s, m, r))
@@ -511,16 +508,13 @@ impl BackendStorage for MetaStorage {
         mean: &Self,
         rstd: &Self,
         dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Option<Self>, Self, Self)> {
-        if !self.cuda() || p == 0.0 {
+        if !self.cuda() || rn.p == 0.0 {
             // CUDA without dropout is LayerNorm's backward, as composed.
-            return composed::dropout_add_layer_norm_backward(
-                self, gamma, mean, rstd, dy, cols, p, seed,
-            );
+            return composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, rn);
         }
+        let cols = rn.cols;
         let (ds, da) = (self.like(), self.like());
         let (dg, db) = (self.out(cols, self.dtype), self.out(cols, self.dtype));
         let part = self.col_partials(self.rows(cols), cols);
@@ -531,42 +525,42 @@ impl BackendStorage for MetaStorage {
         tensors: &mut [MultiTensor<'_, Self>],
         _hp: &AdamWMultiStep,
     ) -> Result<Option<AdamWMultiOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let lens: Vec<usize> = tensors.iter().map(|t| t.param.len).collect();
-        first.param.scratch(&cuda::adamw_multi::scratch(&lens)?);
-        Ok(Some(AdamWMultiOutcome {
-            skipped: false,
-            sum_sq: 0.0,
-        }))
+        first.scratch(&cuda::adamw_multi::scratch(&lens)?);
+        Ok(Some(PLANNED_STEP))
     }
     fn adafactor_multi(
         tensors: &mut [AdafactorMultiTensor<'_, Self>],
         hp: &AdafactorMultiStep,
     ) -> Result<Option<AdafactorOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let shapes: Vec<_> = tensors
             .iter()
             .map(|t| (t.param.len, t.st.rows_cols))
             .collect();
-        first.param.adafactor_scratch(&shapes, true)?;
+        first.adafactor_scratch(&shapes, true)?;
         Ok(Some(AdafactorOutcome {
-            multi: AdamWMultiOutcome {
-                skipped: false,
-                sum_sq: 0.0,
-            },
+            multi: PLANNED_STEP,
             lr: hp.report.map(|_| 0.0),
         }))
     }
+}
+
+/// What a planned multi-tensor step reports: not skipped (a plan reads no gradient).
+const PLANNED_STEP: AdamWMultiOutcome = AdamWMultiOutcome {
+    skipped: false,
+    sum_sq: 0.0,
+};
+
+/// A multi-tensor step's first parameter when the plan is for CUDA (the backend with
+/// that path); `None`, as the CPU answers, otherwise or for no parameters.
+fn cuda_first(first: Option<&MetaStorage>) -> Option<&MetaStorage> {
+    first.filter(|p| p.cuda())
 }
 
 impl MetaStorage {

@@ -209,6 +209,13 @@ fn save_and_reload_round_trip() {
     }
 }
 
+/// Removes the scratch directories `dirs` (and what they hold), ignoring any error.
+fn remove_dirs<const N: usize>(dirs: [PathBuf; N]) {
+    for d in dirs {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fusebox_bart_{}_{tag}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();

@@ -71,9 +71,7 @@ fn tied_aliases_and_prefixes_load_as_one_embedding() {
         let w = safetensors_io::load(&saved.join("model.safetensors"), DType::F32, Device::Cpu)
             .unwrap();
         assert!(f32s(&w["final_logits_bias"]).iter().all(|&x| x == 0.0));
-        for d in [nobias, saved] {
-            std::fs::remove_dir_all(d).ok();
-        }
+        remove_dirs([nobias, saved]);
     }
 }
 
@@ -107,9 +105,7 @@ fn an_untied_head_is_kept_and_saved() {
     let back = BartForConditionalGeneration::load(&out, Device::Cpu, DType::F32).unwrap();
     assert!(!back.lm_head_is_tied());
     assert_eq!(logits(&back, &io), logits(&m, &io));
-    for d in [dir, out] {
-        std::fs::remove_dir_all(d).ok();
-    }
+    remove_dirs([dir, out]);
 }
 
 /// Marian files may hold the sinusoidal tables (older transformers saved them): the
@@ -245,7 +241,5 @@ fn bad_checkpoints_are_clear_errors() {
         e.contains("model.decoder.embed_tokens.weight") && e.contains("not supported"),
         "{e}"
     );
-    for d in [extra, missing, unshared] {
-        std::fs::remove_dir_all(d).ok();
-    }
+    remove_dirs([extra, missing, unshared]);
 }

@@ -12,6 +12,7 @@ use fusebox::autograd::Grads;
 use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, UnaryOp};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler, StepOutcome};
+use fusebox::tokenize::seq2seq::Seq2SeqTokenizer;
 use fusebox::{DType, Device, Tensor};
 use serde_json::Value;
 
@@ -305,6 +306,24 @@ pub fn qkv_pack(parts: [&[f64]; 3], rows: usize, hd: usize) -> Vec<f64> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// `saved` (a tokenizer saved and loaded again) encodes `source` as a source text and
+/// `target` as a target text exactly as `orig` does.
+pub fn same_encoding(
+    saved: &Seq2SeqTokenizer,
+    orig: &Seq2SeqTokenizer,
+    source: &str,
+    target: &str,
+) {
+    assert_eq!(
+        saved.encode_source(source, None).unwrap(),
+        orig.encode_source(source, None).unwrap()
+    );
+    assert_eq!(
+        saved.encode_target(target, None).unwrap(),
+        orig.encode_target(target, None).unwrap()
+    );
 }
 
 /// A JSON array of unsigned integers, each of which must fit `T`.

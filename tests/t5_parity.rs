@@ -8,9 +8,6 @@
 //! Tolerances follow docs/ARCHITECTURE.md: 1e-5 of each tensor's largest magnitude (1e-4 for
 //! the smallest tensors), an absolute floor for gradients that are exactly zero.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
 use fusebox::autograd::backward;
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};

@@ -289,6 +289,18 @@ pub fn attn(b: usize, h: usize, lq: usize, lk: usize, d: usize) -> AttnSpec {
     }
 }
 
+/// Element counts of attention `s`'s queries (and output) and of its keys (and values).
+pub fn attn_sizes(s: &AttnSpec) -> (usize, usize) {
+    (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d)
+}
+
+/// Random queries, keys and values (uniform in [-1, 1), drawn in that order) for
+/// attention `s`.
+pub fn attn_inputs(rng: &mut Rng, s: &AttnSpec) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (nq, nk) = attn_sizes(s);
+    (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0))
+}
+
 /// Part `j` (0 q, 1 k, 2 v) of a packed `[rows, 3, hd]` QKV buffer, as `[rows, hd]`.
 pub fn qkv_part(x: &[f64], rows: usize, hd: usize, j: usize) -> Vec<f64> {
     (0..rows)

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, no_grad};
+use fusebox::autograd::no_grad;
 use fusebox::models::bart::{BartConfig, BartForConditionalGeneration, Family};
 use fusebox::models::generation_config::GenerateConfig;
 use fusebox::models::seq2seq::Seq2SeqLm;

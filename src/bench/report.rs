@@ -41,7 +41,9 @@ pub fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| {
-        Error::msg(format!("--report {shown}: cannot create the directory ({e})"))
+        Error::msg(format!(
+            "--report {shown}: cannot create the directory ({e})"
+        ))
     })?;
     let existing: Vec<&str> = [PAGE, RECORD]
         .into_iter()
@@ -199,7 +201,8 @@ fn roofline_section(rec: &Value) -> String {
     let pts = roof::points(rec);
     let mut h = String::from("\n<h2 id=\"roofline\">Roofline</h2>\n");
     if pts.is_empty() {
-        return h + "<p class=\"note\">No per-op profile (run with --profile-steps 1 or more).</p>\n";
+        return h
+            + "<p class=\"note\">No per-op profile (run with --profile-steps 1 or more).</p>\n";
     }
     let mut cats: Vec<&str> = pts.iter().map(|p| p.category.as_str()).collect();
     cats.sort();

@@ -146,13 +146,14 @@ fn legend_swatch(s: &mut String, x: f64, y: f64, color: &str, label: &str) {
     );
 }
 
-/// The smallest 1, 2 or 5 × 10^k at or above `v` (the scale's end).
+/// The smallest 1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k at or above `v` (the scale's
+/// end: a fifth and a quarter of each are round too).
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|m| m * p)
         .find(|&c| c >= v * (1.0 - 1e-12))
@@ -189,7 +190,10 @@ pub fn memory_bars(rec: &Value) -> Vec<MemoryBar> {
         bars.push(MemoryBar {
             name: "measured (tracker)".into(),
             segments: vec![
-                ("weights and the batch".into(), seg("weights_and_batch_bytes")),
+                (
+                    "weights and the batch".into(),
+                    seg("weights_and_batch_bytes"),
+                ),
                 (
                     "optimizer state (fp32 masters, moments)".into(),
                     seg("optimizer_state_bytes"),
@@ -249,7 +253,7 @@ pub fn memory(bars: &[MemoryBar], plan_tensor_peak: Option<u64>) -> String {
         .max()
         .unwrap_or(0) as f64;
     let gib = (1u64 << 30) as f64;
-    // A byte axis in MiB or GiB steps: 1, 2 or 5 × 10^k of the unit.
+    // A byte axis in round MiB or GiB.
     let unit = if max >= gib { gib } else { (1u64 << 20) as f64 };
     let y = Linear {
         max: nice_ceiling(max / unit) * unit,
@@ -311,9 +315,10 @@ pub fn memory(bars: &[MemoryBar], plan_tensor_peak: Option<u64>) -> String {
             human(p as usize)
         );
     }
+    let unit_name = if unit == gib { "GiB" } else { "MiB" };
     let labelled: Vec<(f64, String)> = ticks
         .iter()
-        .map(|&t| (y.at(t), human(t as usize)))
+        .map(|&t| (y.at(t), format!("{} {unit_name}", num(t / unit))))
         .collect();
     axis(&mut s, Side::Left, left, (y.p0, y.p1), &labelled, "bytes");
     svg(
@@ -365,10 +370,11 @@ mod tests {
     #[test]
     fn nice_ceilings() {
         assert_eq!(nice_ceiling(0.0), 1.0);
-        assert_eq!(nice_ceiling(3.2), 5.0);
+        assert_eq!(nice_ceiling(3.2), 4.0);
         assert_eq!(nice_ceiling(5.0), 5.0);
-        assert_eq!(nice_ceiling(0.011), 0.02);
-        assert_eq!(nice_ceiling(700.0), 1000.0);
+        assert_eq!(nice_ceiling(0.011), 0.015);
+        assert_eq!(nice_ceiling(1013.4), 1500.0);
+        assert_eq!(nice_ceiling(900.0), 1000.0);
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn ceilings(peaks: &Value) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
     ] {
         if let Some(t) = f(peaks, k).filter(|t| *t > 0.0) {
             match flops.iter_mut().find(|(g, _)| close(*g, t * 1e3)) {
-                Some(x) => x.1 = "FLOP peak (fp16 tensor = fp32)".into(),
+                Some(x) => x.1 = format!("FLOP peak {} TFLOP/s", num(t)),
                 None => flops.push((t * 1e3, format!("{label} {} TFLOP/s", num(t)))),
             }
         }
@@ -122,9 +122,16 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
     let ridges = flops
         .iter()
         .flat_map(|(p, _)| bw.iter().map(move |(b, _)| p / b));
-    let x = Log::covering(on.iter().map(|o| o.1).chain(ridges), left, right);
+    // Room around the points: a third of a decade right and up, for their names.
+    let x = Log::covering(
+        on.iter().flat_map(|o| [o.1, o.1 * 2.0]).chain(ridges),
+        left,
+        right,
+    );
     let y = Log::covering(
-        on.iter().map(|o| o.2).chain(flops.iter().map(|p| p.0)),
+        on.iter()
+            .flat_map(|o| [o.2, o.2 * 2.0])
+            .chain(flops.iter().map(|p| p.0 * 2.0)),
         bottom,
         top,
     );
@@ -157,7 +164,11 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
         } else {
             x_hi
         };
-        let dash = if i > 0 { r##" stroke-dasharray="6 4""## } else { "" };
+        let dash = if i > 0 {
+            r##" stroke-dasharray="6 4""##
+        } else {
+            ""
+        };
         let (x0, y0) = (x.at(x_lo), y.at(b * x_lo));
         let _ = write!(
             s,
@@ -180,33 +191,55 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
     for (i, (p, label)) in flops.iter().enumerate() {
         let x_start = bw.iter().map(|(b, _)| p / b).fold(f64::NAN, f64::min);
         let x0 = if x_start.is_finite() { x_start } else { x_lo };
-        let dash = if i > 0 { r##" stroke-dasharray="6 4""## } else { "" };
+        let dash = if i > 0 {
+            r##" stroke-dasharray="6 4""##
+        } else {
+            ""
+        };
         let _ = write!(
             s,
-            r##"<line class="ceiling compute" x1="{:.1}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#444" stroke-width="2"{dash}><title>{}</title></line><text class="ceiling-label" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            r##"<line class="ceiling compute" x1="{:.1}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="#444" stroke-width="2"{dash}><title>{}</title></line><text class="ceiling-label" x="{:.1}" y="{:.1}">{}</text>"##,
             x.at(x0),
             x.at(x_hi),
             esc(label),
-            right - 4.0,
+            x.at(x0) + 4.0,
             y.at(*p) - 6.0,
             esc(label),
             yy = y.at(*p),
         );
     }
     s += "</g>";
-    // Points, slowest last so they sit on top; the eight slowest named.
+    // Points, slowest last so they sit on top.
     let mut order: Vec<&(&OpPoint, f64, f64)> = on.iter().collect();
     order.sort_by(|a, b| a.0.ms.total_cmp(&b.0.ms));
-    let named = order.len().saturating_sub(8);
-    for (k, (p, xi, yg)) in order.iter().enumerate() {
-        let (cx, cy) = (x.at(*xi), y.at(*yg));
-        point(&mut s, p, cx, cy, &format!("{} FLOP/B, {} GFLOP/s", num(*xi), num(*yg)));
-        if k >= named {
+    for (p, xi, yg) in &order {
+        let what = format!("{} FLOP/B, {} GFLOP/s", num(*xi), num(*yg));
+        point(&mut s, p, x.at(*xi), y.at(*yg), &what);
+    }
+    // Names of up to eight, slowest first, where a name overlaps no earlier one (every
+    // point names its op in its tooltip).
+    let mut boxes: Vec<(f64, f64, f64)> = Vec::new();
+    for (p, xi, yg) in order.iter().rev() {
+        let (lx, ly) = (x.at(*xi) + 7.0, y.at(*yg) - 5.0);
+        let w = 5.5 * p.op.chars().count() as f64;
+        let (lx, anchor) = if lx + w > right {
+            (lx - 14.0 - w, lx - 14.0)
+        } else {
+            (lx, lx)
+        };
+        let free = boxes
+            .iter()
+            .all(|&(bx, by, bw)| lx + w < bx || bx + bw < lx || (ly - by).abs() > 11.0);
+        if boxes.len() < 8 && free {
+            boxes.push((lx, ly, w));
             let _ = write!(
                 s,
-                r##"<text class="op-label" x="{:.1}" y="{:.1}">{}</text>"##,
-                cx + 7.0,
-                cy - 5.0,
+                r##"<text class="op-label" x="{anchor:.1}" y="{ly:.1}"{}>{}</text>"##,
+                if anchor == lx {
+                    ""
+                } else {
+                    r#" text-anchor="end""#
+                },
                 esc(&p.op)
             );
         }
@@ -221,7 +254,14 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
         &xl,
         "arithmetic intensity (FLOP per byte moved)",
     );
-    axis(&mut s, Side::Left, left, (bottom, top), &yl, "achieved GFLOP/s");
+    axis(
+        &mut s,
+        Side::Left,
+        left,
+        (bottom, top),
+        &yl,
+        "achieved GFLOP/s",
+    );
     svg(
         "roofline",
         W,
@@ -281,12 +321,18 @@ pub fn bandwidth(pts: &[OpPoint], peaks: &Value) -> Option<String> {
         (top, bottom),
     );
     for (i, (b, label)) in bw.iter().enumerate() {
-        let dash = if i > 0 { r##" stroke-dasharray="6 4""## } else { "" };
+        let dash = if i > 0 {
+            r##" stroke-dasharray="6 4""##
+        } else {
+            ""
+        };
+        let bx = x.at(*b);
         let _ = write!(
             s,
-            r##"<line class="ceiling memory" x1="{bx:.1}" y1="{top:.1}" x2="{bx:.1}" y2="{bottom:.1}" stroke="#444" stroke-width="2"{dash}><title>{}</title></line>"##,
-            esc(label),
-            bx = x.at(*b),
+            r##"<line class="ceiling memory" x1="{bx:.1}" y1="{top:.1}" x2="{bx:.1}" y2="{bottom:.1}" stroke="#444" stroke-width="2"{dash}><title>{l}</title></line><text class="ceiling-label" x="{:.1}" y="{:.1}" text-anchor="end">{l}</text>"##,
+            bx - 4.0,
+            top + 10.0 + 12.0 * i as f64,
+            l = esc(label),
         );
     }
     for (i, c) in cats.iter().enumerate() {

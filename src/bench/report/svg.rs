@@ -205,7 +205,10 @@ mod tests {
 
     #[test]
     fn escaping_and_scales() {
-        assert_eq!(esc(r##"<a href="x">&'"##), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc(r##"<a href="x">&'"##),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(num(0.0), "0");
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(2.5e-5), "2.50e-5");

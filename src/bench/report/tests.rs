@@ -111,7 +111,11 @@ fn without_compare_only_fusebox_bars() {
 fn geometry_stays_inside_the_charts() {
     let page = html(&record(true));
     let attr = |el: &str, k: &str| -> f64 {
-        let at = el.find(&format!(" {k}=\"")).unwrap_or_else(|| panic!("{k} in {el}")) + k.len() + 3;
+        let at = el
+            .find(&format!(" {k}=\""))
+            .unwrap_or_else(|| panic!("{k} in {el}"))
+            + k.len()
+            + 3;
         el[at..el[at..].find('"').unwrap() + at].parse().unwrap()
     };
     for chart in page.split("<svg ").skip(1) {
@@ -123,7 +127,10 @@ fn geometry_stays_inside_the_charts() {
         for el in chart.split('<').filter(|e| e.starts_with("rect class=")) {
             let (x, y) = (attr(el, "x"), attr(el, "y"));
             let (rw, rh) = (attr(el, "width"), attr(el, "height"));
-            assert!(x >= 0.0 && y >= 0.0 && x + rw <= w + 0.1 && y + rh <= h + 0.1, "{el}");
+            assert!(
+                x >= 0.0 && y >= 0.0 && x + rw <= w + 0.1 && y + rh <= h + 0.1,
+                "{el}"
+            );
         }
     }
     // gemm 6 ms against norm 1 ms: six times the length.
@@ -173,7 +180,10 @@ fn the_directory_is_refused_or_replaced_as_asked() {
         serde_json::from_str(&std::fs::read_to_string(dir.join(RECORD)).unwrap()).unwrap();
     assert_eq!(back, rec);
     let err = prepare(&dir, false).unwrap_err().to_string();
-    assert!(err.contains("--report") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("--report") && err.contains("--overwrite"),
+        "{err}"
+    );
     prepare(&dir, true).unwrap();
     // No temporaries left behind.
     let names: Vec<String> = std::fs::read_dir(&dir)
@@ -183,6 +193,9 @@ fn the_directory_is_refused_or_replaced_as_asked() {
     assert_eq!(names.len(), 2, "{names:?}");
     let file = dir.join(PAGE);
     let err = prepare(&file, true).unwrap_err().to_string();
-    assert!(err.contains("--report") && err.contains("not a directory"), "{err}");
+    assert!(
+        err.contains("--report") && err.contains("not a directory"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -18,17 +18,9 @@ const BENCH: &str = env!("CARGO_BIN_EXE_bench");
 fn bench_args(dir: &Path) -> Vec<String> {
     let model = common::fixture("models/distilbert_qa");
     let torch = common::fixture("torch_profile_distilbert_qa_cpu.json");
-    [
+    let mut args: Vec<String> = [
         "--model",
         p(&model),
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-        "--steps",
-        "1",
         "--compare",
         p(&torch),
         "--report",
@@ -36,7 +28,10 @@ fn bench_args(dir: &Path) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    let fixed = "--device cpu --batch 2 --seq 16 --steps 1";
+    args.extend(fixed.split_whitespace().map(str::to_string));
+    args
 }
 
 fn bench(args: &[String]) {
@@ -60,7 +55,12 @@ fn chromium() -> Option<PathBuf> {
 fn headless(browser: &Path, profile: &Path, extra: &[&str], page: &Path) -> std::process::Output {
     let url = format!("file://{}", page.canonicalize().expect("page").display());
     let o = Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(extra)
         .arg(&url)
@@ -118,19 +118,34 @@ fn the_report_renders_in_headless_chromium() {
     for op in &drawn {
         assert_eq!(count(&dom, &format!("data-op=\"{op}\"")), 1, "{op}");
     }
-    for o in ops.iter().filter(|o| !drawn.contains(&o["op"].as_str().unwrap())) {
+    for o in ops
+        .iter()
+        .filter(|o| !drawn.contains(&o["op"].as_str().unwrap()))
+    {
         let op = o["op"].as_str().unwrap();
-        assert!(dom.contains(&format!("{op} (")), "{op} neither drawn nor listed");
+        assert!(
+            dom.contains(&format!("{op} (")),
+            "{op} neither drawn nor listed"
+        );
     }
     // The memory bars: the plan's components and the three measured ones.
     let plan = rec["memory_plan"]["components"].as_array().unwrap().len();
     assert_eq!(count(&dom, "data-bar=\"plan\""), plan);
     assert_eq!(count(&dom, "data-bar=\"measured (tracker)\""), 3);
-    assert_eq!(count(&dom, "<tr>"), 7 + 1 + ops.len(), "summary, header, ops");
+    assert_eq!(
+        count(&dom, "<tr>"),
+        7 + 1 + ops.len(),
+        "summary, header, ops"
+    );
     // And a screenshot of the given size.
     let png = dir.join("shot.png");
     let shot = format!("--screenshot={}", png.display());
-    headless(&browser, &profile, &[&shot, "--window-size=900,1600"], &page);
+    headless(
+        &browser,
+        &profile,
+        &[&shot, "--window-size=900,1600"],
+        &page,
+    );
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert_eq!(&bytes[1..4], b"PNG");
     let dim = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());

@@ -7,9 +7,11 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::svg::{axis, category_color, esc, grid, num, svg, Log, Side};
+use super::svg::{axis, category_color, esc, num, svg, Log, Side};
 
 const W: f64 = 760.0;
+const INTENSITY: &str = "arithmetic intensity (FLOP per byte moved)";
+const ACHIEVED_BW: &str = "achieved GB/s (ops that move bytes without FLOPs)";
 
 /// Where an op of the bench record goes on the page.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,20 +141,8 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
         r##"<defs><clipPath id="roof-clip"><rect x="{left}" y="{top}" width="{}" height="{plot_h}"/></clipPath></defs>"##,
         right - left
     );
-    let xt: Vec<f64> = x.ticks().collect();
-    let yt: Vec<f64> = y.ticks().collect();
-    grid(
-        &mut s,
-        Side::Bottom,
-        &xt.iter().map(|&t| x.at(t)).collect::<Vec<_>>(),
-        (top, bottom),
-    );
-    grid(
-        &mut s,
-        Side::Left,
-        &yt.iter().map(|&t| y.at(t)).collect::<Vec<_>>(),
-        (left, right),
-    );
+    let xl = x.grid(&mut s, Side::Bottom, (top, bottom));
+    let yl = y.grid(&mut s, Side::Left, (left, right));
     s += r##"<g clip-path="url(#roof-clip)">"##;
     let x_hi = 10f64.powi(x.hi);
     let x_lo = 10f64.powi(x.lo);
@@ -244,16 +234,7 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
             );
         }
     }
-    let xl: Vec<(f64, String)> = xt.iter().map(|&t| (x.at(t), num(t))).collect();
-    let yl: Vec<(f64, String)> = yt.iter().map(|&t| (y.at(t), num(t))).collect();
-    axis(
-        &mut s,
-        Side::Bottom,
-        bottom,
-        (left, right),
-        &xl,
-        "arithmetic intensity (FLOP per byte moved)",
-    );
+    axis(&mut s, Side::Bottom, bottom, (left, right), &xl, INTENSITY);
     axis(
         &mut s,
         Side::Left,
@@ -313,13 +294,7 @@ pub fn bandwidth(pts: &[OpPoint], peaks: &Value) -> Option<String> {
         right,
     );
     let mut s = String::new();
-    let xt: Vec<f64> = x.ticks().collect();
-    grid(
-        &mut s,
-        Side::Bottom,
-        &xt.iter().map(|&t| x.at(t)).collect::<Vec<_>>(),
-        (top, bottom),
-    );
+    let xl = x.grid(&mut s, Side::Bottom, (top, bottom));
     for (i, (b, label)) in bw.iter().enumerate() {
         let dash = if i > 0 {
             r##" stroke-dasharray="6 4""##
@@ -348,14 +323,13 @@ pub fn bandwidth(pts: &[OpPoint], peaks: &Value) -> Option<String> {
             point(&mut s, p, x.at(*g), cy, &format!("{} GB/s", num(*g)));
         }
     }
-    let xl: Vec<(f64, String)> = xt.iter().map(|&t| (x.at(t), num(t))).collect();
     axis(
         &mut s,
         Side::Bottom,
         bottom,
         (left, right),
         &xl,
-        "achieved GB/s (ops that move bytes without FLOPs)",
+        ACHIEVED_BW,
     );
     Some(svg(
         "bandwidth",

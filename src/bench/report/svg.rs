@@ -102,6 +102,15 @@ impl Log {
     pub fn ticks(&self) -> impl Iterator<Item = f64> {
         (self.lo..=self.hi).map(|k| 10f64.powi(k))
     }
+
+    /// Grid lines at each decade across `span` (see [`grid`]); returns the decades'
+    /// pixels and labels for [`axis`].
+    pub fn grid(&self, s: &mut String, side: Side, span: (f64, f64)) -> Vec<(f64, String)> {
+        let ticks: Vec<(f64, String)> = self.ticks().map(|t| (self.at(t), num(t))).collect();
+        let px: Vec<f64> = ticks.iter().map(|t| t.0).collect();
+        grid(s, side, &px, span);
+        ticks
+    }
 }
 
 /// Which side of the plot an axis is drawn on.

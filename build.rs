@@ -16,7 +16,7 @@
 //!
 //! FUSEBOX_CUDA_ARCHS (e.g. `75` for a Colab T4, or `80,90`) restricts the SASS to those
 //! of the supported architectures, with the lowest one's PTX: a one-architecture build
-//! takes a fifth of the time. Any other value (an unknown or unsupported architecture,
+//! runs ptxas once instead of five times. Any other value (an unknown or unsupported architecture,
 //! `sm_75`, an empty list) is a build error naming the setting and the accepted values.
 
 use std::env;
@@ -32,7 +32,6 @@ mod archs {
     include!("src/backend/cuda/archs.rs");
 }
 use archs::cuda_archs;
-
 
 fn main() {
     let manifest =

@@ -1,6 +1,6 @@
 // The CUDA architectures build.rs compiles the kernels' SASS for, and the check of
-// FUSEBOX_CUDA_ARCHS, which restricts them (a Colab T4 build needs sm_75 alone, a fifth
-// of the five-architecture fatbin's nvcc time). This file has no crate dependencies
+// FUSEBOX_CUDA_ARCHS, which restricts them (a Colab T4 build needs sm_75 alone: ptxas
+// runs for one architecture instead of five). This file has no crate dependencies
 // because build.rs `include!`s it as well; the library compiles it for its tests.
 
 /// Every architecture the kernels support, oldest first.
@@ -42,7 +42,10 @@ mod tests {
         assert_eq!(cuda_archs(Some("90, 80,80")).unwrap(), vec!["80", "90"]);
         for bad in ["", "sm_75", "70", "75;80", "100"] {
             let e = cuda_archs(Some(bad)).unwrap_err();
-            assert!(e.contains("FUSEBOX_CUDA_ARCHS") && e.contains("75, 80"), "{bad}: {e}");
+            assert!(
+                e.contains("FUSEBOX_CUDA_ARCHS") && e.contains("75, 80"),
+                "{bad}: {e}"
+            );
         }
     }
 }

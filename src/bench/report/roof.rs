@@ -211,7 +211,7 @@ pub fn roofline(pts: &[OpPoint], peaks: &Value) -> String {
     let mut boxes: Vec<(f64, f64, f64)> = Vec::new();
     for (p, xi, yg) in order.iter().rev() {
         let (lx, ly) = (x.at(*xi) + 7.0, y.at(*yg) - 5.0);
-        let w = 5.5 * p.op.chars().count() as f64;
+        let w = 6.5 * p.op.chars().count() as f64 + 4.0;
         let (lx, anchor) = if lx + w > right {
             (lx - 14.0 - w, lx - 14.0)
         } else {

@@ -91,14 +91,14 @@ pub fn html(rec: &Value) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>fusebox bench: {}</title><style>{STYLE}</style></head><body>\n",
         esc(&s_("model"))
     );
-    let _ = write!(h, "<h1>fusebox bench: {}</h1>\n", esc(&s_("model")));
+    let _ = writeln!(h, "<h1>fusebox bench: {}</h1>", esc(&s_("model")));
     h += &summary(rec);
     h += "<h2 id=\"time\">Time per category</h2>\n";
     let times = bars::category_times(rec);
     if let Some(cmp) = rec.get("compare").filter(|c| c.is_object()) {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p class=\"note\">PyTorch: {} ({} on {}, {}); ratio = fusebox ÷ PyTorch, above 1 is slower. Both sides timed under their profilers: compare the profiles with each other.</p>\n",
+            "<p class=\"note\">PyTorch: {} ({} on {}, {}); ratio = fusebox ÷ PyTorch, above 1 is slower. Both sides timed under their profilers: compare the profiles with each other.</p>",
             esc(cmp["file"].as_str().unwrap_or("?")),
             esc(cmp["torch_impl"].as_str().unwrap_or("?")),
             esc(cmp["torch_device"].as_str().unwrap_or("?")),

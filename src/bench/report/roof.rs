@@ -73,11 +73,14 @@ pub fn points(rec: &Value) -> Vec<OpPoint> {
         .collect()
 }
 
+/// A ceiling: its value (GFLOP/s or GB/s) and its label.
+pub type Ceiling = (f64, String);
+
 /// The ceilings of a record's `peaks`: FLOP peaks in GFLOP/s and bandwidths in GB/s,
 /// each with its label; equal ones (the CPU's one measured GEMM peak, its one
 /// measured bandwidth) drawn once.
-pub fn ceilings(peaks: &Value) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
-    let mut flops: Vec<(f64, String)> = Vec::new();
+pub fn ceilings(peaks: &Value) -> (Vec<Ceiling>, Vec<Ceiling>) {
+    let mut flops: Vec<Ceiling> = Vec::new();
     for (k, label) in [
         ("tensor_tflops", "fp16 tensor peak"),
         ("fp32_tflops", "fp32 peak"),
@@ -89,7 +92,7 @@ pub fn ceilings(peaks: &Value) -> (Vec<(f64, String)>, Vec<(f64, String)>) {
             }
         }
     }
-    let mut bw: Vec<(f64, String)> = Vec::new();
+    let mut bw: Vec<Ceiling> = Vec::new();
     for (k, label) in [
         ("mem_gb_per_s", "memory"),
         ("measured_copy_gb_per_s", "copy measured"),

@@ -7,7 +7,7 @@ use super::*;
 
 /// A CUDA-like record: four ops (one on the roofline per FLOP-doing op, a copy on the
 /// bandwidth strip, one without a cost), a comparison and the memory fields.
-fn record(compare: bool) -> Value {
+fn sample(compare: bool) -> Value {
     let mut rec = json!({
         "model": "DistilBertForQuestionAnswering <tiny>", "device": "Tesla T4",
         "mode": "train", "precision": "fp16", "optimizer": "adamw", "steps": 3,
@@ -64,7 +64,7 @@ fn count(page: &str, needle: &str) -> usize {
 
 #[test]
 fn the_page_holds_every_chart_and_op() {
-    let page = html(&record(true));
+    let page = html(&sample(true));
     for id in [
         r#"<svg id="categories""#,
         r#"<svg id="memory""#,
@@ -100,7 +100,7 @@ fn the_page_holds_every_chart_and_op() {
 
 #[test]
 fn without_compare_only_fusebox_bars() {
-    let page = html(&record(false));
+    let page = html(&sample(false));
     assert_eq!(count(&page, r#"class="bar fusebox""#), 4);
     assert_eq!(count(&page, r#"class="bar torch""#), 0);
     assert!(!page.contains("PyTorch:"));
@@ -109,7 +109,7 @@ fn without_compare_only_fusebox_bars() {
 /// Every point and bar lies inside its SVG's box and bar lengths follow the times.
 #[test]
 fn geometry_stays_inside_the_charts() {
-    let page = html(&record(true));
+    let page = html(&sample(true));
     let attr = |el: &str, k: &str| -> f64 {
         let at = el
             .find(&format!(" {k}=\""))
@@ -145,7 +145,7 @@ fn geometry_stays_inside_the_charts() {
 
 #[test]
 fn the_page_is_self_contained() {
-    let page = html(&record(true));
+    let page = html(&sample(true));
     assert!(page.starts_with("<!DOCTYPE html>"));
     for banned in ["<script", "src=", "href=", "@import", "url(http"] {
         assert!(!page.contains(banned), "{banned}");
@@ -159,7 +159,7 @@ fn the_page_is_self_contained() {
 
 #[test]
 fn an_empty_profile_still_makes_a_page() {
-    let mut rec = record(false);
+    let mut rec = sample(false);
     rec["ops"] = json!([]);
     rec.as_object_mut().unwrap().remove("categories");
     let page = html(&rec);
@@ -172,7 +172,7 @@ fn an_empty_profile_still_makes_a_page() {
 fn the_directory_is_refused_or_replaced_as_asked() {
     let dir = std::env::temp_dir().join(format!("fusebox-report-unit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let rec = record(false);
+    let rec = sample(false);
     prepare(&dir, false).unwrap();
     let page = write(&dir, &rec).unwrap();
     assert_eq!(page, dir.join(PAGE));

@@ -14,6 +14,7 @@ use crate::backend::tracker;
 use crate::error::{Error, Result};
 use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
+use crate::models::presets;
 use crate::models::qa::{QaBatch, QaModel};
 use crate::models::step::{ModelConfig, ModelSource};
 use crate::nn::Mode;
@@ -61,10 +62,10 @@ pub mod roofline;
 pub mod seq2seq;
 
 /// The model a `bench --model` value names, for the planner and the bench:
-/// `distilbert-qa` and the encoder-decoder presets ([`seq2seq::PRESETS`]) are public
+/// `distilbert-qa` and the encoder-decoder presets ([`presets::PRESETS`]) are public
 /// configurations with random weights, anything else a model directory.
 pub fn model_source(model: &str) -> Result<ModelSource> {
-    if let Some(cfg) = seq2seq::preset(model)? {
+    if let Some(cfg) = presets::preset(model)? {
         return Ok(ModelSource::config(cfg));
     }
     match model {
@@ -75,7 +76,7 @@ pub fn model_source(model: &str) -> Result<ModelSource> {
         }
         dir if !Path::new(dir).join("config.json").is_file() => Err(Error::msg(format!(
             "--model {dir}: expected distilbert-qa, {} or a model directory with config.json",
-            seq2seq::PRESETS.join(", ")
+            presets::PRESETS.join(", ")
         ))),
         dir => ModelSource::dir(Path::new(dir)),
     }

@@ -33,8 +33,9 @@ enum Mode {
     about = "Benchmark fusebox training/inference steps (tokens/s, ms/step, memory, per-op time)"
 )]
 struct Args {
-    /// `distilbert-qa`, `t5-small`, `bart-base`, `bart-large-cnn`, `opus-mt-en-id` (their
-    /// public configurations, random weights) or a model directory.
+    /// `distilbert-qa`, `t5-small`, `flan-t5-small`, `t5-base`, `flan-t5-base`, `t5-large`,
+    /// `flan-t5-large`, `bart-base`, `bart-large-cnn`, `opus-mt-en-id` (their public
+    /// configurations, random weights) or a model directory.
     #[arg(long, default_value = "t5-small")]
     model: String,
     /// Sequences per step (with --vram-budget / --gpu: the batch to keep, split into

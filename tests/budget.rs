@@ -1,7 +1,8 @@
 //! The VRAM planner against the byte tracker (activation checkpointing against the plain
 //! backward in budget/checkpointing.rs, in-place gradient accumulation in
 //! budget/accumulation.rs, fp16 on the CPU in budget/fp16.rs, Adafactor in
-//! budget/adafactor.rs). The planner runs one real step on the meta device; each test
+//! budget/adafactor.rs, the users' table of models at real size in budget/table.rs, the
+//! CUDA memory cap in budget/cap.rs). The planner runs one real step on the meta device; each test
 //! runs the same step on the CPU backend and holds the plan to the tracker's count to the
 //! byte. The CPU counters are process-global, so every CPU measurement takes one lock
 //! (meta counts per thread and needs none).
@@ -23,10 +24,14 @@ use fusebox::shape::{DType, Device};
 mod accumulation;
 #[path = "budget/adafactor.rs"]
 mod adafactor;
+#[path = "budget/cap.rs"]
+mod cap;
 #[path = "budget/checkpointing.rs"]
 mod checkpointing;
 #[path = "budget/fp16.rs"]
 mod fp16;
+#[path = "budget/table.rs"]
+mod table;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

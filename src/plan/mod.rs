@@ -29,7 +29,7 @@ mod fit;
 mod size;
 
 pub use fit::{fit, plan_or_fit};
-pub use size::{budget_from_flags, gpu_memory, human, parse_size};
+pub use size::{available_memory, budget_from_flags, gpu_memory, human, parse_size};
 
 use crate::autograd::no_grad;
 use crate::backend::tracker;

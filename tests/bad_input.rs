@@ -427,6 +427,21 @@ fn rows() -> Vec<Row> {
         OK,
         &["length 1000000 -> 16", "predicted peak"],
     ));
+    rows.push(as_row(
+        BENCH,
+        cli::<&str>("--model t5-huge --plan --device cpu", &[]),
+        FAIL,
+        &[
+            "--model t5-huge: expected distilbert-qa, t5-small",
+            "flan-t5-large",
+        ],
+    ));
+    rows.push(as_row(
+        BENCH,
+        bench(&["--max-time", "0"]),
+        FAIL,
+        &["--max-time must be a positive number of seconds"],
+    ));
 
     // --- errors that must say what is wrong ---------------------------------------------
     for (name, field, edit) in [

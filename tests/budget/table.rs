@@ -172,3 +172,52 @@ fn real_size_fp16_step_matches_the_tracker() {
         );
     }
 }
+
+/// `train summarize --model NAME --plan` and `bench --model NAME --plan` with `--gpu t4`
+/// plan every row from its built-in configuration (no data, no weights) and agree on
+/// the split; the plan lists the CUDA-only terms apart.
+#[test]
+fn train_and_bench_plan_every_row_for_a_t4() {
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{bin} {args:?}: {err}");
+        text
+    };
+    let common = [
+        "--gpu",
+        "t4",
+        "--precision",
+        "fp16",
+        "--batch",
+        "8",
+        "--plan",
+    ];
+    for (name, _) in ROWS {
+        let mut t = vec!["summarize", "--model", name, "--device", "cpu"];
+        t.extend(common);
+        let train = run(env!("CARGO_BIN_EXE_train"), &t);
+        let mut b = vec!["--model", name, "--seq", "512", "--tgt-seq", "128"];
+        b.extend(common);
+        let bench = run(env!("CARGO_BIN_EXE_bench"), &b);
+        assert_eq!(train, bench, "{name}: train and bench plan the same step");
+        for want in [
+            "length 512 -> 128",
+            "CUDA only",
+            "predicted peak",
+            "budget",
+            "adamw",
+        ] {
+            assert!(train.contains(want), "{name}: {want:?} missing: {train}");
+        }
+    }
+    // FLAN-T5-large needs accumulation at 512 -> 128 (micro-batch 1 x 8).
+    let mut t = vec!["summarize", "--model", "flan-t5-large", "--device", "cpu"];
+    t.extend(common);
+    let plan = run(env!("CARGO_BIN_EXE_train"), &t);
+    assert!(plan.contains("micro-batch 1 x 8"), "{plan}");
+}

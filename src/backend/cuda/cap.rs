@@ -208,6 +208,6 @@ mod tests {
         assert!(h.contains("in all 448.0 MiB"), "{h}");
         assert_eq!(holders(&HashMap::new(), 3), "none");
         let many: HashMap<usize, usize> = (1..=8).map(|i| (i * MIB, 1)).collect();
-        assert!(holders(&many, 2).contains("6.0 MiB in 6 smaller sizes"));
+        assert!(holders(&many, 2).contains("21.0 MiB in 6 smaller sizes"));
     }
 }

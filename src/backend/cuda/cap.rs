@@ -97,7 +97,7 @@ fn holders(live: &HashMap<usize, usize>, n: usize) -> String {
         .filter(|(_, &count)| count > 0)
         .map(|(&size, &count)| (size, count))
         .collect();
-    by_bytes.sort_by(|a, b| (b.0 * b.1, b.0).cmp(&(a.0 * a.1, a.0)));
+    by_bytes.sort_by_key(|&(size, count)| std::cmp::Reverse((size * count, size)));
     if by_bytes.is_empty() {
         return "none".into();
     }

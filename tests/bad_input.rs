@@ -429,15 +429,6 @@ fn rows() -> Vec<Row> {
     ));
     rows.push(as_row(
         BENCH,
-        cli::<&str>("--model t5-huge --plan --device cpu", &[]),
-        FAIL,
-        &[
-            "--model t5-huge: expected distilbert-qa, t5-small",
-            "flan-t5-large",
-        ],
-    ));
-    rows.push(as_row(
-        BENCH,
         bench(&["--max-time", "0"]),
         FAIL,
         &["--max-time must be a positive number of seconds"],

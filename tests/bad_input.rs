@@ -20,6 +20,8 @@ use fusebox::nn::safetensors_io;
 use fusebox::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
+#[path = "bad_input/qa.rs"]
+mod qa;
 #[path = "bad_input/seq2seq.rs"]
 mod seq2seq;
 
@@ -239,6 +241,30 @@ fn row(bin: &'static str, args: &[&str], ok: bool, want: &[&str]) -> Row {
 const FAIL: bool = false;
 const OK: bool = true;
 
+/// `infer qa --model MODEL` on a short question and context, on the CPU, with `extra`.
+fn ask(model: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "qa",
+        "--model",
+        model,
+        "--question",
+        "Where was Alice born?",
+    ];
+    a.extend(["--context", "Alice was born in Lisbon.", "--device", "cpu"]);
+    a.extend(extra);
+    a.into_iter().map(str::to_string).collect()
+}
+
+/// `infer qa --file FILE` with the trained QA model, the predictions to a scratch file.
+fn qa_file(m: &Models, file: &Path) -> Vec<String> {
+    let paths = [
+        ("--model", s(&m.qa)),
+        ("--file", s(file)),
+        ("--out", s(&root().join("preds.json"))),
+    ];
+    cli("qa --device cpu", &paths)
+}
+
 /// Can this machine's available memory be read (the CPU memory check's input)?
 fn mem_available_known() -> bool {
     std::fs::read_to_string("/proc/meminfo").is_ok_and(|t| t.contains("MemAvailable:"))
@@ -247,119 +273,9 @@ fn mem_available_known() -> bool {
 fn rows() -> Vec<Row> {
     let m = models();
     let (qa, t5) = (s(&m.qa), s(&m.t5));
-    let ask = |model: &str, extra: &[&str]| {
-        let mut a = vec![
-            "qa",
-            "--model",
-            model,
-            "--question",
-            "Where was Alice born?",
-        ];
-        a.extend(["--context", "Alice was born in Lisbon.", "--device", "cpu"]);
-        a.extend(extra);
-        a.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
     let mut rows = seq2seq::rows(m);
 
-    // --- infer qa -----------------------------------------------------------------------
-    let no_head = copy_model(&m.qa, "qa-no-head");
-    edit_weights(&no_head, |t| {
-        t.remove("qa_outputs.weight");
-        t.remove("qa_outputs.bias");
-    });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&no_head), &[]),
-        FAIL,
-        &["no tensor \"qa_outputs.weight\"", "no trained QA head"],
-    ));
-    // Training may start from such a checkpoint: the head is initialised, and it says so.
-    let qa_data = m.qa.join("data");
-    let flags = format!("qa --max-length 64 --stride 16 --batch 4 {}", quick(1));
-    let paths = [
-        ("--model", s(&no_head)),
-        ("--train", s(&qa_data.join("train.json"))),
-        ("--eval", s(&qa_data.join("eval.json"))),
-        ("--out", fresh("qa-from-base")),
-    ];
-    rows.push(as_row(
-        TRAIN,
-        cli(&flags, &paths),
-        OK,
-        &["has no QA head: qa_outputs (weight [2, 32], bias [2]) initialised fresh"],
-    ));
-    // An encoder-decoder checkpoint (BART here) is not a QA model: said before any work.
-    let bart = copy_model(&m.t5, "qa-from-bart");
-    edit_json(&bart.join("config.json"), |v| {
-        v["model_type"] = json!("bart")
-    });
-    let paths = [
-        ("--model", s(&bart)),
-        ("--train", s(&qa_data.join("train.json"))),
-        ("--eval", s(&qa_data.join("eval.json"))),
-        ("--out", fresh("qa-from-bart-out")),
-    ];
-    rows.push(as_row(
-        TRAIN,
-        cli(&flags, &paths),
-        FAIL,
-        &["model_type \"bart\": this is an encoder-decoder LM, not a QA encoder"],
-    ));
-    let bad_head = copy_model(&m.qa, "qa-bad-head");
-    edit_weights(&bad_head, |t| {
-        let w = t["qa_outputs.weight"].reshape([4, 16]).expect("reshape");
-        t.insert("qa_outputs.weight".into(), w);
-    });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&bad_head), &[]),
-        FAIL,
-        &["tensor \"qa_outputs.weight\" has shape [4, 16], expected [2, 32]"],
-    ));
-    let nan_head = copy_model(&m.qa, "qa-nan-head");
-    edit_weights(&nan_head, |t| {
-        let mut v = t["qa_outputs.weight"].to_vec_f32().expect("values");
-        v[3] = f32::NAN;
-        let w = Tensor::from_f32(v, [2, 32], Device::Cpu).expect("tensor");
-        t.insert("qa_outputs.weight".into(), w);
-    });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&nan_head), &[]),
-        FAIL,
-        &["tensor \"qa_outputs.weight\" holds a non-finite value"],
-    ));
-    rows.push(as_row(
-        INFER,
-        ask(&qa, &["--max-answer-length", "0"]),
-        FAIL,
-        &["--max-answer-length must be at least 1"],
-    ));
-    let mut squad: Value =
-        serde_json::from_str(&std::fs::read_to_string(qa_data.join("eval.json")).expect("eval"))
-            .expect("json");
-    let qas = &mut squad["data"][0]["paragraphs"][0]["qas"];
-    let first_id = qas[0]["id"].clone();
-    qas[1]["id"] = first_id.clone();
-    let dup = write("dup-ids.json", squad.to_string().as_bytes());
-    let preds = s(&root().join("preds.json"));
-    let qa_file = |file: &Path| {
-        let paths = [
-            ("--model", qa.clone()),
-            ("--file", s(file)),
-            ("--out", preds.clone()),
-        ];
-        cli("qa --device cpu", &paths)
-    };
-    rows.push(as_row(
-        INFER,
-        qa_file(&dup),
-        FAIL,
-        &[
-            &format!("question id {first_id} appears more than once"),
-            "dup-ids.json",
-        ],
-    ));
+    rows.extend(qa::rows(m));
 
     // --- train summarize ----------------------------------------------------------------
     let empty_targets = write(
@@ -505,9 +421,14 @@ fn rows() -> Vec<Row> {
     ));
     // A byte-order mark before JSON is not an error.
     let mut bom = b"\xef\xbb\xbf".to_vec();
-    bom.extend(std::fs::read(qa_data.join("eval.json")).expect("eval"));
+    bom.extend(std::fs::read(m.qa.join("data/eval.json")).expect("eval"));
     let bom_squad = write("bom-squad.json", &bom);
-    rows.push(as_row(INFER, qa_file(&bom_squad), OK, &["400 predictions"]));
+    rows.push(as_row(
+        INFER,
+        qa_file(m, &bom_squad),
+        OK,
+        &["400 predictions"],
+    ));
     let bom_cfg = copy_model(&m.qa, "qa-bom-config");
     let mut cfg = b"\xef\xbb\xbf".to_vec();
     cfg.extend(std::fs::read(bom_cfg.join("config.json")).expect("config"));
@@ -526,7 +447,7 @@ fn rows() -> Vec<Row> {
     let top_array = write("top-array.json", b"[]");
     rows.push(as_row(
         INFER,
-        qa_file(&top_array),
+        qa_file(m, &top_array),
         FAIL,
         &[
             "top-array.json",

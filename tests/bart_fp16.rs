@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use fusebox::autograd::{backward, no_grad};
+use fusebox::autograd::no_grad;
 use fusebox::models::bart::BartForConditionalGeneration;
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::nn::safetensors_io;
@@ -23,8 +23,9 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
+use common::parity::unscaled_grads;
 use common::parity::{assert_rel_l2_1e2, check_cached_decoding, check_fp16_gradients, f32s};
-use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2};
+use common::{assert_rel, cuda_device, fixture, fp16_training_follows_f32, rel_l2, scaled_step};
 
 const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
 /// As GradScaler would scale the loss: keeps small f16 gradients from flushing to zero.
@@ -95,15 +96,7 @@ fn loss_logits_grads(m: &BartForConditionalGeneration, b: &Batch) -> (f64, Vec<f
     assert_eq!(loss.dtype(), DType::F32, "the loss is f32 for f16 logits");
     let l = loss.to_scalar().unwrap();
     let x = logits.to_vec_f64().unwrap();
-    let grads = backward(&loss.scale(LOSS_SCALE).unwrap()).unwrap();
-    let mut g = Vec::new();
-    for (name, p) in m.trainable() {
-        let gp = grads
-            .get(&p)
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert_eq!(gp.dtype(), p.dtype(), "{name}: gradient dtype");
-        g.extend(gp.to_vec_f64().unwrap().iter().map(|x| x / LOSS_SCALE));
-    }
+    let g = unscaled_grads(m, &loss, LOSS_SCALE);
     (l, x, g)
 }
 
@@ -160,15 +153,11 @@ fn train_case(dev: Device) {
                     loss.to_scalar().unwrap().is_finite(),
                     "{name} {dtype:?} step {step}"
                 );
-                let grads = backward(&loss.scale(scaler.scale).unwrap()).unwrap();
-                let out = opt
-                    .step(&grads, 1e-3, scaler.inv_scale(), Some(1.0))
-                    .unwrap();
+                let out = scaled_step(&mut opt, &mut scaler, &loss, 1e-3);
                 assert!(
                     !out.skipped,
                     "{name} {dtype:?} step {step}: skipped (non-finite gradient)"
                 );
-                scaler.update(out.skipped);
             }
             let after = eval_loss(&m, &b);
             println!("{name} {dtype:?} on {dev:?}: loss {before} -> {after}");

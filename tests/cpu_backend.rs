@@ -258,6 +258,10 @@ fn matmul_forward() {
         (1, 5, 3, 7),
         (3, 5, 3, 7),
         (2, 67, 130, 71),
+        // Batch 1 with m >= 64: the CPU copies a transposed rhs row-major first
+        // (backend::cpu::rhs_copy_len), sizes off its 16 x 16 tiles.
+        (1, 70, 33, 21),
+        (1, 67, 130, 71),
         (9, 4, 1, 6),
         (2, 3, 0, 2),
     ] {

@@ -13,7 +13,7 @@
 //!   decoder that agrees with the full one;
 //! - without the scaling (no overflow) both fp16 paths give the f32 loss to 1e-2.
 
-use fusebox::autograd::{backward, no_grad};
+use fusebox::autograd::no_grad;
 use fusebox::backend::{BackendStorage, CpuStorage, MatmulSpec};
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{Fp16Safety, T5Config, T5ForConditionalGeneration};
@@ -22,8 +22,9 @@ use fusebox::optim::{AdamW, AdamWConfig, LossScaler};
 use fusebox::{DType, Device, Tensor};
 
 mod common;
+use common::parity::unscaled_grads;
 use common::parity::{assert_rel_l2_1e2, check_cached_decoding, check_fp16_gradients, f32s};
-use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff};
+use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, scaled_step};
 
 /// The overflow case multiplies every `wi` (`wi_0`, `wi_1`) weight by `WI_SCALE` and
 /// every `wo` by `WO_SCALE`: powers of two (exact in f16 and f32) that keep each weight
@@ -112,15 +113,7 @@ fn loss_and_grads(m: &T5ForConditionalGeneration, b: &Batch) -> (f64, Vec<f64>) 
         .unwrap();
     assert_eq!(loss.dtype(), DType::F32, "the loss is f32 for f16 logits");
     let l = loss.to_scalar().unwrap();
-    let grads = backward(&loss.scale(LOSS_SCALE).unwrap()).unwrap();
-    let mut g = Vec::new();
-    for (name, p) in m.trainable() {
-        let gp = grads
-            .get(&p)
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert_eq!(gp.dtype(), p.dtype(), "{name}: gradient dtype");
-        g.extend(gp.to_vec_f64().unwrap().iter().map(|x| x / LOSS_SCALE));
-    }
+    let g = unscaled_grads(m, &loss, LOSS_SCALE);
     (l, g)
 }
 
@@ -263,11 +256,7 @@ fn train_case(dev: Device) {
                 loss.to_scalar().unwrap().is_finite(),
                 "{dtype:?} step {step}"
             );
-            let grads = backward(&loss.scale(scaler.scale).unwrap()).unwrap();
-            let out = opt
-                .step(&grads, 3e-3, scaler.inv_scale(), Some(1.0))
-                .unwrap();
-            scaler.update(out.skipped);
+            let out = scaled_step(&mut opt, &mut scaler, &loss, 3e-3);
             applied += usize::from(!out.skipped);
         }
         let after = loss_only(&m, &b);

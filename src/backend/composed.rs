@@ -3,7 +3,7 @@
 //! to where that kernel declines (CUDA when cuBLASLt has no algorithm; the meta device
 //! planning for the CPU).
 
-use super::{BackendStorage, BinaryOp, LinearDims, MatmulSpec};
+use super::{BackendStorage, BinaryOp, LinearDims, MatmulSpec, ResidualNorm};
 use crate::error::Result;
 
 /// GEMM, then the bias added into a new buffer (the GEMM result and the biased copy
@@ -31,16 +31,12 @@ pub(crate) fn linear_wgrad_bgrad<B: BackendStorage>(
 
 /// Dropout, add, LayerNorm in sequence (the fused kernel rounds where these store, so
 /// the results are equal bit for bit).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dropout_add_layer_norm<B: BackendStorage>(
     a: &B,
     res: &B,
     gamma: &B,
     beta: &B,
-    cols: usize,
-    eps: f64,
-    p: f32,
-    seed: u64,
+    ResidualNorm { cols, eps, p, seed }: ResidualNorm,
 ) -> Result<(B, B, B, B)> {
     let s = if p > 0.0 {
         a.dropout(p, seed)?.binary(res, BinaryOp::Add)?
@@ -52,16 +48,13 @@ pub(crate) fn dropout_add_layer_norm<B: BackendStorage>(
 }
 
 /// LayerNorm's backward, then dropout's (the same mask from the seed) for `da`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dropout_add_layer_norm_backward<B: BackendStorage>(
     s: &B,
     gamma: &B,
     mean: &B,
     rstd: &B,
     dy: &B,
-    cols: usize,
-    p: f32,
-    seed: u64,
+    ResidualNorm { cols, p, seed, .. }: ResidualNorm,
 ) -> Result<(B, Option<B>, B, B)> {
     let (ds, dg, db) = s.layer_norm_backward(gamma, mean, rstd, dy, cols)?;
     let da = if p > 0.0 {

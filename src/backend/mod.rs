@@ -139,18 +139,24 @@ impl MatmulSpec {
         }
     }
 
-    /// A plain (unbatched) `m×k · k×n` product.
-    pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
+    /// `batch` products `m×k · k×n` of contiguous operands as stored (no transpose);
+    /// `broadcast_b`: one B for every batch entry.
+    pub fn batched(batch: usize, m: usize, k: usize, n: usize, broadcast_b: bool) -> MatmulSpec {
         MatmulSpec {
-            batch: 1,
+            batch,
             m,
             n,
             k,
             trans_a: false,
             trans_b: false,
             stride_a: m * k,
-            stride_b: k * n,
+            stride_b: if broadcast_b { 0 } else { k * n },
         }
+    }
+
+    /// A plain (unbatched) `m×k · k×n` product.
+    pub fn plain(m: usize, k: usize, n: usize) -> MatmulSpec {
+        MatmulSpec::batched(1, m, k, n, false)
     }
 }
 
@@ -160,6 +166,16 @@ pub struct LinearDims {
     pub rows: usize,
     pub out_f: usize,
     pub in_f: usize,
+}
+
+/// A residual LayerNorm block's settings (`dropout_add_layer_norm` and its backward):
+/// the row length, LayerNorm's eps, and the dropout on the branch (probability, seed).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResidualNorm {
+    pub cols: usize,
+    pub eps: f64,
+    pub p: f32,
+    pub seed: u64,
 }
 
 /// Shape and options of one attention call. q is `[b, lq, h, d]`, k and v `[b, lk, h, d]`,
@@ -461,33 +477,26 @@ pub trait BackendStorage: Sized + Send + Sync {
     }
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual block):
     /// (y, s, mean, rstd) with `s` the normalised sum.
-    #[allow(clippy::too_many_arguments)]
     fn dropout_add_layer_norm(
         &self,
         res: &Self,
         gamma: &Self,
         beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Self, Self, Self)> {
-        composed::dropout_add_layer_norm(self, res, gamma, beta, cols, eps, p, seed)
+        composed::dropout_add_layer_norm(self, res, gamma, beta, rn)
     }
     /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
     /// saved sum `self`: (ds, da, dgamma, dbeta); `da` is `None` when p = 0 (it is ds).
-    #[allow(clippy::too_many_arguments)]
     fn dropout_add_layer_norm_backward(
         &self, /*s*/
         gamma: &Self,
         mean: &Self,
         rstd: &Self,
         dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Option<Self>, Self, Self)> {
-        composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, cols, p, seed)
+        composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, rn)
     }
     /// One AdamW step over many parameters at once (global-norm clip and the inf/NaN
     /// skip decided on the device). `Ok(None)`: this backend has no such path, and the

@@ -8,7 +8,7 @@ use super::cuda::CudaStorage;
 use super::meta::MetaStorage;
 use super::{AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved};
 use super::{BackendStorage, BinaryOp, MatmulSpec};
-use super::{LinearDims, SpanCandidate, UnaryOp};
+use super::{LinearDims, ResidualNorm, SpanCandidate, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device};
 
@@ -215,7 +215,8 @@ pass_through!(
     &'a MatmulSpec,
     &'a AdamWStep,
     &'a AdafactorStep,
-    LinearDims
+    LinearDims,
+    ResidualNorm
 );
 
 /// A backend method's result as `Storage`'s: each buffer wrapped in its variant.

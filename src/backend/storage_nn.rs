@@ -5,11 +5,12 @@
 
 use super::storage::{adafactor_state_on, dispatch, mismatch, per_backend, same_mut};
 use super::storage::{Lift, Operand, Storage, Variant};
+use super::SpanCandidate;
 use super::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome, AdafactorState};
 use super::{AdamWMultiOutcome, AdamWMultiStep, MultiTensor};
-use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, SpanCandidate};
+use super::{AttnArgs, AttnSaved, BackendStorage, LinearDims, MatmulSpec, ResidualNorm};
 use crate::error::Result;
-use crate::shape::DType;
+use crate::shape::{DType, Device};
 
 dispatch! {
     fn matmul(&self, rhs: &Storage, spec: &MatmulSpec) -> Storage;
@@ -20,12 +21,12 @@ dispatch! {
         cols: usize) -> (Storage, Storage, Storage);
     /// `LayerNorm(dropout(self, p, seed) + res)` (a post-norm encoder's residual
     /// block): (y, s, mean, rstd) with `s` the normalised sum. One kernel on CUDA.
-    fn dropout_add_layer_norm(&self, res: &Storage, gamma: &Storage, beta: &Storage, cols: usize,
-        eps: f64, p: f32, seed: u64) -> (Storage, Storage, Storage, Storage);
+    fn dropout_add_layer_norm(&self, res: &Storage, gamma: &Storage, beta: &Storage,
+        rn: ResidualNorm) -> (Storage, Storage, Storage, Storage);
     /// Backward of [`dropout_add_layer_norm`](Self::dropout_add_layer_norm) from the
     /// saved sum `self`: (ds, da, dgamma, dbeta); `da` is `None` when p = 0 (it is ds).
     fn dropout_add_layer_norm_backward(&self, gamma: &Storage, mean: &Storage, rstd: &Storage,
-        dy: &Storage, cols: usize, p: f32, seed: u64) -> (Storage, Option<Storage>, Storage, Storage);
+        dy: &Storage, rn: ResidualNorm) -> (Storage, Option<Storage>, Storage, Storage);
     /// `self [rows, in] · wᵀ + bias`: on CUDA in one GEMM with the bias added by its
     /// epilogue (cuBLASLt) where it can, else GEMM + `add_bias`.
     fn linear_bias(&self, w: &Storage, bias: &Storage, dims: LinearDims) -> Storage;
@@ -67,13 +68,51 @@ pub fn adamw_multi(
     tensors: &mut [AdamWTensor<'_>],
     hp: &AdamWMultiStep,
 ) -> Result<Option<AdamWMultiOutcome>> {
-    // The backend is a type here, not a value to call through: pick it, then hand the
-    // whole list over (the first tensor's borrow ends before the list is taken).
-    match tensors.first().map(|t| backend_of(t.param)) {
-        None => Ok(None),
-        Some(Backend::Meta) => multi::<super::MetaStorage>(tensors, hp),
-        Some(Backend::Cuda) => multi::<super::CudaStorage>(tensors, hp),
-        Some(Backend::Cpu) => multi::<super::CpuStorage>(tensors, hp),
+    multi_step(tensors, hp)
+}
+
+/// One parameter of [`adafactor_multi`].
+pub type AdafactorTensor<'a> = AdafactorMultiTensor<'a, Storage>;
+
+/// A whole Adafactor step over many parameters at once (global-norm clip and the
+/// inf/NaN skip decided on the device), as [`adamw_multi`] is AdamW's. `Ok(None)` where
+/// the backend has no such path (the CPU): the caller steps each tensor itself.
+pub fn adafactor_multi(
+    tensors: &mut [AdafactorTensor<'_>],
+    hp: &AdafactorMultiStep,
+) -> Result<Option<AdafactorOutcome>> {
+    multi_step(tensors, hp)
+}
+
+/// One parameter of an optimizer's multi-tensor step, as `Storage` hands it to a
+/// backend: its buffers as backend `B`'s, and `B`'s step over the list.
+trait MultiParam: Sized {
+    type Hp;
+    type Out;
+    /// This parameter on backend `B`.
+    type On<'b, B: Variant>
+    where
+        Self: 'b;
+    fn param(&self) -> &Storage;
+    /// Every buffer as `B`'s (all on `dev`), or the device-mismatch error.
+    fn on<B: Variant>(&mut self, dev: Device) -> Result<Self::On<'_, B>>;
+    fn step<B: Variant>(list: &mut [Self::On<'_, B>], hp: &Self::Hp) -> Result<Option<Self::Out>>;
+}
+
+/// A multi-tensor step on the backend the first parameter lives on (every buffer must
+/// live there). The backend is a type here, not a value to call through: pick it, then
+/// hand the whole list over (the first tensor's borrow ends before the list is taken).
+fn multi_step<T: MultiParam>(tensors: &mut [T], hp: &T::Hp) -> Result<Option<T::Out>> {
+    let Some((backend, dev)) = tensors
+        .first()
+        .map(|t| (backend_of(t.param()), t.param().device()))
+    else {
+        return Ok(None);
+    };
+    match backend {
+        Backend::Meta => multi_on::<T, super::MetaStorage>(tensors, dev, hp),
+        Backend::Cuda => multi_on::<T, super::CudaStorage>(tensors, dev, hp),
+        Backend::Cpu => multi_on::<T, super::CpuStorage>(tensors, dev, hp),
     }
 }
 
@@ -92,72 +131,100 @@ fn backend_of(s: &Storage) -> Backend {
     }
 }
 
-/// One parameter of [`adafactor_multi`].
-pub type AdafactorTensor<'a> = AdafactorMultiTensor<'a, Storage>;
-
-/// A whole Adafactor step over many parameters at once (global-norm clip and the
-/// inf/NaN skip decided on the device), as [`adamw_multi`] is AdamW's. `Ok(None)` where
-/// the backend has no such path (the CPU): the caller steps each tensor itself.
-pub fn adafactor_multi(
-    tensors: &mut [AdafactorTensor<'_>],
-    hp: &AdafactorMultiStep,
-) -> Result<Option<AdafactorOutcome>> {
-    match tensors.first().map(|t| backend_of(t.param)) {
-        None => Ok(None),
-        Some(Backend::Meta) => af_multi::<super::MetaStorage>(tensors, hp),
-        Some(Backend::Cuda) => af_multi::<super::CudaStorage>(tensors, hp),
-        Some(Backend::Cpu) => af_multi::<super::CpuStorage>(tensors, hp),
-    }
-}
-
-/// [`adafactor_multi`] on backend `B` (every tensor must live there).
-fn af_multi<B: Variant>(
-    tensors: &mut [AdafactorTensor<'_>],
-    hp: &AdafactorMultiStep,
-) -> Result<Option<AdafactorOutcome>> {
-    const OP: &str = "adafactor_multi";
-    let dev = tensors[0].param.device();
+fn multi_on<T: MultiParam, B: Variant>(
+    tensors: &mut [T],
+    dev: Device,
+    hp: &T::Hp,
+) -> Result<Option<T::Out>> {
     let mut list = Vec::with_capacity(tensors.len());
     for t in tensors.iter_mut() {
-        let grad_dev = t.grad.device();
-        let st = AdafactorState {
-            row: &mut *t.st.row,
-            col: t.st.col.as_deref_mut(),
-            exp_avg: t.st.exp_avg.as_deref_mut(),
-            working: t.st.working.as_deref_mut(),
-            rows_cols: t.st.rows_cols,
-            weight_decay: t.st.weight_decay,
-        };
-        list.push(AdafactorMultiTensor {
-            param: same_mut::<B>(OP, dev, &mut *t.param)?,
-            grad: B::of(t.grad).ok_or_else(|| mismatch(OP, dev, grad_dev))?,
-            st: adafactor_state_on(OP, dev, st)?,
-        });
+        list.push(t.on::<B>(dev)?);
     }
-    B::adafactor_multi(&mut list, hp)
+    T::step::<B>(&mut list, hp)
 }
 
-/// [`adamw_multi`] on backend `B` (every tensor must live there).
-fn multi<B: Variant>(
-    tensors: &mut [AdamWTensor<'_>],
-    hp: &AdamWMultiStep,
-) -> Result<Option<AdamWMultiOutcome>> {
+/// A parameter and its gradient as backend `B`'s buffers.
+fn param_grad<'b, B: Variant>(
+    op: &'static str,
+    dev: Device,
+    param: &'b mut Storage,
+    grad: &'b Storage,
+) -> Result<(&'b mut B, &'b B)> {
+    let param = same_mut::<B>(op, dev, param)?;
+    let grad = B::of(grad).ok_or_else(|| mismatch(op, dev, grad.device()))?;
+    Ok((param, grad))
+}
+
+/// [`MultiParam`] for one optimizer's tensor type: its step arguments and
+/// outcome, the function that moves one tensor onto a backend, and the backend's step.
+macro_rules! multi_param {
+    ($tensor:ident, $hp:ty, $out:ty, $on:ident, $step:ident) => {
+        impl MultiParam for $tensor<'_, Storage> {
+            type Hp = $hp;
+            type Out = $out;
+            type On<'b, B: Variant>
+                = $tensor<'b, B>
+            where
+                Self: 'b;
+            fn param(&self) -> &Storage {
+                self.param
+            }
+            fn on<B: Variant>(&mut self, dev: Device) -> Result<$tensor<'_, B>> {
+                $on(self, dev)
+            }
+            fn step<B: Variant>(list: &mut [$tensor<'_, B>], hp: &$hp) -> Result<Option<$out>> {
+                B::$step(list, hp)
+            }
+        }
+    };
+}
+
+multi_param!(
+    MultiTensor,
+    AdamWMultiStep,
+    AdamWMultiOutcome,
+    adamw_on,
+    adamw_multi
+);
+multi_param!(
+    AdafactorMultiTensor,
+    AdafactorMultiStep,
+    AdafactorOutcome,
+    adafactor_on,
+    adafactor_multi
+);
+
+fn adamw_on<'b, B: Variant>(t: &'b mut AdamWTensor<'_>, dev: Device) -> Result<MultiTensor<'b, B>> {
     const OP: &str = "adamw_multi";
-    let dev = tensors[0].param.device();
-    let mut list = Vec::with_capacity(tensors.len());
-    for t in tensors.iter_mut() {
-        let grad_dev = t.grad.device();
-        list.push(MultiTensor {
-            param: same_mut::<B>(OP, dev, &mut *t.param)?,
-            grad: B::of(t.grad).ok_or_else(|| mismatch(OP, dev, grad_dev))?,
-            m: same_mut::<B>(OP, dev, &mut *t.m)?,
-            v: same_mut::<B>(OP, dev, &mut *t.v)?,
-            working: match t.working.as_deref_mut() {
-                Some(w) => Some(same_mut::<B>(OP, dev, w)?),
-                None => None,
-            },
-            weight_decay: t.weight_decay,
-        });
-    }
-    B::adamw_multi(&mut list, hp)
+    let (param, grad) = param_grad(OP, dev, &mut *t.param, t.grad)?;
+    let on = |s| same_mut::<B>(OP, dev, s);
+    Ok(MultiTensor {
+        param,
+        grad,
+        m: on(&mut *t.m)?,
+        v: on(&mut *t.v)?,
+        working: t.working.as_deref_mut().map(on).transpose()?,
+        weight_decay: t.weight_decay,
+    })
+}
+
+fn adafactor_on<'b, B: Variant>(
+    t: &'b mut AdafactorTensor<'_>,
+    dev: Device,
+) -> Result<AdafactorMultiTensor<'b, B>> {
+    const OP: &str = "adafactor_multi";
+    let (param, grad) = param_grad(OP, dev, &mut *t.param, t.grad)?;
+    let st = AdafactorState {
+        row: &mut *t.st.row,
+        col: t.st.col.as_deref_mut(),
+        exp_avg: t.st.exp_avg.as_deref_mut(),
+        working: t.st.working.as_deref_mut(),
+        rows_cols: t.st.rows_cols,
+        weight_decay: t.st.weight_decay,
+    };
+    Ok(AdafactorMultiTensor {
+        param,
+        grad,
+        st: adafactor_state_on(OP, dev, st)?,
+    })
 }

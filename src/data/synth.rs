@@ -179,18 +179,97 @@ struct Fact {
     answer: String,
 }
 
-fn fact(sentence: String, questions: Vec<String>, answer: impl ToString) -> Fact {
-    Fact {
-        sentence,
-        questions,
-        answer: answer.to_string(),
-    }
-}
+/// The facts of a biography as templates, in five pairs: each value has a distractor of
+/// the same type in another role (born in / moved to, birth year / year of the move, own
+/// job / parent's job, own pet / the neighbours' pet, favourite colour / car colour), so
+/// the model must read the relation next to a value, not just its type. A fact is its
+/// sentence (one of two, picked at random, where there are two) and the questions it
+/// answers; `{n}` is the person, `{v}` the fact's value (the answer), `{a}` "a" or "an"
+/// before it, `{p}` the parent.
+const FACTS: [[(&[&str], &[&str]); 2]; 5] = [
+    [
+        (
+            &["{n} was born in {v}.", "{v} is the birthplace of {n}."],
+            &[
+                "Where was {n} born?",
+                "In which city was {n} born?",
+                "What is the birthplace of {n}?",
+            ],
+        ),
+        (
+            &["{n} moved to {v}.", "{n} now lives in {v}."],
+            &["Where does {n} live now?", "To which city did {n} move?"],
+        ),
+    ],
+    [
+        (
+            &[
+                "{n} was born in {v}.",
+                "Born in {v}, {n} grew up by the sea.",
+            ],
+            &["When was {n} born?", "In what year was {n} born?"],
+        ),
+        (
+            &["{n} moved away in {v}.", "In {v}, {n} moved."],
+            &["When did {n} move?", "In what year did {n} move away?"],
+        ),
+    ],
+    [
+        (
+            &["{n} works as {a} {v}.", "{n} is {a} {v} by trade."],
+            &[
+                "What does {n} do for a living?",
+                "What is {n}'s profession?",
+                "What is the job of {n}?",
+            ],
+        ),
+        (
+            &["{n}'s {p} was {a} {v}."],
+            &[
+                "What was the job of {n}'s {p}?",
+                "What did the {p} of {n} do for a living?",
+            ],
+        ),
+    ],
+    [
+        (
+            &["{n} keeps {a} {v}.", "At home, {n} looks after {a} {v}."],
+            &["What animal does {n} keep?", "Which pet does {n} have?"],
+        ),
+        (
+            &[
+                "{n}'s neighbours have {a} {v}.",
+                "Next door to {n} lives {a} {v}.",
+            ],
+            &[
+                "What animal lives next door to {n}?",
+                "Which pet do the neighbours of {n} have?",
+            ],
+        ),
+    ],
+    [
+        (
+            &[
+                "{n}'s favourite colour is {v}.",
+                "{n} loves the colour {v}.",
+            ],
+            &[
+                "What is the favourite colour of {n}?",
+                "Which colour does {n} like best?",
+            ],
+        ),
+        (
+            &["{n} drives {a} {v} car.", "{n}'s car is painted {v}."],
+            &[
+                "What colour is the car of {n}?",
+                "Which colour is {n}'s car?",
+            ],
+        ),
+    ],
+];
 
-/// The facts of one biography in five pairs: each value has a distractor of the same
-/// type in another role (born in / moved to, birth year / year of the move, own job /
-/// parent's job, own pet / the neighbours' pet, favourite colour / car colour), so the
-/// model must read the relation next to a value, not just its type.
+/// The facts of one biography of `n`, in [`FACTS`]' pairs: the values drawn, then each
+/// fact's sentence picked in order.
 fn biography(rng: &mut Rng, n: &str) -> Vec<[Fact; 2]> {
     let (city, city2) = pick2(rng, CITIES);
     let year = 1900 + rng.below(90) as u32;
@@ -199,128 +278,36 @@ fn biography(rng: &mut Rng, n: &str) -> Vec<[Fact; 2]> {
     let (pet, pet2) = pick2(rng, PETS);
     let (color, color2) = pick2(rng, COLORS);
     let parent = ["mother", "father"][rng.below(2)];
-    let mut one = |a: String, b: String| if rng.below(2) == 0 { a } else { b };
-    vec![
-        [
-            fact(
-                one(
-                    format!("{n} was born in {city}."),
-                    format!("{city} is the birthplace of {n}."),
-                ),
-                vec![
-                    format!("Where was {n} born?"),
-                    format!("In which city was {n} born?"),
-                    format!("What is the birthplace of {n}?"),
-                ],
-                city,
-            ),
-            fact(
-                one(
-                    format!("{n} moved to {city2}."),
-                    format!("{n} now lives in {city2}."),
-                ),
-                vec![
-                    format!("Where does {n} live now?"),
-                    format!("To which city did {n} move?"),
-                ],
-                city2,
-            ),
-        ],
-        [
-            fact(
-                one(
-                    format!("{n} was born in {year}."),
-                    format!("Born in {year}, {n} grew up by the sea."),
-                ),
-                vec![
-                    format!("When was {n} born?"),
-                    format!("In what year was {n} born?"),
-                ],
-                year,
-            ),
-            fact(
-                one(
-                    format!("{n} moved away in {year2}."),
-                    format!("In {year2}, {n} moved."),
-                ),
-                vec![
-                    format!("When did {n} move?"),
-                    format!("In what year did {n} move away?"),
-                ],
-                year2,
-            ),
-        ],
-        [
-            fact(
-                one(
-                    format!("{n} works as {} {job}.", an(job)),
-                    format!("{n} is {} {job} by trade.", an(job)),
-                ),
-                vec![
-                    format!("What does {n} do for a living?"),
-                    format!("What is {n}'s profession?"),
-                    format!("What is the job of {n}?"),
-                ],
-                job,
-            ),
-            fact(
-                format!("{n}'s {parent} was {} {job2}.", an(job2)),
-                vec![
-                    format!("What was the job of {n}'s {parent}?"),
-                    format!("What did the {parent} of {n} do for a living?"),
-                ],
-                job2,
-            ),
-        ],
-        [
-            fact(
-                one(
-                    format!("{n} keeps {} {pet}.", an(pet)),
-                    format!("At home, {n} looks after {} {pet}.", an(pet)),
-                ),
-                vec![
-                    format!("What animal does {n} keep?"),
-                    format!("Which pet does {n} have?"),
-                ],
-                pet,
-            ),
-            fact(
-                one(
-                    format!("{n}'s neighbours have {} {pet2}.", an(pet2)),
-                    format!("Next door to {n} lives {} {pet2}.", an(pet2)),
-                ),
-                vec![
-                    format!("What animal lives next door to {n}?"),
-                    format!("Which pet do the neighbours of {n} have?"),
-                ],
-                pet2,
-            ),
-        ],
-        [
-            fact(
-                one(
-                    format!("{n}'s favourite colour is {color}."),
-                    format!("{n} loves the colour {color}."),
-                ),
-                vec![
-                    format!("What is the favourite colour of {n}?"),
-                    format!("Which colour does {n} like best?"),
-                ],
-                color,
-            ),
-            fact(
-                one(
-                    format!("{n} drives {} {color2} car.", an(color2)),
-                    format!("{n}'s car is painted {color2}."),
-                ),
-                vec![
-                    format!("What colour is the car of {n}?"),
-                    format!("Which colour is {n}'s car?"),
-                ],
-                color2,
-            ),
-        ],
-    ]
+    let (year, year2) = (year.to_string(), year2.to_string());
+    let values = [
+        [city, city2],
+        [year.as_str(), year2.as_str()],
+        [job, job2],
+        [pet, pet2],
+        [color, color2],
+    ];
+    let mut fact = |(sentences, questions): (&[&str], &[&str]), v: &str| {
+        let fill = |t: &str| {
+            t.replace("{n}", n)
+                .replace("{v}", v)
+                .replace("{a}", an(v))
+                .replace("{p}", parent)
+        };
+        let sentence = match sentences {
+            [a, b] => fill(if rng.below(2) == 0 { a } else { b }),
+            _ => fill(sentences[0]),
+        };
+        Fact {
+            sentence,
+            questions: questions.iter().map(|q| fill(q)).collect(),
+            answer: v.to_string(),
+        }
+    };
+    FACTS
+        .iter()
+        .zip(values)
+        .map(|(pair, [v, v2])| [fact(pair[0], v), fact(pair[1], v2)])
+        .collect()
 }
 
 /// A SQuAD v1.1 JSON document of `n_contexts` short biographies, each with `pairs` of

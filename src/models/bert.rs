@@ -103,17 +103,6 @@ impl BertConfig {
     }
 }
 
-static NAMES: LayerNames = LayerNames {
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
-    attn_out: "attention.output.dense",
-    attn_norm: "attention.output.LayerNorm",
-    ffn_in: "intermediate.dense",
-    ffn_out: "output.dense",
-    out_norm: "output.LayerNorm",
-};
-
 impl EncoderFamily for BertConfig {
     const MODEL_TYPE: &'static str = "bert";
     const QA_CLASS: &'static str = "BertForQuestionAnswering";
@@ -149,7 +138,7 @@ impl EncoderFamily for BertConfig {
             embedding_dropout: self.hidden_dropout_prob,
             layers: self.num_hidden_layers,
             layer_prefix: "encoder.layer",
-            names: &NAMES,
+            names: LayerNames::Bert,
             dims,
         })
     }
@@ -179,6 +168,24 @@ mod tests {
         .map_err(|e| Error::msg(e.to_string()))?;
         BertForQa::new(cfg, Device::Cpu, DType::F32, 3)?.save(dir)?;
         Ok(dir.join("model.safetensors"))
+    }
+
+    /// What config.json leaves out takes HF's default; unknown keys are kept.
+    #[test]
+    fn missing_fields_take_the_defaults_and_unknown_keys_stay() -> Result<()> {
+        let cfg: BertConfig =
+            serde_json::from_str(r#"{"hidden_size": 64, "use_cache": true, "pad_token_id": 3}"#)
+                .map_err(|e| Error::msg(e.to_string()))?;
+        assert_eq!((cfg.hidden_size, cfg.pad_token_id), (64, 3));
+        assert_eq!((cfg.vocab_size, cfg.num_hidden_layers), (30522, 12));
+        assert_eq!(
+            (cfg.layer_norm_eps, cfg.hidden_act.as_str()),
+            (1e-12, "gelu")
+        );
+        assert_eq!(cfg.position_embedding_type, "absolute");
+        assert_eq!(cfg.extra.get("use_cache"), Some(&serde_json::json!(true)));
+        assert_eq!(cfg.extra.len(), 1);
+        Ok(())
     }
 
     /// An old checkpoint's `LayerNorm.gamma` loads as `LayerNorm.weight`; a file holding

@@ -88,17 +88,6 @@ impl DistilBertConfig {
     }
 }
 
-static NAMES: LayerNames = LayerNames {
-    query: "attention.q_lin",
-    key: "attention.k_lin",
-    value: "attention.v_lin",
-    attn_out: "attention.out_lin",
-    attn_norm: "sa_layer_norm",
-    ffn_in: "ffn.lin1",
-    ffn_out: "ffn.lin2",
-    out_norm: "output_layer_norm",
-};
-
 impl EncoderFamily for DistilBertConfig {
     const MODEL_TYPE: &'static str = "distilbert";
     const QA_CLASS: &'static str = "DistilBertForQuestionAnswering";
@@ -143,7 +132,7 @@ impl EncoderFamily for DistilBertConfig {
             embedding_dropout: self.dropout,
             layers: self.n_layers,
             layer_prefix: "transformer.layer",
-            names: &NAMES,
+            names: LayerNames::DistilBert,
             dims,
         })
     }
@@ -162,6 +151,22 @@ mod tests {
     use crate::error::Error;
     use crate::models::qa::QaModel;
     use crate::shape::{DType, Device};
+
+    /// What config.json leaves out takes HF's default; unknown keys are kept.
+    #[test]
+    fn missing_fields_take_the_defaults_and_unknown_keys_stay() -> Result<()> {
+        let cfg: DistilBertConfig = serde_json::from_str(r#"{"dim": 64, "tie_weights_": true}"#)
+            .map_err(|e| Error::msg(e.to_string()))?;
+        assert_eq!((cfg.dim, cfg.hidden_dim, cfg.n_layers), (64, 3072, 6));
+        assert_eq!((cfg.qa_dropout, cfg.activation.as_str()), (0.1, "gelu"));
+        assert!(!cfg.sinusoidal_pos_embds);
+        assert_eq!(
+            cfg.extra.get("tie_weights_"),
+            Some(&serde_json::json!(true))
+        );
+        assert_eq!(cfg.extra.len(), 1);
+        Ok(())
+    }
 
     /// `sinusoidal_pos_embds: true`: the position table is HF's sine/cosine table and
     /// is not trained (the optimizer never sees it), but it is still saved.

@@ -4,8 +4,9 @@
 //! `bert.rs` and `distilbert.rs` only say how their config.json maps onto it.
 //!
 //! The two HF implementations compute the same layer under different parameter names
-//! (`attention.q_lin` vs `attention.self.query`, ...), so the layer is built from a
-//! [`LayerNames`] table and loads either checkpoint with no renaming. Attention is the
+//! (`attention.q_lin` vs `attention.self.query`, ...), so the layer is built from one
+//! table of its parts' names (`PARTS`, a column per [`LayerNames`]) and loads either
+//! checkpoint with no renaming. Attention is the
 //! fused `attention` op: key padding mask, scale 1/√d, and HF's dropout on the attention
 //! probabilities fused into the kernel (its mask re-derived from the seed in backward).
 //!
@@ -81,17 +82,52 @@ impl Activation {
     }
 }
 
-/// Where one layer's parameters live, relative to the layer's prefix.
-#[derive(Debug)]
-pub struct LayerNames {
-    pub query: &'static str,
-    pub key: &'static str,
-    pub value: &'static str,
-    pub attn_out: &'static str,
-    pub attn_norm: &'static str,
-    pub ffn_in: &'static str,
-    pub ffn_out: &'static str,
-    pub out_norm: &'static str,
+/// Whose checkpoint names an encoder's layers go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerNames {
+    Bert,
+    DistilBert,
+}
+
+/// The parts of an encoder layer, in [`PARTS`]' order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Query,
+    Key,
+    Value,
+    AttnOut,
+    AttnNorm,
+    FfnIn,
+    FfnOut,
+    OutNorm,
+}
+
+/// Where each part of a layer lives, relative to the layer's prefix: under BERT's name
+/// and under DistilBERT's.
+const PARTS: [(Part, &str, &str); 8] = [
+    (Part::Query, "attention.self.query", "attention.q_lin"),
+    (Part::Key, "attention.self.key", "attention.k_lin"),
+    (Part::Value, "attention.self.value", "attention.v_lin"),
+    (Part::AttnOut, "attention.output.dense", "attention.out_lin"),
+    (
+        Part::AttnNorm,
+        "attention.output.LayerNorm",
+        "sa_layer_norm",
+    ),
+    (Part::FfnIn, "intermediate.dense", "ffn.lin1"),
+    (Part::FfnOut, "output.dense", "ffn.lin2"),
+    (Part::OutNorm, "output.LayerNorm", "output_layer_norm"),
+];
+
+impl LayerNames {
+    /// `part`'s name under this naming.
+    pub fn of(self, part: Part) -> &'static str {
+        let (_, bert, distilbert) = PARTS[part as usize];
+        match self {
+            LayerNames::Bert => bert,
+            LayerNames::DistilBert => distilbert,
+        }
+    }
 }
 
 /// Sizes and rates of one layer.
@@ -128,17 +164,19 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn new(vb: &VarBuilder, names: &LayerNames, dims: LayerDims) -> Result<EncoderLayer> {
+    pub fn new(vb: &VarBuilder, names: LayerNames, dims: LayerDims) -> Result<EncoderLayer> {
         let (h, i, std) = (dims.hidden, dims.intermediate, dims.init_std);
+        let at = |part| vb.pp(names.of(part));
+        let linear = |part, n_in, n_out| Linear::new(&at(part), n_in, n_out, true, std);
         Ok(EncoderLayer {
-            query: Linear::new(&vb.pp(names.query), h, h, true, std)?,
-            key: Linear::new(&vb.pp(names.key), h, h, true, std)?,
-            value: Linear::new(&vb.pp(names.value), h, h, true, std)?,
-            attn_out: Linear::new(&vb.pp(names.attn_out), h, h, true, std)?,
-            attn_norm: LayerNorm::new(&vb.pp(names.attn_norm), h, dims.eps)?,
-            ffn_in: Linear::new(&vb.pp(names.ffn_in), h, i, true, std)?,
-            ffn_out: Linear::new(&vb.pp(names.ffn_out), i, h, true, std)?,
-            out_norm: LayerNorm::new(&vb.pp(names.out_norm), h, dims.eps)?,
+            query: linear(Part::Query, h, h)?,
+            key: linear(Part::Key, h, h)?,
+            value: linear(Part::Value, h, h)?,
+            attn_out: linear(Part::AttnOut, h, h)?,
+            attn_norm: LayerNorm::new(&at(Part::AttnNorm), h, dims.eps)?,
+            ffn_in: linear(Part::FfnIn, h, i)?,
+            ffn_out: linear(Part::FfnOut, i, h)?,
+            out_norm: LayerNorm::new(&at(Part::OutNorm), h, dims.eps)?,
             dims,
         })
     }
@@ -258,7 +296,7 @@ pub struct EncoderSpec {
     pub layers: usize,
     /// Layer `i` lives under `{layer_prefix}.{i}` ("encoder.layer", "transformer.layer").
     pub layer_prefix: &'static str,
-    pub names: &'static LayerNames,
+    pub names: LayerNames,
     pub dims: LayerDims,
 }
 
@@ -401,4 +439,22 @@ fn position_ids(b: usize, l: usize, max: usize, device: Device) -> Result<Tensor
     }
     let v: Vec<i32> = (0..b).flat_map(|_| 0..l as i32).collect();
     Tensor::from_i32(v, [b, l], device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`LayerNames::of`] indexes the table by the part: row `i` must be part `i`.
+    #[test]
+    fn the_names_table_is_in_part_order() {
+        for (i, (part, _, _)) in PARTS.iter().enumerate() {
+            assert_eq!(*part as usize, i, "{part:?}");
+        }
+        assert_eq!(LayerNames::Bert.of(Part::FfnIn), "intermediate.dense");
+        assert_eq!(
+            LayerNames::DistilBert.of(Part::OutNorm),
+            "output_layer_norm"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::encoder::{Encoder, EncoderSpec};
+use super::encoder::{Encoder, EncoderSpec, Part};
 use super::hf::{
     check_complete, check_layer_count, check_sizes, config_text, save_hf, weights_path, SizeCheck,
 };
@@ -197,7 +197,11 @@ fn check_config_sizes<C: EncoderFamily>(
     let (spec, f, mt) = (config.encoder_spec()?, C::SIZE_FIELDS, C::MODEL_TYPE);
     let word = format!("{mt}.embeddings.word_embeddings.weight");
     let position = format!("{mt}.embeddings.position_embeddings.weight");
-    let ffn_in = format!("{mt}.{}.0.{}.weight", spec.layer_prefix, spec.names.ffn_in);
+    let ffn_in = format!(
+        "{mt}.{}.0.{}.weight",
+        spec.layer_prefix,
+        spec.names.of(Part::FfnIn)
+    );
     let check = |field, value, tensor: &String, axis| SizeCheck {
         field,
         value,

@@ -176,16 +176,7 @@ impl Tensor {
             });
         }
         debug_assert!(broadcast || b_batch == batch);
-        let spec = MatmulSpec {
-            batch,
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: false,
-            stride_a: m * k,
-            stride_b: if broadcast { 0 } else { k * n },
-        };
+        let spec = MatmulSpec::batched(batch, m, k, n, broadcast);
         let mut out_dims = ad[..ad.len() - 2].to_vec();
         out_dims.extend([m, n]);
         let out = fresh(self.storage().matmul(&rhs.storage(), &spec)?, out_dims);
@@ -198,14 +189,8 @@ impl Tensor {
                 // dA [b, m, k] = dC [b, m, n] · Bᵀ
                 let da = when(ta, || {
                     let spec = MatmulSpec {
-                        batch,
-                        m,
-                        n: k,
-                        k: n,
-                        trans_a: false,
                         trans_b: true,
-                        stride_a: m * n,
-                        stride_b: if broadcast { 0 } else { k * n },
+                        ..MatmulSpec::batched(batch, m, n, k, broadcast)
                     };
                     Ok(fresh(gs.matmul(&b.storage(), &spec)?, a.shape().clone()))
                 })?;
@@ -224,14 +209,8 @@ impl Tensor {
                         }
                     } else {
                         MatmulSpec {
-                            batch,
-                            m: k,
-                            n,
-                            k: m,
                             trans_a: true,
-                            trans_b: false,
-                            stride_a: m * k,
-                            stride_b: m * n,
+                            ..MatmulSpec::batched(batch, k, m, n, false)
                         }
                     };
                     Ok(fresh(a.storage().matmul(&gs, &spec)?, b.shape().clone()))

@@ -3,7 +3,7 @@
 //! (mean, rstd) are f32 buffers, as the kernels keep them.
 
 use crate::autograd::{needs_grad, record};
-use crate::backend::Storage;
+use crate::backend::{ResidualNorm, Storage};
 use crate::error::{Error, Result};
 use crate::ops::{fresh, tracking};
 use crate::profile::cost::{self, NormKind};
@@ -87,14 +87,12 @@ impl Tensor {
         let cols = self.shape().last();
         gamma.expect_shape("dropout_add_layer_norm (weight)", &[cols])?;
         beta.expect_shape("dropout_add_layer_norm (bias)", &[cols])?;
+        let rn = ResidualNorm { cols, eps, p, seed };
         let (y, sum, mean, rstd) = self.storage().dropout_add_layer_norm(
             &residual.storage(),
             &gamma.storage(),
             &beta.storage(),
-            cols,
-            eps,
-            p,
-            seed,
+            rn,
         )?;
         let out = fresh(y, self.shape().clone());
         if !needs_grad(&[self, residual, gamma, beta]) {
@@ -121,9 +119,7 @@ impl Tensor {
                     &mean.storage(),
                     &rstd.storage(),
                     &g.storage(),
-                    cols,
-                    p,
-                    seed,
+                    rn,
                 )?;
                 let ds = fresh(ds, shape.clone());
                 // Without dropout both inputs get ds itself (one buffer, as `add` does).

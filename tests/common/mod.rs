@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use fusebox::autograd::Grads;
 use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, UnaryOp};
 use fusebox::nn::safetensors_io;
-use fusebox::optim::{AdamW, AdamWConfig};
+use fusebox::optim::{AdamW, AdamWConfig, LossScaler, StepOutcome};
 use fusebox::{DType, Device, Tensor};
 use serde_json::Value;
 
@@ -142,6 +142,20 @@ pub fn fp16_training_follows_f32(what: &str, mut train: impl FnMut(DType) -> Opt
         f32_loss,
         1e-2,
     );
+}
+
+/// One GradScaler-style fp16 step: backward of `loss · scale`, AdamW at `lr` on the
+/// unscaled gradients (clipped to norm 1), then the scale updated; the step's outcome.
+pub fn scaled_step(
+    opt: &mut AdamW,
+    scaler: &mut LossScaler,
+    loss: &Tensor,
+    lr: f64,
+) -> StepOutcome {
+    let grads = fusebox::autograd::backward(&loss.scale(scaler.scale).unwrap()).unwrap();
+    let out = opt.step(&grads, lr, scaler.inv_scale(), Some(1.0)).unwrap();
+    scaler.update(out.skipped);
+    out
 }
 
 /// One AdamW step as the fixtures' torch.optim.AdamW took it (lr 1e-3, weight decay 0.01,

@@ -11,6 +11,22 @@ use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
 use fusebox::{Device, Tensor};
 
+/// Backward of `loss · scale` (a loss scale, so that small f16 gradients do not flush to
+/// zero): every trainable parameter's gradient, in its own dtype, divided by `scale`
+/// again and flattened in name order, as f64.
+pub fn unscaled_grads(m: &dyn Seq2SeqLm, loss: &Tensor, scale: f64) -> Vec<f64> {
+    let grads = backward(&loss.scale(scale).unwrap()).unwrap();
+    let mut g = Vec::new();
+    for (name, p) in m.trainable() {
+        let gp = grads
+            .get(&p)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(gp.dtype(), p.dtype(), "{name}: gradient dtype");
+        g.extend(gp.to_vec_f64().unwrap().iter().map(|x| x / scale));
+    }
+    g
+}
+
 pub fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_vec_f32().unwrap()
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use fusebox::backend::cuda::{self, CudaStorage};
 use fusebox::backend::{
-    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage,
+    AdamWState, AdamWStep, AttnArgs, AttnSaved, AttnSpec, BackendStorage, CpuStorage, ResidualNorm,
 };
 use fusebox::DType;
 
@@ -89,7 +89,13 @@ fn dropout_add_layer_norm_matches_the_unfused_ops() {
             let ws = ok(cdrop.binary(&cr, BinaryOp::Add));
             let (wy, wm, wr) = ok(ws.layer_norm(&cg, &cb, cols, 1e-12));
             let t = Instant::now();
-            let (y, s, m, r) = ok(ga.dropout_add_layer_norm(&gr, &gg, &gb, cols, 1e-12, p, seed));
+            let rn = ResidualNorm {
+                cols,
+                eps: 1e-12,
+                p,
+                seed,
+            };
+            let (y, s, m, r) = ok(ga.dropout_add_layer_norm(&gr, &gg, &gb, rn));
             let name = if p > 0.0 { "dropout_add_ln" } else { "add_ln" };
             check(&format!("{name}_sum"), &sh, dt, &s, &ws, t);
             check(&format!("{name}_y"), &sh, dt, &y, &wy, t);
@@ -97,8 +103,7 @@ fn dropout_add_layer_norm_matches_the_unfused_ops() {
             check(&format!("{name}_rstd"), &sh, dt, &r, &wr, t);
             let (wds, wdg, wdb) = ok(ws.layer_norm_backward(&cg, &wm, &wr, &cd, cols));
             let t = Instant::now();
-            let (ds, da, dg, db) =
-                ok(s.dropout_add_layer_norm_backward(&gg, &m, &r, &gd, cols, p, seed));
+            let (ds, da, dg, db) = ok(s.dropout_add_layer_norm_backward(&gg, &m, &r, &gd, rn));
             check(&format!("{name}_bwd_ds"), &sh, dt, &ds, &wds, t);
             match da {
                 Some(da) => {

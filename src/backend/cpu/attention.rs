@@ -189,23 +189,28 @@ impl<T: Real> Inputs<'_, T> {
         rows(&self.s, b, h, self.s.lq, hd, 0)
     }
 
-    /// `scale·q·kᵀ + bias` with masked positions at -inf, `lq × lk` row-major.
-    fn scores(&self, b: usize, h: usize) -> Result<Vec<T>> {
+    /// `scale·q·kᵀ + bias` with masked positions at -inf, `lq × lk` row-major, into `sc`
+    /// (every element overwritten).
+    fn scores_into(&self, b: usize, h: usize, sc: &mut [T]) -> Result<()> {
         let AttnSpec { lq, lk, d, .. } = self.s;
         let q = (self.q, self.q_rows(b, h));
-        let mut sc = product((lq, lk, d), q, (self.k, self.k_cols(b, h)), self.scale)?;
-        for i in 0..lq {
-            let row = &mut sc[i * lk..(i + 1) * lk];
+        let k = (self.k, self.k_cols(b, h));
+        product_into((lq, lk, d), sc, q, k, self.scale)?;
+        // The key mask only when it masks something in this batch row.
+        let mask = self
+            .mask
+            .map(|m| &m[b * lk..(b + 1) * lk])
+            .filter(|m| m.contains(&0));
+        if self.bias.is_none() && mask.is_none() && !self.s.causal {
+            return Ok(());
+        }
+        for (i, row) in sc.chunks_mut(lk.max(1)).enumerate() {
             if let Some(bias) = self.bias {
-                for (x, &bv) in row
-                    .iter_mut()
-                    .zip(&bias[(h * lq + i) * lk..(h * lq + i + 1) * lk])
-                {
-                    *x += bv;
-                }
+                let bias = &bias[(h * lq + i) * lk..(h * lq + i + 1) * lk];
+                row.iter_mut().zip(bias).for_each(|(x, &bv)| *x += bv);
             }
-            if let Some(mask) = self.mask {
-                for (x, &m) in row.iter_mut().zip(&mask[b * lk..(b + 1) * lk]) {
+            if let Some(mask) = mask {
+                for (x, &m) in row.iter_mut().zip(mask) {
                     if m == 0 {
                         *x = T::neg_infinity();
                     }
@@ -221,7 +226,7 @@ impl<T: Real> Inputs<'_, T> {
                 }
             }
         }
-        Ok(sc)
+        Ok(())
     }
 
     /// Batches per wave: enough (b, h) pairs to keep every thread busy, no more.
@@ -232,19 +237,20 @@ impl<T: Real> Inputs<'_, T> {
     }
 }
 
-/// `alpha · A · B` (`m × k` by `k × n`, strided views) as a new row-major `m × n` block,
-/// on the calling thread (the (b, h) pairs are what runs in parallel).
-fn product<T: Real>(
+/// `dst = alpha · A · B` (`m × k` by `k × n`, strided views; dst a row-major `m × n`
+/// block, overwritten, never read), on the calling thread (the (b, h) pairs are what
+/// runs in parallel).
+fn product_into<T: Real>(
     (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
     (a, av): (&[T], View),
     (b, bv): (&[T], View),
     alpha: T,
-) -> Result<Vec<T>> {
-    let mut c = vec![T::zero(); m * n];
+) -> Result<()> {
     let cv = View::row_major(0, n);
     gemm_strided(
         (m, n, k),
-        &mut c,
+        dst,
         cv,
         a,
         av,
@@ -253,7 +259,18 @@ fn product<T: Real>(
         alpha,
         false,
         Parallelism::None,
-    )?;
+    )
+}
+
+/// [`product_into`] a new block.
+fn product<T: Real>(
+    dims: (usize, usize, usize),
+    a: (&[T], View),
+    b: (&[T], View),
+    alpha: T,
+) -> Result<Vec<T>> {
+    let mut c = vec![T::zero(); dims.0 * dims.1];
+    product_into(dims, &mut c, a, b, alpha)?;
     Ok(c)
 }
 
@@ -276,18 +293,27 @@ fn scatter<T: Real>(
     }
 }
 
-/// Multiply each row of one (b, h) pair's `lq×lk` block by its dropout multipliers Z (0
-/// or 1/(1−p)); nothing without dropout. Same index as kernels/attention.cu.
-fn apply_dropout<T: Real>(s: &AttnSpec, bi: usize, hi: usize, block: &mut [T]) {
-    if s.dropout <= 0.0 {
-        return;
+/// Attention dropout's draw: the mixed key, the rate and the keep multiplier 1/(1−p);
+/// None without dropout. Row i of pair (b, h) draws from index `row_base(..)` on, the
+/// same index as kernels/attention.cu.
+struct Dropout<T> {
+    key: (u32, u32),
+    rate: f32,
+    keep_scale: T,
+}
+
+impl<T: Real> Dropout<T> {
+    fn of(s: &AttnSpec) -> Option<Dropout<T>> {
+        (s.dropout > 0.0).then(|| Dropout {
+            key: crate::backend::dropout_key(s.seed),
+            rate: s.dropout,
+            keep_scale: T::of(1.0 / (1.0 - s.dropout as f64)),
+        })
     }
-    let keep_scale = T::of(1.0 / (1.0 - s.dropout as f64));
-    let base = ((bi * s.h + hi) * s.lq * s.lk) as u64;
-    let key = crate::backend::dropout_key(s.seed);
-    for (i, row) in block.chunks_mut(s.lk.max(1)).enumerate() {
-        simd::dropout_row(row, key, base + (i * s.lk) as u64, s.dropout, keep_scale);
-    }
+}
+
+fn row_base(s: &AttnSpec, bi: usize, hi: usize, i: usize) -> u64 {
+    (((bi * s.h + hi) * s.lq + i) * s.lk) as u64
 }
 
 pub(super) fn attention<T: Real>(
@@ -301,6 +327,7 @@ pub(super) fn attention<T: Real>(
     } = *spec;
     let mut out = vec![T::zero(); b * lq * h * d];
     let mut lse = vec![T::zero(); b * h * lq];
+    let drop = Dropout::<T>::of(spec);
     let wave = a.wave();
     for b0 in (0..b).step_by(wave) {
         let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
@@ -308,18 +335,25 @@ pub(super) fn attention<T: Real>(
             .collect();
         let res: Vec<(Vec<T>, Vec<T>)> = pairs
             .par_iter()
-            .map(|&(bi, hi)| {
-                let mut p = a.scores(bi, hi)?;
-                // lk = 0: no keys, every row fully masked (lse -inf).
-                let mut l = vec![T::neg_infinity(); lq];
-                for (l, row) in l.iter_mut().zip(p.chunks_mut(lk.max(1))) {
-                    *l = simd::softmax_row(row);
-                }
-                apply_dropout(spec, bi, hi, &mut p);
-                let p = (&p[..], View::row_major(0, lk));
-                let o = product((lq, d, lk), p, (a.v, a.v_rows(bi, hi)), T::one())?;
-                Ok((o, l))
-            })
+            // One score block per rayon split, reused pair after pair.
+            .map_init(
+                || vec![T::zero(); lq * lk],
+                |p, &(bi, hi)| {
+                    a.scores_into(bi, hi, p)?;
+                    // lk = 0: no keys, every row fully masked (lse -inf).
+                    let mut l = vec![T::neg_infinity(); lq];
+                    for (i, (l, row)) in l.iter_mut().zip(p.chunks_mut(lk.max(1))).enumerate() {
+                        *l = simd::softmax_row(row);
+                        if let Some(z) = &drop {
+                            let base = row_base(spec, bi, hi, i);
+                            simd::dropout_row(row, z.key, base, z.rate, z.keep_scale);
+                        }
+                    }
+                    let p = (&p[..], View::row_major(0, lk));
+                    let o = product((lq, d, lk), p, (a.v, a.v_rows(bi, hi)), T::one())?;
+                    Ok((o, l))
+                },
+            )
             .collect::<Result<_>>()?;
         for (&(bi, hi), (o, l)) in pairs.iter().zip(res) {
             scatter(&mut out, &o, bi, hi, lq, spec, h * d, 0);
@@ -329,8 +363,27 @@ pub(super) fn attention<T: Real>(
     Ok((CpuStorage::from_real(out), CpuStorage::from_real(lse)))
 }
 
-/// Per-(b, h) gradients: dq `lq×d`, dk `lk×d`, dv `lk×d`, dscores `lq×lk`.
-type PairGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+/// Per-(b, h) gradients: dq `lq×d`, dk `lk×d`, dv `lk×d`, and dscores `lq×lk` when
+/// there is a bias to take its gradient.
+type PairGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Option<Vec<T>>);
+
+/// Backward's score-sized blocks for one thread: P, dS and (with dropout) P∘Z. Each is
+/// overwritten in full for every pair, so reusing them needs no clearing.
+struct Blocks<T> {
+    p: Vec<T>,
+    ds: Vec<T>,
+    pz: Vec<T>,
+}
+
+impl<T: Real> Blocks<T> {
+    fn new(n: usize, dropout: bool) -> Blocks<T> {
+        Blocks {
+            p: vec![T::zero(); n],
+            ds: vec![T::zero(); n],
+            pz: vec![T::zero(); if dropout { n } else { 0 }],
+        }
+    }
+}
 
 /// Gradients of q, k, v: three buffers, or one packed buffer in the layout of the input.
 pub(super) enum QkvGrads {
@@ -367,6 +420,7 @@ pub(super) fn attention_backward<T: Real>(
     };
     let mut dbias = a.bias.map(|_| vec![T::zero(); h * lq * lk]);
     let hd = h * d;
+    let drop = Dropout::<T>::of(spec);
     let wave = a.wave();
     for b0 in (0..b).step_by(wave) {
         let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
@@ -374,48 +428,64 @@ pub(super) fn attention_backward<T: Real>(
             .collect();
         let res: Vec<PairGrads<T>> = pairs
             .par_iter()
-            .map(|&(bi, hi)| {
-                // P from the saved lse; masked entries are exp(-inf) = 0.
-                let mut p = a.scores(bi, hi)?;
-                let lse_pair = &lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq];
-                for (row, &l) in p.chunks_mut(lk.max(1)).zip(lse_pair) {
-                    simd::exp_sub_row(row, l);
-                }
-                // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)).
-                let d_o = (dout, a.o_rows(bi, hi));
-                let mut ds = product((lq, lk, d), d_o, (a.v, a.v_cols(bi, hi)), T::one())?;
-                // With dropout Z: O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
-                // dV = (P∘Z)ᵀ·dO.
-                apply_dropout(spec, bi, hi, &mut ds);
-                for (i, (ds_row, p_row)) in ds
-                    .chunks_mut(lk.max(1))
-                    .zip(p.chunks(lk.max(1)))
-                    .enumerate()
-                {
-                    let r = (bi * lq + i) * hd + hi * d;
-                    let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
-                    simd::score_grad_row(ds_row, p_row, di);
-                }
-                let pz: std::borrow::Cow<[T]> = if spec.dropout > 0.0 {
-                    let mut pz = p.clone();
-                    apply_dropout(spec, bi, hi, &mut pz);
-                    pz.into()
-                } else {
-                    (&p[..]).into()
-                };
-                // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
-                let ds_t = View {
-                    off: 0,
-                    rs: 1,
-                    cs: lk,
-                };
-                let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
-                // dq = scale · dS · k, dk = scale · dSᵀ · q, dv = (P∘Z)ᵀ · dO
-                let gq = product((lq, d, lk), (&ds[..], View::row_major(0, lk)), k, a.scale)?;
-                let gk = product((lk, d, lq), (&ds[..], ds_t), q, a.scale)?;
-                let gv = product((lk, d, lq), (&pz[..], ds_t), d_o, T::one())?;
-                Ok((gq, gk, gv, ds))
-            })
+            // One set of score-sized blocks per rayon split, reused pair after pair.
+            .map_init(
+                || Blocks::new(lq * lk, drop.is_some()),
+                |bl, &(bi, hi)| {
+                    // P from the saved lse; masked entries are exp(-inf) = 0.
+                    a.scores_into(bi, hi, &mut bl.p)?;
+                    let lse_pair = &lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq];
+                    for (row, &l) in bl.p.chunks_mut(lk.max(1)).zip(lse_pair) {
+                        simd::exp_sub_row(row, l);
+                    }
+                    // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)). With dropout Z:
+                    // O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
+                    // dV = (P∘Z)ᵀ·dO.
+                    let d_o = (dout, a.o_rows(bi, hi));
+                    product_into(
+                        (lq, lk, d),
+                        &mut bl.ds,
+                        d_o,
+                        (a.v, a.v_cols(bi, hi)),
+                        T::one(),
+                    )?;
+                    let w = lk.max(1);
+                    let rows = bl.ds.chunks_mut(w).zip(bl.p.chunks(w));
+                    for (i, (ds_row, p_row)) in rows.enumerate() {
+                        let r = (bi * lq + i) * hd + hi * d;
+                        let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
+                        if let Some(z) = &drop {
+                            let pz_row = &mut bl.pz[i * lk..(i + 1) * lk];
+                            let base = row_base(spec, bi, hi, i);
+                            simd::dropout_row_pair(
+                                ds_row,
+                                p_row,
+                                pz_row,
+                                z.key,
+                                base,
+                                z.rate,
+                                z.keep_scale,
+                            );
+                        }
+                        simd::score_grad_row(ds_row, p_row, di);
+                    }
+                    let pz = if drop.is_some() { &bl.pz } else { &bl.p };
+                    // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
+                    let ds_t = View {
+                        off: 0,
+                        rs: 1,
+                        cs: lk,
+                    };
+                    let ds = &bl.ds[..];
+                    let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
+                    // dq = scale · dS · k, dk = scale · dSᵀ · q, dv = (P∘Z)ᵀ · dO
+                    let gq = product((lq, d, lk), (ds, View::row_major(0, lk)), k, a.scale)?;
+                    let gk = product((lk, d, lq), (ds, ds_t), q, a.scale)?;
+                    let gv = product((lk, d, lq), (&pz[..], ds_t), d_o, T::one())?;
+                    // dS itself only for the bias gradient.
+                    Ok((gq, gk, gv, a.bias.map(|_| ds.to_vec())))
+                },
+            )
             .collect::<Result<_>>()?;
         for (&(bi, hi), (gq, gk, gv, ds)) in pairs.iter().zip(res) {
             scatter(&mut dq, &gq, bi, hi, lq, spec, lay.ldq, lay.q_off);
@@ -426,7 +496,7 @@ pub(super) fn attention_backward<T: Real>(
                 scatter(&mut dk, &gk, bi, hi, lk, spec, lay.ldkv, lay.k_off);
                 scatter(&mut dv, &gv, bi, hi, lk, spec, lay.ldkv, lay.v_off);
             }
-            if let Some(db) = dbias.as_mut() {
+            if let (Some(db), Some(ds)) = (dbias.as_mut(), ds) {
                 for (x, &g) in db[hi * lq * lk..(hi + 1) * lq * lk].iter_mut().zip(&ds) {
                     *x += g;
                 }

@@ -10,7 +10,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::{check_len, dtype_err, rows_of, simd, CpuData, CpuStorage, Real, PAR_MIN};
-use crate::backend::{dropout_keep_keyed, dropout_key, BinaryOp, UnaryOp};
+use crate::backend::{dropout_key, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::shape::DType;
 
@@ -38,15 +38,20 @@ fn blocks<T: Real>(a: &[T], b: &[T], f: impl Fn(&[T], &[T], &mut [T]) + Sync) ->
     out
 }
 
+/// `out[i] = f(a[i], b[i])`: a plain loop over blocks (which the compiler vectorises),
+/// the blocks parallel for large buffers.
 fn map2<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let each = |a: &[T], b: &[T], o: &mut [T]| {
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    };
     if a.len() < PAR_MIN {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+        let mut out = vec![T::zero(); a.len()];
+        each(a, b, &mut out);
+        out
     } else {
-        a.par_iter()
-            .zip(b.par_iter())
-            .with_min_len(PAR_MIN / 4)
-            .map(|(&x, &y)| f(x, y))
-            .collect()
+        blocks(a, b, each)
     }
 }
 
@@ -261,14 +266,14 @@ pub(super) fn dropout<T: Real>(a: &CpuStorage, p: f32, seed: u64) -> Result<CpuS
     } else {
         T::zero()
     };
+    // Blocks of the input, each multiplied by its draws from its own offset on.
+    const BLOCK: usize = 16 * 1024;
     let key = dropout_key(seed);
-    Ok(CpuStorage::from_real(map_idx(x, |i, v| {
-        if dropout_keep_keyed(key, i as u64, p) {
-            v * scale
-        } else {
-            T::zero()
-        }
-    })))
+    let mut out = x.to_vec();
+    out.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(bi, o)| simd::dropout_row(o, key, (bi * BLOCK) as u64, p, scale));
+    Ok(CpuStorage::from_real(out))
 }
 
 pub(super) fn add_bias<T: Real>(

@@ -7,12 +7,21 @@
 //!
 //! Batches are spread over rayon threads when there are enough of them; a single large
 //! product lets gemm parallelise internally instead.
+//!
+//! One exception to "never copied": gemm 0.19 runs `x · Wᵀ` (a transposed right operand,
+//! the linear layer's forward) 10–35 % slower than the same product with W row-major
+//! when the output is narrow (n ≤ 1024) or the reduction is long (k ≥ n) — DistilBERT's
+//! and T5's FFN-out projections, the attention output projection. There
+//! [`rhs_copy_len`] says to transpose W once into scratch (about 0.6 ms for 768 × 3072
+//! at memory speed, against 5–9 ms saved per product; benches/RESULTS.md, session 11).
+//! The scratch is a tracked buffer, alive beside the output, and the meta device
+//! allocates the same for the CPU target.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{len_err, CpuStorage, Real};
-use crate::backend::MatmulSpec;
+use crate::backend::{LinearDims, MatmulSpec};
 use crate::error::{Error, Result};
 
 /// A strided `rows × cols` matrix view: element (i, j) is at `off + i·rs + j·cs`.
@@ -113,10 +122,86 @@ pub(super) fn gemm_strided<T: Real>(
     Ok(())
 }
 
+/// Elements of the scratch the CPU's matmul takes for `spec`: a row-major copy of a
+/// transposed right operand (`k × n`) for the shapes where gemm runs faster on it (see
+/// the module note), else 0. One function for the CPU and for the meta device's CPU
+/// target, so the planner cannot disagree with the backend.
+pub fn rhs_copy_len(s: &MatmulSpec) -> usize {
+    let worth = s.trans_b && s.batch == 1 && s.m >= 64 && s.n >= 16 && (s.n <= 1024 || s.k >= s.n);
+    if worth {
+        s.k * s.n
+    } else {
+        0
+    }
+}
+
+/// `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in 16 × 16
+/// tiles (a whole tile read from 16 source rows, written as 16 contiguous runs), 16
+/// destination rows per task.
+fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const B: usize = 16;
+    dst.par_chunks_mut(B * rows.max(1))
+        .enumerate()
+        .for_each(|(cb, d)| {
+            let (c0, cn) = (cb * B, (cols - cb * B).min(B));
+            let mut tile = [[T::zero(); B]; B];
+            for r0 in (0..rows).step_by(B) {
+                let rn = (rows - r0).min(B);
+                for r in 0..rn {
+                    let s = &src[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + cn];
+                    for (c, &v) in s.iter().enumerate() {
+                        tile[c][r] = v;
+                    }
+                }
+                for (c, t) in tile.iter().enumerate().take(cn) {
+                    d[c * rows + r0..c * rows + r0 + rn].copy_from_slice(&t[..rn]);
+                }
+            }
+        });
+}
+
 pub(super) fn matmul<T: Real>(
     a: &CpuStorage,
     b: &CpuStorage,
     s: &MatmulSpec,
+) -> Result<CpuStorage> {
+    product::<T>(a, b, s, None)
+}
+
+/// `x · Wᵀ + bias` with the bias rows as the product's starting value, which gemm adds
+/// into: one pass writes the bias, none adds it afterwards, and there is no second
+/// buffer.
+pub(super) fn linear_bias<T: Real>(
+    x: &CpuStorage,
+    w: &CpuStorage,
+    bias: &CpuStorage,
+    LinearDims { rows, out_f, in_f }: LinearDims,
+) -> Result<CpuStorage> {
+    const OP: &str = "linear_bias";
+    let b = bias.floats::<T>(OP)?;
+    if b.len() != out_f {
+        return Err(len_err(OP, "bias of", out_f, b.len()));
+    }
+    let len = rows * out_f;
+    let mut init: Vec<T> = Vec::with_capacity(len);
+    init.spare_capacity_mut()[..len]
+        .par_chunks_mut(out_f.max(1))
+        .for_each(|row| {
+            for (d, &v) in row.iter_mut().zip(b) {
+                d.write(v);
+            }
+        });
+    // SAFETY: the loop above wrote each of the `len` elements (every row is the bias).
+    unsafe { init.set_len(len) };
+    product::<T>(x, w, &MatmulSpec::linear(rows, out_f, in_f), Some(init))
+}
+
+/// `A · B` per batch into a new buffer, or added into `init` (accumulated, same length).
+fn product<T: Real>(
+    a: &CpuStorage,
+    b: &CpuStorage,
+    s: &MatmulSpec,
+    init: Option<Vec<T>>,
 ) -> Result<CpuStorage> {
     const OP: &str = "matmul";
     let (x, y) = (a.floats::<T>(OP)?, b.floats::<T>(OP)?);
@@ -143,14 +228,30 @@ pub(super) fn matmul<T: Real>(
             View::row_major(off, k)
         }
     };
+    // A transposed W copied row-major where gemm is faster on it (rhs_copy_len); the
+    // scratch is counted from here until the output is.
+    let copy = match rhs_copy_len(s) {
+        0 => None,
+        len => {
+            let mut t = vec![T::zero(); len];
+            transpose(&y[..len], n, k, &mut t);
+            Some(CpuStorage::from_real(t))
+        }
+    };
+    let (y, trans_b) = match &copy {
+        Some(t) => (t.floats::<T>(OP)?, false),
+        None => (y, s.trans_b),
+    };
+    // Stored B is k×n (row stride n), or n×k when transposed: element (p, j) at j·k + p.
     let bv = |off| {
-        if s.trans_b {
+        if trans_b {
             View { off, rs: 1, cs: k }
         } else {
             View::row_major(off, n)
         }
     };
-    let mut out = vec![T::zero(); s.batch * m * n];
+    let accumulate = init.is_some();
+    let mut out = init.unwrap_or_else(|| vec![T::zero(); s.batch * m * n]);
     if m * n == 0 {
         return Ok(CpuStorage::from_real(out));
     }
@@ -165,7 +266,7 @@ pub(super) fn matmul<T: Real>(
             y,
             bv(bi * s.stride_b),
             T::one(),
-            false,
+            accumulate,
             par,
         )
     };
@@ -178,5 +279,7 @@ pub(super) fn matmul<T: Real>(
             run(bi, c, Parallelism::Rayon(0))?;
         }
     }
-    Ok(CpuStorage::from_real(out))
+    let out = CpuStorage::from_real(out);
+    drop(copy);
+    Ok(out)
 }

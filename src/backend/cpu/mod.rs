@@ -31,10 +31,11 @@ use crate::backend::emulate;
 use crate::backend::tracker;
 use crate::backend::{
     AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage,
-    BinaryOp, MatmulSpec, SpanCandidate, UnaryOp,
+    BinaryOp, LinearDims, MatmulSpec, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
+pub use matmul::rhs_copy_len;
 pub(crate) use real::Real;
 
 /// The typed buffer inside a [`CpuStorage`].
@@ -389,6 +390,10 @@ impl BackendStorage for CpuStorage {
     fn matmul(&self, rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         float_op!("matmul", self.dtype(), matmul::matmul(self, rhs, spec),
             f16 => emulate::matmul(self, rhs, spec))
+    }
+    fn linear_bias(&self, w: &Self, bias: &Self, dims: LinearDims) -> Result<Self> {
+        float_op!("linear_bias", self.dtype(), matmul::linear_bias(self, w, bias, dims),
+            f16 => crate::backend::composed::linear_bias(self, w, bias, dims))
     }
     fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
         const OP: &str = "matmul_out";

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::col_sums_with;
-use super::{check_len, rows_of, CpuStorage, Real};
+use super::{check_len, rows_of, simd, CpuStorage, Real};
 use crate::error::Result;
 
 fn row_min(cols: usize) -> usize {
@@ -36,7 +36,6 @@ pub(super) fn layer_norm<T: Real>(
     let mut y = vec![T::zero(); x.len()];
     let mut mean = vec![T::zero(); rows];
     let mut rstd = vec![T::zero(); rows];
-    let n = T::of(cols as f64);
     let eps = T::of(eps);
     if cols > 0 {
         y.par_chunks_mut(cols)
@@ -45,14 +44,7 @@ pub(super) fn layer_norm<T: Real>(
             .with_min_len(row_min(cols))
             .for_each(|(r, (yr, (mu, rs)))| {
                 let xr = &x[r * cols..(r + 1) * cols];
-                let m = xr.iter().copied().sum::<T>() / n;
-                let var = xr.iter().map(|&v| (v - m) * (v - m)).sum::<T>() / n;
-                let s = T::one() / (var + eps).sqrt();
-                for c in 0..cols {
-                    yr[c] = (xr[c] - m) * s * g[c] + b[c];
-                }
-                *mu = m;
-                *rs = s;
+                (*mu, *rs) = simd::layer_norm_row(xr, g, b, yr, eps);
             });
     }
     Ok((
@@ -80,7 +72,6 @@ fn norm_dx<T: Real>(
     }
     check_len(op, "rstd", rows, rstd.len())?;
     check_len(op, "dy", x.len(), dy.len())?;
-    let n = T::of(cols as f64);
     let mut dx = vec![T::zero(); x.len()];
     if cols > 0 {
         dx.par_chunks_mut(cols)
@@ -88,19 +79,8 @@ fn norm_dx<T: Real>(
             .with_min_len(row_min(cols))
             .for_each(|(r, dxr)| {
                 let (xr, dyr) = (&x[r * cols..(r + 1) * cols], &dy[r * cols..(r + 1) * cols]);
-                let (m, s) = (mean.map_or(T::zero(), |m| m[r]), rstd[r]);
-                let (mut sg, mut sgx) = (T::zero(), T::zero());
-                for c in 0..cols {
-                    let gc = dyr[c] * g[c];
-                    sg += gc;
-                    sgx += gc * (xr[c] - m) * s;
-                }
-                let mg = if mean.is_some() { sg / n } else { T::zero() };
-                let mgx = sgx / n;
-                for c in 0..cols {
-                    let xh = (xr[c] - m) * s;
-                    dxr[c] = s * (dyr[c] * g[c] - mg - xh * mgx);
-                }
+                let m = mean.map_or(T::zero(), |m| m[r]);
+                simd::norm_dx_row(xr, g, dyr, dxr, m, rstd[r], mean.is_some());
             });
     }
     Ok((rows, dx))

@@ -1,5 +1,6 @@
 //! The CPU backend's own vectorised inner loops (attention's softmax, its dropout and its
-//! score gradient), compiled once per SIMD path and picked at run time.
+//! score gradient, GELU, LayerNorm's rows), compiled once per SIMD path and picked at
+//! run time.
 //!
 //! Each function body is written once, as plain Rust over slices with fixed-width lane
 //! arrays for the reductions, and [`multiversion!`] compiles it three times: for
@@ -66,6 +67,66 @@ fn lane_max<T: Real>(row: &[T]) -> T {
         .fold(T::neg_infinity(), |m, x| if x > m { x } else { m })
 }
 
+/// `Σ f(x)` over a row in `LANES` partial sums (a fixed order, whatever the vector width).
+#[inline(always)]
+fn lane_sum<T: Real>(row: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    acc.iter().fold(T::zero(), |s, &a| s + a)
+}
+
+multiversion! {
+    /// LayerNorm of one row, `y = (x − mean)·rstd·γ + β`; returns (mean, rstd).
+    fn layer_norm_row<T: Real>(x: &[T], g: &[T], b: &[T], y: &mut [T], eps: T) -> (T, T) {
+        let n = T::of(x.len() as f64);
+        let m = lane_sum(x, |v| v) / n;
+        let var = lane_sum(x, |v| (v - m) * (v - m)) / n;
+        let s = T::one() / (var + eps).sqrt();
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(g).zip(b) {
+            *y = (x - m) * s * g + b;
+        }
+        (m, s)
+    }
+}
+
+multiversion! {
+    /// dx of one normalised row: `rstd · (g − [mean(g)] − x̂ · mean(g ⊙ x̂))` with
+    /// `g = dy ⊙ γ`, `x̂ = (x − m) · rstd`; `centred` (LayerNorm) subtracts mean(g),
+    /// RMSNorm (m = 0) does not.
+    fn norm_dx_row<T: Real>(x: &[T], gamma: &[T], dy: &[T], dx: &mut [T], m: T, s: T, centred: bool) {
+        let (mut sg, mut sgx) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let mut add = |lanes: usize, x: &[T], g: &[T], d: &[T]| {
+            for l in 0..lanes {
+                let gc = d[l] * g[l];
+                sg[l] += gc;
+                sgx[l] += gc * (x[l] - m) * s;
+            }
+        };
+        let full = x.len() / LANES * LANES;
+        for c in (0..full).step_by(LANES) {
+            let r = c..c + LANES;
+            add(LANES, &x[r.clone()], &gamma[r.clone()], &dy[r]);
+        }
+        add(x.len() - full, &x[full..], &gamma[full..], &dy[full..]);
+        let n = T::of(x.len() as f64);
+        let total = |acc: [T; LANES]| acc.iter().fold(T::zero(), |t, &a| t + a);
+        let mg = if centred { total(sg) / n } else { T::zero() };
+        let mgx = total(sgx) / n;
+        for (((o, &x), &g), &d) in dx.iter_mut().zip(x).zip(gamma).zip(dy) {
+            let xh = (x - m) * s;
+            *o = s * (d * g - mg - xh * mgx);
+        }
+    }
+}
+
 multiversion! {
     /// Softmax of one row in place; returns its log-sum-exp. A row whose entries are all
     /// -inf (every key masked) becomes zeros with lse -inf.
@@ -114,6 +175,18 @@ multiversion! {
         for (j, x) in row.iter_mut().enumerate() {
             let keep = crate::backend::dropout_keep_keyed(key, base + j as u64, p);
             *x = if keep { *x * keep_scale } else { T::zero() };
+        }
+    }
+}
+
+multiversion! {
+    /// Attention backward's dropout, one draw for two rows: with Z the row's multipliers
+    /// (as [`dropout_row`] draws them), `ds ← Z ⊙ ds` and `pz ← P ⊙ Z`.
+    fn dropout_row_pair<T: Real>(ds: &mut [T], p: &[T], pz: &mut [T], key: (u32, u32), base: u64, rate: f32, keep_scale: T) {
+        for (j, ((d, &pj), z)) in ds.iter_mut().zip(p).zip(pz.iter_mut()).enumerate() {
+            let keep = crate::backend::dropout_keep_keyed(key, base + j as u64, rate);
+            *d = if keep { *d * keep_scale } else { T::zero() };
+            *z = if keep { pj * keep_scale } else { T::zero() };
         }
     }
 }
@@ -247,6 +320,61 @@ mod tests {
             (650..850).contains(&kept),
             "{kept} of 1000 kept at p = 0.25"
         );
+    }
+
+    #[test]
+    fn dropout_row_pair_is_two_dropout_rows() {
+        let key = crate::backend::dropout_key(77);
+        let p: Vec<f32> = (0..100).map(|i| i as f32 * 0.01).collect();
+        let mut ds: Vec<f32> = (0..100).map(|i| 1.0 - i as f32 * 0.02).collect();
+        let (mut want_ds, mut want_pz) = (ds.clone(), p.clone());
+        dropout_row(&mut want_ds, key, 9_000, 0.3, 1.0 / 0.7);
+        dropout_row(&mut want_pz, key, 9_000, 0.3, 1.0 / 0.7);
+        let mut pz = vec![-1.0f32; 100];
+        dropout_row_pair(&mut ds, &p, &mut pz, key, 9_000, 0.3, 1.0 / 0.7);
+        assert_eq!(ds, want_ds);
+        assert_eq!(pz, want_pz);
+        assert!(pz.iter().any(|&x| x == 0.0) && pz.iter().any(|&x| x > 0.0));
+    }
+
+    #[test]
+    fn norm_rows_match_the_two_pass_definition() {
+        for n in [1usize, 5, 16, 37, 768] {
+            let x: Vec<f64> = (0..n).map(|i| ((i * 29 % 13) as f64 - 6.0) * 0.3).collect();
+            let g: Vec<f64> = (0..n).map(|i| 1.0 + (i % 5) as f64 * 0.1).collect();
+            let b: Vec<f64> = (0..n).map(|i| (i % 3) as f64 * 0.05).collect();
+            let dy: Vec<f64> = (0..n).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.2).collect();
+            let nf = n as f64;
+            let m = x.iter().sum::<f64>() / nf;
+            let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / nf;
+            let s = 1.0 / (var + 1e-5).sqrt();
+            let mut y = vec![0.0; n];
+            let (gm, gs) = layer_norm_row(&x, &g, &b, &mut y, 1e-5);
+            assert!((gm - m).abs() < 1e-12 && (gs - s).abs() < 1e-9, "n {n}");
+            for i in 0..n {
+                assert!(
+                    (y[i] - ((x[i] - m) * s * g[i] + b[i])).abs() < 1e-9,
+                    "n {n}"
+                );
+            }
+            for centred in [true, false] {
+                let mc = if centred { m } else { 0.0 };
+                let gv: Vec<f64> = (0..n).map(|i| dy[i] * g[i]).collect();
+                let xh: Vec<f64> = (0..n).map(|i| (x[i] - mc) * s).collect();
+                let mg = if centred {
+                    gv.iter().sum::<f64>() / nf
+                } else {
+                    0.0
+                };
+                let mgx = (0..n).map(|i| gv[i] * xh[i]).sum::<f64>() / nf;
+                let mut dx = vec![0.0; n];
+                norm_dx_row(&x, &g, &dy, &mut dx, mc, s, centred);
+                for i in 0..n {
+                    let want = s * (gv[i] - mg - xh[i] * mgx);
+                    assert!((dx[i] - want).abs() < 1e-9, "n {n} centred {centred}");
+                }
+            }
+        }
     }
 
     #[test]

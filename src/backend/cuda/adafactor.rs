@@ -10,11 +10,12 @@
 //! per-tensor entry (`adafactor_`, the optimizer's fallback) runs the same four kernels
 //! on a one-tensor table with the decision words uploaded from the host.
 
-use cudarc::driver::DeviceRepr;
-
-use super::adamw_multi::{check_f32, decide, launch_table, norm_partials, outcome};
+use super::adamw_multi::{
+    check_f32, decide, grad_and_working, launch_table, norm_partials, outcome,
+};
 use super::context::Arg;
-use super::{len_err, CudaStorage};
+use super::launch_table::{device_table, fill, i32_of, Filled, MAX_GRID};
+use super::CudaStorage;
 use crate::backend::{AdafactorMultiStep, AdafactorOutcome, AdafactorState, AdafactorStep};
 use crate::backend::{AdafactorMultiTensor, AdamWMultiOutcome, BackendStorage, CpuStorage};
 use crate::error::{Error, Result};
@@ -28,40 +29,20 @@ const AF_CHUNK: usize = 16384;
 /// Fewest rows per chunk of a factored tensor: the column partials stay under 1/32 of
 /// the tensor.
 const AF_MIN_ROWS: usize = 32;
-/// Blocks per launch at most (256 threads each).
-const AF_GRID: usize = 1024;
 /// Decision words: fb_mt_finalize's four, then the reported step size.
 const DECISION: usize = 8;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AfTable {
-    p: [u64; AF_MAX],
-    g: [u64; AF_MAX],
-    w: [u64; AF_MAX],
-    m: [u64; AF_MAX],
-    r: [u64; AF_MAX],
-    c: [u64; AF_MAX],
-    n: [i64; AF_MAX],
-    col_base: [i64; AF_MAX],
-    rows: [i32; AF_MAX],
-    cols: [i32; AF_MAX],
-    rpc: [i32; AF_MAX],
-    rm_base: [i32; AF_MAX],
-    kind: [i32; AF_MAX],
-    wd: [f32; AF_MAX],
-    chunk_start: [i32; AF_MAX + 1],
-    count: i32,
-    report: i32,
-    off_u: i32,
-    off_stat: i32,
+device_table! {
+    /// `fb_af_table`.
+    AfTable[AF_MAX] {
+        p: u64, g: u64, w: u64, m: u64, r: u64, c: u64, n: i64, col_base: i64,
+        rows: i32, cols: i32, rpc: i32, rm_base: i32, kind: i32, wd: f32,
+    }
+    then { report, off_u, off_stat }
 }
 
 // The kernel's static_assert checks the same number.
 const _: () = assert!(std::mem::size_of::<AfTable>() == 2968);
-
-// SAFETY: a #[repr(C)] struct of plain integers and floats, the layout of fb_af_table.
-unsafe impl DeviceRepr for AfTable {}
 
 /// One non-empty tensor as the kernels see it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,63 +70,45 @@ fn rows_per_chunk(r: usize, c: usize) -> usize {
     AF_CHUNK.div_ceil(c).max(AF_MIN_ROWS).min(r)
 }
 
-fn i32_of(x: usize) -> Result<i32> {
-    i32::try_from(x).map_err(|_| Error::msg("adafactor: too many chunks in one launch"))
-}
-
 /// Tables of up to AF_MAX tensors; `report` (an index into `descs`) marks the tensor
 /// whose step size is written to the decision.
 fn build(descs: &[Desc], report: Option<usize>) -> Result<Vec<Launch>> {
-    let mut out = Vec::new();
-    for (gi, group) in descs.chunks(AF_MAX).enumerate() {
-        let mut tab = AfTable {
-            p: [0; AF_MAX],
-            g: [0; AF_MAX],
-            w: [0; AF_MAX],
-            m: [0; AF_MAX],
-            r: [0; AF_MAX],
-            c: [0; AF_MAX],
-            n: [0; AF_MAX],
-            col_base: [0; AF_MAX],
-            rows: [0; AF_MAX],
-            cols: [0; AF_MAX],
-            rpc: [0; AF_MAX],
-            rm_base: [0; AF_MAX],
-            kind: [0; AF_MAX],
-            wd: [0.0; AF_MAX],
-            chunk_start: [0; AF_MAX + 1],
-            count: group.len() as i32,
-            report: -1,
-            off_u: 0,
-            off_stat: 0,
-        };
-        let mut chunks = 0usize;
-        let mut per = Vec::with_capacity(group.len());
-        for (k, d) in group.iter().enumerate() {
-            tab.p[k] = d.p;
-            tab.g[k] = d.g;
-            tab.w[k] = d.w;
-            tab.m[k] = d.m;
-            tab.r[k] = d.r;
-            tab.c[k] = d.c;
-            tab.n[k] = d.n as i64;
-            tab.kind[k] = d.kind;
-            tab.wd[k] = d.wd;
-            tab.chunk_start[k] = i32_of(chunks)?;
-            let ch = match d.rows_cols {
-                Some((r, c)) => {
-                    let rpc = rows_per_chunk(r, c);
-                    tab.rows[k] = i32_of(r)?;
-                    tab.cols[k] = i32_of(c)?;
-                    tab.rpc[k] = i32_of(rpc)?;
-                    (d.n / (r * c)) * r.div_ceil(rpc)
-                }
-                None => d.n.div_ceil(AF_CHUNK),
-            };
-            per.push(ch);
-            chunks += ch;
-        }
-        tab.chunk_start[group.len()] = i32_of(chunks)?;
+    let i32_of = |x| i32_of(x, "adafactor");
+    let filled = fill(descs, "adafactor", |tab: &mut AfTable, k, d| {
+        tab.p[k] = d.p;
+        tab.g[k] = d.g;
+        tab.w[k] = d.w;
+        tab.m[k] = d.m;
+        tab.r[k] = d.r;
+        tab.c[k] = d.c;
+        tab.n[k] = d.n as i64;
+        tab.kind[k] = d.kind;
+        tab.wd[k] = d.wd;
+        Ok(match d.rows_cols {
+            Some((r, c)) => {
+                let rpc = rows_per_chunk(r, c);
+                tab.rows[k] = i32_of(r)?;
+                tab.cols[k] = i32_of(c)?;
+                tab.rpc[k] = i32_of(rpc)?;
+                (d.n / (r * c)) * r.div_ceil(rpc)
+            }
+            None => d.n.div_ceil(AF_CHUNK),
+        })
+    })?;
+    let mut out = Vec::with_capacity(filled.len());
+    for (
+        gi,
+        (
+            Filled {
+                mut tab,
+                per,
+                chunks,
+            },
+            group,
+        ),
+    ) in filled.into_iter().zip(descs.chunks(AF_MAX)).enumerate()
+    {
+        tab.report = -1;
         // Scratch: parameter partials, update partials, (lr, -wd·lr) per tensor, the
         // row means of each matrix, the column partials of each chunk.
         tab.off_u = i32_of(chunks)?;
@@ -168,7 +131,7 @@ fn build(descs: &[Desc], report: Option<usize>) -> Result<Vec<Launch>> {
         }
         out.push(Launch {
             tab,
-            grid: chunks.clamp(1, AF_GRID),
+            grid: chunks.clamp(1, MAX_GRID),
             scratch: at,
         });
     }
@@ -220,21 +183,7 @@ fn describe(
 ) -> Result<Desc> {
     let n = p.len();
     check_f32(p, n, op, "f32 master weights on CUDA")?;
-    if grad.len() != n {
-        return Err(len_err(op, n, grad.len()));
-    }
-    let g16 = match grad.dtype() {
-        DType::F32 => 0,
-        DType::F16 => 1,
-        got => {
-            return Err(Error::DType {
-                op,
-                expected: "f32 or f16 gradients",
-                got,
-            })
-        }
-    };
-    let (w, wkind) = super::adamw::working_arg(st.working.as_deref(), n, op)?;
+    let (kind, w) = grad_and_working(grad, st.working.as_deref(), n, op)?;
     let (row_len, c) = match (st.rows_cols, st.col.as_deref()) {
         (Some((r, c)), Some(col)) => {
             if r == 0 || c == 0 || !n.is_multiple_of(r * c) {
@@ -282,7 +231,7 @@ fn describe(
         n,
         rows_cols: st.rows_cols,
         wd: st.weight_decay as f32,
-        kind: g16 | (wkind << 1),
+        kind,
     })
 }
 
@@ -497,7 +446,7 @@ mod tests {
                 }
             }
             assert_eq!(at, l.scratch);
-            assert_eq!(l.grid, chunks.clamp(1, AF_GRID));
+            assert_eq!(l.grid, chunks.clamp(1, MAX_GRID));
             seen += count;
         }
         assert_eq!(seen, 70);

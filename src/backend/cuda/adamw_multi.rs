@@ -12,6 +12,8 @@
 
 use cudarc::driver::{DeviceRepr, PushKernelArg};
 
+use super::launch_table::{device_table, fill, i32_of, Filled, MAX_GRID};
+
 use super::adamw::moment_args;
 use super::context::{cfg_blocks, check_launch_args, cu, push_args, Arg};
 use super::{len_err, CudaStorage};
@@ -24,48 +26,15 @@ use crate::shape::DType;
 const MT_MAX: usize = 64;
 /// Elements per chunk; must match FB_MT_CHUNK.
 const MT_CHUNK: usize = 16384;
-/// Blocks per launch at most (256 threads each): ~8 per SM on an H100.
-const MT_GRID: usize = 1024;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MtTable {
-    p: [u64; MT_MAX],
-    g: [u64; MT_MAX],
-    m: [u64; MT_MAX],
-    v: [u64; MT_MAX],
-    w: [u64; MT_MAX],
-    n: [i64; MT_MAX],
-    decay: [f32; MT_MAX],
-    kind: [i32; MT_MAX],
-    chunk_start: [i32; MT_MAX + 1],
-    count: i32,
-    partial_base: i32,
+device_table! {
+    /// `fb_mt_table`.
+    MtTable[MT_MAX] { p: u64, g: u64, m: u64, v: u64, w: u64, n: i64, decay: f32, kind: i32 }
+    then { partial_base }
 }
 
 // The kernel's static_assert checks the same number.
 const _: () = assert!(std::mem::size_of::<MtTable>() == 3856);
-
-// SAFETY: a #[repr(C)] struct of plain integers and floats, the layout of fb_mt_table.
-unsafe impl DeviceRepr for MtTable {}
-
-impl MtTable {
-    fn empty() -> MtTable {
-        MtTable {
-            p: [0; MT_MAX],
-            g: [0; MT_MAX],
-            m: [0; MT_MAX],
-            v: [0; MT_MAX],
-            w: [0; MT_MAX],
-            n: [0; MT_MAX],
-            decay: [0.0; MT_MAX],
-            kind: [0; MT_MAX],
-            chunk_start: [0; MT_MAX + 1],
-            count: 0,
-            partial_base: 0,
-        }
-    }
-}
 
 type MultiTensor<'a> = crate::backend::MultiTensor<'a, CudaStorage>;
 
@@ -87,6 +56,33 @@ pub(super) fn check_f32(
         });
     }
     Ok(())
+}
+
+/// Check a parameter's gradient (`n` elements, f32 or f16) and working copy: the
+/// tables' `kind` (bit 0: an f16 gradient; above it the working copy's kind) and the
+/// working copy's pointer (0 without one).
+pub(super) fn grad_and_working(
+    grad: &CudaStorage,
+    working: Option<&CudaStorage>,
+    n: usize,
+    op: &'static str,
+) -> Result<(i32, u64)> {
+    if grad.len() != n {
+        return Err(len_err(op, n, grad.len()));
+    }
+    let g16 = match grad.dtype() {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        got => {
+            return Err(Error::DType {
+                op,
+                expected: "f32 or f16 gradients",
+                got,
+            })
+        }
+    };
+    let (w, wkind) = super::adamw::working_arg(working, n, op)?;
+    Ok((g16 | (wkind << 1), w))
 }
 
 /// Launch `name` with a launch table (passed by value, checked against the kernel's
@@ -126,29 +122,24 @@ struct Desc {
 /// Tables of up to MT_MAX tensors, with per table the grid and where its partials go
 /// (`partial_base`), and the total partial count.
 fn build_tables(descs: &[Desc]) -> Result<(Vec<MtTable>, Vec<usize>, usize)> {
-    let too_many = || Error::msg("adamw_multi: too many chunks in one launch");
-    let mut tables = Vec::new();
-    let mut grids = Vec::new();
-    let mut nparts = 0usize;
-    for group in descs.chunks(MT_MAX) {
-        let mut tab = MtTable::empty();
-        let mut chunks = 0usize;
-        for (k, d) in group.iter().enumerate() {
-            tab.p[k] = d.p;
-            tab.g[k] = d.g;
-            tab.m[k] = d.m;
-            tab.v[k] = d.v;
-            tab.w[k] = d.w;
-            tab.n[k] = d.n as i64;
-            tab.decay[k] = d.decay;
-            tab.kind[k] = d.kind;
-            tab.chunk_start[k] = i32::try_from(chunks).map_err(|_| too_many())?;
-            chunks += d.n.div_ceil(MT_CHUNK);
-        }
-        tab.chunk_start[group.len()] = i32::try_from(chunks).map_err(|_| too_many())?;
-        tab.count = group.len() as i32;
-        tab.partial_base = i32::try_from(nparts).map_err(|_| too_many())?;
-        let grid = chunks.clamp(1, MT_GRID);
+    let filled = fill(descs, "adamw_multi", |tab: &mut MtTable, k, d| {
+        tab.p[k] = d.p;
+        tab.g[k] = d.g;
+        tab.m[k] = d.m;
+        tab.v[k] = d.v;
+        tab.w[k] = d.w;
+        tab.n[k] = d.n as i64;
+        tab.decay[k] = d.decay;
+        tab.kind[k] = d.kind;
+        Ok(d.n.div_ceil(MT_CHUNK))
+    })?;
+    let (mut tables, mut grids, mut nparts) = (Vec::new(), Vec::new(), 0usize);
+    for Filled {
+        mut tab, chunks, ..
+    } in filled
+    {
+        tab.partial_base = i32_of(nparts, "adamw_multi")?;
+        let grid = chunks.clamp(1, MAX_GRID);
         nparts += grid;
         tables.push(tab);
         grids.push(grid);
@@ -278,21 +269,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
         check_f32(t.param, n, op, "f32 master weights on CUDA")?;
         check_f32(t.m, n, op, "f32 moments")?;
         check_f32(t.v, n, op, "f32 moments")?;
-        if t.grad.len() != n {
-            return Err(len_err(op, n, t.grad.len()));
-        }
-        let g16 = match t.grad.dtype() {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            got => {
-                return Err(Error::DType {
-                    op,
-                    expected: "f32 or f16 gradients",
-                    got,
-                })
-            }
-        };
-        let (wptr, wkind) = super::adamw::working_arg(t.working.as_deref(), n, op)?;
+        let (kind, wptr) = grad_and_working(t.grad, t.working.as_deref(), n, op)?;
         let mut bufs = vec![&*t.param, t.grad, &*t.m, &*t.v];
         if let Some(w) = &t.working {
             bufs.push(w);
@@ -301,7 +278,7 @@ pub fn adamw_multi(tensors: &mut [MultiTensor<'_>], hp: &MultiStep) -> Result<Mu
             first.param.check_device(b, op)?;
         }
         if n > 0 {
-            live.push((i, g16 | (wkind << 1), wptr));
+            live.push((i, kind, wptr));
         }
     }
     let descs: Vec<Desc> = live
@@ -361,13 +338,7 @@ mod tests {
     /// The launch table goes to the kernels by value: its size must be the C struct's.
     #[test]
     fn table_struct_matches_the_compiled_kernels() {
-        let bytes = format!("bytes{}", std::mem::size_of::<MtTable>());
-        for k in ["fb_mt_sumsq", "fb_mt_adamw"] {
-            match crate::backend::cuda::context::kernel_signature(k) {
-                Some(sig) => assert_eq!(sig.split(' ').next(), Some(bytes.as_str()), "{k}: {sig}"),
-                None => eprintln!("SKIP {k}: no signature table (built without nvcc)"),
-            }
-        }
+        super::super::launch_table::assert_table_size::<MtTable>(&["fb_mt_sumsq", "fb_mt_adamw"]);
     }
 
     #[test]
@@ -405,7 +376,7 @@ mod tests {
                 total += d.n.div_ceil(MT_CHUNK);
             }
             assert_eq!(tab.chunk_start[c] as usize, total);
-            assert_eq!(grid, total.clamp(1, MT_GRID));
+            assert_eq!(grid, total.clamp(1, MAX_GRID));
             base += grid;
             seen += c;
         }

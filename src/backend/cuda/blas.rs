@@ -326,14 +326,9 @@ mod tests {
                 for tb in [false, true] {
                     for bcast in [false, true] {
                         let spec = MatmulSpec {
-                            batch,
-                            m,
-                            n,
-                            k,
                             trans_a: ta,
                             trans_b: tb,
-                            stride_a: m * k,
-                            stride_b: if bcast { 0 } else { k * n },
+                            ..MatmulSpec::batched(batch, m, k, n, bcast)
                         };
                         let a = vals(batch * m * k, 1);
                         let b = vals(if bcast { k * n } else { batch * k * n }, 2);

@@ -21,6 +21,7 @@ pub mod cap;
 pub mod context;
 mod elementwise;
 mod embedding;
+mod launch_table;
 mod layout;
 pub mod libs;
 mod norm;

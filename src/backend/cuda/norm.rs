@@ -8,7 +8,7 @@
 use super::context::{cfg_norm_rows, n64, Arg};
 use super::reduce::{cfg_col_chunks, col_chunk, col_finish};
 use super::{expect_buf, rows_of, sfx, CudaStorage};
-use crate::backend::BackendStorage;
+use crate::backend::{BackendStorage, ResidualNorm};
 use crate::error::Result;
 use crate::shape::DType;
 
@@ -182,16 +182,12 @@ fn dropout_scale(op: &str, p: f32) -> Result<f32> {
 /// `y = LayerNorm(dropout(a, p, seed) + res)` in one pass: returns (y, s, mean, rstd)
 /// with `s` the sum LayerNorm normalised (its saved input). Equal bit for bit to
 /// dropout, add and [`layer_norm`] in sequence.
-#[allow(clippy::too_many_arguments)]
 pub fn add_layer_norm(
     a: &CudaStorage,
     res: &CudaStorage,
     gamma: &CudaStorage,
     beta: &CudaStorage,
-    cols: usize,
-    eps: f64,
-    p: f32,
-    seed: u64,
+    ResidualNorm { cols, eps, p, seed }: ResidualNorm,
 ) -> Result<(CudaStorage, CudaStorage, CudaStorage, CudaStorage)> {
     let op = "dropout_add_layer_norm";
     let (s, rows) = norm_rows(a, gamma, cols, op)?;
@@ -212,16 +208,13 @@ pub fn add_layer_norm(
 /// Backward of [`add_layer_norm`] from its saved sum `s`: returns (ds, da, dgamma,
 /// dbeta) where ds is the residual's gradient and da the dropout input's (`None` when
 /// p = 0: it is ds itself).
-#[allow(clippy::too_many_arguments)]
 pub fn add_layer_norm_backward(
     s: &CudaStorage,
     gamma: &CudaStorage,
     mean: &CudaStorage,
     rstd: &CudaStorage,
     dy: &CudaStorage,
-    cols: usize,
-    p: f32,
-    seed: u64,
+    ResidualNorm { cols, p, seed, .. }: ResidualNorm,
 ) -> Result<(CudaStorage, Option<CudaStorage>, CudaStorage, CudaStorage)> {
     let op = "dropout_add_layer_norm_backward";
     if p == 0.0 {

@@ -8,7 +8,7 @@ use super::{
 use crate::backend::cpu::CpuData;
 use crate::backend::{composed, AdamWMultiOutcome, AdamWMultiStep, AdamWState, MultiTensor};
 use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
-use crate::backend::{AdafactorState, AdafactorStep};
+use crate::backend::{AdafactorState, AdafactorStep, ResidualNorm};
 use crate::backend::{
     AdamWStep, AttnArgs, AttnSaved, BackendStorage, BinaryOp, CpuStorage, LinearDims, MatmulSpec,
     SpanCandidate, UnaryOp,
@@ -140,10 +140,10 @@ impl BackendStorage for CudaStorage {
             -> (Self, Option<Self>) => attention_unfused::attention_qkv_backward;
         fn span_search(&self, end_logits: &Self, allowed: &Self, cols: usize, max_len: usize,
             top_k: usize) -> Vec<SpanCandidate> => span::span_search;
-        fn dropout_add_layer_norm(&self, res: &Self, gamma: &Self, beta: &Self, cols: usize,
-            eps: f64, p: f32, seed: u64) -> (Self, Self, Self, Self) => norm::add_layer_norm;
+        fn dropout_add_layer_norm(&self, res: &Self, gamma: &Self, beta: &Self, rn: ResidualNorm)
+            -> (Self, Self, Self, Self) => norm::add_layer_norm;
         fn dropout_add_layer_norm_backward(&self, gamma: &Self, mean: &Self, rstd: &Self,
-            dy: &Self, cols: usize, p: f32, seed: u64) -> (Self, Option<Self>, Self, Self)
+            dy: &Self, rn: ResidualNorm) -> (Self, Option<Self>, Self, Self)
             => norm::add_layer_norm_backward;
     }
     fn sum_all(&self) -> Result<Self> {

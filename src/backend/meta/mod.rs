@@ -33,7 +33,7 @@ use crate::backend::{
     SpanCandidate, UnaryOp,
 };
 use crate::backend::{AdafactorMultiStep, AdafactorMultiTensor, AdafactorOutcome};
-use crate::backend::{AdafactorState, AdafactorStep};
+use crate::backend::{AdafactorState, AdafactorStep, ResidualNorm};
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Target};
 
@@ -97,6 +97,20 @@ impl MetaStorage {
             0
         };
         (n, DType::F32)
+    }
+
+    /// A matmul's result; on the CPU target, after the scratch copy of a transposed
+    /// right operand the CPU takes for some shapes (`cpu::rhs_copy_len`), which stays
+    /// alive until the result exists.
+    fn product(&self, spec: &MatmulSpec, dtype: DType) -> MetaStorage {
+        let len = match self.cuda() {
+            false => crate::backend::cpu::rhs_copy_len(spec),
+            true => 0,
+        };
+        let copy = (len > 0).then(|| self.out(len, self.dtype));
+        let out = self.out(spec.batch * spec.m * spec.n, dtype);
+        drop(copy);
+        out
     }
 
     fn rows(&self, cols: usize) -> usize {
@@ -292,14 +306,14 @@ impl BackendStorage for MetaStorage {
     }
     fn matmul(&self, _rhs: &Self, spec: &MatmulSpec) -> Result<Self> {
         cpu_f16!(self, matmul(self, _rhs, spec));
-        Ok(self.out(spec.batch * spec.m * spec.n, self.dtype))
+        Ok(self.product(spec, self.dtype))
     }
     fn matmul_out(&self, rhs: &Self, spec: &MatmulSpec, out: DType) -> Result<Self> {
         if self.emulates() && out == DType::F32 {
             return emulate::matmul_f32_out(self, rhs, spec);
         }
         cpu_f16!(self, matmul(self, rhs, spec));
-        Ok(self.out(spec.batch * spec.m * spec.n, out))
+        Ok(self.product(spec, out))
     }
     fn layer_norm(
         &self,
@@ -456,6 +470,11 @@ impl BackendStorage for MetaStorage {
         if self.lt_epilogue(dims) {
             return Ok(self.out(dims.rows * dims.out_f, self.dtype));
         }
+        if !self.cuda() && !self.emulates() {
+            // The CPU's GEMM adds into the bias rows (cpu/matmul.rs): a matmul's buffers.
+            let spec = MatmulSpec::linear(dims.rows, dims.out_f, dims.in_f);
+            return Ok(self.product(&spec, self.dtype));
+        }
         composed::linear_bias(self, w, bias, dims)
     }
     fn linear_wgrad_bgrad(&self, /*dy*/ x: &Self, dims: LinearDims) -> Result<(Self, Self)> {
@@ -472,16 +491,13 @@ impl BackendStorage for MetaStorage {
         res: &Self,
         gamma: &Self,
         beta: &Self,
-        cols: usize,
-        eps: f64,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Self, Self, Self)> {
         if !self.cuda() {
-            return composed::dropout_add_layer_norm(self, res, gamma, beta, cols, eps, p, seed);
+            return composed::dropout_add_layer_norm(self, res, gamma, beta, rn);
         }
         // One kernel: y, the sum, mean and rstd (backend/cuda/norm.rs).
-        let rows = self.rows(cols);
+        let rows = self.rows(rn.cols);
         let (y, s) = (self.like(), self.like());
         let (m, r) = (self.out(rows, DType::F32), self.out(rows, DType::F32));
         Ok((y, s, m, r))
@@ -492,16 +508,13 @@ impl BackendStorage for MetaStorage {
         mean: &Self,
         rstd: &Self,
         dy: &Self,
-        cols: usize,
-        p: f32,
-        seed: u64,
+        rn: ResidualNorm,
     ) -> Result<(Self, Option<Self>, Self, Self)> {
-        if !self.cuda() || p == 0.0 {
+        if !self.cuda() || rn.p == 0.0 {
             // CUDA without dropout is LayerNorm's backward, as composed.
-            return composed::dropout_add_layer_norm_backward(
-                self, gamma, mean, rstd, dy, cols, p, seed,
-            );
+            return composed::dropout_add_layer_norm_backward(self, gamma, mean, rstd, dy, rn);
         }
+        let cols = rn.cols;
         let (ds, da) = (self.like(), self.like());
         let (dg, db) = (self.out(cols, self.dtype), self.out(cols, self.dtype));
         let part = self.col_partials(self.rows(cols), cols);
@@ -512,42 +525,42 @@ impl BackendStorage for MetaStorage {
         tensors: &mut [MultiTensor<'_, Self>],
         _hp: &AdamWMultiStep,
     ) -> Result<Option<AdamWMultiOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let lens: Vec<usize> = tensors.iter().map(|t| t.param.len).collect();
-        first.param.scratch(&cuda::adamw_multi::scratch(&lens)?);
-        Ok(Some(AdamWMultiOutcome {
-            skipped: false,
-            sum_sq: 0.0,
-        }))
+        first.scratch(&cuda::adamw_multi::scratch(&lens)?);
+        Ok(Some(PLANNED_STEP))
     }
     fn adafactor_multi(
         tensors: &mut [AdafactorMultiTensor<'_, Self>],
         hp: &AdafactorMultiStep,
     ) -> Result<Option<AdafactorOutcome>> {
-        let Some(first) = tensors.first() else {
+        let Some(first) = cuda_first(tensors.first().map(|t| &*t.param)) else {
             return Ok(None);
         };
-        if !first.param.cuda() {
-            return Ok(None);
-        }
         let shapes: Vec<_> = tensors
             .iter()
             .map(|t| (t.param.len, t.st.rows_cols))
             .collect();
-        first.param.adafactor_scratch(&shapes, true)?;
+        first.adafactor_scratch(&shapes, true)?;
         Ok(Some(AdafactorOutcome {
-            multi: AdamWMultiOutcome {
-                skipped: false,
-                sum_sq: 0.0,
-            },
+            multi: PLANNED_STEP,
             lr: hp.report.map(|_| 0.0),
         }))
     }
+}
+
+/// What a planned multi-tensor step reports: not skipped (a plan reads no gradient).
+const PLANNED_STEP: AdamWMultiOutcome = AdamWMultiOutcome {
+    skipped: false,
+    sum_sq: 0.0,
+};
+
+/// A multi-tensor step's first parameter when the plan is for CUDA (the backend with
+/// that path); `None`, as the CPU answers, otherwise or for no parameters.
+fn cuda_first(first: Option<&MetaStorage>) -> Option<&MetaStorage> {
+    first.filter(|p| p.cuda())
 }
 
 impl MetaStorage {

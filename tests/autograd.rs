@@ -40,8 +40,9 @@ fn loss_of(net: &Net, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.cross_entropy(targets, IGNORE_INDEX)
 }
 
-/// A net of vocabulary `v` and width `d` with random weights.
-fn random_net(rng: &mut Rng, v: usize, d: usize) -> Net {
+/// A net of vocabulary `v` and width `d` with random weights drawn from `seed`.
+fn random_net(seed: u64, v: usize, d: usize) -> Net {
+    let rng = &mut Rng::new(seed);
     Net {
         emb: Tensor::var(&randn(rng, &[v, d], 0.5)),
         w1: Tensor::var(&randn(rng, &[d, d], 0.5)),
@@ -63,9 +64,7 @@ fn set_param(p: &Tensor, vals: Vec<f64>) {
 #[test]
 fn composed_network_matches_finite_differences() {
     let _s = serial();
-    let mut rng = Rng::new(7);
-    let (v, d) = (11, 6);
-    let net = random_net(&mut rng, v, d);
+    let net = random_net(7, 11, 6);
     let ids = Tensor::from_i32(vec![1, 4, 4, 9, 0, 10, 3], [7], Device::Cpu).unwrap();
     let targets = Tensor::from_i32(
         vec![2, IGNORE_INDEX, 5, 5, 0, IGNORE_INDEX, 7],
@@ -183,9 +182,7 @@ fn accumulation_over_micro_batches_equals_one_big_batch() {
 #[test]
 fn accumulation_in_place_equals_adding_a_fresh_set_and_holds_one() {
     let _s = serial();
-    let mut rng = Rng::new(9);
-    let (v, d) = (40, 24);
-    let net = random_net(&mut rng, v, d);
+    let net = random_net(9, 40, 24);
     let batch = |k: i32| {
         let ids = Tensor::from_i32((0..9).map(|i| (i * 7 + k) % 40).collect(), [9], Device::Cpu);
         let tg = Tensor::from_i32((0..9).map(|i| (i * 5 + k) % 40).collect(), [9], Device::Cpu);

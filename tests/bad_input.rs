@@ -241,6 +241,17 @@ fn row(bin: &'static str, args: &[&str], ok: bool, want: &[&str]) -> Row {
 const FAIL: bool = false;
 const OK: bool = true;
 
+/// `infer qa` on the model in `dir` (no extra flags): it must fail, saying every `want`.
+fn ask_fails(dir: &Path, want: &[&str]) -> Row {
+    as_row(INFER, ask(&s(dir), &[]), FAIL, want)
+}
+
+/// `infer generate` on the model in `dir` (no extra flags): it must fail, saying every
+/// `want`.
+fn gen_fails(dir: &Path, want: &[&str]) -> Row {
+    as_row(INFER, gen(&s(dir), &[]), FAIL, want)
+}
+
 /// `infer qa --model MODEL` on a short question and context, on the CPU, with `extra`.
 fn ask(model: &str, extra: &[&str]) -> Vec<String> {
     let mut a = vec![
@@ -359,29 +370,20 @@ fn rows() -> Vec<Row> {
         edit_json(&d.join("config.json"), |v| {
             v.as_object_mut().expect("object").remove(edit);
         });
-        rows.push(as_row(
-            INFER,
-            ask(&s(&d), &[]),
-            FAIL,
-            &["config.json", field],
-        ));
+        rows.push(ask_fails(&d, &["config.json", field]));
     }
     let dim0 = copy_model(&m.qa, "qa-dim-0");
     edit_json(&dim0.join("config.json"), |v| v["dim"] = json!(0));
-    rows.push(as_row(
-        INFER,
-        ask(&s(&dim0), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &dim0,
         &["config.json: field `dim` is 0; expected a positive integer"],
     ));
     let no_dmodel = copy_model(&m.t5, "t5-no-d-model");
     edit_json(&no_dmodel.join("config.json"), |v| {
         v.as_object_mut().expect("object").remove("d_model");
     });
-    rows.push(as_row(
-        INFER,
-        gen(&s(&no_dmodel), &[]),
-        FAIL,
+    rows.push(gen_fails(
+        &no_dmodel,
         &[
             "config.json: `d_model` is absent",
             "which needs `d_model` 128",
@@ -391,10 +393,8 @@ fn rows() -> Vec<Row> {
     edit_header(&bad_offsets, |h| {
         h["qa_outputs.weight"]["shape"] = json!([2, 33])
     });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&bad_offsets), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &bad_offsets,
         &["tensor \"qa_outputs.weight\" (F32 [2, 33]) needs 264 bytes"],
     ));
     let truncated = copy_model(&m.qa, "qa-truncated");
@@ -405,18 +405,14 @@ fn rows() -> Vec<Row> {
         .open(&w)
         .and_then(|f| f.set_len(len - 100))
         .expect("truncate");
-    rows.push(as_row(
-        INFER,
-        ask(&s(&truncated), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &truncated,
         &["data runs to byte", "(a truncated file?)"],
     ));
     let bad_tok = copy_model(&m.t5, "t5-bad-tokenizer");
     std::fs::write(bad_tok.join("tokenizer.json"), r#"{"model": {}}"#).expect("write");
-    rows.push(as_row(
-        INFER,
-        gen(&s(&bad_tok), &[]),
-        FAIL,
+    rows.push(gen_fails(
+        &bad_tok,
         &["tokenizer.json: not a tokenizers JSON file"],
     ));
     // A byte-order mark before JSON is not an error.
@@ -438,10 +434,8 @@ fn rows() -> Vec<Row> {
     edit_json(&mml0.join("tokenizer_config.json"), |v| {
         v["model_max_length"] = json!(0)
     });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&mml0), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &mml0,
         &["tokenizer_config.json: model_max_length is 0"],
     ));
     let top_array = write("top-array.json", b"[]");

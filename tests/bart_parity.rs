@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fusebox::autograd::{backward, no_grad};
+use fusebox::autograd::no_grad;
 use fusebox::models::bart::{BartConfig, BartForConditionalGeneration, Family};
 use fusebox::models::generation_config::GenerateConfig;
 use fusebox::models::seq2seq::Seq2SeqLm;
@@ -25,8 +25,9 @@ use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads, check_trains,
-    eval_loss, f32s, rows, training_batch,
+    self, check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads,
+    check_logits_loss_grads_l2, check_seeded_dropout, check_shift_right, check_trains, eval_logits,
+    eval_loss, f32s, fixture_models, fixtures, load_fixture, rows, training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
@@ -35,26 +36,11 @@ mod checkpoints;
 
 const MODELS: [&str; 2] = ["bart_tiny", "marian_tiny"];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-type Fixture = (BartForConditionalGeneration, BTreeMap<String, Tensor>);
+type Fixture = parity::Fixture<BartForConditionalGeneration>;
 
 /// The model and its reference tensors, or `None` (printed) when the fixtures are absent.
 fn load_on(name: &str, dev: Device) -> Option<Fixture> {
-    let dir = fixtures().join("models").join(name);
-    let io = fixtures().join(format!("{name}_io.safetensors"));
-    if !dir.join("model.safetensors").exists() || !io.exists() {
-        eprintln!(
-            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py bart)",
-            fixtures().display()
-        );
-        return None;
-    }
-    let model = BartForConditionalGeneration::load(&dir, dev, DType::F32).unwrap();
-    let io = safetensors_io::load(&io, DType::F32, dev).unwrap();
-    Some((model, io))
+    load_fixture(name, dev, "bart", BartForConditionalGeneration::load)
 }
 
 fn load(name: &str) -> Option<Fixture> {
@@ -62,32 +48,14 @@ fn load(name: &str) -> Option<Fixture> {
 }
 
 fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
-    MODELS
-        .into_iter()
-        .filter_map(|name| Some((name, load(name)?)))
-}
-
-/// Eval-mode logits of the fixture's batch.
-fn logits(model: &BartForConditionalGeneration, io: &BTreeMap<String, Tensor>) -> Vec<f32> {
-    let _g = no_grad();
-    let (ids, mask, dec_in) = (
-        &io["input_ids"],
-        &io["attention_mask"],
-        &io["decoder_input_ids"],
-    );
-    f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap())
+    fixture_models(&MODELS, load)
 }
 
 #[test]
 fn forward_loss_and_gradients_match_transformers() {
     for (name, (model, io)) in models() {
         let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
-        let dec_in = model.shift_right(labels).unwrap();
-        assert_eq!(
-            dec_in.to_vec_i32().unwrap(),
-            io["decoder_input_ids"].to_vec_i32().unwrap(),
-            "{name}: shift_tokens_right"
-        );
+        check_shift_right(name, &model, &io, "shift_tokens_right");
         let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
         check_logits_loss_grads(name, &loss, &logits, &model.trainable(), &io);
     }
@@ -105,7 +73,7 @@ fn adamw_step_from_stored_gradients_matches_torch() {
 #[test]
 fn cached_decoding_equals_full_decoder() {
     for (name, (model, io)) in models() {
-        check_cached_decoding_on_fixture(name, &model, &logits(&model, &io), &io);
+        check_cached_decoding_on_fixture(name, &model, &eval_logits(&model, &io), &io);
     }
 }
 
@@ -201,11 +169,18 @@ fn save_and_reload_round_trip() {
         let back = BartForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
         assert!(back.lm_head_is_tied());
         assert_eq!(
-            logits(&back, &io),
-            logits(&model, &io),
+            eval_logits(&back, &io),
+            eval_logits(&model, &io),
             "{name}: reloaded logits"
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// Removes the scratch directories `dirs` (and what they hold), ignoring any error.
+fn remove_dirs<const N: usize>(dirs: [PathBuf; N]) {
+    for d in dirs {
+        std::fs::remove_dir_all(d).ok();
     }
 }
 
@@ -254,22 +229,7 @@ fn dropout_is_seeded_and_training_only() {
             e,
             "{what}: evaluation has no dropout"
         );
-        let (a, b, c) = (
-            run(&m, Mode::Train { seed: 1 }),
-            run(&m, Mode::Train { seed: 1 }),
-            run(&m, Mode::Train { seed: 2 }),
-        );
-        assert_eq!(a, b, "{what}: same seed, same loss");
-        assert_ne!(a, c, "{what}: another seed, another mask");
-        assert_ne!(a, e, "{what}: active in training");
-        let (loss, _) = m
-            .loss(ids, Some(mask), labels, Mode::Train { seed: 1 })
-            .unwrap();
-        assert_eq!(
-            backward(&loss).unwrap().len(),
-            m.trainable().len(),
-            "{what}"
-        );
+        check_seeded_dropout(what, &m, &io, e, |mode| run(&m, mode));
     }
 }
 
@@ -326,26 +286,7 @@ fn gpu_matches_transformers() {
         let what = format!("{name} on {dev:?}");
         let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
         let (loss, logits) = model.loss(ids, Some(mask), labels, Mode::Eval).unwrap();
-        let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
-        assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
-        let r = rel_l2(&f32s(&loss), &f32s(&io["loss"]));
-        assert!(r < 1e-5, "{what}: loss rel {r:e}");
-        let grads = backward(&loss).unwrap();
-        for (pname, p) in model.trainable() {
-            let got = f32s(
-                grads
-                    .get(&p)
-                    .unwrap_or_else(|| panic!("{what}: no grad {pname}")),
-            );
-            let want = f32s(&io[&format!("grad.{pname}")]);
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            if scale == 0.0 {
-                assert!(got.iter().all(|x| x.abs() < 1e-6), "{what}: grad {pname}");
-            } else {
-                let r = rel_l2(&got, &want);
-                assert!(r < 1e-4, "{what}: grad {pname} rel L2 {r:e}");
-            }
-        }
+        check_logits_loss_grads_l2(&what, (&loss, &logits), &model.trainable(), &io);
         let want = rows(&io["generate.greedy"]);
         assert_eq!(greedy(&model, &io), want, "{what}: greedy");
         let dir = fixtures().join("models").join(name);

@@ -15,7 +15,7 @@ use fusebox::tokenize::seq2seq::Seq2SeqTokenizer;
 
 mod common;
 
-use common::cli::{infer, last_json_line, p, refused, run, scratch};
+use common::cli::{infer, last_json_line, p, refused, run_flags, scratch};
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
@@ -41,20 +41,8 @@ fn losses(dir: &Path) -> Vec<f64> {
 fn arch_from_scratch_trains_and_serves() {
     for (arch, model_type) in [("bart", "bart"), ("marian", "marian")] {
         let out = tmp(arch);
-        let o = run(
-            TRAIN,
-            &[
-                "translate",
-                "--arch",
-                arch,
-                "--max-steps",
-                "20",
-                "--device",
-                "cpu",
-                "--out",
-                p(&out),
-            ],
-        );
+        let flags = format!("translate --arch {arch} --max-steps 20 --device cpu");
+        let o = run_flags(TRAIN, &flags, &[("--out", p(&out))]);
         let fin = last_json_line(&o);
         assert!(fin["bleu"].as_f64().is_some(), "{arch}: {fin}");
         assert_eq!(fin["train_steps"], 20, "{arch}: {fin}");
@@ -143,36 +131,15 @@ fn marian_checkpoint_with_sentencepiece_fine_tunes() {
         .collect();
     std::fs::write(&data, rows).expect("write");
     let out = root.join("out");
-    let o = run(
-        TRAIN,
-        &[
-            "translate",
-            "--model",
-            p(&model),
-            "--train",
-            p(&data),
-            "--eval",
-            p(&data),
-            "--max-steps",
-            "30",
-            "--batch",
-            "4",
-            "--grad-accum",
-            "1",
-            "--lr",
-            "3e-3",
-            "--eval-strategy",
-            "no",
-            "--save-strategy",
-            "no",
-            "--max-new-tokens",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            p(&out),
-        ],
-    );
+    let flags = "translate --max-steps 30 --batch 4 --grad-accum 1 --lr 3e-3 \
+                 --eval-strategy no --save-strategy no --max-new-tokens 8 --device cpu";
+    let paths = [
+        ("--model", p(&model)),
+        ("--train", p(&data)),
+        ("--eval", p(&data)),
+        ("--out", p(&out)),
+    ];
+    let o = run_flags(TRAIN, flags, &paths);
     let fin = last_json_line(&o);
     assert!(fin["bleu"].as_f64().is_some(), "{fin}");
     // Trainer's max_steps overrides the epochs: 30 passes over the four pairs.
@@ -188,14 +155,7 @@ fn marian_checkpoint_with_sentencepiece_fine_tunes() {
     }
     let saved = Seq2SeqTokenizer::from_dir(&out).expect("saved tokenizer");
     for (s, t) in pairs {
-        assert_eq!(
-            saved.encode_source(s, None).unwrap(),
-            tok.encode_source(s, None).unwrap()
-        );
-        assert_eq!(
-            saved.encode_target(t, None).unwrap(),
-            tok.encode_target(t, None).unwrap()
-        );
+        common::same_encoding(&saved, &tok, s, t);
     }
     assert_eq!(config(&out)["model_type"], "marian");
     let x = ("--input", pairs[0].0);

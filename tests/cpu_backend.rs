@@ -10,7 +10,7 @@ use fusebox::backend::{
 use fusebox::{DType, Error};
 
 mod common;
-use common::{attn, f64s, ids, qkv_pack, qkv_part, vals, Rng};
+use common::{attn, attn_inputs, f64s, ids, qkv_pack, qkv_part, vals, Rng};
 
 #[path = "cpu_backend/attention.rs"]
 mod attention;

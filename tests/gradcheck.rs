@@ -13,7 +13,9 @@ use fusebox::backend::{
 };
 
 mod common;
-use common::{attn, f64s as st, ids, qkv_pack, qkv_part, vals, Rng, UNARY_OPS};
+use common::{
+    attn, attn_inputs, attn_sizes, f64s as st, ids, qkv_pack, qkv_part, vals, Rng, UNARY_OPS,
+};
 
 fn dot(w: &[f64], y: &CpuStorage) -> f64 {
     let y = vals(y);
@@ -319,7 +321,6 @@ fn attention_q_k_v_bias_with_dropout() {
 }
 
 fn attention_all_features(dropout: f32) {
-    let mut rng = Rng::new(9);
     let s = AttnSpec {
         scale: 0.5,
         causal: true,
@@ -327,9 +328,9 @@ fn attention_all_features(dropout: f32) {
         seed: 77,
         ..attn(2, 3, 5, 7, 4)
     };
-    let nq = s.b * s.lq * s.h * s.d;
-    let nk = s.b * s.lk * s.h * s.d;
-    let (q, k, v) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0));
+    let (nq, _) = attn_sizes(&s);
+    let mut rng = Rng::new(9);
+    let (q, k, v) = attn_inputs(&mut rng, &s);
     let bias = rng.vec(s.h * s.lq * s.lk, 1.0);
     let wo = rng.vec(nq, 1.0);
     let mask = ids(&[1, 1, 1, 1, 0, 1, 1, /* b1 */ 0, 0, 0, 1, 1, 0, 1]);
@@ -368,19 +369,13 @@ fn attention_all_features(dropout: f32) {
 /// Without mask, bias or causal, and with lq > lk, to cover the plain BERT path.
 #[test]
 fn attention_plain() {
-    let mut rng = Rng::new(10);
     let s = AttnSpec {
         scale: 1.0 / 5f32.sqrt(),
         ..attn(1, 2, 7, 3, 5)
     };
-    let nq = s.b * s.lq * s.h * s.d;
-    let nk = s.b * s.lk * s.h * s.d;
-    let (q, k, v, w) = (
-        rng.vec(nq, 1.0),
-        rng.vec(nk, 1.0),
-        rng.vec(nk, 1.0),
-        rng.vec(nq, 1.0),
-    );
+    let mut rng = Rng::new(10);
+    let (q, k, v) = attn_inputs(&mut rng, &s);
+    let w = rng.vec(attn_sizes(&s).0, 1.0);
     let a = AttnArgs::new(None, None, s);
     let run = |q: &[f64], k: &[f64], v: &[f64]| st(q).attention(&st(k), &st(v), a).unwrap();
     let (out, lse) = run(&q, &k, &v);

@@ -189,6 +189,11 @@ fn walk(dir: &Path, src: &Path, out: &mut BTreeMap<String, BTreeSet<String>>) {
     }
 }
 
+/// Fails, naming `what` and listing them, when there are any `found`.
+fn assert_none<T: std::fmt::Debug>(what: &str, found: &[T]) {
+    assert!(found.is_empty(), "{what}: {found:?}");
+}
+
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut g = BTreeMap::new();
@@ -222,10 +227,7 @@ fn every_module_has_a_layer() {
         .iter()
         .filter(|m| !reexports.contains(&m.as_str()))
         .collect();
-    assert!(
-        unknown.is_empty(),
-        "modules missing from LAYERS: {unknown:?}"
-    );
+    assert_none("modules missing from LAYERS", &unknown);
 }
 
 #[test]
@@ -241,10 +243,7 @@ fn imports_point_down_and_no_two_modules_import_each_other() {
             }
         }
     }
-    assert!(
-        upward.is_empty(),
-        "imports from a lower layer to a higher one: {upward:?}"
-    );
+    assert_none("imports from a lower layer to a higher one", &upward);
     let mut mutual = Vec::new();
     for (a, names) in &g {
         for b in names {
@@ -253,10 +252,7 @@ fn imports_point_down_and_no_two_modules_import_each_other() {
             }
         }
     }
-    assert!(
-        mutual.is_empty(),
-        "modules that import each other: {mutual:?}"
-    );
+    assert_none("modules that import each other", &mutual);
 }
 
 /// Models speak ops (and nn, tensor), never a backend: the op vocabulary they need

@@ -218,6 +218,15 @@ fn af_params(
         .collect()
 }
 
+/// The gradients `g` holds for `from` (in order), in f32, as gradients of `to`.
+fn as_f32_grads(g: &Grads, from: &[(String, Tensor)], to: &[(String, Tensor)]) -> Grads {
+    let mut out = Grads::default();
+    for ((_, a), (_, b)) in to.iter().zip(from) {
+        out.insert(a, g.get(b).unwrap().to_dtype(DType::F32).unwrap());
+    }
+    out
+}
+
 fn af_grads(
     f: &std::collections::BTreeMap<String, Tensor>,
     params: &[(String, Tensor)],
@@ -313,10 +322,7 @@ fn adafactor_masters_and_state_resume() {
     for step in 1..=5 {
         // Both from the same f16-representable gradients.
         let g16 = af_grads(&f, &p16, step);
-        let mut g32 = Grads::default();
-        for ((_, a), (_, b)) in p32.iter().zip(&p16) {
-            g32.insert(a, g16.get(b).unwrap().to_dtype(DType::F32).unwrap());
-        }
+        let g32 = as_f32_grads(&g16, &p16, &p32);
         o32.step(&g32, lr, 1.0, Some(1.0)).unwrap();
         o16.step(&g16, lr, 1.0, Some(1.0)).unwrap();
         let (s32, s16) = (o32.state_tensors(), o16.state_tensors());
@@ -359,11 +365,7 @@ fn adafactor_masters_and_state_resume() {
     o.load_state(&saved).unwrap();
     o.set_steps(3);
     for step in 4..=5 {
-        let g16 = af_grads(&f, &p16, step);
-        let mut g = Grads::default();
-        for ((_, a), (_, b)) in fresh.iter().zip(&p16) {
-            g.insert(a, g16.get(b).unwrap().to_dtype(DType::F32).unwrap());
-        }
+        let g = as_f32_grads(&af_grads(&f, &p16, step), &p16, &fresh);
         o.step(&g, lr, 1.0, Some(1.0)).unwrap();
     }
     for (k, t) in o.state_tensors() {

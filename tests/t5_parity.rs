@@ -8,9 +8,6 @@
 //! Tolerances follow docs/ARCHITECTURE.md: 1e-5 of each tensor's largest magnitude (1e-4 for
 //! the smallest tensors), an absolute floor for gradients that are exactly zero.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
 use fusebox::autograd::backward;
 use fusebox::models::seq2seq::Seq2SeqLm;
 use fusebox::models::t5::{Dropout, T5Config, T5ForConditionalGeneration};
@@ -21,42 +18,32 @@ use fusebox::{DType, Device, Tensor};
 
 mod common;
 use common::parity::{
-    assert_close, check_adamw_step, check_cached_decoding_on_fixture, check_logits_loss_grads,
-    check_trains, eval_loss, f32s, rows, training_batch,
+    self, assert_close, check_adamw_step, check_cached_decoding_on_fixture,
+    check_logits_loss_grads, check_logits_loss_grads_l2, check_seeded_dropout, check_shift_right,
+    check_trains, eval_logits, eval_loss, f32s, fixture_models, fixtures, load_fixture, rows,
+    training_batch,
 };
 use common::{cuda_device, rel_l2_f32 as rel_l2};
 
 const MODELS: [&str; 2] = ["t5_relu_tied", "t5_gated_untied"];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 /// A fixture model and its reference tensors.
-type Fixture = (T5ForConditionalGeneration, BTreeMap<String, Tensor>);
+type Fixture = parity::Fixture<T5ForConditionalGeneration>;
 
 /// The model and its reference tensors, or `None` (with the reason printed) when the
 /// fixture files are absent.
 fn load(name: &str) -> Option<Fixture> {
-    let dir = fixtures().join("models").join(name);
-    let io = fixtures().join(format!("{name}_io.safetensors"));
-    if !dir.join("model.safetensors").exists() || !io.exists() {
-        eprintln!(
-            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py models)",
-            fixtures().display()
-        );
-        return None;
-    }
-    let model = T5ForConditionalGeneration::load(&dir, Device::Cpu, DType::F32).unwrap();
-    let io = safetensors_io::load(&io, DType::F32, Device::Cpu).unwrap();
-    Some((model, io))
+    load_fixture(
+        name,
+        Device::Cpu,
+        "models",
+        T5ForConditionalGeneration::load,
+    )
 }
 
 /// Each of [`MODELS`] whose fixtures are present, by name, with its reference tensors.
 fn models() -> impl Iterator<Item = (&'static str, Fixture)> {
-    MODELS
-        .into_iter()
-        .filter_map(|name| Some((name, load(name)?)))
+    fixture_models(&MODELS, load)
 }
 
 /// (loss, logits) through `encode` and `decode` with `drop` (the op-by-op path that
@@ -86,13 +73,7 @@ fn check_forward_backward(unfused: bool) {
     for (name, (model, io)) in models() {
         let name = &format!("{name} (unfused attention: {unfused})");
         let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
-        // _shift_right
-        let dec_in = model.shift_right(labels).unwrap();
-        assert_eq!(
-            dec_in.to_vec_i32().unwrap(),
-            io["decoder_input_ids"].to_vec_i32().unwrap(),
-            "{name}: shift_right"
-        );
+        let dec_in = check_shift_right(name, &model, &io, "shift_right");
         let (loss, logits) = if unfused {
             let drop = Dropout::off().with_unfused_attention();
             loss_via_decode(&model, ids, mask, &dec_in, labels, &drop)
@@ -159,13 +140,8 @@ fn greedy_and_beam_generate_match_transformers() {
 #[test]
 fn cached_decoding_equals_full_decoder() {
     for (name, (model, io)) in models() {
-        let (ids, mask, dec_in) = (
-            &io["input_ids"],
-            &io["attention_mask"],
-            &io["decoder_input_ids"],
-        );
         let _g = fusebox::autograd::no_grad();
-        let full = f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
+        let full = eval_logits(&model, &io);
         check_cached_decoding_on_fixture(name, &model, &full, &io);
     }
 }
@@ -196,13 +172,7 @@ fn save_and_reload_round_trip() {
             model.config.scales_decoder_outputs()
         );
         let _g = fusebox::autograd::no_grad();
-        let (ids, mask, dec_in) = (
-            &io["input_ids"],
-            &io["attention_mask"],
-            &io["decoder_input_ids"],
-        );
-        let a = f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
-        let b = f32s(&back.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap());
+        let (a, b) = (eval_logits(&model, &io), eval_logits(&back, &io));
         assert_eq!(a, b, "{name}: reloaded logits");
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -224,20 +194,8 @@ fn dropout_is_seeded_and_training_only() {
         v
     };
     let eval = run(&model, Mode::Eval);
-    let (a, b, c) = (
-        run(&model, Mode::Train { seed: 1 }),
-        run(&model, Mode::Train { seed: 1 }),
-        run(&model, Mode::Train { seed: 2 }),
-    );
     assert!((eval - io["loss"].to_scalar().unwrap()).abs() < 1e-5 * eval.abs());
-    assert_eq!(a, b, "same seed, same loss");
-    assert_ne!(a, c, "another seed, another mask");
-    assert_ne!(a, eval, "dropout active in training");
-    let (loss, _) = model
-        .loss(ids, Some(mask), labels, Mode::Train { seed: 1 })
-        .unwrap();
-    let grads = backward(&loss).unwrap();
-    assert_eq!(grads.len(), model.trainable().len());
+    let a = check_seeded_dropout("t5", &model, &io, eval, |mode| run(&model, mode));
     // Without dropout on attention probabilities the fused op runs: another loss.
     model.attention_dropout = false;
     let d = run(&model, Mode::Train { seed: 1 });
@@ -420,25 +378,7 @@ fn gpu_matches_transformers() {
             };
             let dec_in = model.shift_right(&labels).unwrap();
             let (loss, logits) = loss_via_decode(&model, &ids, &mask, &dec_in, &labels, &drop);
-            let r = rel_l2(&f32s(&logits), &f32s(&io["logits"]));
-            assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
-            let r = rel_l2(&f32s(&loss), &f32s(&io["loss"]));
-            assert!(r < 1e-5, "{what}: loss rel {r:e}");
-            let grads = backward(&loss).unwrap();
-            for (pname, p) in model.trainable() {
-                let g = grads
-                    .get(&p)
-                    .unwrap_or_else(|| panic!("{what}: no grad {pname}"));
-                let want = f32s(&io[&format!("grad.{pname}")]);
-                let got = f32s(g);
-                let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                if scale == 0.0 {
-                    assert!(got.iter().all(|x| x.abs() < 1e-6), "{what}: grad {pname}");
-                } else {
-                    let r = rel_l2(&got, &want);
-                    assert!(r < 1e-4, "{what}: grad {pname} rel L2 {r:e}");
-                }
-            }
+            check_logits_loss_grads_l2(&what, (&loss, &logits), &model.trainable(), &io);
         }
         let greedy = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 1)).unwrap();
         let beam = generate(&model, &ids, Some(&mask), &gen_cfg(&model, 3)).unwrap();

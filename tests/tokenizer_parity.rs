@@ -396,14 +396,7 @@ fn saved_tokenizers_load_back_the_same() {
         t.save_to(&out).expect("save");
         let back = Seq2SeqTokenizer::from_dir(&out).expect("load saved");
         for text in texts {
-            assert_eq!(
-                back.encode_source(text, None).unwrap(),
-                t.encode_source(text, None).unwrap()
-            );
-            assert_eq!(
-                back.encode_target(text, None).unwrap(),
-                t.encode_target(text, None).unwrap()
-            );
+            common::same_encoding(&back, &t, text, text);
         }
         assert_eq!(back.vocab_size(), t.vocab_size());
         assert_eq!(back.kind(), t.kind(), "{name}");

@@ -7,7 +7,9 @@ use std::path::Path;
 use fusebox::{Device, Tensor};
 use serde_json::{json, Value};
 
-use super::{as_row, ask, cli, copy_model, edit_json, edit_weights, fresh, qa_file, quick, s};
+use super::{
+    as_row, ask, ask_fails, cli, copy_model, edit_json, edit_weights, fresh, qa_file, quick, s,
+};
 use super::{write, Models, Row, FAIL, INFER, OK, TRAIN};
 
 pub(super) fn rows(m: &Models) -> Vec<Row> {
@@ -18,27 +20,26 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
         t.remove("qa_outputs.weight");
         t.remove("qa_outputs.bias");
     });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&no_head), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &no_head,
         &["no tensor \"qa_outputs.weight\"", "no trained QA head"],
     ));
     // Training may start from such a checkpoint: the head is initialised, and it says so.
     let qa_data = m.qa.join("data");
     let flags = format!("qa --max-length 64 --stride 16 --batch 4 {}", quick(1));
-    let train_qa = |model: &Path, out: &str| {
+    // `train qa` from `model` into `out`, which must end as `ok` says, saying every `want`.
+    let train_qa = |model: &Path, out: &str, ok: bool, want: &[&str]| {
         let paths = [
             ("--model", s(model)),
             ("--train", s(&qa_data.join("train.json"))),
             ("--eval", s(&qa_data.join("eval.json"))),
             ("--out", fresh(out)),
         ];
-        cli(&flags, &paths)
+        as_row(TRAIN, cli(&flags, &paths), ok, want)
     };
-    rows.push(as_row(
-        TRAIN,
-        train_qa(&no_head, "qa-from-base"),
+    rows.push(train_qa(
+        &no_head,
+        "qa-from-base",
         OK,
         &["has no QA head: qa_outputs (weight [2, 32], bias [2]) initialised fresh"],
     ));
@@ -47,9 +48,9 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
     edit_json(&bart.join("config.json"), |v| {
         v["model_type"] = json!("bart")
     });
-    rows.push(as_row(
-        TRAIN,
-        train_qa(&bart, "qa-from-bart-out"),
+    rows.push(train_qa(
+        &bart,
+        "qa-from-bart-out",
         FAIL,
         &["model_type \"bart\": this is an encoder-decoder LM, not a QA encoder"],
     ));
@@ -58,10 +59,8 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
         let w = t["qa_outputs.weight"].reshape([4, 16]).expect("reshape");
         t.insert("qa_outputs.weight".into(), w);
     });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&bad_head), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &bad_head,
         &["tensor \"qa_outputs.weight\" has shape [4, 16], expected [2, 32]"],
     ));
     let nan_head = copy_model(&m.qa, "qa-nan-head");
@@ -71,10 +70,8 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
         let w = Tensor::from_f32(v, [2, 32], Device::Cpu).expect("tensor");
         t.insert("qa_outputs.weight".into(), w);
     });
-    rows.push(as_row(
-        INFER,
-        ask(&s(&nan_head), &[]),
-        FAIL,
+    rows.push(ask_fails(
+        &nan_head,
         &["tensor \"qa_outputs.weight\" holds a non-finite value"],
     ));
     rows.push(as_row(

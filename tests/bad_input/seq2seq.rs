@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{as_row, cli, copy_model, edit_json, gen, root, row, s, write, Models, Row};
-use super::{FAIL, INFER, OK};
+use super::{as_row, cli, copy_model, edit_json, gen, gen_fails, root, row, s, write};
+use super::{Models, Row, FAIL, INFER, OK};
 
 pub(super) fn rows(m: &Models) -> Vec<Row> {
     let t5 = s(&m.t5);
@@ -60,10 +60,8 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
         json!({"eos_token_id": 100_000}).to_string(),
     )
     .expect("write");
-    rows.push(as_row(
-        INFER,
-        gen(&s(&bad_eos), &[]),
-        FAIL,
+    rows.push(gen_fails(
+        &bad_eos,
         &[
             "eos_token_id 100000 is not a token of the model",
             "generation_config.json",
@@ -146,7 +144,7 @@ pub(super) fn rows(m: &Models) -> Vec<Row> {
     ] {
         let dir = copy_model(&m.t5, name);
         std::fs::write(dir.join("generation_config.json"), gen_cfg.to_string()).expect("write");
-        rows.push(as_row(INFER, gen(&s(&dir), &[]), FAIL, want));
+        rows.push(gen_fails(&dir, want));
     }
 
     // --- infer summarize / translate ---------------------------------------------------

@@ -31,7 +31,7 @@ fn load_err(dir: &Path) -> String {
 #[test]
 fn tied_aliases_and_prefixes_load_as_one_embedding() {
     for (name, (model, io)) in models() {
-        let want = logits(&model, &io);
+        let want = eval_logits(&model, &io);
         let shared = "model.shared.weight";
         let aliases = [
             "model.encoder.embed_tokens.weight",
@@ -58,7 +58,7 @@ fn tied_aliases_and_prefixes_load_as_one_embedding() {
             let m = BartForConditionalGeneration::load(dir, Device::Cpu, DType::F32).unwrap();
             assert!(m.lm_head_is_tied(), "{}", dir.display());
             assert_eq!(m.trainable().len(), model.trainable().len());
-            assert_eq!(logits(&m, &io), want, "{}", dir.display());
+            assert_eq!(eval_logits(&m, &io), want, "{}", dir.display());
             std::fs::remove_dir_all(dir).ok();
         }
         // A base-model file without final_logits_bias: HF initialises it to zeros.
@@ -71,9 +71,7 @@ fn tied_aliases_and_prefixes_load_as_one_embedding() {
         let w = safetensors_io::load(&saved.join("model.safetensors"), DType::F32, Device::Cpu)
             .unwrap();
         assert!(f32s(&w["final_logits_bias"]).iter().all(|&x| x == 0.0));
-        for d in [nobias, saved] {
-            std::fs::remove_dir_all(d).ok();
-        }
+        remove_dirs([nobias, saved]);
     }
 }
 
@@ -106,10 +104,8 @@ fn an_untied_head_is_kept_and_saved() {
     assert_eq!(cfg["tie_word_embeddings"], false);
     let back = BartForConditionalGeneration::load(&out, Device::Cpu, DType::F32).unwrap();
     assert!(!back.lm_head_is_tied());
-    assert_eq!(logits(&back, &io), logits(&m, &io));
-    for d in [dir, out] {
-        std::fs::remove_dir_all(d).ok();
-    }
+    assert_eq!(eval_logits(&back, &io), eval_logits(&m, &io));
+    remove_dirs([dir, out]);
 }
 
 /// Marian files may hold the sinusoidal tables (older transformers saved them): the
@@ -134,7 +130,7 @@ fn marian_position_tables_in_a_checkpoint() {
         }
     });
     let m = BartForConditionalGeneration::load(&with, Device::Cpu, DType::F32).unwrap();
-    assert_eq!(logits(&m, &io), logits(&model, &io));
+    assert_eq!(eval_logits(&m, &io), eval_logits(&model, &io));
     let mut bad = table.clone();
     bad[3 * d + 5] += 0.25;
     let wrong = edited_copy("marian_tiny", "marian_badpos", |w| {
@@ -245,7 +241,5 @@ fn bad_checkpoints_are_clear_errors() {
         e.contains("model.decoder.embed_tokens.weight") && e.contains("not supported"),
         "{e}"
     );
-    for d in [extra, missing, unshared] {
-        std::fs::remove_dir_all(d).ok();
-    }
+    remove_dirs([extra, missing, unshared]);
 }

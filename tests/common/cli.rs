@@ -24,6 +24,14 @@ pub fn run(bin: &str, args: &[&str]) -> Output {
     o
 }
 
+/// `bin` with the words of `flags`, then `pairs` (a flag and its value: paths, which may
+/// hold spaces); it must succeed.
+pub fn run_flags(bin: &str, flags: &str, pairs: &[(&str, &str)]) -> Output {
+    let mut args: Vec<&str> = flags.split_whitespace().collect();
+    args.extend(pairs.iter().flat_map(|(f, v)| [*f, *v]));
+    run(bin, &args)
+}
+
 pub fn p(x: &Path) -> &str {
     x.to_str().expect("utf8 path")
 }

@@ -12,6 +12,7 @@ use fusebox::autograd::Grads;
 use fusebox::backend::{AttnSpec, BackendStorage, CpuStorage, UnaryOp};
 use fusebox::nn::safetensors_io;
 use fusebox::optim::{AdamW, AdamWConfig, LossScaler, StepOutcome};
+use fusebox::tokenize::seq2seq::Seq2SeqTokenizer;
 use fusebox::{DType, Device, Tensor};
 use serde_json::Value;
 
@@ -288,6 +289,18 @@ pub fn attn(b: usize, h: usize, lq: usize, lk: usize, d: usize) -> AttnSpec {
     }
 }
 
+/// Element counts of attention `s`'s queries (and output) and of its keys (and values).
+pub fn attn_sizes(s: &AttnSpec) -> (usize, usize) {
+    (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d)
+}
+
+/// Random queries, keys and values (uniform in [-1, 1), drawn in that order) for
+/// attention `s`.
+pub fn attn_inputs(rng: &mut Rng, s: &AttnSpec) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (nq, nk) = attn_sizes(s);
+    (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0))
+}
+
 /// Part `j` (0 q, 1 k, 2 v) of a packed `[rows, 3, hd]` QKV buffer, as `[rows, hd]`.
 pub fn qkv_part(x: &[f64], rows: usize, hd: usize, j: usize) -> Vec<f64> {
     (0..rows)
@@ -305,6 +318,24 @@ pub fn qkv_pack(parts: [&[f64]; 3], rows: usize, hd: usize) -> Vec<f64> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// `saved` (a tokenizer saved and loaded again) encodes `source` as a source text and
+/// `target` as a target text exactly as `orig` does.
+pub fn same_encoding(
+    saved: &Seq2SeqTokenizer,
+    orig: &Seq2SeqTokenizer,
+    source: &str,
+    target: &str,
+) {
+    assert_eq!(
+        saved.encode_source(source, None).unwrap(),
+        orig.encode_source(source, None).unwrap()
+    );
+    assert_eq!(
+        saved.encode_target(target, None).unwrap(),
+        orig.encode_target(target, None).unwrap()
+    );
 }
 
 /// A JSON array of unsigned integers, each of which must fit `T`.

@@ -3,13 +3,149 @@
 //! magnitude, and logits, loss and every parameter gradient at once.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use fusebox::autograd::backward;
 use fusebox::autograd::no_grad;
 use fusebox::models::seq2seq::{DecoderCache, Seq2SeqLm};
+use fusebox::nn::safetensors_io;
 use fusebox::nn::Mode;
 use fusebox::optim::{AdamW, AdamWConfig};
-use fusebox::{Device, Tensor};
+use fusebox::{DType, Device, Tensor};
+
+/// The fixtures folder, tests/fixtures.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A fixture model and its reference tensors.
+pub type Fixture<M> = (M, BTreeMap<String, Tensor>);
+
+/// Fixture model `name` (tests/fixtures/models/NAME, through `load_model`) and its
+/// reference tensors (NAME_io.safetensors), in f32 on `dev`; or `None`, with the reason
+/// printed, when the files are absent (`tools/fixtures/make_fixtures.py make` writes
+/// them).
+pub fn load_fixture<M>(
+    name: &str,
+    dev: Device,
+    make: &str,
+    load_model: impl FnOnce(&Path, Device, DType) -> fusebox::Result<M>,
+) -> Option<Fixture<M>> {
+    let dir = fixtures().join("models").join(name);
+    let io = fixtures().join(format!("{name}_io.safetensors"));
+    if !dir.join("model.safetensors").exists() || !io.exists() {
+        eprintln!(
+            "skipping {name}: fixtures missing under {} (run tools/fixtures/make_fixtures.py {make})",
+            fixtures().display()
+        );
+        return None;
+    }
+    let model = load_model(&dir, dev, DType::F32).unwrap();
+    let io = safetensors_io::load(&io, DType::F32, dev).unwrap();
+    Some((model, io))
+}
+
+/// Each of `names` whose fixtures `load` finds, by name, with its model and reference
+/// tensors.
+pub fn fixture_models<M>(
+    names: &'static [&'static str],
+    load: fn(&str) -> Option<Fixture<M>>,
+) -> impl Iterator<Item = (&'static str, Fixture<M>)> {
+    names
+        .iter()
+        .filter_map(move |&name| Some((name, load(name)?)))
+}
+
+/// Eval-mode logits of the fixture's batch (input_ids, attention_mask,
+/// decoder_input_ids), recorded on no tape.
+pub fn eval_logits(model: &dyn Seq2SeqLm, io: &BTreeMap<String, Tensor>) -> Vec<f32> {
+    let _g = no_grad();
+    let (ids, mask, dec_in) = (
+        &io["input_ids"],
+        &io["attention_mask"],
+        &io["decoder_input_ids"],
+    );
+    f32s(&model.forward(ids, Some(mask), dec_in, Mode::Eval).unwrap())
+}
+
+/// The model's decoder inputs for the fixture's labels, which must be the fixture's
+/// decoder_input_ids (what HF's `hf_fn` gives).
+pub fn check_shift_right(
+    name: &str,
+    model: &dyn Seq2SeqLm,
+    io: &BTreeMap<String, Tensor>,
+    hf_fn: &str,
+) -> Tensor {
+    let dec_in = model.shift_right(&io["labels"]).unwrap();
+    assert_eq!(
+        dec_in.to_vec_i32().unwrap(),
+        io["decoder_input_ids"].to_vec_i32().unwrap(),
+        "{name}: {hf_fn}"
+    );
+    dec_in
+}
+
+/// Dropout drawn from the seed, in training only: `run(mode)` (a loss of the fixture's
+/// batch) is the same twice at seed 1, another at seed 2, and not `eval`; the seed-1
+/// training loss back-propagates to every trainable parameter. The seed-1 loss.
+pub fn check_seeded_dropout(
+    what: &str,
+    model: &dyn Seq2SeqLm,
+    io: &BTreeMap<String, Tensor>,
+    eval: f64,
+    run: impl Fn(Mode) -> f64,
+) -> f64 {
+    let (a, b, c) = (
+        run(Mode::Train { seed: 1 }),
+        run(Mode::Train { seed: 1 }),
+        run(Mode::Train { seed: 2 }),
+    );
+    assert_eq!(a, b, "{what}: same seed, same loss");
+    assert_ne!(a, c, "{what}: another seed, another mask");
+    assert_ne!(a, eval, "{what}: dropout active in training");
+    let (ids, mask, labels) = (&io["input_ids"], &io["attention_mask"], &io["labels"]);
+    let (loss, _) = model
+        .loss(ids, Some(mask), labels, Mode::Train { seed: 1 })
+        .unwrap();
+    assert_eq!(
+        backward(&loss).unwrap().len(),
+        model.trainable().len(),
+        "{what}"
+    );
+    a
+}
+
+/// Logits and loss within relative L2 1e-5 of the fixture's, and every gradient of
+/// `params` within 1e-4 (where the reference is all zero: each value below 1e-6); the
+/// measure of the GPU runs.
+pub fn check_logits_loss_grads_l2(
+    what: &str,
+    (loss, logits): (&Tensor, &Tensor),
+    params: &[(String, Tensor)],
+    io: &BTreeMap<String, Tensor>,
+) {
+    let rel_l2 = super::rel_l2_f32;
+    let r = rel_l2(&f32s(logits), &f32s(&io["logits"]));
+    assert!(r < 1e-5, "{what}: logits rel L2 {r:e}");
+    let r = rel_l2(&f32s(loss), &f32s(&io["loss"]));
+    assert!(r < 1e-5, "{what}: loss rel {r:e}");
+    let grads = backward(loss).unwrap();
+    for (pname, p) in params {
+        let got = f32s(
+            grads
+                .get(p)
+                .unwrap_or_else(|| panic!("{what}: no grad {pname}")),
+        );
+        let want = f32s(&io[&format!("grad.{pname}")]);
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if scale == 0.0 {
+            assert!(got.iter().all(|x| x.abs() < 1e-6), "{what}: grad {pname}");
+        } else {
+            let r = rel_l2(&got, &want);
+            assert!(r < 1e-4, "{what}: grad {pname} rel L2 {r:e}");
+        }
+    }
+}
 
 /// Backward of `loss · scale` (a loss scale, so that small f16 gradients do not flush to
 /// zero): every trainable parameter's gradient, in its own dtype, divided by `scale`

@@ -49,14 +49,13 @@ fn naive_attention(
 
 #[test]
 fn attention_forward() {
-    let mut rng = Rng::new(5);
     let s = AttnSpec {
         scale: 0.5,
         causal: true,
         ..attn(2, 3, 5, 7, 4)
     };
-    let (nq, nk) = (s.b * s.lq * s.h * s.d, s.b * s.lk * s.h * s.d);
-    let (q, k, v) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0), rng.vec(nk, 1.0));
+    let mut rng = Rng::new(5);
+    let (q, k, v) = attn_inputs(&mut rng, &s);
     let bias = rng.vec(s.h * s.lq * s.lk, 1.0);
     // Batch 1 masks keys 0..=2, so its query 0 (causal: keys <= 2) sees nothing.
     let mask = [1, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1];

@@ -307,11 +307,9 @@ pub fn check_error(
 /// exactly and the finite ones be within tolerance.
 pub fn check_lse(
     name: &str,
-    shape: &[usize],
-    dt: DType,
+    (shape, dt, t): (&[usize], DType, Instant),
     got: &CudaStorage,
     want: &CpuStorage,
-    t: Instant,
 ) {
     let g = ok(got.to_vec_f32());
     let w = ok(want.to_vec_f32());

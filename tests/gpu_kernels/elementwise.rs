@@ -49,10 +49,8 @@ fn activations_forward_backward() {
         return;
     };
     for (n, dt) in cases_1d(&[3, 1005, 4096, 30_001]) {
-        let x = rng.normal(n, 2.0);
-        let dy = rng.normal(n, 1.0);
-        let (cx, gx) = pair(&x, dt);
-        let (cd, gd) = pair(&dy, dt);
+        let (cx, gx) = pair(&rng.normal(n, 2.0), dt);
+        let (cd, gd) = pair(&rng.normal(n, 1.0), dt);
         for op in UNARY_OPS {
             let want = ok(cx.unary(op));
             let t = Instant::now();
@@ -121,8 +119,7 @@ fn bias_and_reductions() {
         return;
     };
     for (rows, cols, dt) in cases_2d(&[(1, 1), (7, 13), (16, 6), (128, 768), (333, 97)]) {
-        let n = rows * cols;
-        let (cx, gx) = pair(&rng.normal(n, 1.0), dt);
+        let (cx, gx) = pair(&rng.normal(rows * cols, 1.0), dt);
         let (cb, gb) = pair(&rng.normal(cols, 1.0), dt);
         let want = ok(cx.add_bias(&cb, cols));
         let t = Instant::now();

@@ -361,7 +361,7 @@ fn check_forward(
     (wo, wl): (&CpuStorage, &CpuStorage),
 ) {
     check(&format!("attn_{tag}_fwd_out"), shape, dt, o, wo, t);
-    check_lse(&format!("attn_{tag}_fwd_lse"), shape, dt, lse, wl, t);
+    check_lse(&format!("attn_{tag}_fwd_lse"), (shape, dt, t), lse, wl);
 }
 
 /// The bias gradient (`attn_{tag}_bwd_dbias`): present on both sides (and close) or on
@@ -443,9 +443,9 @@ fn attention_forward_backward() {
                 let t = Instant::now();
                 let saved = AttnSaved::new(&o, &l, &gdo);
                 let (dq, dk, dv, db) = ok(gq.attention_backward(&gk, &gv, saved, ga));
-                check(&format!("attn_{tag}_bwd_dq"), &shape, dt, &dq, &wdq, t);
-                check(&format!("attn_{tag}_bwd_dk"), &shape, dt, &dk, &wdk, t);
-                check(&format!("attn_{tag}_bwd_dv"), &shape, dt, &dv, &wdv, t);
+                for (part, got, want) in [("dq", &dq, &wdq), ("dk", &dk, &wdk), ("dv", &dv, &wdv)] {
+                    check(&format!("attn_{tag}_bwd_{part}"), &shape, dt, got, want, t);
+                }
                 check_dbias(&tag, (&shape, dt, t), db, wdb.as_ref());
             }
         }

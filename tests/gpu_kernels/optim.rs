@@ -7,18 +7,18 @@ use std::time::Instant;
 use fusebox::autograd::Grads;
 use fusebox::backend::cuda;
 use fusebox::backend::{BackendStorage, CpuStorage};
-use fusebox::optim::{AdamW, AdamWConfig, StepOutcome};
-use fusebox::{DType, Device, Tensor};
+use fusebox::optim::{Adafactor, AdamW, AdamWConfig, StepOutcome};
+use fusebox::{DType, Device, Result, Tensor};
 use half::f16;
 
 use crate::common::*;
 
-/// (name, elements, dtype): odd sizes, one exactly one kernel chunk (16384), several
+/// (name, [elements], dtype): odd sizes, one exactly one kernel chunk (16384), several
 /// spanning many chunks, f16 parameters (f32 master inside AdamW) and f32 ones, names
 /// that decay and names that do not (biases, LayerNorm); then 140 small tensors so the
 /// step needs three launch tables of 64 (each with its own grid and partials).
-fn param_specs() -> Vec<(String, usize, DType)> {
-    let mut v: Vec<(String, usize, DType)> = [
+fn param_specs() -> Vec<(String, Vec<usize>, DType)> {
+    let mut v: Vec<(String, Vec<usize>, DType)> = [
         ("embeddings.word_embeddings.weight", 70_001, DType::F16),
         ("layer.0.attention.q_lin.weight", 16_384, DType::F16),
         ("layer.0.attention.q_lin.bias", 301, DType::F16),
@@ -28,7 +28,7 @@ fn param_specs() -> Vec<(String, usize, DType)> {
         ("layer.1.ffn.lin1.weight", 33_333, DType::F16),
     ]
     .iter()
-    .map(|&(n, k, d)| (n.to_string(), k, d))
+    .map(|&(n, k, d)| (n.to_string(), vec![k], d))
     .collect();
     for i in 0..140 {
         let dt = if i % 3 == 0 { DType::F32 } else { DType::F16 };
@@ -37,7 +37,7 @@ fn param_specs() -> Vec<(String, usize, DType)> {
         } else {
             format!("extra.{i}.bias")
         };
-        v.push((name, 1 + (i * 37) % 997, dt));
+        v.push((name, vec![1 + (i * 37) % 997], dt));
     }
     v
 }
@@ -53,15 +53,16 @@ pub(crate) fn tensor(v: &[f32], dims: &[usize], dt: DType, dev: Device) -> Tenso
     })
 }
 
-fn params(
-    specs: &[(String, usize, DType)],
+/// Variables `(name, dims, dtype)` of `specs` holding `init`, on `dev`.
+pub(crate) fn params(
+    specs: &[(String, Vec<usize>, DType)],
     init: &[Vec<f32>],
     dev: Device,
 ) -> Vec<(String, Tensor)> {
     specs
         .iter()
         .zip(init)
-        .map(|((name, n, dt), v)| (name.clone(), Tensor::var(&tensor(v, &[*n], *dt, dev))))
+        .map(|((n, d, dt), v)| (n.clone(), Tensor::var(&tensor(v, d, *dt, dev))))
         .collect()
 }
 
@@ -103,64 +104,155 @@ pub(crate) fn same_outcome(a: &StepOutcome, b: &StepOutcome, what: &str) {
     }
 }
 
+/// What [`Trio`] needs of an optimizer: AdamW's and Adafactor's own methods.
+pub(crate) trait Stepped {
+    fn step(&mut self, g: &Grads, lr: f64, scale: f64, clip: Option<f64>) -> Result<StepOutcome>;
+    fn steps(&self) -> u64;
+    fn set_multi_tensor(&mut self, on: bool);
+}
+
+macro_rules! stepped {
+    ($($opt:ty),*) => {$(
+        impl Stepped for $opt {
+            fn step(
+                &mut self,
+                g: &Grads,
+                lr: f64,
+                scale: f64,
+                clip: Option<f64>,
+            ) -> Result<StepOutcome> {
+                <$opt>::step(self, g, lr, scale, clip)
+            }
+            fn steps(&self) -> u64 {
+                <$opt>::steps(self)
+            }
+            fn set_multi_tensor(&mut self, on: bool) {
+                <$opt>::set_multi_tensor(self, on)
+            }
+        }
+    )*};
+}
+stepped!(AdamW, Adafactor);
+
+/// One parameter set three times from the same values, each with its own optimizer: the
+/// multi-tensor step on the GPU, the per-tensor CUDA path and the CPU reference.
+pub(crate) struct Trio<O> {
+    pub sets: [Vec<(String, Tensor)>; 3],
+    pub multi: O,
+    pub per: O,
+    pub cpu: O,
+}
+
+impl<O: Stepped> Trio<O> {
+    /// The sets (`make` on a device) and their optimizers (`new`).
+    pub fn new(
+        make: impl Fn(Device) -> Vec<(String, Tensor)>,
+        new: impl Fn(&[(String, Tensor)]) -> Result<O>,
+    ) -> Trio<O> {
+        let gpu = Device::Cuda(0);
+        let sets = [make(gpu), make(gpu), make(Device::Cpu)];
+        let multi = ok(new(&sets[0]));
+        let mut per = ok(new(&sets[1]));
+        per.set_multi_tensor(false);
+        let cpu = ok(new(&sets[2]));
+        Trio {
+            sets,
+            multi,
+            per,
+            cpu,
+        }
+    }
+
+    /// One step of all three on the same gradients `g` at `lr`, unscaled by 1/`scale`
+    /// and clipped to norm 1: the outcomes (skipped, gradient norm) and step counts agree,
+    /// the step skips as `skip` says, and a skipped step leaves every multi-tensor weight
+    /// as it was. When the step began.
+    pub fn step(
+        &mut self,
+        what: &str,
+        (g, skip): (&[Vec<f32>], bool),
+        lr: f64,
+        scale: f64,
+    ) -> Instant {
+        let [pm, pp, pc] = &self.sets;
+        let before: Vec<Vec<f32>> = pm.iter().map(|(_, t)| host_vec(t)).collect();
+        let gpu = Device::Cuda(0);
+        let t = Instant::now();
+        let om = ok(self
+            .multi
+            .step(&grads(pm, g, gpu), lr, 1.0 / scale, Some(1.0)));
+        let op = ok(self
+            .per
+            .step(&grads(pp, g, gpu), lr, 1.0 / scale, Some(1.0)));
+        let oc = ok(self
+            .cpu
+            .step(&grads(pc, g, Device::Cpu), lr, 1.0 / scale, Some(1.0)));
+        same_outcome(&om, &op, "multi vs per-tensor");
+        same_outcome(&om, &oc, "multi vs cpu");
+        assert_eq!(om.skipped, skip, "{what}: {om:?}");
+        assert_eq!(self.multi.steps(), self.per.steps(), "{what}: steps");
+        assert_eq!(self.multi.steps(), self.cpu.steps(), "{what}: steps");
+        if skip {
+            for ((name, p), b) in pm.iter().zip(&before) {
+                assert!(
+                    host_vec(p) == *b,
+                    "{what} {name}: a skipped step changed it"
+                );
+            }
+        }
+        t
+    }
+}
+
+/// The side-by-side runs' poisoned steps: step 2 has an inf in tensor `inf_at`, step 3 a
+/// NaN in tensor 0 (an f16 one in both tests); true when `step` must skip.
+pub(crate) fn poison(g: &mut [Vec<f32>], step: usize, inf_at: usize) -> bool {
+    if step == 2 {
+        g[inf_at][123] = f32::INFINITY;
+    }
+    if step == 3 {
+        g[0][5] = f32::NAN;
+    }
+    step == 2 || step == 3
+}
+
 #[test]
 fn adamw_multi_tensor_matches_per_tensor_and_cpu() {
     let Some(mut rng) = setup("adamw_multi_tensor_matches_per_tensor_and_cpu") else {
         return;
     };
-    let gpu = Device::Cuda(0);
     let specs = param_specs();
-    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
-    let (pm, pp, pc) = (
-        params(&specs, &init, gpu),
-        params(&specs, &init, gpu),
-        params(&specs, &init, Device::Cpu),
-    );
+    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1[0], 0.5)).collect();
     let cfg = AdamWConfig {
         lr: 1e-3,
         weight_decay: 0.01,
         ..AdamWConfig::default()
     };
-    let mut multi = ok(AdamW::new(&pm, cfg, true));
-    let mut per = ok(AdamW::new(&pp, cfg, true));
-    per.set_multi_tensor(false);
-    let mut cpu = ok(AdamW::new(&pc, cfg, true));
+    let mut trio = Trio::new(
+        |dev| params(&specs, &init, dev),
+        |p| AdamW::new(p, cfg, true),
+    );
     // Loss scale 2^10 with a clip of 1.0 (active: the unscaled norm is ~250): step 2 has
-    // an inf in an f32 gradient, step 3 a NaN in an f16 one; neither may change anything
-    // (weights, moments, step count).
+    // an inf in an f32 gradient, step 3 a NaN in an f16 one (the embeddings); neither may
+    // change anything (weights, moments, step count).
     let scale = 1024.0f64;
     for step in 0..5 {
         let mut g: Vec<Vec<f32>> = specs
             .iter()
-            .map(|p| rng.normal(p.1, 0.5 * scale as f32))
+            .map(|p| rng.normal(p.1[0], 0.5 * scale as f32))
             .collect();
-        if step == 2 {
-            g[4][123] = f32::INFINITY;
-        }
-        if step == 3 {
-            g[0][5] = f32::NAN; // embeddings: an f16 gradient
-        }
-        let skip = step == 2 || step == 3;
-        let before: Vec<Vec<f32>> = pm.iter().map(|(_, t)| host_vec(t)).collect();
-        let t = Instant::now();
-        let om = ok(multi.step(&grads(&pm, &g, gpu), 1e-3, 1.0 / scale, Some(1.0)));
-        let op = ok(per.step(&grads(&pp, &g, gpu), 1e-3, 1.0 / scale, Some(1.0)));
-        let oc = ok(cpu.step(&grads(&pc, &g, Device::Cpu), 1e-3, 1.0 / scale, Some(1.0)));
-        same_outcome(&om, &op, "multi vs per-tensor");
-        same_outcome(&om, &oc, "multi vs cpu");
-        assert_eq!(om.skipped, skip, "step {step}: {om:?}");
-        assert_eq!(multi.steps(), per.steps());
-        assert_eq!(multi.steps(), cpu.steps());
+        let skip = poison(&mut g, step, 4);
+        let t = trio.step(&format!("step {step}"), (&g, skip), 1e-3, scale);
+        let Trio {
+            sets: [pm, pp, pc],
+            multi,
+            cpu,
+            ..
+        } = &trio;
         // Worst per-tensor error of each comparison (one GPUCHECK line each, not ~600).
         let mut worst = [0.0f64; 6];
         for (k, (name, p)) in pm.iter().enumerate() {
             let got = host_vec(p);
-            if skip {
-                assert!(
-                    got == before[k],
-                    "{name}: a skipped step changed the weights"
-                );
-            }
             let f16 = p.dtype() == DType::F16;
             let (gm, gv) = multi.moments(name).expect("moments");
             let (cm, cv) = cpu.moments(name).expect("moments");
@@ -204,7 +296,7 @@ fn adamw_multi_tensor_matches_per_tensor_and_cpu() {
             );
         }
     }
-    assert_eq!(multi.steps(), 3, "three applied steps, two skipped");
+    assert_eq!(trio.multi.steps(), 3, "three applied steps, two skipped");
 }
 
 #[test]
@@ -285,11 +377,11 @@ fn a_bad_id_in_the_step_leaves_the_weights_untouched() {
         return;
     };
     let gpu = Device::Cuda(0);
-    let specs: Vec<(String, usize, DType)> = param_specs().into_iter().take(7).collect();
-    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
+    let specs: Vec<(String, Vec<usize>, DType)> = param_specs().into_iter().take(7).collect();
+    let init: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1[0], 0.5)).collect();
     let ps = params(&specs, &init, gpu);
     let mut opt = ok(AdamW::new(&ps, AdamWConfig::default(), true));
-    let g: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1, 0.5)).collect();
+    let g: Vec<Vec<f32>> = specs.iter().map(|p| rng.normal(p.1[0], 0.5)).collect();
     let before: Vec<Vec<f32>> = ps.iter().map(|(_, t)| host_vec(t)).collect();
     let (_, table) = pair(&rng.normal(50 * 8, 1.0), DType::F16);
     let t = Instant::now();

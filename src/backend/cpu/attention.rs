@@ -229,11 +229,16 @@ impl<T: Real> Inputs<'_, T> {
         Ok(())
     }
 
-    /// Batches per wave: enough (b, h) pairs to keep every thread busy, no more.
-    fn wave(&self) -> usize {
-        (2 * rayon::current_num_threads())
-            .div_ceil(self.s.h.max(1))
-            .max(1)
+    /// The (b, h) pairs in waves of whole batches: enough pairs per wave to keep every
+    /// thread busy, no more.
+    fn waves(&self) -> impl Iterator<Item = Vec<(usize, usize)>> {
+        let (b, h) = (self.s.b, self.s.h);
+        let wave = (2 * rayon::current_num_threads()).div_ceil(h.max(1)).max(1);
+        (0..b).step_by(wave).map(move |b0| {
+            (b0..(b0 + wave).min(b))
+                .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
+                .collect()
+        })
     }
 }
 
@@ -328,11 +333,7 @@ pub(super) fn attention<T: Real>(
     let mut out = vec![T::zero(); b * lq * h * d];
     let mut lse = vec![T::zero(); b * h * lq];
     let drop = Dropout::<T>::of(spec);
-    let wave = a.wave();
-    for b0 in (0..b).step_by(wave) {
-        let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
-            .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
-            .collect();
+    for pairs in a.waves() {
         let res: Vec<(Vec<T>, Vec<T>)> = pairs
             .par_iter()
             // One score block per rayon split, reused pair after pair.
@@ -421,11 +422,7 @@ pub(super) fn attention_backward<T: Real>(
     let mut dbias = a.bias.map(|_| vec![T::zero(); h * lq * lk]);
     let hd = h * d;
     let drop = Dropout::<T>::of(spec);
-    let wave = a.wave();
-    for b0 in (0..b).step_by(wave) {
-        let pairs: Vec<(usize, usize)> = (b0..(b0 + wave).min(b))
-            .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
-            .collect();
+    for pairs in a.waves() {
         let res: Vec<PairGrads<T>> = pairs
             .par_iter()
             // One set of score-sized blocks per rayon split, reused pair after pair.

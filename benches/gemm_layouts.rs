@@ -1,0 +1,127 @@
+//! The `gemm` crate's f32 product for one shape in three layouts of its operands — both
+//! row-major, the right operand stored transposed (`x · Wᵀ`, a linear layer's forward),
+//! the left one stored transposed (`dyᵀ · x`, its weight gradient) — and the transposed
+//! operands first copied row-major (the copy timed in). Best of 5, all threads. This is
+//! the measurement behind `backend::cpu::rhs_copy_len` (benches/RESULTS.md, session 11).
+//!
+//!     cargo bench --bench gemm_layouts -- 1536x768x3072 512x512x2048   # MxNxK ...
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+/// `src` (`rows × cols`) transposed into `dst`, 16 × 16 tiles (as the CPU backend does).
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const B: usize = 16;
+    dst.par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(cb, d)| {
+            let (c0, cn) = (cb * B, (cols - cb * B).min(B));
+            let mut tile = [[0f32; B]; B];
+            for r0 in (0..rows).step_by(B) {
+                let rn = (rows - r0).min(B);
+                for r in 0..rn {
+                    let s = &src[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + cn];
+                    for (c, &v) in s.iter().enumerate() {
+                        tile[c][r] = v;
+                    }
+                }
+                for (c, t) in tile.iter().enumerate().take(cn) {
+                    d[c * rows + r0..c * rows + r0 + rn].copy_from_slice(&t[..rn]);
+                }
+            }
+        });
+}
+
+/// `c (m × n, row-major) = a · b` with a's and b's (row, column) strides given.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    a: &[f32],
+    (ars, acs): (isize, isize),
+    b: &[f32],
+    (brs, bcs): (isize, isize),
+) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // SAFETY: the strides given address only the m·k, k·n and m·n elements checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            acs,
+            ars,
+            b.as_ptr(),
+            bcs,
+            brs,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+fn best_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let shapes: Vec<(usize, usize, usize)> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .filter_map(|s| {
+            let v: Vec<usize> = s.split('x').filter_map(|x| x.parse().ok()).collect();
+            (v.len() == 3).then(|| (v[0], v[1], v[2]))
+        })
+        .collect();
+    let shapes = if shapes.is_empty() {
+        // DistilBERT-QA 4 × 384 (rows 1536) and T5-small 4 × 512 → 128 forward shapes.
+        vec![
+            (1536, 2304, 768),
+            (1536, 768, 768),
+            (1536, 3072, 768),
+            (1536, 768, 3072),
+            (2048, 512, 2048),
+            (512, 512, 2048),
+            (512, 32128, 512),
+        ]
+    } else {
+        shapes
+    };
+    println!("ms, best of 5: m n k | plain | rhs T | rhs T copied | lhs T | lhs T copied");
+    for (m, n, k) in shapes {
+        let dims = (m, n, k);
+        let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; k * n]);
+        let (mut c, mut t) = (vec![0f32; m * n], vec![0f32; (m * k).max(k * n)]);
+        let row = |ld: usize| (ld as isize, 1);
+        let col = |ld: usize| (1, ld as isize);
+        let plain = best_ms(|| product(dims, &mut c, &a, row(k), &b, row(n)));
+        let rt = best_ms(|| product(dims, &mut c, &a, row(k), &b, col(k)));
+        let rc = best_ms(|| {
+            transpose(&b, n, k, &mut t[..k * n]);
+            product(dims, &mut c, &a, row(k), &t, row(n))
+        });
+        let lt = best_ms(|| product(dims, &mut c, &a, col(m), &b, row(n)));
+        let lc = best_ms(|| {
+            transpose(&a, k, m, &mut t[..m * k]);
+            product(dims, &mut c, &t, row(k), &b, row(n))
+        });
+        println!("{m} {n} {k} | {plain:.2} | {rt:.2} | {rc:.2} | {lt:.2} | {lc:.2}");
+    }
+}

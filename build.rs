@@ -13,6 +13,11 @@
 //! the result is a single fatbin, i.e. a single module to load. The `-Xptxas -v` report
 //! (registers, spills, shared memory per kernel) is kept in OUT_DIR/ptxas.txt and any
 //! spill becomes a cargo warning.
+//!
+//! FUSEBOX_CUDA_ARCHS (e.g. `75` for a Colab T4, or `80,90`) restricts the SASS to those
+//! of the supported architectures, with the lowest one's PTX: a one-architecture build
+//! runs ptxas once instead of five times. Any other value (an unknown or unsupported architecture,
+//! `sm_75`, an empty list) is a build error naming the setting and the accepted values.
 
 use std::env;
 use std::fmt::Write as _;
@@ -23,9 +28,10 @@ use std::process::Command;
 mod ptx_params {
     include!("src/backend/cuda/ptx_params.rs");
 }
-
-const ARCHS: &[&str] = &["75", "80", "86", "89", "90"];
-const PTX_ARCH: &str = "75";
+mod archs {
+    include!("src/backend/cuda/archs.rs");
+}
+use archs::cuda_archs;
 
 fn main() {
     let manifest =
@@ -42,12 +48,17 @@ fn main() {
         "PATH",
         "FUSEBOX_REQUIRE_KERNELS",
         "FUSEBOX_NVCC_FLAGS",
+        "FUSEBOX_CUDA_ARCHS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let require = env::var("FUSEBOX_REQUIRE_KERNELS")
         .map(|v| v == "1")
         .unwrap_or(false);
+    let archs = match cuda_archs(env::var("FUSEBOX_CUDA_ARCHS").ok().as_deref()) {
+        Ok(a) => a,
+        Err(e) => panic!("{e}"),
+    };
 
     let mut sources: Vec<PathBuf> = match fs::read_dir(&kernel_dir) {
         Ok(rd) => rd
@@ -84,10 +95,10 @@ fn main() {
              $PATH)",
         ),
         Some(nvcc) if !cu_files.is_empty() => {
-            nvcc_info = format!("nvcc {}", nvcc.display());
-            compile_fatbin(&nvcc, &cu_files, &out_dir, &fatbin_path, require);
+            nvcc_info = format!("nvcc {}, sm_{}", nvcc.display(), archs.join("/sm_"));
+            compile_fatbin(&nvcc, &cu_files, &archs, &out_dir, &fatbin_path, require);
             if fatbin_path.exists() {
-                signatures = kernel_signatures(&nvcc, &cu_files, &out_dir, require);
+                signatures = kernel_signatures(&nvcc, &cu_files, archs[0], &out_dir, require);
             }
         }
         Some(_) => fail_or_warn(require, "no kernels/*.cu files to compile"),
@@ -172,6 +183,7 @@ fn find_nvcc() -> Option<PathBuf> {
 fn compile_fatbin(
     nvcc: &Path,
     cu_files: &[&PathBuf],
+    archs: &[&str],
     out_dir: &Path,
     fatbin: &Path,
     require: bool,
@@ -193,12 +205,13 @@ fn compile_fatbin(
         .arg("-v")
         .arg("--threads")
         .arg("0");
-    for a in ARCHS {
+    for a in archs {
         cmd.arg("-gencode")
             .arg(format!("arch=compute_{a},code=sm_{a}"));
     }
+    let ptx = archs[0];
     cmd.arg("-gencode")
-        .arg(format!("arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}"));
+        .arg(format!("arch=compute_{ptx},code=compute_{ptx}"));
     if let Some(extra) = env::var_os("FUSEBOX_NVCC_FLAGS") {
         for f in extra.to_string_lossy().split_whitespace() {
             cmd.arg(f);
@@ -241,18 +254,19 @@ fn compile_fatbin(
     report_spills(&log);
 }
 
-/// Each kernel's parameter types, from a compute_75 PTX build of the same translation
-/// unit (a few seconds: no ptxas), for the launch-argument check.
+/// Each kernel's parameter types, from a PTX build (for `ptx_arch`) of the same
+/// translation unit (a few seconds: no ptxas), for the launch-argument check.
 fn kernel_signatures(
     nvcc: &Path,
     cu_files: &[&PathBuf],
+    ptx_arch: &str,
     out_dir: &Path,
     require: bool,
 ) -> Vec<(String, String)> {
     let ptx = out_dir.join("fusebox_kernels.ptx");
     let mut cmd = Command::new(nvcc);
     cmd.arg("-ptx")
-        .arg(format!("-arch=compute_{PTX_ARCH}"))
+        .arg(format!("-arch=compute_{ptx_arch}"))
         .arg("-o")
         .arg(&ptx);
     if let Some(dir) = cu_files.first().and_then(|f| f.parent()) {

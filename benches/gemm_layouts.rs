@@ -8,30 +8,7 @@
 
 use std::time::Instant;
 
-use rayon::prelude::*;
-
-/// `src` (`rows × cols`) transposed into `dst`, 16 × 16 tiles (as the CPU backend does).
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const B: usize = 16;
-    dst.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(cb, d)| {
-            let (c0, cn) = (cb * B, (cols - cb * B).min(B));
-            let mut tile = [[0f32; B]; B];
-            for r0 in (0..rows).step_by(B) {
-                let rn = (rows - r0).min(B);
-                for r in 0..rn {
-                    let s = &src[(r0 + r) * cols + c0..(r0 + r) * cols + c0 + cn];
-                    for (c, &v) in s.iter().enumerate() {
-                        tile[c][r] = v;
-                    }
-                }
-                for (c, t) in tile.iter().enumerate().take(cn) {
-                    d[c * rows + r0..c * rows + r0 + rn].copy_from_slice(&t[..rn]);
-                }
-            }
-        });
-}
+use fusebox::backend::cpu::transpose_f32 as transpose;
 
 /// `c (m × n, row-major) = a · b` with a's and b's (row, column) strides given.
 #[allow(clippy::too_many_arguments)]

@@ -58,6 +58,7 @@ fn random_ids(rng: &mut Rng, n: usize, lo: usize, hi: usize) -> Vec<i32> {
 
 pub mod compare;
 pub mod peaks;
+pub mod report;
 pub mod roofline;
 pub mod seq2seq;
 
@@ -142,6 +143,9 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     } else {
         None
     };
+    // What the model and its batch hold before the optimizer exists (the measured side
+    // of the report's memory bars).
+    let held_model = tracker::live_bytes(dev);
     // Inference holds no optimizer state (no fp32 masters, no moments): only training
     // builds the optimizer, so `--mode infer` measures what an inference process holds.
     let mut opt = if cfg.train {
@@ -152,6 +156,7 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     } else {
         None
     };
+    let held_opt = tracker::live_bytes(dev);
     let mut scaler = (cfg.train && cfg.fp16).then(LossScaler::default);
     let mut losses = Vec::new();
     // NVTX ranges (profile/nvtx.rs) as the training loop's: step > forward, backward,
@@ -246,6 +251,20 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         "mfu_vs_fp16_peak": mfu,
         "first_loss": losses.first(),
         "final_loss": losses.last(),
+        // The measured peak by component (the tracker's live bytes before and after the
+        // optimizer was built, and the step's peak above them), beside the plan's.
+        "measured_memory": {
+            "weights_and_batch_bytes": held_model,
+            "optimizer_state_bytes": held_opt.saturating_sub(held_model),
+            "step_bytes": peak.saturating_sub(held_opt.max(held_model)),
+        },
+        "memory_plan": cfg.memory_plan.as_ref().map(|p| json!({
+            "components": p.components.iter()
+                .map(|(what, bytes)| json!({"what": what, "bytes": bytes}))
+                .collect::<Vec<_>>(),
+            "tensor_peak_bytes": p.tensor_peak,
+            "peak_bytes": p.peak_bytes,
+        })),
     });
     if let Some(p) = &peaks {
         let (rows, categories) = roofline::report(&ops, p, cfg.fp16, cfg.profile_steps);

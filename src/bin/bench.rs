@@ -89,6 +89,14 @@ struct Args {
     /// the ratio per category.
     #[arg(long, value_name = "FILE")]
     compare: Option<PathBuf>,
+    /// Write the run as a self-contained HTML page, DIR/index.html (time per category,
+    /// the memory plan beside the measured peak, the roofline, the per-op table), with
+    /// the JSON record beside it (DIR/bench.json).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Replace the report already in --report DIR (without it such a DIR is refused).
+    #[arg(long, requires = "report")]
+    overwrite: bool,
     #[command(flatten)]
     mem: memory_args::MemoryArgs,
 }
@@ -134,6 +142,9 @@ fn main() -> Result<()> {
         Some(path) => Some(bench::compare::load(path)?),
         None => None,
     };
+    if let Some(dir) = &args.report {
+        bench::report::prepare(dir, args.overwrite)?;
+    }
     let spec = bench::model_source(&args.model)?;
     if spec.config.has_target() && args.tgt_seq == 0 {
         bail!("--tgt-seq must be at least 1 (T5's target tokens per sequence)");
@@ -219,6 +230,10 @@ fn main() -> Result<()> {
         std::fs::write(path, serde_json::to_string(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(dir) = &args.report {
+        let page = bench::report::write(dir, &rec)?;
+        eprintln!("report: {}", page.display());
+    }
     if !args.json {
         println!("device        {}", rec["device"].as_str().unwrap_or("?"));
         println!("model         {}", rec["model"].as_str().unwrap_or("?"));
@@ -286,7 +301,7 @@ fn main() -> Result<()> {
     if args.json {
         println!("{line}");
     } else if let Some(o) = line.as_object_mut() {
-        for k in ["ops", "categories", "compare"] {
+        for k in ["ops", "categories", "compare", "memory_plan"] {
             o.remove(k);
         }
         println!("\n{}", serde_json::Value::Object(o.clone()));

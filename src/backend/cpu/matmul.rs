@@ -135,6 +135,11 @@ pub fn rhs_copy_len(s: &MatmulSpec) -> usize {
     }
 }
 
+/// [`transpose`] for f32, for `benches/gemm_layouts.rs`.
+pub fn transpose_f32(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    transpose(src, rows, cols, dst)
+}
+
 /// `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in 16 × 16
 /// tiles (a whole tile read from 16 source rows, written as 16 contiguous runs), 16
 /// destination rows per task.

@@ -35,7 +35,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
-pub use matmul::rhs_copy_len;
+pub use matmul::{rhs_copy_len, transpose_f32};
 pub(crate) use real::Real;
 
 /// The typed buffer inside a [`CpuStorage`].

@@ -27,6 +27,8 @@ pub mod libs;
 mod norm;
 // Used by build.rs (include!); compiled here only for its tests.
 #[cfg(test)]
+mod archs;
+#[cfg(test)]
 mod ptx_params;
 pub(crate) mod reduce;
 mod softmax;

@@ -259,7 +259,8 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
             "step_bytes": peak.saturating_sub(held_opt.max(held_model)),
         },
         "memory_plan": cfg.memory_plan.as_ref().map(|p| json!({
-            "components": p.components.iter()
+            // The tensors' components, then the CUDA-only terms (they sum to the peak).
+            "components": p.components.iter().chain(&p.cuda_only)
                 .map(|(what, bytes)| json!({"what": what, "bytes": bytes}))
                 .collect::<Vec<_>>(),
             "tensor_peak_bytes": p.tensor_peak,

@@ -9,15 +9,16 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::autograd::{backward, no_grad};
+use crate::autograd::no_grad;
 use crate::backend::tracker;
 use crate::error::{Error, Result};
 use crate::models::auto::load_qa_model;
 use crate::models::distilbert::{DistilBertConfig, DistilBertForQa};
+use crate::models::presets;
 use crate::models::qa::{QaBatch, QaModel};
 use crate::models::step::{ModelConfig, ModelSource};
 use crate::nn::Mode;
-use crate::optim::{LossScaler, OptimConfig, Optimizer};
+use crate::optim::{accumulate_and_step, LossScaler, OptimConfig, Optimizer};
 use crate::profile::{self, nvtx};
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
@@ -62,10 +63,10 @@ pub mod roofline;
 pub mod seq2seq;
 
 /// The model a `bench --model` value names, for the planner and the bench:
-/// `distilbert-qa` and the encoder-decoder presets ([`seq2seq::PRESETS`]) are public
+/// `distilbert-qa` and the encoder-decoder presets ([`presets::PRESETS`]) are public
 /// configurations with random weights, anything else a model directory.
 pub fn model_source(model: &str) -> Result<ModelSource> {
-    if let Some(cfg) = seq2seq::preset(model)? {
+    if let Some(cfg) = presets::preset(model)? {
         return Ok(ModelSource::config(cfg));
     }
     match model {
@@ -76,7 +77,7 @@ pub fn model_source(model: &str) -> Result<ModelSource> {
         }
         dir if !Path::new(dir).join("config.json").is_file() => Err(Error::msg(format!(
             "--model {dir}: expected distilbert-qa, {} or a model directory with config.json",
-            seq2seq::PRESETS.join(", ")
+            presets::PRESETS.join(", ")
         ))),
         dir => ModelSource::dir(Path::new(dir)),
     }
@@ -97,6 +98,12 @@ pub struct BenchConfig {
     pub memory_plan: Option<crate::plan::Plan>,
     /// The optimizer a training step runs.
     pub optim: OptimConfig,
+    /// Micro-batches per optimizer step (the plan's accumulation under a budget): a
+    /// timed step runs them all, as the training loop does.
+    pub grad_accum: usize,
+    /// Stop the timed steps once this many seconds have passed since the first (at
+    /// most `steps`, at least one).
+    pub max_time: Option<f64>,
 }
 
 pub fn device_name(device: Device) -> String {
@@ -154,36 +161,26 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let mut losses = Vec::new();
     // NVTX ranges (profile/nvtx.rs) as the training loop's: step > forward, backward,
     // optimizer.
+    let accum = cfg.grad_accum.max(1);
+    let shares = vec![1.0 / accum as f64; accum];
     let mut step = |i: u64| -> Result<()> {
         let _step = nvtx::range("step");
         if !cfg.train {
             let _range = nvtx::range("forward");
             return m.infer();
         }
-        let loss = {
-            let _range = nvtx::range("forward");
-            m.train_loss(i)?
-        };
-        let grads = {
-            let _range = nvtx::range("backward");
-            let scaled = match &scaler {
-                Some(s) => loss.scale(s.scale)?,
-                None => loss.clone(),
-            };
-            backward(&scaled)?
-        };
-        let inv = scaler.as_ref().map(|s| s.inv_scale()).unwrap_or(1.0);
         let opt = opt
             .as_mut()
             .ok_or_else(|| Error::msg("bench: training step without an optimizer"))?;
-        let out = {
-            let _range = nvtx::range("optimizer");
-            opt.step(&grads, 5e-5, inv, Some(1.0))?
-        };
+        // The training loop's step: every micro-batch (dropout seeds i·accum + j), then
+        // one update.
+        let report = accumulate_and_step(opt, scaler.as_ref(), 5e-5, Some(1.0), &shares, |j| {
+            m.train_loss(i * accum as u64 + j as u64)
+        })?;
         if let Some(s) = scaler.as_mut() {
-            s.update(out.skipped);
+            s.update(report.outcome.skipped);
         }
-        losses.push(loss.to_scalar()?);
+        losses.push(report.loss);
         Ok(())
     };
     let t0 = Instant::now();
@@ -197,7 +194,14 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         crate::backend::cuda::alloc_reset_peak(n)?;
     }
     let mut times = Vec::with_capacity(cfg.steps);
+    let timed = Instant::now();
     for i in 0..cfg.steps {
+        if cfg
+            .max_time
+            .is_some_and(|t| i > 0 && timed.elapsed().as_secs_f64() >= t)
+        {
+            break;
+        }
         sync(dev)?;
         let t = Instant::now();
         step((cfg.warmup + i) as u64)?;
@@ -219,8 +223,9 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     let total: f64 = times.iter().sum();
     let mut ms: Vec<f64> = times.iter().map(|t| t * 1e3).collect();
     ms.sort_by(f64::total_cmp);
-    let tokens = m.tokens_per_step();
-    let flops = m.flops_per_step(cfg.train);
+    let micro = if cfg.train { accum } else { 1 };
+    let tokens = m.tokens_per_step() * micro;
+    let flops = m.flops_per_step(cfg.train) * micro as f64;
     let achieved = flops * times.len() as f64 / total.max(1e-12);
     let mfu = peaks::card_peaks(&name).map(|p| achieved / (p.fp16_tensor_tflops * 1e12));
     let mut rec = json!({
@@ -233,7 +238,8 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         "cpu_path": crate::backend::cpu::path::cpu_path().name(),
         "threads": rayon::current_num_threads(),
         "precision": if cfg.fp16 { "fp16" } else { "fp32" },
-        "steps": cfg.steps,
+        "steps": times.len(),
+        "grad_accum": micro,
         "tokens_per_step": tokens,
         "tokens_per_s": tokens as f64 * times.len() as f64 / total.max(1e-12),
         "ms_per_step_median": percentile(&ms, 0.5),
@@ -253,7 +259,8 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
             "step_bytes": peak.saturating_sub(held_opt.max(held_model)),
         },
         "memory_plan": cfg.memory_plan.as_ref().map(|p| json!({
-            "components": p.components.iter()
+            // The tensors' components, then the CUDA-only terms (they sum to the peak).
+            "components": p.components.iter().chain(&p.cuda_only)
                 .map(|(what, bytes)| json!({"what": what, "bytes": bytes}))
                 .collect::<Vec<_>>(),
             "tensor_peak_bytes": p.tensor_peak,
@@ -285,6 +292,8 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
         if let Some(p) = &cfg.memory_plan {
             rec["device_predicted_bytes"] = json!(p.peak_bytes);
         }
+        // What the plan (and the --vram-budget cap) counts outside the allocator.
+        rec["cuda_fixed_bytes"] = json!(crate::plan::CUDA_FIXED);
         for (k, v) in crate::backend::cuda::switches(n) {
             rec["switches"][k] = json!(v);
         }

@@ -24,6 +24,10 @@ pub enum Error {
     },
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// A device allocation refused by the memory cap (`--vram-budget` / `--gpu` on
+    /// CUDA): the request, the budget, the plan and the biggest holders.
+    #[error("out of the memory budget: {0}")]
+    OverBudget(String),
     #[error("{path}: {source}")]
     Io {
         path: String,

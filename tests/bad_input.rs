@@ -354,6 +354,12 @@ fn rows() -> Vec<Row> {
         OK,
         &["length 1000000 -> 16", "predicted peak"],
     ));
+    rows.push(as_row(
+        BENCH,
+        bench(&["--max-time", "0"]),
+        FAIL,
+        &["--max-time must be a positive number of seconds"],
+    ));
 
     // --- errors that must say what is wrong ---------------------------------------------
     for (name, field, edit) in [

@@ -153,6 +153,8 @@ fn profiled(
         trace: false,
         memory_plan: None,
         optim,
+        grad_accum: 1,
+        max_time: None,
     };
     bench::run(m.as_ref(), &cfg).expect("bench run")
 }

@@ -2,9 +2,10 @@
 //! backward in budget/checkpointing.rs, in-place gradient accumulation in
 //! budget/accumulation.rs, fp16 on the CPU in budget/fp16.rs, Adafactor in
 //! budget/adafactor.rs, `fit`, the CUDA-target plans and `train --plan` in
-//! budget/fit_and_cuda.rs). The planner runs one real step on the meta device; each test
-//! runs the same step on the CPU backend and holds the plan to the tracker's count to the
-//! byte. The CPU counters are process-global, so every CPU measurement takes one lock
+//! budget/fit_and_cuda.rs, the users' table of models at real size in budget/table.rs,
+//! the CUDA memory cap in budget/cap.rs). The planner runs one real step on the meta
+//! device; each test runs the same step on the CPU backend and holds the plan to the
+//! tracker's count to the byte. The CPU counters are process-global, so every CPU measurement takes one lock
 //! (meta counts per thread and needs none).
 
 use std::sync::Mutex;
@@ -24,6 +25,8 @@ use fusebox::shape::{DType, Device};
 mod accumulation;
 #[path = "budget/adafactor.rs"]
 mod adafactor;
+#[path = "budget/cap.rs"]
+mod cap;
 #[path = "budget/checkpointing.rs"]
 mod checkpointing;
 #[path = "budget/fit_and_cuda.rs"]
@@ -32,6 +35,8 @@ mod fit_and_cuda;
 mod fp16;
 #[path = "budget/matmul.rs"]
 mod matmul;
+#[path = "budget/table.rs"]
+mod table;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

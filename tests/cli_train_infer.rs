@@ -276,7 +276,8 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
         &["--model", "distilbert", "--device", "cpu"],
         &[
             "--model distilbert",
-            "distilbert-qa, t5-small, bart-base, bart-large-cnn, opus-mt-en-id or a model directory",
+            "distilbert-qa, t5-small, flan-t5-small, t5-base, bart-base, bart-large-cnn, \
+             t5-large, flan-t5-large, flan-t5-base, opus-mt-en-id or a model directory",
         ],
     );
     // Extra BLEU references must pair up with the hypotheses, and the error names the file.

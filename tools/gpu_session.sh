@@ -99,6 +99,14 @@ for t in t5_fp16 distilbert_fp16 bart_fp16; do
     [ -x "$W/tests/$t" ] && step "$t" 60 "$W/tests/$t" --nocapture --test-threads=1 gpu
 done
 [ -x "$W/tests/budget" ] && step budget_cuda 60 "$W/tests/budget" --nocapture --test-threads=1 cuda
+# 3d. Issue 18: FLAN-T5-large (public configuration, random weights) fine-tunes in a T4's
+# 16 GB: --gpu t4 plans micro-batch x accumulation for batch 8 x 512 -> 128 and caps the
+# allocator at the budget less the context and cuBLAS workspace, so this card shows what
+# fits a T4. fp16, as many steps as fit in 60 s; the summary prints loss, skipped steps and
+# the peaks. Then a budget too small for it: the planner's clean refusal, no driver OOM
+# (the allocator's own refusal past the cap is budget_cuda's cuda_memory_cap test).
+step t4_flan_t5_large 160 "$BENCH" --model flan-t5-large --device cuda --precision fp16 --gpu t4 --batch 8 --seq 512 --tgt-seq 128 --steps 1000 --max-time 60 --warmup 1 --profile-steps 0
+step t4_too_small 40 bash -c 'out=$("$1" --model flan-t5-large --device cuda --precision fp16 --vram-budget 10GiB --batch 8 --seq 512 --tgt-seq 128 --steps 1 --profile-steps 0 2>&1); rc=$?; echo "$out"; [ "$rc" -ne 0 ] && grep -q "is too small" <<<"$out" && ! grep -qi "panicked\|CUDA_ERROR_OUT_OF_MEMORY" <<<"$out"' _ "$BENCH"
 # Training that survives a disconnect, on the card: a train child killed with SIGKILL (and
 # one sent SIGINT) resumes with --resume auto to within 1e-3 of the uninterrupted run
 # (CUDA's scatter-add atomics keep it from bit equality; the CPU test in CI is exact).
@@ -176,7 +184,7 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
         grep '^GPUCHECK ' "$f" | grep -v 'pass=true' | head -n 30
     done
     grep -h "ERROR SUMMARY" "$W/memcheck.out" 2>/dev/null
-    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out "$W"/bart_parity.out "$W"/t5_fp16.out "$W"/bart_fp16.out "$W"/distilbert_fp16.out "$W"/budget_cuda.out "$W"/linear_lt_off.out 2>/dev/null | head -n 30
+    grep -h "^test result\|panicked\|FAILED" "$W"/gpu_kernels.out "$W"/stability.out "$W"/t5_parity.out "$W"/qa_parity.out "$W"/bart_parity.out "$W"/t5_fp16.out "$W"/bart_fp16.out "$W"/distilbert_fp16.out "$W"/budget_cuda.out "$W"/linear_lt_off.out "$W"/t4_flan_t5_large.out 2>/dev/null | head -n 30
     echo
     echo "== fp16 training stability (500 steps, random init, random tokens)"
     grep -h "^STABILITY\|^SKIP\|panicked" "$W/stability.out" 2>/dev/null | head -n 10
@@ -186,6 +194,13 @@ step nvrtc 60 env FUSEBOX_FORCE_NVRTC=1 FUSEBOX_TEST_SMALL=1 "$KT" --nocapture -
     grep -h "^ATTNBENCH\|^TORCHATTN" "$W/attn_check.out" | head -n 60
     grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$W/attn_check.out" | head -n 4
     grep -h "exit code" "$W/attn_check.out"
+    echo
+    echo "== FLAN-T5-large under --gpu t4 (fp16, batch 8 x 512 -> 128, 60 s)"
+    grep -hE "^memory plan|predicted peak|budget$|^steps |^tokens/s|^peak memory|device predicted" "$W/t4_flan_t5_large.out" 2>/dev/null | head -n 12
+    grep -h '^{' "$W/t4_flan_t5_large.out" 2>/dev/null | tail -n 1 | $PY -c 'import json,sys; r=json.loads(sys.stdin.read()); fixed=r.get("cuda_fixed_bytes",0); t4=15360*2**20; res=r.get("allocator_peak_reserved_bytes",0); print("steps %s, loss %s -> %s, skipped %s, tensor peak %.2f GiB (plan %.2f), allocator reserved peak %.2f GiB + fixed %.2f GiB = %.2f GiB of the T4 budget %.2f GiB: %s" % (r["steps"], r["first_loss"], r["final_loss"], r.get("skipped_steps"), r["peak_mem_bytes"]/2**30, (r.get("predicted_peak_bytes") or 0)/2**30, res/2**30, fixed/2**30, (res+fixed)/2**30, t4/2**30, "fits" if res+fixed<=t4 else "OVER"))' 2>&1
+    grep -h "Error\|panicked" "$W/t4_flan_t5_large.out" 2>/dev/null | head -n 5
+    echo "-- too small a budget (expect the planner's refusal):"
+    grep -h "too small" "$W/t4_too_small.out" 2>/dev/null | head -n 2
     echo
     echo "== model training steps (same card, same batch)"
     for f in bench_t5_fp16 torch_t5 torch_compile_t5 bench_distilbert_fp16 bench_distilbert_fp16_k128 bench_distilbert_fp16_separate_qkv bench_distilbert_fp16_per_tensor_adamw bench_distilbert_fp16_no_lt torch_distilbert torch_compile_distilbert bench_t5_fp16_ckpt bench_t5_fp32 bench_t5_fp16_k128 bench_t5_fp16_separate_qkv; do

@@ -17,6 +17,9 @@ use std::sync::Mutex;
 
 use crate::shape::Device;
 
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+
 /// CPU + CUDA ordinals 0..FAST-1 with atomic counters.
 const FAST: usize = 16;
 
@@ -111,6 +114,20 @@ pub fn reset_peak(device: Device) {
     let c = counters(device);
     c.peak
         .store(c.live.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// Bytes for people: KiB / MiB / GiB (two decimals for GiB, one below).
+pub fn human(b: usize) -> String {
+    let f = b as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", f / GIB as f64)
+    } else if b >= MIB {
+        format!("{:.1} MiB", f / MIB as f64)
+    } else if b >= 1024 {
+        format!("{:.1} KiB", f / 1024.0)
+    } else {
+        format!("{b} B")
+    }
 }
 
 /// A snapshot for reports.

@@ -1,51 +1,19 @@
 //! The encoder-decoder workloads of `bench`: T5, BART and Marian with a random
 //! `[batch, seq] → [batch, tgt]` batch, built from a model directory or from a public
-//! configuration with random weights (`t5-small`, `bart-base`, `bart-large-cnn`,
-//! `opus-mt-en-id`: their config.json sizes, as HF-NOTES.md records them).
+//! configuration with random weights (`models::presets`: t5-small ... flan-t5-large,
+//! bart-base, bart-large-cnn, opus-mt-en-id).
 
 use crate::error::{Error, Result};
-use crate::models::bart::{BartConfig, BartForConditionalGeneration};
+use crate::models::bart::BartForConditionalGeneration;
 use crate::models::seq2seq::Seq2SeqLm;
 use crate::models::step::{ModelConfig, ModelSource};
-use crate::models::t5::{T5Config, T5ForConditionalGeneration};
+use crate::models::t5::T5ForConditionalGeneration;
 use crate::nn::Mode;
 use crate::rng::Rng;
 use crate::shape::{DType, Device};
 use crate::tensor::Tensor;
 
 use super::{random_ids, train_flops, BenchModel};
-
-/// The public encoder-decoder configurations `bench --model` names.
-pub const PRESETS: [&str; 4] = ["t5-small", "bart-base", "bart-large-cnn", "opus-mt-en-id"];
-
-/// The configuration of a preset name, `None` for any other name.
-pub fn preset(name: &str) -> Result<Option<ModelConfig>> {
-    let bart = |raw: serde_json::Value| -> Result<ModelConfig> {
-        Ok(ModelConfig::Bart(BartConfig::from_value(&raw, name)?))
-    };
-    Ok(Some(match name {
-        "t5-small" => ModelConfig::T5(T5Config::default()),
-        "bart-base" => bart(serde_json::json!({
-            "model_type": "bart", "vocab_size": 50265, "d_model": 768,
-            "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
-            "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072,
-            "max_position_embeddings": 1024
-        }))?,
-        // transformers' BartConfig defaults are bart-large's sizes.
-        "bart-large-cnn" => bart(serde_json::json!({
-            "model_type": "bart", "vocab_size": 50264, "forced_bos_token_id": 0
-        }))?,
-        "opus-mt-en-id" => bart(serde_json::json!({
-            "model_type": "marian", "vocab_size": 54796, "d_model": 512,
-            "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 8,
-            "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
-            "activation_function": "swish", "scale_embedding": true,
-            "max_position_embeddings": 512, "pad_token_id": 54795,
-            "decoder_start_token_id": 54795, "eos_token_id": 0, "forced_eos_token_id": 0
-        }))?,
-        _ => return Ok(None),
-    }))
-}
 
 /// The sizes the FLOP count needs.
 struct Dims {

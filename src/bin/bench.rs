@@ -33,8 +33,9 @@ enum Mode {
     about = "Benchmark fusebox training/inference steps (tokens/s, ms/step, memory, per-op time)"
 )]
 struct Args {
-    /// `distilbert-qa`, `t5-small`, `bart-base`, `bart-large-cnn`, `opus-mt-en-id` (their
-    /// public configurations, random weights) or a model directory.
+    /// `distilbert-qa`, `t5-small`, `flan-t5-small`, `t5-base`, `flan-t5-base`, `t5-large`,
+    /// `flan-t5-large`, `bart-base`, `bart-large-cnn`, `opus-mt-en-id` (their public
+    /// configurations, random weights) or a model directory.
     #[arg(long, default_value = "t5-small")]
     model: String,
     /// Sequences per step (with --vram-budget / --gpu: the batch to keep, split into
@@ -54,6 +55,9 @@ struct Args {
     /// Timed steps (median and p90 reported).
     #[arg(long, default_value_t = 3)]
     steps: usize,
+    /// Stop the timed steps after this many seconds (at most --steps, at least one).
+    #[arg(long, value_name = "SECONDS")]
+    max_time: Option<f64>,
     /// Untimed steps first (allocator, cuBLAS heuristics and kernel loading warm up).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -128,6 +132,9 @@ fn main() -> Result<()> {
             bail!("{flag} must be at least 1 ({what})");
         }
     }
+    if let Some(t) = args.max_time.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        bail!("--max-time must be a positive number of seconds, got {t}");
+    }
     let torch = match &args.compare {
         Some(_) if args.profile_steps == 0 => {
             bail!("--compare needs the per-op profile: --profile-steps must be at least 1")
@@ -190,6 +197,7 @@ fn main() -> Result<()> {
     if budget_bytes.is_some() {
         eprint!("{}", plan.table());
     }
+    memory_args::cap_cuda(device, budget_bytes, &plan)?;
     let mut args = args;
     args.batch = plan.work.micro_batch;
     let mut model = build(&args, &spec, device, dtype)?;
@@ -204,6 +212,8 @@ fn main() -> Result<()> {
         trace: args.trace.is_some(),
         memory_plan: Some(plan.clone()),
         optim,
+        grad_accum: plan.work.grad_accum,
+        max_time: args.max_time,
     };
     let mut rec = bench::run(model.as_ref(), &cfg)?;
     if let Some(t) = &torch {
@@ -233,6 +243,17 @@ fn main() -> Result<()> {
             rec["mode"].as_str().unwrap_or("?"),
             rec["precision"].as_str().unwrap_or("?")
         );
+        if args.mode == Mode::Train {
+            println!(
+                "steps         {} timed, {} micro-batch(es) of {} each; loss first {:.4} final {:.4}; skipped (fp16 overflow) {}",
+                rec["steps"],
+                rec["grad_accum"],
+                plan.work.micro_batch,
+                rec["first_loss"].as_f64().unwrap_or(f64::NAN),
+                rec["final_loss"].as_f64().unwrap_or(f64::NAN),
+                rec["skipped_steps"].as_u64().map_or("n/a (fp32)".into(), |n| n.to_string())
+            );
+        }
         println!(
             "tokens/s      {:.1}",
             rec["tokens_per_s"].as_f64().unwrap_or(f64::NAN)

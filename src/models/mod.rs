@@ -17,6 +17,7 @@ pub mod encoder;
 pub mod encoder_qa;
 pub mod generation_config;
 pub mod hf;
+pub mod presets;
 pub mod qa;
 pub mod seq2seq;
 pub mod step;

@@ -4,13 +4,15 @@
 use super::{human, predict, Plan, Workload};
 use crate::error::{Error, Result};
 use crate::models::step::ModelSource;
+use crate::optim::{AdafactorConfig, OptimConfig};
 
 /// Pick the largest micro-batch ≤ `requested_batch` whose step fits `budget` bytes, the
 /// accumulation steps that keep the requested batch (`ceil(requested / micro)`, the
 /// micro-batch then evened out to `ceil(requested / steps)`), and
 /// activation checkpointing only when even micro-batch 1 does not fit without it (or
 /// always, when `force_checkpointing`). Refuses with the micro-batch-1 breakdown when
-/// nothing fits.
+/// nothing fits, saying whether Adafactor would fit where AdamW does not (the optimizer
+/// stays the one asked for).
 pub fn fit(
     model: &ModelSource,
     budget: usize,
@@ -66,11 +68,44 @@ pub fn fit(
     let mut p = plan_at(1, true)?;
     p.budget = Some(budget);
     Err(Error::msg(format!(
-        "the memory budget {} is too small: micro-batch 1 with activation checkpointing needs {}\n{}",
+        "the memory budget {} is too small: micro-batch 1 with activation checkpointing needs {}{}\n{}",
         human(budget),
         human(p.peak_bytes),
+        adafactor_hint(model, budget, requested, base)?,
         p.table()
     )))
+}
+
+/// When AdamW does not fit: what Adafactor (Trainer's settings, AdamW's weight decay)
+/// would fit, as a sentence for the refusal, or nothing. The planner never switches the
+/// optimizer itself: the optimizer is the user's choice (`--optim`).
+fn adafactor_hint(
+    model: &ModelSource,
+    budget: usize,
+    requested: usize,
+    base: &Workload,
+) -> Result<String> {
+    let OptimConfig::AdamW(adamw) = base.optim else {
+        return Ok(String::new());
+    };
+    let ada = Workload {
+        optim: OptimConfig::Adafactor(AdafactorConfig::trainer(adamw.weight_decay)),
+        ..*base
+    };
+    Ok(
+        match fit(model, budget, requested, &ada, base.checkpointing) {
+            Ok(p) => format!(
+                "; with --optim adafactor (factored second moments instead of AdamW's m and v) \
+             it would fit: micro-batch {} x {} accumulation step(s), checkpointing {}, \
+             predicted peak {}",
+                p.work.micro_batch,
+                p.work.grad_accum,
+                if p.work.checkpointing { "on" } else { "off" },
+                human(p.peak_bytes)
+            ),
+            Err(_) => "; --optim adafactor would not fit either".into(),
+        },
+    )
 }
 
 /// [`fit`] when there is a budget, else [`predict`] of `base` as it stands.

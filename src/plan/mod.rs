@@ -29,7 +29,7 @@ mod fit;
 mod size;
 
 pub use fit::{fit, plan_or_fit};
-pub use size::{budget_from_flags, gpu_memory, human, parse_size};
+pub use size::{available_memory, budget_from_flags, gpu_memory, human, parse_size};
 
 use crate::autograd::no_grad;
 use crate::backend::tracker;
@@ -45,6 +45,11 @@ pub const CUBLAS_WORKSPACE: usize = 32 * MIB;
 pub const CUDA_CONTEXT: usize = 450 * MIB;
 /// Caching-allocator overhead as a fraction of the tensor peak.
 pub const ALLOCATOR_SLACK: f64 = 0.10;
+
+/// Bytes a CUDA run holds outside fusebox's caching allocator that the plan counts:
+/// the CUDA context and the cuBLAS workspace (what `--vram-budget`'s hard cap on CUDA
+/// subtracts from the budget before capping the allocator).
+pub const CUDA_FIXED: usize = CUDA_CONTEXT + CUBLAS_WORKSPACE;
 
 /// Everything a prediction depends on besides the model.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,12 +91,17 @@ pub struct Plan {
     pub requested_batch: usize,
     /// Trainable parameters.
     pub params: usize,
-    /// (what, bytes); `peak_bytes` is their sum.
+    /// (what, bytes) of the tensors; `tensor_peak` is their sum.
     pub components: Vec<(String, usize)>,
+    /// (what, bytes) only a CUDA target adds, documented estimates rather than tracker
+    /// counts: allocator slack, cuBLAS workspace, the CUDA context. Empty on the CPU.
+    pub cuda_only: Vec<(String, usize)>,
     /// Predicted peak of bytes held by tensors (what `backend::tracker` measures).
     pub tensor_peak: usize,
     /// Predicted peak of device memory in use (tensor peak + CUDA-only terms).
     pub peak_bytes: usize,
+    /// Does the model read a target sequence (an encoder-decoder)?
+    pub has_target: bool,
     /// Bytes the first micro-batch holds when its loss exists (saved activations, the
     /// loss, what the tape keeps of the batch).
     pub saved: usize,
@@ -222,24 +232,27 @@ pub fn predict(model: &ModelSource, work: &Workload, requested_batch: usize) -> 
         ));
     }
     let tensor_peak: usize = c.iter().map(|x| x.1).sum();
+    let mut cuda = Vec::new();
     if work.target == Target::Cuda {
-        c.push((
+        cuda.push((
             format!(
                 "allocator slack ({:.0} % of tensors)",
                 ALLOCATOR_SLACK * 100.0
             ),
             (tensor_peak as f64 * ALLOCATOR_SLACK) as usize,
         ));
-        c.push(("cuBLAS workspace".into(), CUBLAS_WORKSPACE));
-        c.push(("CUDA context and kernels".into(), CUDA_CONTEXT));
+        cuda.push(("cuBLAS workspace".into(), CUBLAS_WORKSPACE));
+        cuda.push(("CUDA context and kernels".into(), CUDA_CONTEXT));
     }
     Ok(Plan {
         model: model.config.name(),
         work: *work,
         requested_batch,
         params: m.params,
-        peak_bytes: c.iter().map(|x| x.1).sum(),
+        peak_bytes: tensor_peak + cuda.iter().map(|x| x.1).sum::<usize>(),
         components: c,
+        cuda_only: cuda,
+        has_target: model.config.has_target(),
         tensor_peak,
         saved: m.saved,
         budget: None,
@@ -261,7 +274,7 @@ impl Plan {
             w.grad_accum,
             self.requested_batch,
             w.seq_len,
-            if self.model == "T5" {
+            if self.has_target {
                 format!(" -> {}", w.tgt_len)
             } else {
                 String::new()
@@ -275,6 +288,16 @@ impl Plan {
         );
         for (what, bytes) in &self.components {
             s += &format!("  {:>12}  {what}\n", human(*bytes));
+        }
+        if !self.cuda_only.is_empty() {
+            s += &format!(
+                "  {:>12}  tensors (what the byte tracker counts)\n  CUDA only \
+                 (documented estimates, not tracker counts):\n",
+                human(self.tensor_peak)
+            );
+            for (what, bytes) in &self.cuda_only {
+                s += &format!("  {:>12}  {what}\n", human(*bytes));
+            }
         }
         s += &format!("  {:>12}  predicted peak\n", human(self.peak_bytes));
         if let Some(b) = self.budget {

@@ -1,6 +1,8 @@
 //! Memory sizes for people and from people: `human`, `parse_size` (--vram-budget),
-//! `gpu_memory` (--gpu) and the budget those flags name.
+//! `gpu_memory` (--gpu) and the budget those flags name, and `available_memory` (this
+//! machine's).
 
+pub use crate::backend::tracker::human;
 use crate::error::{Error, Result};
 
 const MIB: usize = 1 << 20;
@@ -15,20 +17,6 @@ pub fn budget_from_flags(vram_budget: Option<&str>, gpu: Option<&str>) -> Result
             .map_err(|e| Error::msg(format!("--vram-budget: {e}"))),
         (None, Some(g)) => gpu_memory(g).map(Some),
         (None, None) => Ok(None),
-    }
-}
-
-/// Bytes for people: KiB / MiB / GiB with one decimal.
-pub fn human(b: usize) -> String {
-    let f = b as f64;
-    if b >= GIB {
-        format!("{:.2} GiB", f / GIB as f64)
-    } else if b >= MIB {
-        format!("{:.1} MiB", f / MIB as f64)
-    } else if b >= 1024 {
-        format!("{:.1} KiB", f / 1024.0)
-    } else {
-        format!("{b} B")
     }
 }
 
@@ -82,4 +70,13 @@ pub fn gpu_memory(name: &str) -> Result<usize> {
             "--gpu {other:?}: expected t4, a100 (40 GB), a100-80, h100 or h200"
         ))),
     }
+}
+
+/// Bytes this machine can still hand out without swapping: `MemAvailable` in
+/// /proc/meminfo (Linux). None where it cannot be read.
+pub fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -107,7 +107,12 @@ fn cuda_fp16_plans_carry_the_cuda_terms() {
         predict(&spec, &w32, 8).expect("fp32"),
     );
     let has = |p: &Plan, what: &str| p.components.iter().any(|(n, _)| n.contains(what));
-    assert!(has(&p16, "cuBLAS") && has(&p16, "CUDA context") && has(&p16, "master"));
+    let cuda = |p: &Plan, what: &str| p.cuda_only.iter().any(|(n, _)| n.contains(what));
+    assert!(cuda(&p16, "cuBLAS") && cuda(&p16, "CUDA context") && has(&p16, "master"));
+    assert!(!has(&p16, "cuBLAS"), "CUDA-only terms are listed apart");
+    let cuda_sum: usize = p16.cuda_only.iter().map(|c| c.1).sum();
+    assert_eq!(p16.peak_bytes, p16.tensor_peak + cuda_sum);
+    assert!(p16.table().contains("CUDA only"), "{}", p16.table());
     assert!(!has(&p32, "master"));
     let saved = |p: &Plan| p.saved;
     // fp16 halves the activations; the norm statistics and lse stay f32.

@@ -11,12 +11,15 @@
 //! requests out of larger segments, this allocator does not split blocks.) On an
 //! out-of-memory error the stream is synchronised, the cache released and the allocation
 //! retried once; any other driver error (a sticky one after a failed kernel, say) is
-//! reported as it is. Tensor bytes (not the rounded block size) go to `backend::tracker`
+//! reported as it is. With a memory cap (`cap.rs`: `--vram-budget` / `--gpu` on CUDA) a
+//! new block is first weighed against it: the cache is released when that makes room,
+//! and a block past the cap even then fails with the cap's refusal. Tensor bytes (not the rounded block size) go to `backend::tracker`
 //! so the VRAM planner is checked against what tensors hold; the allocator keeps its own
 //! reserved/cached/peak figures.
 
 use std::collections::HashMap;
 
+use super::cap::{MemoryCap, Verdict};
 use crate::error::{Error, Result};
 
 /// Allocator statistics for one device.
@@ -37,7 +40,10 @@ pub struct AllocStats {
 pub struct Allocator {
     ordinal: usize,
     free: HashMap<usize, Vec<u64>>,
+    /// Blocks handed out and not yet released, by size (the cap's refusal lists them).
+    live: HashMap<usize, usize>,
     stats: AllocStats,
+    cap: Option<MemoryCap>,
 }
 
 const SMALL: usize = 1 << 20;
@@ -58,7 +64,45 @@ impl Allocator {
         Allocator {
             ordinal,
             free: HashMap::new(),
+            live: HashMap::new(),
             stats: AllocStats::default(),
+            cap: None,
+        }
+    }
+
+    /// Cap reserved bytes (None lifts the cap).
+    pub fn set_cap(&mut self, cap: Option<MemoryCap>) {
+        self.cap = cap;
+    }
+
+    /// The block handed out: counted live.
+    fn hand_out(&mut self, ptr: u64, size: usize) -> (u64, usize) {
+        *self.live.entry(size).or_default() += 1;
+        (ptr, size)
+    }
+
+    /// Weigh a new block of `size` (for a `bytes` request) against the cap, releasing
+    /// the cache when that makes room.
+    fn admit(&mut self, bytes: usize, size: usize) -> Result<()> {
+        let Some(cap) = &self.cap else {
+            return Ok(());
+        };
+        match cap.verdict(self.stats.reserved, self.stats.cached, size) {
+            Verdict::Allocate => return Ok(()),
+            Verdict::EmptyCacheFirst => {
+                // SAFETY: synchronises the current context; no pointers involved.
+                let _ = unsafe { cudarc::driver::sys::cuCtxSynchronize() };
+                self.empty_cache();
+            }
+            Verdict::Refuse => {}
+        }
+        let Some(cap) = &self.cap else {
+            return Ok(());
+        };
+        // A block the driver would not take back stays reserved: weigh again.
+        match cap.verdict(self.stats.reserved, self.stats.cached, size) {
+            Verdict::Allocate => Ok(()),
+            _ => Err(cap.refusal(self.ordinal, bytes, size, &self.stats, &self.live)),
         }
     }
 
@@ -71,8 +115,9 @@ impl Allocator {
         if let Some(p) = self.free.get_mut(&size).and_then(|v| v.pop()) {
             self.stats.cached -= size;
             self.stats.cache_hits += 1;
-            return Ok((p, size));
+            return Ok(self.hand_out(p, size));
         }
+        self.admit(bytes, size)?;
         // SAFETY: a plain device allocation in the current context.
         let first = unsafe { cudarc::driver::result::malloc_sync(size) };
         let oom = cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
@@ -102,7 +147,7 @@ impl Allocator {
         self.stats.driver_allocs += 1;
         self.stats.reserved += size;
         self.stats.peak_reserved = self.stats.peak_reserved.max(self.stats.reserved);
-        Ok((ptr, size))
+        Ok(self.hand_out(ptr, size))
     }
 
     /// Return a block to its free list.
@@ -111,6 +156,9 @@ impl Allocator {
             return;
         }
         self.stats.cached += size;
+        if let Some(n) = self.live.get_mut(&size) {
+            *n = n.saturating_sub(1);
+        }
         self.free.entry(size).or_default().push(ptr);
     }
 

@@ -17,6 +17,7 @@ pub(crate) mod attention_fused;
 mod attention_unfused;
 pub(crate) mod blas;
 pub mod blaslt;
+pub mod cap;
 pub mod context;
 mod elementwise;
 mod embedding;
@@ -112,6 +113,13 @@ fn poison_on() -> bool {
 /// Allocator figures for `cuda:ordinal`.
 pub fn mem_stats(ordinal: usize) -> Result<AllocStats> {
     Ok(lock(&context::device(ordinal)?.alloc).stats())
+}
+
+/// Cap what `cuda:ordinal`'s allocator may reserve (`--vram-budget` / `--gpu` on CUDA;
+/// see `cap.rs`), or lift the cap with None. Applies to blocks allocated from now on.
+pub fn set_memory_cap(ordinal: usize, cap: Option<cap::MemoryCap>) -> Result<()> {
+    lock(&context::device(ordinal)?.alloc).set_cap(cap);
+    Ok(())
 }
 
 /// Start a new allocator peak measurement on `cuda:ordinal`.

@@ -1,6 +1,7 @@
 //! The memory flags `train` and `bench` share (flattened into each one's arguments).
 
-use fusebox::plan::{budget_from_flags, human, Plan};
+use fusebox::backend::cuda::cap::MemoryCap;
+use fusebox::plan::{available_memory, budget_from_flags, human, Plan, CUDA_FIXED};
 use fusebox::shape::Target;
 use fusebox::{Device, Result};
 
@@ -42,16 +43,8 @@ impl MemoryArgs {
     }
 }
 
-/// Bytes this machine can still hand out without swapping: `MemAvailable` in
-/// /proc/meminfo (Linux). None where it cannot be read; the check below is then skipped.
-pub fn available_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
-/// Refuse a CPU run whose predicted peak does not fit in the memory available, with the
+/// Refuse a CPU run whose predicted peak does not fit in the memory available (None
+/// from [`available_memory`] skips the check), with the
 /// plan's table, instead of letting an allocation abort the process later. `held`:
 /// bytes of the plan the process holds already (weights loaded before the check), no
 /// longer counted in MemAvailable. `what` says what was planned, `advice` what to change.
@@ -72,6 +65,21 @@ pub fn check_cpu_memory(plan: &Plan, held: usize, what: &str, advice: &str) -> a
             human(available),
             plan.table().trim_end()
         );
+    }
+    Ok(())
+}
+
+/// On a CUDA device with a budget (--vram-budget / --gpu), make it a hard cap: the
+/// allocator's reserved bytes plus the fixed costs the plan counts (CUDA context, cuBLAS
+/// workspace) never pass it, and a request past it fails naming the plan.
+pub fn cap_cuda(device: Device, budget: Option<usize>, plan: &Plan) -> Result<()> {
+    if let (Device::Cuda(n), Some(budget)) = (device, budget) {
+        let cap = MemoryCap {
+            budget,
+            fixed: CUDA_FIXED,
+            plan: plan.table(),
+        };
+        fusebox::backend::cuda::set_memory_cap(n, Some(cap))?;
     }
     Ok(())
 }

@@ -191,6 +191,7 @@ impl RunArgs {
             cfg.batch = plan.work.micro_batch * plan.work.grad_accum;
             if !self.mem.plan {
                 eprint!("{}", plan.table());
+                crate::memory_args::cap_cuda(device, budget, &plan)?;
             }
         }
         if self.mem.plan {

@@ -37,7 +37,10 @@ pub(crate) enum Arch {
 pub(crate) struct Seq2SeqArgs {
     /// Model directory (T5, BART or Marian), HF cache entry or hub id (default t5-small),
     /// or `scratch`: a small model and a word-level tokenizer trained on --train (the
-    /// built-in task always is).
+    /// built-in task always is). With --plan, also a built-in public configuration
+    /// (t5-small, flan-t5-small, t5-base, flan-t5-base, t5-large, flan-t5-large,
+    /// bart-base, bart-large-cnn, opus-mt-en-id), planned at --max-source-length ->
+    /// --max-target-length without data or weights.
     #[arg(long)]
     model: Option<String>,
     /// The architecture a model from scratch has (default t5).
@@ -97,6 +100,9 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     }
     if a.eval_limit == Some(0) {
         bail!("--eval-limit must be at least 1 (the metrics need rows to score)");
+    }
+    if let Some(config) = builtin_for_plan(&a)? {
+        return plan_builtin(&a, config);
     }
     if a.train.is_none() {
         if a.eval.is_some() {
@@ -225,18 +231,7 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
         a.max_target_length,
         device,
     )?;
-    // Defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
-    let mut cfg = a.run.train_config(
-        RunDefaults {
-            epochs: if scratch { 8 } else { 3 },
-            batch: if scratch { 32 } else { 8 },
-            grad_accum: if scratch { 1 } else { 4 },
-            lr: if scratch { 2e-3 } else { 3e-5 },
-            warmup_ratio: if scratch { 0.05 } else { 0.0 },
-        },
-        out.clone(),
-        fp16,
-    )?;
+    let mut cfg = a.run.train_config(defaults(scratch), out.clone(), fp16)?;
     cfg.settings = serde_json::json!({ "model": a.model, "train": a.train, "eval": a.eval });
     // The planner builds the same model on the meta device: the checkpoint's header when
     // there is one, else the configuration.
@@ -252,6 +247,44 @@ pub(crate) fn seq2seq(kind: Seq2SeqKind, a: Seq2SeqArgs) -> Result<()> {
     }
     task.model.set_checkpointing(plan.work.checkpointing);
     evaluate_train_report(&mut task, &cfg)
+}
+
+/// The task's defaults: the seed's (t5-small fine-tuning) unless built-in from scratch.
+fn defaults(scratch: bool) -> RunDefaults {
+    RunDefaults {
+        epochs: if scratch { 8 } else { 3 },
+        batch: if scratch { 32 } else { 8 },
+        grad_accum: if scratch { 1 } else { 4 },
+        lr: if scratch { 2e-3 } else { 3e-5 },
+        warmup_ratio: if scratch { 0.05 } else { 0.0 },
+    }
+}
+
+/// With --plan, a --model that names a built-in public configuration (t5-small ...
+/// flan-t5-large, bart-base, bart-large-cnn; not a directory of that name): its
+/// configuration, planned without data, tokenizer or weights.
+fn builtin_for_plan(a: &Seq2SeqArgs) -> Result<Option<ModelConfig>> {
+    match a.model.as_deref() {
+        Some(name) if a.run.mem.plan && !std::path::Path::new(name).exists() => {
+            Ok(fusebox::models::presets::preset(name)?)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The plan of fine-tuning a built-in configuration at --max-source-length →
+/// --max-target-length: the longest batch any data can make (dynamic padding only
+/// shortens it), with the fine-tuning defaults' batch unless --batch says otherwise.
+fn plan_builtin(a: &Seq2SeqArgs, config: ModelConfig) -> Result<()> {
+    let (device, _, fp16) = a.run.device_dtype()?;
+    let mut cfg = a
+        .run
+        .train_config(defaults(false), PathBuf::from("out"), fp16)?;
+    let lengths = (a.max_source_length, a.max_target_length);
+    let rows = cfg.batch;
+    let spec = ModelSource::config(config);
+    a.run.memory_plan(&spec, &mut cfg, lengths, rows, device)?;
+    Ok(())
 }
 
 /// A small model from scratch of `--arch` (T5 unless given) for a `vocab`-token

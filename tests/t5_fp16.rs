@@ -32,17 +32,52 @@ use common::{assert_rel, cuda_device, fp16_training_follows_f32, rel_diff, scale
 const WI_SCALE: f32 = 32.0;
 const WO_SCALE: f32 = 2048.0;
 
-fn config(gated: bool) -> T5Config {
+/// A test model's widths: the tiny one, or a full-size model's at one layer.
+#[derive(Clone, Copy)]
+struct Widths {
+    d_model: usize,
+    d_ff: usize,
+    heads: usize,
+    layers: usize,
+}
+
+const TINY: Widths = Widths {
+    d_model: 16,
+    d_ff: 32,
+    heads: 4,
+    layers: 2,
+};
+
+/// T5-large's widths (d_model 1024, 16 heads of 64, relu d_ff 4096) or FLAN-T5-large's
+/// (gated-gelu d_ff 2816), one layer each: the widths whose sums overflow, at a size a
+/// CPU test can afford.
+fn large(gated: bool) -> Widths {
+    Widths {
+        d_model: 1024,
+        d_ff: if gated { 2816 } else { 4096 },
+        heads: 16,
+        layers: 1,
+    }
+}
+
+fn config(gated: bool, w: Widths) -> T5Config {
     let (ff, tie) = if gated {
         ("gated-gelu", false)
     } else {
         ("relu", true)
     };
+    let Widths {
+        d_model,
+        d_ff,
+        heads,
+        layers,
+    } = w;
+    let d_kv = d_model / heads;
     let json = format!(
-        r#"{{"vocab_size": 40, "d_model": 16, "d_kv": 4, "num_heads": 4, "d_ff": 32,
-            "num_layers": 2, "num_decoder_layers": 2, "relative_attention_num_buckets": 8,
-            "relative_attention_max_distance": 20, "dropout_rate": 0.0,
-            "feed_forward_proj": "{ff}", "tie_word_embeddings": {tie}}}"#
+        r#"{{"vocab_size": 40, "d_model": {d_model}, "d_kv": {d_kv}, "num_heads": {heads},
+            "d_ff": {d_ff}, "num_layers": {layers}, "num_decoder_layers": {layers},
+            "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
+            "dropout_rate": 0.0, "feed_forward_proj": "{ff}", "tie_word_embeddings": {tie}}}"#
     );
     T5Config::from_json_str(&json, "t5_fp16 test config").unwrap()
 }
@@ -56,14 +91,31 @@ fn model(
     overflow: bool,
     safety: Fp16Safety,
 ) -> T5ForConditionalGeneration {
-    let mut m = T5ForConditionalGeneration::new_random(config(gated), dev, dtype, 11).unwrap();
+    let scales = if overflow {
+        (WI_SCALE, WO_SCALE)
+    } else {
+        (1.0, 1.0)
+    };
+    model_at(TINY, gated, dev, dtype, scales, safety)
+}
+
+/// [`model`] at widths `w`, its `wi` and `wo` weights multiplied by `(wi, wo)`.
+fn model_at(
+    w: Widths,
+    gated: bool,
+    dev: Device,
+    dtype: DType,
+    (wi, wo): (f32, f32),
+    safety: Fp16Safety,
+) -> T5ForConditionalGeneration {
+    let cfg = config(gated, w);
+    let mut m = T5ForConditionalGeneration::new_random(cfg, dev, dtype, 11).unwrap();
     m.fp16_safety = safety;
     let _g = no_grad();
     for (name, p) in m.trainable() {
         let s = match name.rsplit('.').nth(1) {
-            _ if !overflow => 1.0,
-            Some("wo") => WO_SCALE,
-            Some("wi" | "wi_0" | "wi_1") => WI_SCALE,
+            Some("wo") => wo,
+            Some("wi" | "wi_0" | "wi_1") => wi,
             _ => 1.0,
         };
         let v: Vec<f32> = p
@@ -129,6 +181,16 @@ fn loss_only(m: &T5ForConditionalGeneration, b: &Batch) -> f64 {
 /// RMS-normalised embeddings of the batch: evidence that the scaled weights put the
 /// feed-forward output itself (not only some later sum) past f16's 65504.
 fn ff_peak(m: &T5ForConditionalGeneration, b: &Batch) -> f64 {
+    let (h_peak, y_peak) = ff_peaks(m, b);
+    assert!(
+        h_peak < 3e4,
+        "the wi activations ({h_peak}) must stay inside f16"
+    );
+    y_peak
+}
+
+/// (max |wi activation|, max |FF(x)|) of encoder block 0's feed-forward, as [`ff_peak`].
+fn ff_peaks(m: &T5ForConditionalGeneration, b: &Batch) -> (f64, f64) {
     let _g = no_grad();
     let p: std::collections::BTreeMap<String, Tensor> = m.trainable().into_iter().collect();
     let pre = "encoder.block.0.layer.1";
@@ -146,27 +208,27 @@ fn ff_peak(m: &T5ForConditionalGeneration, b: &Batch) -> f64 {
         gate.gated(&lin, fusebox::backend::UnaryOp::GeluNew)
             .unwrap()
     };
-    let h_peak = h
-        .to_vec_f64()
-        .unwrap()
-        .iter()
-        .fold(0.0f64, |a, x| a.max(x.abs()));
-    assert!(
-        h_peak < 3e4,
-        "the wi activations ({h_peak}) must stay inside f16"
-    );
+    let peak = |v: Vec<f64>| v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
     let y = h.linear(w("wo"), None).unwrap().to_vec_f64().unwrap();
-    y.iter().fold(0.0f64, |a, x| a.max(x.abs()))
+    (peak(h.to_vec_f64().unwrap()), peak(y))
 }
 
 /// The whole proof on one device: returns the safe fp16 loss of the overflow case.
 fn overflow_case(dev: Device, gated: bool) -> f64 {
+    overflow_case_at(dev, gated, TINY, (WI_SCALE, WO_SCALE))
+}
+
+/// [`overflow_case`] at widths `w` with the feed-forward scaled by `scales`.
+fn overflow_case_at(dev: Device, gated: bool, w: Widths, scales: (f32, f32)) -> f64 {
     let what = format!(
-        "{} T5 on {dev:?}",
-        if gated { "gated-gelu" } else { "relu" }
+        "{} T5 (d_model {}, d_ff {}) on {dev:?}",
+        if gated { "gated-gelu" } else { "relu" },
+        w.d_model,
+        w.d_ff
     );
     let b = batch(dev);
-    let reference = model(gated, dev, DType::F32, true, Fp16Safety::default());
+    let at = |dtype, safety| model_at(w, gated, dev, dtype, scales, safety);
+    let reference = at(DType::F32, Fp16Safety::default());
     let peak = ff_peak(&reference, &b);
     assert!(
         peak > 65504.0,
@@ -175,14 +237,14 @@ fn overflow_case(dev: Device, gated: bool) -> f64 {
     let (l32, g32) = loss_and_grads(&reference, &b);
     assert!(l32.is_finite(), "{what}: f32 reference loss {l32}");
 
-    let naive = model(gated, dev, DType::F16, true, Fp16Safety::Off);
+    let naive = at(DType::F16, Fp16Safety::Off);
     let ln = loss_only(&naive, &b);
     assert!(
         !ln.is_finite(),
         "{what}: the naive fp16 path should overflow, got loss {ln}"
     );
 
-    let safe = model(gated, dev, DType::F16, true, Fp16Safety::Fp32Residual);
+    let safe = at(DType::F16, Fp16Safety::Fp32Residual);
     let (l16, g16) = loss_and_grads(&safe, &b);
     let rel = rel_diff(l16, l32);
     println!(
@@ -227,6 +289,24 @@ fn plain_case(dev: Device, gated: bool) {
 fn safe_fp16_survives_what_overflows_naive_fp16_cpu() {
     for gated in [false, true] {
         overflow_case(Device::Cpu, gated);
+    }
+}
+
+/// The same proof at T5-large's and FLAN-T5-large's widths. The scales are powers of
+/// two chosen from the f32 model's own activations: the `wi` activations near 8e3
+/// (inside f16), the feed-forward output between 2e5 and 4e5 (past 65504).
+#[test]
+fn safe_fp16_survives_what_overflows_naive_fp16_at_large_widths_cpu() {
+    let (dev, b) = (Device::Cpu, batch(Device::Cpu));
+    let pow2 = |x: f64| 2f32.powi(x.log2().floor() as i32);
+    for gated in [false, true] {
+        let w = large(gated);
+        let f32_at = |scales| model_at(w, gated, dev, DType::F32, scales, Fp16Safety::default());
+        let (h, _) = ff_peaks(&f32_at((1.0, 1.0)), &b);
+        // The gated product grows with the square of the wi scale.
+        let wi = pow2(if gated { (8e3 / h).sqrt() } else { 8e3 / h });
+        let (_, y) = ff_peaks(&f32_at((wi, 1.0)), &b);
+        overflow_case_at(dev, gated, w, (wi, pow2(4e5 / y)));
     }
 }
 

@@ -103,11 +103,8 @@ impl MetaStorage {
     /// right operand the CPU takes for some shapes (`cpu::rhs_copy_len`), which stays
     /// alive until the result exists.
     fn product(&self, spec: &MatmulSpec, dtype: DType) -> MetaStorage {
-        let len = match self.cuda() {
-            false => crate::backend::cpu::rhs_copy_len(spec),
-            true => 0,
-        };
-        let copy = (len > 0).then(|| self.out(len, self.dtype));
+        let len = (!self.cuda()).then(|| crate::backend::cpu::rhs_copy_len(spec));
+        let copy = len.filter(|&n| n > 0).map(|n| self.out(n, self.dtype));
         let out = self.out(spec.batch * spec.m * spec.n, dtype);
         drop(copy);
         out

@@ -215,9 +215,20 @@ fn train_and_bench_plan_every_row_for_a_t4() {
             assert!(train.contains(want), "{name}: {want:?} missing: {train}");
         }
     }
-    // FLAN-T5-large needs accumulation at 512 -> 128 (micro-batch 1 x 8).
+    // FLAN-T5-large needs accumulation at 512 -> 128: micro-batch 1 x 8 with the fused
+    // QKV projection, 2 x 4 with FUSEBOX_SEPARATE_QKV=1 (CI runs both), whose attention
+    // holds less at its peak.
     let mut t = vec!["summarize", "--model", "flan-t5-large", "--device", "cpu"];
     t.extend(common);
     let plan = run(env!("CARGO_BIN_EXE_train"), &t);
-    assert!(plan.contains("micro-batch 1 x 8"), "{plan}");
+    let split = plan
+        .split("micro-batch ")
+        .nth(1)
+        .and_then(|r| r.split(" accumulation").next())
+        .and_then(|r| r.split_once(" x "))
+        .and_then(|(m, a)| Some((m.parse::<usize>().ok()?, a.parse::<usize>().ok()?)));
+    let Some((micro, accum)) = split else {
+        panic!("no micro-batch x accumulation in the plan: {plan}");
+    };
+    assert!(micro * accum >= 8 && accum > 1 && micro < 8, "{plan}");
 }

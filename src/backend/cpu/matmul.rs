@@ -9,11 +9,12 @@
 //! product lets gemm parallelise internally instead.
 //!
 //! One exception to "never copied": gemm 0.19 runs `x · Wᵀ` (a transposed right operand,
-//! the linear layer's forward) 10–35 % slower than the same product with W row-major
-//! when the output is narrow (n ≤ 1024) or the reduction is long (k ≥ n) — DistilBERT's
-//! and T5's FFN-out projections, the attention output projection. There
-//! [`rhs_copy_len`] says to transpose W once into scratch (about 0.6 ms for 768 × 3072
-//! at memory speed, against 5–9 ms saved per product; benches/RESULTS.md, session 11).
+//! the linear layer's forward) 7–60 % slower than the same product with W row-major when
+//! the output is narrow (n ≤ 1024) or the reduction is long (k ≥ n) — DistilBERT's and
+//! T5's FFN-out projections, the attention output projection. There [`rhs_copy_len`]
+//! says to transpose W once into scratch (about 0.6 ms for 768 × 3072, at memory speed);
+//! copy included, such a product takes 1–5 ms less (`cargo bench --bench gemm_layouts`,
+//! benches/RESULTS.md, session 11).
 //! The scratch is a tracked buffer, alive beside the output, and the meta device
 //! allocates the same for the CPU target.
 

@@ -7,10 +7,12 @@
 //! one fused QKV projection `[B, L, 3, H, D]`), so the two products per head go straight
 //! to gemm with strides and nothing is transposed or copied; the packed layout's
 //! gradients land in one packed buffer, as the CUDA kernels write them. Work is split over
-//! (batch, head) pairs; each pair materialises its `Lq × Lk` score matrix, which is fine
-//! on a CPU (the CUDA kernel tiles it instead). Backward recomputes the probabilities
-//! from the saved log-sum-exp rather than keeping them. Batches are processed in waves
-//! so the per-pair buffers (and dbias partials) stay bounded for long batches.
+//! (batch, head) pairs; each pair materialises its `Lq × Lk` score matrix in a block its
+//! thread reuses, which is fine on a CPU (the CUDA kernel tiles it instead), and its
+//! products write straight into the pair's slice of the output (no per-pair buffers, no
+//! copy back). With T5's bias, backward's tasks are whole heads instead, so each head's
+//! bias gradient is summed over the batch in batch order by one thread. Backward
+//! recomputes the probabilities from the saved log-sum-exp rather than keeping them.
 //!
 //! A row whose keys are all masked has lse = -inf and probability 0 everywhere, so it
 //! outputs zeros and passes no gradient (never NaN).
@@ -18,7 +20,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::matmul::{gemm_strided, View};
+use super::matmul::{gemm_strided, SharedDst, View};
 use super::simd;
 use super::{check_len, CpuStorage, Real};
 use crate::backend::{AttnArgs, AttnSaved, AttnSpec};
@@ -228,19 +230,10 @@ impl<T: Real> Inputs<'_, T> {
         }
         Ok(())
     }
-
-    /// The (b, h) pairs in waves of whole batches: enough pairs per wave to keep every
-    /// thread busy, no more.
-    fn waves(&self) -> impl Iterator<Item = Vec<(usize, usize)>> {
-        let (b, h) = (self.s.b, self.s.h);
-        let wave = (2 * rayon::current_num_threads()).div_ceil(h.max(1)).max(1);
-        (0..b).step_by(wave).map(move |b0| {
-            (b0..(b0 + wave).min(b))
-                .flat_map(|bi| (0..h).map(move |hi| (bi, hi)))
-                .collect()
-        })
-    }
 }
+
+/// gemm on the calling thread: the (b, h) pairs are what runs in parallel.
+const NONE: Parallelism = Parallelism::None;
 
 /// `dst = alpha · A · B` (`m × k` by `k × n`, strided views; dst a row-major `m × n`
 /// block, overwritten, never read), on the calling thread (the (b, h) pairs are what
@@ -253,49 +246,14 @@ fn product_into<T: Real>(
     alpha: T,
 ) -> Result<()> {
     let cv = View::row_major(0, n);
-    gemm_strided(
-        (m, n, k),
-        dst,
-        cv,
-        a,
-        av,
-        b,
-        bv,
-        alpha,
-        false,
-        Parallelism::None,
-    )
+    gemm_strided((m, n, k), dst, cv, a, av, b, bv, alpha, false, NONE)
 }
 
-/// [`product_into`] a new block.
-fn product<T: Real>(
-    dims: (usize, usize, usize),
-    a: (&[T], View),
-    b: (&[T], View),
-    alpha: T,
-) -> Result<Vec<T>> {
-    let mut c = vec![T::zero(); dims.0 * dims.1];
-    product_into(dims, &mut c, a, b, alpha)?;
-    Ok(c)
-}
-
-/// Write an `l × d` per-(b, h) block back into a `[B, L, H, D]` tensor stored with rows
-/// of `ld` elements from column `off`.
-#[allow(clippy::too_many_arguments)]
-fn scatter<T: Real>(
-    dst: &mut [T],
-    src: &[T],
-    b: usize,
-    h: usize,
-    l: usize,
-    s: &AttnSpec,
-    ld: usize,
-    off: usize,
-) {
-    for i in 0..l {
-        let o = (b * l + i) * ld + off + h * s.d;
-        dst[o..o + s.d].copy_from_slice(&src[i * s.d..(i + 1) * s.d]);
-    }
+/// The (b, h) pairs, batch-major.
+fn pairs(s: &AttnSpec) -> Vec<(usize, usize)> {
+    (0..s.b)
+        .flat_map(|bi| (0..s.h).map(move |hi| (bi, hi)))
+        .collect()
 }
 
 /// Attention dropout's draw: the mixed key, the rate and the keep multiplier 1/(1−p);
@@ -333,40 +291,32 @@ pub(super) fn attention<T: Real>(
     let mut out = vec![T::zero(); b * lq * h * d];
     let mut lse = vec![T::zero(); b * h * lq];
     let drop = Dropout::<T>::of(spec);
-    for pairs in a.waves() {
-        let res: Vec<(Vec<T>, Vec<T>)> = pairs
-            .par_iter()
-            // One score block per rayon split, reused pair after pair.
-            .map_init(
-                || vec![T::zero(); lq * lk],
-                |p, &(bi, hi)| {
-                    a.scores_into(bi, hi, p)?;
-                    // lk = 0: no keys, every row fully masked (lse -inf).
-                    let mut l = vec![T::neg_infinity(); lq];
-                    for (i, (l, row)) in l.iter_mut().zip(p.chunks_mut(lk.max(1))).enumerate() {
-                        *l = simd::softmax_row(row);
-                        if let Some(z) = &drop {
-                            let base = row_base(spec, bi, hi, i);
-                            simd::dropout_row(row, z.key, base, z.rate, z.keep_scale);
-                        }
-                    }
-                    let p = (&p[..], View::row_major(0, lk));
-                    let o = product((lq, d, lk), p, (a.v, a.v_rows(bi, hi)), T::one())?;
-                    Ok((o, l))
-                },
-            )
-            .collect::<Result<_>>()?;
-        for (&(bi, hi), (o, l)) in pairs.iter().zip(res) {
-            scatter(&mut out, &o, bi, hi, lq, spec, h * d, 0);
-            lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq].copy_from_slice(&l);
-        }
-    }
+    let (out_w, lse_w) = (SharedDst::new(&mut out), SharedDst::new(&mut lse));
+    pairs(spec).par_iter().try_for_each_init(
+        // One score block per rayon split, reused pair after pair.
+        || vec![T::zero(); lq * lk],
+        |p, &(bi, hi)| -> Result<()> {
+            a.scores_into(bi, hi, p)?;
+            // lk = 0: no keys, every row fully masked (lse -inf).
+            let mut l = vec![T::neg_infinity(); lq];
+            for (i, (l, row)) in l.iter_mut().zip(p.chunks_mut(lk.max(1))).enumerate() {
+                *l = simd::softmax_row(row);
+                if let Some(z) = &drop {
+                    let base = row_base(spec, bi, hi, i);
+                    simd::dropout_row(row, z.key, base, z.rate, z.keep_scale);
+                }
+            }
+            let p = (&p[..], View::row_major(0, lk));
+            let v = (a.v, a.v_rows(bi, hi));
+            // SAFETY: pair (bi, hi) alone writes its slice of out and its lse row.
+            unsafe {
+                out_w.gemm((lq, d, lk), a.o_rows(bi, hi), p, v, T::one(), false, NONE)?;
+                lse_w.copy_at((bi * h + hi) * lq, &l)
+            }
+        },
+    )?;
     Ok((CpuStorage::from_real(out), CpuStorage::from_real(lse)))
 }
-
-/// Per-(b, h) gradients: dq `lq×d`, dk `lk×d`, dv `lk×d`, and dscores `lq×lk` when
-/// there is a bias to take its gradient.
-type PairGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Option<Vec<T>>);
 
 /// Backward's score-sized blocks for one thread: P, dS and (with dropout) P∘Z. Each is
 /// overwritten in full for every pair, so reusing them needs no clearing.
@@ -422,84 +372,93 @@ pub(super) fn attention_backward<T: Real>(
     let mut dbias = a.bias.map(|_| vec![T::zero(); h * lq * lk]);
     let hd = h * d;
     let drop = Dropout::<T>::of(spec);
-    for pairs in a.waves() {
-        let res: Vec<PairGrads<T>> = pairs
-            .par_iter()
-            // One set of score-sized blocks per rayon split, reused pair after pair.
-            .map_init(
-                || Blocks::new(lq * lk, drop.is_some()),
-                |bl, &(bi, hi)| {
-                    // P from the saved lse; masked entries are exp(-inf) = 0.
-                    a.scores_into(bi, hi, &mut bl.p)?;
-                    let lse_pair = &lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq];
-                    for (row, &l) in bl.p.chunks_mut(lk.max(1)).zip(lse_pair) {
-                        simd::exp_sub_row(row, l);
+    let dq_w = SharedDst::new(&mut dq);
+    // Packed: dk and dv are columns of dq's buffer.
+    let (dk_w, dv_w) = if lay.is_packed() {
+        (dq_w, dq_w)
+    } else {
+        (SharedDst::new(&mut dk), SharedDst::new(&mut dv))
+    };
+    let db_w = dbias.as_mut().map(|db| SharedDst::new(db));
+    // Tasks: (head, batches). With a bias, whole heads (its gradient sums over the batch).
+    let tasks: Vec<(usize, std::ops::Range<usize>)> = if db_w.is_some() {
+        (0..h).map(|hi| (hi, 0..b)).collect()
+    } else {
+        pairs(spec)
+            .into_iter()
+            .map(|(bi, hi)| (hi, bi..bi + 1))
+            .collect()
+    };
+    tasks.par_iter().try_for_each_init(
+        // One set of score-sized blocks per rayon split, reused pair after pair.
+        || Blocks::new(lq * lk, drop.is_some()),
+        |bl, (hi, batches)| -> Result<()> {
+            let hi = *hi;
+            for bi in batches.clone() {
+                // P from the saved lse; masked entries are exp(-inf) = 0.
+                a.scores_into(bi, hi, &mut bl.p)?;
+                let lse_pair = &lse[(bi * h + hi) * lq..(bi * h + hi + 1) * lq];
+                for (row, &l) in bl.p.chunks_mut(lk.max(1)).zip(lse_pair) {
+                    simd::exp_sub_row(row, l);
+                }
+                // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)). With dropout Z:
+                // O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
+                // dV = (P∘Z)ᵀ·dO.
+                let d_o = (dout, a.o_rows(bi, hi));
+                let v_cols = (a.v, a.v_cols(bi, hi));
+                product_into((lq, lk, d), &mut bl.ds, d_o, v_cols, T::one())?;
+                let w = lk.max(1);
+                let rows_ = bl.ds.chunks_mut(w).zip(bl.p.chunks(w));
+                for (i, (ds_row, p_row)) in rows_.enumerate() {
+                    let r = (bi * lq + i) * hd + hi * d;
+                    let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
+                    if let Some(z) = &drop {
+                        let pz_row = &mut bl.pz[i * lk..(i + 1) * lk];
+                        let base = row_base(spec, bi, hi, i);
+                        simd::dropout_row_pair(
+                            ds_row,
+                            p_row,
+                            pz_row,
+                            z.key,
+                            base,
+                            z.rate,
+                            z.keep_scale,
+                        );
                     }
-                    // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)). With dropout Z:
-                    // O = (P∘Z)·V, so dS = P ⊙ (Z ⊙ dP − rowsum(dO ⊙ O)) and
-                    // dV = (P∘Z)ᵀ·dO.
-                    let d_o = (dout, a.o_rows(bi, hi));
-                    product_into(
-                        (lq, lk, d),
-                        &mut bl.ds,
-                        d_o,
-                        (a.v, a.v_cols(bi, hi)),
-                        T::one(),
-                    )?;
-                    let w = lk.max(1);
-                    let rows = bl.ds.chunks_mut(w).zip(bl.p.chunks(w));
-                    for (i, (ds_row, p_row)) in rows.enumerate() {
-                        let r = (bi * lq + i) * hd + hi * d;
-                        let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
-                        if let Some(z) = &drop {
-                            let pz_row = &mut bl.pz[i * lk..(i + 1) * lk];
-                            let base = row_base(spec, bi, hi, i);
-                            simd::dropout_row_pair(
-                                ds_row,
-                                p_row,
-                                pz_row,
-                                z.key,
-                                base,
-                                z.rate,
-                                z.keep_scale,
-                            );
-                        }
-                        simd::score_grad_row(ds_row, p_row, di);
-                    }
-                    let pz = if drop.is_some() { &bl.pz } else { &bl.p };
-                    // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
-                    let ds_t = View {
+                    simd::score_grad_row(ds_row, p_row, di);
+                }
+                let pz = if drop.is_some() { &bl.pz } else { &bl.p };
+                // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
+                let ds = (&bl.ds[..], View::row_major(0, lk));
+                let ds_t = (
+                    &bl.ds[..],
+                    View {
                         off: 0,
                         rs: 1,
                         cs: lk,
-                    };
-                    let ds = &bl.ds[..];
-                    let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
-                    // dq = scale · dS · k, dk = scale · dSᵀ · q, dv = (P∘Z)ᵀ · dO
-                    let gq = product((lq, d, lk), (ds, View::row_major(0, lk)), k, a.scale)?;
-                    let gk = product((lk, d, lq), (ds, ds_t), q, a.scale)?;
-                    let gv = product((lk, d, lq), (&pz[..], ds_t), d_o, T::one())?;
-                    // dS itself only for the bias gradient.
-                    Ok((gq, gk, gv, a.bias.map(|_| ds.to_vec())))
-                },
-            )
-            .collect::<Result<_>>()?;
-        for (&(bi, hi), (gq, gk, gv, ds)) in pairs.iter().zip(res) {
-            scatter(&mut dq, &gq, bi, hi, lq, spec, lay.ldq, lay.q_off);
-            if lay.is_packed() {
-                scatter(&mut dq, &gk, bi, hi, lk, spec, lay.ldkv, lay.k_off);
-                scatter(&mut dq, &gv, bi, hi, lk, spec, lay.ldkv, lay.v_off);
-            } else {
-                scatter(&mut dk, &gk, bi, hi, lk, spec, lay.ldkv, lay.k_off);
-                scatter(&mut dv, &gv, bi, hi, lk, spec, lay.ldkv, lay.v_off);
-            }
-            if let (Some(db), Some(ds)) = (dbias.as_mut(), ds) {
-                for (x, &g) in db[hi * lq * lk..(hi + 1) * lq * lk].iter_mut().zip(&ds) {
-                    *x += g;
+                    },
+                );
+                let pz_t = (&pz[..], ds_t.1);
+                let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
+                let dq_v = rows(spec, bi, hi, lq, lay.ldq, lay.q_off);
+                let dk_v = rows(spec, bi, hi, lk, lay.ldkv, lay.k_off);
+                let dv_v = rows(spec, bi, hi, lk, lay.ldkv, lay.v_off);
+                // dq = scale · dS · k, dk = scale · dSᵀ · q, dv = (P∘Z)ᵀ · dO, each into
+                // this pair's slice; dS itself into the head's bias gradient.
+                // SAFETY: pair (bi, hi) alone writes those slices, and the task of head
+                // hi alone its bias gradient block.
+                unsafe {
+                    dq_w.gemm((lq, d, lk), dq_v, ds, k, a.scale, false, NONE)?;
+                    dk_w.gemm((lk, d, lq), dk_v, ds_t, q, a.scale, false, NONE)?;
+                    dv_w.gemm((lk, d, lq), dv_v, pz_t, d_o, T::one(), false, NONE)?;
+                    if let Some(db) = &db_w {
+                        db.add_at(hi * lq * lk, &bl.ds)?;
+                    }
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let grads = if lay.is_packed() {
         QkvGrads::Packed(CpuStorage::from_real(dq))
     } else {

@@ -66,7 +66,7 @@ fn in_bounds(
 /// `dst[m×n] = (accumulate ? dst : 0) + alpha · A[m×k] · B[k×n]` over strided views.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_strided<T: Real>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [T],
     dv: View,
     a: &[T],
@@ -77,32 +77,94 @@ pub(super) fn gemm_strided<T: Real>(
     accumulate: bool,
     par: Parallelism,
 ) -> Result<()> {
-    const OP: &str = "gemm";
-    in_bounds(OP, "dst", &dv, m, n, dst.len())?;
-    if m == 0 || n == 0 {
-        return Ok(());
+    let dst = SharedDst::new(dst);
+    // SAFETY: dst is a unique borrow for this call, so nothing else writes it.
+    unsafe { dst.gemm(dims, dv, (a, av), (b, bv), alpha, accumulate, par) }
+}
+
+/// A buffer that several threads write, each its own disjoint elements (attention's
+/// per-(batch, head) blocks of one output): a pointer and a length, with every write
+/// bounds-checked. Writers must not overlap; that is the callers' `unsafe` promise.
+#[derive(Clone, Copy)]
+pub(super) struct SharedDst<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: a SharedDst is only written through its `unsafe` methods, whose callers promise
+// that concurrent writes touch disjoint elements; the borrow it was made from outlives it.
+unsafe impl<T: Send> Send for SharedDst<T> {}
+unsafe impl<T: Send> Sync for SharedDst<T> {}
+
+impl<T: Real> SharedDst<T> {
+    pub fn new(v: &mut [T]) -> SharedDst<T> {
+        SharedDst {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
     }
-    if k == 0 {
-        // An empty sum: gemm's behaviour is not documented for k = 0, so do it here.
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    dst[dv.off + i * dv.rs + j * dv.cs] = T::zero();
+
+    /// `src` copied to elements `off..off + src.len()`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes those elements meanwhile.
+    pub unsafe fn copy_at(&self, off: usize, src: &[T]) -> Result<()> {
+        check_range(off, src.len(), self.len)?;
+        std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(off), src.len());
+        Ok(())
+    }
+
+    /// `src` added element by element to elements `off..off + src.len()`.
+    ///
+    /// # Safety
+    /// As [`SharedDst::copy_at`].
+    pub unsafe fn add_at(&self, off: usize, src: &[T]) -> Result<()> {
+        check_range(off, src.len(), self.len)?;
+        let dst = std::slice::from_raw_parts_mut(self.ptr.add(off), src.len());
+        dst.iter_mut().zip(src).for_each(|(x, &g)| *x += g);
+        Ok(())
+    }
+
+    /// [`gemm_strided`] into the view `dv` of this buffer.
+    ///
+    /// # Safety
+    /// No other thread reads or writes the elements `dv` covers meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        dv: View,
+        (a, av): (&[T], View),
+        (b, bv): (&[T], View),
+        alpha: T,
+        accumulate: bool,
+        par: Parallelism,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        in_bounds(OP, "dst", &dv, m, n, self.len)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            // An empty sum: gemm's behaviour is not documented for k = 0, so do it here.
+            if !accumulate {
+                for i in 0..m {
+                    for j in 0..n {
+                        *self.ptr.add(dv.off + i * dv.rs + j * dv.cs) = T::zero();
+                    }
                 }
             }
+            return Ok(());
         }
-        return Ok(());
-    }
-    in_bounds(OP, "lhs", &av, m, k, a.len())?;
-    in_bounds(OP, "rhs", &bv, k, n, b.len())?;
-    // SAFETY: the three views were checked above to stay inside their slices; dst is a
-    // unique borrow, so it does not alias a or b.
-    unsafe {
+        in_bounds(OP, "lhs", &av, m, k, a.len())?;
+        in_bounds(OP, "rhs", &bv, k, n, b.len())?;
+        // The three views were checked above to stay inside their buffers; dst does not
+        // alias a or b (a SharedDst is made from a unique borrow).
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().add(dv.off),
+            self.ptr.add(dv.off),
             dv.cs as isize,
             dv.rs as isize,
             accumulate,
@@ -119,8 +181,17 @@ pub(super) fn gemm_strided<T: Real>(
             false,
             par,
         );
+        Ok(())
     }
-    Ok(())
+}
+
+fn check_range(off: usize, n: usize, len: usize) -> Result<()> {
+    match off.checked_add(n) {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(Error::msg(format!(
+            "shared write of {n} elements at {off} runs past a buffer of {len}"
+        ))),
+    }
 }
 
 /// Elements of the scratch the CPU's matmul takes for `spec`: a row-major copy of a

@@ -255,17 +255,22 @@ pub(super) fn gated_backward<T: Real>(
     Ok((CpuStorage::from_real(dgate), CpuStorage::from_real(dlin)))
 }
 
-pub(super) fn dropout<T: Real>(a: &CpuStorage, p: f32, seed: u64) -> Result<CpuStorage> {
+/// Dropout's multiplier for kept elements, 1/(1 − p); p = 1 drops everything (torch
+/// returns zeros rather than 0·inf). p outside [0, 1] is an error.
+pub(super) fn dropout_scale<T: Real>(p: f32) -> Result<T> {
     if !(0.0..=1.0).contains(&p) {
         return Err(Error::msg(format!("dropout: p must be in [0, 1], got {p}")));
     }
-    let x = a.floats::<T>("dropout")?;
-    // p = 1 drops everything (torch returns zeros rather than 0·inf).
-    let scale = if p < 1.0 {
+    Ok(if p < 1.0 {
         T::of(1.0 / (1.0 - p as f64))
     } else {
         T::zero()
-    };
+    })
+}
+
+pub(super) fn dropout<T: Real>(a: &CpuStorage, p: f32, seed: u64) -> Result<CpuStorage> {
+    let x = a.floats::<T>("dropout")?;
+    let scale = dropout_scale::<T>(p)?;
     // Blocks of the input, each multiplied by its draws from its own offset on.
     const BLOCK: usize = 16 * 1024;
     let key = dropout_key(seed);

@@ -21,17 +21,19 @@ mod matmul;
 mod norm;
 pub mod path;
 mod real;
+mod residual_norm;
 mod simd;
 mod softmax;
 mod span;
 
 use half::f16;
 
+use crate::backend::composed;
 use crate::backend::emulate;
 use crate::backend::tracker;
 use crate::backend::{
     AdafactorState, AdafactorStep, AdamWState, AdamWStep, AttnArgs, AttnSaved, BackendStorage,
-    BinaryOp, LinearDims, MatmulSpec, SpanCandidate, UnaryOp,
+    BinaryOp, LinearDims, MatmulSpec, ResidualNorm, SpanCandidate, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
@@ -430,6 +432,17 @@ impl BackendStorage for CpuStorage {
         const OP: &str = "layer_norm_backward";
         float_op!(OP, self.dtype(), norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols),
         f16 => emulate::layer_norm_backward(self, gamma, mean, rstd, dy, cols))
+    }
+    fn dropout_add_layer_norm(
+        &self,
+        res: &Self,
+        gamma: &Self,
+        beta: &Self,
+        rn: ResidualNorm,
+    ) -> Result<(Self, Self, Self, Self)> {
+        const OP: &str = "dropout_add_layer_norm";
+        float_op!(OP, self.dtype(), residual_norm::dropout_add_layer_norm(self, res, gamma, beta, rn),
+        f16 => composed::dropout_add_layer_norm(self, res, gamma, beta, rn))
     }
     fn rms_norm(&self, gamma: &Self, cols: usize, eps: f64) -> Result<(Self, Self)> {
         const OP: &str = "rms_norm";

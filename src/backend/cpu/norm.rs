@@ -13,7 +13,8 @@ use super::elementwise::col_sums_with;
 use super::{check_len, rows_of, simd, CpuStorage, Real};
 use crate::error::Result;
 
-fn row_min(cols: usize) -> usize {
+/// Rows per rayon task at least: about 4096 elements.
+pub(super) fn row_min(cols: usize) -> usize {
     (4096 / cols.max(1)).max(1)
 }
 

@@ -490,13 +490,15 @@ impl BackendStorage for MetaStorage {
         beta: &Self,
         rn: ResidualNorm,
     ) -> Result<(Self, Self, Self, Self)> {
-        if !self.cuda() {
+        if self.emulates() {
             return composed::dropout_add_layer_norm(self, res, gamma, beta, rn);
         }
-        // One kernel: y, the sum, mean and rstd (backend/cuda/norm.rs).
+        // One pass: y, the sum, mean and rstd (backend/cuda/norm.rs, cpu/residual_norm.rs);
+        // the statistics in f32 on CUDA, in the input's type on the CPU.
         let rows = self.rows(rn.cols);
+        let stat = if self.cuda() { DType::F32 } else { self.dtype };
         let (y, s) = (self.like(), self.like());
-        let (m, r) = (self.out(rows, DType::F32), self.out(rows, DType::F32));
+        let (m, r) = (self.out(rows, stat), self.out(rows, stat));
         Ok((y, s, m, r))
     }
     fn dropout_add_layer_norm_backward(

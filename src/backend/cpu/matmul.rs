@@ -360,3 +360,44 @@ fn product<T: Real>(
     drop(copy);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{SharedDst, View};
+
+    /// Writes through a SharedDst land where asked, and a write or a product that would
+    /// run past the buffer is an error, with nothing written.
+    #[test]
+    fn shared_dst_writes_in_bounds_only() {
+        let mut buf = vec![0f32; 12];
+        let w = SharedDst::new(&mut buf);
+        let (a, b) = ([1f32, 2., 3., 4.], [1f32, 0., 0., 1.]);
+        let two = |off| View::row_major(off, 2);
+        let none = gemm::Parallelism::None;
+        // SAFETY: one thread; the writes below touch disjoint elements.
+        unsafe {
+            w.copy_at(0, &[5., 6.]).unwrap();
+            w.add_at(1, &[1., 1.]).unwrap();
+            // [[1, 2], [3, 4]] · I into rows of stride 3 from element 4.
+            let dst = View::row_major(4, 3);
+            w.gemm((2, 2, 2), dst, (&a, two(0)), (&b, two(0)), 1.0, false, none)
+                .unwrap();
+            assert!(w.copy_at(11, &[1., 1.]).is_err());
+            assert!(w.add_at(usize::MAX, &[1.]).is_err());
+            let past = View::row_major(9, 3);
+            assert!(w
+                .gemm(
+                    (2, 2, 2),
+                    past,
+                    (&a, two(0)),
+                    (&b, two(0)),
+                    1.0,
+                    false,
+                    none
+                )
+                .is_err());
+        }
+        let want = [5., 7., 1., 0., 1., 2., 0., 3., 4., 0., 0., 0.];
+        assert_eq!(buf, want);
+    }
+}

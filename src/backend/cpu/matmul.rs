@@ -328,42 +328,153 @@ fn product<T: Real>(
         }
     };
     let accumulate = init.is_some();
-    let mut out = init.unwrap_or_else(|| vec![T::zero(); s.batch * m * n]);
     if m * n == 0 {
+        let out = init.unwrap_or_else(|| vec![T::zero(); s.batch * m * n]);
         return Ok(CpuStorage::from_real(out));
     }
+    let len = s.batch * m * n;
+    // Without an initial value the output is not zeroed first where gemm is known to
+    // overwrite every element without reading it (`gemm_overwrites`).
+    let mut out = match init {
+        Some(v) => Spare::Init(v),
+        None if gemm_overwrites(m, n, k) => Spare::Uninit(Vec::with_capacity(len)),
+        None => Spare::Init(vec![T::zero(); len]),
+    };
+    let dst = out.dst(len);
     let threads = rayon::current_num_threads();
-    let run = |bi: usize, c: &mut [T], par: Parallelism| {
-        gemm_strided(
-            (m, n, k),
-            c,
-            View::row_major(0, n),
-            x,
-            av(bi * s.stride_a),
-            y,
-            bv(bi * s.stride_b),
-            T::one(),
-            accumulate,
-            par,
-        )
+    let run = |bi: usize, par: Parallelism| {
+        let dv = View::row_major(bi * m * n, n);
+        let (a, b) = ((x, av(bi * s.stride_a)), (y, bv(bi * s.stride_b)));
+        // SAFETY: batch bi alone writes its m × n block.
+        unsafe { dst.gemm((m, n, k), dv, a, b, T::one(), accumulate, par) }
     };
     if s.batch >= threads && s.batch > 1 {
-        out.par_chunks_mut(m * n)
-            .enumerate()
-            .try_for_each(|(bi, c)| run(bi, c, Parallelism::None))?;
+        (0..s.batch)
+            .into_par_iter()
+            .try_for_each(|bi| run(bi, Parallelism::None))?;
     } else {
-        for (bi, c) in out.chunks_mut(m * n).enumerate() {
-            run(bi, c, Parallelism::Rayon(0))?;
+        for bi in 0..s.batch {
+            run(bi, Parallelism::Rayon(0))?;
         }
     }
-    let out = CpuStorage::from_real(out);
+    // SAFETY: every batch's block was written above (gemm_overwrites holds for Uninit).
+    let out = CpuStorage::from_real(unsafe { out.into_vec(len) });
     drop(copy);
     Ok(out)
 }
 
+/// Whether gemm 0.19 writes every element of its `m × n` output without reading it when
+/// not asked to accumulate. Claimed only for the shapes its packed kernels take, which
+/// store `beta · AB` over each tile (read from its source); its special paths for tiny
+/// outputs (m·n ≤ 256), matrix-vector products (m or n ≤ 1) and k ≤ 2 keep the zero
+/// fill, which costs nothing there. The unit test `gemm_overwrites_what_it_claims` holds
+/// gemm to the claim, should a new version read the destination.
+fn gemm_overwrites(m: usize, n: usize, k: usize) -> bool {
+    m > 1 && n > 1 && k > 2 && m * n > 256
+}
+
+/// A matmul's output: given (or zeroed), or allocated and left for gemm to write.
+enum Spare<T> {
+    Init(Vec<T>),
+    Uninit(Vec<std::mem::MaybeUninit<T>>),
+}
+
+impl<T: Real> Spare<T> {
+    /// The whole `len` elements as a shared destination (the uninitialised one is never
+    /// read through it: gemm only writes it).
+    fn dst(&mut self, len: usize) -> SharedDst<T> {
+        match self {
+            Spare::Init(v) => SharedDst::new(v),
+            Spare::Uninit(v) => SharedDst {
+                ptr: v.as_mut_ptr().cast::<T>(),
+                len: len.min(v.capacity()),
+            },
+        }
+    }
+
+    /// The buffer as values.
+    ///
+    /// # Safety
+    /// An `Uninit` buffer's `len` elements have all been written.
+    unsafe fn into_vec(self, len: usize) -> Vec<T> {
+        match self {
+            Spare::Init(v) => v,
+            Spare::Uninit(v) => {
+                let mut v = std::mem::ManuallyDrop::new(v);
+                Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), len, v.capacity())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{SharedDst, View};
+    use super::{gemm_overwrites, SharedDst, View};
+
+    /// Where `gemm_overwrites` says so, gemm replaces a destination full of NaN with the
+    /// product (it does not read it), for shapes at its bounds and both layouts of each
+    /// operand.
+    #[test]
+    fn gemm_overwrites_what_it_claims() {
+        let shapes = [
+            (17, 16, 3),
+            (16, 17, 3),
+            (2, 129, 8),
+            (129, 2, 3),
+            (64, 64, 64),
+        ];
+        for (m, n, k) in shapes.into_iter().chain([(300, 7, 5), (97, 131, 67)]) {
+            assert!(gemm_overwrites(m, n, k));
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
+                let av = if ta {
+                    View {
+                        off: 0,
+                        rs: 1,
+                        cs: m,
+                    }
+                } else {
+                    View::row_major(0, k)
+                };
+                let bv = if tb {
+                    View {
+                        off: 0,
+                        rs: 1,
+                        cs: k,
+                    }
+                } else {
+                    View::row_major(0, n)
+                };
+                let mut c = vec![f32::NAN; m * n];
+                let none = gemm::Parallelism::None;
+                super::gemm_strided(
+                    (m, n, k),
+                    &mut c,
+                    View::row_major(0, n),
+                    &a,
+                    av,
+                    &b,
+                    bv,
+                    1.0,
+                    false,
+                    none,
+                )
+                .unwrap();
+                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+                let want = |i: usize, j: usize| (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>();
+                let all_set = (0..m * n).all(|e| c[e] == want(e / n, e % n));
+                assert!(
+                    all_set,
+                    "{m}x{n}x{k} ta {ta} tb {tb}: gemm left or read NaN"
+                );
+            }
+        }
+        for (m, n, k) in [(16, 16, 3), (1, 300, 9), (300, 1, 9), (40, 40, 2)] {
+            assert!(!gemm_overwrites(m, n, k), "{m}x{n}x{k}");
+        }
+    }
 
     /// Writes through a SharedDst land where asked, and a write or a product that would
     /// run past the buffer is an error, with nothing written.

@@ -4,9 +4,12 @@
 # (default 3). With AVX2_BENCH (a `bench` built with `cargo build --release
 # --no-default-features`, which leaves gemm's AVX-512 kernels out) it also runs the AVX2
 # path against PyTorch with ATEN_CPU_CAPABILITY=avx2. One line per run: workload, CPU
-# path, tokens/s, median ms/step. Take the median round; run on an otherwise idle machine.
+# path, tokens/s, median ms/step. Take the median round; run on an otherwise idle machine,
+# with no process stopping and resuming others around it (PyTorch's OpenMP threads stall
+# when one is descheduled, so such a watcher slows PyTorch more than fusebox).
 #
 #   bash tools/baselines/cpu_vs_torch.sh [ROUNDS]
+#   WORKLOADS=distilbert bash tools/baselines/cpu_vs_torch.sh 5      (one model only)
 #   AVX2_BENCH=/tmp/t-avx2/release/bench PYTHON=python3 bash tools/baselines/cpu_vs_torch.sh 3
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -27,7 +30,7 @@ pt() { # ARGS LABEL [ENV]
         python3 -c "$field; print('$2', 'torch', '${3:-default}', d['tokens_per_s'], round(d['ms_per_step_median']))"
 }
 for _ in $(seq "$ROUNDS"); do
-    for w in distilbert t5; do
+    for w in ${WORKLOADS:-distilbert t5}; do
         args="$D"; [ "$w" = t5 ] && args="$T"
         fb "$BENCH" "$args" "$w"
         pt "$args" "$w"

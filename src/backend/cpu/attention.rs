@@ -162,11 +162,7 @@ fn rows(s: &AttnSpec, b: usize, h: usize, l: usize, ld: usize, off: usize) -> Vi
 }
 /// The same slice transposed: `D × L`.
 fn cols(s: &AttnSpec, b: usize, h: usize, l: usize, ld: usize, off: usize) -> View {
-    View {
-        off: b * l * ld + off + h * s.d,
-        rs: 1,
-        cs: ld,
-    }
+    View::transposed(b * l * ld + off + h * s.d, ld)
 }
 
 impl<T: Real> Inputs<'_, T> {
@@ -430,14 +426,7 @@ pub(super) fn attention_backward<T: Real>(
                 let pz = if drop.is_some() { &bl.pz } else { &bl.p };
                 // dS (lq×lk) as stored, and read transposed (lk×lq) for dk and dv.
                 let ds = (&bl.ds[..], View::row_major(0, lk));
-                let ds_t = (
-                    &bl.ds[..],
-                    View {
-                        off: 0,
-                        rs: 1,
-                        cs: lk,
-                    },
-                );
+                let ds_t = (&bl.ds[..], View::transposed(0, lk));
                 let pz_t = (&pz[..], ds_t.1);
                 let (q, k) = ((a.q, a.q_rows(bi, hi)), (a.k, a.k_rows(bi, hi)));
                 let dq_v = rows(spec, bi, hi, lq, lay.ldq, lay.q_off);

@@ -37,6 +37,10 @@ impl View {
     pub fn row_major(off: usize, ld: usize) -> View {
         View { off, rs: ld, cs: 1 }
     }
+    /// The transpose of a row-major matrix with rows of `ld` elements stored from `off`.
+    pub fn transposed(off: usize, ld: usize) -> View {
+        View { off, rs: 1, cs: ld }
+    }
     /// Index of the last element of a `rows × cols` matrix (None when empty).
     fn last(&self, rows: usize, cols: usize) -> Option<usize> {
         if rows == 0 || cols == 0 {
@@ -300,7 +304,7 @@ fn product<T: Real>(
     // Stored A is m×k (row stride k), or k×m when transposed: element (i, p) at p·m + i.
     let av = |off| {
         if s.trans_a {
-            View { off, rs: 1, cs: m }
+            View::transposed(off, m)
         } else {
             View::row_major(off, k)
         }
@@ -322,7 +326,7 @@ fn product<T: Real>(
     // Stored B is k×n (row stride n), or n×k when transposed: element (p, j) at j·k + p.
     let bv = |off| {
         if trans_b {
-            View { off, rs: 1, cs: k }
+            View::transposed(off, k)
         } else {
             View::row_major(off, n)
         }
@@ -428,24 +432,11 @@ mod tests {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
-                let av = if ta {
-                    View {
-                        off: 0,
-                        rs: 1,
-                        cs: m,
-                    }
-                } else {
-                    View::row_major(0, k)
+                let lay = |t: bool, rows: usize, cols: usize| match t {
+                    true => View::transposed(0, rows),
+                    false => View::row_major(0, cols),
                 };
-                let bv = if tb {
-                    View {
-                        off: 0,
-                        rs: 1,
-                        cs: k,
-                    }
-                } else {
-                    View::row_major(0, n)
-                };
+                let (av, bv) = (lay(ta, m, k), lay(tb, k, n));
                 let mut c = vec![f32::NAN; m * n];
                 let none = gemm::Parallelism::None;
                 super::gemm_strided(

@@ -433,13 +433,9 @@ impl BackendStorage for CpuStorage {
         float_op!(OP, self.dtype(), norm::layer_norm_backward(self, gamma, mean, rstd, dy, cols),
         f16 => emulate::layer_norm_backward(self, gamma, mean, rstd, dy, cols))
     }
-    fn dropout_add_layer_norm(
-        &self,
-        res: &Self,
-        gamma: &Self,
-        beta: &Self,
-        rn: ResidualNorm,
-    ) -> Result<(Self, Self, Self, Self)> {
+    #[rustfmt::skip]
+    fn dropout_add_layer_norm(&self, res: &Self, gamma: &Self, beta: &Self, rn: ResidualNorm)
+        -> Result<(Self, Self, Self, Self)> {
         const OP: &str = "dropout_add_layer_norm";
         float_op!(OP, self.dtype(), residual_norm::dropout_add_layer_norm(self, res, gamma, beta, rn),
         f16 => composed::dropout_add_layer_norm(self, res, gamma, beta, rn))

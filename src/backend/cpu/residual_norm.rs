@@ -19,9 +19,10 @@ pub(super) fn dropout_add_layer_norm<T: Real>(
     res: &CpuStorage,
     gamma: &CpuStorage,
     beta: &CpuStorage,
-    ResidualNorm { cols, eps, p, seed }: ResidualNorm,
+    rn: ResidualNorm,
 ) -> Result<(CpuStorage, CpuStorage, CpuStorage, CpuStorage)> {
     const OP: &str = "dropout_add_layer_norm";
+    let ResidualNorm { cols, eps, p, seed } = rn;
     let (x, r) = (a.floats::<T>(OP)?, res.floats::<T>(OP)?);
     let (g, b) = (gamma.floats::<T>(OP)?, beta.floats::<T>(OP)?);
     let rows = rows_of(OP, x.len(), cols)?;
@@ -33,10 +34,8 @@ pub(super) fn dropout_add_layer_norm<T: Real>(
     } else {
         None
     };
-    let mut y = vec![T::zero(); x.len()];
-    let mut s = vec![T::zero(); x.len()];
-    let mut mean = vec![T::zero(); rows];
-    let mut rstd = vec![T::zero(); rows];
+    let (mut y, mut s) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
+    let (mut mean, mut rstd) = (vec![T::zero(); rows], vec![T::zero(); rows]);
     let eps = T::of(eps);
     if cols > 0 {
         y.par_chunks_mut(cols)

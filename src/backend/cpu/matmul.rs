@@ -18,6 +18,8 @@
 //! The scratch is a tracked buffer, alive beside the output, and the meta device
 //! allocates the same for the CPU target.
 
+use std::marker::PhantomData;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -88,23 +90,27 @@ pub(super) fn gemm_strided<T: Real>(
 
 /// A buffer that several threads write, each its own disjoint elements (attention's
 /// per-(batch, head) blocks of one output): a pointer and a length, with every write
-/// bounds-checked. Writers must not overlap; that is the callers' `unsafe` promise.
+/// bounds-checked. It holds the buffer's unique borrow for `'a`, so nothing else reads or
+/// writes the buffer meanwhile; that writers do not overlap is the callers' `unsafe`
+/// promise.
 #[derive(Clone, Copy)]
-pub(super) struct SharedDst<T> {
+pub(super) struct SharedDst<'a, T> {
     ptr: *mut T,
     len: usize,
+    borrow: PhantomData<&'a [T]>,
 }
 
 // SAFETY: a SharedDst is only written through its `unsafe` methods, whose callers promise
-// that concurrent writes touch disjoint elements; the borrow it was made from outlives it.
-unsafe impl<T: Send> Send for SharedDst<T> {}
-unsafe impl<T: Send> Sync for SharedDst<T> {}
+// that concurrent writes touch disjoint elements; the buffer is borrowed for 'a.
+unsafe impl<T: Send> Send for SharedDst<'_, T> {}
+unsafe impl<T: Send> Sync for SharedDst<'_, T> {}
 
-impl<T: Real> SharedDst<T> {
-    pub fn new(v: &mut [T]) -> SharedDst<T> {
+impl<'a, T: Real> SharedDst<'a, T> {
+    pub fn new(v: &'a mut [T]) -> SharedDst<'a, T> {
         SharedDst {
             ptr: v.as_mut_ptr(),
             len: v.len(),
+            borrow: PhantomData,
         }
     }
 
@@ -386,12 +392,13 @@ enum Spare<T> {
 impl<T: Real> Spare<T> {
     /// The whole `len` elements as a shared destination (the uninitialised one is never
     /// read through it: gemm only writes it).
-    fn dst(&mut self, len: usize) -> SharedDst<T> {
+    fn dst(&mut self, len: usize) -> SharedDst<'_, T> {
         match self {
             Spare::Init(v) => SharedDst::new(v),
             Spare::Uninit(v) => SharedDst {
                 ptr: v.as_mut_ptr().cast::<T>(),
                 len: len.min(v.capacity()),
+                borrow: PhantomData,
             },
         }
     }

@@ -12,7 +12,7 @@
 //! which the next step makes. A fresh mapping is zero; a reused one is zeroed by
 //! `alloc_zeroed`. Mappings of 2 MiB or more start on a huge-page boundary and ask for
 //! transparent huge pages (fewer TLB misses where the GEMMs pack their operands and the
-//! optimizer streams its moments: DistilBERT-QA's CPU step 3–4 % faster, benches/RESULTS.md
+//! optimizer streams its moments: DistilBERT-QA's CPU step about 3 % faster, benches/RESULTS.md
 //! session 12). The bytes tensors hold, which the memory tracker counts, are not
 //! changed by any of this; the process's resident size can exceed them by the cache.
 

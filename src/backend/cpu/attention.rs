@@ -404,8 +404,8 @@ pub(super) fn attention_backward<T: Real>(
                 let v_cols = (a.v, a.v_cols(bi, hi));
                 product_into((lq, lk, d), &mut bl.ds, d_o, v_cols, T::one())?;
                 let w = lk.max(1);
-                let rows_ = bl.ds.chunks_mut(w).zip(bl.p.chunks(w));
-                for (i, (ds_row, p_row)) in rows_.enumerate() {
+                let row_pairs = bl.ds.chunks_mut(w).zip(bl.p.chunks(w));
+                for (i, (ds_row, p_row)) in row_pairs.enumerate() {
                     let r = (bi * lq + i) * hd + hi * d;
                     let di: T = (0..d).map(|c| dout[r + c] * o[r + c]).sum();
                     if let Some(z) = &drop {

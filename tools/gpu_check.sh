@@ -67,7 +67,7 @@ for l in sys.stdin:
         return 1
     fi
     rm -rf "$GPU_DIR"
-    mkdir -p "$GPU_DIR/tests" "$GPU_DIR/bin"
+    mkdir -p "$GPU_DIR"
     # name<TAB>path for every test executable (profile.test) and binary target.
     python3 - "$json" >"$GPU_DIR/.list" <<'PY'
 import json, os, re, sys
@@ -103,22 +103,32 @@ for line in open(sys.argv[1]):
             continue
     print(f"{kind}\t{name}\t{m['executable']}")
 PY
-    local kind name path n=0
+    local kind name path n=0 stage="$GPU_DIR/stage"
+    mkdir -p "$stage/tests" "$stage/bin"
     while IFS=$'\t' read -r kind name path; do
         [ -f "$path" ] || continue
         if command -v strip >/dev/null; then
-            strip -o "$GPU_DIR/$kind/$name" "$path" 2>/dev/null || cp "$path" "$GPU_DIR/$kind/$name"
+            strip -o "$stage/$kind/$name" "$path" 2>/dev/null || cp "$path" "$stage/$kind/$name"
         else
-            cp "$path" "$GPU_DIR/$kind/$name"
+            cp "$path" "$stage/$kind/$name"
         fi
-        chmod +x "$GPU_DIR/$kind/$name"
+        chmod +x "$stage/$kind/$name"
         # CLI tests find binaries through CARGO_BIN_EXE_* (absolute paths of this machine).
         [ "$kind" = bin ] && printf '%s\t%s\n' "$name" "$path" >>"$GPU_DIR/bin_paths.txt"
-        # Every binary embeds the ~5 MB fatbin; gzip (3x here) keeps many of them under the
-        # device tool's 64 MiB carry limit. `run` unpacks them.
-        gzip -9 -f "$GPU_DIR/$kind/$name"
         n=$((n + 1))
     done <"$GPU_DIR/.list"
+    # Every binary embeds the same ~5 MB fatbin and most of the library. Compressed one by
+    # one (gzip: a 32 KB window) they came to 66 MiB, over the device tool's 64 MiB carry;
+    # one solid xz archive (64 MiB dictionary) stores each shared part once: ~12 MiB.
+    # `unpack` reads it with xz, or with Python's tarfile where the card's machine lacks xz.
+    if command -v xz >/dev/null; then
+        log "compressing $n binaries into one solid archive (xz -9, about a minute)"
+        tar -C "$stage" -cf - tests bin | xz -9 -T1 -c >"$GPU_DIR/binaries.tar.xz" || return 1
+    else
+        log "WARNING: no xz here; gzip per file (may exceed the 64 MiB carry)"
+        tar -C "$stage" -czf "$GPU_DIR/binaries.tar.gz" tests bin || return 1
+    fi
+    rm -rf "$stage"
     # The ptxas report of the fatbin that went into these binaries.
     local out_dir
     out_dir="$(python3 - "$json" <<'PY'
@@ -150,8 +160,8 @@ PY
     rm -f "$json" "$json.err" "$GPU_DIR/.list"
     local bytes
     bytes=$(du -sb "$GPU_DIR" | cut -f1)
-    log "copied $n binaries into .gpu/ ($((bytes / 1048576)) MiB)"
-    ls -l "$GPU_DIR/tests" "$GPU_DIR/bin"
+    log "packed $n binaries into .gpu/ ($((bytes / 1048576)) MiB)"
+    ls -l "$GPU_DIR"
     if [ "$bytes" -gt $((60 * 1048576)) ]; then
         log "WARNING: .gpu/ is over 60 MiB; the device tool carries at most 64 MiB in all"
         return 1
@@ -232,6 +242,33 @@ table() {
         }'
 }
 
+# unpack DEST: the prepared binaries into DEST/tests and DEST/bin, and the crate's binaries
+# where the CLI tests were told they are (CARGO_BIN_EXE_*). gpu_session.sh calls it too.
+unpack() {
+    local dest=$1 a
+    a="$(ls "$GPU_DIR"/binaries.tar.* 2>/dev/null | head -n 1)"
+    if [ -z "$a" ]; then
+        log "ERROR: no $GPU_DIR/binaries.tar.*: run 'tools/gpu_check.sh prepare' first and carry .gpu"
+        return 2
+    fi
+    mkdir -p "$dest"
+    if [ "${a%.xz}" != "$a" ] && ! command -v xz >/dev/null; then
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$a" "$dest"
+    else
+        tar -C "$dest" -xf "$a"
+    fi || { log "ERROR: cannot unpack $a"; return 2; }
+    chmod +x "$dest"/tests/* "$dest"/bin/* 2>/dev/null
+    if [ -f "$GPU_DIR/bin_paths.txt" ]; then
+        local bname bpath
+        while IFS=$'\t' read -r bname bpath; do
+            [ -e "$bpath" ] && continue
+            mkdir -p "$(dirname "$bpath")" 2>/dev/null && cp "$dest/bin/$bname" "$bpath" 2>/dev/null \
+                && log "placed $bname at $bpath" || log "cannot place $bname at $bpath (CLI tests may fail)"
+        done <"$GPU_DIR/bin_paths.txt"
+    fi
+    log "unpacked $(ls "$dest/tests" | wc -l) test and $(ls "$dest/bin" | wc -l) other binaries from $a"
+}
+
 run() {
     # Outside .gpu, so .gpu stays exactly what prepare made (and what gets carried).
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")" || WORK="$GPU_DIR/run-$$"
@@ -250,37 +287,8 @@ run() {
 run_body() {
     log "repo: $ROOT; budget ${BUDGET}s; log: $LOGFILE"
     [ -f "$GPU_DIR/MANIFEST.txt" ] && cat "$GPU_DIR/MANIFEST.txt"
-    if [ ! -d "$GPU_DIR/tests" ]; then
-        log "ERROR: $GPU_DIR/tests is missing: run 'tools/gpu_check.sh prepare' first and carry .gpu"
-        return 2
-    fi
-    # Unpack the (gzipped) binaries into this run's folder.
     TESTS="$WORK/tests"
-    mkdir -p "$TESTS" "$WORK/bin"
-    local f base dest
-    for f in "$GPU_DIR"/tests/* "$GPU_DIR"/bin/*; do
-        [ -f "$f" ] || continue
-        base=$(basename "$f" .gz)
-        case "$f" in
-            */tests/*) dest="$TESTS/$base" ;;
-            *) dest="$WORK/bin/$base" ;;
-        esac
-        if [ "${f%.gz}" != "$f" ]; then
-            gzip -dc "$f" >"$dest" || log "ERROR: cannot unpack $f"
-        else
-            cp "$f" "$dest"
-        fi
-        chmod +x "$dest" 2>/dev/null
-    done
-    # Put the crate's binaries where the CLI tests were told they are (CARGO_BIN_EXE_*).
-    if [ -f "$GPU_DIR/bin_paths.txt" ]; then
-        local bname bpath
-        while IFS=$'\t' read -r bname bpath; do
-            [ -e "$bpath" ] && continue
-            mkdir -p "$(dirname "$bpath")" 2>/dev/null && cp "$WORK/bin/$bname" "$bpath" 2>/dev/null \
-                && log "placed $bname at $bpath" || log "cannot place $bname at $bpath (CLI tests may fail)"
-        done <"$GPU_DIR/bin_paths.txt"
-    fi
+    unpack "$WORK" || return 2
     export RUST_BACKTRACE=1
     export FUSEBOX_KERNEL_CACHE="${FUSEBOX_KERNEL_CACHE:-$WORK/kernel-cache}"
     if [ -z "${FUSEBOX_ASSETS:-}" ]; then
@@ -336,12 +344,13 @@ run_body() {
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
+    unpack) unpack "${2:?usage: gpu_check.sh unpack DEST}" ;;
     table)
         WORK="${2:?usage: gpu_check.sh table RUN_DIR}"
         table
         ;;
     *)
-        echo "usage: $0 prepare|run|table RUN_DIR" >&2
+        echo "usage: $0 prepare|run|unpack DEST|table RUN_DIR" >&2
         exit 2
         ;;
 esac

@@ -24,7 +24,7 @@ START=$(date +%s)
 BUDGET="${SESSION_BUDGET:-520}"
 W="$(mktemp -d "${TMPDIR:-/tmp}/gpu_session.XXXXXX")"
 FINAL="${OUT:-$W/out}"
-mkdir -p "$FINAL" "$W/tests" "$W/bin"
+mkdir -p "$FINAL"
 RESULTS="$W/steps.txt"
 : >"$RESULTS"
 
@@ -54,18 +54,8 @@ step() {
 log "budget ${BUDGET}s, work dir $W"
 cat .gpu/MANIFEST.txt 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$W/nvidia-smi.out"
-for f in .gpu/tests/* .gpu/bin/*; do
-    [ -f "$f" ] || continue
-    case "$f" in */tests/*) d="$W/tests" ;; *) d="$W/bin" ;; esac
-    b=$(basename "$f" .gz)
-    if [ "${f%.gz}" != "$f" ]; then gzip -dc "$f" >"$d/$b"; else cp "$f" "$d/$b"; fi
-    chmod +x "$d/$b"
-done
-if [ -f .gpu/bin_paths.txt ]; then
-    while IFS=$'\t' read -r bname bpath; do
-        [ -e "$bpath" ] || { mkdir -p "$(dirname "$bpath")" 2>/dev/null && cp "$W/bin/$bname" "$bpath" 2>/dev/null; }
-    done <.gpu/bin_paths.txt
-fi
+# The prepared binaries (one solid archive) into $W/tests and $W/bin.
+bash tools/gpu_check.sh unpack "$W" || log "ERROR: no binaries to run (tools/gpu_check.sh prepare, carry .gpu)"
 export RUST_BACKTRACE=1 FUSEBOX_KERNEL_CACHE="$W/kernel-cache"
 for a in "$ROOT/shared/assets" "$ROOT/../shared/assets"; do [ -d "$a" ] && export FUSEBOX_ASSETS="$a" && break; done
 

@@ -23,7 +23,7 @@ use std::marker::PhantomData;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{len_err, CpuStorage, Real};
+use super::{len_err, skinny, CpuStorage, Real};
 use crate::backend::{LinearDims, MatmulSpec};
 use crate::error::{Error, Result};
 
@@ -351,6 +351,13 @@ fn product<T: Real>(
         None => Spare::Init(vec![T::zero(); len]),
     };
     let dst = out.dst(len);
+    if skinny::takes(s) {
+        // A generation step's few rows against a linear layer's weight (not copied:
+        // rhs_copy_len asks for 64 rows or more). Writes every element, as gemm does.
+        skinny::x_wt(x, y, s, &dst, accumulate)?;
+        // SAFETY: x_wt wrote (or added to) each of the m × n elements.
+        return Ok(CpuStorage::from_real(unsafe { out.into_vec(len) }));
+    }
     let threads = rayon::current_num_threads();
     let run = |bi: usize, par: Parallelism| {
         let dv = View::row_major(bi * m * n, n);

@@ -23,6 +23,7 @@ pub mod path;
 mod real;
 mod residual_norm;
 mod simd;
+mod skinny;
 mod softmax;
 mod span;
 

@@ -1,6 +1,6 @@
 //! The CPU backend's own vectorised inner loops (attention's softmax, its dropout and its
-//! score gradient, GELU, LayerNorm's rows), compiled once per SIMD path and picked at
-//! run time.
+//! score gradient, GELU, LayerNorm's rows, the dots of few-row products), compiled once
+//! per SIMD path and picked at run time.
 //!
 //! Each function body is written once, as plain Rust over slices with fixed-width lane
 //! arrays for the reductions, and [`multiversion!`] compiles it three times: for
@@ -196,6 +196,54 @@ multiversion! {
     fn score_grad_row<T: Real>(ds: &mut [T], p: &[T], di: T) {
         for (d, &p) in ds.iter_mut().zip(p) {
             *d = p * (*d - di);
+        }
+    }
+}
+
+/// The dots of `R` consecutive rows of `x` (from row `i0`, `k` each) with `w` (`k`), in
+/// `LANES` partial sums each: a constant `R` keeps the sums in registers.
+#[inline(always)]
+fn dots<T: Real, const R: usize>(x: &[T], k: usize, i0: usize, w: &[T]) -> [T; R] {
+    let full = k / LANES * LANES;
+    let mut acc = [[T::zero(); LANES]; R];
+    for c in (0..full).step_by(LANES) {
+        let wc = &w[c..c + LANES];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xc = &x[(i0 + r) * k + c..(i0 + r) * k + c + LANES];
+            for l in 0..LANES {
+                a[l] += xc[l] * wc[l];
+            }
+        }
+    }
+    let mut out = [T::zero(); R];
+    for (r, (a, o)) in acc.iter_mut().zip(out.iter_mut()).enumerate() {
+        let xr = &x[(i0 + r) * k + full..(i0 + r + 1) * k];
+        for ((s, &xv), &wv) in a.iter_mut().zip(xr).zip(&w[full..k]) {
+            *s += xv * wv;
+        }
+        *o = a.iter().fold(T::zero(), |s, &v| s + v);
+    }
+    out
+}
+
+multiversion! {
+    /// `out[j·rows + i] = x_i · w_j` for the rows `x_i` of `x` (row-major, `k` each)
+    /// and the `w.len() / k` rows `w_j` of `w`: each `w_j` is read from memory once for
+    /// all the `x_i`, which stay in cache, four rows of x at a time.
+    fn row_dots<T: Real>(x: &[T], w: &[T], k: usize, out: &mut [T]) {
+        let rows = x.len() / k.max(1);
+        for (wj, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+            let mut i = 0;
+            while i + 4 <= rows {
+                o[i..i + 4].copy_from_slice(&dots::<T, 4>(x, k, i, wj));
+                i += 4;
+            }
+            match rows - i {
+                3 => o[i..].copy_from_slice(&dots::<T, 3>(x, k, i, wj)),
+                2 => o[i..].copy_from_slice(&dots::<T, 2>(x, k, i, wj)),
+                1 => o[i..].copy_from_slice(&dots::<T, 1>(x, k, i, wj)),
+                _ => {}
+            }
         }
     }
 }

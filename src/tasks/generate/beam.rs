@@ -35,23 +35,38 @@ struct BeamState {
 }
 
 /// The `k` largest of `scores`, descending; ties keep the lower index first.
+///
+/// One pass keeping the best `k` so far in order: a step's `beams × vocab` scores
+/// (128 512 for T5 with 4 beams) are ranked without an index vector of their size,
+/// whose fresh megabyte each call cost a page fault per page.
 pub(super) fn topk(scores: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    let k = k.min(idx.len());
-    let cmp = |a: &usize, b: &usize| {
-        // total_cmp: a total order even with NaN scores (fp16 overflow), which sort_by
-        // needs. Every NaN ranks above +inf, as in torch.topk (x86 makes inf - inf a
-        // negative NaN, which total_cmp alone would put last); `+ 0.0` makes -0 equal
-        // to +0, so that tie still goes to the lower index.
-        let key = |x: f32| if x.is_nan() { f32::NAN } else { x + 0.0 };
-        key(scores[*b]).total_cmp(&key(scores[*a])).then(a.cmp(b))
+    // total_cmp: a total order even with NaN scores (fp16 overflow). Every NaN ranks
+    // above +inf, as in torch.topk (x86 makes inf - inf a negative NaN, which total_cmp
+    // alone would put last); `+ 0.0` makes -0 equal to +0, so that tie still goes to
+    // the lower index.
+    let key = |i: usize| {
+        let x = scores[i];
+        if x.is_nan() {
+            f32::NAN
+        } else {
+            x + 0.0
+        }
     };
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, cmp);
-        idx.truncate(k);
+    // `a` ranks before `b`: larger key, or the same key and the lower index.
+    let before = |a: usize, b: usize| key(a).total_cmp(&key(b)).then(b.cmp(&a)).is_gt();
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
     }
-    idx.sort_by(cmp);
-    idx
+    for i in 0..scores.len() {
+        if best.len() == k && !before(i, best[k - 1]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| before(j, i));
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
 }
 
 pub(super) fn beam_search(
@@ -95,6 +110,8 @@ pub(super) fn beam_search(
         })
         .collect();
     let mut cur_len = 1usize;
+    // One input's scores over beams × vocab, reused every step.
+    let mut acc: Vec<f32> = Vec::with_capacity(nb * v);
     loop {
         let last: Vec<i32> = states
             .iter()
@@ -110,12 +127,13 @@ pub(super) fn beam_search(
         let mut all_hit = true;
         for (bi, st) in states.iter_mut().enumerate() {
             // b. processed log-probs plus each beam's running score, over beams × vocab.
-            let mut acc = Vec::with_capacity(nb * v);
+            acc.clear();
             for (k, h) in st.running.iter().enumerate() {
                 let row = bi * nb + k;
-                let mut s = logp[row * v..(row + 1) * v].to_vec();
-                processors.apply(&mut s, &h.seq);
-                acc.extend(s.into_iter().map(|x| x + h.score));
+                acc.extend_from_slice(&logp[row * v..(row + 1) * v]);
+                let s = &mut acc[k * v..];
+                processors.apply(s, &h.seq);
+                s.iter_mut().for_each(|x| *x += h.score);
             }
             // c. top-K continuations; d. which of them stop (eos or max length).
             let cand: Vec<(usize, i32, f32, bool)> = topk(&acc, keep)

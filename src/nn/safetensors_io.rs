@@ -236,6 +236,33 @@ fn decode(
     shape: Vec<usize>,
     device: Device,
 ) -> Result<Tensor> {
+    // Floats wanted as f32 (every model's weights on load) are converted straight from
+    // the mapped bytes, with the same values as through f64 (every source value is
+    // exact in f64, and f64 -> f32 rounds once either way): no f64 copy of the model.
+    if want == DType::F32 {
+        let direct: Option<Vec<f32>> = match dt {
+            StDtype::F32 => Some(chunks::<4>(b).map(f32::from_le_bytes).collect()),
+            StDtype::F64 => Some(
+                chunks::<8>(b)
+                    .map(|c| f64::from_le_bytes(c) as f32)
+                    .collect(),
+            ),
+            StDtype::F16 => Some(
+                chunks::<2>(b)
+                    .map(|c| f16::from_le_bytes(c).to_f32())
+                    .collect(),
+            ),
+            StDtype::BF16 => Some(
+                chunks::<2>(b)
+                    .map(|c| bf16::from_le_bytes(c).to_f32())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(v) = direct {
+            return Tensor::from_f32(v, shape, device);
+        }
+    }
     let floats: Vec<f64> = match dt {
         StDtype::F32 => chunks::<4>(b)
             .map(|c| f32::from_le_bytes(c) as f64)

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use fusebox::backend::cpu::transpose_f32 as transpose;
+use fusebox::backend::cpu::{transpose_f32 as transpose, x_wt_f32};
 
 /// `c (m × n, row-major) = a · b` with a's and b's (row, column) strides given.
 #[allow(clippy::too_many_arguments)]
@@ -81,7 +81,9 @@ fn main() {
     } else {
         shapes
     };
-    println!("ms, best of 5: m n k | plain | rhs T | rhs T copied | lhs T | lhs T copied");
+    println!(
+        "ms, best of 5: m n k | plain | rhs T | rhs T copied | lhs T | lhs T copied | rhs T few-row"
+    );
     for (m, n, k) in shapes {
         let dims = (m, n, k);
         let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; k * n]);
@@ -99,6 +101,12 @@ fn main() {
             transpose(&a, k, m, &mut t[..m * k]);
             product(dims, &mut c, &t, row(k), &b, row(n))
         });
-        println!("{m} {n} {k} | {plain:.2} | {rt:.2} | {rc:.2} | {lt:.2} | {lc:.2}");
+        // The CPU backend's own x · Wᵀ for 2..=16 rows (backend/cpu/skinny.rs).
+        let few = if (2..=16).contains(&m) {
+            format!("{:.2}", best_ms(|| x_wt_f32(&a, &b, dims, &mut c).unwrap()))
+        } else {
+            "-".into()
+        };
+        println!("{m} {n} {k} | {plain:.2} | {rt:.2} | {rc:.2} | {lt:.2} | {lc:.2} | {few}");
     }
 }

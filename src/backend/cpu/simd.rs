@@ -5,9 +5,10 @@
 //! Each function body is written once, as plain Rust over slices with fixed-width lane
 //! arrays for the reductions, and [`multiversion!`] compiles it three times: for
 //! AVX-512, for AVX2 + FMA, and for the baseline, dispatching on [`cpu_path`]. Rust never
-//! fuses a multiply and an add on its own, and the lane structure of every reduction is
-//! fixed (`LANES` partial sums, whatever the vector width), so all three give the same
-//! bits; only the `gemm` crate's products differ between paths.
+//! fuses a multiply and an add on its own (the few-row dots ask for it, `mul_add`, which
+//! is fused on every path), and the lane structure of every reduction is fixed (`LANES`
+//! partial sums, whatever the vector width), so all three give the same bits; only the
+//! `gemm` crate's products differ between paths.
 //!
 //! [`cpu_path`]: super::path::cpu_path
 
@@ -211,7 +212,7 @@ fn dots<T: Real, const R: usize>(x: &[T], k: usize, i0: usize, w: &[T]) -> [T; R
         for (r, a) in acc.iter_mut().enumerate() {
             let xc = &x[(i0 + r) * k + c..(i0 + r) * k + c + LANES];
             for l in 0..LANES {
-                a[l] += xc[l] * wc[l];
+                a[l] = xc[l].mul_add(wc[l], a[l]);
             }
         }
     }
@@ -219,7 +220,7 @@ fn dots<T: Real, const R: usize>(x: &[T], k: usize, i0: usize, w: &[T]) -> [T; R
     for (r, (a, o)) in acc.iter_mut().zip(out.iter_mut()).enumerate() {
         let xr = &x[(i0 + r) * k + full..(i0 + r + 1) * k];
         for ((s, &xv), &wv) in a.iter_mut().zip(xr).zip(&w[full..k]) {
-            *s += xv * wv;
+            *s = xv.mul_add(wv, *s);
         }
         *o = a.iter().fold(T::zero(), |s, &v| s + v);
     }

@@ -5,8 +5,8 @@
 //! its own one-row product; `cargo bench --bench gemm_layouts -- 4x32128x512`). Here
 //! each row of W is read once for all the rows of x ([`simd::row_dots`], fused
 //! multiply-adds, four rows of x at a time), W rows split over the threads in blocks:
-//! 2.0–2.2 ms for that product, 0.11 ms (from 0.80) for 4 × 1536 × 512; with 16 rows
-//! (9.9 ms) it is compute-bound, still half of gemm's 18.8.
+//! 2.1–2.7 ms for that product, 0.11–0.16 ms (from 0.80) for 4 × 1536 × 512; with 16
+//! rows (9.6–13.2 ms) it is compute-bound, still faster than gemm's 18.8–20.6.
 //!
 //! One row stays on gemm's matrix-vector path (greedy search's products are unchanged),
 //! and so do batched products, a transposed x and anything with more than

@@ -300,7 +300,8 @@ pub fn run(m: &dyn BenchModel, cfg: &BenchConfig) -> Result<Value> {
     }
     rec["switches"]["separate_qkv"] = json!(crate::nn::separate_qkv());
     rec["switches"]["adamw_multi_tensor"] = json!(crate::optim::adamw::multi_tensor_default());
-    rec["optimizer"] = json!(cfg.optim.name());
+    // Inference builds no optimizer (and plans none): say so rather than the default's name.
+    rec["optimizer"] = json!(if cfg.train { cfg.optim.name() } else { "none" });
     if losses.iter().any(|l| !l.is_finite()) && scaler.is_none() {
         return Err(Error::msg(format!(
             "bench: non-finite loss in fp32 training: {losses:?}"

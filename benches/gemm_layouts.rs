@@ -2,7 +2,7 @@
 //! row-major, the right operand stored transposed (`x · Wᵀ`, a linear layer's forward),
 //! the left one stored transposed (`dyᵀ · x`, its weight gradient) — and the transposed
 //! operands first copied row-major (the copy timed in). Best of 5, all threads. This is
-//! the measurement behind `backend::cpu::rhs_copy_len` (benches/RESULTS.md, session 11).
+//! the measurement behind `backend::cpu::scratch_len` (benches/RESULTS.md, sessions 11 and 13).
 //!
 //!     cargo bench --bench gemm_layouts -- 1536x768x3072 512x512x2048   # MxNxK ...
 
@@ -82,7 +82,7 @@ fn main() {
         shapes
     };
     println!(
-        "ms, best of 5: m n k | plain | rhs T | rhs T copied | lhs T | lhs T copied | rhs T few-row"
+        "ms, best of 5: m n k | plain | rhs T | rhs T copied | lhs T | lhs T copied | rhs T few-row | rhs T swapped"
     );
     for (m, n, k) in shapes {
         let dims = (m, n, k);
@@ -107,6 +107,16 @@ fn main() {
         } else {
             "-".into()
         };
-        println!("{m} {n} {k} | {plain:.2} | {rt:.2} | {rc:.2} | {lt:.2} | {lc:.2} | {few}");
+        // x · Wᵀ as (W · xᵀ)ᵀ: gemm's n × m product of W (row-major) and xᵀ into a
+        // row-major scratch, then transposed into the m × n output. (Written straight
+        // through transposed strides instead, gemm runs it as slowly as "rhs T".)
+        let mut sc = vec![0f32; m * n];
+        let sw = best_ms(|| {
+            product((n, m, k), &mut sc, &b, row(k), &a, col(k));
+            transpose(&sc, n, m, &mut c[..m * n]);
+        });
+        println!(
+            "{m} {n} {k} | {plain:.2} | {rt:.2} | {rc:.2} | {lt:.2} | {lc:.2} | {few} | {sw:.2}"
+        );
     }
 }

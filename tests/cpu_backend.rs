@@ -259,9 +259,15 @@ fn matmul_forward() {
         (3, 5, 3, 7),
         (2, 67, 130, 71),
         // Batch 1 with m >= 64: the CPU copies a transposed rhs row-major first
-        // (backend::cpu::rhs_copy_len), sizes off its 16 x 16 tiles.
+        // (backend::cpu::scratch_len), sizes off its 16 x 16 tiles.
         (1, 70, 33, 21),
         (1, 67, 130, 71),
+        // Batch 1, few rows, transposed rhs: the few-row kernel (2-8 rows) and the
+        // swapped product (9-256 rows, W not copied); tails off the 16 lanes.
+        (1, 4, 37, 200),
+        (1, 7, 16, 65),
+        (1, 20, 33, 1100),
+        (1, 70, 33, 1500),
         (9, 4, 1, 6),
         (2, 3, 0, 2),
     ] {

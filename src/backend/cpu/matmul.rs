@@ -11,12 +11,13 @@
 //! One exception to "never copied": gemm 0.19 runs `x · Wᵀ` (a transposed right operand,
 //! the linear layer's forward) 7–60 % slower than the same product with W row-major when
 //! the output is narrow (n ≤ 1024) or the reduction is long (k ≥ n) — DistilBERT's and
-//! T5's FFN-out projections, the attention output projection. There [`rhs_copy_len`]
-//! says to transpose W once into scratch (about 0.6 ms for 768 × 3072, at memory speed);
-//! copy included, such a product takes 1–5 ms less (`cargo bench --bench gemm_layouts`,
-//! benches/RESULTS.md, session 11).
-//! The scratch is a tracked buffer, alive beside the output, and the meta device
-//! allocates the same for the CPU target.
+//! T5's FFN-out projections, the attention output projection. There W is transposed once
+//! into scratch (about 0.6 ms for 768 × 3072, at memory speed); copy included, such a
+//! product takes 1–5 ms less (`cargo bench --bench gemm_layouts`, benches/RESULTS.md,
+//! session 11). With few rows (generation steps, small batches) `x · Wᵀ` takes the
+//! routes of `skinny.rs` instead, one of which also has a scratch (`Wᵀ`'s product
+//! transposed). [`scratch_len`] says how long the scratch is; it is a tracked buffer,
+//! alive beside the output, and the meta device allocates the same for the CPU target.
 
 use std::marker::PhantomData;
 
@@ -204,14 +205,21 @@ fn check_range(off: usize, n: usize, len: usize) -> Result<()> {
     }
 }
 
-/// Elements of the scratch the CPU's matmul takes for `spec`: a row-major copy of a
-/// transposed right operand (`k × n`) for the shapes where gemm runs faster on it (see
-/// the module note), else 0. One function for the CPU and for the meta device's CPU
-/// target, so the planner cannot disagree with the backend.
-pub fn rhs_copy_len(s: &MatmulSpec) -> usize {
-    let worth = s.trans_b && s.batch == 1 && s.m >= 64 && s.n >= 16 && (s.n <= 1024 || s.k >= s.n);
-    if worth {
+/// Whether the CPU's matmul copies a transposed right operand (`k × n`) row-major for
+/// `spec`, for the shapes where gemm runs faster on it (see the module note).
+pub(super) fn copies_rhs(s: &MatmulSpec) -> bool {
+    s.trans_b && s.batch == 1 && s.m >= 64 && s.n >= 16 && (s.n <= 1024 || s.k >= s.n)
+}
+
+/// Elements of the scratch the CPU's matmul takes for `spec`: the row-major copy of a
+/// transposed right operand ([`copies_rhs`]), the transposed product of a swapped few-row
+/// one (`skinny::swapped`), else 0. One function for the CPU and for the meta device's
+/// CPU target, so the planner cannot disagree with the backend.
+pub fn scratch_len(s: &MatmulSpec) -> usize {
+    if copies_rhs(s) {
         s.k * s.n
+    } else if skinny::swapped(s) {
+        s.m * s.n
     } else {
         0
     }
@@ -219,13 +227,13 @@ pub fn rhs_copy_len(s: &MatmulSpec) -> usize {
 
 /// [`transpose`] for f32, for `benches/gemm_layouts.rs`.
 pub fn transpose_f32(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    transpose(src, rows, cols, dst)
+    transpose(src, rows, cols, dst, false)
 }
 
-/// `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), in 16 × 16
-/// tiles (a whole tile read from 16 source rows, written as 16 contiguous runs), 16
-/// destination rows per task.
-fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+/// `src` (`rows × cols`, row-major) transposed into `dst` (`cols × rows`), or added to it
+/// with `add`, in 16 × 16 tiles (a whole tile read from 16 source rows, written as 16
+/// contiguous runs), 16 destination rows per task.
+pub(super) fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T], add: bool) {
     const B: usize = 16;
     dst.par_chunks_mut(B * rows.max(1))
         .enumerate()
@@ -241,7 +249,12 @@ fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
                     }
                 }
                 for (c, t) in tile.iter().enumerate().take(cn) {
-                    d[c * rows + r0..c * rows + r0 + rn].copy_from_slice(&t[..rn]);
+                    let run = &mut d[c * rows + r0..c * rows + r0 + rn];
+                    if add {
+                        run.iter_mut().zip(&t[..rn]).for_each(|(x, &v)| *x += v);
+                    } else {
+                        run.copy_from_slice(&t[..rn]);
+                    }
                 }
             }
         });
@@ -315,13 +328,17 @@ fn product<T: Real>(
             View::row_major(off, k)
         }
     };
-    // A transposed W copied row-major where gemm is faster on it (rhs_copy_len); the
+    if skinny::swapped(s) {
+        return skinny::swapped_product(x, y, s, init);
+    }
+    // A transposed W copied row-major where gemm is faster on it (copies_rhs); the
     // scratch is counted from here until the output is.
-    let copy = match rhs_copy_len(s) {
-        0 => None,
-        len => {
+    let copy = match copies_rhs(s) {
+        false => None,
+        true => {
+            let len = k * n;
             let mut t = vec![T::zero(); len];
-            transpose(&y[..len], n, k, &mut t);
+            transpose(&y[..len], n, k, &mut t, false);
             Some(CpuStorage::from_real(t))
         }
     };
@@ -353,7 +370,7 @@ fn product<T: Real>(
     let dst = out.dst(len);
     if skinny::takes(s) {
         // A generation step's few rows against a linear layer's weight (not copied:
-        // rhs_copy_len asks for 64 rows or more). Writes every element, as gemm does.
+        // copies_rhs asks for 64 rows or more). Writes every element, as gemm does.
         skinny::x_wt(x, y, s, &dst, accumulate)?;
         // SAFETY: x_wt wrote (or added to) each of the m × n elements.
         return Ok(CpuStorage::from_real(unsafe { out.into_vec(len) }));

@@ -38,7 +38,7 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::shape::{DType, Device, Shape};
-pub use matmul::{rhs_copy_len, transpose_f32};
+pub use matmul::{scratch_len, transpose_f32};
 pub(crate) use real::Real;
 pub use skinny::x_wt_f32;
 

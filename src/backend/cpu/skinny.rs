@@ -1,27 +1,41 @@
 //! `x · Wᵀ` for an `x` of few rows: a generation step's linear layers, one row per
 //! sequence and beam (T5's beam search with 4 beams: 4 rows of 512 against 2048 × 512 and
-//! the 32128 × 512 head). gemm 0.19 handles a transposed right operand with so few rows
-//! at a fraction of the memory bandwidth (4 × 32128 × 512: 16.9 ms, against 1.7 ms for
-//! its own one-row product; `cargo bench --bench gemm_layouts -- 4x32128x512`). Here
-//! each row of W is read once for all the rows of x ([`simd::row_dots`], fused
-//! multiply-adds, four rows of x at a time), W rows split over the threads in blocks:
-//! 2.1–2.7 ms for that product, 0.11–0.16 ms (from 0.80) for 4 × 1536 × 512; with 16
-//! rows (9.6–13.2 ms) it is compute-bound, still faster than gemm's 18.8–20.6.
+//! the 32128 × 512 head), and the products of small batches. gemm 0.19 handles a
+//! transposed right operand with so few rows at a fraction of the memory bandwidth
+//! (4 × 32128 × 512: 16.9 ms, against 1.7 ms for its own one-row product; 64 rows: 26 ms
+//! against 12 with W row-major; `cargo bench --bench gemm_layouts -- 4x32128x512`).
+//! Two routes instead:
+//!
+//! - 2 to [`FEW_MAX_ROWS`] rows ([`x_wt`]): each row of W is read once for all the rows
+//!   of x ([`simd::row_dots`], fused multiply-adds, four rows of x at a time), W rows
+//!   split over the threads in blocks: 2.1–2.7 ms for 4 × 32128 × 512, 0.11–0.16 ms
+//!   (from 0.80) for 4 × 1536 × 512. Not on the scalar path (its multiply-adds would be
+//!   library calls).
+//! - up to [`SWAP_MAX_ROWS`] rows, where W is not copied (`matmul::copies_rhs`)
+//!   ([`swapped_product`]): gemm computes `(x · Wᵀ)ᵀ = W · xᵀ`, whose left operand is W
+//!   as stored, row-major, into a scratch, then transposes it into the output: 5.8 ms for
+//!   16 × 32128 × 512 (gemm 19.3, the few-row kernel 10.3), 12.2 for 64 rows (25.9).
+//!   Written straight through transposed strides instead, gemm runs it as slowly as before.
 //!
 //! One row stays on gemm's matrix-vector path (greedy search's products are unchanged),
-//! and so do batched products, a transposed x and anything with more than
-//! [`MAX_ROWS`] rows.
+//! and so do batched products and a transposed x.
 
 use rayon::prelude::*;
 
-use super::matmul::SharedDst;
+use gemm::Parallelism;
+
+use super::matmul::{copies_rhs, transpose, SharedDst, View};
 use super::path::{cpu_path, CpuPath};
-use super::{simd, Real};
+use super::{simd, CpuStorage, Real};
 use crate::backend::MatmulSpec;
 use crate::error::Result;
 
-/// The most rows of x taken here; above it gemm's packed kernels are faster.
-pub(super) const MAX_ROWS: usize = 16;
+/// The most rows of x [`x_wt`] takes; from 16 rows the swapped product is faster.
+pub(super) const FEW_MAX_ROWS: usize = 8;
+
+/// The most rows of x the swapped product takes; from 512 rows gemm's own route is
+/// faster (91 against 95 ms for 512 × 32128 × 512).
+pub(super) const SWAP_MAX_ROWS: usize = 256;
 
 /// W rows per task: 64 rows of 512 are 128 KiB of f32.
 const BLOCK: usize = 64;
@@ -29,12 +43,59 @@ const BLOCK: usize = 64;
 /// Whether [`x_wt`] computes `spec`: not on the scalar path, where the dots' fused
 /// multiply-adds would be library calls.
 pub(super) fn takes(s: &MatmulSpec) -> bool {
-    s.batch == 1
-        && s.trans_b
-        && !s.trans_a
-        && (2..=MAX_ROWS).contains(&s.m)
-        && s.k > 0
-        && cpu_path() != CpuPath::Scalar
+    x_wt_shape(s) && (2..=FEW_MAX_ROWS).contains(&s.m) && cpu_path() != CpuPath::Scalar
+}
+
+/// Whether [`swapped_product`] computes `spec` (the same on every CPU path, so the meta
+/// device's `scratch_len` does not depend on it).
+pub(super) fn swapped(s: &MatmulSpec) -> bool {
+    x_wt_shape(s) && (FEW_MAX_ROWS + 1..=SWAP_MAX_ROWS).contains(&s.m) && !copies_rhs(s)
+}
+
+/// One `x · Wᵀ` with W as stored, x row-major, something to compute.
+fn x_wt_shape(s: &MatmulSpec) -> bool {
+    s.batch == 1 && s.trans_b && !s.trans_a && s.k > 0 && s.n > 0
+}
+
+/// `x · Wᵀ` (`m × n`), or `init +` it, as `(W · xᵀ)ᵀ`: gemm's `n × m` product into a
+/// scratch of `scratch_len(spec)` elements, counted from when it is filled until the
+/// output exists (as the meta device counts it), then transposed into the output.
+pub(super) fn swapped_product<T: Real>(
+    x: &[T],
+    w: &[T],
+    s: &MatmulSpec,
+    init: Option<Vec<T>>,
+) -> Result<CpuStorage> {
+    let (m, n, k) = (s.m, s.n, s.k);
+    let mut t = vec![T::zero(); n * m];
+    // SAFETY: one call writes the whole scratch; nothing else holds it.
+    unsafe {
+        SharedDst::new(&mut t).gemm(
+            (n, m, k),
+            View::row_major(0, m),
+            (w, View::row_major(0, k)),
+            (x, View::transposed(0, k)),
+            T::one(),
+            false,
+            Parallelism::Rayon(0),
+        )?;
+    }
+    let scratch = CpuStorage::from_real(t);
+    let t = scratch.floats::<T>("matmul")?;
+    let out = match init {
+        Some(mut v) => {
+            transpose(t, n, m, &mut v, true);
+            v
+        }
+        None => {
+            let mut v = vec![T::zero(); m * n];
+            transpose(t, n, m, &mut v, false);
+            v
+        }
+    };
+    let out = CpuStorage::from_real(out);
+    drop(scratch);
+    Ok(out)
 }
 
 /// `dst (m × n, row-major) = x · Wᵀ` (or `+=` with `accumulate`) for `x` `m × k`
@@ -73,8 +134,8 @@ pub(super) fn x_wt<T: Real>(
         })
 }
 
-/// [`x_wt`] for f32 slices (`x` `m × k`, `w` `n × k`, `out` `m × n`), for
-/// `benches/gemm_layouts.rs`; `m` must be in 2..=[`MAX_ROWS`].
+/// [`x_wt`] for f32 slices (`x` `m × k`, `w` `n × k`, `out` `m × n`), whatever `m`, for
+/// `benches/gemm_layouts.rs`.
 pub fn x_wt_f32(
     x: &[f32],
     w: &[f32],
@@ -82,7 +143,7 @@ pub fn x_wt_f32(
     out: &mut [f32],
 ) -> Result<()> {
     let s = MatmulSpec::linear(m, n, k);
-    if !takes(&s) || x.len() < m * k || w.len() < n * k {
+    if m == 0 || x.len() < m * k || w.len() < n * k || out.len() < m * n {
         return Err(crate::error::Error::msg(format!(
             "x_wt_f32: {m} x {n} x {k} is not a few-row product of these slices"
         )));
@@ -94,66 +155,107 @@ pub fn x_wt_f32(
 mod tests {
     use super::*;
 
-    /// Against a plain f64 triple loop, for row counts on both sides of the lane width
-    /// and of a block, with and without accumulation.
+    fn inputs(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let init = (0..m * n).map(|i| i as f32 * 0.5).collect();
+        (x, w, init)
+    }
+
+    /// `out` against a plain f64 triple loop (plus `init` when given).
+    fn check(
+        out: &[f32],
+        (x, w): (&[f32], &[f32]),
+        (m, n, k): (usize, usize, usize),
+        init: Option<&[f32]>,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                let want = dot + init.map_or(0.0, |v| v[i * n + j] as f64);
+                let got = out[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{m}x{n}x{k} init={} ({i},{j}): {got} vs {want}",
+                    init.is_some()
+                );
+            }
+        }
+    }
+
+    /// Row counts on both sides of the lane width and of a block, with and without
+    /// accumulation.
     #[test]
     fn x_wt_matches_the_plain_product() {
-        for &(m, n, k) in &[
+        for (m, n, k) in [
             (2, 3, 5),
             (4, 130, 37),
             (16, 64, 512),
             (7, 200, 16),
             (3, 65, 1),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
-                .collect();
+            let (x, w, init) = inputs(m, n, k);
             let spec = MatmulSpec::linear(m, n, k);
-            assert_eq!(takes(&spec), cpu_path() != CpuPath::Scalar);
+            assert_eq!(
+                takes(&spec),
+                m <= FEW_MAX_ROWS && cpu_path() != CpuPath::Scalar
+            );
             for accumulate in [false, true] {
-                let init: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.5).collect();
                 let mut out = if accumulate {
                     init.clone()
                 } else {
                     vec![f32::NAN; m * n]
                 };
                 x_wt(&x, &w, &spec, &SharedDst::new(&mut out), accumulate).unwrap();
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                            .sum::<f64>()
-                            + if accumulate {
-                                init[i * n + j] as f64
-                            } else {
-                                0.0
-                            };
-                        let got = out[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{m}x{n}x{k} acc={accumulate} ({i},{j}): {got} vs {want}"
-                        );
-                    }
-                }
+                check(&out, (&x, &w), (m, n, k), accumulate.then_some(&init[..]));
+            }
+        }
+    }
+
+    /// The swapped route at its bounds, odd sizes and a tile edge, with and without an
+    /// initial value (a linear layer's bias rows).
+    #[test]
+    fn swapped_product_matches_the_plain_product() {
+        for (m, n, k) in [(9, 33, 7), (17, 100, 64), (64, 1100, 32), (256, 2000, 3)] {
+            let (x, w, init) = inputs(m, n, k);
+            let spec = MatmulSpec::linear(m, n, k);
+            assert!(swapped(&spec) && !takes(&spec), "{m}x{n}x{k}");
+            assert_eq!(super::super::matmul::scratch_len(&spec), m * n);
+            for with_init in [false, true] {
+                let out = swapped_product(&x, &w, &spec, with_init.then(|| init.clone())).unwrap();
+                let out = out.floats::<f32>("test").unwrap();
+                check(out, (&x, &w), (m, n, k), with_init.then_some(&init[..]));
             }
         }
     }
 
     #[test]
-    fn takes_only_few_row_linear_products() {
+    fn each_route_takes_only_its_products() {
+        let lin = MatmulSpec::linear;
         assert!(
-            !takes(&MatmulSpec::linear(1, 512, 512)),
-            "one row: gemm's gemv"
+            !takes(&lin(1, 512, 512)) && !swapped(&lin(1, 512, 512)),
+            "one row: gemv"
         );
-        assert!(!takes(&MatmulSpec::linear(MAX_ROWS + 1, 512, 512)));
-        let mut s = MatmulSpec::linear(4, 512, 512);
-        s.trans_a = true;
-        assert!(!takes(&s));
-        let mut s = MatmulSpec::linear(4, 512, 512);
-        s.batch = 2;
-        assert!(!takes(&s));
+        assert!(!takes(&lin(FEW_MAX_ROWS + 1, 512, 512)));
+        assert!(swapped(&lin(FEW_MAX_ROWS + 1, 2048, 512)));
+        assert!(!swapped(&lin(SWAP_MAX_ROWS + 1, 2048, 512)));
+        // Where W is copied row-major (a narrow output from 64 rows), that route stays.
+        assert!(copies_rhs(&lin(64, 512, 2048)) && !swapped(&lin(64, 512, 2048)));
+        for edit in [
+            |s: &mut MatmulSpec| s.trans_a = true,
+            |s: &mut MatmulSpec| s.batch = 2,
+        ] {
+            for m in [4, 32] {
+                let mut s = lin(m, 512, 512);
+                edit(&mut s);
+                assert!(!takes(&s) && !swapped(&s));
+            }
+        }
     }
 }

@@ -99,11 +99,10 @@ impl MetaStorage {
         (n, DType::F32)
     }
 
-    /// A matmul's result; on the CPU target, after the scratch copy of a transposed
-    /// right operand the CPU takes for some shapes (`cpu::rhs_copy_len`), which stays
-    /// alive until the result exists.
+    /// A matmul's result; on the CPU target, after the scratch the CPU takes for some
+    /// shapes (`cpu::scratch_len`), which stays alive until the result exists.
     fn product(&self, spec: &MatmulSpec, dtype: DType) -> MetaStorage {
-        let len = (!self.cuda()).then(|| crate::backend::cpu::rhs_copy_len(spec));
+        let len = (!self.cuda()).then(|| crate::backend::cpu::scratch_len(spec));
         let copy = len.filter(|&n| n > 0).map(|n| self.out(n, self.dtype));
         let out = self.out(spec.batch * spec.m * spec.n, dtype);
         drop(copy);

@@ -134,8 +134,8 @@ pub(super) fn x_wt<T: Real>(
         })
 }
 
-/// [`x_wt`] for f32 slices (`x` `m × k`, `w` `n × k`, `out` `m × n`), whatever `m`, for
-/// `benches/gemm_layouts.rs`.
+/// [`x_wt`] for f32 slices (`x` `m × k`, `w` `n × k`, `out` `m × n`), any `m` and `k`
+/// from 1, for `benches/gemm_layouts.rs`.
 pub fn x_wt_f32(
     x: &[f32],
     w: &[f32],
@@ -143,7 +143,7 @@ pub fn x_wt_f32(
     out: &mut [f32],
 ) -> Result<()> {
     let s = MatmulSpec::linear(m, n, k);
-    if m == 0 || x.len() < m * k || w.len() < n * k || out.len() < m * n {
+    if m == 0 || k == 0 || x.len() < m * k || w.len() < n * k || out.len() < m * n {
         return Err(crate::error::Error::msg(format!(
             "x_wt_f32: {m} x {n} x {k} is not a few-row product of these slices"
         )));

@@ -2,7 +2,8 @@
 # tools/gpu_check.sh — everything a lent GPU should run, in one go.
 #
 #   tools/gpu_check.sh prepare   # here (Rust toolchain): build the test binaries with the
-#                                # nvcc fatbin, copy them stripped into .gpu/ (ignored by git)
+#                                # nvcc fatbin, pack them stripped into one xz archive in .gpu/
+#                                # (ignored by git; `unpack DEST` extracts it)
 #   tools/gpu_check.sh run       # on the GPU machine (no Rust, no network), repo root:
 #                                # nvidia-smi, every test binary, NVRTC path, compute-sanitizer,
 #                                # then one table of the GPUCHECK lines
@@ -121,14 +122,24 @@ PY
     # one (gzip: a 32 KB window) they came to 66 MiB, over the device tool's 64 MiB carry;
     # one solid xz archive (64 MiB dictionary) stores each shared part once: ~12 MiB.
     # `unpack` reads it with xz, or with Python's tarfile where the card's machine lacks xz.
+    # Written under a .part name and renamed once whole: an interrupted prepare leaves no
+    # archive that `unpack` would take for a complete one.
+    local archive="$GPU_DIR/binaries.tar.xz" ok=0
     if command -v xz >/dev/null; then
         log "compressing $n binaries into one solid archive (xz -9, about a minute)"
-        tar -C "$stage" -cf - tests bin | xz -9 -T1 -c >"$GPU_DIR/binaries.tar.xz" || return 1
+        tar -C "$stage" -cf - tests bin | xz -9 -T1 -c >"$archive.part" && ok=1
     else
-        log "WARNING: no xz here; gzip per file (may exceed the 64 MiB carry)"
-        tar -C "$stage" -czf "$GPU_DIR/binaries.tar.gz" tests bin || return 1
+        log "WARNING: no xz here; gzip instead (may exceed the 64 MiB carry)"
+        archive="$GPU_DIR/binaries.tar.gz"
+        tar -C "$stage" -czf "$archive.part" tests bin && ok=1
     fi
     rm -rf "$stage"
+    if [ "$ok" != 1 ]; then
+        rm -f "$archive.part"
+        log "ERROR: packing the binaries failed"
+        return 1
+    fi
+    mv "$archive.part" "$archive"
     # The ptxas report of the fatbin that went into these binaries.
     local out_dir
     out_dir="$(python3 - "$json" <<'PY'
@@ -246,9 +257,10 @@ table() {
 # where the CLI tests were told they are (CARGO_BIN_EXE_*). gpu_session.sh calls it too.
 unpack() {
     local dest=$1 a
-    a="$(ls "$GPU_DIR"/binaries.tar.* 2>/dev/null | head -n 1)"
-    if [ -z "$a" ]; then
-        log "ERROR: no $GPU_DIR/binaries.tar.*: run 'tools/gpu_check.sh prepare' first and carry .gpu"
+    a="$GPU_DIR/binaries.tar.xz"
+    [ -f "$a" ] || a="$GPU_DIR/binaries.tar.gz"
+    if [ ! -f "$a" ]; then
+        log "ERROR: no $GPU_DIR/binaries.tar.xz: run 'tools/gpu_check.sh prepare' first and carry .gpu"
         return 2
     fi
     mkdir -p "$dest"

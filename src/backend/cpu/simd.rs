@@ -228,21 +228,28 @@ fn dots<T: Real, const R: usize>(x: &[T], k: usize, i0: usize, w: &[T]) -> [T; R
 }
 
 multiversion! {
-    /// `out[j·rows + i] = x_i · w_j` for the rows `x_i` of `x` (row-major, `k` each)
-    /// and the `w.len() / k` rows `w_j` of `w`: each `w_j` is read from memory once for
-    /// all the `x_i`, which stay in cache, four rows of x at a time.
+    /// `out[i·nw + j] = x_i · w_j` (row-major, `rows × nw`) for the rows `x_i` of `x`
+    /// (row-major, `k` each) and the `nw = w.len() / k` rows `w_j` of `w`: each `w_j` is
+    /// read from memory once for all the `x_i`, which stay in cache, four rows of x at a
+    /// time.
     fn row_dots<T: Real>(x: &[T], w: &[T], k: usize, out: &mut [T]) {
         let rows = x.len() / k.max(1);
-        for (wj, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+        let nw = w.len() / k.max(1);
+        for (j, wj) in w.chunks_exact(k).enumerate() {
+            let mut put = |i: usize, d: &[T]| {
+                for (r, &v) in d.iter().enumerate() {
+                    out[(i + r) * nw + j] = v;
+                }
+            };
             let mut i = 0;
             while i + 4 <= rows {
-                o[i..i + 4].copy_from_slice(&dots::<T, 4>(x, k, i, wj));
+                put(i, &dots::<T, 4>(x, k, i, wj));
                 i += 4;
             }
             match rows - i {
-                3 => o[i..].copy_from_slice(&dots::<T, 3>(x, k, i, wj)),
-                2 => o[i..].copy_from_slice(&dots::<T, 2>(x, k, i, wj)),
-                1 => o[i..].copy_from_slice(&dots::<T, 1>(x, k, i, wj)),
+                3 => put(i, &dots::<T, 3>(x, k, i, wj)),
+                2 => put(i, &dots::<T, 2>(x, k, i, wj)),
+                1 => put(i, &dots::<T, 1>(x, k, i, wj)),
                 _ => {}
             }
         }

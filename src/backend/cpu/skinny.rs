@@ -113,20 +113,16 @@ pub(super) fn x_wt<T: Real>(
         .enumerate()
         .try_for_each(|(bi, wb)| {
             let (j0, nj) = (bi * BLOCK, wb.len() / k);
-            // Column-major tile: the dots of W row j0 + j with every x row at j·m.
-            let mut tile = vec![T::zero(); nj * m];
+            // The block's m × nj outputs, row-major: row i goes to columns j0.. of row i.
+            let mut tile = vec![T::zero(); m * nj];
             simd::row_dots::<T>(x, wb, k, &mut tile);
-            let mut row = vec![T::zero(); nj];
-            for i in 0..m {
-                row.iter_mut()
-                    .zip(tile.iter().skip(i).step_by(m))
-                    .for_each(|(r, &t)| *r = t);
+            for (i, row) in tile.chunks_exact(nj).enumerate() {
                 // SAFETY: this task alone writes columns j0..j0 + nj of each row.
                 unsafe {
                     if accumulate {
-                        dst.add_at(i * n + j0, &row)?;
+                        dst.add_at(i * n + j0, row)?;
                     } else {
-                        dst.copy_at(i * n + j0, &row)?;
+                        dst.copy_at(i * n + j0, row)?;
                     }
                 }
             }
